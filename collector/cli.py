@@ -1,0 +1,240 @@
+"""The ``tagwerk`` command: serve, migrate, sql, site create."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import logging
+import os
+import sys
+import threading
+from pathlib import Path
+
+from collector.config import Settings, load_settings
+from collector.storage import StorageError, Store, open_store
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", type=Path, help="where the spool and embedded data live "
+                        "(default ./var; env TAGWERK_DATA_DIR)")
+    parser.add_argument("--clickhouse-url", help="a ClickHouse server, "
+                        "http(s)://user:password@host:port/database (env TAGWERK_CLICKHOUSE_URL); "
+                        "default: the embedded engine")
+    parser.add_argument("--cluster", help="render DDL for this ClickHouse cluster")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tagwerk", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the collector")
+    _common(serve)
+    serve.add_argument("--host", help="default 127.0.0.1")
+    serve.add_argument("--port", type=int, help="default 8000")
+    serve.add_argument("--sql-host", help="ClickHouse HTTP interface of the embedded store "
+                       "(default 127.0.0.1)")
+    serve.add_argument("--sql-port", type=int, help="default 8123; 0 turns it off")
+    serve.add_argument("--sql-users-file", type=Path,
+                       help='JSON: {"name": {"password": "...", "readonly": true}}')
+    serve.add_argument("--geoip-db", type=Path, help="a MaxMind GeoLite2-City .mmdb file")
+    serve.add_argument("--trusted-proxies", help="networks whose X-Forwarded-For is believed, "
+                       "comma-separated")
+    serve.add_argument("--no-demo", dest="demo_site", action="store_false", default=None,
+                       help="do not create the demo site")
+    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+
+    migrate = commands.add_parser("migrate", help="apply ClickHouse migrations")
+    _common(migrate)
+    migrate.add_argument("--print", dest="print_only", action="store_true",
+                         help="print the DDL instead of running it")
+
+    sql = commands.add_parser("sql", help="run a query and print its result")
+    _common(sql)
+    sql.add_argument("query")
+    sql.add_argument("--format", help="ClickHouse output format (default: PrettyCompact on a "
+                     "terminal, TabSeparatedWithNames otherwise)")
+
+    site = commands.add_parser("site", help="manage sites")
+    site_commands = site.add_subparsers(dest="site_command", required=True)
+    create = site_commands.add_parser("create", help="create a site and print its keys")
+    _common(create)
+    create.add_argument("name", help="the site id: a-z, 0-9, '_' and '-'")
+    create.add_argument("--origin", action="append", default=[],
+                        help="an origin allowed to send hits, e.g. https://shop.example "
+                        "(repeatable; https://*.shop.example for subdomains)")
+    create.add_argument("--retention-days", type=int, default=0,
+                        help="delete events older than this (default 0: keep)")
+    create.add_argument("--drop-bots", action="store_true", help="drop hits from bots")
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    names = ("host", "port", "data_dir", "clickhouse_url", "cluster", "sql_host", "sql_port",
+             "sql_users_file", "geoip_db", "trusted_proxies", "demo_site", "log_level")
+    return load_settings(**{n: getattr(args, n) for n in names if hasattr(args, n)})
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = _settings(args)
+        if args.command == "serve":
+            return serve(settings)
+        if args.command == "migrate":
+            return migrate_command(settings, args.print_only)
+        if args.command == "sql":
+            return sql_command(settings, args.query, args.format)
+        if args.command == "site":
+            return site_create(settings, args)
+    except (ValueError, StorageError) as exc:
+        print(f"tagwerk: {exc}", file=sys.stderr)
+        return 2
+    return 1
+
+
+# -- serve ------------------------------------------------------------------------------------
+
+
+def serve(settings: Settings) -> int:
+    import uvicorn
+
+    from collector.app import create_app
+    from collector.service import Collector
+
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    collector = Collector(settings)
+    sql_server = _start_sql_interface(collector) if not settings.clickhouse_url else None
+    collector.write_runtime_info({
+        "host": settings.host, "port": settings.port,
+        "sql_host": settings.sql_host, "sql_port": settings.sql_port,
+        "sql_user": "tagwerk", "sql_password": collector.sql_password,
+    })
+    print(f"tagwerk: collecting on http://{settings.host}:{settings.port}  "
+          f"(demo: http://{settings.host}:{settings.port}/demo/)", flush=True)
+    config = uvicorn.Config(
+        create_app(collector), host=settings.host, port=settings.port,
+        log_level=settings.log_level, access_log=False, backlog=4096,
+        timeout_graceful_shutdown=10,
+    )
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        if sql_server is not None:
+            sql_server.should_exit = True
+        (settings.data_dir / "serve.json").unlink(missing_ok=True)
+    return 0
+
+
+def _start_sql_interface(collector):
+    """ClickHouse's HTTP protocol over the embedded store, in a thread of its own."""
+    settings = collector.settings
+    if not settings.sql_port:
+        return None
+    import uvicorn
+
+    from collector.sqlhttp import SqlUser, build_sql_app
+
+    loopback = ipaddress.ip_address(settings.sql_host).is_loopback
+    users = {"tagwerk": SqlUser("tagwerk", collector.new_sql_password(), readonly=False)}
+    if loopback:
+        # As on a fresh ClickHouse server: `default` without a password, here read-only.
+        users["default"] = SqlUser("default", "", readonly=True)
+    if settings.sql_users_file:
+        for name, spec in json.loads(Path(settings.sql_users_file).read_text()).items():
+            users[name] = SqlUser(name, str(spec["password"]), bool(spec.get("readonly", True)))
+    app = build_sql_app(collector.store, users, loopback_only=loopback)
+    server = uvicorn.Server(uvicorn.Config(app, host=settings.sql_host, port=settings.sql_port,
+                                           log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, name="sql-interface", daemon=True)
+    thread.start()
+    return server
+
+
+# -- commands that use the store ----------------------------------------------------------------
+
+
+def _store(settings: Settings) -> Store:
+    """The store a command should use. The embedded engine can only be open in one process:
+    while ``tagwerk serve`` runs, go through its ClickHouse HTTP interface instead."""
+    if settings.clickhouse_url:
+        return open_store(settings.clickhouse_url, "")
+    info_path = settings.data_dir / "serve.json"
+    if info_path.exists():
+        info = json.loads(info_path.read_text())
+        if _alive(info.get("pid", 0)) and info.get("sql_port"):
+            from collector.storage.server import ServerStore
+
+            url = (f"http://{info['sql_user']}:{info['sql_password']}@"
+                   f"{info['sql_host']}:{info['sql_port']}/tagwerk")
+            return ServerStore(url)
+    return open_store(None, str(settings.chdb_dir))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError, OverflowError):
+        return False
+    return pid > 0
+
+
+def migrate_command(settings: Settings, print_only: bool) -> int:
+    from collector.migrations import load_migrations, migrate, render
+
+    if print_only:
+        for migration in load_migrations():
+            print(f"-- {migration.version:04d}_{migration.name}")
+            for stmt in render(migration, settings.cluster):
+                print(stmt + ";\n")
+        return 0
+    store = _store(settings)
+    try:
+        applied = migrate(store, settings.cluster)
+    finally:
+        store.close()
+    for migration in applied:
+        print(f"applied {migration.version:04d}_{migration.name}")
+    if not applied:
+        print("up to date")
+    return 0
+
+
+def sql_command(settings: Settings, query: str, fmt: str | None) -> int:
+    from collector.migrations import migrate
+
+    fmt = fmt or ("PrettyCompact" if sys.stdout.isatty() else "TabSeparatedWithNames")
+    store = _store(settings)
+    try:
+        if store.kind == "embedded":
+            migrate(store)  # a fresh data dir still has the tables a query expects
+        sys.stdout.buffer.write(store.query(query, fmt=fmt))
+    finally:
+        store.close()
+    return 0
+
+
+def site_create(settings: Settings, args: argparse.Namespace) -> int:
+    from collector.migrations import migrate
+    from collector.sites import Sites
+
+    store = _store(settings)
+    try:
+        if store.kind == "embedded":
+            migrate(store)
+        site, keys = Sites(store).create(args.name, args.origin,
+                                         retention_days=args.retention_days,
+                                         drop_bots=args.drop_bots)
+    finally:
+        store.close()
+    print(f"site:      {site.site_id}")
+    print(f"origins:   {', '.join(site.origins) or '(none: only server-side and pixel hits)'}")
+    for kind in ("write", "read", "admin"):
+        print(f"{kind + ' key:':<10} {keys[kind]}")
+    print("Keys are stored hashed and cannot be shown again.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

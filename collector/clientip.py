@@ -1,0 +1,115 @@
+"""The visitor's IP address, behind trusted reverse proxies, and its anonymisation.
+
+Privacy: the collector never stores an IP address, not even an anonymised one. The
+address from :func:`client_ip` is passed through :func:`anonymize_ip` (IPv4 /24,
+IPv6 /48) and only that anonymised address is used, for the GeoIP lookup; neither
+is written to ClickHouse, the spool or the logs.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable, Sequence
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+
+__all__ = ["Network", "anonymize_ip", "client_ip", "parse_networks"]
+
+Network = IPv4Network | IPv6Network
+_Address = IPv4Address | IPv6Address
+
+_SEPARATORS = re.compile(r"[,\s]+")
+_IPV4_HOST_MASK = ~0xFF
+_IPV6_HOST_MASK = ~((1 << 80) - 1)
+
+
+def parse_networks(spec: str | Iterable[str]) -> tuple[Network, ...]:
+    """Parse trusted proxies: ``"10.0.0.0/8, 127.0.0.1"`` or a list of such entries.
+
+    A bare address is a single-host network. Raises ValueError naming the bad entry,
+    so that a typo stops the collector at start instead of trusting the wrong peers.
+    """
+    entries = _SEPARATORS.split(spec) if isinstance(spec, str) else spec
+    networks = []
+    for entry in entries:
+        entry = entry.strip()
+        if not entry:
+            continue
+        try:
+            # strict: "10.0.0.1/8" is ambiguous (host or network?); make the operator say.
+            networks.append(ipaddress.ip_network(entry, strict=True))
+        except ValueError as exc:
+            raise ValueError(f"invalid trusted proxy network {entry!r}: {exc}") from None
+    return tuple(networks)
+
+
+def client_ip(peer: str | None, forwarded_for: str | None, trusted: Sequence[Network]) -> str:
+    """Return the visitor's address, or "" if there is nothing usable.
+
+    ``peer`` is the address of the direct TCP peer. ``forwarded_for`` is the
+    X-Forwarded-For value (several headers joined with ","). It is believed only if
+    the peer is a trusted proxy, because anybody can send the header.
+    """
+    address = _parse(peer) if peer else None
+    if address is None:
+        return ""
+    if not forwarded_for or not _is_trusted(address, trusted):
+        return str(address)
+    # Every proxy appends the address it received the request from, so walk from
+    # the right: the first hop that is not one of our proxies is the visitor, and
+    # anything to its left was supplied by the visitor and may be forged.
+    candidate = address
+    for entry in reversed(forwarded_for.split(",")):
+        hop = _parse(entry)
+        if hop is None:
+            # Garbage where an address should be: the chain cannot be followed.
+            return str(address)
+        candidate = hop
+        if not _is_trusted(hop, trusted):
+            break
+    # If every hop is trusted, the leftmost is the best guess.
+    return str(candidate)
+
+
+def anonymize_ip(ip: str) -> str:
+    """Zero the host part: IPv4 keeps its /24, IPv6 its /48. Returns "" if invalid."""
+    address = _parse(ip)
+    if address is None:
+        return ""
+    if isinstance(address, IPv4Address):
+        return str(IPv4Address(int(address) & _IPV4_HOST_MASK))
+    return str(IPv6Address(int(address) & _IPV6_HOST_MASK))
+
+
+def _is_trusted(address: _Address, trusted: Sequence[Network]) -> bool:
+    # Membership across IP versions is simply False, no need to filter.
+    return any(address in network for network in trusted)
+
+
+def _parse(value: str) -> _Address | None:
+    """Parse an address as proxies write it: with a port, in brackets, IPv4-mapped."""
+    value = value.strip()
+    if value.startswith("["):
+        host, closed, rest = value[1:].partition("]")
+        if not closed or (rest and not (rest[:1] == ":" and _is_port(rest[1:]))):
+            return None
+        value = host
+    elif value.count(":") == 1:
+        # One colon is IPv4 with a port; an IPv6 address has at least two.
+        value, _, port = value.partition(":")
+        if not _is_port(port):
+            return None
+    # Zone IDs ("fe80::1%eth0") are local to the proxy and mean nothing here.
+    value = value.partition("%")[0]
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        return None
+    if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
+        # Dual-stack sockets report IPv4 clients as ::ffff:a.b.c.d.
+        return address.ipv4_mapped
+    return address
+
+
+def _is_port(value: str) -> bool:
+    return value.isascii() and value.isdigit() and int(value) <= 65535

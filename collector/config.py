@@ -1,0 +1,85 @@
+"""Settings: command-line flags override ``TAGWERK_*`` environment variables override defaults."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from collector.clientip import parse_networks
+
+
+@dataclass
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data_dir: Path = Path("./var")
+    # None: the embedded engine (chDB) under data_dir/clickhouse.
+    clickhouse_url: str | None = None
+    # Render DDL for this ClickHouse cluster (ON CLUSTER, Replicated*, Distributed).
+    cluster: str | None = None
+    # The ClickHouse HTTP interface of the embedded store; port 0 turns it off.
+    sql_host: str = "127.0.0.1"
+    sql_port: int = 8123
+    # JSON file of extra SQL users: {"name": {"password": "...", "readonly": true}}.
+    sql_users_file: Path | None = None
+    geoip_db: Path | None = None
+    trusted_proxies: str = ""
+    # A batch goes to ClickHouse when it has this many rows or its oldest row is this old.
+    flush_rows: int = 20_000
+    flush_interval_ms: int = 250
+    # Past this many unflushed bytes on disk the collector answers 503.
+    spool_max_bytes: int = 2 * 1024**3
+    spool_segment_bytes: int = 64 * 1024**2
+    # Group commit: wait at most this long for more hits before one fsync.
+    fsync_interval_ms: float = 2.0
+    demo_site: bool = True
+    log_level: str = "info"
+    networks: tuple = field(default=(), repr=False)
+
+    def __post_init__(self) -> None:
+        self.data_dir = Path(self.data_dir)
+        self.networks = parse_networks(self.trusted_proxies)
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.data_dir / "spool"
+
+    @property
+    def chdb_dir(self) -> Path:
+        return self.data_dir / "clickhouse"
+
+
+_ENV_PREFIX = "TAGWERK_"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings from the environment, then the given overrides (None means unset)."""
+    values: dict[str, Any] = {}
+    for f in fields(Settings):
+        if f.name == "networks":
+            continue
+        raw = os.environ.get(_ENV_PREFIX + f.name.upper())
+        if raw is not None:
+            values[f.name] = _coerce(f.name, raw)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return Settings(**values)
+
+
+def _coerce(name: str, raw: str) -> Any:
+    default = getattr(Settings, name, None)
+    if isinstance(default, bool):
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off", ""):
+            return False
+        raise ValueError(f"{_ENV_PREFIX}{name.upper()}: expected a boolean, got {raw!r}")
+    if isinstance(default, int):
+        try:
+            return int(raw)
+        except ValueError:
+            raise ValueError(f"{_ENV_PREFIX}{name.upper()}: expected an integer") from None
+    if isinstance(default, float):
+        return float(raw)
+    return raw or None if default is None else raw

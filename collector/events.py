@@ -1,0 +1,303 @@
+"""Turn one hit as sent (JSON object or query string) into one ``tagwerk.events`` row.
+
+The wire format uses the column names as field names, so what a site sends and what a data
+team queries read the same. Every field is checked for type and size; the first problem
+raises ``EventError`` naming the field. Fields the collector derives (device class, geo,
+``received_at``...) cannot be sent, except location by an authenticated server.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import uuid
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import orjson
+
+from collector.geo import UNKNOWN, Location
+from collector.useragent import Agent
+
+TYPES = frozenset({"page", "track", "identify", "alias"})
+CHANNELS = frozenset({"web", "app", "email", "qr", "pos", "callcenter", "server"})
+UTM = ("utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content")
+
+# Field -> longest accepted value, in characters.
+STRING_LIMITS = {
+    "event": 100, "device_id": 128, "session_id": 128, "user_id": 256,
+    "url": 4096, "path": 2048, "title": 1024, "referrer": 4096,
+    "utm_source": 256, "utm_medium": 256, "utm_campaign": 256, "utm_term": 256,
+    "utm_content": 256, "language": 35, "screen": 20, "order_id": 128, "coupon": 128,
+    "country": 2, "region": 3, "city": 128,
+}
+ITEM_STRINGS = ("product_id", "name", "category", "brand", "variant")
+ITEM_STRING_LIMIT = 256
+MAX_ITEMS = 200
+MAX_PROPS = 64
+MAX_PROP_KEY = 128
+MAX_PROP_VALUE = 2048
+# Only an authenticated server may state where a hit happened (a store's POS, say).
+SERVER_ONLY = frozenset({"country", "region", "city", "user_agent", "ip"})
+ACCEPTED = frozenset(
+    {"event_id", "site", "event", "type", "ts", "channel", "consent", "revenue", "currency",
+     "items", "props"} | set(STRING_LIMITS) | SERVER_ONLY
+)
+PURPOSE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+CURRENCY = re.compile(r"^[A-Z]{3}$")
+MIN_TS = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+# Browser clocks run ahead; beyond this a client time is replaced by the server time.
+MAX_CLOCK_AHEAD = dt.timedelta(days=1)
+MAX_REVENUE = Decimal("100000000000000")  # Decimal(18, 4) holds 14 integer digits
+
+
+class EventError(ValueError):
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """What the collector knows about the request a hit came in."""
+
+    site_id: str
+    received_at: dt.datetime
+    channel: str
+    agent: Agent
+    location: Location = UNKNOWN
+    retention_days: int = 0
+    trusted: bool = False  # an authenticated server-side sender
+
+
+def normalize(raw: Any, ctx: Context) -> tuple[dict[str, Any], bool]:
+    """Validate one hit; return its row and whether ``event_id`` came from the sender."""
+    if not isinstance(raw, dict):
+        raise EventError("an event must be a JSON object")
+    unknown = raw.keys() - ACCEPTED
+    if unknown:
+        name = sorted(unknown)[0]
+        raise EventError(f"unknown field {name!r}", name)
+    if not ctx.trusted:
+        for name in SERVER_ONLY & raw.keys():
+            raise EventError(f"{name!r} may only be sent to the server-side batch API", name)
+    site = raw.get("site")
+    if site is not None and site != ctx.site_id:
+        raise EventError("every event must belong to the request's site", "site")
+
+    given_id = raw.get("event_id")
+    event_id = _uuid(given_id) if given_id is not None else str(uuid.uuid4())
+    s = {name: _string(raw, name, limit) for name, limit in STRING_LIMITS.items()}
+    if not s["event"]:
+        raise EventError("'event' is required (a name such as page_view or purchase)", "event")
+    type_ = raw.get("type") or ("page" if s["event"] == "page_view" else "track")
+    if type_ not in TYPES:
+        raise EventError(f"'type' must be one of {', '.join(sorted(TYPES))}", "type")
+    if type_ in ("identify", "alias") and not s["user_id"]:
+        raise EventError(f"a {type_} event needs a user_id", "user_id")
+    channel = raw.get("channel") or ctx.channel
+    if channel not in CHANNELS:
+        raise EventError(f"'channel' must be one of {', '.join(sorted(CHANNELS))}", "channel")
+    consent = _consent(raw.get("consent"))
+
+    url = s["url"]
+    if url:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise EventError("'url' must be an absolute http(s) URL", "url")
+        s["path"] = s["path"] or parts.path or "/"
+        if parts.query:
+            query = dict(parse_qsl(parts.query))
+            for name in UTM:
+                s[name] = s[name] or query.get(name, "")[: STRING_LIMITS[name]]
+    referrer_host = ""
+    if s["referrer"]:
+        referrer_host = (urlsplit(s["referrer"]).hostname or "")[:253]
+
+    location = ctx.location
+    if ctx.trusted and (s["country"] or s["region"] or s["city"]):
+        location = Location(s["country"].upper(), s["region"].upper(), s["city"])
+    if "analytics" not in consent:
+        # No consent: nothing that identifies a person or device, no finer place than a country.
+        s["device_id"] = s["session_id"] = s["user_id"] = ""
+        location = Location(location.country, "", "")
+
+    row = {
+        "event_id": event_id,  # first: the flusher finds it at a fixed offset in the line
+        "site_id": ctx.site_id,
+        "event": s["event"],
+        "type": type_,
+        "ts": _ts(raw.get("ts"), ctx.received_at),
+        "received_at": _format_ts(ctx.received_at),
+        "channel": channel,
+        "device_id": s["device_id"],
+        "session_id": s["session_id"],
+        "user_id": s["user_id"],
+        "consent": consent,
+        "url": url,
+        "path": s["path"],
+        "title": s["title"],
+        "referrer": s["referrer"],
+        "referrer_host": referrer_host,
+        **{name: s[name] for name in UTM},
+        "device_class": ctx.agent.device_class,
+        "browser": ctx.agent.browser,
+        "os": ctx.agent.os,
+        "is_bot": ctx.agent.is_bot,
+        "country": location.country,
+        "region": location.region,
+        "city": location.city,
+        "language": s["language"],
+        "screen": s["screen"],
+        "order_id": s["order_id"],
+        "revenue": _decimal(raw.get("revenue"), "revenue"),
+        "currency": _currency(raw.get("currency")),
+        "coupon": s["coupon"],
+        "items": _items(raw.get("items")),
+        "props": _props(raw.get("props")),
+        "retention_days": ctx.retention_days,
+    }
+    return row, given_id is not None
+
+
+def _string(raw: dict, name: str, limit: int) -> str:
+    value = raw.get(name)
+    if value is None:
+        return ""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise EventError(f"{name!r} must be a string", name)
+    text = str(value)
+    if len(text) > limit:
+        raise EventError(f"{name!r} is longer than {limit} characters", name)
+    return text
+
+
+def _uuid(value: Any) -> str:
+    if not isinstance(value, str):
+        raise EventError("'event_id' must be a UUID string", "event_id")
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise EventError("'event_id' is not a valid UUID", "event_id") from None
+
+
+def _format_ts(moment: dt.datetime) -> str:
+    # A string, never epoch-ms: JSONEachRow reads an integer as seconds (year 9999).
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:23]
+
+
+def _ts(value: Any, received_at: dt.datetime) -> str:
+    if value is None or value == "":
+        return _format_ts(received_at)
+    if isinstance(value, bool):
+        raise EventError("'ts' must be an ISO 8601 time or epoch milliseconds", "ts")
+    if isinstance(value, int | float):
+        try:
+            moment = dt.datetime.fromtimestamp(value / 1000, dt.UTC)
+        except (OverflowError, ValueError, OSError):
+            raise EventError("'ts' is out of range", "ts") from None
+    elif isinstance(value, str) and len(value) <= 40:
+        try:
+            moment = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise EventError("'ts' is not an ISO 8601 time", "ts") from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=dt.UTC)
+    else:
+        raise EventError("'ts' must be an ISO 8601 time or epoch milliseconds", "ts")
+    if moment < MIN_TS:
+        raise EventError("'ts' is before the year 2000", "ts")
+    if moment > received_at + MAX_CLOCK_AHEAD:
+        moment = received_at
+    return _format_ts(moment)
+
+
+def _consent(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or len(value) > 16:
+        raise EventError("'consent' must be a list of granted purposes", "consent")
+    for purpose in value:
+        if not isinstance(purpose, str) or not PURPOSE.match(purpose):
+            raise EventError("'consent' holds an invalid purpose name", "consent")
+    return sorted(set(value))
+
+
+def _decimal(value: Any, name: str) -> str:
+    if value is None or value == "":
+        return "0"
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise EventError(f"{name!r} must be a number", name)
+    try:
+        number = Decimal(str(value))
+    except InvalidOperation:
+        raise EventError(f"{name!r} must be a number", name) from None
+    if not number.is_finite() or abs(number) >= MAX_REVENUE:
+        raise EventError(f"{name!r} is out of range", name)
+    return str(number.quantize(Decimal("0.0001")))
+
+
+def _currency(value: Any) -> str:
+    if value is None or value == "":
+        return ""
+    if not isinstance(value, str) or not CURRENCY.match(value.upper()):
+        raise EventError("'currency' must be an ISO 4217 code such as EUR", "currency")
+    return value.upper()
+
+
+def _items(value: Any) -> list[dict[str, Any]]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise EventError("'items' must be a list of objects", "items")
+    if len(value) > MAX_ITEMS:
+        raise EventError(f"'items' has more than {MAX_ITEMS} entries", "items")
+    out = []
+    for i, item in enumerate(value):
+        where = f"items[{i}]"
+        if not isinstance(item, dict):
+            raise EventError(f"{where} must be an object", where)
+        extra = item.keys() - {*ITEM_STRINGS, "price", "quantity"}
+        if extra:
+            raise EventError(f"{where}: unknown field {sorted(extra)[0]!r}", where)
+        clean: dict[str, Any] = {}
+        for name in ITEM_STRINGS:
+            clean[name] = _string(item, name, ITEM_STRING_LIMIT) if name in item else ""
+        clean["price"] = _decimal(item.get("price"), f"{where}.price")
+        quantity = item.get("quantity", 1)
+        if isinstance(quantity, bool) or not isinstance(quantity, int) or not (
+            0 <= quantity < 2**32
+        ):
+            raise EventError(f"{where}.quantity must be a whole number >= 0", where)
+        clean["quantity"] = quantity
+        out.append(clean)
+    return out
+
+
+def _props(value: Any) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise EventError("'props' must be an object", "props")
+    if len(value) > MAX_PROPS:
+        raise EventError(f"'props' has more than {MAX_PROPS} keys", "props")
+    out = {}
+    for key, item in value.items():
+        if len(key) > MAX_PROP_KEY:
+            raise EventError(f"a 'props' key is longer than {MAX_PROP_KEY} characters", "props")
+        if item is None:
+            continue
+        if isinstance(item, str):
+            text = item
+        elif isinstance(item, bool):
+            text = "true" if item else "false"
+        elif isinstance(item, int | float):
+            text = str(item)
+        else:  # lists and objects stay queryable with ClickHouse's JSON functions
+            text = orjson.dumps(item).decode()
+        if len(text) > MAX_PROP_VALUE:
+            raise EventError(f"props.{key} is longer than {MAX_PROP_VALUE} characters", "props")
+        out[key] = text
+    return out

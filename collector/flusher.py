@@ -1,0 +1,173 @@
+"""The flusher: moves spooled hits into ``tagwerk.events`` in batches, exactly once.
+
+A batch is cut when the oldest unflushed hit is ``interval`` old or ``max_bytes`` wait.
+Before inserting, the flusher records the batch's bounds in the checkpoint; after a crash
+the same bounds are replayed with the same ``insert_deduplication_token``, so ClickHouse
+drops a block it already has. Event ids chosen by senders are checked against the table
+too, which catches a sender's retry of a hit it had no answer for.
+
+Each spool record is one request: a first line of metadata (``{}``, or the sender-given
+event ids with their site and time range), then one JSONEachRow line per event.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import orjson
+
+from collector.metrics import Metrics
+from collector.spool import Checkpoint, Pos, Spool
+from collector.storage import StorageError, Store
+
+log = logging.getLogger("tagwerk.flusher")
+
+NO_META = b"{}"
+ID_PREFIX = len(b'{"event_id":"')  # rows are written with event_id first
+ID_LENGTH = 36
+
+
+def encode_record(lines: list[bytes], site_id: str, given: list[tuple[str, str]]) -> bytes:
+    """One spool record: metadata, then the rows. ``given``: (event_id, ts) the sender chose."""
+    if given:
+        times = [ts for _, ts in given]
+        meta = orjson.dumps(
+            {"site": site_id, "ids": [i for i, _ in given], "lo": min(times), "hi": max(times)}
+        )
+    else:
+        meta = NO_META
+    return meta + b"\n" + b"\n".join(lines) + b"\n"
+
+
+class Flusher:
+    def __init__(
+        self,
+        spool: Spool,
+        store: Store,
+        metrics: Metrics,
+        interval: float = 0.25,
+        max_bytes: int = 16 * 1024 * 1024,
+    ) -> None:
+        self.spool, self.store, self.metrics = spool, store, metrics
+        self.interval, self.max_bytes = interval, max_bytes
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="flusher", daemon=True)
+        self.last_error: str | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Flush what is durable (while ClickHouse answers), then stop."""
+        self._stop.set()
+        self._thread.join(timeout)
+
+    @property
+    def caught_up(self) -> bool:
+        return self.spool.checkpoint.flushed >= self.spool.durable
+
+    def _run(self) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                self._step()
+                backoff = 0.1
+                if self._stop.is_set() and self.caught_up:
+                    return
+            except StorageError as exc:
+                self.metrics.flush_failures.inc()
+                if self.last_error != str(exc):
+                    log.warning("flush failed, will retry: %s", exc)
+                self.last_error = str(exc)
+                if self._stop.wait(backoff) and self._stop.is_set():
+                    return  # shutting down while ClickHouse is away: the spool keeps it
+                backoff = min(backoff * 2, 5.0)
+            except Exception:
+                log.exception("flusher error")
+                self.metrics.flush_failures.inc()
+                time.sleep(1.0)
+
+    def _step(self) -> None:
+        checkpoint = self.spool.checkpoint
+        if checkpoint.pending and checkpoint.pending > checkpoint.flushed:
+            # A batch was being inserted when we stopped: replay it with the same bounds.
+            self._flush(checkpoint.flushed, checkpoint.pending)
+            return
+        start = checkpoint.flushed
+        durable = self.spool.durable
+        if durable <= start:
+            self.spool.wait_durable(start, 0.5)
+            return
+        deadline = time.monotonic() + self.interval
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            durable = self.spool.durable
+            if durable.segment == start.segment and durable.offset - start.offset < self.max_bytes:
+                time.sleep(min(0.01, max(0.0, deadline - time.monotonic())))
+            else:
+                break
+        self._flush(start, self.spool.durable)
+
+    def _flush(self, start: Pos, end: Pos) -> None:
+        records, stop = self.spool.read(start, end, self.max_bytes)
+        if not records:
+            self.spool.release(stop)
+            return
+        began = time.monotonic()
+        self.last_error = None
+        self.spool.write_checkpoint(Checkpoint(start, pending=stop))
+        body, rows, dropped = self._rows(records)
+        if body:
+            token = f"{start.segment}:{start.offset}-{stop.segment}:{stop.offset}"
+            self.store.insert(
+                "tagwerk.events", body, "JSONEachRow", {"insert_deduplication_token": token}
+            )
+        self.spool.release(stop)
+        self.metrics.flush_seconds.observe(time.monotonic() - began)
+        self.metrics.rows_inserted.inc(by=rows)
+        self.metrics.duplicates_dropped.inc(by=dropped)
+
+    def _rows(self, records: list[bytes]) -> tuple[bytes, int, int]:
+        """The batch body without repeated sender-given ids; rows and dropped counts."""
+        metas = []
+        for record in records:
+            if not record.startswith(NO_META + b"\n"):
+                metas.append(orjson.loads(record[: record.index(b"\n")]))
+        skip = self._existing(metas) if metas else set()
+        seen: set[str] = set()
+        parts: list[bytes] = []
+        rows = dropped = 0
+        for record in records:
+            meta_end = record.index(b"\n") + 1
+            if record.startswith(NO_META + b"\n"):
+                parts.append(record[meta_end:])
+                rows += record.count(b"\n", meta_end)
+                continue
+            for line in record[meta_end:].splitlines():
+                event_id = line[ID_PREFIX : ID_PREFIX + ID_LENGTH].decode()
+                if event_id in skip or event_id in seen:
+                    dropped += 1
+                    continue
+                seen.add(event_id)
+                parts.append(line + b"\n")
+                rows += 1
+        return b"".join(parts), rows, dropped
+
+    def _existing(self, metas: list[dict]) -> set[str]:
+        """Which sender-given ids ClickHouse has already (a sender's retry)."""
+        ids = [i for meta in metas for i in meta["ids"]]
+        found = self.store.rows(
+            "SELECT toString(event_id) AS id FROM tagwerk.events "
+            "WHERE site_id IN {sites:Array(String)} "
+            "AND ts BETWEEN {lo:DateTime64(3, 'UTC')} - INTERVAL 1 DAY "
+            "AND {hi:DateTime64(3, 'UTC')} + INTERVAL 1 DAY "
+            "AND event_id IN {ids:Array(UUID)}",
+            {
+                "sites": sorted({meta["site"] for meta in metas}),
+                "lo": min(meta["lo"] for meta in metas),
+                "hi": max(meta["hi"] for meta in metas),
+                "ids": ids,
+            },
+        )
+        return {row["id"] for row in found}

@@ -1,0 +1,155 @@
+"""Numbered SQL migrations from ``clickhouse/``, applied once each, rendered for a cluster.
+
+The files are plain single-node ClickHouse SQL. A first-line comment tells how a table is
+laid out on a cluster:
+
+- ``-- cluster: replicated``: a full copy on every node (small tables such as sites);
+- ``-- cluster: sharded by EXPR``: a ``*_local`` table per shard and a ``Distributed``
+  table over it under the original name, rows placed by ``EXPR``.
+
+Statements must be idempotent (``IF NOT EXISTS``): ClickHouse has no transactional DDL,
+so a migration interrupted half-way is simply run again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from importlib import resources
+
+from collector.storage import Store
+
+DATABASE = "tagwerk"
+
+_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+_LAYOUT = re.compile(r"^--\s*cluster:\s*(replicated|sharded by\s+(.+?))\s*$", re.M)
+_CREATE = re.compile(r"^\s*CREATE TABLE (IF NOT EXISTS )?(\w+)\.(\w+)", re.I)
+_ALTER = re.compile(r"^\s*ALTER TABLE (\w+)\.(\w+)", re.I)
+_ENGINE = re.compile(r"ENGINE\s*=\s*(\w*MergeTree)(?:\(([^)]*)\))?", re.I)
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+    @property
+    def statements(self) -> list[str]:
+        body = "\n".join(line for line in self.sql.splitlines() if not line.startswith("--"))
+        return [s.strip() for s in body.split(";") if s.strip()]
+
+    @property
+    def shard_key(self) -> str | None:
+        """The sharding expression, or None for a table replicated to every node."""
+        match = _LAYOUT.search(self.sql)
+        if not match:
+            raise ValueError(f"migration {self.version:04d} lacks a '-- cluster:' layout line")
+        return match.group(2)
+
+
+def load_migrations() -> list[Migration]:
+    found = []
+    for entry in resources.files("tagwerk_clickhouse").iterdir():
+        match = _FILE.match(entry.name)
+        if match:
+            found.append(Migration(int(match.group(1)), match.group(2), entry.read_text()))
+    found.sort(key=lambda m: m.version)
+    versions = [m.version for m in found]
+    if len(set(versions)) != len(versions):
+        raise ValueError("two migrations share a number")
+    return found
+
+
+def render(migration: Migration, cluster: str | None = None) -> list[str]:
+    """The statements to run, for one server (``cluster=None``) or for a cluster."""
+    if cluster is None:
+        return migration.statements
+    out: list[str] = []
+    for stmt in migration.statements:
+        out.extend(_render_for_cluster(stmt, cluster, migration.shard_key))
+    return out
+
+
+def _render_for_cluster(stmt: str, cluster: str, shard_key: str | None) -> list[str]:
+    on = f"ON CLUSTER {_ident(cluster)}"
+    if match := _CREATE.match(stmt):
+        exists, db, table = match.group(1) or "", match.group(2), match.group(3)
+        local = f"{table}_local" if shard_key else table
+        shard = "{shard}" if shard_key else "all"
+        path = f"'/clickhouse/tables/{shard}/{db}/{local}', '{{replica}}'"
+        head = f"CREATE TABLE {exists}{db}.{local} {on}"
+        body = stmt[match.end():]
+
+        def replicated(engine: re.Match) -> str:
+            args = f"{path}, {engine.group(2)}" if engine.group(2) else path
+            return f"ENGINE = Replicated{engine.group(1)}({args})"
+
+        body, n = _ENGINE.subn(replicated, body, count=1)
+        if n != 1:
+            raise ValueError(f"{db}.{table}: only *MergeTree tables can be rendered for a cluster")
+        out = [head + body]
+        if shard_key:
+            out.append(
+                f"CREATE TABLE {exists}{db}.{table} {on} AS {db}.{local} "
+                f"ENGINE = Distributed({_quote(cluster)}, {_quote(db)}, {_quote(local)}, "
+                f"{shard_key})"
+            )
+        return out
+    if match := _ALTER.match(stmt):
+        db, table = match.group(1), match.group(2)
+        rest = stmt[match.end():]
+        if shard_key:
+            # Columns must change on the shards and on the Distributed table alike.
+            return [
+                f"ALTER TABLE {db}.{table}_local {on}{rest}",
+                f"ALTER TABLE {db}.{table} {on}{rest}",
+            ]
+        return [f"ALTER TABLE {db}.{table} {on}{rest}"]
+    raise ValueError(f"cannot render for a cluster: {stmt.split(chr(10))[0]}")
+
+
+def migrate(store: Store, cluster: str | None = None) -> list[Migration]:
+    """Apply the migrations not applied yet; return them. Refuse edited applied ones."""
+    on = f" ON CLUSTER {_ident(cluster)}" if cluster else ""
+    store.execute(f"CREATE DATABASE IF NOT EXISTS {DATABASE}{on}")
+    migrations = load_migrations()
+    for stmt in render(migrations[0], cluster):  # the bookkeeping table itself
+        store.execute(stmt)
+    applied = {
+        row["version"]: row["checksum"]
+        for row in store.rows(f"SELECT version, checksum FROM {DATABASE}.schema_migrations FINAL")
+    }
+    done = []
+    for migration in migrations:
+        if migration.version in applied:
+            if applied[migration.version] != migration.checksum:
+                raise RuntimeError(
+                    f"migration {migration.version:04d}_{migration.name} was changed after it "
+                    "was applied; add a new migration instead"
+                )
+            continue
+        for stmt in render(migration, cluster):
+            store.execute(stmt)
+        store.execute(
+            f"INSERT INTO {DATABASE}.schema_migrations (version, name, checksum) "
+            "VALUES ({version:UInt32}, {name:String}, {checksum:String})",
+            {"version": migration.version, "name": migration.name, "checksum": migration.checksum},
+        )
+        done.append(migration)
+    return done
+
+
+def _ident(name: str) -> str:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_\-]*", name):
+        raise ValueError(f"not a valid cluster name: {name!r}")
+    return name
+
+
+def _quote(name: str) -> str:
+    return "'" + _ident(name) + "'"

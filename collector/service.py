@@ -1,0 +1,102 @@
+"""The running collector: storage, site registry, spool, flusher, enrichment and metrics,
+started and stopped together."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import time
+from pathlib import Path
+
+from collector.config import Settings
+from collector.flusher import Flusher
+from collector.geo import GeoIP
+from collector.metrics import Metrics
+from collector.migrations import migrate
+from collector.sites import Sites
+from collector.spool import Spool
+from collector.storage import StorageError, Store, open_store
+
+log = logging.getLogger("tagwerk")
+
+DEMO_SITE = "demo"
+DEMO_ORIGINS = ("http://127.0.0.1:8000", "http://localhost:8000")
+
+
+class Collector:
+    def __init__(self, settings: Settings, store: Store | None = None) -> None:
+        self.settings = settings
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.store = store or open_store(settings.clickhouse_url, str(settings.chdb_dir))
+        self.metrics = Metrics()
+        self.geo = GeoIP(settings.geoip_db)
+        self.sites = Sites(self.store, settings.data_dir / "sites.json")
+        self.spool = Spool(settings.spool_dir, settings.spool_segment_bytes,
+                           settings.spool_max_bytes)
+        self.flusher = Flusher(self.spool, self.store, self.metrics,
+                               interval=settings.flush_interval_ms / 1000)
+        self.metrics.gauge("tagwerk_spool_unflushed_bytes", "Bytes on disk not yet in ClickHouse.",
+                           self.spool.unflushed_bytes)
+        self.metrics.gauge("tagwerk_spool_fsyncs_total", "Group commits (fsyncs) of the spool.",
+                           lambda: self.spool.fsyncs)
+        self.sql_password = ""
+
+    # -- start and stop ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._prepare_storage()
+        self.flusher.start()
+
+    def stop(self) -> None:
+        self.flusher.stop()
+        self.spool.close()
+        self.geo.close()
+        self.store.close()
+
+    def _prepare_storage(self) -> None:
+        """Migrate and load sites; with ClickHouse down, serve from the last snapshot of the
+        sites so that hits are still accepted into the spool."""
+        try:
+            applied = migrate(self.store, self.settings.cluster)
+            for migration in applied:
+                log.info("applied migration %04d_%s", migration.version, migration.name)
+            if self.settings.demo_site:
+                self._ensure_demo_site()
+            self.sites.load()
+        except StorageError as exc:
+            if not self.sites.load_snapshot():
+                raise
+            log.warning("ClickHouse unavailable (%s); using the saved site list", exc)
+
+    def _ensure_demo_site(self) -> None:
+        self.sites.load()
+        if self.sites.get(DEMO_SITE) is not None:
+            return
+        origins = {*DEMO_ORIGINS, f"http://127.0.0.1:{self.settings.port}",
+                   f"http://localhost:{self.settings.port}"}
+        _, keys = self.sites.create(DEMO_SITE, sorted(origins), name="Demo shop")
+        path = self.settings.data_dir / "demo-keys.json"
+        _write_private(path, json.dumps(keys, indent=2))
+        log.info("created site 'demo'; its keys are in %s", path)
+
+    def ready(self) -> bool:
+        return self.store.ping()
+
+    def new_sql_password(self) -> str:
+        self.sql_password = secrets.token_urlsafe(24)
+        return self.sql_password
+
+    def write_runtime_info(self, info: dict) -> None:
+        """Tell local commands (``tagwerk sql``...) how to reach this running collector."""
+        _write_private(self.settings.data_dir / "serve.json",
+                       json.dumps({**info, "pid": os.getpid(), "started": time.time()}))
+
+
+def _write_private(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)

@@ -1,0 +1,211 @@
+"""Sites: who may send hits, from which origins, with which keys and settings.
+
+Keys are random tokens shown once at creation; only their SHA-256 digests are stored
+(the tokens carry 192 random bits, so a fast hash is enough).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import os
+import re
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import orjson
+
+from collector.storage import StorageError, Store
+
+SITE_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+KEY_KINDS = ("write", "read", "admin")
+
+
+@dataclass(frozen=True)
+class Site:
+    site_id: str
+    name: str = ""
+    origins: tuple[str, ...] = ()
+    write_key_hash: str = ""
+    read_key_hash: str = ""
+    admin_key_hash: str = ""
+    retention_days: int = 0
+    drop_bots: bool = False
+    _patterns: tuple[re.Pattern, ...] = field(default=(), compare=False, repr=False)
+
+    def allows_origin(self, origin: str) -> bool:
+        """Exact origins, ``*``, or ``https://*.shop.example`` for any subdomain."""
+        return any(p.fullmatch(origin) for p in self._patterns)
+
+    def key_matches(self, kind: str, key: str) -> bool:
+        stored = getattr(self, f"{kind}_key_hash")
+        return bool(stored) and hmac.compare_digest(stored, hash_key(key))
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def new_key(kind: str) -> str:
+    return f"tw_{kind}_{secrets.token_urlsafe(24)}"
+
+
+def normalize_origin(origin: str) -> str:
+    """``https://Shop.example/`` -> ``https://shop.example``; ValueError if not an origin."""
+    if origin == "*":
+        return origin
+    parts = urlsplit(origin.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+        raise ValueError(f"not an origin (scheme://host[:port]): {origin!r}")
+    if parts.query or parts.fragment or parts.username:
+        raise ValueError(f"not an origin (scheme://host[:port]): {origin!r}")
+    host = parts.netloc.rsplit("@", 1)[-1].lower()
+    return f"{parts.scheme}://{host}"
+
+
+def _origin_pattern(origin: str) -> re.Pattern:
+    if origin == "*":
+        return re.compile(r".*")
+    scheme, host = origin.split("://", 1)
+    if host.startswith("*."):
+        return re.compile(re.escape(scheme) + r"://[a-z0-9.-]+\." + re.escape(host[2:]))
+    return re.compile(re.escape(origin))
+
+
+def _site_from_row(row: dict) -> Site:
+    origins = tuple(row["origins"])
+    return Site(
+        site_id=row["site_id"],
+        name=row["name"],
+        origins=origins,
+        write_key_hash=row["write_key_hash"],
+        read_key_hash=row["read_key_hash"],
+        admin_key_hash=row["admin_key_hash"],
+        retention_days=int(row["retention_days"]),
+        drop_bots=bool(row["drop_bots"]),
+        _patterns=tuple(_origin_pattern(o) for o in origins),
+    )
+
+
+class Sites:
+    """The site registry, cached in memory and reloaded from ClickHouse now and then.
+
+    Sites may be created by another process (``tagwerk site create``), so an unknown
+    site id triggers a reload, at most once a second.
+    """
+
+    def __init__(
+        self, store: Store, snapshot: Path | None = None, refresh_seconds: float = 10.0
+    ) -> None:
+        self.store = store
+        # Saved after each load, so that the collector can start while ClickHouse is down.
+        self.snapshot_path = snapshot
+        self.refresh_seconds = refresh_seconds
+        self._sites: dict[str, Site] = {}
+        self._by_write_key: dict[str, Site] = {}
+        self._loaded_at = 0.0
+        self._lock = threading.Lock()
+
+    def load(self) -> None:
+        rows = self.store.rows(
+            "SELECT site_id, name, origins, write_key_hash, read_key_hash, admin_key_hash, "
+            "retention_days, drop_bots FROM tagwerk.sites FINAL WHERE NOT deleted"
+        )
+        previous = self._sites
+        self._set({row["site_id"]: _site_from_row(row) for row in rows})
+        if self.snapshot_path and (self._sites != previous or not self.snapshot_path.exists()):
+            tmp = self.snapshot_path.with_suffix(".tmp")
+            tmp.write_bytes(orjson.dumps(rows))
+            os.replace(tmp, self.snapshot_path)
+
+    def load_snapshot(self) -> bool:
+        """Serve the sites saved by the last successful load; False if there is none."""
+        if not self.snapshot_path or not self.snapshot_path.exists():
+            return False
+        rows = orjson.loads(self.snapshot_path.read_bytes())
+        self._set({row["site_id"]: _site_from_row(row) for row in rows})
+        return True
+
+    def _set(self, sites: dict[str, Site]) -> None:
+        self._sites = sites
+        self._by_write_key = {s.write_key_hash: s for s in sites.values() if s.write_key_hash}
+        self._loaded_at = time.monotonic()
+
+    def get(self, site_id: str) -> Site | None:
+        site = self._sites.get(site_id)
+        age = time.monotonic() - self._loaded_at
+        if (site is None and age > 1.0) or age > self.refresh_seconds:
+            self._reload_quietly()
+            site = self._sites.get(site_id)
+        return site
+
+    def by_write_key(self, key: str) -> Site | None:
+        digest = hash_key(key)
+        site = self._by_write_key.get(digest)
+        if site is None and time.monotonic() - self._loaded_at > 1.0:
+            self._reload_quietly()
+            site = self._by_write_key.get(digest)
+        return site
+
+    def any_allows_origin(self, origin: str) -> bool:
+        return any(site.allows_origin(origin) for site in self._sites.values())
+
+    def _reload_quietly(self) -> None:
+        # One reload at a time; the others keep using the current map.
+        if not self._lock.acquire(blocking=False):
+            return
+        try:
+            self.load()
+        except StorageError:
+            self._loaded_at = time.monotonic()  # storage is down: keep serving what we know
+        finally:
+            self._lock.release()
+
+    def create(
+        self,
+        site_id: str,
+        origins: list[str] | tuple[str, ...] = (),
+        name: str = "",
+        retention_days: int = 0,
+        drop_bots: bool = False,
+    ) -> tuple[Site, dict[str, str]]:
+        """Create a site; return it and its keys in clear (shown this once only)."""
+        if not SITE_ID.match(site_id):
+            raise ValueError("site id: 1-63 characters of a-z, 0-9, '_' and '-', starting "
+                             "with a letter or digit")
+        if not 0 <= retention_days <= 65535:
+            raise ValueError("retention_days must be between 0 (forever) and 65535")
+        clean = [normalize_origin(o) for o in origins]
+        self.load()
+        if site_id in self._sites:
+            raise ValueError(f"site {site_id!r} exists already")
+        keys = {kind: new_key(kind) for kind in KEY_KINDS}
+        now = dt.datetime.now(dt.UTC)
+        row = {
+            "site_id": site_id,
+            "name": name or site_id,
+            "origins": clean,
+            "write_key_hash": hash_key(keys["write"]),
+            "read_key_hash": hash_key(keys["read"]),
+            "admin_key_hash": hash_key(keys["admin"]),
+            "retention_days": retention_days,
+            "drop_bots": drop_bots,
+            "created_at": now,
+            "updated_at": now,
+        }
+        self.store.execute(
+            "INSERT INTO tagwerk.sites (site_id, name, origins, write_key_hash, read_key_hash, "
+            "admin_key_hash, retention_days, drop_bots, created_at, updated_at) VALUES "
+            "({site_id:String}, {name:String}, {origins:Array(String)}, "
+            "{write_key_hash:String}, {read_key_hash:String}, {admin_key_hash:String}, "
+            "{retention_days:UInt16}, {drop_bots:Bool}, {created_at:DateTime64(3, 'UTC')}, "
+            "{updated_at:DateTime64(3, 'UTC')})",
+            row,
+        )
+        self.load()
+        return self._sites[site_id], keys

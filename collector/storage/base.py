@@ -1,0 +1,109 @@
+"""The storage interface and the parameter formatting both backends share."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+Params = Mapping[str, Any] | None
+
+
+class StorageError(Exception):
+    """ClickHouse refused a statement (bad SQL, a type error, a constraint)."""
+
+
+class StorageUnavailable(StorageError):
+    """ClickHouse could not be reached; the statement may succeed later."""
+
+
+class Store(ABC):
+    """What the collector needs from ClickHouse. SQL is the same for both backends.
+
+    Values are always bound through ``{name:Type}`` placeholders, never pasted into SQL.
+    """
+
+    kind: str
+
+    @abstractmethod
+    def query(self, sql: str, params: Params = None, fmt: str = "JSONEachRow") -> bytes:
+        """Run a query and return its whole result in the ClickHouse output format ``fmt``."""
+
+    @abstractmethod
+    def execute(self, sql: str, params: Params = None) -> None:
+        """Run a statement that returns nothing (DDL, ALTER, INSERT ... SELECT)."""
+
+    @abstractmethod
+    def insert(
+        self,
+        table: str,
+        data: bytes,
+        fmt: str = "JSONEachRow",
+        settings: Mapping[str, str] | None = None,
+    ) -> None:
+        """Insert rows already encoded in the ClickHouse input format ``fmt``."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def rows(self, sql: str, params: Params = None) -> list[dict[str, Any]]:
+        """Run a query and return its rows as dicts."""
+        out = self.query(sql, params, "JSONEachRow")
+        return [orjson.loads(line) for line in out.splitlines() if line]
+
+    def ping(self) -> bool:
+        try:
+            return self.query("SELECT 1", fmt="TSV").strip() == b"1"
+        except StorageError:
+            return False
+
+
+def format_param(value: Any) -> str:
+    """A parameter value as text for a ``{name:Type}`` placeholder.
+
+    ClickHouse reads a top-level string in its escaped text form (see ``escape_param``)
+    and anything else (arrays, maps, numbers, times) as a literal, as produced here.
+    """
+    if isinstance(value, str):
+        return value
+    return _literal(value, top=True)
+
+
+_MUST_ESCAPE = frozenset("\\'`\t\n")
+
+
+def escape_param(text: str) -> str:
+    """Escape a top-level string parameter as ClickHouse expects (as clickhouse-connect does)."""
+    return "".join("\\" + c if c in _MUST_ESCAPE else c for c in text)
+
+
+def _literal(value: Any, top: bool = False) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float | Decimal):
+        return str(value)
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(dt.UTC).replace(tzinfo=None)
+        text = value.isoformat(sep=" ", timespec="milliseconds")
+        return text if top else _quote(text)
+    if isinstance(value, dt.date | uuid.UUID):
+        return str(value) if top else _quote(str(value))
+    if isinstance(value, str):
+        return _quote(value)
+    if isinstance(value, list | tuple | set | frozenset):
+        return "[" + ",".join(_literal(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ",".join(f"{_quote(str(k))}:{_literal(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"cannot bind a {type(value).__name__} as a ClickHouse parameter")
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"

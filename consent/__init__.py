@@ -1,0 +1,1 @@
+"""Consent: purposes, consent state and its enforcement."""
