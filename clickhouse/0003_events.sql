@@ -2,6 +2,7 @@
 -- One row per hit. Column names are also the wire format's field names.
 -- ReplacingMergeTree with event_id in the key is the last line of deduplication;
 -- the collector already drops repeated event_ids before inserting.
+-- LowCardinality only on the columns reports group by: each one costs insert CPU.
 CREATE TABLE IF NOT EXISTS tagwerk.events
 (
     event_id UUID,
@@ -14,15 +15,15 @@ CREATE TABLE IF NOT EXISTS tagwerk.events
     device_id String CODEC(ZSTD(1)),
     session_id String CODEC(ZSTD(1)),
     user_id String CODEC(ZSTD(1)),
-    consent Array(LowCardinality(String)),
+    consent Array(String),
     url String CODEC(ZSTD(3)),
     path String CODEC(ZSTD(3)),
     title String CODEC(ZSTD(3)),
     referrer String CODEC(ZSTD(3)),
-    referrer_host LowCardinality(String),
-    utm_source LowCardinality(String),
-    utm_medium LowCardinality(String),
-    utm_campaign LowCardinality(String),
+    referrer_host String CODEC(ZSTD(1)),
+    utm_source String CODEC(ZSTD(1)),
+    utm_medium String CODEC(ZSTD(1)),
+    utm_campaign String CODEC(ZSTD(1)),
     utm_term String CODEC(ZSTD(3)),
     utm_content String CODEC(ZSTD(3)),
     device_class LowCardinality(String),
@@ -30,10 +31,10 @@ CREATE TABLE IF NOT EXISTS tagwerk.events
     os LowCardinality(String),
     is_bot Bool,
     country LowCardinality(String),
-    region LowCardinality(String),
-    city LowCardinality(String),
-    language LowCardinality(String),
-    screen LowCardinality(String),
+    region String CODEC(ZSTD(1)),
+    city String CODEC(ZSTD(1)),
+    language String CODEC(ZSTD(1)),
+    screen String CODEC(ZSTD(1)),
     order_id String,
     revenue Decimal(18, 4),
     currency LowCardinality(String),

@@ -11,6 +11,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from collector import ingest
 from collector.http import json_response
@@ -39,7 +40,30 @@ async def http_error(request: Request, exc: Exception) -> Response:
     return json_response({"error": exc.detail}, exc.status_code, exc.headers)
 
 
-def create_app(collector: Collector) -> Starlette:
+class HotPaths:
+    """Sends the busiest paths straight to their bare ASGI apps, everything else (and the
+    lifespan) to Starlette. Routing and middleware would otherwise cost ~10% per hit."""
+
+    def __init__(self, app: Starlette, paths: dict[str, ASGIApp]) -> None:
+        self.app, self.paths = app, paths
+        self.state = {"collector": app.state.collector}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and (handler := self.paths.get(scope["path"])):
+            if scope["method"] not in ("GET", "HEAD"):
+                handler = _method_not_allowed
+            scope["app_state"] = self.state
+            await handler(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+async def _method_not_allowed(scope: Scope, receive: Receive, send: Send) -> None:
+    response = json_response({"error": "use GET"}, 405, {"Allow": "GET, HEAD"})
+    await response(scope, receive, send)
+
+
+def create_app(collector: Collector) -> HotPaths:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await run_in_threadpool(collector.start)
@@ -51,7 +75,6 @@ def create_app(collector: Collector) -> Starlette:
     routes = [
         Route("/collect", ingest.collect, methods=["POST"]),
         Route("/collect", ingest.collect_preflight, methods=["OPTIONS"]),
-        Route("/p.gif", ingest.pixel, methods=["GET", "HEAD"]),
         Route("/api/v1/batch", ingest.batch, methods=["POST"]),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
@@ -60,4 +83,4 @@ def create_app(collector: Collector) -> Starlette:
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={HTTPException: http_error})
     app.state.collector = collector
-    return app
+    return HotPaths(app, {"/p.gif": ingest.pixel})

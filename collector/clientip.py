@@ -8,6 +8,7 @@ is written to ClickHouse, the spool or the logs.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Iterable, Sequence
@@ -50,10 +51,14 @@ def client_ip(peer: str | None, forwarded_for: str | None, trusted: Sequence[Net
     X-Forwarded-For value (several headers joined with ","). It is believed only if
     the peer is a trusted proxy, because anybody can send the header.
     """
-    address = _parse(peer) if peer else None
+    if not peer:
+        return ""
+    if not forwarded_for or not trusted:
+        return _canonical(peer)  # the common case, cached: ipaddress parsing is slow
+    address = _parse(peer)
     if address is None:
         return ""
-    if not forwarded_for or not _is_trusted(address, trusted):
+    if not _is_trusted(address, trusted):
         return str(address)
     # Every proxy appends the address it received the request from, so walk from
     # the right: the first hop that is not one of our proxies is the visitor, and
@@ -71,6 +76,13 @@ def client_ip(peer: str | None, forwarded_for: str | None, trusted: Sequence[Net
     return str(candidate)
 
 
+@functools.lru_cache(maxsize=65536)
+def _canonical(value: str) -> str:
+    address = _parse(value)
+    return "" if address is None else str(address)
+
+
+@functools.lru_cache(maxsize=65536)
 def anonymize_ip(ip: str) -> str:
     """Zero the host part: IPv4 keeps its /24, IPv6 its /48. Returns "" if invalid."""
     address = _parse(ip)

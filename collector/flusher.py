@@ -98,7 +98,7 @@ class Flusher:
         start = checkpoint.flushed
         durable = self.spool.durable
         if durable <= start:
-            self.spool.wait_durable(start, 0.5)
+            self._stop.wait(0.01)
             return
         deadline = time.monotonic() + self.interval
         while not self._stop.is_set() and time.monotonic() < deadline:

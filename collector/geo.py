@@ -35,6 +35,10 @@ class GeoIP:
         # all instances and would keep closed readers alive.
         self._cached_lookup = functools.lru_cache(maxsize=CACHE_SIZE)(self._lookup)
 
+    @property
+    def enabled(self) -> bool:
+        return self._reader is not None
+
     def lookup(self, ip: str) -> Location:
         """Return the location of ``ip``; UNKNOWN if it is malformed or not in the DB."""
         return self._cached_lookup(ip)
