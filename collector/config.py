@@ -26,14 +26,12 @@ class Settings:
     sql_users_file: Path | None = None
     geoip_db: Path | None = None
     trusted_proxies: str = ""
-    # A batch goes to ClickHouse when it has this many rows or its oldest row is this old.
-    flush_rows: int = 20_000
+    # A batch goes to ClickHouse when this many bytes wait or its oldest hit is this old.
+    flush_bytes: int = 16 * 1024**2
     flush_interval_ms: int = 250
     # Past this many unflushed bytes on disk the collector answers 503.
     spool_max_bytes: int = 2 * 1024**3
     spool_segment_bytes: int = 64 * 1024**2
-    # Group commit: wait at most this long for more hits before one fsync.
-    fsync_interval_ms: float = 2.0
     demo_site: bool = True
     log_level: str = "info"
     networks: tuple = field(default=(), repr=False)

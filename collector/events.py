@@ -36,6 +36,8 @@ STRING_LIMITS = {
     "country": 2, "region": 3, "city": 128,
 }
 NO_STRINGS = dict.fromkeys(STRING_LIMITS, "")
+# Shops often number customers and orders: accept those as JSON numbers too.
+NUMERIC_IDS = frozenset({"user_id", "order_id"})
 ITEM_STRINGS = ("product_id", "name", "category", "brand", "variant")
 ITEM_STRING_LIMIT = 256
 MAX_ITEMS = 200
@@ -172,7 +174,9 @@ def _string(raw: dict, name: str, limit: int) -> str:
     value = raw.get(name)
     if value is None:
         return ""
-    if isinstance(value, bool) or not isinstance(value, str | int):
+    if not isinstance(value, str) and not (
+        name in NUMERIC_IDS and isinstance(value, int) and not isinstance(value, bool)
+    ):
         raise EventError(f"{name!r} must be a string", name)
     text = str(value)
     if len(text) > limit:

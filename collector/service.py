@@ -29,6 +29,7 @@ class Collector:
     def __init__(self, settings: Settings, store: Store | None = None) -> None:
         self.settings = settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self._owns_store = store is None
         self.store = store or open_store(settings.clickhouse_url, str(settings.chdb_dir))
         self.metrics = Metrics()
         self.geo = GeoIP(settings.geoip_db)
@@ -36,7 +37,8 @@ class Collector:
         self.spool = Spool(settings.spool_dir, settings.spool_segment_bytes,
                            settings.spool_max_bytes)
         self.flusher = Flusher(self.spool, self.store, self.metrics,
-                               interval=settings.flush_interval_ms / 1000)
+                               interval=settings.flush_interval_ms / 1000,
+                               max_bytes=settings.flush_bytes)
         self.metrics.gauge("tagwerk_spool_unflushed_bytes", "Bytes on disk not yet in ClickHouse.",
                            self.spool.unflushed_bytes)
         self.metrics.gauge("tagwerk_spool_fsyncs_total", "Group commits (fsyncs) of the spool.",
@@ -53,7 +55,8 @@ class Collector:
         self.flusher.stop()
         self.spool.close()
         self.geo.close()
-        self.store.close()
+        if self._owns_store:
+            self.store.close()
 
     def _prepare_storage(self) -> None:
         """Migrate and load sites; with ClickHouse down, serve from the last snapshot of the

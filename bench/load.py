@@ -1,0 +1,235 @@
+"""Load benchmark: the collector against nginx's ``empty_gif`` on the same core.
+
+Measures, with wrk as the load generator on the other core:
+  - pixel hits per second (GET /p.gif, fully enriched, spooled and fsynced before the 200);
+  - JSON events per second, in batches of 10 (POST /collect);
+  - p50/p99 latency of both;
+  - how long until a hit is queryable in ClickHouse, under the pixel load (p50/p99);
+  - the collector's resident memory at that load;
+  - nginx serving a 1x1 GIF with ``empty_gif`` (the physical limit) and our ratio to it.
+
+Needs Debian's ``wrk`` and ``nginx``. Run: ``python3 bench/load.py [--seconds 10]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+import urllib.request
+import uuid
+from pathlib import Path
+
+UA = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+      "Chrome/131.0.0.0 Safari/537.36")
+PIXEL_QUERY = ("site=demo&event=email_open&channel=email&consent=analytics&device_id=d-42"
+               "&url=https%3A%2F%2Fshop.example%2Fnewsletter%3Futm_source%3Dnews&props.campaign=nov")
+SERVER_CORE, CLIENT_CORE = "0", "1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=1).read()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer")
+
+
+def wrk(url: str, seconds: int, connections: int, script: Path | None = None) -> dict:
+    cmd = ["taskset", "-c", CLIENT_CORE, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s",
+           "--latency", "-H", f"User-Agent: {UA}"]
+    if script:
+        cmd += ["-s", str(script)]
+    out = subprocess.run(cmd + [url], capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errors = re.search(r"Socket errors:.*", out)
+
+    def pct(p: str) -> float:
+        value, unit = re.search(rf"\s{p}%\s+([\d.]+)(us|ms|s)", out).groups()
+        return float(value) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
+
+    return {"rps": rps, "p50_ms": pct("50"), "p99_ms": pct("99"),
+            "non2xx": int(non2xx.group(1)) if non2xx else 0,
+            "socket_errors": errors.group(0) if errors else ""}
+
+
+def nginx_limit(seconds: int, connections: int, workdir: Path) -> dict:
+    port = free_port()
+    conf = workdir / "nginx.conf"
+    conf.write_text(f"""
+worker_processes 1;
+daemon off;
+pid {workdir}/nginx.pid;
+error_log {workdir}/nginx-error.log;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {workdir}/body;
+    proxy_temp_path {workdir}/proxy;
+    fastcgi_temp_path {workdir}/fastcgi;
+    uwsgi_temp_path {workdir}/uwsgi;
+    scgi_temp_path {workdir}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        location = /p.gif {{ empty_gif; add_header Cache-Control "no-store"; }}
+    }}
+}}
+""")
+    proc = subprocess.Popen(["taskset", "-c", SERVER_CORE, "nginx", "-c", str(conf)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/p.gif")
+        return wrk(f"http://127.0.0.1:{port}/p.gif?{PIXEL_QUERY}", seconds, connections)
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+class Collector:
+    """``tagwerk serve`` on the embedded engine, pinned to one core."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port, self.sql_port = free_port(), free_port()
+        self.data = workdir / "var"
+        self.proc = subprocess.Popen(
+            ["taskset", "-c", SERVER_CORE, sys.executable, "-m", "collector", "serve",
+             "--port", str(self.port), "--sql-port", str(self.sql_port),
+             "--data-dir", str(self.data), "--log-level", "warning"],
+            stdout=subprocess.DEVNULL,
+            stderr=open(workdir / "collector.log", "wb"),  # noqa: SIM115 (child keeps it)
+        )
+        wait_http(f"{self.base}/readyz")
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def sql(self, query: str) -> str:
+        url = f"http://127.0.0.1:{self.sql_port}/?" + urllib.parse.urlencode({"query": query})
+        return urllib.request.urlopen(url, timeout=10).read().decode()
+
+    def rss_mb(self) -> float:
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        return int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) / 1024
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def queryable_latency(c: Collector, stop: threading.Event, out: list[float]) -> None:
+    """Send a marked hit every 50 ms; measure from its 2xx until ClickHouse returns it."""
+    pending: dict[str, float] = {}
+    while not stop.is_set():
+        event_id = str(uuid.uuid4())
+        body = json.dumps({"site": "demo", "event": "bench_probe", "event_id": event_id}).encode()
+        req = urllib.request.Request(f"{c.base}/collect", body,
+                                     {"Content-Type": "text/plain", "User-Agent": UA})
+        urllib.request.urlopen(req, timeout=10).read()
+        pending[event_id] = time.monotonic()
+        found = c.sql("SELECT toString(event_id) FROM tagwerk.events "
+                      "WHERE site_id = 'demo' AND event = 'bench_probe' "
+                      "AND ts > now() - INTERVAL 5 MINUTE FORMAT TSV").split()
+        now = time.monotonic()
+        for event_id in found:
+            if event_id in pending:
+                out.append(now - pending.pop(event_id))
+        time.sleep(0.05)
+
+
+def sample_rss(c: Collector, stop: threading.Event, out: list[float]) -> None:
+    while not stop.is_set():
+        out.append(c.rss_mb())
+        stop.wait(0.5)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=64)
+    args = parser.parse_args()
+    for tool in ("wrk", "nginx", "taskset"):
+        if not shutil.which(tool):
+            sys.exit(f"bench needs {tool} (Debian: apt-get install wrk nginx util-linux)")
+    if (os.cpu_count() or 1) < 2:
+        sys.exit("bench needs two cores: one for the server, one for wrk")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        limit = nginx_limit(args.seconds, args.connections, workdir)
+        collector = Collector(workdir)
+        try:
+            pixel_url = f"{collector.base}/p.gif?{PIXEL_QUERY}"
+            wrk(pixel_url, 2, args.connections)  # warm-up: caches, first parts
+            rss: list[float] = []
+            probes: list[float] = []
+            stop = threading.Event()
+            sampler = threading.Thread(target=sample_rss, args=(collector, stop, rss))
+            prober = threading.Thread(target=queryable_latency, args=(collector, stop, probes))
+            sampler.start()
+            prober.start()
+            pixel = wrk(pixel_url, args.seconds, args.connections)
+            stop.set()
+            sampler.join()
+            prober.join()
+
+            script = workdir / "batch.lua"
+            events = [{"event": "view_item", "url": f"https://shop.example/p/{i}",
+                       "consent": ["analytics"], "device_id": "d-42",
+                       "items": [{"product_id": f"sku-{i}", "price": 19.9, "quantity": 1}]}
+                      for i in range(10)]
+            body = json.dumps({"site": "demo", "events": events})
+            script.write_text('wrk.method = "POST"\n'
+                              'wrk.headers["Content-Type"] = "text/plain"\n'
+                              f"wrk.body = {json.dumps(body)}\n")
+            batch = wrk(f"{collector.base}/collect", args.seconds, args.connections, script)
+            time.sleep(1.5)
+            stored = int(collector.sql("SELECT count() FROM tagwerk.events").strip())
+        finally:
+            collector.stop()
+
+    probes.sort()
+    q50 = statistics.median(probes) * 1000 if probes else float("nan")
+    q99 = probes[min(len(probes) - 1, int(len(probes) * 0.99))] * 1000 if probes else float("nan")
+    print(f"cores: server {SERVER_CORE}, wrk {CLIENT_CORE}; {args.connections} connections, "
+          f"{args.seconds} s per run")
+    print(f"nginx empty_gif (limit)   {limit['rps']:>10,.0f} req/s   "
+          f"p50 {limit['p50_ms']:.2f} ms  p99 {limit['p99_ms']:.2f} ms")
+    print(f"tagwerk pixel             {pixel['rps']:>10,.0f} hits/s  "
+          f"p50 {pixel['p50_ms']:.2f} ms  p99 {pixel['p99_ms']:.2f} ms  "
+          f"= {pixel['rps'] / limit['rps']:.1%} of nginx  (target >= 12,000 and 12%)")
+    print(f"tagwerk JSON, batches of 10 {batch['rps'] * 10:>8,.0f} events/s "
+          f"p50 {batch['p50_ms']:.2f} ms  p99 {batch['p99_ms']:.2f} ms  (target >= 40,000)")
+    print(f"queryable after 2xx       p50 {q50:.0f} ms  p99 {q99:.0f} ms  over {len(probes)} "
+          "probes under pixel load  (target p99 < 1000 ms)")
+    print(f"collector RSS under load  max {max(rss):.0f} MB  (target < 512 MB)")
+    print(f"rows stored               {stored:,}; non-2xx: pixel {pixel['non2xx']}, "
+          f"batch {batch['non2xx']}")
+
+
+if __name__ == "__main__":
+    main()

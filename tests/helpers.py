@@ -1,0 +1,53 @@
+"""Test helpers: an in-process collector on the shared store, and waiting for rows."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from starlette.testclient import TestClient
+
+from collector.app import create_app
+from collector.config import Settings
+from collector.service import Collector
+from collector.storage import Store
+
+CHROME = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+          "Chrome/131.0.0.0 Safari/537.36")
+IPHONE = ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 "
+          "(KHTML, like Gecko) Version/17.5 Mobile/15E148 Safari/604.1")
+
+
+def make_client(store: Store, data_dir: Path, **settings: Any) -> tuple[TestClient, Collector]:
+    """A collector on the session's store, with its own spool; use as a context manager."""
+    config = Settings(data_dir=data_dir, flush_interval_ms=20, **settings)
+    collector = Collector(config, store=store)
+    client = TestClient(create_app(collector), headers={"User-Agent": CHROME})
+    return client, collector
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
+    """Poll ``check`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s (last: {result!r})")
+        time.sleep(interval)
+
+
+def drained(collector: Collector) -> bool:
+    """Everything the collector acknowledged is in ClickHouse."""
+    return collector.flusher.caught_up
+
+
+def rows(store: Store, site: str, where: str = "1", **params: Any) -> list[dict[str, Any]]:
+    return store.rows(
+        f"SELECT * FROM tagwerk.events WHERE site_id = {{site:String}} AND ({where}) "
+        "ORDER BY ts, event_id",
+        {"site": site, **params},
+    )

@@ -1,0 +1,120 @@
+"""POST /api/v1/batch: authenticated server-side events (POS, call centre, CRM)."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import uuid
+
+import orjson
+import pytest
+
+from tests.helpers import drained, make_client, rows, wait_for
+
+
+@pytest.fixture(scope="module")
+def env(store, tmp_path_factory):
+    client, collector = make_client(store, tmp_path_factory.mktemp("batch"))
+    with client:
+        _, keys = collector.sites.create("batch-test")
+        _, other = collector.sites.create("batch-other")
+        yield client, collector, keys, other
+
+
+def send(client, key, body, **headers):
+    data = body if isinstance(body, bytes) else orjson.dumps(body)
+    auth = {"Authorization": f"Bearer {key}"} if key else {}
+    return client.post("/api/v1/batch", content=data,
+                       headers={"Content-Type": "application/json", **auth, **headers})
+
+
+def stored(env, marker):
+    _, collector, _, _ = env
+    wait_for(lambda: drained(collector))
+    return rows(collector.store, "batch-test", "props['marker'] = {m:String}", m=marker)
+
+
+def test_pos_purchase_keeps_original_time_and_store_location(env):
+    client, _, keys, _ = env
+    marker = uuid.uuid4().hex
+    event = {"event": "purchase", "channel": "pos", "ts": "2026-11-20T18:30:00+01:00",
+             "user_id": 4711, "consent": ["analytics"], "order_id": "pos-1", "revenue": 42.5,
+             "currency": "EUR", "coupon": "NEWS10", "country": "de", "city": "Berlin",
+             "items": [{"product_id": "sku-1", "price": 42.5, "quantity": 1}],
+             "props": {"marker": marker, "store": "berlin-mitte"}}
+    response = send(client, keys["write"], {"events": [event]})
+    assert response.status_code == 202 and response.json() == {"accepted": 1}
+    [row] = wait_for(lambda: stored(env, marker))
+    assert row["ts"] == "2026-11-20 17:30:00.000"
+    assert (row["channel"], row["user_id"], row["country"], row["city"]) == (
+        "pos", "4711", "DE", "Berlin")
+
+
+def test_repeated_event_id_is_stored_once(env):
+    client, _, keys, _ = env
+    marker = uuid.uuid4().hex
+    events = [{"event_id": str(uuid.uuid4()), "event": "call", "channel": "callcenter",
+               "props": {"marker": marker}} for _ in range(3)]
+    assert send(client, keys["write"], {"site": "batch-test", "events": events}).status_code == 202
+    wait_for(lambda: len(stored(env, marker)) == 3)
+    # The sender retries the whole batch (it never saw our answer), plus one duplicate inside.
+    again = {"events": [*events, events[0]]}
+    assert send(client, keys["write"], again).status_code == 202
+    assert send(client, keys["write"], again).status_code == 202
+    assert len(stored(env, marker)) == 3
+
+
+def test_basic_auth_and_gzip(env):
+    client, _, keys, _ = env
+    marker = uuid.uuid4().hex
+    body = gzip.compress(orjson.dumps([{"event": "crm_update", "props": {"marker": marker}}]))
+    basic = base64.b64encode(f"{keys['write']}:".encode()).decode()
+    response = client.post("/api/v1/batch", content=body, headers={
+        "Authorization": f"Basic {basic}", "Content-Encoding": "gzip"})
+    assert response.status_code == 202
+    assert wait_for(lambda: stored(env, marker))
+
+
+def test_user_agent_and_ip_enrich_but_are_not_stored(env):
+    client, _, keys, _ = env
+    marker = uuid.uuid4().hex
+    agent = "Mozilla/5.0 (iPad; CPU OS 17_5 like Mac OS X) AppleWebKit/605.1.15 Mobile/15E148"
+    response = send(client, keys["write"], {"events": [
+        {"event": "app_open", "user_agent": agent, "ip": "81.2.69.160",
+         "props": {"marker": marker}}]})
+    assert response.status_code == 202
+    [row] = wait_for(lambda: stored(env, marker))
+    assert row["device_class"] == "tablet"
+    assert "81.2.69" not in orjson.dumps(row).decode()
+
+
+@pytest.mark.parametrize(("key", "body", "headers", "status", "message"), [
+    (None, {"events": [{"event": "e"}]}, {}, 401, "write key"),
+    ("tw_write_wrong", {"events": [{"event": "e"}]}, {}, 401, "invalid write key"),
+    ("read", {"events": [{"event": "e"}]}, {}, 401, "invalid write key"),
+    ("write", {"site": "batch-other", "events": [{"event": "e"}]}, {}, 403, "site"),
+    ("write", {"events": [{"event": "e"}] * 501}, {}, 413, "more than 500"),
+    ("write", {"events": [{"event": "e", "props": {"a": "x" * 2000, "b": "y" * 2000}}] * 499},
+     {}, 413, "larger than"),
+    ("write", {"events": []}, {}, 400, "empty"),
+    ("write", {"events": "x"}, {}, 400, "events"),
+    ("write", {"events": [{"event": "e"}], "extra": 1}, {}, 400, "extra"),
+    ("write", {"events": [{"event": "e"}, {"event": "e", "ts": "1999-01-01T00:00:00Z"}]}, {},
+     400, "events[1]"),
+    ("write", b'{"events": [', {}, 400, "malformed"),
+    ("write", b'{"events": [{"event": "\xc3\x28"}]}', {}, 400, "UTF-8"),
+    ("write", {"events": [{"event": "e"}]}, {"Content-Encoding": "br"}, 415, "Content-Encoding"),
+])
+def test_bad_requests(env, key, body, headers, status, message):
+    client, collector, keys, _ = env
+    wait_for(lambda: drained(collector))
+    before = len(rows(collector.store, "batch-test"))
+    secret = keys.get(key, key) if key else None
+    response = send(client, secret, body, **headers)
+    assert response.status_code == status, response.text
+    assert message in response.json()["error"]
+    if status == 401:
+        assert response.headers["www-authenticate"].startswith("Bearer")
+    wait_for(lambda: drained(collector))
+    assert len(rows(collector.store, "batch-test")) == before
+    assert send(client, keys["write"], {"events": [{"event": "after"}]}).status_code == 202

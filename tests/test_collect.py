@@ -1,0 +1,214 @@
+"""POST /collect: the browser's JSON beacon endpoint."""
+
+from __future__ import annotations
+
+import gzip
+import uuid
+
+import orjson
+import pytest
+
+from tests.helpers import IPHONE, drained, make_client, rows, wait_for
+
+ORIGIN = "https://shop.example"
+
+
+@pytest.fixture(scope="module")
+def env(store, tmp_path_factory):
+    client, collector = make_client(store, tmp_path_factory.mktemp("collect"))
+    with client:
+        collector.sites.create("collect-test", [ORIGIN, "https://*.shop.example"])
+        yield client, collector
+
+
+def post(client, body, content_type="text/plain", **headers):
+    data = body if isinstance(body, bytes) else orjson.dumps(body)
+    return client.post("/collect", content=data,
+                       headers={"Content-Type": content_type, **headers})
+
+
+def stored(env, marker: str) -> list[dict]:
+    client, collector = env
+    wait_for(lambda: drained(collector))
+    return rows(collector.store, "collect-test", "props['marker'] = {m:String}", m=marker)
+
+
+def test_one_event_is_enriched_and_stored(env):
+    client, _ = env
+    marker = uuid.uuid4().hex
+    response = post(client, {
+        "site": "collect-test", "event": "page_view", "consent": ["analytics"],
+        "device_id": "dev-1", "session_id": "s-1", "title": "Shoes",
+        "url": "https://shop.example/shoes?utm_source=news&utm_campaign=nov",
+        "referrer": "https://www.google.com/search?q=shoes", "props": {"marker": marker},
+    }, Origin=ORIGIN)
+    assert response.status_code == 202
+    assert response.json() == {"accepted": 1}
+    assert response.headers["access-control-allow-origin"] == ORIGIN
+    assert response.headers["access-control-allow-credentials"] == "true"
+    [row] = wait_for(lambda: stored(env, marker))
+    assert row["event"] == "page_view" and row["type"] == "page" and row["channel"] == "web"
+    assert row["path"] == "/shoes"
+    assert (row["utm_source"], row["utm_campaign"]) == ("news", "nov")
+    assert row["referrer_host"] == "www.google.com"
+    assert (row["device_class"], row["browser"], row["os"]) == ("desktop", "Chrome", "Windows")
+    assert row["device_id"] == "dev-1" and row["session_id"] == "s-1"
+    assert row["consent"] == ["analytics"]
+    assert row["received_at"] >= row["ts"][:19]
+
+
+def test_batch_with_ecommerce(env):
+    client, _ = env
+    marker = uuid.uuid4().hex
+    events = [
+        {"event": "add_to_cart", "consent": ["analytics"], "device_id": "d",
+         "items": [{"product_id": "sku-1", "name": "Shoe", "price": 59.9, "quantity": 2}],
+         "props": {"marker": marker}},
+        {"event": "purchase", "consent": ["analytics"], "user_id": "cust-7", "order_id": "o-1",
+         "revenue": "119.80", "currency": "eur", "coupon": "NEWS10",
+         "items": [{"product_id": "sku-1", "price": "59.90", "quantity": 2}],
+         "props": {"marker": marker, "n": 3, "vip": True, "tags": ["a", "b"]}},
+    ]
+    response = post(client, {"site": "collect-test", "events": events}, "application/json",
+                    Origin="https://www.shop.example", **{"User-Agent": IPHONE})
+    assert response.status_code == 202 and response.json() == {"accepted": 2}
+    cart, purchase = wait_for(lambda: len(stored(env, marker)) == 2 and stored(env, marker))
+    assert cart["items"] == [{"product_id": "sku-1", "name": "Shoe", "category": "", "brand": "",
+                              "variant": "", "price": 59.9, "quantity": 2}]
+    assert purchase["revenue"] == 119.8 and purchase["currency"] == "EUR"
+    assert purchase["props"]["n"] == "3" and purchase["props"]["vip"] == "true"
+    assert orjson.loads(purchase["props"]["tags"]) == ["a", "b"]
+    assert purchase["device_class"] == "mobile" and purchase["os"] == "iOS"
+
+
+def test_gzip_body_labelled_text_plain(env):
+    client, _ = env
+    marker = uuid.uuid4().hex
+    body = gzip.compress(orjson.dumps({"site": "collect-test", "event": "gz",
+                                       "props": {"marker": marker}}))
+    assert post(client, body).status_code == 202
+    assert wait_for(lambda: stored(env, marker))
+
+
+def test_without_analytics_consent_no_identifiers_are_kept(env):
+    client, _ = env
+    marker = uuid.uuid4().hex
+    response = post(client, {"site": "collect-test", "event": "page_view", "consent": [],
+                             "device_id": "dev-x", "session_id": "s-x", "user_id": "u-x",
+                             "props": {"marker": marker}})
+    assert response.status_code == 202
+    [row] = wait_for(lambda: stored(env, marker))
+    assert (row["device_id"], row["session_id"], row["user_id"]) == ("", "", "")
+
+
+def test_cors_preflight(env):
+    client, _ = env
+    ok = client.options("/collect", headers={"Origin": ORIGIN,
+                                             "Access-Control-Request-Method": "POST"})
+    assert ok.status_code == 204
+    assert ok.headers["access-control-allow-origin"] == ORIGIN
+    assert ok.headers["access-control-allow-credentials"] == "true"
+    denied = client.options("/collect", headers={"Origin": "https://evil.example"})
+    assert denied.status_code == 403
+    assert "access-control-allow-origin" not in denied.headers
+
+
+BAD = [
+    ("malformed JSON", b'{"site": "collect-test", "event": ', {}, 400, "malformed JSON"),
+    ("invalid UTF-8", b'{"site": "collect-test", "event": "\xff\xfe"}', {}, 400, "UTF-8"),
+    ("not an object", b'[1, 2]', {}, 400, "JSON object"),
+    ("empty body", b"", {}, 400, "empty body"),
+    ("event is a number", {"site": "collect-test", "event": 5}, {}, 400, "'event'"),
+    ("event missing", {"site": "collect-test"}, {}, 400, "'event' is required"),
+    ("ts is a bool", {"site": "collect-test", "event": "e", "ts": True}, {}, 400, "'ts'"),
+    ("ts garbage", {"site": "collect-test", "event": "e", "ts": "yesterday"}, {}, 400, "'ts'"),
+    ("ts before 2000", {"site": "collect-test", "event": "e", "ts": 1000}, {}, 400, "2000"),
+    ("bad event_id", {"site": "collect-test", "event": "e", "event_id": "x"}, {}, 400, "UUID"),
+    ("bad type", {"site": "collect-test", "event": "e", "type": "x"}, {}, 400, "'type'"),
+    ("identify without user", {"site": "collect-test", "event": "login", "type": "identify"},
+     {}, 400, "user_id"),
+    ("bad channel", {"site": "collect-test", "event": "e", "channel": "fax"}, {}, 400, "channel"),
+    ("items not a list", {"site": "collect-test", "event": "e", "items": {}}, {}, 400, "items"),
+    ("item price", {"site": "collect-test", "event": "e", "items": [{"price": "x"}]}, {}, 400,
+     "price"),
+    ("item quantity", {"site": "collect-test", "event": "e", "items": [{"quantity": -1}]}, {},
+     400, "quantity"),
+    ("revenue NaN", {"site": "collect-test", "event": "e", "revenue": "NaN"}, {}, 400, "revenue"),
+    ("revenue huge", {"site": "collect-test", "event": "e", "revenue": 1e20}, {}, 400, "range"),
+    ("currency", {"site": "collect-test", "event": "e", "currency": "EURO"}, {}, 400, "currency"),
+    ("consent not a list", {"site": "collect-test", "event": "e", "consent": "all"}, {}, 400,
+     "consent"),
+    ("props not an object", {"site": "collect-test", "event": "e", "props": []}, {}, 400, "props"),
+    ("props value too long", {"site": "collect-test", "event": "e", "props": {"a": "x" * 3000}},
+     {}, 400, "props.a"),
+    ("too many props", {"site": "collect-test", "event": "e",
+                        "props": {str(i): i for i in range(65)}}, {}, 400, "props"),
+    ("url too long", {"site": "collect-test", "event": "e", "url": "https://a.b/" + "x" * 5000},
+     {}, 400, "'url'"),
+    ("url not absolute", {"site": "collect-test", "event": "e", "url": "/x"}, {}, 400, "url"),
+    ("unknown field", {"site": "collect-test", "event": "e", "colour": "red"}, {}, 400,
+     "colour"),
+    ("server-only field", {"site": "collect-test", "event": "e", "country": "DE"}, {}, 400,
+     "batch API"),
+    ("site missing", {"event": "e"}, {}, 400, "'site' is required"),
+    ("site not a string", {"site": 7, "event": "e"}, {}, 400, "'site'"),
+    ("unknown site", {"site": "no-such-site", "event": "e"}, {}, 404, "unknown site"),
+    ("events not a list", {"site": "collect-test", "events": "x"}, {}, 400, "events"),
+    ("events empty", {"site": "collect-test", "events": []}, {}, 400, "events"),
+    ("too many events", {"site": "collect-test", "events": [{"event": "e"}] * 101}, {}, 413,
+     "more than 100"),
+    ("oversized body", {"site": "collect-test", "event": "e", "title": "x" * 300_000}, {}, 413,
+     "larger than"),
+    ("event of another site", {"site": "collect-test", "events": [{"event": "e", "site": "o"}]},
+     {}, 400, "site"),
+    ("field beside events", {"site": "collect-test", "events": [{"event": "e"}], "x": 1}, {}, 400,
+     "beside"),
+    ("form content type", {"site": "collect-test", "event": "e"},
+     {"Content-Type": "application/x-www-form-urlencoded"}, 415, "text/plain"),
+    ("disallowed origin", {"site": "collect-test", "event": "e"},
+     {"Origin": "https://evil.example"}, 403, "not allowed"),
+    ("broken gzip", b"\x1f\x8b\x08\x00garbage", {}, 400, "gzip"),
+]
+
+
+@pytest.mark.parametrize(("body", "headers", "status", "message"),
+                         [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_bad_input_is_refused_whole(env, body, headers, status, message):
+    client, collector = env
+    wait_for(lambda: drained(collector))
+    before = len(rows(collector.store, "collect-test"))
+    accepted = collector.metrics.hits_accepted.values.get(("collect",), 0)
+    response = post(client, body, **{"Content-Type": "text/plain", **headers})
+    assert response.status_code == status, response.text
+    assert message in response.json()["error"]
+    assert collector.metrics.hits_accepted.values.get(("collect",), 0) == accepted
+    wait_for(lambda: drained(collector))
+    assert len(rows(collector.store, "collect-test")) == before
+    # ... and the process keeps serving.
+    assert post(client, {"site": "collect-test", "event": "after"}).status_code == 202
+
+
+def test_one_bad_event_rejects_the_whole_batch(env):
+    client, _ = env
+    marker = uuid.uuid4().hex
+    events = [{"event": "ok", "props": {"marker": marker}}] * 2 + [{"event": "bad", "ts": "x"}]
+    response = post(client, {"site": "collect-test", "events": events})
+    assert response.status_code == 400
+    assert response.json()["field"] == "events[2].ts"
+    assert post(client, {"site": "collect-test", "event": "flush"}).status_code == 202
+    assert stored(env, marker) == []
+
+
+def test_gzip_bomb_is_refused(env):
+    client, _ = env
+    bomb = gzip.compress(b'{"site":"collect-test","event":"e","title":"' + b"a" * 5_000_000)
+    assert len(bomb) < 256 * 1024
+    response = post(client, bomb)
+    assert response.status_code == 413
+
+
+def test_error_keeps_cors_for_allowed_origin(env):
+    client, _ = env
+    response = post(client, {"site": "collect-test", "event": 1}, Origin=ORIGIN)
+    assert response.status_code == 400
+    assert response.headers["access-control-allow-origin"] == ORIGIN

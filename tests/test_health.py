@@ -1,0 +1,42 @@
+"""Health, readiness and metrics."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.helpers import drained, make_client, wait_for
+
+
+@pytest.fixture(scope="module")
+def env(store, tmp_path_factory):
+    client, collector = make_client(store, tmp_path_factory.mktemp("health"))
+    with client:
+        yield client, collector
+
+
+def test_health_and_readiness(env):
+    client, _ = env
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").json() == {"status": "ready"}
+
+
+def test_metrics_count_hits_and_rejections(env):
+    client, collector = env
+    client.get("/p.gif?site=demo&event=m")
+    client.get("/p.gif?site=nope&event=m")
+    wait_for(lambda: drained(collector))
+    text = client.get("/metrics")
+    assert text.headers["content-type"].startswith("text/plain")
+    body = text.text
+    assert 'tagwerk_hits_accepted_total{endpoint="pixel"} 1' in body
+    assert 'tagwerk_hits_rejected_total{endpoint="pixel",reason="unknown_site"} 1' in body
+    assert "tagwerk_rows_inserted_total 1" in body
+    assert "tagwerk_spool_unflushed_bytes 0" in body
+    assert 'tagwerk_flush_seconds_bucket{le="+Inf"} 1' in body
+
+
+def test_unknown_path_is_json_404(env):
+    client, _ = env
+    response = client.get("/nope")
+    assert response.status_code == 404
+    assert response.json() == {"error": "Not Found"}

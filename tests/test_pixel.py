@@ -1,0 +1,99 @@
+"""GET /p.gif: the pixel for pages without JavaScript and e-mail opens."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from collector.ingest import PIXEL
+from tests.helpers import drained, make_client, rows, wait_for
+
+
+@pytest.fixture(scope="module")
+def env(store, tmp_path_factory):
+    client, collector = make_client(store, tmp_path_factory.mktemp("pixel"))
+    with client:
+        collector.sites.create("pixel-test", ["https://shop.example"])
+        yield client, collector
+
+
+def stored(env, marker):
+    _, collector = env
+    wait_for(lambda: drained(collector))
+    return rows(collector.store, "pixel-test", "props['marker'] = {m:String}", m=marker)
+
+
+def test_email_open(env):
+    client, _ = env
+    marker = uuid.uuid4().hex
+    response = client.get(
+        f"/p.gif?site=pixel-test&event=email_open&channel=email&user_id=cust-9"
+        f"&consent=analytics,marketing&props.campaign=nov%20sale&props.marker={marker}"
+        "&ts=1763800000000&url=https%3A%2F%2Fshop.example%2Fmail%3Futm_medium%3Demail")
+    assert response.status_code == 200
+    assert response.content == PIXEL and len(PIXEL) == 43
+    assert response.headers["content-type"] == "image/gif"
+    assert "no-store" in response.headers["cache-control"]
+    [row] = wait_for(lambda: stored(env, marker))
+    assert (row["event"], row["channel"], row["user_id"]) == ("email_open", "email", "cust-9")
+    assert row["consent"] == ["analytics", "marketing"]
+    assert row["props"]["campaign"] == "nov sale"
+    assert row["utm_medium"] == "email"
+    assert row["ts"].startswith("2025-11-22 08:26:40")
+
+
+def test_head_and_wrong_method(env):
+    client, _ = env
+    head = client.head("/p.gif?site=pixel-test&event=head")
+    assert head.status_code == 200 and head.content == b""
+    post = client.post("/p.gif?site=pixel-test&event=x")
+    assert post.status_code == 405
+    assert post.headers["allow"] == "GET, HEAD"
+
+
+BAD = [
+    ("no site", "event=x", 400, "'site' is required"),
+    ("unknown site", "site=nope&event=x", 404, "unknown site"),
+    ("invalid UTF-8 escape", "site=pixel-test&event=%ff%fe", 400, "UTF-8"),
+    ("repeated field", "site=pixel-test&event=a&event=b", 400, "twice"),
+    ("items not JSON", "site=pixel-test&event=a&items=%5B", 400, "items"),
+    ("bad ts", "site=pixel-test&event=a&ts=soon", 400, "'ts'"),
+    ("too many fields", "site=pixel-test&event=a&" + "&".join(f"props.k{i}=1" for i in range(100)),
+     400, "query parameters"),
+    ("query too long", "site=pixel-test&event=a&title=" + "x" * 9000, 414, "longer"),
+    ("unknown field", "site=pixel-test&event=a&colour=red", 400, "colour"),
+]
+
+
+@pytest.mark.parametrize(("query", "status", "message"), [b[1:] for b in BAD],
+                         ids=[b[0] for b in BAD])
+def test_bad_input(env, query, status, message):
+    client, collector = env
+    wait_for(lambda: drained(collector))
+    before = len(rows(collector.store, "pixel-test"))
+    response = client.get("/p.gif?" + query)
+    assert response.status_code == status
+    assert message in response.json()["error"]
+    wait_for(lambda: drained(collector))
+    assert len(rows(collector.store, "pixel-test")) == before
+    assert client.get("/p.gif?site=pixel-test&event=after").status_code == 200
+
+
+def test_raw_invalid_utf8_bytes(env):
+    client, collector = env
+    # Bypass the client's own encoding: hand the ASGI app raw bytes.
+    import asyncio
+
+    from collector.ingest import pixel
+
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "GET", "path": "/p.gif", "headers": [],
+             "query_string": b"site=pixel-test&event=\xff", "client": ("127.0.0.1", 1),
+             "app_state": {"collector": collector}}
+    asyncio.run(pixel(scope, None, send))
+    assert sent[0]["status"] == 400
