@@ -1,0 +1,85 @@
+"""The flusher: batches into ClickHouse, replay after a crash, repeated event ids."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+import orjson
+
+from collector.events import Context, normalize
+from collector.flusher import Flusher, encode_record
+from collector.metrics import Metrics
+from collector.spool import Checkpoint, Pos, Spool
+from collector.useragent import parse_agent
+from tests.helpers import wait_for
+from tests.test_spool import append_all
+
+
+def record(site: str, n: int, given: bool = False) -> tuple[bytes, list[str]]:
+    ctx = Context(site, dt.datetime.now(dt.UTC), "server", parse_agent("x"))
+    lines, ids, chosen = [], [], []
+    for _ in range(n):
+        raw = {"event": "e"}
+        if given:
+            raw["event_id"] = str(uuid.uuid4())
+        row, sender = normalize(raw, ctx)
+        lines.append(orjson.dumps(row))
+        ids.append(row["event_id"])
+        if sender:
+            chosen.append((row["event_id"], row["ts"]))
+    return encode_record(lines, site, chosen), ids
+
+
+def count(store, site: str) -> int:
+    return store.rows("SELECT count() AS n FROM tagwerk.events WHERE site_id = {s:String}",
+                      {"s": site})[0]["n"]
+
+
+def test_flushes_by_age(store, tmp_path):
+    site = "flush-" + uuid.uuid4().hex[:8]
+    spool = Spool(tmp_path, 1 << 20, 1 << 30)
+    flusher = Flusher(spool, store, Metrics(), interval=0.05)
+    flusher.start()
+    append_all(spool, [record(site, 5)[0], record(site, 7)[0]])
+    wait_for(lambda: count(store, site) == 12)
+    flusher.stop()
+    spool.close()
+
+
+def test_replay_of_a_batch_already_inserted_adds_nothing(store, tmp_path):
+    """The crash window: ClickHouse has the batch, the checkpoint does not say so yet."""
+    site = "replay-" + uuid.uuid4().hex[:8]
+    spool = Spool(tmp_path, 1 << 20, 1 << 30)
+    append_all(spool, [record(site, 10)[0]])
+    end = spool.durable
+    spool.write_checkpoint(Checkpoint(Pos(1, 0), pending=end))
+    first = Flusher(spool, store, Metrics())
+    first._flush(Pos(1, 0), end)  # inserted and released...
+    spool.write_checkpoint(Checkpoint(Pos(1, 0), pending=end))  # ...but as if we crashed before
+    spool.close()
+
+    reopened = Spool(tmp_path, 1 << 20, 1 << 30)
+    flusher = Flusher(reopened, store, Metrics(), interval=0.02)
+    flusher.start()
+    wait_for(lambda: flusher.caught_up)
+    flusher.stop()
+    reopened.close()
+    assert count(store, site) == 10
+
+
+def test_sender_ids_already_stored_are_dropped(store, tmp_path):
+    site = "dedup-" + uuid.uuid4().hex[:8]
+    payload, ids = record(site, 4, given=True)
+    spool = Spool(tmp_path, 1 << 20, 1 << 30)
+    metrics = Metrics()
+    flusher = Flusher(spool, store, metrics, interval=0.02)
+    flusher.start()
+    append_all(spool, [payload])
+    wait_for(lambda: count(store, site) == 4)
+    append_all(spool, [payload, payload])  # a retry, twice in one batch
+    wait_for(lambda: flusher.caught_up)
+    flusher.stop()
+    spool.close()
+    assert count(store, site) == 4
+    assert metrics.duplicates_dropped.values[()] == 8
