@@ -1,0 +1,78 @@
+"""The tagwerk command."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import httpx
+import pytest
+
+from tests.servers import Server
+
+
+def tagwerk(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "collector", *args], capture_output=True,
+                          text=True, check=check, timeout=120)
+
+
+def test_migrate_print_for_a_cluster():
+    out = tagwerk("migrate", "--print", "--cluster", "shop").stdout
+    assert "CREATE TABLE IF NOT EXISTS tagwerk.events_local ON CLUSTER shop" in out
+    assert "ENGINE = Distributed('shop', 'tagwerk', 'events_local'" in out
+
+
+def test_bad_cluster_name_is_a_clear_error():
+    result = tagwerk("migrate", "--print", "--cluster", "a b", check=False)
+    assert result.returncode == 2
+    assert "not a valid cluster name" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    server = Server(tmp_path_factory.mktemp("cli") / "var").start()
+    yield server
+    server.stop()
+
+
+def test_site_create_and_sql_while_serving(server):
+    data = str(server.data_dir)
+    out = tagwerk("site", "create", "cli-shop", "--origin", "https://Shop.example/",
+                  "--retention-days", "30", "--data-dir", data).stdout
+    keys = dict(re.findall(r"^(write|read|admin) key:\s+(\S+)$", out, re.M))
+    assert set(keys) == {"write", "read", "admin"}
+    assert "origins:   https://shop.example" in out
+    # The running collector knows the new site at once, and its write key works.
+    response = httpx.post(f"{server.url}/api/v1/batch", json={"events": [{"event": "cli"}]},
+                          headers={"Authorization": f"Bearer {keys['write']}"})
+    assert response.status_code == 202
+    stored = tagwerk("sql", "SELECT site_id, retention_days, write_key_hash != '' FROM "
+                     "tagwerk.sites FINAL WHERE site_id = 'cli-shop'", "--data-dir", data).stdout
+    assert stored.splitlines()[1] == "cli-shop\t30\ttrue"
+    assert keys["write"] not in tagwerk("sql", "SELECT * FROM tagwerk.sites FORMAT TSV",
+                                        "--data-dir", data).stdout
+
+
+def test_site_create_refuses_bad_input(server):
+    data = str(server.data_dir)
+    for args, message in [
+        (["Bad Name!"], "site id"),
+        (["ok-name", "--origin", "ftp://x"], "not an origin"),
+        (["demo"], "exists already"),
+    ]:
+        result = tagwerk("site", "create", *args, "--data-dir", data, check=False)
+        assert result.returncode == 2 and message in result.stderr
+
+
+def test_sql_error_is_reported(server):
+    result = tagwerk("sql", "SELECT nope FROM tagwerk.events", "--data-dir",
+                     str(server.data_dir), check=False)
+    assert result.returncode == 2
+    assert "UNKNOWN_IDENTIFIER" in result.stderr
+
+
+def test_sql_on_a_fresh_directory_without_a_server(tmp_path):
+    out = tagwerk("sql", "SELECT count() FROM tagwerk.events", "--data-dir",
+                  str(tmp_path / "fresh")).stdout
+    assert out.splitlines() == ["count()", "0"]
