@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import unquote_to_bytes
 
 import orjson
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -64,7 +65,7 @@ async def collect(request: Request) -> Response:
         data = parse_json(await read_body(request, COLLECT_MAX_BYTES))
         if not isinstance(data, dict):
             raise HTTPError(400, "expected a JSON object", "malformed")
-        site = _site(c, data.get("site"))
+        site = await _site(c, data.get("site"))
         if origin and not site.allows_origin(origin):
             raise HTTPError(403, f"origin {origin!r} is not allowed for this site", "origin")
         if "events" in data:
@@ -110,7 +111,7 @@ async def pixel(scope: Scope, receive: Receive, send: Send) -> None:
     headers = _headers(scope)
     try:
         raw = _pixel_event(scope.get("query_string", b""))
-        site = _site(c, raw.get("site"))
+        site = await _site(c, raw.get("site"))
         channel = raw.get("channel") if isinstance(raw.get("channel"), str) else "web"
         client = scope.get("client")
         ctx = _context(c, site, channel or "web", client[0] if client else "",
@@ -135,7 +136,7 @@ def _headers(scope: Scope) -> dict[bytes, bytes]:
 async def batch(request: Request) -> Response:
     c = _collector(request)
     try:
-        site = _authenticate(c, request)
+        site = await _authenticate(c, request)
         data = parse_json(await read_body(request, BATCH_MAX_BYTES))
         if isinstance(data, list):
             data = {"events": data}
@@ -164,16 +165,19 @@ async def batch(request: Request) -> Response:
 # -- shared steps ---------------------------------------------------------------------------
 
 
-def _site(c: Collector, site_id: Any) -> Site:
+async def _site(c: Collector, site_id: Any) -> Site:
     if not isinstance(site_id, str) or not site_id:
         raise HTTPError(400, "'site' is required", "invalid", "site")
     site = c.sites.get(site_id)
+    if site is None:
+        await run_in_threadpool(c.sites.refresh)
+        site = c.sites.get(site_id)
     if site is None:
         raise HTTPError(404, f"unknown site {site_id[:64]!r}", "unknown_site", "site")
     return site
 
 
-def _authenticate(c: Collector, request: Request) -> Site:
+async def _authenticate(c: Collector, request: Request) -> Site:
     """The site whose write key is in ``Authorization`` (Bearer, or Basic with the key as
     user name, as Segment's SDKs send it)."""
     header = request.headers.get("authorization", "")
@@ -190,6 +194,9 @@ def _authenticate(c: Collector, request: Request) -> Site:
         raise HTTPError(401, "send the site's write key as 'Authorization: Bearer KEY'", "auth",
                         headers={"WWW-Authenticate": 'Bearer realm="tagwerk"'})
     site = c.sites.by_write_key(key)
+    if site is None:
+        await run_in_threadpool(c.sites.refresh)
+        site = c.sites.by_write_key(key)
     if site is None:
         raise HTTPError(401, "invalid write key", "auth",
                         headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})

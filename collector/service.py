@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import secrets
+import threading
 import time
 from pathlib import Path
 
@@ -44,14 +45,17 @@ class Collector:
         self.metrics.gauge("tagwerk_spool_fsyncs_total", "Group commits (fsyncs) of the spool.",
                            lambda: self.spool.fsyncs)
         self.sql_password = ""
+        self._stopping = threading.Event()
 
     # -- start and stop ---------------------------------------------------------------------
 
     def start(self) -> None:
         self._prepare_storage()
         self.flusher.start()
+        threading.Thread(target=self._refresh_sites, name="sites", daemon=True).start()
 
     def stop(self) -> None:
+        self._stopping.set()
         self.flusher.stop()
         self.spool.close()
         self.geo.close()
@@ -83,6 +87,11 @@ class Collector:
         path = self.settings.data_dir / "demo-keys.json"
         _write_private(path, json.dumps(keys, indent=2))
         log.info("created site 'demo'; its keys are in %s", path)
+
+    def _refresh_sites(self) -> None:
+        """Pick up sites created or changed by other processes."""
+        while not self._stopping.wait(self.sites.refresh_seconds):
+            self.sites.refresh(min_age=0)
 
     def ready(self) -> bool:
         return self.store.ping()

@@ -22,6 +22,7 @@ import orjson
 
 from collector.storage import StorageError, Store
 
+MISS_RELOAD_AGE = 0.25
 SITE_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 KEY_KINDS = ("write", "read", "admin")
 
@@ -95,8 +96,8 @@ def _site_from_row(row: dict) -> Site:
 class Sites:
     """The site registry, cached in memory and reloaded from ClickHouse now and then.
 
-    Sites may be created by another process (``tagwerk site create``), so an unknown
-    site id triggers a reload, at most once a second.
+    Sites may be created by another process (``tagwerk site create``): the collector
+    reloads the registry every ``refresh_seconds`` and when it meets an unknown id or key.
     """
 
     def __init__(
@@ -137,20 +138,17 @@ class Sites:
         self._loaded_at = time.monotonic()
 
     def get(self, site_id: str) -> Site | None:
-        site = self._sites.get(site_id)
-        age = time.monotonic() - self._loaded_at
-        if (site is None and age > 1.0) or age > self.refresh_seconds:
-            self._reload_quietly()
-            site = self._sites.get(site_id)
-        return site
+        return self._sites.get(site_id)
 
     def by_write_key(self, key: str) -> Site | None:
-        digest = hash_key(key)
-        site = self._by_write_key.get(digest)
-        if site is None and time.monotonic() - self._loaded_at > 1.0:
+        return self._by_write_key.get(hash_key(key))
+
+    def refresh(self, min_age: float = MISS_RELOAD_AGE) -> None:
+        """Reload unless the registry is younger than ``min_age`` seconds (blocking: call it
+        from a thread). A miss calls this, so sites made elsewhere are known at once, while
+        a flood of unknown ids costs at most a few reloads a second."""
+        if time.monotonic() - self._loaded_at >= min_age:
             self._reload_quietly()
-            site = self._by_write_key.get(digest)
-        return site
 
     def any_allows_origin(self, origin: str) -> bool:
         return any(site.allows_origin(origin) for site in self._sites.values())

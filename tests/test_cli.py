@@ -49,7 +49,7 @@ def test_site_create_and_sql_while_serving(server):
     assert response.status_code == 202
     stored = tagwerk("sql", "SELECT site_id, retention_days, write_key_hash != '' FROM "
                      "tagwerk.sites FINAL WHERE site_id = 'cli-shop'", "--data-dir", data).stdout
-    assert stored.splitlines()[1] == "cli-shop\t30\ttrue"
+    assert stored.splitlines()[1] == "cli-shop\t30\t1"
     assert keys["write"] not in tagwerk("sql", "SELECT * FROM tagwerk.sites FORMAT TSV",
                                         "--data-dir", data).stdout
 

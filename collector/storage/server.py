@@ -5,6 +5,7 @@ URL: ``http(s)://user:password@host:port/database``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -13,6 +14,8 @@ import clickhouse_connect
 from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 
 from collector.storage.base import Params, StorageError, StorageUnavailable, Store, format_param
+
+_OWN_FORMAT = re.compile(r"\bFORMAT\s+\w+\s*;?\s*$", re.I)
 
 
 class ServerStore(Store):
@@ -52,6 +55,8 @@ class ServerStore(Store):
 
     def query(self, sql: str, params: Params = None, fmt: str = "JSONEachRow") -> bytes:
         bound = {k: _bind(v) for k, v in params.items()} if params else None
+        if _OWN_FORMAT.search(sql):
+            fmt = None  # the query names its format; clickhouse-connect would add a second
         try:
             return self.client.raw_query(sql, parameters=bound, fmt=fmt)
         except OperationalError as exc:
@@ -60,7 +65,14 @@ class ServerStore(Store):
             raise StorageError(str(exc)) from None
 
     def execute(self, sql: str, params: Params = None) -> None:
-        self.query(sql, params, "TSV")
+        # Not raw_query: it appends "FORMAT", which ClickHouse reads as data after VALUES.
+        bound = {k: _bind(v) for k, v in params.items()} if params else None
+        try:
+            self.client.command(sql, parameters=bound)
+        except OperationalError as exc:
+            raise StorageUnavailable(str(exc)) from None
+        except DatabaseError as exc:
+            raise StorageError(str(exc)) from None
 
     def insert(
         self,
