@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import math
 import re
 import uuid
 from dataclasses import dataclass
@@ -58,6 +59,16 @@ MAX_CLOCK_AHEAD = dt.timedelta(days=1)
 MAX_REVENUE = Decimal("100000000000000")  # Decimal(18, 4) holds 14 integer digits
 
 
+# The stored row, in this order: the spool keeps rows as JSON arrays (JSONCompactEachRow),
+# which ClickHouse parses in 60% of the time it takes for JSON objects.
+COLUMNS = (
+    "event_id", "site_id", "event", "type", "ts", "received_at", "channel", "device_id",
+    "session_id", "user_id", "consent", "url", "path", "title", "referrer", "referrer_host",
+    *UTM, "device_class", "browser", "os", "is_bot", "country", "region", "city", "language",
+    "screen", "order_id", "revenue", "currency", "coupon", "items", "props", "retention_days",
+)
+
+
 class EventError(ValueError):
     def __init__(self, message: str, field: str | None = None) -> None:
         super().__init__(message)
@@ -75,10 +86,16 @@ class Context:
     location: Location = UNKNOWN
     retention_days: int = 0
     trusted: bool = False  # an authenticated server-side sender
+    received_text: str = ""  # received_at as stored, formatted once per request
+
+    def __post_init__(self) -> None:
+        if not self.received_text:
+            self.received_text = _format_ts(self.received_at)
 
 
 def normalize(raw: Any, ctx: Context) -> tuple[dict[str, Any], bool]:
-    """Validate one hit; return its row and whether ``event_id`` came from the sender."""
+    """Validate one hit; return its row (keys in ``COLUMNS`` order) and whether
+    ``event_id`` came from the sender."""
     if not isinstance(raw, dict):
         raise EventError("an event must be a JSON object")
     unknown = raw.keys() - ACCEPTED
@@ -111,17 +128,11 @@ def normalize(raw: Any, ctx: Context) -> tuple[dict[str, Any], bool]:
 
     url = s["url"]
     if url:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise EventError("'url' must be an absolute http(s) URL", "url")
-        s["path"] = s["path"] or parts.path or "/"
-        if parts.query:
-            query = dict(parse_qsl(parts.query))
-            for name in UTM:
-                s[name] = s[name] or query.get(name, "")[: STRING_LIMITS[name]]
-    referrer_host = ""
-    if s["referrer"]:
-        referrer_host = (urlsplit(s["referrer"]).hostname or "")[:253]
+        path, utm = _url_parts(url)
+        s["path"] = s["path"] or path
+        for name, value in zip(UTM, utm, strict=True):
+            s[name] = s[name] or value
+    referrer_host = _host(s["referrer"]) if s["referrer"] else ""
 
     location = ctx.location
     if ctx.trusted and (s["country"] or s["region"] or s["city"]):
@@ -131,7 +142,7 @@ def normalize(raw: Any, ctx: Context) -> tuple[dict[str, Any], bool]:
         s["device_id"] = s["session_id"] = s["user_id"] = ""
         location = Location(location.country, "", "")
 
-    received_at = _format_ts(ctx.received_at)
+    received_at = ctx.received_text
     row = {
         "event_id": event_id,  # first: the flusher finds it at a fixed offset in the line
         "site_id": ctx.site_id,
@@ -168,6 +179,24 @@ def normalize(raw: Any, ctx: Context) -> tuple[dict[str, Any], bool]:
         "retention_days": ctx.retention_days,
     }
     return row, given_id is not None
+
+
+@functools.lru_cache(maxsize=8192)
+def _url_parts(url: str) -> tuple[str, tuple[str, ...]]:
+    """The path and UTM parameters of a page URL; cached, as shoppers view the same pages."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise EventError("'url' must be an absolute http(s) URL", "url")
+    query = dict(parse_qsl(parts.query)) if parts.query else {}
+    return parts.path or "/", tuple(query.get(name, "")[: STRING_LIMITS[name]] for name in UTM)
+
+
+@functools.lru_cache(maxsize=4096)
+def _host(url: str) -> str:
+    try:
+        return (urlsplit(url).hostname or "")[:253]
+    except ValueError:  # e.g. an invalid IPv6 literal
+        return ""
 
 
 def _string(raw: dict, name: str, limit: int) -> str:
@@ -248,6 +277,10 @@ def _decimal(value: Any, name: str) -> str:
         return "0"
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise EventError(f"{name!r} must be a number", name)
+    if isinstance(value, float):  # the common case, without Decimal's cost
+        if not math.isfinite(value) or abs(value) >= 1e14:  # MAX_REVENUE
+            raise EventError(f"{name!r} is out of range", name)
+        return f"{value:.4f}"
     try:
         number = Decimal(str(value))
     except InvalidOperation:

@@ -7,7 +7,8 @@ drops a block it already has. Event ids chosen by senders are checked against th
 too, which catches a sender's retry of a hit it had no answer for.
 
 Each spool record is one request: a first line of metadata (``{}``, or the sender-given
-event ids with their site and time range), then one JSONEachRow line per event.
+event ids with their site and time range), then one JSONCompactEachRow line per event
+(``events.COLUMNS`` in order).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import time
 
 import orjson
 
+from collector.events import COLUMNS
 from collector.metrics import Metrics
 from collector.spool import Checkpoint, Pos, Spool
 from collector.storage import StorageError, Store
@@ -25,7 +27,8 @@ from collector.storage import StorageError, Store
 log = logging.getLogger("tagwerk.flusher")
 
 NO_META = b"{}"
-ID_PREFIX = len(b'{"event_id":"')  # rows are written with event_id first
+ID_PREFIX = len(b'["')  # rows are JSON arrays with event_id first
+INSERT = f"tagwerk.events ({', '.join(COLUMNS)})"
 ID_LENGTH = 36
 
 
@@ -121,7 +124,7 @@ class Flusher:
         if body:
             token = f"{start.segment}:{start.offset}-{stop.segment}:{stop.offset}"
             self.store.insert(
-                "tagwerk.events", body, "JSONEachRow", {"insert_deduplication_token": token}
+                INSERT, body, "JSONCompactEachRow", {"insert_deduplication_token": token}
             )
         self.spool.release(stop)
         self.metrics.flush_seconds.observe(time.monotonic() - began)

@@ -264,7 +264,7 @@ async def _accept(c: Collector, site: Site, pairs: list[tuple[Any, Context]], en
             continue
         if sender_id:
             given.append((row["event_id"], row["ts"]))
-        lines.append(orjson.dumps(row))
+        lines.append(orjson.dumps(list(row.values())))
     if not lines:
         return 0
     try:

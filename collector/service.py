@@ -91,7 +91,7 @@ class Collector:
     def _refresh_sites(self) -> None:
         """Pick up sites created or changed by other processes."""
         while not self._stopping.wait(self.sites.refresh_seconds):
-            self.sites.refresh(min_age=0)
+            self.sites.reload()
 
     def ready(self) -> bool:
         return self.store.ping()

@@ -110,6 +110,7 @@ class Sites:
         self._sites: dict[str, Site] = {}
         self._by_write_key: dict[str, Site] = {}
         self._loaded_at = 0.0
+        self._load_started = 0.0
         self._lock = threading.Lock()
 
     def load(self) -> None:
@@ -143,26 +144,35 @@ class Sites:
     def by_write_key(self, key: str) -> Site | None:
         return self._by_write_key.get(hash_key(key))
 
-    def refresh(self, min_age: float = MISS_RELOAD_AGE) -> None:
-        """Reload unless the registry is younger than ``min_age`` seconds (blocking: call it
-        from a thread). A miss calls this, so sites made elsewhere are known at once, while
-        a flood of unknown ids costs at most a few reloads a second."""
-        if time.monotonic() - self._loaded_at >= min_age:
+    def refresh(self) -> None:
+        """Reload now, for an unknown site id or key: it may have been created a moment ago
+        by another process. Blocking: call it from a thread.
+
+        Reloads run one at a time, at most one per ``MISS_RELOAD_AGE`` seconds (a caller
+        waits for its turn rather than being refused), and a reload that started after a
+        caller asked serves that caller too, so a flood of unknown ids costs a few reloads.
+        """
+        asked = time.monotonic()
+        with self._lock:
+            if self._load_started > asked:
+                return
+            time.sleep(max(0.0, self._loaded_at + MISS_RELOAD_AGE - time.monotonic()))
             self._reload_quietly()
 
     def any_allows_origin(self, origin: str) -> bool:
         return any(site.allows_origin(origin) for site in self._sites.values())
 
+    def reload(self) -> None:
+        """The periodic reload; keeps serving what it knows while storage is down."""
+        with self._lock:
+            self._reload_quietly()
+
     def _reload_quietly(self) -> None:
-        # One reload at a time; the others keep using the current map.
-        if not self._lock.acquire(blocking=False):
-            return
+        self._load_started = time.monotonic()
         try:
             self.load()
         except StorageError:
-            self._loaded_at = time.monotonic()  # storage is down: keep serving what we know
-        finally:
-            self._lock.release()
+            self._loaded_at = time.monotonic()
 
     def create(
         self,

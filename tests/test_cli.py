@@ -46,7 +46,7 @@ def test_site_create_and_sql_while_serving(server):
     # The running collector knows the new site at once, and its write key works.
     response = httpx.post(f"{server.url}/api/v1/batch", json={"events": [{"event": "cli"}]},
                           headers={"Authorization": f"Bearer {keys['write']}"})
-    assert response.status_code == 202
+    assert response.status_code == 202, response.text
     stored = tagwerk("sql", "SELECT site_id, retention_days, write_key_hash != '' FROM "
                      "tagwerk.sites FINAL WHERE site_id = 'cli-shop'", "--data-dir", data).stdout
     assert stored.splitlines()[1] == "cli-shop\t30\t1"

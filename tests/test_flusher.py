@@ -7,7 +7,7 @@ import uuid
 
 import orjson
 
-from collector.events import Context, normalize
+from collector.events import COLUMNS, Context, normalize
 from collector.flusher import Flusher, encode_record
 from collector.metrics import Metrics
 from collector.spool import Checkpoint, Pos, Spool
@@ -24,7 +24,7 @@ def record(site: str, n: int, given: bool = False) -> tuple[bytes, list[str]]:
         if given:
             raw["event_id"] = str(uuid.uuid4())
         row, sender = normalize(raw, ctx)
-        lines.append(orjson.dumps(row))
+        lines.append(orjson.dumps(list(row.values())))
         ids.append(row["event_id"])
         if sender:
             chosen.append((row["event_id"], row["ts"]))
@@ -83,3 +83,9 @@ def test_sender_ids_already_stored_are_dropped(store, tmp_path):
     spool.close()
     assert count(store, site) == 4
     assert metrics.duplicates_dropped.values[()] == 8
+
+
+def test_row_keys_are_the_insert_columns():
+    ctx = Context("s", dt.datetime.now(dt.UTC), "web", parse_agent("x"))
+    row, _ = normalize({"event": "e"}, ctx)
+    assert tuple(row) == COLUMNS
