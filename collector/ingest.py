@@ -14,15 +14,13 @@ from urllib.parse import unquote_to_bytes
 
 import orjson
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import Send
 
 from collector.clientip import anonymize_ip, client_ip
 from collector.events import Context, EventError, normalize
 from collector.flusher import encode_record
 from collector.geo import UNKNOWN
-from collector.http import HTTPError, error_response, json_response, parse_json, read_body
+from collector.http import Hit, HTTPError, parse_json, respond
 from collector.service import Collector
 from collector.sites import Site
 from collector.spool import SpoolError, SpoolFull
@@ -38,31 +36,27 @@ COLLECT_TYPES = ("application/json", "text/plain", "")
 
 # The 43-byte transparent 1x1 GIF that nginx's empty_gif serves too.
 PIXEL = base64.b64decode("R0lGODlhAQABAIAAAP///wAAACH5BAEAAAAALAAAAAABAAEAAAICRAEAOw==")
-PIXEL_HEADERS = ((b"cache-control", b"no-store, max-age=0"),)
+PIXEL_HEADERS = {"Cache-Control": "no-store, max-age=0"}
 
 
-def _collector(request: Request) -> Collector:
-    return request.app.state.collector
-
-
-def _cors(site_origin: str | None) -> dict[str, str]:
-    if not site_origin:
+def _cors(origin: str | None) -> dict[str, str]:
+    if not origin:
         return {}
     return {
-        "Access-Control-Allow-Origin": site_origin,
+        "Access-Control-Allow-Origin": origin,
         "Access-Control-Allow-Credentials": "true",
         "Vary": "Origin",
     }
 
 
-async def collect(request: Request) -> Response:
-    c = _collector(request)
-    origin = request.headers.get("origin")
+async def collect(c: Collector, hit: Hit, send: Send) -> None:
+    """``POST /collect``: one event or a batch from the browser."""
+    origin = hit.headers.get("origin")
     try:
-        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        media = hit.headers.get("content-type", "").split(";")[0].strip().lower()
         if media not in COLLECT_TYPES:
             raise HTTPError(415, "send application/json or text/plain", "content_type")
-        data = parse_json(await read_body(request, COLLECT_MAX_BYTES))
+        data = parse_json(await hit.body(COLLECT_MAX_BYTES))
         if not isinstance(data, dict):
             raise HTTPError(400, "expected a JSON object", "malformed")
         site = await _site(c, data.get("site"))
@@ -71,73 +65,60 @@ async def collect(request: Request) -> Response:
         if "events" in data:
             events, extra = data["events"], data.keys() - {"site", "events"}
             if extra:
-                raise HTTPError(400, f"unknown field {sorted(extra)[0]!r} beside 'events'",
-                                "invalid", sorted(extra)[0])
+                name = sorted(extra)[0]
+                raise HTTPError(400, f"unknown field {name!r} beside 'events'", "invalid", name)
             if not isinstance(events, list) or not events:
                 raise HTTPError(400, "'events' must be a non-empty list", "invalid", "events")
             if len(events) > COLLECT_MAX_EVENTS:
                 raise HTTPError(413, f"more than {COLLECT_MAX_EVENTS} events", "too_many")
         else:
             events = [data]
-        ctx = _request_context(c, request, site, "web")
+        ctx = _context(c, site, "web", hit)
         accepted = await _accept(c, site, [(e, ctx) for e in events], "collect")
     except HTTPError as exc:
         c.metrics.hits_rejected.inc("collect", exc.reason)
-        allowed = origin if origin and exc.reason != "origin" and c.sites.any_allows_origin(
-            origin) else None
-        return error_response(exc, _cors(allowed))
-    return json_response({"accepted": accepted}, 202, _cors(origin))
+        allowed = (origin if origin and exc.reason != "origin"
+                   and c.sites.any_allows_origin(origin) else None)
+        await respond(send, exc.status, exc.body(), headers={**exc.headers, **_cors(allowed)})
+        return
+    await respond(send, 202, b'{"accepted":%d}' % accepted, headers=_cors(origin))
 
 
-async def collect_preflight(request: Request) -> Response:
+async def collect_preflight(c: Collector, hit: Hit, send: Send) -> None:
     """CORS preflight: the site is in the body, not sent yet, so any site's origin passes here
     and the POST itself is checked against its own site."""
-    origin = request.headers.get("origin", "")
-    if not origin or not _collector(request).sites.any_allows_origin(origin):
-        return json_response({"error": "origin not allowed"}, 403)
-    headers = {
+    origin = hit.headers.get("origin", "")
+    if not origin or not c.sites.any_allows_origin(origin):
+        await respond(send, 403, b'{"error":"origin not allowed"}')
+        return
+    await respond(send, 204, media=b"text/plain", headers={
         **_cors(origin),
         "Access-Control-Allow-Methods": "POST, OPTIONS",
         "Access-Control-Allow-Headers": "Content-Type",
         "Access-Control-Max-Age": "86400",
-    }
-    return Response(status_code=204, headers=headers)
+    })
 
 
-async def pixel(scope: Scope, receive: Receive, send: Send) -> None:
-    """``GET /p.gif``, as a bare ASGI app: the hottest path, one hit per request, so it
-    skips Starlette's request and response objects (a third of its cost)."""
-    c: Collector = scope["app_state"]["collector"]
-    headers = _headers(scope)
+async def pixel(c: Collector, hit: Hit, send: Send) -> None:
+    """``GET /p.gif``: one hit in the query string; answers the GIF."""
+    head = hit.method == "HEAD"
     try:
-        raw = _pixel_event(scope.get("query_string", b""))
+        raw = _pixel_event(hit.query_string)
         site = await _site(c, raw.get("site"))
         channel = raw.get("channel") if isinstance(raw.get("channel"), str) else "web"
-        client = scope.get("client")
-        ctx = _context(c, site, channel or "web", client[0] if client else "",
-                       headers.get(b"x-forwarded-for"), headers.get(b"user-agent", b""))
-        await _accept(c, site, [(raw, ctx)], "pixel")
-        status, body, media = 200, PIXEL, b"image/gif"
+        await _accept(c, site, [(raw, _context(c, site, channel or "web", hit))], "pixel")
     except HTTPError as exc:
         c.metrics.hits_rejected.inc("pixel", exc.reason)
-        status, media = exc.status, b"application/json"
-        body = orjson.dumps({"error": exc.message, **({"field": exc.field} if exc.field else {})})
-    await send({"type": "http.response.start", "status": status, "headers": [
-        (b"content-type", media), (b"content-length", str(len(body)).encode()),
-        *PIXEL_HEADERS]})
-    await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
+        await respond(send, exc.status, exc.body(), headers=PIXEL_HEADERS, head=head)
+        return
+    await respond(send, 200, PIXEL, b"image/gif", PIXEL_HEADERS, head=head)
 
 
-def _headers(scope: Scope) -> dict[bytes, bytes]:
-    """The few request headers the pixel reads (names arrive lower-cased in ASGI)."""
-    return {k: v for k, v in scope["headers"] if k in (b"user-agent", b"x-forwarded-for")}
-
-
-async def batch(request: Request) -> Response:
-    c = _collector(request)
+async def batch(c: Collector, hit: Hit, send: Send) -> None:
+    """``POST /api/v1/batch``: server-side events with the site's write key."""
     try:
-        site = await _authenticate(c, request)
-        data = parse_json(await read_body(request, BATCH_MAX_BYTES))
+        site = await _authenticate(c, hit)
+        data = parse_json(await hit.body(BATCH_MAX_BYTES))
         if isinstance(data, list):
             data = {"events": data}
         if not isinstance(data, dict) or not isinstance(data.get("events"), list):
@@ -152,14 +133,14 @@ async def batch(request: Request) -> Response:
             raise HTTPError(400, "'events' is empty", "invalid", "events")
         if len(events) > BATCH_MAX_EVENTS:
             raise HTTPError(413, f"more than {BATCH_MAX_EVENTS} events", "too_many", "events")
-        peer = request.client.host if request.client else ""
         received = dt.datetime.now(dt.UTC)
-        pairs = [(e, _server_context(c, site, e, peer, received)) for e in events]
+        pairs = [(e, _server_context(c, site, e, received)) for e in events]
         accepted = await _accept(c, site, pairs, "batch")
     except HTTPError as exc:
         c.metrics.hits_rejected.inc("batch", exc.reason)
-        return error_response(exc)
-    return json_response({"accepted": accepted}, 202)
+        await respond(send, exc.status, exc.body(), headers=exc.headers)
+        return
+    await respond(send, 202, b'{"accepted":%d}' % accepted)
 
 
 # -- shared steps ---------------------------------------------------------------------------
@@ -177,10 +158,10 @@ async def _site(c: Collector, site_id: Any) -> Site:
     return site
 
 
-async def _authenticate(c: Collector, request: Request) -> Site:
+async def _authenticate(c: Collector, hit: Hit) -> Site:
     """The site whose write key is in ``Authorization`` (Bearer, or Basic with the key as
     user name, as Segment's SDKs send it)."""
-    header = request.headers.get("authorization", "")
+    header = hit.headers.get("authorization", "")
     scheme, _, value = header.partition(" ")
     key = ""
     if scheme.lower() == "bearer":
@@ -203,37 +184,19 @@ async def _authenticate(c: Collector, request: Request) -> Site:
     return site
 
 
-def _request_context(c: Collector, request: Request, site: Site, channel: str) -> Context:
-    return _context(c, site, channel, request.client.host if request.client else "",
-                    request.headers.get("x-forwarded-for"), request.headers.get("user-agent", ""))
-
-
-def _context(
-    c: Collector,
-    site: Site,
-    channel: str,
-    peer: str,
-    forwarded_for: str | bytes | None,
-    user_agent: str | bytes,
-) -> Context:
-    if isinstance(forwarded_for, bytes):
-        forwarded_for = forwarded_for.decode("latin-1")
-    if isinstance(user_agent, bytes):
-        user_agent = user_agent.decode("latin-1")
-    ip = client_ip(peer, forwarded_for, c.settings.networks)
+def _context(c: Collector, site: Site, channel: str, hit: Hit) -> Context:
+    ip = client_ip(hit.peer, hit.headers.get("x-forwarded-for"), c.settings.networks)
     return Context(
         site_id=site.site_id,
         received_at=dt.datetime.now(dt.UTC),
         channel=channel,
-        agent=parse_agent(user_agent),
+        agent=parse_agent(hit.headers.get("user-agent", "")),
         location=c.geo.lookup(anonymize_ip(ip)) if ip and c.geo.enabled else UNKNOWN,
         retention_days=site.retention_days,
     )
 
 
-def _server_context(
-    c: Collector, site: Site, event: Any, peer: str, received: dt.datetime
-) -> Context:
+def _server_context(c: Collector, site: Site, event: Any, received: dt.datetime) -> Context:
     """A server-side sender may state the shopper's agent and address (never stored)."""
     agent_text = event.get("user_agent") if isinstance(event, dict) else None
     ip = event.get("ip") if isinstance(event, dict) else None

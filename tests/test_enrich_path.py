@@ -48,9 +48,9 @@ def test_location_from_forwarded_for_behind_a_trusted_proxy(env, monkeypatch):
     client, collector = env
     import collector.ingest as ingest
 
-    real = ingest._request_context
-    monkeypatch.setattr(ingest, "_request_context", lambda c, request, site, channel: real(
-        c, _with_peer(request, "10.1.2.3"), site, channel))
+    real = ingest._context
+    monkeypatch.setattr(ingest, "_context", lambda c, site, channel, hit: real(
+        c, site, channel, _with_peer(hit, "10.1.2.3")))
     marker = uuid.uuid4().hex
     assert hit(client, "geo-test", marker, **{"X-Forwarded-For": "1.1.1.1, 81.2.69.160"}
                ).status_code == 202
@@ -88,6 +88,6 @@ def test_bots_are_flagged_or_dropped(env):
     assert collector.metrics.bots_dropped.values[()] == 1
 
 
-def _with_peer(request, peer: str):
-    request.scope["client"] = (peer, 1234)
-    return request
+def _with_peer(hit, peer: str):
+    hit.peer = peer
+    return hit

@@ -85,6 +85,7 @@ def test_raw_invalid_utf8_bytes(env):
     # Bypass the client's own encoding: hand the ASGI app raw bytes.
     import asyncio
 
+    from collector.http import Hit
     from collector.ingest import pixel
 
     sent = []
@@ -95,5 +96,5 @@ def test_raw_invalid_utf8_bytes(env):
     scope = {"type": "http", "method": "GET", "path": "/p.gif", "headers": [],
              "query_string": b"site=pixel-test&event=\xff", "client": ("127.0.0.1", 1),
              "app_state": {"collector": collector}}
-    asyncio.run(pixel(scope, None, send))
+    asyncio.run(pixel(collector, Hit(scope, None), send))
     assert sent[0]["status"] == 400
