@@ -117,12 +117,12 @@ def normalize(raw: Any, ctx: Context) -> tuple[dict[str, Any], bool]:
     if not s["event"]:
         raise EventError("'event' is required (a name such as page_view or purchase)", "event")
     type_ = raw.get("type") or ("page" if s["event"] == "page_view" else "track")
-    if type_ not in TYPES:
+    if not isinstance(type_, str) or type_ not in TYPES:
         raise EventError(f"'type' must be one of {', '.join(sorted(TYPES))}", "type")
     if type_ in ("identify", "alias") and not s["user_id"]:
         raise EventError(f"a {type_} event needs a user_id", "user_id")
     channel = raw.get("channel") or ctx.channel
-    if channel not in CHANNELS:
+    if not isinstance(channel, str) or channel not in CHANNELS:
         raise EventError(f"'channel' must be one of {', '.join(sorted(CHANNELS))}", "channel")
     consent = _consent(raw.get("consent"))
 
@@ -184,7 +184,10 @@ def normalize(raw: Any, ctx: Context) -> tuple[dict[str, Any], bool]:
 @functools.lru_cache(maxsize=8192)
 def _url_parts(url: str) -> tuple[str, tuple[str, ...]]:
     """The path and UTM parameters of a page URL; cached, as shoppers view the same pages."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. an unclosed IPv6 literal
+        raise EventError("'url' is not a valid URL", "url") from None
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise EventError("'url' must be an absolute http(s) URL", "url")
     query = dict(parse_qsl(parts.query)) if parts.query else {}
