@@ -142,7 +142,7 @@ class Collector:
 
 
 def queryable_latency(c: Collector, stop: threading.Event, out: list[float]) -> None:
-    """Send a marked hit every 50 ms; measure from its 2xx until ClickHouse returns it."""
+    """Send a marked hit every 100 ms; measure from its 2xx until ClickHouse returns it."""
     pending: dict[str, float] = {}
     while not stop.is_set():
         event_id = str(uuid.uuid4())
@@ -158,7 +158,7 @@ def queryable_latency(c: Collector, stop: threading.Event, out: list[float]) -> 
         for event_id in found:
             if event_id in pending:
                 out.append(now - pending.pop(event_id))
-        time.sleep(0.05)
+        time.sleep(0.1)
 
 
 def sample_rss(c: Collector, stop: threading.Event, out: list[float]) -> None:
