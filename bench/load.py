@@ -107,17 +107,17 @@ http {{
 
 
 class Collector:
-    """``tagwerk serve`` on the embedded engine, pinned to one core."""
+    """``tagwerk serve`` pinned to ``core``: on the embedded engine, or on a ClickHouse URL."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, core: str = SERVER_CORE, *args: str) -> None:
         self.port, self.sql_port = free_port(), free_port()
-        self.data = workdir / "var"
+        self.data = workdir / f"var-{self.port}"
         self.proc = subprocess.Popen(
-            ["taskset", "-c", SERVER_CORE, sys.executable, "-m", "collector", "serve",
+            ["taskset", "-c", core, sys.executable, "-m", "collector", "serve",
              "--port", str(self.port), "--sql-port", str(self.sql_port),
-             "--data-dir", str(self.data), "--log-level", "warning"],
+             "--data-dir", str(self.data), "--log-level", "warning", *args],
             stdout=subprocess.DEVNULL,
-            stderr=open(workdir / "collector.log", "wb"),  # noqa: SIM115 (child keeps it)
+            stderr=open(workdir / f"collector-{self.port}.log", "wb"),  # noqa: SIM115 (child keeps it)
         )
         wait_http(f"{self.base}/readyz")
 
@@ -161,6 +161,39 @@ def queryable_latency(c: Collector, stop: threading.Event, out: list[float]) -> 
         time.sleep(0.1)
 
 
+def batch_script(workdir: Path) -> Path:
+    """A wrk script posting 10 e-commerce events per request."""
+    script = workdir / "batch.lua"
+    events = [{"event": "view_item", "url": f"https://shop.example/p/{i}",
+               "consent": ["analytics"], "device_id": "d-42",
+               "items": [{"product_id": f"sku-{i}", "price": 19.9, "quantity": 1}]}
+              for i in range(10)]
+    body = json.dumps({"site": "demo", "events": events})
+    script.write_text('wrk.method = "POST"\n'
+                      'wrk.headers["Content-Type"] = "text/plain"\n'
+                      f"wrk.body = {json.dumps(body)}\n")
+    return script
+
+
+def split_layout(workdir: Path, seconds: int, connections: int) -> dict:
+    """The production layout: the collector alone on the server core, its ClickHouse in
+    another process (here an embedded tagwerk's HTTP interface, on wrk's core)."""
+    users = workdir / "users.json"
+    users.write_text(json.dumps({"writer": {"password": "pw", "readonly": False}}))
+    clickhouse = Collector(workdir, CLIENT_CORE, "--sql-users-file", str(users))
+    url = f"http://writer:pw@127.0.0.1:{clickhouse.sql_port}/tagwerk"
+    collector = Collector(workdir, SERVER_CORE, "--clickhouse-url", url)
+    try:
+        pixel_url = f"{collector.base}/p.gif?{PIXEL_QUERY}"
+        wrk(pixel_url, 2, connections)
+        pixel = wrk(pixel_url, seconds, connections)
+        batch = wrk(f"{collector.base}/collect", seconds, connections, batch_script(workdir))
+    finally:
+        collector.stop()
+        clickhouse.stop()
+    return {"pixel": pixel, "batch": batch}
+
+
 def sample_rss(c: Collector, stop: threading.Event, out: list[float]) -> None:
     while not stop.is_set():
         out.append(c.rss_mb())
@@ -181,6 +214,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         limit = nginx_limit(args.seconds, args.connections, workdir)
+        split = split_layout(workdir, args.seconds, args.connections)
         collector = Collector(workdir)
         try:
             pixel_url = f"{collector.base}/p.gif?{PIXEL_QUERY}"
@@ -197,16 +231,8 @@ def main() -> None:
             sampler.join()
             prober.join()
 
-            script = workdir / "batch.lua"
-            events = [{"event": "view_item", "url": f"https://shop.example/p/{i}",
-                       "consent": ["analytics"], "device_id": "d-42",
-                       "items": [{"product_id": f"sku-{i}", "price": 19.9, "quantity": 1}]}
-                      for i in range(10)]
-            body = json.dumps({"site": "demo", "events": events})
-            script.write_text('wrk.method = "POST"\n'
-                              'wrk.headers["Content-Type"] = "text/plain"\n'
-                              f"wrk.body = {json.dumps(body)}\n")
-            batch = wrk(f"{collector.base}/collect", args.seconds, args.connections, script)
+            batch = wrk(f"{collector.base}/collect", args.seconds, args.connections,
+                        batch_script(workdir))
             time.sleep(1.5)
             stored = int(collector.sql("SELECT count() FROM tagwerk.events").strip())
         finally:
@@ -217,6 +243,7 @@ def main() -> None:
     q99 = probes[min(len(probes) - 1, int(len(probes) * 0.99))] * 1000 if probes else float("nan")
     print(f"cores: server {SERVER_CORE}, wrk {CLIENT_CORE}; {args.connections} connections, "
           f"{args.seconds} s per run")
+    print("all in one: the collector and its embedded ClickHouse together on the server core")
     print(f"nginx empty_gif (limit)   {limit['rps']:>10,.0f} req/s   "
           f"p50 {limit['p50_ms']:.2f} ms  p99 {limit['p99_ms']:.2f} ms")
     print(f"tagwerk pixel             {pixel['rps']:>10,.0f} hits/s  "
@@ -229,6 +256,13 @@ def main() -> None:
     print(f"collector RSS under load  max {max(rss):.0f} MB  (target < 512 MB)")
     print(f"rows stored               {stored:,}; non-2xx: pixel {pixel['non2xx']}, "
           f"batch {batch['non2xx']}")
+    print("production layout: the collector alone on the server core, ClickHouse in another "
+          "process on wrk's core")
+    print(f"  tagwerk pixel           {split['pixel']['rps']:>10,.0f} hits/s  "
+          f"p50 {split['pixel']['p50_ms']:.2f} ms  p99 {split['pixel']['p99_ms']:.2f} ms  "
+          f"= {split['pixel']['rps'] / limit['rps']:.1%} of nginx")
+    print(f"  tagwerk JSON, batches of 10 {split['batch']['rps'] * 10:>6,.0f} events/s "
+          f"p50 {split['batch']['p50_ms']:.2f} ms  p99 {split['batch']['p99_ms']:.2f} ms")
 
 
 if __name__ == "__main__":

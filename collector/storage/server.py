@@ -5,8 +5,9 @@ URL: ``http(s)://user:password@host:port/database``.
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -45,34 +46,22 @@ class ServerStore(Store):
     def client(self):
         # Connect lazily: the collector must start (and spool) while ClickHouse is down.
         if self._client is None:
-            try:
+            with _translated():
                 self._client = clickhouse_connect.get_client(**self._kwargs)
-            except OperationalError as exc:
-                raise StorageUnavailable(str(exc)) from None
-            except DatabaseError as exc:
-                raise StorageError(str(exc)) from None
         return self._client
 
     def query(self, sql: str, params: Params = None, fmt: str = "JSONEachRow") -> bytes:
         bound = {k: _bind(v) for k, v in params.items()} if params else None
         if _OWN_FORMAT.search(sql):
             fmt = None  # the query names its format; clickhouse-connect would add a second
-        try:
+        with _translated():
             return self.client.raw_query(sql, parameters=bound, fmt=fmt)
-        except OperationalError as exc:
-            raise StorageUnavailable(str(exc)) from None
-        except DatabaseError as exc:
-            raise StorageError(str(exc)) from None
 
     def execute(self, sql: str, params: Params = None) -> None:
         # Not raw_query: it appends "FORMAT", which ClickHouse reads as data after VALUES.
         bound = {k: _bind(v) for k, v in params.items()} if params else None
-        try:
+        with _translated():
             self.client.command(sql, parameters=bound)
-        except OperationalError as exc:
-            raise StorageUnavailable(str(exc)) from None
-        except DatabaseError as exc:
-            raise StorageError(str(exc)) from None
 
     def insert(
         self,
@@ -81,17 +70,24 @@ class ServerStore(Store):
         fmt: str = "JSONEachRow",
         settings: Mapping[str, str] | None = None,
     ) -> None:
-        try:
+        with _translated():
             self.client.raw_insert(table, insert_block=data, settings=dict(settings or {}), fmt=fmt)
-        except OperationalError as exc:
-            raise StorageUnavailable(str(exc)) from None
-        except DatabaseError as exc:
-            raise StorageError(str(exc)) from None
 
     def close(self) -> None:
         if self._client is not None:
             self._client.close()
             self._client = None
+
+
+@contextlib.contextmanager
+def _translated() -> Iterator[None]:
+    """clickhouse-connect's errors as ours: unreachable (retry later) or refused."""
+    try:
+        yield
+    except OperationalError as exc:
+        raise StorageUnavailable(str(exc)) from None
+    except DatabaseError as exc:
+        raise StorageError(str(exc)) from None
 
 
 class _Literal:
