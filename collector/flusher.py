@@ -122,7 +122,7 @@ class Flusher:
         self.spool.write_checkpoint(Checkpoint(start, pending=stop))
         body, rows, dropped = self._rows(records)
         if body:
-            token = f"{start.segment}:{start.offset}-{stop.segment}:{stop.offset}"
+            token = f"{self.spool.id}:{start.segment}:{start.offset}-{stop.segment}:{stop.offset}"
             self.store.insert(
                 INSERT, body, "JSONCompactEachRow", {"insert_deduplication_token": token}
             )

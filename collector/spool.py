@@ -19,6 +19,7 @@ import os
 import queue
 import struct
 import threading
+import uuid
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -69,6 +70,7 @@ class Spool:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.segment_bytes = segment_bytes
         self.max_bytes = max_bytes
+        self.id = self._identity()
         self.checkpoint = self._read_checkpoint()
         self._recover()
         # Sizes of the segments on disk; only the writer changes the newest one's.
@@ -91,6 +93,20 @@ class Spool:
         self._writer.start()
 
     # -- state on disk ------------------------------------------------------------------
+
+    def _identity(self) -> str:
+        """A random id made with the spool directory. Positions alone do not name a batch:
+        two collectors (or a spool made anew) would both start at 1:0, and ClickHouse
+        would take the second batch for a replay of the first and drop it."""
+        path = self.dir / "id"
+        if not path.exists():
+            tmp = self.dir / "id.tmp"
+            tmp.write_text(uuid.uuid4().hex)
+            with open(tmp) as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            _fsync_dir(self.dir)
+        return path.read_text().strip()
 
     def segments(self) -> list[int]:
         return sorted(int(p.stem) for p in self.dir.glob("*.seg") if p.stem.isdigit())

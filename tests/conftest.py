@@ -10,7 +10,10 @@ from __future__ import annotations
 import pytest
 
 from collector.migrations import migrate
+from collector.sqlhttp import SqlUser, build_sql_app
 from collector.storage.embedded import EmbeddedStore
+from collector.storage.server import ServerStore
+from tests.helpers import serve
 
 
 @pytest.fixture(scope="session")
@@ -19,3 +22,20 @@ def store(tmp_path_factory):
     migrate(store)
     yield store
     store.close()
+
+
+@pytest.fixture(scope="session")
+def server_store(store):
+    """The server backend (clickhouse-connect over HTTP) on the same engine, through the
+    embedded store's ClickHouse HTTP interface."""
+    users = {"writer": SqlUser("writer", "pw", readonly=False)}
+    with serve(build_sql_app(store, users, loopback_only=True)) as url:
+        server = ServerStore(url.replace("http://", "http://writer:pw@") + "/tagwerk")
+        yield server
+        server.close()
+
+
+@pytest.fixture(params=["embedded", "server"])
+def backend(request, store, server_store):
+    """Each storage backend in turn: tests using it run on both."""
+    return store if request.param == "embedded" else server_store

@@ -36,10 +36,10 @@ def count(store, site: str) -> int:
                       {"s": site})[0]["n"]
 
 
-def test_flushes_by_age(store, tmp_path):
+def test_flushes_by_age(backend, store, tmp_path):
     site = "flush-" + uuid.uuid4().hex[:8]
     spool = Spool(tmp_path, 1 << 20, 1 << 30)
-    flusher = Flusher(spool, store, Metrics(), interval=0.05)
+    flusher = Flusher(spool, backend, Metrics(), interval=0.05)
     flusher.start()
     append_all(spool, [record(site, 5)[0], record(site, 7)[0]])
     wait_for(lambda: count(store, site) == 12)
@@ -47,20 +47,20 @@ def test_flushes_by_age(store, tmp_path):
     spool.close()
 
 
-def test_replay_of_a_batch_already_inserted_adds_nothing(store, tmp_path):
+def test_replay_of_a_batch_already_inserted_adds_nothing(backend, store, tmp_path):
     """The crash window: ClickHouse has the batch, the checkpoint does not say so yet."""
     site = "replay-" + uuid.uuid4().hex[:8]
     spool = Spool(tmp_path, 1 << 20, 1 << 30)
     append_all(spool, [record(site, 10)[0]])
     end = spool.durable
     spool.write_checkpoint(Checkpoint(Pos(1, 0), pending=end))
-    first = Flusher(spool, store, Metrics())
+    first = Flusher(spool, backend, Metrics())
     first._flush(Pos(1, 0), end)  # inserted and released...
     spool.write_checkpoint(Checkpoint(Pos(1, 0), pending=end))  # ...but as if we crashed before
     spool.close()
 
     reopened = Spool(tmp_path, 1 << 20, 1 << 30)
-    flusher = Flusher(reopened, store, Metrics(), interval=0.02)
+    flusher = Flusher(reopened, backend, Metrics(), interval=0.02)
     flusher.start()
     wait_for(lambda: flusher.caught_up)
     flusher.stop()
@@ -68,12 +68,12 @@ def test_replay_of_a_batch_already_inserted_adds_nothing(store, tmp_path):
     assert count(store, site) == 10
 
 
-def test_sender_ids_already_stored_are_dropped(store, tmp_path):
+def test_sender_ids_already_stored_are_dropped(backend, store, tmp_path):
     site = "dedup-" + uuid.uuid4().hex[:8]
     payload, ids = record(site, 4, given=True)
     spool = Spool(tmp_path, 1 << 20, 1 << 30)
     metrics = Metrics()
-    flusher = Flusher(spool, store, metrics, interval=0.02)
+    flusher = Flusher(spool, backend, metrics, interval=0.02)
     flusher.start()
     append_all(spool, [payload])
     wait_for(lambda: count(store, site) == 4)
@@ -89,3 +89,15 @@ def test_row_keys_are_the_insert_columns():
     ctx = Context("s", dt.datetime.now(dt.UTC), "web", parse_agent("x"))
     row, _ = normalize({"event": "e"}, ctx)
     assert tuple(row) == COLUMNS
+
+
+def test_batches_of_two_spools_are_both_kept(store, tmp_path):
+    """Two collectors' first batches sit at the same positions of their own spools."""
+    site = "twospools-" + uuid.uuid4().hex[:8]
+    payload, _ = record(site, 3)
+    for name in ("a", "b"):
+        spool = Spool(tmp_path / name, 1 << 20, 1 << 30)
+        append_all(spool, [payload.replace(b'"e"', b'"' + name.encode() + b'"')])
+        Flusher(spool, store, Metrics())._flush(Pos(1, 0), spool.durable)
+        spool.close()
+    assert count(store, site) == 6

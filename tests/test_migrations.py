@@ -10,9 +10,9 @@ from collector import migrations
 from collector.migrations import load_migrations, migrate, render
 
 
-def test_applied_once(store):
-    assert migrate(store) == []
-    applied = store.rows("SELECT version FROM tagwerk.schema_migrations FINAL ORDER BY version")
+def test_applied_once(backend):
+    assert migrate(backend) == []
+    applied = backend.rows("SELECT version FROM tagwerk.schema_migrations FINAL ORDER BY version")
     assert [r["version"] for r in applied] == [m.version for m in load_migrations()]
 
 

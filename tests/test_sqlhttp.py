@@ -6,7 +6,6 @@ database ``sqlhttp_test`` of the session's store.
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import json
 import re
@@ -20,7 +19,6 @@ import clickhouse_connect
 import httpx
 import lz4.frame
 import pytest
-import uvicorn
 from backports import zstd
 from clickhouse_connect.driver.exceptions import DatabaseError
 from starlette.testclient import TestClient
@@ -29,6 +27,7 @@ from starlette.types import ASGIApp
 from collector.migrations import migrate
 from collector.sqlhttp import SqlUser, build_sql_app
 from collector.storage.server import ServerStore
+from tests.helpers import serve
 
 DB = "sqlhttp_test"
 WRITER = ("writer", "w-secret")
@@ -41,26 +40,6 @@ USERS = {
 }
 MAX_DATA = 8 << 20  # small, so that the bomb tests stay fast
 ERROR_TEXT = re.compile(r"Code: (\d+)\. DB::Exception: .*\(([A-Z_]+)\) \(version [\d.]+\)\n", re.S)
-
-
-@contextlib.contextmanager
-def serve(app: ASGIApp) -> Iterator[str]:
-    """Run ``app`` under uvicorn on a free loopback port in a thread; yield its base URL."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 @pytest.fixture(scope="module")
