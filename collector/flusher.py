@@ -27,6 +27,7 @@ from collector.storage import StorageError, Store
 log = logging.getLogger("tagwerk.flusher")
 
 NO_META = b"{}"
+MAX_REPLAY = 1 << 40
 ID_PREFIX = len(b'["')  # rows are JSON arrays with event_id first
 INSERT = f"tagwerk.events ({', '.join(COLUMNS)})"
 ID_LENGTH = 36
@@ -95,8 +96,9 @@ class Flusher:
     def _step(self) -> None:
         checkpoint = self.spool.checkpoint
         if checkpoint.pending and checkpoint.pending > checkpoint.flushed:
-            # A batch was being inserted when we stopped: replay it with the same bounds.
-            self._flush(checkpoint.flushed, checkpoint.pending)
+            # A batch was being inserted when we stopped: replay it with the same bounds,
+            # whatever the size limit is now.
+            self._flush(checkpoint.flushed, checkpoint.pending, max_bytes=MAX_REPLAY)
             return
         start = checkpoint.flushed
         durable = self.spool.durable
@@ -112,8 +114,8 @@ class Flusher:
                 break
         self._flush(start, self.spool.durable)
 
-    def _flush(self, start: Pos, end: Pos) -> None:
-        records, stop = self.spool.read(start, end, self.max_bytes)
+    def _flush(self, start: Pos, end: Pos, max_bytes: int | None = None) -> None:
+        records, stop = self.spool.read(start, end, max_bytes or self.max_bytes)
         if not records:
             self.spool.release(stop)
             return
