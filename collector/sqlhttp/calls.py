@@ -1,0 +1,182 @@
+"""One request as a call on chDB: its settings, isolation and summary."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from collector.sqlhttp.config import (
+    DEFAULT_SESSION_TIMEOUT,
+    MAX_SESSION_TIMEOUT,
+    SqlUser,
+    _Connection,
+)
+from collector.sqlhttp.errors import SqlError
+from collector.sqlhttp.statements import _Format
+
+# Parameters that are not settings (as ClickHouse's HTTPHandler reserves them).
+_RESERVED = frozenset(
+    ("query", "user", "password", "quota_key", "query_id", "database", "default_format",
+     "session_id", "session_timeout", "session_check", "close_session", "compress",
+     "decompress", "buffer_size", "wait_end_of_query", "stacktrace", "client_protocol_version",
+     "role")
+)
+# Settings a ClickHouse server's HTTP layer consumes; chDB has no HTTP layer to pass them to.
+_HTTP_SETTINGS = frozenset(
+    ("send_progress_in_http_headers", "http_headers_progress_interval_ms",
+     "enable_http_compression", "http_zlib_compression_level")
+)
+_SETTING_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+@dataclass
+class _Call:
+    user: SqlUser
+    readonly: bool
+    query_id: str
+    query: str | None
+    binds: dict[str, str]
+    settings: dict[str, str]
+    database: str | None
+    default_format: _Format
+    session: tuple[str, str] | None
+    session_timeout: float
+    session_check: bool
+    close_session: bool
+    encoding: str | None  # of the response
+
+
+@dataclass
+class _Result:
+    body: bytes
+    summary: dict[str, int]
+    output_format: _Format | None  # None: the statement returns no result set
+    encoding: str | None = None
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _identifier(name: str) -> str:
+    return "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"
+
+
+def _flag(value: str) -> bool:
+    return value.strip().lower() in ("1", "true")
+
+
+def _session_timeout(value: str | None) -> float:
+    if value is None:
+        return DEFAULT_SESSION_TIMEOUT
+    if not value.isdigit():
+        raise SqlError.of(374, f"Invalid session timeout: '{value}'")
+    if int(value) > MAX_SESSION_TIMEOUT:
+        raise SqlError.of(
+            374,
+            f"Session timeout '{value}' is larger than max_session_timeout: {MAX_SESSION_TIMEOUT}",
+        )
+    return int(value)
+
+
+def _set(conn: _Connection, settings: Mapping[str, str | None]) -> None:
+    """One SET for all ``settings``; None restores a setting's default."""
+    if settings:
+        changes = (f"{k} = {'DEFAULT' if v is None else _quote(v)}" for k, v in settings.items())
+        conn.query("SET " + ", ".join(changes))
+
+
+def _apply(conn: _Connection, call: _Call) -> None:
+    settings = call.settings
+    if call.readonly:  # readonly is ours to set, below
+        settings = {k: v for k, v in settings.items() if k != "readonly"}
+    _set(conn, settings)
+    if call.database:
+        conn.query(f"USE {_identifier(call.database)}")
+    if call.readonly:
+        conn.query("SET readonly = 1")
+
+
+@dataclass
+class _Saved:
+    database: str
+    settings: dict[str, str | None]
+
+
+def _read_state(conn: _Connection, call: _Call) -> _Saved:
+    names = ", ".join(map(_quote, call.settings)) or "''"
+    row = orjson.loads(
+        conn.query(
+            "SELECT currentDatabase() AS db, groupArray((name, value, changed)) AS s "
+            f"FROM system.settings WHERE name IN ({names})",
+            "JSONEachRow",
+        ).bytes()
+    )
+    # A name missing from system.settings was refused by SET and needs no restoring.
+    settings = {name: value if changed else None for name, value, changed in row["s"]}
+    return _Saved(row["db"], settings)
+
+
+def _restore(conn: _Connection, saved: _Saved) -> None:
+    _set(conn, saved.settings)
+    conn.query(f"USE {_identifier(saved.database)}")
+
+
+def _summary(
+    read: tuple[int, int], written: tuple[int, int], result: tuple[int, int], elapsed: float
+) -> dict[str, int]:
+    return {
+        "read_rows": read[0],
+        "read_bytes": read[1],
+        "written_rows": written[0],
+        "written_bytes": written[1],
+        "total_rows_to_read": read[0],  # chDB reports no estimate; what was read is exact
+        "result_rows": result[0],
+        "result_bytes": result[1],
+        "elapsed_ns": int(elapsed * 1e9),
+    }
+
+
+def _query_summary(result: Any) -> dict[str, int]:
+    def stat(name: str) -> int:
+        return int(getattr(result, name, lambda: 0)())
+
+    return _summary(
+        (stat("storage_rows_read"), stat("storage_bytes_read")),
+        (stat("rows_written"), stat("bytes_written")),
+        (stat("rows_read"), stat("bytes_read")),
+        float(getattr(result, "elapsed", lambda: 0.0)()),
+    )
+
+
+def _is_loopback(client: tuple[str, int] | None) -> bool:
+    if client is None:  # a Unix socket: not from the network
+        return True
+    try:
+        address = ipaddress.ip_address(client[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+class _LoopbackOnly:
+    """Refuses peers outside the loopback range, whatever listens in front of the app."""
+
+    def __init__(self, app: ASGIApp, refuse: Callable[[], Response]) -> None:
+        self.app = app
+        self.refuse = refuse
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not _is_loopback(scope.get("client")):
+            await self.refuse()(scope, receive, send)
+            return
+        await self.app(scope, receive, send)

@@ -1,0 +1,435 @@
+"""The ASGI app: authentication, routing of a request onto chDB, responses."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import email.parser
+import email.policy
+import hmac
+import itertools
+import logging
+import socket
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from urllib.parse import parse_qsl
+
+import anyio.from_thread
+import anyio.to_thread
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp
+
+from collector.sqlhttp.bodies import _Body, _no_body, _puller
+from collector.sqlhttp.calls import (
+    _HTTP_SETTINGS,
+    _RESERVED,
+    _SETTING_NAME,
+    _apply,
+    _Call,
+    _flag,
+    _LoopbackOnly,
+    _query_summary,
+    _read_state,
+    _restore,
+    _Result,
+    _Saved,
+    _session_timeout,
+    _summary,
+)
+from collector.sqlhttp.compress import _DEFLATERS, _INFLATERS, _Decoder, _response_encoding
+from collector.sqlhttp.config import MAX_DATA_BYTES, MAX_QUERY_BYTES, SqlUser, _Connection
+from collector.sqlhttp.errors import _STATUS, _VERSION_SUFFIX, SqlError, _engine_errors
+from collector.sqlhttp.sessions import _Session, _Sessions
+from collector.sqlhttp.statements import _decode, _first_word, _Format, _scan, _Statement
+from collector.storage.embedded import EmbeddedStore
+
+logger = logging.getLogger("collector.sqlhttp")
+
+
+class _SqlInterface:
+    def __init__(
+        self, store: EmbeddedStore, users: Mapping[str, SqlUser], max_data_bytes: int
+    ) -> None:
+        self.store = store
+        self.users = dict(users)
+        self.max_data_bytes = max_data_bytes
+        self.sessions = _Sessions(store.new_connection)
+        self.display_name = socket.gethostname()
+        conn = store.new_connection()
+        try:
+            self.version, self.timezone, compression, self.database = orjson.loads(
+                conn.query(
+                    "SELECT version(), timezone(), getSetting('enable_http_compression'), "
+                    "currentDatabase()",
+                    "JSONCompactEachRow",
+                ).bytes()
+            )
+            rows = conn.query("SELECT name, content_type FROM system.formats", "JSONEachRow")
+            names = conn.query("SELECT name FROM system.settings", "TabSeparatedRaw")
+        finally:
+            conn.close()
+        self.setting_names = frozenset(names.bytes().decode().splitlines())
+        # The engine's default, as ClickHouse does (chDB turns it on).
+        self.compress_by_default = bool(compression)
+        self.formats = {
+            row["name"].lower(): _Format(row["name"], row["content_type"])
+            for row in map(orjson.loads, rows.bytes().splitlines())
+        }
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await anyio.to_thread.run_sync(self.sessions.close_all)
+
+    async def ping(self, request: Request) -> Response:
+        return PlainTextResponse("Ok.\n")
+
+    async def query(self, request: Request) -> Response:
+        query_id = ""
+        try:
+            params = _query_params(request)
+            query_id = (
+                params.get("query_id") or request.headers.get("x-clickhouse-query-id")
+            ) or str(uuid.uuid4())
+            if request.method in ("GET", "HEAD") and not params.get("query"):
+                return PlainTextResponse("Ok.\n")  # ClickHouse's root page
+            user = self._authenticate(request, params)
+            decoder = self._decoder(request)
+            pull: Callable[[], bytes | None] = _no_body
+            if request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
+                params.update(await self._form(request, decoder))
+            else:
+                pull = _puller(request.stream())
+            call = self._call(request, params, user, query_id)
+            body = _Body(pull, decoder, self.max_data_bytes)
+            result = await anyio.to_thread.run_sync(self._execute, call, body)
+            return self._response(call, result)
+        except SqlError as exc:
+            return self._error(exc, query_id)
+        except ClientDisconnect:
+            return Response(status_code=499)  # nobody is listening
+        except Exception:
+            logger.exception("SQL interface: unexpected error")
+            return self._error(SqlError.of(1001, "Internal error, see the collector's log"), "")
+
+    # -- request parsing (event loop)
+
+    def _authenticate(self, request: Request, params: Mapping[str, str]) -> SqlUser:
+        name, password = _credentials(request, params)
+        user = self.users.get(name)
+        # Compare even for an unknown user, so that timing does not tell which names exist.
+        expected = user.password if user else uuid.uuid4().hex
+        if not hmac.compare_digest(password.encode(), expected.encode()) or user is None:
+            raise SqlError.of(
+                516,
+                f"{name}: Authentication failed: password is incorrect, "
+                "or there is no user with such name",
+            )
+        return user
+
+    def _call(
+        self, request: Request, params: Mapping[str, str], user: SqlUser, query_id: str
+    ) -> _Call:
+        binds: dict[str, str] = {}
+        settings: dict[str, str] = {}
+        for name, value in params.items():
+            if name.startswith("param_"):
+                binds[name.removeprefix("param_")] = value
+            elif name and name not in _RESERVED and name not in _HTTP_SETTINGS:
+                if not _SETTING_NAME.fullmatch(name):
+                    raise SqlError.of(115, f"Unknown setting '{name}'")
+                settings[name] = value
+        fmt_name = params.get("default_format") or request.headers.get("x-clickhouse-format")
+        session_id = params.get("session_id")
+        compress = params.get("enable_http_compression")
+        accept = request.headers.get("accept-encoding", "")
+        return _Call(
+            user=user,
+            # As ClickHouse: anything but POST is read-only.
+            readonly=user.readonly or request.method != "POST",
+            query_id=query_id,
+            query=params.get("query"),
+            binds=binds,
+            settings=settings,
+            database=params.get("database") or request.headers.get("x-clickhouse-database"),
+            default_format=self._format(fmt_name or "TabSeparated"),
+            session=(user.name, session_id) if session_id else None,
+            session_timeout=_session_timeout(params.get("session_timeout")) if session_id else 0,
+            session_check=_flag(params.get("session_check", "0")),
+            close_session=_flag(params.get("close_session", "0")),
+            encoding=(
+                _response_encoding(accept)
+                if (_flag(compress) if compress is not None else self.compress_by_default)
+                else None
+            ),
+        )
+
+    def _format(self, name: str) -> _Format:
+        fmt = self.formats.get(name.lower())
+        if fmt is None:
+            raise SqlError.of(73, f"Unknown format {name}")
+        return fmt
+
+    def _decoder(self, request: Request) -> _Decoder | None:
+        encoding = request.headers.get("content-encoding", "").strip().lower()
+        if encoding in ("", "identity"):
+            return None
+        if encoding not in _INFLATERS:
+            raise SqlError.of(779, f"Unsupported Content-Encoding: {encoding}")
+        return _Decoder(_INFLATERS[encoding])
+
+    async def _form(self, request: Request, decoder: _Decoder | None) -> dict[str, str]:
+        """Fields of a multipart/form-data body (clickhouse-connect's long parameters)."""
+        raw = bytearray()
+        async for chunk in request.stream():
+            raw += b"".join(decoder.feed(chunk)) if decoder else chunk
+            if len(raw) > MAX_QUERY_BYTES:
+                raise SqlError.of(229, f"The form is larger than {MAX_QUERY_BYTES} bytes")
+        if decoder:
+            decoder.finish()
+        head = f"Content-Type: {request.headers['content-type']}\r\n\r\n".encode("latin-1")
+        message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + raw)
+        fields: dict[str, str] = {}
+        for part in message.iter_parts():
+            if part.get_filename() is not None:
+                raise SqlError.of(48, "External data (files in the form) is not supported")
+            name = part.get_param("name", header="content-disposition")
+            fields[str(name)] = _decode(part.get_payload(decode=True) or b"")
+        return fields
+
+    # -- execution (worker thread)
+
+    def _execute(self, call: _Call, body: _Body) -> _Result:
+        sql, st, data = self._statement(call, body)
+        if not st.first:
+            raise SqlError.of(62, "Syntax error: Empty query")
+        if st.multi:
+            raise SqlError.of(62, "Syntax error: Multi-statements are not allowed")
+        if st.refusal:
+            raise st.refusal
+        if call.readonly and st.calls_file:
+            raise SqlError.of(164, "Cannot execute query in readonly mode: file() is not allowed")
+        with self._connection(call, st.first) as conn, _engine_errors():
+            if data is not None:
+                return self._insert(conn, sql, st.insert_format or "", data)
+            result = conn.query(sql, call.default_format.name, params=call.binds)
+            out = result.bytes()
+        fmt = (self._format(st.output_format) if st.output_format else call.default_format)
+        encoding = call.encoding if out else None
+        if encoding:
+            out = _DEFLATERS[encoding](out)
+        return _Result(out, _query_summary(result), fmt if st.has_result else None, encoding)
+
+    def _statement(
+        self, call: _Call, body: _Body
+    ) -> tuple[str, _Statement, Iterator[bytes] | None]:
+        """The statement (a query, or an INSERT's head) and, for an INSERT, its data.
+
+        As ClickHouse: the query is the ``query`` parameter, a line break and the body, or the
+        body alone; an INSERT's data follows its FORMAT clause (or a trailing VALUES).
+        """
+        limit = MAX_QUERY_BYTES
+        if call.query is not None:
+            head = call.query.encode() + b"\n"
+            st = _scan(head, self.formats)
+            if st.insert_format:
+                return self._insert_parts(head, st, body)
+            rest = body.read(limit + 1 - len(head))
+            text = head + rest if rest else call.query.encode()
+            if rest:
+                st = _scan(text, self.formats)
+        else:
+            text = body.read(limit + 1)
+            if len(text) > limit and _first_word(text) != b"insert":  # no need to scan it
+                raise SqlError.of(229, f"The query is larger than {limit} bytes")
+            st = _scan(text, self.formats)
+            if st.insert_format:
+                return self._insert_parts(text, st, body)
+        if len(text) > limit:
+            raise SqlError.of(229, f"The query is larger than {limit} bytes")
+        return _decode(text), st, None
+
+    @staticmethod
+    def _insert_parts(
+        text: bytes, st: _Statement, body: _Body
+    ) -> tuple[str, _Statement, Iterator[bytes]]:
+        data = itertools.chain((text[st.data_start :],), body.rest())
+        return _decode(text[: st.head_end]), st, data
+
+    @staticmethod
+    def _insert(conn: _Connection, head: str, fmt: str, data: Iterator[bytes]) -> _Result:
+        with conn.send_insert(head, fmt) as inserter:
+            for chunk in data:
+                if chunk:
+                    inserter.append(chunk)
+            done = inserter.finish()
+        written = (done.rows_written, done.bytes_written)
+        return _Result(b"", _summary((0, 0), written, written, done.elapsed), None)
+
+    @contextlib.contextmanager
+    def _connection(self, call: _Call, first: bytes) -> Iterator[_Connection]:
+        # A read-only request can keep no state (readonly = 1 allows neither SET nor
+        # temporary tables), so its session id needs no connection of its own.
+        if call.session is None or call.readonly:
+            conn = self.store.new_connection()
+            try:
+                with _engine_errors():
+                    _apply(conn, call)
+                yield conn
+            finally:
+                conn.close()
+            return
+        with self.sessions.use(
+            call.session, call.session_timeout, call.session_check, call.close_session
+        ) as session:
+            yield from self._in_session(session, call, first)
+
+    def _in_session(self, session: _Session, call: _Call, first: bytes) -> Iterator[_Connection]:
+        conn = session.conn
+        saved = None
+        try:
+            with _engine_errors():
+                if call.settings or call.database:
+                    saved = self._save(session, call)
+                _apply(conn, call)
+            # Only SET and USE change a session (multi-statements are refused).
+            session.changed = session.changed or first in (b"set", b"use")
+            yield conn
+        finally:
+            if saved is not None:
+                try:
+                    _restore(conn, saved)
+                except Exception:  # e.g. readonly=1 forbids changing settings back
+                    session.reset()
+
+    def _save(self, session: _Session, call: _Call) -> _Saved:
+        if session.changed:
+            return _read_state(session.conn, call)
+        # Defaults throughout; a name the engine does not know was refused by SET anyway.
+        defaults = {name: None for name in call.settings if name in self.setting_names}
+        return _Saved(self.database, defaults)
+
+    # -- responses
+
+    def _headers(self, query_id: str) -> dict[str, str]:
+        headers = {"X-ClickHouse-Server-Display-Name": self.display_name}
+        if query_id:
+            headers["X-ClickHouse-Query-Id"] = query_id
+        return headers
+
+    def _response(self, call: _Call, result: _Result) -> Response:
+        headers = self._headers(call.query_id)
+        headers["X-ClickHouse-Timezone"] = call.settings.get("session_timezone") or self.timezone
+        headers["X-ClickHouse-Summary"] = orjson.dumps(
+            {k: str(v) for k, v in result.summary.items()}
+        ).decode()
+        headers["Content-Type"] = "text/plain; charset=UTF-8"
+        if result.output_format:
+            headers["X-ClickHouse-Format"] = result.output_format.name
+            headers["Content-Type"] = result.output_format.content_type
+        if result.encoding:
+            headers["Content-Encoding"] = result.encoding
+        return Response(result.body, headers=headers)
+
+    def _error(self, exc: SqlError, query_id: str) -> Response:
+        text = exc.text
+        if not _VERSION_SUFFIX.search(text):
+            text += f" (version {self.version})"
+        headers = self._headers(query_id)
+        headers["X-ClickHouse-Exception-Code"] = str(exc.code)
+        headers["Content-Type"] = "text/plain; charset=UTF-8"
+        return Response(text + "\n", status_code=_STATUS.get(exc.code, 500), headers=headers)
+
+    def refuse_peer(self) -> Response:
+        return self._error(
+            SqlError.of(516, "Authentication failed: connections are accepted from loopback only"),
+            "",
+        )
+
+
+def _query_params(request: Request) -> dict[str, str]:
+    # Starlette would replace invalid UTF-8 silently; the query must be refused instead.
+    try:
+        pairs = parse_qsl(
+            request.scope["query_string"].decode("latin-1"), keep_blank_values=True, errors="strict"
+        )
+    except UnicodeDecodeError:
+        raise SqlError.of(36, "The URL parameters are not valid UTF-8") from None
+    return dict(pairs)
+
+
+def _credentials(request: Request, params: Mapping[str, str]) -> tuple[str, str]:
+    """User and password, from one of the three places ClickHouse accepts them."""
+    header_user = request.headers.get("x-clickhouse-user", "")
+    header_key = request.headers.get("x-clickhouse-key", "")
+    authorization = request.headers.get("authorization")
+    in_params = "user" in params or "password" in params
+    if header_user or header_key:
+        if authorization is not None:
+            raise _mixed("X-ClickHouse HTTP headers", "Authorization HTTP header")
+        if in_params:
+            raise _mixed("X-ClickHouse HTTP headers", "authentication via parameters")
+        return _user_name(header_user, "X-ClickHouse HTTP headers"), header_key
+    if authorization is not None:
+        if in_params:
+            raise _mixed("Authorization HTTP header", "authentication via parameters")
+        return _basic(authorization)
+    user = _user_name(params.get("user", "default"), "authentication via parameters")
+    return user, params.get("password", "")
+
+
+def _basic(authorization: str) -> tuple[str, str]:
+    scheme, _, info = authorization.partition(" ")
+    if scheme.lower() != "basic":
+        raise SqlError.of(
+            516, f"Invalid authentication: '{scheme}' HTTP Authorization scheme is not supported"
+        )
+    try:
+        decoded = base64.b64decode(info.strip(), validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        raise SqlError.of(516, "Invalid authentication: malformed Basic credentials") from None
+    user, _, password = decoded.partition(":")
+    return _user_name(user, "Authorization HTTP header"), password
+
+
+def _user_name(name: str, source: str) -> str:
+    if not name:
+        raise SqlError.of(516, f"Got an empty user name from {source}")
+    return name
+
+
+def _mixed(first: str, second: str) -> SqlError:
+    return SqlError.of(
+        516, f"Invalid authentication: it is not allowed to use {first} and {second} simultaneously"
+    )
+
+
+def build_sql_app(
+    store: EmbeddedStore,
+    users: Mapping[str, SqlUser],
+    loopback_only: bool,
+    *,
+    max_data_bytes: int = MAX_DATA_BYTES,
+) -> ASGIApp:
+    """ClickHouse's HTTP interface over ``store`` for the users of ``users``.
+
+    ``users`` is the complete user table. With ``loopback_only``, peers outside the loopback
+    range are refused even if a proxy or a wider listener lets them in.
+    """
+    sql = _SqlInterface(store, users, max_data_bytes)
+    app = Starlette(
+        routes=[
+            Route("/", sql.query, methods=["GET", "POST"]),
+            Route("/ping", sql.ping, methods=["GET"]),
+            Route("/replicas_status", sql.ping, methods=["GET"]),
+        ],
+        lifespan=sql.lifespan,
+    )
+    return _LoopbackOnly(app, sql.refuse_peer) if loopback_only else app

@@ -1,0 +1,165 @@
+"""A small lexer: where a query ends, its data starts, and its FORMAT clause."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from collector.sqlhttp.errors import SqlError
+
+# Just enough of ClickHouse's lexer to find where a statement's parts are; what a statement
+# may do is left to the engine. Possessive quantifiers keep unterminated input linear.
+# Whitespace and comments are unnamed; a "run" is bytes that mean nothing here (numbers,
+# operators, binary data), matched at once to keep a large VALUES list cheap to scan.
+_TOKEN = re.compile(
+    rb"""
+      [ \t\r\n\f\v]++
+    | --[^\n]*+
+    | /\*(?:[^*]++|\*(?!/))*+(?:\*/)?
+    | (?P<string>'(?:[^'\\]++|\\.|'')*+'?
+        | \$(?P<tag>[A-Za-z0-9_]*)\$(?:[^$]++|\$(?!(?P=tag)\$))*+(?:\$(?P=tag)\$)?)
+    | (?P<quoted>"(?:[^"\\]++|\\.|"")*+"?|`(?:[^`\\]++|\\.|``)*+`?)
+    | (?P<word>[A-Za-z_][A-Za-z0-9_]*+)
+    | (?P<run>[^A-Za-z_ \t\r\n\f\v'"`$\-/;()\[\]{}]++)
+    | (?P<other>.)
+    """,
+    re.X | re.S,
+)
+_OPEN, _CLOSE = frozenset(b"([{"), frozenset(b")]}")
+_RESULT_KEYWORDS = frozenset(
+    (b"select", b"with", b"from", b"show", b"describe", b"desc", b"exists", b"explain",
+     b"check", b"kill", b"watch", b"(")
+)
+
+
+class _Token(NamedTuple):
+    kind: str
+    text: bytes
+    start: int
+    end: int
+
+    @property
+    def name(self) -> bytes:
+        """A word, or a quoted identifier without its quotes, lowercased."""
+        return (self.text[1:-1] if self.kind == "quoted" else self.text).lower()
+
+
+_NO_TOKEN = _Token("", b"", 0, 0)
+
+
+def _tokens(sql: bytes) -> Iterator[_Token]:
+    """The significant tokens of ``sql``: whitespace and comments are skipped."""
+    for match in _TOKEN.finditer(sql):
+        if match.lastgroup:
+            yield _Token(match.lastgroup, match.group(), match.start(), match.end())
+
+
+@dataclass
+class _Statement:
+    first: bytes = b""  # the first token (a keyword, or "("), lowercased; empty: no query
+    multi: bool = False
+    output_format: str | None = None  # a query's own FORMAT clause
+    insert_format: str | None = None  # INSERT ... FORMAT X, or "Values" for a trailing VALUES
+    head_end: int = 0  # INSERT: where that clause starts
+    data_start: int = 0  # INSERT: where the inline data starts
+    refusal: SqlError | None = None
+    calls_file: bool = False
+
+    @property
+    def has_result(self) -> bool:
+        return self.first in _RESULT_KEYWORDS
+
+
+def _scan(sql: bytes, formats: Mapping[str, _Format]) -> _Statement:
+    """Where ``sql``'s parts are. An INSERT's scan stops at its FORMAT clause: data follows."""
+    st = _Statement()
+    depth, ended, insert, data_follows = 0, False, False, False
+    before = last = _NO_TOKEN  # the two tokens before this one
+    for tok in _tokens(sql):
+        if ended:
+            st.multi = True
+            break
+        if tok.kind == "other":
+            depth = _depth(tok.text, depth)
+            ended = tok.text == b";" and depth == 0
+            # Function names are case-sensitive, but may be quoted: `file`('/etc/passwd').
+            st.calls_file |= tok.text == b"(" and last.kind in ("word", "quoted") and (
+                last.text.strip(b'`"') == b"file"
+            )
+        elif tok.kind == "word":
+            word = tok.text.lower()
+            if not st.first:
+                insert = data_follows = word == b"insert"
+            elif word in (b"select", b"with", b"values") and depth == 0:
+                # INSERT ... SELECT: a FORMAT there starts no data. INSERT ... VALUES: all
+                # that follows is data, as in ClickHouse, whatever it says.
+                data_follows = False
+        elif tok.kind == "string":
+            st.refusal = st.refusal or _refusal(before, last)
+        st.first = st.first or tok.text.lower()
+        fmt = _format_clause(last, tok, formats) if depth == 0 else None
+        if fmt and data_follows:
+            st.insert_format, st.head_end = fmt, last.start
+            st.data_start = _data_start(sql, tok.end)
+            return st
+        st.output_format = fmt or st.output_format
+        before, last = last, tok
+    if insert and last.kind == "word" and last.name == b"values" and depth == 0:
+        st.insert_format, st.head_end, st.data_start = "Values", last.start, len(sql)
+    return st
+
+
+def _depth(bracket: bytes, depth: int) -> int:
+    if bracket[0] in _OPEN:
+        return depth + 1
+    if bracket[0] in _CLOSE:
+        return max(depth - 1, 0)
+    return depth
+
+
+def _first_word(sql: bytes) -> bytes:
+    return next(_tokens(sql), _NO_TOKEN).text.lower()
+
+
+def _format_clause(last: _Token, tok: _Token, formats: Mapping[str, _Format]) -> str | None:
+    # The format must be a known one: "INSERT INTO format FORMAT CSV" names a table "format".
+    if tok.kind not in ("word", "quoted") or last.kind != "word" or last.name != b"format":
+        return None
+    known = formats.get(tok.name.decode("latin-1"))
+    return known.name if known else None
+
+
+def _refusal(before: _Token, last: _Token) -> SqlError | None:
+    """What ClickHouse's HTTP interface refuses: reading or writing the server's own files."""
+    pair = (before.name, last.name) if before.kind == last.kind == "word" else None
+    if pair == (b"into", b"outfile"):
+        return SqlError.of(358, "INTO OUTFILE is not allowed")
+    if pair == (b"from", b"infile"):
+        return SqlError.of(78, "Query has infile and was send directly to server")
+    return None
+
+
+def _data_start(sql: bytes, pos: int) -> int:
+    # As ClickHouse: data starts after spaces and at most one line break past the format name.
+    while pos < len(sql) and sql[pos] in b" \t\f":
+        pos += 1
+    if sql[pos : pos + 1] == b"\r":
+        pos += 1
+    if sql[pos : pos + 1] == b"\n":
+        pos += 1
+    return pos
+
+
+def _decode(sql: bytes) -> str:
+    try:
+        return sql.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SqlError.of(36, "The query is not valid UTF-8") from None
+
+
+@dataclass(frozen=True)
+class _Format:
+    name: str
+    content_type: str
