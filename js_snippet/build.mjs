@@ -1,0 +1,53 @@
+// Builds dist/ from src/: tag.js always; banner.js, banner.css, debug.js, debug.css when their
+// sources exist (another engineer writes them). Deterministic: the same sources give
+// byte-identical files; tests/test_js.py checks that the committed dist/ is a fresh build.
+//
+//   node build.mjs            -> js_snippet/dist/
+//   node build.mjs OUTDIR     -> OUTDIR (the freshness check builds into a temporary dir)
+//
+// The tests import bundle() to test the current sources without writing files.
+import { build } from "esbuild";
+import { existsSync, mkdirSync, writeFileSync } from "node:fs";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+
+const here = dirname(fileURLToPath(import.meta.url));
+export const ENTRIES = ["tag.js", "banner.js", "banner.css", "debug.js", "debug.css"];
+
+// name -> the built text, or null when src/<name> does not exist.
+export async function bundle(name) {
+  const entry = join(here, "src", name);
+  if (!existsSync(entry)) return null;
+  const r = await build({
+    entryPoints: [entry],
+    bundle: true,
+    minify: true,
+    target: "es2018",
+    legalComments: "none",
+    charset: "utf8",
+    logLevel: "warning",
+    write: false,
+    // A .js entry becomes a self-contained IIFE; a .css entry a minified stylesheet. A CSS
+    // file imported from banner.js would be a second output: keep it a separate entry.
+    ...(name.endsWith(".js") ? { format: "iife" } : {}),
+    outfile: join(here, "dist", name),
+  });
+  if (r.outputFiles.length != 1) throw new Error(`${name}: expected one output file`);
+  return r.outputFiles[0].text;
+}
+
+async function main() {
+  const out = resolve(process.argv[2] || join(here, "dist"));
+  mkdirSync(out, { recursive: true });
+  for (const name of ENTRIES) {
+    const text = await bundle(name);
+    if (text == null) {
+      if (name == "tag.js") throw new Error("src/tag.js is missing");
+      continue;
+    }
+    writeFileSync(join(out, name), text);
+    console.log(`built ${name} (${Buffer.byteLength(text)} bytes)`);
+  }
+}
+
+if (process.argv[1] && resolve(process.argv[1]) == fileURLToPath(import.meta.url)) await main();

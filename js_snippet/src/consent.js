@@ -1,0 +1,104 @@
+// Consent (DESIGN.md §3): the tw_consent cookie, defaults, the GPC rule, and the contract
+// between the tag and the consent banner.
+//
+// ---------------------------------------------------------------------------------------
+// THE BANNER CONTRACT (for the author of src/banner.js -> dist/banner.js = assets.banner)
+// ---------------------------------------------------------------------------------------
+// When it is loaded: the tag inserts <script src=assets.banner async nonce=...> at most once
+// per page (the nonce copied from the tag's own <script>):
+//   - when the page has loaded (window "load", or at once if it already has) and there is no
+//     valid decision: no valid tw_consent cookie, and no `consent update` from the site's CMP,
+//     from tagwerk('consent', 'update', ...) or from gtag('consent', 'update', ...);
+//   - on tagwerk('consent', 'show') (e.g. a "Cookie settings" link), if no banner registered
+//     an opener yet (see 2).
+// The banner opens itself as soon as its script runs. Then:
+//
+// 1. Read the state:  var s = tagwerk('consent', 'state')  -> the config the collector inlined
+//    (DESIGN.md §2), with four fields added:
+//      s.site, s.policy (policy hash), s.consent.purposes ([{id, required, default}...], in
+//      order), s.consent.lifetime_days, s.assets.banner_css and s.assets.texts (the URL of
+//      the banner's texts, {site, version, policy, texts: {lang: {...}}}), ... and
+//      s.endpoint: "https://collect.../collect"   absolute URL of the collector
+//      s.granted:  {necessary: true, analytics: false, ...}  the current state (a copy)
+//      s.decided:  false     whether a valid decision exists (cookie, CMP or banner)
+//      s.gpc:      true      navigator.globalPrivacyControl is on
+//      s.nonce:    "..."     for the banner's own <link rel=stylesheet> ("" without CSP)
+// 2. Register an opener:  tagwerk('consent', 'banner', open)
+//      Later tagwerk('consent', 'show') calls open() instead of loading the script again.
+// 3. Report the person's choice:  tagwerk('consent', 'update', choices, 'banner')
+//      choices = "all"   Accept all: every purpose, except that marketing stays off when GPC
+//                        is on (logged with how = "gpc");
+//              = "none"  Reject all: only the required purposes;
+//              = {analytics: true, marketing: false, ...}  Save choices: explicit per
+//                        purpose (purposes left out keep their current state); an explicit
+//                        marketing: true wins over GPC.
+//      Required purposes are always granted. The tag writes tw_consent, posts the decision
+//      to /consent, releases held tags and records it for the debug overlay; the banner only
+//      closes itself. Nothing the banner calls throws.
+// 4. No inline styles: the banner brings a stylesheet (with the nonce) and uses classes.
+// A CMP instead of the banner uses the same call with its own `how` left out ("api"):
+//   tagwerk('consent', 'update', {analytics: true, marketing: false})
+// ---------------------------------------------------------------------------------------
+//
+// Cookie value: v1.<consent id>.<policy hash>.<granted, comma-separated>.<unix s>.<how>
+// where the consent id is 32 hex digits (a v4 UUID without dashes, kept across decisions:
+// consent/cookie.py and consent/log.py check that), <unix s> is the time of the decision,
+// and how is banner, api, gcm or gpc. The decision is valid while the policy hash
+// is the container's and now < time + lifetime (rejection_lifetime_days when nothing but
+// required purposes was granted, lifetime_days otherwise).
+
+var MK = "marketing";
+
+// The granted purposes of a state {purpose: bool}.
+export var list = (G) => Object.keys(G).filter((k) => G[k]);
+
+// Lifetime of a decision in days: shorter when only required purposes were granted.
+export var days = (c, G) =>
+  c.purposes.some((q) => !q.required && G[q.id]) ? c.lifetime_days : c.rejection_lifetime_days;
+
+// The state before any decision: required purposes, plus each purpose's default; under GPC
+// marketing stays off whatever its default.
+export var defaults = (P, gpc, G = {}) => (
+  P.forEach((q) => (G[q.id] = !!(q.required || (q.default && !(gpc && q.id == MK))))), G
+);
+
+// A decision: choices ("all" | "none" | {purpose: bool}) applied to the current state.
+// -> [new state, true when GPC shaped it (marketing off only because of GPC)].
+export var decide = (ch, cur, P, gpc, G = {}, x = typeof ch == "object") => (
+  P.forEach(
+    (q, k) =>
+      (G[(k = q.id)] = !!(
+        q.required || (x ? (k in ch ? ch[k] : cur[k]) : ch == "all" && !(gpc && k == MK))
+      ))
+  ),
+  [G, !!gpc && MK in G && !G[MK] && (ch == "all" || (x && !(MK in ch)))]
+);
+
+// Read a cookie value -> {i: its consent id, g: the state if the decision is still valid}.
+export var parse = (v, C, now, p = (v || "").split("."), G = {}) => (
+  C.consent.purposes.forEach(
+    (q) => (G[q.id] = !!q.required || (p[3] || "").split(",").includes(q.id))
+  ),
+  { i: p[1], g: p[0] == "v1" && p[2] == C.policy && now < +p[4] + 86400 * days(C.consent, G) && G }
+);
+
+// The string for document.cookie.
+export var format = (C, id, G, now, how) =>
+  "tw_consent=" +
+  ["v1", id, C.policy, list(G), now, how].join(".") +
+  ";Max-Age=" +
+  86400 * days(C.consent, G) +
+  ";Path=/;SameSite=Lax" +
+  (location.protocol == "https:" ? ";Secure" : "") +
+  (C.settings.cookie_domain ? ";Domain=" + C.settings.cookie_domain : "");
+
+// The body posted to /consent.
+export var record = (C, id, G, how) => ({
+  site: C.site,
+  consent_id: id,
+  granted: list(G),
+  denied: Object.keys(G).filter((k) => !G[k]),
+  policy: C.policy,
+  how,
+  url: location.href.slice(0, 4096),
+});

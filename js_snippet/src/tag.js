@@ -1,0 +1,9 @@
+// Entry of dist/tag.js. The server replaces the string literal below (quotes included) with
+// the live container as JSON (DESIGN.md §2); it must stay the bundle's only occurrence.
+// While it is still a string the tag is not configured and does nothing.
+import { start } from "./main.js";
+import { ready, T } from "./util.js";
+
+var C = "__TAGWERK_CONFIG__";
+// Once per page: a second copy of the tag (included twice) leaves the first one alone.
+ready(C) && !(window.tagwerk || {}).x && T(start)(C);

@@ -1,0 +1,111 @@
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { days, decide, defaults, format, list, parse, record } from "../src/consent.js";
+
+globalThis.location = new URL("https://shop.example/p?x=1");
+const P = [
+  { id: "necessary", required: true },
+  { id: "analytics", default: false },
+  { id: "personalization", default: true },
+  { id: "marketing", default: true },
+];
+const C = {
+  site: "demo",
+  policy: "3c1d0e7a9b2f4c11",
+  settings: { cookie_domain: "" },
+  consent: { purposes: P, lifetime_days: 365, rejection_lifetime_days: 182 },
+};
+const T0 = 1795350383;
+const G = (granted) => Object.fromEntries(P.map((p) => [p.id, granted.includes(p.id)]));
+
+test("defaults come from the container; required purposes are always granted", () => {
+  assert.deepEqual(defaults(P, false), G(["necessary", "personalization", "marketing"]));
+});
+
+test("GPC: marketing stays off by default", () => {
+  assert.deepEqual(defaults(P, true), G(["necessary", "personalization"]));
+});
+
+test("accept all / reject all / per purpose", () => {
+  const cur = defaults(P, false);
+  assert.deepEqual(decide("all", cur, P, false), [G(["necessary", "analytics", "personalization", "marketing"]), false]);
+  assert.deepEqual(decide("none", cur, P, false), [G(["necessary"]), false]);
+  assert.deepEqual(
+    decide({ analytics: true, marketing: false, necessary: false }, cur, P, false),
+    [G(["necessary", "analytics", "personalization"]), false]
+  );
+});
+
+test("GPC: accept all leaves marketing off and is logged as gpc", () => {
+  const cur = defaults(P, true);
+  assert.deepEqual(decide("all", cur, P, true), [G(["necessary", "analytics", "personalization"]), true]);
+  // purposes left out keep their state, which GPC shaped
+  assert.deepEqual(decide({ analytics: true }, cur, P, true), [G(["necessary", "analytics", "personalization"]), true]);
+});
+
+test("GPC: an explicit per-purpose choice wins", () => {
+  const cur = defaults(P, true);
+  assert.deepEqual(decide({ marketing: true }, cur, P, true), [G(["necessary", "personalization", "marketing"]), false]);
+  // an explicit "no" is the person's choice, not GPC's
+  assert.deepEqual(decide({ marketing: false }, cur, P, true)[1], false);
+  assert.deepEqual(decide("none", cur, P, true)[1], false);
+});
+
+test("cookie format is v1.<id>.<policy>.<granted>.<unix s>.<how>", () => {
+  const s = format(C, "8f3ae1", G(["necessary", "analytics"]), T0, "banner");
+  assert.equal(
+    s,
+    "tw_consent=v1.8f3ae1.3c1d0e7a9b2f4c11.necessary,analytics.1795350383.banner" +
+      ";Max-Age=31536000;Path=/;SameSite=Lax;Secure"
+  );
+  const r = format({ ...C, settings: { cookie_domain: ".shop.example" } }, "i", G(["necessary"]), T0, "api");
+  assert.match(r, /^tw_consent=v1\.i\.3c1d0e7a9b2f4c11\.necessary\.1795350383\.api;Max-Age=15724800;/);
+  assert.match(r, /;Domain=\.shop\.example$/);
+  globalThis.location = new URL("http://localhost/");
+  assert.doesNotMatch(format(C, "i", G([]), T0, "api"), /Secure/);
+  globalThis.location = new URL("https://shop.example/p?x=1");
+});
+
+test("parse round-trips and checks validity", () => {
+  const v = (g, t, how = "banner") => format(C, "8f3ae1", G(g), t, how).split(";")[0].slice(11);
+  const ok = parse(v(["necessary", "analytics"], T0), C, T0 + 10);
+  assert.deepEqual(ok, { i: "8f3ae1", g: G(["necessary", "analytics"]) });
+  // unknown purposes in the cookie are ignored, required ones are always granted
+  assert.deepEqual(parse("v1.x.3c1d0e7a9b2f4c11.analytics,ads." + T0 + ".api", C, T0).g, G(["necessary", "analytics"]));
+});
+
+test("a decision expires after its lifetime; a rejection sooner", () => {
+  const v = (g) => format(C, "id", G(g), T0, "banner").split(";")[0].slice(11);
+  assert.ok(parse(v(["necessary", "analytics"]), C, T0 + 364 * 86400).g);
+  assert.equal(parse(v(["necessary", "analytics"]), C, T0 + 365 * 86400).g, false);
+  assert.ok(parse(v(["necessary"]), C, T0 + 181 * 86400).g);
+  assert.equal(parse(v(["necessary"]), C, T0 + 182 * 86400).g, false);
+  assert.equal(days(C.consent, G(["necessary"])), 182);
+  assert.equal(days(C.consent, G(["necessary", "marketing"])), 365);
+});
+
+test("a changed policy hash asks again, but the consent id is kept", () => {
+  const v = format(C, "keep-me", G(["necessary"]), T0, "banner").split(";")[0].slice(11);
+  const r = parse(v, { ...C, policy: "ffffffffffffffff" }, T0);
+  assert.equal(r.g, false);
+  assert.equal(r.i, "keep-me");
+});
+
+test("garbage and absent cookies are no decision", () => {
+  for (const x of ["", undefined, "v2.a.b.c.d.e", "v1", "nonsense", "v1.a.3c1d0e7a9b2f4c11.necessary.notanumber.api"]) {
+    assert.equal(parse(x, C, T0).g, false, String(x));
+  }
+});
+
+test("the /consent record", () => {
+  assert.deepEqual(record(C, "cid", G(["necessary", "analytics"]), "gpc"), {
+    site: "demo",
+    consent_id: "cid",
+    granted: ["necessary", "analytics"],
+    denied: ["personalization", "marketing"],
+    policy: "3c1d0e7a9b2f4c11",
+    how: "gpc",
+    url: "https://shop.example/p?x=1",
+  });
+  assert.deepEqual(list(G(["marketing"])), ["marketing"]);
+});

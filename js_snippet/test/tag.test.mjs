@@ -1,0 +1,575 @@
+// The whole tag, as built, in a fake browser (fake.mjs).
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { El, TAG, browser, container, link, load, sent, tick } from "./fake.mjs";
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
+const POLICY = "3c1d0e7a9b2f4c11";
+const now = () => Math.floor(Date.now() / 1000);
+const consentCookie = (granted, how = "banner", t = now(), policy = POLICY) =>
+  `v1.c0ffee.${policy}.${granted}.${t}.${how}`;
+const ANALYTICS = { tw_consent: consentCookie("necessary,analytics") };
+const ALL = { tw_consent: consentCookie("necessary,analytics,personalization,marketing") };
+const flushed = async (b) => {
+  await b.clock.advance(1000);
+  return sent(b);
+};
+const names = (events) => events.map((e) => e.event);
+// objects made in the page's realm, as plain objects of this one (for deepStrictEqual)
+const plain = (x) => JSON.parse(JSON.stringify(x));
+const snippet = (calls) =>
+  "window.tagwerk=window.tagwerk||function(){(tagwerk.q=tagwerk.q||[]).push(arguments)};" + calls;
+
+test("the bundle holds the config placeholder exactly once and no eval", () => {
+  assert.equal(TAG.split('"__TAGWERK_CONFIG__"').length, 2);
+  assert.doesNotMatch(TAG, /\beval\(|new Function|Function\(/);
+  assert.doesNotMatch(TAG, /setTimeout\(["'`]|setInterval\(["'`]/);
+  assert.doesNotMatch(TAG, /\?\.|\?\?/); // ES2018: no optional chaining or nullish coalescing
+  assert.doesNotMatch(TAG, /\.style\b|setAttribute\(["']style/); // no inline styles
+});
+
+test("not configured (the placeholder is still a string): does nothing", () => {
+  const b = load(null, { before: snippet("tagwerk('track','x')") });
+  assert.equal(b.w.dataLayer, undefined);
+  assert.equal(b.w.tagwerk.q.length, 1); // the snippet's stub, untouched
+  assert.deepEqual(Object.keys(b.listeners), []);
+  assert.deepEqual(b.net, { fetches: [], beacons: [], images: [], scripts: [], html: [] });
+});
+
+test("page view on load with the common fields and no identifiers without consent", async () => {
+  const b = load(container(), { url: "https://shop.example/shoes?utm_source=news" });
+  const [e, ...rest] = await flushed(b);
+  assert.equal(rest.length, 0);
+  assert.match(e.event_id, UUID);
+  assert.ok(Math.abs(Date.parse(e.ts) - Date.now()) < 5000);
+  assert.match(e.ts, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/);
+  assert.deepEqual(
+    { ...e, event_id: 0, ts: 0 },
+    {
+      event_id: 0,
+      ts: 0,
+      event: "page_view",
+      consent: ["necessary"],
+      url: "https://shop.example/shoes?utm_source=news",
+      title: "Shop",
+      referrer: "https://www.search.example/",
+      language: "de-DE",
+      screen: "1280x800",
+    }
+  );
+  const f = b.net.fetches[0];
+  assert.equal(f.url, "https://collect.shop.example/collect");
+  assert.equal(f.body.site, "demo");
+  assert.equal(f.opts.keepalive, true);
+  assert.equal(f.opts.credentials, "include");
+  assert.equal(b.w.sessionStorage.tw_s, undefined);
+  assert.equal(b.w.localStorage.tw_q, undefined);
+});
+
+test("calls queued before load are replayed; consent first, so the page view carries it", async () => {
+  const b = load(container(), {
+    before: snippet(
+      "tagwerk('track','signup',{plan:'pro'});tagwerk('consent','update',{analytics:true})"
+    ),
+  });
+  const events = await flushed(b);
+  assert.deepEqual(names(events), ["page_view", "signup"]);
+  assert.deepEqual(events[0].consent, ["necessary", "analytics"]);
+  assert.deepEqual(events[1].props, { plan: "pro" });
+  assert.match(events[0].session_id, UUID);
+  assert.equal(events[1].session_id, events[0].session_id);
+  assert.equal(typeof b.w.tagwerk, "function");
+  assert.equal(b.w.tagwerk.q, undefined);
+});
+
+test("a tag included twice runs once", async () => {
+  const b = load(container());
+  b.run(TAG.replace('"__TAGWERK_CONFIG__"', JSON.stringify(container())));
+  assert.deepEqual(names(await flushed(b)), ["page_view"]);
+  b.run("tagwerk('track','once')");
+  b.run("dataLayer.push({event:'x'})");
+  assert.deepEqual(names((await flushed(b)).slice(1)), ["once"]);
+});
+
+test("track, page and the 10-event flush", async () => {
+  const b = load(container());
+  for (let i = 0; i < 8; i++) b.run(`tagwerk('track','e${i}')`);
+  assert.equal(b.net.fetches.length, 0);
+  b.run("tagwerk('page')");
+  assert.equal(b.net.fetches.length, 1);
+  const events = b.net.fetches[0].body.events;
+  assert.equal(events.length, 10);
+  assert.equal(events[9].event, "page_view");
+  assert.equal(events[9].referrer, undefined); // only the first page view has one
+  b.run("tagwerk('track')"); // no name: ignored, it would make the collector refuse the batch
+  assert.equal(new Set(events.map((e) => e.event_id)).size, 10);
+});
+
+test("SPA: pushState, replaceState, popstate and hashchange; each URL once", async () => {
+  const b = load(container(), { cookies: ALL });
+  b.run("history.pushState({}, '', '/p/1')");
+  b.run("history.replaceState({}, '', '/p/1')"); // same URL: no page view
+  b.run("history.pushState({}, '', '/p/1')"); // still the same URL
+  b.run("history.replaceState({}, '', '/p/2')"); // replaceState to a new URL: a page view
+  b.run("history.pushState({}, '', '/p/2#reviews')");
+  b.fire("window:hashchange");
+  b.fire("window:popstate"); // both fire for one fragment navigation: one page view
+  const events = await flushed(b);
+  assert.deepEqual(
+    events.map((e) => e.url.replace("https://shop.example", "")),
+    ["/", "/p/1", "/p/2", "/p/2#reviews"]
+  );
+  assert.ok(events.every((e) => e.event == "page_view"));
+  // history_change fires the trigger "route" too (seen in the debug records below)
+});
+
+test("the page's history calls keep working and return what they return", () => {
+  const b = load(container());
+  b.run("history.pushState = history.pushState"); // patched function is callable
+  assert.equal(b.run("history.pushState({}, '', '/x')"), undefined);
+  assert.equal(b.w.location.pathname, "/x");
+});
+
+test("no valid decision: the banner is loaded at page load, with the nonce", async () => {
+  const b = load(container(), { readyState: "interactive" });
+  assert.equal(b.net.scripts.length, 0);
+  b.fire("window:load");
+  assert.deepEqual(b.net.scripts, [
+    { src: "https://collect.shop.example/t/banner.js?v=b1", nonce: "n0nce", async: 1 },
+  ]);
+  b.run("tagwerk('consent','show')"); // not loaded twice
+  assert.equal(b.net.scripts.length, 1);
+});
+
+test("a valid cookie or a CMP decision before load: no banner", () => {
+  assert.equal(load(container(), { cookies: ANALYTICS }).net.scripts.length, 0);
+  const cmp = load(container(), {
+    readyState: "interactive",
+    before: snippet("tagwerk('consent','update',{analytics:false})"),
+  });
+  cmp.fire("window:load");
+  assert.equal(cmp.net.scripts.length, 0);
+  const late = load(container(), { readyState: "interactive" });
+  late.run("tagwerk('consent','update','none')"); // the CMP answers before load
+  late.fire("window:load");
+  assert.equal(late.net.scripts.length, 0);
+});
+
+test("expired decisions and a changed policy ask again", () => {
+  const old = { tw_consent: consentCookie("necessary,analytics", "banner", now() - 366 * 86400) };
+  assert.equal(load(container(), { cookies: old }).net.scripts.length, 1);
+  const changed = { tw_consent: consentCookie("necessary,analytics", "banner", now(), "0000") };
+  const b = load(container(), { cookies: changed });
+  assert.equal(b.net.scripts.length, 1);
+  assert.equal(b.run("tagwerk('consent','state')").decided, false);
+});
+
+test("the banner interface: state, opener, update", async () => {
+  const b = load(container(), { gpc: true });
+  const s = b.run("tagwerk('consent','state')");
+  assert.equal(s.site, "demo");
+  assert.equal(s.endpoint, "https://collect.shop.example/collect");
+  assert.equal(s.policy, POLICY);
+  assert.deepEqual(
+    plain(s.consent.purposes.map((p) => p.id)),
+    ["necessary", "analytics", "personalization", "marketing"]
+  );
+  assert.deepEqual({ ...s.granted }, { necessary: true, analytics: false, personalization: false, marketing: false });
+  assert.equal(s.decided, false);
+  assert.equal(s.gpc, true);
+  assert.equal(s.nonce, "n0nce");
+  b.run("var opened = 0; tagwerk('consent','banner', function(){ opened++ })");
+  b.run("tagwerk('consent','show')");
+  assert.equal(b.run("opened"), 1);
+  b.run("tagwerk('consent','update','all','banner')");
+  const after = b.run("tagwerk('consent','state')");
+  assert.equal(after.decided, true);
+  // GPC: accept all leaves marketing off, and the decision is logged as shaped by GPC
+  assert.deepEqual({ ...after.granted }, { necessary: true, analytics: true, personalization: true, marketing: false });
+  assert.match(b.jar.c.tw_consent, new RegExp(`^v1\\.[0-9a-f]{32}\\.${POLICY}\\.necessary,analytics,personalization\\.\\d+\\.gpc$`));
+  const posted = b.net.beacons.find((x) => x.url.endsWith("/consent"));
+  assert.match(posted.body.consent_id, /^[0-9a-f]{32}$/); // what the collector accepts
+  assert.equal(posted.url, "https://collect.shop.example/consent");
+  assert.deepEqual({ ...posted.body, consent_id: 0 }, {
+    site: "demo",
+    consent_id: 0,
+    granted: ["necessary", "analytics", "personalization"],
+    denied: ["marketing"],
+    policy: POLICY,
+    how: "gpc",
+    url: "https://shop.example/",
+  });
+  // an explicit per-purpose choice wins over GPC
+  b.run("tagwerk('consent','update',{marketing:true},'banner')");
+  assert.match(b.jar.c.tw_consent, /\.necessary,analytics,personalization,marketing\.\d+\.banner$/);
+});
+
+test("the consent cookie: attributes, lifetimes, the kept consent id", () => {
+  const b = load(container({ settings: { ...container().settings, cookie_domain: ".shop.example" } }), {
+    cookies: { tw_consent: `v1.keep.${POLICY}.necessary.1.api` }, // expired, id kept
+  });
+  b.run("tagwerk('consent','update',{analytics:true})");
+  const w = b.jar.writes.at(-1);
+  assert.match(w, /^tw_consent=v1\.keep\./);
+  assert.match(w, /;Max-Age=31536000;Path=\/;SameSite=Lax;Secure;Domain=\.shop\.example$/);
+  b.run("tagwerk('consent','update','none')");
+  assert.match(b.jar.writes.at(-1), /necessary\.\d+\.api;Max-Age=15724800;/);
+});
+
+test("tags: held without consent, released once it arrives, on this page only", async () => {
+  const b = load(container(), { readyState: "interactive" });
+  // chat (personalization) fires on all_pages: held
+  assert.equal(b.net.scripts.length, 0);
+  b.run("tagwerk('consent','update',{personalization:true})");
+  assert.deepEqual(b.net.scripts, [{ src: "https://chat.example/w.js", nonce: "n0nce", async: 1 }]);
+  // a script tag is inserted once per document, even on the next page view
+  b.run("history.pushState({}, '', '/next')");
+  assert.equal(b.net.scripts.length, 1);
+
+  // held on one page, the route changes, consent arrives: not fired for the old page
+  const cfg = container();
+  cfg.triggers.push({ id: "promo", type: "custom_event", event: "promo", conditions: [] });
+  cfg.tags.push({ id: "px", type: "pixel", purpose: "marketing", url: "https://px.example/",
+    triggers: ["promo"], blocking_triggers: [] });
+  const c = load(cfg, { readyState: "interactive" });
+  c.run("dataLayer.push({event: 'promo'})");
+  c.run("history.pushState({}, '', '/next')");
+  c.run("tagwerk('consent','update',{marketing:true})");
+  assert.deepEqual(c.net.images, []);
+  const same = load(cfg, { readyState: "interactive" });
+  same.run("dataLayer.push({event: 'promo'})");
+  same.run("tagwerk('consent','update',{analytics:true})"); // another purpose: still held
+  assert.deepEqual(same.net.images, []);
+  same.run("tagwerk('consent','update',{marketing:true})");
+  assert.deepEqual(same.net.images, ["https://px.example/"]);
+});
+
+test("pixel tags: dataLayer custom event, conditions, {{var}} substitution URL-encoded", async () => {
+  const b = load(container(), { url: "https://shop.example/checkout/done", cookies: ALL });
+  b.run(`dataLayer.push({ecommerce: null});
+         dataLayer.push({event: 'purchase', ecommerce: {transaction_id: 'T 1/&', value: 10,
+           currency: 'EUR', items: [{item_id: 'A', price: 10, quantity: 1}]}})`);
+  assert.deepEqual(b.net.images, ["https://ads.example/p?o=T%201%2F%26&s=berlin"]);
+  // the condition (page_path starts_with /checkout) fails elsewhere
+  const c = load(container(), { url: "https://shop.example/cart", cookies: ALL });
+  c.run("dataLayer.push({event: 'purchase', ecommerce: {transaction_id: 'T2'}})");
+  assert.deepEqual(c.net.images, []);
+  // without marketing consent: held, then fired with the values of now
+  const d = load(container(), { url: "https://shop.example/checkout", cookies: ANALYTICS });
+  d.run("dataLayer.push({event: 'purchase', ecommerce: {transaction_id: 'T3'}})");
+  assert.deepEqual(d.net.images, []);
+  d.run("tagwerk('consent','update',{marketing:true})");
+  assert.deepEqual(d.net.images, ["https://ads.example/p?o=T3&s=berlin"]);
+  d.run("tagwerk('consent','update',{marketing:true})"); // once
+  assert.equal(d.net.images.length, 1);
+});
+
+test("blocking triggers stop a tag on the same signal", () => {
+  const cfg = container();
+  cfg.triggers.push({
+    id: "on_cart",
+    type: "page_view",
+    conditions: [{ variable: "page_path", operator: "equals", value: "/cart" }],
+  });
+  cfg.tags[1].blocking_triggers = ["on_cart"];
+  assert.equal(load(cfg, { url: "https://shop.example/cart", cookies: ALL }).net.scripts.length, 0);
+  assert.equal(load(cfg, { url: "https://shop.example/", cookies: ALL }).net.scripts.length, 1);
+});
+
+test("GA4 e-commerce via dataLayer becomes tagwerk events (also pushed before load)", async () => {
+  const b = load(container(), {
+    cookies: ANALYTICS,
+    before: `window.dataLayer = [{event: 'view_item', ecommerce: {currency: 'EUR', value: 5,
+      items: [{item_id: 7, item_name: 'Sock', price: 5, quantity: 2}]}}];`,
+  });
+  b.run(`dataLayer.push({ecommerce: null});
+         dataLayer.push({event: 'purchase', ecommerce: {transaction_id: 'T9', value: 12.5,
+           currency: 'EUR', coupon: 'X', items: [{item_id: 'A', item_brand: 'B', price: 12.5}]}});
+         dataLayer.push({event: 'newsletter_signup'})`);
+  const events = await flushed(b);
+  assert.deepEqual(names(events), ["page_view", "view_item", "purchase"]);
+  assert.deepEqual(events[1].items, [{ product_id: "7", name: "Sock", price: 5, quantity: 2 }]);
+  const p = events[2];
+  assert.deepEqual(
+    { order_id: p.order_id, revenue: p.revenue, currency: p.currency, coupon: p.coupon, items: p.items },
+    { order_id: "T9", revenue: 12.5, currency: "EUR", coupon: "X",
+      items: [{ product_id: "A", brand: "B", price: 12.5, quantity: 1 }] }
+  );
+  assert.deepEqual(p.consent, ["necessary", "analytics"]);
+});
+
+test("dataLayer.push keeps its result and the model follows GTM", () => {
+  const b = load(container(), { before: "window.dataLayer=[{a:{x:1}}]" });
+  assert.equal(b.run("dataLayer.push({a:{y:2}}, {b:1})"), 3);
+  assert.equal(b.run("dataLayer.length"), 3);
+  b.run("dataLayer.push(null, 5, 'str', [1,2])"); // junk never throws
+});
+
+test("gtag consent: update decides (how gcm), default only sets the state", async () => {
+  const gtag = "window.dataLayer=window.dataLayer||[];function gtag(){dataLayer.push(arguments)}";
+  const b = load(container(), {
+    readyState: "interactive",
+    before: `${gtag};gtag('consent','default',{analytics_storage:'denied',ad_storage:'denied'});
+             gtag('consent','default',{analytics_storage:'granted'});`,
+  });
+  assert.equal(b.run("tagwerk('consent','state')").decided, false);
+  assert.equal(b.jar.c.tw_consent, undefined);
+  const [pv] = await flushed(b);
+  assert.deepEqual(pv.consent, ["necessary", "analytics"]);
+  b.run("gtag('consent','update',{analytics_storage:'granted',ad_storage:'granted',ad_user_data:'granted',ad_personalization:'denied'})");
+  assert.match(b.jar.c.tw_consent, /\.necessary,analytics,marketing\.\d+\.gcm$/);
+  b.fire("window:load");
+  assert.equal(b.net.scripts.length, 0); // a CMP decided: no banner
+});
+
+test("a valid decision repeated unchanged (CMPs do so on every page) is not logged again", () => {
+  const gtag = "window.dataLayer=window.dataLayer||[];function gtag(){dataLayer.push(arguments)}";
+  const update = "gtag('consent','update',{analytics_storage:'granted',ad_storage:'denied'})";
+  const b = load(container(), { cookies: ANALYTICS, before: `${gtag};${update}` });
+  const consentPosts = () => b.net.beacons.filter((x) => x.url.endsWith("/consent")).length;
+  assert.equal(consentPosts(), 0);
+  assert.equal(b.jar.writes.length, 0);
+  b.run(update);
+  assert.equal(consentPosts(), 0);
+  b.run("gtag('consent','update',{analytics_storage:'denied'})"); // a change is a decision
+  assert.equal(consentPosts(), 1);
+  assert.match(b.jar.c.tw_consent, /\.necessary\.\d+\.gcm$/);
+  // without a valid decision, even the same state is one
+  const n = load(container(), { before: `${gtag};gtag('consent','update',{analytics_storage:'denied'})` });
+  assert.equal(n.net.beacons.filter((x) => x.url.endsWith("/consent")).length, 1);
+});
+
+test("calls without their arguments do nothing", async () => {
+  const b = load(container());
+  b.run("tagwerk('consent','update')");
+  b.run("tagwerk('identify')");
+  b.run("tagwerk('track')");
+  assert.equal(b.jar.writes.length, 0);
+  assert.deepEqual(names(await flushed(b)), ["page_view"]);
+});
+
+test("GPC: gtag default granting ad_storage does not switch marketing on", () => {
+  const b = load(container(), {
+    gpc: true,
+    before: "window.dataLayer=[];(function(){dataLayer.push(arguments)})('consent','default',{ad_storage:'granted'})",
+  });
+  assert.equal(b.run("tagwerk('consent','state')").granted.marketing, false);
+});
+
+test("identify: sent with user_id; kept for later events only with analytics", async () => {
+  const b = load(container(), { cookies: ANALYTICS });
+  b.run("tagwerk('identify', 'C-42', {tier: 'gold'})");
+  b.run("tagwerk('track', 'after')");
+  let events = await flushed(b);
+  assert.deepEqual(
+    events.slice(1).map((e) => [e.event, e.type, e.user_id]),
+    [["identify", "identify", "C-42"], ["after", undefined, "C-42"]]
+  );
+  assert.deepEqual(events[1].props, { tier: "gold" });
+  assert.equal(JSON.parse(b.w.sessionStorage.tw_s).u, "C-42");
+
+  const n = load(container());
+  n.run("tagwerk('identify', 'C-43')");
+  n.run("tagwerk('track', 'after')");
+  events = await flushed(n);
+  assert.equal(events[1].user_id, "C-43");
+  assert.equal(events[2].user_id, undefined);
+  assert.equal(events[2].session_id, undefined);
+  assert.equal(n.w.sessionStorage.tw_s, undefined);
+});
+
+test("session id: kept across pages of a session, new after the timeout", async () => {
+  const t = Date.now();
+  const live = { tw_s: JSON.stringify({ i: "s-live", t: t - 60e3 }) };
+  const b = load(container(), { cookies: ANALYTICS, session: live });
+  assert.equal((await flushed(b))[0].session_id, "s-live");
+  const stale = { tw_s: JSON.stringify({ i: "s-old", t: t - 31 * 60e3, u: "C-1" }) };
+  const c = load(container(), { cookies: ANALYTICS, session: stale });
+  const [e] = await flushed(c);
+  assert.match(e.session_id, UUID);
+  assert.equal(e.user_id, undefined);
+});
+
+test("withdrawing analytics drops the session, the user id and the stored queue", async () => {
+  const b = load(container(), { cookies: ANALYTICS, fetchStatus: "offline" });
+  b.run("tagwerk('identify','C-1')");
+  assert.ok(b.w.sessionStorage.tw_s);
+  assert.equal(JSON.parse(b.w.localStorage.tw_q).length, 2);
+  b.run("tagwerk('consent','update',{analytics:false})");
+  assert.equal(b.w.sessionStorage.tw_s, undefined);
+  assert.equal(b.w.localStorage.tw_q, undefined);
+  b.run("tagwerk('track','x')");
+  assert.equal(b.w.localStorage.tw_q, undefined); // kept in memory now
+});
+
+test("auto-tracking: outbound links, downloads, forms; clicks only when on", async () => {
+  const b = load(container(), { cookies: ALL });
+  const buy = new El("button", { class: "buy" }, "Buy now", b.body);
+  b.fire("document:click", { target: buy });
+  b.fire("document:click", { target: link("https://other.example/x") });
+  b.fire("document:click", { target: link("/files/Price-List.PDF") });
+  b.fire("document:click", { target: link("/about") });
+  b.fire("document:click", { target: link("mailto:a@b.example") });
+  const form = new El("form", { id: "newsletter", action: "/subscribe" }, "", b.body);
+  b.fire("document:submit", { target: form });
+  const events = (await flushed(b)).slice(1);
+  assert.deepEqual(
+    events.map((e) => [e.event, e.props]),
+    [
+      ["outbound_link", { url: "https://other.example/x" }],
+      ["file_download", { url: "https://shop.example/files/Price-List.PDF" }],
+      ["form_submit", { id: "newsletter", action: "/subscribe" }],
+    ]
+  );
+  const cfg = container();
+  cfg.settings.auto.clicks = true;
+  cfg.settings.auto.outbound_links = false;
+  const c = load(cfg);
+  c.fire("document:click", { target: new El("span", {}, "  Add to cart ") });
+  c.fire("document:click", { target: link("https://other.example/x") });
+  assert.deepEqual(
+    (await flushed(c)).slice(1).map((e) => [e.event, e.props]),
+    [
+      ["click", { tag: "SPAN", text: "Add to cart" }],
+      ["click", { tag: "A", text: "link" }],
+    ]
+  );
+});
+
+test("scroll depth: each threshold once per page", async () => {
+  const b = load(container());
+  const scroll = (y) => {
+    b.w.scrollY = y;
+    b.fire("window:scroll");
+  };
+  scroll(300); // (300 + 800) / 4000 = 27.5 %
+  scroll(0);
+  scroll(300);
+  scroll(3200); // 100 %
+  b.run("history.pushState({}, '', '/next')");
+  scroll(300);
+  const events = (await flushed(b)).filter((e) => e.event == "scroll_depth");
+  assert.deepEqual(
+    events.map((e) => [e.url.slice(20), e.props.percent]),
+    [["/", 25], ["/", 50], ["/", 75], ["/", 90], ["/next", 25]]
+  );
+});
+
+test("debug: records of events, tags (fired or held, trigger, purpose, why) and consent", async () => {
+  const b = load(container(), { url: "https://shop.example/?tagwerk_debug=1" });
+  assert.deepEqual(b.net.scripts[0], {
+    src: "https://collect.shop.example/t/debug.js?v=d1",
+    nonce: "n0nce",
+    async: 1,
+  });
+  b.run("tagwerk('consent','update',{personalization:true},'banner')");
+  const r = plain(b.w.__tagwerk_debug);
+  assert.deepEqual(r.map((x) => x.kind), ["event", "tag", "tag", "consent"]);
+  assert.equal(r[0].payload.event, "page_view");
+  assert.deepEqual(r[1], { kind: "tag", tag: "chat", trigger: "all_pages", purpose: "personalization", fired: false, why: "no consent" });
+  assert.deepEqual(r[2], { kind: "tag", tag: "chat", trigger: "all_pages", purpose: "personalization", fired: true, why: "consent given" });
+  assert.deepEqual(r[3], { kind: "consent", granted: ["necessary", "personalization"], how: "banner" });
+  // without the flag nothing is recorded; tagwerk('debug', true) turns it on later
+  const c = load(container());
+  assert.equal(c.w.__tagwerk_debug, undefined);
+  c.run("tagwerk('debug', true)");
+  c.run("tagwerk('track','x')");
+  assert.equal(c.w.__tagwerk_debug.length, 1);
+  assert.equal(c.net.scripts.at(-1).src, "https://collect.shop.example/t/debug.js?v=d1");
+});
+
+test("timer trigger: html tag after 30 s, once, with consent; nonce on its scripts", async () => {
+  const b = load(container(), { cookies: ANALYTICS });
+  await b.clock.advance(29000);
+  assert.equal(b.net.html.length, 0);
+  await b.clock.advance(1000);
+  assert.deepEqual(b.net.html, [{ html: "<div id=survey></div>", nonces: [] }]);
+  await b.clock.advance(60000);
+  assert.equal(b.net.html.length, 1);
+  const cfg = container();
+  cfg.tags[2].html = "<script>window.x=1</script>";
+  const c = load(cfg, { cookies: ANALYTICS });
+  await c.clock.advance(30000);
+  assert.deepEqual(c.net.html[0].nonces, ["n0nce"]);
+});
+
+test("element_visible: observed at DOM ready, fires once per element at the ratio", () => {
+  const b = load(container(), {
+    cookies: ALL,
+    readyState: "loading",
+  });
+  const hero = new El("section", { id: "hero" }, "", b.body);
+  assert.equal(b.w.observers.length, 0);
+  b.fire("document:DOMContentLoaded");
+  const [o] = b.w.observers;
+  assert.equal(o.opts.threshold, 0.5);
+  assert.deepEqual([...o.els], [hero]);
+  const cfg = container();
+  assert.ok(cfg.triggers.find((t) => t.type == "element_visible"));
+  o.cb([{ isIntersecting: true, intersectionRatio: 0.6, target: hero }]);
+  assert.deepEqual([...o.els], []); // unobserved: once
+});
+
+test("page hide sends what waits with sendBeacon", async () => {
+  const b = load(container());
+  b.run("tagwerk('track','bye')");
+  b.w.document.hidden = true;
+  b.fire("document:visibilitychange");
+  assert.deepEqual(b.net.fetches, []);
+  assert.deepEqual(b.net.beacons[0].body.events.map((e) => e.event), ["page_view", "bye"]);
+  assert.equal(b.net.beacons[0].url, "https://collect.shop.example/collect");
+  b.fire("window:pagehide");
+  assert.equal(b.net.beacons.length, 1); // nothing left
+});
+
+test("offline: kept in localStorage with analytics, sent when back online", async () => {
+  const b = load(container(), { cookies: ANALYTICS, fetchStatus: "offline" });
+  await b.clock.advance(1000);
+  assert.equal(JSON.parse(b.w.localStorage.tw_q).length, 1);
+  b.net.fetches.length = 0;
+  const ok = load(container(), { cookies: ANALYTICS, local: { tw_q: b.w.localStorage.tw_q } });
+  await ok.clock.advance(1000);
+  // the next page sends the stored page view with its own
+  assert.equal(ok.net.fetches[0].body.events.length, 2);
+  assert.deepEqual(JSON.parse(ok.w.localStorage.tw_q), []);
+});
+
+test("event ids without crypto.randomUUID (plain http) are v4 UUIDs too", async () => {
+  const b = load(container(), { randomUUID: false });
+  const [e] = await flushed(b);
+  assert.match(e.event_id, UUID);
+});
+
+test("never throws into the page", async () => {
+  const b = load(container(), { cookies: ANALYTICS });
+  b.w.fetch = () => {
+    throw new Error("blocked");
+  };
+  b.w.navigator.sendBeacon = undefined;
+  b.w.sessionStorage = null;
+  for (const call of [
+    "tagwerk('consent','update',null)",
+    "tagwerk('consent','update')",
+    "tagwerk('nonsense', 1, 2)",
+    "tagwerk()",
+    "tagwerk('track','x',{a:1})",
+    "tagwerk('identify')",
+    "dataLayer.push({event:'purchase', ecommerce: 5})",
+    "history.pushState({}, '', '/y')",
+  ])
+    b.run(call);
+  b.fire("document:click", { target: {} });
+  b.fire("document:submit", { target: null });
+  b.fire("window:scroll");
+  b.fire("window:pagehide");
+  b.fire("window:online");
+  await b.clock.advance(70000);
+  await tick();
+});
+
+test("a broken container never throws either", () => {
+  for (const c of ["{}", '{"settings":{}}', "null", "5", "[]", '{"consent":{}}']) {
+    const b = browser();
+    b.run(TAG.replace('"__TAGWERK_CONFIG__"', c));
+  }
+});
