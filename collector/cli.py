@@ -1,4 +1,4 @@
-"""The ``tagwerk`` command: serve, migrate, sql, site create."""
+"""The ``tagwerk`` command: serve, migrate, sql, site create, container."""
 
 from __future__ import annotations
 
@@ -67,7 +67,30 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--retention-days", type=int, default=0,
                         help="delete events older than this (default 0: keep)")
     create.add_argument("--drop-bots", action="store_true", help="drop hits from bots")
+    create.add_argument("--drop-without-consent", action="store_true",
+                        help="drop web hits without analytics consent (instead of storing "
+                        "them without identifiers)")
+    _container_parser(commands)
     return parser
+
+
+def _container_parser(commands) -> None:
+    container = commands.add_parser("container", help="edit, publish and roll back a site's "
+                                    "container (tags, triggers, variables, consent)")
+    actions = container.add_subparsers(dest="container_command", required=True)
+    push = actions.add_parser("push", help="validate a container file and save it as the draft")
+    push.add_argument("file", type=Path, help="the container, JSON (js_snippet/DESIGN.md)")
+    publish = actions.add_parser("publish", help="freeze the draft into a new version and make "
+                                 "it live")
+    publish.add_argument("--note", default="", help="what changed")
+    rollback = actions.add_parser("rollback", help="make an earlier version live again")
+    rollback.add_argument("version", type=int)
+    actions.add_parser("versions", help="list the published versions and which one is live")
+    show = actions.add_parser("show", help="print the draft (or a version) as JSON")
+    show.add_argument("--version", type=int, help="a published version instead of the draft")
+    for action in (push, publish, rollback, show, actions.choices["versions"]):
+        _common(action)
+        action.add_argument("--site", required=True, help="the site id")
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -88,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
             return sql_command(settings, args.query, args.format)
         if args.command == "site":
             return site_create(settings, args)
+        if args.command == "container":
+            return container_command(settings, args)
     except (ValueError, StorageError) as exc:
         print(f"tagwerk: {exc}", file=sys.stderr)
         return 2
@@ -234,7 +259,8 @@ def site_create(settings: Settings, args: argparse.Namespace) -> int:
             migrate(store)
         site, keys = Sites(store).create(args.name, args.origin,
                                          retention_days=args.retention_days,
-                                         drop_bots=args.drop_bots)
+                                         drop_bots=args.drop_bots,
+                                         drop_without_consent=args.drop_without_consent)
     finally:
         store.close()
     print(f"site:      {site.site_id}")
@@ -243,6 +269,77 @@ def site_create(settings: Settings, args: argparse.Namespace) -> int:
         print(f"{kind + ' key:':<10} {keys[kind]}")
     print("Keys are stored hashed and cannot be shown again.")
     return 0
+
+
+def container_command(settings: Settings, args: argparse.Namespace) -> int:
+    import orjson
+
+    from collector.containers import ContainerError, Containers, NotFound
+    from collector.migrations import migrate
+    from collector.sites import Sites
+
+    document = None
+    if args.container_command == "push":
+        try:
+            document = orjson.loads(args.file.read_bytes())
+        except OSError as exc:
+            raise ValueError(f"cannot read {args.file}: {exc.strerror}") from None
+        except orjson.JSONDecodeError as exc:
+            raise ValueError(f"{args.file} is not valid JSON: {exc}") from None
+    store = _store(settings)
+    try:
+        if store.kind == "embedded":
+            migrate(store)
+        sites = Sites(store)
+        sites.load()
+        site = sites.get(args.site)
+        if site is None:
+            raise ValueError(f"unknown site {args.site!r}")
+        containers = Containers(store)
+        action = args.container_command
+        if action == "push":
+            draft = containers.put_draft(site.site_id, document, site.origins)
+            print(f"saved the draft of {site.site_id} (policy {draft.policy}); "
+                  "publish it to make it live")
+        elif action == "publish":
+            version = containers.publish(site.site_id, args.note, site.origins)
+            print(f"published version {version.version} of {site.site_id}; it is live")
+        elif action == "rollback":
+            version = containers.rollback(site.site_id, args.version)
+            print(f"version {version.version} of {site.site_id} is live again")
+        elif action == "versions":
+            _print_versions(containers.versions(site.site_id))
+        elif args.version is not None:
+            found = containers.version(site.site_id, args.version)
+            if found is None:
+                raise NotFound(f"site {site.site_id!r} has no version {args.version}")
+            sys.stdout.buffer.write(orjson.dumps(found.document, option=orjson.OPT_INDENT_2))
+            print()
+        else:
+            draft = containers.draft(site.site_id)
+            sys.stdout.buffer.write(orjson.dumps(draft.document, option=orjson.OPT_INDENT_2))
+            print()
+    except ContainerError as exc:
+        print(f"tagwerk: the container has {len(exc.errors)} problem(s):", file=sys.stderr)
+        for error in exc.errors:
+            print(f"  {error}", file=sys.stderr)
+        return 2
+    except NotFound as exc:
+        print(f"tagwerk: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        store.close()
+    return 0
+
+
+def _print_versions(versions) -> None:
+    if not versions:
+        print("no version published yet: the draft is served")
+        return
+    print(f"{'version':>7}  live  {'policy':<16}  {'created':<24}  note")
+    for v in versions:
+        print(f"{v.version:>7}  {'*' if v.live else ' ':<4}  {v.policy:<16}  "
+              f"{v.created_at:<24}  {v.note}")
 
 
 if __name__ == "__main__":

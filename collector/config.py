@@ -25,6 +25,8 @@ class Settings:
     # JSON file of extra SQL users: {"name": {"password": "...", "readonly": true}}.
     sql_users_file: Path | None = None
     geoip_db: Path | None = None
+    # The tag bundle directory (tag.js, banner.js...); None: the installed js_snippet/dist.
+    tag_dir: Path | None = None
     trusted_proxies: str = ""
     # A batch goes to ClickHouse when this many bytes wait or its oldest hit is this old.
     flush_bytes: int = 16 * 1024**2
@@ -38,6 +40,8 @@ class Settings:
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir)
+        if self.tag_dir is not None:
+            self.tag_dir = Path(self.tag_dir)
         self.networks = parse_networks(self.trusted_proxies)
 
     @property

@@ -1,0 +1,221 @@
+"""The container API, with the site's admin key (``Authorization: Bearer KEY``):
+
+    GET  /api/v1/sites/{site}/container               the draft (the document itself)
+    PUT  /api/v1/sites/{site}/container               replace the draft (validated)
+    POST /api/v1/sites/{site}/container/publish       {"note": "..."} (optional)
+    POST /api/v1/sites/{site}/container/rollback      {"version": N}
+    GET  /api/v1/sites/{site}/container/versions      versions, which is live, the releases
+    GET  /api/v1/sites/{site}/container/versions/{n}  one version with its document
+
+Refusals are ``{"error": "tags[2].purpose: unknown purpose 'ads'", "field": "tags[2].purpose"}``;
+an invalid container lists every problem under ``"errors"`` too. Nothing is stored then.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from collector import http
+from collector.containers import MAX_DOCUMENT_BYTES, MAX_VERSION, ContainerError, NotFound
+from collector.service import Collector
+from collector.sites import SITE_ID, Site
+from collector.storage import StorageError
+
+log = logging.getLogger("tagwerk.api")
+
+BODY_TYPES = ("", "application/json", "text/plain")
+PREFIX = "/api/v1/sites/{site}/container"
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, field: str = "",
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.field, self.headers = status, message, field, headers
+
+
+def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(data), status, {"Cache-Control": "no-store", **(headers or {})},
+                    media_type="application/json")
+
+
+def _refusal(error: ApiError) -> Response:
+    data = {"error": error.message}
+    if error.field:
+        data["field"] = error.field
+    return _json(data, error.status, error.headers)
+
+
+Endpoint = Callable[[Request, Collector, Site], Awaitable[Response]]
+
+
+def admin(endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]]:
+    """The site from the path, with its admin key checked; errors as JSON answers."""
+
+    @functools.wraps(endpoint)
+    async def handler(request: Request) -> Response:
+        collector: Collector = request.app.state.collector
+        try:
+            site = await _admin_site(request, collector)
+            return await endpoint(request, collector, site)
+        except ApiError as exc:
+            return _refusal(exc)
+        except ContainerError as exc:
+            data = {"error": str(exc.errors[0]), "field": exc.field or None,
+                    "errors": [e.as_dict() for e in exc.errors]}
+            return _json({k: v for k, v in data.items() if v is not None}, 400)
+        except NotFound as exc:
+            return _json({"error": str(exc), "field": "version"}, 404)
+        except StorageError as exc:
+            log.warning("container API: storage error: %s", exc)
+            return _json({"error": "storage unavailable; try again"}, 503,
+                         {"Retry-After": "5"})
+
+    return handler
+
+
+async def _admin_site(request: Request, collector: Collector) -> Site:
+    site_id = request.path_params["site"]
+    site = None
+    if SITE_ID.match(site_id):
+        site = collector.sites.get(site_id)
+        if site is None:
+            await run_in_threadpool(collector.sites.refresh)
+            site = collector.sites.get(site_id)
+    if site is None:
+        raise ApiError(404, f"unknown site {site_id[:64]!r}", "site")
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    key = value.strip() if scheme.lower() == "bearer" else ""
+    if not key:
+        raise ApiError(401, "send the site's admin key as 'Authorization: Bearer KEY'",
+                       headers={"WWW-Authenticate": 'Bearer realm="tagwerk"'})
+    if not site.key_matches("admin", key):
+        raise ApiError(401, "invalid admin key",
+                       headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+    return site
+
+
+async def _body(request: Request, required: bool) -> Any:
+    """The JSON body, at most 256 KB; None if it is empty and not required."""
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media not in BODY_TYPES:
+        raise ApiError(415, "send application/json")
+    if request.headers.get("content-encoding", "identity").lower() != "identity":
+        raise ApiError(415, "compressed bodies are not accepted here")
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > MAX_DOCUMENT_BYTES):
+        raise ApiError(413 if declared.isdigit() else 400,
+                       f"body larger than {MAX_DOCUMENT_BYTES} bytes"
+                       if declared.isdigit() else "invalid Content-Length")
+    chunks, size = [], 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_DOCUMENT_BYTES:
+                raise ApiError(413, f"body larger than {MAX_DOCUMENT_BYTES} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise ApiError(400, "client disconnected") from None
+    body = b"".join(chunks)
+    if not body.strip() and not required:
+        return None
+    try:
+        return http.parse_json(body)
+    except http.HTTPError as exc:
+        raise ApiError(exc.status, exc.message) from None
+
+
+def _fields(data: Any, allowed: tuple[str, ...]) -> dict[str, Any]:
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ApiError(400, "expected a JSON object")
+    for name in data:
+        if name not in allowed:
+            raise ApiError(400, f"unknown field {name[:64]!r}", name[:64])
+    return data
+
+
+# -- endpoints --------------------------------------------------------------------------------
+
+
+@admin
+async def container(request: Request, collector: Collector, site: Site) -> Response:
+    containers = collector.containers
+    if request.method == "PUT":
+        document = await _body(request, required=True)
+        draft = await run_in_threadpool(containers.put_draft, site.site_id, document,
+                                        site.origins)
+        return _json({"site": site.site_id, "policy": draft.policy,
+                      "updated_at": draft.updated_at})
+    draft = await run_in_threadpool(containers.draft, site.site_id)
+    return _json(draft.document, headers={"X-Tagwerk-Policy": draft.policy})
+
+
+@admin
+async def publish(request: Request, collector: Collector, site: Site) -> Response:
+    data = _fields(await _body(request, required=False), ("note",))
+    note = data.get("note", "")
+    if not isinstance(note, str):
+        raise ApiError(400, "'note' must be a string", "note")
+    version = await run_in_threadpool(collector.containers.publish, site.site_id, note,
+                                      site.origins)
+    return _json({"site": site.site_id, "version": version.version, "live": version.version,
+                  "policy": version.policy, "note": version.note})
+
+
+@admin
+async def rollback(request: Request, collector: Collector, site: Site) -> Response:
+    data = _fields(await _body(request, required=True), ("version", "note"))
+    number = data.get("version")
+    if "version" not in data:
+        raise ApiError(400, "'version' is required", "version")
+    if isinstance(number, bool) or not isinstance(number, int) or not 1 <= number <= MAX_VERSION:
+        raise ApiError(400, "'version' must be a version number (1, 2, ...)", "version")
+    note = data.get("note", "")
+    if not isinstance(note, str) or len(note) > 1000:
+        raise ApiError(400, "'note' must be a string of at most 1000 characters", "note")
+    version = await run_in_threadpool(collector.containers.rollback, site.site_id, number, note)
+    return _json({"site": site.site_id, "version": version.version, "live": version.version,
+                  "policy": version.policy})
+
+
+@admin
+async def versions(request: Request, collector: Collector, site: Site) -> Response:
+    def read() -> dict[str, Any]:
+        containers = collector.containers
+        listed = containers.versions(site.site_id)
+        live = next((v.version for v in listed if v.live), None)
+        return {"site": site.site_id, "live": live, "versions": [v.as_dict() for v in listed],
+                "releases": containers.releases(site.site_id)}
+
+    return _json(await run_in_threadpool(read))
+
+
+@admin
+async def version(request: Request, collector: Collector, site: Site) -> Response:
+    number = request.path_params["n"]
+    found = None
+    if 1 <= number <= MAX_VERSION:
+        found = await run_in_threadpool(collector.containers.version, site.site_id, number)
+    if found is None:
+        raise ApiError(404, f"site {site.site_id!r} has no version {number}", "version")
+    return _json(found.as_dict())
+
+
+ROUTES = [
+    Route(PREFIX, container, methods=["GET", "PUT"]),
+    Route(PREFIX + "/publish", publish, methods=["POST"]),
+    Route(PREFIX + "/rollback", rollback, methods=["POST"]),
+    Route(PREFIX + "/versions", versions, methods=["GET"]),
+    Route(PREFIX + "/versions/{n:int}", version, methods=["GET"]),
+]

@@ -1,0 +1,385 @@
+"""Serving the tag (js_snippet/DESIGN.md, section 2): ``GET /t/{site}.js``, the site's own
+tag path, and the static files of the bundle directory.
+
+``/t/{site}.js`` is the prebuilt bundle ``tag.js`` with the site's live container inlined
+in place of the JS string literal ``"__TAGWERK_CONFIG__"``. Each answer is built and
+compressed (gzip, brotli) once per site, container version, bundle and public origin, then
+served from memory with a strong ETag; ``If-None-Match`` answers 304.
+
+The bundle directory is the ``tagwerk_js`` package data (``js_snippet/dist`` in the
+repository), or ``Settings.tag_dir``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import ipaddress
+import logging
+import os
+import re
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import brotli
+import orjson
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from collector.containers import Live, resolved_tag_path
+from collector.service import Collector
+from collector.sites import SITE_ID, Site
+from collector.storage import StorageError
+
+log = logging.getLogger("tagwerk.tag")
+
+PLACEHOLDER = b'"__TAGWERK_CONFIG__"'
+CACHE_CONTROL = "public, max-age=300, stale-while-revalidate=86400"
+JS = "text/javascript; charset=utf-8"
+CSS = "text/css; charset=utf-8"
+STATIC = {"banner.js": JS, "banner.css": CSS, "debug.js": JS, "debug.css": CSS}
+MAX_CACHED = 512  # built answers kept in memory (least recently used go first)
+_HOST = re.compile(r"^(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?$")
+
+
+def dist_dir(tag_dir: Path | str | None = None) -> Path:
+    """Where the bundle is: ``tag_dir``, else the installed ``tagwerk_js`` package data,
+    else ``js_snippet/dist`` beside this package (a checkout that was not reinstalled)."""
+    if tag_dir:
+        return Path(tag_dir)
+    try:
+        files = resources.files("tagwerk_js")
+        if isinstance(files, Path):
+            return files
+    except ModuleNotFoundError:
+        pass
+    return Path(__file__).resolve().parent.parent / "js_snippet" / "dist"
+
+
+# -- built answers ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Asset:
+    """One answer, with its compressed forms: built once, served many times."""
+
+    body: bytes
+    media: str
+    etag: str  # hex digest of the body; the quoted ETag adds the content coding
+    gzip: bytes
+    br: bytes
+
+    @classmethod
+    def build(cls, body: bytes, media: str) -> Asset:
+        return cls(body, media, hashlib.sha256(body).hexdigest()[:32],
+                   gzip.compress(body, 9, mtime=0), brotli.compress(body, quality=11))
+
+
+def _codings(accept: str) -> set[str]:
+    """The content codings an Accept-Encoding header allows (q > 0)."""
+    allowed, star = set(), False
+    refused = set()
+    for part in accept.lower().split(","):
+        name, _, params = part.strip().partition(";")
+        name = name.strip()
+        q = 1.0
+        for param in params.split(";"):
+            key, _, value = param.strip().partition("=")
+            if key.strip() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        if name == "*":
+            star = q > 0
+        elif q > 0:
+            allowed.add(name)
+        else:
+            refused.add(name)
+    if star:
+        allowed |= {"br", "gzip"} - refused
+    return allowed
+
+
+def _matches(if_none_match: str, etag: str) -> bool:
+    """Weak comparison (RFC 9110 13.1.2): any representation of the same body matches."""
+    for tag in if_none_match.split(","):
+        tag = tag.strip()
+        if tag == "*":
+            return True
+        tag = tag.removeprefix("W/").strip('"')
+        if tag.split("-", 1)[0] == etag:
+            return True
+    return False
+
+
+def respond_asset(request: Request, asset: Asset, extra: dict[str, str] | None = None) -> Response:
+    codings = _codings(request.headers.get("accept-encoding", ""))
+    if "br" in codings:
+        body, coding = asset.br, "br"
+    elif "gzip" in codings or "x-gzip" in codings:
+        body, coding = asset.gzip, "gzip"
+    else:
+        body, coding = asset.body, ""
+    headers = {
+        # Strong, and different per content coding, as a byte-exact ETag must be.
+        "ETag": f'"{asset.etag}-{coding}"' if coding else f'"{asset.etag}"',
+        "Cache-Control": CACHE_CONTROL,
+        "Vary": "Accept-Encoding",
+        "X-Content-Type-Options": "nosniff",
+        **(extra or {}),
+    }
+    if _matches(request.headers.get("if-none-match", ""), asset.etag):
+        return Response(status_code=304, headers=headers)
+    if coding:
+        headers["Content-Encoding"] = coding
+    return Response(body, headers=headers, media_type=asset.media)
+
+
+def _error(status: int, message: str) -> Response:
+    return Response(orjson.dumps({"error": message}), status,
+                    {"Cache-Control": "no-store"}, media_type="application/json")
+
+
+# -- the bundle directory ---------------------------------------------------------------------
+
+
+class Dist:
+    """Files of the bundle directory, read again when they change (a rebuild while serving)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._files: dict[str, tuple[tuple[int, int], bytes, str]] = {}
+        self._lock = threading.Lock()
+
+    def read(self, name: str) -> tuple[bytes, str] | None:
+        """The file's bytes and a hash of them; None if it is missing."""
+        path = self.directory / name
+        try:
+            stat = os.stat(path)
+        except OSError:
+            return None
+        stamp = (stat.st_mtime_ns, stat.st_size)
+        cached = self._files.get(name)
+        if cached and cached[0] == stamp:
+            return cached[1], cached[2]
+        try:
+            data = path.read_bytes()
+        except OSError:
+            return None
+        digest = hashlib.sha256(data).hexdigest()[:16]
+        with self._lock:
+            self._files[name] = (stamp, data, digest)
+        return data, digest
+
+
+# -- the server -------------------------------------------------------------------------------
+
+
+def js_json(value: Any) -> bytes:
+    """JSON that is safe inside a script: no ``</script>`` or ``<!--`` can end or bend it, and
+    U+2028/U+2029 (line breaks to older JS engines) are escaped."""
+    return (orjson.dumps(value).replace(b"<", b"\\u003c")
+            .replace("\u2028".encode(), b"\\u2028").replace("\u2029".encode(), b"\\u2029"))
+
+
+class TagServer:
+    def __init__(self, collector: Collector) -> None:
+        self.collector = collector
+        self.dist = Dist(dist_dir(collector.settings.tag_dir))
+        self._assets: OrderedDict[tuple, Asset] = OrderedDict()
+        self._lock = threading.Lock()
+
+    # -- cache
+
+    async def _asset(self, key: tuple, build) -> Asset:
+        asset = self._assets.get(key)
+        if asset is not None:
+            self._assets.move_to_end(key)
+            return asset
+        asset = await run_in_threadpool(build)
+        with self._lock:
+            self._assets[key] = asset
+            while len(self._assets) > MAX_CACHED:
+                self._assets.popitem(last=False)
+        return asset
+
+    # -- answers
+
+    async def static(self, request: Request, name: str) -> Response:
+        found = self.dist.read(name)
+        if found is None:
+            return _error(404, f"/t/{name} is not built")
+        data, digest = found
+        return respond_asset(request, await self._asset(
+            ("static", name, digest), lambda: Asset.build(data, STATIC[name])))
+
+    async def site_tag(self, request: Request, site_id: str) -> Response:
+        site = await self._site(site_id)
+        if site is None:
+            return _error(404, f"unknown site {site_id[:64]!r}")
+        live = await self._live(site_id)
+        if live is None:
+            return _error(503, "the container cannot be read now; try again")
+        bundle = self.dist.read("tag.js")
+        if bundle is None:
+            log.error("the tag bundle is missing: %s", self.dist.directory / "tag.js")
+            return _error(503, "the tag bundle is not built (js_snippet/dist/tag.js)")
+        data, digest = bundle
+        if data.count(PLACEHOLDER) != 1:
+            log.error("tag.js must contain %s exactly once", PLACEHOLDER.decode())
+            return _error(503, "the tag bundle is broken: no single config placeholder")
+        base = self._base(request)
+        assets = self._asset_urls(base, site_id, live)
+
+        def build() -> Asset:
+            config = self._config(site_id, live, base, assets)
+            return Asset.build(data.replace(PLACEHOLDER, js_json(config), 1), JS)
+
+        key = ("tag", site_id, live.version, live.digest, digest, base, tuple(assets.values()))
+        return respond_asset(request, await self._asset(key, build))
+
+    # -- parts
+
+    async def _site(self, site_id: str) -> Site | None:
+        if not SITE_ID.match(site_id):
+            return None
+        sites = self.collector.sites
+        site = sites.get(site_id)
+        if site is None:
+            await run_in_threadpool(sites.refresh)
+            site = sites.get(site_id)
+        return site
+
+    async def _live(self, site_id: str) -> Live | None:
+        containers = self.collector.containers
+        live = containers.cached_live(site_id)
+        if live is not None:
+            return live
+        try:
+            return await run_in_threadpool(containers.live, site_id)
+        except StorageError as exc:
+            log.warning("cannot read the container of %s: %s", site_id, exc)
+            return None
+
+    def _base(self, request: Request) -> str:
+        """The collector's public origin as the browser sees it, for the absolute URLs of the
+        endpoint and the assets (the tag runs on the shop's pages, another origin).
+        ``X-Forwarded-Proto``/``-Host`` are believed only from trusted proxies; an
+        implausible host gives "" (the URLs stay paths)."""
+        scheme = request.url.scheme
+        host = request.headers.get("host", "")
+        networks = self.collector.settings.networks
+        peer = request.client.host if request.client else ""
+        if networks and peer and _trusted(peer, networks):
+            proto = request.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
+            scheme = proto or scheme
+            host = request.headers.get("x-forwarded-host", "").split(",")[0].strip() or host
+        if scheme not in ("http", "https") or not _HOST.match(host):
+            return ""
+        return f"{scheme}://{host.lower()}"
+
+    def _asset_urls(self, base: str, site_id: str, live: Live) -> dict[str, str | None]:
+        urls: dict[str, str | None] = {}
+        for key, name in (("banner", "banner.js"), ("banner_css", "banner.css"),
+                          ("debug", "debug.js")):
+            found = self.dist.read(name)
+            urls[key] = f"{base}/t/{name}?v={found[1][:12]}" if found else None
+        # Served by consent_texts.py, in the page's language.
+        urls["texts"] = f"{base}/t/{site_id}/consent.json?v={live.digest[:12]}"
+        return urls
+
+    @staticmethod
+    def _config(site_id: str, live: Live, base: str,
+                assets: dict[str, str | None]) -> dict[str, Any]:
+        doc = live.document
+        settings = doc["settings"]
+        endpoint = settings["endpoint"]
+        if endpoint.startswith("/"):
+            endpoint = base + endpoint
+        tag_path = resolved_tag_path(doc, site_id) or f"/t/{site_id}.js"
+        consent = doc["consent"]
+        return {
+            "site": site_id,
+            "endpoint": endpoint,
+            "version": live.version,
+            "policy": live.policy,
+            "settings": {**settings, "tag_path": tag_path},
+            "consent": {"purposes": consent["purposes"],
+                        "lifetime_days": consent["lifetime_days"],
+                        "rejection_lifetime_days": consent["rejection_lifetime_days"]},
+            "variables": doc["variables"],
+            "triggers": doc["triggers"],
+            "tags": doc["tags"],
+            "assets": assets,
+        }
+
+    # -- a site's own tag path
+
+    def fallback(self, not_found: ASGIApp) -> ASGIApp:
+        """The router's default app: serves a container's own ``settings.tag_path``.
+
+        Custom paths are data (any path a site chooses, looked up in a table), so they are
+        not routes: this runs only when no route matched, before answering 404. Routes added
+        later by anyone still win, and no catch-all route has to stay last in the list.
+        """
+
+        async def app(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] == "http" and scope["method"] in ("GET", "HEAD"):
+                containers = self.collector.containers
+                try:
+                    paths = containers.cached_tag_paths()
+                    if paths is None:
+                        paths = await run_in_threadpool(containers.custom_tag_paths)
+                except StorageError:
+                    paths = {}
+                site_id = paths.get(scope["path"])
+                if site_id is not None:
+                    response = await self.site_tag(Request(scope, receive), site_id)
+                    await response(scope, receive, send)
+                    return
+            await not_found(scope, receive, send)
+
+        return app
+
+
+def _trusted(peer: str, networks) -> bool:
+    try:
+        address = ipaddress.ip_address(peer)
+    except ValueError:
+        return False
+    return any(address in network for network in networks)
+
+
+# -- routes -----------------------------------------------------------------------------------
+
+
+def _server(request: Request) -> TagServer:
+    return request.app.state.tags
+
+
+async def tag_js(request: Request) -> Response:
+    name = request.path_params["name"]
+    if f"{name}.js" in STATIC:
+        return await _server(request).static(request, f"{name}.js")
+    return await _server(request).site_tag(request, name)
+
+
+async def stylesheet(request: Request) -> Response:
+    name = f"{request.path_params['name']}.css"
+    if name not in STATIC:
+        return _error(404, "no such stylesheet")
+    return await _server(request).static(request, name)
+
+
+ROUTES = [
+    Route("/t/{name}.css", stylesheet, methods=["GET"]),
+    Route("/t/{name}.js", tag_js, methods=["GET"]),
+]

@@ -1,0 +1,176 @@
+"""The container API under /api/v1/sites/{site}/container, with the site's admin key."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from collector.containers import default_container
+from tests.helpers import make_client
+from tests.test_containers import full
+
+BASE = "/api/v1/sites/api-shop/container"
+
+
+@pytest.fixture(scope="module")
+def env(store, tmp_path_factory):
+    client, collector = make_client(store, tmp_path_factory.mktemp("container-api"),
+                                    demo_site=False)
+    with client:
+        _, keys = collector.sites.create("api-shop", ["https://shop.example",
+                                                      "https://*.cdn.shop.example"])
+        _, other = collector.sites.create("api-other")
+        yield client, collector, keys, other
+
+
+def call(client, method, path, key=None, body=None, **headers):
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    if body is not None and not isinstance(body, bytes):
+        body = orjson.dumps(body)
+    if body is not None:
+        headers.setdefault("Content-Type", "application/json")
+    return client.request(method, path, content=body, headers=headers)
+
+
+def stored(collector, site="api-shop"):
+    c = collector.containers
+    return c.draft(site).document, c.versions(site), c.releases(site)
+
+
+def test_happy_path(env):
+    client, collector, keys, other = env
+    admin = keys["admin"]
+    r = call(client, "GET", "/api/v1/sites/api-other/container", other["admin"])
+    assert r.status_code == 200 and r.json() == default_container()
+    assert r.headers["cache-control"] == "no-store"
+
+    doc = full()
+    r = call(client, "PUT", BASE, admin, doc)
+    assert r.status_code == 200, r.text
+    assert r.json()["site"] == "api-shop" and len(r.json()["policy"]) == 16
+    assert call(client, "GET", BASE, admin).json() == doc
+
+    r = call(client, "POST", BASE + "/publish", admin, {"note": "launch"})
+    assert r.status_code == 200, r.text
+    first = r.json()
+    assert first["live"] == first["version"] and first["note"] == "launch"
+
+    doc["tags"].pop(0)
+    assert call(client, "PUT", BASE, admin, doc).status_code == 200
+    r = call(client, "POST", BASE + "/publish", admin)  # no body: no note
+    second = r.json()
+    assert r.status_code == 200 and second["version"] == first["version"] + 1
+    assert second["policy"] != first["policy"]
+
+    r = call(client, "POST", BASE + "/rollback", admin, {"version": first["version"]})
+    assert r.status_code == 200 and r.json()["live"] == first["version"]
+
+    listed = call(client, "GET", BASE + "/versions", admin).json()
+    assert listed["live"] == first["version"]
+    assert [(v["version"], v["live"]) for v in listed["versions"]][-2:] == [
+        (first["version"], True), (second["version"], False)]
+    assert [r["action"] for r in listed["releases"]][-3:] == ["publish", "publish", "rollback"]
+
+    one = call(client, "GET", f"{BASE}/versions/{first['version']}", admin).json()
+    assert one["document"] == full() and one["live"] is True and one["note"] == "launch"
+
+
+def test_validation_errors_name_the_fields(env):
+    client, collector, keys, _ = env
+    before = stored(collector)
+    doc = full()
+    doc["tags"][2]["purpose"] = "ads"
+    doc["triggers"][0]["type"] = "pageview"
+    r = call(client, "PUT", BASE, keys["admin"], doc)
+    assert r.status_code == 400
+    body = r.json()
+    assert body["field"] == "triggers[0].type"
+    assert body["error"].startswith("triggers[0].type: must be one of page_view, history_change")
+    assert [e["field"] for e in body["errors"]] == ["triggers[0].type", "tags[2].purpose"]
+    assert body["errors"][1]["error"].startswith("tags[2].purpose: unknown purpose 'ads'")
+    assert stored(collector) == before
+
+
+def test_the_site_origins_decide_what_is_necessary(env):
+    client, _, keys, _ = env
+    doc = full()  # its necessary tag loads from https://static.cdn.shop.example
+    assert call(client, "PUT", BASE, keys["admin"], doc).status_code == 200
+    r = call(client, "PUT", "/api/v1/sites/api-other/container", env[3]["admin"], doc)
+    assert r.status_code == 400 and r.json()["field"] == "tags[3].purpose"
+
+
+BIG = orjson.dumps({"consent": {"x": "y" * (256 * 1024)}})
+
+BAD = [
+    # (method, path, key, body, headers, status, message, field)
+    ("GET", BASE, None, None, {}, 401, "admin key", None),
+    ("PUT", BASE, None, full(), {}, 401, "admin key", None),
+    ("GET", BASE, "tw_admin_wrong", None, {}, 401, "invalid admin key", None),
+    ("PUT", BASE, "write", full(), {}, 401, "invalid admin key", None),
+    ("PUT", BASE, "read", full(), {}, 401, "invalid admin key", None),
+    ("POST", BASE + "/publish", "write", None, {}, 401, "invalid admin key", None),
+    ("POST", BASE + "/publish", "other", None, {}, 401, "invalid admin key", None),
+    ("POST", BASE + "/rollback", "read", {"version": 1}, {}, 401, "invalid admin key", None),
+    ("GET", BASE + "/versions", "write", None, {}, 401, "invalid admin key", None),
+    ("GET", BASE + "/versions/1", "read", None, {}, 401, "invalid admin key", None),
+    ("GET", BASE, "basic", None, {}, 401, "admin key", None),
+    ("GET", "/api/v1/sites/nope/container", "admin", None, {}, 404, "unknown site", "site"),
+    ("PUT", "/api/v1/sites/nope/container", "admin", full(), {}, 404, "unknown site", "site"),
+    ("POST", "/api/v1/sites/Bad%20Id/container/publish", "admin", None, {}, 404,
+     "unknown site", "site"),
+    ("PUT", BASE, "admin", b'{"consent": ', {}, 400, "malformed JSON", None),
+    ("PUT", BASE, "admin", b'{"consent": "\xc3\x28"}', {}, 400, "UTF-8", None),
+    ("PUT", BASE, "admin", b"", {}, 400, "empty body", None),
+    ("PUT", BASE, "admin", [], {}, 400, "must be an object, not a list", None),
+    ("PUT", BASE, "admin", {"consent": 1}, {}, 400, "consent: must be an object", "consent"),
+    ("PUT", BASE, "admin", BIG, {}, 413, "larger than 262144", None),
+    ("PUT", BASE, "admin", full(), {"Content-Type": "application/x-www-form-urlencoded"}, 415,
+     "application/json", None),
+    ("PUT", BASE, "admin", full(), {"Content-Encoding": "gzip"}, 415, "compressed", None),
+    ("DELETE", BASE, "admin", None, {}, 405, "Method Not Allowed", None),
+    ("POST", BASE + "/publish", "admin", b"{", {}, 400, "malformed JSON", None),
+    ("POST", BASE + "/publish", "admin", [], {}, 400, "expected a JSON object", None),
+    ("POST", BASE + "/publish", "admin", {"note": 5}, {}, 400, "'note' must be a string", "note"),
+    ("POST", BASE + "/publish", "admin", {"note": "x" * 1001}, {}, 400, "note", "note"),
+    ("POST", BASE + "/publish", "admin", {"note": "x", "force": True}, {}, 400,
+     "unknown field 'force'", "force"),
+    ("POST", BASE + "/rollback", "admin", None, {}, 400, "empty body", None),
+    ("POST", BASE + "/rollback", "admin", b"\xff", {}, 400, "UTF-8", None),
+    ("POST", BASE + "/rollback", "admin", {}, {}, 400, "'version' is required", "version"),
+    ("POST", BASE + "/rollback", "admin", {"version": "1"}, {}, 400, "version number",
+     "version"),
+    ("POST", BASE + "/rollback", "admin", {"version": True}, {}, 400, "version number",
+     "version"),
+    ("POST", BASE + "/rollback", "admin", {"version": 2**40}, {}, 400, "version number",
+     "version"),
+    ("POST", BASE + "/rollback", "admin", {"version": 9999}, {}, 404, "has no version 9999",
+     "version"),
+    ("GET", BASE + "/versions/9999", "admin", None, {}, 404, "has no version 9999", "version"),
+    ("GET", BASE + "/versions/0", "admin", None, {}, 404, "has no version 0", "version"),
+    ("GET", BASE + "/versions/99999999999999999999", "admin", None, {}, 404, "has no version",
+     "version"),
+    ("GET", BASE + "/versions/abc", "admin", None, {}, 404, "Not Found", None),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "key", "body", "headers", "status", "message",
+                          "field"), BAD)
+def test_bad_requests(env, method, path, key, body, headers, status, message, field):
+    client, collector, keys, other = env
+    secret = {"admin": keys["admin"], "write": keys["write"], "read": keys["read"],
+              "other": other["admin"]}.get(key, key)
+    if key == "basic":
+        headers = {"Authorization": "Basic " + keys["admin"]}
+        secret = None
+    before = stored(collector)
+    r = call(client, method, path, secret, body, **headers)
+    assert r.status_code == status, r.text
+    assert message in r.json()["error"]
+    assert r.json().get("field") == field
+    if status == 401:
+        assert r.headers["www-authenticate"].startswith("Bearer")
+    assert stored(collector) == before
+    # The process keeps serving.
+    assert call(client, "GET", BASE, keys["admin"]).status_code == 200
+    assert client.get("/healthz").status_code == 200

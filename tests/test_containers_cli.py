@@ -1,0 +1,107 @@
+"""``tagwerk container ...`` against a running collector (through its SQL interface)."""
+
+from __future__ import annotations
+
+import httpx
+import orjson
+import pytest
+
+from collector import cli
+from tests.helpers import wait_for
+from tests.servers import Server
+from tests.test_cli import tagwerk
+from tests.test_containers import ORIGINS, full
+from tests.test_tag_serving import BUNDLE, HEAD, TAIL
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    dist = tmp_path_factory.mktemp("container-cli-dist")
+    (dist / "tag.js").write_bytes(BUNDLE)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TAGWERK_TAG_DIR", str(dist))  # the subprocess's bundle directory
+        server = Server(tmp_path_factory.mktemp("container-cli") / "var").start()
+    yield server
+    server.stop()
+
+
+def run(capsys, *args: str) -> tuple[int, str, str]:
+    """The command in this process (fast); it reaches the server as a separate one would."""
+    code = cli.main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def live_config(server, site):
+    response = httpx.get(f"{server.url}/t/{site}.js")
+    assert response.status_code == 200, response.text
+    return orjson.loads(response.content[len(HEAD):-len(TAIL)])
+
+
+def test_container_commands(server, tmp_path, capsys):
+    data = str(server.data_dir)
+    origins = [arg for o in ORIGINS for arg in ("--origin", o)]
+    code, out, _ = run(capsys, "site", "create", "cli-box", *origins, "--data-dir", data)
+    assert code == 0
+
+    bad = full()
+    bad["tags"][0]["purpose"] = "ads"
+    bad["settings"]["endpiont"] = "/c"
+    (tmp_path / "bad.json").write_bytes(orjson.dumps(bad))
+    result = tagwerk("container", "push", str(tmp_path / "bad.json"), "--site", "cli-box",
+                     "--data-dir", data, check=False)
+    assert result.returncode == 2
+    assert "settings.endpiont: unknown key (did you mean 'endpoint'?)" in result.stderr
+    assert "tags[0].purpose: unknown purpose 'ads'" in result.stderr
+
+    (tmp_path / "broken.json").write_text("{")
+    code, _, err = run(capsys, "container", "push", str(tmp_path / "broken.json"),
+                       "--site", "cli-box", "--data-dir", data)
+    assert code == 2 and "not valid JSON" in err
+    code, _, err = run(capsys, "container", "push", str(tmp_path / "missing.json"),
+                       "--site", "cli-box", "--data-dir", data)
+    assert code == 2 and "cannot read" in err
+
+    one, two = full(), full()
+    two["tags"] = two["tags"][1:]
+    for doc, note in ((one, "first"), (two, "second")):
+        (tmp_path / "c.json").write_bytes(orjson.dumps(doc))
+        code, out, _ = run(capsys, "container", "push", str(tmp_path / "c.json"),
+                           "--site", "cli-box", "--data-dir", data)
+        assert code == 0 and "saved the draft of cli-box" in out
+        code, out, _ = run(capsys, "container", "publish", "--site", "cli-box", "--note", note,
+                           "--data-dir", data)
+        assert code == 0 and "published version" in out
+
+    code, out, _ = run(capsys, "container", "rollback", "1", "--site", "cli-box",
+                       "--data-dir", data)
+    assert code == 0 and "version 1 of cli-box is live again" in out
+    # The running collector serves what the command made live (seen within its cache's TTL).
+    wait_for(lambda: live_config(server, "cli-box")["version"] == 1)
+    assert len(live_config(server, "cli-box")["tags"]) == len(one["tags"])
+
+    code, out, _ = run(capsys, "container", "versions", "--site", "cli-box", "--data-dir", data)
+    header, *rows = out.splitlines()
+    assert code == 0 and header.split() == ["version", "live", "policy", "created", "note"]
+    assert [row.split()[:2] for row in rows] == [["1", "*"], ["2", rows[1].split()[1]]]
+    assert rows[0].endswith("first") and rows[1].endswith("second") and "*" not in rows[1]
+
+    code, out, _ = run(capsys, "container", "show", "--site", "cli-box", "--version", "1",
+                       "--data-dir", data)
+    assert code == 0 and orjson.loads(out) == one
+    code, out, _ = run(capsys, "container", "show", "--site", "cli-box", "--data-dir", data)
+    assert code == 0 and orjson.loads(out) == two
+
+    for args, message in [
+        (["rollback", "9", "--site", "cli-box"], "has no version 9"),
+        (["show", "--version", "9", "--site", "cli-box"], "has no version 9"),
+        (["publish", "--site", "nope"], "unknown site 'nope'"),
+        (["versions", "--site", "nope"], "unknown site 'nope'"),
+    ]:
+        code, _, err = run(capsys, "container", *args, "--data-dir", data)
+        assert code == 2 and message in err, (args, err)
+
+
+def test_demo_site_serves_its_container(server):
+    config = live_config(server, "demo")
+    assert config["version"] == 1 and config["site"] == "demo"
