@@ -18,7 +18,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from collector import ingest
+from collector import consent_texts, consentlog, container_api, ingest, tagjs
 from collector.http import Hit, respond
 from collector.service import Collector
 
@@ -28,6 +28,7 @@ INGEST: dict[str, dict[str, Handler]] = {
     "/collect": {"POST": ingest.collect, "OPTIONS": ingest.collect_preflight},
     "/p.gif": {"GET": ingest.pixel, "HEAD": ingest.pixel},
     "/api/v1/batch": {"POST": ingest.batch},
+    "/consent": {"POST": consentlog.consent, "OPTIONS": ingest.collect_preflight},
 }
 
 
@@ -87,8 +88,14 @@ def create_app(collector: Collector) -> App:
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics),
+        *container_api.ROUTES,
+        *consent_texts.ROUTES,
+        *tagjs.ROUTES,
     ]
     rest = Starlette(routes=routes, lifespan=lifespan,
                      exception_handlers={HTTPException: http_error})
     rest.state.collector = collector
+    rest.state.tags = tagjs.TagServer(collector)
+    # A container's own tag path is looked up when no route matched (see TagServer.fallback).
+    rest.router.default = rest.state.tags.fallback(rest.router.default)
     return App(collector, rest)

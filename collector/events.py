@@ -23,6 +23,7 @@ import orjson
 from collector.geo import UNKNOWN, Location
 from collector.ids import uuid7
 from collector.useragent import Agent
+from consent.enforce import ConsentRule, enforce_row
 
 TYPES = frozenset({"page", "track", "identify", "alias"})
 CHANNELS = frozenset({"web", "app", "email", "qr", "pos", "callcenter", "server"})
@@ -87,6 +88,12 @@ class Context:
     retention_days: int = 0
     trusted: bool = False  # an authenticated server-side sender
     received_text: str = ""  # received_at as stored, formatted once per request
+    # A web request's tw_consent cookie and Sec-GPC: they cap each hit's consent.
+    consent_rule: ConsentRule | None = None
+    # The tw_id device cookie: the device_id of the request's web hits. One minted for this
+    # answer (tw_id_new) only fills in for a hit that names no device itself.
+    tw_id: str = ""
+    tw_id_new: bool = False
 
     def __post_init__(self) -> None:
         if not self.received_text:
@@ -125,6 +132,10 @@ def normalize(raw: Any, ctx: Context) -> tuple[dict[str, Any], bool]:
     if not isinstance(channel, str) or channel not in CHANNELS:
         raise EventError(f"'channel' must be one of {', '.join(sorted(CHANNELS))}", "channel")
     consent = _consent(raw.get("consent"))
+    if ctx.consent_rule is not None:
+        consent = ctx.consent_rule.effective(consent)
+    if ctx.tw_id and channel == "web" and not (ctx.tw_id_new and s["device_id"]):
+        s["device_id"] = ctx.tw_id
 
     url = s["url"]
     if url:
@@ -178,6 +189,8 @@ def normalize(raw: Any, ctx: Context) -> tuple[dict[str, Any], bool]:
         "props": _props(raw.get("props")),
         "retention_days": ctx.retention_days,
     }
+    if "marketing" not in consent:
+        enforce_row(row)  # no click ids
     return row, given_id is not None
 
 

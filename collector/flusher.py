@@ -1,4 +1,4 @@
-"""The flusher: moves spooled hits into ``tagwerk.events`` in batches, exactly once.
+"""The flusher: moves spooled rows into ClickHouse in batches, exactly once.
 
 A batch is cut when the oldest unflushed hit is ``interval`` old or ``max_bytes`` wait.
 Before inserting, the flusher records the batch's bounds in the checkpoint; after a crash
@@ -6,9 +6,22 @@ the same bounds are replayed with the same ``insert_deduplication_token``, so Cl
 drops a block it already has. Event ids chosen by senders are checked against the table
 too, which catches a sender's retry of a hit it had no answer for.
 
-Each spool record is one request: a first line of metadata (``{}``, or the sender-given
-event ids with their site and time range), then one JSONCompactEachRow line per event
-(``events.COLUMNS`` in order).
+Each spool record is one request: a first line of metadata, then one JSONCompactEachRow
+line per row. The metadata names the target table:
+
+- ``{}``, or ``{"site", "ids", "lo", "hi"}`` (the sender-given event ids with their site and
+  time range): rows of ``tagwerk.events`` (``events.COLUMNS`` in order). Records written
+  before other tables existed read the same way.
+- ``{"t": TABLE}``: rows of another table of ``TABLES`` (``consent_log``:
+  ``consent.log.COLUMNS``), which has no sender-given ids to check.
+
+A batch is a range of the spool, whatever tables its records are for: it is inserted as one
+insert per table, ``tagwerk.events`` first, then the others by name, each with its own
+``insert_deduplication_token``: ``<spool id>:<range>:<table>``, except for events, whose
+token stays ``<spool id>:<range>`` (so that a batch left pending by an older version
+replays under the token it was first sent with). A replay reads the same range, so it
+makes the same inserts with the same tokens: one ClickHouse already has is dropped, one it
+lacks (the crash came between two tables) is made.
 """
 
 from __future__ import annotations
@@ -23,19 +36,32 @@ from collector.events import COLUMNS
 from collector.metrics import Metrics
 from collector.spool import Checkpoint, Pos, Spool
 from collector.storage import StorageError, Store
+from consent.log import COLUMNS as CONSENT_COLUMNS
 
 log = logging.getLogger("tagwerk.flusher")
 
 NO_META = b"{}"
+TABLE_META = b'{"t":'
 MAX_REPLAY = 1 << 40
 ID_PREFIX = len(b'["')  # rows are JSON arrays with event_id first
-INSERT = f"tagwerk.events ({', '.join(COLUMNS)})"
+EVENTS = "events"
+CONSENT_LOG = "consent_log"
+TABLES = {EVENTS: COLUMNS, CONSENT_LOG: CONSENT_COLUMNS}
+INSERTS = {name: f"tagwerk.{name} ({', '.join(columns)})" for name, columns in TABLES.items()}
+INSERT = INSERTS[EVENTS]
 ID_LENGTH = 36
 
 
-def encode_record(lines: list[bytes], site_id: str, given: list[tuple[str, str]]) -> bytes:
-    """One spool record: metadata, then the rows. ``given``: (event_id, ts) the sender chose."""
-    if given:
+def encode_record(
+    lines: list[bytes], site_id: str, given: list[tuple[str, str]], table: str = EVENTS
+) -> bytes:
+    """One spool record: metadata, then the rows. ``given``: (event_id, ts) the sender chose
+    (events only). ``table``: where the rows go, one of ``TABLES``."""
+    if table != EVENTS:
+        if table not in TABLES or given:
+            raise ValueError(f"cannot spool rows for table {table!r} with sender ids {given!r}")
+        meta = orjson.dumps({"t": table})
+    elif given:
         times = [ts for _, ts in given]
         meta = orjson.dumps(
             {"site": site_id, "ids": [i for i, _ in given], "lo": min(times), "hi": max(times)}
@@ -122,16 +148,40 @@ class Flusher:
         began = time.monotonic()
         self.last_error = None
         self.spool.write_checkpoint(Checkpoint(start, pending=stop))
-        body, rows, dropped = self._rows(records)
-        if body:
-            token = f"{self.spool.id}:{start.segment}:{start.offset}-{stop.segment}:{stop.offset}"
-            self.store.insert(
-                INSERT, body, "JSONCompactEachRow", {"insert_deduplication_token": token}
-            )
+        token = f"{self.spool.id}:{start.segment}:{start.offset}-{stop.segment}:{stop.offset}"
+        rows = dropped = 0
+        for table, group in self._by_table(records):
+            if table == EVENTS:
+                body, n, d = self._rows(group)
+            else:
+                body = b"".join(r[r.index(b"\n") + 1 :] for r in group)
+                n, d = body.count(b"\n"), 0
+            if body:
+                self.store.insert(
+                    INSERTS[table], body, "JSONCompactEachRow",
+                    {"insert_deduplication_token": token if table == EVENTS
+                     else f"{token}:{table}"},
+                )
+            rows, dropped = rows + n, dropped + d
         self.spool.release(stop)
         self.metrics.flush_seconds.observe(time.monotonic() - began)
         self.metrics.rows_inserted.inc(by=rows)
         self.metrics.duplicates_dropped.inc(by=dropped)
+
+    @staticmethod
+    def _by_table(records: list[bytes]) -> list[tuple[str, list[bytes]]]:
+        """The batch's records per target table: events first, then the others by name."""
+        groups: dict[str, list[bytes]] = {EVENTS: []}
+        for record in records:
+            table = EVENTS
+            if record.startswith(TABLE_META):
+                table = orjson.loads(record[: record.index(b"\n")])["t"]
+                if table not in TABLES:
+                    # Written by a newer version: skip rather than wedge every table's rows.
+                    log.error("spool: a record for unknown table %r skipped", table)
+                    continue
+            groups.setdefault(table, []).append(record)
+        return [(EVENTS, groups.pop(EVENTS)), *sorted(groups.items())]
 
     def _rows(self, records: list[bytes]) -> tuple[bytes, int, int]:
         """The batch body without repeated sender-given ids; rows and dropped counts."""

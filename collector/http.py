@@ -14,8 +14,9 @@ from starlette.types import Receive, Scope, Send
 
 GZIP_MAGIC = b"\x1f\x8b"
 JSON = b"application/json"
-# Repeated lines of these headers form one list; for the others the first line counts.
-COMBINED = frozenset({"x-forwarded-for"})
+# Repeated lines of these headers form one list, joined with this separator (HTTP/2 sends
+# one Cookie line per cookie); for the others the first line counts.
+COMBINED = {"x-forwarded-for": ",", "cookie": "; "}
 
 
 class HTTPError(Exception):
@@ -55,7 +56,7 @@ class Hit:
             if name not in self.headers:
                 self.headers[name] = value
             elif name in COMBINED:
-                self.headers[name] += "," + value
+                self.headers[name] += COMBINED[name] + value
         client = scope.get("client")
         self.peer: str = client[0] if client else ""
 

@@ -16,6 +16,7 @@ import orjson
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Send
 
+from collector import webconsent
 from collector.clientip import anonymize_ip, client_ip
 from collector.events import Context, EventError, normalize
 from collector.flusher import encode_record
@@ -74,6 +75,8 @@ async def collect(c: Collector, hit: Hit, send: Send) -> None:
         else:
             events = [data]
         ctx = _context(c, site, "web", hit)
+        sw = webconsent.site_web(c.containers, site.site_id)
+        web = webconsent.read(hit, ctx, sw, events)  # tw_consent, Sec-GPC, tw_id
         accepted = await _accept(c, site, [(e, ctx) for e in events], "collect")
     except HTTPError as exc:
         c.metrics.hits_rejected.inc("collect", exc.reason)
@@ -81,7 +84,11 @@ async def collect(c: Collector, hit: Hit, send: Send) -> None:
                    and c.sites.any_allows_origin(origin) else None)
         await respond(send, exc.status, exc.body(), headers={**exc.headers, **_cors(allowed)})
         return
-    await respond(send, 202, b'{"accepted":%d}' % accepted, headers=_cors(origin))
+    headers = _cors(origin)
+    device_cookie = webconsent.answer(hit, ctx, sw, web, events[-1], c.settings.networks)
+    if device_cookie:
+        headers["Set-Cookie"] = device_cookie
+    await respond(send, 202, b'{"accepted":%d}' % accepted, headers=headers)
 
 
 async def collect_preflight(c: Collector, hit: Hit, send: Send) -> None:
@@ -106,7 +113,10 @@ async def pixel(c: Collector, hit: Hit, send: Send) -> None:
         raw = _pixel_event(hit.query_string)
         site = await _site(c, raw.get("site"))
         channel = raw.get("channel") if isinstance(raw.get("channel"), str) else "web"
-        await _accept(c, site, [(raw, _context(c, site, channel or "web", hit))], "pixel")
+        ctx = _context(c, site, channel or "web", hit)
+        # Reads tw_id; mints and sets no cookie.
+        webconsent.read(hit, ctx, webconsent.site_web(c.containers, site.site_id))
+        await _accept(c, site, [(raw, ctx)], "pixel")
     except HTTPError as exc:
         c.metrics.hits_rejected.inc("pixel", exc.reason)
         await respond(send, exc.status, exc.body(), headers=PIXEL_HEADERS, head=head)
@@ -224,6 +234,9 @@ async def _accept(c: Collector, site: Site, pairs: list[tuple[Any, Context]], en
             raise HTTPError(400, f"{where}: {exc}", "invalid", field) from None
         if row["is_bot"] and site.drop_bots:
             c.metrics.bots_dropped.inc()
+            continue
+        if site.drop_without_consent and not ctx.trusted and "analytics" not in row["consent"]:
+            c.metrics.consent_dropped.inc()  # web hits only: a server states its own consent
             continue
         if sender_id:
             given.append((row["event_id"], row["ts"]))

@@ -75,6 +75,9 @@ class Metrics:
             "tagwerk_hits_rejected_total", "Requests refused, by reason.", ("endpoint", "reason"))
         self.bots_dropped = Counter(
             "tagwerk_bots_dropped_total", "Bot hits dropped by a site's setting.")
+        self.consent_dropped = Counter(
+            "tagwerk_consent_dropped_total",
+            "Web hits without analytics consent dropped by a site's setting.")
         self.rows_inserted = Counter(
             "tagwerk_rows_inserted_total", "Rows inserted into ClickHouse.")
         self.duplicates_dropped = Counter(
@@ -92,6 +95,7 @@ class Metrics:
     def render(self) -> str:
         lines: list[str] = []
         for metric in (self.hits_accepted, self.hits_rejected, self.bots_dropped,
+                       self.consent_dropped,
                        self.rows_inserted, self.duplicates_dropped, self.flush_failures,
                        self.flush_seconds, *self.gauges):
             lines += metric.render()

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from collector.config import Settings
+from collector.containers import Containers
 from collector.flusher import Flusher
 from collector.geo import GeoIP
 from collector.metrics import Metrics
@@ -23,6 +24,7 @@ from collector.storage import StorageError, Store, open_store
 log = logging.getLogger("tagwerk")
 
 DEMO_SITE = "demo"
+CONTAINER_REFRESH_SECONDS = 2.0
 DEMO_ORIGINS = ("http://127.0.0.1:8000", "http://localhost:8000")
 
 
@@ -35,6 +37,7 @@ class Collector:
         self.metrics = Metrics()
         self.geo = GeoIP(settings.geoip_db)
         self.sites = Sites(self.store, settings.data_dir / "sites.json")
+        self.containers = Containers(self.store)
         self.spool = Spool(settings.spool_dir, settings.spool_segment_bytes,
                            settings.spool_max_bytes)
         self.flusher = Flusher(self.spool, self.store, self.metrics,
@@ -79,19 +82,32 @@ class Collector:
 
     def _ensure_demo_site(self) -> None:
         self.sites.load()
-        if self.sites.get(DEMO_SITE) is not None:
-            return
-        origins = {*DEMO_ORIGINS, f"http://127.0.0.1:{self.settings.port}",
-                   f"http://localhost:{self.settings.port}"}
-        _, keys = self.sites.create(DEMO_SITE, sorted(origins), name="Demo shop")
-        path = self.settings.data_dir / "demo-keys.json"
-        _write_private(path, json.dumps(keys, indent=2))
-        log.info("created site 'demo'; its keys are in %s", path)
+        if self.sites.get(DEMO_SITE) is None:
+            origins = {*DEMO_ORIGINS, f"http://127.0.0.1:{self.settings.port}",
+                       f"http://localhost:{self.settings.port}"}
+            _, keys = self.sites.create(DEMO_SITE, sorted(origins), name="Demo shop")
+            path = self.settings.data_dir / "demo-keys.json"
+            _write_private(path, json.dumps(keys, indent=2))
+            log.info("created site 'demo'; its keys are in %s", path)
+        # A published container (the default one), so that /t/demo.js works at once.
+        if self.containers.live_version(DEMO_SITE) is None:
+            self.containers.publish(DEMO_SITE, note="the default container")
 
     def _refresh_sites(self) -> None:
-        """Pick up sites created or changed by other processes."""
-        while not self._stopping.wait(self.sites.refresh_seconds):
-            self.sites.reload()
+        """Pick up sites and containers changed by other processes, off the hot path: hits
+        read the last known live container (cookie domain, consent policy) without I/O."""
+        last_sites = time.monotonic()
+        while True:
+            for site_id in list(self.sites.ids()):
+                try:
+                    self.containers.live(site_id)
+                except StorageError:
+                    break  # ClickHouse is away: keep what is known
+            if self._stopping.wait(CONTAINER_REFRESH_SECONDS):
+                return
+            if time.monotonic() - last_sites >= self.sites.refresh_seconds:
+                self.sites.reload()
+                last_sites = time.monotonic()
 
     def ready(self) -> bool:
         return self.store.ping()

@@ -23,6 +23,8 @@ import orjson
 from collector.storage import StorageError, Store
 
 MISS_RELOAD_AGE = 0.25
+# /t/banner.js, /t/debug.js...: a site of that name would never get its tag.
+RESERVED_IDS = frozenset({"banner", "debug"})
 SITE_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 KEY_KINDS = ("write", "read", "admin")
 
@@ -37,6 +39,8 @@ class Site:
     admin_key_hash: str = ""
     retention_days: int = 0
     drop_bots: bool = False
+    # Web hits without analytics consent are dropped instead of stored without identifiers.
+    drop_without_consent: bool = False
     _patterns: tuple[re.Pattern, ...] = field(default=(), compare=False, repr=False)
 
     def allows_origin(self, origin: str) -> bool:
@@ -89,6 +93,7 @@ def _site_from_row(row: dict) -> Site:
         admin_key_hash=row["admin_key_hash"],
         retention_days=int(row["retention_days"]),
         drop_bots=bool(row["drop_bots"]),
+        drop_without_consent=bool(row.get("drop_without_consent", False)),  # older snapshots
         _patterns=tuple(_origin_pattern(o) for o in origins),
     )
 
@@ -116,7 +121,8 @@ class Sites:
     def load(self) -> None:
         rows = self.store.rows(
             "SELECT site_id, name, origins, write_key_hash, read_key_hash, admin_key_hash, "
-            "retention_days, drop_bots FROM tagwerk.sites FINAL WHERE NOT deleted"
+            "retention_days, drop_bots, drop_without_consent FROM tagwerk.sites FINAL "
+            "WHERE NOT deleted"
         )
         previous = self._sites
         self._set({row["site_id"]: _site_from_row(row) for row in rows})
@@ -140,6 +146,9 @@ class Sites:
 
     def get(self, site_id: str) -> Site | None:
         return self._sites.get(site_id)
+
+    def ids(self) -> list[str]:
+        return list(self._sites)
 
     def by_write_key(self, key: str) -> Site | None:
         return self._by_write_key.get(hash_key(key))
@@ -181,8 +190,11 @@ class Sites:
         name: str = "",
         retention_days: int = 0,
         drop_bots: bool = False,
+        drop_without_consent: bool = False,
     ) -> tuple[Site, dict[str, str]]:
         """Create a site; return it and its keys in clear (shown this once only)."""
+        if site_id in RESERVED_IDS:
+            raise ValueError(f"site id {site_id!r} is reserved (it names a file under /t/)")
         if not SITE_ID.match(site_id):
             raise ValueError("site id: 1-63 characters of a-z, 0-9, '_' and '-', starting "
                              "with a letter or digit")
@@ -203,15 +215,18 @@ class Sites:
             "admin_key_hash": hash_key(keys["admin"]),
             "retention_days": retention_days,
             "drop_bots": drop_bots,
+            "drop_without_consent": drop_without_consent,
             "created_at": now,
             "updated_at": now,
         }
         self.store.execute(
             "INSERT INTO tagwerk.sites (site_id, name, origins, write_key_hash, read_key_hash, "
-            "admin_key_hash, retention_days, drop_bots, created_at, updated_at) VALUES "
+            "admin_key_hash, retention_days, drop_bots, drop_without_consent, created_at, "
+            "updated_at) VALUES "
             "({site_id:String}, {name:String}, {origins:Array(String)}, "
             "{write_key_hash:String}, {read_key_hash:String}, {admin_key_hash:String}, "
-            "{retention_days:UInt16}, {drop_bots:Bool}, {created_at:DateTime64(3, 'UTC')}, "
+            "{retention_days:UInt16}, {drop_bots:Bool}, {drop_without_consent:Bool}, "
+            "{created_at:DateTime64(3, 'UTC')}, "
             "{updated_at:DateTime64(3, 'UTC')})",
             row,
         )

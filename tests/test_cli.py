@@ -76,3 +76,8 @@ def test_sql_on_a_fresh_directory_without_a_server(tmp_path):
     out = tagwerk("sql", "SELECT count() FROM tagwerk.events", "--data-dir",
                   str(tmp_path / "fresh")).stdout
     assert out.splitlines() == ["count()", "0"]
+
+
+def test_reserved_site_ids(server):
+    result = tagwerk("site", "create", "banner", "--data-dir", str(server.data_dir), check=False)
+    assert result.returncode == 2 and "reserved" in result.stderr

@@ -1,0 +1,78 @@
+"""``POST /consent``: the consent log. Every decision a person makes in the banner (or a site
+makes through ``tagwerk('consent', 'update', ...)``) is posted here and kept in
+``tagwerk.consent_log``, in the merchant's own database, next to the hits it governs.
+
+The request is checked like a hit (``consent/log.py`` names the field of any problem; 4xx,
+nothing stored), CORS like ``/collect`` with credentials, at most 8 KB, ``text/plain`` or
+JSON. The row gets the device class and the country of the request (the same enrichment
+as hits: ``ingest._context``), never the IP address.
+
+Durability is the hits': the row is one spool record, fsynced before the 202, and the
+flusher inserts it exactly once. The record's metadata line is ``{"t":"consent_log"}``
+instead of the events' ``{}``: the flusher groups a batch's records by that table name and
+makes one insert per table, each with its own deduplication token (``flusher.py``).
+
+A decision that denies analytics also clears the ``tw_id`` device cookie, if the request
+carries one: the person need not wait for the next hit.
+"""
+
+from __future__ import annotations
+
+import orjson
+from starlette.types import Send
+
+from collector import webconsent
+from collector.flusher import CONSENT_LOG, encode_record
+from collector.http import Hit, HTTPError, parse_json, respond
+from collector.ingest import COLLECT_TYPES, _context, _cors, _site
+from collector.service import Collector
+from collector.spool import SpoolError, SpoolFull
+from consent.log import DecisionError, decision_row
+from consent.purposes import ANALYTICS
+
+CONSENT_MAX_BYTES = 8 * 1024
+
+
+async def consent(c: Collector, hit: Hit, send: Send) -> None:
+    """``POST /consent``: one decision; answers 202 ``{"accepted": 1}``."""
+    origin = hit.headers.get("origin")
+    try:
+        media = hit.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media not in COLLECT_TYPES:
+            raise HTTPError(415, "send application/json or text/plain", "content_type")
+        data = parse_json(await hit.body(CONSENT_MAX_BYTES))
+        if not isinstance(data, dict):
+            raise HTTPError(400, "expected a JSON object", "malformed")
+        site = await _site(c, data.get("site"))
+        if origin and not site.allows_origin(origin):
+            raise HTTPError(403, f"origin {origin!r} is not allowed for this site", "origin")
+        ctx = _context(c, site, "web", hit)
+        try:
+            row = decision_row(data, site.site_id, ctx.received_text,
+                               ctx.agent.device_class, ctx.location.country)
+        except DecisionError as exc:
+            raise HTTPError(400, str(exc), "invalid", exc.field) from None
+        record = encode_record([orjson.dumps(list(row.values()))], site.site_id, [],
+                               table=CONSENT_LOG)
+        try:
+            await c.spool.append(record)
+        except SpoolFull:
+            raise HTTPError(503, "the collector's spool is full; retry later", "spool_full",
+                            headers={"Retry-After": "5"}) from None
+        except SpoolError:
+            raise HTTPError(503, "the collector cannot write to disk; retry later",
+                            "spool_error", headers={"Retry-After": "5"}) from None
+    except HTTPError as exc:
+        c.metrics.hits_rejected.inc("consent", exc.reason)
+        allowed = (origin if origin and exc.reason != "origin"
+                   and c.sites.any_allows_origin(origin) else None)
+        await respond(send, exc.status, exc.body(), headers={**exc.headers, **_cors(allowed)})
+        return
+    c.metrics.hits_accepted.inc("consent")
+    headers = _cors(origin)
+    if ANALYTICS not in row["granted"]:
+        sw = webconsent.site_web(c.containers, site.site_id)
+        cleared = webconsent.clear(hit, sw, None, c.settings.networks)
+        if cleared:
+            headers["Set-Cookie"] = cleared
+    await respond(send, 202, b'{"accepted":1}', headers=headers)

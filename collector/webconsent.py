@@ -1,0 +1,174 @@
+"""Consent on the web ingestion paths: what a browser's request says (the ``tw_consent``
+cookie, ``Sec-GPC``), and the ``tw_id`` device cookie the collector sets and reads.
+
+``/collect`` and ``/p.gif`` call :func:`read` once per request; it puts the request's
+:class:`~consent.enforce.ConsentRule` and its device id into the hits' ``Context``, and
+``events.normalize`` applies them to each hit (see ``consent/enforce.py`` for the rule).
+``/collect`` then asks :func:`answer` for the ``Set-Cookie`` of its 202, decided by the
+effective consent of the request's last event (events are in the order they happened, so a
+decision changed within a batch counts as changed):
+
+- with ``analytics``: a request without a valid ``tw_id`` gets one, minted before the hits
+  were normalised so that the device's first hit carries it too (where the page sent no
+  device id of its own); a valid one is set again, for another 13 months, when it was last
+  set on an earlier day (the day is in the cookie's value: no state, one comparison);
+- without: never set; a ``tw_id`` the request carries is cleared (and its value was not
+  stored: no identifier without analytics).
+
+``/p.gif`` reads ``tw_id`` but sets and clears nothing: it answers e-mail clients and
+no-JS pages, where a cookie set by an image would surprise more than help.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+from typing import Any, NamedTuple
+
+from collector.clientip import Network
+from collector.containers import Containers
+from collector.events import Context
+from collector.http import Hit
+from consent.cookie import (
+    DeviceCookie,
+    device_clear_cookie,
+    device_set_cookie,
+    latest_consent,
+    new_device_id,
+    parse_device,
+    read_cookies,
+)
+from consent.enforce import ConsentRule
+from consent.purposes import ANALYTICS
+
+
+class SiteWeb(NamedTuple):
+    """What the site's live container says about cookies: the ``Domain`` of ``tw_id`` and
+    the policy hash a ``tw_consent`` cookie must carry ("" = no check: a stale cookie can
+    only narrow a hit's consent, never widen it)."""
+
+    cookie_domain: str = ""
+    policy: str = ""
+
+
+def site_web(containers: Containers, site_id: str) -> SiteWeb:
+    """From the last live container seen, without I/O: this runs for every hit, and the
+    ``Domain`` must not flicker between answers (the browser would keep two ``tw_id``)."""
+    live = containers.last_known(site_id)
+    if live is None:
+        return SiteWeb()
+    return SiteWeb(live.document["settings"].get("cookie_domain", ""), live.policy)
+
+
+class WebRequest(NamedTuple):
+    device: DeviceCookie | None  # the request's valid tw_id
+    device_sent: bool  # a tw_id came with the request, valid or not
+    set_today: bool = False  # that tw_id was set today: no refresh due
+
+
+NO_COOKIES = WebRequest(None, False)
+MAX_CACHED_HEADER = 4096  # longer Cookie headers are parsed each time, not kept
+GPC_ONLY = ConsentRule(None, True)
+
+
+def read(hit: Hit, ctx: Context, sw: SiteWeb, events: list | None = None) -> WebRequest:
+    """Put the request's consent rule and device id into ``ctx``. ``events``: the raw events
+    of a ``/collect`` request; when one asks for analytics and the request has no valid
+    ``tw_id``, a new device id is minted (set by :func:`answer` if consent holds)."""
+    gpc = hit.headers.get("sec-gpc") == "1"
+    header = hit.headers.get("cookie")
+    if header and "tw_" in header:
+        day = int(ctx.received_at.timestamp() // 86400)
+        parse = _from_header if len(header) <= MAX_CACHED_HEADER else _from_header.__wrapped__
+        ctx.consent_rule, web = parse(header, gpc, sw.policy, day)
+    else:
+        ctx.consent_rule, web = (GPC_ONLY if gpc else None), NO_COOKIES
+    if web.device is not None:
+        ctx.tw_id = web.device.device_id
+    elif events and _asks_analytics(events):
+        ctx.tw_id, ctx.tw_id_new = new_device_id(), True
+    return web
+
+
+@functools.lru_cache(maxsize=4096)
+def _from_header(
+    header: str, gpc: bool, policy: str, day: int
+) -> tuple[ConsentRule | None, WebRequest]:
+    """What a ``Cookie`` header says, cached: a browser sends the same header hit after hit,
+    and parsing it costs more than the rest of the consent work. ``day`` (the age check of
+    ``tw_consent`` is to the day here) keeps no answer cached past its date."""
+    consent_values, device_values = read_cookies(header)
+    cookie = latest_consent(consent_values, day * 86400, policy) if consent_values else None
+    rule = ConsentRule(cookie, gpc) if cookie is not None or gpc else None
+    web = NO_COOKIES
+    if device_values:
+        device = parse_device(device_values)
+        web = WebRequest(device, True, device is not None and device.day == day)
+    return rule, web
+
+
+def _asks_analytics(events: list) -> bool:
+    for event in events:
+        consent = event.get("consent") if isinstance(event, dict) else None
+        if isinstance(consent, list) and ANALYTICS in consent:
+            return True
+    return False
+
+
+def answer(
+    hit: Hit, ctx: Context, sw: SiteWeb, web: WebRequest, last_event: Any,
+    networks: tuple[Network, ...],
+) -> str | None:
+    """The ``Set-Cookie`` value for ``tw_id`` on a ``/collect`` answer, or None."""
+    granted = last_event.get("consent") if isinstance(last_event, dict) else None
+    consent = granted if isinstance(granted, list) else []
+    if ctx.consent_rule is not None:
+        consent = ctx.consent_rule.effective(consent)
+    if ANALYTICS in consent:
+        if web.set_today or ctx.agent.is_bot:
+            return None
+        today = int(ctx.received_at.timestamp() // 86400)
+        if web.device is not None:
+            return device_set_cookie(web.device.device_id, today, is_https(hit, networks),
+                                     sw.cookie_domain)
+        if ctx.tw_id_new:
+            return device_set_cookie(ctx.tw_id, today, is_https(hit, networks),
+                                     sw.cookie_domain)
+        return None
+    return clear(hit, sw, web, networks)
+
+
+def clear(
+    hit: Hit, sw: SiteWeb, web: WebRequest | None, networks: tuple[Network, ...]
+) -> str | None:
+    """The ``Set-Cookie`` that removes ``tw_id``, if the request carried one."""
+    if web is None:
+        _, sent = read_cookies(hit.headers.get("cookie"))
+        if not sent:
+            return None
+    elif not web.device_sent:
+        return None
+    return device_clear_cookie(is_https(hit, networks), sw.cookie_domain)
+
+
+def is_https(hit: Hit, networks: tuple[Network, ...]) -> bool:
+    """Whether the browser's request came over https: the connection's scheme, or
+    ``X-Forwarded-Proto`` (its first entry, from the proxy facing the browser) when the
+    peer is a trusted proxy."""
+    if hit.scope.get("scheme") == "https":
+        return True
+    proto = hit.headers.get("x-forwarded-proto")
+    if not proto or not networks or not _trusted(hit.peer, networks):
+        return False
+    return proto.split(",")[0].strip().lower() == "https"
+
+
+@functools.lru_cache(maxsize=1024)
+def _trusted(peer: str, networks: tuple[Network, ...]) -> bool:
+    try:
+        address = ipaddress.ip_address(peer)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # a dual-stack socket's IPv4 peer
+    return any(address in network for network in networks)
