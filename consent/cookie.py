@@ -22,9 +22,12 @@ day per device without remembering anything itself.
 
 from __future__ import annotations
 
+import base64
 import functools
+import os
 import re
 import secrets
+import threading
 from dataclasses import dataclass
 
 CONSENT_COOKIE = "tw_consent"
@@ -128,9 +131,34 @@ def _parse_device(value: str) -> DeviceCookie | None:
     return DeviceCookie(match.group(1), int(match.group(2) or 0)) if match else None
 
 
+class _RandomPool:
+    """Random bytes from the OS, fetched 4 KiB at a time: one ``getrandom`` call per 256
+    device ids instead of one per id (a syscall per first hit showed in the profile).
+    Still unpredictable: only the batching changes, not the source."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self._lock = threading.Lock()
+        self._data = b""
+        os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        self._data = b""  # a child must not hand out its parent's bytes
+
+    def take(self, n: int) -> bytes:
+        with self._lock:
+            if len(self._data) < n:
+                self._data = secrets.token_bytes(self.size)
+            chunk, self._data = self._data[:n], self._data[n:]
+        return chunk
+
+
+_pool = _RandomPool()
+
+
 def new_device_id() -> str:
     """128 random bits, URL-safe base64 without padding: 22 characters."""
-    return secrets.token_urlsafe(16)
+    return base64.urlsafe_b64encode(_pool.take(16)).rstrip(b"=").decode()
 
 
 def device_set_cookie(device_id: str, day: int, secure: bool, domain: str = "") -> str:
