@@ -23,10 +23,9 @@ from starlette.types import Send
 
 from collector import webconsent
 from collector.flusher import CONSENT_LOG, encode_record
-from collector.http import Hit, HTTPError, parse_json, respond
-from collector.ingest import COLLECT_TYPES, _context, _cors, _site
+from collector.http import Hit, HTTPError, respond
+from collector.ingest import _context, _cors, browser_refusal, browser_request, spool
 from collector.service import Collector
-from collector.spool import SpoolError, SpoolFull
 from consent.log import DecisionError, decision_row
 from consent.purposes import ANALYTICS
 
@@ -37,15 +36,7 @@ async def consent(c: Collector, hit: Hit, send: Send) -> None:
     """``POST /consent``: one decision; answers 202 ``{"accepted": 1}``."""
     origin = hit.headers.get("origin")
     try:
-        media = hit.headers.get("content-type", "").split(";")[0].strip().lower()
-        if media not in COLLECT_TYPES:
-            raise HTTPError(415, "send application/json or text/plain", "content_type")
-        data = parse_json(await hit.body(CONSENT_MAX_BYTES))
-        if not isinstance(data, dict):
-            raise HTTPError(400, "expected a JSON object", "malformed")
-        site = await _site(c, data.get("site"))
-        if origin and not site.allows_origin(origin):
-            raise HTTPError(403, f"origin {origin!r} is not allowed for this site", "origin")
+        data, site = await browser_request(c, hit, origin, CONSENT_MAX_BYTES)
         ctx = _context(c, site, "web", hit)
         try:
             row = decision_row(data, site.site_id, ctx.received_text,
@@ -54,19 +45,9 @@ async def consent(c: Collector, hit: Hit, send: Send) -> None:
             raise HTTPError(400, str(exc), "invalid", exc.field) from None
         record = encode_record([orjson.dumps(list(row.values()))], site.site_id, [],
                                table=CONSENT_LOG)
-        try:
-            await c.spool.append(record)
-        except SpoolFull:
-            raise HTTPError(503, "the collector's spool is full; retry later", "spool_full",
-                            headers={"Retry-After": "5"}) from None
-        except SpoolError:
-            raise HTTPError(503, "the collector cannot write to disk; retry later",
-                            "spool_error", headers={"Retry-After": "5"}) from None
+        await spool(c, record)
     except HTTPError as exc:
-        c.metrics.hits_rejected.inc("consent", exc.reason)
-        allowed = (origin if origin and exc.reason != "origin"
-                   and c.sites.any_allows_origin(origin) else None)
-        await respond(send, exc.status, exc.body(), headers={**exc.headers, **_cors(allowed)})
+        await browser_refusal(c, send, exc, origin, "consent")
         return
     c.metrics.hits_accepted.inc("consent")
     headers = _cors(origin)

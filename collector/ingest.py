@@ -54,15 +54,7 @@ async def collect(c: Collector, hit: Hit, send: Send) -> None:
     """``POST /collect``: one event or a batch from the browser."""
     origin = hit.headers.get("origin")
     try:
-        media = hit.headers.get("content-type", "").split(";")[0].strip().lower()
-        if media not in COLLECT_TYPES:
-            raise HTTPError(415, "send application/json or text/plain", "content_type")
-        data = parse_json(await hit.body(COLLECT_MAX_BYTES))
-        if not isinstance(data, dict):
-            raise HTTPError(400, "expected a JSON object", "malformed")
-        site = await _site(c, data.get("site"))
-        if origin and not site.allows_origin(origin):
-            raise HTTPError(403, f"origin {origin!r} is not allowed for this site", "origin")
+        data, site = await browser_request(c, hit, origin, COLLECT_MAX_BYTES)
         if "events" in data:
             events, extra = data["events"], data.keys() - {"site", "events"}
             if extra:
@@ -79,10 +71,7 @@ async def collect(c: Collector, hit: Hit, send: Send) -> None:
         web = webconsent.read(hit, ctx, sw, events)  # tw_consent, Sec-GPC, tw_id
         accepted = await _accept(c, site, [(e, ctx) for e in events], "collect")
     except HTTPError as exc:
-        c.metrics.hits_rejected.inc("collect", exc.reason)
-        allowed = (origin if origin and exc.reason != "origin"
-                   and c.sites.any_allows_origin(origin) else None)
-        await respond(send, exc.status, exc.body(), headers={**exc.headers, **_cors(allowed)})
+        await browser_refusal(c, send, exc, origin, "collect")
         return
     headers = _cors(origin)
     device_cookie = webconsent.answer(hit, ctx, sw, web, events[-1], c.settings.networks)
@@ -153,7 +142,47 @@ async def batch(c: Collector, hit: Hit, send: Send) -> None:
     await respond(send, 202, b'{"accepted":%d}' % accepted)
 
 
-# -- shared steps ---------------------------------------------------------------------------
+# -- shared steps (also used by consentlog.py)
+
+
+async def browser_request(
+    c: Collector, hit: Hit, origin: str | None, limit: int
+) -> tuple[dict[str, Any], Site]:
+    """A browser's JSON POST: its body as an object, and its site, checked against the
+    request's origin."""
+    media = hit.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media not in COLLECT_TYPES:
+        raise HTTPError(415, "send application/json or text/plain", "content_type")
+    data = parse_json(await hit.body(limit))
+    if not isinstance(data, dict):
+        raise HTTPError(400, "expected a JSON object", "malformed")
+    site = await _site(c, data.get("site"))
+    if origin and not site.allows_origin(origin):
+        raise HTTPError(403, f"origin {origin!r} is not allowed for this site", "origin")
+    return data, site
+
+
+async def browser_refusal(
+    c: Collector, send: Send, exc: HTTPError, origin: str | None, endpoint: str
+) -> None:
+    """Answer a refused browser request; with CORS headers, so that the page can read why,
+    unless the origin itself was the problem."""
+    c.metrics.hits_rejected.inc(endpoint, exc.reason)
+    allowed = (origin if origin and exc.reason != "origin"
+               and c.sites.any_allows_origin(origin) else None)
+    await respond(send, exc.status, exc.body(), headers={**exc.headers, **_cors(allowed)})
+
+
+async def spool(c: Collector, record: bytes) -> None:
+    """Append a record; 503 with Retry-After when the disk cannot take it."""
+    try:
+        await c.spool.append(record)
+    except SpoolFull:
+        raise HTTPError(503, "the collector's spool is full; retry later", "spool_full",
+                        headers={"Retry-After": "5"}) from None
+    except SpoolError:
+        raise HTTPError(503, "the collector cannot write to disk; retry later", "spool_error",
+                        headers={"Retry-After": "5"}) from None
 
 
 async def _site(c: Collector, site_id: Any) -> Site:
@@ -243,14 +272,7 @@ async def _accept(c: Collector, site: Site, pairs: list[tuple[Any, Context]], en
         lines.append(orjson.dumps(list(row.values())))
     if not lines:
         return 0
-    try:
-        await c.spool.append(encode_record(lines, site.site_id, given))
-    except SpoolFull:
-        raise HTTPError(503, "the collector's spool is full; retry later", "spool_full",
-                        headers={"Retry-After": "5"}) from None
-    except SpoolError:
-        raise HTTPError(503, "the collector cannot write to disk; retry later", "spool_error",
-                        headers={"Retry-After": "5"}) from None
+    await spool(c, encode_record(lines, site.site_id, given))
     c.metrics.hits_accepted.inc(endpoint, by=len(lines))
     return len(lines)
 
