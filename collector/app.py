@@ -18,7 +18,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from collector import consent_texts, consentlog, container_api, ingest, tagjs
+from collector import consent_texts, consentlog, container_api, demo, ingest, tagjs
 from collector.http import Hit, respond
 from collector.service import Collector
 
@@ -91,6 +91,7 @@ def create_app(collector: Collector) -> App:
         *container_api.ROUTES,
         *consent_texts.ROUTES,
         *tagjs.ROUTES,
+        *demo.ROUTES,
     ]
     rest = Starlette(routes=routes, lifespan=lifespan,
                      exception_handlers={HTTPException: http_error})

@@ -89,9 +89,13 @@ class Collector:
             path = self.settings.data_dir / "demo-keys.json"
             _write_private(path, json.dumps(keys, indent=2))
             log.info("created site 'demo'; its keys are in %s", path)
-        # A published container (the default one), so that /t/demo.js works at once.
+        # A published container (the demo shop's: the default one and a marketing tag, see
+        # collector/demo.py), so that /t/demo.js works at once.
         if self.containers.live_version(DEMO_SITE) is None:
-            self.containers.publish(DEMO_SITE, note="the default container")
+            from collector.demo import demo_container
+
+            self.containers.put_draft(DEMO_SITE, demo_container())
+            self.containers.publish(DEMO_SITE, note="the demo shop's container")
 
     def _refresh_sites(self) -> None:
         """Pick up sites and containers changed by other processes, off the hot path: hits

@@ -1,0 +1,208 @@
+"""Main-thread time the tag adds to a page load, in Chromium, against the 5 ms limit.
+
+The page is the demo shop's home (``/demo/``, served by a ``tagwerk serve`` this script
+starts). Each run is a new browser context (a new visitor: cold HTTP cache, no storage),
+loaded, then given 1.5 s (the tag sends its first batch 1 s after the page view; that
+request and its answer are part of the cost). Two visitors:
+
+- ``returning``: a valid ``tw_consent`` cookie (analytics and personalisation granted,
+  marketing not, so no third-party tag runs): the tag alone;
+- ``first``: no decision yet: the tag loads the consent banner, which fetches its texts
+  and stylesheet and renders (the cost a first visit pays).
+
+Two measurements per run, both on the page's renderer main thread:
+
+1. **Attributed** (the headline number): a Chrome trace (CDP ``Tracing``) of the load; the
+   time of every main-thread slice that belongs to the tag's own files (``/t/demo.js``,
+   ``/t/banner.js``, ``/t/banner.css``): script compilation (``v8.compile``), top-level
+   evaluation (``EvaluateScript``), every callback into them (``FunctionCall``: listeners,
+   timers, promise continuations, the banner's rendering code) and stylesheet parsing
+   (``ParseAuthorStyleSheet``). Nested slices are merged (interval union), so nothing is
+   counted twice. Per run, so median and p90 are of a real distribution. It misses the
+   style and layout work the tag's DOM changes cause later, and calls the page's own code
+   makes into the tag (``dataLayer.push`` from the shop's script is timed as the shop's).
+2. **A/B** (the cross-check, including such indirect work): CDP ``Performance.getMetrics``
+   ``TaskDuration`` (all main-thread task time) of loads with the tag against loads where
+   ``/t/demo.js`` is answered with an empty script (the snippet's stub stays; nothing else
+   changes). These loads are not traced (tracing slows the page it records), and runs
+   alternate with and without. Reported as median(with) - median(without)
+   and p90(with) - p90(without): differences of two noisy distributions, so read them as
+   an estimate with a few milliseconds of noise, not as a per-run figure.
+
+Run: ``python3 bench/tag_mainthread.py [--runs 20] [--cpu-slowdown 1]`` (``--cpu-slowdown 4``
+is Lighthouse's mid-range phone). Needs Chromium (``apt-get install -y chromium``) and
+Playwright for Python.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import httpx  # noqa: E402
+from playwright.sync_api import sync_playwright  # noqa: E402
+
+from e2e.conftest import launch  # noqa: E402
+from e2e.shop import DESKTOP  # noqa: E402
+from tests.servers import Server  # noqa: E402
+
+LIMIT_MS = 5.0
+SETTLE_MS = 1500
+TAG_FILES = re.compile(r"/t/(demo\.js|banner\.js|banner\.css)")
+SHOP_FILES = re.compile(r"/demo/static/app\.(js|css)")  # the yardstick: the shop's own script
+ATTRIBUTED = {"v8.compile", "EvaluateScript", "FunctionCall", "ParseAuthorStyleSheet"}
+# The lightest set that has the slices above: more categories slow the page measurably.
+CATEGORIES = ["devtools.timeline"]
+
+
+def percentile(values: list[float], p: float) -> float:
+    """Nearest-rank percentile."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+
+
+def attributed_ms(events: list[dict], files: re.Pattern = TAG_FILES) -> float:
+    """Main-thread time of the slices of ``files``: the union of their intervals, per thread."""
+    main = {(e["pid"], e["tid"]) for e in events
+            if e.get("ph") == "M" and e.get("name") == "thread_name"
+            and e["args"].get("name") == "CrRendererMain"}
+    spans: dict[tuple, list[tuple[float, float]]] = {}
+    for e in events:
+        if e.get("ph") != "X" or e.get("name") not in ATTRIBUTED or "dur" not in e:
+            continue
+        if (e["pid"], e["tid"]) not in main:
+            continue
+        data = (e.get("args") or {}).get("data") or {}
+        url = data.get("url") or data.get("styleSheetUrl") or data.get("scriptName") or ""
+        if files.search(url):
+            spans.setdefault((e["pid"], e["tid"]), []).append((e["ts"], e["ts"] + e["dur"]))
+    total = 0.0
+    for intervals in spans.values():
+        end = float("-inf")
+        for start, stop in sorted(intervals):
+            if stop <= end:
+                continue
+            total += stop - max(start, end)
+            end = stop
+    return total / 1000  # µs -> ms
+
+
+def consent_cookie(server: Server) -> dict:
+    """A valid decision for the live container: analytics and personalisation granted."""
+    policy = re.search(rb'"policy":"([0-9a-f]{16})"',
+                       httpx.get(f"{server.url}/t/demo.js").content).group(1).decode()
+    value = ".".join(["v1", uuid.uuid4().hex, policy, "necessary,analytics,personalization",
+                      str(int(time.time())), "banner"])
+    return {"name": "tw_consent", "value": value, "url": server.url}
+
+
+def one_load(browser, server: Server, tag: bool, returning: bool, slowdown: float,
+             trace: bool) -> tuple[float, float, float]:
+    """One page load in a new context: (ms attributed to the tag, to the shop's script
+    (nan without a trace), TaskDuration ms)."""
+    context = browser.new_context(base_url=server.url, **DESKTOP)
+    try:
+        if returning:
+            context.add_cookies([consent_cookie(server)])
+        page = context.new_page()
+        if not tag:
+            page.route("**/t/demo.js", lambda route: route.fulfill(
+                status=200, body="", content_type="text/javascript"))
+        cdp = context.new_cdp_session(page)
+        events: list[dict] = []
+        done: list[bool] = []
+        cdp.on("Tracing.dataCollected", lambda m: events.extend(m["value"]))
+        cdp.on("Tracing.tracingComplete", lambda m: done.append(True))
+        if slowdown != 1:
+            cdp.send("Emulation.setCPUThrottlingRate", {"rate": slowdown})
+        cdp.send("Performance.enable")
+        if trace:
+            cdp.send("Tracing.start", {"traceConfig": {"includedCategories": CATEGORIES},
+                                       "transferMode": "ReportEvents"})
+        page.goto("/demo/", wait_until="load")
+        if tag and not returning:
+            page.get_by_role("dialog").wait_for()
+        page.wait_for_timeout(SETTLE_MS)
+        metrics = {m["name"]: m["value"] for m in cdp.send("Performance.getMetrics")["metrics"]}
+        attributed = shop = float("nan")
+        if trace:
+            cdp.send("Tracing.end")
+            while not done:
+                page.wait_for_timeout(20)
+            attributed = attributed_ms(events)
+            shop = attributed_ms(events, SHOP_FILES)
+        if tag and not returning:
+            assert page.get_by_role("dialog").is_visible()
+        return attributed, shop, metrics["TaskDuration"] * 1000
+    finally:
+        context.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--cpu-slowdown", type=float, default=1.0)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        server = Server(Path(tmp) / "var").start()
+        try:
+            with sync_playwright() as playwright:
+                browser = launch(playwright)
+                results = {}
+                for visitor in ("returning", "first"):
+                    returning = visitor == "returning"
+                    for _ in range(2):  # warm up the server's caches and the browser
+                        one_load(browser, server, True, returning, args.cpu_slowdown, True)
+                    attributed, shop, with_tag, without = [], [], [], []
+                    for run in range(args.runs):
+                        # The A/B pair runs untraced (a trace slows the page it records),
+                        # in alternating order.
+                        for tag in (True, False) if run % 2 else (False, True):
+                            task = one_load(browser, server, tag, returning,
+                                            args.cpu_slowdown, False)[2]
+                            (with_tag if tag else without).append(task)
+                        a, s, _ = one_load(browser, server, True, returning,
+                                           args.cpu_slowdown, True)
+                        attributed.append(a)
+                        shop.append(s)
+                    results[visitor] = (attributed, shop, with_tag, without)
+                browser.close()
+        finally:
+            server.stop()
+
+    print(f"tag main-thread time on page load: demo home, Chromium headless, "
+          f"{args.runs} runs each, CPU slowdown x{args.cpu_slowdown:g}, limit {LIMIT_MS:g} ms")
+    print()
+    print(f"{'visitor':<10} {'measure':<34} {'median':>8} {'p90':>8} {'median/limit':>13}")
+    for visitor, (attributed, shop, with_tag, without) in results.items():
+        med, p90 = statistics.median(attributed), percentile(attributed, 90)
+        print(f"{visitor:<10} {'attributed to the tag (trace)':<34} {med:>6.2f}ms {p90:>6.2f}ms "
+              f"{med / LIMIT_MS:>12.2f}x")
+        dmed = statistics.median(with_tag) - statistics.median(without)
+        dp90 = percentile(with_tag, 90) - percentile(without, 90)
+        print(f"{'':<10} {'A/B TaskDuration, with - without':<34} {dmed:>6.2f}ms {dp90:>6.2f}ms "
+              f"{dmed / LIMIT_MS:>12.2f}x")
+        print(f"{'':<10} {'  (TaskDuration with / without)':<34} "
+              f"{statistics.median(with_tag):>6.1f}ms / {statistics.median(without):.1f}ms median")
+        label = "  (the shop's app.js, for scale)"
+        print(f"{'':<10} {label:<34} {statistics.median(shop):>6.2f}ms "
+              f"{percentile(shop, 90):>6.2f}ms")
+    print()
+    print("returning: a decision exists, the tag alone (no banner, no marketing tag);")
+    print("first: no decision, the tag loads and renders the consent banner.")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
