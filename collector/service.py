@@ -82,13 +82,17 @@ class Collector:
 
     def _ensure_demo_site(self) -> None:
         self.sites.load()
-        if self.sites.get(DEMO_SITE) is None:
-            origins = {*DEMO_ORIGINS, f"http://127.0.0.1:{self.settings.port}",
-                       f"http://localhost:{self.settings.port}"}
+        origins = {*DEMO_ORIGINS, f"http://127.0.0.1:{self.settings.port}",
+                   f"http://localhost:{self.settings.port}"}
+        demo = self.sites.get(DEMO_SITE)
+        if demo is None:
             _, keys = self.sites.create(DEMO_SITE, sorted(origins), name="Demo shop")
             path = self.settings.data_dir / "demo-keys.json"
             _write_private(path, json.dumps(keys, indent=2))
             log.info("created site 'demo'; its keys are in %s", path)
+        elif not origins <= set(demo.origins):
+            # Started on another port than before: the demo shop must still be allowed.
+            self.sites.set_origins(DEMO_SITE, sorted(origins | set(demo.origins)))
         # A published container (the demo shop's: the default one and a marketing tag, see
         # collector/demo.py), so that /t/demo.js works at once.
         if self.containers.live_version(DEMO_SITE) is None:

@@ -232,3 +232,22 @@ class Sites:
         )
         self.load()
         return self._sites[site_id], keys
+
+    def set_origins(self, site_id: str, origins: list[str] | tuple[str, ...]) -> Site:
+        """Replace a site's allowed origins (a new row version; the keys stay)."""
+        clean = [normalize_origin(o) for o in origins]
+        columns = ("site_id, name, origins, write_key_hash, read_key_hash, admin_key_hash, "
+                   "retention_days, drop_bots, drop_without_consent, deleted, created_at, "
+                   "updated_at")
+        self.store.execute(
+            f"INSERT INTO tagwerk.sites ({columns}) SELECT site_id, name, "
+            "{origins:Array(String)}, write_key_hash, read_key_hash, admin_key_hash, "
+            "retention_days, drop_bots, drop_without_consent, deleted, created_at, "
+            "now64(3, 'UTC') FROM tagwerk.sites FINAL WHERE site_id = {site_id:String}",
+            {"site_id": site_id, "origins": clean},
+        )
+        self.load()
+        site = self._sites.get(site_id)
+        if site is None:
+            raise ValueError(f"unknown site {site_id!r}")
+        return site

@@ -81,3 +81,17 @@ def test_sql_on_a_fresh_directory_without_a_server(tmp_path):
 def test_reserved_site_ids(server):
     result = tagwerk("site", "create", "banner", "--data-dir", str(server.data_dir), check=False)
     assert result.returncode == 2 and "reserved" in result.stderr
+
+
+def test_demo_site_follows_the_port(tmp_path):
+    """The demo shop keeps working when serve restarts on another port."""
+    first = Server(tmp_path / "var").start()
+    first.stop()
+    second = Server(tmp_path / "var").start()  # a new free port, same data
+    try:
+        response = httpx.post(f"{second.url}/collect", content=b'{"site":"demo","event":"x"}',
+                              headers={"Content-Type": "text/plain",
+                                       "Origin": f"http://127.0.0.1:{second.port}"})
+        assert response.status_code == 202
+    finally:
+        second.stop()

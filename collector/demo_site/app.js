@@ -464,6 +464,7 @@
       after: () =>
         document.getElementById("sign-out").addEventListener("click", () => {
           store("shop_customer", null);
+          window.tagwerk("reset"); // the next person on this device is someone else
           who();
           navigate(`${BASE}/`);
         }),

@@ -148,7 +148,10 @@ export var start = (C) => {
           ? page()
           : c == "identify"
             ? x != null && (G.analytics && (U = x), ev({ event: c, type: c, user_id: x, props: y }))
-            : c == "debug"
+            : c == "reset"
+              ? // Sign-out: forget the customer and start a new session (a shared device).
+                ((U = void 0), delete sessionStorage.tw_s)
+              : c == "debug"
               ? (W = x && (w.__tagwerk_debug = w.__tagwerk_debug || [])) && (dl = dl || load(AS.debug))
               : c == "consent" &&
                 (x == "update"

@@ -356,6 +356,20 @@ test("GPC: gtag default granting ad_storage does not switch marketing on", () =>
   assert.equal(b.run("tagwerk('consent','state')").granted.marketing, false);
 });
 
+test("reset (sign-out) forgets the customer and starts a new session", async () => {
+  const b = load(container(), { cookies: ANALYTICS });
+  b.run("tagwerk('identify', 'C-42')");
+  b.run("tagwerk('track', 'before')");
+  b.run("tagwerk('reset')");
+  b.run("tagwerk('track', 'after')");
+  const events = await flushed(b);
+  const before = events.find((e) => e.event == "before");
+  const after = events.find((e) => e.event == "after");
+  assert.equal(before.user_id, "C-42");
+  assert.equal(after.user_id, undefined);
+  assert.ok(after.session_id && after.session_id != before.session_id);
+});
+
 test("identify: sent with user_id; kept for later events only with analytics", async () => {
   const b = load(container(), { cookies: ANALYTICS });
   b.run("tagwerk('identify', 'C-42', {tier: 'gold'})");
