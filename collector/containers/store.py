@@ -1,0 +1,366 @@
+"""Drafts, immutable versions and releases in ClickHouse, and the live container."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from collector.containers.document import (
+    container_policy_hash,
+    default_container,
+    normalize,
+    resolved_tag_path,
+)
+from collector.containers.errors import ContainerError, FieldError, NotFound
+from collector.containers.schema import CONTROL, LIVE_TTL, MAX_NOTE, MAX_VERSION
+from collector.containers.validate import check
+from collector.storage import StorageError, Store
+
+# -- versions in ClickHouse -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Draft:
+    site_id: str
+    document: dict[str, Any]
+    policy: str
+    updated_at: str | None  # None: never saved, the default container
+
+
+@dataclass(frozen=True)
+class Version:
+    site_id: str
+    version: int
+    policy: str
+    note: str
+    created_at: str
+    live: bool
+    document: dict[str, Any] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {"version": self.version, "policy": self.policy, "note": self.note,
+               "created_at": self.created_at, "live": self.live}
+        if self.document is not None:
+            out["document"] = self.document
+        return out
+
+
+@dataclass(frozen=True)
+class Live:
+    """What ``/t/{site}.js`` serves: the live version, or the draft (version 0) before the
+    first publish."""
+
+    site_id: str
+    version: int
+    document: dict[str, Any]  # normalized
+    policy: str
+    digest: str  # of the stored document: identifies this container in caches
+
+
+def _iso(value: str) -> str:
+    """ClickHouse's ``2026-01-02 03:04:05.678`` as ISO 8601 UTC."""
+    return value.replace(" ", "T") + "Z"
+
+
+def _digest(text: str | bytes) -> str:
+    return hashlib.sha256(text.encode() if isinstance(text, str) else text).hexdigest()
+
+
+class Containers:
+    """Drafts, versions and releases of every site's container, in ClickHouse.
+
+    The live containers are kept in memory. Every ``ttl`` seconds one query tells whether
+    any draft or release changed (in any process: the ``tagwerk container`` command, other
+    collectors of a cluster); if so, the cache is dropped. Changes made through this object
+    clear it at once.
+    """
+
+    def __init__(self, store: Store, ttl: float = LIVE_TTL) -> None:
+        self.store = store
+        self.ttl = ttl
+        self._live: dict[str, Live] = {}
+        # Never forgotten, only replaced: what the hot path reads without I/O.
+        self._known: dict[str, Live] = {}
+        self._paths: dict[str, str] | None = None
+        self._generation = b""
+        self._epoch = 0  # counts the times the cache was dropped
+        self._checked_until = 0.0
+        self._lock = threading.Lock()  # one publish or rollback at a time in this process
+        self._paths_lock = threading.Lock()
+        self._fresh_lock = threading.Lock()
+        self._stamp_lock = threading.Lock()
+        self._last_ms = 0
+
+    def _stamp(self) -> dt.datetime:
+        """Now, strictly later than the previous stamp of this process (millisecond steps):
+        the newest draft and the newest release win by time."""
+        with self._stamp_lock:
+            ms = max(int(time.time() * 1000), self._last_ms + 1)
+            self._last_ms = ms
+        return dt.datetime.fromtimestamp(ms / 1000, dt.UTC)
+
+    def _insert(self, table: str, row: dict[str, Any]) -> None:
+        # Through the insert path (a request body), not parameters: a document may be 256 KB.
+        self.store.insert(f"tagwerk.{table}", orjson.dumps(row) + b"\n")
+
+    # -- draft
+
+    def draft(self, site_id: str) -> Draft:
+        rows = self.store.rows(
+            "SELECT document, policy_hash, updated_at FROM tagwerk.container_drafts FINAL "
+            "WHERE site_id = {site:String}", {"site": site_id})
+        if not rows:
+            doc = default_container()
+            return Draft(site_id, doc, container_policy_hash(doc), None)
+        row = rows[0]
+        return Draft(site_id, orjson.loads(row["document"]), row["policy_hash"],
+                     _iso(row["updated_at"]))
+
+    def put_draft(self, site_id: str, document: Any, origins: Iterable[str] = ()) -> Draft:
+        """Validate and save the draft; ContainerError names the problems."""
+        check(document, origins)
+        self._check_tag_path_free(site_id, document)
+        text = orjson.dumps(document).decode()
+        policy = container_policy_hash(document)
+        stamp = self._stamp()
+        self._insert("container_drafts", {
+            "site_id": site_id, "document": text, "policy_hash": policy,
+            "tag_path": resolved_tag_path(document, site_id),
+            "updated_at": _ch_time(stamp),
+        })
+        self.invalidate(site_id)
+        return Draft(site_id, document, policy, _iso(_ch_time(stamp)))
+
+    # -- versions
+
+    def publish(self, site_id: str, note: str = "", origins: Iterable[str] = ()) -> Version:
+        """Freeze the draft into the next version and make it live."""
+        if not isinstance(note, str) or len(note) > MAX_NOTE or CONTROL.search(note):
+            raise ContainerError([FieldError("note", f"a string of at most {MAX_NOTE} "
+                                             "characters without control characters")])
+        with self._lock:
+            draft = self.draft(site_id)
+            check(draft.document, origins)
+            self._check_tag_path_free(site_id, draft.document)
+            text = orjson.dumps(draft.document).decode()
+            publish_id = str(uuid.uuid4())
+            number = self._max_version(site_id) + 1
+            for _ in range(10):
+                stamp = self._stamp()
+                self._insert("container_versions", {
+                    "site_id": site_id, "version": number, "document": text,
+                    "policy_hash": draft.policy,
+                    "tag_path": resolved_tag_path(draft.document, site_id),
+                    "note": note, "publish_id": publish_id,
+                    "created_at": _ch_time(stamp),
+                })
+                # Another process may have published the same number at the same moment:
+                # the first row is that version; the other publisher takes the next number.
+                winner = self.store.rows(
+                    "SELECT publish_id FROM tagwerk.container_versions "
+                    "WHERE site_id = {site:String} AND version = {v:UInt32} "
+                    "ORDER BY created_at, publish_id LIMIT 1", {"site": site_id, "v": number})
+                if winner and winner[0]["publish_id"] == publish_id:
+                    break
+                number = self._max_version(site_id) + 1
+                publish_id = str(uuid.uuid4())
+            else:  # pragma: no cover - ten lost races in a row
+                raise StorageError("could not publish: concurrent publishes kept winning")
+            self._release(site_id, number, "publish", note)
+            return Version(site_id, number, draft.policy, note, _iso(_ch_time(stamp)), True)
+
+    def rollback(self, site_id: str, version: int, note: str = "") -> Version:
+        """Make an earlier version live again (a new release; the version is unchanged)."""
+        with self._lock:
+            found = self.version(site_id, version)
+            if found is None:
+                raise NotFound(f"site {site_id!r} has no version {version}")
+            self._release(site_id, version, "rollback", note)
+            return Version(site_id, version, found.policy, found.note, found.created_at, True)
+
+    def _release(self, site_id: str, version: int, action: str, note: str) -> None:
+        self._insert("container_releases", {
+            "site_id": site_id, "version": version, "action": action, "note": note,
+            "release_id": str(uuid.uuid4()), "released_at": _ch_time(self._stamp()),
+        })
+        self.invalidate(site_id)
+
+    def _max_version(self, site_id: str) -> int:
+        rows = self.store.rows(
+            "SELECT max(version) AS v FROM tagwerk.container_versions "
+            "WHERE site_id = {site:String}", {"site": site_id})
+        return int(rows[0]["v"]) if rows else 0
+
+    def live_version(self, site_id: str) -> int | None:
+        """The live version number (not cached); None before the first publish."""
+        rows = self.store.rows(
+            "SELECT version FROM tagwerk.container_releases WHERE site_id = {site:String} "
+            "ORDER BY released_at DESC, release_id DESC LIMIT 1", {"site": site_id})
+        return int(rows[0]["version"]) if rows else None
+
+    def versions(self, site_id: str) -> list[Version]:
+        live = self.live_version(site_id)
+        rows = self.store.rows(
+            "SELECT version, policy_hash, note, created_at FROM tagwerk.container_versions "
+            "WHERE site_id = {site:String} ORDER BY version, created_at, publish_id "
+            "LIMIT 1 BY version", {"site": site_id})
+        return [Version(site_id, int(r["version"]), r["policy_hash"], r["note"],
+                        _iso(r["created_at"]), int(r["version"]) == live) for r in rows]
+
+    def version(self, site_id: str, version: int) -> Version | None:
+        if isinstance(version, bool) or not isinstance(version, int) or \
+                not 1 <= version <= MAX_VERSION:
+            return None
+        rows = self.store.rows(
+            "SELECT version, document, policy_hash, note, created_at "
+            "FROM tagwerk.container_versions "
+            "WHERE site_id = {site:String} AND version = {v:UInt32} "
+            "ORDER BY created_at, publish_id LIMIT 1", {"site": site_id, "v": version})
+        if not rows:
+            return None
+        r = rows[0]
+        return Version(site_id, version, r["policy_hash"], r["note"], _iso(r["created_at"]),
+                       self.live_version(site_id) == version, orjson.loads(r["document"]))
+
+    def releases(self, site_id: str) -> list[dict[str, Any]]:
+        """The release history, oldest first."""
+        rows = self.store.rows(
+            "SELECT version, action, note, released_at FROM tagwerk.container_releases "
+            "WHERE site_id = {site:String} ORDER BY released_at, release_id", {"site": site_id})
+        return [{"version": int(r["version"]), "action": r["action"], "note": r["note"],
+                 "released_at": _iso(r["released_at"])} for r in rows]
+
+    # -- what is served
+
+    def _fresh(self) -> bool:
+        """Forget the cached containers when any draft or release changed anywhere: one
+        small query per ``ttl`` for all sites. False while ClickHouse cannot be asked (the
+        cache is served as it is)."""
+        if time.monotonic() < self._checked_until:
+            return True
+        with self._fresh_lock:
+            if time.monotonic() < self._checked_until:
+                return True
+            try:
+                rows = self.store.rows(
+                    "SELECT (SELECT (toString(max(released_at)), count()) "
+                    "FROM tagwerk.container_releases) AS releases, "
+                    "(SELECT (toString(max(updated_at)), count()) "
+                    "FROM tagwerk.container_drafts) AS drafts")
+            except StorageError:
+                self._checked_until = time.monotonic() + self.ttl
+                return False
+            generation = orjson.dumps(rows)
+            if generation != self._generation:
+                self._forget()
+                self._generation = generation
+            self._checked_until = time.monotonic() + self.ttl
+            return True
+
+    def live(self, site_id: str) -> Live:
+        """The live container (cached); the draft or default before the first publish.
+        While ClickHouse is unreachable, the last one seen is served."""
+        self._fresh()
+        cached = self._live.get(site_id)
+        if cached is not None:
+            return cached
+        epoch = self._epoch
+        live = self._load_live(site_id)
+        if epoch == self._epoch:  # else it may have been read before a change: do not keep
+            self._live[site_id] = live
+            self._known[site_id] = live
+        return live
+
+    def last_known(self, site_id: str) -> Live | None:
+        """The last live container loaded for the site, however old (no I/O)."""
+        return self._known.get(site_id)
+
+    def cached_live(self, site_id: str) -> Live | None:
+        """The live container if it is in memory and fresh (no I/O)."""
+        if time.monotonic() >= self._checked_until:
+            return None
+        return self._live.get(site_id)
+
+    def _load_live(self, site_id: str) -> Live:
+        number = self.live_version(site_id)
+        if number is not None:
+            rows = self.store.rows(
+                "SELECT document, policy_hash FROM tagwerk.container_versions "
+                "WHERE site_id = {site:String} AND version = {v:UInt32} "
+                "ORDER BY created_at, publish_id LIMIT 1", {"site": site_id, "v": number})
+            if rows:
+                text = rows[0]["document"]
+                return Live(site_id, number, normalize(orjson.loads(text)),
+                            rows[0]["policy_hash"], _digest(text))
+        draft = self.draft(site_id)
+        text = orjson.dumps(draft.document)
+        return Live(site_id, 0, normalize(draft.document), draft.policy, _digest(text))
+
+    def invalidate(self, site_id: str) -> None:
+        self._forget()
+
+    def _forget(self) -> None:
+        self._epoch += 1
+        self._live.clear()
+        self._paths = None
+
+    def cached_tag_paths(self) -> dict[str, str] | None:
+        """``custom_tag_paths()`` if it is in memory and fresh (no I/O)."""
+        if time.monotonic() >= self._checked_until:
+            return None
+        return self._paths
+
+    def custom_tag_paths(self) -> dict[str, str]:
+        """Custom tag paths of the containers being served: path -> site id (cached)."""
+        self._fresh()
+        paths = self._paths
+        if paths is None:
+            with self._paths_lock:
+                paths = self._paths
+                if paths is None:
+                    epoch = self._epoch
+                    paths = self._load_paths()
+                    if epoch == self._epoch:
+                        self._paths = paths
+        return paths
+
+    def _load_paths(self) -> dict[str, str]:
+        rows = self.store.rows(
+            "SELECT r.site_id AS site_id, v.tag_path AS tag_path FROM "
+            "(SELECT site_id, argMax(version, (released_at, release_id)) AS version "
+            " FROM tagwerk.container_releases GROUP BY site_id) AS r "
+            "INNER JOIN "
+            "(SELECT site_id, version, argMin(tag_path, (created_at, publish_id)) AS tag_path "
+            " FROM tagwerk.container_versions GROUP BY site_id, version) AS v "
+            "ON r.site_id = v.site_id AND r.version = v.version "
+            "WHERE v.tag_path != '' "
+            "UNION ALL "
+            "SELECT site_id, tag_path FROM tagwerk.container_drafts FINAL "
+            "WHERE tag_path != '' AND site_id NOT IN "
+            "(SELECT site_id FROM tagwerk.container_releases)")
+        paths: dict[str, str] = {}
+        for row in sorted(rows, key=lambda r: r["site_id"]):
+            paths.setdefault(row["tag_path"], row["site_id"])  # a clash: the first site wins
+        return paths
+
+    def _check_tag_path_free(self, site_id: str, document: Mapping[str, Any]) -> None:
+        path = resolved_tag_path(document, site_id)
+        if not path:
+            return
+        owner = self._load_paths().get(path, site_id)
+        if owner != site_id:
+            raise ContainerError([FieldError(
+                "settings.tag_path", f"{path!r} is already the tag path of site {owner!r}")])
+
+
+def _ch_time(moment: dt.datetime) -> str:
+    """A UTC time as ClickHouse reads it in JSONEachRow: ``2026-01-02 03:04:05.678``."""
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:23]
