@@ -11,6 +11,7 @@ import os
 import sys
 import threading
 from pathlib import Path
+from urllib.parse import urlencode
 
 from collector.config import Settings, load_settings
 from collector.storage import StorageError, Store, open_store
@@ -88,7 +89,13 @@ def _container_parser(commands) -> None:
     actions.add_parser("versions", help="list the published versions and which one is live")
     show = actions.add_parser("show", help="print the draft (or a version) as JSON")
     show.add_argument("--version", type=int, help="a published version instead of the draft")
-    for action in (push, publish, rollback, show, actions.choices["versions"]):
+    preview = actions.add_parser("preview", help="print a link that shows the draft on the "
+                                 "site to whoever opens it (with the debug overlay)")
+    preview.add_argument("--url", required=True, help="the page of the site to open")
+    preview.add_argument("--minutes", type=int, default=60, help="how long the link works")
+    preview.add_argument("--collector", help="the collector's public URL (default: "
+                         "http://HOST:PORT of this configuration)")
+    for action in (push, publish, rollback, show, preview, actions.choices["versions"]):
         _common(action)
         action.add_argument("--site", required=True, help="the site id")
 
@@ -274,7 +281,7 @@ def site_create(settings: Settings, args: argparse.Namespace) -> int:
 def container_command(settings: Settings, args: argparse.Namespace) -> int:
     import orjson
 
-    from collector.containers import ContainerError, Containers, NotFound
+    from collector.containers import ContainerError, Containers, NotFound, Previews
     from collector.migrations import migrate
     from collector.sites import Sites
 
@@ -309,6 +316,15 @@ def container_command(settings: Settings, args: argparse.Namespace) -> int:
             print(f"version {version.version} of {site.site_id} is live again")
         elif action == "versions":
             _print_versions(containers.versions(site.site_id))
+        elif action == "preview":
+            if not site.has_page(args.url):
+                raise ValueError(f"--url must be a page on one of the site's origins "
+                                 f"({', '.join(site.origins) or 'none'})")
+            token, expires = Previews(store).create(site.site_id, args.minutes)
+            base = (args.collector or f"http://{settings.host}:{settings.port}").rstrip("/")
+            print(f"{base}/t/preview?{urlencode({'token': token, 'to': args.url})}")
+            print(f"valid until {expires.isoformat(timespec='seconds')}; "
+                  f"end it with {base}/t/preview?end=1", file=sys.stderr)
         elif args.version is not None:
             found = containers.version(site.site_id, args.version)
             if found is None:

@@ -17,6 +17,7 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import urlencode
 
 import orjson
 from starlette.concurrency import run_in_threadpool
@@ -212,7 +213,24 @@ async def version(request: Request, collector: Collector, site: Site) -> Respons
     return _json(found.as_dict())
 
 
+@admin
+async def preview(request: Request, collector: Collector, site: Site) -> Response:
+    """A link that shows the draft on the site itself, to the browser that opens it."""
+    data = _fields(await _body(request, required=False), ("minutes", "url"))
+    url = data.get("url", site.origins[0] if site.origins and site.origins[0] != "*" else "")
+    if not isinstance(url, str) or not url or not site.has_page(url):
+        raise ApiError(400, "'url' must be a page on one of the site's origins, e.g. "
+                       "https://shop.example/", "url")
+    token, expires = await run_in_threadpool(collector.previews.create, site.site_id,
+                                             data.get("minutes", 60))
+    base = f"{request.url.scheme}://{request.headers.get('host', '')}"
+    link = f"{base}/t/preview?" + urlencode({"token": token, "to": url})
+    return _json({"site": site.site_id, "link": link, "expires_at": expires.isoformat(),
+                  "end": f"{base}/t/preview?end=1"}, 201)
+
+
 ROUTES = [
+    Route(PREFIX + "/preview", preview, methods=["POST"]),
     Route(PREFIX, container, methods=["GET", "PUT"]),
     Route(PREFIX + "/publish", publish, methods=["POST"]),
     Route(PREFIX + "/rollback", rollback, methods=["POST"]),

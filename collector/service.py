@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from collector.config import Settings
-from collector.containers import Containers
+from collector.containers import Containers, Previews
 from collector.flusher import Flusher
 from collector.geo import GeoIP
 from collector.metrics import Metrics
@@ -38,6 +38,7 @@ class Collector:
         self.geo = GeoIP(settings.geoip_db)
         self.sites = Sites(self.store, settings.data_dir / "sites.json")
         self.containers = Containers(self.store)
+        self.previews = Previews(self.store)
         self.spool = Spool(settings.spool_dir, settings.spool_segment_bytes,
                            settings.spool_max_bytes)
         self.flusher = Flusher(self.spool, self.store, self.metrics,

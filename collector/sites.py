@@ -47,6 +47,18 @@ class Site:
         """Exact origins, ``*``, or ``https://*.shop.example`` for any subdomain."""
         return any(p.fullmatch(origin) for p in self._patterns)
 
+    def has_page(self, url: str) -> bool:
+        """Whether ``url`` is a page on one of the site's own origins (``*`` does not count):
+        the only places a link of ours may send a browser."""
+        try:
+            parts = urlsplit(url)
+        except ValueError:
+            return False
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.username:
+            return False
+        origin = f"{parts.scheme}://{parts.netloc.lower()}"
+        return "*" not in self.origins and self.allows_origin(origin)
+
     def key_matches(self, kind: str, key: str) -> bool:
         stored = getattr(self, f"{kind}_key_hash")
         return bool(stored) and hmac.compare_digest(stored, hash_key(key))

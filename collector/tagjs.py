@@ -143,6 +143,15 @@ def respond_asset(request: Request, asset: Asset, extra: dict[str, str] | None =
     return Response(body, headers=headers, media_type=asset.media)
 
 
+PREVIEW_COOKIE = "tw_preview"
+
+
+def _preview_cookie(token: str, max_age: int, secure: bool) -> str:
+    # Sent only to the tag paths; the token itself expires on the server side.
+    return (f"{PREVIEW_COOKIE}={token}; Path=/t/; Max-Age={max_age}; HttpOnly; SameSite=Lax"
+            f"{'; Secure' if secure else ''}")
+
+
 def _error(status: int, message: str) -> Response:
     return Response(orjson.dumps({"error": message}), status,
                     {"Cache-Control": "no-store"}, media_type="application/json")
@@ -225,7 +234,11 @@ class TagServer:
         site = await self._site(site_id)
         if site is None:
             return _error(404, f"unknown site {site_id[:64]!r}")
-        live = await self._live(site_id)
+        preview = await self._previewing(request, site_id)
+        if preview:
+            live = await run_in_threadpool(self.collector.containers.draft_live, site_id)
+        else:
+            live = await self._live(site_id)
         if live is None:
             return _error(503, "the container cannot be read now; try again")
         bundle = self.dist.read("tag.js")
@@ -244,7 +257,51 @@ class TagServer:
             return Asset.build(data.replace(PLACEHOLDER, js_json(config), 1), JS)
 
         key = ("tag", site_id, live.version, live.digest, digest, base, tuple(assets.values()))
+        if preview:  # the draft, for the browser holding the link: never cached anywhere
+            return respond_asset(request, build(), {"Cache-Control": "private, no-store"})
         return respond_asset(request, await self._asset(key, build))
+
+    async def _previewing(self, request: Request, site_id: str) -> bool:
+        token = request.cookies.get(PREVIEW_COOKIE)
+        if not token:
+            return False
+        try:
+            found = await run_in_threadpool(self.collector.previews.site_of, token)
+        except StorageError:
+            return False
+        return found == site_id
+
+    async def start_preview(self, request: Request) -> Response:
+        """``GET /t/preview?token=...&to=URL``: the preview link. Sets the preview cookie for
+        the collector's /t/ paths and sends the browser to ``to``, a page of the site, with
+        the debug overlay on. ``end=1`` ends the preview."""
+        params = request.query_params
+        secure = self._base(request).startswith("https://")
+        if params.get("end"):
+            return Response(b"preview ended\n", headers={
+                "Set-Cookie": _preview_cookie("", 0, secure), "Clear-Site-Data": '"cache"',
+                "Cache-Control": "no-store"}, media_type="text/plain")
+        token, target = params.get("token", ""), params.get("to", "")
+        try:
+            site_id = await run_in_threadpool(self.collector.previews.site_of, token)
+        except StorageError:
+            return _error(503, "previews cannot be checked now; try again")
+        site = await self._site(site_id) if site_id else None
+        if site is None:
+            return _error(404, "no such preview, or it has expired")
+        if not site.has_page(target):
+            # Only pages of the site itself: the link must not be an open redirect.
+            return _error(400, "'to' must be a page on one of the site's origins")
+        separator = "&" if "?" in target.split("#")[0] else "?"
+        head, _, fragment = target.partition("#")
+        location = head + separator + "tagwerk_debug=1" + ("#" + fragment if fragment else "")
+        return Response(status_code=303, headers={
+            "Location": location,
+            "Set-Cookie": _preview_cookie(token, self.collector.previews.MAX_MINUTES * 60, secure),
+            # The browser may hold the live tag for max-age: drop it, so the draft shows now.
+            "Clear-Site-Data": '"cache"',
+            "Cache-Control": "no-store",
+        })
 
     # -- parts
 
@@ -379,7 +436,12 @@ async def stylesheet(request: Request) -> Response:
     return await _server(request).static(request, name)
 
 
+async def preview(request: Request) -> Response:
+    return await _server(request).start_preview(request)
+
+
 ROUTES = [
+    Route("/t/preview", preview, methods=["GET"]),
     Route("/t/{name}.css", stylesheet, methods=["GET"]),
     Route("/t/{name}.js", tag_js, methods=["GET"]),
 ]

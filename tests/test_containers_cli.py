@@ -105,3 +105,19 @@ def test_container_commands(server, tmp_path, capsys):
 def test_demo_site_serves_its_container(server):
     config = live_config(server, "demo")
     assert config["version"] == 1 and config["site"] == "demo"
+
+
+def test_preview_link(server):
+    site = "cli-preview"
+    tagwerk("site", "create", site, "--origin", "https://shop.example",
+            "--data-dir", str(server.data_dir))
+    out = tagwerk("container", "preview", "--site", site, "--url", "https://shop.example/p",
+                  "--collector", server.url, "--data-dir", str(server.data_dir))
+    link = out.stdout.strip()
+    assert link.startswith(f"{server.url}/t/preview?token=twp_")
+    opened = httpx.get(link, follow_redirects=False)
+    assert opened.status_code == 303
+    assert opened.headers["location"] == "https://shop.example/p?tagwerk_debug=1"
+    bad = tagwerk("container", "preview", "--site", site, "--url", "https://evil.example/",
+                  "--data-dir", str(server.data_dir), check=False)
+    assert bad.returncode == 2 and "origins" in bad.stderr

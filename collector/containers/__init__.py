@@ -27,6 +27,7 @@ from collector.containers.schema import (
 from collector.containers.store import (
     Containers,
     Live,
+    Previews,
 )
 from collector.containers.validate import (
     check,
@@ -41,6 +42,7 @@ __all__ = [
     "MAX_DOCUMENT_BYTES",
     "MAX_VERSION",
     "NotFound",
+    "Previews",
     "check",
     "container_policy_hash",
     "default_container",

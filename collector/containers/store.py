@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import secrets
 import threading
 import time
 import uuid
@@ -304,6 +305,12 @@ class Containers:
         text = orjson.dumps(draft.document)
         return Live(site_id, 0, normalize(draft.document), draft.policy, _digest(text))
 
+    def draft_live(self, site_id: str) -> Live:
+        """The draft in the served form, for a preview link (not cached: it is being edited)."""
+        draft = self.draft(site_id)
+        text = orjson.dumps(draft.document)
+        return Live(site_id, 0, normalize(draft.document), draft.policy, _digest(text))
+
     def invalidate(self, site_id: str) -> None:
         self._forget()
 
@@ -359,6 +366,57 @@ class Containers:
         if owner != site_id:
             raise ContainerError([FieldError(
                 "settings.tag_path", f"{path!r} is already the tag path of site {owner!r}")])
+
+
+class Previews:
+    """Preview links for drafts: an unguessable token, stored as its SHA-256, valid until it
+    expires. Whoever holds the link sees the site's draft container; minting one needs the
+    admin key (container_api.py)."""
+
+    MAX_MINUTES = 24 * 60
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._valid: dict[str, tuple[str, float]] = {}  # token hash -> (site, expiry), cached
+
+    def create(self, site_id: str, minutes: int = 60) -> tuple[str, dt.datetime]:
+        if isinstance(minutes, bool) or not isinstance(minutes, int) or not (
+            1 <= minutes <= self.MAX_MINUTES
+        ):
+            raise ContainerError([FieldError(
+                "minutes", f"a whole number of minutes from 1 to {self.MAX_MINUTES}")])
+        token = "twp_" + secrets.token_urlsafe(24)
+        now = dt.datetime.now(dt.UTC)
+        expires = now + dt.timedelta(minutes=minutes)
+        self.store.insert("tagwerk.container_previews", orjson.dumps({
+            "site_id": site_id, "token_hash": _token_hash(token),
+            "expires_at": _ch_time(expires), "created_at": _ch_time(now),
+        }) + b"\n")
+        return token, expires
+
+    def site_of(self, token: str) -> str | None:
+        """The site a valid, unexpired token previews, or None."""
+        if not token.startswith("twp_") or len(token) > 64:
+            return None
+        digest = _token_hash(token)
+        cached = self._valid.get(digest)
+        if cached is not None and cached[1] > time.time():
+            return cached[0]
+        rows = self.store.rows(
+            "SELECT site_id, toUnixTimestamp64Milli(expires_at) AS expires "
+            "FROM tagwerk.container_previews WHERE token_hash = {h:String} "
+            "AND expires_at > now64(3) ORDER BY expires_at DESC LIMIT 1", {"h": digest})
+        if not rows:
+            return None
+        site_id, expires = rows[0]["site_id"], int(rows[0]["expires"]) / 1000
+        if len(self._valid) > 10_000:
+            self._valid.clear()
+        self._valid[digest] = (site_id, expires)
+        return site_id
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def _ch_time(moment: dt.datetime) -> str:
