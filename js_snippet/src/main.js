@@ -32,7 +32,7 @@ export var start = (C) => {
     M = {}, // the dataLayer model
     H = {}, // tags held for consent on this page: id -> [tag, trigger id]
     X = {}, // script tags inserted on this document
-    N = (d.currentScript || {}).nonce,
+    N = (d.currentScript || {}).nonce || "", // "" without CSP
     EP = new URL(C.endpoint, L),
     gpc = !!nv.globalPrivacyControl,
     ref = d.referrer, // sent with the first page view only
@@ -59,7 +59,7 @@ export var start = (C) => {
       u &&
       (((s = d.createElement("script")).src = new URL(u, EP)),
       (s.async = 1),
-      (s.nonce = N || ""),
+      (s.nonce = N),
       d.head.appendChild(s)),
     // One event: the common fields, the session (only with analytics), then the queue.
     ev = (o, s, t) => {
@@ -110,7 +110,7 @@ export var start = (C) => {
           ? X[g.id] || (X[g.id] = load(u))
           : t == "html" &&
             ((t = d.createRange().createContextualFragment(g.html)),
-            t.querySelectorAll("script").forEach((s) => (s.nonce = N || "")),
+            t.querySelectorAll("script").forEach((s) => (s.nonce = N)),
             d.body.appendChild(t));
     },
     sig = (s) => select(K, C.tags, s, val).forEach(T((x) => fire(...x))),
@@ -160,7 +160,7 @@ export var start = (C) => {
                     ? banner()
                     : x == "banner"
                       ? (B = y) && 0
-                      : x == "state" && { ...C, endpoint: "" + EP, granted: { ...G }, decided: D, gpc, nonce: N || "" })
+                      : x == "state" && { ...C, endpoint: "" + EP, granted: { ...G }, decided: D, gpc, nonce: N })
     ),
     // A dataLayer entry. m: 1 = history before the page view (model and consent only),
     // 2 = history after it (model and events), undefined = a live push (everything).
@@ -230,8 +230,7 @@ export var start = (C) => {
       )));
   });
 
-  setup(EP, C.site);
-  persist(G.analytics);
+  setup(EP, C.site, G.analytics);
   /[?&]tagwerk_debug=1/.test(L.search) && cm(["debug", 1]);
 
   (w.tagwerk = (...a) => cm(a)).x = 1; // x: this page has a running tag

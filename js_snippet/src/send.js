@@ -9,6 +9,11 @@
 //   A resend after a lost answer repeats the event_id, which the collector drops;
 // - the queue is bounded (200 events, the oldest go first) and kept in localStorage `tw_q`
 //   only while analytics is granted (persist(true)), in memory otherwise.
+// Main-thread cost: the first localStorage access of a page is a synchronous load of the
+// origin's storage (milliseconds), so nothing touches it while the page loads. `tw_q` is read
+// once, at the first flush (1 s after setup, or pagehide; or a withdrawal of analytics), its
+// events go before this page's; it is written once per flush outcome (answered, failed, page
+// hidden), not per event.
 import { T } from "./util.js";
 
 var Q = [], // waiting events, oldest first
@@ -16,11 +21,15 @@ var Q = [], // waiting events, oldest first
   R = 0, // failures in a row
   tm, // the pending flush timer
   P, // keep the queue in localStorage
+  LD, // tw_q has been read
   EP,
   SITE,
-  save = () => {
+  // save(): read tw_q once, the first time (the stored events, an earlier page's, go before
+  // this page's; no fetch is in flight yet then, so F stays right); save(1): then write it.
+  save = (w) => {
     try {
-      P ? (localStorage.tw_q = JSON.stringify(Q)) : delete localStorage.tw_q;
+      LD || ((LD = 1), (Q = [...JSON.parse(localStorage.tw_q || "[]"), ...Q].slice(-200)));
+      w && (P ? (localStorage.tw_q = JSON.stringify(Q)) : delete localStorage.tw_q);
     } catch (e) {}
   },
   later = (ms) => {
@@ -28,44 +37,42 @@ var Q = [], // waiting events, oldest first
     tm = setTimeout(T(flush), ms);
   },
   sched = () => tm || later(1e3),
-  done = (b) => {
-    Q = Q.filter((e) => !b.includes(e));
-    save();
-  },
+  rm = (b) => (Q = Q.filter((e) => !b.includes(e))),
   body = (b) => JSON.stringify({ site: SITE, events: b });
 
 export var queue = () => Q;
 
 export var backoff = (n) => Math.min(6e4, 1e3 * 2 ** n);
 
+// Granting only sets the mode (the next flush writes); withdrawing removes the stored copy at
+// once (after taking its events into memory).
 export var persist = (on) => {
   P = on;
-  save();
+  (LD || !on) && save(1);
 };
 
-export var setup = (ep, site) => {
+// p: analytics granted at start. Storage is left alone until the first flush (1 s).
+export var setup = (ep, site, p) => {
   EP = ep;
   SITE = site;
-  try {
-    Q = JSON.parse(localStorage.tw_q) || [];
-  } catch (e) {}
-  Q[0] && sched();
+  P = p;
+  sched();
 };
 
 export var add = (e) => {
-  Q.push(e);
-  Q.splice(0, Q.length - 200);
-  save();
+  Q = [...Q, e].slice(-200);
   Q.length - F > 9 && !R ? flush() : sched();
 };
 
 export var flush = (hide, b) => {
   clearTimeout(tm);
   tm = 0;
-  if (hide)
-    // The page goes away: hand everything not in flight to the browser.
-    while ((b = Q.slice(F, F + 20))[0] && navigator.sendBeacon(EP, body(b))) done(b);
-  else if (!F && (b = Q.slice(0, 20))[0]) {
+  save();
+  if (hide) {
+    // The page goes away: hand everything not in flight to the browser, store the rest.
+    while ((b = Q.slice(F, F + 20))[0] && navigator.sendBeacon(EP, body(b))) rm(b);
+    save(1);
+  } else if (!F && (b = Q.slice(0, 20))[0]) {
     fetch(EP, { method: "POST", body: body(b), keepalive: true, credentials: "include" })
       .then(
         (r) => (r = r.status) < 500 && r != 408 && r != 429,
@@ -73,7 +80,8 @@ export var flush = (hide, b) => {
       )
       .then((ok) => {
         F = 0;
-        ok ? ((R = 0), done(b), Q[0] && sched()) : later(backoff(R++));
+        ok ? ((R = 0), rm(b), Q[0] && sched()) : later(backoff(R++));
+        save(1);
       });
     F = b.length; // after fetch(): if it threw, nothing is in flight
   }

@@ -146,25 +146,57 @@ test("a refused beacon keeps the events", async () => {
 });
 
 test("the queue is bounded: 200 events, the oldest go first", async () => {
-  const s = await fresh({ status: "offline" });
+  const s = await fresh({ status: "offline", beacon: false });
   s.persist(true);
   for (let i = 0; i < 250; i++) s.add(ev(i));
   assert.equal(s.queue().length, 200);
   assert.equal(s.queue()[0].event_id, "id-50");
+  s.flush(true); // the page goes: the beacon is refused, the queue is stored
   assert.equal(JSON.parse(localStorage.tw_q).length, 200);
 });
 
 test("localStorage only with analytics consent, memory otherwise", async () => {
   const s = await fresh({ status: "offline" });
   s.add(ev(1));
+  mock.timers.tick(1000);
+  await settle();
   assert.equal(localStorage.tw_q, undefined);
   s.persist(true);
-  assert.deepEqual(ids(JSON.parse(localStorage.tw_q)), ["id-1"]);
   s.add(ev(2));
+  mock.timers.tick(1000); // the retry fails too; its outcome writes once
+  await settle();
   assert.deepEqual(ids(JSON.parse(localStorage.tw_q)), ["id-1", "id-2"]);
   s.persist(false); // consent withdrawn: the stored copy goes
   assert.equal(localStorage.tw_q, undefined);
   assert.deepEqual(ids(s.queue()), ["id-1", "id-2"]);
+});
+
+test("no storage access while the page loads; tw_q read once, written once per flush", async () => {
+  const s = await fresh({ stored: [ev(7)] });
+  const log = [];
+  const store = { tw_q: JSON.stringify([ev(7)]) };
+  globalThis.localStorage = new Proxy(store, {
+    get: (t, k) => (log.push("get"), t[k]),
+    set: (t, k, v) => (log.push("set"), (t[k] = v), true),
+    deleteProperty: (t, k) => (log.push("delete"), delete t[k]),
+  });
+  s.persist(true);
+  for (let i = 0; i < 5; i++) s.add(ev(i));
+  assert.deepEqual(log, []);
+  mock.timers.tick(1000);
+  await settle();
+  assert.deepEqual(ids(net.fetches[0].body.events), ["id-7", "id-0", "id-1", "id-2", "id-3", "id-4"]);
+  assert.deepEqual(log, ["get", "set"]);
+  assert.deepEqual(JSON.parse(store.tw_q), []);
+});
+
+test("pagehide before the first flush sends the stored events and this page's", async () => {
+  const s = await fresh({ stored: [ev(7)], beacon: true });
+  s.add(ev(1));
+  s.flush(true);
+  assert.deepEqual(ids(net.beacons[0].events), ["id-7", "id-1"]);
+  assert.equal(localStorage.tw_q, undefined); // without analytics nothing is kept
+  assert.deepEqual(s.queue(), []);
 });
 
 test("a stored queue from an earlier page is sent again (the collector drops repeats)", async () => {

@@ -408,6 +408,8 @@ test("withdrawing analytics drops the session, the user id and the stored queue"
   const b = load(container(), { cookies: ANALYTICS, fetchStatus: "offline" });
   b.run("tagwerk('identify','C-1')");
   assert.ok(b.w.sessionStorage.tw_s);
+  assert.equal(b.w.localStorage.tw_q, undefined); // written by the first flush, not per event
+  await b.clock.advance(1000);
   assert.equal(JSON.parse(b.w.localStorage.tw_q).length, 2);
   b.run("tagwerk('consent','update',{analytics:false})");
   assert.equal(b.w.sessionStorage.tw_s, undefined);
