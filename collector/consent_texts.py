@@ -26,16 +26,13 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import orjson
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from collector.containers import Live
 from collector.service import Collector
-from collector.sites import SITE_ID
-from collector.storage import StorageError
-from collector.tagjs import Asset, respond_asset
+from collector.tagjs import Asset, error, respond_asset
 
 log = logging.getLogger("tagwerk.consent_texts")
 
@@ -149,9 +146,7 @@ def texts_for(consent: Mapping[str, Any], lang: str) -> dict[str, Any]:
 
 
 def _error(status: int, message: str) -> Response:
-    return Response(orjson.dumps({"error": message}), status,
-                    {"Cache-Control": "no-store", "Access-Control-Allow-Origin": "*"},
-                    media_type="application/json")
+    return error(status, message, {"Access-Control-Allow-Origin": "*"})
 
 
 class ConsentTexts:
@@ -180,31 +175,17 @@ class ConsentTexts:
 _TEXTS = ConsentTexts()
 
 
-async def _known(collector: Collector, site_id: str) -> bool:
-    if not SITE_ID.match(site_id):
-        return False
-    sites = collector.sites
-    if sites.get(site_id) is None:
-        await run_in_threadpool(sites.refresh)
-    return sites.get(site_id) is not None
-
-
 async def consent_json(request: Request) -> Response:
     collector: Collector = request.app.state.collector
     site_id = request.path_params["site"]
     lang = request.query_params.get("lang")
     if lang is not None and (len(lang) > MAX_LANG or not LANG.match(lang)):
         return _error(400, "lang: not a language tag such as 'en', 'de' or 'de-AT'")
-    if not await _known(collector, site_id):
+    if await collector.sites.find(site_id) is None:
         return _error(404, f"unknown site {site_id[:64]!r}")
-    containers = collector.containers
-    live = containers.cached_live(site_id)
+    live = await collector.containers.served(site_id)
     if live is None:
-        try:
-            live = await run_in_threadpool(containers.live, site_id)
-        except StorageError as exc:
-            log.warning("cannot read the container of %s: %s", site_id, exc)
-            return _error(503, "the container cannot be read now; try again")
+        return _error(503, "the container cannot be read now; try again")
     texts = live.document["consent"].get("texts") or {}
     chosen = negotiate(lang, request.headers.get("accept-language", ""), texts)
     asset = _TEXTS.asset(live, chosen)

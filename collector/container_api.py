@@ -28,7 +28,7 @@ from starlette.routing import Route
 from collector import http
 from collector.containers import MAX_DOCUMENT_BYTES, MAX_VERSION, ContainerError, NotFound
 from collector.service import Collector
-from collector.sites import SITE_ID, Site
+from collector.sites import Site
 from collector.storage import StorageError
 
 log = logging.getLogger("tagwerk.api")
@@ -86,12 +86,7 @@ def admin(endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]]:
 
 async def _admin_site(request: Request, collector: Collector) -> Site:
     site_id = request.path_params["site"]
-    site = None
-    if SITE_ID.match(site_id):
-        site = collector.sites.get(site_id)
-        if site is None:
-            await run_in_threadpool(collector.sites.refresh)
-            site = collector.sites.get(site_id)
+    site = await collector.sites.find(site_id)
     if site is None:
         raise ApiError(404, f"unknown site {site_id[:64]!r}", "site")
     scheme, _, value = request.headers.get("authorization", "").partition(" ")

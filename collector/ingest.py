@@ -13,7 +13,6 @@ from typing import Any
 from urllib.parse import unquote_to_bytes
 
 import orjson
-from starlette.concurrency import run_in_threadpool
 from starlette.types import Send
 
 from collector import webconsent
@@ -188,10 +187,7 @@ async def spool(c: Collector, record: bytes) -> None:
 async def _site(c: Collector, site_id: Any) -> Site:
     if not isinstance(site_id, str) or not site_id:
         raise HTTPError(400, "'site' is required", "invalid", "site")
-    site = c.sites.get(site_id)
-    if site is None:
-        await run_in_threadpool(c.sites.refresh)
-        site = c.sites.get(site_id)
+    site = await c.sites.find(site_id)
     if site is None:
         raise HTTPError(404, f"unknown site {site_id[:64]!r}", "unknown_site", "site")
     return site
@@ -213,10 +209,7 @@ async def _authenticate(c: Collector, hit: Hit) -> Site:
     if not key:
         raise HTTPError(401, "send the site's write key as 'Authorization: Bearer KEY'", "auth",
                         headers={"WWW-Authenticate": 'Bearer realm="tagwerk"'})
-    site = c.sites.by_write_key(key)
-    if site is None:
-        await run_in_threadpool(c.sites.refresh)
-        site = c.sites.by_write_key(key)
+    site = await c.sites.find_by_write_key(key)
     if site is None:
         raise HTTPError(401, "invalid write key", "auth",
                         headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})

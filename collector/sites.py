@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import anyio.to_thread
 import orjson
 
 from collector.storage import StorageError, Store
@@ -158,6 +159,24 @@ class Sites:
 
     def get(self, site_id: str) -> Site | None:
         return self._sites.get(site_id)
+
+    async def find(self, site_id: str) -> Site | None:
+        """The site, reloading once (in a thread) when it is not known yet: it may have been
+        created a moment ago by another process. A malformed id is never looked up."""
+        if not SITE_ID.match(site_id):
+            return None
+        site = self._sites.get(site_id)
+        if site is None:
+            await anyio.to_thread.run_sync(self.refresh)
+            site = self._sites.get(site_id)
+        return site
+
+    async def find_by_write_key(self, key: str) -> Site | None:
+        site = self.by_write_key(key)
+        if site is None:
+            await anyio.to_thread.run_sync(self.refresh)
+            site = self.by_write_key(key)
+        return site
 
     def ids(self) -> list[str]:
         return list(self._sites)

@@ -35,7 +35,6 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from collector.containers import Live, resolved_tag_path
 from collector.service import Collector
-from collector.sites import SITE_ID, Site
 from collector.storage import StorageError
 
 log = logging.getLogger("tagwerk.tag")
@@ -152,9 +151,10 @@ def _preview_cookie(token: str, max_age: int, secure: bool) -> str:
             f"{'; Secure' if secure else ''}")
 
 
-def _error(status: int, message: str) -> Response:
+def error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    """A JSON error that no cache keeps."""
     return Response(orjson.dumps({"error": message}), status,
-                    {"Cache-Control": "no-store"}, media_type="application/json")
+                    {"Cache-Control": "no-store", **(headers or {})}, media_type="application/json")
 
 
 # -- the bundle directory ---------------------------------------------------------------------
@@ -225,30 +225,30 @@ class TagServer:
     async def static(self, request: Request, name: str) -> Response:
         found = self.dist.read(name)
         if found is None:
-            return _error(404, f"/t/{name} is not built")
+            return error(404, f"/t/{name} is not built")
         data, digest = found
         return respond_asset(request, await self._asset(
             ("static", name, digest), lambda: Asset.build(data, STATIC[name])))
 
     async def site_tag(self, request: Request, site_id: str) -> Response:
-        site = await self._site(site_id)
+        site = await self.collector.sites.find(site_id)
         if site is None:
-            return _error(404, f"unknown site {site_id[:64]!r}")
+            return error(404, f"unknown site {site_id[:64]!r}")
         preview = await self._previewing(request, site_id)
         if preview:
             live = await run_in_threadpool(self.collector.containers.draft_live, site_id)
         else:
-            live = await self._live(site_id)
+            live = await self.collector.containers.served(site_id)
         if live is None:
-            return _error(503, "the container cannot be read now; try again")
+            return error(503, "the container cannot be read now; try again")
         bundle = self.dist.read("tag.js")
         if bundle is None:
             log.error("the tag bundle is missing: %s", self.dist.directory / "tag.js")
-            return _error(503, "the tag bundle is not built (js_snippet/dist/tag.js)")
+            return error(503, "the tag bundle is not built (js_snippet/dist/tag.js)")
         data, digest = bundle
         if data.count(PLACEHOLDER) != 1:
             log.error("tag.js must contain %s exactly once", PLACEHOLDER.decode())
-            return _error(503, "the tag bundle is broken: no single config placeholder")
+            return error(503, "the tag bundle is broken: no single config placeholder")
         base = self._base(request)
         assets = self._asset_urls(base, site_id, live)
 
@@ -285,13 +285,13 @@ class TagServer:
         try:
             site_id = await run_in_threadpool(self.collector.previews.site_of, token)
         except StorageError:
-            return _error(503, "previews cannot be checked now; try again")
-        site = await self._site(site_id) if site_id else None
+            return error(503, "previews cannot be checked now; try again")
+        site = await self.collector.sites.find(site_id) if site_id else None
         if site is None:
-            return _error(404, "no such preview, or it has expired")
+            return error(404, "no such preview, or it has expired")
         if not site.has_page(target):
             # Only pages of the site itself: the link must not be an open redirect.
-            return _error(400, "'to' must be a page on one of the site's origins")
+            return error(400, "'to' must be a page on one of the site's origins")
         separator = "&" if "?" in target.split("#")[0] else "?"
         head, _, fragment = target.partition("#")
         location = head + separator + "tagwerk_debug=1" + ("#" + fragment if fragment else "")
@@ -304,27 +304,6 @@ class TagServer:
         })
 
     # -- parts
-
-    async def _site(self, site_id: str) -> Site | None:
-        if not SITE_ID.match(site_id):
-            return None
-        sites = self.collector.sites
-        site = sites.get(site_id)
-        if site is None:
-            await run_in_threadpool(sites.refresh)
-            site = sites.get(site_id)
-        return site
-
-    async def _live(self, site_id: str) -> Live | None:
-        containers = self.collector.containers
-        live = containers.cached_live(site_id)
-        if live is not None:
-            return live
-        try:
-            return await run_in_threadpool(containers.live, site_id)
-        except StorageError as exc:
-            log.warning("cannot read the container of %s: %s", site_id, exc)
-            return None
 
     def _base(self, request: Request) -> str:
         """The collector's public origin as the browser sees it, for the absolute URLs of the
@@ -432,7 +411,7 @@ async def tag_js(request: Request) -> Response:
 async def stylesheet(request: Request) -> Response:
     name = f"{request.path_params['name']}.css"
     if name not in STATIC:
-        return _error(404, "no such stylesheet")
+        return error(404, "no such stylesheet")
     return await _server(request).static(request, name)
 
 

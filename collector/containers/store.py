@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import logging
 import secrets
 import threading
 import time
@@ -12,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import anyio.to_thread
 import orjson
 
 from collector.containers.document import (
@@ -24,6 +26,8 @@ from collector.containers.errors import ContainerError, FieldError, NotFound
 from collector.containers.schema import CONTROL, LIVE_TTL, MAX_NOTE, MAX_VERSION
 from collector.containers.validate import check
 from collector.storage import StorageError, Store
+
+log = logging.getLogger("tagwerk.containers")
 
 # -- versions in ClickHouse -------------------------------------------------------------------
 
@@ -283,6 +287,18 @@ class Containers:
     def last_known(self, site_id: str) -> Live | None:
         """The last live container loaded for the site, however old (no I/O)."""
         return self._known.get(site_id)
+
+    async def served(self, site_id: str) -> Live | None:
+        """:meth:`live` for the event loop: from memory when fresh, else read in a thread;
+        None while ClickHouse cannot be read and nothing is cached."""
+        live = self.cached_live(site_id)
+        if live is not None:
+            return live
+        try:
+            return await anyio.to_thread.run_sync(self.live, site_id)
+        except StorageError as exc:
+            log.warning("cannot read the container of %s: %s", site_id, exc)
+            return None
 
     def cached_live(self, site_id: str) -> Live | None:
         """The live container if it is in memory and fresh (no I/O)."""
