@@ -132,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
 def serve(settings: Settings) -> int:
     import uvicorn
 
+    from collector import fasthttp
     from collector.app import create_app
     from collector.service import Collector
 
@@ -149,6 +150,7 @@ def serve(settings: Settings) -> int:
     config = uvicorn.Config(
         create_app(collector), host=settings.host, port=settings.port,
         log_level=settings.log_level, access_log=False, backlog=4096,
+        http=fasthttp.protocol_for(collector),  # GET /p.gif without the ASGI layer
         # X-Forwarded-For is believed only from the configured trusted proxies (clientip.py).
         proxy_headers=False,
         server_header=False,

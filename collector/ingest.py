@@ -95,21 +95,28 @@ async def collect_preflight(c: Collector, hit: Hit, send: Send) -> None:
 
 
 async def pixel(c: Collector, hit: Hit, send: Send) -> None:
-    """``GET /p.gif``: one hit in the query string; answers the GIF."""
+    """``GET /p.gif``: one hit in the query string; answers the GIF. GET without an
+    unknown site usually takes the fast path in ``fasthttp.py`` instead (same steps)."""
     head = hit.method == "HEAD"
     try:
         raw = _pixel_event(hit.query_string)
         site = await _site(c, raw.get("site"))
-        channel = raw.get("channel") if isinstance(raw.get("channel"), str) else "web"
-        ctx = _context(c, site, channel or "web", hit)
-        # Reads tw_id; mints and sets no cookie.
-        webconsent.read(hit, ctx, webconsent.site_web(c.containers, site.site_id))
-        await _accept(c, site, [(raw, ctx)], "pixel")
+        await _store(c, *pixel_record(c, hit, raw, site), "pixel")
     except HTTPError as exc:
         c.metrics.hits_rejected.inc("pixel", exc.reason)
-        await respond(send, exc.status, exc.body(), headers=PIXEL_HEADERS, head=head)
+        await respond(send, exc.status, exc.body(), headers={**PIXEL_HEADERS, **exc.headers},
+                      head=head)
         return
     await respond(send, 200, PIXEL, b"image/gif", PIXEL_HEADERS, head=head)
+
+
+def pixel_record(c: Collector, hit: Hit, raw: dict[str, Any], site: Site) -> tuple[bytes, int]:
+    """A pixel hit's spool record (empty when the site drops it) and its count of hits."""
+    channel = raw.get("channel") if isinstance(raw.get("channel"), str) else "web"
+    ctx = _context(c, site, channel or "web", hit)
+    # Reads tw_id; mints and sets no cookie.
+    webconsent.read(hit, ctx, webconsent.site_web(c.containers, site.site_id))
+    return prepare(c, site, [(raw, ctx)])
 
 
 async def batch(c: Collector, hit: Hit, send: Send) -> None:
@@ -176,12 +183,16 @@ async def spool(c: Collector, record: bytes) -> None:
     """Append a record; 503 with Retry-After when the disk cannot take it."""
     try:
         await c.spool.append(record)
-    except SpoolFull:
-        raise HTTPError(503, "the collector's spool is full; retry later", "spool_full",
-                        headers={"Retry-After": "5"}) from None
-    except SpoolError:
-        raise HTTPError(503, "the collector cannot write to disk; retry later", "spool_error",
-                        headers={"Retry-After": "5"}) from None
+    except (SpoolFull, SpoolError) as exc:
+        raise spool_refusal(exc) from None
+
+
+def spool_refusal(exc: SpoolFull | SpoolError) -> HTTPError:
+    if isinstance(exc, SpoolFull):
+        return HTTPError(503, "the collector's spool is full; retry later", "spool_full",
+                         headers={"Retry-After": "5"})
+    return HTTPError(503, "the collector cannot write to disk; retry later", "spool_error",
+                     headers={"Retry-After": "5"})
 
 
 async def _site(c: Collector, site_id: Any) -> Site:
@@ -245,6 +256,20 @@ def _server_context(c: Collector, site: Site, event: Any, received: dt.datetime)
 
 
 async def _accept(c: Collector, site: Site, pairs: list[tuple[Any, Context]], endpoint: str) -> int:
+    record, count = prepare(c, site, pairs)
+    await _store(c, record, count, endpoint)
+    return count
+
+
+async def _store(c: Collector, record: bytes, count: int, endpoint: str) -> None:
+    if record:
+        await spool(c, record)
+        c.metrics.hits_accepted.inc(endpoint, by=count)
+
+
+def prepare(c: Collector, site: Site, pairs: list[tuple[Any, Context]]) -> tuple[bytes, int]:
+    """Validate and normalise a request's hits: its spool record (empty when the site
+    drops them all) and the number of hits in it. Raises HTTPError naming the field."""
     lines: list[bytes] = []
     given: list[tuple[str, str]] = []
     for index, (raw, ctx) in enumerate(pairs):
@@ -264,10 +289,8 @@ async def _accept(c: Collector, site: Site, pairs: list[tuple[Any, Context]], en
             given.append((row["event_id"], row["ts"]))
         lines.append(orjson.dumps(list(row.values())))
     if not lines:
-        return 0
-    await spool(c, encode_record(lines, site.site_id, given))
-    c.metrics.hits_accepted.inc(endpoint, by=len(lines))
-    return len(lines)
+        return b"", 0
+    return encode_record(lines, site.site_id, given), len(lines)
 
 
 def _pixel_event(query_string: bytes) -> dict[str, Any]:

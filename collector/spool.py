@@ -21,7 +21,7 @@ import struct
 import threading
 import uuid
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -29,6 +29,8 @@ from typing import NamedTuple
 log = logging.getLogger("tagwerk.spool")
 
 HEADER = struct.Struct("<II")
+# Called on the submitting event loop once a record is durable (None) or failed.
+Done = Callable[[Exception | None], None]
 MAX_RECORD = 64 * 1024 * 1024
 
 
@@ -159,8 +161,11 @@ class Spool:
         on_disk = sum(size for n, size in list(self._sizes.items()) if n >= flushed.segment)
         return self._enqueued - self._written + on_disk - flushed.offset
 
-    async def append(self, payload: bytes) -> None:
-        """Return once ``payload`` is fsynced. Raises SpoolFull or SpoolError."""
+    def submit(self, payload: bytes, done: Done) -> None:
+        """Queue ``payload``; ``done(None)`` runs on the calling event loop once it is
+        fsynced, ``done(SpoolError)`` if the write failed. Raises SpoolFull or SpoolError
+        at once when the record cannot be queued. A callback rather than a future: the
+        pixel fast path (fasthttp.py) answers from it without a task per request."""
         if len(payload) > MAX_RECORD:
             raise ValueError("record too large")
         if self._closing:
@@ -168,10 +173,22 @@ class Spool:
         record = HEADER.pack(len(payload), zlib.crc32(payload)) + payload
         if self.unflushed_bytes() + len(record) > self.max_bytes:
             raise SpoolFull()
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
         self._enqueued += len(record)
-        self._queue.put((record, future, loop))
+        self._queue.put((record, done, asyncio.get_running_loop()))
+
+    async def append(self, payload: bytes) -> None:
+        """Return once ``payload`` is fsynced. Raises SpoolFull or SpoolError."""
+        future = asyncio.get_running_loop().create_future()
+
+        def done(error: Exception | None) -> None:
+            if future.done():  # the request was cancelled meanwhile
+                return
+            if error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(error)
+
+        self.submit(payload, done)
         await future
 
     def _write_loop(self) -> None:
@@ -188,7 +205,7 @@ class Spool:
                 return
             self._write(batch)
 
-    def _write(self, batch: list[tuple[bytes, asyncio.Future, asyncio.AbstractEventLoop]]) -> None:
+    def _write(self, batch: list[tuple[bytes, Done, asyncio.AbstractEventLoop]]) -> None:
         if not batch:
             return
         data = b"".join(r for r, _, _ in batch)
@@ -215,11 +232,11 @@ class Spool:
                 self._rotate()
         self._written += len(data)
         # One wake-up per event loop, not per request.
-        by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future]] = {}
-        for _, future, loop in batch:
-            by_loop.setdefault(loop, []).append(future)
-        for loop, futures in by_loop.items():
-            loop.call_soon_threadsafe(_settle, futures, error)
+        by_loop: dict[asyncio.AbstractEventLoop, list[Done]] = {}
+        for _, done, loop in batch:
+            by_loop.setdefault(loop, []).append(done)
+        for loop, callbacks in by_loop.items():
+            loop.call_soon_threadsafe(_settle, callbacks, error)
 
     def _rotate(self) -> None:
         self._file.close()
@@ -293,11 +310,9 @@ def _parse(data: bytes) -> Iterator[tuple[int, bytes]]:
         offset = end
 
 
-def _settle(futures: list[asyncio.Future], error: Exception | None) -> None:
-    for future in futures:
-        if future.done():
-            continue
-        if error is None:
-            future.set_result(None)
-        else:
-            future.set_exception(error)
+def _settle(callbacks: list[Done], error: Exception | None) -> None:
+    for done in callbacks:
+        try:
+            done(error)
+        except Exception:  # one broken answer must not keep the others waiting
+            log.exception("spool: completion callback failed")

@@ -9,12 +9,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import uvicorn
 from starlette.testclient import TestClient
 from starlette.types import ASGIApp
 
 from collector.app import create_app
 from collector.config import Settings
+from collector.fasthttp import protocol_for
 from collector.service import Collector
 from collector.storage import Store
 
@@ -25,9 +27,11 @@ IPHONE = ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/60
 
 
 @contextlib.contextmanager
-def serve(app: ASGIApp) -> Iterator[str]:
-    """Run ``app`` under uvicorn on a free loopback port in a thread; yield its base URL."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+def serve(app: ASGIApp, **options: Any) -> Iterator[str]:
+    """Run ``app`` under uvicorn on a free loopback port in a thread; yield its base URL.
+    ``options`` go to ``uvicorn.Config`` (e.g. ``http=`` for the collector's protocol)."""
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on",
+                            **options)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
     thread.start()
@@ -42,6 +46,19 @@ def serve(app: ASGIApp) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+@contextlib.contextmanager
+def served(
+    store: Store, data_dir: Path, **settings: Any
+) -> Iterator[tuple[httpx.Client, Collector]]:
+    """A collector on the session's store behind real uvicorn, with the protocol ``tagwerk
+    serve`` uses (its pixel fast path included); an httpx client on it."""
+    collector = Collector(Settings(data_dir=data_dir, flush_interval_ms=20, **settings),
+                          store=store)
+    with serve(create_app(collector), http=protocol_for(collector)) as base, \
+            httpx.Client(base_url=base, headers={"User-Agent": CHROME}) as client:
+        yield client, collector
 
 
 def make_client(store: Store, data_dir: Path, **settings: Any) -> tuple[TestClient, Collector]:

@@ -27,6 +27,19 @@ def blast(url: str, acked: list[str], stop: threading.Event) -> None:
                 acked.extend(ids)
 
 
+def blast_pixels(url: str, acked: list[str], stop: threading.Event) -> None:
+    """Pixel hits (the fast path of fasthttp.py); remember those answered 200."""
+    with httpx.Client(timeout=5, headers={"User-Agent": CHROME}) as client:
+        while not stop.is_set():
+            event_id = str(uuid.uuid4())
+            try:
+                response = client.get(f"{url}/p.gif?site=demo&event=durable&event_id={event_id}")
+            except httpx.HTTPError:
+                return
+            if response.status_code == 200:
+                acked.append(event_id)
+
+
 @pytest.fixture
 def server(tmp_path):
     server = Server(tmp_path / "var").start()
@@ -38,8 +51,8 @@ def test_kill_9_under_load_loses_and_duplicates_nothing(server):
     acked: list[str] = []
     for _round in range(2):
         stop = threading.Event()
-        threads = [threading.Thread(target=blast, args=(server.url, acked, stop))
-                   for _ in range(4)]
+        threads = [threading.Thread(target=send, args=(server.url, acked, stop))
+                   for send in (blast, blast, blast, blast_pixels, blast_pixels)]
         for t in threads:
             t.start()
         time.sleep(1.5)

@@ -1,20 +1,33 @@
-"""GET /p.gif: the pixel for pages without JavaScript and e-mail opens."""
+"""GET /p.gif: the pixel for pages without JavaScript and e-mail opens.
+
+Every test runs twice: through the ASGI app (Starlette's test client) and through real
+uvicorn with the protocol ``tagwerk serve`` uses, whose GET /p.gif skips the ASGI layer
+(``collector/fasthttp.py``): both must answer and store the same."""
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 
 import pytest
 
 from collector.ingest import PIXEL
-from tests.helpers import drained, make_client, rows, wait_for
+from tests.helpers import drained, make_client, rows, served, wait_for
 
 
-@pytest.fixture(scope="module")
-def env(store, tmp_path_factory):
-    client, collector = make_client(store, tmp_path_factory.mktemp("pixel"))
+@pytest.fixture(scope="module", params=["asgi", "fast"])
+def env(request, store, tmp_path_factory):
+    opened = asgi if request.param == "asgi" else served
+    with opened(store, tmp_path_factory.mktemp(f"pixel-{request.param}")) as (client, collector):
+        if collector.sites.get("pixel-test") is None:
+            collector.sites.create("pixel-test", ["https://shop.example"])
+        yield client, collector
+
+
+@contextlib.contextmanager
+def asgi(store, data_dir):
+    client, collector = make_client(store, data_dir)
     with client:
-        collector.sites.create("pixel-test", ["https://shop.example"])
         yield client, collector
 
 
