@@ -101,7 +101,8 @@ class IngestProtocol(HttpToolsProtocol):
             record, count = ingest.pixel_record(c, hit, raw, site)
             if record:
                 try:
-                    c.spool.submit(record, lambda error: self._stored(pending, count, error))
+                    c.spool.submit(record, lambda error: self._stored(pending, count, error),
+                                   self.loop)
                 except (SpoolFull, SpoolError) as exc:
                     raise ingest.spool_refusal(exc) from None
                 return True

@@ -1,10 +1,13 @@
 """The spool: hits are on disk before the collector answers 2xx.
 
 Segment files ``NNNNNNNNNNNNNNNN.seg`` hold records ``<length u32><crc32 u32><payload>``.
-Requests hand their record to ``append`` and wait; one writer thread writes everything
-that queued up while the previous fsync ran and fsyncs once (group commit), then wakes
-all those requests. A torn record at the tail (a crash mid-write) was never acknowledged
-and is cut off when the spool is opened again.
+Requests hand their record to ``submit``/``append`` and wait; one writer thread writes
+everything that queued up while the previous write ran in one synchronous (``O_DSYNC``)
+write (group commit), then wakes all those requests. The segment being written has a
+zero-filled tail ahead of its records, so such a write changes no file metadata; a length
+of 0 marks the end of the records. A torn record at the tail (a crash mid-write) was never
+acknowledged and is cut off, with the zeros, when the spool is opened again; writing then
+continues in a new segment.
 
 The flusher reads records between its checkpoint and the durable end, inserts them, then
 moves the checkpoint (``checkpoint.json``) forward and deletes segments behind it.
@@ -29,6 +32,7 @@ from typing import NamedTuple
 log = logging.getLogger("tagwerk.spool")
 
 HEADER = struct.Struct("<II")
+ZERO_STEP = 1024 * 1024
 # Called on the submitting event loop once a record is durable (None) or failed.
 Done = Callable[[Exception | None], None]
 MAX_RECORD = 64 * 1024 * 1024
@@ -75,14 +79,11 @@ class Spool:
         self.id = self._identity()
         self.checkpoint = self._read_checkpoint()
         self._recover()
-        # Sizes of the segments on disk; only the writer changes the newest one's.
+        # Where the records of each segment end; only the writer changes the newest one's.
         self._sizes = {n: (self.dir / _name(n)).stat().st_size for n in self.segments()}
-        self._segment = max(self._sizes, default=max(self.checkpoint.flushed.segment, 1))
-        self._file = open(self.dir / _name(self._segment), "ab")  # noqa: SIM115 (kept open)
-        self._sizes[self._segment] = self._file.tell()
-        # Where durable data ends. The flusher polls it: waking it on every fsync through
-        # a Condition would cost the event loop more than the poll costs the flusher.
-        self.durable = Pos(self._segment, self._file.tell())
+        newest = max(self._sizes, default=max(self.checkpoint.flushed.segment, 1))
+        # Writing always goes to a fresh segment: one with a zeroed tail ahead (see _open).
+        self._open(newest + 1 if self._sizes.get(newest) else newest)
         # SimpleQueue is implemented in C: a put costs the event loop almost nothing, where
         # a Condition or Event (pure Python) cost a tenth of a pixel hit.
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
@@ -137,7 +138,8 @@ class Spool:
         self.checkpoint = checkpoint
 
     def _recover(self) -> None:
-        """Cut a torn tail record off the newest segment; it was never acknowledged."""
+        """Cut what follows the last whole record off the newest segment: the zeroed tail
+        of a segment that was being written, and a torn record (never acknowledged)."""
         segments = self.segments()
         if not segments:
             return
@@ -148,7 +150,9 @@ class Spool:
         for end, _payload in _parse(data):
             good = end
         if good < len(data):
-            log.warning("spool: cutting %d torn bytes off %s", len(data) - good, last.name)
+            torn = len(data[good:].rstrip(b"\0"))
+            if torn:
+                log.warning("spool: cutting %d torn bytes off %s", torn, last.name)
             with open(last, "r+b") as f:
                 f.truncate(good)
                 os.fsync(f.fileno())
@@ -161,24 +165,28 @@ class Spool:
         on_disk = sum(size for n, size in list(self._sizes.items()) if n >= flushed.segment)
         return self._enqueued - self._written + on_disk - flushed.offset
 
-    def submit(self, payload: bytes, done: Done) -> None:
-        """Queue ``payload``; ``done(None)`` runs on the calling event loop once it is
-        fsynced, ``done(SpoolError)`` if the write failed. Raises SpoolFull or SpoolError
-        at once when the record cannot be queued. A callback rather than a future: the
-        pixel fast path (fasthttp.py) answers from it without a task per request."""
-        if len(payload) > MAX_RECORD:
-            raise ValueError("record too large")
+    def submit(
+        self, payload: bytes, done: Done, loop: asyncio.AbstractEventLoop | None = None
+    ) -> None:
+        """Queue ``payload``; ``done(None)`` runs on ``loop`` (by default the running one)
+        once it is fsynced, ``done(SpoolError)`` if the write failed. Raises SpoolFull or
+        SpoolError at once when the record cannot be queued. A callback rather than a
+        future: the pixel fast path (fasthttp.py) answers from it without a task per
+        request. (It passes its loop: asking for the running loop costs a getpid call.)"""
+        if not 0 < len(payload) <= MAX_RECORD:
+            raise ValueError("a record holds 1 byte to MAX_RECORD bytes")
         if self._closing:
             raise SpoolError("spool is closing")
         record = HEADER.pack(len(payload), zlib.crc32(payload)) + payload
         if self.unflushed_bytes() + len(record) > self.max_bytes:
             raise SpoolFull()
         self._enqueued += len(record)
-        self._queue.put((record, done, asyncio.get_running_loop()))
+        self._queue.put((record, done, loop or asyncio.get_running_loop()))
 
     async def append(self, payload: bytes) -> None:
         """Return once ``payload`` is fsynced. Raises SpoolFull or SpoolError."""
-        future = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
 
         def done(error: Exception | None) -> None:
             if future.done():  # the request was cancelled meanwhile
@@ -188,7 +196,7 @@ class Spool:
             else:
                 future.set_exception(error)
 
-        self.submit(payload, done)
+        self.submit(payload, done, loop)
         await future
 
     def _write_loop(self) -> None:
@@ -210,26 +218,24 @@ class Spool:
             return
         data = b"".join(r for r, _, _ in batch)
         error: Exception | None = None
-        start = self._file.tell()
         try:
-            self._file.write(data)
-            self._file.flush()
-            os.fdatasync(self._file.fileno())
+            self._zero_ahead(len(data))
+            # O_DSYNC: the write returns once the data is on disk (one call, one release of
+            # the GIL, where write + fdatasync took two).
+            if os.pwrite(self._fd, data, self._end) != len(data):
+                raise OSError("short write")
             self.fsyncs += 1
         except OSError as exc:
+            # Nothing past _end counts: the next write goes over whatever part was written.
             log.error("spool: write failed: %s", exc)
             error = SpoolError(str(exc))
-            try:  # leave no half record behind the last acknowledged one
-                self._file.truncate(start)
-                self._file.seek(start)
-            except OSError:
-                pass
         else:
-            end = self._file.tell()
-            self._sizes[self._segment] = end
-            self.durable = Pos(self._segment, end)
-            if end >= self.segment_bytes:
-                self._rotate()
+            self._end += len(data)
+            self._sizes[self._segment] = self._end
+            self.durable = Pos(self._segment, self._end)
+            if self._end >= self.segment_bytes:
+                self._seal()
+                self._open(self._segment + 1)
         self._written += len(data)
         # One wake-up per event loop, not per request.
         by_loop: dict[asyncio.AbstractEventLoop, list[Done]] = {}
@@ -238,13 +244,40 @@ class Spool:
         for loop, callbacks in by_loop.items():
             loop.call_soon_threadsafe(_settle, callbacks, error)
 
-    def _rotate(self) -> None:
-        self._file.close()
-        self._segment += 1
-        self._file = open(self.dir / _name(self._segment), "ab")  # noqa: SIM115
+    def _open(self, segment: int) -> None:
+        """Start writing ``segment`` (new, or empty)."""
+        path = self.dir / _name(segment)
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_DSYNC, 0o600)
+        self._zero_fd = os.open(path, os.O_WRONLY)
         _fsync_dir(self.dir)
-        self._sizes[self._segment] = 0
-        self.durable = Pos(self._segment, 0)
+        self._segment, self._end, self._zeroed = segment, 0, 0
+        self._sizes[segment] = 0
+        # Where durable data ends. The flusher polls it: waking it on every fsync through
+        # a Condition would cost the event loop more than the poll costs the flusher.
+        self.durable = Pos(segment, 0)
+
+    def _zero_ahead(self, size: int) -> None:
+        """Keep the segment's file zero-filled and synced past where records will go. A
+        synced write over allocated blocks needs no journal commit, where an appending
+        write changes the file's size and does: half the time and a third less CPU per
+        group commit. Once per ZERO_STEP bytes of records."""
+        if self._end + size <= self._zeroed:
+            return
+        step = max(ZERO_STEP, self._end + size - self._zeroed)
+        os.pwrite(self._zero_fd, bytes(step), self._zeroed)
+        os.fdatasync(self._zero_fd)
+        self._zeroed += step
+
+    def _seal(self) -> None:
+        """Cut the zeroed tail off the segment being written and close it: a finished
+        segment ends where its records end."""
+        try:
+            os.ftruncate(self._fd, self._end)
+            os.fsync(self._fd)
+        except OSError as exc:  # readers stop at the zeros too
+            log.error("spool: sealing %s failed: %s", _name(self._segment), exc)
+        os.close(self._fd)
+        os.close(self._zero_fd)
 
     # -- reading, for the flusher -----------------------------------------------------------
 
@@ -273,8 +306,9 @@ class Spool:
                 if consumed < len(data) and size < max_bytes:
                     raise SpoolError(f"{path.name}: damaged record at {pos.offset}")
                 break
-            if consumed < len(data):
+            if consumed < len(data) and data.count(0, consumed) < len(data) - consumed:
                 # Damage inside a finished segment (a disk fault): skip it rather than wedge.
+                # (Zeros only: a segment whose zeroed tail could not be cut off.)
                 log.error("spool: %s damaged at %d; %d bytes skipped",
                           path.name, pos.offset + consumed, len(data) - consumed)
             pos = Pos(pos.segment + 1, 0)
@@ -292,7 +326,7 @@ class Spool:
         self._closing = True
         self._queue.put(None)
         self._writer.join(timeout=10)
-        self._file.close()
+        self._seal()
 
 
 def _parse(data: bytes) -> Iterator[tuple[int, bytes]]:
@@ -301,7 +335,7 @@ def _parse(data: bytes) -> Iterator[tuple[int, bytes]]:
     while offset + HEADER.size <= len(data):
         length, crc = HEADER.unpack_from(data, offset)
         end = offset + HEADER.size + length
-        if length > MAX_RECORD or end > len(data):
+        if not length or length > MAX_RECORD or end > len(data):  # 0: the zeroed tail
             return
         payload = data[offset + HEADER.size : end]
         if zlib.crc32(payload) != crc:

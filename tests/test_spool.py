@@ -92,8 +92,37 @@ def test_full_spool_refuses(tmp_path):
 def test_checkpoint_with_pending_batch_persists(tmp_path):
     spool = Spool(tmp_path, 1 << 20, 1 << 30)
     append_all(spool, [b"a"])
-    spool.write_checkpoint(Checkpoint(Pos(1, 0), pending=spool.durable))
+    end = spool.durable
+    spool.write_checkpoint(Checkpoint(Pos(1, 0), pending=end))
     spool.close()
     reopened = Spool(tmp_path, 1 << 20, 1 << 30)
-    assert reopened.checkpoint.pending == reopened.durable
+    assert reopened.checkpoint.pending == end
+    assert reopened.read(Pos(1, 0), end, 1 << 30) == ([b"a"], end)
+    reopened.close()
+
+
+def test_segments_are_written_over_zeros_and_end_at_their_records(tmp_path):
+    """A segment being written has a zero-filled, synced tail ahead of its records (see
+    Spool._zero_ahead); a finished one is cut to its records; after a crash, the zeros are
+    cut off quietly and writing resumes in a new segment."""
+    spool = Spool(tmp_path, segment_bytes=4096, max_bytes=1 << 30)
+    append_all(spool, [b"a" * 100])
+    [first] = tmp_path.glob("*.seg")
+    assert first.stat().st_size >= 1024 * 1024  # zeroed ahead
+    append_all(spool, [b"b" * 5000])  # past segment_bytes: finished, a new one begun
+    assert first.stat().st_size == 2 * 8 + 100 + 5000
+    records = [b"c" * 10, b"d" * 10]
+    for r in records:
+        append_all(spool, [r])
+    # A crash: the writer stops and the files are left as they are, zeroed tail included.
+    spool._queue.put(None)
+    spool._writer.join()
+    os.close(spool._fd)
+    os.close(spool._zero_fd)
+    reopened = Spool(tmp_path, segment_bytes=4096, max_bytes=1 << 30)
+    assert read_all(reopened) == [b"a" * 100, b"b" * 5000, *records]
+    sizes = sorted(p.stat().st_size for p in tmp_path.glob("*.seg"))
+    assert sizes == [0, 2 * 18, 2 * 8 + 100 + 5000]  # cut to their records; a new one
+    append_all(reopened, [b"e"])
+    assert read_all(reopened)[-1] == b"e"
     reopened.close()
