@@ -66,7 +66,6 @@ class Hit:
 
     async def body(self, limit: int) -> bytes:
         """The body, gunzipped if need be, refused past ``limit`` bytes either way.
-
         Gzip is recognised by its magic bytes too: some SDKs send it labelled ``text/plain``.
         """
         declared = self.headers.get("content-length")
@@ -86,13 +85,18 @@ class Hit:
                 raise HTTPError(413, f"body larger than {limit} bytes", "too_large")
             chunks.append(chunk)
             more = message.get("more_body", False)
-        body = b"".join(chunks)
-        encoding = self.headers.get("content-encoding", "").lower()
-        if encoding in ("gzip", "x-gzip") or (not encoding and body.startswith(GZIP_MAGIC)):
-            return _gunzip(body, limit)
-        if encoding not in ("", "identity"):
-            raise HTTPError(415, f"unsupported Content-Encoding {encoding!r}", "encoding")
-        return body
+        return decode_body(self.headers, b"".join(chunks), limit)
+
+
+def decode_body(headers: dict[str, str], body: bytes, limit: int) -> bytes:
+    """A request body as sent, gunzipped if need be (by ``Content-Encoding`` or its magic
+    bytes), refused past ``limit`` bytes once decompressed."""
+    encoding = headers.get("content-encoding", "").lower()
+    if encoding in ("gzip", "x-gzip") or (not encoding and body.startswith(GZIP_MAGIC)):
+        return _gunzip(body, limit)
+    if encoding not in ("", "identity"):
+        raise HTTPError(415, f"unsupported Content-Encoding {encoding!r}", "encoding")
+    return body
 
 
 async def respond(

@@ -50,33 +50,44 @@ def _cors(origin: str | None) -> dict[str, str]:
 
 
 async def collect(c: Collector, hit: Hit, send: Send) -> None:
-    """``POST /collect``: one event or a batch from the browser."""
+    """``POST /collect``: one event or a batch from the browser. Usually answered by the fast
+    path in ``fasthttp.py`` instead (same steps)."""
     origin = hit.headers.get("origin")
     try:
         data, site = await browser_request(c, hit, origin, COLLECT_MAX_BYTES)
-        if "events" in data:
-            events, extra = data["events"], data.keys() - {"site", "events"}
-            if extra:
-                name = sorted(extra)[0]
-                raise HTTPError(400, f"unknown field {name!r} beside 'events'", "invalid", name)
-            if not isinstance(events, list) or not events:
-                raise HTTPError(400, "'events' must be a non-empty list", "invalid", "events")
-            if len(events) > COLLECT_MAX_EVENTS:
-                raise HTTPError(413, f"more than {COLLECT_MAX_EVENTS} events", "too_many")
-        else:
-            events = [data]
-        ctx = _context(c, site, "web", hit)
-        sw = webconsent.site_web(c.containers, site.site_id)
-        web = webconsent.read(hit, ctx, sw, events)  # tw_consent, Sec-GPC, tw_id
-        accepted = await _accept(c, site, [(e, ctx) for e in events], "collect")
+        record, count, headers = collect_hits(c, hit, data, site, origin)
+        await _store(c, record, count, "collect")
     except HTTPError as exc:
         await browser_refusal(c, send, exc, origin, "collect")
         return
+    await respond(send, 202, b'{"accepted":%d}' % count, headers=headers)
+
+
+def collect_hits(
+    c: Collector, hit: Hit, data: dict[str, Any], site: Site, origin: str | None
+) -> tuple[bytes, int, dict[str, str]]:
+    """A ``/collect`` body of a known site and allowed origin: its spool record, its count
+    of hits, and the headers of the 202 (CORS, the ``tw_id`` cookie)."""
+    if "events" in data:
+        events, extra = data["events"], data.keys() - {"site", "events"}
+        if extra:
+            name = sorted(extra)[0]
+            raise HTTPError(400, f"unknown field {name!r} beside 'events'", "invalid", name)
+        if not isinstance(events, list) or not events:
+            raise HTTPError(400, "'events' must be a non-empty list", "invalid", "events")
+        if len(events) > COLLECT_MAX_EVENTS:
+            raise HTTPError(413, f"more than {COLLECT_MAX_EVENTS} events", "too_many")
+    else:
+        events = [data]
+    ctx = _context(c, site, "web", hit)
+    sw = webconsent.site_web(c.containers, site.site_id)
+    web = webconsent.read(hit, ctx, sw, events)  # tw_consent, Sec-GPC, tw_id
+    record, count = prepare(c, site, [(e, ctx) for e in events])
     headers = _cors(origin)
     device_cookie = webconsent.answer(hit, ctx, sw, web, events[-1], c.settings.networks)
     if device_cookie:
         headers["Set-Cookie"] = device_cookie
-    await respond(send, 202, b'{"accepted":%d}' % accepted, headers=headers)
+    return record, count, headers
 
 
 async def collect_preflight(c: Collector, hit: Hit, send: Send) -> None:
@@ -100,7 +111,7 @@ async def pixel(c: Collector, hit: Hit, send: Send) -> None:
     head = hit.method == "HEAD"
     try:
         raw = _pixel_event(hit.query_string)
-        site = await _site(c, raw.get("site"))
+        site = await find_site(c, raw.get("site"))
         await _store(c, *pixel_record(c, hit, raw, site), "pixel")
     except HTTPError as exc:
         c.metrics.hits_rejected.inc("pixel", exc.reason)
@@ -156,27 +167,47 @@ async def browser_request(
 ) -> tuple[dict[str, Any], Site]:
     """A browser's JSON POST: its body as an object, and its site, checked against the
     request's origin."""
+    check_media(hit)
+    data = browser_json(await hit.body(limit))
+    site = await find_site(c, data.get("site"))
+    check_origin(site, origin)
+    return data, site
+
+
+def check_media(hit: Hit) -> None:
     media = hit.headers.get("content-type", "").split(";")[0].strip().lower()
     if media not in COLLECT_TYPES:
         raise HTTPError(415, "send application/json or text/plain", "content_type")
-    data = parse_json(await hit.body(limit))
+
+
+def browser_json(body: bytes) -> dict[str, Any]:
+    data = parse_json(body)
     if not isinstance(data, dict):
         raise HTTPError(400, "expected a JSON object", "malformed")
-    site = await _site(c, data.get("site"))
+    return data
+
+
+def check_origin(site: Site, origin: str | None) -> None:
     if origin and not site.allows_origin(origin):
         raise HTTPError(403, f"origin {origin!r} is not allowed for this site", "origin")
-    return data, site
 
 
 async def browser_refusal(
     c: Collector, send: Send, exc: HTTPError, origin: str | None, endpoint: str
 ) -> None:
-    """Answer a refused browser request; with CORS headers, so that the page can read why,
-    unless the origin itself was the problem."""
+    """Answer a refused browser request."""
+    await respond(send, exc.status, exc.body(), headers=refusal_headers(c, exc, origin, endpoint))
+
+
+def refusal_headers(
+    c: Collector, exc: HTTPError, origin: str | None, endpoint: str
+) -> dict[str, str]:
+    """Count a refused browser request; the headers of its answer: with CORS, so that the
+    page can read why, unless the origin itself was the problem."""
     c.metrics.hits_rejected.inc(endpoint, exc.reason)
     allowed = (origin if origin and exc.reason != "origin"
                and c.sites.any_allows_origin(origin) else None)
-    await respond(send, exc.status, exc.body(), headers={**exc.headers, **_cors(allowed)})
+    return {**exc.headers, **_cors(allowed)}
 
 
 async def spool(c: Collector, record: bytes) -> None:
@@ -195,7 +226,7 @@ def spool_refusal(exc: SpoolFull | SpoolError) -> HTTPError:
                      headers={"Retry-After": "5"})
 
 
-async def _site(c: Collector, site_id: Any) -> Site:
+async def find_site(c: Collector, site_id: Any) -> Site:
     if not isinstance(site_id, str) or not site_id:
         raise HTTPError(400, "'site' is required", "invalid", "site")
     site = await c.sites.find(site_id)

@@ -61,6 +61,22 @@ def served(
         yield client, collector
 
 
+@contextlib.contextmanager
+def on_path(
+    path: str, store: Store, data_dir: Path, **settings: Any
+) -> Iterator[tuple[Any, Collector]]:
+    """A started collector and a client: ``"asgi"``, Starlette's test client on the ASGI app;
+    ``"fast"``, httpx on real uvicorn, where the hot paths skip the ASGI layer
+    (``collector/fasthttp.py``). Tests of those paths run on both."""
+    if path == "fast":
+        with served(store, data_dir, **settings) as pair:
+            yield pair
+        return
+    client, collector = make_client(store, data_dir, **settings)
+    with client:
+        yield client, collector
+
+
 def make_client(store: Store, data_dir: Path, **settings: Any) -> tuple[TestClient, Collector]:
     """A collector on the session's store, with its own spool; use as a context manager."""
     config = Settings(data_dir=data_dir, flush_interval_ms=20, **settings)

@@ -1,4 +1,4 @@
-"""POST /collect: the browser's JSON beacon endpoint."""
+"""POST /collect: the browser's JSON beacon endpoint; on both paths (see helpers.on_path)."""
 
 from __future__ import annotations
 
@@ -8,16 +8,17 @@ import uuid
 import orjson
 import pytest
 
-from tests.helpers import IPHONE, drained, make_client, rows, wait_for
+from tests.helpers import IPHONE, drained, on_path, rows, wait_for
 
 ORIGIN = "https://shop.example"
 
 
-@pytest.fixture(scope="module")
-def env(store, tmp_path_factory):
-    client, collector = make_client(store, tmp_path_factory.mktemp("collect"))
-    with client:
-        collector.sites.create("collect-test", [ORIGIN, "https://*.shop.example"])
+@pytest.fixture(scope="module", params=["asgi", "fast"])
+def env(request, store, tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp(f"collect-{request.param}")
+    with on_path(request.param, store, data_dir) as (client, collector):
+        if collector.sites.get("collect-test") is None:
+            collector.sites.create("collect-test", [ORIGIN, "https://*.shop.example"])
         yield client, collector
 
 

@@ -12,7 +12,7 @@ from starlette.testclient import TestClient
 
 from collector import webconsent
 from collector.http import Hit
-from tests.helpers import drained, make_client, rows, wait_for
+from tests.helpers import drained, on_path, rows, wait_for
 
 ORIGIN = "https://shop.example"
 SITE = "consent-test"
@@ -22,14 +22,16 @@ AD_URL = "https://shop.example/shoes?utm_source=ads&gclid=Cj0abc&x=1#top"
 AD_REFERRER = "https://shop.example/landing?fbclid=IwAR1"
 
 
-@pytest.fixture(scope="module")
-def env(store, tmp_path_factory):
-    client, collector = make_client(store, tmp_path_factory.mktemp("consent"),
-                                    trusted_proxies="10.0.0.0/8")
+@pytest.fixture(scope="module", params=["asgi", "fast"])
+def env(request, store, tmp_path_factory):
     global POLICY
-    with client:
-        collector.sites.create(SITE, [ORIGIN])
-        collector.sites.create(DROP, [ORIGIN], drop_without_consent=True)
+    data_dir = tmp_path_factory.mktemp(f"consent-{request.param}")
+    with on_path(request.param, store, data_dir, trusted_proxies="10.0.0.0/8") as (
+        client, collector
+    ):
+        for site, drop in ((SITE, False), (DROP, True)):
+            if collector.sites.get(site) is None:
+                collector.sites.create(site, [ORIGIN], drop_without_consent=drop)
         # Cookies must carry the live policy: the collector refuses them for another one.
         POLICY = collector.containers.live(SITE).policy
         collector.containers.live(DROP)
@@ -277,6 +279,8 @@ def test_the_last_event_of_a_batch_decides_the_cookie(env):
 
 def test_secure_over_https_and_behind_a_trusted_proxy(env):
     client, _ = env
+    if not isinstance(client, TestClient):
+        pytest.skip("needs the test client's made-up peers; test_fasthttp.py covers uvicorn")
     client.cookies.clear()
     body = orjson.dumps({"site": SITE, "event": "e", "consent": ["analytics"]})
     https = client.post("https://testserver/collect", content=body,
@@ -311,7 +315,7 @@ def test_a_cookie_for_another_policy_is_no_decision(env):
 
 def test_tw_id_takes_the_containers_cookie_domain(env, store):
     client, collector = env
-    site = "consent-domain"
+    site = f"consent-domain-{uuid.uuid4().hex[:6]}"
     collector.sites.create(site, [ORIGIN])
     document = collector.containers.draft(site).document
     document["settings"]["cookie_domain"] = ".shop.example"

@@ -5,6 +5,7 @@ the pixel in test_pixel.py, on both paths."""
 from __future__ import annotations
 
 import socket
+import time
 import uuid
 
 import pytest
@@ -129,3 +130,45 @@ def test_a_full_spool_answers_503_with_retry_after(store, tmp_path):
         assert response.headers["retry-after"] == "5"
         assert "spool is full" in response.json()["error"]
         assert client.get("/healthz").status_code == 200
+
+
+def test_the_device_cookie_is_secure_behind_a_trusted_proxy(store, tmp_path):
+    with served(store, tmp_path, trusted_proxies="127.0.0.0/8") as (client, collector):
+        if collector.sites.get("fast-test") is None:
+            collector.sites.create("fast-test")
+        body = b'{"site": "fast-test", "event": "e", "consent": ["analytics"]}'
+        plain = client.post("/collect", content=body, headers={"Content-Type": "text/plain"})
+        client.cookies.clear()  # else the next request carries today's tw_id: no new cookie
+        proxied = client.post("/collect", content=body, headers={
+            "Content-Type": "text/plain", "X-Forwarded-Proto": "https"})
+        assert "Secure" not in plain.headers["set-cookie"]
+        assert "; Secure" in proxied.headers["set-cookie"]
+
+
+def test_collect_of_an_unknown_site_waits_for_a_reload(env, store):
+    client, collector = env
+    site_id = f"fast-{uuid.uuid4().hex[:8]}"
+    Sites(store).create(site_id)
+    body = b'{"site": "%s", "event": "first"}' % site_id.encode()
+    response = client.post("/collect", content=body, headers={"Content-Type": "text/plain"})
+    assert response.status_code == 202 and response.json() == {"accepted": 1}
+    missing = client.post("/collect", content=b'{"site": "fast-nope", "event": "e"}',
+                          headers={"Content-Type": "text/plain"})
+    assert missing.status_code == 404 and "unknown site" in missing.json()["error"]
+    wait_for(lambda: drained(collector))
+    assert [r["event"] for r in rows(collector.store, site_id)] == ["first"]
+
+
+def test_a_collect_body_arriving_in_pieces(env):
+    client, collector = env
+    marker = uuid.uuid4().hex
+    body = b'{"site": "fast-test", "event": "slow", "props": {"m": "%s"}}' % marker.encode()
+    host, port = client.base_url.host, client.base_url.port
+    with socket.create_connection((host, port), timeout=5) as sock:
+        sock.sendall(b"POST /collect HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(body) + body[:10])
+        time.sleep(0.05)
+        sock.sendall(body[10:])
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 202 ") and answer.endswith(b'{"accepted":1}')
+    assert len(wait_for(lambda: stored(collector, marker))) == 1

@@ -6,28 +6,20 @@ uvicorn with the protocol ``tagwerk serve`` uses, whose GET /p.gif skips the ASG
 
 from __future__ import annotations
 
-import contextlib
 import uuid
 
 import pytest
 
 from collector.ingest import PIXEL
-from tests.helpers import drained, make_client, rows, served, wait_for
+from tests.helpers import drained, on_path, rows, wait_for
 
 
 @pytest.fixture(scope="module", params=["asgi", "fast"])
 def env(request, store, tmp_path_factory):
-    opened = asgi if request.param == "asgi" else served
-    with opened(store, tmp_path_factory.mktemp(f"pixel-{request.param}")) as (client, collector):
+    data_dir = tmp_path_factory.mktemp(f"pixel-{request.param}")
+    with on_path(request.param, store, data_dir) as (client, collector):
         if collector.sites.get("pixel-test") is None:
             collector.sites.create("pixel-test", ["https://shop.example"])
-        yield client, collector
-
-
-@contextlib.contextmanager
-def asgi(store, data_dir):
-    client, collector = make_client(store, data_dir)
-    with client:
         yield client, collector
 
 
