@@ -99,7 +99,7 @@ def attributed_ms(events: list[dict], files: re.Pattern = TAG_FILES) -> float:
 
 def consent_cookie(server: Server) -> dict:
     """A valid decision for the live container: analytics and personalisation granted."""
-    policy = re.search(rb'"policy":"([0-9a-f]{16})"',
+    policy = re.search(rb'"p":"([0-9a-f]{16})"',
                        httpx.get(f"{server.url}/t/demo.js").content).group(1).decode()
     value = ".".join(["v1", uuid.uuid4().hex, policy, "necessary,analytics,personalization",
                       str(int(time.time())), "banner"])

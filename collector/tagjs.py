@@ -1,10 +1,15 @@
 """Serving the tag (js_snippet/DESIGN.md, section 2): ``GET /t/{site}.js``, the site's own
 tag path, and the static files of the bundle directory.
 
-``/t/{site}.js`` is the prebuilt bundle ``tag.js`` with the site's live container inlined
-in place of the JS string literal ``"__TAGWERK_CONFIG__"``. Each answer is built and
-compressed (gzip, brotli) once per site, container version, bundle and public origin, then
-served from memory with a strong ETag; ``If-None-Match`` answers 304.
+``/t/{site}.js`` is the prebuilt bundle ``tag.js`` (the core) with the site's live container
+inlined in place of the JS string literal ``"__TAGWERK_CONFIG__"`` as a compact config
+(:func:`core_config`); ``/t/{site}/tm.js`` is the bundle ``engine.js`` (the tag-manager
+engine, which the core loads only when it has something to do) with the site's variables,
+triggers and tags inlined the same way (:func:`engine_config`). Both configs are an internal
+contract between the server and the tag (js_snippet/DESIGN.md section 2), not the container
+document. Each answer is built and compressed (gzip, brotli) once per site, container
+version and bundle, then served from memory with a strong ETag; ``If-None-Match`` answers
+304.
 
 The bundle directory is the ``tagwerk_js`` package data (``js_snippet/dist`` in the
 repository), or ``Settings.tag_dir``.
@@ -33,7 +38,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from collector.containers import Live, resolved_tag_path
+from collector.containers import Live
+from collector.containers.schema import DEFAULT_CONSENT, DEFAULT_SETTINGS
 from collector.service import Collector
 from collector.storage import StorageError
 
@@ -46,6 +52,7 @@ CSS = "text/css; charset=utf-8"
 STATIC = {"banner.js": JS, "banner.css": CSS, "debug.js": JS, "debug.css": CSS}
 MAX_CACHED = 512  # built answers kept in memory (least recently used go first)
 _HOST = re.compile(r"^(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?$")
+ASSETS = ("banner.js", "banner.css", "debug.js", "engine.js")  # versioned together by ``v``
 
 
 def dist_dir(tag_dir: Path | str | None = None) -> Path:
@@ -189,6 +196,82 @@ class Dist:
         return data, digest
 
 
+# -- the configs the tag is served -------------------------------------------------------------
+
+# settings.auto -> the letter the tag knows it by (js_snippet/src/main.js `A`).
+AUTO = {"page_views": "p", "spa": "s", "clicks": "c", "outbound_links": "o", "downloads": "d",
+        "scroll_depth": "x", "forms": "f", "ecommerce": "e"}
+# The tag's built-in defaults: a value equal to one of these is left out of the config.
+DEFAULT_AUTO = "".join(AUTO[k] for k, on in DEFAULT_SETTINGS["auto"].items() if on)
+DEFAULT_PURPOSES = "necessary!,analytics,personalization,marketing"
+ENGINE_AT_BOOT = ("timer", "element_visible")  # signals only the engine itself can watch
+
+
+def _purposes(purposes: list[dict[str, Any]]) -> str:
+    """``id`` + ``!`` when required, ``+`` when granted by default, comma-separated."""
+    return ",".join(p["id"] + ("!" if p.get("required") else "+" if p.get("default") else "")
+                    for p in purposes)
+
+
+def core_config(site_id: str, doc: dict[str, Any], policy: str, version: str) -> dict[str, Any]:
+    """What the core (``/t/{site}.js``) is served of a normalized container: short keys, values
+    equal to the tag's defaults left out, asset URLs reduced to one version hash (the tag
+    resolves paths against its own URL). Keys: s site, p policy hash, v asset version,
+    e endpoint, d cookie domain, m session timeout (minutes), a auto-tracking letters,
+    x download extensions, t scroll thresholds, k scroll_depth trigger percents, P purposes,
+    l/r lifetime/rejection lifetime (days), n purposes the tags need (the engine is loaded
+    once one is granted), w load the engine at boot (timer or element_visible triggers)."""
+    settings, consent = doc["settings"], doc["consent"]
+    config: dict[str, Any] = {"s": site_id, "p": policy, "v": version}
+    defaults = DEFAULT_SETTINGS
+    endpoint = settings.get("endpoint", defaults["endpoint"])
+    if endpoint != "/collect":
+        config["e"] = endpoint
+    if settings.get("cookie_domain"):
+        config["d"] = settings["cookie_domain"]
+    if settings.get("session_timeout_minutes", 30) != 30:
+        config["m"] = settings["session_timeout_minutes"]
+    auto = {**defaults["auto"], **settings.get("auto", {})}
+    letters = "".join(AUTO[k] for k in AUTO if auto.get(k))
+    if letters != DEFAULT_AUTO:
+        config["a"] = letters or "-"  # "" would read as "the defaults"
+    extensions = [e.lower() for e in settings.get("download_extensions",
+                                                    defaults["download_extensions"])]
+    if extensions != defaults["download_extensions"]:
+        config["x"] = " ".join(extensions) or "-"
+    thresholds = settings.get("scroll_thresholds", defaults["scroll_thresholds"])
+    if thresholds != defaults["scroll_thresholds"]:
+        config["t"] = thresholds
+    purposes = _purposes(consent["purposes"])
+    if purposes != DEFAULT_PURPOSES:
+        config["P"] = purposes
+    if consent.get("lifetime_days", DEFAULT_CONSENT["lifetime_days"]) != 365:
+        config["l"] = consent["lifetime_days"]
+    if consent.get("rejection_lifetime_days", DEFAULT_CONSENT["rejection_lifetime_days"]) != 182:
+        config["r"] = consent["rejection_lifetime_days"]
+    tags, triggers = doc.get("tags", []), doc.get("triggers", [])
+    if tags:  # without tags, triggers have nothing to fire: no engine, no signal log
+        percents = sorted({t["percent"] for t in triggers if t["type"] == "scroll_depth"}
+                          - set(thresholds))
+        if percents:
+            config["k"] = percents
+        config["n"] = ",".join(sorted({t["purpose"] for t in tags}))
+        if any(t["type"] in ENGINE_AT_BOOT for t in triggers):
+            config["w"] = 1
+    return config
+
+
+def engine_config(doc: dict[str, Any]) -> dict[str, Any]:
+    """What the engine (``/t/{site}/tm.js``) is served: v variables, r triggers, g tags, as
+    in the container without tag names and empty condition and blocking-trigger lists."""
+    triggers = [{k: v for k, v in t.items() if not (k == "conditions" and not v)}
+                for t in doc.get("triggers", [])]
+    tags = [{k: v for k, v in t.items()
+             if k != "name" and not (k == "blocking_triggers" and not v)}
+            for t in doc.get("tags", [])]
+    return {"v": doc.get("variables", []), "r": triggers, "g": tags}
+
+
 # -- the server -------------------------------------------------------------------------------
 
 
@@ -231,6 +314,16 @@ class TagServer:
             ("static", name, digest), lambda: Asset.build(data, STATIC[name])))
 
     async def site_tag(self, request: Request, site_id: str) -> Response:
+        """``/t/{site}.js``: the core with :func:`core_config`."""
+        return await self._site_file(request, site_id, "tag.js", lambda live, version: (
+            core_config(site_id, live.document, live.policy, version)))
+
+    async def site_engine(self, request: Request, site_id: str) -> Response:
+        """``/t/{site}/tm.js``: the engine with :func:`engine_config`."""
+        return await self._site_file(request, site_id, "engine.js",
+                                     lambda live, version: engine_config(live.document))
+
+    async def _site_file(self, request: Request, site_id: str, name: str, config) -> Response:
         site = await self.collector.sites.find(site_id)
         if site is None:
             return error(404, f"unknown site {site_id[:64]!r}")
@@ -241,22 +334,21 @@ class TagServer:
             live = await self.collector.containers.served(site_id)
         if live is None:
             return error(503, "the container cannot be read now; try again")
-        bundle = self.dist.read("tag.js")
+        bundle = self.dist.read(name)
         if bundle is None:
-            log.error("the tag bundle is missing: %s", self.dist.directory / "tag.js")
-            return error(503, "the tag bundle is not built (js_snippet/dist/tag.js)")
+            log.error("the tag bundle is missing: %s", self.dist.directory / name)
+            return error(503, f"the tag bundle is not built (js_snippet/dist/{name})")
         data, digest = bundle
         if data.count(PLACEHOLDER) != 1:
-            log.error("tag.js must contain %s exactly once", PLACEHOLDER.decode())
+            log.error("%s must contain %s exactly once", name, PLACEHOLDER.decode())
             return error(503, "the tag bundle is broken: no single config placeholder")
-        base = self._base(request)
-        assets = self._asset_urls(base, site_id, live)
+        version = self._version(live)
 
         def build() -> Asset:
-            config = self._config(site_id, live, base, assets)
-            return Asset.build(data.replace(PLACEHOLDER, js_json(config), 1), JS)
+            inlined = js_json(config(live, version))
+            return Asset.build(data.replace(PLACEHOLDER, inlined, 1), JS)
 
-        key = ("tag", site_id, live.version, live.digest, digest, base, tuple(assets.values()))
+        key = (name, site_id, live.version, live.digest, digest, version)
         if preview:  # the draft, for the browser holding the link: never cached anywhere
             return respond_asset(request, build(), {"Cache-Control": "private, no-store"})
         return respond_asset(request, await self._asset(key, build))
@@ -306,10 +398,10 @@ class TagServer:
     # -- parts
 
     def _base(self, request: Request) -> str:
-        """The collector's public origin as the browser sees it, for the absolute URLs of the
-        endpoint and the assets (the tag runs on the shop's pages, another origin).
+        """The collector's public origin as the browser sees it (whether the preview cookie
+        is ``Secure``; the tag itself resolves its paths against the URL it was loaded from).
         ``X-Forwarded-Proto``/``-Host`` are believed only from trusted proxies; an
-        implausible host gives "" (the URLs stay paths)."""
+        implausible host gives ""."""
         scheme = request.url.scheme
         host = request.headers.get("host", "")
         networks = self.collector.settings.networks
@@ -322,40 +414,15 @@ class TagServer:
             return ""
         return f"{scheme}://{host.lower()}"
 
-    def _asset_urls(self, base: str, site_id: str, live: Live) -> dict[str, str | None]:
-        urls: dict[str, str | None] = {}
-        for key, name in (("banner", "banner.js"), ("banner_css", "banner.css"),
-                          ("debug", "debug.js")):
+    def _version(self, live: Live) -> str:
+        """The ``?v=`` of every file the tag loads (banner, its CSS, debug overlay, engine,
+        consent texts): one hash over the container and those files, so any change of one
+        makes new URLs. One short hash instead of four URLs keeps the served tag small."""
+        parts = [live.digest]
+        for name in ASSETS:
             found = self.dist.read(name)
-            urls[key] = f"{base}/t/{name}?v={found[1][:12]}" if found else None
-        # Served by consent_texts.py, in the page's language.
-        urls["texts"] = f"{base}/t/{site_id}/consent.json?v={live.digest[:12]}"
-        return urls
-
-    @staticmethod
-    def _config(site_id: str, live: Live, base: str,
-                assets: dict[str, str | None]) -> dict[str, Any]:
-        doc = live.document
-        settings = doc["settings"]
-        endpoint = settings["endpoint"]
-        if endpoint.startswith("/"):
-            endpoint = base + endpoint
-        tag_path = resolved_tag_path(doc, site_id) or f"/t/{site_id}.js"
-        consent = doc["consent"]
-        return {
-            "site": site_id,
-            "endpoint": endpoint,
-            "version": live.version,
-            "policy": live.policy,
-            "settings": {**settings, "tag_path": tag_path},
-            "consent": {"purposes": consent["purposes"],
-                        "lifetime_days": consent["lifetime_days"],
-                        "rejection_lifetime_days": consent["rejection_lifetime_days"]},
-            "variables": doc["variables"],
-            "triggers": doc["triggers"],
-            "tags": doc["tags"],
-            "assets": assets,
-        }
+            parts.append(found[1] if found else "-")
+        return hashlib.sha256(":".join(parts).encode()).hexdigest()[:12]
 
     # -- a site's own tag path
 
@@ -401,6 +468,10 @@ def _server(request: Request) -> TagServer:
     return request.app.state.tags
 
 
+async def engine_js(request: Request) -> Response:
+    return await _server(request).site_engine(request, request.path_params["site"])
+
+
 async def tag_js(request: Request) -> Response:
     name = request.path_params["name"]
     if f"{name}.js" in STATIC:
@@ -423,4 +494,5 @@ ROUTES = [
     Route("/t/preview", preview, methods=["GET"]),
     Route("/t/{name}.css", stylesheet, methods=["GET"]),
     Route("/t/{name}.js", tag_js, methods=["GET"]),
+    Route("/t/{site}/tm.js", engine_js, methods=["GET"]),
 ]

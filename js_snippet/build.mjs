@@ -12,7 +12,7 @@ import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const here = dirname(fileURLToPath(import.meta.url));
-export const ENTRIES = ["tag.js", "banner.js", "banner.css", "debug.js", "debug.css"];
+export const ENTRIES = ["tag.js", "engine.js", "banner.js", "banner.css", "debug.js", "debug.css"];
 
 // name -> the built text, or null when src/<name> does not exist.
 export async function bundle(name) {

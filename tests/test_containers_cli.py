@@ -11,13 +11,14 @@ from tests.helpers import wait_for
 from tests.servers import Server
 from tests.test_cli import tagwerk
 from tests.test_containers import ORIGINS, full
-from tests.test_tag_serving import BUNDLE, HEAD, TAIL
+from tests.test_tag_serving import BUNDLE, ENGINE, HEAD, TAIL
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     dist = tmp_path_factory.mktemp("container-cli-dist")
     (dist / "tag.js").write_bytes(BUNDLE)
+    (dist / "engine.js").write_bytes(ENGINE)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("TAGWERK_TAG_DIR", str(dist))  # the subprocess's bundle directory
         server = Server(tmp_path_factory.mktemp("container-cli") / "var").start()
@@ -32,10 +33,14 @@ def run(capsys, *args: str) -> tuple[int, str, str]:
     return code, out.out, out.err
 
 
-def live_config(server, site):
-    response = httpx.get(f"{server.url}/t/{site}.js")
+def live_config(server, site, path="{site}.js", head=HEAD):
+    response = httpx.get(f"{server.url}/t/" + path.format(site=site))
     assert response.status_code == 200, response.text
-    return orjson.loads(response.content[len(HEAD):-len(TAIL)])
+    return orjson.loads(response.content[len(head):-len(TAIL)])
+
+
+def live_engine(server, site):
+    return live_config(server, site, "{site}/tm.js", ENGINE[:-len(BUNDLE)] + HEAD)
 
 
 def test_container_commands(server, tmp_path, capsys):
@@ -76,9 +81,9 @@ def test_container_commands(server, tmp_path, capsys):
     code, out, _ = run(capsys, "container", "rollback", "1", "--site", "cli-box",
                        "--data-dir", data)
     assert code == 0 and "version 1 of cli-box is live again" in out
-    # The running collector serves what the command made live (seen within its cache's TTL).
-    wait_for(lambda: live_config(server, "cli-box")["version"] == 1)
-    assert len(live_config(server, "cli-box")["tags"]) == len(one["tags"])
+    # The running collector serves what the command made live (seen within its cache's TTL):
+    # version 1's tags, in the engine the tag loads.
+    wait_for(lambda: len(live_engine(server, "cli-box")["g"]) == len(one["tags"]))
 
     code, out, _ = run(capsys, "container", "versions", "--site", "cli-box", "--data-dir", data)
     header, *rows = out.splitlines()
@@ -103,8 +108,8 @@ def test_container_commands(server, tmp_path, capsys):
 
 
 def test_demo_site_serves_its_container(server):
-    config = live_config(server, "demo")
-    assert config["version"] == 1 and config["site"] == "demo"
+    assert live_config(server, "demo")["s"] == "demo"
+    assert [t["id"] for t in live_engine(server, "demo")["g"]] == ["partner"]
 
 
 def test_preview_link(server):

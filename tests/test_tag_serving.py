@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import gzip
+import json
+import re
 import uuid
+from pathlib import Path
 
 import brotli
 import orjson
@@ -11,18 +14,23 @@ import pytest
 from starlette.testclient import TestClient
 
 from collector.clientip import parse_networks
-from collector.tagjs import js_json
+from collector.containers import normalize
+from collector.tagjs import core_config, engine_config, js_json
 from tests.helpers import make_client
 from tests.test_containers import ORIGINS, full
 
 HEAD, TAIL = b"/*tw*/(function(){var config = ", b";window.__tw = config;})();\n"
 BUNDLE = HEAD + b'"__TAGWERK_CONFIG__"' + TAIL
+ENGINE = b"/*engine*/" + BUNDLE
+FIXTURE = json.loads((Path(__file__).resolve().parent.parent / "js_snippet" / "test"
+                      / "compact.json").read_text())
 
 
 @pytest.fixture(scope="module")
 def env(store, tmp_path_factory):
     dist = tmp_path_factory.mktemp("dist")
     (dist / "tag.js").write_bytes(BUNDLE)
+    (dist / "engine.js").write_bytes(ENGINE)
     (dist / "banner.js").write_text("/* banner */")
     (dist / "debug.js").write_text("/* debug */")
     client, collector = make_client(store, tmp_path_factory.mktemp("tag-serving"),
@@ -39,11 +47,15 @@ def site(env):
     return site_id
 
 
-def config_of(response) -> dict:
+def config_of(response, head: bytes = HEAD) -> dict:
     assert response.status_code == 200, response.text
     body = response.content
-    assert body.startswith(HEAD) and body.endswith(TAIL)
-    return orjson.loads(body[len(HEAD):-len(TAIL)])
+    assert body.startswith(head) and body.endswith(TAIL)
+    return orjson.loads(body[len(head):-len(TAIL)])
+
+
+def engine_of(response) -> dict:
+    return config_of(response, b"/*engine*/" + HEAD)
 
 
 def test_config_is_inlined(env, site):
@@ -53,22 +65,49 @@ def test_config_is_inlined(env, site):
     assert r.headers["cache-control"] == "public, max-age=300, stale-while-revalidate=86400"
     assert r.headers["vary"] == "Accept-Encoding"
     config = config_of(r)
-    assert config["site"] == site
-    assert config["endpoint"] == "http://testserver/collect"
-    assert config["version"] == 0  # nothing published: the default container
-    assert config["policy"] == collector.containers.draft(site).policy
-    assert config["settings"]["tag_path"] == f"/t/{site}.js"
-    assert config["settings"]["auto"]["page_views"] is True
-    assert set(config["consent"]) == {"purposes", "lifetime_days", "rejection_lifetime_days"}
-    assert [p["id"] for p in config["consent"]["purposes"]][0] == "necessary"
-    assert config["tags"] == [] and config["triggers"][0]["id"] == "all_pages"
-    assets = config["assets"]
-    assert assets["banner"].startswith("http://testserver/t/banner.js?v=")
-    assert assets["debug"].startswith("http://testserver/t/debug.js?v=")
-    assert assets["banner_css"] is None
-    assert assets["texts"].startswith(f"http://testserver/t/{site}/consent.json?v=")
+    # The default container (nothing published) is all defaults and has no tags: the
+    # compact config is the site, the policy hash and the assets' version, nothing else.
+    policy = collector.containers.draft(site).policy
+    assert config == {"s": site, "p": policy, "v": config["v"]}
+    assert re.fullmatch(r"[0-9a-f]{12}", config["v"])
     assert b"__TAGWERK_CONFIG__" not in r.content
     assert b"Reject all" not in r.content  # texts are fetched by the banner
+    engine = client.get(f"/t/{site}/tm.js")
+    assert engine.headers["content-type"] == "text/javascript; charset=utf-8"
+    assert engine.headers["cache-control"] == r.headers["cache-control"]
+    assert engine_of(engine) == {"v": [{"id": "page_path", "type": "url", "part": "path"}],
+                                 "r": [{"id": "all_pages", "type": "page_view"}], "g": []}
+
+
+def test_compact_configs_match_the_tag_tests():
+    """The same container gives the same configs as js_snippet/test/fake.mjs `compact`."""
+    doc = normalize(FIXTURE["document"])
+    assert core_config(FIXTURE["site"], doc, FIXTURE["policy"], "v1") == FIXTURE["core"]
+    assert engine_config(doc) == FIXTURE["engine"]
+
+
+def test_compact_config_keeps_what_differs_from_the_defaults():
+    doc = normalize(FIXTURE["document"])
+    doc["settings"].update(endpoint="https://c.example/c", cookie_domain=".shop.example",
+                           session_timeout_minutes=10, download_extensions=["PDF", "epub"],
+                           scroll_thresholds=[10, 50])
+    doc["settings"]["auto"].update(clicks=True, spa=False)
+    doc["consent"].update(lifetime_days=90, rejection_lifetime_days=30)
+    doc["consent"]["purposes"][1]["default"] = True
+    doc["triggers"].append({"id": "deep", "type": "scroll_depth", "percent": 95,
+                            "conditions": []})
+    doc["triggers"] = [t for t in doc["triggers"] if t["type"] not in ("timer",
+                                                                       "element_visible")]
+    assert core_config("demo", doc, "p" * 16, "v1") == {
+        "s": "demo", "p": "p" * 16, "v": "v1", "e": "https://c.example/c",
+        "d": ".shop.example", "m": 10, "a": "pcodxfe", "x": "pdf epub", "t": [10, 50],
+        "k": [95], "P": "necessary!,analytics+,personalization,marketing", "l": 90, "r": 30,
+        "n": "analytics,marketing,personalization"}
+    doc["settings"]["auto"] = {k: False for k in doc["settings"]["auto"]}
+    doc["settings"]["download_extensions"] = []
+    doc["tags"] = []
+    config = core_config("demo", doc, "p" * 16, "v1")
+    assert (config["a"], config["x"]) == ("-", "-") and "n" not in config and "k" not in config
 
 
 def test_live_version_not_draft_is_served(env, site):
@@ -76,20 +115,20 @@ def test_live_version_not_draft_is_served(env, site):
     c = collector.containers
     doc = full()
     c.put_draft(site, doc, ORIGINS)
-    config = config_of(client.get(f"/t/{site}.js"))
-    assert (config["version"], len(config["tags"])) == (0, len(doc["tags"]))  # the draft
+    tags = lambda: engine_of(client.get(f"/t/{site}/tm.js"))["g"]  # noqa: E731
+    draft = config_of(client.get(f"/t/{site}.js"))
+    assert len(tags()) == len(doc["tags"]) and draft["n"]  # the draft
     c.publish(site, origins=ORIGINS)
     c.put_draft(site, {**doc, "tags": []}, ORIGINS)
-    config = config_of(client.get(f"/t/{site}.js"))
-    assert config["version"] == 1 and len(config["tags"]) == len(doc["tags"])
-    ads = config["tags"][0]
+    assert config_of(client.get(f"/t/{site}.js")) == draft  # version 1, the same document
+    assert len(tags()) == len(doc["tags"])
+    ads = tags()[0]
     assert ads["url"] == "https://ads.example/p?o={{order_id}}&c={{campaign}}"
-    assert ads["blocking_triggers"] == [] and config["tags"][1]["blocking_triggers"] == []
+    assert "blocking_triggers" not in ads and "name" not in ads  # empty / unused: left out
     c.publish(site)
-    assert config_of(client.get(f"/t/{site}.js"))["tags"] == []
+    assert tags() == [] and "n" not in config_of(client.get(f"/t/{site}.js"))
     c.rollback(site, 1)
-    config = config_of(client.get(f"/t/{site}.js"))
-    assert config["version"] == 1 and len(config["tags"]) == len(doc["tags"])
+    assert len(tags()) == len(doc["tags"])
 
 
 def test_escaping(env, site):
@@ -102,9 +141,13 @@ def test_escaping(env, site):
     r = client.get(f"/t/{site}.js")
     assert b"</script" not in r.content.lower() and b"<!--" not in r.content
     assert "\u2028".encode() not in r.content and "\u2029".encode() not in r.content
-    config = config_of(r)
-    assert config["variables"][6]["value"] == nasty
-    assert config["tags"][2]["html"] == "<div>" + nasty + "</div>"
+    config_of(r)
+    engine = client.get(f"/t/{site}/tm.js")
+    assert b"</script" not in engine.content.lower() and b"<!--" not in engine.content
+    assert "\u2028".encode() not in engine.content
+    config = engine_of(engine)
+    assert config["v"][6]["value"] == nasty
+    assert config["g"][2]["html"] == "<div>" + nasty + "</div>"
     assert orjson.loads(js_json({"a": nasty})) == {"a": nasty}
 
 
@@ -128,7 +171,8 @@ def test_etag_and_304(env, site):
         "Accept-Encoding": "gzip", "If-None-Match": zipped.headers["etag"]}).status_code == 304
     # A changed container is a new body with a new ETag.
     _, collector, _ = env
-    collector.containers.publish(site)
+    collector.containers.put_draft(site, full(), ORIGINS)
+    collector.containers.publish(site, origins=ORIGINS)
     changed = client.get(f"/t/{site}.js", headers={"If-None-Match": etag,
                                                    "Accept-Encoding": "identity"})
     assert changed.status_code == 200 and changed.headers["etag"] != etag
@@ -173,7 +217,7 @@ def test_custom_tag_path(env, site):
     collector.containers.publish(site, origins=ORIGINS)
     custom = client.get(f"/assets/{site}/app.js")
     config = config_of(custom)
-    assert config["settings"]["tag_path"] == f"/assets/{site}/app.js"
+    assert config["s"] == site
     assert config_of(client.get(f"/t/{site}.js")) == config  # the default path stays
     assert client.head(f"/assets/{site}/app.js").status_code == 200
     assert client.get(f"/assets/{site}/other.js").status_code == 404
@@ -249,15 +293,14 @@ def test_public_origin_behind_a_trusted_proxy(env, site, monkeypatch):
     client, collector, _ = env
     monkeypatch.setattr(collector.settings, "networks", parse_networks("10.0.0.0/8"))
     headers = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "collect.shop.example"}
+    # The tag resolves the endpoint and its files against the URL it was loaded from, so
+    # the served config holds no origin: the same whoever asks and through whatever proxy.
     proxied = TestClient(client.app, client=("10.1.2.3", 5000))
     config = config_of(proxied.get(f"/t/{site}.js", headers=headers))
-    assert config["endpoint"] == "https://collect.shop.example/collect"
-    assert config["assets"]["banner"].startswith("https://collect.shop.example/t/banner.js?v=")
+    assert "e" not in config and b"http" not in orjson.dumps(config)
     stranger = TestClient(client.app, client=("192.0.2.1", 5000))
-    config = config_of(stranger.get(f"/t/{site}.js", headers=headers))
-    assert config["endpoint"] == "http://testserver/collect"
-    config = config_of(stranger.get(f"/t/{site}.js", headers={"Host": "bad host!"}))
-    assert config["endpoint"] == "/collect"
+    assert config_of(stranger.get(f"/t/{site}.js", headers=headers)) == config
+    assert config_of(stranger.get(f"/t/{site}.js", headers={"Host": "bad host!"})) == config
 
 
 def test_absolute_endpoint_is_kept(env, site):
@@ -265,11 +308,30 @@ def test_absolute_endpoint_is_kept(env, site):
     doc = full()
     doc["settings"]["endpoint"] = "https://collect.shop.example/c"
     collector.containers.put_draft(site, doc, ORIGINS)
-    assert config_of(client.get(f"/t/{site}.js"))["endpoint"] == "https://collect.shop.example/c"
+    assert config_of(client.get(f"/t/{site}.js"))["e"] == "https://collect.shop.example/c"
 
 
 def test_demo_site_has_a_published_container(env):
     client, collector, _ = env
     assert collector.containers.live_version("demo") >= 1
     config = config_of(client.get("/t/demo.js"))
-    assert config["site"] == "demo" and config["version"] >= 1
+    assert config["s"] == "demo" and config["n"] == "marketing"  # the partner tag
+    assert [t["id"] for t in engine_of(client.get("/t/demo/tm.js"))["g"]] == ["partner"]
+
+
+def test_engine_route(env, site):
+    client, _, dist = env
+    assert client.get("/t/no-such-site/tm.js").status_code == 404
+    r = client.get(f"/t/{site}/tm.js", headers={"Accept-Encoding": "gzip"})
+    assert r.headers["content-encoding"] == "gzip" and r.headers["etag"]
+    assert client.get(f"/t/{site}/tm.js", headers={
+        "Accept-Encoding": "gzip", "If-None-Match": r.headers["etag"]}).status_code == 304
+    before = config_of(client.get(f"/t/{site}.js"))["v"]
+    try:
+        (dist / "engine.js").write_bytes(b"/*v2*/" + ENGINE)
+        # a rebuilt engine is a new version of every asset URL the core builds
+        assert config_of(client.get(f"/t/{site}.js"))["v"] != before
+        (dist / "engine.js").unlink()
+        assert client.get(f"/t/{site}/tm.js").status_code == 503
+    finally:
+        (dist / "engine.js").write_bytes(ENGINE)

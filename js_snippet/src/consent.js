@@ -13,11 +13,12 @@
 //     an opener yet (see 2).
 // The banner opens itself as soon as its script runs. Then:
 //
-// 1. Read the state:  var s = tagwerk('consent', 'state')  -> the config the collector inlined
-//    (DESIGN.md §2), with four fields added:
+// 1. Read the state:  var s = tagwerk('consent', 'state')  -> (made from the compact config
+//    the collector inlined, DESIGN.md §2)
 //      s.site, s.policy (policy hash), s.consent.purposes ([{id, required, default}...], in
-//      order), s.consent.lifetime_days, s.assets.banner_css and s.assets.texts (the URL of
-//      the banner's texts, {site, version, policy, texts: {lang: {...}}}), ... and
+//      order), s.consent.lifetime_days, s.consent.rejection_lifetime_days,
+//      s.assets.banner_css and s.assets.texts (absolute URLs: the banner's stylesheet, and its
+//      texts, {site, version, policy, texts: {lang: {...}}}), and
 //      s.endpoint: "https://collect.../collect"   absolute URL of the collector
 //      s.granted:  {necessary: true, analytics: false, ...}  the current state (a copy)
 //      s.decided:  false     whether a valid decision exists (cookie, CMP or banner)
@@ -82,15 +83,15 @@ export var parse = (v, C, now, p = (v || "").split("."), G = {}) => (
   { i: p[1], g: p[0] == "v1" && p[2] == C.policy && now < +p[4] + 86400 * days(C.consent, G) && G }
 );
 
-// The string for document.cookie.
-export var format = (C, id, G, now, how) =>
+// The string for document.cookie (dom: the container's cookie_domain, "" = host-only).
+export var format = (C, id, G, now, how, dom) =>
   "tw_consent=" +
   ["v1", id, C.policy, list(G), now, how].join(".") +
   ";Max-Age=" +
   86400 * days(C.consent, G) +
   ";Path=/;SameSite=Lax" +
   (location.protocol == "https:" ? ";Secure" : "") +
-  (C.settings.cookie_domain ? ";Domain=" + C.settings.cookie_domain : "");
+  (dom ? ";Domain=" + dom : "");
 
 // The body posted to /consent.
 export var record = (C, id, G, how) => ({

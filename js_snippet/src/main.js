@@ -1,18 +1,32 @@
-// The tag at run time: wires the container (DESIGN.md §1, §2) to the page. start(C) runs once,
-// synchronously while the tag's <script> executes (document.currentScript is read then).
-// C is the config the collector inlines (collector/tagjs.py): a normalized container, every
-// setting, list and default present, so the tag does not guard against missing parts (a
-// broken one makes start() throw, which tag.js catches: the page is never affected).
+// The core of the tag at run time (DESIGN.md §2, §3): consent, events, page views, commands,
+// auto-tracking, dataLayer, sending; the tag-manager engine (tags, triggers, variables) is
+// src/engine.js, a separate file loaded only when it has something to do (below).
+// C is the compact config the collector inlines (collector/tagjs.py `core_config`): short
+// keys, defaults left out, asset URLs as one version hash. A broken one makes start() throw,
+// which tag.js catches: the page is never affected.
 //
-// Order at start: consent from the tw_consent cookie (or the container defaults) -> debug
-// (?tagwerk_debug=1) -> dataLayer history (model, gtag consent) -> `consent` commands queued
-// in tagwerk.q -> the page view -> dataLayer history (events) -> the other queued commands.
-// So the first page view carries the consent a CMP gave before the tag loaded, and events
-// pushed before load come after the page view, as with GTM.
+// Main-thread cost: the first access of a page to document.cookie or the storages is a
+// synchronous call to the browser process, milliseconds while the page loads and well under
+// one afterwards. So start() only reads the nonce, installs a queueing `tagwerk` and the
+// listeners; boot() reads tw_consent, creates the first page view and replays what was
+// queued, at window load (or at once if the page has loaded, or 4 s after start at the
+// latest), or earlier when something needs it: a click, a submit, a scroll, a route change,
+// the page being hidden, or tagwerk('consent', 'state').
+//
+// Order at boot: consent from the tw_consent cookie (or the defaults) -> debug
+// (?tagwerk_debug=1) -> dataLayer so far (gtag consent) -> `consent` commands queued in
+// tagwerk.q -> the page view -> dataLayer so far (events) -> the other queued commands.
+// So the first page view carries the consent a CMP gave before boot, and events pushed
+// before boot come after the page view, as with GTM.
+//
+// The engine: a signal (what happened: {t: trigger type, el, p, e, id}) goes to the engine
+// when it is loaded; until then it is logged with the consent state of its time and the
+// dataLayer's length, for the current page. The engine is loaded (once, async, with the
+// nonce) when a purpose some tag needs is granted, when debugging, or at boot when the
+// container has timer or element_visible triggers; it replays the log first, so it fires
+// and holds what it would have fired and held had it been there from the start.
 import { cookie, on, T, uuid } from "./util.js";
-import { resolve } from "./vars.js";
-import { select } from "./triggers.js";
-import { ga4, gcm, merge } from "./datalayer.js";
+import { ga4, gcm } from "./datalayer.js";
 import { decide, defaults, format, list, parse, record } from "./consent.js";
 import { add, flush, online, persist, setup } from "./send.js";
 
@@ -21,43 +35,52 @@ export var start = (C) => {
     d = document,
     L = location,
     nv = navigator,
-    S = C.settings,
-    A = S.auto,
-    P = C.consent.purposes,
-    AS = C.assets,
-    K = C.triggers,
-    ST = S.scroll_thresholds,
-    TH = [...ST], // thresholds of the settings and of scroll_depth triggers
-    V = {}, // variables by id
-    M = {}, // the dataLayer model
-    H = {}, // tags held for consent on this page: id -> [tag, trigger id]
-    X = {}, // script tags inserted on this document
-    N = (d.currentScript || {}).nonce || "", // "" without CSP
-    EP = new URL(C.endpoint, L),
+    me = d.currentScript || {},
+    N = me.nonce || "", // "" without CSP
+    O = me.src || L, // paths resolve against the tag's own URL (the collector)
+    A = C.a || "psodxfe", // auto-tracking switches on, one letter each (tagjs.py AUTO)
+    ST = C.t || [25, 50, 75, 90],
+    TH = [...ST, ...(C.k || [])], // with the percents of scroll_depth triggers
+    url = (n) => new URL("/t/" + n + "?v=" + C.v, O) + "",
+    // The purposes: "id" + "!" when required, "+" when granted by default.
+    P = (C.P || "necessary!,analytics,personalization,marketing")
+      .split(",")
+      .map((i) => ({ id: i.replace(/\W$/, ""), required: /!$/.test(i), default: /\+$/.test(i) })),
+    // The static part of tagwerk('consent', 'state') (the banner contract, consent.js).
+    K = {
+      site: C.s,
+      policy: C.p,
+      consent: { purposes: P, lifetime_days: C.l || 365, rejection_lifetime_days: C.r || 182 },
+      assets: { banner_css: url("banner.css"), texts: url(C.s + "/consent.json") },
+    },
+    EP = new URL(C.e || "/collect", O),
     gpc = !!nv.globalPrivacyControl,
     ref = d.referrer, // sent with the first page view only
+    // The first page view's time and URL: when the tag started (boot may come later).
+    t0 = { ts: new Date().toISOString(), url: L.href.slice(0, 4096) },
+    h0 = L.href,
     now = () => (Date.now() / 1e3) | 0,
-    c0 = parse(cookie("tw_consent"), C, now()),
-    cid = c0.i || uuid().replace(/-/g, ""), // 32 hex digits
-    G = c0.g || defaults(P, gpc), // purpose -> granted
-    D = !!c0.g, // a valid decision exists
+    q = (w.tagwerk || {}).q || [],
+    lg = [], // the signals of this page while the engine is not loaded
+    b, // booted
+    cid, // consent id
+    G, // purpose -> granted
+    D, // a valid decision exists
     U, // user id (kept only with analytics)
     W, // window.__tagwerk_debug while debugging
     B, // the banner's opener
     bl, // banner script inserted
     dl, // debug script inserted
+    E, // the engine's signal function, once loaded
+    el, // engine script inserted
     last, // URL of the last page view
     SD, // scroll thresholds reached on this page
-    q = (w.tagwerk || {}).q || [],
-    DL = (w.dataLayer = w.dataLayer || []),
-    hist = [...DL],
-    push = DL.push,
-    val = (i, v) => ((v = V[i] && resolve(V[i], M)) == null ? "" : "" + v),
+    DL,
     // Debug records (README "Debug overlay"): pushed, one by one, to window.__tagwerk_debug.
     dbg = (r) => W && W.push(r),
     load = (u, s) =>
       u &&
-      (((s = d.createElement("script")).src = new URL(u, EP)),
+      (((s = d.createElement("script")).src = new URL(u, O)),
       (s.async = 1),
       (s.nonce = N),
       d.head.appendChild(s)),
@@ -77,7 +100,7 @@ export var start = (C) => {
         try {
           s = JSON.parse(sessionStorage.tw_s || 0);
           t = Date.now();
-          (!s || t - s.t > S.session_timeout_minutes * 6e4) && (s = { i: uuid() });
+          (!s || t - s.t > (C.m || 30) * 6e4) && (s = { i: uuid() });
           s.t = t;
           U ? (s.u = U) : (U = s.u);
           sessionStorage.tw_s = JSON.stringify(s);
@@ -87,43 +110,28 @@ export var start = (C) => {
       dbg({ kind: "event", payload: o });
       add(o);
     },
-    page = () => {
-      ev({ event: "page_view", referrer: ref });
+    page = (x) => {
+      ev({ event: "page_view", referrer: ref, ...x });
       ref = void 0;
     },
-    // A tag whose trigger fired: run it if its purpose is granted, else hold it for this page.
-    fire = (g, tr, rel, u, t) => {
-      dbg({
-        kind: "tag",
-        tag: g.id,
-        trigger: tr,
-        purpose: g.purpose,
-        fired: !!(u = G[g.purpose]),
-        why: u ? (rel ? "consent given" : "granted") : "no consent",
-      });
-      if (!u) return (H[g.id] = [g, tr]);
-      delete H[g.id];
-      u = (g.url || g.src || "").replace(/\{\{([\w-]+)\}\}/g, (_, i) => encodeURIComponent(val(i)));
-      (t = g.type) == "pixel"
-        ? (new Image().src = u)
-        : t == "script"
-          ? X[g.id] || (X[g.id] = load(u))
-          : t == "html" &&
-            ((t = d.createRange().createContextualFragment(g.html)),
-            t.querySelectorAll("script").forEach((s) => (s.nonce = N)),
-            d.body.appendChild(t));
-    },
-    sig = (s) => select(K, C.tags, s, val).forEach(T((x) => fire(...x))),
-    // Auto-tracking: the event when settings.auto[k] is on, the trigger signal always.
+    sig = (s) => (E ? E(s) : C.n && lg.push([s, { ...G }, DL.length])),
+    // The engine, when it has something to do (C.n: the purposes tags need; C.w: timers or
+    // visibility to watch from the start).
+    need = () =>
+      C.n &&
+      (C.w || W || C.n.split(",").some((p) => G[p])) &&
+      (el = el || load(url(C.s + "/tm.js"))),
+    // Auto-tracking: the event when its switch (a letter of A) is on, the trigger signal always.
     au = (k, t, props, el, p) => {
-      A[k] && ev({ event: t, props });
+      k && A.includes(k) && ev({ event: t, props });
       sig({ t, el, p });
     },
     apply = (how) => {
-      for (var k in H) G[H[k][0].purpose] && T(fire)(...H[k], 1);
+      E && E(); // release held tags whose purpose is granted now
       dbg({ kind: "consent", granted: list(G), how });
       persist(G.analytics);
       G.analytics || ((U = 0), delete sessionStorage.tw_s);
+      need();
     },
     // A decision (banner, CMP, gtag update): state, cookie, held tags, /consent. A valid
     // decision repeated unchanged (CMPs send gtag updates on every page) is not a new one.
@@ -133,11 +141,11 @@ export var start = (C) => {
       G = r[0];
       D = true;
       how = r[1] ? "gpc" : how;
-      same || (d.cookie = format(C, cid, G, now(), how));
+      same || (d.cookie = format(K, cid, G, now(), how, C.d));
       apply(how);
-      same || nv.sendBeacon(new URL("/consent", EP), JSON.stringify(record(C, cid, G, how)));
+      same || nv.sendBeacon(new URL("/consent", EP), JSON.stringify(record(K, cid, G, how)));
     },
-    banner = () => (B ? B() : bl || (bl = load(AS.banner))),
+    banner = () => (B ? B() : bl || (bl = load(url("banner.js")))),
     cmd = (a, c, x, y) => (
       (c = a[0]),
       (x = a[1]),
@@ -152,18 +160,22 @@ export var start = (C) => {
               ? // Sign-out: forget the customer and start a new session (a shared device).
                 ((U = void 0), delete sessionStorage.tw_s)
               : c == "debug"
-              ? (W = x && (w.__tagwerk_debug = w.__tagwerk_debug || [])) && (dl = dl || load(AS.debug))
-              : c == "consent" &&
-                (x == "update"
-                  ? y && setc(y, a[3] == "banner" ? "banner" : "api")
-                  : x == "show"
-                    ? banner()
-                    : x == "banner"
-                      ? (B = y) && 0
-                      : x == "state" && { ...C, endpoint: "" + EP, granted: { ...G }, decided: D, gpc, nonce: N })
+                ? (W = x && (w.__tagwerk_debug = w.__tagwerk_debug || [])) &&
+                  ((dl = dl || load(url("debug.js"))), need())
+                : c == "tm"
+                  ? // The engine registers itself: it gets what it needs and replays the log.
+                    E || (E = x({ g: () => G, n: N, l: lg, dl: DL, load, dbg }))
+                  : c == "consent" &&
+                    (x == "update"
+                      ? y && setc(y, a[3] == "banner" ? "banner" : "api")
+                      : x == "show"
+                        ? banner()
+                        : x == "banner"
+                          ? (B = y) && 0
+                          : x == "state" && { ...K, endpoint: "" + EP, granted: { ...G }, decided: D, gpc, nonce: N })
     ),
-    // A dataLayer entry. m: 1 = history before the page view (model and consent only),
-    // 2 = history after it (model and events), undefined = a live push (everything).
+    // A dataLayer entry. m: 1 = before the first page view (consent only), 2 = after it
+    // (events), undefined = a live push (everything). The engine keeps GTM's data model.
     dlp = (o, m) => {
       if (o && o[0] == "consent")
         // gtag('consent', 'default'|'update', {...}) pushes its `arguments`.
@@ -174,124 +186,98 @@ export var start = (C) => {
               ((G = decide(gcm(o[2]), G, P, gpc)[0]),
               gpc && (G.marketing = !1),
               apply("default")));
-      else if (o && o.length == null) {
-        merge(M, o);
-        m != 1 &&
+      else
+        o &&
+          o.length == null &&
+          m != 1 &&
           o.event &&
           (sig({ t: "custom_event", e: o.event }),
-          A.ecommerce && (o = ga4(o.event, o.ecommerce)) && ev(o));
-      }
+          A.includes("e") && (o = ga4(o.event, o.ecommerce)) && ev(o));
     },
     // A page view: the first, or a new URL after an SPA route change.
-    pv = (spa) => {
-      if (L.href != last) {
-        last = L.href;
-        H = {};
+    pv = (spa, h = spa ? L.href : h0) => {
+      if (h != last) {
+        last = h;
+        lg = [];
         SD = {};
-        A.page_views && (!spa || A.spa) && page();
+        A.includes("p") && (!spa || A.includes("s")) && page(!spa && t0);
         sig({ t: "page_view" });
         spa && sig({ t: "history_change" });
       }
     },
-    route = T(() => pv(1)),
     cm = T(cmd),
     dd = T(dlp),
-    // element_visible triggers: once per element, from DOM ready on.
-    vis = () =>
-      K.forEach(
-        (tr, r, o) =>
-          tr.type == "element_visible" &&
-          ((r = tr.ratio || 0),
-          (o = new IntersectionObserver(
-            T((es) =>
-              es.forEach(
-                (e) =>
-                  e.isIntersecting &&
-                  e.intersectionRatio >= r &&
-                  (o.unobserve(e.target), sig({ t: "element_visible", id: tr.id, el: e.target }))
-              )
-            ),
-            { threshold: r }
-          )),
-          d.querySelectorAll(tr.selector).forEach((e) => o.observe(e)))
-      );
+    boot = () => b || ((b = 1), T(init)()),
+    init = (c0, hist, push) => {
+      c0 = parse(cookie("tw_consent"), K, now());
+      cid = c0.i || uuid().replace(/-/g, ""); // 32 hex digits
+      G = c0.g || defaults(P, gpc);
+      D = !!c0.g;
+      setup(EP, C.s, G.analytics);
+      DL = w.dataLayer = w.dataLayer || [];
+      hist = [...DL];
+      push = DL.push;
+      // Each entry is in the array before it is handled (the engine's model reads it there).
+      DL.push = function (...a) {
+        a.forEach((o) => (push.call(DL, o), dd(o)));
+        return DL.length;
+      };
+      /[?&]tagwerk_debug=1/.test(L.search) && cm(["debug", 1]);
+      hist.forEach((o) => dd(o, 1));
+      q.forEach((a) => a[0] == "consent" && cm(a));
+      pv();
+      hist.forEach((o) => dd(o, 2));
+      q.forEach((a) => a[0] != "consent" && cm(a));
+      need();
+    },
+    // A listener that boots first: nothing that happens before boot is lost.
+    ob = (t, n, f, o) => on(t, n, (e) => (boot(), f(e)), o),
+    route = () => pv(1),
+    loaded = () => (boot(), D || banner());
 
-  C.variables.forEach((v) => (V[v.id] = v));
-  K.forEach((tr, n, i) => {
-    tr.type == "scroll_depth" && TH.push(tr.percent);
-    tr.type == "timer" &&
-      ((n = 0),
-      (i = setInterval(
-        T(() => {
-          tr.limit && ++n >= tr.limit && clearInterval(i);
-          sig({ t: "timer", id: tr.id });
-        }),
-        tr.interval_ms
-      )));
-  });
-
-  setup(EP, C.site, G.analytics);
-  /[?&]tagwerk_debug=1/.test(L.search) && cm(["debug", 1]);
-
-  (w.tagwerk = (...a) => cm(a)).x = 1; // x: this page has a running tag
-  DL.push = function (...a) {
-    a.forEach((o) => dd(o));
-    return push.apply(DL, a);
-  };
-  hist.forEach((o) => dd(o, 1));
-  q.forEach((a) => a[0] == "consent" && cm(a));
-  pv();
-  hist.forEach((o) => dd(o, 2));
-  q.forEach((a) => a[0] != "consent" && cm(a));
+  // Until boot, calls are queued (in order); 'state' answers at once, so it boots.
+  (w.tagwerk = (...a) => (a[1] == "state" && boot(), b ? cm(a) : q.push(a))).x = 1; // x: running
 
   ["pushState", "replaceState"].forEach((k, f) => {
     f = history[k];
     history[k] = function () {
       var r = f.apply(this, arguments);
-      route();
+      T(() => (boot(), route()))();
       return r;
     };
   });
-  on(w, "popstate", route);
-  on(w, "hashchange", route);
-
-  on(
+  ob(w, "popstate", route);
+  ob(w, "hashchange", route);
+  ob(
     d,
     "click",
     (e, el, a) => {
-      au("clicks", "click", { tag: (el = e.target).tagName, text: el.textContent.trim().slice(0, 99) }, el);
+      au("c", "click", { tag: (el = e.target).tagName, text: el.textContent.trim().slice(0, 99) }, el);
       if ((a = el.closest("a[href]"))) {
         e = { url: a.href };
         au(0, "link_click", e, a);
-        S.download_extensions.includes(a.pathname.split(".").pop().toLowerCase())
-          ? au("downloads", "file_download", e, a)
-          : a.host != L.host && /^http/.test(a.protocol) && au("outbound_links", "outbound_link", e, a);
+        (C.x || "pdf zip csv xlsx docx mp3 mp4 dmg exe").split(" ").includes(a.pathname.split(".").pop().toLowerCase())
+          ? au("d", "file_download", e, a)
+          : a.host != L.host && /^http/.test(a.protocol) && au("o", "outbound_link", e, a);
       }
     },
     !0
   );
-  on(
+  ob(
     d,
     "submit",
-    (e) =>
-      au("forms", "form_submit", { id: (e = e.target).getAttribute("id"), action: e.getAttribute("action") }, e),
+    (e) => au("f", "form_submit", { id: (e = e.target).getAttribute("id"), action: e.getAttribute("action") }, e),
     !0
   );
-  on(w, "scroll", (e, p) => {
+  ob(w, "scroll", (e, p) => {
     p = ((scrollY + innerHeight) / d.documentElement.scrollHeight) * 100;
     TH.forEach(
-      (t) =>
-        p >= t &&
-        !SD[t] &&
-        ((SD[t] = 1), au(ST.includes(t) && "scroll_depth", "scroll_depth", { percent: t }, 0, t))
+      (t) => p >= t && !SD[t] && ((SD[t] = 1), au(ST.includes(t) && "x", "scroll_depth", { percent: t }, 0, t))
     );
   });
-  on(w, "pagehide", flush);
-  on(d, "visibilitychange", () => d.hidden && flush(1));
+  ob(w, "pagehide", flush);
+  ob(d, "visibilitychange", () => d.hidden && flush(1));
   on(w, "online", online);
-
-  d.readyState == "loading" ? on(d, "DOMContentLoaded", vis) : T(vis)();
-  // No decision and no CMP by the time the page has loaded: ask.
-  q = () => D || banner();
-  d.readyState == "complete" ? T(q)() : on(w, "load", q);
+  // Boot when the page has loaded; then, without a decision and a CMP, ask.
+  d.readyState == "complete" ? T(loaded)() : (on(w, "load", loaded), setTimeout(T(boot), 4e3));
 };

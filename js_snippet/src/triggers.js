@@ -2,7 +2,8 @@
 //   {t: trigger type, el?: element, p?: scroll percent, e?: custom event name, id?: trigger id}
 // (timer and element_visible signals name the one trigger they come from).
 // A tag fires when one of its `triggers` matches the signal and none of its
-// `blocking_triggers` matches the same signal (GTM's exceptions).
+// `blocking_triggers` matches the same signal (GTM's exceptions). Empty lists may be left
+// out (the served engine config drops them).
 import { all } from "./cond.js";
 
 export var match = (tr, s, get) =>
@@ -11,7 +12,7 @@ export var match = (tr, s, get) =>
   (!s.id || s.id == tr.id) &&
   (s.p == null || s.p == tr.percent) &&
   (s.e == null || s.e == tr.event) &&
-  all(tr.conditions, get);
+  all(tr.conditions || [], get);
 
 // -> [[tag, id of the trigger that fired it], ...]
 export var select = (triggers, tags, s, get, m = {}) => (
@@ -22,5 +23,5 @@ export var select = (triggers, tags, s, get, m = {}) => (
   }),
   tags
     .map((g) => [g, g.triggers.find((i) => m[i])])
-    .filter((x) => x[1] && !x[0].blocking_triggers.some((i) => m[i]))
+    .filter((x) => x[1] && !(x[0].blocking_triggers || []).some((i) => m[i]))
 );

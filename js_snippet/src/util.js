@@ -18,14 +18,12 @@ export var on = (t, n, f, o) => t.addEventListener(n, T(f), o);
 // still a string the tag is not configured and does nothing.
 export var ready = (c) => !!c && typeof c == "object";
 
-// A random v4 UUID: crypto.randomUUID where available (secure contexts only), otherwise
-// made with crypto.getRandomValues.
-export var uuid = (c) =>
-  (c = crypto).randomUUID
-    ? c.randomUUID()
-    : ([1e7] + -1e3 + -4e3 + -8e3 + -1e11).replace(/[018]/g, (x) =>
-        (x ^ (c.getRandomValues(new Uint8Array(1))[0] & (15 >> (x / 4)))).toString(16)
-      );
+// A random v4 UUID, made with crypto.getRandomValues (crypto.randomUUID exists only in
+// secure contexts: one way for every page is smaller).
+export var uuid = () =>
+  ([1e7] + -1e3 + -4e3 + -8e3 + -1e11).replace(/[018]/g, (x) =>
+    (x ^ (crypto.getRandomValues(new Uint8Array(1))[0] & (15 >> (x / 4)))).toString(16)
+  );
 
 // A cookie's value by name ("" when absent).
 export var cookie = (n) =>

@@ -58,7 +58,7 @@ test("cookie format is v1.<id>.<policy>.<granted>.<unix s>.<how>", () => {
     "tw_consent=v1.8f3ae1.3c1d0e7a9b2f4c11.necessary,analytics.1795350383.banner" +
       ";Max-Age=31536000;Path=/;SameSite=Lax;Secure"
   );
-  const r = format({ ...C, settings: { cookie_domain: ".shop.example" } }, "i", G(["necessary"]), T0, "api");
+  const r = format(C, "i", G(["necessary"]), T0, "api", ".shop.example");
   assert.match(r, /^tw_consent=v1\.i\.3c1d0e7a9b2f4c11\.necessary\.1795350383\.api;Max-Age=15724800;/);
   assert.match(r, /;Domain=\.shop\.example$/);
   globalThis.location = new URL("http://localhost/");

@@ -5,8 +5,9 @@
 import vm from "node:vm";
 import { bundle } from "../build.mjs";
 
-// The bundle of the current sources (built in memory, like `npm run build` would).
+// The bundles of the current sources (built in memory, like `npm run build` would).
 export const TAG = await bundle("tag.js");
+export const ENGINE = await bundle("engine.js");
 
 // The demo container of DESIGN.md §1 as the server would inline it (§2), normalized as
 // collector/containers.py does (conditions and blocking_triggers always present).
@@ -97,14 +98,49 @@ export const container = (over = {}) => normalize({
       triggers: ["t30"],
     },
   ],
-  assets: {
-    banner: "https://collect.shop.example/t/banner.js?v=b1",
-    banner_css: "https://collect.shop.example/t/banner.css?v=c1",
-    debug: "/t/debug.js?v=d1", // a path resolves against the endpoint
-    texts: "https://collect.shop.example/t/demo.texts.json?v=t1",
-  },
   ...over,
 });
+
+// The configs the collector serves (collector/tagjs.py core_config and engine_config, the
+// same rules; test/compact.json pins both to the same output): the core's compact one and
+// the engine's. v is the assets' version hash.
+const AUTO = { page_views: "p", spa: "s", clicks: "c", outbound_links: "o", downloads: "d",
+  scroll_depth: "x", forms: "f", ecommerce: "e" };
+const EXT = "pdf zip csv xlsx docx mp3 mp4 dmg exe";
+const same = (a, b) => JSON.stringify(a) == JSON.stringify(b);
+export const compact = (c, v = "v1") => {
+  const s = c.settings, k = c.consent, o = { s: c.site, p: c.policy, v };
+  if (s.endpoint && s.endpoint != "/collect") o.e = s.endpoint;
+  if (s.cookie_domain) o.d = s.cookie_domain;
+  if ((s.session_timeout_minutes || 30) != 30) o.m = s.session_timeout_minutes;
+  const a = Object.keys(AUTO).filter((x) => s.auto[x]).map((x) => AUTO[x]).join("");
+  if (a != "psodxfe") o.a = a || "-";
+  const x = s.download_extensions.map((e) => e.toLowerCase()).join(" ");
+  if (x != EXT) o.x = x || "-";
+  if (!same(s.scroll_thresholds, [25, 50, 75, 90])) o.t = s.scroll_thresholds;
+  const P = k.purposes.map((p) => p.id + (p.required ? "!" : p.default ? "+" : "")).join(",");
+  if (P != "necessary!,analytics,personalization,marketing") o.P = P;
+  if (k.lifetime_days != 365) o.l = k.lifetime_days;
+  if (k.rejection_lifetime_days != 182) o.r = k.rejection_lifetime_days;
+  if (c.tags.length) {
+    const pc = [...new Set(c.triggers.filter((t) => t.type == "scroll_depth").map((t) => t.percent))]
+      .filter((p) => !s.scroll_thresholds.includes(p))
+      .sort((a, b) => a - b);
+    if (pc.length) o.k = pc;
+    o.n = [...new Set(c.tags.map((t) => t.purpose))].sort().join(",");
+    if (c.triggers.some((t) => t.type == "timer" || t.type == "element_visible")) o.w = 1;
+  }
+  const drop = (t, ks) => Object.fromEntries(Object.entries(t).filter(([k, v]) =>
+    !(ks.includes(k) && (k == "name" || (Array.isArray(v) && !v.length)))));
+  return {
+    core: o,
+    engine: {
+      v: c.variables,
+      r: c.triggers.map((t) => drop(t, ["conditions"])),
+      g: c.tags.map((t) => drop(t, ["name", "blocking_triggers"])),
+    },
+  };
+};
 
 const normalize = (c) => ({
   ...c,
@@ -213,10 +249,12 @@ export function clock() {
 function jar(initial = {}) {
   const c = { ...initial };
   const writes = [];
-  return {
+  const j = {
     c,
     writes,
+    reads: 0,
     get cookie() {
+      j.reads++;
       return Object.entries(c)
         .map(([k, v]) => `${k}=${v}`)
         .join("; ");
@@ -230,7 +268,16 @@ function jar(initial = {}) {
       else c[kv.slice(0, i)] = kv.slice(i + 1);
     },
   };
+  return j;
 }
+
+// A storage that counts every access (storage.n): the first one of a page is the slow one.
+const counted = (init, n = { n: 0 }) =>
+  new Proxy({ ...init }, {
+    get: (o, k) => (k == "n" ? n.n : (n.n++, o[k])),
+    set: (o, k, v) => (n.n++, (o[k] = v), true),
+    deleteProperty: (o, k) => (n.n++, delete o[k]),
+  });
 
 // fetch answers: a status number, "offline" (rejects), or a function of the request.
 export function browser({
@@ -247,6 +294,8 @@ export function browser({
   beacon = true,
   randomUUID = true,
   before = "",
+  engineSrc = null,
+  engineMode = "sync",
 } = {}) {
   const t = clock();
   const listeners = {};
@@ -279,7 +328,7 @@ export function browser({
       return loc.href;
     },
   };
-  const net = { fetches: [], beacons: [], images: [], scripts: [], html: [] };
+  const net = { fetches: [], beacons: [], images: [], scripts: [], html: [], engine: [] };
   const body = new El("body");
   const head = new El("head");
   const observers = [];
@@ -297,8 +346,8 @@ export function browser({
     crypto: randomUUID
       ? crypto
       : { getRandomValues: (a) => crypto.getRandomValues(a) },
-    localStorage: { ...local },
-    sessionStorage: { ...session },
+    localStorage: counted(local),
+    sessionStorage: counted(session),
     screen: { width: 1280, height: 800 },
     innerHeight: 800,
     scrollY: 0,
@@ -387,8 +436,15 @@ export function browser({
       },
     }),
   };
+  // The engine (/t/{site}/tm.js) runs when inserted ("sync"), or when the test calls
+  // b.arrive() ("manual"): a network answer that takes its time. Other scripts are recorded.
+  const pending = [];
   head.appendChild = (e) => {
-    net.scripts.push({ src: String(e.src), nonce: e.nonce, async: e.async });
+    if (/\/tm\.js\?/.test(String(e.src))) {
+      net.engine.push({ src: String(e.src), nonce: e.nonce, async: e.async });
+      pending.push(() => engineSrc && run(engineSrc));
+      if (engineMode == "sync") pending.shift()();
+    } else net.scripts.push({ src: String(e.src), nonce: e.nonce, async: e.async });
     return e;
   };
   body.appendChild = (f) => {
@@ -400,14 +456,20 @@ export function browser({
   // fire a listener registered by the tag: fire("window:load"), fire("document:click", ev)
   const fire = (key, ev = {}) => (listeners[key] || []).forEach((f) => f(ev));
   if (before) run(before);
-  return { w, ctx, run, fire, net, clock: t, jar: c, listeners, body };
+  const arrive = () => pending.length && pending.shift()();
+  return { w, ctx, run, fire, net, clock: t, jar: c, listeners, body, arrive };
 }
 
-// Load the built tag with a container (or the bare placeholder when config is null).
+// Load the built tag with a container in its served form (compacted here as the collector
+// does), or the bare placeholder when config is null.
 export function load(config, opts = {}) {
-  const b = browser(opts);
+  const cfg = config && compact(config);
+  const b = browser({
+    ...opts,
+    engineSrc: cfg && ENGINE.replace('"__TAGWERK_CONFIG__"', JSON.stringify(cfg.engine)),
+  });
   let src = TAG;
-  if (config) src = src.replace('"__TAGWERK_CONFIG__"', JSON.stringify(config));
+  if (cfg) src = src.replace('"__TAGWERK_CONFIG__"', JSON.stringify(cfg.core));
   b.run(src);
   return b;
 }

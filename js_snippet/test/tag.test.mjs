@@ -1,7 +1,7 @@
 // The whole tag, as built, in a fake browser (fake.mjs).
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { El, TAG, browser, container, link, load, sent, tick } from "./fake.mjs";
+import { El, TAG, browser, compact, container, link, load, sent, tick } from "./fake.mjs";
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
 const POLICY = "3c1d0e7a9b2f4c11";
@@ -33,7 +33,7 @@ test("not configured (the placeholder is still a string): does nothing", () => {
   assert.equal(b.w.dataLayer, undefined);
   assert.equal(b.w.tagwerk.q.length, 1); // the snippet's stub, untouched
   assert.deepEqual(Object.keys(b.listeners), []);
-  assert.deepEqual(b.net, { fetches: [], beacons: [], images: [], scripts: [], html: [] });
+  assert.deepEqual(b.net, { fetches: [], beacons: [], images: [], scripts: [], html: [], engine: [] });
 });
 
 test("page view on load with the common fields and no identifiers without consent", async () => {
@@ -84,7 +84,7 @@ test("calls queued before load are replayed; consent first, so the page view car
 
 test("a tag included twice runs once", async () => {
   const b = load(container());
-  b.run(TAG.replace('"__TAGWERK_CONFIG__"', JSON.stringify(container())));
+  b.run(TAG.replace('"__TAGWERK_CONFIG__"', JSON.stringify(compact(container()).core)));
   assert.deepEqual(names(await flushed(b)), ["page_view"]);
   b.run("tagwerk('track','once')");
   b.run("dataLayer.push({event:'x'})");
@@ -135,7 +135,7 @@ test("no valid decision: the banner is loaded at page load, with the nonce", asy
   assert.equal(b.net.scripts.length, 0);
   b.fire("window:load");
   assert.deepEqual(b.net.scripts, [
-    { src: "https://collect.shop.example/t/banner.js?v=b1", nonce: "n0nce", async: 1 },
+    { src: "https://collect.shop.example/t/banner.js?v=v1", nonce: "n0nce", async: 1 },
   ]);
   b.run("tagwerk('consent','show')"); // not loaded twice
   assert.equal(b.net.scripts.length, 1);
@@ -218,8 +218,10 @@ test("the consent cookie: attributes, lifetimes, the kept consent id", () => {
 
 test("tags: held without consent, released once it arrives, on this page only", async () => {
   const b = load(container(), { readyState: "interactive" });
+  b.fire("window:load");
   // chat (personalization) fires on all_pages: held
-  assert.equal(b.net.scripts.length, 0);
+  assert.equal(b.net.scripts.length, 1); // the banner
+  b.net.scripts.length = 0;
   b.run("tagwerk('consent','update',{personalization:true})");
   assert.deepEqual(b.net.scripts, [{ src: "https://chat.example/w.js", nonce: "n0nce", async: 1 }]);
   // a script tag is inserted once per document, even on the next page view
@@ -232,11 +234,13 @@ test("tags: held without consent, released once it arrives, on this page only", 
   cfg.tags.push({ id: "px", type: "pixel", purpose: "marketing", url: "https://px.example/",
     triggers: ["promo"], blocking_triggers: [] });
   const c = load(cfg, { readyState: "interactive" });
+  c.fire("window:load");
   c.run("dataLayer.push({event: 'promo'})");
   c.run("history.pushState({}, '', '/next')");
   c.run("tagwerk('consent','update',{marketing:true})");
   assert.deepEqual(c.net.images, []);
   const same = load(cfg, { readyState: "interactive" });
+  same.fire("window:load");
   same.run("dataLayer.push({event: 'promo'})");
   same.run("tagwerk('consent','update',{analytics:true})"); // another purpose: still held
   assert.deepEqual(same.net.images, []);
@@ -474,7 +478,7 @@ test("scroll depth: each threshold once per page", async () => {
 test("debug: records of events, tags (fired or held, trigger, purpose, why) and consent", async () => {
   const b = load(container(), { url: "https://shop.example/?tagwerk_debug=1" });
   assert.deepEqual(b.net.scripts[0], {
-    src: "https://collect.shop.example/t/debug.js?v=d1",
+    src: "https://collect.shop.example/t/debug.js?v=v1",
     nonce: "n0nce",
     async: 1,
   });
@@ -491,7 +495,7 @@ test("debug: records of events, tags (fired or held, trigger, purpose, why) and 
   c.run("tagwerk('debug', true)");
   c.run("tagwerk('track','x')");
   assert.equal(c.w.__tagwerk_debug.length, 1);
-  assert.equal(c.net.scripts.at(-1).src, "https://collect.shop.example/t/debug.js?v=d1");
+  assert.equal(c.net.scripts.at(-1).src, "https://collect.shop.example/t/debug.js?v=v1");
 });
 
 test("timer trigger: html tag after 30 s, once, with consent; nonce on its scripts", async () => {
@@ -509,14 +513,15 @@ test("timer trigger: html tag after 30 s, once, with consent; nonce on its scrip
   assert.deepEqual(c.net.html[0].nonces, ["n0nce"]);
 });
 
-test("element_visible: observed at DOM ready, fires once per element at the ratio", () => {
+test("element_visible: observed from boot (the engine loads then), once per element at the ratio", () => {
   const b = load(container(), {
     cookies: ALL,
     readyState: "loading",
   });
   const hero = new El("section", { id: "hero" }, "", b.body);
   assert.equal(b.w.observers.length, 0);
-  b.fire("document:DOMContentLoaded");
+  b.fire("window:load");
+  assert.equal(b.net.engine.length, 1);
   const [o] = b.w.observers;
   assert.equal(o.opts.threshold, 0.5);
   assert.deepEqual([...o.els], [hero]);
@@ -588,4 +593,138 @@ test("a broken container never throws either", () => {
     const b = browser();
     b.run(TAG.replace('"__TAGWERK_CONFIG__"', c));
   }
+});
+
+// ---- boot at load (main-thread cost) and the lazily loaded engine
+
+test("before the page has loaded: no cookie or storage access, calls keep their order", async () => {
+  const gtag = "window.dataLayer=window.dataLayer||[];function gtag(){dataLayer.push(arguments)}";
+  const b = load(container(), { readyState: "interactive", cookies: ANALYTICS, before: gtag });
+  b.run("tagwerk('track','early',{n:1})");
+  b.run("dataLayer.push({event:'view_item', ecommerce:{items:[{item_id:'A'}]}})");
+  b.run("gtag('consent','update',{ad_storage:'granted',ad_user_data:'granted'})");
+  b.run("tagwerk('consent','update',{personalization:true})");
+  assert.equal(b.jar.reads, 0);
+  assert.equal(b.w.sessionStorage.n + b.w.localStorage.n, 0);
+  assert.equal(b.net.engine.length, 0);
+  b.fire("window:load");
+  assert.ok(b.jar.reads > 0);
+  const events = await flushed(b);
+  // consent first (so the page view carries it), then the page view, dataLayer, commands
+  assert.deepEqual(names(events), ["page_view", "view_item", "early"]);
+  assert.deepEqual(events[0].consent, ["necessary", "analytics", "personalization", "marketing"]);
+  assert.equal(events[0].session_id, events[2].session_id);
+  assert.equal(b.net.scripts.filter((s) => /chat/.test(s.src)).length, 1); // the chat tag fired
+  b.fire("window:load"); // once
+  assert.equal(names(sent(b)).filter((n) => n == "page_view").length, 1);
+});
+
+test("the first page view carries the time the tag started, not the time of boot", async () => {
+  const b = load(container(), { readyState: "interactive" });
+  const started = Date.now();
+  await new Promise((r) => setTimeout(r, 30));
+  b.fire("window:load");
+  const [pv] = await flushed(b);
+  assert.ok(Math.abs(Date.parse(pv.ts) - started) < 25);
+});
+
+test("boot before load when needed: page hidden, a click, a route change, 'state', 4 s", async () => {
+  const hidden = load(container(), { readyState: "interactive" });
+  hidden.run("tagwerk('track','bye')");
+  hidden.fire("window:pagehide", { persisted: false });
+  assert.deepEqual(hidden.net.beacons[0].body.events.map((e) => e.event), ["page_view", "bye"]);
+
+  const click = load(container(), { readyState: "interactive" });
+  click.fire("document:click", { target: link("https://other.example/x") });
+  assert.deepEqual(names(await flushed(click)), ["page_view", "outbound_link"]);
+
+  const route = load(container(), { readyState: "interactive" });
+  route.run("history.pushState({}, '', '/p/1')");
+  assert.deepEqual((await flushed(route)).map((e) => e.url.slice(20)), ["/", "/p/1"]);
+
+  const state = load(container(), { readyState: "interactive" });
+  assert.equal(state.run("tagwerk('consent','state')").decided, false);
+  assert.equal(state.jar.reads, 1);
+
+  const slow = load(container(), { readyState: "loading" });
+  await slow.clock.advance(3999);
+  assert.equal(slow.jar.reads, 0);
+  await slow.clock.advance(1);
+  assert.equal(slow.jar.reads, 1);
+  assert.equal(slow.net.scripts.length, 0); // the banner still waits for the load
+  slow.fire("window:load");
+  assert.equal(slow.net.scripts.length, 1);
+});
+
+// A container whose tags the engine handles from signals the core logs (no timer, no
+// element_visible): the engine is loaded only once a purpose a tag needs is granted.
+const lazy = () => {
+  const c = container();
+  c.triggers = c.triggers.filter((t) => t.type != "timer" && t.type != "element_visible");
+  c.tags = c.tags.filter((t) => t.id != "survey");
+  return c;
+};
+
+test("the engine: not loaded without a purpose its tags need; served config is compact", () => {
+  const { core, engine } = compact(lazy());
+  assert.deepEqual(core, { s: "demo", p: POLICY, v: "v1", n: "marketing,personalization" });
+  assert.equal(engine.g[0].name, undefined);
+  const b = load(lazy(), { cookies: ANALYTICS });
+  b.run("dataLayer.push({event:'purchase'})");
+  assert.deepEqual(b.net.engine, []);
+  const none = load({ ...lazy(), tags: [] }, { cookies: ALL });
+  assert.deepEqual(none.net.engine, []); // no tags: nothing to do
+  const all = load(lazy(), { cookies: ALL });
+  assert.deepEqual(all.net.engine, [
+    { src: "https://collect.shop.example/t/demo/tm.js?v=v1", nonce: "n0nce", async: 1 },
+  ]);
+  assert.deepEqual(all.net.scripts.map((s) => s.src), ["https://chat.example/w.js"]);
+  // timers or element_visible triggers: loaded at boot whatever the consent
+  assert.equal(load(container(), { cookies: ANALYTICS }).net.engine.length, 1);
+});
+
+test("the engine replays the page's signals: held tags fire when consent arrives", () => {
+  const b = load(lazy(), { url: "https://shop.example/checkout", engineMode: "manual" });
+  b.run("dataLayer.push({event: 'purchase', ecommerce: {transaction_id: 'T1'}})");
+  b.run("dataLayer.push({ecommerce: {transaction_id: 'LATER'}})");
+  b.run("tagwerk('consent','update',{marketing:true})");
+  assert.equal(b.net.engine.length, 1);
+  assert.deepEqual(b.net.images, []); // the engine is still on its way
+  b.arrive();
+  // held (no consent at the signal), released now: the values of now, like a held tag
+  assert.deepEqual(b.net.images, ["https://ads.example/p?o=LATER&s=berlin"]);
+  const chat = () => b.net.scripts.filter((s) => /chat/.test(s.src)).length;
+  assert.equal(chat(), 0); // personalization still not granted
+  b.run("tagwerk('consent','update',{personalization:true})");
+  assert.equal(chat(), 1);
+
+  // granted when the signal happened, the engine not there yet: fired for each signal
+  const c = load(lazy(), { url: "https://shop.example/checkout", cookies: ALL, engineMode: "manual" });
+  c.run("dataLayer.push({event: 'purchase', ecommerce: {transaction_id: 'A'}})");
+  c.run("dataLayer.push({event: 'purchase', ecommerce: {transaction_id: 'B'}})");
+  c.arrive();
+  assert.equal(c.net.images.length, 2);
+  c.run("dataLayer.push({event: 'purchase', ecommerce: {transaction_id: 'C'}})");
+  assert.equal(c.net.images.length, 3);
+
+  // conditions on the dataLayer see the model as it was at the signal
+  const cfg = lazy();
+  cfg.variables.push({ id: "tier", type: "data_layer", key: "tier" });
+  cfg.triggers.push({ id: "gold", type: "custom_event", event: "go",
+    conditions: [{ variable: "tier", operator: "equals", value: "gold" }] });
+  cfg.tags.push({ id: "g", type: "pixel", purpose: "marketing", url: "https://g.example/", triggers: ["gold"] });
+  const m = load(cfg, { engineMode: "manual" });
+  m.run("dataLayer.push({tier: 'gold', event: 'go'})");
+  m.run("dataLayer.push({tier: 'silver', event: 'go'})");
+  m.run("tagwerk('consent','update',{marketing:true})");
+  m.arrive();
+  assert.deepEqual(m.net.images, ["https://g.example/"]);
+
+  // a new page drops what was held on the old one, before and after the engine came
+  const r = load(lazy(), { url: "https://shop.example/checkout", engineMode: "manual" });
+  r.run("dataLayer.push({event: 'purchase'})");
+  r.run("history.pushState({}, '', '/checkout/2')");
+  r.run("tagwerk('consent','update',{marketing:true})");
+  r.arrive();
+  assert.deepEqual(r.net.images, []);
 });
