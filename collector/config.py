@@ -34,6 +34,8 @@ class Settings:
     # Past this many unflushed bytes on disk the collector answers 503.
     spool_max_bytes: int = 2 * 1024**3
     spool_segment_bytes: int = 64 * 1024**2
+    # After a group commit of several hits, the spool waits this long to gather the next.
+    spool_commit_delay_ms: float = 2.0
     demo_site: bool = True
     log_level: str = "info"
     networks: tuple = field(default=(), repr=False)

@@ -40,7 +40,7 @@ class Collector:
         self.containers = Containers(self.store)
         self.previews = Previews(self.store)
         self.spool = Spool(settings.spool_dir, settings.spool_segment_bytes,
-                           settings.spool_max_bytes)
+                           settings.spool_max_bytes, settings.spool_commit_delay_ms / 1000)
         self.flusher = Flusher(self.spool, self.store, self.metrics,
                                interval=settings.flush_interval_ms / 1000,
                                max_bytes=settings.flush_bytes)

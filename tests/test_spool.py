@@ -126,3 +126,27 @@ def test_segments_are_written_over_zeros_and_end_at_their_records(tmp_path):
     append_all(reopened, [b"e"])
     assert read_all(reopened)[-1] == b"e"
     reopened.close()
+
+
+def test_commit_delay_gathers_the_next_commit_only_under_concurrency(tmp_path):
+    spool = Spool(tmp_path, 1 << 20, 1 << 30, commit_delay=0.2)
+
+    async def go():
+        await spool.append(b"alone")  # a lone record: no delay after its commit
+        started = asyncio.get_running_loop().time()
+        await spool.append(b"next")
+        lone_wait = asyncio.get_running_loop().time() - started
+        # Company: some commit holds several records, and a delay follows it.
+        await asyncio.gather(*(spool.append(b"c%d" % i) for i in range(50)))
+        before = spool.fsyncs
+        late = []
+        for i in range(5):  # arrive one by one during the delay: one commit
+            late.append(asyncio.ensure_future(spool.append(b"late%d" % i)))
+            await asyncio.sleep(0.01)
+        await asyncio.gather(*late)
+        return lone_wait, spool.fsyncs - before
+
+    lone_wait, commits = asyncio.run(go())
+    assert lone_wait < 0.15
+    assert commits <= 2  # without the delay: 5
+    spool.close()
