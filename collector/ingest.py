@@ -339,12 +339,13 @@ def _pixel_event(query_string: bytes) -> dict[str, Any]:
     props: dict[str, str] = {}
     for part in parts:
         key, _, value = part.partition("=")
-        if "%" in part or "+" in part:  # most parts need no unescaping
-            try:
+        try:  # most parts need no unescaping
+            if "%" in key or "+" in key:
                 key = unquote_plus(key, errors="strict")
+            if "%" in value or "+" in value:
                 value = unquote_plus(value, errors="strict")
-            except UnicodeDecodeError:
-                raise _bad_utf8() from None
+        except UnicodeDecodeError:
+            raise _bad_utf8() from None
         if key.startswith("props."):
             target, name = props, key[6:]
         else:
