@@ -9,10 +9,10 @@ import os
 import secrets
 import threading
 import time
-from pathlib import Path
 
 from collector.config import Settings
 from collector.containers import Containers, Previews
+from collector.files import write_atomic
 from collector.flusher import Flusher
 from collector.geo import GeoIP
 from collector.metrics import Metrics
@@ -89,7 +89,7 @@ class Collector:
         if demo is None:
             _, keys = self.sites.create(DEMO_SITE, sorted(origins), name="Demo shop")
             path = self.settings.data_dir / "demo-keys.json"
-            _write_private(path, json.dumps(keys, indent=2))
+            write_atomic(path, json.dumps(keys, indent=2))
             log.info("created site 'demo'; its keys are in %s", path)
         elif not origins <= set(demo.origins):
             # Started on another port than before: the demo shop must still be allowed.
@@ -127,13 +127,5 @@ class Collector:
 
     def write_runtime_info(self, info: dict) -> None:
         """Tell local commands (``tagwerk sql``...) how to reach this running collector."""
-        _write_private(self.settings.data_dir / "serve.json",
+        write_atomic(self.settings.data_dir / "serve.json",
                        json.dumps({**info, "pid": os.getpid(), "started": time.time()}))
-
-
-def _write_private(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
-import os
 import re
 import secrets
 import threading
@@ -21,6 +20,7 @@ from urllib.parse import urlsplit
 import anyio.to_thread
 import orjson
 
+from collector.files import write_atomic
 from collector.storage import StorageError, Store
 
 MISS_RELOAD_AGE = 0.25
@@ -140,9 +140,7 @@ class Sites:
         previous = self._sites
         self._set({row["site_id"]: _site_from_row(row) for row in rows})
         if self.snapshot_path and (self._sites != previous or not self.snapshot_path.exists()):
-            tmp = self.snapshot_path.with_suffix(".tmp")
-            tmp.write_bytes(orjson.dumps(rows))
-            os.replace(tmp, self.snapshot_path)
+            write_atomic(self.snapshot_path, orjson.dumps(rows))
 
     def load_snapshot(self) -> bool:
         """Serve the sites saved by the last successful load; False if there is none."""

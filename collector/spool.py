@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+from collector.files import fsync_dir, write_atomic
+
 log = logging.getLogger("tagwerk.spool")
 
 HEADER = struct.Struct("<II")
@@ -63,14 +65,6 @@ class Checkpoint:
 
 def _name(segment: int) -> str:
     return f"{segment:016d}.seg"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Spool:
@@ -109,12 +103,7 @@ class Spool:
         would take the second batch for a replay of the first and drop it."""
         path = self.dir / "id"
         if not path.exists():
-            tmp = self.dir / "id.tmp"
-            tmp.write_text(uuid.uuid4().hex)
-            with open(tmp) as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-            _fsync_dir(self.dir)
+            write_atomic(path, uuid.uuid4().hex, durable=True)
         return path.read_text().strip()
 
     def segments(self) -> list[int]:
@@ -130,17 +119,9 @@ class Spool:
         return Checkpoint(Pos(*data["flushed"]), pending)
 
     def write_checkpoint(self, checkpoint: Checkpoint) -> None:
-        tmp = self.dir / "checkpoint.json.tmp"
-        with open(tmp, "w") as f:
-            json.dump(
-                {"flushed": list(checkpoint.flushed),
-                 "pending": list(checkpoint.pending) if checkpoint.pending else None},
-                f,
-            )
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.dir / "checkpoint.json")
-        _fsync_dir(self.dir)
+        write_atomic(self.dir / "checkpoint.json", json.dumps(
+            {"flushed": list(checkpoint.flushed),
+             "pending": list(checkpoint.pending) if checkpoint.pending else None}), durable=True)
         self.checkpoint = checkpoint
 
     def _recover(self) -> None:
@@ -261,7 +242,7 @@ class Spool:
         path = self.dir / _name(segment)
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_DSYNC, 0o600)
         self._zero_fd = os.open(path, os.O_WRONLY)
-        _fsync_dir(self.dir)
+        fsync_dir(self.dir)
         self._segment, self._end, self._zeroed = segment, 0, 0
         self._sizes[segment] = 0
         # Where durable data ends. The flusher polls it: waking it on every fsync through
