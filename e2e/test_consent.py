@@ -3,8 +3,6 @@ what an acceptance sets, the marketing tag, GPC, and the consent log."""
 
 from __future__ import annotations
 
-import json
-
 from playwright.sync_api import expect
 
 from e2e.shop import consent_log
@@ -31,7 +29,7 @@ def test_reject_leaves_no_identifier_in_the_browser_or_the_rows(shop):
     decision = shop.consent()
     assert decision["granted"] == ["necessary"] and decision["how"] == "banner"
     storage = shop.storage()
-    assert "tw_q" not in storage["local"] and "tw_s" not in storage["session"]
+    assert "tw_q" not in storage["local"] and "tw_u" not in storage["session"]
     assert [k for k in (*storage["local"], *storage["session"]) if k.startswith("tw_")] == []
 
     # The rows: every event arrived, none carries an identifier.
@@ -55,7 +53,11 @@ def test_accept_sets_the_device_cookie_and_rows_carry_it(shop):
     shop.click_link("/demo/cart")
     shop.settle()
 
-    session = json.loads(shop.storage()["session"]["tw_s"])["i"]  # the tag's session id
+    # The tag's session: a first-party session cookie, <session id>.<minute of last activity>.
+    tw_s = shop.cookies()["tw_s"]
+    assert tw_s["expires"] == -1 and tw_s["sameSite"] == "Lax" and tw_s["path"] == "/"
+    assert not tw_s["httpOnly"]
+    session = tw_s["value"].split(".")[0]
     rows = shop.events()
     granted = [r for r in rows if "analytics" in r["consent"]]
     assert len(granted) >= 3  # two route changes and a list view, at least
@@ -141,4 +143,5 @@ def test_consent_log_has_one_row_per_decision(shop, server):
     assert accept["device_class"] == "desktop"
     # Withdrawing analytics clears the device cookie and the tag's storage.
     wait_for(lambda: "tw_id" not in shop.cookies())
-    assert "tw_s" not in shop.storage()["session"] and "tw_q" not in shop.storage()["local"]
+    assert "tw_s" not in shop.cookies() and "tw_q" not in shop.cookies()
+    assert "tw_u" not in shop.storage()["session"] and "tw_q" not in shop.storage()["local"]

@@ -129,6 +129,7 @@ def test_offline_events_arrive_exactly_once(shop):
     shop.wait(lambda: any("/collect" in u for u in shop.failed))  # a send failed...
     queued = shop.page.evaluate("() => JSON.parse(localStorage.tw_q || '[]').length")
     assert queued >= 5  # ...and the events wait in localStorage (analytics is granted)
+    assert shop.cookies()["tw_q"]["value"] == "1"  # the flag that makes a page read it
     shop.click_link("/demo/")
     shop.context.set_offline(False)
     shop.settle()
@@ -143,6 +144,7 @@ def test_offline_events_arrive_exactly_once(shop):
     assert set(counts.values()) == {1}  # ...once
     assert len(made) >= 9
     assert shop.page.evaluate("() => JSON.parse(localStorage.tw_q || '[]').length") == 0
+    assert "tw_q" not in shop.cookies()  # all sent: the stored queue and its flag are gone
 
 
 def test_strict_csp_with_nonce_and_no_violations(shop, server):

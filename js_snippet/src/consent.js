@@ -48,6 +48,8 @@
 // is the container's and now < time + lifetime (rejection_lifetime_days when nothing but
 // required purposes was granted, lifetime_days otherwise).
 
+import { cstr } from "./util.js";
+
 var MK = "marketing";
 
 // The granted purposes of a state {purpose: bool}.
@@ -85,13 +87,7 @@ export var parse = (v, C, now, p = (v || "").split("."), G = {}) => (
 
 // The string for document.cookie (dom: the container's cookie_domain, "" = host-only).
 export var format = (C, id, G, now, how, dom) =>
-  "tw_consent=" +
-  ["v1", id, C.policy, list(G), now, how].join(".") +
-  ";Max-Age=" +
-  86400 * days(C.consent, G) +
-  ";Path=/;SameSite=Lax" +
-  (location.protocol == "https:" ? ";Secure" : "") +
-  (dom ? ";Domain=" + dom : "");
+  cstr("tw_consent", ["v1", id, C.policy, list(G), now, how].join("."), dom, 86400 * days(C.consent, G));
 
 // The body posted to /consent.
 export var record = (C, id, G, how) => ({

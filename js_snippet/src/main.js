@@ -6,12 +6,22 @@
 // which tag.js catches: the page is never affected.
 //
 // Main-thread cost: the first access of a page to document.cookie or the storages is a
-// synchronous call to the browser process, milliseconds while the page loads and well under
-// one afterwards. So start() only reads the nonce, installs a queueing `tagwerk` and the
-// listeners; boot() reads tw_consent, creates the first page view and replays what was
-// queued, at window load (or at once if the page has loaded, or 4 s after start at the
-// latest), or earlier when something needs it: a click, a submit, a scroll, a route change,
-// the page being hidden, or tagwerk('consent', 'state').
+// synchronous call to the browser process (for the storages a permission check and the
+// storage's load too): milliseconds while the page loads, about one afterwards. So start()
+// only reads the nonce, installs a queueing `tagwerk` and the listeners; boot() reads the
+// cookies once (tw_consent, the session tw_s, the stored-queue flag tw_q), creates the
+// first page view and replays what was queued, at window load (or at once if the page has
+// loaded, or 4 s after start at the latest), or earlier when something needs it: a click, a
+// submit, a scroll, a route change, the page being hidden, or tagwerk('consent', 'state').
+// A normal visit touches neither storage: sessionStorage only when tw_s says a user id is
+// kept there, localStorage only when tw_q says a queue was stored (send.js).
+//
+// The session (with analytics only): the first-party session cookie tw_s (no Max-Age, so it
+// ends with the browser session, shared by the site's tabs, as GA4's), value
+// "<session id>.<minute of last activity>[.u]", written when it changes (at most once a minute
+// per page), a new id after session_timeout_minutes idle; ".u": the customer id (identify) is
+// kept in sessionStorage tw_u, not in a cookie the browser sends to the shop's server with
+// every request. Removed with analytics withdrawn and on reset.
 //
 // Order at boot: consent from the tw_consent cookie (or the defaults) -> debug
 // (?tagwerk_debug=1) -> dataLayer so far (gtag consent) -> `consent` commands queued in
@@ -25,7 +35,7 @@
 // nonce) when a purpose some tag needs is granted, when debugging, or at boot when the
 // container has timer or element_visible triggers; it replays the log first, so it fires
 // and holds what it would have fired and held had it been there from the start.
-import { cookie, on, T, uuid } from "./util.js";
+import { cookie, cset, on, T, uuid } from "./util.js";
 import { ga4, gcm } from "./datalayer.js";
 import { decide, defaults, format, list, parse, record } from "./consent.js";
 import { add, flush, online, persist, setup } from "./send.js";
@@ -42,6 +52,7 @@ export var start = (C) => {
     ST = C.t || [25, 50, 75, 90],
     TH = [...ST, ...(C.k || [])], // with the percents of scroll_depth triggers
     url = (n) => new URL("/t/" + n + "?v=" + C.v, O) + "",
+    TO = C.m || 30, // session timeout, minutes
     // The purposes: "id" + "!" when required, "+" when granted by default.
     P = (C.P || "necessary!,analytics,personalization,marketing")
       .split(",")
@@ -51,7 +62,6 @@ export var start = (C) => {
       site: C.s,
       policy: C.p,
       consent: { purposes: P, lifetime_days: C.l || 365, rejection_lifetime_days: C.r || 182 },
-      assets: { banner_css: url("banner.css"), texts: url(C.s + "/consent.json") },
     },
     EP = new URL(C.e || "/collect", O),
     gpc = !!nv.globalPrivacyControl,
@@ -60,6 +70,7 @@ export var start = (C) => {
     t0 = { ts: new Date().toISOString(), url: L.href.slice(0, 4096) },
     h0 = L.href,
     now = () => (Date.now() / 1e3) | 0,
+    mn = () => (now() / 60) | 0, // minutes
     q = (w.tagwerk || {}).q || [],
     lg = [], // the signals of this page while the engine is not loaded
     b, // booted
@@ -67,6 +78,8 @@ export var start = (C) => {
     G, // purpose -> granted
     D, // a valid decision exists
     U, // user id (kept only with analytics)
+    S = [], // the session, from tw_s: [id, minute of last activity, "u" if tw_u holds U]
+    SV, // the tw_s value last read or written
     W, // window.__tagwerk_debug while debugging
     B, // the banner's opener
     bl, // banner script inserted
@@ -96,19 +109,24 @@ export var start = (C) => {
         screen: screen.width + "x" + screen.height,
         ...o,
       };
-      if (G.analytics)
-        try {
-          s = JSON.parse(sessionStorage.tw_s || 0);
-          t = Date.now();
-          (!s || t - s.t > (C.m || 30) * 6e4) && (s = { i: uuid() });
-          s.t = t;
-          U ? (s.u = U) : (U = s.u);
-          sessionStorage.tw_s = JSON.stringify(s);
-          o.session_id = s.i;
-          U && (o.user_id = U);
-        } catch (e) {}
+      if (G.analytics) {
+        // Idle too long here: another tab may have kept the session alive (one more read).
+        live((t = mn())) || (S[1] && live(t, (S = cookie("tw_s").split(".")))) || (S = [uuid(), t]);
+        S[1] = t;
+        U && ((S[2] = "u"), (o.user_id = U));
+        (s = S.join(".")) != SV && cset("tw_s", (SV = s), C.d);
+        o.session_id = S[0];
+      }
       dbg({ kind: "event", payload: o });
       add(o);
+    },
+    live = (t, s = S) => s[1] && t - s[1] <= TO,
+    // Forget the session and the customer id (their cookie and storage, if any).
+    drop = () => {
+      SV && cset("tw_s", "", C.d, 0);
+      (U || S[2]) && T(() => delete sessionStorage.tw_u)();
+      U = SV = void 0;
+      S = [];
     },
     page = (x) => {
       ev({ event: "page_view", referrer: ref, ...x });
@@ -130,7 +148,7 @@ export var start = (C) => {
       E && E(); // release held tags whose purpose is granted now
       dbg({ kind: "consent", granted: list(G), how });
       persist(G.analytics);
-      G.analytics || ((U = 0), delete sessionStorage.tw_s);
+      G.analytics || drop();
       need();
     },
     // A decision (banner, CMP, gtag update): state, cookie, held tags, /consent. A valid
@@ -155,10 +173,12 @@ export var start = (C) => {
         : c == "page"
           ? page()
           : c == "identify"
-            ? x != null && (G.analytics && (U = x), ev({ event: c, type: c, user_id: x, props: y }))
+            ? x != null &&
+              (G.analytics && x != U && ((U = x), T(() => (sessionStorage.tw_u = x))()),
+              ev({ event: c, type: c, user_id: x, props: y }))
             : c == "reset"
               ? // Sign-out: forget the customer and start a new session (a shared device).
-                ((U = void 0), delete sessionStorage.tw_s)
+                drop()
               : c == "debug"
                 ? (W = x && (w.__tagwerk_debug = w.__tagwerk_debug || [])) &&
                   ((dl = dl || load(url("debug.js"))), need())
@@ -172,7 +192,15 @@ export var start = (C) => {
                         ? banner()
                         : x == "banner"
                           ? (B = y) && 0
-                          : x == "state" && { ...K, endpoint: "" + EP, granted: { ...G }, decided: D, gpc, nonce: N })
+                          : x == "state" && {
+                              ...K,
+                              assets: { banner_css: url("banner.css"), texts: url(C.s + "/consent.json") },
+                              endpoint: "" + EP,
+                              granted: { ...G },
+                              decided: D,
+                              gpc,
+                              nonce: N,
+                            })
     ),
     // A dataLayer entry. m: 1 = before the first page view (consent only), 2 = after it
     // (events), undefined = a live push (everything). The engine keeps GTM's data model.
@@ -207,13 +235,20 @@ export var start = (C) => {
     },
     cm = T(cmd),
     dd = T(dlp),
+    // One document.cookie read for the boot (cookieStore.getAll() was measured: in Chromium
+    // its first use costs more main thread than the synchronous read, README).
     boot = () => b || ((b = 1), T(init)()),
-    init = (c0, hist, push) => {
-      c0 = parse(cookie("tw_consent"), K, now());
+    init = (ck = d.cookie, c0, hist, push) => {
+      c0 = parse(cookie("tw_consent", ck), K, now());
       cid = c0.i || uuid().replace(/-/g, ""); // 32 hex digits
       G = c0.g || defaults(P, gpc);
       D = !!c0.g;
-      setup(EP, C.s, G.analytics);
+      S = (SV = cookie("tw_s", ck)).split(".");
+      live(mn()) || (S = []);
+      // The customer id only when the live session says it is kept (one storage access);
+      // without analytics, a session cookie left over goes.
+      G.analytics ? S[2] && T(() => (U = sessionStorage.tw_u))() : drop();
+      setup(EP, C.s, G.analytics, cookie("tw_q", ck));
       DL = w.dataLayer = w.dataLayer || [];
       hist = [...DL];
       push = DL.push;
@@ -233,6 +268,7 @@ export var start = (C) => {
     // A listener that boots first: nothing that happens before boot is lost.
     ob = (t, n, f, o) => on(t, n, (e) => (boot(), f(e)), o),
     route = () => pv(1),
+    // Boot when the page has loaded; then, without a decision and a CMP, ask.
     loaded = () => (boot(), D || banner());
 
   // Until boot, calls are queued (in order); 'state' answers at once, so it boots.
@@ -278,6 +314,5 @@ export var start = (C) => {
   ob(w, "pagehide", flush);
   ob(d, "visibilitychange", () => d.hidden && flush(1));
   on(w, "online", online);
-  // Boot when the page has loaded; then, without a decision and a CMP, ask.
   d.readyState == "complete" ? T(loaded)() : (on(w, "load", loaded), setTimeout(T(boot), 4e3));
 };

@@ -9,27 +9,34 @@
 //   A resend after a lost answer repeats the event_id, which the collector drops;
 // - the queue is bounded (200 events, the oldest go first) and kept in localStorage `tw_q`
 //   only while analytics is granted (persist(true)), in memory otherwise.
-// Main-thread cost: the first localStorage access of a page is a synchronous load of the
-// origin's storage (milliseconds), so nothing touches it while the page loads. `tw_q` is read
-// once, at the first flush (1 s after setup, or pagehide; or a withdrawal of analytics), its
-// events go before this page's; it is written once per flush outcome (answered, failed, page
-// hidden), not per event.
-import { T } from "./util.js";
+// Main-thread cost: the first localStorage access of a page is a synchronous call into the
+// browser (a storage permission check, then loading the origin's storage: milliseconds), so
+// a normal visit never touches localStorage: `tw_q` is written only when events are left
+// over at a flush outcome (a failure, the page hidden with a request in flight), and then a
+// first-party cookie `tw_q=1` (host-only, like localStorage; 400 days) says so. The tag
+// reads that cookie at boot with tw_consent (setup(..., stored)); only then is `tw_q` read,
+// once, at the first flush (1 s after setup, or pagehide; or a withdrawal of analytics),
+// its events going before this page's. Once the queue is empty again, `tw_q` and the
+// cookie are removed.
+import { cset, T } from "./util.js";
 
 var Q = [], // waiting events, oldest first
   F = 0, // how many of them (from the front) are in an unanswered fetch
   R = 0, // failures in a row
   tm, // the pending flush timer
   P, // keep the queue in localStorage
-  LD, // tw_q has been read
+  H, // tw_q holds a queue (the tw_q cookie says so)
+  LD, // tw_q has been read (or there was none)
   EP,
   SITE,
-  // save(): read tw_q once, the first time (the stored events, an earlier page's, go before
-  // this page's; no fetch is in flight yet then, so F stays right); save(1): then write it.
+  mark = (h) => cset("tw_q", (H = h), "", h ? 4e7 : 0),
+  // save(): read tw_q once, the first time, if stored (the stored events, an earlier page's,
+  // go before this page's; no fetch is in flight yet then, so F stays right); save(1): then
+  // store what is left (with analytics), or remove the stored copy.
   save = (w) => {
     try {
-      LD || ((LD = 1), (Q = [...JSON.parse(localStorage.tw_q || "[]"), ...Q].slice(-200)));
-      w && (P ? (localStorage.tw_q = JSON.stringify(Q)) : delete localStorage.tw_q);
+      LD || ((LD = 1), H && (Q = [...JSON.parse(localStorage.tw_q || "[]"), ...Q].slice(-200)));
+      w && (P && Q[0] ? ((localStorage.tw_q = JSON.stringify(Q)), H || mark(1)) : H && (delete localStorage.tw_q, mark(0)));
     } catch (e) {}
   },
   later = (ms) => {
@@ -51,11 +58,13 @@ export var persist = (on) => {
   (LD || !on) && save(1);
 };
 
-// p: analytics granted at start. Storage is left alone until the first flush (1 s).
-export var setup = (ep, site, p) => {
+// p: analytics granted at start; h: the tw_q cookie is set. Storage is left alone until the
+// first flush (1 s), and then too unless h.
+export var setup = (ep, site, p, h) => {
   EP = ep;
   SITE = site;
   P = p;
+  H = h;
   sched();
 };
 

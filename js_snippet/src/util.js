@@ -18,13 +18,25 @@ export var on = (t, n, f, o) => t.addEventListener(n, T(f), o);
 // still a string the tag is not configured and does nothing.
 export var ready = (c) => !!c && typeof c == "object";
 
-// A random v4 UUID, made with crypto.getRandomValues (crypto.randomUUID exists only in
-// secure contexts: one way for every page is smaller).
-export var uuid = () =>
-  ([1e7] + -1e3 + -4e3 + -8e3 + -1e11).replace(/[018]/g, (x) =>
-    (x ^ (crypto.getRandomValues(new Uint8Array(1))[0] & (15 >> (x / 4)))).toString(16)
-  );
+// A random v4 UUID, made with one crypto.getRandomValues call (crypto.randomUUID exists only
+// in secure contexts: one way for every page is smaller).
+export var uuid = (r = crypto.getRandomValues(new Uint8Array(31)), i = 0) =>
+  ([1e7] + -1e3 + -4e3 + -8e3 + -1e11).replace(/[018]/g, (x) => (x ^ (r[i++] & (15 >> (x / 4)))).toString(16));
 
-// A cookie's value by name ("" when absent).
-export var cookie = (n) =>
-  decodeURIComponent((document.cookie.match("(^|;) ?" + n + "=([^;]*)") || "")[2] || "");
+// A cookie's value by name ("" when absent), from s (a cookie string read once) or
+// document.cookie.
+export var cookie = (n, s = document.cookie) => decodeURIComponent((s.match("(^|;) ?" + n + "=([^;]*)") || "")[2] || "");
+
+// The string for document.cookie: first party, Path=/, SameSite=Lax, Secure on https;
+// dom: Domain ("" = host-only); age: Max-Age in seconds (none: a session cookie; 0 removes it).
+export var cstr = (n, v, dom, age) =>
+  n +
+  "=" +
+  v +
+  (age >= 0 ? ";Max-Age=" + age : "") +
+  ";Path=/;SameSite=Lax" +
+  (location.protocol == "https:" ? ";Secure" : "") +
+  (dom ? ";Domain=" + dom : "");
+
+// Write a cookie (a non-blocking call in browsers, unlike reading document.cookie).
+export var cset = (...a) => (document.cookie = cstr(...a));

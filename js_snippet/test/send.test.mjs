@@ -11,6 +11,14 @@ let net;
 const fresh = async ({ status = 200, beacon = true, stored } = {}) => {
   net = { fetches: [], beacons: [], status };
   globalThis.localStorage = stored ? { tw_q: JSON.stringify(stored) } : {};
+  // the tw_q cookie: what send.js writes to document.cookie
+  net.cookies = [];
+  globalThis.location = { protocol: "https:" };
+  globalThis.document = {
+    set cookie(v) {
+      net.cookies.push(v);
+    },
+  };
   globalThis.navigator = {
     sendBeacon: (u, b) => beacon && net.beacons.push({ url: u, events: JSON.parse(b).events }) > 0,
   };
@@ -21,7 +29,7 @@ const fresh = async ({ status = 200, beacon = true, stored } = {}) => {
     return s == "offline" ? Promise.reject(new TypeError("Failed to fetch")) : Promise.resolve({ status: s });
   };
   const m = await import(`../src/send.js?fresh=${++n}`);
-  m.setup("https://c.example/collect", "demo");
+  m.setup("https://c.example/collect", "demo", false, !!stored);
   return m;
 };
 const ev = (i) => ({ event_id: `id-${i}`, event: "e" });
@@ -186,8 +194,49 @@ test("no storage access while the page loads; tw_q read once, written once per f
   mock.timers.tick(1000);
   await settle();
   assert.deepEqual(ids(net.fetches[0].body.events), ["id-7", "id-0", "id-1", "id-2", "id-3", "id-4"]);
-  assert.deepEqual(log, ["get", "set"]);
-  assert.deepEqual(JSON.parse(store.tw_q), []);
+  assert.deepEqual(log, ["get", "delete"]); // all sent: the stored copy and its cookie go
+  assert.equal(store.tw_q, undefined);
+  assert.deepEqual(net.cookies, ["tw_q=0;Max-Age=0;Path=/;SameSite=Lax;Secure"]);
+});
+
+test("no tw_q cookie: localStorage is never touched while sending works", async () => {
+  const s = await fresh();
+  const log = [];
+  globalThis.localStorage = new Proxy({ tw_q: JSON.stringify([ev(7)]) }, {
+    get: (t, k) => (log.push("get"), t[k]),
+    set: (t, k, v) => (log.push("set"), (t[k] = v), true),
+    deleteProperty: (t, k) => (log.push("delete"), delete t[k]),
+  });
+  s.persist(true);
+  s.add(ev(1));
+  mock.timers.tick(1000);
+  await settle();
+  s.add(ev(2));
+  s.flush(true);
+  s.persist(false);
+  assert.deepEqual(ids(net.fetches[0].body.events), ["id-1"]);
+  assert.deepEqual(ids(net.beacons[0].events), ["id-2"]);
+  assert.deepEqual(log, []);
+  assert.deepEqual(net.cookies, []);
+});
+
+test("events left over are stored with the tw_q cookie; removed once sent", async () => {
+  const s = await fresh({ status: "offline" });
+  s.persist(true);
+  s.add(ev(1));
+  mock.timers.tick(1000);
+  await settle();
+  assert.deepEqual(ids(JSON.parse(localStorage.tw_q)), ["id-1"]);
+  assert.deepEqual(net.cookies, ["tw_q=1;Max-Age=40000000;Path=/;SameSite=Lax;Secure"]);
+  s.add(ev(2));
+  mock.timers.tick(1000);
+  await settle();
+  assert.equal(net.cookies.length, 1); // the flag is set once
+  net.status = 200;
+  s.online();
+  await settle();
+  assert.equal(localStorage.tw_q, undefined);
+  assert.deepEqual(net.cookies.slice(1), ["tw_q=0;Max-Age=0;Path=/;SameSite=Lax;Secure"]);
 });
 
 test("pagehide before the first flush sends the stored events and this page's", async () => {
@@ -205,7 +254,7 @@ test("a stored queue from an earlier page is sent again (the collector drops rep
   mock.timers.tick(1000);
   await settle();
   assert.deepEqual(ids(net.fetches[0].body.events), ["id-7", "id-8"]);
-  assert.deepEqual(JSON.parse(localStorage.tw_q), []);
+  assert.equal(localStorage.tw_q, undefined);
 });
 
 test("storage that throws does not break sending", async () => {

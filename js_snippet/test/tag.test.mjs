@@ -332,7 +332,7 @@ test("a valid decision repeated unchanged (CMPs do so on every page) is not logg
   const b = load(container(), { cookies: ANALYTICS, before: `${gtag};${update}` });
   const consentPosts = () => b.net.beacons.filter((x) => x.url.endsWith("/consent")).length;
   assert.equal(consentPosts(), 0);
-  assert.equal(b.jar.writes.length, 0);
+  assert.deepEqual(b.jar.writes.filter((x) => x.startsWith("tw_consent=")), []);
   b.run(update);
   assert.equal(consentPosts(), 0);
   b.run("gtag('consent','update',{analytics_storage:'denied'})"); // a change is a decision
@@ -372,6 +372,9 @@ test("reset (sign-out) forgets the customer and starts a new session", async () 
   assert.equal(before.user_id, "C-42");
   assert.equal(after.user_id, undefined);
   assert.ok(after.session_id && after.session_id != before.session_id);
+  assert.equal(b.w.sessionStorage.tw_u, undefined);
+  assert.ok(b.jar.writes.some((x) => /^tw_s=;Max-Age=0;Path=\/;SameSite=Lax;Secure$/.test(x)));
+  assert.equal(b.jar.c.tw_s.split(".")[0], after.session_id);
 });
 
 test("identify: sent with user_id; kept for later events only with analytics", async () => {
@@ -384,7 +387,18 @@ test("identify: sent with user_id; kept for later events only with analytics", a
     [["identify", "identify", "C-42"], ["after", undefined, "C-42"]]
   );
   assert.deepEqual(events[1].props, { tier: "gold" });
-  assert.equal(JSON.parse(b.w.sessionStorage.tw_s).u, "C-42");
+  // the customer id in sessionStorage (not in a cookie the shop's server gets), flagged in tw_s
+  assert.equal(b.w.sessionStorage.tw_u, "C-42");
+  assert.match(b.jar.c.tw_s, /^[0-9a-f-]{36}\.\d+\.u$/);
+  assert.doesNotMatch(Object.values(b.jar.c).join(";"), /C-42/);
+  // the next page of the session reads it back (the flag says it is there)
+  const next = load(container(), { cookies: { ...ANALYTICS, tw_s: b.jar.c.tw_s }, session: { tw_u: "C-42" } });
+  next.run("tagwerk('identify', 'C-42')"); // the same id again: not written again
+  const [pv, id] = await flushed(next);
+  assert.equal(pv.user_id, "C-42");
+  assert.equal(pv.session_id, events[0].session_id);
+  assert.equal(id.user_id, "C-42");
+  assert.equal(next.w.sessionStorage.n, 1); // one read, no write
 
   const n = load(container());
   n.run("tagwerk('identify', 'C-43')");
@@ -393,33 +407,73 @@ test("identify: sent with user_id; kept for later events only with analytics", a
   assert.equal(events[1].user_id, "C-43");
   assert.equal(events[2].user_id, undefined);
   assert.equal(events[2].session_id, undefined);
-  assert.equal(n.w.sessionStorage.tw_s, undefined);
+  assert.equal(n.w.sessionStorage.n, 0);
+  assert.equal(n.jar.c.tw_s, undefined);
 });
 
-test("session id: kept across pages of a session, new after the timeout", async () => {
-  const t = Date.now();
-  const live = { tw_s: JSON.stringify({ i: "s-live", t: t - 60e3 }) };
-  const b = load(container(), { cookies: ANALYTICS, session: live });
+test("session id: in the session cookie tw_s, kept across pages, new after the timeout", async () => {
+  const m = Math.floor(Date.now() / 6e4); // minutes
+  const b = load(container(), { cookies: { ...ANALYTICS, tw_s: `s-live.${m - 1}` } });
   assert.equal((await flushed(b))[0].session_id, "s-live");
-  const stale = { tw_s: JSON.stringify({ i: "s-old", t: t - 31 * 60e3, u: "C-1" }) };
-  const c = load(container(), { cookies: ANALYTICS, session: stale });
+  assert.equal(b.jar.c.tw_s, `s-live.${m}`); // the last activity, a session cookie
+  assert.deepEqual(b.jar.writes, [`tw_s=s-live.${m};Path=/;SameSite=Lax;Secure`]);
+  b.run("tagwerk('track','x')"); // the same minute: not written again
+  assert.equal(b.jar.writes.length, 1);
+  // no storage access at all on such a visit (no user id kept, no stored queue)
+  assert.equal(b.w.sessionStorage.n + b.w.localStorage.n, 0);
+  const stale = { ...ANALYTICS, tw_s: `s-old.${m - 31}.u` };
+  const c = load(container(), { cookies: stale, session: { tw_u: "C-1" } });
   const [e] = await flushed(c);
   assert.match(e.session_id, UUID);
   assert.equal(e.user_id, undefined);
+  assert.equal(c.w.sessionStorage.n, 0);
+  assert.match(c.jar.c.tw_s, new RegExp(`^${e.session_id}\\.${m}$`));
+  // the cookie domain of the container, as tw_consent's
+  const d = load({ ...container(), settings: { ...container().settings, cookie_domain: ".shop.example" } }, { cookies: ANALYTICS });
+  assert.match(d.jar.writes[0], /^tw_s=[0-9a-f-]{36}\.\d+;Path=\/;SameSite=Lax;Secure;Domain=\.shop\.example$/);
+  // without analytics: no session cookie, and one left over goes
+  const n = load(container(), { cookies: { tw_s: `s-live.${m}` } });
+  assert.equal((await flushed(n))[0].session_id, undefined);
+  assert.equal(n.jar.c.tw_s, undefined);
+});
+
+test("a session kept alive by another tab is taken over, not replaced", async () => {
+  const m = Math.floor(Date.now() / 6e4);
+  const b = load(container(), { cookies: { ...ANALYTICS, tw_s: `s-1.${m}` } });
+  await flushed(b);
+  b.jar.c.tw_s = `s-1.${m + 40}`; // the other tab, 40 minutes on
+  const real = Date.now;
+  b.w.Date = class extends Date {
+    static now() {
+      return real() + 40 * 6e4;
+    }
+  };
+  try {
+    b.run("tagwerk('track','back')");
+  } finally {
+    b.w.Date = Date;
+  }
+  const [, e] = await flushed(b);
+  assert.equal(e.session_id, "s-1");
 });
 
 test("withdrawing analytics drops the session, the user id and the stored queue", async () => {
   const b = load(container(), { cookies: ANALYTICS, fetchStatus: "offline" });
   b.run("tagwerk('identify','C-1')");
-  assert.ok(b.w.sessionStorage.tw_s);
+  assert.ok(b.jar.c.tw_s);
+  assert.equal(b.w.sessionStorage.tw_u, "C-1");
   assert.equal(b.w.localStorage.tw_q, undefined); // written by the first flush, not per event
   await b.clock.advance(1000);
   assert.equal(JSON.parse(b.w.localStorage.tw_q).length, 2);
+  assert.equal(b.jar.c.tw_q, "1");
   b.run("tagwerk('consent','update',{analytics:false})");
-  assert.equal(b.w.sessionStorage.tw_s, undefined);
+  assert.equal(b.jar.c.tw_s, undefined);
+  assert.equal(b.w.sessionStorage.tw_u, undefined);
   assert.equal(b.w.localStorage.tw_q, undefined);
+  assert.equal(b.jar.c.tw_q, undefined);
   b.run("tagwerk('track','x')");
   assert.equal(b.w.localStorage.tw_q, undefined); // kept in memory now
+  assert.equal(b.jar.c.tw_s, undefined);
 });
 
 test("auto-tracking: outbound links, downloads, forms; clicks only when on", async () => {
@@ -547,12 +601,19 @@ test("offline: kept in localStorage with analytics, sent when back online", asyn
   const b = load(container(), { cookies: ANALYTICS, fetchStatus: "offline" });
   await b.clock.advance(1000);
   assert.equal(JSON.parse(b.w.localStorage.tw_q).length, 1);
+  assert.match(b.jar.writes.at(-1), /^tw_q=1;Max-Age=40000000;Path=\/;SameSite=Lax;Secure$/); // host-only
   b.net.fetches.length = 0;
-  const ok = load(container(), { cookies: ANALYTICS, local: { tw_q: b.w.localStorage.tw_q } });
+  const ok = load(container(), { cookies: { ...ANALYTICS, tw_q: "1" }, local: { tw_q: b.w.localStorage.tw_q } });
   await ok.clock.advance(1000);
-  // the next page sends the stored page view with its own
+  // the next page sends the stored page view with its own, then removes the stored copy
   assert.equal(ok.net.fetches[0].body.events.length, 2);
-  assert.deepEqual(JSON.parse(ok.w.localStorage.tw_q), []);
+  assert.equal(ok.w.localStorage.tw_q, undefined);
+  assert.equal(ok.jar.c.tw_q, undefined);
+  // without the tw_q cookie, localStorage is not read (nor written when all was sent)
+  const no = load(container(), { cookies: ANALYTICS, local: { tw_q: b.w.localStorage.tw_q } });
+  await no.clock.advance(1000);
+  assert.equal(no.net.fetches[0].body.events.length, 1);
+  assert.equal(no.w.localStorage.n, 0);
 });
 
 test("event ids without crypto.randomUUID (plain http) are v4 UUIDs too", async () => {
@@ -588,6 +649,23 @@ test("never throws into the page", async () => {
   await tick();
 });
 
+test("cookies and storages that throw (sandboxed frames) never throw into the page", async () => {
+  const b = load(container(), { readyState: "interactive", cookies: ANALYTICS });
+  Object.defineProperty(b.w.document, "cookie", {
+    get() {
+      throw new Error("SecurityError");
+    },
+    set() {
+      throw new Error("SecurityError");
+    },
+  });
+  b.run("tagwerk('consent','state')");
+  b.run("tagwerk('identify','C-1')");
+  b.run("tagwerk('reset')");
+  b.fire("window:load");
+  await b.clock.advance(5000);
+});
+
 test("a broken container never throws either", () => {
   for (const c of ["{}", '{"settings":{}}', "null", "5", "[]", '{"consent":{}}']) {
     const b = browser();
@@ -617,6 +695,19 @@ test("before the page has loaded: no cookie or storage access, calls keep their 
   assert.equal(b.net.scripts.filter((s) => /chat/.test(s.src)).length, 1); // the chat tag fired
   b.fire("window:load"); // once
   assert.equal(names(sent(b)).filter((n) => n == "page_view").length, 1);
+});
+
+test("one cookie read at boot (tw_consent, tw_s, tw_q), no storage access without a reason", async () => {
+  const m = Math.floor(Date.now() / 6e4);
+  const b = load(container(), { readyState: "interactive", cookies: { ...ANALYTICS, tw_s: `s-1.${m}` } });
+  b.fire("window:load");
+  b.run("tagwerk('track','x')");
+  b.fire("window:scroll");
+  await flushed(b);
+  b.fire("window:pagehide");
+  assert.equal(b.jar.reads, 1);
+  assert.equal(b.w.sessionStorage.n + b.w.localStorage.n, 0);
+  assert.deepEqual([...new Set(sent(b).map((e) => e.session_id))], ["s-1"]);
 });
 
 test("the first page view carries the time the tag started, not the time of boot", async () => {
