@@ -42,6 +42,7 @@ NO_STRINGS = dict.fromkeys(STRING_LIMITS, "")
 NUMERIC_IDS = frozenset({"user_id", "order_id"})
 ITEM_STRINGS = ("product_id", "name", "category", "brand", "variant")
 ITEM_STRING_LIMIT = 256
+ITEM_FIELDS = frozenset({*ITEM_STRINGS, "price", "quantity"})
 MAX_ITEMS = 200
 MAX_PROPS = 64
 MAX_PROP_KEY = 128
@@ -324,21 +325,25 @@ def _items(value: Any) -> list[dict[str, Any]]:
         raise EventError(f"'items' has more than {MAX_ITEMS} entries", "items")
     out = []
     for i, item in enumerate(value):
-        where = f"items[{i}]"
         if not isinstance(item, dict):
-            raise EventError(f"{where} must be an object", where)
-        extra = item.keys() - {*ITEM_STRINGS, "price", "quantity"}
-        if extra:
-            raise EventError(f"{where}: unknown field {sorted(extra)[0]!r}", where)
+            raise EventError(f"items[{i}] must be an object", f"items[{i}]")
+        if not ITEM_FIELDS.issuperset(item):
+            name = sorted(item.keys() - ITEM_FIELDS)[0]
+            raise EventError(f"items[{i}]: unknown field {name!r}", f"items[{i}]")
         clean: dict[str, Any] = {}
         for name in ITEM_STRINGS:
-            clean[name] = _string(item, name, ITEM_STRING_LIMIT) if name in item else ""
-        clean["price"] = _decimal(item.get("price"), f"{where}.price")
+            text = item.get(name)
+            # The common case inline (a call per field showed in the profile).
+            clean[name] = (text if type(text) is str and len(text) <= ITEM_STRING_LIMIT
+                           else _string(item, name, ITEM_STRING_LIMIT))
+        price = item.get("price")
+        clean["price"] = (f"{price:.4f}" if type(price) is float and abs(price) < 1e14
+                          else _decimal(price, f"items[{i}].price"))
         quantity = item.get("quantity", 1)
         if isinstance(quantity, bool) or not isinstance(quantity, int) or not (
             0 <= quantity < 2**32
         ):
-            raise EventError(f"{where}.quantity must be a whole number >= 0", where)
+            raise EventError(f"items[{i}].quantity must be a whole number >= 0", f"items[{i}]")
         clean["quantity"] = quantity
         out.append(clean)
     return out
