@@ -334,7 +334,8 @@ def _items(value: Any) -> list[dict[str, Any]]:
         for name in ITEM_STRINGS:
             text = item.get(name)
             # The common case inline (a call per field showed in the profile).
-            clean[name] = (text if type(text) is str and len(text) <= ITEM_STRING_LIMIT
+            clean[name] = ("" if text is None else text
+                           if type(text) is str and len(text) <= ITEM_STRING_LIMIT
                            else _string(item, name, ITEM_STRING_LIMIT))
         price = item.get("price")
         clean["price"] = (f"{price:.4f}" if type(price) is float and abs(price) < 1e14
