@@ -104,7 +104,7 @@ class IngestProtocol(HttpToolsProtocol):
         c = self.collector
         keep_alive = self.parser.should_keep_alive()
         try:
-            raw = ingest._pixel_event(query)
+            raw = ingest.pixel_event(query)
             site_id = raw.get("site")
             site = c.sites.get(site_id) if isinstance(site_id, str) else None
             if site is None:

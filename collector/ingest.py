@@ -110,7 +110,7 @@ async def pixel(c: Collector, hit: Hit, send: Send) -> None:
     unknown site usually takes the fast path in ``fasthttp.py`` instead (same steps)."""
     head = hit.method == "HEAD"
     try:
-        raw = _pixel_event(hit.query_string)
+        raw = pixel_event(hit.query_string)
         site = await find_site(c, raw.get("site"))
         await _store(c, *pixel_record(c, hit, raw, site), "pixel")
     except HTTPError as exc:
@@ -324,7 +324,7 @@ def prepare(c: Collector, site: Site, pairs: list[tuple[Any, Context]]) -> tuple
     return encode_record(lines, site.site_id, given), len(lines)
 
 
-def _pixel_event(query_string: bytes) -> dict[str, Any]:
+def pixel_event(query_string: bytes) -> dict[str, Any]:
     """A hit from a query string: ``site``, the event's fields by name, ``props.KEY`` for
     properties, ``consent`` comma-separated, ``items`` as JSON, ``ts`` in ISO or epoch-ms."""
     if len(query_string) > PIXEL_MAX_QUERY:
