@@ -227,8 +227,7 @@ class Spool:
             self._sizes[self._segment] = self._end
             self.durable = Pos(self._segment, self._end)
             if self._end >= self.segment_bytes:
-                self._seal()
-                self._open(self._segment + 1)
+                self._rotate()
         self._written += len(data)
         # One wake-up per event loop, not per request.
         by_loop: dict[asyncio.AbstractEventLoop, list[Done]] = {}
@@ -237,12 +236,29 @@ class Spool:
         for loop, callbacks in by_loop.items():
             loop.call_soon_threadsafe(_settle, callbacks, error)
 
+    def _rotate(self) -> None:
+        """Finish the segment being written and start the next; if the next cannot be
+        created (disk full, say), keep writing this one and try again after the next write
+        rather than stop the writer."""
+        finished = (self._fd, self._zero_fd, self._end)
+        try:
+            self._open(self._segment + 1)
+        except OSError as exc:
+            log.error("spool: cannot start a new segment, the current one grows: %s", exc)
+            return
+        self._seal(*finished)
+
     def _open(self, segment: int) -> None:
         """Start writing ``segment`` (new, or empty)."""
         path = self.dir / _name(segment)
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_DSYNC, 0o600)
-        self._zero_fd = os.open(path, os.O_WRONLY)
-        fsync_dir(self.dir)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_DSYNC, 0o600)
+        try:
+            zero_fd = os.open(path, os.O_WRONLY)
+            fsync_dir(self.dir)
+        except OSError:
+            os.close(fd)
+            raise
+        self._fd, self._zero_fd = fd, zero_fd
         self._segment, self._end, self._zeroed = segment, 0, 0
         self._sizes[segment] = 0
         # Where durable data ends. The flusher polls it: waking it on every fsync through
@@ -261,16 +277,16 @@ class Spool:
         os.fdatasync(self._zero_fd)
         self._zeroed += step
 
-    def _seal(self) -> None:
-        """Cut the zeroed tail off the segment being written and close it: a finished
-        segment ends where its records end."""
+    def _seal(self, fd: int, zero_fd: int, end: int) -> None:
+        """Cut the zeroed tail off a finished segment and close it: a finished segment
+        ends where its records end."""
         try:
-            os.ftruncate(self._fd, self._end)
-            os.fsync(self._fd)
+            os.ftruncate(fd, end)
+            os.fsync(fd)
         except OSError as exc:  # readers stop at the zeros too
-            log.error("spool: sealing %s failed: %s", _name(self._segment), exc)
-        os.close(self._fd)
-        os.close(self._zero_fd)
+            log.error("spool: cutting the zeros off a finished segment failed: %s", exc)
+        os.close(fd)
+        os.close(zero_fd)
 
     # -- reading, for the flusher -----------------------------------------------------------
 
@@ -319,7 +335,7 @@ class Spool:
         self._closing = True
         self._queue.put(None)
         self._writer.join(timeout=10)
-        self._seal()
+        self._seal(self._fd, self._zero_fd, self._end)
 
 
 def _parse(data: bytes) -> Iterator[tuple[int, bytes]]:

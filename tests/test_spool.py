@@ -150,3 +150,22 @@ def test_commit_delay_gathers_the_next_commit_only_under_concurrency(tmp_path):
     assert lone_wait < 0.15
     assert commits <= 2  # without the delay: 5
     spool.close()
+
+
+def test_a_segment_that_cannot_be_created_does_not_stop_the_writer(tmp_path, monkeypatch):
+    spool = Spool(tmp_path, segment_bytes=100, max_bytes=1 << 30)
+    real_open = os.open
+
+    def no_new_files(path, flags, *args):
+        if flags & os.O_CREAT:
+            raise OSError(28, "No space left on device")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", no_new_files)
+    append_all(spool, [b"x" * 150])  # past segment_bytes: the next segment cannot be made
+    append_all(spool, [b"y" * 10])  # still written, to the same segment
+    monkeypatch.undo()
+    append_all(spool, [b"z" * 10])  # now it rotates
+    assert read_all(spool) == [b"x" * 150, b"y" * 10, b"z" * 10]
+    assert len(list(tmp_path.glob("*.seg"))) == 2
+    spool.close()
