@@ -31,7 +31,6 @@ log = logging.getLogger("tagwerk.http")
 
 PIXEL_PATH = b"/p.gif"
 COLLECT_PATH = b"/collect"
-NO_STORE = {"Cache-Control": "no-store, max-age=0"}
 
 
 class _Ignore:
@@ -116,7 +115,8 @@ class IngestProtocol(HttpToolsProtocol):
             hit = self._hit("GET", query)
             record, count = ingest.pixel_record(c, hit, raw, site)
             self._store(pending, record, count, "pixel",
-                        lambda: self._answer(pending, 200, ingest.PIXEL, NO_STORE, b"image/gif"),
+                        lambda: self._answer(pending, 200, ingest.PIXEL, ingest.PIXEL_HEADERS,
+                                             b"image/gif"),
                         lambda exc: self._refuse_pixel(pending, exc))
         except HTTPError as exc:
             self.cycle = pending = _Pending(keep_alive)  # type: ignore[assignment]
@@ -127,8 +127,8 @@ class IngestProtocol(HttpToolsProtocol):
         return True
 
     def _refuse_pixel(self, pending: _Pending, exc: HTTPError) -> None:
-        self.collector.metrics.hits_rejected.inc("pixel", exc.reason)
-        self._answer(pending, exc.status, exc.body(), {**NO_STORE, **exc.headers})
+        headers = ingest.pixel_refusal_headers(self.collector, exc)
+        self._answer(pending, exc.status, exc.body(), headers)
 
     # -- /collect -------------------------------------------------------------------------
 

@@ -114,11 +114,16 @@ async def pixel(c: Collector, hit: Hit, send: Send) -> None:
         site = await find_site(c, raw.get("site"))
         await _store(c, *pixel_record(c, hit, raw, site), "pixel")
     except HTTPError as exc:
-        c.metrics.hits_rejected.inc("pixel", exc.reason)
-        await respond(send, exc.status, exc.body(), headers={**PIXEL_HEADERS, **exc.headers},
+        await respond(send, exc.status, exc.body(), headers=pixel_refusal_headers(c, exc),
                       head=head)
         return
     await respond(send, 200, PIXEL, b"image/gif", PIXEL_HEADERS, head=head)
+
+
+def pixel_refusal_headers(c: Collector, exc: HTTPError) -> dict[str, str]:
+    """Count a refused pixel; the headers of its answer."""
+    c.metrics.hits_rejected.inc("pixel", exc.reason)
+    return {**PIXEL_HEADERS, **exc.headers}
 
 
 def pixel_record(c: Collector, hit: Hit, raw: dict[str, Any], site: Site) -> tuple[bytes, int]:
