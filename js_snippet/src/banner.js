@@ -53,7 +53,7 @@ export var checked = (s, p) => !!(p.required || (s.decided && s.granted && s.gra
 // The container's purposes (the tag's state decides which and in what order) with the
 // names and descriptions of the texts.
 export var purposes = (s, x) =>
-  (s.purposes || s.consent.purposes).map((p, t) => (
+  s.purposes.map((p, t) => (
     (t = (x.purposes || []).find((q) => q.id == p.id) || {}),
     { id: p.id, required: !!p.required, name: t.name || p.id, description: t.description || "" }
   ));
@@ -89,7 +89,7 @@ var start = () => {
         h("link", {
           rel: "stylesheet",
           nonce: s.nonce || "",
-          href: (s.assets || {}).banner_css || (me.src || "").replace(/banner\.js/, "banner.css"),
+          href: (me.src || "").replace(/banner\.js/, "banner.css"),
           onload: r,
           onerror: r,
         })

@@ -13,17 +13,17 @@
 //     an opener yet (see 2).
 // The banner opens itself as soon as its script runs. Then:
 //
-// 1. Read the state:  var s = tagwerk('consent', 'state')  -> (made from the compact config
-//    the collector inlined, DESIGN.md §2)
-//      s.site, s.policy (policy hash), s.consent.purposes ([{id, required, default}...], in
-//      order), s.consent.lifetime_days, s.consent.rejection_lifetime_days,
-//      s.assets.banner_css and s.assets.texts (absolute URLs: the banner's stylesheet, and its
-//      texts, {site, version, policy, texts: {lang: {...}}}), and
-//      s.endpoint: "https://collect.../collect"   absolute URL of the collector
-//      s.granted:  {necessary: true, analytics: false, ...}  the current state (a copy)
-//      s.decided:  false     whether a valid decision exists (cookie, CMP or banner)
-//      s.gpc:      true      navigator.globalPrivacyControl is on
-//      s.nonce:    "..."     for the banner's own <link rel=stylesheet> ("" without CSP)
+// 1. Read the state:  var s = tagwerk('consent', 'state')  ->
+//      s.site      "demo"
+//      s.purposes  [{id, required, default}...], in order (the container's)
+//      s.endpoint  "https://collect.../collect"   absolute URL of the collector
+//      s.granted   {necessary: true, analytics: false, ...}  the current state (a copy)
+//      s.decided   false     whether a valid decision exists (cookie, CMP or banner)
+//      s.gpc       true      navigator.globalPrivacyControl is on
+//      s.nonce     "..."     for the banner's own <link rel=stylesheet> ("" without CSP)
+//    The banner's stylesheet is banner.css next to its own script (same ?v=), its texts
+//    {site, version, policy, texts: {lang: {...}}} GET /t/{site}/consent.json?lang= on the
+//    endpoint's origin (collector/consent_texts.py).
 // 2. Register an opener:  tagwerk('consent', 'banner', open)
 //      Later tagwerk('consent', 'show') calls open() instead of loading the script again.
 // 3. Report the person's choice:  tagwerk('consent', 'update', choices, 'banner')
@@ -55,9 +55,12 @@ var MK = "marketing";
 // The granted purposes of a state {purpose: bool}.
 export var list = (G) => Object.keys(G).filter((k) => G[k]);
 
+// C: the compact config (collector/tagjs.py core_config: s site, p policy hash, l and r the
+// lifetimes in days of a decision and of a rejection, d the cookie domain); P: the purposes
+// [{id, required, default}], in order.
+
 // Lifetime of a decision in days: shorter when only required purposes were granted.
-export var days = (c, G) =>
-  c.purposes.some((q) => !q.required && G[q.id]) ? c.lifetime_days : c.rejection_lifetime_days;
+export var days = (C, P, G) => (P.some((q) => !q.required && G[q.id]) ? C.l || 365 : C.r || 182);
 
 // The state before any decision: required purposes, plus each purpose's default; under GPC
 // marketing stays off whatever its default.
@@ -78,24 +81,22 @@ export var decide = (ch, cur, P, gpc, G = {}, x = typeof ch == "object") => (
 );
 
 // Read a cookie value -> {i: its consent id, g: the state if the decision is still valid}.
-export var parse = (v, C, now, p = (v || "").split("."), G = {}) => (
-  C.consent.purposes.forEach(
-    (q) => (G[q.id] = !!q.required || (p[3] || "").split(",").includes(q.id))
-  ),
-  { i: p[1], g: p[0] == "v1" && p[2] == C.policy && now < +p[4] + 86400 * days(C.consent, G) && G }
+export var parse = (v, C, P, now, p = (v || "").split("."), G = {}) => (
+  P.forEach((q) => (G[q.id] = !!q.required || (p[3] || "").split(",").includes(q.id))),
+  { i: p[1], g: p[0] == "v1" && p[2] == C.p && now < +p[4] + 86400 * days(C, P, G) && G }
 );
 
-// The string for document.cookie (dom: the container's cookie_domain, "" = host-only).
-export var format = (C, id, G, now, how, dom) =>
-  cstr("tw_consent", ["v1", id, C.policy, list(G), now, how].join("."), dom, 86400 * days(C.consent, G));
+// The string for document.cookie (C.d: the container's cookie_domain, "" = host-only).
+export var format = (C, P, id, G, now, how) =>
+  cstr("tw_consent", ["v1", id, C.p, list(G), now, how].join("."), C.d, 86400 * days(C, P, G));
 
 // The body posted to /consent.
 export var record = (C, id, G, how) => ({
-  site: C.site,
+  site: C.s,
   consent_id: id,
   granted: list(G),
   denied: Object.keys(G).filter((k) => !G[k]),
-  policy: C.policy,
+  policy: C.p,
   how,
   url: location.href.slice(0, 4096),
 });

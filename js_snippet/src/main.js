@@ -57,12 +57,6 @@ export var start = (C) => {
     P = (C.P || "necessary!,analytics,personalization,marketing")
       .split(",")
       .map((i) => ({ id: i.replace(/\W$/, ""), required: /!$/.test(i), default: /\+$/.test(i) })),
-    // The static part of tagwerk('consent', 'state') (the banner contract, consent.js).
-    K = {
-      site: C.s,
-      policy: C.p,
-      consent: { purposes: P, lifetime_days: C.l || 365, rejection_lifetime_days: C.r || 182 },
-    },
     EP = new URL(C.e || "/collect", O),
     gpc = !!nv.globalPrivacyControl,
     ref = d.referrer, // sent with the first page view only
@@ -159,9 +153,9 @@ export var start = (C) => {
       G = r[0];
       D = true;
       how = r[1] ? "gpc" : how;
-      same || (d.cookie = format(K, cid, G, now(), how, C.d));
+      same || (d.cookie = format(C, P, cid, G, now(), how));
       apply(how);
-      same || nv.sendBeacon(new URL("/consent", EP), JSON.stringify(record(K, cid, G, how)));
+      same || nv.sendBeacon(new URL("/consent", EP), JSON.stringify(record(C, cid, G, how)));
     },
     banner = () => (B ? B() : bl || (bl = load(url("banner.js")))),
     cmd = (a, c, x, y) => (
@@ -193,8 +187,8 @@ export var start = (C) => {
                         : x == "banner"
                           ? (B = y) && 0
                           : x == "state" && {
-                              ...K,
-                              assets: { banner_css: url("banner.css"), texts: url(C.s + "/consent.json") },
+                              site: C.s,
+                              purposes: P,
                               endpoint: "" + EP,
                               granted: { ...G },
                               decided: D,
@@ -239,7 +233,7 @@ export var start = (C) => {
     // its first use costs more main thread than the synchronous read, README).
     boot = () => b || ((b = 1), T(init)()),
     init = (ck = d.cookie, c0, hist, push) => {
-      c0 = parse(cookie("tw_consent", ck), K, now());
+      c0 = parse(cookie("tw_consent", ck), C, P, now());
       cid = c0.i || uuid().replace(/-/g, ""); // 32 hex digits
       G = c0.g || defaults(P, gpc);
       D = !!c0.g;

@@ -88,8 +88,7 @@ test("purposes: the tag's list and order, with the texts' names", () => {
     { id: "personalization", required: false, name: "personalization", description: "" },
     { id: "marketing", required: false, name: "Werbung", description: "Anzeigen" },
   ];
-  assert.deepEqual(purposes({ consent: { purposes: P } }, x), want); // the tag's state today
-  assert.deepEqual(purposes({ purposes: P }, x), want); // the contract's `purposes`
+  assert.deepEqual(purposes({ purposes: P }, x), want);
   assert.deepEqual(purposes({ purposes: P.slice(0, 1) }, {})[0].name, "necessary");
 });
 
@@ -115,13 +114,11 @@ const TEXTS = {
 const STATE = {
   site: "demo",
   endpoint: "https://collect.shop.example/collect",
-  policy: "3c1d0e7a9b2f4c11",
-  consent: { purposes: P },
+  purposes: P,
   granted: { necessary: true, analytics: false, personalization: true, marketing: false },
   decided: false,
   gpc: false,
   nonce: "n0nce",
-  assets: { banner: "https://collect.shop.example/t/banner.js?v=b1" },
 };
 
 // Start the banner. texts: an object (200), a status number, "offline" or "hang".
@@ -383,15 +380,9 @@ test("the language: <html lang>, else navigator.language; a malformed one is not
   assert.match((await banner({ pageLang: "fr-CA" })).fetches[0], /lang=fr-CA$/);
 });
 
-test("the contract's own state fields (purposes, assets.banner_css) are used", async () => {
-  const t = await banner({
-    state: {
-      purposes: P.slice(0, 2),
-      consent: undefined,
-      assets: { banner_css: "https://cdn.example/b.css?v=1" },
-    },
-  });
-  assert.equal(t.link.getAttribute("href"), "https://cdn.example/b.css?v=1");
+test("the stylesheet is banner.css next to the banner's own script; the state's purposes", async () => {
+  const t = await banner({ state: { purposes: P.slice(0, 2) } });
+  assert.equal(t.link.getAttribute("href"), "https://collect.shop.example/t/banner.css?v=b1");
   byText(t, "Einstellungen").click();
   assert.equal(boxes(t).length, 2);
 });

@@ -9,12 +9,8 @@ const P = [
   { id: "personalization", default: true },
   { id: "marketing", default: true },
 ];
-const C = {
-  site: "demo",
-  policy: "3c1d0e7a9b2f4c11",
-  settings: { cookie_domain: "" },
-  consent: { purposes: P, lifetime_days: 365, rejection_lifetime_days: 182 },
-};
+// The compact config's consent part (collector/tagjs.py core_config): site, policy, lifetimes.
+const C = { s: "demo", p: "3c1d0e7a9b2f4c11", l: 365, r: 182 };
 const T0 = 1795350383;
 const G = (granted) => Object.fromEntries(P.map((p) => [p.id, granted.includes(p.id)]));
 
@@ -52,48 +48,48 @@ test("GPC: an explicit per-purpose choice wins", () => {
 });
 
 test("cookie format is v1.<id>.<policy>.<granted>.<unix s>.<how>", () => {
-  const s = format(C, "8f3ae1", G(["necessary", "analytics"]), T0, "banner");
+  const s = format(C, P, "8f3ae1", G(["necessary", "analytics"]), T0, "banner");
   assert.equal(
     s,
     "tw_consent=v1.8f3ae1.3c1d0e7a9b2f4c11.necessary,analytics.1795350383.banner" +
       ";Max-Age=31536000;Path=/;SameSite=Lax;Secure"
   );
-  const r = format(C, "i", G(["necessary"]), T0, "api", ".shop.example");
+  const r = format({ ...C, d: ".shop.example" }, P, "i", G(["necessary"]), T0, "api");
   assert.match(r, /^tw_consent=v1\.i\.3c1d0e7a9b2f4c11\.necessary\.1795350383\.api;Max-Age=15724800;/);
   assert.match(r, /;Domain=\.shop\.example$/);
   globalThis.location = new URL("http://localhost/");
-  assert.doesNotMatch(format(C, "i", G([]), T0, "api"), /Secure/);
+  assert.doesNotMatch(format(C, P, "i", G([]), T0, "api"), /Secure/);
   globalThis.location = new URL("https://shop.example/p?x=1");
 });
 
 test("parse round-trips and checks validity", () => {
-  const v = (g, t, how = "banner") => format(C, "8f3ae1", G(g), t, how).split(";")[0].slice(11);
-  const ok = parse(v(["necessary", "analytics"], T0), C, T0 + 10);
+  const v = (g, t, how = "banner") => format(C, P, "8f3ae1", G(g), t, how).split(";")[0].slice(11);
+  const ok = parse(v(["necessary", "analytics"], T0), C, P, T0 + 10);
   assert.deepEqual(ok, { i: "8f3ae1", g: G(["necessary", "analytics"]) });
   // unknown purposes in the cookie are ignored, required ones are always granted
-  assert.deepEqual(parse("v1.x.3c1d0e7a9b2f4c11.analytics,ads." + T0 + ".api", C, T0).g, G(["necessary", "analytics"]));
+  assert.deepEqual(parse("v1.x.3c1d0e7a9b2f4c11.analytics,ads." + T0 + ".api", C, P, T0).g, G(["necessary", "analytics"]));
 });
 
 test("a decision expires after its lifetime; a rejection sooner", () => {
-  const v = (g) => format(C, "id", G(g), T0, "banner").split(";")[0].slice(11);
-  assert.ok(parse(v(["necessary", "analytics"]), C, T0 + 364 * 86400).g);
-  assert.equal(parse(v(["necessary", "analytics"]), C, T0 + 365 * 86400).g, false);
-  assert.ok(parse(v(["necessary"]), C, T0 + 181 * 86400).g);
-  assert.equal(parse(v(["necessary"]), C, T0 + 182 * 86400).g, false);
-  assert.equal(days(C.consent, G(["necessary"])), 182);
-  assert.equal(days(C.consent, G(["necessary", "marketing"])), 365);
+  const v = (g) => format(C, P, "id", G(g), T0, "banner").split(";")[0].slice(11);
+  assert.ok(parse(v(["necessary", "analytics"]), C, P, T0 + 364 * 86400).g);
+  assert.equal(parse(v(["necessary", "analytics"]), C, P, T0 + 365 * 86400).g, false);
+  assert.ok(parse(v(["necessary"]), C, P, T0 + 181 * 86400).g);
+  assert.equal(parse(v(["necessary"]), C, P, T0 + 182 * 86400).g, false);
+  assert.equal(days(C, P, G(["necessary"])), 182);
+  assert.equal(days(C, P, G(["necessary", "marketing"])), 365);
 });
 
 test("a changed policy hash asks again, but the consent id is kept", () => {
-  const v = format(C, "keep-me", G(["necessary"]), T0, "banner").split(";")[0].slice(11);
-  const r = parse(v, { ...C, policy: "ffffffffffffffff" }, T0);
+  const v = format(C, P, "keep-me", G(["necessary"]), T0, "banner").split(";")[0].slice(11);
+  const r = parse(v, { ...C, p: "ffffffffffffffff" }, P, T0);
   assert.equal(r.g, false);
   assert.equal(r.i, "keep-me");
 });
 
 test("garbage and absent cookies are no decision", () => {
   for (const x of ["", undefined, "v2.a.b.c.d.e", "v1", "nonsense", "v1.a.3c1d0e7a9b2f4c11.necessary.notanumber.api"]) {
-    assert.equal(parse(x, C, T0).g, false, String(x));
+    assert.equal(parse(x, C, P, T0).g, false, String(x));
   }
 });
 
