@@ -84,6 +84,10 @@ def _container_parser(commands) -> None:
     publish = actions.add_parser("publish", help="freeze the draft into a new version and make "
                                  "it live")
     publish.add_argument("--note", default="", help="what changed")
+    for action in (push, publish):
+        action.add_argument("--if-match", metavar="ETAG",
+                            help="only if the draft is still this one (its ETag, as push, "
+                            "show or the API print it); else exit 3 and change nothing")
     rollback = actions.add_parser("rollback", help="make an earlier version live again")
     rollback.add_argument("version", type=int)
     actions.add_parser("versions", help="list the published versions and which one is live")
@@ -283,11 +287,26 @@ def site_create(settings: Settings, args: argparse.Namespace) -> int:
 def container_command(settings: Settings, args: argparse.Namespace) -> int:
     import orjson
 
-    from collector.containers import ContainerError, Containers, NotFound, Previews
+    from collector.containers import (
+        ContainerError,
+        Containers,
+        NotFound,
+        PreconditionFailed,
+        Previews,
+        parse_if_match,
+    )
     from collector.migrations import migrate
     from collector.sites import Sites
 
-    document = None
+    document, if_match = None, None
+    if getattr(args, "if_match", None) is not None:
+        # Checked in this process only: Containers.put_draft says what window is left.
+        tag = args.if_match.strip()
+        if not tag:  # an unset shell variable must not turn into an unconditional write
+            raise ValueError("--if-match is empty")
+        # A shell drops the quotes of "3f2a...": a bare tag means the quoted one.
+        quoted = tag if tag == "*" or tag.startswith(('"', "W/")) else f'"{tag}"'
+        if_match = parse_if_match(quoted)  # ValueError: exit 2
     if args.container_command == "push":
         try:
             document = orjson.loads(args.file.read_bytes())
@@ -307,11 +326,14 @@ def container_command(settings: Settings, args: argparse.Namespace) -> int:
         containers = Containers(store)
         action = args.container_command
         if action == "push":
-            draft = containers.put_draft(site.site_id, document, site.origins)
+            draft = containers.put_draft(site.site_id, document, site.origins,
+                                         if_match=if_match)
             print(f"saved the draft of {site.site_id} (policy {draft.policy}); "
                   "publish it to make it live")
+            print(f"etag: {draft.etag}")
         elif action == "publish":
-            version = containers.publish(site.site_id, args.note, site.origins)
+            version = containers.publish(site.site_id, args.note, site.origins,
+                                         if_match=if_match)
             print(f"published version {version.version} of {site.site_id}; it is live")
         elif action == "rollback":
             version = containers.rollback(site.site_id, args.version)
@@ -337,6 +359,7 @@ def container_command(settings: Settings, args: argparse.Namespace) -> int:
             draft = containers.draft(site.site_id)
             sys.stdout.buffer.write(orjson.dumps(draft.document, option=orjson.OPT_INDENT_2))
             print()
+            print(f"etag: {draft.etag}", file=sys.stderr)  # for publish --if-match
     except ContainerError as exc:
         print(f"tagwerk: the container has {len(exc.errors)} problem(s):", file=sys.stderr)
         for error in exc.errors:
@@ -345,6 +368,9 @@ def container_command(settings: Settings, args: argparse.Namespace) -> int:
     except NotFound as exc:
         print(f"tagwerk: {exc}", file=sys.stderr)
         return 2
+    except PreconditionFailed as exc:
+        print(f"tagwerk: {exc}", file=sys.stderr)
+        return 3
     finally:
         store.close()
     return 0

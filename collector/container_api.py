@@ -9,6 +9,11 @@
 
 Refusals are ``{"error": "tags[2].purpose: unknown purpose 'ads'", "field": "tags[2].purpose"}``;
 an invalid container lists every problem under ``"errors"`` too. Nothing is stored then.
+
+Optimistic concurrency (RFC 9110): GET and PUT answer the draft's strong ``ETag``; PUT and
+publish take ``If-Match`` (``*`` or a list of entity-tags) and answer 412 with the current
+``etag`` when the draft is no longer one of them (a malformed If-Match is a 400). Without
+If-Match the last writer wins, as before; clients should send it.
 """
 
 from __future__ import annotations
@@ -26,7 +31,14 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from collector import http
-from collector.containers import MAX_DOCUMENT_BYTES, MAX_VERSION, ContainerError, NotFound
+from collector.containers import (
+    MAX_DOCUMENT_BYTES,
+    MAX_VERSION,
+    ContainerError,
+    NotFound,
+    PreconditionFailed,
+    parse_if_match,
+)
 from collector.service import Collector
 from collector.sites import Site
 from collector.storage import StorageError
@@ -76,6 +88,9 @@ def admin(endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]]:
             return _json({k: v for k, v in data.items() if v is not None}, 400)
         except NotFound as exc:
             return _json({"error": str(exc), "field": "version"}, 404)
+        except PreconditionFailed as exc:
+            return _json({"error": str(exc), "field": "If-Match", "etag": exc.current}, 412,
+                         {"ETag": exc.current})
         except StorageError as exc:
             log.warning("container API: storage error: %s", exc)
             return _json({"error": "storage unavailable; try again"}, 503,
@@ -130,6 +145,17 @@ async def _body(request: Request, required: bool) -> Any:
         raise ApiError(exc.status, exc.message) from None
 
 
+def _if_match(request: Request) -> frozenset[str] | None:
+    """The If-Match condition: None without one (or ``*``), else the strong ETags listed."""
+    values = request.headers.getlist("if-match")
+    if not values:
+        return None
+    try:
+        return parse_if_match(",".join(values))  # repeated fields are one list (RFC 9110)
+    except ValueError as exc:
+        raise ApiError(400, str(exc), "If-Match") from None
+
+
 def _fields(data: Any, allowed: tuple[str, ...]) -> dict[str, Any]:
     if data is None:
         return {}
@@ -148,23 +174,26 @@ def _fields(data: Any, allowed: tuple[str, ...]) -> dict[str, Any]:
 async def container(request: Request, collector: Collector, site: Site) -> Response:
     containers = collector.containers
     if request.method == "PUT":
+        if_match = _if_match(request)
         document = await _body(request, required=True)
         draft = await run_in_threadpool(containers.put_draft, site.site_id, document,
-                                        site.origins)
+                                        site.origins, if_match=if_match)
         return _json({"site": site.site_id, "policy": draft.policy,
-                      "updated_at": draft.updated_at})
+                      "updated_at": draft.updated_at, "etag": draft.etag},
+                     headers={"ETag": draft.etag})
     draft = await run_in_threadpool(containers.draft, site.site_id)
-    return _json(draft.document, headers={"X-Tagwerk-Policy": draft.policy})
+    return _json(draft.document, headers={"X-Tagwerk-Policy": draft.policy, "ETag": draft.etag})
 
 
 @admin
 async def publish(request: Request, collector: Collector, site: Site) -> Response:
+    if_match = _if_match(request)
     data = _fields(await _body(request, required=False), ("note",))
     note = data.get("note", "")
     if not isinstance(note, str):
         raise ApiError(400, "'note' must be a string", "note")
     version = await run_in_threadpool(collector.containers.publish, site.site_id, note,
-                                      site.origins)
+                                      site.origins, if_match=if_match)
     return _json({"site": site.site_id, "version": version.version, "live": version.version,
                   "policy": version.policy, "note": version.note})
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import re
+import threading
+import uuid
+
 import orjson
 import pytest
 
-from collector.containers import default_container
-from tests.helpers import make_client
-from tests.test_containers import full
+from collector.containers import default_container, parse_if_match
+from tests.helpers import make_client, served
+from tests.test_containers import ORIGINS, full
 
 BASE = "/api/v1/sites/api-shop/container"
 
@@ -151,6 +155,37 @@ BAD = [
     ("GET", BASE + "/versions/99999999999999999999", "admin", None, {}, 404, "has no version",
      "version"),
     ("GET", BASE + "/versions/abc", "admin", None, {}, 404, "Not Found", None),
+    # If-Match: auth and the site come first; a malformed one is a 400, a stale one a 412.
+    ("PUT", BASE, None, full(), {"If-Match": '"x"'}, 401, "admin key", None),
+    ("POST", BASE + "/publish", "write", None, {"If-Match": "*"}, 401, "invalid admin key",
+     None),
+    ("PUT", "/api/v1/sites/nope/container", "admin", full(), {"If-Match": '"x"'}, 404,
+     "unknown site", "site"),
+    ("PUT", BASE, "admin", full(), {"If-Match": "abc"}, 400, "list of entity-tags",
+     "If-Match"),
+    ("PUT", BASE, "admin", full(), {"If-Match": '"abc'}, 400, "list of entity-tags",
+     "If-Match"),
+    ("PUT", BASE, "admin", full(), {"If-Match": '"a" "b"'}, 400, "list of entity-tags",
+     "If-Match"),
+    ("PUT", BASE, "admin", full(), {"If-Match": '*, "a"'}, 400, "list of entity-tags",
+     "If-Match"),
+    ("PUT", BASE, "admin", full(), {"If-Match": "w/\"a\""}, 400, "list of entity-tags",
+     "If-Match"),
+    ("PUT", BASE, "admin", full(), {"If-Match": " , "}, 400, "If-Match is empty", "If-Match"),
+    ("POST", BASE + "/publish", "admin", None, {"If-Match": "12"}, 400, "list of entity-tags",
+     "If-Match"),
+    ("PUT", BASE, "admin", full(), {"If-Match": '"stale"'}, 412, "the draft has changed",
+     "If-Match"),
+    ("PUT", BASE, "admin", b"{", {"If-Match": '"stale"'}, 400, "malformed JSON", None),
+    # The document is validated first: its errors are worth fixing either way.
+    ("PUT", BASE, "admin", {"consent": 1}, {"If-Match": '"stale"'}, 400, "consent: must be",
+     "consent"),
+    ("PUT", BASE, "admin", {"consent": 1}, {"If-Match": "*"}, 400, "consent: must be",
+     "consent"),
+    ("POST", BASE + "/publish", "admin", None, {"If-Match": '"stale", W/"stale"'}, 412,
+     "the draft has changed", "If-Match"),
+    ("POST", BASE + "/publish", "admin", {"note": 5}, {"If-Match": '"stale"'}, 400,
+     "'note' must be a string", "note"),
 ]
 
 
@@ -170,7 +205,143 @@ def test_bad_requests(env, method, path, key, body, headers, status, message, fi
     assert r.json().get("field") == field
     if status == 401:
         assert r.headers["www-authenticate"].startswith("Bearer")
+    if status == 412:  # names the current draft, which is what a GET answers
+        current = call(client, "GET", path.removesuffix("/publish"), secret).headers["etag"]
+        assert r.headers["etag"] == r.json()["etag"] == current
+        assert current in r.json()["error"]
     assert stored(collector) == before
     # The process keeps serving.
     assert call(client, "GET", BASE, keys["admin"]).status_code == 200
     assert client.get("/healthz").status_code == 200
+
+
+# -- optimistic concurrency: ETag and If-Match ------------------------------------------------
+
+
+@pytest.fixture
+def fresh(env):
+    """A new site of its own: (client, collector, admin key, its container URL)."""
+    client, collector, _, _ = env
+    site = "api-etag-" + uuid.uuid4().hex[:10]
+    _, keys = collector.sites.create(site, list(ORIGINS))
+    return client, collector, keys["admin"], f"/api/v1/sites/{site}/container", site
+
+
+STRONG = re.compile(r'^"[0-9a-f]{32}"$')
+
+
+def test_etag_identifies_the_draft(fresh):
+    client, collector, admin, url, site = fresh
+    first = call(client, "GET", url, admin)
+    etag = first.headers["etag"]  # the default container has one too
+    assert first.status_code == 200 and STRONG.match(etag)
+    assert call(client, "GET", url, admin).headers["etag"] == etag  # stable while unchanged
+
+    r = call(client, "PUT", url, admin, full(), **{"If-Match": etag})
+    assert r.status_code == 200, r.text
+    new = r.headers["etag"]
+    assert STRONG.match(new) and new != etag and r.json()["etag"] == new
+    assert call(client, "GET", url, admin).headers["etag"] == new
+
+    # The same document saved again is a new draft: someone may have edited in between.
+    r = call(client, "PUT", url, admin, full(), **{"If-Match": new})
+    assert r.status_code == 200 and r.headers["etag"] != new
+    # Without If-Match the last writer still wins (backwards compatible).
+    assert call(client, "PUT", url, admin, full()).status_code == 200
+    assert collector.containers.draft(site).etag == call(client, "GET", url, admin).headers["etag"]
+
+
+def test_stale_if_match_changes_nothing(fresh):
+    client, collector, admin, url, site = fresh
+    seen = call(client, "GET", url, admin).headers["etag"]
+    edited = full()
+    current = call(client, "PUT", url, admin, edited, **{"If-Match": seen}).headers["etag"]
+
+    # A second editor who read the draft before that edit: refused, the edit stays.
+    before = stored(collector, site)
+    r = call(client, "PUT", url, admin, default_container(), **{"If-Match": seen})
+    assert r.status_code == 412, r.text
+    assert r.json() == {"error": r.json()["error"], "field": "If-Match", "etag": current}
+    assert current in r.json()["error"] and r.headers["etag"] == current
+    assert r.headers["cache-control"] == "no-store"
+    assert stored(collector, site) == before and before[0] == edited
+
+    # Publishing a draft one has not seen: refused, no version, no release.
+    r = call(client, "POST", url + "/publish", admin, {"note": "x"}, **{"If-Match": seen})
+    assert r.status_code == 412 and r.json()["etag"] == current
+    assert stored(collector, site) == before and before[1] == [] and before[2] == []
+    # A weak tag never matches, even the current one's.
+    r = call(client, "POST", url + "/publish", admin, **{"If-Match": "W/" + current})
+    assert r.status_code == 412 and stored(collector, site) == before
+
+    # The reviewed draft: published; publishing does not change the draft or its ETag.
+    r = call(client, "POST", url + "/publish", admin, {"note": "ok"}, **{"If-Match": current})
+    assert r.status_code == 200 and r.json()["version"] == 1, r.text
+    assert collector.containers.version(site, 1).document == edited
+    assert call(client, "GET", url, admin).headers["etag"] == current
+
+
+def test_if_match_star_and_lists(fresh):
+    client, collector, admin, url, site = fresh
+    r = call(client, "PUT", url, admin, full(), **{"If-Match": "*"})  # a draft always exists
+    assert r.status_code == 200, r.text
+    current = r.headers["etag"]
+    # Any one of a list matches; repeated fields are one list; empty elements are allowed.
+    r = call(client, "PUT", url, admin, full(), **{"If-Match": f'"nope", ,{current}'})
+    assert r.status_code == 200, r.text
+    current = r.headers["etag"]
+    r = client.request("PUT", url, content=orjson.dumps(full()), headers=[
+        ("Authorization", f"Bearer {admin}"), ("If-Match", '"nope"'), ("If-Match", current)])
+    assert r.status_code == 200, r.text
+    assert call(client, "POST", url + "/publish", admin, **{"If-Match": "*"}).status_code == 200
+    assert [v.version for v in collector.containers.versions(site)] == [1]
+
+
+def test_concurrent_conditional_puts_one_wins(store, tmp_path):
+    """Real HTTP, concurrent requests with the same If-Match: exactly one is saved."""
+    site = "api-race-" + uuid.uuid4().hex[:10]
+    url = f"/api/v1/sites/{site}/container"
+    with served(store, tmp_path, demo_site=False) as (client, collector):
+        _, keys = collector.sites.create(site, list(ORIGINS))
+        headers = {"Authorization": f"Bearer {keys['admin']}"}
+        etag = client.get(url, headers=headers).headers["etag"]
+        results: list[tuple[int, str]] = []
+        barrier = threading.Barrier(6)
+
+        def edit(n: int) -> None:
+            doc = full()
+            doc["tags"] = doc["tags"][:n % 3 + 1]
+            barrier.wait()
+            r = client.put(url, content=orjson.dumps(doc),
+                           headers={**headers, "If-Match": etag})
+            results.append((r.status_code, r.headers["etag"]))
+
+        threads = [threading.Thread(target=edit, args=(n,)) for n in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        codes = sorted(code for code, _ in results)
+        assert codes == [200] + [412] * 5, results
+        winner = next(tag for code, tag in results if code == 200)
+        # Every refusal named the winner's draft, which is the one stored.
+        assert {tag for code, tag in results if code == 412} == {winner}
+        assert collector.containers.draft(site).etag == winner
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("*", None),
+    (' "a" ', {'"a"'}),
+    ('"a,b", W/"c",,"d"', {'"a,b"', '"d"'}),  # a comma inside a tag; weak tags dropped
+    ('W/"c"', set()),  # only weak: nothing can match
+    ('""', {'""'}),
+])
+def test_parse_if_match(value, expected):
+    assert parse_if_match(value) == (None if expected is None else frozenset(expected))
+
+
+@pytest.mark.parametrize("value", ["", " ", ",", "a", '"a', '"a""b"', '"a" x', "**", '*,"a"',
+                                   '"a b"', 'W/ "a"', '"\x7f"'])
+def test_parse_if_match_refuses(value):
+    with pytest.raises(ValueError, match="If-Match"):
+        parse_if_match(value)

@@ -126,3 +126,59 @@ def test_preview_link(server):
     bad = tagwerk("container", "preview", "--site", site, "--url", "https://evil.example/",
                   "--data-dir", str(server.data_dir), check=False)
     assert bad.returncode == 2 and "origins" in bad.stderr
+
+
+def test_if_match(server, tmp_path, capsys):
+    data, site = str(server.data_dir), "cli-etag"
+    code, out, _ = run(capsys, "site", "create", site, "--origin", ORIGINS[0],
+                       "--origin", ORIGINS[1], "--data-dir", data)
+    assert code == 0
+    admin = next(line.split()[-1] for line in out.splitlines() if line.startswith("admin key"))
+
+    def push(doc, *extra):
+        (tmp_path / "c.json").write_bytes(orjson.dumps(doc))
+        return run(capsys, "container", "push", str(tmp_path / "c.json"), "--site", site,
+                   "--data-dir", data, *extra)
+
+    def shown():
+        code, out, err = run(capsys, "container", "show", "--site", site, "--data-dir", data)
+        assert code == 0
+        return orjson.loads(out), err.strip().removeprefix("etag: ")
+
+    default, seen = shown()  # the default container has an ETag too
+    code, out, _ = push(full(), "--if-match", seen)
+    assert code == 0 and f"saved the draft of {site}" in out
+    etag = out.splitlines()[-1].removeprefix("etag: ")
+    assert etag != seen and shown() == (full(), etag)
+
+    # Stale: exit 3, the draft stays; no version either.
+    code, _, err = push(default, "--if-match", seen)
+    assert code == 3 and f"its ETag is now {etag}" in err
+    code, _, err = run(capsys, "container", "publish", "--site", site, "--if-match", seen,
+                       "--data-dir", data)
+    assert code == 3 and etag in err
+    assert shown() == (full(), etag)
+    assert run(capsys, "container", "versions", "--site", site, "--data-dir", data)[1] \
+        .startswith("no version published yet")
+
+    # Malformed or empty: exit 2 before anything is read or written.
+    for bad in ('"a" "b"', " ", "W/x"):
+        code, _, err = push(default, "--if-match", bad)
+        assert code == 2 and ("If-Match" in err or "--if-match is empty" in err), (bad, err)
+
+    # The ETag as a shell passes it (quotes gone), or quoted: the reviewed draft is published.
+    code, out, _ = run(capsys, "container", "publish", "--site", site, "--if-match",
+                       etag.strip('"'), "--data-dir", data)
+    assert code == 0 and "published version 1" in out
+    code, out, _ = push(default, "--if-match", etag)
+    assert code == 0 and shown()[0] == default
+    code, out, _ = push(full(), "--if-match", "*")
+    assert code == 0 and shown() == (full(), out.splitlines()[-1].removeprefix("etag: "))
+
+    # The running collector's API names the same draft by the same ETag, and refuses the
+    # ETag of the draft the command replaced.
+    url, auth = f"{server.url}/api/v1/sites/{site}/container", {"Authorization": f"Bearer {admin}"}
+    current = out.splitlines()[-1].removeprefix("etag: ")
+    assert httpx.get(url, headers=auth).headers["etag"] == current
+    r = httpx.post(url + "/publish", headers={**auth, "If-Match": etag})
+    assert r.status_code == 412 and r.json()["etag"] == current

@@ -19,6 +19,7 @@ from collector.containers.document import (
 from collector.containers.errors import (
     ContainerError,
     NotFound,
+    PreconditionFailed,
 )
 from collector.containers.schema import (
     MAX_DOCUMENT_BYTES,
@@ -26,8 +27,10 @@ from collector.containers.schema import (
 )
 from collector.containers.store import (
     Containers,
+    Draft,
     Live,
     Previews,
+    parse_if_match,
 )
 from collector.containers.validate import (
     check,
@@ -38,15 +41,18 @@ __all__ = [
     "ContainerError",
     "Containers",
     "DEFAULT_TEXTS",
+    "Draft",
     "Live",
     "MAX_DOCUMENT_BYTES",
     "MAX_VERSION",
     "NotFound",
+    "PreconditionFailed",
     "Previews",
     "check",
     "container_policy_hash",
     "default_container",
     "normalize",
+    "parse_if_match",
     "resolved_tag_path",
     "validate",
 ]

@@ -1,4 +1,4 @@
-"""Validation errors that name the field, and a missing version."""
+"""Validation errors that name the field, a missing version, a stale draft ETag."""
 
 from __future__ import annotations
 
@@ -34,3 +34,12 @@ class ContainerError(ValueError):
 
 class NotFound(LookupError):
     """An unknown version."""
+
+
+class PreconditionFailed(Exception):
+    """The draft is no longer the one the caller's If-Match names; ``current`` is its ETag."""
+
+    def __init__(self, current: str) -> None:
+        self.current = current
+        super().__init__(f"the draft has changed: its ETag is now {current}; "
+                         "read it again and redo the change")

@@ -5,11 +5,12 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
+import re
 import secrets
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +23,7 @@ from collector.containers.document import (
     normalize,
     resolved_tag_path,
 )
-from collector.containers.errors import ContainerError, FieldError, NotFound
+from collector.containers.errors import ContainerError, FieldError, NotFound, PreconditionFailed
 from collector.containers.schema import CONTROL, LIVE_TTL, MAX_NOTE, MAX_VERSION
 from collector.containers.validate import check
 from collector.storage import StorageError, Store
@@ -38,6 +39,7 @@ class Draft:
     document: dict[str, Any]
     policy: str
     updated_at: str | None  # None: never saved, the default container
+    etag: str  # a strong entity-tag, quotes included: identifies this exact draft
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,45 @@ def _digest(text: str | bytes) -> str:
     return hashlib.sha256(text.encode() if isinstance(text, str) else text).hexdigest()
 
 
+def _etag(text: str, updated_at: str | None) -> str:
+    # The save time too: saving the same document again is a new draft (another edit may
+    # have come and gone in between), and the stamps of this process never repeat.
+    return '"' + _digest(f"{updated_at or ''}\n{text}")[:32] + '"'
+
+
+_ENTITY_TAG = re.compile(r'(W/)?"[\x21\x23-\x7e\x80-\xff]*"')
+
+
+def parse_if_match(value: str) -> frozenset[str] | None:
+    """An ``If-Match`` field value (RFC 9110, 13.1.1): the strong entity-tags it lists, or
+    None for ``*`` (there always is a draft, so it matches). Weak tags are dropped: they
+    never match here. ValueError when it is not ``*`` or a list of entity-tags."""
+    value = value.strip(" \t")
+    if value == "*":
+        return None
+    strong: set[str] = set()
+    pos, expect_tag, seen = 0, True, False
+    while pos < len(value):
+        if value[pos] in " \t":
+            pos += 1
+        elif value[pos] == ",":  # empty list elements are allowed (RFC 9110, 5.6.1)
+            pos, expect_tag = pos + 1, True
+        elif expect_tag and (match := _ENTITY_TAG.match(value, pos)):
+            if not match.group(1):
+                strong.add(match.group(0))
+            pos, expect_tag, seen = match.end(), False, True
+        else:
+            raise ValueError('If-Match must be * or a list of entity-tags, e.g. "3f2a..."')
+    if not seen:
+        raise ValueError("If-Match is empty")
+    return frozenset(strong)
+
+
+def _precondition(draft: Draft, if_match: Collection[str] | None) -> None:
+    if if_match is not None and draft.etag not in if_match:
+        raise PreconditionFailed(draft.etag)
+
+
 class Containers:
     """Drafts, versions and releases of every site's container, in ClickHouse.
 
@@ -99,6 +140,7 @@ class Containers:
         self._epoch = 0  # counts the times the cache was dropped
         self._checked_until = 0.0
         self._lock = threading.Lock()  # one publish or rollback at a time in this process
+        self._draft_locks: dict[str, threading.Lock] = {}  # site -> one draft write at a time
         self._paths_lock = threading.Lock()
         self._fresh_lock = threading.Lock()
         self._stamp_lock = threading.Lock()
@@ -124,35 +166,55 @@ class Containers:
             "WHERE site_id = {site:String}", {"site": site_id})
         if not rows:
             doc = default_container()
-            return Draft(site_id, doc, container_policy_hash(doc), None)
+            return Draft(site_id, doc, container_policy_hash(doc), None,
+                         _etag(orjson.dumps(doc).decode(), None))
         row = rows[0]
-        return Draft(site_id, orjson.loads(row["document"]), row["policy_hash"],
-                     _iso(row["updated_at"]))
+        updated_at = _iso(row["updated_at"])
+        return Draft(site_id, orjson.loads(row["document"]), row["policy_hash"], updated_at,
+                     _etag(row["document"], updated_at))
 
-    def put_draft(self, site_id: str, document: Any, origins: Iterable[str] = ()) -> Draft:
-        """Validate and save the draft; ContainerError names the problems."""
+    def put_draft(self, site_id: str, document: Any, origins: Iterable[str] = (), *,
+                  if_match: Collection[str] | None = None) -> Draft:
+        """Validate and save the draft; ContainerError names the problems. With ``if_match``
+        (strong ETags, see :func:`parse_if_match`), only while the draft is one of those:
+        else PreconditionFailed, and nothing is saved."""
         check(document, origins)
         self._check_tag_path_free(site_id, document)
         text = orjson.dumps(document).decode()
         policy = container_policy_hash(document)
-        stamp = self._stamp()
-        self._insert("container_drafts", {
-            "site_id": site_id, "document": text, "policy_hash": policy,
-            "tag_path": resolved_tag_path(document, site_id),
-            "updated_at": _ch_time(stamp),
-        })
+        # The lock makes compare-and-save atomic within this process (unconditional saves
+        # take it too, so none slips in between). ClickHouse has no compare-and-set: a save
+        # by another process (``tagwerk container push``, another collector of a cluster)
+        # landing between our read of the draft and our insert is overwritten all the same.
+        # That window is two queries long (validation stays outside it); closing it would
+        # need a transactional store or a single writer.
+        lock = self._draft_locks.get(site_id) or self._draft_locks.setdefault(
+            site_id, threading.Lock())
+        with lock:
+            if if_match is not None:
+                _precondition(self.draft(site_id), if_match)
+            updated_at = _ch_time(self._stamp())
+            self._insert("container_drafts", {
+                "site_id": site_id, "document": text, "policy_hash": policy,
+                "tag_path": resolved_tag_path(document, site_id), "updated_at": updated_at,
+            })
         self.invalidate(site_id)
-        return Draft(site_id, document, policy, _iso(_ch_time(stamp)))
+        return Draft(site_id, document, policy, _iso(updated_at), _etag(text, _iso(updated_at)))
 
     # -- versions
 
-    def publish(self, site_id: str, note: str = "", origins: Iterable[str] = ()) -> Version:
-        """Freeze the draft into the next version and make it live."""
+    def publish(self, site_id: str, note: str = "", origins: Iterable[str] = (), *,
+                if_match: Collection[str] | None = None) -> Version:
+        """Freeze the draft into the next version and make it live; with ``if_match``, only
+        if the draft is one of those ETags (else PreconditionFailed, nothing is written)."""
         if not isinstance(note, str) or len(note) > MAX_NOTE or CONTROL.search(note):
             raise ContainerError([FieldError("note", f"a string of at most {MAX_NOTE} "
                                              "characters without control characters")])
         with self._lock:
             draft = self.draft(site_id)
+            # What is frozen is this very read, so the version is exactly the draft whose
+            # ETag matched, even if another process saves a new draft meanwhile.
+            _precondition(draft, if_match)
             check(draft.document, origins)
             self._check_tag_path_free(site_id, draft.document)
             text = orjson.dumps(draft.document).decode()
