@@ -26,10 +26,8 @@ export var gcm = (o, r = {}) => {
 // GA4 e-commerce events -> tagwerk events in the README's wire format (undefined for other
 // events). `e` is the push's `ecommerce` object.
 var EC = "view_item view_item_list select_item add_to_cart remove_from_cart begin_checkout purchase";
-var ITEM =
-  "item_id product_id item_name name item_category category item_brand brand item_variant variant".split(
-    " "
-  );
+// (PURE: the engine bundles this file for merge() alone; esbuild then drops the list.)
+var ITEM = /* @__PURE__ */ "item_id product_id item_name name item_category category item_brand brand item_variant variant".split(" ");
 export var ga4 = (n, e) =>
   EC.split(" ").includes(n) && e
     ? {

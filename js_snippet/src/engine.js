@@ -22,6 +22,7 @@ var engine = (I) => {
     n = 0,
     H = {}, // tags held for consent on this page: id -> [tag, trigger id]
     S = {}, // script tags inserted on this document
+    W = [], // element_visible: per trigger, (e) => observe what matches in e's subtree, e too
     val = (i, v) => ((v = V[i] && resolve(V[i], M)) == null ? "" : "" + v),
     // A tag whose trigger fired: run it if its purpose is granted (in G, the state at the
     // signal's time), else hold it for this page; rel: released by a later decision.
@@ -59,7 +60,7 @@ var engine = (I) => {
     };
 
   X.v.forEach((v) => (V[v.id] = v));
-  K.forEach((tr, c, i) => {
+  K.forEach((tr, c, i, o) => {
     tr.type == "timer" &&
       ((c = 0),
       (i = setInterval(
@@ -69,8 +70,8 @@ var engine = (I) => {
         }),
         tr.interval_ms
       )));
-    // element_visible: once per element, from now on (the core loads the engine at boot,
-    // when the DOM is ready, if there are such triggers).
+    // element_visible: once per element (o: the elements given to the observer; one that
+    // fired was unobserved, and observing it again would fire it again).
     tr.type == "element_visible" &&
       ((c = tr.ratio || 0),
       (i = new IntersectionObserver(
@@ -84,8 +85,23 @@ var engine = (I) => {
         ),
         { threshold: c }
       )),
-      d.querySelectorAll(tr.selector).forEach((e) => i.observe(e)));
+      (o = new WeakSet()),
+      W.push(
+        T((e, s = tr.selector, f = (x) => o.has(x) || (o.add(x), i.observe(x))) => (
+          e.matches(s) && f(e), e.querySelectorAll(s).forEach(f)
+        ))
+      ));
   });
+  // Visibility is watched from now on (the core loads the engine at boot, when the DOM is
+  // ready, if there are such triggers): in the body, then in what is added to the page later
+  // (SPA routes, lazy lists, dialogs). One observer for all triggers, none without them; a
+  // callback searches only the subtrees added (elements: text nodes have no matches()),
+  // never the whole document.
+  W[0] &&
+    (W.forEach((f) => f(d.body)),
+    new MutationObserver(
+      T((rs) => rs.forEach((r) => r.addedNodes.forEach((n) => n.matches && W.forEach((f) => f(n)))))
+    ).observe(d, { childList: 1, subtree: 1 }));
   I.l.forEach((x) => T(E)(...x));
   E();
   return E;

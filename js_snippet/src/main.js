@@ -210,8 +210,9 @@ export var start = (C) => {
               apply("default")));
       else
         o &&
-          o.length == null &&
           m != 1 &&
+          // gtag('event', name, params) pushes its `arguments`: params are the ecommerce part.
+          (o[0] == "event" ? (o = { event: o[1], ecommerce: o[2] }) : o.length == null) &&
           o.event &&
           (sig({ t: "custom_event", e: o.event }),
           A.includes("e") && (o = ga4(o.event, o.ecommerce)) && ev(o));

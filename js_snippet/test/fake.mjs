@@ -1,7 +1,8 @@
 // A minimal hand-made browser for the tests: just what the tag touches. No jsdom.
 // browser() makes a window to run dist/tag.js in (node:vm), with a manual clock, a cookie
 // jar, storages, a fake DOM (elements with closest/matches for simple selectors), recorded
-// network calls (fetch, sendBeacon, images, inserted scripts) and listeners to fire.
+// network calls (fetch, sendBeacon, images, inserted scripts), listeners to fire, and the
+// Intersection/MutationObservers made (the tests call their callbacks).
 import vm from "node:vm";
 import { bundle } from "../build.mjs";
 
@@ -191,6 +192,9 @@ export class El {
   descendants() {
     return this.children.flatMap((c) => [c, ...c.descendants()]);
   }
+  querySelectorAll(sel) {
+    return this.descendants().filter((e) => e.matches(sel));
+  }
 }
 
 // A link with the URL properties HTMLAnchorElement has.
@@ -332,12 +336,14 @@ export function browser({
   const body = new El("body");
   const head = new El("head");
   const observers = [];
+  const mutationObservers = []; // a test delivers records itself: mo.cb([{addedNodes: [el]}])
   const w = {
     ...t,
     net,
     listeners,
     body,
     observers,
+    mutationObservers,
     jar: c,
     URL,
     URLSearchParams,
@@ -395,6 +401,15 @@ export function browser({
       }
       disconnect() {
         this.els.clear();
+      }
+    },
+    MutationObserver: class {
+      constructor(cb) {
+        this.cb = cb;
+        mutationObservers.push(this);
+      }
+      observe(target, opts) {
+        Object.assign(this, { target, opts });
       }
     },
     addEventListener: addEventListener("window"),

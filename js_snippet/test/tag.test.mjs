@@ -301,6 +301,26 @@ test("GA4 e-commerce via dataLayer becomes tagwerk events (also pushed before lo
   assert.deepEqual(p.consent, ["necessary", "analytics"]);
 });
 
+test("gtag.js e-commerce: gtag('event', name, params) is the same event (also before load)", async () => {
+  const gtag = "window.dataLayer = window.dataLayer || []; function gtag(){dataLayer.push(arguments)};";
+  const b = load(container(), {
+    cookies: ANALYTICS,
+    before: gtag + "gtag('event', 'view_item', {currency: 'EUR', value: 5, items: [{item_id: 7, price: 5}]});",
+  });
+  b.run(`function gtag(){dataLayer.push(arguments)}
+         gtag('event', 'purchase', {transaction_id: 'T9', value: 12.5, currency: 'EUR',
+           items: [{item_id: 'A', item_name: 'Sock', price: 12.5, quantity: 2}]});
+         gtag('event', 'sign_up', {method: 'mail'});
+         gtag('config', 'G-XYZ');`);
+  const events = await flushed(b);
+  assert.deepEqual(names(events), ["page_view", "view_item", "purchase"]);
+  assert.deepEqual(events[1].items, [{ product_id: "7", price: 5, quantity: 1 }]);
+  assert.deepEqual(
+    { order_id: events[2].order_id, revenue: events[2].revenue, items: events[2].items },
+    { order_id: "T9", revenue: 12.5, items: [{ product_id: "A", name: "Sock", price: 12.5, quantity: 2 }] }
+  );
+});
+
 test("dataLayer.push keeps its result and the model follows GTM", () => {
   const b = load(container(), { before: "window.dataLayer=[{a:{x:1}}]" });
   assert.equal(b.run("dataLayer.push({a:{y:2}}, {b:1})"), 3);
@@ -582,6 +602,89 @@ test("element_visible: observed from boot (the engine loads then), once per elem
   assert.ok(cfg.triggers.find((t) => t.type == "element_visible"));
   o.cb([{ isIntersecting: true, intersectionRatio: 0.6, target: hero }]);
   assert.deepEqual([...o.els], []); // unobserved: once
+});
+
+// A container with two element_visible triggers, each with a pixel tag (marketing).
+const visible = () => {
+  const c = container();
+  c.triggers.push({ id: "tile_seen", type: "element_visible", selector: ".tile", conditions: [] });
+  c.tags.push(
+    { id: "hero_px", type: "pixel", purpose: "marketing", url: "https://ads.example/hero",
+      triggers: ["hero_seen"], blocking_triggers: [] },
+    { id: "tile_px", type: "pixel", purpose: "marketing", url: "https://ads.example/tile",
+      triggers: ["tile_seen"], blocking_triggers: [] }
+  );
+  return c;
+};
+const seen = (o, ...els) => o.cb(els.map((target) => ({ isIntersecting: true, intersectionRatio: 1, target })));
+
+test("element_visible: elements added later (SPA routes, lazy lists) fire too, once per trigger", () => {
+  const b = load(visible(), { cookies: ALL, readyState: "loading" });
+  const hero = new El("section", { id: "hero" }, "", b.body); // there at load
+  b.fire("window:load");
+  const [heroIO, tileIO] = b.w.observers;
+  const [mo] = b.w.mutationObservers;
+  assert.equal(b.w.mutationObservers.length, 1); // one for all triggers
+  assert.equal(mo.target, b.w.document);
+  assert.ok(mo.opts.childList && mo.opts.subtree);
+  assert.deepEqual([...heroIO.els], [hero]);
+  seen(heroIO, hero);
+  assert.deepEqual(b.net.images, ["https://ads.example/hero"]);
+
+  // An SPA route: the old hero goes, a new one comes; the new one fires when visible.
+  b.body.children.length = 0;
+  const hero2 = new El("section", { id: "hero" }, "", b.body);
+  mo.cb([{ addedNodes: [hero2] }]);
+  assert.deepEqual([...heroIO.els], [hero2]);
+  assert.deepEqual([...tileIO.els], []);
+  seen(heroIO, hero2);
+  assert.equal(b.net.images.length, 2);
+
+  // A lazy list: matching descendants of an added subtree; text nodes are skipped.
+  const list = new El("ul", { class: "grid" }, "", b.body);
+  const tiles = [new El("li", { class: "tile" }, "", list), new El("li", { class: "tile" }, "", list)];
+  new El("li", { class: "ad" }, "", list);
+  mo.cb([{ addedNodes: [{ nodeType: 3, textContent: "\n" }] }, { addedNodes: [list] }]);
+  assert.deepEqual([...tileIO.els], tiles);
+  assert.deepEqual([...heroIO.els], []);
+  seen(tileIO, tiles[1]);
+  assert.deepEqual(b.net.images.slice(2), ["https://ads.example/tile"]);
+
+  // Moved (removed and added again): an element that fired stays fired; the one that did
+  // not stays observed and still fires, once.
+  mo.cb([{ addedNodes: [hero2] }, { addedNodes: [list] }]);
+  assert.deepEqual([...heroIO.els], []);
+  assert.deepEqual([...tileIO.els], [tiles[0]]);
+  seen(tileIO, tiles[0]);
+  mo.cb([{ addedNodes: [list] }]);
+  assert.deepEqual([...tileIO.els], []);
+  assert.deepEqual(b.net.images.slice(2), ["https://ads.example/tile", "https://ads.example/tile"]);
+
+  // A trigger with a selector the browser refuses does not stop the others.
+  const c = visible();
+  c.triggers.unshift({ id: "bad", type: "element_visible", selector: "!!", conditions: [] });
+  const x = load(c, { cookies: ALL, readyState: "loading" });
+  const tile = new El("li", { class: "tile" }, "", x.body);
+  x.fire("window:load");
+  assert.deepEqual([...x.w.observers[2].els], [tile]);
+  const late = new El("li", { class: "tile" }, "", x.body);
+  x.w.mutationObservers[0].cb([{ addedNodes: [late] }]);
+  assert.deepEqual([...x.w.observers[2].els], [tile, late]);
+});
+
+test("element_visible: no MutationObserver without element_visible triggers", () => {
+  const timers = container();
+  timers.triggers = timers.triggers.filter((t) => t.type != "element_visible");
+  const b = load(timers, { cookies: ALL });
+  assert.equal(b.net.engine.length, 1); // the engine runs (for the timer)...
+  assert.deepEqual(b.w.mutationObservers, []); // ...and watches no DOM changes
+  assert.deepEqual(b.w.observers, []);
+  const none = container(); // tags only: the engine comes with consent
+  none.triggers = none.triggers.filter((t) => t.type != "element_visible" && t.type != "timer");
+  none.tags = none.tags.filter((t) => t.id != "survey");
+  const c = load(none, { cookies: ALL });
+  assert.equal(c.net.engine.length, 1);
+  assert.deepEqual(c.w.mutationObservers, []);
 });
 
 test("page hide sends what waits with sendBeacon", async () => {
