@@ -210,6 +210,9 @@ export const link = (href, attrs = {}, base = "https://shop.example/") => {
   return e;
 };
 
+// main.js boots this long after the window's load event.
+export const BOOT_DELAY = 300;
+
 // A manual clock for setTimeout/setInterval; advance() runs what is due, in order, letting
 // promises settle in between.
 export const tick = () => new Promise((r) => setImmediate(r));
@@ -226,6 +229,21 @@ export function clock() {
     setInterval(f, ms) {
       timers.set(++seq, { f, at: now + Math.max(1, +ms || 0), every: Math.max(1, +ms || 0) });
       return seq;
+    },
+    // The synchronous form: run what is due within ms, without letting promises settle.
+    due(ms) {
+      const end = now + ms;
+      for (;;) {
+        let next;
+        for (const [id, t] of timers) if (t.at <= end && (!next || t.at < next[1].at)) next = [id, t];
+        if (!next) break;
+        const [id, t] = next;
+        now = t.at;
+        if (t.every) t.at += t.every;
+        else timers.delete(id);
+        t.f();
+      }
+      now = end;
     },
     clearTimeout: (id) => timers.delete(id),
     clearInterval: (id) => timers.delete(id),
@@ -469,7 +487,10 @@ export function browser({
   const ctx = vm.createContext(w);
   const run = (code) => vm.runInContext(code, ctx);
   // fire a listener registered by the tag: fire("window:load"), fire("document:click", ev)
-  const fire = (key, ev = {}) => (listeners[key] || []).forEach((f) => f(ev));
+  // The tag boots BOOT_DELAY ms after the window's load: "window:load" includes that wait.
+  const fire = (key, ev = {}) => (
+    (listeners[key] || []).forEach((f) => f(ev)), key == "window:load" && t.due(BOOT_DELAY)
+  );
   if (before) run(before);
   const arrive = () => pending.length && pending.shift()();
   return { w, ctx, run, fire, net, clock: t, jar: c, listeners, body, arrive };
@@ -486,6 +507,7 @@ export function load(config, opts = {}) {
   let src = TAG;
   if (cfg) src = src.replace('"__TAGWERK_CONFIG__"', JSON.stringify(cfg.core));
   b.run(src);
+  b.w.document.readyState == "complete" && b.clock.due(BOOT_DELAY); // the page had loaded
   return b;
 }
 

@@ -1,7 +1,7 @@
 // The whole tag, as built, in a fake browser (fake.mjs).
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { El, TAG, browser, compact, container, link, load, sent, tick } from "./fake.mjs";
+import { BOOT_DELAY, El, TAG, browser, compact, container, link, load, sent, tick } from "./fake.mjs";
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
 const POLICY = "3c1d0e7a9b2f4c11";
@@ -797,6 +797,20 @@ test("before the page has loaded: no cookie or storage access, calls keep their 
   assert.equal(b.net.scripts.filter((s) => /chat/.test(s.src)).length, 1); // the chat tag fired
   b.fire("window:load"); // once
   assert.equal(names(sent(b)).filter((n) => n == "page_view").length, 1);
+});
+
+test("boot comes 300 ms after the load event (the browser is busy then; the first page view keeps its time)", () => {
+  const b = load(container(), { readyState: "interactive", cookies: ANALYTICS });
+  const t0 = Date.now();
+  b.listeners["window:load"].forEach((f) => f({})); // the event alone, no wait
+  b.clock.due(BOOT_DELAY - 1);
+  assert.equal(b.jar.reads, 0);
+  b.clock.due(1);
+  assert.ok(b.jar.reads > 0);
+  b.fire("window:pagehide");
+  const pv = sent(b)[0];
+  assert.equal(pv.event, "page_view");
+  assert.ok(Date.parse(pv.ts) <= t0); // the time the tag started
 });
 
 test("one cookie read at boot (tw_consent, tw_s, tw_q), no storage access without a reason", async () => {
