@@ -13,7 +13,9 @@ instead of the events' ``{}``: the flusher groups a batch's records by that tabl
 makes one insert per table, each with its own deduplication token (``flusher.py``).
 
 A decision that denies analytics also clears the ``tw_id`` device cookie, if the request
-carries one: the person need not wait for the next hit.
+carries one: the person need not wait for the next hit. And the ``tw_consent`` cookie the tag
+wrote for the decision is set again by the collector, when the request carries it (Safari
+caps cookies written by script at 7 days: ``webconsent.consent_renewal``).
 """
 
 from __future__ import annotations
@@ -50,10 +52,16 @@ async def consent(c: Collector, hit: Hit, send: Send) -> None:
         await browser_refusal(c, send, exc, origin, "consent")
         return
     c.metrics.hits_accepted.inc("consent")
-    headers = _cors(origin)
+    headers = list(_cors(origin).items())
+    if "tw_consent=" in hit.headers.get("cookie", ""):
+        live = await c.containers.served(site.site_id)
+        renewal = webconsent.consent_renewal(hit, row, live, ctx.received_at.timestamp(),
+                                             c.settings.networks)
+        if renewal:
+            headers.append(("Set-Cookie", renewal))
     if ANALYTICS not in row["granted"]:
         sw = webconsent.site_web(c.containers, site.site_id)
         cleared = webconsent.clear(hit, sw, None, c.settings.networks)
         if cleared:
-            headers["Set-Cookie"] = cleared
+            headers.append(("Set-Cookie", cleared))
     await respond(send, 202, b'{"accepted":1}', headers=headers)

@@ -104,12 +104,14 @@ async def respond(
     status: int,
     body: bytes = b"",
     media: bytes = JSON,
-    headers: dict[str, str] | None = None,
+    headers: dict[str, str] | list[tuple[str, str]] | None = None,
     head: bool = False,
 ) -> None:
+    """headers: a dict, or pairs when a name repeats (two ``Set-Cookie``)."""
     raw = [(b"content-type", media), (b"content-length", str(len(body)).encode())]
     if headers:
-        raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+        pairs = headers.items() if isinstance(headers, dict) else headers
+        raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in pairs]
     await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": b"" if head else body})
 

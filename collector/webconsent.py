@@ -26,20 +26,22 @@ import ipaddress
 from typing import Any, NamedTuple
 
 from collector.clientip import Network
-from collector.containers import Containers
+from collector.containers import Containers, Live
 from collector.events import Context
 from collector.http import Hit
 from consent.cookie import (
     DeviceCookie,
+    consent_set_cookie,
     device_clear_cookie,
     device_set_cookie,
     latest_consent,
     new_device_id,
+    parse_consent,
     parse_device,
     read_cookies,
 )
 from consent.enforce import ConsentRule
-from consent.purposes import ANALYTICS
+from consent.purposes import ANALYTICS, NECESSARY
 
 
 class SiteWeb(NamedTuple):
@@ -149,6 +151,42 @@ def clear(
     elif not web.device_sent:
         return None
     return device_clear_cookie(is_https(hit, networks), sw.cookie_domain)
+
+
+def consent_renewal(
+    hit: Hit, decision: dict[str, Any], live: Live | None, now: float,
+    networks: tuple[Network, ...],
+) -> str | None:
+    """The ``Set-Cookie`` with which ``/consent`` sets again the ``tw_consent`` cookie the tag
+    wrote for this decision, or None. Safari keeps a cookie written by script for at most 7
+    days, one set by a first-party server for its whole lifetime: this way the decision
+    lasts its 12 months (6 for a rejection) there too, instead of the banner asking every
+    week. Only when the request carries that very cookie (the same consent id, policy,
+    purposes and how): then the collector shares the page's cookie (same host, or the
+    container's ``cookie_domain``) and replaces it; a collector on another site, which does
+    not see it, sets no cookie of its own."""
+    values, _ = read_cookies(hit.headers.get("cookie"))
+    if not values:
+        return None
+    consent = live.document["consent"] if live else {}
+    granted = frozenset(decision["granted"])
+    for value in values:
+        cookie = parse_consent(value, now, live.policy if live else "")
+        if cookie is None or (cookie.consent_id, cookie.policy, cookie.how, cookie.granted) != (
+            decision["consent_id"], decision["policy"], decision["how"], granted
+        ):
+            continue
+        # The tag's rule (consent.js days()): the shorter lifetime when nothing but required
+        # purposes was granted.
+        required = {p["id"] for p in consent.get("purposes", ()) if p.get("required")}
+        days = (consent.get("lifetime_days", 365) if granted - (required or {NECESSARY})
+                else consent.get("rejection_lifetime_days", 182))
+        max_age = days * 86400 - max(0, int(now) - cookie.decided_at)
+        if max_age <= 0:
+            return None
+        domain = live.document["settings"].get("cookie_domain", "") if live else ""
+        return consent_set_cookie(value, max_age, is_https(hit, networks), domain)
+    return None
 
 
 def is_https(hit: Hit, networks: tuple[Network, ...]) -> bool:

@@ -167,6 +167,14 @@ def device_set_cookie(device_id: str, day: int, secure: bool, domain: str = "") 
             f"SameSite=Lax{'; Secure' if secure else ''}{f'; Domain={domain}' if domain else ''}")
 
 
+def consent_set_cookie(value: str, max_age: int, secure: bool, domain: str = "") -> str:
+    """The ``Set-Cookie`` value with which the collector sets ``tw_consent`` again: the tag's
+    own cookie (the same value, Path and Domain, readable by script: the tag reads it) for
+    the decision's remaining lifetime."""
+    return (f"{CONSENT_COOKIE}={value}; Path=/; Max-Age={max_age}; SameSite=Lax"
+            f"{'; Secure' if secure else ''}{f'; Domain={domain}' if domain else ''}")
+
+
 def device_clear_cookie(secure: bool, domain: str = "") -> str:
     """The ``Set-Cookie`` value that removes ``tw_id`` (same Path and Domain as when set)."""
     return (f"{DEVICE_COOKIE}=; Path=/; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; "

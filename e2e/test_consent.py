@@ -3,6 +3,8 @@ what an acceptance sets, the marketing tag, GPC, and the consent log."""
 
 from __future__ import annotations
 
+import time
+
 from playwright.sync_api import expect
 
 from e2e.shop import consent_log
@@ -43,8 +45,17 @@ def test_reject_leaves_no_identifier_in_the_browser_or_the_rows(shop):
 
 def test_accept_sets_the_device_cookie_and_rows_carry_it(shop):
     shop.goto("/demo/")
-    shop.accept_all()
+    with shop.page.expect_response(lambda r: r.url.endswith("/consent")) as logged:
+        shop.accept_all()
     assert sorted(shop.consent()["granted"]) == ALL
+    # The collector sets the tag's tw_consent again (Safari caps cookies written by script
+    # at 7 days): the same value, readable by the tag, for the decision's 12 months.
+    renewed = [h["value"] for h in logged.value.headers_array()
+               if h["name"].lower() == "set-cookie" and h["value"].startswith("tw_consent=")]
+    tw_consent = shop.cookies()["tw_consent"]
+    assert renewed and renewed[0].startswith(f"tw_consent={tw_consent['value']}; Path=/;")
+    assert not tw_consent["httpOnly"]
+    assert tw_consent["expires"] > time.time() + 364 * 86400
     shop.click_link("/demo/category/brewing")
     device = shop.device_id()  # set by the collector's answer to the first hit with analytics
     cookie = shop.cookies()["tw_id"]

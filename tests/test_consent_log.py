@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import gzip
+import time
 import uuid
 
 import orjson
 import pytest
 from starlette.testclient import TestClient
 
+from collector.containers import default_container
 from collector.flusher import CONSENT_LOG, Flusher, encode_record
 from collector.metrics import Metrics
 from collector.spool import Checkpoint, Pos, Spool
@@ -124,6 +126,97 @@ def test_a_denial_clears_the_device_cookie(env):
     assert "set-cookie" not in granted.headers
     nothing = post(client, decision(granted=["necessary"], denied=["analytics"]))
     assert "set-cookie" not in nothing.headers
+
+
+def consent_cookie(cid: str, policy: str, granted: str, at: float, how: str = "banner") -> str:
+    return f"v1.{cid}.{policy}.{granted}.{int(at)}.{how}"
+
+
+def renewed(response) -> list[str]:
+    return [c for c in response.headers.get_list("set-cookie") if c.startswith("tw_consent=")]
+
+
+def test_the_tags_consent_cookie_is_set_again_by_the_collector(env):
+    """Safari keeps cookies written by script 7 days at most: the collector sets the tag's
+    tw_consent again (same value, Path, Domain; readable by script) for the rest of the
+    decision's lifetime, when the request carries that cookie."""
+    client, collector = env
+    policy = collector.containers.live(SITE).policy
+    now = time.time()
+    d = decision(policy=policy)
+    value = consent_cookie(d["consent_id"], policy, "necessary,analytics", now)
+    response = post(client, d, Cookie=f"other=1; tw_consent={value}")
+    assert response.status_code == 202
+    [cookie] = renewed(response)
+    name_value, *attributes = cookie.split("; ")
+    assert name_value == f"tw_consent={value}"
+    assert attributes[0] == "Path=/" and attributes[2] == "SameSite=Lax"
+    assert 365 * 86400 - 5 <= int(attributes[1].removeprefix("Max-Age=")) <= 365 * 86400
+    assert "HttpOnly" not in cookie and "Secure" not in cookie and "Domain" not in cookie
+
+    # A rejection keeps the shorter lifetime; an older decision only what is left of it; the
+    # tag's encodeURIComponent form (%2C) is set again as it came.
+    r = decision(policy=policy, granted=["necessary"], denied=["analytics", "marketing"])
+    value = consent_cookie(r["consent_id"], policy, "necessary", now)
+    [cookie] = renewed(post(client, r, Cookie=f"tw_consent={value}"))
+    assert 182 * 86400 - 5 <= int(cookie.split("Max-Age=")[1].split(";")[0]) <= 182 * 86400
+    value = consent_cookie(d["consent_id"], policy, "necessary%2Canalytics", now - 300 * 86400)
+    [cookie] = renewed(post(client, d, Cookie=f"tw_consent={value}"))
+    assert cookie.startswith(f"tw_consent={value}; Path=/; Max-Age=")
+    assert 65 * 86400 - 5 <= int(cookie.split("Max-Age=")[1].split(";")[0]) <= 65 * 86400
+
+    # https: Secure, as the tag writes it there
+    value = consent_cookie(d["consent_id"], policy, "necessary,analytics", now)
+    secure = client.post("https://testserver/consent", content=orjson.dumps(d),
+                         headers={"Content-Type": "text/plain", "Cookie": f"tw_consent={value}"})
+    assert renewed(secure)[0].endswith("; Secure")
+
+
+@pytest.mark.parametrize("cookie", [
+    None,  # a collector on another site does not see the page's cookie: it sets none
+    "tw_consent=v1.{other}.{policy}.necessary,analytics.{now}.banner",  # another person's
+    "tw_consent=v1.{cid}.{policy}.necessary.{now}.banner",  # not this decision's purposes
+    "tw_consent=v1.{cid}.{policy}.necessary,analytics.{now}.api",  # not this decision's how
+    "tw_consent=v1.{cid}.ffffffffffffffff.necessary,analytics.{now}.banner",  # old policy
+    "tw_consent=v1.{cid}.{policy}.necessary,analytics.{expired}.banner",  # expired
+    "tw_consent=v1.{cid}.{policy}.necessary,analytics.{now}.banner.x",  # malformed
+    b"tw_consent=v1.{cid}.\xff",  # not UTF-8
+])
+def test_no_consent_cookie_is_set_for_another_decision(env, cookie):
+    client, collector = env
+    policy = collector.containers.live(SITE).policy
+    d = decision(policy=policy)
+    headers = {}
+    if isinstance(cookie, bytes):  # not UTF-8
+        headers["Cookie"] = cookie.replace(b"{cid}", d["consent_id"].encode())
+    elif cookie:
+        headers["Cookie"] = cookie.format(cid=d["consent_id"], other=uuid.uuid4().hex,
+                                          policy=policy, now=int(time.time()),
+                                          expired=int(time.time()) - 366 * 86400)
+    response = post(client, d, **headers)
+    assert response.status_code == 202
+    assert renewed(response) == []
+
+
+def test_the_consent_cookie_follows_the_containers_cookie_domain(store, tmp_path):
+    client, collector = make_client(store, tmp_path / "var")
+    with client:
+        site = "consentlog-domain"
+        collector.sites.create(site, [ORIGIN])
+        doc = default_container()
+        doc["settings"]["cookie_domain"] = ".shop.example"
+        collector.containers.put_draft(site, doc, [ORIGIN])
+        live = collector.containers.publish(site, "cookie domain", [ORIGIN])
+        d = decision(site=site, policy=live.policy, granted=["necessary"],
+                     denied=["analytics"])
+        value = consent_cookie(d["consent_id"], live.policy, "necessary", time.time())
+        response = post(client, d, Cookie=f"tw_consent={value}; tw_id=AbCdEfGhIjKlMnOpQrSt-_.20000")
+        assert response.status_code == 202
+        cookies = response.headers.get_list("set-cookie")
+        # both: the decision's cookie set again, and the device cookie cleared (no analytics)
+        assert [c.split("=")[0] for c in cookies] == ["tw_consent", "tw_id"]
+        assert cookies[0].endswith("; SameSite=Lax; Domain=.shop.example")
+        assert "Max-Age=0" in cookies[1]
 
 
 def test_preflight(env):
