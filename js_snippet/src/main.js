@@ -60,12 +60,12 @@ export var start = (C) => {
     // The purposes: "id" + "!" when required, "+" when granted by default.
     P = (C.P || "necessary!,analytics,personalization,marketing")
       .split(",")
-      .map((i) => ({ id: i.replace(/\W$/, ""), required: /!$/.test(i), default: /\+$/.test(i) })),
+      .map((i, e) => ((e = i.slice(-1)), { id: e < "0" ? i.slice(0, -1) : i, required: e == "!", default: e == "+" })),
     EP = new URL(C.e || "/collect", O),
     gpc = !!nv.globalPrivacyControl,
     ref = d.referrer, // sent with the first page view only
     // The first page view's time and URL: when the tag started (boot may come later).
-    t0 = { ts: new Date().toISOString(), url: L.href.slice(0, 4096) },
+    t0 = { ts: Date.now(), url: L.href.slice(0, 4096) },
     h0 = L.href,
     now = () => (Date.now() / 1e3) | 0,
     mn = () => (now() / 60) | 0, // minutes
@@ -99,7 +99,7 @@ export var start = (C) => {
     ev = (o, s, t) => {
       o = {
         event_id: uuid(),
-        ts: new Date().toISOString(),
+        ts: Date.now(), // epoch ms (the collector takes ISO 8601 or that): no Date object
         consent: list(G),
         url: L.href.slice(0, 4096),
         title: d.title.slice(0, 1024),
@@ -239,7 +239,7 @@ export var start = (C) => {
     boot = () => b || ((b = 1), T(init)()),
     init = (ck = d.cookie, c0, hist, push) => {
       c0 = parse(cookie("tw_consent", ck), C, P, now());
-      cid = c0.i || uuid().replace(/-/g, ""); // 32 hex digits
+      cid = c0.i || uuid().split("-").join(""); // 32 hex digits
       G = c0.g || defaults(P, gpc);
       D = !!c0.g;
       S = (SV = cookie("tw_s", ck)).split(".");
@@ -256,7 +256,7 @@ export var start = (C) => {
         a.forEach((o) => (push.call(DL, o), dd(o)));
         return DL.length;
       };
-      /[?&]tagwerk_debug=1/.test(L.search) && cm(["debug", 1]);
+      L.search.includes("tagwerk_debug=1") && cm(["debug", 1]);
       hist.forEach((o) => dd(o, 1));
       q.forEach((a) => a[0] == "consent" && cm(a));
       pv();
@@ -294,7 +294,7 @@ export var start = (C) => {
         au(0, "link_click", e, a);
         (C.x || "pdf zip csv xlsx docx mp3 mp4 dmg exe").split(" ").includes(a.pathname.split(".").pop().toLowerCase())
           ? au("d", "file_download", e, a)
-          : a.host != L.host && /^http/.test(a.protocol) && au("o", "outbound_link", e, a);
+          : a.host != L.host && a.protocol.startsWith("http") && au("o", "outbound_link", e, a);
       }
     },
     !0

@@ -105,3 +105,17 @@ test("the /consent record", () => {
   });
   assert.deepEqual(list(G(["marketing"])), ["marketing"]);
 });
+
+test("cookie(): a value by its exact name, from a string read once, without RegExp", async () => {
+  const { cookie, uuid } = await import("../src/util.js");
+  const s = "xtw_s=no; tw_s=abc.123.u; tw_consent=v1.a%2Cb; e=; tw_q=1";
+  assert.equal(cookie("tw_s", s), "abc.123.u"); // not xtw_s
+  assert.equal(cookie("tw_consent", s), "v1.a,b");
+  assert.equal(cookie("xtw_s", s), "no"); // the first one
+  assert.equal(cookie("tw_q", s), "1"); // the last one
+  assert.equal(cookie("e", s), "");
+  assert.equal(cookie("missing", s), "");
+  assert.equal(cookie("tw_s", ""), "");
+  globalThis.crypto ??= (await import("node:crypto")).webcrypto;
+  for (let i = 0; i < 50; i++) assert.match(uuid(), /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
+});

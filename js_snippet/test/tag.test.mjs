@@ -41,8 +41,7 @@ test("page view on load with the common fields and no identifiers without consen
   const [e, ...rest] = await flushed(b);
   assert.equal(rest.length, 0);
   assert.match(e.event_id, UUID);
-  assert.ok(Math.abs(Date.parse(e.ts) - Date.now()) < 5000);
-  assert.match(e.ts, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/);
+  assert.ok(Number.isInteger(e.ts) && Math.abs(e.ts - Date.now()) < 5000); // epoch ms
   assert.deepEqual(
     { ...e, event_id: 0, ts: 0 },
     {
@@ -810,7 +809,7 @@ test("boot comes 300 ms after the load event (the browser is busy then; the firs
   b.fire("window:pagehide");
   const pv = sent(b)[0];
   assert.equal(pv.event, "page_view");
-  assert.ok(Date.parse(pv.ts) <= t0); // the time the tag started
+  assert.ok(pv.ts <= t0); // the time the tag started
 });
 
 test("one cookie read at boot (tw_consent, tw_s, tw_q), no storage access without a reason", async () => {
@@ -832,7 +831,7 @@ test("the first page view carries the time the tag started, not the time of boot
   await new Promise((r) => setTimeout(r, 30));
   b.fire("window:load");
   const [pv] = await flushed(b);
-  assert.ok(Math.abs(Date.parse(pv.ts) - started) < 25);
+  assert.ok(Math.abs(pv.ts - started) < 25);
 });
 
 test("boot before load when needed: page hidden, a click, a route change, 'state', 4 s", async () => {
