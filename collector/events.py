@@ -95,6 +95,9 @@ class Context:
     # answer (tw_id_new) only fills in for a hit that names no device itself.
     tw_id: str = ""
     tw_id_new: bool = False
+    # A browser request's language (Accept-Language, its first tag): the hits' language
+    # where they name none. The tag sends none: navigator.language is the same preference.
+    language: str = ""
 
     def __post_init__(self) -> None:
         if not self.received_text:
@@ -187,7 +190,7 @@ def normalize(raw: Any, ctx: Context) -> tuple[dict[str, Any], bool]:
         "country": location.country,
         "region": location.region,
         "city": location.city,
-        "language": s["language"],
+        "language": s["language"] or ctx.language,
         "screen": s["screen"],
         "order_id": s["order_id"],
         "revenue": _decimal(raw.get("revenue"), "revenue"),

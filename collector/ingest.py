@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
+import re
 from typing import Any
 from urllib.parse import unquote_plus
 
@@ -272,7 +274,20 @@ def _context(c: Collector, site: Site, channel: str, hit: Hit) -> Context:
         agent=parse_agent(hit.headers.get("user-agent", "")),
         location=c.geo.lookup(anonymize_ip(ip)) if ip and c.geo.enabled else UNKNOWN,
         retention_days=site.retention_days,
+        language=accept_language(hit.headers.get("accept-language", "")),
     )
+
+
+_LANGUAGE_TAG = re.compile(r"[A-Za-z]{1,8}(?:-[A-Za-z0-9]{1,8})*")
+
+
+@functools.lru_cache(maxsize=1024)
+def accept_language(header: str) -> str:
+    """The first language tag of an ``Accept-Language`` header ("de-DE,de;q=0.9" -> "de-DE"),
+    or "" (none, ``*``, malformed, longer than the column's 35 characters). Browsers list
+    the person's preferred language first, whatever its q."""
+    tag = header[:100].split(",", 1)[0].split(";", 1)[0].strip()
+    return tag if len(tag) <= 35 and _LANGUAGE_TAG.fullmatch(tag) else ""
 
 
 def _server_context(c: Collector, site: Site, event: Any, received: dt.datetime) -> Context:

@@ -58,6 +58,24 @@ def test_one_event_is_enriched_and_stored(env):
     assert row["received_at"] >= row["ts"][:19]
 
 
+def test_language_from_accept_language_when_the_hit_names_none(env):
+    client, _ = env
+    marker = uuid.uuid4().hex
+    events = [{"site": "collect-test", "event": "a", "props": {"marker": marker, "n": "1"}},
+              {"site": "collect-test", "event": "b", "language": "fr-CA",
+               "props": {"marker": marker, "n": "2"}}]
+    assert post(client, {"site": "collect-test", "events": events}, Origin=ORIGIN,
+                **{"Accept-Language": "de-DE,de;q=0.9,en;q=0.8"}).status_code == 202
+    got = wait_for(lambda: len(stored(env, marker)) == 2 and stored(env, marker))
+    assert {r["props"]["n"]: r["language"] for r in got} == {"1": "de-DE", "2": "fr-CA"}
+    # none, "*" or a malformed header: no language
+    for header in ("*", "de_DE", "x" * 40, ";q=1"):
+        marker = uuid.uuid4().hex
+        assert post(client, {"site": "collect-test", "event": "c", "props": {"marker": marker}},
+                    Origin=ORIGIN, **{"Accept-Language": header}).status_code == 202
+        assert wait_for(lambda m=marker: stored(env, m))[0]["language"] == ""
+
+
 def test_batch_with_ecommerce(env):
     client, _ = env
     marker = uuid.uuid4().hex

@@ -103,7 +103,6 @@ export var start = (C) => {
         consent: list(G),
         url: L.href.slice(0, 4096),
         title: d.title.slice(0, 1024),
-        language: nv.language,
         screen: screen.width + "x" + screen.height,
         ...o,
       };

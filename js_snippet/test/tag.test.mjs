@@ -52,8 +52,7 @@ test("page view on load with the common fields and no identifiers without consen
       url: "https://shop.example/shoes?utm_source=news",
       title: "Shop",
       referrer: "https://www.search.example/",
-      language: "de-DE",
-      screen: "1280x800",
+      screen: "1280x800", // no language: the collector takes the request's Accept-Language
     }
   );
   const f = b.net.fetches[0];
