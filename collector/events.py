@@ -95,7 +95,7 @@ class Context:
     # answer (tw_id_new) only fills in for a hit that names no device itself.
     tw_id: str = ""
     tw_id_new: bool = False
-    # A browser request's language (Accept-Language, its first tag): the hits' language
+    # A browser request's preferred language (Accept-Language): the hits' language
     # where they name none. The tag sends none: navigator.language is the same preference.
     language: str = ""
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import functools
-import re
 from typing import Any
 from urllib.parse import unquote_plus
 
@@ -19,6 +18,7 @@ from starlette.types import Send
 
 from collector import webconsent
 from collector.clientip import anonymize_ip, client_ip
+from collector.consent_texts import accept_language
 from collector.events import Context, EventError, normalize
 from collector.flusher import encode_record
 from collector.geo import UNKNOWN
@@ -274,20 +274,16 @@ def _context(c: Collector, site: Site, channel: str, hit: Hit) -> Context:
         agent=parse_agent(hit.headers.get("user-agent", "")),
         location=c.geo.lookup(anonymize_ip(ip)) if ip and c.geo.enabled else UNKNOWN,
         retention_days=site.retention_days,
-        language=accept_language(hit.headers.get("accept-language", "")),
+        language=preferred_language(hit.headers.get("accept-language", "")),
     )
 
 
-_LANGUAGE_TAG = re.compile(r"[A-Za-z]{1,8}(?:-[A-Za-z0-9]{1,8})*")
-
-
 @functools.lru_cache(maxsize=1024)
-def accept_language(header: str) -> str:
-    """The first language tag of an ``Accept-Language`` header ("de-DE,de;q=0.9" -> "de-DE"),
-    or "" (none, ``*``, malformed, longer than the column's 35 characters). Browsers list
-    the person's preferred language first, whatever its q."""
-    tag = header[:100].split(",", 1)[0].split(";", 1)[0].strip()
-    return tag if len(tag) <= 35 and _LANGUAGE_TAG.fullmatch(tag) else ""
+def preferred_language(header: str) -> str:
+    """The preferred language of an ``Accept-Language`` header ("de-DE,de;q=0.9" -> "de-DE"),
+    or "" (none, ``*``, malformed): the banner's texts negotiate with the same parser."""
+    ranges = accept_language(header)
+    return ranges[0] if ranges else ""
 
 
 def _server_context(c: Collector, site: Site, event: Any, received: dt.datetime) -> Context:

@@ -220,6 +220,18 @@ export function clock() {
   let now = 0,
     seq = 0;
   const timers = new Map();
+  // Run the earliest timer due by end, if any: true when one ran.
+  const runNext = (end) => {
+    let next;
+    for (const [id, t] of timers) if (t.at <= end && (!next || t.at < next[1].at)) next = [id, t];
+    if (!next) return false;
+    const [id, t] = next;
+    now = t.at;
+    if (t.every) t.at += t.every;
+    else timers.delete(id);
+    t.f();
+    return true;
+  };
   return {
     timers,
     setTimeout(f, ms) {
@@ -233,31 +245,14 @@ export function clock() {
     // The synchronous form: run what is due within ms, without letting promises settle.
     due(ms) {
       const end = now + ms;
-      for (;;) {
-        let next;
-        for (const [id, t] of timers) if (t.at <= end && (!next || t.at < next[1].at)) next = [id, t];
-        if (!next) break;
-        const [id, t] = next;
-        now = t.at;
-        if (t.every) t.at += t.every;
-        else timers.delete(id);
-        t.f();
-      }
+      while (runNext(end));
       now = end;
     },
     clearTimeout: (id) => timers.delete(id),
     clearInterval: (id) => timers.delete(id),
     async advance(ms) {
       const end = now + ms;
-      for (;;) {
-        let next;
-        for (const [id, t] of timers) if (t.at <= end && (!next || t.at < next[1].at)) next = [id, t];
-        if (!next) break;
-        const [id, t] = next;
-        now = t.at;
-        if (t.every) t.at += t.every;
-        else timers.delete(id);
-        t.f();
+      while (runNext(end)) {
         await tick();
         await tick();
       }
