@@ -51,8 +51,14 @@ MAX_PROP_VALUE = 2048
 SERVER_ONLY = frozenset({"country", "region", "city", "user_agent", "ip"})
 ACCEPTED = frozenset(
     {"event_id", "site", "event", "type", "ts", "channel", "consent", "revenue", "currency",
-     "items", "props"} | set(STRING_LIMITS) | SERVER_ONLY
+     "items", "props", "ecommerce"} | set(STRING_LIMITS) | SERVER_ONLY
 )
+# A GA4 ``ecommerce`` object fills these; an event gives one or the other, never both.
+ECOMMERCE_FLAT = frozenset({"order_id", "revenue", "currency", "coupon", "items"})
+# GA4 item key -> our item field; every other GA4 item key is ignored.
+GA4_ITEM_STRINGS = (("item_id", "product_id"), ("item_name", "name"),
+                    ("item_category", "category"), ("item_brand", "brand"),
+                    ("item_variant", "variant"))
 PURPOSE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 CURRENCY = re.compile(r"^[A-Z]{3}$")
 MIN_TS = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
@@ -200,6 +206,9 @@ def normalize(raw: Any, ctx: Context) -> tuple[dict[str, Any], bool]:
         "props": _props(raw.get("props")),
         "retention_days": ctx.retention_days,
     }
+    ecommerce = raw.get("ecommerce")  # the only cost of GA4 e-commerce for other hits
+    if ecommerce is not None:
+        _ecommerce(ecommerce, raw, row)
     if "marketing" not in consent:
         enforce_row(row)  # no click ids
     return row, given_id is not None
@@ -351,6 +360,105 @@ def _items(value: Any) -> list[dict[str, Any]]:
         clean["quantity"] = quantity
         out.append(clean)
     return out
+
+
+def _ecommerce(value: Any, raw: dict, row: dict[str, Any]) -> None:
+    """Map a GA4 ``ecommerce`` object (as pushed to GTM's dataLayer) onto the row's
+    order_id, revenue, currency, coupon and items, as the tag used to do in JavaScript.
+    Keys other than those mapped (shipping, tax, item_list_id...) are ignored."""
+    if not isinstance(value, dict):
+        raise EventError("'ecommerce' must be a JSON object (a GA4 ecommerce object; "
+                         "a query string cannot carry one)", "ecommerce")
+    if not ECOMMERCE_FLAT.isdisjoint(raw):
+        name = sorted(ECOMMERCE_FLAT & raw.keys())[0]
+        raise EventError(f"'ecommerce' and {name!r} in one event: give either ecommerce or "
+                         "the flat fields", "ecommerce")
+    order_id = value.get("transaction_id")
+    if order_id is not None:
+        if isinstance(order_id, bool) or not isinstance(order_id, str | int):
+            raise EventError("'ecommerce.transaction_id' must be a string",
+                             "ecommerce.transaction_id")
+        order_id = str(order_id)
+        if len(order_id) > STRING_LIMITS["order_id"]:
+            raise EventError("'ecommerce.transaction_id' is longer than "
+                             f"{STRING_LIMITS['order_id']} characters", "ecommerce.transaction_id")
+        row["order_id"] = order_id
+    row["revenue"] = _decimal(value.get("value"), "ecommerce.value")
+    currency = value.get("currency")
+    try:
+        row["currency"] = _currency(currency)
+    except EventError:
+        raise EventError("'ecommerce.currency' must be an ISO 4217 code such as EUR",
+                         "ecommerce.currency") from None
+    coupon = value.get("coupon")
+    if coupon is not None:
+        if not isinstance(coupon, str):
+            raise EventError("'ecommerce.coupon' must be a string", "ecommerce.coupon")
+        if len(coupon) > STRING_LIMITS["coupon"]:
+            raise EventError(f"'ecommerce.coupon' is longer than {STRING_LIMITS['coupon']} "
+                             "characters", "ecommerce.coupon")
+        row["coupon"] = coupon
+    ga4_items = value.get("items")
+    if ga4_items is None:
+        return  # row["items"] is already []
+    if not isinstance(ga4_items, list):
+        raise EventError("'ecommerce.items' must be a list of objects", "ecommerce.items")
+    items = []
+    # One past the limit is enough for _items to refuse a longer list.
+    for i, item in enumerate(ga4_items[: MAX_ITEMS + 1]):
+        if not isinstance(item, dict):
+            raise EventError(f"ecommerce.items[{i}] must be an object", f"ecommerce.items[{i}]")
+        mapped: dict[str, Any] = {ours: _ga4_string(item, key, i) for key, ours in GA4_ITEM_STRINGS}
+        mapped["price"] = item.get("price")
+        mapped["quantity"] = _ga4_quantity(item.get("quantity"))
+        items.append(mapped)
+    try:  # the limits and row format of items stay those of the flat field
+        row["items"] = _items(items)
+    except EventError as exc:
+        field = exc.field or "items"
+        raise EventError(str(exc).replace("items", "ecommerce.items", 1),
+                         f"ecommerce.{field}") from None
+
+
+def _ga4_string(item: dict, key: str, i: int) -> str:
+    """A GA4 item id or name: a string, or a number as its string form (1.0 as "1", as in
+    JavaScript); missing or null is ""."""
+    value = item.get(key)
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        text = value
+    elif isinstance(value, bool) or not isinstance(value, int | float):
+        raise EventError(f"'ecommerce.items[{i}].{key}' must be a string or a number",
+                         f"ecommerce.items[{i}].{key}")
+    elif isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        text = str(int(value))
+    else:
+        text = str(value)
+    if len(text) > ITEM_STRING_LIMIT:
+        raise EventError(f"'ecommerce.items[{i}].{key}' is longer than {ITEM_STRING_LIMIT} "
+                         "characters", f"ecommerce.items[{i}].{key}")
+    return text
+
+
+def _ga4_quantity(value: Any) -> Any:
+    """JavaScript's ``~~quantity || 1``: the whole number part of a number or numeric string,
+    1 when that is 0 or less (negatives too), or when missing, null or not numeric. Beyond
+    the quantity column's range (2**32) _items refuses it, rather than wrapping as ``~~``."""
+    if isinstance(value, bool):
+        return 1
+    if isinstance(value, int):
+        return value if value >= 1 else 1
+    if isinstance(value, str):
+        if not value.isascii() or "_" in value:  # float() takes these; JavaScript does not
+            return 1
+        try:
+            value = float(value)
+        except ValueError:
+            return 1
+    if isinstance(value, float) and math.isfinite(value) and value >= 1:
+        return int(value)
+    return 1
 
 
 def _props(value: Any) -> dict[str, str]:
