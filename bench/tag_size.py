@@ -1,14 +1,15 @@
 """Size of the browser tag: what a shop's page downloads.
 
-Prints raw, gzip -9 and (when the ``brotli`` module is importable) brotli sizes of
-``js_snippet/dist/tag.js`` (the core) alone; of the demo shop's tag as ``/t/demo.js`` serves
-it (the core with the demo container's compact config inlined, built here with the
-collector's own ``core_config``: the number the 3,000 B budget is about); of the sample
-container of DESIGN.md section 1 the same way; of the tag-manager engine
-(``/t/{site}/tm.js``, loaded only when a purpose some tag needs is granted, or for timers and
-visibility triggers) for both; of the banner (``banner.js`` + ``banner.css``) and the debug
-overlay; the limits of ``js_snippet/size-budget.json``; and the ratio to peers, by their
-published gzip sizes (1 KB = 1000 bytes).
+Prints raw, gzip -9 and (when the ``brotli`` module is importable) brotli sizes of the demo
+shop's tag as ``/t/demo.js`` serves it (the core build the collector picks for the demo
+container, ``core_bundle``, with its compact config, built here with the collector's own
+``core_config``: the number the 3,000 B budget is about); of ``dist/tag.js`` (the core with
+every feature) alone; of the sample container of DESIGN.md section 1 the same way; of the
+tag-manager engine (``/t/{site}/tm.js``, loaded only when a purpose some tag needs is
+granted, or for timers and visibility triggers) for both; of ``decide.js`` (consent
+decisions: the banner's, a CMP's); of the banner (``banner.js`` + ``banner.css``) and the
+debug overlay; the limits of ``js_snippet/size-budget.json``; and the ratio to peers, by
+their published gzip sizes (1 KB = 1000 bytes).
 
 Run: ``python3 bench/tag_size.py`` (after ``npm run build`` in js_snippet/).
 """
@@ -30,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from collector.containers import container_policy_hash, normalize  # noqa: E402
 from collector.demo import demo_container  # noqa: E402
-from collector.tagjs import core_config, engine_config, js_json  # noqa: E402
+from collector.tagjs import core_bundle, core_config, engine_config, js_json  # noqa: E402
 
 DIST = ROOT / "js_snippet" / "dist"
 BUDGET = json.loads((ROOT / "js_snippet" / "size-budget.json").read_text())
@@ -91,7 +92,7 @@ def served(site: str, document: dict) -> tuple[bytes, bytes]:
     builds them (collector/tagjs.py)."""
     doc = normalize(document)
     core = core_config(site, doc, container_policy_hash(document), VERSION)
-    tag = (DIST / "tag.js").read_bytes().replace(PLACEHOLDER, js_json(core), 1)
+    tag = (DIST / core_bundle(doc)).read_bytes().replace(PLACEHOLDER, js_json(core), 1)
     engine = (DIST / "engine.js").read_bytes().replace(PLACEHOLDER, js_json(engine_config(doc)), 1)
     return tag, engine
 
@@ -115,13 +116,16 @@ def main() -> int:
     tag = tag_path.read_bytes()
     demo, demo_engine = served("demo", demo_container())
     sample, sample_engine = served("demo", sample_document())
+    decide = (DIST / "decide.js").read_bytes()
     rows: list[tuple[str, list[bytes], int | None, dict[str, int]]] = [
-        ("dist/tag.js (the core, no config)", [tag], BUDGET["tag_gzip"], TAG_PEERS),
         ("/t/demo.js as served (demo container)", [demo], BUDGET["tag_with_container_gzip"],
          TAG_PEERS),
         ("  + /t/demo/tm.js (engine, when needed)", [demo, demo_engine], None, TAG_PEERS),
+        ("  + /t/decide.js (a decision, a CMP)", [demo, decide], None, {}),
+        ("dist/tag.js (every feature, no config)", [tag], BUDGET["tag_gzip_ceiling"], TAG_PEERS),
         ("tag + DESIGN.md sample container", [sample], None, {}),
         ("  + its engine", [sample, sample_engine], None, {}),
+        ("dist/decide.js (consent decisions)", [decide], BUDGET["decide_gzip_ceiling"], {}),
     ]
     if (DIST / "banner.js").exists():
         banner = [p.read_bytes() for p in (DIST / "banner.js", DIST / "banner.css") if p.exists()]
@@ -148,6 +152,8 @@ def main() -> int:
     for name, files, _, peers in rows:
         if peers:
             print(f"  {name}: {ratios(sizes(*files)[1], peers)}")
+    print(f"\n/t/demo.js is dist/{core_bundle(normalize(demo_container()))}; a first visit "
+          "loads decide.js and the banner too, a returning visitor neither")
     if over:
         print(f"\n{over} over its limit (tests/test_js.py enforces the budget)")
     return 0

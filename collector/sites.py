@@ -24,8 +24,8 @@ from collector.files import write_atomic
 from collector.storage import StorageError, Store
 
 MISS_RELOAD_AGE = 0.25
-# /t/banner.js, /t/debug.js...: a site of that name would never get its tag.
-RESERVED_IDS = frozenset({"banner", "debug"})
+# /t/banner.js, /t/debug.js, /t/decide.js...: a site of that name would never get its tag.
+RESERVED_IDS = frozenset({"banner", "debug", "decide"})
 SITE_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 KEY_KINDS = ("write", "read", "admin")
 

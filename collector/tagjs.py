@@ -1,15 +1,17 @@
 """Serving the tag (js_snippet/DESIGN.md, section 2): ``GET /t/{site}.js``, the site's own
 tag path, and the static files of the bundle directory.
 
-``/t/{site}.js`` is the prebuilt bundle ``tag.js`` (the core) with the site's live container
-inlined in place of the JS string literal ``"__TAGWERK_CONFIG__"`` as a compact config
+``/t/{site}.js`` is a prebuilt bundle of the core (``tag.js``, or ``tag.basic.js`` when the
+container needs less of it: :func:`core_bundle`) with the site's live container inlined in
+place of the JS string literal ``"__TAGWERK_CONFIG__"`` as a compact config
 (:func:`core_config`); ``/t/{site}/tm.js`` is the bundle ``engine.js`` (the tag-manager
 engine, which the core loads only when it has something to do) with the site's variables,
 triggers and tags inlined the same way (:func:`engine_config`). Both configs are an internal
 contract between the server and the tag (js_snippet/DESIGN.md section 2), not the container
 document. Each answer is built and compressed (gzip, brotli) once per site, container
 version and bundle, then served from memory with a strong ETag; ``If-None-Match`` answers
-304.
+304. ``/t/decide.js`` (consent decisions), the banner and the debug overlay are static files
+the tag loads on first use.
 
 The bundle directory is the ``tagwerk_js`` package data (``js_snippet/dist`` in the
 repository), or ``Settings.tag_dir``.
@@ -49,10 +51,10 @@ PLACEHOLDER = b'"__TAGWERK_CONFIG__"'
 CACHE_CONTROL = "public, max-age=300, stale-while-revalidate=86400"
 JS = "text/javascript; charset=utf-8"
 CSS = "text/css; charset=utf-8"
-STATIC = {"banner.js": JS, "banner.css": CSS, "debug.js": JS, "debug.css": CSS}
+STATIC = {"decide.js": JS, "banner.js": JS, "banner.css": CSS, "debug.js": JS, "debug.css": CSS}
 MAX_CACHED = 512  # built answers kept in memory (least recently used go first)
 _HOST = re.compile(r"^(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?$")
-ASSETS = ("banner.js", "banner.css", "debug.js", "engine.js")  # versioned together by ``v``
+ASSETS = ("decide.js", "banner.js", "banner.css", "debug.js", "engine.js")  # one ``v`` for all
 
 
 def dist_dir(tag_dir: Path | str | None = None) -> Path:
@@ -205,6 +207,10 @@ AUTO = {"page_views": "p", "spa": "s", "clicks": "c", "outbound_links": "o", "do
 DEFAULT_AUTO = "".join(AUTO[k] for k, on in DEFAULT_SETTINGS["auto"].items() if on)
 DEFAULT_PURPOSES = "necessary!,analytics,personalization,marketing"
 ENGINE_AT_BOOT = ("timer", "element_visible")  # signals only the engine itself can watch
+# Trigger types the core reports to the engine besides page views (main.js TW_BASIC).
+SIGNALLED = frozenset({"click", "link_click", "outbound_link", "file_download", "form_submit",
+                       "scroll_depth", "history_change", "custom_event"})
+BASIC_BUNDLE = "tag.basic.js"
 
 
 def _purposes(purposes: list[dict[str, Any]]) -> str:
@@ -219,6 +225,7 @@ def core_config(site_id: str, doc: dict[str, Any], policy: str, version: str) ->
     resolves paths against its own URL). Keys: s site, p policy hash, v asset version,
     e endpoint, d cookie domain, m session timeout (minutes), a auto-tracking letters,
     x download extensions, t scroll thresholds, k scroll_depth trigger percents, P purposes,
+    g the purposes granted before a decision (required and default-on),
     l/r lifetime/rejection lifetime (days), n purposes the tags need (the engine is loaded
     once one is granted), w load the engine at boot (timer or element_visible triggers)."""
     settings, consent = doc["settings"], doc["consent"]
@@ -245,6 +252,10 @@ def core_config(site_id: str, doc: dict[str, Any], policy: str, version: str) ->
     purposes = _purposes(consent["purposes"])
     if purposes != DEFAULT_PURPOSES:
         config["P"] = purposes
+    granted = ",".join(p["id"] for p in consent["purposes"]
+                       if p.get("required") or p.get("default"))
+    if granted != "necessary":
+        config["g"] = granted  # before any decision (the tag turns marketing off under GPC)
     if consent.get("lifetime_days", DEFAULT_CONSENT["lifetime_days"]) != 365:
         config["l"] = consent["lifetime_days"]
     if consent.get("rejection_lifetime_days", DEFAULT_CONSENT["rejection_lifetime_days"]) != 182:
@@ -259,6 +270,17 @@ def core_config(site_id: str, doc: dict[str, Any], policy: str, version: str) ->
         if any(t["type"] in ENGINE_AT_BOOT for t in triggers):
             config["w"] = 1
     return config
+
+
+def core_bundle(doc: dict[str, Any]) -> str:
+    """Which build of the core a normalized container is served: ``tag.basic.js`` (about
+    100 B smaller gzipped) when it needs neither the automatic click event nor trigger
+    signals other than page views (no tags, or no trigger of a type in ``SIGNALLED``), as
+    the default container; else ``tag.js``, with everything."""
+    clicks = {**DEFAULT_SETTINGS["auto"], **doc["settings"].get("auto", {})}.get("clicks")
+    signals = bool(doc.get("tags")) and any(t["type"] in SIGNALLED
+                                            for t in doc.get("triggers", []))
+    return "tag.js" if clicks or signals else BASIC_BUNDLE
 
 
 def engine_config(doc: dict[str, Any]) -> dict[str, Any]:
@@ -314,16 +336,18 @@ class TagServer:
             ("static", name, digest), lambda: Asset.build(data, STATIC[name])))
 
     async def site_tag(self, request: Request, site_id: str) -> Response:
-        """``/t/{site}.js``: the core with :func:`core_config`."""
-        return await self._site_file(request, site_id, "tag.js", lambda live, version: (
+        """``/t/{site}.js``: the core (the build :func:`core_bundle` picks) with
+        :func:`core_config`."""
+        return await self._site_file(request, site_id, core_bundle, lambda live, version: (
             core_config(site_id, live.document, live.policy, version)))
 
     async def site_engine(self, request: Request, site_id: str) -> Response:
         """``/t/{site}/tm.js``: the engine with :func:`engine_config`."""
-        return await self._site_file(request, site_id, "engine.js",
+        return await self._site_file(request, site_id, lambda doc: "engine.js",
                                      lambda live, version: engine_config(live.document))
 
-    async def _site_file(self, request: Request, site_id: str, name: str, config) -> Response:
+    async def _site_file(self, request: Request, site_id: str, bundle_of, config) -> Response:
+        """A site's file: the bundle ``bundle_of(container)`` names, its config inlined."""
         site = await self.collector.sites.find(site_id)
         if site is None:
             return error(404, f"unknown site {site_id[:64]!r}")
@@ -334,6 +358,7 @@ class TagServer:
             live = await self.collector.containers.served(site_id)
         if live is None:
             return error(503, "the container cannot be read now; try again")
+        name = bundle_of(live.document)
         bundle = self.dist.read(name)
         if bundle is None:
             log.error("the tag bundle is missing: %s", self.dist.directory / name)

@@ -4,6 +4,7 @@ customer on two devices, offline and back, the strict CSP and the debug overlay.
 from __future__ import annotations
 
 import re
+import uuid
 
 import httpx
 from playwright.sync_api import expect
@@ -137,6 +138,7 @@ def test_offline_events_arrive_exactly_once(shop):
     made = shop.page.evaluate("""() => window.__tagwerk_debug
         .filter((r) => r.kind == 'event' && r.payload.event != 'e2e_sentinel')
         .map((r) => r.payload.event_id)""")
+    made = [str(uuid.UUID(i)) for i in made]  # 32 hex digits, stored as a UUID
     counts = {r["event_id"]: 0 for r in shop.events()}
     for r in shop.events():
         counts[r["event_id"]] += 1

@@ -16,11 +16,18 @@ import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const here = dirname(fileURLToPath(import.meta.url));
-export const ENTRIES = ["tag.js", "engine.js", "banner.js", "banner.css", "debug.js", "debug.css"];
+export const ENTRIES = ["tag.js", "tag.basic.js", "decide.js", "engine.js", "banner.js", "banner.css", "debug.js", "debug.css"];
+// Builds of one source with other constants: name -> [source, defines]. tag.basic.js is the
+// core without the click event and the signals of triggers other than page views (main.js).
+export const VARIANTS = {
+  "tag.js": ["tag.js", { TW_BASIC: "false" }],
+  "tag.basic.js": ["tag.js", { TW_BASIC: "true" }],
+};
 
 // name -> the built text, or null when src/<name> does not exist.
 export async function bundle(name) {
-  const entry = join(here, "src", name);
+  const [source, define] = VARIANTS[name] || [name, {}];
+  const entry = join(here, "src", source);
   if (!existsSync(entry)) return null;
   const r = await build({
     entryPoints: [entry],
@@ -30,11 +37,12 @@ export async function bundle(name) {
     legalComments: "none",
     charset: "utf8",
     logLevel: "warning",
+    define,
     write: false,
     // A .js entry becomes a self-contained IIFE; a .css entry a minified stylesheet. A CSS
     // file imported from banner.js would be a second output: keep it a separate entry.
     ...(name.endsWith(".js") ? { format: "iife" } : {}),
-    ...(name == "tag.js" ? { banner: { js: "//# allFunctionsCalledOnLoad" } } : {}),
+    ...(source == "tag.js" ? { banner: { js: "//# allFunctionsCalledOnLoad" } } : {}),
     outfile: join(here, "dist", name),
   });
   if (r.outputFiles.length != 1) throw new Error(`${name}: expected one output file`);

@@ -79,8 +79,9 @@ def test_sql_on_a_fresh_directory_without_a_server(tmp_path):
 
 
 def test_reserved_site_ids(server):
-    result = tagwerk("site", "create", "banner", "--data-dir", str(server.data_dir), check=False)
-    assert result.returncode == 2 and "reserved" in result.stderr
+    for name in ("banner", "decide"):  # /t/banner.js, /t/decide.js are the tag's files
+        result = tagwerk("site", "create", name, "--data-dir", str(server.data_dir), check=False)
+        assert result.returncode == 2 and "reserved" in result.stderr
 
 
 def test_demo_site_follows_the_port(tmp_path):

@@ -356,6 +356,10 @@ def test_policy_hash_follows_purposes_and_tags_not_texts():
     assert not changed(lambda d: d["tags"][0].update(url="https://ads.example/q"))
     assert not changed(lambda d: d["settings"].update(session_timeout_minutes=10))
     assert not changed(lambda d: d["tags"].reverse())
+    # the tag trusts a decision while its cookie lives: a new lifetime asks again
+    assert changed(lambda d: d["consent"].update(lifetime_days=300))
+    assert changed(lambda d: d["consent"].update(rejection_lifetime_days=30))
+    assert not changed(lambda d: d["consent"].update(lifetime_days=365))
 
 
 def test_tag_path_resolution():

@@ -18,6 +18,7 @@ from tests.test_tag_serving import BUNDLE, ENGINE, HEAD, TAIL
 def server(tmp_path_factory):
     dist = tmp_path_factory.mktemp("container-cli-dist")
     (dist / "tag.js").write_bytes(BUNDLE)
+    (dist / "tag.basic.js").write_bytes(BUNDLE)  # the build of containers like the default
     (dist / "engine.js").write_bytes(ENGINE)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("TAGWERK_TAG_DIR", str(dist))  # the subprocess's bundle directory

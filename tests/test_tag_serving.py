@@ -15,7 +15,7 @@ from starlette.testclient import TestClient
 
 from collector.clientip import parse_networks
 from collector.containers import normalize
-from collector.tagjs import core_config, engine_config, js_json
+from collector.tagjs import core_bundle, core_config, engine_config, js_json
 from tests.helpers import make_client
 from tests.test_containers import ORIGINS, full
 
@@ -30,6 +30,8 @@ FIXTURE = json.loads((Path(__file__).resolve().parent.parent / "js_snippet" / "t
 def env(store, tmp_path_factory):
     dist = tmp_path_factory.mktemp("dist")
     (dist / "tag.js").write_bytes(BUNDLE)
+    (dist / "tag.basic.js").write_bytes(BUNDLE)
+    (dist / "decide.js").write_text("/* decide */")
     (dist / "engine.js").write_bytes(ENGINE)
     (dist / "banner.js").write_text("/* banner */")
     (dist / "debug.js").write_text("/* debug */")
@@ -82,6 +84,7 @@ def test_config_is_inlined(env, site):
 def test_compact_configs_match_the_tag_tests():
     """The same container gives the same configs as js_snippet/test/fake.mjs `compact`."""
     doc = normalize(FIXTURE["document"])
+    assert core_bundle(doc) == FIXTURE["bundle"]
     assert core_config(FIXTURE["site"], doc, FIXTURE["policy"], "v1") == FIXTURE["core"]
     assert engine_config(doc) == FIXTURE["engine"]
 
@@ -101,7 +104,8 @@ def test_compact_config_keeps_what_differs_from_the_defaults():
     assert core_config("demo", doc, "p" * 16, "v1") == {
         "s": "demo", "p": "p" * 16, "v": "v1", "e": "https://c.example/c",
         "d": ".shop.example", "m": 10, "a": "pcodxfe", "x": "pdf epub", "t": [10, 50],
-        "k": [95], "P": "necessary!,analytics+,personalization,marketing", "l": 90, "r": 30,
+        "k": [95], "P": "necessary!,analytics+,personalization,marketing",
+            "g": "necessary,analytics", "l": 90, "r": 30,
         "n": "analytics,marketing,personalization"}
     doc["settings"]["auto"] = {k: False for k in doc["settings"]["auto"]}
     doc["settings"]["download_extensions"] = []
@@ -129,6 +133,29 @@ def test_live_version_not_draft_is_served(env, site):
     assert tags() == [] and "n" not in config_of(client.get(f"/t/{site}.js"))
     c.rollback(site, 1)
     assert len(tags()) == len(doc["tags"])
+
+
+def test_the_core_build_follows_the_container(env, site):
+    """tag.basic.js unless the container has click events on, or tags with triggers that
+    need the core's signals (collector/tagjs.py core_bundle)."""
+    client, collector, dist = env
+    c = collector.containers
+    (dist / "tag.basic.js").write_bytes(b"/*basic*/" + BUNDLE)
+    try:
+        assert client.get(f"/t/{site}.js").content.startswith(b"/*basic*/")  # the default
+        doc = full()  # tags on a custom event, a click...
+        c.put_draft(site, doc, ORIGINS)
+        c.publish(site, origins=ORIGINS)
+        config_of(client.get(f"/t/{site}.js"))  # tag.js
+        assert core_bundle(normalize({**doc, "tags": []})) == "tag.basic.js"
+        page_views = {**doc, "triggers": [{"id": "all", "type": "page_view"}],
+                      "tags": [{**doc["tags"][0], "triggers": ["all"], "blocking_triggers": []}]}
+        assert core_bundle(normalize(page_views)) == "tag.basic.js"
+        clicks = normalize(page_views)
+        clicks["settings"]["auto"]["clicks"] = True
+        assert core_bundle(clicks) == "tag.js"
+    finally:
+        (dist / "tag.basic.js").write_bytes(BUNDLE)
 
 
 def test_escaping(env, site):
@@ -244,6 +271,7 @@ def test_static_files(env):
     assert client.get("/t/banner.js", headers={"If-None-Match": r.headers["etag"]}
                       ).status_code == 304
     assert client.get("/t/debug.js").text == "/* debug */"
+    assert client.get("/t/decide.js").text == "/* decide */"
     assert client.get("/t/banner.css").status_code == 404
     (dist / "banner.css").write_text(".tw{}")
     try:
@@ -263,7 +291,7 @@ def test_static_files(env):
 
 def test_bundle_missing_or_broken(env, site):
     client, _, dist = env
-    tag = dist / "tag.js"
+    tag = dist / "tag.basic.js"  # the default container's build
     try:
         tag.unlink()
         r = client.get(f"/t/{site}.js")
@@ -281,12 +309,12 @@ def test_a_rebuilt_bundle_is_served(env, site):
     client, _, dist = env
     first = client.get(f"/t/{site}.js")
     try:
-        (dist / "tag.js").write_bytes(b"/*v2*/" + BUNDLE)
+        (dist / "tag.basic.js").write_bytes(b"/*v2*/" + BUNDLE)  # the default's build
         second = client.get(f"/t/{site}.js")
         assert second.content.startswith(b"/*v2*/")
         assert second.headers["etag"] != first.headers["etag"]
     finally:
-        (dist / "tag.js").write_bytes(BUNDLE)
+        (dist / "tag.basic.js").write_bytes(BUNDLE)
 
 
 def test_public_origin_behind_a_trusted_proxy(env, site, monkeypatch):

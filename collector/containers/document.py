@@ -38,6 +38,8 @@ def container_policy_hash(document: Mapping[str, Any]) -> str:
         consent["purposes"],
         consent.get("policy_version", DEFAULT_CONSENT["policy_version"]),
         [(t["id"], t["purpose"]) for t in document.get("tags", [])],
+        (consent.get("lifetime_days", DEFAULT_CONSENT["lifetime_days"]),
+         consent.get("rejection_lifetime_days", DEFAULT_CONSENT["rejection_lifetime_days"])),
     )
 
 

@@ -37,7 +37,7 @@ ABSOLUTE_URL = re.compile(r"(?:https?:)?//[^\s\"'<>()]+", re.I)
 DEFAULT_TAG_PATH = "/t/{site}.js"
 # Paths the collector answers itself: a custom tag path must not shadow them.
 RESERVED_PATHS = ("/collect", "/p.gif", "/consent", "/healthz", "/readyz", "/metrics")
-RESERVED_PREFIXES = ("/api/", "/t/banner.", "/t/debug.")
+RESERVED_PREFIXES = ("/api/", "/t/banner.", "/t/debug.", "/t/decide.")
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]", "::1")
 
 VARIABLE_TYPES: dict[str, tuple[str, ...]] = {

@@ -1,11 +1,12 @@
 // Consent (DESIGN.md §3): the tw_consent cookie, defaults, the GPC rule, and the contract
-// between the tag and the consent banner.
+// between the tag and the consent banner. The core reads the cookie (read, list); making a
+// decision (decide, format, record) is decide.js's, a file the core loads on first use.
 //
 // ---------------------------------------------------------------------------------------
 // THE BANNER CONTRACT (for the author of src/banner.js -> dist/banner.js = assets.banner)
 // ---------------------------------------------------------------------------------------
-// When it is loaded: the tag inserts <script src=assets.banner async nonce=...> at most once
-// per page (the nonce copied from the tag's own <script>):
+// When it is loaded: decide.js (which the core loads first) inserts <script src=assets.banner
+// async nonce=...> at most once per page (the nonce copied from the tag's own <script>):
 //   - when the page has loaded (window "load", or at once if it already has) and there is no
 //     valid decision: no valid tw_consent cookie, and no `consent update` from the site's CMP,
 //     from tagwerk('consent', 'update', ...) or from gtag('consent', 'update', ...);
@@ -44,9 +45,10 @@
 // Cookie value: v1.<consent id>.<policy hash>.<granted, comma-separated>.<unix s>.<how>
 // where the consent id is 32 hex digits (a v4 UUID without dashes, kept across decisions:
 // consent/cookie.py and consent/log.py check that), <unix s> is the time of the decision,
-// and how is banner, api, gcm or gpc. The decision is valid while the policy hash
-// is the container's and now < time + lifetime (rejection_lifetime_days when nothing but
-// required purposes was granted, lifetime_days otherwise).
+// and how is banner, api, gcm or gpc. The decision is valid while the cookie lives (its
+// Max-Age: lifetime_days, or rejection_lifetime_days when nothing but required purposes was
+// granted) and its policy hash is the container's. The hash covers the lifetimes too
+// (consent/policy.py), so a shortened lifetime asks again instead of trusting the old Max-Age.
 
 import { cstr } from "./util.js";
 
@@ -56,17 +58,25 @@ var MK = "marketing";
 export var list = (G) => Object.keys(G).filter((k) => G[k]);
 
 // C: the compact config (collector/tagjs.py core_config: s site, p policy hash, l and r the
-// lifetimes in days of a decision and of a rejection, d the cookie domain); P: the purposes
-// [{id, required, default}], in order.
+// lifetimes in days of a decision and of a rejection, d the cookie domain, P the purposes,
+// g the purposes granted by default).
+
+// The cookie's value -> [its consent id, the state, whether it holds a valid decision]. The
+// state is the cookie's granted purposes, or without a decision the defaults (C.g: required
+// and default-on purposes), marketing off under GPC whatever its default.
+export var read = (v, C, gpc, p = v.split("."), d = p[0] == "v1" && p[2] == C.p, G = {}) => (
+  (d ? p[3] : C.g || "necessary").split(",").forEach((k) => k && (G[k] = d || !gpc || k != MK)), [p[1], G, d]
+);
+
+// The purposes [{id, required, default}], in order, from C.P: "id" + "!" when required, "+"
+// when granted by default.
+export var purposes = (C) =>
+  (C.P || "necessary!,analytics,personalization,marketing")
+    .split(",")
+    .map((i, e) => ((e = i.slice(-1)), { id: e < "0" ? i.slice(0, -1) : i, required: e == "!", default: e == "+" }));
 
 // Lifetime of a decision in days: shorter when only required purposes were granted.
 export var days = (C, P, G) => (P.some((q) => !q.required && G[q.id]) ? C.l || 365 : C.r || 182);
-
-// The state before any decision: required purposes, plus each purpose's default; under GPC
-// marketing stays off whatever its default.
-export var defaults = (P, gpc, G = {}) => (
-  P.forEach((q) => (G[q.id] = !!(q.required || (q.default && !(gpc && q.id == MK))))), G
-);
 
 // A decision: choices ("all" | "none" | {purpose: bool}) applied to the current state.
 // -> [new state, true when GPC shaped it (marketing off only because of GPC)].
@@ -78,12 +88,6 @@ export var decide = (ch, cur, P, gpc, G = {}, x = typeof ch == "object") => (
       ))
   ),
   [G, !!gpc && MK in G && !G[MK] && (ch == "all" || (x && !(MK in ch)))]
-);
-
-// Read a cookie value -> {i: its consent id, g: the state if the decision is still valid}.
-export var parse = (v, C, P, now, p = (v || "").split("."), G = {}) => (
-  P.forEach((q) => (G[q.id] = !!q.required || (p[3] || "").split(",").includes(q.id))),
-  { i: p[1], g: p[0] == "v1" && p[2] == C.p && now < +p[4] + 86400 * days(C, P, G) && G }
 );
 
 // The string for document.cookie (C.d: the container's cookie_domain, "" = host-only).

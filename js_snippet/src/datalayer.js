@@ -22,25 +22,3 @@ export var gcm = (o, r = {}) => {
   for (var k in o) GCM[k] && (r[GCM[k]] = r[GCM[k]] !== false && o[k] == "granted");
   return r;
 };
-
-// GA4 e-commerce events -> tagwerk events in the README's wire format (undefined for other
-// events). `e` is the push's `ecommerce` object.
-var EC = "view_item view_item_list select_item add_to_cart remove_from_cart begin_checkout purchase";
-// (PURE: the engine bundles this file for merge() alone; esbuild then drops the list.)
-var ITEM = /* @__PURE__ */ "item_id product_id item_name name item_category category item_brand brand item_variant variant".split(" ");
-export var ga4 = (n, e) =>
-  EC.split(" ").includes(n) && e
-    ? {
-        event: n,
-        order_id: e.transaction_id,
-        revenue: e.value,
-        currency: e.currency,
-        coupon: e.coupon,
-        items: (e.items || []).map((i, o, k) => {
-          // The collector wants strings for ids and names and a whole number for quantity.
-          o = { price: i.price, quantity: ~~i.quantity || 1 };
-          for (k = 0; k < 10; k += 2) i[ITEM[k]] != null && (o[ITEM[k + 1]] = "" + i[ITEM[k]]);
-          return o;
-        }),
-      }
-    : void 0;

@@ -15,7 +15,9 @@ var X = "__TAGWERK_CONFIG__";
 
 var engine = (I) => {
   var d = document,
-    DL = I.dl,
+    me = d.currentScript || {}, // inserted by the core, with the nonce, from the tag's origin
+    N = me.nonce,
+    DL = window.dataLayer, // the core's, hooked before the engine loads
     K = X.r,
     V = {}, // variables by id
     M = {}, // the dataLayer model, merged up to entry n
@@ -41,10 +43,16 @@ var engine = (I) => {
       (t = g.type) == "pixel"
         ? (new Image().src = u)
         : t == "script"
-          ? S[g.id] || (S[g.id] = I.load(u))
+          ? S[g.id] ||
+            // a script: async, with the nonce, a relative URL against the tag's origin
+            ((S[g.id] = t = d.createElement("script")),
+            (t.src = new URL(u, me.src)),
+            (t.async = 1),
+            (t.nonce = N),
+            d.head.appendChild(t))
           : t == "html" &&
             ((t = d.createRange().createContextualFragment(g.html)),
-            t.querySelectorAll("script").forEach((s) => (s.nonce = I.n)),
+            t.querySelectorAll("script").forEach((s) => (s.nonce = N)),
             d.body.appendChild(t));
     },
     // A signal (G and k given when replayed from the log), or none: consent changed, release.

@@ -40,10 +40,16 @@
 // container has timer or element_visible triggers; it replays the log first, so it fires
 // and holds what it would have fired and held had it been there from the start.
 import { cookie, cset, on, T, uuid } from "./util.js";
-import { ga4, gcm } from "./datalayer.js";
-import { decide, defaults, format, list, parse, record } from "./consent.js";
+import { list, read } from "./consent.js";
 import { add, flush, online, persist, setup } from "./send.js";
 
+// TW_BASIC, a constant of the build (build.mjs VARIANTS): true in tag.basic.js, which the
+// collector serves for a container without automatic click events and without triggers
+// other than page views, the default container (collector/tagjs.py core_bundle). It leaves
+// out the click event (the element's tag and text) and the trigger signals the engine needs
+// only for other triggers (click, link, download, outbound, form, scroll, history change,
+// custom event): about 100 B gzipped.
+/* global TW_BASIC */
 export var start = (C) => {
   var w = window,
     d = document,
@@ -54,33 +60,28 @@ export var start = (C) => {
     O = me.src || L, // paths resolve against the tag's own URL (the collector)
     A = C.a || "psodxfe", // auto-tracking switches on, one letter each (tagjs.py AUTO)
     ST = C.t || [25, 50, 75, 90],
-    TH = [...ST, ...(C.k || [])], // with the percents of scroll_depth triggers
-    url = (n) => new URL("/t/" + n + "?v=" + C.v, O) + "",
+    TH = TW_BASIC ? ST : [...ST, ...(C.k || [])], // with the percents of scroll_depth triggers
     TO = C.m || 30, // session timeout, minutes
-    // The purposes: "id" + "!" when required, "+" when granted by default.
-    P = (C.P || "necessary!,analytics,personalization,marketing")
-      .split(",")
-      .map((i, e) => ((e = i.slice(-1)), { id: e < "0" ? i.slice(0, -1) : i, required: e == "!", default: e == "+" })),
     EP = new URL(C.e || "/collect", O),
     gpc = !!nv.globalPrivacyControl,
     ref = d.referrer, // sent with the first page view only
     // The first page view's time and URL: when the tag started (boot may come later).
-    t0 = { ts: Date.now(), url: L.href.slice(0, 4096) },
-    h0 = L.href,
-    now = () => (Date.now() / 1e3) | 0,
-    mn = () => (now() / 60) | 0, // minutes
+    hr = () => L.href.slice(0, 4096),
+    t0 = { ts: Date.now(), url: hr() },
+    mn = () => (Date.now() / 6e4) | 0, // minutes
     q = (w.tagwerk || {}).q || [],
     lg = [], // the signals of this page while the engine is not loaded
     b, // booted
-    cid, // consent id
+    cid, // the tw_consent cookie's consent id
     G, // purpose -> granted
     D, // a valid decision exists
     U, // user id (kept only with analytics)
     S = [], // the session, from tw_s: [id, minute of last activity, "u" if tw_u holds U]
     SV, // the tw_s value last read or written
     W, // window.__tagwerk_debug while debugging
-    B, // the banner's opener
-    bl, // banner script inserted
+    X, // the consent module's command function, once loaded (decide.js)
+    xl, // decide.js inserted
+    xq = [], // consent commands waiting for it
     dl, // debug script inserted
     E, // the engine's signal function, once loaded
     el, // engine script inserted
@@ -89,19 +90,21 @@ export var start = (C) => {
     DL,
     // Debug records (README "Debug overlay"): pushed, one by one, to window.__tagwerk_debug.
     dbg = (r) => W && W.push(r),
-    load = (u, s) =>
-      u &&
-      (((s = d.createElement("script")).src = new URL(u, O)),
+    // One of the tag's files (/t/<n>, this version), async, with the nonce (the others load
+    // their own scripts: the engine a tag's, decide.js the banner).
+    load = (n, s) => (
+      ((s = d.createElement("script")).src = new URL("/t/" + n + "?v=" + C.v, O)),
       (s.async = 1),
       (s.nonce = N),
-      d.head.appendChild(s)),
+      d.head.appendChild(s)
+    ),
     // One event: the common fields, the session (only with analytics), then the queue.
     ev = (o, s, t) => {
       o = {
         event_id: uuid(),
         ts: Date.now(), // epoch ms (the collector takes ISO 8601 or that): no Date object
         consent: list(G),
-        url: L.href.slice(0, 4096),
+        url: hr(),
         title: d.title.slice(0, 1024),
         screen: screen.width + "x" + screen.height,
         ...o,
@@ -135,38 +138,29 @@ export var start = (C) => {
     need = () =>
       C.n &&
       (C.w || W || C.n.split(",").some((p) => G[p])) &&
-      (el = el || load(url(C.s + "/tm.js"))),
+      (el = el || load(C.s + "/tm.js")),
     // Auto-tracking: the event when its switch (a letter of A) is on, the trigger signal always.
     au = (k, t, props, el, p) => {
       k && A.includes(k) && ev({ event: t, props });
-      sig({ t, el, p });
+      TW_BASIC || sig({ t, el, p });
     },
-    apply = (how) => {
+    // The state changed (decide.js): release held tags, storage and identifiers follow it.
+    apply = () => {
       E && E(); // release held tags whose purpose is granted now
-      dbg({ kind: "consent", granted: list(G), how });
       persist(G.analytics);
       G.analytics || drop();
       need();
     },
-    // A decision (banner, CMP, gtag update): state, cookie, held tags, /consent. A valid
-    // decision repeated unchanged (CMPs send gtag updates on every page) is not a new one.
-    setc = (ch, how, r, same) => {
-      r = decide(ch, G, P, gpc);
-      same = D && list(r[0]) + "" == list(G);
-      G = r[0];
-      D = true;
-      how = r[1] ? "gpc" : how;
-      same || (d.cookie = format(C, P, cid, G, now(), how));
-      apply(how);
-      same || nv.sendBeacon(new URL("/consent", EP), JSON.stringify(record(C, cid, G, how)));
-    },
-    banner = () => (B ? B() : bl || (bl = load(url("banner.js")))),
+    // Consent commands and gtag consent entries go to decide.js, loaded on first use (or at
+    // start, when the page has some already), and wait for it in order.
+    xload = () => xl || (xl = load("decide.js")),
+    xc = (a) => (X ? X(a) : void (xq.push(a), xload())),
     cmd = (a, c, x, y) => (
       (c = a[0]),
       (x = a[1]),
       (y = a[2]),
       c == "track"
-        ? x && (ev({ event: x, props: y }), sig({ t: "custom_event", e: x }))
+        ? x && (ev({ event: x, props: y }), TW_BASIC || sig({ t: "custom_event", e: x }))
         : c == "page"
           ? page()
           : c == "identify"
@@ -178,57 +172,50 @@ export var start = (C) => {
                 drop()
               : c == "debug"
                 ? (W = x && (w.__tagwerk_debug = w.__tagwerk_debug || [])) &&
-                  ((dl = dl || load(url("debug.js"))), need())
+                  ((dl = dl || load("debug.js")), need(), xload())
                 : c == "tm"
                   ? // The engine registers itself: it gets what it needs and replays the log.
-                    E || (E = x({ g: () => G, n: N, l: lg, dl: DL, load, dbg }))
-                  : c == "consent" &&
-                    (x == "update"
-                      ? y && setc(y, a[3] == "banner" ? "banner" : "api")
-                      : x == "show"
-                        ? banner()
-                        : x == "banner"
-                          ? (B = y) && 0
-                          : x == "state" && {
-                              site: C.s,
-                              purposes: P,
-                              endpoint: "" + EP,
-                              granted: { ...G },
-                              decided: D,
-                              gpc,
-                              nonce: N,
-                            })
+                    E || (E = x({ g: () => G, l: lg, dbg }))
+                  : c == "cx"
+                    ? // So does decide.js: it reads and sets the state through these.
+                      X ||
+                      ((X = T(
+                        x({
+                          c: C,
+                          s: () => [G, D, cid],
+                          set: (g, dd) => ((G = g), (D = dd || D), apply()),
+                          dbg,
+                        })
+                      )),
+                      xq.forEach(X))
+                    : c == "consent" && xc(a)
     ),
     // A dataLayer entry. m: 1 = before the first page view (consent only), 2 = after it
     // (events), undefined = a live push (everything). The engine keeps GTM's data model.
     dlp = (o, m) => {
       if (o && o[0] == "consent")
         // gtag('consent', 'default'|'update', {...}) pushes its `arguments`.
-        m != 2 &&
-          (o[1] == "update"
-            ? setc(gcm(o[2]), "gcm")
-            : D ||
-              ((G = decide(gcm(o[2]), G, P, gpc)[0]),
-              gpc && (G.marketing = !1),
-              apply("default")));
+        m != 2 && xc(["gcm", o[1], o[2]]);
       else
         o &&
           m != 1 &&
-          // gtag('event', name, params) pushes its `arguments`: params are the ecommerce part.
-          (o[0] == "event" ? (o = { event: o[1], ecommerce: o[2] }) : o.length == null) &&
+          // gtag('event', name, params) pushes its `arguments`: params with items are GA4
+          // e-commerce (GA4 requires items on every e-commerce event).
+          (o[0] == "event" ? (o = { event: o[1], ecommerce: (o[2] || 0).items && o[2] }) : o.length == null) &&
           o.event &&
-          (sig({ t: "custom_event", e: o.event }),
-          A.includes("e") && (o = ga4(o.event, o.ecommerce)) && ev(o));
+          (TW_BASIC || sig({ t: "custom_event", e: o.event }),
+          // GA4 e-commerce goes as pushed: the collector maps it (collector/events.py).
+          A.includes("e") && o.ecommerce && ev({ event: o.event, ecommerce: o.ecommerce }));
     },
     // A page view: the first, or a new URL after an SPA route change.
-    pv = (spa, h = spa ? L.href : h0) => {
+    pv = (spa, h = spa ? hr() : t0.url) => {
       if (h != last) {
         last = h;
         lg = [];
         SD = {};
         A.includes("p") && (!spa || A.includes("s")) && page(!spa && t0);
         sig({ t: "page_view" });
-        spa && sig({ t: "history_change" });
+        TW_BASIC || spa && sig({ t: "history_change" });
       }
     },
     cm = T(cmd),
@@ -236,11 +223,8 @@ export var start = (C) => {
     // One document.cookie read for the boot (cookieStore.getAll() was measured: in Chromium
     // its first use costs more main thread than the synchronous read, README).
     boot = () => b || ((b = 1), T(init)()),
-    init = (ck = d.cookie, c0, hist, push) => {
-      c0 = parse(cookie("tw_consent", ck), C, P, now());
-      cid = c0.i || uuid().split("-").join(""); // 32 hex digits
-      G = c0.g || defaults(P, gpc);
-      D = !!c0.g;
+    init = (ck = d.cookie, hist, push) => {
+      [cid, G, D] = read(cookie("tw_consent", ck), C, gpc);
       S = (SV = cookie("tw_s", ck)).split(".");
       live(mn()) || (S = []);
       // The customer id only when the live session says it is kept (one storage access);
@@ -268,10 +252,14 @@ export var start = (C) => {
     route = () => pv(1),
     // Boot 300 ms after the page has loaded (see the header); then, without a decision and a
     // CMP, ask.
-    loaded = () => setTimeout(T(() => (boot(), D || banner())), 300);
+    loaded = () => setTimeout(T(() => (boot(), D || xc(["consent", "show"]))), 300);
 
   // Until boot, calls are queued (in order); 'state' answers at once, so it boots.
-  (w.tagwerk = (...a) => (a[1] == "state" && boot(), b ? cm(a) : q.push(a))).x = 1; // x: running
+  // decide.js registers at once, also before boot.
+  (w.tagwerk = (...a) => (a[1] == "state" && boot(), b || a[0] == "cx" ? cm(a) : q.push(a))).x = 1; // x: running
+  // Consent already on the page (a CMP's gtag defaults, queued commands): decide.js now, so
+  // that it is there at boot (the load event waits for it) and the first page view has it.
+  [...(w.dataLayer || []), ...q].some((o) => o && o[0] == "consent") && xload();
 
   ["pushState", "replaceState"].forEach((k, f) => {
     f = history[k];
@@ -281,16 +269,18 @@ export var start = (C) => {
       return r;
     };
   });
+  // popstate: back and forward, and every change of the hash (browsers fire it before
+  // hashchange for each fragment navigation: one listener for both).
   ob(w, "popstate", route);
-  ob(w, "hashchange", route);
   ob(
     d,
     "click",
     (e, el, a) => {
-      au("c", "click", { tag: (el = e.target).tagName, text: el.textContent.trim().slice(0, 99) }, el);
+      el = e.target;
+      TW_BASIC || au("c", "click", { tag: el.tagName, text: el.textContent.trim().slice(0, 99) }, el);
       if ((a = el.closest("a[href]"))) {
         e = { url: a.href };
-        au(0, "link_click", e, a);
+        TW_BASIC || au(0, "link_click", e, a);
         (C.x || "pdf zip csv xlsx docx mp3 mp4 dmg exe").split(" ").includes(a.pathname.split(".").pop().toLowerCase())
           ? au("d", "file_download", e, a)
           : a.host != L.host && a.protocol.startsWith("http") && au("o", "outbound_link", e, a);
@@ -307,7 +297,8 @@ export var start = (C) => {
   ob(w, "scroll", (e, p) => {
     p = ((scrollY + innerHeight) / d.documentElement.scrollHeight) * 100;
     TH.forEach(
-      (t) => p >= t && !SD[t] && ((SD[t] = 1), au(ST.includes(t) && "x", "scroll_depth", { percent: t }, 0, t))
+      (t) =>
+        p >= t && !SD[t] && ((SD[t] = 1), au((TW_BASIC || ST.includes(t)) && "x", "scroll_depth", { percent: t }, 0, t))
     );
   });
   ob(w, "pagehide", flush);

@@ -68,8 +68,11 @@ export var setup = (ep, site, p, h) => {
   sched();
 };
 
+// A copy of the event goes in: the page may change what it pushed (props, a GA4 ecommerce
+// object) before the send, and what cannot be sent (a cycle, a BigInt) throws here, into the
+// caller's T, instead of at every flush.
 export var add = (e) => {
-  Q = [...Q, e].slice(-200);
+  Q = [...Q, JSON.parse(JSON.stringify(e))].slice(-200);
   Q.length - F > 9 && !R ? flush() : sched();
 };
 

@@ -22,19 +22,16 @@ export var ready = (c) => !!c && typeof c == "object";
 // at its first use (measured in Chromium), more than the code around it; string methods
 // instead.
 
-// A random v4 UUID, made with one crypto.getRandomValues call (crypto.randomUUID exists only
-// in secure contexts: one way for every page is smaller). Each character of the template is
-// kept ("-", and "4": the version) or replaced: x ^ random bits, 4 of them for "0" and "1",
-// 2 for "8" (the variant: 8 to b).
-export var uuid = (r = crypto.getRandomValues(new Uint8Array(31)), i = 0) =>
-  [...([1e7] + -1e3 + -4e3 + -8e3 + -1e11)]
-    .map((x) => ("4-".includes(x) ? x : (x ^ (r[i++] & (15 >> (x / 4)))).toString(16)))
-    .join("");
+// 128 random bits as 32 hex digits: an event id (the collector takes a UUID with or without
+// dashes), a consent id (32 hex digits is its format) or a session id. One
+// crypto.getRandomValues call: crypto.randomUUID exists only in secure contexts.
+export var uuid = () =>
+  [...crypto.getRandomValues(new Uint16Array(8))].map((x) => (x + 65536).toString(16).slice(1)).join("");
 
 // A cookie's value by name ("" when absent), from s (a cookie string read once) or
-// document.cookie, which browsers give as "a=1; b=2".
-export var cookie = (n, s = document.cookie) =>
-  decodeURIComponent((("; " + s).split("; " + n + "=")[1] || "").split(";")[0]);
+// document.cookie, which browsers give as "a=1; b=2". Not URI-decoded: the tag's cookies
+// hold no escapes (the collector sets tw_consent again with the value the tag wrote).
+export var cookie = (n, s = document.cookie) => (("; " + s).split("; " + n + "=")[1] || "").split(";")[0];
 
 // The string for document.cookie: first party, Path=/, SameSite=Lax, Secure on https;
 // dom: Domain ("" = host-only); age: Max-Age in seconds (none: a session cookie; 0 removes it).

@@ -15,6 +15,6 @@ export var resolve = (v, M, t, e) =>
         : t == "data_layer"
           ? v.key.split(".").reduce((o, k) => o && o[k], M)
           : t == "cookie"
-            ? cookie(v.name)
+            ? decodeURIComponent(cookie(v.name)) // a site's cookie, as GTM's cookie variable decodes it
             : (e = document.querySelector(v.selector)) &&
               (t == "element_text" ? e.textContent.trim() : e.getAttribute(v.attribute));

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { ga4, gcm, merge } from "../src/datalayer.js";
+import { gcm, merge } from "../src/datalayer.js";
 
 test("GTM model: later pushes override earlier keys, objects merge, arrays replace", () => {
   const M = {};
@@ -26,38 +26,6 @@ test("ecommerce: null clears the previous ecommerce object (GA4 practice)", () =
   merge(M, { ecommerce: null });
   merge(M, { event: "purchase", ecommerce: { transaction_id: "T2" } });
   assert.deepEqual(M.ecommerce, { transaction_id: "T2" });
-});
-
-test("GA4 e-commerce events map to tagwerk events", () => {
-  const e = ga4("purchase", {
-    transaction_id: "T-100",
-    value: 59.9,
-    currency: "EUR",
-    coupon: "WINTER",
-    items: [
-      { item_id: 123, item_name: "Boot", item_category: "Shoes", item_brand: "Acme",
-        item_variant: "red", price: 29.95, quantity: "2", index: 0, discount: 1 },
-      { item_id: "B", price: "0.00" },
-    ],
-  });
-  assert.deepEqual(e, {
-    event: "purchase",
-    order_id: "T-100",
-    revenue: 59.9,
-    currency: "EUR",
-    coupon: "WINTER",
-    items: [
-      { product_id: "123", name: "Boot", category: "Shoes", brand: "Acme", variant: "red",
-        price: 29.95, quantity: 2 },
-      { product_id: "B", price: "0.00", quantity: 1 },
-    ],
-  });
-  for (const n of ["view_item", "view_item_list", "select_item", "add_to_cart",
-    "remove_from_cart", "begin_checkout", "purchase"]) {
-    assert.equal(ga4(n, { items: [] }).event, n);
-  }
-  assert.equal(ga4("purchase", undefined), undefined);
-  assert.equal(ga4("sign_up", { items: [] }), undefined);
 });
 
 test("gtag consent maps to purposes", () => {

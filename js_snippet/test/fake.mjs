@@ -8,7 +8,9 @@ import { bundle } from "../build.mjs";
 
 // The bundles of the current sources (built in memory, like `npm run build` would).
 export const TAG = await bundle("tag.js");
+export const TAG_BASIC = await bundle("tag.basic.js");
 export const ENGINE = await bundle("engine.js");
+export const DECIDE = await bundle("decide.js");
 
 // The demo container of DESIGN.md §1 as the server would inline it (§2), normalized as
 // collector/containers.py does (conditions and blocking_triggers always present).
@@ -121,6 +123,8 @@ export const compact = (c, v = "v1") => {
   if (!same(s.scroll_thresholds, [25, 50, 75, 90])) o.t = s.scroll_thresholds;
   const P = k.purposes.map((p) => p.id + (p.required ? "!" : p.default ? "+" : "")).join(",");
   if (P != "necessary!,analytics,personalization,marketing") o.P = P;
+  const g = k.purposes.filter((p) => p.required || p.default).map((p) => p.id).join(",");
+  if (g != "necessary") o.g = g;
   if (k.lifetime_days != 365) o.l = k.lifetime_days;
   if (k.rejection_lifetime_days != 182) o.r = k.rejection_lifetime_days;
   if (c.tags.length) {
@@ -133,7 +137,13 @@ export const compact = (c, v = "v1") => {
   }
   const drop = (t, ks) => Object.fromEntries(Object.entries(t).filter(([k, v]) =>
     !(ks.includes(k) && (k == "name" || (Array.isArray(v) && !v.length)))));
+  // The core's build (tagjs.py core_bundle): tag.basic.js without click events and without
+  // trigger signals other than page views.
+  const signalled = ["click", "link_click", "outbound_link", "file_download", "form_submit",
+    "scroll_depth", "history_change", "custom_event"];
+  const full = s.auto.clicks || (c.tags.length && c.triggers.some((t) => signalled.includes(t.type)));
   return {
+    bundle: full ? "tag.js" : "tag.basic.js",
     core: o,
     engine: {
       v: c.variables,
@@ -313,6 +323,7 @@ export function browser({
   before = "",
   engineSrc = null,
   engineMode = "sync",
+  decideMode = "sync",
 } = {}) {
   const t = clock();
   const listeners = {};
@@ -468,9 +479,13 @@ export function browser({
   // b.arrive() ("manual"): a network answer that takes its time. Other scripts are recorded.
   const pending = [];
   head.appendChild = (e) => {
-    if (/\/tm\.js\?/.test(String(e.src))) {
+    if (/\/decide\.js\?/.test(String(e.src))) {
+      // decide.js: a static file, run when inserted (or decideMode "never": blocked).
+      net.scripts.push({ src: String(e.src), nonce: e.nonce, async: e.async });
+      if (decideMode == "sync") runAs(e, DECIDE);
+    } else if (/\/tm\.js\?/.test(String(e.src))) {
       net.engine.push({ src: String(e.src), nonce: e.nonce, async: e.async });
-      pending.push(() => engineSrc && run(engineSrc));
+      pending.push(() => engineSrc && runAs(e, engineSrc));
       if (engineMode == "sync") pending.shift()();
     } else net.scripts.push({ src: String(e.src), nonce: e.nonce, async: e.async });
     return e;
@@ -481,6 +496,15 @@ export function browser({
   };
   const ctx = vm.createContext(w);
   const run = (code) => vm.runInContext(code, ctx);
+  // document.currentScript is the inserted element while it runs, as in a browser.
+  const runAs = (e, code, tag = w.document.currentScript) => {
+    w.document.currentScript = e;
+    try {
+      return run(code);
+    } finally {
+      w.document.currentScript = tag;
+    }
+  };
   // fire a listener registered by the tag: fire("window:load"), fire("document:click", ev)
   // The tag boots BOOT_DELAY ms after the window's load: "window:load" includes that wait.
   const fire = (key, ev = {}) => (
@@ -499,7 +523,7 @@ export function load(config, opts = {}) {
     ...opts,
     engineSrc: cfg && ENGINE.replace('"__TAGWERK_CONFIG__"', JSON.stringify(cfg.engine)),
   });
-  let src = TAG;
+  let src = cfg && cfg.bundle == "tag.basic.js" ? TAG_BASIC : TAG;
   if (cfg) src = src.replace('"__TAGWERK_CONFIG__"', JSON.stringify(cfg.core));
   b.run(src);
   b.w.document.readyState == "complete" && b.clock.due(BOOT_DELAY); // the page had loaded

@@ -1,9 +1,10 @@
 // The whole tag, as built, in a fake browser (fake.mjs).
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { BOOT_DELAY, El, TAG, browser, compact, container, link, load, sent, tick } from "./fake.mjs";
+import { BOOT_DELAY, El, TAG, TAG_BASIC, browser, compact, container, link, load, sent, tick } from "./fake.mjs";
 
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
+// 128 random bits in 32 hex digits: the collector reads an event id as a UUID
+const UUID = /^[0-9a-f]{32}$/;
 const POLICY = "3c1d0e7a9b2f4c11";
 const now = () => Math.floor(Date.now() / 1000);
 const consentCookie = (granted, how = "banner", t = now(), policy = POLICY) =>
@@ -17,6 +18,9 @@ const flushed = async (b) => {
 const names = (events) => events.map((e) => e.event);
 // objects made in the page's realm, as plain objects of this one (for deepStrictEqual)
 const plain = (x) => JSON.parse(JSON.stringify(x));
+// The scripts the tag inserted, without decide.js (the consent module, loaded on first use).
+const scripts = (b) => b.net.scripts.filter((s) => !s.src.includes("/t/decide.js?"));
+const decideLoaded = (b) => b.net.scripts.some((s) => s.src.includes("/t/decide.js?"));
 const snippet = (calls) =>
   "window.tagwerk=window.tagwerk||function(){(tagwerk.q=tagwerk.q||[]).push(arguments)};" + calls;
 
@@ -103,15 +107,15 @@ test("track, page and the 10-event flush", async () => {
   assert.equal(new Set(events.map((e) => e.event_id)).size, 10);
 });
 
-test("SPA: pushState, replaceState, popstate and hashchange; each URL once", async () => {
+test("SPA: pushState, replaceState, popstate (also for hash changes); each URL once", async () => {
   const b = load(container(), { cookies: ALL });
   b.run("history.pushState({}, '', '/p/1')");
   b.run("history.replaceState({}, '', '/p/1')"); // same URL: no page view
   b.run("history.pushState({}, '', '/p/1')"); // still the same URL
   b.run("history.replaceState({}, '', '/p/2')"); // replaceState to a new URL: a page view
   b.run("history.pushState({}, '', '/p/2#reviews')");
-  b.fire("window:hashchange");
-  b.fire("window:popstate"); // both fire for one fragment navigation: one page view
+  b.fire("window:popstate"); // also for a hash change (before hashchange, not listened to)
+  b.fire("window:popstate"); // the same URL: no page view
   const events = await flushed(b);
   assert.deepEqual(
     events.map((e) => e.url.replace("https://shop.example", "")),
@@ -132,34 +136,40 @@ test("no valid decision: the banner is loaded at page load, with the nonce", asy
   const b = load(container(), { readyState: "interactive" });
   assert.equal(b.net.scripts.length, 0);
   b.fire("window:load");
+  // decide.js first (it makes the decision the banner reports), then the banner
   assert.deepEqual(b.net.scripts, [
+    { src: "https://collect.shop.example/t/decide.js?v=v1", nonce: "n0nce", async: 1 },
     { src: "https://collect.shop.example/t/banner.js?v=v1", nonce: "n0nce", async: 1 },
   ]);
   b.run("tagwerk('consent','show')"); // not loaded twice
-  assert.equal(b.net.scripts.length, 1);
+  assert.equal(b.net.scripts.length, 2);
 });
 
 test("a valid cookie or a CMP decision before load: no banner", () => {
-  assert.equal(load(container(), { cookies: ANALYTICS }).net.scripts.length, 0);
+  // a returning visitor without a CMP loads neither the banner nor decide.js
+  assert.deepEqual(load(container(), { cookies: ANALYTICS }).net.scripts, []);
   const cmp = load(container(), {
     readyState: "interactive",
     before: snippet("tagwerk('consent','update',{analytics:false})"),
   });
+  assert.ok(decideLoaded(cmp)); // at start: the page has a consent call already
   cmp.fire("window:load");
-  assert.equal(cmp.net.scripts.length, 0);
+  assert.deepEqual(scripts(cmp), []);
   const late = load(container(), { readyState: "interactive" });
   late.run("tagwerk('consent','update','none')"); // the CMP answers before load
   late.fire("window:load");
-  assert.equal(late.net.scripts.length, 0);
+  assert.deepEqual(scripts(late), []);
 });
 
-test("expired decisions and a changed policy ask again", () => {
-  const old = { tw_consent: consentCookie("necessary,analytics", "banner", now() - 366 * 86400) };
-  assert.equal(load(container(), { cookies: old }).net.scripts.length, 1);
+test("a changed policy asks again (expiry is the cookie's own Max-Age)", () => {
   const changed = { tw_consent: consentCookie("necessary,analytics", "banner", now(), "0000") };
   const b = load(container(), { cookies: changed });
-  assert.equal(b.net.scripts.length, 1);
+  assert.equal(scripts(b).length, 1);
   assert.equal(b.run("tagwerk('consent','state')").decided, false);
+  // the decision's time is not checked in the page: the browser removes the cookie at its
+  // Max-Age, and a changed lifetime changes the policy hash (consent/policy.py)
+  const old = { tw_consent: consentCookie("necessary,analytics", "banner", now() - 366 * 86400) };
+  assert.equal(scripts(load(container(), { cookies: old })).length, 0);
 });
 
 test("the banner interface: state, opener, update", async () => {
@@ -217,7 +227,7 @@ test("tags: held without consent, released once it arrives, on this page only", 
   const b = load(container(), { readyState: "interactive" });
   b.fire("window:load");
   // chat (personalization) fires on all_pages: held
-  assert.equal(b.net.scripts.length, 1); // the banner
+  assert.equal(scripts(b).length, 1); // the banner
   b.net.scripts.length = 0;
   b.run("tagwerk('consent','update',{personalization:true})");
   assert.deepEqual(b.net.scripts, [{ src: "https://chat.example/w.js", nonce: "n0nce", async: 1 }]);
@@ -289,13 +299,12 @@ test("GA4 e-commerce via dataLayer becomes tagwerk events (also pushed before lo
          dataLayer.push({event: 'newsletter_signup'})`);
   const events = await flushed(b);
   assert.deepEqual(names(events), ["page_view", "view_item", "purchase"]);
-  assert.deepEqual(events[1].items, [{ product_id: "7", name: "Sock", price: 5, quantity: 2 }]);
+  // sent as pushed: the collector maps GA4's fields (collector/events.py)
+  assert.deepEqual(events[1].ecommerce, { currency: "EUR", value: 5,
+    items: [{ item_id: 7, item_name: "Sock", price: 5, quantity: 2 }] });
   const p = events[2];
-  assert.deepEqual(
-    { order_id: p.order_id, revenue: p.revenue, currency: p.currency, coupon: p.coupon, items: p.items },
-    { order_id: "T9", revenue: 12.5, currency: "EUR", coupon: "X",
-      items: [{ product_id: "A", brand: "B", price: 12.5, quantity: 1 }] }
-  );
+  assert.deepEqual(p.ecommerce, { transaction_id: "T9", value: 12.5, currency: "EUR", coupon: "X",
+    items: [{ item_id: "A", item_brand: "B", price: 12.5 }] });
   assert.deepEqual(p.consent, ["necessary", "analytics"]);
 });
 
@@ -311,12 +320,11 @@ test("gtag.js e-commerce: gtag('event', name, params) is the same event (also be
          gtag('event', 'sign_up', {method: 'mail'});
          gtag('config', 'G-XYZ');`);
   const events = await flushed(b);
+  // events whose params have items (GA4 requires them on e-commerce events); not sign_up
   assert.deepEqual(names(events), ["page_view", "view_item", "purchase"]);
-  assert.deepEqual(events[1].items, [{ product_id: "7", price: 5, quantity: 1 }]);
-  assert.deepEqual(
-    { order_id: events[2].order_id, revenue: events[2].revenue, items: events[2].items },
-    { order_id: "T9", revenue: 12.5, items: [{ product_id: "A", name: "Sock", price: 12.5, quantity: 2 }] }
-  );
+  assert.deepEqual(events[1].ecommerce, { currency: "EUR", value: 5, items: [{ item_id: 7, price: 5 }] });
+  assert.deepEqual(events[2].ecommerce, { transaction_id: "T9", value: 12.5, currency: "EUR",
+    items: [{ item_id: "A", item_name: "Sock", price: 12.5, quantity: 2 }] });
 });
 
 test("dataLayer.push keeps its result and the model follows GTM", () => {
@@ -340,7 +348,7 @@ test("gtag consent: update decides (how gcm), default only sets the state", asyn
   b.run("gtag('consent','update',{analytics_storage:'granted',ad_storage:'granted',ad_user_data:'granted',ad_personalization:'denied'})");
   assert.match(b.jar.c.tw_consent, /\.necessary,analytics,marketing\.\d+\.gcm$/);
   b.fire("window:load");
-  assert.equal(b.net.scripts.length, 0); // a CMP decided: no banner
+  assert.deepEqual(scripts(b), []); // a CMP decided: no banner
 });
 
 test("a valid decision repeated unchanged (CMPs do so on every page) is not logged again", () => {
@@ -406,7 +414,7 @@ test("identify: sent with user_id; kept for later events only with analytics", a
   assert.deepEqual(events[1].props, { tier: "gold" });
   // the customer id in sessionStorage (not in a cookie the shop's server gets), flagged in tw_s
   assert.equal(b.w.sessionStorage.tw_u, "C-42");
-  assert.match(b.jar.c.tw_s, /^[0-9a-f-]{36}\.\d+\.u$/);
+  assert.match(b.jar.c.tw_s, /^[0-9a-f]{32}\.\d+\.u$/);
   assert.doesNotMatch(Object.values(b.jar.c).join(";"), /C-42/);
   // the next page of the session reads it back (the flag says it is there)
   const next = load(container(), { cookies: { ...ANALYTICS, tw_s: b.jar.c.tw_s }, session: { tw_u: "C-42" } });
@@ -447,7 +455,7 @@ test("session id: in the session cookie tw_s, kept across pages, new after the t
   assert.match(c.jar.c.tw_s, new RegExp(`^${e.session_id}\\.${m}$`));
   // the cookie domain of the container, as tw_consent's
   const d = load({ ...container(), settings: { ...container().settings, cookie_domain: ".shop.example" } }, { cookies: ANALYTICS });
-  assert.match(d.jar.writes[0], /^tw_s=[0-9a-f-]{36}\.\d+;Path=\/;SameSite=Lax;Secure;Domain=\.shop\.example$/);
+  assert.match(d.jar.writes[0], /^tw_s=[0-9a-f]{32}\.\d+;Path=\/;SameSite=Lax;Secure;Domain=\.shop\.example$/);
   // without analytics: no session cookie, and one left over goes
   const n = load(container(), { cookies: { tw_s: `s-live.${m}` } });
   assert.equal((await flushed(n))[0].session_id, undefined);
@@ -716,10 +724,12 @@ test("offline: kept in localStorage with analytics, sent when back online", asyn
   assert.equal(no.w.localStorage.n, 0);
 });
 
-test("event ids without crypto.randomUUID (plain http) are v4 UUIDs too", async () => {
-  const b = load(container(), { randomUUID: false });
-  const [e] = await flushed(b);
-  assert.match(e.event_id, UUID);
+test("ids on plain http too (no crypto.randomUUID there), and each one new", async () => {
+  const b = load(container(), { randomUUID: false, cookies: ANALYTICS });
+  b.run("tagwerk('track','a');tagwerk('track','b')");
+  const events = await flushed(b);
+  for (const e of events) assert.match(e.event_id, UUID);
+  assert.equal(new Set(events.map((e) => e.event_id)).size, 3);
 });
 
 test("never throws into the page", async () => {
@@ -847,9 +857,14 @@ test("boot before load when needed: page hidden, a click, a route change, 'state
   route.run("history.pushState({}, '', '/p/1')");
   assert.deepEqual((await flushed(route)).map((e) => e.url.slice(20)), ["/", "/p/1"]);
 
-  const state = load(container(), { readyState: "interactive" });
-  assert.equal(state.run("tagwerk('consent','state')").decided, false);
+  // 'state' boots, and answers once decide.js is there (at once: the fake runs it on insert)
+  const state = load(container(), { readyState: "interactive", decideMode: "never" });
+  assert.equal(state.run("tagwerk('consent','state')"), undefined);
   assert.equal(state.jar.reads, 1);
+  assert.ok(decideLoaded(state));
+  const state2 = load(container(), { readyState: "interactive" });
+  state2.run("tagwerk('consent','state')");
+  assert.equal(state2.run("tagwerk('consent','state')").decided, false);
 
   const slow = load(container(), { readyState: "loading" });
   await slow.clock.advance(3999);
@@ -858,7 +873,7 @@ test("boot before load when needed: page hidden, a click, a route change, 'state
   assert.equal(slow.jar.reads, 1);
   assert.equal(slow.net.scripts.length, 0); // the banner still waits for the load
   slow.fire("window:load");
-  assert.equal(slow.net.scripts.length, 1);
+  assert.equal(scripts(slow).length, 1);
 });
 
 // A container whose tags the engine handles from signals the core logs (no timer, no
@@ -932,4 +947,38 @@ test("the engine replays the page's signals: held tags fire when consent arrives
   r.run("tagwerk('consent','update',{marketing:true})");
   r.arrive();
   assert.deepEqual(r.net.images, []);
+});
+
+test("compact() is the collector's core_bundle, core_config and engine_config (compact.json)", async () => {
+  const { readFileSync } = await import("node:fs");
+  const f = JSON.parse(readFileSync(new URL("./compact.json", import.meta.url)));
+  const c = compact({ ...f.document, site: f.site, policy: f.policy, tags: f.document.tags.map((t) => ({ blocking_triggers: [], ...t })), triggers: f.document.triggers.map((t) => ({ conditions: [], ...t })) });
+  assert.deepEqual(plain({ bundle: c.bundle, core: c.core }), { bundle: f.bundle, core: f.core });
+});
+
+// The default container's build: no click event, no signals but page views.
+const basic = () => {
+  const c = container();
+  c.triggers = c.triggers.filter((t) => ["page_view", "timer", "element_visible"].includes(t.type));
+  c.tags = c.tags.map((t) => ({ ...t, triggers: t.triggers.filter((i) => c.triggers.some((r) => r.id == i)) }));
+  return c;
+};
+
+test("tag.basic.js: every automatic event but clicks, page-view tags, and less code", async () => {
+  assert.equal(compact(basic()).bundle, "tag.basic.js");
+  assert.equal(compact({ ...basic(), settings: { ...basic().settings, auto: { ...basic().settings.auto, clicks: true } } }).bundle, "tag.js");
+  assert.equal(compact({ ...container(), tags: [] }).bundle, "tag.basic.js"); // no tags: no signals
+  assert.ok(TAG_BASIC.length < TAG.length - 150);
+  const b = load(basic(), { cookies: ALL, url: "https://shop.example/p" });
+  assert.deepEqual(b.net.scripts.filter((s) => s.src.includes("chat.example")).length, 1); // page_view tag
+  b.fire("document:click", { target: link("https://other.example/x") });
+  b.fire("document:click", { target: link("/files/a.PDF") });
+  b.fire("document:submit", { target: new El("form", { id: "f", action: "/s" }) });
+  b.w.scrollY = 3200;
+  b.fire("window:scroll");
+  b.run("dataLayer.push({event: 'purchase', ecommerce: {transaction_id: 'T1', items: []}}); tagwerk('track', 'x')");
+  b.run("history.pushState({}, '', '/q')");
+  await b.clock.advance(2000); // two batches: at 10 events, then the rest
+  assert.deepEqual(names(await flushed(b)), ["page_view", "outbound_link", "file_download", "form_submit",
+    "scroll_depth", "scroll_depth", "scroll_depth", "scroll_depth", "purchase", "x", "page_view"]);
 });
