@@ -7,15 +7,16 @@ the page view; that request and its answer are part of the cost). Two visitors:
 
 - ``returning``: a valid ``tw_consent`` cookie (analytics and personalisation granted,
   marketing not, so no third-party tag runs): the tag alone;
-- ``first``: no decision yet: the tag loads the consent banner, which fetches its texts
-  and stylesheet and renders (the cost a first visit pays).
+- ``first``: no decision yet: the tag loads ``decide.js`` and the consent banner, which
+  fetches its texts and stylesheet and renders (the cost a first visit pays).
 
 Two measurements per run, both on the page's renderer main thread:
 
 1. **Attributed** (the headline number): a Chrome trace (CDP ``Tracing``) of the load; the
    time of every main-thread slice that belongs to the tag's own files (``/t/demo.js``,
-   ``/t/banner.js``, ``/t/banner.css``): script compilation (``v8.compile``), top-level
-   evaluation (``EvaluateScript``), every callback into them (``FunctionCall``: listeners,
+   ``/t/decide.js``, ``/t/banner.js``, ``/t/banner.css``): script compilation
+   (``v8.compile``), top-level evaluation (``EvaluateScript``), every callback into them
+   (``FunctionCall``: listeners,
    timers, promise continuations, the banner's rendering code) and stylesheet parsing
    (``ParseAuthorStyleSheet``). Nested slices are merged (interval union), so nothing is
    counted twice. Per run, so median and p90 are of a real distribution. It misses the
@@ -63,7 +64,7 @@ from tests.servers import Server  # noqa: E402
 
 LIMIT_MS = 5.0
 SETTLE_MS = 2000
-TAG_FILES = re.compile(r"/t/(demo\.js|banner\.js|banner\.css)")
+TAG_FILES = re.compile(r"/t/(demo\.js|decide\.js|banner\.js|banner\.css)")
 SHOP_FILES = re.compile(r"/demo/static/app\.(js|css)")  # the yardstick: the shop's own script
 ATTRIBUTED = {"v8.compile", "EvaluateScript", "FunctionCall", "ParseAuthorStyleSheet"}
 # The lightest set that has the slices above: more categories slow the page measurably.

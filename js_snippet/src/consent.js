@@ -14,7 +14,9 @@
 //     an opener yet (see 2).
 // The banner opens itself as soon as its script runs. Then:
 //
-// 1. Read the state:  var s = tagwerk('consent', 'state')  ->
+// 1. Read the state (decide.js answers it; it loaded the banner, so it is there; for another
+//    caller it answers undefined until decide.js has loaded):
+//    var s = tagwerk('consent', 'state')  ->
 //      s.site      "demo"
 //      s.purposes  [{id, required, default}...], in order (the container's)
 //      s.endpoint  "https://collect.../collect"   absolute URL of the collector

@@ -1,6 +1,7 @@
-// The core of the tag at run time (DESIGN.md §2, §3): consent, events, page views, commands,
-// auto-tracking, dataLayer, sending; the tag-manager engine (tags, triggers, variables) is
-// src/engine.js, a separate file loaded only when it has something to do (below).
+// The core of the tag at run time (DESIGN.md §2, §3): the consent state, events, page views,
+// commands, auto-tracking, dataLayer, sending; the tag-manager engine (tags, triggers,
+// variables) is src/engine.js, a separate file loaded only when it has something to do
+// (below), and making consent decisions is src/decide.js's, loaded on first use (xc).
 // C is the compact config the collector inlines (collector/tagjs.py `core_config`): short
 // keys, defaults left out, asset URLs as one version hash. A broken one makes start() throw,
 // which tag.js catches: the page is never affected.
@@ -30,7 +31,8 @@
 // Order at boot: consent from the tw_consent cookie (or the defaults) -> debug
 // (?tagwerk_debug=1) -> dataLayer so far (gtag consent) -> `consent` commands queued in
 // tagwerk.q -> the page view -> dataLayer so far (events) -> the other queued commands.
-// So the first page view carries the consent a CMP gave before boot, and events pushed
+// So the first page view carries the consent a CMP gave before boot (decide.js is loaded at
+// start when the page has such calls, and the load event waits for it), and events pushed
 // before boot come after the page view, as with GTM.
 //
 // The engine: a signal (what happened: {t: trigger type, el, p, e, id}) goes to the engine

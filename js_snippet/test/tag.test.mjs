@@ -982,3 +982,26 @@ test("tag.basic.js: every automatic event but clicks, page-view tags, and less c
   assert.deepEqual(names(await flushed(b)), ["page_view", "outbound_link", "file_download", "form_submit",
     "scroll_depth", "scroll_depth", "scroll_depth", "scroll_depth", "purchase", "x", "page_view"]);
 });
+
+test("an event the page changes after the call, or that cannot be sent, harms nothing", async () => {
+  const b = load(container(), { cookies: ANALYTICS });
+  b.run(`var p = {step: 1}; tagwerk('track', 'a', p); p.step = 2;
+         var cyc = {}; cyc.self = cyc; tagwerk('track', 'cycle', cyc);
+         dataLayer.push({event: 'purchase', ecommerce: {items: [], big: 1n}});
+         tagwerk('track', 'b')`);
+  const events = await flushed(b);
+  assert.deepEqual(names(events), ["page_view", "a", "b"]); // the unsendable ones are dropped
+  assert.deepEqual(events[1].props, { step: 1 }); // as it was at the call
+});
+
+test("decide.js blocked: tracking goes on with the cookie's or the default consent", async () => {
+  const b = load(container(), { decideMode: "never", readyState: "interactive" });
+  b.fire("window:load");
+  assert.deepEqual(scripts(b), []); // no banner without decide.js
+  b.run("tagwerk('consent','update','all')"); // waits for decide.js: nothing is decided
+  b.run("tagwerk('track','x')");
+  const events = await flushed(b);
+  assert.deepEqual(names(events), ["page_view", "x"]);
+  assert.deepEqual(events[1].consent, ["necessary"]);
+  assert.equal(b.jar.c.tw_consent, undefined);
+});
