@@ -141,7 +141,8 @@ export var start = (C) => {
       C.n &&
       (C.w || W || C.n.split(",").some((p) => G[p])) &&
       (el = el || load(C.s + "/tm.js")),
-    // Auto-tracking: the event when its switch (a letter of A) is on, the trigger signal always.
+    // Auto-tracking: the event when its switch (a letter of A) is on; the trigger signal (not
+    // in the basic build, which the collector serves only to containers without such triggers).
     au = (k, t, props, el, p) => {
       k && A.includes(k) && ev({ event: t, props });
       TW_BASIC || sig({ t, el, p });
