@@ -10,7 +10,7 @@
 //   ["consent", "banner", open]           the banner registers its opener
 //   ["consent", "state"]                  -> the banner contract's state (consent.js)
 //   ["gcm", "default"|"update", params]   a gtag consent call from the dataLayer
-import { T, uuid } from "./util.js";
+import { script, T, uuid } from "./util.js";
 import { gcm } from "./datalayer.js";
 import { decide, format, list, purposes, record } from "./consent.js";
 
@@ -49,13 +49,8 @@ var init = (I) => {
         : x == "show"
           ? B
             ? B()
-            : bl ||
-              // as the core loads scripts: async, with the nonce, next to this file (same ?v=)
-              ((bl = document.createElement("script")),
-              (bl.src = new URL("banner.js" + new URL(me.src).search, me.src)),
-              (bl.async = 1),
-              (bl.nonce = me.nonce),
-              document.head.appendChild(bl))
+            : // next to this file, the same ?v=
+              bl || (bl = script(new URL("banner.js" + new URL(me.src).search, me.src), me.nonce))
           : x == "banner"
             ? (B = y) && 0
             : x == "state" && {

@@ -6,7 +6,7 @@
 // something to do, and it registers itself with tagwerk('tm', init): init gets the core's
 // parts and the log of this page's signals ([signal, consent state then, dataLayer length
 // then]), replays it, then handles each signal as it comes.
-import { ready, T } from "./util.js";
+import { ready, script, T } from "./util.js";
 import { resolve } from "./vars.js";
 import { select } from "./triggers.js";
 import { merge } from "./datalayer.js";
@@ -43,13 +43,8 @@ var engine = (I) => {
       (t = g.type) == "pixel"
         ? (new Image().src = u)
         : t == "script"
-          ? S[g.id] ||
-            // a script: async, with the nonce, a relative URL against the tag's origin
-            ((S[g.id] = t = d.createElement("script")),
-            (t.src = new URL(u, me.src)),
-            (t.async = 1),
-            (t.nonce = N),
-            d.head.appendChild(t))
+          ? // once per document; a relative URL against the tag's origin
+            S[g.id] || (S[g.id] = script(new URL(u, me.src), N))
           : t == "html" &&
             ((t = d.createRange().createContextualFragment(g.html)),
             t.querySelectorAll("script").forEach((s) => (s.nonce = N)),

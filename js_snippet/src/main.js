@@ -41,7 +41,7 @@
 // nonce) when a purpose some tag needs is granted, when debugging, or at boot when the
 // container has timer or element_visible triggers; it replays the log first, so it fires
 // and holds what it would have fired and held had it been there from the start.
-import { cookie, cset, on, T, uuid } from "./util.js";
+import { cookie, cset, on, script, T, uuid } from "./util.js";
 import { list, read } from "./consent.js";
 import { add, flush, online, persist, setup } from "./send.js";
 
@@ -94,12 +94,7 @@ export var start = (C) => {
     dbg = (r) => W && W.push(r),
     // One of the tag's files (/t/<n>, this version), async, with the nonce (the others load
     // their own scripts: the engine a tag's, decide.js the banner).
-    load = (n, s) => (
-      ((s = d.createElement("script")).src = new URL("/t/" + n + "?v=" + C.v, O)),
-      (s.async = 1),
-      (s.nonce = N),
-      d.head.appendChild(s)
-    ),
+    load = (n) => script(new URL("/t/" + n + "?v=" + C.v, O), N),
     // One event: the common fields, the session (only with analytics), then the queue.
     ev = (o, s, t) => {
       o = {
@@ -147,13 +142,6 @@ export var start = (C) => {
       k && A.includes(k) && ev({ event: t, props });
       TW_BASIC || sig({ t, el, p });
     },
-    // The state changed (decide.js): release held tags, storage and identifiers follow it.
-    apply = () => {
-      E && E(); // release held tags whose purpose is granted now
-      persist(G.analytics);
-      G.analytics || drop();
-      need();
-    },
     // Consent commands and gtag consent entries go to decide.js, loaded on first use (or at
     // start, when the page has some already), and wait for it in order.
     xload = () => xl || (xl = load("decide.js")),
@@ -186,7 +174,11 @@ export var start = (C) => {
                         x({
                           c: C,
                           s: () => [G, D, cid],
-                          set: (g, dd) => ((G = g), (D = dd || D), apply()),
+                          // The new state (dd: a decision): held tags whose purpose is
+                          // granted now fire, storage and identifiers follow analytics.
+                          set: (g, dd) => (
+                            (G = g), (D = dd || D), E && E(), persist(G.analytics), G.analytics || drop(), need()
+                          ),
                           dbg,
                         })
                       )),

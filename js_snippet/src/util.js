@@ -44,5 +44,11 @@ export var cstr = (n, v, dom, age) =>
   (location.protocol == "https:" ? ";Secure" : "") +
   (dom ? ";Domain=" + dom : "");
 
+// Insert a script: async, with the nonce (CSP), in <head>. The core, the engine and
+// decide.js each load with it (each bundle gets its own copy).
+export var script = (src, nonce, s = document.createElement("script")) => (
+  (s.src = src), (s.async = 1), (s.nonce = nonce), document.head.appendChild(s)
+);
+
 // Write a cookie (a non-blocking call in browsers, unlike reading document.cookie).
 export var cset = (...a) => (document.cookie = cstr(...a));
