@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from consent.policy import DEFAULT_LIFETIMES
+
 MAX_DOCUMENT_BYTES = 256 * 1024
 MAX_ITEMS = 200  # tags, triggers, variables each
 MAX_PURPOSES = 20
@@ -84,7 +86,7 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "scroll_thresholds": [25, 50, 75, 90],
 }
 DEFAULT_CONSENT: dict[str, Any] = {
-    "lifetime_days": 365,
-    "rejection_lifetime_days": 182,
+    "lifetime_days": DEFAULT_LIFETIMES[0],
+    "rejection_lifetime_days": DEFAULT_LIFETIMES[1],
     "policy_version": "1",
 }
