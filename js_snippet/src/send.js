@@ -1,6 +1,10 @@
 // Sending (DESIGN.md §2): batches of at most 20 events as text/plain JSON {"site", "events"}.
-// - flush 1 s after an event was queued, at once at 10 waiting events, and with
-//   navigator.sendBeacon on pagehide / visibilitychange hidden (flush(truthy));
+// - flush 5 s after an event was queued, at once at 10 waiting events, and with
+//   navigator.sendBeacon on pagehide / visibilitychange hidden (flush(truthy)). 5 s, not
+//   less: the first request of a page (fetch's first use costs about 1 ms of main thread in
+//   Chromium) then comes after the page's load, not during it (bench/tag_mainthread.py), and
+//   leaving the page sends at once, so the next page's requests see every event before;
+//   Segment's batching waits as long;
 // - otherwise fetch(endpoint, {keepalive: true, credentials: "include"}), one at a time;
 // - an event leaves the queue only once a request carrying it was answered 2xx (or a 4xx
 //   other than 408/429, which no retry can fix: one bad event must not block the queue
@@ -15,7 +19,7 @@
 // over at a flush outcome (a failure, the page hidden with a request in flight), and then a
 // first-party cookie `tw_q=1` (host-only, like localStorage; 400 days) says so. The tag
 // reads that cookie at boot with tw_consent (setup(..., stored)); only then is `tw_q` read,
-// once, at the first flush (1 s after setup, or pagehide; or a withdrawal of analytics),
+// once, at the first flush (5 s after setup, or pagehide; or a withdrawal of analytics),
 // its events going before this page's. Once the queue is empty again, `tw_q` and the
 // cookie are removed.
 import { cset, T } from "./util.js";
@@ -43,7 +47,7 @@ var Q = [], // waiting events, oldest first
     clearTimeout(tm);
     tm = setTimeout(T(flush), ms);
   },
-  sched = () => tm || later(1e3),
+  sched = () => tm || later(5e3),
   rm = (b) => (Q = Q.filter((e) => !b.includes(e))),
   body = (b) => JSON.stringify({ site: SITE, events: b });
 
@@ -59,7 +63,7 @@ export var persist = (on) => {
 };
 
 // p: analytics granted at start; h: the tw_q cookie is set. Storage is left alone until the
-// first flush (1 s), and then too unless h.
+// first flush (5 s), and then too unless h.
 export var setup = (ep, site, p, h) => {
   EP = ep;
   SITE = site;

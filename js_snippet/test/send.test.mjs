@@ -40,12 +40,12 @@ beforeEach(() => {
   mock.timers.enable({ apis: ["setTimeout"] });
 });
 
-test("batches: one request 1 s after the first event", async () => {
+test("batches: one request 5 s after the first event", async () => {
   const s = await fresh();
   s.add(ev(1));
   s.add(ev(2));
   assert.equal(net.fetches.length, 0);
-  mock.timers.tick(999);
+  mock.timers.tick(4999);
   assert.equal(net.fetches.length, 0);
   mock.timers.tick(1);
   assert.equal(net.fetches.length, 1);
@@ -73,7 +73,7 @@ test("flushes at once at 10 waiting events", async () => {
 test("an event leaves the queue only after a 2xx", async () => {
   const s = await fresh({ status: 503 });
   s.add(ev(1));
-  mock.timers.tick(1000);
+  mock.timers.tick(5000);
   await settle();
   assert.deepEqual(ids(s.queue()), ["id-1"]);
   net.status = 200;
@@ -87,7 +87,7 @@ test("an event leaves the queue only after a 2xx", async () => {
 test("retries with exponential backoff, and at once when back online", async () => {
   const s = await fresh({ status: "offline" });
   s.add(ev(1));
-  mock.timers.tick(1000);
+  mock.timers.tick(5000);
   await settle();
   const at = [];
   for (let t = 0; t < 16000; t += 250) {
@@ -108,7 +108,7 @@ test("429, 408 and 5xx are retried; other 4xx are dropped (retrying cannot fix t
   for (const [status, kept] of [[429, 1], [408, 1], [500, 1], [400, 0], [413, 0], [204, 0]]) {
     const s = await fresh({ status });
     s.add(ev(1));
-    mock.timers.tick(1000);
+    mock.timers.tick(5000);
     await settle();
     assert.equal(s.queue().length, kept, String(status));
   }
@@ -123,13 +123,13 @@ test("one request at a time; what came meanwhile goes next", async () => {
     return new Promise((r) => (answer = r));
   };
   s.add(ev(1));
-  mock.timers.tick(1000);
+  mock.timers.tick(5000);
   for (let i = 2; i < 15; i++) s.add(ev(i)); // 13 more, while the first is in flight
   assert.equal(net.fetches.length, 1);
   answer({ status: 200 });
   await settle();
   assert.deepEqual(ids(s.queue()).length, 13);
-  mock.timers.tick(1000);
+  mock.timers.tick(5000);
   assert.equal(net.fetches.length, 2);
   assert.deepEqual(ids(net.fetches[1].body.events), ids([...Array(13)].map((_, i) => ev(i + 2))));
 });
@@ -166,7 +166,7 @@ test("the queue is bounded: 200 events, the oldest go first", async () => {
 test("localStorage only with analytics consent, memory otherwise", async () => {
   const s = await fresh({ status: "offline" });
   s.add(ev(1));
-  mock.timers.tick(1000);
+  mock.timers.tick(5000);
   await settle();
   assert.equal(localStorage.tw_q, undefined);
   s.persist(true);
@@ -191,7 +191,7 @@ test("no storage access while the page loads; tw_q read once, written once per f
   s.persist(true);
   for (let i = 0; i < 5; i++) s.add(ev(i));
   assert.deepEqual(log, []);
-  mock.timers.tick(1000);
+  mock.timers.tick(5000);
   await settle();
   assert.deepEqual(ids(net.fetches[0].body.events), ["id-7", "id-0", "id-1", "id-2", "id-3", "id-4"]);
   assert.deepEqual(log, ["get", "delete"]); // all sent: the stored copy and its cookie go
@@ -209,7 +209,7 @@ test("no tw_q cookie: localStorage is never touched while sending works", async 
   });
   s.persist(true);
   s.add(ev(1));
-  mock.timers.tick(1000);
+  mock.timers.tick(5000);
   await settle();
   s.add(ev(2));
   s.flush(true);
@@ -224,12 +224,12 @@ test("events left over are stored with the tw_q cookie; removed once sent", asyn
   const s = await fresh({ status: "offline" });
   s.persist(true);
   s.add(ev(1));
-  mock.timers.tick(1000);
+  mock.timers.tick(5000);
   await settle();
   assert.deepEqual(ids(JSON.parse(localStorage.tw_q)), ["id-1"]);
   assert.deepEqual(net.cookies, ["tw_q=1;Max-Age=40000000;Path=/;SameSite=Lax;Secure"]);
   s.add(ev(2));
-  mock.timers.tick(1000);
+  mock.timers.tick(5000);
   await settle();
   assert.equal(net.cookies.length, 1); // the flag is set once
   net.status = 200;
@@ -251,7 +251,7 @@ test("pagehide before the first flush sends the stored events and this page's", 
 test("a stored queue from an earlier page is sent again (the collector drops repeats)", async () => {
   const s = await fresh({ stored: [ev(7), ev(8)] });
   s.persist(true);
-  mock.timers.tick(1000);
+  mock.timers.tick(5000);
   await settle();
   assert.deepEqual(ids(net.fetches[0].body.events), ["id-7", "id-8"]);
   assert.equal(localStorage.tw_q, undefined);
@@ -269,7 +269,7 @@ test("storage that throws does not break sending", async () => {
   };
   s.persist(true);
   s.add(ev(1));
-  mock.timers.tick(1000);
+  mock.timers.tick(5000);
   await settle();
   assert.equal(net.fetches.length, 1);
 });

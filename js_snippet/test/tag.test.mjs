@@ -12,7 +12,7 @@ const consentCookie = (granted, how = "banner", t = now(), policy = POLICY) =>
 const ANALYTICS = { tw_consent: consentCookie("necessary,analytics") };
 const ALL = { tw_consent: consentCookie("necessary,analytics,personalization,marketing") };
 const flushed = async (b) => {
-  await b.clock.advance(1000);
+  await b.clock.advance(5000);
   return sent(b);
 };
 const names = (events) => events.map((e) => e.event);
@@ -488,7 +488,7 @@ test("withdrawing analytics drops the session, the user id and the stored queue"
   assert.ok(b.jar.c.tw_s);
   assert.equal(b.w.sessionStorage.tw_u, "C-1");
   assert.equal(b.w.localStorage.tw_q, undefined); // written by the first flush, not per event
-  await b.clock.advance(1000);
+  await b.clock.advance(5000);
   assert.equal(JSON.parse(b.w.localStorage.tw_q).length, 2);
   assert.equal(b.jar.c.tw_q, "1");
   b.run("tagwerk('consent','update',{analytics:false})");
@@ -707,19 +707,19 @@ test("page hide sends what waits with sendBeacon", async () => {
 
 test("offline: kept in localStorage with analytics, sent when back online", async () => {
   const b = load(container(), { cookies: ANALYTICS, fetchStatus: "offline" });
-  await b.clock.advance(1000);
+  await b.clock.advance(5000);
   assert.equal(JSON.parse(b.w.localStorage.tw_q).length, 1);
   assert.match(b.jar.writes.at(-1), /^tw_q=1;Max-Age=40000000;Path=\/;SameSite=Lax;Secure$/); // host-only
   b.net.fetches.length = 0;
   const ok = load(container(), { cookies: { ...ANALYTICS, tw_q: "1" }, local: { tw_q: b.w.localStorage.tw_q } });
-  await ok.clock.advance(1000);
+  await ok.clock.advance(5000);
   // the next page sends the stored page view with its own, then removes the stored copy
   assert.equal(ok.net.fetches[0].body.events.length, 2);
   assert.equal(ok.w.localStorage.tw_q, undefined);
   assert.equal(ok.jar.c.tw_q, undefined);
   // without the tw_q cookie, localStorage is not read (nor written when all was sent)
   const no = load(container(), { cookies: ANALYTICS, local: { tw_q: b.w.localStorage.tw_q } });
-  await no.clock.advance(1000);
+  await no.clock.advance(5000);
   assert.equal(no.net.fetches[0].body.events.length, 1);
   assert.equal(no.w.localStorage.n, 0);
 });
@@ -978,7 +978,7 @@ test("tag.basic.js: every automatic event but clicks, page-view tags, and less c
   b.fire("window:scroll");
   b.run("dataLayer.push({event: 'purchase', ecommerce: {transaction_id: 'T1', items: []}}); tagwerk('track', 'x')");
   b.run("history.pushState({}, '', '/q')");
-  await b.clock.advance(2000); // two batches: at 10 events, then the rest
+  await b.clock.advance(6000); // two batches: at 10 events, then the rest
   assert.deepEqual(names(await flushed(b)), ["page_view", "outbound_link", "file_download", "form_submit",
     "scroll_depth", "scroll_depth", "scroll_depth", "scroll_depth", "purchase", "x", "page_view"]);
 });
