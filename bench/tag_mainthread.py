@@ -126,19 +126,26 @@ def consent_cookie(server: Server) -> dict:
     return {"name": "tw_consent", "value": value, "url": server.url}
 
 
-def traced(page, cdp, ms: int) -> list[dict]:
-    """The trace events of the next ``ms`` on the page."""
-    events: list[dict] = []
-    done: list[bool] = []
-    cdp.on("Tracing.dataCollected", lambda m: events.extend(m["value"]))
-    cdp.on("Tracing.tracingComplete", lambda m: done.append(True))
-    cdp.send("Tracing.start", {"traceConfig": {"includedCategories": CATEGORIES},
-                               "transferMode": "ReportEvents"})
-    page.wait_for_timeout(ms)
-    cdp.send("Tracing.end")
-    while not done:
-        page.wait_for_timeout(20)
-    return events
+class Trace:
+    """Chrome traces of one page, one after another: start(), then stop() -> its events."""
+
+    def __init__(self, page, cdp) -> None:
+        self.page, self.cdp = page, cdp
+        self.events: list[dict] = []
+        self.done = False
+        cdp.on("Tracing.dataCollected", lambda m: self.events.extend(m["value"]))
+        cdp.on("Tracing.tracingComplete", lambda m: setattr(self, "done", True))
+
+    def start(self) -> None:
+        self.events, self.done = [], False
+        self.cdp.send("Tracing.start", {"traceConfig": {"includedCategories": CATEGORIES},
+                                        "transferMode": "ReportEvents"})
+
+    def stop(self) -> list[dict]:
+        self.cdp.send("Tracing.end")
+        while not self.done:
+            self.page.wait_for_timeout(20)
+        return self.events
 
 
 def one_load(browser, server: Server, tag: bool, returning: bool, slowdown: float,
@@ -156,16 +163,12 @@ def one_load(browser, server: Server, tag: bool, returning: bool, slowdown: floa
             page.route("**/t/demo.js", lambda route: route.fulfill(
                 status=200, body="", content_type="text/javascript"))
         cdp = context.new_cdp_session(page)
-        events: list[dict] = []
-        done: list[bool] = []
-        cdp.on("Tracing.dataCollected", lambda m: events.extend(m["value"]))
-        cdp.on("Tracing.tracingComplete", lambda m: done.append(True))
+        tracing = Trace(page, cdp)
         if slowdown != 1:
             cdp.send("Emulation.setCPUThrottlingRate", {"rate": slowdown})
         cdp.send("Performance.enable")
         if trace:
-            cdp.send("Tracing.start", {"traceConfig": {"includedCategories": CATEGORIES},
-                                       "transferMode": "ReportEvents"})
+            tracing.start()
         page.goto("/demo/", wait_until="load")
         if tag and not returning:
             page.get_by_role("dialog").wait_for()
@@ -173,13 +176,13 @@ def one_load(browser, server: Server, tag: bool, returning: bool, slowdown: floa
         metrics = {m["name"]: m["value"] for m in cdp.send("Performance.getMetrics")["metrics"]}
         attributed = shop = cpu = later = float("nan")
         if trace:
-            cdp.send("Tracing.end")
-            while not done:
-                page.wait_for_timeout(20)
+            events = tracing.stop()
             attributed = attributed_ms(events)
             cpu = attributed_ms(events, thread=True)
             shop = attributed_ms(events, SHOP_FILES)
-            later = attributed_ms(traced(page, cdp, LATER_MS))
+            tracing.start()
+            page.wait_for_timeout(LATER_MS)
+            later = attributed_ms(tracing.stop())
             sent = page.evaluate("""() => performance.getEntriesByType('resource')
                 .filter((e) => e.name.includes('/collect') && e.responseEnd > 0).length""")
             assert sent, "the tag's first request was not answered within the second trace"

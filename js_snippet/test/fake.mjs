@@ -153,7 +153,9 @@ export const compact = (c, v = "v1") => {
   };
 };
 
-const normalize = (c) => ({
+// A container as collector/containers.py normalizes it: conditions and blocking_triggers
+// always present.
+export const normalize = (c) => ({
   ...c,
   triggers: c.triggers.map((t) => ({ conditions: [], ...t })),
   tags: c.tags.map((t) => ({ blocking_triggers: [], ...t })),

@@ -1,7 +1,7 @@
 // The whole tag, as built, in a fake browser (fake.mjs).
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { BOOT_DELAY, El, TAG, TAG_BASIC, browser, compact, container, link, load, sent, tick } from "./fake.mjs";
+import { BOOT_DELAY, El, TAG, TAG_BASIC, browser, compact, container, link, load, normalize, sent, tick } from "./fake.mjs";
 
 // 128 random bits in 32 hex digits: the collector reads an event id as a UUID
 const UUID = /^[0-9a-f]{32}$/;
@@ -952,7 +952,7 @@ test("the engine replays the page's signals: held tags fire when consent arrives
 test("compact() is the collector's core_bundle, core_config and engine_config (compact.json)", async () => {
   const { readFileSync } = await import("node:fs");
   const f = JSON.parse(readFileSync(new URL("./compact.json", import.meta.url)));
-  const c = compact({ ...f.document, site: f.site, policy: f.policy, tags: f.document.tags.map((t) => ({ blocking_triggers: [], ...t })), triggers: f.document.triggers.map((t) => ({ conditions: [], ...t })) });
+  const c = compact(normalize({ ...f.document, site: f.site, policy: f.policy }));
   assert.deepEqual(plain({ bundle: c.bundle, core: c.core }), { bundle: f.bundle, core: f.core });
 });
 
