@@ -154,7 +154,8 @@ def serve(settings: Settings) -> int:
     config = uvicorn.Config(
         create_app(collector), host=settings.host, port=settings.port,
         log_level=settings.log_level, access_log=False, backlog=4096,
-        http=fasthttp.protocol_for(collector),  # GET /p.gif without the ASGI layer
+        # GET /p.gif without the ASGI layer; header limits and timeouts (httplimits.py)
+        http=fasthttp.protocol_for(collector),
         # X-Forwarded-For is believed only from the configured trusted proxies (clientip.py).
         proxy_headers=False,
         server_header=False,
@@ -193,7 +194,9 @@ def _start_sql_interface(collector):
             users[name] = SqlUser(name, str(spec["password"]), bool(spec.get("readonly", True)))
     app = build_sql_app(collector.store, users, loopback_only=loopback)
     server = uvicorn.Server(uvicorn.Config(app, host=settings.sql_host, port=settings.sql_port,
-                                           log_level="warning", access_log=False))
+                                           log_level="warning", access_log=False,
+                                           # header limits and timeouts, as on the collector's
+                                           http="collector.httplimits:LimitedProtocol"))
     thread = threading.Thread(target=server.run, name="sql-interface", daemon=True)
     thread.start()
     return server

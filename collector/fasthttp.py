@@ -19,10 +19,11 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 
 from collector import ingest
 from collector.http import Hit, HTTPError, decode_body
+from collector.httplimits import LimitedProtocol
 from collector.service import Collector
 from collector.sites import Site
 from collector.spool import SpoolError, SpoolFull
@@ -52,19 +53,22 @@ class _Pending:
         self.more_body, self.body = False, b""
 
 
-class IngestProtocol(HttpToolsProtocol):
-    """Set ``collector`` on a subclass (see :func:`protocol_for`)."""
+class IngestProtocol(LimitedProtocol):
+    """Set ``collector`` on a subclass (see :func:`protocol_for`). The limits on heads,
+    slow clients and idle connections are LimitedProtocol's (``httplimits.py``)."""
 
     collector: Collector
 
     def on_message_begin(self) -> None:
         # uvicorn builds the ASGI scope here; the fast path needs none, so it is built in
         # on_headers_complete only when the request goes the ASGI way.
+        self._head_begins()
         self.url = b""
         self.expect_100_continue = False
         self.headers = []
 
     def on_headers_complete(self) -> None:
+        self._head_ends()
         if self.cycle is None or self.cycle.response_complete:
             method = self.parser.get_method()
             if method == b"GET" and self.url.startswith(PIXEL_PATH) and self._pixel():
@@ -86,6 +90,7 @@ class IngestProtocol(HttpToolsProtocol):
             super().on_body(body)
 
     def on_message_complete(self) -> None:
+        self._message_ends()
         pending = self.cycle
         if not isinstance(pending, _Pending):
             super().on_message_complete()
