@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from collector.clientip import parse_networks
+from collector.storage.engine_config import parse_size
 
 
 @dataclass
@@ -25,6 +26,13 @@ class Settings:
     # JSON file of extra SQL users: {"name": {"password": "...", "readonly": true}}.
     sql_users_file: Path | None = None
     geoip_db: Path | None = None
+    # The collector's memory (TAGWERK_MEMORY_LIMIT): 4G, 512M, or a fraction of the machine
+    # (0.5); the embedded engine refuses allocations past its share of it. Empty: half the
+    # machine (or of the cgroup's limit).
+    memory_limit: str = ""
+    # One query of a read-only SQL user: its memory (a size, as above) and seconds.
+    sql_query_memory: str = "1G"
+    sql_query_seconds: int = 60
     # The tag bundle directory (tag.js, banner.js...); None: the installed js_snippet/dist.
     tag_dir: Path | None = None
     trusted_proxies: str = ""
@@ -45,6 +53,10 @@ class Settings:
         if self.tag_dir is not None:
             self.tag_dir = Path(self.tag_dir)
         self.networks = parse_networks(self.trusted_proxies)
+
+    @property
+    def memory_limit_bytes(self) -> int | None:
+        return parse_size(self.memory_limit) if self.memory_limit else None
 
     @property
     def spool_dir(self) -> Path:

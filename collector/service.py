@@ -33,7 +33,8 @@ class Collector:
         self.settings = settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self._owns_store = store is None
-        self.store = store or open_store(settings.clickhouse_url, str(settings.chdb_dir))
+        self.store = store or open_store(settings.clickhouse_url, str(settings.chdb_dir),
+                                         settings.memory_limit_bytes)
         self.metrics = Metrics()
         self.geo = GeoIP(settings.geoip_db)
         self.sites = Sites(self.store, settings.data_dir / "sites.json")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from collector.sqlhttp.config import (
     DEFAULT_SESSION_TIMEOUT,
     MAX_SESSION_TIMEOUT,
+    QueryLimits,
     SqlUser,
     _Connection,
 )
@@ -41,6 +42,7 @@ class _Call:
     user: SqlUser
     readonly: bool
     query_id: str
+    tag: str  # the query's log_comment (query_tag)
     query: str | None
     binds: dict[str, str]
     settings: dict[str, str]
@@ -51,6 +53,8 @@ class _Call:
     session_check: bool
     close_session: bool
     encoding: str | None  # of the response
+    # Settings the user cannot change, applied after the client's (enforced_settings).
+    enforced: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -97,7 +101,9 @@ def _apply(conn: _Connection, call: _Call) -> None:
     settings = call.settings
     if call.readonly:  # readonly is ours to set, below
         settings = {k: v for k, v in settings.items() if k != "readonly"}
-    _set(conn, settings)
+    # One SET: the enforced settings win over the client's, and a client's readonly = 1 (a
+    # writer's session may ask for it) does not stop them.
+    _set(conn, {**settings, **(call.enforced or {"log_comment": call.tag})})
     if call.database:
         conn.query(f"USE {_identifier(call.database)}")
     if call.readonly:
@@ -180,3 +186,99 @@ class _LoopbackOnly:
             await self.refuse()(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+
+# -- what a read-only user may set, and what it gets -------------------------------------------
+
+# Settings a read-only user may send (as ClickHouse's readonly = 1 forbids any, but clients
+# need their output settings): how a result looks, and limits it may only lower. The
+# output_format_* settings that are not strings are allowed too; the string ones include
+# output_format_schema, which writes a file.
+_READER_SETTINGS = frozenset((
+    "date_time_output_format", "session_timezone", "format_csv_delimiter",
+    "format_csv_null_representation", "format_tsv_null_representation", "join_use_nulls",
+    "extremes", "max_result_rows", "result_overflow_mode", "max_block_size", "max_rows_to_read",
+    "max_bytes_to_read", "read_overflow_mode", "limit", "offset", "wait_end_of_query",
+    "cast_keep_nullable", "date_time_input_format", "output_format_json_quote_64bit_integers",
+))
+_TAG_PREFIX = "tagwerk-sql"
+
+
+def query_tag(user: SqlUser, query_id: str) -> str:
+    """The ``log_comment`` a request's query carries: whose it is (for system.processes and
+    KILL) and which request (to cancel it when its client goes away)."""
+    return f"{_user_tag(user)}{query_id}"
+
+
+def _user_tag(user: SqlUser) -> str:
+    # Hex, so that no user name is a prefix of another's tag.
+    return f"{_TAG_PREFIX}:{user.name.encode().hex()}:"
+
+
+def reader_settings(
+    settings: Mapping[str, str], types: Mapping[str, str], limits: QueryLimits
+) -> dict[str, str]:
+    """The client's settings a read-only user may apply; anything else is refused, as a
+    ClickHouse server refuses setting changes under readonly = 1."""
+    allowed: dict[str, str] = {}
+    caps = vars(limits)
+    for name, value in settings.items():
+        if name == "readonly":
+            continue  # ours to set
+        if name in caps:
+            if not value.isdigit() or not 0 < int(value) <= caps[name]:
+                raise SqlError.of(
+                    164, f"Cannot modify '{name}' setting in readonly mode: it may only be "
+                    f"lowered, to at most {caps[name]}"
+                )
+        elif not (
+            name in _READER_SETTINGS
+            or (name.startswith("output_format_") and types.get(name, "String") != "String")
+        ):
+            raise SqlError.of(164, f"Cannot modify '{name}' setting in readonly mode")
+        allowed[name] = value
+    return allowed
+
+
+def enforced_settings(
+    user: SqlUser, client: Mapping[str, str], limits: QueryLimits, tag: str,
+    filters: Mapping[str, str],
+) -> dict[str, str]:
+    """What a read-only user's query runs under, set after the client's settings (so these
+    win) and before ``readonly = 1`` (so nothing can change them afterwards)."""
+    enforced = {
+        name: str(min(cap, int(client.get(name, cap)))) for name, cap in vars(limits).items()
+    }
+    enforced["timeout_overflow_mode"] = "throw"
+    enforced["log_comment"] = tag
+    processes = f"startsWith(Settings['log_comment'], {_quote(_user_tag(user))})"
+    rows = {**filters, "system.processes": processes}
+    enforced["additional_table_filters"] = (
+        "{" + ", ".join(f"{_quote(table)}: {_quote(cond)}" for table, cond in rows.items()) + "}"
+    )
+    return enforced
+
+
+def table_filters(
+    user: SqlUser, granted: frozenset[tuple[str, str]], by_site: set[tuple[str, str]]
+) -> dict[str, str]:
+    """``additional_table_filters`` for a read-only user: system.tables and system.columns
+    show only its tables, and every granted table with a site_id only its sites' rows."""
+    whole = sorted(db for db, table in granted if table == "*")
+    pairs = sorted(pair for pair in granted if pair[1] != "*")
+
+    def listed(db: str, table: str) -> str:
+        conds = [f"{db} IN ({', '.join(map(_quote, whole))})"] if whole else []
+        if pairs:
+            rows = ", ".join(f"({_quote(d)}, {_quote(t)})" for d, t in pairs)
+            conds.append(f"({db}, {table}) IN ({rows})")
+        return " OR ".join(conds) or "0"
+
+    filters = {"system.tables": listed("database", "name"),
+               "system.columns": listed("database", "table")}
+    if user.sites is not None:
+        sites = ", ".join(map(_quote, user.sites)) or "''"
+        for db, table in sorted(by_site):
+            if (db, table) in granted or (db, "*") in granted:
+                filters[f"{db}.{table}"] = f"site_id IN ({sites})"
+    return filters

@@ -10,9 +10,36 @@ MAX_DATA_BYTES = 1 << 30  # a whole request body, after decompression
 DEFAULT_SESSION_TIMEOUT = 60  # seconds, ClickHouse's default_session_timeout
 MAX_SESSION_TIMEOUT = 3600
 MAX_SESSIONS = 1000  # each holds a chDB connection
+MAX_READER_QUERIES = 4  # read-only users' queries running at once, all users together
 _STEP = 1 << 20  # decompress at most this much at once, so that a bomb is stopped early
 
 _Connection = Any  # chdb.state.Connection, which has no type hints
+
+
+# What a read-only user reads when its entry names no tables: the data, not the service's
+# own tables (sites and their key hashes, containers, previews, migrations).
+DATA_TABLES = ("tagwerk.events", "tagwerk.consent_log")
+# System tables that describe the engine and the user's own work, never other users' data
+# (system.tables and system.columns are filtered down to the granted tables, system.processes
+# to the user's own queries: see calls.py).
+SYSTEM_TABLES = tuple(
+    f"system.{name}" for name in (
+        "one", "numbers", "numbers_mt", "zeros", "zeros_mt", "settings", "functions",
+        "table_functions", "formats", "data_type_families", "time_zones", "collations",
+        "databases", "tables", "columns", "processes", "table_engines", "build_options",
+        "aggregate_function_combinators", "keywords", "contributors", "licenses",
+    )
+) + ("information_schema.*", "INFORMATION_SCHEMA.*")
+
+
+@dataclass(frozen=True)
+class QueryLimits:
+    """What one query of a read-only user may take; the user can lower, never raise them."""
+
+    max_memory_usage: int = 1 << 30
+    max_execution_time: int = 60
+    max_result_bytes: int = 256 << 20  # a result is buffered whole before it is sent
+    max_threads: int = 2
 
 
 @dataclass(frozen=True)
@@ -20,3 +47,14 @@ class SqlUser:
     name: str
     password: str
     readonly: bool
+    # A read-only user's grants: "table" (in tagwerk), "db.table" or "db.*"; None: DATA_TABLES.
+    tables: tuple[str, ...] | None = None
+    # A read-only user's sites: only their rows of every table with a site_id; None: all.
+    sites: tuple[str, ...] | None = None
+
+    def granted(self) -> frozenset[tuple[str, str]]:
+        names = (*(DATA_TABLES if self.tables is None else self.tables), *SYSTEM_TABLES)
+        return frozenset(
+            tuple(name.split(".", 1)) if "." in name else ("tagwerk", name)  # type: ignore[misc]
+            for name in names
+        )

@@ -11,6 +11,7 @@ import hmac
 import itertools
 import logging
 import socket
+import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from urllib.parse import parse_qsl
@@ -24,6 +25,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
+from collector.sqlhttp import policy
 from collector.sqlhttp.bodies import _Body, _no_body, _puller
 from collector.sqlhttp.calls import (
     _HTTP_SETTINGS,
@@ -39,13 +41,27 @@ from collector.sqlhttp.calls import (
     _Result,
     _Saved,
     _session_timeout,
+    _set,
     _summary,
+    enforced_settings,
+    query_tag,
+    reader_settings,
+    table_filters,
 )
 from collector.sqlhttp.compress import _DEFLATERS, _INFLATERS, _Decoder, _response_encoding
-from collector.sqlhttp.config import MAX_DATA_BYTES, MAX_QUERY_BYTES, SqlUser, _Connection
+from collector.sqlhttp.config import (
+    MAX_DATA_BYTES,
+    MAX_QUERY_BYTES,
+    MAX_READER_QUERIES,
+    QueryLimits,
+    SqlUser,
+    _Connection,
+)
 from collector.sqlhttp.errors import _STATUS, _VERSION_SUFFIX, SqlError, _engine_errors
 from collector.sqlhttp.sessions import _Session, _Sessions
 from collector.sqlhttp.statements import _decode, _first_word, _Format, _scan, _Statement
+from collector.sqlhttp.syntax import parse
+from collector.storage.base import escape_param
 from collector.storage.embedded import EmbeddedStore
 
 logger = logging.getLogger("collector.sqlhttp")
@@ -53,11 +69,16 @@ logger = logging.getLogger("collector.sqlhttp")
 
 class _SqlInterface:
     def __init__(
-        self, store: EmbeddedStore, users: Mapping[str, SqlUser], max_data_bytes: int
+        self, store: EmbeddedStore, users: Mapping[str, SqlUser], max_data_bytes: int,
+        limits: QueryLimits,
     ) -> None:
         self.store = store
         self.users = dict(users)
         self.max_data_bytes = max_data_bytes
+        self.limits = limits
+        # Read-only users' queries at once: each may take limits.max_threads cores and
+        # limits.max_memory_usage, so that together they leave the collector room.
+        self.readers = threading.BoundedSemaphore(MAX_READER_QUERIES)
         self.sessions = _Sessions(store.new_connection)
         self.display_name = socket.gethostname()
         conn = store.new_connection()
@@ -70,10 +91,13 @@ class _SqlInterface:
                 ).bytes()
             )
             rows = conn.query("SELECT name, content_type FROM system.formats", "JSONEachRow")
-            names = conn.query("SELECT name FROM system.settings", "TabSeparatedRaw")
+            names = conn.query("SELECT name, type FROM system.settings", "TabSeparatedRaw")
         finally:
             conn.close()
-        self.setting_names = frozenset(names.bytes().decode().splitlines())
+        self.setting_types = dict(
+            line.split("\t", 1) for line in names.bytes().decode().splitlines()
+        )
+        self.setting_names = frozenset(self.setting_types)
         # The engine's default, as ClickHouse does (chDB turns it on).
         self.compress_by_default = bool(compression)
         self.formats = {
@@ -109,7 +133,7 @@ class _SqlInterface:
                 pull = _puller(request.stream())
             call = self._call(request, params, user, query_id)
             body = _Body(pull, decoder, self.max_data_bytes)
-            result = await anyio.to_thread.run_sync(self._execute, call, body)
+            result = await self._run(request, call, body)
             return self._response(call, result)
         except SqlError as exc:
             return self._error(exc, query_id)
@@ -118,6 +142,44 @@ class _SqlInterface:
         except Exception:
             logger.exception("SQL interface: unexpected error")
             return self._error(SqlError.of(1001, "Internal error, see the collector's log"), "")
+
+    async def _run(self, request: Request, call: _Call, body: _Body) -> _Result:
+        """Execute ``call``; cancel its query in the engine if the client goes away once
+        the request is read (a query nobody waits for would run on to its time limit)."""
+        body_read = anyio.Event()
+
+        async def watch() -> None:
+            await body_read.wait()
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+            await anyio.to_thread.run_sync(self._cancel, call.tag)
+
+        def read() -> None:
+            anyio.from_thread.run_sync(body_read.set)
+
+        outcome: list[_Result | BaseException] = []
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(watch)
+            try:
+                outcome.append(await anyio.to_thread.run_sync(self._execute, call, body, read))
+            except Exception as exc:  # raised below, not as a task group's ExceptionGroup
+                outcome.append(exc)
+            tasks.cancel_scope.cancel()
+        if isinstance(outcome[0], BaseException):
+            raise outcome[0]
+        return outcome[0]
+
+    def _cancel(self, tag: str) -> None:
+        conn = self.store.new_connection()
+        try:
+            conn.query(
+                "KILL QUERY WHERE Settings['log_comment'] = {tag:String} ASYNC",
+                params={"tag": escape_param(tag)},
+            )
+        except RuntimeError:
+            logger.warning("SQL interface: could not cancel a query", exc_info=True)
+        finally:
+            conn.close()
 
     # -- request parsing (event loop)
 
@@ -137,6 +199,8 @@ class _SqlInterface:
     def _call(
         self, request: Request, params: Mapping[str, str], user: SqlUser, query_id: str
     ) -> _Call:
+        if not query_id.isprintable() or len(query_id) > 256:
+            raise SqlError.of(36, "The query id must be printable text of at most 256 characters")
         binds: dict[str, str] = {}
         settings: dict[str, str] = {}
         for name, value in params.items():
@@ -146,6 +210,8 @@ class _SqlInterface:
                 if not _SETTING_NAME.fullmatch(name):
                     raise SqlError.of(115, f"Unknown setting '{name}'")
                 settings[name] = value
+        if user.readonly:
+            settings = reader_settings(settings, self.setting_types, self.limits)
         fmt_name = params.get("default_format") or request.headers.get("x-clickhouse-format")
         session_id = params.get("session_id")
         compress = params.get("enable_http_compression")
@@ -155,6 +221,7 @@ class _SqlInterface:
             # As ClickHouse: anything but POST is read-only.
             readonly=user.readonly or request.method != "POST",
             query_id=query_id,
+            tag=query_tag(user, query_id),
             query=params.get("query"),
             binds=binds,
             settings=settings,
@@ -206,20 +273,41 @@ class _SqlInterface:
 
     # -- execution (worker thread)
 
-    def _execute(self, call: _Call, body: _Body) -> _Result:
+    def _execute(self, call: _Call, body: _Body, read: Callable[[], None]) -> _Result:
+        if not call.user.readonly:
+            return self._checked(call, body, None, read)
+        if not self.readers.acquire(blocking=False):
+            raise SqlError.of(
+                202, f"Too many simultaneous queries of read-only users: the maximum is "
+                f"{MAX_READER_QUERIES}, try again shortly"
+            )
+        try:
+            scope = self._scope(call)
+            return self._checked(call, body, scope, read)
+        finally:
+            self.readers.release()
+
+    def _checked(
+        self, call: _Call, body: _Body, scope: policy.Scope | None, read: Callable[[], None]
+    ) -> _Result:
+        """Run the engine's canonical form of the statement, once its tree passed the policy."""
         sql, st, data = self._statement(call, body)
         if not st.first:
             raise SqlError.of(62, "Syntax error: Empty query")
-        if st.multi:
-            raise SqlError.of(62, "Syntax error: Multi-statements are not allowed")
-        if st.refusal:
-            raise st.refusal
-        if call.readonly and st.calls_file:
-            raise SqlError.of(164, "Cannot execute query in readonly mode: file() is not allowed")
         with self._connection(call, st.first) as conn, _engine_errors():
+            insert_format = st.insert_format or ""
             if data is not None:
-                return self._insert(conn, sql, st.insert_format or "", data)
-            result = conn.query(sql, call.default_format.name, params=call.binds)
+                sql = f"{sql} FORMAT {insert_format}"
+            parsed = parse(conn, sql, call.binds)
+            policy.check(parsed.tree, call.readonly, scope)
+            if data is not None:
+                head = parsed.sql.removesuffix(f"FORMAT {insert_format}").rstrip()
+                # Parameters in VALUES data ({id:UInt32}) are the connection's.
+                _set(conn, {f"param_{name}": value for name, value in call.binds.items()})
+                return self._insert(conn, head, insert_format, data)
+            read()
+            st = _scan(parsed.sql.encode(), self.formats)
+            result = conn.query(parsed.sql, call.default_format.name, params=call.binds)
             out = result.bytes()
         fmt = (self._format(st.output_format) if st.output_format else call.default_format)
         encoding = call.encoding if out else None
@@ -255,6 +343,20 @@ class _SqlInterface:
         if len(text) > limit:
             raise SqlError.of(229, f"The query is larger than {limit} bytes")
         return _decode(text), st, None
+
+    def _scope(self, call: _Call) -> policy.Scope:
+        """A read-only user's grants against the tables that exist now, and the filters
+        that confine it to them (read on the store's own connection, which no user's
+        filters touch)."""
+        database = call.database or self.database
+        existing = {(r["database"], r["name"]) for r in self.store.rows(
+            "SELECT database, name FROM system.tables")}
+        by_site = {(r["database"], r["table"]) for r in self.store.rows(
+            "SELECT database, table FROM system.columns WHERE name = 'site_id'")}
+        scope = policy.Scope(call.user.granted(), frozenset(existing), database)
+        filters = table_filters(call.user, scope.granted, by_site)
+        call.enforced = enforced_settings(call.user, call.settings, self.limits, call.tag, filters)
+        return scope
 
     @staticmethod
     def _insert_parts(
@@ -417,13 +519,14 @@ def build_sql_app(
     loopback_only: bool,
     *,
     max_data_bytes: int = MAX_DATA_BYTES,
+    limits: QueryLimits | None = None,
 ) -> ASGIApp:
     """ClickHouse's HTTP interface over ``store`` for the users of ``users``.
 
     ``users`` is the complete user table. With ``loopback_only``, peers outside the loopback
     range are refused even if a proxy or a wider listener lets them in.
     """
-    sql = _SqlInterface(store, users, max_data_bytes)
+    sql = _SqlInterface(store, users, max_data_bytes, limits or QueryLimits())
     app = Starlette(
         routes=[
             Route("/", sql.query, methods=["GET", "POST"]),

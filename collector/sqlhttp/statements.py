@@ -1,4 +1,8 @@
-"""A small lexer: where a query ends, its data starts, and its FORMAT clause."""
+"""A small lexer: where an INSERT's inline data starts, and a query's FORMAT clause.
+
+It frames requests and decides nothing about what a statement may do: that is decided on
+the engine's own parse of it (syntax.py, policy.py), and the engine's canonical text runs.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,8 @@ from typing import NamedTuple
 
 from collector.sqlhttp.errors import SqlError
 
-# Just enough of ClickHouse's lexer to find where a statement's parts are; what a statement
-# may do is left to the engine. Possessive quantifiers keep unterminated input linear.
+# Just enough of ClickHouse's lexer to find where a statement's parts are. Possessive
+# quantifiers keep unterminated input linear.
 # Whitespace and comments are unnamed; a "run" is bytes that mean nothing here (numbers,
 # operators, binary data), matched at once to keep a large VALUES list cheap to scan.
 _TOKEN = re.compile(
@@ -59,13 +63,10 @@ def _tokens(sql: bytes) -> Iterator[_Token]:
 @dataclass
 class _Statement:
     first: bytes = b""  # the first token (a keyword, or "("), lowercased; empty: no query
-    multi: bool = False
     output_format: str | None = None  # a query's own FORMAT clause
     insert_format: str | None = None  # INSERT ... FORMAT X, or "Values" for a trailing VALUES
     head_end: int = 0  # INSERT: where that clause starts
     data_start: int = 0  # INSERT: where the inline data starts
-    refusal: SqlError | None = None
-    calls_file: bool = False
 
     @property
     def has_result(self) -> bool:
@@ -75,29 +76,26 @@ class _Statement:
 def _scan(sql: bytes, formats: Mapping[str, _Format]) -> _Statement:
     """Where ``sql``'s parts are. An INSERT's scan stops at its FORMAT clause: data follows."""
     st = _Statement()
-    depth, ended, insert, data_follows = 0, False, False, False
-    before = last = _NO_TOKEN  # the two tokens before this one
+    depth, ended, data_follows = 0, False, False
+    last = _NO_TOKEN  # the token before this one
     for tok in _tokens(sql):
-        if ended:
-            st.multi = True
+        if ended:  # a second statement: the engine's parse refuses it
             break
         if tok.kind == "other":
             depth = _depth(tok.text, depth)
             ended = tok.text == b";" and depth == 0
-            # Function names are case-sensitive, but may be quoted: `file`('/etc/passwd').
-            st.calls_file |= tok.text == b"(" and last.kind in ("word", "quoted") and (
-                last.text.strip(b'`"') == b"file"
-            )
         elif tok.kind == "word":
             word = tok.text.lower()
             if not st.first:
-                insert = data_follows = word == b"insert"
-            elif word in (b"select", b"with", b"values") and depth == 0:
-                # INSERT ... SELECT: a FORMAT there starts no data. INSERT ... VALUES: all
-                # that follows is data, as in ClickHouse, whatever it says.
-                data_follows = False
-        elif tok.kind == "string":
-            st.refusal = st.refusal or _refusal(before, last)
+                data_follows = word == b"insert"
+            elif word == b"values" and data_follows and depth == 0:
+                # INSERT ... VALUES: all that follows is data, as in ClickHouse, whatever it
+                # says; it goes to the engine as data, never as statements.
+                st.first = b"insert"
+                st.insert_format, st.head_end, st.data_start = "Values", tok.start, tok.end
+                return st
+            elif word in (b"select", b"with") and depth == 0:
+                data_follows = False  # INSERT ... SELECT: a FORMAT there starts no data
         st.first = st.first or tok.text.lower()
         fmt = _format_clause(last, tok, formats) if depth == 0 else None
         if fmt and data_follows:
@@ -105,9 +103,7 @@ def _scan(sql: bytes, formats: Mapping[str, _Format]) -> _Statement:
             st.data_start = _data_start(sql, tok.end)
             return st
         st.output_format = fmt or st.output_format
-        before, last = last, tok
-    if insert and last.kind == "word" and last.name == b"values" and depth == 0:
-        st.insert_format, st.head_end, st.data_start = "Values", last.start, len(sql)
+        last = tok
     return st
 
 
@@ -129,16 +125,6 @@ def _format_clause(last: _Token, tok: _Token, formats: Mapping[str, _Format]) ->
         return None
     known = formats.get(tok.name.decode("latin-1"))
     return known.name if known else None
-
-
-def _refusal(before: _Token, last: _Token) -> SqlError | None:
-    """What ClickHouse's HTTP interface refuses: reading or writing the server's own files."""
-    pair = (before.name, last.name) if before.kind == last.kind == "word" else None
-    if pair == (b"into", b"outfile"):
-        return SqlError.of(358, "INTO OUTFILE is not allowed")
-    if pair == (b"from", b"infile"):
-        return SqlError.of(78, "Query has infile and was send directly to server")
-    return None
 
 
 def _data_start(sql: bytes, pos: int) -> int:

@@ -15,14 +15,19 @@ from typing import Any
 import chdb.state
 
 from collector.storage.base import Params, StorageError, Store, escape_param, format_param
+from collector.storage.engine_config import default_memory_limit, write_engine_config
 
 
 class EmbeddedStore(Store):
     kind = "embedded"
 
-    def __init__(self, data_dir: str | Path) -> None:
+    def __init__(self, data_dir: str | Path, memory_limit: int | None = None) -> None:
         self.path = Path(data_dir).resolve()
         self.path.mkdir(parents=True, exist_ok=True)
+        self.memory_limit = memory_limit or default_memory_limit()
+        config = write_engine_config(self.path / "tagwerk-engine", self.memory_limit)
+        # Every connection names the same configuration: the first one starts the engine.
+        self.dsn = f"file:{self.path}?config-file={config}"
         self._local = threading.local()
         self._lock = threading.Lock()
         self._conns: list = []
@@ -35,7 +40,7 @@ class EmbeddedStore(Store):
             if self._closed:
                 raise StorageError("store is closed")
             try:
-                conn = chdb.state.connect(f"file:{self.path}")
+                conn = chdb.state.connect(self.dsn)
             except Exception as exc:  # chDB raises plain RuntimeError for a locked path
                 raise StorageError(f"cannot open the embedded store at {self.path}: {exc}") from exc
             self._local.conn = conn
@@ -49,7 +54,7 @@ class EmbeddedStore(Store):
 
     def new_connection(self):
         """A connection owned by the caller, e.g. for a session with its own settings."""
-        return chdb.state.connect(f"file:{self.path}")
+        return chdb.state.connect(self.dsn)
 
     def query(self, sql: str, params: Params = None, fmt: str = "JSONEachRow") -> bytes:
         bound = {k: _bind(v) for k, v in params.items()} if params else None

@@ -1,0 +1,140 @@
+"""What a user's statement may do, decided on the engine's own syntax tree (``syntax.py``).
+
+chDB runs every connection as one all-powerful user and its embedded mode lets the engine
+write and read any file (``INTO OUTFILE``, the scalar ``file()``), so the interface enforces
+the rest itself, on the tree ClickHouse parsed; the engine enforces what it can:
+``readonly = 1`` (no writes, no setting changes, no table functions that reach files or the
+network), per-query limits, ``additional_table_filters`` for a user's sites and queries
+(``calls.py``), and settings that name files fixed for everyone (``storage/engine_config.py``).
+
+For every user: no ``INTO OUTFILE``, no ``FROM INFILE``, no function, table engine or
+dictionary source that reads or writes the host's files, runs programs or reads the
+process's memory. For read-only users on top: only reading statements, only granted tables,
+only table functions that generate data, no function that reads another table by name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from collector.sqlhttp.errors import SqlError
+from collector.sqlhttp.syntax import Node
+
+# Functions, table functions, table engines and dictionary sources that reach the host's
+# files, run programs or read this process's Python objects (chDB's Python()); compared
+# without case, as engines and sources are written in capitals.
+FILE_ROUTES = frozenset((
+    "file", "filecluster", "executable", "executablepool", "python", "sqlite", "hdfs",
+    "hdfscluster", "icebergLocal", "deltalakelocal", "hudilocal", "paimonlocal", "disk",
+    "backup",
+))
+FILE_ROUTES = frozenset(name.lower() for name in FILE_ROUTES)
+
+# Table functions a read-only user may call: they generate data and read nothing.
+GENERATORS = frozenset((
+    "numbers", "numbers_mt", "zeros", "zeros_mt", "values", "generateRandom",
+    "generate_series", "generateSeries", "null", "view", "viewIfPermitted",
+))
+# Functions that read another table or dictionary by a name given as a string, past the
+# check of granted tables.
+TABLE_READERS_PREFIX = ("dict",)
+TABLE_READERS = frozenset(("joinGet", "joinGetOrNull", "catboostEvaluate", "modelEvaluate",
+                           "naiveBayesClassifier", "getServerSetting"))
+
+# Statements a read-only user may run (the root of its tree).
+READING = frozenset((
+    "SelectWithUnionQuery", "SelectIntersectExceptQuery", "Explain", "DescribeQuery",
+    "ShowTables", "ShowCreateTableQuery", "ExistsTableQuery", "ShowProcesslistQuery",
+    "KillQueryQuery", "ShowColumns",
+))
+# Statements that may carry INTO OUTFILE: a Literal directly below them is its file name
+# (KILL's first child is its WHERE, which may be a literal).
+_WITH_OUTPUT = READING | frozenset(("ShowDatabases", "ShowSettingQuery", "ShowAccess"))
+_REFUSED_FOR_ALL = frozenset(("BackupQuery", "SYSTEM"))
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What a read-only user may read: granted tables, and every existing table."""
+
+    granted: frozenset[tuple[str, str]]  # (database, table); table "*" for a whole database
+    existing: frozenset[tuple[str, str]]
+    database: str  # the current database, for unqualified names
+
+    def allows(self, db: str, table: str) -> bool:
+        return (db, table) in self.granted or (db, "*") in self.granted
+
+    def check(self, name: str) -> None:
+        """``name`` as the tree prints a table: ``db.table`` or ``table``."""
+        db, dot, table = name.partition(".")
+        key = (db, table) if dot else (self.database, name)
+        if key in self.existing and not self.allows(*key):
+            raise _denied(f"the table {key[0]}.{key[1]} is not granted to this user")
+
+    def check_identifier(self, name: str) -> None:
+        """An identifier that may name a table (``x IN tagwerk.sites``) or a column."""
+        parts = name.split(".")
+        for key in ((parts[0], parts[1]) if len(parts) > 1 else None, (self.database, parts[0])):
+            if key and key in self.existing and not self.allows(*key):
+                raise _denied(f"the table {key[0]}.{key[1]} is not granted to this user")
+
+
+def check(tree: Node, readonly: bool, scope: Scope | None) -> None:
+    """Raise SqlError unless the statement ``tree`` may run.
+
+    ``readonly``: the request cannot write (engine-enforced; here the scalar ``file()``,
+    which the engine allows even then). ``scope``: a read-only user's grants.
+    """
+    _file_routes(tree, readonly)
+    if scope is not None:
+        _reading_only(tree, scope)
+
+
+def _file_routes(tree: Node, readonly: bool) -> None:
+    if tree.kind in _REFUSED_FOR_ALL or tree.kind.startswith("Restore"):
+        raise _denied(f"{tree.kind} is not allowed over HTTP")
+    if tree.kind == "InsertQuery" and _literals(tree.children):
+        raise SqlError.of(78, "Query has infile and was send directly to server")
+    for node, _ in tree.walk():
+        if node.kind in _WITH_OUTPUT:
+            below = node.children[1:] if node.kind == "KillQueryQuery" else node.children
+            if _literals(below):
+                raise SqlError.of(358, "INTO OUTFILE is not allowed")
+        is_call = node.kind in ("Function", "FunctionWithKeyValueArguments")
+        if is_call and node.ident.lower() in FILE_ROUTES:
+            if readonly:
+                raise SqlError.of(
+                    164, f"Cannot execute query in readonly mode: {node.ident}() is not allowed"
+                )
+            raise _denied(f"{node.ident}() reaches the host's files and is not allowed")
+
+
+def _reading_only(tree: Node, scope: Scope) -> None:
+    if tree.kind not in READING:
+        raise SqlError.of(164, f"Cannot execute query in readonly mode: {tree.kind}")
+    if tree.kind in ("ShowCreateTableQuery", "ExistsTableQuery"):
+        scope.check(".".join(tree.name.split()[:2]))
+    for node, parent in tree.walk():
+        if node.kind == "TableIdentifier":
+            scope.check(node.ident)
+        elif node.kind == "Identifier":
+            scope.check_identifier(node.ident)
+        elif node.kind == "Function":
+            name = node.ident
+            if parent is not None and parent.kind == "TableExpression":
+                if name not in GENERATORS:  # as the engine refuses most under readonly
+                    raise SqlError.of(
+                        164, f"Cannot execute query in readonly mode: the table function "
+                        f"{name}() is not allowed"
+                    )
+            elif name in TABLE_READERS or name.startswith(TABLE_READERS_PREFIX):
+                raise _denied(f"{name}() is not allowed for this user")
+
+
+def _literals(nodes: Iterable[Node]) -> bool:
+    return any(node.kind == "Literal" for node in nodes)
+
+
+def _denied(message: str) -> SqlError:
+    return SqlError.of(497, f"Not enough privileges: {message}")

@@ -1,0 +1,106 @@
+"""A statement as ClickHouse itself parses it: its canonical text and its syntax tree.
+
+The engine formats the client's text (``formatQuery``: comments and odd spacing gone, exactly
+one statement or a syntax error) and dumps the tree of that canonical text (``EXPLAIN AST``,
+which parses and runs nothing). What a statement may do is decided on that tree
+(``policy.py``), and the canonical text, not the client's, is what runs. The client's text
+only ever reaches the engine as a bound parameter, so it cannot add a statement of its own.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+from collector.sqlhttp.config import _Connection
+from collector.sqlhttp.errors import SqlError, _engine_errors
+from collector.storage.base import escape_param
+
+# One line of EXPLAIN AST: an indentation of one space per level, the node's kind, maybe a
+# name, maybe "(children N)". Identifiers are printed raw, so a name with a line break can
+# fake lines; the declared child counts, checked below, expose any such line.
+_CHILDREN = re.compile(r" \(children (\d+)\)$")
+_ALIAS = " (alias "
+
+
+@dataclass
+class Node:
+    kind: str  # "Function", "TableIdentifier", "SelectWithUnionQuery", ...
+    name: str  # what follows the kind: a function's or table's name, a literal...
+    children: list[Node] = field(default_factory=list)
+
+    def walk(self, parent: Node | None = None) -> Iterator[tuple[Node, Node | None]]:
+        """Every node of the tree with its parent, depth first."""
+        yield self, parent
+        for child in self.children:
+            yield from child.walk(self)
+
+    @property
+    def ident(self) -> str:
+        """The name without a trailing alias (``tagwerk.events (alias e)``)."""
+        return self.name.split(_ALIAS, 1)[0]
+
+
+@dataclass(frozen=True)
+class Parsed:
+    sql: str  # the canonical text, to execute instead of the client's
+    tree: Node
+
+
+def parse(conn: _Connection, sql: str, binds: Mapping[str, str]) -> Parsed:
+    """The engine's parse of ``sql``; a syntax error is the engine's own error."""
+    with _engine_errors():
+        canonical = conn.query(
+            "SELECT formatQuery({q:String})", "TSVRaw", params={"q": escape_param(sql)}
+        ).bytes().decode()
+        if canonical.endswith("\n"):
+            canonical = canonical[:-1]
+        # TSVRaw returns the text as it is; an escaped form would differ from what runs.
+        dump = conn.query("EXPLAIN AST " + canonical, "TSVRaw", params=dict(binds)).bytes()
+    return Parsed(canonical, _tree(dump.decode("utf-8", "replace")))
+
+
+def _tree(dump: str) -> Node:
+    lines = dump.splitlines()
+    stack: list[tuple[Node, int, int]] = []  # node, depth, declared children
+    root: Node | None = None
+    for line in lines:
+        body = line.lstrip(" ")
+        depth = len(line) - len(body)
+        match = _CHILDREN.search(body)
+        declared = int(match.group(1)) if match else 0
+        if match:
+            body = body[: match.start()]
+        kind, _, name = body.partition(" ")
+        node = Node(kind, name.strip())
+        while stack and stack[-1][1] >= depth:
+            _closed(stack.pop())
+        if not stack:
+            if root is not None or depth != 0:
+                raise _unverifiable()
+            root = node
+        elif depth != stack[-1][1] + 1:
+            raise _unverifiable()
+        else:
+            stack[-1][0].children.append(node)
+        stack.append((node, depth, declared))
+    while stack:
+        _closed(stack.pop())
+    if root is None:
+        raise SqlError.of(62, "Syntax error: Empty query")
+    return root
+
+
+def _closed(entry: tuple[Node, int, int]) -> None:
+    node, _, declared = entry
+    if len(node.children) != declared:
+        raise _unverifiable()
+
+
+def _unverifiable() -> SqlError:
+    # Only a line break inside an identifier or alias leads here.
+    return SqlError.of(
+        36, "The query's syntax tree could not be verified: identifiers and aliases must not "
+        "contain line breaks"
+    )

@@ -1,0 +1,88 @@
+"""The embedded engine's configuration: its memory cap, and no way to the host's files.
+
+chDB reads a ClickHouse configuration file when it starts (``?config-file=``). Written anew
+at every start under the data directory:
+
+- ``max_server_memory_usage``: the engine refuses an allocation past it, whatever query
+  asks, so that no query can take the collector's process over its memory limit;
+- ``user_files_path`` and ``format_schema_path``: empty directories of their own, not the
+  working directory;
+- settings that name files (templates, schemas, error logs) fixed for every connection by a
+  constraint, so that neither a URL parameter nor a query's SETTINGS clause can set them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from xml.sax.saxutils import escape
+
+from collector.files import write_atomic
+
+# The share of the collector's memory limit the engine may take; the rest is Python's
+# (request buffers, results on their way out, the spool's queue).
+ENGINE_SHARE = 0.75
+# Without TAGWERK_MEMORY_LIMIT: this share of the machine (or of the cgroup's limit).
+DEFAULT_MACHINE_SHARE = 0.5
+FILE_SETTINGS = (
+    "format_schema", "format_schema_source", "format_template_resultset",
+    "format_template_row", "format_template_row_format", "format_template_resultset_format",
+    "output_format_schema", "input_format_record_errors_file_path",
+    "rename_files_after_processing", "allow_introspection_functions",
+)
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?", re.I)
+
+
+def parse_size(text: str) -> int:
+    """``4G``, ``512MiB``, ``1073741824``; a fraction below 1 (``0.5``) of the machine."""
+    match = _SIZE.fullmatch(text.strip())
+    if not match:
+        raise ValueError(f"not a size: {text!r} (e.g. 4G, 512M, or 0.5 of the machine)")
+    number, unit = float(match.group(1)), match.group(2).upper()
+    if not unit and number < 1:
+        return int(machine_memory() * number)
+    return int(number * 1024 ** "_KMGT".index(unit or "_"))
+
+
+def machine_memory() -> int:
+    """Physical memory, or the cgroup's limit when lower (a container's)."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+    except OSError:
+        return total
+    return min(total, int(limit)) if limit.isdigit() else total
+
+
+def default_memory_limit() -> int:
+    return int(machine_memory() * DEFAULT_MACHINE_SHARE)
+
+
+def write_engine_config(root: Path, memory_limit: int) -> Path:
+    """Write the engine's configuration into the folder ``root`` and return its path."""
+    for folder in ("user_files", "format_schemas"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    users = root / "users.xml"
+    constraints = "".join(f"<{name}><const/></{name}>" for name in FILE_SETTINGS)
+    write_atomic(users, (
+        "<clickhouse>\n"
+        "  <profiles><default><constraints>" + constraints + "</constraints></default>"
+        "</profiles>\n"
+        "  <users><default><password></password><profile>default</profile>"
+        "<quota>default</quota><access_management>0</access_management></default></users>\n"
+        "  <quotas><default/></quotas>\n"
+        "</clickhouse>\n"
+    ))
+    config = root / "config.xml"
+    write_atomic(config, (
+        "<clickhouse>\n"
+        f"  <max_server_memory_usage>{int(memory_limit * ENGINE_SHARE)}"
+        "</max_server_memory_usage>\n"
+        f"  <user_files_path>{escape(str(root / 'user_files'))}/</user_files_path>\n"
+        f"  <format_schema_path>{escape(str(root / 'format_schemas'))}/</format_schema_path>\n"
+        f"  <user_directories><users_xml><path>{escape(str(users))}</path></users_xml>"
+        "</user_directories>\n"
+        "</clickhouse>\n"
+    ))
+    return config
