@@ -46,6 +46,9 @@ from collector.storage import StorageError
 log = logging.getLogger("tagwerk.api")
 
 BODY_TYPES = ("", "application/json", "text/plain")
+# No container field nests deeper than 6 levels (consent.texts.de.purposes.analytics.name):
+# deeper bodies are refused before any validation, naming the deep field.
+MAX_BODY_DEPTH = 16
 PREFIX = "/api/v1/sites/{site}/container"
 
 
@@ -140,9 +143,15 @@ async def _body(request: Request, required: bool) -> Any:
     if not body.strip() and not required:
         return None
     try:
-        return http.parse_json(body)
+        data = http.parse_json(body)
     except http.HTTPError as exc:
-        raise ApiError(exc.status, exc.message) from None
+        raise ApiError(exc.status, exc.message, exc.field or "") from None
+    deep = http.nested_too_deep(data, MAX_BODY_DEPTH)
+    if deep is not None:
+        field = http.json_field(deep, MAX_BODY_DEPTH)
+        raise ApiError(400, f"{field or 'the body'} is nested deeper than {MAX_BODY_DEPTH} "
+                       "levels", field)
+    return data
 
 
 def _if_match(request: Request) -> frozenset[str] | None:
@@ -242,6 +251,9 @@ async def preview(request: Request, collector: Collector, site: Site) -> Respons
     """A link that shows the draft on the site itself, to the browser that opens it."""
     data = _fields(await _body(request, required=False), ("minutes", "url"))
     url = data.get("url", site.origins[0] if site.origins and site.origins[0] != "*" else "")
+    if isinstance(url, str) and url and http.header_url(url) is None:
+        raise ApiError(400, "'url' must be a URL without whitespace or control characters "
+                       "(CR, LF, tab, NUL, U+2028...): the link sends the browser there", "url")
     if not isinstance(url, str) or not url or not site.has_page(url):
         raise ApiError(400, "'url' must be a page on one of the site's origins, e.g. "
                        "https://shop.example/", "url")

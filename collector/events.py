@@ -47,6 +47,10 @@ MAX_ITEMS = 200
 MAX_PROPS = 64
 MAX_PROP_KEY = 128
 MAX_PROP_VALUE = 2048
+# A props value that is a list or an object is kept as its JSON text (queryable with
+# ClickHouse's JSON functions): at most this deep (["a"] is 1, {"a": {"b": 1}} is 2). Deeper
+# is refused before it is serialised (orjson stops at 255 levels, with an error).
+MAX_PROP_DEPTH = 8
 # Only an authenticated server may state where a hit happened (a store's POS, say).
 SERVER_ONLY = frozenset({"country", "region", "city", "user_agent", "ip"})
 ACCEPTED = frozenset(
@@ -59,8 +63,8 @@ ECOMMERCE_FLAT = frozenset({"order_id", "revenue", "currency", "coupon", "items"
 GA4_ITEM_STRINGS = (("item_id", "product_id"), ("item_name", "name"),
                     ("item_category", "category"), ("item_brand", "brand"),
                     ("item_variant", "variant"))
-PURPOSE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
-CURRENCY = re.compile(r"^[A-Z]{3}$")
+PURPOSE = re.compile(r"[a-z][a-z0-9_]{0,31}")  # fullmatch: "$" would allow a final "\n"
+CURRENCY = re.compile(r"[A-Z]{3}")  # fullmatch
 MIN_TS = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
 # Browser clocks run ahead; beyond this a client time is replaced by the server time.
 MAX_CLOCK_AHEAD = dt.timedelta(days=1)
@@ -297,7 +301,7 @@ def _consent(value: Any) -> list[str]:
     if not isinstance(value, list) or len(value) > 16:
         raise EventError("'consent' must be a list of granted purposes", "consent")
     for purpose in value:
-        if not isinstance(purpose, str) or not PURPOSE.match(purpose):
+        if not isinstance(purpose, str) or not PURPOSE.fullmatch(purpose):
             raise EventError("'consent' holds an invalid purpose name", "consent")
     return sorted(set(value))
 
@@ -323,7 +327,7 @@ def _decimal(value: Any, name: str) -> str:
 def _currency(value: Any) -> str:
     if value is None or value == "":
         return ""
-    if not isinstance(value, str) or not CURRENCY.match(value.upper()):
+    if not isinstance(value, str) or not CURRENCY.fullmatch(value.upper()):
         raise EventError("'currency' must be an ISO 4217 code such as EUR", "currency")
     return value.upper()
 
@@ -348,7 +352,7 @@ def _items(value: Any) -> list[dict[str, Any]]:
             # The common case inline (a call per field showed in the profile).
             clean[name] = ("" if text is None else text
                            if type(text) is str and len(text) <= ITEM_STRING_LIMIT
-                           else _string(item, name, ITEM_STRING_LIMIT))
+                           else _item_string(item, name, i))
         price = item.get("price")
         clean["price"] = (f"{price:.4f}" if type(price) is float and abs(price) < 1e14
                           else _decimal(price, f"items[{i}].price"))
@@ -360,6 +364,13 @@ def _items(value: Any) -> list[dict[str, Any]]:
         clean["quantity"] = quantity
         out.append(clean)
     return out
+
+
+def _item_string(item: dict, name: str, i: int) -> str:
+    try:
+        return _string(item, name, ITEM_STRING_LIMIT)
+    except EventError as exc:
+        raise EventError(f"items[{i}].{exc}", f"items[{i}].{name}") from None
 
 
 def _ecommerce(value: Any, raw: dict, row: dict[str, Any]) -> None:
@@ -481,8 +492,34 @@ def _props(value: Any) -> dict[str, str]:
         elif isinstance(item, int | float):
             text = str(item)
         else:  # lists and objects stay queryable with ClickHouse's JSON functions
-            text = orjson.dumps(item).decode()
+            text = _nested_prop(key, item)
         if len(text) > MAX_PROP_VALUE:
             raise EventError(f"props.{key} is longer than {MAX_PROP_VALUE} characters", "props")
         out[key] = text
     return out
+
+
+def _nested_prop(key: str, value: Any) -> str:
+    """A list or object props value as JSON text. Walked first, without recursion: deeper
+    than ``MAX_PROP_DEPTH`` is refused, and so is one with more members than its text could
+    hold (each takes at least one character), before any of it is serialised."""
+    field = f"props.{key}"
+    members = 0
+    level: list = [value]
+    depth = 0
+    while level:
+        depth += 1
+        if depth > MAX_PROP_DEPTH:
+            raise EventError(f"props.{key} is nested deeper than {MAX_PROP_DEPTH} levels", field)
+        below: list = []
+        for container in level:
+            children = container.values() if isinstance(container, dict) else container
+            members += len(children)
+            if members > MAX_PROP_VALUE:
+                raise EventError(f"props.{key} is longer than {MAX_PROP_VALUE} characters", field)
+            below += [v for v in children if isinstance(v, dict | list)]
+        level = below
+    try:
+        return orjson.dumps(value).decode()
+    except orjson.JSONEncodeError:  # e.g. an integer beyond 64 bits (never from the parser)
+        raise EventError(f"props.{key} cannot be stored as JSON", field) from None

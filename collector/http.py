@@ -6,11 +6,17 @@ hot paths use this small request type instead; everything else stays on Starlett
 
 from __future__ import annotations
 
+import logging
+import re
+import unicodedata
 import zlib
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 from starlette.types import Receive, Scope, Send
+
+log = logging.getLogger("tagwerk.http")
 
 GZIP_MAGIC = b"\x1f\x8b"
 JSON = b"application/json"
@@ -38,7 +44,45 @@ class HTTPError(Exception):
         data: dict[str, Any] = {"error": self.message}
         if self.field:
             data["field"] = self.field
-        return orjson.dumps(data)
+        try:
+            return orjson.dumps(data)
+        except orjson.JSONEncodeError:  # text that is not UTF-8 (a lone surrogate): escaped
+            return orjson.dumps({k: _printable(v) for k, v in data.items()})
+
+
+# What a URL in a header may hold besides percent-encoded UTF-8: printable ASCII, no space.
+_URL_SAFE = "".join(map(chr, range(0x21, 0x7F)))
+MAX_HEADER_URL = 4096
+
+
+def header_url(text: str) -> str | None:
+    """``text`` as a URL that can go into a ``Location`` header, or None when it cannot:
+    longer than ``MAX_HEADER_URL``, or holding whitespace or a control character anywhere
+    (checked on the raw text: urllib drops tab, CR and LF before it parses, so its checks
+    never see them), or a Unicode separator, format or unassigned character (U+2028,
+    U+00A0, U+200B, U+202E...). Other non-ASCII characters (``/größe``) are
+    percent-encoded as UTF-8, as a browser would."""
+    if len(text) > MAX_HEADER_URL:
+        return None
+    if text.isascii():
+        return text if text.isprintable() and " " not in text else None
+    for char in text:
+        if char <= " " or "\x7f" <= char <= "\xa0" or unicodedata.category(char)[0] in "CZ":
+            return None
+    return quote(text, safe=_URL_SAFE)
+
+
+def _printable(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode()
+
+
+def header_safe(value: str) -> bool:
+    """Whether ``value`` may be written as a response header value: printable ASCII only
+    (space included). No CR or LF that would end the header, no other control character
+    (NUL, tab, DEL, C1 such as U+0085), nothing that latin-1 cannot encode (U+2028). Every
+    value the collector sends is such text; request-derived text that is not is refused
+    with a 400 where it is read, and :func:`respond` checks again."""
+    return value.isascii() and value.isprintable()
 
 
 class Hit:
@@ -107,11 +151,19 @@ async def respond(
     headers: dict[str, str] | list[tuple[str, str]] | None = None,
     head: bool = False,
 ) -> None:
-    """headers: a dict, or pairs when a name repeats (two ``Set-Cookie``)."""
+    """headers: a dict, or pairs when a name repeats (two ``Set-Cookie``). A header value
+    that is not :func:`header_safe` is never written: the answer becomes a 500 without
+    the extra headers (request-derived values are refused before they get here)."""
     raw = [(b"content-type", media), (b"content-length", str(len(body)).encode())]
     if headers:
         pairs = headers.items() if isinstance(headers, dict) else headers
-        raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in pairs]
+        for k, v in pairs:
+            if not header_safe(v):
+                log.error("refused to send header %s with a control character: %r", k, v)
+                status, body, head = 500, b'{"error":"internal error"}', False
+                raw = [(b"content-type", JSON), (b"content-length", str(len(body)).encode())]
+                break
+            raw.append((k.lower().encode("latin-1"), v.encode("latin-1")))
     await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": b"" if head else body})
 
@@ -129,12 +181,100 @@ def _gunzip(body: bytes, limit: int) -> bytes:
     return out
 
 
+# orjson refuses JSON nested deeper than this (``depth limit exceeded``).
+MAX_JSON_DEPTH = 1024
+# Scanned to name the field of a too-deep body, at most: the cost of a refusal stays bounded.
+_MAX_PATH_TOKENS = 65536
+_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{},:]')
+
+
 def parse_json(body: bytes) -> Any:
+    """The body as JSON. orjson checks it whole: valid UTF-8 (no lone surrogates, as
+    ``"\\ud800"``), no NaN or Infinity, numbers within range (integers beyond 64 bits
+    become floats, which the fields' own checks refuse or keep), at most
+    ``MAX_JSON_DEPTH`` levels deep. Duplicate keys: the last one counts, as in JavaScript's
+    JSON.parse. Errors are 400s; a too-deep body names the JSON path of its deep value."""
     if not body:
         raise HTTPError(400, "empty body: expected a JSON object", "malformed")
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        if "utf-8" in str(exc).lower():
+        text = str(exc)
+        if "utf-8" in text.lower():
             raise HTTPError(400, "body is not valid UTF-8", "invalid_utf8") from None
+        if "depth limit" in text or "recursion" in text.lower():
+            field = json_field(deep_path(body, MAX_JSON_DEPTH))
+            where = f" in {field!r}" if field else ""
+            raise HTTPError(400, f"JSON nested deeper than {MAX_JSON_DEPTH} levels{where}",
+                            "too_deep", field or None) from None
         raise HTTPError(400, f"malformed JSON: {exc}", "malformed") from None
+
+
+def deep_path(body: bytes, limit: int) -> list[str | int]:
+    """The keys and indices that lead to the first container nested deeper than ``limit``
+    in a JSON text (as far as the first ``_MAX_PATH_TOKENS`` tokens tell; [] if not found).
+    Only for refusals: a scan in Python."""
+    stack: list[list] = []  # per open container: its bracket, then the key or index inside
+    last = b""
+    for count, match in enumerate(_TOKENS.finditer(body)):
+        if count > _MAX_PATH_TOKENS:
+            return []
+        token = match.group()
+        first = token[0]
+        if first == 0x22:  # a string: a key if a colon follows
+            last = token
+        elif first in (0x5B, 0x7B):  # [ {
+            stack.append([first, 0 if first == 0x5B else None])
+            if len(stack) > limit:
+                break
+        elif first in (0x5D, 0x7D):  # ] }
+            if stack:
+                stack.pop()
+        elif first == 0x3A:  # :
+            if stack:
+                stack[-1][1] = last
+        elif stack and stack[-1][0] == 0x5B:  # , in a list
+            stack[-1][1] += 1
+    else:
+        return []
+    path: list[str | int] = []
+    for _, where in stack[:-1]:
+        if isinstance(where, bytes):
+            try:
+                where = orjson.loads(where)
+            except orjson.JSONDecodeError:
+                where = where.decode("utf-8", "replace").strip('"')
+        elif where is None:
+            break
+        path.append(where)
+    return path
+
+
+def nested_too_deep(value: Any, limit: int) -> list[str | int] | None:
+    """The path to the first container in parsed JSON ``value`` nested deeper than
+    ``limit`` (the top level is 1), or None. Without recursion; for bodies off the hot
+    path (the container API)."""
+    stack: list[tuple[Any, list[str | int]]] = [(value, [])]
+    while stack:
+        node, path = stack.pop()
+        if len(path) >= limit:
+            return path
+        if isinstance(node, dict):
+            stack += [(v, [*path, k]) for k, v in node.items() if isinstance(v, dict | list)]
+        elif isinstance(node, list):
+            stack += [(v, [*path, i]) for i, v in enumerate(node) if isinstance(v, dict | list)]
+    return None
+
+
+def json_field(path: list[str | int], segments: int = 4) -> str:
+    """A field name for a JSON path, in the collector's style (``events[3].props.a``): of
+    its first ``segments`` keys and indices, up to the last key (the indices of a nesting
+    chain say nothing more). "" if they hold no key."""
+    head = path[:segments]
+    keys = [i for i, part in enumerate(head) if isinstance(part, str)]
+    if not keys:
+        return ""
+    out = ""
+    for part in head[: keys[-1] + 1]:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+    return _printable(out)[:200]

@@ -22,7 +22,7 @@ from collector.consent_texts import accept_language
 from collector.events import Context, EventError, normalize
 from collector.flusher import encode_record
 from collector.geo import UNKNOWN
-from collector.http import Hit, HTTPError, parse_json, respond
+from collector.http import Hit, HTTPError, header_safe, parse_json, respond
 from collector.service import Collector
 from collector.sites import Site
 from collector.spool import SpoolError, SpoolFull
@@ -42,7 +42,9 @@ PIXEL_HEADERS = {"Cache-Control": "no-store, max-age=0"}
 
 
 def _cors(origin: str | None) -> dict[str, str]:
-    if not origin:
+    """The CORS headers echoing ``origin`` (one the caller allowed); none for an origin
+    that is not a safe header value (``check_origin`` refuses those with a 400)."""
+    if not origin or not header_safe(origin):
         return {}
     return {
         "Access-Control-Allow-Origin": origin,
@@ -96,6 +98,9 @@ async def collect_preflight(c: Collector, hit: Hit, send: Send) -> None:
     """CORS preflight: the site is in the body, not sent yet, so any site's origin passes here
     and the POST itself is checked against its own site."""
     origin = hit.headers.get("origin", "")
+    if origin and not header_safe(origin):
+        await respond(send, 400, bad_origin().body())
+        return
     if not origin or not c.sites.any_allows_origin(origin):
         await respond(send, 403, b'{"error":"origin not allowed"}')
         return
@@ -195,8 +200,17 @@ def browser_json(body: bytes) -> dict[str, Any]:
 
 
 def check_origin(site: Site, origin: str | None) -> None:
-    if origin and not site.allows_origin(origin):
-        raise HTTPError(403, f"origin {origin!r} is not allowed for this site", "origin")
+    if origin:
+        if not origin.isascii() or not origin.isprintable():  # header_safe, inline
+            raise bad_origin()
+        if not site.allows_origin(origin):
+            raise HTTPError(403, f"origin {origin!r} is not allowed for this site", "origin")
+
+
+def bad_origin() -> HTTPError:
+    """An ``Origin`` that could not be echoed in a header (a tab, a C1 control such as
+    0x85 in latin-1: the HTTP parser lets these through): a browser never sends one."""
+    return HTTPError(400, "the Origin header holds a control character", "invalid", "Origin")
 
 
 async def browser_refusal(
@@ -334,10 +348,25 @@ def prepare(c: Collector, site: Site, pairs: list[tuple[Any, Context]]) -> tuple
             continue
         if sender_id:
             given.append((row["event_id"], row["ts"]))
-        lines.append(orjson.dumps(list(row.values())))
+        try:
+            lines.append(orjson.dumps(list(row.values())))
+        except orjson.JSONEncodeError:  # normalize lets nothing through that fails here
+            where = f"events[{index}]" if len(pairs) > 1 else "event"
+            field = f"{where}.{_unstorable(row)}"
+            raise HTTPError(400, f"{field} cannot be stored as JSON", "invalid", field) from None
     if not lines:
         return b"", 0
     return encode_record(lines, site.site_id, given), len(lines)
+
+
+def _unstorable(row: dict[str, Any]) -> str:
+    """The first column of ``row`` that orjson cannot serialise (for the error's field)."""
+    for name, value in row.items():
+        try:
+            orjson.dumps(value)
+        except orjson.JSONEncodeError:
+            return name
+    return "event"
 
 
 def pixel_event(query_string: bytes) -> dict[str, Any]:
@@ -373,8 +402,9 @@ def pixel_event(query_string: bytes) -> dict[str, Any]:
         event["props"] = props
     if "consent" in event:
         event["consent"] = [p for p in event["consent"].split(",") if p]
-    if "ts" in event and event["ts"].isdigit():
-        event["ts"] = int(event["ts"])
+    ts = event.get("ts")
+    if ts is not None and ts.isdigit() and ts.isascii() and len(ts) <= 16:  # epoch-ms
+        event["ts"] = int(ts)  # else a string: "²" or 5,000 digits are no ISO time either
     if "items" in event:
         try:
             event["items"] = orjson.loads(event["items"])

@@ -42,6 +42,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from collector.containers import Live
 from collector.containers.schema import DEFAULT_CONSENT, DEFAULT_SETTINGS
+from collector.http import header_safe, header_url
 from collector.service import Collector
 from collector.storage import StorageError
 
@@ -160,9 +161,11 @@ def _preview_cookie(token: str, max_age: int, secure: bool) -> str:
             f"{'; Secure' if secure else ''}")
 
 
-def error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+def error(status: int, message: str, headers: dict[str, str] | None = None,
+          field: str = "") -> Response:
     """A JSON error that no cache keeps."""
-    return Response(orjson.dumps({"error": message}), status,
+    data = {"error": message, "field": field} if field else {"error": message}
+    return Response(orjson.dumps(data), status,
                     {"Cache-Control": "no-store", **(headers or {})}, media_type="application/json")
 
 
@@ -398,7 +401,15 @@ class TagServer:
             return Response(b"preview ended\n", headers={
                 "Set-Cookie": _preview_cookie("", 0, secure), "Clear-Site-Data": '"cache"',
                 "Cache-Control": "no-store"}, media_type="text/plain")
-        token, target = params.get("token", ""), params.get("to", "")
+        token, raw_target = params.get("token", ""), params.get("to", "")
+        # Checked on the raw text, before urllib (which drops tab, CR and LF) sees it: it
+        # goes into the Location header.
+        target = header_url(raw_target)
+        if target is None:
+            return error(400, "'to' must be a URL without whitespace or control characters "
+                         "(CR, LF, tab, NUL, U+2028...)", field="to")
+        if not header_safe(token):
+            return error(400, "'token' is malformed", field="token")
         try:
             site_id = await run_in_threadpool(self.collector.previews.site_of, token)
         except StorageError:
@@ -408,17 +419,21 @@ class TagServer:
             return error(404, "no such preview, or it has expired")
         if not site.has_page(target):
             # Only pages of the site itself: the link must not be an open redirect.
-            return error(400, "'to' must be a page on one of the site's origins")
+            return error(400, "'to' must be a page on one of the site's origins", field="to")
         separator = "&" if "?" in target.split("#")[0] else "?"
         head, _, fragment = target.partition("#")
         location = head + separator + "tagwerk_debug=1" + ("#" + fragment if fragment else "")
-        return Response(status_code=303, headers={
+        headers = {
             "Location": location,
             "Set-Cookie": _preview_cookie(token, self.collector.previews.MAX_MINUTES * 60, secure),
             # The browser may hold the live tag for max-age: drop it, so the draft shows now.
             "Clear-Site-Data": '"cache"',
             "Cache-Control": "no-store",
-        })
+        }
+        if not all(map(header_safe, headers.values())):  # never, after the checks above
+            log.error("preview: refused to send an unsafe header: %r", headers)
+            return error(400, "'to' cannot be sent as a Location", field="to")
+        return Response(status_code=303, headers=headers)
 
     # -- parts
 

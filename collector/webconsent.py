@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import logging
 from typing import Any, NamedTuple
 
 from collector.clientip import Network
@@ -32,6 +33,7 @@ from collector.http import Hit
 from consent.cookie import (
     DeviceCookie,
     consent_set_cookie,
+    cookie_domain_ok,
     device_clear_cookie,
     device_set_cookie,
     latest_consent,
@@ -42,6 +44,8 @@ from consent.cookie import (
 )
 from consent.enforce import ConsentRule
 from consent.purposes import ANALYTICS, NECESSARY
+
+log = logging.getLogger("tagwerk.consent")
 
 
 class SiteWeb(NamedTuple):
@@ -59,7 +63,25 @@ def site_web(containers: Containers, site_id: str) -> SiteWeb:
     live = containers.last_known(site_id)
     if live is None:
         return SiteWeb()
-    return SiteWeb(live.document["settings"].get("cookie_domain", ""), live.policy)
+    return SiteWeb(_cookie_domain(live), live.policy)
+
+
+def _cookie_domain(live: Live) -> str:
+    domain = live.document["settings"].get("cookie_domain", "")
+    return domain if not domain or _domain_ok(domain) else ""
+
+
+@functools.lru_cache(maxsize=256)
+def _domain_ok(domain: str) -> bool:
+    """Whether a container's ``cookie_domain`` can go into a ``Set-Cookie`` header. The
+    container's own validation should never let another through; if one does (a newline
+    after it, say), the cookies are set without a Domain (the collector's host only)
+    rather than with a broken header."""
+    if cookie_domain_ok(domain):
+        return True
+    log.warning("cookie_domain %r cannot be sent in a header: cookies are set without it",
+                domain)
+    return False
 
 
 class WebRequest(NamedTuple):
@@ -184,7 +206,7 @@ def consent_renewal(
         max_age = days * 86400 - max(0, int(now) - cookie.decided_at)
         if max_age <= 0:
             return None
-        domain = live.document["settings"].get("cookie_domain", "") if live else ""
+        domain = _cookie_domain(live) if live else ""
         return consent_set_cookie(value, max_age, is_https(hit, networks), domain)
     return None
 

@@ -161,22 +161,44 @@ def new_device_id() -> str:
     return base64.urlsafe_b64encode(_pool.take(16)).rstrip(b"=").decode()
 
 
+# What a cookie value may hold here: RFC 6265 cookie-octets (no space, no semicolon or
+# backslash, a quote only around the whole value) and the comma, which the tag writes in
+# tw_consent and browsers take; no control character.
+_COOKIE_VALUE = re.compile(r'"?[!#-:<-\[\]-~]*"?')
+COOKIE_DOMAIN = re.compile(r"\.?[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*")
+
+
+def cookie_domain_ok(domain: str) -> bool:
+    """Whether ``domain`` can be a cookie's ``Domain`` attribute ("" = none)."""
+    return not domain or (len(domain) <= 253 and COOKIE_DOMAIN.fullmatch(domain) is not None)
+
+
+def _set_cookie(name: str, value: str, attributes: str, domain: str) -> str:
+    """A ``Set-Cookie`` value. The value and Domain never come from a request unchecked;
+    this refuses (ValueError) anything else all the same: a CR or LF would end the header
+    and start another, a ``;`` would add an attribute."""
+    if not _COOKIE_VALUE.fullmatch(value) or not cookie_domain_ok(domain):
+        raise ValueError(f"refusing to set cookie {name} to {value!r} for {domain!r}")
+    return f"{name}={value}; {attributes}{f'; Domain={domain}' if domain else ''}"
+
+
 def device_set_cookie(device_id: str, day: int, secure: bool, domain: str = "") -> str:
     """The ``Set-Cookie`` value that (re)sets ``tw_id`` for 13 months."""
-    return (f"{DEVICE_COOKIE}={device_id}.{day}; Path=/; Max-Age={DEVICE_MAX_AGE}; HttpOnly; "
-            f"SameSite=Lax{'; Secure' if secure else ''}{f'; Domain={domain}' if domain else ''}")
+    return _set_cookie(DEVICE_COOKIE, f"{device_id}.{day}",
+                       f"Path=/; Max-Age={DEVICE_MAX_AGE}; HttpOnly; SameSite=Lax"
+                       f"{'; Secure' if secure else ''}", domain)
 
 
 def consent_set_cookie(value: str, max_age: int, secure: bool, domain: str = "") -> str:
     """The ``Set-Cookie`` value with which the collector sets ``tw_consent`` again: the tag's
     own cookie (the same value, Path and Domain, readable by script: the tag reads it) for
     the decision's remaining lifetime."""
-    return (f"{CONSENT_COOKIE}={value}; Path=/; Max-Age={max_age}; SameSite=Lax"
-            f"{'; Secure' if secure else ''}{f'; Domain={domain}' if domain else ''}")
+    return _set_cookie(CONSENT_COOKIE, value, f"Path=/; Max-Age={int(max_age)}; SameSite=Lax"
+                       f"{'; Secure' if secure else ''}", domain)
 
 
 def device_clear_cookie(secure: bool, domain: str = "") -> str:
     """The ``Set-Cookie`` value that removes ``tw_id`` (same Path and Domain as when set)."""
-    return (f"{DEVICE_COOKIE}=; Path=/; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; "
-            f"HttpOnly; SameSite=Lax{'; Secure' if secure else ''}"
-            f"{f'; Domain={domain}' if domain else ''}")
+    return _set_cookie(DEVICE_COOKIE, "", "Path=/; Max-Age=0; Expires=Thu, 01 Jan 1970 "
+                       f"00:00:00 GMT; HttpOnly; SameSite=Lax{'; Secure' if secure else ''}",
+                       domain)

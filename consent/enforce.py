@@ -17,7 +17,7 @@ The effective consent of a hit from a browser (``/collect``, ``/p.gif``) is
 
 What the purposes then mean for a row: without ``analytics`` no identifier and no place finer
 than the country (``collector.events.normalize`` does that, keyed on the effective consent);
-without ``marketing`` no click id (:func:`enforce_row`).
+without ``marketing`` no click id in any field that can carry a URL (:func:`enforce_row`).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import re
 from typing import Any
+from urllib.parse import unquote_plus
 
 from consent.cookie import ConsentCookie
 from consent.purposes import MARKETING
@@ -53,8 +54,15 @@ CLICK_IDS = frozenset({
 })
 EXPLICIT = frozenset({"banner", "api"})  # a person's own per-purpose choice
 
+# Fields of an event row that can carry a URL, a path or a query string: their click ids go.
+URL_FIELDS = ("url", "path", "referrer")
+
+# A cheap first test: a click-id name as a parameter (in the query, or in the fragment), or a
+# parameter name with a percent escape in it (``%67clid``: decoded, it is ``gclid`` to
+# whoever reads the URL, URLSearchParams as much as a server).
 _HINT = re.compile(
-    r"[?&](?:" + "|".join(sorted(map(re.escape, CLICK_IDS))) + r")(?:[=&#]|$)", re.I
+    r"[?&#](?:(?:" + "|".join(sorted(map(re.escape, CLICK_IDS))) + r")(?:[=&#]|$)|[^=&#?]*%)",
+    re.I,
 )
 
 
@@ -106,15 +114,23 @@ def consent_rule(cookie: ConsentCookie | None, gpc: bool) -> ConsentRule | None:
 
 @functools.lru_cache(maxsize=4096)
 def strip_url(url: str) -> str:
-    """``url`` without click-id parameters in its query string (or in a query inside its
-    fragment, as hash routers have). Everything else stays byte for byte; a query left
-    empty loses its ``?``."""
+    """``url`` (an absolute URL, a path or any text with a query) without click-id parameters:
+    in its query string, in a query inside its fragment (as hash routers have), or in a
+    fragment that is itself a parameter list (``#gclid=...``, ``#_gl=...`` of Google's
+    linker in fragment mode). Names compare case-insensitively and percent-decoded
+    (``%67clid`` is ``gclid``). Everything else stays byte for byte; a query or fragment left
+    empty loses its ``?`` or ``#``."""
     if not _HINT.search(url):
         return url
     head, hash_, fragment = url.partition("#")
     head = _strip_query(head)
-    if hash_ and "?" in fragment:
-        fragment = _strip_query(fragment)
+    if fragment:
+        route, mark, query = fragment.partition("?")
+        if "=" in route or "&" in route or _is_click_id(route):  # a parameter list itself
+            route = _strip_params(route)
+        fragment = _strip_query(route + mark + query) if mark else route
+        if not fragment:
+            hash_ = ""
     return head + hash_ + fragment
 
 
@@ -122,18 +138,37 @@ def _strip_query(text: str) -> str:
     base, mark, query = text.partition("?")
     if not mark:
         return text
-    kept = [p for p in query.split("&") if p.partition("=")[0].lower() not in CLICK_IDS]
-    return base + "?" + "&".join(kept) if kept else base
+    kept = _strip_params(query)
+    if kept is query:
+        return text  # nothing stripped: untouched, an empty query too
+    return base + "?" + kept if kept else base
+
+
+def _strip_params(params: str) -> str:
+    """An ``&``-separated parameter list without its click ids ("" when none is left)."""
+    parts = params.split("&")
+    kept = [p for p in parts if not _is_click_id(p.partition("=")[0])]
+    return params if len(kept) == len(parts) else "&".join(kept)
+
+
+def _is_click_id(name: str) -> bool:
+    name = name.lower()
+    if name in CLICK_IDS:
+        return True
+    if "%" not in name and "+" not in name:
+        return False
+    return unquote_plus(name).lower() in CLICK_IDS  # errors="replace": never raises
 
 
 def strip_props(props: dict[str, str]) -> dict[str, str]:
-    """``props`` without click-id keys; URL values lose their click-id parameters."""
+    """``props`` without click-id keys; values holding a URL, a path or a query (any value
+    with a ``?`` or ``#``) lose their click-id parameters."""
     out = None
     for key, value in props.items():
-        if key.lower() in CLICK_IDS:
+        if _is_click_id(key):
             out = out if out is not None else dict(props)
             del out[key]
-        elif value[:4] == "http" and "?" in value:
+        elif "?" in value or "#" in value:
             clean = strip_url(value)
             if clean != value:
                 out = out if out is not None else dict(props)
@@ -142,14 +177,15 @@ def strip_props(props: dict[str, str]) -> dict[str, str]:
 
 
 def enforce_row(row: dict[str, Any]) -> dict[str, Any]:
-    """Without ``marketing`` in the row's (effective) ``consent``: no click id in ``url``,
-    ``referrer`` or ``props``. Changes ``row`` in place and returns it."""
+    """Without ``marketing`` in the row's (effective) ``consent``: no click id in any field
+    that can carry a URL or a query (``URL_FIELDS``: ``url``, ``path``, ``referrer``), nor in
+    ``props`` (keys, and values with a query). Changes ``row`` in place and returns it."""
     if MARKETING in row["consent"]:
         return row
-    if "?" in row["url"]:
-        row["url"] = strip_url(row["url"])
-    if "?" in row["referrer"]:
-        row["referrer"] = strip_url(row["referrer"])
+    for name in URL_FIELDS:
+        value = row.get(name)
+        if value and ("?" in value or "#" in value):
+            row[name] = strip_url(value)
     if row["props"]:
         row["props"] = strip_props(row["props"])
     return row
