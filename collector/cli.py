@@ -38,7 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "(default 127.0.0.1)")
     serve.add_argument("--sql-port", type=int, help="default 8123; 0 turns it off")
     serve.add_argument("--sql-users-file", type=Path,
-                       help='JSON: {"name": {"password": "...", "readonly": true}}')
+                       help='JSON: {"name": {"password": "...", "readonly": true, '
+                       '"tables": ["events"], "sites": ["shop-a"]}} (SECURITY.md)')
+    serve.add_argument("--memory-limit", help="the collector's memory, e.g. 4G, or a fraction "
+                       "of the machine (env TAGWERK_MEMORY_LIMIT; default 0.5)")
     serve.add_argument("--geoip-db", type=Path, help="a MaxMind GeoLite2-City .mmdb file")
     serve.add_argument("--trusted-proxies", help="networks whose X-Forwarded-For is believed, "
                        "comma-separated")
@@ -106,7 +109,8 @@ def _container_parser(commands) -> None:
 
 def _settings(args: argparse.Namespace) -> Settings:
     names = ("host", "port", "data_dir", "clickhouse_url", "cluster", "sql_host", "sql_port",
-             "sql_users_file", "geoip_db", "trusted_proxies", "demo_site", "log_level")
+             "sql_users_file", "memory_limit", "geoip_db", "trusted_proxies", "demo_site",
+             "log_level")
     return load_settings(**{n: getattr(args, n) for n in names if hasattr(args, n)})
 
 
@@ -182,17 +186,22 @@ def _start_sql_interface(collector):
         return None
     import uvicorn
 
-    from collector.sqlhttp import SqlUser, build_sql_app
+    from collector.sqlhttp import QueryLimits, SqlUser, build_sql_app, load_users
+    from collector.storage.engine_config import parse_size
 
     loopback = ipaddress.ip_address(settings.sql_host).is_loopback
     users = {"tagwerk": SqlUser("tagwerk", collector.new_sql_password(), readonly=False)}
     if loopback:
-        # As on a fresh ClickHouse server: `default` without a password, here read-only.
+        # As on a fresh ClickHouse server: `default` without a password, here read-only and
+        # limited to the data tables.
         users["default"] = SqlUser("default", "", readonly=True)
     if settings.sql_users_file:
-        for name, spec in json.loads(Path(settings.sql_users_file).read_text()).items():
-            users[name] = SqlUser(name, str(spec["password"]), bool(spec.get("readonly", True)))
-    app = build_sql_app(collector.store, users, loopback_only=loopback)
+        users.update(load_users(Path(settings.sql_users_file).read_text()))
+    memory = parse_size(settings.sql_query_memory)
+    limits = QueryLimits(max_memory_usage=min(memory, collector.store.memory_limit // 4),
+                         max_execution_time=settings.sql_query_seconds,
+                         max_threads=max(1, min(os.cpu_count() or 1, QueryLimits.max_threads)))
+    app = build_sql_app(collector.store, users, loopback_only=loopback, limits=limits)
     server = uvicorn.Server(uvicorn.Config(app, host=settings.sql_host, port=settings.sql_port,
                                            log_level="warning", access_log=False,
                                            # header limits and timeouts, as on the collector's

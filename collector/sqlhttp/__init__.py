@@ -38,7 +38,9 @@ from collector.sqlhttp.config import (
     MAX_QUERY_BYTES,
     MAX_SESSION_TIMEOUT,
     MAX_SESSIONS,
+    QueryLimits,
     SqlUser,
+    load_users,
 )
 from collector.sqlhttp.errors import SqlError
 from collector.sqlhttp.interface import build_sql_app
@@ -49,7 +51,9 @@ __all__ = [
     "MAX_QUERY_BYTES",
     "MAX_SESSION_TIMEOUT",
     "MAX_SESSIONS",
+    "QueryLimits",
     "SqlError",
     "SqlUser",
     "build_sql_app",
+    "load_users",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,3 +59,28 @@ class SqlUser:
             tuple(name.split(".", 1)) if "." in name else ("tagwerk", name)  # type: ignore[misc]
             for name in names
         )
+
+
+def load_users(text: str) -> dict[str, SqlUser]:
+    """The users of ``--sql-users-file``: ``{"name": {"password": "...", "readonly": true,
+    "tables": ["events", "db.table", "db.*"], "sites": ["shop-a"]}}``; tables and sites
+    apply to read-only users."""
+    users: dict[str, SqlUser] = {}
+    for name, spec in json.loads(text).items():
+        if not isinstance(spec, dict) or not isinstance(spec.get("password"), str):
+            raise ValueError(f"SQL user {name!r}: needs a password (a string)")
+        readonly = spec.get("readonly", True)
+        tables, sites = spec.get("tables"), spec.get("sites")
+        for key, value in (("tables", tables), ("sites", sites)):
+            if value is not None and not (
+                isinstance(value, list) and all(isinstance(v, str) and v for v in value)
+            ):
+                raise ValueError(f"SQL user {name!r}: {key} must be a list of names")
+            if value is not None and not readonly:
+                raise ValueError(f"SQL user {name!r}: {key} apply to read-only users only")
+        users[name] = SqlUser(
+            name, spec["password"], bool(readonly),
+            tuple(tables) if tables is not None else None,
+            tuple(sites) if sites is not None else None,
+        )
+    return users

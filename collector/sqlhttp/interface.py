@@ -119,9 +119,9 @@ class _SqlInterface:
         query_id = ""
         try:
             params = _query_params(request)
-            query_id = (
+            query_id = _query_id(
                 params.get("query_id") or request.headers.get("x-clickhouse-query-id")
-            ) or str(uuid.uuid4())
+            )
             if request.method in ("GET", "HEAD") and not params.get("query"):
                 return PlainTextResponse("Ok.\n")  # ClickHouse's root page
             user = self._authenticate(request, params)
@@ -199,8 +199,6 @@ class _SqlInterface:
     def _call(
         self, request: Request, params: Mapping[str, str], user: SqlUser, query_id: str
     ) -> _Call:
-        if not query_id.isprintable() or len(query_id) > 256:
-            raise SqlError.of(36, "The query id must be printable text of at most 256 characters")
         binds: dict[str, str] = {}
         settings: dict[str, str] = {}
         for name, value in params.items():
@@ -465,6 +463,15 @@ def _query_params(request: Request) -> dict[str, str]:
     except UnicodeDecodeError:
         raise SqlError.of(36, "The URL parameters are not valid UTF-8") from None
     return dict(pairs)
+
+
+def _query_id(given: str | None) -> str:
+    # It is echoed in a header: no line breaks or other control characters.
+    if not given:
+        return str(uuid.uuid4())
+    if not given.isprintable() or len(given) > 256:
+        raise SqlError.of(36, "The query id must be printable text of at most 256 characters")
+    return given
 
 
 def _credentials(request: Request, params: Mapping[str, str]) -> tuple[str, str]:

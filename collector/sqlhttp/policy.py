@@ -8,9 +8,10 @@ network), per-query limits, ``additional_table_filters`` for a user's sites and 
 (``calls.py``), and settings that name files fixed for everyone (``storage/engine_config.py``).
 
 For every user: no ``INTO OUTFILE``, no ``FROM INFILE``, no function, table engine or
-dictionary source that reads or writes the host's files, runs programs or reads the
-process's memory. For read-only users on top: only reading statements, only granted tables,
-only table functions that generate data, no function that reads another table by name.
+dictionary source that reads or writes the host's files, runs programs, calls other hosts
+or reads the process's memory. For read-only users on top: only reading statements, only
+granted tables, only table functions that generate data, no function that reads another
+table by name.
 """
 
 from __future__ import annotations
@@ -22,14 +23,17 @@ from collector.sqlhttp.errors import SqlError
 from collector.sqlhttp.syntax import Node
 
 # Functions, table functions, table engines and dictionary sources that reach the host's
-# files, run programs or read this process's Python objects (chDB's Python()); compared
-# without case, as engines and sources are written in capitals.
-FILE_ROUTES = frozenset((
-    "file", "filecluster", "executable", "executablepool", "python", "sqlite", "hdfs",
-    "hdfscluster", "icebergLocal", "deltalakelocal", "hudilocal", "paimonlocal", "disk",
-    "backup",
+# files (url() takes file:// too), run programs, call other hosts (an SSRF from the
+# collector's network position) or read this process's Python objects (chDB's Python());
+# compared without case, as engines and sources are written in capitals.
+HOST_ROUTES = frozenset(name.lower() for name in (
+    "file", "fileCluster", "executable", "executablePool", "python", "sqlite", "url",
+    "urlCluster", "s3", "s3Cluster", "gcs", "cosn", "oss", "azureBlobStorage",
+    "azureBlobStorageCluster", "hdfs", "hdfsCluster", "remote", "remoteSecure", "cluster",
+    "clusterAllReplicas", "mysql", "postgresql", "mongodb", "redis", "jdbc", "odbc",
+    "iceberg", "icebergLocal", "icebergS3", "deltaLake", "deltaLakeLocal", "hudi", "http",
+    "clickhouse", "kafka", "nats", "rabbitmq", "disk", "backup",
 ))
-FILE_ROUTES = frozenset(name.lower() for name in FILE_ROUTES)
 
 # Table functions a read-only user may call: they generate data and read nothing.
 GENERATORS = frozenset((
@@ -86,12 +90,12 @@ def check(tree: Node, readonly: bool, scope: Scope | None) -> None:
     ``readonly``: the request cannot write (engine-enforced; here the scalar ``file()``,
     which the engine allows even then). ``scope``: a read-only user's grants.
     """
-    _file_routes(tree, readonly)
+    _host_routes(tree, readonly)
     if scope is not None:
         _reading_only(tree, scope)
 
 
-def _file_routes(tree: Node, readonly: bool) -> None:
+def _host_routes(tree: Node, readonly: bool) -> None:
     if tree.kind in _REFUSED_FOR_ALL or tree.kind.startswith("Restore"):
         raise _denied(f"{tree.kind} is not allowed over HTTP")
     if tree.kind == "InsertQuery" and _literals(tree.children):
@@ -102,12 +106,13 @@ def _file_routes(tree: Node, readonly: bool) -> None:
             if _literals(below):
                 raise SqlError.of(358, "INTO OUTFILE is not allowed")
         is_call = node.kind in ("Function", "FunctionWithKeyValueArguments")
-        if is_call and node.ident.lower() in FILE_ROUTES:
+        if is_call and node.ident.lower() in HOST_ROUTES:
             if readonly:
                 raise SqlError.of(
                     164, f"Cannot execute query in readonly mode: {node.ident}() is not allowed"
                 )
-            raise _denied(f"{node.ident}() reaches the host's files and is not allowed")
+            raise _denied(f"{node.ident}() reaches the host's files, programs or network and "
+                          "is not allowed over HTTP")
 
 
 def _reading_only(tree: Node, scope: Scope) -> None:

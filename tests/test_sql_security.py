@@ -1,0 +1,357 @@
+"""The SQL port attacked as issue 9 found it: files written and read, limits loosened, other
+users' queries seen and killed, the service's own tables read, the process taken down.
+
+Each attack comes in several disguises (comments ClickHouse knows and a naive lexer does not,
+casing, quoting, whitespace, URL vs body vs header) and each test checks both the refusal and
+that nothing happened: no file written or changed, no secret in any answer, the interface
+still answering.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from collector.sqlhttp import QueryLimits, SqlUser, build_sql_app, load_users
+from tests.helpers import serve, wait_for
+
+WRITER = ("writer", "w-secret")
+AGENCY = ("agency", "a-secret")
+USERS = {
+    "default": SqlUser("default", "", readonly=True),
+    "writer": SqlUser("writer", "w-secret", readonly=False),
+    **load_users(json.dumps({"agency": {"password": "a-secret", "tables": ["events"],
+                                        "sites": ["sec-a"]}})),
+}
+LIMITS = QueryLimits(max_memory_usage=256 << 20, max_execution_time=20)
+# Comments and spacing ClickHouse skips; the old lexer knew only -- and /* */.
+HIDERS = ("#{}\n", "#!{}\n", "/* /* {} */ */", "-- {}\n", "\t\n  ", "/*{}*/")
+
+
+@pytest.fixture(scope="module")
+def url(store) -> Iterator[str]:
+    rows = [{"site_id": site, "event_id": str(uuid.uuid4()), "event": "sec_probe",
+             "ts": "2026-12-01 10:00:00.000"} for site in ("sec-a", "sec-b", "sec-b")]
+    store.insert("tagwerk.events", "\n".join(map(json.dumps, rows)).encode())
+    with serve(build_sql_app(store, USERS, loopback_only=True, limits=LIMITS)) as base:
+        yield base
+
+
+@pytest.fixture
+def http(url: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=url, timeout=60) as client:
+        yield client
+
+
+@pytest.fixture
+def canary(tmp_path: Path) -> tuple[Path, str]:
+    """A file holding a secret that must never appear in an answer."""
+    secret = secrets.token_hex(16)
+    path = tmp_path / "canary.txt"
+    path.write_text(f"{secret}\n")
+    return path, secret
+
+
+def run(http: httpx.Client, sql: str, auth=None, how: str = "body", **params) -> httpx.Response:
+    if how == "url":
+        return http.get("/", params={"query": sql, **params}, auth=auth)
+    if how == "split":  # the query parameter, a line break, and the body
+        half = len(sql) // 2
+        return http.post("/", params={"query": sql[:half], **params}, content=sql[half:],
+                         auth=auth)
+    return http.post("/", params=params, content=sql, auth=auth)
+
+
+def refused(resp: httpx.Response, *codes: int) -> None:
+    assert resp.status_code >= 400, resp.text
+    assert int(resp.headers["X-ClickHouse-Exception-Code"]) in codes, resp.text
+
+
+def alive(http: httpx.Client) -> None:
+    assert http.post("/", content="SELECT 1").text == "1\n"
+
+
+def outfile_variants(target: Path) -> list[str]:
+    variants = [
+        f"SELECT 1 INTO OUTFILE '{target}'",
+        f"select 1 into outfile '{target}' truncate",
+        f"SELECT 1 InTo OuTfIlE $${target}$$ APPEND",
+        f"SELECT 1 INTO OUTFILE '{target}' COMPRESSION 'gzip'",
+        f"SELECT 1 FORMAT TSV INTO OUTFILE '{target}'",
+        f"(SELECT 1) INTO OUTFILE '{target}' TRUNCATE",
+        f"SELECT 1 UNION ALL SELECT 2 INTO OUTFILE '{target}'",
+        f"DESCRIBE TABLE tagwerk.events INTO OUTFILE '{target}'",
+        f"EXPLAIN SELECT 1 INTO OUTFILE '{target}'",
+        f"KILL QUERY WHERE query_id = 'x' INTO OUTFILE '{target}'",
+        f"SHOW TABLES INTO OUTFILE '{target}'",
+    ]
+    for hider in HIDERS:
+        gap = hider.format("INTO OUTFILE is refused")
+        variants.append(f"SELECT 1 {gap}INTO{gap}OUTFILE{gap}'{target}' TRUNCATE")
+    return variants
+
+
+@pytest.mark.parametrize("auth", [None, WRITER, AGENCY], ids=["default", "writer", "agency"])
+def test_into_outfile_never_writes(http: httpx.Client, tmp_path: Path, auth) -> None:
+    target = tmp_path / "js_snippet_dist_banner.js"
+    target.write_text("original\n")
+    for sql in outfile_variants(target):
+        for how in ("body", "url", "split"):
+            refused(run(http, sql, auth, how), 358, 62, 497, 164)
+    assert target.read_text() == "original\n"
+    assert not (tmp_path / "x").exists()
+    alive(http)
+
+
+def test_a_second_statement_never_runs(http: httpx.Client, tmp_path: Path) -> None:
+    target = tmp_path / "second.tsv"
+    for auth in (None, WRITER):
+        for hider in HIDERS:
+            gap = hider.format("x")
+            sql = f"SELECT 1 {gap}; SELECT 2 INTO OUTFILE '{target}'"
+            refused(run(http, sql, auth), 62)
+    # chDB runs statements after INSERT ... VALUES data: the data goes to the engine as data.
+    http.post("/", content="CREATE TABLE IF NOT EXISTS default.sec_rows (x UInt8) ENGINE = Memory",
+              auth=WRITER)
+    resp = http.post("/", content=f"INSERT INTO default.sec_rows VALUES (1); SELECT 5 INTO "
+                     f"OUTFILE '{target}'", auth=WRITER)
+    assert resp.status_code == 200, resp.text
+    assert not target.exists()
+    http.post("/", content="DROP TABLE default.sec_rows", auth=WRITER)
+
+
+def file_reads(path: Path) -> list[str]:
+    reads = [
+        f"SELECT file('{path}')",
+        f"SELECT `file`('{path}')",
+        f'SELECT "file"(\'{path}\')',
+        f"SELECT * FROM file('{path}', 'LineAsString')",
+        f"SELECT * FROM `file`('{path}', 'LineAsString')",
+        f"SELECT * FROM fileCluster('default', '{path}', 'LineAsString')",
+        f"WITH (SELECT file('{path}')) AS x SELECT x",
+        f"SELECT arrayMap(p -> file(p), ['{path}'])",
+        f"SELECT * FROM view(SELECT file('{path}'))",
+        f"SELECT (SELECT file('{path}'))",
+        f"DESCRIBE TABLE file('{path}')",
+        f"EXPLAIN QUERY TREE SELECT file('{path}')",
+        f"SELECT * FROM executable('cat {path}', 'LineAsString')",
+        f"SELECT * FROM sqlite('{path}', 't')",
+        f"SELECT * FROM url('file://{path}', 'LineAsString')",
+        "SELECT * FROM url('http://127.0.0.1:9/x', 'LineAsString')",
+    ]
+    for hider in HIDERS:
+        reads.append(f"SELECT file {hider.format('(')} ('{path}')")
+        reads.append(f"SELECT * FROM {hider.format('x')} file('{path}', 'LineAsString')")
+    return reads
+
+
+@pytest.mark.parametrize("auth", [None, AGENCY], ids=["default", "agency"])
+def test_readonly_users_never_read_files(http: httpx.Client, canary, auth) -> None:
+    path, secret = canary
+    for sql in file_reads(path):
+        for how in ("body", "url", "split"):
+            resp = run(http, sql, auth, how)
+            refused(resp, 164, 497, 62, 36, 46)
+            assert secret not in resp.text
+    alive(http)
+
+
+def test_writers_never_reach_files_either(http: httpx.Client, canary, tmp_path: Path) -> None:
+    path, secret = canary
+    target = tmp_path / "w.tsv"
+    attempts = [
+        *file_reads(path),
+        f"INSERT INTO FUNCTION file('{target}', 'TSV', 'x UInt8') SELECT 1",
+        f"CREATE TABLE default.sec_f (x String) ENGINE = File(LineAsString, '{path}')",
+        f"CREATE DICTIONARY default.sec_d (x UInt64) PRIMARY KEY x SOURCE(FILE(path '{path}' "
+        "format 'TSV')) LAYOUT(FLAT()) LIFETIME(0)",
+        f"BACKUP TABLE tagwerk.events TO File('{target}')",
+        "SYSTEM SHUTDOWN",
+        f"INSERT INTO tagwerk.events FROM INFILE '{path}' FORMAT LineAsString",
+    ]
+    for sql in attempts:
+        resp = run(http, sql, WRITER, "body")
+        refused(resp, 164, 497, 62, 36, 46, 78)
+        assert secret not in resp.text
+    assert not target.exists()
+    alive(http)
+
+
+@pytest.mark.parametrize("auth", [None, WRITER], ids=["default", "writer"])
+def test_settings_that_name_files_are_fixed(http: httpx.Client, canary, auth) -> None:
+    path, secret = canary
+    for name in ("format_template_row", "format_template_resultset", "format_schema",
+                 "output_format_schema", "input_format_record_errors_file_path"):
+        for how in ("url", "body"):
+            resp = run(http, "SELECT 1 AS x FORMAT Template", auth, how, **{name: str(path)})
+            refused(resp, 164, 452)
+            assert secret not in resp.text
+        resp = run(http, f"SELECT 1 AS x SETTINGS {name} = '{path}' FORMAT Template", auth)
+        refused(resp, 164, 452)
+        assert secret not in resp.text
+
+
+def test_readonly_limits_cannot_be_raised(http: httpx.Client) -> None:
+    for name, value in (("max_memory_usage", "0"), ("max_execution_time", "0"),
+                        ("max_memory_usage", str(10 << 30)), ("max_threads", "64"),
+                        ("max_result_bytes", "0"), ("allow_ddl", "1"), ("readonly", "0"),
+                        ("log_comment", "x"), ("additional_table_filters", "{}"),
+                        ("allow_introspection_functions", "1"), ("MAX_THREADS", "64")):
+        for how in ("url", "body"):
+            resp = run(http, "SELECT getSetting('max_threads')", None, how, **{name: value})
+            if name == "readonly":  # ignored, as before: readonly is ours to set
+                assert resp.text == "2\n"
+                continue
+            refused(resp, 164, 115)
+        if name not in ("allow_ddl", "allow_introspection_functions"):  # these: no change
+            resp = run(http, f"SELECT 1 SETTINGS {name} = '{value}'")
+            refused(resp, 164, 115)
+    caps = "SELECT getSetting('max_memory_usage'), getSetting('max_execution_time'), " \
+        "getSetting('max_threads'), getSetting('readonly')"
+    assert run(http, caps).text == f"{256 << 20}\t20\t2\t1\n"
+    # Lowering a limit is fine.
+    assert run(http, caps, max_execution_time="5").text == f"{256 << 20}\t5\t2\t1\n"
+
+
+def test_a_hostile_query_hits_the_memory_limit(http: httpx.Client) -> None:
+    for sql in ("SELECT length(groupArray(number)) FROM numbers(2000000000)",
+                "SELECT groupUniqArray(toString(number)) FROM numbers(100000000)"):
+        resp = run(http, sql)
+        refused(resp, 241)
+        assert "MEMORY_LIMIT_EXCEEDED" in resp.text
+    alive(http)
+
+
+def test_the_service_tables_are_not_readable(http: httpx.Client, store) -> None:
+    key_hash = store.rows("SELECT * FROM tagwerk.sites LIMIT 1")
+    secrets_seen = [str(v) for row in key_hash for v in row.values() if len(str(v)) >= 16]
+    attempts = [
+        "SELECT * FROM tagwerk.sites",
+        "SELECT * FROM `tagwerk`.`sites`",
+        'SELECT * FROM "tagwerk"."sites"',
+        "SELECT * FROM TAGWERK_is_not.sites",  # unknown database: the engine says so
+        "SELECT * FROM tagwerk.events WHERE site_id IN tagwerk.sites",
+        "SELECT * FROM tagwerk.events WHERE site_id IN (SELECT site_id FROM tagwerk.sites)",
+        "SELECT * FROM tagwerk.events e JOIN tagwerk.sites s ON e.site_id = s.site_id",
+        "WITH s AS (SELECT * FROM tagwerk.sites) SELECT * FROM s",
+        "SELECT 1 UNION ALL SELECT count() FROM tagwerk.container_drafts",
+        "SELECT * FROM view(SELECT * FROM tagwerk.sites)",
+        "SELECT * FROM merge('tagwerk', 'sites')",
+        "SELECT * FROM merge(REGEXP('tag'), '.*')",
+        "SELECT * FROM mergeTreeIndex('tagwerk', 'sites')",
+        "SELECT joinGet('tagwerk.sites', 'name', 'demo')",
+        "SELECT dictGet('tagwerk.sites', 'name', 1)",
+        "SHOW CREATE TABLE tagwerk.sites",
+        "SELECT * FROM tagwerk.schema_migrations",
+        "SELECT * FROM tagwerk.container_previews",
+        "SELECT * FROM system.parts",
+        "SELECT * FROM system.query_log",
+        f"SELECT * FROM {HIDERS[0].format('x')} tagwerk.sites",
+    ]
+    for sql in attempts:
+        for how, params in (("body", {}), ("url", {}), ("body", {"database": "tagwerk"})):
+            resp = run(http, sql, None, how, **params)
+            refused(resp, 497, 164, 60, 81, 62, 36, 46)
+            assert not any(s in resp.text for s in secrets_seen)
+    for sql in ("SELECT * FROM sites", "SELECT * FROM events WHERE site_id IN sites"):
+        refused(run(http, sql, database="tagwerk"), 497)
+        resp = http.post("/", content=sql, headers={"X-ClickHouse-Database": "tagwerk"})
+        refused(resp, 497)
+    # system.tables lists only what the user may read.
+    listed = run(http, "SELECT name FROM system.tables WHERE database = 'tagwerk'").text.split()
+    assert sorted(listed) == ["consent_log", "events"]
+    assert run(http, "SELECT count() > 0 FROM tagwerk.events").text == "1\n"
+    assert run(http, "SELECT count() >= 0 FROM events", database="tagwerk").text == "1\n"
+
+
+def test_line_breaks_in_identifiers_cannot_fake_the_tree(http: httpx.Client) -> None:
+    for sql in ("SELECT 1 AS `x\n Literal 'y'`",
+                "SELECT `a\nTableIdentifier b` FROM tagwerk.events",
+                "SELECT 1 AS `q) (children 2`"):
+        resp = run(http, sql)
+        refused(resp, 36, 47)
+
+
+def test_a_site_scoped_user_sees_its_sites_only(http: httpx.Client) -> None:
+    def sites(sql: str, **params) -> list[str]:
+        resp = run(http, sql, AGENCY, **params)
+        assert resp.status_code == 200, resp.text
+        return sorted(set(resp.text.split()))
+
+    assert sites("SELECT site_id FROM tagwerk.events WHERE event = 'sec_probe'") == ["sec-a"]
+    assert sites("SELECT site_id FROM events WHERE event = 'sec_probe'",
+                 database="tagwerk") == ["sec-a"]
+    assert sites("SELECT site_id FROM (SELECT * FROM tagwerk.events) WHERE event = "
+                 "'sec_probe'") == ["sec-a"]
+    assert sites("SELECT count() FROM tagwerk.events WHERE site_id = 'sec-b'") == ["0"]
+    refused(run(http, "SELECT * FROM tagwerk.consent_log", AGENCY), 497)
+    refused(run(http, "SELECT * FROM tagwerk.events", AGENCY,
+                additional_table_filters="{}"), 164)
+    # The unscoped default user sees both sites.
+    resp = run(http, "SELECT DISTINCT site_id FROM tagwerk.events WHERE event = 'sec_probe' "
+               "ORDER BY site_id")
+    assert resp.text == "sec-a\nsec-b\n"
+
+
+def slow_query(url: str, auth, sql: str, out: list) -> threading.Thread:
+    def go() -> None:
+        out.append(httpx.post(url, content=sql, auth=auth, timeout=60,
+                              params={"max_block_size": "1"}))
+
+    thread = threading.Thread(target=go)
+    thread.start()
+    return thread
+
+
+def test_other_users_queries_are_invisible_and_unkillable(url: str, http: httpx.Client) -> None:
+    out: list[httpx.Response] = []
+    thread = slow_query(url, WRITER, "SELECT sleepEachRow(0.2) FROM numbers(10)", out)
+    try:
+        wait_for(lambda: run(http, "SELECT count() FROM system.processes", WRITER).text != "1\n")
+        mine = run(http, "SELECT count() FROM system.processes").text
+        assert mine == "1\n"  # this query alone
+        for sql in ("KILL QUERY WHERE 1 SYNC", "KILL QUERY WHERE user = 'default' SYNC",
+                    "SHOW PROCESSLIST"):
+            resp = run(http, sql)
+            assert resp.status_code == 200, resp.text
+            assert "sleepEachRow" not in resp.text
+    finally:
+        thread.join()
+    assert out[0].status_code == 200, out[0].text  # it ran to its end
+
+
+def test_a_query_is_cancelled_when_its_client_goes_away(url: str, store) -> None:
+    host, port = url.removeprefix("http://").split(":")
+    marker = f"sec_cancel_{uuid.uuid4().hex[:8]}"
+    sql = f"SELECT sleepEachRow(0.5), '{marker}' FROM numbers(100)"
+    body = sql.encode()
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(b"POST /?max_block_size=1 HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
+                     % (len(body), body))
+        wait_for(lambda: store.rows(
+            "SELECT 1 FROM system.processes WHERE query LIKE {m:String}", {"m": f"%{marker}%"}))
+    started = time.monotonic()
+    wait_for(lambda: not store.rows(
+        "SELECT 1 FROM system.processes WHERE query LIKE {m:String} AND query NOT LIKE "
+        "'%system.processes%'", {"m": f"%{marker}%"}), timeout=10)
+    assert time.monotonic() - started < 10
+
+
+def test_header_values_from_the_request_cannot_break_the_answer(http: httpx.Client) -> None:
+    for query_id in ("a\r\nX-Injected: 1", "a\nb", "a\x00b", "x" * 1000):
+        resp = http.post("/", params={"query_id": query_id}, content="SELECT 1")
+        refused(resp, 36)
+        assert "x-injected" not in resp.headers
+    resp = http.post("/", params={"session_timezone": "UTC\r\nX-Injected: 1"},
+                     content="SELECT 1")
+    assert resp.status_code >= 400 and "x-injected" not in resp.headers
+    alive(http)
