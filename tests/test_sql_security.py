@@ -355,3 +355,40 @@ def test_header_values_from_the_request_cannot_break_the_answer(http: httpx.Clie
                      content="SELECT 1")
     assert resp.status_code >= 400 and "x-injected" not in resp.headers
     alive(http)
+
+
+def test_ingestion_keeps_acknowledging_under_hostile_queries(tmp_path: Path) -> None:
+    """``tagwerk serve`` with a 2 GiB limit: memory bombs from the read-only user are refused
+    by the engine's limits while pixels keep being answered and land; the process lives."""
+    from tests.servers import Server
+
+    server = Server(tmp_path / "var", "--memory-limit", "2G").start()
+    try:
+        sql_url = f"http://127.0.0.1:{server.sql_port}/"
+        answers: list[httpx.Response] = []
+
+        def bomb() -> None:
+            answers.append(httpx.post(sql_url, timeout=60, content=(
+                "SELECT length(groupArray(number)) FROM numbers(2000000000)")))
+
+        threads = [threading.Thread(target=bomb) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        acknowledged = 0
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            while any(thread.is_alive() for thread in threads):
+                resp = client.get("/p.gif", params={"site": "demo", "event": "sec_hostile"})
+                assert resp.status_code == 200
+                acknowledged += 1
+        for thread in threads:
+            thread.join()
+        assert acknowledged > 0
+        for resp in answers:
+            assert resp.status_code >= 400
+            assert resp.headers["X-ClickHouse-Exception-Code"] in ("241", "202"), resp.text
+        assert wait_for(lambda: server.sql(
+            "SELECT count() FROM tagwerk.events WHERE event = 'sec_hostile'"
+        ) == f"{acknowledged}\n", timeout=15)
+        assert server.proc is not None and server.proc.poll() is None
+    finally:
+        server.stop()
