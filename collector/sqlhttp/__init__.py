@@ -14,15 +14,17 @@ How requests map onto chDB (costs measured on the 2-core dev machine):
   only: they are undone afterwards, back to the engine's defaults, or, once the session has
   run ``SET`` or ``USE``, to its values read from ``system.settings`` (~3 ms). Idle
   sessions expire after ``session_timeout`` seconds.
+- What a statement may do is decided on ClickHouse's own parse of it (``syntax.py``:
+  ``formatQuery`` of the client's text bound as a parameter, then ``EXPLAIN AST`` of that
+  canonical text) by ``policy.py``, and the canonical text is what runs: no ``INTO
+  OUTFILE``, ``FROM INFILE`` or route to the host's files, programs or network for anyone;
+  read-only users get reading statements and their granted tables only. SECURITY.md.
 - Read-only requests (read-only users, and every method but POST) are stateless. They get
-  ``readonly = 1``, set after the URL settings have been applied, so settings still come
-  from the URL while the query can neither write nor change them. Not ``readonly = 2``
-  (what a ClickHouse server sets for GET): chDB then still runs ``INSERT INTO FUNCTION``
-  and the table functions ``file()``, ``url()``, ``s3()``, ``remote()``, ``executable()``
-  and ``Python()``, which write local files, reach the network and read this process's
-  Python objects. Holes the engine leaves open in every mode are closed before a query
-  reaches it: ``INTO OUTFILE`` and ``FROM INFILE`` for everyone (a ClickHouse server refuses
-  them over HTTP too) and, for read-only requests, the scalar function ``file()``.
+  ``readonly = 1``, set last, so that the query can neither write nor change a setting. Not
+  ``readonly = 2`` (what a ClickHouse server sets for GET): chDB then still runs table
+  functions that reach files and the network. A read-only user's URL settings are limited
+  to output settings, and its limits (memory, time, result size, threads), its tables'
+  filters (sites, system.processes) and its query's tag are set after them (``calls.py``).
 - Results are buffered, not streamed: chDB's ``send_query`` streams nothing but SELECTs,
   formats each chunk as a document of its own (JSON, CSVWithNames, Parquet and Arrow repeat
   their header) and yields nothing for an empty result, so a stream would not be what
