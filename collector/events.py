@@ -21,6 +21,7 @@ from urllib.parse import parse_qsl, urlsplit
 import orjson
 
 from collector.geo import UNKNOWN, Location
+from collector.http import json_field, nested_too_deep
 from collector.ids import uuid7
 from collector.useragent import Agent
 from consent.enforce import ConsentRule, enforce_row
@@ -51,6 +52,9 @@ MAX_PROP_VALUE = 2048
 # ClickHouse's JSON functions): at most this deep (["a"] is 1, {"a": {"b": 1}} is 2). Deeper
 # is refused before it is serialised (orjson stops at 255 levels, with an error).
 MAX_PROP_DEPTH = 8
+# A GA4 ecommerce object is 3 levels deep (ecommerce, items, an item); keys other than the
+# mapped ones are ignored, but nothing deeper than this is taken, ignored or not.
+MAX_ECOMMERCE_DEPTH = 8
 # Only an authenticated server may state where a hit happened (a store's POS, say).
 SERVER_ONLY = frozenset({"country", "region", "city", "user_agent", "ip"})
 ACCEPTED = frozenset(
@@ -384,6 +388,10 @@ def _ecommerce(value: Any, raw: dict, row: dict[str, Any]) -> None:
         name = sorted(ECOMMERCE_FLAT & raw.keys())[0]
         raise EventError(f"'ecommerce' and {name!r} in one event: give either ecommerce or "
                          "the flat fields", "ecommerce")
+    deep = nested_too_deep(value, MAX_ECOMMERCE_DEPTH)
+    if deep is not None:
+        field = f"ecommerce.{json_field(deep, MAX_ECOMMERCE_DEPTH)}"  # deep[0] is a key
+        raise EventError(f"{field} is nested deeper than {MAX_ECOMMERCE_DEPTH} levels", field)
     order_id = value.get("transaction_id")
     if order_id is not None:
         if isinstance(order_id, bool) or not isinstance(order_id, str | int):

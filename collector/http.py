@@ -203,7 +203,7 @@ def parse_json(body: bytes) -> Any:
         if "utf-8" in text.lower():
             raise HTTPError(400, "body is not valid UTF-8", "invalid_utf8") from None
         if "depth limit" in text or "recursion" in text.lower():
-            field = json_field(deep_path(body, MAX_JSON_DEPTH))
+            field = json_field(deep_path(body, MAX_JSON_DEPTH), 6)
             where = f" in {field!r}" if field else ""
             raise HTTPError(400, f"JSON nested deeper than {MAX_JSON_DEPTH} levels{where}",
                             "too_deep", field or None) from None
