@@ -1,0 +1,422 @@
+"""HTTP limits on both ports of ``tagwerk serve`` (collector/httplimits.py), as an attacker
+would try them with raw sockets: a huge header, thousands of headers, a giant URL, a head or
+a body that trickles in or stalls, idle connections. Each refusal is checked for its status,
+``Connection: close``, the connection then closing, and the server answering the next
+client. The collector's port runs ``fasthttp.protocol_for`` as ``tagwerk serve`` does; the
+SQL port is started by ``cli._start_sql_interface`` itself, so its uvicorn configuration is
+the one under test. The timeouts are module constants, lowered here with monkeypatch."""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+
+from collector import cli, httplimits
+from collector.fasthttp import IngestProtocol
+from collector.ingest import PIXEL
+from tests.helpers import CHROME, served
+from tests.servers import Server, free_port
+
+SITE = "limits-test"
+
+
+@dataclass
+class Port:
+    name: str
+    port: int
+    ok_path: str  # a GET answered 200
+    body_path: str  # a POST whose body the server reads (the fast path on the collector's)
+    ok_body: bytes  # what the 200 of ok_path ends with
+    protocol: type = object  # the protocol class uvicorn runs on it
+
+
+@pytest.fixture(scope="module")
+def servers(store, tmp_path_factory) -> Iterator[dict[str, Port]]:
+    with served(store, tmp_path_factory.mktemp("limits"), sql_port=free_port()) as (
+            client, collector):
+        if collector.sites.get(SITE) is None:
+            collector.sites.create(SITE)
+        before = set(threading.enumerate())
+        sql = cli._start_sql_interface(collector)
+        deadline = time.monotonic() + 10
+        while not sql.started:
+            assert time.monotonic() < deadline, "the SQL interface did not start"
+            time.sleep(0.01)
+        yield {
+            "collector": Port("collector", client.base_url.port,
+                              f"/p.gif?site={SITE}&event=limits", "/collect", PIXEL,
+                              IngestProtocol),
+            "sql": Port("sql", collector.settings.sql_port, "/ping", "/", b"Ok.\n",
+                        sql.config.http_protocol_class),
+        }
+        sql.should_exit = True
+        for thread in set(threading.enumerate()) - before:
+            thread.join(timeout=10)
+
+
+@pytest.fixture(params=["collector", "sql"])
+def port(request, servers) -> Port:
+    return servers[request.param]
+
+
+# -- raw HTTP -------------------------------------------------------------------------------
+
+
+def connect(port: Port) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", port.port), timeout=10)
+
+
+def head(path: str, extra: bytes = b"", method: str = "GET") -> bytes:
+    return (f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: {CHROME}\r\n"
+            .encode() + extra + b"\r\n")
+
+
+def answered(sock: socket.socket, wait: float = 0.0) -> bool:
+    return bool(select.select([sock], [], [], wait)[0])
+
+
+def send_until_answered(sock: socket.socket, chunks: Iterator[bytes], wait: float = 0.05
+                        ) -> int:
+    """Send ``chunks`` one by one, stopping once the server has something to say (or has
+    closed); return how many bytes were sent."""
+    sent = 0
+    for chunk in chunks:
+        try:
+            sock.sendall(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            break
+        sent += len(chunk)
+        if answered(sock, wait):
+            break
+    return sent
+
+
+def read_to_close(sock: socket.socket, timeout: float = 10.0) -> bytes:
+    """Everything the server sends until it closes the connection (fails if it does not
+    within ``timeout``)."""
+    sock.settimeout(timeout)
+    data = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            return data
+        except TimeoutError:
+            raise AssertionError(f"still open after {timeout} s: {data[:200]!r}") from None
+        if not chunk:
+            return data
+        data += chunk
+
+
+def status(answer: bytes) -> int:
+    assert answer.startswith(b"HTTP/1.1 "), answer[:200]
+    return int(answer[9:12])
+
+
+def assert_refused(answer: bytes, code: int) -> None:
+    assert status(answer) == code, answer[:300]
+    head, _, _ = answer.partition(b"\r\n\r\n")
+    assert b"\r\nconnection: close\r\n" in head.lower() + b"\r\n"
+    assert answer.count(b"HTTP/1.1 ") == 1  # one answer, then the connection closed
+
+
+def assert_serving(port: Port) -> None:
+    """A normal request, on a new connection, is answered at once."""
+    with connect(port) as sock:
+        sock.sendall(head(port.ok_path, b"Connection: close\r\n"))
+        answer = read_to_close(sock, timeout=5)
+    assert status(answer) == 200 and answer.endswith(port.ok_body), answer[:300]
+
+
+def exchange(port: Port, data: bytes) -> bytes:
+    with connect(port) as sock:
+        send_until_answered(sock, iter([data]))
+        return read_to_close(sock)
+
+
+# -- header count and size ------------------------------------------------------------------
+
+
+def test_a_huge_header_is_refused_431_before_it_is_read(port):
+    big = 1 << 20
+    with connect(port) as sock:
+        chunks = iter([head(port.ok_path)[:-2] + b"X-Big: "]
+                      + [b"a" * 16384] * (big // 16384) + [b"\r\n\r\n"])
+        sent = send_until_answered(sock, chunks, wait=0.2)
+        answer = read_to_close(sock)
+    assert_refused(answer, 431)
+    assert sent < 256 * 1024  # refused after a few reads, not after 1 MiB
+    assert_serving(port)
+
+
+def test_two_thousand_headers_are_refused_431(port):
+    fields = b"".join(b"X-H%d: v\r\n" % i for i in range(2000))
+    assert_refused(exchange(port, head(port.ok_path, fields)), 431)
+    assert_serving(port)
+
+
+def test_headers_sent_one_by_one_are_refused_once_past_the_size(port):
+    """The number of fields is checked when the head is complete; until then the size
+    limit stops an endless stream of small fields."""
+    with connect(port) as sock:
+        chunks = iter([head(port.ok_path)[:-2]] + [b"X-H%d: v\r\n" % i for i in range(5000)])
+        sent = send_until_answered(sock, chunks, wait=0.002)
+        answer = read_to_close(sock)
+    assert_refused(answer, 431)
+    assert sent < httplimits.MAX_HEAD_BYTES + 1000
+    assert_serving(port)
+
+
+def test_a_hundred_and_one_small_fields_are_refused_431(port):
+    def fields(n: int) -> bytes:  # head() adds Host and User-Agent
+        return b"Connection: close\r\n" + b"".join(b"X-H%d: v\r\n" % i for i in range(n - 3))
+
+    assert len(fields(httplimits.MAX_HEADERS + 1)) < httplimits.MAX_HEAD_BYTES // 4
+    assert_refused(exchange(port, head(port.ok_path, fields(httplimits.MAX_HEADERS + 1))), 431)
+    answer = exchange(port, head(port.ok_path, fields(httplimits.MAX_HEADERS)))
+    assert status(answer) == 200 and answer.endswith(port.ok_body)
+
+
+def test_many_small_headers_add_up_to_the_size_limit(port):
+    fields = b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 200) for i in range(90))  # 90 < 100
+    assert len(fields) > httplimits.MAX_HEAD_BYTES
+    assert_refused(exchange(port, head(port.ok_path, fields)), 431)
+    assert_serving(port)
+
+
+def test_a_head_just_within_the_limits_is_served(port):
+    # the request target and header fields count, each as "name: value\r\n"
+    fields = [(b"User-Agent", CHROME.encode()), (b"Connection", b"close"), (b"Host", b"x")]
+    fields += [(b"X-H%d" % i, b"v") for i in range(httplimits.MAX_HEADERS - len(fields) - 1)]
+    used = len(port.ok_path) + sum(len(n) + len(v) + 4 for n, v in fields)
+    filler = httplimits.MAX_HEAD_BYTES - used - len(b"X-Fill") - 4
+    fields.append((b"X-Fill", b"f" * filler))
+    assert len(fields) == httplimits.MAX_HEADERS
+    request = (f"GET {port.ok_path} HTTP/1.1\r\n".encode()
+               + b"".join(n + b": " + v + b"\r\n" for n, v in fields) + b"\r\n")
+    answer = exchange(port, request)
+    assert status(answer) == 200 and answer.endswith(port.ok_body)
+    # one more byte, or one more field, is too much
+    longer = request.replace(b"X-Fill: f", b"X-Fill: ff")
+    assert_refused(exchange(port, longer), 431)
+    one_more = request.replace(b"X-H1: v\r\n", b"X-H1: v\r\nX-More: v\r\n")
+    one_more = one_more.replace(b"X-Fill: " + b"f" * 20, b"X-Fill: ")  # within the size
+    assert_refused(exchange(port, one_more), 431)
+
+
+def test_a_giant_url_is_refused_414(port):
+    with connect(port) as sock:
+        chunks = iter([b"GET /" + b"a" * 16384] + [b"a" * 16384] * 64
+                      + [b" HTTP/1.1\r\nHost: x\r\n\r\n"])
+        sent = send_until_answered(sock, chunks, wait=0.2)
+        answer = read_to_close(sock)
+    assert_refused(answer, 414)
+    assert sent < 256 * 1024
+    assert_serving(port)
+
+
+def test_a_url_and_headers_together_over_the_limit_are_refused_431(port):
+    path = port.ok_path + ("&" if "?" in port.ok_path else "?") + "pad=" + "p" * 10_000
+    assert_refused(exchange(port, head(path, b"X-Pad: " + b"q" * 7000 + b"\r\n")), 431)
+    assert_serving(port)
+
+
+# -- timeouts -------------------------------------------------------------------------------
+
+
+def test_a_head_trickled_slowly_is_answered_408(port, monkeypatch):
+    monkeypatch.setattr(httplimits, "HEAD_TIMEOUT", 0.5)
+    with connect(port) as sock:
+        start = time.monotonic()
+        # a byte every 50 ms, each well within any per-read timeout: the head's deadline counts
+        request = head(port.ok_path)
+        sent = send_until_answered(sock, (request[i:i + 1] for i in range(len(request))))
+        answer = read_to_close(sock)
+        elapsed = time.monotonic() - start
+    assert_refused(answer, 408)
+    assert sent < len(request) and 0.4 < elapsed < 5
+    assert_serving(port)
+
+
+def test_a_head_that_stops_is_answered_408(port, monkeypatch):
+    monkeypatch.setattr(httplimits, "HEAD_TIMEOUT", 0.3)
+    with connect(port) as sock:
+        sock.sendall(head(port.ok_path)[:30])
+        assert_refused(read_to_close(sock), 408)
+    assert_serving(port)
+
+
+def collect_request(port: Port, body: bytes) -> bytes:
+    return head(port.body_path, b"Content-Type: text/plain\r\nContent-Length: %d\r\n"
+                % len(body), method="POST")
+
+
+def test_a_body_that_stalls_is_answered_408(port, monkeypatch):
+    monkeypatch.setattr(httplimits, "BODY_TIMEOUT", 0.3)
+    body = b'{"site": "%s", "event": "stalled"}' % SITE.encode()
+    with connect(port) as sock:
+        start = time.monotonic()
+        sock.sendall(collect_request(port, body) + body[:10])
+        answer = read_to_close(sock)
+    assert_refused(answer, 408)
+    assert time.monotonic() - start < 5
+    assert_serving(port)
+
+
+def test_a_chunked_body_that_stalls_is_answered_408(servers, monkeypatch):
+    """On the collector's port a chunked body goes the ASGI way (not the fast path)."""
+    port = servers["collector"]
+    monkeypatch.setattr(httplimits, "BODY_TIMEOUT", 0.3)
+    with connect(port) as sock:
+        sock.sendall(head("/collect", b"Content-Type: text/plain\r\n"
+                          b"Transfer-Encoding: chunked\r\n", method="POST") + b"20\r\n{\"si")
+        assert_refused(read_to_close(sock), 408)
+    assert_serving(port)
+
+
+def test_a_body_trickling_with_short_pauses_is_read_whole(servers, monkeypatch):
+    """The body's timeout is one of inactivity (the time between two reads), not a deadline
+    for the whole body: a slow but steady client is served."""
+    port = servers["collector"]
+    monkeypatch.setattr(httplimits, "BODY_TIMEOUT", 0.5)
+    body = b'{"site": "%s", "event": "trickled", "title": "%s"}' % (SITE.encode(), b"t" * 40)
+    with connect(port) as sock:
+        sock.sendall(collect_request(port, body))
+        start = time.monotonic()
+        for i in range(0, len(body), 8):  # 0.1 s apart, ~1 s in all: twice the timeout
+            time.sleep(0.1)
+            sock.sendall(body[i:i + 8])
+        assert time.monotonic() - start > 2 * httplimits.BODY_TIMEOUT
+        sock.settimeout(5)
+        answer = sock.recv(65536)
+    assert status(answer) == 202 and answer.endswith(b'{"accepted":1}')
+
+
+def test_a_body_timeout_after_the_answer_closes_without_408(servers, monkeypatch):
+    """An answer given before the body was read (here the ASGI path's 413 for a declared
+    length over the limit): the stalled rest of the body closes the connection, no 408."""
+    port = servers["collector"]
+    monkeypatch.setattr(httplimits, "BODY_TIMEOUT", 0.3)
+    with connect(port) as sock:
+        sock.sendall(head("/collect", b"Content-Type: text/plain\r\n"
+                          b"Content-Length: 10000000\r\n", method="POST") + b"{")
+        answer = read_to_close(sock)
+    assert answer.count(b"HTTP/1.1 ") == 1 and status(answer) != 408
+    assert_serving(port)
+
+
+def test_idle_connections_are_closed(port, monkeypatch):
+    monkeypatch.setattr(httplimits, "KEEP_ALIVE_TIMEOUT", 0.5)
+    # a fresh connection on which nothing is sent
+    with connect(port) as sock:
+        start = time.monotonic()
+        assert read_to_close(sock) == b""
+        assert 0.4 < time.monotonic() - start < 5
+    # a kept-alive connection after an answer; blank lines do not keep it open
+    with connect(port) as sock:
+        sock.sendall(head(port.ok_path))
+        start = time.monotonic()
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            for _ in range(20):
+                time.sleep(0.1)
+                sock.sendall(b"\r\n")
+        answer = read_to_close(sock)
+        assert status(answer) == 200 and answer.endswith(port.ok_body)
+        assert answer.count(b"HTTP/1.1 ") == 1 and time.monotonic() - start < 5
+    assert_serving(port)
+
+
+def test_a_refused_connection_lingers_only_until_the_client_closes(port, monkeypatch):
+    """After a refusal the server shuts its side at once (the client sees the answer, then
+    the end), drops what still arrives, and closes after LINGER_TIMEOUT at the latest."""
+    monkeypatch.setattr(httplimits, "LINGER_TIMEOUT", 0.5)
+    with connect(port) as sock:
+        sock.sendall(head(port.ok_path, b"X-Big: " + b"a" * 40_000 + b"\r\n"))
+        assert_refused(read_to_close(sock), 431)
+        start = time.monotonic()
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            while time.monotonic() - start < 5:
+                sock.sendall(b"b" * 1000)  # dropped unread, until the server closes
+                time.sleep(0.05)
+        assert time.monotonic() - start < 5
+    assert_serving(port)
+
+
+# -- other clients ----------------------------------------------------------------------------
+
+
+def _attack(port: Port, stop: threading.Event) -> None:
+    """Misbehave in a loop: a 1 MiB header sent slowly, 2,000 headers, a stalled head."""
+    stalled = []
+    while not stop.is_set():
+        with contextlib.suppress(OSError), connect(port) as sock:
+            send_until_answered(sock, iter([head(port.ok_path)[:-2] + b"X-Big: "]
+                                           + [b"a" * 65536] * 16), wait=0.01)
+        with contextlib.suppress(OSError), connect(port) as sock:
+            sock.sendall(head(port.ok_path, b"".join(b"X-H%d: v\r\n" % i
+                                                     for i in range(2000))))
+        with contextlib.suppress(OSError):
+            stalled.append(connect(port))
+            stalled[-1].sendall(b"GET / HTTP/1.1\r\nX-Slow: ")
+    for sock in stalled:
+        sock.close()
+
+
+def test_other_clients_are_served_while_one_misbehaves(port):
+    stop = threading.Event()
+    attackers = [threading.Thread(target=_attack, args=(port, stop)) for _ in range(2)]
+    for thread in attackers:
+        thread.start()
+    try:
+        time.sleep(0.2)
+        slowest = 0.0
+        for _ in range(20):
+            with httpx.Client(base_url=f"http://127.0.0.1:{port.port}",
+                              headers={"User-Agent": CHROME}, timeout=10) as client:
+                start = time.monotonic()
+                response = client.get(port.ok_path)
+                slowest = max(slowest, time.monotonic() - start)
+            assert response.status_code == 200 and response.content == port.ok_body
+            time.sleep(0.02)
+    finally:
+        stop.set()
+        for thread in attackers:
+            thread.join(timeout=30)
+    assert slowest < 1.0
+
+
+# -- tagwerk serve ---------------------------------------------------------------------------
+
+
+def test_both_ports_use_the_limited_protocol(port):
+    assert issubclass(port.protocol, httplimits.LimitedProtocol)
+
+
+def test_tagwerk_serve_applies_the_limits_and_the_idle_timeout_on_both_ports(tmp_path):
+    """The real command, as a subprocess: 2,000 headers are refused on both ports, and an
+    idle connection to either is closed after the default 5 s."""
+    assert httplimits.KEEP_ALIVE_TIMEOUT == 5.0
+    server = Server(tmp_path / "serve").start()
+    try:
+        ports = [Port("collector", server.port, "/healthz", "/collect", b'{"status":"ok"}'),
+                 Port("sql", server.sql_port, "/ping", "/", b"Ok.\n")]
+        fields = b"".join(b"X-H%d: v\r\n" % i for i in range(2000))
+        for port in ports:
+            assert_refused(exchange(port, head(port.ok_path, fields)), 431)
+            assert_serving(port)
+        idle = [connect(port) for port in ports]
+        start = time.monotonic()
+        for sock in idle:
+            assert read_to_close(sock, timeout=15) == b""
+            sock.close()
+        assert 4 < time.monotonic() - start < 10
+    finally:
+        server.stop()
