@@ -8,14 +8,16 @@ Limits (module constants, read when used: tests lower them with monkeypatch):
   fields together (each field counted as ``name: value`` and its CRLF; the method and the
   HTTP version are not counted). More is answered ``431 Request Header Fields Too Large``;
   a request target that alone is longer than ``MAX_HEAD_BYTES`` is answered
-  ``414 URI Too Long`` (the target is read before any header, so it is the target that ran
-  over). Both with ``Connection: close``, and the connection is closed. The size is counted
-  in the parser's callbacks (``on_url``, ``on_header``), so a huge head is refused once the
-  limit is passed, not after it was buffered whole; httptools hands over a header field
-  only when it is complete, so a field still arriving is counted by the bytes received
-  while the head is unfinished (refused at most one read, 256 KiB, past the limit). The
-  number of fields is checked when the head is complete (``on_headers_complete``): the size
-  limit bounds it until then, and the hot path pays one subtraction per field.
+  ``414 URI Too Long`` (the target comes before any field, so it alone ran over). Both with
+  ``Connection: close``, and the connection is closed. The size is counted in the parser's
+  callbacks (``on_url``, ``on_header``: name and value; the 4 bytes more per field when
+  the head is complete), so a huge head is refused once the limit is passed, not after it
+  was buffered whole. httptools hands over a header field only when it is complete (and
+  buffers it until then, growing a bytes object by concatenation): a field still arriving
+  is counted by the bytes received while the head is unfinished, and refused at most one
+  read (asyncio reads up to 256 KiB) past the limit. The number of fields is checked when
+  the head is complete (``on_headers_complete``): until then the size limit bounds it. A
+  chunked body's trailer fields count as the head's, and are refused alike.
 - ``HEAD_TIMEOUT``: a request's head (request line and headers) must be complete within
   this many seconds of its first byte, a deadline for the whole head: a head is small, any
   client sends it at once, and a per-read timeout would let a client keep the connection
@@ -30,18 +32,23 @@ Limits (module constants, read when used: tests lower them with monkeypatch):
   arms its keep-alive timer only after a first answer) or kept alive after one, is closed
   after this many seconds. It replaces uvicorn's ``timeout_keep_alive`` setting (same
   default), so that both ports have the same one. Bytes that begin no request (blank lines
-  between requests) do not keep a connection open either.
+  between requests, which cancel uvicorn's keep-alive timer) do not keep a connection open.
 
 Each refusal is written, then the connection is closed: our side at once (the client reads
 the answer, then the end of the stream), the socket when the client closes its side, or
-after ``LINGER_TIMEOUT`` seconds, meanwhile what the client still sends is dropped unread.
+after ``LINGER_TIMEOUT`` seconds; meanwhile what the client still sends is dropped unread.
+A refusal raised in a parser callback reaches uvicorn as a parser error, which it logs
+(``Invalid HTTP request received.``) before answering through ``send_400_response``.
 
 The timeouts count only while the server reads: when uvicorn stops reading (a pipelined
 request waiting for the one before it, or a body the application does not read as fast as
 it arrives), or the client waits for ``100 Continue``, waiting is not the client's fault.
 
-One timer per connection (``loop.call_at``), rearmed only when it fires early: a request
-costs a clock read and a comparison, a header field two additions and a comparison.
+Cost on the hot path (a pixel: a head that arrives in one read): one subtraction and
+comparison per header field, a few attribute stores per request, no clock read. The
+timeouts use one timer per connection (``loop.call_at``), a watchdog armed from the
+connection's start to its end: it fires at the current phase's deadline or earlier, and
+is rearmed then; deadlines are set only when a head or body spans reads.
 
 What this relies on in uvicorn (pinned ``>=0.54,<0.55``): its parser callbacks
 (``on_url``, ``on_header``: reimplemented here, so they keep filling ``self.url``,
@@ -72,8 +79,11 @@ _IDLE = 0  # between requests: no byte of the next one yet (false: the hot path'
 _BEGUN = 1  # a request's head began in the data being parsed now
 _HEAD = 2  # a request's head began in data parsed before
 _BODY = 3  # the head is complete; its body (if any) is being read
-_CLOSED = 4  # refused: what arrives is dropped, the connection closes after an answer
-_LINGER = 5  # refused and answered: what arrives is dropped until the client closes
+_CHUNK_BEGUN = 4  # a chunk's size line was read now, none of its data yet
+_CHUNK_WAIT = 5  # a chunk's size line was read before, none of its data since: the last
+# chunk's trailer fields, which httptools buffers as it does the head's fields
+_CLOSED = 6  # refused: what arrives is dropped, the connection closes after an answer
+_LINGER = 7  # refused and answered: what arrives is dropped until the client closes
 
 _NEVER = float("inf")
 
@@ -138,11 +148,18 @@ class LimitedProtocol(HttpToolsProtocol):
         if phase == _HEAD:  # the head was unfinished before this read and still is
             self._head_raw += size
             if self._head_raw > MAX_HEAD_BYTES:
-                self._refuse_head(431, f"request head over {MAX_HEAD_BYTES} bytes")
+                self._refuse_request(431, f"request head over {MAX_HEAD_BYTES} bytes")
         elif phase == _BEGUN:  # a head began in this read and is still unfinished: its
             self._phase = _HEAD  # first byte came now (a head that fits one read never waits)
             self._expect(self.loop.time() + HEAD_TIMEOUT)
-        elif phase == _BODY:
+        elif phase >= _BODY:
+            if phase == _CHUNK_WAIT:  # the read held only trailer fields
+                self._head_raw += size
+                if self._head_raw > MAX_HEAD_BYTES:
+                    self._refuse_request(431, f"trailer over {MAX_HEAD_BYTES} bytes")
+                    return
+            elif phase == _CHUNK_BEGUN:
+                self._phase = _CHUNK_WAIT
             self._expect(self.loop.time() + BODY_TIMEOUT)
 
     # -- the parser's callbacks -----------------------------------------------------------
@@ -174,6 +191,17 @@ class LimitedProtocol(HttpToolsProtocol):
         self._head_ends()
         super().on_headers_complete()
 
+    def on_body(self, body: bytes) -> None:
+        self._phase = _BODY
+        super().on_body(body)
+
+    def on_chunk_header(self) -> None:
+        self._phase = _CHUNK_BEGUN
+        self._head_raw = 0
+
+    def on_chunk_complete(self) -> None:
+        self._phase = _BODY
+
     def on_message_complete(self) -> None:
         self._message_ends()
         super().on_message_complete()
@@ -184,7 +212,7 @@ class LimitedProtocol(HttpToolsProtocol):
         if refusal is None:
             super().send_400_response(msg)
         else:
-            self._refuse_head(*refusal)
+            self._refuse_request(*refusal)
 
     # -- the phases -----------------------------------------------------------------------
 
@@ -251,13 +279,13 @@ class LimitedProtocol(HttpToolsProtocol):
             return
         if self.flow.read_paused or getattr(cycle, "waiting_for_100_continue", False):
             # uvicorn is not reading, or the client waits for 100 Continue: not its fault
-            self._deadline = now + (BODY_TIMEOUT if phase == _BODY else HEAD_TIMEOUT)
+            self._deadline = now + (BODY_TIMEOUT if phase >= _BODY else HEAD_TIMEOUT)
         if now < self._deadline:
             self._arm(self._deadline)
-        elif phase == _BODY:
-            self._body_timed_out()
+        elif phase >= _BODY:
+            self._refuse_request(408, f"no body bytes for {BODY_TIMEOUT:g} s")
         else:
-            self._refuse_head(408, f"request head not complete within {HEAD_TIMEOUT:g} s")
+            self._refuse_request(408, f"request head not complete within {HEAD_TIMEOUT:g} s")
 
     # -- refusing -------------------------------------------------------------------------
 
@@ -266,35 +294,29 @@ class LimitedProtocol(HttpToolsProtocol):
         self._refusal = (status, why)
         raise _Refused(why)
 
-    def _refuse_head(self, status: int, why: str) -> None:
-        """Refuse the request whose head is being read, and close the connection."""
-        self._phase = _CLOSED
+    def _refuse_request(self, status: int, why: str) -> None:
+        """Refuse the request being read, and close the connection."""
+        phase, self._phase = self._phase, _CLOSED
         if self.transport.is_closing():
             return
-        log.info("%s: %d, %s", _peer(self.client), status, why)
         cycle = self.cycle
-        if cycle is not None and not cycle.response_complete:
-            # An earlier request on this connection is still being answered: its answer
-            # goes first and closes the connection; this request gets none.
-            cycle.keep_alive = False
-            return
-        self._send_refusal(status)
-
-    def _body_timed_out(self) -> None:
-        self._phase = _CLOSED
-        cycle = self.cycle
-        answered = True
-        if cycle is not None:
+        if phase >= _BODY and cycle is not None:  # the request's own cycle
             answered = bool(self.pipeline) or getattr(cycle, "response_started",
                                                       cycle.response_complete)
             cycle.disconnected = True  # the application's receive() and send() see it
             cycle.message_event.set()
-        log.info("%s: no body bytes for %g s, %s", _peer(self.client), BODY_TIMEOUT,
-                 "closed" if answered else "408")
-        if answered:
-            self.transport.close()
-        else:
-            self._send_refusal(408)
+            if answered:  # or queued behind an answer not yet given: nothing to say
+                log.info("%s: %s, closed", _peer(self.client), why)
+                self.transport.close()
+                return
+        elif cycle is not None and not cycle.response_complete:
+            # An earlier request on this connection is still being answered: its answer
+            # goes first and closes the connection; this request gets none.
+            log.info("%s: %s, closed after the answer before", _peer(self.client), why)
+            cycle.keep_alive = False
+            return
+        log.info("%s: %s, %d", _peer(self.client), why, status)
+        self._send_refusal(status)
 
     def _send_refusal(self, status: int) -> None:
         body = _REASONS[status]

@@ -167,7 +167,9 @@ def test_headers_sent_one_by_one_are_refused_once_past_the_size(port):
     """The number of fields is checked when the head is complete; until then the size
     limit stops an endless stream of small fields."""
     with connect(port) as sock:
-        chunks = iter([head(port.ok_path)[:-2]] + [b"X-H%d: v\r\n" % i for i in range(5000)])
+        chunks = iter([head(port.ok_path)[:-2]] + [b"".join(b"X-H%d-%d: v\r\n" % (i, j)
+                                                            for j in range(10))
+                                                   for i in range(500)])
         sent = send_until_answered(sock, chunks, wait=0.002)
         answer = read_to_close(sock)
     assert_refused(answer, 431)
@@ -227,6 +229,35 @@ def test_a_url_and_headers_together_over_the_limit_are_refused_431(port):
     path = port.ok_path + ("&" if "?" in port.ok_path else "?") + "pad=" + "p" * 10_000
     assert_refused(exchange(port, head(path, b"X-Pad: " + b"q" * 7000 + b"\r\n")), 431)
     assert_serving(port)
+
+
+def test_a_huge_trailer_field_is_refused_431(servers):
+    """A chunked body's trailer fields are buffered by the parser as the head's are."""
+    port = servers["collector"]  # a chunked body goes the ASGI way
+    with connect(port) as sock:
+        chunks = iter([head("/collect", b"Content-Type: text/plain\r\n"
+                            b"Transfer-Encoding: chunked\r\n", method="POST")
+                       + b"4\r\n{}  \r\n0\r\nX-Trailer: "] + [b"t" * 16384] * 64
+                      + [b"\r\n\r\n"])
+        sent = send_until_answered(sock, chunks, wait=0.2)
+        answer = read_to_close(sock)
+    assert_refused(answer, 431)
+    assert sent < 256 * 1024
+    assert_serving(port)
+
+
+def test_a_chunked_body_with_a_small_trailer_is_read(servers):
+    port = servers["collector"]
+    body = b'{"site": "%s", "event": "chunked"}' % SITE.encode()
+    request = (head("/collect", b"Content-Type: text/plain\r\nTransfer-Encoding: chunked\r\n"
+                    b"Connection: close\r\n", method="POST")
+               + b"%x\r\n%s\r\n0\r\nX-Trailer: t\r\n\r\n" % (len(body), body))
+    with connect(port) as sock:
+        sock.sendall(request[:-30])
+        time.sleep(0.1)
+        sock.sendall(request[-30:])
+        answer = read_to_close(sock)
+    assert status(answer) == 202 and answer.endswith(b'{"accepted":1}')
 
 
 # -- timeouts -------------------------------------------------------------------------------
@@ -398,6 +429,14 @@ def test_other_clients_are_served_while_one_misbehaves(port):
 
 def test_both_ports_use_the_limited_protocol(port):
     assert issubclass(port.protocol, httplimits.LimitedProtocol)
+
+
+def test_the_collector_protocol_overrides_only_the_limits_hooks():
+    """IngestProtocol calls the hooks itself (and on_body the limits' on its ASGI path);
+    any other name both define would be a clash."""
+    shared = set(vars(httplimits.LimitedProtocol)) & set(vars(IngestProtocol))
+    assert shared - {"__module__", "__doc__"} == {
+        "on_message_begin", "on_headers_complete", "on_body", "on_message_complete"}
 
 
 def test_tagwerk_serve_applies_the_limits_and_the_idle_timeout_on_both_ports(tmp_path):
