@@ -126,10 +126,11 @@ async def _body(request: Request, required: bool) -> Any:
     if request.headers.get("content-encoding", "identity").lower() != "identity":
         raise ApiError(415, "compressed bodies are not accepted here")
     declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > MAX_DOCUMENT_BYTES):
-        raise ApiError(413 if declared.isdigit() else 400,
+    digits = declared is not None and declared.isdigit() and declared.isascii()
+    if declared is not None and (not digits or int(declared) > MAX_DOCUMENT_BYTES):
+        raise ApiError(413 if digits else 400,
                        f"body larger than {MAX_DOCUMENT_BYTES} bytes"
-                       if declared.isdigit() else "invalid Content-Length")
+                       if digits else "invalid Content-Length")
     chunks, size = [], 0
     try:
         async for chunk in request.stream():

@@ -114,7 +114,7 @@ class Hit:
         """
         declared = self.headers.get("content-length")
         if declared is not None:
-            if not declared.isdigit():
+            if not (declared.isdigit() and declared.isascii()):  # "²" is a digit to isdigit
                 raise HTTPError(400, "invalid Content-Length", "malformed")
             if int(declared) > limit:
                 raise HTTPError(413, f"body larger than {limit} bytes", "too_large")

@@ -60,12 +60,15 @@ class Env:
 @pytest.fixture(scope="module")
 def env(store, tmp_path_factory):
     with served(store, tmp_path_factory.mktemp("security")) as (client, collector):
-        keys = star_keys = {}
-        if collector.sites.get(SITE) is None:
-            _, keys = collector.sites.create(SITE, [ORIGIN, "https://*.shop.example"])
-            _, star_keys = collector.sites.create(STAR, ["*"])
+        _, keys = collector.sites.create(SITE, [ORIGIN, "https://*.shop.example"])
+        _, star_keys = collector.sites.create(STAR, ["*"])
         url = urlsplit(str(client.base_url))
-        yield Env(client, collector, keys, star_keys, url.hostname, url.port)
+        try:
+            yield Env(client, collector, keys, star_keys, url.hostname, url.port)
+        finally:
+            # Sites are in the session's shared store: a site allowing any origin would
+            # let every other test's preflight through.
+            collector.sites.set_origins(STAR, ["https://sec-star.example"])
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -826,3 +829,30 @@ def test_strip_url_leaves_no_click_id_anywhere():
         assert strip_url(out) == out
         if not set(_segments(text)) & CLICK_IDS:
             assert out == text
+
+
+def test_respond_never_writes_a_header_with_a_control_character():
+    """Defence in depth on the ASGI path: a header value that is not printable ASCII turns
+    the answer into a plain 500 without it, instead of a broken or split response."""
+    import asyncio
+
+    from collector.http import respond
+
+    for bad in ("https://a\r\nX-Injected: 1", "a\nb", "a\x00", "a\tb", "a\x85", "a\u2028"):
+        sent = []
+
+        async def send(message, sent=sent):
+            sent.append(message)
+
+        asyncio.run(respond(send, 202, b"{}", headers=[("Set-Cookie", "ok=1"),
+                                                        ("Access-Control-Allow-Origin", bad)]))
+        start, body = sent
+        assert start["status"] == 500 and body["body"] == b'{"error":"internal error"}'
+        assert [name for name, _ in start["headers"]] == [b"content-type", b"content-length"]
+
+
+def test_an_error_body_is_always_json():
+    from collector.http import HTTPError
+
+    body = HTTPError(400, "unknown field '\ud800'", "invalid", "\udfff").body()
+    assert orjson.loads(body) == {"error": "unknown field '\\ud800'", "field": "\\udfff"}
