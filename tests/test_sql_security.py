@@ -93,6 +93,10 @@ def outfile_variants(target: Path) -> list[str]:
         f"EXPLAIN SELECT 1 INTO OUTFILE '{target}'",
         f"KILL QUERY WHERE query_id = 'x' INTO OUTFILE '{target}'",
         f"SHOW TABLES INTO OUTFILE '{target}'",
+        f"SHOW FUNCTIONS LIKE 'nope%' INTO OUTFILE '{target}' TRUNCATE",
+        f"SHOW PRIVILEGES INTO OUTFILE '{target}'",
+        f"SHOW ENGINES INTO OUTFILE '{target}'",
+        f"CHECK TABLE tagwerk.events INTO OUTFILE '{target}'",
     ]
     for hider in HIDERS:
         gap = hider.format("INTO OUTFILE is refused")
@@ -176,6 +180,9 @@ def test_writers_never_reach_files_either(http: httpx.Client, canary, tmp_path: 
         "format 'TSV')) LAYOUT(FLAT()) LIFETIME(0)",
         f"BACKUP TABLE tagwerk.events TO File('{target}')",
         "SYSTEM SHUTDOWN",
+        "SELECT name, content FROM filesystem('/etc')",
+        f"SELECT * FROM eval(concat('SELECT * FROM fi', 'le(''{path}'')'))",
+        "CREATE DATABASE sec_fs ENGINE = Filesystem('/etc')",
         f"INSERT INTO tagwerk.events FROM INFILE '{path}' FORMAT LineAsString",
     ]
     for sql in attempts:
@@ -250,6 +257,7 @@ def test_the_service_tables_are_not_readable(http: httpx.Client, store) -> None:
         "SELECT * FROM mergeTreeIndex('tagwerk', 'sites')",
         "SELECT joinGet('tagwerk.sites', 'name', 'demo')",
         "SELECT dictGet('tagwerk.sites', 'name', 1)",
+        "SELECT hasColumnInTable('tagwerk', 'sites', 'read_key_hash')",
         "SHOW CREATE TABLE tagwerk.sites",
         "SELECT * FROM tagwerk.schema_migrations",
         "SELECT * FROM tagwerk.container_previews",
@@ -276,7 +284,8 @@ def test_the_service_tables_are_not_readable(http: httpx.Client, store) -> None:
 def test_line_breaks_in_identifiers_cannot_fake_the_tree(http: httpx.Client) -> None:
     for sql in ("SELECT 1 AS `x\n Literal 'y'`",
                 "SELECT `a\nTableIdentifier b` FROM tagwerk.events",
-                "SELECT 1 AS `q) (children 2`"):
+                "SELECT 1 AS `q) (children 2`",
+                "SELECT 1 AS `a (children 1)\x1c     Function file`"):
         resp = run(http, sql)
         refused(resp, 36, 47)
 
@@ -392,3 +401,14 @@ def test_ingestion_keeps_acknowledging_under_hostile_queries(tmp_path: Path) -> 
         assert server.proc is not None and server.proc.poll() is None
     finally:
         server.stop()
+
+
+def test_deep_queries_and_introspection_are_refused_cleanly(http: httpx.Client) -> None:
+    deep = "SELECT " + "abs(" * 600 + "1" + ")" * 600
+    resp = run(http, deep)
+    assert 400 <= resp.status_code < 500 or resp.headers.get("X-ClickHouse-Exception-Code") in (
+        "167", "168"), resp.text  # the engine's AST depth limits, not a Python error
+    assert "recursion" not in resp.text
+    refused(run(http, "SELECT addressToLine(toUInt64(1))"), 446)
+    refused(run(http, "SELECT 1", output_format_pretty_max_rows="100000000"), 164)
+    alive(http)

@@ -191,15 +191,25 @@ class _LoopbackOnly:
 # -- what a read-only user may set, and what it gets -------------------------------------------
 
 # Settings a read-only user may send (as ClickHouse's readonly = 1 forbids any, but clients
-# need their output settings): how a result looks, and limits it may only lower. The
-# output_format_* settings that are not strings are allowed too; the string ones include
-# output_format_schema, which writes a file.
+# need their output settings): how a result looks, and limits it may only lower. Named one
+# by one: some output_format_* settings write files (output_format_schema) or let a small
+# block format into hundreds of megabytes outside the engine's memory cap (pretty padding).
 _READER_SETTINGS = frozenset((
     "date_time_output_format", "session_timezone", "format_csv_delimiter",
     "format_csv_null_representation", "format_tsv_null_representation", "join_use_nulls",
-    "extremes", "max_result_rows", "result_overflow_mode", "max_block_size", "max_rows_to_read",
+    "extremes", "max_result_rows", "result_overflow_mode", "max_rows_to_read",
     "max_bytes_to_read", "read_overflow_mode", "limit", "offset", "wait_end_of_query",
     "cast_keep_nullable", "date_time_input_format", "output_format_json_quote_64bit_integers",
+    "output_format_json_quote_64bit_floats", "output_format_json_quote_denormals",
+    "output_format_json_quote_decimals", "output_format_decimal_trailing_zeros",
+    "output_format_json_named_tuples_as_objects", "output_format_json_array_of_rows",
+    "output_format_json_validate_utf8", "output_format_write_statistics",
+    "output_format_arrow_string_as_string", "output_format_parquet_string_as_string",
+    "output_format_csv_crlf_end_of_line", "output_format_tsv_crlf_end_of_line",
+    "output_format_native_encode_types_in_binary_format",
+    "output_format_json_escape_forward_slashes",
+    "output_format_arrow_low_cardinality_as_dictionary",
+    "output_format_parquet_compression_method",
 ))
 _TAG_PREFIX = "tagwerk-sql"
 
@@ -215,9 +225,7 @@ def _user_tag(user: SqlUser) -> str:
     return f"{_TAG_PREFIX}:{user.name.encode().hex()}:"
 
 
-def reader_settings(
-    settings: Mapping[str, str], types: Mapping[str, str], limits: QueryLimits
-) -> dict[str, str]:
+def reader_settings(settings: Mapping[str, str], limits: QueryLimits) -> dict[str, str]:
     """The client's settings a read-only user may apply; anything else is refused, as a
     ClickHouse server refuses setting changes under readonly = 1."""
     allowed: dict[str, str] = {}
@@ -231,10 +239,7 @@ def reader_settings(
                     164, f"Cannot modify '{name}' setting in readonly mode: it may only be "
                     f"lowered, to at most {caps[name]}"
                 )
-        elif not (
-            name in _READER_SETTINGS
-            or (name.startswith("output_format_") and types.get(name, "String") != "String")
-        ):
+        elif name not in _READER_SETTINGS:
             raise SqlError.of(164, f"Cannot modify '{name}' setting in readonly mode")
         allowed[name] = value
     return allowed

@@ -209,7 +209,7 @@ class _SqlInterface:
                     raise SqlError.of(115, f"Unknown setting '{name}'")
                 settings[name] = value
         if user.readonly:
-            settings = reader_settings(settings, self.setting_types, self.limits)
+            settings = reader_settings(settings, self.limits)
         fmt_name = params.get("default_format") or request.headers.get("x-clickhouse-format")
         session_id = params.get("session_id")
         compress = params.get("enable_http_compression")

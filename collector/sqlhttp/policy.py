@@ -32,7 +32,12 @@ HOST_ROUTES = frozenset(name.lower() for name in (
     "azureBlobStorageCluster", "hdfs", "hdfsCluster", "remote", "remoteSecure", "cluster",
     "clusterAllReplicas", "mysql", "postgresql", "mongodb", "redis", "jdbc", "odbc",
     "iceberg", "icebergLocal", "icebergS3", "deltaLake", "deltaLakeLocal", "hudi", "http",
-    "clickhouse", "kafka", "nats", "rabbitmq", "disk", "backup",
+    "clickhouse", "kafka", "nats", "rabbitmq", "disk", "backup", "filesystem", "eval",
+    "embeddedRocksDB", "paimon", "paimonLocal", "paimonS3", "paimonAzure", "paimonHDFS",
+    "icebergAzure", "icebergHDFS", "icebergS3Cluster", "icebergAzureCluster",
+    "icebergHDFSCluster", "deltaLakeS3", "deltaLakeAzure", "deltaLakeCluster", "hudiCluster",
+    "bigquery", "ytsaurus", "arrowflight", "arrowstream", "prometheusQuery",
+    "prometheusQueryRange", "timeSeriesData", "mysqlCluster", "postgresqlCluster",
 ))
 
 # Table functions a read-only user may call: they generate data and read nothing.
@@ -44,7 +49,7 @@ GENERATORS = frozenset((
 # check of granted tables.
 TABLE_READERS_PREFIX = ("dict",)
 TABLE_READERS = frozenset(("joinGet", "joinGetOrNull", "catboostEvaluate", "modelEvaluate",
-                           "naiveBayesClassifier", "getServerSetting"))
+                           "naiveBayesClassifier", "getServerSetting", "hasColumnInTable"))
 
 # Statements a read-only user may run (the root of its tree).
 READING = frozenset((
@@ -55,6 +60,8 @@ READING = frozenset((
 # Statements that may carry INTO OUTFILE: a Literal directly below them is its file name
 # (KILL's first child is its WHERE, which may be a literal).
 _WITH_OUTPUT = READING | frozenset(("ShowDatabases", "ShowSettingQuery", "ShowAccess"))
+# Every SHOW, CHECK, DESCRIBE, EXISTS and EXPLAIN form may carry INTO OUTFILE too.
+_OUTPUT_PREFIXES = ("Show", "Check", "Describe", "Exists", "Explain")
 _REFUSED_FOR_ALL = frozenset(("BackupQuery", "SYSTEM"))
 
 
@@ -101,7 +108,7 @@ def _host_routes(tree: Node, readonly: bool) -> None:
     if tree.kind == "InsertQuery" and _literals(tree.children):
         raise SqlError.of(78, "Query has infile and was send directly to server")
     for node, _ in tree.walk():
-        if node.kind in _WITH_OUTPUT:
+        if node.kind in _WITH_OUTPUT or node.kind.startswith(_OUTPUT_PREFIXES):
             below = node.children[1:] if node.kind == "KillQueryQuery" else node.children
             if _literals(below):
                 raise SqlError.of(358, "INTO OUTFILE is not allowed")

@@ -30,11 +30,13 @@ class Node:
     name: str  # what follows the kind: a function's or table's name, a literal...
     children: list[Node] = field(default_factory=list)
 
-    def walk(self, parent: Node | None = None) -> Iterator[tuple[Node, Node | None]]:
-        """Every node of the tree with its parent, depth first."""
-        yield self, parent
-        for child in self.children:
-            yield from child.walk(self)
+    def walk(self) -> Iterator[tuple[Node, Node | None]]:
+        """Every node of the tree with its parent (iteratively: trees can be deep)."""
+        stack: list[tuple[Node, Node | None]] = [(self, None)]
+        while stack:
+            node, parent = stack.pop()
+            yield node, parent
+            stack.extend((child, node) for child in reversed(node.children))
 
     @property
     def ident(self) -> str:
@@ -62,7 +64,13 @@ def parse(conn: _Connection, sql: str, binds: Mapping[str, str]) -> Parsed:
 
 
 def _tree(dump: str) -> Node:
-    lines = dump.splitlines()
+    # The engine ends lines with \n only; any other control character is refused, so that
+    # no name can fake a line however a reader splits them.
+    if any(c < " " and c != "\n" for c in dump):
+        raise _unverifiable()
+    lines = dump.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
     stack: list[tuple[Node, int, int]] = []  # node, depth, declared children
     root: Node | None = None
     for line in lines:

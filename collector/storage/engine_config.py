@@ -29,8 +29,13 @@ FILE_SETTINGS = (
     "format_schema", "format_schema_source", "format_template_resultset",
     "format_template_row", "format_template_row_format", "format_template_resultset_format",
     "output_format_schema", "input_format_record_errors_file_path",
-    "rename_files_after_processing", "allow_introspection_functions",
+    "rename_files_after_processing",
 )
+# Fixed to these values for every connection: chDB turns introspection (reading the
+# binary's symbols and paths) on; eval() builds a query at run time, past any check.
+FIXED_SETTINGS = {
+    "allow_introspection_functions": "0", "allow_experimental_eval_table_function": "0",
+}
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?", re.I)
 
 
@@ -64,11 +69,14 @@ def write_engine_config(root: Path, memory_limit: int) -> Path:
     for folder in ("user_files", "format_schemas"):
         (root / folder).mkdir(parents=True, exist_ok=True)
     users = root / "users.xml"
-    constraints = "".join(f"<{name}><const/></{name}>" for name in FILE_SETTINGS)
+    constraints = "".join(
+        f"<{name}><const/></{name}>" for name in (*FILE_SETTINGS, *FIXED_SETTINGS)
+    )
+    fixed = "".join(f"<{name}>{value}</{name}>" for name, value in FIXED_SETTINGS.items())
     write_atomic(users, (
         "<clickhouse>\n"
-        "  <profiles><default><constraints>" + constraints + "</constraints></default>"
-        "</profiles>\n"
+        "  <profiles><default>" + fixed + "<constraints>" + constraints + "</constraints>"
+        "</default></profiles>\n"
         "  <users><default><password></password><profile>default</profile>"
         "<quota>default</quota><access_management>0</access_management></default></users>\n"
         "  <quotas><default/></quotas>\n"
