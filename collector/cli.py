@@ -197,10 +197,8 @@ def _start_sql_interface(collector):
         users["default"] = SqlUser("default", "", readonly=True)
     if settings.sql_users_file:
         users.update(load_users(Path(settings.sql_users_file).read_text()))
-    memory = parse_size(settings.sql_query_memory)
-    limits = QueryLimits(max_memory_usage=min(memory, collector.store.memory_limit // 4),
-                         max_execution_time=settings.sql_query_seconds,
-                         max_threads=max(1, min(os.cpu_count() or 1, QueryLimits.max_threads)))
+    limits = QueryLimits.within(collector.store.memory_limit,
+                                parse_size(settings.sql_query_memory), settings.sql_query_seconds)
     app = build_sql_app(collector.store, users, loopback_only=loopback, limits=limits)
     server = uvicorn.Server(uvicorn.Config(app, host=settings.sql_host, port=settings.sql_port,
                                            log_level="warning", access_log=False,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +21,7 @@ from collector.sqlhttp.config import (
 )
 from collector.sqlhttp.errors import SqlError
 from collector.sqlhttp.statements import _Format
+from collector.storage.engine_config import site_scope_tag
 
 # Parameters that are not settings (as ClickHouse's HTTPHandler reserves them).
 _RESERVED = frozenset(
@@ -59,10 +60,11 @@ class _Call:
 
 @dataclass
 class _Result:
-    body: bytes
+    body: bytes | memoryview
     summary: dict[str, int]
     output_format: _Format | None  # None: the statement returns no result set
     encoding: str | None = None
+    owner: Any = None  # what holds ``body``'s memory (chDB's result), until it is sent
 
 
 def _quote(text: str) -> str:
@@ -221,8 +223,10 @@ def query_tag(user: SqlUser, query_id: str) -> str:
 
 
 def _user_tag(user: SqlUser) -> str:
-    # Hex, so that no user name is a prefix of another's tag.
-    return f"{_TAG_PREFIX}:{user.name.encode().hex()}:"
+    # Hex, so that no user name is a prefix of another's tag. A site-scoped user's tag
+    # starts with its sites: the engine's row policies read them (engine_config.py).
+    scope = site_scope_tag(user.sites) if user.sites is not None else f"{_TAG_PREFIX}:"
+    return f"{scope}{user.name.encode().hex()}:"
 
 
 def reader_settings(settings: Mapping[str, str], limits: QueryLimits) -> dict[str, str]:
@@ -265,10 +269,12 @@ def enforced_settings(
 
 
 def table_filters(
-    user: SqlUser, granted: frozenset[tuple[str, str]], by_site: set[tuple[str, str]]
+    granted: frozenset[tuple[str, str]], hidden: Iterable[tuple[str, str]]
 ) -> dict[str, str]:
     """``additional_table_filters`` for a read-only user: system.tables and system.columns
-    show only its tables, and every granted table with a site_id only its sites' rows."""
+    list only its tables, and every table it may not read (``hidden``) reads as empty even
+    where the engine reads it for a statement of its own (SHOW DICTIONARIES reads
+    system.dictionaries, KILL MUTATION system.mutations)."""
     whole = sorted(db for db, table in granted if table == "*")
     pairs = sorted(pair for pair in granted if pair[1] != "*")
 
@@ -279,11 +285,7 @@ def table_filters(
             conds.append(f"({db}, {table}) IN ({rows})")
         return " OR ".join(conds) or "0"
 
-    filters = {"system.tables": listed("database", "name"),
-               "system.columns": listed("database", "table")}
-    if user.sites is not None:
-        sites = ", ".join(map(_quote, user.sites)) or "''"
-        for db, table in sorted(by_site):
-            if (db, table) in granted or (db, "*") in granted:
-                filters[f"{db}.{table}"] = f"site_id IN ({sites})"
+    filters = {f"{db}.{table}": "0" for db, table in sorted(hidden)}
+    filters["system.tables"] = listed("database", "name")
+    filters["system.columns"] = listed("database", "table")
     return filters

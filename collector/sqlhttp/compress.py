@@ -83,12 +83,12 @@ class _Decoder:
             raise SqlError.of(271, "Cannot decompress the request body: it ends mid-frame")
 
 
-def _zlib(data: bytes, level: int, wbits: int) -> bytes:
+def _zlib(data: bytes | memoryview, level: int, wbits: int) -> bytes:
     z = zlib.compressobj(level, zlib.DEFLATED, wbits)
     return z.compress(data) + z.flush()
 
 
-_DEFLATERS: dict[str, Callable[[bytes], bytes]] = {
+_DEFLATERS: dict[str, Callable[[bytes | memoryview], bytes]] = {
     "gzip": lambda data: _zlib(data, 3, 16 + zlib.MAX_WBITS),  # level 3 as ClickHouse's default
     "deflate": lambda data: _zlib(data, 3, zlib.MAX_WBITS),
     "zstd": zstd.compress,

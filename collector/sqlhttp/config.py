@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from typing import Any
+
+from collector.sites import SITE_ID
+from collector.storage.engine_config import ENGINE_SHARE, SITE_TABLES
 
 MAX_QUERY_BYTES = 1 << 20  # a query without data (ClickHouse's max_query_size is 256 KiB)
 MAX_DATA_BYTES = 1 << 30  # a whole request body, after decompression
@@ -12,6 +16,7 @@ DEFAULT_SESSION_TIMEOUT = 60  # seconds, ClickHouse's default_session_timeout
 MAX_SESSION_TIMEOUT = 3600
 MAX_SESSIONS = 1000  # each holds a chDB connection
 MAX_READER_QUERIES = 4  # read-only users' queries running at once, all users together
+MAX_READER_QUERIES_PER_USER = 2
 _STEP = 1 << 20  # decompress at most this much at once, so that a bomb is stopped early
 
 _Connection = Any  # chdb.state.Connection, which has no type hints
@@ -21,16 +26,19 @@ _Connection = Any  # chdb.state.Connection, which has no type hints
 # own tables (sites and their key hashes, containers, previews, migrations).
 DATA_TABLES = ("tagwerk.events", "tagwerk.consent_log")
 # System tables that describe the engine and the user's own work, never other users' data
-# (system.tables and system.columns are filtered down to the granted tables, system.processes
-# to the user's own queries: see calls.py).
+# (system.processes is filtered to the user's own queries: see calls.py).
 SYSTEM_TABLES = tuple(
     f"system.{name}" for name in (
         "one", "numbers", "numbers_mt", "zeros", "zeros_mt", "settings", "functions",
         "table_functions", "formats", "data_type_families", "time_zones", "collations",
-        "databases", "tables", "columns", "processes", "table_engines", "build_options",
+        "databases", "processes", "table_engines", "build_options",
         "aggregate_function_combinators", "keywords", "contributors", "licenses",
     )
-) + ("information_schema.*", "INFORMATION_SCHEMA.*")
+)
+# The schema: filtered to the granted tables (calls.py), but with every site's row and byte
+# counts, so not for a site-scoped user.
+SCHEMA_TABLES = ("system.tables", "system.columns", "information_schema.*",
+                 "INFORMATION_SCHEMA.*")
 
 
 @dataclass(frozen=True)
@@ -42,6 +50,19 @@ class QueryLimits:
     max_result_bytes: int = 256 << 20  # a result is buffered whole before it is sent
     max_threads: int = 2
 
+    @classmethod
+    def within(cls, memory_limit: int, query_memory: int, seconds: int) -> QueryLimits:
+        """Limits that fit a collector with ``memory_limit``: a query takes at most a
+        quarter of it in the engine; the results of MAX_READER_QUERIES queries, each with a
+        compressed copy, fit in the part the engine leaves to Python (ENGINE_SHARE)."""
+        python_share = int(memory_limit * (1 - ENGINE_SHARE))
+        return cls(
+            max_memory_usage=min(query_memory, memory_limit // 4),
+            max_execution_time=seconds,
+            max_result_bytes=min(cls.max_result_bytes, python_share // (2 * MAX_READER_QUERIES)),
+            max_threads=max(1, min(os.cpu_count() or 1, cls.max_threads)),
+        )
+
 
 @dataclass(frozen=True)
 class SqlUser:
@@ -50,11 +71,12 @@ class SqlUser:
     readonly: bool
     # A read-only user's grants: "table" (in tagwerk), "db.table" or "db.*"; None: DATA_TABLES.
     tables: tuple[str, ...] | None = None
-    # A read-only user's sites: only their rows of every table with a site_id; None: all.
+    # A read-only user's sites: only their rows of its tables (SITE_TABLES); None: all.
     sites: tuple[str, ...] | None = None
 
     def granted(self) -> frozenset[tuple[str, str]]:
-        names = (*(DATA_TABLES if self.tables is None else self.tables), *SYSTEM_TABLES)
+        names = (*(DATA_TABLES if self.tables is None else self.tables), *SYSTEM_TABLES,
+                 *(SCHEMA_TABLES if self.sites is None else ()))
         return frozenset(
             tuple(name.split(".", 1)) if "." in name else ("tagwerk", name)  # type: ignore[misc]
             for name in names
@@ -73,11 +95,21 @@ def load_users(text: str) -> dict[str, SqlUser]:
         tables, sites = spec.get("tables"), spec.get("sites")
         for key, value in (("tables", tables), ("sites", sites)):
             if value is not None and not (
-                isinstance(value, list) and all(isinstance(v, str) and v for v in value)
+                isinstance(value, list) and value and all(isinstance(v, str) and v for v in value)
             ):
                 raise ValueError(f"SQL user {name!r}: {key} must be a list of names")
             if value is not None and not readonly:
                 raise ValueError(f"SQL user {name!r}: {key} apply to read-only users only")
+        if sites is not None:
+            # The engine's row policies filter these tables only (engine_config.py).
+            bad = [s for s in sites if not SITE_ID.fullmatch(s)]
+            if bad:
+                raise ValueError(f"SQL user {name!r}: {bad[0]!r} is not a site id")
+            outside = [t for t in tables or DATA_TABLES
+                       if (t if "." in t else f"tagwerk.{t}") not in SITE_TABLES]
+            if outside:
+                raise ValueError(f"SQL user {name!r}: with sites, tables must be among "
+                                 f"{', '.join(SITE_TABLES)}, not {outside[0]!r}")
         users[name] = SqlUser(
             name, spec["password"], bool(readonly),
             tuple(tables) if tables is not None else None,

@@ -11,9 +11,9 @@ import hmac
 import itertools
 import logging
 import socket
-import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from typing import Any
 from urllib.parse import parse_qsl
 
 import anyio.from_thread
@@ -52,13 +52,13 @@ from collector.sqlhttp.compress import _DEFLATERS, _INFLATERS, _Decoder, _respon
 from collector.sqlhttp.config import (
     MAX_DATA_BYTES,
     MAX_QUERY_BYTES,
-    MAX_READER_QUERIES,
     QueryLimits,
     SqlUser,
     _Connection,
 )
 from collector.sqlhttp.errors import _STATUS, _VERSION_SUFFIX, SqlError, _engine_errors
 from collector.sqlhttp.sessions import _Session, _Sessions
+from collector.sqlhttp.slots import ReaderSlots
 from collector.sqlhttp.statements import _decode, _first_word, _Format, _scan, _Statement
 from collector.sqlhttp.syntax import parse
 from collector.storage.base import escape_param
@@ -76,9 +76,7 @@ class _SqlInterface:
         self.users = dict(users)
         self.max_data_bytes = max_data_bytes
         self.limits = limits
-        # Read-only users' queries at once: each may take limits.max_threads cores and
-        # limits.max_memory_usage, so that together they leave the collector room.
-        self.readers = threading.BoundedSemaphore(MAX_READER_QUERIES)
+        self.readers = ReaderSlots()
         self.sessions = _Sessions(store.new_connection)
         self.display_name = socket.gethostname()
         conn = store.new_connection()
@@ -91,13 +89,10 @@ class _SqlInterface:
                 ).bytes()
             )
             rows = conn.query("SELECT name, content_type FROM system.formats", "JSONEachRow")
-            names = conn.query("SELECT name, type FROM system.settings", "TabSeparatedRaw")
+            names = conn.query("SELECT name FROM system.settings", "TabSeparatedRaw")
         finally:
             conn.close()
-        self.setting_types = dict(
-            line.split("\t", 1) for line in names.bytes().decode().splitlines()
-        )
-        self.setting_names = frozenset(self.setting_types)
+        self.setting_names = frozenset(names.bytes().decode().splitlines())
         # The engine's default, as ClickHouse does (chDB turns it on).
         self.compress_by_default = bool(compression)
         self.formats = {
@@ -274,16 +269,8 @@ class _SqlInterface:
     def _execute(self, call: _Call, body: _Body, read: Callable[[], None]) -> _Result:
         if not call.user.readonly:
             return self._checked(call, body, None, read)
-        if not self.readers.acquire(blocking=False):
-            raise SqlError.of(
-                202, f"Too many simultaneous queries of read-only users: the maximum is "
-                f"{MAX_READER_QUERIES}, try again shortly"
-            )
-        try:
-            scope = self._scope(call)
-            return self._checked(call, body, scope, read)
-        finally:
-            self.readers.release()
+        with self.readers.taken(call.user.name):
+            return self._checked(call, body, self._scope(call), read)
 
     def _checked(
         self, call: _Call, body: _Body, scope: policy.Scope | None, read: Callable[[], None]
@@ -306,12 +293,20 @@ class _SqlInterface:
             read()
             st = _scan(parsed.sql.encode(), self.formats)
             result = conn.query(parsed.sql, call.default_format.name, params=call.binds)
-            out = result.bytes()
+        # chDB's own buffer, not a copy: the result is held in Python, outside the engine's
+        # memory cap, so a read-only user's is bounded once formatted too.
+        out = result.get_memview().view()
+        if call.user.readonly and len(out) > self.limits.max_result_bytes:
+            raise SqlError.of(
+                396, f"The result is {len(out)} bytes once formatted, more than "
+                f"max_result_bytes ({self.limits.max_result_bytes})"
+            )
         fmt = (self._format(st.output_format) if st.output_format else call.default_format)
+        summary = _query_summary(result)
         encoding = call.encoding if out else None
         if encoding:
-            out = _DEFLATERS[encoding](out)
-        return _Result(out, _query_summary(result), fmt if st.has_result else None, encoding)
+            out, result = _DEFLATERS[encoding](out), None  # chDB's buffer is freed here
+        return _Result(out, summary, fmt if st.has_result else None, encoding, owner=result)
 
     def _statement(
         self, call: _Call, body: _Body
@@ -343,16 +338,15 @@ class _SqlInterface:
         return _decode(text), st, None
 
     def _scope(self, call: _Call) -> policy.Scope:
-        """A read-only user's grants against the tables that exist now, and the filters
-        that confine it to them (read on the store's own connection, which no user's
-        filters touch)."""
-        database = call.database or self.database
-        existing = {(r["database"], r["name"]) for r in self.store.rows(
-            "SELECT database, name FROM system.tables")}
-        by_site = {(r["database"], r["table"]) for r in self.store.rows(
-            "SELECT database, table FROM system.columns WHERE name = 'site_id'")}
-        scope = policy.Scope(call.user.granted(), frozenset(existing), database)
-        filters = table_filters(call.user, scope.granted, by_site)
+        """A read-only user's grants against the tables that exist now, and the settings
+        that confine it to them (the tables are read on the store's own connection, which
+        no user's filters touch)."""
+        existing = frozenset((r["database"], r["name"]) for r in self.store.rows(
+            "SELECT database, name FROM system.tables"))
+        scope = policy.Scope(call.user.granted(), existing, call.database or self.database,
+                             explain=call.user.sites is None)
+        hidden = (table for table in existing if not scope.allows(*table))
+        filters = table_filters(scope.granted, hidden)
         call.enforced = enforced_settings(call.user, call.settings, self.limits, call.tag, filters)
         return scope
 
@@ -436,7 +430,7 @@ class _SqlInterface:
             headers["Content-Type"] = result.output_format.content_type
         if result.encoding:
             headers["Content-Encoding"] = result.encoding
-        return Response(result.body, headers=headers)
+        return _HeldResponse(result.body, result.owner, headers=headers)
 
     def _error(self, exc: SqlError, query_id: str) -> Response:
         text = exc.text
@@ -463,6 +457,14 @@ def _query_params(request: Request) -> dict[str, str]:
     except UnicodeDecodeError:
         raise SqlError.of(36, "The URL parameters are not valid UTF-8") from None
     return dict(pairs)
+
+
+class _HeldResponse(Response):
+    """A response whose body is a view of memory ``owner`` holds: kept until it is sent."""
+
+    def __init__(self, body: bytes | memoryview, owner: Any, **kwargs: Any) -> None:
+        super().__init__(body, **kwargs)
+        self.owner = owner
 
 
 def _query_id(given: str | None) -> str:

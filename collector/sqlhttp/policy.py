@@ -51,16 +51,17 @@ TABLE_READERS_PREFIX = ("dict",)
 TABLE_READERS = frozenset(("joinGet", "joinGetOrNull", "catboostEvaluate", "modelEvaluate",
                            "naiveBayesClassifier", "getServerSetting", "hasColumnInTable"))
 
-# Statements a read-only user may run (the root of its tree).
+# Statements a read-only user may run (the root of its tree). Not EXPLAIN for a site-scoped
+# user: EXPLAIN ESTIMATE counts every site's rows.
 READING = frozenset((
     "SelectWithUnionQuery", "SelectIntersectExceptQuery", "Explain", "DescribeQuery",
     "ShowTables", "ShowCreateTableQuery", "ExistsTableQuery", "ShowProcesslistQuery",
     "KillQueryQuery", "ShowColumns",
 ))
 # Statements that may carry INTO OUTFILE: a Literal directly below them is its file name
-# (KILL's first child is its WHERE, which may be a literal).
-_WITH_OUTPUT = READING | frozenset(("ShowDatabases", "ShowSettingQuery", "ShowAccess"))
-# Every SHOW, CHECK, DESCRIBE, EXISTS and EXPLAIN form may carry INTO OUTFILE too.
+# (KILL's first child is its WHERE, which may be a literal). Every SHOW, CHECK, DESCRIBE,
+# EXISTS and EXPLAIN form may carry one.
+_WITH_OUTPUT = frozenset(("SelectWithUnionQuery", "SelectIntersectExceptQuery", "KillQueryQuery"))
 _OUTPUT_PREFIXES = ("Show", "Check", "Describe", "Exists", "Explain")
 _REFUSED_FOR_ALL = frozenset(("BackupQuery", "SYSTEM"))
 
@@ -72,19 +73,14 @@ class Scope:
     granted: frozenset[tuple[str, str]]  # (database, table); table "*" for a whole database
     existing: frozenset[tuple[str, str]]
     database: str  # the current database, for unqualified names
+    explain: bool = True  # EXPLAIN, which estimates rows of every site
 
     def allows(self, db: str, table: str) -> bool:
         return (db, table) in self.granted or (db, "*") in self.granted
 
     def check(self, name: str) -> None:
-        """``name`` as the tree prints a table: ``db.table`` or ``table``."""
-        db, dot, table = name.partition(".")
-        key = (db, table) if dot else (self.database, name)
-        if key in self.existing and not self.allows(*key):
-            raise _denied(f"the table {key[0]}.{key[1]} is not granted to this user")
-
-    def check_identifier(self, name: str) -> None:
-        """An identifier that may name a table (``x IN tagwerk.sites``) or a column."""
+        """A name as the tree prints it, which may name a table: ``db.table`` or ``table``
+        in FROM, or an identifier (``x IN tagwerk.sites``, or a column)."""
         parts = name.split(".")
         for key in ((parts[0], parts[1]) if len(parts) > 1 else None, (self.database, parts[0])):
             if key and key in self.existing and not self.allows(*key):
@@ -108,6 +104,9 @@ def _host_routes(tree: Node, readonly: bool) -> None:
     if tree.kind == "InsertQuery" and _literals(tree.children):
         raise SqlError.of(78, "Query has infile and was send directly to server")
     for node, _ in tree.walk():
+        # chDB's default database reads a file when a table's name is its path.
+        if node.kind in ("TableIdentifier", "Identifier") and "/" in node.ident:
+            raise _denied(f"{node.ident} names a file, not a table")
         if node.kind in _WITH_OUTPUT or node.kind.startswith(_OUTPUT_PREFIXES):
             below = node.children[1:] if node.kind == "KillQueryQuery" else node.children
             if _literals(below):
@@ -123,15 +122,13 @@ def _host_routes(tree: Node, readonly: bool) -> None:
 
 
 def _reading_only(tree: Node, scope: Scope) -> None:
-    if tree.kind not in READING:
+    if tree.kind not in READING or (tree.kind == "Explain" and not scope.explain):
         raise SqlError.of(164, f"Cannot execute query in readonly mode: {tree.kind}")
     if tree.kind in ("ShowCreateTableQuery", "ExistsTableQuery"):
         scope.check(".".join(tree.name.split()[:2]))
     for node, parent in tree.walk():
-        if node.kind == "TableIdentifier":
+        if node.kind in ("TableIdentifier", "Identifier"):
             scope.check(node.ident)
-        elif node.kind == "Identifier":
-            scope.check_identifier(node.ident)
         elif node.kind == "Function":
             name = node.ident
             if parent is not None and parent.kind == "TableExpression":

@@ -8,7 +8,8 @@ at every start under the data directory:
 - ``user_files_path`` and ``format_schema_path``: empty directories of their own, not the
   working directory;
 - settings that name files (templates, schemas, error logs) fixed for every connection by a
-  constraint, so that neither a URL parameter nor a query's SETTINGS clause can set them.
+  constraint, so that neither a URL parameter nor a query's SETTINGS clause can set them;
+- row policies that confine a site-scoped SQL user to its sites' rows (``site_scope_tag``).
 """
 
 from __future__ import annotations
@@ -36,6 +37,18 @@ FILE_SETTINGS = (
 FIXED_SETTINGS = {
     "allow_introspection_functions": "0", "allow_experimental_eval_table_function": "0",
 }
+# The tables whose rows a site-scoped SQL user's queries see only for its sites. A row
+# policy filters the storage read itself, before any PREWHERE or function of the query
+# (additional_table_filters came after an explicit PREWHERE, whose errors then showed other
+# sites' values). chDB runs every connection as one user, so the policy keys on the
+# connection's log_comment, which the SQL interface sets before readonly = 1 fixes it; the
+# collector's own connections have none and read every row.
+SITE_TABLES = ("tagwerk.events", "tagwerk.consent_log")
+_SITES_TAG = "tagwerk-sites:"
+_SITE_FILTER = (
+    f"NOT startsWith(getSetting('log_comment'), '{_SITES_TAG}') OR has(splitByChar(',', "
+    "splitByChar(':', getSetting('log_comment'))[2]), site_id)"
+)
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?", re.I)
 
 
@@ -64,6 +77,22 @@ def default_memory_limit() -> int:
     return int(machine_memory() * DEFAULT_MACHINE_SHARE)
 
 
+def site_scope_tag(sites: tuple[str, ...]) -> str:
+    """The start of a ``log_comment`` that confines a query to ``sites`` (site ids, which
+    hold neither ',' nor ':')."""
+    return f"{_SITES_TAG}{','.join(sites)}:"
+
+
+def _row_policies() -> str:
+    by_db: dict[str, list[str]] = {}
+    for name in SITE_TABLES:
+        db, table = name.split(".")
+        by_db.setdefault(db, []).append(
+            f"<{table}><filter>{escape(_SITE_FILTER)}</filter></{table}>"
+        )
+    return "".join(f"<{db}>{''.join(tables)}</{db}>" for db, tables in by_db.items())
+
+
 def write_engine_config(root: Path, memory_limit: int) -> Path:
     """Write the engine's configuration into the folder ``root`` and return its path."""
     for folder in ("user_files", "format_schemas"):
@@ -78,7 +107,8 @@ def write_engine_config(root: Path, memory_limit: int) -> Path:
         "  <profiles><default>" + fixed + "<constraints>" + constraints + "</constraints>"
         "</default></profiles>\n"
         "  <users><default><password></password><profile>default</profile>"
-        "<quota>default</quota><access_management>0</access_management></default></users>\n"
+        "<quota>default</quota><access_management>0</access_management>"
+        "<databases>" + _row_policies() + "</databases></default></users>\n"
         "  <quotas><default/></quotas>\n"
         "</clickhouse>\n"
     ))
