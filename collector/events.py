@@ -508,26 +508,15 @@ def _props(value: Any) -> dict[str, str]:
 
 
 def _nested_prop(key: str, value: Any) -> str:
-    """A list or object props value as JSON text. Walked first, without recursion: deeper
-    than ``MAX_PROP_DEPTH`` is refused, and so is one with more members than its text could
-    hold (each takes at least one character), before any of it is serialised."""
+    """A list or object props value as JSON text; deeper than ``MAX_PROP_DEPTH`` is refused
+    before any of it is serialised."""
     field = f"props.{key}"
-    members = 0
-    level: list = [value]
-    depth = 0
-    while level:
-        depth += 1
-        if depth > MAX_PROP_DEPTH:
-            raise EventError(f"props.{key} is nested deeper than {MAX_PROP_DEPTH} levels", field)
-        below: list = []
-        for container in level:
-            children = container.values() if isinstance(container, dict) else container
-            members += len(children)
-            if members > MAX_PROP_VALUE:
-                raise EventError(f"props.{key} is longer than {MAX_PROP_VALUE} characters", field)
-            below += [v for v in children if isinstance(v, dict | list)]
-        level = below
+    if nested_too_deep(value, MAX_PROP_DEPTH) is not None:
+        raise EventError(f"props.{key} is nested deeper than {MAX_PROP_DEPTH} levels", field)
     try:
-        return orjson.dumps(value).decode()
+        text = orjson.dumps(value).decode()
     except orjson.JSONEncodeError:  # e.g. an integer beyond 64 bits (never from the parser)
         raise EventError(f"props.{key} cannot be stored as JSON", field) from None
+    if len(text) > MAX_PROP_VALUE:
+        raise EventError(f"props.{key} is longer than {MAX_PROP_VALUE} characters", field)
+    return text
