@@ -185,13 +185,21 @@ def test_writers_never_reach_files_either(http: httpx.Client, canary, tmp_path: 
         "SELECT name, content FROM filesystem('/etc')",
         f"SELECT * FROM eval(concat('SELECT * FROM fi', 'le(''{path}'')'))",
         "CREATE DATABASE sec_fs ENGINE = Filesystem('/etc')",
+        f"CREATE TABLE default.sec_r (k UInt64, v String) ENGINE = EmbeddedRocksDB(0, "
+        f"'{tmp_path}/rocks') PRIMARY KEY k",
+        "CREATE TABLE default.sec_s (s String) ENGINE = S3('http://127.0.0.1:9/x', 'CSV')",
+        "CREATE TABLE default.sec_u ENGINE = MergeTree ORDER BY tuple() AS "
+        "SELECT * FROM urlCluster('default', 'http://127.0.0.1:9/x', 'CSV', 's String')",
+        f"CREATE TABLE default.sec_c AS file('{path}', 'LineAsString')",
+        "SELECT * FROM ytsaurus('http://127.0.0.1:9', '//x', 'token', 's String')",
+        "INSERT INTO FUNCTION remote('127.0.0.1:9', default.x) SELECT 1",
         f"INSERT INTO tagwerk.events FROM INFILE '{path}' FORMAT LineAsString",
     ]
     for sql in attempts:
         resp = run(http, sql, WRITER, "body")
         refused(resp, 164, 497, 62, 36, 46, 78)
         assert secret not in resp.text
-    assert not target.exists()
+    assert not target.exists() and not (tmp_path / "rocks").exists()
     alive(http)
 
 

@@ -45,6 +45,22 @@ GENERATORS = frozenset((
     "numbers", "numbers_mt", "zeros", "zeros_mt", "values", "generateRandom",
     "generate_series", "generateSeries", "null", "view", "viewIfPermitted",
 ))
+# Where the statement names a table engine, a database engine or a table function, every
+# user gets an allow-list (HOST_ROUTES alone missed engines such as Filesystem and
+# EmbeddedRocksDB): engines that keep data in the engine's own storage, and table functions
+# that read nothing outside the engine.
+_MERGE_TREES = ("", "Replacing", "Summing", "Aggregating", "Collapsing", "VersionedCollapsing",
+                "Graphite", "Coalescing")
+ENGINES = frozenset((
+    *(f"{kind}MergeTree" for kind in _MERGE_TREES),
+    *(f"Replicated{kind}MergeTree" for kind in _MERGE_TREES),
+    "Distributed", "Memory", "Null", "Log", "TinyLog", "StripeLog", "Buffer", "Dictionary",
+    "Join", "Set", "Merge", "GenerateRandom", "KeeperMap",
+    "Atomic", "Replicated", "Lazy",  # databases
+))
+TABLE_FUNCTIONS = GENERATORS | frozenset((
+    "merge", "input", "format", "mergeTreeIndex", "mergeTreeProjection", "loop", "dictionary",
+))
 # Functions that read another table or dictionary by a name given as a string, past the
 # check of granted tables.
 TABLE_READERS_PREFIX = ("dict",)
@@ -64,6 +80,10 @@ READING = frozenset((
 _WITH_OUTPUT = frozenset(("SelectWithUnionQuery", "SelectIntersectExceptQuery", "KillQueryQuery"))
 _OUTPUT_PREFIXES = ("Show", "Check", "Describe", "Exists", "Explain")
 _REFUSED_FOR_ALL = frozenset(("BackupQuery", "SYSTEM"))
+# The parents of a function that names storage: a table's or database's engine, a table
+# function in FROM, INSERT INTO FUNCTION, CREATE TABLE ... AS f(...).
+_NAMES_STORAGE = frozenset(("Storage definition", "TableExpression", "InsertQuery",
+                            "CreateQuery"))
 
 
 @dataclass(frozen=True)
@@ -103,7 +123,7 @@ def _host_routes(tree: Node, readonly: bool) -> None:
         raise _denied(f"{tree.kind} is not allowed over HTTP")
     if tree.kind == "InsertQuery" and _literals(tree.children):
         raise SqlError.of(78, "Query has infile and was send directly to server")
-    for node, _ in tree.walk():
+    for node, parent in tree.walk():
         # chDB's default database reads a file when a table's name is its path.
         if node.kind in ("TableIdentifier", "Identifier") and "/" in node.ident:
             raise _denied(f"{node.ident} names a file, not a table")
@@ -112,13 +132,21 @@ def _host_routes(tree: Node, readonly: bool) -> None:
             if _literals(below):
                 raise SqlError.of(358, "INTO OUTFILE is not allowed")
         is_call = node.kind in ("Function", "FunctionWithKeyValueArguments")
-        if is_call and node.ident.lower() in HOST_ROUTES:
-            if readonly:
-                raise SqlError.of(
-                    164, f"Cannot execute query in readonly mode: {node.ident}() is not allowed"
-                )
-            raise _denied(f"{node.ident}() reaches the host's files, programs or network and "
-                          "is not allowed over HTTP")
+        if not is_call:
+            continue
+        if parent is not None and parent.kind in _NAMES_STORAGE:
+            allowed = ENGINES if parent.kind == "Storage definition" else TABLE_FUNCTIONS
+            if node.ident not in allowed:
+                raise _route(node.ident, readonly)
+        if node.ident.lower() in HOST_ROUTES:
+            raise _route(node.ident, readonly)
+
+
+def _route(name: str, readonly: bool) -> SqlError:
+    if readonly:  # as the engine refuses most of these under readonly
+        return SqlError.of(164, f"Cannot execute query in readonly mode: {name}() is not allowed")
+    return _denied(f"{name}() reaches the host's files, programs or network, or storage "
+                   "outside the engine, and is not allowed over HTTP")
 
 
 def _reading_only(tree: Node, scope: Scope) -> None:
