@@ -250,8 +250,7 @@ def reader_settings(settings: Mapping[str, str], limits: QueryLimits) -> dict[st
 
 
 def enforced_settings(
-    user: SqlUser, client: Mapping[str, str], limits: QueryLimits, tag: str,
-    filters: Mapping[str, str],
+    client: Mapping[str, str], limits: QueryLimits, tag: str, filters: Mapping[str, str]
 ) -> dict[str, str]:
     """What a read-only user's query runs under, set after the client's settings (so these
     win) and before ``readonly = 1`` (so nothing can change them afterwards)."""
@@ -260,21 +259,21 @@ def enforced_settings(
     }
     enforced["timeout_overflow_mode"] = "throw"
     enforced["log_comment"] = tag
-    processes = f"startsWith(Settings['log_comment'], {_quote(_user_tag(user))})"
-    rows = {**filters, "system.processes": processes}
     enforced["additional_table_filters"] = (
-        "{" + ", ".join(f"{_quote(table)}: {_quote(cond)}" for table, cond in rows.items()) + "}"
+        "{" + ", ".join(f"{_quote(table)}: {_quote(cond)}" for table, cond in filters.items())
+        + "}"
     )
     return enforced
 
 
 def table_filters(
-    granted: frozenset[tuple[str, str]], hidden: Iterable[tuple[str, str]]
+    user: SqlUser, granted: frozenset[tuple[str, str]], hidden: Iterable[tuple[str, str]]
 ) -> dict[str, str]:
-    """``additional_table_filters`` for a read-only user: system.tables and system.columns
-    list only its tables, and every table it may not read (``hidden``) reads as empty even
-    where the engine reads it for a statement of its own (SHOW DICTIONARIES reads
-    system.dictionaries, KILL MUTATION system.mutations)."""
+    """``additional_table_filters`` for a read-only user: system.processes (and so KILL
+    QUERY) shows only its own queries, system.tables and system.columns only its tables, and
+    every table it may not read (``hidden``) reads as empty even where the engine reads it
+    for a statement of its own (SHOW DICTIONARIES reads system.dictionaries, KILL MUTATION
+    system.mutations)."""
     whole = sorted(db for db, table in granted if table == "*")
     pairs = sorted(pair for pair in granted if pair[1] != "*")
 
@@ -288,4 +287,5 @@ def table_filters(
     filters = {f"{db}.{table}": "0" for db, table in sorted(hidden)}
     filters["system.tables"] = listed("database", "name")
     filters["system.columns"] = listed("database", "table")
+    filters["system.processes"] = f"startsWith(Settings['log_comment'], {_quote(_user_tag(user))})"
     return filters

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import contextlib
@@ -152,17 +153,11 @@ class _SqlInterface:
         def read() -> None:
             anyio.from_thread.run_sync(body_read.set)
 
-        outcome: list[_Result | BaseException] = []
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(watch)
-            try:
-                outcome.append(await anyio.to_thread.run_sync(self._execute, call, body, read))
-            except Exception as exc:  # raised below, not as a task group's ExceptionGroup
-                outcome.append(exc)
-            tasks.cancel_scope.cancel()
-        if isinstance(outcome[0], BaseException):
-            raise outcome[0]
-        return outcome[0]
+        watcher = asyncio.ensure_future(watch())
+        try:
+            return await anyio.to_thread.run_sync(self._execute, call, body, read)
+        finally:
+            watcher.cancel()
 
     def _cancel(self, tag: str) -> None:
         conn = self.store.new_connection()
@@ -346,8 +341,8 @@ class _SqlInterface:
         scope = policy.Scope(call.user.granted(), existing, call.database or self.database,
                              explain=call.user.sites is None)
         hidden = (table for table in existing if not scope.allows(*table))
-        filters = table_filters(scope.granted, hidden)
-        call.enforced = enforced_settings(call.user, call.settings, self.limits, call.tag, filters)
+        filters = table_filters(call.user, scope.granted, hidden)
+        call.enforced = enforced_settings(call.settings, self.limits, call.tag, filters)
         return scope
 
     @staticmethod
