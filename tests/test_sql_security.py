@@ -217,6 +217,15 @@ def test_settings_that_name_files_are_fixed(http: httpx.Client, canary, auth) ->
         assert secret not in resp.text
 
 
+def test_the_sql_dialect_is_clickhouse_s_own(http: httpx.Client) -> None:
+    # Statements are checked as ClickHouse's dialect parses them: no other may run them.
+    for auth in (None, WRITER):
+        for settings in ({"dialect": "kusto"}, {"dialect": "prql"},
+                         {"allow_experimental_kusto_dialect": "1"}):
+            refused(run(http, "SELECT 1", auth, **settings), 164, 452)
+        refused(run(http, "SELECT 1 SETTINGS dialect = 'kusto'", auth), 164, 452)
+
+
 def test_readonly_limits_cannot_be_raised(http: httpx.Client) -> None:
     for name, value in (("max_memory_usage", "0"), ("max_execution_time", "0"),
                         ("max_memory_usage", str(10 << 30)), ("max_threads", "64"),

@@ -33,9 +33,12 @@ FILE_SETTINGS = (
     "rename_files_after_processing",
 )
 # Fixed to these values for every connection: chDB turns introspection (reading the
-# binary's symbols and paths) on; eval() builds a query at run time, past any check.
+# binary's symbols and paths) on; eval() builds a query at run time, past any check; the
+# SQL interface checks statements as ClickHouse's own dialect parses them, so no other.
 FIXED_SETTINGS = {
     "allow_introspection_functions": "0", "allow_experimental_eval_table_function": "0",
+    "dialect": "clickhouse", "allow_experimental_kusto_dialect": "0",
+    "allow_experimental_prql_dialect": "0",
 }
 # The tables whose rows a site-scoped SQL user's queries see only for its sites. A row
 # policy filters the storage read itself, before any PREWHERE or function of the query
