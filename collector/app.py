@@ -19,6 +19,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from collector import consent_texts, consentlog, container_api, demo, ingest, tagjs
+from collector.api import routes as api_routes
 from collector.http import Hit, respond
 from collector.service import Collector
 
@@ -89,6 +90,7 @@ def create_app(collector: Collector) -> App:
         Route("/readyz", readyz),
         Route("/metrics", metrics),
         *container_api.ROUTES,
+        *api_routes.ROUTES,
         *consent_texts.ROUTES,
         *tagjs.ROUTES,
         *demo.ROUTES,

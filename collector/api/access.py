@@ -1,0 +1,97 @@
+"""Keys and errors for the read side's endpoints.
+
+A data endpoint takes the site's read key (or its admin key, which may do everything the
+read key may); merges, splits and privacy operations take the admin key. The key goes in
+``Authorization: Bearer KEY``. Without one: 401. With a key that is not this site's key of
+a sufficient kind (a write key, another site's key, a typo): 403. Unknown site: 404.
+
+Errors are ``{"error": "...", "field": "..."}`` with no-store caching.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from collector.service import Collector
+from collector.sites import Site
+from collector.storage import StorageError
+
+log = logging.getLogger("tagwerk.api")
+
+READ = ("read", "admin")
+ADMIN = ("admin",)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, field: str = "",
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.field, self.headers = status, message, field, headers
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None,
+                  cache: str = "no-store") -> Response:
+    return Response(orjson.dumps(data), status, {"Cache-Control": cache, **(headers or {})},
+                    media_type="application/json")
+
+
+def refusal(error: ApiError) -> Response:
+    data = {"error": error.message}
+    if error.field:
+        data["field"] = error.field
+    return json_response(data, error.status, error.headers)
+
+
+def bearer(request: Request) -> str:
+    """The token of ``Authorization: Bearer TOKEN``, or ""."""
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    return value.strip() if scheme.lower() == "bearer" else ""
+
+
+Endpoint = Callable[[Request, Collector, Site], Awaitable[Response]]
+
+
+def keyed(kinds: tuple[str, ...]) -> Callable[[Endpoint], Callable[[Request], Awaitable[Response]]]:
+    """An endpoint for the site in the path, called only with one of its keys of ``kinds``
+    (``READ`` or ``ADMIN``); ApiError and storage errors become JSON answers."""
+
+    def wrap(endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]]:
+        @functools.wraps(endpoint)
+        async def handler(request: Request) -> Response:
+            collector: Collector = request.app.state.collector
+            try:
+                site = await site_with_key(request, collector, kinds)
+                return await endpoint(request, collector, site)
+            except ApiError as exc:
+                return refusal(exc)
+            except StorageError as exc:
+                log.warning("%s: storage error: %s", request.url.path[:200], exc)
+                return json_response({"error": "storage unavailable; try again"}, 503,
+                                     {"Retry-After": "5"})
+
+        return handler
+
+    return wrap
+
+
+async def site_with_key(request: Request, collector: Collector, kinds: tuple[str, ...]) -> Site:
+    site_id = request.path_params["site"]
+    site = await collector.sites.find(site_id)
+    if site is None:
+        raise ApiError(404, f"unknown site {site_id[:64]!r}", "site")
+    key = bearer(request)
+    needed = "admin key" if kinds == ADMIN else "read key"
+    if not key:
+        raise ApiError(401, f"send the site's {needed} as 'Authorization: Bearer KEY'",
+                       headers={"WWW-Authenticate": 'Bearer realm="tagwerk"'})
+    if not any(site.key_matches(kind, key) for kind in kinds):
+        raise ApiError(403, f"this key may not do this: send site {site_id!r}'s {needed}",
+                       "Authorization")
+    return site
