@@ -22,6 +22,7 @@ import orjson
 
 from collector.geo import UNKNOWN, Location
 from collector.http import json_field, nested_too_deep
+from collector.identity.kinds import BUILT_IN, MAX_ID, IdentifierError, clean, is_junk
 from collector.ids import uuid7
 from collector.useragent import Agent
 from consent.enforce import ConsentRule, enforce_row
@@ -59,8 +60,14 @@ MAX_ECOMMERCE_DEPTH = 8
 SERVER_ONLY = frozenset({"country", "region", "city", "user_agent", "ip"})
 ACCEPTED = frozenset(
     {"event_id", "site", "event", "type", "ts", "channel", "consent", "revenue", "currency",
-     "items", "props", "ecommerce"} | set(STRING_LIMITS) | SERVER_ONLY
+     "items", "props", "ecommerce", "identifiers", "consent_id"} | set(STRING_LIMITS)
+    | SERVER_ONLY
 )
+# Further identifiers of the person (``{"email": "<sha256>", "loyalty": "L-991"}``): device
+# and user ids have their own fields.
+MAX_IDENTIFIERS = 8
+OWN_FIELDS = {"device": "device_id", "user": "user_id"}
+CONSENT_ID = re.compile(r"[0-9a-fA-F]{32}")  # fullmatch, as consent.log checks it
 # A GA4 ``ecommerce`` object fills these; an event gives one or the other, never both.
 ECOMMERCE_FLAT = frozenset({"order_id", "revenue", "currency", "coupon", "items"})
 # GA4 item key -> our item field; every other GA4 item key is ignored.
@@ -82,6 +89,9 @@ COLUMNS = (
     "session_id", "user_id", "consent", "url", "path", "title", "referrer", "referrer_host",
     *UTM, "device_class", "browser", "os", "is_bot", "country", "region", "city", "language",
     "screen", "order_id", "revenue", "currency", "coupon", "items", "props", "retention_days",
+    # Added later: last, so that spool records written before them still load (the flusher
+    # lets a row end early; the columns then take their defaults).
+    "identifiers", "consent_id",
 )
 
 
@@ -112,6 +122,8 @@ class Context:
     # A browser request's preferred language (Accept-Language): the hits' language
     # where they name none. The tag sends none: navigator.language is the same preference.
     language: str = ""
+    # The identifier kinds the site accepts (built-in ones and its own).
+    identifier_kinds: tuple[str, ...] = BUILT_IN
 
     def __post_init__(self) -> None:
         if not self.received_text:
@@ -147,8 +159,17 @@ def normalize(raw: Any, ctx: Context) -> tuple[dict[str, Any], bool]:
     type_ = raw.get("type") or ("page" if s["event"] == "page_view" else "track")
     if not isinstance(type_, str) or type_ not in TYPES:
         raise EventError(f"'type' must be one of {', '.join(sorted(TYPES))}", "type")
+    # A placeholder ("undefined", "null", "0"...) identifies nobody: it is not kept.
+    if s["user_id"] and is_junk(s["user_id"]):
+        if type_ in ("identify", "alias"):
+            raise EventError(f"{s['user_id'][:32]!r} is a placeholder, not a user_id",
+                             "user_id")
+        s["user_id"] = ""
+    if s["device_id"] and is_junk(s["device_id"]):
+        s["device_id"] = ""
     if type_ in ("identify", "alias") and not s["user_id"]:
         raise EventError(f"a {type_} event needs a user_id", "user_id")
+    identifiers = _identifiers(raw["identifiers"], ctx) if "identifiers" in raw else {}
     channel = raw.get("channel") or ctx.channel
     if not isinstance(channel, str) or channel not in CHANNELS:
         raise EventError(f"'channel' must be one of {', '.join(sorted(CHANNELS))}", "channel")
@@ -172,6 +193,7 @@ def normalize(raw: Any, ctx: Context) -> tuple[dict[str, Any], bool]:
     if "analytics" not in consent:
         # No consent: nothing that identifies a person or device, no finer place than a country.
         s["device_id"] = s["session_id"] = s["user_id"] = ""
+        identifiers = {}
         location = Location(location.country, "", "")
 
     received_at = ctx.received_text
@@ -213,6 +235,8 @@ def normalize(raw: Any, ctx: Context) -> tuple[dict[str, Any], bool]:
         "items": _items(raw.get("items")),
         "props": _props(raw.get("props")),
         "retention_days": ctx.retention_days,
+        "identifiers": identifiers,
+        "consent_id": _consent_id(raw.get("consent_id"), ctx),
     }
     ecommerce = raw.get("ecommerce")  # the only cost of GA4 e-commerce for other hits
     if ecommerce is not None:
@@ -255,6 +279,47 @@ def _string(raw: dict, name: str, limit: int) -> str:
     if len(text) > limit:
         raise EventError(f"{name!r} is longer than {limit} characters", name)
     return text
+
+
+def _identifiers(value: Any, ctx: Context) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise EventError("'identifiers' must be an object of kind: id", "identifiers")
+    if len(value) > MAX_IDENTIFIERS:
+        raise EventError(f"'identifiers' holds more than {MAX_IDENTIFIERS} entries",
+                         "identifiers")
+    found = {}
+    for kind, text in value.items():
+        field = f"identifiers.{kind[:32]}"
+        if kind in OWN_FIELDS:
+            raise EventError(f"send the {kind} id as {OWN_FIELDS[kind]!r}; a second {kind} id "
+                             "never links on its own (merge persons with the admin API)", field)
+        if kind not in ctx.identifier_kinds:
+            raise EventError(f"unknown identifier kind {kind[:32]!r} (this site has: "
+                             f"{', '.join(ctx.identifier_kinds)})", field)
+        if isinstance(text, int) and not isinstance(text, bool):
+            text = str(text)  # loyalty and till numbers
+        if not isinstance(text, str) or len(text) > MAX_ID:
+            raise EventError(f"{field!r} must be a string of at most {MAX_ID} characters", field)
+        try:
+            stored = clean(kind, text, field)
+        except IdentifierError as exc:
+            raise EventError(str(exc), field) from None
+        if stored:
+            found[kind] = stored
+    return found
+
+
+def _consent_id(value: Any, ctx: Context) -> str:
+    """The consent decision the hit was collected under: the request's ``tw_consent``
+    cookie's, else the one the sender names (a server relaying a decision of our log)."""
+    cookie = ctx.consent_rule.cookie if ctx.consent_rule is not None else None
+    if cookie is not None:
+        return cookie.consent_id
+    if value is None or value == "":
+        return ""
+    if not isinstance(value, str) or not CONSENT_ID.fullmatch(value):
+        raise EventError("'consent_id' must be 32 hexadecimal digits", "consent_id")
+    return value.lower()
 
 
 def _uuid(value: Any) -> str:

@@ -160,7 +160,9 @@ class Flusher:
                 self.store.insert(
                     INSERTS[table], body, "JSONCompactEachRow",
                     {"insert_deduplication_token": token if table == EVENTS
-                     else f"{token}:{table}"},
+                     else f"{token}:{table}",
+                     # Rows spooled before a column was added end early: defaults fill in.
+                     "input_format_json_compact_allow_variable_number_of_columns": "1"},
                 )
             rows, dropped = rows + n, dropped + d
         self.spool.release(stop)

@@ -288,6 +288,7 @@ def _context(c: Collector, site: Site, channel: str, hit: Hit) -> Context:
         agent=parse_agent(hit.headers.get("user-agent", "")),
         location=c.geo.lookup(anonymize_ip(ip)) if ip and c.geo.enabled else UNKNOWN,
         retention_days=site.retention_days,
+        identifier_kinds=site.identifier_kinds,
         language=preferred_language(hit.headers.get("accept-language", "")),
     )
 
@@ -312,6 +313,7 @@ def _server_context(c: Collector, site: Site, event: Any, received: dt.datetime)
         location=(c.geo.lookup(anonymize_ip(ip)) if isinstance(ip, str) and c.geo.enabled
                   else UNKNOWN),
         retention_days=site.retention_days,
+        identifier_kinds=site.identifier_kinds,
         trusted=True,
     )
 

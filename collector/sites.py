@@ -21,6 +21,7 @@ import anyio.to_thread
 import orjson
 
 from collector.files import write_atomic
+from collector.identity.kinds import BUILT_IN, KIND
 from collector.storage import StorageError, Store
 
 MISS_RELOAD_AGE = 0.25
@@ -28,6 +29,12 @@ MISS_RELOAD_AGE = 0.25
 RESERVED_IDS = frozenset({"banner", "debug", "decide"})
 SITE_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 KEY_KINDS = ("write", "read", "admin")
+# An identifier linked to more persons than this stops linking (a QA device, a shared code).
+IDENTITY_MAX_PERSONS = 20
+# Every column of a site row, in the order of the inserts that write a new version.
+COLUMNS = ("site_id, name, origins, write_key_hash, read_key_hash, admin_key_hash, "
+           "retention_days, drop_bots, drop_without_consent, identifier_kinds, "
+           "identity_max_persons, deleted, created_at, updated_at")
 
 
 @dataclass(frozen=True)
@@ -42,6 +49,9 @@ class Site:
     drop_bots: bool = False
     # Web hits without analytics consent are dropped instead of stored without identifiers.
     drop_without_consent: bool = False
+    # The identifier kinds the site accepts: the built-in ones, then its own.
+    identifier_kinds: tuple[str, ...] = BUILT_IN
+    identity_max_persons: int = IDENTITY_MAX_PERSONS
     _patterns: tuple[re.Pattern, ...] = field(default=(), compare=False, repr=False)
 
     def allows_origin(self, origin: str) -> bool:
@@ -107,6 +117,8 @@ def _site_from_row(row: dict) -> Site:
         retention_days=int(row["retention_days"]),
         drop_bots=bool(row["drop_bots"]),
         drop_without_consent=bool(row.get("drop_without_consent", False)),  # older snapshots
+        identifier_kinds=(*BUILT_IN, *row.get("identifier_kinds", ())),
+        identity_max_persons=int(row.get("identity_max_persons", IDENTITY_MAX_PERSONS)),
         _patterns=tuple(_origin_pattern(o) for o in origins),
     )
 
@@ -134,8 +146,8 @@ class Sites:
     def load(self) -> None:
         rows = self.store.rows(
             "SELECT site_id, name, origins, write_key_hash, read_key_hash, admin_key_hash, "
-            "retention_days, drop_bots, drop_without_consent FROM tagwerk.sites FINAL "
-            "WHERE NOT deleted"
+            "retention_days, drop_bots, drop_without_consent, identifier_kinds, "
+            "identity_max_persons FROM tagwerk.sites FINAL WHERE NOT deleted"
         )
         previous = self._sites
         self._set({row["site_id"]: _site_from_row(row) for row in rows})
@@ -220,8 +232,11 @@ class Sites:
         retention_days: int = 0,
         drop_bots: bool = False,
         drop_without_consent: bool = False,
+        identifier_kinds: list[str] | tuple[str, ...] = (),
+        identity_max_persons: int = IDENTITY_MAX_PERSONS,
     ) -> tuple[Site, dict[str, str]]:
-        """Create a site; return it and its keys in clear (shown this once only)."""
+        """Create a site; return it and its keys in clear (shown this once only).
+        ``identifier_kinds``: the site's own identifier kinds, beyond the built-in ones."""
         if site_id in RESERVED_IDS:
             raise ValueError(f"site id {site_id!r} is reserved (it names a file under /t/)")
         if not SITE_ID.match(site_id):
@@ -230,6 +245,9 @@ class Sites:
         if not 0 <= retention_days <= 65535:
             raise ValueError("retention_days must be between 0 (forever) and 65535")
         clean = [normalize_origin(o) for o in origins]
+        kinds = _own_kinds(identifier_kinds)
+        if not 1 <= identity_max_persons <= 10_000:
+            raise ValueError("identity_max_persons must be between 1 and 10000")
         self.load()
         if site_id in self._sites:
             raise ValueError(f"site {site_id!r} exists already")
@@ -245,16 +263,17 @@ class Sites:
             "retention_days": retention_days,
             "drop_bots": drop_bots,
             "drop_without_consent": drop_without_consent,
+            "identifier_kinds": kinds,
+            "identity_max_persons": identity_max_persons,
             "created_at": now,
             "updated_at": now,
         }
         self.store.execute(
-            "INSERT INTO tagwerk.sites (site_id, name, origins, write_key_hash, read_key_hash, "
-            "admin_key_hash, retention_days, drop_bots, drop_without_consent, created_at, "
-            "updated_at) VALUES "
+            f"INSERT INTO tagwerk.sites ({COLUMNS}) VALUES "
             "({site_id:String}, {name:String}, {origins:Array(String)}, "
             "{write_key_hash:String}, {read_key_hash:String}, {admin_key_hash:String}, "
             "{retention_days:UInt16}, {drop_bots:Bool}, {drop_without_consent:Bool}, "
+            "{identifier_kinds:Array(String)}, {identity_max_persons:UInt16}, false, "
             "{created_at:DateTime64(3, 'UTC')}, "
             "{updated_at:DateTime64(3, 'UTC')})",
             row,
@@ -265,13 +284,11 @@ class Sites:
     def set_origins(self, site_id: str, origins: list[str] | tuple[str, ...]) -> Site:
         """Replace a site's allowed origins (a new row version; the keys stay)."""
         clean = [normalize_origin(o) for o in origins]
-        columns = ("site_id, name, origins, write_key_hash, read_key_hash, admin_key_hash, "
-                   "retention_days, drop_bots, drop_without_consent, deleted, created_at, "
-                   "updated_at")
         self.store.execute(
-            f"INSERT INTO tagwerk.sites ({columns}) SELECT site_id, name, "
+            f"INSERT INTO tagwerk.sites ({COLUMNS}) SELECT site_id, name, "
             "{origins:Array(String)}, write_key_hash, read_key_hash, admin_key_hash, "
-            "retention_days, drop_bots, drop_without_consent, deleted, created_at, "
+            "retention_days, drop_bots, drop_without_consent, identifier_kinds, "
+            "identity_max_persons, deleted, created_at, "
             "now64(3, 'UTC') FROM tagwerk.sites FINAL WHERE site_id = {site_id:String}",
             {"site_id": site_id, "origins": clean},
         )
@@ -280,3 +297,14 @@ class Sites:
         if site is None:
             raise ValueError(f"unknown site {site_id!r}")
         return site
+
+
+def _own_kinds(kinds: list[str] | tuple[str, ...]) -> list[str]:
+    own = list(dict.fromkeys(kinds))
+    for kind in own:
+        if not KIND.fullmatch(kind) or kind in BUILT_IN:
+            raise ValueError(f"identifier kind {kind!r}: a-z, 0-9 and '_', starting with a "
+                             f"letter, at most 32, other than the built-in {', '.join(BUILT_IN)}")
+    if len(own) > 16:
+        raise ValueError("a site has at most 16 identifier kinds of its own")
+    return own

@@ -1,0 +1,117 @@
+"""The identity graph over HTTP.
+
+    GET  {site}/persons/{kind}:{id}                 the person (read key); 404 when unknown
+    POST {site}/identity/merge    {"from": "kind:id", "into": "kind:id"}      (admin key)
+    POST {site}/identity/split    {"id": "kind:id"}                            (admin key)
+    POST {site}/identity/operations/{op_id}/undo                              (admin key)
+    GET  {site}/identity/operations?limit=50        the audit trail           (admin key)
+    GET  {site}/identity/overloaded?limit=100       identifiers that stopped linking (admin)
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+
+from collector.api import body, query
+from collector.api.access import ADMIN, READ, ApiError, json_response, keyed
+from collector.identity.graph import Graph
+from collector.identity.kinds import IdentifierError, parse
+from collector.identity.operations import OperationError, Operations
+from collector.service import Collector
+from collector.sites import Site
+
+
+def identifier(site: Site, text: object, field: str) -> tuple[str, str]:
+    """``kind:id`` as the site knows kinds, or a 400 naming ``field``."""
+    if not isinstance(text, str):
+        raise ApiError(400, f"{field!r} must be a string kind:id", field)
+    try:
+        return parse(text, site.identifier_kinds, field)
+    except IdentifierError as exc:
+        raise ApiError(400, str(exc), field) from None
+
+
+def actor(site: Site) -> str:
+    """Who did it, for the audit trail: the admin key's fingerprint (never the key)."""
+    return f"admin:{site.admin_key_hash[:12]}"
+
+
+async def _operate(call, *args):  # type: ignore[no-untyped-def]
+    try:
+        return await run_in_threadpool(call, *args)
+    except OperationError as exc:
+        raise ApiError(exc.status, str(exc), exc.field) from None
+
+
+@keyed(READ)
+async def person(request: Request, collector: Collector, site: Site) -> Response:
+    query.params(request, ())
+    kind, ident = identifier(site, query.path_text(request, "ident", 300), "ident")
+    graph = Graph(collector.store, site)
+    found = await run_in_threadpool(graph.resolve, kind, ident)
+    if found is None:
+        raise ApiError(404, f"nobody is known by {kind}:{ident[:64]} on this site", "ident")
+    ops = await run_in_threadpool(_merge_ops, collector, site, sorted(found.merged))
+    return json_response(found.as_dict(ops))
+
+
+def _merge_ops(collector: Collector, site: Site, persons: list[str]) -> dict[str, str]:
+    if not persons:
+        return {}
+    rows = collector.store.rows(
+        "SELECT person_id, toString(op_id) AS op_id FROM tagwerk.identity_merges FINAL "
+        "WHERE site_id = {site:String} AND person_id IN {pids:Array(String)}",
+        {"site": site.site_id, "pids": persons})
+    return {row["person_id"]: row["op_id"] for row in rows}
+
+
+@keyed(ADMIN)
+async def merge(request: Request, collector: Collector, site: Site) -> Response:
+    query.params(request, ())
+    data = await body.json_object(request, ("from", "into"), ("from", "into"))
+    source = identifier(site, data["from"], "from")
+    target = identifier(site, data["into"], "into")
+    ops = Operations(collector.store, site)
+    return json_response(await _operate(ops.merge, source, target, actor(site)), 201)
+
+
+@keyed(ADMIN)
+async def split(request: Request, collector: Collector, site: Site) -> Response:
+    query.params(request, ())
+    data = await body.json_object(request, ("id",), ("id",))
+    ident = identifier(site, data["id"], "id")
+    ops = Operations(collector.store, site)
+    return json_response(await _operate(ops.split, ident, actor(site)), 201)
+
+
+@keyed(ADMIN)
+async def undo(request: Request, collector: Collector, site: Site) -> Response:
+    query.params(request, ())
+    text = query.path_text(request, "op_id", 64)
+    try:
+        op_id = str(uuid.UUID(text))
+    except ValueError:
+        raise ApiError(400, "'op_id' must be an operation id (a UUID)", "op_id") from None
+    ops = Operations(collector.store, site)
+    return json_response(await _operate(ops.undo, op_id, actor(site)), 201)
+
+
+@keyed(ADMIN)
+async def operations(request: Request, collector: Collector, site: Site) -> Response:
+    values = query.params(request, ("limit",))
+    limit = query.integer(values, "limit", 50, 1, 1000)
+    ops = Operations(collector.store, site)
+    return json_response({"operations": await run_in_threadpool(ops.history, limit)})
+
+
+@keyed(ADMIN)
+async def overloaded(request: Request, collector: Collector, site: Site) -> Response:
+    values = query.params(request, ("limit",))
+    limit = query.integer(values, "limit", 100, 1, 1000)
+    graph = Graph(collector.store, site)
+    return json_response({"max_persons": site.identity_max_persons,
+                          "identifiers": await run_in_threadpool(graph.overloaded, limit)})

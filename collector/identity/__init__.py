@@ -1,0 +1,7 @@
+"""One person across devices and channels: typed identifiers, the links between them, and
+their resolution at query time (``clickhouse/0012_identity.sql``).
+
+``kinds``: what an identifier is and which values are junk; ``graph``: who an identifier
+belongs to, and everything that belongs to a person; ``operations``: explicit merges and
+splits, audited and undoable.
+"""

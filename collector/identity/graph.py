@@ -1,0 +1,291 @@
+"""Who an identifier belongs to, and everything that belongs to a person, resolved at query
+time from the links, merges and splits (``clickhouse/0012_identity.sql``).
+
+The rules:
+
+- A person is anchored on their user id; a person nobody linked, on the one identifier
+  they were seen with. Two user ids are two persons until an admin merges them.
+- Any other identifier (device, e-mail, loyalty card...) belongs, at a time t, to the user
+  of its latest link at or before t; before its first link, to its first user. A shared
+  device therefore belongs to whoever logged in last, from that moment on, and earlier hits
+  stay with the earlier person, with no ``reset`` needed from the page.
+- An identifier linked to more than the site's ``identity_max_persons`` users only follows
+  its links to the first ones (by first link): beyond that it stops linking, and
+  ``overloaded`` reports it.
+- A split gives an identifier a person of its own whatever its links say; a merge makes a
+  person resolve to another. Merges are kept flat (see ``operations``): one lookup.
+- A row with a user id belongs to that user's person; a row without one to the owner of its
+  identifiers at the row's time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from collector.identity.kinds import person_id
+from collector.sites import Site
+from collector.storage import Store
+
+# Far enough outside any event time to bound every span.
+BEGINNING = "1970-01-01 00:00:00.000"
+END = "2299-12-31 00:00:00.000"
+MAX_LINKS = 100_000  # link rows read for one person's identifiers
+# Rows of some (kind, id) pairs: the key's columns, narrowed again in Python (a parameter
+# cannot be an array of tuples: the arrays bind as they are).
+PAIRS = "kind IN {kinds:Array(String)} AND id IN {ids:Array(String)}"
+
+
+def pair_params(pairs: list[tuple[str, str]]) -> dict[str, list[str]]:
+    return {"kinds": sorted({k for k, _ in pairs}), "ids": sorted({i for _, i in pairs})}
+
+
+@dataclass(frozen=True)
+class Span:
+    """While an identifier (not a user id) belongs to the person: [start, end)."""
+
+    kind: str
+    id: str
+    start: str
+    end: str
+
+
+@dataclass
+class Person:
+    person_id: str
+    kind: str  # the anchor identifier
+    id: str
+    # Persons merged into this one: person_id -> (kind, id) of their anchors.
+    merged: dict[str, tuple[str, str]] = field(default_factory=dict)
+    users: list[str] = field(default_factory=list)
+    spans: list[Span] = field(default_factory=list)
+    identifiers: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def members(self) -> set[str]:
+        return {self.person_id, *self.merged}
+
+    def as_dict(self, merged_ops: dict[str, str]) -> dict[str, Any]:
+        return {
+            "person_id": self.person_id,
+            "identifiers": self.identifiers,
+            "merged": [{"person_id": pid, "kind": kind, "id": ident,
+                        "op_id": merged_ops.get(pid, "")}
+                       for pid, (kind, ident) in sorted(self.merged.items())],
+        }
+
+
+class Graph:
+    """The identity graph of one site."""
+
+    def __init__(self, store: Store, site: Site) -> None:
+        self.store, self.site = store, site
+        self.site_id = site.site_id
+        self.cap = site.identity_max_persons
+
+    # -- one identifier -----------------------------------------------------------------------
+
+    def anchor_of(self, kind: str, ident: str) -> tuple[str, str] | None:
+        """The anchor of the person the identifier belongs to now, before merges; None if
+        the identifier was never seen."""
+        override = self._rows(
+            "SELECT person_id FROM tagwerk.identity_overrides FINAL WHERE site_id = {site:String} "
+            "AND kind = {kind:String} AND id = {id:String} AND person_id != ''",
+            kind=kind, id=ident)
+        if override:
+            return kind, ident
+        if kind == "user":
+            return (kind, ident) if self._linked(kind, ident) or self._seen(kind, ident) else None
+        owners = self._owners(kind, ident)
+        if owners:
+            return "user", owners
+        return (kind, ident) if self._seen(kind, ident) else None
+
+    def resolve(self, kind: str, ident: str) -> Person | None:
+        """The person the identifier belongs to now (after merges), with all they hold."""
+        anchor = self.anchor_of(kind, ident)
+        if anchor is None:
+            return None
+        pid = person_id(self.site_id, *anchor)
+        merged = self._rows(
+            "SELECT into_person, into_kind, into_id FROM tagwerk.identity_merges FINAL "
+            "WHERE site_id = {site:String} AND person_id = {pid:String} AND into_person != ''",
+            pid=pid)
+        if merged:
+            pid, anchor = merged[0]["into_person"], (merged[0]["into_kind"], merged[0]["into_id"])
+        person = Person(pid, *anchor)
+        for row in self._rows(
+            "SELECT person_id, kind, id FROM tagwerk.identity_merges FINAL "
+            "WHERE site_id = {site:String} AND into_person = {pid:String}", pid=pid,
+        ):
+            person.merged[row["person_id"]] = (row["kind"], row["id"])
+        self._fill(person)
+        return person
+
+    def _owners(self, kind: str, ident: str) -> str:
+        """The user owning a (non-user) identifier now: the latest link among its first
+        ``cap`` users; "" without links."""
+        rows = self._rows(
+            "SELECT user_id, min(ts) AS first, max(ts) AS last FROM tagwerk.identity_links "
+            "WHERE site_id = {site:String} AND kind = {kind:String} AND id = {id:String} "
+            "GROUP BY user_id ORDER BY first, user_id LIMIT {cap:UInt32}",
+            kind=kind, id=ident, cap=self.cap)
+        return max(rows, key=lambda r: (r["last"], r["user_id"]))["user_id"] if rows else ""
+
+    def _linked(self, kind: str, ident: str) -> bool:
+        return bool(self._rows(
+            "SELECT 1 FROM tagwerk.identity_links WHERE site_id = {site:String} "
+            "AND kind = {kind:String} AND id = {id:String} LIMIT 1", kind=kind, id=ident))
+
+    def _seen(self, kind: str, ident: str) -> bool:
+        where, params = row_condition_for(kind, ident)
+        return bool(self._rows(
+            f"SELECT 1 FROM tagwerk.events WHERE site_id = {{site:String}} AND {where} LIMIT 1",
+            **params))
+
+    # -- a person's identifiers and spans -------------------------------------------------------
+
+    def _fill(self, person: Person) -> None:
+        members = person.members
+        anchors = {pid: anchor for pid, anchor in person.merged.items()}
+        anchors[person.person_id] = (person.kind, person.id)
+        person.users = sorted(ident for kind, ident in anchors.values() if kind == "user")
+        user_persons = [pid for pid, (kind, _) in anchors.items() if kind == "user"]
+        # The identifiers ever linked to the person's user ids, and their anchors.
+        linked = self._rows(
+            "SELECT DISTINCT kind, id FROM tagwerk.identity_links WHERE site_id = {site:String} "
+            "AND person_id IN {pids:Array(String)} AND kind != 'user'", pids=user_persons,
+        ) if user_persons else []
+        candidates = {(r["kind"], r["id"]) for r in linked}
+        candidates |= {anchor for anchor in anchors.values() if anchor[0] != "user"}
+        pairs = sorted(candidates)
+        links: dict[tuple[str, str], list[dict]] = {pair: [] for pair in pairs}
+        overrides: dict[tuple[str, str], str] = {}
+        if pairs:
+            for row in self._rows(
+                "SELECT kind, id, user_id, ts FROM tagwerk.identity_links "
+                f"WHERE site_id = {{site:String}} AND {PAIRS} "
+                "ORDER BY kind, id, ts, user_id LIMIT {most:UInt32}",
+                **pair_params(pairs), most=MAX_LINKS,
+            ):
+                if (row["kind"], row["id"]) in links:
+                    links[(row["kind"], row["id"])].append(row)
+            for row in self._rows(
+                "SELECT kind, id, person_id FROM tagwerk.identity_overrides FINAL "
+                f"WHERE site_id = {{site:String}} AND {PAIRS} AND person_id != ''",
+                **pair_params(pairs),
+            ):
+                overrides[(row["kind"], row["id"])] = row["person_id"]
+        seen: dict[tuple[str, str], tuple[str, str]] = {}
+        for pair in pairs:
+            spans = self._spans(pair, links[pair], overrides.get(pair), members)
+            person.spans.extend(spans)
+            if spans:
+                times = [r["ts"] for r in links[pair]
+                         if person_id(self.site_id, "user", r["user_id"]) in members]
+                if times:
+                    seen[pair] = (min(times), max(times))
+        user_links = self._rows(
+            "SELECT id, min(ts) AS first, max(ts) AS last FROM tagwerk.identity_links "
+            "WHERE site_id = {site:String} AND kind = 'user' AND id IN {users:Array(String)} "
+            "GROUP BY id", users=person.users,
+        ) if person.users else []
+        for row in user_links:
+            seen[("user", row["id"])] = (row["first"], row["last"])
+        listed = [("user", u) for u in person.users]
+        listed += sorted({(s.kind, s.id) for s in person.spans})
+        missing = [pair for pair in listed if pair not in seen]
+        seen.update(self._seen_in_events(missing))
+        person.identifiers = [
+            {"kind": kind, "id": ident, "first_seen": seen.get((kind, ident), ("", ""))[0] or None,
+             "last_seen": seen.get((kind, ident), ("", ""))[1] or None}
+            for kind, ident in listed
+        ]
+
+    def _spans(self, pair: tuple[str, str], links: list[dict], override: str | None,
+               members: set[str]) -> list[Span]:
+        kind, ident = pair
+        if override is not None:
+            return [Span(kind, ident, BEGINNING, END)] if override in members else []
+        allowed: list[str] = []
+        for row in links:  # the first `cap` users by first link; later ones are ignored
+            if row["user_id"] not in allowed and len(allowed) < self.cap:
+                allowed.append(row["user_id"])
+        links = [r for r in links if r["user_id"] in allowed]
+        if not links:  # an anchor nobody linked: all its rows are the person's
+            own = person_id(self.site_id, kind, ident)
+            return [Span(kind, ident, BEGINNING, END)] if own in members else []
+        spans: list[Span] = []
+        for index, row in enumerate(links):
+            if person_id(self.site_id, "user", row["user_id"]) not in members:
+                continue
+            start = BEGINNING if index == 0 else row["ts"]
+            end = links[index + 1]["ts"] if index + 1 < len(links) else END
+            if spans and spans[-1].end == start:
+                spans[-1] = Span(kind, ident, spans[-1].start, end)
+            elif start != end:
+                spans.append(Span(kind, ident, start, end))
+        return spans
+
+    def _seen_in_events(
+        self, pairs: list[tuple[str, str]]
+    ) -> dict[tuple[str, str], tuple[str, str]]:
+        found = {}
+        for kind, ident in pairs:
+            where, params = row_condition_for(kind, ident)
+            rows = self._rows(
+                f"SELECT min(ts) AS first, max(ts) AS last, count() AS n FROM tagwerk.events "
+                f"WHERE site_id = {{site:String}} AND {where}", **params)
+            if rows and int(rows[0]["n"]):
+                found[(kind, ident)] = (rows[0]["first"], rows[0]["last"])
+        return found
+
+    # -- reports ----------------------------------------------------------------------------------
+
+    def overloaded(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Identifiers linked to more users than the site allows: they stopped linking."""
+        return self._rows(
+            "SELECT kind, id, uniqExact(user_id) AS persons, min(ts) AS first_seen, "
+            "max(ts) AS last_seen FROM tagwerk.identity_links WHERE site_id = {site:String} "
+            "AND kind != 'user' GROUP BY kind, id HAVING persons > {cap:UInt32} "
+            "ORDER BY persons DESC, kind, id LIMIT {limit:UInt32}", cap=self.cap, limit=limit)
+
+    def _rows(self, sql: str, **params: Any) -> list[dict[str, Any]]:
+        return self.store.rows(sql, {"site": self.site_id, **params})
+
+
+def row_condition_for(kind: str, ident: str) -> tuple[str, dict[str, Any]]:
+    """SQL (over a table with the events' identifier columns) matching rows naming an
+    identifier, with its parameters."""
+    if kind == "user":
+        return "user_id = {ident:String}", {"ident": ident}
+    if kind == "device":
+        return "device_id = {ident:String}", {"ident": ident}
+    return ("has(mapValues(identifiers), {ident:String}) AND identifiers[{kind:String}] = "
+            "{ident:String}", {"kind": kind, "ident": ident})
+
+
+def rows_of(person: Person) -> tuple[str, dict[str, Any]]:
+    """SQL matching the person's rows (over a table with the events' identifier columns and
+    ``ts``): rows naming one of their user ids, and rows without a user id naming one of
+    their identifiers at a time it was theirs."""
+    devices = [s for s in person.spans if s.kind == "device"]
+    others = [s for s in person.spans if s.kind != "device"]
+    params: dict[str, Any] = {
+        "p_users": person.users,
+        "p_dev": [s.id for s in devices], "p_dev_start": [s.start for s in devices],
+        "p_dev_end": [s.end for s in devices],
+        "p_kind": [s.kind for s in others], "p_id": [s.id for s in others],
+        "p_start": [s.start for s in others], "p_end": [s.end for s in others],
+    }
+    condition = (
+        "(user_id IN {p_users:Array(String)} OR (user_id = '' AND ("
+        "(device_id IN {p_dev:Array(String)} AND arrayExists((i, s, e) -> device_id = i "
+        "AND ts >= s AND ts < e, {p_dev:Array(String)}, "
+        "{p_dev_start:Array(DateTime64(3, 'UTC'))}, {p_dev_end:Array(DateTime64(3, 'UTC'))}))"
+        " OR (hasAny(mapValues(identifiers), {p_id:Array(String)}) AND "
+        "arrayExists((k, i, s, e) -> identifiers[k] = i AND ts >= s AND ts < e, "
+        "{p_kind:Array(String)}, {p_id:Array(String)}, "
+        "{p_start:Array(DateTime64(3, 'UTC'))}, {p_end:Array(DateTime64(3, 'UTC'))})))))"
+    )
+    return condition, params

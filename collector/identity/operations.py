@@ -1,0 +1,186 @@
+"""Explicit identity operations with the admin key: merge two persons, split an identifier
+off its person, and undo either. Each one is a set of row versions written to
+``identity_merges`` / ``identity_overrides`` and one audit row in ``identity_operations``
+holding the rows as they were before and after, so that undo writes ``before`` back.
+
+An undo is refused (409) when a later operation changed the same rows: undo that one first.
+Operations of one site run one at a time in this process; two collectors operating on the
+same persons at the same instant are not serialised (the later version wins).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+import uuid
+from collections import defaultdict
+from typing import Any
+
+import orjson
+
+from collector.identity.graph import PAIRS, Graph, Person, pair_params
+from collector.identity.kinds import person_id
+from collector.sites import Site
+from collector.storage import Store
+
+MERGE_COLUMNS = ("person_id", "kind", "id", "into_person", "into_kind", "into_id")
+OVERRIDE_COLUMNS = ("kind", "id", "person_id")
+_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
+_clock = threading.Lock()
+_last_version = 0
+
+
+class OperationError(Exception):
+    def __init__(self, status: int, message: str, field: str = "") -> None:
+        super().__init__(message)
+        self.status, self.field = status, field
+
+
+def _version() -> int:
+    """Row versions that only grow within this process, even if the clock steps back."""
+    global _last_version
+    with _clock:
+        _last_version = max(_last_version + 1, time.time_ns())
+        return _last_version
+
+
+class Operations:
+    def __init__(self, store: Store, site: Site) -> None:
+        self.store, self.site = store, site
+        self.graph = Graph(store, site)
+
+    def _person(self, kind: str, ident: str, field: str) -> Person:
+        person = self.graph.resolve(kind, ident)
+        if person is None:
+            raise OperationError(404, f"nobody is known by {kind}:{ident[:64]}", field)
+        return person
+
+    def merge(self, source: tuple[str, str], target: tuple[str, str], actor: str
+              ) -> dict[str, Any]:
+        """Make the person of ``source`` (and everyone merged into them) the person of
+        ``target``."""
+        with _locks[self.site.site_id]:
+            moved = self._person(*source, "from")
+            into = self._person(*target, "into")
+            if moved.person_id == into.person_id:
+                raise OperationError(409, "both identifiers belong to one person already",
+                                     "into")
+            anchors = {moved.person_id: (moved.kind, moved.id), **moved.merged}
+            after = {"merges": [
+                {"person_id": pid, "kind": kind, "id": ident, "into_person": into.person_id,
+                 "into_kind": into.kind, "into_id": into.id}
+                for pid, (kind, ident) in sorted(anchors.items())
+            ], "overrides": []}
+            before = {"merges": self._merges(anchors), "overrides": []}
+            op_id = self._apply("merge", {"from": moved.person_id, "into": into.person_id},
+                                before, after, actor)
+            return {"op_id": op_id, "person_id": into.person_id,
+                    "merged": sorted(anchors)}
+
+    def split(self, ident: tuple[str, str], actor: str) -> dict[str, Any]:
+        """Give the identifier a person of its own, whatever its links say."""
+        kind, value = ident
+        if kind == "user":
+            raise OperationError(400, "a user id anchors its person and cannot be split off; "
+                                 "undo the merge that joined it instead", "id")
+        with _locks[self.site.site_id]:
+            person = self._person(kind, value, "id")
+            own = person_id(self.site.site_id, kind, value)
+            if person.person_id == own and not person.merged:
+                raise OperationError(409, f"{kind}:{value[:64]} is a person of its own already",
+                                     "id")
+            before = {"merges": [], "overrides": self._overrides([(kind, value)])}
+            after: dict[str, list[dict[str, Any]]] = {
+                "merges": [], "overrides": [{"kind": kind, "id": value, "person_id": own}]}
+            if own in person.merged:  # its own person had been merged: that merge goes too
+                anchors = {own: (kind, value)}
+                before["merges"] = self._merges(anchors)
+                after["merges"] = [{**row, "into_person": "", "into_kind": "", "into_id": ""}
+                                   for row in before["merges"]]
+            op_id = self._apply("split", {"from": person.person_id, "person": own},
+                                before, after, actor)
+            return {"op_id": op_id, "person_id": own, "from": person.person_id}
+
+    def undo(self, op_id: str, actor: str) -> dict[str, Any]:
+        with _locks[self.site.site_id]:
+            found = self.store.rows(
+                "SELECT op, before, after, toString(undoes) AS undoes, "
+                "(SELECT count() FROM tagwerk.identity_operations WHERE site_id = {site:String} "
+                " AND undoes = {op:UUID}) AS undone "
+                "FROM tagwerk.identity_operations WHERE site_id = {site:String} "
+                "AND op_id = {op:UUID}", {"site": self.site.site_id, "op": op_id})
+            if not found:
+                raise OperationError(404, f"no operation {op_id} on this site", "op_id")
+            row = found[0]
+            if row["op"] == "undo":
+                raise OperationError(409, "an undo is not undone: run the operation again",
+                                     "op_id")
+            if int(row["undone"]):
+                raise OperationError(409, f"operation {op_id} was undone already", "op_id")
+            before, after = orjson.loads(row["before"]), orjson.loads(row["after"])
+            anchors = {r["person_id"]: (r["kind"], r["id"]) for r in after["merges"]}
+            pairs = [(r["kind"], r["id"]) for r in after["overrides"]]
+            current = {"merges": self._merges(anchors), "overrides": self._overrides(pairs)}
+            if current != after:
+                raise OperationError(409, f"a later operation changed what {op_id} did: undo "
+                                     "that one first (see the operations list)", "op_id")
+            undo_id = self._apply("undo", {"undoes": op_id}, after, before, actor, undoes=op_id)
+            return {"op_id": undo_id, "undid": op_id, "op": row["op"]}
+
+    def history(self, limit: int) -> list[dict[str, Any]]:
+        rows = self.store.rows(
+            "SELECT toString(op_id) AS op_id, op, target, toString(undoes) AS undoes, actor, at "
+            "FROM tagwerk.identity_operations WHERE site_id = {site:String} "
+            "ORDER BY at DESC, op_id LIMIT {limit:UInt32}",
+            {"site": self.site.site_id, "limit": limit})
+        for row in rows:
+            row["target"] = orjson.loads(row["target"])
+        return rows
+
+    # -- rows -------------------------------------------------------------------------------------
+
+    def _merges(self, anchors: dict[str, tuple[str, str]]) -> list[dict[str, Any]]:
+        """The current merge rows of these persons ('' into_* where there is none)."""
+        rows = {r["person_id"]: r for r in self.store.rows(
+            "SELECT person_id, kind, id, into_person, into_kind, into_id "
+            "FROM tagwerk.identity_merges FINAL WHERE site_id = {site:String} "
+            "AND person_id IN {pids:Array(String)}",
+            {"site": self.site.site_id, "pids": sorted(anchors)})}
+        return [
+            rows.get(pid) or {"person_id": pid, "kind": kind, "id": ident, "into_person": "",
+                              "into_kind": "", "into_id": ""}
+            for pid, (kind, ident) in sorted(anchors.items())
+        ]
+
+    def _overrides(self, pairs: list[tuple[str, str]]) -> list[dict[str, Any]]:
+        rows = {(r["kind"], r["id"]): r for r in self.store.rows(
+            "SELECT kind, id, person_id FROM tagwerk.identity_overrides FINAL "
+            f"WHERE site_id = {{site:String}} AND {PAIRS}",
+            {"site": self.site.site_id, **pair_params(pairs)})} if pairs else {}
+        return [rows.get(pair) or {"kind": pair[0], "id": pair[1], "person_id": ""}
+                for pair in sorted(pairs)]
+
+    def _apply(self, op: str, target: dict[str, str], before: dict, after: dict, actor: str,
+               undoes: str | None = None) -> str:
+        op_id = str(uuid.uuid4())
+        version = _version()
+        site = self.site.site_id
+        # The audit row first: should the process die between the two writes, the
+        # operation is on record, and an undo restores what it recorded.
+        audit = {"site_id": site, "op_id": op_id, "op": op, "target": orjson.dumps(target).decode(),
+                 "before": orjson.dumps(before).decode(), "after": orjson.dumps(after).decode(),
+                 "undoes": undoes, "actor": actor,
+                 "at": dt.datetime.now(dt.UTC).isoformat(" ", "milliseconds")[:23]}
+        self.store.insert("tagwerk.identity_operations", orjson.dumps(audit), "JSONEachRow")
+        if after["merges"]:
+            lines = [orjson.dumps({"site_id": site, **{c: r[c] for c in MERGE_COLUMNS},
+                                   "op_id": op_id, "version": version})
+                     for r in after["merges"]]
+            self.store.insert("tagwerk.identity_merges", b"\n".join(lines), "JSONEachRow")
+        if after["overrides"]:
+            lines = [orjson.dumps({"site_id": site, **{c: r[c] for c in OVERRIDE_COLUMNS},
+                                   "op_id": op_id, "version": version})
+                     for r in after["overrides"]]
+            self.store.insert("tagwerk.identity_overrides", b"\n".join(lines), "JSONEachRow")
+        return op_id

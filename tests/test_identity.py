@@ -1,0 +1,418 @@
+"""The identity graph: links from identify/alias events, the rules (one user id per person,
+shared devices, junk, overloaded identifiers), merges and splits with undo, and the person
+endpoint (collector/identity/, collector/api/persons.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+
+import orjson
+import pytest
+
+from collector.identity.graph import Graph, rows_of
+from collector.identity.kinds import person_id
+from tests.helpers import drained, make_client, wait_for
+
+SITE = "id-shop"
+BASE = f"/api/v1/sites/{SITE}"
+ALL = ["analytics", "personalization"]
+
+
+@pytest.fixture(scope="module")
+def env(store, tmp_path_factory):
+    client, collector = make_client(store, tmp_path_factory.mktemp("identity"), demo_site=False)
+    with client:
+        _, keys = collector.sites.create(SITE)
+        _, other = collector.sites.create("id-other", identifier_kinds=["membership"])
+        _, capped = collector.sites.create("id-capped", identity_max_persons=3)
+        yield client, collector, {SITE: keys, "id-other": other, "id-capped": capped}
+
+
+def send(env, events, site=SITE):
+    client, collector, keys = env
+    r = client.post("/api/v1/batch", content=orjson.dumps({"events": events}),
+                    headers={"Authorization": f"Bearer {keys[site]['write']}",
+                             "Content-Type": "application/json"})
+    assert r.status_code == 202, r.text
+    wait_for(lambda: drained(collector))
+
+
+def get(env, path, key="read", site=SITE, **params):
+    client, _, keys = env
+    auth = {"Authorization": f"Bearer {keys[site][key]}"} if key else {}
+    return client.get(path, headers=auth, params=params or None)
+
+
+def post(env, path, data, key="admin", site=SITE):
+    client, _, keys = env
+    auth = {"Authorization": f"Bearer {keys[site][key]}"} if key else {}
+    content = data if isinstance(data, bytes) else orjson.dumps(data)
+    return client.post(path, content=content,
+                       headers={**auth, "Content-Type": "application/json"})
+
+
+def uid(prefix):
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def identify(user, device=None, ts=None, consent=ALL, **identifiers):
+    event = {"event": "login", "type": "identify", "user_id": user, "consent": consent}
+    if device:
+        event["device_id"] = device
+    if ts:
+        event["ts"] = ts
+    if identifiers:
+        event["identifiers"] = identifiers
+    return event
+
+
+def person(env, ident, site=SITE):
+    r = get(env, f"/api/v1/sites/{site}/persons/{ident}", site=site)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_identify_links_every_identifier_to_one_person(env):
+    user, device = uid("c"), uid("dev")
+    email = f"{uid('ann')}@Example.com"
+    digest = hashlib.sha256(email.strip().lower().encode()).hexdigest()
+    send(env, [identify(user, device, email=f"  {email} ", loyalty="L-991")])
+    expected = person_id(SITE, "user", user)
+    for ident in (f"user:{user}", f"device:{device}", f"email:{digest}", f"email:{email}",
+                  "loyalty:L-991"):
+        found = person(env, ident)
+        assert found["person_id"] == expected, ident
+    kinds = {(i["kind"], i["id"]) for i in found["identifiers"]}
+    assert kinds == {("user", user), ("device", device), ("email", digest),
+                     ("loyalty", "L-991")}
+    assert all(i["first_seen"] and i["last_seen"] for i in found["identifiers"])
+    assert found["merged"] == []
+    # The address itself is stored nowhere.
+    _, collector, _ = env
+    text = collector.store.query(
+        "SELECT * FROM tagwerk.events WHERE site_id = {s:String} FORMAT JSONEachRow",
+        {"s": SITE}, "JSONEachRow") + collector.store.query(
+        "SELECT * FROM tagwerk.identity_links WHERE site_id = {s:String}", {"s": SITE})
+    assert email.lower().encode() not in text.lower()
+
+
+def test_unknown_identifiers_are_404_and_anonymous_devices_are_persons(env):
+    r = get(env, f"{BASE}/persons/device:{uid('never')}")
+    assert r.status_code == 404 and "nobody" in r.json()["error"]
+    device = uid("anon")
+    send(env, [{"event": "page_view", "device_id": device, "consent": ALL}])
+    found = person(env, f"device:{device}")
+    assert found["person_id"] == person_id(SITE, "device", device)
+    assert [i["kind"] for i in found["identifiers"]] == ["device"]
+
+
+def test_a_shared_device_belongs_to_whoever_logged_in_last(env):
+    _, collector, _ = env
+    anna, ben, tablet = uid("anna"), uid("ben"), uid("tablet")
+    send(env, [
+        {"event": "page_view", "device_id": tablet, "ts": "2026-11-01T08:00:00Z",
+         "consent": ALL, "props": {"n": "before"}},
+        identify(anna, tablet, "2026-11-01T09:00:00Z"),
+        {"event": "page_view", "device_id": tablet, "ts": "2026-11-01T09:30:00Z",
+         "consent": ALL, "props": {"n": "anna"}},
+        identify(ben, tablet, "2026-11-01T10:00:00Z"),
+        {"event": "page_view", "device_id": tablet, "ts": "2026-11-01T10:30:00Z",
+         "consent": ALL, "props": {"n": "ben"}},
+    ])
+    assert person(env, f"device:{tablet}")["person_id"] == person_id(SITE, "user", ben)
+    site = collector.sites.get(SITE)
+    graph = Graph(collector.store, site)
+
+    def pages(user):
+        found = graph.resolve("user", user)
+        where, params = rows_of(found)
+        rows = collector.store.rows(
+            f"SELECT props['n'] AS n FROM tagwerk.events WHERE site_id = {{s:String}} "
+            f"AND event = 'page_view' AND {where} ORDER BY ts", {"s": SITE, **params})
+        return [r["n"] for r in rows]
+
+    # Nobody's history leaks: the earlier hits stay with Anna, without any reset.
+    assert pages(anna) == ["before", "anna"]
+    assert pages(ben) == ["ben"]
+    # Anna logs in again: the tablet is hers from then on, Ben keeps his half hour.
+    send(env, [identify(anna, tablet, "2026-11-01T11:00:00Z"),
+               {"event": "page_view", "device_id": tablet, "ts": "2026-11-01T11:30:00Z",
+                "consent": ALL, "props": {"n": "anna again"}}])
+    assert pages(anna) == ["before", "anna", "anna again"]
+    assert pages(ben) == ["ben"]
+    assert person(env, f"device:{tablet}")["person_id"] == person_id(SITE, "user", anna)
+
+
+def test_two_user_ids_never_merge_on_their_own(env):
+    first, second, email = uid("u1"), uid("u2"), uid("shared") + "@example.com"
+    send(env, [identify(first, email=email, ts="2026-11-02T09:00:00Z"),
+               identify(second, email=email, ts="2026-11-02T10:00:00Z")])
+    one, two = person(env, f"user:{first}"), person(env, f"user:{second}")
+    assert one["person_id"] != two["person_id"]
+    assert person(env, f"email:{email}")["person_id"] == two["person_id"]
+    # An identify cannot carry a second user id.
+    client, _, keys = env
+    r = client.post("/api/v1/batch", content=orjson.dumps(
+        {"events": [{**identify(first), "identifiers": {"user": second}}]}),
+        headers={"Authorization": f"Bearer {keys[SITE]['write']}"})
+    assert r.status_code == 400 and r.json()["field"] == "event.identifiers.user"
+
+
+@pytest.mark.parametrize("junk", ["", "null", "undefined", "None", "NaN", "0", "-1",
+                                  "anonymous", "[object Object]", " UNDEFINED "])
+def test_junk_values_never_link(env, junk):
+    client, collector, keys = env
+    device = uid("dev")
+    r = client.post("/api/v1/batch", content=orjson.dumps(
+        {"events": [identify(junk, device)]}),
+        headers={"Authorization": f"Bearer {keys[SITE]['write']}"})
+    assert r.status_code == 400 and r.json()["field"] == "event.user_id"
+    user = uid("real")
+    send(env, [identify(user, device, loyalty=junk, pos=junk),
+               {"event": "page_view", "user_id": junk, "device_id": junk, "consent": ALL,
+                "props": {"junk": device}}])
+    kinds = {i["kind"] for i in person(env, f"user:{user}")["identifiers"]}
+    assert kinds == {"user", "device"}
+    [row] = collector.store.rows(
+        "SELECT user_id, device_id FROM tagwerk.events WHERE site_id = {s:String} "
+        "AND props['junk'] = {d:String}", {"s": SITE, "d": device})
+    assert row == {"user_id": "", "device_id": ""}
+    if junk.strip():
+        r = get(env, f"{BASE}/persons/user:{junk.strip()}")
+        assert r.status_code == 400 and "placeholder" in r.json()["error"]
+
+
+def test_links_need_analytics_consent(env):
+    user, device = uid("c"), uid("dev")
+    send(env, [identify(user, device, consent=["necessary"], loyalty="L-nc")])
+    assert get(env, f"{BASE}/persons/device:{device}").status_code == 404
+    assert get(env, f"{BASE}/persons/user:{user}").status_code == 404
+
+
+def test_an_overloaded_identifier_stops_linking_and_is_reported(env):
+    qa_device = uid("qa")
+    users = [uid(f"tester{i}") for i in range(5)]
+    send(env, [identify(u, qa_device, f"2026-11-03T0{i}:00:00Z")
+               for i, u in enumerate(users)], site="id-capped")
+    # Only the first three users count: the device stays with the last of them.
+    found = person(env, f"device:{qa_device}", site="id-capped")
+    assert found["person_id"] == person_id("id-capped", "user", users[2])
+    later = person(env, f"user:{users[4]}", site="id-capped")
+    assert {i["kind"] for i in later["identifiers"]} == {"user"}
+    r = get(env, "/api/v1/sites/id-capped/identity/overloaded", key="admin", site="id-capped")
+    assert r.status_code == 200
+    assert r.json()["max_persons"] == 3
+    assert [(i["kind"], i["id"], i["persons"]) for i in r.json()["identifiers"]] == [
+        ("device", qa_device, 5)]
+
+
+def test_merge_and_undo(env):
+    web, shop, phone = uid("web"), uid("shop"), uid("phone")
+    send(env, [identify(web, phone), identify(shop, loyalty=uid("L"))])
+    r = post(env, f"{BASE}/identity/merge", {"from": f"user:{web}", "into": f"user:{shop}"})
+    assert r.status_code == 201, r.text
+    op = r.json()["op_id"]
+    merged = person(env, f"device:{phone}")
+    assert merged["person_id"] == person_id(SITE, "user", shop)
+    assert merged["merged"] == [{"person_id": person_id(SITE, "user", web), "kind": "user",
+                                 "id": web, "op_id": op}]
+    assert {i["kind"] for i in merged["identifiers"]} == {"user", "device", "loyalty"}
+    assert post(env, f"{BASE}/identity/merge",
+                {"from": f"device:{phone}", "into": f"user:{shop}"}).status_code == 409
+    # Undone: two persons again; undone twice: refused.
+    r = post(env, f"{BASE}/identity/operations/{op}/undo", b"")
+    assert r.status_code == 201, r.text
+    assert person(env, f"device:{phone}")["person_id"] == person_id(SITE, "user", web)
+    assert person(env, f"user:{shop}")["merged"] == []
+    r = post(env, f"{BASE}/identity/operations/{op}/undo", b"")
+    assert r.status_code == 409 and "already" in r.json()["error"]
+    history = get(env, f"{BASE}/identity/operations", key="admin").json()["operations"]
+    assert [h["op"] for h in history[:2]] == ["undo", "merge"]
+    assert history[0]["target"] == {"undoes": op} and history[0]["actor"].startswith("admin:")
+
+
+def test_merges_stay_flat_and_undo_in_order(env):
+    a, b, c = uid("a"), uid("b"), uid("c")
+    send(env, [identify(a), identify(b), identify(c)])
+    first = post(env, f"{BASE}/identity/merge", {"from": f"user:{a}", "into": f"user:{b}"})
+    second = post(env, f"{BASE}/identity/merge", {"from": f"user:{b}", "into": f"user:{c}"})
+    assert first.status_code == second.status_code == 201
+    found = person(env, f"user:{a}")
+    assert found["person_id"] == person_id(SITE, "user", c)
+    assert {m["id"] for m in found["merged"]} == {a, b}
+    # The first merge's rows were changed by the second: undo the second first.
+    r = post(env, f"{BASE}/identity/operations/{first.json()['op_id']}/undo", b"")
+    assert r.status_code == 409 and "later operation" in r.json()["error"]
+    assert post(env, f"{BASE}/identity/operations/{second.json()['op_id']}/undo",
+                b"").status_code == 201
+    assert post(env, f"{BASE}/identity/operations/{first.json()['op_id']}/undo",
+                b"").status_code == 201
+    assert {person(env, f"user:{u}")["person_id"] for u in (a, b, c)} == {
+        person_id(SITE, "user", u) for u in (a, b, c)}
+
+
+def test_split_and_undo(env):
+    user, kiosk = uid("c"), uid("kiosk")
+    send(env, [identify(user, kiosk)])
+    r = post(env, f"{BASE}/identity/split", {"id": f"device:{kiosk}"})
+    assert r.status_code == 201, r.text
+    assert r.json()["person_id"] == person_id(SITE, "device", kiosk)
+    assert person(env, f"device:{kiosk}")["person_id"] == person_id(SITE, "device", kiosk)
+    assert {i["kind"] for i in person(env, f"user:{user}")["identifiers"]} == {"user"}
+    assert post(env, f"{BASE}/identity/split", {"id": f"device:{kiosk}"}).status_code == 409
+    r = post(env, f"{BASE}/identity/split", {"id": f"user:{user}"})
+    assert r.status_code == 400 and "undo the merge" in r.json()["error"]
+    assert post(env, f"{BASE}/identity/operations/{r.json().get('op_id', uuid.uuid4())}/undo",
+                b"").status_code == 404
+    undo = post(env, f"{BASE}/identity/operations/{person_op(env, 'split')}/undo", b"")
+    assert undo.status_code == 201
+    assert person(env, f"device:{kiosk}")["person_id"] == person_id(SITE, "user", user)
+
+
+def person_op(env, op):
+    history = get(env, f"{BASE}/identity/operations", key="admin").json()["operations"]
+    return next(h["op_id"] for h in history if h["op"] == op)
+
+
+def test_split_of_a_merged_anonymous_device(env):
+    user, device = uid("c"), uid("anon")
+    send(env, [identify(user), {"event": "page_view", "device_id": device, "consent": ALL}])
+    assert post(env, f"{BASE}/identity/merge",
+                {"from": f"device:{device}", "into": f"user:{user}"}).status_code == 201
+    assert person(env, f"device:{device}")["person_id"] == person_id(SITE, "user", user)
+    assert post(env, f"{BASE}/identity/split", {"id": f"device:{device}"}).status_code == 201
+    assert person(env, f"device:{device}")["person_id"] == person_id(SITE, "device", device)
+    assert person(env, f"user:{user}")["merged"] == []
+
+
+def test_site_kinds_and_identifier_validation(env):
+    client, _, keys = env
+
+    def batch(site, event):
+        return client.post("/api/v1/batch", content=orjson.dumps({"events": [event]}),
+                           headers={"Authorization": f"Bearer {keys[site]['write']}"})
+
+    member = uid("M")
+    assert batch("id-other", identify(uid("c"), membership=member)).status_code == 202
+    r = batch(SITE, identify(uid("c"), membership=member))
+    assert r.status_code == 400 and "unknown identifier kind" in r.json()["error"]
+    for identifiers, field in [
+        ([1], "event.identifiers"), ({"email": "not an address"}, "event.identifiers.email"),
+        ({"loyalty": {"a": 1}}, "event.identifiers.loyalty"),
+        ({"loyalty": "x" * 257}, "event.identifiers.loyalty"),
+        ({"device": "d"}, "event.identifiers.device"),
+        ({f"k{i}": "v" for i in range(9)}, "event.identifiers"),
+    ]:
+        r = batch(SITE, {"event": "e", "identifiers": identifiers})
+        assert r.status_code == 400 and r.json()["field"] == field, (identifiers, r.text)
+    assert batch(SITE, {"event": "e", "consent_id": "zz"}).json()["field"] == "event.consent_id"
+    assert batch(SITE, identify(uid("c"), loyalty=991)).status_code == 202
+
+
+KEYS = [
+    (None, 401, "read key"),
+    ("write", 403, "may not"),
+    ("other-read", 403, "may not"),
+    ("other-admin", 403, "may not"),
+]
+
+
+@pytest.mark.parametrize(("key", "status", "message"), KEYS)
+def test_person_needs_the_sites_read_key(env, key, status, message):
+    client, _, keys = env
+    token = {"write": keys[SITE]["write"], "other-read": keys["id-other"]["read"],
+             "other-admin": keys["id-other"]["admin"]}.get(key)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    r = client.get(f"{BASE}/persons/user:someone", headers=headers)
+    assert r.status_code == status and message in r.json()["error"]
+    for path in ("/identity/merge", "/identity/split"):
+        r = client.post(BASE + path, content=b"{}", headers=headers)
+        assert r.status_code == status
+    # The read key reads, but does not merge.
+    r = post(env, f"{BASE}/identity/merge", {"from": "user:a", "into": "user:b"}, key="read")
+    assert r.status_code == 403 and "admin key" in r.json()["error"]
+
+
+def test_other_sites_persons_are_invisible(env):
+    user, device = uid("c"), uid("dev")
+    send(env, [identify(user, device)], site="id-other")
+    assert person(env, f"device:{device}", site="id-other")["person_id"]
+    assert get(env, f"{BASE}/persons/device:{device}").status_code == 404
+    r = post(env, f"{BASE}/identity/merge", {"from": f"user:{user}", "into": "user:x"})
+    assert r.status_code == 404
+
+
+@pytest.mark.parametrize(("path", "field"), [
+    ("/persons/nocolon", "ident"),
+    ("/persons/bogus:1", "ident"),
+    ("/persons/user:", "ident"),
+    ("/persons/user:" + "x" * 300, "ident"),
+    ("/persons/user:%01x", "ident"),
+    ("/persons/user:%ff%fe", "ident"),
+    ("/persons/user:a?extra=1", "extra"),
+    ("/persons/user:a?x=%ff", "x"),
+])
+def test_person_bad_input(env, path, field):
+    r = get(env, BASE + path)
+    assert r.status_code == 400 and r.json()["field"] == field, r.text
+    assert get(env, f"{BASE}/persons/user:nobody-{uuid.uuid4()}").status_code == 404
+
+
+@pytest.mark.parametrize(("path", "body", "status", "field"), [
+    ("/identity/merge", b"not json", 400, ""),
+    ("/identity/merge", b"[]", 400, ""),
+    ("/identity/merge", b'{"from": "user:a"}', 400, "into"),
+    ("/identity/merge", b'{"from": 1, "into": "user:b"}', 400, "from"),
+    ("/identity/merge", b'{"from": "user:a", "into": "user:b", "x": 1}', 400, "x"),
+    ("/identity/merge", b'{"from": "\xff", "into": "user:b"}', 400, ""),
+    ("/identity/merge", b'{"from": "user:a", "into": "user:' + b"b" * 20000 + b'"}', 413, ""),
+    ("/identity/merge", b'{"from": [[[[[["user:a"]]]]]], "into": "user:b"}', 400, ""),
+    ("/identity/split", b'{"id": "mystery:1"}', 400, "id"),
+    ("/identity/split", b'{"id": "user:null"}', 400, "id"),
+    ("/identity/operations/not-a-uuid/undo", b"", 400, "op_id"),
+    (f"/identity/operations/{uuid.uuid4()}/undo", b"", 404, "op_id"),
+])
+def test_operation_bad_input(env, path, body, status, field):
+    before = person_op_count(env)
+    r = post(env, BASE + path, body)
+    assert r.status_code == status, r.text
+    assert r.json().get("field", "") == field
+    assert person_op_count(env) == before  # nothing half-written
+    assert get(env, f"{BASE}/identity/operations?limit=0", key="admin").status_code == 400
+
+
+def person_op_count(env):
+    _, collector, _ = env
+    return collector.store.rows(
+        "SELECT count() AS n FROM tagwerk.identity_operations WHERE site_id = {s:String}",
+        {"s": SITE})[0]["n"]
+
+
+def test_rows_spooled_before_the_identity_columns_still_flush(backend, store, tmp_path):
+    """A spool written by the previous version has rows without the last two columns."""
+    import datetime as dt
+
+    from collector.events import Context, normalize
+    from collector.flusher import Flusher, encode_record
+    from collector.metrics import Metrics
+    from collector.spool import Spool
+    from collector.useragent import parse_agent
+    from tests.test_spool import append_all
+
+    site = "id-old-" + uuid.uuid4().hex[:8]
+    ctx = Context(site, dt.datetime.now(dt.UTC), "server", parse_agent("x"))
+    row, _ = normalize({"event": "old", "user_id": "c-1", "consent": ["analytics"]}, ctx)
+    old = list(row.values())[:-2]  # what the previous version spooled
+    spool = Spool(tmp_path, 1 << 20, 1 << 30)
+    append_all(spool, [encode_record([orjson.dumps(old)], site, [])])
+    flusher = Flusher(spool, backend, Metrics(), interval=0.01)
+    flusher.start()
+    try:
+        wait_for(lambda: flusher.caught_up)
+    finally:
+        flusher.stop()
+        spool.close()
+    [stored] = store.rows("SELECT user_id, identifiers, consent_id FROM tagwerk.events "
+                          "WHERE site_id = {s:String}", {"s": site})
+    assert stored == {"user_id": "c-1", "identifiers": {}, "consent_id": ""}
