@@ -28,7 +28,8 @@ def params(request: Request, allowed: tuple[str, ...]) -> dict[str, str]:
         if not pair:
             continue
         name_raw, _, value_raw = pair.partition(b"=")
-        name, value = _text(name_raw, "query"), _text(value_raw, "")
+        name = _text(name_raw, "query")
+        value = _text(value_raw, name[:64])
         if name not in allowed:
             listed = ", ".join(allowed) or "none"
             raise ApiError(400, f"unknown parameter {name[:64]!r} (accepted: {listed})",
