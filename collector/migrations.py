@@ -7,6 +7,18 @@ laid out on a cluster:
 - ``-- cluster: sharded by EXPR``: a ``*_local`` table per shard and a ``Distributed``
   table over it under the original name, rows placed by ``EXPR``.
 
+A layout line before a later statement changes the layout from there on (one file may
+hold tables placed differently). Views render too:
+
+- ``CREATE MATERIALIZED VIEW ... TO t AS SELECT ... FROM s``: one view per node, reading
+  the node's own ``s_local`` (an insert trigger sees the shard's inserts) and writing its
+  ``t_local`` when those are sharded; the Distributed tables on top read all shards.
+- ``... REFRESH EVERY ... TO t``: the same, per node; its target is a plain ``MergeTree``
+  per node, not replicated (each replica computes the same result from its replica of the
+  sources, and a refresh swaps its table, which a shared replication path cannot take).
+- ``CREATE VIEW``: on every node, over the Distributed tables (the whole data).
+- ``INSERT INTO ... SELECT`` (backfills): run once, through the Distributed tables.
+
 Statements must be idempotent (``IF NOT EXISTS``): ClickHouse has no transactional DDL,
 so a migration interrupted half-way is simply run again.
 """
@@ -25,8 +37,16 @@ DATABASE = "tagwerk"
 _FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _LAYOUT = re.compile(r"^--\s*cluster:\s*(replicated|sharded by\s+(.+?))\s*$", re.M)
 _CREATE = re.compile(r"^\s*CREATE TABLE (IF NOT EXISTS )?(\w+)\.(\w+)", re.I)
+_VIEW = re.compile(r"^\s*CREATE (MATERIALIZED )?VIEW (IF NOT EXISTS )?(\w+)\.(\w+)", re.I)
+_TO = re.compile(r"\bTO\s+(\w+)\.(\w+)", re.I)
+_REFRESH = re.compile(r"^\s*REFRESH\b", re.I)
+_INSERT = re.compile(r"^\s*INSERT INTO\b", re.I)
+_NAME = re.compile(r"\b(\w+)\.(\w+)\b")
 _ALTER = re.compile(r"^\s*ALTER TABLE (\w+)\.(\w+)", re.I)
 _ENGINE = re.compile(r"ENGINE\s*=\s*(\w*MergeTree)(?:\(([^)]*)\))?", re.I)
+
+
+Layout = str | None  # a sharding expression, or None: replicated to every node
 
 
 @dataclass(frozen=True)
@@ -41,16 +61,48 @@ class Migration:
 
     @property
     def statements(self) -> list[str]:
-        body = "\n".join(line for line in self.sql.splitlines() if not line.startswith("--"))
-        return [s.strip() for s in body.split(";") if s.strip()]
+        return [stmt for stmt, _ in self.placed]
+
+    @property
+    def placed(self) -> list[tuple[str, Layout]]:
+        """Each statement with the layout of the last ``-- cluster:`` line before it."""
+        if not _LAYOUT.search(self.sql):
+            raise ValueError(f"migration {self.version:04d} lacks a '-- cluster:' layout line")
+        out: list[tuple[str, Layout]] = []
+        layout: Layout = None
+        part: list[str] = []
+        begun: Layout = None
+        for line in self.sql.splitlines():
+            if line.startswith("--"):
+                if match := _LAYOUT.match(line):
+                    layout = match.group(2)
+                continue
+            pieces = line.split(";")
+            for i, piece in enumerate(pieces):
+                if not "".join(part).strip() and piece.strip():
+                    begun = layout  # the statement starts here
+                part.append(piece)
+                if i < len(pieces) - 1:
+                    _close(part, begun, out)
+                    part = []
+            part.append("\n")
+        _close(part, begun, out)
+        return out
 
     @property
     def shard_key(self) -> str | None:
-        """The sharding expression, or None for a table replicated to every node."""
+        """The file's first layout: the sharding expression, or None for a table
+        replicated to every node."""
         match = _LAYOUT.search(self.sql)
         if not match:
             raise ValueError(f"migration {self.version:04d} lacks a '-- cluster:' layout line")
         return match.group(2)
+
+
+def _close(part: list[str], layout: Layout, out: list[tuple[str, Layout]]) -> None:
+    text = "".join(part).strip()
+    if text:
+        out.append((text, layout))
 
 
 def load_migrations() -> list[Migration]:
@@ -66,17 +118,40 @@ def load_migrations() -> list[Migration]:
     return found
 
 
-def render(migration: Migration, cluster: str | None = None) -> list[str]:
-    """The statements to run, for one server (``cluster=None``) or for a cluster."""
+def sharded_tables(migrations: list[Migration]) -> frozenset[str]:
+    """``db.table`` of every table the migrations create sharded (``*_local`` per shard)."""
+    return frozenset(
+        f"{match.group(2)}.{match.group(3)}"
+        for migration in migrations
+        for stmt, layout in migration.placed
+        if layout and (match := _CREATE.match(stmt))
+    )
+
+
+def render(migration: Migration, cluster: str | None = None,
+           sharded: frozenset[str] | None = None) -> list[str]:
+    """The statements to run, for one server (``cluster=None``) or for a cluster.
+    ``sharded``: the tables created sharded, which views read and write as ``*_local``
+    (default: those of every migration, and of this one)."""
     if cluster is None:
         return migration.statements
+    if sharded is None:
+        sharded = sharded_tables([*load_migrations(), migration])
+    placed = migration.placed
+    refreshed = {
+        f"{to.group(1)}.{to.group(2)}"
+        for stmt, _ in placed
+        if (view := _VIEW.match(stmt)) and _REFRESH.match(stmt[view.end():])
+        and (to := _TO.search(stmt, view.end()))
+    }
     out: list[str] = []
-    for stmt in migration.statements:
-        out.extend(_render_for_cluster(stmt, cluster, migration.shard_key))
+    for stmt, layout in placed:
+        out.extend(_render_for_cluster(stmt, cluster, layout, sharded, refreshed))
     return out
 
 
-def _render_for_cluster(stmt: str, cluster: str, shard_key: str | None) -> list[str]:
+def _render_for_cluster(stmt: str, cluster: str, shard_key: str | None,
+                        sharded: frozenset[str], refreshed: set[str]) -> list[str]:
     on = f"ON CLUSTER {_ident(cluster)}"
     if match := _CREATE.match(stmt):
         exists, db, table = match.group(1) or "", match.group(2), match.group(3)
@@ -87,6 +162,8 @@ def _render_for_cluster(stmt: str, cluster: str, shard_key: str | None) -> list[
         body = stmt[match.end():]
 
         def replicated(engine: re.Match) -> str:
+            if f"{db}.{table}" in refreshed:
+                return engine.group(0)  # a refreshable view's target: one copy per node
             args = f"{path}, {engine.group(2)}" if engine.group(2) else path
             return f"ENGINE = Replicated{engine.group(1)}({args})"
 
@@ -101,6 +178,17 @@ def _render_for_cluster(stmt: str, cluster: str, shard_key: str | None) -> list[
                 f"{shard_key})"
             )
         return out
+    if match := _VIEW.match(stmt):
+        materialized, exists, db, view = match.groups()
+        body = stmt[match.end():]
+        if materialized:
+            # An insert trigger per node: it sees that node's inserts into the shard's
+            # local table, and writes the shard's local target.
+            body = _NAME.sub(lambda m: _local(m, sharded), body)
+        kind = "MATERIALIZED VIEW" if materialized else "VIEW"
+        return [f"CREATE {kind} {exists or ''}{db}.{view} {on}{body}"]
+    if _INSERT.match(stmt):
+        return [stmt]  # a backfill: once, through the Distributed tables
     if match := _ALTER.match(stmt):
         db, table = match.group(1), match.group(2)
         rest = stmt[match.end():]
@@ -112,6 +200,11 @@ def _render_for_cluster(stmt: str, cluster: str, shard_key: str | None) -> list[
             ]
         return [f"ALTER TABLE {db}.{table} {on}{rest}"]
     raise ValueError(f"cannot render for a cluster: {stmt.split(chr(10))[0]}")
+
+
+def _local(name: re.Match, sharded: frozenset[str]) -> str:
+    db, table = name.group(1), name.group(2)
+    return f"{db}.{table}_local" if f"{db}.{table}" in sharded else name.group(0)
 
 
 def migrate(store: Store, cluster: str | None = None) -> list[Migration]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 
@@ -60,3 +61,86 @@ def test_cluster_name_is_checked():
     events = next(m for m in load_migrations() if m.name == "events")
     with pytest.raises(ValueError, match="cluster name"):
         render(events, "x; DROP TABLE y")
+
+
+def test_layout_lines_apply_from_where_they_stand():
+    m = migrations.Migration(9, "x", "-- cluster: sharded by rand()\n"
+                             "CREATE TABLE tagwerk.a (x String) ENGINE = MergeTree ORDER BY x;\n"
+                             "-- cluster: replicated\n"
+                             "CREATE TABLE tagwerk.b (x String) ENGINE = MergeTree ORDER BY x;\n"
+                             "-- cluster: sharded by cityHash64(x)\n"
+                             "CREATE TABLE tagwerk.c (x String) ENGINE = MergeTree ORDER BY x")
+    assert [layout for _, layout in m.placed] == ["rand()", None, "cityHash64(x)"]
+    assert m.shard_key == "rand()"
+    rendered = render(m, "c")
+    assert rendered[1].endswith("Distributed('c', 'tagwerk', 'a_local', rand())")
+    assert rendered[2].startswith("CREATE TABLE tagwerk.b ON CLUSTER c")
+    assert rendered[4].endswith("'c_local', cityHash64(x))")
+
+
+def test_statements_of_every_migration_are_unchanged_by_layouts():
+    for m in load_migrations():
+        body = "\n".join(line for line in m.sql.splitlines() if not line.startswith("--"))
+        assert m.statements == [s.strip() for s in body.split(";") if s.strip()], m.name
+
+
+VIEWS = migrations.Migration(9, "views", """-- cluster: sharded by cityHash64(k)
+CREATE TABLE IF NOT EXISTS tagwerk.agg (k String, n SimpleAggregateFunction(sum, UInt64))
+ENGINE = AggregatingMergeTree ORDER BY k;
+INSERT INTO tagwerk.agg SELECT device_id AS k, count() AS n FROM tagwerk.events GROUP BY k;
+CREATE MATERIALIZED VIEW IF NOT EXISTS tagwerk.agg_mv TO tagwerk.agg AS
+SELECT device_id AS k, count() AS n FROM tagwerk.events GROUP BY k;
+CREATE TABLE IF NOT EXISTS tagwerk.snap (k String, n UInt64) ENGINE = MergeTree ORDER BY k;
+CREATE MATERIALIZED VIEW IF NOT EXISTS tagwerk.snap_mv REFRESH EVERY 1 MINUTE
+TO tagwerk.snap AS SELECT k, sum(n) AS n FROM tagwerk.agg GROUP BY k;
+-- cluster: replicated
+CREATE TABLE IF NOT EXISTS tagwerk.everywhere (k String) ENGINE = MergeTree ORDER BY k;
+CREATE MATERIALIZED VIEW IF NOT EXISTS tagwerk.everywhere_mv TO tagwerk.everywhere AS
+SELECT device_id AS k FROM tagwerk.events;
+CREATE VIEW IF NOT EXISTS tagwerk.totals AS SELECT sum(n) AS n FROM tagwerk.agg""")
+
+
+def test_cluster_render_of_views():
+    out = render(VIEWS, "shop")
+    local, distributed, backfill, mv, snap, snap_dist, refresh, everywhere, e_mv, view = out
+    assert "ReplicatedAggregatingMergeTree('/clickhouse/tables/{shard}/tagwerk/agg_local'" \
+        in local
+    assert distributed.endswith("Distributed('shop', 'tagwerk', 'agg_local', cityHash64(k))")
+    # The backfill runs once, through the Distributed tables.
+    assert backfill == VIEWS.statements[1]
+    # One trigger per node: the shard's own events into the shard's own table.
+    assert mv == ("CREATE MATERIALIZED VIEW IF NOT EXISTS tagwerk.agg_mv ON CLUSTER shop "
+                  "TO tagwerk.agg_local AS\nSELECT device_id AS k, count() AS n FROM "
+                  "tagwerk.events_local GROUP BY k")
+    # A refreshable view's target is a plain table per node (a refresh swaps it).
+    assert snap.startswith("CREATE TABLE IF NOT EXISTS tagwerk.snap_local ON CLUSTER shop")
+    assert "ENGINE = MergeTree ORDER BY k" in snap and "Replicated" not in snap
+    assert snap_dist.endswith("'snap_local', cityHash64(k))")
+    assert refresh == ("CREATE MATERIALIZED VIEW IF NOT EXISTS tagwerk.snap_mv ON CLUSTER "
+                       "shop REFRESH EVERY 1 MINUTE\nTO tagwerk.snap_local AS SELECT k, "
+                       "sum(n) AS n FROM tagwerk.agg_local GROUP BY k")
+    assert "ReplicatedMergeTree('/clickhouse/tables/all/tagwerk/everywhere'" in everywhere
+    assert e_mv.startswith("CREATE MATERIALIZED VIEW IF NOT EXISTS tagwerk.everywhere_mv "
+                           "ON CLUSTER shop TO tagwerk.everywhere AS")
+    assert "FROM tagwerk.events_local" in e_mv
+    # A plain view reads the whole data, through the Distributed tables.
+    assert view == ("CREATE VIEW IF NOT EXISTS tagwerk.totals ON CLUSTER shop AS "
+                    "SELECT sum(n) AS n FROM tagwerk.agg")
+
+
+def test_cluster_render_of_the_aggregates():
+    by_name = {m.name: m for m in load_migrations()}
+    for name in ("product_aggregates", "page_aggregates"):
+        out = render(by_name[name], "shop")
+        views = [s for s in out if s.startswith("CREATE MATERIALIZED VIEW")]
+        assert views and all(re.search(r" ON CLUSTER shop\s", s) for s in views)
+        for stmt in views:
+            assert "tagwerk.events\n" not in stmt and "tagwerk.events " not in stmt
+            [target] = re.findall(r"\sTO tagwerk\.(\w+)", stmt)
+            assert target.endswith("_local"), stmt[:120]
+    out = render(by_name["product_aggregates"], "shop")
+    coview = next(s for s in out if s.startswith("CREATE TABLE IF NOT EXISTS "
+                                                  "tagwerk.coview_pairs_local"))
+    assert "Replicated" not in coview
+    refresh = next(s for s in out if "coview_pairs_mv" in s)
+    assert "FROM tagwerk.session_items_local" in refresh

@@ -1,0 +1,262 @@
+"""The pre-aggregates of clickhouse/0010 and 0011 hold the numbers the raw events give.
+
+A varied dataset (two sites, bots, hits without analytics consent, sessions spread over
+several inserts, late rows with old timestamps) goes through the real ingestion (the
+batch API), then every aggregate table is read back through its -Merge functions and
+compared with the same numbers computed from ``tagwerk.events`` in SQL.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+import re
+
+import orjson
+import pytest
+
+from collector.migrations import load_migrations
+from tests.helpers import CHROME, drained, make_client, wait_for
+
+SITES = ("agg-a", "agg-b")
+BOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
+PRODUCTS = [(f"p{i}", ["shoes", "bags", ""][i % 3], 10 + i) for i in range(9)]
+PATHS = ["/", "/shoes", "/bags", "/sale", "/cart"]
+HOSTS = ["", "", "google.com", "news.example", "agg-a.example"]
+IN = "site_id IN ('agg-a', 'agg-b')"
+
+
+def _events(rng: random.Random, site: str, now: dt.datetime) -> list[list[dict]]:
+    """Three batches (three inserts) of one site's hits; sessions span them."""
+    batches: list[list[dict]] = [[], [], []]
+    clock = now - dt.timedelta(hours=3)
+    for d in range(14):
+        device, consented, bot = f"{site}-d{d}", d % 4 != 3, d == 5
+        user = f"{site}-u{d % 5}" if d % 3 == 0 else ""
+        for s in range(1 + d % 3):
+            session = f"{site}-s{d}-{s}"
+            for n in range(rng.randint(3, 8)):
+                clock += dt.timedelta(milliseconds=rng.randint(1, 90_000))
+                batch = batches[min(2, n // 3)]
+                event = _event(rng, site, clock, device, session, user, consented, bot)
+                batch.append(event)
+    # Late rows: two days old, arriving in the last insert.
+    for d in (0, 1, 3):
+        late = now - dt.timedelta(days=2, minutes=d)
+        batches[2].append(_event(rng, site, late, f"{site}-d{d}", f"{site}-late{d}", "",
+                                 True, False, kind="purchase"))
+        batches[2].append(_event(rng, site, late + dt.timedelta(seconds=1), f"{site}-d{d}",
+                                 f"{site}-late{d}", "", True, False, kind="view_item"))
+        batches[2].append(_event(rng, site, late + dt.timedelta(seconds=2), f"{site}-d{d}",
+                                 f"{site}-late{d}", "", True, False, kind="view_item"))
+    return batches
+
+
+def _event(rng: random.Random, site: str, ts: dt.datetime, device: str, session: str,
+           user: str, consented: bool, bot: bool, kind: str = "") -> dict:
+    kind = kind or rng.choice(["page_view", "page_view", "view_item", "view_item",
+                               "add_to_cart", "purchase"])
+    event: dict = {"event": kind, "ts": ts.isoformat(timespec="milliseconds"),
+                   "channel": rng.choice(["web", "web", "app", "email"]),
+                   "device_id": device, "session_id": session,
+                   "consent": ["analytics"] if consented else [],
+                   "user_agent": BOT if bot else CHROME}
+    if user:
+        event["user_id"] = user
+    if kind == "page_view":
+        host = rng.choice(HOSTS)
+        campaign = rng.choice(["", "", "nov", "dec"])
+        query = f"?utm_campaign={campaign}" if campaign else ""
+        event["url"] = f"https://{site}.example{rng.choice(PATHS)}{query}"
+        if host:
+            event["referrer"] = f"https://{host}/x"
+    else:
+        picked = rng.sample(PRODUCTS, rng.randint(1, 3 if kind == "purchase" else 2))
+        event["items"] = [{"product_id": p, "category": c, "price": price + 0.25,
+                           "quantity": rng.randint(1, 3)} for p, c, price in picked]
+        if kind == "view_item" and rng.random() < 0.1:
+            event["items"].append({"product_id": "", "price": 1})  # no id: never counted
+    return event
+
+
+@pytest.fixture(scope="module")
+def loaded(store, tmp_path_factory):
+    client, collector = make_client(store, tmp_path_factory.mktemp("aggregates"))
+    rng = random.Random(7)
+    now = dt.datetime.now(dt.UTC)
+    with client:
+        keys = {site: collector.sites.create(site)[1]["write"] for site in SITES}
+        batches = {site: _events(rng, site, now) for site in SITES}
+        for i in range(3):
+            for site in SITES:
+                response = client.post("/api/v1/batch", content=orjson.dumps(
+                    {"events": batches[site][i]}), headers={
+                    "Authorization": f"Bearer {keys[site]}",
+                    "Content-Type": "application/json"})
+                assert response.status_code == 202, response.text
+            wait_for(lambda: drained(collector))
+        store.execute("SYSTEM REFRESH VIEW tagwerk.coview_pairs_mv")
+        store.execute("SYSTEM REFRESH VIEW tagwerk.copurchase_pairs_mv")
+        store.execute("SYSTEM WAIT VIEW tagwerk.coview_pairs_mv")
+        store.execute("SYSTEM WAIT VIEW tagwerk.copurchase_pairs_mv")
+        yield store
+
+
+def same(store, aggregate: str, raw: str) -> list[dict]:
+    """Both queries' rows, sorted; asserts they are equal and not trivially empty."""
+    got = sorted(store.rows(aggregate), key=orjson.dumps)
+    want = sorted(store.rows(raw), key=orjson.dumps)
+    assert got == want
+    assert len(want) > 3
+    return want
+
+
+def test_dataset_is_varied(loaded):
+    [row] = loaded.rows(f"""
+        SELECT countIf(is_bot) AS bots, countIf(device_id = '') AS unconsented,
+            uniqExact(toStartOfHour(ts)) AS hours, uniqExact(site_id) AS sites
+        FROM tagwerk.events WHERE {IN}""")
+    assert row["bots"] > 3 and row["unconsented"] > 10 and row["hours"] >= 3
+    assert row["sites"] == 2
+
+
+def test_product_hourly(loaded):
+    rows = same(loaded, f"""
+        SELECT site_id, hour, product_id, sum(views) AS views,
+            sum(add_to_carts) AS add_to_carts, sum(purchases) AS purchases,
+            sum(quantity) AS quantity, toString(sum(revenue)) AS revenue,
+            uniqMerge(persons) AS persons,
+            arraySort(groupUniqArrayArray(categories)) AS categories,
+            toString(max(last_ts)) AS last_ts
+        FROM tagwerk.product_hourly WHERE {IN}
+        GROUP BY site_id, hour, product_id""", f"""
+        SELECT site_id, toStartOfHour(ts) AS hour, it.1 AS product_id,
+            countIf(event = 'view_item') AS views, countIf(event = 'add_to_cart') AS add_to_carts,
+            countIf(event = 'purchase') AS purchases,
+            toUInt64(sumIf(it.7, event = 'purchase')) AS quantity,
+            toString(toDecimal128(sumIf(it.6 * it.7, event = 'purchase'), 4)) AS revenue,
+            uniqExactIf(if(user_id = '', device_id, user_id), device_id || user_id != '')
+                AS persons,
+            arraySort(arrayDistinct(arrayFilter(c -> c != '', groupArray(it.3)))) AS categories,
+            toString(max(ts)) AS last_ts
+        FROM tagwerk.events ARRAY JOIN items AS it
+        WHERE {IN} AND is_bot = 0 AND it.1 != ''
+            AND event IN ('view_item', 'add_to_cart', 'purchase')
+        GROUP BY site_id, hour, product_id""")
+    assert any(r["persons"] for r in rows) and any(float(r["revenue"]) > 0 for r in rows)
+
+
+def test_page_daily_totals(loaded):
+    same(loaded, f"""
+        SELECT site_id, day, path, sum(views) AS views, uniqMerge(visitors) AS visitors,
+            toString(max(last_ts)) AS last_ts
+        FROM tagwerk.page_daily WHERE {IN} GROUP BY site_id, day, path""", f"""
+        SELECT site_id, toDate(ts) AS day, path, count() AS views,
+            uniqExactIf(if(device_id = '', user_id, device_id), device_id || user_id != '')
+                AS visitors,
+            toString(max(ts)) AS last_ts
+        FROM tagwerk.events WHERE {IN} AND is_bot = 0 AND event = 'page_view'
+        GROUP BY site_id, day, path""")
+
+
+@pytest.mark.parametrize(("column", "source"), [
+    ("referrers", "referrer_host"), ("campaigns", "utm_campaign"),
+    ("channels", "toString(channel)")])
+def test_page_daily_maps(loaded, column, source):
+    same(loaded, f"""
+        SELECT site_id, day, path, key, n
+        FROM (SELECT site_id, day, path, sumMap({column}) AS m FROM tagwerk.page_daily
+              WHERE {IN} GROUP BY site_id, day, path)
+        ARRAY JOIN mapKeys(m) AS key, mapValues(m) AS n""", f"""
+        SELECT site_id, toDate(ts) AS day, path, {source} AS key, count() AS n
+        FROM tagwerk.events
+        WHERE {IN} AND is_bot = 0 AND event = 'page_view' AND key != ''
+        GROUP BY site_id, day, path, key""")
+
+
+def test_page_entries(loaded):
+    rows = same(loaded, f"""
+        SELECT site_id, day, path, entries FROM tagwerk.page_entries WHERE {IN}""", f"""
+        SELECT site_id, toDate(first) AS day, entry AS path, count() AS entries
+        FROM
+        (
+            SELECT site_id, session_id, min(ts) AS first, argMin(path, ts) AS entry
+            FROM tagwerk.events
+            WHERE {IN} AND is_bot = 0 AND event = 'page_view' AND session_id != ''
+            GROUP BY site_id, session_id
+        )
+        GROUP BY site_id, day, path""")
+    [total] = loaded.rows(f"""SELECT uniqExact(site_id, session_id) AS n FROM tagwerk.events
+        WHERE {IN} AND NOT is_bot AND event = 'page_view' AND session_id != ''""")
+    assert sum(r["entries"] for r in rows) == total["n"]
+
+
+def test_purchased_items(loaded):
+    same(loaded, f"""
+        SELECT site_id, device_id, user_id, arraySort(groupUniqArrayArray(products)) AS products,
+            toString(max(last_ts)) AS last_ts
+        FROM tagwerk.purchased_items WHERE {IN} GROUP BY site_id, device_id, user_id""", f"""
+        SELECT site_id, device_id, user_id,
+            arraySort(groupUniqArray(product)) AS products, toString(max(ts)) AS last_ts
+        FROM tagwerk.events ARRAY JOIN items.product_id AS product
+        WHERE {IN} AND NOT is_bot AND event = 'purchase' AND product != ''
+            AND device_id || user_id != ''
+        GROUP BY site_id, device_id, user_id""")
+
+
+# Pairs from raw events: each group's distinct products, both orders of each pair.
+RAW_PAIRS = """
+    SELECT site_id, a AS product_id, b AS other_id, count() AS n, toString(max(last)) AS last_ts
+    FROM
+    (
+        SELECT site_id, groupUniqArray(product) AS ps, max(ts) AS last
+        FROM tagwerk.events ARRAY JOIN items.product_id AS product
+        WHERE {where} AND NOT is_bot AND product != ''
+        GROUP BY site_id, {group}
+        HAVING length(ps) BETWEEN 2 AND {most}
+    )
+    ARRAY JOIN ps AS a ARRAY JOIN ps AS b
+    WHERE a != b
+    GROUP BY site_id, a, b"""
+
+
+def test_coview_pairs(loaded):
+    same(loaded, f"""
+        SELECT site_id, product_id, other_id, sum(sessions) AS n, toString(max(last_ts)) AS last_ts
+        FROM tagwerk.coview_pairs WHERE {IN} GROUP BY site_id, product_id, other_id""",
+         RAW_PAIRS.format(where=f"{IN} AND event = 'view_item' AND session_id != ''",
+                          group="session_id", most=50))
+
+
+def test_copurchase_pairs(loaded):
+    same(loaded, f"""
+        SELECT site_id, product_id, other_id, sum(buyers) AS n, toString(max(last_ts)) AS last_ts
+        FROM tagwerk.copurchase_pairs WHERE {IN} GROUP BY site_id, product_id, other_id""",
+         RAW_PAIRS.format(where=f"{IN} AND event = 'purchase' AND device_id || user_id != ''",
+                          group="if(user_id != '', 'u' || user_id, 'd' || device_id)",
+                          most=200))
+
+
+def test_no_person_keyed_state_without_consent_or_from_bots(loaded):
+    for table in ("session_items", "purchased_items", "session_entries"):
+        [row] = loaded.rows(f"""SELECT countIf(device_id = '' AND user_id = '') AS anonymous,
+            countIf(device_id = 'agg-a-d5' OR device_id = 'agg-b-d5') AS bots
+            FROM tagwerk.{table} WHERE {IN}""")
+        assert row == {"anonymous": 0, "bots": 0}, table
+
+
+def test_backfill_selects_what_the_view_selects():
+    """Each migration's backfill must be its view's query (plus the empty-target guard)."""
+    for migration in load_migrations():
+        if migration.version not in (10, 11):
+            continue
+        statements = migration.statements
+        views = {m[1]: m[2] for s in statements if (m := re.match(
+            r"CREATE MATERIALIZED VIEW IF NOT EXISTS \S+ TO (\S+) AS\s+(.*)", s, re.S))}
+        fills = {m[1]: m[2] for s in statements if (m := re.match(
+            r"INSERT INTO (\S+)\s+(.*)", s, re.S))}
+        assert fills.keys() == views.keys() and views
+        for target, select in views.items():
+            guard = f"\n    AND (SELECT count() FROM {target}) = 0"
+            assert " ".join(fills[target].replace(guard, "").split()) == \
+                " ".join(select.split()), target
