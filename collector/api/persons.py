@@ -1,6 +1,7 @@
 """The identity graph over HTTP.
 
     GET  {site}/persons/{kind}:{id}                 the person (read key); 404 when unknown
+    GET  {site}/persons/{kind}:{id}/profile         what they viewed, bought, like (read key)
     POST {site}/identity/merge    {"from": "kind:id", "into": "kind:id"}      (admin key)
     POST {site}/identity/split    {"id": "kind:id"}                            (admin key)
     POST {site}/identity/operations/{op_id}/undo                              (admin key)
@@ -18,6 +19,7 @@ from starlette.responses import Response
 
 from collector.api import body, query
 from collector.api.access import ADMIN, READ, ApiError, json_response, keyed
+from collector.identity import profile as profiles
 from collector.identity.graph import Graph
 from collector.identity.kinds import IdentifierError, parse
 from collector.identity.operations import OperationError, Operations
@@ -57,6 +59,24 @@ async def person(request: Request, collector: Collector, site: Site) -> Response
         raise ApiError(404, f"nobody is known by {kind}:{ident[:64]} on this site", "ident")
     ops = await run_in_threadpool(_merge_ops, collector, site, sorted(found.merged))
     return json_response(found.as_dict(ops))
+
+
+@keyed(READ)
+async def profile(request: Request, collector: Collector, site: Site) -> Response:
+    """404 both for nobody and for a person without personalization consent: the answer
+    never tells which."""
+    query.params(request, ())
+    kind, ident = identifier(site, query.path_text(request, "ident", 300), "ident")
+
+    def read() -> dict | None:
+        found = Graph(collector.store, site).resolve(kind, ident)
+        return profiles.profile(collector.store, site.site_id, found) if found else None
+
+    answer = await run_in_threadpool(read)
+    if answer is None:
+        raise ApiError(404, f"no profile for {kind}:{ident[:64]}: nobody known by it, or no "
+                       "hits with personalization consent", "ident")
+    return json_response(answer)
 
 
 def _merge_ops(collector: Collector, site: Site, persons: list[str]) -> dict[str, str]:

@@ -1,0 +1,192 @@
+"""A person's profile across devices and channels (person_activity, collector/identity/
+profile.py), recomputed from the raw events; consent and bots; keys and bad input."""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from decimal import Decimal
+
+import orjson
+import pytest
+
+from collector.identity.graph import Graph, rows_of
+from tests.helpers import CHROME, IPHONE, drained, make_client, wait_for
+
+SITE = "prof-shop"
+BASE = f"/api/v1/sites/{SITE}"
+ALL = ["analytics", "personalization"]
+BOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
+
+
+@pytest.fixture(scope="module")
+def env(store, tmp_path_factory):
+    client, collector = make_client(store, tmp_path_factory.mktemp("profile"), demo_site=False)
+    with client:
+        _, keys = collector.sites.create(SITE)
+        _, other = collector.sites.create("prof-other")
+        yield client, collector, {SITE: keys, "prof-other": other}
+
+
+def send(env, events, site=SITE):
+    client, collector, keys = env
+    r = client.post("/api/v1/batch", content=orjson.dumps({"events": events}),
+                    headers={"Authorization": f"Bearer {keys[site]['write']}"})
+    assert r.status_code == 202, r.text
+    wait_for(lambda: drained(collector))
+
+
+def get(env, path, key="read", site=SITE):
+    client, _, keys = env
+    return client.get(path, headers={"Authorization": f"Bearer {keys[site][key]}"})
+
+
+def item(product, category, brand, price="10.00", quantity=1):
+    return {"product_id": product, "category": category, "brand": brand, "price": price,
+            "quantity": quantity}
+
+
+def hit(event, ts, items=(), consent=ALL, agent=IPHONE, channel="web", **fields):
+    return {"event": event, "ts": ts, "items": list(items), "consent": consent,
+            "user_agent": agent, "channel": channel, **fields}
+
+
+def journey():
+    """A shopper: the phone in the train, the desktop at lunch, the store in the evening."""
+    n = uuid.uuid4().hex[:8]
+    user, phone, desk, card = f"c-{n}", f"phone-{n}", f"desk-{n}", f"L-{n}"
+    shoes, shirt, socks = item(f"shoes-{n}", "shoes", "Acme", "80.00"), \
+        item(f"shirt-{n}", "shirts", "Bolt", "30.00"), item(f"socks-{n}", "socks", "Acme", "5.00")
+    events = [
+        hit("view_item", "2026-11-10T07:30:00Z", [shoes], device_id=phone),
+        hit("view_item", "2026-11-10T07:31:00Z", [shirt], device_id=phone),
+        hit("view_item", "2026-11-10T07:32:00Z", [shoes], device_id=phone),
+        # Not consented to personalization, and a bot: neither counts.
+        hit("view_item", "2026-11-10T07:33:00Z", [socks], device_id=phone,
+            consent=["analytics"]),
+        hit("view_item", "2026-11-10T07:34:00Z", [socks], device_id=phone, agent=BOT),
+        {**hit("login", "2026-11-10T07:35:00Z", device_id=phone), "type": "identify",
+         "user_id": user},
+        {**hit("login", "2026-11-10T12:00:00Z", device_id=desk, agent=CHROME),
+         "type": "identify", "user_id": user, "identifiers": {"loyalty": card}},
+        hit("add_to_cart", "2026-11-10T12:05:00Z", [shoes], device_id=desk, user_id=user,
+            agent=CHROME),
+        # The till knows the loyalty card only.
+        hit("purchase", "2026-11-10T18:00:00Z", [{**shoes, "quantity": 1}, socks],
+            channel="pos", agent="tagwerk-pos/1.0", identifiers={"loyalty": card},
+            order_id=f"o-{n}", revenue="85.00", currency="EUR"),
+    ]
+    return user, phone, desk, card, (shoes, shirt, socks), events
+
+
+def test_the_phone_sees_what_was_bought_in_the_store(env):
+    user, phone, desk, card, (shoes, shirt, socks), events = journey()
+    send(env, events)
+    r = get(env, f"{BASE}/persons/device:{phone}/profile")
+    assert r.status_code == 200, r.text
+    profile = r.json()
+    assert profile["person_id"] == get(env, f"{BASE}/persons/user:{user}").json()["person_id"]
+    assert [v["product_id"] for v in profile["viewed"]] == [shoes["product_id"],
+                                                           shirt["product_id"]]
+    assert profile["viewed"][0]["views"] == 2
+    bought = {p["product_id"]: (p["quantity"], p["revenue"]) for p in profile["purchased"]}
+    assert bought == {shoes["product_id"]: (1, 80.0), socks["product_id"]: (1, 5.0)}
+    categories = {a["name"]: a["score"] for a in profile["affinities"]["category"]}
+    # shoes: 2 views + 1 cart + 1 purchase = 2 + 3 + 5; shirts 1; socks 5 (purchase only).
+    assert categories == {"shoes": round(10 / 16, 4), "socks": round(5 / 16, 4),
+                          "shirts": round(1 / 16, 4)}
+    assert set(profile["channels"]) == {"web", "pos"}
+    assert set(profile["channels"]["web"]["device_classes"]) == {"mobile", "desktop"}
+    assert profile["channels"]["pos"]["last_seen"].startswith("2026-11-10 18:00:00")
+    # The same profile from every identifier.
+    for ident in (f"user:{user}", f"device:{desk}", f"loyalty:{card}"):
+        assert get(env, f"{BASE}/persons/{ident}/profile").json() == profile
+
+
+def test_profile_numbers_match_the_raw_events(env):
+    _, collector, _ = env
+    user, phone, *_ , events = journey()
+    send(env, events)
+    profile = get(env, f"{BASE}/persons/device:{phone}/profile").json()
+    person = Graph(collector.store, collector.sites.get(SITE)).resolve("device", phone)
+    where, params = rows_of(person)
+    raw = collector.store.rows(
+        "SELECT event, tupleElement(item, 'product_id') AS product, "
+        "tupleElement(item, 'category') AS category, tupleElement(item, 'quantity') AS qty, "
+        "tupleElement(item, 'price') * tupleElement(item, 'quantity') AS revenue "
+        "FROM tagwerk.events ARRAY JOIN items AS item WHERE site_id = {s:String} "
+        f"AND has(consent, 'personalization') AND NOT is_bot AND {where}",
+        {"s": SITE, **params})
+    views = Counter(r["product"] for r in raw if r["event"] == "view_item")
+    assert {v["product_id"]: v["views"] for v in profile["viewed"]} == dict(views)
+    bought: dict[str, list] = {}
+    for r in raw:
+        if r["event"] == "purchase":
+            entry = bought.setdefault(r["product"], [0, Decimal(0)])
+            entry[0] += int(r["qty"])
+            entry[1] += Decimal(str(r["revenue"]))
+    assert {p["product_id"]: [p["quantity"], Decimal(str(p["revenue"]))]
+            for p in profile["purchased"]} == bought
+    weights = Counter()
+    for r in raw:
+        weights[r["category"]] += {"view_item": 1, "add_to_cart": 3, "purchase": 5}.get(
+            r["event"], 0)
+    total = sum(weights.values())
+    assert {a["name"]: a["score"] for a in profile["affinities"]["category"]} == {
+        k: round(v / total, 4) for k, v in weights.items()}
+
+
+def test_without_personalization_consent_there_is_no_profile(env):
+    n = uuid.uuid4().hex[:8]
+    send(env, [hit("view_item", "2026-11-11T10:00:00Z", [item(f"p-{n}", "c", "b")],
+                   device_id=f"dev-{n}", consent=["analytics"])])
+    assert get(env, f"{BASE}/persons/device:dev-{n}").status_code == 200  # known...
+    r = get(env, f"{BASE}/persons/device:dev-{n}/profile")  # ...but no profile
+    assert r.status_code == 404 and "personalization" in r.json()["error"]
+    assert get(env, f"{BASE}/persons/device:never-{n}/profile").status_code == 404
+
+
+def test_consent_decisions_are_listed(env):
+    client, _, keys = env
+    n = uuid.uuid4().hex[:8]
+    consent_id = uuid.uuid4().hex
+    r = client.post("/consent", content=orjson.dumps(
+        {"site": SITE, "consent_id": consent_id, "granted": ALL, "denied": ["marketing"],
+         "policy": "0123456789abcdef", "how": "banner"}),
+        headers={"Content-Type": "application/json"})
+    assert r.status_code in (200, 202, 204), r.text
+    send(env, [hit("view_item", "2026-11-11T10:00:00Z", [item(f"p-{n}", "c", "b")],
+                   device_id=f"dev-{n}", consent_id=consent_id)])
+    wait_for(lambda: get(env, f"{BASE}/persons/device:dev-{n}/profile").json()["consent"])
+    [decision] = get(env, f"{BASE}/persons/device:dev-{n}/profile").json()["consent"]
+    assert decision["consent_id"] == consent_id and decision["how"] == "banner"
+    assert decision["granted"] == ALL and decision["denied"] == ["marketing"]
+
+
+def test_profiles_of_other_sites_are_invisible_and_keys_are_checked(env):
+    client, _, keys = env
+    n = uuid.uuid4().hex[:8]
+    send(env, [hit("view_item", "2026-11-11T10:00:00Z", [item("p", "c", "b")],
+                   device_id=f"dev-{n}")], site="prof-other")
+    assert get(env, f"/api/v1/sites/prof-other/persons/device:dev-{n}/profile",
+               site="prof-other").status_code == 200
+    assert get(env, f"{BASE}/persons/device:dev-{n}/profile").status_code == 404
+    path = f"/api/v1/sites/prof-other/persons/device:dev-{n}/profile"
+    assert client.get(path).status_code == 401
+    for key in (keys[SITE]["read"], keys["prof-other"]["write"], "tw_read_forged"):
+        r = client.get(path, headers={"Authorization": f"Bearer {key}"})
+        assert r.status_code == 403 and r.json()["field"] == "Authorization"
+
+
+@pytest.mark.parametrize(("path", "status", "field"), [
+    ("/persons/device/profile", 400, "ident"),
+    ("/persons/shoe:1/profile", 400, "ident"),
+    ("/persons/device:%ff/profile", 400, "ident"),
+    ("/persons/device:%0a/profile", 400, "ident"),
+    ("/persons/device:" + "d" * 400 + "/profile", 400, "ident"),
+    ("/persons/device:a/profile?window=1d", 400, "window"),
+    ("/persons/device:a/profile?%ff=1", 400, "query"),
+])
+def test_profile_bad_input(env, path, status, field):
+    r = get(env, BASE + path)
+    assert r.status_code == status and r.json()["field"] == field, r.text
