@@ -95,11 +95,21 @@ def loaded(store, tmp_path_factory):
                     "Content-Type": "application/json"})
                 assert response.status_code == 202, response.text
             wait_for(lambda: drained(collector))
-        store.execute("SYSTEM REFRESH VIEW tagwerk.coview_pairs_mv")
-        store.execute("SYSTEM REFRESH VIEW tagwerk.copurchase_pairs_mv")
-        store.execute("SYSTEM WAIT VIEW tagwerk.coview_pairs_mv")
-        store.execute("SYSTEM WAIT VIEW tagwerk.copurchase_pairs_mv")
+        refresh_pairs(store, SITES)
         yield store
+
+
+def refresh_pairs(store, sites: tuple[str, ...]) -> None:
+    """Recompute the pair tables now, and wait until they hold ``sites``' pairs. (``SYSTEM
+    REFRESH VIEW`` only starts a refresh, and ``SYSTEM WAIT VIEW`` returns at once when it
+    has not started yet.)"""
+    for table in ("coview_pairs", "copurchase_pairs"):
+        store.execute(f"TRUNCATE TABLE tagwerk.{table}")
+        store.execute(f"SYSTEM REFRESH VIEW tagwerk.{table}_mv")
+        ready = (f"SELECT uniqExact(site_id) = {len(sites)} AS ok FROM tagwerk.{table} "
+                 "WHERE site_id IN {sites:Array(String)}")
+        wait_for(lambda q=ready: store.rows(q, {"sites": list(sites)})[0]["ok"])
+        store.execute(f"SYSTEM WAIT VIEW tagwerk.{table}_mv")
 
 
 def same(store, aggregate: str, raw: str) -> list[dict]:

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 from starlette.routing import Route
 
+from collector.api import products, recommend
+
 SITE = "/api/v1/sites/{site}"
 
 ROUTES: list[Route] = []
+ROUTES += products.routes(SITE)  # top, trending, related: the read key
+ROUTES += recommend.ROUTES  # the browser-safe variant under /t/{site}/recommend/

@@ -1,0 +1,320 @@
+"""Product lists from the pre-aggregates of ``clickhouse/0010_product_aggregates.sql``:
+top, trending and related products, with the site's read key.
+
+Every list answers ``{"items": [{"product_id": ..., "score": ..., ...}], "as_of": T}``,
+``T`` being the time (ISO 8601, UTC) of the newest event the list was computed from, or
+null when none was.
+
+- **Windows** count whole hours of ``product_hourly``: ``window=24h`` reads the hours from
+  the start of the hour 24 hours ago up to now (24 to 25 hours).
+- **Trending** compares a product's interactions (views + add-to-carts + purchases) in the
+  recent window R (the hours from the start of the hour ``window`` ago up to now) with the
+  ``baseline`` window B just before it::
+
+      expected = baseline_count * duration(R) / duration(B)
+      score    = (recent_count + K) / (expected + K),   K = 5
+
+  a smoothed ratio of rates: above 1 when a product gets more attention than its usual
+  pace, with K damping tiny counts (1 view of a product never seen scores 1.2, 60 views
+  where 10 were expected score 4.3). Only products seen in R are listed.
+- **Related** reads the pair tables: sessions that viewed both (``co_view``) or buyers who
+  bought both (``co_purchase``); never the product itself. They are recomputed every minute.
+
+Answers are kept until the flusher's next insert or for at most ``CACHE_SECONDS``
+(inserts of other collectors on a cluster), so a hit is in the next answer once flushed.
+Every query takes a list of product ids to leave out: :func:`exclusions` computes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+from weakref import WeakKeyDictionary
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from collector.api.access import READ, ApiError, json_response, keyed
+from collector.api.query import choice, integer, params, path_text, window
+from collector.service import Collector
+from collector.sites import Site
+
+METRICS = ("views", "add_to_carts", "purchases", "revenue")
+KINDS = ("co_view", "co_purchase")
+SMOOTHING = 5.0
+HOUR = 3600
+CACHE_SECONDS = 1.0
+CACHE_ENTRIES = 4096
+MAX_EXCLUDED = 1000
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """What a caller may ask for: the keyed API allows more than the browser-safe one."""
+
+    max_limit: int = 100
+    max_window: int = 90 * 86400
+    max_baseline: int = 90 * 86400
+
+
+KEYED = Bounds()
+
+
+# -- the queries ----------------------------------------------------------------------------
+
+TOP = """
+SELECT product_id, sum(views) AS views, sum(add_to_carts) AS add_to_carts,
+    sum(purchases) AS purchases, sum(quantity) AS quantity,
+    toFloat64(sum(revenue)) AS revenue, toString(max(max(last_ts)) OVER ()) AS as_of
+FROM tagwerk.product_hourly
+WHERE site_id = {site:String} AND hour >= toDateTime({since:UInt32})
+    AND product_id NOT IN {exclude:Array(String)}
+GROUP BY product_id
+HAVING %(metric)s > 0 %(category)s
+ORDER BY %(metric)s DESC, product_id
+LIMIT {limit:UInt32}
+"""
+
+TRENDING = """
+SELECT product_id, recent, baseline,
+    (recent + {k:Float64}) / (baseline * {ratio:Float64} + {k:Float64}) AS score, as_of
+FROM
+(
+    SELECT product_id,
+        sumIf(views + add_to_carts + purchases, hour >= toDateTime({recent:UInt32})) AS recent,
+        sumIf(views + add_to_carts + purchases, hour < toDateTime({recent:UInt32})) AS baseline,
+        toString(max(max(last_ts)) OVER ()) AS as_of
+    FROM tagwerk.product_hourly
+    WHERE site_id = {site:String} AND hour >= toDateTime({since:UInt32})
+        AND product_id NOT IN {exclude:Array(String)}
+    GROUP BY product_id
+    HAVING recent > 0
+)
+ORDER BY score DESC, recent DESC, product_id
+LIMIT {limit:UInt32}
+"""
+
+RELATED = """
+SELECT other_id, sum(%(count)s) AS score,
+    toString(max(max(last_ts)) OVER ()) AS as_of
+FROM tagwerk.%(table)s
+WHERE site_id = {site:String} AND product_id = {product:String}
+    AND other_id != {product:String} AND other_id NOT IN {exclude:Array(String)}
+GROUP BY other_id
+ORDER BY score DESC, other_id
+LIMIT {limit:UInt32}
+"""
+
+PAIRS = {"co_view": ("coview_pairs", "sessions"), "co_purchase": ("copurchase_pairs", "buyers")}
+
+DEVICE_PURCHASES = """
+SELECT arraySlice(groupUniqArrayArray(products), 1, {most:UInt32}) AS products
+FROM tagwerk.purchased_items
+WHERE site_id = {site:String} AND device_id = {device:String}
+"""
+
+
+@dataclass(frozen=True)
+class Ask:
+    """One list, fully specified: also its cache key (with the site and exclusions)."""
+
+    kind: str  # top, trending, related
+    limit: int
+    metric: str = "views"
+    category: str = ""
+    since: int = 0  # unix seconds, the start of an hour
+    recent: int = 0  # trending: start of the recent window
+    product: str = ""
+    pairs: str = "co_view"
+
+
+def hour_start(seconds: float) -> int:
+    return int(seconds // HOUR * HOUR)
+
+
+def compute(store: Any, site_id: str, ask: Ask, exclude: tuple[str, ...],
+            now: float) -> dict[str, Any]:
+    """Run one list's query (blocking: call it in a thread)."""
+    base = {"site": site_id, "exclude": list(exclude), "limit": ask.limit}
+    if ask.kind == "top":
+        category = "AND has(groupUniqArrayArray(categories), {category:String})" \
+            if ask.category else ""
+        sql = TOP % {"metric": ask.metric, "category": category}
+        rows = store.rows(sql, {**base, "since": ask.since, "category": ask.category})
+        items = [{"product_id": r["product_id"], "score": r[ask.metric],
+                  **{m: r[m] for m in (*METRICS, "quantity")}} for r in rows]
+    elif ask.kind == "trending":
+        recent_seconds = max(now - ask.recent, 1.0)
+        ratio = recent_seconds / max(ask.recent - ask.since, 1)
+        rows = store.rows(TRENDING, {**base, "since": ask.since, "recent": ask.recent,
+                                     "k": SMOOTHING, "ratio": ratio})
+        items = [{"product_id": r["product_id"], "score": round(r["score"], 4),
+                  "recent": r["recent"], "baseline": r["baseline"]} for r in rows]
+    else:
+        table, count = PAIRS[ask.pairs]
+        rows = store.rows(RELATED % {"table": table, "count": count},
+                          {**base, "product": ask.product})
+        items = [{"product_id": r["other_id"], "score": r["score"], count: r["score"]}
+                 for r in rows]
+    return {"items": items, "as_of": _iso(rows[0]["as_of"]) if rows else None}
+
+
+def device_purchases(store: Any, site_id: str, device_id: str) -> tuple[str, ...]:
+    """What one device bought (blocking), at most MAX_EXCLUDED products."""
+    rows = store.rows(DEVICE_PURCHASES, {"site": site_id, "device": device_id,
+                                         "most": MAX_EXCLUDED})
+    return tuple(sorted(rows[0]["products"])) if rows else ()
+
+
+def _iso(text: str) -> str | None:
+    """ClickHouse's ``2026-11-20 17:30:00.000`` as ISO 8601; None for the empty epoch."""
+    if not text or text.startswith("1970-01-01"):
+        return None
+    return text.replace(" ", "T") + "Z"
+
+
+# -- answers, cached until the next flush -----------------------------------------------------
+
+class Answers:
+    """Lists computed once per flush: an entry holds until the collector's flusher inserts
+    again (the spool's flushed position moves) or ``CACHE_SECONDS`` pass; concurrent asks
+    for the same list share one query."""
+
+    def __init__(self, collector: Collector) -> None:
+        self.collector = collector
+        self._done: OrderedDict[tuple, tuple[Any, float, dict[str, Any]]] = OrderedDict()
+        self._running: dict[tuple, asyncio.Future] = {}
+
+    async def get(self, site_id: str, ask: Ask, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+        key = (site_id, ask, exclude)
+        version = self.collector.spool.checkpoint.flushed
+        now = time.monotonic()
+        found = self._done.get(key)
+        if found is not None and found[0] == version and now - found[1] < CACHE_SECONDS:
+            return found[2]
+        running = self._running.get(key)
+        if running is not None:
+            return await asyncio.shield(running)
+        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._running[key] = future
+        try:
+            answer = await run_in_threadpool(compute, self.collector.store, site_id, ask,
+                                             exclude, time.time())
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: no "never retrieved" warning without waiters
+            raise
+        finally:
+            del self._running[key]
+        future.set_result(answer)
+        self._done[key] = (version, now, answer)
+        self._done.move_to_end(key)
+        while len(self._done) > CACHE_ENTRIES:
+            self._done.popitem(last=False)
+        return answer
+
+    async def device_purchases(self, site_id: str, device_id: str) -> tuple[str, ...]:
+        return await run_in_threadpool(device_purchases, self.collector.store, site_id,
+                                       device_id)
+
+
+_answers: WeakKeyDictionary[Collector, Answers] = WeakKeyDictionary()
+
+
+def answers(collector: Collector) -> Answers:
+    found = _answers.get(collector)
+    if found is None:
+        found = _answers[collector] = Answers(collector)
+    return found
+
+
+# -- parsing the asks -------------------------------------------------------------------------
+
+def hours(values: dict[str, str], name: str, default: str, most: int) -> int:
+    """A window in whole hours, from 1h to ``most`` seconds."""
+    seconds = window(values, name, default)
+    if seconds % HOUR or not HOUR <= seconds <= most:
+        raise ApiError(400, f"{name!r} must be whole hours from 1h to {most // 86400}d "
+                       "(such as 6h, 24h or 7d)", name)
+    return seconds
+
+
+def top_ask(values: dict[str, str], bounds: Bounds, now: float) -> Ask:
+    span = hours(values, "window", "24h", bounds.max_window)
+    category = values.get("category", "")
+    if len(category) > 256 or not category.isprintable():
+        raise ApiError(400, "'category' must be at most 256 printable characters", "category")
+    return Ask("top", integer(values, "limit", 10, 1, bounds.max_limit),
+               metric=choice(values, "metric", METRICS, "views"), category=category,
+               since=hour_start(now - span))
+
+
+def trending_ask(values: dict[str, str], bounds: Bounds, now: float) -> Ask:
+    span = hours(values, "window", "1h", bounds.max_window)
+    baseline = hours(values, "baseline", "7d", bounds.max_baseline)
+    if baseline <= span:
+        raise ApiError(400, "'baseline' must be longer than 'window'", "baseline")
+    recent = hour_start(now - span)
+    return Ask("trending", integer(values, "limit", 10, 1, bounds.max_limit),
+               recent=recent, since=recent - baseline)
+
+
+def related_ask(request: Request, values: dict[str, str], bounds: Bounds) -> Ask:
+    return Ask("related", integer(values, "limit", 10, 1, bounds.max_limit),
+               product=path_text(request, "product_id"),
+               pairs=choice(values, "kind", KINDS, "co_view"))
+
+
+# -- the keyed endpoints ----------------------------------------------------------------------
+
+TOP_PARAMS = ("window", "metric", "limit", "category")
+TRENDING_PARAMS = ("window", "baseline", "limit")
+RELATED_PARAMS = ("kind", "limit")
+
+
+async def exclusions(request: Request, collector: Collector, site: Site,
+                     values: dict[str, str]) -> tuple[str, ...]:
+    """The products to leave out of a keyed list. Empty for now: the identity work adds
+    ``person={kind}:{id}&exclude=purchased|viewed`` here (and to the accepted parameters),
+    resolving the person and returning what they bought or viewed (sorted, at most
+    MAX_EXCLUDED: it is part of the cache key)."""
+    return ()
+
+
+async def _list(request: Request, collector: Collector, site: Site, accepted: tuple[str, ...],
+                make: Any) -> Response:
+    values = params(request, accepted)
+    ask = make(values)
+    exclude = await exclusions(request, collector, site, values)
+    return json_response(await answers(collector).get(site.site_id, ask, exclude))
+
+
+@keyed(READ)
+async def top(request: Request, collector: Collector, site: Site) -> Response:
+    return await _list(request, collector, site, TOP_PARAMS,
+                       lambda v: top_ask(v, KEYED, time.time()))
+
+
+@keyed(READ)
+async def trending(request: Request, collector: Collector, site: Site) -> Response:
+    return await _list(request, collector, site, TRENDING_PARAMS,
+                       lambda v: trending_ask(v, KEYED, time.time()))
+
+
+@keyed(READ)
+async def related(request: Request, collector: Collector, site: Site) -> Response:
+    return await _list(request, collector, site, RELATED_PARAMS,
+                       lambda v: related_ask(request, v, KEYED))
+
+
+def routes(prefix: str) -> list[Route]:
+    return [
+        Route(f"{prefix}/products/top", top, methods=["GET"]),
+        Route(f"{prefix}/products/trending", trending, methods=["GET"]),
+        Route(f"{prefix}/products/{{product_id:path}}/related", related, methods=["GET"]),
+    ]

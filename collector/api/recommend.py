@@ -1,0 +1,186 @@
+"""Product lists for the shop's own pages, without a key (a read key must never reach a
+browser), under the tag's paths:
+
+- ``GET /t/{site}/recommend/top?window=24h&metric=views&limit=10&category=``
+- ``GET /t/{site}/recommend/trending?window=1h&baseline=7d&limit=10``
+- ``GET /t/{site}/recommend/related/{product_id}?kind=co_view&limit=10``
+
+The same lists as ``products.py`` (as Algolia's search-only keys and Shopify's public
+``recommendations/products.json`` do), with less in them and tighter bounds:
+
+- items carry ``product_id`` and ``score`` only, the score relative to the list's first
+  (1.0): a shop's views, sales and revenue are not for its visitors;
+- ``limit`` at most 24, windows at most 7 days, baselines at most 28 (every answer is a
+  bounded read of the aggregates);
+- CORS for the site's own origins only (credentialed, so the page's cookies come along);
+  another origin gets a 403 without CORS headers; no Origin (a link, curl) is served too,
+  as the lists are the same for anyone;
+- personalised only for the visitor's own device and consent: when the request carries a
+  ``tw_consent`` cookie (valid for the site's current policy) that grants
+  ``personalization``, and a ``tw_id`` device cookie, the products that device bought are
+  left out. Nothing about the device, the person or their purchases is in the answer;
+- ``Cache-Control: public, max-age=60`` when not personalised, ``private, max-age=60``
+  when personalised, always ``Vary: Cookie, Origin`` (a shared cache never serves one
+  visitor's list to another, nor one origin's CORS answer to another);
+- rate-limited per client IP (behind ``--trusted-proxies``: the address they forwarded):
+  ``RATE`` a second with bursts of ``BURST``, then 429 with ``Retry-After``.
+
+Errors are JSON 4xx naming the parameter, ``no-store``; an unknown site is a 404, like
+the tag's own paths (site ids are public: they are in every page's tag URL).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import OrderedDict
+from typing import Any
+from weakref import WeakKeyDictionary
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from collector.api import products
+from collector.api.access import ApiError, json_response, log, refusal
+from collector.api.query import params
+from collector.clientip import client_ip
+from collector.service import Collector
+from collector.sites import Site
+from collector.storage import StorageError
+from collector.webconsent import site_web
+from consent.cookie import latest_consent, parse_device, read_cookies
+from consent.purposes import PERSONALIZATION
+
+PUBLIC = products.Bounds(max_limit=24, max_window=7 * 86400, max_baseline=28 * 86400)
+MAX_AGE = 60
+RATE = 10.0  # requests a second per client IP, on average
+BURST = 30.0
+MAX_CLIENTS = 100_000  # IPs remembered; the least recently seen are forgotten first
+
+
+class RateLimit:
+    """A token bucket per client IP, in memory (per collector process)."""
+
+    def __init__(self, rate: float = RATE, burst: float = BURST,
+                 most: int = MAX_CLIENTS) -> None:
+        self.rate, self.burst, self.most = rate, burst, most
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def wait(self, client: str, now: float | None = None) -> float:
+        """0 if ``client`` may go on now (and it is counted), else the seconds to wait."""
+        now = time.monotonic() if now is None else now
+        tokens, last = self._buckets.pop(client, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        if tokens < 1:
+            self._buckets[client] = (tokens, now)
+            return (1 - tokens) / self.rate
+        self._buckets[client] = (tokens - 1, now)
+        while len(self._buckets) > self.most:
+            self._buckets.popitem(last=False)
+        return 0.0
+
+
+_limits: WeakKeyDictionary[Collector, RateLimit] = WeakKeyDictionary()
+
+
+def _limit(collector: Collector) -> RateLimit:
+    found = _limits.get(collector)
+    if found is None:
+        found = _limits[collector] = RateLimit()
+    return found
+
+
+def cors(site: Site, origin: str | None) -> dict[str, str]:
+    """CORS headers for an allowed origin; an Origin that is not the site's is refused."""
+    if origin is None:
+        return {}
+    if not origin.isascii() or not origin.isprintable():
+        raise ApiError(400, "the Origin header holds a control character", "Origin")
+    if not site.allows_origin(origin):
+        raise ApiError(403, f"origin {origin[:100]!r} is not allowed for this site", "Origin")
+    return {"Access-Control-Allow-Origin": origin, "Access-Control-Allow-Credentials": "true"}
+
+
+def visitor_device(request: Request, collector: Collector, site: Site) -> str:
+    """The requesting device's id when its own cookies grant personalisation, else ""."""
+    header = request.headers.get("cookie")
+    consent_values, device_values = read_cookies(header)
+    if not consent_values or not device_values:
+        return ""
+    policy = site_web(collector.containers, site.site_id).policy
+    consent = latest_consent(consent_values, time.time(), policy)
+    if consent is None or PERSONALIZATION not in consent.granted:
+        return ""
+    device = parse_device(device_values)
+    return device.device_id if device is not None else ""
+
+
+def relative(answer: dict[str, Any]) -> dict[str, Any]:
+    """Items as product ids with scores relative to the first (counts stay private)."""
+    items = answer["items"]
+    top = max((float(i["score"]) for i in items), default=0.0)
+    scored = [{"product_id": i["product_id"],
+               "score": round(float(i["score"]) / top, 4) if top > 0 else 0.0}
+              for i in items]
+    return {"items": scored, "as_of": answer["as_of"]}
+
+
+async def _serve(request: Request, accepted: tuple[str, ...], make: Any) -> Response:
+    collector: Collector = request.app.state.collector
+    origin = request.headers.get("origin")
+    headers: dict[str, str] = {"Vary": "Cookie, Origin"}
+    try:
+        site = await collector.sites.find(request.path_params["site"])
+        if site is None:
+            raise ApiError(404, "unknown site", "site")
+        headers.update(cors(site, origin))
+        peer = request.client.host if request.client else ""
+        ip = client_ip(peer, request.headers.get("x-forwarded-for"), collector.settings.networks)
+        wait = _limit(collector).wait(ip)
+        if wait:
+            raise ApiError(429, "too many requests; slow down", "",
+                           {"Retry-After": str(max(1, math.ceil(wait)))})
+        values = params(request, accepted)
+        ask = make(request, values)
+        device = visitor_device(request, collector, site)
+        found = products.answers(collector)
+        exclude: tuple[str, ...] = ()
+        if device:
+            exclude = await found.device_purchases(site.site_id, device)
+        answer = await found.get(site.site_id, ask, exclude)
+    except ApiError as exc:
+        error = refusal(exc)
+        error.headers.update({k: v for k, v in headers.items() if k not in error.headers})
+        return error
+    except StorageError as exc:
+        log.warning("%s: storage error: %s", request.url.path[:200], exc)
+        return json_response({"error": "storage unavailable; try again"}, 503,
+                             {**headers, "Retry-After": "5"})
+    cache = f"{'private' if device else 'public'}, max-age={MAX_AGE}"
+    return json_response(relative(answer), headers={**headers,
+                                                    "X-Content-Type-Options": "nosniff"},
+                         cache=cache)
+
+
+async def top(request: Request) -> Response:
+    return await _serve(request, products.TOP_PARAMS,
+                        lambda r, v: products.top_ask(v, PUBLIC, time.time()))
+
+
+async def trending(request: Request) -> Response:
+    return await _serve(request, products.TRENDING_PARAMS,
+                        lambda r, v: products.trending_ask(v, PUBLIC, time.time()))
+
+
+async def related(request: Request) -> Response:
+    return await _serve(request, products.RELATED_PARAMS,
+                        lambda r, v: products.related_ask(r, v, PUBLIC))
+
+
+PREFIX = "/t/{site}/recommend"
+ROUTES = [
+    Route(f"{PREFIX}/top", top, methods=["GET"]),
+    Route(f"{PREFIX}/trending", trending, methods=["GET"]),
+    Route(f"{PREFIX}/related/{{product_id:path}}", related, methods=["GET"]),
+]

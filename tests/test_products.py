@@ -1,0 +1,193 @@
+"""GET /api/v1/sites/{site}/products/top, /trending, /{product_id}/related: the read key's
+product lists, from the pre-aggregates."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import orjson
+import pytest
+
+from tests.helpers import CHROME, drained, make_client, wait_for
+from tests.test_aggregates import refresh_pairs
+
+NOW = dt.datetime.now(dt.UTC)
+
+
+def hit(event: str, ago: dt.timedelta, items: list[tuple[str, float, int]], session: str = "",
+        device: str = "d-1", category: str = "shoes") -> dict:
+    return {"event": event, "ts": (NOW - ago).isoformat(timespec="milliseconds"),
+            "device_id": device, "session_id": session or device, "consent": ["analytics"],
+            "user_agent": CHROME,
+            "items": [{"product_id": p, "price": price, "quantity": q, "category": category}
+                      for p, price, q in items]}
+
+
+def send(client, key: str, events: list[dict]) -> None:
+    response = client.post("/api/v1/batch", content=orjson.dumps({"events": events}),
+                           headers={"Authorization": f"Bearer {key}",
+                                    "Content-Type": "application/json"})
+    assert response.status_code == 202, response.text
+
+
+MIN = dt.timedelta(minutes=1)
+DAY = dt.timedelta(days=1)
+
+
+def dataset() -> list[dict]:
+    events = []
+    # p1: viewed often, just now (trending); p2: viewed steadily over the past days.
+    events += [hit("view_item", MIN * (i + 1), [("p1", 10, 1)], session=f"s{i % 3}",
+                   device=f"d{i % 3}") for i in range(6)]
+    events += [hit("view_item", DAY + dt.timedelta(hours=i * 3), [("p2", 20, 1)],
+                   session=f"old{i}", device=f"d{i % 3}") for i in range(20)]
+    events += [hit("view_item", MIN * 2, [("p2", 20, 1)], session="s0", device="d0")]
+    events += [hit("view_item", MIN * 3, [("p3", 5, 1)], session="s0", device="d0",
+                   category="bags")]
+    events += [hit("add_to_cart", MIN * 4, [("p3", 5, 2)], session="s0", device="d0",
+                   category="bags")]
+    events += [hit("purchase", MIN * 5, [("p3", 5.5, 2), ("p4", 100, 1)], device="d0")]
+    events += [hit("purchase", MIN * 6, [("p3", 5.5, 1), ("p4", 100, 1)], device="d1")]
+    return events
+
+
+@pytest.fixture(scope="module")
+def env(store, tmp_path_factory):
+    client, collector = make_client(store, tmp_path_factory.mktemp("products"))
+    with client:
+        _, keys = collector.sites.create("prod-a", ["https://a.example"])
+        _, other = collector.sites.create("prod-b")
+        send(client, keys["write"], dataset())
+        send(client, other["write"], [hit("view_item", MIN, [("b-only", 1, 1)], device="x"),
+                                      hit("view_item", MIN, [("p1", 1, 1)], device="x")] * 10)
+        wait_for(lambda: drained(collector))
+        refresh_pairs(store, ("prod-a",))
+        yield client, collector, keys, other
+
+
+def get(env, path: str, key: str | None = "read", site: str = "prod-a"):
+    client, _, keys, _ = env
+    headers = {"Authorization": f"Bearer {keys.get(key, key)}"} if key else {}
+    return client.get(f"/api/v1/sites/{site}{path}", headers=headers)
+
+
+def ids(response) -> list[str]:
+    assert response.status_code == 200, response.text
+    return [item["product_id"] for item in response.json()["items"]]
+
+
+def test_top_views(env):
+    response = get(env, "/products/top?window=24h")
+    assert ids(response) == ["p1", "p2", "p3"]
+    body = response.json()
+    assert body["items"][0] == {"product_id": "p1", "score": 6, "views": 6, "add_to_carts": 0,
+                                "purchases": 0, "revenue": 0.0, "quantity": 0}
+    newest = NOW - MIN
+    assert body["as_of"] == newest.strftime("%Y-%m-%dT%H:%M:%S.") + \
+        f"{newest.microsecond // 1000:03d}Z"
+    assert response.headers["cache-control"] == "no-store"
+
+
+def test_top_by_purchases_revenue_and_category(env):
+    assert ids(get(env, "/products/top?metric=purchases")) == ["p3", "p4"]
+    revenue = get(env, "/products/top?metric=revenue&limit=1").json()["items"]
+    assert revenue == [{"product_id": "p4", "score": 200.0, "views": 0, "add_to_carts": 0,
+                        "purchases": 2, "revenue": 200.0, "quantity": 2}]
+    p3 = get(env, "/products/top?metric=revenue&category=bags").json()["items"]
+    assert [(i["product_id"], i["revenue"], i["quantity"]) for i in p3] == [("p3", 16.5, 3)]
+    assert ids(get(env, "/products/top?category=none")) == []
+    assert get(env, "/products/top?category=none").json()["as_of"] is None
+
+
+def test_top_window_counts_older_hours(env):
+    week = get(env, "/products/top?window=7d").json()["items"]
+    assert week[0] == {**week[0], "product_id": "p2", "views": 21}
+
+
+def test_trending_prefers_what_is_new(env):
+    response = get(env, "/products/trending?window=1h&baseline=7d")
+    assert ids(response)[0] == "p1"
+    items = {i["product_id"]: i for i in response.json()["items"]}
+    assert items["p1"]["recent"] == 6 and items["p1"]["baseline"] == 0
+    assert items["p2"]["recent"] == 1 and items["p2"]["baseline"] == 20
+    assert items["p1"]["score"] > items["p2"]["score"] > 1  # K=5 damps small counts
+
+
+def test_related(env):
+    response = get(env, "/products/p3/related")
+    assert ids(response) == ["p1", "p2"]  # both viewed in session s0 with p3
+    assert response.json()["items"][0] == {"product_id": "p1", "score": 1, "sessions": 1}
+    bought = get(env, "/products/p3/related?kind=co_purchase").json()
+    assert bought["items"] == [{"product_id": "p4", "score": 2, "buyers": 2}]
+    assert bought["as_of"] is not None
+    assert ids(get(env, "/products/unknown/related")) == []
+
+
+def test_sites_never_mix(env):
+    assert "b-only" not in ids(get(env, "/products/top"))
+    other = get(env, "/products/top", key=env[3]["read"], site="prod-b")
+    assert ids(other) == ["b-only", "p1"] and other.json()["items"][1]["views"] == 10
+    assert ids(get(env, "/products/p1/related", key=env[3]["read"], site="prod-b")) == \
+        ["b-only"]
+
+
+@pytest.mark.parametrize("path", ["/products/top", "/products/trending",
+                                  "/products/p1/related"])
+def test_keys(env, path):
+    assert get(env, path, key=None).status_code == 401
+    assert get(env, path, key="write").status_code == 403
+    assert get(env, path, key="tw_read_wrong").status_code == 403
+    assert get(env, path, key=env[3]["read"]).status_code == 403  # another site's key
+    assert get(env, path, key="admin").status_code == 200
+    assert get(env, path, site="nope").status_code == 404
+
+
+@pytest.mark.parametrize(("query", "field"), [
+    ("/products/top?person=user:1", "person"),
+    ("/products/top?exclude=purchased", "exclude"),
+    ("/products/top?limit=1&limit=2", "limit"),
+    ("/products/top?limit=0", "limit"),
+    ("/products/top?limit=101", "limit"),
+    ("/products/top?limit=ten", "limit"),
+    ("/products/top?limit=-1", "limit"),
+    ("/products/top?limit=%EF%BC%95", "limit"),
+    ("/products/top?window=30m", "window"),
+    ("/products/top?window=0h", "window"),
+    ("/products/top?window=91d", "window"),
+    ("/products/top?window=24", "window"),
+    ("/products/top?metric=clicks", "metric"),
+    ("/products/top?category=%01", "category"),
+    ("/products/top?category=" + "x" * 300, "category"),
+    ("/products/top?window=%ff", "window"),
+    ("/products/trending?baseline=1h", "baseline"),
+    ("/products/trending?window=2d&baseline=1d", "baseline"),
+    ("/products/trending?baseline=100d", "baseline"),
+    ("/products/p1/related?kind=co_click", "kind"),
+    ("/products/p1/related?person=device:x", "person"),
+    ("/products/%01/related", "product_id"),
+    ("/products/%ff/related", "product_id"),
+    ("/products/" + "x" * 300 + "/related", "product_id"),
+])
+def test_bad_input_is_a_400_naming_it(env, query, field):
+    response = get(env, query)
+    assert response.status_code == 400, response.text
+    body = response.json()
+    assert body["error"] and body.get("field", "") == field
+
+
+def test_huge_query_and_the_service_keeps_serving(env):
+    assert get(env, "/products/top?category=" + "x" * 5000).status_code == 414
+    assert ids(get(env, "/products/top"))[0] == "p1"
+
+
+def test_slash_in_a_product_id(env):
+    assert ids(get(env, "/products/a%2Fb/related")) == []
+
+
+def test_a_flushed_hit_is_in_the_next_answer(env):
+    client, collector, keys, _ = env
+    assert "fresh" not in ids(get(env, "/products/top?limit=100"))
+    send(client, keys["write"], [hit("view_item", dt.timedelta(0), [("fresh", 1, 1)],
+                                     device="d9")])
+    wait_for(lambda: drained(collector))
+    assert "fresh" in ids(get(env, "/products/top?limit=100"))

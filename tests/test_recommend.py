@@ -1,0 +1,169 @@
+"""GET /t/{site}/recommend/...: the browser-safe product lists (no key, CORS for the site's
+origins, personalised only by the visitor's own cookies, cacheable, rate-limited)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from collector.api import recommend
+from tests.helpers import drained, make_client, wait_for
+from tests.test_aggregates import refresh_pairs
+from tests.test_products import MIN, hit, send
+
+DEVICE = "AbCdEfGhIjKlMnOpQrStUv"  # a tw_id: 22 URL-safe base64 characters
+ORIGIN = "https://shop-r.example"
+
+
+def consent_cookie(*granted: str) -> str:
+    return f"v1.{'a' * 32}.{'b' * 16}.{','.join(granted)}.{int(time.time())}.banner"
+
+
+@pytest.fixture(scope="module")
+def env(store, tmp_path_factory):
+    client, collector = make_client(store, tmp_path_factory.mktemp("recommend"))
+    with client:
+        _, keys = collector.sites.create("rec-a", [ORIGIN])
+        _, other = collector.sites.create("rec-b", ["https://other.example"])
+        events = [hit("view_item", MIN * (i + 1), [("r1", 5, 1)], device=f"v{i % 4}",
+                      session=f"s{i % 4}") for i in range(8)]
+        events += [hit("view_item", MIN * (i + 1), [("r2", 5, 1)], device=f"v{i % 4}",
+                       session=f"s{i % 4}") for i in range(4)]
+        events += [hit("view_item", MIN, [("r3", 5, 1)], device="v0", session="s0")]
+        events += [hit("purchase", MIN, [("r1", 5, 1), ("r3", 7, 1)], device=DEVICE)]
+        events += [hit("purchase", MIN, [("r1", 5, 1), ("r3", 7, 1)], device="buyer-2")]
+        send(client, keys["write"], events)
+        send(client, other["write"], [hit("view_item", MIN, [("secret", 1, 1)], device="o")])
+        wait_for(lambda: drained(collector))
+        refresh_pairs(store, ("rec-a",))
+        # The test client has no IP address: all its requests share one bucket.
+        recommend._limits[collector] = recommend.RateLimit(rate=1000, burst=1000)
+        yield client, collector
+
+
+def get(env, path: str, site: str = "rec-a", **headers: str | bytes):
+    client, _ = env
+    return client.get(f"/t/{site}/recommend{path}", headers=headers)
+
+
+def ids(response) -> list[str]:
+    assert response.status_code == 200, response.text
+    return [item["product_id"] for item in response.json()["items"]]
+
+
+def test_top_without_a_key_and_without_numbers(env):
+    response = get(env, "/top")
+    assert ids(response) == ["r1", "r2", "r3"]
+    body = response.json()
+    assert body["items"] == [{"product_id": "r1", "score": 1.0},
+                             {"product_id": "r2", "score": 0.5},
+                             {"product_id": "r3", "score": 0.125}]
+    assert body["as_of"].endswith("Z")
+    assert response.headers["cache-control"] == "public, max-age=60"
+    assert response.headers["vary"] == "Cookie, Origin"
+    assert "access-control-allow-origin" not in response.headers
+
+
+def test_trending_and_related(env):
+    assert ids(get(env, "/trending?window=1h&baseline=7d"))[0] == "r1"
+    assert ids(get(env, "/related/r3")) == ["r1", "r2"]
+    assert ids(get(env, "/related/r1?kind=co_purchase")) == ["r3"]
+
+
+def test_cors_only_for_the_sites_origins(env):
+    response = get(env, "/top", origin=ORIGIN)
+    assert response.headers["access-control-allow-origin"] == ORIGIN
+    assert response.headers["access-control-allow-credentials"] == "true"
+    refused = get(env, "/top", origin="https://evil.example")
+    assert refused.status_code == 403 and refused.json()["field"] == "Origin"
+    assert "access-control-allow-origin" not in refused.headers
+    # Another site's origin does not open this site's lists.
+    assert get(env, "/top", origin="https://other.example").status_code == 403
+    bad = get(env, "/top", origin="https://shop-r.example\x85".encode("latin-1"))
+    assert bad.status_code == 400
+
+
+def test_personalised_for_the_visitors_own_device_and_consent(env):
+    cookie = f"tw_id={DEVICE}.20000; tw_consent={consent_cookie('analytics', 'personalization')}"
+    response = get(env, "/top", cookie=cookie, origin=ORIGIN)
+    assert ids(response) == ["r2"]  # r1 and r3 were bought on this device
+    assert response.headers["cache-control"] == "private, max-age=60"
+    assert DEVICE not in response.text
+    assert ids(get(env, "/related/r2", cookie=cookie)) == []
+    # Without personalisation consent, without the device cookie or with someone else's
+    # consent only: the public list.
+    for other in (f"tw_id={DEVICE}; tw_consent={consent_cookie('analytics')}",
+                  f"tw_consent={consent_cookie('analytics', 'personalization')}",
+                  f"tw_id={DEVICE}", f"tw_id={DEVICE}; tw_consent=v1.garbage"):
+        answer = get(env, "/top", cookie=other)
+        assert ids(answer) == ["r1", "r2", "r3"], other
+        assert answer.headers["cache-control"] == "public, max-age=60"
+
+
+def test_sites_never_mix(env):
+    assert "secret" not in ids(get(env, "/top"))
+    assert ids(get(env, "/top", site="rec-b")) == ["secret"]
+    assert get(env, "/top", site="rec-zzz").status_code == 404
+    assert get(env, "/top", site="..%2F..").status_code == 404
+
+
+@pytest.mark.parametrize(("query", "field"), [
+    ("/top?limit=25", "limit"),
+    ("/top?limit=100000000000000000000", "limit"),
+    ("/top?window=8d", "window"),
+    ("/top?window=1h&window=2h", "window"),
+    ("/top?person=user:1", "person"),
+    ("/top?exclude=purchased", "exclude"),
+    ("/top?metric=%ff", "metric"),
+    ("/top?category=a%0Ab", "category"),
+    ("/trending?baseline=29d", "baseline"),
+    ("/trending?window=8d", "window"),
+    ("/related/%01x", "product_id"),
+    ("/related/r1?kind=x", "kind"),
+])
+def test_bad_input(env, query, field):
+    response = get(env, query, origin=ORIGIN)
+    assert response.status_code == 400, response.text
+    assert response.json()["field"] == field
+    assert response.headers["cache-control"] == "no-store"
+    # The page may read why.
+    assert response.headers["access-control-allow-origin"] == ORIGIN
+    assert ids(get(env, "/top"))  # still serving
+
+
+def test_rate_limited_per_client(env):
+    _, collector = env
+    saved = recommend._limits.get(collector)
+    recommend._limits[collector] = recommend.RateLimit(rate=0.5, burst=2)
+    try:
+        assert get(env, "/top").status_code == 200
+        assert get(env, "/top").status_code == 200
+        refused = get(env, "/top")
+        assert refused.status_code == 429
+        assert int(refused.headers["retry-after"]) >= 1
+    finally:
+        if saved is None:
+            del recommend._limits[collector]
+        else:
+            recommend._limits[collector] = saved
+
+
+def test_token_bucket():
+    limit = recommend.RateLimit(rate=2, burst=3, most=2)
+    assert [limit.wait("a", 0.0) for _ in range(4)] == [0, 0, 0, 0.5]
+    assert limit.wait("a", 0.5) == 0  # one token back after half a second
+    assert limit.wait("b", 0.5) == 0 and limit.wait("c", 0.5) == 0
+    assert "a" not in limit._buckets  # the least recently seen is forgotten
+    assert limit.wait("a", 0.5) == 0  # and starts afresh
+
+
+def test_fresh_hits_reach_the_public_list(env):
+    _, collector = env
+    assert "new-one" not in ids(get(env, "/top?limit=24"))
+    collector.store.execute(
+        "INSERT INTO tagwerk.events (event_id, site_id, event, ts, received_at, items) "
+        "VALUES (generateUUIDv4(), 'rec-a', 'view_item', now64(3), now64(3), "
+        "[('new-one', '', '', '', '', 1, 1)])")
+    # An insert by another process: seen once the cache's second is over.
+    wait_for(lambda: "new-one" in ids(get(env, "/top?limit=24")), timeout=5)
