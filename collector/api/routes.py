@@ -5,10 +5,18 @@ from __future__ import annotations
 
 from starlette.routing import Route
 
-from collector.api import products, recommend
+from collector.api import persons, products, recommend
 
 SITE = "/api/v1/sites/{site}"
 
-ROUTES: list[Route] = []
+ROUTES: list[Route] = [
+    Route(SITE + "/persons/{ident}", persons.person, methods=["GET"]),
+    Route(SITE + "/persons/{ident}/profile", persons.profile, methods=["GET"]),
+    Route(SITE + "/identity/merge", persons.merge, methods=["POST"]),
+    Route(SITE + "/identity/split", persons.split, methods=["POST"]),
+    Route(SITE + "/identity/operations", persons.operations, methods=["GET"]),
+    Route(SITE + "/identity/operations/{op_id}/undo", persons.undo, methods=["POST"]),
+    Route(SITE + "/identity/overloaded", persons.overloaded, methods=["GET"]),
+]
 ROUTES += products.routes(SITE)  # top, trending, related: the read key
 ROUTES += recommend.ROUTES  # the browser-safe variant under /t/{site}/recommend/
