@@ -265,12 +265,14 @@ def row_condition_for(kind: str, ident: str) -> tuple[str, dict[str, Any]]:
             "{ident:String}", {"kind": kind, "ident": ident})
 
 
-def rows_of(person: Person) -> tuple[str, dict[str, Any]]:
-    """SQL matching the person's rows (over a table with the events' identifier columns and
-    ``ts``): rows naming one of their user ids, and rows without a user id naming one of
-    their identifiers at a time it was theirs."""
+def rows_of(person: Person, ts: str = "ts", identifiers: bool = True
+            ) -> tuple[str, dict[str, Any]]:
+    """SQL matching the person's rows (over a table with the events' identifier columns):
+    rows naming one of their user ids, and rows without a user id naming one of their
+    identifiers at a time (``ts``: the column or expression) it was theirs. ``identifiers``:
+    whether the table has the ``identifiers`` map (else only device ids count)."""
     devices = [s for s in person.spans if s.kind == "device"]
-    others = [s for s in person.spans if s.kind != "device"]
+    others = [s for s in person.spans if s.kind != "device"] if identifiers else []
     params: dict[str, Any] = {
         "p_users": person.users,
         "p_dev": [s.id for s in devices], "p_dev_start": [s.start for s in devices],
@@ -278,14 +280,17 @@ def rows_of(person: Person) -> tuple[str, dict[str, Any]]:
         "p_kind": [s.kind for s in others], "p_id": [s.id for s in others],
         "p_start": [s.start for s in others], "p_end": [s.end for s in others],
     }
+    by_identifier = (
+        " OR (hasAny(mapValues(identifiers), {p_id:Array(String)}) AND "
+        f"arrayExists((k, i, s, e) -> identifiers[k] = i AND {ts} >= s AND {ts} < e, "
+        "{p_kind:Array(String)}, {p_id:Array(String)}, "
+        "{p_start:Array(DateTime64(3, 'UTC'))}, {p_end:Array(DateTime64(3, 'UTC'))}))"
+    ) if identifiers else ""
     condition = (
         "(user_id IN {p_users:Array(String)} OR (user_id = '' AND ("
         "(device_id IN {p_dev:Array(String)} AND arrayExists((i, s, e) -> device_id = i "
-        "AND ts >= s AND ts < e, {p_dev:Array(String)}, "
+        f"AND {ts} >= s AND {ts} < e, {{p_dev:Array(String)}}, "
         "{p_dev_start:Array(DateTime64(3, 'UTC'))}, {p_dev_end:Array(DateTime64(3, 'UTC'))}))"
-        " OR (hasAny(mapValues(identifiers), {p_id:Array(String)}) AND "
-        "arrayExists((k, i, s, e) -> identifiers[k] = i AND ts >= s AND ts < e, "
-        "{p_kind:Array(String)}, {p_id:Array(String)}, "
-        "{p_start:Array(DateTime64(3, 'UTC'))}, {p_end:Array(DateTime64(3, 'UTC'))})))))"
+        f"{by_identifier})))"
     )
     return condition, params
