@@ -12,11 +12,14 @@ import datetime as dt
 import random
 import re
 
+import httpx
 import orjson
 import pytest
 
 from collector.migrations import load_migrations
-from tests.helpers import CHROME, drained, make_client, wait_for
+from collector.sqlhttp import SqlUser, build_sql_app
+from collector.storage.engine_config import AGGREGATE_TABLES
+from tests.helpers import CHROME, drained, make_client, serve, wait_for
 
 SITES = ("agg-a", "agg-b")
 BOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
@@ -270,3 +273,17 @@ def test_backfill_selects_what_the_view_selects():
             guard = f"\n    AND (SELECT count() FROM {target}) = 0"
             assert " ".join(fills[target].replace(guard, "").split()) == \
                 " ".join(select.split()), target
+
+
+def test_the_data_team_reads_them_through_the_sql_port(loaded):
+    """The read-only users read the aggregates; a site-scoped one only its sites' rows."""
+    users = {"agency": SqlUser("agency", "pw", readonly=True, sites=("agg-a",)),
+             "team": SqlUser("team", "pw", readonly=True)}
+    with serve(build_sql_app(loaded, users, loopback_only=True)) as url:
+        for user, sites in (("agency", "agg-a"), ("team", "agg-a,agg-b")):
+            for table in AGGREGATE_TABLES:
+                response = httpx.post(url, auth=(user, "pw"), content=(
+                    f"SELECT arrayStringConcat(arraySort(groupUniqArray(site_id)), ',') "
+                    f"FROM {table} WHERE site_id LIKE 'agg-%'"))
+                assert response.status_code == 200, response.text
+                assert response.text.strip() == sites, (user, table)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from collector.sites import SITE_ID
-from collector.storage.engine_config import ENGINE_SHARE, SITE_TABLES
+from collector.storage.engine_config import AGGREGATE_TABLES, ENGINE_SHARE, SITE_TABLES
 
 MAX_QUERY_BYTES = 1 << 20  # a query without data (ClickHouse's max_query_size is 256 KiB)
 MAX_DATA_BYTES = 1 << 30  # a whole request body, after decompression
@@ -24,7 +24,7 @@ _Connection = Any  # chdb.state.Connection, which has no type hints
 
 # What a read-only user reads when its entry names no tables: the data, not the service's
 # own tables (sites and their key hashes, containers, previews, migrations).
-DATA_TABLES = ("tagwerk.events", "tagwerk.consent_log")
+DATA_TABLES = ("tagwerk.events", "tagwerk.consent_log", *AGGREGATE_TABLES)
 # System tables that describe the engine and the user's own work, never other users' data
 # (system.processes is filtered to the user's own queries: see calls.py).
 SYSTEM_TABLES = tuple(

@@ -46,7 +46,11 @@ FIXED_SETTINGS = {
 # sites' values). chDB runs every connection as one user, so the policy keys on the
 # connection's log_comment, which the SQL interface sets before readonly = 1 fixes it; the
 # collector's own connections have none and read every row.
-SITE_TABLES = ("tagwerk.events", "tagwerk.consent_log")
+# The pre-aggregates (clickhouse/0010, 0011): per-site rows like the events'.
+AGGREGATE_TABLES = tuple(f"tagwerk.{name}" for name in (
+    "product_hourly", "page_daily", "session_entries", "session_items", "purchased_items",
+    "coview_pairs", "copurchase_pairs"))
+SITE_TABLES = ("tagwerk.events", "tagwerk.consent_log", *AGGREGATE_TABLES)
 _SITES_TAG = "tagwerk-sites:"
 _SITE_FILTER = (
     f"NOT startsWith(getSetting('log_comment'), '{_SITES_TAG}') OR has(splitByChar(',', "
