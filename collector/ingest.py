@@ -342,6 +342,9 @@ def prepare(c: Collector, site: Site, pairs: list[tuple[Any, Context]]) -> tuple
             where = f"events[{index}]" if len(pairs) > 1 else "event"
             field = f"{where}.{exc.field}" if exc.field else where
             raise HTTPError(400, f"{where}: {exc}", "invalid", field) from None
+        if c.tombstones.blocks(site.site_id, row):
+            c.metrics.erased_dropped.inc()  # it names a person who was erased
+            continue
         if row["is_bot"] and site.drop_bots:
             c.metrics.bots_dropped.inc()
             continue

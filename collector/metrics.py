@@ -78,6 +78,9 @@ class Metrics:
         self.consent_dropped = Counter(
             "tagwerk_consent_dropped_total",
             "Web hits without analytics consent dropped by a site's setting.")
+        self.erased_dropped = Counter(
+            "tagwerk_erased_dropped_total",
+            "Hits dropped because they name an erased person's identifier.")
         self.rows_inserted = Counter(
             "tagwerk_rows_inserted_total", "Rows inserted into ClickHouse.")
         self.duplicates_dropped = Counter(
@@ -95,7 +98,7 @@ class Metrics:
     def render(self) -> str:
         lines: list[str] = []
         for metric in (self.hits_accepted, self.hits_rejected, self.bots_dropped,
-                       self.consent_dropped,
+                       self.consent_dropped, self.erased_dropped,
                        self.rows_inserted, self.duplicates_dropped, self.flush_failures,
                        self.flush_seconds, *self.gauges):
             lines += metric.render()

@@ -3,6 +3,7 @@ started and stopped together."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ from collector.flusher import Flusher
 from collector.geo import GeoIP
 from collector.metrics import Metrics
 from collector.migrations import migrate
+from collector.privacy.tombstones import Tombstones
 from collector.sites import Sites
 from collector.spool import Spool
 from collector.storage import StorageError, Store, open_store
@@ -40,6 +42,7 @@ class Collector:
         self.sites = Sites(self.store, settings.data_dir / "sites.json")
         self.containers = Containers(self.store)
         self.previews = Previews(self.store)
+        self.tombstones = Tombstones(self.store)
         self.spool = Spool(settings.spool_dir, settings.spool_segment_bytes,
                            settings.spool_max_bytes, settings.spool_commit_delay_ms / 1000)
         self.flusher = Flusher(self.spool, self.store, self.metrics,
@@ -77,6 +80,7 @@ class Collector:
             if self.settings.demo_site:
                 self._ensure_demo_site()
             self.sites.load()
+            self.tombstones.load()
         except StorageError as exc:
             if not self.sites.load_snapshot():
                 raise
@@ -115,6 +119,8 @@ class Collector:
                     break  # ClickHouse is away: keep what is known
             if self._stopping.wait(CONTAINER_REFRESH_SECONDS):
                 return
+            with contextlib.suppress(StorageError):
+                self.tombstones.load()  # erasures made through other collectors
             if time.monotonic() - last_sites >= self.sites.refresh_seconds:
                 self.sites.reload()
                 last_sites = time.monotonic()

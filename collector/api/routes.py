@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from starlette.routing import Route
 
-from collector.api import persons, products, recommend
+from collector.api import persons, privacy, products, recommend
 
 SITE = "/api/v1/sites/{site}"
 
@@ -17,6 +17,8 @@ ROUTES: list[Route] = [
     Route(SITE + "/identity/operations", persons.operations, methods=["GET"]),
     Route(SITE + "/identity/operations/{op_id}/undo", persons.undo, methods=["POST"]),
     Route(SITE + "/identity/overloaded", persons.overloaded, methods=["GET"]),
+    Route(SITE + "/privacy/erase", privacy.erase, methods=["POST"]),
+    Route(SITE + "/privacy/access", privacy.access, methods=["GET"]),
 ]
 ROUTES += products.routes(SITE)  # top, trending, related: the read key
 ROUTES += recommend.ROUTES  # the browser-safe variant under /t/{site}/recommend/

@@ -97,6 +97,8 @@ class Graph:
         if kind == "user":
             return (kind, ident) if self._linked(kind, ident) or self._seen(kind, ident) else None
         owners = self._owners(kind, ident)
+        if owners.startswith("\0"):  # its last owner was erased: nobody's, as far as we say
+            return None
         if owners:
             return "user", owners
         return (kind, ident) if self._seen(kind, ident) else None
@@ -280,17 +282,20 @@ def rows_of(person: Person, ts: str = "ts", identifiers: bool = True
         "p_kind": [s.kind for s in others], "p_id": [s.id for s in others],
         "p_start": [s.start for s in others], "p_end": [s.end for s in others],
     }
+    # Times bind as text and convert in the lambda: a DELETE's mutation re-binds a
+    # DateTime64 array parameter as epoch numbers it cannot read back (chDB 26.9).
+    start, end = "toDateTime64(s, 3, 'UTC')", "toDateTime64(e, 3, 'UTC')"
     by_identifier = (
         " OR (hasAny(mapValues(identifiers), {p_id:Array(String)}) AND "
-        f"arrayExists((k, i, s, e) -> identifiers[k] = i AND {ts} >= s AND {ts} < e, "
+        f"arrayExists((k, i, s, e) -> identifiers[k] = i AND {ts} >= {start} AND {ts} < {end}, "
         "{p_kind:Array(String)}, {p_id:Array(String)}, "
-        "{p_start:Array(DateTime64(3, 'UTC'))}, {p_end:Array(DateTime64(3, 'UTC'))}))"
+        "{p_start:Array(String)}, {p_end:Array(String)}))"
     ) if identifiers else ""
     condition = (
         "(user_id IN {p_users:Array(String)} OR (user_id = '' AND ("
         "(device_id IN {p_dev:Array(String)} AND arrayExists((i, s, e) -> device_id = i "
-        f"AND {ts} >= s AND {ts} < e, {{p_dev:Array(String)}}, "
-        "{p_dev_start:Array(DateTime64(3, 'UTC'))}, {p_dev_end:Array(DateTime64(3, 'UTC'))}))"
+        f"AND {ts} >= {start} AND {ts} < {end}, {{p_dev:Array(String)}}, "
+        "{p_dev_start:Array(String)}, {p_dev_end:Array(String)}))"
         f"{by_identifier})))"
     )
     return condition, params

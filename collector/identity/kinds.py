@@ -29,7 +29,8 @@ class IdentifierError(ValueError):
 
 
 def is_junk(value: str) -> bool:
-    return value.strip().lower() in JUNK
+    """A placeholder, or a value starting with NUL (reserved: an erasure's anchor)."""
+    return value.strip().lower() in JUNK or value.startswith("\0")
 
 
 def clean(kind: str, value: str, field: str) -> str:

@@ -1,0 +1,47 @@
+"""Privacy operations over HTTP, with the admin key.
+
+    POST {site}/privacy/erase    {"id": "kind:id"}   erase the person everywhere
+    GET  {site}/privacy/access?id=kind:id           everything stored about the person
+"""
+
+from __future__ import annotations
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+
+from collector.api import body, query
+from collector.api.access import ADMIN, ApiError, json_response, keyed
+from collector.api.persons import actor, identifier
+from collector.privacy import erase as erasure
+from collector.privacy.access import access as access_request
+from collector.service import Collector
+from collector.sites import Site
+
+
+@keyed(ADMIN)
+async def erase(request: Request, collector: Collector, site: Site) -> Response:
+    query.params(request, ())
+    data = await body.json_object(request, ("id",), ("id",))
+    kind, ident = identifier(site, data["id"], "id")
+    flush = erasure.wait_flushed(lambda: collector.spool.durable,
+                                 lambda: collector.spool.checkpoint.flushed)
+    try:
+        done = await run_in_threadpool(erasure.erase, collector.store, site,
+                                       collector.tombstones, kind, ident, actor(site), flush)
+    except erasure.NotFound as exc:
+        raise ApiError(404, str(exc), "id") from None
+    return json_response(done)
+
+
+@keyed(ADMIN)
+async def access(request: Request, collector: Collector, site: Site) -> Response:
+    values = query.params(request, ("id",))
+    if "id" not in values:
+        raise ApiError(400, "'id' is required: ?id=kind:id", "id")
+    kind, ident = identifier(site, values["id"], "id")
+    found = await run_in_threadpool(access_request, collector.store, site, kind, ident,
+                                    actor(site))
+    if found is None:
+        raise ApiError(404, f"nobody is known by {kind}:{ident[:64]} on this site", "id")
+    return json_response(found)

@@ -1,0 +1,66 @@
+"""A person's access request: everything stored about them, as JSON.
+
+Their identifiers and merges, their profile, every raw row of theirs (all columns), the
+consent decisions those rows were collected under, and the identity operations that
+involved them. Rows beyond ``MAX_ROWS`` are left out and said so (``truncated``); the raw
+export serves larger needs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+import orjson
+
+from collector.identity import profile as profiles
+from collector.identity.graph import Graph, rows_of
+from collector.privacy.tombstones import subject
+from collector.sites import Site
+from collector.storage import Store
+
+MAX_ROWS = 100_000
+
+
+def access(store: Store, site: Site, kind: str, ident: str, actor: str
+           ) -> dict[str, Any] | None:
+    person = Graph(store, site).resolve(kind, ident)
+    if person is None:
+        return None
+    site_id = site.site_id
+    where, params = rows_of(person)
+    bound = {"site": site_id, **params}
+    total = int(store.rows(f"SELECT count() AS n FROM tagwerk.events WHERE site_id = "
+                           f"{{site:String}} AND {where}", bound)[0]["n"])
+    events = store.rows(
+        f"SELECT * FROM tagwerk.events WHERE site_id = {{site:String}} AND {where} "
+        "ORDER BY ts, event_id LIMIT {most:UInt32}", {**bound, "most": MAX_ROWS})
+    consent_ids = sorted({e["consent_id"] for e in events if e.get("consent_id")})
+    consent = store.rows(
+        "SELECT consent_id, ts, granted, denied, policy, how, url FROM tagwerk.consent_log "
+        "WHERE site_id = {site:String} AND consent_id IN {ids:Array(String)} ORDER BY ts",
+        {"site": site_id, "ids": consent_ids}) if consent_ids else []
+    needles = [orjson.dumps(v).decode() for v in sorted(person.members)]
+    operations = store.rows(
+        "SELECT toString(op_id) AS op_id, op, target, actor, at FROM tagwerk.identity_operations "
+        "WHERE site_id = {site:String} AND multiSearchAny(concat(target, before, after), "
+        "{needles:Array(String)}) ORDER BY at", {"site": site_id, "needles": needles[:255]})
+    for op in operations:
+        op["target"] = orjson.loads(op["target"])
+    merged_ops = {pid: "" for pid in person.merged}
+    answer = {
+        "person": person.as_dict(merged_ops),
+        "profile": profiles.profile(store, site_id, person),
+        "events": events,
+        "events_total": total,
+        "truncated": total > len(events),
+        "consent": consent,
+        "identity_operations": operations,
+    }
+    row = {"site_id": site_id, "request_id": str(uuid.uuid4()), "op": "access",
+           "subject": subject(site_id, kind, ident), "identifiers": len(person.identifiers),
+           "removed": "{}", "actor": actor,
+           "at": dt.datetime.now(dt.UTC).isoformat(" ", "milliseconds")[:23]}
+    store.insert("tagwerk.privacy_requests", orjson.dumps(row), "JSONEachRow")
+    return answer

@@ -1,0 +1,165 @@
+"""Erase a person everywhere, through every identifier linked to them.
+
+1. The identifiers that are theirs alone (their user ids, and every identifier whose rows
+   are all theirs) become tombstones: from now on a hit naming one is dropped at
+   ingestion, here at once and by other collectors within seconds.
+2. What this collector has acknowledged but not yet stored is flushed first, so that it
+   is found by the deletes.
+3. Their rows go from ``events`` and from every table keyed by person, session or device
+   (``PERSON_TABLES``): the rows with one of their user ids, and the rows without a user id
+   naming one of their identifiers while it was theirs. A shared device keeps the other
+   persons' rows.
+4. Their identity rows go: the links made with their user ids, merges and splits
+   involving them, and the audit rows of those operations (they hold identifiers). A
+   shared identifier's links to them become links to an erased anchor (a user id no
+   request can name), so that the time it was theirs stays nobody's: a late hit of that
+   time is not handed to the device's other owner.
+5. An audit row records who erased what and when: the digest of the identifier asked for,
+   the number of identifiers and the rows removed per table, never an identifier.
+
+Counts and deletes are ClickHouse lightweight deletes, synchronous: when the answer comes,
+a query no longer sees the rows. Aggregates keep no identifiers (unique counts are hash
+sketches; pair tables are recomputed from the session and purchase state every minute).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from collector.identity.graph import BEGINNING, END, Graph, Person, rows_of
+from collector.identity.kinds import person_id
+from collector.privacy.tombstones import Tombstones, subject
+from collector.sites import Site
+from collector.storage import Store
+
+ERASED = "\0erased:"  # the anchor of what erased persons held on shared identifiers
+FLUSH_WAIT = 10.0
+
+# Tables keyed by person, session or device: (table, time expression, has identifiers).
+PERSON_TABLES = (
+    ("events", "ts", True),
+    ("person_activity", "ts", True),
+    ("session_items", "last_ts", False),
+    ("session_entries", "first.1", False),
+    ("purchased_items", "last_ts", False),
+)
+
+
+class NotFound(Exception):
+    pass
+
+
+def owned(person: Person) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """The person's identifiers split into theirs alone and shared with someone else."""
+    spans: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    for span in person.spans:
+        spans.setdefault((span.kind, span.id), []).append((span.start, span.end))
+    alone = [("user", u) for u in person.users]
+    shared = []
+    for pair, ranges in sorted(spans.items()):
+        (alone if ranges == [(BEGINNING, END)] else shared).append(pair)
+    return alone, shared
+
+
+def erase(store: Store, site: Site, tombstones: Tombstones, kind: str, ident: str,
+          actor: str, flush: Callable[[float], bool]) -> dict[str, Any]:
+    """Erase the person known by ``kind:ident``; ``flush(timeout)`` waits until what this
+    collector acknowledged is stored. Raises NotFound."""
+    graph = Graph(store, site)
+    person = graph.resolve(kind, ident)
+    if person is None:
+        raise NotFound(f"nobody is known by {kind}:{ident[:64]} on this site")
+    site_id = site.site_id
+    request_id = str(uuid.uuid4())
+    alone, shared = owned(person)
+    tombstones.add(site_id, [subject(site_id, k, i) for k, i in alone], request_id)
+    flushed = flush(FLUSH_WAIT)
+    removed: dict[str, int] = {}
+    for table, ts, has_identifiers in PERSON_TABLES:
+        where, params = rows_of(person, ts, has_identifiers)
+        removed[table] = _delete(store, f"tagwerk.{table}",
+                                 f"site_id = {{site:String}} AND {where}",
+                                 {"site": site_id, **params})
+    removed.update(_erase_identity(store, site_id, person, shared, request_id))
+    identifiers = len(alone) + len(shared)
+    _audit(store, site_id, request_id, subject(site_id, kind, ident), identifiers, removed,
+           actor)
+    return {"request_id": request_id, "person_id": person.person_id,
+            "identifiers": identifiers, "removed": removed, "spool_flushed": flushed}
+
+
+def _erase_identity(store: Store, site_id: str, person: Person,
+                    shared: list[tuple[str, str]], request_id: str) -> dict[str, int]:
+    users = [person_id(site_id, "user", u) for u in person.users]
+    members = sorted(person.members)
+    base = {"site": site_id, "users": users, "members": members}
+    if shared:
+        # The time a shared identifier was theirs stays nobody's (see the module's doc).
+        anchor = ERASED + request_id
+        store.execute(
+            "INSERT INTO tagwerk.identity_links (site_id, kind, id, user_id, person_id, ts, "
+            "source, event_id, retention_days) SELECT site_id, kind, id, {anchor:String}, "
+            "{anchor_person:String}, ts, 'erased', generateUUIDv4(), retention_days "
+            "FROM tagwerk.identity_links WHERE site_id = {site:String} "
+            "AND person_id IN {users:Array(String)} AND kind IN {kinds:Array(String)} "
+            "AND id IN {ids:Array(String)}",
+            {**base, "anchor": anchor, "anchor_person": person_id(site_id, "user", anchor),
+             "kinds": sorted({k for k, _ in shared}), "ids": sorted({i for _, i in shared})})
+    removed = {
+        "identity_links": _delete(
+            store, "tagwerk.identity_links",
+            "site_id = {site:String} AND person_id IN {users:Array(String)}", base),
+        "identity_merges": _delete(
+            store, "tagwerk.identity_merges", "site_id = {site:String} AND "
+            "(person_id IN {members:Array(String)} OR into_person IN {members:Array(String)})",
+            base),
+    }
+    identifiers = sorted({s.id for s in person.spans} | set(person.users))
+    removed["identity_overrides"] = _delete(
+        store, "tagwerk.identity_overrides", "site_id = {site:String} AND "
+        "(person_id IN {members:Array(String)} OR id IN {ids:Array(String)})",
+        {**base, "ids": identifiers})
+    # Audit rows of merges and splits name the person's ids and identifiers (JSON strings).
+    needles = [orjson.dumps(v).decode() for v in [*members, *identifiers]]
+    removed["identity_operations"] = _delete(
+        store, "tagwerk.identity_operations", "site_id = {site:String} AND "
+        "multiSearchAny(concat(target, before, after), {needles:Array(String)})",
+        {"site": site_id, "needles": needles[:255]}) if needles else 0
+    return removed
+
+
+def _delete(store: Store, table: str, where: str, params: dict[str, Any]) -> int:
+    found = store.rows(f"SELECT count() AS n FROM {table} WHERE {where}", params)
+    count = int(found[0]["n"]) if found else 0
+    if count:
+        store.execute(f"DELETE FROM {table} WHERE {where}", params)
+    return count
+
+
+def _audit(store: Store, site_id: str, request_id: str, digest: str, identifiers: int,
+           removed: dict[str, int], actor: str) -> None:
+    row = {"site_id": site_id, "request_id": request_id, "op": "erase", "subject": digest,
+           "identifiers": identifiers, "removed": orjson.dumps(removed).decode(),
+           "actor": actor, "at": dt.datetime.now(dt.UTC).isoformat(" ", "milliseconds")[:23]}
+    store.insert("tagwerk.privacy_requests", orjson.dumps(row), "JSONEachRow")
+
+
+def wait_flushed(spool_durable: Callable[[], Any], flushed: Callable[[], Any]
+                 ) -> Callable[[float], bool]:
+    """``flush(timeout)`` for a collector: wait until the flusher has stored what was
+    durable when it was called."""
+    def flush(timeout: float) -> bool:
+        target = spool_durable()
+        deadline = time.monotonic() + timeout
+        while flushed() < target:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+        return True
+    return flush

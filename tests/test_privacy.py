@@ -1,0 +1,176 @@
+"""Privacy operations: erasure through every linked identifier, from every table, with late
+hits dropped; the access request; keys and bad input (collector/privacy/)."""
+
+from __future__ import annotations
+
+import uuid
+
+import orjson
+import pytest
+
+from tests.helpers import CHROME, drained, make_client, wait_for
+from tests.test_profile import ALL, hit, item, journey
+
+SITE = "priv-shop"
+BASE = f"/api/v1/sites/{SITE}"
+
+
+@pytest.fixture(scope="module")
+def env(store, tmp_path_factory):
+    client, collector = make_client(store, tmp_path_factory.mktemp("privacy"), demo_site=False)
+    with client:
+        _, keys = collector.sites.create(SITE)
+        _, other = collector.sites.create("priv-other")
+        yield client, collector, {SITE: keys, "priv-other": other}
+
+
+def send(env, events, site=SITE):
+    client, collector, keys = env
+    r = client.post("/api/v1/batch", content=orjson.dumps({"events": events}),
+                    headers={"Authorization": f"Bearer {keys[site]['write']}"})
+    assert r.status_code == 202, r.text
+    wait_for(lambda: drained(collector))
+    return r.json()["accepted"]
+
+
+def call(env, method, path, data=None, key="admin", site=SITE):
+    client, _, keys = env
+    headers = {"Authorization": f"Bearer {keys[site][key]}"} if key else {}
+    content = data if isinstance(data, bytes) or data is None else orjson.dumps(data)
+    return client.request(method, path, content=content, headers=headers)
+
+
+def found_anywhere(store, values):
+    """Every row of every tagwerk table that holds one of ``values`` anywhere."""
+    tables = store.rows("SELECT name FROM system.tables WHERE database = 'tagwerk' "
+                        "AND engine LIKE '%MergeTree'")
+    hits = {}
+    for table in (t["name"] for t in tables):
+        n = store.rows(
+            f"SELECT count() AS n FROM tagwerk.{table} WHERE "
+            "multiSearchAny(formatRow('TSV', *), {v:Array(String)})", {"v": values})[0]["n"]
+        if int(n):
+            hits[table] = int(n)
+    return hits
+
+
+def test_erase_removes_the_person_everywhere_and_keeps_others(env):
+    client, collector, keys = env
+    store = collector.store
+    user, phone, desk, card, (shoes, _, _), events = journey()
+    # A sister uses the phone later, logged in as herself: her part stays.
+    sister = f"sis-{uuid.uuid4().hex[:8]}"
+    consent_id = uuid.uuid4().hex
+    assert client.post("/consent", content=orjson.dumps(
+        {"site": SITE, "consent_id": consent_id, "granted": ALL, "denied": [],
+         "policy": "0123456789abcdef", "how": "banner"})).status_code in (200, 202, 204)
+    events = [{**e, "consent_id": consent_id, "session_id": f"s-{user}"} for e in events]
+    events += [
+        {**hit("login", "2026-11-12T09:00:00Z", device_id=phone), "type": "identify",
+         "user_id": sister},
+        hit("view_item", "2026-11-12T09:05:00Z", [shoes], device_id=phone,
+            session_id=f"s-{sister}"),
+    ]
+    send(env, events)
+    wait_for(lambda: store.rows(
+        "SELECT count() AS n FROM tagwerk.session_items WHERE session_id = {s:String}",
+        {"s": f"s-{user}"})[0]["n"])
+    mine = [user, desk, card, f"s-{user}"]
+    assert found_anywhere(store, mine)
+
+    r = call(env, "POST", f"{BASE}/privacy/erase", {"id": f"loyalty:{card}"})
+    assert r.status_code == 200, r.text
+    done = r.json()
+    assert done["removed"]["events"] >= 6 and done["removed"]["person_activity"] >= 5
+    assert done["removed"]["identity_links"] >= 4 and done["identifiers"] == 4
+    assert done["spool_flushed"] is True
+    # Nothing of them anywhere, the audit trail included; the consent decision remains,
+    # linked to nobody.
+    assert found_anywhere(store, mine) == {}
+    assert store.rows("SELECT count() AS n FROM tagwerk.consent_log WHERE consent_id = "
+                      "{c:String}", {"c": consent_id})[0]["n"] == 1
+    assert store.rows("SELECT count() AS n FROM tagwerk.events WHERE consent_id = "
+                      "{c:String}", {"c": consent_id})[0]["n"] == 0
+    for ident in (f"user:{user}", f"loyalty:{card}", f"device:{desk}"):
+        assert call(env, "GET", f"{BASE}/persons/{ident}", key="read").status_code == 404
+    # The phone was shared: the sister's hits stay hers; the phone's hits of the erased
+    # person's time went with them and are handed to nobody.
+    profile = call(env, "GET", f"{BASE}/persons/user:{sister}/profile", key="read").json()
+    assert [v["product_id"] for v in profile["viewed"]] == [shoes["product_id"]]
+    assert profile["purchased"] == []
+    phone_rows = store.rows("SELECT ts FROM tagwerk.events WHERE site_id = {s:String} AND "
+                            "device_id = {d:String} ORDER BY ts", {"s": SITE, "d": phone})
+    assert [r["ts"][:10] for r in phone_rows] == ["2026-11-12", "2026-11-12"]
+    # Late hits naming them are dropped, also through another path.
+    accepted = send(env, [hit("view_item", "2026-11-13T10:00:00Z", [shoes], user_id=user),
+                          hit("purchase", "2026-11-13T10:00:00Z", [shoes], channel="pos",
+                              identifiers={"loyalty": card}),
+                          hit("page_view", "2026-11-13T10:00:00Z", device_id=desk,
+                              agent=CHROME)])
+    assert accepted == 0
+    assert found_anywhere(store, mine) == {}
+    # The audit row: who and what, counted, no identifier.
+    [audit] = store.rows("SELECT op, subject, identifiers, removed, actor FROM "
+                         "tagwerk.privacy_requests WHERE request_id = {r:UUID}",
+                         {"r": done["request_id"]})
+    assert audit["op"] == "erase" and audit["identifiers"] == 4
+    assert orjson.loads(audit["removed"]) == done["removed"]
+    assert audit["actor"].startswith("admin:") and len(audit["subject"]) == 64
+
+
+def test_access_gives_everything_stored(env):
+    user, phone, desk, card, _, events = journey()
+    send(env, events)
+    r = call(env, "GET", f"{BASE}/privacy/access?id=device:{phone}")
+    assert r.status_code == 200, r.text
+    data = r.json()
+    assert data["person"]["person_id"] == call(
+        env, "GET", f"{BASE}/persons/user:{user}", key="read").json()["person_id"]
+    # Every row of theirs: the bot's and the unconsented ones too (they are stored).
+    assert data["events_total"] == len(data["events"]) == len(events)
+    assert {e["event"] for e in data["events"]} == {"view_item", "login", "add_to_cart",
+                                                    "purchase"}
+    assert data["truncated"] is False and data["profile"]["purchased"]
+    assert call(env, "GET", f"{BASE}/privacy/access?id=device:nobody-{uuid.uuid4()}"
+                ).status_code == 404
+
+
+@pytest.mark.parametrize(("method", "path", "data", "status", "field"), [
+    ("POST", "/privacy/erase", b"", 400, ""),
+    ("POST", "/privacy/erase", b"{}", 400, "id"),
+    ("POST", "/privacy/erase", {"id": 5}, 400, "id"),
+    ("POST", "/privacy/erase", {"id": "user:undefined"}, 400, "id"),
+    ("POST", "/privacy/erase", {"id": "planet:earth"}, 400, "id"),
+    ("POST", "/privacy/erase", {"id": "user:x", "also": 1}, 400, "also"),
+    ("POST", "/privacy/erase", b'{"id": "user:\xff"}', 400, ""),
+    ("POST", "/privacy/erase", b"x" * 70000, 413, ""),
+    ("POST", "/privacy/erase", {"id": f"user:nobody-{uuid.uuid4()}"}, 404, "id"),
+    ("GET", "/privacy/access", None, 400, "id"),
+    ("GET", "/privacy/access?id=user:a&id=user:b", None, 400, "id"),
+    ("GET", "/privacy/access?id=%ff", None, 400, "id"),
+    ("GET", "/privacy/access?id=user:a&format=csv", None, 400, "format"),
+])
+def test_privacy_bad_input(env, method, path, data, status, field):
+    r = call(env, method, BASE + path, data)
+    assert r.status_code == status, r.text
+    assert r.json().get("field", "") == field
+
+
+def test_privacy_needs_the_sites_admin_key(env):
+    client, _, keys = env
+    user = f"c-{uuid.uuid4().hex[:8]}"
+    send(env, [{**hit("login", "2026-11-12T09:00:00Z"), "type": "identify", "user_id": user}])
+    body = orjson.dumps({"id": f"user:{user}"})
+    path = f"{BASE}/privacy/erase"
+    assert client.post(path, content=body).status_code == 401
+    for key in (keys[SITE]["read"], keys[SITE]["write"], keys["priv-other"]["admin"]):
+        r = client.post(path, content=body, headers={"Authorization": f"Bearer {key}"})
+        assert r.status_code == 403 and "admin key" in r.json()["error"]
+        r = client.get(f"{BASE}/privacy/access?id=user:{user}",
+                       headers={"Authorization": f"Bearer {key}"})
+        assert r.status_code == 403
+    # Another site's admin key on its own site finds nobody of ours.
+    r = call(env, "POST", "/api/v1/sites/priv-other/privacy/erase", {"id": f"user:{user}"},
+             site="priv-other")
+    assert r.status_code == 404
+    assert call(env, "GET", f"{BASE}/persons/user:{user}", key="read").status_code == 200
