@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from tests.helpers import CHROME, drained, make_client, wait_for
-from tests.test_profile import ALL, hit, item, journey
+from tests.test_profile import ALL, hit, journey
 
 SITE = "priv-shop"
 BASE = f"/api/v1/sites/{SITE}"
