@@ -43,6 +43,10 @@ _REFRESH = re.compile(r"^\s*REFRESH\b", re.I)
 _INSERT = re.compile(r"^\s*INSERT INTO\b", re.I)
 _NAME = re.compile(r"\b(\w+)\.(\w+)\b")
 _ALTER = re.compile(r"^\s*ALTER TABLE (\w+)\.(\w+)", re.I)
+# ALTERs of what only the shards' storage has: indexes, projections, TTL.
+_STORAGE_ONLY = re.compile(
+    r"\s*(ADD|DROP|MATERIALIZE|CLEAR)\s+(INDEX|PROJECTION)\b"
+    r"|\s*(MODIFY|REMOVE)\s+TTL\b", re.I)
 _ENGINE = re.compile(r"ENGINE\s*=\s*(\w*MergeTree)(?:\(([^)]*)\))?", re.I)
 
 
@@ -192,6 +196,8 @@ def _render_for_cluster(stmt: str, cluster: str, shard_key: str | None,
     if match := _ALTER.match(stmt):
         db, table = match.group(1), match.group(2)
         rest = stmt[match.end():]
+        if shard_key and _STORAGE_ONLY.match(rest):
+            return [f"ALTER TABLE {db}.{table}_local {on}{rest}"]  # a Distributed has none
         if shard_key:
             # Columns must change on the shards and on the Distributed table alike.
             return [

@@ -57,6 +57,15 @@ def test_cluster_render_of_alter():
     ]
 
 
+def test_cluster_render_of_storage_alters_stays_on_the_shards():
+    """A Distributed table has no indexes or TTL: those ALTERs go to the local tables."""
+    for clause in ("ADD INDEX IF NOT EXISTS i x TYPE bloom_filter GRANULARITY 4",
+                   "MATERIALIZE INDEX i", "MODIFY TTL toDate(ts) + INTERVAL 1 DAY"):
+        m = migrations.Migration(9, "x", f"-- cluster: sharded by rand()\n"
+                                 f"ALTER TABLE tagwerk.events {clause}")
+        assert render(m, "c") == [f"ALTER TABLE tagwerk.events_local ON CLUSTER c {clause}"]
+
+
 def test_cluster_name_is_checked():
     events = next(m for m in load_migrations() if m.name == "events")
     with pytest.raises(ValueError, match="cluster name"):
