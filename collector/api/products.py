@@ -20,8 +20,10 @@ null when none was.
 - **Related** reads the pair tables: sessions that viewed both (``co_view``) or buyers who
   bought both (``co_purchase``); never the product itself. They are recomputed every minute.
 
-Answers are kept until the flusher's next insert or for at most ``CACHE_SECONDS``
-(inserts of other collectors on a cluster), so a hit is in the next answer once flushed.
+Top and trending answers are kept until the flusher's next insert or for at most
+``CACHE_SECONDS`` (inserts of other collectors on a cluster), so a hit is in the next
+answer once flushed; related answers for ``RELATED_SECONDS`` (their tables change once a
+minute).
 Every query takes a list of product ids to leave out: :func:`exclusions` computes it.
 """
 
@@ -49,6 +51,9 @@ KINDS = ("co_view", "co_purchase")
 SMOOTHING = 5.0
 HOUR = 3600
 CACHE_SECONDS = 1.0
+# Pair tables change only when their views refresh (every minute), not when the flusher
+# inserts: related answers are kept this long, whatever the flusher does.
+RELATED_SECONDS = 10.0
 CACHE_ENTRIES = 4096
 MAX_EXCLUDED = 1000
 
@@ -192,10 +197,12 @@ class Answers:
 
     async def get(self, site_id: str, ask: Ask, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
         key = (site_id, ask, exclude)
-        version = self.collector.spool.checkpoint.flushed
+        related = ask.kind == "related"
+        version = None if related else self.collector.spool.checkpoint.flushed
         now = time.monotonic()
         found = self._done.get(key)
-        if found is not None and found[0] == version and now - found[1] < CACHE_SECONDS:
+        if found is not None and found[0] == version and \
+                now - found[1] < (RELATED_SECONDS if related else CACHE_SECONDS):
             return found[2]
         running = self._running.get(key)
         if running is not None:
