@@ -31,13 +31,55 @@ from collector.storage import Store
 BEGINNING = "1970-01-01 00:00:00.000"
 END = "2299-12-31 00:00:00.000"
 MAX_LINKS = 100_000  # link rows read for one person's identifiers
-# Rows of some (kind, id) pairs: the key's columns, narrowed again in Python (a parameter
-# cannot be an array of tuples: the arrays bind as they are).
-PAIRS = "kind IN {kinds:Array(String)} AND id IN {ids:Array(String)}"
+# Everything that decides whose an identifier is, in one statement: its split (override),
+# its users by first link (the first `cap` only), and the merges of every person it could
+# belong to, with the persons merged into those (rows: part, a, b, c, d).
+ANCHOR = """
+SELECT 'override' AS part, person_id AS a, '' AS b, '' AS c, '' AS d
+FROM tagwerk.identity_overrides FINAL
+WHERE site_id = {site:String} AND kind = {kind:String} AND id = {id:String} AND person_id != ''
+UNION ALL
+SELECT 'owner', user_id, toString(first), toString(last), ''
+FROM (SELECT user_id, min(ts) AS first, max(ts) AS last FROM tagwerk.identity_links
+      WHERE site_id = {site:String} AND kind = {kind:String} AND id = {id:String}
+      GROUP BY user_id ORDER BY first, user_id LIMIT {cap:UInt32})
+UNION ALL
+SELECT 'merge', person_id, into_person, into_kind, into_id FROM candidate_merges
+UNION ALL
+SELECT 'member', person_id, into_person, kind, id FROM tagwerk.identity_merges FINAL
+WHERE site_id = {site:String} AND into_person != ''
+  AND into_person IN (SELECT into_person FROM candidate_merges UNION ALL SELECT {own:String}
+                      UNION ALL SELECT person_id FROM candidates)
+"""
+ANCHOR = "WITH candidates AS (SELECT DISTINCT person_id FROM tagwerk.identity_links " \
+    "WHERE site_id = {site:String} AND kind = {kind:String} AND id = {id:String}), " \
+    "candidate_merges AS (SELECT person_id, into_person, into_kind, into_id " \
+    "FROM tagwerk.identity_merges FINAL WHERE site_id = {site:String} AND into_person != '' " \
+    "AND (person_id = {own:String} OR person_id IN (SELECT person_id FROM candidates)))" + ANCHOR
 
-
-def pair_params(pairs: list[tuple[str, str]]) -> dict[str, list[str]]:
-    return {"kinds": sorted({k for k, _ in pairs}), "ids": sorted({i for _, i in pairs})}
+# What a person holds, in one statement: every link of every identifier linked to their
+# user ids or anchoring one of their merged persons (with every user, to draw the spans),
+# those identifiers' splits, and their user ids' first and last links
+# (rows: part, kind, id, user_id, ts, last).
+HOLDINGS = """
+WITH held AS (
+    SELECT kind, id FROM tagwerk.identity_links
+    WHERE site_id = {site:String} AND person_id IN {pids:Array(String)} AND kind != 'user'
+    UNION DISTINCT
+    SELECT tupleElement(pair, 1), tupleElement(pair, 2)
+    FROM (SELECT arrayJoin(arrayZip({anchor_kinds:Array(String)}, {anchor_ids:Array(String)}))
+          AS pair)
+)
+SELECT 'link' AS part, toString(kind) AS kind, id, user_id, toString(ts) AS ts, '' AS last
+FROM (SELECT kind, id, user_id, ts FROM tagwerk.identity_links
+      WHERE site_id = {site:String} AND (kind, id) IN held LIMIT {most:UInt32})
+UNION ALL
+SELECT 'override', toString(kind), id, person_id, '', '' FROM tagwerk.identity_overrides FINAL
+WHERE site_id = {site:String} AND (kind, id) IN held AND person_id != ''
+UNION ALL
+SELECT 'user', 'user', id, '', toString(min(ts)), toString(max(ts)) FROM tagwerk.identity_links
+WHERE site_id = {site:String} AND kind = 'user' AND id IN {users:Array(String)} GROUP BY id
+"""
 
 
 @dataclass(frozen=True)
@@ -85,59 +127,43 @@ class Graph:
 
     # -- one identifier -----------------------------------------------------------------------
 
-    def anchor_of(self, kind: str, ident: str) -> tuple[str, str] | None:
-        """The anchor of the person the identifier belongs to now, before merges; None if
-        the identifier was never seen."""
-        override = self._rows(
-            "SELECT person_id FROM tagwerk.identity_overrides FINAL WHERE site_id = {site:String} "
-            "AND kind = {kind:String} AND id = {id:String} AND person_id != ''",
-            kind=kind, id=ident)
-        if override:
-            return kind, ident
-        if kind == "user":
-            return (kind, ident) if self._linked(kind, ident) or self._seen(kind, ident) else None
-        owners = self._owners(kind, ident)
-        if owners.startswith("\0"):  # its last owner was erased: nobody's, as far as we say
-            return None
-        if owners:
-            return "user", owners
-        return (kind, ident) if self._seen(kind, ident) else None
-
     def resolve(self, kind: str, ident: str) -> Person | None:
-        """The person the identifier belongs to now (after merges), with all they hold."""
-        anchor = self.anchor_of(kind, ident)
+        """The person the identifier belongs to now (after merges), with all they hold;
+        None if the identifier was never seen. Two statements (one more for an identifier
+        nobody linked): every chDB call costs about a millisecond before any work."""
+        own = person_id(self.site_id, kind, ident)
+        rows = self._rows(ANCHOR, kind=kind, id=ident, own=own, cap=self.cap)
+        parts: dict[str, list[dict[str, Any]]] = {}
+        for row in rows:
+            parts.setdefault(row["part"], []).append(row)
+        anchor = self._anchor(kind, ident, parts)
         if anchor is None:
             return None
         pid = person_id(self.site_id, *anchor)
-        merged = self._rows(
-            "SELECT into_person, into_kind, into_id FROM tagwerk.identity_merges FINAL "
-            "WHERE site_id = {site:String} AND person_id = {pid:String} AND into_person != ''",
-            pid=pid)
-        if merged:
-            pid, anchor = merged[0]["into_person"], (merged[0]["into_kind"], merged[0]["into_id"])
+        merges = {r["a"]: r for r in parts.get("merge", [])}
+        if pid in merges:
+            into = merges[pid]
+            pid, anchor = into["b"], (into["c"], into["d"])
         person = Person(pid, *anchor)
-        for row in self._rows(
-            "SELECT person_id, kind, id FROM tagwerk.identity_merges FINAL "
-            "WHERE site_id = {site:String} AND into_person = {pid:String}", pid=pid,
-        ):
-            person.merged[row["person_id"]] = (row["kind"], row["id"])
+        for row in parts.get("member", []):
+            if row["b"] == pid:
+                person.merged[row["a"]] = (row["c"], row["d"])
         self._fill(person)
         return person
 
-    def _owners(self, kind: str, ident: str) -> str:
-        """The user owning a (non-user) identifier now: the latest link among its first
-        ``cap`` users; "" without links."""
-        rows = self._rows(
-            "SELECT user_id, min(ts) AS first, max(ts) AS last FROM tagwerk.identity_links "
-            "WHERE site_id = {site:String} AND kind = {kind:String} AND id = {id:String} "
-            "GROUP BY user_id ORDER BY first, user_id LIMIT {cap:UInt32}",
-            kind=kind, id=ident, cap=self.cap)
-        return max(rows, key=lambda r: (r["last"], r["user_id"]))["user_id"] if rows else ""
-
-    def _linked(self, kind: str, ident: str) -> bool:
-        return bool(self._rows(
-            "SELECT 1 FROM tagwerk.identity_links WHERE site_id = {site:String} "
-            "AND kind = {kind:String} AND id = {id:String} LIMIT 1", kind=kind, id=ident))
+    def _anchor(self, kind: str, ident: str, parts: dict[str, list[dict[str, Any]]]
+                ) -> tuple[str, str] | None:
+        if parts.get("override"):
+            return kind, ident
+        owners = parts.get("owner", [])
+        if kind == "user":
+            return (kind, ident) if owners or self._seen(kind, ident) else None
+        if owners:  # the latest link among the first `cap` users (ANCHOR orders them)
+            owner = max(owners, key=lambda r: (r["c"], r["a"]))["a"]
+            if owner.startswith("\0"):  # its last owner was erased: nobody's, as far as we say
+                return None
+            return "user", owner
+        return (kind, ident) if self._seen(kind, ident) else None
 
     def _seen(self, kind: str, ident: str) -> bool:
         where, params = row_condition_for(kind, ident)
@@ -149,51 +175,32 @@ class Graph:
 
     def _fill(self, person: Person) -> None:
         members = person.members
-        anchors = {pid: anchor for pid, anchor in person.merged.items()}
+        anchors = dict(person.merged)
         anchors[person.person_id] = (person.kind, person.id)
         person.users = sorted(ident for kind, ident in anchors.values() if kind == "user")
         user_persons = [pid for pid, (kind, _) in anchors.items() if kind == "user"]
-        # The identifiers ever linked to the person's user ids, and their anchors.
-        linked = self._rows(
-            "SELECT DISTINCT kind, id FROM tagwerk.identity_links WHERE site_id = {site:String} "
-            "AND person_id IN {pids:Array(String)} AND kind != 'user'", pids=user_persons,
-        ) if user_persons else []
-        candidates = {(r["kind"], r["id"]) for r in linked}
-        candidates |= {anchor for anchor in anchors.values() if anchor[0] != "user"}
-        pairs = sorted(candidates)
-        links: dict[tuple[str, str], list[dict]] = {pair: [] for pair in pairs}
+        others = sorted(anchor for anchor in anchors.values() if anchor[0] != "user")
+        links: dict[tuple[str, str], list[dict]] = {pair: [] for pair in others}
         overrides: dict[tuple[str, str], str] = {}
-        if pairs:
-            for row in self._rows(
-                "SELECT kind, id, user_id, ts FROM tagwerk.identity_links "
-                f"WHERE site_id = {{site:String}} AND {PAIRS} "
-                "ORDER BY kind, id, ts, user_id LIMIT {most:UInt32}",
-                **pair_params(pairs), most=MAX_LINKS,
-            ):
-                if (row["kind"], row["id"]) in links:
-                    links[(row["kind"], row["id"])].append(row)
-            for row in self._rows(
-                "SELECT kind, id, person_id FROM tagwerk.identity_overrides FINAL "
-                f"WHERE site_id = {{site:String}} AND {PAIRS} AND person_id != ''",
-                **pair_params(pairs),
-            ):
-                overrides[(row["kind"], row["id"])] = row["person_id"]
         seen: dict[tuple[str, str], tuple[str, str]] = {}
-        for pair in pairs:
-            spans = self._spans(pair, links[pair], overrides.get(pair), members)
+        for row in self._rows(HOLDINGS, pids=user_persons, users=person.users,
+                              anchor_kinds=[k for k, _ in others],
+                              anchor_ids=[i for _, i in others], most=MAX_LINKS):
+            pair = (row["kind"], row["id"])
+            if row["part"] == "link":
+                links.setdefault(pair, []).append({"user_id": row["user_id"], "ts": row["ts"]})
+            elif row["part"] == "override":
+                overrides[pair] = row["user_id"]
+            else:  # "user": a user id's first and last link
+                seen[pair] = (row["ts"], row["last"])
+        for pair in sorted(links):
+            spans = self._spans(pair, sorted(links[pair], key=lambda r: (r["ts"], r["user_id"])),
+                                overrides.get(pair), members)
             person.spans.extend(spans)
-            if spans:
-                times = [r["ts"] for r in links[pair]
-                         if person_id(self.site_id, "user", r["user_id"]) in members]
-                if times:
-                    seen[pair] = (min(times), max(times))
-        user_links = self._rows(
-            "SELECT id, min(ts) AS first, max(ts) AS last FROM tagwerk.identity_links "
-            "WHERE site_id = {site:String} AND kind = 'user' AND id IN {users:Array(String)} "
-            "GROUP BY id", users=person.users,
-        ) if person.users else []
-        for row in user_links:
-            seen[("user", row["id"])] = (row["first"], row["last"])
+            times = [r["ts"] for r in links[pair]
+                     if person_id(self.site_id, "user", r["user_id"]) in members]
+            if spans and times:
+                seen[pair] = (min(times), max(times))
         listed = [("user", u) for u in person.users]
         listed += sorted({(s.kind, s.id) for s in person.spans})
         missing = [pair for pair in listed if pair not in seen]

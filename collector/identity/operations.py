@@ -19,10 +19,19 @@ from typing import Any
 
 import orjson
 
-from collector.identity.graph import PAIRS, Graph, Person, pair_params
+from collector.identity.graph import Graph, Person
 from collector.identity.kinds import person_id
 from collector.sites import Site
 from collector.storage import Store
+
+# Rows of some (kind, id) pairs: the key's columns, narrowed again in Python (a parameter
+# cannot be an array of tuples: the arrays bind as they are).
+PAIRS = "kind IN {kinds:Array(String)} AND id IN {ids:Array(String)}"
+
+
+def pair_params(pairs: list[tuple[str, str]]) -> dict[str, list[str]]:
+    return {"kinds": sorted({k for k, _ in pairs}), "ids": sorted({i for _, i in pairs})}
+
 
 MERGE_COLUMNS = ("person_id", "kind", "id", "into_person", "into_kind", "into_id")
 OVERRIDE_COLUMNS = ("kind", "id", "person_id")

@@ -2,6 +2,9 @@
 from ``person_activity`` (``clickhouse/0013_person_activity.sql``): only hits with
 personalization consent, never bots.
 
+Read without FINAL: a replayed batch is dropped whole by the events table's insert
+deduplication, and its materialised views never see it, so rows are not doubled.
+
 A person without such hits has no profile: the endpoint answers 404, the same as for an
 identifier nobody knows, so that a profile never tells whether someone declined.
 """
@@ -35,7 +38,7 @@ def _groups(store: Store, site_id: str, person: Person) -> list[dict[str, Any]]:
         "SELECT event, product_id, category, brand, channel, device_class, "
         "count() AS n, sum(quantity) AS quantity, sum(revenue) AS revenue, max(ts) AS last, "
         "groupUniqArray(consent_id) AS consent_ids "
-        "FROM tagwerk.person_activity FINAL WHERE site_id = {site:String} "
+        "FROM tagwerk.person_activity WHERE site_id = {site:String} "
         f"AND key IN {{keys:Array(String)}} AND {where} "
         "GROUP BY event, product_id, category, brand, channel, device_class "
         "LIMIT {most:UInt32}",
@@ -46,7 +49,7 @@ def products(store: Store, site_id: str, person: Person, events: tuple[str, ...]
     """The products the person viewed or bought (``events`` names which)."""
     where, params = rows_of(person)
     rows = store.rows(
-        "SELECT DISTINCT product_id FROM tagwerk.person_activity FINAL "
+        "SELECT DISTINCT product_id FROM tagwerk.person_activity "
         "WHERE site_id = {site:String} AND key IN {keys:Array(String)} "
         f"AND event IN {{events:Array(String)}} AND product_id != '' AND {where} "
         "LIMIT {most:UInt32}",

@@ -1,0 +1,347 @@
+"""Persons under realistic data: profile latency and throughput, profile freshness under
+load, and erasure of a person among millions of rows.
+
+    python3 bench/persons.py [--events 10000000] [--devices 500000] [--persons 200000]
+                             [--products 5000] [--seconds 10] [--clients 32] [--load 5000]
+
+1. Generates the data in the embedded engine (``INSERT ... SELECT ... FROM numbers(N)``,
+   through every materialised view like any insert): 30 days of hits of ``--devices``
+   devices, 4 in 5 of them with analytics and personalization consent; 4 in 5 consented
+   devices belong to one of ``--persons`` customers (two devices each on average), who log
+   in (an identify event with a loyalty card) at some point of the month, their later hits
+   carrying their user id; 2% of hits are till purchases naming only the loyalty card.
+   Products have Zipf-like popularity. One more customer has 1,000 hits of their own
+   (phone, desktop, till) for the erasure.
+2. Runs ``tagwerk serve`` on it pinned to one core and measures
+   ``GET persons/{kind}:{id}/profile`` over random customers by device, user id and
+   loyalty card: p50/p99 of one client, and requests/s of ``--clients`` connections (wrk on
+   the other core); ratios to the goals (p99 20 ms, 1,000 requests/s).
+3. Freshness: while a thread sends ``--load`` events/s through the batch API, a probe
+   sends a view of a new product from a customer's device and polls that customer's
+   profile by their loyalty card until it shows: p50/p99 from the 202 (goal: 1 s).
+4. Erases the heavy customer by their loyalty card and checks, through the SQL port, that
+   no row of any table names any of their identifiers (goal: under 10 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from load import CLIENT_CORE, SERVER_CORE, free_port, wait_http, wrk  # noqa: E402
+
+SITE = "bench"
+GOAL_P99_MS, GOAL_RPS, GOAL_FRESH_S, GOAL_ERASE_S = 20.0, 1000.0, 1.0, 10.0
+MONTH_MS = 30 * 86400 * 1000
+
+# Each device's owner and login time are functions of the device number, so that the hits
+# and the identify events agree without a join.
+GENERATE = """
+INSERT INTO tagwerk.events (event_id, site_id, event, type, ts, received_at, channel,
+    device_id, session_id, user_id, consent, url, path, device_class, is_bot, items,
+    identifiers)
+SELECT
+    generateUUIDv4(n) AS event_id, '{site}' AS site_id,
+    multiIf(k < 30, 'page_view', k < 75, 'view_item', k < 90, 'add_to_cart',
+            k < 96, 'purchase', 'scroll') AS event,
+    'track' AS type,
+    start + toIntervalMillisecond(cityHash64(n, 3) % {month_ms}) AS ts,
+    ts AS received_at,
+    if(till, 'pos', 'web') AS channel,
+    if(consented AND NOT till, 'd' || toString(device), '') AS device_id,
+    if(consented AND NOT till, 'd' || toString(device) || '-' || toString(toDate(ts)), '')
+        AS session_id,
+    if(consented AND NOT till AND owned AND ts >= login, 'u' || toString(owner), '')
+        AS user_id,
+    if(consented, ['analytics', 'personalization'], []) AS consent,
+    'https://shop.example' || path AS url,
+    if(event = 'view_item', '/p/' || toString(rank), '/') AS path,
+    if(device % 3 = 0, 'mobile', 'desktop') AS device_class,
+    cityHash64(n, 4) % 100 = 0 AS is_bot,
+    if(event IN ('view_item', 'add_to_cart', 'purchase'),
+       [('p' || toString(rank), 'Product ' || toString(rank), 'cat' || toString(rank % 40),
+         'brand' || toString(rank % 25), '', toDecimal64(5 + rank % 200, 4), toUInt32(1))],
+       []) AS items,
+    if(till AND consented, map('loyalty', 'L' || toString(owner)), map()) AS identifiers
+FROM
+(
+    SELECT number + {offset} AS n,
+        now64(3) - toIntervalMillisecond({month_ms}) AS start,
+        cityHash64(n, 0) % 100 AS k,
+        cityHash64(n, 1) % {devices} AS device,
+        cityHash64(device, 9) % 5 != 0 AS consented,
+        cityHash64(device, 8) % 5 != 0 AS owned,
+        cityHash64(device, 7) % {persons} AS owner,
+        start + toIntervalMillisecond(cityHash64(device, 6) % {month_ms}) AS login,
+        k >= 90 AND k < 96 AND owned AND cityHash64(n, 5) % 3 = 0 AS till,
+        toUInt32(floor(pow({products}, (cityHash64(n, 10) % 1000000) / 1e6))) - 1 AS rank
+    FROM numbers({count})
+)
+"""
+
+# One identify per owned, consented device, at its login time, with the loyalty card.
+IDENTIFY = """
+INSERT INTO tagwerk.events (event_id, site_id, event, type, ts, received_at, channel,
+    device_id, user_id, consent, device_class, identifiers)
+SELECT generateUUIDv4(device + 1000000000), '{site}', 'login', 'identify', login, login,
+    'web', 'd' || toString(device), 'u' || toString(owner),
+    ['analytics', 'personalization'], 'desktop', map('loyalty', 'L' || toString(owner))
+FROM
+(
+    SELECT number AS device,
+        now64(3) - toIntervalMillisecond({month_ms}) AS start,
+        cityHash64(device, 9) % 5 != 0 AS consented,
+        cityHash64(device, 8) % 5 != 0 AS owned,
+        cityHash64(device, 7) % {persons} AS owner,
+        start + toIntervalMillisecond(cityHash64(device, 6) % {month_ms}) AS login
+    FROM numbers({devices})
+)
+WHERE consented AND owned
+"""
+
+HEAVY = "heavy"
+
+
+def heavy_events() -> list[dict]:
+    """1,000 hits of one customer: phone and desktop, before and after logging in, and
+    purchases at the till by loyalty card."""
+    events = []
+    for device in ("d-heavy-phone", "d-heavy-desk"):
+        events.append({"event": "login", "type": "identify", "user_id": HEAVY,
+                       "device_id": device, "ts": "2026-11-01T08:00:00Z",
+                       "identifiers": {"loyalty": "L-heavy", "email": "heavy@example.com"},
+                       "consent": ["analytics", "personalization"]})
+    for i in range(998):
+        device = ("d-heavy-phone", "d-heavy-desk", None)[i % 3]
+        event = {"event": ("view_item", "add_to_cart", "purchase")[i % 3],
+                 "ts": f"2026-11-{1 + i % 28:02d}T{i % 24:02d}:00:00Z",
+                 "consent": ["analytics", "personalization"],
+                 "items": [{"product_id": f"p{i % 97}", "price": 10, "quantity": 1}],
+                 "session_id": f"s-heavy-{i % 40}"}
+        if device:
+            event.update(device_id=device, user_id=HEAVY if i % 2 else "")
+        else:
+            event.update(channel="pos", identifiers={"loyalty": "L-heavy"})
+        events.append(event)
+    return events
+
+
+def generate(data_dir: Path, args: argparse.Namespace) -> dict[str, str]:
+    from collector.config import Settings
+    from collector.migrations import migrate
+    from collector.sites import Sites
+    from collector.storage.embedded import EmbeddedStore
+
+    settings = Settings(data_dir=data_dir)
+    store = EmbeddedStore(settings.chdb_dir)
+    migrate(store)
+    _, keys = Sites(store, data_dir / "sites.json").create(SITE, ["https://shop.example"])
+    began = time.monotonic()
+    values = dict(site=SITE, month_ms=MONTH_MS, persons=args.persons, products=args.products,
+                  devices=args.devices)
+    store.execute(IDENTIFY.format(**values))
+    chunk = 1_000_000
+    for offset in range(0, args.events, chunk):
+        store.execute(GENERATE.format(**values, offset=offset,
+                                      count=min(chunk, args.events - offset)))
+    print(f"generated {args.events:,} events in {time.monotonic() - began:.0f} s")
+    for table in ("events", "identity_links", "person_activity"):
+        [row] = store.rows(f"SELECT count() AS n FROM tagwerk.{table}")
+        print(f"  tagwerk.{table}: {row['n']:,} rows")
+    store.close()
+    return keys
+
+
+def call(url: str, key: str, body: bytes | None = None) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, data=body, headers={
+        "Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def profile_urls(base: str, args: argparse.Namespace, n: int = 2000) -> list[str]:
+    rng = random.Random(7)
+    urls = []
+    for _ in range(n):
+        owner = rng.randrange(args.persons)
+        ident = rng.choice([f"user:u{owner}", f"loyalty:L{owner}",
+                            f"device:d{rng.randrange(args.devices)}"])
+        urls.append(f"{base}/api/v1/sites/{SITE}/persons/{ident}/profile")
+    return urls
+
+
+def single_client(urls: list[str], key: str, seconds: float) -> tuple[list[float], int]:
+    times, found, i = [], 0, 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        began = time.perf_counter()
+        status, _ = call(urls[i % len(urls)], key)
+        times.append((time.perf_counter() - began) * 1000)
+        assert status in (200, 404), status
+        found += status == 200
+        i += 1
+    return times, found
+
+
+def wrk_script(urls: list[str], key: str, path: Path) -> Path:
+    paths = ["/" + u.split("//", 1)[1].split("/", 1)[1] for u in urls]
+    path.write_text(
+        f'wrk.headers["Authorization"] = "Bearer {key}"\n'
+        f"local paths = {{{', '.join(json.dumps(p) for p in paths)}}}\n"
+        "local i = 0\nrequest = function()\n  i = i + 1\n"
+        "  return wrk.format('GET', paths[(i % #paths) + 1])\nend\n")
+    return path
+
+
+def background_load(base: str, key: str, per_second: int, stop: threading.Event) -> None:
+    batch = [{"event": "view_item", "channel": "web", "consent": ["analytics"],
+              "device_id": f"load-{i}", "items": [{"product_id": f"p{i}"}]}
+             for i in range(100)]
+    body = json.dumps({"events": batch}).encode()
+    interval = 100 / per_second
+    next_at = time.monotonic()
+    while not stop.is_set():
+        call(f"{base}/api/v1/batch", key, body)
+        next_at += interval
+        time.sleep(max(0.0, next_at - time.monotonic()))
+
+
+def freshness(base: str, keys: dict[str, str], args: argparse.Namespace) -> list[float]:
+    stop = threading.Event()
+    loader = threading.Thread(target=background_load,
+                              args=(base, keys["write"], args.load, stop), daemon=True)
+    loader.start()
+    times = []
+    try:
+        for probe in range(args.probes):
+            owner = 1 + probe
+            product = f"fresh-{uuid.uuid4().hex[:8]}"
+            body = json.dumps({"events": [{
+                "event": "view_item", "user_id": f"u{owner}", "device_id": f"probe-{probe}",
+                "consent": ["analytics", "personalization"],
+                "items": [{"product_id": product}]}]}).encode()
+            url = f"{base}/api/v1/sites/{SITE}/persons/loyalty:L{owner}/profile"
+            status, _ = call(f"{base}/api/v1/batch", keys["write"], body)
+            sent = time.perf_counter()
+            assert status == 202
+            while product.encode() not in call(url, keys["read"])[1]:
+                if time.perf_counter() - sent > 30:
+                    raise RuntimeError("the probe never showed in the profile")
+                time.sleep(0.01)
+            times.append(time.perf_counter() - sent)
+    finally:
+        stop.set()
+        loader.join(5)
+    return times
+
+
+def erase_heavy(base: str, keys: dict[str, str], data_dir: Path) -> float:
+    body = json.dumps({"events": heavy_events()}).encode()
+    assert call(f"{base}/api/v1/batch", keys["write"], body)[0] == 202
+    time.sleep(2)  # flushed
+    began = time.perf_counter()
+    status, answer = call(f"{base}/api/v1/sites/{SITE}/privacy/erase", keys["admin"],
+                          json.dumps({"id": "loyalty:L-heavy"}).encode())
+    took = time.perf_counter() - began
+    assert status == 200, answer
+    print(f"  removed: {json.loads(answer)['removed']}")
+    left = find_anywhere(data_dir, ["heavy", "d-heavy-phone", "d-heavy-desk", "L-heavy"])
+    print(f"  rows still naming them, any table: {left or 'none'}")
+    return took
+
+
+def find_anywhere(data_dir: Path, values: list[str]) -> dict[str, int]:
+    from collector.storage.server import ServerStore
+
+    info = json.loads((data_dir / "serve.json").read_text())
+    store = ServerStore(f"http://{info['sql_user']}:{info['sql_password']}@"
+                        f"{info['sql_host']}:{info['sql_port']}/tagwerk")
+    tables = store.rows("SELECT name FROM system.tables WHERE database = 'tagwerk' "
+                        "AND engine LIKE '%MergeTree'")
+    found = {}
+    for table in (t["name"] for t in tables):
+        [row] = store.rows(
+            f"SELECT count() AS n FROM tagwerk.{table} WHERE "
+            "multiSearchAny(formatRow('TSV', *), {v:Array(String)})", {"v": values})
+        if int(row["n"]):
+            found[table] = int(row["n"])
+    store.close()
+    return found
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p * len(ordered)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=10_000_000)
+    parser.add_argument("--devices", type=int, default=500_000)
+    parser.add_argument("--persons", type=int, default=200_000)
+    parser.add_argument("--products", type=int, default=5_000)
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--load", type=int, default=5000)
+    parser.add_argument("--probes", type=int, default=50)
+    parser.add_argument("--data-dir", help="reuse a generated data directory")
+    args = parser.parse_args()
+    data_dir = Path(args.data_dir or tempfile.mkdtemp(prefix="tagwerk-persons-"))
+    keys_file = data_dir / "bench-keys.json"
+    if keys_file.exists():
+        keys = json.loads(keys_file.read_text())
+    else:
+        keys = generate(data_dir, args)
+        keys_file.write_text(json.dumps(keys))
+    port, sql_port = free_port(), free_port()
+    proc = subprocess.Popen(
+        ["taskset", "-c", SERVER_CORE, sys.executable, "-m", "collector", "serve",
+         "--port", str(port), "--sql-port", str(sql_port), "--no-demo",
+         "--data-dir", str(data_dir), "--log-level", "warning"],
+        stdout=subprocess.DEVNULL, stderr=open(data_dir / "serve.log", "wb"))  # noqa: SIM115
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{base}/readyz", timeout=300)
+        urls = profile_urls(base, args)
+        call(urls[0], keys["read"])
+        times, found = single_client(urls, keys["read"], args.seconds)
+        p50, p99 = statistics.median(times), pct(times, 0.99)
+        print(f"profile, one client: {len(times)} requests ({found} profiles, the rest 404), "
+              f"p50 {p50:.1f} ms, p99 {p99:.1f} ms = {p99 / GOAL_P99_MS:.2f} of the "
+              f"{GOAL_P99_MS:.0f} ms goal")
+        script = wrk_script(urls, keys["read"], data_dir / "profile.lua")
+        result = wrk(f"{base}/", args.seconds, args.clients, script)
+        print(f"profile, {args.clients} clients: {result['rps']:,.0f} requests/s = "
+              f"{result['rps'] / GOAL_RPS:.2f} of the {GOAL_RPS:,.0f} goal "
+              f"(p99 {result.get('p99_ms', float('nan')):.1f} ms)")
+        fresh = freshness(base, keys, args)
+        print(f"freshness under {args.load:,} events/s: p50 {statistics.median(fresh):.3f} s, "
+              f"p99 {pct(fresh, 0.99):.3f} s = {pct(fresh, 0.99) / GOAL_FRESH_S:.2f} of the "
+              f"{GOAL_FRESH_S:.0f} s goal")
+        took = erase_heavy(base, keys, data_dir)
+        print(f"erasure of a person with 1,000 hits among {args.events:,}: {took:.2f} s = "
+              f"{took / GOAL_ERASE_S:.2f} of the {GOAL_ERASE_S:.0f} s goal")
+    finally:
+        proc.terminate()
+        proc.wait(60)
+
+
+if __name__ == "__main__":
+    main()
