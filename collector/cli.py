@@ -1,4 +1,4 @@
-"""The ``tagwerk`` command: serve, migrate, sql, site create, container."""
+"""The ``tagwerk`` command: serve, migrate, sql, site create, container, export."""
 
 from __future__ import annotations
 
@@ -75,7 +75,23 @@ def build_parser() -> argparse.ArgumentParser:
                         help="drop web hits without analytics consent (instead of storing "
                         "them without identifiers)")
     _container_parser(commands)
+    _export_parser(commands)
     return parser
+
+
+def _export_parser(commands) -> None:
+    export = commands.add_parser("export", help="write a site's rows after a cursor; the next "
+                                 "cursor goes to stderr")
+    _common(export)
+    export.add_argument("--site", required=True)
+    export.add_argument("--since", help="a cursor from an earlier export (default: from the "
+                        "first row)")
+    export.add_argument("--format", dest="export_format", default="ndjson",
+                        choices=["ndjson", "csv", "parquet"])
+    export.add_argument("--events", default="", help="event names, comma-separated")
+    export.add_argument("--channel", default="")
+    export.add_argument("--limit", type=int, default=1_000_000, help="at most this many rows")
+    export.add_argument("-o", "--output", type=Path, help="file to write (default: stdout)")
 
 
 def _container_parser(commands) -> None:
@@ -128,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
             return site_create(settings, args)
         if args.command == "container":
             return container_command(settings, args)
+        if args.command == "export":
+            return export_command(settings, args)
     except (ValueError, StorageError) as exc:
         print(f"tagwerk: {exc}", file=sys.stderr)
         return 2
@@ -398,3 +416,41 @@ def _print_versions(versions) -> None:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def export_command(settings: Settings, args: argparse.Namespace) -> int:
+    """As GET /api/v1/sites/{site}/export, on the store a command uses (through a running
+    collector's SQL port when there is one)."""
+    from collector.api import cursor, cursor_range, export
+    from collector.api.access import ApiError
+
+    store = _store(settings)
+    try:
+        try:
+            given = {"events": args.events, "channel": args.channel}
+            rows = export.row_filter({k: v for k, v in given.items() if v}, args.site)
+            if not 1 <= args.limit <= export.MAX_LIMIT:
+                raise ApiError(400, f"--limit must be from 1 to {export.MAX_LIMIT}")
+            table = cursor_range.table_tag(store)
+            start = cursor.decode(args.since, table, args.site, "--since") if args.since \
+                else None
+            end, more = cursor_range.plan(store, rows, start, args.limit)
+        except ApiError as exc:
+            raise ValueError(exc.message) from None
+        fmt = export.FORMATS[args.export_format][0]
+        sql, bound = cursor_range.select_rows(rows, start, end)
+        out = open(args.output, "wb") if args.output else sys.stdout.buffer  # noqa: SIM115
+        try:
+            for piece in store.stream(sql, bound, fmt, export.SETTINGS):
+                out.write(piece)
+        finally:
+            if args.output:
+                out.close()
+            else:
+                out.flush()
+    finally:
+        store.close()
+    print(f"cursor: {cursor.encode(table, args.site, end)}", file=sys.stderr)
+    if more:
+        print("more: rows remain; run again with --since", file=sys.stderr)
+    return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from starlette.routing import Route
 
-from collector.api import persons, privacy, products, recommend
+from collector.api import export, persons, privacy, products, recommend, stream
 
 SITE = "/api/v1/sites/{site}"
 
@@ -19,6 +19,8 @@ ROUTES: list[Route] = [
     Route(SITE + "/identity/overloaded", persons.overloaded, methods=["GET"]),
     Route(SITE + "/privacy/erase", privacy.erase, methods=["POST"]),
     Route(SITE + "/privacy/access", privacy.access, methods=["GET"]),
+    Route(SITE + "/export", export.export, methods=["GET"]),
+    Route(SITE + "/stream", stream.stream, methods=["GET"]),
 ]
 ROUTES += products.routes(SITE)  # top, trending, related: the read key
 ROUTES += recommend.ROUTES  # the browser-safe variant under /t/{site}/recommend/

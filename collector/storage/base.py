@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -51,6 +51,17 @@ class Store(ABC):
     @abstractmethod
     def close(self) -> None: ...
 
+    def stream(self, sql: str, params: Params = None, fmt: str = "JSONEachRow",
+               settings: Mapping[str, str | int] | None = None) -> Iterator[bytes]:
+        """Run a SELECT (without FORMAT or SETTINGS clauses) and yield its result in the
+        ClickHouse output format ``fmt`` piece by piece, as one document (one CSV header,
+        one Parquet file). The engine produces only as fast as the caller consumes, and
+        closing the iterator early stops the query. A failure after the first piece raises
+        from the iterator: the caller must not take a partial result for a whole one.
+
+        This default holds the whole result in memory; both backends stream."""
+        yield self.query(sql + settings_clause(settings), params, fmt)
+
     def rows(self, sql: str, params: Params = None) -> list[dict[str, Any]]:
         """Run a query and return its rows as dicts."""
         out = self.query(sql, params, "JSONEachRow")
@@ -61,6 +72,14 @@ class Store(ABC):
             return self.query("SELECT 1", fmt="TSV").strip() == b"1"
         except StorageError:
             return False
+
+
+def settings_clause(settings: Mapping[str, str | int] | None) -> str:
+    """`` SETTINGS a = 1, b = 'x'`` from the collector's own values (never a client's text)."""
+    if not settings:
+        return ""
+    return " SETTINGS " + ", ".join(f"{name} = {_literal(value)}"
+                                    for name, value in settings.items())
 
 
 def format_param(value: Any) -> str:

@@ -2,19 +2,42 @@
 
 chDB hosts one engine per process, bound to one path. A connection runs one query at a
 time, so each thread gets its own connection to the shared engine.
+
+Streaming (``stream``): chDB's own ``send_query`` formats every chunk as a document of its
+own (CSVWithNames repeats its header, Parquet makes a file per chunk), so a result is
+streamed through a named pipe instead: the query runs on a connection of its own with
+``INTO OUTFILE 'pipe'``, and the engine's output format writes one document into it as the
+caller reads. A pipe holds 1 MiB: the engine blocks on a full one, so a slow reader slows
+the query down rather than filling memory. Closing the stream removes the pipe's name, then
+its read end, then kills the query by its tag (``log_comment``): a writer still to open the
+path fails (its directory is gone); one that has it open is not stopped by EPIPE alone (the
+engine runs on, measured), hence the KILL.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
+import re
+import select
+import shutil
 import threading
-from collections.abc import Mapping
+import uuid
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import chdb.state
 
-from collector.storage.base import Params, StorageError, Store, escape_param, format_param
+from collector.storage.base import (
+    Params,
+    StorageError,
+    Store,
+    escape_param,
+    format_param,
+    settings_clause,
+)
 from collector.storage.engine_config import default_memory_limit, write_engine_config
 
 
@@ -33,6 +56,9 @@ class EmbeddedStore(Store):
         self._conns: list = []
         self._closed = False
         self._conn()  # fail at start, not on the first hit, if the path is unusable
+        # Pipes of streams a crash left behind (only this process can have the path open).
+        self.pipes = self.path / "streams"
+        shutil.rmtree(self.pipes, ignore_errors=True)
 
     def _conn(self):
         conn = getattr(self._local, "conn", None)
@@ -85,6 +111,15 @@ class EmbeddedStore(Store):
         except Exception as exc:
             raise StorageError(str(exc)) from None
 
+    def stream(self, sql: str, params: Params = None, fmt: str = "JSONEachRow",
+               settings: Mapping[str, str | int] | None = None) -> Iterator[bytes]:
+        if not _FORMAT.fullmatch(fmt):
+            raise ValueError(f"not a ClickHouse format name: {fmt!r}")
+        bound = {k: _bind(v) for k, v in params.items()} if params else None
+        tag = f"{STREAM_TAG}{uuid.uuid4().hex}"
+        sql += settings_clause({**(settings or {}), "log_comment": tag})
+        return _PipeStream(self, sql, bound, fmt, tag)
+
     def close(self) -> None:
         with self._lock:
             self._closed = True
@@ -102,3 +137,89 @@ def _setting(value: str) -> str:
     if value.isdigit():
         return value
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+_FORMAT = re.compile(r"[A-Za-z][A-Za-z0-9]{0,63}")
+STREAM_TAG = "tagwerk-stream:"
+PIPE_BYTES = 1 << 20
+READ_BYTES = 256 * 1024
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+
+
+class _PipeStream:
+    """A query's output through a named pipe: iterate for its pieces, ``close`` to stop it."""
+
+    def __init__(self, store: EmbeddedStore, sql: str, bound: dict[str, str] | None,
+                 fmt: str, tag: str) -> None:
+        self._store, self._tag = store, tag
+        self._folder = store.pipes / tag.removeprefix(STREAM_TAG)
+        self._folder.mkdir(parents=True, mode=0o700)
+        self._pipe = self._folder / "out"
+        os.mkfifo(self._pipe, 0o600)
+        # Opened before the query starts, so that the engine's open never waits for a reader.
+        self._fd = os.open(self._pipe, os.O_RDONLY | os.O_NONBLOCK)
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(self._fd, F_SETPIPE_SZ, PIPE_BYTES)
+        path = "'" + str(self._pipe).replace("\\", "\\\\").replace("'", "\\'") + "'"
+        self._error: str | None = None
+        self._thread = threading.Thread(
+            target=self._run, args=(store, f"{sql} INTO OUTFILE {path} TRUNCATE FORMAT {fmt}",
+                                    bound), name="stream-query", daemon=True)
+        self._thread.start()
+
+    def _run(self, store: EmbeddedStore, sql: str, bound: dict[str, str] | None) -> None:
+        try:
+            conn = store.new_connection()
+        except Exception as exc:
+            self._error = f"cannot open a connection: {exc}"
+            return
+        try:
+            conn.query(sql, "TSV", params=bound)
+        except Exception as exc:
+            self._error = str(exc)
+        finally:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def __iter__(self) -> _PipeStream:
+        return self
+
+    def __next__(self) -> bytes:
+        while self._fd >= 0:
+            # Seen before the read: whatever the query wrote is then in the pipe already.
+            done = not self._thread.is_alive()
+            try:
+                chunk = os.read(self._fd, READ_BYTES)
+            except BlockingIOError:  # the engine has the pipe open and is still working
+                select.select([self._fd], [], [], 0.5)
+                continue
+            if chunk:
+                return chunk
+            if not done:  # no writer: not opened yet, or just closed
+                self._thread.join(0.005)
+                continue
+            self.close()
+            if self._error is not None:
+                raise StorageError(self._error)
+        raise StopIteration
+
+    def close(self) -> None:
+        if self._fd < 0:
+            return
+        # The name first, then the read end: see the module's docstring.
+        with contextlib.suppress(OSError):
+            self._pipe.unlink()
+        with contextlib.suppress(OSError):
+            self._folder.rmdir()
+        fd, self._fd = self._fd, -1
+        os.close(fd)
+        if self._thread.is_alive():
+            threading.Thread(target=self._kill, name="stream-kill", daemon=True).start()
+
+    def _kill(self) -> None:
+        with contextlib.suppress(StorageError):
+            self._store.execute("KILL QUERY WHERE Settings['log_comment'] = {tag:String} ASYNC",
+                                {"tag": self._tag})
+
+    def __del__(self) -> None:
+        self.close()

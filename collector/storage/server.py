@@ -16,6 +16,8 @@ from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 
 from collector.storage.base import Params, StorageError, StorageUnavailable, Store, format_param
 
+READ_BYTES = 256 * 1024
+
 _OWN_FORMAT = re.compile(r"\bFORMAT\s+\w+\s*;?\s*$", re.I)
 
 
@@ -57,6 +59,16 @@ class ServerStore(Store):
         with _translated():
             return self.client.raw_query(sql, parameters=bound, fmt=fmt)
 
+    def stream(self, sql: str, params: Params = None, fmt: str = "JSONEachRow",
+               settings: Mapping[str, str | int] | None = None) -> Iterator[bytes]:
+        """The server's HTTP answer read as the caller consumes it: TCP's flow control slows
+        the server down for a slow reader; closing the answer cancels the query."""
+        bound = {k: _bind(v) for k, v in params.items()} if params else None
+        with _translated():
+            answer = self.client.raw_stream(sql, parameters=bound, settings=dict(settings or {}),
+                                            fmt=fmt)
+        return _pieces(answer)
+
     def execute(self, sql: str, params: Params = None) -> None:
         # Not raw_query: it appends "FORMAT", which ClickHouse reads as data after VALUES.
         bound = {k: _bind(v) for k, v in params.items()} if params else None
@@ -88,6 +100,20 @@ def _translated() -> Iterator[None]:
         raise StorageUnavailable(str(exc)) from None
     except DatabaseError as exc:
         raise StorageError(str(exc)) from None
+
+
+def _pieces(answer: Any) -> Iterator[bytes]:
+    try:
+        while True:
+            try:
+                chunk = answer.read(READ_BYTES)
+            except Exception as exc:  # urllib3's protocol errors: the answer broke off
+                raise StorageUnavailable(f"the result broke off: {exc}") from None
+            if not chunk:
+                return
+            yield chunk
+    finally:
+        answer.close()
 
 
 class _Literal:

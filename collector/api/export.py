@@ -1,0 +1,177 @@
+"""``GET /api/v1/sites/{site}/export``: a site's raw rows after a cursor, in ClickHouse's own
+output formats, streamed.
+
+``format`` is ``ndjson`` (JSONEachRow, times as ISO 8601 UTC text), ``csv`` (CSVWithNames)
+or ``parquet``; ``since`` a cursor from an earlier answer (none: from the first row);
+``events`` a comma list of event names, ``channel`` one channel; ``limit`` at most that many
+rows. The answer's ``Tagwerk-Cursor`` is the next ``since``; ``Tagwerk-More: true`` says that
+``limit`` cut the answer short. The range is fixed before the first byte goes out
+(``cursor.py`` says why it is exact), so the cursor travels in a header.
+
+Memory stays flat: the engine writes the format while the client reads (``Store.stream``),
+and a client that reads slowly slows the query down. A send that waits longer than
+``SEND_SECONDS`` ends the answer; so does a failure midway, by breaking the connection
+(no final chunk) so that no client takes a partial body for a whole one. At most
+``PER_SITE`` exports of a site run at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import anyio
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.types import Message, Send
+
+from collector.api import cursor, cursor_range
+from collector.api.access import READ, ApiError, keyed
+from collector.api.query import choice, integer, names, params
+from collector.events import CHANNELS
+from collector.service import Collector
+from collector.sites import Site
+
+FORMATS = {  # name: (ClickHouse format, media type)
+    "ndjson": ("JSONEachRow", "application/x-ndjson"),
+    "csv": ("CSVWithNames", "text/csv; charset=utf-8"),
+    "parquet": ("Parquet", "application/vnd.apache.parquet"),
+}
+EVENT_NAME = re.compile(r"[^,\x00-\x1f\x7f]{1,100}")  # fullmatch; ingestion allows 100
+DEFAULT_LIMIT = 1_000_000
+MAX_LIMIT = 10_000_000
+PER_SITE = 2
+QUERY_SECONDS = 600
+SEND_SECONDS = 60.0
+SETTINGS = {
+    "max_execution_time": QUERY_SECONDS,
+    "date_time_output_format": "iso",
+    # Row groups are buffered whole before they are written: keep them small.
+    "output_format_parquet_row_group_size": 65_536,
+    "output_format_parquet_row_group_size_bytes": 32 * 1024 * 1024,
+}
+
+
+@dataclass
+class Slots:
+    """Concurrent uses per key, with a cap."""
+
+    most: int
+    used: dict[str, int] = field(default_factory=dict)
+
+    def take(self, key: str) -> bool:
+        if self.used.get(key, 0) >= self.most:
+            return False
+        self.used[key] = self.used.get(key, 0) + 1
+        return True
+
+    def give(self, key: str) -> None:
+        self.used[key] -= 1
+        if not self.used[key]:
+            del self.used[key]
+
+
+def slots(request: Request, name: str, most: int) -> Slots:
+    """The app's ``Slots`` of this name (one per app: per collector)."""
+    state = request.app.state
+    found = getattr(state, name, None)
+    if found is None:
+        found = Slots(most)
+        setattr(state, name, found)
+    return found
+
+
+def row_filter(values: dict[str, str], site_id: str) -> cursor_range.Filter:
+    events = names(values, "events", EVENT_NAME, most=50)
+    channel = ""
+    if "channel" in values:
+        channel = choice(values, "channel", tuple(sorted(CHANNELS)), "")
+    return cursor_range.Filter(site_id, tuple(events), channel)
+
+
+class PacedResponse(StreamingResponse):
+    """A streamed answer whose every send must complete within ``SEND_SECONDS`` (a client
+    that stops reading is let go), and whose body iterator is always closed."""
+
+    send_seconds = SEND_SECONDS
+
+    async def stream_response(self, send: Send) -> None:
+        async def paced(message: Message) -> None:
+            with anyio.fail_after(self.send_seconds):
+                await send(message)
+
+        try:
+            await super().stream_response(paced)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.body_iterator.aclose()  # type: ignore[attr-defined]
+
+
+class Relay:
+    """``pieces`` (a blocking iterator) as an async body, starting with ``first``;
+    ``done`` runs once however it ends, even if the body was never read."""
+
+    def __init__(self, pieces: Iterator[bytes], first: bytes | None,
+                 done: Callable[[], None]) -> None:
+        self._pieces, self._next, self._done = pieces, first, done
+        self._closed = False
+
+    def __aiter__(self) -> Relay:
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk, self._next = self._next, None
+        if chunk is None and not self._closed:
+            chunk = await anyio.to_thread.run_sync(next, self._pieces, None)
+        if chunk is None:
+            await self.aclose()
+            raise StopAsyncIteration
+        return chunk
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(Exception):
+            self._pieces.close()  # type: ignore[attr-defined]
+        self._done()
+
+
+@keyed(READ)
+async def export(request: Request, collector: Collector, site: Site) -> Response:
+    values = params(request, ("format", "since", "events", "channel", "limit"))
+    name = choice(values, "format", tuple(FORMATS), "ndjson")
+    fmt, media = FORMATS[name]
+    rows = row_filter(values, site.site_id)
+    limit = integer(values, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+    store = collector.store
+    table = await anyio.to_thread.run_sync(cursor_range.table_tag, store)
+    start = cursor.decode(values["since"], table, site.site_id) if "since" in values else None
+
+    running = slots(request, "tagwerk_exports", PER_SITE)
+    if not running.take(site.site_id):
+        raise ApiError(429, f"at most {PER_SITE} exports of a site at once; try again when one "
+                       "has finished", headers={"Retry-After": "5"})
+    try:
+        end, more = await anyio.to_thread.run_sync(cursor_range.plan, store, rows, start, limit)
+        sql, bound = cursor_range.select_rows(rows, start, end)
+        pieces = store.stream(sql, bound, fmt, SETTINGS)
+        try:
+            # The first piece before the status line: a query that fails at once is a 503.
+            first = await anyio.to_thread.run_sync(next, pieces, None)
+        except BaseException:
+            pieces.close()  # type: ignore[attr-defined]
+            raise
+    except BaseException:
+        running.give(site.site_id)
+        raise
+    headers = {
+        "Tagwerk-Cursor": cursor.encode(table, site.site_id, end),
+        "Tagwerk-More": "true" if more else "false",
+        "Cache-Control": "no-store",
+        "Content-Disposition": f'attachment; filename="{site.site_id}.{name}"',
+    }
+    body = Relay(pieces, first, lambda: running.give(site.site_id))
+    return PacedResponse(body, headers=headers, media_type=media)

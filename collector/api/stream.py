@@ -1,0 +1,294 @@
+"""``GET /api/v1/sites/{site}/stream?events=purchase,add_to_cart``: server-sent events of a
+site's rows as they are stored.
+
+Each row is one event: ``id:`` its export cursor (``cursor.py``), ``data:`` the row as one
+JSON object (the columns of the export, times as ISO 8601 UTC). A client that reconnects
+with ``Last-Event-ID`` (or ``since=``, any export cursor) gets every row after it exactly
+once; without either, the stream starts with rows stored from now on. ``retry:`` comes first,
+``: ping`` comments every ``heartbeat`` seconds; after ``max_seconds`` the answer ends and
+the client reconnects where it was.
+
+One poller per site serves all its subscribers: every ``poll`` seconds it reads the table's
+highest block number (``system.parts``, shared by all sites' pollers), and when it moved,
+the site's rows up to it, and hands that batch to each subscriber's queue. A subscriber that
+resumes from an older cursor, or whose queue overflowed (a slow client: ``queue_batches``),
+reads on its own from its position up to the poller's, then takes the shared batches again.
+At most ``per_site`` streams of a site and ``total`` streams in all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import anyio
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from collector.api import cursor, cursor_range
+from collector.api.access import READ, ApiError, keyed
+from collector.api.cursor import LAST, Position
+from collector.api.export import PacedResponse, row_filter
+from collector.api.query import params
+from collector.service import Collector
+from collector.sites import Site
+from collector.storage import StorageError, Store
+
+log = logging.getLogger("tagwerk.api.stream")
+
+FEED_SETTINGS = " SETTINGS date_time_output_format = 'iso', max_execution_time = 60"
+MAX_HEADER = 128
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    heartbeat: float = float(os.environ.get("TAGWERK_STREAM_HEARTBEAT", "15"))
+    poll: float = 0.25
+    retry_ms: int = 3000
+    per_site: int = 8
+    total: int = 200
+    max_seconds: float = 3600.0
+    batch_rows: int = 2000
+    queue_batches: int = 64
+
+
+class Row(NamedTuple):
+    position: Position
+    event: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Batch:
+    """The site's rows after ``start`` up to ``end``."""
+
+    start: Position
+    end: Position
+    rows: list[Row]
+
+
+def fetch(store: Store, rows: cursor_range.Filter, start: Position | None, end: Position,
+          limit: int) -> list[Row]:
+    sql, bound = cursor_range.select_feed(rows, start, end, limit)
+    out = store.query(sql + FEED_SETTINGS, bound, "JSONCompactEachRow")
+    found = []
+    for line in out.splitlines():
+        b, o, event, data = orjson.loads(line)
+        found.append(Row(Position(int(b), int(o)), event, data.encode()))
+    return found
+
+
+@dataclass(eq=False)
+class Subscriber:
+    poller: SitePoller
+    queue: asyncio.Queue[Batch]
+    lagging: bool = False
+
+    def offer(self, batch: Batch) -> None:
+        try:
+            self.queue.put_nowait(batch)
+        except asyncio.QueueFull:
+            self.lagging = True  # it will read on its own from where it is
+
+
+@dataclass(eq=False)
+class SitePoller:
+    hub: Hub
+    site_id: str
+    mark: Position  # every row up to here was handed out
+    subscribers: set[Subscriber] = field(default_factory=set)
+    task: asyncio.Task | None = None
+
+    async def run(self) -> None:
+        config, backoff = self.hub.config, 0.5
+        rows = cursor_range.Filter(self.site_id)
+        while self.subscribers:
+            try:
+                top = await self.hub.top()
+                more = False
+                if Position(top, LAST) > self.mark:
+                    end = Position(top, LAST)
+                    found = await anyio.to_thread.run_sync(
+                        fetch, self.hub.store, rows, self.mark, end, config.batch_rows)
+                    if len(found) == config.batch_rows:
+                        end, more = found[-1].position, True
+                    batch, self.mark = Batch(self.mark, end, found), end
+                    for subscriber in list(self.subscribers):
+                        subscriber.offer(batch)
+                backoff = 0.5
+                if not more:
+                    await asyncio.sleep(config.poll)
+            except StorageError as exc:
+                log.warning("stream of %s: %s", self.site_id, exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+
+
+@dataclass(eq=False)
+class Hub:
+    """The pollers and subscribers of one app (one collector)."""
+
+    store: Store
+    config: StreamConfig
+    pollers: dict[str, SitePoller] = field(default_factory=dict)
+    count: dict[str, int] = field(default_factory=dict)
+    _top: tuple[float, int] = (0.0, 0)
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def top(self) -> int:
+        """The table's highest block number, read at most once per half poll interval."""
+        async with self._lock:
+            read_at, value = self._top
+            if time.monotonic() - read_at >= self.config.poll / 2:
+                value = await anyio.to_thread.run_sync(cursor_range.top, self.store)
+                self._top = (time.monotonic(), value)
+            return value
+
+    def admit(self, site_id: str) -> None:
+        if sum(self.count.values()) >= self.config.total:
+            raise ApiError(429, f"at most {self.config.total} streams at once; try again later",
+                           headers={"Retry-After": "10"})
+        if self.count.get(site_id, 0) >= self.config.per_site:
+            raise ApiError(429, f"at most {self.config.per_site} streams of a site at once",
+                           headers={"Retry-After": "10"})
+        self.count[site_id] = self.count.get(site_id, 0) + 1
+
+    def release(self, site_id: str) -> None:
+        self.count[site_id] -= 1
+        if not self.count[site_id]:
+            del self.count[site_id]
+
+    async def join(self, site_id: str) -> Subscriber:
+        poller = self.pollers.get(site_id)
+        if poller is None:
+            mark = Position(await self.top(), LAST)
+            poller = self.pollers.get(site_id)  # another subscriber may have come meanwhile
+            if poller is None:
+                poller = self.pollers[site_id] = SitePoller(self, site_id, mark)
+        subscriber = Subscriber(poller, asyncio.Queue(self.config.queue_batches))
+        poller.subscribers.add(subscriber)
+        if poller.task is None:
+            poller.task = asyncio.get_running_loop().create_task(poller.run())
+        return subscriber
+
+    def leave(self, subscriber: Subscriber) -> None:
+        poller = subscriber.poller
+        poller.subscribers.discard(subscriber)
+        if not poller.subscribers:
+            if self.pollers.get(poller.site_id) is poller:
+                del self.pollers[poller.site_id]
+            if poller.task is not None:
+                poller.task.cancel()
+
+
+def hub_of(request: Request, collector: Collector) -> Hub:
+    hub = getattr(request.app.state, "tagwerk_stream_hub", None)
+    if hub is None:
+        config = getattr(request.app.state, "tagwerk_stream", None) or StreamConfig()
+        hub = request.app.state.tagwerk_stream_hub = Hub(collector.store, config)
+    return hub
+
+
+class Feed:
+    """An async generator as a body whose ``done`` runs once, even if never read."""
+
+    def __init__(self, events: AsyncGenerator[bytes, None], done: Callable[[], Any]) -> None:
+        self._events, self._done, self._closed = events, done, False
+
+    def __aiter__(self) -> Feed:
+        return self
+
+    async def __anext__(self) -> bytes:
+        return await self._events.__anext__()
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            try:
+                await self._events.aclose()
+            finally:
+                self._done()
+
+
+async def events(hub: Hub, subscriber: Subscriber, rows: cursor_range.Filter, table: bytes,
+                 since: Position | None) -> AsyncGenerator[bytes, None]:
+    config, poller = hub.config, subscriber.poller
+    wanted = frozenset(rows.events)
+    deadline = time.monotonic() + config.max_seconds
+
+    def sse(row: Row) -> bytes:
+        return (b"id: " + cursor.encode(table, rows.site_id, row.position).encode()
+                + b"\ndata: " + row.data + b"\n\n")
+
+    yield f"retry: {config.retry_ms}\n\n".encode()
+    position, catch_up = (since, True) if since is not None else (poller.mark, False)
+    while (left := deadline - time.monotonic()) > 0:
+        if catch_up or subscriber.lagging:
+            catch_up = subscriber.lagging = False
+            while not subscriber.queue.empty():
+                subscriber.queue.get_nowait()
+            target = poller.mark  # batches from here on reach the queue
+            while position < target:
+                found = await anyio.to_thread.run_sync(
+                    fetch, hub.store, rows, position, target, config.batch_rows)
+                for row in found:
+                    yield sse(row)
+                position = found[-1].position if len(found) == config.batch_rows else target
+            continue
+        try:
+            batch = await asyncio.wait_for(subscriber.queue.get(), min(config.heartbeat, left))
+        except TimeoutError:
+            yield b": ping\n\n"
+            continue
+        if batch.end <= position:
+            continue
+        if batch.start > position:  # a batch went missing: read on our own
+            subscriber.lagging = True
+            continue
+        for row in batch.rows:
+            if row.position > position and (not wanted or row.event in wanted):
+                yield sse(row)
+        position = batch.end
+
+
+def _resume_from(request: Request, values: dict[str, str], table: bytes, site: Site
+                 ) -> Position | None:
+    header = request.headers.get("last-event-id")
+    if header is not None:
+        if len(header) > MAX_HEADER:
+            raise ApiError(400, f"'Last-Event-ID' is longer than {MAX_HEADER} characters",
+                           "Last-Event-ID")
+        if header:
+            return cursor.decode(header, table, site.site_id, "Last-Event-ID")
+    if "since" in values:
+        return cursor.decode(values["since"], table, site.site_id)
+    return None
+
+
+@keyed(READ)
+async def stream(request: Request, collector: Collector, site: Site) -> Response:
+    values = params(request, ("events", "since"))
+    rows = row_filter(values, site.site_id)
+    table = await anyio.to_thread.run_sync(cursor_range.table_tag, collector.store)
+    since = _resume_from(request, values, table, site)
+    hub = hub_of(request, collector)
+    hub.admit(site.site_id)
+    try:
+        subscriber = await hub.join(site.site_id)
+    except BaseException:
+        hub.release(site.site_id)
+        raise
+
+    def done() -> None:
+        hub.leave(subscriber)
+        hub.release(site.site_id)
+
+    body = Feed(events(hub, subscriber, rows, table, since), done)
+    headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+    return PacedResponse(body, headers=headers, media_type="text/event-stream")

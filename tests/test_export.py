@@ -1,0 +1,336 @@
+"""GET /api/v1/sites/{site}/export: formats, filters, and a cursor that yields every row once,
+also for late rows, replays, concurrent collectors and inserts that commit late."""
+
+from __future__ import annotations
+
+import base64
+import io
+import threading
+import uuid
+
+import orjson
+import pyarrow.parquet as pq
+import pytest
+
+from collector.api import cursor, cursor_range
+from collector.api.access import ApiError
+from tests.helpers import drained, make_client, wait_for
+
+EXPORT = "/api/v1/sites/{}/export"
+
+
+@pytest.fixture(scope="module")
+def env(store, tmp_path_factory):
+    client, collector = make_client(store, tmp_path_factory.mktemp("export"))
+    with client:
+        yield client, collector
+
+
+def new_site(collector, name="ex"):
+    site_id = f"{name}-{uuid.uuid4().hex[:10]}"
+    _, keys = collector.sites.create(site_id)
+    return site_id, keys
+
+
+def send(client, collector, keys, events):
+    response = client.post("/api/v1/batch", content=orjson.dumps({"events": events}),
+                           headers={"Authorization": f"Bearer {keys['write']}",
+                                    "Content-Type": "application/json"})
+    assert response.status_code == 202, response.text
+    wait_for(lambda: drained(collector))
+
+
+def get(client, site_id, key, **query):
+    return client.get(EXPORT.format(site_id), params=query,
+                      headers={"Authorization": f"Bearer {key}"})
+
+
+def markers(body: bytes) -> list[str]:
+    return [orjson.loads(line)["props"]["m"] for line in body.splitlines() if line]
+
+
+def drain(client, site_id, key, since=None, **query):
+    """Follow the cursor until no rows remain: all markers, and the last cursor."""
+    seen: list[str] = []
+    while True:
+        args = {**query, **({"since": since} if since else {})}
+        response = get(client, site_id, key, **args)
+        assert response.status_code == 200, response.text
+        seen += markers(response.content)
+        since = response.headers["tagwerk-cursor"]
+        if response.headers["tagwerk-more"] == "false":
+            return seen, since
+
+
+def test_formats_and_columns(env):
+    client, collector = env
+    site_id, keys = new_site(collector)
+    send(client, collector, keys, [
+        {"event": "purchase", "channel": "pos", "ts": "2026-01-05T10:00:00Z", "revenue": 12.5,
+         "currency": "EUR", "items": [{"product_id": "p1", "price": 12.5, "quantity": 1}],
+         "props": {"m": "a"}},
+        {"event": "page_view", "channel": "web", "props": {"m": "b"}}])
+    ndjson = get(client, site_id, keys["read"])
+    assert ndjson.headers["content-type"] == "application/x-ndjson"
+    rows = sorted((orjson.loads(line) for line in ndjson.content.splitlines()),
+                  key=lambda r: r["props"]["m"])
+    names = list(rows[0])
+    expected = [r["name"] for r in collector.store.rows(
+        "SELECT name FROM system.columns WHERE database = 'tagwerk' AND table = 'events' "
+        "ORDER BY position")]
+    assert names == expected  # every column, in the table's order, later ones included
+    assert rows[0]["ts"] == "2026-01-05T10:00:00.000Z"  # ISO 8601, UTC
+    assert rows[0]["items"][0]["product_id"] == "p1" and rows[0]["revenue"] == 12.5
+
+    csv = get(client, site_id, keys["read"], format="csv")
+    lines = csv.text.splitlines()
+    assert lines[0].split(",")[:3] == ['"event_id"', '"site_id"', '"event"'] and len(lines) == 3
+    parquet = get(client, site_id, keys["read"], format="parquet")
+    table = pq.read_table(io.BytesIO(parquet.content))
+    assert table.num_rows == 2 and table.column_names == expected
+    # Every format answers the same next cursor for the same range.
+    assert ndjson.headers["tagwerk-cursor"] == csv.headers["tagwerk-cursor"] == \
+        parquet.headers["tagwerk-cursor"]
+
+
+def test_limit_pages_through_each_row_once_and_filters(env):
+    client, collector = env
+    site_id, keys = new_site(collector)
+    events = [{"event": ("purchase", "add_to_cart", "page_view")[i % 3],
+               "channel": ("web", "pos")[i % 2], "props": {"m": str(i)}} for i in range(20)]
+    send(client, collector, keys, events[:12])  # one insert: pages cut inside a block
+    send(client, collector, keys, events[12:])
+    seen, _ = drain(client, site_id, keys["read"], limit="3")
+    assert sorted(seen, key=int) == [str(i) for i in range(20)]
+    buy, _ = drain(client, site_id, keys["read"], limit="2", events="purchase,add_to_cart")
+    assert sorted(buy, key=int) == [str(i) for i in range(20) if i % 3 != 2]
+    pos, _ = drain(client, site_id, keys["read"], channel="pos", events="purchase")
+    assert sorted(pos, key=int) == [str(i) for i in range(20) if i % 2 and i % 3 == 0]
+
+
+def test_late_rows_with_old_times_come_after_the_cursor(env):
+    client, collector = env
+    site_id, keys = new_site(collector)
+    send(client, collector, keys, [{"event": "page_view", "props": {"m": "now"}}])
+    first, since = drain(client, site_id, keys["read"])
+    assert first == ["now"]
+    # A till's batch from last year and a spool replay's worth of old rows, stored later.
+    send(client, collector, keys, [
+        {"event": "purchase", "channel": "pos", "ts": "2025-02-01T09:00:00Z",
+         "props": {"m": "old"}},
+        {"event": "purchase", "channel": "pos", "ts": "2024-12-24T09:00:00Z",
+         "props": {"m": "older"}}])
+    later, since = drain(client, site_id, keys["read"], since)
+    assert sorted(later) == ["old", "older"]
+    assert drain(client, site_id, keys["read"], since)[0] == []
+
+
+def insert_rows(store, site_id, tag, n, slow=False, token=None):
+    """``n`` rows straight into the table; ``slow``: the insert takes half a second per row
+    before it commits (its SELECT sleeps)."""
+    where = "WHERE sleepEachRow(0.5) = 0" if slow else ""
+    settings = f" SETTINGS insert_deduplication_token = '{token}'" if token else ""
+    store.execute(
+        "INSERT INTO tagwerk.events (event_id, site_id, event, ts, props) SELECT "
+        "generateUUIDv4(), {site:String}, 'page_view', now64(3) - INTERVAL 400 DAY, "
+        "map('m', concat({tag:String}, toString(number))) FROM numbers({n:UInt64}) "
+        f"{where}{settings}", {"site": site_id, "tag": tag, "n": n})
+
+
+def test_an_insert_that_commits_late_is_not_skipped(env):
+    client, collector = env
+    site_id, keys = new_site(collector)
+    store = collector.store
+    slow = threading.Thread(target=insert_rows, args=(store, site_id, "slow", 4, True))
+    slow.start()  # starts first, reads its rows, commits last
+    insert_rows(store, site_id, "fast", 2)
+    seen, since = drain(client, site_id, keys["read"])
+    late = slow.is_alive()  # almost always: it sleeps 2 s
+    slow.join()
+    rest, since = drain(client, site_id, keys["read"], since)
+    assert sorted(seen + rest) == ["fast0", "fast1", "slow0", "slow1", "slow2", "slow3"]
+    if late:  # it committed after the first export had handed out its cursor
+        assert sorted(rest) == ["slow0", "slow1", "slow2", "slow3"]
+
+
+def test_a_replayed_insert_yields_no_second_copy(env):
+    client, collector = env
+    site_id, keys = new_site(collector)
+    token = uuid.uuid4().hex
+    insert_rows(collector.store, site_id, "r", 3, token=token)
+    seen, since = drain(client, site_id, keys["read"])
+    insert_rows(collector.store, site_id, "r", 3, token=token)  # the flusher's replay
+    assert drain(client, site_id, keys["read"], since)[0] == []
+    assert sorted(seen) == ["r0", "r1", "r2"]
+
+
+def test_deleted_rows_no_longer_appear(env):
+    client, collector = env
+    site_id, keys = new_site(collector)
+    send(client, collector, keys, [{"event": "page_view", "props": {"m": str(i)}}
+                                   for i in range(4)])
+    collector.store.execute("DELETE FROM tagwerk.events WHERE site_id = {s:String} "
+                            "AND props['m'] = '1'", {"s": site_id})
+    seen, since = drain(client, site_id, keys["read"])
+    assert sorted(seen) == ["0", "2", "3"]
+    send(client, collector, keys, [{"event": "page_view", "props": {"m": "4"}}])
+    assert drain(client, site_id, keys["read"], since)[0] == ["4"]
+
+
+def test_two_collectors_inserting_at_once(env, server_store, tmp_path):
+    """One collector on the embedded engine, one through its HTTP interface (another
+    process's view of the same ClickHouse): an exporter polling all the while sees every
+    row once."""
+    client, collector = env
+    site_id, keys = new_site(collector)
+    other_client, other = make_client(server_store, tmp_path / "other")
+    seen: list[str] = []
+    since = None
+    with other_client:
+        other.sites.reload()
+        writers = []
+        for name, c in (("a", client), ("b", other_client)):
+            def write(name=name, c=c):
+                for batch in range(6):
+                    body = {"events": [{"event": "page_view",
+                                        "props": {"m": f"{name}{batch}-{i}"}}
+                                       for i in range(5)]}
+                    c.post("/api/v1/batch", content=orjson.dumps(body), headers={
+                        "Authorization": f"Bearer {keys['write']}",
+                        "Content-Type": "application/json"}).raise_for_status()
+            writers.append(threading.Thread(target=write))
+        for thread in writers:
+            thread.start()
+        while any(thread.is_alive() for thread in writers) or not (
+                drained(collector) and drained(other)):
+            found, since = drain(client, site_id, keys["read"], since, limit="7")
+            seen += found
+        found, since = drain(client, site_id, keys["read"], since)
+        seen += found
+    expected = sorted(f"{n}{b}-{i}" for n in "ab" for b in range(6) for i in range(5))
+    assert sorted(seen) == expected
+
+
+def test_cursor_is_bound_to_its_site_and_checked(env):
+    client, collector = env
+    site_id, keys = new_site(collector)
+    other_id, other_keys = new_site(collector, "other")
+    send(client, collector, keys, [{"event": "page_view", "props": {"m": "mine"}}])
+    send(client, collector, other_keys, [{"event": "page_view", "props": {"m": "theirs"}}])
+    mine = get(client, site_id, keys["read"])
+    assert markers(mine.content) == ["mine"]
+    theirs = get(client, other_id, other_keys["read"]).headers["tagwerk-cursor"]
+    refused = get(client, site_id, keys["read"], since=theirs)
+    assert refused.status_code == 400 and refused.json()["field"] == "since"
+    assert "another site" in refused.json()["error"]
+
+    raw = bytearray(base64.urlsafe_b64decode(mine.headers["tagwerk-cursor"] + "=="))
+    raw[20] ^= 1  # move the position by hand
+    forged = base64.urlsafe_b64encode(bytes(raw)).rstrip(b"=").decode()
+    for bad in (forged, "x" * 42, mine.headers["tagwerk-cursor"][:-1], "' OR 1=1 --", "é" * 42):
+        response = get(client, site_id, keys["read"], since=bad)
+        assert response.status_code == 400 and response.json()["field"] == "since", bad
+    # A cursor re-made for this site with the other site's position still reads only this
+    # site's rows: the key decides which rows, the cursor only where to start.
+    table = cursor_range.table_tag(collector.store)
+    start = cursor.encode(table, site_id, cursor.Position(0, 0))
+    assert markers(get(client, site_id, keys["read"], since=start).content) == ["mine"]
+
+
+def test_cursor_round_trip_and_damage():
+    table = b"abcd"
+    position = cursor.Position(123456789, cursor.LAST)
+    text = cursor.encode(table, "shop", position)
+    assert len(text) == 42 and cursor.decode(text, table, "shop") == position
+    with pytest.raises(ApiError, match="another copy"):
+        cursor.decode(text, b"efgh", "shop")
+    with pytest.raises(ApiError, match="another site"):
+        cursor.decode(text, table, "shop2")
+    with pytest.raises(ApiError, match="damaged"):
+        cursor.decode(text[:30] + ("A" if text[30] != "A" else "B") + text[31:], table, "shop")
+
+
+class FakeStore:
+    def __init__(self, engine):
+        self.engine = engine
+
+    def rows(self, sql, params=None):
+        return [{"uuid": "00000000-0000-0000-0000-000000000000", "engine": self.engine}]
+
+
+def test_replicated_tables_are_refused():
+    assert len(cursor_range.table_tag(FakeStore("ReplacingMergeTree"))) == 4
+    for engine in ("ReplicatedReplacingMergeTree", "Distributed", "SharedReplacingMergeTree"):
+        with pytest.raises(ApiError) as refused:
+            cursor_range.table_tag(FakeStore(engine))
+        assert refused.value.status == 501
+
+
+def test_keys(env):
+    client, collector = env
+    site_id, keys = new_site(collector)
+    other_id, other_keys = new_site(collector, "other")
+    assert client.get(EXPORT.format(site_id)).status_code == 401
+    for key in (keys["write"], other_keys["read"], other_keys["admin"], "nonsense"):
+        assert get(client, site_id, key).status_code == 403
+    assert get(client, site_id, keys["admin"]).status_code == 200
+    assert get(client, "no-such-site", keys["read"]).status_code == 404
+
+
+@pytest.mark.parametrize(("query", "field"), [
+    ("format=xml", "format"), ("limit=0", "limit"), ("limit=abc", "limit"),
+    ("limit=99999999999", "limit"), ("limit=-1", "limit"), ("channel=tv", "channel"),
+    ("channel=web%27%20OR%201%3D1", "channel"), ("colour=red", "colour"),
+    ("format=csv&format=ndjson", "format"), ("since=%ff%fe", "since"),
+    ("events=" + "a," * 60, "events"),
+    ("events=a%00b", "events"), ("since=" + "A" * 600, "since"),
+])
+def test_bad_queries_are_refused_by_name(env, query, field):
+    client, collector = env
+    site_id, keys = new_site(collector)
+    response = client.get(f"{EXPORT.format(site_id)}?{query}",
+                          headers={"Authorization": f"Bearer {keys['read']}"})
+    assert response.status_code == 400, response.text
+    assert response.json().get("field", "") == field
+    assert get(client, site_id, keys["read"]).status_code == 200  # still serving
+
+
+def test_huge_query_string_and_injection_through_events(env):
+    client, collector = env
+    site_id, keys = new_site(collector)
+    send(client, collector, keys, [{"event": "page_view", "props": {"m": "x"}}])
+    huge = client.get(f"{EXPORT.format(site_id)}?events={'a' * 5000}",
+                      headers={"Authorization": f"Bearer {keys['read']}"})
+    assert huge.status_code == 414
+    # Values are bound as parameters: SQL in an event name is just a name nobody sent.
+    for name in ("page_view') OR (1=1", "x' OR site_id != '", "\\' OR 1 --"):
+        response = get(client, site_id, keys["read"], events=name)
+        assert response.status_code == 200 and response.content == b""
+
+
+def test_disconnect_stops_the_query(store, tmp_path):
+    from tests.helpers import served
+
+    with served(store, tmp_path) as (http, collector):
+        site_id, keys = new_site(collector, "big")
+        insert_rows(store, site_id, "big", 400_000)
+        with http.stream("GET", EXPORT.format(site_id),
+                         headers={"Authorization": f"Bearer {keys['read']}"}) as response:
+            assert response.status_code == 200
+            next(response.iter_bytes())
+        running = ("SELECT count() AS n FROM system.processes "
+                   "WHERE Settings['log_comment'] LIKE 'tagwerk-stream:%'")
+        wait_for(lambda: store.rows(running)[0]["n"] in (0, "0"))
+        assert http.get(EXPORT.format(site_id), params={"limit": "5"}, headers={
+            "Authorization": f"Bearer {keys['read']}"}).status_code == 200
+
+
+def test_server_backend_streams_too(server_store, tmp_path):
+    client, collector = make_client(server_store, tmp_path)
+    with client:
+        site_id, keys = new_site(collector, "srv")
+        insert_rows(server_store, site_id, "s", 5)
+        seen, since = drain(client, site_id, keys["read"], limit="2")
+        assert sorted(seen) == [f"s{i}" for i in range(5)]
+        parquet = get(client, site_id, keys["read"], format="parquet")
+        assert pq.read_table(io.BytesIO(parquet.content)).num_rows == 5
