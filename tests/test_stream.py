@@ -1,0 +1,182 @@
+"""GET /api/v1/sites/{site}/stream: server-sent events of new rows, resumable with
+Last-Event-ID, filtered by events, with heartbeats and limits."""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+import time
+import uuid
+
+import httpx
+import orjson
+import pytest
+
+from collector.api.stream import StreamConfig
+from collector.app import create_app
+from collector.config import Settings
+from collector.fasthttp import protocol_for
+from collector.service import Collector
+from tests.helpers import CHROME, drained, serve, wait_for
+
+STREAM = "/api/v1/sites/{}/stream"
+
+
+@pytest.fixture(scope="module")
+def env(store, tmp_path_factory):
+    collector = Collector(Settings(data_dir=tmp_path_factory.mktemp("stream"),
+                                   flush_interval_ms=20), store=store)
+    app = create_app(collector)
+    app.rest.state.tagwerk_stream = StreamConfig(heartbeat=0.3, poll=0.1, per_site=2)
+    with serve(app, http=protocol_for(collector)) as base, \
+            httpx.Client(base_url=base, headers={"User-Agent": CHROME}) as http:
+        yield http, collector
+
+
+def new_site(collector):
+    site_id = f"st-{uuid.uuid4().hex[:10]}"
+    _, keys = collector.sites.create(site_id)
+    return site_id, keys
+
+
+def send(http, keys, events):
+    response = http.post("/api/v1/batch", content=orjson.dumps({"events": events}),
+                         headers={"Authorization": f"Bearer {keys['write']}",
+                                  "Content-Type": "application/json"})
+    assert response.status_code == 202, response.text
+
+
+class Listener:
+    """An SSE client in a thread: messages (dicts of fields, comments under ':') in a queue."""
+
+    def __init__(self, http, site_id, key, last_id=None, **query):
+        headers = {"Authorization": f"Bearer {key}"}
+        if last_id:
+            headers["Last-Event-ID"] = last_id
+        self.messages: queue.Queue = queue.Queue()
+        self.status: int | None = None
+        self._stop = threading.Event()
+        self._open = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True,
+                                        args=(http, site_id, headers, query))
+        self._thread.start()
+        assert self._open.wait(10)
+
+    def _run(self, http, site_id, headers, query):
+        with http.stream("GET", STREAM.format(site_id), params=query, headers=headers,
+                         timeout=10) as response:
+            self.status = response.status_code
+            self.headers = response.headers
+            self._open.set()
+            message: dict = {}
+            with contextlib.suppress(httpx.HTTPError):
+                for line in response.iter_lines():
+                    if self._stop.is_set():
+                        return
+                    if not line:
+                        self.messages.put(message)
+                        message = {}
+                        continue
+                    name, _, value = line.partition(":")
+                    message[name or ":"] = value.removeprefix(" ")
+
+    def rows(self, n, timeout=10.0):
+        """The next ``n`` data messages (heartbeats skipped) as (id, row)."""
+        found, deadline = [], time.monotonic() + timeout
+        while len(found) < n:
+            message = self.messages.get(timeout=max(0.01, deadline - time.monotonic()))
+            if "data" in message:
+                found.append((message["id"], orjson.loads(message["data"])))
+        return found
+
+    def close(self):
+        self._stop.set()
+
+
+def test_rows_arrive_live_filtered_with_ids_and_heartbeats(env):
+    http, collector = env
+    site_id, keys = new_site(collector)
+    listener = Listener(http, site_id, keys["read"], events="purchase,add_to_cart")
+    assert listener.status == 200
+    assert listener.headers["content-type"].startswith("text/event-stream")
+    first = listener.messages.get(timeout=5)
+    assert first == {"retry": "3000"}
+    send(http, keys, [{"event": "page_view", "props": {"m": "0"}},
+                      {"event": "purchase", "props": {"m": "1"}},
+                      {"event": "add_to_cart", "props": {"m": "2"}}])
+    got = listener.rows(2)
+    assert sorted(row["props"]["m"] for _, row in got) == ["1", "2"]
+    assert all(row["site_id"] == site_id for _, row in got)
+    assert len({event_id for event_id, _ in got}) == 2
+    heartbeat = listener.messages.get(timeout=5)
+    while "data" in heartbeat:
+        heartbeat = listener.messages.get(timeout=5)
+    assert heartbeat == {":": "ping"}
+    listener.close()
+
+
+def test_resume_with_last_event_id_gives_each_row_once(env):
+    http, collector = env
+    site_id, keys = new_site(collector)
+    listener = Listener(http, site_id, keys["read"])
+    send(http, keys, [{"event": "page_view", "props": {"m": str(i)}} for i in range(3)])
+    got = listener.rows(3)  # in the order rows were stored
+    listener.close()
+    send(http, keys, [{"event": "page_view", "props": {"m": str(i)}} for i in range(3, 5)])
+    again = Listener(http, site_id, keys["read"], last_id=got[1][0])
+    resumed = [row["props"]["m"] for _, row in again.rows(3)]
+    again.close()
+    assert resumed[0] == got[2][1]["props"]["m"] and sorted(resumed[1:]) == ["3", "4"]
+    # An event's id is an export cursor too.
+    export = http.get(f"/api/v1/sites/{site_id}/export", params={"since": got[-1][0]},
+                      headers={"Authorization": f"Bearer {keys['read']}"})
+    assert sorted(orjson.loads(line)["props"]["m"] for line in export.content.splitlines()) \
+        == ["3", "4"]
+
+
+def test_limits_keys_and_bad_input(env):
+    http, collector = env
+    site_id, keys = new_site(collector)
+    _, other_keys = new_site(collector)
+    auth = {"Authorization": f"Bearer {keys['read']}"}
+    assert http.get(STREAM.format(site_id)).status_code == 401
+    assert http.get(STREAM.format(site_id), headers={
+        "Authorization": f"Bearer {other_keys['read']}"}).status_code == 403
+    for headers, query, field in (
+            ({"Last-Event-ID": "nonsense"}, {}, "Last-Event-ID"),
+            ({"Last-Event-ID": "A" * 500}, {}, "Last-Event-ID"),
+            ({}, {"since": "x"}, "since"), ({}, {"channel": "web"}, "channel"),
+            ({}, {"events": "a,,b\x01"}, "events")):
+        response = http.get(STREAM.format(site_id), params=query, headers={**auth, **headers})
+        assert response.status_code == 400 and response.json()["field"] == field
+    listeners = [Listener(http, site_id, keys["read"]) for _ in range(2)]
+    assert all(listener.status == 200 for listener in listeners)
+    refused = http.get(STREAM.format(site_id), headers=auth)
+    assert refused.status_code == 429 and "Retry-After" in refused.headers
+    for listener in listeners:
+        listener.close()
+
+
+def test_a_slow_subscriber_catches_up_without_gaps_or_repeats(store, tmp_path):
+    """Tiny batches and a one-batch queue: the subscriber overflows, reads on its own from
+    its position, and joins the shared batches again."""
+    collector = Collector(Settings(data_dir=tmp_path, flush_interval_ms=20), store=store)
+    app = create_app(collector)
+    app.rest.state.tagwerk_stream = StreamConfig(heartbeat=0.3, poll=0.05, batch_rows=2,
+                                                 queue_batches=1)
+    with serve(app, http=protocol_for(collector)) as base, \
+            httpx.Client(base_url=base, headers={"User-Agent": CHROME}) as http:
+        site_id, keys = new_site(collector)
+        send(http, keys, [{"event": "page_view", "props": {"m": "before"}}])
+        wait_for(lambda: drained(collector))  # stored before the stream: not in it
+        listener = Listener(http, site_id, keys["read"])
+        for batch in range(5):
+            send(http, keys, [{"event": "page_view", "props": {"m": f"{batch}-{i}"}}
+                              for i in range(7)])
+        got = [row["props"]["m"] for _, row in listener.rows(35)]
+        listener.close()
+        assert sorted(got) == sorted(f"{b}-{i}" for b in range(5) for i in range(7))
+        with pytest.raises(queue.Empty):
+            while True:  # nothing more than those 35 rows, heartbeats only
+                assert "data" not in listener.messages.get(timeout=1)
