@@ -143,7 +143,9 @@ def test_keys(env, path):
 
 
 @pytest.mark.parametrize(("query", "field"), [
-    ("/products/top?person=user:1", "person"),
+    ("/products/top?person=bogus:1", "person"),
+    ("/products/top?person=user:undefined", "person"),
+    ("/products/top?person=user:1&exclude=bought", "exclude"),
     ("/products/top?exclude=purchased", "exclude"),
     ("/products/top?limit=1&limit=2", "limit"),
     ("/products/top?limit=0", "limit"),
@@ -163,7 +165,7 @@ def test_keys(env, path):
     ("/products/trending?window=2d&baseline=1d", "baseline"),
     ("/products/trending?baseline=100d", "baseline"),
     ("/products/p1/related?kind=co_click", "kind"),
-    ("/products/p1/related?person=device:x", "person"),
+    ("/products/p1/related?person=device", "person"),
     ("/products/%01/related", "product_id"),
     ("/products/%ff/related", "product_id"),
     ("/products/" + "x" * 300 + "/related", "product_id"),

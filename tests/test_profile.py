@@ -190,3 +190,54 @@ def test_profiles_of_other_sites_are_invisible_and_keys_are_checked(env):
 def test_profile_bad_input(env, path, status, field):
     r = get(env, BASE + path)
     assert r.status_code == status and r.json()["field"] == field, r.text
+
+
+def test_lists_leave_out_what_the_person_bought_anywhere(env):
+    """A keyed list with person= and the browser-safe list of the phone's own cookies both
+    leave out what was bought in the store, once the phone and the card are one person."""
+    import datetime as dt
+
+    from collector.api import recommend
+    from tests.test_recommend import consent_cookie
+
+    client, collector, keys = env
+    now = dt.datetime.now(dt.UTC)
+    n = uuid.uuid4().hex[:8]
+    # A tw_id cookie's device id: 22 URL-safe base64 characters.
+    user, phone, card = f"c-{n}", uuid.uuid4().hex[:22], f"L-{n}"
+    bought, seen = item(f"bought-{n}", "c", "b"), item(f"seen-{n}", "c", "b")
+
+    def at(minutes):
+        return (now - dt.timedelta(minutes=minutes)).isoformat(timespec="milliseconds")
+
+    send(env, [hit("view_item", at(9), [bought], device_id=phone),
+               hit("view_item", at(8), [seen], device_id=phone),
+               {**hit("login", at(7), device_id=phone), "type": "identify", "user_id": user,
+                "identifiers": {"loyalty": card}},
+               hit("purchase", at(6), [bought], channel="pos", agent="till/1",
+                   identifiers={"loyalty": card})])
+
+    def top(**extra):
+        query = "&".join(f"{k}={v}" for k, v in extra.items())
+        r = get(env, f"{BASE}/products/top?window=1h&limit=100&{query}")
+        assert r.status_code == 200, r.text
+        return [i["product_id"] for i in r.json()["items"]]
+
+    assert {bought["product_id"], seen["product_id"]} <= set(top())
+    mine = top(person=f"device:{phone}")
+    assert bought["product_id"] not in mine and seen["product_id"] in mine
+    assert not {bought["product_id"], seen["product_id"]} & set(
+        top(person=f"user:{user}", exclude="purchased,viewed"))
+    assert set(top(person=f"device:nobody-{n}")) >= {bought["product_id"]}
+    # The shop's own page on the phone: no key, the phone's cookies.
+    recommend._limits[collector] = recommend.RateLimit(rate=1000, burst=1000)
+    # The consent cookie of the site's current policy (one of another policy is stale).
+    consent = consent_cookie("analytics", "personalization",
+                             policy=collector.containers.live(SITE).policy)
+    cookie = f"tw_id={phone}.20000; tw_consent={consent}"
+    client.cookies.clear()  # only the phone's own cookies, none from earlier answers
+    r = client.get(f"/t/{SITE}/recommend/top?window=1h&limit=24", headers={"cookie": cookie})
+    assert r.status_code == 200, r.text
+    listed = [i["product_id"] for i in r.json()["items"]]
+    assert seen["product_id"] in listed and bought["product_id"] not in listed
+    assert r.headers["cache-control"].startswith("private")

@@ -16,8 +16,14 @@ DEVICE = "AbCdEfGhIjKlMnOpQrStUv"  # a tw_id: 22 URL-safe base64 characters
 ORIGIN = "https://shop-r.example"
 
 
-def consent_cookie(*granted: str) -> str:
-    return f"v1.{'a' * 32}.{'b' * 16}.{','.join(granted)}.{int(time.time())}.banner"
+POLICIES: dict[str, str] = {}  # site -> its live container's policy hash (the env sets it)
+
+
+def consent_cookie(*granted: str, site: str = "rec-a", policy: str = "") -> str:
+    """A tw_consent value of the site's current policy: the collector takes a cookie of
+    another policy as stale (once it has seen the site's live container)."""
+    policy = policy or POLICIES.get(site, "b" * 16)
+    return f"v1.{'a' * 32}.{policy}.{','.join(granted)}.{int(time.time())}.banner"
 
 
 @pytest.fixture(scope="module")
@@ -31,12 +37,17 @@ def env(store, tmp_path_factory):
         events += [hit("view_item", MIN * (i + 1), [("r2", 5, 1)], device=f"v{i % 4}",
                        session=f"s{i % 4}") for i in range(4)]
         events += [hit("view_item", MIN, [("r3", 5, 1)], device="v0", session="s0")]
-        events += [hit("purchase", MIN, [("r1", 5, 1), ("r3", 7, 1)], device=DEVICE)]
-        events += [hit("purchase", MIN, [("r1", 5, 1), ("r3", 7, 1)], device="buyer-2")]
+        # Person-level answers count only hits with personalization consent.
+        personal = {"consent": ["analytics", "personalization"]}
+        events += [{**hit("purchase", MIN, [("r1", 5, 1), ("r3", 7, 1)], device=DEVICE),
+                    **personal}]
+        events += [{**hit("purchase", MIN, [("r1", 5, 1), ("r3", 7, 1)], device="buyer-2"),
+                    **personal}]
         send(client, keys["write"], events)
         send(client, other["write"], [hit("view_item", MIN, [("secret", 1, 1)], device="o")])
         wait_for(lambda: drained(collector))
         refresh_pairs(store, ("rec-a",))
+        POLICIES["rec-a"] = collector.containers.live("rec-a").policy
         # The test client has no IP address: all its requests share one bucket.
         recommend._limits[collector] = recommend.RateLimit(rate=1000, burst=1000)
         yield client, collector

@@ -42,7 +42,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from collector.api.access import READ, ApiError, json_response, keyed
+from collector.api.persons import identifier
 from collector.api.query import choice, integer, params, path_text, window
+from collector.identity import profile as profiles
+from collector.identity.graph import Graph
 from collector.service import Collector
 from collector.sites import Site
 
@@ -117,13 +120,6 @@ LIMIT {limit:UInt32}
 
 PAIRS = {"co_view": ("coview_pairs", "sessions"), "co_purchase": ("copurchase_pairs", "buyers")}
 
-DEVICE_PURCHASES = """
-SELECT arraySlice(groupUniqArrayArray(products), 1, {most:UInt32}) AS products
-FROM tagwerk.purchased_items
-WHERE site_id = {site:String} AND device_id = {device:String}
-"""
-
-
 @dataclass(frozen=True)
 class Ask:
     """One list, fully specified: also its cache key (with the site and exclusions)."""
@@ -169,11 +165,15 @@ def compute(store: Any, site_id: str, ask: Ask, exclude: tuple[str, ...],
     return {"items": items, "as_of": _iso(rows[0]["as_of"]) if rows else None}
 
 
-def device_purchases(store: Any, site_id: str, device_id: str) -> tuple[str, ...]:
-    """What one device bought (blocking), at most MAX_EXCLUDED products."""
-    rows = store.rows(DEVICE_PURCHASES, {"site": site_id, "device": device_id,
-                                         "most": MAX_EXCLUDED})
-    return tuple(sorted(rows[0]["products"])) if rows else ()
+def person_products(store: Any, site: Site, kind: str, ident: str,
+                    events: tuple[str, ...]) -> tuple[str, ...]:
+    """What the person known by ``kind:ident`` bought or viewed (``events``), across all
+    their identifiers and channels, with personalization consent (blocking); at most
+    MAX_EXCLUDED products; nothing for someone unknown."""
+    person = Graph(store, site).resolve(kind, ident)
+    if person is None:
+        return ()
+    return tuple(profiles.products(store, site.site_id, person, events)[:MAX_EXCLUDED])
 
 
 def _iso(text: str) -> str | None:
@@ -225,9 +225,10 @@ class Answers:
             self._done.popitem(last=False)
         return answer
 
-    async def device_purchases(self, site_id: str, device_id: str) -> tuple[str, ...]:
-        return await run_in_threadpool(device_purchases, self.collector.store, site_id,
-                                       device_id)
+    async def device_purchases(self, site: Site, device_id: str) -> tuple[str, ...]:
+        """What the person of this device bought, on any of their devices or channels."""
+        return await run_in_threadpool(person_products, self.collector.store, site,
+                                       "device", device_id, (profiles.PURCHASE,))
 
 
 _answers: WeakKeyDictionary[Collector, Answers] = WeakKeyDictionary()
@@ -284,13 +285,28 @@ TRENDING_PARAMS = ("window", "baseline", "limit")
 RELATED_PARAMS = ("kind", "limit")
 
 
+# ``person={kind}:{id}&exclude=purchased|viewed|purchased,viewed``: keyed lists only (the
+# browser-safe ones never take a person: which products vanish would tell what they bought).
+PERSON_PARAMS = ("person", "exclude")
+EXCLUDE = {"purchased": profiles.PURCHASE, "viewed": profiles.VIEW}
+
+
 async def exclusions(request: Request, collector: Collector, site: Site,
                      values: dict[str, str]) -> tuple[str, ...]:
-    """The products to leave out of a keyed list. Empty for now: the identity work adds
-    ``person={kind}:{id}&exclude=purchased|viewed`` here (and to the accepted parameters),
-    resolving the person and returning what they bought or viewed (sorted, at most
-    MAX_EXCLUDED: it is part of the cache key)."""
-    return ()
+    """The products the list leaves out: what ``person`` (across all their identifiers)
+    bought and/or viewed, per ``exclude`` (default: purchased). Sorted, at most
+    MAX_EXCLUDED: it is part of the cache key. An unknown person excludes nothing."""
+    if "person" not in values:
+        if "exclude" in values:
+            raise ApiError(400, "'exclude' needs 'person' (kind:id)", "exclude")
+        return ()
+    kind, ident = identifier(site, values["person"], "person")
+    asked = [name for name in values.get("exclude", "purchased").split(",") if name]
+    if not asked or any(name not in EXCLUDE for name in asked) or len(asked) > len(EXCLUDE):
+        raise ApiError(400, "'exclude' must be purchased, viewed or purchased,viewed",
+                       "exclude")
+    events = tuple(sorted({EXCLUDE[name] for name in asked}))
+    return await run_in_threadpool(person_products, collector.store, site, kind, ident, events)
 
 
 async def _list(request: Request, collector: Collector, site: Site, accepted: tuple[str, ...],
@@ -303,19 +319,19 @@ async def _list(request: Request, collector: Collector, site: Site, accepted: tu
 
 @keyed(READ)
 async def top(request: Request, collector: Collector, site: Site) -> Response:
-    return await _list(request, collector, site, TOP_PARAMS,
+    return await _list(request, collector, site, TOP_PARAMS + PERSON_PARAMS,
                        lambda v: top_ask(v, KEYED, time.time()))
 
 
 @keyed(READ)
 async def trending(request: Request, collector: Collector, site: Site) -> Response:
-    return await _list(request, collector, site, TRENDING_PARAMS,
+    return await _list(request, collector, site, TRENDING_PARAMS + PERSON_PARAMS,
                        lambda v: trending_ask(v, KEYED, time.time()))
 
 
 @keyed(READ)
 async def related(request: Request, collector: Collector, site: Site) -> Response:
-    return await _list(request, collector, site, RELATED_PARAMS,
+    return await _list(request, collector, site, RELATED_PARAMS + PERSON_PARAMS,
                        lambda v: related_ask(request, v, KEYED))
 
 

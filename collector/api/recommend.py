@@ -17,8 +17,10 @@ The same lists as ``products.py`` (as Algolia's search-only keys and Shopify's p
   as the lists are the same for anyone;
 - personalised only for the visitor's own device and consent: when the request carries a
   ``tw_consent`` cookie (valid for the site's current policy) that grants
-  ``personalization``, and a ``tw_id`` device cookie, the products that device bought are
-  left out. Nothing about the device, the person or their purchases is in the answer;
+  ``personalization``, and a ``tw_id`` device cookie, the products that visitor bought
+  are left out: as a person, on any of their devices or in the store (the identity graph),
+  counting only hits with personalization consent. Nothing about the device, the person
+  or their purchases is in the answer;
 - ``Cache-Control: public, max-age=60`` when not personalised, ``private, max-age=60``
   when personalised, always ``Vary: Cookie, Origin`` (a shared cache never serves one
   visitor's list to another, nor one origin's CORS answer to another);
@@ -147,7 +149,7 @@ async def _serve(request: Request, accepted: tuple[str, ...], make: Any) -> Resp
         found = products.answers(collector)
         exclude: tuple[str, ...] = ()
         if device:
-            exclude = await found.device_purchases(site.site_id, device)
+            exclude = await found.device_purchases(site, device)
         answer = await found.get(site.site_id, ask, exclude)
     except ApiError as exc:
         error = refusal(exc)
