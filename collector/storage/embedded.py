@@ -142,7 +142,7 @@ def _setting(value: str) -> str:
 _FORMAT = re.compile(r"[A-Za-z][A-Za-z0-9]{0,63}")
 STREAM_TAG = "tagwerk-stream:"
 PIPE_BYTES = 1 << 20
-READ_BYTES = 256 * 1024
+READ_BYTES = 1024 * 1024
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 

@@ -16,7 +16,7 @@ from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 
 from collector.storage.base import Params, StorageError, StorageUnavailable, Store, format_param
 
-READ_BYTES = 256 * 1024
+READ_BYTES = 1024 * 1024
 
 _OWN_FORMAT = re.compile(r"\bFORMAT\s+\w+\s*;?\s*$", re.I)
 

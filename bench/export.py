@@ -1,0 +1,206 @@
+"""Raw export throughput and the collector's memory while it exports.
+
+Runs ``tagwerk serve`` as a subprocess on a fresh data directory, generates ``--rows`` rows
+of one site inside the engine (``INSERT ... SELECT FROM numbers``: skewed products, event
+names, devices, campaigns; purchases with items), then exports them all through
+``GET /api/v1/sites/{site}/export`` following the cursor, as NDJSON and as Parquet, and
+prints rows/s, the ratio to the goal (300,000 rows/s) and the growth of the collector's
+resident memory over the whole export (goal: under 100 MB).
+
+    python3 bench/export.py [--rows 10000000] [--runs 3] [--limit 1000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pyarrow.parquet as pq
+
+GOAL_ROWS = 300_000
+GOAL_MB = 100
+SITE = "bench"
+CHUNK = 1_000_000
+
+GENERATE = """
+INSERT INTO tagwerk.events (event_id, site_id, event, type, ts, received_at, channel,
+    device_id, session_id, user_id, consent, url, path, title, referrer, referrer_host,
+    utm_source, utm_medium, utm_campaign, device_class, browser, os, country, city, language,
+    screen, order_id, revenue, currency, items, props)
+SELECT generateUUIDv4(number), 'bench', ev,
+    if(ev = 'page_view', 'page', 'track'),
+    now64(3) - toIntervalSecond(rand(1) % (90 * 86400)), now64(3),
+    ['web', 'web', 'web', 'app', 'email', 'pos'][1 + rand(2) % 6],
+    concat('d-', toString(dev)), concat('s-', toString(dev), '-', toString(rand(3) % 20)),
+    if(rand(4) % 4 = 0, concat('u-', toString(dev % 50000)), ''),
+    ['analytics', 'marketing'],
+    concat('https://shop.example/p/', prod, '?utm_source=news'), concat('/p/', prod),
+    concat('Product ', prod), 'https://www.google.com/', 'www.google.com',
+    ['news', 'google', '', '', 'facebook'][1 + rand(5) % 5], 'email', 'autumn-sale',
+    ['desktop', 'mobile', 'mobile', 'tablet'][1 + dev % 4],
+    ['Chrome', 'Safari', 'Firefox', 'Edge'][1 + dev % 4],
+    ['Windows', 'iOS', 'Android'][1 + dev % 3],
+    ['DE', 'AT', 'CH', 'FR', 'US'][1 + dev % 5], ['Berlin', 'Wien', 'Zürich', 'Paris'][1 + dev % 4],
+    'de-DE', '1920x1080',
+    if(ev = 'purchase', concat('o-', toString(number)), ''),
+    if(ev = 'purchase', toDecimal64(19.99 * (1 + rand(6) % 5), 4), toDecimal64(0, 4)),
+    if(ev = 'purchase', 'EUR', ''),
+    if(ev IN ('purchase', 'add_to_cart'),
+       [(prod, concat('Product ', prod), 'shoes', 'acme', 'red', toDecimal64(19.99, 4),
+         toUInt32(1 + rand(7) % 3))], []),
+    map('ab', ['a', 'b'][1 + rand(8) % 2], 'page_type', 'product')
+FROM (SELECT number,
+        -- event names and products skewed as in a shop: most hits are page views, a few
+        -- products get most of them
+        ['page_view', 'page_view', 'page_view', 'page_view', 'page_view', 'page_view',
+         'view_item', 'view_item', 'add_to_cart', 'purchase'][1 + rand(9) % 10] AS ev,
+        toString(toUInt32(pow(rand(10) / 4294967295, 3) * 5000)) AS prod,
+        rand(11) % 200000 AS dev
+      FROM numbers({start:UInt64}, {count:UInt64}))
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_mb(pid: int) -> float:
+    text = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmRSS:\s+(\d+)", text).group(1)) / 1024
+
+
+class Sampler(threading.Thread):
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.peak, self.stop = pid, 0.0, threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self.peak = max(self.peak, rss_mb(self.pid))
+            time.sleep(0.05)
+
+
+def start(data_dir: Path) -> tuple[subprocess.Popen, str, int]:
+    port, sql_port = free_port(), free_port()
+    cmd = [sys.executable, "-m", "collector", "serve", "--port", str(port), "--sql-port",
+           str(sql_port), "--data-dir", str(data_dir), "--no-demo", "--log-level", "warning"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                return proc, base, sql_port
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError("collector did not start")
+
+
+def tagwerk(data_dir: Path, *args: str) -> str:
+    return subprocess.run([sys.executable, "-m", "collector", *args, "--data-dir",
+                           str(data_dir)], check=True, capture_output=True, text=True).stdout
+
+
+def generate(data_dir: Path, rows: int) -> None:
+    info = json.loads((data_dir / "serve.json").read_text())
+    url = f"http://127.0.0.1:{info['sql_port']}/"
+    auth = (info["sql_user"], info["sql_password"])
+    for start_at in range(0, rows, CHUNK):
+        count = min(CHUNK, rows - start_at)
+        response = httpx.post(url, content=GENERATE.encode(), auth=auth, timeout=600,
+                              params={"param_start": start_at, "param_count": count})
+        response.raise_for_status()
+
+
+def export_all(base: str, key: str, fmt: str, limit: int) -> tuple[int, float, int]:
+    """(rows, seconds, calls) for exporting everything by following the cursor."""
+    rows = calls = 0
+    since = None
+    began = time.monotonic()
+    with httpx.Client(base_url=base, timeout=600,
+                      headers={"Authorization": f"Bearer {key}"}) as client:
+        while True:
+            query = {"format": fmt, "limit": str(limit), **({"since": since} if since else {})}
+            with client.stream("GET", f"/api/v1/sites/{SITE}/export", params=query) as answer:
+                answer.raise_for_status()
+                calls += 1
+                if fmt == "ndjson":
+                    rows += sum(chunk.count(b"\n") for chunk in answer.iter_raw(1 << 20))
+                else:
+                    body = io.BytesIO()
+                    for chunk in answer.iter_raw(1 << 20):
+                        body.write(chunk)
+                    body.seek(0)
+                    rows += pq.ParquetFile(body).metadata.num_rows
+                since = answer.headers["tagwerk-cursor"]
+                if answer.headers["tagwerk-more"] == "false":
+                    break
+    return rows, time.monotonic() - began, calls
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=10_000_000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--limit", type=int, default=1_000_000)
+    parser.add_argument("--keep", action="store_true", help="keep the data directory")
+    args = parser.parse_args()
+    data_dir = Path(tempfile.mkdtemp(prefix="tagwerk-export-bench-"))
+    proc, base, _ = start(data_dir)
+    try:
+        keys = tagwerk(data_dir, "site", "create", SITE)
+        key = re.search(r"read key:\s+(\S+)", keys).group(1)
+        began = time.monotonic()
+        generate(data_dir, args.rows)
+        print(f"generated {args.rows:,} rows in {time.monotonic() - began:.1f} s "
+              f"(collector RSS {rss_mb(proc.pid):.0f} MB)", flush=True)
+        results: dict[str, list[float]] = {"ndjson": [], "parquet": []}
+        growth: dict[str, list[float]] = {"ndjson": [], "parquet": []}
+        for run in range(1, args.runs + 1):
+            for fmt in results:
+                before = rss_mb(proc.pid)
+                sampler = Sampler(proc.pid)
+                sampler.start()
+                rows, seconds, calls = export_all(base, key, fmt, args.limit)
+                sampler.stop.set()
+                sampler.join()
+                if rows != args.rows:
+                    raise RuntimeError(f"{fmt}: exported {rows:,} rows, expected {args.rows:,}")
+                rate = rows / seconds
+                results[fmt].append(rate)
+                growth[fmt].append(sampler.peak - before)
+                print(f"run {run} {fmt:8} {rows:,} rows in {seconds:.1f} s ({calls} calls): "
+                      f"{rate:,.0f} rows/s = {rate / GOAL_ROWS:.2f}x goal; RSS {before:.0f} MB "
+                      f"-> peak {sampler.peak:.0f} MB (+{sampler.peak - before:.0f} MB)",
+                      flush=True)
+        for fmt, rates in results.items():
+            median = statistics.median(rates)
+            print(f"median {fmt:8} {median:,.0f} rows/s = {median / GOAL_ROWS:.2f}x the "
+                  f"{GOAL_ROWS:,} rows/s goal; RSS growth max {max(growth[fmt]):.0f} MB "
+                  f"(goal < {GOAL_MB} MB)")
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        if not args.keep:
+            shutil.rmtree(data_dir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
