@@ -2,7 +2,10 @@
 // the way a Google Tag Manager shop is: GA4 e-commerce events pushed to window.dataLayer
 // (each preceded by {ecommerce: null}), tagwerk('identify', customerId) at sign-in, and a
 // "Cookie settings" link that calls tagwerk('consent', 'show'). The tag itself is loaded by
-// the page's snippet (collector/demo.py); this script never talks to the collector.
+// the page's snippet (collector/demo.py); the only requests this script makes are for the
+// "Recommended for you" and "Customers also viewed" blocks, from the collector's
+// browser-safe lists under /t/demo/recommend/ (no key; what this visitor bought, on any
+// of their devices or in the store, is left out when they consented to personalization).
 //
 // Works under the page's strict CSP: no inline handlers, no style attributes, no eval.
 // Shop state (cart, orders, the signed-in customer) is the shop's own, in localStorage.
@@ -182,6 +185,29 @@
   const grid = (products, list, listName) =>
     `<ul class="grid">${products.map((p, i) => card(p, list, listName, i)).join("")}</ul>`;
 
+  // A block of recommended products, filled in when the list arrives; it stays hidden when
+  // the list is empty or the request fails (a shop page never waits for it).
+  const RECOMMEND = "/t/demo/recommend";
+  const recommended = (id, title) =>
+    `<section class="recs" id="${id}" hidden><h2 class="section-title">${title}</h2><div></div></section>`;
+  const fillRecommended = async (id, path, title, leaveOut = []) => {
+    const section = document.getElementById(id);
+    try {
+      const response = await fetch(RECOMMEND + path, { credentials: "same-origin" });
+      if (!response.ok) return;
+      const { items } = await response.json();
+      const products = items
+        .map((i) => byId(i.product_id))
+        .filter((p) => p && !leaveOut.includes(p.id))
+        .slice(0, 4);
+      if (!products.length || !section.isConnected) return;
+      section.querySelector("div").innerHTML = grid(products, id, title);
+      section.hidden = false; // (no view_item_list: it comes and goes with the data)
+    } catch (e) {
+      // offline or blocked: the page works without it
+    }
+  };
+
   const home = () => ({
     title: "Röstwerk · Specialty coffee and brewing gear",
     html: `<section class="hero">
@@ -197,12 +223,16 @@
       </section>
       <h2 class="section-title">Our favourites</h2>
       ${grid(FEATURED, "featured", "Our favourites")}
+      ${recommended("for-you", "Recommended for you")}
       <section class="cats" aria-label="Categories">
         ${Object.entries(CATEGORIES)
           .map(([id, c]) => `<a class="cat" href="${BASE}/category/${id}" data-nav><b>${c.name}</b><span>${c.blurb}</span></a>`)
           .join("")}
       </section>`,
-    after: () => listed("featured", "Our favourites", FEATURED),
+    after: () => {
+      listed("featured", "Our favourites", FEATURED);
+      fillRecommended("for-you", "/top?metric=views&window=7d&limit=12", "Recommended for you");
+    },
   });
 
   const category = (id) => {
@@ -243,7 +273,8 @@
             </form>
             <p class="small">Ships in 1–2 working days · 30-day returns</p>
           </div>
-        </article>`,
+        </article>
+        ${recommended("also-viewed", "Customers also viewed")}`,
       after: () => {
         const qty = document.getElementById("qty");
         document.querySelectorAll(".step").forEach((b) =>
@@ -257,6 +288,8 @@
           addToCart(p, n);
         });
         ecommerce("view_item", { currency: CURRENCY, value: p.cents / 100, items: [item(p)] });
+        fillRecommended("also-viewed", `/related/${encodeURIComponent(p.id)}?kind=co_view&limit=12`,
+          "Customers also viewed", [p.id]);
       },
     };
   };
