@@ -47,6 +47,7 @@ _ALTER = re.compile(r"^\s*ALTER TABLE (\w+)\.(\w+)", re.I)
 _STORAGE_ONLY = re.compile(
     r"\s*(ADD|DROP|MATERIALIZE|CLEAR)\s+(INDEX|PROJECTION)\b"
     r"|\s*(MODIFY|REMOVE)\s+TTL\b", re.I)
+_MODIFY_QUERY = re.compile(r"\s*MODIFY QUERY\b", re.I)
 _ENGINE = re.compile(r"ENGINE\s*=\s*(\w*MergeTree)(?:\(([^)]*)\))?", re.I)
 
 
@@ -196,6 +197,10 @@ def _render_for_cluster(stmt: str, cluster: str, shard_key: str | None,
     if match := _ALTER.match(stmt):
         db, table = match.group(1), match.group(2)
         rest = stmt[match.end():]
+        if _MODIFY_QUERY.match(rest):
+            # A materialised view's new query: like its creation, on every node, reading
+            # the shard's local tables.
+            return [f"ALTER TABLE {db}.{table} {on}{_NAME.sub(lambda m: _local(m, sharded), rest)}"]
         if shard_key and _STORAGE_ONLY.match(rest):
             return [f"ALTER TABLE {db}.{table}_local {on}{rest}"]  # a Distributed has none
         if shard_key:

@@ -66,6 +66,15 @@ def test_cluster_render_of_storage_alters_stays_on_the_shards():
         assert render(m, "c") == [f"ALTER TABLE tagwerk.events_local ON CLUSTER c {clause}"]
 
 
+def test_cluster_render_of_a_views_new_query():
+    """MODIFY QUERY of a materialised view: on every node, reading the local shards."""
+    m = migrations.Migration(9, "x", "-- cluster: sharded by rand()\n"
+                             "ALTER TABLE tagwerk.session_items_mv MODIFY QUERY SELECT "
+                             "site_id FROM tagwerk.events")
+    assert render(m, "c") == ["ALTER TABLE tagwerk.session_items_mv ON CLUSTER c MODIFY QUERY "
+                              "SELECT site_id FROM tagwerk.events_local"]
+
+
 def test_cluster_name_is_checked():
     events = next(m for m in load_migrations() if m.name == "events")
     with pytest.raises(ValueError, match="cluster name"):

@@ -174,3 +174,41 @@ def test_privacy_needs_the_sites_admin_key(env):
              site="priv-other")
     assert r.status_code == 404
     assert call(env, "GET", f"{BASE}/persons/user:{user}", key="read").status_code == 200
+
+
+def test_site_retention_applies_to_links_and_person_level_tables(env):
+    """A site keeping 3 days: rows of a person 10 days old go from events, the identity
+    links and every person-level table alike (ClickHouse applies the TTLs at insert and
+    at merges); a site keeping everything keeps them."""
+    import datetime as dt
+
+    client, collector, _ = env
+    old = (dt.datetime.now(dt.UTC) - dt.timedelta(days=10)).isoformat()
+    n = uuid.uuid4().hex[:8]
+    events = [
+        {**hit("login", old, device_id=f"d-{n}"), "type": "identify", "user_id": f"u-{n}"},
+        hit("page_view", old, device_id=f"d-{n}", session_id=f"s-{n}"),
+        hit("view_item", old, [{"product_id": "p", "quantity": 1}], device_id=f"d-{n}",
+            session_id=f"s-{n}"),
+        hit("purchase", old, [{"product_id": "p", "quantity": 1}], device_id=f"d-{n}"),
+    ]
+    store = collector.store
+    tables = ("events", "identity_links", "person_activity", "session_items",
+              "purchased_items", "session_entries")
+
+    def counts(site_id):
+        return {t: int(store.rows(f"SELECT count() AS n FROM tagwerk.{t} WHERE site_id = "
+                                  "{s:String}", {"s": site_id})[0]["n"]) for t in tables}
+
+    sites = {}
+    for days in (3, 0):
+        site, keys = collector.sites.create(f"priv-ret{days}-{n}", retention_days=days)
+        r = client.post("/api/v1/batch", content=orjson.dumps({"events": events}),
+                        headers={"Authorization": f"Bearer {keys['write']}"})
+        assert r.status_code == 202, r.text
+        sites[days] = site.site_id
+    wait_for(lambda: drained(collector))
+    for table in tables:
+        store.execute(f"OPTIMIZE TABLE tagwerk.{table} FINAL")
+    assert all(counts(sites[0]).values()), counts(sites[0])
+    assert counts(sites[3]) == dict.fromkeys(tables, 0)
