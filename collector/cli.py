@@ -74,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--drop-without-consent", action="store_true",
                         help="drop web hits without analytics consent (instead of storing "
                         "them without identifiers)")
+    create.add_argument("--identifier-kinds", default="",
+                        help="the site's own identifier kinds beyond device, user, email, "
+                        "loyalty, pos and anon, comma-separated (e.g. membership,crm)")
+    create.add_argument("--identity-max-persons", type=int, default=20,
+                        help="an identifier linked to more persons stops linking and is "
+                        "reported (default 20)")
     _container_parser(commands)
     _export_parser(commands)
     return parser
@@ -301,7 +307,10 @@ def site_create(settings: Settings, args: argparse.Namespace) -> int:
         site, keys = Sites(store).create(args.name, args.origin,
                                          retention_days=args.retention_days,
                                          drop_bots=args.drop_bots,
-                                         drop_without_consent=args.drop_without_consent)
+                                         drop_without_consent=args.drop_without_consent,
+                                         identifier_kinds=[k for k in
+                                                           args.identifier_kinds.split(",") if k],
+                                         identity_max_persons=args.identity_max_persons)
     finally:
         store.close()
     print(f"site:      {site.site_id}")

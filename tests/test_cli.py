@@ -65,6 +65,21 @@ def test_site_create_refuses_bad_input(server):
         assert result.returncode == 2 and message in result.stderr
 
 
+def test_site_create_with_identity_settings(server):
+    data = str(server.data_dir)
+    tagwerk("site", "create", "cli-ids", "--identifier-kinds", "membership,crm",
+            "--identity-max-persons", "5", "--data-dir", data)
+    stored = tagwerk("sql", "SELECT identifier_kinds, identity_max_persons FROM tagwerk.sites "
+                     "FINAL WHERE site_id = 'cli-ids' FORMAT TSV", "--data-dir", data).stdout
+    assert stored.strip() == "['membership','crm']\t5"
+    for args, message in [(["--identifier-kinds", "device"], "built-in"),
+                          (["--identifier-kinds", "Bad-Kind"], "identifier kind"),
+                          (["--identity-max-persons", "0"], "identity_max_persons")]:
+        result = tagwerk("site", "create", "cli-ids-bad", *args, "--data-dir", data,
+                         check=False)
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
 def test_sql_error_is_reported(server):
     result = tagwerk("sql", "SELECT nope FROM tagwerk.events", "--data-dir",
                      str(server.data_dir), check=False)
