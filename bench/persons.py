@@ -42,7 +42,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from load import CLIENT_CORE, SERVER_CORE, free_port, wait_http, wrk  # noqa: E402
+from load import SERVER_CORE, free_port, wait_http, wrk  # noqa: E402
 
 SITE = "bench"
 GOAL_P99_MS, GOAL_RPS, GOAL_FRESH_S, GOAL_ERASE_S = 20.0, 1000.0, 1.0, 10.0

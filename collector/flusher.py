@@ -29,6 +29,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 import orjson
 
@@ -50,6 +52,8 @@ TABLES = {EVENTS: COLUMNS, CONSENT_LOG: CONSENT_COLUMNS}
 INSERTS = {name: f"tagwerk.{name} ({', '.join(columns)})" for name, columns in TABLES.items()}
 INSERT = INSERTS[EVENTS]
 ID_LENGTH = 36
+SITE_ID, DEVICE_ID, USER_ID = (COLUMNS.index(c) for c in ("site_id", "device_id", "user_id"))
+IDENTIFIERS = COLUMNS.index("identifiers")
 
 
 def encode_record(
@@ -85,6 +89,11 @@ class Flusher:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="flusher", daemon=True)
         self.last_error: str | None = None
+        # Erasures learnt while rows were spooled: rows before `recheck_until` were checked
+        # at ingestion against fewer tombstones, and are checked again here (`blocked`:
+        # site id and the row's identifiers -> whether it names an erased one).
+        self.blocked: Callable[[str, dict[str, Any]], bool] | None = None
+        self.recheck_until: Pos | None = None
 
     def start(self) -> None:
         self._thread.start()
@@ -150,8 +159,11 @@ class Flusher:
         self.spool.write_checkpoint(Checkpoint(start, pending=stop))
         token = f"{self.spool.id}:{start.segment}:{start.offset}-{stop.segment}:{stop.offset}"
         rows = dropped = 0
+        recheck = self.recheck_until is not None and start < self.recheck_until
         for table, group in self._by_table(records):
             if table == EVENTS:
+                if recheck:
+                    group = [self._without_erased(r) for r in group]
                 body, n, d = self._rows(group)
             else:
                 body = b"".join(r[r.index(b"\n") + 1 :] for r in group)
@@ -166,6 +178,8 @@ class Flusher:
                 )
             rows, dropped = rows + n, dropped + d
         self.spool.release(stop)
+        if recheck and self.recheck_until is not None and stop >= self.recheck_until:
+            self.recheck_until = None
         self.metrics.flush_seconds.observe(time.monotonic() - began)
         self.metrics.rows_inserted.inc(by=rows)
         self.metrics.duplicates_dropped.inc(by=dropped)
@@ -184,6 +198,23 @@ class Flusher:
                     continue
             groups.setdefault(table, []).append(record)
         return [(EVENTS, groups.pop(EVENTS)), *sorted(groups.items())]
+
+    def _without_erased(self, record: bytes) -> bytes:
+        """The record without the rows that name an erased identifier (events only)."""
+        if self.blocked is None:
+            return record
+        meta_end = record.index(b"\n") + 1
+        kept = []
+        for line in record[meta_end:].splitlines():
+            values = orjson.loads(line)
+            row = {"user_id": values[USER_ID], "device_id": values[DEVICE_ID],
+                   "identifiers": values[IDENTIFIERS] if len(values) > IDENTIFIERS else {}}
+            if self.blocked(values[SITE_ID], row):
+                self.metrics.erased_dropped.inc()
+            else:
+                kept.append(line + b"\n")
+        # A record whose rows all went keeps its metadata and no rows: nothing is inserted.
+        return record[:meta_end] + b"".join(kept)
 
     def _rows(self, records: list[bytes]) -> tuple[bytes, int, int]:
         """The batch body without repeated sender-given ids; rows and dropped counts."""

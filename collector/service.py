@@ -48,6 +48,7 @@ class Collector:
         self.flusher = Flusher(self.spool, self.store, self.metrics,
                                interval=settings.flush_interval_ms / 1000,
                                max_bytes=settings.flush_bytes)
+        self.flusher.blocked = self.tombstones.blocks
         self.metrics.gauge("tagwerk_spool_unflushed_bytes", "Bytes on disk not yet in ClickHouse.",
                            self.spool.unflushed_bytes)
         self.metrics.gauge("tagwerk_spool_fsyncs_total", "Group commits (fsyncs) of the spool.",
@@ -81,6 +82,9 @@ class Collector:
                 self._ensure_demo_site()
             self.sites.load()
             self.tombstones.load()
+            # What the spool holds was acknowledged before this start: maybe before an
+            # erasure of one of its identifiers.
+            self.flusher.recheck_until = self.spool.durable
         except StorageError as exc:
             if not self.sites.load_snapshot():
                 raise
@@ -120,7 +124,9 @@ class Collector:
             if self._stopping.wait(CONTAINER_REFRESH_SECONDS):
                 return
             with contextlib.suppress(StorageError):
-                self.tombstones.load()  # erasures made through other collectors
+                if self.tombstones.load():  # erasures made through any collector
+                    # Rows spooled before were checked against fewer tombstones.
+                    self.flusher.recheck_until = self.spool.durable
             if time.monotonic() - last_sites >= self.sites.refresh_seconds:
                 self.sites.reload()
                 last_sites = time.monotonic()

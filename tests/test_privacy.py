@@ -212,3 +212,42 @@ def test_site_retention_applies_to_links_and_person_level_tables(env):
         store.execute(f"OPTIMIZE TABLE tagwerk.{table} FINAL")
     assert all(counts(sites[0]).values()), counts(sites[0])
     assert counts(sites[3]) == dict.fromkeys(tables, 0)
+
+
+def test_rows_acknowledged_before_an_erasure_was_known_are_dropped_by_the_flusher(store,
+                                                                                   tmp_path):
+    """Another collector's spool holds hits of the person, acknowledged before it learnt of
+    the erasure: its flusher checks them against the tombstones it now has."""
+    import datetime as dt
+
+    from collector.events import Context, normalize
+    from collector.flusher import Flusher, encode_record
+    from collector.metrics import Metrics
+    from collector.privacy.tombstones import Tombstones, subject
+    from collector.spool import Spool
+    from collector.useragent import parse_agent
+    from tests.test_spool import append_all
+
+    site = f"priv-spool-{uuid.uuid4().hex[:6]}"
+    ctx = Context(site, dt.datetime.now(dt.UTC), "server", parse_agent("x"))
+    hits = [{"event": "e", "user_id": "erased-1", "consent": ["analytics"]},
+            {"event": "e", "device_id": "kept", "consent": ["analytics"]},
+            {"event": "e", "consent": ["analytics"], "identifiers": {"loyalty": "L-erased"}}]
+    lines = [orjson.dumps(list(normalize(h, ctx)[0].values())) for h in hits]
+    spool = Spool(tmp_path, 1 << 20, 1 << 30)
+    append_all(spool, [encode_record(lines, site, [])])
+    tombstones = Tombstones(store)
+    tombstones.add(site, [subject(site, "user", "erased-1"),
+                          subject(site, "loyalty", "L-erased")], str(uuid.uuid4()))
+    flusher = Flusher(spool, store, Metrics(), interval=0.01)
+    flusher.blocked, flusher.recheck_until = tombstones.blocks, spool.durable
+    flusher.start()
+    try:
+        wait_for(lambda: flusher.caught_up)
+    finally:
+        flusher.stop()
+        spool.close()
+    stored = store.rows("SELECT user_id, device_id FROM tagwerk.events WHERE site_id = "
+                        "{s:String}", {"s": site})
+    assert stored == [{"user_id": "", "device_id": "kept"}]
+    assert flusher.recheck_until is None  # checked once, then no more parsing

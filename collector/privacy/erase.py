@@ -2,7 +2,9 @@
 
 1. The identifiers that are theirs alone (their user ids, and every identifier whose rows
    are all theirs) become tombstones: from now on a hit naming one is dropped at
-   ingestion, here at once and by other collectors within seconds.
+   ingestion, here at once and by other collectors within seconds; each collector's
+   flusher also drops such rows among those it had acknowledged before it learnt of the
+   tombstones (``Flusher.recheck_until``), and after a restart among all it replays.
 2. What this collector has acknowledged but not yet stored is flushed first, so that it
    is found by the deletes.
 3. Their rows go from ``events`` and from every table keyed by person, session or device

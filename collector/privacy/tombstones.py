@@ -28,12 +28,18 @@ class Tombstones:
         self._by_site: dict[str, frozenset[str]] = {}
         self._lock = threading.Lock()
 
-    def load(self) -> None:
+    def load(self) -> bool:
+        """Read every site's tombstones; whether there are new ones (erasures made through
+        this or another collector since the last load)."""
         rows = self.store.rows(
             "SELECT site_id, groupArray(subject) AS subjects FROM tagwerk.privacy_tombstones "
             "GROUP BY site_id")
+        loaded = {row["site_id"]: frozenset(row["subjects"]) for row in rows}
         with self._lock:
-            self._by_site = {row["site_id"]: frozenset(row["subjects"]) for row in rows}
+            new = any(not subjects <= self._by_site.get(site, frozenset())
+                      for site, subjects in loaded.items())
+            self._by_site = loaded
+        return new
 
     def add(self, site_id: str, subjects: list[str], request_id: str) -> None:
         """Record new tombstones, in ClickHouse for every collector and here at once."""
