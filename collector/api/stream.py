@@ -124,8 +124,11 @@ class SitePoller:
                 backoff = 0.5
                 if not more:
                     await asyncio.sleep(config.poll)
-            except StorageError as exc:
-                log.warning("stream of %s: %s", self.site_id, exc)
+            except Exception as exc:  # keep polling: the subscribers wait on this task
+                if isinstance(exc, StorageError):
+                    log.warning("stream of %s: %s", self.site_id, exc)
+                else:
+                    log.exception("stream of %s", self.site_id)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
 
