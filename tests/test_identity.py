@@ -416,3 +416,12 @@ def test_rows_spooled_before_the_identity_columns_still_flush(backend, store, tm
     [stored] = store.rows("SELECT user_id, identifiers, consent_id FROM tagwerk.events "
                           "WHERE site_id = {s:String}", {"s": site})
     assert stored == {"user_id": "c-1", "identifiers": {}, "consent_id": ""}
+
+
+def test_ids_with_slashes_and_colons(env):
+    user = f"shop/eu:{uuid.uuid4().hex[:6]}"
+    send(env, [identify(user, loyalty="L/1:2")])
+    from urllib.parse import quote
+    found = person(env, f"user:{quote(user, safe='')}")
+    assert found["person_id"] == person_id(SITE, "user", user)
+    assert person(env, "loyalty:L%2F1:2")["person_id"] == found["person_id"]

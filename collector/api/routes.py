@@ -10,8 +10,9 @@ from collector.api import export, persons, privacy, products, recommend, stream
 SITE = "/api/v1/sites/{site}"
 
 ROUTES: list[Route] = [
-    Route(SITE + "/persons/{ident}", persons.person, methods=["GET"]),
-    Route(SITE + "/persons/{ident}/profile", persons.profile, methods=["GET"]),
+    # Ids may hold "/" (sent as %2F): the profile's route is tried first.
+    Route(SITE + "/persons/{ident:path}/profile", persons.profile, methods=["GET"]),
+    Route(SITE + "/persons/{ident:path}", persons.person, methods=["GET"]),
     Route(SITE + "/identity/merge", persons.merge, methods=["POST"]),
     Route(SITE + "/identity/split", persons.split, methods=["POST"]),
     Route(SITE + "/identity/operations", persons.operations, methods=["GET"]),

@@ -20,7 +20,7 @@ from collector.privacy.tombstones import subject
 from collector.sites import Site
 from collector.storage import Store
 
-MAX_ROWS = 100_000
+MAX_ROWS = 50_000  # rows of every column, held in memory while the answer is built
 
 
 def access(store: Store, site: Site, kind: str, ident: str, actor: str
