@@ -84,15 +84,32 @@ def rss_mb(pid: int) -> float:
     return int(re.search(r"VmRSS:\s+(\d+)", text).group(1)) / 1024
 
 
+EXPORT_QUERIES = ("SELECT max(memory_usage) FROM system.processes "
+                  "WHERE Settings['log_comment'] LIKE 'tagwerk-stream:%' FORMAT TSV")
+
+
 class Sampler(threading.Thread):
-    def __init__(self, pid: int) -> None:
+    """Peak RSS of the collector, and peak memory of its export queries as the engine
+    accounts it (the collector also runs other work, such as refreshable views, whose
+    memory shows in its RSS)."""
+
+    def __init__(self, pid: int, data_dir: Path) -> None:
         super().__init__(daemon=True)
-        self.pid, self.peak, self.stop = pid, 0.0, threading.Event()
+        self.pid, self.peak, self.query_peak, self.stop = pid, 0.0, 0.0, threading.Event()
+        info = json.loads((data_dir / "serve.json").read_text())
+        self.sql = (f"http://127.0.0.1:{info['sql_port']}/", (info["sql_user"],
+                                                                info["sql_password"]))
 
     def run(self) -> None:
         while not self.stop.is_set():
             self.peak = max(self.peak, rss_mb(self.pid))
-            time.sleep(0.05)
+            try:
+                used = httpx.post(self.sql[0], content=EXPORT_QUERIES, auth=self.sql[1],
+                                  timeout=5).text.strip()
+                self.query_peak = max(self.query_peak, int(used or 0) / 2**20)
+            except (httpx.HTTPError, ValueError):
+                pass
+            time.sleep(0.1)
 
 
 def start(data_dir: Path) -> tuple[subprocess.Popen, str, int]:
@@ -159,6 +176,8 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--limit", type=int, default=1_000_000)
     parser.add_argument("--keep", action="store_true", help="keep the data directory")
+    parser.add_argument("--idle", type=float, default=65.0, help="seconds of RSS sampling "
+                        "without exports first, for reference (0: none)")
     args = parser.parse_args()
     data_dir = Path(tempfile.mkdtemp(prefix="tagwerk-export-bench-"))
     proc, base, _ = start(data_dir)
@@ -169,12 +188,21 @@ def main() -> int:
         generate(data_dir, args.rows)
         print(f"generated {args.rows:,} rows in {time.monotonic() - began:.1f} s "
               f"(collector RSS {rss_mb(proc.pid):.0f} MB)", flush=True)
+        if args.idle:  # the collector's own drift without exports, for reference
+            before = rss_mb(proc.pid)
+            sampler = Sampler(proc.pid, data_dir)
+            sampler.start()
+            time.sleep(args.idle)
+            sampler.stop.set()
+            sampler.join()
+            print(f"idle {args.idle:.0f} s: RSS {before:.0f} MB -> peak {sampler.peak:.0f} MB "
+                  f"(+{sampler.peak - before:.0f} MB)", flush=True)
         results: dict[str, list[float]] = {"ndjson": [], "parquet": []}
         growth: dict[str, list[float]] = {"ndjson": [], "parquet": []}
         for run in range(1, args.runs + 1):
             for fmt in results:
                 before = rss_mb(proc.pid)
-                sampler = Sampler(proc.pid)
+                sampler = Sampler(proc.pid, data_dir)
                 sampler.start()
                 rows, seconds, calls = export_all(base, key, fmt, args.limit)
                 sampler.stop.set()
@@ -186,7 +214,8 @@ def main() -> int:
                 growth[fmt].append(sampler.peak - before)
                 print(f"run {run} {fmt:8} {rows:,} rows in {seconds:.1f} s ({calls} calls): "
                       f"{rate:,.0f} rows/s = {rate / GOAL_ROWS:.2f}x goal; RSS {before:.0f} MB "
-                      f"-> peak {sampler.peak:.0f} MB (+{sampler.peak - before:.0f} MB)",
+                      f"-> peak {sampler.peak:.0f} MB (+{sampler.peak - before:.0f} MB); export "
+                      f"query peak {sampler.query_peak:.0f} MB",
                       flush=True)
         for fmt, rates in results.items():
             median = statistics.median(rates)
