@@ -237,7 +237,7 @@ def freshness(base: str, keys: dict[str, str], args: argparse.Namespace) -> list
                 "event": "view_item", "user_id": f"u{owner}", "device_id": f"probe-{probe}",
                 "consent": ["analytics", "personalization"],
                 "items": [{"product_id": product}]}]}).encode()
-            url = f"{base}/api/v1/sites/{SITE}/persons/loyalty:L{owner}/profile"
+            url = f"{base}/api/v1/sites/{SITE}/persons/user:u{owner}/profile"
             status, _ = call(f"{base}/api/v1/batch", keys["write"], body)
             sent = time.perf_counter()
             assert status == 202

@@ -32,6 +32,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from collector.containers import check, default_container
+from collector.identity import verify
 from collector.tagjs import Asset, Dist, respond_asset
 
 SITE = "demo"
@@ -50,6 +51,7 @@ MEDIA = {
     "gif": "image/gif",
 }
 STATIC_NAME = re.compile(r"^[a-z0-9_-]{1,64}\.(js|css|svg|gif)$")
+DEMO_CUSTOMER = re.compile(r"C-[0-9A-F]{12}")  # fullmatch: the demo shop's customer ids
 CSP = ("default-src 'self'; script-src 'nonce-{n}' 'strict-dynamic'; "
        "style-src 'self' 'nonce-{n}'; img-src 'self' data:; connect-src 'self'; "
        "base-uri 'none'; form-action 'self'; frame-ancestors 'none'; object-src 'none'")
@@ -185,6 +187,23 @@ async def static(request: Request) -> Response:
     return respond_asset(request, asset)
 
 
+async def identity_token(request: Request) -> Response:
+    """The demo shop's "server side" of its sign-in: the identity_token of a customer id
+    (collector/identity/verify.py), so that the tag's identify links the device. A real shop
+    signs only for the customer its own login just authenticated; this demo signs for any
+    customer id of the demo site, which is why the demo site is a demo."""
+    if not _enabled(request):
+        return _off()
+    user_id = request.query_params.get("user_id", "")
+    site = request.app.state.collector.sites.get("demo")
+    if site is None or not DEMO_CUSTOMER.fullmatch(user_id):
+        return Response('{"error": "user_id must be a demo customer id (C-XXXXXXXXXXXX)"}', 400,
+                        {"Cache-Control": "no-store"}, media_type="application/json")
+    signed = verify.token(site.write_key_hash, site.site_id, user_id)
+    return Response(f'{{"identity_token": "{signed}"}}', headers={"Cache-Control": "no-store"},
+                    media_type="application/json")
+
+
 async def bare(request: Request) -> Response:
     return RedirectResponse("/demo/" + (f"?{request.url.query}" if request.url.query else ""),
                             308)
@@ -193,5 +212,6 @@ async def bare(request: Request) -> Response:
 ROUTES = [
     Route("/demo", bare, methods=["GET", "HEAD"]),
     Route("/demo/static/{name}", static, methods=["GET", "HEAD"]),
+    Route("/demo/api/identity-token", identity_token, methods=["GET"]),
     Route("/demo/{path:path}", shell, methods=["GET", "HEAD"]),
 ]

@@ -23,6 +23,7 @@ import orjson
 from collector.geo import UNKNOWN, Location
 from collector.http import json_field, nested_too_deep
 from collector.identity.kinds import BUILT_IN, MAX_ID, IdentifierError, clean, is_junk
+from collector.identity.verify import verified
 from collector.ids import uuid7
 from collector.useragent import Agent
 from consent.enforce import ConsentRule, enforce_row
@@ -60,7 +61,8 @@ MAX_ECOMMERCE_DEPTH = 8
 SERVER_ONLY = frozenset({"country", "region", "city", "user_agent", "ip"})
 ACCEPTED = frozenset(
     {"event_id", "site", "event", "type", "ts", "channel", "consent", "revenue", "currency",
-     "items", "props", "ecommerce", "identifiers", "consent_id"} | set(STRING_LIMITS)
+     "items", "props", "ecommerce", "identifiers", "consent_id", "identity_token"}
+    | set(STRING_LIMITS)
     | SERVER_ONLY
 )
 # Further identifiers of the person (``{"email": "<sha256>", "loyalty": "L-991"}``): device
@@ -124,6 +126,8 @@ class Context:
     language: str = ""
     # The identifier kinds the site accepts (built-in ones and its own).
     identifier_kinds: tuple[str, ...] = BUILT_IN
+    # The site's write key digest: browser identifies are verified with it (identity.verify).
+    identity_key: str = ""
 
     def __post_init__(self) -> None:
         if not self.received_text:
@@ -169,6 +173,13 @@ def normalize(raw: Any, ctx: Context) -> tuple[dict[str, Any], bool]:
         s["device_id"] = ""
     if type_ in ("identify", "alias") and not s["user_id"]:
         raise EventError(f"a {type_} event needs a user_id", "user_id")
+    if type_ in ("identify", "alias"):
+        token = _token(raw)  # never stored: it would let anyone replay the claim
+        if not ctx.trusted and not _verified(token, s, ctx):
+            type_ = "track"  # a browser's unverified claim: kept as an event, links nothing
+    if "identifiers" in raw and not ctx.trusted and type_ not in ("identify", "alias"):
+        raise EventError("from a browser, only an identify with a valid identity_token may "
+                         "carry identifiers", "identifiers")
     identifiers = _identifiers(raw["identifiers"], ctx) if "identifiers" in raw else {}
     channel = raw.get("channel") or ctx.channel
     if not isinstance(channel, str) or channel not in CHANNELS:
@@ -279,6 +290,27 @@ def _string(raw: dict, name: str, limit: int) -> str:
     if len(text) > limit:
         raise EventError(f"{name!r} is longer than {limit} characters", name)
     return text
+
+
+def _token(raw: dict) -> Any:
+    """An identify's identity_token: top level, or in ``props`` as the tag sends it
+    (``tagwerk('identify', id, {identity_token})``), taken out of them."""
+    props = raw.get("props")
+    in_props = props.pop("identity_token", None) if isinstance(props, dict) else None
+    return raw.get("identity_token", in_props)
+
+
+def _verified(given: Any, s: dict[str, str], ctx: Context) -> bool:
+    """Whether a browser's identify carries a valid identity_token. One that is present but
+    wrong is a 400: the shop's signing is broken."""
+    if given is None:
+        return False
+    if not isinstance(given, str) or not verified(ctx.identity_key, ctx.site_id,
+                                                  s["user_id"], given):
+        raise EventError("'identity_token' does not match this user_id (HMAC-SHA256 of "
+                         "'site:user_id' keyed with the write key's SHA-256, in hex)",
+                         "identity_token")
+    return True
 
 
 def _identifiers(value: Any, ctx: Context) -> dict[str, str]:

@@ -289,6 +289,7 @@ def _context(c: Collector, site: Site, channel: str, hit: Hit) -> Context:
         location=c.geo.lookup(anonymize_ip(ip)) if ip and c.geo.enabled else UNKNOWN,
         retention_days=site.retention_days,
         identifier_kinds=site.identifier_kinds,
+        identity_key=site.write_key_hash,
         language=preferred_language(hit.headers.get("accept-language", "")),
     )
 

@@ -425,3 +425,67 @@ def test_ids_with_slashes_and_colons(env):
     found = person(env, f"user:{quote(user, safe='')}")
     assert found["person_id"] == person_id(SITE, "user", user)
     assert person(env, "loyalty:L%2F1:2")["person_id"] == found["person_id"]
+
+
+def test_a_browsers_identify_links_only_with_the_shops_identity_token(env):
+    """A page can claim any user id: from a browser, an identify links only with an
+    identity_token made by the shop's server with the write key (as Intercom does)."""
+    from collector.identity.verify import token_for_key
+
+    client, collector, keys = env
+    user, attacker, card = uid("victim"), uid("attacker-device"), uid("L")
+
+    def collect(event, device):
+        client.cookies.clear()  # each call a browser of its own (no tw_id from earlier ones)
+        body = {"site": SITE, "events": [{"consent": ALL, "device_id": device, **event}]}
+        return client.post("/collect", content=orjson.dumps(body),
+                           headers={"Content-Type": "text/plain"})
+
+    send(env, [identify(user, uid("own-device"))])
+    # No token: stored as a plain event, links nothing; identifiers are refused.
+    assert collect({"event": "login", "type": "identify", "user_id": user},
+                   attacker).status_code == 202
+    r = collect({"event": "login", "type": "identify", "user_id": user,
+                 "identifiers": {"loyalty": card}}, attacker)
+    assert r.status_code == 400 and r.json()["field"] == "event.identifiers"
+    r = collect({"event": "page_view", "identifiers": {"loyalty": card}}, attacker)
+    assert r.status_code == 400
+    # A wrong token (another user's, another site's key) is a 400 naming it.
+    for bad in (token_for_key(keys[SITE]["write"], SITE, "someone-else"),
+                token_for_key(keys["id-other"]["write"], SITE, user), "x" * 64, 5):
+        r = collect({"event": "login", "type": "identify", "user_id": user,
+                     "identity_token": bad}, attacker)
+        assert r.status_code == 400 and r.json()["field"] == "event.identity_token", bad
+    wait_for(lambda: drained(collector))
+    assert get(env, f"{BASE}/persons/device:{attacker}").json()["person_id"] == person_id(
+        SITE, "device", attacker)
+    [row] = collector.store.rows(
+        "SELECT type FROM tagwerk.events WHERE site_id = {s:String} AND device_id = {d:String}",
+        {"s": SITE, "d": attacker})
+    assert row["type"] == "track"
+    # The shop's server signed it: the device and the card link; the token is not stored.
+    good = token_for_key(keys[SITE]["write"], SITE, user)
+    phone = uid("phone")
+    assert collect({"event": "login", "type": "identify", "user_id": user,
+                    "identifiers": {"loyalty": card},
+                    "props": {"identity_token": good, "via": "tag"}}, phone).status_code == 202
+    wait_for(lambda: drained(collector))
+    assert person(env, f"device:{phone}")["person_id"] == person_id(SITE, "user", user)
+    assert person(env, f"loyalty:{card}")["person_id"] == person_id(SITE, "user", user)
+    stored = collector.store.query(
+        "SELECT * FROM tagwerk.events WHERE site_id = {s:String} AND device_id = {d:String}",
+        {"s": SITE, "d": phone})
+    assert good.encode() not in stored and b'"via":"tag"' in stored.replace(b" ", b"")
+
+
+def test_the_demo_signs_its_customers_ids(store, tmp_path):
+    from collector.identity.verify import token
+
+    client, collector = make_client(store, tmp_path)
+    with client:
+        r = client.get("/demo/api/identity-token?user_id=C-0123456789AB")
+        site = collector.sites.get("demo")
+        assert r.status_code == 200
+        assert r.json()["identity_token"] == token(site.write_key_hash, "demo", "C-0123456789AB")
+        for bad in ("", "c-1", "C-0123456789AB%0A", "C-0123456789ABC"):
+            assert client.get(f"/demo/api/identity-token?user_id={bad}").status_code == 400

@@ -1,6 +1,8 @@
 // Röstwerk, the tagwerk demo shop: a single-page app (history.pushState routing) instrumented
 // the way a Google Tag Manager shop is: GA4 e-commerce events pushed to window.dataLayer
-// (each preceded by {ecommerce: null}), tagwerk('identify', customerId) at sign-in, and a
+// (each preceded by {ecommerce: null}), tagwerk('identify', customerId, {identity_token})
+// at sign-in (the token from the demo's stand-in for a shop server,
+// /demo/api/identity-token), and a
 // "Cookie settings" link that calls tagwerk('consent', 'show'). The tag itself is loaded by
 // the page's snippet (collector/demo.py); the only requests this script makes are for the
 // "Recommended for you" and "Customers also viewed" blocks, from the collector's
@@ -188,6 +190,19 @@
   // A block of recommended products, filled in when the list arrives; it stays hidden when
   // the list is empty or the request fails (a shop page never waits for it).
   const RECOMMEND = "/t/demo/recommend";
+  // Sign-in: the shop's server signs the customer id (identity_token), so that the
+  // collector links this device to the customer; a page alone could claim anyone's id.
+  const identify = async (id) => {
+    let signed = {};
+    try {
+      const response = await fetch(`${BASE}/api/identity-token?user_id=${encodeURIComponent(id)}`);
+      if (response.ok) signed = await response.json();
+    } catch (e) {
+      // offline: the identify is still sent, as a plain event that links nothing
+    }
+    window.tagwerk("identify", id, signed);
+  };
+
   const recommended = (id, title) =>
     `<section class="recs" id="${id}" hidden><h2 class="section-title">${title}</h2><div></div></section>`;
   const fillRecommended = async (id, path, title, leaveOut = []) => {
@@ -468,12 +483,12 @@
           <button type="submit" class="btn" id="login-submit">Sign in</button>
         </form></section>`,
       after: () =>
-        document.getElementById("login-form").addEventListener("submit", (e) => {
+        document.getElementById("login-form").addEventListener("submit", async (e) => {
           e.preventDefault();
           const email = document.getElementById("login-email").value.trim();
           const id = customerId(email);
           store("shop_customer", { id, email });
-          window.tagwerk("identify", id);
+          await identify(id);
           who();
           navigate(`${BASE}/account`);
         }),
@@ -604,6 +619,6 @@
   badge();
   who();
   const me = customer();
-  if (me) window.tagwerk("identify", me.id); // signed in on an earlier visit
+  if (me) identify(me.id); // signed in on an earlier visit
   paint(resolve(location.pathname));
 })();
