@@ -43,10 +43,10 @@ _REFRESH = re.compile(r"^\s*REFRESH\b", re.I)
 _INSERT = re.compile(r"^\s*INSERT INTO\b", re.I)
 _NAME = re.compile(r"\b(\w+)\.(\w+)\b")
 _ALTER = re.compile(r"^\s*ALTER TABLE (\w+)\.(\w+)", re.I)
-# ALTERs of what only the shards' storage has: indexes, projections, TTL.
+# ALTERs of what only the shards' storage has: indexes, projections, TTL, settings.
 _STORAGE_ONLY = re.compile(
     r"\s*(ADD|DROP|MATERIALIZE|CLEAR)\s+(INDEX|PROJECTION)\b"
-    r"|\s*(MODIFY|REMOVE)\s+TTL\b", re.I)
+    r"|\s*(MODIFY|REMOVE)\s+TTL\b|\s*(MODIFY|RESET)\s+SETTING\b", re.I)
 _MODIFY_QUERY = re.compile(r"\s*MODIFY QUERY\b", re.I)
 _ENGINE = re.compile(r"ENGINE\s*=\s*(\w*MergeTree)(?:\(([^)]*)\))?", re.I)
 

@@ -60,7 +60,8 @@ def test_cluster_render_of_alter():
 def test_cluster_render_of_storage_alters_stays_on_the_shards():
     """A Distributed table has no indexes or TTL: those ALTERs go to the local tables."""
     for clause in ("ADD INDEX IF NOT EXISTS i x TYPE bloom_filter GRANULARITY 4",
-                   "MATERIALIZE INDEX i", "MODIFY TTL toDate(ts) + INTERVAL 1 DAY"):
+                   "MATERIALIZE INDEX i", "MODIFY TTL toDate(ts) + INTERVAL 1 DAY",
+                   "MODIFY SETTING enable_block_number_column = 1"):
         m = migrations.Migration(9, "x", f"-- cluster: sharded by rand()\n"
                                  f"ALTER TABLE tagwerk.events {clause}")
         assert render(m, "c") == [f"ALTER TABLE tagwerk.events_local ON CLUSTER c {clause}"]

@@ -229,7 +229,7 @@ def test_rows_acknowledged_before_an_erasure_was_known_are_dropped_by_the_flushe
     from tests.test_spool import append_all
 
     site = f"priv-spool-{uuid.uuid4().hex[:6]}"
-    ctx = Context(site, dt.datetime.now(dt.UTC), "server", parse_agent("x"))
+    ctx = Context(site, dt.datetime.now(dt.UTC), "server", parse_agent("x"), trusted=True)
     hits = [{"event": "e", "user_id": "erased-1", "consent": ["analytics"]},
             {"event": "e", "device_id": "kept", "consent": ["analytics"]},
             {"event": "e", "consent": ["analytics"], "identifiers": {"loyalty": "L-erased"}}]

@@ -3,16 +3,33 @@ back, in one place."""
 
 from __future__ import annotations
 
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.routing import Route
 
 from collector.api import export, persons, privacy, products, recommend, stream
 
 SITE = "/api/v1/sites/{site}"
 
+
+class Identifier(Convertor[str]):
+    """A ``kind:id`` path segment that may hold "/" (sent as %2F) and any other character:
+    ``path`` stops at a line break, which must reach the endpoint to be refused there."""
+
+    regex = "[\\s\\S]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("identifier", Identifier())
+
 ROUTES: list[Route] = [
     # Ids may hold "/" (sent as %2F): the profile's route is tried first.
-    Route(SITE + "/persons/{ident:path}/profile", persons.profile, methods=["GET"]),
-    Route(SITE + "/persons/{ident:path}", persons.person, methods=["GET"]),
+    Route(SITE + "/persons/{ident:identifier}/profile", persons.profile, methods=["GET"]),
+    Route(SITE + "/persons/{ident:identifier}", persons.person, methods=["GET"]),
     Route(SITE + "/identity/merge", persons.merge, methods=["POST"]),
     Route(SITE + "/identity/split", persons.split, methods=["POST"]),
     Route(SITE + "/identity/operations", persons.operations, methods=["GET"]),

@@ -30,7 +30,7 @@ from collector.storage import Store
 # Far enough outside any event time to bound every span.
 BEGINNING = "1970-01-01 00:00:00.000"
 END = "2299-12-31 00:00:00.000"
-MAX_LINKS = 100_000  # link rows read for one person's identifiers
+MAX_LINKS = 10_000  # owner changes read for one person's identifiers
 # Everything that decides whose an identifier is, in one statement: its split (override),
 # its users by first link (the first `cap` only), and the merges of every person it could
 # belong to, with the persons merged into those (rows: part, a, b, c, d).
@@ -57,10 +57,13 @@ ANCHOR = "WITH candidates AS (SELECT DISTINCT person_id FROM tagwerk.identity_li
     "FROM tagwerk.identity_merges FINAL WHERE site_id = {site:String} AND into_person != '' " \
     "AND (person_id = {own:String} OR person_id IN (SELECT person_id FROM candidates)))" + ANCHOR
 
-# What a person holds, in one statement: every link of every identifier linked to their
-# user ids or anchoring one of their merged persons (with every user, to draw the spans),
-# those identifiers' splits, and their user ids' first and last links
-# (rows: part, kind, id, user_id, ts, last).
+# What a person holds, in one statement: for every identifier linked to their user ids or
+# anchoring one of their merged persons, its first `cap` users (by first link) with their
+# first and last link ('seen'), and the moments its owner changed among those users
+# ('link': a link whose user differs from the previous one; repeated logins of one user
+# are one), bounded by `most`; those identifiers' splits; their user ids' first and last
+# links. An identifier linked by thousands of users costs a GROUP BY in the engine, not
+# thousands of rows here (rows: part, kind, id, user_id, ts, last).
 HOLDINGS = """
 WITH held AS (
     SELECT kind, id FROM tagwerk.identity_links
@@ -69,10 +72,27 @@ WITH held AS (
     SELECT tupleElement(pair, 1), tupleElement(pair, 2)
     FROM (SELECT arrayJoin(arrayZip({anchor_kinds:Array(String)}, {anchor_ids:Array(String)}))
           AS pair)
+),
+firsts AS (
+    SELECT kind, id, user_id, min(ts) AS first, max(ts) AS last FROM tagwerk.identity_links
+    WHERE site_id = {site:String} AND (kind, id) IN held
+    GROUP BY kind, id, user_id ORDER BY first, user_id LIMIT {cap:UInt32} BY kind, id
 )
-SELECT 'link' AS part, toString(kind) AS kind, id, user_id, toString(ts) AS ts, '' AS last
-FROM (SELECT kind, id, user_id, ts FROM tagwerk.identity_links
-      WHERE site_id = {site:String} AND (kind, id) IN held LIMIT {most:UInt32})
+SELECT * FROM (
+    SELECT 'link' AS part, toString(kind) AS kind, id, user_id, toString(ts) AS ts, '' AS last
+    FROM (
+        SELECT kind, id, user_id, ts, lagInFrame(user_id, 1, '') OVER (
+            PARTITION BY kind, id ORDER BY ts, user_id
+            ROWS BETWEEN 1 PRECEDING AND CURRENT ROW) AS previous
+        FROM tagwerk.identity_links
+        WHERE site_id = {site:String} AND (kind, id) IN held
+          AND (kind, id, user_id) IN (SELECT kind, id, user_id FROM firsts)
+    )
+    WHERE user_id != previous
+    ORDER BY kind, id, ts, user_id LIMIT {most:UInt32}
+)
+UNION ALL
+SELECT 'seen', toString(kind), id, user_id, toString(first), toString(last) FROM firsts
 UNION ALL
 SELECT 'override', toString(kind), id, person_id, '', '' FROM tagwerk.identity_overrides FINAL
 WHERE site_id = {site:String} AND (kind, id) IN held AND person_id != ''
@@ -102,6 +122,7 @@ class Person:
     users: list[str] = field(default_factory=list)
     spans: list[Span] = field(default_factory=list)
     identifiers: list[dict[str, Any]] = field(default_factory=list)
+    truncated: bool = False  # more owner changes than MAX_LINKS: the spans are incomplete
 
     @property
     def members(self) -> set[str]:
@@ -183,24 +204,33 @@ class Graph:
         links: dict[tuple[str, str], list[dict]] = {pair: [] for pair in others}
         overrides: dict[tuple[str, str], str] = {}
         seen: dict[tuple[str, str], tuple[str, str]] = {}
+        users_seen: dict[tuple[str, str], list[dict]] = {}
+        changes = 0
         for row in self._rows(HOLDINGS, pids=user_persons, users=person.users,
                               anchor_kinds=[k for k, _ in others],
-                              anchor_ids=[i for _, i in others], most=MAX_LINKS):
+                              anchor_ids=[i for _, i in others], most=MAX_LINKS,
+                              cap=self.cap):
             pair = (row["kind"], row["id"])
             if row["part"] == "link":
                 links.setdefault(pair, []).append({"user_id": row["user_id"], "ts": row["ts"]})
+                changes += 1
+            elif row["part"] == "seen":
+                users_seen.setdefault(pair, []).append(row)
+                links.setdefault(pair, [])
             elif row["part"] == "override":
                 overrides[pair] = row["user_id"]
             else:  # "user": a user id's first and last link
                 seen[pair] = (row["ts"], row["last"])
+        # Owners changed more often than we read: the spans would be wrong, so say so.
+        person.truncated = changes >= MAX_LINKS
         for pair in sorted(links):
             spans = self._spans(pair, sorted(links[pair], key=lambda r: (r["ts"], r["user_id"])),
                                 overrides.get(pair), members)
             person.spans.extend(spans)
-            times = [r["ts"] for r in links[pair]
-                     if person_id(self.site_id, "user", r["user_id"]) in members]
-            if spans and times:
-                seen[pair] = (min(times), max(times))
+            mine = [r for r in users_seen.get(pair, [])
+                    if person_id(self.site_id, "user", r["user_id"]) in members]
+            if spans and mine:
+                seen[pair] = (min(r["ts"] for r in mine), max(r["last"] for r in mine))
         listed = [("user", u) for u in person.users]
         listed += sorted({(s.kind, s.id) for s in person.spans})
         missing = [pair for pair in listed if pair not in seen]

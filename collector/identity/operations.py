@@ -177,8 +177,14 @@ class Operations:
         site = self.site.site_id
         # The audit row first: should the process die between the two writes, the
         # operation is on record, and an undo restores what it recorded.
+        rows = [*before["merges"], *after["merges"], *before["overrides"], *after["overrides"]]
+        persons = {*target.values(), *(r["person_id"] for r in rows),
+                   *(r.get("into_person", "") for r in rows)}
+        identifiers = {f"{r['kind']}:{r['id']}" for r in rows}
+        identifiers |= {f"{r['into_kind']}:{r['into_id']}" for r in rows if r.get("into_kind")}
         audit = {"site_id": site, "op_id": op_id, "op": op, "target": orjson.dumps(target).decode(),
                  "before": orjson.dumps(before).decode(), "after": orjson.dumps(after).decode(),
+                 "persons": sorted(persons - {""}), "identifiers": sorted(identifiers),
                  "undoes": undoes, "actor": actor,
                  "at": dt.datetime.now(dt.UTC).isoformat(" ", "milliseconds")[:23]}
         self.store.insert("tagwerk.identity_operations", orjson.dumps(audit), "JSONEachRow")

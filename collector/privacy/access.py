@@ -41,11 +41,10 @@ def access(store: Store, site: Site, kind: str, ident: str, actor: str
         "SELECT consent_id, ts, granted, denied, policy, how, url FROM tagwerk.consent_log "
         "WHERE site_id = {site:String} AND consent_id IN {ids:Array(String)} ORDER BY ts",
         {"site": site_id, "ids": consent_ids}) if consent_ids else []
-    needles = [orjson.dumps(v).decode() for v in sorted(person.members)]
     operations = store.rows(
         "SELECT toString(op_id) AS op_id, op, target, actor, at FROM tagwerk.identity_operations "
-        "WHERE site_id = {site:String} AND multiSearchAny(concat(target, before, after), "
-        "{needles:Array(String)}) ORDER BY at", {"site": site_id, "needles": needles[:255]})
+        "WHERE site_id = {site:String} AND hasAny(persons, {members:Array(String)}) "
+        "ORDER BY at", {"site": site_id, "members": sorted(person.members)})
     for op in operations:
         op["target"] = orjson.loads(op["target"])
     merged_ops = {pid: "" for pid in person.merged}

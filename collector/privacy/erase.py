@@ -41,6 +41,7 @@ from collector.sites import Site
 from collector.storage import Store
 
 ERASED = "\0erased:"  # the anchor of what erased persons held on shared identifiers
+PAIR = "concat(toString(kind), ':', id)"  # an identifier, matched exactly as kind:id
 FLUSH_WAIT = 10.0
 
 # Tables keyed by person, session or device: (table, time expression, has identifiers).
@@ -109,10 +110,9 @@ def _erase_identity(store: Store, site_id: str, person: Person,
             "source, event_id, retention_days) SELECT site_id, kind, id, {anchor:String}, "
             "{anchor_person:String}, ts, 'erased', generateUUIDv4(), retention_days "
             "FROM tagwerk.identity_links WHERE site_id = {site:String} "
-            "AND person_id IN {users:Array(String)} AND kind IN {kinds:Array(String)} "
-            "AND id IN {ids:Array(String)}",
+            f"AND person_id IN {{users:Array(String)}} AND {PAIR} IN {{pairs:Array(String)}}",
             {**base, "anchor": anchor, "anchor_person": person_id(site_id, "user", anchor),
-             "kinds": sorted({k for k, _ in shared}), "ids": sorted({i for _, i in shared})})
+             "pairs": [f"{k}:{i}" for k, i in shared]})
     removed = {
         "identity_links": _delete(
             store, "tagwerk.identity_links",
@@ -122,17 +122,19 @@ def _erase_identity(store: Store, site_id: str, person: Person,
             "(person_id IN {members:Array(String)} OR into_person IN {members:Array(String)})",
             base),
     }
-    identifiers = sorted({s.id for s in person.spans} | set(person.users))
+    pairs = sorted({f"{s.kind}:{s.id}" for s in person.spans}
+                   | {f"user:{u}" for u in person.users}
+                   | {f"{kind}:{ident}" for kind, ident in person.merged.values()}
+                   | {f"{person.kind}:{person.id}"})
     removed["identity_overrides"] = _delete(
         store, "tagwerk.identity_overrides", "site_id = {site:String} AND "
-        "(person_id IN {members:Array(String)} OR id IN {ids:Array(String)})",
-        {**base, "ids": identifiers})
-    # Audit rows of merges and splits name the person's ids and identifiers (JSON strings).
-    needles = [orjson.dumps(v).decode() for v in [*members, *identifiers]]
+        f"(person_id IN {{members:Array(String)}} OR {PAIR} IN {{pairs:Array(String)}})",
+        {**base, "pairs": pairs})
+    # Audit rows of merges and splits that touched them (they name their identifiers).
     removed["identity_operations"] = _delete(
         store, "tagwerk.identity_operations", "site_id = {site:String} AND "
-        "multiSearchAny(concat(target, before, after), {needles:Array(String)})",
-        {"site": site_id, "needles": needles[:255]}) if needles else 0
+        "(hasAny(persons, {members:Array(String)}) OR hasAny(identifiers, {pairs:Array(String)}))",
+        {**base, "pairs": pairs})
     return removed
 
 
