@@ -31,6 +31,8 @@ async def erase(request: Request, collector: Collector, site: Site) -> Response:
                                        collector.tombstones, kind, ident, actor(site), flush)
     except erasure.NotFound as exc:
         raise ApiError(404, str(exc), "id") from None
+    except erasure.TooLarge as exc:
+        raise ApiError(409, str(exc), "id") from None
     return json_response(done)
 
 

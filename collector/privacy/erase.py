@@ -58,6 +58,10 @@ class NotFound(Exception):
     pass
 
 
+class TooLarge(Exception):
+    pass
+
+
 def owned(person: Person) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """The person's identifiers split into theirs alone and shared with someone else."""
     spans: dict[tuple[str, str], list[tuple[str, str]]] = {}
@@ -78,6 +82,9 @@ def erase(store: Store, site: Site, tombstones: Tombstones, kind: str, ident: st
     person = graph.resolve(kind, ident)
     if person is None:
         raise NotFound(f"nobody is known by {kind}:{ident[:64]} on this site")
+    if person.truncated:  # their spans are incomplete: an erasure could miss rows
+        raise TooLarge("the person's identifiers changed hands too often to be erased in "
+                       "one request; erase their identifiers one at a time")
     site_id = site.site_id
     request_id = str(uuid.uuid4())
     alone, shared = owned(person)
