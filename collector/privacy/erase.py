@@ -84,7 +84,7 @@ def erase(store: Store, site: Site, tombstones: Tombstones, kind: str, ident: st
         raise NotFound(f"nobody is known by {kind}:{ident[:64]} on this site")
     if person.truncated:  # their spans are incomplete: an erasure could miss rows
         raise TooLarge("the person's identifiers changed hands too often to be erased in "
-                       "one request; erase their identifiers one at a time")
+                       "one request; split the busiest identifiers off first (identity/split)")
     site_id = site.site_id
     request_id = str(uuid.uuid4())
     alone, shared = owned(person)
