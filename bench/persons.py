@@ -113,29 +113,29 @@ FROM
 WHERE consented AND owned
 """
 
-HEAVY = "heavy"
+HEAVY = f"heavy-{uuid.uuid4().hex[:8]}"  # a new one each run: a data directory is reused
 
 
 def heavy_events() -> list[dict]:
     """1,000 hits of one customer: phone and desktop, before and after logging in, and
     purchases at the till by loyalty card."""
     events = []
-    for device in ("d-heavy-phone", "d-heavy-desk"):
+    for device in (f"{HEAVY}-phone", f"{HEAVY}-desk"):
         events.append({"event": "login", "type": "identify", "user_id": HEAVY,
                        "device_id": device, "ts": "2026-11-01T08:00:00Z",
-                       "identifiers": {"loyalty": "L-heavy", "email": "heavy@example.com"},
+                       "identifiers": {"loyalty": f"L-{HEAVY}", "email": f"{HEAVY}@example.com"},
                        "consent": ["analytics", "personalization"]})
     for i in range(998):
-        device = ("d-heavy-phone", "d-heavy-desk", None)[i % 3]
+        device = (f"{HEAVY}-phone", f"{HEAVY}-desk", None)[i % 3]
         event = {"event": ("view_item", "add_to_cart", "purchase")[i % 3],
                  "ts": f"2026-11-{1 + i % 28:02d}T{i % 24:02d}:00:00Z",
                  "consent": ["analytics", "personalization"],
                  "items": [{"product_id": f"p{i % 97}", "price": 10, "quantity": 1}],
-                 "session_id": f"s-heavy-{i % 40}"}
+                 "session_id": f"s-{HEAVY}-{i % 40}"}
         if device:
             event.update(device_id=device, user_id=HEAVY if i % 2 else "")
         else:
-            event.update(channel="pos", identifiers={"loyalty": "L-heavy"})
+            event.update(channel="pos", identifiers={"loyalty": f"L-{HEAVY}"})
         events.append(event)
     return events
 
@@ -260,11 +260,11 @@ def erase_heavy(base: str, keys: dict[str, str], data_dir: Path) -> float:
     time.sleep(2)  # flushed
     began = time.perf_counter()
     status, answer = call(f"{base}/api/v1/sites/{SITE}/privacy/erase", keys["admin"],
-                          json.dumps({"id": "loyalty:L-heavy"}).encode())
+                          json.dumps({"id": f"loyalty:L-{HEAVY}"}).encode())
     took = time.perf_counter() - began
     assert status == 200, answer
     print(f"  removed: {json.loads(answer)['removed']}")
-    left = find_anywhere(data_dir, ["heavy", "d-heavy-phone", "d-heavy-desk", "L-heavy"])
+    left = find_anywhere(data_dir, [HEAVY])  # in each of their ids
     print(f"  rows still naming them, any table: {left or 'none'}")
     return took
 
