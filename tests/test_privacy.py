@@ -251,3 +251,17 @@ def test_rows_acknowledged_before_an_erasure_was_known_are_dropped_by_the_flushe
                         "{s:String}", {"s": site})
     assert stored == [{"user_id": "", "device_id": "kept"}]
     assert flusher.recheck_until is None  # checked once, then no more parsing
+
+
+def test_bodies_as_curl_sends_them_and_other_media_types(env):
+    client, _, keys = env
+    headers = {"Authorization": f"Bearer {keys[SITE]['admin']}"}
+    body = orjson.dumps({"id": f"user:nobody-{uuid.uuid4()}"})
+    for media, status in [("application/x-www-form-urlencoded", 404), ("text/plain", 404),
+                          ("image/png", 415), ("multipart/form-data; boundary=x", 415)]:
+        r = client.post(f"{BASE}/privacy/erase", content=body,
+                        headers={**headers, "Content-Type": media})
+        assert r.status_code == status, (media, r.text)
+    r = client.post(f"{BASE}/privacy/erase", content=body,
+                    headers={**headers, "Content-Encoding": "gzip"})
+    assert r.status_code == 415 and r.json()["field"] == "Content-Encoding"
