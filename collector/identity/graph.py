@@ -31,9 +31,11 @@ from collector.storage import Store
 BEGINNING = "1970-01-01 00:00:00.000"
 END = "2299-12-31 00:00:00.000"
 MAX_LINKS = 10_000  # owner changes read for one person's identifiers
-# Everything that decides whose an identifier is, in one statement: its split (override),
-# its users by first link (the first `cap` only), and the merges of every person it could
-# belong to, with the persons merged into those (rows: part, a, b, c, d).
+# The statements below are kept simple on purpose: a CTE is evaluated once per reference,
+# and each sub-pipeline costs milliseconds, so several plain statements beat one clever one.
+
+# Whose an identifier is: its split (override) and its first `cap` users by first link
+# (rows: part, a, b, c, d).
 ANCHOR = """
 SELECT 'override' AS part, person_id AS a, '' AS b, '' AS c, '' AS d
 FROM tagwerk.identity_overrides FINAL
@@ -43,62 +45,54 @@ SELECT 'owner', user_id, toString(first), toString(last), ''
 FROM (SELECT user_id, min(ts) AS first, max(ts) AS last FROM tagwerk.identity_links
       WHERE site_id = {site:String} AND kind = {kind:String} AND id = {id:String}
       GROUP BY user_id ORDER BY first, user_id LIMIT {cap:UInt32})
-UNION ALL
-SELECT 'merge', person_id, into_person, into_kind, into_id FROM candidate_merges
-UNION ALL
-SELECT 'member', person_id, into_person, kind, id FROM tagwerk.identity_merges FINAL
-WHERE site_id = {site:String} AND into_person != ''
-  AND into_person IN (SELECT into_person FROM candidate_merges UNION ALL SELECT {own:String}
-                      UNION ALL SELECT person_id FROM candidates)
 """
-ANCHOR = "WITH candidates AS (SELECT DISTINCT person_id FROM tagwerk.identity_links " \
-    "WHERE site_id = {site:String} AND kind = {kind:String} AND id = {id:String}), " \
-    "candidate_merges AS (SELECT person_id, into_person, into_kind, into_id " \
-    "FROM tagwerk.identity_merges FINAL WHERE site_id = {site:String} AND into_person != '' " \
-    "AND (person_id = {own:String} OR person_id IN (SELECT person_id FROM candidates)))" + ANCHOR
-
-# What a person holds, in one statement: for every identifier linked to their user ids or
-# anchoring one of their merged persons, its first `cap` users (by first link) with their
-# first and last link ('seen'), and the moments its owner changed among those users
-# ('link': a link whose user differs from the previous one; repeated logins of one user
-# are one), bounded by `most`; those identifiers' splits; their user ids' first and last
-# links. An identifier linked by thousands of users costs a GROUP BY in the engine, not
-# thousands of rows here (rows: part, kind, id, user_id, ts, last).
-HOLDINGS = """
-WITH held AS (
-    SELECT kind, id FROM tagwerk.identity_links
-    WHERE site_id = {site:String} AND person_id IN {pids:Array(String)} AND kind != 'user'
-    UNION DISTINCT
-    SELECT tupleElement(pair, 1), tupleElement(pair, 2)
-    FROM (SELECT arrayJoin(arrayZip({anchor_kinds:Array(String)}, {anchor_ids:Array(String)}))
-          AS pair)
-),
-firsts AS (
-    SELECT kind, id, user_id, min(ts) AS first, max(ts) AS last FROM tagwerk.identity_links
-    WHERE site_id = {site:String} AND (kind, id) IN held
-    GROUP BY kind, id, user_id ORDER BY first, user_id LIMIT {cap:UInt32} BY kind, id
-)
-SELECT * FROM (
-    SELECT 'link' AS part, toString(kind) AS kind, id, user_id, toString(ts) AS ts, '' AS last
-    FROM (
-        SELECT kind, id, user_id, ts, lagInFrame(user_id, 1, '') OVER (
-            PARTITION BY kind, id ORDER BY ts, user_id
-            ROWS BETWEEN 1 PRECEDING AND CURRENT ROW) AS previous
-        FROM tagwerk.identity_links
-        WHERE site_id = {site:String} AND (kind, id) IN held
-          AND (kind, id, user_id) IN (SELECT kind, id, user_id FROM firsts)
-    )
-    WHERE user_id != previous
-    ORDER BY kind, id, ts, user_id LIMIT {most:UInt32}
-)
+# A person's merges: whom it was merged into ('into'), and who was merged into it
+# ('member'); merges are kept flat, so one of the two is empty. (Aliases must not be column
+# names: ClickHouse would read them in WHERE.)
+MERGES = """
+SELECT 'into' AS part, into_person AS p, into_kind AS k, into_id AS i
+FROM tagwerk.identity_merges FINAL
+WHERE site_id = {site:String} AND person_id = {pid:String} AND into_person != ''
 UNION ALL
-SELECT 'seen', toString(kind), id, user_id, toString(first), toString(last) FROM firsts
+SELECT 'member', person_id, kind, id FROM tagwerk.identity_merges FINAL
+WHERE site_id = {site:String} AND into_person = {pid:String}
+"""
+# The identifiers ever linked to some user ids' persons.
+HELD = """
+SELECT DISTINCT toString(kind) AS kind, id FROM tagwerk.identity_links
+WHERE site_id = {site:String} AND person_id IN {pids:Array(String)} AND kind != 'user'
+"""
+PAIRS_IN = "(kind, id) IN (SELECT tupleElement(pair, 1), tupleElement(pair, 2) FROM " \
+    "(SELECT arrayJoin(arrayZip({kinds:Array(String)}, {ids:Array(String)})) AS pair))"
+# For some identifiers: their first `cap` users with first and last link ('seen'), their
+# splits, and the user ids' first and last links (rows: part, kind, id, user_id, ts, last).
+# An identifier linked by thousands of users costs a GROUP BY here, not thousands of rows.
+HOLDERS = f"""
+SELECT 'seen' AS part, toString(kind) AS kind, id, user_id, toString(first) AS ts,
+       toString(last) AS last
+FROM (SELECT kind, id, user_id, min(ts) AS first, max(ts) AS last FROM tagwerk.identity_links
+      WHERE site_id = {{site:String}} AND {PAIRS_IN}
+      GROUP BY kind, id, user_id ORDER BY first, user_id LIMIT {{cap:UInt32}} BY kind, id)
 UNION ALL
 SELECT 'override', toString(kind), id, person_id, '', '' FROM tagwerk.identity_overrides FINAL
-WHERE site_id = {site:String} AND (kind, id) IN held AND person_id != ''
+WHERE site_id = {{site:String}} AND {PAIRS_IN} AND person_id != ''
 UNION ALL
 SELECT 'user', 'user', id, '', toString(min(ts)), toString(max(ts)) FROM tagwerk.identity_links
-WHERE site_id = {site:String} AND kind = 'user' AND id IN {users:Array(String)} GROUP BY id
+WHERE site_id = {{site:String}} AND kind = 'user' AND id IN {{users:Array(String)}} GROUP BY id
+"""
+# The moments those identifiers changed hands among their allowed users (a link whose user
+# differs from the previous one: repeated logins of one user are one), at most `most`.
+CHANGES = """
+SELECT toString(kind) AS kind, id, user_id, toString(ts) AS ts FROM (
+    SELECT kind, id, user_id, ts, lagInFrame(user_id, 1, '') OVER (
+        PARTITION BY kind, id ORDER BY ts, user_id
+        ROWS BETWEEN 1 PRECEDING AND CURRENT ROW) AS previous
+    FROM tagwerk.identity_links
+    WHERE site_id = {site:String} AND concat(toString(kind), ':', id, ':', user_id)
+          IN {allowed:Array(String)}
+)
+WHERE user_id != previous
+ORDER BY kind, id, ts, user_id LIMIT {most:UInt32}
 """
 
 
@@ -123,10 +117,30 @@ class Person:
     spans: list[Span] = field(default_factory=list)
     identifiers: list[dict[str, Any]] = field(default_factory=list)
     truncated: bool = False  # more owner changes than MAX_LINKS: the spans are incomplete
+    _by_identifier: dict[tuple[str, str], list[Span]] | None = field(default=None, repr=False)
 
     @property
     def members(self) -> set[str]:
         return {self.person_id, *self.merged}
+
+    def owns(self, row: dict[str, Any]) -> bool:
+        """Whether a row (with the events' identifier columns and ``ts`` as ClickHouse
+        writes it) is this person's: the same rule as :func:`rows_of`, in Python, for rows
+        already narrowed to the person's keys (a lambda over arrays in SQL costs more than
+        the lookup itself)."""
+        if row["user_id"]:
+            return row["user_id"] in self.users
+        ts = row["ts"]
+        named = [("device", row["device_id"]), *row["identifiers"].items()]
+        return any(span.start <= ts < span.end
+                   for pair in named for span in self._spans_of().get(pair, ()))
+
+    def _spans_of(self) -> dict[tuple[str, str], list[Span]]:
+        if self._by_identifier is None:
+            self._by_identifier = {}
+            for span in self.spans:
+                self._by_identifier.setdefault((span.kind, span.id), []).append(span)
+        return self._by_identifier
 
     def as_dict(self, merged_ops: dict[str, str]) -> dict[str, Any]:
         return {
@@ -152,8 +166,7 @@ class Graph:
         """The person the identifier belongs to now (after merges), with all they hold;
         None if the identifier was never seen. Two statements (one more for an identifier
         nobody linked): every chDB call costs about a millisecond before any work."""
-        own = person_id(self.site_id, kind, ident)
-        rows = self._rows(ANCHOR, kind=kind, id=ident, own=own, cap=self.cap)
+        rows = self._rows(ANCHOR, kind=kind, id=ident, cap=self.cap)
         parts: dict[str, list[dict[str, Any]]] = {}
         for row in rows:
             parts.setdefault(row["part"], []).append(row)
@@ -161,14 +174,15 @@ class Graph:
         if anchor is None:
             return None
         pid = person_id(self.site_id, *anchor)
-        merges = {r["a"]: r for r in parts.get("merge", [])}
-        if pid in merges:
-            into = merges[pid]
-            pid, anchor = into["b"], (into["c"], into["d"])
+        merges = self._rows(MERGES, pid=pid)
+        into = [r for r in merges if r["part"] == "into"]
+        if into:  # merged into another: theirs are the members
+            pid, anchor = into[0]["p"], (into[0]["k"], into[0]["i"])
+            merges = self._rows(MERGES, pid=pid)
         person = Person(pid, *anchor)
-        for row in parts.get("member", []):
-            if row["b"] == pid:
-                person.merged[row["a"]] = (row["c"], row["d"])
+        for row in merges:
+            if row["part"] == "member":
+                person.merged[row["p"]] = (row["k"], row["i"])
         self._fill(person)
         return person
 
@@ -205,24 +219,25 @@ class Graph:
         overrides: dict[tuple[str, str], str] = {}
         seen: dict[tuple[str, str], tuple[str, str]] = {}
         users_seen: dict[tuple[str, str], list[dict]] = {}
-        changes = 0
-        for row in self._rows(HOLDINGS, pids=user_persons, users=person.users,
-                              anchor_kinds=[k for k, _ in others],
-                              anchor_ids=[i for _, i in others], most=MAX_LINKS,
-                              cap=self.cap):
+        held = self._rows(HELD, pids=user_persons) if user_persons else []
+        pairs = sorted({*others, *((r["kind"], r["id"]) for r in held)})
+        for row in self._rows(HOLDERS, kinds=[k for k, _ in pairs], ids=[i for _, i in pairs],
+                              users=person.users, cap=self.cap):
             pair = (row["kind"], row["id"])
-            if row["part"] == "link":
-                links.setdefault(pair, []).append({"user_id": row["user_id"], "ts": row["ts"]})
-                changes += 1
-            elif row["part"] == "seen":
+            if row["part"] == "seen":
                 users_seen.setdefault(pair, []).append(row)
                 links.setdefault(pair, [])
             elif row["part"] == "override":
                 overrides[pair] = row["user_id"]
             else:  # "user": a user id's first and last link
                 seen[pair] = (row["ts"], row["last"])
+        allowed = [f"{k}:{i}:{r['user_id']}" for (k, i), rows in users_seen.items()
+                   for r in rows]
+        changes = self._rows(CHANGES, allowed=allowed, most=MAX_LINKS) if allowed else []
+        for row in changes:
+            links[(row["kind"], row["id"])].append({"user_id": row["user_id"], "ts": row["ts"]})
         # Owners changed more often than we read: the spans would be wrong, so say so.
-        person.truncated = changes >= MAX_LINKS
+        person.truncated = len(changes) >= MAX_LINKS
         for pair in sorted(links):
             spans = self._spans(pair, sorted(links[pair], key=lambda r: (r["ts"], r["user_id"])),
                                 overrides.get(pair), members)

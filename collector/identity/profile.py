@@ -15,7 +15,7 @@ from collections import defaultdict
 from decimal import Decimal
 from typing import Any
 
-from collector.identity.graph import Person, rows_of
+from collector.identity.graph import Person
 from collector.storage import Store
 
 VIEW, CART, PURCHASE = "view_item", "add_to_cart", "purchase"
@@ -23,7 +23,7 @@ VIEW, CART, PURCHASE = "view_item", "add_to_cart", "purchase"
 WEIGHTS = {VIEW: 1, CART: 3, PURCHASE: 5}
 RECENT = 20  # products listed as viewed and purchased
 TOP_AFFINITIES = 10
-MAX_GROUPS = 50_000  # (event, product, ...) groups read for one person
+MAX_ROWS = 50_000  # rows read for one person (one per hit and item)
 
 
 def keys_of(person: Person) -> list[str]:
@@ -32,30 +32,48 @@ def keys_of(person: Person) -> list[str]:
                   | {f"{span.kind}:{span.id}" for span in person.spans})
 
 
+# The person's rows, narrowed by key in the engine and by span here (Person.owns).
+ROWS = """
+SELECT ts, event, product_id, category, brand, channel, device_class, quantity,
+       toString(revenue) AS revenue, consent_id, user_id, device_id, identifiers
+FROM tagwerk.person_activity
+WHERE site_id = {site:String} AND key IN {keys:Array(String)} AND event IN {events:Array(String)}
+LIMIT {most:UInt32}
+"""
+
+
+def _rows(store: Store, site_id: str, person: Person, events: tuple[str, ...] = ()
+          ) -> list[dict[str, Any]]:
+    sql = ROWS if events else ROWS.replace(" AND event IN {events:Array(String)}", "")
+    found = store.rows(sql, {"site": site_id, "keys": keys_of(person), "events": list(events),
+                             "most": MAX_ROWS})
+    return [row for row in found if person.owns(row)]
+
+
 def _groups(store: Store, site_id: str, person: Person) -> list[dict[str, Any]]:
-    where, params = rows_of(person)
-    return store.rows(
-        "SELECT event, product_id, category, brand, channel, device_class, "
-        "count() AS n, sum(quantity) AS quantity, sum(revenue) AS revenue, max(ts) AS last, "
-        "groupUniqArray(consent_id) AS consent_ids "
-        "FROM tagwerk.person_activity WHERE site_id = {site:String} "
-        f"AND key IN {{keys:Array(String)}} AND {where} "
-        "GROUP BY event, product_id, category, brand, channel, device_class "
-        "LIMIT {most:UInt32}",
-        {"site": site_id, "keys": keys_of(person), "most": MAX_GROUPS, **params})
+    """Their rows summed per event, product, category, brand, channel and device class."""
+    groups: dict[tuple, dict[str, Any]] = {}
+    for row in _rows(store, site_id, person):
+        key = (row["event"], row["product_id"], row["category"], row["brand"], row["channel"],
+               row["device_class"])
+        group = groups.get(key)
+        if group is None:
+            group = groups[key] = {"event": key[0], "product_id": key[1], "category": key[2],
+                                   "brand": key[3], "channel": key[4], "device_class": key[5],
+                                   "n": 0, "quantity": 0, "revenue": Decimal(0), "last": "",
+                                   "consent_ids": set()}
+        group["n"] += 1
+        group["quantity"] += int(row["quantity"])
+        group["revenue"] += Decimal(row["revenue"])
+        group["last"] = max(group["last"], row["ts"])
+        group["consent_ids"].add(row["consent_id"])
+    return list(groups.values())
 
 
 def products(store: Store, site_id: str, person: Person, events: tuple[str, ...]) -> list[str]:
     """The products the person viewed or bought (``events`` names which)."""
-    where, params = rows_of(person)
-    rows = store.rows(
-        "SELECT DISTINCT product_id FROM tagwerk.person_activity "
-        "WHERE site_id = {site:String} AND key IN {keys:Array(String)} "
-        f"AND event IN {{events:Array(String)}} AND product_id != '' AND {where} "
-        "LIMIT {most:UInt32}",
-        {"site": site_id, "keys": keys_of(person), "events": list(events), "most": MAX_GROUPS,
-         **params})
-    return sorted(row["product_id"] for row in rows)
+    return sorted({row["product_id"] for row in _rows(store, site_id, person, events)
+                   if row["product_id"]})
 
 
 def profile(store: Store, site_id: str, person: Person) -> dict[str, Any] | None:
@@ -85,7 +103,7 @@ def profile(store: Store, site_id: str, person: Person) -> dict[str, Any] | None
             entry = purchased.setdefault(product, {"product_id": product, "quantity": 0,
                                                    "revenue": Decimal(0), "last": ""})
             entry["quantity"] += int(g["quantity"])
-            entry["revenue"] += Decimal(str(g["revenue"]))
+            entry["revenue"] += g["revenue"]
             entry["last"] = max(entry["last"], g["last"])
         weight = WEIGHTS.get(g["event"], 0) * n
         for facet in ("category", "brand"):
