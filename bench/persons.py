@@ -304,6 +304,8 @@ def main() -> None:
     parser.add_argument("--load", type=int, default=5000)
     parser.add_argument("--probes", type=int, default=50)
     parser.add_argument("--data-dir", help="reuse a generated data directory")
+    parser.add_argument("--erase-only", action="store_true",
+                        help="only the erasure (on a quiet engine, after a reused directory)")
     args = parser.parse_args()
     data_dir = Path(args.data_dir or tempfile.mkdtemp(prefix="tagwerk-persons-"))
     keys_file = data_dir / "bench-keys.json"
@@ -321,6 +323,11 @@ def main() -> None:
     base = f"http://127.0.0.1:{port}"
     try:
         wait_http(f"{base}/readyz", timeout=300)
+        if args.erase_only:
+            took = erase_heavy(base, keys, data_dir)
+            print(f"erasure of a person with 1,000 hits among {args.events:,}: {took:.2f} s = "
+                  f"{took / GOAL_ERASE_S:.2f} of the {GOAL_ERASE_S:.0f} s goal")
+            return
         urls = profile_urls(base, args)
         call(urls[0], keys["read"])
         times, found = single_client(urls, keys["read"], args.seconds)
