@@ -82,17 +82,17 @@ WHERE site_id = {{site:String}} AND kind = 'user' AND id IN {{users:Array(String
 """
 # The moments those identifiers changed hands among their allowed users (a link whose user
 # differs from the previous one: repeated logins of one user are one), at most `most`.
-CHANGES = """
+CHANGES = f"""
 SELECT toString(kind) AS kind, id, user_id, toString(ts) AS ts FROM (
     SELECT kind, id, user_id, ts, lagInFrame(user_id, 1, '') OVER (
         PARTITION BY kind, id ORDER BY ts, user_id
         ROWS BETWEEN 1 PRECEDING AND CURRENT ROW) AS previous
     FROM tagwerk.identity_links
-    WHERE site_id = {site:String} AND concat(toString(kind), ':', id, ':', user_id)
-          IN {allowed:Array(String)}
+    WHERE site_id = {{site:String}} AND {PAIRS_IN}
+      AND concat(toString(kind), ':', id, ':', user_id) IN {{allowed:Array(String)}}
 )
 WHERE user_id != previous
-ORDER BY kind, id, ts, user_id LIMIT {most:UInt32}
+ORDER BY kind, id, ts, user_id LIMIT {{most:UInt32}}
 """
 
 
@@ -233,7 +233,9 @@ class Graph:
                 seen[pair] = (row["ts"], row["last"])
         allowed = [f"{k}:{i}:{r['user_id']}" for (k, i), rows in users_seen.items()
                    for r in rows]
-        changes = self._rows(CHANGES, allowed=allowed, most=MAX_LINKS) if allowed else []
+        changes = self._rows(CHANGES, allowed=allowed, most=MAX_LINKS,
+                             kinds=[k for k, _ in users_seen],
+                             ids=[i for _, i in users_seen]) if allowed else []
         for row in changes:
             links[(row["kind"], row["id"])].append({"user_id": row["user_id"], "ts": row["ts"]})
         # Owners changed more often than we read: the spans would be wrong, so say so.
