@@ -24,13 +24,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlencode
 
-import orjson
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from collector import http
+from collector.api.access import ApiError, bearer, json_response, refusal
 from collector.containers import (
     MAX_DOCUMENT_BYTES,
     MAX_VERSION,
@@ -52,25 +52,6 @@ MAX_BODY_DEPTH = 16
 PREFIX = "/api/v1/sites/{site}/container"
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, field: str = "",
-                 headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.field, self.headers = status, message, field, headers
-
-
-def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(data), status, {"Cache-Control": "no-store", **(headers or {})},
-                    media_type="application/json")
-
-
-def _refusal(error: ApiError) -> Response:
-    data = {"error": error.message}
-    if error.field:
-        data["field"] = error.field
-    return _json(data, error.status, error.headers)
-
-
 Endpoint = Callable[[Request, Collector, Site], Awaitable[Response]]
 
 
@@ -84,20 +65,21 @@ def admin(endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]]:
             site = await _admin_site(request, collector)
             return await endpoint(request, collector, site)
         except ApiError as exc:
-            return _refusal(exc)
+            return refusal(exc)
         except ContainerError as exc:
             data = {"error": str(exc.errors[0]), "field": exc.field or None,
                     "errors": [e.as_dict() for e in exc.errors]}
-            return _json({k: v for k, v in data.items() if v is not None}, 400)
+            return json_response({k: v for k, v in data.items() if v is not None}, 400)
         except NotFound as exc:
-            return _json({"error": str(exc), "field": "version"}, 404)
+            return json_response({"error": str(exc), "field": "version"}, 404)
         except PreconditionFailed as exc:
-            return _json({"error": str(exc), "field": "If-Match", "etag": exc.current}, 412,
-                         {"ETag": exc.current})
+            return json_response(
+                {"error": str(exc), "field": "If-Match", "etag": exc.current}, 412,
+                {"ETag": exc.current})
         except StorageError as exc:
             log.warning("container API: storage error: %s", exc)
-            return _json({"error": "storage unavailable; try again"}, 503,
-                         {"Retry-After": "5"})
+            return json_response({"error": "storage unavailable; try again"}, 503,
+                                 {"Retry-After": "5"})
 
     return handler
 
@@ -107,8 +89,7 @@ async def _admin_site(request: Request, collector: Collector) -> Site:
     site = await collector.sites.find(site_id)
     if site is None:
         raise ApiError(404, f"unknown site {site_id[:64]!r}", "site")
-    scheme, _, value = request.headers.get("authorization", "").partition(" ")
-    key = value.strip() if scheme.lower() == "bearer" else ""
+    key = bearer(request)
     if not key:
         raise ApiError(401, "send the site's admin key as 'Authorization: Bearer KEY'",
                        headers={"WWW-Authenticate": 'Bearer realm="tagwerk"'})
@@ -188,11 +169,12 @@ async def container(request: Request, collector: Collector, site: Site) -> Respo
         document = await _body(request, required=True)
         draft = await run_in_threadpool(containers.put_draft, site.site_id, document,
                                         site.origins, if_match=if_match)
-        return _json({"site": site.site_id, "policy": draft.policy,
-                      "updated_at": draft.updated_at, "etag": draft.etag},
-                     headers={"ETag": draft.etag})
+        return json_response({"site": site.site_id, "policy": draft.policy,
+                              "updated_at": draft.updated_at, "etag": draft.etag},
+                             headers={"ETag": draft.etag})
     draft = await run_in_threadpool(containers.draft, site.site_id)
-    return _json(draft.document, headers={"X-Tagwerk-Policy": draft.policy, "ETag": draft.etag})
+    return json_response(draft.document,
+                         headers={"X-Tagwerk-Policy": draft.policy, "ETag": draft.etag})
 
 
 @admin
@@ -204,8 +186,8 @@ async def publish(request: Request, collector: Collector, site: Site) -> Respons
         raise ApiError(400, "'note' must be a string", "note")
     version = await run_in_threadpool(collector.containers.publish, site.site_id, note,
                                       site.origins, if_match=if_match)
-    return _json({"site": site.site_id, "version": version.version, "live": version.version,
-                  "policy": version.policy, "note": version.note})
+    return json_response({"site": site.site_id, "version": version.version,
+                          "live": version.version, "policy": version.policy, "note": version.note})
 
 
 @admin
@@ -220,8 +202,8 @@ async def rollback(request: Request, collector: Collector, site: Site) -> Respon
     if not isinstance(note, str) or len(note) > 1000:
         raise ApiError(400, "'note' must be a string of at most 1000 characters", "note")
     version = await run_in_threadpool(collector.containers.rollback, site.site_id, number, note)
-    return _json({"site": site.site_id, "version": version.version, "live": version.version,
-                  "policy": version.policy})
+    return json_response({"site": site.site_id, "version": version.version,
+                          "live": version.version, "policy": version.policy})
 
 
 @admin
@@ -233,7 +215,7 @@ async def versions(request: Request, collector: Collector, site: Site) -> Respon
         return {"site": site.site_id, "live": live, "versions": [v.as_dict() for v in listed],
                 "releases": containers.releases(site.site_id)}
 
-    return _json(await run_in_threadpool(read))
+    return json_response(await run_in_threadpool(read))
 
 
 @admin
@@ -244,7 +226,7 @@ async def version(request: Request, collector: Collector, site: Site) -> Respons
         found = await run_in_threadpool(collector.containers.version, site.site_id, number)
     if found is None:
         raise ApiError(404, f"site {site.site_id!r} has no version {number}", "version")
-    return _json(found.as_dict())
+    return json_response(found.as_dict())
 
 
 @admin
@@ -262,8 +244,9 @@ async def preview(request: Request, collector: Collector, site: Site) -> Respons
                                              data.get("minutes", 60))
     base = f"{request.url.scheme}://{request.headers.get('host', '')}"
     link = f"{base}/t/preview?" + urlencode({"token": token, "to": url})
-    return _json({"site": site.site_id, "link": link, "expires_at": expires.isoformat(),
-                  "end": f"{base}/t/preview?end=1"}, 201)
+    return json_response({"site": site.site_id, "link": link,
+                          "expires_at": expires.isoformat(),
+                          "end": f"{base}/t/preview?end=1"}, 201)
 
 
 ROUTES = [
