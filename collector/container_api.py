@@ -25,12 +25,13 @@ from typing import Any
 from urllib.parse import urlencode
 
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from collector import http
 from collector.api.access import ApiError, bearer, json_response, refusal
+from collector.api.body import read_json
 from collector.containers import (
     MAX_DOCUMENT_BYTES,
     MAX_VERSION,
@@ -101,39 +102,7 @@ async def _admin_site(request: Request, collector: Collector) -> Site:
 
 async def _body(request: Request, required: bool) -> Any:
     """The JSON body, at most 256 KB; None if it is empty and not required."""
-    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media not in BODY_TYPES:
-        raise ApiError(415, "send application/json")
-    if request.headers.get("content-encoding", "identity").lower() != "identity":
-        raise ApiError(415, "compressed bodies are not accepted here")
-    declared = request.headers.get("content-length")
-    digits = declared is not None and declared.isdigit() and declared.isascii()
-    if declared is not None and (not digits or int(declared) > MAX_DOCUMENT_BYTES):
-        raise ApiError(413 if digits else 400,
-                       f"body larger than {MAX_DOCUMENT_BYTES} bytes"
-                       if digits else "invalid Content-Length")
-    chunks, size = [], 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > MAX_DOCUMENT_BYTES:
-                raise ApiError(413, f"body larger than {MAX_DOCUMENT_BYTES} bytes")
-            chunks.append(chunk)
-    except ClientDisconnect:
-        raise ApiError(400, "client disconnected") from None
-    body = b"".join(chunks)
-    if not body.strip() and not required:
-        return None
-    try:
-        data = http.parse_json(body)
-    except http.HTTPError as exc:
-        raise ApiError(exc.status, exc.message, exc.field or "") from None
-    deep = http.nested_too_deep(data, MAX_BODY_DEPTH)
-    if deep is not None:
-        field = http.json_field(deep, MAX_BODY_DEPTH)
-        raise ApiError(400, f"{field or 'the body'} is nested deeper than {MAX_BODY_DEPTH} "
-                       "levels", field)
-    return data
+    return await read_json(request, MAX_DOCUMENT_BYTES, MAX_BODY_DEPTH, required, BODY_TYPES)
 
 
 def _if_match(request: Request) -> frozenset[str] | None:

@@ -367,7 +367,7 @@ def test_person_bad_input(env, path, field):
     ("/identity/merge", b'{"from": "user:a", "into": "user:b", "x": 1}', 400, "x"),
     ("/identity/merge", b'{"from": "\xff", "into": "user:b"}', 400, ""),
     ("/identity/merge", b'{"from": "user:a", "into": "user:' + b"b" * 20000 + b'"}', 413, ""),
-    ("/identity/merge", b'{"from": [[[[[["user:a"]]]]]], "into": "user:b"}', 400, ""),
+    ("/identity/merge", b'{"from": [[[[[["user:a"]]]]]], "into": "user:b"}', 400, "from"),
     ("/identity/split", b'{"id": "mystery:1"}', 400, "id"),
     ("/identity/split", b'{"id": "user:null"}', 400, "id"),
     ("/identity/operations/not-a-uuid/undo", b"", 400, "op_id"),

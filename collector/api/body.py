@@ -1,4 +1,4 @@
-"""JSON request bodies of the read side's operations: small objects of known fields."""
+"""JSON request bodies of the API's operations (the read side's and the container API's)."""
 
 from __future__ import annotations
 
@@ -10,40 +10,56 @@ from collector import http
 from collector.api.access import ApiError
 
 MAX_BODY = 16 * 1024
+MAX_DEPTH = 4
 # JSON however it is labelled by common clients (curl -d says form-urlencoded): a key in a
 # header, not a cookie, authorises these calls, so a browser's form cannot make them.
 MEDIA_TYPES = ("", "application/json", "text/plain", "application/x-www-form-urlencoded")
-MAX_DEPTH = 4
 
 
-async def json_object(request: Request, fields: tuple[str, ...], required: tuple[str, ...],
-                      limit: int = MAX_BODY) -> dict[str, Any]:
-    """The body as a JSON object with only ``fields``, all ``required`` present."""
+async def read_json(request: Request, limit: int, depth: int, required: bool = True,
+                    media_types: tuple[str, ...] = MEDIA_TYPES) -> Any:
+    """The body as JSON, at most ``limit`` bytes and ``depth`` levels; None if it is empty
+    and not ``required``. Every refusal is an ApiError naming the problem."""
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media not in MEDIA_TYPES:
+    if media not in media_types:
         raise ApiError(415, "send the body as application/json", "Content-Type")
     if request.headers.get("content-encoding", "identity").lower() != "identity":
         raise ApiError(415, "compressed bodies are not accepted here", "Content-Encoding")
-    declared = request.headers.get("content-length", "")
-    if declared and (not (declared.isascii() and declared.isdigit()) or int(declared) > limit):
-        raise ApiError(413, f"the body is larger than {limit} bytes")
+    declared = request.headers.get("content-length")
+    digits = declared is not None and declared.isdigit() and declared.isascii()
+    if declared is not None and (not digits or int(declared) > limit):
+        raise ApiError(413 if digits else 400,
+                       f"body larger than {limit} bytes" if digits else "invalid Content-Length")
     chunks, size = [], 0
     try:
         async for chunk in request.stream():
             size += len(chunk)
             if size > limit:
-                raise ApiError(413, f"the body is larger than {limit} bytes")
+                raise ApiError(413, f"body larger than {limit} bytes")
             chunks.append(chunk)
     except ClientDisconnect:
         raise ApiError(400, "client disconnected") from None
+    body = b"".join(chunks)
+    if not body.strip() and not required:
+        return None
     try:
-        data = http.parse_json(b"".join(chunks))
+        data = http.parse_json(body)
     except http.HTTPError as exc:
-        raise ApiError(400, exc.message, exc.field or "") from None
+        raise ApiError(exc.status, exc.message, exc.field or "") from None
+    deep = http.nested_too_deep(data, depth)
+    if deep is not None:
+        field = http.json_field(deep, depth)
+        raise ApiError(400, f"{field or 'the body'} is nested deeper than {depth} levels",
+                       field)
+    return data
+
+
+async def json_object(request: Request, fields: tuple[str, ...], required: tuple[str, ...],
+                      limit: int = MAX_BODY) -> dict[str, Any]:
+    """The body as a JSON object with only ``fields``, all ``required`` present."""
+    data = await read_json(request, limit, MAX_DEPTH)
     if not isinstance(data, dict):
         raise ApiError(400, "the body must be a JSON object")
-    if http.nested_too_deep(data, MAX_DEPTH) is not None:
-        raise ApiError(400, f"the body is nested deeper than {MAX_DEPTH} levels")
     for name in data:
         if name not in fields:
             raise ApiError(400, f"unknown field {name[:64]!r} (accepted: {', '.join(fields)})",
