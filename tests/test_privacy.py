@@ -264,4 +264,4 @@ def test_bodies_as_curl_sends_them_and_other_media_types(env):
         assert r.status_code == status, (media, r.text)
     r = client.post(f"{BASE}/privacy/erase", content=body,
                     headers={**headers, "Content-Encoding": "gzip"})
-    assert r.status_code == 415 and r.json()["field"] == "Content-Encoding"
+    assert r.status_code == 415 and "compressed" in r.json()["error"]

@@ -22,9 +22,9 @@ async def read_json(request: Request, limit: int, depth: int, required: bool = T
     and not ``required``. Every refusal is an ApiError naming the problem."""
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media not in media_types:
-        raise ApiError(415, "send the body as application/json", "Content-Type")
+        raise ApiError(415, "send the body as application/json")
     if request.headers.get("content-encoding", "identity").lower() != "identity":
-        raise ApiError(415, "compressed bodies are not accepted here", "Content-Encoding")
+        raise ApiError(415, "compressed bodies are not accepted here")
     declared = request.headers.get("content-length")
     digits = declared is not None and declared.isdigit() and declared.isascii()
     if declared is not None and (not digits or int(declared) > limit):
