@@ -69,7 +69,7 @@ ACCEPTED = frozenset(
 # and user ids have their own fields.
 MAX_IDENTIFIERS = 8
 OWN_FIELDS = {"device": "device_id", "user": "user_id"}
-CONSENT_ID = re.compile(r"[0-9a-fA-F]{32}")  # fullmatch, as consent.log checks it
+CONSENT_ID = re.compile(r"[0-9a-fA-F]{32}")  # fullmatch: "$" would allow a final "\n"
 # A GA4 ``ecommerce`` object fills these; an event gives one or the other, never both.
 ECOMMERCE_FLAT = frozenset({"order_id", "revenue", "currency", "coupon", "items"})
 # GA4 item key -> our item field; every other GA4 item key is ignored.
@@ -173,10 +173,10 @@ def normalize(raw: Any, ctx: Context) -> tuple[dict[str, Any], bool]:
         s["device_id"] = ""
     if type_ in ("identify", "alias") and not s["user_id"]:
         raise EventError(f"a {type_} event needs a user_id", "user_id")
-    if type_ in ("identify", "alias"):
-        token = _token(raw)  # never stored: it would let anyone replay the claim
-        if not ctx.trusted and not _verified(token, s, ctx):
-            type_ = "track"  # a browser's unverified claim: kept as an event, links nothing
+    token = _token(raw) if "props" in raw or "identity_token" in raw else None
+    # (taken out of props for every hit: stored, it would let anyone replay the claim)
+    if type_ in ("identify", "alias") and not ctx.trusted and not _verified(token, s, ctx):
+        type_ = "track"  # a browser's unverified claim: kept as an event, links nothing
     if "identifiers" in raw and not ctx.trusted and type_ not in ("identify", "alias"):
         raise EventError("from a browser, only an identify with a valid identity_token may "
                          "carry identifiers", "identifiers")

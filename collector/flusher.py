@@ -94,9 +94,17 @@ class Flusher:
         # site id and the row's identifiers -> whether it names an erased one).
         self.blocked: Callable[[str, dict[str, Any]], bool] | None = None
         self.recheck_until: Pos | None = None
+        self._recheck_lock = threading.Lock()
 
     def start(self) -> None:
         self._thread.start()
+
+    def recheck(self, until: Pos) -> None:
+        """Check the rows spooled before ``until`` again, against the tombstones known now
+        (called when new ones are learnt)."""
+        with self._recheck_lock:
+            if self.recheck_until is None or until > self.recheck_until:
+                self.recheck_until = until
 
     def stop(self, timeout: float = 10.0) -> None:
         """Flush what is durable (while ClickHouse answers), then stop."""
@@ -159,7 +167,8 @@ class Flusher:
         self.spool.write_checkpoint(Checkpoint(start, pending=stop))
         token = f"{self.spool.id}:{start.segment}:{start.offset}-{stop.segment}:{stop.offset}"
         rows = dropped = 0
-        recheck = self.recheck_until is not None and start < self.recheck_until
+        until = self.recheck_until
+        recheck = until is not None and start < until
         for table, group in self._by_table(records):
             if table == EVENTS:
                 if recheck:
@@ -178,8 +187,9 @@ class Flusher:
                 )
             rows, dropped = rows + n, dropped + d
         self.spool.release(stop)
-        if recheck and self.recheck_until is not None and stop >= self.recheck_until:
-            self.recheck_until = None
+        with self._recheck_lock:  # done, unless more tombstones came meanwhile
+            if recheck and self.recheck_until is until and until is not None and stop >= until:
+                self.recheck_until = None
         self.metrics.flush_seconds.observe(time.monotonic() - began)
         self.metrics.rows_inserted.inc(by=rows)
         self.metrics.duplicates_dropped.inc(by=dropped)

@@ -84,7 +84,7 @@ class Collector:
             self.tombstones.load()
             # What the spool holds was acknowledged before this start: maybe before an
             # erasure of one of its identifiers.
-            self.flusher.recheck_until = self.spool.durable
+            self.flusher.recheck(self.spool.durable)
         except StorageError as exc:
             if not self.sites.load_snapshot():
                 raise
@@ -126,7 +126,7 @@ class Collector:
             with contextlib.suppress(StorageError):
                 if self.tombstones.load():  # erasures made through any collector
                     # Rows spooled before were checked against fewer tombstones.
-                    self.flusher.recheck_until = self.spool.durable
+                    self.flusher.recheck(self.spool.durable)
             if time.monotonic() - last_sites >= self.sites.refresh_seconds:
                 self.sites.reload()
                 last_sites = time.monotonic()

@@ -23,7 +23,7 @@ COLUMNS = ("consent_id", "ts", "received_at", "site_id", "granted", "denied", "p
 FIELDS = frozenset({"site", "consent_id", "granted", "denied", "policy", "how", "url"})
 REQUIRED = ("consent_id", "granted", "denied", "policy", "how")
 MAX_URL = 4096
-_HEX32 = re.compile(r"^[0-9a-fA-F]{32}$")
+_HEX32 = re.compile(r"[0-9a-fA-F]{32}")  # fullmatch: "$" would allow a final "\n"
 _HEX16 = re.compile(r"^[0-9a-fA-F]{16}$")
 
 
@@ -49,7 +49,7 @@ def decision_row(
         if name not in data:
             raise DecisionError(f"{name!r} is required", name)
     consent_id = data["consent_id"]
-    if not isinstance(consent_id, str) or not _HEX32.match(consent_id):
+    if not isinstance(consent_id, str) or not _HEX32.fullmatch(consent_id):
         raise DecisionError("'consent_id' must be 32 hexadecimal digits", "consent_id")
     policy = data["policy"]
     if not isinstance(policy, str) or not _HEX16.match(policy):

@@ -89,11 +89,14 @@ def plan(store: Store, rows: Filter, start: Position | None, limit: int
     if take >= n:
         return Position(block, LAST), True
     where, params = between(rows, start, Position(block, LAST))
-    [row] = store.rows(
+    found = store.rows(
         f"SELECT _block_offset AS o FROM {TABLE} WHERE {where} AND _block_number = "
         "{block:UInt64} ORDER BY o LIMIT 1 OFFSET {skip:UInt64}",
         {**params, "block": block, "skip": take - 1},
     )
+    if not found:  # rows of the block were deleted (erasure, TTL) since they were counted
+        return Position(block, LAST), True
+    [row] = found
     return Position(block, int(row["o"])), True
 
 

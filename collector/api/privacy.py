@@ -24,8 +24,15 @@ async def erase(request: Request, collector: Collector, site: Site) -> Response:
     query.params(request, ())
     data = await body.json_object(request, ("id",), ("id",))
     kind, ident = identifier(site, data["id"], "id")
-    flush = erasure.wait_flushed(lambda: collector.spool.durable,
-                                 lambda: collector.spool.checkpoint.flushed)
+    wait = erasure.wait_flushed(lambda: collector.spool.durable,
+                                lambda: collector.spool.checkpoint.flushed)
+
+    def flush(timeout: float) -> bool:
+        # The tombstones are written: rows this collector spooled before them are checked
+        # again as they are flushed (also should the wait time out), then waited for.
+        collector.flusher.recheck(collector.spool.durable)
+        return wait(timeout)
+
     try:
         done = await run_in_threadpool(erasure.erase, collector.store, site,
                                        collector.tombstones, kind, ident, actor(site), flush)

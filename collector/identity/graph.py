@@ -59,7 +59,7 @@ WHERE site_id = {site:String} AND into_person = {pid:String}
 """
 # The identifiers ever linked to some user ids' persons.
 HELD = """
-SELECT DISTINCT toString(kind) AS kind, id FROM tagwerk.identity_links
+SELECT DISTINCT toString(kind) AS k, id AS i FROM tagwerk.identity_links
 WHERE site_id = {site:String} AND person_id IN {pids:Array(String)} AND kind != 'user'
 """
 PAIRS_IN = "(kind, id) IN (SELECT tupleElement(pair, 1), tupleElement(pair, 2) FROM " \
@@ -220,7 +220,7 @@ class Graph:
         seen: dict[tuple[str, str], tuple[str, str]] = {}
         users_seen: dict[tuple[str, str], list[dict]] = {}
         held = self._rows(HELD, pids=user_persons) if user_persons else []
-        pairs = sorted({*others, *((r["kind"], r["id"]) for r in held)})
+        pairs = sorted({*others, *((r["k"], r["i"]) for r in held)})
         for row in self._rows(HOLDERS, kinds=[k for k, _ in pairs], ids=[i for _, i in pairs],
                               users=person.users, cap=self.cap):
             pair = (row["kind"], row["id"])
@@ -263,11 +263,7 @@ class Graph:
         kind, ident = pair
         if override is not None:
             return [Span(kind, ident, BEGINNING, END)] if override in members else []
-        allowed: list[str] = []
-        for row in links:  # the first `cap` users by first link; later ones are ignored
-            if row["user_id"] not in allowed and len(allowed) < self.cap:
-                allowed.append(row["user_id"])
-        links = [r for r in links if r["user_id"] in allowed]
+        # (`links` holds owner changes among the first `cap` users only: see CHANGES)
         if not links:  # an anchor nobody linked: all its rows are the person's
             own = person_id(self.site_id, kind, ident)
             return [Span(kind, ident, BEGINNING, END)] if own in members else []

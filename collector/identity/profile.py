@@ -38,7 +38,7 @@ SELECT ts, event, product_id, category, brand, channel, device_class, quantity,
        toString(revenue) AS revenue, consent_id, user_id, device_id, identifiers
 FROM tagwerk.person_activity
 WHERE site_id = {site:String} AND key IN {keys:Array(String)} AND event IN {events:Array(String)}
-LIMIT {most:UInt32}
+ORDER BY ts DESC LIMIT {most:UInt32}
 """
 
 

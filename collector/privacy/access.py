@@ -31,11 +31,11 @@ def access(store: Store, site: Site, kind: str, ident: str, actor: str
     site_id = site.site_id
     where, params = rows_of(person)
     bound = {"site": site_id, **params}
-    total = int(store.rows(f"SELECT count() AS n FROM tagwerk.events WHERE site_id = "
-                           f"{{site:String}} AND {where}", bound)[0]["n"])
     events = store.rows(
         f"SELECT * FROM tagwerk.events WHERE site_id = {{site:String}} AND {where} "
-        "ORDER BY ts, event_id LIMIT {most:UInt32}", {**bound, "most": MAX_ROWS})
+        "ORDER BY ts, event_id LIMIT {most:UInt32}", {**bound, "most": MAX_ROWS + 1})
+    truncated = len(events) > MAX_ROWS
+    events = events[:MAX_ROWS]
     consent_ids = sorted({e["consent_id"] for e in events if e.get("consent_id")})
     consent = store.rows(
         "SELECT consent_id, ts, granted, denied, policy, how, url FROM tagwerk.consent_log "
@@ -47,13 +47,11 @@ def access(store: Store, site: Site, kind: str, ident: str, actor: str
         "ORDER BY at", {"site": site_id, "members": sorted(person.members)})
     for op in operations:
         op["target"] = orjson.loads(op["target"])
-    merged_ops = {pid: "" for pid in person.merged}
     answer = {
-        "person": person.as_dict(merged_ops),
+        "person": person.as_dict({}),
         "profile": profiles.profile(store, site_id, person),
         "events": events,
-        "events_total": total,
-        "truncated": total > len(events),
+        "truncated": truncated,
         "consent": consent,
         "identity_operations": operations,
     }

@@ -41,7 +41,9 @@ from collector.sites import Site
 from collector.storage import Store
 
 ERASED = "\0erased:"  # the anchor of what erased persons held on shared identifiers
-PAIR = "concat(toString(kind), ':', id)"  # an identifier, matched exactly as kind:id
+# An identifier matched exactly as 'kind:id', in statements already narrowed by person (or
+# on the small overrides table): a DELETE's condition stays free of subqueries.
+PAIR = "concat(toString(kind), ':', id)"
 FLUSH_WAIT = 10.0
 
 # Tables keyed by person, session or device: (table, time expression, has identifiers).
