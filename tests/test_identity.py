@@ -476,6 +476,14 @@ def test_a_browsers_identify_links_only_with_the_shops_identity_token(env):
         "SELECT * FROM tagwerk.events WHERE site_id = {s:String} AND device_id = {d:String}",
         {"s": SITE, "d": phone})
     assert good.encode() not in stored and b'"via":"tag"' in stored.replace(b" ", b"")
+    # Nor on any other hit that carries one.
+    page = uid("page")
+    assert collect({"event": "page_view", "props": {"identity_token": good, "n": page}},
+                   uid("d")).status_code == 202
+    wait_for(lambda: drained(collector))
+    [row] = collector.store.rows("SELECT props FROM tagwerk.events WHERE site_id = {s:String} "
+                                 "AND props['n'] = {n:String}", {"s": SITE, "n": page})
+    assert row["props"] == {"n": page}
 
 
 def test_the_demo_signs_its_customers_ids(store, tmp_path):
