@@ -241,3 +241,37 @@ def test_lists_leave_out_what_the_person_bought_anywhere(env):
     listed = [i["product_id"] for i in r.json()["items"]]
     assert seen["product_id"] in listed and bought["product_id"] not in listed
     assert r.headers["cache-control"].startswith("private")
+
+
+def test_a_visitors_purchases_are_resolved_once_per_flush(env, monkeypatch):
+    """The browser-safe lists resolve the visitor's person once per flush, not per page,
+    and a new purchase shows at the next flush."""
+    import datetime as dt
+
+    from collector.api import products, recommend
+    from tests.test_recommend import consent_cookie
+
+    client, collector, _ = env
+    recommend._limits[collector] = recommend.RateLimit(rate=1000, burst=1000)
+    now = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+    device, n = uuid.uuid4().hex[:22], uuid.uuid4().hex[:8]
+    first, second = item(f"first-{n}", "c", "b"), item(f"second-{n}", "c", "b")
+    send(env, [hit("view_item", now, [first, second], device_id=device),
+               hit("purchase", now, [first], device_id=device)])
+    calls = []
+    resolve = products.person_products
+    monkeypatch.setattr(products, "person_products",
+                        lambda *args: calls.append(args) or resolve(*args))
+    consent = consent_cookie("analytics", "personalization",
+                             policy=collector.containers.live(SITE).policy)
+    cookie = {"cookie": f"tw_id={device}.20000; tw_consent={consent}"}
+
+    def listed():
+        client.cookies.clear()
+        r = client.get(f"/t/{SITE}/recommend/top?window=1h&limit=24", headers=cookie)
+        return [i["product_id"] for i in r.json()["items"]]
+
+    assert first["product_id"] not in listed() and second["product_id"] in listed()
+    assert len(calls) == 1
+    send(env, [hit("purchase", now, [second], device_id=device)])
+    assert second["product_id"] not in listed() and len(calls) == 2

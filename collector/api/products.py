@@ -194,6 +194,8 @@ class Answers:
         self.collector = collector
         self._done: OrderedDict[tuple, tuple[Any, float, dict[str, Any]]] = OrderedDict()
         self._running: dict[tuple, asyncio.Future] = {}
+        self._bought: OrderedDict[tuple[str, str], tuple[Any, float, tuple[str, ...]]] = \
+            OrderedDict()
 
     async def get(self, site_id: str, ask: Ask, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
         key = (site_id, ask, exclude)
@@ -226,9 +228,22 @@ class Answers:
         return answer
 
     async def device_purchases(self, site: Site, device_id: str) -> tuple[str, ...]:
-        """What the person of this device bought, on any of their devices or channels."""
-        return await run_in_threadpool(person_products, self.collector.store, site,
-                                       "device", device_id, (profiles.PURCHASE,))
+        """What the person of this device bought, on any of their devices or channels; kept
+        like a list (until the next flush, at most CACHE_SECONDS), as a visitor asks again
+        on every page and resolving a person costs several statements."""
+        key = (site.site_id, device_id)
+        version = self.collector.spool.checkpoint.flushed
+        now = time.monotonic()
+        found = self._bought.get(key)
+        if found is not None and found[0] == version and now - found[1] < CACHE_SECONDS:
+            return found[2]
+        bought = await run_in_threadpool(person_products, self.collector.store, site,
+                                         "device", device_id, (profiles.PURCHASE,))
+        self._bought[key] = (version, now, bought)
+        self._bought.move_to_end(key)
+        while len(self._bought) > CACHE_ENTRIES:
+            self._bought.popitem(last=False)
+        return bought
 
 
 _answers: WeakKeyDictionary[Collector, Answers] = WeakKeyDictionary()
