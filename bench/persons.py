@@ -43,8 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from load import SERVER_CORE, free_port, wait_http, wrk  # noqa: E402
+from recommend import SITE, background_load, bench_site, pct, wrk_script  # noqa: E402
 
-SITE = "bench"
 GOAL_P99_MS, GOAL_RPS, GOAL_FRESH_S, GOAL_ERASE_S = 20.0, 1000.0, 1.0, 10.0
 MONTH_MS = 30 * 86400 * 1000
 
@@ -141,15 +141,7 @@ def heavy_events() -> list[dict]:
 
 
 def generate(data_dir: Path, args: argparse.Namespace) -> dict[str, str]:
-    from collector.config import Settings
-    from collector.migrations import migrate
-    from collector.sites import Sites
-    from collector.storage.embedded import EmbeddedStore
-
-    settings = Settings(data_dir=data_dir)
-    store = EmbeddedStore(settings.chdb_dir)
-    migrate(store)
-    _, keys = Sites(store, data_dir / "sites.json").create(SITE, ["https://shop.example"])
+    store, keys = bench_site(data_dir)
     began = time.monotonic()
     values = dict(site=SITE, month_ms=MONTH_MS, persons=args.persons, products=args.products,
                   devices=args.devices)
@@ -200,29 +192,6 @@ def single_client(urls: list[str], key: str, seconds: float) -> tuple[list[float
     return times, found
 
 
-def wrk_script(urls: list[str], key: str, path: Path) -> Path:
-    paths = ["/" + u.split("//", 1)[1].split("/", 1)[1] for u in urls]
-    path.write_text(
-        f'wrk.headers["Authorization"] = "Bearer {key}"\n'
-        f"local paths = {{{', '.join(json.dumps(p) for p in paths)}}}\n"
-        "local i = 0\nrequest = function()\n  i = i + 1\n"
-        "  return wrk.format('GET', paths[(i % #paths) + 1])\nend\n")
-    return path
-
-
-def background_load(base: str, key: str, per_second: int, stop: threading.Event) -> None:
-    batch = [{"event": "view_item", "channel": "web", "consent": ["analytics"],
-              "device_id": f"load-{i}", "items": [{"product_id": f"p{i}"}]}
-             for i in range(100)]
-    body = json.dumps({"events": batch}).encode()
-    interval = 100 / per_second
-    next_at = time.monotonic()
-    while not stop.is_set():
-        call(f"{base}/api/v1/batch", key, body)
-        next_at += interval
-        time.sleep(max(0.0, next_at - time.monotonic()))
-
-
 def freshness(base: str, keys: dict[str, str], args: argparse.Namespace) -> list[float]:
     stop = threading.Event()
     loader = threading.Thread(target=background_load,
@@ -270,27 +239,17 @@ def erase_heavy(base: str, keys: dict[str, str], data_dir: Path) -> float:
 
 
 def find_anywhere(data_dir: Path, values: list[str]) -> dict[str, int]:
+    """Through the running collector's SQL port, as its own user (every table)."""
     from collector.storage.server import ServerStore
+    from tests.helpers import found_anywhere
 
     info = json.loads((data_dir / "serve.json").read_text())
     store = ServerStore(f"http://{info['sql_user']}:{info['sql_password']}@"
                         f"{info['sql_host']}:{info['sql_port']}/tagwerk")
-    tables = store.rows("SELECT name FROM system.tables WHERE database = 'tagwerk' "
-                        "AND engine LIKE '%MergeTree'")
-    found = {}
-    for table in (t["name"] for t in tables):
-        [row] = store.rows(
-            f"SELECT count() AS n FROM tagwerk.{table} WHERE "
-            "multiSearchAny(formatRow('TSV', *), {v:Array(String)})", {"v": values})
-        if int(row["n"]):
-            found[table] = int(row["n"])
-    store.close()
-    return found
-
-
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(p * len(ordered)))]
+    try:
+        return found_anywhere(store, values)
+    finally:
+        store.close()
 
 
 def main() -> None:
@@ -331,7 +290,7 @@ def main() -> None:
         urls = profile_urls(base, args)
         call(urls[0], keys["read"])
         times, found = single_client(urls, keys["read"], args.seconds)
-        p50, p99 = statistics.median(times), pct(times, 0.99)
+        p50, p99 = statistics.median(times), pct(times, 99)
         print(f"profile, one client: {len(times)} requests ({found} profiles, the rest 404), "
               f"p50 {p50:.1f} ms, p99 {p99:.1f} ms = {p99 / GOAL_P99_MS:.2f} of the "
               f"{GOAL_P99_MS:.0f} ms goal")
@@ -342,7 +301,7 @@ def main() -> None:
               f"(p99 {result.get('p99_ms', float('nan')):.1f} ms)")
         fresh = freshness(base, keys, args)
         print(f"freshness under {args.load:,} events/s: p50 {statistics.median(fresh):.3f} s, "
-              f"p99 {pct(fresh, 0.99):.3f} s = {pct(fresh, 0.99) / GOAL_FRESH_S:.2f} of the "
+              f"p99 {pct(fresh, 99):.3f} s = {pct(fresh, 99) / GOAL_FRESH_S:.2f} of the "
               f"{GOAL_FRESH_S:.0f} s goal")
         took = erase_heavy(base, keys, data_dir)
         print(f"erasure of a person with 1,000 hits among {args.events:,}: {took:.2f} s = "

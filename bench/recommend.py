@@ -30,6 +30,7 @@ import time
 import urllib.request
 import uuid
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -83,17 +84,22 @@ FROM
 """
 
 
-def generate(data_dir: Path, args: argparse.Namespace) -> dict[str, str]:
-    """Migrate, create the site, insert the events; return the site's keys."""
+def bench_site(data_dir: Path) -> tuple[Any, dict[str, str]]:
+    """A migrated embedded engine in ``data_dir`` with the bench's site; its keys."""
     from collector.config import Settings
     from collector.migrations import migrate
     from collector.sites import Sites
     from collector.storage.embedded import EmbeddedStore
 
-    settings = Settings(data_dir=data_dir)
-    store = EmbeddedStore(settings.chdb_dir)
+    store = EmbeddedStore(Settings(data_dir=data_dir).chdb_dir)
     migrate(store)
     _, keys = Sites(store, data_dir / "sites.json").create(SITE, ["https://shop.example"])
+    return store, keys
+
+
+def generate(data_dir: Path, args: argparse.Namespace) -> dict[str, str]:
+    """Migrate, create the site, insert the events; return the site's keys."""
+    store, keys = bench_site(data_dir)
     began = time.monotonic()
     chunk = 1_000_000
     for offset in range(0, args.events, chunk):

@@ -11,7 +11,7 @@ import httpx
 from playwright.sync_api import expect
 
 from collector.storage.server import ServerStore
-from tests.helpers import wait_for
+from tests.helpers import found_anywhere, wait_for
 
 GRINDER, YIRGACHEFFE = "RW-203", "RW-101"
 
@@ -30,19 +30,6 @@ def writer(server) -> ServerStore:
     info = json.loads((server.data_dir / "serve.json").read_text())
     return ServerStore(f"http://{info['sql_user']}:{info['sql_password']}@"
                        f"{info['sql_host']}:{info['sql_port']}/tagwerk")
-
-
-def found_anywhere(store: ServerStore, values: list[str]) -> dict[str, int]:
-    tables = store.rows("SELECT name FROM system.tables WHERE database = 'tagwerk' "
-                        "AND engine LIKE '%MergeTree'")
-    found = {}
-    for table in (t["name"] for t in tables):
-        [row] = store.rows(f"SELECT count() AS n FROM tagwerk.{table} WHERE "
-                           "multiSearchAny(formatRow('TSV', *), {v:Array(String)})",
-                           {"v": values})
-        if int(row["n"]):
-            found[table] = int(row["n"])
-    return found
 
 
 def recommended(shop) -> list[str]:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import uvicorn
 from starlette.testclient import TestClient
 from starlette.types import ASGIApp
@@ -17,7 +18,9 @@ from starlette.types import ASGIApp
 from collector.app import create_app
 from collector.config import Settings
 from collector.fasthttp import protocol_for
+from collector.flusher import Flusher
 from collector.service import Collector
+from collector.spool import Spool
 from collector.storage import Store
 
 CHROME = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
@@ -108,3 +111,38 @@ def rows(store: Store, site: str, where: str = "1", **params: Any) -> list[dict[
         "ORDER BY ts, event_id",
         {"site": site, **params},
     )
+
+
+def send_batch(client: Any, collector: Collector, write_key: str, events: list[dict]) -> int:
+    """Events through the batch API with the site's write key, stored; how many it took."""
+    response = client.post("/api/v1/batch", content=orjson.dumps({"events": events}),
+                           headers={"Authorization": f"Bearer {write_key}",
+                                    "Content-Type": "application/json"})
+    assert response.status_code == 202, response.text
+    wait_for(lambda: drained(collector))
+    return response.json()["accepted"]
+
+
+def flush_all(flusher: Flusher, spool: Spool) -> None:
+    """Run the flusher until what the spool holds is in ClickHouse, then stop both."""
+    flusher.start()
+    try:
+        wait_for(lambda: flusher.caught_up)
+    finally:
+        flusher.stop()
+        spool.close()
+
+
+def found_anywhere(store: Store, values: list[str]) -> dict[str, int]:
+    """Per tagwerk table, the rows that hold one of ``values`` in any column: what an
+    erasure must leave at zero."""
+    tables = store.rows("SELECT name FROM system.tables WHERE database = 'tagwerk' "
+                        "AND engine LIKE '%MergeTree'")
+    found = {}
+    for table in (t["name"] for t in tables):
+        [row] = store.rows(f"SELECT count() AS n FROM tagwerk.{table} WHERE "
+                           "multiSearchAny(formatRow('TSV', *), {v:Array(String)})",
+                           {"v": values})
+        if int(row["n"]):
+            found[table] = int(row["n"])
+    return found

@@ -12,7 +12,7 @@ import pytest
 
 from collector.identity.graph import Graph, rows_of
 from collector.identity.kinds import person_id
-from tests.helpers import drained, make_client, wait_for
+from tests.helpers import drained, flush_all, make_client, send_batch, wait_for
 
 SITE = "id-shop"
 BASE = f"/api/v1/sites/{SITE}"
@@ -31,11 +31,7 @@ def env(store, tmp_path_factory):
 
 def send(env, events, site=SITE):
     client, collector, keys = env
-    r = client.post("/api/v1/batch", content=orjson.dumps({"events": events}),
-                    headers={"Authorization": f"Bearer {keys[site]['write']}",
-                             "Content-Type": "application/json"})
-    assert r.status_code == 202, r.text
-    wait_for(lambda: drained(collector))
+    send_batch(client, collector, keys[site]["write"], events)
 
 
 def get(env, path, key="read", site=SITE, **params):
@@ -406,13 +402,7 @@ def test_rows_spooled_before_the_identity_columns_still_flush(backend, store, tm
     old = list(row.values())[:-2]  # what the previous version spooled
     spool = Spool(tmp_path, 1 << 20, 1 << 30)
     append_all(spool, [encode_record([orjson.dumps(old)], site, [])])
-    flusher = Flusher(spool, backend, Metrics(), interval=0.01)
-    flusher.start()
-    try:
-        wait_for(lambda: flusher.caught_up)
-    finally:
-        flusher.stop()
-        spool.close()
+    flush_all(Flusher(spool, backend, Metrics(), interval=0.01), spool)
     [stored] = store.rows("SELECT user_id, identifiers, consent_id FROM tagwerk.events "
                           "WHERE site_id = {s:String}", {"s": site})
     assert stored == {"user_id": "c-1", "identifiers": {}, "consent_id": ""}

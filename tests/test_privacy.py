@@ -8,7 +8,15 @@ import uuid
 import orjson
 import pytest
 
-from tests.helpers import CHROME, drained, make_client, wait_for
+from tests.helpers import (
+    CHROME,
+    drained,
+    flush_all,
+    found_anywhere,
+    make_client,
+    send_batch,
+    wait_for,
+)
 from tests.test_profile import ALL, hit, journey
 
 SITE = "priv-shop"
@@ -26,11 +34,7 @@ def env(store, tmp_path_factory):
 
 def send(env, events, site=SITE):
     client, collector, keys = env
-    r = client.post("/api/v1/batch", content=orjson.dumps({"events": events}),
-                    headers={"Authorization": f"Bearer {keys[site]['write']}"})
-    assert r.status_code == 202, r.text
-    wait_for(lambda: drained(collector))
-    return r.json()["accepted"]
+    return send_batch(client, collector, keys[site]["write"], events)
 
 
 def call(env, method, path, data=None, key="admin", site=SITE):
@@ -38,20 +42,6 @@ def call(env, method, path, data=None, key="admin", site=SITE):
     headers = {"Authorization": f"Bearer {keys[site][key]}"} if key else {}
     content = data if isinstance(data, bytes) or data is None else orjson.dumps(data)
     return client.request(method, path, content=content, headers=headers)
-
-
-def found_anywhere(store, values):
-    """Every row of every tagwerk table that holds one of ``values`` anywhere."""
-    tables = store.rows("SELECT name FROM system.tables WHERE database = 'tagwerk' "
-                        "AND engine LIKE '%MergeTree'")
-    hits = {}
-    for table in (t["name"] for t in tables):
-        n = store.rows(
-            f"SELECT count() AS n FROM tagwerk.{table} WHERE "
-            "multiSearchAny(formatRow('TSV', *), {v:Array(String)})", {"v": values})[0]["n"]
-        if int(n):
-            hits[table] = int(n)
-    return hits
 
 
 def test_erase_removes_the_person_everywhere_and_keeps_others(env):
@@ -242,12 +232,7 @@ def test_rows_acknowledged_before_an_erasure_was_known_are_dropped_by_the_flushe
     flusher = Flusher(spool, store, Metrics(), interval=0.01)
     flusher.blocked = tombstones.blocks
     flusher.recheck(spool.durable)
-    flusher.start()
-    try:
-        wait_for(lambda: flusher.caught_up)
-    finally:
-        flusher.stop()
-        spool.close()
+    flush_all(flusher, spool)
     stored = store.rows("SELECT user_id, device_id FROM tagwerk.events WHERE site_id = "
                         "{s:String}", {"s": site})
     assert stored == [{"user_id": "", "device_id": "kept"}]

@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from collector.identity.graph import Graph, rows_of
-from tests.helpers import CHROME, IPHONE, drained, make_client, wait_for
+from tests.helpers import CHROME, IPHONE, make_client, send_batch, wait_for
 
 SITE = "prof-shop"
 BASE = f"/api/v1/sites/{SITE}"
@@ -30,10 +30,7 @@ def env(store, tmp_path_factory):
 
 def send(env, events, site=SITE):
     client, collector, keys = env
-    r = client.post("/api/v1/batch", content=orjson.dumps({"events": events}),
-                    headers={"Authorization": f"Bearer {keys[site]['write']}"})
-    assert r.status_code == 202, r.text
-    wait_for(lambda: drained(collector))
+    send_batch(client, collector, keys[site]["write"], events)
 
 
 def get(env, path, key="read", site=SITE):

@@ -17,7 +17,7 @@ import pytest
 from collector.api import recommend
 from collector.identity import graph as graph_module
 from collector.identity.kinds import person_id
-from tests.helpers import CHROME, drained, make_client, wait_for
+from tests.helpers import CHROME, drained, make_client, send_batch, wait_for
 
 SITE = "atk-shop"
 OTHER = "atk-other"
@@ -42,12 +42,7 @@ def uid(prefix: str) -> str:
 
 def send(env, events, site=SITE) -> int:
     client, collector, keys = env
-    r = client.post("/api/v1/batch", content=orjson.dumps({"events": events}),
-                    headers={"Authorization": f"Bearer {keys[site]['write']}",
-                             "Content-Type": "application/json"})
-    assert r.status_code == 202, r.text
-    wait_for(lambda: drained(collector))
-    return r.json()["accepted"]
+    return send_batch(client, collector, keys[site]["write"], events)
 
 
 def call(env, method, path, data=None, key="admin", site=SITE, **headers):
