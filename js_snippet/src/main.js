@@ -1,10 +1,14 @@
 // The core of the tag at run time (DESIGN.md §2, §3): the consent state, events, page views,
 // commands, auto-tracking, dataLayer, sending; the tag-manager engine (tags, triggers,
 // variables) is src/engine.js, a separate file loaded only when it has something to do
-// (below), and making consent decisions is src/decide.js's, loaded on first use (xc).
-// C is the compact config the collector inlines (collector/tagjs.py `core_config`): short
+// (below), and making consent decisions is src/decide.js's, loaded on first use (toDecide).
+// `config` is the compact config the collector inlines (collector/tagjs.py `core_config`): short
 // keys, defaults left out, asset URLs as one version hash. A broken one makes start() throw,
 // which tag.js catches: the page is never affected.
+//
+// Names: locals are written out, since esbuild shortens them in the build; property names,
+// config keys and wire fields are not renamed by the build, so they stay as short as the
+// protocol (DESIGN.md §2) has them.
 //
 // Main-thread cost: the first access of a page to document.cookie or the storages is a
 // synchronous call to the browser process (for the storages a permission check and the
@@ -52,252 +56,314 @@ import { add, flush, online, persist, setup } from "./send.js";
 // only for other triggers (click, link, download, outbound, form, scroll, history change,
 // custom event): about 100 B gzipped.
 /* global TW_BASIC */
-export var start = (C) => {
-  var w = window,
-    d = document,
-    L = location,
-    nv = navigator,
-    me = d.currentScript || {},
-    N = me.nonce || "", // "" without CSP
-    O = me.src || L, // paths resolve against the tag's own URL (the collector)
-    A = C.a || "psodxfe", // auto-tracking switches on, one letter each (tagjs.py AUTO)
-    ST = C.t || [25, 50, 75, 90],
-    TH = TW_BASIC ? ST : [...ST, ...(C.k || [])], // with the percents of scroll_depth triggers
-    TO = C.m || 30, // session timeout, minutes
-    EP = new URL(C.e || "/collect", O),
-    gpc = !!nv.globalPrivacyControl,
-    ref = d.referrer, // sent with the first page view only
+export var start = (config) => {
+  var win = window,
+    doc = document,
+    loc = location,
+    ownScript = doc.currentScript || {},
+    nonce = ownScript.nonce || "", // "" without CSP
+    base = ownScript.src || loc, // paths resolve against the tag's own URL (the collector)
+    autoSwitches = config.a || "psodxfe", // auto-tracking switches on, one letter each (tagjs.py AUTO)
+    scrollThresholds = config.t || [25, 50, 75, 90],
+    // The percents watched: with those of scroll_depth triggers (which only signal).
+    scrollWatched = TW_BASIC ? scrollThresholds : [...scrollThresholds, ...(config.k || [])],
+    sessionTimeout = config.m || 30, // minutes
+    endpoint = new URL(config.e || "/collect", base),
+    gpc = !!navigator.globalPrivacyControl,
+    referrer = doc.referrer, // sent with the first page view only
+    currentUrl = () => loc.href.slice(0, 4096),
     // The first page view's time and URL: when the tag started (boot may come later).
-    hr = () => L.href.slice(0, 4096),
-    t0 = { ts: Date.now(), url: hr() },
-    mn = () => (Date.now() / 6e4) | 0, // minutes
-    q = (w.tagwerk || {}).q || [],
-    lg = [], // the signals of this page while the engine is not loaded
-    b, // booted
-    cid, // the tw_consent cookie's consent id
-    G, // purpose -> granted
-    D, // a valid decision exists
-    U, // user id (kept only with analytics)
-    S = [], // the session, from tw_s: [id, minute of last activity, "u" if tw_u holds U]
-    SV, // the tw_s value last read or written
-    W, // window.__tagwerk_debug while debugging
-    X, // the consent module's command function, once loaded (decide.js)
-    xl, // decide.js inserted
-    xq = [], // consent commands waiting for it
-    dl, // debug script inserted
-    E, // the engine's signal function, once loaded
-    el, // engine script inserted
-    last, // URL of the last page view
-    SD, // scroll thresholds reached on this page
-    DL,
+    started = { ts: Date.now(), url: currentUrl() },
+    minuteNow = () => (Date.now() / 6e4) | 0,
+    queued = (win.tagwerk || {}).q || [], // calls made before the tag ran, or before boot
+    signalLog = [], // the signals of this page while the engine is not loaded
+    booted,
+    consentId, // the tw_consent cookie's consent id
+    granted, // purpose -> granted
+    decided, // a valid decision exists
+    userId, // the customer id (kept only with analytics)
+    session = [], // from tw_s: [id, minute of last activity, "u" if tw_u holds userId]
+    sessionValue, // the tw_s value last read or written
+    debugRecords, // window.__tagwerk_debug while debugging
+    consentHandler, // decide.js's command function, once it has registered
+    decideScript, // decide.js inserted
+    waitingForDecide = [], // consent commands waiting for it
+    debugScript, // debug.js inserted
+    engine, // the engine's signal function, once it has registered
+    engineScript, // the engine inserted
+    lastPageUrl, // URL of the last page view
+    scrollReached, // scroll thresholds reached on this page
+    dataLayer,
     // Debug records (README "Debug overlay"): pushed, one by one, to window.__tagwerk_debug.
-    dbg = (r) => W && W.push(r),
-    // One of the tag's files (/t/<n>, this version), async, with the nonce (the others load
-    // their own scripts: the engine a tag's, decide.js the banner).
-    load = (n) => script(new URL("/t/" + n + "?v=" + C.v, O), N),
+    debug = (record) => debugRecords && debugRecords.push(record),
+    // One of the tag's files (/t/<name>, this version), async, with the nonce (the others
+    // load their own scripts: the engine a tag's, decide.js the banner).
+    loadFile = (name) => script(new URL("/t/" + name + "?v=" + config.v, base), nonce),
+    sessionAlive = (minute, fromCookie = session) => fromCookie[1] && minute - fromCookie[1] <= sessionTimeout,
     // One event: the common fields, the session (only with analytics), then the queue.
-    ev = (o, s, t) => {
-      o = {
+    sendEvent = (fields) => {
+      var event = {
         event_id: uuid(),
         ts: Date.now(), // epoch ms (the collector takes ISO 8601 or that): no Date object
-        consent: list(G),
-        url: hr(),
-        title: d.title.slice(0, 1024),
+        consent: list(granted),
+        url: currentUrl(),
+        title: doc.title.slice(0, 1024),
         screen: screen.width + "x" + screen.height,
-        ...o,
+        ...fields,
       };
-      if (G.analytics) {
-        // Idle too long here: another tab may have kept the session alive (one more read).
-        live((t = mn())) || (S[1] && live(t, (S = cookie("tw_s").split(".")))) || (S = [uuid(), t]);
-        S[1] = t;
-        U && ((S[2] = "u"), (o.user_id = U));
-        (s = S.join(".")) != SV && cset("tw_s", (SV = s), C.d);
-        o.session_id = S[0];
+      if (granted.analytics) {
+        var minute = minuteNow();
+        // Idle too long here: another tab may have kept the session alive (one more read);
+        // else a new session starts.
+        sessionAlive(minute) ||
+          (session[1] && sessionAlive(minute, (session = cookie("tw_s").split(".")))) ||
+          (session = [uuid(), minute]);
+        session[1] = minute;
+        if (userId) {
+          session[2] = "u";
+          event.user_id = userId;
+        }
+        var value = session.join(".");
+        if (value != sessionValue) cset("tw_s", (sessionValue = value), config.d);
+        event.session_id = session[0];
       }
-      dbg({ kind: "event", payload: o });
-      add(o);
+      debug({ kind: "event", payload: event });
+      add(event);
     },
-    live = (t, s = S) => s[1] && t - s[1] <= TO,
     // Forget the session and the customer id (their cookie and storage, if any).
-    drop = () => {
-      SV && cset("tw_s", "", C.d, 0);
-      (U || S[2]) && T(() => delete sessionStorage.tw_u)();
-      U = SV = void 0;
-      S = [];
+    forgetUser = () => {
+      if (sessionValue) cset("tw_s", "", config.d, 0);
+      if (userId || session[2]) T(() => delete sessionStorage.tw_u)();
+      userId = sessionValue = undefined;
+      session = [];
     },
-    page = (x) => {
-      ev({ event: "page_view", referrer: ref, ...x });
-      ref = void 0;
+    sendPageView = (fields) => {
+      sendEvent({ event: "page_view", referrer, ...fields });
+      referrer = undefined;
     },
-    sig = (s) => (E ? E(s) : C.n && lg.push([s, { ...G }, DL.length])),
-    // The engine, when it has something to do (C.n: the purposes tags need; C.w: timers or
-    // visibility to watch from the start).
-    need = () =>
-      C.n &&
-      (C.w || W || C.n.split(",").some((p) => G[p])) &&
-      (el = el || load(C.s + "/tm.js")),
-    // Auto-tracking: the event when its switch (a letter of A) is on; the trigger signal (not
-    // in the basic build, which the collector serves only to containers without such triggers).
-    au = (k, t, props, el, p) => {
-      k && A.includes(k) && ev({ event: t, props });
-      TW_BASIC || sig({ t, el, p });
+    signal = (what) => (engine ? engine(what) : config.n && signalLog.push([what, { ...granted }, dataLayer.length])),
+    // The engine, when it has something to do (config.n: the purposes tags need; config.w:
+    // timers or visibility to watch from the start).
+    loadEngineIfNeeded = () => {
+      if (config.n && (config.w || debugRecords || config.n.split(",").some((purpose) => granted[purpose])))
+        engineScript = engineScript || loadFile(config.s + "/tm.js");
+    },
+    // Auto-tracking: the event when its switch (a letter of autoSwitches) is on; the trigger
+    // signal (not in the basic build, which the collector serves only to containers without
+    // such triggers).
+    autoTrack = (letter, type, props, element, percent) => {
+      if (letter && autoSwitches.includes(letter)) sendEvent({ event: type, props });
+      TW_BASIC || signal({ t: type, el: element, p: percent });
     },
     // Consent commands and gtag consent entries go to decide.js, loaded on first use (or at
     // start, when the page has some already), and wait for it in order.
-    xload = () => xl || (xl = load("decide.js")),
-    xc = (a) => (X ? X(a) : void (xq.push(a), xload())),
-    cmd = (a, c, x, y) => (
-      (c = a[0]),
-      (x = a[1]),
-      (y = a[2]),
-      c == "track"
-        ? x && (ev({ event: x, props: y }), TW_BASIC || sig({ t: "custom_event", e: x }))
-        : c == "page"
-          ? page()
-          : c == "identify"
-            ? x != null &&
-              (G.analytics && x != U && ((U = x), T(() => (sessionStorage.tw_u = x))()),
-              ev({ event: c, type: c, user_id: x, props: y }))
-            : c == "reset"
-              ? // Sign-out: forget the customer and start a new session (a shared device).
-                drop()
-              : c == "debug"
-                ? (W = x && (w.__tagwerk_debug = w.__tagwerk_debug || [])) &&
-                  ((dl = dl || load("debug.js")), need(), xload())
-                : c == "tm"
-                  ? // The engine registers itself: it gets what it needs and replays the log.
-                    E || (E = x({ g: () => G, l: lg, dbg }))
-                  : c == "cx"
-                    ? // So does decide.js: it reads and sets the state through these.
-                      X ||
-                      ((X = T(
-                        x({
-                          c: C,
-                          s: () => [G, D, cid],
-                          // The new state (dd: a decision): held tags whose purpose is
-                          // granted now fire, storage and identifiers follow analytics.
-                          set: (g, dd) => (
-                            (G = g), (D = dd || D), E && E(), persist(G.analytics), G.analytics || drop(), need()
-                          ),
-                          dbg,
-                        })
-                      )),
-                      xq.forEach(X))
-                    : c == "consent" && xc(a)
-    ),
-    // A dataLayer entry. m: 1 = before the first page view (consent only), 2 = after it
-    // (events), undefined = a live push (everything). The engine keeps GTM's data model.
-    dlp = (o, m) => {
-      if (o && o[0] == "consent")
-        // gtag('consent', 'default'|'update', {...}) pushes its `arguments`.
-        m != 2 && xc(["gcm", o[1], o[2]]);
-      else
-        o &&
-          m != 1 &&
-          // gtag('event', name, params) pushes its `arguments`: params with items are GA4
-          // e-commerce (GA4 requires items on every e-commerce event).
-          (o[0] == "event" ? (o = { event: o[1], ecommerce: (o[2] || 0).items && o[2] }) : o.length == null) &&
-          o.event &&
-          (TW_BASIC || sig({ t: "custom_event", e: o.event }),
-          // GA4 e-commerce goes as pushed: the collector maps it (collector/events.py).
-          A.includes("e") && o.ecommerce && ev({ event: o.event, ecommerce: o.ecommerce }));
+    loadDecide = () => decideScript || (decideScript = loadFile("decide.js")),
+    toDecide = (args) => (consentHandler ? consentHandler(args) : void (waitingForDecide.push(args), loadDecide())),
+    // The commands: tagwerk(name, value, extra) calls commands[name](value, extra, args).
+    commands = {
+      track: (name, props) => {
+        if (name) {
+          sendEvent({ event: name, props });
+          TW_BASIC || signal({ t: "custom_event", e: name });
+        }
+      },
+      page: () => sendPageView(),
+      identify: (id, props) => {
+        if (id != null) {
+          if (granted.analytics && id != userId) {
+            userId = id;
+            T(() => (sessionStorage.tw_u = id))();
+          }
+          sendEvent({ event: "identify", type: "identify", user_id: id, props });
+        }
+      },
+      // Sign-out: forget the customer and start a new session (a shared device).
+      reset: forgetUser,
+      debug: (on) => {
+        if ((debugRecords = on && (win.__tagwerk_debug = win.__tagwerk_debug || []))) {
+          debugScript = debugScript || loadFile("debug.js");
+          loadEngineIfNeeded();
+          loadDecide();
+        }
+      },
+      // The engine registers itself: it gets what it needs and replays the log.
+      tm: (init) => engine || (engine = init({ g: () => granted, l: signalLog, dbg: debug })),
+      // So does decide.js: it reads and sets the state through these.
+      cx: (init) => {
+        if (!consentHandler) {
+          consentHandler = T(
+            init({
+              c: config,
+              s: () => [granted, decided, consentId],
+              // The new state (isDecision: a decision): held tags whose purpose is granted
+              // now fire, storage and identifiers follow analytics.
+              set: (state, isDecision) => {
+                granted = state;
+                decided = isDecision || decided;
+                engine && engine();
+                persist(granted.analytics);
+                granted.analytics || forgetUser();
+                loadEngineIfNeeded();
+              },
+              dbg: debug,
+            })
+          );
+          waitingForDecide.forEach(consentHandler);
+        }
+      },
+      // The answer to 'state' is decide.js's, and returned.
+      consent: (value, extra, args) => toDecide(args),
     },
+    command = T((args) => {
+      var handler = commands[args[0]];
+      return handler && handler(args[1], args[2], args);
+    }),
+    // A dataLayer entry. phase: 1 = before the first page view (consent only), 2 = after it
+    // (events), undefined = a live push (everything). The engine keeps GTM's data model.
+    onDataLayer = T((entry, phase) => {
+      if (entry && entry[0] == "consent") {
+        // gtag('consent', 'default'|'update', {...}) pushes its `arguments`.
+        if (phase != 2) toDecide(["gcm", entry[1], entry[2]]);
+      } else if (entry && phase != 1) {
+        // gtag('event', name, params) pushes its `arguments`: params with items are GA4
+        // e-commerce (GA4 requires items on every e-commerce event). Other arguments
+        // objects (gtag('config', ...) and such) are not events.
+        if (entry[0] == "event") entry = { event: entry[1], ecommerce: (entry[2] || 0).items && entry[2] };
+        if (entry.length == null && entry.event) {
+          TW_BASIC || signal({ t: "custom_event", e: entry.event });
+          // GA4 e-commerce goes as pushed: the collector maps it (collector/events.py).
+          if (autoSwitches.includes("e") && entry.ecommerce)
+            sendEvent({ event: entry.event, ecommerce: entry.ecommerce });
+        }
+      }
+    }),
     // A page view: the first, or a new URL after an SPA route change.
-    pv = (spa, h = spa ? hr() : t0.url) => {
-      if (h != last) {
-        last = h;
-        lg = [];
-        SD = {};
-        A.includes("p") && (!spa || A.includes("s")) && page(!spa && t0);
-        sig({ t: "page_view" });
-        TW_BASIC || spa && sig({ t: "history_change" });
+    pageChange = (isRoute) => {
+      var url = isRoute ? currentUrl() : started.url;
+      if (url != lastPageUrl) {
+        lastPageUrl = url;
+        signalLog = [];
+        scrollReached = {};
+        if (autoSwitches.includes("p") && (!isRoute || autoSwitches.includes("s"))) sendPageView(!isRoute && started);
+        signal({ t: "page_view" });
+        TW_BASIC || (isRoute && signal({ t: "history_change" }));
       }
     },
-    cm = T(cmd),
-    dd = T(dlp),
+    routeChange = () => pageChange(1),
     // One document.cookie read for the boot (cookieStore.getAll() was measured: in Chromium
     // its first use costs more main thread than the synchronous read, README).
-    boot = () => b || ((b = 1), T(init)()),
-    init = (ck = d.cookie, hist, push) => {
-      [cid, G, D] = read(cookie("tw_consent", ck), C, gpc);
-      S = (SV = cookie("tw_s", ck)).split(".");
-      live(mn()) || (S = []);
-      // The customer id only when the live session says it is kept (one storage access);
-      // without analytics, a session cookie left over goes.
-      G.analytics ? S[2] && T(() => (U = sessionStorage.tw_u))() : drop();
-      setup(EP, C.s, G.analytics, cookie("tw_q", ck));
-      DL = w.dataLayer = w.dataLayer || [];
-      hist = [...DL];
-      push = DL.push;
-      // Each entry is in the array before it is handled (the engine's model reads it there).
-      DL.push = function (...a) {
-        a.forEach((o) => (push.call(DL, o), dd(o)));
-        return DL.length;
-      };
-      L.search.includes("tagwerk_debug=1") && cm(["debug", 1]);
-      hist.forEach((o) => dd(o, 1));
-      q.forEach((a) => a[0] == "consent" && cm(a));
-      pv();
-      hist.forEach((o) => dd(o, 2));
-      q.forEach((a) => a[0] != "consent" && cm(a));
-      need();
-    },
+    boot = () =>
+      booted ||
+      ((booted = 1),
+      T(() => {
+        var cookies = doc.cookie;
+        [consentId, granted, decided] = read(cookie("tw_consent", cookies), config, gpc);
+        session = (sessionValue = cookie("tw_s", cookies)).split(".");
+        sessionAlive(minuteNow()) || (session = []);
+        // The customer id only when the live session says it is kept (one storage access);
+        // without analytics, a session cookie left over goes.
+        if (!granted.analytics) forgetUser();
+        else if (session[2]) T(() => (userId = sessionStorage.tw_u))();
+        setup(endpoint, config.s, granted.analytics, cookie("tw_q", cookies));
+        dataLayer = win.dataLayer = win.dataLayer || [];
+        var earlier = [...dataLayer],
+          push = dataLayer.push;
+        // Each entry is in the array before it is handled (the engine's model reads it there).
+        dataLayer.push = function (...entries) {
+          entries.forEach((entry) => (push.call(dataLayer, entry), onDataLayer(entry)));
+          return dataLayer.length;
+        };
+        if (loc.search.includes("tagwerk_debug=1")) command(["debug", 1]);
+        earlier.forEach((entry) => onDataLayer(entry, 1));
+        queued.forEach((args) => args[0] == "consent" && command(args));
+        pageChange();
+        earlier.forEach((entry) => onDataLayer(entry, 2));
+        queued.forEach((args) => args[0] != "consent" && command(args));
+        loadEngineIfNeeded();
+      })()),
     // A listener that boots first: nothing that happens before boot is lost.
-    ob = (t, n, f, o) => on(t, n, (e) => (boot(), f(e)), o),
-    route = () => pv(1),
+    onAndBoot = (target, type, listener, capture) => on(target, type, (event) => (boot(), listener(event)), capture),
     // Boot 300 ms after the page has loaded (see the header); then, without a decision and a
     // CMP, ask.
-    loaded = () => setTimeout(T(() => (boot(), D || xc(["consent", "show"]))), 300);
+    afterLoad = () => setTimeout(T(() => (boot(), decided || toDecide(["consent", "show"]))), 300);
 
   // Until boot, calls are queued (in order); 'state' answers at once, so it boots.
-  // decide.js registers at once, also before boot.
-  (w.tagwerk = (...a) => (a[1] == "state" && boot(), b || a[0] == "cx" ? cm(a) : q.push(a))).x = 1; // x: running
+  // decide.js registers at once, also before boot. x: the tag is running (tag.js).
+  (win.tagwerk = (...args) => {
+    if (args[1] == "state") boot();
+    return booted || args[0] == "cx" ? command(args) : queued.push(args);
+  }).x = 1;
   // Consent already on the page (a CMP's gtag defaults, queued commands): decide.js now, so
   // that it is there at boot (the load event waits for it) and the first page view has it.
-  [...(w.dataLayer || []), ...q].some((o) => o && o[0] == "consent") && xload();
+  [...(win.dataLayer || []), ...queued].some((entry) => entry && entry[0] == "consent") && loadDecide();
 
-  ["pushState", "replaceState"].forEach((k, f) => {
-    f = history[k];
-    history[k] = function () {
-      var r = f.apply(this, arguments);
-      T(() => (boot(), route()))();
-      return r;
+  ["pushState", "replaceState"].forEach((method) => {
+    var original = history[method];
+    history[method] = function () {
+      var result = original.apply(this, arguments);
+      T(() => (boot(), routeChange()))();
+      return result;
     };
   });
   // popstate: back and forward, and every change of the hash (browsers fire it before
   // hashchange for each fragment navigation: one listener for both).
-  ob(w, "popstate", route);
-  ob(
-    d,
+  onAndBoot(win, "popstate", routeChange);
+  onAndBoot(
+    doc,
     "click",
-    (e, el, a) => {
-      el = e.target;
-      TW_BASIC || au("c", "click", { tag: el.tagName, text: el.textContent.trim().slice(0, 99) }, el);
-      if ((a = el.closest("a[href]"))) {
-        e = { url: a.href };
-        TW_BASIC || au(0, "link_click", e, a);
-        (C.x || "pdf zip csv xlsx docx mp3 mp4 dmg exe").split(" ").includes(a.pathname.split(".").pop().toLowerCase())
-          ? au("d", "file_download", e, a)
-          : a.host != L.host && a.protocol.startsWith("http") && au("o", "outbound_link", e, a);
+    (event) => {
+      var element = event.target;
+      TW_BASIC ||
+        autoTrack("c", "click", { tag: element.tagName, text: element.textContent.trim().slice(0, 99) }, element);
+      var link = element.closest("a[href]");
+      if (link) {
+        var props = { url: link.href };
+        TW_BASIC || autoTrack(0, "link_click", props, link);
+        // A download by the file extension (config.x: the container's list), else outbound.
+        if (
+          (config.x || "pdf zip csv xlsx docx mp3 mp4 dmg exe")
+            .split(" ")
+            .includes(link.pathname.split(".").pop().toLowerCase())
+        )
+          autoTrack("d", "file_download", props, link);
+        else if (link.host != loc.host && link.protocol.startsWith("http"))
+          autoTrack("o", "outbound_link", props, link);
       }
     },
-    !0
+    true
   );
-  ob(
-    d,
+  onAndBoot(
+    doc,
     "submit",
-    (e) => au("f", "form_submit", { id: (e = e.target).getAttribute("id"), action: e.getAttribute("action") }, e),
-    !0
+    (event) => {
+      var form = event.target;
+      autoTrack("f", "form_submit", { id: form.getAttribute("id"), action: form.getAttribute("action") }, form);
+    },
+    true
   );
-  ob(w, "scroll", (e, p) => {
-    p = ((scrollY + innerHeight) / d.documentElement.scrollHeight) * 100;
-    TH.forEach(
-      (t) =>
-        p >= t && !SD[t] && ((SD[t] = 1), au((TW_BASIC || ST.includes(t)) && "x", "scroll_depth", { percent: t }, 0, t))
-    );
+  onAndBoot(win, "scroll", () => {
+    var percent = ((scrollY + innerHeight) / doc.documentElement.scrollHeight) * 100;
+    scrollWatched.forEach((threshold) => {
+      if (percent >= threshold && !scrollReached[threshold]) {
+        scrollReached[threshold] = 1;
+        // The event for the container's thresholds; a trigger's own percent only signals.
+        autoTrack(
+          (TW_BASIC || scrollThresholds.includes(threshold)) && "x",
+          "scroll_depth",
+          { percent: threshold },
+          0,
+          threshold
+        );
+      }
+    });
   });
-  ob(w, "pagehide", flush);
-  ob(d, "visibilitychange", () => d.hidden && flush(1));
-  on(w, "online", online);
-  d.readyState == "complete" ? loaded() : (on(w, "load", loaded), setTimeout(T(boot), 4e3));
+  // pagehide passes its event: flush(truthy), hand everything to sendBeacon.
+  onAndBoot(win, "pagehide", flush);
+  onAndBoot(doc, "visibilitychange", () => doc.hidden && flush(1));
+  on(win, "online", online);
+  if (doc.readyState == "complete") afterLoad();
+  else {
+    on(win, "load", afterLoad);
+    setTimeout(T(boot), 4e3);
+  }
 };

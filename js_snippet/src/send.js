@@ -24,86 +24,104 @@
 // cookie are removed.
 import { cset, T } from "./util.js";
 
-var Q = [], // waiting events, oldest first
-  F = 0, // how many of them (from the front) are in an unanswered fetch
-  R = 0, // failures in a row
-  tm, // the pending flush timer
-  P, // keep the queue in localStorage
-  H, // tw_q holds a queue (the tw_q cookie says so)
-  LD, // tw_q has been read (or there was none)
-  EP,
-  SITE,
-  mark = (h) => cset("tw_q", (H = h), "", h ? 4e7 : 0),
+var waiting = [], // events not sent yet, oldest first
+  inFlight = 0, // how many of them (from the front) are in an unanswered fetch
+  failures = 0, // failed requests in a row
+  timer, // the pending flush
+  keepStored, // keep the queue in localStorage (analytics granted)
+  stored, // tw_q holds a queue (the tw_q cookie says so)
+  storedRead, // tw_q has been read (or there was none)
+  endpoint,
+  site,
+  markStored = (isStored) => cset("tw_q", (stored = isStored), "", isStored ? 4e7 : 0),
   // save(): read tw_q once, the first time, if stored (the stored events, an earlier page's,
-  // go before this page's; no fetch is in flight yet then, so F stays right); save(1): then
-  // store what is left (with analytics), or remove the stored copy.
-  save = (w) => {
+  // go before this page's; no fetch is in flight yet then, so inFlight stays right);
+  // save(1): then store what is left (with analytics), or remove the stored copy.
+  save = (write) => {
     try {
-      LD || ((LD = 1), H && (Q = [...JSON.parse(localStorage.tw_q || "[]"), ...Q].slice(-200)));
-      w && (P && Q[0] ? ((localStorage.tw_q = JSON.stringify(Q)), H || mark(1)) : H && (delete localStorage.tw_q, mark(0)));
+      if (!storedRead) {
+        storedRead = 1;
+        if (stored) waiting = [...JSON.parse(localStorage.tw_q || "[]"), ...waiting].slice(-200);
+      }
+      if (write) {
+        if (keepStored && waiting[0]) {
+          localStorage.tw_q = JSON.stringify(waiting);
+          stored || markStored(1);
+        } else if (stored) {
+          delete localStorage.tw_q;
+          markStored(0);
+        }
+      }
     } catch (e) {}
   },
-  later = (ms) => {
-    clearTimeout(tm);
-    tm = setTimeout(T(flush), ms);
+  flushIn = (ms) => {
+    clearTimeout(timer);
+    timer = setTimeout(T(flush), ms);
   },
-  sched = () => tm || later(5e3),
-  rm = (b) => (Q = Q.filter((e) => !b.includes(e))),
-  body = (b) => JSON.stringify({ site: SITE, events: b });
+  schedule = () => timer || flushIn(5e3),
+  remove = (batch) => (waiting = waiting.filter((event) => !batch.includes(event))),
+  body = (batch) => JSON.stringify({ site, events: batch });
 
-export var queue = () => Q;
+export var queue = () => waiting;
 
-export var backoff = (n) => Math.min(6e4, 1e3 * 2 ** n);
+export var backoff = (failures) => Math.min(6e4, 1e3 * 2 ** failures);
 
 // Granting only sets the mode (the next flush writes); withdrawing removes the stored copy at
 // once (after taking its events into memory).
 export var persist = (on) => {
-  P = on;
-  (LD || !on) && save(1);
+  keepStored = on;
+  (storedRead || !on) && save(1);
 };
 
-// p: analytics granted at start; h: the tw_q cookie is set. Storage is left alone until the
-// first flush (5 s), and then too unless h.
-export var setup = (ep, site, p, h) => {
-  EP = ep;
-  SITE = site;
-  P = p;
-  H = h;
-  sched();
+// analytics: granted at start; isStored: the tw_q cookie is set. Storage is left alone until
+// the first flush (5 s), and then too unless isStored.
+export var setup = (url, siteId, analytics, isStored) => {
+  endpoint = url;
+  site = siteId;
+  keepStored = analytics;
+  stored = isStored;
+  schedule();
 };
 
 // A copy of the event goes in: the page may change what it pushed (props, a GA4 ecommerce
 // object) before the send, and what cannot be sent (a cycle, a BigInt) throws here, into the
 // caller's T, instead of at every flush.
-export var add = (e) => {
-  Q = [...Q, JSON.parse(JSON.stringify(e))].slice(-200);
-  Q.length - F > 9 && !R ? flush() : sched();
+export var add = (event) => {
+  waiting = [...waiting, JSON.parse(JSON.stringify(event))].slice(-200);
+  waiting.length - inFlight > 9 && !failures ? flush() : schedule();
 };
 
-export var flush = (hide, b) => {
-  clearTimeout(tm);
-  tm = 0;
+export var flush = (hide) => {
+  var batch;
+  clearTimeout(timer);
+  timer = 0;
   save();
   if (hide) {
     // The page goes away: hand everything not in flight to the browser, store the rest.
-    while ((b = Q.slice(F, F + 20))[0] && navigator.sendBeacon(EP, body(b))) rm(b);
+    while ((batch = waiting.slice(inFlight, inFlight + 20))[0] && navigator.sendBeacon(endpoint, body(batch)))
+      remove(batch);
     save(1);
-  } else if (!F && (b = Q.slice(0, 20))[0]) {
-    fetch(EP, { method: "POST", body: body(b), keepalive: true, credentials: "include" })
+  } else if (!inFlight && (batch = waiting.slice(0, 20))[0]) {
+    fetch(endpoint, { method: "POST", body: body(batch), keepalive: true, credentials: "include" })
       .then(
-        (r) => (r = r.status) < 500 && r != 408 && r != 429,
-        () => 0
+        (response) => response.status,
+        () => 500 // a network error: retried as a 5xx is
       )
-      .then((ok) => {
-        F = 0;
-        ok ? ((R = 0), rm(b), Q[0] && sched()) : later(backoff(R++));
+      .then((status) => {
+        inFlight = 0;
+        // Done: 2xx, or a 4xx that no retry can fix.
+        if (status < 500 && status != 408 && status != 429) {
+          failures = 0;
+          remove(batch);
+          waiting[0] && schedule();
+        } else flushIn(backoff(failures++));
         save(1);
       });
-    F = b.length; // after fetch(): if it threw, nothing is in flight
+    inFlight = batch.length; // after fetch(): if it threw, nothing is in flight
   }
 };
 
 export var online = () => {
-  R = 0;
+  failures = 0;
   flush();
 };
