@@ -1,5 +1,9 @@
 """The visitor's IP address, behind trusted reverse proxies, and its anonymisation.
 
+Every place that asks whether a peer is one of our proxies calls :func:`is_trusted_proxy`,
+so an IPv4 peer is judged the same whether the socket reports it as ``10.0.0.1`` or, on a
+dual-stack socket, as ``::ffff:10.0.0.1``.
+
 Privacy: the collector never stores an IP address, not even an anonymised one. The
 address from :func:`client_ip` is passed through :func:`anonymize_ip` (IPv4 /24,
 IPv6 /48) and only that anonymised address is used, for the GeoIP lookup; neither
@@ -14,7 +18,10 @@ import re
 from collections.abc import Iterable, Sequence
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
-__all__ = ["Network", "anonymize_ip", "client_ip", "parse_networks"]
+__all__ = [
+    "Network", "anonymize_ip", "client_ip", "is_trusted_proxy", "parse_address",
+    "parse_networks",
+]
 
 Network = IPv4Network | IPv6Network
 _Address = IPv4Address | IPv6Address
@@ -55,37 +62,48 @@ def client_ip(peer: str | None, forwarded_for: str | None, trusted: Sequence[Net
         return ""
     if not forwarded_for or not trusted:
         return _canonical(peer)  # the common case, cached: ipaddress parsing is slow
-    address = _parse(peer)
+    address = parse_address(peer)
     if address is None:
         return ""
-    if not _is_trusted(address, trusted):
+    if not _in_networks(address, trusted):
         return str(address)
     # Every proxy appends the address it received the request from, so walk from
     # the right: the first hop that is not one of our proxies is the visitor, and
     # anything to its left was supplied by the visitor and may be forged.
     candidate = address
     for entry in reversed(forwarded_for.split(",")):
-        hop = _parse(entry)
+        hop = parse_address(entry)
         if hop is None:
             # Garbage where an address should be: the chain cannot be followed.
             return str(address)
         candidate = hop
-        if not _is_trusted(hop, trusted):
+        if not _in_networks(hop, trusted):
             break
     # If every hop is trusted, the leftmost is the best guess.
     return str(candidate)
 
 
+@functools.lru_cache(maxsize=4096)
+def is_trusted_proxy(peer: str, trusted: tuple[Network, ...]) -> bool:
+    """Whether the direct peer ``peer`` is one of the ``trusted`` proxies, whose forwarded
+    headers are believed. An IPv4-mapped peer (``::ffff:10.0.0.1``) is its IPv4 address;
+    anything that is not an address is not trusted. Cached: the same few proxies ask."""
+    if not peer or not trusted:
+        return False
+    address = parse_address(peer)
+    return address is not None and _in_networks(address, trusted)
+
+
 @functools.lru_cache(maxsize=65536)
 def _canonical(value: str) -> str:
-    address = _parse(value)
+    address = parse_address(value)
     return "" if address is None else str(address)
 
 
 @functools.lru_cache(maxsize=65536)
 def anonymize_ip(ip: str) -> str:
     """Zero the host part: IPv4 keeps its /24, IPv6 its /48. Returns "" if invalid."""
-    address = _parse(ip)
+    address = parse_address(ip)
     if address is None:
         return ""
     if isinstance(address, IPv4Address):
@@ -93,13 +111,14 @@ def anonymize_ip(ip: str) -> str:
     return str(IPv6Address(int(address) & _IPV6_HOST_MASK))
 
 
-def _is_trusted(address: _Address, trusted: Sequence[Network]) -> bool:
+def _in_networks(address: _Address, trusted: Sequence[Network]) -> bool:
     # Membership across IP versions is simply False, no need to filter.
     return any(address in network for network in trusted)
 
 
-def _parse(value: str) -> _Address | None:
-    """Parse an address as proxies write it: with a port, in brackets, IPv4-mapped."""
+def parse_address(value: str) -> _Address | None:
+    """An address as peers and proxies write it (with a port, in brackets, with a zone), or
+    None. An IPv4-mapped IPv6 address (``::ffff:a.b.c.d``) is returned as its IPv4 address."""
     value = value.strip()
     if value.startswith("["):
         host, closed, rest = value[1:].partition("]")

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import ipaddress
 import logging
 import os
 import re
@@ -40,6 +39,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from collector.clientip import is_trusted_proxy
 from collector.containers import Live
 from collector.containers.schema import DEFAULT_CONSENT, DEFAULT_SETTINGS
 from collector.http import header_safe, header_url
@@ -446,7 +446,7 @@ class TagServer:
         host = request.headers.get("host", "")
         networks = self.collector.settings.networks
         peer = request.client.host if request.client else ""
-        if networks and peer and _trusted(peer, networks):
+        if is_trusted_proxy(peer, networks):
             proto = request.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
             scheme = proto or scheme
             host = request.headers.get("x-forwarded-host", "").split(",")[0].strip() or host
@@ -491,14 +491,6 @@ class TagServer:
             await not_found(scope, receive, send)
 
         return app
-
-
-def _trusted(peer: str, networks) -> bool:
-    try:
-        address = ipaddress.ip_address(peer)
-    except ValueError:
-        return False
-    return any(address in network for network in networks)
 
 
 # -- routes -----------------------------------------------------------------------------------

@@ -22,11 +22,10 @@ no-JS pages, where a cookie set by an image would surprise more than help.
 from __future__ import annotations
 
 import functools
-import ipaddress
 import logging
 from typing import Any, NamedTuple
 
-from collector.clientip import Network
+from collector.clientip import Network, is_trusted_proxy
 from collector.containers import Containers, Live
 from collector.events import Context
 from collector.http import Hit
@@ -218,17 +217,6 @@ def is_https(hit: Hit, networks: tuple[Network, ...]) -> bool:
     if hit.scope.get("scheme") == "https":
         return True
     proto = hit.headers.get("x-forwarded-proto")
-    if not proto or not networks or not _trusted(hit.peer, networks):
+    if not proto or not networks or not is_trusted_proxy(hit.peer, networks):
         return False
     return proto.split(",")[0].strip().lower() == "https"
-
-
-@functools.lru_cache(maxsize=1024)
-def _trusted(peer: str, networks: tuple[Network, ...]) -> bool:
-    try:
-        address = ipaddress.ip_address(peer)
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped  # a dual-stack socket's IPv4 peer
-    return any(address in network for network in networks)

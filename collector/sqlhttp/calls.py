@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -12,6 +11,7 @@ import orjson
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from collector.clientip import parse_address
 from collector.sqlhttp.config import (
     DEFAULT_SESSION_TIMEOUT,
     MAX_SESSION_TIMEOUT,
@@ -167,13 +167,8 @@ def _query_summary(result: Any) -> dict[str, int]:
 def _is_loopback(client: tuple[str, int] | None) -> bool:
     if client is None:  # a Unix socket: not from the network
         return True
-    try:
-        address = ipaddress.ip_address(client[0])
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        address = address.ipv4_mapped
-    return address.is_loopback
+    address = parse_address(client[0])  # ::ffff:127.0.0.1 is loopback too
+    return address is not None and address.is_loopback
 
 
 class _LoopbackOnly:
