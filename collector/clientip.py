@@ -1,4 +1,5 @@
-"""The visitor's IP address, behind trusted reverse proxies, and its anonymisation.
+"""What trusted reverse proxies tell about the visitor: its IP address (X-Forwarded-For) and
+whether it used https (X-Forwarded-Proto); the address's anonymisation.
 
 Every place that asks whether a peer is one of our proxies calls :func:`is_trusted_proxy`,
 so an IPv4 peer is judged the same whether the socket reports it as ``10.0.0.1`` or, on a
@@ -19,7 +20,7 @@ from collections.abc import Iterable, Sequence
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 __all__ = [
-    "Network", "anonymize_ip", "client_ip", "is_trusted_proxy", "parse_address",
+    "Network", "anonymize_ip", "client_ip", "is_https", "is_trusted_proxy", "parse_address",
     "parse_networks",
 ]
 
@@ -92,6 +93,19 @@ def is_trusted_proxy(peer: str, trusted: tuple[Network, ...]) -> bool:
         return False
     address = parse_address(peer)
     return address is not None and _in_networks(address, trusted)
+
+
+def is_https(scheme: str | None, forwarded_proto: str | None, peer: str,
+             trusted: tuple[Network, ...]) -> bool:
+    """Whether the browser's request came over https: the connection's ``scheme``, or
+    ``X-Forwarded-Proto`` (its first entry, from the proxy facing the browser) when the peer
+    is a trusted proxy. A connection over TLS stays https whatever a header says, so a
+    cookie is ``Secure`` when in doubt."""
+    if scheme == "https":
+        return True
+    if not forwarded_proto or not is_trusted_proxy(peer, trusted):
+        return False
+    return forwarded_proto.split(",")[0].strip().lower() == "https"
 
 
 @functools.lru_cache(maxsize=65536)

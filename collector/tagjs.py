@@ -23,7 +23,6 @@ import gzip
 import hashlib
 import logging
 import os
-import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -39,7 +38,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from collector.clientip import is_trusted_proxy
+from collector.clientip import is_https
 from collector.containers import Live
 from collector.containers.schema import DEFAULT_CONSENT, DEFAULT_SETTINGS
 from collector.http import header_safe, header_url
@@ -54,7 +53,6 @@ JS = "text/javascript; charset=utf-8"
 CSS = "text/css; charset=utf-8"
 STATIC = {"decide.js": JS, "banner.js": JS, "banner.css": CSS, "debug.js": JS, "debug.css": CSS}
 MAX_CACHED = 512  # built answers kept in memory (least recently used go first)
-_HOST = re.compile(r"^(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?$")
 ASSETS = ("decide.js", "banner.js", "banner.css", "debug.js", "engine.js")  # one ``v`` for all
 
 
@@ -396,7 +394,7 @@ class TagServer:
         the collector's /t/ paths and sends the browser to ``to``, a page of the site, with
         the debug overlay on. ``end=1`` ends the preview."""
         params = request.query_params
-        secure = self._base(request).startswith("https://")
+        secure = self._secure(request)
         if params.get("end"):
             return Response(b"preview ended\n", headers={
                 "Set-Cookie": _preview_cookie("", 0, secure), "Clear-Site-Data": '"cache"',
@@ -437,22 +435,12 @@ class TagServer:
 
     # -- parts
 
-    def _base(self, request: Request) -> str:
-        """The collector's public origin as the browser sees it (whether the preview cookie
-        is ``Secure``; the tag itself resolves its paths against the URL it was loaded from).
-        ``X-Forwarded-Proto``/``-Host`` are believed only from trusted proxies; an
-        implausible host gives ""."""
-        scheme = request.url.scheme
-        host = request.headers.get("host", "")
-        networks = self.collector.settings.networks
-        peer = request.client.host if request.client else ""
-        if is_trusted_proxy(peer, networks):
-            proto = request.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
-            scheme = proto or scheme
-            host = request.headers.get("x-forwarded-host", "").split(",")[0].strip() or host
-        if scheme not in ("http", "https") or not _HOST.match(host):
-            return ""
-        return f"{scheme}://{host.lower()}"
+    def _secure(self, request: Request) -> bool:
+        """Whether the browser came over https, so that the preview cookie is ``Secure``
+        (``X-Forwarded-Proto`` believed only from trusted proxies)."""
+        return is_https(request.url.scheme, request.headers.get("x-forwarded-proto"),
+                        request.client.host if request.client else "",
+                        self.collector.settings.networks)
 
     def _version(self, live: Live) -> str:
         """The ``?v=`` of every file the tag loads (banner, its CSS, debug overlay, engine,

@@ -25,7 +25,8 @@ import functools
 import logging
 from typing import Any, NamedTuple
 
-from collector.clientip import Network, is_trusted_proxy
+from collector import clientip
+from collector.clientip import Network
 from collector.containers import Containers, Live
 from collector.events import Context
 from collector.http import Hit
@@ -211,12 +212,6 @@ def consent_renewal(
 
 
 def is_https(hit: Hit, networks: tuple[Network, ...]) -> bool:
-    """Whether the browser's request came over https: the connection's scheme, or
-    ``X-Forwarded-Proto`` (its first entry, from the proxy facing the browser) when the
-    peer is a trusted proxy."""
-    if hit.scope.get("scheme") == "https":
-        return True
-    proto = hit.headers.get("x-forwarded-proto")
-    if not proto or not networks or not is_trusted_proxy(hit.peer, networks):
-        return False
-    return proto.split(",")[0].strip().lower() == "https"
+    """Whether the browser's request came over https (:func:`collector.clientip.is_https`)."""
+    return clientip.is_https(hit.scope.get("scheme"), hit.headers.get("x-forwarded-proto"),
+                             hit.peer, networks)

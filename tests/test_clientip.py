@@ -1,6 +1,6 @@
 """What the collector believes of a request that came through reverse proxies: every place
-that asks "is this peer one of our proxies?" must answer alike, or a forged header gets
-through wherever the weakest copy stands."""
+that asks "is this peer one of our proxies?" or "did the browser use https?" must answer
+alike, or a forged header gets through wherever the weakest copy stands."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from collector import webconsent
-from collector.clientip import client_ip, is_trusted_proxy, parse_address, parse_networks
+from collector.clientip import client_ip, is_https, is_trusted_proxy, parse_address, parse_networks
 from collector.http import Hit
 from tests.helpers import make_client
 
@@ -56,7 +56,7 @@ def test_a_forwarded_address_is_believed_only_from_a_proxy(peer, trusted):
 
 
 @pytest.mark.parametrize(("peer", "trusted"), PEERS)
-def test_the_device_cookie_and_the_preview_cookie_trust_the_same_proxies(env, peer, trusted):
+def test_the_device_cookie_and_the_preview_cookie_agree_on_https(env, peer, trusted):
     """X-Forwarded-Proto from a proxy makes both the device cookie (webconsent.py) and the
     preview cookie (tagjs.py) Secure; from anybody else it changes neither."""
     client, collector = env
@@ -71,6 +71,26 @@ def test_the_device_cookie_and_the_preview_cookie_trust_the_same_proxies(env, pe
                                                      "X-Forwarded-For": "10.9.9.9"})
     assert ended.status_code == 200
     assert ("; Secure" in ended.headers["set-cookie"]) is trusted
+
+
+@pytest.mark.parametrize(("scheme", "proto", "host", "secure"), [
+    ("https", None, "testserver", True),
+    ("https", "http", "testserver", True),  # a connection over TLS stays Secure
+    ("https", None, "bad host!", True),  # a strange Host does not make it less https
+    ("http", "https, http", "testserver", True),  # the proxy facing the browser comes first
+    ("http", " HTTPS ", "testserver", True),
+    ("http", "http", "testserver", False),
+    ("http", "", "testserver", False),
+    ("http", None, "testserver", False),
+])
+def test_one_rule_for_https(env, scheme, proto, host, secure):
+    client, collector = env
+    assert is_https(scheme, proto, "10.1.2.3", NETWORKS) is secure
+    proxied = TestClient(client.app, client=("10.1.2.3", 5000))
+    headers = {"Host": host, **({"X-Forwarded-Proto": proto} if proto is not None else {})}
+    ended = proxied.get(f"{scheme}://testserver/t/preview?end=1", headers=headers)
+    assert ended.status_code == 200
+    assert ("; Secure" in ended.headers["set-cookie"]) is secure
 
 
 def test_loopback_is_judged_the_same_way():
