@@ -31,6 +31,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from collector.containers import Live
+from collector.qvalues import weighted
 from collector.service import Collector
 from collector.tagjs import Asset, error, respond_asset
 
@@ -89,17 +90,7 @@ def accept_language(header: str) -> list[str]:
     if not header or len(header) > MAX_ACCEPT_LANGUAGE:
         return []
     ranges: list[tuple[float, int, str]] = []
-    for i, part in enumerate(header.split(",")[:MAX_RANGES]):
-        tag, _, params = part.strip().partition(";")
-        tag = tag.strip()
-        q = 1.0
-        for param in params.split(";"):
-            key, _, value = param.strip().partition("=")
-            if key.strip().lower() == "q":
-                try:
-                    q = float(value)
-                except ValueError:
-                    q = 0.0
+    for i, (tag, q) in enumerate(weighted(header, MAX_RANGES)):
         if q > 0 and tag != "*" and len(tag) <= MAX_LANG and LANG.match(tag):
             ranges.append((-q, i, tag))
     return [tag for _, _, tag in sorted(ranges)]

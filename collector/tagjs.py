@@ -42,6 +42,7 @@ from collector.clientip import is_https
 from collector.containers import Live
 from collector.containers.schema import DEFAULT_CONSENT, DEFAULT_SETTINGS
 from collector.http import header_safe, header_url
+from collector.qvalues import weighted
 from collector.service import Collector
 from collector.storage import StorageError
 
@@ -93,17 +94,7 @@ def _codings(accept: str) -> set[str]:
     """The content codings an Accept-Encoding header allows (q > 0)."""
     allowed, star = set(), False
     refused = set()
-    for part in accept.lower().split(","):
-        name, _, params = part.strip().partition(";")
-        name = name.strip()
-        q = 1.0
-        for param in params.split(";"):
-            key, _, value = param.strip().partition("=")
-            if key.strip() == "q":
-                try:
-                    q = float(value)
-                except ValueError:
-                    q = 0.0
+    for name, q in weighted(accept.lower()):
         if name == "*":
             star = q > 0
         elif q > 0:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import zlib
 from collections.abc import Callable, Iterator
 from typing import Protocol
@@ -14,6 +13,7 @@ try:
 except ImportError:
     from backports import zstd
 
+from collector.qvalues import weighted
 from collector.sqlhttp.config import _STEP
 from collector.sqlhttp.errors import SqlError
 
@@ -96,14 +96,10 @@ _DEFLATERS: dict[str, Callable[[bytes | memoryview], bytes]] = {
 }
 
 
-_REFUSED = re.compile(r"\s*q\s*=\s*0(?:\.0*)?\s*")
-
-
 def _response_encoding(accept: str) -> str | None:
     """The first encoding the client lists that we support (clickhouse-connect lists lz4 first)."""
-    for item in accept.split(","):
-        name, _, params = item.partition(";")
-        name = name.strip().lower().removeprefix("x-")
-        if name in _DEFLATERS and not _REFUSED.fullmatch(params):
+    for item, q in weighted(accept):
+        name = item.lower().removeprefix("x-")
+        if name in _DEFLATERS and q > 0:
             return name
     return None
