@@ -12,10 +12,10 @@
 //   text; focus moves in and is trapped (Tab / Shift+Tab cycle), and goes back on close.
 //   Escape closes it only when a decision already exists: it never decides.
 // - "Accept all" and "Reject all" are the same element with the same class, side by side.
-// - Never throws into the page: every entry point goes through T.
+// - Never throws into the page: every entry point goes through safe().
 //
 // The pure parts are exported for the tests (test/banner.test.mjs).
-import { T } from "./util.js";
+import { safe } from "./util.js";
 
 var MK = "marketing";
 
@@ -76,7 +76,7 @@ var start = () => {
     h = (n, a, kids, e = d.createElement(n)) => {
       for (var k in a)
         /^on/.test(k)
-          ? e.addEventListener(k.slice(2), T(a[k]))
+          ? e.addEventListener(k.slice(2), safe(a[k]))
           : a[k] === !!a[k]
             ? (e[k] = a[k])
             : e.setAttribute(k, a[k]);
@@ -194,13 +194,13 @@ var start = () => {
     },
     open = () => {
       s = t("consent", "state") || s;
-      Promise.all([texts(), css]).then(T((a) => render(a[0])));
+      Promise.all([texts(), css]).then(safe((a) => render(a[0])));
     };
   d.documentElement.append(host);
   // Focus that leaves for the page while the dialog is open comes back (the trap).
-  d.addEventListener("focusin", T(() => box && !R.activeElement && box.firstChild.focus()));
-  t("consent", "banner", T(open));
+  d.addEventListener("focusin", safe(() => box && !R.activeElement && box.firstChild.focus()));
+  t("consent", "banner", safe(open));
   open();
 };
 
-typeof document == "object" && T(start)();
+typeof document == "object" && safe(start)();

@@ -54,55 +54,74 @@
 
 import { cstr } from "./util.js";
 
-var MK = "marketing";
+var MARKETING = "marketing";
 
 // The granted purposes of a state {purpose: bool}.
-export var list = (G) => Object.keys(G).filter((k) => G[k]);
+export var list = (state) => Object.keys(state).filter((purpose) => state[purpose]);
 
-// C: the compact config (collector/tagjs.py core_config: s site, p policy hash, l and r the
-// lifetimes in days of a decision and of a rejection, d the cookie domain, P the purposes,
-// g the purposes granted by default).
+// config: the compact config (collector/tagjs.py core_config: s site, p policy hash, l and r
+// the lifetimes in days of a decision and of a rejection, d the cookie domain, P the
+// purposes, g the purposes granted by default).
 
 // The cookie's value -> [its consent id, the state, whether it holds a valid decision]. The
-// state is the cookie's granted purposes, or without a decision the defaults (C.g: required
-// and default-on purposes), marketing off under GPC whatever its default.
-export var read = (v, C, gpc, p = v.split("."), d = p[0] == "v1" && p[2] == C.p, G = {}) => (
-  (d ? p[3] : C.g || "necessary").split(",").forEach((k) => k && (G[k] = d || !gpc || k != MK)), [p[1], G, d]
-);
-
-// The purposes [{id, required, default}], in order, from C.P: "id" + "!" when required, "+"
-// when granted by default.
-export var purposes = (C) =>
-  (C.P || "necessary!,analytics,personalization,marketing")
+// state is the cookie's granted purposes, or without a decision the defaults (config.g:
+// required and default-on purposes), marketing off under GPC whatever its default.
+export var read = (value, config, gpc) => {
+  var fields = value.split("."), // v1, consent id, policy hash, granted, time, how
+    valid = fields[0] == "v1" && fields[2] == config.p,
+    state = {};
+  (valid ? fields[3] : config.g || "necessary")
     .split(",")
-    .map((i, e) => ((e = i.slice(-1)), { id: e < "0" ? i.slice(0, -1) : i, required: e == "!", default: e == "+" }));
+    .forEach((purpose) => purpose && (state[purpose] = valid || !gpc || purpose != MARKETING));
+  return [fields[1], state, valid];
+};
+
+// The purposes [{id, required, default}], in order, from config.P: "id" + "!" when
+// required, "+" when granted by default.
+export var purposes = (config) =>
+  (config.P || "necessary!,analytics,personalization,marketing").split(",").map((item) => {
+    var mark = item.slice(-1); // "!", "+" or the id's last letter
+    return { id: mark < "0" ? item.slice(0, -1) : item, required: mark == "!", default: mark == "+" };
+  });
 
 // Lifetime of a decision in days: shorter when only required purposes were granted.
-export var days = (C, P, G) => (P.some((q) => !q.required && G[q.id]) ? C.l || 365 : C.r || 182);
+export var days = (config, purposeList, state) =>
+  purposeList.some(({ id, required }) => !required && state[id]) ? config.l || 365 : config.r || 182;
 
 // A decision: choices ("all" | "none" | {purpose: bool}) applied to the current state.
 // -> [new state, true when GPC shaped it (marketing off only because of GPC)].
-export var decide = (ch, cur, P, gpc, G = {}, x = typeof ch == "object") => (
-  P.forEach(
-    (q, k) =>
-      (G[(k = q.id)] = !!(
-        q.required || (x ? (k in ch ? ch[k] : cur[k]) : ch == "all" && !(gpc && k == MK))
+export var decide = (choices, current, purposeList, gpc) => {
+  var state = {},
+    explicit = typeof choices == "object";
+  purposeList.forEach(
+    ({ id, required }) =>
+      (state[id] = !!(
+        required ||
+        (explicit ? (id in choices ? choices[id] : current[id]) : choices == "all" && !(gpc && id == MARKETING))
       ))
-  ),
-  [G, !!gpc && MK in G && !G[MK] && (ch == "all" || (x && !(MK in ch)))]
-);
+  );
+  return [
+    state,
+    !!gpc && MARKETING in state && !state[MARKETING] && (choices == "all" || (explicit && !(MARKETING in choices))),
+  ];
+};
 
-// The string for document.cookie (C.d: the container's cookie_domain, "" = host-only).
-export var format = (C, P, id, G, now, how) =>
-  cstr("tw_consent", ["v1", id, C.p, list(G), now, how].join("."), C.d, 86400 * days(C, P, G));
+// The string for document.cookie (config.d: the container's cookie_domain, "" = host-only).
+export var format = (config, purposeList, id, state, now, how) =>
+  cstr(
+    "tw_consent",
+    ["v1", id, config.p, list(state), now, how].join("."),
+    config.d,
+    86400 * days(config, purposeList, state)
+  );
 
 // The body posted to /consent.
-export var record = (C, id, G, how) => ({
-  site: C.s,
+export var record = (config, id, state, how) => ({
+  site: config.s,
   consent_id: id,
-  granted: list(G),
-  denied: Object.keys(G).filter((k) => !G[k]),
-  policy: C.p,
+  granted: list(state),
+  denied: Object.keys(state).filter((purpose) => !state[purpose]),
+  policy: config.p,
   how,
   url: location.href.slice(0, 4096),
 });

@@ -11,7 +11,7 @@
 // nonce: no inline styles. Never throws into the page.
 //
 // The pure parts are exported for the tests (test/debug.test.mjs).
-import { T } from "./util.js";
+import { safe } from "./util.js";
 
 var MAX = 500; // rows kept in the panel
 
@@ -64,13 +64,13 @@ var start = () => {
     me = d.currentScript || {},
     A = (w.__tagwerk_debug = w.__tagwerk_debug || []),
     push = A.push,
-    st = () => T(w.tagwerk)("consent", "state"),
+    st = () => safe(w.tagwerk)("consent", "state"),
     s = st() || {},
     host = d.createElement("div"),
     R = host.attachShadow({ mode: "open" }),
     n = 0,
     h = (t, a, kids, e = d.createElement(t)) => {
-      for (var k in a) /^on/.test(k) ? e.addEventListener(k.slice(2), T(a[k])) : e.setAttribute(k, a[k]);
+      for (var k in a) /^on/.test(k) ? e.addEventListener(k.slice(2), safe(a[k])) : e.setAttribute(k, a[k]);
       kids && e.append(...kids);
       return e;
     },
@@ -117,12 +117,12 @@ var start = () => {
     ])
   );
   cs.textContent = state(s);
-  A.forEach((r) => T(add)(r)); // recorded before the overlay loaded: time unknown
+  A.forEach((r) => safe(add)(r)); // recorded before the overlay loaded: time unknown
   A.push = function (...a) {
-    a.forEach((r) => T(add)(r, Date.now()));
+    a.forEach((r) => safe(add)(r, Date.now()));
     return push.apply(this, a);
   };
   d.documentElement.append(host);
 };
 
-typeof document == "object" && T(start)();
+typeof document == "object" && safe(start)();

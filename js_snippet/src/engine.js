@@ -6,7 +6,7 @@
 // something to do, and it registers itself with tagwerk('tm', init): init gets the core's
 // parts and the log of this page's signals ([signal, consent state then, dataLayer length
 // then]), replays it, then handles each signal as it comes.
-import { ready, script, T } from "./util.js";
+import { ready, script, safe } from "./util.js";
 import { resolve } from "./vars.js";
 import { select } from "./triggers.js";
 import { merge } from "./datalayer.js";
@@ -58,8 +58,8 @@ var engine = (I) => {
       G = G || I.g();
       if (s) {
         s.t == "page_view" && (H = {});
-        select(K, X.g, s, val).forEach(T((x) => fire(...x, G)));
-      } else for (k in H) G[H[k][0].purpose] && T(fire)(...H[k], G, 1);
+        select(K, X.g, s, val).forEach(safe((x) => fire(...x, G)));
+      } else for (k in H) G[H[k][0].purpose] && safe(fire)(...H[k], G, 1);
     };
 
   X.v.forEach((v) => (V[v.id] = v));
@@ -67,7 +67,7 @@ var engine = (I) => {
     tr.type == "timer" &&
       ((c = 0),
       (i = setInterval(
-        T(() => {
+        safe(() => {
           tr.limit && ++c >= tr.limit && clearInterval(i);
           E({ t: "timer", id: tr.id });
         }),
@@ -78,7 +78,7 @@ var engine = (I) => {
     tr.type == "element_visible" &&
       ((c = tr.ratio || 0),
       (i = new IntersectionObserver(
-        T((es) =>
+        safe((es) =>
           es.forEach(
             (e) =>
               e.isIntersecting &&
@@ -90,7 +90,7 @@ var engine = (I) => {
       )),
       (o = new WeakSet()),
       W.push(
-        T((e, s = tr.selector, f = (x) => o.has(x) || (o.add(x), i.observe(x))) => (
+        safe((e, s = tr.selector, f = (x) => o.has(x) || (o.add(x), i.observe(x))) => (
           e.matches(s) && f(e), e.querySelectorAll(s).forEach(f)
         ))
       ));
@@ -103,11 +103,11 @@ var engine = (I) => {
   W[0] &&
     (W.forEach((f) => f(d.body)),
     new MutationObserver(
-      T((rs) => rs.forEach((r) => r.addedNodes.forEach((n) => n.matches && W.forEach((f) => f(n)))))
+      safe((rs) => rs.forEach((r) => r.addedNodes.forEach((n) => n.matches && W.forEach((f) => f(n)))))
     ).observe(d, { childList: 1, subtree: 1 }));
-  I.l.forEach((x) => T(E)(...x));
+  I.l.forEach((x) => safe(E)(...x));
   E();
   return E;
 };
 
-ready(X) && T(() => window.tagwerk("tm", engine))();
+ready(X) && safe(() => window.tagwerk("tm", engine))();

@@ -45,7 +45,7 @@
 // nonce) when a purpose some tag needs is granted, when debugging, or at boot when the
 // container has timer or element_visible triggers; it replays the log first, so it fires
 // and holds what it would have fired and held had it been there from the start.
-import { cookie, cset, on, script, T, uuid } from "./util.js";
+import { cookie, cset, on, script, safe, uuid } from "./util.js";
 import { list, read } from "./consent.js";
 import { add, flush, online, persist, setup } from "./send.js";
 
@@ -133,7 +133,7 @@ export var start = (config) => {
     // Forget the session and the customer id (their cookie and storage, if any).
     forgetUser = () => {
       if (sessionValue) cset("tw_s", "", config.d, 0);
-      if (userId || session[2]) T(() => delete sessionStorage.tw_u)();
+      if (userId || session[2]) safe(() => delete sessionStorage.tw_u)();
       userId = sessionValue = undefined;
       session = [];
     },
@@ -172,7 +172,7 @@ export var start = (config) => {
         if (id != null) {
           if (granted.analytics && id != userId) {
             userId = id;
-            T(() => (sessionStorage.tw_u = id))();
+            safe(() => (sessionStorage.tw_u = id))();
           }
           sendEvent({ event: "identify", type: "identify", user_id: id, props });
         }
@@ -191,7 +191,7 @@ export var start = (config) => {
       // So does decide.js: it reads and sets the state through these.
       cx: (init) => {
         if (!consentHandler) {
-          consentHandler = T(
+          consentHandler = safe(
             init({
               c: config,
               s: () => [granted, decided, consentId],
@@ -214,13 +214,13 @@ export var start = (config) => {
       // The answer to 'state' is decide.js's, and returned.
       consent: (value, extra, args) => toDecide(args),
     },
-    command = T((args) => {
+    command = safe((args) => {
       var handler = commands[args[0]];
       return handler && handler(args[1], args[2], args);
     }),
     // A dataLayer entry. phase: 1 = before the first page view (consent only), 2 = after it
     // (events), undefined = a live push (everything). The engine keeps GTM's data model.
-    onDataLayer = T((entry, phase) => {
+    onDataLayer = safe((entry, phase) => {
       if (entry && entry[0] == "consent") {
         // gtag('consent', 'default'|'update', {...}) pushes its `arguments`.
         if (phase != 2) toDecide(["gcm", entry[1], entry[2]]);
@@ -255,7 +255,7 @@ export var start = (config) => {
     boot = () =>
       booted ||
       ((booted = 1),
-      T(() => {
+      safe(() => {
         var cookies = doc.cookie;
         [consentId, granted, decided] = read(cookie("tw_consent", cookies), config, gpc);
         session = (sessionValue = cookie("tw_s", cookies)).split(".");
@@ -263,7 +263,7 @@ export var start = (config) => {
         // The customer id only when the live session says it is kept (one storage access);
         // without analytics, a session cookie left over goes.
         if (!granted.analytics) forgetUser();
-        else if (session[2]) T(() => (userId = sessionStorage.tw_u))();
+        else if (session[2]) safe(() => (userId = sessionStorage.tw_u))();
         setup(endpoint, config.s, granted.analytics, cookie("tw_q", cookies));
         dataLayer = win.dataLayer = win.dataLayer || [];
         var earlier = [...dataLayer],
@@ -285,7 +285,7 @@ export var start = (config) => {
     onAndBoot = (target, type, listener, capture) => on(target, type, (event) => (boot(), listener(event)), capture),
     // Boot 300 ms after the page has loaded (see the header); then, without a decision and a
     // CMP, ask.
-    afterLoad = () => setTimeout(T(() => (boot(), decided || toDecide(["consent", "show"]))), 300);
+    afterLoad = () => setTimeout(safe(() => (boot(), decided || toDecide(["consent", "show"]))), 300);
 
   // Until boot, calls are queued (in order); 'state' answers at once, so it boots.
   // decide.js registers at once, also before boot. x: the tag is running (tag.js).
@@ -301,7 +301,7 @@ export var start = (config) => {
     var original = history[method];
     history[method] = function () {
       var result = original.apply(this, arguments);
-      T(() => (boot(), routeChange()))();
+      safe(() => (boot(), routeChange()))();
       return result;
     };
   });
@@ -364,6 +364,6 @@ export var start = (config) => {
   if (doc.readyState == "complete") afterLoad();
   else {
     on(win, "load", afterLoad);
-    setTimeout(T(boot), 4e3);
+    setTimeout(safe(boot), 4e3);
   }
 };

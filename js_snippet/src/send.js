@@ -22,7 +22,7 @@
 // once, at the first flush (5 s after setup, or pagehide; or a withdrawal of analytics),
 // its events going before this page's. Once the queue is empty again, `tw_q` and the
 // cookie are removed.
-import { cset, T } from "./util.js";
+import { cset, safe } from "./util.js";
 
 var waiting = [], // events not sent yet, oldest first
   inFlight = 0, // how many of them (from the front) are in an unanswered fetch
@@ -56,7 +56,7 @@ var waiting = [], // events not sent yet, oldest first
   },
   flushIn = (ms) => {
     clearTimeout(timer);
-    timer = setTimeout(T(flush), ms);
+    timer = setTimeout(safe(flush), ms);
   },
   schedule = () => timer || flushIn(5e3),
   remove = (batch) => (waiting = waiting.filter((event) => !batch.includes(event))),
@@ -85,7 +85,7 @@ export var setup = (url, siteId, analytics, isStored) => {
 
 // A copy of the event goes in: the page may change what it pushed (props, a GA4 ecommerce
 // object) before the send, and what cannot be sent (a cycle, a BigInt) throws here, into the
-// caller's T, instead of at every flush.
+// caller's safe(), instead of at every flush.
 export var add = (event) => {
   waiting = [...waiting, JSON.parse(JSON.stringify(event))].slice(-200);
   waiting.length - inFlight > 9 && !failures ? flush() : schedule();
