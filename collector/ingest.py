@@ -17,6 +17,7 @@ import orjson
 from starlette.types import Send
 
 from collector import webconsent
+from collector.authorization import basic_credentials, bearer_token
 from collector.clientip import anonymize_ip, client_ip
 from collector.consent_texts import accept_language
 from collector.events import Context, EventError, normalize
@@ -260,15 +261,9 @@ async def _authenticate(c: Collector, hit: Hit) -> Site:
     """The site whose write key is in ``Authorization`` (Bearer, or Basic with the key as
     user name, as Segment's SDKs send it)."""
     header = hit.headers.get("authorization", "")
-    scheme, _, value = header.partition(" ")
-    key = ""
-    if scheme.lower() == "bearer":
-        key = value.strip()
-    elif scheme.lower() == "basic":
-        try:
-            key = base64.b64decode(value.strip(), validate=True).decode().partition(":")[0]
-        except (ValueError, UnicodeDecodeError):
-            key = ""
+    key = bearer_token(header)
+    if not key:
+        key = (basic_credentials(header) or ("", ""))[0]
     if not key:
         raise HTTPError(401, "send the site's write key as 'Authorization: Bearer KEY'", "auth",
                         headers={"WWW-Authenticate": 'Bearer realm="tagwerk"'})

@@ -19,6 +19,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from collector.authorization import bearer_token
 from collector.service import Collector
 from collector.sites import Site
 from collector.storage import StorageError
@@ -51,8 +52,7 @@ def refusal(error: ApiError) -> Response:
 
 def bearer(request: Request) -> str:
     """The token of ``Authorization: Bearer TOKEN``, or ""."""
-    scheme, _, value = request.headers.get("authorization", "").partition(" ")
-    return value.strip() if scheme.lower() == "bearer" else ""
+    return bearer_token(request.headers.get("authorization", ""))
 
 
 Endpoint = Callable[[Request, Collector, Site], Awaitable[Response]]

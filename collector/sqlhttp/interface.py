@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import email.parser
 import email.policy
@@ -26,6 +24,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
+from collector.authorization import basic_credentials, split_authorization
 from collector.sqlhttp import policy
 from collector.sqlhttp.bodies import _Body, _no_body, _puller
 from collector.sqlhttp.calls import (
@@ -492,16 +491,15 @@ def _credentials(request: Request, params: Mapping[str, str]) -> tuple[str, str]
 
 
 def _basic(authorization: str) -> tuple[str, str]:
-    scheme, _, info = authorization.partition(" ")
+    scheme, _ = split_authorization(authorization)
     if scheme.lower() != "basic":
         raise SqlError.of(
             516, f"Invalid authentication: '{scheme}' HTTP Authorization scheme is not supported"
         )
-    try:
-        decoded = base64.b64decode(info.strip(), validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError):
-        raise SqlError.of(516, "Invalid authentication: malformed Basic credentials") from None
-    user, _, password = decoded.partition(":")
+    credentials = basic_credentials(authorization)
+    if credentials is None:
+        raise SqlError.of(516, "Invalid authentication: malformed Basic credentials")
+    user, password = credentials
     return _user_name(user, "Authorization HTTP header"), password
 
 
