@@ -27,6 +27,7 @@ from collector.identity.verify import verified
 from collector.ids import uuid7
 from collector.useragent import Agent
 from consent.enforce import ConsentRule, enforce_row
+from consent.purposes import is_purpose_id
 
 TYPES = frozenset({"page", "track", "identify", "alias"})
 CHANNELS = frozenset({"web", "app", "email", "qr", "pos", "callcenter", "server"})
@@ -76,7 +77,6 @@ ECOMMERCE_FLAT = frozenset({"order_id", "revenue", "currency", "coupon", "items"
 GA4_ITEM_STRINGS = (("item_id", "product_id"), ("item_name", "name"),
                     ("item_category", "category"), ("item_brand", "brand"),
                     ("item_variant", "variant"))
-PURPOSE = re.compile(r"[a-z][a-z0-9_]{0,31}")  # fullmatch: "$" would allow a final "\n"
 CURRENCY = re.compile(r"[A-Z]{3}")  # fullmatch
 MIN_TS = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
 # Browser clocks run ahead; beyond this a client time is replaced by the server time.
@@ -402,7 +402,7 @@ def _consent(value: Any) -> list[str]:
     if not isinstance(value, list) or len(value) > 16:
         raise EventError("'consent' must be a list of granted purposes", "consent")
     for purpose in value:
-        if not isinstance(purpose, str) or not PURPOSE.fullmatch(purpose):
+        if not is_purpose_id(purpose):
             raise EventError("'consent' holds an invalid purpose name", "consent")
     return sorted(set(value))
 

@@ -30,6 +30,8 @@ import secrets
 import threading
 from dataclasses import dataclass
 
+from consent.purposes import PURPOSE_PATTERN
+
 CONSENT_COOKIE = "tw_consent"
 DEVICE_COOKIE = "tw_id"
 HOW = frozenset({"banner", "api", "gcm", "gpc"})
@@ -37,9 +39,8 @@ MAX_AGE_DAYS = 3650
 MAX_PURPOSES = 16
 MAX_COOKIE_LENGTH = 600  # a real value is well under 200 characters
 DEVICE_MAX_AGE = 34_128_000  # 13 months: 395 days
-_PURPOSE = r"[a-z][a-z0-9_]{0,31}"  # consent.purposes.PURPOSE_ID
 _CONSENT = re.compile(
-    rf"v1\.([0-9a-fA-F]{{32}})\.([0-9a-fA-F]{{16}})\.((?:{_PURPOSE}(?:,{_PURPOSE})*)?)"
+    rf"v1\.([0-9a-fA-F]{{32}})\.([0-9a-fA-F]{{16}})\.((?:{PURPOSE_PATTERN}(?:,{PURPOSE_PATTERN})*)?)"
     r"\.([0-9]{1,12})\.(banner|api|gcm|gpc)"
 )
 _OURS = re.compile(rf"(?:^|;)[ \t]*({CONSENT_COOKIE}|{DEVICE_COOKIE})=([^;]*)")

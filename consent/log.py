@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from consent.cookie import HOW, MAX_PURPOSES
 from consent.enforce import strip_url
-from consent.purposes import MARKETING, PURPOSE_ID
+from consent.purposes import MARKETING, is_purpose_id
 
 # The stored row, in this order (the spool keeps rows as JSON arrays).
 COLUMNS = ("consent_id", "ts", "received_at", "site_id", "granted", "denied", "policy", "how",
@@ -86,7 +86,7 @@ def _purposes(value: Any, name: str) -> list[str]:
     if len(value) > MAX_PURPOSES:
         raise DecisionError(f"{name!r} has more than {MAX_PURPOSES} purposes", name)
     for purpose in value:
-        if not isinstance(purpose, str) or not PURPOSE_ID.match(purpose):
+        if not is_purpose_id(purpose):
             raise DecisionError(f"{name!r} holds an invalid purpose id", name)
     if len(set(value)) != len(value):
         raise DecisionError(f"{name!r} names a purpose twice", name)

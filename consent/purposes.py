@@ -10,4 +10,14 @@ PERSONALIZATION = "personalization"
 MARKETING = "marketing"
 BUILT_IN = (NECESSARY, ANALYTICS, PERSONALIZATION, MARKETING)
 
-PURPOSE_ID = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+PURPOSE_PATTERN = r"[a-z][a-z0-9_]{0,31}"
+"""A purpose id, as a pattern to build on (the tw_consent cookie's list of them)."""
+
+PURPOSE_ID = re.compile(PURPOSE_PATTERN + r"\Z")
+# A whole purpose id, with match or fullmatch alike: "\Z", not "$", which would let a
+# final newline through ("analytics\n").
+
+
+def is_purpose_id(value: object) -> bool:
+    """Whether ``value`` is a purpose id: 1 to 32 of a-z, 0-9 and _, a letter first."""
+    return isinstance(value, str) and PURPOSE_ID.match(value) is not None
