@@ -40,11 +40,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from collector.clientip import is_https
 from collector.containers import Live
-from collector.containers.schema import DEFAULT_CONSENT, DEFAULT_SETTINGS
+from collector.containers.schema import DEFAULT_SETTINGS
 from collector.http import header_safe, header_url
 from collector.qvalues import weighted
 from collector.service import Collector
 from collector.storage import StorageError
+from consent.policy import DEFAULT_LIFETIMES
 
 log = logging.getLogger("tagwerk.tag")
 
@@ -248,9 +249,10 @@ def core_config(site_id: str, doc: dict[str, Any], policy: str, version: str) ->
                        if p.get("required") or p.get("default"))
     if granted != "necessary":
         config["g"] = granted  # before any decision (the tag turns marketing off under GPC)
-    if consent.get("lifetime_days", DEFAULT_CONSENT["lifetime_days"]) != 365:
+    # The tag's own defaults (consent.js days()) are DEFAULT_LIFETIMES: only others are sent.
+    if consent.get("lifetime_days", DEFAULT_LIFETIMES[0]) != DEFAULT_LIFETIMES[0]:
         config["l"] = consent["lifetime_days"]
-    if consent.get("rejection_lifetime_days", DEFAULT_CONSENT["rejection_lifetime_days"]) != 182:
+    if consent.get("rejection_lifetime_days", DEFAULT_LIFETIMES[1]) != DEFAULT_LIFETIMES[1]:
         config["r"] = consent["rejection_lifetime_days"]
     tags, triggers = doc.get("tags", []), doc.get("triggers", [])
     if tags:  # without tags, triggers have nothing to fire: no engine, no signal log

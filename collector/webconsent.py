@@ -43,6 +43,7 @@ from consent.cookie import (
     read_cookies,
 )
 from consent.enforce import ConsentRule
+from consent.policy import DEFAULT_LIFETIMES
 from consent.purposes import ANALYTICS, NECESSARY
 
 log = logging.getLogger("tagwerk.consent")
@@ -201,8 +202,9 @@ def consent_renewal(
         # The tag's rule (consent.js days()): the shorter lifetime when nothing but required
         # purposes was granted.
         required = {p["id"] for p in consent.get("purposes", ()) if p.get("required")}
-        days = (consent.get("lifetime_days", 365) if granted - (required or {NECESSARY})
-                else consent.get("rejection_lifetime_days", 182))
+        days = (consent.get("lifetime_days", DEFAULT_LIFETIMES[0])
+                if granted - (required or {NECESSARY})
+                else consent.get("rejection_lifetime_days", DEFAULT_LIFETIMES[1]))
         max_age = days * 86400 - max(0, int(now) - cookie.decided_at)
         if max_age <= 0:
             return None
