@@ -3,7 +3,7 @@
 // site's variables, triggers and tags inlined in place of the string literal below
 // (collector/tagjs.py `engine_config`: {v: variables, r: triggers, g: tags}, names, empty
 // lists and default values left out). The core (main.js) loads it only when it has
-// something to do, and it registers itself with tagwerk('tm', init): init gets the core's
+// something to do, and it registers itself with tagwerk('tm', engine): engine() gets the core's
 // parts and the log of this page's signals ([signal, consent state then, dataLayer length
 // then]), replays it, then handles each signal as it comes.
 import { ready, script, safe } from "./util.js";
@@ -11,103 +11,119 @@ import { resolve } from "./vars.js";
 import { select } from "./triggers.js";
 import { merge } from "./datalayer.js";
 
-var X = "__TAGWERK_CONFIG__";
+var config = "__TAGWERK_CONFIG__";
 
-var engine = (I) => {
-  var d = document,
-    me = d.currentScript || {}, // inserted by the core, with the nonce, from the tag's origin
-    N = me.nonce,
-    DL = window.dataLayer, // the core's, hooked before the engine loads
-    K = X.r,
-    V = {}, // variables by id
-    M = {}, // the dataLayer model, merged up to entry n
-    n = 0,
-    H = {}, // tags held for consent on this page: id -> [tag, trigger id]
-    S = {}, // script tags inserted on this document
-    W = [], // element_visible: per trigger, (e) => observe what matches in e's subtree, e too
-    val = (i, v) => ((v = V[i] && resolve(V[i], M)) == null ? "" : "" + v),
-    // A tag whose trigger fired: run it if its purpose is granted (in G, the state at the
-    // signal's time), else hold it for this page; rel: released by a later decision.
-    fire = (g, tr, G, rel, u, t) => {
-      I.dbg({
+// core: {g: () => the consent state now, l: the log, dbg(record)} (main.js, the `tm` command).
+var engine = (core) => {
+  var doc = document,
+    ownScript = doc.currentScript || {}, // inserted by the core, with the nonce, from the tag's origin
+    nonce = ownScript.nonce,
+    dataLayer = window.dataLayer, // the core's, hooked before the engine loads
+    triggers = config.r,
+    variables = {}, // by id
+    model = {}, // GTM's data model, merged up to entry `merged`
+    merged = 0,
+    held = {}, // tags held for consent on this page: id -> [tag, trigger id]
+    inserted = {}, // script tags inserted on this document, by tag id
+    watchers = [], // element_visible: per trigger, (root) => observe what matches in root's subtree, root too
+    // A variable's current value as a string ("" when it has none).
+    variableValue = (id, value = variables[id] && resolve(variables[id], model)) => (value == null ? "" : "" + value),
+    // A tag whose trigger fired: run it if its purpose is granted (in `granted`, the state at
+    // the signal's time), else hold it for this page; released: by a later decision.
+    fire = (tag, trigger, granted, released) => {
+      var allowed = granted[tag.purpose];
+      core.dbg({
         kind: "tag",
-        tag: g.id,
-        trigger: tr,
-        purpose: g.purpose,
-        fired: !!(u = G[g.purpose]),
-        why: u ? (rel ? "consent given" : "granted") : "no consent",
+        tag: tag.id,
+        trigger,
+        purpose: tag.purpose,
+        fired: !!allowed,
+        why: allowed ? (released ? "consent given" : "granted") : "no consent",
       });
-      if (!u) return (H[g.id] = [g, tr]);
-      delete H[g.id];
-      u = (g.url || g.src || "").replace(/\{\{([\w-]+)\}\}/g, (_, i) => encodeURIComponent(val(i)));
-      (t = g.type) == "pixel"
-        ? (new Image().src = u)
-        : t == "script"
-          ? // once per document; a relative URL against the tag's origin
-            S[g.id] || (S[g.id] = script(new URL(u, me.src), N))
-          : t == "html" &&
-            ((t = d.createRange().createContextualFragment(g.html)),
-            t.querySelectorAll("script").forEach((s) => (s.nonce = N)),
-            d.body.appendChild(t));
+      if (!allowed) return (held[tag.id] = [tag, trigger]);
+      delete held[tag.id];
+      var url = (tag.url || tag.src || "").replace(/\{\{([\w-]+)\}\}/g, (_, id) => encodeURIComponent(variableValue(id)));
+      if (tag.type == "pixel") new Image().src = url;
+      // once per document; a relative URL against the tag's origin
+      else if (tag.type == "script")
+        inserted[tag.id] || (inserted[tag.id] = script(new URL(url, ownScript.src), nonce));
+      else if (tag.type == "html") insertHtml(doc.createRange().createContextualFragment(tag.html));
     },
-    // A signal (G and k given when replayed from the log), or none: consent changed, release.
-    E = (s, G, k, o) => {
-      // GTM's model as it was at the signal (k: the dataLayer's length then), or is now.
-      for (k = k == null ? DL.length : k; n < k; n++)
-        (o = DL[n]) && o.length == null && o[0] != "consent" && merge(M, o);
-      G = G || I.g();
-      if (s) {
-        s.t == "page_view" && (H = {});
-        select(K, X.g, s, val).forEach(safe((x) => fire(...x, G)));
-      } else for (k in H) G[H[k][0].purpose] && safe(fire)(...H[k], G, 1);
+    // A custom HTML tag: its scripts get the nonce (so a strict CSP runs them).
+    insertHtml = (fragment) => {
+      fragment.querySelectorAll("script").forEach((element) => (element.nonce = nonce));
+      doc.body.appendChild(fragment);
+    },
+    // A signal (granted and length given when replayed from the log), or none: consent
+    // changed, release what is held.
+    handle = (signal, granted, length) => {
+      // GTM's model as it was at the signal (length: the dataLayer's then), or is now.
+      for (length = length == null ? dataLayer.length : length; merged < length; merged++) {
+        var entry = dataLayer[merged];
+        entry && entry.length == null && entry[0] != "consent" && merge(model, entry);
+      }
+      granted = granted || core.g();
+      if (signal) {
+        if (signal.t == "page_view") held = {};
+        select(triggers, config.g, signal, variableValue).forEach(safe((match) => fire(...match, granted)));
+      } else for (var id in held) granted[held[id][0].purpose] && safe(fire)(...held[id], granted, 1);
     };
 
-  X.v.forEach((v) => (V[v.id] = v));
-  K.forEach((tr, c, i, o) => {
-    tr.type == "timer" &&
-      ((c = 0),
-      (i = setInterval(
-        safe(() => {
-          tr.limit && ++c >= tr.limit && clearInterval(i);
-          E({ t: "timer", id: tr.id });
-        }),
-        tr.interval_ms
-      )));
-    // element_visible: once per element (o: the elements given to the observer; one that
+  config.v.forEach((variable) => (variables[variable.id] = variable));
+  triggers.forEach((trigger) => {
+    if (trigger.type == "timer") {
+      var count = 0,
+        timer = setInterval(
+          safe(() => {
+            trigger.limit && ++count >= trigger.limit && clearInterval(timer);
+            handle({ t: "timer", id: trigger.id });
+          }),
+          trigger.interval_ms
+        );
+    }
+    // element_visible: once per element (seen: the elements given to the observer; one that
     // fired was unobserved, and observing it again would fire it again).
-    tr.type == "element_visible" &&
-      ((c = tr.ratio || 0),
-      (i = new IntersectionObserver(
-        safe((es) =>
-          es.forEach(
-            (e) =>
-              e.isIntersecting &&
-              e.intersectionRatio >= c &&
-              (i.unobserve(e.target), E({ t: "element_visible", id: tr.id, el: e.target }))
-          )
+    if (trigger.type == "element_visible") {
+      var ratio = trigger.ratio || 0,
+        seen = new WeakSet(),
+        observer = new IntersectionObserver(
+          safe((entries) =>
+            entries.forEach(
+              (entry) =>
+                entry.isIntersecting &&
+                entry.intersectionRatio >= ratio &&
+                (observer.unobserve(entry.target), handle({ t: "element_visible", id: trigger.id, el: entry.target }))
+            )
+          ),
+          { threshold: ratio }
         ),
-        { threshold: c }
-      )),
-      (o = new WeakSet()),
-      W.push(
-        safe((e, s = tr.selector, f = (x) => o.has(x) || (o.add(x), i.observe(x))) => (
-          e.matches(s) && f(e), e.querySelectorAll(s).forEach(f)
-        ))
-      ));
+        observe = (element) => seen.has(element) || (seen.add(element), observer.observe(element));
+      watchers.push(
+        safe((root) => {
+          root.matches(trigger.selector) && observe(root);
+          root.querySelectorAll(trigger.selector).forEach(observe);
+        })
+      );
+    }
   });
   // Visibility is watched from now on (the core loads the engine at boot, when the DOM is
   // ready, if there are such triggers): in the body, then in what is added to the page later
   // (SPA routes, lazy lists, dialogs). One observer for all triggers, none without them; a
   // callback searches only the subtrees added (elements: text nodes have no matches()),
   // never the whole document.
-  W[0] &&
-    (W.forEach((f) => f(d.body)),
+  if (watchers[0]) {
+    watchers.forEach((watch) => watch(doc.body));
     new MutationObserver(
-      safe((rs) => rs.forEach((r) => r.addedNodes.forEach((n) => n.matches && W.forEach((f) => f(n)))))
-    ).observe(d, { childList: 1, subtree: 1 }));
-  I.l.forEach((x) => safe(E)(...x));
-  E();
-  return E;
+      safe((records) =>
+        records.forEach((record) =>
+          record.addedNodes.forEach((node) => node.matches && watchers.forEach((watch) => watch(node)))
+        )
+      )
+    ).observe(doc, { childList: 1, subtree: 1 });
+  }
+  core.l.forEach((logged) => safe(handle)(...logged));
+  handle();
+  return handle;
 };
 
-ready(X) && safe(() => window.tagwerk("tm", engine))();
+ready(config) && safe(() => window.tagwerk("tm", engine))();
