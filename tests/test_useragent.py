@@ -1,0 +1,140 @@
+"""collector.useragent on public corpora of real User-Agents (tests/useragent_corpus/README.md),
+and the request path's cheap answers: cache hits, guesses, the flusher's resolution.
+
+Run with ``pytest -s`` to see the percentages."""
+
+from __future__ import annotations
+
+import gzip
+from collections import Counter
+from pathlib import Path
+
+import orjson
+import pytest
+
+from collector import useragent
+from collector.useragent import MAX_UA_LENGTH, Resolver, guess, parse_agent, request_agent
+
+CORPUS = Path(__file__).parent / "useragent_corpus"
+GOAL = 95.0
+# intoli's deviceCategory -> our device_class
+EXPECTED = {"desktop": "desktop", "mobile": "mobile", "tablet": "tablet"}
+
+
+def devices() -> list[tuple[str, str]]:
+    """(User-Agent, expected device class) of intoli's corpus."""
+    with gzip.open(CORPUS / "intoli-user-agents.jsonl.gz") as f:
+        rows = [orjson.loads(line) for line in f]
+    return [(row["userAgent"], EXPECTED[row["deviceCategory"]]) for row in rows]
+
+
+def crawlers() -> list[str]:
+    """monperrus's instances of crawler, monitoring, SEO and ad agents."""
+    with gzip.open(CORPUS / "monperrus-crawler-user-agents.jsonl.gz") as f:
+        return [orjson.loads(line)["userAgent"] for line in f]
+
+
+def accuracy(classify=parse_agent) -> dict[str, tuple[int, int]]:
+    """Per class: (right, total); "bot" counts crawlers flagged."""
+    right: Counter[str] = Counter()
+    total: Counter[str] = Counter()
+    for ua, expected in devices():
+        total[expected] += 1
+        right[expected] += classify(ua).device_class == expected
+    for ua in crawlers():
+        total["bot"] += 1
+        right["bot"] += classify(ua).is_bot
+    return {name: (right[name], total[name]) for name in ("desktop", "mobile", "tablet", "bot")}
+
+
+def report(results: dict[str, tuple[int, int]]) -> str:
+    return ", ".join(f"{name} {100 * ok / n:.1f}% ({ok}/{n})"
+                     for name, (ok, n) in results.items())
+
+
+@pytest.fixture(scope="module")
+def corpus_results() -> dict[str, tuple[int, int]]:
+    results = accuracy()
+    print(f"\nuseragent corpus, parse_agent: {report(results)}")
+    return results
+
+
+@pytest.mark.parametrize("name", ["desktop", "mobile", "tablet", "bot"])
+def test_corpus_accuracy(corpus_results: dict[str, tuple[int, int]], name: str) -> None:
+    ok, n = corpus_results[name]
+    assert n >= 100, "the corpus lost its rows"
+    assert 100 * ok / n >= GOAL, f"{name}: {100 * ok / n:.1f}% < {GOAL}%"
+
+
+def test_no_visitor_is_a_bot() -> None:
+    # The flip side of the bot goal: real browsers pass as visitors.
+    flagged = [ua for ua, _ in devices() if parse_agent(ua).is_bot]
+    assert len(flagged) <= len(devices()) // 100, flagged[:10]
+
+
+def test_guess_accuracy_is_reported() -> None:
+    # What a row keeps when the flusher could not classify it (budget spent, restart).
+    print(f"\nuseragent corpus, guess: {report(accuracy(guess))}")
+
+
+# --- the request's path ---------------------------------------------------------------
+
+CHROME = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+          "Chrome/124.0.0.0 Safari/537.36")
+
+
+def test_request_agent_answers_a_miss_with_a_guess_and_a_hit_exactly() -> None:
+    parse_agent.cache_clear()
+    ua = CHROME + " fresh-1"
+    first = request_agent(ua)
+    assert first.pending and (first.device_class, first.browser, first.is_bot) == (
+        "desktop", "", False)
+    assert request_agent(ua) is first  # one pending entry per UA
+    assert parse_agent.cache_info().misses == 0  # the request never parsed
+    resolver = Resolver()
+    resolver.start_batch()
+    exact = resolver.agent(first.pending)
+    assert exact == parse_agent(ua) and exact.browser == "Chrome" and not exact.pending
+    assert request_agent(ua) is exact  # cached now
+    assert resolver.agent(first.pending) is exact  # other rows with the same key
+
+
+def test_resolver_keeps_the_guess_when_its_budget_is_spent() -> None:
+    resolver = Resolver(budget=0.0, minimum=1)
+    resolver.start_batch()
+    first, second = (request_agent(CHROME + f" fresh-{i}") for i in (2, 3))
+    assert resolver.agent(first.pending) is not None  # the minimum
+    assert resolver.agent(second.pending) is None  # then the budget
+
+
+def test_keys_of_another_process_do_not_resolve() -> None:
+    resolver = Resolver()
+    resolver.start_batch()
+    assert resolver.agent("0badc0de:1") is None
+
+
+def test_pending_table_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A client sending a million distinct UAs: the table keeps the newest, each cut short.
+    table = useragent._Pending(maxsize=100)
+    monkeypatch.setattr(useragent, "_pending", table)
+    agents = [request_agent(f"{CHROME} {i} " + "x" * 10_000) for i in range(1_000)]
+    assert len(table) == 100
+    assert all(len(table.ua(a.pending) or "") == MAX_UA_LENGTH for a in agents[-100:])
+    assert table.ua(agents[0].pending) is None
+
+
+@pytest.mark.parametrize(
+    ("ua", "device_class", "is_bot"),
+    [
+        ("", "bot", True),
+        ("Googlebot/2.1 (+http://www.google.com/bot.html)", "bot", True),
+        ("Mozilla/5.0 (iPad; CPU OS 17_4 like Mac OS X) Mobile/15E148", "tablet", False),
+        ("Mozilla/5.0 (Linux; Android 10; K) Chrome/124.0.0.0 Safari/537.36", "tablet", False),
+        ("Mozilla/5.0 (Linux; Android 10; K) Chrome/124.0.0.0 Mobile Safari/537.36",
+         "mobile", False),
+        (CHROME, "desktop", False),
+        ("server", "other", False),
+    ],
+)
+def test_guess(ua: str, device_class: str, is_bot: bool) -> None:
+    assert (guess(ua).device_class, guess(ua).is_bot) == (device_class, is_bot)
