@@ -27,7 +27,7 @@ from collector.http import Hit, HTTPError, header_safe, parse_json, respond
 from collector.service import Collector
 from collector.sites import Site
 from collector.spool import SpoolError, SpoolFull
-from collector.useragent import parse_agent
+from collector.useragent import request_agent
 
 COLLECT_MAX_BYTES = 256 * 1024
 COLLECT_MAX_EVENTS = 100
@@ -280,7 +280,7 @@ def _context(c: Collector, site: Site, channel: str, hit: Hit) -> Context:
         site_id=site.site_id,
         received_at=dt.datetime.now(dt.UTC),
         channel=channel,
-        agent=parse_agent(hit.headers.get("user-agent", "")),
+        agent=request_agent(hit.headers.get("user-agent", "")),
         location=c.geo.lookup(anonymize_ip(ip)) if ip and c.geo.enabled else UNKNOWN,
         retention_days=site.retention_days,
         identifier_kinds=site.identifier_kinds,
@@ -305,7 +305,7 @@ def _server_context(c: Collector, site: Site, event: Any, received: dt.datetime)
         site_id=site.site_id,
         received_at=received,
         channel="server",
-        agent=parse_agent(agent_text) if isinstance(agent_text, str) else parse_agent("server"),
+        agent=request_agent(agent_text if isinstance(agent_text, str) else "server"),
         location=(c.geo.lookup(anonymize_ip(ip)) if isinstance(ip, str) and c.geo.enabled
                   else UNKNOWN),
         retention_days=site.retention_days,
@@ -331,6 +331,7 @@ def prepare(c: Collector, site: Site, pairs: list[tuple[Any, Context]]) -> tuple
     drops them all) and the number of hits in it. Raises HTTPError naming the field."""
     lines: list[bytes] = []
     given: list[tuple[str, str]] = []
+    guessed: dict[str, str] = {}
     for index, (raw, ctx) in enumerate(pairs):
         try:
             row, sender_id = normalize(raw, ctx)
@@ -349,6 +350,8 @@ def prepare(c: Collector, site: Site, pairs: list[tuple[Any, Context]]) -> tuple
             continue
         if sender_id:
             given.append((row["event_id"], row["ts"]))
+        if ctx.agent.pending:  # a first guess: the flusher writes the accurate answer
+            guessed[row["event_id"]] = ctx.agent.pending
         try:
             lines.append(orjson.dumps(list(row.values())))
         except orjson.JSONEncodeError:  # normalize lets nothing through that fails here
@@ -357,7 +360,8 @@ def prepare(c: Collector, site: Site, pairs: list[tuple[Any, Context]]) -> tuple
             raise HTTPError(400, f"{field} cannot be stored as JSON", "invalid", field) from None
     if not lines:
         return b"", 0
-    return encode_record(lines, site.site_id, given), len(lines)
+    return encode_record(lines, site.site_id, given, guessed=guessed,
+                         drop_bots=site.drop_bots), len(lines)
 
 
 def _unstorable(row: dict[str, Any]) -> str:
