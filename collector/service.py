@@ -16,6 +16,8 @@ from collector.containers import Containers, Previews
 from collector.files import write_atomic
 from collector.flusher import Flusher
 from collector.geo import GeoIP
+from collector.identity.cache import PersonAnswers
+from collector.identity.changes import ChangeFeed
 from collector.metrics import Metrics
 from collector.migrations import migrate
 from collector.privacy.tombstones import Tombstones
@@ -49,6 +51,9 @@ class Collector:
                                interval=settings.flush_interval_ms / 1000,
                                max_bytes=settings.flush_bytes)
         self.flusher.blocked = self.tombstones.blocks
+        self.changes = ChangeFeed(self.store)
+        self.flusher.inserted = self.changes.inserted
+        self.person_answers = PersonAnswers(self.changes)
         self.metrics.gauge("tagwerk_spool_unflushed_bytes", "Bytes on disk not yet in ClickHouse.",
                            self.spool.unflushed_bytes)
         self.metrics.gauge("tagwerk_spool_fsyncs_total", "Group commits (fsyncs) of the spool.",
@@ -61,10 +66,12 @@ class Collector:
     def start(self) -> None:
         self._prepare_storage()
         self.flusher.start()
+        self.changes.start()
         threading.Thread(target=self._refresh_sites, name="sites", daemon=True).start()
 
     def stop(self) -> None:
         self._stopping.set()
+        self.changes.stop()
         self.flusher.stop()
         self.spool.close()
         self.geo.close()

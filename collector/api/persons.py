@@ -42,11 +42,13 @@ def actor(site: Site) -> str:
     return f"admin:{site.admin_key_hash[:12]}"
 
 
-async def _operate(call, *args):  # type: ignore[no-untyped-def]
+async def _operate(collector: Collector, call, *args):  # type: ignore[no-untyped-def]
     try:
         return await run_in_threadpool(call, *args)
     except OperationError as exc:
         raise ApiError(exc.status, str(exc), exc.field) from None
+    finally:  # who is whom changed: no kept answer about a person holds
+        collector.person_answers.clear()
 
 
 @keyed(READ)
@@ -68,11 +70,20 @@ async def profile(request: Request, collector: Collector, site: Site) -> Respons
     query.params(request, ())
     kind, ident = identifier(site, query.path_text(request, "ident", 300), "ident")
 
-    def read() -> dict | None:
-        found = Graph(collector.store, site).resolve(kind, ident)
-        return profiles.profile(collector.store, site.site_id, found) if found else None
+    kept = collector.person_answers
+    name = ("profile", kind, ident)
 
-    answer = await run_in_threadpool(read)
+    def read() -> dict | None:
+        since = kept.begin()
+        found = Graph(collector.store, site).resolve(kind, ident)
+        answer, keys = (profiles.profile_and_keys(collector.store, site.site_id, found)
+                        if found else (None, set()))
+        kept.put(site.site_id, name, answer, {*keys, f"{kind}:{ident}"}, since)
+        return answer
+
+    hit, answer = kept.get(site.site_id, name)
+    if not hit:
+        answer = await run_in_threadpool(read)
     if answer is None:
         raise ApiError(404, f"no profile for {kind}:{ident[:64]}: nobody known by it, or no "
                        "hits with personalization consent", "ident")
@@ -96,7 +107,7 @@ async def merge(request: Request, collector: Collector, site: Site) -> Response:
     source = identifier(site, data["from"], "from")
     target = identifier(site, data["into"], "into")
     ops = Operations(collector.store, site)
-    return json_response(await _operate(ops.merge, source, target, actor(site)), 201)
+    return json_response(await _operate(collector, ops.merge, source, target, actor(site)), 201)
 
 
 @keyed(ADMIN)
@@ -105,7 +116,7 @@ async def split(request: Request, collector: Collector, site: Site) -> Response:
     data = await body.json_object(request, ("id",), ("id",))
     ident = identifier(site, data["id"], "id")
     ops = Operations(collector.store, site)
-    return json_response(await _operate(ops.split, ident, actor(site)), 201)
+    return json_response(await _operate(collector, ops.split, ident, actor(site)), 201)
 
 
 @keyed(ADMIN)
@@ -117,7 +128,7 @@ async def undo(request: Request, collector: Collector, site: Site) -> Response:
     except ValueError:
         raise ApiError(400, "'op_id' must be an operation id (a UUID)", "op_id") from None
     ops = Operations(collector.store, site)
-    return json_response(await _operate(ops.undo, op_id, actor(site)), 201)
+    return json_response(await _operate(collector, ops.undo, op_id, actor(site)), 201)
 
 
 @keyed(ADMIN)

@@ -40,6 +40,8 @@ async def erase(request: Request, collector: Collector, site: Site) -> Response:
         raise ApiError(404, str(exc), "id") from None
     except erasure.TooLarge as exc:
         raise ApiError(409, str(exc), "id") from None
+    finally:  # kept answers about anyone may hold the erased rows
+        collector.person_answers.clear()
     return json_response(done)
 
 

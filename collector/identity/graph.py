@@ -123,19 +123,8 @@ class Person:
     def members(self) -> set[str]:
         return {self.person_id, *self.merged}
 
-    def owns(self, row: dict[str, Any]) -> bool:
-        """Whether a row (with the events' identifier columns and ``ts`` as ClickHouse
-        writes it) is this person's: the same rule as :func:`rows_of`, in Python, for rows
-        already narrowed to the person's keys (a lambda over arrays in SQL costs more than
-        the lookup itself)."""
-        if row["user_id"]:
-            return row["user_id"] in self.users
-        ts = row["ts"]
-        named = [("device", row["device_id"]), *row["identifiers"].items()]
-        return any(span.start <= ts < span.end
-                   for pair in named for span in self._spans_of().get(pair, ()))
-
-    def _spans_of(self) -> dict[tuple[str, str], list[Span]]:
+    def spans_by_identifier(self) -> dict[tuple[str, str], list[Span]]:
+        """The spans per (kind, id)."""
         if self._by_identifier is None:
             self._by_identifier = {}
             for span in self.spans:

@@ -32,22 +32,44 @@ def keys_of(person: Person) -> list[str]:
                   | {f"{span.kind}:{span.id}" for span in person.spans})
 
 
-# The person's rows, narrowed by key in the engine and by span here (Person.owns).
+# The person's rows, narrowed by key in the engine and by span here (``_theirs``). Without
+# ORDER BY: sorting costs more than the read; only a cut answer is read again in order, so
+# that a cut keeps the newest rows.
 ROWS = """
-SELECT ts, event, product_id, category, brand, channel, device_class, quantity,
-       toString(revenue) AS revenue, consent_id, user_id, device_id, identifiers
+SELECT key, toString(event_id) AS event_id, ts, event, product_id, category, brand, channel,
+       device_class, quantity, toString(revenue) AS revenue, consent_id
 FROM tagwerk.person_activity
-WHERE site_id = {site:String} AND key IN {keys:Array(String)} AND event IN {events:Array(String)}
-ORDER BY ts DESC LIMIT {most:UInt32}
-"""
+WHERE site_id = {site:String} AND key IN {keys:Array(String)}"""
+OF_EVENTS = " AND event IN {events:Array(String)}"
+NEWEST = " ORDER BY ts DESC"
+CUT = " LIMIT {most:UInt32}"
 
 
 def _rows(store: Store, site_id: str, person: Person, events: tuple[str, ...] = ()
           ) -> list[dict[str, Any]]:
-    sql = ROWS if events else ROWS.replace(" AND event IN {events:Array(String)}", "")
-    found = store.rows(sql, {"site": site_id, "keys": keys_of(person), "events": list(events),
-                             "most": MAX_ROWS})
-    return [row for row in found if person.owns(row)]
+    sql = ROWS + (OF_EVENTS if events else "")
+    params = {"site": site_id, "keys": keys_of(person), "events": list(events),
+              "most": MAX_ROWS}
+    found = store.rows(sql + CUT, params)
+    if len(found) >= MAX_ROWS:
+        found = store.rows(sql + NEWEST + CUT, params)
+    return _theirs(person, found)
+
+
+def _theirs(person: Person, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows that are the person's, once each. A hit with a user id is filed under that
+    user alone, and keys_of asks only for the person's users; a hit without one is filed
+    under each of its identifiers, and is theirs if one of these was theirs at the hit's
+    time (the rule of :func:`graph.rows_of`, over one copy of the row per identifier)."""
+    spans = person.spans_by_identifier()
+    kept: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in rows:
+        kind, _, ident = row["key"].partition(":")
+        ts = row["ts"]
+        if kind == "user" or any(span.start <= ts < span.end
+                                 for span in spans.get((kind, ident), ())):
+            kept.setdefault((row["event_id"], row["product_id"]), row)
+    return list(kept.values())
 
 
 def _groups(store: Store, site_id: str, person: Person) -> list[dict[str, Any]]:
@@ -76,10 +98,24 @@ def products(store: Store, site_id: str, person: Person, events: tuple[str, ...]
                    if row["product_id"]})
 
 
+def depends_on(person: Person) -> set[str]:
+    """The keys (as the change feed names them) of the rows an answer about the person was
+    computed from: their user ids, the identifiers they hold or held, their merged anchors."""
+    return ({*keys_of(person), f"{person.kind}:{person.id}"}
+            | {f"{kind}:{ident}" for kind, ident in person.merged.values()})
+
+
 def profile(store: Store, site_id: str, person: Person) -> dict[str, Any] | None:
+    return profile_and_keys(store, site_id, person)[0]
+
+
+def profile_and_keys(store: Store, site_id: str, person: Person
+                     ) -> tuple[dict[str, Any] | None, set[str]]:
+    """The profile, and the keys it depends on (``depends_on`` and its consent decisions)."""
+    keys = depends_on(person)
     groups = _groups(store, site_id, person)
     if not groups:
-        return None
+        return None, keys
     viewed: dict[str, dict[str, Any]] = {}
     purchased: dict[str, dict[str, Any]] = {}
     taste: dict[str, defaultdict[str, int]] = {"category": defaultdict(int),
@@ -111,6 +147,7 @@ def profile(store: Store, site_id: str, person: Person) -> dict[str, Any] | None
                 taste[facet][g[facet]] += weight
     for entry in purchased.values():
         entry["revenue"] = float(entry["revenue"])
+    keys |= {f"consent:{c}" for c in consent_ids}
     return {
         "person_id": person.person_id,
         "viewed": _recent(viewed),
@@ -118,7 +155,7 @@ def profile(store: Store, site_id: str, person: Person) -> dict[str, Any] | None
         "affinities": {facet: _shares(weights) for facet, weights in taste.items()},
         "channels": channels,
         "consent": consent(store, site_id, sorted(consent_ids)),
-    }
+    }, keys
 
 
 def _recent(entries: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:

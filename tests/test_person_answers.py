@@ -1,0 +1,236 @@
+"""Profiles kept in memory (collector/identity/cache.py) until a row they depend on changes,
+as the change feed (collector/identity/changes.py) reports it: rows this collector flushed,
+rows another writer stored, consent decisions, merges and erasures."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+import orjson
+import pytest
+
+from collector.identity import cache, changes
+from collector.identity.graph import Graph
+from tests.helpers import make_client, send_batch, wait_for
+
+SITE = "kept-shop"
+BASE = f"/api/v1/sites/{SITE}"
+ALL = ["analytics", "personalization"]
+
+
+@pytest.fixture(scope="module")
+def env(store, tmp_path_factory):
+    client, collector = make_client(store, tmp_path_factory.mktemp("kept"), demo_site=False)
+    with client:
+        _, keys = collector.sites.create(SITE)
+        yield client, collector, keys
+
+
+def send(env, events):
+    client, collector, keys = env
+    send_batch(client, collector, keys["write"], events)
+
+
+def get(env, path, key="read"):
+    client, _, keys = env
+    return client.get(f"{BASE}{path}", headers={"Authorization": f"Bearer {keys[key]}"})
+
+
+def view(product, **fields):
+    return {"event": "view_item", "ts": "2026-11-20T10:00:00Z", "consent": ALL,
+            "items": [{"product_id": product, "price": "10.00", "quantity": 1}], **fields}
+
+
+def viewed(env, ident):
+    r = get(env, f"/persons/{ident}/profile")
+    return [v["product_id"] for v in r.json()["viewed"]] if r.status_code == 200 else None
+
+
+@pytest.fixture
+def resolves(monkeypatch):
+    """How many times a person was resolved (read from ClickHouse)."""
+    calls = []
+    resolve = Graph.resolve
+    monkeypatch.setattr(Graph, "resolve", lambda self, *a: calls.append(a) or resolve(self, *a))
+    return calls
+
+
+def test_a_kept_profile_is_served_without_reading_until_the_person_has_a_new_hit(env, resolves):
+    n = uuid.uuid4().hex[:8]
+    send(env, [view(f"a-{n}", device_id=f"d-{n}")])
+    assert viewed(env, f"device:d-{n}") == [f"a-{n}"]
+    assert viewed(env, f"device:d-{n}") == [f"a-{n}"]
+    assert len(resolves) == 1
+    send(env, [view(f"b-{n}", device_id=f"d-{n}", ts="2026-11-20T11:00:00Z")])
+    # Flushed means refreshed: no wait needed.
+    assert viewed(env, f"device:d-{n}") == [f"b-{n}", f"a-{n}"]
+    assert len(resolves) == 2
+
+
+def test_another_persons_hits_leave_a_kept_profile_alone(env, resolves):
+    n = uuid.uuid4().hex[:8]
+    send(env, [view(f"a-{n}", device_id=f"d-{n}")])
+    assert viewed(env, f"device:d-{n}") == [f"a-{n}"]
+    send(env, [view(f"b-{n}", device_id=f"other-{n}"),
+               view(f"c-{n}", user_id=f"u-other-{n}")])
+    assert viewed(env, f"device:d-{n}") == [f"a-{n}"]
+    assert len(resolves) == 1
+
+
+def test_a_login_refreshes_the_profiles_of_both_sides(env):
+    """The user's profile gains the device's history; the device's now shows the user's."""
+    n = uuid.uuid4().hex[:8]
+    send(env, [view(f"phone-{n}", device_id=f"d-{n}"),
+               view(f"desk-{n}", user_id=f"u-{n}", device_id=f"desk-{n}",
+                    ts="2026-11-20T09:00:00Z")])
+    assert viewed(env, f"user:u-{n}") == [f"desk-{n}"]
+    assert viewed(env, f"device:d-{n}") == [f"phone-{n}"]
+    send(env, [{"type": "identify", "event": "login", "user_id": f"u-{n}",
+                "device_id": f"d-{n}", "ts": "2026-11-20T12:00:00Z", "consent": ALL}])
+    assert sorted(viewed(env, f"user:u-{n}")) == [f"desk-{n}", f"phone-{n}"]
+    assert sorted(viewed(env, f"device:d-{n}")) == [f"desk-{n}", f"phone-{n}"]
+
+
+def test_nobody_becomes_somebody_at_their_first_hit(env):
+    n = uuid.uuid4().hex[:8]
+    assert get(env, f"/persons/device:d-{n}/profile").status_code == 404
+    assert get(env, f"/persons/device:d-{n}/profile").status_code == 404  # kept too
+    send(env, [view(f"a-{n}", device_id=f"d-{n}")])
+    assert viewed(env, f"device:d-{n}") == [f"a-{n}"]
+
+
+def test_rows_another_writer_stored_show_within_a_second_or_so(env):
+    """Rows inserted into ClickHouse by someone else (another collector on the same server)
+    reach the kept profile through the change feed, not through this flusher."""
+    _, collector, _ = env
+    n = uuid.uuid4().hex[:8]
+    send(env, [view(f"a-{n}", device_id=f"d-{n}")])
+    assert viewed(env, f"device:d-{n}") == [f"a-{n}"]
+    now = dt.datetime.now(dt.UTC).isoformat(" ", "milliseconds")[:23]
+    collector.store.insert(
+        "tagwerk.events (event_id, site_id, event, type, ts, received_at, device_id, consent, "
+        "items)", orjson.dumps({
+            "event_id": str(uuid.uuid4()), "site_id": SITE, "event": "view_item",
+            "type": "track", "ts": now, "received_at": now, "device_id": f"d-{n}",
+            "consent": ALL,
+            "items": [{"product_id": f"b-{n}", "price": "10", "quantity": 1}]}), "JSONEachRow")
+    wait_for(lambda: viewed(env, f"device:d-{n}") == [f"b-{n}", f"a-{n}"], timeout=10)
+
+
+def test_a_new_decision_under_a_listed_consent_id_shows(env):
+    client, _, _ = env
+    n = uuid.uuid4().hex[:8]
+    consent_id = uuid.uuid4().hex
+
+    def decide(granted, denied):
+        r = client.post("/consent", content=orjson.dumps(
+            {"site": SITE, "consent_id": consent_id, "granted": granted, "denied": denied,
+             "policy": "0123456789abcdef", "how": "banner"}),
+            headers={"Content-Type": "application/json"})
+        assert r.status_code in (200, 202, 204), r.text
+
+    def decisions():
+        return get(env, f"/persons/device:d-{n}/profile").json()["consent"]
+
+    decide(ALL, ["marketing"])
+    send(env, [view(f"a-{n}", device_id=f"d-{n}", consent_id=consent_id)])
+    wait_for(decisions)
+    decide(["analytics"], ["marketing", "personalization"])
+    wait_for(lambda: decisions()[0]["denied"] == ["marketing", "personalization"])
+
+
+def test_merges_and_erasures_show_at_once(env):
+    n = uuid.uuid4().hex[:8]
+    send(env, [view(f"a-{n}", user_id=f"u-{n}"), view(f"b-{n}", user_id=f"v-{n}")])
+    assert viewed(env, f"user:u-{n}") == [f"a-{n}"]
+    client, _, keys = env
+    admin = {"Authorization": f"Bearer {keys['admin']}"}
+    r = client.post(f"{BASE}/identity/merge", headers=admin,
+                    content=orjson.dumps({"from": f"user:v-{n}", "into": f"user:u-{n}"}))
+    assert r.status_code == 201, r.text
+    assert sorted(viewed(env, f"user:u-{n}")) == [f"a-{n}", f"b-{n}"]
+    r = client.post(f"{BASE}/privacy/erase", headers=admin,
+                    content=orjson.dumps({"id": f"user:u-{n}"}))
+    assert r.status_code == 200, r.text
+    assert get(env, f"/persons/user:u-{n}/profile").status_code == 404
+    assert get(env, f"/persons/user:v-{n}/profile").status_code == 404
+
+
+# -- the pieces alone ---------------------------------------------------------------------------
+
+
+class Feed:
+    """A change feed that is always usable and never reads (for the cache alone)."""
+
+    usable = True
+
+    def __init__(self):
+        self.listeners = []
+        self.watching = False
+
+    def watch(self):
+        self.watching = True
+
+    def idle(self):
+        self.watching = False
+
+
+def test_an_answer_computed_while_its_keys_changed_is_not_kept():
+    feed = Feed()
+    kept = cache.PersonAnswers(feed)
+    since = kept.begin()
+    kept.changed({"s": {"device:d"}})  # the rows it read may predate this
+    kept.put("s", "a", {"x": 1}, {"device:d"}, since)
+    assert kept.get("s", "a") == (False, None)
+    since = kept.begin()
+    kept.changed({"s": {"device:other"}, "t": {"device:d"}})  # someone else's, another site's
+    kept.put("s", "a", {"x": 1}, {"device:d"}, since)
+    assert kept.get("s", "a") == (True, {"x": 1})
+    since = kept.begin()
+    for i in range(cache.RECENT + 1):  # more changes than remembered: unknown, not kept
+        kept.changed({"s": {f"device:{i}"}})
+    kept.put("s", "b", {"x": 2}, {"device:d"}, since)
+    assert kept.get("s", "b") == (False, None)
+
+
+def test_kept_answers_are_bounded_and_dropped_by_key():
+    kept = cache.PersonAnswers(Feed(), max_entries=3)
+    for i in range(5):
+        kept.put("s", i, i, {f"device:{i}", "user:shared"}, kept.begin())
+    assert [kept.get("s", i)[0] for i in range(5)] == [False, False, True, True, True]
+    kept.changed({"s": {"device:3"}})
+    assert [kept.get("s", i)[0] for i in (2, 3, 4)] == [True, False, True]
+    kept.changed({"s": {"user:shared"}})
+    assert not any(kept.get("s", i)[0] for i in range(5))
+    assert not kept._by_key  # noqa: SLF001 - nothing left behind in the index
+
+
+def test_the_feed_reports_a_burst_and_a_mutation_as_everything(store, monkeypatch):
+    feed = changes.ChangeFeed(store)
+    assert feed._followable()  # noqa: SLF001 - the embedded engine's tables are plain
+    heard = []
+    feed.listeners.append(heard.append)
+    feed.watch()
+
+    def insert(n):
+        rows = b"\n".join(orjson.dumps({"event_id": str(uuid.uuid4()), "site_id": "feed-site",
+                                        "event": "page_view", "device_id": f"fd-{i}"})
+                          for i in range(n))
+        store.insert("tagwerk.events (event_id, site_id, event, device_id)", rows,
+                     "JSONEachRow")
+
+    insert(2)
+    feed.look()
+    assert heard[-1] == {"feed-site": {"device:fd-0", "device:fd-1"}}
+    monkeypatch.setattr(changes, "MOST_ROWS", 3)
+    insert(3)
+    feed.look()
+    assert heard[-1] is None
+    store.execute("ALTER TABLE tagwerk.events UPDATE url = url WHERE site_id = 'feed-site' "
+                  "SETTINGS mutations_sync = 1")
+    feed.look()
+    assert heard[-1] is None
+    count = len(heard)
+    feed.look()  # nothing new: nobody is told anything
+    assert len(heard) == count
