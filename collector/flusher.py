@@ -12,6 +12,10 @@ line per row. The metadata names the target table:
 - ``{}``, or ``{"site", "ids", "lo", "hi"}`` (the sender-given event ids with their site and
   time range): rows of ``tagwerk.events`` (``events.COLUMNS`` in order). Records written
   before other tables existed read the same way.
+- ``"g": {event_id: key}`` beside those (and ``"db": 1`` for a site that drops bots): rows
+  stored with a first guess of their User-Agent's class; the flusher writes the accurate
+  answer in before it inserts, when this process still knows the key and its per-batch
+  budget allows (``collector.useragent``), and drops those that turn out bots where ``db``.
 - ``{"t": TABLE}``: rows of another table of ``TABLES`` (``consent_log``:
   ``consent.log.COLUMNS``), which has no sender-given ids to check.
 
@@ -38,6 +42,8 @@ from collector.events import COLUMNS
 from collector.metrics import Metrics
 from collector.spool import Checkpoint, Pos, Spool
 from collector.storage import StorageError, Store
+from collector.uarules import warm_up
+from collector.useragent import Resolver
 from consent.log import COLUMNS as CONSENT_COLUMNS
 
 log = logging.getLogger("tagwerk.flusher")
@@ -54,22 +60,31 @@ INSERT = INSERTS[EVENTS]
 ID_LENGTH = 36
 SITE_ID, DEVICE_ID, USER_ID = (COLUMNS.index(c) for c in ("site_id", "device_id", "user_id"))
 IDENTIFIERS = COLUMNS.index("identifiers")
+AGENT_COLUMNS = tuple(COLUMNS.index(c) for c in ("device_class", "browser", "os", "is_bot"))
 
 
 def encode_record(
-    lines: list[bytes], site_id: str, given: list[tuple[str, str]], table: str = EVENTS
+    lines: list[bytes], site_id: str, given: list[tuple[str, str]], table: str = EVENTS,
+    guessed: dict[str, str] | None = None, drop_bots: bool = False,
 ) -> bytes:
     """One spool record: metadata, then the rows. ``given``: (event_id, ts) the sender chose
-    (events only). ``table``: where the rows go, one of ``TABLES``."""
+    (events only). ``table``: where the rows go, one of ``TABLES``. ``guessed``: event_id ->
+    pending key of the rows whose agent is a first guess (events only)."""
     if table != EVENTS:
         if table not in TABLES or given:
             raise ValueError(f"cannot spool rows for table {table!r} with sender ids {given!r}")
         meta = orjson.dumps({"t": table})
-    elif given:
-        times = [ts for _, ts in given]
-        meta = orjson.dumps(
-            {"site": site_id, "ids": [i for i, _ in given], "lo": min(times), "hi": max(times)}
-        )
+    elif given or guessed:
+        fields: dict[str, Any] = {}
+        if given:
+            times = [ts for _, ts in given]
+            fields = {"site": site_id, "ids": [i for i, _ in given], "lo": min(times),
+                      "hi": max(times)}
+        if guessed:
+            fields["g"] = guessed
+            if drop_bots:
+                fields["db"] = 1
+        meta = orjson.dumps(fields)
     else:
         meta = NO_META
     return meta + b"\n" + b"\n".join(lines) + b"\n"
@@ -97,9 +112,15 @@ class Flusher:
         # Called once a batch is stored, before it counts as flushed (answers kept in
         # memory are refreshed by then).
         self.inserted: Callable[[], None] = lambda: None
+        # Called once a batch is stored, before it counts as flushed (answers kept in
+        # memory are refreshed by then).
+        self.inserted: Callable[[], None] = lambda: None
         self._recheck_lock = threading.Lock()
+        self.agents = Resolver()
 
     def start(self) -> None:
+        # Matomo's rules take ~2 s to load: not in the first batch that needs them.
+        threading.Thread(target=warm_up, name="ua-rules", daemon=True).start()
         self._thread.start()
 
     def recheck(self, until: Pos) -> None:
@@ -190,6 +211,7 @@ class Flusher:
                 )
             rows, dropped = rows + n, dropped + d
         self.inserted()
+        self.inserted()
         self.spool.release(stop)
         with self._recheck_lock:  # done, unless more tombstones came meanwhile
             if recheck and self.recheck_until is until and until is not None and stop >= until:
@@ -232,29 +254,53 @@ class Flusher:
 
     def _rows(self, records: list[bytes]) -> tuple[bytes, int, int]:
         """The batch body without repeated sender-given ids; rows and dropped counts."""
-        metas = []
-        for record in records:
+        metas = {}
+        for index, record in enumerate(records):
             if not record.startswith(NO_META + b"\n"):
-                metas.append(orjson.loads(record[: record.index(b"\n")]))
-        skip = self._existing(metas) if metas else set()
+                metas[index] = orjson.loads(record[: record.index(b"\n")])
+        with_ids = [meta for meta in metas.values() if "ids" in meta]
+        skip = self._existing(with_ids) if with_ids else set()
         seen: set[str] = set()
         parts: list[bytes] = []
         rows = dropped = 0
-        for record in records:
+        self.agents.start_batch()
+        for index, record in enumerate(records):
             meta_end = record.index(b"\n") + 1
-            if record.startswith(NO_META + b"\n"):
+            meta = metas.get(index)
+            if meta is None:
                 parts.append(record[meta_end:])
                 rows += record.count(b"\n", meta_end)
                 continue
+            guessed = meta.get("g", {})
             for line in record[meta_end:].splitlines():
                 event_id = line[ID_PREFIX : ID_PREFIX + ID_LENGTH].decode()
-                if event_id in skip or event_id in seen:
-                    dropped += 1
-                    continue
-                seen.add(event_id)
+                if "ids" in meta:
+                    if event_id in skip or event_id in seen:
+                        dropped += 1
+                        continue
+                    seen.add(event_id)
+                if event_id in guessed:
+                    line = self._resolved(line, guessed[event_id], bool(meta.get("db")))
+                    if not line:
+                        continue
                 parts.append(line + b"\n")
                 rows += 1
         return b"".join(parts), rows, dropped
+
+    def _resolved(self, line: bytes, key: str, drop_bots: bool) -> bytes:
+        """The row with its agent's accurate answer, when known; b"" for a bot of a site
+        that drops bots."""
+        agent = self.agents.agent(key)
+        if agent is None:
+            return line  # the guess stays
+        if agent.is_bot and drop_bots:
+            self.metrics.bots_dropped.inc()
+            return b""
+        values = orjson.loads(line)
+        for column, value in zip(AGENT_COLUMNS, (agent.device_class, agent.browser, agent.os,
+                                                 agent.is_bot), strict=True):
+            values[column] = value
+        return orjson.dumps(values)
 
     def _existing(self, metas: list[dict]) -> set[str]:
         """Which sender-given ids ClickHouse has already (a sender's retry)."""
