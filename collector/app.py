@@ -20,7 +20,7 @@ from starlette.types import Receive, Scope, Send
 
 from collector import consent_texts, consentlog, container_api, demo, ingest, tagjs
 from collector.api import routes as api_routes
-from collector.http import Hit, respond
+from collector.http import Hit, error_body, respond
 from collector.service import Collector
 
 Handler = Callable[[Collector, Hit, Send], Awaitable[None]]
@@ -31,6 +31,8 @@ INGEST: dict[str, dict[str, Handler]] = {
     "/api/v1/batch": {"POST": ingest.batch},
     "/consent": {"POST": consentlog.consent, "OPTIONS": ingest.collect_preflight},
 }
+
+METHOD_NOT_ALLOWED = error_body("method not allowed")
 
 
 class App:
@@ -44,7 +46,7 @@ class App:
             return
         handler = methods.get(scope["method"])
         if handler is None:
-            await respond(send, 405, b'{"error":"method not allowed"}',
+            await respond(send, 405, METHOD_NOT_ALLOWED,
                           headers={"Allow": ", ".join(methods)})
             return
         await handler(self.collector, Hit(scope, receive), send)
@@ -69,7 +71,8 @@ async def metrics(request: Request) -> Response:
 
 async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    return _json({"error": exc.detail}, exc.status_code, exc.headers)
+    return Response(error_body(exc.detail), exc.status_code, exc.headers,
+                    media_type="application/json")
 
 
 def _json(data: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:

@@ -68,19 +68,17 @@ def admin(endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]]:
         except ApiError as exc:
             return refusal(exc)
         except ContainerError as exc:
-            data = {"error": str(exc.errors[0]), "field": exc.field or None,
-                    "errors": [e.as_dict() for e in exc.errors]}
-            return json_response({k: v for k, v in data.items() if v is not None}, 400)
+            return http.error_response(400, str(exc.errors[0]), exc.field,
+                                       errors=[e.as_dict() for e in exc.errors])
         except NotFound as exc:
-            return json_response({"error": str(exc), "field": "version"}, 404)
+            return http.error_response(404, str(exc), "version")
         except PreconditionFailed as exc:
-            return json_response(
-                {"error": str(exc), "field": "If-Match", "etag": exc.current}, 412,
-                {"ETag": exc.current})
+            return http.error_response(412, str(exc), "If-Match", {"ETag": exc.current},
+                                       etag=exc.current)
         except StorageError as exc:
             log.warning("container API: storage error: %s", exc)
-            return json_response({"error": "storage unavailable; try again"}, 503,
-                                 {"Retry-After": "5"})
+            return http.error_response(503, "storage unavailable; try again",
+                                       headers={"Retry-After": "5"})
 
     return handler
 

@@ -32,6 +32,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from collector.containers import check, default_container
+from collector.http import error_response
 from collector.identity import verify
 from collector.tagjs import Asset, Dist, respond_asset
 
@@ -197,8 +198,7 @@ async def identity_token(request: Request) -> Response:
     user_id = request.query_params.get("user_id", "")
     site = request.app.state.collector.sites.get("demo")
     if site is None or not DEMO_CUSTOMER.fullmatch(user_id):
-        return Response('{"error": "user_id must be a demo customer id (C-XXXXXXXXXXXX)"}', 400,
-                        {"Cache-Control": "no-store"}, media_type="application/json")
+        return error_response(400, "user_id must be a demo customer id (C-XXXXXXXXXXXX)")
     signed = verify.token(site.write_key_hash, site.site_id, user_id)
     return Response(f'{{"identity_token": "{signed}"}}', headers={"Cache-Control": "no-store"},
                     media_type="application/json")

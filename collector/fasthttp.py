@@ -22,7 +22,7 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 
 from collector import ingest
-from collector.http import Hit, HTTPError, decode_body
+from collector.http import INTERNAL_ERROR, Hit, HTTPError, decode_body
 from collector.httplimits import LimitedProtocol
 from collector.service import Collector
 from collector.sites import Site
@@ -226,7 +226,7 @@ class IngestProtocol(LimitedProtocol):
     def _fail(self, pending: _Pending) -> None:
         log.exception("fast path: unexpected error")
         pending.keep_alive = False
-        self._answer(pending, 500, b'{"error":"internal error"}')
+        self._answer(pending, 500, INTERNAL_ERROR)
 
     def _answer(
         self, pending: _Pending, status: int, body: bytes,

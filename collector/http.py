@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import quote
 
 import orjson
+from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 log = logging.getLogger("tagwerk.http")
@@ -41,13 +42,42 @@ class HTTPError(Exception):
         self.field, self.headers = field, headers or {}
 
     def body(self) -> bytes:
-        data: dict[str, Any] = {"error": self.message}
-        if self.field:
-            data["field"] = self.field
-        try:
-            return orjson.dumps(data)
-        except orjson.JSONEncodeError:  # text that is not UTF-8 (a lone surrogate): escaped
-            return orjson.dumps({k: _printable(v) for k, v in data.items()})
+        return error_body(self.message, self.field)
+
+
+def error_body(message: str, field: str | None = None, **extra: Any) -> bytes:
+    """The JSON of every refusal (README): ``{"error": message, "field": field}``, without
+    ``field`` when there is none; ``extra`` adds keys some answers carry besides (the
+    container API's ``errors`` and ``etag``). Text that is not UTF-8 (a lone surrogate) is
+    escaped rather than failing the answer."""
+    data: dict[str, Any] = {"error": message}
+    if field:
+        data["field"] = field
+    data.update(extra)
+    try:
+        return orjson.dumps(data)
+    except orjson.JSONEncodeError:
+        return orjson.dumps(_escaped(data))
+
+
+def error_response(status: int, message: str, field: str | None = None,
+                   headers: dict[str, str] | None = None, **extra: Any) -> Response:
+    """A refusal for the Starlette endpoints: :func:`error_body`, kept by no cache."""
+    return Response(error_body(message, field, **extra), status,
+                    {"Cache-Control": "no-store", **(headers or {})}, media_type="application/json")
+
+
+INTERNAL_ERROR = error_body("internal error")
+
+
+def _escaped(value: Any) -> Any:
+    if isinstance(value, str):
+        return _printable(value)
+    if isinstance(value, dict):
+        return {_escaped(k): _escaped(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_escaped(v) for v in value]
+    return value
 
 
 # What a URL in a header may hold besides percent-encoded UTF-8: printable ASCII, no space.
@@ -160,7 +190,7 @@ async def respond(
         for k, v in pairs:
             if not header_safe(v):
                 log.error("refused to send header %s with a control character: %r", k, v)
-                status, body, head = 500, b'{"error":"internal error"}', False
+                status, body, head = 500, INTERNAL_ERROR, False
                 raw = [(b"content-type", JSON), (b"content-length", str(len(body)).encode())]
                 break
             raw.append((k.lower().encode("latin-1"), v.encode("latin-1")))

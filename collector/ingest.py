@@ -23,7 +23,7 @@ from collector.consent_texts import accept_language
 from collector.events import Context, EventError, normalize
 from collector.flusher import encode_record
 from collector.geo import UNKNOWN
-from collector.http import Hit, HTTPError, header_safe, parse_json, respond
+from collector.http import Hit, HTTPError, error_body, header_safe, parse_json, respond
 from collector.service import Collector
 from collector.sites import Site
 from collector.spool import SpoolError, SpoolFull
@@ -38,6 +38,7 @@ PIXEL_MAX_FIELDS = 100
 COLLECT_TYPES = ("application/json", "text/plain", "")
 
 # The 43-byte transparent 1x1 GIF that nginx's empty_gif serves too.
+ORIGIN_NOT_ALLOWED = error_body("origin not allowed")
 PIXEL = base64.b64decode("R0lGODlhAQABAIAAAP///wAAACH5BAEAAAAALAAAAAABAAEAAAICRAEAOw==")
 PIXEL_HEADERS = {"Cache-Control": "no-store, max-age=0"}
 
@@ -103,7 +104,7 @@ async def collect_preflight(c: Collector, hit: Hit, send: Send) -> None:
         await respond(send, 400, bad_origin().body())
         return
     if not origin or not c.sites.any_allows_origin(origin):
-        await respond(send, 403, b'{"error":"origin not allowed"}')
+        await respond(send, 403, ORIGIN_NOT_ALLOWED)
         return
     await respond(send, 204, media=b"text/plain", headers={
         **_cors(origin),

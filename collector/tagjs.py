@@ -41,7 +41,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from collector.clientip import is_https
 from collector.containers import Live
 from collector.containers.schema import DEFAULT_SETTINGS
-from collector.http import header_safe, header_url
+from collector.http import error_response, header_safe, header_url
 from collector.qvalues import weighted
 from collector.service import Collector
 from collector.storage import StorageError
@@ -154,9 +154,7 @@ def _preview_cookie(token: str, max_age: int, secure: bool) -> str:
 def error(status: int, message: str, headers: dict[str, str] | None = None,
           field: str = "") -> Response:
     """A JSON error that no cache keeps."""
-    data = {"error": message, "field": field} if field else {"error": message}
-    return Response(orjson.dumps(data), status,
-                    {"Cache-Control": "no-store", **(headers or {})}, media_type="application/json")
+    return error_response(status, message, field, headers)
 
 
 # -- the bundle directory ---------------------------------------------------------------------

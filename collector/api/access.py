@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from collector.authorization import bearer_token
+from collector.http import error_response
 from collector.service import Collector
 from collector.sites import Site
 from collector.storage import StorageError
@@ -44,10 +45,7 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
 
 
 def refusal(error: ApiError) -> Response:
-    data = {"error": error.message}
-    if error.field:
-        data["field"] = error.field
-    return json_response(data, error.status, error.headers)
+    return error_response(error.status, error.message, error.field, error.headers)
 
 
 def bearer(request: Request) -> str:
@@ -73,8 +71,8 @@ def keyed(kinds: tuple[str, ...]) -> Callable[[Endpoint], Callable[[Request], Aw
                 return refusal(exc)
             except StorageError as exc:
                 log.warning("%s: storage error: %s", request.url.path[:200], exc)
-                return json_response({"error": "storage unavailable; try again"}, 503,
-                                     {"Retry-After": "5"})
+                return error_response(503, "storage unavailable; try again",
+                                      headers={"Retry-After": "5"})
 
         return handler
 

@@ -47,6 +47,7 @@ from collector.api import products
 from collector.api.access import ApiError, json_response, log, refusal
 from collector.api.query import params
 from collector.clientip import client_ip
+from collector.http import error_response
 from collector.service import Collector
 from collector.sites import Site
 from collector.storage import StorageError
@@ -157,8 +158,8 @@ async def _serve(request: Request, accepted: tuple[str, ...], make: Any) -> Resp
         return error
     except StorageError as exc:
         log.warning("%s: storage error: %s", request.url.path[:200], exc)
-        return json_response({"error": "storage unavailable; try again"}, 503,
-                             {**headers, "Retry-After": "5"})
+        return error_response(503, "storage unavailable; try again",
+                              headers={**headers, "Retry-After": "5"})
     cache = f"{'private' if device else 'public'}, max-age={MAX_AGE}"
     return json_response(relative(answer), headers={**headers,
                                                     "X-Content-Type-Options": "nosniff"},
