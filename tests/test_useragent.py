@@ -138,3 +138,60 @@ def test_pending_table_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
 )
 def test_guess(ua: str, device_class: str, is_bot: bool) -> None:
     assert (guess(ua).device_class, guess(ua).is_bot) == (device_class, is_bot)
+
+
+# --- through the collector: the flusher writes the accurate answer ----------------------
+
+MONITOR = "Klaviyo/1.0"  # the guess sees a visitor; Matomo's rules see a program
+
+
+@pytest.fixture(scope="module")
+def env(store, tmp_path_factory):
+    from tests.helpers import make_client
+
+    client, collector = make_client(store, tmp_path_factory.mktemp("ua") / "var")
+    with client:
+        collector.sites.create("ua-test")
+        collector.sites.create("ua-nobots", drop_bots=True)
+        yield client, collector
+
+
+def _hit(client, site: str, marker: str, ua: str):
+    body = {"site": site, "event": "page_view", "consent": ["analytics"],
+            "props": {"marker": marker}}
+    return client.post("/collect", content=orjson.dumps(body),
+                       headers={"Content-Type": "text/plain", "User-Agent": ua})
+
+
+def _stored(collector, site: str, marker: str):
+    from tests.helpers import drained, rows
+
+    if not drained(collector):
+        return []
+    return rows(collector.store, site, "props['marker'] = {m:String}", m=marker)
+
+
+def test_flusher_stores_the_accurate_answer_for_a_guessed_agent(env) -> None:
+    import uuid
+
+    from tests.helpers import wait_for
+
+    client, collector = env
+    ua = f"{MONITOR} {uuid.uuid4().hex}"
+    assert not guess(ua).is_bot
+    marker = uuid.uuid4().hex
+    assert _hit(client, "ua-test", marker, ua).json() == {"accepted": 1}
+    [row] = wait_for(lambda: _stored(collector, "ua-test", marker))
+    assert (row["device_class"], row["is_bot"]) == ("bot", True)
+
+    # A site that drops bots: the guess let it in, the flusher drops it.
+    ua = f"{MONITOR} {uuid.uuid4().hex}"
+    before = collector.metrics.bots_dropped.values.get((), 0)
+    marker = uuid.uuid4().hex
+    assert _hit(client, "ua-nobots", marker, ua).json() == {"accepted": 1}
+    person = uuid.uuid4().hex
+    _hit(client, "ua-nobots", person, CHROME + " " + person)  # a visitor, stored
+    [row] = wait_for(lambda: _stored(collector, "ua-nobots", person))
+    assert (row["device_class"], row["browser"], row["is_bot"]) == ("desktop", "Chrome", False)
+    assert _stored(collector, "ua-nobots", marker) == []
+    assert collector.metrics.bots_dropped.values[()] == before + 1
