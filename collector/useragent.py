@@ -9,18 +9,21 @@ Two answers, so that the request never waits for the accurate one:
   cost of a parse nor the size of an entry.
 - ``request_agent(ua)``: what a request uses (ingest's contexts). A cache hit is the
   accurate answer (a dict look-up, well under a microsecond). A miss is answered with
-  ``guess(ua)`` (a few substring and regex tests, a few µs) carrying a ``pending`` key, and
-  the UA waits in a bounded table (``MAX_PENDING``, oldest dropped first).
+  ``guess(ua)`` (substring and regex tests; with the table entry ~20 µs, bench/useragent.py)
+  carrying a ``pending`` key, and the UA waits in a bounded table (``MAX_PENDING``, oldest
+  dropped first).
 
 The request spools its rows with the guess (a 2xx still means the hit is on disk) and names
 the pending rows in the record's metadata. The flusher, before it inserts, asks
 ``Resolver.agent(key)`` for the accurate answer and writes it into those rows (and drops
 them for sites that drop bots). The resolver classifies in the flusher's thread, off every
-request's path, at most ``RESOLVE_BUDGET`` seconds of work per batch: an attacker sending a
+request's path, at most ``RESOLVE_BUDGET`` seconds of work per batch (at least
+``RESOLVE_MIN`` agents), rules loaded at the flusher's start: an attacker sending a
 million distinct UAs gets the guess stored for most of them, and ingestion keeps its pace
 (the table and the cache stay bounded, the flusher's extra work per batch too). After a
 restart the pending keys of the old process mean nothing (each process has its own
-prefix): those rows keep their guess.
+prefix): those rows keep their guess. The consent log's rows keep the guess too (its
+device class only).
 """
 
 from __future__ import annotations
