@@ -52,8 +52,6 @@ CONTACT = regex.compile(
     r"https?://|\bwww\.|[\w.+-]+@[\w-]+\.[a-z]{2,}|(?<![.\w-])[a-z][a-z0-9-]*\.[a-z]{2,}\b(?![.\w/-])",
     regex.I,
 )
-# A product token (RFC 9110: "name/version"), as programs name themselves.
-PRODUCT_TOKEN = regex.compile(r"[A-Za-z][\w.-]*/[\w.]")
 
 _lock = threading.Lock()
 _bots: regex.Pattern[str] | None = None
@@ -95,10 +93,8 @@ def classify(ua: str) -> tuple[str, bool]:
     os_family = parsed.os.family() if parsed.os else ""
     if client in AUTOMATED_CLIENTS and not parsed.os_name():
         return "bot", True
-    # A person's app names the platform it runs on; a program without one, and no browser
-    # (Matomo's device guesses on such strings are noise: "axios/0.18" a smartphone).
-    if not parsed.os_name() and client != "browser" and PRODUCT_TOKEN.search(ua):
-        return "bot", True
+    # A program that names no platform and no browser ("name/version") is not flagged: the
+    # merchant's own systems look like that (a till's "tagwerk-pos/1.0" on the batch API).
     if not device and os_family in DESKTOP_OS and not parsed.uses_mobile_browser():
         device = "desktop"
     return DEVICE_CLASSES.get(device, "other" if device else ""), False
