@@ -52,7 +52,8 @@ def resolves(monkeypatch):
     """How many times a person was resolved (read from ClickHouse)."""
     calls = []
     resolve = Graph.resolve
-    monkeypatch.setattr(Graph, "resolve", lambda self, *a: calls.append(a) or resolve(self, *a))
+    monkeypatch.setattr(Graph, "resolve",
+                        lambda self, *a, **kw: calls.append(a) or resolve(self, *a, **kw))
     return calls
 
 

@@ -75,7 +75,7 @@ async def profile(request: Request, collector: Collector, site: Site) -> Respons
 
     def read() -> dict | None:
         since = kept.begin()
-        found = Graph(collector.store, site).resolve(kind, ident)
+        found = Graph(collector.store, site).resolve(kind, ident, listing=False)
         answer, keys = (profiles.profile_and_keys(collector.store, site.site_id, found)
                         if found else (None, set()))
         kept.put(site.site_id, name, answer, {*keys, f"{kind}:{ident}"}, since)

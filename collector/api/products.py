@@ -166,14 +166,36 @@ def compute(store: Any, site_id: str, ask: Ask, exclude: tuple[str, ...],
 
 
 def person_products(store: Any, site: Site, kind: str, ident: str,
-                    events: tuple[str, ...]) -> tuple[str, ...]:
+                    events: tuple[str, ...], keys: set[str]) -> tuple[str, ...]:
     """What the person known by ``kind:ident`` bought or viewed (``events``), across all
     their identifiers and channels, with personalization consent (blocking); at most
-    MAX_EXCLUDED products; nothing for someone unknown."""
-    person = Graph(store, site).resolve(kind, ident)
+    MAX_EXCLUDED products; nothing for someone unknown. Adds to ``keys`` those the answer
+    depends on."""
+    keys.add(f"{kind}:{ident}")
+    person = Graph(store, site).resolve(kind, ident, listing=False)
     if person is None:
         return ()
+    keys |= profiles.depends_on(person)
     return tuple(profiles.products(store, site.site_id, person, events)[:MAX_EXCLUDED])
+
+
+async def kept_products(collector: Collector, site: Site, kind: str, ident: str,
+                        events: tuple[str, ...]) -> tuple[str, ...]:
+    """``person_products``, kept until the person has a new hit (``PersonAnswers``): a
+    visitor asks again on every page, and resolving a person costs several statements."""
+    kept = collector.person_answers
+    name = ("products", kind, ident, events)
+    hit, found = kept.get(site.site_id, name)
+    if hit:
+        return found  # type: ignore[return-value]
+
+    def read() -> tuple[str, ...]:
+        since, keys = kept.begin(), set()
+        products = person_products(collector.store, site, kind, ident, events, keys)
+        kept.put(site.site_id, name, products, keys, since)
+        return products
+
+    return await run_in_threadpool(read)
 
 
 def _iso(text: str) -> str | None:
@@ -194,8 +216,6 @@ class Answers:
         self.collector = collector
         self._done: OrderedDict[tuple, tuple[Any, float, dict[str, Any]]] = OrderedDict()
         self._running: dict[tuple, asyncio.Future] = {}
-        self._bought: OrderedDict[tuple[str, str], tuple[Any, float, tuple[str, ...]]] = \
-            OrderedDict()
 
     async def get(self, site_id: str, ask: Ask, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
         key = (site_id, ask, exclude)
@@ -226,24 +246,6 @@ class Answers:
         while len(self._done) > CACHE_ENTRIES:
             self._done.popitem(last=False)
         return answer
-
-    async def device_purchases(self, site: Site, device_id: str) -> tuple[str, ...]:
-        """What the person of this device bought, on any of their devices or channels; kept
-        like a list (until the next flush, at most CACHE_SECONDS), as a visitor asks again
-        on every page and resolving a person costs several statements."""
-        key = (site.site_id, device_id)
-        version = self.collector.spool.checkpoint.flushed
-        now = time.monotonic()
-        found = self._bought.get(key)
-        if found is not None and found[0] == version and now - found[1] < CACHE_SECONDS:
-            return found[2]
-        bought = await run_in_threadpool(person_products, self.collector.store, site,
-                                         "device", device_id, (profiles.PURCHASE,))
-        self._bought[key] = (version, now, bought)
-        self._bought.move_to_end(key)
-        while len(self._bought) > CACHE_ENTRIES:
-            self._bought.popitem(last=False)
-        return bought
 
 
 _answers: WeakKeyDictionary[Collector, Answers] = WeakKeyDictionary()
@@ -321,7 +323,7 @@ async def exclusions(request: Request, collector: Collector, site: Site,
         raise ApiError(400, "'exclude' must be purchased, viewed or purchased,viewed",
                        "exclude")
     events = tuple(sorted({EXCLUDE[name] for name in asked}))
-    return await run_in_threadpool(person_products, collector.store, site, kind, ident, events)
+    return await kept_products(collector, site, kind, ident, events)
 
 
 async def _list(request: Request, collector: Collector, site: Site, accepted: tuple[str, ...],

@@ -48,6 +48,7 @@ from collector.api.access import ApiError, json_response, log, refusal
 from collector.api.query import params
 from collector.clientip import client_ip
 from collector.http import error_response
+from collector.identity import profile as profiles
 from collector.service import Collector
 from collector.sites import Site
 from collector.storage import StorageError
@@ -147,11 +148,11 @@ async def _serve(request: Request, accepted: tuple[str, ...], make: Any) -> Resp
         values = params(request, accepted)
         ask = make(request, values)
         device = visitor_device(request, collector, site)
-        found = products.answers(collector)
         exclude: tuple[str, ...] = ()
-        if device:
-            exclude = await found.device_purchases(site, device)
-        answer = await found.get(site.site_id, ask, exclude)
+        if device:  # what the person of this device bought, on any device or channel
+            exclude = await products.kept_products(collector, site, "device", device,
+                                                   (profiles.PURCHASE,))
+        answer = await products.answers(collector).get(site.site_id, ask, exclude)
     except ApiError as exc:
         error = refusal(exc)
         error.headers.update({k: v for k, v in headers.items() if k not in error.headers})
