@@ -15,7 +15,10 @@ load, and erasure of a person among millions of rows.
 2. Runs ``tagwerk serve`` on it pinned to one core and measures
    ``GET persons/{kind}:{id}/profile`` over random customers by device, user id and
    loyalty card: p50/p99 of one client, and requests/s of ``--clients`` connections (wrk on
-   the other core); ratios to the goals (p99 20 ms, 1,000 requests/s).
+   the other core); ratios to the goals (p99 20 ms, 1,000 requests/s). Each twice: "cold",
+   persons nobody asked for since the start (every statement runs), and "kept", persons
+   asked for before and without a new hit since (answered from memory,
+   ``collector/identity/cache.py``).
 3. Freshness: while a thread sends ``--load`` events/s through the batch API, a probe
    sends a view of a new product from a customer's device and polls that customer's
    profile by their loyalty card until it shows: p50/p99 from the 202 (goal: 1 s).
@@ -168,8 +171,9 @@ def call(url: str, key: str, body: bytes | None = None) -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
-def profile_urls(base: str, args: argparse.Namespace, n: int = 2000) -> list[str]:
-    rng = random.Random(7)
+def profile_urls(base: str, args: argparse.Namespace, n: int = 2000, seed: int = 7
+                 ) -> list[str]:
+    rng = random.Random(seed)
     urls = []
     for _ in range(n):
         owner = rng.randrange(args.persons)
@@ -180,9 +184,10 @@ def profile_urls(base: str, args: argparse.Namespace, n: int = 2000) -> list[str
 
 
 def single_client(urls: list[str], key: str, seconds: float) -> tuple[list[float], int]:
+    """Each URL at most once (asked again, a profile is served from memory)."""
     times, found, i = [], 0, 0
     deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and i < len(urls):
         began = time.perf_counter()
         status, _ = call(urls[i % len(urls)], key)
         times.append((time.perf_counter() - began) * 1000)
@@ -287,18 +292,23 @@ def main() -> None:
             print(f"erasure of a person with 1,000 hits among {args.events:,}: {took:.2f} s = "
                   f"{took / GOAL_ERASE_S:.2f} of the {GOAL_ERASE_S:.0f} s goal")
             return
-        urls = profile_urls(base, args)
-        call(urls[0], keys["read"])
-        times, found = single_client(urls, keys["read"], args.seconds)
-        p50, p99 = statistics.median(times), pct(times, 99)
-        print(f"profile, one client: {len(times)} requests ({found} profiles, the rest 404), "
-              f"p50 {p50:.1f} ms, p99 {p99:.1f} ms = {p99 / GOAL_P99_MS:.2f} of the "
-              f"{GOAL_P99_MS:.0f} ms goal")
-        script = wrk_script(urls, keys["read"], data_dir / "profile.lua")
-        result = wrk(f"{base}/", args.seconds, args.clients, script)
-        print(f"profile, {args.clients} clients: {result['rps']:,.0f} requests/s = "
-              f"{result['rps'] / GOAL_RPS:.2f} of the {GOAL_RPS:,.0f} goal "
-              f"(p99 {result.get('p99_ms', float('nan')):.1f} ms)")
+        # Cold: persons nobody asked for since the start (every statement runs). Kept: the
+        # same persons again, answered from memory until they have a new hit.
+        urls = profile_urls(base, args, 20_000, seed=7)
+        call(urls[-1], keys["read"])
+        for label in ("cold", "kept"):
+            times, found = single_client(urls, keys["read"], args.seconds)
+            p50, p99 = statistics.median(times), pct(times, 99)
+            print(f"profile {label}, one client: {len(times)} requests ({found} profiles, the "
+                  f"rest 404), p50 {p50:.1f} ms, p99 {p99:.1f} ms = {p99 / GOAL_P99_MS:.2f} of "
+                  f"the {GOAL_P99_MS:.0f} ms goal")
+            urls = urls[:len(times)]  # the ones asked for: kept now
+        for label, batch in (("kept", urls), ("cold", profile_urls(base, args, 50_000, 11))):
+            script = wrk_script(batch, keys["read"], data_dir / f"profile-{label}.lua")
+            result = wrk(f"{base}/", args.seconds, args.clients, script)
+            print(f"profile {label}, {args.clients} clients over {len(batch):,} persons: "
+                  f"{result['rps']:,.0f} requests/s = {result['rps'] / GOAL_RPS:.2f} of the "
+                  f"{GOAL_RPS:,.0f} goal (p99 {result.get('p99_ms', float('nan')):.1f} ms)")
         fresh = freshness(base, keys, args)
         print(f"freshness under {args.load:,} events/s: p50 {statistics.median(fresh):.3f} s, "
               f"p99 {pct(fresh, 99):.3f} s = {pct(fresh, 99) / GOAL_FRESH_S:.2f} of the "

@@ -1,14 +1,15 @@
 """What changed in the stored rows since the last look, for answers about persons kept in
 memory (``cache.py``).
 
-Every row a person's answer depends on arrives through an insert into ``tagwerk.events``
-(``person_activity`` and ``identity_links`` are its materialised views) or
-``tagwerk.consent_log``. Both keep each row's block number (migrations 0009 and 0018), and
-the highest block number of a plain MergeTree's active parts bounds what is committed (see
-``collector/api/cursor.py``). So one reader follows both tables, whoever inserted: this
-collector's flusher, another collector on the same ClickHouse, a restore. It reports the
-keys the new rows name, per site: ``user:<id>``, ``device:<id>``, ``<kind>:<id>`` for each
-identifier, ``consent:<id>``.
+The feed follows the tables those answers read: ``person_activity`` (what a person did),
+``identity_links`` (who is whom) and ``consent_log`` (the decisions a profile lists). Each
+keeps its rows' block numbers (migrations 0018, 0019), and the highest block number of a
+plain MergeTree's active parts bounds what is committed (``collector/api/cursor.py``). So
+one reader sees every new row, whoever inserted it: this collector's flusher, another
+collector on the same ClickHouse, a restore. It reports the keys the new rows name, per
+site: ``user:<id>``, ``device:<id>``, ``<kind>:<id>``, ``consent:<id>``. It follows those
+tables, not ``events``: a materialised view's rows become visible after the events they come
+from, and an answer recomputed in between would be kept without them.
 
 What it cannot follow row by row it reports as "everything changed": a mutation (an
 erasure's DELETE, an ALTER ... UPDATE), a merge or split of persons (their tables change
@@ -25,66 +26,51 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any
-
-import orjson
 
 from collector.storage import StorageError, Store
 
 log = logging.getLogger("tagwerk.changes")
 
-FOLLOWED = ("events", "consent_log")
+# Each followed table, with its new rows' keys as SQL.
+FOLLOWED = {
+    "person_activity": "key",
+    "identity_links": "arrayJoin([concat(toString(kind), ':', id), concat('user:', user_id)])",
+    "consent_log": "concat('consent:', consent_id)",
+}
 # Changed only by identity operations: any new part of theirs means "everything changed".
 RARE = ("identity_merges", "identity_overrides")
-MOST_ROWS = 50_000  # distinct rows read per look; beyond, everything changed
+MOST_ROWS = 50_000  # distinct keys read per look; beyond, everything changed
 
+# The tables' highest block numbers, and (as the row of table '') the set of mutations of any
+# table as one number (erasures delete with them): one statement a look.
 STATE = """
-SELECT table, max(max_block_number) AS top,
-       groupArrayIf(name, max_block_number > {since:UInt64}) AS fresh
-FROM system.parts
+SELECT table, max(max_block_number) AS top FROM system.parts
 WHERE database = 'tagwerk' AND active AND table IN {tables:Array(String)}
 GROUP BY table
-"""
-# Mutations of any table (erasures delete with them): their set, as one number.
-MUTATIONS = """
-SELECT count() AS n, sum(cityHash64(table, mutation_id)) AS digest FROM system.mutations
+UNION ALL
+SELECT '', count() + sum(cityHash64(table, mutation_id)) FROM system.mutations
 WHERE database = 'tagwerk'
 """
-NEW_EVENTS = """
-SELECT DISTINCT site_id, user_id, device_id, identifiers FROM tagwerk.events
-WHERE _part IN {parts:Array(String)}
-  AND _block_number > {since:UInt64} AND _block_number <= {top:UInt64}
-LIMIT {most:UInt32}
-"""
-NEW_DECISIONS = """
-SELECT DISTINCT site_id, concat('consent:', consent_id) AS key FROM tagwerk.consent_log
-WHERE _part IN {parts:Array(String)}
-  AND _block_number > {since:UInt64} AND _block_number <= {top:UInt64} AND consent_id != ''
-LIMIT {most:UInt32}
+# The keys of one table's rows stored after a look. The condition on the part's name (its
+# highest block number, which a merge keeps) spares reading older parts; naming the parts
+# themselves would miss rows whose part was merged between two statements.
+NEW_KEYS = """
+SELECT DISTINCT site_id, {key} AS key FROM tagwerk.{table}
+WHERE toUInt64(splitByChar('_', _part)[3]) > {{since_{n}:UInt64}}
+  AND _block_number > {{since_{n}:UInt64}} AND _block_number <= {{top_{n}:UInt64}}
 """
 
 # Called with {site_id: keys}, or None for "everything changed".
 Listener = Callable[[dict[str, set[str]] | None], None]
 
 
-def keys_of_row(user_id: str, device_id: str, identifiers: dict[str, str]) -> set[str]:
-    """The keys a stored hit names."""
-    keys = {f"{kind}:{ident}" for kind, ident in identifiers.items() if ident}
-    if user_id:
-        keys.add(f"user:{user_id}")
-    if device_id:
-        keys.add(f"device:{device_id}")
-    return keys
-
-
 class ChangeFeed:
-    def __init__(self, store: Store, interval: float = 0.1) -> None:
+    def __init__(self, store: Store, interval: float = 0.25) -> None:
         self.store = store
         self.interval = interval
         self.listeners: list[Listener] = []
         self.usable = False
         self._tops: dict[str, int] = {}
-        self._mutations: tuple[int, int] | None = None
         self._watching = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()  # one look at a time
@@ -111,7 +97,7 @@ class ChangeFeed:
             return
         with self._lock:
             if not self._watching.is_set():
-                self._tops, self._mutations = self._state({})[0], self._mutation_state()
+                self._tops = self._state()
                 self._watching.set()
 
     def idle(self) -> None:
@@ -163,49 +149,31 @@ class ChangeFeed:
                    and not engines.get(t, "").startswith(("Replicated", "Shared"))
                    for t in (*FOLLOWED, *RARE))
 
-    def _state(self, since: dict[str, int]) -> tuple[dict[str, int], dict[str, list[str]]]:
-        # Parts newer than the oldest table's position; each table filters its own below.
-        rows = self.store.rows(STATE, {"tables": [*FOLLOWED, *RARE],
-                                       "since": min(since.values(), default=0)})
-        tops = {row["table"]: int(row["top"]) for row in rows}
-        fresh = {row["table"]: row["fresh"] for row in rows}
-        return tops, fresh
-
-    def _mutation_state(self) -> tuple[int, int]:
-        [row] = self.store.rows(MUTATIONS) or [{"n": 0, "digest": 0}]
-        return int(row["n"]), int(row["digest"])
+    def _state(self) -> dict[str, int]:
+        rows = self.store.rows(STATE, {"tables": [*FOLLOWED, *RARE]})
+        return {row["table"]: int(row["top"]) for row in rows}
 
     def _changes(self) -> dict[str, set[str]] | None:
-        tops, fresh = self._state(self._tops)
-        mutations = self._mutation_state()
+        tops = self._state()
         before, self._tops = self._tops, tops
-        if mutations != self._mutations:
-            self._mutations = mutations
+        if any(tops.get(t, 0) != before.get(t, 0) for t in ("", *RARE)):
             return None
-        if any(tops.get(t, 0) != before.get(t, 0) for t in RARE):
-            return None
-        changed: dict[str, set[str]] = {}
-        for table, sql in (("events", NEW_EVENTS), ("consent_log", NEW_DECISIONS)):
+        branches, params = [], {"most": MOST_ROWS}
+        for n, (table, key) in enumerate(FOLLOWED.items()):
             since, top = before.get(table, 0), tops.get(table, 0)
             if top < since:  # the table was dropped and made again
                 return None
-            if top == since:
-                continue
-            rows = self.store.rows(sql, {"parts": fresh.get(table, []), "since": since,
-                                         "top": top, "most": MOST_ROWS})
-            if len(rows) >= MOST_ROWS:
-                return None
-            for row in rows:
-                keys = changed.setdefault(row["site_id"], set())
-                if "key" in row:
-                    keys.add(row["key"])
-                else:
-                    keys |= keys_of_row(row["user_id"], row["device_id"],
-                                        _as_dict(row["identifiers"]))
+            if top > since:
+                branches.append(NEW_KEYS.format(key=key, table=table, n=n))
+                params.update({f"since_{n}": since, f"top_{n}": top})
+        if not branches:
+            return {}
+        rows = self.store.rows(
+            f"SELECT site_id, key FROM ({' UNION ALL '.join(branches)}) "
+            "WHERE key != '' LIMIT {most:UInt32}", params)
+        if len(rows) >= MOST_ROWS:
+            return None
+        changed: dict[str, set[str]] = {}
+        for row in rows:
+            changed.setdefault(row["site_id"], set()).add(row["key"])
         return changed
-
-
-def _as_dict(value: Any) -> dict[str, str]:
-    if isinstance(value, dict):
-        return value
-    return orjson.loads(value) if value else {}
