@@ -54,6 +54,12 @@ class Collector:
         self.changes = ChangeFeed(self.store)
         self.flusher.inserted = self.changes.inserted
         self.person_answers = PersonAnswers(self.changes)
+        self.metrics.gauge("tagwerk_person_answers_hits_total",
+                           "Answers about persons served from memory.",
+                           lambda: self.person_answers.hits)
+        self.metrics.gauge("tagwerk_person_answers_misses_total",
+                           "Answers about persons read from ClickHouse.",
+                           lambda: self.person_answers.misses)
         self.metrics.gauge("tagwerk_spool_unflushed_bytes", "Bytes on disk not yet in ClickHouse.",
                            self.spool.unflushed_bytes)
         self.metrics.gauge("tagwerk_spool_fsyncs_total", "Group commits (fsyncs) of the spool.",

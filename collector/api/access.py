@@ -40,7 +40,9 @@ class ApiError(Exception):
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None,
                   cache: str = "no-store") -> Response:
-    return Response(orjson.dumps(data), status, {"Cache-Control": cache, **(headers or {})},
+    """``data`` as JSON (bytes: already JSON)."""
+    body = data if isinstance(data, bytes) else orjson.dumps(data)
+    return Response(body, status, {"Cache-Control": cache, **(headers or {})},
                     media_type="application/json")
 
 

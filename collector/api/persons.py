@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import uuid
 
+import orjson
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
@@ -73,13 +74,14 @@ async def profile(request: Request, collector: Collector, site: Site) -> Respons
     kept = collector.person_answers
     name = ("profile", kind, ident)
 
-    def read() -> dict | None:
+    def read() -> bytes | None:
         since = kept.begin()
         found = Graph(collector.store, site).resolve(kind, ident, listing=False)
         answer, keys = (profiles.profile_and_keys(collector.store, site.site_id, found)
                         if found else (None, set()))
-        kept.put(site.site_id, name, answer, {*keys, f"{kind}:{ident}"}, since)
-        return answer
+        body = None if answer is None else orjson.dumps(answer)  # kept small, as JSON
+        kept.put(site.site_id, name, body, {*keys, f"{kind}:{ident}"}, since)
+        return body
 
     hit, answer = kept.get(site.site_id, name)
     if not hit:
