@@ -39,7 +39,7 @@ FOLLOWED = {
 }
 # Changed only by identity operations: any new part of theirs means "everything changed".
 RARE = ("identity_merges", "identity_overrides")
-MOST_ROWS = 50_000  # distinct keys read per look; beyond, everything changed
+MOST_ROWS = 5_000  # distinct keys read per look (a flush's worth); beyond, everything changed
 
 # The tables' highest block numbers, and (as the row of table '') the set of mutations of any
 # table as one number (erasures delete with them): one statement a look.
