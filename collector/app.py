@@ -1,6 +1,6 @@
 """The collector's ASGI application.
 
-The ingestion paths are bare ASGI handlers (see ``http.py``); everything else, and the
+The ingestion paths are bare ASGI handlers (see ``collector/web/http.py``); everything else, and the
 lifespan, goes to Starlette.
 """
 
@@ -20,8 +20,8 @@ from starlette.types import Receive, Scope, Send
 
 from collector import consent_texts, consentlog, container_api, demo, ingest, tagjs
 from collector.api import routes as api_routes
-from collector.http import Hit, error_body, respond
 from collector.service import Collector
+from collector.web.http import Hit, error_body, respond
 
 Handler = Callable[[Collector, Hit, Send], Awaitable[None]]
 

@@ -182,7 +182,7 @@ def serve(settings: Settings) -> int:
     config = uvicorn.Config(
         create_app(collector), host=settings.host, port=settings.port,
         log_level=settings.log_level, access_log=False, backlog=4096,
-        # GET /p.gif without the ASGI layer; header limits and timeouts (httplimits.py)
+        # GET /p.gif without the ASGI layer; header limits and timeouts (collector/web/limits.py)
         http=fasthttp.protocol_for(collector),
         # X-Forwarded-For is believed only from the configured trusted proxies (clientip.py).
         proxy_headers=False,
@@ -227,7 +227,7 @@ def _start_sql_interface(collector):
     server = uvicorn.Server(uvicorn.Config(app, host=settings.sql_host, port=settings.sql_port,
                                            log_level="warning", access_log=False,
                                            # header limits and timeouts, as on the collector's
-                                           http="collector.httplimits:LimitedProtocol"))
+                                           http="collector.web.limits:LimitedProtocol"))
     thread = threading.Thread(target=server.run, name="sql-interface", daemon=True)
     thread.start()
     return server

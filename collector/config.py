@@ -7,8 +7,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from collector.clientip import parse_networks
 from collector.storage.engine_config import parse_size
+from collector.web.clientip import parse_networks
 
 
 @dataclass

@@ -31,9 +31,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from collector.containers import Live
-from collector.qvalues import weighted
 from collector.service import Collector
 from collector.tagjs import Asset, error, respond_asset
+from collector.web.qvalues import weighted
 
 log = logging.getLogger("tagwerk.consent_texts")
 

@@ -25,9 +25,9 @@ from starlette.types import Send
 
 from collector import webconsent
 from collector.flusher import CONSENT_LOG, encode_record
-from collector.http import Hit, HTTPError, respond
 from collector.ingest import _context, _cors, browser_refusal, browser_request, spool
 from collector.service import Collector
+from collector.web.http import Hit, HTTPError, respond
 from consent.log import DecisionError, decision_row
 from consent.purposes import ANALYTICS
 

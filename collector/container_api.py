@@ -29,7 +29,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from collector import http
 from collector.api.access import ApiError, bearer, json_response, refusal
 from collector.api.body import read_json
 from collector.containers import (
@@ -43,6 +42,7 @@ from collector.containers import (
 from collector.service import Collector
 from collector.sites import Site
 from collector.storage import StorageError
+from collector.web import http
 
 log = logging.getLogger("tagwerk.api")
 

@@ -32,9 +32,9 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from collector.containers import check, default_container
-from collector.http import error_response
 from collector.identity import verify
 from collector.tagjs import Asset, Dist, respond_asset
+from collector.web.http import error_response
 
 SITE = "demo"
 PARTNER_TAG: dict[str, Any] = {

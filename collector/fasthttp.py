@@ -22,11 +22,11 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 
 from collector import ingest
-from collector.http import INTERNAL_ERROR, Hit, HTTPError, decode_body
-from collector.httplimits import LimitedProtocol
 from collector.service import Collector
 from collector.sites import Site
 from collector.spool import SpoolError, SpoolFull
+from collector.web.http import INTERNAL_ERROR, Hit, HTTPError, decode_body
+from collector.web.limits import LimitedProtocol
 
 log = logging.getLogger("tagwerk.http")
 
@@ -55,7 +55,7 @@ class _Pending:
 
 class IngestProtocol(LimitedProtocol):
     """Set ``collector`` on a subclass (see :func:`protocol_for`). The limits on heads,
-    slow clients and idle connections are LimitedProtocol's (``httplimits.py``)."""
+    slow clients and idle connections are LimitedProtocol's (``collector/web/limits.py``)."""
 
     collector: Collector
 

@@ -17,17 +17,17 @@ import orjson
 from starlette.types import Send
 
 from collector import webconsent
-from collector.authorization import basic_credentials, bearer_token
-from collector.clientip import anonymize_ip, client_ip
 from collector.consent_texts import accept_language
 from collector.events import Context, EventError, normalize
 from collector.flusher import encode_record
 from collector.geo import UNKNOWN
-from collector.http import Hit, HTTPError, error_body, header_safe, parse_json, respond
 from collector.service import Collector
 from collector.sites import Site
 from collector.spool import SpoolError, SpoolFull
 from collector.useragent import request_agent
+from collector.web.authorization import basic_credentials, bearer_token
+from collector.web.clientip import anonymize_ip, client_ip
+from collector.web.http import Hit, HTTPError, error_body, header_safe, parse_json, respond
 
 COLLECT_MAX_BYTES = 256 * 1024
 COLLECT_MAX_EVENTS = 100

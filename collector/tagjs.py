@@ -38,13 +38,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from collector.clientip import is_https
 from collector.containers import Live
 from collector.containers.schema import DEFAULT_SETTINGS
-from collector.http import error_response, header_safe, header_url
-from collector.qvalues import weighted
 from collector.service import Collector
 from collector.storage import StorageError
+from collector.web.clientip import is_https
+from collector.web.http import error_response, header_safe, header_url
+from collector.web.qvalues import weighted
 from consent.policy import DEFAULT_LIFETIMES
 
 log = logging.getLogger("tagwerk.tag")

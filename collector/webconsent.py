@@ -25,11 +25,11 @@ import functools
 import logging
 from typing import Any, NamedTuple
 
-from collector import clientip
-from collector.clientip import Network
 from collector.containers import Containers, Live
 from collector.events import Context
-from collector.http import Hit
+from collector.web import clientip
+from collector.web.clientip import Network
+from collector.web.http import Hit
 from consent.cookie import (
     DeviceCookie,
     consent_set_cookie,
@@ -214,6 +214,6 @@ def consent_renewal(
 
 
 def is_https(hit: Hit, networks: tuple[Network, ...]) -> bool:
-    """Whether the browser's request came over https (:func:`collector.clientip.is_https`)."""
+    """Whether the browser's request came over https (:func:`collector.web.clientip.is_https`)."""
     return clientip.is_https(hit.scope.get("scheme"), hit.headers.get("x-forwarded-proto"),
                              hit.peer, networks)

@@ -6,7 +6,7 @@ import base64
 
 import pytest
 
-from collector.authorization import basic_credentials, bearer_token, split_authorization
+from collector.web.authorization import basic_credentials, bearer_token, split_authorization
 
 
 def basic(text: str | bytes) -> str:

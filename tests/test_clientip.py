@@ -8,8 +8,14 @@ import pytest
 from starlette.testclient import TestClient
 
 from collector import webconsent
-from collector.clientip import client_ip, is_https, is_trusted_proxy, parse_address, parse_networks
-from collector.http import Hit
+from collector.web.clientip import (
+    client_ip,
+    is_https,
+    is_trusted_proxy,
+    parse_address,
+    parse_networks,
+)
+from collector.web.http import Hit
 from tests.helpers import make_client
 
 NETWORKS = parse_networks("10.0.0.0/8")

@@ -11,7 +11,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from collector import webconsent
-from collector.http import Hit
+from collector.web.http import Hit
 from tests.helpers import drained, on_path, rows, wait_for
 
 ORIGIN = "https://shop.example"

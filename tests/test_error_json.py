@@ -1,5 +1,5 @@
 """One JSON shape for every refusal, ``{"error": message, "field": field}`` (README), built in
-one place (collector/http.py error_body), whatever the endpoint's framework."""
+one place (collector/web/http.py error_body), whatever the endpoint's framework."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 
 from collector import tagjs
 from collector.api.access import ApiError, refusal
-from collector.http import HTTPError, error_body, error_response
+from collector.web.http import HTTPError, error_body, error_response
 
 
 @pytest.mark.parametrize("answer", [

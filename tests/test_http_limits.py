@@ -1,4 +1,4 @@
-"""HTTP limits on both ports of ``tagwerk serve`` (collector/httplimits.py), as an attacker
+"""HTTP limits on both ports of ``tagwerk serve`` (collector/web/limits.py), as an attacker
 would try them with raw sockets: a huge header, thousands of headers, a giant URL, a head or
 a body that trickles in or stalls, idle connections. Each refusal is checked for its status,
 ``Connection: close``, the connection then closing, and the server answering the next
@@ -19,9 +19,10 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from collector import cli, httplimits
+from collector import cli
 from collector.fasthttp import IngestProtocol
 from collector.ingest import PIXEL
+from collector.web import limits
 from tests.helpers import CHROME, served
 from tests.servers import Server, free_port
 
@@ -174,7 +175,7 @@ def test_headers_sent_one_by_one_are_refused_once_past_the_size(port):
         sent = send_until_answered(sock, chunks, wait=0.002)
         answer = read_to_close(sock)
     assert_refused(answer, 431)
-    assert sent < httplimits.MAX_HEAD_BYTES + 1000
+    assert sent < limits.MAX_HEAD_BYTES + 1000
     assert_serving(port)
 
 
@@ -182,15 +183,15 @@ def test_a_hundred_and_one_small_fields_are_refused_431(port):
     def fields(n: int) -> bytes:  # head() adds Host and User-Agent
         return b"Connection: close\r\n" + b"".join(b"X-H%d: v\r\n" % i for i in range(n - 3))
 
-    assert len(fields(httplimits.MAX_HEADERS + 1)) < httplimits.MAX_HEAD_BYTES // 4
-    assert_refused(exchange(port, head(port.ok_path, fields(httplimits.MAX_HEADERS + 1))), 431)
-    answer = exchange(port, head(port.ok_path, fields(httplimits.MAX_HEADERS)))
+    assert len(fields(limits.MAX_HEADERS + 1)) < limits.MAX_HEAD_BYTES // 4
+    assert_refused(exchange(port, head(port.ok_path, fields(limits.MAX_HEADERS + 1))), 431)
+    answer = exchange(port, head(port.ok_path, fields(limits.MAX_HEADERS)))
     assert status(answer) == 200 and answer.endswith(port.ok_body)
 
 
 def test_many_small_headers_add_up_to_the_size_limit(port):
     fields = b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 200) for i in range(90))  # 90 < 100
-    assert len(fields) > httplimits.MAX_HEAD_BYTES
+    assert len(fields) > limits.MAX_HEAD_BYTES
     assert_refused(exchange(port, head(port.ok_path, fields)), 431)
     assert_serving(port)
 
@@ -198,11 +199,11 @@ def test_many_small_headers_add_up_to_the_size_limit(port):
 def test_a_head_just_within_the_limits_is_served(port):
     # the request target and header fields count, each as "name: value\r\n"
     fields = [(b"User-Agent", CHROME.encode()), (b"Connection", b"close"), (b"Host", b"x")]
-    fields += [(b"X-H%d" % i, b"v") for i in range(httplimits.MAX_HEADERS - len(fields) - 1)]
+    fields += [(b"X-H%d" % i, b"v") for i in range(limits.MAX_HEADERS - len(fields) - 1)]
     used = len(port.ok_path) + sum(len(n) + len(v) + 4 for n, v in fields)
-    filler = httplimits.MAX_HEAD_BYTES - used - len(b"X-Fill") - 4
+    filler = limits.MAX_HEAD_BYTES - used - len(b"X-Fill") - 4
     fields.append((b"X-Fill", b"f" * filler))
-    assert len(fields) == httplimits.MAX_HEADERS
+    assert len(fields) == limits.MAX_HEADERS
     request = (f"GET {port.ok_path} HTTP/1.1\r\n".encode()
                + b"".join(n + b": " + v + b"\r\n" for n, v in fields) + b"\r\n")
     answer = exchange(port, request)
@@ -275,7 +276,7 @@ def test_a_chunked_body_with_a_small_trailer_is_read(servers):
 
 
 def test_a_head_trickled_slowly_is_answered_408(port, monkeypatch):
-    monkeypatch.setattr(httplimits, "HEAD_TIMEOUT", 0.5)
+    monkeypatch.setattr(limits, "HEAD_TIMEOUT", 0.5)
     with connect(port) as sock:
         start = time.monotonic()
         # a byte every 50 ms, each well within any per-read timeout: the head's deadline counts
@@ -289,7 +290,7 @@ def test_a_head_trickled_slowly_is_answered_408(port, monkeypatch):
 
 
 def test_a_head_that_stops_is_answered_408(port, monkeypatch):
-    monkeypatch.setattr(httplimits, "HEAD_TIMEOUT", 0.3)
+    monkeypatch.setattr(limits, "HEAD_TIMEOUT", 0.3)
     with connect(port) as sock:
         sock.sendall(head(port.ok_path)[:30])
         assert_refused(read_to_close(sock), 408)
@@ -302,7 +303,7 @@ def collect_request(port: Port, body: bytes) -> bytes:
 
 
 def test_a_body_that_stalls_is_answered_408(port, monkeypatch):
-    monkeypatch.setattr(httplimits, "BODY_TIMEOUT", 0.3)
+    monkeypatch.setattr(limits, "BODY_TIMEOUT", 0.3)
     body = b'{"site": "%s", "event": "stalled"}' % SITE.encode()
     with connect(port) as sock:
         start = time.monotonic()
@@ -316,7 +317,7 @@ def test_a_body_that_stalls_is_answered_408(port, monkeypatch):
 def test_a_chunked_body_that_stalls_is_answered_408(servers, monkeypatch):
     """On the collector's port a chunked body goes the ASGI way (not the fast path)."""
     port = servers["collector"]
-    monkeypatch.setattr(httplimits, "BODY_TIMEOUT", 0.3)
+    monkeypatch.setattr(limits, "BODY_TIMEOUT", 0.3)
     with connect(port) as sock:
         sock.sendall(head("/collect", b"Content-Type: text/plain\r\n"
                           b"Transfer-Encoding: chunked\r\n", method="POST") + b"20\r\n{\"si")
@@ -328,7 +329,7 @@ def test_a_body_trickling_with_short_pauses_is_read_whole(servers, monkeypatch):
     """The body's timeout is one of inactivity (the time between two reads), not a deadline
     for the whole body: a slow but steady client is served."""
     port = servers["collector"]
-    monkeypatch.setattr(httplimits, "BODY_TIMEOUT", 0.5)
+    monkeypatch.setattr(limits, "BODY_TIMEOUT", 0.5)
     body = b'{"site": "%s", "event": "trickled", "title": "%s"}' % (SITE.encode(), b"t" * 40)
     with connect(port) as sock:
         sock.sendall(collect_request(port, body))
@@ -336,7 +337,7 @@ def test_a_body_trickling_with_short_pauses_is_read_whole(servers, monkeypatch):
         for i in range(0, len(body), 8):  # 0.1 s apart, ~1 s in all: twice the timeout
             time.sleep(0.1)
             sock.sendall(body[i:i + 8])
-        assert time.monotonic() - start > 2 * httplimits.BODY_TIMEOUT
+        assert time.monotonic() - start > 2 * limits.BODY_TIMEOUT
         sock.settimeout(5)
         answer = sock.recv(65536)
     assert status(answer) == 202 and answer.endswith(b'{"accepted":1}')
@@ -346,7 +347,7 @@ def test_a_body_timeout_after_the_answer_closes_without_408(servers, monkeypatch
     """An answer given before the body was read (here the ASGI path's 413 for a declared
     length over the limit): the stalled rest of the body closes the connection, no 408."""
     port = servers["collector"]
-    monkeypatch.setattr(httplimits, "BODY_TIMEOUT", 0.3)
+    monkeypatch.setattr(limits, "BODY_TIMEOUT", 0.3)
     with connect(port) as sock:
         sock.sendall(head("/collect", b"Content-Type: text/plain\r\n"
                           b"Content-Length: 10000000\r\n", method="POST") + b"{")
@@ -356,7 +357,7 @@ def test_a_body_timeout_after_the_answer_closes_without_408(servers, monkeypatch
 
 
 def test_idle_connections_are_closed(port, monkeypatch):
-    monkeypatch.setattr(httplimits, "KEEP_ALIVE_TIMEOUT", 0.5)
+    monkeypatch.setattr(limits, "KEEP_ALIVE_TIMEOUT", 0.5)
     # a fresh connection on which nothing is sent
     with connect(port) as sock:
         start = time.monotonic()
@@ -379,7 +380,7 @@ def test_idle_connections_are_closed(port, monkeypatch):
 def test_a_refused_connection_lingers_only_until_the_client_closes(port, monkeypatch):
     """After a refusal the server shuts its side at once (the client sees the answer, then
     the end), drops what still arrives, and closes after LINGER_TIMEOUT at the latest."""
-    monkeypatch.setattr(httplimits, "LINGER_TIMEOUT", 0.5)
+    monkeypatch.setattr(limits, "LINGER_TIMEOUT", 0.5)
     with connect(port) as sock:
         sock.sendall(head(port.ok_path, b"X-Big: " + b"a" * 40_000 + b"\r\n"))
         assert_refused(read_to_close(sock), 431)
@@ -440,13 +441,13 @@ def test_other_clients_are_served_while_one_misbehaves(port):
 
 
 def test_both_ports_use_the_limited_protocol(port):
-    assert issubclass(port.protocol, httplimits.LimitedProtocol)
+    assert issubclass(port.protocol, limits.LimitedProtocol)
 
 
 def test_the_collector_protocol_overrides_only_the_limits_hooks():
     """IngestProtocol calls the hooks itself (and on_body the limits' on its ASGI path);
     any other name both define would be a clash."""
-    shared = set(vars(httplimits.LimitedProtocol)) & set(vars(IngestProtocol))
+    shared = set(vars(limits.LimitedProtocol)) & set(vars(IngestProtocol))
     assert shared - {"__module__", "__doc__"} == {
         "on_message_begin", "on_headers_complete", "on_body", "on_message_complete"}
 
@@ -454,7 +455,7 @@ def test_the_collector_protocol_overrides_only_the_limits_hooks():
 def test_tagwerk_serve_applies_the_limits_and_the_idle_timeout_on_both_ports(tmp_path):
     """The real command, as a subprocess: 2,000 headers are refused on both ports, and an
     idle connection to either is closed after the default 5 s."""
-    assert httplimits.KEEP_ALIVE_TIMEOUT == 5.0
+    assert limits.KEEP_ALIVE_TIMEOUT == 5.0
     server = Server(tmp_path / "serve").start()
     try:
         ports = [Port("collector", server.port, "/healthz", "/collect", b'{"status":"ok"}'),

@@ -90,8 +90,8 @@ def test_raw_invalid_utf8_bytes(env):
     # Bypass the client's own encoding: hand the ASGI app raw bytes.
     import asyncio
 
-    from collector.http import Hit
     from collector.ingest import pixel
+    from collector.web.http import Hit
 
     sent = []
 

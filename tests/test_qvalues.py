@@ -10,8 +10,8 @@ import pytest
 from starlette.testclient import TestClient
 
 from collector.ingest import preferred_language
-from collector.qvalues import weighted
 from collector.sqlhttp import SqlUser, build_sql_app
+from collector.web.qvalues import weighted
 from tests.helpers import make_client
 
 # (parameters after the item, whether the item is acceptable)

@@ -28,8 +28,8 @@ import pytest
 from collector.consentlog import CONSENT_MAX_BYTES
 from collector.containers import MAX_DOCUMENT_BYTES
 from collector.events import MAX_PROP_DEPTH
-from collector.http import header_safe, header_url, json_field, nested_too_deep
 from collector.ingest import BATCH_MAX_BYTES, COLLECT_MAX_BYTES
+from collector.web.http import header_safe, header_url, json_field, nested_too_deep
 from consent.cookie import consent_set_cookie, device_clear_cookie, device_set_cookie
 from consent.enforce import CLICK_IDS, strip_url
 from tests.helpers import CHROME, drained, served, wait_for
@@ -836,7 +836,7 @@ def test_respond_never_writes_a_header_with_a_control_character():
     the answer into a plain 500 without it, instead of a broken or split response."""
     import asyncio
 
-    from collector.http import respond
+    from collector.web.http import respond
 
     for bad in ("https://a\r\nX-Injected: 1", "a\nb", "a\x00", "a\tb", "a\x85", "a\u2028"):
         sent = []
@@ -852,7 +852,7 @@ def test_respond_never_writes_a_header_with_a_control_character():
 
 
 def test_an_error_body_is_always_json():
-    from collector.http import HTTPError
+    from collector.web.http import HTTPError
 
     body = HTTPError(400, "unknown field '\ud800'", "invalid", "\udfff").body()
     assert orjson.loads(body) == {"error": "unknown field '\\ud800'", "field": "\\udfff"}

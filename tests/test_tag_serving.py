@@ -13,9 +13,9 @@ import orjson
 import pytest
 from starlette.testclient import TestClient
 
-from collector.clientip import parse_networks
 from collector.containers import normalize
 from collector.tagjs import core_bundle, core_config, engine_config, js_json
+from collector.web.clientip import parse_networks
 from tests.helpers import make_client
 from tests.test_containers import ORIGINS, full
 

@@ -19,11 +19,11 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from collector.authorization import bearer_token
-from collector.http import error_response
 from collector.service import Collector
 from collector.sites import Site
 from collector.storage import StorageError
+from collector.web.authorization import bearer_token
+from collector.web.http import error_response
 
 log = logging.getLogger("tagwerk.api")
 

@@ -6,8 +6,8 @@ from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
 
-from collector import http
 from collector.api.access import ApiError
+from collector.web import http
 
 MAX_BODY = 16 * 1024
 MAX_DEPTH = 4

@@ -11,7 +11,6 @@ import orjson
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from collector.clientip import parse_address
 from collector.sqlhttp.config import (
     DEFAULT_SESSION_TIMEOUT,
     MAX_SESSION_TIMEOUT,
@@ -22,6 +21,7 @@ from collector.sqlhttp.config import (
 from collector.sqlhttp.errors import SqlError
 from collector.sqlhttp.statements import _Format
 from collector.storage.engine_config import site_scope_tag
+from collector.web.clientip import parse_address
 
 # Parameters that are not settings (as ClickHouse's HTTPHandler reserves them).
 _RESERVED = frozenset(

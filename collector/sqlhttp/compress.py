@@ -13,9 +13,9 @@ try:
 except ImportError:
     from backports import zstd
 
-from collector.qvalues import weighted
 from collector.sqlhttp.config import _STEP
 from collector.sqlhttp.errors import SqlError
+from collector.web.qvalues import weighted
 
 
 class _Inflater(Protocol):

@@ -24,7 +24,6 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from collector.authorization import basic_credentials, split_authorization
 from collector.sqlhttp import policy
 from collector.sqlhttp.bodies import _Body, _no_body, _puller
 from collector.sqlhttp.calls import (
@@ -63,6 +62,7 @@ from collector.sqlhttp.statements import _decode, _first_word, _Format, _scan, _
 from collector.sqlhttp.syntax import parse
 from collector.storage.base import escape_param
 from collector.storage.embedded import EmbeddedStore
+from collector.web.authorization import basic_credentials, split_authorization
 
 logger = logging.getLogger("collector.sqlhttp")
 
