@@ -24,7 +24,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 from collector import ingest
 from collector.service import Collector
 from collector.sites import Site
-from collector.spool import SpoolError, SpoolFull
+from collector.spool.disk import SpoolError, SpoolFull
 from collector.web.http import INTERNAL_ERROR, Hit, HTTPError, decode_body
 from collector.web.limits import LimitedProtocol
 

@@ -19,11 +19,11 @@ from starlette.types import Send
 from collector import webconsent
 from collector.consent_texts import accept_language
 from collector.events import Context, EventError, normalize
-from collector.flusher import encode_record
 from collector.geo import UNKNOWN
 from collector.service import Collector
 from collector.sites import Site
-from collector.spool import SpoolError, SpoolFull
+from collector.spool.disk import SpoolError, SpoolFull
+from collector.spool.flusher import encode_record
 from collector.useragent import request_agent
 from collector.web.authorization import basic_credentials, bearer_token
 from collector.web.clientip import anonymize_ip, client_ip

@@ -14,7 +14,6 @@ import time
 from collector.config import Settings
 from collector.containers import Containers, Previews
 from collector.files import write_atomic
-from collector.flusher import Flusher
 from collector.geo import GeoIP
 from collector.identity.cache import PersonAnswers
 from collector.identity.changes import ChangeFeed
@@ -22,7 +21,8 @@ from collector.metrics import Metrics
 from collector.migrations import migrate
 from collector.privacy.tombstones import Tombstones
 from collector.sites import Sites
-from collector.spool import Spool
+from collector.spool.disk import Spool
+from collector.spool.flusher import Flusher
 from collector.storage import StorageError, Store, open_store
 
 log = logging.getLogger("tagwerk")

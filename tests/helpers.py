@@ -18,9 +18,9 @@ from starlette.types import ASGIApp
 from collector.app import create_app
 from collector.config import Settings
 from collector.fasthttp import protocol_for
-from collector.flusher import Flusher
 from collector.service import Collector
-from collector.spool import Spool
+from collector.spool.disk import Spool
+from collector.spool.flusher import Flusher
 from collector.storage import Store
 
 CHROME = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "

@@ -8,9 +8,9 @@ import uuid
 import orjson
 
 from collector.events import COLUMNS, Context, normalize
-from collector.flusher import Flusher, encode_record
 from collector.metrics import Metrics
-from collector.spool import Checkpoint, Pos, Spool
+from collector.spool.disk import Checkpoint, Pos, Spool
+from collector.spool.flusher import Flusher, encode_record
 from collector.useragent import parse_agent
 from tests.helpers import wait_for
 from tests.test_spool import append_all

@@ -390,9 +390,9 @@ def test_rows_spooled_before_the_identity_columns_still_flush(backend, store, tm
     import datetime as dt
 
     from collector.events import Context, normalize
-    from collector.flusher import Flusher, encode_record
     from collector.metrics import Metrics
-    from collector.spool import Spool
+    from collector.spool.disk import Spool
+    from collector.spool.flusher import Flusher, encode_record
     from collector.useragent import parse_agent
     from tests.test_spool import append_all
 

@@ -211,10 +211,10 @@ def test_rows_acknowledged_before_an_erasure_was_known_are_dropped_by_the_flushe
     import datetime as dt
 
     from collector.events import Context, normalize
-    from collector.flusher import Flusher, encode_record
     from collector.metrics import Metrics
     from collector.privacy.tombstones import Tombstones, subject
-    from collector.spool import Spool
+    from collector.spool.disk import Spool
+    from collector.spool.flusher import Flusher, encode_record
     from collector.useragent import parse_agent
     from tests.test_spool import append_all
 

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from collector.spool import Checkpoint, Pos, Spool, SpoolFull
+from collector.spool.disk import Checkpoint, Pos, Spool, SpoolFull
 
 
 def append_all(spool: Spool, payloads: list[bytes]) -> None:

@@ -40,7 +40,7 @@ import orjson
 
 from collector.events import COLUMNS
 from collector.metrics import Metrics
-from collector.spool import Checkpoint, Pos, Spool
+from collector.spool.disk import Checkpoint, Pos, Spool
 from collector.storage import StorageError, Store
 from collector.uarules import warm_up
 from collector.useragent import Resolver
