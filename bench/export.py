@@ -7,7 +7,19 @@ names, devices, campaigns; purchases with items), then exports them all through
 prints rows/s, the ratio to the goal (300,000 rows/s) and the growth of the collector's
 resident memory over the whole export (goal: under 100 MB).
 
-    python3 bench/export.py [--rows 10000000] [--runs 3] [--limit 1000000]
+Where the time goes: each run prints the CPU the collector's engine threads (chDB: reading,
+formatting) and its Python threads (pipe, HTTP) used, in cores, and the bench's own (the
+client: HTTP parsing, counting rows). ``--limit`` 0 (the default) sends none, so answers are
+as large as the endpoint's default allows.
+
+The collector refreshes the pair views (coview_pairs, copurchase_pairs) every minute, which
+costs the process several hundred MB of RSS for a few seconds, whatever else it does. With
+``--refresh avoid`` (the default) each run starts right after a refresh has finished, so the
+RSS growth is the export's own; ``--refresh overlap`` starts each run just before one, so
+that it overlaps. Every run says whether a refresh ran during it ("refresh: yes/no"), and the
+summary gives the RSS growth of runs with and without one apart.
+
+    python3 bench/export.py [--rows 10000000] [--runs 3] [--limit 0] [--refresh avoid]
 """
 
 from __future__ import annotations
@@ -86,6 +98,45 @@ def rss_mb(pid: int) -> float:
 
 EXPORT_QUERIES = ("SELECT max(memory_usage) FROM system.processes "
                   "WHERE Settings['log_comment'] LIKE 'tagwerk-stream:%' FORMAT TSV")
+# Refreshes running now, and the seconds until the next one starts.
+REFRESHES = ("SELECT countIf(status != 'Scheduled'), min(dateDiff('second', now(), "
+             "next_refresh_time)) FROM system.view_refreshes FORMAT TSV")
+
+
+def sql(data_dir: Path, text: str) -> str:
+    info = json.loads((data_dir / "serve.json").read_text())
+    return httpx.post(f"http://127.0.0.1:{info['sql_port']}/", content=text, timeout=5,
+                      auth=(info["sql_user"], info["sql_password"])).text.strip()
+
+
+def refreshes(data_dir: Path) -> tuple[int, int]:
+    """(refreshes running, seconds until the next one)."""
+    running, until = sql(data_dir, REFRESHES).split("\t")
+    return int(running), int(until)
+
+
+def wait_refresh(data_dir: Path, mode: str) -> None:
+    """``avoid``: until a refresh has just finished; ``overlap``: until one is about to start."""
+    for _ in range(1200):
+        running, until = refreshes(data_dir)
+        if not running and (until >= 45 if mode == "avoid" else until <= 2):
+            return
+        time.sleep(0.1)
+
+
+def thread_ticks(pid: int) -> dict[str, int]:
+    """CPU ticks of the process's threads by name: the engine's have names of their own,
+    Python's are all ``python3``."""
+    ticks: dict[str, int] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2:].split()
+        ticks[name] = ticks.get(name, 0) + int(fields[11]) + int(fields[12])
+    return ticks
 
 
 class Sampler(threading.Thread):
@@ -96,17 +147,15 @@ class Sampler(threading.Thread):
     def __init__(self, pid: int, data_dir: Path) -> None:
         super().__init__(daemon=True)
         self.pid, self.peak, self.query_peak, self.stop = pid, 0.0, 0.0, threading.Event()
-        info = json.loads((data_dir / "serve.json").read_text())
-        self.sql = (f"http://127.0.0.1:{info['sql_port']}/", (info["sql_user"],
-                                                                info["sql_password"]))
+        self.data_dir, self.refreshed = data_dir, False
 
     def run(self) -> None:
         while not self.stop.is_set():
             self.peak = max(self.peak, rss_mb(self.pid))
             try:
-                used = httpx.post(self.sql[0], content=EXPORT_QUERIES, auth=self.sql[1],
-                                  timeout=5).text.strip()
+                used = sql(self.data_dir, EXPORT_QUERIES)
                 self.query_peak = max(self.query_peak, int(used or 0) / 2**20)
+                self.refreshed |= refreshes(self.data_dir)[0] > 0
             except (httpx.HTTPError, ValueError):
                 pass
             time.sleep(0.1)
@@ -152,7 +201,8 @@ def export_all(base: str, key: str, fmt: str, limit: int) -> tuple[int, float, i
     with httpx.Client(base_url=base, timeout=600,
                       headers={"Authorization": f"Bearer {key}"}) as client:
         while True:
-            query = {"format": fmt, "limit": str(limit), **({"since": since} if since else {})}
+            query = {"format": fmt, **({"limit": str(limit)} if limit else {}),
+                     **({"since": since} if since else {})}
             with client.stream("GET", f"/api/v1/sites/{SITE}/export", params=query) as answer:
                 answer.raise_for_status()
                 calls += 1
@@ -174,7 +224,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--limit", type=int, default=1_000_000)
+    parser.add_argument("--limit", type=int, default=0,
+                        help="rows per answer (0: send none, the endpoint's default)")
+    parser.add_argument("--refresh", choices=("avoid", "overlap"), default="avoid",
+                        help="start each run right after a pair-view refresh, or just before")
     parser.add_argument("--keep", action="store_true", help="keep the data directory")
     parser.add_argument("--idle", type=float, default=65.0, help="seconds of RSS sampling "
                         "without exports first, for reference (0: none)")
@@ -198,30 +251,44 @@ def main() -> int:
             print(f"idle {args.idle:.0f} s: RSS {before:.0f} MB -> peak {sampler.peak:.0f} MB "
                   f"(+{sampler.peak - before:.0f} MB)", flush=True)
         results: dict[str, list[float]] = {"ndjson": [], "parquet": []}
-        growth: dict[str, list[float]] = {"ndjson": [], "parquet": []}
+        growth: dict[str, list[tuple[float, bool]]] = {"ndjson": [], "parquet": []}
         for run in range(1, args.runs + 1):
             for fmt in results:
+                wait_refresh(data_dir, args.refresh)
                 before = rss_mb(proc.pid)
                 sampler = Sampler(proc.pid, data_dir)
                 sampler.start()
+                ticks, client = thread_ticks(proc.pid), os.times()
                 rows, seconds, calls = export_all(base, key, fmt, args.limit)
+                client_cpu = sum(os.times()[:2]) - sum(client[:2])
+                ticks_after = thread_ticks(proc.pid)
                 sampler.stop.set()
                 sampler.join()
+                hz = os.sysconf("SC_CLK_TCK")
+                used = {name: (n - ticks.get(name, 0)) / hz / seconds
+                        for name, n in ticks_after.items()}
+                python = used.pop("python3", 0.0)
                 if rows != args.rows:
                     raise RuntimeError(f"{fmt}: exported {rows:,} rows, expected {args.rows:,}")
                 rate = rows / seconds
                 results[fmt].append(rate)
-                growth[fmt].append(sampler.peak - before)
+                growth[fmt].append((sampler.peak - before, sampler.refreshed))
                 print(f"run {run} {fmt:8} {rows:,} rows in {seconds:.1f} s ({calls} calls): "
                       f"{rate:,.0f} rows/s = {rate / GOAL_ROWS:.2f}x goal; RSS {before:.0f} MB "
-                      f"-> peak {sampler.peak:.0f} MB (+{sampler.peak - before:.0f} MB); export "
-                      f"query peak {sampler.query_peak:.0f} MB",
+                      f"-> peak {sampler.peak:.0f} MB (+{sampler.peak - before:.0f} MB), "
+                      f"refresh: {'yes' if sampler.refreshed else 'no'}; export query peak "
+                      f"{sampler.query_peak:.0f} MB; CPU engine {sum(used.values()):.2f} + "
+                      f"Python {python:.2f} cores, client {client_cpu / seconds:.2f}",
                       flush=True)
         for fmt, rates in results.items():
             median = statistics.median(rates)
+            apart = {flag: [mb for mb, refreshed in growth[fmt] if refreshed == flag]
+                     for flag in (False, True)}
+            rss = "; ".join(f"{label}: max {max(apart[flag]):.0f} MB ({len(apart[flag])} runs)"
+                            for flag, label in ((False, "without a refresh"),
+                                                (True, "with a refresh")) if apart[flag])
             print(f"median {fmt:8} {median:,.0f} rows/s = {median / GOAL_ROWS:.2f}x the "
-                  f"{GOAL_ROWS:,} rows/s goal; RSS growth max {max(growth[fmt]):.0f} MB "
-                  f"(goal < {GOAL_MB} MB)")
+                  f"{GOAL_ROWS:,} rows/s goal; RSS growth {rss} (goal < {GOAL_MB} MB)")
     finally:
         proc.terminate()
         proc.wait(30)
