@@ -16,8 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from collector import uarules, useragent  # noqa: E402
-from collector.useragent import parse_agent, request_agent  # noqa: E402
+from collector.ingest import uarules, useragent  # noqa: E402
+from collector.ingest.useragent import parse_agent, request_agent  # noqa: E402
 from tests.test_useragent import accuracy, crawlers, devices, report  # noqa: E402
 
 CHROME = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "

@@ -18,18 +18,19 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from collector import consent_texts, consentlog, container_api, demo, ingest, tagjs
+from collector import consent_texts, container_api, demo, tagjs
 from collector.api import routes as api_routes
+from collector.ingest import consentlog, endpoints
 from collector.service import Collector
 from collector.web.http import Hit, error_body, respond
 
 Handler = Callable[[Collector, Hit, Send], Awaitable[None]]
 
 INGEST: dict[str, dict[str, Handler]] = {
-    "/collect": {"POST": ingest.collect, "OPTIONS": ingest.collect_preflight},
-    "/p.gif": {"GET": ingest.pixel, "HEAD": ingest.pixel},
-    "/api/v1/batch": {"POST": ingest.batch},
-    "/consent": {"POST": consentlog.consent, "OPTIONS": ingest.collect_preflight},
+    "/collect": {"POST": endpoints.collect, "OPTIONS": endpoints.collect_preflight},
+    "/p.gif": {"GET": endpoints.pixel, "HEAD": endpoints.pixel},
+    "/api/v1/batch": {"POST": endpoints.batch},
+    "/consent": {"POST": consentlog.consent, "OPTIONS": endpoints.collect_preflight},
 }
 
 METHOD_NOT_ALLOWED = error_body("method not allowed")

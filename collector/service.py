@@ -14,9 +14,9 @@ import time
 from collector.config import Settings
 from collector.containers import Containers, Previews
 from collector.files import write_atomic
-from collector.geo import GeoIP
 from collector.identity.cache import PersonAnswers
 from collector.identity.changes import ChangeFeed
+from collector.ingest.geo import GeoIP
 from collector.metrics import Metrics
 from collector.migrations import migrate
 from collector.privacy.tombstones import Tombstones

@@ -16,7 +16,7 @@ The effective consent of a hit from a browser (``/collect``, ``/p.gif``) is
    marketing therefore means the person switched it on by hand.
 
 What the purposes then mean for a row: without ``analytics`` no identifier and no place finer
-than the country (``collector.events.normalize`` does that, keyed on the effective consent);
+than the country (``collector.ingest.events.normalize`` does that, keyed on the effective consent);
 without ``marketing`` no click id in any field that can carry a URL (:func:`enforce_row`).
 """
 

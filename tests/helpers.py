@@ -17,7 +17,7 @@ from starlette.types import ASGIApp
 
 from collector.app import create_app
 from collector.config import Settings
-from collector.fasthttp import protocol_for
+from collector.ingest.fasthttp import protocol_for
 from collector.service import Collector
 from collector.spool.disk import Spool
 from collector.spool.flusher import Flusher
@@ -70,7 +70,7 @@ def on_path(
 ) -> Iterator[tuple[Any, Collector]]:
     """A started collector and a client: ``"asgi"``, Starlette's test client on the ASGI app;
     ``"fast"``, httpx on real uvicorn, where the hot paths skip the ASGI layer
-    (``collector/fasthttp.py``). Tests of those paths run on both."""
+    (``collector/ingest/fasthttp.py``). Tests of those paths run on both."""
     if path == "fast":
         with served(store, data_dir, **settings) as pair:
             yield pair

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from starlette.testclient import TestClient
 
-from collector import webconsent
+from collector.ingest import webconsent
 from collector.web.clientip import (
     client_ip,
     is_https,

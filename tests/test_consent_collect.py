@@ -10,7 +10,7 @@ import orjson
 import pytest
 from starlette.testclient import TestClient
 
-from collector import webconsent
+from collector.ingest import webconsent
 from collector.web.http import Hit
 from tests.helpers import drained, on_path, rows, wait_for
 

@@ -1,5 +1,5 @@
 """GA4 e-commerce objects (``{"event": "purchase", "ecommerce": {...}}``), mapped onto the
-order and item columns by the collector (collector/events.py ``_ecommerce``): through
+order and item columns by the collector (collector/ingest/events.py ``_ecommerce``): through
 POST /collect on both paths (see helpers.on_path), the batch API, and refused on the pixel."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import uuid
 import orjson
 import pytest
 
-from collector.events import MAX_ITEMS, Context, EventError, normalize
-from collector.useragent import parse_agent
+from collector.ingest.events import MAX_ITEMS, Context, EventError, normalize
+from collector.ingest.useragent import parse_agent
 from tests.helpers import drained, make_client, on_path, rows, wait_for
 
 SITE = "ga4-test"

@@ -46,10 +46,10 @@ def stored(collector, site, marker):
 
 def test_location_from_forwarded_for_behind_a_trusted_proxy(env, monkeypatch):
     client, collector = env
-    import collector.ingest as ingest
+    import collector.ingest.endpoints as ingest
 
-    real = ingest._context
-    monkeypatch.setattr(ingest, "_context", lambda c, site, channel, hit: real(
+    real = ingest.hit_context
+    monkeypatch.setattr(ingest, "hit_context", lambda c, site, channel, hit: real(
         c, site, channel, _with_peer(hit, "10.1.2.3")))
     marker = uuid.uuid4().hex
     assert hit(client, "geo-test", marker, **{"X-Forwarded-For": "1.1.1.1, 81.2.69.160"}

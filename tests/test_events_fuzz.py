@@ -8,8 +8,8 @@ import random
 import orjson
 import pytest
 
-from collector.events import ACCEPTED, COLUMNS, Context, EventError, normalize
-from collector.useragent import parse_agent
+from collector.ingest.events import ACCEPTED, COLUMNS, Context, EventError, normalize
+from collector.ingest.useragent import parse_agent
 
 VALUES = [None, True, False, 0, -1, 2**70, 1.5, float("inf"), "", "x", "x" * 5000, "\x00\ud7ff",
           "2026-11-22T10:00:00Z", "page", "web", "analytics",

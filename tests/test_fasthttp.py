@@ -1,4 +1,4 @@
-"""The pixel fast path (collector/fasthttp.py) as HTTP: connection reuse, pipelining,
+"""The pixel fast path (collector/ingest/fasthttp.py) as HTTP: connection reuse, pipelining,
 closing, fallbacks to the ASGI path, and refusals. What it stores is tested with the rest of
 the pixel in test_pixel.py, on both paths."""
 
@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from collector.ingest import PIXEL
+from collector.ingest.endpoints import PIXEL
 from collector.sites import Sites
 from tests.helpers import CHROME, drained, rows, served, wait_for
 

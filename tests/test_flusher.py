@@ -7,11 +7,11 @@ import uuid
 
 import orjson
 
-from collector.events import COLUMNS, Context, normalize
+from collector.ingest.events import COLUMNS, Context, normalize
+from collector.ingest.useragent import parse_agent
 from collector.metrics import Metrics
 from collector.spool.disk import Checkpoint, Pos, Spool
 from collector.spool.flusher import Flusher, encode_record
-from collector.useragent import parse_agent
 from tests.helpers import wait_for
 from tests.test_spool import append_all
 

@@ -20,8 +20,8 @@ import httpx
 import pytest
 
 from collector import cli
-from collector.fasthttp import IngestProtocol
-from collector.ingest import PIXEL
+from collector.ingest.endpoints import PIXEL
+from collector.ingest.fasthttp import IngestProtocol
 from collector.web import limits
 from tests.helpers import CHROME, served
 from tests.servers import Server, free_port

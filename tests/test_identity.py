@@ -389,11 +389,11 @@ def test_rows_spooled_before_the_identity_columns_still_flush(backend, store, tm
     """A spool written by the previous version has rows without the last two columns."""
     import datetime as dt
 
-    from collector.events import Context, normalize
+    from collector.ingest.events import Context, normalize
+    from collector.ingest.useragent import parse_agent
     from collector.metrics import Metrics
     from collector.spool.disk import Spool
     from collector.spool.flusher import Flusher, encode_record
-    from collector.useragent import parse_agent
     from tests.test_spool import append_all
 
     site = "id-old-" + uuid.uuid4().hex[:8]

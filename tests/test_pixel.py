@@ -2,7 +2,7 @@
 
 Every test runs twice: through the ASGI app (Starlette's test client) and through real
 uvicorn with the protocol ``tagwerk serve`` uses, whose GET /p.gif skips the ASGI layer
-(``collector/fasthttp.py``): both must answer and store the same."""
+(``collector/ingest/fasthttp.py``): both must answer and store the same."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from collector.ingest import PIXEL
+from collector.ingest.endpoints import PIXEL
 from tests.helpers import drained, on_path, rows, wait_for
 
 
@@ -90,7 +90,7 @@ def test_raw_invalid_utf8_bytes(env):
     # Bypass the client's own encoding: hand the ASGI app raw bytes.
     import asyncio
 
-    from collector.ingest import pixel
+    from collector.ingest.endpoints import pixel
     from collector.web.http import Hit
 
     sent = []

@@ -210,12 +210,12 @@ def test_rows_acknowledged_before_an_erasure_was_known_are_dropped_by_the_flushe
     the erasure: its flusher checks them against the tombstones it now has."""
     import datetime as dt
 
-    from collector.events import Context, normalize
+    from collector.ingest.events import Context, normalize
+    from collector.ingest.useragent import parse_agent
     from collector.metrics import Metrics
     from collector.privacy.tombstones import Tombstones, subject
     from collector.spool.disk import Spool
     from collector.spool.flusher import Flusher, encode_record
-    from collector.useragent import parse_agent
     from tests.test_spool import append_all
 
     site = f"priv-spool-{uuid.uuid4().hex[:6]}"

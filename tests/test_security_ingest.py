@@ -2,7 +2,7 @@
 
 Against real uvicorn with the collector's own protocol (``tests.helpers.served``), so both
 ways a request can go are hit: ``POST /collect`` with a ``Content-Length`` body and
-``GET /p.gif`` take the fast path (``collector/fasthttp.py``); a chunked ``/collect`` body,
+``GET /p.gif`` take the fast path (``collector/ingest/fasthttp.py``); a chunked ``/collect`` body,
 ``HEAD /p.gif``, ``/api/v1/batch``, ``/consent``, ``/t/...`` and the container API take the
 ASGI one. Headers that an HTTP client library would refuse to send go over a raw socket.
 
@@ -25,10 +25,10 @@ import httpx
 import orjson
 import pytest
 
-from collector.consentlog import CONSENT_MAX_BYTES
 from collector.containers import MAX_DOCUMENT_BYTES
-from collector.events import MAX_PROP_DEPTH
-from collector.ingest import BATCH_MAX_BYTES, COLLECT_MAX_BYTES
+from collector.ingest.consentlog import CONSENT_MAX_BYTES
+from collector.ingest.endpoints import BATCH_MAX_BYTES, COLLECT_MAX_BYTES
+from collector.ingest.events import MAX_PROP_DEPTH
 from collector.web.http import header_safe, header_url, json_field, nested_too_deep
 from consent.cookie import consent_set_cookie, device_clear_cookie, device_set_cookie
 from consent.enforce import CLICK_IDS, strip_url
@@ -692,7 +692,7 @@ def test_a_container_cookie_domain_with_control_characters_is_refused(env, domai
 
 def test_a_served_cookie_domain_that_cannot_be_sent_is_left_out():
     """webconsent: a live container's cookie_domain goes into Set-Cookie only if it can."""
-    from collector.webconsent import _cookie_domain
+    from collector.ingest.webconsent import _cookie_domain
 
     class Live:
         def __init__(self, domain):

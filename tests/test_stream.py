@@ -16,7 +16,7 @@ import pytest
 from collector.api.stream import StreamConfig
 from collector.app import create_app
 from collector.config import Settings
-from collector.fasthttp import protocol_for
+from collector.ingest.fasthttp import protocol_for
 from collector.service import Collector
 from tests.helpers import CHROME, drained, serve, wait_for
 

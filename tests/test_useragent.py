@@ -1,5 +1,6 @@
-"""collector.useragent on public corpora of real User-Agents (tests/useragent_corpus/README.md),
-and the request path's cheap answers: cache hits, guesses, the flusher's resolution.
+"""collector.ingest.useragent on public corpora of real User-Agents
+(tests/useragent_corpus/README.md), and the request path's cheap answers: cache hits, guesses,
+the flusher's resolution.
 
 Run with ``pytest -s`` to see the percentages."""
 
@@ -12,8 +13,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from collector import useragent
-from collector.useragent import MAX_UA_LENGTH, Resolver, guess, parse_agent, request_agent
+from collector.ingest import useragent
+from collector.ingest.useragent import MAX_UA_LENGTH, Resolver, guess, parse_agent, request_agent
 
 CORPUS = Path(__file__).parent / "useragent_corpus"
 GOAL = 95.0

@@ -47,12 +47,12 @@ from collector.api import products
 from collector.api.access import ApiError, json_response, log, refusal
 from collector.api.query import params
 from collector.identity import profile as profiles
+from collector.ingest.webconsent import site_web
 from collector.service import Collector
 from collector.sites import Site
 from collector.storage import StorageError
 from collector.web.clientip import client_ip
 from collector.web.http import error_response
-from collector.webconsent import site_web
 from consent.cookie import latest_consent, parse_device, read_cookies
 from consent.purposes import PERSONALIZATION
 

@@ -15,7 +15,7 @@ line per row. The metadata names the target table:
 - ``"g": {event_id: key}`` beside those (and ``"db": 1`` for a site that drops bots): rows
   stored with a first guess of their User-Agent's class; the flusher writes the accurate
   answer in before it inserts, when this process still knows the key and its per-batch
-  budget allows (``collector.useragent``), and drops those that turn out bots where ``db``.
+  budget allows (``collector.ingest.useragent``), and drops those that turn out bots where ``db``.
 - ``{"t": TABLE}``: rows of another table of ``TABLES`` (``consent_log``:
   ``consent.log.COLUMNS``), which has no sender-given ids to check.
 
@@ -38,12 +38,12 @@ from typing import Any
 
 import orjson
 
-from collector.events import COLUMNS
+from collector.ingest.events import COLUMNS
+from collector.ingest.uarules import warm_up
+from collector.ingest.useragent import Resolver
 from collector.metrics import Metrics
 from collector.spool.disk import Checkpoint, Pos, Spool
 from collector.storage import StorageError, Store
-from collector.uarules import warm_up
-from collector.useragent import Resolver
 from consent.log import COLUMNS as CONSENT_COLUMNS
 
 log = logging.getLogger("tagwerk.flusher")

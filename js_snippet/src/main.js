@@ -231,7 +231,7 @@ export var start = (config) => {
         if (entry[0] == "event") entry = { event: entry[1], ecommerce: (entry[2] || 0).items && entry[2] };
         if (entry.length == null && entry.event) {
           TW_BASIC || signal({ t: "custom_event", e: entry.event });
-          // GA4 e-commerce goes as pushed: the collector maps it (collector/events.py).
+          // GA4 e-commerce goes as pushed: the collector maps it (collector/ingest/events.py).
           if (autoSwitches.includes("e") && entry.ecommerce)
             sendEvent({ event: entry.event, ecommerce: entry.ecommerce });
         }

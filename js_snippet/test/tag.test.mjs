@@ -299,7 +299,7 @@ test("GA4 e-commerce via dataLayer becomes tagwerk events (also pushed before lo
          dataLayer.push({event: 'newsletter_signup'})`);
   const events = await flushed(b);
   assert.deepEqual(names(events), ["page_view", "view_item", "purchase"]);
-  // sent as pushed: the collector maps GA4's fields (collector/events.py)
+  // sent as pushed: the collector maps GA4's fields (collector/ingest/events.py)
   assert.deepEqual(events[1].ecommerce, { currency: "EUR", value: 5,
     items: [{ item_id: 7, item_name: "Sock", price: 5, quantity: 2 }] });
   const p = events[2];

@@ -6,7 +6,7 @@ the ASGI machinery uvicorn runs for every request (a scope, a request-response c
 its event, a task, the send messages) cost about as much as a pixel hit itself. Here such a
 request is handled in the parser's callbacks: the record goes to the spool with a callback,
 and the callback writes the answer once the record is fsynced. The steps are those of the
-ASGI handlers in ``ingest.py`` (shared functions), which still serve every request this
+ASGI handlers in ``endpoints.py`` (shared functions), which still serve every request this
 path does not take: ``HEAD``, a body without ``Content-Length`` or larger than allowed,
 ``Expect: 100-continue``, a request pipelined behind another; a pixel of an unknown site
 (it may need a reload of the sites, in a thread). A ``/collect`` body of an unknown site
@@ -21,7 +21,7 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 
-from collector import ingest
+from collector.ingest import endpoints
 from collector.service import Collector
 from collector.sites import Site
 from collector.spool.disk import SpoolError, SpoolFull
@@ -108,7 +108,7 @@ class IngestProtocol(LimitedProtocol):
         c = self.collector
         keep_alive = self.parser.should_keep_alive()
         try:
-            raw = ingest.pixel_event(query)
+            raw = endpoints.pixel_event(query)
             site_id = raw.get("site")
             site = c.sites.get(site_id) if isinstance(site_id, str) else None
             if site is None:
@@ -118,9 +118,9 @@ class IngestProtocol(LimitedProtocol):
             self.cycle = pending = _Pending(keep_alive)  # type: ignore[assignment]
             pending.more_body = True  # nothing more to do in on_message_complete
             hit = self._hit("GET", query)
-            record, count = ingest.pixel_record(c, hit, raw, site)
+            record, count = endpoints.pixel_record(c, hit, raw, site)
             self._store(pending, record, count, "pixel",
-                        lambda: self._answer(pending, 200, ingest.PIXEL, ingest.PIXEL_HEADERS,
+                        lambda: self._answer(pending, 200, endpoints.PIXEL, endpoints.PIXEL_HEADERS,
                                              b"image/gif"),
                         lambda exc: self._refuse_pixel(pending, exc))
         except HTTPError as exc:
@@ -132,7 +132,7 @@ class IngestProtocol(LimitedProtocol):
         return True
 
     def _refuse_pixel(self, pending: _Pending, exc: HTTPError) -> None:
-        headers = ingest.pixel_refusal_headers(self.collector, exc)
+        headers = endpoints.pixel_refusal_headers(self.collector, exc)
         self._answer(pending, exc.status, exc.body(), headers)
 
     # -- /collect -------------------------------------------------------------------------
@@ -147,16 +147,17 @@ class IngestProtocol(LimitedProtocol):
                 length = value
             elif name == b"transfer-encoding":
                 return False
-        return length is not None and length.isdigit() and int(length) <= ingest.COLLECT_MAX_BYTES
+        return (length is not None and length.isdigit()
+                and int(length) <= endpoints.COLLECT_MAX_BYTES)
 
     def _collect(self, pending: _Pending) -> None:
         c = self.collector
         hit = self._hit("POST", b"")
         origin = hit.headers.get("origin")
         try:
-            ingest.check_media(hit)
-            data = ingest.browser_json(decode_body(hit.headers, pending.body,
-                                                   ingest.COLLECT_MAX_BYTES))
+            endpoints.check_media(hit)
+            data = endpoints.browser_json(decode_body(hit.headers, pending.body,
+                                                   endpoints.COLLECT_MAX_BYTES))
             pending.body = b""
             site_id = data.get("site")
             site = c.sites.get(site_id) if isinstance(site_id, str) else None
@@ -173,7 +174,7 @@ class IngestProtocol(LimitedProtocol):
         self, pending: _Pending, hit: Hit, data: dict[str, Any], origin: str | None
     ) -> None:
         try:
-            site = await ingest.find_site(self.collector, data.get("site"))
+            site = await endpoints.find_site(self.collector, data.get("site"))
             self._collect_site(pending, hit, data, site, origin)
         except HTTPError as exc:
             self._refuse(pending, exc, origin)
@@ -183,14 +184,14 @@ class IngestProtocol(LimitedProtocol):
     def _collect_site(
         self, pending: _Pending, hit: Hit, data: dict[str, Any], site: Site, origin: str | None
     ) -> None:
-        ingest.check_origin(site, origin)
-        record, count, headers = ingest.collect_hits(self.collector, hit, data, site, origin)
+        endpoints.check_origin(site, origin)
+        record, count, headers = endpoints.collect_hits(self.collector, hit, data, site, origin)
         self._store(pending, record, count, "collect",
                     lambda: self._answer(pending, 202, b'{"accepted":%d}' % count, headers),
                     lambda exc: self._refuse(pending, exc, origin))
 
     def _refuse(self, pending: _Pending, exc: HTTPError, origin: str | None) -> None:
-        headers = ingest.refusal_headers(self.collector, exc, origin, "collect")
+        headers = endpoints.refusal_headers(self.collector, exc, origin, "collect")
         self._answer(pending, exc.status, exc.body(), headers)
 
     # -- shared ---------------------------------------------------------------------------
@@ -213,7 +214,7 @@ class IngestProtocol(LimitedProtocol):
                 c.metrics.hits_accepted.inc(endpoint, by=count)
                 answer()
             else:
-                refuse(ingest.spool_refusal(error))  # type: ignore[arg-type]
+                refuse(endpoints.spool_refusal(error))  # type: ignore[arg-type]
 
         if not record:
             answer()
@@ -221,7 +222,7 @@ class IngestProtocol(LimitedProtocol):
         try:
             c.spool.submit(record, stored, self.loop)
         except (SpoolFull, SpoolError) as exc:
-            raise ingest.spool_refusal(exc) from None
+            raise endpoints.spool_refusal(exc) from None
 
     def _fail(self, pending: _Pending) -> None:
         log.exception("fast path: unexpected error")

@@ -16,7 +16,7 @@ TV's player); agents that give a contact address (``+https://...``, ``www.``, an
 address, a domain name: browsers never do); and agents with no known OS and no browser that
 name a product (``Name/1.0``: a program; a bare word such as ``server`` stays "other").
 Costs ~5-10 ms a call: callers cache it and keep it off the request path
-(``collector.useragent``).
+(``collector.ingest.useragent``).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ makes through ``tagwerk('consent', 'update', ...)``) is posted here and kept in
 The request is checked like a hit (``consent/log.py`` names the field of any problem; 4xx,
 nothing stored), CORS like ``/collect`` with credentials, at most 8 KB, ``text/plain`` or
 JSON. The row gets the device class and the country of the request (the same enrichment
-as hits: ``ingest._context``), never the IP address.
+as hits: ``ingest.hit_context``), never the IP address.
 
 Durability is the hits': the row is one spool record, fsynced before the 202, and the
 flusher inserts it exactly once. The record's metadata line is ``{"t":"consent_log"}``
@@ -23,8 +23,14 @@ from __future__ import annotations
 import orjson
 from starlette.types import Send
 
-from collector import webconsent
-from collector.ingest import _context, _cors, browser_refusal, browser_request, spool
+from collector.ingest import webconsent
+from collector.ingest.endpoints import (
+    browser_refusal,
+    browser_request,
+    cors_headers,
+    hit_context,
+    spool,
+)
 from collector.service import Collector
 from collector.spool.flusher import CONSENT_LOG, encode_record
 from collector.web.http import Hit, HTTPError, respond
@@ -39,7 +45,7 @@ async def consent(c: Collector, hit: Hit, send: Send) -> None:
     origin = hit.headers.get("origin")
     try:
         data, site = await browser_request(c, hit, origin, CONSENT_MAX_BYTES)
-        ctx = _context(c, site, "web", hit)
+        ctx = hit_context(c, site, "web", hit)
         try:
             row = decision_row(data, site.site_id, ctx.received_text,
                                ctx.agent.device_class, ctx.location.country)
@@ -52,7 +58,7 @@ async def consent(c: Collector, hit: Hit, send: Send) -> None:
         await browser_refusal(c, send, exc, origin, "consent")
         return
     c.metrics.hits_accepted.inc("consent")
-    headers = list(_cors(origin).items())
+    headers = list(cors_headers(origin).items())
     if "tw_consent=" in hit.headers.get("cookie", ""):
         live = await c.containers.served(site.site_id)
         renewal = webconsent.consent_renewal(hit, row, live, ctx.received_at.timestamp(),

@@ -16,15 +16,15 @@ from urllib.parse import unquote_plus
 import orjson
 from starlette.types import Send
 
-from collector import webconsent
 from collector.consent_texts import accept_language
-from collector.events import Context, EventError, normalize
-from collector.geo import UNKNOWN
+from collector.ingest import webconsent
+from collector.ingest.events import Context, EventError, normalize
+from collector.ingest.geo import UNKNOWN
+from collector.ingest.useragent import request_agent
 from collector.service import Collector
 from collector.sites import Site
 from collector.spool.disk import SpoolError, SpoolFull
 from collector.spool.flusher import encode_record
-from collector.useragent import request_agent
 from collector.web.authorization import basic_credentials, bearer_token
 from collector.web.clientip import anonymize_ip, client_ip
 from collector.web.http import Hit, HTTPError, error_body, header_safe, parse_json, respond
@@ -43,7 +43,7 @@ PIXEL = base64.b64decode("R0lGODlhAQABAIAAAP///wAAACH5BAEAAAAALAAAAAABAAEAAAICRA
 PIXEL_HEADERS = {"Cache-Control": "no-store, max-age=0"}
 
 
-def _cors(origin: str | None) -> dict[str, str]:
+def cors_headers(origin: str | None) -> dict[str, str]:
     """The CORS headers echoing ``origin`` (one the caller allowed); none for an origin
     that is not a safe header value (``check_origin`` refuses those with a 400)."""
     if not origin or not header_safe(origin):
@@ -85,11 +85,11 @@ def collect_hits(
             raise HTTPError(413, f"more than {COLLECT_MAX_EVENTS} events", "too_many")
     else:
         events = [data]
-    ctx = _context(c, site, "web", hit)
+    ctx = hit_context(c, site, "web", hit)
     sw = webconsent.site_web(c.containers, site.site_id)
     web = webconsent.read(hit, ctx, sw, events)  # tw_consent, Sec-GPC, tw_id
     record, count = prepare(c, site, [(e, ctx) for e in events])
-    headers = _cors(origin)
+    headers = cors_headers(origin)
     device_cookie = webconsent.answer(hit, ctx, sw, web, events[-1], c.settings.networks)
     if device_cookie:
         headers["Set-Cookie"] = device_cookie
@@ -107,7 +107,7 @@ async def collect_preflight(c: Collector, hit: Hit, send: Send) -> None:
         await respond(send, 403, ORIGIN_NOT_ALLOWED)
         return
     await respond(send, 204, media=b"text/plain", headers={
-        **_cors(origin),
+        **cors_headers(origin),
         "Access-Control-Allow-Methods": "POST, OPTIONS",
         "Access-Control-Allow-Headers": "Content-Type",
         "Access-Control-Max-Age": "86400",
@@ -138,7 +138,7 @@ def pixel_refusal_headers(c: Collector, exc: HTTPError) -> dict[str, str]:
 def pixel_record(c: Collector, hit: Hit, raw: dict[str, Any], site: Site) -> tuple[bytes, int]:
     """A pixel hit's spool record (empty when the site drops it) and its count of hits."""
     channel = raw.get("channel") if isinstance(raw.get("channel"), str) else "web"
-    ctx = _context(c, site, channel or "web", hit)
+    ctx = hit_context(c, site, channel or "web", hit)
     # Reads tw_id; mints and sets no cookie.
     webconsent.read(hit, ctx, webconsent.site_web(c.containers, site.site_id))
     return prepare(c, site, [(raw, ctx)])
@@ -230,7 +230,7 @@ def refusal_headers(
     c.metrics.hits_rejected.inc(endpoint, exc.reason)
     allowed = (origin if origin and exc.reason != "origin"
                and c.sites.any_allows_origin(origin) else None)
-    return {**exc.headers, **_cors(allowed)}
+    return {**exc.headers, **cors_headers(allowed)}
 
 
 async def spool(c: Collector, record: bytes) -> None:
@@ -275,7 +275,7 @@ async def _authenticate(c: Collector, hit: Hit) -> Site:
     return site
 
 
-def _context(c: Collector, site: Site, channel: str, hit: Hit) -> Context:
+def hit_context(c: Collector, site: Site, channel: str, hit: Hit) -> Context:
     ip = client_ip(hit.peer, hit.headers.get("x-forwarded-for"), c.settings.networks)
     return Context(
         site_id=site.site_id,

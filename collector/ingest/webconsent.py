@@ -26,7 +26,7 @@ import logging
 from typing import Any, NamedTuple
 
 from collector.containers import Containers, Live
-from collector.events import Context
+from collector.ingest.events import Context
 from collector.web import clientip
 from collector.web.clientip import Network
 from collector.web.http import Hit

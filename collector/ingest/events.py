@@ -20,11 +20,11 @@ from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 
-from collector.geo import UNKNOWN, Location
 from collector.identity.kinds import BUILT_IN, MAX_ID, IdentifierError, clean, is_junk
 from collector.identity.verify import verified
-from collector.ids import uuid7
-from collector.useragent import Agent
+from collector.ingest.geo import UNKNOWN, Location
+from collector.ingest.ids import uuid7
+from collector.ingest.useragent import Agent
 from collector.web.http import json_field, nested_too_deep
 from consent.enforce import ConsentRule, enforce_row
 from consent.purposes import is_purpose_id
