@@ -30,8 +30,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from collector.containers import container_policy_hash, normalize  # noqa: E402
-from collector.demo import demo_container  # noqa: E402
-from collector.tagjs import core_bundle, core_config, engine_config, js_json  # noqa: E402
+from collector.tag.demo_container import demo_container  # noqa: E402
+from collector.tag.serving import core_bundle, core_config, engine_config, js_json  # noqa: E402
 
 DIST = ROOT / "js_snippet" / "dist"
 BUDGET = json.loads((ROOT / "js_snippet" / "size-budget.json").read_text())
@@ -89,7 +89,7 @@ def sample_document() -> dict:
 
 def served(site: str, document: dict) -> tuple[bytes, bytes]:
     """``/t/{site}.js`` and ``/t/{site}/tm.js`` for a container document, as the collector
-    builds them (collector/tagjs.py)."""
+    builds them (collector/tag/serving.py)."""
     doc = normalize(document)
     core = core_config(site, doc, container_policy_hash(document), VERSION)
     tag = (DIST / core_bundle(doc)).read_bytes().replace(PLACEHOLDER, js_json(core), 1)

@@ -18,10 +18,10 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from collector import consent_texts, container_api, demo, tagjs
 from collector.api import routes as api_routes
 from collector.ingest import consentlog, endpoints
 from collector.service import Collector
+from collector.tag import consent_texts, container_api, demo, serving
 from collector.web.http import Hit, error_body, respond
 
 Handler = Callable[[Collector, Hit, Send], Awaitable[None]]
@@ -96,13 +96,13 @@ def create_app(collector: Collector) -> App:
         *container_api.ROUTES,
         *api_routes.ROUTES,
         *consent_texts.ROUTES,
-        *tagjs.ROUTES,
+        *serving.ROUTES,
         *demo.ROUTES,
     ]
     rest = Starlette(routes=routes, lifespan=lifespan,
                      exception_handlers={HTTPException: http_error})
     rest.state.collector = collector
-    rest.state.tags = tagjs.TagServer(collector)
+    rest.state.tags = serving.TagServer(collector)
     # A container's own tag path is looked up when no route matched (see TagServer.fallback).
     rest.router.default = rest.state.tags.fallback(rest.router.default)
     return App(collector, rest)

@@ -24,6 +24,7 @@ from collector.sites import Sites
 from collector.spool.disk import Spool
 from collector.spool.flusher import Flusher
 from collector.storage import StorageError, Store, open_store
+from collector.tag.demo_container import demo_container
 
 log = logging.getLogger("tagwerk")
 
@@ -117,10 +118,8 @@ class Collector:
             # Started on another port than before: the demo shop must still be allowed.
             self.sites.set_origins(DEMO_SITE, sorted(origins | set(demo.origins)))
         # A published container (the demo shop's: the default one and a marketing tag, see
-        # collector/demo.py), so that /t/demo.js works at once.
+        # collector/tag/demo_container.py), so that /t/demo.js works at once.
         if self.containers.live_version(DEMO_SITE) is None:
-            from collector.demo import demo_container
-
             self.containers.put_draft(DEMO_SITE, demo_container())
             self.containers.publish(DEMO_SITE, note="the demo shop's container")
 

@@ -1,4 +1,4 @@
-"""The banner's texts: GET /t/{site}/consent.json?lang=... (collector/consent_texts.py)."""
+"""The banner's texts: GET /t/{site}/consent.json?lang=... (collector/tag/consent_texts.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import uuid
 import orjson
 import pytest
 
-from collector.consent_texts import GPC_NOTES, accept_language, negotiate, texts_for
 from collector.containers import DEFAULT_TEXTS, default_container
+from collector.tag.consent_texts import GPC_NOTES, accept_language, negotiate, texts_for
 from tests.helpers import make_client
 from tests.test_containers import ORIGINS, full
 

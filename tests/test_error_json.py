@@ -6,15 +6,15 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from collector import tagjs
 from collector.api.access import ApiError, refusal
+from collector.tag import serving
 from collector.web.http import HTTPError, error_body, error_response
 
 
 @pytest.mark.parametrize("answer", [
     lambda m, f: HTTPError(400, m, "invalid", f).body(),  # ingestion (ASGI and fast path)
     lambda m, f: refusal(ApiError(400, m, f)).body,  # the read side, the container API
-    lambda m, f: tagjs.error(400, m, field=f).body,  # tag serving, consent texts
+    lambda m, f: serving.error(400, m, field=f).body,  # tag serving, consent texts
     lambda m, f: error_response(400, m, f).body,
 ])
 def test_every_refusal_has_the_same_shape(answer):

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from collector.containers import container_policy_hash, normalize
-from collector.demo import demo_container
-from collector.tagjs import PLACEHOLDER, core_bundle, core_config, engine_config, js_json
+from collector.tag.demo_container import demo_container
+from collector.tag.serving import PLACEHOLDER, core_bundle, core_config, engine_config, js_json
 
 ROOT = Path(__file__).resolve().parent.parent
 JS = ROOT / "js_snippet"
@@ -101,7 +101,7 @@ def test_the_bundle_has_one_config_placeholder():
 
 def served_demo() -> tuple[bytes, bytes]:
     """``/t/demo.js`` and ``/t/demo/tm.js`` as the collector serves them for the demo shop's
-    container (collector/tagjs.py; the version hash is always 12 hex digits)."""
+    container (collector/tag/serving.py; the version hash is always 12 hex digits)."""
     doc = normalize(demo_container())
     core = core_config("demo", doc, container_policy_hash(demo_container()), "0123456789ab")
     tag = (DIST / core_bundle(doc)).read_bytes().replace(PLACEHOLDER, js_json(core), 1)

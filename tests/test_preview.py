@@ -22,7 +22,7 @@ def env(store, tmp_path_factory):
 
 
 def config(response) -> dict:
-    """The compact config inlined in the served tag (collector/tagjs.py core_config)."""
+    """The compact config inlined in the served tag (collector/tag/serving.py core_config)."""
     text = response.text
     start = text.index('{"s":"')
     return orjson.loads(text[start:text.index("}", start) + 1])

@@ -14,7 +14,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from collector.containers import normalize
-from collector.tagjs import core_bundle, core_config, engine_config, js_json
+from collector.tag.serving import core_bundle, core_config, engine_config, js_json
 from collector.web.clientip import parse_networks
 from tests.helpers import make_client
 from tests.test_containers import ORIGINS, full
@@ -137,7 +137,7 @@ def test_live_version_not_draft_is_served(env, site):
 
 def test_the_core_build_follows_the_container(env, site):
     """tag.basic.js unless the container has click events on, or tags with triggers that
-    need the core's signals (collector/tagjs.py core_bundle)."""
+    need the core's signals (collector/tag/serving.py core_bundle)."""
     client, collector, dist = env
     c = collector.containers
     (dist / "tag.basic.js").write_bytes(b"/*basic*/" + BUNDLE)

@@ -4,7 +4,7 @@
 // at sign-in (the token from the demo's stand-in for a shop server,
 // /demo/api/identity-token), and a
 // "Cookie settings" link that calls tagwerk('consent', 'show'). The tag itself is loaded by
-// the page's snippet (collector/demo.py); the only requests this script makes are for the
+// the page's snippet (collector/tag/demo.py); the only requests this script makes are for the
 // "Recommended for you" and "Customers also viewed" blocks, from the collector's
 // browser-safe lists under /t/demo/recommend/ (no key; what this visitor bought, on any
 // of their devices or in the store, is left out when they consented to personalization).

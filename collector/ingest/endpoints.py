@@ -16,7 +16,6 @@ from urllib.parse import unquote_plus
 import orjson
 from starlette.types import Send
 
-from collector.consent_texts import accept_language
 from collector.ingest import webconsent
 from collector.ingest.events import Context, EventError, normalize
 from collector.ingest.geo import UNKNOWN
@@ -25,6 +24,7 @@ from collector.service import Collector
 from collector.sites import Site
 from collector.spool.disk import SpoolError, SpoolFull
 from collector.spool.flusher import encode_record
+from collector.tag.consent_texts import accept_language
 from collector.web.authorization import basic_credentials, bearer_token
 from collector.web.clientip import anonymize_ip, client_ip
 from collector.web.http import Hit, HTTPError, error_body, header_safe, parse_json, respond

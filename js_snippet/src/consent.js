@@ -26,7 +26,7 @@
 //      s.nonce     "..."     for the banner's own <link rel=stylesheet> ("" without CSP)
 //    The banner's stylesheet is banner.css next to its own script (same ?v=), its texts
 //    {site, version, policy, texts: {lang: {...}}} GET /t/{site}/consent.json?lang= on the
-//    endpoint's origin (collector/consent_texts.py).
+//    endpoint's origin (collector/tag/consent_texts.py).
 // 2. Register an opener:  tagwerk('consent', 'banner', open)
 //      Later tagwerk('consent', 'show') calls open() instead of loading the script again.
 // 3. Report the person's choice:  tagwerk('consent', 'update', choices, 'banner')
@@ -59,7 +59,7 @@ var MARKETING = "marketing";
 // The granted purposes of a state {purpose: bool}.
 export var list = (state) => Object.keys(state).filter((purpose) => state[purpose]);
 
-// config: the compact config (collector/tagjs.py core_config: s site, p policy hash, l and r
+// config: the compact config (collector/tag/serving.py core_config: s site, p policy hash, l and r
 // the lifetimes in days of a decision and of a rejection, d the cookie domain, P the
 // purposes, g the purposes granted by default).
 

@@ -1,7 +1,7 @@
 // Entry of dist/engine.js, the tag-manager engine (DESIGN.md §2): tags, triggers, variables,
 // timers, element visibility, GTM's data model. Served per site at /t/{site}/tm.js with the
 // site's variables, triggers and tags inlined in place of the string literal below
-// (collector/tagjs.py `engine_config`: {v: variables, r: triggers, g: tags}, names, empty
+// (collector/tag/serving.py `engine_config`: {v: variables, r: triggers, g: tags}, names, empty
 // lists and default values left out). The core (main.js) loads it only when it has
 // something to do, and it registers itself with tagwerk('tm', engine): engine() gets the core's
 // parts and the log of this page's signals ([signal, consent state then, dataLayer length

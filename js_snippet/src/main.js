@@ -2,7 +2,7 @@
 // commands, auto-tracking, dataLayer, sending; the tag-manager engine (tags, triggers,
 // variables) is src/engine.js, a separate file loaded only when it has something to do
 // (below), and making consent decisions is src/decide.js's, loaded on first use (toDecide).
-// `config` is the compact config the collector inlines (collector/tagjs.py `core_config`): short
+// `config` is the compact config the collector inlines (collector/tag/serving.py `core_config`): short
 // keys, defaults left out, asset URLs as one version hash. A broken one makes start() throw,
 // which tag.js catches: the page is never affected.
 //
@@ -51,7 +51,7 @@ import { add, flush, online, persist, setup } from "./send.js";
 
 // TW_BASIC, a constant of the build (build.mjs VARIANTS): true in tag.basic.js, which the
 // collector serves for a container without automatic click events and without triggers
-// other than page views, the default container (collector/tagjs.py core_bundle). It leaves
+// other than page views, the default container (collector/tag/serving.py core_bundle). It leaves
 // out the click event (the element's tag and text) and the trigger signals the engine needs
 // only for other triggers (click, link, download, outbound, form, scroll, history change,
 // custom event): about 100 B gzipped.

@@ -9,7 +9,7 @@ const P = [
   { id: "personalization", default: true },
   { id: "marketing", default: true },
 ];
-// The compact config's consent part (collector/tagjs.py core_config): site, policy, lifetimes.
+// The compact config's consent part (collector/tag/serving.py core_config): site, policy, lifetimes.
 const C = { s: "demo", p: "3c1d0e7a9b2f4c11", l: 365, r: 182, P: "necessary!,analytics,personalization+,marketing+", g: "necessary,personalization,marketing" };
 const T0 = 1795350383;
 const G = (granted) => Object.fromEntries(P.map((p) => [p.id, granted.includes(p.id)]));

@@ -104,7 +104,7 @@ export const container = (over = {}) => normalize({
   ...over,
 });
 
-// The configs the collector serves (collector/tagjs.py core_config and engine_config, the
+// The configs the collector serves (collector/tag/serving.py core_config and engine_config, the
 // same rules; test/compact.json pins both to the same output): the core's compact one and
 // the engine's. v is the assets' version hash.
 const AUTO = { page_views: "p", spa: "s", clicks: "c", outbound_links: "o", downloads: "d",

@@ -69,7 +69,7 @@ def dist_dir(tag_dir: Path | str | None = None) -> Path:
             return files
     except ModuleNotFoundError:
         pass
-    return Path(__file__).resolve().parent.parent / "js_snippet" / "dist"
+    return Path(__file__).resolve().parent.parent.parent / "js_snippet" / "dist"
 
 
 # -- built answers ----------------------------------------------------------------------------

@@ -11,8 +11,9 @@ realistic page to drive.
 - ``/demo/static/NAME`` serves the files of ``collector/demo_site/`` (package data): the
   shop (``app.js``, ``app.css``) and ``partner.js``/``partner.gif``, a local stand-in for an
   advertising partner's pixel that the demo container loads only with marketing consent.
-- :func:`demo_container` is the ``demo`` site's container (created by
-  ``Collector._ensure_demo_site``): the default container plus that marketing tag.
+- The ``demo`` site's container (the default container plus that marketing tag) is in
+  ``collector/tag/demo_container.py``, which the service uses without this module's web
+  pages.
 
 The catalogue, cart, checkout and customer login live in ``app.js`` (the browser's
 ``localStorage``); the server keeps no shop state.
@@ -25,26 +26,16 @@ import os
 import re
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from collector.containers import check, default_container
 from collector.identity import verify
-from collector.tagjs import Asset, Dist, respond_asset
+from collector.tag.serving import Asset, Dist, respond_asset
 from collector.web.http import error_response
 
 SITE = "demo"
-PARTNER_TAG: dict[str, Any] = {
-    "id": "partner",
-    "name": "Ad partner pixel (demo stand-in)",
-    "type": "script",
-    "purpose": "marketing",
-    "src": "/demo/static/partner.js",
-    "triggers": ["all_pages"],
-}
 MEDIA = {
     "js": "text/javascript; charset=utf-8",
     "css": "text/css; charset=utf-8",
@@ -58,19 +49,12 @@ CSP = ("default-src 'self'; script-src 'nonce-{n}' 'strict-dynamic'; "
        "base-uri 'none'; form-action 'self'; frame-ancestors 'none'; object-src 'none'")
 
 
-def demo_container() -> dict[str, Any]:
-    """The demo site's container: the default one (four purposes, English and German texts)
-    and one third-party-style marketing tag on every page view."""
-    doc = default_container()
-    doc["tags"] = [dict(PARTNER_TAG)]
-    check(doc)
-    return doc
-
-
 def site_dir() -> Path:
     """The demo's static files: the ``collector/demo_site`` package data."""
     files = resources.files("collector") / "demo_site"
-    return files if isinstance(files, Path) else Path(__file__).resolve().parent / "demo_site"
+    if isinstance(files, Path):
+        return files
+    return Path(__file__).resolve().parent.parent / "demo_site"
 
 
 _dist = Dist(site_dir())

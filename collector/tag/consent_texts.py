@@ -32,7 +32,7 @@ from starlette.routing import Route
 
 from collector.containers import Live
 from collector.service import Collector
-from collector.tagjs import Asset, error, respond_asset
+from collector.tag.serving import Asset, error, respond_asset
 from collector.web.qvalues import weighted
 
 log = logging.getLogger("tagwerk.consent_texts")
