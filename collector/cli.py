@@ -96,7 +96,8 @@ def _export_parser(commands) -> None:
                         choices=["ndjson", "csv", "parquet"])
     export.add_argument("--events", default="", help="event names, comma-separated")
     export.add_argument("--channel", default="")
-    export.add_argument("--limit", type=int, default=1_000_000, help="at most this many rows")
+    export.add_argument("--limit", type=int, default=10_000_000, help="at most this many rows "
+                        "(an answer reads the whole table: fewer, larger ones are faster)")
     export.add_argument("-o", "--output", type=Path, help="file to write (default: stdout)")
 
 
@@ -164,8 +165,8 @@ def main(argv: list[str] | None = None) -> int:
 def serve(settings: Settings) -> int:
     import uvicorn
 
+    from collector import fasthttp
     from collector.app import create_app
-    from collector.ingest import fasthttp
     from collector.service import Collector
 
     logging.basicConfig(level=settings.log_level.upper(),

@@ -334,3 +334,27 @@ def test_server_backend_streams_too(server_store, tmp_path):
         assert sorted(seen) == [f"s{i}" for i in range(5)]
         parquet = get(client, site_id, keys["read"], format="parquet")
         assert pq.read_table(io.BytesIO(parquet.content)).num_rows == 5
+
+
+def test_answers_are_as_large_as_allowed_by_default(env, monkeypatch):
+    """Every answer reads the site's whole table (positions follow inserts, the table's order
+    does not), so a client that names no limit gets the largest answer, not ten times the
+    reading."""
+    from collector.api import export
+
+    client, collector = env
+    site_id, keys = new_site(collector)
+    send(client, collector, keys, [{"event": "page_view", "props": {"m": str(i)}}
+                                   for i in range(3)])
+    asked: list[int] = []
+    plan = cursor_range.plan
+
+    def spy(store, rows, start, limit):
+        asked.append(limit)
+        return plan(store, rows, start, limit)
+
+    monkeypatch.setattr(cursor_range, "plan", spy)
+    assert export.DEFAULT_LIMIT == export.MAX_LIMIT
+    seen, _ = drain(client, site_id, keys["read"])
+    assert sorted(seen) == ["0", "1", "2"] and asked == [export.MAX_LIMIT]
+    assert drain(client, site_id, keys["read"], limit="2")[0] and asked[1:] == [2, 2]
