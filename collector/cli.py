@@ -165,8 +165,8 @@ def main(argv: list[str] | None = None) -> int:
 def serve(settings: Settings) -> int:
     import uvicorn
 
-    from collector import fasthttp
     from collector.app import create_app
+    from collector.ingest import fasthttp
     from collector.service import Collector
 
     logging.basicConfig(level=settings.log_level.upper(),

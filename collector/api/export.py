@@ -39,7 +39,7 @@ from starlette.types import Message, Send
 from collector.api import cursor, cursor_range
 from collector.api.access import READ, ApiError, keyed
 from collector.api.query import choice, integer, names, params
-from collector.events import CHANNELS
+from collector.ingest.events import CHANNELS
 from collector.service import Collector
 from collector.sites import Site
 
