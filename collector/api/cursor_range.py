@@ -10,6 +10,7 @@ from typing import Any
 from collector.api.access import ApiError
 from collector.api.cursor import LAST, Position
 from collector.storage import Store
+from collector.storage.positions import PART_TOP_BLOCK
 
 TABLE = "tagwerk.events"
 POSITION = "(_block_number, _block_offset)"
@@ -59,8 +60,9 @@ def between(rows: Filter, start: Position | None, end: Position) -> tuple[str, d
     """WHERE text and parameters for the rows after ``start`` (None: from the first) up to
     and including ``end``."""
     sql, params = rows.where()
-    if start is not None:
-        sql += f" AND {POSITION} > ({{from_block:UInt64}}, {{from_offset:UInt64}})"
+    if start is not None:  # (the parts holding only older rows are not read)
+        sql += (f" AND {PART_TOP_BLOCK} >= {{from_block:UInt64}}"
+                f" AND {POSITION} > ({{from_block:UInt64}}, {{from_offset:UInt64}})")
         params.update(from_block=start.block, from_offset=start.offset)
     sql += f" AND {POSITION} <= ({{to_block:UInt64}}, {{to_offset:UInt64}})"
     params.update(to_block=end.block, to_offset=end.offset)

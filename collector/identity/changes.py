@@ -28,6 +28,7 @@ import threading
 from collections.abc import Callable
 
 from collector.storage import StorageError, Store
+from collector.storage.positions import PART_TOP_BLOCK
 
 log = logging.getLogger("tagwerk.changes")
 
@@ -51,12 +52,10 @@ UNION ALL
 SELECT '', count() + sum(cityHash64(table, mutation_id)) FROM system.mutations
 WHERE database = 'tagwerk'
 """
-# The keys of one table's rows stored after a look. The condition on the part's name (its
-# highest block number, which a merge keeps) spares reading older parts; naming the parts
-# themselves would miss rows whose part was merged between two statements.
+# The keys of one table's rows stored after a look (older parts are not read: positions.py).
 NEW_KEYS = """
 SELECT DISTINCT site_id, {key} AS key FROM tagwerk.{table}
-WHERE toUInt64(splitByChar('_', _part)[3]) > {{since_{n}:UInt64}}
+WHERE {part_top} > {{since_{n}:UInt64}}
   AND _block_number > {{since_{n}:UInt64}} AND _block_number <= {{top_{n}:UInt64}}
 """
 
@@ -164,7 +163,8 @@ class ChangeFeed:
             if top < since:  # the table was dropped and made again
                 return None
             if top > since:
-                branches.append(NEW_KEYS.format(key=key, table=table, n=n))
+                branches.append(NEW_KEYS.format(key=key, table=table, n=n,
+                                                part_top=PART_TOP_BLOCK))
                 params.update({f"since_{n}": since, f"top_{n}": top})
         if not branches:
             return {}
