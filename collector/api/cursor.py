@@ -33,8 +33,9 @@ Why no row is skipped or repeated
 - Deletes and TTL. A row deleted later (lightweight DELETE, TTL) is simply not read again;
   positions of other rows do not move. ReplacingMergeTree's collapsing of repeated
   event_ids removes rows the same way.
-- Many answers. Rows within one answer come in storage order; an answer cut by ``limit``
-  ends at a row's exact position, so the next one starts right after it.
+- Many answers. An answer holds exactly the rows of its range, in no promised order
+  (the engine reads parts in parallel; the live stream sorts by position); an answer cut
+  by ``limit`` ends at a row's exact position, so the next one starts right after it.
 
 What is not a cursor's job
 --------------------------
