@@ -22,7 +22,7 @@ from starlette.responses import Response
 from collector.service import Collector
 from collector.sites import Site
 from collector.storage import StorageError
-from collector.web.authorization import bearer_token
+from collector.web.authorization import ASK_FOR_KEY, bearer_token
 from collector.web.http import error_response
 
 log = logging.getLogger("tagwerk.api")
@@ -90,7 +90,7 @@ async def site_with_key(request: Request, collector: Collector, kinds: tuple[str
     needed = "admin key" if kinds == ADMIN else "read key"
     if not key:
         raise ApiError(401, f"send the site's {needed} as 'Authorization: Bearer KEY'",
-                       headers={"WWW-Authenticate": 'Bearer realm="tagwerk"'})
+                       headers=ASK_FOR_KEY)
     if not any(site.key_matches(kind, key) for kind in kinds):
         raise ApiError(403, f"this key may not do this: send site {site_id!r}'s {needed}",
                        "Authorization")

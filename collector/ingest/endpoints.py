@@ -25,7 +25,7 @@ from collector.sites import Site
 from collector.spool.disk import SpoolError, SpoolFull
 from collector.spool.flusher import encode_record
 from collector.tag.consent_texts import accept_language
-from collector.web.authorization import basic_credentials, bearer_token
+from collector.web.authorization import ASK_FOR_KEY, KEY_REFUSED, basic_credentials, bearer_token
 from collector.web.clientip import anonymize_ip, client_ip
 from collector.web.http import Hit, HTTPError, error_body, header_safe, parse_json, respond
 
@@ -267,11 +267,11 @@ async def _authenticate(c: Collector, hit: Hit) -> Site:
         key = (basic_credentials(header) or ("", ""))[0]
     if not key:
         raise HTTPError(401, "send the site's write key as 'Authorization: Bearer KEY'", "auth",
-                        headers={"WWW-Authenticate": 'Bearer realm="tagwerk"'})
+                        headers=ASK_FOR_KEY)
     site = await c.sites.find_by_write_key(key)
     if site is None:
         raise HTTPError(401, "invalid write key", "auth",
-                        headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+                        headers=KEY_REFUSED)
     return site
 
 

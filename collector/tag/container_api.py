@@ -43,6 +43,7 @@ from collector.service import Collector
 from collector.sites import Site
 from collector.storage import StorageError
 from collector.web import http
+from collector.web.authorization import ASK_FOR_KEY, KEY_REFUSED
 
 log = logging.getLogger("tagwerk.api")
 
@@ -91,10 +92,10 @@ async def _admin_site(request: Request, collector: Collector) -> Site:
     key = bearer(request)
     if not key:
         raise ApiError(401, "send the site's admin key as 'Authorization: Bearer KEY'",
-                       headers={"WWW-Authenticate": 'Bearer realm="tagwerk"'})
+                       headers=ASK_FOR_KEY)
     if not site.key_matches("admin", key):
         raise ApiError(401, "invalid admin key",
-                       headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+                       headers=KEY_REFUSED)
     return site
 
 

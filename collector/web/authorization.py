@@ -8,7 +8,13 @@ from __future__ import annotations
 import base64
 import binascii
 
-__all__ = ["basic_credentials", "bearer_token", "split_authorization"]
+__all__ = ["ASK_FOR_KEY", "KEY_REFUSED", "basic_credentials", "bearer_token",
+           "split_authorization"]
+
+# The WWW-Authenticate header of a 401 (RFC 6750 section 3): no key was sent, or the key
+# sent is not one this endpoint takes.
+ASK_FOR_KEY = {"WWW-Authenticate": 'Bearer realm="tagwerk"'}
+KEY_REFUSED = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
 
 
 def split_authorization(header: str) -> tuple[str, str]:
