@@ -67,7 +67,7 @@ async def person(request: Request, collector: Collector, site: Site) -> Response
 @keyed(READ)
 async def profile(request: Request, collector: Collector, site: Site) -> Response:
     """404 both for nobody and for a person without personalization consent: the answer
-    never tells which."""
+    never tells which. Kept in memory until the person has a new hit (identity/cache.py)."""
     query.params(request, ())
     kind, ident = identifier(site, query.path_text(request, "ident", 300), "ident")
 
