@@ -74,18 +74,16 @@ async def profile(request: Request, collector: Collector, site: Site) -> Respons
     kept = collector.person_answers
     name = ("profile", kind, ident)
 
-    def read() -> bytes | None:
-        since = kept.begin()
+    def read() -> tuple[bytes | None, set[str]]:
         found = Graph(collector.store, site).resolve(kind, ident, listing=False)
         answer, keys = (profiles.profile_and_keys(collector.store, site.site_id, found)
                         if found else (None, set()))
         body = None if answer is None else orjson.dumps(answer)  # kept small, as JSON
-        kept.put(site.site_id, name, body, {*keys, f"{kind}:{ident}"}, since)
-        return body
+        return body, {*keys, f"{kind}:{ident}"}
 
     hit, answer = kept.get(site.site_id, name)
     if not hit:
-        answer = await run_in_threadpool(read)
+        answer = await run_in_threadpool(kept.compute, site.site_id, name, read)
     if answer is None:
         raise ApiError(404, f"no profile for {kind}:{ident[:64]}: nobody known by it, or no "
                        "hits with personalization consent", "ident")

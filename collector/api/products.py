@@ -166,17 +166,16 @@ def compute(store: Any, site_id: str, ask: Ask, exclude: tuple[str, ...],
 
 
 def person_products(store: Any, site: Site, kind: str, ident: str,
-                    events: tuple[str, ...], keys: set[str]) -> tuple[str, ...]:
+                    events: tuple[str, ...]) -> tuple[tuple[str, ...], set[str]]:
     """What the person known by ``kind:ident`` bought or viewed (``events``), across all
     their identifiers and channels, with personalization consent (blocking); at most
-    MAX_EXCLUDED products; nothing for someone unknown. Adds to ``keys`` those the answer
-    depends on."""
-    keys.add(f"{kind}:{ident}")
+    MAX_EXCLUDED products; nothing for someone unknown. With the keys the answer depends
+    on."""
     person = Graph(store, site).resolve(kind, ident, listing=False)
     if person is None:
-        return ()
-    keys |= profiles.depends_on(person)
-    return tuple(profiles.products(store, site.site_id, person, events)[:MAX_EXCLUDED])
+        return (), {f"{kind}:{ident}"}
+    products = profiles.products(store, site.site_id, person, events)[:MAX_EXCLUDED]
+    return tuple(products), {f"{kind}:{ident}", *profiles.depends_on(person)}
 
 
 async def kept_products(collector: Collector, site: Site, kind: str, ident: str,
@@ -186,16 +185,11 @@ async def kept_products(collector: Collector, site: Site, kind: str, ident: str,
     kept = collector.person_answers
     name = ("products", kind, ident, events)
     hit, found = kept.get(site.site_id, name)
-    if hit:
-        return found  # type: ignore[return-value]
-
-    def read() -> tuple[str, ...]:
-        since, keys = kept.begin(), set()
-        products = person_products(collector.store, site, kind, ident, events, keys)
-        kept.put(site.site_id, name, products, keys, since)
-        return products
-
-    return await run_in_threadpool(read)
+    if not hit:
+        found = await run_in_threadpool(
+            kept.compute, site.site_id, name,
+            lambda: person_products(collector.store, site, kind, ident, events))
+    return found  # type: ignore[return-value]
 
 
 def _iso(text: str) -> str | None:

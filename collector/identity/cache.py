@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 
 from collector.identity.changes import ChangeFeed
@@ -63,6 +63,15 @@ class PersonAnswers:
             self._entries.move_to_end((site_id, name))
             self.hits += 1
             return True, entry.answer
+
+    def compute(self, site_id: str, name: Hashable,
+                work: Callable[[], tuple[object, Iterable[str]]]) -> object:
+        """``work()``'s answer, kept with the keys it names (blocking: call it in a thread
+        after a ``get`` that missed)."""
+        since = self.begin()
+        answer, keys = work()
+        self.put(site_id, name, answer, keys, since)
+        return answer
 
     def begin(self) -> int:
         """Before computing an answer: the moment to pass to ``put``."""
