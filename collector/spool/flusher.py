@@ -112,9 +112,6 @@ class Flusher:
         # Called once a batch is stored, before it counts as flushed (answers kept in
         # memory are refreshed by then).
         self.inserted: Callable[[], None] = lambda: None
-        # Called once a batch is stored, before it counts as flushed (answers kept in
-        # memory are refreshed by then).
-        self.inserted: Callable[[], None] = lambda: None
         self._recheck_lock = threading.Lock()
         self.agents = Resolver()
 
@@ -210,7 +207,6 @@ class Flusher:
                      "input_format_json_compact_allow_variable_number_of_columns": "1"},
                 )
             rows, dropped = rows + n, dropped + d
-        self.inserted()
         self.inserted()
         self.spool.release(stop)
         with self._recheck_lock:  # done, unless more tombstones came meanwhile
