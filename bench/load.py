@@ -110,9 +110,12 @@ http {{
 class Collector:
     """``tagwerk serve`` pinned to ``core``: on the embedded engine, or on a ClickHouse URL."""
 
-    def __init__(self, workdir: Path, core: str = SERVER_CORE, *args: str) -> None:
+    def __init__(self, workdir: Path, core: str = SERVER_CORE, *args: str,
+                 without_views: bool = False) -> None:
         self.port, self.sql_port = free_port(), free_port()
         self.data = workdir / f"var-{self.port}"
+        if without_views:
+            detach_views(self.data)
         self.proc = subprocess.Popen(
             ["taskset", "-c", core, sys.executable, "-m", "collector", "serve",
              "--port", str(self.port), "--sql-port", str(self.sql_port),
@@ -140,6 +143,22 @@ class Collector:
             self.proc.wait(30)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+
+
+def detach_views(data: Path) -> None:
+    """Migrate ``data``, then detach every materialised view for good: the same collector
+    and schema with nothing derived at insert or refreshed, the baseline views are compared
+    with (the issue's "no more than 10% lower with all the views in place")."""
+    code = (
+        "import sys; from pathlib import Path\n"
+        "from collector.storage.embedded import EmbeddedStore\n"
+        "from collector.migrations import migrate\n"
+        "store = EmbeddedStore(Path(sys.argv[1]) / 'clickhouse'); migrate(store)\n"
+        "for r in store.rows(\"SELECT name FROM system.tables WHERE database = 'tagwerk' "
+        "AND engine = 'MaterializedView'\"):\n"
+        "    store.execute(f\"DETACH TABLE tagwerk.{r['name']} PERMANENTLY\")\n"
+        "store.close()\n")
+    subprocess.run([sys.executable, "-c", code, str(data)], check=True)
 
 
 def queryable_latency(c: Collector, stop: threading.Event, out: list[float]) -> None:
@@ -174,6 +193,19 @@ def batch_script(workdir: Path) -> Path:
                       'wrk.headers["Content-Type"] = "text/plain"\n'
                       f"wrk.body = {json.dumps(body)}\n")
     return script
+
+
+def without_views(workdir: Path, seconds: int, connections: int) -> dict:
+    """The all-in-one measurements again on a collector whose views are detached."""
+    collector = Collector(workdir, without_views=True)
+    try:
+        pixel_url = f"{collector.base}/p.gif?{PIXEL_QUERY}"
+        wrk(pixel_url, 2, connections)
+        pixel = wrk(pixel_url, seconds, connections)
+        batch = wrk(f"{collector.base}/collect", seconds, connections, batch_script(workdir))
+    finally:
+        collector.stop()
+    return {"pixel": pixel, "batch": batch}
 
 
 def split_layout(workdir: Path, seconds: int, connections: int) -> dict:
@@ -242,6 +274,7 @@ def main() -> None:
             stored = int(collector.sql("SELECT count() FROM tagwerk.events").strip())
         finally:
             collector.stop()
+        bare = without_views(workdir, args.seconds, args.connections)
 
     probes.sort()
     q50 = statistics.median(probes) * 1000 if probes else float("nan")
@@ -262,6 +295,14 @@ def main() -> None:
     print(f"collector RSS under load  max {max(rss):.0f} MB  (target < 512 MB)")
     print(f"rows stored               {stored:,}; non-2xx: pixel {pixel['non2xx']} "
           f"+ {probed['non2xx']}, batch {batch['non2xx']}")
+    print("the same collector with its materialised views detached (target: with views at "
+          "most 10% lower)")
+    for name, label, unit, scale in (("pixel", "pixel", "hits/s", 1),
+                                     ("batch", "JSON, batches of 10", "events/s", 10)):
+        rps = bare[name]["rps"] * scale
+        ours = (pixel if name == "pixel" else batch)["rps"] * scale
+        print(f"  tagwerk {label:<20s} {rps:>10,.0f} {unit} without views; with views "
+              f"{ours / rps - 1:+.1%}")
     print("production layout: the collector alone on the server core, ClickHouse in another "
           "process on wrk's core")
     print(f"  tagwerk pixel           {split['pixel']['rps']:>10,.0f} hits/s  "
