@@ -15,7 +15,8 @@ from starlette.testclient import TestClient
 from collector.containers import default_container
 from collector.metrics import Metrics
 from collector.spool.disk import Checkpoint, Pos, Spool
-from collector.spool.flusher import CONSENT_LOG, Flusher, encode_record
+from collector.spool.flusher import Flusher
+from collector.spool.record import CONSENT_LOG, encode_record
 from collector.storage import StorageUnavailable
 from consent.log import COLUMNS, DecisionError, decision_row
 from tests.helpers import IPHONE, drained, make_client, wait_for

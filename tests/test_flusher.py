@@ -13,7 +13,8 @@ from collector.ingest.events import COLUMNS, Context, normalize
 from collector.ingest.useragent import parse_agent
 from collector.metrics import Metrics
 from collector.spool.disk import Checkpoint, Pos, Spool
-from collector.spool.flusher import MAX_WAIT, Flusher, encode_record, next_wait
+from collector.spool.flusher import MAX_WAIT, Flusher, next_wait
+from collector.spool.record import encode_record
 from tests.helpers import wait_for
 from tests.test_spool import append_all
 
@@ -103,6 +104,7 @@ def test_batches_of_two_spools_are_both_kept(store, tmp_path):
         Flusher(spool, store, Metrics())._flush(Pos(1, 0), spool.durable)
         spool.close()
     assert count(store, site) == 6
+
 
 
 def test_the_wait_grows_with_the_last_flush_up_to_a_bound():

@@ -393,7 +393,8 @@ def test_rows_spooled_before_the_identity_columns_still_flush(backend, store, tm
     from collector.ingest.useragent import parse_agent
     from collector.metrics import Metrics
     from collector.spool.disk import Spool
-    from collector.spool.flusher import Flusher, encode_record
+    from collector.spool.flusher import Flusher
+    from collector.spool.record import encode_record
     from tests.test_spool import append_all
 
     site = "id-old-" + uuid.uuid4().hex[:8]

@@ -215,7 +215,8 @@ def test_rows_acknowledged_before_an_erasure_was_known_are_dropped_by_the_flushe
     from collector.metrics import Metrics
     from collector.privacy.tombstones import Tombstones, subject
     from collector.spool.disk import Spool
-    from collector.spool.flusher import Flusher, encode_record
+    from collector.spool.flusher import Flusher
+    from collector.spool.record import encode_record
     from tests.test_spool import append_all
 
     site = f"priv-spool-{uuid.uuid4().hex[:6]}"

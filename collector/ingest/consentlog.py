@@ -10,7 +10,8 @@ as hits: ``ingest.hit_context``), never the IP address.
 Durability is the hits': the row is one spool record, fsynced before the 202, and the
 flusher inserts it exactly once. The record's metadata line is ``{"t":"consent_log"}``
 instead of the events' ``{}``: the flusher groups a batch's records by that table name and
-makes one insert per table, each with its own deduplication token (``collector/spool/flusher.py``).
+makes one insert per table, each with its own deduplication token (``collector/spool/record.py``,
+``flusher.py``).
 
 A decision that denies analytics also clears the ``tw_id`` device cookie, if the request
 carries one: the person need not wait for the next hit. And the ``tw_consent`` cookie the tag
@@ -32,7 +33,7 @@ from collector.ingest.endpoints import (
     spool,
 )
 from collector.service import Collector
-from collector.spool.flusher import CONSENT_LOG, encode_record
+from collector.spool.record import CONSENT_LOG, encode_record
 from collector.web.http import Hit, HTTPError, respond
 from consent.log import DecisionError, decision_row
 from consent.purposes import ANALYTICS

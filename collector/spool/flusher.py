@@ -11,18 +11,7 @@ the same bounds are replayed with the same ``insert_deduplication_token``, so Cl
 drops a block it already has. Event ids chosen by senders are checked against the table
 too, which catches a sender's retry of a hit it had no answer for.
 
-Each spool record is one request: a first line of metadata, then one JSONCompactEachRow
-line per row. The metadata names the target table:
-
-- ``{}``, or ``{"site", "ids", "lo", "hi"}`` (the sender-given event ids with their site and
-  time range): rows of ``tagwerk.events`` (``events.COLUMNS`` in order). Records written
-  before other tables existed read the same way.
-- ``"g": {event_id: key}`` beside those (and ``"db": 1`` for a site that drops bots): rows
-  stored with a first guess of their User-Agent's class; the flusher writes the accurate
-  answer in before it inserts, when this process still knows the key and its per-batch
-  budget allows (``collector.ingest.useragent``), and drops those that turn out bots where ``db``.
-- ``{"t": TABLE}``: rows of another table of ``TABLES`` (``consent_log``:
-  ``consent.log.COLUMNS``), which has no sender-given ids to check.
+Each spool record is one request, in the format of ``record.py``, which names its table.
 
 A batch is a range of the spool, whatever tables its records are for: it is inserted as one
 insert per table, ``tagwerk.events`` first, then the others by name, each with its own
@@ -48,19 +37,13 @@ from collector.ingest.uarules import warm_up
 from collector.ingest.useragent import Resolver
 from collector.metrics import Metrics
 from collector.spool.disk import Checkpoint, Pos, Spool
+from collector.spool.record import EVENTS, INSERTS, NO_META, TABLES, table_of
 from collector.storage import StorageError, Store
-from consent.log import COLUMNS as CONSENT_COLUMNS
 
 log = logging.getLogger("tagwerk.flusher")
 
-NO_META = b"{}"
-TABLE_META = b'{"t":'
 MAX_REPLAY = 1 << 40
 ID_PREFIX = len(b'["')  # rows are JSON arrays with event_id first
-EVENTS = "events"
-CONSENT_LOG = "consent_log"
-TABLES = {EVENTS: COLUMNS, CONSENT_LOG: CONSENT_COLUMNS}
-INSERTS = {name: f"tagwerk.{name} ({', '.join(columns)})" for name, columns in TABLES.items()}
 INSERT = INSERTS[EVENTS]
 ID_LENGTH = 36
 # How long a hit may wait for its batch when flushes are slow (see above), and how many
@@ -70,33 +53,6 @@ WAIT_PER_FLUSH = 2.0
 SITE_ID, DEVICE_ID, USER_ID = (COLUMNS.index(c) for c in ("site_id", "device_id", "user_id"))
 IDENTIFIERS = COLUMNS.index("identifiers")
 AGENT_COLUMNS = tuple(COLUMNS.index(c) for c in ("device_class", "browser", "os", "is_bot"))
-
-
-def encode_record(
-    lines: list[bytes], site_id: str, given: list[tuple[str, str]], table: str = EVENTS,
-    guessed: dict[str, str] | None = None, drop_bots: bool = False,
-) -> bytes:
-    """One spool record: metadata, then the rows. ``given``: (event_id, ts) the sender chose
-    (events only). ``table``: where the rows go, one of ``TABLES``. ``guessed``: event_id ->
-    pending key of the rows whose agent is a first guess (events only)."""
-    if table != EVENTS:
-        if table not in TABLES or given:
-            raise ValueError(f"cannot spool rows for table {table!r} with sender ids {given!r}")
-        meta = orjson.dumps({"t": table})
-    elif given or guessed:
-        fields: dict[str, Any] = {}
-        if given:
-            times = [ts for _, ts in given]
-            fields = {"site": site_id, "ids": [i for i, _ in given], "lo": min(times),
-                      "hi": max(times)}
-        if guessed:
-            fields["g"] = guessed
-            if drop_bots:
-                fields["db"] = 1
-        meta = orjson.dumps(fields)
-    else:
-        meta = NO_META
-    return meta + b"\n" + b"\n".join(lines) + b"\n"
 
 
 def next_wait(interval: float, took: float) -> float:
@@ -238,13 +194,11 @@ class Flusher:
         """The batch's records per target table: events first, then the others by name."""
         groups: dict[str, list[bytes]] = {EVENTS: []}
         for record in records:
-            table = EVENTS
-            if record.startswith(TABLE_META):
-                table = orjson.loads(record[: record.index(b"\n")])["t"]
-                if table not in TABLES:
-                    # Written by a newer version: skip rather than wedge every table's rows.
-                    log.error("spool: a record for unknown table %r skipped", table)
-                    continue
+            table = table_of(record)
+            if table not in TABLES:
+                # Written by a newer version: skip rather than wedge every table's rows.
+                log.error("spool: a record for unknown table %r skipped", table)
+                continue
             groups.setdefault(table, []).append(record)
         return [(EVENTS, groups.pop(EVENTS)), *sorted(groups.items())]
 
