@@ -1,13 +1,13 @@
 """The collector's ASGI application.
 
-The ingestion paths are bare ASGI handlers (see ``collector/web/http.py``); everything else, and the
-lifespan, goes to Starlette.
+The ingestion paths are bare ASGI handlers, from their route table
+(``collector/ingest/routes.py``); everything else, and the lifespan, goes to Starlette.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import orjson
 from starlette.applications import Starlette
@@ -19,19 +19,10 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from collector.api import routes as api_routes
-from collector.ingest import consentlog, endpoints
+from collector.ingest.routes import INGEST
 from collector.service import Collector
 from collector.tag import consent_texts, container_api, demo, serving
 from collector.web.http import Hit, error_body, respond
-
-Handler = Callable[[Collector, Hit, Send], Awaitable[None]]
-
-INGEST: dict[str, dict[str, Handler]] = {
-    "/collect": {"POST": endpoints.collect, "OPTIONS": endpoints.collect_preflight},
-    "/p.gif": {"GET": endpoints.pixel, "HEAD": endpoints.pixel},
-    "/api/v1/batch": {"POST": endpoints.batch},
-    "/consent": {"POST": consentlog.consent, "OPTIONS": endpoints.collect_preflight},
-}
 
 METHOD_NOT_ALLOWED = error_body("method not allowed")
 

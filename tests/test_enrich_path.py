@@ -46,7 +46,7 @@ def stored(collector, site, marker):
 
 def test_location_from_forwarded_for_behind_a_trusted_proxy(env, monkeypatch):
     client, collector = env
-    import collector.ingest.endpoints as ingest
+    import collector.ingest.accept as ingest
 
     real = ingest.hit_context
     monkeypatch.setattr(ingest, "hit_context", lambda c, site, channel, hit: real(

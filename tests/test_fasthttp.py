@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from collector.ingest.endpoints import PIXEL
+from collector.ingest.answers import PIXEL
 from collector.sites import Sites
 from tests.helpers import CHROME, drained, rows, served, wait_for
 

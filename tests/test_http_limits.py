@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from collector import cli
-from collector.ingest.endpoints import PIXEL
+from collector.ingest.answers import PIXEL
 from collector.ingest.fasthttp import IngestProtocol
 from collector.web import limits
 from tests.helpers import CHROME, served

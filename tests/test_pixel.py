@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from collector.ingest.endpoints import PIXEL
+from collector.ingest.answers import PIXEL
 from tests.helpers import drained, on_path, rows, wait_for
 
 
@@ -90,7 +90,8 @@ def test_raw_invalid_utf8_bytes(env):
     # Bypass the client's own encoding: hand the ASGI app raw bytes.
     import asyncio
 
-    from collector.ingest.endpoints import pixel
+    from collector.ingest.adapters import PIXEL_HIT
+    from collector.ingest.asgi import take
     from collector.web.http import Hit
 
     sent = []
@@ -101,5 +102,5 @@ def test_raw_invalid_utf8_bytes(env):
     scope = {"type": "http", "method": "GET", "path": "/p.gif", "headers": [],
              "query_string": b"site=pixel-test&event=\xff", "client": ("127.0.0.1", 1),
              "app_state": {"collector": collector}}
-    asyncio.run(pixel(collector, Hit(scope, None), send))
+    asyncio.run(take(PIXEL_HIT, collector, Hit(scope, None), send))
     assert sent[0]["status"] == 400

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 from starlette.testclient import TestClient
 
-from collector.ingest.endpoints import preferred_language
+from collector.ingest.accept import preferred_language
 from collector.sqlhttp import SqlUser, build_sql_app
 from collector.web.qvalues import weighted
 from tests.helpers import make_client

@@ -26,8 +26,7 @@ import orjson
 import pytest
 
 from collector.containers import MAX_DOCUMENT_BYTES
-from collector.ingest.consentlog import CONSENT_MAX_BYTES
-from collector.ingest.endpoints import BATCH_MAX_BYTES, COLLECT_MAX_BYTES
+from collector.ingest.adapters import BATCH_MAX_BYTES, COLLECT_MAX_BYTES, CONSENT_MAX_BYTES
 from collector.ingest.events import MAX_PROP_DEPTH
 from collector.web.http import header_safe, header_url, json_field, nested_too_deep
 from consent.cookie import consent_set_cookie, device_clear_cookie, device_set_cookie

@@ -1,20 +1,27 @@
 """Ingestion: everything a hit goes through, from the request to the spool record.
 
-A hit's path, in order:
+A hit's path, one module a step:
 
-1. ``fasthttp``: ``GET /p.gif`` and ``POST /collect`` answered inside uvicorn's protocol,
-   without the ASGI layer (the hot paths); or ``endpoints``: the same steps as ASGI
-   handlers (``/collect``, ``/p.gif``, ``/api/v1/batch``), which serve every request the
-   fast path leaves to them. ``consentlog``: ``POST /consent``, the consent log, checked
-   like a hit.
-2. ``endpoints``: site, key and origin checks; the request's ``Context``, with
-   ``webconsent`` (the consent cookie, ``Sec-GPC`` and the ``tw_id`` device cookie).
-3. ``events``: each hit validated and turned into a ``tagwerk.events`` row: consent
-   applied, ``ids`` (UUIDv7 event ids), ``geo`` (MaxMind), ``useragent`` (device class and
-   bot flag; the accurate answer from ``uarules``, Matomo's Device Detector rules).
-4. ``collector.spool``: the request's rows are one spool record, on disk before the 2xx;
+1. ``routes``: the route table, the only one: which adapter (or handler) serves a path
+   and method, and which routes the fast path takes too.
+2. A driver reads the request: ``fasthttp`` inside uvicorn's protocol, without the ASGI
+   layer (the hot paths, ``GET /p.gif`` and ``POST /collect``; ingestion's only module
+   that touches uvicorn's internals), or ``asgi`` for every other request.
+3. ``adapters``: the wire format turns it into plain data: the site (or the write key),
+   the hits, the channel, the kind of answer (``answers``: the GIF, CORS, refusals).
+4. ``accept``: the one step sequence every format shares: site, key and origin checks; the
+   request's ``Context``, with ``webconsent`` (the consent cookie, ``Sec-GPC`` and the
+   ``tw_id`` device cookie); ``events``: each hit validated and turned into a
+   ``tagwerk.events`` row, consent applied, ``ids`` (UUIDv7 event ids), ``geo`` (MaxMind),
+   ``useragent`` (device class and bot flag; the accurate answer from ``uarules``, Matomo's
+   Device Detector rules); the drop rules (erased person, bot, no consent); one record.
+5. ``collector.spool``: the record (``spool.record``'s format) is on disk before the 2xx;
    the flusher moves it into ClickHouse.
 
-A new ingestion endpoint goes here, next to ``endpoints`` (and in ``collector.app.INGEST``).
-Shared HTTP pieces (errors, proxies, ``Authorization``, limits) are in ``collector.web``.
+``consentlog``: ``POST /consent``, the consent log, read like a hit (its adapter) but
+stored in its own table.
+
+A new ingestion endpoint is an adapter in ``adapters`` and a line in ``routes`` (with
+``fast=True`` for the fast path); nothing else. Shared HTTP pieces (errors, proxies,
+``Authorization``, limits) are in ``collector.web``.
 """

@@ -2,16 +2,17 @@
 makes through ``tagwerk('consent', 'update', ...)``) is posted here and kept in
 ``tagwerk.consent_log``, in the merchant's own database, next to the hits it governs.
 
-The request is checked like a hit (``consent/log.py`` names the field of any problem; 4xx,
-nothing stored), CORS like ``/collect`` with credentials, at most 8 KB, ``text/plain`` or
-JSON. The row gets the device class and the country of the request (the same enrichment
-as hits: ``ingest.hit_context``), never the IP address.
+The request is read like a hit (``adapters.CONSENT``, ``accept.read``) and checked
+(``consent/log.py`` names the field of any problem; 4xx, nothing stored), CORS like
+``/collect`` with credentials, at most 8 KB, ``text/plain`` or JSON. The row gets the
+device class and the country of the request (the same enrichment as hits:
+``accept.hit_context``), never the IP address.
 
 Durability is the hits': the row is one spool record, fsynced before the 202, and the
 flusher inserts it exactly once. The record's metadata line is ``{"t":"consent_log"}``
 instead of the events' ``{}``: the flusher groups a batch's records by that table name and
-makes one insert per table, each with its own deduplication token (``collector/spool/record.py``,
-``flusher.py``).
+makes one insert per table, each with its own deduplication token
+(``collector/spool/record.py``, ``flusher.py``).
 
 A decision that denies analytics also clears the ``tw_id`` device cookie, if the request
 carries one: the person need not wait for the next hit. And the ``tw_consent`` cookie the tag
@@ -24,29 +25,23 @@ from __future__ import annotations
 import orjson
 from starlette.types import Send
 
-from collector.ingest import webconsent
-from collector.ingest.endpoints import (
-    browser_refusal,
-    browser_request,
-    cors_headers,
-    hit_context,
-    spool,
-)
+from collector.ingest import accept, webconsent
+from collector.ingest.adapters import CONSENT
+from collector.ingest.answers import cors_headers
 from collector.service import Collector
 from collector.spool.record import CONSENT_LOG, encode_record
 from collector.web.http import Hit, HTTPError, respond
 from consent.log import DecisionError, decision_row
 from consent.purposes import ANALYTICS
 
-CONSENT_MAX_BYTES = 8 * 1024
-
 
 async def consent(c: Collector, hit: Hit, send: Send) -> None:
     """``POST /consent``: one decision; answers 202 ``{"accepted": 1}``."""
     origin = hit.headers.get("origin")
     try:
-        data, site = await browser_request(c, hit, origin, CONSENT_MAX_BYTES)
-        ctx = hit_context(c, site, "web", hit)
+        site, data = await accept.read(c, CONSENT, hit)
+        accept.check_origin(site, origin)
+        ctx = accept.hit_context(c, site, "web", hit)
         try:
             row = decision_row(data, site.site_id, ctx.received_text,
                                ctx.agent.device_class, ctx.location.country)
@@ -54,9 +49,9 @@ async def consent(c: Collector, hit: Hit, send: Send) -> None:
             raise HTTPError(400, str(exc), "invalid", exc.field) from None
         record = encode_record([orjson.dumps(list(row.values()))], site.site_id, [],
                                table=CONSENT_LOG)
-        await spool(c, record)
+        await accept.spool(c, record)
     except HTTPError as exc:
-        await browser_refusal(c, send, exc, origin, "consent")
+        await respond(send, exc.status, exc.body(), headers=CONSENT.refused(c, exc, origin))
         return
     c.metrics.hits_accepted.inc("consent")
     headers = list(cors_headers(origin).items())

@@ -1,37 +1,52 @@
-"""uvicorn's httptools protocol, with ``GET /p.gif`` and ``POST /collect`` answered without
-the ASGI layer.
+"""The fast path: uvicorn's httptools protocol, answering the fast routes of ``routes.py``
+(``GET /p.gif``, ``POST /collect``) without the ASGI layer. Ingestion's only module that
+touches uvicorn's internals: ``UVICORN_INTERNALS`` lists them, and
+``tests/test_uvicorn_compat.py`` fails, naming what changed, on a uvicorn without them.
 
 These are the hot paths and their work is small (parse, enrich, append to the spool), so
 the ASGI machinery uvicorn runs for every request (a scope, a request-response cycle with
 its event, a task, the send messages) cost about as much as a pixel hit itself. Here such a
-request is handled in the parser's callbacks: the record goes to the spool with a callback,
-and the callback writes the answer once the record is fsynced. The steps are those of the
-ASGI handlers in ``endpoints.py`` (shared functions), which still serve every request this
-path does not take: ``HEAD``, a body without ``Content-Length`` or larger than allowed,
-``Expect: 100-continue``, a request pipelined behind another; a pixel of an unknown site
-(it may need a reload of the sites, in a thread). A ``/collect`` body of an unknown site
-waits for that reload in a task.
+request is handled in the parser's callbacks, with the steps of any other driver
+(``accept.py``, on the route's adapter): the record goes to the spool with a callback, and
+the callback writes the answer once the record is fsynced. The ASGI driver (``asgi.py``)
+still serves every request this path does not take: ``HEAD``, a body without
+``Content-Length`` or larger than allowed, ``Expect: 100-continue``, a request pipelined
+behind another; a query-string hit of an unknown site or key (it may need a reload of the
+sites, in a thread). A body of an unknown site or key waits for that reload in a task.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 
-from collector.ingest import endpoints
+from collector.ingest import accept
+from collector.ingest.adapters import Adapter
+from collector.ingest.routes import FAST
 from collector.service import Collector
-from collector.sites import Site
 from collector.spool.disk import SpoolError, SpoolFull
-from collector.web.http import INTERNAL_ERROR, Hit, HTTPError, decode_body
+from collector.web.http import INTERNAL_ERROR, JSON, Hit, HTTPError, decode_body
 from collector.web.limits import LimitedProtocol
 
 log = logging.getLogger("tagwerk.http")
+_METHODS = {b"GET": "GET", b"POST": "POST"}  # the fast routes' methods, without a decode
 
-PIXEL_PATH = b"/p.gif"
-COLLECT_PATH = b"/collect"
+# What this module relies on in uvicorn's HttpToolsProtocol beyond its public use as an
+# asyncio protocol (checked by tests/test_uvicorn_compat.py): the parser callbacks it
+# overrides and calls, and the attributes it reads or sets, with how it uses them.
+UVICORN_INTERNALS = {
+    "methods": ("on_message_begin", "on_headers_complete", "on_body", "on_message_complete",
+                "on_response_complete"),
+    # set in __init__ / connection_made
+    "attributes": ("parser", "url", "headers", "expect_100_continue", "scope", "cycle",
+                   "transport", "server_state", "loop", "client", "scheme"),
+    # cycle attributes uvicorn's connection code reads or writes (``_Pending`` has them)
+    "cycle": ("keep_alive", "response_complete", "disconnected", "more_body",
+              "message_event"),
+    "module": ("STATUS_LINE",),
+}
 
 
 class _Ignore:
@@ -42,15 +57,17 @@ class _Ignore:
 class _Pending:
     """Stands in for uvicorn's RequestResponseCycle while a request of the fast path is
     read or waits for the spool: the attributes uvicorn's connection code reads or writes
-    on ``self.cycle``, and the body of a ``/collect``."""
+    on ``self.cycle``, the route's adapter and the body being read."""
 
-    __slots__ = ("keep_alive", "response_complete", "disconnected", "more_body", "body")
+    __slots__ = ("keep_alive", "response_complete", "disconnected", "more_body", "body",
+                 "adapter")
     message_event = _Ignore()
 
-    def __init__(self, keep_alive: bool) -> None:
+    def __init__(self, keep_alive: bool, adapter: Adapter | None = None) -> None:
         self.keep_alive = keep_alive
         self.response_complete = self.disconnected = False
         self.more_body, self.body = False, b""
+        self.adapter = adapter
 
 
 class IngestProtocol(LimitedProtocol):
@@ -71,11 +88,19 @@ class IngestProtocol(LimitedProtocol):
         self._head_ends()
         if self.cycle is None or self.cycle.response_complete:
             method = self.parser.get_method()
-            if method == b"GET" and self.url.startswith(PIXEL_PATH) and self._pixel():
-                return
-            if method == b"POST" and self.url == COLLECT_PATH and self._collect_fits():
-                self.cycle = _Pending(self.parser.should_keep_alive())  # type: ignore[assignment]
-                return  # the body follows: on_body, on_message_complete
+            paths = FAST.get(method)
+            if paths is not None:
+                url = self.url
+                mark = url.find(b"?")
+                adapter = paths.get(url if mark < 0 else url[:mark])
+                if adapter is not None:
+                    if not adapter.body_limit:  # the hit is in the query string
+                        if self._query(adapter, method, url[mark + 1:] if mark >= 0 else b""):
+                            return
+                    elif self._body_fits(adapter):
+                        self.cycle = _Pending(  # type: ignore[assignment]
+                            self.parser.should_keep_alive(), adapter)
+                        return  # the body follows: on_body, on_message_complete
         url, headers, expect = self.url, self.headers, self.expect_100_continue
         super().on_message_begin()
         self.url, self.headers, self.expect_100_continue = url, headers, expect
@@ -84,7 +109,7 @@ class IngestProtocol(LimitedProtocol):
 
     def on_body(self, body: bytes) -> None:
         if isinstance(self.cycle, _Pending):
-            if not self.cycle.more_body:  # a /collect being read (a pixel's body is ignored)
+            if not self.cycle.more_body:  # a body being read (a GET's body is ignored)
                 self.cycle.body += body  # at most Content-Length: httptools holds to it
         else:
             super().on_body(body)
@@ -96,49 +121,43 @@ class IngestProtocol(LimitedProtocol):
             super().on_message_complete()
         elif not pending.response_complete and not pending.more_body:
             pending.more_body = True  # read: from here on it waits for its answer
-            self._collect(pending)
+            self._body(pending)
 
-    # -- the pixel ----------------------------------------------------------------------
+    # -- a hit in the query string ----------------------------------------------------------
 
-    def _pixel(self) -> bool:
-        """Handle a pixel request, or return False to leave it to the ASGI path."""
-        path, _, query = self.url.partition(b"?")
-        if path != PIXEL_PATH:
-            return False
+    def _query(self, adapter: Adapter, method: bytes, query: bytes) -> bool:
+        """Take a query-string hit, or return False to leave it to the ASGI path."""
         c = self.collector
         keep_alive = self.parser.should_keep_alive()
+        hit = self._hit(method, query)
         try:
-            raw = endpoints.pixel_event(query)
-            site_id = raw.get("site")
-            site = c.sites.get(site_id) if isinstance(site_id, str) else None
+            if adapter.keyed:
+                site = c.sites.by_write_key(accept.write_key(hit))
+                adapter.check_head(hit)
+                data = adapter.parse(query)
+            else:
+                adapter.check_head(hit)
+                data = adapter.parse(query)
+                site = accept.site_now(c, data)
             if site is None:
                 return False  # missing (the ASGI path says so) or unknown: may need a reload
             # From here this request owns the connection until it is answered; requests
             # pipelined behind it wait in uvicorn's queue.
-            self.cycle = pending = _Pending(keep_alive)  # type: ignore[assignment]
+            self.cycle = pending = _Pending(keep_alive, adapter)  # type: ignore[assignment]
             pending.more_body = True  # nothing more to do in on_message_complete
-            hit = self._hit("GET", query)
-            record, count = endpoints.pixel_record(c, hit, raw, site)
-            self._store(pending, record, count, "pixel",
-                        lambda: self._answer(pending, 200, endpoints.PIXEL, endpoints.PIXEL_HEADERS,
-                                             b"image/gif"),
-                        lambda exc: self._refuse_pixel(pending, exc))
+            self._accept(pending, hit, site, data, None)
         except HTTPError as exc:
-            self.cycle = pending = _Pending(keep_alive)  # type: ignore[assignment]
-            self._refuse_pixel(pending, exc)
+            self.cycle = pending = _Pending(keep_alive, adapter)  # type: ignore[assignment]
+            self._refuse(pending, exc, None)
         except Exception:
             self.cycle = pending = _Pending(False)  # type: ignore[assignment]
             self._fail(pending)
         return True
 
-    def _refuse_pixel(self, pending: _Pending, exc: HTTPError) -> None:
-        headers = endpoints.pixel_refusal_headers(self.collector, exc)
-        self._answer(pending, exc.status, exc.body(), headers)
+    # -- a hit in the body ------------------------------------------------------------------
 
-    # -- /collect -------------------------------------------------------------------------
-
-    def _collect_fits(self) -> bool:
-        """A body this path can take: its length declared and within the limit."""
+    def _body_fits(self, adapter: Adapter) -> bool:
+        """A body this path can take: its length declared and within the adapter's limit."""
         if self.expect_100_continue:
             return False
         length = None
@@ -147,82 +166,81 @@ class IngestProtocol(LimitedProtocol):
                 length = value
             elif name == b"transfer-encoding":
                 return False
-        return (length is not None and length.isdigit()
-                and int(length) <= endpoints.COLLECT_MAX_BYTES)
+        return length is not None and length.isdigit() and int(length) <= adapter.body_limit
 
-    def _collect(self, pending: _Pending) -> None:
+    def _body(self, pending: _Pending) -> None:
+        adapter = pending.adapter
+        assert adapter is not None
         c = self.collector
-        hit = self._hit("POST", b"")
+        hit = self._hit(b"POST", b"")  # a body adapter's route is a POST (routes.py)
         origin = hit.headers.get("origin")
         try:
-            endpoints.check_media(hit)
-            data = endpoints.browser_json(decode_body(hit.headers, pending.body,
-                                                   endpoints.COLLECT_MAX_BYTES))
-            pending.body = b""
-            site_id = data.get("site")
-            site = c.sites.get(site_id) if isinstance(site_id, str) else None
-            if site is None:  # missing, or unknown: may need a reload in a thread
-                self.loop.create_task(self._collect_unknown(pending, hit, data, origin))
+            site = c.sites.by_write_key(accept.write_key(hit)) if adapter.keyed else None
+            if adapter.keyed and site is None:  # unknown key: may need a reload in a thread
+                self.loop.create_task(self._later(pending, hit, origin))
                 return
-            self._collect_site(pending, hit, data, site, origin)
+            adapter.check_head(hit)
+            data = adapter.parse(decode_body(hit.headers, pending.body, adapter.body_limit))
+            if site is None:
+                site = accept.site_now(c, data)
+                if site is None:  # missing, or unknown: may need a reload in a thread
+                    self.loop.create_task(self._later(pending, hit, origin))
+                    return
+            pending.body = b""
+            self._accept(pending, hit, site, data, origin)
         except HTTPError as exc:
             self._refuse(pending, exc, origin)
         except Exception:
             self._fail(pending)
 
-    async def _collect_unknown(
-        self, pending: _Pending, hit: Hit, data: dict[str, Any], origin: str | None
-    ) -> None:
+    async def _later(self, pending: _Pending, hit: Hit, origin: str | None) -> None:
+        """The request read again, waiting for the lookup of its site or key."""
         try:
-            site = await endpoints.find_site(self.collector, data.get("site"))
-            self._collect_site(pending, hit, data, site, origin)
+            site, data = await accept.read(self.collector, pending.adapter,  # type: ignore[arg-type]
+                                           hit, pending.body)
+            pending.body = b""
+            self._accept(pending, hit, site, data, origin)
         except HTTPError as exc:
             self._refuse(pending, exc, origin)
         except Exception:
             self._fail(pending)
-
-    def _collect_site(
-        self, pending: _Pending, hit: Hit, data: dict[str, Any], site: Site, origin: str | None
-    ) -> None:
-        endpoints.check_origin(site, origin)
-        record, count, headers = endpoints.collect_hits(self.collector, hit, data, site, origin)
-        self._store(pending, record, count, "collect",
-                    lambda: self._answer(pending, 202, b'{"accepted":%d}' % count, headers),
-                    lambda exc: self._refuse(pending, exc, origin))
-
-    def _refuse(self, pending: _Pending, exc: HTTPError, origin: str | None) -> None:
-        headers = endpoints.refusal_headers(self.collector, exc, origin, "collect")
-        self._answer(pending, exc.status, exc.body(), headers)
 
     # -- shared ---------------------------------------------------------------------------
 
-    def _hit(self, method: str, query: bytes) -> Hit:
-        return Hit({"method": method, "headers": self.headers, "client": self.client,
-                    "scheme": self.scheme, "query_string": query}, _no_body)
+    def _hit(self, method: bytes, query: bytes) -> Hit:
+        return Hit({"method": _METHODS.get(method) or method.decode(), "headers": self.headers,
+                    "client": self.client, "scheme": self.scheme, "query_string": query},
+                   _no_body)
 
-    def _store(
-        self, pending: _Pending, record: bytes, count: int, endpoint: str,
-        answer: Callable[[], None], refuse: Callable[[HTTPError], None],
+    def _accept(
+        self, pending: _Pending, hit: Hit, site: Any, data: dict[str, Any], origin: str | None
     ) -> None:
-        """Spool ``record``, then ``answer()`` (at once when there is nothing to spool: the
-        site drops these hits), or ``refuse(503)`` if the disk failed. Raises HTTPError
-        when the spool cannot take it."""
-        c = self.collector
+        """Accept, spool ``record``, then answer (at once when there is nothing to spool: the
+        site drops these hits), or refuse with a 503 if the disk failed. Raises HTTPError
+        when the request is refused or the spool cannot take it."""
+        c, adapter = self.collector, pending.adapter
+        assert adapter is not None
+        record, count, cookie = accept.accept(c, adapter, hit, site, data, origin)
 
         def stored(error: Exception | None) -> None:
             if error is None:
-                c.metrics.hits_accepted.inc(endpoint, by=count)
-                answer()
+                c.metrics.hits_accepted.inc(adapter.name, by=count)
+                self._answer(pending, *adapter.accepted(count, origin, cookie))
             else:
-                refuse(endpoints.spool_refusal(error))  # type: ignore[arg-type]
+                self._refuse(pending, accept.spool_refusal(error), origin)  # type: ignore[arg-type]
 
         if not record:
-            answer()
+            self._answer(pending, *adapter.accepted(count, origin, cookie))
             return
         try:
             c.spool.submit(record, stored, self.loop)
         except (SpoolFull, SpoolError) as exc:
-            raise endpoints.spool_refusal(exc) from None
+            raise accept.spool_refusal(exc) from None
+
+    def _refuse(self, pending: _Pending, exc: HTTPError, origin: str | None) -> None:
+        assert pending.adapter is not None
+        headers = pending.adapter.refused(self.collector, exc, origin)
+        self._answer(pending, exc.status, exc.body(), JSON, headers)
 
     def _fail(self, pending: _Pending) -> None:
         log.exception("fast path: unexpected error")
@@ -230,8 +248,8 @@ class IngestProtocol(LimitedProtocol):
         self._answer(pending, 500, INTERNAL_ERROR)
 
     def _answer(
-        self, pending: _Pending, status: int, body: bytes,
-        headers: dict[str, str] | None = None, media: bytes = b"application/json",
+        self, pending: _Pending, status: int, body: bytes, media: bytes = JSON,
+        headers: dict[str, str] | None = None,
     ) -> None:
         pending.response_complete = True
         if self.transport.is_closing():
@@ -260,3 +278,4 @@ async def _no_body() -> dict[str, Any]:
 def protocol_for(collector: Collector) -> type[IngestProtocol]:
     """The protocol class uvicorn instantiates per connection, bound to ``collector``."""
     return type("IngestProtocol", (IngestProtocol,), {"collector": collector})
+

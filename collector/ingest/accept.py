@@ -1,0 +1,250 @@
+"""The one step sequence from a request's plain data to its spool record.
+
+Whatever the wire format (``adapters.py``) and whoever read the request (``asgi.py``,
+``fasthttp.py``):
+
+1. the site: by the write key in ``Authorization`` (``site_by_key``, before the body is
+   read) or by the data's ``site`` (``find_site``; ``site_now`` without waiting);
+2. :func:`accept`: the origin checked against the site's, the adapter's own checks of the
+   hits, the request's ``Context`` (address, agent, language; ``webconsent``: the consent
+   cookie, ``Sec-GPC``, ``tw_id``), each hit validated and normalised (``events``) and
+   dropped where a rule says so (erased person, bot, no consent), and the rows encoded as
+   one spool record (``collector.spool.record``);
+3. the driver hands the record to the spool (``spool``, or ``Spool.submit`` on the fast
+   path) and answers 2xx once it is on disk.
+
+Each request is checked whole before anything is written: one bad hit refuses the request,
+so a sender never has to guess which part was stored.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+from typing import Any
+
+import orjson
+
+from collector.ingest import webconsent
+from collector.ingest.adapters import Adapter
+from collector.ingest.events import Context, EventError, normalize
+from collector.ingest.geo import UNKNOWN
+from collector.ingest.useragent import request_agent
+from collector.service import Collector
+from collector.sites import Site
+from collector.spool.disk import SpoolError, SpoolFull
+from collector.spool.record import encode_record
+from collector.tag.consent_texts import accept_language
+from collector.web.authorization import ASK_FOR_KEY, KEY_REFUSED, basic_credentials, bearer_token
+from collector.web.clientip import anonymize_ip, client_ip
+from collector.web.http import Hit, HTTPError, decode_body
+
+# -- 1. the site ------------------------------------------------------------------------------
+
+
+async def read(
+    c: Collector, adapter: Adapter, hit: Hit, body: bytes | None = None
+) -> tuple[Site, dict[str, Any]]:
+    """The request's site and data, in the order its checks answer: the write key, the
+    head, the body (read from ``hit`` unless given, as read by the fast path), the site."""
+    site = await site_by_key(c, hit) if adapter.keyed else None
+    adapter.check_head(hit)
+    if not adapter.body_limit:
+        payload = hit.query_string
+    elif body is None:
+        payload = await hit.body(adapter.body_limit)
+    else:
+        payload = decode_body(hit.headers, body, adapter.body_limit)
+    data = adapter.parse(payload)
+    if site is None:
+        site = await find_site(c, data.get("site"))
+    return site, data
+
+
+def site_now(c: Collector, data: dict[str, Any]) -> Site | None:
+    """The data's site if it is known without waiting; None: ask :func:`find_site`."""
+    site_id = data.get("site")
+    return c.sites.get(site_id) if isinstance(site_id, str) else None
+
+
+async def find_site(c: Collector, site_id: Any) -> Site:
+    if not isinstance(site_id, str) or not site_id:
+        raise HTTPError(400, "'site' is required", "invalid", "site")
+    site = await c.sites.find(site_id)
+    if site is None:
+        raise HTTPError(404, f"unknown site {site_id[:64]!r}", "unknown_site", "site")
+    return site
+
+
+def write_key(hit: Hit) -> str:
+    """The write key in ``Authorization`` (Bearer, or Basic with the key as user name, as
+    Segment's SDKs send it); 401 without one."""
+    header = hit.headers.get("authorization", "")
+    key = bearer_token(header)
+    if not key:
+        key = (basic_credentials(header) or ("", ""))[0]
+    if not key:
+        raise HTTPError(401, "send the site's write key as 'Authorization: Bearer KEY'", "auth",
+                        headers=ASK_FOR_KEY)
+    return key
+
+
+async def site_by_key(c: Collector, hit: Hit) -> Site:
+    """The site whose write key the request carries."""
+    site = await c.sites.find_by_write_key(write_key(hit))
+    if site is None:
+        raise HTTPError(401, "invalid write key", "auth", headers=KEY_REFUSED)
+    return site
+
+
+def check_origin(site: Site, origin: str | None) -> None:
+    if origin:
+        if not origin.isascii() or not origin.isprintable():  # header_safe, inline
+            raise bad_origin()
+        if not site.allows_origin(origin):
+            raise HTTPError(403, f"origin {origin!r} is not allowed for this site", "origin")
+
+
+def bad_origin() -> HTTPError:
+    """An ``Origin`` that could not be echoed in a header (a tab, a C1 control such as
+    0x85 in latin-1: the HTTP parser lets these through): a browser never sends one."""
+    return HTTPError(400, "the Origin header holds a control character", "invalid", "Origin")
+
+
+# -- 2. accept ------------------------------------------------------------------------------
+
+
+def accept(
+    c: Collector, adapter: Adapter, hit: Hit, site: Site, data: dict[str, Any],
+    origin: str | None,
+) -> tuple[bytes, int, str | None]:
+    """A request of a known site: its spool record (empty when the site drops every hit),
+    its count of hits, and the ``Set-Cookie`` of its answer (``tw_id``), if any. Raises
+    HTTPError naming the field of the first problem."""
+    if adapter.cors:
+        check_origin(site, origin)
+    events = adapter.events(data, site)
+    if not adapter.web:
+        received = dt.datetime.now(dt.UTC)
+        contexts = [server_context(c, site, event, received) for event in events]
+        return *events_record(c, site, events, contexts), None
+    ctx = hit_context(c, site, adapter.channel(data), hit)
+    sw = webconsent.site_web(c.containers, site.site_id)
+    if not adapter.cookies:
+        webconsent.read(hit, ctx, sw)  # reads tw_id; mints and sets no cookie
+        return *events_record(c, site, events, ctx), None
+    web = webconsent.read(hit, ctx, sw, events)  # tw_consent, Sec-GPC, tw_id
+    record, count = events_record(c, site, events, ctx)
+    return record, count, webconsent.answer(hit, ctx, sw, web, events[-1], c.settings.networks)
+
+
+def hit_context(c: Collector, site: Site, channel: str, hit: Hit) -> Context:
+    ip = client_ip(hit.peer, hit.headers.get("x-forwarded-for"), c.settings.networks)
+    return Context(
+        site_id=site.site_id,
+        received_at=dt.datetime.now(dt.UTC),
+        channel=channel,
+        agent=request_agent(hit.headers.get("user-agent", "")),
+        location=c.geo.lookup(anonymize_ip(ip)) if ip and c.geo.enabled else UNKNOWN,
+        retention_days=site.retention_days,
+        identifier_kinds=site.identifier_kinds,
+        identity_key=site.write_key_hash,
+        language=preferred_language(hit.headers.get("accept-language", "")),
+    )
+
+
+@functools.lru_cache(maxsize=1024)
+def preferred_language(header: str) -> str:
+    """The preferred language of an ``Accept-Language`` header ("de-DE,de;q=0.9" -> "de-DE"),
+    or "" (none, ``*``, malformed): the banner's texts negotiate with the same parser."""
+    ranges = accept_language(header)
+    return ranges[0] if ranges else ""
+
+
+def server_context(c: Collector, site: Site, event: Any, received: dt.datetime) -> Context:
+    """A server-side sender may state the shopper's agent and address (never stored)."""
+    agent_text = event.get("user_agent") if isinstance(event, dict) else None
+    ip = event.get("ip") if isinstance(event, dict) else None
+    return Context(
+        site_id=site.site_id,
+        received_at=received,
+        channel="server",
+        agent=request_agent(agent_text if isinstance(agent_text, str) else "server"),
+        location=(c.geo.lookup(anonymize_ip(ip)) if isinstance(ip, str) and c.geo.enabled
+                  else UNKNOWN),
+        retention_days=site.retention_days,
+        identifier_kinds=site.identifier_kinds,
+        trusted=True,
+    )
+
+
+def events_record(
+    c: Collector, site: Site, events: list[Any], contexts: Context | list[Context]
+) -> tuple[bytes, int]:
+    """Validate and normalise a request's hits (``contexts``: the request's, or one per
+    hit): its spool record (empty when the site drops them all) and the number of hits in
+    it. Raises HTTPError naming the field."""
+    lines: list[bytes] = []
+    given: list[tuple[str, str]] = []
+    guessed: dict[str, str] = {}
+    one = contexts if isinstance(contexts, Context) else None
+    for index, raw in enumerate(events):
+        ctx = one or contexts[index]  # type: ignore[index]
+        try:
+            row, sender_id = normalize(raw, ctx)
+        except EventError as exc:
+            where = f"events[{index}]" if len(events) > 1 else "event"
+            field = f"{where}.{exc.field}" if exc.field else where
+            raise HTTPError(400, f"{where}: {exc}", "invalid", field) from None
+        if c.tombstones.blocks(site.site_id, row):
+            c.metrics.erased_dropped.inc()  # it names a person who was erased
+            continue
+        if row["is_bot"] and site.drop_bots:
+            c.metrics.bots_dropped.inc()
+            continue
+        if site.drop_without_consent and not ctx.trusted and "analytics" not in row["consent"]:
+            c.metrics.consent_dropped.inc()  # web hits only: a server states its own consent
+            continue
+        if sender_id:
+            given.append((row["event_id"], row["ts"]))
+        if ctx.agent.pending:  # a first guess: the flusher writes the accurate answer
+            guessed[row["event_id"]] = ctx.agent.pending
+        try:
+            lines.append(orjson.dumps(list(row.values())))
+        except orjson.JSONEncodeError:  # normalize lets nothing through that fails here
+            where = f"events[{index}]" if len(events) > 1 else "event"
+            field = f"{where}.{_unstorable(row)}"
+            raise HTTPError(400, f"{field} cannot be stored as JSON", "invalid", field) from None
+    if not lines:
+        return b"", 0
+    return encode_record(lines, site.site_id, given, guessed=guessed,
+                         drop_bots=site.drop_bots), len(lines)
+
+
+def _unstorable(row: dict[str, Any]) -> str:
+    """The first column of ``row`` that orjson cannot serialise (for the error's field)."""
+    for name, value in row.items():
+        try:
+            orjson.dumps(value)
+        except orjson.JSONEncodeError:
+            return name
+    return "event"
+
+
+# -- 3. the spool ----------------------------------------------------------------------------
+
+
+async def spool(c: Collector, record: bytes) -> None:
+    """Append a record; 503 with Retry-After when the disk cannot take it."""
+    try:
+        await c.spool.append(record)
+    except (SpoolFull, SpoolError) as exc:
+        raise spool_refusal(exc) from None
+
+
+def spool_refusal(exc: SpoolFull | SpoolError) -> HTTPError:
+    if isinstance(exc, SpoolFull):
+        return HTTPError(503, "the collector's spool is full; retry later", "spool_full",
+                         headers={"Retry-After": "5"})
+    return HTTPError(503, "the collector cannot write to disk; retry later", "spool_error",
+                     headers={"Retry-After": "5"})
