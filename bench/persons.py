@@ -154,7 +154,7 @@ def generate(data_dir: Path, args: argparse.Namespace) -> dict[str, str]:
         store.execute(GENERATE.format(**values, offset=offset,
                                       count=min(chunk, args.events - offset)))
     print(f"generated {args.events:,} events in {time.monotonic() - began:.0f} s")
-    for table in ("events", "identity_links", "person_activity"):
+    for table in ("events", "identity_links", "person_hits"):
         [row] = store.rows(f"SELECT count() AS n FROM tagwerk.{table}")
         print(f"  tagwerk.{table}: {row['n']:,} rows")
     store.close()

@@ -18,6 +18,8 @@ hold tables placed differently). Views render too:
   sources, and a refresh swaps its table, which a shared replication path cannot take).
 - ``CREATE VIEW``: on every node, over the Distributed tables (the whole data).
 - ``INSERT INTO ... SELECT`` (backfills): run once, through the Distributed tables.
+- ``DROP VIEW|TABLE IF EXISTS`` (a table rebuilt under a new name): on every node, a
+  sharded table's Distributed table and its ``*_local`` tables alike.
 
 Statements must be idempotent (``IF NOT EXISTS``): ClickHouse has no transactional DDL,
 so a migration interrupted half-way is simply run again.
@@ -43,6 +45,7 @@ _REFRESH = re.compile(r"^\s*REFRESH\b", re.I)
 _INSERT = re.compile(r"^\s*INSERT INTO\b", re.I)
 _NAME = re.compile(r"\b(\w+)\.(\w+)\b")
 _ALTER = re.compile(r"^\s*ALTER TABLE (\w+)\.(\w+)", re.I)
+_DROP = re.compile(r"^\s*DROP (TABLE|VIEW) IF EXISTS (\w+)\.(\w+)\s*$", re.I)
 # ALTERs of what only the shards' storage has: indexes, projections, TTL, settings.
 _STORAGE_ONLY = re.compile(
     r"\s*(ADD|DROP|MATERIALIZE|CLEAR)\s+(INDEX|PROJECTION)\b"
@@ -194,6 +197,12 @@ def _render_for_cluster(stmt: str, cluster: str, shard_key: str | None,
         return [f"CREATE {kind} {exists or ''}{db}.{view} {on}{body}"]
     if _INSERT.match(stmt):
         return [stmt]  # a backfill: once, through the Distributed tables
+    if match := _DROP.match(stmt):
+        what, db, name = match.groups()
+        if f"{db}.{name}" in sharded:  # the Distributed table first: nothing reads a gone shard
+            return [f"DROP {what} IF EXISTS {db}.{name} {on} SYNC",
+                    f"DROP {what} IF EXISTS {db}.{name}_local {on} SYNC"]
+        return [f"DROP {what} IF EXISTS {db}.{name} {on} SYNC"]
     if match := _ALTER.match(stmt):
         db, table = match.group(1), match.group(2)
         rest = stmt[match.end():]

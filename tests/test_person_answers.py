@@ -214,7 +214,7 @@ def test_the_feed_reports_a_burst_and_a_mutation_as_everything(store, monkeypatc
     feed.listeners.append(heard.append)
     feed.watch()
 
-    def insert(n):  # hits with personalization consent: person_activity has them too
+    def insert(n):  # hits with personalization consent: person_hits has them too
         rows = b"\n".join(orjson.dumps({"event_id": str(uuid.uuid4()), "site_id": "feed-site",
                                         "event": "page_view", "device_id": f"fd-{i}",
                                         "consent": ALL})
@@ -228,7 +228,7 @@ def test_the_feed_reports_a_burst_and_a_mutation_as_everything(store, monkeypatc
     insert(1)
     insert(1)
     # Merged before the look (or between its statements): the rows are still found.
-    store.execute("OPTIMIZE TABLE tagwerk.person_activity FINAL")
+    store.execute("OPTIMIZE TABLE tagwerk.person_hits FINAL")
     feed.look()
     assert heard[-1] == {"feed-site": {"device:fd-0"}}
     monkeypatch.setattr(changes, "MOST_ROWS", 3)

@@ -71,7 +71,7 @@ def test_erase_removes_the_person_everywhere_and_keeps_others(env):
     r = call(env, "POST", f"{BASE}/privacy/erase", {"id": f"loyalty:{card}"})
     assert r.status_code == 200, r.text
     done = r.json()
-    assert done["removed"]["events"] >= 6 and done["removed"]["person_activity"] >= 5
+    assert done["removed"]["events"] >= 6 and done["removed"]["person_hits"] >= 5
     assert done["removed"]["identity_links"] >= 4 and done["identifiers"] == 4
     assert done["spool_flushed"] is True
     # Nothing of them anywhere, the audit trail included; the consent decision remains,
@@ -183,7 +183,7 @@ def test_site_retention_applies_to_links_and_person_level_tables(env):
         hit("purchase", old, [{"product_id": "p", "quantity": 1}], device_id=f"d-{n}"),
     ]
     store = collector.store
-    tables = ("events", "identity_links", "person_activity", "session_items",
+    tables = ("events", "identity_links", "person_hits", "session_items",
               "purchased_items", "session_entries")
 
     def counts(site_id):

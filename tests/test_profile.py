@@ -1,4 +1,4 @@
-"""A person's profile across devices and channels (person_activity, collector/identity/
+"""A person's profile across devices and channels (person_hits, collector/identity/
 profile.py), recomputed from the raw events; consent and bots; keys and bad input."""
 
 from __future__ import annotations

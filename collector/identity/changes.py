@@ -1,7 +1,7 @@
 """What changed in the stored rows since the last look, for answers about persons kept in
 memory (``cache.py``).
 
-The feed follows the tables those answers read: ``person_activity`` (what a person did),
+The feed follows the tables those answers read: ``person_hits`` (what a person did),
 ``identity_links`` (who is whom) and ``consent_log`` (the decisions a profile lists). Each
 keeps its rows' block numbers (migrations 0018, 0019), and the highest block number of a
 plain MergeTree's active parts bounds what is committed (``collector/api/cursor.py``). So
@@ -34,7 +34,7 @@ log = logging.getLogger("tagwerk.changes")
 
 # Each followed table, with its new rows' keys as SQL.
 FOLLOWED = {
-    "person_activity": "key",
+    "person_hits": "key",
     "identity_links": "arrayJoin([concat(toString(kind), ':', id), concat('user:', user_id)])",
     "consent_log": "concat('consent:', consent_id)",
 }

@@ -1,6 +1,6 @@
 """A person's profile and the products they saw or bought, across all their identifiers,
-from ``person_activity`` (``clickhouse/0013_person_activity.sql``): only hits with
-personalization consent, never bots.
+from ``person_hits`` (``clickhouse/0020_person_hits.sql``): only hits with personalization
+consent, never bots.
 
 Read without FINAL: a replayed batch is dropped whole by the events table's insert
 deduplication, and its materialised views never see it, so rows are not doubled.
@@ -27,7 +27,7 @@ MAX_ROWS = 50_000  # rows read for one person (one per hit and item)
 
 
 def keys_of(person: Person) -> list[str]:
-    """The person_activity keys their rows are filed under."""
+    """The person_hits keys their rows are filed under."""
     return sorted({f"user:{u}" for u in person.users}
                   | {f"{span.kind}:{span.id}" for span in person.spans})
 
@@ -38,7 +38,7 @@ def keys_of(person: Person) -> list[str]:
 ROWS = """
 SELECT key, toString(event_id) AS event_id, ts, event, product_id, category, brand, channel,
        device_class, quantity, toString(revenue) AS revenue, consent_id
-FROM tagwerk.person_activity
+FROM tagwerk.person_hits
 WHERE site_id = {site:String} AND key IN {keys:Array(String)}"""
 OF_EVENTS = " AND event IN {events:Array(String)}"
 NEWEST = " ORDER BY ts DESC"

@@ -49,7 +49,7 @@ FLUSH_WAIT = 10.0
 # Tables keyed by person, session or device: (table, time expression, has identifiers).
 PERSON_TABLES = (
     ("events", "ts", True),
-    ("person_activity", "ts", True),
+    ("person_hits", "ts", True),
     ("session_items", "last_ts", False),
     ("session_entries", "first.1", False),
     ("purchased_items", "last_ts", False),
