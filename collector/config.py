@@ -46,6 +46,10 @@ class Settings:
     spool_commit_delay_ms: float = 2.0
     demo_site: bool = True
     log_level: str = "info"
+    # What erasure digests are keyed with (collector/privacy/key.py); only from the
+    # environment (TAGWERK_PRIVACY_KEY), never a flag that `ps` would show. Empty: a key
+    # made once in data_dir/privacy.key. Collectors sharing a ClickHouse share the key.
+    privacy_key: str = field(default="", repr=False)
     networks: tuple = field(default=(), repr=False)
 
     def __post_init__(self) -> None:

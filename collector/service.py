@@ -3,7 +3,6 @@ started and stopped together."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -19,6 +18,7 @@ from collector.identity.changes import ChangeFeed
 from collector.ingest.geo import GeoIP
 from collector.metrics import Metrics
 from collector.migrations import migrate
+from collector.privacy import key as privacy_key
 from collector.privacy.tombstones import Tombstones
 from collector.sites import Sites
 from collector.spool.disk import Spool
@@ -45,7 +45,8 @@ class Collector:
         self.sites = Sites(self.store, settings.data_dir / "sites.json")
         self.containers = Containers(self.store)
         self.previews = Previews(self.store)
-        self.tombstones = Tombstones(self.store)
+        self.tombstones = Tombstones(self.store, privacy_key.load(settings.privacy_key,
+                                                                  settings.data_dir))
         self.spool = Spool(settings.spool_dir, settings.spool_segment_bytes,
                            settings.spool_max_bytes, settings.spool_commit_delay_ms / 1000)
         self.flusher = Flusher(self.spool, self.store, self.metrics,
@@ -135,10 +136,14 @@ class Collector:
                     break  # ClickHouse is away: keep what is known
             if self._stopping.wait(CONTAINER_REFRESH_SECONDS):
                 return
-            with contextlib.suppress(StorageError):
+            try:
                 if self.tombstones.load():  # erasures made through any collector
                     # Rows spooled before were checked against fewer tombstones.
                     self.flusher.recheck(self.spool.durable)
+            except StorageError:
+                pass  # ClickHouse is away: keep what is known
+            except privacy_key.KeyMismatch as exc:  # started while ClickHouse was away
+                log.critical("%s", exc)
             if time.monotonic() - last_sites >= self.sites.refresh_seconds:
                 self.sites.reload()
                 last_sites = time.monotonic()

@@ -7,13 +7,18 @@ store of their own run ``tagwerk serve`` as a subprocess (see ``tests/servers.py
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from collector.migrations import migrate
 from collector.sqlhttp import SqlUser, build_sql_app
 from collector.storage.embedded import EmbeddedStore
 from collector.storage.server import ServerStore
-from tests.helpers import serve
+from tests.helpers import TEST_PRIVACY_KEY, serve
+
+# The `tagwerk serve` subprocesses of the tests share the session's key (tests/helpers.py).
+os.environ["TAGWERK_PRIVACY_KEY"] = TEST_PRIVACY_KEY
 
 
 @pytest.fixture(scope="session")

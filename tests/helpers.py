@@ -51,14 +51,25 @@ def serve(app: ASGIApp, **options: Any) -> Iterator[str]:
         thread.join(timeout=10)
 
 
+# Every collector of a test session writes to the session's store, so they share the
+# privacy key (collector/privacy/key.py), as collectors sharing a ClickHouse must;
+# tests/conftest.py gives it to the `tagwerk serve` subprocesses too.
+TEST_PRIVACY_KEY = "tagwerk-tests-privacy-key-0123456789abcdef"
+
+
+def collector_settings(data_dir: Path, **settings: Any) -> Settings:
+    """Settings of an in-process collector of the tests: fast flushes, the shared key."""
+    return Settings(**{"data_dir": data_dir, "flush_interval_ms": 20,
+                       "privacy_key": TEST_PRIVACY_KEY, **settings})
+
+
 @contextlib.contextmanager
 def served(
     store: Store, data_dir: Path, **settings: Any
 ) -> Iterator[tuple[httpx.Client, Collector]]:
     """A collector on the session's store behind real uvicorn, with the protocol ``tagwerk
     serve`` uses (its pixel fast path included); an httpx client on it."""
-    collector = Collector(Settings(data_dir=data_dir, flush_interval_ms=20, **settings),
-                          store=store)
+    collector = Collector(collector_settings(data_dir, **settings), store=store)
     with serve(create_app(collector), http=protocol_for(collector)) as base, \
             httpx.Client(base_url=base, headers={"User-Agent": CHROME}) as client:
         yield client, collector
@@ -82,8 +93,7 @@ def on_path(
 
 def make_client(store: Store, data_dir: Path, **settings: Any) -> tuple[TestClient, Collector]:
     """A collector on the session's store, with its own spool; use as a context manager."""
-    config = Settings(data_dir=data_dir, flush_interval_ms=20, **settings)
-    collector = Collector(config, store=store)
+    collector = Collector(collector_settings(data_dir, **settings), store=store)
     client = TestClient(create_app(collector), headers={"User-Agent": CHROME})
     return client, collector
 

@@ -8,8 +8,10 @@ import uuid
 import orjson
 import pytest
 
+from collector.privacy.tombstones import plain_subject
 from tests.helpers import (
     CHROME,
+    TEST_PRIVACY_KEY,
     drained,
     flush_all,
     found_anywhere,
@@ -100,12 +102,16 @@ def test_erase_removes_the_person_everywhere_and_keeps_others(env):
     assert accepted == 0
     assert found_anywhere(store, mine) == {}
     # The audit row: who and what, counted, no identifier.
-    [audit] = store.rows("SELECT op, subject, identifiers, removed, actor FROM "
+    [audit] = store.rows("SELECT op, subject, keyed, identifiers, removed, actor FROM "
                          "tagwerk.privacy_requests WHERE request_id = {r:UUID}",
                          {"r": done["request_id"]})
     assert audit["op"] == "erase" and audit["identifiers"] == 4
     assert orjson.loads(audit["removed"]) == done["removed"]
     assert audit["actor"].startswith("admin:") and len(audit["subject"]) == 64
+    # Keyed with the installation's privacy key: not a digest anyone can recompute.
+    tombstones = env[1].tombstones
+    assert audit["subject"] == tombstones.subject(SITE, "loyalty", card) and audit["keyed"]
+    assert audit["subject"] != plain_subject(SITE, "loyalty", card)
 
 
 def test_access_gives_everything_stored(env):
@@ -213,7 +219,7 @@ def test_rows_acknowledged_before_an_erasure_was_known_are_dropped_by_the_flushe
     from collector.ingest.events import Context, normalize
     from collector.ingest.useragent import parse_agent
     from collector.metrics import Metrics
-    from collector.privacy.tombstones import Tombstones, subject
+    from collector.privacy.tombstones import Tombstones
     from collector.spool.disk import Spool
     from collector.spool.flusher import Flusher
     from collector.spool.record import encode_record
@@ -227,9 +233,9 @@ def test_rows_acknowledged_before_an_erasure_was_known_are_dropped_by_the_flushe
     lines = [orjson.dumps(list(normalize(h, ctx)[0].values())) for h in hits]
     spool = Spool(tmp_path, 1 << 20, 1 << 30)
     append_all(spool, [encode_record(lines, site, [])])
-    tombstones = Tombstones(store)
-    tombstones.add(site, [subject(site, "user", "erased-1"),
-                          subject(site, "loyalty", "L-erased")], str(uuid.uuid4()))
+    tombstones = Tombstones(store, TEST_PRIVACY_KEY.encode())
+    tombstones.add(site, [tombstones.subject(site, "user", "erased-1"),
+                          tombstones.subject(site, "loyalty", "L-erased")], str(uuid.uuid4()))
     flusher = Flusher(spool, store, Metrics(), interval=0.01)
     flusher.blocked = tombstones.blocks
     flusher.recheck(spool.durable)

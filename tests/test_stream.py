@@ -15,18 +15,16 @@ import pytest
 
 from collector.api.stream import StreamConfig
 from collector.app import create_app
-from collector.config import Settings
 from collector.ingest.fasthttp import protocol_for
 from collector.service import Collector
-from tests.helpers import CHROME, drained, serve, wait_for
+from tests.helpers import CHROME, collector_settings, drained, serve, wait_for
 
 STREAM = "/api/v1/sites/{}/stream"
 
 
 @pytest.fixture(scope="module")
 def env(store, tmp_path_factory):
-    collector = Collector(Settings(data_dir=tmp_path_factory.mktemp("stream"),
-                                   flush_interval_ms=20), store=store)
+    collector = Collector(collector_settings(tmp_path_factory.mktemp("stream")), store=store)
     app = create_app(collector)
     app.rest.state.tagwerk_stream = StreamConfig(heartbeat=0.3, poll=0.1, per_site=2)
     with serve(app, http=protocol_for(collector)) as base, \
@@ -161,7 +159,7 @@ def test_limits_keys_and_bad_input(env):
 def test_a_slow_subscriber_catches_up_without_gaps_or_repeats(store, tmp_path):
     """Tiny batches and a one-batch queue: the subscriber overflows, reads on its own from
     its position, and joins the shared batches again."""
-    collector = Collector(Settings(data_dir=tmp_path, flush_interval_ms=20), store=store)
+    collector = Collector(collector_settings(tmp_path), store=store)
     app = create_app(collector)
     app.rest.state.tagwerk_stream = StreamConfig(heartbeat=0.3, poll=0.05, batch_rows=2,
                                                  queue_batches=1)

@@ -51,8 +51,8 @@ async def access(request: Request, collector: Collector, site: Site) -> Response
     if "id" not in values:
         raise ApiError(400, "'id' is required: ?id=kind:id", "id")
     kind, ident = identifier(site, values["id"], "id")
-    found = await run_in_threadpool(access_request, collector.store, site, kind, ident,
-                                    actor(site))
+    found = await run_in_threadpool(access_request, collector.store, site,
+                                    collector.tombstones, kind, ident, actor(site))
     if found is None:
         raise ApiError(404, f"nobody is known by {kind}:{ident[:64]} on this site", "id")
     return json_response(found)

@@ -16,15 +16,15 @@ import orjson
 
 from collector.identity import profile as profiles
 from collector.identity.graph import Graph, rows_of
-from collector.privacy.tombstones import subject
+from collector.privacy.tombstones import Tombstones
 from collector.sites import Site
 from collector.storage import Store
 
 MAX_ROWS = 50_000  # rows of every column, held in memory while the answer is built
 
 
-def access(store: Store, site: Site, kind: str, ident: str, actor: str
-           ) -> dict[str, Any] | None:
+def access(store: Store, site: Site, tombstones: Tombstones, kind: str, ident: str,
+           actor: str) -> dict[str, Any] | None:
     person = Graph(store, site).resolve(kind, ident)
     if person is None:
         return None
@@ -56,7 +56,8 @@ def access(store: Store, site: Site, kind: str, ident: str, actor: str
         "identity_operations": operations,
     }
     row = {"site_id": site_id, "request_id": str(uuid.uuid4()), "op": "access",
-           "subject": subject(site_id, kind, ident), "identifiers": len(person.identifiers),
+           "subject": tombstones.subject(site_id, kind, ident), "keyed": True,
+           "identifiers": len(person.identifiers),
            "removed": "{}", "actor": actor,
            "at": dt.datetime.now(dt.UTC).isoformat(" ", "milliseconds")[:23]}
     store.insert("tagwerk.privacy_requests", orjson.dumps(row), "JSONEachRow")

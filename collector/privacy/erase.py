@@ -16,8 +16,9 @@
    shared identifier's links to them become links to an erased anchor (a user id no
    request can name), so that the time it was theirs stays nobody's: a late hit of that
    time is not handed to the device's other owner.
-5. An audit row records who erased what and when: the digest of the identifier asked for,
-   the number of identifiers and the rows removed per table, never an identifier.
+5. An audit row records who erased what and when: the digest of the identifier asked for
+   (keyed, like the tombstones': ``key.py``), the number of identifiers and the rows
+   removed per table, never an identifier.
 
 Counts and deletes are ClickHouse lightweight deletes, synchronous: when the answer comes,
 a query no longer sees the rows. Aggregates keep no identifiers (unique counts are hash
@@ -36,7 +37,7 @@ import orjson
 
 from collector.identity.graph import BEGINNING, END, Graph, Person, rows_of
 from collector.identity.kinds import person_id
-from collector.privacy.tombstones import Tombstones, subject
+from collector.privacy.tombstones import Tombstones
 from collector.sites import Site
 from collector.storage import Store
 
@@ -90,7 +91,7 @@ def erase(store: Store, site: Site, tombstones: Tombstones, kind: str, ident: st
     site_id = site.site_id
     request_id = str(uuid.uuid4())
     alone, shared = owned(person)
-    tombstones.add(site_id, [subject(site_id, k, i) for k, i in alone], request_id)
+    tombstones.add(site_id, [tombstones.subject(site_id, k, i) for k, i in alone], request_id)
     flushed = flush(FLUSH_WAIT)
     removed: dict[str, int] = {}
     for table, ts, has_identifiers in PERSON_TABLES:
@@ -100,8 +101,8 @@ def erase(store: Store, site: Site, tombstones: Tombstones, kind: str, ident: st
                                  {"site": site_id, **params})
     removed.update(_erase_identity(store, site_id, person, shared, request_id))
     identifiers = len(alone) + len(shared)
-    _audit(store, site_id, request_id, subject(site_id, kind, ident), identifiers, removed,
-           actor)
+    _audit(store, site_id, request_id, tombstones.subject(site_id, kind, ident), identifiers,
+           removed, actor)
     return {"request_id": request_id, "person_id": person.person_id,
             "identifiers": identifiers, "removed": removed, "spool_flushed": flushed}
 
@@ -158,7 +159,7 @@ def _delete(store: Store, table: str, where: str, params: dict[str, Any]) -> int
 def _audit(store: Store, site_id: str, request_id: str, digest: str, identifiers: int,
            removed: dict[str, int], actor: str) -> None:
     row = {"site_id": site_id, "request_id": request_id, "op": "erase", "subject": digest,
-           "identifiers": identifiers, "removed": orjson.dumps(removed).decode(),
+           "keyed": True, "identifiers": identifiers, "removed": orjson.dumps(removed).decode(),
            "actor": actor, "at": dt.datetime.now(dt.UTC).isoformat(" ", "milliseconds")[:23]}
     store.insert("tagwerk.privacy_requests", orjson.dumps(row), "JSONEachRow")
 
