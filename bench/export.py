@@ -20,6 +20,7 @@ that it overlaps. Every run says whether a refresh ran during it ("refresh: yes/
 summary gives the RSS growth of runs with and without one apart.
 
     python3 bench/export.py [--rows 10000000] [--runs 3] [--limit 0] [--refresh avoid]
+        [--cores 1] [--data-dir DIR (kept; its rows are reused by the next run)]
 """
 
 from __future__ import annotations
@@ -161,11 +162,15 @@ class Sampler(threading.Thread):
             time.sleep(0.1)
 
 
-def start(data_dir: Path) -> tuple[subprocess.Popen, str, int]:
+def start(data_dir: Path, cores: int = 0) -> tuple[subprocess.Popen, str, int]:
     port, sql_port = free_port(), free_port()
     cmd = [sys.executable, "-m", "collector", "serve", "--port", str(port), "--sql-port",
            str(sql_port), "--data-dir", str(data_dir), "--no-demo", "--log-level", "warning"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    pin = None
+    if cores:  # the collector alone on the last `cores` CPUs; the client keeps the others
+        cpus = sorted(os.sched_getaffinity(0))[-cores:]
+        pin = lambda: os.sched_setaffinity(0, cpus)  # noqa: E731
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, preexec_fn=pin)
     base = f"http://127.0.0.1:{port}"
     for _ in range(600):
         try:
@@ -229,18 +234,33 @@ def main() -> int:
     parser.add_argument("--refresh", choices=("avoid", "overlap"), default="avoid",
                         help="start each run right after a pair-view refresh, or just before")
     parser.add_argument("--keep", action="store_true", help="keep the data directory")
+    parser.add_argument("--data-dir", type=Path, help="use (and keep) this data directory; "
+                        "rows generated there by an earlier run are reused")
+    parser.add_argument("--cores", type=int, default=0,
+                        help="pin the collector to this many CPUs (0: no pinning)")
     parser.add_argument("--idle", type=float, default=65.0, help="seconds of RSS sampling "
                         "without exports first, for reference (0: none)")
     args = parser.parse_args()
-    data_dir = Path(tempfile.mkdtemp(prefix="tagwerk-export-bench-"))
-    proc, base, _ = start(data_dir)
+    data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="tagwerk-export-bench-"))
+    data_dir.mkdir(parents=True, exist_ok=True)
+    saved = data_dir / "bench-read-key"
+    proc, base, _ = start(data_dir, args.cores)
     try:
-        keys = tagwerk(data_dir, "site", "create", SITE)
-        key = re.search(r"read key:\s+(\S+)", keys).group(1)
-        began = time.monotonic()
-        generate(data_dir, args.rows)
-        print(f"generated {args.rows:,} rows in {time.monotonic() - began:.1f} s "
-              f"(collector RSS {rss_mb(proc.pid):.0f} MB)", flush=True)
+        if saved.exists():
+            key = saved.read_text()
+            stored = int(sql(data_dir, "SELECT count() FROM tagwerk.events FORMAT TSV"))
+            if stored != args.rows:
+                raise RuntimeError(f"{data_dir} holds {stored:,} rows, not --rows {args.rows:,}")
+            print(f"reusing {stored:,} rows in {data_dir}", flush=True)
+        else:
+            keys = tagwerk(data_dir, "site", "create", SITE)
+            key = re.search(r"read key:\s+(\S+)", keys).group(1)
+            began = time.monotonic()
+            generate(data_dir, args.rows)
+            print(f"generated {args.rows:,} rows in {time.monotonic() - began:.1f} s "
+                  f"(collector RSS {rss_mb(proc.pid):.0f} MB)", flush=True)
+            if args.data_dir:
+                saved.write_text(key)
         if args.idle:  # the collector's own drift without exports, for reference
             before = rss_mb(proc.pid)
             sampler = Sampler(proc.pid, data_dir)
@@ -292,7 +312,7 @@ def main() -> int:
     finally:
         proc.terminate()
         proc.wait(30)
-        if not args.keep:
+        if not args.keep and not args.data_dir:
             shutil.rmtree(data_dir, ignore_errors=True)
     return 0
 
