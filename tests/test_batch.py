@@ -9,16 +9,20 @@ import uuid
 import orjson
 import pytest
 
-from tests.helpers import drained, make_client, rows, wait_for
+from tests.helpers import drained, on_path, rows, wait_for
+
+_KEYS: dict[str, dict[str, str]] = {}  # the sites' keys, created once in the shared store
 
 
-@pytest.fixture(scope="module")
-def env(store, tmp_path_factory):
-    client, collector = make_client(store, tmp_path_factory.mktemp("batch"))
-    with client:
-        _, keys = collector.sites.create("batch-test")
-        _, other = collector.sites.create("batch-other")
-        yield client, collector, keys, other
+@pytest.fixture(scope="module", params=["asgi", "fast"])
+def env(request, store, tmp_path_factory):
+    """``fast``: on uvicorn, where a batch with a Content-Length takes the fast path."""
+    data_dir = tmp_path_factory.mktemp(f"batch-{request.param}")
+    with on_path(request.param, store, data_dir) as (client, collector):
+        for site in ("batch-test", "batch-other"):
+            if site not in _KEYS:
+                _KEYS[site] = collector.sites.create(site)[1]
+        yield client, collector, _KEYS["batch-test"], _KEYS["batch-other"]
 
 
 def send(client, key, body, **headers):

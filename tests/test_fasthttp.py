@@ -8,6 +8,7 @@ import socket
 import time
 import uuid
 
+import orjson
 import pytest
 
 from collector.ingest.answers import PIXEL
@@ -172,3 +173,27 @@ def test_a_collect_body_arriving_in_pieces(env):
         answer = sock.recv(65536)
     assert answer.startswith(b"HTTP/1.1 202 ") and answer.endswith(b'{"accepted":1}')
     assert len(wait_for(lambda: stored(collector, marker))) == 1
+
+
+def test_every_fast_route_is_answered_without_the_asgi_layer(env, monkeypatch):
+    """The route table alone decides (``collector/ingest/routes.py``): a hit in the query
+    string, a browser's body and a server's keyed body each take the fast path."""
+    from collector.ingest import asgi
+
+    client, collector = env
+
+    async def not_here(*args: object) -> None:
+        raise AssertionError("the ASGI path took a fast route")
+
+    monkeypatch.setattr(asgi, "take", not_here)
+    site_id = f"fast-{uuid.uuid4().hex[:8]}"
+    _, keys = collector.sites.create(site_id)
+    assert client.get(f"/p.gif?site={site_id}&event=p").status_code == 200
+    assert client.post("/collect", content=orjson.dumps({"site": site_id, "event": "c"}),
+                       headers={"Content-Type": "text/plain"}).status_code == 202
+    response = client.post("/api/v1/batch", content=orjson.dumps({"events": [{"event": "b"}]}),
+                           headers={"Authorization": f"Bearer {keys['write']}"})
+    assert response.status_code == 202 and response.json() == {"accepted": 1}
+    assert client.post("/api/v1/batch", content=b"{}").status_code == 401  # refused here too
+    wait_for(lambda: drained(collector))
+    assert sorted(r["event"] for r in rows(collector.store, site_id)) == ["b", "c", "p"]

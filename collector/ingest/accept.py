@@ -48,7 +48,8 @@ async def read(
     """The request's site and data, in the order its checks answer: the write key, the
     head, the body (read from ``hit`` unless given, as read by the fast path), the site."""
     site = await site_by_key(c, hit) if adapter.keyed else None
-    adapter.check_head(hit)
+    if adapter.head_checks:
+        adapter.check_head(hit)
     if not adapter.body_limit:
         payload = hit.query_string
     elif body is None:
@@ -127,12 +128,14 @@ def accept(
     if not adapter.web:
         received = dt.datetime.now(dt.UTC)
         contexts = [server_context(c, site, event, received) for event in events]
-        return *events_record(c, site, events, contexts), None
+        record, count = events_record(c, site, events, contexts)
+        return record, count, None
     ctx = hit_context(c, site, adapter.channel(data), hit)
     sw = webconsent.site_web(c.containers, site.site_id)
     if not adapter.cookies:
         webconsent.read(hit, ctx, sw)  # reads tw_id; mints and sets no cookie
-        return *events_record(c, site, events, ctx), None
+        record, count = events_record(c, site, events, ctx)
+        return record, count, None
     web = webconsent.read(hit, ctx, sw, events)  # tw_consent, Sec-GPC, tw_id
     record, count = events_record(c, site, events, ctx)
     return record, count, webconsent.answer(hit, ctx, sw, web, events[-1], c.settings.networks)
@@ -187,9 +190,11 @@ def events_record(
     lines: list[bytes] = []
     given: list[tuple[str, str]] = []
     guessed: dict[str, str] = {}
-    one = contexts if isinstance(contexts, Context) else None
+    each = None if isinstance(contexts, Context) else contexts
+    ctx = contexts
     for index, raw in enumerate(events):
-        ctx = one or contexts[index]  # type: ignore[index]
+        if each is not None:
+            ctx = each[index]
         try:
             row, sender_id = normalize(raw, ctx)
         except EventError as exc:

@@ -38,6 +38,54 @@ COLLECT_TYPES = ("application/json", "text/plain", "")
 _PIXEL_ANSWER: Answer = (200, PIXEL, b"image/gif", PIXEL_HEADERS)
 
 
+def pixel_event(query_string: bytes) -> dict[str, Any]:
+    """A hit from a query string: ``site``, the event's fields by name, ``props.KEY`` for
+    properties, ``consent`` comma-separated, ``items`` as JSON, ``ts`` in ISO or epoch-ms."""
+    if len(query_string) > PIXEL_MAX_QUERY:
+        raise HTTPError(414, f"query string longer than {PIXEL_MAX_QUERY} bytes", "too_large")
+    try:  # raw bytes must be UTF-8 as much as escaped ones
+        parts = [p for p in query_string.decode().split("&") if p]
+    except UnicodeDecodeError:
+        raise _bad_utf8() from None
+    if len(parts) > PIXEL_MAX_FIELDS:
+        raise HTTPError(400, f"more than {PIXEL_MAX_FIELDS} query parameters", "too_large")
+    event: dict[str, Any] = {}
+    props: dict[str, str] = {}
+    for part in parts:
+        key, _, value = part.partition("=")
+        try:  # most parts need no unescaping
+            if "%" in key or "+" in key:
+                key = unquote_plus(key, errors="strict")
+            if "%" in value or "+" in value:
+                value = unquote_plus(value, errors="strict")
+        except UnicodeDecodeError:
+            raise _bad_utf8() from None
+        if key.startswith("props."):
+            target, name = props, key[6:]
+        else:
+            target, name = event, key
+        if name in target:
+            raise HTTPError(400, f"{key!r} given twice", "invalid", key)
+        target[name] = value
+    if props:
+        event["props"] = props
+    if "consent" in event:
+        event["consent"] = [p for p in event["consent"].split(",") if p]
+    ts = event.get("ts")
+    if ts is not None and ts.isdigit() and ts.isascii() and len(ts) <= 16:  # epoch-ms
+        event["ts"] = int(ts)  # else a string: "²" or 5,000 digits are no ISO time either
+    if "items" in event:
+        try:
+            event["items"] = orjson.loads(event["items"])
+        except orjson.JSONDecodeError:
+            raise HTTPError(400, "'items' must be a JSON list", "invalid", "items") from None
+    return event
+
+
+def _bad_utf8() -> HTTPError:
+    return HTTPError(400, "query string is not valid UTF-8", "invalid_utf8")
+
+
 class Adapter:
     """A wire format. ``name`` labels its metrics; ``body_limit`` is 0 when the hit is in
     the query string. ``keyed``: the site is the one of the write key in ``Authorization``
@@ -52,6 +100,7 @@ class Adapter:
     web = True
     cookies = False
     cors = False
+    head_checks = False  # check_head has checks (else the drivers skip the call)
 
     def check_head(self, hit: Hit) -> None:
         """Refuse what the head alone says is wrong, before the body is read."""
@@ -86,6 +135,7 @@ class BrowserJSON(Adapter):
     """A browser's JSON POST (``text/plain`` too: sendBeacon and no preflight)."""
 
     cors = True
+    head_checks = True
 
     def check_head(self, hit: Hit) -> None:
         media = hit.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -133,8 +183,8 @@ class Pixel(Adapter):
 
     name = "pixel"
 
-    def parse(self, payload: bytes) -> dict[str, Any]:
-        return pixel_event(payload)
+    # The query string's own parser, without a method in between: one call less per hit.
+    parse = staticmethod(pixel_event)  # type: ignore[assignment]
 
     def channel(self, data: dict[str, Any]) -> str:
         channel = data.get("channel")
@@ -183,51 +233,3 @@ PIXEL_HIT = Pixel()
 COLLECT = Collect()
 BATCH = Batch()
 CONSENT = Consent()
-
-
-def pixel_event(query_string: bytes) -> dict[str, Any]:
-    """A hit from a query string: ``site``, the event's fields by name, ``props.KEY`` for
-    properties, ``consent`` comma-separated, ``items`` as JSON, ``ts`` in ISO or epoch-ms."""
-    if len(query_string) > PIXEL_MAX_QUERY:
-        raise HTTPError(414, f"query string longer than {PIXEL_MAX_QUERY} bytes", "too_large")
-    try:  # raw bytes must be UTF-8 as much as escaped ones
-        parts = [p for p in query_string.decode().split("&") if p]
-    except UnicodeDecodeError:
-        raise _bad_utf8() from None
-    if len(parts) > PIXEL_MAX_FIELDS:
-        raise HTTPError(400, f"more than {PIXEL_MAX_FIELDS} query parameters", "too_large")
-    event: dict[str, Any] = {}
-    props: dict[str, str] = {}
-    for part in parts:
-        key, _, value = part.partition("=")
-        try:  # most parts need no unescaping
-            if "%" in key or "+" in key:
-                key = unquote_plus(key, errors="strict")
-            if "%" in value or "+" in value:
-                value = unquote_plus(value, errors="strict")
-        except UnicodeDecodeError:
-            raise _bad_utf8() from None
-        if key.startswith("props."):
-            target, name = props, key[6:]
-        else:
-            target, name = event, key
-        if name in target:
-            raise HTTPError(400, f"{key!r} given twice", "invalid", key)
-        target[name] = value
-    if props:
-        event["props"] = props
-    if "consent" in event:
-        event["consent"] = [p for p in event["consent"].split(",") if p]
-    ts = event.get("ts")
-    if ts is not None and ts.isdigit() and ts.isascii() and len(ts) <= 16:  # epoch-ms
-        event["ts"] = int(ts)  # else a string: "²" or 5,000 digits are no ISO time either
-    if "items" in event:
-        try:
-            event["items"] = orjson.loads(event["items"])
-        except orjson.JSONDecodeError:
-            raise HTTPError(400, "'items' must be a JSON list", "invalid", "items") from None
-    return event
-
-
-def _bad_utf8() -> HTTPError:
-    return HTTPError(400, "query string is not valid UTF-8", "invalid_utf8")

@@ -31,7 +31,6 @@ from collector.web.http import INTERNAL_ERROR, JSON, Hit, HTTPError, decode_body
 from collector.web.limits import LimitedProtocol
 
 log = logging.getLogger("tagwerk.http")
-_METHODS = {b"GET": "GET", b"POST": "POST"}  # the fast routes' methods, without a decode
 
 # What this module relies on in uvicorn's HttpToolsProtocol beyond its public use as an
 # asyncio protocol (checked by tests/test_uvicorn_compat.py): the parser callbacks it
@@ -63,7 +62,7 @@ class _Pending:
                  "adapter")
     message_event = _Ignore()
 
-    def __init__(self, keep_alive: bool, adapter: Adapter | None = None) -> None:
+    def __init__(self, keep_alive: bool, adapter: Adapter) -> None:
         self.keep_alive = keep_alive
         self.response_complete = self.disconnected = False
         self.more_body, self.body = False, b""
@@ -95,7 +94,7 @@ class IngestProtocol(LimitedProtocol):
                 adapter = paths.get(url if mark < 0 else url[:mark])
                 if adapter is not None:
                     if not adapter.body_limit:  # the hit is in the query string
-                        if self._query(adapter, method, url[mark + 1:] if mark >= 0 else b""):
+                        if self._query(adapter, url[mark + 1:] if mark >= 0 else b""):
                             return
                     elif self._body_fits(adapter):
                         self.cycle = _Pending(  # type: ignore[assignment]
@@ -125,19 +124,17 @@ class IngestProtocol(LimitedProtocol):
 
     # -- a hit in the query string ----------------------------------------------------------
 
-    def _query(self, adapter: Adapter, method: bytes, query: bytes) -> bool:
+    def _query(self, adapter: Adapter, query: bytes) -> bool:
         """Take a query-string hit, or return False to leave it to the ASGI path."""
         c = self.collector
         keep_alive = self.parser.should_keep_alive()
-        hit = self._hit(method, query)
+        hit = self._hit("GET", query)  # a query adapter's fast route is a GET (routes.py)
         try:
-            if adapter.keyed:
-                site = c.sites.by_write_key(accept.write_key(hit))
+            site = c.sites.by_write_key(accept.write_key(hit)) if adapter.keyed else None
+            if adapter.head_checks:
                 adapter.check_head(hit)
-                data = adapter.parse(query)
-            else:
-                adapter.check_head(hit)
-                data = adapter.parse(query)
+            data = adapter.parse(query)
+            if not adapter.keyed:
                 site = accept.site_now(c, data)
             if site is None:
                 return False  # missing (the ASGI path says so) or unknown: may need a reload
@@ -150,7 +147,7 @@ class IngestProtocol(LimitedProtocol):
             self.cycle = pending = _Pending(keep_alive, adapter)  # type: ignore[assignment]
             self._refuse(pending, exc, None)
         except Exception:
-            self.cycle = pending = _Pending(False)  # type: ignore[assignment]
+            self.cycle = pending = _Pending(False, adapter)  # type: ignore[assignment]
             self._fail(pending)
         return True
 
@@ -170,16 +167,16 @@ class IngestProtocol(LimitedProtocol):
 
     def _body(self, pending: _Pending) -> None:
         adapter = pending.adapter
-        assert adapter is not None
         c = self.collector
-        hit = self._hit(b"POST", b"")  # a body adapter's route is a POST (routes.py)
+        hit = self._hit("POST", b"")  # a body adapter's fast route is a POST (routes.py)
         origin = hit.headers.get("origin")
         try:
             site = c.sites.by_write_key(accept.write_key(hit)) if adapter.keyed else None
             if adapter.keyed and site is None:  # unknown key: may need a reload in a thread
                 self.loop.create_task(self._later(pending, hit, origin))
                 return
-            adapter.check_head(hit)
+            if adapter.head_checks:
+                adapter.check_head(hit)
             data = adapter.parse(decode_body(hit.headers, pending.body, adapter.body_limit))
             if site is None:
                 site = accept.site_now(c, data)
@@ -196,8 +193,7 @@ class IngestProtocol(LimitedProtocol):
     async def _later(self, pending: _Pending, hit: Hit, origin: str | None) -> None:
         """The request read again, waiting for the lookup of its site or key."""
         try:
-            site, data = await accept.read(self.collector, pending.adapter,  # type: ignore[arg-type]
-                                           hit, pending.body)
+            site, data = await accept.read(self.collector, pending.adapter, hit, pending.body)
             pending.body = b""
             self._accept(pending, hit, site, data, origin)
         except HTTPError as exc:
@@ -207,10 +203,9 @@ class IngestProtocol(LimitedProtocol):
 
     # -- shared ---------------------------------------------------------------------------
 
-    def _hit(self, method: bytes, query: bytes) -> Hit:
-        return Hit({"method": _METHODS.get(method) or method.decode(), "headers": self.headers,
-                    "client": self.client, "scheme": self.scheme, "query_string": query},
-                   _no_body)
+    def _hit(self, method: str, query: bytes) -> Hit:
+        return Hit({"method": method, "headers": self.headers, "client": self.client,
+                    "scheme": self.scheme, "query_string": query}, _no_body)
 
     def _accept(
         self, pending: _Pending, hit: Hit, site: Any, data: dict[str, Any], origin: str | None
@@ -219,18 +214,19 @@ class IngestProtocol(LimitedProtocol):
         site drops these hits), or refuse with a 503 if the disk failed. Raises HTTPError
         when the request is refused or the spool cannot take it."""
         c, adapter = self.collector, pending.adapter
-        assert adapter is not None
         record, count, cookie = accept.accept(c, adapter, hit, site, data, origin)
 
         def stored(error: Exception | None) -> None:
             if error is None:
                 c.metrics.hits_accepted.inc(adapter.name, by=count)
-                self._answer(pending, *adapter.accepted(count, origin, cookie))
+                status, body, media, headers = adapter.accepted(count, origin, cookie)
+                self._answer(pending, status, body, media, headers)
             else:
                 self._refuse(pending, accept.spool_refusal(error), origin)  # type: ignore[arg-type]
 
         if not record:
-            self._answer(pending, *adapter.accepted(count, origin, cookie))
+            status, body, media, headers = adapter.accepted(count, origin, cookie)
+            self._answer(pending, status, body, media, headers)
             return
         try:
             c.spool.submit(record, stored, self.loop)
@@ -238,7 +234,6 @@ class IngestProtocol(LimitedProtocol):
             raise accept.spool_refusal(exc) from None
 
     def _refuse(self, pending: _Pending, exc: HTTPError, origin: str | None) -> None:
-        assert pending.adapter is not None
         headers = pending.adapter.refused(self.collector, exc, origin)
         self._answer(pending, exc.status, exc.body(), JSON, headers)
 
@@ -254,10 +249,11 @@ class IngestProtocol(LimitedProtocol):
         pending.response_complete = True
         if self.transport.is_closing():
             return
-        out = [STATUS_LINE[status]]
-        for name, value in self.server_state.default_headers:
-            out += [name, b": ", value, b"\r\n"]
-        out.append(b"content-type: %s\r\ncontent-length: %d\r\n" % (media, len(body)))
+        defaults = self.server_state.default_headers
+        if defaults is not _defaults[0]:  # uvicorn makes a new list each second (the date)
+            _defaults[:] = defaults, b"".join(b"%s: %s\r\n" % pair for pair in defaults)
+        out = [STATUS_LINE[status], _defaults[1],
+               b"content-type: %s\r\ncontent-length: %d\r\n" % (media, len(body))]
         if headers:
             for name, value in headers.items():
                 out += [name.lower().encode("latin-1"), b": ", value.encode("latin-1"), b"\r\n"]
@@ -269,6 +265,10 @@ class IngestProtocol(LimitedProtocol):
             self.on_response_complete()
         else:
             self.transport.close()
+
+
+# The server's default headers (Date), as given and joined: one join per second, not per hit.
+_defaults: list[Any] = [None, b""]
 
 
 async def _no_body() -> dict[str, Any]:

@@ -30,7 +30,7 @@ ROUTES = (
     Route("/collect", "OPTIONS", handler=asgi.preflight),
     Route("/p.gif", "GET", PIXEL_HIT, fast=True),
     Route("/p.gif", "HEAD", PIXEL_HIT),
-    Route("/api/v1/batch", "POST", BATCH),
+    Route("/api/v1/batch", "POST", BATCH, fast=True),
     Route("/consent", "POST", handler=consentlog.consent),
     Route("/consent", "OPTIONS", handler=asgi.preflight),
 )
