@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from collector.identity.graph import Graph, rows_of
-from tests.helpers import CHROME, IPHONE, make_client, send_batch, wait_for
+from tests.helpers import CHROME, IPHONE, drained, make_client, send_batch, wait_for
 
 SITE = "prof-shop"
 BASE = f"/api/v1/sites/{SITE}"
@@ -272,3 +272,49 @@ def test_a_visitors_purchases_are_resolved_once_per_flush(env, monkeypatch):
     assert len(calls) == 1
     send(env, [hit("purchase", now, [second], device_id=device)])
     assert second["product_id"] not in listed() and len(calls) == 2
+
+
+def test_a_browser_cannot_write_into_someone_elses_profile(env):
+    """Anyone can put a customer's user id on a hit from a browser: the hit is stored with
+    the claim (user_verified false) but is attributed through its device, so it reaches
+    neither the customer's profile nor what their lists leave out as bought. After a
+    verified identify (identity_token), the same browser's hits are the customer's."""
+    from collector.identity.verify import token_for_key
+
+    client, collector, keys = env
+    n = uuid.uuid4().hex[:8]
+    victim, attacker, bought, fake = f"c-{n}", f"att-{n}", item(f"real-{n}", "c", "b"), \
+        item(f"fake-{n}", "c", "b")
+    send(env, [hit("purchase", "2026-11-12T10:00:00Z", [bought], user_id=victim,
+                   device_id=f"own-{n}")])
+
+    def collect(event: dict, device: str) -> None:
+        client.cookies.clear()
+        body = {"site": SITE, "events": [{"consent": ALL, "device_id": device, **event}]}
+        r = client.post("/collect", content=orjson.dumps(body),
+                        headers={"Content-Type": "text/plain", "User-Agent": CHROME})
+        assert r.status_code == 202, r.text
+
+    collect({"event": "view_item", "user_id": victim, "items": [fake]}, attacker)
+    collect({"event": "purchase", "user_id": victim, "items": [fake]}, attacker)
+    wait_for(lambda: drained(collector))
+    stored = collector.store.rows(
+        "SELECT user_id, user_verified FROM tagwerk.events WHERE site_id = {s:String} "
+        "AND device_id = {d:String}", {"s": SITE, "d": attacker})
+    assert stored == [{"user_id": victim, "user_verified": False}] * 2  # kept, as a claim
+    profile = get(env, f"{BASE}/persons/user:{victim}/profile").json()
+    assert [p["product_id"] for p in profile["purchased"]] == [bought["product_id"]]
+    assert profile["viewed"] == []
+    assert get(env, f"{BASE}/persons/device:{attacker}/profile").json()["purchased"][0][
+        "product_id"] == fake["product_id"]  # the attacker's own device's, like any hit
+    # The shop's server signed the login: from then on the browser's hits are the victim's
+    # (through the device's link, not the claim).
+    token = token_for_key(keys[SITE]["write"], SITE, victim)
+    phone = f"phone-{n}"
+    collect({"event": "login", "type": "identify", "user_id": victim, "ts":
+             "2026-11-12T11:00:00Z", "identity_token": token}, phone)
+    collect({"event": "view_item", "user_id": victim, "ts": "2026-11-12T11:05:00Z",
+             "items": [item(f"seen-{n}", "c", "b")]}, phone)
+    wait_for(lambda: drained(collector))
+    profile = get(env, f"{BASE}/persons/user:{victim}/profile").json()
+    assert [v["product_id"] for v in profile["viewed"]] == [f"seen-{n}"]

@@ -57,9 +57,10 @@ def _rows(store: Store, site_id: str, person: Person, events: tuple[str, ...] = 
 
 
 def _theirs(person: Person, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The rows that are the person's, once each. A hit with a user id is filed under that
-    user alone, and keys_of asks only for the person's users; a hit without one is filed
-    under each of its identifiers, and is theirs if one of these was theirs at the hit's
+    """The rows that are the person's, once each. A hit with a verified user id is filed
+    under that user alone, and keys_of asks only for the person's users; any other hit
+    (a browser's user id is only a claim: events.user_verified) is filed under each of its
+    identifiers, and is theirs if one of these was theirs at the hit's
     time (the rule of :func:`graph.rows_of`, over one copy of the row per identifier)."""
     spans = person.spans_by_identifier()
     kept: dict[tuple[str, str], dict[str, Any]] = {}

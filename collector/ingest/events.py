@@ -93,7 +93,7 @@ COLUMNS = (
     "screen", "order_id", "revenue", "currency", "coupon", "items", "props", "retention_days",
     # Added later: last, so that spool records written before them still load (the flusher
     # lets a row end early; the columns then take their defaults).
-    "identifiers", "consent_id",
+    "identifiers", "consent_id", "user_verified",
 )
 
 
@@ -248,6 +248,11 @@ def normalize(raw: Any, ctx: Context) -> tuple[dict[str, Any], bool]:
         "retention_days": ctx.retention_days,
         "identifiers": identifiers,
         "consent_id": _consent_id(raw.get("consent_id"), ctx),
+        # Whether user_id decides whose the hit is: from an authenticated sender, or a
+        # browser identify with a valid identity_token. A browser can put anyone's user id
+        # on a hit; such a claim is kept for analytics, and the hit is attributed through
+        # its device like any other (clickhouse/0023_user_verified.sql).
+        "user_verified": ctx.trusted or type_ in ("identify", "alias"),
     }
     ecommerce = raw.get("ecommerce")  # the only cost of GA4 e-commerce for other hits
     if ecommerce is not None:
