@@ -5,8 +5,9 @@ A hit's path, one module a step:
 1. ``routes``: the route table, the only one: which adapter (or handler) serves a path
    and method, and which routes the fast path takes too.
 2. A driver reads the request: ``fasthttp`` inside uvicorn's protocol, without the ASGI
-   layer (the hot paths, ``GET /p.gif`` and ``POST /collect``; ingestion's only module
-   that touches uvicorn's internals), or ``asgi`` for every other request.
+   layer (the routes marked fast: ``GET /p.gif``, ``POST /collect``, ``POST /api/v1/batch``;
+   ingestion's only module that touches uvicorn's internals), or ``asgi`` for every other
+   request.
 3. ``adapters``: the wire format turns it into plain data: the site (or the write key),
    the hits, the channel, the kind of answer (``answers``: the GIF, CORS, refusals).
 4. ``accept``: the one step sequence every format shares: site, key and origin checks; the
