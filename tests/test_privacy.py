@@ -8,7 +8,7 @@ import uuid
 import orjson
 import pytest
 
-from collector.privacy.tombstones import plain_subject
+from collector.privacy.tombstones import ALWAYS, plain_subject
 from tests.helpers import (
     CHROME,
     TEST_PRIVACY_KEY,
@@ -101,6 +101,15 @@ def test_erase_removes_the_person_everywhere_and_keeps_others(env):
                               agent=CHROME)])
     assert accepted == 0
     assert found_anywhere(store, mine) == {}
+    # The phone stays in use by the sister: a late hit of the erased person's time on it (a
+    # replay, an old timestamp) is dropped too; hers, and the phone's new hits, are kept.
+    late = hit("view_item", "2026-11-10T08:00:00Z", [shoes], device_id=phone,
+               session_id=f"late-{user}")
+    assert send(env, [late]) == 0
+    assert send(env, [hit("view_item", "2026-11-12T10:00:00Z", [shoes], device_id=phone),
+                      hit("view_item", "2030-01-01T00:00:00Z", [shoes],
+                          device_id=phone)]) == 2
+    assert found_anywhere(store, [f"late-{user}"]) == {}
     # The audit row: who and what, counted, no identifier.
     [audit] = store.rows("SELECT op, subject, keyed, identifiers, removed, actor FROM "
                          "tagwerk.privacy_requests WHERE request_id = {r:UUID}",
@@ -234,8 +243,9 @@ def test_rows_acknowledged_before_an_erasure_was_known_are_dropped_by_the_flushe
     spool = Spool(tmp_path, 1 << 20, 1 << 30)
     append_all(spool, [encode_record(lines, site, [])])
     tombstones = Tombstones(store, TEST_PRIVACY_KEY.encode())
-    tombstones.add(site, [tombstones.subject(site, "user", "erased-1"),
-                          tombstones.subject(site, "loyalty", "L-erased")], str(uuid.uuid4()))
+    tombstones.add(site, {tombstones.subject(site, "user", "erased-1"): ALWAYS,
+                          tombstones.subject(site, "loyalty", "L-erased"): ALWAYS},
+                   str(uuid.uuid4()))
     flusher = Flusher(spool, store, Metrics(), interval=0.01)
     flusher.blocked = tombstones.blocks
     flusher.recheck(spool.durable)

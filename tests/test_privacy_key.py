@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from collector.privacy import key as privacy_key
-from collector.privacy.tombstones import Tombstones, plain_subject
+from collector.privacy.tombstones import ALWAYS, Tombstones, plain_subject
 from collector.service import Collector
 from tests.helpers import TEST_PRIVACY_KEY, collector_settings
 
@@ -19,7 +19,8 @@ KEY = TEST_PRIVACY_KEY.encode()
 
 
 def hit(user: str = "", device: str = "", **identifiers: str) -> dict:
-    return {"user_id": user, "device_id": device, "identifiers": identifiers}
+    return {"ts": "2026-11-30 10:00:00.000", "user_id": user, "device_id": device,
+            "identifiers": identifiers}
 
 
 def test_digests_depend_on_the_key_and_not_only_on_the_identifier(store):
@@ -76,8 +77,25 @@ def test_tombstones_of_the_unkeyed_form_still_block(store):
     assert tombstones.load()
     assert tombstones.blocks(site, hit(user="gone"))
     assert not tombstones.blocks(site, hit(user="kept", device="d1"))
-    tombstones.add(site, [tombstones.subject(site, "loyalty", "L-1")], str(uuid.uuid4()))
+    tombstones.add(site, {tombstones.subject(site, "loyalty", "L-1"): ALWAYS}, str(uuid.uuid4()))
     assert tombstones.blocks(site, hit(loyalty="L-1"))
     fresh = Tombstones(store, KEY)
     fresh.load()
     assert fresh.blocks(site, hit(loyalty="L-1")) and fresh.blocks(site, hit(user="gone"))
+
+
+def test_a_span_tombstone_blocks_only_its_time(store):
+    """An erased person's past time on a shared device: hits of that time are dropped, the
+    device's hits before and after are not (from this collector and, loaded, another)."""
+    site = f"span-{uuid.uuid4().hex[:6]}"
+    tombstones = Tombstones(store, KEY)
+    span = (("2026-11-10 07:00:00.000", "2026-11-12 09:00:00.000"),)
+    tombstones.add(site, {tombstones.subject(site, "device", "tablet"): span},
+                   str(uuid.uuid4()))
+    other = Tombstones(store, KEY)
+    other.load()
+    for t in (tombstones, other):
+        at = [{**hit(device="tablet"), "ts": ts} for ts in (
+            "2026-11-10 06:59:59.999", "2026-11-10 07:00:00.000", "2026-11-12 08:59:59.999",
+            "2026-11-12 09:00:00.000")]
+        assert [t.blocks(site, row) for row in at] == [False, True, True, False]

@@ -248,7 +248,8 @@ def test_a_flooded_email_does_not_hide_the_victims_other_identifiers_from_erasur
     left = store.rows("SELECT count() AS n FROM tagwerk.events WHERE site_id = {s:String} "
                       "AND identifiers['loyalty'] = {c:String}", {"s": SITE, "c": card})
     tombstoned = collector.tombstones.blocks(
-        SITE, {"user_id": "", "device_id": "", "identifiers": {"loyalty": card}})
+        SITE, {"ts": "2026-11-30 10:00:00.000", "user_id": "", "device_id": "",
+               "identifiers": {"loyalty": card}})
     assert (int(left[0]["n"]), tombstoned) == (0, True), \
         "the erasure left the victim's store purchase, and their card is not tombstoned"
     assert "loyalty" in kinds, f"the card fell out of the person ({elapsed:.2f}s)"

@@ -1,10 +1,11 @@
 """Erase a person everywhere, through every identifier linked to them.
 
 1. The identifiers that are theirs alone (their user ids, and every identifier whose rows
-   are all theirs) become tombstones: from now on a hit naming one is dropped at
-   ingestion, here at once and by other collectors within seconds; each collector's
-   flusher also drops such rows among those it had acknowledged before it learnt of the
-   tombstones (``Flusher.recheck_until``), and after a restart among all it replays.
+   are all theirs) become tombstones, and so does their past time on a shared identifier:
+   from now on a hit naming one (at that time) is dropped at ingestion, here at once and
+   by other collectors within seconds; each collector's flusher also drops such rows
+   among those it had acknowledged before it learnt of the tombstones
+   (``Flusher.recheck_until``), and after a restart among all it replays.
 2. What this collector has acknowledged but not yet stored is flushed first, so that it
    is found by the deletes.
 3. Their rows go from ``events`` and from every table keyed by person, session or device
@@ -37,7 +38,7 @@ import orjson
 
 from collector.identity.graph import BEGINNING, END, Graph, Person, rows_of
 from collector.identity.kinds import person_id
-from collector.privacy.tombstones import Tombstones
+from collector.privacy.tombstones import ALWAYS, Spans, Tombstones
 from collector.sites import Site
 from collector.storage import Store
 
@@ -91,7 +92,7 @@ def erase(store: Store, site: Site, tombstones: Tombstones, kind: str, ident: st
     site_id = site.site_id
     request_id = str(uuid.uuid4())
     alone, shared = owned(person)
-    tombstones.add(site_id, [tombstones.subject(site_id, k, i) for k, i in alone], request_id)
+    tombstones.add(site_id, _tombstones(tombstones, site_id, person, alone, shared), request_id)
     flushed = flush(FLUSH_WAIT)
     removed: dict[str, int] = {}
     for table, ts, has_identifiers in PERSON_TABLES:
@@ -105,6 +106,23 @@ def erase(store: Store, site: Site, tombstones: Tombstones, kind: str, ident: st
            removed, actor)
     return {"request_id": request_id, "person_id": person.person_id,
             "identifiers": identifiers, "removed": removed, "spool_flushed": flushed}
+
+
+def _tombstones(tombstones: Tombstones, site_id: str, person: Person,
+                alone: list[tuple[str, str]], shared: list[tuple[str, str]]
+                ) -> dict[str, Spans]:
+    """What to drop from now on: any hit naming an identifier that was theirs alone, and
+    hits of their past time on a shared one (a late replay or an old timestamp; the time
+    after the erasure stays the device's next owner's, or nobody's)."""
+    now = dt.datetime.now(dt.UTC).isoformat(" ", "milliseconds")[:23]
+    subjects = {tombstones.subject(site_id, k, i): ALWAYS for k, i in alone}
+    by_identifier = person.spans_by_identifier()
+    for pair in shared:
+        past = tuple((span.start, min(span.end, now)) for span in by_identifier[pair]
+                     if span.start < now)
+        if past:
+            subjects[tombstones.subject(site_id, *pair)] = past
+    return subjects
 
 
 def _erase_identity(store: Store, site_id: str, person: Person,

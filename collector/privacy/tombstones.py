@@ -1,4 +1,5 @@
-"""Identifiers erased for good: a hit naming one is dropped before it is spooled.
+"""Identifiers erased for good: a hit naming one is dropped before it is spooled; and spans
+of time of shared identifiers: a hit naming one in such a span is dropped too.
 
 Kept as digests (``subject``), never in clear: HMAC-SHA256 with the installation's privacy
 key (``key.py``). Tombstones written before digests were keyed (``keyed = false``) hold
@@ -17,8 +18,12 @@ from typing import Any
 
 import orjson
 
+from collector.identity.graph import BEGINNING, END
 from collector.privacy import key as privacy_key
 from collector.storage import Store
+
+ALWAYS = ((BEGINNING, END),)
+Spans = tuple[tuple[str, str], ...]  # [from, to) as 'YYYY-MM-DD hh:mm:ss.sss' (UTC)
 
 
 def _text(site_id: str, kind: str, ident: str) -> str:
@@ -33,8 +38,9 @@ def plain_subject(site_id: str, kind: str, ident: str) -> str:
 class Tombstones:
     def __init__(self, store: Store, key: bytes) -> None:
         self.store, self.key = store, key
-        self._by_site: dict[str, frozenset[str]] = {}
-        self._plain_by_site: dict[str, frozenset[str]] = {}
+        # site -> subject -> the spans it covers (ALWAYS for an identifier theirs alone)
+        self._by_site: dict[str, dict[str, Spans]] = {}
+        self._plain_by_site: dict[str, dict[str, Spans]] = {}
         self._lock = threading.Lock()
         self._key_checked = False
 
@@ -50,40 +56,55 @@ class Tombstones:
             privacy_key.check(self.store, self.key)
             self._key_checked = True
         rows = self.store.rows(
-            "SELECT site_id, keyed, groupArray(subject) AS subjects "
-            "FROM tagwerk.privacy_tombstones GROUP BY site_id, keyed")
-        keyed: dict[str, frozenset[str]] = {}
-        plain: dict[str, frozenset[str]] = {}
+            "SELECT site_id, keyed, subject, groupArray((toString(from_ts), "
+            "if(to_ts = 0, {end:String}, toString(to_ts)))) AS spans "  # 0: before spans
+            "FROM tagwerk.privacy_tombstones GROUP BY site_id, keyed, subject", {"end": END})
+        keyed: dict[str, dict[str, Spans]] = {}
+        plain: dict[str, dict[str, Spans]] = {}
         for row in rows:
-            (keyed if row["keyed"] else plain)[row["site_id"]] = frozenset(row["subjects"])
+            spans = tuple(sorted(tuple(span) for span in row["spans"]))
+            (keyed if row["keyed"] else plain).setdefault(row["site_id"], {})[
+                row["subject"]] = spans
         with self._lock:
-            new = any(not subjects <= known.get(site, frozenset())
+            new = any(not set(spans) <= set(known.get(site, {}).get(subject, ()))
                       for loaded, known in ((keyed, self._by_site),
                                             (plain, self._plain_by_site))
-                      for site, subjects in loaded.items())
+                      for site, subjects in loaded.items()
+                      for subject, spans in subjects.items())
             self._by_site, self._plain_by_site = keyed, plain
         return new
 
-    def add(self, site_id: str, subjects: list[str], request_id: str) -> None:
-        """Record new tombstones (``subject`` digests), in ClickHouse for every collector
-        and here at once."""
+    def add(self, site_id: str, subjects: dict[str, Spans], request_id: str) -> None:
+        """Record new tombstones (``subject`` digests, each with the spans it covers), in
+        ClickHouse for every collector and here at once."""
         if not subjects:
             return
         now = dt.datetime.now(dt.UTC).isoformat(" ", "milliseconds")[:23]
         lines = [orjson.dumps({"site_id": site_id, "subject": s, "request_id": request_id,
-                               "erased_at": now, "keyed": True}) for s in subjects]
+                               "erased_at": now, "keyed": True, "from_ts": start,
+                               "to_ts": end})
+                 for s, spans in subjects.items() for start, end in spans]
         self.store.insert("tagwerk.privacy_tombstones", b"\n".join(lines), "JSONEachRow")
         with self._lock:
-            self._by_site[site_id] = self._by_site.get(site_id, frozenset()) | set(subjects)
+            known = dict(self._by_site.get(site_id, {}))
+            for s, spans in subjects.items():
+                known[s] = tuple(sorted({*known.get(s, ()), *spans}))
+            self._by_site[site_id] = known
 
     def blocks(self, site_id: str, row: dict[str, Any]) -> bool:
-        """Whether the (normalised) hit names an erased identifier."""
+        """Whether the (normalised) hit names an erased identifier at its time."""
         erased = self._by_site.get(site_id)
         plain = self._plain_by_site.get(site_id)
         if not erased and not plain:
             return False
+        ts = row["ts"]
         named = [("user", row["user_id"]), ("device", row["device_id"]),
                  *row["identifiers"].items()]
-        return any(value and ((erased and self.subject(site_id, kind, value) in erased)
-                              or (plain and plain_subject(site_id, kind, value) in plain))
-                   for kind, value in named)
+        for kind, value in named:
+            if not value:
+                continue
+            spans = (erased or {}).get(self.subject(site_id, kind, value), ()) + \
+                ((plain or {}).get(plain_subject(site_id, kind, value), ()) if plain else ())
+            if any(start <= ts < end for start, end in spans):
+                return True
+        return False

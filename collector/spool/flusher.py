@@ -50,7 +50,8 @@ ID_LENGTH = 36
 # times the last flush's duration the next one waits.
 MAX_WAIT = 0.6
 WAIT_PER_FLUSH = 2.0
-SITE_ID, DEVICE_ID, USER_ID = (COLUMNS.index(c) for c in ("site_id", "device_id", "user_id"))
+SITE_ID, TS, DEVICE_ID, USER_ID = (COLUMNS.index(c)
+                                   for c in ("site_id", "ts", "device_id", "user_id"))
 IDENTIFIERS = COLUMNS.index("identifiers")
 AGENT_COLUMNS = tuple(COLUMNS.index(c) for c in ("device_class", "browser", "os", "is_bot"))
 
@@ -210,7 +211,7 @@ class Flusher:
         kept = []
         for line in record[meta_end:].splitlines():
             values = orjson.loads(line)
-            row = {"user_id": values[USER_ID], "device_id": values[DEVICE_ID],
+            row = {"ts": values[TS], "user_id": values[USER_ID], "device_id": values[DEVICE_ID],
                    "identifiers": values[IDENTIFIERS] if len(values) > IDENTIFIERS else {}}
             if self.blocked(values[SITE_ID], row):
                 self.metrics.erased_dropped.inc()
