@@ -21,8 +21,6 @@ import logging
 from functools import partial
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE
-
 from collector.ingest import accept
 from collector.ingest.adapters import Adapter
 from collector.ingest.routes import FAST
@@ -35,7 +33,8 @@ log = logging.getLogger("tagwerk.http")
 
 # What this module relies on in uvicorn's HttpToolsProtocol beyond its public use as an
 # asyncio protocol (checked by tests/test_uvicorn_compat.py): the parser callbacks it
-# overrides and calls, and the attributes it reads or sets, with how it uses them.
+# overrides and calls, and the attributes it reads or sets. (Its base, web/limits.py, says
+# what that relies on; the answer's first lines come from there.)
 UVICORN_INTERNALS = {
     "methods": ("on_message_begin", "on_headers_complete", "on_body", "on_message_complete",
                 "on_response_complete"),
@@ -45,7 +44,6 @@ UVICORN_INTERNALS = {
     # cycle attributes uvicorn's connection code reads or writes (``_Pending`` has them)
     "cycle": ("keep_alive", "response_complete", "disconnected", "more_body",
               "message_event"),
-    "module": ("STATUS_LINE",),
 }
 
 
@@ -253,10 +251,7 @@ class IngestProtocol(LimitedProtocol):
         pending.response_complete = True
         if self.transport.is_closing():
             return
-        defaults = self.server_state.default_headers
-        if defaults is not _defaults[0]:  # uvicorn makes a new list each second (the date)
-            _defaults[:] = defaults, b"".join(b"%s: %s\r\n" % pair for pair in defaults)
-        out = [STATUS_LINE[status], _defaults[1],
+        out = [self._status_and_defaults(status),
                b"content-type: %s\r\ncontent-length: %d\r\n" % (media, len(body))]
         if headers:
             for name, value in headers.items():
@@ -269,10 +264,6 @@ class IngestProtocol(LimitedProtocol):
             self.on_response_complete()
         else:
             self.transport.close()
-
-
-# The server's default headers (Date), as given and joined: one join per second, not per hit.
-_defaults: list[Any] = [None, b""]
 
 
 async def _no_body() -> dict[str, Any]:

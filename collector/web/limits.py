@@ -53,8 +53,9 @@ is rearmed then; deadlines are set only when a head or body spans reads.
 What this relies on in uvicorn (pinned ``>=0.54,<0.55``): its parser callbacks
 (``on_url``, ``on_header``: reimplemented here, so they keep filling ``self.url``,
 ``self.headers`` and ``self.expect_100_continue``), that a parser error is answered through
-``send_400_response``, and the attributes ``cycle``, ``pipeline``, ``flow``,
-``timeout_keep_alive`` and ``timeout_keep_alive_task``.
+``send_400_response``, the attributes ``cycle``, ``pipeline``, ``flow``,
+``timeout_keep_alive``, ``timeout_keep_alive_task`` and ``server_state.default_headers``, and
+``STATUS_LINE`` (``tests/test_uvicorn_compat.py`` checks each).
 """
 
 from __future__ import annotations
@@ -318,13 +319,19 @@ class LimitedProtocol(HttpToolsProtocol):
         log.info("%s: %s, %d", _peer(self.client), why, status)
         self._send_refusal(status)
 
+    def _status_and_defaults(self, status: int) -> bytes:
+        """The status line and the server's default headers (``Date``) of an answer written
+        straight to the transport (here and by the ingestion fast path)."""
+        defaults = self.server_state.default_headers
+        if defaults is not _defaults[0]:  # uvicorn makes a new list each second (the date)
+            _defaults[:] = defaults, b"".join(b"%s: %s\r\n" % pair for pair in defaults)
+        return STATUS_LINE[status] + _defaults[1]
+
     def _send_refusal(self, status: int) -> None:
         body = _REASONS[status]
-        out = [STATUS_LINE[status]]
-        for name, value in self.server_state.default_headers:
-            out += [name, b": ", value, b"\r\n"]
-        out.append(b"content-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
-                   b"connection: close\r\n\r\n%s" % (len(body), body))
+        out = [self._status_and_defaults(status),
+               b"content-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
+               b"connection: close\r\n\r\n%s" % (len(body), body)]
         transport = self.transport
         transport.write(b"".join(out))
         if not transport.can_write_eof():
@@ -340,6 +347,8 @@ class LimitedProtocol(HttpToolsProtocol):
 
 
 _data_received = HttpToolsProtocol.data_received  # without super(): this is the hot path
+# The server's default headers as uvicorn last gave them, and joined: one join a second.
+_defaults: list[Any] = [None, b""]
 
 
 def _peer(client: tuple[str, int] | None) -> str:
