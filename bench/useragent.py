@@ -54,7 +54,8 @@ def main() -> None:
     miss = (time.perf_counter() - began) / len(fresh) * 1e6
     print(f"miss on the request path (guess + pending)    {miss:8.2f} µs  (goal < 100 µs)")
 
-    sample = [ua for ua, _ in devices()[::10]] + crawlers()[::10]
+    sample = ([ua for ua, _ in devices()[::10]] + crawlers()[::10]
+              + crawlers("crawlerdetect-crawlers")[::10])
     began = time.perf_counter()
     for ua in sample:
         useragent._classify(ua[: useragent.MAX_UA_LENGTH])

@@ -8,20 +8,26 @@ from __future__ import annotations
 
 import gzip
 from collections import Counter
+from importlib.resources import files
 from pathlib import Path
 
 import orjson
 import pytest
+import yaml_rs
 
 from collector.ingest import useragent
 from collector.ingest.useragent import MAX_UA_LENGTH, Resolver, guess, parse_agent, request_agent
 
 CORPUS = Path(__file__).parent / "useragent_corpus"
 GOAL = 95.0
-# Bots flagged: 92.4% today, below the goal (issue 11 keeps it open). The 95.1% reached with
-# a rule flagging every "name/version" program without a platform also flagged the
-# merchant's own systems (a till's agent on the batch API); this floor guards what holds.
-BOT_FLOOR = 92.0
+# Bots flagged, below the goal (issue 11 keeps it open): 92.4% of monperrus's instances,
+# 85.8% of CrawlerDetect's test agents; "untuned" counts only the rows that are not among
+# Matomo's own fixtures (90.6%, 84.3%). A rule flagging every "name/version" program reaches
+# more but also flags the merchant's own systems (a till's agent on the batch API); second
+# field lists (Monperrus's patterns, isbot's, CrawlerDetect's) were measured and left out
+# (useragent_corpus/README.md). These floors guard what holds.
+BOT_FLOORS = {"bot": 92.0, "bot (untuned)": 90.0, "bot (crawlerdetect)": 85.0,
+              "bot (crawlerdetect, untuned)": 83.5}
 # intoli's deviceCategory -> our device_class
 EXPECTED = {"desktop": "desktop", "mobile": "mobile", "tablet": "tablet"}
 
@@ -33,23 +39,38 @@ def devices() -> list[tuple[str, str]]:
     return [(row["userAgent"], EXPECTED[row["deviceCategory"]]) for row in rows]
 
 
-def crawlers() -> list[str]:
-    """monperrus's instances of crawler, monitoring, SEO and ad agents."""
-    with gzip.open(CORPUS / "monperrus-crawler-user-agents.jsonl.gz") as f:
+def crawlers(name: str = "monperrus-crawler-user-agents") -> list[str]:
+    """A corpus of crawler, monitoring, SEO and ad agents: monperrus's instances (default)
+    or CrawlerDetect's test agents ("crawlerdetect-crawlers")."""
+    with gzip.open(CORPUS / f"{name}.jsonl.gz") as f:
         return [orjson.loads(line)["userAgent"] for line in f]
 
 
+def matomo_fixtures() -> set[str]:
+    """The agents Matomo's bot rules were written from (its test fixtures, shipped with the
+    port): a corpus row among them measures nothing about the rules."""
+    path = files("device_detector") / "tests/fixtures/upstream/bots.yml"
+    return {row["user_agent"] for row in yaml_rs.loads(path.read_text(encoding="utf-8"))}
+
+
 def accuracy(classify=parse_agent) -> dict[str, tuple[int, int]]:
-    """Per class: (right, total); "bot" counts crawlers flagged."""
+    """Per class: (right, total); the "bot" classes count crawlers flagged."""
     right: Counter[str] = Counter()
     total: Counter[str] = Counter()
     for ua, expected in devices():
         total[expected] += 1
         right[expected] += classify(ua).device_class == expected
-    for ua in crawlers():
-        total["bot"] += 1
-        right["bot"] += classify(ua).is_bot
-    return {name: (right[name], total[name]) for name in ("desktop", "mobile", "tablet", "bot")}
+    tuned = matomo_fixtures()
+    for corpus, name, untuned in (
+        ("monperrus-crawler-user-agents", "bot", "bot (untuned)"),
+        ("crawlerdetect-crawlers", "bot (crawlerdetect)", "bot (crawlerdetect, untuned)"),
+    ):
+        for ua in crawlers(corpus):
+            for counted in (name,) if ua in tuned else (name, untuned):
+                total[counted] += 1
+                right[counted] += classify(ua).is_bot
+    return {name: (right[name], total[name]) for name in (*EXPECTED.values(), *BOT_FLOORS)
+            if total[name]}
 
 
 def report(results: dict[str, tuple[int, int]]) -> str:
@@ -64,11 +85,11 @@ def corpus_results() -> dict[str, tuple[int, int]]:
     return results
 
 
-@pytest.mark.parametrize("name", ["desktop", "mobile", "tablet", "bot"])
+@pytest.mark.parametrize("name", [*EXPECTED.values(), *BOT_FLOORS])
 def test_corpus_accuracy(corpus_results: dict[str, tuple[int, int]], name: str) -> None:
     ok, n = corpus_results[name]
     assert n >= 100, "the corpus lost its rows"
-    goal = BOT_FLOOR if name == "bot" else GOAL
+    goal = BOT_FLOORS.get(name, GOAL)
     assert 100 * ok / n >= goal, f"{name}: {100 * ok / n:.1f}% < {goal}%"
 
 
@@ -79,9 +100,21 @@ def test_the_merchants_own_systems_are_not_bots(ua: str) -> None:
 
 
 def test_no_visitor_is_a_bot() -> None:
-    # The flip side of the bot goal: real browsers pass as visitors.
+    # The flip side of the bot goal: real browsers pass as visitors. The two intoli flags
+    # are crawlers in its corpus (pageburst, SiteScoreBot).
     flagged = [ua for ua, _ in devices() if parse_agent(ua).is_bot]
-    assert len(flagged) <= len(devices()) // 100, flagged[:10]
+    assert len(flagged) <= 2, flagged[:10]
+
+
+@pytest.mark.parametrize("ua", [
+    "Mozilla/5.0 (Linux; Android 8.0.0; CUBOT_P20) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/70.0.3538.110 Mobile Safari/537.36",
+    "Mozilla/5.0 (Linux; Android 6.0; CUBOT MAX Build/MRA58K) AppleWebKit/537.36 (KHTML, like "
+    "Gecko) Chrome/51.0.2704.81 Mobile Safari/537.36",
+])
+def test_a_cubot_phone_is_a_visitor(ua: str) -> None:
+    # The phone brand holds "bot": only the guess may take it for one.
+    assert (parse_agent(ua).device_class, parse_agent(ua).is_bot) == ("mobile", False)
 
 
 def test_guess_accuracy_is_reported() -> None:
