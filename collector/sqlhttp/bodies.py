@@ -7,15 +7,15 @@ from collections.abc import AsyncIterator, Callable, Iterator
 import anyio.from_thread
 import anyio.to_thread
 
-from collector.sqlhttp.compress import _Decoder
+from collector.sqlhttp.compress import Decoder
 from collector.sqlhttp.errors import SqlError
 
 
-class _Body:
+class Body:
     """The request body, decompressed, pulled from the event loop by the worker thread."""
 
     def __init__(
-        self, pull: Callable[[], bytes | None], decoder: _Decoder | None, limit: int
+        self, pull: Callable[[], bytes | None], decoder: Decoder | None, limit: int
     ) -> None:
         self._pull, self._decoder, self._limit = pull, decoder, limit
         self._size = 0
@@ -44,7 +44,7 @@ class _Body:
         return self._chunks
 
 
-def _no_body() -> None:
+def no_body() -> None:
     return None
 
 
@@ -52,7 +52,7 @@ async def _receive(stream: AsyncIterator[bytes]) -> bytes | None:
     return await anext(stream, None)
 
 
-def _puller(stream: AsyncIterator[bytes]) -> Callable[[], bytes | None]:
+def puller(stream: AsyncIterator[bytes]) -> Callable[[], bytes | None]:
     """Reads the next chunk of ``stream`` from a worker thread, through the event loop."""
 
     def pull() -> bytes | None:

@@ -14,32 +14,32 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from collector.sqlhttp.config import (
     DEFAULT_SESSION_TIMEOUT,
     MAX_SESSION_TIMEOUT,
+    Connection,
     QueryLimits,
     SqlUser,
-    _Connection,
 )
 from collector.sqlhttp.errors import SqlError
-from collector.sqlhttp.statements import _Format
+from collector.sqlhttp.statements import Format
 from collector.storage.engine_config import site_scope_tag
 from collector.web.clientip import parse_address
 
 # Parameters that are not settings (as ClickHouse's HTTPHandler reserves them).
-_RESERVED = frozenset(
+RESERVED = frozenset(
     ("query", "user", "password", "quota_key", "query_id", "database", "default_format",
      "session_id", "session_timeout", "session_check", "close_session", "compress",
      "decompress", "buffer_size", "wait_end_of_query", "stacktrace", "client_protocol_version",
      "role")
 )
 # Settings a ClickHouse server's HTTP layer consumes; chDB has no HTTP layer to pass them to.
-_HTTP_SETTINGS = frozenset(
+HTTP_SETTINGS = frozenset(
     ("send_progress_in_http_headers", "http_headers_progress_interval_ms",
      "enable_http_compression", "http_zlib_compression_level")
 )
-_SETTING_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+SETTING_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 @dataclass
-class _Call:
+class Call:
     user: SqlUser
     readonly: bool
     query_id: str
@@ -48,7 +48,7 @@ class _Call:
     binds: dict[str, str]
     settings: dict[str, str]
     database: str | None
-    default_format: _Format
+    default_format: Format
     session: tuple[str, str] | None
     session_timeout: float
     session_check: bool
@@ -59,10 +59,10 @@ class _Call:
 
 
 @dataclass
-class _Result:
+class Result:
     body: bytes | memoryview
     summary: dict[str, int]
-    output_format: _Format | None  # None: the statement returns no result set
+    output_format: Format | None  # None: the statement returns no result set
     encoding: str | None = None
     owner: Any = None  # what holds ``body``'s memory (chDB's result), until it is sent
 
@@ -75,11 +75,11 @@ def _identifier(name: str) -> str:
     return "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"
 
 
-def _flag(value: str) -> bool:
+def flag(value: str) -> bool:
     return value.strip().lower() in ("1", "true")
 
 
-def _session_timeout(value: str | None) -> float:
+def parse_session_timeout(value: str | None) -> float:
     if value is None:
         return DEFAULT_SESSION_TIMEOUT
     if not value.isdigit():
@@ -92,20 +92,20 @@ def _session_timeout(value: str | None) -> float:
     return int(value)
 
 
-def _set(conn: _Connection, settings: Mapping[str, str | None]) -> None:
+def set_settings(conn: Connection, settings: Mapping[str, str | None]) -> None:
     """One SET for all ``settings``; None restores a setting's default."""
     if settings:
         changes = (f"{k} = {'DEFAULT' if v is None else _quote(v)}" for k, v in settings.items())
         conn.query("SET " + ", ".join(changes))
 
 
-def _apply(conn: _Connection, call: _Call) -> None:
+def apply_call(conn: Connection, call: Call) -> None:
     settings = call.settings
     if call.readonly:  # readonly is ours to set, below
         settings = {k: v for k, v in settings.items() if k != "readonly"}
     # One SET: the enforced settings win over the client's, and a client's readonly = 1 (a
     # writer's session may ask for it) does not stop them.
-    _set(conn, {**settings, **(call.enforced or {"log_comment": call.tag})})
+    set_settings(conn, {**settings, **(call.enforced or {"log_comment": call.tag})})
     if call.database:
         conn.query(f"USE {_identifier(call.database)}")
     if call.readonly:
@@ -113,12 +113,12 @@ def _apply(conn: _Connection, call: _Call) -> None:
 
 
 @dataclass
-class _Saved:
+class Saved:
     database: str
     settings: dict[str, str | None]
 
 
-def _read_state(conn: _Connection, call: _Call) -> _Saved:
+def read_state(conn: Connection, call: Call) -> Saved:
     names = ", ".join(map(_quote, call.settings)) or "''"
     row = orjson.loads(
         conn.query(
@@ -129,15 +129,15 @@ def _read_state(conn: _Connection, call: _Call) -> _Saved:
     )
     # A name missing from system.settings was refused by SET and needs no restoring.
     settings = {name: value if changed else None for name, value, changed in row["s"]}
-    return _Saved(row["db"], settings)
+    return Saved(row["db"], settings)
 
 
-def _restore(conn: _Connection, saved: _Saved) -> None:
-    _set(conn, saved.settings)
+def restore(conn: Connection, saved: Saved) -> None:
+    set_settings(conn, saved.settings)
     conn.query(f"USE {_identifier(saved.database)}")
 
 
-def _summary(
+def call_summary(
     read: tuple[int, int], written: tuple[int, int], result: tuple[int, int], elapsed: float
 ) -> dict[str, int]:
     return {
@@ -152,11 +152,11 @@ def _summary(
     }
 
 
-def _query_summary(result: Any) -> dict[str, int]:
+def query_summary(result: Any) -> dict[str, int]:
     def stat(name: str) -> int:
         return int(getattr(result, name, lambda: 0)())
 
-    return _summary(
+    return call_summary(
         (stat("storage_rows_read"), stat("storage_bytes_read")),
         (stat("rows_written"), stat("bytes_written")),
         (stat("rows_read"), stat("bytes_read")),
@@ -171,7 +171,7 @@ def _is_loopback(client: tuple[str, int] | None) -> bool:
     return address is not None and address.is_loopback
 
 
-class _LoopbackOnly:
+class LoopbackOnly:
     """Refuses peers outside the loopback range, whatever listens in front of the app."""
 
     def __init__(self, app: ASGIApp, refuse: Callable[[], Response]) -> None:

@@ -13,7 +13,7 @@ try:
 except ImportError:
     from backports import zstd
 
-from collector.sqlhttp.config import _STEP
+from collector.sqlhttp.config import STEP
 from collector.sqlhttp.errors import SqlError
 from collector.web.qvalues import weighted
 
@@ -49,7 +49,7 @@ class _ZlibInflater:
         return self._z.unused_data
 
 
-_INFLATERS: dict[str, Callable[[], _Inflater]] = {
+INFLATERS: dict[str, Callable[[], _Inflater]] = {
     "gzip": _ZlibInflater,
     "x-gzip": _ZlibInflater,
     "deflate": _ZlibInflater,
@@ -58,7 +58,7 @@ _INFLATERS: dict[str, Callable[[], _Inflater]] = {
 }
 
 
-class _Decoder:
+class Decoder:
     """Decompresses a body of one or more frames (clickhouse-connect sends a frame per block)."""
 
     def __init__(self, new: Callable[[], _Inflater]) -> None:
@@ -69,7 +69,7 @@ class _Decoder:
         try:
             while data or (self._inflater and not self._inflater.needs_input):
                 self._inflater = self._inflater or self._new()
-                out = self._inflater.decompress(data, _STEP)
+                out = self._inflater.decompress(data, STEP)
                 data = b""
                 if out:
                     yield out
@@ -88,7 +88,7 @@ def _zlib(data: bytes | memoryview, level: int, wbits: int) -> bytes:
     return z.compress(data) + z.flush()
 
 
-_DEFLATERS: dict[str, Callable[[bytes | memoryview], bytes]] = {
+DEFLATERS: dict[str, Callable[[bytes | memoryview], bytes]] = {
     "gzip": lambda data: _zlib(data, 3, 16 + zlib.MAX_WBITS),  # level 3 as ClickHouse's default
     "deflate": lambda data: _zlib(data, 3, zlib.MAX_WBITS),
     "zstd": zstd.compress,
@@ -96,10 +96,10 @@ _DEFLATERS: dict[str, Callable[[bytes | memoryview], bytes]] = {
 }
 
 
-def _response_encoding(accept: str) -> str | None:
+def response_encoding(accept: str) -> str | None:
     """The first encoding the client lists that we support (clickhouse-connect lists lz4 first)."""
     for item, q in weighted(accept):
         name = item.lower().removeprefix("x-")
-        if name in _DEFLATERS and q > 0:
+        if name in DEFLATERS and q > 0:
             return name
     return None

@@ -17,9 +17,9 @@ MAX_SESSION_TIMEOUT = 3600
 MAX_SESSIONS = 1000  # each holds a chDB connection
 MAX_READER_QUERIES = 4  # read-only users' queries running at once, all users together
 MAX_READER_QUERIES_PER_USER = 2
-_STEP = 1 << 20  # decompress at most this much at once, so that a bomb is stopped early
+STEP = 1 << 20  # decompress at most this much at once, so that a bomb is stopped early
 
-_Connection = Any  # chdb.state.Connection, which has no type hints
+Connection = Any  # chdb.state.Connection, which has no type hints
 
 
 # What a read-only user reads when its entry names no tables: the data, not the service's

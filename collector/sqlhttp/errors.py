@@ -30,7 +30,7 @@ _NAMES = {
 }
 
 # ClickHouse's exceptionCodeToHTTPStatus; every other code (READONLY among them) is a 500.
-_STATUS = {
+STATUS = {
     194: 401,  # REQUIRED_PASSWORD
     # UNKNOWN_USER, WRONG_PASSWORD, ACCESS_DENIED, SET_NON_GRANTED_ROLE, AUTHENTICATION_FAILED
     **dict.fromkeys((192, 193, 497, 512, 516), 403),
@@ -52,7 +52,7 @@ _STATUS = {
 }
 
 _CODE = re.compile(r"Code: (\d+)\.")
-_VERSION_SUFFIX = re.compile(r"\(version [^)]*\)\s*$")
+VERSION_SUFFIX = re.compile(r"\(version [^)]*\)\s*$")
 
 
 class SqlError(Exception):
@@ -79,7 +79,7 @@ class SqlError(Exception):
 
 
 @contextlib.contextmanager
-def _engine_errors() -> Iterator[None]:
+def engine_errors() -> Iterator[None]:
     # chDB raises ChdbError (a RuntimeError) or a plain RuntimeError from send_insert.
     try:
         yield

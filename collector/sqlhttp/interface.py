@@ -25,40 +25,40 @@ from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from collector.sqlhttp import policy
-from collector.sqlhttp.bodies import _Body, _no_body, _puller
+from collector.sqlhttp.bodies import Body, no_body, puller
 from collector.sqlhttp.calls import (
-    _HTTP_SETTINGS,
-    _RESERVED,
-    _SETTING_NAME,
-    _apply,
-    _Call,
-    _flag,
-    _LoopbackOnly,
-    _query_summary,
-    _read_state,
-    _restore,
-    _Result,
-    _Saved,
-    _session_timeout,
-    _set,
-    _summary,
+    HTTP_SETTINGS,
+    RESERVED,
+    SETTING_NAME,
+    Call,
+    LoopbackOnly,
+    Result,
+    Saved,
+    apply_call,
+    call_summary,
     enforced_settings,
+    flag,
+    parse_session_timeout,
+    query_summary,
     query_tag,
+    read_state,
     reader_settings,
+    restore,
+    set_settings,
     table_filters,
 )
-from collector.sqlhttp.compress import _DEFLATERS, _INFLATERS, _Decoder, _response_encoding
+from collector.sqlhttp.compress import DEFLATERS, INFLATERS, Decoder, response_encoding
 from collector.sqlhttp.config import (
     MAX_DATA_BYTES,
     MAX_QUERY_BYTES,
+    Connection,
     QueryLimits,
     SqlUser,
-    _Connection,
 )
-from collector.sqlhttp.errors import _STATUS, _VERSION_SUFFIX, SqlError, _engine_errors
-from collector.sqlhttp.sessions import _Session, _Sessions
+from collector.sqlhttp.errors import STATUS, VERSION_SUFFIX, SqlError, engine_errors
+from collector.sqlhttp.sessions import Session, Sessions
 from collector.sqlhttp.slots import ReaderSlots
-from collector.sqlhttp.statements import _decode, _first_word, _Format, _scan, _Statement
+from collector.sqlhttp.statements import Format, Statement, decode_text, first_word, scan_statement
 from collector.sqlhttp.syntax import parse
 from collector.storage.base import escape_param
 from collector.storage.embedded import EmbeddedStore
@@ -77,7 +77,7 @@ class _SqlInterface:
         self.max_data_bytes = max_data_bytes
         self.limits = limits
         self.readers = ReaderSlots()
-        self.sessions = _Sessions(store.new_connection)
+        self.sessions = Sessions(store.new_connection)
         self.display_name = socket.gethostname()
         conn = store.new_connection()
         try:
@@ -96,7 +96,7 @@ class _SqlInterface:
         # The engine's default, as ClickHouse does (chDB turns it on).
         self.compress_by_default = bool(compression)
         self.formats = {
-            row["name"].lower(): _Format(row["name"], row["content_type"])
+            row["name"].lower(): Format(row["name"], row["content_type"])
             for row in map(orjson.loads, rows.bytes().splitlines())
         }
 
@@ -121,13 +121,13 @@ class _SqlInterface:
                 return PlainTextResponse("Ok.\n")  # ClickHouse's root page
             user = self._authenticate(request, params)
             decoder = self._decoder(request)
-            pull: Callable[[], bytes | None] = _no_body
+            pull: Callable[[], bytes | None] = no_body
             if request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
                 params.update(await self._form(request, decoder))
             else:
-                pull = _puller(request.stream())
+                pull = puller(request.stream())
             call = self._call(request, params, user, query_id)
-            body = _Body(pull, decoder, self.max_data_bytes)
+            body = Body(pull, decoder, self.max_data_bytes)
             result = await self._run(request, call, body)
             return self._response(call, result)
         except SqlError as exc:
@@ -138,7 +138,7 @@ class _SqlInterface:
             logger.exception("SQL interface: unexpected error")
             return self._error(SqlError.of(1001, "Internal error, see the collector's log"), "")
 
-    async def _run(self, request: Request, call: _Call, body: _Body) -> _Result:
+    async def _run(self, request: Request, call: Call, body: Body) -> Result:
         """Execute ``call``; cancel its query in the engine if the client goes away once
         the request is read (a query nobody waits for would run on to its time limit)."""
         body_read = anyio.Event()
@@ -187,14 +187,14 @@ class _SqlInterface:
 
     def _call(
         self, request: Request, params: Mapping[str, str], user: SqlUser, query_id: str
-    ) -> _Call:
+    ) -> Call:
         binds: dict[str, str] = {}
         settings: dict[str, str] = {}
         for name, value in params.items():
             if name.startswith("param_"):
                 binds[name.removeprefix("param_")] = value
-            elif name and name not in _RESERVED and name not in _HTTP_SETTINGS:
-                if not _SETTING_NAME.fullmatch(name):
+            elif name and name not in RESERVED and name not in HTTP_SETTINGS:
+                if not SETTING_NAME.fullmatch(name):
                     raise SqlError.of(115, f"Unknown setting '{name}'")
                 settings[name] = value
         if user.readonly:
@@ -203,7 +203,7 @@ class _SqlInterface:
         session_id = params.get("session_id")
         compress = params.get("enable_http_compression")
         accept = request.headers.get("accept-encoding", "")
-        return _Call(
+        return Call(
             user=user,
             # As ClickHouse: anything but POST is read-only.
             readonly=user.readonly or request.method != "POST",
@@ -215,31 +215,32 @@ class _SqlInterface:
             database=params.get("database") or request.headers.get("x-clickhouse-database"),
             default_format=self._format(fmt_name or "TabSeparated"),
             session=(user.name, session_id) if session_id else None,
-            session_timeout=_session_timeout(params.get("session_timeout")) if session_id else 0,
-            session_check=_flag(params.get("session_check", "0")),
-            close_session=_flag(params.get("close_session", "0")),
+            session_timeout=(parse_session_timeout(params.get("session_timeout"))
+                             if session_id else 0),
+            session_check=flag(params.get("session_check", "0")),
+            close_session=flag(params.get("close_session", "0")),
             encoding=(
-                _response_encoding(accept)
-                if (_flag(compress) if compress is not None else self.compress_by_default)
+                response_encoding(accept)
+                if (flag(compress) if compress is not None else self.compress_by_default)
                 else None
             ),
         )
 
-    def _format(self, name: str) -> _Format:
+    def _format(self, name: str) -> Format:
         fmt = self.formats.get(name.lower())
         if fmt is None:
             raise SqlError.of(73, f"Unknown format {name}")
         return fmt
 
-    def _decoder(self, request: Request) -> _Decoder | None:
+    def _decoder(self, request: Request) -> Decoder | None:
         encoding = request.headers.get("content-encoding", "").strip().lower()
         if encoding in ("", "identity"):
             return None
-        if encoding not in _INFLATERS:
+        if encoding not in INFLATERS:
             raise SqlError.of(779, f"Unsupported Content-Encoding: {encoding}")
-        return _Decoder(_INFLATERS[encoding])
+        return Decoder(INFLATERS[encoding])
 
-    async def _form(self, request: Request, decoder: _Decoder | None) -> dict[str, str]:
+    async def _form(self, request: Request, decoder: Decoder | None) -> dict[str, str]:
         """Fields of a multipart/form-data body (clickhouse-connect's long parameters)."""
         raw = bytearray()
         async for chunk in request.stream():
@@ -255,25 +256,25 @@ class _SqlInterface:
             if part.get_filename() is not None:
                 raise SqlError.of(48, "External data (files in the form) is not supported")
             name = part.get_param("name", header="content-disposition")
-            fields[str(name)] = _decode(part.get_payload(decode=True) or b"")
+            fields[str(name)] = decode_text(part.get_payload(decode=True) or b"")
         return fields
 
     # -- execution (worker thread)
 
-    def _execute(self, call: _Call, body: _Body, read: Callable[[], None]) -> _Result:
+    def _execute(self, call: Call, body: Body, read: Callable[[], None]) -> Result:
         if not call.user.readonly:
             return self._checked(call, body, None, read)
         with self.readers.taken(call.user.name):
             return self._checked(call, body, self._scope(call), read)
 
     def _checked(
-        self, call: _Call, body: _Body, scope: policy.Scope | None, read: Callable[[], None]
-    ) -> _Result:
+        self, call: Call, body: Body, scope: policy.Scope | None, read: Callable[[], None]
+    ) -> Result:
         """Run the engine's canonical form of the statement, once its tree passed the policy."""
         sql, st, data = self._statement(call, body)
         if not st.first:
             raise SqlError.of(62, "Syntax error: Empty query")
-        with self._connection(call, st.first) as conn, _engine_errors():
+        with self._connection(call, st.first) as conn, engine_errors():
             insert_format = st.insert_format or ""
             if data is not None:
                 sql = f"{sql} FORMAT {insert_format}"
@@ -282,10 +283,10 @@ class _SqlInterface:
             if data is not None:
                 head = parsed.sql.removesuffix(f"FORMAT {insert_format}").rstrip()
                 # Parameters in VALUES data ({id:UInt32}) are the connection's.
-                _set(conn, {f"param_{name}": value for name, value in call.binds.items()})
+                set_settings(conn, {f"param_{name}": value for name, value in call.binds.items()})
                 return self._insert(conn, head, insert_format, data)
             read()
-            st = _scan(parsed.sql.encode(), self.formats)
+            st = scan_statement(parsed.sql.encode(), self.formats)
             result = conn.query(parsed.sql, call.default_format.name, params=call.binds)
         # chDB's own buffer, not a copy: the result is held in Python, outside the engine's
         # memory cap, so a read-only user's is bounded once formatted too.
@@ -296,15 +297,15 @@ class _SqlInterface:
                 f"max_result_bytes ({self.limits.max_result_bytes})"
             )
         fmt = (self._format(st.output_format) if st.output_format else call.default_format)
-        summary = _query_summary(result)
+        summary = query_summary(result)
         encoding = call.encoding if out else None
         if encoding:
-            out, result = _DEFLATERS[encoding](out), None  # chDB's buffer is freed here
-        return _Result(out, summary, fmt if st.has_result else None, encoding, owner=result)
+            out, result = DEFLATERS[encoding](out), None  # chDB's buffer is freed here
+        return Result(out, summary, fmt if st.has_result else None, encoding, owner=result)
 
     def _statement(
-        self, call: _Call, body: _Body
-    ) -> tuple[str, _Statement, Iterator[bytes] | None]:
+        self, call: Call, body: Body
+    ) -> tuple[str, Statement, Iterator[bytes] | None]:
         """The statement (a query, or an INSERT's head) and, for an INSERT, its data.
 
         As ClickHouse: the query is the ``query`` parameter, a line break and the body, or the
@@ -313,25 +314,25 @@ class _SqlInterface:
         limit = MAX_QUERY_BYTES
         if call.query is not None:
             head = call.query.encode() + b"\n"
-            st = _scan(head, self.formats)
+            st = scan_statement(head, self.formats)
             if st.insert_format:
                 return self._insert_parts(head, st, body)
             rest = body.read(limit + 1 - len(head))
             text = head + rest if rest else call.query.encode()
             if rest:
-                st = _scan(text, self.formats)
+                st = scan_statement(text, self.formats)
         else:
             text = body.read(limit + 1)
-            if len(text) > limit and _first_word(text) != b"insert":  # no need to scan it
+            if len(text) > limit and first_word(text) != b"insert":  # no need to scan it
                 raise SqlError.of(229, f"The query is larger than {limit} bytes")
-            st = _scan(text, self.formats)
+            st = scan_statement(text, self.formats)
             if st.insert_format:
                 return self._insert_parts(text, st, body)
         if len(text) > limit:
             raise SqlError.of(229, f"The query is larger than {limit} bytes")
-        return _decode(text), st, None
+        return decode_text(text), st, None
 
-    def _scope(self, call: _Call) -> policy.Scope:
+    def _scope(self, call: Call) -> policy.Scope:
         """A read-only user's grants against the tables that exist now, and the settings
         that confine it to them (the tables are read on the store's own connection, which
         no user's filters touch)."""
@@ -346,30 +347,30 @@ class _SqlInterface:
 
     @staticmethod
     def _insert_parts(
-        text: bytes, st: _Statement, body: _Body
-    ) -> tuple[str, _Statement, Iterator[bytes]]:
+        text: bytes, st: Statement, body: Body
+    ) -> tuple[str, Statement, Iterator[bytes]]:
         data = itertools.chain((text[st.data_start :],), body.rest())
-        return _decode(text[: st.head_end]), st, data
+        return decode_text(text[: st.head_end]), st, data
 
     @staticmethod
-    def _insert(conn: _Connection, head: str, fmt: str, data: Iterator[bytes]) -> _Result:
+    def _insert(conn: Connection, head: str, fmt: str, data: Iterator[bytes]) -> Result:
         with conn.send_insert(head, fmt) as inserter:
             for chunk in data:
                 if chunk:
                     inserter.append(chunk)
             done = inserter.finish()
         written = (done.rows_written, done.bytes_written)
-        return _Result(b"", _summary((0, 0), written, written, done.elapsed), None)
+        return Result(b"", call_summary((0, 0), written, written, done.elapsed), None)
 
     @contextlib.contextmanager
-    def _connection(self, call: _Call, first: bytes) -> Iterator[_Connection]:
+    def _connection(self, call: Call, first: bytes) -> Iterator[Connection]:
         # A read-only request can keep no state (readonly = 1 allows neither SET nor
         # temporary tables), so its session id needs no connection of its own.
         if call.session is None or call.readonly:
             conn = self.store.new_connection()
             try:
-                with _engine_errors():
-                    _apply(conn, call)
+                with engine_errors():
+                    apply_call(conn, call)
                 yield conn
             finally:
                 conn.close()
@@ -379,30 +380,30 @@ class _SqlInterface:
         ) as session:
             yield from self._in_session(session, call, first)
 
-    def _in_session(self, session: _Session, call: _Call, first: bytes) -> Iterator[_Connection]:
+    def _in_session(self, session: Session, call: Call, first: bytes) -> Iterator[Connection]:
         conn = session.conn
         saved = None
         try:
-            with _engine_errors():
+            with engine_errors():
                 if call.settings or call.database:
                     saved = self._save(session, call)
-                _apply(conn, call)
+                apply_call(conn, call)
             # Only SET and USE change a session (multi-statements are refused).
             session.changed = session.changed or first in (b"set", b"use")
             yield conn
         finally:
             if saved is not None:
                 try:
-                    _restore(conn, saved)
+                    restore(conn, saved)
                 except Exception:  # e.g. readonly=1 forbids changing settings back
                     session.reset()
 
-    def _save(self, session: _Session, call: _Call) -> _Saved:
+    def _save(self, session: Session, call: Call) -> Saved:
         if session.changed:
-            return _read_state(session.conn, call)
+            return read_state(session.conn, call)
         # Defaults throughout; a name the engine does not know was refused by SET anyway.
         defaults = {name: None for name in call.settings if name in self.setting_names}
-        return _Saved(self.database, defaults)
+        return Saved(self.database, defaults)
 
     # -- responses
 
@@ -412,7 +413,7 @@ class _SqlInterface:
             headers["X-ClickHouse-Query-Id"] = query_id
         return headers
 
-    def _response(self, call: _Call, result: _Result) -> Response:
+    def _response(self, call: Call, result: Result) -> Response:
         headers = self._headers(call.query_id)
         headers["X-ClickHouse-Timezone"] = call.settings.get("session_timezone") or self.timezone
         headers["X-ClickHouse-Summary"] = orjson.dumps(
@@ -428,12 +429,12 @@ class _SqlInterface:
 
     def _error(self, exc: SqlError, query_id: str) -> Response:
         text = exc.text
-        if not _VERSION_SUFFIX.search(text):
+        if not VERSION_SUFFIX.search(text):
             text += f" (version {self.version})"
         headers = self._headers(query_id)
         headers["X-ClickHouse-Exception-Code"] = str(exc.code)
         headers["Content-Type"] = "text/plain; charset=UTF-8"
-        return Response(text + "\n", status_code=_STATUS.get(exc.code, 500), headers=headers)
+        return Response(text + "\n", status_code=STATUS.get(exc.code, 500), headers=headers)
 
     def refuse_peer(self) -> Response:
         return self._error(
@@ -537,4 +538,4 @@ def build_sql_app(
         ],
         lifespan=sql.lifespan,
     )
-    return _LoopbackOnly(app, sql.refuse_peer) if loopback_only else app
+    return LoopbackOnly(app, sql.refuse_peer) if loopback_only else app

@@ -8,13 +8,13 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from collector.sqlhttp.config import MAX_SESSIONS, _Connection
+from collector.sqlhttp.config import MAX_SESSIONS, Connection
 from collector.sqlhttp.errors import SqlError
 
 
 @dataclass(eq=False)
-class _Session:
-    conn: _Connection | None = None
+class Session:
+    conn: Connection | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
     expires: float = 0.0
     # Whether a SET or USE statement ran: until then the connection holds the engine's
@@ -30,16 +30,16 @@ class _Session:
         self.changed = False
 
 
-class _Sessions:
-    def __init__(self, connect: Callable[[], _Connection]) -> None:
+class Sessions:
+    def __init__(self, connect: Callable[[], Connection]) -> None:
         self._connect = connect
-        self._items: dict[tuple[str, str], _Session] = {}
+        self._items: dict[tuple[str, str], Session] = {}
         self._lock = threading.Lock()
 
     @contextlib.contextmanager
     def use(
         self, key: tuple[str, str], timeout: float, check: bool, close: bool
-    ) -> Iterator[_Session]:
+    ) -> Iterator[Session]:
         """The session ``key`` (made if new), locked to this request; ``close`` ends it after."""
         session = self._acquire(key, check)
         try:
@@ -54,7 +54,7 @@ class _Sessions:
                 session.reset()
             session.lock.release()
 
-    def _acquire(self, key: tuple[str, str], check: bool) -> _Session:
+    def _acquire(self, key: tuple[str, str], check: bool) -> Session:
         with self._lock:
             self._expire()
             session = self._items.get(key)
@@ -63,7 +63,7 @@ class _Sessions:
                     raise SqlError.of(372, f"Session {key[1]} not found")
                 if len(self._items) >= MAX_SESSIONS:
                     raise SqlError.of(700, f"Too many sessions: {MAX_SESSIONS} are open")
-                session = self._items[key] = _Session()
+                session = self._items[key] = Session()
             if not session.lock.acquire(blocking=False):
                 raise SqlError.of(373, f"Session {key[1]} is locked by a concurrent client")
             return session

@@ -61,7 +61,7 @@ def _tokens(sql: bytes) -> Iterator[_Token]:
 
 
 @dataclass
-class _Statement:
+class Statement:
     first: bytes = b""  # the first token (a keyword, or "("), lowercased; empty: no query
     output_format: str | None = None  # a query's own FORMAT clause
     insert_format: str | None = None  # INSERT ... FORMAT X, or "Values" for a trailing VALUES
@@ -73,9 +73,9 @@ class _Statement:
         return self.first in _RESULT_KEYWORDS
 
 
-def _scan(sql: bytes, formats: Mapping[str, _Format]) -> _Statement:
+def scan_statement(sql: bytes, formats: Mapping[str, Format]) -> Statement:
     """Where ``sql``'s parts are. An INSERT's scan stops at its FORMAT clause: data follows."""
-    st = _Statement()
+    st = Statement()
     depth, ended, data_follows = 0, False, False
     last = _NO_TOKEN  # the token before this one
     for tok in _tokens(sql):
@@ -115,11 +115,11 @@ def _depth(bracket: bytes, depth: int) -> int:
     return depth
 
 
-def _first_word(sql: bytes) -> bytes:
+def first_word(sql: bytes) -> bytes:
     return next(_tokens(sql), _NO_TOKEN).text.lower()
 
 
-def _format_clause(last: _Token, tok: _Token, formats: Mapping[str, _Format]) -> str | None:
+def _format_clause(last: _Token, tok: _Token, formats: Mapping[str, Format]) -> str | None:
     # The format must be a known one: "INSERT INTO format FORMAT CSV" names a table "format".
     if tok.kind not in ("word", "quoted") or last.kind != "word" or last.name != b"format":
         return None
@@ -138,7 +138,7 @@ def _data_start(sql: bytes, pos: int) -> int:
     return pos
 
 
-def _decode(sql: bytes) -> str:
+def decode_text(sql: bytes) -> str:
     try:
         return sql.decode("utf-8")
     except UnicodeDecodeError:
@@ -146,6 +146,6 @@ def _decode(sql: bytes) -> str:
 
 
 @dataclass(frozen=True)
-class _Format:
+class Format:
     name: str
     content_type: str

@@ -15,8 +15,8 @@ from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
-from collector.sqlhttp.config import _Connection
-from collector.sqlhttp.errors import SqlError, _engine_errors
+from collector.sqlhttp.config import Connection
+from collector.sqlhttp.errors import SqlError, engine_errors
 from collector.storage.base import escape_param
 
 # One line of EXPLAIN AST: an indentation of one space per level, the node's kind, maybe a
@@ -54,7 +54,7 @@ class Parsed:
     tree: Node
 
 
-def parse(conn: _Connection, sql: str, binds: Mapping[str, str]) -> Parsed:
+def parse(conn: Connection, sql: str, binds: Mapping[str, str]) -> Parsed:
     """The engine's parse of ``sql``; a syntax error is the engine's own error. Kept for
     statements that come again (a collector's inserts and periodic queries through the
     server backend): the parse is the same for the same text and parameters, and costs two
@@ -65,7 +65,7 @@ def parse(conn: _Connection, sql: str, binds: Mapping[str, str]) -> Parsed:
         if parsed is not None:
             _parsed.move_to_end(key)
             return parsed
-    with _engine_errors():
+    with engine_errors():
         canonical = conn.query(
             "SELECT formatQuery({q:String})", "TSVRaw", params={"q": escape_param(sql)}
         ).bytes().decode()
