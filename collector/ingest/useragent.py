@@ -3,7 +3,7 @@
 Two answers, so that the request never waits for the accurate one:
 
 - ``parse_agent(ua)``: the accurate answer. Device class and bot flag from Matomo's Device
-  Detector rules (``collector.ingest.uarules``, ~5-10 ms), browser and OS families from ua-parser
+  Detector rules (``collector.ingest.uarules``, ~10-20 ms), browser and OS families from ua-parser
   (``user-agents``, ~1 ms; the stored names stay as they were). Cached: LRU, 8192 entries,
   keyed by the UA cut to ``MAX_UA_LENGTH`` characters, so a client controls neither the
   cost of a parse nor the size of an entry.
@@ -51,7 +51,7 @@ CACHE_SIZE = 8192
 # UAs seen by requests and not classified yet (each at most MAX_UA_LENGTH characters).
 MAX_PENDING = 4096
 # The flusher's classification work per batch: this many seconds (one parse may overrun
-# it), but at least RESOLVE_MIN agents. At ~10 ms a parse and 4 batches a second at most,
+# it), but at least RESOLVE_MIN agents. At ~15 ms a parse and 4 batches a second at most,
 # a flood of new UAs costs the flusher ~20% of a core, not the ingestion its pace.
 RESOLVE_BUDGET = 0.05
 RESOLVE_MIN = 4
