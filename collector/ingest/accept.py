@@ -128,7 +128,9 @@ def accept(
     if not adapter.web:
         received = dt.datetime.now(dt.UTC)
         contexts = [server_context(c, site, event, received) for event in events]
-        record, count = events_record(c, site, events, contexts)
+        if not contexts:
+            return b"", 0, None
+        record, count = events_record(c, site, events, contexts[0], contexts)
         return record, count, None
     ctx = hit_context(c, site, adapter.channel(data), hit)
     sw = webconsent.site_web(c.containers, site.site_id)
@@ -182,19 +184,18 @@ def server_context(c: Collector, site: Site, event: Any, received: dt.datetime) 
 
 
 def events_record(
-    c: Collector, site: Site, events: list[Any], contexts: Context | list[Context]
+    c: Collector, site: Site, events: list[Any], ctx: Context,
+    contexts: list[Context] | None = None,
 ) -> tuple[bytes, int]:
-    """Validate and normalise a request's hits (``contexts``: the request's, or one per
-    hit): its spool record (empty when the site drops them all) and the number of hits in
-    it. Raises HTTPError naming the field."""
+    """Validate and normalise a request's hits (in the context ``ctx``, or each in its own
+    of ``contexts``): its spool record (empty when the site drops them all) and the number
+    of hits in it. Raises HTTPError naming the field."""
     lines: list[bytes] = []
     given: list[tuple[str, str]] = []
     guessed: dict[str, str] = {}
-    each = None if isinstance(contexts, Context) else contexts
-    ctx = contexts
     for index, raw in enumerate(events):
-        if each is not None:
-            ctx = each[index]
+        if contexts is not None:
+            ctx = contexts[index]
         try:
             row, sender_id = normalize(raw, ctx)
         except EventError as exc:
