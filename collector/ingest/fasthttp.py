@@ -38,7 +38,7 @@ log = logging.getLogger("tagwerk.http")
 UVICORN_INTERNALS = {
     "methods": ("on_message_begin", "on_headers_complete", "on_body", "on_message_complete",
                 "on_response_complete"),
-    # set in __init__ / connection_made
+    # set by uvicorn's protocol: in __init__, connection_made or on_message_begin
     "attributes": ("parser", "url", "headers", "expect_100_continue", "scope", "cycle",
                    "transport", "server_state", "loop", "client", "scheme"),
     # cycle attributes uvicorn's connection code reads or writes (``_Pending`` has them)
