@@ -111,7 +111,7 @@ class Collector:
     """``tagwerk serve`` pinned to ``core``: on the embedded engine, or on a ClickHouse URL."""
 
     def __init__(self, workdir: Path, core: str = SERVER_CORE, *args: str,
-                 without_views: bool = False) -> None:
+                 without_views: bool = False, env: dict[str, str] | None = None) -> None:
         self.port, self.sql_port = free_port(), free_port()
         self.data = workdir / f"var-{self.port}"
         if without_views:
@@ -122,8 +122,13 @@ class Collector:
              "--data-dir", str(self.data), "--log-level", "warning", *args],
             stdout=subprocess.DEVNULL,
             stderr=open(workdir / f"collector-{self.port}.log", "wb"),  # noqa: SIM115 (child keeps it)
+            env={**os.environ, **(env or {})},
         )
-        wait_http(f"{self.base}/readyz")
+        try:
+            wait_http(f"{self.base}/readyz")
+        except RuntimeError:
+            self.stop()
+            raise
 
     @property
     def base(self) -> str:
@@ -213,9 +218,15 @@ def split_layout(workdir: Path, seconds: int, connections: int) -> dict:
     another process (here an embedded tagwerk's HTTP interface, on wrk's core)."""
     users = workdir / "users.json"
     users.write_text(json.dumps({"writer": {"password": "pw", "readonly": False}}))
-    clickhouse = Collector(workdir, CLIENT_CORE, "--sql-users-file", str(users))
+    # Every process writing to one ClickHouse shares the privacy key (the README's Privacy).
+    key = {"TAGWERK_PRIVACY_KEY": uuid.uuid4().hex * 2}
+    clickhouse = Collector(workdir, CLIENT_CORE, "--sql-users-file", str(users), env=key)
     url = f"http://writer:pw@127.0.0.1:{clickhouse.sql_port}/tagwerk"
-    collector = Collector(workdir, SERVER_CORE, "--clickhouse-url", url)
+    try:
+        collector = Collector(workdir, SERVER_CORE, "--clickhouse-url", url, env=key)
+    except RuntimeError:
+        clickhouse.stop()
+        raise
     try:
         pixel_url = f"{collector.base}/p.gif?{PIXEL_QUERY}"
         wrk(pixel_url, 2, connections)

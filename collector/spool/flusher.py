@@ -1,11 +1,11 @@
 """The flusher: moves spooled rows into ClickHouse in batches, exactly once.
 
 A batch is cut when the oldest unflushed hit is ``interval`` old or ``max_bytes`` wait.
-Under load the wait grows with the time the last flush took (twice it, at most
-``MAX_WAIT``): an insert's cost is mostly fixed (each materialised view adds several ms
-whatever the rows), so at 10,000 hits/s flushing every 250 ms spent a fifth of a core on
-inserts and every 500 ms half that; the flusher inserts at most about a third of the time,
-and a stored hit still waits under a second.
+Under load the wait grows with the time the last flush took (twice it): an insert's cost
+is mostly fixed (each materialised view adds several ms whatever the rows), so at 10,000
+hits/s flushing every 250 ms spent a fifth of a core on inserts and every 500 ms half that.
+The wait and the insert share ``FRESH_BUDGET``, so that a hit is still stored within about
+that long: the slower the inserts, the less of it is left to wait.
 Before inserting, the flusher records the batch's bounds in the checkpoint; after a crash
 the same bounds are replayed with the same ``insert_deduplication_token``, so ClickHouse
 drops a block it already has. Event ids chosen by senders are checked against the table
@@ -46,9 +46,9 @@ MAX_REPLAY = 1 << 40
 ID_PREFIX = len(b'["')  # rows are JSON arrays with event_id first
 INSERT = INSERTS[EVENTS]
 ID_LENGTH = 36
-# How long a hit may wait for its batch when flushes are slow (see above), and how many
-# times the last flush's duration the next one waits.
-MAX_WAIT = 0.6
+# How long the oldest hit of a batch may take to be stored, wait and insert (see above),
+# and how many times the last flush's duration the next one waits within that.
+FRESH_BUDGET = 0.75
 WAIT_PER_FLUSH = 2.0
 SITE_ID, TS, DEVICE_ID, USER_ID = (COLUMNS.index(c)
                                    for c in ("site_id", "ts", "device_id", "user_id"))
@@ -57,8 +57,9 @@ AGENT_COLUMNS = tuple(COLUMNS.index(c) for c in ("device_class", "browser", "os"
 
 
 def next_wait(interval: float, took: float) -> float:
-    """How long the next batch waits after a flush that took ``took`` seconds."""
-    return min(max(interval, WAIT_PER_FLUSH * took), max(interval, MAX_WAIT))
+    """How long the next batch waits after a flush that took ``took`` seconds: never less
+    than ``interval``, more while the insert leaves time within ``FRESH_BUDGET``."""
+    return max(interval, min(WAIT_PER_FLUSH * took, FRESH_BUDGET - took))
 
 
 class Flusher:
