@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
-import time
 import uuid
 
 import orjson
-import pytest
 
 from collector.ingest.events import COLUMNS, Context, normalize
 from collector.ingest.useragent import parse_agent
 from collector.metrics import Metrics
 from collector.spool.disk import Checkpoint, Pos, Spool
-from collector.spool.flusher import FRESH_BUDGET, Flusher, next_wait
+from collector.spool.flusher import Flusher
 from collector.spool.record import encode_record
 from tests.helpers import wait_for
 from tests.test_spool import append_all
@@ -106,38 +104,3 @@ def test_batches_of_two_spools_are_both_kept(store, tmp_path):
     assert count(store, site) == 6
 
 
-
-def test_the_wait_grows_with_the_last_flush_within_the_freshness_budget():
-    assert next_wait(0.25, 0.01) == 0.25
-    assert next_wait(0.25, 0.2) == pytest.approx(0.4)
-    assert next_wait(0.25, 0.3) == pytest.approx(FRESH_BUDGET - 0.3)  # wait + insert
-    assert next_wait(0.25, 5.0) == 0.25  # inserts too slow to wait longer: the interval
-    assert next_wait(2.0, 5.0) == 2.0  # a configured interval above the budget stands
-
-
-class SlowStore:
-    """A store whose inserts take at least ``delay`` (a loaded engine)."""
-
-    def __init__(self, store, delay: float) -> None:
-        self.store, self.delay = store, delay
-
-    def insert(self, *args, **kwargs) -> None:
-        time.sleep(self.delay)
-        self.store.insert(*args, **kwargs)
-
-    def __getattr__(self, name):
-        return getattr(self.store, name)
-
-
-def test_slow_flushes_make_bigger_batches(backend, store, tmp_path):
-    """An insert's cost is mostly fixed: when flushes are slow (load), batches grow instead
-    of the flusher spending the core on inserts, within the freshness budget."""
-    site = "slow-" + uuid.uuid4().hex[:8]
-    spool = Spool(tmp_path, 1 << 20, 1 << 30)
-    flusher = Flusher(spool, SlowStore(backend, 0.2), Metrics(), interval=0.05)
-    assert flusher.wait == 0.05
-    append_all(spool, [record(site, 3)[0]])
-    flusher._flush(spool.checkpoint.flushed, spool.durable)
-    assert count(store, site) == 3
-    assert 0.1 < flusher.wait <= FRESH_BUDGET  # grew from 0.05 (2x the ~0.2 s insert)
-    spool.close()

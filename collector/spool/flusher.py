@@ -1,11 +1,6 @@
 """The flusher: moves spooled rows into ClickHouse in batches, exactly once.
 
 A batch is cut when the oldest unflushed hit is ``interval`` old or ``max_bytes`` wait.
-Under load the wait grows with the time the last flush took (twice it): an insert's cost
-is mostly fixed (each materialised view adds several ms whatever the rows), so at 10,000
-hits/s flushing every 250 ms spent a fifth of a core on inserts and every 500 ms half that.
-The wait and the insert share ``FRESH_BUDGET``, so that a hit is still stored within about
-that long: the slower the inserts, the less of it is left to wait.
 Before inserting, the flusher records the batch's bounds in the checkpoint; after a crash
 the same bounds are replayed with the same ``insert_deduplication_token``, so ClickHouse
 drops a block it already has. Event ids chosen by senders are checked against the table
@@ -46,20 +41,10 @@ MAX_REPLAY = 1 << 40
 ID_PREFIX = len(b'["')  # rows are JSON arrays with event_id first
 INSERT = INSERTS[EVENTS]
 ID_LENGTH = 36
-# How long the oldest hit of a batch may take to be stored, wait and insert (see above),
-# and how many times the last flush's duration the next one waits within that.
-FRESH_BUDGET = 0.75
-WAIT_PER_FLUSH = 2.0
 SITE_ID, TS, DEVICE_ID, USER_ID = (COLUMNS.index(c)
                                    for c in ("site_id", "ts", "device_id", "user_id"))
 IDENTIFIERS = COLUMNS.index("identifiers")
 AGENT_COLUMNS = tuple(COLUMNS.index(c) for c in ("device_class", "browser", "os", "is_bot"))
-
-
-def next_wait(interval: float, took: float) -> float:
-    """How long the next batch waits after a flush that took ``took`` seconds: never less
-    than ``interval``, more while the insert leaves time within ``FRESH_BUDGET``."""
-    return max(interval, min(WAIT_PER_FLUSH * took, FRESH_BUDGET - took))
 
 
 class Flusher:
@@ -73,7 +58,6 @@ class Flusher:
     ) -> None:
         self.spool, self.store, self.metrics = spool, store, metrics
         self.interval, self.max_bytes = interval, max_bytes
-        self.wait = interval  # the next batch's wait: ``interval``, longer under load
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="flusher", daemon=True)
         self.last_error: str | None = None
@@ -142,7 +126,7 @@ class Flusher:
         if durable <= start:
             self._stop.wait(0.01)
             return
-        deadline = time.monotonic() + self.wait
+        deadline = time.monotonic() + self.interval
         while not self._stop.is_set() and time.monotonic() < deadline:
             durable = self.spool.durable
             if durable.segment == start.segment and durable.offset - start.offset < self.max_bytes:
@@ -185,9 +169,7 @@ class Flusher:
         with self._recheck_lock:  # done, unless more tombstones came meanwhile
             if recheck and self.recheck_until is until and until is not None and stop >= until:
                 self.recheck_until = None
-        took = time.monotonic() - began
-        self.wait = next_wait(self.interval, took)
-        self.metrics.flush_seconds.observe(took)
+        self.metrics.flush_seconds.observe(time.monotonic() - began)
         self.metrics.rows_inserted.inc(by=rows)
         self.metrics.duplicates_dropped.inc(by=dropped)
 
