@@ -172,7 +172,7 @@ def serve(settings: Settings) -> int:
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     collector = Collector(settings)
-    sql_server = _start_sql_interface(collector) if not settings.clickhouse_url else None
+    sql = _start_sql_interface(collector) if not settings.clickhouse_url else None
     collector.write_runtime_info({
         "host": settings.host, "port": settings.port,
         "sql_host": settings.sql_host, "sql_port": settings.sql_port,
@@ -198,14 +198,20 @@ def serve(settings: Settings) -> int:
     try:
         uvicorn.Server(config).run()
     finally:
-        if sql_server is not None:
+        if sql is not None:
+            sql_server, thread = sql
             sql_server.should_exit = True
+            thread.join(10)
+        # After a failed start too (the app never ran its shutdown): chDB's threads must be
+        # stopped before the interpreter exits, which otherwise crashes in their teardown.
+        collector.store.close()
         (settings.data_dir / "serve.json").unlink(missing_ok=True)
     return 0
 
 
 def _start_sql_interface(collector):
-    """ClickHouse's HTTP protocol over the embedded store, in a thread of its own."""
+    """ClickHouse's HTTP protocol over the embedded store, in a thread of its own: the
+    server and its thread."""
     settings = collector.settings
     if not settings.sql_port:
         return None
@@ -231,7 +237,7 @@ def _start_sql_interface(collector):
                                            http="collector.web.limits:LimitedProtocol"))
     thread = threading.Thread(target=server.run, name="sql-interface", daemon=True)
     thread.start()
-    return server
+    return server, thread
 
 
 # -- commands that use the store ----------------------------------------------------------------

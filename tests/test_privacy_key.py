@@ -99,3 +99,24 @@ def test_a_span_tombstone_blocks_only_its_time(store):
             "2026-11-10 06:59:59.999", "2026-11-10 07:00:00.000", "2026-11-12 08:59:59.999",
             "2026-11-12 09:00:00.000")]
         assert [t.blocks(site, row) for row in at] == [False, True, True, False]
+
+
+
+def test_serve_with_another_key_refuses_with_a_message_and_exits_cleanly(tmp_path):
+    """The operator sees why, and the process ends with uvicorn's start-up failure code,
+    not a crash of the engine's threads at exit (it was a segmentation fault)."""
+    import subprocess
+    import sys
+
+    from tests.servers import Server, free_port
+
+    data = tmp_path / "var"
+    first = Server(data).start()  # the session's key (conftest): its fingerprint recorded
+    first.stop()
+    refused = subprocess.run(
+        [sys.executable, "-m", "collector", "serve", "--data-dir", str(data),
+         "--port", str(free_port()), "--sql-port", str(free_port())],
+        env={**os.environ, "TAGWERK_PRIVACY_KEY": "z" * 40}, capture_output=True, text=True,
+        timeout=60)
+    assert refused.returncode == 3, refused.stderr[-2000:]
+    assert "TAGWERK_PRIVACY_KEY" in refused.stderr
