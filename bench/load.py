@@ -200,17 +200,23 @@ def batch_script(workdir: Path) -> Path:
     return script
 
 
+def pixel_and_batch(collector: Collector, workdir: Path, seconds: int,
+                    connections: int) -> dict:
+    """Pixel hits (after a warm-up) and JSON batches against a running collector."""
+    pixel_url = f"{collector.base}/p.gif?{PIXEL_QUERY}"
+    wrk(pixel_url, 2, connections)
+    pixel = wrk(pixel_url, seconds, connections)
+    batch = wrk(f"{collector.base}/collect", seconds, connections, batch_script(workdir))
+    return {"pixel": pixel, "batch": batch}
+
+
 def without_views(workdir: Path, seconds: int, connections: int) -> dict:
     """The all-in-one measurements again on a collector whose views are detached."""
     collector = Collector(workdir, without_views=True)
     try:
-        pixel_url = f"{collector.base}/p.gif?{PIXEL_QUERY}"
-        wrk(pixel_url, 2, connections)
-        pixel = wrk(pixel_url, seconds, connections)
-        batch = wrk(f"{collector.base}/collect", seconds, connections, batch_script(workdir))
+        return pixel_and_batch(collector, workdir, seconds, connections)
     finally:
         collector.stop()
-    return {"pixel": pixel, "batch": batch}
 
 
 def split_layout(workdir: Path, seconds: int, connections: int) -> dict:
@@ -228,14 +234,10 @@ def split_layout(workdir: Path, seconds: int, connections: int) -> dict:
         clickhouse.stop()
         raise
     try:
-        pixel_url = f"{collector.base}/p.gif?{PIXEL_QUERY}"
-        wrk(pixel_url, 2, connections)
-        pixel = wrk(pixel_url, seconds, connections)
-        batch = wrk(f"{collector.base}/collect", seconds, connections, batch_script(workdir))
+        return pixel_and_batch(collector, workdir, seconds, connections)
     finally:
         collector.stop()
         clickhouse.stop()
-    return {"pixel": pixel, "batch": batch}
 
 
 def sample_rss(c: Collector, stop: threading.Event, out: list[float]) -> None:
