@@ -45,8 +45,7 @@ def servers(store, tmp_path_factory) -> Iterator[dict[str, Port]]:
             client, collector):
         if collector.sites.get(SITE) is None:
             collector.sites.create(SITE)
-        before = set(threading.enumerate())
-        sql = cli._start_sql_interface(collector)
+        sql, thread = cli._start_sql_interface(collector)
         deadline = time.monotonic() + 10
         while not sql.started:
             assert time.monotonic() < deadline, "the SQL interface did not start"
@@ -59,9 +58,7 @@ def servers(store, tmp_path_factory) -> Iterator[dict[str, Port]]:
                         sql.config.http_protocol_class),
         }
         sql.should_exit = True
-        for thread in set(threading.enumerate()) - before:
-            if thread.name == "sql-interface":
-                thread.join(timeout=10)
+        thread.join(timeout=10)
 
 
 @pytest.fixture(params=["collector", "sql"])
