@@ -10,7 +10,6 @@ same persons at the same instant are not serialised (the later version wins).
 
 from __future__ import annotations
 
-import datetime as dt
 import threading
 import time
 import uuid
@@ -22,7 +21,7 @@ import orjson
 from collector.identity.graph import Graph, Person
 from collector.identity.kinds import person_id
 from collector.sites import Site
-from collector.storage import Store
+from collector.storage import Store, time_text
 
 # Rows of some (kind, id) pairs: the key's columns, narrowed again in Python (a parameter
 # cannot be an array of tuples: the arrays bind as they are).
@@ -186,7 +185,7 @@ class Operations:
                  "before": orjson.dumps(before).decode(), "after": orjson.dumps(after).decode(),
                  "persons": sorted(persons - {""}), "identifiers": sorted(identifiers),
                  "undoes": undoes, "actor": actor,
-                 "at": dt.datetime.now(dt.UTC).isoformat(" ", "milliseconds")[:23]}
+                 "at": time_text()}
         self.store.insert("tagwerk.identity_operations", orjson.dumps(audit), "JSONEachRow")
         if after["merges"]:
             lines = [orjson.dumps({"site_id": site, **{c: r[c] for c in MERGE_COLUMNS},

@@ -25,6 +25,7 @@ from collector.identity.verify import verified
 from collector.ingest.geo import UNKNOWN, Location
 from collector.ingest.ids import uuid7
 from collector.ingest.useragent import Agent
+from collector.storage import time_text
 from collector.web.http import json_field, nested_too_deep
 from consent.enforce import ConsentRule, enforce_row
 from consent.purposes import is_purpose_id
@@ -131,7 +132,7 @@ class Context:
 
     def __post_init__(self) -> None:
         if not self.received_text:
-            self.received_text = _format_ts(self.received_at)
+            self.received_text = time_text(self.received_at)
 
 
 def normalize(raw: Any, ctx: Context) -> tuple[dict[str, Any], bool]:
@@ -368,13 +369,6 @@ def _uuid(value: Any) -> str:
         raise EventError("'event_id' is not a valid UUID", "event_id") from None
 
 
-def _format_ts(moment: dt.datetime) -> str:
-    # A string, never epoch-ms: JSONEachRow reads an integer as seconds (year 9999).
-    if moment.tzinfo is not dt.UTC:
-        moment = moment.astimezone(dt.UTC)
-    return moment.isoformat(" ", "milliseconds")[:23]  # without "+00:00"
-
-
 def _ts(value: Any, received_at: dt.datetime, received_text: str) -> str:
     if value is None or value == "":
         return received_text
@@ -398,7 +392,7 @@ def _ts(value: Any, received_at: dt.datetime, received_text: str) -> str:
         raise EventError("'ts' is before the year 2000", "ts")
     if moment > received_at + MAX_CLOCK_AHEAD:
         moment = received_at
-    return _format_ts(moment)
+    return time_text(moment)
 
 
 def _consent(value: Any) -> list[str]:

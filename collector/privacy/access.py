@@ -8,7 +8,6 @@ export serves larger needs.
 
 from __future__ import annotations
 
-import datetime as dt
 import uuid
 from typing import Any
 
@@ -18,7 +17,7 @@ from collector.identity import profile as profiles
 from collector.identity.graph import Graph, rows_of
 from collector.privacy.tombstones import Tombstones
 from collector.sites import Site
-from collector.storage import Store
+from collector.storage import Store, time_text
 
 MAX_ROWS = 50_000  # rows of every column, held in memory while the answer is built
 
@@ -59,6 +58,6 @@ def access(store: Store, site: Site, tombstones: Tombstones, kind: str, ident: s
            "subject": tombstones.subject(site_id, kind, ident), "keyed": True,
            "identifiers": len(person.identifiers),
            "removed": "{}", "actor": actor,
-           "at": dt.datetime.now(dt.UTC).isoformat(" ", "milliseconds")[:23]}
+           "at": time_text()}
     store.insert("tagwerk.privacy_requests", orjson.dumps(row), "JSONEachRow")
     return answer

@@ -28,7 +28,6 @@ sketches; pair tables are recomputed from the session and purchase state every m
 
 from __future__ import annotations
 
-import datetime as dt
 import time
 import uuid
 from collections.abc import Callable
@@ -40,7 +39,7 @@ from collector.identity.graph import BEGINNING, END, Graph, Person, rows_of
 from collector.identity.kinds import person_id
 from collector.privacy.tombstones import ALWAYS, Spans, Tombstones
 from collector.sites import Site
-from collector.storage import Store
+from collector.storage import Store, time_text
 
 ERASED = "\0erased:"  # the anchor of what erased persons held on shared identifiers
 # An identifier matched exactly as 'kind:id', in statements already narrowed by person (or
@@ -114,7 +113,7 @@ def _tombstones(tombstones: Tombstones, site_id: str, person: Person,
     """What to drop from now on: any hit naming an identifier that was theirs alone, and
     hits of their past time on a shared one (a late replay or an old timestamp; the time
     after the erasure stays the device's next owner's, or nobody's)."""
-    now = dt.datetime.now(dt.UTC).isoformat(" ", "milliseconds")[:23]
+    now = time_text()
     subjects = {tombstones.subject(site_id, k, i): ALWAYS for k, i in alone}
     by_identifier = person.spans_by_identifier()
     for pair in shared:
@@ -178,7 +177,7 @@ def _audit(store: Store, site_id: str, request_id: str, digest: str, identifiers
            removed: dict[str, int], actor: str) -> None:
     row = {"site_id": site_id, "request_id": request_id, "op": "erase", "subject": digest,
            "keyed": True, "identifiers": identifiers, "removed": orjson.dumps(removed).decode(),
-           "actor": actor, "at": dt.datetime.now(dt.UTC).isoformat(" ", "milliseconds")[:23]}
+           "actor": actor, "at": time_text()}
     store.insert("tagwerk.privacy_requests", orjson.dumps(row), "JSONEachRow")
 
 

@@ -11,7 +11,6 @@ identifier on the hit (and a SHA-256 while the site has tombstones of the old fo
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import threading
 from typing import Any
@@ -20,7 +19,7 @@ import orjson
 
 from collector.identity.graph import BEGINNING, END
 from collector.privacy import key as privacy_key
-from collector.storage import Store
+from collector.storage import Store, time_text
 
 ALWAYS = ((BEGINNING, END),)
 Spans = tuple[tuple[str, str], ...]  # [from, to) as 'YYYY-MM-DD hh:mm:ss.sss' (UTC)
@@ -79,7 +78,7 @@ class Tombstones:
         ClickHouse for every collector and here at once."""
         if not subjects:
             return
-        now = dt.datetime.now(dt.UTC).isoformat(" ", "milliseconds")[:23]
+        now = time_text()
         lines = [orjson.dumps({"site_id": site_id, "subject": s, "request_id": request_id,
                                "erased_at": now, "keyed": True, "from_ts": start,
                                "to_ts": end})
@@ -103,8 +102,11 @@ class Tombstones:
         for kind, value in named:
             if not value:
                 continue
-            spans = (erased or {}).get(self.subject(site_id, kind, value), ()) + \
-                ((plain or {}).get(plain_subject(site_id, kind, value), ()) if plain else ())
+            spans: Spans = ()
+            if erased:  # an HMAC per identifier only for a site with keyed tombstones
+                spans += erased.get(self.subject(site_id, kind, value), ())
+            if plain:
+                spans += plain.get(plain_subject(site_id, kind, value), ())
             if any(start <= ts < end for start, end in spans):
                 return True
         return False

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collector.storage.base import StorageError, StorageUnavailable, Store
+from collector.storage.base import StorageError, StorageUnavailable, Store, time_text
 
-__all__ = ["Store", "StorageError", "StorageUnavailable", "open_store"]
+__all__ = ["Store", "StorageError", "StorageUnavailable", "open_store", "time_text"]
 
 
 def open_store(clickhouse_url: str | None, data_dir: str, memory_limit: int | None = None) -> Store:

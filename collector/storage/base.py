@@ -74,6 +74,16 @@ class Store(ABC):
             return False
 
 
+def time_text(moment: dt.datetime | None = None) -> str:
+    """A moment (default: now) as a DateTime64(3, 'UTC') column reads it from text. Never
+    epoch-ms in JSON: JSONEachRow reads an integer as seconds (year 9999)."""
+    if moment is None:
+        moment = dt.datetime.now(dt.UTC)
+    elif moment.tzinfo is not dt.UTC:
+        moment = moment.astimezone(dt.UTC)
+    return moment.isoformat(" ", "milliseconds")[:23]  # without "+00:00"
+
+
 def settings_clause(settings: Mapping[str, str | int] | None) -> str:
     """`` SETTINGS a = 1, b = 'x'`` from the collector's own values (never a client's text)."""
     if not settings:
