@@ -2,5 +2,5 @@
 stream, privacy operations), under ``/api/v1/sites/{site}/...`` with the site's keys.
 
 ``access`` checks keys and shapes errors, ``query`` parses query strings; one module per
-endpoint family; ``routes`` is the one table of them all.
+endpoint family; their paths are in the collector's route table (``collector.routes``).
 """

@@ -39,7 +39,6 @@ from weakref import WeakKeyDictionary
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from collector.api.access import READ, ApiError, json_response, keyed
 from collector.api.persons import identifier
@@ -345,10 +344,3 @@ async def related(request: Request, collector: Collector, site: Site) -> Respons
     return await _list(request, collector, site, RELATED_PARAMS + PERSON_PARAMS,
                        lambda v: related_ask(request, v, KEYED))
 
-
-def routes(prefix: str) -> list[Route]:
-    return [
-        Route(f"{prefix}/products/top", top, methods=["GET"]),
-        Route(f"{prefix}/products/trending", trending, methods=["GET"]),
-        Route(f"{prefix}/products/{{product_id:path}}/related", related, methods=["GET"]),
-    ]

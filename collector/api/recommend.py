@@ -41,7 +41,6 @@ from weakref import WeakKeyDictionary
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from collector.api import products
 from collector.api.access import ApiError, json_response, log, refusal
@@ -181,10 +180,3 @@ async def related(request: Request) -> Response:
     return await _serve(request, products.RELATED_PARAMS,
                         lambda r, v: products.related_ask(r, v, PUBLIC))
 
-
-PREFIX = "/t/{site}/recommend"
-ROUTES = [
-    Route(f"{PREFIX}/top", top, methods=["GET"]),
-    Route(f"{PREFIX}/trending", trending, methods=["GET"]),
-    Route(f"{PREFIX}/related/{{product_id:path}}", related, methods=["GET"]),
-]

@@ -2,8 +2,9 @@
 
 A hit's path, one module a step:
 
-1. ``routes``: the route table, the only one: which adapter (or handler) serves a path
-   and method, and which routes the fast path takes too.
+1. ``routes``: ingestion's entries of the collector's route table (``collector.routes``:
+   which adapter or handler serves a path and method, and which the fast path takes too)
+   as the lookups of the two drivers.
 2. A driver reads the request: ``fasthttp`` inside uvicorn's protocol, without the ASGI
    layer (the routes marked fast: ``GET /p.gif``, ``POST /collect``, ``POST /api/v1/batch``;
    ingestion's only module that touches uvicorn's internals), or ``asgi`` for every other
@@ -22,7 +23,7 @@ A hit's path, one module a step:
 ``consentlog``: ``POST /consent``, the consent log, read like a hit (its adapter) but
 stored in its own table.
 
-A new ingestion endpoint is an adapter in ``adapters`` and a line in ``routes`` (with
-``fast=True`` for the fast path); nothing else. Shared HTTP pieces (errors, proxies,
-``Authorization``, limits) are in ``collector.web``.
+A new ingestion endpoint is an adapter in ``adapters`` and an ``Ingest`` line in
+``collector.routes`` (with ``fast=True`` for the fast path); nothing else. Shared HTTP
+pieces (errors, proxies, ``Authorization``, limits) are in ``collector.web``.
 """

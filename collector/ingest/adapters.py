@@ -5,7 +5,7 @@ An adapter knows its format and nothing else: where the request's site and hits 
 what its channel is, and the kind of answer (a GIF, or ``202 {"accepted": n}`` with or
 without CORS). What happens to the hits is ``accept.py``'s, whichever driver (``asgi.py``,
 ``fasthttp.py``) read the request. A new wire format is one more adapter here and one
-line in ``routes.py``.
+line in the route table (``collector/routes.py``).
 """
 
 from __future__ import annotations

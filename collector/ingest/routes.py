@@ -1,42 +1,17 @@
-"""The ingestion route table: one list that feeds both the ASGI app (``INGEST``, in
-``collector/app.py``) and the fast path (``FAST``, in ``fasthttp.py``).
-
-A route names an adapter (the wire format; ``asgi.take`` serves it, and with ``fast`` the
-fast path too) or an ASGI handler of its own. A new endpoint is one line here, with its
-adapter in ``adapters.py``.
+"""Ingestion's lookups, from its entries of the collector's route table
+(``collector/routes.py``, ``Ingest``): ``INGEST`` for the ASGI app (``collector/app.py``)
+and ``FAST`` for the fast path (``fasthttp.py``), both from the same entries.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
-from collector.ingest import asgi, consentlog
-from collector.ingest.adapters import BATCH, COLLECT, PIXEL_HIT, Adapter
+from collector.ingest import asgi
+from collector.ingest.adapters import Adapter
 from collector.ingest.asgi import Handler
+from collector.routes import INGESTION, Ingest
 
 
-class Route(NamedTuple):
-    path: str
-    method: str
-    adapter: Adapter | None = None
-    handler: Handler | None = None  # a route without an adapter: its own ASGI handler
-    # Answered inside the HTTP protocol too (``fasthttp.py``): a query-string adapter's GET,
-    # or a body's POST with its Content-Length.
-    fast: bool = False
-
-
-ROUTES = (
-    Route("/collect", "POST", COLLECT, fast=True),
-    Route("/collect", "OPTIONS", handler=asgi.preflight),
-    Route("/p.gif", "GET", PIXEL_HIT, fast=True),
-    Route("/p.gif", "HEAD", PIXEL_HIT),
-    Route("/api/v1/batch", "POST", BATCH, fast=True),
-    Route("/consent", "POST", handler=consentlog.consent),
-    Route("/consent", "OPTIONS", handler=asgi.preflight),
-)
-
-
-def asgi_routes(routes: tuple[Route, ...]) -> dict[str, dict[str, Handler]]:
+def asgi_routes(routes: tuple[Ingest, ...]) -> dict[str, dict[str, Handler]]:
     """path -> method -> ASGI handler (methods in the table's order: the ``Allow`` of a 405)."""
     table: dict[str, dict[str, Handler]] = {}
     handlers: dict[int, Handler] = {}  # one handler per adapter
@@ -51,7 +26,7 @@ def asgi_routes(routes: tuple[Route, ...]) -> dict[str, dict[str, Handler]]:
     return table
 
 
-def fast_routes(routes: tuple[Route, ...]) -> dict[bytes, dict[bytes, Adapter]]:
+def fast_routes(routes: tuple[Ingest, ...]) -> dict[bytes, dict[bytes, Adapter]]:
     """method -> path -> adapter, as the HTTP parser gives them (bytes)."""
     table: dict[bytes, dict[bytes, Adapter]] = {}
     for route in routes:
@@ -64,5 +39,5 @@ def fast_routes(routes: tuple[Route, ...]) -> dict[bytes, dict[bytes, Adapter]]:
     return table
 
 
-INGEST = asgi_routes(ROUTES)
-FAST = fast_routes(ROUTES)
+INGEST = asgi_routes(INGESTION)
+FAST = fast_routes(INGESTION)

@@ -28,7 +28,6 @@ from typing import Any
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from collector.containers import Live
 from collector.service import Collector
@@ -182,5 +181,3 @@ async def consent_json(request: Request) -> Response:
     asset = _TEXTS.asset(live, chosen)
     return respond_asset(request, asset, {**HEADERS, "Content-Language": chosen})
 
-
-ROUTES = [Route("/t/{site}/consent.json", consent_json, methods=["GET"])]

@@ -27,7 +27,6 @@ from urllib.parse import urlencode
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from collector.api.access import ApiError, bearer, json_response, refusal
 from collector.api.body import read_json
@@ -51,7 +50,6 @@ BODY_TYPES = ("", "application/json", "text/plain")
 # No container field nests deeper than 6 levels (consent.texts.de.purposes.analytics.name):
 # deeper bodies are refused before any validation, naming the deep field.
 MAX_BODY_DEPTH = 16
-PREFIX = "/api/v1/sites/{site}/container"
 
 
 Endpoint = Callable[[Request, Collector, Site], Awaitable[Response]]
@@ -216,12 +214,3 @@ async def preview(request: Request, collector: Collector, site: Site) -> Respons
                           "expires_at": expires.isoformat(),
                           "end": f"{base}/t/preview?end=1"}, 201)
 
-
-ROUTES = [
-    Route(PREFIX + "/preview", preview, methods=["POST"]),
-    Route(PREFIX, container, methods=["GET", "PUT"]),
-    Route(PREFIX + "/publish", publish, methods=["POST"]),
-    Route(PREFIX + "/rollback", rollback, methods=["POST"]),
-    Route(PREFIX + "/versions", versions, methods=["GET"]),
-    Route(PREFIX + "/versions/{n:int}", version, methods=["GET"]),
-]

@@ -29,7 +29,6 @@ from pathlib import Path
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
-from starlette.routing import Route
 
 from collector.identity import verify
 from collector.tag.serving import Asset, Dist, respond_asset
@@ -192,10 +191,3 @@ async def bare(request: Request) -> Response:
     return RedirectResponse("/demo/" + (f"?{request.url.query}" if request.url.query else ""),
                             308)
 
-
-ROUTES = [
-    Route("/demo", bare, methods=["GET", "HEAD"]),
-    Route("/demo/static/{name}", static, methods=["GET", "HEAD"]),
-    Route("/demo/api/identity-token", identity_token, methods=["GET"]),
-    Route("/demo/{path:path}", shell, methods=["GET", "HEAD"]),
-]

@@ -35,8 +35,6 @@ import orjson
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from collector.containers import Live
 from collector.containers.schema import DEFAULT_SETTINGS
@@ -445,34 +443,26 @@ class TagServer:
 
     # -- a site's own tag path
 
-    def fallback(self, not_found: ASGIApp) -> ASGIApp:
-        """The router's default app: serves a container's own ``settings.tag_path``.
+    async def own_tag_path(self, request: Request) -> Response | None:
+        """The tag at a container's own ``settings.tag_path``, or None when the path is not
+        one.
 
         Custom paths are data (any path a site chooses, looked up in a table), so they are
-        not routes: this runs only when no route matched, before answering 404. Routes added
-        later by anyone still win, and no catch-all route has to stay last in the list.
+        not routes: the route table asks this last, for a GET or HEAD no route matched,
+        before answering 404.
         """
-
-        async def app(scope: Scope, receive: Receive, send: Send) -> None:
-            if scope["type"] == "http" and scope["method"] in ("GET", "HEAD"):
-                containers = self.collector.containers
-                try:
-                    paths = containers.cached_tag_paths()
-                    if paths is None:
-                        paths = await run_in_threadpool(containers.custom_tag_paths)
-                except StorageError:
-                    paths = {}
-                site_id = paths.get(scope["path"])
-                if site_id is not None:
-                    response = await self.site_tag(Request(scope, receive), site_id)
-                    await response(scope, receive, send)
-                    return
-            await not_found(scope, receive, send)
-
-        return app
+        containers = self.collector.containers
+        try:
+            paths = containers.cached_tag_paths()
+            if paths is None:
+                paths = await run_in_threadpool(containers.custom_tag_paths)
+        except StorageError:
+            paths = {}
+        site_id = paths.get(request.scope["path"])
+        return None if site_id is None else await self.site_tag(request, site_id)
 
 
-# -- routes -----------------------------------------------------------------------------------
+# -- handlers (their paths: collector/routes.py) ----------------------------------------------
 
 
 def _server(request: Request) -> TagServer:
@@ -501,9 +491,5 @@ async def preview(request: Request) -> Response:
     return await _server(request).start_preview(request)
 
 
-ROUTES = [
-    Route("/t/preview", preview, methods=["GET"]),
-    Route("/t/{name}.css", stylesheet, methods=["GET"]),
-    Route("/t/{name}.js", tag_js, methods=["GET"]),
-    Route("/t/{site}/tm.js", engine_js, methods=["GET"]),
-]
+async def own_tag_path(request: Request) -> Response | None:
+    return await _server(request).own_tag_path(request)
