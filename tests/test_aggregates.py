@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import random
 import re
+import time
 
 import httpx
 import orjson
@@ -52,6 +53,13 @@ def _events(rng: random.Random, site: str, now: dt.datetime) -> list[list[dict]]
                                  f"{site}-late{d}", "", True, False, kind="view_item"))
         batches[2].append(_event(rng, site, late + dt.timedelta(seconds=2), f"{site}-d{d}",
                                  f"{site}-late{d}", "", True, False, kind="view_item"))
+    # Sessions of the last half hour: the co-view pairs' minute view pairs them, not the
+    # daily one (clickhouse/0025).
+    for d in (2, 4, 7):
+        for n in range(4):
+            recent = now - dt.timedelta(minutes=30 - d - n)
+            batches[n % 3].append(_event(rng, site, recent, f"{site}-d{d}", f"{site}-recent{d}",
+                                         "", True, False, kind="view_item"))
     return batches
 
 
@@ -106,6 +114,17 @@ def refresh_pairs(store, sites: tuple[str, ...]) -> None:
     """Recompute the pair tables now, and wait until they hold ``sites``' pairs. (``SYSTEM
     REFRESH VIEW`` only starts a refresh, and ``SYSTEM WAIT VIEW`` returns at once when it
     has not started yet.)"""
+    # The settled co-view pairs first (they may hold none of these sites: wait for the
+    # refresh itself), then the minute's view adds the recent ones to them.
+    store.execute("TRUNCATE TABLE tagwerk.coview_pairs_settled")
+    state = ("SELECT status, toUnixTimestamp(last_refresh_time) AS began, exception "
+             "FROM system.view_refreshes WHERE view = 'coview_pairs_settled_mv'")
+    time.sleep(1.05 - time.time() % 1)  # refresh times have whole seconds: a new one
+    asked = int(time.time())
+    store.execute("SYSTEM REFRESH VIEW tagwerk.coview_pairs_settled_mv")
+    wait_for(lambda: (row := store.rows(state)[0])["status"] == "Scheduled"
+             and (row["began"] or 0) >= asked)
+    assert store.rows(state)[0]["exception"] == ""
     for table in ("coview_pairs", "copurchase_pairs"):
         store.execute(f"TRUNCATE TABLE tagwerk.{table}")
         store.execute(f"SYSTEM REFRESH VIEW tagwerk.{table}_mv")
@@ -239,6 +258,19 @@ def test_coview_pairs(loaded):
         FROM tagwerk.coview_pairs WHERE {IN} GROUP BY site_id, product_id, other_id""",
          RAW_PAIRS.format(where=f"{IN} AND event = 'view_item' AND session_id != ''",
                           group="session_id", most=50))
+
+
+def test_coview_pairs_come_from_both_tiers(loaded):
+    """The sessions that ended over an hour ago are paired by the daily view, the others by
+    the minute's (test_coview_pairs checks that together they are every pair, once)."""
+    [row] = loaded.rows(f"""
+        SELECT count() AS settled, max(boundary) > now() - toIntervalMinute(70) AS recent_cut
+        FROM tagwerk.coview_pairs_settled WHERE {IN}""")
+    assert row["settled"] > 3 and row["recent_cut"]
+    [row] = loaded.rows(f"""
+        SELECT countIf(last_ts >= (SELECT max(boundary) FROM tagwerk.coview_pairs_settled))
+            AS recent FROM tagwerk.coview_pairs WHERE {IN}""")
+    assert row["recent"] > 3
 
 
 def test_copurchase_pairs(loaded):

@@ -231,3 +231,10 @@ def test_cluster_render_of_the_aggregates():
     assert "Replicated" not in coview
     refresh = next(s for s in out if "coview_pairs_mv" in s)
     assert "FROM tagwerk.session_items_local" in refresh
+    # The minute's co-view view adds each node's own settled pairs (clickhouse/0025).
+    out = render(by_name["coview_pairs_settled"], "shop")
+    settled = next(s for s in out if "coview_pairs_settled_local ON CLUSTER" in s)
+    assert "Replicated" not in settled
+    minute = next(s for s in out if "VIEW IF NOT EXISTS tagwerk.coview_pairs_mv" in s)
+    assert "FROM tagwerk.coview_pairs_settled_local" in minute
+    assert "FROM tagwerk.session_items_local" in minute
