@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from load import SERVER_CORE, free_port, wait_http, wrk  # noqa: E402
-from recommend import SITE, background_load, bench_site, pct, wrk_script  # noqa: E402
+from recommend import SITE, background_load, bench_site, pct, refresh_pairs, wrk_script  # noqa: E402
 
 GOAL_P99_MS, GOAL_RPS, GOAL_FRESH_S, GOAL_ERASE_S = 20.0, 1000.0, 1.0, 10.0
 MONTH_MS = 30 * 86400 * 1000
@@ -154,6 +154,7 @@ def generate(data_dir: Path, args: argparse.Namespace) -> dict[str, str]:
         store.execute(GENERATE.format(**values, offset=offset,
                                       count=min(chunk, args.events - offset)))
     print(f"generated {args.events:,} events in {time.monotonic() - began:.0f} s")
+    refresh_pairs(store)
     for table in ("events", "identity_links", "person_hits"):
         [row] = store.rows(f"SELECT count() AS n FROM tagwerk.{table}")
         print(f"  tagwerk.{table}: {row['n']:,} rows")

@@ -97,6 +97,26 @@ def bench_site(data_dir: Path) -> tuple[Any, dict[str, str]]:
     return store, keys
 
 
+def refresh_pairs(store: Any) -> None:
+    """Pair the generated sessions and buyers now, as a collector running for more than a
+    day would have them: the daily settled co-view pairs first (clickhouse/0025), then the
+    minute's views, which add the recent sessions to them."""
+    began = time.monotonic()
+    for views in (("coview_pairs_settled_mv",), ("coview_pairs_mv", "copurchase_pairs_mv")):
+        asked = time.time()
+        for view in views:
+            store.execute(f"SYSTEM REFRESH VIEW tagwerk.{view}")
+        for view in views:
+            while True:
+                [row] = store.rows("SELECT status, toUnixTimestamp(last_success_time) AS done "
+                                   "FROM system.view_refreshes WHERE view = {v:String}",
+                                   {"v": view})
+                if row["status"] == "Scheduled" and (row["done"] or 0) >= int(asked):
+                    break
+                time.sleep(0.2)
+    print(f"pair tables refreshed in {time.monotonic() - began:.1f} s")
+
+
 def generate(data_dir: Path, args: argparse.Namespace) -> dict[str, str]:
     """Migrate, create the site, insert the events; return the site's keys."""
     store, keys = bench_site(data_dir)
@@ -109,19 +129,7 @@ def generate(data_dir: Path, args: argparse.Namespace) -> dict[str, str]:
                               count=min(chunk, args.events - offset))
         store.execute(sql)
     print(f"generated {args.events:,} events in {time.monotonic() - began:.0f} s")
-    store.execute("SYSTEM REFRESH VIEW tagwerk.coview_pairs_mv")
-    store.execute("SYSTEM REFRESH VIEW tagwerk.copurchase_pairs_mv")
-    began = time.monotonic()
-    for view in ("coview_pairs_mv", "copurchase_pairs_mv"):
-        while True:
-            [row] = store.rows("SELECT status, toUnixTimestamp(last_success_time) AS done "
-                               "FROM system.view_refreshes WHERE view = {v:String}",
-                               {"v": view})
-            if row["status"] == "Scheduled" and row["done"] >= time.time() - 600 and \
-                    store.rows(f"SELECT count() AS n FROM tagwerk.{view[:-3]}")[0]["n"]:
-                break
-            time.sleep(0.2)
-    print(f"pair tables refreshed in {time.monotonic() - began:.1f} s")
+    refresh_pairs(store)
     for table in ("events", "product_hourly", "session_items", "coview_pairs",
                   "copurchase_pairs", "page_daily"):
         [row] = store.rows(f"SELECT count() AS n FROM tagwerk.{table}")
