@@ -68,21 +68,31 @@ WHERE site_id = {site:String} AND person_id IN {pids:Array(String)} AND kind != 
 """
 PAIRS_IN = "(kind, id) IN (SELECT tupleElement(pair, 1), tupleElement(pair, 2) FROM " \
     "(SELECT arrayJoin(arrayZip({kinds:Array(String)}, {ids:Array(String)})) AS pair))"
-# For some identifiers: their first `cap` users with first and last link ('seen'), their
-# splits, and the user ids' first and last links (rows: part, kind, id, user_id, ts, last).
-# An identifier linked by thousands of users costs a GROUP BY here, not thousands of rows.
-HOLDERS = f"""
-SELECT 'seen' AS part, toString(kind) AS kind, id, user_id, toString(first) AS ts,
-       toString(last) AS last
-FROM (SELECT kind, id, user_id, min(ts) AS first, max(ts) AS last FROM tagwerk.identity_links
+# For some identifiers: their links in time order, at most `each` per identifier ('link'),
+# their splits ('override'), and the user ids' first and last links ('user') (rows: part,
+# kind, id, user_id, ts, last). Who held an identifier when is worked out from its links in
+# Python (``_holders``): one read, where grouping and a window in the engine cost two
+# statements of several milliseconds each. An identifier with more links than `each` (a
+# shared coupon, a QA device) is worked out by the engine instead (SEEN, CHANGES).
+LINKS = f"""
+SELECT 'link' AS part, toString(kind) AS kind, id, user_id, toString(ts) AS ts, '' AS last
+FROM (SELECT kind, id, user_id, ts FROM tagwerk.identity_links
       WHERE site_id = {{site:String}} AND {PAIRS_IN}
-      GROUP BY kind, id, user_id ORDER BY first, user_id LIMIT {{cap:UInt32}} BY kind, id)
+      ORDER BY kind, id, ts, user_id LIMIT {{each:UInt32}} BY kind, id)
 UNION ALL
 SELECT 'override', toString(kind), id, person_id, '', '' FROM tagwerk.identity_overrides FINAL
 WHERE site_id = {{site:String}} AND {PAIRS_IN} AND person_id != ''
 UNION ALL
 SELECT 'user', 'user', id, '', toString(min(ts)), toString(max(ts)) FROM tagwerk.identity_links
 WHERE site_id = {{site:String}} AND kind = 'user' AND id IN {{users:Array(String)}} GROUP BY id
+"""
+LINKS_EACH = 500
+# For identifiers with many links: their first `cap` users with first and last link.
+SEEN = f"""
+SELECT toString(kind) AS kind, id, user_id, toString(first) AS ts, toString(last) AS last
+FROM (SELECT kind, id, user_id, min(ts) AS first, max(ts) AS last FROM tagwerk.identity_links
+      WHERE site_id = {{site:String}} AND {PAIRS_IN}
+      GROUP BY kind, id, user_id ORDER BY first, user_id LIMIT {{cap:UInt32}} BY kind, id)
 """
 # The moments those identifiers changed hands among their allowed users (a link whose user
 # differs from the previous one: repeated logins of one user are one), at most `most`.
@@ -160,8 +170,9 @@ class Graph:
         None if the identifier was never seen. ``listing``: also when each identifier was
         first and last seen, and None for an identifier seen nowhere (a profile needs
         neither: its rows decide, and reading events for it costs more than the rest).
-        Three statements for a user id, four for another identifier: each costs a few
-        milliseconds however few rows it reads."""
+        Three statements for a user id (its anchor and merges, the identifiers it holds,
+        their links), four for another identifier (its owner's merges apart): each costs a
+        few milliseconds however few rows it reads."""
         user_pid = person_id(self.site_id, "user", ident) if kind == "user" else None
         sql = ANCHOR if user_pid is None else f"{ANCHOR} UNION ALL {MERGES_AS_ANCHOR}"
         parts: dict[str, list[dict[str, Any]]] = {}
@@ -217,28 +228,14 @@ class Graph:
         user_persons = [pid for pid, (kind, _) in anchors.items() if kind == "user"]
         others = sorted(anchor for anchor in anchors.values() if anchor[0] != "user")
         links: dict[tuple[str, str], list[dict]] = {pair: [] for pair in others}
-        overrides: dict[tuple[str, str], str] = {}
-        seen: dict[tuple[str, str], tuple[str, str]] = {}
-        users_seen: dict[tuple[str, str], list[dict]] = {}
         held = self._rows(HELD, pids=user_persons) if user_persons else []
         pairs = sorted({*others, *((r["k"], r["i"]) for r in held)})
-        for row in self._rows(HOLDERS, kinds=[k for k, _ in pairs], ids=[i for _, i in pairs],
-                              users=person.users, cap=self.cap):
-            pair = (row["kind"], row["id"])
-            if row["part"] == "seen":
-                users_seen.setdefault(pair, []).append(row)
-                links.setdefault(pair, [])
-            elif row["part"] == "override":
-                overrides[pair] = row["user_id"]
-            else:  # "user": a user id's first and last link
-                seen[pair] = (row["ts"], row["last"])
-        allowed = [f"{k}:{i}:{r['user_id']}" for (k, i), rows in users_seen.items()
-                   for r in rows]
-        changes = self._rows(CHANGES, allowed=allowed, most=MAX_LINKS,
-                             kinds=[k for k, _ in users_seen],
-                             ids=[i for _, i in users_seen]) if allowed else []
+        users_seen, changes, overrides, seen = self._holders(pairs, person.users)
         for row in changes:
-            links[(row["kind"], row["id"])].append({"user_id": row["user_id"], "ts": row["ts"]})
+            links.setdefault((row["kind"], row["id"]), []).append(
+                {"user_id": row["user_id"], "ts": row["ts"]})
+        for pair in users_seen:
+            links.setdefault(pair, [])
         # Owners changed more often than we read: the spans would be wrong, so say so.
         person.truncated = len(changes) >= MAX_LINKS
         for pair in sorted(links):
@@ -258,6 +255,52 @@ class Graph:
              "last_seen": seen.get((kind, ident), ("", ""))[1] or None}
             for kind, ident in listed
         ]
+
+    def _holders(self, pairs: list[tuple[str, str]], users: list[str]) -> tuple[
+            dict[tuple[str, str], list[dict]], list[dict], dict[tuple[str, str], str],
+            dict[tuple[str, str], tuple[str, str]]]:
+        """For the identifiers: their first ``cap`` users by first link, each with their
+        first and last link ('seen'); the moments they changed hands among those users, in
+        order, at most MAX_LINKS in all; their splits; the user ids' first and last links."""
+        by_pair: dict[tuple[str, str], list[dict]] = {}
+        overrides: dict[tuple[str, str], str] = {}
+        seen: dict[tuple[str, str], tuple[str, str]] = {}
+        for row in self._rows(LINKS, kinds=[k for k, _ in pairs], ids=[i for _, i in pairs],
+                              users=users, each=LINKS_EACH):
+            pair = (row["kind"], row["id"])
+            if row["part"] == "link":
+                by_pair.setdefault(pair, []).append(row)
+            elif row["part"] == "override":
+                overrides[pair] = row["user_id"]
+            else:  # "user": a user id's first and last link
+                seen[pair] = (row["ts"], row["last"])
+        users_seen: dict[tuple[str, str], list[dict]] = {}
+        changes: list[dict] = []
+        many = sorted(pair for pair, rows in by_pair.items() if len(rows) >= LINKS_EACH)
+        for pair in sorted(set(by_pair) - set(many)):
+            rows = sorted(by_pair[pair], key=lambda r: (r["ts"], r["user_id"]))
+            spans: dict[str, list[str]] = {}
+            for row in rows:
+                span = spans.setdefault(row["user_id"], [row["ts"], row["ts"]])
+                span[1] = row["ts"]
+            first = sorted(spans, key=lambda user: (spans[user][0], user))[:self.cap]
+            users_seen[pair] = [{"user_id": user, "ts": spans[user][0],
+                                 "last": spans[user][1]} for user in first]
+            allowed, previous = set(first), ""
+            for row in rows:
+                if row["user_id"] in allowed and row["user_id"] != previous:
+                    changes.append(row)
+                    previous = row["user_id"]
+        if many:
+            kinds, ids = [k for k, _ in many], [i for _, i in many]
+            for row in self._rows(SEEN, kinds=kinds, ids=ids, cap=self.cap):
+                users_seen.setdefault((row["kind"], row["id"]), []).append(row)
+            allowed = [f"{k}:{i}:{r['user_id']}" for (k, i) in many
+                       for r in users_seen.get((k, i), [])]
+            changes += self._rows(CHANGES, kinds=kinds, ids=ids, allowed=allowed,
+                                  most=MAX_LINKS)
+            changes.sort(key=lambda r: (r["kind"], r["id"], r["ts"], r["user_id"]))
+        return users_seen, changes[:MAX_LINKS], overrides, seen
 
     def _spans(self, pair: tuple[str, str], links: list[dict], override: str | None,
                members: set[str]) -> list[Span]:
