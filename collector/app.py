@@ -16,7 +16,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from collector.ingest.routes import INGEST
-from collector.routes import ROUTES, UNMATCHED
+from collector.routes import ROUTES, UNMATCHED, taken
 from collector.service import Collector
 from collector.tag import serving
 from collector.web.http import Hit, error_body, respond
@@ -61,4 +61,5 @@ def create_app(collector: Collector) -> App:
     rest.state.collector = collector
     rest.state.tags = serving.TagServer(collector)
     rest.router.default = UNMATCHED.before(rest.router.default)
+    collector.containers.taken = taken  # a container's tag path must be left to UNMATCHED
     return App(collector, rest)

@@ -340,6 +340,7 @@ def container_command(settings: Settings, args: argparse.Namespace) -> int:
         parse_if_match,
     )
     from collector.migrations import migrate
+    from collector.routes import taken
     from collector.sites import Sites
 
     document, if_match = None, None
@@ -367,7 +368,7 @@ def container_command(settings: Settings, args: argparse.Namespace) -> int:
         site = sites.get(args.site)
         if site is None:
             raise ValueError(f"unknown site {args.site!r}")
-        containers = Containers(store)
+        containers = Containers(store, taken=taken)
         action = args.container_command
         if action == "push":
             draft = containers.put_draft(site.site_id, document, site.origins,

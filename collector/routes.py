@@ -25,7 +25,7 @@ from typing import NamedTuple
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from collector import health
@@ -151,3 +151,22 @@ def parts(table: list[Ingest | Route | Unmatched]
     return ingest, routes, last
 
 INGESTION, ROUTES, UNMATCHED = parts(TABLE)
+
+
+def taken(path: str, table: list[Ingest | Route | Unmatched] = TABLE) -> str | None:
+    """The entry answering ``path`` before the table's last one could, as its methods and
+    pattern (``"GET, HEAD /t/{site}/tm.js"``), or None: a path free for a container's own
+    tag. Any method counts (another one answers 405), and so does a route matching the path
+    with a trailing slash toggled (the router redirects there). The patterns are matched by
+    Starlette, path convertors included, as the router does."""
+    ingest, routes, _ = parts(table)
+    methods = sorted(entry.method for entry in ingest if entry.path == path)
+    if methods:
+        return f"{', '.join(methods)} {path}"
+    toggled = path.removesuffix("/") if path.endswith("/") else path + "/"
+    for candidate in (path,) if path == "/" else (path, toggled):
+        scope = {"type": "http", "path": candidate, "method": "GET", "root_path": ""}
+        for route in routes:
+            if route.matches(scope)[0] is not Match.NONE:
+                return f"{', '.join(sorted(route.methods or ()))} {route.path}"
+    return None

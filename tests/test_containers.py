@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 
 import orjson
 import pytest
@@ -16,6 +17,8 @@ from collector.containers import (
     resolved_tag_path,
     validate,
 )
+from collector.containers.store import Containers
+from collector.routes import taken
 
 ORIGINS = ("https://shop.example", "https://*.cdn.shop.example")
 
@@ -69,8 +72,9 @@ def full() -> dict:
     return doc
 
 
-def errors(doc, origins=ORIGINS) -> list[str]:
-    return [str(e) for e in validate(doc, origins)]
+def errors(doc, origins=ORIGINS, site_id=None) -> list[str]:
+    """The problems validation finds with the route table, as the collector checks."""
+    return [str(e) for e in validate(doc, origins, taken=taken, site_id=site_id)]
 
 
 def test_the_design_example_and_the_default_are_valid():
@@ -274,7 +278,7 @@ def test_bad_documents(mutate, expected):
     assert found, "accepted"
     assert found[0].startswith(expected), found
     with pytest.raises(ContainerError) as raised:
-        check(doc, ORIGINS)
+        check(doc, ORIGINS, taken=taken)
     assert raised.value.field == found[0].split(":")[0]
     assert str(raised.value).splitlines()[0] == found[0]
 
@@ -370,6 +374,60 @@ def test_tag_path_resolution():
     assert resolved_tag_path(doc, "shop") == "/js/shop-app.js"
     doc["settings"]["tag_path"] = "/t/shop.js"  # a site's default path is reserved
     assert errors(doc)[0].startswith("settings.tag_path:")
+
+
+@pytest.mark.parametrize(("tag_path", "route"), [
+    ("/t/shop/tm.js", "GET, HEAD /t/{site}/tm.js"),
+    ("/t/{site}/tm.js", "GET, HEAD /t/{site}/tm.js"),
+    ("/demo/x.js", "GET, HEAD /demo/{path:path}"),
+    ("/demo/{site}.js", "GET, HEAD /demo/{path:path}"),
+    ("/t/x.css", "GET, HEAD /t/{name}.css"),
+    ("/t/preview", "GET, HEAD /t/preview"),
+    ("/demo", "GET, HEAD /demo"),
+    ("/collect", "OPTIONS, POST /collect"),
+])
+def test_a_tag_path_a_route_answers_is_refused(tag_path, route):
+    """Whatever the method or the path's shape: the route table is asked first, and its
+    answer names the route."""
+    doc = full()
+    doc["settings"]["tag_path"] = tag_path
+    assert errors(doc) == [
+        f"settings.tag_path: {tag_path!r} is reserved: the collector's route {route} answers it"]
+    assert errors(doc, site_id="shop")[0].startswith(f"settings.tag_path: {tag_path!r}")
+
+
+def test_a_tag_path_is_checked_as_the_site_resolves_it():
+    doc = full()
+    doc["settings"]["tag_path"] = "/{site}/shop/tm.js"
+    assert errors(doc) == errors(doc, site_id="shop") == []
+    assert errors(doc, site_id="t") == [
+        "settings.tag_path: '/{site}/shop/tm.js' ('/t/shop/tm.js' for this site) is reserved: "
+        "the collector's route GET, HEAD /t/{site}/tm.js answers it"]
+    doc["settings"]["tag_path"] = "/t/shop.js"  # the site's default path, spelled out
+    assert errors(doc, site_id="shop") == []
+    assert errors(doc, site_id="other")[0].startswith("settings.tag_path: '/t/shop.js' is ")
+    for legitimate in ("/assets/shop-tag.js", "/assets/{site}-tag.js", "/t/shop/app.js"):
+        doc["settings"]["tag_path"] = legitimate
+        assert errors(doc) == errors(doc, site_id="t") == [], legitimate
+    # Without the route table, validation checks the document alone.
+    doc["settings"]["tag_path"] = "/demo/x.js"
+    assert validate(doc, ORIGINS) == []
+
+
+def test_the_store_checks_the_path_of_the_site(store):
+    """Containers asks the route table for the path as the site resolves it, on save and
+    on publish (a draft saved without the check, as before it existed, is not published)."""
+    doc = full()
+    doc["settings"]["tag_path"] = "/{site}/shop/tm.js"
+    checked, unchecked = Containers(store, taken=taken), Containers(store)
+    with pytest.raises(ContainerError, match="'/t/shop/tm.js' for this site"):
+        checked.put_draft("t", doc, ORIGINS)
+    assert checked.draft("t").updated_at is None  # nothing stored
+    unchecked.put_draft("t", doc, ORIGINS)
+    with pytest.raises(ContainerError, match=re.escape("GET, HEAD /t/{site}/tm.js answers")):
+        checked.publish("t", origins=ORIGINS)
+    assert checked.versions("t") == []
+    unchecked.put_draft("t", full(), ORIGINS)  # the site's default again: its path is free
 
 
 def test_documents_survive_json():

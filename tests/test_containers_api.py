@@ -9,7 +9,7 @@ import uuid
 import orjson
 import pytest
 
-from collector.containers import default_container, parse_if_match
+from collector.containers import Containers, default_container, parse_if_match
 from tests.helpers import make_client, served
 from tests.test_containers import ORIGINS, full
 
@@ -213,6 +213,62 @@ def test_bad_requests(env, method, path, key, body, headers, status, message, fi
     # The process keeps serving.
     assert call(client, "GET", BASE, keys["admin"]).status_code == 200
     assert client.get("/healthz").status_code == 200
+
+
+# -- a container's own tag path and the routes ---------------------------------------------
+
+
+@pytest.mark.parametrize(("tag_path", "route"), [
+    ("/t/shop/tm.js", "GET, HEAD /t/{site}/tm.js"),
+    ("/demo/x.js", "GET, HEAD /demo/{path:path}"),
+    ("/t/x.css", "GET, HEAD /t/{name}.css"),
+    ("/t/preview", "GET, HEAD /t/preview"),
+    ("/demo", "GET, HEAD /demo"),
+    ("/collect", "OPTIONS, POST /collect"),
+    ("/api/v1/sites/api-shop/persons/x.js",
+     "GET, HEAD /api/v1/sites/{site}/persons/{ident:identifier}"),
+])
+def test_a_tag_path_a_route_answers_is_refused(env, tag_path, route):
+    client, collector, keys, _ = env
+    before = stored(collector)
+    doc = full()
+    doc["settings"]["tag_path"] = tag_path
+    r = call(client, "PUT", BASE, keys["admin"], doc)
+    assert r.status_code == 400, r.text
+    assert r.json()["field"] == "settings.tag_path"
+    assert r.json()["error"] == (f"settings.tag_path: {tag_path!r} is reserved: the "
+                                 f"collector's route {route} answers it")
+    assert stored(collector) == before
+
+
+def test_a_draft_whose_tag_path_a_route_answers_is_not_published(fresh, store):
+    """A draft saved without the route table (as before the check existed) stays a draft."""
+    client, collector, admin, url, site = fresh
+    doc = full()
+    doc["settings"]["tag_path"] = "/demo/{site}.js"
+    Containers(store).put_draft(site, doc, ORIGINS)
+    before = stored(collector, site)
+    r = call(client, "POST", url + "/publish", admin)
+    assert r.status_code == 400 and r.json()["field"] == "settings.tag_path"
+    assert f"'/demo/{site}.js' for this site" in r.json()["error"]
+    assert "route GET, HEAD /demo/{path:path} answers it" in r.json()["error"]
+    assert stored(collector, site) == before and before[1] == []
+
+
+def test_a_custom_tag_path_is_served(fresh):
+    client, _, admin, url, site = fresh
+    doc = full()
+    doc["settings"]["tag_path"] = "/assets/shop-tag.js"
+    assert call(client, "PUT", url, admin, doc).status_code == 200
+    assert call(client, "POST", url + "/publish", admin).status_code == 200
+    custom, default = client.get("/assets/shop-tag.js"), client.get(f"/t/{site}.js")
+    assert custom.status_code == default.status_code == 200
+    assert custom.headers["content-type"] == "text/javascript; charset=utf-8"
+    assert custom.content == default.content and f'"{site}"'.encode() in custom.content
+    # Back to the default path, which frees the custom one for other sites.
+    assert call(client, "PUT", url, admin, full()).status_code == 200
+    assert call(client, "POST", url + "/publish", admin).status_code == 200
+    assert client.get("/assets/shop-tag.js").status_code == 404
 
 
 # -- optimistic concurrency: ETag and If-Match ------------------------------------------------

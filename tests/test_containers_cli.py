@@ -7,6 +7,7 @@ import orjson
 import pytest
 
 from collector import cli
+from collector.containers import default_container
 from tests.helpers import wait_for
 from tests.servers import Server
 from tests.test_cli import tagwerk
@@ -106,6 +107,42 @@ def test_container_commands(server, tmp_path, capsys):
     ]:
         code, _, err = run(capsys, "container", *args, "--data-dir", data)
         assert code == 2 and message in err, (args, err)
+
+
+def test_tag_paths_and_the_routes(server, tmp_path, capsys):
+    """The command asks the route table as the API does: a tag path a route answers is
+    refused, nothing saved; a path of the site's own is saved and served."""
+    data, site = str(server.data_dir), "cli-paths"
+    code, _, _ = run(capsys, "site", "create", site, "--origin", ORIGINS[0],
+                     "--origin", ORIGINS[1], "--data-dir", data)
+    assert code == 0
+    for tag_path, problem in [
+        ("/t/shop/tm.js", "'/t/shop/tm.js' is reserved: the collector's route "
+                          "GET, HEAD /t/{site}/tm.js answers it"),
+        ("/demo/{site}.js", "'/demo/{site}.js' ('/demo/cli-paths.js' for this site) is "
+                            "reserved: the collector's route GET, HEAD /demo/{path:path}"),
+    ]:
+        doc = full()
+        doc["settings"]["tag_path"] = tag_path
+        (tmp_path / "c.json").write_bytes(orjson.dumps(doc))
+        code, _, err = run(capsys, "container", "push", str(tmp_path / "c.json"),
+                           "--site", site, "--data-dir", data)
+        assert code == 2 and f"settings.tag_path: {problem}" in err, err
+    code, out, _ = run(capsys, "container", "show", "--site", site, "--data-dir", data)
+    assert code == 0 and orjson.loads(out) == default_container()  # nothing saved
+
+    doc = full()
+    doc["settings"]["tag_path"] = "/assets/{site}-tag.js"
+    (tmp_path / "c.json").write_bytes(orjson.dumps(doc))
+    code, _, _ = run(capsys, "container", "push", str(tmp_path / "c.json"), "--site", site,
+                     "--data-dir", data)
+    assert code == 0
+    code, _, _ = run(capsys, "container", "publish", "--site", site, "--data-dir", data)
+    assert code == 0
+    custom = wait_for(lambda: (r := httpx.get(f"{server.url}/assets/{site}-tag.js"))
+                      .status_code == 200 and r)
+    assert custom.content == httpx.get(f"{server.url}/t/{site}.js").content
+    assert f'"{site}"'.encode() in custom.content
 
 
 def test_demo_site_serves_its_container(server):

@@ -10,8 +10,19 @@ import pytest
 from starlette.convertors import IntegerConvertor
 from starlette.routing import Match, Route
 
+from collector import health
+from collector.containers import default_container, validate
 from collector.ingest.routes import FAST, INGEST
-from collector.routes import INGESTION, ROUTES, TABLE, UNMATCHED, Ingest, Unmatched, parts
+from collector.routes import (
+    INGESTION,
+    ROUTES,
+    TABLE,
+    UNMATCHED,
+    Ingest,
+    Unmatched,
+    parts,
+    taken,
+)
 from tests.test_layout import MODULES
 
 TABLE_MODULE = "collector.routes"
@@ -69,10 +80,10 @@ def test_every_path_and_method_is_declared_once():
         pair for pair in declared if declared.count(pair) > 1)
 
 
-def sample(route: Route) -> str:
+def sample(route: Route, value: str = "x") -> str:
     """A path the route's pattern matches: each parameter a plain value of its kind."""
     return route.path_format.format(**{
-        name: "7" if isinstance(convertor, IntegerConvertor) else "x"
+        name: "7" if isinstance(convertor, IntegerConvertor) else value
         for name, convertor in route.param_convertors.items()})
 
 
@@ -104,3 +115,65 @@ def test_the_parts_are_in_the_order_they_are_answered():
             parts(misordered)
     assert parts([ingest, route, UNMATCHED]) == ((ingest,), [route], UNMATCHED)
     assert isinstance(ingest, Ingest) and isinstance(UNMATCHED, Unmatched)
+
+
+# -- a container's own tag path is left to the last entry ------------------------------------
+
+
+def described(route: Route) -> str:
+    return f"{', '.join(sorted(route.methods or ()))} {route.path}"
+
+
+def table_paths() -> dict[str, str]:
+    """A path of every entry of the table, with the entry as ``taken`` names it: each
+    ingestion path, and each route's pattern filled in plainly and with values ending in
+    '.js' (a tag path's shape: the route table, not the shape, must refuse it)."""
+    found = {entry.path: ", ".join(sorted(e.method for e in INGESTION if e.path == entry.path))
+             + f" {entry.path}" for entry in INGESTION}
+    for route in ROUTES:
+        found.update({sample(route, value): described(route) for value in ("x", "x.js")})
+    return found
+
+
+@pytest.mark.parametrize(("path", "entry"), table_paths().items())
+def test_every_path_of_the_table_is_refused_as_a_tag_path(path, entry):
+    """Generated from the table: a new route is covered as soon as it is declared."""
+    assert taken(path) == entry
+    doc = default_container()
+    doc["settings"]["tag_path"] = path
+    assert [str(e) for e in validate(doc, taken=taken)] == [
+        f"settings.tag_path: {path!r} is reserved: the collector's route {entry} answers it"]
+
+
+@pytest.mark.parametrize(("path", "entry"), [
+    ("/collect", "OPTIONS, POST /collect"),
+    ("/p.gif", "GET, HEAD /p.gif"),
+    ("/t/shop/tm.js", "GET, HEAD /t/{site}/tm.js"),
+    ("/t/{site}/tm.js", "GET, HEAD /t/{site}/tm.js"),  # a template's {site}: any segment
+    ("/t/x.css", "GET, HEAD /t/{name}.css"),
+    ("/t/preview", "GET, HEAD /t/preview"),
+    ("/demo", "GET, HEAD /demo"),
+    ("/demo/x.js", "GET, HEAD /demo/{path:path}"),
+    ("/demo/", "GET, HEAD /demo/{path:path}"),
+    ("/api/v1/sites/a/container/publish", "POST /api/v1/sites/{site}/container/publish"),
+    ("/api/v1/sites/a/persons/x.js", "GET, HEAD /api/v1/sites/{site}/persons/{ident:identifier}"),
+    ("/assets/shop-tag.js", None),
+    ("/t/shop/app.js", None),
+    ("/collect.js", None),
+    ("/api/v1/x.js", None),  # no route: containers reserve the API's namespace themselves
+    ("/", None),
+])
+def test_taken_names_the_entry_that_answers(path, entry):
+    assert taken(path) == entry
+
+
+def test_taken_counts_the_routers_trailing_slash_redirect():
+    """The router redirects a path that a route matches with a slash toggled, before it
+    asks the last entry: such a path is taken too."""
+    slashed = Route("/a/{name}.js/", health.healthz, methods=["GET"])
+    plain = Route("/b/{name}.js", health.healthz, methods=["GET"])
+    table = [INGESTION[0], slashed, plain, UNMATCHED]
+    assert taken("/a/x.js", table) == "GET, HEAD /a/{name}.js/"
+    assert taken("/b/x.js/", table) == "GET, HEAD /b/{name}.js"
+    assert taken("/c/x.js", table) is None
+    assert taken(INGESTION[0].path + "/", table) is None  # ingestion matches paths exactly

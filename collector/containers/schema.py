@@ -37,9 +37,10 @@ CONTROL_BUT_NEWLINES = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 ABSOLUTE_URL = re.compile(r"(?:https?:)?//[^\s\"'<>()]+", re.I)
 
 DEFAULT_TAG_PATH = "/t/{site}.js"
-# Paths the collector answers itself: a custom tag path must not shadow them.
-RESERVED_PATHS = ("/collect", "/p.gif", "/consent", "/healthz", "/readyz", "/metrics")
-RESERVED_PREFIXES = ("/api/", "/t/banner.", "/t/debug.", "/t/decide.")
+# A custom tag path that a route answers is refused by asking the route table (the
+# ``taken`` of validate.py). Beyond it, the API's namespace is kept for the endpoints to
+# come: a tag path there would stop being served when the next one is added.
+RESERVED_PREFIXES = ("/api/",)
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]", "::1")
 
 VARIABLE_TYPES: dict[str, tuple[str, ...]] = {

@@ -25,7 +25,7 @@ from collector.containers.document import (
 )
 from collector.containers.errors import ContainerError, FieldError, NotFound, PreconditionFailed
 from collector.containers.schema import CONTROL, LIVE_TTL, MAX_NOTE, MAX_VERSION
-from collector.containers.validate import check
+from collector.containers.validate import Taken, check
 from collector.storage import StorageError, Store
 
 log = logging.getLogger("tagwerk.containers")
@@ -127,11 +127,16 @@ class Containers:
     any draft or release changed (in any process: the ``tagwerk container`` command, other
     collectors of a cluster); if so, the cache is dropped. Changes made through this object
     clear it at once.
+
+    ``taken``: the route table's lookup (``collector.routes.taken``); a draft whose tag path
+    a route answers is refused. Whoever saves containers for the collector to serve gives
+    it (``create_app``, the ``tagwerk container`` command): without it routes go unchecked.
     """
 
-    def __init__(self, store: Store, ttl: float = LIVE_TTL) -> None:
+    def __init__(self, store: Store, ttl: float = LIVE_TTL, taken: Taken | None = None) -> None:
         self.store = store
         self.ttl = ttl
+        self.taken = taken
         self._live: dict[str, Live] = {}
         # Never forgotten, only replaced: what the hot path reads without I/O.
         self._known: dict[str, Live] = {}
@@ -178,7 +183,7 @@ class Containers:
         """Validate and save the draft; ContainerError names the problems. With ``if_match``
         (strong ETags, see :func:`parse_if_match`), only while the draft is one of those:
         else PreconditionFailed, and nothing is saved."""
-        check(document, origins)
+        check(document, origins, taken=self.taken, site_id=site_id)
         self._check_tag_path_free(site_id, document)
         text = orjson.dumps(document).decode()
         policy = container_policy_hash(document)
@@ -215,7 +220,7 @@ class Containers:
             # What is frozen is this very read, so the version is exactly the draft whose
             # ETag matched, even if another process saves a new draft meanwhile.
             _precondition(draft, if_match)
-            check(draft.document, origins)
+            check(draft.document, origins, taken=self.taken, site_id=site_id)
             self._check_tag_path_free(site_id, draft.document)
             text = orjson.dumps(draft.document).decode()
             publish_id = str(uuid.uuid4())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -40,7 +40,6 @@ from collector.containers.schema import (
     MAX_URL,
     OPERATORS,
     POLICY_VERSION,
-    RESERVED_PATHS,
     RESERVED_PREFIXES,
     TAG_PATH,
     TAG_TYPES,
@@ -51,6 +50,11 @@ from collector.containers.schema import (
     VARIABLE_TYPES,
 )
 from consent.purposes import NECESSARY, PURPOSE_ID
+
+Taken = Callable[[str], str | None]
+"""What answers a path before a container's own tag path could: the route table's lookup
+(``collector.routes.taken``), given by whoever serves the table. This package cannot import
+the table, whose handlers use containers."""
 
 # -- validation -------------------------------------------------------------------------------
 
@@ -249,11 +253,15 @@ class _Checker:
         return False
 
 
-def validate(document: Any, origins: Iterable[str] = ()) -> list[FieldError]:
+def validate(document: Any, origins: Iterable[str] = (), *, taken: Taken | None = None,
+             site_id: str | None = None) -> list[FieldError]:
     """Every problem of a container document, in document order; [] if it is valid.
 
     ``origins``: the site's origins; a tag for the purpose ``necessary`` may load only from
-    them (or from a path on the page's own site).
+    them (or from a path on the page's own site). ``taken``: the route table's lookup; a
+    custom ``settings.tag_path`` that a route answers is refused (without it, routes are not
+    checked). ``site_id``: the site the document is for, whose id the path's ``{site}``
+    becomes; without it ``{site}`` stands for any one path segment.
     """
     c = _Checker(origins)
     try:
@@ -267,7 +275,7 @@ def validate(document: Any, origins: Iterable[str] = ()) -> list[FieldError]:
     if doc is None:
         return c.errors
     if "settings" in doc:
-        _check_settings(c, doc["settings"])
+        _check_settings(c, doc["settings"], taken, site_id)
     purposes = _check_consent(c, doc["consent"]) if "consent" in doc else {}
     variables = _check_variables(c, doc.get("variables", []))
     triggers = _check_triggers(c, doc.get("triggers", []), variables)
@@ -275,21 +283,23 @@ def validate(document: Any, origins: Iterable[str] = ()) -> list[FieldError]:
     return c.errors
 
 
-def check(document: Any, origins: Iterable[str] = ()) -> None:
-    """Raise ContainerError naming every problem, if there is any."""
-    errors = validate(document, origins)
+def check(document: Any, origins: Iterable[str] = (), *, taken: Taken | None = None,
+          site_id: str | None = None) -> None:
+    """Raise ContainerError naming every problem, if there is any (see :func:`validate`)."""
+    errors = validate(document, origins, taken=taken, site_id=site_id)
     if errors:
         raise ContainerError(errors)
 
 
-def _check_settings(c: _Checker, value: Any) -> None:
+def _check_settings(c: _Checker, value: Any, taken: Taken | None, site_id: str | None
+                    ) -> None:
     s = c.obj(value, "settings", optional=tuple(DEFAULT_SETTINGS))
     if s is None:
         return
     if "endpoint" in s:
         c.url(s["endpoint"], "settings.endpoint", None)
     if "tag_path" in s:
-        _check_tag_path(c, s["tag_path"])
+        _check_tag_path(c, s["tag_path"], taken, site_id)
     if "cookie_domain" in s:
         domain = c.string(s["cookie_domain"], "settings.cookie_domain", 253, min_len=0)
         if domain and not COOKIE_DOMAIN.match(domain):  # "": the page's host only
@@ -316,23 +326,30 @@ def _check_settings(c: _Checker, value: Any) -> None:
                 seen.add(percent)
 
 
-def _check_tag_path(c: _Checker, value: Any) -> None:
+def _check_tag_path(c: _Checker, value: Any, taken: Taken | None, site_id: str | None
+                    ) -> None:
     path = "settings.tag_path"
-    text = c.string(value, path, 200, pattern=TAG_PATH,
-                    expected="a path such as '/t/{site}.js' (A-Z, a-z, 0-9, '.', '_', '~', '-', "
-                    "'/'; ending in '.js')")
+    text = c.string(value, path, 200)
     if text is None:
         return
-    bare = text.replace("{site}", "")
-    if "{" in bare or "}" in bare:
+    # The route table first, whatever the path looks like, so that the answer names the
+    # route. The default path is the route's own (``/t/{name}.js``).
+    site = site_id or "{site}"
+    served = text.replace("{site}", site)
+    default = DEFAULT_TAG_PATH.replace("{site}", site)
+    route = taken(served) if taken is not None and served != default else None
+    if route is not None:
+        shown = repr(text) if served == text else f"{text!r} ({served!r} for this site)"
+        c.fail(path, f"{shown} is reserved: the collector's route {route} answers it")
+    elif not TAG_PATH.match(text):
+        c.fail(path, f"{text[:80]!r} is not a path such as '/t/{{site}}.js' (A-Z, a-z, 0-9, "
+               "'.', '_', '~', '-', '/'; ending in '.js')")
+    elif "{" in (bare := text.replace("{site}", "")) or "}" in bare:
         c.fail(path, "the only placeholder is {site}")
     elif "//" in text or "/./" in text or "/../" in text or text.startswith("/."):
         c.fail(path, "must not contain empty, '.' or '..' segments")
-    elif text != DEFAULT_TAG_PATH and (
-        text in RESERVED_PATHS or text.startswith(RESERVED_PREFIXES)
-        or re.fullmatch(r"/t/[^/]+\.js", text)
-    ):
-        c.fail(path, f"{text!r} is reserved by the collector")
+    elif text.startswith(RESERVED_PREFIXES):
+        c.fail(path, f"{text!r} is reserved for the collector's API")
 
 
 def _check_consent(c: _Checker, value: Any) -> dict[str, int]:
