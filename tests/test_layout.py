@@ -120,3 +120,47 @@ def test_every_package_is_installed():
     listed = set(config["tool"]["setuptools"]["packages"])
     packages = {module for module, path in MODULES.items() if path.name == "__init__.py"}
     assert packages - listed == set()
+
+
+def uvicorn_protocol_uses(module: str, path: Path) -> list[str]:
+    """Where ``module`` reaches uvicorn's protocol internals around the glue: an import of
+    ``uvicorn.protocols``, or, in a class built on the glue's protocol, one of the
+    attributes or methods the glue lists (asyncio's own protocol methods aside)."""
+    from collector.web.uvicorn_protocol import UVICORN_INTERNALS
+
+    internal = set(UVICORN_INTERNALS["attributes"]) | set(UVICORN_INTERNALS["methods"])
+    internal -= {"data_received", "connection_made", "connection_lost"}
+    tree = ast.parse(path.read_text(), str(path))
+    found = []
+    for node in ast.walk(tree):
+        names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                 else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+        found += [f"{module}:{node.lineno} imports {name}" for name in names
+                  if name.startswith("uvicorn.protocols")]
+    protocols = {"UvicornProtocol", "LimitedProtocol", "IngestProtocol"}
+    for cls in ast.walk(tree):
+        if not isinstance(cls, ast.ClassDef) or not any(
+                (base.id if isinstance(base, ast.Name) else getattr(base, "attr", None))
+                in protocols for base in cls.bases):
+            continue
+        for node in ast.walk(cls):
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                    and node.value.id == "self" and node.attr in internal):
+                found.append(f"{module}:{node.lineno} uses self.{node.attr}")
+            elif isinstance(node, ast.FunctionDef) and node.name in internal:
+                found.append(f"{module}:{node.lineno} overrides {node.name}")
+    return found
+
+
+def test_only_the_glue_touches_uvicorns_protocol_internals(tmp_path):
+    """collector/web/uvicorn_protocol.py is the one module that extends uvicorn's protocol
+    through its internals (issue 11): every other module uses its API."""
+    uses = [use for module, path in MODULES.items()
+            if module != "collector.web.uvicorn_protocol"
+            for use in uvicorn_protocol_uses(module, path)]
+    assert uses == []
+    probe = tmp_path / "probe.py"
+    probe.write_text("from uvicorn.protocols.http import httptools_impl\n"
+                     "class P(LimitedProtocol):\n    def on_url(self, url):\n"
+                     "        self.cycle = self.transport\n")
+    assert len(uvicorn_protocol_uses("collector.web.probe", probe)) == 4

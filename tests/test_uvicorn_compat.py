@@ -1,8 +1,9 @@
-"""The fast path (``collector/ingest/fasthttp.py``) and the HTTP limits under it
-(``collector/web/limits.py``) extend uvicorn's httptools protocol through names uvicorn
-does not promise to keep. Each test here checks one of them on the installed uvicorn and,
-when it is gone or changed, fails with a message naming the uvicorn version, the name, and
-what to do, rather than leaving it to an obscure failure deep in an HTTP test."""
+"""``collector/web/uvicorn_protocol.py`` extends uvicorn's httptools protocol through names
+uvicorn does not promise to keep; the HTTP limits and the ingestion fast path reach uvicorn
+only through it. Each test here checks one entry of its ``UVICORN_INTERNALS`` on the
+installed uvicorn and, when it is gone or changed, fails with a message naming the uvicorn
+version, the name, and what to do, rather than leaving it to an obscure failure deep in an
+HTTP test."""
 
 from __future__ import annotations
 
@@ -20,38 +21,45 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from collector.ingest import fasthttp
-from collector.ingest.fasthttp import UVICORN_INTERNALS, _Pending
+from collector.web import limits, uvicorn_protocol
+from collector.web.uvicorn_protocol import UVICORN_INTERNALS, Pending, UvicornProtocol
 
-ADVICE = ("collector/ingest/fasthttp.py and collector/web/limits.py rely on it. Keep uvicorn "
-          "within the range pinned in pyproject.toml, or adapt those two modules to this "
-          "version (their docstrings list what they use) and widen the pin.")
-
-# Besides fasthttp's own (UVICORN_INTERNALS), what limits.py overrides, calls or reads.
-LIMITS_METHODS = ("on_url", "on_header", "send_400_response", "data_received",
-                  "connection_made", "connection_lost")
-LIMITS_ATTRIBUTES = ("pipeline", "flow", "timeout_keep_alive", "timeout_keep_alive_task")
-
-# The signatures the overrides are written for: parameter names after ``self``.
-SIGNATURES = {
-    "on_message_begin": [], "on_headers_complete": [], "on_body": ["body"],
-    "on_message_complete": [], "on_response_complete": [], "on_url": ["url"],
-    "on_header": ["name", "value"], "send_400_response": ["msg"], "data_received": ["data"],
-    "connection_made": ["transport"], "connection_lost": ["exc"],
-}
+ADVICE = ("collector/web/uvicorn_protocol.py relies on it (its UVICORN_INTERNALS lists what "
+          "it uses). Keep uvicorn within the range pinned in pyproject.toml, or adapt that "
+          "module to this version and widen the pin.")
 
 
 def broken(what: str) -> str:
     return f"uvicorn {uvicorn.__version__}: {what}. {ADVICE}"
 
 
-@pytest.mark.parametrize("name", [*UVICORN_INTERNALS["methods"], *LIMITS_METHODS])
+@pytest.mark.parametrize("name", UVICORN_INTERNALS["module"])
+def test_module_names(name: str) -> None:
+    assert hasattr(httptools_impl, name), broken(
+        f"uvicorn.protocols.http.httptools_impl.{name} is gone")
+
+
+@pytest.mark.parametrize("name", UVICORN_INTERNALS["methods"])
 def test_protocol_methods(name: str) -> None:
     method = getattr(HttpToolsProtocol, name, None)
     assert callable(method), broken(f"HttpToolsProtocol.{name} is gone")
     params = [p for p in inspect.signature(method).parameters][1:]
-    assert params == SIGNATURES[name], broken(
-        f"HttpToolsProtocol.{name} takes ({', '.join(params)}), not "
-        f"({', '.join(SIGNATURES[name])})")
+    expected = UVICORN_INTERNALS["methods"][name]
+    assert params == expected, broken(
+        f"HttpToolsProtocol.{name} takes ({', '.join(params)}), not ({', '.join(expected)})")
+
+
+def test_our_names_shadow_nothing_of_uvicorns() -> None:
+    """The glue's own API (hooks, helpers, slots) must not override a name uvicorn's
+    protocol has gained: only the listed methods are overridden on purpose."""
+    ours = set(vars(UvicornProtocol)) | set(UvicornProtocol.__slots__)
+    for cls in (limits.LimitedProtocol, fasthttp.IngestProtocol):
+        ours |= set(vars(cls)) | set(getattr(cls, "__slots__", ()))
+    theirs = {name for name in dir(HttpToolsProtocol) if not name.startswith("__")}
+    clash = (ours & theirs) - set(UVICORN_INTERNALS["methods"])
+    assert not clash, broken(
+        f"HttpToolsProtocol now has {', '.join(sorted(clash))}, which our protocol classes "
+        "define for their own use; rename ours")
 
 
 class _Transport(asyncio.Transport):
@@ -95,38 +103,56 @@ def _protocol_mid_head() -> HttpToolsProtocol:
 
 def test_protocol_attributes() -> None:
     protocol = _protocol_mid_head()
-    for name in (*UVICORN_INTERNALS["attributes"], *LIMITS_ATTRIBUTES):
+    for name in UVICORN_INTERNALS["attributes"]:
         assert hasattr(protocol, name), broken(
             f"HttpToolsProtocol no longer sets self.{name} (connected, a head half read)")
-    # What the fast path reads from them, with the meaning it assumes.
+    # What the glue reads from them, with the meaning it assumes.
     assert protocol.url == b"/collect?x=1", broken("self.url is not the raw request target")
     assert (b"host", b"a") in protocol.headers, broken(
         "self.headers is not a list of (lower-case name, value) bytes pairs")
     assert protocol.expect_100_continue is True, broken(
         "self.expect_100_continue is not set by on_header")
+    for name in UVICORN_INTERNALS["parser"]:
+        assert callable(getattr(protocol.parser, name, None)), broken(
+            f"self.parser.{name}() is gone")
     assert protocol.parser.get_method() == b"POST", broken("self.parser.get_method() changed")
     assert isinstance(protocol.scope, dict) and "headers" in protocol.scope, broken(
         "self.scope is not the ASGI scope built in on_message_begin")
     assert protocol.cycle is None, broken("self.cycle is not None before the first request")
-    assert isinstance(protocol.server_state.default_headers, list), broken(
+    assert protocol.client == ("127.0.0.1", 40000) and protocol.scheme == "http", broken(
+        "self.client and self.scheme are not the peer's address and the URL scheme")
+    state = protocol.server_state
+    assert isinstance(getattr(state, "default_headers", None), list), broken(
         "self.server_state.default_headers is not a list of header pairs")
-    assert hasattr(protocol.flow, "read_paused"), broken("self.flow.read_paused is gone")
+    assert isinstance(getattr(state, "total_requests", None), int), broken(
+        "self.server_state.total_requests is not the count of answered requests")
+    assert set(UVICORN_INTERNALS["server_state"]) == {"default_headers", "total_requests"}
+    for name in UVICORN_INTERNALS["flow"]:
+        assert hasattr(protocol.flow, name), broken(f"self.flow.{name} is gone")
+    assert protocol.timeout_keep_alive_task is None and isinstance(
+        protocol.timeout_keep_alive, (int, float)), broken(
+        "self.timeout_keep_alive(_task) are not the keep-alive delay and its timer")
 
 
 def test_cycle_stand_in_has_what_uvicorn_reads() -> None:
-    """While the fast path holds a request, ``self.cycle`` is a ``_Pending``: it must have
-    every attribute uvicorn's protocol reads or writes on ``self.cycle``."""
+    """While a held request is read or answered, ``self.cycle`` is a ``Pending``: it must
+    have every attribute uvicorn's protocol reads or writes on ``self.cycle``."""
     tree = ast.parse(textwrap.dedent(inspect.getsource(HttpToolsProtocol)))
     used = {node.attr for node in ast.walk(tree)
             if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute)
             and node.value.attr == "cycle" and isinstance(node.value.value, ast.Name)
             and node.value.value.id == "self"}
     assert used, broken("HttpToolsProtocol no longer uses self.cycle")
-    has = set(_Pending.__slots__) | {"message_event"}
+    has = set(Pending.__slots__) | {"message_event"}
     assert used <= has, broken(
         f"uvicorn's protocol uses self.cycle.{', self.cycle.'.join(sorted(used - has))}, "
-        "which the fast path's stand-in (fasthttp._Pending) lacks")
+        "which the stand-in (uvicorn_protocol.Pending) lacks")
     assert set(UVICORN_INTERNALS["cycle"]) <= has
+    cycle_class = httptools_impl.RequestResponseCycle
+    source = inspect.getsource(cycle_class.__init__)
+    for name in (*UVICORN_INTERNALS["cycle"], *UVICORN_INTERNALS["cycle_read"]):
+        assert f"self.{name} =" in source, broken(
+            f"RequestResponseCycle no longer sets self.{name} in __init__")
 
 
 def test_status_lines() -> None:
@@ -138,5 +164,6 @@ def test_status_lines() -> None:
             and line.endswith(b"\r\n"), broken(f"STATUS_LINE[{status}] is {line!r}")
 
 
-def test_fast_path_subclasses_the_protocol() -> None:
+def test_both_protocols_subclass_the_glue() -> None:
+    assert issubclass(limits.LimitedProtocol, uvicorn_protocol.UvicornProtocol)
     assert issubclass(fasthttp.IngestProtocol, HttpToolsProtocol)

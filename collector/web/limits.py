@@ -50,12 +50,8 @@ timeouts use one timer per connection (``loop.call_at``), a watchdog armed from 
 connection's start to its end: it fires at the current phase's deadline or earlier, and
 is rearmed then; deadlines are set only when a head or body spans reads.
 
-What this relies on in uvicorn (pinned ``>=0.54,<0.55``): its parser callbacks
-(``on_url``, ``on_header``: reimplemented here, so they keep filling ``self.url``,
-``self.headers`` and ``self.expect_100_continue``), that a parser error is answered through
-``send_400_response``, the attributes ``cycle``, ``pipeline``, ``flow``,
-``timeout_keep_alive``, ``timeout_keep_alive_task`` and ``server_state.default_headers``, and
-``STATUS_LINE`` (``tests/test_uvicorn_compat.py`` checks each).
+uvicorn's protocol is reached through ``uvicorn_protocol.UvicornProtocol`` and its hooks
+only (that module lists, and its test checks, what it relies on in uvicorn).
 """
 
 from __future__ import annotations
@@ -64,7 +60,7 @@ import asyncio
 import logging
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from collector.web.uvicorn_protocol import UvicornProtocol, parse_data
 
 log = logging.getLogger("tagwerk.http")
 
@@ -96,22 +92,18 @@ class _Refused(Exception):
     """Raised in a parser callback to stop the parser; the refusal is in ``_refusal``."""
 
 
-class LimitedProtocol(HttpToolsProtocol):
-    """``HttpToolsProtocol`` with the limits above. A subclass that overrides
-    ``on_message_begin``, ``on_headers_complete`` or ``on_message_complete`` without calling
-    these must call ``_head_begins``, ``_head_ends`` or ``_message_ends`` itself."""
+class LimitedProtocol(UvicornProtocol):
+    """uvicorn's protocol with the limits above, set through ``UvicornProtocol``'s hooks
+    (``head_begins``, ``head_over``, ``head_ends``, ``body_arrives``, ``message_ends``,
+    ``bad_request``). A subclass that overrides one of these must call it."""
 
-    # In slots: uvicorn's protocol has 28 attributes in its __dict__, and CPython (3.11)
-    # shares the keys of, and specializes attribute access for, instance dicts only up to
-    # 30; more made every attribute access on the hot path slower (measured: +0.4 us).
-    __slots__ = ("_phase", "_room", "_head_raw", "_deadline", "_timer", "_timer_at",
-                 "_refusal")
+    # In slots, as UvicornProtocol's (which says why).
+    __slots__ = ("_phase", "_head_raw", "_deadline", "_timer", "_timer_at", "_refusal")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.timeout_keep_alive = KEEP_ALIVE_TIMEOUT
+        self.set_keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
         self._phase = _IDLE
-        self._room = MAX_HEAD_BYTES  # left for the request target and header fields
         self._head_raw = 0  # bytes received while the head was unfinished (beyond the 1st read)
         self._deadline = 0.0  # of the current phase
         self._timer: asyncio.TimerHandle | None = None
@@ -122,7 +114,7 @@ class LimitedProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._expect(self.loop.time() + KEEP_ALIVE_TIMEOUT)
+        self._expect(self.event_loop.time() + KEEP_ALIVE_TIMEOUT)
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
@@ -133,14 +125,14 @@ class LimitedProtocol(HttpToolsProtocol):
         if self._phase:  # a request unfinished, or refused
             self._data_received_busy(data)
             return
-        _data_received(self, data)
+        parse_data(self, data)
         if self._phase:  # a request is unfinished after this read
             self._after_read(len(data))
 
     def _data_received_busy(self, data: bytes) -> None:
         if self._phase >= _CLOSED:
             return  # dropped
-        _data_received(self, data)
+        parse_data(self, data)
         if self._phase:
             self._after_read(len(data))
 
@@ -152,7 +144,7 @@ class LimitedProtocol(HttpToolsProtocol):
                 self._refuse_request(431, f"request head over {MAX_HEAD_BYTES} bytes")
         elif phase == _BEGUN:  # a head began in this read and is still unfinished: its
             self._phase = _HEAD  # first byte came now (a head that fits one read never waits)
-            self._expect(self.loop.time() + HEAD_TIMEOUT)
+            self._expect(self.event_loop.time() + HEAD_TIMEOUT)
         elif phase >= _BODY:
             if phase == _CHUNK_WAIT:  # the read held only trailer fields
                 self._head_raw += size
@@ -161,41 +153,34 @@ class LimitedProtocol(HttpToolsProtocol):
                     return
             elif phase == _CHUNK_BEGUN:
                 self._phase = _CHUNK_WAIT
-            self._expect(self.loop.time() + BODY_TIMEOUT)
+            self._expect(self.event_loop.time() + BODY_TIMEOUT)
 
-    # -- the parser's callbacks -----------------------------------------------------------
+    # -- the parser's hooks -----------------------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        self._head_begins()
-        super().on_message_begin()
+    def head_begins(self) -> None:
+        self._phase = _BEGUN  # the deadline is set after this read if the head is unfinished
+        # The hot path's only cost per field is UvicornProtocol's subtraction from
+        # head_room. The 4 bytes of ": " and CRLF per field, and the number of fields, are
+        # checked when the head is complete (the size limit bounds the number meanwhile: a
+        # field is at least 3 bytes).
+        self.head_room = MAX_HEAD_BYTES
+        self._head_raw = 0
 
-    def on_url(self, url: bytes) -> None:
-        self.url += url
-        self._room -= len(url)
-        if self._room < 0:
+    def head_over(self, target: bool) -> None:
+        if target:
             self._stop_parser(414, f"request target over {MAX_HEAD_BYTES} bytes")
+        self._stop_parser(431, f"request head over {MAX_HEAD_BYTES} bytes")
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        # The hot path's only cost per field. The 4 bytes of ": " and CRLF per field, and
-        # the number of fields, are checked when the head is complete (the size limit
-        # bounds the number meanwhile: a field is at least 3 bytes).
-        self._room -= len(name) + len(value)
-        if self._room < 0:
-            self._stop_parser(431, f"request head over {MAX_HEAD_BYTES} bytes")
-        # as HttpToolsProtocol.on_header
-        name = name.lower()
-        if name == b"expect" and value.lower() == b"100-continue":
-            self.expect_100_continue = True
-        self.headers.append((name, value))
+    def head_ends(self, fields: int) -> None:
+        if fields > MAX_HEADERS or self.head_room < 4 * fields:
+            self._stop_parser(431, f"request head over {MAX_HEAD_BYTES} bytes or "
+                                   f"{MAX_HEADERS} fields")
+        self._phase = _BODY  # the deadline is set after this read (data_received)
 
-    def on_headers_complete(self) -> None:
-        self._head_ends()
-        super().on_headers_complete()
-
-    def on_body(self, body: bytes) -> None:
+    def body_arrives(self) -> None:
         self._phase = _BODY
-        super().on_body(body)
 
+    # httptools' own parser callbacks (uvicorn's protocol defines neither)
     def on_chunk_header(self) -> None:
         self._phase = _CHUNK_BEGUN
         self._head_raw = 0
@@ -203,34 +188,20 @@ class LimitedProtocol(HttpToolsProtocol):
     def on_chunk_complete(self) -> None:
         self._phase = _BODY
 
-    def on_message_complete(self) -> None:
-        self._message_ends()
-        super().on_message_complete()
+    def message_ends(self) -> None:
+        self._phase = _IDLE  # the answer is the application's; then the keep-alive timer
 
-    def send_400_response(self, msg: str) -> None:
-        # uvicorn answers every parser error so, the exceptions of our callbacks included
+    def idle(self) -> None:
+        # Answered on the fast path: the watchdog closes the connection if it stays idle,
+        # instead of uvicorn's keep-alive timer, armed and cancelled per request (2.5 us).
+        self._expect(self.event_loop.time() + KEEP_ALIVE_TIMEOUT)
+
+    def bad_request(self, msg: str) -> None:
         refusal, self._refusal = self._refusal, None
         if refusal is None:
-            super().send_400_response(msg)
+            super().bad_request(msg)
         else:
             self._refuse_request(*refusal)
-
-    # -- the phases -----------------------------------------------------------------------
-
-    def _head_begins(self) -> None:
-        self._phase = _BEGUN  # the deadline is set after this read if the head is unfinished
-        self._room = MAX_HEAD_BYTES
-        self._head_raw = 0
-
-    def _head_ends(self) -> None:
-        fields = len(self.headers)
-        if fields > MAX_HEADERS or self._room < 4 * fields:
-            self._stop_parser(431, f"request head over {MAX_HEAD_BYTES} bytes or "
-                                   f"{MAX_HEADERS} fields")
-        self._phase = _BODY  # the deadline is set after this read (data_received)
-
-    def _message_ends(self) -> None:
-        self._phase = _IDLE  # the answer is the application's; then the keep-alive timer
 
     # -- the timer --------------------------------------------------------------------------
 
@@ -243,7 +214,7 @@ class LimitedProtocol(HttpToolsProtocol):
     def _arm(self, when: float) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        self._timer = self.loop.call_at(when, self._on_timer)
+        self._timer = self.event_loop.call_at(when, self._on_timer)
         self._timer_at = when
 
     def _disarm(self) -> None:
@@ -258,27 +229,25 @@ class LimitedProtocol(HttpToolsProtocol):
         self._timer, self._timer_at = None, _NEVER
         phase = self._phase
         if phase == _LINGER:
-            self.transport.close()
+            self.close()
             return
-        if phase == _CLOSED or self.transport.is_closing() \
-                or self.transport.get_protocol() is not self:  # upgraded to a WebSocket
+        if phase == _CLOSED or self.closing():
             return
-        now = self.loop.time()
-        cycle = self.cycle
+        now = self.event_loop.time()
         if phase == _IDLE:
-            keep_alive = self.timeout_keep_alive_task
+            keep_alive = self.keep_alive_deadline()
             if keep_alive is not None:
                 # uvicorn's keep-alive timer closes it then; bytes that begin no request
                 # (blank lines) cancel that timer without arming it again: this one will.
-                self._deadline = keep_alive.when()
-            elif cycle is not None and not cycle.response_complete:
+                self._deadline = keep_alive
+            elif self.answering():
                 self._deadline = now + KEEP_ALIVE_TIMEOUT  # being answered: look again
             elif now >= self._deadline:
-                self.transport.close()  # idle (fresh, or after blank lines): closed
+                self.close()  # idle (fresh, or after blank lines): closed
                 return
             self._arm(self._deadline)
             return
-        if self.flow.read_paused or getattr(cycle, "waiting_for_100_continue", False):
+        if self.not_reading():
             # uvicorn is not reading, or the client waits for 100 Continue: not its fault
             self._deadline = now + (BODY_TIMEOUT if phase >= _BODY else HEAD_TIMEOUT)
         if now < self._deadline:
@@ -291,64 +260,41 @@ class LimitedProtocol(HttpToolsProtocol):
     # -- refusing -------------------------------------------------------------------------
 
     def _stop_parser(self, status: int, why: str) -> None:
-        """Stop the parser from within a callback; ``send_400_response`` refuses."""
+        """Stop the parser from within a callback; ``bad_request`` refuses."""
         self._refusal = (status, why)
         raise _Refused(why)
 
     def _refuse_request(self, status: int, why: str) -> None:
         """Refuse the request being read, and close the connection."""
         phase, self._phase = self._phase, _CLOSED
-        if self.transport.is_closing():
+        if self.closing():
             return
-        cycle = self.cycle
-        if phase >= _BODY and cycle is not None:  # the request's own cycle
-            answered = bool(self.pipeline) or getattr(cycle, "response_started",
-                                                      cycle.response_complete)
-            cycle.disconnected = True  # the application's receive() and send() see it
-            cycle.message_event.set()
-            if answered:  # or queued behind an answer not yet given: nothing to say
-                log.info("%s: %s, closed", _peer(self.client), why)
-                self.transport.close()
+        if phase >= _BODY and self.in_request():  # the request's own cycle
+            if self.abandon_request():  # answered, or queued behind an answer not yet given
+                log.info("%s: %s, closed", _peer(self.peer), why)
+                self.close()
                 return
-        elif cycle is not None and not cycle.response_complete:
+        elif self.answering():
             # An earlier request on this connection is still being answered: its answer
             # goes first and closes the connection; this request gets none.
-            log.info("%s: %s, closed after the answer before", _peer(self.client), why)
-            cycle.keep_alive = False
+            log.info("%s: %s, closed after the answer before", _peer(self.peer), why)
+            self.close_after_answer()
             return
-        log.info("%s: %s, %d", _peer(self.client), why, status)
+        log.info("%s: %s, %d", _peer(self.peer), why, status)
         self._send_refusal(status)
-
-    def _status_and_defaults(self, status: int) -> bytes:
-        """The status line and the server's default headers (``Date``) of an answer written
-        straight to the transport (here and by the ingestion fast path)."""
-        defaults = self.server_state.default_headers
-        if defaults is not _defaults[0]:  # uvicorn makes a new list each second (the date)
-            _defaults[:] = defaults, b"".join(b"%s: %s\r\n" % pair for pair in defaults)
-        return STATUS_LINE[status] + _defaults[1]
 
     def _send_refusal(self, status: int) -> None:
         body = _REASONS[status]
-        out = [self._status_and_defaults(status),
-               b"content-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
-               b"connection: close\r\n\r\n%s" % (len(body), body)]
-        transport = self.transport
-        transport.write(b"".join(out))
-        if not transport.can_write_eof():
-            transport.close()
-            return
+        self.write(self.status_and_defaults(status)
+                   + b"content-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
+                     b"connection: close\r\n\r\n%s" % (len(body), body))
         # A lingering close: closed at once, with the client's bytes unread, the socket
         # would send a reset, which can cost the client the answer (Windows' TCP drops
         # what it had received). So only our side is shut; what arrives is dropped
         # (data_received) until the client closes, or LINGER_TIMEOUT.
-        transport.write_eof()
-        self._phase = _LINGER
-        self._arm(self.loop.time() + LINGER_TIMEOUT)
-
-
-_data_received = HttpToolsProtocol.data_received  # without super(): this is the hot path
-# The server's default headers as uvicorn last gave them, and joined: one join a second.
-_defaults: list[Any] = [None, b""]
+        if self.shut_writing():
+            self._phase = _LINGER
+            self._arm(self.event_loop.time() + LINGER_TIMEOUT)
 
 
 def _peer(client: tuple[str, int] | None) -> str:
