@@ -1,9 +1,11 @@
 """CPU per hit of the fast path, in process: uvicorn's parser, the fast path
-(``collector/ingest/fasthttp.py``), the accept step and the answer, for ``GET /p.gif`` and
-``POST /collect`` on a kept-alive connection. No socket and no disk: the transport is a stub
-and the spool calls back at once, so what is measured is the collector's own work per hit,
-which ``bench/load.py`` cannot isolate on a shared machine. Timed by thread CPU time, best
-of several rounds (other processes still add noise: compare runs made side by side).
+(``collector/ingest/fasthttp.py``), the accept step and the answer, for ``GET /p.gif``,
+``POST /collect`` with one event and with a batch of 10 (as ``bench/load.py`` sends; its
+figure is per event) on a kept-alive connection, on uvloop's event loop as ``tagwerk
+serve`` runs. No socket and no disk: the transport is a stub and the spool calls back at
+once, so what is measured is the collector's own work per hit, which ``bench/load.py``
+cannot isolate on a shared machine. Timed by thread CPU time, best of several rounds (other
+processes still add noise: compare runs made side by side).
 
     python bench/ingest.py [--rounds 15] [--hits 5000]
 """
@@ -39,8 +41,19 @@ PIXEL = (b"GET /p.gif?site=s1&event=page_view&url=https%3A%2F%2Fshop.example%2Fa
          b"&consent=analytics&props.x=1 HTTP/1.1\r\n" + HEAD + b"\r\n")
 BODY = orjson.dumps({"site": "s1", "event": "page_view", "url": ORIGIN + "/a",
                      "consent": ["analytics"], "props": {"x": "1"}})
-COLLECT = (b"POST /collect HTTP/1.1\r\n" + HEAD + b"Origin: " + ORIGIN.encode()
-           + b"\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n" % len(BODY) + BODY)
+
+
+def post(body: bytes) -> bytes:
+    return (b"POST /collect HTTP/1.1\r\n" + HEAD + b"Origin: " + ORIGIN.encode()
+            + b"\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+
+
+COLLECT = post(BODY)
+# bench/load.py's batch: 10 e-commerce events in one request.
+BATCH = post(orjson.dumps({"site": "s1", "events": [
+    {"event": "view_item", "url": f"{ORIGIN}/p/{i}", "consent": ["analytics"],
+     "device_id": "d-42", "items": [{"product_id": f"sku-{i}", "price": 19.9, "quantity": 1}]}
+    for i in range(10)]}))
 
 
 class _Spool:
@@ -95,7 +108,7 @@ async def _app(scope: Any, receive: Any, send: Any) -> None:
 def connection(protocol_class: type) -> tuple[Any, _Transport, asyncio.AbstractEventLoop]:
     config = Config(_app, lifespan="off", log_config=None)
     config.load()
-    loop = asyncio.new_event_loop()
+    loop = new_event_loop()
     state = ServerState()
     state.default_headers = [(b"date", formatdate(usegmt=True).encode())]  # as uvicorn's
     protocol = protocol_class(config=config, server_state=state, app_state={}, _loop=loop)
@@ -104,8 +117,18 @@ def connection(protocol_class: type) -> tuple[Any, _Transport, asyncio.AbstractE
     return protocol, transport, loop
 
 
-def cpu_per_hit(protocol_class: type, request: bytes, hits: int) -> float:
-    """Microseconds of this thread's CPU per request, ``hits`` requests on one connection."""
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's, as uvicorn's loop="auto" picks it, else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def cpu_per_hit(protocol_class: type, request: bytes, hits: int, per: int = 1) -> float:
+    """Microseconds of this thread's CPU per hit, ``hits`` requests of ``per`` hits each on
+    one connection."""
     protocol, transport, loop = connection(protocol_class)
     feed = protocol.data_received
     try:
@@ -120,7 +143,7 @@ def cpu_per_hit(protocol_class: type, request: bytes, hits: int) -> float:
     finally:
         protocol.connection_lost(None)
         loop.close()
-    return took / hits * 1e6
+    return took / hits / per * 1e6
 
 
 def main() -> None:
@@ -129,12 +152,13 @@ def main() -> None:
     parser.add_argument("--hits", type=int, default=5000)
     args = parser.parse_args()
     protocol_class = protocol_for(collector())
-    best = {"pixel": float("inf"), "collect": float("inf")}
+    cases = (("pixel", PIXEL, 1), ("collect", COLLECT, 1), ("collect, batch of 10", BATCH, 10))
+    best = dict.fromkeys((name for name, _, _ in cases), float("inf"))
     for _ in range(args.rounds):
-        for name, request in (("pixel", PIXEL), ("collect", COLLECT)):
-            best[name] = min(best[name], cpu_per_hit(protocol_class, request, args.hits))
+        for name, request, per in cases:
+            best[name] = min(best[name], cpu_per_hit(protocol_class, request, args.hits, per))
     for name, us in best.items():
-        print(f"{name}: {us:.2f} us CPU per hit (best of {args.rounds} x {args.hits})")
+        print(f"{name}: {us:.2f} us CPU per hit (best of {args.rounds} x {args.hits} requests)")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ line in the route table (``collector/routes.py``).
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 from urllib.parse import unquote_plus
 
@@ -33,6 +34,7 @@ BATCH_MAX_EVENTS = 500
 CONSENT_MAX_BYTES = 8 * 1024
 PIXEL_MAX_QUERY = 8 * 1024
 PIXEL_MAX_FIELDS = 100
+UNESCAPE_CACHED = 512  # characters: a longer escaped query part is not cached
 COLLECT_TYPES = ("application/json", "text/plain", "")
 
 _PIXEL_ANSWER: Answer = (200, PIXEL, b"image/gif", PIXEL_HEADERS)
@@ -55,9 +57,9 @@ def pixel_event(query_string: bytes) -> dict[str, Any]:
         key, _, value = part.partition("=")
         try:  # most parts need no unescaping
             if "%" in key or "+" in key:
-                key = unquote_plus(key, errors="strict")
+                key = _unescape(key)
             if "%" in value or "+" in value:
-                value = unquote_plus(value, errors="strict")
+                value = _unescape(value)
         except UnicodeDecodeError:
             raise _bad_utf8() from None
         if key.startswith("props."):
@@ -80,6 +82,20 @@ def pixel_event(query_string: bytes) -> dict[str, Any]:
         except orjson.JSONDecodeError:
             raise HTTPError(400, "'items' must be a JSON list", "invalid", "items") from None
     return event
+
+
+def _unescape(text: str) -> str:
+    """An escaped part of a query string as text; raises UnicodeDecodeError if the bytes it
+    escapes are not UTF-8. Short ones are cached: the same page URLs and campaign names come
+    again and again (~0.2 us a hit instead of ~1.5 us for a URL)."""
+    if len(text) > UNESCAPE_CACHED:
+        return unquote_plus(text, errors="strict")
+    return _unescape_cached(text)
+
+
+@functools.lru_cache(maxsize=4096)  # at most ~4096 x 2 x 512 characters
+def _unescape_cached(text: str) -> str:
+    return unquote_plus(text, errors="strict")  # an error is raised, not cached
 
 
 def _bad_utf8() -> HTTPError:

@@ -241,14 +241,16 @@ def normalize(raw: Any, ctx: Context) -> tuple[dict[str, Any], bool]:
         "language": s["language"] or ctx.language,
         "screen": s["screen"],
         "order_id": s["order_id"],
-        "revenue": _decimal(raw.get("revenue"), "revenue"),
-        "currency": _currency(raw.get("currency")),
+        # Fields most hits lack: their defaults without a call (what each helper gives None).
+        "revenue": _decimal(raw["revenue"], "revenue") if "revenue" in raw else "0",
+        "currency": _currency(raw["currency"]) if "currency" in raw else "",
         "coupon": s["coupon"],
-        "items": _items(raw.get("items")),
-        "props": _props(raw.get("props")),
+        "items": _items(raw["items"]) if "items" in raw else [],
+        "props": _props(raw["props"]) if "props" in raw else {},
         "retention_days": ctx.retention_days,
         "identifiers": identifiers,
-        "consent_id": _consent_id(raw.get("consent_id"), ctx),
+        "consent_id": (_consent_id(raw.get("consent_id"), ctx)
+                       if ctx.consent_rule is not None or "consent_id" in raw else ""),
         # Whether user_id decides whose the hit is: from an authenticated sender, or a
         # browser identify with a valid identity_token. A browser can put anyone's user id
         # on a hit; such a claim is kept for analytics, and the hit is attributed through

@@ -78,6 +78,9 @@ class Spool:
         self.commit_delay = commit_delay
         self.id = self._identity()
         self.checkpoint = self._read_checkpoint()
+        # Guards what the backlog is counted from (sizes, bytes written, the checkpoint):
+        # taken by the writer and the flusher, never by the event loop.
+        self._count_lock = threading.Lock()
         self._recover()
         # Where the records of each segment end; only the writer changes the newest one's.
         self._sizes = {n: (self.dir / _name(n)).stat().st_size for n in self.segments()}
@@ -90,6 +93,7 @@ class Spool:
         # Each counter has a single writer (event loop / writer thread): no lock needed.
         self._enqueued = 0
         self._written = 0
+        self._recount()
         self._closing = False
         self.fsyncs = 0
         self._writer = threading.Thread(target=self._write_loop, name="spool-writer", daemon=True)
@@ -122,7 +126,9 @@ class Spool:
         write_atomic(self.dir / "checkpoint.json", json.dumps(
             {"flushed": list(checkpoint.flushed),
              "pending": list(checkpoint.pending) if checkpoint.pending else None}), durable=True)
-        self.checkpoint = checkpoint
+        with self._count_lock:
+            self.checkpoint = checkpoint
+            self._recount()
 
     def _recover(self) -> None:
         """Cut what follows the last whole record off the newest segment: the zeroed tail
@@ -148,9 +154,16 @@ class Spool:
 
     def unflushed_bytes(self) -> int:
         """Bytes accepted but not yet in ClickHouse: queued, or on disk past the checkpoint."""
+        return self._enqueued + self._backlog
+
+    def _recount(self) -> None:
+        """``_backlog``: bytes on disk past the checkpoint, less those written (queued ones
+        are ``_enqueued`` less ``_written``). It changes when the checkpoint moves or a write
+        fails; kept here so that ``submit`` reads one number per hit instead of summing the
+        segments' sizes. Called with ``_count_lock`` held (or before the writer starts)."""
         flushed = self.checkpoint.flushed
         on_disk = sum(size for n, size in list(self._sizes.items()) if n >= flushed.segment)
-        return self._enqueued - self._written + on_disk - flushed.offset
+        self._backlog = on_disk - flushed.offset - self._written
 
     def submit(
         self, payload: bytes, done: Done, loop: asyncio.AbstractEventLoop | None = None
@@ -165,7 +178,7 @@ class Spool:
         if self._closing:
             raise SpoolError("spool is closing")
         record = HEADER.pack(len(payload), zlib.crc32(payload)) + payload
-        if self.unflushed_bytes() + len(record) > self.max_bytes:
+        if self._enqueued + self._backlog + len(record) > self.max_bytes:  # unflushed_bytes()
             raise SpoolFull()
         self._enqueued += len(record)
         self._queue.put((record, done, loop or asyncio.get_running_loop()))
@@ -222,13 +235,17 @@ class Spool:
             # Nothing past _end counts: the next write goes over whatever part was written.
             log.error("spool: write failed: %s", exc)
             error = SpoolError(str(exc))
-        else:
-            self._end += len(data)
-            self._sizes[self._segment] = self._end
+        with self._count_lock:  # the sizes and the bytes written move together
+            if error is None:
+                self._end += len(data)
+                self._sizes[self._segment] = self._end
+            self._written += len(data)
+            if error is not None:
+                self._recount()  # the failed bytes are no longer queued, nor on disk
+        if error is None:
             self.durable = Pos(self._segment, self._end)
             if self._end >= self.segment_bytes:
                 self._rotate()
-        self._written += len(data)
         # One wake-up per event loop, not per request.
         by_loop: dict[asyncio.AbstractEventLoop, list[Done]] = {}
         for _, done, loop in batch:
@@ -329,7 +346,8 @@ class Spool:
         for segment in self.segments():
             if segment < upto.segment:
                 (self.dir / _name(segment)).unlink(missing_ok=True)
-                self._sizes.pop(segment, None)
+                with self._count_lock:  # (behind the checkpoint: not counted)
+                    self._sizes.pop(segment, None)
 
     def close(self) -> None:
         self._closing = True
