@@ -33,6 +33,7 @@ from consent.purposes import is_purpose_id
 TYPES = frozenset({"page", "track", "identify", "alias"})
 CHANNELS = frozenset({"web", "app", "email", "qr", "pos", "callcenter", "server"})
 UTM = ("utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content")
+NO_UTM = ("",) * len(UTM)
 
 # Field -> longest accepted value, in characters.
 STRING_LIMITS = {
@@ -195,8 +196,9 @@ def normalize(raw: Any, ctx: Context) -> tuple[dict[str, Any], bool]:
     if url:
         path, utm = _url_parts(url)
         s["path"] = s["path"] or path
-        for name, value in zip(UTM, utm, strict=True):
-            s[name] = s[name] or value
+        if utm != NO_UTM:  # most page URLs carry none
+            for name, value in zip(UTM, utm, strict=True):
+                s[name] = s[name] or value
     referrer_host = _host(s["referrer"]) if s["referrer"] else ""
 
     location = ctx.location
