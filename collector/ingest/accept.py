@@ -149,7 +149,8 @@ def hit_context(c: Collector, site: Site, channel: str, hit: Hit) -> Context:
         site_id=site.site_id,
         received_at=dt.datetime.now(dt.UTC),
         channel=channel,
-        agent=request_agent(hit.headers.get("user-agent", "")),
+        # Only browsers and e-mail clients call these endpoints (useragent's docstring).
+        agent=request_agent(hit.headers.get("user-agent", ""), browser_endpoint=True),
         location=c.geo.lookup(anonymize_ip(ip)) if ip and c.geo.enabled else UNKNOWN,
         retention_days=site.retention_days,
         identifier_kinds=site.identifier_kinds,

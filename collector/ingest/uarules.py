@@ -13,22 +13,27 @@ gaps of the Python port are closed here with Matomo's own rules and definitions:
 Besides Matomo's bots, these are automated: clients Matomo names HTTP libraries or feed
 readers (curl, python-requests, Miniflux...) on no known OS (AppleCoreMedia on tvOS is a
 TV's player); and agents that give a contact address (``+https://...``, ``www.``, an
-e-mail address, a domain name: browsers never do). A program that names only itself
-(``Name/1.0``) is not flagged: the merchant's own systems look like that (a till's
-``tagwerk-pos/1.0`` on the batch API). Costs ~10-20 ms a call (bench/useragent.py): callers
-cache it and keep it off the request path (``collector.ingest.useragent``).
+e-mail address, a domain name: browsers never do).
+
+An agent in which Matomo's rules recognise nothing, no platform, no device and no client
+(``Monit/5.25.2``, ``Goose/1.0.25``, but also a till's ``tagwerk-pos/1.0``), is reported as
+``unnamed``, not automated: whether that makes it a bot depends on where it was sent
+(``collector.ingest.useragent``: yes on the endpoints that only browsers and e-mail clients
+call; no on the batch API, where the merchant's own systems relay what they know). Costs
+~10-20 ms a call (bench/useragent.py): callers cache it and keep it off the request path.
 """
 
 from __future__ import annotations
 
 import importlib.resources
 import threading
+from typing import NamedTuple
 
 import regex
 import yaml_rs
 from device_detector import DeviceDetector
 
-__all__ = ["classify", "ready", "warm_up"]
+__all__ = ["Verdict", "classify", "ready", "warm_up"]
 
 # Matomo's device types -> our device classes (stored values stay as before).
 DEVICE_CLASSES = {
@@ -43,6 +48,9 @@ DEVICE_CLASSES = {
 }
 # Client types that are programs, not people (Matomo's AppType values).
 AUTOMATED_CLIENTS = frozenset({"library", "feed reader"})
+# The port's client types for no client Matomo's rules know: none, or its own generic
+# reading of a "name/version" token (not a rule of Matomo's).
+UNKNOWN_CLIENTS = frozenset({"", "generic"})
 # Matomo's DESKTOP_OS families.
 DESKTOP_OS = frozenset({"AmigaOS", "IBM", "GNU/Linux", "Mac", "Unix", "Windows", "BeOS",
                         "Chrome OS", "Chromium OS", "OpenVMS"})
@@ -81,23 +89,29 @@ def _bot_rules() -> regex.Pattern[str]:
         return _bots
 
 
-def classify(ua: str) -> tuple[str, bool]:
-    """(device class, is automated) of a User-Agent; the class is "" when Matomo's rules
-    know no device type (the caller falls back to its own guess)."""
+class Verdict(NamedTuple):
+    device: str  # our device class; "" when Matomo's rules know no device type
+    automated: bool  # a bot wherever it was sent
+    unnamed: bool  # Matomo's rules know no platform, device or client in it
+
+
+def classify(ua: str) -> Verdict:
+    """What Matomo's rules say of a User-Agent (the caller falls back to its own device
+    guess when they know no device type)."""
     if _bot_rules().search(ua) or CONTACT.search(ua):
-        return "bot", True
+        return Verdict("bot", True, False)
     # check_cache=False: we cache our answer; the port's own cache would keep whole parsers.
     parsed = DeviceDetector(ua, skip_bot_detection=True, check_cache=False).parse()
     device = _value(parsed.device_type())
     client = _value(parsed.client_type())
-    os_family = parsed.os.family() if parsed.os else ""
-    if client in AUTOMATED_CLIENTS and not parsed.os_name():
-        return "bot", True
-    # A program that names no platform and no browser ("name/version") is not flagged: the
-    # merchant's own systems look like that (a till's "tagwerk-pos/1.0" on the batch API).
-    if not device and os_family in DESKTOP_OS and not parsed.uses_mobile_browser():
+    os_name = parsed.os_name()
+    if client in AUTOMATED_CLIENTS and not os_name:
+        return Verdict("bot", True, False)
+    unnamed = not os_name and not device and client in UNKNOWN_CLIENTS
+    if not device and parsed.os and parsed.os.family() in DESKTOP_OS \
+            and not parsed.uses_mobile_browser():
         device = "desktop"
-    return DEVICE_CLASSES.get(device, "other" if device else ""), False
+    return Verdict(DEVICE_CLASSES.get(device, "other" if device else ""), False, unnamed)
 
 
 def _value(member: object) -> str:

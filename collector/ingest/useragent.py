@@ -7,6 +7,12 @@ Two answers, so that the request never waits for the accurate one:
   (``user-agents``, ~1 ms; the stored names stay as they were). Cached: LRU, 8192 entries,
   keyed by the UA cut to ``MAX_UA_LENGTH`` characters, so a client controls neither the
   cost of a parse nor the size of an entry.
+- The endpoint matters (``browser_endpoint``): ``/collect``, ``/p.gif`` and the consent log
+  are called by browsers running the tag and by e-mail clients loading a pixel, in which
+  Matomo's rules recognise a platform, a device or the client; an agent in which they
+  recognise nothing (``Agent.unnamed``: ``Monit/5.25.2``) is a program there, and flagged.
+  The batch API's rows are not judged that way: the merchant's servers relay what they
+  know, and a till's own ``tagwerk-pos/1.0`` is no bot.
 - ``request_agent(ua)``: what a request uses (ingest's contexts). A cache hit is the
   accurate answer (a dict look-up, well under a microsecond). A miss is answered with
   ``guess(ua)`` (substring and regex tests; with the table entry ~20 µs, bench/useragent.py)
@@ -41,8 +47,8 @@ import user_agents
 
 from collector.ingest import uarules
 
-__all__ = ["BOT_MARKERS", "MAX_UA_LENGTH", "Agent", "Resolver", "guess", "parse_agent",
-           "request_agent"]
+__all__ = ["BOT_MARKERS", "MAX_UA_LENGTH", "Agent", "Resolver", "guess", "on_endpoint",
+           "parse_agent", "request_agent"]
 
 # Only this many characters are parsed and used as the cache key, so that a client
 # sending huge headers can neither slow the regexes down nor bloat the cache.
@@ -132,6 +138,10 @@ class Agent:
     browser: str  # ua-parser family, e.g. "Chrome", "Mobile Safari"; "" if unknown
     os: str  # ua-parser family, e.g. "Windows", "iOS", "Mac OS X"; "" if unknown
     is_bot: bool
+    # Matomo's rules recognise no platform, device or client in it: a bot where only
+    # browsers and e-mail clients call (``on_endpoint``), not on the batch API. Neither it
+    # nor ``pending`` is stored, so neither takes part in equality.
+    unnamed: bool = field(default=False, compare=False)
     # A guess's key for Resolver.agent; "" for an accurate answer.
     pending: str = field(default="", compare=False, repr=False)
 
@@ -188,10 +198,19 @@ class _Cache:
 _cache = _Cache(CACHE_SIZE)
 
 
-def parse_agent(ua: str) -> Agent:
-    """The accurate classification of a User-Agent header value (cached, LRU 8192)."""
+def parse_agent(ua: str, browser_endpoint: bool = False) -> Agent:
+    """The accurate classification of a User-Agent header value (cached, LRU 8192), as sent
+    to a browser endpoint or not (module docstring)."""
     # Truncate before the cache lookup: the key is what gets stored.
-    return _cache.get(ua[:MAX_UA_LENGTH])
+    return on_endpoint(_cache.get(ua[:MAX_UA_LENGTH]), browser_endpoint)
+
+
+def on_endpoint(agent: Agent, browser_endpoint: bool) -> Agent:
+    """The agent's answer where it was sent: an unnamed program is a bot on a browser
+    endpoint."""
+    if browser_endpoint and agent.unnamed:
+        return Agent("bot", agent.browser, agent.os, True)
+    return agent
 
 
 # The cache belongs to the public name: tests and metrics read its statistics.
@@ -212,11 +231,12 @@ def _classify(ua: str) -> Agent:
     # Our TV/console/wearable markers first: they name devices ua-parser misreads, and
     # Matomo agrees on them (tests/test_enrichment.py).
     device = _marker_class(ua, lowered)
-    if not device:
-        device, automated = uarules.classify(ua)
-        if automated:
-            return Agent("bot", browser, os_family, True)
-    return Agent(device or _ua_parser_class(parsed), browser, os_family, False)
+    if device:
+        return Agent(device, browser, os_family, False)
+    device, automated, unnamed = uarules.classify(ua)
+    if automated:
+        return Agent("bot", browser, os_family, True)
+    return Agent(device or _ua_parser_class(parsed), browser, os_family, False, unnamed)
 
 
 def _marker_class(ua: str, lowered: str) -> str:
@@ -250,7 +270,9 @@ def _family(family: str | None) -> str:
 
 def guess(ua: str) -> Agent:
     """A cheap first answer (a few µs): the bot markers and simple device tests. Browser and
-    OS stay unknown: the flusher fills in the accurate answer."""
+    OS stay unknown: the flusher fills in the accurate answer. It does not judge unnamed
+    programs: its tests place no app's HTTP client (``MyApp/1.2 CFNetwork/1410 Darwin/22``),
+    and a person's hit that the flusher cannot correct (budget spent) must not be dropped."""
     if not ua.strip():
         return _EMPTY
     lowered = ua.lower()
@@ -274,32 +296,36 @@ class _Pending:
 
     def __init__(self, maxsize: int) -> None:
         self.maxsize = maxsize
-        self._by_key: OrderedDict[str, str] = OrderedDict()
-        self._by_ua: dict[str, Agent] = {}
+        # key -> (UA, browser endpoint) and back: the endpoint decides the answer.
+        self._by_key: OrderedDict[str, tuple[str, bool]] = OrderedDict()
+        self._by_ua: dict[tuple[str, bool], Agent] = {}
         self._lock = threading.Lock()
         # Keys of another process (a restart) must never resolve here.
         self._prefix = os.urandom(4).hex() + ":"
         self._counter = itertools.count()
 
-    def add(self, ua: str) -> Agent:
-        """The guess for ``ua``, with a key the flusher can resolve."""
-        agent = self._by_ua.get(ua)
+    def add(self, ua: str, browser_endpoint: bool) -> Agent:
+        """The guess for ``ua`` sent to such an endpoint, with a key the flusher can resolve."""
+        entry = (ua, browser_endpoint)
+        agent = self._by_ua.get(entry)
         if agent is not None:
             return agent
         with self._lock:
-            agent = self._by_ua.get(ua)
+            agent = self._by_ua.get(entry)
             if agent is None:
                 key = f"{self._prefix}{next(self._counter):x}"
                 first = guess(ua)
-                agent = Agent(first.device_class, first.browser, first.os, first.is_bot, key)
-                self._by_key[key] = ua
-                self._by_ua[ua] = agent
+                agent = Agent(first.device_class, first.browser, first.os, first.is_bot,
+                              pending=key)
+                self._by_key[key] = entry
+                self._by_ua[entry] = agent
                 while len(self._by_key) > self.maxsize:
                     _, old = self._by_key.popitem(last=False)
                     self._by_ua.pop(old, None)
         return agent
 
-    def ua(self, key: str) -> str | None:
+    def entry(self, key: str) -> tuple[str, bool] | None:
+        """The UA of a key, and whether it was sent to a browser endpoint."""
         return self._by_key.get(key)
 
     def __len__(self) -> int:
@@ -309,14 +335,15 @@ class _Pending:
 _pending = _Pending(MAX_PENDING)
 
 
-def request_agent(ua: str) -> Agent:
+def request_agent(ua: str, browser_endpoint: bool = False) -> Agent:
     """What a request stores: the accurate answer when cached, else the guess (with a
-    ``pending`` key the flusher resolves). Never parses."""
+    ``pending`` key the flusher resolves). Never parses. ``browser_endpoint``: sent to an
+    endpoint only browsers and e-mail clients call (module docstring)."""
     key = ua[:MAX_UA_LENGTH]
     agent = _cache.peek(key)
     if agent is not None:
-        return agent
-    return _pending.add(key)
+        return on_endpoint(agent, browser_endpoint) if agent.unnamed else agent
+    return _pending.add(key, browser_endpoint)
 
 
 class Resolver:
@@ -334,9 +361,10 @@ class Resolver:
     def agent(self, key: str) -> Agent | None:
         """The accurate answer for a guess's key; None when the key is unknown here (another
         process's, or dropped from the table) or the batch's budget is spent."""
-        ua = _pending.ua(key)
-        if ua is None:
+        entry = _pending.entry(key)
+        if entry is None:
             return None
+        ua, browser_endpoint = entry
         agent = _cache.peek(ua)
         if agent is None:
             if not uarules.ready.is_set():  # loading the rules is not a batch's work
@@ -347,4 +375,4 @@ class Resolver:
             self._left -= 1
             agent = parse_agent(ua)  # cached now: later requests hit
         # The key stays (until the table drops it): other rows of the batch may name it.
-        return agent
+        return on_endpoint(agent, browser_endpoint)
