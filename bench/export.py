@@ -26,6 +26,7 @@ summary gives the RSS growth of runs with and without one apart.
 from __future__ import annotations
 
 import argparse
+import http.client
 import io
 import json
 import os
@@ -39,6 +40,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urlencode
 
 import httpx
 import pyarrow.parquet as pq
@@ -199,29 +201,42 @@ def generate(data_dir: Path, rows: int) -> None:
 
 
 def export_all(base: str, key: str, fmt: str, limit: int) -> tuple[int, float, int]:
-    """(rows, seconds, calls) for exporting everything by following the cursor."""
+    """(rows, seconds, calls) for exporting everything by following the cursor.
+
+    The client reads each answer into one reused buffer (http.client decodes the chunked
+    body straight into it), ~0.5 us of CPU a row: it shares the machine's cores with the
+    collector, and httpx's chunk parsing cost ~2.8 us a row (0.43 cores at 148k rows/s),
+    more than half the collector's own ~4.8 us, which capped NDJSON near 225k rows/s."""
     rows = calls = 0
     since = None
+    buffer = bytearray(1 << 20)
+    view = memoryview(buffer)
+    host, port = base.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=600)
     began = time.monotonic()
-    with httpx.Client(base_url=base, timeout=600,
-                      headers={"Authorization": f"Bearer {key}"}) as client:
+    try:
         while True:
             query = {"format": fmt, **({"limit": str(limit)} if limit else {}),
                      **({"since": since} if since else {})}
-            with client.stream("GET", f"/api/v1/sites/{SITE}/export", params=query) as answer:
-                answer.raise_for_status()
-                calls += 1
+            connection.request("GET", f"/api/v1/sites/{SITE}/export?{urlencode(query)}",
+                               headers={"Authorization": f"Bearer {key}"})
+            answer = connection.getresponse()
+            if answer.status != 200:
+                raise RuntimeError(f"export answered {answer.status}: {answer.read()[:200]!r}")
+            calls += 1
+            body = io.BytesIO()
+            while n := answer.readinto(view):
                 if fmt == "ndjson":
-                    rows += sum(chunk.count(b"\n") for chunk in answer.iter_raw(1 << 20))
+                    rows += buffer.count(b"\n", 0, n)
                 else:
-                    body = io.BytesIO()
-                    for chunk in answer.iter_raw(1 << 20):
-                        body.write(chunk)
-                    body.seek(0)
-                    rows += pq.ParquetFile(body).metadata.num_rows
-                since = answer.headers["tagwerk-cursor"]
-                if answer.headers["tagwerk-more"] == "false":
-                    break
+                    body.write(view[:n])
+            if fmt != "ndjson":
+                rows += pq.ParquetFile(body).metadata.num_rows
+            since = answer.headers["tagwerk-cursor"]
+            if answer.headers["tagwerk-more"] == "false":
+                break
+    finally:
+        connection.close()
     return rows, time.monotonic() - began, calls
 
 
