@@ -21,12 +21,17 @@ Where an NDJSON row's CPU goes (in-process, one core, bench/export.py's rows, th
 pipe; ~3.5 µs a row on a loaded machine): reading 0.6 µs, the engine's JSONEachRow
 formatting ~2.6 µs, Python's pipe reads ~0.25 µs. The costliest column is ``props`` (~0.45
 µs for two keys: ClickHouse formats each Map key through a temporary buffer; cast to the
-JSON type it costs 2.2 µs). Served, the collector's Python threads cost ~1.2 µs a row in all
-(bench/export.py: 0.18 cores at 148k rows/s; Parquet's fewer bytes 0.25 µs), about 1.3 µs
-per KB relayed: the pipe read, the HTTP chunk framing and the socket writes each copy a 1
-MiB piece, likely into fresh memory. So every byte costs, on both ends. Leaving "/" unescaped
-(``output_format_json_escape_forward_slashes``, 1% fewer bytes) or formatting on one thread
-made no measurable difference (interleaved runs), so the engine's defaults stay.
+JSON type it costs 2.2 µs). Served, the whole collector costs ~4.8 µs a row (median of 4
+10-million-row answers on a loaded machine; ~3.75 at 414k rows/s on a quiet one). Its
+threads named ``python3`` take ~0.9 µs of that, but mostly as the engine: the thread that
+runs the query executes part of the pipeline (perf of a 2-million-row answer: 71% of their
+samples are in chDB). The relay itself (interpreter, pipe reads, socket writes) is ~5% of
+the collector's CPU, ~0.25 µs a row, so reused buffers or other piece sizes could save
+little; the engine's formatting (Formatter threads, 47%) and reading (the rest) are the cost.
+Leaving "/" unescaped (``output_format_json_escape_forward_slashes``, 1% fewer bytes) or
+formatting on one thread (``output_format_parallel_formatting`` = 0: 4.82 against 4.79 µs a
+row served, medians of 4 interleaved answers) made no measurable difference, so the
+engine's defaults stay.
 
 Memory stays flat: the engine writes the format while the client reads (``Store.stream``),
 and a client that reads slowly slows the query down. A send that waits longer than
