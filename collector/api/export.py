@@ -26,8 +26,11 @@ JSON type it costs 2.2 µs). Served, the whole collector costs ~4.8 µs a row (m
 threads named ``python3`` take ~0.9 µs of that, but mostly as the engine: the thread that
 runs the query executes part of the pipeline (perf of a 2-million-row answer: 71% of their
 samples are in chDB). The relay itself (interpreter, pipe reads, socket writes) is ~5% of
-the collector's CPU, ~0.25 µs a row, so reused buffers or other piece sizes could save
-little; the engine's formatting (Formatter threads, 47%) and reading (the rest) are the cost.
+the collector's CPU, ~0.25 µs a row, so reused buffers could save little, and smaller
+pieces cost more (reads of 256 KiB instead of 1 MiB: 4.05 against 3.76 µs a row served,
+medians of 4 interleaved answers, 424k against 464k rows/s: each piece is a thread hop and
+an ASGI send); the engine's formatting (Formatter threads, 47%) and reading (the rest) are
+the cost.
 Leaving "/" unescaped (``output_format_json_escape_forward_slashes``, 1% fewer bytes) or
 formatting on one thread (``output_format_parallel_formatting`` = 0: 4.82 against 4.79 µs a
 row served, medians of 4 interleaved answers) made no measurable difference, so the
