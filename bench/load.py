@@ -56,6 +56,27 @@ def wait_http(url: str, timeout: float = 60) -> None:
     raise RuntimeError(f"{url} did not answer")
 
 
+def wait_quiet(pid: int, timeout: float = 120, below: float = 0.2) -> float:
+    """Wait until the process uses less than ``below`` of a core over a second (a collector
+    that just started refreshes its pair views and merges parts): latency measured during
+    that work would measure the start, not the service. Returns the seconds waited."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def cpu() -> float:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / tick
+
+    began = time.monotonic()
+    last = cpu()
+    while time.monotonic() - began < timeout:
+        time.sleep(1)
+        now = cpu()
+        if now - last < below:
+            break
+        last = now
+    return time.monotonic() - began
+
+
 def wrk(url: str, seconds: int, connections: int, script: Path | None = None) -> dict:
     cmd = ["taskset", "-c", CLIENT_CORE, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s",
            "--latency", "-H", f"User-Agent: {UA}"]

@@ -45,7 +45,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from load import SERVER_CORE, free_port, wait_http, wrk  # noqa: E402
+from load import SERVER_CORE, free_port, wait_http, wait_quiet, wrk  # noqa: E402
 from recommend import SITE, background_load, bench_site, pct, refresh_pairs, wrk_script  # noqa: E402
 
 GOAL_P99_MS, GOAL_RPS, GOAL_FRESH_S, GOAL_ERASE_S = 20.0, 1000.0, 1.0, 10.0
@@ -288,6 +288,7 @@ def main() -> None:
     base = f"http://127.0.0.1:{port}"
     try:
         wait_http(f"{base}/readyz", timeout=300)
+        print(f"collector quiet {wait_quiet(proc.pid):.0f} s after it answered")
         if args.erase_only:
             took = erase_heavy(base, keys, data_dir)
             print(f"erasure of a person with 1,000 hits among {args.events:,}: {took:.2f} s = "

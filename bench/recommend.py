@@ -35,7 +35,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from load import CLIENT_CORE, SERVER_CORE, free_port, wait_http, wrk  # noqa: E402
+from load import CLIENT_CORE, SERVER_CORE, free_port, wait_http, wait_quiet, wrk  # noqa: E402
 
 SITE = "bench"
 GOAL_P99_MS, GOAL_RPS, GOAL_FRESH_S = 20.0, 1000.0, 1.0
@@ -147,6 +147,7 @@ class Server:
              "--data-dir", str(data_dir), "--log-level", "warning"],
             stdout=subprocess.DEVNULL, stderr=open(data_dir / "serve.log", "wb"))  # noqa: SIM115
         wait_http(f"{self.base}/readyz", timeout=300)
+        print(f"collector quiet {wait_quiet(self.proc.pid):.0f} s after it answered")
 
     @property
     def base(self) -> str:
