@@ -279,13 +279,12 @@ class Graph:
         many = sorted(pair for pair, rows in by_pair.items() if len(rows) >= LINKS_EACH)
         for pair in sorted(set(by_pair) - set(many)):
             rows = sorted(by_pair[pair], key=lambda r: (r["ts"], r["user_id"]))
-            spans: dict[str, list[str]] = {}
+            linked: dict[str, list[str]] = {}  # user id -> [first link, last link]
             for row in rows:
-                span = spans.setdefault(row["user_id"], [row["ts"], row["ts"]])
-                span[1] = row["ts"]
-            first = sorted(spans, key=lambda user: (spans[user][0], user))[:self.cap]
-            users_seen[pair] = [{"user_id": user, "ts": spans[user][0],
-                                 "last": spans[user][1]} for user in first]
+                linked.setdefault(row["user_id"], [row["ts"], row["ts"]])[1] = row["ts"]
+            first = sorted(linked, key=lambda user: (linked[user][0], user))[:self.cap]
+            users_seen[pair] = [{"user_id": user, "ts": linked[user][0],
+                                 "last": linked[user][1]} for user in first]
             allowed, previous = set(first), ""
             for row in rows:
                 if row["user_id"] in allowed and row["user_id"] != previous:
