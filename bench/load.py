@@ -56,21 +56,21 @@ def wait_http(url: str, timeout: float = 60) -> None:
     raise RuntimeError(f"{url} did not answer")
 
 
+def process_cpu(pid: int) -> float:
+    """CPU seconds a process has used, all its threads (an embedded engine's included)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def wait_quiet(pid: int, timeout: float = 120, below: float = 0.2) -> float:
     """Wait until the process uses less than ``below`` of a core over a second (a collector
     that just started refreshes its pair views and merges parts): latency measured during
     that work would measure the start, not the service. Returns the seconds waited."""
-    tick = os.sysconf("SC_CLK_TCK")
-
-    def cpu() -> float:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / tick
-
     began = time.monotonic()
-    last = cpu()
+    last = process_cpu(pid)
     while time.monotonic() - began < timeout:
         time.sleep(1)
-        now = cpu()
+        now = process_cpu(pid)
         if now - last < below:
             break
         last = now
@@ -84,6 +84,7 @@ def wrk(url: str, seconds: int, connections: int, script: Path | None = None) ->
         cmd += ["-s", str(script)]
     out = subprocess.run(cmd + [url], capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     errors = re.search(r"Socket errors:.*", out)
 
@@ -91,7 +92,7 @@ def wrk(url: str, seconds: int, connections: int, script: Path | None = None) ->
         value, unit = re.search(rf"\s{p}%\s+([\d.]+)(us|ms|s)", out).groups()
         return float(value) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
 
-    return {"rps": rps, "p50_ms": pct("50"), "p99_ms": pct("99"),
+    return {"rps": rps, "requests": requests, "p50_ms": pct("50"), "p99_ms": pct("99"),
             "non2xx": int(non2xx.group(1)) if non2xx else 0,
             "socket_errors": errors.group(0) if errors else ""}
 
@@ -221,13 +222,25 @@ def batch_script(workdir: Path) -> Path:
     return script
 
 
+def costed(collector: Collector, url: str, seconds: int, connections: int,
+           script: Path | None = None, events: int = 1) -> dict:
+    """A wrk run, with the collector process's CPU per event (``cpu_us``): unlike hits/s,
+    it hardly moves with what else the machine runs, so views and no views compare."""
+    before = process_cpu(collector.proc.pid)
+    result = wrk(url, seconds, connections, script)
+    used = process_cpu(collector.proc.pid) - before
+    result["cpu_us"] = used / max(result["requests"] * events, 1) * 1e6
+    return result
+
+
 def pixel_and_batch(collector: Collector, workdir: Path, seconds: int,
                     connections: int) -> dict:
     """Pixel hits (after a warm-up) and JSON batches against a running collector."""
     pixel_url = f"{collector.base}/p.gif?{PIXEL_QUERY}"
     wrk(pixel_url, 2, connections)
-    pixel = wrk(pixel_url, seconds, connections)
-    batch = wrk(f"{collector.base}/collect", seconds, connections, batch_script(workdir))
+    pixel = costed(collector, pixel_url, seconds, connections)
+    batch = costed(collector, f"{collector.base}/collect", seconds, connections,
+                   batch_script(workdir), events=10)
     return {"pixel": pixel, "batch": batch}
 
 
@@ -286,7 +299,7 @@ def main() -> None:
         try:
             pixel_url = f"{collector.base}/p.gif?{PIXEL_QUERY}"
             wrk(pixel_url, 2, args.connections)  # warm-up: caches, first parts
-            pixel = wrk(pixel_url, args.seconds, args.connections)
+            pixel = costed(collector, pixel_url, args.seconds, args.connections)
             # The same load again with a data team's reader: a probe hit every 100 ms and a
             # query for it (each query costs the server core too, so the throughput above is
             # measured without them), and the resident memory.
@@ -302,8 +315,8 @@ def main() -> None:
             sampler.join()
             prober.join()
 
-            batch = wrk(f"{collector.base}/collect", args.seconds, args.connections,
-                        batch_script(workdir))
+            batch = costed(collector, f"{collector.base}/collect", args.seconds,
+                           args.connections, batch_script(workdir), events=10)
             time.sleep(1.5)
             stored = int(collector.sql("SELECT count() FROM tagwerk.events").strip())
         finally:
@@ -337,6 +350,11 @@ def main() -> None:
         ours = (pixel if name == "pixel" else batch)["rps"] * scale
         print(f"  tagwerk {label:<20s} {rps:>10,.0f} {unit} without views; with views "
               f"{ours / rps - 1:+.1%}")
+    # On one core, throughput is the inverse of CPU per event: the steadier comparison.
+    for name, label in (("pixel", "pixel hit"), ("batch", "JSON event")):
+        ours, theirs = (pixel if name == "pixel" else batch)["cpu_us"], bare[name]["cpu_us"]
+        print(f"  CPU per {label:<10s} {ours:6.1f} us with views, {theirs:6.1f} us without: "
+              f"throughput with views at most {theirs / ours - 1:+.1%} on a saturated core")
     print("production layout: the collector alone on the server core, ClickHouse in another "
           "process on wrk's core")
     print(f"  tagwerk pixel           {split['pixel']['rps']:>10,.0f} hits/s  "
