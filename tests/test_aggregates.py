@@ -113,9 +113,15 @@ def loaded(store, tmp_path_factory):
 def refresh_pairs(store, sites: tuple[str, ...]) -> None:
     """Recompute the pair tables now, and wait until they hold ``sites``' pairs. (``SYSTEM
     REFRESH VIEW`` only starts a refresh, and ``SYSTEM WAIT VIEW`` returns at once when it
-    has not started yet.)"""
-    # The settled co-view pairs first (they may hold none of these sites: wait for the
-    # refresh itself), then the minute's view adds the recent ones to them.
+    has not started yet.) The settled co-view pairs first: the minute's view adds the recent
+    ones to them."""
+    refresh_settled(store)
+    refresh_minute(store, sites)
+
+
+def refresh_settled(store) -> None:
+    """The daily co-view refresh, now (it may hold none of the sites: wait for the refresh
+    itself)."""
     store.execute("TRUNCATE TABLE tagwerk.coview_pairs_settled")
     state = ("SELECT status, toUnixTimestamp(last_refresh_time) AS began, exception "
              "FROM system.view_refreshes WHERE view = 'coview_pairs_settled_mv'")
@@ -125,7 +131,12 @@ def refresh_pairs(store, sites: tuple[str, ...]) -> None:
     wait_for(lambda: (row := store.rows(state)[0])["status"] == "Scheduled"
              and (row["began"] or 0) >= asked)
     assert store.rows(state)[0]["exception"] == ""
-    for table in ("coview_pairs", "copurchase_pairs"):
+
+
+def refresh_minute(store, sites: tuple[str, ...],
+                   tables: tuple[str, ...] = ("coview_pairs", "copurchase_pairs")) -> None:
+    """The minute's pair refreshes, now, until they hold ``sites``' pairs."""
+    for table in tables:
         store.execute(f"TRUNCATE TABLE tagwerk.{table}")
         store.execute(f"SYSTEM REFRESH VIEW tagwerk.{table}_mv")
         ready = (f"SELECT uniqExact(site_id) = {len(sites)} AS ok FROM tagwerk.{table} "
@@ -271,6 +282,39 @@ def test_coview_pairs_come_from_both_tiers(loaded):
         SELECT countIf(last_ts >= (SELECT max(boundary) FROM tagwerk.coview_pairs_settled))
             AS recent FROM tagwerk.coview_pairs WHERE {IN}""")
     assert row["recent"] > 3
+
+
+def test_a_session_going_on_after_it_settled_counts_once(loaded):
+    """A session may go on after the daily refresh settled it (a container's session timeout
+    of hours, a batch with old times): the minute's view leaves it to the next daily refresh
+    instead of pairing it again beside its settled pairs (clickhouse/0025)."""
+    site, now = "late-settled", dt.datetime.now(dt.UTC)
+
+    def view(product: str, ts: dt.datetime) -> None:
+        loaded.execute(
+            "INSERT INTO tagwerk.events (event_id, site_id, event, type, ts, received_at, "
+            "session_id, device_id, consent, items) SELECT generateUUIDv4(), {site:String}, "
+            "'view_item', 'track', {ts:DateTime64(3, 'UTC')}, now64(3), 'late-settled-s', "
+            "'late-settled-d', ['analytics'], [({p:String}, '', '', '', '', 1, 1)]",
+            {"site": site, "ts": ts, "p": product})
+
+    def pairs() -> list[tuple[str, str, int]]:
+        return [(r["product_id"], r["other_id"], int(r["n"])) for r in loaded.rows(
+            "SELECT product_id, other_id, sum(sessions) AS n FROM tagwerk.coview_pairs "
+            "WHERE site_id = {site:String} GROUP BY product_id, other_id ORDER BY 1, 2",
+            {"site": site})]
+
+    view("p1", now - dt.timedelta(hours=3))
+    view("p2", now - dt.timedelta(hours=3) + dt.timedelta(minutes=1))
+    refresh_settled(loaded)
+    view("p3", now - dt.timedelta(minutes=5))
+    refresh_minute(loaded, (site,), ("coview_pairs",))
+    assert pairs() == [("p1", "p2", 1), ("p2", "p1", 1)]
+    # The next daily refresh leaves it to the minute's view, which pairs it whole.
+    refresh_settled(loaded)
+    refresh_minute(loaded, (site,), ("coview_pairs",))
+    assert pairs() == [(a, b, 1) for a in ("p1", "p2", "p3") for b in ("p1", "p2", "p3")
+                       if a != b]
 
 
 def test_copurchase_pairs(loaded):
