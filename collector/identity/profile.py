@@ -2,8 +2,8 @@
 from ``person_hits`` (``clickhouse/0020_person_hits.sql``): only hits with personalization
 consent, never bots.
 
-Read without FINAL: a replayed batch is dropped whole by the events table's insert
-deduplication, and its materialised views never see it, so rows are not doubled.
+Read without FINAL: a replayed batch is dropped whole by the insert deduplication of events
+and of the views' targets (``clickhouse/0027``), so rows are not doubled.
 
 A person without such hits has no profile: the endpoint answers 404, the same as for an
 identifier nobody knows, so that a profile never tells whether someone declined.
