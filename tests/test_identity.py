@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from collector.identity import graph as graphs
-from collector.identity.graph import Graph, rows_of
+from collector.identity.graph import Graph, load_decisions, rows_of
 from collector.identity.kinds import person_id
 from tests.helpers import drained, flush_all, make_client, send_batch, wait_for
 
@@ -71,7 +71,21 @@ def identify(user, device=None, ts=None, consent=ALL, **identifiers):
 def person(env, ident, site=SITE):
     r = get(env, f"/api/v1/sites/{site}/persons/{ident}", site=site)
     assert r.status_code == 200, r.text
+    same_with_kept_decisions(env, ident, site)
     return r.json()
+
+
+def same_with_kept_decisions(env, ident, site=SITE):
+    """The graph resolves alike reading the site's merges and splits each time and with
+    them kept in memory (what profiles and exclusions use: graph.Decisions)."""
+    _, collector, _ = env
+    kind, _, value = ident.partition(":")
+    store, found = collector.store, collector.sites.get(site)
+    for listing in (True, False):
+        read = Graph(store, found).resolve(kind, value, listing=listing)
+        kept = Graph(store, found, load_decisions(store, site)).resolve(kind, value,
+                                                                         listing=listing)
+        assert kept == read, (ident, listing)
 
 
 def test_identify_links_every_identifier_to_one_person(env):
@@ -217,9 +231,17 @@ def test_an_overloaded_identifier_stops_linking_and_is_reported(env, links_each,
 def test_merge_and_undo(env):
     web, shop, phone = uid("web"), uid("shop"), uid("phone")
     send(env, [identify(web, phone), identify(shop, loyalty=uid("L"))])
+
+    def profile_owner():
+        r = get(env, f"{BASE}/persons/device:{phone}/profile")
+        assert r.status_code == 200, r.text
+        return r.json()["person_id"]
+
+    assert profile_owner() == person_id(SITE, "user", web)  # the site's decisions now kept
     r = post(env, f"{BASE}/identity/merge", {"from": f"user:{web}", "into": f"user:{shop}"})
     assert r.status_code == 201, r.text
     op = r.json()["op_id"]
+    assert profile_owner() == person_id(SITE, "user", shop)  # at once: not a kept answer
     merged = person(env, f"device:{phone}")
     assert merged["person_id"] == person_id(SITE, "user", shop)
     assert merged["merged"] == [{"person_id": person_id(SITE, "user", web), "kind": "user",
@@ -230,6 +252,7 @@ def test_merge_and_undo(env):
     # Undone: two persons again; undone twice: refused.
     r = post(env, f"{BASE}/identity/operations/{op}/undo", b"")
     assert r.status_code == 201, r.text
+    assert profile_owner() == person_id(SITE, "user", web)
     assert person(env, f"device:{phone}")["person_id"] == person_id(SITE, "user", web)
     assert person(env, f"user:{shop}")["merged"] == []
     r = post(env, f"{BASE}/identity/operations/{op}/undo", b"")

@@ -75,7 +75,8 @@ async def profile(request: Request, collector: Collector, site: Site) -> Respons
     name = ("profile", kind, ident)
 
     def read() -> tuple[bytes | None, set[str]]:
-        found = Graph(collector.store, site).resolve(kind, ident, listing=False)
+        decisions = kept.decisions(collector.store, site.site_id)
+        found = Graph(collector.store, site, decisions).resolve(kind, ident, listing=False)
         answer, keys = (profiles.profile_and_keys(collector.store, site.site_id, found)
                         if found else (None, set()))
         body = None if answer is None else orjson.dumps(answer)  # kept small, as JSON

@@ -44,7 +44,7 @@ from collector.api.access import READ, ApiError, json_response, keyed
 from collector.api.persons import identifier
 from collector.api.query import choice, integer, params, path_text, window
 from collector.identity import profile as profiles
-from collector.identity.graph import Graph
+from collector.identity.graph import Decisions, Graph
 from collector.service import Collector
 from collector.sites import Site
 
@@ -165,12 +165,13 @@ def compute(store: Any, site_id: str, ask: Ask, exclude: tuple[str, ...],
 
 
 def person_products(store: Any, site: Site, kind: str, ident: str,
-                    events: tuple[str, ...]) -> tuple[tuple[str, ...], set[str]]:
+                    events: tuple[str, ...], decisions: Decisions | None = None
+                    ) -> tuple[tuple[str, ...], set[str]]:
     """What the person known by ``kind:ident`` bought or viewed (``events``), across all
     their identifiers and channels, with personalization consent (blocking); at most
     MAX_EXCLUDED products; nothing for someone unknown. With the keys the answer depends
-    on."""
-    person = Graph(store, site).resolve(kind, ident, listing=False)
+    on. ``decisions``: the site's merges and splits, if kept."""
+    person = Graph(store, site, decisions).resolve(kind, ident, listing=False)
     if person is None:
         return (), {f"{kind}:{ident}"}
     products = profiles.products(store, site.site_id, person, events)[:MAX_EXCLUDED]
@@ -187,7 +188,8 @@ async def kept_products(collector: Collector, site: Site, kind: str, ident: str,
     if not hit:
         found = await run_in_threadpool(
             kept.compute, site.site_id, name,
-            lambda: person_products(collector.store, site, kind, ident, events))
+            lambda: person_products(collector.store, site, kind, ident, events,
+                                    kept.decisions(collector.store, site.site_id)))
     return found  # type: ignore[return-value]
 
 

@@ -21,10 +21,13 @@ from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 
 from collector.identity.changes import ChangeFeed
+from collector.identity.graph import Decisions, load_decisions
+from collector.storage import Store
 
 MAX_ENTRIES = 20_000
 MAX_AGE = 60.0  # seconds: bounds what the feed does not see (rows expiring by TTL)
 RECENT = 256  # changes remembered for answers computed meanwhile
+DECISIONS = ("decisions",)  # the name the site's merges and splits are kept under
 
 
 @dataclass
@@ -53,16 +56,29 @@ class PersonAnswers:
     def enabled(self) -> bool:
         return self.feed.usable
 
-    def get(self, site_id: str, name: Hashable) -> tuple[bool, object]:
-        """(found, answer)."""
+    def get(self, site_id: str, name: Hashable, counted: bool = True) -> tuple[bool, object]:
+        """(found, answer). ``counted``: in the hits and misses (answers to requests)."""
         with self._lock:
             entry = self._entries.get((site_id, name))
             if entry is None or time.monotonic() - entry.stored > self.max_age:
-                self.misses += 1
+                self.misses += counted
                 return False, None
             self._entries.move_to_end((site_id, name))
-            self.hits += 1
+            self.hits += counted
             return True, entry.answer
+
+    def decisions(self, store: Store, site_id: str) -> Decisions | None:
+        """The site's merges and splits (``graph.Decisions``), kept like an answer that
+        names no key: only what the feed cannot follow row by row (every merge, split, undo
+        and erasure is) or ``max_age`` drops them. None while nothing can be kept: the
+        graph then reads them at each resolution. Blocking."""
+        if not self.enabled:
+            return None
+        found, decisions = self.get(site_id, DECISIONS, counted=False)
+        if not found:
+            decisions = self.compute(site_id, DECISIONS,
+                                     lambda: (load_decisions(store, site_id), ()))
+        return decisions  # type: ignore[return-value]
 
     def compute(self, site_id: str, name: Hashable,
                 work: Callable[[], tuple[object, Iterable[str]]]) -> object:

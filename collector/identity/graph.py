@@ -46,6 +46,13 @@ FROM (SELECT user_id, min(ts) AS first, max(ts) AS last FROM tagwerk.identity_li
       WHERE site_id = {site:String} AND kind = {kind:String} AND id = {id:String}
       GROUP BY user_id ORDER BY first, user_id LIMIT {cap:UInt32})
 """
+# ANCHOR without the split, for a site whose decisions are kept.
+OWNERS = """
+SELECT 'owner' AS part, user_id AS a, toString(first) AS b, toString(last) AS c, '' AS d
+FROM (SELECT user_id, min(ts) AS first, max(ts) AS last FROM tagwerk.identity_links
+      WHERE site_id = {site:String} AND kind = {kind:String} AND id = {id:String}
+      GROUP BY user_id ORDER BY first, user_id LIMIT {cap:UInt32})
+"""
 # A person's merges: whom it was merged into ('into'), and who was merged into it
 # ('member'); merges are kept flat, so one of the two is empty. (Aliases must not be column
 # names: ClickHouse would read them in WHERE.)
@@ -74,18 +81,22 @@ PAIRS_IN = "(kind, id) IN (SELECT tupleElement(pair, 1), tupleElement(pair, 2) F
 # Python (``_holders``): one read, where grouping and a window in the engine cost two
 # statements of several milliseconds each. An identifier with more links than `each` (a
 # shared coupon, a QA device) is worked out by the engine instead (SEEN, CHANGES).
-LINKS = f"""
+LINKS_OF = f"""
 SELECT 'link' AS part, toString(kind) AS kind, id, user_id, toString(ts) AS ts, '' AS last
 FROM (SELECT kind, id, user_id, ts FROM tagwerk.identity_links
       WHERE site_id = {{site:String}} AND {PAIRS_IN}
       ORDER BY kind, id, ts, user_id LIMIT {{each:UInt32}} BY kind, id)
-UNION ALL
+"""
+LINKS_OVERRIDES = f"""
 SELECT 'override', toString(kind), id, person_id, '', '' FROM tagwerk.identity_overrides FINAL
 WHERE site_id = {{site:String}} AND {PAIRS_IN} AND person_id != ''
-UNION ALL
-SELECT 'user', 'user', id, '', toString(min(ts)), toString(max(ts)) FROM tagwerk.identity_links
-WHERE site_id = {{site:String}} AND kind = 'user' AND id IN {{users:Array(String)}} GROUP BY id
 """
+LINKS_USERS = """
+SELECT 'user', 'user', id, '', toString(min(ts)), toString(max(ts)) FROM tagwerk.identity_links
+WHERE site_id = {site:String} AND kind = 'user' AND id IN {users:Array(String)} GROUP BY id
+"""
+# (``_holders`` reads the user ids' first and last links only for a listing, and splits only
+# when the site's decisions are not kept: each part of a UNION costs milliseconds.)
 LINKS_EACH = 500
 # For identifiers with many links: their first `cap` users with first and last link.
 SEEN = f"""
@@ -108,6 +119,49 @@ SELECT toString(kind) AS kind, id, user_id, toString(ts) AS ts FROM (
 WHERE user_id != previous
 ORDER BY kind, id, ts, user_id LIMIT {{most:UInt32}}
 """
+
+
+# A site's merges and splits in force, read at once (``load_decisions``), at most MOST_DECISIONS.
+DECISIONS = """
+SELECT * FROM (
+    SELECT 'merge' AS part, person_id AS a, toString(kind) AS b, id AS c, into_person AS d,
+           toString(into_kind) AS e, into_id AS f
+    FROM tagwerk.identity_merges FINAL WHERE site_id = {site:String} AND into_person != ''
+    UNION ALL
+    SELECT 'override', toString(kind), id, person_id, '', '', ''
+    FROM tagwerk.identity_overrides FINAL WHERE site_id = {site:String} AND person_id != ''
+) LIMIT {most:UInt32}
+"""
+MOST_DECISIONS = 10_000
+
+
+@dataclass(frozen=True)
+class Decisions:
+    """A site's merges and splits (admin operations, rare): kept in memory by the profile's
+    caller until the change feed reports a new one (``cache.py``), they save a statement and
+    two parts of others per resolution. ``merges`` holds MERGES' rows per person id."""
+
+    merges: dict[str, list[dict[str, str]]]
+    overrides: dict[tuple[str, str], str]  # (kind, id) -> the person it was split to
+
+
+def load_decisions(store: Store, site_id: str) -> Decisions | None:
+    """The site's decisions, or None when there are too many to keep (then every resolution
+    reads them)."""
+    rows = store.rows(DECISIONS, {"site": site_id, "most": MOST_DECISIONS + 1})
+    if len(rows) > MOST_DECISIONS:
+        return None
+    merges: dict[str, list[dict[str, str]]] = {}
+    overrides: dict[tuple[str, str], str] = {}
+    for row in rows:
+        if row["part"] == "override":
+            overrides[(row["a"], row["b"])] = row["c"]
+            continue
+        merges.setdefault(row["a"], []).append(
+            {"part": "into", "p": row["d"], "k": row["e"], "i": row["f"]})
+        merges.setdefault(row["d"], []).append(
+            {"part": "member", "p": row["a"], "k": row["b"], "i": row["c"]})
+    return Decisions(merges, overrides)
 
 
 @dataclass(frozen=True)
@@ -158,10 +212,11 @@ class Person:
 class Graph:
     """The identity graph of one site."""
 
-    def __init__(self, store: Store, site: Site) -> None:
+    def __init__(self, store: Store, site: Site, decisions: Decisions | None = None) -> None:
         self.store, self.site = store, site
         self.site_id = site.site_id
         self.cap = site.identity_max_persons
+        self.decisions = decisions  # the site's merges and splits, if kept (else read)
 
     # -- one identifier -----------------------------------------------------------------------
 
@@ -172,31 +227,44 @@ class Graph:
         neither: its rows decide, and reading events for it costs more than the rest).
         Three statements for a user id (its anchor and merges, the identifiers it holds,
         their links), four for another identifier (its owner's merges apart): each costs a
-        few milliseconds however few rows it reads."""
+        few milliseconds however few rows it reads. With the site's decisions kept, three
+        for any identifier, and smaller (no merges or splits read)."""
         user_pid = person_id(self.site_id, "user", ident) if kind == "user" else None
-        sql = ANCHOR if user_pid is None else f"{ANCHOR} UNION ALL {MERGES_AS_ANCHOR}"
+        known = self.decisions
+        if known is not None:
+            sql = OWNERS
+        else:
+            sql = ANCHOR if user_pid is None else f"{ANCHOR} UNION ALL {MERGES_AS_ANCHOR}"
         parts: dict[str, list[dict[str, Any]]] = {}
         for row in self._rows(sql, kind=kind, id=ident, cap=self.cap, pid=user_pid or ""):
             parts.setdefault(row["part"], []).append(row)
+        if known is not None and (kind, ident) in known.overrides:
+            parts["override"] = [{"a": known.overrides[kind, ident]}]
         anchor = self._anchor(kind, ident, parts, listing)
         if anchor is None:
             return None
         pid = person_id(self.site_id, *anchor)
-        if pid == user_pid:
+        if known is None and pid == user_pid:
             merges = [{"part": r["part"], "p": r["a"], "k": r["b"], "i": r["c"]}
                       for part in ("into", "member") for r in parts.get(part, [])]
         else:
-            merges = self._rows(MERGES, pid=pid)
+            merges = self._merges(pid)
         into = [r for r in merges if r["part"] == "into"]
         if into:  # merged into another: theirs are the members
             pid, anchor = into[0]["p"], (into[0]["k"], into[0]["i"])
-            merges = self._rows(MERGES, pid=pid)
+            merges = self._merges(pid)
         person = Person(pid, *anchor)
         for row in merges:
             if row["part"] == "member":
                 person.merged[row["p"]] = (row["k"], row["i"])
         self._fill(person, listing)
         return person
+
+    def _merges(self, pid: str) -> list[dict[str, Any]]:
+        """MERGES' rows for the person: kept, or read."""
+        if self.decisions is not None:
+            return self.decisions.merges.get(pid, [])
+        return self._rows(MERGES, pid=pid)
 
     def _anchor(self, kind: str, ident: str, parts: dict[str, list[dict[str, Any]]],
                 listing: bool) -> tuple[str, str] | None:
@@ -230,7 +298,7 @@ class Graph:
         links: dict[tuple[str, str], list[dict]] = {pair: [] for pair in others}
         held = self._rows(HELD, pids=user_persons) if user_persons else []
         pairs = sorted({*others, *((r["k"], r["i"]) for r in held)})
-        users_seen, changes, overrides, seen = self._holders(pairs, person.users)
+        users_seen, changes, overrides, seen = self._holders(pairs, person.users, listing)
         for row in changes:
             links.setdefault((row["kind"], row["id"]), []).append(
                 {"user_id": row["user_id"], "ts": row["ts"]})
@@ -256,16 +324,21 @@ class Graph:
             for kind, ident in listed
         ]
 
-    def _holders(self, pairs: list[tuple[str, str]], users: list[str]) -> tuple[
+    def _holders(self, pairs: list[tuple[str, str]], users: list[str], listing: bool) -> tuple[
             dict[tuple[str, str], list[dict]], list[dict], dict[tuple[str, str], str],
             dict[tuple[str, str], tuple[str, str]]]:
         """For the identifiers: their first ``cap`` users by first link, each with their
         first and last link ('seen'); the moments they changed hands among those users, in
-        order, at most MAX_LINKS in all; their splits; the user ids' first and last links."""
+        order, at most MAX_LINKS in all; their splits; the user ids' first and last links
+        (for a ``listing`` only)."""
         by_pair: dict[tuple[str, str], list[dict]] = {}
-        overrides: dict[tuple[str, str], str] = {}
+        known = self.decisions
+        overrides: dict[tuple[str, str], str] = {} if known is None else {
+            pair: known.overrides[pair] for pair in pairs if pair in known.overrides}
         seen: dict[tuple[str, str], tuple[str, str]] = {}
-        for row in self._rows(LINKS, kinds=[k for k, _ in pairs], ids=[i for _, i in pairs],
+        sql = " UNION ALL ".join((LINKS_OF, *(() if known else (LINKS_OVERRIDES,)),
+                                  *((LINKS_USERS,) if listing else ())))
+        for row in self._rows(sql, kinds=[k for k, _ in pairs], ids=[i for _, i in pairs],
                               users=users, each=LINKS_EACH):
             pair = (row["kind"], row["id"])
             if row["part"] == "link":
