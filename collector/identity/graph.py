@@ -228,7 +228,8 @@ class Graph:
         Three statements for a user id (its anchor and merges, the identifiers it holds,
         their links), four for another identifier (its owner's merges apart): each costs a
         few milliseconds however few rows it reads. With the site's decisions kept, three
-        for any identifier, and smaller (no merges or splits read)."""
+        for any identifier, and smaller (no merges or splits read); two for a user id
+        without a listing."""
         user_pid = person_id(self.site_id, "user", ident) if kind == "user" else None
         known = self.decisions
         if known is not None:
@@ -236,7 +237,10 @@ class Graph:
         else:
             sql = ANCHOR if user_pid is None else f"{ANCHOR} UNION ALL {MERGES_AS_ANCHOR}"
         parts: dict[str, list[dict[str, Any]]] = {}
-        for row in self._rows(sql, kind=kind, id=ident, cap=self.cap, pid=user_pid or ""):
+        # A user id anchors its own person: without a listing, its owners decide nothing.
+        asked = known is None or kind != "user" or listing
+        for row in self._rows(sql, kind=kind, id=ident, cap=self.cap,
+                              pid=user_pid or "") if asked else ():
             parts.setdefault(row["part"], []).append(row)
         if known is not None and (kind, ident) in known.overrides:
             parts["override"] = [{"a": known.overrides[kind, ident]}]
