@@ -25,6 +25,7 @@ from collector.spool.disk import Spool
 from collector.spool.flusher import Flusher
 from collector.storage import StorageError, Store, open_store
 from collector.tag.demo_container import demo_container
+from collector.web.batches import Batcher
 
 log = logging.getLogger("tagwerk")
 
@@ -56,6 +57,7 @@ class Collector:
         self.changes = ChangeFeed(self.store)
         self.flusher.inserted = self.changes.inserted
         self.person_answers = PersonAnswers(self.changes)
+        self.batches = Batcher()  # concurrent reads answered together (cold profiles)
         self.metrics.gauge("tagwerk_person_answers_hits_total",
                            "Answers about persons served from memory.",
                            lambda: self.person_answers.hits)

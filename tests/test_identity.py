@@ -522,3 +522,24 @@ def test_the_demo_signs_its_customers_ids(store, tmp_path):
         assert r.json()["identity_token"] == token(site.write_key_hash, "demo", "C-0123456789AB")
         for bad in ("", "c-1", "C-0123456789AB%0A", "C-0123456789ABC"):
             assert client.get(f"/demo/api/identity-token?user_id={bad}").status_code == 400
+
+
+def test_identifiers_resolved_together_resolve_as_alone(env):
+    """resolve_many (concurrent profiles read in one batch) gives each identifier the person
+    resolve gives it alone: shared devices, merges, splits, nobody."""
+    _, collector, _ = env
+    anna, ben, cara, tablet, kiosk = (uid(p) for p in ("anna", "ben", "cara", "tab", "kiosk"))
+    card = uid("L")
+    send(env, [identify(anna, tablet, "2026-11-01T09:00:00Z", loyalty=card),
+               identify(ben, tablet, "2026-11-01T10:00:00Z"),
+               identify(cara, kiosk, "2026-11-01T11:00:00Z")])
+    assert post(env, f"{BASE}/identity/merge",
+                {"from": f"user:{ben}", "into": f"user:{cara}"}).status_code == 201
+    assert post(env, f"{BASE}/identity/split", {"id": f"device:{kiosk}"}).status_code == 201
+    asks = [("device", tablet), ("user", anna), ("loyalty", card), ("user", ben),
+            ("user", cara), ("device", kiosk), ("device", uid("nobody")), ("device", tablet)]
+    store, site = collector.store, collector.sites.get(SITE)
+    alone = [Graph(store, site).resolve(kind, ident, listing=False) for kind, ident in asks]
+    assert alone[0].person_id == alone[4].person_id == person_id(SITE, "user", cara)
+    for decisions in (load_decisions(store, SITE), None):
+        assert Graph(store, site, decisions).resolve_many(asks) == alone

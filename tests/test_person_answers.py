@@ -5,12 +5,15 @@ rows another writer stored, consent decisions, merges and erasures."""
 from __future__ import annotations
 
 import datetime as dt
+import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import orjson
 import pytest
 
 from collector.identity import cache, changes
+from collector.identity import profile as profiles
 from collector.identity.graph import Graph
 from tests.helpers import make_client, send_batch, wait_for
 
@@ -51,9 +54,9 @@ def viewed(env, ident):
 def resolves(monkeypatch):
     """How many times a person was resolved (read from ClickHouse)."""
     calls = []
-    resolve = Graph.resolve
-    monkeypatch.setattr(Graph, "resolve",
-                        lambda self, *a, **kw: calls.append(a) or resolve(self, *a, **kw))
+    person = Graph._person  # once per identifier resolved, alone or in a batch
+    monkeypatch.setattr(Graph, "_person",
+                        lambda self, *a, **kw: calls.append(a) or person(self, *a, **kw))
     return calls
 
 
@@ -242,3 +245,34 @@ def test_the_feed_reports_a_burst_and_a_mutation_as_everything(store, monkeypatc
     count = len(heard)
     feed.look()  # nothing new: nobody is told anything
     assert len(heard) == count
+
+
+def test_concurrent_cold_profiles_are_read_together_and_answer_as_alone(env, monkeypatch):
+    """Profiles asked while another batch is being read wait and are read in one batch
+    (collector/web/batches.py): each answers as if asked alone, a 404 among them too."""
+    n = uuid.uuid4().hex[:8]
+    send(env, [view(f"p{i}-{n}", device_id=f"d{i}-{n}") for i in range(8)]
+              + [{"type": "identify", "event": "login", "user_id": f"u-{n}",
+                  "device_id": f"d0-{n}", "ts": "2026-11-20T08:00:00Z", "consent": ALL},
+                 view(f"q-{n}", user_id=f"u-{n}", ts="2026-11-20T09:00:00Z")])
+    sizes = []
+    fill, read = Graph._fill_all, profiles.profiles_and_keys
+
+    def slow(*args):  # each batch takes long enough for the asks meanwhile to queue
+        time.sleep(0.2)
+        return read(*args)
+
+    monkeypatch.setattr(Graph, "_fill_all", lambda self, persons, listing:
+                        sizes.append(len(persons)) or fill(self, persons, listing))
+    monkeypatch.setattr(profiles, "profiles_and_keys", slow)
+    idents = [f"device:d{i}-{n}" for i in range(8)] + [f"user:u-{n}", f"device:nobody-{n}"]
+    with ThreadPoolExecutor(len(idents)) as pool:
+        together = list(pool.map(lambda ident: viewed(env, ident), idents))
+    assert sum(sizes) == len(idents)
+    assert max(sizes) > 1, sizes
+    assert together == [[f"p0-{n}", f"q-{n}"]] + [[f"p{i}-{n}"] for i in range(1, 8)] + [
+        [f"p0-{n}", f"q-{n}"], None]
+    alone = [viewed(env, ident) for ident in idents]  # kept now: the answers read together
+    monkeypatch.setattr(Graph, "_fill_all", fill)
+    env[1].person_answers.clear()
+    assert [viewed(env, ident) for ident in idents] == alone == together

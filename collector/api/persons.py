@@ -72,23 +72,34 @@ async def profile(request: Request, collector: Collector, site: Site) -> Respons
     kind, ident = identifier(site, query.path_text(request, "ident", 300), "ident")
 
     kept = collector.person_answers
-    name = ("profile", kind, ident)
-
-    def read() -> tuple[bytes | None, set[str]]:
-        decisions = kept.decisions(collector.store, site.site_id)
-        found = Graph(collector.store, site, decisions).resolve(kind, ident, listing=False)
-        answer, keys = (profiles.profile_and_keys(collector.store, site.site_id, found)
-                        if found else (None, set()))
-        body = None if answer is None else orjson.dumps(answer)  # kept small, as JSON
-        return body, {*keys, f"{kind}:{ident}"}
-
-    hit, answer = kept.get(site.site_id, name)
+    hit, answer = kept.get(site.site_id, ("profile", kind, ident))
     if not hit:
-        answer = await run_in_threadpool(kept.compute, site.site_id, name, read)
+        answer = await collector.batches.ask(
+            ("profile", site.site_id), (kind, ident),
+            lambda asks: read_profiles(collector, site, asks))
     if answer is None:
         raise ApiError(404, f"no profile for {kind}:{ident[:64]}: nobody known by it, or no "
                        "hits with personalization consent", "ident")
     return json_response(answer)
+
+
+def read_profiles(collector: Collector, site: Site, asks: list[tuple[str, str]]
+                  ) -> list[bytes | None]:
+    """The profiles (as JSON, None for nobody) of the identifiers, read together and kept
+    (blocking): concurrent cold profiles cost about the statements of one."""
+    kept = collector.person_answers
+    since = kept.begin()
+    graph = Graph(collector.store, site, kept.decisions(collector.store, site.site_id))
+    persons = graph.resolve_many(asks)
+    found = [person for person in persons if person is not None]
+    answers = iter(profiles.profiles_and_keys(collector.store, site.site_id, found))
+    bodies = []
+    for (kind, ident), person in zip(asks, persons, strict=True):
+        answer, keys = next(answers) if person is not None else (None, set())
+        body = None if answer is None else orjson.dumps(answer)  # kept small, as JSON
+        kept.put(site.site_id, ("profile", kind, ident), body, {*keys, f"{kind}:{ident}"}, since)
+        bodies.append(body)
+    return bodies
 
 
 def _merge_ops(collector: Collector, site: Site, persons: list[str]) -> dict[str, str]:

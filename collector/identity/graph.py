@@ -68,9 +68,9 @@ WHERE site_id = {site:String} AND into_person = {pid:String}
 MERGES_AS_ANCHOR = f"""
 SELECT part, p, k, i, '' FROM ({MERGES})
 """
-# The identifiers ever linked to some user ids' persons.
+# The identifiers ever linked to some user ids' persons, per person.
 HELD = """
-SELECT DISTINCT toString(kind) AS k, id AS i FROM tagwerk.identity_links
+SELECT DISTINCT person_id AS p, toString(kind) AS k, id AS i FROM tagwerk.identity_links
 WHERE site_id = {site:String} AND person_id IN {pids:Array(String)} AND kind != 'user'
 """
 PAIRS_IN = "(kind, id) IN (SELECT tupleElement(pair, 1), tupleElement(pair, 2) FROM " \
@@ -230,25 +230,57 @@ class Graph:
         few milliseconds however few rows it reads. With the site's decisions kept, three
         for any identifier, and smaller (no merges or splits read); two for a user id
         without a listing."""
-        user_pid = person_id(self.site_id, "user", ident) if kind == "user" else None
         known = self.decisions
+        if known is not None and not listing:
+            return self.resolve_many([(kind, ident)])[0]
+        user_pid = person_id(self.site_id, "user", ident) if kind == "user" else None
         if known is not None:
             sql = OWNERS
         else:
             sql = ANCHOR if user_pid is None else f"{ANCHOR} UNION ALL {MERGES_AS_ANCHOR}"
         parts: dict[str, list[dict[str, Any]]] = {}
-        # A user id anchors its own person: without a listing, its owners decide nothing.
-        asked = known is None or kind != "user" or listing
-        for row in self._rows(sql, kind=kind, id=ident, cap=self.cap,
-                              pid=user_pid or "") if asked else ():
+        for row in self._rows(sql, kind=kind, id=ident, cap=self.cap, pid=user_pid or ""):
             parts.setdefault(row["part"], []).append(row)
         if known is not None and (kind, ident) in known.overrides:
             parts["override"] = [{"a": known.overrides[kind, ident]}]
+        person = self._person(kind, ident, parts, listing)
+        if person is not None:
+            self._fill_all([person], listing)
+        return person
+
+    def resolve_many(self, asks: list[tuple[str, str]]) -> list[Person | None]:
+        """``resolve(kind, ident, listing=False)`` of each identifier, every statement read
+        once for all of them: concurrent profiles answered together. Needs the site's
+        decisions kept (else one resolution each). A user id anchors its own person:
+        without a listing its owners decide nothing, and are not read."""
+        known = self.decisions
+        if known is None:
+            return [self.resolve(kind, ident, listing=False) for kind, ident in asks]
+        asked = sorted({(kind, ident) for kind, ident in asks
+                        if kind != "user" and (kind, ident) not in known.overrides})
+        owners: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        if asked:  # ANCHOR's owner part, for all of them (SEEN has its order and cut)
+            for row in self._rows(SEEN, kinds=[k for k, _ in asked], ids=[i for _, i in asked],
+                                  cap=self.cap):
+                owners.setdefault((row["kind"], row["id"]), []).append(
+                    {"a": row["user_id"], "c": row["last"]})
+        found = []
+        for kind, ident in asks:
+            parts = {"owner": owners.get((kind, ident), [])}
+            if (kind, ident) in known.overrides:
+                parts["override"] = [{"a": known.overrides[kind, ident]}]
+            found.append(self._person(kind, ident, parts, listing=False))
+        self._fill_all([person for person in found if person is not None], listing=False)
+        return found
+
+    def _person(self, kind: str, ident: str, parts: dict[str, list[dict[str, Any]]],
+                listing: bool) -> Person | None:
+        """The person (after merges) the identifier's anchor rows (``parts``) name."""
         anchor = self._anchor(kind, ident, parts, listing)
         if anchor is None:
             return None
         pid = person_id(self.site_id, *anchor)
-        if known is None and pid == user_pid:
+        if self.decisions is None and kind == "user" and anchor == (kind, ident):
             merges = [{"part": r["part"], "p": r["a"], "k": r["b"], "i": r["c"]}
                       for part in ("into", "member") for r in parts.get(part, [])]
         else:
@@ -261,7 +293,6 @@ class Graph:
         for row in merges:
             if row["part"] == "member":
                 person.merged[row["p"]] = (row["k"], row["i"])
-        self._fill(person, listing)
         return person
 
     def _merges(self, pid: str) -> list[dict[str, Any]]:
@@ -292,24 +323,49 @@ class Graph:
 
     # -- a person's identifiers and spans -------------------------------------------------------
 
-    def _fill(self, person: Person, listing: bool) -> None:
-        members = person.members
-        anchors = dict(person.merged)
-        anchors[person.person_id] = (person.kind, person.id)
-        person.users = sorted(ident for kind, ident in anchors.values() if kind == "user")
-        user_persons = [pid for pid, (kind, _) in anchors.items() if kind == "user"]
-        others = sorted(anchor for anchor in anchors.values() if anchor[0] != "user")
-        links: dict[tuple[str, str], list[dict]] = {pair: [] for pair in others}
-        held = self._rows(HELD, pids=user_persons) if user_persons else []
-        pairs = sorted({*others, *((r["k"], r["i"]) for r in held)})
-        users_seen, changes, overrides, seen = self._holders(pairs, person.users, listing)
+    def _fill_all(self, persons: list[Person], listing: bool) -> None:
+        """Each person's user ids, spans and identifiers, the identifiers they hold and
+        those identifiers' links read once for all of them."""
+        plans = []
+        for person in persons:
+            anchors = dict(person.merged)
+            anchors[person.person_id] = (person.kind, person.id)
+            person.users = sorted(ident for kind, ident in anchors.values() if kind == "user")
+            user_persons = sorted(pid for pid, (kind, _) in anchors.items() if kind == "user")
+            others = sorted(anchor for anchor in anchors.values() if anchor[0] != "user")
+            plans.append((person, user_persons, others))
+        wanted = sorted({pid for _, user_persons, _ in plans for pid in user_persons})
+        held: dict[str, set[tuple[str, str]]] = {}
+        for row in self._rows(HELD, pids=wanted) if wanted else ():
+            held.setdefault(row["p"], set()).add((row["k"], row["i"]))
+        pairs_of = [sorted({*others, *(pair for pid in user_persons for pair in held.get(pid, ()))})
+                    for _, user_persons, others in plans]
+        users_seen, changes, overrides, seen = self._holders(
+            sorted({pair for pairs in pairs_of for pair in pairs}),
+            sorted({user for person in persons for user in person.users}), listing)
+        if len(persons) > 1 and len(changes) >= MAX_LINKS:  # cut for all: each on its own
+            for person in persons:
+                self._fill_all([person], listing)
+            return
+        changed: dict[tuple[str, str], list[dict]] = {}
         for row in changes:
-            links.setdefault((row["kind"], row["id"]), []).append(
+            changed.setdefault((row["kind"], row["id"]), []).append(
                 {"user_id": row["user_id"], "ts": row["ts"]})
-        for pair in users_seen:
-            links.setdefault(pair, [])
+        for (person, _, others), pairs in zip(plans, pairs_of, strict=True):
+            links: dict[tuple[str, str], list[dict]] = {pair: [] for pair in others}
+            for pair in pairs:
+                if pair in changed or pair in users_seen:
+                    links[pair] = list(changed.get(pair, ()))
+            self._complete(person, links, users_seen, overrides, dict(seen), listing)
+
+    def _complete(self, person: Person, links: dict[tuple[str, str], list[dict]],
+                  users_seen: dict[tuple[str, str], list[dict]],
+                  overrides: dict[tuple[str, str], str],
+                  seen: dict[tuple[str, str], tuple[str, str]], listing: bool) -> None:
+        """The person's spans and identifiers from the owner changes of what they hold."""
+        members = person.members
         # Owners changed more often than we read: the spans would be wrong, so say so.
-        person.truncated = len(changes) >= MAX_LINKS
+        person.truncated = sum(map(len, links.values())) >= MAX_LINKS
         for pair in sorted(links):
             spans = self._spans(pair, sorted(links[pair], key=lambda r: (r["ts"], r["user_id"])),
                                 overrides.get(pair), members)

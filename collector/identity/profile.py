@@ -24,6 +24,8 @@ WEIGHTS = {VIEW: 1, CART: 3, PURCHASE: 5}
 RECENT = 20  # products listed as viewed and purchased
 TOP_AFFINITIES = 10
 MAX_ROWS = 50_000  # rows read for one person (one per hit and item)
+MAX_CONSENT_IDS = 1_000  # a profile's consent decisions looked up, and listed (newest):
+MAX_CONSENTS = 50
 
 
 def keys_of(person: Person) -> list[str]:
@@ -45,15 +47,23 @@ NEWEST = " ORDER BY ts DESC"
 CUT = " LIMIT {most:UInt32}"
 
 
-def _rows(store: Store, site_id: str, person: Person, events: tuple[str, ...] = ()
-          ) -> list[dict[str, Any]]:
+def _rows(store: Store, site_id: str, persons: list[Person], events: tuple[str, ...] = ()
+          ) -> list[list[dict[str, Any]]]:
+    """Each person's rows, read at once for all of them. A cut answer is read again per
+    person, in order."""
+    keys = sorted({key for person in persons for key in keys_of(person)})
     sql = ROWS + (OF_EVENTS if events else "")
-    params = {"site": site_id, "keys": keys_of(person), "events": list(events),
-              "most": MAX_ROWS}
+    params = {"site": site_id, "keys": keys, "events": list(events), "most": MAX_ROWS}
     found = store.rows(sql + CUT, params)
     if len(found) >= MAX_ROWS:
+        if len(persons) > 1:
+            return [_rows(store, site_id, [person], events)[0] for person in persons]
         found = store.rows(sql + NEWEST + CUT, params)
-    return _theirs(person, found)
+    by_key: dict[str, list[dict[str, Any]]] = {}
+    for row in found:
+        by_key.setdefault(row["key"], []).append(row)
+    return [_theirs(person, [row for key in keys_of(person) for row in by_key.get(key, ())])
+            for person in persons]
 
 
 def _theirs(person: Person, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -73,10 +83,10 @@ def _theirs(person: Person, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(kept.values())
 
 
-def _groups(store: Store, site_id: str, person: Person) -> list[dict[str, Any]]:
-    """Their rows summed per event, product, category, brand, channel and device class."""
+def _groups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows summed per event, product, category, brand, channel and device class."""
     groups: dict[tuple, dict[str, Any]] = {}
-    for row in _rows(store, site_id, person):
+    for row in rows:
         key = (row["event"], row["product_id"], row["category"], row["brand"], row["channel"],
                row["device_class"])
         group = groups.get(key)
@@ -95,7 +105,7 @@ def _groups(store: Store, site_id: str, person: Person) -> list[dict[str, Any]]:
 
 def products(store: Store, site_id: str, person: Person, events: tuple[str, ...]) -> list[str]:
     """The products the person viewed or bought (``events`` names which)."""
-    return sorted({row["product_id"] for row in _rows(store, site_id, person, events)
+    return sorted({row["product_id"] for row in _rows(store, site_id, [person], events)[0]
                    if row["product_id"]})
 
 
@@ -107,16 +117,34 @@ def depends_on(person: Person) -> set[str]:
 
 
 def profile(store: Store, site_id: str, person: Person) -> dict[str, Any] | None:
-    return profile_and_keys(store, site_id, person)[0]
+    return profiles_and_keys(store, site_id, [person])[0][0]
 
 
-def profile_and_keys(store: Store, site_id: str, person: Person
-                     ) -> tuple[dict[str, Any] | None, set[str]]:
-    """The profile, and the keys it depends on (``depends_on`` and its consent decisions)."""
-    keys = depends_on(person)
-    groups = _groups(store, site_id, person)
+def profiles_and_keys(store: Store, site_id: str, persons: list[Person]
+                      ) -> list[tuple[dict[str, Any] | None, set[str]]]:
+    """Each person's profile, and the keys it depends on (``depends_on`` and its consent
+    decisions): their rows and the decisions read once for all of them."""
+    built = [_profile(person, _groups(rows))
+             for person, rows in zip(persons, _rows(store, site_id, persons), strict=True)]
+    decisions = _consents(store, site_id, sorted({c for _, ids in built for c in ids}))
+    out = []
+    for person, (answer, ids) in zip(persons, built, strict=True):
+        keys = depends_on(person)
+        if answer is not None:
+            keys |= {f"consent:{c}" for c in ids}
+            answer["consent"] = sorted((decisions[c] for c in ids if c in decisions),
+                                       key=lambda d: (d["at"], d["consent_id"]),
+                                       reverse=True)[:MAX_CONSENTS]
+        out.append((answer, keys))
+    return out
+
+
+def _profile(person: Person, groups: list[dict[str, Any]]
+             ) -> tuple[dict[str, Any] | None, list[str]]:
+    """The profile from the person's groups (its "consent" filled in by the caller), and
+    the consent decisions it was collected under (at most MAX_CONSENT_IDS)."""
     if not groups:
-        return None, keys
+        return None, []
     viewed: dict[str, dict[str, Any]] = {}
     purchased: dict[str, dict[str, Any]] = {}
     taste: dict[str, defaultdict[str, int]] = {"category": defaultdict(int),
@@ -148,15 +176,14 @@ def profile_and_keys(store: Store, site_id: str, person: Person
                 taste[facet][g[facet]] += weight
     for entry in purchased.values():
         entry["revenue"] = float(entry["revenue"])
-    keys |= {f"consent:{c}" for c in consent_ids}
     return {
         "person_id": person.person_id,
         "viewed": _recent(viewed),
         "purchased": _recent(purchased),
         "affinities": {facet: _shares(weights) for facet, weights in taste.items()},
-        "channels": channels,
-        "consent": consent(store, site_id, sorted(consent_ids)),
-    }, keys
+        "channels": dict(sorted(channels.items())),
+        "consent": [],
+    }, sorted(consent_ids)[:MAX_CONSENT_IDS]
 
 
 def _recent(entries: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -171,13 +198,14 @@ def _shares(weights: dict[str, int]) -> list[dict[str, Any]]:
     return [{"name": name, "score": round(weight / total, 4)} for name, weight in ranked]
 
 
-def consent(store: Store, site_id: str, consent_ids: list[str]) -> list[dict[str, Any]]:
-    """The consent decisions the person's hits were collected under, newest first."""
+def _consents(store: Store, site_id: str, consent_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """The consent decisions by id, each as last recorded."""
     if not consent_ids:
-        return []
-    return store.rows(
+        return {}
+    rows = store.rows(
         "SELECT consent_id, argMax(granted, ts) AS granted, argMax(denied, ts) AS denied, "
         "argMax(how, ts) AS how, argMax(policy, ts) AS policy, max(ts) AS at "
         "FROM tagwerk.consent_log WHERE site_id = {site:String} "
-        "AND consent_id IN {ids:Array(String)} GROUP BY consent_id ORDER BY at DESC "
-        "LIMIT 50", {"site": site_id, "ids": consent_ids[:1000]})
+        "AND consent_id IN {ids:Array(String)} GROUP BY consent_id",
+        {"site": site_id, "ids": consent_ids})
+    return {row["consent_id"]: row for row in rows}

@@ -1,0 +1,95 @@
+"""collector.web.batches: concurrent asks answered together."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from collector.web.batches import Batcher
+
+
+def run(coroutine):
+    return asyncio.run(coroutine)
+
+
+def test_asks_meanwhile_form_the_next_batch_and_get_their_own_answers():
+    batches: list[list[int]] = []
+    release = threading.Event()
+
+    def work(items):
+        batches.append(list(items))
+        if len(batches) == 1:
+            release.wait(5)  # the first batch runs while the others ask
+        return [item * 10 for item in items]
+
+    async def main():
+        batcher = Batcher()
+        first = asyncio.create_task(batcher.ask("g", 1, work))
+        await asyncio.sleep(0.05)
+        others = [asyncio.create_task(batcher.ask("g", i, work)) for i in range(2, 6)]
+        await asyncio.sleep(0.05)
+        release.set()
+        return await first, await asyncio.gather(*others)
+
+    assert run(main()) == (10, [20, 30, 40, 50])
+    assert batches == [[1], [2, 3, 4, 5]]
+
+
+def test_a_batch_holds_at_most_most_asks_and_groups_stay_apart():
+    batches: list[tuple[str, list[int]]] = []
+
+    def work_of(group):
+        def work(items):
+            batches.append((group, list(items)))
+            return items
+        return work
+
+    async def main():
+        batcher = Batcher(most=2)
+        asks = [batcher.ask(group, i, work_of(group)) for i in range(5) for group in ("a", "b")]
+        return await asyncio.gather(*asks)
+
+    assert run(main()) == [i for i in range(5) for _ in "ab"]
+    assert all(len(items) <= 2 for _, items in batches)
+    assert sorted(i for group, items in batches if group == "a" for i in items) == list(range(5))
+
+
+def test_an_error_is_each_asks_of_that_batch_and_the_next_batch_runs():
+    calls = []
+
+    def work(items):
+        calls.append(list(items))
+        if len(calls) == 1:
+            raise RuntimeError("storage away")
+        return items
+
+    async def main():
+        batcher = Batcher()
+        with pytest.raises(RuntimeError, match="storage away"):
+            await batcher.ask("g", 1, work)
+        return await batcher.ask("g", 2, work)
+
+    assert run(main()) == 2
+
+
+def test_a_cancelled_ask_leaves_the_others_answered():
+    release = threading.Event()
+
+    def work(items):
+        release.wait(5)
+        return items
+
+    async def main():
+        batcher = Batcher()
+        first = asyncio.create_task(batcher.ask("g", 1, work))
+        await asyncio.sleep(0.05)
+        gone = asyncio.create_task(batcher.ask("g", 2, work))
+        kept = asyncio.create_task(batcher.ask("g", 3, work))
+        await asyncio.sleep(0.01)
+        gone.cancel()  # a client that went away while waiting
+        release.set()
+        return await first, await kept
+
+    assert run(main()) == (1, 3)
