@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from collector.web.batches import Batcher
+from collector.web.batches import Batcher, Busy
 
 
 def run(coroutine):
@@ -93,3 +93,27 @@ def test_a_cancelled_ask_leaves_the_others_answered():
         return await first, await kept
 
     assert run(main()) == (1, 3)
+
+
+def test_asks_past_the_waiting_bound_are_refused_at_once_and_the_rest_answered():
+    """A client opening thousands of connections cannot queue unbounded work: past
+    ``max_waiting`` asks waiting in a group, an ask is refused (Busy) without waiting."""
+    release = threading.Event()
+
+    def work(items):
+        release.wait(5)
+        return items
+
+    async def main():
+        batcher = Batcher(most=2, max_waiting=3)
+        first = asyncio.create_task(batcher.ask("g", 0, work))  # running, not waiting
+        await asyncio.sleep(0.05)
+        waiting = [asyncio.create_task(batcher.ask("g", i, work)) for i in (1, 2, 3)]
+        await asyncio.sleep(0.01)
+        with pytest.raises(Busy):
+            await batcher.ask("g", 4, work)
+        other_group = asyncio.create_task(batcher.ask("h", 5, work))  # its own bound
+        release.set()
+        return await first, await asyncio.gather(*waiting), await other_group
+
+    assert run(main()) == (0, [1, 2, 3], 5)

@@ -5,6 +5,7 @@ rows another writer stored, consent decisions, merges and erasures."""
 from __future__ import annotations
 
 import datetime as dt
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -276,3 +277,34 @@ def test_concurrent_cold_profiles_are_read_together_and_answer_as_alone(env, mon
     monkeypatch.setattr(Graph, "_fill_all", fill)
     env[1].person_answers.clear()
     assert [viewed(env, ident) for ident in idents] == alone == together
+
+
+def test_profiles_past_the_waiting_bound_answer_503_and_the_rest_200(env, monkeypatch):
+    """Cold profiles waiting for a batch are bounded per site (collector/web/batches.py):
+    past the bound a clear 503 with Retry-After, not an unbounded queue; the process keeps
+    answering, and the waiting ones are read once the batch before them is done."""
+    from collector.web.batches import Batcher
+
+    n = uuid.uuid4().hex[:8]
+    send(env, [view(f"p{i}-{n}", device_id=f"d{i}-{n}") for i in range(6)])
+    read, release = profiles.profiles_and_keys, threading.Event()
+
+    def held(*args):  # the first batch holds until the refused asks have their answer
+        release.wait(30)
+        return read(*args)
+
+    monkeypatch.setattr(profiles, "profiles_and_keys", held)
+    monkeypatch.setattr(env[1], "batches", Batcher(most=1, max_waiting=2))
+    env[1].person_answers.clear()
+    with ThreadPoolExecutor(6) as pool:
+        asked = [pool.submit(get, env, f"/persons/device:d{i}-{n}/profile") for i in range(6)]
+        wait_for(lambda: sum(f.done() for f in asked) == 3)  # one read, two wait, three not
+        release.set()
+        answers = [f.result() for f in asked]
+    assert sorted(r.status_code for r in answers) == [200, 200, 200, 503, 503, 503]
+    for r in answers:
+        if r.status_code == 503:
+            assert r.headers["Retry-After"] == "1"
+            assert "too many profiles" in r.json()["error"]
+        else:
+            assert r.json()["viewed"][0]["product_id"].endswith(n)

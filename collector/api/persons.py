@@ -26,6 +26,7 @@ from collector.identity.kinds import IdentifierError, parse
 from collector.identity.operations import OperationError, Operations
 from collector.service import Collector
 from collector.sites import Site
+from collector.web.batches import Busy
 
 
 def identifier(site: Site, text: object, field: str) -> tuple[str, str]:
@@ -74,9 +75,13 @@ async def profile(request: Request, collector: Collector, site: Site) -> Respons
     kept = collector.person_answers
     hit, answer = kept.get(site.site_id, ("profile", kind, ident))
     if not hit:
-        answer = await collector.batches.ask(
-            ("profile", site.site_id), (kind, ident),
-            lambda asks: read_profiles(collector, site, asks))
+        try:
+            answer = await collector.batches.ask(
+                ("profile", site.site_id), (kind, ident),
+                lambda asks: read_profiles(collector, site, asks))
+        except Busy:
+            raise ApiError(503, "too many profiles are being read for this site at once; "
+                           "retry shortly", headers={"Retry-After": "1"}) from None
     if answer is None:
         raise ApiError(404, f"no profile for {kind}:{ident[:64]}: nobody known by it, or no "
                        "hits with personalization consent", "ident")

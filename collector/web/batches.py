@@ -17,17 +17,28 @@ from starlette.concurrency import run_in_threadpool
 Work = Callable[[list[Any]], Sequence[Any]]  # items -> one answer each, in order
 
 
+class Busy(Exception):
+    """A group already has ``max_waiting`` asks waiting: answer 503 rather than queue more."""
+
+
 class Batcher:
-    def __init__(self, most: int = 64) -> None:
+    def __init__(self, most: int = 64, max_waiting: int = 1024) -> None:
         self.most = most  # asks per batch: bounds one statement's parameters and its time
+        # Asks waiting per group: bounds the memory and the wait that clients holding many
+        # connections open can cause (16 batches of 64: a few seconds of work).
+        self.max_waiting = max_waiting
         self._waiting: dict[Hashable, list[tuple[Any, asyncio.Future]]] = {}
         self._running: set[Hashable] = set()
 
     async def ask(self, group: Hashable, item: Any, work: Work) -> Any:
         """``work([item, ...])``'s answer for ``item``, batched with the other asks of
-        ``group`` (which must mean the same ``work``). An error of the batch is each ask's."""
+        ``group`` (which must mean the same ``work``). An error of the batch is each ask's.
+        Raises Busy when ``max_waiting`` asks of the group are waiting already."""
+        waiting = self._waiting.setdefault(group, [])
+        if len(waiting) >= self.max_waiting:
+            raise Busy(f"{len(waiting)} asks are waiting already")
         future = asyncio.get_running_loop().create_future()
-        self._waiting.setdefault(group, []).append((item, future))
+        waiting.append((item, future))
         if group not in self._running:
             self._running.add(group)
             asyncio.get_running_loop().create_task(self._run(group, work))
