@@ -68,9 +68,10 @@ def test_a_kept_profile_is_served_without_reading_until_the_person_has_a_new_hit
     assert viewed(env, f"device:d-{n}") == [f"a-{n}"]
     assert len(resolves) == 1
     send(env, [view(f"b-{n}", device_id=f"d-{n}", ts="2026-11-20T11:00:00Z")])
-    # Flushed means refreshed: no wait needed.
+    # Flushed means refreshed: no wait needed. A hit changes no link: who they are is kept
+    # (collector/identity/resolutions.py), only their rows are read again.
     assert viewed(env, f"device:d-{n}") == [f"b-{n}", f"a-{n}"]
-    assert len(resolves) == 2
+    assert len(resolves) == 1
 
 
 def test_another_persons_hits_leave_a_kept_profile_alone(env, resolves):
@@ -83,8 +84,9 @@ def test_another_persons_hits_leave_a_kept_profile_alone(env, resolves):
     assert len(resolves) == 1
 
 
-def test_a_login_refreshes_the_profiles_of_both_sides(env):
-    """The user's profile gains the device's history; the device's now shows the user's."""
+def test_a_login_refreshes_the_profiles_of_both_sides(env, resolves):
+    """The user's profile gains the device's history; the device's now shows the user's:
+    both are resolved again (a new link), not only their rows read."""
     n = uuid.uuid4().hex[:8]
     send(env, [view(f"phone-{n}", device_id=f"d-{n}"),
                view(f"desk-{n}", user_id=f"u-{n}", device_id=f"desk-{n}",
@@ -93,8 +95,30 @@ def test_a_login_refreshes_the_profiles_of_both_sides(env):
     assert viewed(env, f"device:d-{n}") == [f"phone-{n}"]
     send(env, [{"type": "identify", "event": "login", "user_id": f"u-{n}",
                 "device_id": f"d-{n}", "ts": "2026-11-20T12:00:00Z", "consent": ALL}])
+    assert len(resolves) == 2
     assert sorted(viewed(env, f"user:u-{n}")) == [f"desk-{n}", f"phone-{n}"]
     assert sorted(viewed(env, f"device:d-{n}")) == [f"desk-{n}", f"phone-{n}"]
+    assert len(resolves) == 4
+
+
+def test_a_shared_device_changing_hands_refreshes_the_kept_resolution(env, resolves):
+    """A's profile, kept with who A is, must lose the family tablet's hits from the moment B
+    logs in on it: B's login is a new link of a device A holds (the tablet's key), so A is
+    resolved again, and B's later hits on the tablet never show in A's profile."""
+    n = uuid.uuid4().hex[:8]
+    login = {"type": "identify", "event": "login", "device_id": f"tab-{n}", "consent": ALL}
+    send(env, [{**login, "user_id": f"a-{n}", "ts": "2026-11-20T08:00:00Z"},
+               view(f"a-view-{n}", device_id=f"tab-{n}", ts="2026-11-20T09:00:00Z")])
+    assert viewed(env, f"user:a-{n}") == [f"a-view-{n}"]
+    send(env, [view(f"a-again-{n}", device_id=f"tab-{n}", ts="2026-11-20T10:00:00Z")])
+    assert viewed(env, f"user:a-{n}") == [f"a-again-{n}", f"a-view-{n}"]
+    assert len(resolves) == 1  # a hit: rows read again, A kept
+    send(env, [{**login, "user_id": f"b-{n}", "ts": "2026-11-20T11:00:00Z"},
+               view(f"b-view-{n}", device_id=f"tab-{n}", ts="2026-11-20T12:00:00Z")])
+    assert viewed(env, f"user:a-{n}") == [f"a-again-{n}", f"a-view-{n}"]
+    assert len(resolves) == 2  # B's login named the tablet: A resolved again
+    assert viewed(env, f"user:b-{n}") == [f"b-view-{n}"]
+    assert viewed(env, f"device:tab-{n}") == [f"b-view-{n}"]
 
 
 def test_nobody_becomes_somebody_at_their_first_hit(env):
@@ -308,3 +332,18 @@ def test_profiles_past_the_waiting_bound_answer_503_and_the_rest_200(env, monkey
             assert "too many profiles" in r.json()["error"]
         else:
             assert r.json()["viewed"][0]["product_id"].endswith(n)
+
+
+def test_a_login_on_a_second_device_refreshes_the_first_devices_kept_resolution(env, resolves):
+    """The phone's person is the user's: when the user logs in on a desktop, the phone's
+    profile gains the desktop's history. The new link names the desktop and the user, not
+    the phone: the phone's resolution is kept under the person's user ids too."""
+    n = uuid.uuid4().hex[:8]
+    login = {"type": "identify", "event": "login", "user_id": f"u-{n}", "consent": ALL}
+    send(env, [{**login, "device_id": f"phone-{n}", "ts": "2026-11-20T08:00:00Z"},
+               view(f"on-phone-{n}", device_id=f"phone-{n}", ts="2026-11-20T09:00:00Z"),
+               view(f"on-desk-{n}", device_id=f"desk-{n}", ts="2026-11-20T09:30:00Z")])
+    assert viewed(env, f"device:phone-{n}") == [f"on-phone-{n}"]
+    send(env, [{**login, "device_id": f"desk-{n}", "ts": "2026-11-20T10:00:00Z"}])
+    assert viewed(env, f"device:phone-{n}") == [f"on-desk-{n}", f"on-phone-{n}"]
+    assert len(resolves) == 2

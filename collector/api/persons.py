@@ -24,6 +24,7 @@ from collector.identity import profile as profiles
 from collector.identity.graph import Graph
 from collector.identity.kinds import IdentifierError, parse
 from collector.identity.operations import OperationError, Operations
+from collector.identity.resolutions import link_keys, resolve_kept
 from collector.service import Collector
 from collector.sites import Site
 from collector.web.batches import Busy
@@ -95,14 +96,15 @@ def read_profiles(collector: Collector, site: Site, asks: list[tuple[str, str]]
     kept = collector.person_answers
     since = kept.begin()
     graph = Graph(collector.store, site, kept.decisions(collector.store, site.site_id))
-    persons = graph.resolve_many(asks)
+    persons = resolve_kept(kept, graph, asks)
     found = [person for person in persons if person is not None]
     answers = iter(profiles.profiles_and_keys(collector.store, site.site_id, found))
     bodies = []
     for (kind, ident), person in zip(asks, persons, strict=True):
         answer, keys = next(answers) if person is not None else (None, set())
         body = None if answer is None else orjson.dumps(answer)  # kept small, as JSON
-        kept.put(site.site_id, ("profile", kind, ident), body, {*keys, f"{kind}:{ident}"}, since)
+        keys |= {f"{kind}:{ident}", *link_keys(person, kind, ident)}
+        kept.put(site.site_id, ("profile", kind, ident), body, keys, since)
         bodies.append(body)
     return bodies
 

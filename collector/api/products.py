@@ -44,7 +44,9 @@ from collector.api.access import READ, ApiError, json_response, keyed
 from collector.api.persons import identifier
 from collector.api.query import choice, integer, params, path_text, window
 from collector.identity import profile as profiles
-from collector.identity.graph import Decisions, Graph
+from collector.identity.cache import PersonAnswers
+from collector.identity.graph import Graph
+from collector.identity.resolutions import link_keys, resolve_kept
 from collector.service import Collector
 from collector.sites import Site
 
@@ -165,17 +167,19 @@ def compute(store: Any, site_id: str, ask: Ask, exclude: tuple[str, ...],
 
 
 def person_products(store: Any, site: Site, kind: str, ident: str,
-                    events: tuple[str, ...], decisions: Decisions | None = None
+                    events: tuple[str, ...], kept: PersonAnswers
                     ) -> tuple[tuple[str, ...], set[str]]:
     """What the person known by ``kind:ident`` bought or viewed (``events``), across all
     their identifiers and channels, with personalization consent (blocking); at most
     MAX_EXCLUDED products; nothing for someone unknown. With the keys the answer depends
-    on. ``decisions``: the site's merges and splits, if kept."""
-    person = Graph(store, site, decisions).resolve(kind, ident, listing=False)
+    on. Who the person is comes from ``kept`` while their links are unchanged."""
+    graph = Graph(store, site, kept.decisions(store, site.site_id))
+    person = resolve_kept(kept, graph, [(kind, ident)])[0]
+    keys = {f"{kind}:{ident}", *link_keys(person, kind, ident)}
     if person is None:
-        return (), {f"{kind}:{ident}"}
+        return (), keys
     products = profiles.products(store, site.site_id, person, events)[:MAX_EXCLUDED]
-    return tuple(products), {f"{kind}:{ident}", *profiles.depends_on(person)}
+    return tuple(products), keys | profiles.depends_on(person)
 
 
 async def kept_products(collector: Collector, site: Site, kind: str, ident: str,
@@ -188,8 +192,7 @@ async def kept_products(collector: Collector, site: Site, kind: str, ident: str,
     if not hit:
         found = await run_in_threadpool(
             kept.compute, site.site_id, name,
-            lambda: person_products(collector.store, site, kind, ident, events,
-                                    kept.decisions(collector.store, site.site_id)))
+            lambda: person_products(collector.store, site, kind, ident, events, kept))
     return found  # type: ignore[return-value]
 
 

@@ -7,7 +7,8 @@ keeps its rows' block numbers (migrations 0018, 0019), and the highest block num
 plain MergeTree's active parts bounds what is committed (``collector/api/cursor.py``). So
 one reader sees every new row, whoever inserted it: this collector's flusher, another
 collector on the same ClickHouse, a restore. It reports the keys the new rows name, per
-site: ``user:<id>``, ``device:<id>``, ``<kind>:<id>``, ``consent:<id>``. It follows those
+site: ``user:<id>``, ``device:<id>``, ``<kind>:<id>`` (hits), ``link:<kind>:<id>`` and
+``link:user:<id>`` (links), ``consent:<id>``. It follows those
 tables, not ``events``: a materialised view's rows become visible after the events they come
 from, and an answer recomputed in between would be kept without them.
 
@@ -32,10 +33,14 @@ from collector.storage.positions import PART_TOP_BLOCK
 
 log = logging.getLogger("tagwerk.changes")
 
+# A new link's keys start with this: a resolution depends on links only, an answer about a
+# person on links and hits (``resolutions.py``).
+LINK = "link:"
 # Each followed table, with its new rows' keys as SQL.
 FOLLOWED = {
     "person_hits": "key",
-    "identity_links": "arrayJoin([concat(toString(kind), ':', id), concat('user:', user_id)])",
+    "identity_links": f"arrayJoin([concat('{LINK}', toString(kind), ':', id), "
+                      f"concat('{LINK}user:', user_id)])",
     "consent_log": "concat('consent:', consent_id)",
 }
 # Changed only by identity operations: any new part of theirs means "everything changed".

@@ -110,8 +110,9 @@ def products(store: Store, site_id: str, person: Person, events: tuple[str, ...]
 
 
 def depends_on(person: Person) -> set[str]:
-    """The keys (as the change feed names them) of the rows an answer about the person was
-    computed from: their user ids, the identifiers they hold or held, their merged anchors."""
+    """The keys (as the change feed names them) of the hits an answer about the person was
+    computed from: their user ids, the identifiers they hold or held, their merged anchors.
+    (Who the person is depends on links: ``resolutions.link_keys``.)"""
     return ({*keys_of(person), f"{person.kind}:{person.id}"}
             | {f"{kind}:{ident}" for kind, ident in person.merged.values()})
 
