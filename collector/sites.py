@@ -58,6 +58,12 @@ class Site:
         """Exact origins, ``*``, or ``https://*.shop.example`` for any subdomain."""
         return any(p.fullmatch(origin) for p in self._patterns)
 
+    def names_origin(self, origin: str) -> bool:
+        """Whether ``origin`` is one of the site's own (``*`` does not count): the only
+        origins trusted with a visitor's cookies and what they reveal."""
+        return any(p.fullmatch(origin) for o, p in zip(self.origins, self._patterns,
+                                                        strict=False) if o != "*")
+
     def has_page(self, url: str) -> bool:
         """Whether ``url`` is a page on one of the site's own origins (``*`` does not count):
         the only places a link of ours may send a browser."""
@@ -67,8 +73,8 @@ class Site:
             return False
         if parts.scheme not in ("http", "https") or not parts.hostname or parts.username:
             return False
-        origin = f"{parts.scheme}://{parts.netloc.lower()}"
-        return "*" not in self.origins and self.allows_origin(origin)
+        return "*" not in self.origins and self.names_origin(
+            f"{parts.scheme}://{parts.netloc.lower()}")
 
     def key_matches(self, kind: str, key: str) -> bool:
         stored = getattr(self, f"{kind}_key_hash")

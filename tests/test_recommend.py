@@ -178,3 +178,32 @@ def test_fresh_hits_reach_the_public_list(env):
         "[('new-one', '', '', '', '', 1, 1)])")
     # An insert by another process: seen once the cache's second is over.
     wait_for(lambda: "new-one" in ids(get(env, "/top?limit=24")), timeout=5)
+
+
+def test_a_wildcard_origin_never_reads_a_visitors_purchases(env):
+    """A site allowing any origin (``*``) cannot tell the shop's pages from a hostile one:
+    such an origin gets ``Access-Control-Allow-Origin: *`` without credentials (a browser
+    then keeps a credentialed answer from the page) and an unpersonalised list, so that no
+    page can learn what a visitor bought by comparing lists with and without cookies. The
+    site's own named origins keep credentialed, personalised answers."""
+    client, collector = env
+    _, keys = collector.sites.create("rec-star", ["*", "https://named.example"])
+    personal = {"consent": ["analytics", "personalization"]}
+    send(client, keys["write"], [
+        hit("view_item", MIN, [("s1", 5, 1), ("s2", 5, 1)], device="v-star"),
+        {**hit("purchase", MIN, [("s1", 5, 1)], device=DEVICE), **personal}])
+    wait_for(lambda: drained(collector))
+    policy = collector.containers.live("rec-star").policy
+    cookie = (f"tw_id={DEVICE}; "
+              f"tw_consent={consent_cookie('analytics', 'personalization', policy=policy)}")
+    assert ids(get(env, "/top", site="rec-star", cookie=cookie)) == ["s2"]  # same origin
+    for origin in ("https://evil.example", "null"):
+        answer = get(env, "/top", site="rec-star", cookie=cookie, origin=origin)
+        assert ids(answer) == ["s1", "s2"], origin
+        assert answer.headers["access-control-allow-origin"] == "*"
+        assert "access-control-allow-credentials" not in answer.headers
+        assert answer.headers["cache-control"] == "public, max-age=60"
+    named = get(env, "/top", site="rec-star", cookie=cookie, origin="https://named.example")
+    assert ids(named) == ["s2"]
+    assert named.headers["access-control-allow-origin"] == "https://named.example"
+    assert named.headers["access-control-allow-credentials"] == "true"

@@ -14,7 +14,9 @@ The same lists as ``products.py`` (as Algolia's search-only keys and Shopify's p
   bounded read of the aggregates);
 - CORS for the site's own origins only (credentialed, so the page's cookies come along);
   another origin gets a 403 without CORS headers; no Origin (a link, curl) is served too,
-  as the lists are the same for anyone;
+  as the lists are the same for anyone. A site that allows any origin (``*``) answers
+  those with ``Access-Control-Allow-Origin: *``, without credentials and never
+  personalised: any page could otherwise learn what a visitor bought by comparing;
 - personalised only for the visitor's own device and consent: when the request carries a
   ``tw_consent`` cookie (valid for the site's current policy) that grants
   ``personalization``, and a ``tw_id`` device cookie, the products that visitor bought
@@ -95,14 +97,24 @@ def _limit(collector: Collector) -> RateLimit:
 
 
 def cors(site: Site, origin: str | None) -> dict[str, str]:
-    """CORS headers for an allowed origin; an Origin that is not the site's is refused."""
+    """CORS headers for an allowed origin; an Origin that is not the site's is refused.
+    Credentials only for the site's own origins: one let in by ``*`` alone could be any
+    page, and with the visitor's cookies it would read what they bought (``trusted``)."""
     if origin is None:
         return {}
     if not origin.isascii() or not origin.isprintable():
         raise ApiError(400, "the Origin header holds a control character", "Origin")
     if not site.allows_origin(origin):
         raise ApiError(403, f"origin {origin[:100]!r} is not allowed for this site", "Origin")
+    if not site.names_origin(origin):
+        return {"Access-Control-Allow-Origin": "*"}
     return {"Access-Control-Allow-Origin": origin, "Access-Control-Allow-Credentials": "true"}
+
+
+def trusted(site: Site, origin: str | None) -> bool:
+    """Whether the request may be personalised: from the site's own pages (no Origin: a
+    same-origin request or a link; else one of the site's own origins, not ``*``)."""
+    return origin is None or site.names_origin(origin)
 
 
 def visitor_device(request: Request, collector: Collector, site: Site) -> str:
@@ -146,7 +158,7 @@ async def _serve(request: Request, accepted: tuple[str, ...], make: Any) -> Resp
                            {"Retry-After": str(max(1, math.ceil(wait)))})
         values = params(request, accepted)
         ask = make(request, values)
-        device = visitor_device(request, collector, site)
+        device = visitor_device(request, collector, site) if trusted(site, origin) else ""
         exclude: tuple[str, ...] = ()
         if device:  # what the person of this device bought, on any device or channel
             exclude = await products.kept_products(collector, site, "device", device,
