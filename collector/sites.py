@@ -6,6 +6,7 @@ Keys are random tokens shown once at creation; only their SHA-256 digests are st
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
 import hmac
@@ -148,6 +149,7 @@ class Sites:
         self._loaded_at = 0.0
         self._load_started = 0.0
         self._lock = threading.Lock()
+        self._reloading: asyncio.Task | None = None  # the reload callers of find share
 
     def load(self) -> None:
         rows = self.store.rows(
@@ -183,16 +185,29 @@ class Sites:
             return None
         site = self._sites.get(site_id)
         if site is None:
-            await anyio.to_thread.run_sync(self.refresh)
+            await self._reloaded()
             site = self._sites.get(site_id)
         return site
 
     async def find_by_write_key(self, key: str) -> Site | None:
         site = self.by_write_key(key)
         if site is None:
-            await anyio.to_thread.run_sync(self.refresh)
+            await self._reloaded()
             site = self.by_write_key(key)
         return site
+
+    async def _reloaded(self) -> None:
+        """Until a reload that started after this call is done (``refresh``, in a thread).
+        The callers meanwhile share it rather than hold a worker thread each: site ids
+        are public, and a flood of made-up ones would take the pool the API's reads use."""
+        asked = time.monotonic()
+        loop = asyncio.get_running_loop()
+        while self._load_started <= asked:
+            task = self._reloading
+            if task is None or task.done() or task.get_loop() is not loop:
+                task = self._reloading = loop.create_task(
+                    anyio.to_thread.run_sync(self.refresh))
+            await asyncio.shield(task)
 
     def ids(self) -> list[str]:
         return list(self._sites)
