@@ -192,6 +192,26 @@ def test_deleted_rows_no_longer_appear(env):
     assert drain(client, site_id, keys["read"], since)[0] == ["4"]
 
 
+def test_a_delete_with_a_patch_part_between_polls_loses_and_repeats_nothing(env):
+    """An erasure deletes with patch parts (privacy/erase.py), which take block numbers of
+    their own: polling across one still yields every remaining row once, and the deleted
+    row not at all."""
+    client, collector = env
+    site_id, keys = new_site(collector)
+    send(client, collector, keys, [{"event": "page_view", "props": {"m": str(i)}}
+                                   for i in range(3)])
+    seen, since = drain(client, site_id, keys["read"])
+    send(client, collector, keys, [{"event": "page_view", "props": {"m": str(i)}}
+                                   for i in range(3, 6)])
+    collector.store.execute(
+        "DELETE FROM tagwerk.events WHERE site_id = {s:String} AND props['m'] IN ('1', '4') "
+        "SETTINGS lightweight_delete_mode = 'lightweight_update'", {"s": site_id})
+    send(client, collector, keys, [{"event": "page_view", "props": {"m": "6"}}])
+    later, since = drain(client, site_id, keys["read"], since)
+    assert sorted(seen) == ["0", "1", "2"] and sorted(later) == ["3", "5", "6"]
+    assert sorted(drain(client, site_id, keys["read"])[0]) == ["0", "2", "3", "5", "6"]
+
+
 def test_two_collectors_inserting_at_once(env, server_store, tmp_path):
     """One collector on the embedded engine, one through its HTTP interface (another
     process's view of the same ClickHouse): an exporter polling all the while sees every

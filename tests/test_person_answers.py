@@ -270,6 +270,12 @@ def test_the_feed_reports_a_burst_and_a_mutation_as_everything(store, monkeypatc
     count = len(heard)
     feed.look()  # nothing new: nobody is told anything
     assert len(heard) == count
+    # An erasure by another collector deletes with patch parts (privacy/erase.py), which
+    # no mutation records: everything changed all the same.
+    store.execute("DELETE FROM tagwerk.person_hits WHERE site_id = 'feed-site' AND "
+                  "key = 'device:fd-0' SETTINGS lightweight_delete_mode = 'lightweight_update'")
+    feed.look()
+    assert len(heard) == count + 1 and heard[-1] is None
 
 
 def test_concurrent_cold_profiles_are_read_together_and_answer_as_alone(env, monkeypatch):

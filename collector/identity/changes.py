@@ -12,8 +12,8 @@ site: ``user:<id>``, ``device:<id>``, ``<kind>:<id>`` (hits), ``link:<kind>:<id>
 tables, not ``events``: a materialised view's rows become visible after the events they come
 from, and an answer recomputed in between would be kept without them.
 
-What it cannot follow row by row it reports as "everything changed": a mutation (an
-erasure's DELETE, an ALTER ... UPDATE), a merge or split of persons (their tables change
+What it cannot follow row by row it reports as "everything changed": a mutation or a patch
+part (an erasure's DELETE, an ALTER ... UPDATE), a merge or split of persons (their tables change
 rarely), a burst of more rows than it reads at once. A table whose block numbers do not
 follow commits (replicated, distributed) cannot be followed at all: then ``usable`` is
 False and callers keep nothing.
@@ -47,15 +47,19 @@ FOLLOWED = {
 RARE = ("identity_merges", "identity_overrides")
 MOST_ROWS = 5_000  # distinct keys read per look (a flush's worth); beyond, everything changed
 
-# The tables' highest block numbers, and (as the row of table '') the set of mutations of any
-# table as one number (erasures delete with them): one statement a look.
+# The tables' highest block numbers, and (as the row of table '') the set of mutations and
+# patch parts of any table as one number (erasures delete with patch parts, or with a
+# mutation where a table cannot take them; a patch part's merge away counts too, a
+# harmless extra "everything"): one statement a look.
 STATE = """
 SELECT table, max(max_block_number) AS top FROM system.parts
 WHERE database = 'tagwerk' AND active AND table IN {tables:Array(String)}
 GROUP BY table
 UNION ALL
-SELECT '', count() + sum(cityHash64(table, mutation_id)) FROM system.mutations
-WHERE database = 'tagwerk'
+SELECT '', (SELECT count() + sum(cityHash64(table, mutation_id)) FROM system.mutations
+            WHERE database = 'tagwerk')
+         + (SELECT count() + sum(cityHash64(table, name)) FROM system.parts
+            WHERE database = 'tagwerk' AND active AND startsWith(name, 'patch-'))
 """
 # The keys of one table's rows stored after a look (older parts are not read: positions.py).
 NEW_KEYS = """
