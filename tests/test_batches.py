@@ -117,3 +117,79 @@ def test_asks_past_the_waiting_bound_are_refused_at_once_and_the_rest_answered()
         return await first, await asyncio.gather(*waiting), await other_group
 
     assert run(main()) == (0, [1, 2, 3], 5)
+
+
+def test_each_batch_runs_the_work_of_its_own_asks():
+    """The work of an ask closes over its request (the site as it is now): a batch formed
+    while an older one runs uses its own asks' work, not the first ask's forever."""
+    release = threading.Event()
+
+    def old(items):
+        release.wait(5)
+        return [("old", item) for item in items]
+
+    def new(items):
+        return [("new", item) for item in items]
+
+    async def main():
+        batcher = Batcher()
+        first = asyncio.create_task(batcher.ask("g", 1, old))
+        await asyncio.sleep(0.05)
+        second = asyncio.create_task(batcher.ask("g", 2, new))
+        await asyncio.sleep(0.05)
+        release.set()
+        return await first, await second
+
+    assert run(main()) == (("old", 1), ("new", 2))
+
+
+def test_a_wrong_answer_fails_its_batch_and_strands_no_ask():
+    """Work answering the wrong number of items fails its batch's asks with an error, and
+    the asks queued meanwhile still get their batch."""
+    release = threading.Event()
+    calls = []
+
+    def work(items):
+        calls.append(items)
+        if len(calls) == 1:
+            release.wait(5)
+            return []
+        return list(items)
+
+    async def main():
+        batcher = Batcher()
+        first = asyncio.create_task(batcher.ask("g", 1, work))
+        await asyncio.sleep(0.05)
+        second = asyncio.create_task(batcher.ask("g", 2, work))
+        await asyncio.sleep(0.05)
+        release.set()
+        done, pending = await asyncio.wait([first, second], timeout=5)
+        return pending, first, second
+
+    pending, first, second = run(main())
+    assert not pending
+    assert isinstance(first.exception(), RuntimeError) and second.result() == 2
+
+
+def test_asks_whose_client_left_do_not_count_toward_the_bound():
+    release = threading.Event()
+
+    def work(items):
+        release.wait(5)
+        return list(items)
+
+    async def main():
+        batcher = Batcher(max_waiting=4)
+        first = asyncio.create_task(batcher.ask("g", 0, work))
+        await asyncio.sleep(0.05)
+        gone = [asyncio.create_task(batcher.ask("g", i, work)) for i in range(1, 5)]
+        await asyncio.sleep(0.01)
+        for task in gone:
+            task.cancel()
+        await asyncio.sleep(0.01)
+        kept = asyncio.create_task(batcher.ask("g", 9, work))  # not Busy: nobody waits
+        await asyncio.sleep(0.01)
+        release.set()
+        return await first, await kept
+
+    assert run(main()) == (0, 9)

@@ -546,3 +546,25 @@ def test_identifiers_resolved_together_resolve_as_alone(env, monkeypatch, links_
     assert alone[0].person_id == alone[4].person_id == person_id(SITE, "user", cara)
     for decisions in (load_decisions(store, SITE), None):
         assert Graph(store, site, decisions).resolve_many(asks) == alone
+
+
+def test_a_batch_past_the_link_cut_resolves_in_halves_as_alone(env, monkeypatch):
+    """MAX_LINKS bounds one person's owner changes; a batch passing it together is worked
+    out again in halves, and each person still resolves as alone (a person past it alone
+    is marked truncated, as alone)."""
+    _, collector, _ = env
+    users = [uid(f"h{i}") for i in range(6)]
+    devices = [uid(f"hd{i}") for i in range(6)]
+    send(env, [identify(user, device, f"2026-11-0{1 + i}T09:00:00Z")
+               for i, (user, device) in enumerate(zip(users, devices, strict=True))])
+    store, site = collector.store, collector.sites.get(SITE)
+    asks = [("device", device) for device in devices] + [("user", users[0])]
+    monkeypatch.setattr(graphs, "MAX_LINKS", 4)  # 6 persons' links pass it together
+    fills = []
+    fill = Graph._fill_all
+    monkeypatch.setattr(Graph, "_fill_all", lambda self, persons, listing:
+                        fills.append(len(persons)) or fill(self, persons, listing))
+    together = Graph(store, site, load_decisions(store, SITE)).resolve_many(asks)
+    assert fills[0] == len(asks) and len(fills) < 1 + len(asks)  # not one by one
+    alone = [Graph(store, site).resolve(kind, ident, listing=False) for kind, ident in asks]
+    assert together == alone

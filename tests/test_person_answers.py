@@ -353,3 +353,30 @@ def test_a_login_on_a_second_device_refreshes_the_first_devices_kept_resolution(
     send(env, [{**login, "device_id": f"desk-{n}", "ts": "2026-11-20T10:00:00Z"}])
     assert viewed(env, f"device:phone-{n}") == [f"on-desk-{n}", f"on-phone-{n}"]
     assert len(resolves) == 2
+
+
+def test_a_batch_past_the_row_cut_is_read_again_in_halves(env, monkeypatch):
+    """MAX_ROWS bounds one person's rows; a batch of ordinary persons passing it together
+    is read again in halves (three statements for eight persons here, not nine), and a
+    person past it alone still gets their newest rows. Answers equal those read alone."""
+    _, collector, _ = env
+    n = uuid.uuid4().hex[:8]
+    send(env, [view(f"p{i}-{j}-{n}", device_id=f"d{i}-{n}", ts=f"2026-11-20T10:0{j}:00Z")
+               for i in range(8) for j in range(6)])
+    send(env, [view(f"heavy{j:02d}-{n}", device_id=f"heavy-{n}", ts=f"2026-11-20T11:{j:02d}:00Z")
+               for j in range(50)])
+    site = collector.sites.get(SITE)
+    persons = Graph(collector.store, site).resolve_many(
+        [("device", f"d{i}-{n}") for i in range(8)])
+    reads = []
+    rows = collector.store.rows
+    monkeypatch.setattr(collector.store, "rows", lambda sql, params=None: (
+        reads.append(sql) if "person_hits" in sql else None) or rows(sql, params))
+    monkeypatch.setattr(profiles, "MAX_ROWS", 40)  # 8 x 6 = 48 rows pass it together
+    together = profiles.profiles_and_keys(collector.store, SITE, persons)
+    assert len(reads) == 3
+    alone = [profiles.profiles_and_keys(collector.store, SITE, [p])[0] for p in persons]
+    assert together == alone
+    [heavy] = Graph(collector.store, site).resolve_many([("device", f"heavy-{n}")])
+    answer, _ = profiles.profiles_and_keys(collector.store, SITE, [heavy, persons[0]])[0]
+    assert answer["viewed"][0]["product_id"] == f"heavy49-{n}"  # the newest of the cut

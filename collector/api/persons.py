@@ -21,7 +21,7 @@ from starlette.responses import Response
 from collector.api import body, query
 from collector.api.access import ADMIN, READ, ApiError, json_response, keyed
 from collector.identity import profile as profiles
-from collector.identity.graph import Graph
+from collector.identity.graph import Graph, Person
 from collector.identity.kinds import IdentifierError, parse
 from collector.identity.operations import OperationError, Operations
 from collector.identity.resolutions import link_keys, resolve_kept
@@ -58,8 +58,7 @@ async def _operate(collector: Collector, call, *args):  # type: ignore[no-untype
 async def person(request: Request, collector: Collector, site: Site) -> Response:
     query.params(request, ())
     kind, ident = identifier(site, query.path_text(request, "ident", 300), "ident")
-    graph = Graph(collector.store, site)
-    found = await run_in_threadpool(graph.resolve, kind, ident)
+    found = await run_in_threadpool(_listed, collector, site, kind, ident)
     if found is None:
         raise ApiError(404, f"nobody is known by {kind}:{ident[:64]} on this site", "ident")
     ops = await run_in_threadpool(_merge_ops, collector, site, sorted(found.merged))
@@ -92,21 +91,34 @@ async def profile(request: Request, collector: Collector, site: Site) -> Respons
 def read_profiles(collector: Collector, site: Site, asks: list[tuple[str, str]]
                   ) -> list[bytes | None]:
     """The profiles (as JSON, None for nobody) of the identifiers, read together and kept
-    (blocking): concurrent cold profiles cost about the statements of one."""
+    (blocking): concurrent cold profiles cost about the statements of one. One kept while
+    its ask waited for this batch (the batch before read it) is not read again."""
     kept = collector.person_answers
     since = kept.begin()
+    bodies: dict[tuple[str, str], bytes | None] = {}
+    for ask in asks:
+        hit, body = kept.get(site.site_id, ("profile", *ask), counted=False)
+        if hit:
+            bodies[ask] = body  # type: ignore[assignment]
+    unread = [ask for ask in dict.fromkeys(asks) if ask not in bodies]
     graph = Graph(collector.store, site, kept.decisions(collector.store, site.site_id))
-    persons = resolve_kept(kept, graph, asks)
+    persons = resolve_kept(kept, graph, unread) if unread else []
     found = [person for person in persons if person is not None]
     answers = iter(profiles.profiles_and_keys(collector.store, site.site_id, found))
-    bodies = []
-    for (kind, ident), person in zip(asks, persons, strict=True):
+    for (kind, ident), person in zip(unread, persons, strict=True):
         answer, keys = next(answers) if person is not None else (None, set())
         body = None if answer is None else orjson.dumps(answer)  # kept small, as JSON
         keys |= {f"{kind}:{ident}", *link_keys(person, kind, ident)}
         kept.put(site.site_id, ("profile", kind, ident), body, keys, since)
-        bodies.append(body)
-    return bodies
+        bodies[(kind, ident)] = body
+    return [bodies[ask] for ask in asks]
+
+
+def _listed(collector: Collector, site: Site, kind: str, ident: str) -> Person | None:
+    """The person with their identifiers listed (blocking), the site's merges and splits
+    kept (``PersonAnswers.decisions``): no statement of theirs."""
+    decisions = collector.person_answers.decisions(collector.store, site.site_id)
+    return Graph(collector.store, site, decisions).resolve(kind, ident)
 
 
 def _merge_ops(collector: Collector, site: Site, persons: list[str]) -> dict[str, str]:

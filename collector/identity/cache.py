@@ -70,8 +70,8 @@ class PersonAnswers:
     def decisions(self, store: Store, site_id: str) -> Decisions | None:
         """The site's merges and splits (``graph.Decisions``), kept like an answer that
         names no key: only what the feed cannot follow row by row (every merge, split, undo
-        and erasure is) or ``max_age`` drops them. None while nothing can be kept: the
-        graph then reads them at each resolution. Blocking."""
+        and erasure is), ``max_age`` or the bound on kept answers drops them. None while
+        nothing can be kept: the graph then reads them at each resolution. Blocking."""
         if not self.enabled:
             return None
         found, decisions = self.get(site_id, DECISIONS, counted=False)

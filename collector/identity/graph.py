@@ -343,9 +343,10 @@ class Graph:
         users_seen, changes, overrides, seen = self._holders(
             sorted({pair for pairs in pairs_of for pair in pairs}),
             sorted({user for person in persons for user in person.users}), listing)
-        if len(persons) > 1 and len(changes) >= MAX_LINKS:  # cut for all: each on its own
-            for person in persons:
-                self._fill_all([person], listing)
+        if len(persons) > 1 and len(changes) >= MAX_LINKS:  # cut for all: halves, until a
+            half = len(persons) // 2  # person with that many owner changes is alone
+            self._fill_all(persons[:half], listing)
+            self._fill_all(persons[half:], listing)
             return
         changed: dict[tuple[str, str], list[dict]] = {}
         for row in changes:

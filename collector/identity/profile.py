@@ -49,15 +49,19 @@ CUT = " LIMIT {most:UInt32}"
 
 def _rows(store: Store, site_id: str, persons: list[Person], events: tuple[str, ...] = ()
           ) -> list[list[dict[str, Any]]]:
-    """Each person's rows, read at once for all of them. A cut answer is read again per
-    person, in order."""
+    """Each person's rows, read at once for all of them. A cut answer is read again in
+    halves (only a person with MAX_ROWS rows of their own ends up alone, read newest
+    first): a batch of ordinary persons that together pass the cut costs a few statements,
+    not one per person."""
     keys = sorted({key for person in persons for key in keys_of(person)})
     sql = ROWS + (OF_EVENTS if events else "")
     params = {"site": site_id, "keys": keys, "events": list(events), "most": MAX_ROWS}
     found = store.rows(sql + CUT, params)
     if len(found) >= MAX_ROWS:
         if len(persons) > 1:
-            return [_rows(store, site_id, [person], events)[0] for person in persons]
+            half = len(persons) // 2
+            return (_rows(store, site_id, persons[:half], events)
+                    + _rows(store, site_id, persons[half:], events))
         found = store.rows(sql + NEWEST + CUT, params)
     by_key: dict[str, list[dict[str, Any]]] = {}
     for row in found:
@@ -125,6 +129,8 @@ def profiles_and_keys(store: Store, site_id: str, persons: list[Person]
                       ) -> list[tuple[dict[str, Any] | None, set[str]]]:
     """Each person's profile, and the keys it depends on (``depends_on`` and its consent
     decisions): their rows and the decisions read once for all of them."""
+    if not persons:  # nobody: no statement
+        return []
     built = [_profile(person, _groups(rows))
              for person, rows in zip(persons, _rows(store, site_id, persons), strict=True)]
     decisions = _consents(store, site_id, sorted({c for _, ids in built for c in ids}))

@@ -27,41 +27,56 @@ class Batcher:
         # Asks waiting per group: bounds the memory and the wait that clients holding many
         # connections open can cause (16 batches of 64: a few seconds of work).
         self.max_waiting = max_waiting
-        self._waiting: dict[Hashable, list[tuple[Any, asyncio.Future]]] = {}
-        self._running: set[Hashable] = set()
+        self._waiting: dict[Hashable, list[tuple[Any, asyncio.Future, Work]]] = {}
+        self._running: dict[Hashable, asyncio.Task] = {}
 
     async def ask(self, group: Hashable, item: Any, work: Work) -> Any:
         """``work([item, ...])``'s answer for ``item``, batched with the other asks of
-        ``group`` (which must mean the same ``work``). An error of the batch is each ask's.
-        Raises Busy when ``max_waiting`` asks of the group are waiting already."""
+        ``group`` (whose work must do the same: a batch runs its first ask's, which may
+        close over that request's state). An error of the batch is each ask's. Raises Busy
+        when ``max_waiting`` asks of the group are waiting already."""
         waiting = self._waiting.setdefault(group, [])
         if len(waiting) >= self.max_waiting:
-            raise Busy(f"{len(waiting)} asks are waiting already")
+            waiting[:] = [ask for ask in waiting if not ask[1].done()]  # clients that left
+            if len(waiting) >= self.max_waiting:
+                raise Busy(f"{len(waiting)} asks are waiting already")
         future = asyncio.get_running_loop().create_future()
-        waiting.append((item, future))
+        waiting.append((item, future, work))
         if group not in self._running:
-            self._running.add(group)
-            asyncio.get_running_loop().create_task(self._run(group, work))
+            self._running[group] = asyncio.get_running_loop().create_task(self._run(group))
         return await future
 
-    async def _run(self, group: Hashable, work: Work) -> None:
+    async def _run(self, group: Hashable) -> None:
+        asks: list[tuple[Any, asyncio.Future, Work]] = []
         try:
             while waiting := self._waiting.get(group):
                 batch, waiting[:] = waiting[:self.most], waiting[self.most:]
-                asks = [(item, future) for item, future in batch if not future.done()]
-                if not asks:
-                    continue
-                try:
-                    answers = await run_in_threadpool(work, [item for item, _ in asks])
-                except Exception as exc:  # each ask gets it, and answers with its error
-                    for _, future in asks:
-                        if not future.done():
-                            future.set_exception(exc)
-                    continue
-                for (_, future), answer in zip(asks, answers, strict=True):
-                    if not future.done():
-                        future.set_result(answer)
+                asks = [ask for ask in batch if not ask[1].done()]
+                if asks:
+                    await self._answer(asks)
+        except BaseException as exc:  # this task failed or was cancelled: no ask waits on
+            for _, future, _ in (*asks, *self._waiting.pop(group, ())):
+                if not future.done():
+                    future.set_exception(exc if isinstance(exc, Exception)
+                                         else RuntimeError("the batch was cancelled"))
+            raise
         finally:
-            self._running.discard(group)
+            del self._running[group]
             if not self._waiting.get(group):
                 self._waiting.pop(group, None)
+
+    @staticmethod
+    async def _answer(asks: list[tuple[Any, asyncio.Future, Work]]) -> None:
+        """One batch: its first ask's work over all its items; an error is each ask's."""
+        try:
+            answers = await run_in_threadpool(asks[0][2], [item for item, _, _ in asks])
+            if len(answers) != len(asks):
+                raise RuntimeError(f"{len(answers)} answers to {len(asks)} asks")
+        except Exception as exc:
+            for _, future, _ in asks:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (_, future, _), answer in zip(asks, answers, strict=True):
+            if not future.done():
+                future.set_result(answer)
