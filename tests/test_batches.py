@@ -8,6 +8,7 @@ import threading
 import pytest
 
 from collector.web.batches import Batcher, Busy
+from tests.helpers import wait_for
 
 
 def run(coroutine):
@@ -193,3 +194,31 @@ def test_asks_whose_client_left_do_not_count_toward_the_bound():
         return await first, await kept
 
     assert run(main()) == (0, 9)
+
+
+def test_asks_from_two_event_loops_are_batched_apart():
+    """Two loops (two test clients, or one without ``with``: a portal per request) asking
+    at once: each is answered in its own loop, neither waits for the other's batch."""
+    batcher = Batcher()
+    release = threading.Event()
+    answers = {}
+
+    def work(items):
+        release.wait(5)
+        return list(items)
+
+    def in_a_loop(name, item):
+        async def main():
+            return await asyncio.wait_for(batcher.ask("g", item, work), 10)
+        answers[name] = asyncio.run(main())
+
+    first = threading.Thread(target=in_a_loop, args=("a", 1))
+    first.start()
+    wait_for(lambda: batcher._running)  # noqa: SLF001 - the first loop's batch runs
+    second = threading.Thread(target=in_a_loop, args=("b", 2))
+    second.start()
+    wait_for(lambda: len(batcher._running) == 2)  # noqa: SLF001 - and the second's
+    release.set()
+    first.join(10)
+    second.join(10)
+    assert answers == {"a": 1, "b": 2}

@@ -8,6 +8,7 @@ import uuid
 import orjson
 import pytest
 
+from collector.privacy import erase as erasure
 from collector.privacy.tombstones import ALWAYS, plain_subject
 from tests.helpers import (
     CHROME,
@@ -46,9 +47,15 @@ def call(env, method, path, data=None, key="admin", site=SITE):
     return client.request(method, path, content=content, headers=headers)
 
 
-def test_erase_removes_the_person_everywhere_and_keeps_others(env):
+@pytest.mark.parametrize("deletes", ["patch parts", "mutations"])
+def test_erase_removes_the_person_everywhere_and_keeps_others(env, monkeypatch, deletes):
+    """With patch parts (the engine's lightweight updates), and with mutations as on a
+    server older than ClickHouse 25.7, which does not know the setting."""
     client, collector, keys = env
     store = collector.store
+    assert erasure.delete_settings(store) == erasure.PATCH_DELETES  # this engine has them
+    if deletes == "mutations":
+        monkeypatch.setitem(erasure._delete_settings, store, "")  # noqa: SLF001
     user, phone, desk, card, (shoes, _, _), events = journey()
     # A sister uses the phone later, logged in as herself: her part stays.
     sister = f"sis-{uuid.uuid4().hex[:8]}"
@@ -70,9 +77,13 @@ def test_erase_removes_the_person_everywhere_and_keeps_others(env):
     mine = [user, desk, card, f"s-{user}"]
     assert found_anywhere(store, mine)
 
+    patches = "SELECT count() AS n FROM system.parts WHERE database = 'tagwerk' AND active " \
+              "AND table = 'events' AND startsWith(name, 'patch-')"
+    before = store.rows(patches)[0]["n"]
     r = call(env, "POST", f"{BASE}/privacy/erase", {"id": f"loyalty:{card}"})
     assert r.status_code == 200, r.text
     done = r.json()
+    assert (store.rows(patches)[0]["n"] > before) == (deletes == "patch parts")
     assert done["removed"]["events"] >= 6 and done["removed"]["person_hits"] >= 5
     assert done["removed"]["identity_links"] >= 4 and done["identifiers"] == 4
     assert done["spool_flushed"] is True

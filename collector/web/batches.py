@@ -27,43 +27,47 @@ class Batcher:
         # Asks waiting per group: bounds the memory and the wait that clients holding many
         # connections open can cause (16 batches of 64: a few seconds of work).
         self.max_waiting = max_waiting
-        self._waiting: dict[Hashable, list[tuple[Any, asyncio.Future, Work]]] = {}
-        self._running: dict[Hashable, asyncio.Task] = {}
+        # Per (event loop, group): the asks waiting for the next batch, and the task running.
+        self._waiting: dict[tuple[asyncio.AbstractEventLoop, Hashable],
+                            list[tuple[Any, asyncio.Future, Work]]] = {}
+        self._running: dict[tuple[asyncio.AbstractEventLoop, Hashable], asyncio.Task] = {}
 
     async def ask(self, group: Hashable, item: Any, work: Work) -> Any:
         """``work([item, ...])``'s answer for ``item``, batched with the other asks of
         ``group`` (whose work must do the same: a batch runs its first ask's, which may
         close over that request's state). An error of the batch is each ask's. Raises Busy
         when ``max_waiting`` asks of the group are waiting already."""
-        waiting = self._waiting.setdefault(group, [])
+        loop = asyncio.get_running_loop()
+        key = (loop, group)  # a batch's futures and its task belong to one event loop
+        waiting = self._waiting.setdefault(key, [])
         if len(waiting) >= self.max_waiting:
             waiting[:] = [ask for ask in waiting if not ask[1].done()]  # clients that left
             if len(waiting) >= self.max_waiting:
                 raise Busy(f"{len(waiting)} asks are waiting already")
-        future = asyncio.get_running_loop().create_future()
+        future = loop.create_future()
         waiting.append((item, future, work))
-        if group not in self._running:
-            self._running[group] = asyncio.get_running_loop().create_task(self._run(group))
+        if key not in self._running:
+            self._running[key] = loop.create_task(self._run(key))
         return await future
 
-    async def _run(self, group: Hashable) -> None:
+    async def _run(self, key: tuple[asyncio.AbstractEventLoop, Hashable]) -> None:
         asks: list[tuple[Any, asyncio.Future, Work]] = []
         try:
-            while waiting := self._waiting.get(group):
+            while waiting := self._waiting.get(key):
                 batch, waiting[:] = waiting[:self.most], waiting[self.most:]
                 asks = [ask for ask in batch if not ask[1].done()]
                 if asks:
                     await self._answer(asks)
         except BaseException as exc:  # this task failed or was cancelled: no ask waits on
-            for _, future, _ in (*asks, *self._waiting.pop(group, ())):
+            for _, future, _ in (*asks, *self._waiting.pop(key, ())):
                 if not future.done():
                     future.set_exception(exc if isinstance(exc, Exception)
                                          else RuntimeError("the batch was cancelled"))
             raise
         finally:
-            del self._running[group]
-            if not self._waiting.get(group):
-                self._waiting.pop(group, None)
+            del self._running[key]
+            if not self._waiting.get(key):
+                self._waiting.pop(key, None)
 
     @staticmethod
     async def _answer(asks: list[tuple[Any, asyncio.Future, Work]]) -> None:
