@@ -120,6 +120,19 @@ def test_asks_past_the_waiting_bound_are_refused_at_once_and_the_rest_answered()
     assert run(main()) == (0, [1, 2, 3], 5)
 
 
+async def one_then_another(release: threading.Event, first_work, second_work):
+    """Ask 1 (its batch held until ``release``), then 2 while that batch runs; release;
+    both asks' tasks once done (or after 5 s)."""
+    batcher = Batcher()
+    first = asyncio.create_task(batcher.ask("g", 1, first_work))
+    await asyncio.sleep(0.05)
+    second = asyncio.create_task(batcher.ask("g", 2, second_work))
+    await asyncio.sleep(0.05)
+    release.set()
+    await asyncio.wait([first, second], timeout=5)
+    return first, second
+
+
 def test_each_batch_runs_the_work_of_its_own_asks():
     """The work of an ask closes over its request (the site as it is now): a batch formed
     while an older one runs uses its own asks' work, not the first ask's forever."""
@@ -132,16 +145,8 @@ def test_each_batch_runs_the_work_of_its_own_asks():
     def new(items):
         return [("new", item) for item in items]
 
-    async def main():
-        batcher = Batcher()
-        first = asyncio.create_task(batcher.ask("g", 1, old))
-        await asyncio.sleep(0.05)
-        second = asyncio.create_task(batcher.ask("g", 2, new))
-        await asyncio.sleep(0.05)
-        release.set()
-        return await first, await second
-
-    assert run(main()) == (("old", 1), ("new", 2))
+    first, second = run(one_then_another(release, old, new))
+    assert (first.result(), second.result()) == (("old", 1), ("new", 2))
 
 
 def test_a_wrong_answer_fails_its_batch_and_strands_no_ask():
@@ -157,18 +162,8 @@ def test_a_wrong_answer_fails_its_batch_and_strands_no_ask():
             return []
         return list(items)
 
-    async def main():
-        batcher = Batcher()
-        first = asyncio.create_task(batcher.ask("g", 1, work))
-        await asyncio.sleep(0.05)
-        second = asyncio.create_task(batcher.ask("g", 2, work))
-        await asyncio.sleep(0.05)
-        release.set()
-        done, pending = await asyncio.wait([first, second], timeout=5)
-        return pending, first, second
-
-    pending, first, second = run(main())
-    assert not pending
+    first, second = run(one_then_another(release, work, work))
+    assert first.done() and second.done()
     assert isinstance(first.exception(), RuntimeError) and second.result() == 2
 
 
