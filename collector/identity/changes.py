@@ -8,13 +8,13 @@ plain MergeTree's active parts bounds what is committed (``collector/api/cursor.
 one reader sees every new row, whoever inserted it: this collector's flusher, another
 collector on the same ClickHouse, a restore. It reports the keys the new rows name, per
 site: ``user:<id>``, ``device:<id>``, ``<kind>:<id>`` (hits), ``link:<kind>:<id>`` and
-``link:user:<id>`` (links), ``consent:<id>``. It follows those
-tables, not ``events``: a materialised view's rows become visible after the events they come
-from, and an answer recomputed in between would be kept without them.
+``link:user:<id>`` (links), ``consent:<id>``. It follows those tables, not ``events``: a
+materialised view's rows become visible after the events they come from, and an answer
+recomputed in between would be kept without them.
 
 What it cannot follow row by row it reports as "everything changed": a mutation or a patch
-part (an erasure's DELETE, an ALTER ... UPDATE), a merge or split of persons (their tables change
-rarely), a burst of more rows than it reads at once. A table whose block numbers do not
+part (an erasure's DELETE, an ALTER ... UPDATE), a merge or split of persons (their tables
+change rarely), a burst of more rows than it reads at once. A table whose block numbers do not
 follow commits (replicated, distributed) cannot be followed at all: then ``usable`` is
 False and callers keep nothing.
 

@@ -23,8 +23,8 @@
 
 Counts and deletes are ClickHouse lightweight deletes, synchronous: when the answer comes,
 a query no longer sees the rows (patch parts where a table allows them: ``_delete``).
-Aggregates keep no identifiers (unique counts are hash
-sketches; pair tables are recomputed from the session and purchase state every minute).
+Aggregates keep no identifiers (unique counts are hash sketches; pair tables are recomputed
+from the session and purchase state every minute).
 """
 
 from __future__ import annotations
