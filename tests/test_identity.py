@@ -450,6 +450,15 @@ def test_ids_with_slashes_and_colons(env):
     found = person(env, f"user:{quote(user, safe='')}")
     assert found["person_id"] == person_id(SITE, "user", user)
     assert person(env, "loyalty:L%2F1:2")["person_id"] == found["person_id"]
+    # An id ending in "/profile" is the person's (its slash sent as %2F), not a profile of
+    # an id without it; a literal "/profile" (an encoded letter too) is the profile route.
+    odd = f"o-{uuid.uuid4().hex[:6]}/profile"
+    send(env, [identify(odd, loyalty=f"L-{odd}")])
+    listed = person(env, f"user:{quote(odd, safe='')}")
+    assert listed["person_id"] == person_id(SITE, "user", odd) and "identifiers" in listed
+    assert person(env, f"user:{quote(odd, safe='').replace('%2F', '%2f')}") == listed
+    profile = get(env, f"{BASE}/persons/user:{quote(odd, safe='')}/profil%65")
+    assert profile.status_code == 200 and "viewed" in profile.json()
 
 
 def test_a_browsers_identify_links_only_with_the_shops_identity_token(env):

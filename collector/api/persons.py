@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import uuid
+from urllib.parse import unquote
 
 import orjson
 from starlette.concurrency import run_in_threadpool
@@ -57,7 +58,11 @@ async def _operate(collector: Collector, call, *args):  # type: ignore[no-untype
 @keyed(READ)
 async def person(request: Request, collector: Collector, site: Site) -> Response:
     query.params(request, ())
-    kind, ident = identifier(site, query.path_text(request, "ident", 300), "ident")
+    return await _person(collector, site, query.path_text(request, "ident", 300))
+
+
+async def _person(collector: Collector, site: Site, text: str) -> Response:
+    kind, ident = identifier(site, text, "ident")
     found = await run_in_threadpool(_listed, collector, site, kind, ident)
     if found is None:
         raise ApiError(404, f"nobody is known by {kind}:{ident[:64]} on this site", "ident")
@@ -70,7 +75,13 @@ async def profile(request: Request, collector: Collector, site: Site) -> Respons
     """404 both for nobody and for a person without personalization consent: the answer
     never tells which. Kept in memory until the person has a new hit (identity/cache.py)."""
     query.params(request, ())
-    kind, ident = identifier(site, query.path_text(request, "ident", 300), "ident")
+    text = query.path_text(request, "ident", 300)
+    raw = request.scope.get("raw_path") or b"/profile"
+    if unquote(raw.rsplit(b"/", 1)[-1].decode("latin-1")) != "profile":
+        # The route matched the decoded path: "/profile" was the end of an id, its slash
+        # sent as %2F (ids may hold "/"), so the person is asked for, not a profile.
+        return await _person(collector, site, f"{text}/profile")
+    kind, ident = identifier(site, text, "ident")
 
     kept = collector.person_answers
     hit, answer = kept.get(site.site_id, ("profile", kind, ident))
