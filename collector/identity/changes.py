@@ -47,11 +47,11 @@ FOLLOWED = {
 RARE = ("identity_merges", "identity_overrides")
 MOST_ROWS = 5_000  # distinct keys read per look (a flush's worth); beyond, everything changed
 
-# The tables' highest block numbers (of their rows' parts), the highest of each table's
-# patch parts (as 'patch:<table>'), and (as the row of table '') the set of mutations of any
-# table as one number: one statement a look. An erasure deletes with patch parts, or with a
-# mutation where a table cannot take them (privacy/erase.py); a patch part takes a new
-# block number, and when merges apply it and it goes, that is no news.
+# The tables' highest block numbers (of their rows' parts), and per table the highest block
+# number of its patch parts ('patch:<table>') and of its mutations ('mutation:<table>'): one
+# statement a look. An erasure deletes with patch parts, or with a mutation where a table
+# cannot take them (privacy/erase.py); either takes a new block number, while a patch part
+# applied by a merge, or a finished mutation forgotten, is no news.
 STATE = """
 SELECT table, max(max_block_number) AS top FROM system.parts
 WHERE database = 'tagwerk' AND active AND table IN {tables:Array(String)}
@@ -62,8 +62,9 @@ SELECT concat('patch:', table), max(max_block_number) FROM system.parts
 WHERE database = 'tagwerk' AND active AND startsWith(name, 'patch-')
 GROUP BY table
 UNION ALL
-SELECT '', count() + sum(cityHash64(table, mutation_id)) FROM system.mutations
-WHERE database = 'tagwerk'
+SELECT concat('mutation:', table), max(toUInt64OrZero(extract(mutation_id, '[0-9]+')))
+FROM system.mutations WHERE database = 'tagwerk'
+GROUP BY table
 """
 # The keys of one table's rows stored after a look (older parts are not read: positions.py).
 NEW_KEYS = """
@@ -168,10 +169,11 @@ class ChangeFeed:
     def _changes(self) -> dict[str, set[str]] | None:
         tops = self._state()
         before, self._tops = self._tops, tops
-        if any(tops.get(t, 0) != before.get(t, 0) for t in ("", *RARE)):
+        if any(tops.get(t, 0) != before.get(t, 0) for t in RARE):
             return None
-        if any(top > before.get(t, 0) for t, top in tops.items() if t.startswith("patch:")):
-            return None  # a delete, by this collector or another
+        if any(top > before.get(t, 0) for t, top in tops.items()
+               if t.startswith(("patch:", "mutation:"))):
+            return None  # a delete or an update, by this collector or another
         branches, params = [], {"most": MOST_ROWS}
         for n, (table, key) in enumerate(FOLLOWED.items()):
             since, top = before.get(table, 0), tops.get(table, 0)
