@@ -37,11 +37,13 @@ def resolve_kept(kept: PersonAnswers, graph: Graph, asks: list[tuple[str, str]]
     site_id = graph.site_id
     since = kept.begin()
     found: dict[tuple[str, str], Person | None] = {}
+    missing = []
     for ask in dict.fromkeys(asks):
         hit, person = kept.get(site_id, ("person", *ask), counted=False)
         if hit:
             found[ask] = person  # type: ignore[assignment]
-    missing = [ask for ask in dict.fromkeys(asks) if ask not in found]
+        else:
+            missing.append(ask)
     for ask, person in zip(missing, graph.resolve_many(missing) if missing else (),
                            strict=True):
         found[ask] = person
