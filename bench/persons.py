@@ -156,7 +156,7 @@ def generate(data_dir: Path, args: argparse.Namespace) -> dict[str, str]:
                                       count=min(chunk, args.events - offset)))
     print(f"generated {args.events:,} events in {time.monotonic() - began:.0f} s")
     refresh_pairs(store)
-    for table in ("events", "identity_links", "person_hits"):
+    for table in ("events", "identity_links_by_identifier", "person_hits"):
         [row] = store.rows(f"SELECT count() AS n FROM tagwerk.{table}")
         print(f"  tagwerk.{table}: {row['n']:,} rows")
     store.close()

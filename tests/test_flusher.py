@@ -77,7 +77,8 @@ VIEW_TOTALS = {
     "page_daily": "sum(views)",
     "session_entries": "count()",
     "person_hits": "count()",
-    "identity_links": "count()",
+    "identity_links_by_identifier": "count()",
+    "identity_links_by_person": "count()",
 }
 
 

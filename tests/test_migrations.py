@@ -134,6 +134,60 @@ def test_upgrade_to_person_hits_keeps_every_row(tmp_path):
     assert done.stdout.strip() == "ok", done.stderr[-2000:]
 
 
+LINKS_UPGRADE = """
+import sys
+from pathlib import Path
+from collector import migrations
+from collector.storage.embedded import EmbeddedStore
+
+store = EmbeddedStore(Path(sys.argv[1]))
+every = migrations.load_migrations()
+migrations.load_migrations = lambda: [m for m in every if m.version < 28]
+migrations.migrate(store)
+insert = \"\"\"INSERT INTO tagwerk.events (event_id, site_id, event, type, ts, received_at,
+    device_id, user_id, identifiers, consent) SELECT generateUUIDv4(number), 's', 'login',
+    'identify', now64(3) - toIntervalMillisecond(number), now64(3), 'd' || toString(number),
+    'u' || toString(number % 3),
+    map('loyalty', 'L' || toString(number % 3)), ['analytics']
+    FROM numbers({first:UInt64}, 10)\"\"\"
+store.execute(insert, {"first": 0})
+columns = "site_id, kind, id, user_id, person_id, ts, source, event_id"
+before = store.rows(f"SELECT {columns} FROM tagwerk.identity_links ORDER BY ALL")
+migrations.load_migrations = lambda: every
+migrations.migrate(store)
+after = store.rows(f"SELECT {columns} FROM tagwerk.identity_links_by_identifier ORDER BY ALL")
+old_name = store.rows(f"SELECT {columns} FROM tagwerk.identity_links ORDER BY ALL")
+assert len(before) == 30 and after == before and old_name == before, (before, after)
+held = "SELECT DISTINCT person_id, kind, id FROM tagwerk.identity_links_by_person ORDER BY ALL"
+expected = ("SELECT DISTINCT person_id, kind, id FROM tagwerk.identity_links_by_identifier "
+            "WHERE kind != 'user' ORDER BY ALL")
+assert len(store.rows(held)) == 13 and store.rows(held) == store.rows(expected)
+store.execute(insert, {"first": 10})
+assert len(store.rows(f"SELECT {columns} FROM tagwerk.identity_links")) == 60
+assert len(store.rows(held)) == 23 and store.rows(held) == store.rows(expected)
+print("ok")
+"""
+
+
+def test_upgrade_to_the_two_orders_of_links_keeps_every_link(tmp_path):
+    """An install from before 0028 upgrades: its links move to
+    identity_links_by_identifier, each person's identifiers fill identity_links_by_person,
+    the old name reads the links, and new links land in both."""
+    done = subprocess.run([sys.executable, "-c", LINKS_UPGRADE, str(tmp_path / "ch")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_links_are_read_in_small_granules_and_the_old_table_is_a_view(store):
+    assert store.rows("SELECT engine FROM system.tables WHERE database = 'tagwerk' "
+                      "AND name = 'identity_links'") == [{"engine": "View"}]
+    for table in ("identity_links_by_identifier", "identity_links_by_person"):
+        query = store.rows("SELECT create_table_query AS q FROM system.tables WHERE "
+                           "database = 'tagwerk' AND name = {t:String}", {"t": table})[0]["q"]
+        assert "index_granularity = 1024" in query, table
+        assert "enable_block_number_column = 1" in query, table
+
+
 def test_person_hits_is_read_in_small_granules_and_the_old_view_is_gone(store):
     assert store.rows("SELECT engine FROM system.tables WHERE database = 'tagwerk' "
                       "AND name = 'person_activity'") == [{"engine": "View"}]

@@ -209,8 +209,8 @@ def test_site_retention_applies_to_links_and_person_level_tables(env):
         hit("purchase", old, [{"product_id": "p", "quantity": 1}], device_id=f"d-{n}"),
     ]
     store = collector.store
-    tables = ("events", "identity_links", "person_hits", "session_items",
-              "purchased_items", "session_entries")
+    tables = ("events", "identity_links_by_identifier", "identity_links_by_person",
+              "person_hits", "session_items", "purchased_items", "session_entries")
 
     def counts(site_id):
         return {t: int(store.rows(f"SELECT count() AS n FROM tagwerk.{t} WHERE site_id = "

@@ -211,11 +211,11 @@ def test_erasure_keeps_another_persons_split_of_an_identifier_with_the_same_text
 
 def flood(store, kind: str, ident: str, n: int) -> None:
     """What n identify hits from browsers, each naming ``kind:ident`` with a new user id,
-    leave in identity_links (written directly: the same rows, faster)."""
+    leave in the links (written directly: the same rows, faster)."""
     store.execute(
-        "INSERT INTO tagwerk.identity_links (site_id, kind, id, user_id, person_id, ts, "
-        "source, event_id, retention_days) SELECT {site:String}, {kind:String}, {id:String}, "
-        "concat('junk-', toString(number)) AS u, "
+        "INSERT INTO tagwerk.identity_links_by_identifier (site_id, kind, id, user_id, "
+        "person_id, ts, source, event_id, retention_days) SELECT {site:String}, {kind:String}, "
+        "{id:String}, concat('junk-', toString(number)) AS u, "
         "concat('p_', substring(lower(hex(SHA256(concat({site:String}, '\\0user\\0', u)))), "
         "1, 32)), now64(3) - toIntervalSecond(number % 1000), 'identify', generateUUIDv4(), 0 "
         "FROM numbers({n:UInt64})", {"site": SITE, "kind": kind, "id": ident, "n": n})
@@ -237,7 +237,7 @@ def test_a_flooded_email_does_not_hide_the_victims_other_identifiers_from_erasur
                hit("purchase", now_iso(200), [uid("p")], channel="pos",
                    identifiers={"loyalty": card}, order_id=uid("o"))])
     # Background merges sort the links by (kind, id): the e-mail's now come first.
-    store.execute("OPTIMIZE TABLE tagwerk.identity_links FINAL")
+    store.execute("OPTIMIZE TABLE tagwerk.identity_links_by_identifier FINAL")
     started = time.monotonic()
     r = call(env, "GET", f"{BASE}/persons/user:{victim}", key="read")
     elapsed = time.monotonic() - started

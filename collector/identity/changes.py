@@ -2,8 +2,9 @@
 memory (``cache.py``).
 
 The feed follows the tables those answers read: ``person_hits`` (what a person did),
-``identity_links`` (who is whom) and ``consent_log`` (the decisions a profile lists). Each
-keeps its rows' block numbers (migrations 0018, 0019), and the highest block number of a
+``identity_links_by_identifier`` (who is whom; ``identity_links_by_person`` is written
+with it) and ``consent_log`` (the decisions a profile lists). Each keeps its rows' block
+numbers (migrations 0018, 0019, 0028), and the highest block number of a
 plain MergeTree's active parts bounds what is committed (``collector/api/cursor.py``). So
 one reader sees every new row, whoever inserted it: this collector's flusher, another
 collector on the same ClickHouse, a restore. It reports the keys the new rows name, per
@@ -39,8 +40,8 @@ LINK = "link:"
 # Each followed table, with its new rows' keys as SQL.
 FOLLOWED = {
     "person_hits": "key",
-    "identity_links": f"arrayJoin([concat('{LINK}', toString(kind), ':', id), "
-                      f"concat('{LINK}user:', user_id)])",
+    "identity_links_by_identifier": f"arrayJoin([concat('{LINK}', toString(kind), ':', id), "
+                                    f"concat('{LINK}user:', user_id)])",
     "consent_log": "concat('consent:', consent_id)",
 }
 # Changed only by identity operations: any new part of theirs means "everything changed".

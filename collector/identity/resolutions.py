@@ -4,7 +4,7 @@ A profile asked again after the person's new hit reads their rows again, but who
 (their user ids, the identifiers they hold and when) changes only with a new link (a login,
 an alias), a merge, a split or an erasure: resolving it again would cost two or three of the
 profile's four statements. A resolution is kept (``cache.PersonAnswers``) with the keys of
-the links it was read from, as the change feed names new ``identity_links`` rows
+the links it was read from, as the change feed names new ``identity_links_by_identifier`` rows
 (``link:<kind>:<id>``, ``changes.LINK``): the identifier asked for (its first link), the
 person's anchors, their user ids among them (a new identifier linked to a user names the
 user too) and every identifier they hold or held (a new owner of a shared device names it).

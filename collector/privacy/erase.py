@@ -142,17 +142,20 @@ def _erase_identity(store: Store, site_id: str, person: Person,
         # The time a shared identifier was theirs stays nobody's (see the module's doc).
         anchor = ERASED + request_id
         store.execute(
-            "INSERT INTO tagwerk.identity_links (site_id, kind, id, user_id, person_id, ts, "
-            "source, event_id, retention_days) SELECT site_id, kind, id, {anchor:String}, "
-            "{anchor_person:String}, ts, 'erased', generateUUIDv4(), retention_days "
-            "FROM tagwerk.identity_links WHERE site_id = {site:String} "
+            "INSERT INTO tagwerk.identity_links_by_identifier (site_id, kind, id, user_id, "
+            "person_id, ts, source, event_id, retention_days) SELECT site_id, kind, id, "
+            "{anchor:String}, {anchor_person:String}, ts, 'erased', generateUUIDv4(), "
+            "retention_days FROM tagwerk.identity_links_by_identifier "
+            "WHERE site_id = {site:String} "
             f"AND person_id IN {{users:Array(String)}} AND {PAIR} IN {{pairs:Array(String)}}",
             {**base, "anchor": anchor, "anchor_person": person_id(site_id, "user", anchor),
              "pairs": [f"{k}:{i}" for k, i in shared]})
+    theirs = "site_id = {site:String} AND person_id IN {users:Array(String)}"
     removed = {
-        "identity_links": _delete(
-            store, "tagwerk.identity_links",
-            "site_id = {site:String} AND person_id IN {users:Array(String)}", base, settings),
+        "identity_links": _delete(store, "tagwerk.identity_links_by_identifier", theirs, base,
+                                  settings),
+        "identity_links_by_person": _delete(store, "tagwerk.identity_links_by_person", theirs,
+                                            base, settings),
         "identity_merges": _delete(
             store, "tagwerk.identity_merges", "site_id = {site:String} AND "
             "(person_id IN {members:Array(String)} OR into_person IN {members:Array(String)})",
