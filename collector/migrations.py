@@ -22,6 +22,9 @@ hold tables placed differently). Views render too:
 - ``INSERT INTO ... SELECT`` (backfills): run once, through the Distributed tables.
 - ``DROP VIEW|TABLE IF EXISTS`` (a table rebuilt under a new name): on every node, a
   sharded table's Distributed table and its ``*_local`` tables alike.
+- ``EXCHANGE TABLES a AND b`` (a table rebuilt under its own name: a copy filled, then
+  exchanged): on every node, a sharded table's ``*_local`` tables (its Distributed table
+  names them, and goes on reading the one of its name).
 
 Statements must be idempotent (``IF NOT EXISTS``): ClickHouse has no transactional DDL,
 so a migration interrupted half-way is simply run again.
@@ -48,6 +51,7 @@ _INSERT = re.compile(r"^\s*INSERT INTO\b", re.I)
 _NAME = re.compile(r"\b(\w+)\.(\w+)\b")
 _ALTER = re.compile(r"^\s*ALTER TABLE (\w+)\.(\w+)", re.I)
 _DROP = re.compile(r"^\s*DROP (TABLE|VIEW) IF EXISTS (\w+)\.(\w+)\s*$", re.I)
+_EXCHANGE = re.compile(r"^\s*EXCHANGE TABLES (\w+)\.(\w+) AND (\w+)\.(\w+)\s*$", re.I)
 # ALTERs of what only the shards' storage has: indexes, projections, TTL, settings.
 _STORAGE_ONLY = re.compile(
     r"\s*(ADD|DROP|MATERIALIZE|CLEAR)\s+(INDEX|PROJECTION)\b"
@@ -208,6 +212,12 @@ def _render_for_cluster(stmt: str, cluster: str, shard_key: str | None,
             return [f"DROP {what} IF EXISTS {db}.{name} {on} SYNC",
                     f"DROP {what} IF EXISTS {db}.{name}_local {on} SYNC"]
         return [f"DROP {what} IF EXISTS {db}.{name} {on} SYNC"]
+    if match := _EXCHANGE.match(stmt):
+        first, second = (f"{match.group(i)}.{match.group(i + 1)}" for i in (1, 3))
+        if (first in sharded) != (second in sharded):
+            raise ValueError(f"cannot exchange a sharded and a replicated table: {stmt}")
+        names = [_local(_NAME.search(stmt, match.start(i)), sharded) for i in (1, 3)]
+        return [f"EXCHANGE TABLES {names[0]} AND {names[1]} {on}"]
     if match := _ALTER.match(stmt):
         db, table = match.group(1), match.group(2)
         rest = stmt[match.end():]

@@ -178,6 +178,76 @@ def test_upgrade_to_the_two_orders_of_links_keeps_every_link(tmp_path):
     assert done.stdout.strip() == "ok", done.stderr[-2000:]
 
 
+HITS_REBUILD = """
+import sys
+from pathlib import Path
+from collector import migrations
+from collector.storage.embedded import EmbeddedStore
+
+store = EmbeddedStore(Path(sys.argv[1]))
+every = migrations.load_migrations()
+migrations.load_migrations = lambda: [m for m in every if m.version < 30]
+migrations.migrate(store)
+insert = \"\"\"INSERT INTO tagwerk.events (event_id, site_id, event, type, ts, received_at,
+    device_id, consent, items) SELECT generateUUIDv4(number), 's', 'view_item', 'track',
+    now64(3), now64(3), 'd' || toString(number % 3), ['personalization'],
+    [('p' || toString(number), '', '', '', '', toDecimal64(2, 4), toUInt32(1))]
+    FROM numbers({first:UInt64}, 10)\"\"\"
+store.execute(insert, {"first": 0})
+rows = "SELECT key, product_id, event_id FROM tagwerk.person_hits ORDER BY ALL"
+before = store.rows(rows)
+# Interrupted after the first `done` statements of 0030, then migrated again.
+[rebuild] = [m for m in every if m.version == 30]
+for stmt in rebuild.statements[:int(sys.argv[2])]:
+    store.execute(stmt)
+migrations.load_migrations = lambda: every
+migrations.migrate(store)
+after = store.rows(rows)
+old_name = store.rows("SELECT key, product_id, event_id FROM tagwerk.person_activity "
+                      "ORDER BY ALL")
+assert len(before) == 10 and after == before and old_name == before, (before, after)
+[query] = store.rows("SELECT create_table_query AS q FROM system.tables "
+                     "WHERE database = 'tagwerk' AND name = 'person_hits'")
+assert "index_granularity = 256" in query["q"], query
+assert not store.rows("SELECT name FROM system.tables WHERE database = 'tagwerk' "
+                      "AND name LIKE 'person_hits_0%'")
+store.execute(insert, {"first": 10})
+assert len(store.rows(rows)) == 20
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("done", [0, 3, 4, 5, 6])
+def test_person_hits_rebuilt_under_its_own_name_whenever_interrupted(tmp_path, done):
+    """0030 rebuilds person_hits in finer granules under its own name (a copy, then an
+    exchange). Run again after being cut after any of its statements (none, the copy made,
+    the copy filled, the exchange, the old one dropped), it leaves every row, in
+    the new layout, read by person_hits and person_activity, and fed by new hits."""
+    done_ = subprocess.run([sys.executable, "-c", HITS_REBUILD, str(tmp_path / "ch"), str(done)],
+                           capture_output=True, text=True, timeout=120)
+    assert done_.stdout.strip() == "ok", done_.stderr[-2000:]
+
+
+def test_a_rebuild_renders_for_a_cluster():
+    """The copy is exchanged on every node's shard tables; the Distributed tables keep
+    their names and read the shard table of theirs."""
+    m = migrations.Migration(9, "x", "-- cluster: sharded by cityHash64(key)\n"
+                             "CREATE TABLE IF NOT EXISTS tagwerk.t2 (key String) "
+                             "ENGINE = MergeTree ORDER BY key;\n"
+                             "EXCHANGE TABLES tagwerk.t AND tagwerk.t2;\n"
+                             "-- cluster: replicated\n"
+                             "EXCHANGE TABLES tagwerk.sites AND tagwerk.sites2")
+    sharded = frozenset({"tagwerk.t", "tagwerk.t2"})
+    assert render(m, "c", sharded)[2:] == [
+        "EXCHANGE TABLES tagwerk.t_local AND tagwerk.t2_local ON CLUSTER c",
+        "EXCHANGE TABLES tagwerk.sites AND tagwerk.sites2 ON CLUSTER c",
+    ]
+    mixed = migrations.Migration(9, "x", "-- cluster: replicated\n"
+                                 "EXCHANGE TABLES tagwerk.t AND tagwerk.sites")
+    with pytest.raises(ValueError, match="cannot exchange"):
+        render(mixed, "c", sharded)
+
+
 def test_links_are_read_in_small_granules_and_the_old_table_is_a_view(store):
     assert store.rows("SELECT engine FROM system.tables WHERE database = 'tagwerk' "
                       "AND name = 'identity_links'") == [{"engine": "View"}]
@@ -193,7 +263,7 @@ def test_person_hits_is_read_in_small_granules_and_the_old_view_is_gone(store):
                       "AND name = 'person_activity'") == [{"engine": "View"}]
     granularity = store.rows("SELECT create_table_query AS q FROM system.tables WHERE "
                              "database = 'tagwerk' AND name = 'person_hits'")[0]["q"]
-    assert "index_granularity = 1024" in granularity
+    assert "index_granularity = 256" in granularity  # since 0030
     assert not store.rows("SELECT name FROM system.tables WHERE database = 'tagwerk' "
                           "AND name = 'person_activity_mv'")
 
