@@ -38,6 +38,60 @@ def test_asks_meanwhile_form_the_next_batch_and_get_their_own_answers():
     assert batches == [[1], [2, 3, 4, 5]]
 
 
+def test_the_last_batchs_clients_asking_again_join_the_next_batch():
+    """Clients of a batch ask again once answered, after the asks that came meanwhile
+    started the next batch: that batch waits (within ``regather``) until as many asks
+    wait as the last one held, instead of running one ask alone."""
+    batches: list[list[int]] = []
+    release = threading.Event()
+
+    def work(items):
+        batches.append(list(items))
+        if len(batches) == 1:
+            release.wait(5)
+        return items
+
+    async def client(batcher, first):
+        answer = await batcher.ask("g", first, work)
+        return answer, await batcher.ask("g", first + 10, work)  # at once, again
+
+    async def main():
+        batcher = Batcher(regather=60)  # ends when enough wait, not by the clock
+        clients = [asyncio.create_task(client(batcher, i)) for i in (1, 2, 3)]
+        await asyncio.sleep(0.05)
+        late = asyncio.create_task(batcher.ask("g", 4, work))
+        await asyncio.sleep(0.05)
+        release.set()
+        return await asyncio.gather(*clients), await late
+
+    assert run(main()) == ([(1, 11), (2, 12), (3, 13)], 4)
+    assert batches == [[1, 2, 3], [4, 11, 12, 13]]
+
+
+def test_a_batch_regathers_no_longer_than_regather():
+    """Nobody asks again: the waiting ask runs once ``regather`` has passed."""
+    batches: list[list[int]] = []
+    release = threading.Event()
+
+    def work(items):
+        batches.append(list(items))
+        if len(batches) == 1:
+            release.wait(5)
+        return items
+
+    async def main():
+        batcher = Batcher(regather=0.01)
+        first = [asyncio.create_task(batcher.ask("g", i, work)) for i in (1, 2)]
+        await asyncio.sleep(0.05)
+        late = asyncio.create_task(batcher.ask("g", 3, work))
+        await asyncio.sleep(0.05)
+        release.set()
+        return await asyncio.gather(*first), await late
+
+    assert run(main()) == ([1, 2], 3)
+    assert batches == [[1, 2], [3]]
+
+
 def test_a_batch_holds_at_most_most_asks_and_groups_stay_apart():
     batches: list[tuple[str, list[int]]] = []
 
