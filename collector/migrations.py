@@ -52,9 +52,10 @@ _NAME = re.compile(r"\b(\w+)\.(\w+)\b")
 _ALTER = re.compile(r"^\s*ALTER TABLE (\w+)\.(\w+)", re.I)
 _DROP = re.compile(r"^\s*DROP (TABLE|VIEW) IF EXISTS (\w+)\.(\w+)\s*$", re.I)
 _EXCHANGE = re.compile(r"^\s*EXCHANGE TABLES (\w+)\.(\w+) AND (\w+)\.(\w+)\s*$", re.I)
-# ALTERs of what only the shards' storage has: indexes, projections, TTL, settings.
+# ALTERs of what only the shards' storage has: indexes, projections, TTL, settings, a
+# column's stored values.
 _STORAGE_ONLY = re.compile(
-    r"\s*(ADD|DROP|MATERIALIZE|CLEAR)\s+(INDEX|PROJECTION)\b"
+    r"\s*(ADD|DROP|MATERIALIZE|CLEAR)\s+(INDEX|PROJECTION)\b|\s*MATERIALIZE\s+COLUMN\b"
     r"|\s*(MODIFY|REMOVE)\s+TTL\b|\s*(MODIFY|RESET)\s+SETTING\b", re.I)
 _MODIFY_QUERY = re.compile(r"\s*MODIFY QUERY\b", re.I)
 _ENGINE = re.compile(r"ENGINE\s*=\s*(\w*MergeTree)(?:\(([^)]*)\))?", re.I)

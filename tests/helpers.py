@@ -144,15 +144,22 @@ def flush_all(flusher: Flusher, spool: Spool) -> None:
 
 
 def found_anywhere(store: Store, values: list[str]) -> dict[str, int]:
-    """Per tagwerk table, the rows that hold one of ``values`` in any column: what an
-    erasure must leave at zero."""
-    tables = store.rows("SELECT name FROM system.tables WHERE database = 'tagwerk' "
-                        "AND engine LIKE '%MergeTree'")
+    """Per tagwerk table, the rows that hold one of ``values`` in any column (MATERIALIZED
+    ones too, which ``*`` leaves out): what an erasure must leave at zero. A refreshable
+    view's scratch table (``.tmp.inner...``, gone when the refresh ends) is not a place
+    of its own: its rows become the view's target, which is searched."""
+    columns = store.rows("SELECT table, name FROM system.columns WHERE database = 'tagwerk' "
+                         "AND table IN (SELECT name FROM system.tables WHERE database = "
+                         "'tagwerk' AND engine LIKE '%MergeTree' AND NOT startsWith(name, '.'))"
+                         " ORDER BY table, position")
+    by_table: dict[str, list[str]] = {}
+    for column in columns:
+        by_table.setdefault(column["table"], []).append(f"`{column['name']}`")
     found = {}
-    for table in (t["name"] for t in tables):
-        [row] = store.rows(f"SELECT count() AS n FROM tagwerk.{table} WHERE "
-                           "multiSearchAny(formatRow('TSV', *), {v:Array(String)})",
-                           {"v": values})
+    for table, names in by_table.items():
+        [row] = store.rows(f"SELECT count() AS n FROM tagwerk.`{table}` WHERE "
+                           f"multiSearchAny(formatRow('TSV', {', '.join(names)}), "
+                           "{v:Array(String)})", {"v": values})
         if int(row["n"]):
             found[table] = int(row["n"])
     return found
