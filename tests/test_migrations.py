@@ -98,7 +98,9 @@ def test_cluster_render_of_drops():
         render(unguarded, "c")
 
 
-UPGRADE = """
+# An install migrated up to (not including) a version, in a process of its own (one engine
+# per process), for an upgrade script to fill, migrate the rest and check.
+BEFORE = """
 import sys
 from pathlib import Path
 from collector import migrations
@@ -106,8 +108,19 @@ from collector.storage.embedded import EmbeddedStore
 
 store = EmbeddedStore(Path(sys.argv[1]))
 every = migrations.load_migrations()
-migrations.load_migrations = lambda: [m for m in every if m.version < 20]
+migrations.load_migrations = lambda: [m for m in every if m.version < int(sys.argv[2])]
 migrations.migrate(store)
+"""
+
+
+def run_upgrade(tmp_path, before: int, script: str, *args: str) -> None:
+    """``script`` after an install of the migrations before ``before``; it prints ok."""
+    done = subprocess.run([sys.executable, "-c", BEFORE + script, str(tmp_path / "ch"),
+                           str(before), *args], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "ok", done.stderr[-3000:]
+
+
+UPGRADE = """
 store.execute(\"\"\"INSERT INTO tagwerk.events (event_id, site_id, event, type, ts, received_at,
     device_id, consent, items) SELECT generateUUIDv4(number), 's', 'view_item', 'track',
     now64(3), now64(3), 'd' || toString(number % 3), ['personalization'],
@@ -131,21 +144,10 @@ print("ok")
 def test_upgrade_to_person_hits_keeps_every_row(tmp_path):
     """An install from before 0020 (its own engine: one per process) upgrades: the rows
     move to person_hits, the old name reads them, and new hits land in person_hits."""
-    done = subprocess.run([sys.executable, "-c", UPGRADE, str(tmp_path / "ch")],
-                          capture_output=True, text=True, timeout=120)
-    assert done.stdout.strip() == "ok", done.stderr[-2000:]
+    run_upgrade(tmp_path, 20, UPGRADE)
 
 
 LINKS_UPGRADE = """
-import sys
-from pathlib import Path
-from collector import migrations
-from collector.storage.embedded import EmbeddedStore
-
-store = EmbeddedStore(Path(sys.argv[1]))
-every = migrations.load_migrations()
-migrations.load_migrations = lambda: [m for m in every if m.version < 28]
-migrations.migrate(store)
 insert = \"\"\"INSERT INTO tagwerk.events (event_id, site_id, event, type, ts, received_at,
     device_id, user_id, identifiers, consent) SELECT generateUUIDv4(number), 's', 'login',
     'identify', now64(3) - toIntervalMillisecond(number), now64(3), 'd' || toString(number),
@@ -175,21 +177,10 @@ def test_upgrade_to_the_two_orders_of_links_keeps_every_link(tmp_path):
     """An install from before 0028 upgrades: its links move to
     identity_links_by_identifier, each person's identifiers fill identity_links_by_person,
     the old name reads the links, and new links land in both."""
-    done = subprocess.run([sys.executable, "-c", LINKS_UPGRADE, str(tmp_path / "ch")],
-                          capture_output=True, text=True, timeout=120)
-    assert done.stdout.strip() == "ok", done.stderr[-2000:]
+    run_upgrade(tmp_path, 28, LINKS_UPGRADE)
 
 
 HITS_REBUILD = """
-import sys
-from pathlib import Path
-from collector import migrations
-from collector.storage.embedded import EmbeddedStore
-
-store = EmbeddedStore(Path(sys.argv[1]))
-every = migrations.load_migrations()
-migrations.load_migrations = lambda: [m for m in every if m.version < 30]
-migrations.migrate(store)
 insert = \"\"\"INSERT INTO tagwerk.events (event_id, site_id, event, type, ts, received_at,
     device_id, consent, items) SELECT generateUUIDv4(number), 's', 'view_item', 'track',
     now64(3), now64(3), 'd' || toString(number % 3), ['personalization'],
@@ -200,7 +191,7 @@ rows = "SELECT key, product_id, event_id FROM tagwerk.person_hits ORDER BY ALL"
 before = store.rows(rows)
 # Interrupted after the first `done` statements of 0030, then migrated again.
 [rebuild] = [m for m in every if m.version == 30]
-for stmt in rebuild.statements[:int(sys.argv[2])]:
+for stmt in rebuild.statements[:int(sys.argv[3])]:
     store.execute(stmt)
 migrations.load_migrations = lambda: every
 migrations.migrate(store)
@@ -225,9 +216,7 @@ def test_person_hits_rebuilt_under_its_own_name_whenever_interrupted(tmp_path, d
     exchange). Run again after being cut after any of its statements (none, the copy made,
     the copy filled, the exchange, the old one dropped), it leaves every row, in
     the new layout, read by person_hits and person_activity, and fed by new hits."""
-    done_ = subprocess.run([sys.executable, "-c", HITS_REBUILD, str(tmp_path / "ch"), str(done)],
-                           capture_output=True, text=True, timeout=120)
-    assert done_.stdout.strip() == "ok", done_.stderr[-2000:]
+    run_upgrade(tmp_path, 30, HITS_REBUILD, str(done))
 
 
 def test_a_rebuild_renders_for_a_cluster():
@@ -251,17 +240,8 @@ def test_a_rebuild_renders_for_a_cluster():
 
 
 HITS_PACKED = r"""
-import sys
-from pathlib import Path
 import orjson
-from collector import migrations
 from collector.identity.profile import HIT_FIELDS, ROWS
-from collector.storage.embedded import EmbeddedStore
-
-store = EmbeddedStore(Path(sys.argv[1]))
-every = migrations.load_migrations()
-migrations.load_migrations = lambda: [m for m in every if m.version < 31]
-migrations.migrate(store)
 insert = ("INSERT INTO tagwerk.events (event_id, site_id, event, type, ts, received_at, "
           "device_id, consent, consent_id, channel, device_class, items) SELECT "
           "generateUUIDv4(number), 's', ['view_item', 'purchase'][number % 2 + 1], 'track', "
@@ -302,9 +282,7 @@ def test_the_packed_hit_equals_the_columns_before_and_after_the_upgrade(tmp_path
     stored before it and after it, with quotes, backslashes, tabs, newlines and non-Latin
     text in their values, read back from ``hit`` field for field as their columns say; the
     data team's ``SELECT *`` does not show it."""
-    done = subprocess.run([sys.executable, "-c", HITS_PACKED, str(tmp_path / "ch")],
-                          capture_output=True, text=True, timeout=120)
-    assert done.stdout.strip() == "ok", done.stderr[-3000:]
+    run_upgrade(tmp_path, 31, HITS_PACKED)
 
 
 def test_links_are_read_in_small_granules_and_the_old_table_is_a_view(store):
