@@ -279,13 +279,15 @@ def erase_heavy(base: str, keys: dict[str, str], data_dir: Path) -> float:
 
 
 def find_anywhere(data_dir: Path, values: list[str]) -> dict[str, int]:
-    """Through the running collector's SQL port, as its own user (every table)."""
+    """Through the running collector's SQL port, as its own user (every table). Every row
+    of every table is formatted and searched on the collector's one core: minutes on a slow
+    machine, hence the long timeout."""
     from collector.storage.server import ServerStore
     from tests.helpers import found_anywhere
 
     info = json.loads((data_dir / "serve.json").read_text())
     store = ServerStore(f"http://{info['sql_user']}:{info['sql_password']}@"
-                        f"{info['sql_host']}:{info['sql_port']}/tagwerk")
+                        f"{info['sql_host']}:{info['sql_port']}/tagwerk", timeout=600)
     try:
         return found_anywhere(store, values)
     finally:
