@@ -12,9 +12,10 @@ load, and erasure of a person among millions of rows.
    carrying their user id; 2% of hits are till purchases naming only the loyalty card.
    Products have Zipf-like popularity. One more customer has 1,000 hits of their own
    (phone, desktop, till) for the erasure.
-2. Runs ``tagwerk serve`` on it pinned to one core and measures
-   ``GET persons/{kind}:{id}/profile`` over random customers by device, user id and
-   loyalty card: p50/p99 of one client, and requests/s of ``--clients`` connections (wrk on
+2. Runs ``tagwerk serve`` on it pinned to one core, prints what a statement costs there
+   (``SELECT 1`` and a one-key read through the SQL port: machines of this kind differ) and
+   measures ``GET persons/{kind}:{id}/profile`` over random customers by device, user id
+   and loyalty card: p50/p99 of one client, and requests/s of ``--clients`` connections (wrk on
    the other core); ratios to the goals (p99 20 ms, 1,000 requests/s). Each twice: "cold",
    persons nobody asked for since the start (every statement runs), and "kept", persons
    asked for before and without a new hit since (answered from memory,
@@ -42,6 +43,7 @@ import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -278,16 +280,43 @@ def erase_heavy(base: str, keys: dict[str, str], data_dir: Path) -> float:
     return took
 
 
-def find_anywhere(data_dir: Path, values: list[str]) -> dict[str, int]:
-    """Through the running collector's SQL port, as its own user (every table). Every row
-    of every table is formatted and searched on the collector's one core: minutes on a slow
-    machine, hence the long timeout."""
+def sql_port(data_dir: Path, timeout: float = 30.0) -> Any:
+    """A client of the running collector's SQL port, as its own user (every table)."""
     from collector.storage.server import ServerStore
-    from tests.helpers import found_anywhere
 
     info = json.loads((data_dir / "serve.json").read_text())
-    store = ServerStore(f"http://{info['sql_user']}:{info['sql_password']}@"
-                        f"{info['sql_host']}:{info['sql_port']}/tagwerk", timeout=600)
+    return ServerStore(f"http://{info['sql_user']}:{info['sql_password']}@"
+                       f"{info['sql_host']}:{info['sql_port']}/tagwerk", timeout=timeout)
+
+
+def engine_floor(data_dir: Path, rounds: int = 50) -> tuple[float, float]:
+    """Median ms, through the SQL port, of ``SELECT 1`` and of one customer's person_hits
+    (one key, a granule per part) on this machine's server core: the second less the first
+    is about what one MergeTree read costs the engine, and a cold profile is four or five
+    reads in a row, so this tells a slower machine from a slower collector."""
+    store = sql_port(data_dir)
+    read = ("SELECT key, hit FROM tagwerk.person_hits WHERE site_id = {site:String} "
+            "AND key IN {keys:Array(String)}")
+    try:
+        floors = []
+        for sql, params in (("SELECT 1", None), (read, {"site": SITE, "keys": ["user:u1"]})):
+            times = []
+            for _ in range(rounds):
+                began = time.perf_counter()
+                store.rows(sql, params)
+                times.append((time.perf_counter() - began) * 1000)
+            floors.append(statistics.median(times))
+        return floors[0], floors[1]
+    finally:
+        store.close()
+
+
+def find_anywhere(data_dir: Path, values: list[str]) -> dict[str, int]:
+    """Every row of every table formatted and searched on the collector's one core:
+    minutes on a slow machine, hence the long timeout."""
+    from tests.helpers import found_anywhere
+
+    store = sql_port(data_dir, timeout=600)
     try:
         return found_anywhere(store, values)
     finally:
@@ -325,6 +354,9 @@ def main() -> None:
     try:
         wait_http(f"{base}/readyz", timeout=300)
         print(f"collector quiet {wait_quiet(proc.pid):.0f} s after it answered")
+        statement, read = engine_floor(data_dir)
+        print(f"statements on the server core, through the SQL port: SELECT 1 "
+              f"{statement:.1f} ms, one key's person_hits {read:.1f} ms")
         if args.erase_only:
             took = erase_heavy(base, keys, data_dir)
             print(f"erasure of a person with 1,000 hits among {args.events:,}: {took:.2f} s = "
