@@ -15,15 +15,23 @@ def run(coroutine):
     return asyncio.run(coroutine)
 
 
-def test_asks_meanwhile_form_the_next_batch_and_get_their_own_answers():
+def first_batch_held(answer=lambda item: item):
+    """(batches run so far, the event that lets the first one end, the work): the first
+    batch runs until released, so that the asks meanwhile wait for the next."""
     batches: list[list[int]] = []
     release = threading.Event()
 
     def work(items):
         batches.append(list(items))
         if len(batches) == 1:
-            release.wait(5)  # the first batch runs while the others ask
-        return [item * 10 for item in items]
+            release.wait(5)
+        return [answer(item) for item in items]
+
+    return batches, release, work
+
+
+def test_asks_meanwhile_form_the_next_batch_and_get_their_own_answers():
+    batches, release, work = first_batch_held(lambda item: item * 10)
 
     async def main():
         batcher = Batcher()
@@ -42,14 +50,7 @@ def test_the_last_batchs_clients_asking_again_join_the_next_batch():
     """Clients of a batch ask again once answered, after the asks that came meanwhile
     started the next batch: that batch waits (within ``regather``) until as many asks
     wait as the last one held, instead of running one ask alone."""
-    batches: list[list[int]] = []
-    release = threading.Event()
-
-    def work(items):
-        batches.append(list(items))
-        if len(batches) == 1:
-            release.wait(5)
-        return items
+    batches, release, work = first_batch_held()
 
     async def client(batcher, first):
         answer = await batcher.ask("g", first, work)
@@ -70,14 +71,7 @@ def test_the_last_batchs_clients_asking_again_join_the_next_batch():
 
 def test_a_batch_regathers_no_longer_than_regather():
     """Nobody asks again: the waiting ask runs once ``regather`` has passed."""
-    batches: list[list[int]] = []
-    release = threading.Event()
-
-    def work(items):
-        batches.append(list(items))
-        if len(batches) == 1:
-            release.wait(5)
-        return items
+    batches, release, work = first_batch_held()
 
     async def main():
         batcher = Batcher(regather=0.01)
