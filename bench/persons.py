@@ -289,7 +289,7 @@ def sql_port(data_dir: Path, timeout: float = 30.0) -> Any:
                        f"{info['sql_host']}:{info['sql_port']}/tagwerk", timeout=timeout)
 
 
-def engine_floor(data_dir: Path, rounds: int = 50) -> tuple[float, float]:
+def statement_costs(data_dir: Path, rounds: int = 50) -> tuple[float, float]:
     """Median ms, through the SQL port, of ``SELECT 1`` and of one customer's person_hits
     (one key, a granule per part) on this machine's server core: the second less the first
     is about what one MergeTree read costs the engine, and a cold profile is four or five
@@ -298,15 +298,15 @@ def engine_floor(data_dir: Path, rounds: int = 50) -> tuple[float, float]:
     read = ("SELECT key, hit FROM tagwerk.person_hits WHERE site_id = {site:String} "
             "AND key IN {keys:Array(String)}")
     try:
-        floors = []
+        medians = []
         for sql, params in (("SELECT 1", None), (read, {"site": SITE, "keys": ["user:u1"]})):
             times = []
             for _ in range(rounds):
                 began = time.perf_counter()
                 store.rows(sql, params)
                 times.append((time.perf_counter() - began) * 1000)
-            floors.append(statistics.median(times))
-        return floors[0], floors[1]
+            medians.append(statistics.median(times))
+        return medians[0], medians[1]
     finally:
         store.close()
 
@@ -354,7 +354,7 @@ def main() -> None:
     try:
         wait_http(f"{base}/readyz", timeout=300)
         print(f"collector quiet {wait_quiet(proc.pid):.0f} s after it answered")
-        statement, read = engine_floor(data_dir)
+        statement, read = statement_costs(data_dir)
         print(f"statements on the server core, through the SQL port: SELECT 1 "
               f"{statement:.1f} ms, one key's person_hits {read:.1f} ms")
         if args.erase_only:
