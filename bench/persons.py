@@ -50,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from load import SERVER_CORE, free_port, wait_http, wait_quiet, wrk  # noqa: E402
 from recommend import SITE, background_load, bench_site, pct, refresh_pairs, wrk_script  # noqa: E402
+from sql_latency import timed  # noqa: E402
 
 GOAL_P99_MS, GOAL_RPS, GOAL_FRESH_S, GOAL_ERASE_S = 20.0, 1000.0, 1.0, 10.0
 MONTH_MS = 30 * 86400 * 1000
@@ -298,15 +299,9 @@ def statement_costs(data_dir: Path, rounds: int = 50) -> tuple[float, float]:
     read = ("SELECT key, hit FROM tagwerk.person_hits WHERE site_id = {site:String} "
             "AND key IN {keys:Array(String)}")
     try:
-        medians = []
-        for sql, params in (("SELECT 1", None), (read, {"site": SITE, "keys": ["user:u1"]})):
-            times = []
-            for _ in range(rounds):
-                began = time.perf_counter()
-                store.rows(sql, params)
-                times.append((time.perf_counter() - began) * 1000)
-            medians.append(statistics.median(times))
-        return medians[0], medians[1]
+        statement = timed(lambda: store.rows("SELECT 1"), rounds)
+        one_key = timed(lambda: store.rows(read, {"site": SITE, "keys": ["user:u1"]}), rounds)
+        return statistics.median(statement), statistics.median(one_key)
     finally:
         store.close()
 
