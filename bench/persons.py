@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
 import subprocess
@@ -290,6 +291,19 @@ def sql_port(data_dir: Path, timeout: float = 30.0) -> Any:
                        f"{info['sql_host']}:{info['sql_port']}/tagwerk", timeout=timeout)
 
 
+def links_loaded(base: str, timeout: float = 300.0) -> float:
+    """Seconds until the collector reports its first copy of the identity links loaded."""
+    began = time.monotonic()
+    while time.monotonic() - began < timeout:
+        with urllib.request.urlopen(f"{base}/metrics", timeout=30) as response:
+            for line in response.read().decode().splitlines():
+                if line.startswith("tagwerk_identity_links_loads_total ") and \
+                        float(line.split()[1]) >= 1:
+                    return time.monotonic() - began
+        time.sleep(0.2)
+    raise TimeoutError("the identity links were not loaded into memory")
+
+
 def statement_costs(data_dir: Path, rounds: int = 50) -> tuple[float, float]:
     """Median ms, through the SQL port, of ``SELECT 1`` and of one customer's person_hits
     (one key, a granule per part) on this machine's server core: the second less the first
@@ -361,6 +375,13 @@ def main() -> None:
         # same persons again, answered from memory until they have a new hit.
         urls = profile_urls(base, args, 20_000, seed=7)
         call(urls[-1], keys["read"])
+        # The first resolution has the identity links loaded into memory in the background
+        # (collector/identity/link_index.py): measure once they are.
+        if os.environ.get("TAGWERK_IDENTITY_LINKS_IN_MEMORY", "1") in ("0", "false", "no"):
+            print("identity links NOT in memory (TAGWERK_IDENTITY_LINKS_IN_MEMORY): tables")
+        else:
+            print(f"identity links in memory {links_loaded(base):.1f} s after the first "
+                  f"profile, then quiet after {wait_quiet(proc.pid):.0f} s")
         for label in ("cold", "kept"):
             times, found = single_client(urls, keys["read"], args.seconds)
             p50, p99 = statistics.median(times), pct(times, 99)

@@ -45,6 +45,10 @@ class Settings:
     # After a group commit of several hits, the spool waits this long to gather the next.
     spool_commit_delay_ms: float = 2.0
     demo_site: bool = True
+    # Profiles resolve who they are about from a copy of the identity links in the engine's
+    # memory (collector/identity/link_index.py; ~150 MB per million identifiers): off, from
+    # the tables (TAGWERK_IDENTITY_LINKS_IN_MEMORY=0).
+    identity_links_in_memory: bool = True
     log_level: str = "info"
     # What erasure digests are keyed with (collector/privacy/key.py); only from the
     # environment (TAGWERK_PRIVACY_KEY), never a flag that `ps` would show. Empty: a key

@@ -45,12 +45,13 @@ _FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _LAYOUT = re.compile(r"^--\s*cluster:\s*(replicated|sharded by\s+(.+?))\s*$", re.M)
 _CREATE = re.compile(r"^\s*CREATE TABLE (IF NOT EXISTS )?(\w+)\.(\w+)", re.I)
 _VIEW = re.compile(r"^\s*CREATE (MATERIALIZED )?VIEW (IF NOT EXISTS )?(\w+)\.(\w+)", re.I)
+_DICTIONARY = re.compile(r"^\s*CREATE DICTIONARY (IF NOT EXISTS )?(\w+)\.(\w+)", re.I)
 _TO = re.compile(r"\bTO\s+(\w+)\.(\w+)", re.I)
 _REFRESH = re.compile(r"^\s*REFRESH\b", re.I)
 _INSERT = re.compile(r"^\s*INSERT INTO\b", re.I)
 _NAME = re.compile(r"\b(\w+)\.(\w+)\b")
 _ALTER = re.compile(r"^\s*ALTER TABLE (\w+)\.(\w+)", re.I)
-_DROP = re.compile(r"^\s*DROP (TABLE|VIEW) IF EXISTS (\w+)\.(\w+)\s*$", re.I)
+_DROP = re.compile(r"^\s*DROP (TABLE|VIEW|DICTIONARY) IF EXISTS (\w+)\.(\w+)\s*$", re.I)
 _EXCHANGE = re.compile(r"^\s*EXCHANGE TABLES (\w+)\.(\w+) AND (\w+)\.(\w+)\s*$", re.I)
 # ALTERs of what only the shards' storage has: indexes, projections, TTL, settings, a
 # column's stored values.
@@ -205,6 +206,11 @@ def _render_for_cluster(stmt: str, cluster: str, shard_key: str | None,
             body = _NAME.sub(lambda m: _local(m, sharded), body)
         kind = "MATERIALIZED VIEW" if materialized else "VIEW"
         return [f"CREATE {kind} {exists or ''}{db}.{view} {on}{body}"]
+    if match := _DICTIONARY.match(stmt):
+        # A copy in each node's memory, loaded from its tables: the ones it reads are
+        # replicated (identity), so every node holds the same.
+        exists, db, name = match.groups()
+        return [f"CREATE DICTIONARY {exists or ''}{db}.{name} {on}{stmt[match.end():]}"]
     if _INSERT.match(stmt):
         return [stmt]  # a backfill: once, through the Distributed tables
     if match := _DROP.match(stmt):

@@ -15,6 +15,7 @@ from collector.containers import Containers, Previews
 from collector.files import write_atomic
 from collector.identity.cache import PersonAnswers
 from collector.identity.changes import ChangeFeed
+from collector.identity.link_index import LinkIndex
 from collector.ingest.geo import GeoIP
 from collector.metrics import Metrics
 from collector.migrations import migrate
@@ -57,6 +58,7 @@ class Collector:
         self.changes = ChangeFeed(self.store)
         self.flusher.inserted = self.changes.inserted
         self.person_answers = PersonAnswers(self.changes)
+        self.link_index = LinkIndex(self.store, self.changes)
         self.batches = Batcher()  # concurrent reads answered together (cold profiles)
         self.metrics.gauge("tagwerk_person_answers_hits_total",
                            "Answers about persons served from memory.",
@@ -64,6 +66,9 @@ class Collector:
         self.metrics.gauge("tagwerk_person_answers_misses_total",
                            "Answers about persons read from ClickHouse.",
                            lambda: self.person_answers.misses)
+        self.metrics.gauge("tagwerk_identity_links_loads_total",
+                           "Copies of the identity links loaded into memory (link_index.py).",
+                           lambda: self.link_index.state()["generation"])
         self.metrics.gauge("tagwerk_spool_unflushed_bytes", "Bytes on disk not yet in ClickHouse.",
                            self.spool.unflushed_bytes)
         self.metrics.gauge("tagwerk_spool_fsyncs_total", "Group commits (fsyncs) of the spool.",
@@ -77,10 +82,13 @@ class Collector:
         self._prepare_storage()
         self.flusher.start()
         self.changes.start()
+        if self.settings.identity_links_in_memory:
+            self.link_index.start()
         threading.Thread(target=self._refresh_sites, name="sites", daemon=True).start()
 
     def stop(self) -> None:
         self._stopping.set()
+        self.link_index.stop()
         self.changes.stop()
         self.flusher.stop()
         self.spool.close()

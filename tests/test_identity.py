@@ -77,7 +77,8 @@ def person(env, ident, site=SITE):
 
 def same_with_kept_decisions(env, ident, site=SITE):
     """The graph resolves alike reading the site's merges and splits each time and with
-    them kept in memory (what profiles and exclusions use: graph.Decisions)."""
+    them kept in memory (what profiles and exclusions use: graph.Decisions), and, without
+    a listing, from the links held in the engine's memory (identity/link_index.py)."""
     _, collector, _ = env
     kind, _, value = ident.partition(":")
     store, found = collector.store, collector.sites.get(site)
@@ -86,6 +87,9 @@ def same_with_kept_decisions(env, ident, site=SITE):
         kept = Graph(store, found, load_decisions(store, site)).resolve(kind, value,
                                                                          listing=listing)
         assert kept == read, (ident, listing)
+    collector.link_index.reload_now()
+    in_memory = Graph(store, found, load_decisions(store, site), collector.link_index)
+    assert in_memory.resolve_many([(kind, value)]) == [read], ident
 
 
 def test_identify_links_every_identifier_to_one_person(env):
@@ -555,6 +559,9 @@ def test_identifiers_resolved_together_resolve_as_alone(env, monkeypatch, links_
     assert alone[0].person_id == alone[4].person_id == person_id(SITE, "user", cara)
     for decisions in (load_decisions(store, SITE), None):
         assert Graph(store, site, decisions).resolve_many(asks) == alone
+    collector.link_index.reload_now()  # the links held in memory: alike
+    assert Graph(store, site, load_decisions(store, SITE),
+                 collector.link_index).resolve_many(asks) == alone
 
 
 def test_a_batch_past_the_link_cut_resolves_in_halves_as_alone(env, monkeypatch):

@@ -113,7 +113,7 @@ def read_profiles(collector: Collector, site: Site, asks: list[tuple[str, str]]
             bodies[ask] = body  # type: ignore[assignment]
     unread = [ask for ask in dict.fromkeys(asks) if ask not in bodies]
     graph = Graph(collector.store, site, kept.decisions(collector.store, site.site_id))
-    persons = resolve_kept(kept, graph, unread) if unread else []
+    persons = resolve_kept(kept, graph, unread, collector.link_index) if unread else []
     found = [person for person in persons if person is not None]
     answers = iter(profiles.profiles_and_keys(collector.store, site.site_id, found))
     for (kind, ident), person in zip(unread, persons, strict=True):

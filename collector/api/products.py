@@ -46,6 +46,7 @@ from collector.api.query import choice, integer, params, path_text, window
 from collector.identity import profile as profiles
 from collector.identity.cache import PersonAnswers
 from collector.identity.graph import Graph
+from collector.identity.link_index import LinkIndex
 from collector.identity.resolutions import link_keys, resolve_kept
 from collector.service import Collector
 from collector.sites import Site
@@ -167,14 +168,14 @@ def compute(store: Any, site_id: str, ask: Ask, exclude: tuple[str, ...],
 
 
 def person_products(store: Any, site: Site, kind: str, ident: str,
-                    events: tuple[str, ...], kept: PersonAnswers
+                    events: tuple[str, ...], kept: PersonAnswers, index: LinkIndex | None = None
                     ) -> tuple[tuple[str, ...], set[str]]:
     """What the person known by ``kind:ident`` bought or viewed (``events``), across all
     their identifiers and channels, with personalization consent (blocking); at most
     MAX_EXCLUDED products; nothing for someone unknown. With the keys the answer depends
     on. Who the person is comes from ``kept`` while their links are unchanged."""
     graph = Graph(store, site, kept.decisions(store, site.site_id))
-    person = resolve_kept(kept, graph, [(kind, ident)])[0]
+    person = resolve_kept(kept, graph, [(kind, ident)], index)[0]
     keys = {f"{kind}:{ident}", *link_keys(person, kind, ident)}
     if person is None:
         return (), keys
@@ -192,7 +193,8 @@ async def kept_products(collector: Collector, site: Site, kind: str, ident: str,
     if not hit:
         found = await run_in_threadpool(
             kept.compute, site.site_id, name,
-            lambda: person_products(collector.store, site, kind, ident, events, kept))
+            lambda: person_products(collector.store, site, kind, ident, events, kept,
+                                    collector.link_index))
     return found  # type: ignore[return-value]
 
 

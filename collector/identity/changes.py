@@ -88,6 +88,12 @@ class ChangeFeed:
         self._stop = threading.Event()
         self._lock = threading.Lock()  # one look at a time
         self._thread: threading.Thread | None = None
+        # Counts each start and end of watching: whoever holds a copy made while watching
+        # (link_index.py) knows from it whether changes may have gone unseen since.
+        self.epoch = 0
+        # Who needs the feed watching even when no answer is kept (link_index.py): while
+        # one of these says so, ``idle`` does not stop it.
+        self.needed: list[Callable[[], bool]] = []
 
     def start(self) -> None:
         try:
@@ -111,11 +117,21 @@ class ChangeFeed:
         with self._lock:
             if not self._watching.is_set():
                 self._tops = self._state()
+                self.epoch += 1
                 self._watching.set()
 
     def idle(self) -> None:
-        """Nobody keeps answers: stop reading until the next ``watch``."""
+        """Nobody keeps answers: stop reading until the next ``watch`` (unless someone
+        still needs it)."""
+        if any(needed() for needed in self.needed):
+            return
+        if self._watching.is_set():
+            self.epoch += 1
         self._watching.clear()
+
+    @property
+    def watching(self) -> bool:
+        return self._watching.is_set()
 
     def inserted(self) -> None:
         """This collector just stored rows: look now, in the caller's thread, so that once

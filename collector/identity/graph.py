@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from collector.identity.kinds import person_id
+from collector.identity.link_index import LinkIndex
 from collector.sites import Site
 from collector.storage import Store
 
@@ -221,11 +222,16 @@ class Person:
 class Graph:
     """The identity graph of one site."""
 
-    def __init__(self, store: Store, site: Site, decisions: Decisions | None = None) -> None:
+    def __init__(self, store: Store, site: Site, decisions: Decisions | None = None,
+                 links: LinkIndex | None = None) -> None:
         self.store, self.site = store, site
         self.site_id = site.site_id
         self.cap = site.identity_max_persons
         self.decisions = decisions  # the site's merges and splits, if kept (else read)
+        # The links held in memory, for resolutions without a listing (the caller checks
+        # they were fresh: resolutions.resolve_kept). Identifiers with LINKS_EACH links or
+        # more are read from the tables all the same.
+        self.links = links
 
     # -- one identifier -----------------------------------------------------------------------
 
@@ -268,6 +274,13 @@ class Graph:
         asked = sorted({(kind, ident) for kind, ident in asks
                         if kind != "user" and (kind, ident) not in known.overrides})
         owners: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        if asked and self.links is not None:  # SEEN from the links held in memory
+            held = self.links.links(self.site_id, asked)
+            for pair, (_, rows) in held.items():
+                if len(rows) < LINKS_EACH:
+                    owners[pair] = [{"a": user["user_id"], "c": user["last"]}
+                                    for user in _first_users(rows, self.cap)]
+            asked = [pair for pair in asked if len(held.get(pair, (0, ()))[1]) >= LINKS_EACH]
         if asked:  # ANCHOR's owner part, for all of them (SEEN has its order and cut)
             for row in self._rows(SEEN, kinds=[k for k, _ in asked], ids=[i for _, i in asked],
                                   cap=self.cap):
@@ -345,8 +358,11 @@ class Graph:
             plans.append((person, user_persons, others))
         wanted = sorted({pid for _, user_persons, _ in plans for pid in user_persons})
         held: dict[str, set[tuple[str, str]]] = {}
-        for row in self._rows(HELD, pids=wanted) if wanted else ():
-            held.setdefault(row["p"], set()).add((row["k"], row["i"]))
+        if wanted and self.links is not None and not listing:
+            held = {pid: set(pairs) for pid, pairs in self.links.held(self.site_id, wanted).items()}
+        else:
+            for row in self._rows(HELD, pids=wanted) if wanted else ():
+                held.setdefault(row["p"], set()).add((row["k"], row["i"]))
         pairs_of = [sorted({*others, *(pair for pid in user_persons for pair in held.get(pid, ()))})
                     for _, user_persons, others in plans]
         users_seen, changes, overrides, seen = self._holders(
@@ -409,8 +425,13 @@ class Graph:
         seen: dict[tuple[str, str], tuple[str, str]] = {}
         sql = " UNION ALL ".join((LINKS_OF, *(() if known else (LINKS_OVERRIDES,)),
                                   *((LINKS_USERS,) if listing else ())))
-        for row in self._rows(sql, kinds=[k for k, _ in pairs], ids=[i for _, i in pairs],
-                              users=users, each=LINKS_EACH):
+        if self.links is not None and known is not None and not listing:  # LINKS_OF alone
+            read = [row for _, rows in self.links.links(self.site_id, pairs).values()
+                    for row in rows]
+        else:
+            read = self._rows(sql, kinds=[k for k, _ in pairs], ids=[i for _, i in pairs],
+                              users=users, each=LINKS_EACH)
+        for row in read:
             pair = (row["kind"], row["id"])
             if row["part"] == "link":
                 if pair in asked:  # (AMONG may find others)
@@ -424,13 +445,8 @@ class Graph:
         many = sorted(pair for pair, rows in by_pair.items() if len(rows) >= LINKS_EACH)
         for pair in sorted(set(by_pair) - set(many)):
             rows = sorted(by_pair[pair], key=lambda r: (r["ts"], r["user_id"]))
-            linked: dict[str, list[str]] = {}  # user id -> [first link, last link]
-            for row in rows:
-                linked.setdefault(row["user_id"], [row["ts"], row["ts"]])[1] = row["ts"]
-            first = sorted(linked, key=lambda user: (linked[user][0], user))[:self.cap]
-            users_seen[pair] = [{"user_id": user, "ts": linked[user][0],
-                                 "last": linked[user][1]} for user in first]
-            allowed, previous = set(first), ""
+            users_seen[pair] = _first_users(rows, self.cap)
+            allowed, previous = {user["user_id"] for user in users_seen[pair]}, ""
             for row in rows:
                 if row["user_id"] in allowed and row["user_id"] != previous:
                     changes.append(row)
@@ -495,6 +511,17 @@ class Graph:
 
     def _rows(self, sql: str, **params: Any) -> list[dict[str, Any]]:
         return self.store.rows(sql, {"site": self.site_id, **params})
+
+
+def _first_users(rows: list[dict[str, str]], cap: int) -> list[dict[str, str]]:
+    """An identifier's first ``cap`` users by first link, each with their first ("ts") and
+    last link, from all its links in time order (as SEEN reads them)."""
+    linked: dict[str, list[str]] = {}  # user id -> [first link, last link]
+    for row in rows:
+        linked.setdefault(row["user_id"], [row["ts"], row["ts"]])[1] = row["ts"]
+    first = sorted(linked, key=lambda user: (linked[user][0], user))[:cap]
+    return [{"user_id": user, "ts": linked[user][0], "last": linked[user][1]}
+            for user in first]
 
 
 def row_condition_for(kind: str, ident: str) -> tuple[str, dict[str, Any]]:

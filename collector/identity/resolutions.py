@@ -18,6 +18,7 @@ from __future__ import annotations
 from collector.identity.cache import PersonAnswers
 from collector.identity.changes import LINK
 from collector.identity.graph import Graph, Person
+from collector.identity.link_index import LinkIndex
 
 
 def link_keys(person: Person | None, kind: str, ident: str) -> set[str]:
@@ -30,10 +31,11 @@ def link_keys(person: Person | None, kind: str, ident: str) -> set[str]:
     return {LINK + name for name in names}
 
 
-def resolve_kept(kept: PersonAnswers, graph: Graph, asks: list[tuple[str, str]]
-                 ) -> list[Person | None]:
+def resolve_kept(kept: PersonAnswers, graph: Graph, asks: list[tuple[str, str]],
+                 index: LinkIndex | None = None) -> list[Person | None]:
     """``graph.resolve_many(asks)``, each resolution kept until a link it depends on changes
-    (blocking). Kept resolutions are shared: callers must not change them."""
+    (blocking), from the links held in memory (``index``) where they are fresh. Kept
+    resolutions are shared: callers must not change them."""
     site_id = graph.site_id
     since = kept.begin()
     found: dict[tuple[str, str], Person | None] = {}
@@ -44,8 +46,34 @@ def resolve_kept(kept: PersonAnswers, graph: Graph, asks: list[tuple[str, str]]
             found[ask] = person  # type: ignore[assignment]
         else:
             missing.append(ask)
-    for ask, person in zip(missing, graph.resolve_many(missing) if missing else (),
+    for ask, person in zip(missing, _resolve(graph, missing, index) if missing else (),
                            strict=True):
         found[ask] = person
         kept.put(site_id, ("person", *ask), person, link_keys(person, *ask), since)
     return [found[ask] for ask in asks]
+
+
+def _resolve(graph: Graph, asks: list[tuple[str, str]], index: LinkIndex | None
+             ) -> list[Person | None]:
+    """``graph.resolve_many(asks)``, from the links in memory when they can serve: an ask
+    whose own link is newer than the copy is read from the tables at once; a resolution
+    that turns out to depend on a newer link (or on a copy replaced meanwhile) again."""
+    token = index.begin() if index is not None and graph.decisions is not None else None
+    if token is None:
+        return graph.resolve_many(asks)
+    found: dict[int, Person | None] = {}
+    from_copy = [n for n, ask in enumerate(asks)
+                 if index.fresh(graph.site_id, link_keys(None, *ask), token)]
+    if from_copy:
+        try:
+            persons = Graph(graph.store, graph.site, graph.decisions, index).resolve_many(
+                [asks[n] for n in from_copy])
+        except LookupError:  # a hash collision in the copy: the tables decide
+            persons = [None] * len(from_copy)
+            token = -1
+        found = {n: person for n, person in zip(from_copy, persons, strict=True)
+                 if index.fresh(graph.site_id, link_keys(person, *asks[n]), token)}
+    again = [n for n in range(len(asks)) if n not in found]
+    if again:
+        found.update(zip(again, graph.resolve_many([asks[n] for n in again]), strict=True))
+    return [found[n] for n in range(len(asks))]

@@ -1,0 +1,248 @@
+"""The identity links held in the engine's memory (``clickhouse/0032``), for resolutions that
+read no table, and which of them are too new to trust.
+
+A cold profile resolves who it is about from the links of a few identifiers and the
+identifiers a few persons hold (``graph.SEEN``, ``HELD``, ``LINKS_OF``): three table reads of
+8-11 ms each on the 10M bench, where the same keys cost 3 ms as a dictGet. The dictionaries
+are a copy as of their last load, so the index follows the change feed (``changes.py``):
+every new link's keys (``link:<kind>:<id>``, ``link:user:<id>``) are *stale* until the next
+load, and a resolution that depends on a stale key is read from the tables again
+(``resolutions.resolve_kept``). What the feed cannot follow row by row (an erasure, a merge,
+a burst) makes the whole copy stale until it is loaded again: the tables answer meanwhile.
+
+The index loads in its own thread, once a resolution asks for it (a collector nobody asks
+for profiles holds nothing): then after ``RELOAD_AFTER`` seconds with stale keys, soon
+(``MIN_INTERVAL``) when everything is stale, and every ``MAX_AGE`` whatever happened (links a
+retention TTL removed are no news to the feed); never sooner than ``LOAD_SHARE`` times the
+last load's duration after it, so that loads take at most a twentieth of the engine's time
+(3 s for the 10M bench's 640k identifiers on a slow machine). While a copy is in use it
+keeps the feed watching. An erasure loads it again before it answers (``forget_erased``):
+no erased identifier stays in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+
+from collector.identity.changes import LINK, ChangeFeed
+from collector.storage import StorageError, Store
+
+log = logging.getLogger("tagwerk.links")
+
+DICTIONARIES = ("tagwerk.identity_links_dict", "tagwerk.identity_held_dict")
+RELOAD_AFTER = 60.0  # seconds a copy with stale keys is kept before loading it again
+MIN_INTERVAL = 10.0  # between loads when everything went stale (a burst must not reload
+#                      the whole graph over and over)
+MAX_AGE = 600.0
+LOAD_SHARE = 20  # a load waits at least this many times the last one's duration
+MOST_STALE = 10_000  # stale keys remembered; beyond, everything is stale
+
+# The values of some identifiers (links) or persons (held), each a JSON text that repeats
+# its key: a hash collision must not pass one key's value off as another's.
+_LOOKUP = """
+SELECT dictGetOrDefault('{dictionary}', 'value', cityHash64({{site:String}}, {key}), '') AS v
+FROM (SELECT arrayJoin({keys}) AS k)
+"""
+LINKS = _LOOKUP.format(dictionary=DICTIONARIES[0], key="k.1, k.2",
+                       keys="arrayZip({kinds:Array(String)}, {ids:Array(String)})")
+HELD = _LOOKUP.format(dictionary=DICTIONARIES[1], key="k", keys="{pids:Array(String)}")
+
+
+class LinkIndex:
+    def __init__(self, store: Store, feed: ChangeFeed, reload_after: float = RELOAD_AFTER,
+                 min_interval: float = MIN_INTERVAL, max_age: float = MAX_AGE) -> None:
+        self.store, self.feed = store, feed
+        self.reload_after, self.min_interval, self.max_age = reload_after, min_interval, max_age
+        self._lock = threading.Lock()
+        self._generation = 0  # copies loaded so far: 0, none usable yet
+        self._loaded_at = 0.0
+        self._stale: set[tuple[str, str]] = set()  # (site, link key) newer than the copy
+        self._all_stale = True
+        # Changes reported while a copy loads: they may or may not be in it.
+        self._during: set[tuple[str, str]] | None = None
+        self._during_all = False
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._load_lock = threading.Lock()  # one load at a time
+        self._epoch = -1  # the feed's watch the copy was loaded in (ChangeFeed.epoch)
+        self._asked = 0.0  # when a resolution last wanted the copy
+        # Before the kept answers hear of a change (cache.PersonAnswers), the index knows it:
+        # an answer recomputed at once must not resolve from the stale copy.
+        feed.listeners.insert(0, self.changed)
+        # A copy in use keeps the feed watching: were it to stop, the copy would have to be
+        # loaded again (whatever was stored meanwhile went unseen).
+        feed.needed.append(self._in_use)
+        self._took = 0.0  # seconds the last load took
+
+    def start(self) -> None:
+        """Load when first asked (``begin``), if the feed can tell what is newer than the
+        copy: a collector nobody asks for profiles holds nothing."""
+        if not self.feed.usable:
+            return
+        self._thread = threading.Thread(target=self._run, name="link-index", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    # -- what the feed reports ----------------------------------------------------------------
+
+    def changed(self, changes: dict[str, set[str]] | None) -> None:
+        with self._lock:
+            if changes is None:
+                self._all_stale = True
+                self._during_all = True
+            else:
+                new = {(site, key) for site, keys in changes.items() for key in keys
+                       if key.startswith(LINK)}
+                self._stale |= new
+                if self._during is not None:
+                    self._during |= new
+                if len(self._stale) > MOST_STALE:
+                    self._all_stale = True
+                    self._stale.clear()
+            if self._all_stale:
+                self._wake.set()
+
+    # -- lookups --------------------------------------------------------------------------------
+
+    def begin(self) -> int | None:
+        """Before a resolution (the feed watching: ``PersonAnswers.begin``): a token for
+        ``fresh``, or None when the copy is not usable (none loaded yet, everything stale,
+        or the feed stopped watching since it loaded, so changes may have gone unseen):
+        then read the tables, and the copy is loaded again in the background."""
+        with self._lock:
+            self._asked = time.monotonic()
+            if self._usable():
+                return self._generation
+        self._wake.set()
+        return None
+
+    def _in_use(self) -> bool:
+        with self._lock:
+            return bool(self._generation) and time.monotonic() - self._asked < self.max_age
+
+    def _usable(self) -> bool:
+        return (bool(self._generation) and not self._all_stale
+                and self.feed.watching and self.feed.epoch == self._epoch)
+
+    def fresh(self, site_id: str, keys: Iterable[str], token: int) -> bool:
+        """Whether a resolution begun at ``token`` depends on no key newer than the copy it
+        read (``resolutions.link_keys``): the same copy still, nothing stale among them."""
+        with self._lock:
+            return (token == self._generation and self._usable()
+                    and not any((site_id, key) in self._stale for key in keys))
+
+    def links(self, site_id: str, pairs: list[tuple[str, str]]
+              ) -> dict[tuple[str, str], tuple[int, list[dict[str, str]]]]:
+        """Per identifier found: how many links it has, and its first 500 by time (rows as
+        ``graph.LINKS_OF``'s). An identifier without links is left out; one whose value
+        names another key (a hash collision) raises LookupError."""
+        rows = self.store.rows(LINKS, {"site": site_id, "kinds": [k for k, _ in pairs],
+                                       "ids": [i for _, i in pairs]})
+        found = {}
+        for (kind, ident), row in zip(pairs, rows, strict=True):
+            if not row["v"]:
+                continue
+            site, k, i, n, links = orjson.loads(row["v"])
+            if (site, k, i) != (site_id, kind, ident):
+                raise LookupError(f"identity_links_dict: another key under {kind}:{ident}")
+            found[(kind, ident)] = (int(n), [{"part": "link", "kind": kind, "id": ident,
+                                              "user_id": user, "ts": ts} for ts, user in links])
+        return found
+
+    def held(self, site_id: str, pids: list[str]) -> dict[str, list[tuple[str, str]]]:
+        """Per person (of a user id): the identifiers ever linked to it (``graph.HELD``)."""
+        rows = self.store.rows(HELD, {"site": site_id, "pids": pids})
+        found = {}
+        for pid, row in zip(pids, rows, strict=True):
+            if not row["v"]:
+                continue
+            site, person, held = orjson.loads(row["v"])
+            if (site, person) != (site_id, pid):
+                raise LookupError(f"identity_held_dict: another key under {pid}")
+            found[pid] = [(kind, ident) for kind, ident in held]
+        return found
+
+    # -- loading ----------------------------------------------------------------------------------
+
+    def reload_now(self) -> None:
+        """Load a new copy (blocking); the one in memory serves until it is in place.
+        Raises StorageError (the copy is then unusable)."""
+        with self._load_lock:
+            self.feed.watch()  # every link stored from now on is reported
+            with self._lock:
+                self._during, self._during_all = set(), False
+                epoch = self.feed.epoch
+            began = time.monotonic()
+            try:
+                for name in DICTIONARIES:
+                    self.store.execute(f"SYSTEM RELOAD DICTIONARY {name}")
+            except StorageError:
+                with self._lock:
+                    self._during, self._all_stale = None, True
+                raise
+            with self._lock:
+                self._stale, self._all_stale = self._during or set(), self._during_all
+                self._during = None
+                self._generation += 1
+                self._epoch = epoch
+                self._loaded_at = time.monotonic()
+                self._took = self._loaded_at - began
+
+    def forget_erased(self) -> None:
+        """After an erasure (blocking): a copy in memory is loaded again, without the
+        erased links; a load under way is waited for first, as it may predate them."""
+        with self._lock:
+            loaded = bool(self._generation)
+        if loaded:
+            try:
+                self.reload_now()
+            except StorageError as exc:  # unusable now; the next load is retried
+                log.warning("identity links in memory not reloaded after an erasure: %s", exc)
+
+    def _due(self) -> bool:
+        with self._lock:
+            now = time.monotonic()
+            age = now - self._loaded_at
+            # Loads take at most a twentieth of the time (the whole graph is read again).
+            least, stale_for = (max(wait, LOAD_SHARE * self._took)
+                                for wait in (self.min_interval, self.reload_after))
+            if self._generation and self._all_stale:
+                # (whether anyone asks or not: the copy may hold links erased meanwhile)
+                return age >= least
+            if now - self._asked > self.max_age:
+                return False  # nobody resolves: nothing to load
+            if not self._usable():
+                return age >= least
+            return bool(self._stale) and age >= stale_for or age >= self.max_age
+
+    def _run(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            if self._due():
+                try:
+                    self.reload_now()
+                    failures = 0
+                except StorageError as exc:  # e.g. a server whose default user may not read
+                    failures += 1
+                    log.warning("identity links not held in memory (attempt %d): %s",
+                                failures, exc)
+            self._wake.wait(min(self.min_interval * (1 + failures), 300.0))
+            self._wake.clear()
+
+    def state(self) -> dict[str, Any]:
+        """For tests and metrics: the copy's generation, and what is stale."""
+        with self._lock:
+            return {"generation": self._generation, "all_stale": self._all_stale,
+                    "stale": len(self._stale)}

@@ -1,0 +1,122 @@
+"""The identity links held in the engine's memory (collector/identity/link_index.py): they
+resolve as the tables do (tests/test_identity.py checks every scenario there both ways),
+and a link newer than the copy, a feed that stopped watching or an erasure make the tables
+answer instead, until the copy is loaded again."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from collector.identity.graph import Graph, load_decisions
+from collector.identity.kinds import person_id
+from collector.identity.resolutions import _resolve
+from tests.helpers import found_anywhere, make_client, send_batch
+
+SITE = "links-shop"
+ALL = ["analytics", "personalization"]
+
+
+@pytest.fixture(scope="module")
+def env(store, tmp_path_factory):
+    client, collector = make_client(store, tmp_path_factory.mktemp("links"), demo_site=False)
+    with client:
+        _, keys = collector.sites.create(SITE)
+        yield client, collector, keys
+
+
+def uid(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def login(env, user: str, device: str, ts: str) -> None:
+    client, collector, keys = env
+    send_batch(client, collector, keys["write"], [
+        {"event": "login", "type": "identify", "user_id": user, "device_id": device,
+         "ts": ts, "consent": ALL}])
+
+
+def resolve(env, *ask: str):
+    """As a profile resolves (PersonAnswers.begin first: the feed watches)."""
+    _, collector, _ = env
+    collector.person_answers.begin()
+    site = collector.sites.get(SITE)
+    graph = Graph(collector.store, site, load_decisions(collector.store, SITE))
+    return _resolve(graph, [ask], collector.link_index)[0]
+
+
+def test_a_link_newer_than_the_copy_is_read_from_the_tables(env):
+    _, collector, _ = env
+    index = collector.link_index
+    anna, ben, tablet = uid("anna"), uid("ben"), uid("tablet")
+    login(env, anna, tablet, "2026-11-01T09:00:00Z")
+    collector.person_answers.begin()
+    index.reload_now()
+    token = index.begin()
+    assert token is not None
+    assert index.links(SITE, [("device", tablet)])[("device", tablet)][0] == 1
+    assert resolve(env, "device", tablet).person_id == person_id(SITE, "user", anna)
+
+    login(env, ben, tablet, "2026-11-01T10:00:00Z")  # flushed: the feed has looked
+    assert not index.fresh(SITE, [f"link:device:{tablet}"], token)
+    assert index.links(SITE, [("device", tablet)])[("device", tablet)][0] == 1  # the old copy
+    assert resolve(env, "device", tablet).person_id == person_id(SITE, "user", ben)
+    # Anna's own key is not stale, but who she is depended on the tablet: the tables again.
+    assert [span.id for span in resolve(env, "user", anna).spans] == [tablet]
+    assert resolve(env, "user", anna).spans[0].end.startswith("2026-11-01 10:00:00")
+
+    index.reload_now()
+    token = index.begin()
+    assert index.fresh(SITE, [f"link:device:{tablet}"], token)
+    assert index.links(SITE, [("device", tablet)])[("device", tablet)][0] == 2
+    assert resolve(env, "device", tablet).person_id == person_id(SITE, "user", ben)
+
+
+def test_a_copy_in_use_keeps_the_feed_watching(env, monkeypatch):
+    """Changes stored while nobody watched go unseen: a copy in use keeps the feed watching;
+    one nobody used for ``max_age`` lets it rest, and is loaded again before it serves."""
+    _, collector, _ = env
+    index = collector.link_index
+    collector.person_answers.begin()
+    index.reload_now()
+    assert index.begin() is not None
+    collector.changes.idle()  # as the kept answers do when they hold nothing
+    assert collector.changes.watching
+    assert index.begin() is not None
+    monkeypatch.setattr(index, "max_age", 0.0)
+    collector.changes.idle()
+    assert not collector.changes.watching
+    collector.changes.watch()
+    assert index.begin() is None
+
+
+def test_everything_changed_makes_the_whole_copy_stale(env):
+    _, collector, _ = env
+    index = collector.link_index
+    collector.person_answers.begin()
+    index.reload_now()
+    token = index.begin()
+    assert token is not None
+    index.changed(None)  # an erasure, a merge, a burst of rows
+    assert index.begin() is None
+    assert not index.fresh(SITE, [], token)
+
+
+def test_an_erasure_leaves_nothing_in_the_copy(env):
+    client, collector, keys = env
+    user, device = uid("gone"), uid("gone-dev")
+    login(env, user, device, "2026-11-02T09:00:00Z")
+    collector.person_answers.begin()
+    collector.link_index.reload_now()
+    held = collector.store.rows(
+        "SELECT count() AS n FROM tagwerk.identity_links_dict "
+        "WHERE position(value, {d:String}) > 0",
+        {"d": device})
+    assert int(held[0]["n"]) == 1
+    assert {"identity_links_dict", "identity_held_dict"} <= set(
+        found_anywhere(collector.store, [device]))  # the helper searches the copy too
+    r = client.post(f"/api/v1/sites/{SITE}/privacy/erase", json={"id": f"user:{user}"},
+                    headers={"Authorization": f"Bearer {keys['admin']}"})
+    assert r.status_code == 200, r.text
+    assert found_anywhere(collector.store, [user, device]) == {}
