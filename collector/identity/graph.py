@@ -358,8 +358,11 @@ class Graph:
             plans.append((person, user_persons, others))
         wanted = sorted({pid for _, user_persons, _ in plans for pid in user_persons})
         held: dict[str, set[tuple[str, str]]] = {}
-        if wanted and self.links is not None and not listing:
-            held = {pid: set(pairs) for pid, pairs in self.links.held(self.site_id, wanted).items()}
+        read = None  # the links of what they hold and of their other anchors, if read here
+        if self.links is not None and not listing:  # in memory: both in one lookup
+            found, read = self.links.held_and_links(
+                self.site_id, wanted, sorted({pair for *_, others in plans for pair in others}))
+            held = {pid: set(pairs) for pid, pairs in found.items()}
         else:
             for row in self._rows(HELD, pids=wanted) if wanted else ():
                 held.setdefault(row["p"], set()).add((row["k"], row["i"]))
@@ -367,7 +370,7 @@ class Graph:
                     for _, user_persons, others in plans]
         users_seen, changes, overrides, seen = self._holders(
             sorted({pair for pairs in pairs_of for pair in pairs}),
-            sorted({user for person in persons for user in person.users}), listing)
+            sorted({user for person in persons for user in person.users}), listing, read)
         if len(persons) > 1 and len(changes) >= MAX_LINKS:  # cut for all: halves, until a
             half = len(persons) // 2  # person with that many owner changes is alone
             self._fill_all(persons[:half], listing)
@@ -410,13 +413,14 @@ class Graph:
             for kind, ident in listed
         ]
 
-    def _holders(self, pairs: list[tuple[str, str]], users: list[str], listing: bool) -> tuple[
+    def _holders(self, pairs: list[tuple[str, str]], users: list[str], listing: bool,
+                 read: dict[tuple[str, str], tuple[int, list[dict]]] | None = None) -> tuple[
             dict[tuple[str, str], list[dict]], list[dict], dict[tuple[str, str], str],
             dict[tuple[str, str], tuple[str, str]]]:
         """For the identifiers: their first ``cap`` users by first link, each with their
         first and last link ('seen'); the moments they changed hands among those users, in
         order, at most MAX_LINKS in all; their splits; the user ids' first and last links
-        (for a ``listing`` only)."""
+        (for a ``listing`` only). ``read``: their links, read already from memory."""
         by_pair: dict[tuple[str, str], list[dict]] = {}
         asked = set(pairs)
         known = self.decisions
@@ -426,12 +430,13 @@ class Graph:
         sql = " UNION ALL ".join((LINKS_OF, *(() if known else (LINKS_OVERRIDES,)),
                                   *((LINKS_USERS,) if listing else ())))
         if self.links is not None and known is not None and not listing:  # LINKS_OF alone
-            read = [row for _, rows in self.links.links(self.site_id, pairs).values()
-                    for row in rows]
+            if read is None:
+                read = self.links.links(self.site_id, pairs)
+            rows = [row for pair in pairs for row in read.get(pair, (0, []))[1]]
         else:
-            read = self._rows(sql, kinds=[k for k, _ in pairs], ids=[i for _, i in pairs],
+            rows = self._rows(sql, kinds=[k for k, _ in pairs], ids=[i for _, i in pairs],
                               users=users, each=LINKS_EACH)
-        for row in read:
+        for row in rows:
             pair = (row["kind"], row["id"])
             if row["part"] == "link":
                 if pair in asked:  # (AMONG may find others)
