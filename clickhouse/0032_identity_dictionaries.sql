@@ -7,7 +7,10 @@
 --
 -- - identity_links_dict: per identifier, how many links it has and its first 500 by time
 --   as [ts, user_id] (what graph.LINKS_OF reads; past 500 the graph reads the table).
--- - identity_held_dict: per user's person, the identifiers ever linked to it (graph.HELD).
+-- - identity_held_dict: per user's person, the identifiers ever linked to it (graph.HELD),
+--   from the same table as the links (identity_links_by_person holds the same, but its
+--   view commits after the links' part: a load in between would miss a link the change
+--   feed, which follows identity_links_by_identifier, already reported).
 --
 -- Keyed by a 64-bit hash, each value a JSON text that repeats the key: on the bench a
 -- String-keyed dictionary took 285 MB (400 MB with Array values), this one 117 MB. The
@@ -41,7 +44,8 @@ SOURCE(CLICKHOUSE(QUERY '
     SELECT cityHash64(toString(site_id), person_id) AS hash,
            toJSONString((toString(site_id), person_id,
                          groupUniqArray((toString(kind), id)))) AS value
-    FROM tagwerk.identity_links_by_person
+    FROM tagwerk.identity_links_by_identifier
+    WHERE kind != ''user''
     GROUP BY site_id, person_id'))
 LAYOUT(HASHED())
 LIFETIME(0);

@@ -120,3 +120,32 @@ def test_an_erasure_leaves_nothing_in_the_copy(env):
                     headers={"Authorization": f"Bearer {keys['admin']}"})
     assert r.status_code == 200, r.text
     assert found_anywhere(collector.store, [user, device]) == {}
+
+
+def test_an_erasure_clears_a_copy_whoever_loaded_it(env):
+    """A copy this index never loaded (a query read the dictionary, another collector or an
+    earlier run loaded it) is in the engine's memory all the same."""
+    client, collector, keys = env
+    user, device = uid("gone2"), uid("gone2-dev")
+    login(env, user, device, "2026-11-02T09:00:00Z")
+    collector.link_index.unload()
+    collector.store.execute("SYSTEM RELOAD DICTIONARY tagwerk.identity_links_dict")
+    collector.store.execute("SYSTEM RELOAD DICTIONARY tagwerk.identity_held_dict")
+    r = client.post(f"/api/v1/sites/{SITE}/privacy/erase", json={"id": f"user:{user}"},
+                    headers={"Authorization": f"Bearer {keys['admin']}"})
+    assert r.status_code == 200, r.text
+    assert found_anywhere(collector.store, [user, device]) == {}
+
+
+def test_unloading_drops_the_copy_from_memory(env):
+    _, collector, _ = env
+    index = collector.link_index
+    collector.person_answers.begin()
+    index.reload_now()
+    assert index.begin() is not None
+    index.unload()
+    assert index.begin() is None
+    status = collector.store.rows(
+        "SELECT name, status FROM system.dictionaries WHERE database = 'tagwerk' "
+        "AND name LIKE 'identity%dict'")
+    assert {row["status"] for row in status} == {"NOT_LOADED"}, status

@@ -40,9 +40,9 @@ async def erase(request: Request, collector: Collector, site: Site) -> Response:
         raise ApiError(404, str(exc), "id") from None
     except erasure.TooLarge as exc:
         raise ApiError(409, str(exc), "id") from None
-    finally:  # kept answers about anyone may hold the erased rows, the links in memory too
+    finally:  # the links in memory and kept answers about anyone may hold the erased rows
+        collector.link_index.changed(None)  # (first: as the change feed tells them)
         collector.person_answers.clear()
-        collector.link_index.changed(None)
     await run_in_threadpool(collector.link_index.forget_erased)
     return json_response(done)
 

@@ -140,14 +140,16 @@ class ChangeFeed:
             self._look_or_forget()
 
     def look(self) -> None:
-        """One look: tell the listeners what changed since the last one."""
+        """One look: tell the listeners what changed since the last one. Told before the
+        lock is let go: a look that finds nothing new (the flusher's, after the background
+        one took its rows) returns only once those rows were told."""
         with self._lock:
             if not self._watching.is_set():
                 return
             changed = self._changes()
-        if changed is None or changed:
-            for listener in self.listeners:
-                listener(changed)
+            if changed is None or changed:
+                for listener in self.listeners:
+                    listener(changed)
 
     def _look_or_forget(self) -> None:
         try:

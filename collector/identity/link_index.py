@@ -52,6 +52,11 @@ FROM (SELECT arrayJoin({keys}) AS k)
 LINKS = _LOOKUP.format(dictionary=DICTIONARIES[0], key="k.1, k.2",
                        keys="arrayZip({kinds:Array(String)}, {ids:Array(String)})")
 HELD = _LOOKUP.format(dictionary=DICTIONARIES[1], key="k", keys="{pids:Array(String)}")
+# Whether the engine holds either dictionary in memory, whoever loaded it.
+IN_MEMORY = """
+SELECT count() AS n FROM system.dictionaries
+WHERE database = 'tagwerk' AND name IN {names:Array(String)} AND status != 'NOT_LOADED'
+"""
 # Some persons' held identifiers ('held') and the links of those and of some more ('links'),
 # in one statement: a statement costs milliseconds however little it reads. (Identifiers a
 # colliding value names are looked up too; the reader checks the keys and skips them.)
@@ -77,8 +82,9 @@ class LinkIndex:
         self.store, self.feed = store, feed
         self.reload_after, self.min_interval, self.max_age = reload_after, min_interval, max_age
         self._lock = threading.Lock()
-        self._generation = 0  # copies loaded so far: 0, none usable yet
-        self._loaded_at = 0.0
+        self._generation = 0  # copies loaded so far
+        self._loaded = False  # a copy of ours is in memory
+        self._loaded_at = float("-inf")
         self._stale: set[tuple[str, str]] = set()  # (site, link key) newer than the copy
         self._all_stale = True
         # Changes reported while a copy loads: they may or may not be in it.
@@ -87,9 +93,9 @@ class LinkIndex:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._load_lock = threading.Lock()  # one load at a time
+        self._load_lock = threading.RLock()  # one load (or unload) at a time
         self._epoch = -1  # the feed's watch the copy was loaded in (ChangeFeed.epoch)
-        self._asked = 0.0  # when a resolution last wanted the copy
+        self._asked = float("-inf")  # when a resolution last wanted the copy
         # Before the kept answers hear of a change (cache.PersonAnswers), the index knows it:
         # an answer recomputed at once must not resolve from the stale copy.
         feed.listeners.insert(0, self.changed)
@@ -147,10 +153,10 @@ class LinkIndex:
 
     def _in_use(self) -> bool:
         with self._lock:
-            return bool(self._generation) and time.monotonic() - self._asked < self.max_age
+            return self._loaded and time.monotonic() - self._asked < self.max_age
 
     def _usable(self) -> bool:
-        return (bool(self._generation) and not self._all_stale
+        return (self._loaded and not self._all_stale
                 and self.feed.watching and self.feed.epoch == self._epoch)
 
     def fresh(self, site_id: str, keys: Iterable[str], token: int) -> bool:
@@ -221,48 +227,68 @@ class LinkIndex:
                 self._stale, self._all_stale = self._during or set(), self._during_all
                 self._during = None
                 self._generation += 1
+                self._loaded = True
                 self._epoch = epoch
                 self._loaded_at = time.monotonic()
                 self._took = self._loaded_at - began
 
-    def forget_erased(self) -> None:
-        """After an erasure (blocking): a copy in memory is loaded again, without the
-        erased links; a load under way is waited for first, as it may predate them."""
-        with self._lock:
-            loaded = bool(self._generation)
-        if loaded:
-            try:
-                self.reload_now()
-            except StorageError as exc:  # unusable now; the next load is retried
-                log.warning("identity links in memory not reloaded after an erasure: %s", exc)
+    def unload(self) -> None:
+        """Drop the copy from the engine's memory (blocking): detached and attached again,
+        a dictionary is not loaded until the next load (or a read of it). Raises
+        StorageError."""
+        with self._load_lock:
+            with self._lock:
+                self._loaded, self._all_stale = False, True
+            for name in DICTIONARIES:
+                self.store.execute(f"DETACH DICTIONARY IF EXISTS {name}")
+                self.store.execute(f"ATTACH DICTIONARY IF NOT EXISTS {name}")
 
-    def _due(self) -> bool:
+    def forget_erased(self) -> None:
+        """After an erasure (blocking; before it answers): no copy in the engine's memory
+        holds the erased links. Whatever loaded it (this index, a load under way, which may
+        predate the erasure, another collector, a query reading it), a copy in memory is
+        loaded again if profiles are being asked for, else dropped. Raises StorageError:
+        the erasure must not answer as done while the copy may hold them."""
+        with self._load_lock:  # after a load under way
+            found = self.store.rows(IN_MEMORY, {"names": [n.split(".")[1] for n in DICTIONARIES]})
+            if not int(found[0]["n"]):
+                return
+            if self._in_use():
+                self.reload_now()
+            else:
+                self.unload()
+
+    def _next(self) -> str | None:
+        """What the loading thread should do now: "load", "unload" or nothing."""
         with self._lock:
             now = time.monotonic()
+            if now - self._asked > self.max_age:
+                # Nobody resolves: a copy is dropped rather than kept up to date (links a
+                # retention TTL or an erasure elsewhere removed must not stay in memory).
+                return "unload" if self._loaded else None
             age = now - self._loaded_at
             # Loads take at most a twentieth of the time (the whole graph is read again).
             least, stale_for = (max(wait, LOAD_SHARE * self._took)
                                 for wait in (self.min_interval, self.reload_after))
-            if self._generation and self._all_stale:
-                # (whether anyone asks or not: the copy may hold links erased meanwhile)
-                return age >= least
-            if now - self._asked > self.max_age:
-                return False  # nobody resolves: nothing to load
             if not self._usable():
-                return age >= least
-            return bool(self._stale) and age >= stale_for or age >= self.max_age
+                return "load" if age >= least else None
+            return "load" if bool(self._stale) and age >= stale_for or age >= self.max_age \
+                else None
 
     def _run(self) -> None:
         failures = 0
         while not self._stop.is_set():
-            if self._due():
-                try:
+            action = self._next()
+            try:
+                if action == "load":
                     self.reload_now()
-                    failures = 0
-                except StorageError as exc:  # e.g. a server whose default user may not read
-                    failures += 1
-                    log.warning("identity links not held in memory (attempt %d): %s",
-                                failures, exc)
+                elif action == "unload":
+                    self.unload()
+                failures = 0
+            except StorageError as exc:  # e.g. a server whose default user may not read
+                failures += 1
+                log.warning("identity links in memory: %s failed (attempt %d): %s",
+                            action, failures, exc)
             self._wake.wait(min(self.min_interval * (1 + failures), 300.0))
             self._wake.clear()
 
