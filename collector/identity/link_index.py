@@ -16,8 +16,8 @@ for profiles holds nothing): then after ``RELOAD_AFTER`` seconds with stale keys
 retention TTL removed are no news to the feed); never sooner than ``LOAD_SHARE`` times the
 last load's duration after it, so that loads take at most a twentieth of the engine's time
 (3 s for the 10M bench's 640k identifiers on a slow machine). While a copy is in use it
-keeps the feed watching. An erasure loads it again before it answers (``forget_erased``):
-no erased identifier stays in memory.
+keeps the feed watching. An erasure drops it before it answers (``forget_erased``): no
+erased identifier stays in memory.
 """
 
 from __future__ import annotations
@@ -247,15 +247,13 @@ class LinkIndex:
         """After an erasure (blocking; before it answers): no copy in the engine's memory
         holds the erased links. Whatever loaded it (this index, a load under way, which may
         predate the erasure, another collector, a query reading it), a copy in memory is
-        loaded again if profiles are being asked for, else dropped. Raises StorageError:
-        the erasure must not answer as done while the copy may hold them."""
+        dropped, in milliseconds, where loading it again would add seconds to each erasure
+        (3 s on the 10M bench); the next load comes when profiles ask for it, at the pace
+        loads keep (``LOAD_SHARE``). Raises StorageError: the erasure must not answer as done
+        while the copy may hold them."""
         with self._load_lock:  # after a load under way
             found = self.store.rows(IN_MEMORY, {"names": [n.split(".")[1] for n in DICTIONARIES]})
-            if not int(found[0]["n"]):
-                return
-            if self._in_use():
-                self.reload_now()
-            else:
+            if int(found[0]["n"]):
                 self.unload()
 
     def _next(self) -> str | None:
