@@ -98,6 +98,16 @@ def make_client(store: Store, data_dir: Path, **settings: Any) -> tuple[TestClie
     return client, collector
 
 
+def client_with_site(store: Store, data_dir: Path, site_id: str
+                     ) -> Iterator[tuple[TestClient, Collector, dict[str, str]]]:
+    """A collector without the demo site, running, with one site made: (client, collector,
+    the site's keys). For a module-scoped fixture: ``yield from client_with_site(...)``."""
+    client, collector = make_client(store, data_dir, demo_site=False)
+    with client:
+        _, keys = collector.sites.create(site_id)
+        yield client, collector, keys
+
+
 def wait_for(check: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
     """Poll ``check`` until it returns something truthy; fail after ``timeout``."""
     deadline = time.monotonic() + timeout

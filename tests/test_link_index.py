@@ -12,7 +12,7 @@ import pytest
 from collector.identity.graph import Graph, load_decisions
 from collector.identity.kinds import person_id
 from collector.identity.resolutions import _resolve
-from tests.helpers import found_anywhere, make_client, send_batch
+from tests.helpers import client_with_site, found_anywhere, send_batch
 
 SITE = "links-shop"
 ALL = ["analytics", "personalization"]
@@ -20,10 +20,7 @@ ALL = ["analytics", "personalization"]
 
 @pytest.fixture(scope="module")
 def env(store, tmp_path_factory):
-    client, collector = make_client(store, tmp_path_factory.mktemp("links"), demo_site=False)
-    with client:
-        _, keys = collector.sites.create(SITE)
-        yield client, collector, keys
+    yield from client_with_site(store, tmp_path_factory.mktemp("links"), SITE)
 
 
 def uid(prefix: str) -> str:

@@ -16,7 +16,7 @@ import pytest
 from collector.identity import cache, changes
 from collector.identity import profile as profiles
 from collector.identity.graph import Graph
-from tests.helpers import make_client, send_batch, wait_for
+from tests.helpers import client_with_site, send_batch, wait_for
 
 SITE = "kept-shop"
 BASE = f"/api/v1/sites/{SITE}"
@@ -25,10 +25,7 @@ ALL = ["analytics", "personalization"]
 
 @pytest.fixture(scope="module")
 def env(store, tmp_path_factory):
-    client, collector = make_client(store, tmp_path_factory.mktemp("kept"), demo_site=False)
-    with client:
-        _, keys = collector.sites.create(SITE)
-        yield client, collector, keys
+    yield from client_with_site(store, tmp_path_factory.mktemp("kept"), SITE)
 
 
 def send(env, events):
