@@ -228,9 +228,9 @@ class Graph:
         self.site_id = site.site_id
         self.cap = site.identity_max_persons
         self.decisions = decisions  # the site's merges and splits, if kept (else read)
-        # The links held in memory, for resolutions without a listing (the caller checks
-        # they were fresh: resolutions.resolve_kept). Identifiers with LINKS_EACH links or
-        # more are read from the tables all the same.
+        # The links held in memory, for resolutions without a listing with the decisions
+        # kept (``_memory``; the caller checks they were fresh: resolutions._resolve).
+        # Identifiers with LINKS_EACH links or more are read from the tables all the same.
         self.links = links
 
     # -- one identifier -----------------------------------------------------------------------
@@ -274,13 +274,13 @@ class Graph:
         asked = sorted({(kind, ident) for kind, ident in asks
                         if kind != "user" and (kind, ident) not in known.overrides})
         owners: dict[tuple[str, str], list[dict[str, Any]]] = {}
-        if asked and self.links is not None:  # SEEN from the links held in memory
-            held = self.links.links(self.site_id, asked)
-            for pair, (_, rows) in held.items():
+        if asked and (memory := self._memory(listing=False)):  # SEEN from the links there
+            found = memory.links(self.site_id, asked)
+            for pair, (_, rows) in found.items():
                 if len(rows) < LINKS_EACH:
                     owners[pair] = [{"a": user["user_id"], "c": user["last"]}
                                     for user in _first_users(rows, self.cap)]
-            asked = [pair for pair in asked if len(held.get(pair, (0, ()))[1]) >= LINKS_EACH]
+            asked = [pair for pair in asked if len(found.get(pair, (0, ()))[1]) >= LINKS_EACH]
         if asked:  # ANCHOR's owner part, for all of them (SEEN has its order and cut)
             for row in self._rows(SEEN, kinds=[k for k, _ in asked], ids=[i for _, i in asked],
                                   cap=self.cap):
@@ -359,8 +359,8 @@ class Graph:
         wanted = sorted({pid for _, user_persons, _ in plans for pid in user_persons})
         held: dict[str, set[tuple[str, str]]] = {}
         read = None  # the links of what they hold and of their other anchors, if read here
-        if self.links is not None and not listing:  # in memory: both in one lookup
-            found, read = self.links.held_and_links(
+        if memory := self._memory(listing):  # both in one lookup
+            found, read = memory.held_and_links(
                 self.site_id, wanted, sorted({pair for *_, others in plans for pair in others}))
             held = {pid: set(pairs) for pid, pairs in found.items()}
         else:
@@ -429,9 +429,9 @@ class Graph:
         seen: dict[tuple[str, str], tuple[str, str]] = {}
         sql = " UNION ALL ".join((LINKS_OF, *(() if known else (LINKS_OVERRIDES,)),
                                   *((LINKS_USERS,) if listing else ())))
-        if self.links is not None and known is not None and not listing:  # LINKS_OF alone
+        if memory := self._memory(listing):  # LINKS_OF alone
             if read is None:
-                read = self.links.links(self.site_id, pairs)
+                read = memory.links(self.site_id, pairs)
             rows = [row for pair in pairs for row in read.get(pair, (0, []))[1]]
         else:
             rows = self._rows(sql, kinds=[k for k, _ in pairs], ids=[i for _, i in pairs],
@@ -513,6 +513,12 @@ class Graph:
             "WHERE site_id = {site:String} "
             "AND kind != 'user' GROUP BY kind, id HAVING persons > {cap:UInt32} "
             "ORDER BY persons DESC, kind, id LIMIT {limit:UInt32}", cap=self.cap, limit=limit)
+
+    def _memory(self, listing: bool) -> LinkIndex | None:
+        """The links in memory, if they serve: only LINKS_OF, HELD and SEEN have a copy
+        there, so not for a listing (first and last seen) nor without the decisions kept
+        (splits are read with the links then)."""
+        return self.links if self.decisions is not None and not listing else None
 
     def _rows(self, sql: str, **params: Any) -> list[dict[str, Any]]:
         return self.store.rows(sql, {"site": self.site_id, **params})
