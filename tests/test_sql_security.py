@@ -302,6 +302,26 @@ def test_the_service_tables_are_not_readable(http: httpx.Client, store) -> None:
     assert run(http, "SELECT count() >= 0 FROM events", database="tagwerk").text == "1\n"
 
 
+@pytest.mark.parametrize("auth", [None, AGENCY], ids=["default", "agency"])
+def test_the_identity_links_in_memory_are_not_readable(http: httpx.Client, store, auth) -> None:
+    """The copy of every site's identity links (migration 0032) is no read-only user's:
+    not as a table, not through dictGet or dictionary(), not by its source query."""
+    for name in ("identity_links_dict", "identity_held_dict"):
+        for sql in (f"SELECT * FROM tagwerk.{name}",
+                    f"SELECT * FROM dictionary('tagwerk.{name}')",
+                    f"SELECT dictGet('tagwerk.{name}', 'value', toUInt64(1))",
+                    f"SELECT dictGetOrDefault('tagwerk.{name}', 'value', toUInt64(1), '')",
+                    f"SELECT * FROM tagwerk.events WHERE site_id IN (SELECT value FROM "
+                    f"tagwerk.{name})",
+                    f"SHOW CREATE DICTIONARY tagwerk.{name}",
+                    "SELECT * FROM tagwerk.identity_links_by_identifier",
+                    f"SYSTEM RELOAD DICTIONARY tagwerk.{name}"):
+            refused(run(http, sql, auth), 497, 164, 60, 81, 62, 36, 46)
+        # (They exist: the refusals above are not the engine's "unknown table".)
+        assert run(http, f"SELECT count() >= 0 FROM tagwerk.{name}", WRITER).text == "1\n"
+    alive(http)
+
+
 def test_line_breaks_in_identifiers_cannot_hide_a_node(http: httpx.Client, canary) -> None:
     path, secret = canary
     # A fake line that breaks the declared child counts: the tree is not trusted.
