@@ -9,10 +9,12 @@ import uuid
 
 import pytest
 
+from collector.identity.changes import ChangeFeed
 from collector.identity.graph import Graph, load_decisions
 from collector.identity.kinds import person_id
+from collector.identity.link_index import LinkIndex
 from collector.identity.resolutions import _resolve
-from tests.helpers import client_with_site, found_anywhere, send_batch
+from tests.helpers import client_with_site, found_anywhere, send_batch, wait_for
 
 SITE = "links-shop"
 ALL = ["analytics", "personalization"]
@@ -146,3 +148,32 @@ def test_unloading_drops_the_copy_from_memory(env):
         "SELECT name, status FROM system.dictionaries WHERE database = 'tagwerk' "
         "AND name LIKE 'identity%dict'")
     assert {row["status"] for row in status} == {"NOT_LOADED"}, status
+
+
+def test_the_loader_loads_when_asked_and_drops_the_copy_when_nobody_asks(env):
+    """The background thread (short intervals here): nothing until a resolution asks; a
+    load then; the copy dropped once nobody asked for ``max_age``, not loaded over and over
+    (each load also waits LOAD_SHARE times the last one's duration)."""
+    _, collector, _ = env
+    collector.link_index.unload()  # the module's own index: out of the way
+    feed = ChangeFeed(collector.store, interval=0.05)
+    index = LinkIndex(collector.store, feed, reload_after=0.2, min_interval=0.1, max_age=1.5)
+    feed.start()
+    index.start()
+    try:
+        assert index.state()["generation"] == 0  # nobody asked: nothing loaded
+        feed.watch()
+        assert index.begin() is None  # not loaded yet: the tables answer, a load starts
+        wait_for(lambda: index.begin() is not None, timeout=60)
+        loads = index.state()["generation"]
+        # Unused for max_age: dropped, with no load meanwhile (nothing went stale).
+        status = "SELECT count() AS n FROM system.dictionaries WHERE database = 'tagwerk' " \
+                 "AND name LIKE 'identity%dict' AND status != 'NOT_LOADED'"
+        wait_for(lambda: int(collector.store.rows(status)[0]["n"]) == 0, timeout=60)
+        assert index.state()["generation"] == loads
+        assert index.begin() is None  # asked again: loaded again
+        wait_for(lambda: index.begin() is not None, timeout=60)
+    finally:
+        index.stop()
+        feed.stop()
+        feed.listeners.clear()
