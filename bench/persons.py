@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import statistics
 import subprocess
@@ -52,6 +51,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from load import SERVER_CORE, free_port, wait_http, wait_quiet, wrk  # noqa: E402
 from recommend import SITE, background_load, bench_site, pct, refresh_pairs, wrk_script  # noqa: E402
 from sql_latency import timed  # noqa: E402
+
+from collector.config import load_settings  # noqa: E402
 
 GOAL_P99_MS, GOAL_RPS, GOAL_FRESH_S, GOAL_ERASE_S = 20.0, 1000.0, 1.0, 10.0
 MONTH_MS = 30 * 86400 * 1000
@@ -377,7 +378,7 @@ def main() -> None:
         call(urls[-1], keys["read"])
         # The first resolution has the identity links loaded into memory in the background
         # (collector/identity/link_index.py): measure once they are.
-        if os.environ.get("TAGWERK_IDENTITY_LINKS_IN_MEMORY", "1") in ("0", "false", "no"):
+        if not load_settings().identity_links_in_memory:  # as the collector reads it
             print("identity links NOT in memory (TAGWERK_IDENTITY_LINKS_IN_MEMORY): tables")
         else:
             print(f"identity links in memory {links_loaded(base):.1f} s after the first "

@@ -43,15 +43,13 @@ MAX_AGE = 600.0
 LOAD_SHARE = 20  # a load waits at least this many times the last one's duration
 MOST_STALE = 10_000  # stale keys remembered; beyond, everything is stale
 
-# The values of some identifiers (links) or persons (held), each a JSON text that repeats
-# its key: a hash collision must not pass one key's value off as another's.
-_LOOKUP = """
-SELECT dictGetOrDefault('{dictionary}', 'value', cityHash64({{site:String}}, {key}), '') AS v
-FROM (SELECT arrayJoin({keys}) AS k)
+# The values of some identifiers, each a JSON text that repeats its key: a hash collision
+# must not pass one key's value off as another's.
+LINKS = f"""
+SELECT dictGetOrDefault('{DICTIONARIES[0]}', 'value', cityHash64({{site:String}}, k.1, k.2), '')
+    AS v
+FROM (SELECT arrayJoin(arrayZip({{kinds:Array(String)}}, {{ids:Array(String)}})) AS k)
 """
-LINKS = _LOOKUP.format(dictionary=DICTIONARIES[0], key="k.1, k.2",
-                       keys="arrayZip({kinds:Array(String)}, {ids:Array(String)})")
-HELD = _LOOKUP.format(dictionary=DICTIONARIES[1], key="k", keys="{pids:Array(String)}")
 # Whether the engine holds either dictionary in memory, whoever loaded it.
 IN_MEMORY = """
 SELECT count() AS n FROM system.dictionaries
@@ -95,6 +93,7 @@ class LinkIndex:
         self._thread: threading.Thread | None = None
         self._load_lock = threading.RLock()  # one load (or unload) at a time
         self._epoch = -1  # the feed's watch the copy was loaded in (ChangeFeed.epoch)
+        self._took = 0.0  # seconds the last load took
         self._asked = float("-inf")  # when a resolution last wanted the copy
         # Before the kept answers hear of a change (cache.PersonAnswers), the index knows it:
         # an answer recomputed at once must not resolve from the stale copy.
@@ -102,7 +101,6 @@ class LinkIndex:
         # A copy in use keeps the feed watching: were it to stop, the copy would have to be
         # loaded again (whatever was stored meanwhile went unseen).
         feed.needed.append(self._in_use)
-        self._took = 0.0  # seconds the last load took
 
     def start(self) -> None:
         """Load when first asked (``begin``), if the feed can tell what is newer than the
@@ -178,18 +176,11 @@ class LinkIndex:
             _links_of(site_id, pair, row["v"], found)
         return found
 
-    def held(self, site_id: str, pids: list[str]) -> dict[str, list[tuple[str, str]]]:
-        """Per person (of a user id): the identifiers ever linked to it (``graph.HELD``)."""
-        rows = self.store.rows(HELD, {"site": site_id, "pids": pids})
-        found: dict[str, list[tuple[str, str]]] = {}
-        for pid, row in zip(pids, rows, strict=True):
-            _held_of(site_id, pid, row["v"], found)
-        return found
-
     def held_and_links(self, site_id: str, pids: list[str], pairs: list[tuple[str, str]]
                        ) -> tuple[dict[str, list[tuple[str, str]]],
                                   dict[tuple[str, str], tuple[int, list[dict[str, str]]]]]:
-        """``held(pids)``, and ``links`` of what they hold and of ``pairs``, in one lookup."""
+        """Per person (of a user id): the identifiers ever linked to it (``graph.HELD``);
+        and ``links`` of those and of ``pairs``: in one lookup."""
         rows = self.store.rows(HELD_AND_LINKS, {
             "site": site_id, "pids": pids, "kinds": [k for k, _ in pairs],
             "ids": [i for _, i in pairs]})

@@ -64,13 +64,14 @@ def _resolve(graph: Graph, asks: list[tuple[str, str]], index: LinkIndex | None
     found: dict[int, Person | None] = {}
     from_copy = [n for n, ask in enumerate(asks)
                  if index.fresh(graph.site_id, link_keys(None, *ask), token)]
+    persons: list[Person | None] | None = []
     if from_copy:
         try:
             persons = Graph(graph.store, graph.site, graph.decisions, index).resolve_many(
                 [asks[n] for n in from_copy])
-        except LookupError:  # a hash collision in the copy: the tables decide
-            persons = [None] * len(from_copy)
-            token = -1
+        except LookupError:  # a hash collision in the copy: the tables decide for all
+            persons = None
+    if persons is not None:
         found = {n: person for n, person in zip(from_copy, persons, strict=True)
                  if index.fresh(graph.site_id, link_keys(person, *asks[n]), token)}
     again = [n for n in range(len(asks)) if n not in found]
