@@ -151,6 +151,49 @@ def test_access_gives_everything_stored(env):
                 ).status_code == 404
 
 
+def test_the_parts_of_a_persons_rows_are_disjoint_and_make_up_rows_of(env):
+    """An erasure (and an access request) reads a person's rows as parts, each narrowed by
+    its index (erase._person_rows, graph.row_parts): together they must match exactly the
+    rows of ``rows_of``, none twice, in every person table. With a device shared with a
+    sister, a till hit naming the desktop and the card, and a browser's unverified claim
+    of the customer's user id from a device of someone else's (person_hits files it under
+    that device, not the customer's keys)."""
+    from collector.identity.graph import Graph, rows_of
+
+    client, collector, _ = env
+    store = collector.store
+    user, phone, desk, card, (shoes, _, _), events = journey()
+    sister, stranger = f"sis-{uuid.uuid4().hex[:8]}", f"str-{uuid.uuid4().hex[:8]}"
+    events += [
+        {**hit("login", "2026-11-12T09:00:00Z", device_id=phone), "type": "identify",
+         "user_id": sister},
+        hit("view_item", "2026-11-12T09:05:00Z", [shoes], device_id=phone),
+        hit("purchase", "2026-11-12T18:00:00Z", [shoes], channel="pos", device_id=desk,
+            identifiers={"loyalty": card}, agent="tagwerk-pos/1.0"),
+    ]
+    send(env, [{**e, "session_id": f"s-{user}"} for e in events])
+    client.cookies.clear()
+    claim = {"site": SITE, "events": [{"event": "view_item", "user_id": user,
+                                       "device_id": stranger, "consent": ALL,
+                                       "items": [shoes]}]}
+    assert client.post("/collect", content=orjson.dumps(claim), headers={
+        "Content-Type": "text/plain", "User-Agent": CHROME}).status_code == 202
+    wait_for(lambda: drained(collector))
+    person = Graph(store, collector.sites.get(SITE)).resolve("user", user)
+    for table, ts, has_identifiers in erasure.PERSON_TABLES:
+        where, params = rows_of(person, ts, has_identifiers)
+        parts, part_params = erasure._person_rows(table, person, ts, has_identifiers)  # noqa: SLF001
+        params = {"site": SITE, **params, **part_params}
+        count = f"SELECT count() AS n FROM tagwerk.{table} WHERE site_id = {{site:String}} AND "
+        whole = int(store.rows(count + where, params)[0]["n"])
+        each = [int(store.rows(count + part, params)[0]["n"]) for part in parts]
+        either = int(store.rows(count + "(" + " OR ".join(parts) + ")", params)[0]["n"])
+        assert sum(each) == either == whole, (table, each, either, whole)
+        assert whole or table not in ("events", "person_hits"), table
+        if table == "person_hits":  # the claim, under the stranger's device: by its user id
+            assert each[1] == 1, each
+
+
 @pytest.mark.parametrize(("method", "path", "data", "status", "field"), [
     ("POST", "/privacy/erase", b"", 400, ""),
     ("POST", "/privacy/erase", b"{}", 400, "id"),

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from collector.identity import profile as profiles
-from collector.identity.graph import Graph, rows_of
+from collector.identity.graph import Graph, row_parts
 from collector.privacy.tombstones import Tombstones
 from collector.sites import Site
 from collector.storage import Store, time_text
@@ -28,11 +28,14 @@ def access(store: Store, site: Site, tombstones: Tombstones, kind: str, ident: s
     if person is None:
         return None
     site_id = site.site_id
-    where, params = rows_of(person)
-    bound = {"site": site_id, **params}
+    # The disjoint parts of their rows, each narrowed by its index (graph.row_parts).
+    parts, params = row_parts(person)
+    union = " UNION ALL ".join(
+        f"SELECT * FROM tagwerk.events WHERE site_id = {{site:String}} AND {part}"
+        for part in parts)
     events = store.rows(
-        f"SELECT * FROM tagwerk.events WHERE site_id = {{site:String}} AND {where} "
-        "ORDER BY ts, event_id LIMIT {most:UInt32}", {**bound, "most": MAX_ROWS + 1})
+        f"SELECT * FROM ({union}) ORDER BY ts, event_id LIMIT {{most:UInt32}}",
+        {"site": site_id, **params, "most": MAX_ROWS + 1}) if parts else []
     truncated = len(events) > MAX_ROWS
     events = events[:MAX_ROWS]
     consent_ids = sorted({e["consent_id"] for e in events if e.get("consent_id")})
