@@ -569,7 +569,7 @@ def row_parts(person: Person, ts: str = "ts", identifiers: bool = True
     parts = [users] if person.users else []
     if params["p_dev"]:
         parts.append(f"user_id = '' AND {devices}")
-    if params["p_id"] and others:
+    if params["p_id"]:  # (none for a table without identifiers)
         parts.append(f"user_id = '' AND {others} AND NOT {devices}")
     return parts, params
 

@@ -116,11 +116,11 @@ def write_engine_config(root: Path, memory_limit: int) -> Path:
     constraints = "".join(
         f"<{name}><const/></{name}>" for name in (*FILE_SETTINGS, *FIXED_SETTINGS)
     )
-    fixed = "".join(f"<{name}>{value}</{name}>"
-                    for name, value in {**DEFAULT_SETTINGS, **FIXED_SETTINGS}.items())
+    values = "".join(f"<{name}>{value}</{name}>"
+                     for name, value in {**DEFAULT_SETTINGS, **FIXED_SETTINGS}.items())
     write_atomic(users, (
         "<clickhouse>\n"
-        "  <profiles><default>" + fixed + "<constraints>" + constraints + "</constraints>"
+        "  <profiles><default>" + values + "<constraints>" + constraints + "</constraints>"
         "</default></profiles>\n"
         "  <users><default><password></password><profile>default</profile>"
         "<quota>default</quota><access_management>0</access_management>"
