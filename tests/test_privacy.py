@@ -4,6 +4,7 @@ hits dropped; the access request; keys and bad input (collector/privacy/)."""
 from __future__ import annotations
 
 import uuid
+from urllib.parse import quote
 
 import orjson
 import pytest
@@ -192,6 +193,50 @@ def test_the_parts_of_a_persons_rows_are_disjoint_and_make_up_rows_of(env):
         assert whole or table not in ("events", "person_hits"), table
         if table == "person_hits":  # the claim, under the stranger's device: by its user id
             assert each[1] == 1, each
+
+
+def test_erase_and_access_with_hostile_identifiers(env):
+    """Identifiers that look like SQL, like the statements' own parameter syntax, or hold
+    quotes, backslashes, LIKE wildcards and newlines reach the erasure's parts (and the
+    access request's) as bound values only: the person's rows go, a bystander whose ids
+    differ by those characters keeps hers."""
+    n = uuid.uuid4().hex[:6]
+    user = f"u'{n}\\\" OR 1=1 --"
+    device = f"d-{{p_users:Array(String)}}-%_{n}"
+    card = f"L'{n}');DROP TABLE tagwerk.events;--\n"
+    other_user, other_device = f"u%{n}", f"d-%_{n}"
+    send(env, [
+        {**hit("login", "2026-11-10T08:00:00Z", device_id=device), "type": "identify",
+         "user_id": user, "identifiers": {"loyalty": card}},
+        hit("view_item", "2026-11-10T08:01:00Z", [{"product_id": f"p-{n}"}], device_id=device),
+        hit("purchase", "2026-11-10T18:00:00Z", [{"product_id": f"p-{n}"}], channel="pos",
+            identifiers={"loyalty": card}),
+        {**hit("login", "2026-11-10T09:00:00Z", device_id=other_device), "type": "identify",
+         "user_id": other_user},
+        hit("view_item", "2026-11-10T09:01:00Z", [{"product_id": f"q-{n}"}],
+            device_id=other_device),
+    ])
+    access = call(env, "GET", f"{BASE}/privacy/access?id=loyalty:{quote(card)}")
+    assert access.status_code == 200, access.text
+    assert {e["device_id"] for e in access.json()["events"]} == {device, ""}
+    store = env[1].store
+
+    def her_links() -> int:
+        return int(store.rows(
+            "SELECT count() AS n FROM tagwerk.identity_links_by_identifier "
+            "WHERE site_id = {s:String} AND user_id = {u:String}",
+            {"s": SITE, "u": other_user})[0]["n"])
+
+    before = her_links()
+    assert before
+    done = call(env, "POST", f"{BASE}/privacy/erase", {"id": f"user:{user}"})
+    assert done.status_code == 200, done.text
+    assert done.json()["removed"]["events"] == 3
+    assert found_anywhere(store, [device, card]) == {}
+    kept = store.rows("SELECT count() AS n FROM tagwerk.events WHERE site_id = {s:String} "
+                      "AND device_id = {d:String}", {"s": SITE, "d": other_device})
+    assert kept[0]["n"] == 2
+    assert her_links() == before
 
 
 @pytest.mark.parametrize(("method", "path", "data", "status", "field"), [
