@@ -75,7 +75,8 @@ def measure(directory: Path, args: argparse.Namespace) -> None:
         began = time.monotonic()
         for part in range(args.parts):
             store.execute(FILL, {"part": part, "keys": keys, "rows": args.rows // args.parts})
-        fs = os.popen(f"stat -f -c %T {directory}").read().strip()
+        fs = subprocess.run(["stat", "-f", "-c", "%T", str(directory)], capture_output=True,
+                            text=True).stdout.strip()
         print(f"{directory} ({fs}): person_hits of {args.rows:,} rows in {args.parts} parts, "
               f"{keys:,} keys, filled in {time.monotonic() - began:.0f} s; one core")
         rng = random.Random(1)
