@@ -11,7 +11,9 @@ load, and erasure of a person among millions of rows.
    in (an identify event with a loyalty card) at some point of the month, their later hits
    carrying their user id; 2% of hits are till purchases naming only the loyalty card.
    Products have Zipf-like popularity. One more customer has 1,000 hits of their own
-   (phone, desktop, till) for the erasure.
+   (phone, desktop, till) for the erasure. The table profiles read (person_hits) is laid
+   out as after a month of collecting: the hits older than a day in one part, as
+   clickhouse/0033 merges them (here by OPTIMIZE, at once), the last day's in 10 inserts.
 2. Runs ``tagwerk serve`` on it pinned to one core, prints what a statement costs there
    (``SELECT 1`` and a one-key read through the SQL port: machines of this kind differ) and
    measures ``GET persons/{kind}:{id}/profile`` over random customers by device, user id
@@ -55,7 +57,9 @@ from sql_latency import timed  # noqa: E402
 from collector.config import load_settings  # noqa: E402
 
 GOAL_P99_MS, GOAL_RPS, GOAL_FRESH_S, GOAL_ERASE_S = 20.0, 1000.0, 1.0, 10.0
-MONTH_MS = 30 * 86400 * 1000
+DAY_MS = 86400 * 1000
+MONTH_MS = 30 * DAY_MS
+RECENT_INSERTS = 10  # the last day's hits, as parts not yet merged into the old data
 
 # Each device's owner and login time are functions of the device number, so that the hits
 # and the identify events agree without a join.
@@ -68,7 +72,8 @@ SELECT
     multiIf(k < 30, 'page_view', k < 75, 'view_item', k < 90, 'add_to_cart',
             k < 96, 'purchase', 'scroll') AS event,
     'track' AS type,
-    start + toIntervalMillisecond(cityHash64(n, 3) % {month_ms}) AS ts,
+    now64(3) - toIntervalMillisecond({window_ago_ms}) + toIntervalMillisecond(
+        cityHash64(n, 3) % {window_ms}) AS ts,
     ts AS received_at,
     if(till, 'pos', 'web') AS channel,
     if(consented AND NOT till, 'd' || toString(device), '') AS device_id,
@@ -155,15 +160,28 @@ def generate(data_dir: Path, args: argparse.Namespace) -> dict[str, str]:
     values = dict(site=SITE, month_ms=MONTH_MS, persons=args.persons, products=args.products,
                   devices=args.devices)
     store.execute(IDENTIFY.format(**values))
+    # A month of hits as a collector that ran for that month holds them: the hits older
+    # than a day in one part of person_hits (clickhouse/0033 merges such parts; OPTIMIZE
+    # does at once what it does after a day), the last day's in parts of their own.
+    older = args.events - args.events // 30
     chunk = 1_000_000
-    for offset in range(0, args.events, chunk):
-        store.execute(GENERATE.format(**values, offset=offset,
-                                      count=min(chunk, args.events - offset)))
+    for offset in range(0, older, chunk):
+        store.execute(GENERATE.format(**values, offset=offset, count=min(chunk, older - offset),
+                                      window_ago_ms=MONTH_MS, window_ms=MONTH_MS - DAY_MS))
+    store.execute("OPTIMIZE TABLE tagwerk.person_hits FINAL")
+    recent = args.events - older
+    for i in range(RECENT_INSERTS):
+        first = older + recent * i // RECENT_INSERTS
+        last = older + recent * (i + 1) // RECENT_INSERTS
+        store.execute(GENERATE.format(**values, offset=first, count=last - first,
+                                      window_ago_ms=DAY_MS, window_ms=DAY_MS))
     print(f"generated {args.events:,} events in {time.monotonic() - began:.0f} s")
     refresh_pairs(store)
     for table in ("events", "identity_links_by_identifier", "person_hits"):
         [row] = store.rows(f"SELECT count() AS n FROM tagwerk.{table}")
-        print(f"  tagwerk.{table}: {row['n']:,} rows")
+        [parts] = store.rows("SELECT count() AS n FROM system.parts WHERE active "
+                             "AND database = 'tagwerk' AND table = {t:String}", {"t": table})
+        print(f"  tagwerk.{table}: {row['n']:,} rows in {parts['n']} parts")
     store.close()
     return keys
 

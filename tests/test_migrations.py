@@ -6,6 +6,7 @@ import dataclasses
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -301,8 +302,37 @@ def test_person_hits_is_read_in_small_granules_and_the_old_view_is_gone(store):
     granularity = store.rows("SELECT create_table_query AS q FROM system.tables WHERE "
                              "database = 'tagwerk' AND name = 'person_hits'")[0]["q"]
     assert "index_granularity = 256" in granularity  # since 0030
+    assert "min_age_to_force_merge_seconds = 86400" in granularity  # since 0033
     assert not store.rows("SELECT name FROM system.tables WHERE database = 'tagwerk' "
                           "AND name = 'person_activity_mv'")
+
+
+def test_old_parts_of_person_hits_are_merged_into_one(store):
+    """0033's setting, on a copy of person_hits with the day shortened to a second: parts of
+    similar size, which the engine's own merge choice leaves apart, become one once all are
+    older than the age."""
+    store.execute("DROP TABLE IF EXISTS tagwerk.person_hits_0033_test")
+    store.execute("CREATE TABLE tagwerk.person_hits_0033_test AS tagwerk.person_hits")
+    try:
+        store.execute("ALTER TABLE tagwerk.person_hits_0033_test MODIFY SETTING "
+                      "min_age_to_force_merge_seconds = 1")
+        for n in range(3):
+            store.execute(
+                "INSERT INTO tagwerk.person_hits_0033_test (site_id, key, ts, event, event_id, "
+                "product_id) SELECT 'demo', concat('device:d', toString(number)), now64(3), "
+                "'view_item', generateUUIDv4(number), 'p1' FROM numbers({n:UInt32}, 1000)",
+                {"n": n * 1000})
+        parts = ("SELECT count() AS n FROM system.parts WHERE active AND database = 'tagwerk' "
+                 "AND table = 'person_hits_0033_test'")
+        assert store.rows(parts) == [{"n": 3}]
+        deadline = time.monotonic() + 60
+        while store.rows(parts)[0]["n"] > 1 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert store.rows(parts) == [{"n": 1}]
+        assert store.rows("SELECT count() AS n FROM tagwerk.person_hits_0033_test") == [
+            {"n": 3000}]
+    finally:
+        store.execute("DROP TABLE IF EXISTS tagwerk.person_hits_0033_test SYNC")
 
 
 def test_cluster_name_is_checked():
