@@ -366,9 +366,9 @@ def test_a_batch_past_the_row_cut_is_read_again_in_halves(env, monkeypatch):
     persons = Graph(collector.store, site).resolve_many(
         [("device", f"d{i}-{n}") for i in range(8)])
     reads = []
-    rows = collector.store.rows
-    monkeypatch.setattr(collector.store, "rows", lambda sql, params=None: (
-        reads.append(sql) if "person_hits" in sql else None) or rows(sql, params))
+    query = collector.store.query
+    monkeypatch.setattr(collector.store, "query", lambda sql, params=None, fmt="JSONEachRow": (
+        reads.append(sql) if "person_hits" in sql else None) or query(sql, params, fmt))
     monkeypatch.setattr(profiles, "MAX_ROWS", 40)  # 8 x 6 = 48 rows pass it together
     together = profiles.profiles_and_keys(collector.store, SITE, persons)
     assert len(reads) == 3
