@@ -7,7 +7,7 @@ across processes and machines.
 
 Every hit gets one, so the text is built cheaply: the part before the variant (time,
 version, the counter's top 12 bits) changes at most once a millisecond and is kept; only
-the last 16 hex digits are formatted per id (0.8 instead of 2.2 us).
+the last 16 hex digits are formatted per id (1.0 instead of 2.2 us).
 """
 
 from __future__ import annotations
