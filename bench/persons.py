@@ -6,7 +6,9 @@ load, and erasure of a person among millions of rows.
 
 1. Generates the data in the embedded engine (``INSERT ... SELECT ... FROM numbers(N)``,
    through every materialised view like any insert): 30 days of hits of ``--devices``
-   devices, 4 in 5 of them with analytics and personalization consent; 4 in 5 consented
+   devices, 4 in 5 of them with analytics and personalization consent (their hits carrying
+   the id of that decision, which consent_log holds as /consent records it, so that a
+   profile also looks up the decisions its hits were collected under); 4 in 5 consented
    devices belong to one of ``--persons`` customers (two devices each on average), who log
    in (an identify event with a loyalty card) at some point of the month, their later hits
    carrying their user id; 2% of hits are till purchases naming only the loyalty card.
@@ -65,8 +67,8 @@ RECENT_INSERTS = 10  # the last day's hits, as parts not yet merged into the old
 # and the identify events agree without a join.
 GENERATE = """
 INSERT INTO tagwerk.events (event_id, site_id, event, type, ts, received_at, channel,
-    device_id, session_id, user_id, consent, url, path, device_class, is_bot, items,
-    identifiers)
+    device_id, session_id, user_id, consent, consent_id, url, path, device_class, is_bot,
+    items, identifiers)
 SELECT
     generateUUIDv4(n) AS event_id, '{site}' AS site_id,
     multiIf(k < 30, 'page_view', k < 75, 'view_item', k < 90, 'add_to_cart',
@@ -82,6 +84,7 @@ SELECT
     if(consented AND NOT till AND owned AND ts >= login, 'u' || toString(owner), '')
         AS user_id,
     if(consented, ['analytics', 'personalization'], []) AS consent,
+    if(consented AND NOT till, {decision}, '') AS consent_id,
     'https://shop.example' || path AS url,
     if(event = 'view_item', '/p/' || toString(rank), '/') AS path,
     if(device % 3 = 0, 'mobile', 'desktop') AS device_class,
@@ -110,10 +113,11 @@ FROM
 # One identify per owned, consented device, at its login time, with the loyalty card.
 IDENTIFY = """
 INSERT INTO tagwerk.events (event_id, site_id, event, type, ts, received_at, channel,
-    device_id, user_id, consent, device_class, identifiers)
+    device_id, user_id, consent, consent_id, device_class, identifiers)
 SELECT generateUUIDv4(device + 1000000000), '{site}', 'login', 'identify', login, login,
     'web', 'd' || toString(device), 'u' || toString(owner),
-    ['analytics', 'personalization'], 'desktop', map('loyalty', 'L' || toString(owner))
+    ['analytics', 'personalization'], {decision}, 'desktop',
+    map('loyalty', 'L' || toString(owner))
 FROM
 (
     SELECT number AS device,
@@ -125,6 +129,26 @@ FROM
     FROM numbers({devices})
 )
 WHERE consented AND owned
+"""
+
+# Each consented device's decision, as /consent records it (its id: 32 hex digits), before
+# the device's hits: the id its hits carry.
+DECISION = "lower(hex(MD5('{site}-' || toString(device))))"
+CONSENTS = """
+INSERT INTO tagwerk.consent_log (consent_id, ts, received_at, site_id, granted, denied,
+    policy, how, url, device_class)
+SELECT {decision}, decided, decided, '{site}', ['analytics', 'personalization'],
+    ['marketing'], 'v1', 'banner', 'https://shop.example/',
+    if(device % 3 = 0, 'mobile', 'desktop')
+FROM
+(
+    SELECT number AS device,
+        now64(3) - toIntervalMillisecond({month_ms} + cityHash64(device, 11) % {day_ms})
+            AS decided,
+        cityHash64(device, 9) % 5 != 0 AS consented
+    FROM numbers({devices})
+)
+WHERE consented
 """
 
 HEAVY = f"heavy-{uuid.uuid4().hex[:8]}"  # a new one each run: a data directory is reused
@@ -157,8 +181,10 @@ def heavy_events() -> list[dict]:
 def generate(data_dir: Path, args: argparse.Namespace) -> dict[str, str]:
     store, keys = bench_site(data_dir)
     began = time.monotonic()
-    values = dict(site=SITE, month_ms=MONTH_MS, persons=args.persons, products=args.products,
-                  devices=args.devices)
+    values = dict(site=SITE, month_ms=MONTH_MS, day_ms=DAY_MS, persons=args.persons,
+                  products=args.products, devices=args.devices,
+                  decision=DECISION.format(site=SITE))
+    store.execute(CONSENTS.format(**values))
     store.execute(IDENTIFY.format(**values))
     # A month of hits as a collector that ran for that month holds them: the hits older
     # than a day in one part of person_hits (clickhouse/0033 merges such parts; OPTIMIZE
@@ -177,7 +203,7 @@ def generate(data_dir: Path, args: argparse.Namespace) -> dict[str, str]:
                                       window_ago_ms=DAY_MS, window_ms=DAY_MS))
     print(f"generated {args.events:,} events in {time.monotonic() - began:.0f} s")
     refresh_pairs(store)
-    for table in ("events", "identity_links_by_identifier", "person_hits"):
+    for table in ("events", "identity_links_by_identifier", "person_hits", "consent_log"):
         [row] = store.rows(f"SELECT count() AS n FROM tagwerk.{table}")
         [parts] = store.rows("SELECT count() AS n FROM system.parts WHERE active "
                              "AND database = 'tagwerk' AND table = {t:String}", {"t": table})

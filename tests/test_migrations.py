@@ -484,3 +484,26 @@ def test_cluster_render_of_the_routers():
                for s in routing)
     hourly = next(s for s in out if "product_hourly_mv" in s)
     assert "FROM tagwerk.events_to_commerce\n" in hourly
+
+
+CONSENT_BY_ID = r"""
+decisions = ("SELECT site_id, consent_id, toString(ts) AS ts, granted, denied, policy, how "
+             "FROM tagwerk.{} ORDER BY ALL")
+insert = ("INSERT INTO tagwerk.consent_log (consent_id, ts, received_at, site_id, granted, "
+          "denied, policy, how) SELECT lower(hex(MD5(toString(number % 7)))), "
+          "now64(3) + number, now64(3), ['s', 't'][number % 2 + 1], ['analytics'], "
+          "['marketing'], 'v1', 'banner' FROM numbers({first:UInt64}, 20)")
+store.execute(insert, {"first": 0})  # decided before 0034
+migrations.load_migrations = lambda: every
+migrations.migrate(store)
+store.execute(insert, {"first": 20})  # after: the view copies them
+log, copy = (store.rows(decisions.format(t)) for t in ("consent_log", "consent_by_id"))
+assert len(log) == 40 and copy == log, (log, copy)
+print("ok")
+"""
+
+
+def test_consent_decisions_are_copied_by_id_before_and_after_the_upgrade(tmp_path):
+    """0034 orders the consent decisions by id for profiles: the ones recorded before it
+    are copied, the ones after reach the copy at their insert, the same rows as the log."""
+    run_upgrade(tmp_path, 34, CONSENT_BY_ID)

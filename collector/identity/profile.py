@@ -223,13 +223,14 @@ def _shares(weights: dict[str, int]) -> list[dict[str, Any]]:
 
 
 def _consents(store: Store, site_id: str, consent_ids: list[str]) -> dict[str, dict[str, Any]]:
-    """The consent decisions by id, each as last recorded."""
+    """The consent decisions by id, each as last recorded (consent_log's rows, ordered by
+    id: clickhouse/0034)."""
     if not consent_ids:
         return {}
     rows = store.rows(
         "SELECT consent_id, argMax(granted, ts) AS granted, argMax(denied, ts) AS denied, "
         "argMax(how, ts) AS how, argMax(policy, ts) AS policy, max(ts) AS at "
-        "FROM tagwerk.consent_log WHERE site_id = {site:String} "
+        "FROM tagwerk.consent_by_id WHERE site_id = {site:String} "
         "AND consent_id IN {ids:Array(String)} GROUP BY consent_id",
         {"site": site_id, "ids": consent_ids})
     return {row["consent_id"]: row for row in rows}
