@@ -7,7 +7,12 @@ Measures, with wrk as the load generator on the other core:
   - how long until a hit is queryable in ClickHouse, under the pixel load (p50/p99; a
     second pixel run, so that the probe queries do not count against the throughput);
   - the collector's resident memory at that load;
-  - nginx serving a 1x1 GIF with ``empty_gif`` (the physical limit) and our ratio to it.
+  - where the collector's CPU went under each load (Python threads, engine merges, ...);
+  - nginx serving a 1x1 GIF with ``empty_gif`` (the physical limit) and our ratio to it;
+  - what the materialised views cost: hits/s and CPU per event with and without them;
+  - the production layout: the engine in a process of its own, on wrk's core.
+
+Each collector is measured once it is quiet after its start (not while it loads its rules).
 
 Needs Debian's ``wrk`` and ``nginx``. Run: ``python3 bench/load.py [--seconds 10]``.
 """
@@ -60,6 +65,43 @@ def process_cpu(pid: int) -> float:
     """CPU seconds a process has used, all its threads (an embedded engine's included)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# Thread names, as the engine (ClickHouse's pools) gives them; every Python thread keeps the
+# process's name, and an insert or query also runs on the thread that called it (the
+# flusher's, a request's). Other names are printed as they are.
+THREAD_GROUPS = {"python3": "Python threads", "MergeMutate": "engine merges",
+                 "ThreadPool": "engine pool (inserts, views, queries)"}
+
+
+def thread_cpu(pid: int) -> dict[tuple[int, str], float]:
+    """CPU seconds of each live thread of a process, by (thread id, name)."""
+    used: dict[tuple[int, str], float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:  # the thread ended meanwhile
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat.rsplit(")", 1)[1].split()
+        used[(int(task.name), name)] = (int(fields[11]) + int(fields[12])) / tick
+    return used
+
+
+def cpu_split(before: dict[tuple[int, str], float], after: dict[tuple[int, str], float],
+              total: float) -> dict[str, float]:
+    """Each thread name's share of ``total`` (the process's CPU seconds between two
+    ``thread_cpu`` readings), named as in THREAD_GROUPS, and the share of threads that
+    ended in between (their time is only in the total)."""
+    groups: dict[str, float] = {}
+    for (tid, name), seconds in after.items():
+        group = THREAD_GROUPS.get(name, name)
+        groups[group] = groups.get(group, 0.0) + seconds - before.get((tid, name), 0.0)
+    ended = total - sum(groups.values())
+    if ended > 0:
+        groups["threads ended meanwhile"] = ended
+    return {group: seconds / (total or 1.0) for group, seconds in groups.items()}
 
 
 def wait_quiet(pid: int, timeout: float = 120, below: float = 0.2) -> float:
@@ -151,6 +193,10 @@ class Collector:
         except RuntimeError:
             self.stop()
             raise
+        # Ready is not idle: the first seconds load the User-Agent rules and run the views'
+        # first refreshes. Measured during that, a run would count the start, and how much
+        # of it depended on timing (one of the two runs views and no views compare).
+        self.quiet_after = wait_quiet(self.proc.pid)
 
     @property
     def base(self) -> str:
@@ -229,10 +275,11 @@ def costed(collector: Collector, url: str, seconds: int, connections: int,
            script: Path | None = None, events: int = 1) -> dict:
     """A wrk run, with the collector process's CPU per event (``cpu_us``): unlike hits/s,
     it hardly moves with what else the machine runs, so views and no views compare."""
-    before = process_cpu(collector.proc.pid)
+    before, threads = process_cpu(collector.proc.pid), thread_cpu(collector.proc.pid)
     result = wrk(url, seconds, connections, script)
     used = process_cpu(collector.proc.pid) - before
     result["cpu_us"] = used / max(result["requests"] * events, 1) * 1e6
+    result["split"] = cpu_split(threads, thread_cpu(collector.proc.pid), used)
     return result
 
 
@@ -247,13 +294,42 @@ def pixel_and_batch(collector: Collector, workdir: Path, seconds: int,
     return {"pixel": pixel, "batch": batch}
 
 
-def without_views(workdir: Path, seconds: int, connections: int) -> dict:
-    """The all-in-one measurements again on a collector whose views are detached."""
-    collector = Collector(workdir, without_views=True)
+VIEW_ROUNDS = 5  # runs of each load on each of the two collectors, alternated
+
+
+def views_cost(workdir: Path, seconds: int, connections: int) -> dict:
+    """Pixel hits and JSON batches on two collectors started together, one with its
+    materialised views and one with them detached, in alternated runs (A B B A, ...): this
+    machine's speed drifts by more than the views cost over the minutes two runs in a row
+    would take, and alternation spreads the drift over both. Medians of each collector's
+    hits/s and CPU per event are compared; each run's are listed."""
+    both = {"views": Collector(workdir)}
     try:
-        return pixel_and_batch(collector, workdir, seconds, connections)
+        both["bare"] = Collector(workdir, without_views=True)
+    except RuntimeError:
+        both["views"].stop()
+        raise
+    runs: dict[str, dict[str, list[dict]]] = {name: {"pixel": [], "batch": []} for name in both}
+    try:
+        for c in both.values():  # warm-up: caches, first parts
+            wrk(f"{c.base}/p.gif?{PIXEL_QUERY}", 2, connections)
+        script = batch_script(workdir)
+        for n in range(VIEW_ROUNDS):
+            order = ("views", "bare") if n % 2 == 0 else ("bare", "views")
+            for load in ("pixel", "batch"):
+                for name in order:
+                    c = both[name]
+                    runs[name][load].append(
+                        costed(c, f"{c.base}/p.gif?{PIXEL_QUERY}", seconds, connections)
+                        if load == "pixel" else
+                        costed(c, f"{c.base}/collect", seconds, connections, script,
+                               events=10))
     finally:
-        collector.stop()
+        for c in both.values():
+            c.stop()
+    return {name: {load: {key: [r[key] for r in results] for key in ("rps", "cpu_us")}
+                   for load, results in loads.items()}
+            for name, loads in runs.items()}
 
 
 def split_layout(workdir: Path, seconds: int, connections: int) -> dict:
@@ -324,14 +400,15 @@ def main() -> None:
             stored = int(collector.sql("SELECT count() FROM tagwerk.events").strip())
         finally:
             collector.stop()
-        bare = without_views(workdir, args.seconds, args.connections)
+        views = views_cost(workdir, max(args.seconds // 2, 3), args.connections)
 
     probes.sort()
     q50 = statistics.median(probes) * 1000 if probes else float("nan")
     q99 = probes[min(len(probes) - 1, int(len(probes) * 0.99))] * 1000 if probes else float("nan")
     print(f"cores: server {SERVER_CORE}, wrk {CLIENT_CORE}; {args.connections} connections, "
           f"{args.seconds} s per run")
-    print("all in one: the collector and its embedded ClickHouse together on the server core")
+    print("all in one: the collector and its embedded ClickHouse together on the server core "
+          f"(measured once quiet, {collector.quiet_after:.0f} s after it answered)")
     print(f"nginx empty_gif (limit)   {limit['rps']:>10,.0f} req/s   "
           f"p50 {limit['p50_ms']:.2f} ms  p99 {limit['p99_ms']:.2f} ms")
     print(f"tagwerk pixel             {pixel['rps']:>10,.0f} hits/s  "
@@ -347,19 +424,31 @@ def main() -> None:
           f"{files:.0f} MB mapped files (library code), {most - files:.0f} MB allocated")
     print(f"rows stored               {stored:,}; non-2xx: pixel {pixel['non2xx']} "
           f"+ {probed['non2xx']}, batch {batch['non2xx']}")
-    print("the same collector with its materialised views detached (target: with views at "
-          "most 10% lower)")
+    # Where the server core goes: what the engine takes is what a faster request path
+    # cannot win back.
+    for label, run in (("pixel", pixel), ("JSON", batch)):
+        shares = ", ".join(f"{group} {share:.0%}" for group, share
+                           in sorted(run["split"].items(), key=lambda kv: -kv[1])
+                           if share >= 0.005)
+        print(f"collector CPU under {label:<5s} {shares}")
+    print(f"views: two collectors side by side, with and without their materialised views, "
+          f"{VIEW_ROUNDS} alternated runs of each load on each (medians; target: with views "
+          "at most 10% lower)")
     for name, label, unit, scale in (("pixel", "pixel", "hits/s", 1),
                                      ("batch", "JSON, batches of 10", "events/s", 10)):
-        rps = bare[name]["rps"] * scale
-        ours = (pixel if name == "pixel" else batch)["rps"] * scale
-        print(f"  tagwerk {label:<20s} {rps:>10,.0f} {unit} without views; with views "
-              f"{ours / rps - 1:+.1%}")
-    # On one core, throughput is the inverse of CPU per event: the steadier comparison.
-    for name, label in (("pixel", "pixel hit"), ("batch", "JSON event")):
-        ours, theirs = (pixel if name == "pixel" else batch)["cpu_us"], bare[name]["cpu_us"]
-        print(f"  CPU per {label:<10s} {ours:6.1f} us with views, {theirs:6.1f} us without: "
-              f"throughput with views at most {theirs / ours - 1:+.1%} on a saturated core")
+        ours, bare = views["views"][name], views["bare"][name]
+        with_rps, bare_rps = (statistics.median(r["rps"]) * scale for r in (ours, bare))
+        print(f"  tagwerk {label:<20s} {bare_rps:>10,.0f} {unit} without views, "
+              f"{with_rps:>8,.0f} with: {with_rps / bare_rps - 1:+.1%}   (runs without: "
+              f"{', '.join(f'{x * scale:,.0f}' for x in bare['rps'])}; with: "
+              f"{', '.join(f'{x * scale:,.0f}' for x in ours['rps'])})")
+        # On one core, throughput is the inverse of CPU per event: the steadier comparison.
+        with_us, bare_us = (statistics.median(r["cpu_us"]) for r in (ours, bare))
+        print(f"  CPU per {'pixel hit' if name == 'pixel' else 'JSON event':<10s} "
+              f"{with_us:6.1f} us with views, {bare_us:6.1f} us without: throughput with "
+              f"views at most {bare_us / with_us - 1:+.1%} on a saturated core   (runs "
+              f"without: {', '.join(f'{x:.1f}' for x in bare['cpu_us'])}; with: "
+              f"{', '.join(f'{x:.1f}' for x in ours['cpu_us'])})")
     print("production layout: the collector alone on the server core, ClickHouse in another "
           "process on wrk's core")
     print(f"  tagwerk pixel           {split['pixel']['rps']:>10,.0f} hits/s  "
