@@ -119,10 +119,12 @@ def refresh_pairs(store, sites: tuple[str, ...]) -> None:
     refresh_minute(store, sites)
 
 
-def refresh_settled(store) -> None:
+def refresh_settled(store, empty: bool = True) -> None:
     """The daily co-view refresh, now (it may hold none of the sites: wait for the refresh
-    itself)."""
-    store.execute("TRUNCATE TABLE tagwerk.coview_pairs_settled")
+    itself). ``empty``: the table emptied first, so that it recomputes (a refresh within a
+    day of the last keeps its rows: clickhouse/0035)."""
+    if empty:
+        store.execute("TRUNCATE TABLE tagwerk.coview_pairs_settled")
     state = ("SELECT status, toUnixTimestamp(last_refresh_time) AS began, exception "
              "FROM system.view_refreshes WHERE view = 'coview_pairs_settled_mv'")
     time.sleep(1.05 - time.time() % 1)  # refresh times have whole seconds: a new one
@@ -315,6 +317,47 @@ def test_a_session_going_on_after_it_settled_counts_once(loaded):
     refresh_minute(loaded, (site,), ("coview_pairs",))
     assert pairs() == [(a, b, 1) for a in ("p1", "p2", "p3") for b in ("p1", "p2", "p3")
                        if a != b]
+
+
+def test_a_refresh_within_a_day_of_the_last_keeps_the_settled_pairs(loaded):
+    """The engine refreshes every refreshable view when it starts: the daily co-view view
+    keeps what it computed less than a day before instead of regrouping 90 days of sessions
+    at every start of the collector; a refresh after a day (the scheduled one), or of an
+    emptied table, recomputes (clickhouse/0035)."""
+    site, now = "kept-settled", dt.datetime.now(dt.UTC)
+
+    def session(name: str, products: tuple[str, ...]) -> None:
+        for n, product in enumerate(products):
+            loaded.execute(
+                "INSERT INTO tagwerk.events (event_id, site_id, event, type, ts, received_at, "
+                "session_id, device_id, consent, items) SELECT generateUUIDv4(), "
+                "{site:String}, 'view_item', 'track', {ts:DateTime64(3, 'UTC')}, now64(3), "
+                "{session:String}, 'kept-settled-d', ['analytics'], "
+                "[({p:String}, '', '', '', '', 1, 1)]",
+                {"site": site, "ts": now - dt.timedelta(hours=3, minutes=-n),
+                 "session": name, "p": product})
+
+    def settled() -> tuple[list[tuple[str, str]], str]:
+        pairs = [(r["product_id"], r["other_id"]) for r in loaded.rows(
+            "SELECT product_id, other_id FROM tagwerk.coview_pairs_settled "
+            "WHERE site_id = {site:String} AND product_id != '' ORDER BY 1, 2", {"site": site})]
+        [row] = loaded.rows("SELECT toString(max(boundary)) AS b "
+                            "FROM tagwerk.coview_pairs_settled")
+        return pairs, row["b"]
+
+    session("kept-s1", ("p1", "p2"))
+    refresh_settled(loaded)
+    before = settled()
+    assert before[0] == [("p1", "p2"), ("p2", "p1")]
+    session("kept-s2", ("p3", "p4"))  # ended three hours ago: the next recompute pairs it
+    refresh_settled(loaded, empty=False)  # as at a start, an hour after the last refresh
+    assert settled() == before  # kept as it was: same pairs, same boundary
+    loaded.execute("ALTER TABLE tagwerk.coview_pairs_settled UPDATE "
+                   "boundary = boundary - toIntervalHour(24) WHERE 1 SETTINGS mutations_sync = 1")
+    refresh_settled(loaded, empty=False)  # as the next day's: a day after the boundary
+    pairs, boundary = settled()
+    assert pairs == [("p1", "p2"), ("p2", "p1"), ("p3", "p4"), ("p4", "p3")]
+    assert boundary > before[1]
 
 
 def test_copurchase_pairs(loaded):
