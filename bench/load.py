@@ -194,8 +194,8 @@ class Collector:
             self.stop()
             raise
         # Ready is not idle: the first seconds load the User-Agent rules and run the views'
-        # first refreshes. Measured during that, a run would count the start, and how much
-        # of it depended on timing (one of the two runs views and no views compare).
+        # first refreshes. A run measured during that would count part of the start, more
+        # or less of it by chance (and on only one of the two collectors views_cost compares).
         self.quiet_after = wait_quiet(self.proc.pid)
 
     @property
@@ -314,16 +314,16 @@ def views_cost(workdir: Path, seconds: int, connections: int) -> dict:
         for c in both.values():  # warm-up: caches, first parts
             wrk(f"{c.base}/p.gif?{PIXEL_QUERY}", 2, connections)
         script = batch_script(workdir)
+        loads = {
+            "pixel": lambda c: costed(c, f"{c.base}/p.gif?{PIXEL_QUERY}", seconds, connections),
+            "batch": lambda c: costed(c, f"{c.base}/collect", seconds, connections, script,
+                                      events=10),
+        }
         for n in range(VIEW_ROUNDS):
             order = ("views", "bare") if n % 2 == 0 else ("bare", "views")
-            for load in ("pixel", "batch"):
+            for load, run in loads.items():
                 for name in order:
-                    c = both[name]
-                    runs[name][load].append(
-                        costed(c, f"{c.base}/p.gif?{PIXEL_QUERY}", seconds, connections)
-                        if load == "pixel" else
-                        costed(c, f"{c.base}/collect", seconds, connections, script,
-                               events=10))
+                    runs[name][load].append(run(both[name]))
     finally:
         for c in both.values():
             c.stop()
