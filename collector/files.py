@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 
@@ -11,14 +12,20 @@ def write_atomic(path: Path, data: bytes | str, durable: bool = False) -> None:
     (these files hold keys, passwords, site lists). ``durable``: fsync the file and its
     directory, for state that must survive a power loss (the spool's)."""
     raw = data.encode() if isinstance(data, str) else data
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(raw)
-        if durable:
-            f.flush()
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
+    # A temporary file of this call's own (created 0600): writers of one file at once (the
+    # sites' reload and an admin's change) each replace it whole; with one shared name the
+    # first replace took the other's file away.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(raw)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     if durable:
         fsync_dir(path.parent)
 
