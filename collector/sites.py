@@ -149,18 +149,23 @@ class Sites:
         self._loaded_at = 0.0
         self._load_started = 0.0
         self._lock = threading.Lock()
+        # One load at a time: a reload and an admin's change each read the table and then
+        # set the sites and write the snapshot; interleaved, the older read could land last.
+        self._load_lock = threading.Lock()
         self._reloading: asyncio.Task | None = None  # the reload callers of find share
 
     def load(self) -> None:
-        rows = self.store.rows(
-            "SELECT site_id, name, origins, write_key_hash, read_key_hash, admin_key_hash, "
-            "retention_days, drop_bots, drop_without_consent, identifier_kinds, "
-            "identity_max_persons FROM tagwerk.sites FINAL WHERE NOT deleted"
-        )
-        previous = self._sites
-        self._set({row["site_id"]: _site_from_row(row) for row in rows})
-        if self.snapshot_path and (self._sites != previous or not self.snapshot_path.exists()):
-            write_atomic(self.snapshot_path, orjson.dumps(rows))
+        with self._load_lock:
+            rows = self.store.rows(
+                "SELECT site_id, name, origins, write_key_hash, read_key_hash, admin_key_hash, "
+                "retention_days, drop_bots, drop_without_consent, identifier_kinds, "
+                "identity_max_persons FROM tagwerk.sites FINAL WHERE NOT deleted"
+            )
+            previous = self._sites
+            self._set({row["site_id"]: _site_from_row(row) for row in rows})
+            if self.snapshot_path and (self._sites != previous
+                                       or not self.snapshot_path.exists()):
+                write_atomic(self.snapshot_path, orjson.dumps(rows))
 
     def load_snapshot(self) -> bool:
         """Serve the sites saved by the last successful load; False if there is none."""

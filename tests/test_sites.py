@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 from collector.sites import Sites
@@ -41,3 +42,36 @@ def test_a_site_created_by_another_process_is_found_at_its_first_request(store, 
         return await asyncio.gather(sites.find("made-elsewhere"), sites.find("made-elsewhere"))
 
     assert [s.site_id for s in asyncio.run(main())] == ["made-elsewhere"] * 2
+
+
+def test_sites_created_while_the_registry_reloads_are_all_known(store, tmp_path):
+    """An admin's create loads the sites and writes the snapshot as the periodic reload
+    does: at the same time, neither fails (one temporary snapshot file each), and the
+    newest read is the one kept (one load at a time), in memory and in the snapshot."""
+    sites = Sites(store, tmp_path / "sites.json")
+    sites.load()
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def reload_often() -> None:
+        while not stop.is_set():
+            try:
+                sites.reload()
+            except BaseException as exc:  # noqa: BLE001 (reported below)
+                errors.append(exc)
+
+    reloaders = [threading.Thread(target=reload_often) for _ in range(2)]
+    for thread in reloaders:
+        thread.start()
+    try:
+        created = [sites.create(f"while-reloading-{n}")[0].site_id for n in range(8)]
+    finally:
+        stop.set()
+        for thread in reloaders:
+            thread.join()
+    assert errors == []
+    assert all(sites.get(site_id) is not None for site_id in created)
+    fresh = Sites(store, tmp_path / "sites.json")
+    assert fresh.load_snapshot()
+    assert all(fresh.get(site_id) is not None for site_id in created)
+    assert [p.name for p in tmp_path.iterdir()] == ["sites.json"]
