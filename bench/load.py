@@ -35,6 +35,7 @@ import time
 import urllib.parse
 import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 UA = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
@@ -283,15 +284,28 @@ def costed(collector: Collector, url: str, seconds: int, connections: int,
     return result
 
 
+def loads(workdir: Path, seconds: int,
+          connections: int) -> dict[str, Callable[[Collector], dict]]:
+    """The two loads, each a ``costed`` run against a given collector: pixel hits, and JSON
+    events in batches of 10."""
+    script = batch_script(workdir)
+    return {
+        "pixel": lambda c: costed(c, f"{c.base}/p.gif?{PIXEL_QUERY}", seconds, connections),
+        "batch": lambda c: costed(c, f"{c.base}/collect", seconds, connections, script,
+                                  events=10),
+    }
+
+
+def warm_up(collector: Collector, connections: int) -> None:
+    """Pixel hits for 2 s, not measured: caches, first parts."""
+    wrk(f"{collector.base}/p.gif?{PIXEL_QUERY}", 2, connections)
+
+
 def pixel_and_batch(collector: Collector, workdir: Path, seconds: int,
                     connections: int) -> dict:
     """Pixel hits (after a warm-up) and JSON batches against a running collector."""
-    pixel_url = f"{collector.base}/p.gif?{PIXEL_QUERY}"
-    wrk(pixel_url, 2, connections)
-    pixel = costed(collector, pixel_url, seconds, connections)
-    batch = costed(collector, f"{collector.base}/collect", seconds, connections,
-                   batch_script(workdir), events=10)
-    return {"pixel": pixel, "batch": batch}
+    warm_up(collector, connections)
+    return {load: run(collector) for load, run in loads(workdir, seconds, connections).items()}
 
 
 VIEW_ROUNDS = 5  # runs of each load on each of the two collectors, alternated
@@ -311,17 +325,11 @@ def views_cost(workdir: Path, seconds: int, connections: int) -> dict:
         raise
     runs: dict[str, dict[str, list[dict]]] = {name: {"pixel": [], "batch": []} for name in both}
     try:
-        for c in both.values():  # warm-up: caches, first parts
-            wrk(f"{c.base}/p.gif?{PIXEL_QUERY}", 2, connections)
-        script = batch_script(workdir)
-        loads = {
-            "pixel": lambda c: costed(c, f"{c.base}/p.gif?{PIXEL_QUERY}", seconds, connections),
-            "batch": lambda c: costed(c, f"{c.base}/collect", seconds, connections, script,
-                                      events=10),
-        }
+        for c in both.values():
+            warm_up(c, connections)
         for n in range(VIEW_ROUNDS):
             order = ("views", "bare") if n % 2 == 0 else ("bare", "views")
-            for load, run in loads.items():
+            for load, run in loads(workdir, seconds, connections).items():
                 for name in order:
                     runs[name][load].append(run(both[name]))
     finally:
@@ -377,8 +385,9 @@ def main() -> None:
         collector = Collector(workdir)
         try:
             pixel_url = f"{collector.base}/p.gif?{PIXEL_QUERY}"
-            wrk(pixel_url, 2, args.connections)  # warm-up: caches, first parts
-            pixel = costed(collector, pixel_url, args.seconds, args.connections)
+            warm_up(collector, args.connections)
+            measure = loads(workdir, args.seconds, args.connections)
+            pixel = measure["pixel"](collector)
             # The same load again with a data team's reader: a probe hit every 100 ms and a
             # query for it (each query costs the server core too, so the throughput above is
             # measured without them), and the resident memory.
@@ -394,8 +403,7 @@ def main() -> None:
             sampler.join()
             prober.join()
 
-            batch = costed(collector, f"{collector.base}/collect", args.seconds,
-                           args.connections, batch_script(workdir), events=10)
+            batch = measure["batch"](collector)
             time.sleep(1.5)
             stored = int(collector.sql("SELECT count() FROM tagwerk.events").strip())
         finally:
