@@ -286,6 +286,16 @@ def test_coview_pairs_come_from_both_tiers(loaded):
     assert row["recent"] > 3
 
 
+def view_item(store, site: str, session: str, product: str, ts: dt.datetime) -> None:
+    """A product view stored straight into events (with consent to analytics), at ``ts``."""
+    store.execute(
+        "INSERT INTO tagwerk.events (event_id, site_id, event, type, ts, received_at, "
+        "session_id, device_id, consent, items) SELECT generateUUIDv4(), {site:String}, "
+        "'view_item', 'track', {ts:DateTime64(3, 'UTC')}, now64(3), {session:String}, "
+        "{device:String}, ['analytics'], [({p:String}, '', '', '', '', 1, 1)]",
+        {"site": site, "ts": ts, "session": session, "device": f"{site}-d", "p": product})
+
+
 def test_a_session_going_on_after_it_settled_counts_once(loaded):
     """A session may go on after the daily refresh settled it (a container's session timeout
     of hours, a batch with old times): the minute's view leaves it to the next daily refresh
@@ -293,12 +303,7 @@ def test_a_session_going_on_after_it_settled_counts_once(loaded):
     site, now = "late-settled", dt.datetime.now(dt.UTC)
 
     def view(product: str, ts: dt.datetime) -> None:
-        loaded.execute(
-            "INSERT INTO tagwerk.events (event_id, site_id, event, type, ts, received_at, "
-            "session_id, device_id, consent, items) SELECT generateUUIDv4(), {site:String}, "
-            "'view_item', 'track', {ts:DateTime64(3, 'UTC')}, now64(3), 'late-settled-s', "
-            "'late-settled-d', ['analytics'], [({p:String}, '', '', '', '', 1, 1)]",
-            {"site": site, "ts": ts, "p": product})
+        view_item(loaded, site, "late-settled-s", product, ts)
 
     def pairs() -> list[tuple[str, str, int]]:
         return [(r["product_id"], r["other_id"], int(r["n"])) for r in loaded.rows(
@@ -328,14 +333,7 @@ def test_a_refresh_within_a_day_of_the_last_keeps_the_settled_pairs(loaded):
 
     def session(name: str, products: tuple[str, ...]) -> None:
         for n, product in enumerate(products):
-            loaded.execute(
-                "INSERT INTO tagwerk.events (event_id, site_id, event, type, ts, received_at, "
-                "session_id, device_id, consent, items) SELECT generateUUIDv4(), "
-                "{site:String}, 'view_item', 'track', {ts:DateTime64(3, 'UTC')}, now64(3), "
-                "{session:String}, 'kept-settled-d', ['analytics'], "
-                "[({p:String}, '', '', '', '', 1, 1)]",
-                {"site": site, "ts": now - dt.timedelta(hours=3, minutes=-n),
-                 "session": name, "p": product})
+            view_item(loaded, site, name, product, now - dt.timedelta(hours=3, minutes=-n))
 
     def settled() -> tuple[list[tuple[str, str]], str]:
         pairs = [(r["product_id"], r["other_id"]) for r in loaded.rows(
