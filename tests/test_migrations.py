@@ -507,3 +507,33 @@ def test_consent_decisions_are_copied_by_id_before_and_after_the_upgrade(tmp_pat
     """0034 orders the consent decisions by id for profiles: the ones recorded before it
     are copied, the ones after reach the copy at their insert, the same rows as the log."""
     run_upgrade(tmp_path, 34, CONSENT_BY_ID)
+
+
+CONSENT_PACKED = """
+from collector.identity.profile import DECISIONS, json_lines
+insert = ("INSERT INTO tagwerk.consent_log (consent_id, ts, received_at, site_id, granted, "
+          "denied, policy, how) SELECT lower(hex(MD5(toString(number % 7)))), "
+          "now64(3) + number, now64(3), 's', [['analytics'], ['analytics', 'ads']][n], "
+          "[['ads'], []][n], 'v' || toString(number), ['banner', 'api'][n] "
+          "FROM (SELECT number, number % 2 + 1 AS n FROM numbers({first:UInt64}, 10))")
+store.execute(insert, {"first": 0})  # decided before 0036, each id twice or more
+migrations.load_migrations = lambda: every
+migrations.migrate(store)
+store.execute(insert, {"first": 10})  # after: some ids decided again
+columns = store.rows("SELECT consent_id, argMax(granted, ts) AS granted, argMax(denied, ts) "
+                     "AS denied, argMax(how, ts) AS how, argMax(policy, ts) AS policy, "
+                     "toString(max(ts)) AS at FROM tagwerk.consent_log GROUP BY consent_id")
+ids = sorted(row["consent_id"] for row in columns)
+packed = {row[0]: row for row in json_lines(store, DECISIONS, {"site": "s", "ids": ids})}
+expected = {row["consent_id"]: [row["consent_id"], [row["granted"], row["denied"], row["how"],
+                                row["policy"]], row["at"]] for row in columns}
+assert len(ids) == 7 and packed == expected, (packed, expected)
+print("ok")
+"""
+
+
+def test_consent_decisions_read_packed_are_the_last_recorded_before_and_after_the_upgrade(
+        tmp_path):
+    """0036 packs each decision into the one column profiles read: decisions recorded before
+    and after it read as the log's columns say, the last of each id."""
+    run_upgrade(tmp_path, 36, CONSENT_PACKED)

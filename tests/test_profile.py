@@ -144,20 +144,36 @@ def test_without_personalization_consent_there_is_no_profile(env):
 
 
 def test_consent_decisions_are_listed(env):
+    """Each decision the person's hits were collected under, whole, as last recorded: a
+    later decision under the same id (the visitor changed their mind) replaces it."""
     client, _, keys = env
     n = uuid.uuid4().hex[:8]
     consent_id = uuid.uuid4().hex
-    r = client.post("/consent", content=orjson.dumps(
-        {"site": SITE, "consent_id": consent_id, "granted": ALL, "denied": ["marketing"],
-         "policy": "0123456789abcdef", "how": "banner"}),
-        headers={"Content-Type": "application/json"})
-    assert r.status_code in (200, 202, 204), r.text
+
+    def decide(granted: list[str], denied: list[str], how: str) -> None:
+        r = client.post("/consent", content=orjson.dumps(
+            {"site": SITE, "consent_id": consent_id, "granted": granted, "denied": denied,
+             "policy": "0123456789abcdef", "how": how}),
+            headers={"Content-Type": "application/json"})
+        assert r.status_code in (200, 202, 204), r.text
+
+    def listed() -> list[dict]:
+        return get(env, f"{BASE}/persons/device:dev-{n}/profile").json()["consent"]
+
+    decide(ALL, ["marketing"], "banner")
     send(env, [hit("view_item", "2026-11-11T10:00:00Z", [item(f"p-{n}", "c", "b")],
                    device_id=f"dev-{n}", consent_id=consent_id)])
-    wait_for(lambda: get(env, f"{BASE}/persons/device:dev-{n}/profile").json()["consent"])
-    [decision] = get(env, f"{BASE}/persons/device:dev-{n}/profile").json()["consent"]
-    assert decision["consent_id"] == consent_id and decision["how"] == "banner"
-    assert decision["granted"] == ALL and decision["denied"] == ["marketing"]
+    wait_for(listed)
+    [decision] = listed()
+    assert decision == {"consent_id": consent_id, "granted": ALL, "denied": ["marketing"],
+                        "how": "banner", "policy": "0123456789abcdef",
+                        "at": decision["at"]}, decision
+    assert decision["at"].startswith("20") and len(decision["at"]) == 23, decision
+    decide([*ALL, "marketing"], [], "api")
+    wait_for(lambda: listed()[0]["how"] == "api")
+    [changed] = listed()
+    assert sorted(changed["granted"]) == sorted([*ALL, "marketing"]) and changed["denied"] == []
+    assert changed["at"] > decision["at"], (decision, changed)
 
 
 def test_profiles_of_other_sites_are_invisible_and_keys_are_checked(env):

@@ -81,7 +81,12 @@ def _rows(store: Store, site_id: str, persons: list[Person], events: tuple[str, 
 
 
 def keyed_hits(store: Store, sql: str, params: dict[str, Any]) -> list[tuple[str, Hit]]:
-    """The ``[key, hit]`` lines a ROWS statement answers, parsed as one JSON array."""
+    """The ``[key, hit]`` lines a ROWS statement answers."""
+    return json_lines(store, sql, params)
+
+
+def json_lines(store: Store, sql: str, params: dict[str, Any]) -> list[Any]:
+    """A statement's answer of one JSON value a line, parsed as one JSON array."""
     lines = store.query(sql, params, "TSVRaw").rstrip(b"\n")
     return orjson.loads(b"[" + lines.replace(b"\n", b",") + b"]") if lines else []
 
@@ -222,15 +227,22 @@ def _shares(weights: dict[str, int]) -> list[dict[str, Any]]:
     return [{"name": name, "score": round(weight / total, 4)} for name, weight in ranked]
 
 
+# Each decision as last recorded, as one JSON array a line: [id, [granted, denied, how,
+# policy], time] (``decision``: clickhouse/0036), parsed by one call like the hits.
+DECISIONS = """
+SELECT concat('[', toJSONString(consent_id), ',', argMax(decision, ts), ',',
+              toJSONString(toString(max(ts))), ']')
+FROM tagwerk.consent_by_id
+WHERE site_id = {site:String} AND consent_id IN {ids:Array(String)}
+GROUP BY consent_id"""
+
+
 def _consents(store: Store, site_id: str, consent_ids: list[str]) -> dict[str, dict[str, Any]]:
     """The consent decisions by id, each as last recorded (consent_log's rows, ordered by
     id: clickhouse/0034)."""
     if not consent_ids:
         return {}
-    rows = store.rows(
-        "SELECT consent_id, argMax(granted, ts) AS granted, argMax(denied, ts) AS denied, "
-        "argMax(how, ts) AS how, argMax(policy, ts) AS policy, max(ts) AS at "
-        "FROM tagwerk.consent_by_id WHERE site_id = {site:String} "
-        "AND consent_id IN {ids:Array(String)} GROUP BY consent_id",
-        {"site": site_id, "ids": consent_ids})
-    return {row["consent_id"]: row for row in rows}
+    found = json_lines(store, DECISIONS, {"site": site_id, "ids": consent_ids})
+    return {consent_id: {"consent_id": consent_id, "granted": granted, "denied": denied,
+                         "how": how, "policy": policy, "at": at}
+            for consent_id, (granted, denied, how, policy), at in found}
