@@ -3,6 +3,7 @@ load, and erasure of a person among millions of rows.
 
     python3 bench/persons.py [--events 10000000] [--devices 500000] [--persons 200000]
                              [--products 5000] [--seconds 10] [--clients 32] [--load 5000]
+                             [--data-dir DIR [--costs-only | --erase-only]]
 
 1. Generates the data in the embedded engine (``INSERT ... SELECT ... FROM numbers(N)``,
    through every materialised view like any insert): 30 days of hits of ``--devices``
@@ -30,12 +31,18 @@ load, and erasure of a person among millions of rows.
    profile by their loyalty card until it shows: p50/p99 from the 202 (goal: 1 s).
 4. Erases the heavy customer by their loyalty card and checks, through the SQL port, that
    no row of any table names any of their identifiers (goal: under 10 s).
+5. Once the collector stopped, where a cold profile's time goes: the endpoint's batch of
+   reads (``read_profiles``, without HTTP) run in this process on the same data and core,
+   for 1 and for ``--clients`` persons at once, and the median ms of each kind of statement
+   in it (the identifiers' links, what the persons hold, their rows, their consent
+   decisions) beside the Python work. ``--costs-only`` runs only this.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
 import subprocess
@@ -56,7 +63,9 @@ from load import SERVER_CORE, free_port, wait_http, wait_quiet, wrk  # noqa: E40
 from recommend import SITE, background_load, bench_site, pct, refresh_pairs, wrk_script  # noqa: E402
 from sql_latency import timed  # noqa: E402
 
+from collector.api.persons import read_profiles  # noqa: E402
 from collector.config import load_settings  # noqa: E402
+from collector.service import Collector  # noqa: E402
 
 GOAL_P99_MS, GOAL_RPS, GOAL_FRESH_S, GOAL_ERASE_S = 20.0, 1000.0, 1.0, 10.0
 DAY_MS = 86400 * 1000
@@ -365,6 +374,75 @@ def statement_costs(data_dir: Path, rounds: int = 50) -> tuple[float, float]:
         store.close()
 
 
+# What each statement of a cold profile reads, by the first table or dictionary of these its
+# text names (who holds what, with their links, names both dictionaries).
+STATEMENT_KINDS = (("identity_held_dict", "held"), ("identity_links_dict", "links"),
+                   ("person_hits", "rows"), ("consent_by_id", "consents"))
+
+
+def cold_costs(data_dir: Path, args: argparse.Namespace, rounds: int = 20
+               ) -> dict[int, dict[str, float]]:
+    """Where a cold batch of profiles spends its time: ``read_profiles`` (the endpoint's
+    path, without HTTP) in this process on the data the collector left, pinned to the server
+    core, for batches of 1 and of ``--clients`` persons nobody asked for before. Per batch
+    size, the median ms of the whole batch and of each kind of statement in it (the calling
+    thread's: not the feed's or the link index's), "python" being the rest. Run after the
+    collector stopped: one process at a time opens the engine."""
+    os.sched_setaffinity(0, {int(SERVER_CORE)})  # the engine's threads, started below, too
+    collector = Collector(load_settings(data_dir=data_dir))
+    collector.start()
+    query, caller = collector.store.query, threading.get_ident()
+    spent: dict[str, float] = {}
+
+    def timed_query(sql: str, *rest: Any, **named: Any) -> bytes:
+        began = time.perf_counter()
+        try:
+            return query(sql, *rest, **named)
+        finally:
+            if threading.get_ident() == caller:
+                kind = next((k for name, k in STATEMENT_KINDS if name in sql), "other")
+                spent[kind] = spent.get(kind, 0.0) + (time.perf_counter() - began) * 1000
+
+    collector.store.query = timed_query  # type: ignore[method-assign]
+    rng = random.Random(13)
+    asks = [(kind, f"{prefix}{rng.randrange(args.persons)}")
+            for _ in range(rounds * (args.clients + 1) + 1)
+            for kind, prefix in [rng.choice([("user", "u"), ("loyalty", "L")])]]
+    try:
+        site = collector.sites.get(SITE)
+        read_profiles(collector, site, [asks.pop()])  # has the links loaded into memory
+        began = time.monotonic()
+        while not collector.link_index.state()["generation"]:
+            if time.monotonic() - began > 300:
+                raise TimeoutError("the identity links were not loaded into memory")
+            time.sleep(0.2)
+        wait_quiet(os.getpid())
+        out = {}
+        for size in (1, args.clients):
+            runs: list[dict[str, float]] = []
+            for _ in range(rounds):
+                batch, asks[:size] = asks[:size], []
+                spent.clear()
+                began_batch = time.perf_counter()
+                read_profiles(collector, site, batch)
+                total = (time.perf_counter() - began_batch) * 1000
+                runs.append({"batch": total, **spent, "python": total - sum(spent.values())})
+            kinds = {kind for run in runs for kind in run}
+            out[size] = {kind: statistics.median(run.get(kind, 0.0) for run in runs)
+                         for kind in kinds}
+        return out
+    finally:
+        collector.stop()
+
+
+def print_cold_costs(data_dir: Path, args: argparse.Namespace) -> None:
+    for size, costs in cold_costs(data_dir, args).items():
+        parts = ", ".join(f"{kind} {costs.get(kind, 0.0):.1f}"
+                          for kind in ("links", "held", "rows", "consents", "other", "python"))
+        print(f"cold batch of {size} in-process, without HTTP: {costs['batch']:.1f} ms = "
+              f"{costs['batch'] / size:.2f} ms a profile (medians, ms: {parts})")
+
+
 def find_anywhere(data_dir: Path, values: list[str]) -> dict[str, int]:
     """Every row of every table formatted and searched on the collector's one core:
     minutes on a slow machine, hence the long timeout."""
@@ -388,6 +466,8 @@ def main() -> None:
     parser.add_argument("--load", type=int, default=5000)
     parser.add_argument("--probes", type=int, default=50)
     parser.add_argument("--data-dir", help="reuse a generated data directory")
+    parser.add_argument("--costs-only", action="store_true",
+                        help="only the in-process cold batch costs (after a reused directory)")
     parser.add_argument("--erase-only", action="store_true",
                         help="only the erasure (on a quiet engine, after a reused directory)")
     args = parser.parse_args()
@@ -398,6 +478,9 @@ def main() -> None:
     else:
         keys = generate(data_dir, args)
         keys_file.write_text(json.dumps(keys))
+    if args.costs_only:
+        print_cold_costs(data_dir, args)
+        return
     port, sql_port = free_port(), free_port()
     proc = subprocess.Popen(
         ["taskset", "-c", SERVER_CORE, sys.executable, "-m", "collector", "serve",
@@ -455,6 +538,8 @@ def main() -> None:
     finally:
         proc.terminate()
         proc.wait(60)
+    if not args.erase_only:
+        print_cold_costs(data_dir, args)
 
 
 if __name__ == "__main__":
