@@ -304,6 +304,33 @@ def test_split_and_undo(env):
     assert person(env, f"device:{kiosk}")["person_id"] == person_id(SITE, "user", user)
 
 
+@pytest.mark.parametrize("later", ["merge_out", "merge_in"])
+def test_a_split_is_not_undone_under_a_later_merge_of_its_person(env, later):
+    """A later merge that moved the split-off person into another (or another into it)
+    depends on the split: undoing the split first is refused (409), as for the rows a
+    merge changed, so that no merge is left pointing at a person nobody resolves to; once
+    the merge is undone, the split is."""
+    alice, bob, kiosk = uid("alice"), uid("bob"), uid("kiosk")
+    send(env, [identify(alice, kiosk), identify(bob)])
+    split = post(env, f"{BASE}/identity/split", {"id": f"device:{kiosk}"})
+    assert split.status_code == 201, split.text
+    pair = ({"from": f"device:{kiosk}", "into": f"user:{bob}"} if later == "merge_out"
+            else {"from": f"user:{bob}", "into": f"device:{kiosk}"})
+    merge = post(env, f"{BASE}/identity/merge", pair)
+    assert merge.status_code == 201, merge.text
+    before = person(env, f"device:{kiosk}"), person(env, f"user:{bob}")
+    r = post(env, f"{BASE}/identity/operations/{split.json()['op_id']}/undo", b"")
+    assert r.status_code == 409 and "later operation" in r.json()["error"], r.text
+    assert (person(env, f"device:{kiosk}"), person(env, f"user:{bob}")) == before
+    assert post(env, f"{BASE}/identity/operations/{merge.json()['op_id']}/undo",
+                b"").status_code == 201
+    assert post(env, f"{BASE}/identity/operations/{split.json()['op_id']}/undo",
+                b"").status_code == 201
+    assert person(env, f"device:{kiosk}")["person_id"] == person_id(SITE, "user", alice)
+    assert person(env, f"user:{bob}")["person_id"] == person_id(SITE, "user", bob)
+    assert person(env, f"user:{bob}")["merged"] == []
+
+
 def person_op(env, op):
     history = get(env, f"{BASE}/identity/operations", key="admin").json()["operations"]
     return next(h["op_id"] for h in history if h["op"] == op)

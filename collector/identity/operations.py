@@ -3,7 +3,8 @@ off its person, and undo either. Each one is a set of row versions written to
 ``identity_merges`` / ``identity_overrides`` and one audit row in ``identity_operations``
 holding the rows as they were before and after, so that undo writes ``before`` back.
 
-An undo is refused (409) when a later operation changed the same rows: undo that one first.
+An undo is refused (409) when a later operation changed the same rows, or, for a split,
+named the person it split off (a merge of that person): undo that one first.
 Operations of one site run one at a time in this process; two collectors operating on the
 same persons at the same instant are not serialised (the later version wins).
 """
@@ -113,7 +114,8 @@ class Operations:
     def undo(self, op_id: str, actor: str) -> dict[str, Any]:
         with _locks[self.site.site_id]:
             found = self.store.rows(
-                "SELECT op, before, after, toString(undoes) AS undoes, "
+                "SELECT op, target, before, after, toString(undoes) AS undoes, "
+                "toString(at) AS at, "
                 "(SELECT count() FROM tagwerk.identity_operations WHERE site_id = {site:String} "
                 " AND undoes = {op:UUID}) AS undone "
                 "FROM tagwerk.identity_operations WHERE site_id = {site:String} "
@@ -130,11 +132,26 @@ class Operations:
             anchors = {r["person_id"]: (r["kind"], r["id"]) for r in after["merges"]}
             pairs = [(r["kind"], r["id"]) for r in after["overrides"]]
             current = {"merges": self._merges(anchors), "overrides": self._overrides(pairs)}
-            if current != after:
+            if current != after or (row["op"] == "split" and self._later_ops_of(
+                    orjson.loads(row["target"])["person"], op_id, row["at"])):
                 raise OperationError(409, f"a later operation changed what {op_id} did: undo "
                                      "that one first (see the operations list)", "op_id")
             undo_id = self._apply("undo", {"undoes": op_id}, after, before, actor, undoes=op_id)
             return {"op_id": undo_id, "undid": op_id, "op": row["op"]}
+
+    def _later_ops_of(self, person: str, op_id: str, at: str) -> bool:
+        """Whether an operation since ``op_id`` (at ``at``), not undone, names the person. A
+        split's person is changed by later merges without a row the split wrote (moved
+        into another, or another moved into it): undone under them, the split would leave
+        them pointing at a person nobody resolves to. (An operation in the same
+        millisecond counts as later: refused, not mixed.)"""
+        return bool(self.store.rows(
+            "SELECT 1 FROM tagwerk.identity_operations WHERE site_id = {site:String} "
+            "AND at >= {at:DateTime64(3, 'UTC')} AND op_id != {op:UUID} AND op != 'undo' "
+            "AND has(persons, {person:String}) AND op_id NOT IN ("
+            " SELECT assumeNotNull(undoes) FROM tagwerk.identity_operations "
+            " WHERE site_id = {site:String} AND op = 'undo') LIMIT 1",
+            {"site": self.site.site_id, "at": at, "op": op_id, "person": person}))
 
     def history(self, limit: int) -> list[dict[str, Any]]:
         rows = self.store.rows(
