@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 from collector.identity.graph import Graph, rows_of
+from collector.identity.kinds import person_id
 from tests.helpers import CHROME, IPHONE, drained, make_client, send_batch, wait_for
 
 SITE = "prof-shop"
@@ -189,6 +190,40 @@ def test_profiles_of_other_sites_are_invisible_and_keys_are_checked(env):
     for key in (keys[SITE]["read"], keys["prof-other"]["write"], "tw_read_forged"):
         r = client.get(path, headers={"Authorization": f"Bearer {key}"})
         assert r.status_code == 403 and r.json()["field"] == "Authorization"
+
+
+def test_ids_and_categories_stored_with_unicode_spaces_are_looked_up(env):
+    """What ingestion stores, the read API finds: a no-break or zero-width space is no
+    control character (only C0, DEL and C1 are refused in paths and parameters)."""
+    import datetime as dt
+    from urllib.parse import quote
+
+    n = uuid.uuid4().hex[:8]
+    device, user, product = f"d\u00a0{n}", f"u\u200b{n}", f"SKU\u00a0{n}"
+    category = f"Home\u00a0&\u00a0Garden {n}"
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    send(env, [{"type": "identify", "event": "login", "ts": now, "user_id": user,
+                "device_id": device, "consent": ALL},
+               hit("view_item", now, [item(product, category, "b")], device_id=device)])
+    for ident in (f"device:{device}", f"user:{user}"):
+        r = get(env, f"{BASE}/persons/{quote(ident)}")
+        assert r.status_code == 200, r.text
+        assert r.json()["person_id"] == person_id(SITE, "user", user)
+    wait_for(lambda: get(env, f"{BASE}/persons/{quote('device:' + device)}/profile")
+             .status_code == 200)
+    r = get(env, f"{BASE}/persons/{quote('device:' + device)}/profile")
+    assert [v["product_id"] for v in r.json()["viewed"]] == [product], r.text
+    r = get(env, f"{BASE}/products/{quote(product)}/related")
+    assert r.status_code == 200, r.text
+    top = get(env, f"{BASE}/products/top?category={quote(category)}")
+    assert top.status_code == 200 and [i["product_id"] for i in top.json()["items"]] == [
+        product], top.text
+    for path, field in ((f"/persons/device:d%C2%85{n}", "ident"),
+                        (f"/products/SKU%7F{n}/related", "product_id"),
+                        ("/products/top?category=a%C2%9Fb", "category")):
+        r = get(env, BASE + path)
+        assert r.status_code == 400 and r.json()["field"] == field, r.text
+        assert "control character" in r.json()["error"], r.text
 
 
 @pytest.mark.parametrize(("path", "status", "field"), [

@@ -42,7 +42,7 @@ from starlette.responses import Response
 
 from collector.api.access import READ, ApiError, json_response, keyed
 from collector.api.persons import identifier
-from collector.api.query import choice, integer, params, path_text, window
+from collector.api.query import CONTROL, choice, integer, params, path_text, window
 from collector.identity import profile as profiles
 from collector.identity.cache import PersonAnswers
 from collector.identity.graph import Graph
@@ -272,8 +272,9 @@ def hours(values: dict[str, str], name: str, default: str, most: int) -> int:
 def top_ask(values: dict[str, str], bounds: Bounds, now: float) -> Ask:
     span = hours(values, "window", "24h", bounds.max_window)
     category = values.get("category", "")
-    if len(category) > 256 or not category.isprintable():
-        raise ApiError(400, "'category' must be at most 256 printable characters", "category")
+    if len(category) > 256 or CONTROL.search(category):
+        raise ApiError(400, "'category' must be at most 256 characters without control "
+                       "characters", "category")
     return Ask("top", integer(values, "limit", 10, 1, bounds.max_limit),
                metric=choice(values, "metric", METRICS, "views"), category=category,
                since=hour_start(now - span))

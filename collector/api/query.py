@@ -14,6 +14,10 @@ from collector.api.access import ApiError
 MAX_QUERY = 4096
 MAX_VALUE = 512
 WINDOW = re.compile(r"([1-9][0-9]{0,4})([mhd])")  # fullmatch
+# Control characters (C0, DEL, C1): refused in ids and filters. Nothing else is: ingestion
+# stores ids and categories with any other character (a no-break or zero-width space, a
+# bidi mark), and the read side must find what was stored.
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 WINDOW_SECONDS = {"m": 60, "h": 3600, "d": 86400}
 MAX_WINDOW_DAYS = 400
 
@@ -51,14 +55,14 @@ def _text(raw: bytes, name: str) -> str:
 
 
 def path_text(request: Request, name: str, limit: int = 256) -> str:
-    """A path parameter, at most ``limit`` characters of printable UTF-8. The server has
-    already percent-decoded the path, replacing invalid UTF-8 with U+FFFD."""
+    """A path parameter, at most ``limit`` characters of UTF-8 without control characters.
+    The server has already percent-decoded the path, replacing invalid UTF-8 with U+FFFD."""
     value: str = request.path_params[name]
     if "\ufffd" in value:
         raise ApiError(400, f"{name!r} is not valid UTF-8", name)
     if not value or len(value) > limit:
         raise ApiError(400, f"{name!r} must be 1 to {limit} characters", name)
-    if not value.isprintable():
+    if CONTROL.search(value):
         raise ApiError(400, f"{name!r} holds control characters", name)
     return value
 
