@@ -128,7 +128,7 @@ def parse_device(values: list[str]) -> DeviceCookie | None:
 
 @functools.lru_cache(maxsize=8192)
 def _parse_device(value: str) -> DeviceCookie | None:
-    match = _DEVICE.match(value)
+    match = _DEVICE.fullmatch(value)
     return DeviceCookie(match.group(1), int(match.group(2) or 0)) if match else None
 
 

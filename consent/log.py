@@ -24,7 +24,7 @@ FIELDS = frozenset({"site", "consent_id", "granted", "denied", "policy", "how", 
 REQUIRED = ("consent_id", "granted", "denied", "policy", "how")
 MAX_URL = 4096
 _HEX32 = re.compile(r"[0-9a-fA-F]{32}")  # fullmatch: "$" would allow a final "\n"
-_HEX16 = re.compile(r"^[0-9a-fA-F]{16}$")
+_HEX16 = re.compile(r"[0-9a-fA-F]{16}")  # fullmatch
 
 
 class DecisionError(ValueError):
@@ -52,7 +52,7 @@ def decision_row(
     if not isinstance(consent_id, str) or not _HEX32.fullmatch(consent_id):
         raise DecisionError("'consent_id' must be 32 hexadecimal digits", "consent_id")
     policy = data["policy"]
-    if not isinstance(policy, str) or not _HEX16.match(policy):
+    if not isinstance(policy, str) or not _HEX16.fullmatch(policy):
         raise DecisionError("'policy' must be 16 hexadecimal digits", "policy")
     how = data["how"]
     if not isinstance(how, str) or how not in HOW:

@@ -255,6 +255,7 @@ BAD = [
     ("consent_id a number", decision(consent_id=12345), {}, 400, "32 hex", "consent_id"),
     ("policy short", decision(policy="abc"), {}, 400, "16 hex", "policy"),
     ("policy a list", decision(policy=[POLICY]), {}, 400, "16 hex", "policy"),
+    ("policy and a newline", decision(policy=POLICY + "\n"), {}, 400, "16 hex", "policy"),
     ("how unknown", decision(how="popup"), {}, 400, "'how'", "how"),
     ("how missing", {k: v for k, v in decision().items() if k != "how"}, {}, 400, "required",
      "how"),

@@ -132,7 +132,7 @@ class _Checker:
         if len(value) > max_len:
             self.fail(path, f"at most {max_len} characters (got {len(value)})")
             return None
-        if pattern is not None and not pattern.match(value):
+        if pattern is not None and not pattern.fullmatch(value):
             self.fail(path, f"{value[:80]!r} is not {expected}")
             return None
         if (CONTROL_BUT_NEWLINES if newlines else CONTROL).search(value):
@@ -302,7 +302,7 @@ def _check_settings(c: _Checker, value: Any, taken: Taken | None, site_id: str |
         _check_tag_path(c, s["tag_path"], taken, site_id)
     if "cookie_domain" in s:
         domain = c.string(s["cookie_domain"], "settings.cookie_domain", 253, min_len=0)
-        if domain and not COOKIE_DOMAIN.match(domain):  # "": the page's host only
+        if domain and not COOKIE_DOMAIN.fullmatch(domain):  # "": the page's host only
             c.fail("settings.cookie_domain",
                    f"{domain[:80]!r} is not a domain such as '.shop.example'")
     if "session_timeout_minutes" in s:
@@ -341,7 +341,7 @@ def _check_tag_path(c: _Checker, value: Any, taken: Taken | None, site_id: str |
     if route is not None:
         shown = repr(text) if served == text else f"{text!r} ({served!r} for this site)"
         c.fail(path, f"{shown} is reserved: the collector's route {route} answers it")
-    elif not TAG_PATH.match(text):
+    elif not TAG_PATH.fullmatch(text):
         c.fail(path, f"{text[:80]!r} is not a path such as '/t/{{site}}.js' (A-Z, a-z, 0-9, "
                "'.', '_', '~', '-', '/'; ending in '.js')")
     elif "{" in (bare := text.replace("{site}", "")) or "}" in bare:
@@ -411,7 +411,7 @@ def _check_texts(c: _Checker, value: Any, purposes: Mapping[str, int]) -> None:
         c.fail("consent.texts", f"at most {MAX_LANGUAGES} languages")
         return
     for lang, text in value.items():
-        if not LANGUAGE.match(lang):
+        if not LANGUAGE.fullmatch(lang):
             c.fail(f"consent.texts.{lang[:20]}", "not a language code such as 'en', 'de' or "
                    "'de-AT'")
             continue
