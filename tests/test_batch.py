@@ -108,6 +108,19 @@ def test_user_agent_and_ip_enrich_but_are_not_stored(env):
     ("write", b'{"events": [', {}, 400, "malformed"),
     ("write", b'{"events": [{"event": "\xc3\x28"}]}', {}, 400, "UTF-8"),
     ("write", {"events": [{"event": "e"}]}, {"Content-Encoding": "br"}, 415, "Content-Encoding"),
+    # What a server states about the shopper is checked, not dropped or stored as sent.
+    ("write", {"events": [{"event": "e", "ip": 12345}]}, {}, 400, "'ip'"),
+    ("write", {"events": [{"event": "e", "ip": "not an ip\u0000"}]}, {}, 400, "'ip'"),
+    ("write", {"events": [{"event": "e", "user_agent": {"a": [1]}}]}, {}, 400, "'user_agent'"),
+    ("write", {"events": [{"event": "e", "country": "\u0000\u0001"}]}, {}, 400, "'country'"),
+    ("write", {"events": [{"event": "e", "country": "1a"}]}, {}, 400, "'country'"),
+    ("write", {"events": [{"event": "e", "region": "B-"}]}, {}, 400, "'region'"),
+    ("write", {"events": [{"event": "e", "language": "\u0000<script>"}]}, {}, 400,
+     "'language'"),
+    # A time a day or more ahead of the collector's is the sender's bug, not a moment to
+    # replace with the time of receipt.
+    ("write", {"events": [{"event": "e", "ts": "9999-12-31T23:59:59Z"}]}, {}, 400, "'ts'"),
+    ("write", {"events": [{"event": "e", "ts": 9999999999999}]}, {}, 400, "'ts'"),
 ])
 def test_bad_requests(env, key, body, headers, status, message):
     client, collector, keys, _ = env

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import ipaddress
 import math
 import re
 import uuid
@@ -81,8 +82,17 @@ GA4_ITEM_STRINGS = (("item_id", "product_id"), ("item_name", "name"),
                     ("item_variant", "variant"))
 CURRENCY = re.compile(r"[A-Z]{3}")  # fullmatch
 MIN_TS = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
-# Browser clocks run ahead; beyond this a client time is replaced by the server time.
+# Browser clocks run ahead; beyond this a browser's time is replaced by the server time, and
+# a server's (the batch API's senders keep their own times) refused: its sender's bug.
 MAX_CLOCK_AHEAD = dt.timedelta(days=1)
+# The shapes of the place and language fields (fullmatch), and how the 400 names them.
+FORMATS = {
+    "country": (re.compile(r"[A-Za-z]{2}"), "an ISO 3166-1 alpha-2 code such as DE"),
+    "region": (re.compile(r"[A-Za-z0-9]{1,3}"),
+               "the code of an ISO 3166-2 subdivision, such as BE in DE-BE"),
+    "language": (re.compile(r"[A-Za-z]{1,8}(?:[-_][A-Za-z0-9]{1,8})*"),
+                 "a language tag such as en-US"),
+}
 MAX_REVENUE = Decimal("100000000000000")  # Decimal(18, 4) holds 14 integer digits
 
 
@@ -147,6 +157,8 @@ def normalize(raw: Any, ctx: Context) -> tuple[dict[str, Any], bool]:
     if not ctx.trusted and not SERVER_ONLY.isdisjoint(raw):
         name = sorted(SERVER_ONLY & raw.keys())[0]
         raise EventError(f"{name!r} may only be sent to the server-side batch API", name)
+    if ctx.trusted:
+        _shopper(raw)
     site = raw.get("site")
     if site is not None and site != ctx.site_id:
         raise EventError("every event must belong to the request's site", "site")
@@ -162,6 +174,9 @@ def normalize(raw: Any, ctx: Context) -> tuple[dict[str, Any], bool]:
         s[name] = value if type(value) is str and len(value) <= limit else _string(raw, name, limit)
     if not s["event"]:
         raise EventError("'event' is required (a name such as page_view or purchase)", "event")
+    for name, (pattern, shape) in FORMATS.items():
+        if s[name] and not pattern.fullmatch(s[name]):
+            raise EventError(f"{name!r} must be {shape}", name)
     type_ = raw.get("type") or ("page" if s["event"] == "page_view" else "track")
     if not isinstance(type_, str) or type_ not in TYPES:
         raise EventError(f"'type' must be one of {', '.join(sorted(TYPES))}", "type")
@@ -216,7 +231,8 @@ def normalize(raw: Any, ctx: Context) -> tuple[dict[str, Any], bool]:
         "site_id": ctx.site_id,
         "event": s["event"],
         "type": type_,
-        "ts": _ts(raw.get("ts"), ctx.received_at, received_at) if "ts" in raw else received_at,
+        "ts": (_ts(raw.get("ts"), ctx.received_at, received_at, ctx.trusted) if "ts" in raw
+               else received_at),
         "received_at": received_at,
         "channel": channel,
         "device_id": s["device_id"],
@@ -302,6 +318,20 @@ def _string(raw: dict, name: str, limit: int) -> str:
     return text
 
 
+def _shopper(raw: dict) -> None:
+    """What a server states about the shopper (used for enrichment, never stored): an agent
+    text and an address, checked as the rest of the hit is, not dropped when malformed."""
+    agent = raw.get("user_agent")
+    if agent is not None and not isinstance(agent, str):
+        raise EventError("'user_agent' must be a string", "user_agent")
+    address = raw.get("ip")
+    if address is not None:
+        try:
+            ipaddress.ip_address(address if isinstance(address, str) else "")
+        except ValueError:
+            raise EventError("'ip' must be an IPv4 or IPv6 address", "ip") from None
+
+
 def _token(raw: dict) -> Any:
     """An identify's identity_token: top level, or in ``props`` as the tag sends it
     (``tagwerk('identify', id, {identity_token})``), taken out of them."""
@@ -373,7 +403,7 @@ def _uuid(value: Any) -> str:
         raise EventError("'event_id' is not a valid UUID", "event_id") from None
 
 
-def _ts(value: Any, received_at: dt.datetime, received_text: str) -> str:
+def _ts(value: Any, received_at: dt.datetime, received_text: str, server: bool) -> str:
     if value is None or value == "":
         return received_text
     if isinstance(value, bool):
@@ -395,6 +425,8 @@ def _ts(value: Any, received_at: dt.datetime, received_text: str) -> str:
     if moment < MIN_TS:
         raise EventError("'ts' is before the year 2000", "ts")
     if moment > received_at + MAX_CLOCK_AHEAD:
+        if server:
+            raise EventError("'ts' is more than a day ahead of the collector's clock", "ts")
         moment = received_at
     return time_text(moment)
 
