@@ -28,7 +28,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from collector.api.access import ApiError, bearer, json_response, refusal
+from collector.api.access import ADMIN, ApiError, json_response, refusal, site_with_key
 from collector.api.body import read_json
 from collector.containers import (
     MAX_DOCUMENT_BYTES,
@@ -42,7 +42,6 @@ from collector.service import Collector
 from collector.sites import Site
 from collector.storage import StorageError
 from collector.web import http
-from collector.web.authorization import ASK_FOR_KEY, KEY_REFUSED
 
 log = logging.getLogger("tagwerk.api")
 
@@ -62,7 +61,7 @@ def admin(endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]]:
     async def handler(request: Request) -> Response:
         collector: Collector = request.app.state.collector
         try:
-            site = await _admin_site(request, collector)
+            site = await site_with_key(request, collector, ADMIN)
             return await endpoint(request, collector, site)
         except ApiError as exc:
             return refusal(exc)
@@ -80,21 +79,6 @@ def admin(endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]]:
                                        headers={"Retry-After": "5"})
 
     return handler
-
-
-async def _admin_site(request: Request, collector: Collector) -> Site:
-    site_id = request.path_params["site"]
-    site = await collector.sites.find(site_id)
-    if site is None:
-        raise ApiError(404, f"unknown site {site_id[:64]!r}", "site")
-    key = bearer(request)
-    if not key:
-        raise ApiError(401, "send the site's admin key as 'Authorization: Bearer KEY'",
-                       headers=ASK_FOR_KEY)
-    if not site.key_matches("admin", key):
-        raise ApiError(401, "invalid admin key",
-                       headers=KEY_REFUSED)
-    return site
 
 
 async def _body(request: Request, required: bool) -> Any:
