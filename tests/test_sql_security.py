@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from collector.sqlhttp import QueryLimits, SqlUser, build_sql_app, load_users
-from collector.storage.engine_config import AGGREGATE_TABLES
+from collector.storage.engine_config import AGGREGATE_TABLES, AGGREGATE_VIEWS
 from tests.helpers import serve, wait_for
 
 WRITER = ("writer", "w-secret")
@@ -32,8 +32,10 @@ USERS = {
     "default": SqlUser("default", "", readonly=True),
     "writer": SqlUser("writer", "w-secret", readonly=False),
     **load_users(json.dumps({"agency": {"password": "a-secret", "tables": ["events"],
-                                        "sites": ["sec-a"]}})),
+                                        "sites": ["sec-a"]},
+                             "analyst": {"password": "b-secret", "sites": ["sec-a"]}})),
 }
+ANALYST = ("analyst", "b-secret")  # site-scoped, every data table (DATA_TABLES)
 LIMITS = QueryLimits(max_memory_usage=256 << 20, max_execution_time=20,
                      max_result_bytes=8 << 20)
 # Comments and spacing ClickHouse skips; the old lexer knew only -- and /* */.
@@ -44,6 +46,9 @@ HIDERS = ("#{}\n", "#!{}\n", "/* /* {} */ */", "-- {}\n", "\t\n  ", "/*{}*/")
 def url(store) -> Iterator[str]:
     rows = [{"site_id": site, "event_id": str(uuid.uuid4()), "event": "sec_probe",
              "ts": "2026-12-01 10:00:00.000"} for site in ("sec-a", "sec-b", "sec-b")]
+    rows += [{"site_id": site, "event_id": str(uuid.uuid4()), "event": "page_view",
+              "session_id": f"{site}-s", "path": f"/{site}-entry",
+              "ts": "2026-12-01 10:00:00.000"} for site in ("sec-a", "sec-b")]
     store.insert("tagwerk.events", "\n".join(map(json.dumps, rows)).encode())
     with serve(build_sql_app(store, USERS, loopback_only=True, limits=LIMITS)) as base:
         yield base
@@ -297,7 +302,8 @@ def test_the_service_tables_are_not_readable(http: httpx.Client, store) -> None:
     # system.tables lists only what the user may read.
     listed = run(http, "SELECT name FROM system.tables WHERE database = 'tagwerk'").text.split()
     assert sorted(listed) == sorted(["consent_log", "events",
-                                     *(name.split(".")[1] for name in AGGREGATE_TABLES)])
+                                     *(name.split(".")[1] for name in AGGREGATE_TABLES),
+                                     *(name.split(".")[1] for name in AGGREGATE_VIEWS)])
     assert run(http, "SELECT count() > 0 FROM tagwerk.events").text == "1\n"
     assert run(http, "SELECT count() >= 0 FROM events", database="tagwerk").text == "1\n"
 
@@ -357,6 +363,24 @@ def test_a_site_scoped_user_sees_its_sites_only(http: httpx.Client) -> None:
     resp = run(http, "SELECT DISTINCT site_id FROM tagwerk.events WHERE event = 'sec_probe' "
                "ORDER BY site_id")
     assert resp.text == "sec-a\nsec-b\n"
+
+
+def test_a_site_scoped_user_reads_the_aggregate_views_of_its_sites_only(
+        http: httpx.Client) -> None:
+    """page_entries (a view over session_entries) is among the data a read-only user reads,
+    and a site-scoped one sees its sites' entries only: the view reads session_entries
+    under that table's row policy."""
+    def paths(auth) -> list[str]:
+        resp = run(http, "SELECT path FROM tagwerk.page_entries WHERE path LIKE '/sec-%' "
+                   "ORDER BY path", auth)
+        assert resp.status_code == 200, resp.text
+        return resp.text.split()
+
+    assert paths(None) == ["/sec-a-entry", "/sec-b-entry"]
+    assert paths(ANALYST) == ["/sec-a-entry"]
+    resp = run(http, "SELECT DISTINCT site_id FROM tagwerk.session_entries", ANALYST)
+    assert resp.text.split() == ["sec-a"], resp.text
+    refused(run(http, "SELECT * FROM tagwerk.page_entries", AGENCY), 497)  # not its table
 
 
 def slow_query(url: str, auth, sql: str, out: list) -> threading.Thread:

@@ -8,7 +8,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from collector.sites import SITE_ID
-from collector.storage.engine_config import AGGREGATE_TABLES, ENGINE_SHARE, SITE_TABLES
+from collector.storage.engine_config import (
+    AGGREGATE_TABLES,
+    AGGREGATE_VIEWS,
+    ENGINE_SHARE,
+    SITE_TABLES,
+)
 
 MAX_QUERY_BYTES = 1 << 20  # a query without data (ClickHouse's max_query_size is 256 KiB)
 MAX_DATA_BYTES = 1 << 30  # a whole request body, after decompression
@@ -24,7 +29,9 @@ Connection = Any  # chdb.state.Connection, which has no type hints
 
 # What a read-only user reads when its entry names no tables: the data, not the service's
 # own tables (sites and their key hashes, containers, previews, migrations).
-DATA_TABLES = ("tagwerk.events", "tagwerk.consent_log", *AGGREGATE_TABLES)
+DATA_TABLES = ("tagwerk.events", "tagwerk.consent_log", *AGGREGATE_TABLES, *AGGREGATE_VIEWS)
+# What a site-scoped user may read: tables the row policies filter, and views over them.
+SITE_READABLE = (*SITE_TABLES, *AGGREGATE_VIEWS)
 # System tables that describe the engine and the user's own work, never other users' data
 # (system.processes is filtered to the user's own queries: see calls.py).
 SYSTEM_TABLES = tuple(
@@ -106,10 +113,10 @@ def load_users(text: str) -> dict[str, SqlUser]:
             if bad:
                 raise ValueError(f"SQL user {name!r}: {bad[0]!r} is not a site id")
             outside = [t for t in tables or DATA_TABLES
-                       if (t if "." in t else f"tagwerk.{t}") not in SITE_TABLES]
+                       if (t if "." in t else f"tagwerk.{t}") not in SITE_READABLE]
             if outside:
                 raise ValueError(f"SQL user {name!r}: with sites, tables must be among "
-                                 f"{', '.join(SITE_TABLES)}, not {outside[0]!r}")
+                                 f"{', '.join(SITE_READABLE)}, not {outside[0]!r}")
         users[name] = SqlUser(
             name, spec["password"], bool(readonly),
             tuple(tables) if tables is not None else None,

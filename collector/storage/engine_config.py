@@ -59,6 +59,9 @@ AGGREGATE_TABLES = tuple(f"tagwerk.{name}" for name in (
     "product_hourly", "page_daily", "session_entries", "session_items", "purchased_items",
     "coview_pairs", "copurchase_pairs"))
 SITE_TABLES = ("tagwerk.events", "tagwerk.consent_log", *AGGREGATE_TABLES)
+# Views over the pre-aggregates (clickhouse/0011): they read only SITE_TABLES, whose row
+# policies filter what a site-scoped user sees through them; no policy of their own.
+AGGREGATE_VIEWS = ("tagwerk.page_entries",)
 _SITES_TAG = "tagwerk-sites:"
 _SITE_FILTER = (
     f"NOT startsWith(getSetting('log_comment'), '{_SITES_TAG}') OR has(splitByChar(',', "
