@@ -116,6 +116,22 @@ def test_identify_links_every_identifier_to_one_person(env):
     assert email.lower().encode() not in text.lower()
 
 
+def test_an_email_digest_is_trimmed_and_lower_cased_like_an_address(env):
+    """A digest sent with spaces around it (or upper-case) is the same identifier, as an
+    address with spaces is: trimmed, not refused with the whole batch."""
+    from urllib.parse import quote
+
+    user = uid("c")
+    digest = hashlib.sha256(f"{uid('ada')}@example.com".encode()).hexdigest()
+    send(env, [identify(user, email=f" {digest.upper()} ")])
+    for ident in (f"email:{digest}", f"email: {digest.upper()} "):
+        found = get(env, f"{BASE}/persons/{quote(ident)}")
+        assert found.status_code == 200, (ident, found.text)
+        assert found.json()["person_id"] == person_id(SITE, "user", user)
+    assert ("email", digest) in {(i["kind"], i["id"]) for i in person(env, f"user:{user}")[
+        "identifiers"]}
+
+
 def test_unknown_identifiers_are_404_and_anonymous_devices_are_persons(env):
     r = get(env, f"{BASE}/persons/device:{uid('never')}")
     assert r.status_code == 404 and "nobody" in r.json()["error"]

@@ -35,14 +35,14 @@ def is_junk(value: str) -> bool:
 
 def clean(kind: str, value: str, field: str) -> str:
     """The value as stored for ``kind``: e-mail addresses become their SHA-256 (a digest
-    is kept as sent, lower-cased); "" for junk. Raises for an invalid e-mail value."""
+    is kept, trimmed and lower-cased); "" for junk. Raises for an invalid e-mail value."""
     if is_junk(value):
         return ""
     if kind != "email":
         return value
-    if SHA256_HEX.fullmatch(value):
-        return value.lower()
-    address = value.strip().lower()
+    address = value.strip().lower()  # a digest too: sent with spaces, it is the same
+    if SHA256_HEX.fullmatch(address):
+        return address
     if "@" not in address.strip("@"):
         raise IdentifierError(f"{field!r} must be an e-mail address or the SHA-256 hex digest "
                               "of its trimmed, lower-cased form", field)
