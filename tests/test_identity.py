@@ -248,6 +248,32 @@ def test_an_overloaded_identifier_stops_linking_and_is_reported(env, links_each,
     assert all(kind == "device" and persons == 5 for kind, _, persons in reported)
 
 
+@HOLDERS_IN
+def test_an_overloaded_identifier_gives_nobody_the_hits_after_it_stopped_linking(
+        env, links_each, monkeypatch):
+    """Over the cap (3 here), a kiosk stops linking from the 4th user's login on: that
+    user's later kiosk hits are nobody's, never the last allowed user's (their history
+    must not leak into another's); each allowed user keeps their own turn."""
+    monkeypatch.setattr(graphs, "LINKS_EACH", links_each)
+    kiosk = uid("kiosk")
+    users = [uid(f"u{i}") for i in range(4)]
+    events = []
+    for i, user in enumerate(users):
+        events.append(identify(user, kiosk, f"2026-11-05T0{i + 1}:00:00Z"))
+        events.append({"event": "view_item", "ts": f"2026-11-05T0{i + 1}:30:00Z",
+                       "device_id": kiosk, "consent": ALL,
+                       "items": [{"product_id": f"p-{user}"}]})
+    send(env, events, site="id-capped")
+
+    def viewed(user):
+        r = get(env, f"/api/v1/sites/id-capped/persons/user:{user}/profile", site="id-capped")
+        return [] if r.status_code == 404 else [v["product_id"] for v in r.json()["viewed"]]
+
+    for user in users[:3]:
+        assert wait_for(lambda user=user: viewed(user)) == [f"p-{user}"], user
+    assert viewed(users[3]) == []
+
+
 def test_merge_and_undo(env):
     web, shop, phone = uid("web"), uid("shop"), uid("phone")
     send(env, [identify(web, phone), identify(shop, loyalty=uid("L"))])

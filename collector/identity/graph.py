@@ -368,7 +368,7 @@ class Graph:
                 held.setdefault(row["p"], set()).add((row["k"], row["i"]))
         pairs_of = [sorted({*others, *(pair for pid in user_persons for pair in held.get(pid, ()))})
                     for _, user_persons, others in plans]
-        users_seen, changes, overrides, seen = self._holders(
+        users_seen, changes, overrides, seen, stopped = self._holders(
             sorted({pair for pairs in pairs_of for pair in pairs}),
             sorted({user for person in persons for user in person.users}), listing, read)
         if len(persons) > 1 and len(changes) >= MAX_LINKS:  # cut for all: halves, until a
@@ -385,19 +385,20 @@ class Graph:
             for pair in pairs:
                 if pair in changed or pair in users_seen:
                     links[pair] = list(changed.get(pair, ()))
-            self._complete(person, links, users_seen, overrides, dict(seen), listing)
+            self._complete(person, links, users_seen, overrides, dict(seen), stopped, listing)
 
     def _complete(self, person: Person, links: dict[tuple[str, str], list[dict]],
                   users_seen: dict[tuple[str, str], list[dict]],
                   overrides: dict[tuple[str, str], str],
-                  seen: dict[tuple[str, str], tuple[str, str]], listing: bool) -> None:
+                  seen: dict[tuple[str, str], tuple[str, str]],
+                  stopped: dict[tuple[str, str], str], listing: bool) -> None:
         """The person's spans and identifiers from the owner changes of what they hold."""
         members = person.members
         # Owners changed more often than we read: the spans would be wrong, so say so.
         person.truncated = sum(map(len, links.values())) >= MAX_LINKS
         for pair in sorted(links):
             spans = self._spans(pair, sorted(links[pair], key=lambda r: (r["ts"], r["user_id"])),
-                                overrides.get(pair), members)
+                                overrides.get(pair), members, stopped.get(pair, END))
             person.spans.extend(spans)
             mine = [r for r in users_seen.get(pair, [])
                     if person_id(self.site_id, "user", r["user_id"]) in members]
@@ -416,11 +417,12 @@ class Graph:
     def _holders(self, pairs: list[tuple[str, str]], users: list[str], listing: bool,
                  read: dict[tuple[str, str], tuple[int, list[dict]]] | None = None) -> tuple[
             dict[tuple[str, str], list[dict]], list[dict], dict[tuple[str, str], str],
-            dict[tuple[str, str], tuple[str, str]]]:
+            dict[tuple[str, str], tuple[str, str]], dict[tuple[str, str], str]]:
         """For the identifiers: their first ``cap`` users by first link, each with their
         first and last link ('seen'); the moments they changed hands among those users, in
         order, at most MAX_LINKS in all; their splits; the user ids' first and last links
-        (for a ``listing`` only). ``read``: their links, read already from memory."""
+        (for a ``listing`` only); and when those linked to more users than ``cap`` stopped
+        linking. ``read``: their links, read already from memory."""
         by_pair: dict[tuple[str, str], list[dict]] = {}
         asked = set(pairs)
         known = self.decisions
@@ -450,8 +452,9 @@ class Graph:
         many = sorted(pair for pair, rows in by_pair.items() if len(rows) >= LINKS_EACH)
         for pair in sorted(set(by_pair) - set(many)):
             rows = sorted(by_pair[pair], key=lambda r: (r["ts"], r["user_id"]))
-            users_seen[pair] = _first_users(rows, self.cap)
-            allowed, previous = {user["user_id"] for user in users_seen[pair]}, ""
+            users_seen[pair] = _first_users(rows, self.cap + 1)
+            allowed = {user["user_id"] for user in users_seen[pair][:self.cap]}
+            previous = ""
             for row in rows:
                 if row["user_id"] in allowed and row["user_id"] != previous:
                     changes.append(row)
@@ -459,18 +462,29 @@ class Graph:
         if many:
             kinds, ids = [k for k, _ in many], [i for _, i in many]
             among = set(many)
-            for row in self._rows(SEEN, kinds=kinds, ids=ids, cap=self.cap):
+            for row in self._rows(SEEN, kinds=kinds, ids=ids, cap=self.cap + 1):
                 if (row["kind"], row["id"]) in among:
                     users_seen.setdefault((row["kind"], row["id"]), []).append(row)
+            for pair in many:  # (SEEN's order: by first link)
+                users_seen[pair] = sorted(users_seen.get(pair, []),
+                                          key=lambda r: (r["ts"], r["user_id"]))
             allowed = [f"{k}:{i}:{r['user_id']}" for (k, i) in many
-                       for r in users_seen.get((k, i), [])]
+                       for r in users_seen.get((k, i), [])[:self.cap]]
             changes += self._rows(CHANGES, kinds=kinds, ids=ids, allowed=allowed,
                                   most=MAX_LINKS)
             changes.sort(key=lambda r: (r["kind"], r["id"], r["ts"], r["user_id"]))
-        return users_seen, changes[:MAX_LINKS], overrides, seen
+        # An identifier linked to more users than the cap stopped linking at the first link
+        # of the one past it: from then on its rows are nobody's.
+        stopped = {pair: users[self.cap]["ts"] for pair, users in users_seen.items()
+                   if len(users) > self.cap}
+        users_seen = {pair: users[:self.cap] for pair, users in users_seen.items()}
+        return users_seen, changes[:MAX_LINKS], overrides, seen, stopped
 
     def _spans(self, pair: tuple[str, str], links: list[dict], override: str | None,
-               members: set[str]) -> list[Span]:
+               members: set[str], until: str = END) -> list[Span]:
+        """When the identifier was the person's: from its splits, or from its owner changes
+        up to ``until`` (when it stopped linking, past the cap: its rows after are nobody's,
+        not the last allowed owner's)."""
         kind, ident = pair
         if override is not None:
             return [Span(kind, ident, BEGINNING, END)] if override in members else []
@@ -483,10 +497,12 @@ class Graph:
             if person_id(self.site_id, "user", row["user_id"]) not in members:
                 continue
             start = BEGINNING if index == 0 else row["ts"]
-            end = links[index + 1]["ts"] if index + 1 < len(links) else END
+            end = min(links[index + 1]["ts"] if index + 1 < len(links) else END, until)
+            if start >= end:
+                continue
             if spans and spans[-1].end == start:
                 spans[-1] = Span(kind, ident, spans[-1].start, end)
-            elif start != end:
+            else:
                 spans.append(Span(kind, ident, start, end))
         return spans
 
