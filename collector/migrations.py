@@ -53,6 +53,7 @@ _NAME = re.compile(r"\b(\w+)\.(\w+)\b")
 _ALTER = re.compile(r"^\s*ALTER TABLE (\w+)\.(\w+)", re.I)
 _DROP = re.compile(r"^\s*DROP (TABLE|VIEW|DICTIONARY) IF EXISTS (\w+)\.(\w+)\s*$", re.I)
 _EXCHANGE = re.compile(r"^\s*EXCHANGE TABLES (\w+)\.(\w+) AND (\w+)\.(\w+)\s*$", re.I)
+_OPTIMIZE = re.compile(r"^\s*OPTIMIZE TABLE (\w+)\.(\w+)", re.I)
 # ALTERs of what only the shards' storage has: indexes, projections, TTL, settings, a
 # column's stored values.
 _STORAGE_ONLY = re.compile(
@@ -225,6 +226,11 @@ def _render_for_cluster(stmt: str, cluster: str, shard_key: str | None,
             raise ValueError(f"cannot exchange a sharded and a replicated table: {stmt}")
         names = [_local(_NAME.search(stmt, match.start(i)), sharded) for i in (1, 3)]
         return [f"EXCHANGE TABLES {names[0]} AND {names[1]} {on}"]
+    if match := _OPTIMIZE.match(stmt):
+        # Parts are rewritten where they are: on the shards, on every replica.
+        db, table = match.group(1), match.group(2)
+        local = f"{table}_local" if f"{db}.{table}" in sharded else table
+        return [f"OPTIMIZE TABLE {db}.{local} {on}{stmt[match.end():]}"]
     if match := _ALTER.match(stmt):
         db, table = match.group(1), match.group(2)
         rest = stmt[match.end():]

@@ -72,6 +72,17 @@ def test_cluster_render_of_storage_alters_stays_on_the_shards():
         assert render(m, "c") == [f"ALTER TABLE tagwerk.events_local ON CLUSTER c {clause}"]
 
 
+def test_cluster_render_of_a_rewrite_of_parts():
+    """OPTIMIZE (0036 rewrites consent_by_id's parts in new blocks): where the parts are,
+    the shards' local tables, or the replicated table itself."""
+    sharded = migrations.Migration(9, "x", "-- cluster: sharded by rand()\n"
+                                   "OPTIMIZE TABLE tagwerk.events FINAL")
+    assert render(sharded, "c") == ["OPTIMIZE TABLE tagwerk.events_local ON CLUSTER c FINAL"]
+    replicated = migrations.Migration(9, "x", "-- cluster: replicated\n"
+                                      "OPTIMIZE TABLE tagwerk.sites FINAL")
+    assert render(replicated, "c") == ["OPTIMIZE TABLE tagwerk.sites ON CLUSTER c FINAL"]
+
+
 def test_cluster_render_of_a_views_new_query():
     """MODIFY QUERY of a materialised view: on every node, reading the local shards."""
     m = migrations.Migration(9, "x", "-- cluster: sharded by rand()\n"
