@@ -274,6 +274,32 @@ def test_an_overloaded_identifier_gives_nobody_the_hits_after_it_stopped_linking
     assert viewed(users[3]) == []
 
 
+def test_an_admin_merge_of_a_device_keeps_its_earlier_hits_after_a_later_login(env):
+    """An admin merged an anonymous tablet into A: its hits so far are A's. When B logs in
+    on it later, the tablet is B's from that moment on; what it did before stays A's (the
+    merge decided it), not B's as the first user of a device nobody merged."""
+    a, b, tablet = uid("a"), uid("b"), uid("tab")
+
+    def view(ts, product):
+        return {"event": "view_item", "ts": ts, "device_id": tablet, "consent": ALL,
+                "items": [{"product_id": f"{product}-{tablet}"}]}
+
+    def viewed(user):
+        r = get(env, f"{BASE}/persons/user:{user}/profile")
+        return [] if r.status_code == 404 else sorted(v["product_id"] for v in r.json()["viewed"])
+
+    send(env, [identify(a, uid("phone"), "2026-11-06T06:00:00Z"),
+               view("2026-11-06T07:00:00Z", "early")])
+    r = post(env, f"{BASE}/identity/merge", {"from": f"device:{tablet}", "into": f"user:{a}"})
+    assert r.status_code == 201, r.text
+    assert wait_for(lambda: viewed(a)) == [f"early-{tablet}"]
+    send(env, [identify(b, tablet, "2026-11-06T12:00:00Z"), view("2026-11-06T13:00:00Z", "later")])
+    assert wait_for(lambda: viewed(b)) == [f"later-{tablet}"]
+    assert viewed(a) == [f"early-{tablet}"]
+    for user in (a, b):  # alike with the decisions read each time, kept, and in memory
+        person(env, f"user:{user}")
+
+
 def test_merge_and_undo(env):
     web, shop, phone = uid("web"), uid("shop"), uid("phone")
     send(env, [identify(web, phone), identify(shop, loyalty=uid("L"))])

@@ -67,6 +67,11 @@ UNION ALL
 SELECT 'member', person_id, kind, id FROM tagwerk.identity_merges FINAL
 WHERE site_id = {site:String} AND into_person = {pid:String}
 """
+# Which of some persons were merged into another (a device's own person merged by an admin).
+MERGED_AWAY = """
+SELECT person_id AS p FROM tagwerk.identity_merges FINAL
+WHERE site_id = {site:String} AND person_id IN {pids:Array(String)} AND into_person != ''
+"""
 # MERGES for a user id's person, in ANCHOR's columns, to ask both at once.
 MERGES_AS_ANCHOR = f"""
 SELECT part, p, k, i, '' FROM ({MERGES})
@@ -323,6 +328,18 @@ class Graph:
             return self.decisions.merges.get(pid, [])
         return self._rows(MERGES, pid=pid)
 
+    def _merged_away(self, pairs: list[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Those of the identifiers whose own person (the one they are before anyone links
+        them) an admin merged into another: kept, or read in one statement."""
+        own = {person_id(self.site_id, kind, ident): (kind, ident) for kind, ident in pairs
+               if kind != "user"}
+        if not own:
+            return set()
+        if self.decisions is not None:
+            return {pair for pid, pair in own.items()
+                    if any(r["part"] == "into" for r in self.decisions.merges.get(pid, ()))}
+        return {own[row["p"]] for row in self._rows(MERGED_AWAY, pids=sorted(own))}
+
     def _anchor(self, kind: str, ident: str, parts: dict[str, list[dict[str, Any]]],
                 listing: bool) -> tuple[str, str] | None:
         if parts.get("override"):
@@ -376,6 +393,7 @@ class Graph:
             self._fill_all(persons[:half], listing)
             self._fill_all(persons[half:], listing)
             return
+        claimed = self._merged_away(sorted({(row["kind"], row["id"]) for row in changes}))
         changed: dict[tuple[str, str], list[dict]] = {}
         for row in changes:
             changed.setdefault((row["kind"], row["id"]), []).append(
@@ -385,20 +403,23 @@ class Graph:
             for pair in pairs:
                 if pair in changed or pair in users_seen:
                     links[pair] = list(changed.get(pair, ()))
-            self._complete(person, links, users_seen, overrides, dict(seen), stopped, listing)
+            self._complete(person, links, users_seen, overrides, dict(seen), stopped, claimed,
+                           listing)
 
     def _complete(self, person: Person, links: dict[tuple[str, str], list[dict]],
                   users_seen: dict[tuple[str, str], list[dict]],
                   overrides: dict[tuple[str, str], str],
                   seen: dict[tuple[str, str], tuple[str, str]],
-                  stopped: dict[tuple[str, str], str], listing: bool) -> None:
+                  stopped: dict[tuple[str, str], str], claimed: set[tuple[str, str]],
+                  listing: bool) -> None:
         """The person's spans and identifiers from the owner changes of what they hold."""
         members = person.members
         # Owners changed more often than we read: the spans would be wrong, so say so.
         person.truncated = sum(map(len, links.values())) >= MAX_LINKS
         for pair in sorted(links):
             spans = self._spans(pair, sorted(links[pair], key=lambda r: (r["ts"], r["user_id"])),
-                                overrides.get(pair), members, stopped.get(pair, END))
+                                overrides.get(pair), members, stopped.get(pair, END),
+                                pair in claimed)
             person.spans.extend(spans)
             mine = [r for r in users_seen.get(pair, [])
                     if person_id(self.site_id, "user", r["user_id"]) in members]
@@ -481,10 +502,11 @@ class Graph:
         return users_seen, changes[:MAX_LINKS], overrides, seen, stopped
 
     def _spans(self, pair: tuple[str, str], links: list[dict], override: str | None,
-               members: set[str], until: str = END) -> list[Span]:
+               members: set[str], until: str = END, claimed: bool = False) -> list[Span]:
         """When the identifier was the person's: from its splits, or from its owner changes
         up to ``until`` (when it stopped linking, past the cap: its rows after are nobody's,
-        not the last allowed owner's)."""
+        not the last allowed owner's). Its rows before its first link go to its first owner,
+        unless ``claimed``: an admin merged its own person into another, whose they stay."""
         kind, ident = pair
         if override is not None:
             return [Span(kind, ident, BEGINNING, END)] if override in members else []
@@ -493,10 +515,12 @@ class Graph:
             own = person_id(self.site_id, kind, ident)
             return [Span(kind, ident, BEGINNING, END)] if own in members else []
         spans: list[Span] = []
+        if claimed and person_id(self.site_id, kind, ident) in members:
+            spans.append(Span(kind, ident, BEGINNING, min(links[0]["ts"], until)))
         for index, row in enumerate(links):
             if person_id(self.site_id, "user", row["user_id"]) not in members:
                 continue
-            start = BEGINNING if index == 0 else row["ts"]
+            start = BEGINNING if index == 0 and not claimed else row["ts"]
             end = min(links[index + 1]["ts"] if index + 1 < len(links) else END, until)
             if start >= end:
                 continue
