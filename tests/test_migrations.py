@@ -252,7 +252,7 @@ def test_a_rebuild_renders_for_a_cluster():
 
 
 HITS_PACKED = r"""
-from collector.identity.profile import HIT_FIELDS, ROWS, keyed_hits
+from collector.identity.profile import HIT_FIELDS, ROWS, json_lines
 insert = ("INSERT INTO tagwerk.events (event_id, site_id, event, type, ts, received_at, "
           "device_id, consent, consent_id, channel, device_class, items) SELECT "
           "generateUUIDv4(number), 's', ['view_item', 'purchase'][number % 2 + 1], 'track', "
@@ -279,7 +279,7 @@ for settle in (False, True):
         store.execute("ALTER TABLE tagwerk.person_hits MATERIALIZE COLUMN hit "
                       "SETTINGS mutations_sync = 2")
     packed = [{"key": key, **dict(zip(HIT_FIELDS, hit, strict=True))}
-              for key, hit in keyed_hits(store, ROWS, {"site": "s", "keys": keys})]
+              for key, hit in json_lines(store, ROWS, {"site": "s", "keys": keys})]
     packed.sort(key=lambda row: list(row.values()))
     assert len(columns) == 20 and packed == columns, (packed, columns)
 names = [row["name"] for row in store.rows("DESCRIBE (SELECT * FROM tagwerk.person_activity)")]
@@ -291,7 +291,7 @@ print("ok")
 def test_the_packed_hit_equals_the_columns_before_and_after_the_upgrade(tmp_path):
     """0031 adds each person_hits row as one JSON text (``hit``), which profiles read. Rows
     stored before it and after it, with quotes, backslashes, tabs, newlines and non-Latin
-    text in their values and keys, read back as profiles read them (``keyed_hits``) field
+    text in their values and keys, read back as profiles read them (``json_lines``) field
     for field as their columns say; the data team's ``SELECT *`` does not show it."""
     run_upgrade(tmp_path, 31, HITS_PACKED)
 

@@ -67,22 +67,17 @@ def _rows(store: Store, site_id: str, persons: list[Person], events: tuple[str, 
     keys = sorted({key for person in persons for key in keys_of(person)})
     sql = ROWS + (OF_EVENTS if events else "")
     params = {"site": site_id, "keys": keys, "events": list(events), "most": MAX_ROWS}
-    found = keyed_hits(store, sql + CUT, params)
+    found: list[tuple[str, Hit]] = json_lines(store, sql + CUT, params)
     if len(found) >= MAX_ROWS:
         if len(persons) > 1:
             half = len(persons) // 2
             return (_rows(store, site_id, persons[:half], events)
                     + _rows(store, site_id, persons[half:], events))
-        found = keyed_hits(store, sql + NEWEST + CUT, params)
+        found = json_lines(store, sql + NEWEST + CUT, params)
     by_key: dict[str, list[Hit]] = {}
     for key, hit in found:
         by_key.setdefault(key, []).append(hit)
     return [_theirs(person, by_key) for person in persons]
-
-
-def keyed_hits(store: Store, sql: str, params: dict[str, Any]) -> list[tuple[str, Hit]]:
-    """The ``[key, hit]`` lines a ROWS statement answers."""
-    return json_lines(store, sql, params)
 
 
 def json_lines(store: Store, sql: str, params: dict[str, Any]) -> list[Any]:
