@@ -234,9 +234,11 @@ def test_an_overloaded_identifier_stops_linking_and_is_reported(env, links_each,
     users = [uid(f"tester{i}") for i in range(5)]
     send(env, [identify(u, qa_device, f"2026-11-03T0{i}:00:00Z")
                for i, u in enumerate(users)], site="id-capped")
-    # Only the first three users count: the device stays with the last of them.
-    found = person(env, f"device:{qa_device}", site="id-capped")
-    assert found["person_id"] == person_id("id-capped", "user", users[2])
+    # Only the first three users count, and past them the device is nobody's (9621a5e).
+    r = get(env, f"/api/v1/sites/id-capped/persons/device:{qa_device}", site="id-capped")
+    assert r.status_code == 404, r.text
+    third = person(env, f"user:{users[2]}", site="id-capped")
+    assert ("device", qa_device) in {(i["kind"], i["id"]) for i in third["identifiers"]}
     later = person(env, f"user:{users[4]}", site="id-capped")
     assert {i["kind"] for i in later["identifiers"]} == {"user"}
     r = get(env, "/api/v1/sites/id-capped/identity/overloaded", key="admin", site="id-capped")
@@ -272,6 +274,11 @@ def test_an_overloaded_identifier_gives_nobody_the_hits_after_it_stopped_linking
     for user in users[:3]:
         assert wait_for(lambda user=user: viewed(user)) == [f"p-{user}"], user
     assert viewed(users[3]) == []
+    # Nor is the kiosk itself anyone's now: asked for by it, nobody's profile is shown to
+    # whoever stands at it (the third user's was, their whole history).
+    for path in ("", "/profile"):
+        r = get(env, f"/api/v1/sites/id-capped/persons/device:{kiosk}{path}", site="id-capped")
+        assert r.status_code == 404, r.text
 
 
 def test_an_admin_merge_of_a_device_keeps_its_earlier_hits_after_a_later_login(env):

@@ -36,7 +36,7 @@ MAX_LINKS = 10_000  # owner changes read for one person's identifiers
 # and each sub-pipeline costs milliseconds, so several plain statements beat one clever one.
 
 # Whose an identifier is: its split (override) and its first `cap` users by first link
-# (rows: part, a, b, c, d).
+# (rows: part, a, b, c, d); read with one more, whose presence says it stopped linking.
 ANCHOR = """
 SELECT 'override' AS part, person_id AS a, '' AS b, '' AS c, '' AS d
 FROM tagwerk.identity_overrides FINAL
@@ -259,7 +259,7 @@ class Graph:
         else:
             sql = ANCHOR if user_pid is None else f"{ANCHOR} UNION ALL {MERGES_AS_ANCHOR}"
         parts: dict[str, list[dict[str, Any]]] = {}
-        for row in self._rows(sql, kind=kind, id=ident, cap=self.cap, pid=user_pid or ""):
+        for row in self._rows(sql, kind=kind, id=ident, cap=self.cap + 1, pid=user_pid or ""):
             parts.setdefault(row["part"], []).append(row)
         if known is not None and (kind, ident) in known.overrides:
             parts["override"] = [{"a": known.overrides[kind, ident]}]
@@ -284,11 +284,11 @@ class Graph:
             for pair, (_, rows) in found.items():
                 if len(rows) < LINKS_EACH:
                     owners[pair] = [{"a": user["user_id"], "c": user["last"]}
-                                    for user in _first_users(rows, self.cap)]
+                                    for user in _first_users(rows, self.cap + 1)]
             asked = [pair for pair in asked if len(found.get(pair, (0, ()))[1]) >= LINKS_EACH]
         if asked:  # ANCHOR's owner part, for all of them (SEEN has its order and cut)
             for row in self._rows(SEEN, kinds=[k for k, _ in asked], ids=[i for _, i in asked],
-                                  cap=self.cap):
+                                  cap=self.cap + 1):
                 owners.setdefault((row["kind"], row["id"]), []).append(
                     {"a": row["user_id"], "c": row["last"]})
         found = []
@@ -347,6 +347,8 @@ class Graph:
         owners = parts.get("owner", [])
         if kind == "user":
             return (kind, ident) if owners or not listing or self._seen(kind, ident) else None
+        if len(owners) > self.cap:  # it stopped linking: nobody's now (read: cap + 1)
+            return None
         if owners:  # the latest link among the first `cap` users (ANCHOR orders them)
             owner = max(owners, key=lambda r: (r["c"], r["a"]))["a"]
             if owner.startswith("\0"):  # its last owner was erased: nobody's, as far as we say
