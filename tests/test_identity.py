@@ -406,6 +406,30 @@ def test_a_split_is_not_undone_under_a_later_merge_of_its_person(env, later):
     assert person(env, f"user:{bob}")["merged"] == []
 
 
+def test_a_split_is_not_undone_under_a_later_merge_of_the_person_it_took_the_device_from(
+        env):
+    """A device an admin had merged into A is split off, then A is merged into B: undoing
+    the split would put the device back into A, whom A's own user id no longer resolves to.
+    Refused (409) until the later merge is undone."""
+    a, b, tablet = uid("a"), uid("b"), uid("tab")
+    send(env, [identify(a), identify(b), {"event": "page_view", "device_id": tablet,
+                                          "consent": ALL}])
+    assert post(env, f"{BASE}/identity/merge",
+                {"from": f"device:{tablet}", "into": f"user:{a}"}).status_code == 201
+    split = post(env, f"{BASE}/identity/split", {"id": f"device:{tablet}"})
+    assert split.status_code == 201, split.text
+    later = post(env, f"{BASE}/identity/merge", {"from": f"user:{a}", "into": f"user:{b}"})
+    assert later.status_code == 201, later.text
+    r = post(env, f"{BASE}/identity/operations/{split.json()['op_id']}/undo", b"")
+    assert r.status_code == 409 and "later operation" in r.json()["error"], r.text
+    assert post(env, f"{BASE}/identity/operations/{later.json()['op_id']}/undo",
+                b"").status_code == 201
+    assert post(env, f"{BASE}/identity/operations/{split.json()['op_id']}/undo",
+                b"").status_code == 201
+    assert person(env, f"device:{tablet}")["person_id"] == person_id(SITE, "user", a)
+    assert person(env, f"user:{b}")["merged"] == []
+
+
 def person_op(env, op):
     history = get(env, f"{BASE}/identity/operations", key="admin").json()["operations"]
     return next(h["op_id"] for h in history if h["op"] == op)

@@ -46,6 +46,13 @@ class OperationError(Exception):
         self.status, self.field = status, field
 
 
+def _split_persons(target: dict[str, str], before: dict[str, list[dict[str, Any]]]
+                   ) -> list[str]:
+    """The persons a split changed beyond the rows it wrote: its own, and the one it took
+    the identifier from where its own person had been merged there."""
+    return [target["person"], *(r["into_person"] for r in before["merges"] if r["into_person"])]
+
+
 def _version() -> int:
     """Row versions that only grow within this process, even if the clock steps back."""
     global _last_version
@@ -133,25 +140,25 @@ class Operations:
             pairs = [(r["kind"], r["id"]) for r in after["overrides"]]
             current = {"merges": self._merges(anchors), "overrides": self._overrides(pairs)}
             if current != after or (row["op"] == "split" and self._later_ops_of(
-                    orjson.loads(row["target"])["person"], op_id, row["at"])):
+                    _split_persons(orjson.loads(row["target"]), before), op_id, row["at"])):
                 raise OperationError(409, f"a later operation changed what {op_id} did: undo "
                                      "that one first (see the operations list)", "op_id")
             undo_id = self._apply("undo", {"undoes": op_id}, after, before, actor, undoes=op_id)
             return {"op_id": undo_id, "undid": op_id, "op": row["op"]}
 
-    def _later_ops_of(self, person: str, op_id: str, at: str) -> bool:
-        """Whether an operation since ``op_id`` (at ``at``), not undone, names the person. A
-        split's person is changed by later merges without a row the split wrote (moved
-        into another, or another moved into it): undone under them, the split would leave
-        them pointing at a person nobody resolves to. (An operation in the same
-        millisecond counts as later: refused, not mixed.)"""
+    def _later_ops_of(self, persons: list[str], op_id: str, at: str) -> bool:
+        """Whether an operation since ``op_id`` (at ``at``), not undone, names one of the
+        persons. A split's persons are changed by later merges without a row the split
+        wrote (moved into another, or another moved into them): undone under them, the
+        split would leave a merge pointing at a person nobody resolves to. (An operation
+        in the same millisecond counts as later: refused, not mixed.)"""
         return bool(self.store.rows(
             "SELECT 1 FROM tagwerk.identity_operations WHERE site_id = {site:String} "
             "AND at >= {at:DateTime64(3, 'UTC')} AND op_id != {op:UUID} AND op != 'undo' "
-            "AND has(persons, {person:String}) AND op_id NOT IN ("
+            "AND hasAny(persons, {persons:Array(String)}) AND op_id NOT IN ("
             " SELECT assumeNotNull(undoes) FROM tagwerk.identity_operations "
             " WHERE site_id = {site:String} AND op = 'undo') LIMIT 1",
-            {"site": self.site.site_id, "at": at, "op": op_id, "person": person}))
+            {"site": self.site.site_id, "at": at, "op": op_id, "persons": persons}))
 
     def history(self, limit: int) -> list[dict[str, Any]]:
         rows = self.store.rows(
