@@ -307,6 +307,31 @@ def test_an_admin_merge_of_a_device_keeps_its_earlier_hits_after_a_later_login(e
         person(env, f"user:{user}")
 
 
+def test_a_person_merged_into_an_anonymous_device_keeps_its_earlier_hits(env):
+    """The other direction of the admin's decision: A merged into the tablet's own person
+    (the tablet anchors them now). When B logs in on it later, its earlier hits stay with
+    that person, A's; B gets only theirs."""
+    a, b, tablet = uid("a"), uid("b"), uid("tab")
+
+    def viewed(ident):
+        r = get(env, f"{BASE}/persons/{ident}/profile")
+        return [] if r.status_code == 404 else sorted(v["product_id"] for v in r.json()["viewed"])
+
+    send(env, [identify(a, uid("phone"), "2026-11-06T06:00:00Z"),
+               {"event": "view_item", "ts": "2026-11-06T07:00:00Z", "device_id": tablet,
+                "consent": ALL, "items": [{"product_id": f"early-{tablet}"}]}])
+    r = post(env, f"{BASE}/identity/merge", {"from": f"user:{a}", "into": f"device:{tablet}"})
+    assert r.status_code == 201, r.text
+    assert wait_for(lambda: viewed(f"user:{a}")) == [f"early-{tablet}"]
+    send(env, [identify(b, tablet, "2026-11-06T12:00:00Z"),
+               {"event": "view_item", "ts": "2026-11-06T13:00:00Z", "device_id": tablet,
+                "consent": ALL, "items": [{"product_id": f"later-{tablet}"}]}])
+    assert wait_for(lambda: viewed(f"user:{b}")) == [f"later-{tablet}"]
+    assert viewed(f"user:{a}") == [f"early-{tablet}"]
+    for user in (a, b):
+        person(env, f"user:{user}")
+
+
 def test_merge_and_undo(env):
     web, shop, phone = uid("web"), uid("shop"), uid("phone")
     send(env, [identify(web, phone), identify(shop, loyalty=uid("L"))])

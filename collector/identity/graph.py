@@ -67,10 +67,13 @@ UNION ALL
 SELECT 'member', person_id, kind, id FROM tagwerk.identity_merges FINAL
 WHERE site_id = {site:String} AND into_person = {pid:String}
 """
-# Which of some persons were merged into another (a device's own person merged by an admin).
-MERGED_AWAY = """
+# Which of some persons an admin merged with another, either way (a device's own person).
+MERGED_WITH = """
 SELECT person_id AS p FROM tagwerk.identity_merges FINAL
 WHERE site_id = {site:String} AND person_id IN {pids:Array(String)} AND into_person != ''
+UNION ALL
+SELECT into_person FROM tagwerk.identity_merges FINAL
+WHERE site_id = {site:String} AND into_person IN {pids:Array(String)}
 """
 # MERGES for a user id's person, in ANCHOR's columns, to ask both at once.
 MERGES_AS_ANCHOR = f"""
@@ -328,17 +331,17 @@ class Graph:
             return self.decisions.merges.get(pid, [])
         return self._rows(MERGES, pid=pid)
 
-    def _merged_away(self, pairs: list[tuple[str, str]]) -> set[tuple[str, str]]:
+    def _merged(self, pairs: list[tuple[str, str]]) -> set[tuple[str, str]]:
         """Those of the identifiers whose own person (the one they are before anyone links
-        them) an admin merged into another: kept, or read in one statement."""
+        them) an admin merged with another, into it or it into another: kept, or read in
+        one statement."""
         own = {person_id(self.site_id, kind, ident): (kind, ident) for kind, ident in pairs
                if kind != "user"}
         if not own:
             return set()
         if self.decisions is not None:
-            return {pair for pid, pair in own.items()
-                    if any(r["part"] == "into" for r in self.decisions.merges.get(pid, ()))}
-        return {own[row["p"]] for row in self._rows(MERGED_AWAY, pids=sorted(own))}
+            return {pair for pid, pair in own.items() if self.decisions.merges.get(pid)}
+        return {own[row["p"]] for row in self._rows(MERGED_WITH, pids=sorted(own))}
 
     def _anchor(self, kind: str, ident: str, parts: dict[str, list[dict[str, Any]]],
                 listing: bool) -> tuple[str, str] | None:
@@ -395,7 +398,7 @@ class Graph:
             self._fill_all(persons[:half], listing)
             self._fill_all(persons[half:], listing)
             return
-        claimed = self._merged_away(sorted({(row["kind"], row["id"]) for row in changes}))
+        claimed = self._merged(sorted({(row["kind"], row["id"]) for row in changes}))
         changed: dict[tuple[str, str], list[dict]] = {}
         for row in changes:
             changed.setdefault((row["kind"], row["id"]), []).append(
@@ -508,7 +511,8 @@ class Graph:
         """When the identifier was the person's: from its splits, or from its owner changes
         up to ``until`` (when it stopped linking, past the cap: its rows after are nobody's,
         not the last allowed owner's). Its rows before its first link go to its first owner,
-        unless ``claimed``: an admin merged its own person into another, whose they stay."""
+        unless ``claimed``: an admin merged its own person with another (either way), and
+        they stay that merged person's."""
         kind, ident = pair
         if override is not None:
             return [Span(kind, ident, BEGINNING, END)] if override in members else []
