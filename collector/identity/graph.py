@@ -249,10 +249,11 @@ class Graph:
         first and last seen, and None for an identifier seen nowhere (a profile needs
         neither: its rows decide, and reading events for it costs more than the rest).
         Three statements for a user id (its anchor and merges, the identifiers it holds,
-        their links), four for another identifier (its owner's merges apart): each costs a
-        few milliseconds however few rows it reads. With the site's decisions kept, three
-        for any identifier, and smaller (no merges or splits read); two for a user id
-        without a listing."""
+        their links), four for another identifier (its owner's merges apart), each one more
+        when an identifier they hold has links (whether an admin merged its own person:
+        MERGED_WITH): each costs a few milliseconds however few rows it reads. With the
+        site's decisions kept, three for any identifier, and smaller (no merges or splits
+        read); two for a user id without a listing."""
         known = self.decisions
         if known is not None and not listing:
             return self.resolve_many([(kind, ident)])[0]
