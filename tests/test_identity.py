@@ -455,6 +455,40 @@ def test_a_split_is_not_undone_under_a_later_merge_of_the_person_it_took_the_dev
     assert person(env, f"user:{b}")["merged"] == []
 
 
+def test_a_split_of_a_device_merged_into_one_person_and_logged_into_by_another(env):
+    """A tablet an admin merged into A, on which B logged in later (it is B's since), split
+    off: it becomes a person of its own, its merge into A goes too (as for a device merged
+    and never logged into), and neither A nor B lists it; undone, all is as before."""
+    a, b, tablet = uid("a"), uid("b"), uid("tab")
+    send(env, [identify(a), {"event": "page_view", "device_id": tablet, "consent": ALL,
+                             "ts": "2026-11-06T07:00:00Z"}])
+    assert post(env, f"{BASE}/identity/merge",
+                {"from": f"device:{tablet}", "into": f"user:{a}"}).status_code == 201
+    send(env, [identify(b, tablet, "2026-11-06T12:00:00Z")])
+    assert wait_for(lambda: person(env, f"device:{tablet}")["person_id"]
+                    == person_id(SITE, "user", b))
+    def state():  # (a merge row restored by an undo carries the undo's op_id)
+        return [{**found, "merged": [{**m, "op_id": ""} for m in found["merged"]]}
+                for found in (person(env, ident) for ident in (f"device:{tablet}",
+                                                                f"user:{a}", f"user:{b}"))]
+
+    before = state()
+    split = post(env, f"{BASE}/identity/split", {"id": f"device:{tablet}"})
+    assert split.status_code == 201, split.text
+    assert split.json()["from"] == person_id(SITE, "user", b)
+    own = person(env, f"device:{tablet}")
+    assert own["person_id"] == person_id(SITE, "device", tablet)
+    assert own["merged"] == []
+    for user in (a, b):
+        found = person(env, f"user:{user}")
+        assert found["merged"] == [], user
+        assert tablet not in {i["id"] for i in found["identifiers"]}, user
+    assert post(env, f"{BASE}/identity/split", {"id": f"device:{tablet}"}).status_code == 409
+    undo = post(env, f"{BASE}/identity/operations/{split.json()['op_id']}/undo", b"")
+    assert undo.status_code == 201, undo.text
+    assert state() == before
+
+
 def person_op(env, op):
     history = get(env, f"{BASE}/identity/operations", key="admin").json()["operations"]
     return next(h["op_id"] for h in history if h["op"] == op)
@@ -469,6 +503,21 @@ def test_split_of_a_merged_anonymous_device(env):
     assert post(env, f"{BASE}/identity/split", {"id": f"device:{device}"}).status_code == 201
     assert person(env, f"device:{device}")["person_id"] == person_id(SITE, "device", device)
     assert person(env, f"user:{user}")["merged"] == []
+
+
+def test_a_device_anchoring_merged_persons_is_not_split(env):
+    """A user merged into a device's own person: the device anchors them, and overriding it
+    to that same person would change nothing while answering 201. Refused (409), nothing
+    written; undoing the merge is the way."""
+    user, device = uid("c"), uid("anon")
+    send(env, [identify(user), {"event": "page_view", "device_id": device, "consent": ALL}])
+    assert post(env, f"{BASE}/identity/merge",
+                {"from": f"user:{user}", "into": f"device:{device}"}).status_code == 201
+    count = person_op_count(env)
+    r = post(env, f"{BASE}/identity/split", {"id": f"device:{device}"})
+    assert r.status_code == 409 and "undo those merges" in r.json()["error"], r.text
+    assert person_op_count(env) == count
+    assert person(env, f"user:{user}")["person_id"] == person_id(SITE, "device", device)
 
 
 def test_site_kinds_and_identifier_validation(env):

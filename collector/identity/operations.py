@@ -103,17 +103,23 @@ class Operations:
         with _locks[self.site.site_id]:
             person = self._person(kind, value, "id")
             own = person_id(self.site.site_id, kind, value)
-            if person.person_id == own and not person.merged:
+            if person.person_id == own:
+                if person.merged:  # a no-op override would leave them merged into it
+                    raise OperationError(409, f"{kind}:{value[:64]} anchors persons merged "
+                                         "into it: undo those merges instead", "id")
                 raise OperationError(409, f"{kind}:{value[:64]} is a person of its own already",
                                      "id")
             before = {"merges": [], "overrides": self._overrides([(kind, value)])}
             after: dict[str, list[dict[str, Any]]] = {
                 "merges": [], "overrides": [{"kind": kind, "id": value, "person_id": own}]}
-            if own in person.merged:  # its own person had been merged: that merge goes too
-                anchors = {own: (kind, value)}
-                before["merges"] = self._merges(anchors)
-                after["merges"] = [{**row, "into_person": "", "into_kind": "", "into_id": ""}
-                                   for row in before["merges"]]
+            # Its own person had been merged (into whoever holds it now, or into an earlier
+            # holder before someone else logged in on it): that merge goes too, or the
+            # override would resolve through it.
+            merged = self._merges({own: (kind, value)})
+            if merged[0]["into_person"]:
+                before["merges"] = merged
+                after["merges"] = [{**merged[0], "into_person": "", "into_kind": "",
+                                    "into_id": ""}]
             op_id = self._apply("split", {"from": person.person_id, "person": own},
                                 before, after, actor)
             return {"op_id": op_id, "person_id": own, "from": person.person_id}
