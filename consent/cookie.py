@@ -30,13 +30,12 @@ import secrets
 import threading
 from dataclasses import dataclass
 
-from consent.purposes import PURPOSE_PATTERN
+from consent.purposes import MAX_PURPOSES, PURPOSE_PATTERN
 
 CONSENT_COOKIE = "tw_consent"
 DEVICE_COOKIE = "tw_id"
 HOW = frozenset({"banner", "api", "gcm", "gpc"})
 MAX_AGE_DAYS = 3650
-MAX_PURPOSES = 16
 MAX_COOKIE_LENGTH = 600  # a real value is well under 200 characters
 DEVICE_MAX_AGE = 34_128_000  # 13 months: 395 days
 _CONSENT = re.compile(

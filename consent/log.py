@@ -13,9 +13,9 @@ import re
 from typing import Any
 from urllib.parse import urlsplit
 
-from consent.cookie import HOW, MAX_PURPOSES
+from consent.cookie import HOW
 from consent.enforce import strip_url
-from consent.purposes import MARKETING, is_purpose_id
+from consent.purposes import MARKETING, MAX_PURPOSES, is_purpose_id
 
 # The stored row, in this order (the spool keeps rows as JSON arrays).
 COLUMNS = ("consent_id", "ts", "received_at", "site_id", "granted", "denied", "policy", "how",

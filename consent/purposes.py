@@ -10,6 +10,10 @@ PERSONALIZATION = "personalization"
 MARKETING = "marketing"
 BUILT_IN = (NECESSARY, ANALYTICS, PERSONALIZATION, MARKETING)
 
+MAX_PURPOSES = 16
+"""The most purposes a container lists, a decision grants or denies and a hit carries: all
+of them, of the longest ids, fill the tw_consent cookie's 600 characters."""
+
 PURPOSE_PATTERN = r"[a-z][a-z0-9_]{0,31}"
 """A purpose id, as a pattern to build on (the tw_consent cookie's list of them)."""
 

@@ -72,3 +72,35 @@ def test_every_place_judges_a_purpose_id_alike(purpose, valid):
         assert cookie_keeps(purpose) is valid
     if purpose not in BUILT_IN:  # those are in the container already
         assert container_keeps(purpose) is valid
+
+
+def container_with(count: int) -> dict:
+    doc = default_container()
+    purposes = doc["consent"]["purposes"]
+    purposes += [{"id": f"extra_{i}", "default": False} for i in range(count - len(purposes))]
+    return doc
+
+
+@pytest.mark.parametrize("count", [16, 17, 20])
+def test_every_place_keeps_as_many_purposes_as_a_container_may_have(count):
+    """A container may list no more purposes than a decision granting all of them can
+    carry: in the cookie, the log and every hit (before, a container of 17 to 20 passed,
+    and granting them all made every hit and the decision a 400)."""
+    doc = container_with(count)
+    ids = [p["id"] for p in doc["consent"]["purposes"]]
+    allowed = not [e for e in validate(doc) if e.field.startswith("consent.purposes")]
+    ctx = Context("s", dt.datetime.now(dt.UTC), "web", parse_agent("x"))
+    try:
+        normalize({"event": "e", "consent": ids}, ctx)
+        event = True
+    except EventError:
+        event = False
+    try:
+        decision_row({"consent_id": CID, "granted": ids, "denied": [], "policy": POLICY,
+                      "how": "banner"}, "s", "2026-01-02 03:04:05.678", "desktop", "DE")
+        log = True
+    except DecisionError:
+        log = False
+    now = 1_700_000_000
+    cookie = parse_consent(f"v1.{CID}.{POLICY}.{','.join(ids)}.{now}.banner", now) is not None
+    assert (event, log, cookie) == (allowed, allowed, allowed), count

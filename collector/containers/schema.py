@@ -9,7 +9,6 @@ from consent.policy import DEFAULT_LIFETIMES
 
 MAX_DOCUMENT_BYTES = 256 * 1024
 MAX_ITEMS = 200  # tags, triggers, variables each
-MAX_PURPOSES = 20
 MAX_LANGUAGES = 40
 MAX_CONDITIONS = 20
 MAX_TAG_TRIGGERS = 50

@@ -33,7 +33,6 @@ from collector.containers.schema import (
     MAX_HTML,
     MAX_ITEMS,
     MAX_LANGUAGES,
-    MAX_PURPOSES,
     MAX_REGEX,
     MAX_SELECTOR,
     MAX_TAG_TRIGGERS,
@@ -49,7 +48,7 @@ from collector.containers.schema import (
     VAR_REF,
     VARIABLE_TYPES,
 )
-from consent.purposes import NECESSARY, PURPOSE_ID
+from consent.purposes import MAX_PURPOSES, NECESSARY, PURPOSE_ID
 
 Taken = Callable[[str], str | None]
 """What answers a path before a container's own tag path could: the route table's lookup

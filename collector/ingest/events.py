@@ -29,7 +29,7 @@ from collector.ingest.useragent import Agent
 from collector.storage import time_text
 from collector.web.http import json_field, nested_too_deep
 from consent.enforce import ConsentRule, enforce_row
-from consent.purposes import is_purpose_id
+from consent.purposes import MAX_PURPOSES, is_purpose_id
 
 TYPES = frozenset({"page", "track", "identify", "alias"})
 CHANNELS = frozenset({"web", "app", "email", "qr", "pos", "callcenter", "server"})
@@ -434,7 +434,7 @@ def _ts(value: Any, received_at: dt.datetime, received_text: str, server: bool) 
 def _consent(value: Any) -> list[str]:
     if value is None:
         return []
-    if not isinstance(value, list) or len(value) > 16:
+    if not isinstance(value, list) or len(value) > MAX_PURPOSES:
         raise EventError("'consent' must be a list of granted purposes", "consent")
     for purpose in value:
         if not is_purpose_id(purpose):
