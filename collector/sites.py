@@ -28,7 +28,7 @@ from collector.storage import StorageError, Store
 MISS_RELOAD_AGE = 0.25
 # /t/banner.js, /t/debug.js, /t/decide.js...: a site of that name would never get its tag.
 RESERVED_IDS = frozenset({"banner", "debug", "decide"})
-SITE_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+SITE_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")  # fullmatch
 KEY_KINDS = ("write", "read", "admin")
 # An identifier linked to more persons than this stops linking (a QA device, a shared code).
 IDENTITY_MAX_PERSONS = 20
@@ -186,7 +186,7 @@ class Sites:
     async def find(self, site_id: str) -> Site | None:
         """The site, reloading once (in a thread) when it is not known yet: it may have been
         created a moment ago by another process. A malformed id is never looked up."""
-        if not SITE_ID.match(site_id):
+        if not SITE_ID.fullmatch(site_id):
             return None
         site = self._sites.get(site_id)
         if site is None:
@@ -265,7 +265,7 @@ class Sites:
         ``identifier_kinds``: the site's own identifier kinds, beyond the built-in ones."""
         if site_id in RESERVED_IDS:
             raise ValueError(f"site id {site_id!r} is reserved (it names a file under /t/)")
-        if not SITE_ID.match(site_id):
+        if not SITE_ID.fullmatch(site_id):
             raise ValueError("site id: 1-63 characters of a-z, 0-9, '_' and '-', starting "
                              "with a letter or digit")
         if not 0 <= retention_days <= 65535:

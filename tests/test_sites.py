@@ -6,6 +6,8 @@ import asyncio
 import threading
 import time
 
+import pytest
+
 from collector.sites import Sites
 
 
@@ -75,3 +77,14 @@ def test_sites_created_while_the_registry_reloads_are_all_known(store, tmp_path)
     assert fresh.load_snapshot()
     assert all(fresh.get(site_id) is not None for site_id in created)
     assert [p.name for p in tmp_path.iterdir()] == ["sites.json"]
+
+
+def test_a_site_id_with_a_final_newline_is_refused_and_never_found(store):
+    """"^...$" with match lets a final newline through: a site "shop\\n" could be created
+    (a name no URL can carry), and "demo\\n" was looked up as an id."""
+    sites = Sites(store)
+    with pytest.raises(ValueError, match="site id"):
+        sites.create("nl-shop\n")
+    sites.create("nl-shop")
+    assert asyncio.run(sites.find("nl-shop\n")) is None
+    assert asyncio.run(sites.find("nl-shop")) is not None

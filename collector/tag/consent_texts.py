@@ -90,7 +90,7 @@ def accept_language(header: str) -> list[str]:
         return []
     ranges: list[tuple[float, int, str]] = []
     for i, (tag, q) in enumerate(weighted(header, MAX_RANGES)):
-        if q > 0 and tag != "*" and len(tag) <= MAX_LANG and LANG.match(tag):
+        if q > 0 and tag != "*" and len(tag) <= MAX_LANG and LANG.fullmatch(tag):
             ranges.append((-q, i, tag))
     return [tag for _, _, tag in sorted(ranges)]
 
@@ -169,7 +169,7 @@ async def consent_json(request: Request) -> Response:
     collector: Collector = request.app.state.collector
     site_id = request.path_params["site"]
     lang = request.query_params.get("lang")
-    if lang is not None and (len(lang) > MAX_LANG or not LANG.match(lang)):
+    if lang is not None and (len(lang) > MAX_LANG or not LANG.fullmatch(lang)):
         return _error(400, "lang: not a language tag such as 'en', 'de' or 'de-AT'")
     if await collector.sites.find(site_id) is None:
         return _error(404, f"unknown site {site_id[:64]!r}")

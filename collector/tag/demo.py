@@ -165,7 +165,7 @@ async def static(request: Request) -> Response:
     if not _enabled(request):
         return _off()
     name = request.path_params["name"]
-    asset = _asset(name) if STATIC_NAME.match(name) else None
+    asset = _asset(name) if STATIC_NAME.fullmatch(name) else None
     if asset is None:
         return Response("not found\n", 404, media_type="text/plain")
     return respond_asset(request, asset)
