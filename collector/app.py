@@ -19,7 +19,7 @@ from collector.ingest.routes import INGEST
 from collector.routes import ROUTES, UNMATCHED, taken
 from collector.service import Collector
 from collector.tag import serving
-from collector.web.http import Hit, error_body, respond
+from collector.web.http import Hit, error_body, error_response, respond
 
 METHOD_NOT_ALLOWED = error_body("method not allowed")
 
@@ -36,15 +36,14 @@ class App:
         handler = methods.get(scope["method"])
         if handler is None:
             await respond(send, 405, METHOD_NOT_ALLOWED,
-                          headers={"Allow": ", ".join(methods)})
+                          headers={"Allow": ", ".join(methods), "Cache-Control": "no-store"})
             return
         await handler(self.collector, Hit(scope, receive), send)
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    return Response(error_body(exc.detail), exc.status_code, exc.headers,
-                    media_type="application/json")
+    return error_response(exc.status_code, exc.detail, headers=exc.headers)
 
 
 def create_app(collector: Collector) -> App:

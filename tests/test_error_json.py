@@ -9,6 +9,7 @@ import pytest
 from collector.api.access import ApiError, refusal
 from collector.tag import serving
 from collector.web.http import HTTPError, error_body, error_response
+from tests.helpers import make_client
 
 
 @pytest.mark.parametrize("answer", [
@@ -39,3 +40,15 @@ def test_a_refusal_is_kept_by_no_cache():
     assert response.headers["cache-control"] == "no-store"
     assert response.headers["retry-after"] == "5"
     assert response.headers["content-type"] == "application/json"
+
+
+def test_the_routers_own_404_and_405_are_kept_by_no_cache(store, tmp_path):
+    """Starlette's refusals (no route, a route without the method) pass through the app's
+    handler: the same shape and Cache-Control as every other refusal."""
+    client, _ = make_client(store, tmp_path, demo_site=False)
+    with client:
+        for response, status in ((client.get("/no/such/path"), 404),
+                                 (client.delete("/api/v1/batch"), 405)):
+            assert response.status_code == status
+            assert response.headers["cache-control"] == "no-store"
+            assert "error" in response.json()
