@@ -835,12 +835,14 @@ test("one cookie read at boot (tw_consent, tw_s, tw_q), no storage access withou
 });
 
 test("the first page view carries the time the tag started, not the time of boot", async () => {
+  const before = Date.now();
   const b = load(container(), { readyState: "interactive" });
   const started = Date.now();
   await new Promise((r) => setTimeout(r, 30));
   b.fire("window:load");
   const [pv] = await flushed(b);
-  assert.ok(Math.abs(pv.ts - started) < 25);
+  // Within the tag's start, however slow the machine; the load fired 30 ms after it.
+  assert.ok(before <= pv.ts && pv.ts <= started, `${before} <= ${pv.ts} <= ${started}`);
 });
 
 test("boot before load when needed: page hidden, a click, a route change, 'state', 4 s", async () => {
