@@ -593,18 +593,28 @@ def row_condition_for(kind: str, ident: str) -> tuple[str, dict[str, Any]]:
             "{ident:String}", {"kind": kind, "ident": ident})
 
 
-def rows_of(person: Person, ts: str = "ts", identifiers: bool = True
+def rows_of(person: Person, ts: str = "ts", identifiers: bool = True, claims: bool = False
             ) -> tuple[str, dict[str, Any]]:
     """SQL matching the person's rows (over a table with the events' identifier columns):
     rows naming one of their user ids, and rows without a user id naming one of their
     identifiers at a time (``ts``: the column or expression) it was theirs. ``identifiers``:
-    whether the table has the ``identifiers`` map (else only device ids count)."""
+    whether the table has the ``identifiers`` map (else only device ids count). ``claims``:
+    whether it has ``user_verified``; then a row whose user id is a browser's unverified
+    claim of someone else's counts as a row without one (it is its device's, as profiles
+    file it)."""
     users, devices, others, params = _row_conditions(person, ts, identifiers)
     held = f"{devices} OR {others}" if others else devices
-    return f"({users} OR (user_id = '' AND ({held})))", params
+    return f"({users} OR ({_no_user(claims)} AND ({held})))", params
 
 
-def row_parts(person: Person, ts: str = "ts", identifiers: bool = True
+def _no_user(claims: bool) -> str:
+    """A row that no user id of its own decides (disjoint from ``rows_of``'s users part)."""
+    if not claims:
+        return "user_id = ''"
+    return "(user_id = '' OR (NOT user_verified AND user_id NOT IN {p_users:Array(String)}))"
+
+
+def row_parts(person: Person, ts: str = "ts", identifiers: bool = True, claims: bool = False
               ) -> tuple[list[str], dict[str, Any]]:
     """``rows_of``'s condition as disjoint parts, each of which one index can narrow (the
     events' skip indexes on user_id, device_id, identifiers): ClickHouse narrows a
@@ -614,10 +624,11 @@ def row_parts(person: Person, ts: str = "ts", identifiers: bool = True
     parameters serve every part."""
     users, devices, others, params = _row_conditions(person, ts, identifiers)
     parts = [users] if person.users else []
+    no_user = _no_user(claims)
     if params["p_dev"]:
-        parts.append(f"user_id = '' AND {devices}")
+        parts.append(f"{no_user} AND {devices}")
     if params["p_id"]:  # (none for a table without identifiers)
-        parts.append(f"user_id = '' AND {others} AND NOT {devices}")
+        parts.append(f"{no_user} AND {others} AND NOT {devices}")
     return parts, params
 
 

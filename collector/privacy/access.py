@@ -29,7 +29,7 @@ def access(store: Store, site: Site, tombstones: Tombstones, kind: str, ident: s
         return None
     site_id = site.site_id
     # The disjoint parts of their rows, each narrowed by its index (graph.row_parts).
-    parts, params = row_parts(person)
+    parts, params = row_parts(person, claims=True)
     union = " UNION ALL ".join(
         f"SELECT * FROM tagwerk.events WHERE site_id = {{site:String}} AND {part}"
         for part in parts)

@@ -6,12 +6,15 @@
    by other collectors within seconds; each collector's flusher also drops such rows
    among those it had acknowledged before it learnt of the tombstones
    (``Flusher.recheck_until``), and after a restart among all it replays.
-2. What this collector has acknowledged but not yet stored is flushed first, so that it
-   is found by the deletes.
+2. What this collector has acknowledged but not yet stored is flushed first, before the
+   person is looked up (a login among it makes a device theirs) and again after the
+   tombstones, so that it is found by the deletes.
 3. Their rows go from ``events`` and from every table keyed by person, session or device
    (``PERSON_TABLES``): the rows with one of their user ids, and the rows without a user id
-   naming one of their identifiers while it was theirs. A shared device keeps the other
-   persons' rows.
+   (or with a browser's unverified claim of another's) naming one of their identifiers
+   while it was theirs. A shared device keeps the other persons' rows. ``person_hits``
+   files a hit under each identifier it names: every copy of their events goes, whoever
+   else's key it is filed under.
 4. Their identity rows go: the links made with their user ids, merges and splits
    involving them, and the audit rows of those operations (they hold identifiers). A
    shared identifier's links to them become links to an erased anchor (a user id no
@@ -37,9 +40,8 @@ from weakref import WeakKeyDictionary
 
 import orjson
 
-from collector.identity.graph import BEGINNING, END, Graph, Person, row_parts, rows_of
+from collector.identity.graph import BEGINNING, END, Graph, Person, row_parts
 from collector.identity.kinds import person_id
-from collector.identity.profile import keys_of
 from collector.privacy.tombstones import ALWAYS, Spans, Tombstones
 from collector.sites import Site
 from collector.storage import Store, time_text
@@ -91,6 +93,7 @@ def erase(store: Store, site: Site, tombstones: Tombstones, kind: str, ident: st
     collector acknowledged is stored. Raises NotFound."""
     settings = delete_settings(store)
     graph = Graph(store, site)
+    flushed = flush(FLUSH_WAIT)
     person = graph.resolve(kind, ident)
     if person is None:
         raise NotFound(f"nobody is known by {kind}:{ident[:64]} on this site")
@@ -101,10 +104,14 @@ def erase(store: Store, site: Site, tombstones: Tombstones, kind: str, ident: st
     request_id = str(uuid.uuid4())
     alone, shared = owned(person)
     tombstones.add(site_id, _tombstones(tombstones, site_id, person, alone, shared), request_id)
-    flushed = flush(FLUSH_WAIT)
+    flushed = flush(FLUSH_WAIT) and flushed
     removed: dict[str, int] = {}
+    copies = _copies(store, site_id, person)  # read before their events go
     for table, ts, has_identifiers in PERSON_TABLES:
-        parts, params = _person_rows(table, person, ts, has_identifiers)
+        if table == "person_hits":
+            parts, params = [COPIES], copies
+        else:
+            parts, params = row_parts(person, ts, has_identifiers, claims=table == "events")
         removed[table] = _delete(store, f"tagwerk.{table}",
                                  [f"site_id = {{site:String}} AND {part}" for part in parts],
                                  {"site": site_id, **params}, settings)
@@ -116,21 +123,25 @@ def erase(store: Store, site: Site, tombstones: Tombstones, kind: str, ident: st
             "identifiers": identifiers, "removed": removed, "spool_flushed": flushed}
 
 
-def _person_rows(table: str, person: Person, ts: str, has_identifiers: bool
-                 ) -> tuple[list[str], dict[str, Any]]:
-    """The person's rows in ``table`` as disjoint conditions, each narrowed by an index
-    (``graph.row_parts``). person_hits files a row under each identifier it names (its
-    primary key), so the rows under the person's keys are read by key; only a row whose
-    user id was a browser's unverified claim (filed under the browser's device) is found
-    by its user id: on the 10M bench 0.26 s, where the conditions of ``rows_of`` read the
-    whole table (1.1 s), and again for the DELETE."""
-    if table != "person_hits":
-        return row_parts(person, ts, has_identifiers)
-    where, params = rows_of(person, ts, has_identifiers)
-    parts = [f"key IN {{p_keys:Array(String)}} AND {where}"]
-    if person.users:
-        parts.append("user_id IN {p_users:Array(String)} AND key NOT IN {p_keys:Array(String)}")
-    return parts, {**params, "p_keys": keys_of(person)}
+def _copies(store: Store, site_id: str, person: Person) -> dict[str, list[str]]:
+    """The person's events' copies in person_hits: the keys they are filed under (as its
+    view files them, clickhouse/0030) and their ids, for ``COPIES``. By key, the copies
+    are primary-key reads; by event id alone, the whole table."""
+    parts, params = row_parts(person, claims=True)
+    if not parts:
+        return {"h_keys": [], "h_ids": []}
+    rows = store.rows(
+        "SELECT groupUniqArray(key) AS keys, groupUniqArray(toString(event_id)) AS ids "
+        "FROM (SELECT event_id, arrayJoin(if(user_id != '' AND user_verified, "
+        "[concat('user:', user_id)], arrayConcat(if(device_id != '', "
+        "[concat('device:', device_id)], []), arrayMap(k -> concat(toString(k), ':', "
+        "identifiers[k]), mapKeys(identifiers))))) AS key FROM tagwerk.events "
+        "WHERE site_id = {site:String} AND (" + " OR ".join(f"({p})" for p in parts) + "))",
+        {"site": site_id, **params})
+    return {"h_keys": sorted(rows[0]["keys"]), "h_ids": sorted(rows[0]["ids"])}
+
+
+COPIES = "key IN {h_keys:Array(String)} AND event_id IN {h_ids:Array(UUID)}"
 
 
 def _tombstones(tombstones: Tombstones, site_id: str, person: Person,
