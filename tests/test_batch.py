@@ -121,6 +121,13 @@ def test_user_agent_and_ip_enrich_but_are_not_stored(env):
     # replace with the time of receipt.
     ("write", {"events": [{"event": "e", "ts": "9999-12-31T23:59:59Z"}]}, {}, 400, "'ts'"),
     ("write", {"events": [{"event": "e", "ts": 9999999999999}]}, {}, 400, "'ts'"),
+    # Each in range, but not their product: a line's revenue must fit the columns.
+    ("write", {"events": [{"event": "purchase", "items": [
+        {"product_id": "p", "price": 1000000, "quantity": 1000000000}]}]}, {}, 400,
+     "items[0]"),
+    ("write", {"events": [{"event": "purchase", "items": [
+        {"product_id": "p", "price": "-99999999999", "quantity": 4000}]}]}, {}, 400,
+     "items[0]"),
 ])
 def test_bad_requests(env, key, body, headers, status, message):
     client, collector, keys, _ = env
@@ -135,3 +142,26 @@ def test_bad_requests(env, key, body, headers, status, message):
     wait_for(lambda: drained(collector))
     assert len(rows(collector.store, "batch-test")) == before
     assert send(client, keys["write"], {"events": [{"event": "after"}]}).status_code == 202
+
+
+def test_the_largest_line_item_reaches_every_view_beside_another_shoppers(env):
+    """A line item's revenue (price x quantity) is computed by the views in the columns'
+    decimal type: one that overflowed it made the engine drop the views' rows of the whole
+    insert, everyone's, without an error (found by a probe). The largest line accepted
+    fits, and the other shopper's purchase in the same insert is in the profile tables."""
+    client, collector, keys, _ = env
+    n = uuid.uuid4().hex[:8]
+    consent = ["analytics", "personalization"]
+    big = {"product_id": f"big-{n}", "price": "99999999999.9999", "quantity": 999}
+    response = send(client, keys["write"], {"events": [
+        {"event": "purchase", "device_id": f"v-{n}", "consent": consent,
+         "items": [{"product_id": f"small-{n}", "price": 3, "quantity": 1}]},
+        {"event": "purchase", "device_id": f"b-{n}", "consent": consent, "items": [big]}]})
+    assert response.status_code == 202, response.text
+    wait_for(lambda: drained(collector))
+    found = collector.store.rows(
+        "SELECT key, toString(revenue) AS revenue FROM tagwerk.person_hits "
+        "WHERE site_id = 'batch-test' AND key IN {k:Array(String)} ORDER BY key",
+        {"k": [f"device:b-{n}", f"device:v-{n}"]})
+    assert found == [{"key": f"device:b-{n}", "revenue": "99899999999999.9001"},
+                     {"key": f"device:v-{n}", "revenue": "3"}]

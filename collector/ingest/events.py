@@ -497,6 +497,10 @@ def _items(value: Any) -> list[dict[str, Any]]:
             0 <= quantity < 2**32
         ):
             raise EventError(f"items[{i}].quantity must be a whole number >= 0", f"items[{i}]")
+        # The views compute a line's revenue in the columns' decimal type: an overflow
+        # there made the engine drop the views' rows of the whole insert, everyone's.
+        if quantity > 1 and abs(Decimal(clean["price"])) * quantity >= MAX_REVENUE:
+            raise EventError(f"items[{i}]: price x quantity is out of range", f"items[{i}]")
         clean["quantity"] = quantity
         out.append(clean)
     return out
