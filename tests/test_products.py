@@ -193,3 +193,20 @@ def test_a_flushed_hit_is_in_the_next_answer(env):
                                      device="d9")])
     wait_for(lambda: drained(collector))
     assert "fresh" in ids(get(env, "/products/top?limit=100"))
+
+
+def test_a_hit_stamped_ahead_of_the_clock_counts_only_when_its_hour_comes(env):
+    """The batch API takes times up to a day ahead (a till on local time sent as UTC):
+    such a hit is not "now" for the windows, and no answer's as_of is in the future."""
+    client, collector, keys, _ = env
+    ahead = hit("view_item", -dt.timedelta(hours=20), [("ahead", 1, 1)], device="d-ahead")
+    ahead["ts"] = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=20)).isoformat()
+    send(client, keys["write"], [ahead])
+    wait_for(lambda: drained(collector))
+    for path in ("/products/top?window=1h&limit=100", "/products/top?window=24h&limit=100",
+                 "/products/trending?window=1h&limit=100"):
+        response = get(env, path)
+        assert "ahead" not in ids(response), path
+        as_of = response.json()["as_of"]
+        assert as_of is None or dt.datetime.fromisoformat(as_of.replace("Z", "+00:00")) \
+            <= dt.datetime.now(dt.UTC), (path, as_of)

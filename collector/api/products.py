@@ -80,9 +80,10 @@ KEYED = Bounds()
 TOP = """
 SELECT product_id, sum(views) AS views, sum(add_to_carts) AS add_to_carts,
     sum(purchases) AS purchases, sum(quantity) AS quantity,
-    toFloat64(sum(revenue)) AS revenue, toString(max(max(last_ts)) OVER ()) AS as_of
+    toFloat64(sum(revenue)) AS revenue, %(as_of)s
 FROM tagwerk.product_hourly
 WHERE site_id = {site:String} AND hour >= toDateTime({since:UInt32})
+    AND hour <= toDateTime({until:UInt32})
     AND product_id NOT IN {exclude:Array(String)}
 GROUP BY product_id
 HAVING %(metric)s > 0 %(category)s
@@ -98,9 +99,10 @@ FROM
     SELECT product_id,
         sumIf(views + add_to_carts + purchases, hour >= toDateTime({recent:UInt32})) AS recent,
         sumIf(views + add_to_carts + purchases, hour < toDateTime({recent:UInt32})) AS baseline,
-        toString(max(max(last_ts)) OVER ()) AS as_of
+        %(as_of)s
     FROM tagwerk.product_hourly
     WHERE site_id = {site:String} AND hour >= toDateTime({since:UInt32})
+        AND hour <= toDateTime({until:UInt32})
         AND product_id NOT IN {exclude:Array(String)}
     GROUP BY product_id
     HAVING recent > 0
@@ -110,8 +112,7 @@ LIMIT {limit:UInt32}
 """
 
 RELATED = """
-SELECT other_id, sum(%(count)s) AS score,
-    toString(max(max(last_ts)) OVER ()) AS as_of
+SELECT other_id, sum(%(count)s) AS score, %(as_of)s
 FROM tagwerk.%(table)s
 WHERE site_id = {site:String} AND product_id = {product:String}
     AND other_id != {product:String} AND other_id NOT IN {exclude:Array(String)}
@@ -119,6 +120,11 @@ GROUP BY other_id
 ORDER BY score DESC, other_id
 LIMIT {limit:UInt32}
 """
+
+# The newest event included, never later than now: the batch API takes times up to a day
+# ahead, and the windows end with the current hour (``Ask.until``), which such a hit may be
+# in, minutes ahead.
+AS_OF = "toString(least(max(max(last_ts)) OVER (), now64(3))) AS as_of"
 
 PAIRS = {"co_view": ("coview_pairs", "sessions"), "co_purchase": ("copurchase_pairs", "buyers")}
 
@@ -131,6 +137,7 @@ class Ask:
     metric: str = "views"
     category: str = ""
     since: int = 0  # unix seconds, the start of an hour
+    until: int = 0  # the start of the last hour counted: now's (a hit stamped ahead waits)
     recent: int = 0  # trending: start of the recent window
     product: str = ""
     pairs: str = "co_view"
@@ -147,20 +154,22 @@ def compute(store: Any, site_id: str, ask: Ask, exclude: tuple[str, ...],
     if ask.kind == "top":
         category = "AND has(groupUniqArrayArray(categories), {category:String})" \
             if ask.category else ""
-        sql = TOP % {"metric": ask.metric, "category": category}
-        rows = store.rows(sql, {**base, "since": ask.since, "category": ask.category})
+        sql = TOP % {"metric": ask.metric, "category": category, "as_of": AS_OF}
+        rows = store.rows(sql, {**base, "since": ask.since, "until": ask.until,
+                                "category": ask.category})
         items = [{"product_id": r["product_id"], "score": r[ask.metric],
                   **{m: r[m] for m in (*METRICS, "quantity")}} for r in rows]
     elif ask.kind == "trending":
         recent_seconds = max(now - ask.recent, 1.0)
         ratio = recent_seconds / max(ask.recent - ask.since, 1)
-        rows = store.rows(TRENDING, {**base, "since": ask.since, "recent": ask.recent,
-                                     "k": SMOOTHING, "ratio": ratio})
+        rows = store.rows(TRENDING % {"as_of": AS_OF},
+                          {**base, "since": ask.since, "until": ask.until,
+                           "recent": ask.recent, "k": SMOOTHING, "ratio": ratio})
         items = [{"product_id": r["product_id"], "score": round(r["score"], 4),
                   "recent": r["recent"], "baseline": r["baseline"]} for r in rows]
     else:
         table, count = PAIRS[ask.pairs]
-        rows = store.rows(RELATED % {"table": table, "count": count},
+        rows = store.rows(RELATED % {"table": table, "count": count, "as_of": AS_OF},
                           {**base, "product": ask.product})
         items = [{"product_id": r["other_id"], "score": r["score"], count: r["score"]}
                  for r in rows]
@@ -277,7 +286,7 @@ def top_ask(values: dict[str, str], bounds: Bounds, now: float) -> Ask:
                        "characters", "category")
     return Ask("top", integer(values, "limit", 10, 1, bounds.max_limit),
                metric=choice(values, "metric", METRICS, "views"), category=category,
-               since=hour_start(now - span))
+               since=hour_start(now - span), until=hour_start(now))
 
 
 def trending_ask(values: dict[str, str], bounds: Bounds, now: float) -> Ask:
@@ -287,7 +296,7 @@ def trending_ask(values: dict[str, str], bounds: Bounds, now: float) -> Ask:
         raise ApiError(400, "'baseline' must be longer than 'window'", "baseline")
     recent = hour_start(now - span)
     return Ask("trending", integer(values, "limit", 10, 1, bounds.max_limit),
-               recent=recent, since=recent - baseline)
+               recent=recent, since=recent - baseline, until=hour_start(now))
 
 
 def related_ask(request: Request, values: dict[str, str], bounds: Bounds) -> Ask:
