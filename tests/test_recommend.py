@@ -69,7 +69,7 @@ def test_top_without_a_key_and_without_numbers(env):
     body = response.json()
     assert body["items"] == [{"product_id": "r1", "score": 1.0},
                              {"product_id": "r2", "score": 0.5},
-                             {"product_id": "r3", "score": 0.125}]
+                             {"product_id": "r3", "score": 0.3333}]
     assert body["as_of"].endswith("Z")
     assert response.headers["cache-control"] == "public, max-age=60"
     assert response.headers["vary"] == "Cookie, Origin"
@@ -215,3 +215,23 @@ def wildcard_site_answers(env, keys) -> None:
     assert ids(named) == ["s2"]
     assert named.headers["access-control-allow-origin"] == "https://named.example"
     assert named.headers["access-control-allow-credentials"] == "true"
+
+
+def test_a_visitor_cannot_count_views_by_adding_one(env):
+    """Scores relative to the first gave the counts away: view a product once more and
+    1 / (the change in its score) is the first's count. The scores follow the rank only,
+    so one more view that changes no rank changes nothing in the answer."""
+    client, collector = env
+    _, keys = collector.sites.create("rec-c", [ORIGIN])
+    events = [hit("view_item", MIN, [(product, 5, 1)], device=f"c{i}")
+              for product, count in (("c1", 8), ("c2", 4), ("c3", 1)) for i in range(count)]
+    send(client, keys["write"], events)
+    wait_for(lambda: drained(collector))
+    before = get(env, "/top", site="rec-c").json()["items"]
+    assert [i["product_id"] for i in before] == ["c1", "c2", "c3"]
+    send(client, keys["write"], [hit("view_item", MIN, [("c3", 5, 1)], device="c-more")])
+    wait_for(lambda: drained(collector))
+    keyed = client.get("/api/v1/sites/rec-c/products/top",
+                       headers={"Authorization": f"Bearer {keys['read']}"}).json()["items"]
+    assert [i["score"] for i in keyed] == [8, 4, 2]  # the keyed list has the counts
+    assert get(env, "/top", site="rec-c").json()["items"] == before

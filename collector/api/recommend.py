@@ -8,8 +8,10 @@ browser), under the tag's paths:
 The same lists as ``products.py`` (as Algolia's search-only keys and Shopify's public
 ``recommendations/products.json`` do), with less in them and tighter bounds:
 
-- items carry ``product_id`` and ``score`` only, the score relative to the list's first
-  (1.0): a shop's views, sales and revenue are not for its visitors;
+- items carry ``product_id`` and ``score`` only, the score 1 / rank (1.0, 0.5, 0.3333...):
+  a shop's views, sales and revenue are not for its visitors (a score relative to the
+  first's count gave them away: one more view of a product moved its score by 1 / the
+  first's count);
 - ``limit`` at most 24, windows at most 7 days, baselines at most 28 (every answer is a
   bounded read of the aggregates);
 - CORS for the site's own origins only (credentialed, so the page's cookies come along);
@@ -131,13 +133,10 @@ def visitor_device(request: Request, collector: Collector, site: Site) -> str:
     return device.device_id if device is not None else ""
 
 
-def relative(answer: dict[str, Any]) -> dict[str, Any]:
-    """Items as product ids with scores relative to the first (counts stay private)."""
-    items = answer["items"]
-    top = max((float(i["score"]) for i in items), default=0.0)
-    scored = [{"product_id": i["product_id"],
-               "score": round(float(i["score"]) / top, 4) if top > 0 else 0.0}
-              for i in items]
+def ranked(answer: dict[str, Any]) -> dict[str, Any]:
+    """Items as product ids scored by their rank alone (counts stay private)."""
+    scored = [{"product_id": item["product_id"], "score": round(1 / rank, 4)}
+              for rank, item in enumerate(answer["items"], 1)]
     return {"items": scored, "as_of": answer["as_of"]}
 
 
@@ -173,7 +172,7 @@ async def _serve(request: Request, accepted: tuple[str, ...], make: Any) -> Resp
         return error_response(503, "storage unavailable; try again",
                               headers={**headers, "Retry-After": "5"})
     cache = f"{'private' if device else 'public'}, max-age={MAX_AGE}"
-    return json_response(relative(answer), headers={**headers,
+    return json_response(ranked(answer), headers={**headers,
                                                     "X-Content-Type-Options": "nosniff"},
                          cache=cache)
 
