@@ -235,3 +235,16 @@ def test_a_visitor_cannot_count_views_by_adding_one(env):
                        headers={"Authorization": f"Bearer {keys['read']}"}).json()["items"]
     assert [i["score"] for i in keyed] == [8, 4, 2]  # the keyed list has the counts
     assert get(env, "/top", site="rec-c").json()["items"] == before
+
+
+def test_the_rate_limit_counts_an_ipv6_home_line_once():
+    """An IPv6 subscriber gets a /64 (RFC 6177): one bucket per address let one line pass
+    the limit by changing the low bits (found by a probe). IPv4 stays per address."""
+    limit = recommend.RateLimit(rate=0.001, burst=3)
+    answers = [limit.wait(recommend.bucket(f"2001:db8:1:2::{n:x}"), now=100.0)
+               for n in range(1, 7)]
+    assert answers[:3] == [0.0] * 3 and all(answers[3:])
+    assert limit.wait(recommend.bucket("2001:db8:1:3::1"), now=100.0) == 0.0  # next line
+    assert recommend.bucket("::ffff:192.0.2.7") == recommend.bucket("192.0.2.7") == "192.0.2.7"
+    assert recommend.bucket("192.0.2.8") != recommend.bucket("192.0.2.7")
+    assert recommend.bucket("") == ""  # no address known: the test client's

@@ -28,7 +28,8 @@ The same lists as ``products.py`` (as Algolia's search-only keys and Shopify's p
 - ``Cache-Control: public, max-age=60`` when not personalised, ``private, max-age=60``
   when personalised, always ``Vary: Cookie, Origin`` (a shared cache never serves one
   visitor's list to another, nor one origin's CORS answer to another);
-- rate-limited per client IP (behind ``--trusted-proxies``: the address they forwarded):
+- rate-limited per client IP, an IPv6 client per /64 (behind ``--trusted-proxies``: the
+  address they forwarded):
   ``RATE`` a second with bursts of ``BURST``, then 429 with ``Retry-After``.
 
 Errors are JSON 4xx naming the parameter, ``no-store``; an unknown site is a 404, like
@@ -37,6 +38,7 @@ the tag's own paths (site ids are public: they are in every page's tag URL).
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import time
 from collections import OrderedDict
@@ -86,6 +88,21 @@ class RateLimit:
         while len(self._buckets) > self.most:
             self._buckets.popitem(last=False)
         return 0.0
+
+
+def bucket(address: str) -> str:
+    """Whose bucket a client address counts in: an IPv6 address's /64, a subscriber's
+    usual share (RFC 6177), else one line could pass the limit by changing the low bits;
+    an IPv4-mapped one as its IPv4 address; anything else as it is."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if ip.version == 6:
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
 
 
 _limits: WeakKeyDictionary[Collector, RateLimit] = WeakKeyDictionary()
@@ -151,7 +168,7 @@ async def _serve(request: Request, accepted: tuple[str, ...], make: Any) -> Resp
         headers.update(cors(site, origin))
         peer = request.client.host if request.client else ""
         ip = client_ip(peer, request.headers.get("x-forwarded-for"), collector.settings.networks)
-        wait = _limit(collector).wait(ip)
+        wait = _limit(collector).wait(bucket(ip))
         if wait:
             raise ApiError(429, "too many requests; slow down", "",
                            {"Retry-After": str(max(1, math.ceil(wait)))})
