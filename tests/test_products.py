@@ -4,6 +4,7 @@ product lists, from the pre-aggregates."""
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 
 import orjson
 import pytest
@@ -210,3 +211,26 @@ def test_a_hit_stamped_ahead_of_the_clock_counts_only_when_its_hour_comes(env):
         as_of = response.json()["as_of"]
         assert as_of is None or dt.datetime.fromisoformat(as_of.replace("Z", "+00:00")) \
             <= dt.datetime.now(dt.UTC), (path, as_of)
+
+
+def test_a_buyer_of_more_than_the_exclusion_limit_never_sees_what_they_bought_last(
+        env, monkeypatch):
+    """A list leaves out at most MAX_EXCLUDED of a person's products: the most recent ones,
+    not the alphabetically first (the newest purchase, a bestseller named 'zz...', was
+    cut and topped the list; found by a probe)."""
+    from collector.api import products
+
+    monkeypatch.setattr(products, "MAX_EXCLUDED", 3)
+    client, collector, keys, _ = env
+    personal = {"consent": ["analytics", "personalization"]}
+    buyer = f"buyer-{uuid.uuid4().hex[:6]}"
+    send(client, keys["write"], [
+        {**hit("purchase", dt.timedelta(minutes=30 - i), [(f"aa-{i}", 1, 1)], device=buyer),
+         **personal} for i in range(5)] + [
+        {**hit("purchase", MIN, [("zz-best", 1, 1)], device=buyer), **personal}] + [
+        hit("view_item", MIN, [("zz-best", 1, 1)], device=f"fan-{i}") for i in range(40)])
+    wait_for(lambda: drained(collector))
+    listed = ids(get(env, "/products/top?window=1h&metric=purchases&limit=100"
+                      f"&person=device:{buyer}"))
+    assert "zz-best" not in listed and "aa-4" not in listed and "aa-3" not in listed
+    assert "aa-0" in listed  # the oldest purchase, past the limit

@@ -181,15 +181,16 @@ def person_products(store: Any, site: Site, kind: str, ident: str,
                     ) -> tuple[tuple[str, ...], set[str]]:
     """What the person known by ``kind:ident`` bought or viewed (``events``), across all
     their identifiers and channels, with personalization consent (blocking); at most
-    MAX_EXCLUDED products; nothing for someone unknown. With the keys the answer depends
-    on. Who the person is comes from ``kept`` while their links are unchanged."""
+    MAX_EXCLUDED products, the most recent (sorted); nothing for someone unknown. With the
+    keys the answer depends on. Who the person is comes from ``kept`` while their links
+    are unchanged."""
     graph = Graph(store, site, kept.decisions(store, site.site_id))
     person = resolve_kept(kept, graph, [(kind, ident)], index)[0]
     keys = {f"{kind}:{ident}", *link_keys(person, kind, ident)}
     if person is None:
         return (), keys
-    products = profiles.products(store, site.site_id, person, events)[:MAX_EXCLUDED]
-    return tuple(products), keys | profiles.depends_on(person)
+    newest = profiles.products(store, site.site_id, person, events)[:MAX_EXCLUDED]
+    return tuple(sorted(newest)), keys | profiles.depends_on(person)
 
 
 async def kept_products(collector: Collector, site: Site, kind: str, ident: str,

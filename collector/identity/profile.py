@@ -112,9 +112,14 @@ def _theirs(person: Person, by_key: dict[str, list[Hit]]) -> list[Hit]:
 
 
 def products(store: Store, site_id: str, person: Person, events: tuple[str, ...]) -> list[str]:
-    """The products the person viewed or bought (``events`` names which)."""
-    return sorted({hit[PRODUCT] for hit in _rows(store, site_id, [person], events)[0]
-                   if hit[PRODUCT]})
+    """The products the person viewed or bought (``events`` names which), the most recently
+    first (a list leaves out a limited number of them: the newest matter most)."""
+    last: dict[str, str] = {}
+    for hit in _rows(store, site_id, [person], events)[0]:
+        product = hit[PRODUCT]
+        if product and hit[TS] > last.get(product, ""):
+            last[product] = hit[TS]
+    return sorted(last, key=lambda product: (last[product], product), reverse=True)
 
 
 def depends_on(person: Person) -> set[str]:
