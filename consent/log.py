@@ -10,6 +10,8 @@ address: the collector adds only the device class and the country.
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
+from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -107,3 +109,16 @@ def _url(value: Any) -> str:
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise DecisionError("'url' must be an absolute http(s) URL", "url")
     return value
+
+
+def in_force(decisions: list[tuple[str, Any]], times: Iterable[str]) -> list[Any]:
+    """Of one consent id's decisions, ``(time, decision)`` sorted by time, those in force at
+    ``times`` (the hits collected under the id): at each, the latest at or before it, else
+    the first (a hit that raced ahead of its decision). Each once, in time order. A shared
+    browser keeps one id for whoever uses it: a later person's decision is not an earlier
+    one's. Times are ClickHouse's text (``YYYY-MM-DD hh:mm:ss.fff``), compared as such."""
+    if not decisions:
+        return []
+    moments = [moment for moment, _ in decisions]
+    chosen = sorted({max(bisect_right(moments, t) - 1, 0) for t in times})
+    return [decisions[i][1] for i in chosen]

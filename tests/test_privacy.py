@@ -452,3 +452,38 @@ def test_erasing_a_device_takes_its_hits_that_claimed_someone_elses_user_id(env)
     assert r.status_code == 200, r.text
     assert found_anywhere(collector.store, [stranger]) == {}
     assert call(env, "GET", f"{BASE}/persons/user:{victim}", key="read").status_code == 200
+
+
+def test_a_shared_browsers_later_decision_is_not_in_the_earlier_persons_access(env):
+    """A family tablet keeps one consent id: A decides and browses, later B decides again
+    under the same id and browses. Each person's access lists the decisions their own hits
+    were collected under, not the other's with its page (found by a privacy probe). (A
+    profile lists each id's last decision: the browser's current one, so that a withdrawal
+    after the last hit is seen.)"""
+    client, collector, _ = env
+    n = uuid.uuid4().hex[:8]
+    a, b, tablet, consent_id = f"a-{n}", f"b-{n}", f"tab-{n}", uuid.uuid4().hex
+
+    def decide(granted, url):
+        r = client.post("/consent", content=orjson.dumps(
+            {"site": SITE, "consent_id": consent_id, "granted": granted, "denied": [],
+             "policy": "0123456789abcdef", "how": "banner", "url": url}))
+        assert r.status_code == 202, r.text
+        wait_for(lambda: drained(collector))
+
+    def browse(user):
+        send(env, [{"event": "login", "type": "identify", "user_id": user,
+                    "device_id": tablet, "consent": ALL, "consent_id": consent_id},
+                   {"event": "view_item", "device_id": tablet, "consent": ALL,
+                    "consent_id": consent_id, "items": [{"product_id": f"p-{user}"}]}])
+
+    decide(ALL, f"https://a.example/{a}")
+    browse(a)
+    decide([*ALL, "marketing"], f"https://b.example/{b}")
+    browse(b)
+    for user, granted in ((a, sorted(ALL)), (b, sorted([*ALL, "marketing"]))):
+        access = call(env, "GET", f"{BASE}/privacy/access?id=user:{user}").json()
+        urls = [d["url"] for d in access["consent"]]
+        other = b if user == a else a
+        assert urls and not any(other in url for url in urls), (user, urls)
+        assert [sorted(d["granted"]) for d in access["consent"]] == [granted], user

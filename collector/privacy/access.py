@@ -18,6 +18,7 @@ from collector.identity.graph import Graph, row_parts
 from collector.privacy.tombstones import Tombstones
 from collector.sites import Site
 from collector.storage import Store, time_text
+from consent.log import in_force
 
 MAX_ROWS = 50_000  # rows of every column, held in memory while the answer is built
 
@@ -38,11 +39,20 @@ def access(store: Store, site: Site, tombstones: Tombstones, kind: str, ident: s
         {"site": site_id, **params, "most": MAX_ROWS + 1}) if parts else []
     truncated = len(events) > MAX_ROWS
     events = events[:MAX_ROWS]
-    consent_ids = sorted({e["consent_id"] for e in events if e.get("consent_id")})
-    consent = store.rows(
-        "SELECT consent_id, ts, granted, denied, policy, how, url FROM tagwerk.consent_log "
-        "WHERE site_id = {site:String} AND consent_id IN {ids:Array(String)} ORDER BY ts",
-        {"site": site_id, "ids": consent_ids}) if consent_ids else []
+    # The decisions their rows were collected under: a shared browser keeps one consent id
+    # for whoever uses it, and its other decisions may be someone else's.
+    times: dict[str, list[str]] = {}
+    for event in events:
+        if event.get("consent_id"):
+            times.setdefault(event["consent_id"], []).append(event["ts"])
+    decisions: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for row in store.rows(
+            "SELECT consent_id, ts, granted, denied, policy, how, url FROM tagwerk.consent_log "
+            "WHERE site_id = {site:String} AND consent_id IN {ids:Array(String)} ORDER BY ts",
+            {"site": site_id, "ids": sorted(times)}) if times else []:
+        decisions.setdefault(row["consent_id"], []).append((row["ts"], row))
+    consent = sorted((d for c, ts in times.items() for d in in_force(decisions.get(c, []), ts)),
+                     key=lambda d: (d["ts"], d["consent_id"]))
     operations = store.rows(
         "SELECT toString(op_id) AS op_id, op, target, actor, at FROM tagwerk.identity_operations "
         "WHERE site_id = {site:String} AND hasAny(persons, {members:Array(String)}) "
