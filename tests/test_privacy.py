@@ -487,3 +487,50 @@ def test_a_shared_browsers_later_decision_is_not_in_the_earlier_persons_access(e
         other = b if user == a else a
         assert urls and not any(other in url for url in urls), (user, urls)
         assert [sorted(d["granted"]) for d in access["consent"]] == [granted], user
+
+
+def test_erasing_the_user_past_an_identifiers_limit_gives_nobody_their_hits(env):
+    """A kiosk linked to more users than the site allows (3): its hits from the fourth
+    user's login on are nobody's. Erasing that fourth user must not bring the kiosk back
+    under the limit, which handed their view there to the third (found by a probe)."""
+    client, collector, _ = env
+    n = uuid.uuid4().hex[:8]
+    site, keys = collector.sites.create(f"priv-cap-{n}", identity_max_persons=3)
+    kiosk = f"kiosk-{n}"
+    events = [{"event": "login", "type": "identify", "user_id": f"u{i}-{n}",
+               "device_id": kiosk, "consent": ALL, "ts": f"2026-11-10T0{i}:00:00Z"}
+              for i in range(1, 5)]
+    events.append({"event": "view_item", "device_id": kiosk, "consent": ALL,
+                   "ts": "2026-11-10T04:30:00Z", "items": [{"product_id": f"late-{n}"}]})
+    r = client.post("/api/v1/batch", content=orjson.dumps({"events": events}),
+                    headers={"Authorization": f"Bearer {keys['write']}"})
+    assert r.status_code == 202, r.text
+    wait_for(lambda: drained(collector))
+    base = f"/api/v1/sites/{site.site_id}"
+    auth = {"Authorization": f"Bearer {keys['admin']}"}
+
+    def viewed(user):
+        r = client.get(f"{base}/persons/user:{user}/profile", headers=auth)
+        return [] if r.status_code == 404 else [v["product_id"] for v in r.json()["viewed"]]
+
+    assert viewed(f"u3-{n}") == []
+    r = client.post(f"{base}/privacy/erase", content=orjson.dumps({"id": f"user:u4-{n}"}),
+                    headers=auth)
+    assert r.status_code == 200, r.text
+    assert viewed(f"u3-{n}") == []
+    assert found_anywhere(collector.store, [f"u4-{n}"]) == {}
+
+
+def test_access_says_when_the_persons_identifiers_were_cut(env, monkeypatch):
+    """A person whose identifiers changed hands more often than one resolution reads
+    (graph.MAX_LINKS) has incomplete spans: the access answer must say it is truncated,
+    not list part of their rows as all (found by a probe)."""
+    from collector.identity import graph as graphs
+
+    n = uuid.uuid4().hex[:8]
+    send(env, [{"event": "login", "type": "identify", "user_id": f"many-{n}",
+                "device_id": f"d{i}-{n}", "consent": ALL} for i in range(6)])
+    monkeypatch.setattr(graphs, "MAX_LINKS", 3)
+    r = call(env, "GET", f"{BASE}/privacy/access?id=user:many-{n}")
+    assert r.status_code == 200, r.text
+    assert r.json()["truncated"] is True

@@ -37,7 +37,9 @@ def access(store: Store, site: Site, tombstones: Tombstones, kind: str, ident: s
     events = store.rows(
         f"SELECT * FROM ({union}) ORDER BY ts, event_id LIMIT {{most:UInt32}}",
         {"site": site_id, **params, "most": MAX_ROWS + 1}) if parts else []
-    truncated = len(events) > MAX_ROWS
+    # Cut: more rows than an answer holds, or identifiers that changed hands more often
+    # than one resolution reads (their spans, hence their rows, are incomplete).
+    truncated = len(events) > MAX_ROWS or person.truncated
     events = events[:MAX_ROWS]
     # The decisions their rows were collected under: a shared browser keeps one consent id
     # for whoever uses it, and its other decisions may be someone else's.

@@ -115,7 +115,9 @@ def erase(store: Store, site: Site, tombstones: Tombstones, kind: str, ident: st
         removed[table] = _delete(store, f"tagwerk.{table}",
                                  [f"site_id = {{site:String}} AND {part}" for part in parts],
                                  {"site": site_id, **params}, settings)
-    removed.update(_erase_identity(store, site_id, person, shared, request_id, settings))
+    removed.update(_erase_identity(store, site_id, person,
+                                   shared + _past_the_limit(store, site_id, person),
+                                   request_id, settings))
     identifiers = len(alone) + len(shared)
     _audit(store, site_id, request_id, tombstones.subject(site_id, kind, ident), identifiers,
            removed, actor)
@@ -142,6 +144,21 @@ def _copies(store: Store, site_id: str, person: Person) -> dict[str, list[str]]:
 
 
 COPIES = "key IN {h_keys:Array(String)} AND event_id IN {h_ids:Array(UUID)}"
+
+
+def _past_the_limit(store: Store, site_id: str, person: Person) -> list[tuple[str, str]]:
+    """Identifiers their user ids linked that are not theirs: past the site's limit of
+    users (a kiosk, a QA device). Their links become the erased anchor's too, so that the
+    identifier stays past the limit: without them it would fall back under it, and the
+    time that was nobody's would become its last allowed user's."""
+    if not person.users:
+        return []
+    held = {(s.kind, s.id) for s in person.spans}
+    rows = store.rows(
+        "SELECT DISTINCT toString(kind) AS kind, id FROM tagwerk.identity_links_by_person "
+        "WHERE site_id = {site:String} AND person_id IN {users:Array(String)}",
+        {"site": site_id, "users": [person_id(site_id, "user", u) for u in person.users]})
+    return sorted({(r["kind"], r["id"]) for r in rows} - held)
 
 
 def _tombstones(tombstones: Tombstones, site_id: str, person: Person,
