@@ -534,3 +534,22 @@ def test_access_says_when_the_persons_identifiers_were_cut(env, monkeypatch):
     r = call(env, "GET", f"{BASE}/privacy/access?id=user:many-{n}")
     assert r.status_code == 200, r.text
     assert r.json()["truncated"] is True
+
+
+def test_an_erasure_takes_the_persons_sessions_from_the_settled_co_views(env):
+    """The daily co-view tier marks each session it counted (its id, product ''): an
+    erased person's session ids went nowhere (found by a probe)."""
+    from tests.test_aggregates import refresh_settled
+
+    n = uuid.uuid4().hex[:8]
+    user, session = f"u-{n}", f"sess-{n}"
+    send(env, [{"event": "login", "type": "identify", "user_id": user,
+                "device_id": f"d-{n}", "consent": ALL, "ts": "2026-11-10T08:00:00Z"}] + [
+        hit("view_item", f"2026-11-10T08:0{i}:00Z", [{"product_id": f"{p}-{n}"}],
+            device_id=f"d-{n}", session_id=session) for i, p in enumerate(("a", "b"), 1)])
+    refresh_settled(env[1].store)
+    assert found_anywhere(env[1].store, [session]).get("coview_pairs_settled")
+    r = call(env, "POST", f"{BASE}/privacy/erase", {"id": f"user:{user}"})
+    assert r.status_code == 200, r.text
+    assert r.json()["removed"]["coview_pairs_settled"] == 1
+    assert found_anywhere(env[1].store, [session]) == {}

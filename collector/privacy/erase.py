@@ -26,8 +26,9 @@
 
 Counts and deletes are ClickHouse lightweight deletes, synchronous: when the answer comes,
 a query no longer sees the rows (patch parts where a table allows them: ``_delete``).
-Aggregates keep no identifiers (unique counts are hash sketches; pair tables are recomputed
-from the session and purchase state every minute).
+Aggregates keep no identifiers (unique counts are hash sketches), except the daily co-view
+tier's marks of the sessions it counted (deleted here); pair counts are recomputed from the
+session and purchase state: recent ones every minute, the daily tier's once a day.
 """
 
 from __future__ import annotations
@@ -107,6 +108,7 @@ def erase(store: Store, site: Site, tombstones: Tombstones, kind: str, ident: st
     flushed = flush(FLUSH_WAIT) and flushed
     removed: dict[str, int] = {}
     copies = _copies(store, site_id, person)  # read before their events go
+    sessions = _sessions(store, site_id, person)  # and before their sessions' items
     for table, ts, has_identifiers in PERSON_TABLES:
         if table == "person_hits":
             parts, params = [COPIES], copies
@@ -115,6 +117,11 @@ def erase(store: Store, site: Site, tombstones: Tombstones, kind: str, ident: st
         removed[table] = _delete(store, f"tagwerk.{table}",
                                  [f"site_id = {{site:String}} AND {part}" for part in parts],
                                  {"site": site_id, **params}, settings)
+    # The daily co-view tier marks each session it counted by its id (clickhouse/0035).
+    removed["coview_pairs_settled"] = _delete(
+        store, "tagwerk.coview_pairs_settled",
+        ["site_id = {site:String} AND product_id = '' AND other_id IN {s:Array(String)}"],
+        {"site": site_id, "s": sessions}, settings) if sessions else 0
     removed.update(_erase_identity(store, site_id, person,
                                    shared + _past_the_limit(store, site_id, person),
                                    request_id, settings))
@@ -141,6 +148,17 @@ def _copies(store: Store, site_id: str, person: Person) -> dict[str, list[str]]:
         "WHERE site_id = {site:String} AND (" + " OR ".join(f"({p})" for p in parts) + "))",
         {"site": site_id, **params})
     return {"h_keys": sorted(rows[0]["keys"]), "h_ids": sorted(rows[0]["ids"])}
+
+
+def _sessions(store: Store, site_id: str, person: Person) -> list[str]:
+    """The ids of the person's sessions with viewed items (``session_items``)."""
+    parts, params = row_parts(person, "last_ts", False)
+    if not parts:
+        return []
+    rows = store.rows(
+        "SELECT DISTINCT session_id FROM tagwerk.session_items WHERE site_id = {site:String} "
+        "AND (" + " OR ".join(f"({p})" for p in parts) + ")", {"site": site_id, **params})
+    return sorted(r["session_id"] for r in rows)
 
 
 COPIES = "key IN {h_keys:Array(String)} AND event_id IN {h_ids:Array(UUID)}"
