@@ -58,7 +58,7 @@ from starlette.types import Message, Send
 from collector.api import cursor, cursor_range
 from collector.api.access import READ, ApiError, keyed
 from collector.api.query import choice, integer, names, params
-from collector.ingest.events import CHANNELS
+from collector.ingest.events import CHANNELS, STRING_LIMITS
 from collector.service import Collector
 from collector.sites import Site
 
@@ -67,7 +67,7 @@ FORMATS = {  # name: (ClickHouse format, media type)
     "csv": ("CSVWithNames", "text/csv; charset=utf-8"),
     "parquet": ("Parquet", "application/vnd.apache.parquet"),
 }
-EVENT_NAME = re.compile(r"[^,\x00-\x1f\x7f]{1,100}")  # fullmatch; ingestion allows 100
+EVENT_NAME = re.compile(rf"[^,\x00-\x1f\x7f]{{1,{STRING_LIMITS['event']}}}")  # fullmatch
 MAX_LIMIT = 10_000_000
 DEFAULT_LIMIT = MAX_LIMIT  # see the module's docstring
 PER_SITE = 2

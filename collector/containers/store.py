@@ -26,7 +26,8 @@ from collector.containers.document import (
 from collector.containers.errors import ContainerError, FieldError, NotFound, PreconditionFailed
 from collector.containers.schema import CONTROL, LIVE_TTL, MAX_NOTE, MAX_VERSION
 from collector.containers.validate import Taken, check
-from collector.storage import StorageError, Store
+from collector.sites import hash_key
+from collector.storage import StorageError, Store, time_text
 
 log = logging.getLogger("tagwerk.containers")
 
@@ -198,7 +199,7 @@ class Containers:
         with lock:
             if if_match is not None:
                 _precondition(self.draft(site_id), if_match)
-            updated_at = _ch_time(self._stamp())
+            updated_at = time_text(self._stamp())
             self._insert("container_drafts", {
                 "site_id": site_id, "document": text, "policy_hash": policy,
                 "tag_path": resolved_tag_path(document, site_id), "updated_at": updated_at,
@@ -232,7 +233,7 @@ class Containers:
                     "policy_hash": draft.policy,
                     "tag_path": resolved_tag_path(draft.document, site_id),
                     "note": note, "publish_id": publish_id,
-                    "created_at": _ch_time(stamp),
+                    "created_at": time_text(stamp),
                 })
                 # Another process may have published the same number at the same moment:
                 # the first row is that version; the other publisher takes the next number.
@@ -247,7 +248,7 @@ class Containers:
             else:  # pragma: no cover - ten lost races in a row
                 raise StorageError("could not publish: concurrent publishes kept winning")
             self._release(site_id, number, "publish", note)
-            return Version(site_id, number, draft.policy, note, _iso(_ch_time(stamp)), True)
+            return Version(site_id, number, draft.policy, note, _iso(time_text(stamp)), True)
 
     def rollback(self, site_id: str, version: int, note: str = "") -> Version:
         """Make an earlier version live again (a new release; the version is unchanged)."""
@@ -261,7 +262,7 @@ class Containers:
     def _release(self, site_id: str, version: int, action: str, note: str) -> None:
         self._insert("container_releases", {
             "site_id": site_id, "version": version, "action": action, "note": note,
-            "release_id": str(uuid.uuid4()), "released_at": _ch_time(self._stamp()),
+            "release_id": str(uuid.uuid4()), "released_at": time_text(self._stamp()),
         })
         self.invalidate(site_id)
 
@@ -472,8 +473,8 @@ class Previews:
         now = dt.datetime.now(dt.UTC)
         expires = now + dt.timedelta(minutes=minutes)
         self.store.insert("tagwerk.container_previews", orjson.dumps({
-            "site_id": site_id, "token_hash": _token_hash(token),
-            "expires_at": _ch_time(expires), "created_at": _ch_time(now),
+            "site_id": site_id, "token_hash": hash_key(token),
+            "expires_at": time_text(expires), "created_at": time_text(now),
         }) + b"\n")
         return token, expires
 
@@ -481,7 +482,7 @@ class Previews:
         """The site a valid, unexpired token previews, or None."""
         if not token.startswith("twp_") or len(token) > 64:
             return None
-        digest = _token_hash(token)
+        digest = hash_key(token)
         cached = self._valid.get(digest)
         if cached is not None and cached[1] > time.time():
             return cached[0]
@@ -498,10 +499,3 @@ class Previews:
         return site_id
 
 
-def _token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-def _ch_time(moment: dt.datetime) -> str:
-    """A UTC time as ClickHouse reads it in JSONEachRow: ``2026-01-02 03:04:05.678``."""
-    return moment.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:23]

@@ -48,6 +48,7 @@ from collector.containers.schema import (
     VAR_REF,
     VARIABLE_TYPES,
 )
+from consent.cookie import MAX_AGE_DAYS
 from consent.purposes import MAX_PURPOSES, NECESSARY, PURPOSE_ID
 
 Taken = Callable[[str], str | None]
@@ -385,10 +386,10 @@ def _check_consent(c: _Checker, value: Any) -> dict[str, int]:
         c.fail("consent.purposes", "the purpose 'necessary' (required: true) is missing")
     lifetime = rejection = None
     if "lifetime_days" in s:
-        lifetime = c.integer(s["lifetime_days"], "consent.lifetime_days", 1, 3650)
+        lifetime = c.integer(s["lifetime_days"], "consent.lifetime_days", 1, MAX_AGE_DAYS)
     if "rejection_lifetime_days" in s:
         rejection = c.integer(s["rejection_lifetime_days"], "consent.rejection_lifetime_days",
-                              1, 3650)
+                              1, MAX_AGE_DAYS)
     if rejection is not None and rejection > (lifetime or DEFAULT_CONSENT["lifetime_days"]):
         c.fail("consent.rejection_lifetime_days",
                "a rejection must not be kept longer than a consent (consent.lifetime_days)")

@@ -15,6 +15,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 
+from collector.sites import hash_key
+
 TOKEN_LENGTH = 64
 
 
@@ -25,7 +27,7 @@ def token(write_key_hash: str, site_id: str, user_id: str) -> str:
 
 def token_for_key(write_key: str, site_id: str, user_id: str) -> str:
     """What the shop's server computes, from the write key itself."""
-    return token(hashlib.sha256(write_key.encode()).hexdigest(), site_id, user_id)
+    return token(hash_key(write_key), site_id, user_id)
 
 
 def verified(write_key_hash: str, site_id: str, user_id: str, given: str) -> bool:
