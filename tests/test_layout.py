@@ -128,7 +128,8 @@ def uvicorn_protocol_uses(module: str, path: Path) -> list[str]:
     attributes or methods the glue lists (asyncio's own protocol methods aside)."""
     from collector.web.uvicorn_protocol import UVICORN_INTERNALS
 
-    internal = set(UVICORN_INTERNALS["attributes"]) | set(UVICORN_INTERNALS["methods"])
+    internal = (set(UVICORN_INTERNALS["attributes"]) | set(UVICORN_INTERNALS["methods"])
+                | set(UVICORN_INTERNALS["parser_callbacks"]))
     internal -= {"data_received", "connection_made", "connection_lost"}
     tree = ast.parse(path.read_text(), str(path))
     found = []

@@ -167,3 +167,36 @@ def test_status_lines() -> None:
 def test_both_protocols_subclass_the_glue() -> None:
     assert issubclass(limits.LimitedProtocol, uvicorn_protocol.UvicornProtocol)
     assert issubclass(fasthttp.IngestProtocol, HttpToolsProtocol)
+
+
+def test_the_parser_calls_callbacks_of_the_protocol() -> None:
+    """The chunk limits rely on httptools calling the protocol's on_chunk_header and
+    on_chunk_complete: uvicorn must build its parser with the protocol as the callbacks."""
+    seen: list[str] = []
+
+    class Recording(HttpToolsProtocol):
+        def on_chunk_header(self) -> None:
+            seen.append("header")
+
+        def on_chunk_complete(self) -> None:
+            seen.append("complete")
+
+    config = Config(_app, http="httptools", lifespan="off", log_config=None)
+    config.load()
+    loop = asyncio.new_event_loop()
+    try:
+        protocol = Recording(config=config, server_state=ServerState(), app_state={},
+                             _loop=loop)
+        protocol.connection_made(_Transport())
+        protocol.data_received(b"POST /collect HTTP/1.1\r\nHost: a\r\n"
+                               b"Transfer-Encoding: chunked\r\n\r\n2\r\nab\r\n")
+        pending = asyncio.all_tasks(loop)  # the application's task, never to run
+        for task in pending:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+    finally:
+        loop.close()
+    for name in UVICORN_INTERNALS["parser_callbacks"]:
+        assert name.removeprefix("on_chunk_") in seen, broken(
+            f"the parser does not call the protocol's {name}: uvicorn no longer builds "
+            "HttpRequestParser(self)")

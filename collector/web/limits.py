@@ -180,12 +180,11 @@ class LimitedProtocol(UvicornProtocol):
     def body_arrives(self) -> None:
         self._phase = _BODY
 
-    # httptools' own parser callbacks (uvicorn's protocol defines neither)
-    def on_chunk_header(self) -> None:
+    def chunk_begins(self) -> None:
         self._phase = _CHUNK_BEGUN
         self._head_raw = 0
 
-    def on_chunk_complete(self) -> None:
+    def chunk_ends(self) -> None:
         self._phase = _BODY
 
     def message_ends(self) -> None:

@@ -23,6 +23,8 @@ hooks, which a subclass overrides (each a no-op here):
   :meth:`hold`, answer with :meth:`respond`, or both); asked only when no earlier request on
   the connection is still being answered;
 - ``body_arrives()``: body bytes of a request left to the ASGI application arrived;
+- ``chunk_begins()`` and ``chunk_ends()``: a chunk of a chunked body begins (its size line
+  is being read) and was read whole (httptools' own callbacks, which uvicorn does not use);
 - ``body_complete(pending, headers)``: the whole body of a held request was read
   (``pending.body``);
 - ``message_ends()``: a request was read whole;
@@ -65,6 +67,9 @@ UVICORN_INTERNALS: dict[str, Any] = {
     "cycle_read": ("response_started", "waiting_for_100_continue"),
     "parser": ("get_method", "should_keep_alive"),
     "flow": ("read_paused",),
+    # httptools' callbacks found on the protocol, since uvicorn builds its parser with it
+    # (HttpRequestParser(self)); uvicorn defines neither
+    "parser_callbacks": ("on_chunk_header", "on_chunk_complete"),
     "server_state": ("default_headers", "total_requests"),
 }
 
@@ -133,6 +138,12 @@ class UvicornProtocol(HttpToolsProtocol):
     def body_complete(self, pending: Pending, headers: list[tuple[bytes, bytes]]) -> None:
         pass
 
+    def chunk_begins(self) -> None:
+        pass
+
+    def chunk_ends(self) -> None:
+        pass
+
     def message_ends(self) -> None:
         pass
 
@@ -190,6 +201,12 @@ class UvicornProtocol(HttpToolsProtocol):
             return
         self.body_arrives()
         HttpToolsProtocol.on_body(self, body)
+
+    def on_chunk_header(self) -> None:
+        self.chunk_begins()
+
+    def on_chunk_complete(self) -> None:
+        self.chunk_ends()
 
     def on_message_complete(self) -> None:
         self.message_ends()
