@@ -189,7 +189,7 @@ class Dist:
 
 # -- the configs the tag is served -------------------------------------------------------------
 
-# settings.auto -> the letter the tag knows it by (js_snippet/src/main.js `A`).
+# settings.auto -> the letter the tag knows it by (js_snippet/src/main.js autoSwitches).
 AUTO = {"page_views": "p", "spa": "s", "clicks": "c", "outbound_links": "o", "downloads": "d",
         "scroll_depth": "x", "forms": "f", "ecommerce": "e"}
 # The tag's built-in defaults: a value equal to one of these is left out of the config.

@@ -63,7 +63,7 @@ export var start = (config) => {
     ownScript = doc.currentScript || {},
     nonce = ownScript.nonce || "", // "" without CSP
     base = ownScript.src || loc, // paths resolve against the tag's own URL (the collector)
-    autoSwitches = config.a || "psodxfe", // auto-tracking switches on, one letter each (tagjs.py AUTO)
+    autoSwitches = config.a || "psodxfe", // auto-tracking switches on, one letter each (collector/tag/serving.py AUTO)
     scrollThresholds = config.t || [25, 50, 75, 90],
     // The percents watched: with those of scroll_depth triggers (which only signal).
     scrollWatched = TW_BASIC ? scrollThresholds : [...scrollThresholds, ...(config.k || [])],
