@@ -9,7 +9,8 @@ import orjson
 import pytest
 
 from collector.containers import DEFAULT_TEXTS, default_container
-from collector.tag.consent_texts import GPC_NOTES, accept_language, negotiate, texts_for
+from collector.tag.consent_texts import GPC_NOTES, negotiate, texts_for
+from collector.web.qvalues import accept_language
 from tests.helpers import make_client
 from tests.test_containers import ORIGINS, full
 

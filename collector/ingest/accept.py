@@ -34,10 +34,10 @@ from collector.service import Collector
 from collector.sites import Site
 from collector.spool.disk import SpoolError, SpoolFull
 from collector.spool.record import encode_record
-from collector.tag.consent_texts import accept_language
 from collector.web.authorization import ASK_FOR_KEY, KEY_REFUSED, basic_credentials, bearer_token
 from collector.web.clientip import anonymize_ip, client_ip
 from collector.web.http import Hit, HTTPError, decode_body
+from collector.web.qvalues import accept_language
 
 # -- 1. the site ------------------------------------------------------------------------------
 

@@ -19,7 +19,6 @@ without credentials; cached for five minutes, with an ETag.
 from __future__ import annotations
 
 import logging
-import re
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
@@ -32,15 +31,10 @@ from starlette.responses import Response
 from collector.containers import Live
 from collector.service import Collector
 from collector.tag.serving import Asset, error, respond_asset
-from collector.web.qvalues import weighted
+from collector.web.qvalues import LANG, MAX_LANG, accept_language
 
 log = logging.getLogger("tagwerk.consent_texts")
 
-# BCP 47 in its common shape ("de", "de-AT", "zh-Hant-TW"); the banner sends nothing else.
-LANG = re.compile(r"^[A-Za-z]{1,8}(-[A-Za-z0-9]{1,8})*$")
-MAX_LANG = 35
-MAX_ACCEPT_LANGUAGE = 1000  # longer headers are ignored, not parsed
-MAX_RANGES = 20
 FALLBACK = "en"
 TEXT_KEYS = ("title", "body", "accept_all", "reject_all", "settings", "save")
 HEADERS = {
@@ -81,18 +75,6 @@ def _match(tag: str, available: Iterable[str]) -> str | None:
     primary = parts[0]
     variants = sorted(a for low, a in by_lower.items() if low.split("-")[0] == primary)
     return variants[0] if variants else None
-
-
-def accept_language(header: str) -> list[str]:
-    """The language ranges of an ``Accept-Language`` header, best first (q > 0; ``*`` and
-    malformed entries skipped). Ties keep the header's order."""
-    if not header or len(header) > MAX_ACCEPT_LANGUAGE:
-        return []
-    ranges: list[tuple[float, int, str]] = []
-    for i, (tag, q) in enumerate(weighted(header, MAX_RANGES)):
-        if q > 0 and tag != "*" and len(tag) <= MAX_LANG and LANG.fullmatch(tag):
-            ranges.append((-q, i, tag))
-    return [tag for _, _, tag in sorted(ranges)]
 
 
 def negotiate(lang: str | None, header: str, available: Iterable[str]) -> str:

@@ -5,8 +5,15 @@ hit's language), ``Accept-Encoding`` (the tag's files, the SQL interface's answe
 from __future__ import annotations
 
 import math
+import re
 
-__all__ = ["weighted"]
+__all__ = ["LANG", "MAX_LANG", "accept_language", "weighted"]
+
+# BCP 47 in its common shape ("de", "de-AT", "zh-Hant-TW"); the banner sends nothing else.
+LANG = re.compile(r"[A-Za-z]{1,8}(-[A-Za-z0-9]{1,8})*")  # fullmatch
+MAX_LANG = 35
+MAX_ACCEPT_LANGUAGE = 1000  # longer headers are ignored, not parsed
+MAX_RANGES = 20
 
 
 def weighted(header: str, limit: int | None = None) -> list[tuple[str, float]]:
@@ -38,3 +45,15 @@ def _qvalue(text: str) -> float:
     except ValueError:
         return 0.0
     return q if math.isfinite(q) else 0.0
+
+
+def accept_language(header: str) -> list[str]:
+    """The language ranges of an ``Accept-Language`` header, best first (q > 0; ``*`` and
+    malformed entries skipped). Ties keep the header's order."""
+    if not header or len(header) > MAX_ACCEPT_LANGUAGE:
+        return []
+    ranges: list[tuple[float, int, str]] = []
+    for i, (tag, q) in enumerate(weighted(header, MAX_RANGES)):
+        if q > 0 and tag != "*" and len(tag) <= MAX_LANG and LANG.fullmatch(tag):
+            ranges.append((-q, i, tag))
+    return [tag for _, _, tag in sorted(ranges)]
