@@ -57,7 +57,7 @@ from collector.service import Collector
 from collector.sites import Site
 from collector.storage import StorageError
 from collector.web.clientip import client_ip
-from collector.web.http import error_response
+from collector.web.http import error_response, header_safe
 from consent.cookie import latest_consent, parse_device, read_cookies
 from consent.purposes import PERSONALIZATION
 
@@ -121,7 +121,7 @@ def cors(site: Site, origin: str | None) -> dict[str, str]:
     page, and with the visitor's cookies it would read what they bought (``trusted``)."""
     if origin is None:
         return {}
-    if not origin.isascii() or not origin.isprintable():
+    if not header_safe(origin):  # it is echoed in a header
         raise ApiError(400, "the Origin header holds a control character", "Origin")
     if not site.allows_origin(origin):
         raise ApiError(403, f"origin {origin[:100]!r} is not allowed for this site", "Origin")
