@@ -29,11 +29,11 @@ from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from collector import health
-from collector.api import export, persons, privacy, products, recommend, stream
+from collector.api import container, export, persons, privacy, products, recommend, stream
 from collector.ingest import asgi, consentlog
 from collector.ingest.adapters import BATCH, COLLECT, PIXEL_HIT, Adapter
 from collector.ingest.asgi import Handler
-from collector.tag import consent_texts, container_api, demo, serving
+from collector.tag import consent_texts, demo, serving
 
 
 class Ingest(NamedTuple):
@@ -97,12 +97,12 @@ TABLE: list[Ingest | Route | Unmatched] = [
     Route("/readyz", health.readyz, methods=["GET"]),
     Route("/metrics", health.metrics, methods=["GET"]),
     # -- the container: the admin key
-    Route(SITE + "/container/preview", container_api.preview, methods=["POST"]),
-    Route(SITE + "/container", container_api.container, methods=["GET", "PUT"]),
-    Route(SITE + "/container/publish", container_api.publish, methods=["POST"]),
-    Route(SITE + "/container/rollback", container_api.rollback, methods=["POST"]),
-    Route(SITE + "/container/versions", container_api.versions, methods=["GET"]),
-    Route(SITE + "/container/versions/{n:int}", container_api.version, methods=["GET"]),
+    Route(SITE + "/container/preview", container.preview, methods=["POST"]),
+    Route(SITE + "/container", container.container, methods=["GET", "PUT"]),
+    Route(SITE + "/container/publish", container.publish, methods=["POST"]),
+    Route(SITE + "/container/rollback", container.rollback, methods=["POST"]),
+    Route(SITE + "/container/versions", container.versions, methods=["GET"]),
+    Route(SITE + "/container/versions/{n:int}", container.version, methods=["GET"]),
     # -- the read side and privacy operations. Ids may hold "/" (sent as %2F): the
     # profile's route is tried before the person's.
     Route(SITE + "/persons/{ident:identifier}/profile", persons.profile, methods=["GET"]),

@@ -58,9 +58,12 @@ def bearer(request: Request) -> str:
 Endpoint = Callable[[Request, Collector, Site], Awaitable[Response]]
 
 
-def keyed(kinds: tuple[str, ...]) -> Callable[[Endpoint], Callable[[Request], Awaitable[Response]]]:
+def keyed(kinds: tuple[str, ...], errors: tuple[type[Exception], ...] = (),
+          refuse: Callable[[Exception], Response] | None = None
+          ) -> Callable[[Endpoint], Callable[[Request], Awaitable[Response]]]:
     """An endpoint for the site in the path, called only with one of its keys of ``kinds``
-    (``READ`` or ``ADMIN``); ApiError and storage errors become JSON answers."""
+    (``READ`` or ``ADMIN``); ApiError and storage errors become JSON answers, and so do the
+    endpoint's own ``errors``, through ``refuse``."""
 
     def wrap(endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]]:
         @functools.wraps(endpoint)
@@ -71,6 +74,9 @@ def keyed(kinds: tuple[str, ...]) -> Callable[[Endpoint], Callable[[Request], Aw
                 return await endpoint(request, collector, site)
             except ApiError as exc:
                 return refusal(exc)
+            except errors as exc:
+                assert refuse is not None
+                return refuse(exc)
             except StorageError as exc:
                 log.warning("%s: storage error: %s", request.url.path[:200], exc)
                 return error_response(503, "storage unavailable; try again",

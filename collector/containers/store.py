@@ -455,7 +455,7 @@ class Containers:
 class Previews:
     """Preview links for drafts: an unguessable token, stored as its SHA-256, valid until it
     expires. Whoever holds the link sees the site's draft container; minting one needs the
-    admin key (container_api.py)."""
+    admin key (api/container.py)."""
 
     MAX_MINUTES = 24 * 60
 

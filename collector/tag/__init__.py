@@ -4,10 +4,9 @@
   inlined, or a draft being previewed) and the bundle's static files; also the small
   static-asset library (``Dist``, ``Asset``: compressed variants, ETags) the demo uses.
 - ``consent_texts``: ``GET /t/{site}/consent.json``, the banner's texts in one language.
-- ``container_api``: ``/api/v1/sites/{site}/container``, edit, publish and roll back a
-  site's container (the documents themselves are ``collector.containers``).
 - ``demo``: the demo shop at ``/demo/``; ``demo_container``: the ``demo`` site's container.
 
 A new endpoint that serves the tag or its assets goes here; hits the tag sends are
-``collector.ingest``'s, and the read API is ``collector.api``.
+``collector.ingest``'s; the keyed API, containers' editing included (``api/container``),
+is ``collector.api``.
 """

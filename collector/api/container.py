@@ -18,9 +18,7 @@ If-Match the last writer wins, as before; clients should send it.
 
 from __future__ import annotations
 
-import functools
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlencode
 
@@ -28,7 +26,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from collector.api.access import ADMIN, ApiError, json_response, refusal, site_with_key
+from collector.api.access import ADMIN, ApiError, json_response, keyed
 from collector.api.body import read_json
 from collector.containers import (
     MAX_DOCUMENT_BYTES,
@@ -40,7 +38,6 @@ from collector.containers import (
 )
 from collector.service import Collector
 from collector.sites import Site
-from collector.storage import StorageError
 from collector.web import http
 
 log = logging.getLogger("tagwerk.api")
@@ -51,34 +48,19 @@ BODY_TYPES = ("", "application/json", "text/plain")
 MAX_BODY_DEPTH = 16
 
 
-Endpoint = Callable[[Request, Collector, Site], Awaitable[Response]]
+def _refusal(exc: Exception) -> Response:
+    """A container's own errors as answers (the key's and storage's are ``keyed``'s)."""
+    if isinstance(exc, ContainerError):
+        return http.error_response(400, str(exc.errors[0]), exc.field,
+                                   errors=[e.as_dict() for e in exc.errors])
+    if isinstance(exc, NotFound):
+        return http.error_response(404, str(exc), "version")
+    assert isinstance(exc, PreconditionFailed)
+    return http.error_response(412, str(exc), "If-Match", {"ETag": exc.current},
+                               etag=exc.current)
 
 
-def admin(endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]]:
-    """The site from the path, with its admin key checked; errors as JSON answers."""
-
-    @functools.wraps(endpoint)
-    async def handler(request: Request) -> Response:
-        collector: Collector = request.app.state.collector
-        try:
-            site = await site_with_key(request, collector, ADMIN)
-            return await endpoint(request, collector, site)
-        except ApiError as exc:
-            return refusal(exc)
-        except ContainerError as exc:
-            return http.error_response(400, str(exc.errors[0]), exc.field,
-                                       errors=[e.as_dict() for e in exc.errors])
-        except NotFound as exc:
-            return http.error_response(404, str(exc), "version")
-        except PreconditionFailed as exc:
-            return http.error_response(412, str(exc), "If-Match", {"ETag": exc.current},
-                                       etag=exc.current)
-        except StorageError as exc:
-            log.warning("container API: storage error: %s", exc)
-            return http.error_response(503, "storage unavailable; try again",
-                                       headers={"Retry-After": "5"})
-
-    return handler
+admin = keyed(ADMIN, (ContainerError, NotFound, PreconditionFailed), _refusal)
 
 
 async def _body(request: Request, required: bool) -> Any:
