@@ -174,13 +174,7 @@ def test_the_parts_of_a_persons_rows_are_disjoint_and_make_up_rows_of(env):
             identifiers={"loyalty": card}, agent="tagwerk-pos/1.0"),
     ]
     send(env, [{**e, "session_id": f"s-{user}"} for e in events])
-    client.cookies.clear()
-    claim = {"site": SITE, "events": [{"event": "view_item", "user_id": user,
-                                       "device_id": stranger, "consent": ALL,
-                                       "items": [shoes]}]}
-    assert client.post("/collect", content=orjson.dumps(claim), headers={
-        "Content-Type": "text/plain", "User-Agent": CHROME}).status_code == 202
-    wait_for(lambda: drained(collector))
+    claim(env, user, stranger, shoes)
     person = Graph(store, collector.sites.get(SITE)).resolve("user", user)
     for table, ts, has_identifiers in erasure.PERSON_TABLES:
         if table == "person_hits":  # by the copies of their events (below)
@@ -202,6 +196,17 @@ def test_the_parts_of_a_persons_rows_are_disjoint_and_make_up_rows_of(env):
                        "tagwerk.person_hits WHERE site_id = {site:String} AND "
                        + erasure.COPIES, {"site": SITE, "k": f"device:{stranger}", **copies})
     assert int(row["claim"]) == 1 and int(row["n"]) >= 5
+
+
+def claim(env, user, device, item):
+    """A browser's view naming someone else's user id (unverified: no identity token)."""
+    client, collector, _ = env
+    client.cookies.clear()
+    body = {"site": SITE, "events": [{"event": "view_item", "user_id": user,
+                                      "device_id": device, "consent": ALL, "items": [item]}]}
+    assert client.post("/collect", content=orjson.dumps(body), headers={
+        "Content-Type": "text/plain", "User-Agent": CHROME}).status_code == 202
+    wait_for(lambda: drained(collector))
 
 
 def test_erase_and_access_with_hostile_identifiers(env):
@@ -437,13 +442,7 @@ def test_erasing_a_device_takes_its_hits_that_claimed_someone_elses_user_id(env)
     item = {"product_id": f"p-{n}", "quantity": 1}
     send(env, [{**hit("login", "2026-11-10T08:00:00Z", device_id=f"vd-{n}"),
                 "type": "identify", "user_id": victim}])
-    client.cookies.clear()
-    claim = {"site": SITE, "events": [{"event": "view_item", "user_id": victim,
-                                       "device_id": stranger, "consent": ALL,
-                                       "items": [item]}]}
-    assert client.post("/collect", content=orjson.dumps(claim), headers={
-        "Content-Type": "text/plain", "User-Agent": CHROME}).status_code == 202
-    wait_for(lambda: drained(collector))
+    claim(env, victim, stranger, item)
     assert call(env, "GET", f"{BASE}/persons/device:{stranger}/profile", key="read"
                 ).status_code == 200
     accessed = call(env, "GET", f"{BASE}/privacy/access?id=device:{stranger}").json()
