@@ -139,14 +139,13 @@ def _copies(store: Store, site_id: str, person: Person) -> dict[str, list[str]]:
     parts, params = row_parts(person, claims=True)
     if not parts:
         return {"h_keys": [], "h_ids": []}
+    keyed = ("event_id, arrayJoin(if(user_id != '' AND user_verified, [concat('user:', "
+             "user_id)], arrayConcat(if(device_id != '', [concat('device:', device_id)], []), "
+             "arrayMap(k -> concat(toString(k), ':', identifiers[k]), mapKeys(identifiers)))"
+             ")) AS key")
     rows = store.rows(
         "SELECT groupUniqArray(key) AS keys, groupUniqArray(toString(event_id)) AS ids "
-        "FROM (SELECT event_id, arrayJoin(if(user_id != '' AND user_verified, "
-        "[concat('user:', user_id)], arrayConcat(if(device_id != '', "
-        "[concat('device:', device_id)], []), arrayMap(k -> concat(toString(k), ':', "
-        "identifiers[k]), mapKeys(identifiers))))) AS key FROM tagwerk.events "
-        "WHERE site_id = {site:String} AND (" + " OR ".join(f"({p})" for p in parts) + "))",
-        {"site": site_id, **params})
+        f"FROM ({_each_part('events', keyed, parts)})", {"site": site_id, **params})
     return {"h_keys": sorted(rows[0]["keys"]), "h_ids": sorted(rows[0]["ids"])}
 
 
@@ -155,10 +154,17 @@ def _sessions(store: Store, site_id: str, person: Person) -> list[str]:
     parts, params = row_parts(person, "last_ts", False)
     if not parts:
         return []
-    rows = store.rows(
-        "SELECT DISTINCT session_id FROM tagwerk.session_items WHERE site_id = {site:String} "
-        "AND (" + " OR ".join(f"({p})" for p in parts) + ")", {"site": site_id, **params})
+    rows = store.rows(f"SELECT DISTINCT session_id FROM "
+                      f"({_each_part('session_items', 'session_id', parts)})",
+                      {"site": site_id, **params})
     return sorted(r["session_id"] for r in rows)
+
+
+def _each_part(table: str, columns: str, parts: list[str]) -> str:
+    """``columns`` of the site's rows of ``table`` matching each of ``parts`` (disjoint),
+    one SELECT each, so that each part's index narrows its read (see ``_delete``)."""
+    return " UNION ALL ".join(f"SELECT {columns} FROM tagwerk.{table} "
+                              f"WHERE site_id = {{site:String}} AND {part}" for part in parts)
 
 
 COPIES = "key IN {h_keys:Array(String)} AND event_id IN {h_ids:Array(UUID)}"
