@@ -85,20 +85,30 @@ async def _app(scope: Any, receive: Any, send: Any) -> None:  # never reached: n
     raise AssertionError("the head is incomplete")
 
 
-def _protocol_mid_head() -> HttpToolsProtocol:
-    """uvicorn's own protocol, connected, with a request's head half read."""
+def _fed(cls: type[HttpToolsProtocol], data: bytes) -> HttpToolsProtocol:
+    """A protocol of ``cls`` (uvicorn's or a subclass), connected, that received ``data``;
+    an application task it started is cancelled, never run."""
     config = Config(_app, http="httptools", lifespan="off", log_config=None)
     config.load()
     loop = asyncio.new_event_loop()
     try:
-        protocol = HttpToolsProtocol(config=config, server_state=ServerState(), app_state={},
-                                     _loop=loop)
+        protocol = cls(config=config, server_state=ServerState(), app_state={}, _loop=loop)
         protocol.connection_made(_Transport())
-        protocol.data_received(b"POST /collect?x=1 HTTP/1.1\r\nHost: a\r\n"
-                               b"Expect: 100-continue\r\nContent-Length: 2\r\n")
+        protocol.data_received(data)
+        pending = asyncio.all_tasks(loop)
+        for task in pending:
+            task.cancel()
+        if pending:
+            loop.run_until_complete(asyncio.wait(pending))
     finally:
         loop.close()
     return protocol
+
+
+def _protocol_mid_head() -> HttpToolsProtocol:
+    """uvicorn's own protocol, connected, with a request's head half read."""
+    return _fed(HttpToolsProtocol, b"POST /collect?x=1 HTTP/1.1\r\nHost: a\r\n"
+                                   b"Expect: 100-continue\r\nContent-Length: 2\r\n")
 
 
 def test_protocol_attributes() -> None:
@@ -181,21 +191,8 @@ def test_the_parser_calls_callbacks_of_the_protocol() -> None:
         def on_chunk_complete(self) -> None:
             seen.append("complete")
 
-    config = Config(_app, http="httptools", lifespan="off", log_config=None)
-    config.load()
-    loop = asyncio.new_event_loop()
-    try:
-        protocol = Recording(config=config, server_state=ServerState(), app_state={},
-                             _loop=loop)
-        protocol.connection_made(_Transport())
-        protocol.data_received(b"POST /collect HTTP/1.1\r\nHost: a\r\n"
-                               b"Transfer-Encoding: chunked\r\n\r\n2\r\nab\r\n")
-        pending = asyncio.all_tasks(loop)  # the application's task, never to run
-        for task in pending:
-            task.cancel()
-        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-    finally:
-        loop.close()
+    _fed(Recording, b"POST /collect HTTP/1.1\r\nHost: a\r\n"
+                    b"Transfer-Encoding: chunked\r\n\r\n2\r\nab\r\n")
     for name in UVICORN_INTERNALS["parser_callbacks"]:
         assert name.removeprefix("on_chunk_") in seen, broken(
             f"the parser does not call the protocol's {name}: uvicorn no longer builds "
