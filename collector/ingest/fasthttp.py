@@ -27,7 +27,7 @@ from collector.ingest.answers import PIXEL_HEADERS
 from collector.ingest.routes import FAST
 from collector.service import Collector
 from collector.spool.disk import SpoolError, SpoolFull
-from collector.web.http import INTERNAL_ERROR, JSON, Hit, HTTPError, decode_body
+from collector.web.http import INTERNAL_ERROR, JSON, Hit, HTTPError
 from collector.web.limits import LimitedProtocol
 from collector.web.uvicorn_protocol import Pending
 
@@ -63,17 +63,12 @@ class IngestProtocol(LimitedProtocol):
         c = self.collector
         hit = self._hit("GET", query, headers)  # a query adapter's fast route is a GET (routes.py)
         try:
-            site = c.sites.by_write_key(accept.write_key(hit)) if adapter.keyed else None
-            if adapter.head_checks:
-                adapter.check_head(hit)
-            data = adapter.parse(query)
-            if not adapter.keyed:
-                site = accept.site_now(c, data)
-            if site is None:
+            found = accept.read_now(c, adapter, hit, query)
+            if found is None:
                 return False  # missing (the ASGI path says so) or unknown: may need a reload
             pending = self.hold(adapter)
             pending.more_body = True  # nothing more to do when the message completes
-            self._accept(pending, hit, site, data, None)
+            self._accept(pending, hit, *found, None)
         except HTTPError as exc:
             self._refuse(self.hold(adapter), exc, None)
         except Exception:
@@ -88,20 +83,12 @@ class IngestProtocol(LimitedProtocol):
         hit = self._hit("POST", b"", headers)  # a body adapter's fast route is a POST (routes.py)
         origin = hit.headers.get("origin")
         try:
-            site = c.sites.by_write_key(accept.write_key(hit)) if adapter.keyed else None
-            if adapter.keyed and site is None:  # unknown key: may need a reload in a thread
+            found = accept.read_now(c, adapter, hit, pending.body)
+            if found is None:  # missing, or unknown: may need a reload in a thread
                 self.event_loop.create_task(self._later(pending, hit, origin))
                 return
-            if adapter.head_checks:
-                adapter.check_head(hit)
-            data = adapter.parse(decode_body(hit.headers, pending.body, adapter.body_limit))
-            if site is None:
-                site = accept.site_now(c, data)
-                if site is None:  # missing, or unknown: may need a reload in a thread
-                    self.event_loop.create_task(self._later(pending, hit, origin))
-                    return
             pending.body = b""
-            self._accept(pending, hit, site, data, origin)
+            self._accept(pending, hit, *found, origin)
         except HTTPError as exc:
             self._refuse(pending, exc, origin)
         except Exception:
