@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 
 from collector.api.access import ApiError
 from collector.web import http
@@ -25,24 +25,10 @@ async def read_json(request: Request, limit: int, depth: int, required: bool = T
         raise ApiError(415, "send the body as application/json")
     if request.headers.get("content-encoding", "identity").lower() != "identity":
         raise ApiError(415, "compressed bodies are not accepted here")
-    declared = request.headers.get("content-length")
-    digits = declared is not None and declared.isdigit() and declared.isascii()
-    if declared is not None and (not digits or int(declared) > limit):
-        raise ApiError(413 if digits else 400,
-                       f"body larger than {limit} bytes" if digits else "invalid Content-Length")
-    chunks, size = [], 0
     try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise ApiError(413, f"body larger than {limit} bytes")
-            chunks.append(chunk)
-    except ClientDisconnect:
-        raise ApiError(400, "client disconnected") from None
-    body = b"".join(chunks)
-    if not body.strip() and not required:
-        return None
-    try:
+        body = await http.read_body(request.receive, request.headers, limit)
+        if not body.strip() and not required:
+            return None
         data = http.parse_json(body)
     except http.HTTPError as exc:
         raise ApiError(exc.status, exc.message, exc.field or "") from None

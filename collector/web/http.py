@@ -10,6 +10,7 @@ import logging
 import re
 import unicodedata
 import zlib
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -142,24 +143,32 @@ class Hit:
         """The body, gunzipped if need be, refused past ``limit`` bytes either way.
         Gzip is recognised by its magic bytes too: some SDKs send it labelled ``text/plain``.
         """
-        declared = self.headers.get("content-length")
-        if declared is not None:
-            if not (declared.isdigit() and declared.isascii()):  # "²" is a digit to isdigit
-                raise HTTPError(400, "invalid Content-Length", "malformed")
-            if int(declared) > limit:
-                raise HTTPError(413, f"body larger than {limit} bytes", "too_large")
-        chunks, size, more = [], 0, True
-        while more:
-            message = await self.receive()
-            if message["type"] == "http.disconnect":
-                raise HTTPError(400, "client disconnected", "disconnected")
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise HTTPError(413, f"body larger than {limit} bytes", "too_large")
-            chunks.append(chunk)
-            more = message.get("more_body", False)
-        return decode_body(self.headers, b"".join(chunks), limit)
+        return decode_body(self.headers, await read_body(self.receive, self.headers, limit),
+                           limit)
+
+
+async def read_body(receive: Receive, headers: Mapping[str, str], limit: int) -> bytes:
+    """A request's body as sent, refused past ``limit`` bytes: by its ``Content-Length``
+    before a byte is read, else as it arrives. Every request body the collector takes
+    whole is read here (the SQL interface streams its own)."""
+    declared = headers.get("content-length")
+    if declared is not None:
+        if not (declared.isdigit() and declared.isascii()):  # "²" is a digit to isdigit
+            raise HTTPError(400, "invalid Content-Length", "malformed")
+        if int(declared) > limit:
+            raise HTTPError(413, f"body larger than {limit} bytes", "too_large")
+    chunks, size, more = [], 0, True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise HTTPError(400, "client disconnected", "disconnected")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise HTTPError(413, f"body larger than {limit} bytes", "too_large")
+        chunks.append(chunk)
+        more = message.get("more_body", False)
+    return b"".join(chunks)
 
 
 def decode_body(headers: dict[str, str], body: bytes, limit: int) -> bytes:
