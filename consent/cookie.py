@@ -30,6 +30,7 @@ import secrets
 import threading
 from dataclasses import dataclass
 
+from consent.ids import CONSENT_ID_PATTERN, POLICY_HASH_PATTERN
 from consent.purposes import MAX_PURPOSES, PURPOSE_PATTERN
 
 CONSENT_COOKIE = "tw_consent"
@@ -39,7 +40,7 @@ MAX_AGE_DAYS = 3650
 MAX_COOKIE_LENGTH = 600  # a real value is well under 200 characters
 DEVICE_MAX_AGE = 34_128_000  # 13 months: 395 days
 _CONSENT = re.compile(
-    rf"v1\.([0-9a-fA-F]{{32}})\.([0-9a-fA-F]{{16}})\.((?:{PURPOSE_PATTERN}(?:,{PURPOSE_PATTERN})*)?)"
+    rf"v1\.({CONSENT_ID_PATTERN})\.({POLICY_HASH_PATTERN})\.((?:{PURPOSE_PATTERN}(?:,{PURPOSE_PATTERN})*)?)"
     r"\.([0-9]{1,12})\.(banner|api|gcm|gpc)"
 )
 _OURS = re.compile(rf"(?:^|;)[ \t]*({CONSENT_COOKIE}|{DEVICE_COOKIE})=([^;]*)")

@@ -9,7 +9,6 @@ address: the collector adds only the device class and the country.
 
 from __future__ import annotations
 
-import re
 from bisect import bisect_right
 from collections.abc import Iterable
 from typing import Any
@@ -17,6 +16,7 @@ from urllib.parse import urlsplit
 
 from consent.cookie import HOW
 from consent.enforce import strip_url
+from consent.ids import CONSENT_ID, POLICY_HASH
 from consent.purposes import MARKETING, MAX_PURPOSES, is_purpose_id
 
 # The stored row, in this order (the spool keeps rows as JSON arrays).
@@ -25,8 +25,6 @@ COLUMNS = ("consent_id", "ts", "received_at", "site_id", "granted", "denied", "p
 FIELDS = frozenset({"site", "consent_id", "granted", "denied", "policy", "how", "url"})
 REQUIRED = ("consent_id", "granted", "denied", "policy", "how")
 MAX_URL = 4096
-_HEX32 = re.compile(r"[0-9a-fA-F]{32}")  # fullmatch: "$" would allow a final "\n"
-_HEX16 = re.compile(r"[0-9a-fA-F]{16}")  # fullmatch
 
 
 class DecisionError(ValueError):
@@ -51,10 +49,10 @@ def decision_row(
         if name not in data:
             raise DecisionError(f"{name!r} is required", name)
     consent_id = data["consent_id"]
-    if not isinstance(consent_id, str) or not _HEX32.fullmatch(consent_id):
+    if not isinstance(consent_id, str) or not CONSENT_ID.fullmatch(consent_id):
         raise DecisionError("'consent_id' must be 32 hexadecimal digits", "consent_id")
     policy = data["policy"]
-    if not isinstance(policy, str) or not _HEX16.fullmatch(policy):
+    if not isinstance(policy, str) or not POLICY_HASH.fullmatch(policy):
         raise DecisionError("'policy' must be 16 hexadecimal digits", "policy")
     how = data["how"]
     if not isinstance(how, str) or how not in HOW:

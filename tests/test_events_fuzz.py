@@ -34,3 +34,22 @@ def test_random_events(seed):
                 continue
             assert tuple(row) == COLUMNS
             orjson.dumps(list(row.values()))  # always encodable for the spool
+
+
+@pytest.mark.parametrize(("given", "stored"), [("de", "de"), ("de-AT", "de-AT"),
+                                               ("zh-Hant-TW", "zh-Hant-TW"),
+                                               ("en_US", "en-US"), ("sr_Latn_RS", "sr-Latn-RS")])
+def test_a_language_is_stored_as_a_bcp47_tag(given, stored):
+    # A server's POSIX locale (Java's, glibc's) is the tag Accept-Language gives browsers' hits:
+    # one form to group by.
+    ctx = Context("s", dt.datetime.now(dt.UTC), "server", parse_agent("x"), trusted=True)
+    row, _ = normalize({"event": "e", "language": given}, ctx)
+    assert row["language"] == stored
+
+
+@pytest.mark.parametrize("given", ["de_", "_de", "de-", "de--AT", "de AT", "123456789", "d\u00e9",
+                                   "de-AT\n", "x" * 36])
+def test_a_language_that_is_no_tag_is_refused(given):
+    ctx = Context("s", dt.datetime.now(dt.UTC), "server", parse_agent("x"), trusted=True)
+    with pytest.raises(EventError, match="'language'"):
+        normalize({"event": "e", "language": given}, ctx)

@@ -22,6 +22,8 @@ LIVE_TTL = 2.0  # seconds between checks whether any container changed (see Cont
 MAX_ERRORS = 100
 
 ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+# A language of the banner's texts: a key of ``consent.texts``, so narrower than a request's
+# tags (``collector.web.qvalues.LANG``): one spelling per language ("de", never "DE" too).
 LANGUAGE = re.compile(r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})?$")
 DATA_LAYER_KEY = re.compile(r"^[A-Za-z0-9_$]+(\.[A-Za-z0-9_$]+)*$")
 COOKIE_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")

@@ -28,7 +28,9 @@ from collector.ingest.ids import uuid7
 from collector.ingest.useragent import Agent
 from collector.storage import time_text
 from collector.web.http import json_field, nested_too_deep
+from collector.web.qvalues import LANG, MAX_LANG
 from consent.enforce import ConsentRule, enforce_row
+from consent.ids import CONSENT_ID
 from consent.purposes import MAX_PURPOSES, is_purpose_id
 
 TYPES = frozenset({"page", "track", "identify", "alias"})
@@ -41,7 +43,7 @@ STRING_LIMITS = {
     "event": 100, "device_id": 128, "session_id": 128, "user_id": 256,
     "url": 4096, "path": 2048, "title": 1024, "referrer": 4096,
     "utm_source": 256, "utm_medium": 256, "utm_campaign": 256, "utm_term": 256,
-    "utm_content": 256, "language": 35, "screen": 20, "order_id": 128, "coupon": 128,
+    "utm_content": 256, "language": MAX_LANG, "screen": 20, "order_id": 128, "coupon": 128,
     "country": 2, "region": 3, "city": 128,
 }
 NO_STRINGS = dict.fromkeys(STRING_LIMITS, "")
@@ -73,7 +75,6 @@ ACCEPTED = frozenset(
 # and user ids have their own fields.
 MAX_IDENTIFIERS = 8
 OWN_FIELDS = {"device": "device_id", "user": "user_id"}
-CONSENT_ID = re.compile(r"[0-9a-fA-F]{32}")  # fullmatch: "$" would allow a final "\n"
 # A GA4 ``ecommerce`` object fills these; an event gives one or the other, never both.
 ECOMMERCE_FLAT = frozenset({"order_id", "revenue", "currency", "coupon", "items"})
 # GA4 item key -> our item field; every other GA4 item key is ignored.
@@ -90,8 +91,7 @@ FORMATS = {
     "country": (re.compile(r"[A-Za-z]{2}"), "an ISO 3166-1 alpha-2 code such as DE"),
     "region": (re.compile(r"[A-Za-z0-9]{1,3}"),
                "the code of an ISO 3166-2 subdivision, such as BE in DE-BE"),
-    "language": (re.compile(r"[A-Za-z]{1,8}(?:[-_][A-Za-z0-9]{1,8})*"),
-                 "a language tag such as en-US"),
+    "language": (LANG, "a language tag such as en-US"),  # en_US becomes en-US first
 }
 MAX_REVENUE = Decimal("100000000000000")  # Decimal(18, 4) holds 14 integer digits
 
@@ -174,6 +174,8 @@ def normalize(raw: Any, ctx: Context) -> tuple[dict[str, Any], bool]:
         s[name] = value if type(value) is str and len(value) <= limit else _string(raw, name, limit)
     if not s["event"]:
         raise EventError("'event' is required (a name such as page_view or purchase)", "event")
+    if "_" in s["language"]:  # a POSIX locale (Java's, glibc's): the tag browsers send
+        s["language"] = s["language"].replace("_", "-")
     for name, (pattern, shape) in FORMATS.items():
         if s[name] and not pattern.fullmatch(s[name]):
             raise EventError(f"{name!r} must be {shape}", name)
