@@ -95,11 +95,13 @@ export var start = (config) => {
     scrollReached, // scroll thresholds reached on this page
     dataLayer,
     // Debug records (README "Debug overlay"): pushed, one by one, to window.__tagwerk_debug.
-    debug = (record) => debugRecords && debugRecords.push(record),
+    debug = (record) => {
+      if (debugRecords) debugRecords.push(record);
+    },
     // One of the tag's files (/t/<name>, this version), async, with the nonce (the others
     // load their own scripts: the engine a tag's, decide.js the banner).
     loadFile = (name) => script(new URL("/t/" + name + "?v=" + config.v, base), nonce),
-    sessionAlive = (minute, fromCookie = session) => fromCookie[1] && minute - fromCookie[1] <= sessionTimeout,
+    sessionAlive = (minute) => session[1] && minute - session[1] <= sessionTimeout,
     // One event: the common fields, the session (only with analytics), then the queue.
     sendEvent = (fields) => {
       var event = {
@@ -113,11 +115,12 @@ export var start = (config) => {
       };
       if (granted.analytics) {
         var minute = minuteNow();
-        // Idle too long here: another tab may have kept the session alive (one more read);
-        // else a new session starts.
-        sessionAlive(minute) ||
-          (session[1] && sessionAlive(minute, (session = cookie("tw_s").split(".")))) ||
-          (session = [uuid(), minute]);
+        if (!sessionAlive(minute)) {
+          // Idle too long here: another tab may have kept the session alive (one more read);
+          // else a new session starts.
+          if (session[1]) session = cookie("tw_s").split(".");
+          if (!sessionAlive(minute)) session = [uuid(), minute];
+        }
         session[1] = minute;
         if (userId) {
           session[2] = "u";
@@ -141,30 +144,37 @@ export var start = (config) => {
       sendEvent({ event: "page_view", referrer, ...fields });
       referrer = undefined;
     },
-    signal = (what) => (engine ? engine(what) : config.n && signalLog.push([what, { ...granted }, dataLayer.length])),
+    signal = (what) => {
+      if (engine) engine(what);
+      else if (config.n) signalLog.push([what, { ...granted }, dataLayer.length]);
+    },
     // The engine, when it has something to do (config.n: the purposes tags need; config.w:
     // timers or visibility to watch from the start).
     loadEngineIfNeeded = () => {
       if (config.n && (config.w || debugRecords || config.n.split(",").some((purpose) => granted[purpose])))
-        engineScript = engineScript || loadFile(config.s + "/tm.js");
+        engineScript ||= loadFile(config.s + "/tm.js");
     },
     // Auto-tracking: the event when its switch (a letter of autoSwitches) is on; the trigger
     // signal (not in the basic build, which the collector serves only to containers without
     // such triggers).
-    autoTrack = (letter, type, props, element, percent) => {
-      if (letter && autoSwitches.includes(letter)) sendEvent({ event: type, props });
-      TW_BASIC || signal({ t: type, el: element, p: percent });
+    autoTrack = (letter, type, props, element) => {
+      if (autoSwitches.includes(letter)) sendEvent({ event: type, props });
+      if (!TW_BASIC) signal({ t: type, el: element });
     },
     // Consent commands and gtag consent entries go to decide.js, loaded on first use (or at
     // start, when the page has some already), and wait for it in order.
-    loadDecide = () => decideScript || (decideScript = loadFile("decide.js")),
-    toDecide = (args) => (consentHandler ? consentHandler(args) : void (waitingForDecide.push(args), loadDecide())),
+    loadDecide = () => (decideScript ||= loadFile("decide.js")),
+    toDecide = (args) => {
+      if (consentHandler) return consentHandler(args);
+      waitingForDecide.push(args);
+      loadDecide();
+    },
     // The commands: tagwerk(name, value, extra) calls commands[name](value, extra, args).
     commands = {
       track: (name, props) => {
         if (name) {
           sendEvent({ event: name, props });
-          TW_BASIC || signal({ t: "custom_event", e: name });
+          if (!TW_BASIC) signal({ t: "custom_event", e: name });
         }
       },
       page: () => sendPageView(),
@@ -180,14 +190,15 @@ export var start = (config) => {
       // Sign-out: forget the customer and start a new session (a shared device).
       reset: forgetUser,
       debug: (on) => {
-        if ((debugRecords = on && (win.__tagwerk_debug = win.__tagwerk_debug || []))) {
-          debugScript = debugScript || loadFile("debug.js");
+        debugRecords = on && (win.__tagwerk_debug ||= []);
+        if (debugRecords) {
+          debugScript ||= loadFile("debug.js");
           loadEngineIfNeeded();
           loadDecide();
         }
       },
       // The engine registers itself: it gets what it needs and replays the log.
-      tm: (init) => engine || (engine = init({ g: () => granted, l: signalLog, dbg: debug })),
+      tm: (init) => (engine ||= init({ g: () => granted, l: signalLog, dbg: debug })),
       // So does decide.js: it reads and sets the state through these.
       cx: (init) => {
         if (!consentHandler) {
@@ -200,9 +211,9 @@ export var start = (config) => {
               set: (state, isDecision) => {
                 granted = state;
                 decided = isDecision || decided;
-                engine && engine();
+                if (engine) engine();
                 persist(granted.analytics);
-                granted.analytics || forgetUser();
+                if (!granted.analytics) forgetUser();
                 loadEngineIfNeeded();
               },
               dbg: debug,
@@ -230,7 +241,7 @@ export var start = (config) => {
         // objects (gtag('config', ...) and such) are not events.
         if (entry[0] == "event") entry = { event: entry[1], ecommerce: (entry[2] || 0).items && entry[2] };
         if (entry.length == null && entry.event) {
-          TW_BASIC || signal({ t: "custom_event", e: entry.event });
+          if (!TW_BASIC) signal({ t: "custom_event", e: entry.event });
           // GA4 e-commerce goes as pushed: the collector maps it (collector/ingest/events.py).
           if (autoSwitches.includes("e") && entry.ecommerce)
             sendEvent({ event: entry.event, ecommerce: entry.ecommerce });
@@ -246,20 +257,20 @@ export var start = (config) => {
         scrollReached = {};
         if (autoSwitches.includes("p") && (!isRoute || autoSwitches.includes("s"))) sendPageView(!isRoute && started);
         signal({ t: "page_view" });
-        TW_BASIC || (isRoute && signal({ t: "history_change" }));
+        if (!TW_BASIC && isRoute) signal({ t: "history_change" });
       }
     },
     routeChange = () => pageChange(1),
     // One document.cookie read for the boot (cookieStore.getAll() was measured: in Chromium
     // its first use costs more main thread than the synchronous read, README).
-    boot = () =>
-      booted ||
-      ((booted = 1),
+    boot = () => {
+      if (booted) return;
+      booted = 1;
       safe(() => {
         var cookies = doc.cookie;
         [consentId, granted, decided] = read(cookie("tw_consent", cookies), config, gpc);
         session = (sessionValue = cookie("tw_s", cookies)).split(".");
-        sessionAlive(minuteNow()) || (session = []);
+        if (!sessionAlive(minuteNow())) session = [];
         // The customer id only when the live session says it is kept (one storage access);
         // without analytics, a session cookie left over goes.
         if (!granted.analytics) forgetUser();
@@ -269,8 +280,11 @@ export var start = (config) => {
         var earlier = [...dataLayer],
           push = dataLayer.push;
         // Each entry is in the array before it is handled (the engine's model reads it there).
-        dataLayer.push = function (...entries) {
-          entries.forEach((entry) => (push.call(dataLayer, entry), onDataLayer(entry)));
+        dataLayer.push = (...entries) => {
+          entries.forEach((entry) => {
+            push.call(dataLayer, entry);
+            onDataLayer(entry);
+          });
           return dataLayer.length;
         };
         if (loc.search.includes("tagwerk_debug=1")) command(["debug", 1]);
@@ -280,12 +294,29 @@ export var start = (config) => {
         earlier.forEach((entry) => onDataLayer(entry, 2));
         queued.forEach((args) => args[0] != "consent" && command(args));
         loadEngineIfNeeded();
-      })()),
+      })();
+    },
     // A listener that boots first: nothing that happens before boot is lost.
-    onAndBoot = (target, type, listener, capture) => on(target, type, (event) => (boot(), listener(event)), capture),
+    onAndBoot = (target, type, listener, capture) =>
+      on(
+        target,
+        type,
+        (event) => {
+          boot();
+          listener(event);
+        },
+        capture
+      ),
     // Boot 300 ms after the page has loaded (see the header); then, without a decision and a
     // CMP, ask.
-    afterLoad = () => setTimeout(safe(() => (boot(), decided || toDecide(["consent", "show"]))), 300);
+    afterLoad = () =>
+      setTimeout(
+        safe(() => {
+          boot();
+          if (!decided) toDecide(["consent", "show"]);
+        }),
+        300
+      );
 
   // Until boot, calls are queued (in order); 'state' answers at once, so it boots.
   // decide.js registers at once, also before boot. x: the tag is running (tag.js).
@@ -295,13 +326,16 @@ export var start = (config) => {
   }).x = 1;
   // Consent already on the page (a CMP's gtag defaults, queued commands): decide.js now, so
   // that it is there at boot (the load event waits for it) and the first page view has it.
-  [...(win.dataLayer || []), ...queued].some((entry) => entry && entry[0] == "consent") && loadDecide();
+  if ([...(win.dataLayer || []), ...queued].some((entry) => entry && entry[0] == "consent")) loadDecide();
 
   ["pushState", "replaceState"].forEach((method) => {
     var original = history[method];
     history[method] = function () {
       var result = original.apply(this, arguments);
-      safe(() => (boot(), routeChange()))();
+      safe(() => {
+        boot();
+        routeChange();
+      })();
       return result;
     };
   });
@@ -313,12 +347,12 @@ export var start = (config) => {
     "click",
     (event) => {
       var element = event.target;
-      TW_BASIC ||
+      if (!TW_BASIC)
         autoTrack("c", "click", { tag: element.tagName, text: element.textContent.trim().slice(0, 99) }, element);
       var link = element.closest("a[href]");
       if (link) {
         var props = { url: link.href };
-        TW_BASIC || autoTrack(0, "link_click", props, link);
+        if (!TW_BASIC) signal({ t: "link_click", el: link }); // a trigger's only: no such event
         // A download by the file extension (config.x: the container's list), else outbound.
         if (
           (config.x || "pdf zip csv xlsx docx mp3 mp4 dmg exe")
@@ -347,19 +381,17 @@ export var start = (config) => {
       if (percent >= threshold && !scrollReached[threshold]) {
         scrollReached[threshold] = 1;
         // The event for the container's thresholds; a trigger's own percent only signals.
-        autoTrack(
-          (TW_BASIC || scrollThresholds.includes(threshold)) && "x",
-          "scroll_depth",
-          { percent: threshold },
-          0,
-          threshold
-        );
+        if ((TW_BASIC || scrollThresholds.includes(threshold)) && autoSwitches.includes("x"))
+          sendEvent({ event: "scroll_depth", props: { percent: threshold } });
+        if (!TW_BASIC) signal({ t: "scroll_depth", p: threshold });
       }
     });
   });
   // pagehide passes its event: flush(truthy), hand everything to sendBeacon.
   onAndBoot(win, "pagehide", flush);
-  onAndBoot(doc, "visibilitychange", () => doc.hidden && flush(1));
+  onAndBoot(doc, "visibilitychange", () => {
+    if (doc.hidden) flush(1);
+  });
   on(win, "online", online);
   if (doc.readyState == "complete") afterLoad();
   else {

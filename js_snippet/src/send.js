@@ -46,7 +46,7 @@ var waiting = [], // events not sent yet, oldest first
       if (write) {
         if (keepStored && waiting[0]) {
           localStorage.tw_q = JSON.stringify(waiting);
-          stored || markStored(1);
+          if (!stored) markStored(1);
         } else if (stored) {
           delete localStorage.tw_q;
           markStored(0);
@@ -58,7 +58,9 @@ var waiting = [], // events not sent yet, oldest first
     clearTimeout(timer);
     timer = setTimeout(safe(flush), ms);
   },
-  schedule = () => timer || flushIn(5e3),
+  schedule = () => {
+    if (!timer) flushIn(5e3);
+  },
   remove = (batch) => (waiting = waiting.filter((event) => !batch.includes(event))),
   body = (batch) => JSON.stringify({ site, events: batch });
 
@@ -70,7 +72,7 @@ export var backoff = (failures) => Math.min(6e4, 1e3 * 2 ** failures);
 // once (after taking its events into memory).
 export var persist = (on) => {
   keepStored = on;
-  (storedRead || !on) && save(1);
+  if (storedRead || !on) save(1);
 };
 
 // analytics: granted at start; isStored: the tw_q cookie is set. Storage is left alone until
@@ -88,7 +90,8 @@ export var setup = (url, siteId, analytics, isStored) => {
 // caller's safe(), instead of at every flush.
 export var add = (event) => {
   waiting = [...waiting, JSON.parse(JSON.stringify(event))].slice(-200);
-  waiting.length - inFlight > 9 && !failures ? flush() : schedule();
+  if (waiting.length - inFlight > 9 && !failures) flush();
+  else schedule();
 };
 
 export var flush = (hide) => {
@@ -113,7 +116,7 @@ export var flush = (hide) => {
         if (status < 500 && status != 408 && status != 429) {
           failures = 0;
           remove(batch);
-          waiting[0] && schedule();
+          if (waiting[0]) schedule();
         } else flushIn(backoff(failures++));
         save(1);
       });
