@@ -16,7 +16,9 @@ from collector.files import write_atomic
 from collector.identity.cache import PersonAnswers
 from collector.identity.changes import ChangeFeed
 from collector.identity.link_index import LinkIndex
+from collector.ingest import uarules
 from collector.ingest.geo import GeoIP
+from collector.ingest.useragent import Resolver
 from collector.metrics import Metrics
 from collector.migrations import migrate
 from collector.privacy import key as privacy_key
@@ -55,6 +57,7 @@ class Collector:
                                interval=settings.flush_interval_ms / 1000,
                                max_bytes=settings.flush_bytes)
         self.flusher.blocked = self.tombstones.blocks
+        self.flusher.agents = Resolver()
         self.changes = ChangeFeed(self.store)
         self.flusher.inserted = self.changes.inserted
         self.person_answers = PersonAnswers(self.changes)
@@ -80,6 +83,8 @@ class Collector:
 
     def start(self) -> None:
         self._prepare_storage()
+        # Matomo's rules take ~2 s to load: not in the first batch that needs them.
+        threading.Thread(target=uarules.warm_up, name="ua-rules", daemon=True).start()
         self.flusher.start()
         self.changes.start()
         if self.settings.identity_links_in_memory:

@@ -8,8 +8,9 @@ import random
 import orjson
 import pytest
 
-from collector.ingest.events import ACCEPTED, COLUMNS, Context, EventError, normalize
+from collector.ingest.events import ACCEPTED, Context, EventError, normalize
 from collector.ingest.useragent import parse_agent
+from collector.spool.record import EVENT_COLUMNS
 
 VALUES = [None, True, False, 0, -1, 2**70, 1.5, float("inf"), "", "x", "x" * 5000, "\x00\ud7ff",
           "2026-11-22T10:00:00Z", "page", "web", "analytics",
@@ -32,7 +33,7 @@ def test_random_events(seed):
                 row, _ = normalize(raw, ctx)
             except EventError:
                 continue
-            assert tuple(row) == COLUMNS
+            assert tuple(row) == EVENT_COLUMNS
             orjson.dumps(list(row.values()))  # always encodable for the spool
 
 

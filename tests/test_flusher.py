@@ -7,12 +7,12 @@ import uuid
 
 import orjson
 
-from collector.ingest.events import COLUMNS, Context, normalize
+from collector.ingest.events import Context, normalize
 from collector.ingest.useragent import parse_agent
 from collector.metrics import Metrics
 from collector.spool.disk import Checkpoint, Pos, Spool
 from collector.spool.flusher import Flusher
-from collector.spool.record import encode_record
+from collector.spool.record import EVENT_COLUMNS, encode_record
 from tests.helpers import wait_for
 from tests.test_spool import append_all
 
@@ -149,7 +149,7 @@ def test_sender_ids_already_stored_are_dropped(backend, store, tmp_path):
 def test_row_keys_are_the_insert_columns():
     ctx = Context("s", dt.datetime.now(dt.UTC), "web", parse_agent("x"))
     row, _ = normalize({"event": "e"}, ctx)
-    assert tuple(row) == COLUMNS
+    assert tuple(row) == EVENT_COLUMNS
 
 
 def test_batches_of_two_spools_are_both_kept(store, tmp_path):

@@ -96,19 +96,6 @@ FORMATS = {
 MAX_REVENUE = Decimal("100000000000000")  # Decimal(18, 4) holds 14 integer digits
 
 
-# The stored row, in this order: the spool keeps rows as JSON arrays (JSONCompactEachRow),
-# which ClickHouse parses in 60% of the time it takes for JSON objects.
-COLUMNS = (
-    "event_id", "site_id", "event", "type", "ts", "received_at", "channel", "device_id",
-    "session_id", "user_id", "consent", "url", "path", "title", "referrer", "referrer_host",
-    *UTM, "device_class", "browser", "os", "is_bot", "country", "region", "city", "language",
-    "screen", "order_id", "revenue", "currency", "coupon", "items", "props", "retention_days",
-    # Added later: last, so that spool records written before them still load (the flusher
-    # lets a row end early; the columns then take their defaults).
-    "identifiers", "consent_id", "user_verified",
-)
-
-
 class EventError(ValueError):
     def __init__(self, message: str, field: str | None = None) -> None:
         super().__init__(message)
@@ -147,7 +134,8 @@ class Context:
 
 
 def normalize(raw: Any, ctx: Context) -> tuple[dict[str, Any], bool]:
-    """Validate one hit; return its row (keys in ``COLUMNS`` order) and whether
+    """Validate one hit; return its row (keys in the order of
+    ``collector.spool.record.EVENT_COLUMNS``) and whether
     ``event_id`` came from the sender."""
     if not isinstance(raw, dict):
         raise EventError("an event must be a JSON object")

@@ -23,16 +23,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
-from collector.ingest.events import COLUMNS
-from collector.ingest.uarules import warm_up
-from collector.ingest.useragent import Resolver
 from collector.metrics import Metrics
 from collector.spool.disk import Checkpoint, Pos, Spool
-from collector.spool.record import EVENTS, INSERTS, NO_META, TABLES, table_of
+from collector.spool.record import EVENT_COLUMNS, EVENTS, INSERTS, NO_META, TABLES, table_of
 from collector.storage import StorageError, Store
 
 log = logging.getLogger("tagwerk.flusher")
@@ -41,10 +38,27 @@ MAX_REPLAY = 1 << 40
 ID_PREFIX = len(b'["')  # rows are JSON arrays with event_id first
 INSERT = INSERTS[EVENTS]
 ID_LENGTH = 36
-SITE_ID, TS, DEVICE_ID, USER_ID = (COLUMNS.index(c)
+SITE_ID, TS, DEVICE_ID, USER_ID = (EVENT_COLUMNS.index(c)
                                    for c in ("site_id", "ts", "device_id", "user_id"))
-IDENTIFIERS = COLUMNS.index("identifiers")
-AGENT_COLUMNS = tuple(COLUMNS.index(c) for c in ("device_class", "browser", "os", "is_bot"))
+IDENTIFIERS = EVENT_COLUMNS.index("identifiers")
+AGENT_COLUMNS = tuple(EVENT_COLUMNS.index(c)
+                      for c in ("device_class", "browser", "os", "is_bot"))
+
+
+class Agent(Protocol):
+    device_class: str
+    browser: str
+    os: str
+    is_bot: bool
+
+
+class Agents(Protocol):
+    """The accurate answers for the User-Agents a request only guessed (the records' "g"):
+    ``collector.ingest.useragent.Resolver``, set by the service."""
+
+    def start_batch(self) -> None: ...
+
+    def agent(self, key: str) -> Agent | None: ...
 
 
 class Flusher:
@@ -70,11 +84,9 @@ class Flusher:
         # memory are refreshed by then).
         self.inserted: Callable[[], None] = lambda: None
         self._recheck_lock = threading.Lock()
-        self.agents = Resolver()
+        self.agents: Agents | None = None  # None: the guesses stay
 
     def start(self) -> None:
-        # Matomo's rules take ~2 s to load: not in the first batch that needs them.
-        threading.Thread(target=warm_up, name="ua-rules", daemon=True).start()
         self._thread.start()
 
     def recheck(self, until: Pos) -> None:
@@ -214,7 +226,8 @@ class Flusher:
         seen: set[str] = set()
         parts: list[bytes] = []
         rows = dropped = 0
-        self.agents.start_batch()
+        if self.agents is not None:
+            self.agents.start_batch()
         for index, record in enumerate(records):
             meta_end = record.index(b"\n") + 1
             meta = metas.get(index)
@@ -241,7 +254,7 @@ class Flusher:
     def _resolved(self, line: bytes, key: str, drop_bots: bool) -> bytes:
         """The row with its agent's accurate answer, when known; b"" for a bot of a site
         that drops bots."""
-        agent = self.agents.agent(key)
+        agent = self.agents.agent(key) if self.agents is not None else None
         if agent is None:
             return line  # the guess stays
         if agent.is_bot and drop_bots:
