@@ -15,8 +15,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from collector.ingest.routes import INGEST
-from collector.routes import ROUTES, UNMATCHED, taken
+from collector.ingest.fasthttp import IngestProtocol
+from collector.routes import FAST, INGEST, ROUTES, UNMATCHED, taken
 from collector.service import Collector
 from collector.tag import serving
 from collector.web.http import Hit, error_body, error_response, respond
@@ -62,3 +62,9 @@ def create_app(collector: Collector) -> App:
     rest.router.default = UNMATCHED.before(rest.router.default)
     collector.containers.taken = taken  # a container's tag path must be left to UNMATCHED
     return App(collector, rest)
+
+
+def protocol_for(collector: Collector) -> type[IngestProtocol]:
+    """The HTTP protocol class uvicorn instantiates per connection: the fast path
+    (``collector/ingest/fasthttp.py``) on the table's fast routes, bound to ``collector``."""
+    return type("IngestProtocol", (IngestProtocol,), {"collector": collector, "routes": FAST})

@@ -165,8 +165,7 @@ def main(argv: list[str] | None = None) -> int:
 def serve(settings: Settings) -> int:
     import uvicorn
 
-    from collector.app import create_app
-    from collector.ingest import fasthttp
+    from collector.app import create_app, protocol_for
     from collector.service import Collector
 
     logging.basicConfig(level=settings.log_level.upper(),
@@ -184,7 +183,7 @@ def serve(settings: Settings) -> int:
         create_app(collector), host=settings.host, port=settings.port,
         log_level=settings.log_level, access_log=False, backlog=4096,
         # GET /p.gif without the ASGI layer; header limits and timeouts (collector/web/limits.py)
-        http=fasthttp.protocol_for(collector),
+        http=protocol_for(collector),
         # X-Forwarded-For is believed only from the configured trusted proxies (clientip.py).
         proxy_headers=False,
         server_header=False,

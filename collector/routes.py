@@ -8,8 +8,8 @@ in three parts:
    (the hot paths skip Starlette's request and routing). An entry names an adapter (the
    wire format, ``ingest/adapters.py``, which ``ingest/asgi.py`` serves) or an ASGI handler
    of its own; with ``fast`` it is answered inside uvicorn's protocol too
-   (``ingest/fasthttp.py``). ``ingest/routes.py`` turns these entries into both drivers'
-   lookups.
+   (``ingest/fasthttp.py``). :func:`asgi_routes` and :func:`fast_routes` turn these
+   entries into both drivers' lookups (``INGEST``, ``FAST``).
 2. Starlette's ``Route``: everything else. The first match wins, so where paths overlap
    the order matters; a path matched with another method answers 405 with its ``Allow``,
    and a GET route answers HEAD too.
@@ -151,6 +151,38 @@ def parts(table: list[Ingest | Route | Unmatched]
     return ingest, routes, last
 
 INGESTION, ROUTES, UNMATCHED = parts(TABLE)
+
+
+def asgi_routes(routes: tuple[Ingest, ...]) -> dict[str, dict[str, Handler]]:
+    """path -> method -> ASGI handler (methods in the table's order: the ``Allow`` of a 405)."""
+    table: dict[str, dict[str, Handler]] = {}
+    handlers: dict[int, Handler] = {}  # one handler per adapter
+    for route in routes:
+        if route.adapter is not None:
+            handler = handlers.setdefault(id(route.adapter), asgi.handler(route.adapter))
+        elif route.handler is not None:
+            handler = route.handler
+        else:
+            raise ValueError(f"route {route.method} {route.path} has no adapter or handler")
+        table.setdefault(route.path, {})[route.method] = handler
+    return table
+
+
+def fast_routes(routes: tuple[Ingest, ...]) -> dict[bytes, dict[bytes, Adapter]]:
+    """method -> path -> adapter, as the HTTP parser gives them (bytes)."""
+    table: dict[bytes, dict[bytes, Adapter]] = {}
+    for route in routes:
+        if route.fast:
+            if route.adapter is None or route.method != ("POST" if route.adapter.body_limit
+                                                           else "GET"):
+                raise ValueError(f"the fast path takes an adapter's GET (hit in the query) or "
+                                 f"POST (in the body), not {route.method} {route.path}")
+            table.setdefault(route.method.encode(), {})[route.path.encode()] = route.adapter
+    return table
+
+
+INGEST = asgi_routes(INGESTION)  # the ASGI app's (collector/app.py)
+FAST = fast_routes(INGESTION)  # the fast path's (collector/app.py protocol_for)
 
 
 def taken(path: str, table: list[Ingest | Route | Unmatched] = TABLE) -> str | None:

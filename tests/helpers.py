@@ -15,9 +15,8 @@ import uvicorn
 from starlette.testclient import TestClient
 from starlette.types import ASGIApp
 
-from collector.app import create_app
+from collector.app import create_app, protocol_for
 from collector.config import Settings
-from collector.ingest.fasthttp import protocol_for
 from collector.service import Collector
 from collector.spool.disk import Spool
 from collector.spool.flusher import Flusher

@@ -176,7 +176,7 @@ def test_a_collect_body_arriving_in_pieces(env):
 
 
 def test_every_fast_route_is_answered_without_the_asgi_layer(env, monkeypatch):
-    """The route table alone decides (``collector/ingest/routes.py``): a hit in the query
+    """The route table alone decides (``collector/routes.py``): a hit in the query
     string, a browser's body and a server's keyed body each take the fast path."""
     from collector.ingest import asgi
 

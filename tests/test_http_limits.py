@@ -2,7 +2,7 @@
 would try them with raw sockets: a huge header, thousands of headers, a giant URL, a head or
 a body that trickles in or stalls, idle connections. Each refusal is checked for its status,
 ``Connection: close``, the connection then closing, and the server answering the next
-client. The collector's port runs ``fasthttp.protocol_for`` as ``tagwerk serve`` does; the
+client. The collector's port runs ``collector.app.protocol_for`` as ``tagwerk serve`` does; the
 SQL port is started by ``cli._start_sql_interface`` itself, so its uvicorn configuration is
 the one under test. The timeouts are module constants, lowered here with monkeypatch."""
 

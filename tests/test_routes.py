@@ -12,8 +12,9 @@ from starlette.routing import Match, Route
 
 from collector import health
 from collector.containers import default_container, validate
-from collector.ingest.routes import FAST, INGEST
 from collector.routes import (
+    FAST,
+    INGEST,
     INGESTION,
     ROUTES,
     TABLE,

@@ -1,5 +1,6 @@
-"""The fast path: uvicorn's httptools protocol, answering the fast routes of ``routes.py``
-(``GET /p.gif``, ``POST /collect``, ``POST /api/v1/batch``) without the ASGI layer.
+"""The fast path: uvicorn's httptools protocol, answering the fast routes of the route table
+(``collector/routes.py``: ``GET /p.gif``, ``POST /collect``, ``POST /api/v1/batch``) without
+the ASGI layer.
 It reaches uvicorn's protocol only through ``collector/web/uvicorn_protocol.py``'s hooks
 (``take``, ``body_complete``) and helpers (``hold``, ``respond``).
 
@@ -24,7 +25,6 @@ from typing import Any
 from collector.ingest import accept
 from collector.ingest.adapters import Adapter
 from collector.ingest.answers import PIXEL_HEADERS
-from collector.ingest.routes import FAST
 from collector.service import Collector
 from collector.spool.disk import SpoolError, SpoolFull
 from collector.web.http import INTERNAL_ERROR, JSON, Hit, HTTPError
@@ -35,14 +35,16 @@ log = logging.getLogger("tagwerk.http")
 
 
 class IngestProtocol(LimitedProtocol):
-    """Set ``collector`` on a subclass (see :func:`protocol_for`). The limits on heads,
-    slow clients and idle connections are LimitedProtocol's (``collector/web/limits.py``)."""
+    """Set ``collector`` and ``routes`` on a subclass (``collector.app.protocol_for``). The
+    limits on heads, slow clients and idle connections are LimitedProtocol's
+    (``collector/web/limits.py``)."""
 
     collector: Collector
+    routes: dict[bytes, dict[bytes, Adapter]]  # method -> path -> adapter (routes.FAST)
 
     def take(self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]],
              expects_continue: bool) -> bool:
-        paths = FAST.get(method)
+        paths = self.routes.get(method)
         if paths is None:
             return False
         path, _, query = target.partition(b"?")
@@ -183,9 +185,3 @@ def _body_fits(adapter: Adapter, headers: list[tuple[bytes, bytes]]) -> bool:
 
 async def _no_body() -> dict[str, Any]:
     return {"type": "http.request", "body": b"", "more_body": False}
-
-
-def protocol_for(collector: Collector) -> type[IngestProtocol]:
-    """The protocol class uvicorn instantiates per connection, bound to ``collector``."""
-    return type("IngestProtocol", (IngestProtocol,), {"collector": collector})
-
