@@ -326,14 +326,14 @@ def test_a_body_trickling_with_short_pauses_is_read_whole(servers, monkeypatch):
     """The body's timeout is one of inactivity (the time between two reads), not a deadline
     for the whole body: a slow but steady client is served."""
     port = servers["collector"]
-    monkeypatch.setattr(limits, "BODY_TIMEOUT", 0.5)
-    body = b'{"site": "%s", "event": "trickled", "title": "%s"}' % (SITE.encode(), b"t" * 40)
+    monkeypatch.setattr(limits, "BODY_TIMEOUT", 1.0)
+    body = b'{"site": "%s", "event": "trickled", "title": "%s"}' % (SITE.encode(), b"t" * 60)
     with connect(port) as sock:
         sock.sendall(collect_request(port, body))
         start = time.monotonic()
-        for i in range(0, len(body), 8):  # 0.1 s apart, ~1 s in all: twice the timeout
+        for i in range(0, len(body), 4):  # 0.1 s apart (a tenth of the timeout), ~2.7 s in all
             time.sleep(0.1)
-            sock.sendall(body[i:i + 8])
+            sock.sendall(body[i:i + 4])
         assert time.monotonic() - start > 2 * limits.BODY_TIMEOUT
         sock.settimeout(5)
         answer = sock.recv(65536)
@@ -411,6 +411,9 @@ def _attack(port: Port, stop: threading.Event) -> None:
         sock.close()
 
 
+ANSWERED_WITHIN = 5.0  # seconds
+
+
 def test_other_clients_are_served_while_one_misbehaves(port):
     stop = threading.Event()
     attackers = [threading.Thread(target=_attack, args=(port, stop)) for _ in range(2)]
@@ -418,20 +421,19 @@ def test_other_clients_are_served_while_one_misbehaves(port):
         thread.start()
     try:
         time.sleep(0.2)
-        slowest = 0.0
+        # Answered before the attacker's stalled heads could be cut (HEAD_TIMEOUT, 10 s): a
+        # server that served them first would time out here.
+        assert limits.HEAD_TIMEOUT >= 2 * ANSWERED_WITHIN
         for _ in range(20):
             with httpx.Client(base_url=f"http://127.0.0.1:{port.port}",
-                              headers={"User-Agent": CHROME}, timeout=10) as client:
-                start = time.monotonic()
+                              headers={"User-Agent": CHROME}, timeout=ANSWERED_WITHIN) as client:
                 response = client.get(port.ok_path)
-                slowest = max(slowest, time.monotonic() - start)
             assert response.status_code == 200 and response.content == port.ok_body
             time.sleep(0.02)
     finally:
         stop.set()
         for thread in attackers:
             thread.join(timeout=30)
-    assert slowest < 1.0
 
 
 # -- tagwerk serve ---------------------------------------------------------------------------

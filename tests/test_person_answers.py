@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
-import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -16,6 +15,7 @@ import pytest
 from collector.identity import cache, changes
 from collector.identity import profile as profiles
 from collector.identity.graph import Graph
+from collector.web.batches import Batcher
 from tests.helpers import client_with_site, send_batch, wait_for
 
 SITE = "kept-shop"
@@ -283,17 +283,22 @@ def test_concurrent_cold_profiles_are_read_together_and_answer_as_alone(env, mon
               + [{"type": "identify", "event": "login", "user_id": f"u-{n}",
                   "device_id": f"d0-{n}", "ts": "2026-11-20T08:00:00Z", "consent": ALL},
                  view(f"q-{n}", user_id=f"u-{n}", ts="2026-11-20T09:00:00Z")])
-    sizes = []
-    fill, read = Graph._fill_all, profiles.profiles_and_keys
+    idents = [f"device:d{i}-{n}" for i in range(8)] + [f"user:u-{n}", f"device:nobody-{n}"]
+    sizes, asked = [], []
+    fill, read, ask = Graph._fill_all, profiles.profiles_and_keys, Batcher.ask
 
-    def slow(*args):  # each batch takes long enough for the asks meanwhile to queue
-        time.sleep(0.2)
+    async def counted(self, *args):  # counted as it joins the waiting asks (no await between)
+        asked.append(args)
+        return await ask(self, *args)
+
+    def held(*args):  # the first batch is read once every ask waits: the others come together
+        wait_for(lambda: len(asked) >= len(idents))
         return read(*args)
 
+    monkeypatch.setattr(Batcher, "ask", counted)
     monkeypatch.setattr(Graph, "_fill_all", lambda self, persons, listing:
                         sizes.append(len(persons)) or fill(self, persons, listing))
-    monkeypatch.setattr(profiles, "profiles_and_keys", slow)
-    idents = [f"device:d{i}-{n}" for i in range(8)] + [f"user:u-{n}", f"device:nobody-{n}"]
+    monkeypatch.setattr(profiles, "profiles_and_keys", held)
     with ThreadPoolExecutor(len(idents)) as pool:
         together = list(pool.map(lambda ident: viewed(env, ident), idents))
     assert sum(sizes) == len(idents)
