@@ -25,9 +25,9 @@ import orjson
 from uvicorn.config import Config
 from uvicorn.server import ServerState
 
+from collector.app import protocol_for
 from collector.config import Settings
 from collector.containers import Containers
-from collector.ingest.fasthttp import protocol_for
 from collector.ingest.geo import GeoIP
 from collector.metrics import Metrics
 from collector.sites import Site, Sites

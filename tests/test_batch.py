@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import gzip
 import uuid
 
@@ -42,8 +43,9 @@ def test_pos_purchase_keeps_original_time_and_store_location(env):
     client, _, keys, _ = env
     marker = uuid.uuid4().hex
     event = {"event": "purchase", "channel": "pos", "ts": "2026-11-20T18:30:00+01:00",
-             "user_id": 4711, "consent": ["analytics"], "order_id": "pos-1", "revenue": 42.5,
-             "currency": "EUR", "coupon": "NEWS10", "country": "de", "city": "Berlin",
+             "user_id": 4711, "consent": ["analytics"], "order_id": f"pos-{marker}",
+             "revenue": 42.5, "currency": "EUR", "coupon": "NEWS10", "country": "de",
+             "city": "Berlin",
              "items": [{"product_id": "sku-1", "price": 42.5, "quantity": 1}],
              "props": {"marker": marker, "store": "berlin-mitte"}}
     response = send(client, keys["write"], {"events": [event]})
@@ -66,6 +68,39 @@ def test_repeated_event_id_is_stored_once(env):
     assert send(client, keys["write"], again).status_code == 202
     assert send(client, keys["write"], again).status_code == 202
     assert len(stored(env, marker)) == 3
+
+
+def purchase(order_id, marker, n, **fields):
+    return {"event": "purchase", "channel": "pos", "order_id": order_id, "revenue": 20,
+            "currency": "EUR", "items": [{"product_id": f"sku-{marker}", "price": 20}],
+            "props": {"marker": marker, "n": str(n)}, **fields}
+
+
+def test_a_purchase_repeated_with_its_order_id_counts_once(env):
+    """A confirmation page reloaded, a purchase sent by the browser and by the shop's server:
+    the first with that order id counts, in the events and in every aggregate fed from them;
+    within a request too. Another order, the same order id on another site, a placeholder
+    order id and an event id the sender chose each count on their own."""
+    client, collector, keys, other = env
+    marker = uuid.uuid4().hex
+    order = f"order-{marker}"
+    first = [purchase(order, marker, 1), purchase(order, marker, 2)]
+    assert send(client, keys["write"], {"events": first}).status_code == 202
+    earlier = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)).isoformat()  # the till's time
+    again = [purchase(order, marker, 3, ts=earlier), purchase(f"{order}-b", marker, 4),
+             purchase("undefined", marker, 5), purchase("undefined", marker, 6),
+             purchase(order, marker, 7, event_id=str(uuid.uuid4()))]
+    assert send(client, keys["write"], {"events": again}).status_code == 202
+    assert send(client, other["write"], {"events": [purchase(order, marker, 8)]}).status_code == 202
+    wait_for(lambda: drained(collector))
+    assert sorted(r["props"]["n"] for r in stored(env, marker)) == ["1", "4", "5", "6", "7"]
+    assert [r["props"]["n"] for r in rows(collector.store, "batch-other",
+                                          "props['marker'] = {m:String}", m=marker)] == ["8"]
+    [counted] = collector.store.rows(
+        "SELECT sum(purchases) AS purchases, toFloat64(sum(revenue)) AS revenue "
+        "FROM tagwerk.product_hourly WHERE site_id = 'batch-test' AND product_id = {p:String}",
+        {"p": f"sku-{marker}"})
+    assert counted == {"purchases": 5, "revenue": 100.0}
 
 
 def test_basic_auth_and_gzip(env):

@@ -91,7 +91,8 @@ def test_batch_with_ecommerce(env):
     response = post(client, {"site": "collect-test", "events": events}, "application/json",
                     Origin="https://www.shop.example", **{"User-Agent": IPHONE})
     assert response.status_code == 202 and response.json() == {"accepted": 2}
-    cart, purchase = wait_for(lambda: len(stored(env, marker)) == 2 and stored(env, marker))
+    got = wait_for(lambda: len(stored(env, marker)) == 2 and stored(env, marker))
+    cart, purchase = sorted(got, key=lambda row: row["event"] == "purchase")
     assert cart["items"] == [{"product_id": "sku-1", "name": "Shoe", "category": "", "brand": "",
                               "variant": "", "price": 59.9, "quantity": 2}]
     assert purchase["revenue"] == 119.8 and purchase["currency"] == "EUR"
@@ -231,3 +232,25 @@ def test_error_keeps_cors_for_allowed_origin(env):
     response = post(client, {"site": "collect-test", "event": 1}, Origin=ORIGIN)
     assert response.status_code == 400
     assert response.headers["access-control-allow-origin"] == ORIGIN
+
+
+def test_a_purchase_reloaded_on_a_device_counts_once(env):
+    """The confirmation page reloaded: the tag sends the purchase again with a new event id;
+    the order and the device make its id, and the first counts. Another device naming the
+    same order id cannot suppress it (any visitor can send any order id), and without a
+    device id (no analytics consent) nothing is deduplicated."""
+    client, _ = env
+    marker = uuid.uuid4().hex
+
+    def purchase(n, **fields):
+        return {"site": "collect-test", "event": "purchase", "event_id": str(uuid.uuid4()),
+                "order_id": f"RW-{marker}", "revenue": 10, "currency": "EUR",
+                "props": {"marker": marker, "n": str(n)}, **fields}
+
+    mine = {"consent": ["analytics"], "device_id": f"phone-{marker}"}
+    for event in (purchase(1, **mine), purchase(2, **mine),
+                  purchase(3, consent=["analytics"], device_id=f"other-{marker}"),
+                  purchase(4), purchase(5)):
+        client.cookies.clear()  # the device is the page's device_id, not a tw_id of before
+        assert post(client, event, Origin=ORIGIN).status_code == 202
+    assert sorted(r["props"]["n"] for r in stored(env, marker)) == ["1", "3", "4", "5"]

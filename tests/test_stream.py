@@ -14,8 +14,7 @@ import orjson
 import pytest
 
 from collector.api.stream import StreamConfig
-from collector.app import create_app
-from collector.ingest.fasthttp import protocol_for
+from collector.app import create_app, protocol_for
 from collector.service import Collector
 from tests.helpers import CHROME, collector_settings, drained, serve, wait_for
 

@@ -93,6 +93,7 @@ FORMATS = {
                "the code of an ISO 3166-2 subdivision, such as BE in DE-BE"),
     "language": (LANG, "a language tag such as en-US"),  # en_US becomes en-US first
 }
+ORDER_NAMESPACE = uuid.UUID("8f3b6a52-4c1e-4d8e-9a57-2f0d7c6e1b94")  # order_event_id's
 MAX_REVENUE = Decimal("100000000000000")  # Decimal(18, 4) holds 14 integer digits
 
 
@@ -270,7 +271,28 @@ def normalize(raw: Any, ctx: Context) -> tuple[dict[str, Any], bool]:
         _ecommerce(ecommerce, raw, row)
     if "marketing" not in consent:
         enforce_row(row)  # no click ids
+    if row["event"] == "purchase" and not is_junk(row["order_id"]):
+        if ctx.trusted and given_id is None:  # a server's: the order alone
+            row["event_id"] = order_event_id(ctx.site_id, row["order_id"])
+            return row, True
+        if not ctx.trusted and row["device_id"]:  # the tag's own id only guards its retries
+            row["event_id"] = order_event_id(ctx.site_id, row["order_id"], row["device_id"])
+            return row, True
     return row, given_id is not None
+
+
+def order_event_id(site_id: str, order_id: str, device_id: str | None = None) -> str:
+    """The event id of a purchase of ``order_id``: the same for every report of the order,
+    so that the flusher's check of sender-given ids (``collector/spool/flusher.py``) keeps
+    the first within a day and drops the others, as it drops a sender's retry (GA4 drops a
+    repeated ``transaction_id`` too). Reported by a server that chose no id of its own: by
+    the order alone (a till or a shop backend sending it twice). Reported by a browser: by
+    the order and the device (a confirmation page reloaded), never by the order alone,
+    since any visitor can send any order id and would suppress the real purchase; without
+    a device id (no analytics consent) a browser's purchase is not deduplicated. The two
+    sources have separate ids: a shop that sends each purchase from both counts it twice."""
+    key = [site_id, order_id] if device_id is None else [site_id, order_id, device_id]
+    return str(uuid.uuid5(ORDER_NAMESPACE, orjson.dumps(key).decode()))  # unambiguous
 
 
 @functools.lru_cache(maxsize=8192)
