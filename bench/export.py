@@ -20,7 +20,7 @@ that it overlaps. Every run says whether a refresh ran during it ("refresh: yes/
 summary gives the RSS growth of runs with and without one apart.
 
     python3 bench/export.py [--rows 10000000] [--runs 3] [--limit 0] [--refresh avoid]
-        [--cores 1] [--data-dir DIR (kept; its rows are reused by the next run)]
+        [--cores 1] [--data-dir DIR (kept; its rows are reused by the next run)] [--stream]
 """
 
 from __future__ import annotations
@@ -240,6 +240,34 @@ def export_all(base: str, key: str, fmt: str, limit: int) -> tuple[int, float, i
     return rows, time.monotonic() - began, calls
 
 
+def stream_all(base: str, key: str, expected: int) -> float:
+    """Seconds for the live stream to catch up from the site's first row to its last: every
+    row after the cursor of an answer of one row, on one connection (``--stream``)."""
+    host, port = base.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=600)
+    try:
+        connection.request("GET", f"/api/v1/sites/{SITE}/export?limit=1",
+                           headers={"Authorization": f"Bearer {key}"})
+        first = connection.getresponse()
+        first.read()
+        since = first.headers["tagwerk-cursor"]
+        began = time.monotonic()
+        connection.request("GET", f"/api/v1/sites/{SITE}/stream?since={since}",
+                           headers={"Authorization": f"Bearer {key}"})
+        answer = connection.getresponse()
+        if answer.status != 200:
+            raise RuntimeError(f"stream answered {answer.status}: {answer.read()[:200]!r}")
+        rows = 0
+        while rows < expected - 1:
+            line = answer.readline()
+            if not line:
+                raise RuntimeError(f"the stream ended after {rows:,} rows")
+            rows += line.startswith(b"id: ")
+        return time.monotonic() - began
+    finally:
+        connection.close()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=10_000_000)
@@ -255,6 +283,8 @@ def main() -> int:
                         help="pin the collector to this many CPUs (0: no pinning)")
     parser.add_argument("--idle", type=float, default=65.0, help="seconds of RSS sampling "
                         "without exports first, for reference (0: none)")
+    parser.add_argument("--stream", action="store_true", help="also time the live stream's "
+                        "catch-up from the first row, against the NDJSON export's rate")
     args = parser.parse_args()
     data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="tagwerk-export-bench-"))
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -315,7 +345,19 @@ def main() -> int:
                       f"{sampler.query_peak:.0f} MB; CPU engine {sum(used.values()):.2f} + "
                       f"Python {python:.2f} cores, client {client_cpu / seconds:.2f}",
                       flush=True)
+            if args.stream:
+                seconds = stream_all(base, key, args.rows)
+                rate = args.rows / seconds
+                results.setdefault("stream", []).append(rate)
+                print(f"run {run} stream   catch-up of {args.rows:,} rows in {seconds:.1f} s: "
+                      f"{rate:,.0f} rows/s = {rate / results['ndjson'][-1]:.2f}x this run's "
+                      "NDJSON export", flush=True)
         for fmt, rates in results.items():
+            if fmt == "stream":
+                median = statistics.median(rates)
+                print(f"median stream   {median:,.0f} rows/s = "
+                      f"{median / statistics.median(results['ndjson']):.2f}x the NDJSON export")
+                continue
             median = statistics.median(rates)
             apart = {flag: [mb for mb, refreshed in growth[fmt] if refreshed == flag]
                      for flag in (False, True)}

@@ -312,6 +312,27 @@ def test_keys(env):
     assert get(client, "no-such-site", keys["read"]).status_code == 404
 
 
+def test_head_checks_the_request_and_runs_no_export(env, monkeypatch):
+    """HEAD answers the headers of the format after the same checks, without reading the
+    table or taking one of the site's exports (so without a cursor: there are no rows)."""
+    client, collector = env
+    site_id, keys = new_site(collector)
+
+    def no_query(*args):
+        raise AssertionError("HEAD ran the export")
+
+    monkeypatch.setattr(cursor_range, "plan", no_query)
+    auth = {"Authorization": f"Bearer {keys['read']}"}
+    for _ in range(3):  # more than PER_SITE
+        response = client.head(EXPORT.format(site_id), params={"format": "csv"}, headers=auth)
+        assert response.status_code == 200 and response.content == b""
+        assert response.headers["content-type"].startswith("text/csv")
+        assert "tagwerk-cursor" not in response.headers
+    assert client.head(EXPORT.format(site_id)).status_code == 401
+    assert client.head(EXPORT.format(site_id), params={"limit": "0"}, headers=auth
+                       ).status_code == 400
+
+
 @pytest.mark.parametrize(("query", "field"), [
     ("format=xml", "format"), ("limit=0", "limit"), ("limit=abc", "limit"),
     ("limit=99999999999", "limit"), ("limit=-1", "limit"), ("channel=tv", "channel"),

@@ -155,6 +155,25 @@ def test_limits_keys_and_bad_input(env):
         listener.close()
 
 
+def test_head_checks_the_request_and_holds_no_stream(env):
+    """HEAD answers the headers a GET would get, after the same checks, and ends: it takes
+    none of the site's streams and leaves its connection free for the next request."""
+    http, collector = env
+    site_id, keys = new_site(collector)
+    auth = {"Authorization": f"Bearer {keys['read']}"}
+    for _ in range(3):  # more than per_site (2), on one kept-alive connection
+        response = http.head(STREAM.format(site_id), headers=auth, timeout=5)
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+    assert http.head(STREAM.format(site_id)).status_code == 401
+    assert http.head(STREAM.format(site_id), params={"since": "x"}, headers=auth
+                     ).status_code == 400
+    listeners = [Listener(http, site_id, keys["read"]) for _ in range(2)]
+    assert all(listener.status == 200 for listener in listeners)
+    for listener in listeners:
+        listener.close()
+
+
 def test_a_slow_subscriber_catches_up_without_gaps_or_repeats(store, tmp_path):
     """Tiny batches and a one-batch queue: the subscriber overflows, reads on its own from
     its position, and joins the shared batches again."""

@@ -108,11 +108,23 @@ def select_rows(rows: Filter, start: Position | None, end: Position) -> tuple[st
     return f"SELECT * FROM {TABLE} WHERE {where}", params
 
 
-def select_feed(rows: Filter, start: Position | None, end: Position, limit: int
-                ) -> tuple[str, dict]:
-    """The range in position order as (block, offset, event, the row as one JSON object),
-    at most ``limit`` rows: for the live stream, which gives every row its own id."""
+def feed_end(store: Store, rows: Filter, start: Position | None, end: Position, limit: int
+             ) -> Position:
+    """Where the live stream's next read after ``start`` ends: the position of the
+    ``limit``-th row up to ``end``, or ``end`` when there are fewer. Positions only: the
+    rows of a range are then read without a LIMIT, which would sort every row after
+    ``start`` whole (32,000 of 300,000 rows: 0.8 s at once, 0.5 s in two steps)."""
     where, params = between(rows, start, end)
-    return (f"SELECT _block_number AS b, _block_offset AS o, event, "
-            f"formatRowNoNewline('JSONEachRow', *) AS row FROM {TABLE} WHERE {where} "
-            "ORDER BY b, o LIMIT {limit:UInt64}", {**params, "limit": limit})
+    found = store.rows(
+        f"SELECT _block_number AS b, _block_offset AS o FROM {TABLE} WHERE {where} "
+        "ORDER BY b, o LIMIT 1 OFFSET {skip:UInt64}", {**params, "skip": limit - 1})
+    return Position(int(found[0]["b"]), int(found[0]["o"])) if found else end
+
+
+def select_feed(rows: Filter, start: Position | None, end: Position) -> tuple[str, dict]:
+    """The range in position order, each row as the export's columns after its position
+    (``b``, ``o``): for the live stream, which gives every row its own id. Read as
+    JSONEachRow (a per-row formatRow costs twice as much)."""
+    where, params = between(rows, start, end)
+    return (f"SELECT _block_number AS b, _block_offset AS o, * FROM {TABLE} WHERE {where} "
+            "ORDER BY b, o", params)

@@ -120,6 +120,15 @@ def row_filter(values: dict[str, str], site_id: str) -> cursor_range.Filter:
     return cursor_range.Filter(site_id, tuple(events), channel)
 
 
+def head_only(media: str, headers: dict[str, str] | None = None) -> Response:
+    """The answer to a HEAD of a streamed answer, after the GET's checks: its type, no
+    body and no length (the rows' are not known without reading them)."""
+    response = Response(headers={"Cache-Control": "no-store", **(headers or {})},
+                        media_type=media)
+    del response.headers["content-length"]
+    return response
+
+
 class PacedResponse(StreamingResponse):
     """A streamed answer whose every send must complete within ``SEND_SECONDS`` (a client
     that stops reading is let go), and whose body iterator is always closed."""
@@ -178,6 +187,8 @@ async def export(request: Request, collector: Collector, site: Site) -> Response
     store = collector.store
     table = await anyio.to_thread.run_sync(cursor_range.table_tag, store)
     start = cursor.decode(values["since"], table, site.site_id) if "since" in values else None
+    if request.method == "HEAD":  # checked as a GET; no rows read, so no cursor to give
+        return head_only(media)
 
     running = slots(request, "tagwerk_exports", PER_SITE)
     if not running.take(site.site_id):
