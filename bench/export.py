@@ -318,7 +318,7 @@ def main() -> int:
         results: dict[str, list[float]] = {"ndjson": [], "parquet": []}
         growth: dict[str, list[tuple[float, bool]]] = {"ndjson": [], "parquet": []}
         for run in range(1, args.runs + 1):
-            for fmt in results:
+            for fmt in ("ndjson", "parquet"):
                 wait_refresh(data_dir, args.refresh)
                 before = rss_mb(proc.pid)
                 sampler = Sampler(proc.pid, data_dir)
@@ -346,12 +346,20 @@ def main() -> int:
                       f"Python {python:.2f} cores, client {client_cpu / seconds:.2f}",
                       flush=True)
             if args.stream:
+                wait_refresh(data_dir, args.refresh)
+                before = rss_mb(proc.pid)
+                sampler = Sampler(proc.pid, data_dir)
+                sampler.start()
                 seconds = stream_all(base, key, args.rows)
+                sampler.stop.set()
+                sampler.join()
                 rate = args.rows / seconds
                 results.setdefault("stream", []).append(rate)
                 print(f"run {run} stream   catch-up of {args.rows:,} rows in {seconds:.1f} s: "
                       f"{rate:,.0f} rows/s = {rate / results['ndjson'][-1]:.2f}x this run's "
-                      "NDJSON export", flush=True)
+                      f"NDJSON export; RSS {before:.0f} MB -> peak {sampler.peak:.0f} MB "
+                      f"(+{sampler.peak - before:.0f} MB), refresh: "
+                      f"{'yes' if sampler.refreshed else 'no'}", flush=True)
         for fmt, rates in results.items():
             if fmt == "stream":
                 median = statistics.median(rates)

@@ -64,17 +64,20 @@ class StreamConfig:
     # rows: a step reads the positions of every row after its start (the table is sorted by
     # day, not by insert), so 2,000-row steps made a catch-up quadratic. At most
     # ``catch_up_reads`` steps at once: each holds its rows' JSON (~1 KB a row) in memory.
-    # bench/export.py --stream, 300,000 rows: 51 s before, 10.6 s (0.19x the export's rate).
-    catch_up_rows: int = 32_000
+    # bench/export.py --stream, 300,000 rows: 51 s before; 9.1-11.1 s (0.13-0.16x the
+    # export's rate), RSS +52-60 MB (32,000-row steps: 11.1 s, +153 MB).
+    catch_up_rows: int = 16_000
     catch_up_reads: int = 2
 
 
 class Row(NamedTuple):
     position: Position
-    data: bytes  # the row as one JSON object
+    # The row as one JSON object without its opening brace: a view into the engine's
+    # answer, copied once, into the message (a catch-up step holds 32,000 rows).
+    rest: memoryview
 
     def event(self) -> str:
-        return orjson.loads(self.data)["event"]  # only for a subscriber's events= filter
+        return orjson.loads(b"{" + self.rest)["event"]  # for a subscriber's events= filter
 
 
 @dataclass(frozen=True)
@@ -93,15 +96,17 @@ def fetch(store: Store, rows: cursor_range.Filter, start: Position | None, end: 
     upto = cursor_range.feed_end(store, rows, start, end, limit)
     sql, bound = cursor_range.select_feed(rows, start, upto)
     out = store.query(sql + FEED_SETTINGS, bound, "JSONEachRow")
-    found = []
-    for line in out.splitlines():
+    view, found, start_at = memoryview(out), [], 0
+    while start_at < len(out):
         # The engine's own line: {"b":1,"o":0,<the row's columns>}; parsing it whole and
         # writing the row again cost more than reading it (and could change its numbers).
-        position = _POSITION.match(line)
+        line_end = out.index(b"\n", start_at)
+        position = _POSITION.match(out, start_at, line_end)
         if position is None:
-            raise StorageError(f"unexpected feed line {line[:80]!r}")
+            raise StorageError(f"unexpected feed line {out[start_at:start_at + 80]!r}")
         found.append(Row(Position(int(position[1]), int(position[2])),
-                         b"{" + line[position.end():]))
+                         view[position.end():line_end]))
+        start_at = line_end + 1
     return found, upto
 
 
@@ -254,9 +259,9 @@ async def events(hub: Hub, subscriber: Subscriber, rows: cursor_range.Filter, ta
     wanted = frozenset(rows.events)
     deadline = time.monotonic() + config.max_seconds
 
-    def sse(row: Row) -> bytes:
+    def sse(row: Row) -> tuple[bytes, memoryview, bytes]:
         return (b"id: " + cursor.encode(table, rows.site_id, row.position).encode()
-                + b"\ndata: " + row.data + b"\n\n")
+                + b"\ndata: {", row.rest, b"\n\n")
 
     yield f"retry: {config.retry_ms}\n\n".encode()
     position, catch_up = (since, True) if since is not None else (poller.mark, False)
@@ -289,12 +294,12 @@ async def events(hub: Hub, subscriber: Subscriber, rows: cursor_range.Filter, ta
         position = batch.end
 
 
-def pieces(messages: Iterable[bytes]) -> Iterator[bytes]:
-    """Messages joined into pieces of ``SEND_MESSAGES``: one send per message cost a
-    catch-up ~150 us a row (bench/export.py --stream)."""
+def pieces(messages: Iterable[tuple[bytes | memoryview, ...]]) -> Iterator[bytes]:
+    """Messages (each in parts) joined into pieces of ``SEND_MESSAGES``: one send per
+    message cost a catch-up ~150 us a row (bench/export.py --stream)."""
     messages = iter(messages)
     while batch := list(itertools.islice(messages, SEND_MESSAGES)):
-        yield b"".join(batch)
+        yield b"".join(itertools.chain.from_iterable(batch))
 
 
 def _resume_from(request: Request, values: dict[str, str], table: bytes, site: Site
