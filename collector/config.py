@@ -42,6 +42,8 @@ class Settings:
     # Past this many unflushed bytes on disk the collector answers 503.
     spool_max_bytes: int = 2 * 1024**3
     spool_segment_bytes: int = 64 * 1024**2
+    # A spool file older than this is finished (and deleted once flushed), whatever its size.
+    spool_segment_seconds: float = 3600.0
     # After a group commit of several hits, the spool waits this long to gather the next.
     spool_commit_delay_ms: float = 2.0
     demo_site: bool = True

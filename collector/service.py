@@ -52,7 +52,8 @@ class Collector:
         self.tombstones = Tombstones(self.store, privacy_key.load(settings.privacy_key,
                                                                   settings.data_dir))
         self.spool = Spool(settings.spool_dir, settings.spool_segment_bytes,
-                           settings.spool_max_bytes, settings.spool_commit_delay_ms / 1000)
+                           settings.spool_max_bytes, settings.spool_commit_delay_ms / 1000,
+                           settings.spool_segment_seconds)
         self.flusher = Flusher(self.spool, self.store, self.metrics,
                                interval=settings.flush_interval_ms / 1000,
                                max_bytes=settings.flush_bytes)

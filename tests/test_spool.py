@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 
 import pytest
 
@@ -170,4 +171,26 @@ def test_a_segment_that_cannot_be_created_does_not_stop_the_writer(tmp_path, mon
     append_all(spool, [b"z" * 10])  # now it rotates
     assert read_all(spool) == [b"x" * 150, b"y" * 10, b"z" * 10]
     assert len(list(tmp_path.glob("*.seg"))) == 2
+    spool.close()
+
+
+def test_a_segment_is_finished_when_old_so_that_flushed_hits_leave_the_disk(tmp_path):
+    """A quiet collector fills its 64 MB segment in weeks; a hit flushed to ClickHouse (and
+    later erased there, or past its retention) must not stay in the spool that long. The
+    writer finishes a segment that is ``segment_seconds`` old, so the flusher's release
+    deletes it."""
+    spool = Spool(tmp_path, segment_bytes=1 << 20, max_bytes=1 << 30, segment_seconds=0.3)
+    append_all(spool, [b"a shopper's hit"])
+    first = spool.durable.segment
+    assert (tmp_path / f"{first:016d}.seg").exists()
+    deadline = time.monotonic() + 10
+    while spool.durable.segment == first:  # finished by age, no write needed
+        assert time.monotonic() < deadline, "the old segment was not finished"
+        time.sleep(0.05)
+    assert read_all(spool) == [b"a shopper's hit"]
+    spool.release(spool.durable)  # what the flusher does once it is in ClickHouse
+    assert not (tmp_path / f"{first:016d}.seg").exists()
+    empty = spool.durable.segment
+    time.sleep(0.6)
+    assert spool.durable.segment == empty  # an empty segment is not finished
     spool.close()

@@ -41,6 +41,11 @@ ZERO_STEP = 1024 * 1024
 # Called on the submitting event loop once a record is durable (None) or failed.
 Done = Callable[[Exception | None], None]
 MAX_RECORD = 64 * 1024 * 1024
+# A segment is finished when it is this old, whatever its size: the flusher deletes the
+# segments behind it, so a hit leaves the collector's disk about this long after it was
+# written (once in ClickHouse), where a quiet site would fill 64 MB in weeks. An erased
+# person's or an expired hit must not outlive its row in ClickHouse by more than that.
+SEGMENT_SECONDS = 3600.0
 
 
 class Pos(NamedTuple):
@@ -69,11 +74,15 @@ def _name(segment: int) -> str:
 
 class Spool:
     def __init__(
-        self, directory: Path, segment_bytes: int, max_bytes: int, commit_delay: float = 0.0
+        self, directory: Path, segment_bytes: int, max_bytes: int, commit_delay: float = 0.0,
+        segment_seconds: float = SEGMENT_SECONDS,
     ) -> None:
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.segment_bytes = segment_bytes
+        if not segment_seconds > 0:
+            raise ValueError(f"a spool segment's age limit must be positive, not {segment_seconds}")
+        self.segment_seconds = segment_seconds
         self.max_bytes = max_bytes
         self.commit_delay = commit_delay
         self.id = self._identity()
@@ -201,7 +210,11 @@ class Spool:
 
     def _write_loop(self) -> None:
         while True:
-            batch = [self._queue.get()]
+            try:
+                batch = [self._queue.get(timeout=min(60.0, self.segment_seconds / 4))]
+            except queue.Empty:
+                self._finish_if_old()
+                continue
             while True:  # everything that queued up during the last fsync: one group commit
                 try:
                     batch.append(self._queue.get_nowait())
@@ -246,6 +259,8 @@ class Spool:
             self.durable = Pos(self._segment, self._end)
             if self._end >= self.segment_bytes:
                 self._rotate()
+            else:
+                self._finish_if_old()
         # One wake-up per event loop, not per request.
         by_loop: dict[asyncio.AbstractEventLoop, list[Done]] = {}
         for _, done, loop in batch:
@@ -265,6 +280,12 @@ class Spool:
             return
         self._seal(*finished)
 
+    def _finish_if_old(self) -> None:
+        """Start the next segment if this one holds records and is ``segment_seconds`` old
+        (the writer thread's: it owns the files)."""
+        if self._end and time.monotonic() - self._opened >= self.segment_seconds:
+            self._rotate()
+
     def _open(self, segment: int) -> None:
         """Start writing ``segment`` (new, or empty)."""
         path = self.dir / _name(segment)
@@ -277,6 +298,7 @@ class Spool:
             raise
         self._fd, self._zero_fd = fd, zero_fd
         self._segment, self._end, self._zeroed = segment, 0, 0
+        self._opened = time.monotonic()
         self._sizes[segment] = 0
         # Where durable data ends. The flusher polls it: waking it on every fsync through
         # a Condition would cost the event loop more than the poll costs the flusher.
