@@ -328,6 +328,7 @@ def test_head_checks_the_request_and_runs_no_export(env, monkeypatch):
         assert response.status_code == 200 and response.content == b""
         assert response.headers["content-type"].startswith("text/csv")
         assert "tagwerk-cursor" not in response.headers
+        assert response.headers["content-disposition"].endswith(f'"{site_id}.csv"')
     assert client.head(EXPORT.format(site_id)).status_code == 401
     assert client.head(EXPORT.format(site_id), params={"limit": "0"}, headers=auth
                        ).status_code == 400

@@ -187,8 +187,9 @@ async def export(request: Request, collector: Collector, site: Site) -> Response
     store = collector.store
     table = await anyio.to_thread.run_sync(cursor_range.table_tag, store)
     start = cursor.decode(values["since"], table, site.site_id) if "since" in values else None
+    disposition = {"Content-Disposition": f'attachment; filename="{site.site_id}.{name}"'}
     if request.method == "HEAD":  # checked as a GET; no rows read, so no cursor to give
-        return head_only(media)
+        return head_only(media, disposition)
 
     running = slots(request, "tagwerk_exports", PER_SITE)
     if not running.take(site.site_id):
@@ -211,7 +212,7 @@ async def export(request: Request, collector: Collector, site: Site) -> Response
         "Tagwerk-Cursor": cursor.encode(table, site.site_id, end),
         "Tagwerk-More": "true" if more else "false",
         "Cache-Control": "no-store",
-        "Content-Disposition": f'attachment; filename="{site.site_id}.{name}"',
+        **disposition,
     }
     body = Relay(pieces, first, lambda: running.give(site.site_id))
     return PacedResponse(body, headers=headers, media_type=media)
