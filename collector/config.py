@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from collector.spool.disk import SEGMENT_SECONDS
 from collector.storage.engine_config import parse_size
 from collector.web.clientip import parse_networks
 
@@ -43,7 +44,7 @@ class Settings:
     spool_max_bytes: int = 2 * 1024**3
     spool_segment_bytes: int = 64 * 1024**2
     # A spool file older than this is finished (and deleted once flushed), whatever its size.
-    spool_segment_seconds: float = 3600.0
+    spool_segment_seconds: float = SEGMENT_SECONDS
     # After a group commit of several hits, the spool waits this long to gather the next.
     spool_commit_delay_ms: float = 2.0
     demo_site: bool = True
