@@ -415,3 +415,40 @@ def test_answers_are_as_large_as_allowed_by_default(env, monkeypatch):
     seen, _ = drain(client, site_id, keys["read"])
     assert sorted(seen) == ["0", "1", "2"] and asked == [export.MAX_LIMIT]
     assert drain(client, site_id, keys["read"], limit="2")[0] and asked[1:] == [2, 2]
+
+
+def test_a_client_that_stops_reading_is_let_go(store, tmp_path, monkeypatch, capfd):
+    """A send that waits longer than the limit ends the answer: the export's slot comes back
+    at once, the connection closes without the body's last chunk (no client takes the part
+    for the whole), and the collector logs one line, not an application error."""
+    import socket
+
+    from collector.api import export
+    from tests.helpers import served
+
+    monkeypatch.setattr(export.PacedResponse, "send_seconds", 0.5)
+    with served(store, tmp_path) as (http, collector):
+        site_id, keys = new_site(collector, "stall")
+        insert_rows(store, site_id, "stall", 60_000)
+        port = http.base_url.port
+        stalled = []
+        for _ in range(export.PER_SITE):  # every slot of the site, held by clients that stall
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.settimeout(30)
+            sock.connect(("127.0.0.1", port))
+            sock.sendall(f"GET {EXPORT.format(site_id)} HTTP/1.1\r\nHost: x\r\nAuthorization: "
+                         f"Bearer {keys['read']}\r\n\r\n".encode())
+            assert sock.recv(64).startswith(b"HTTP/1.1 200")
+            stalled.append(sock)
+        auth = {"Authorization": f"Bearer {keys['read']}"}
+        # Let go after the limit: the slots come back.
+        wait_for(lambda: http.get(EXPORT.format(site_id), params={"limit": "1"},
+                                  headers=auth).status_code == 200)
+        for sock in stalled:
+            received = b""
+            while chunk := sock.recv(1 << 20):
+                received += chunk
+            sock.close()
+            assert not received.endswith(b"0\r\n\r\n")  # cut, not ended
+    assert "Exception in ASGI application" not in capfd.readouterr().err

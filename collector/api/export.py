@@ -46,6 +46,7 @@ and a client that reads slowly slows the query down. A send that waits longer th
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -61,6 +62,8 @@ from collector.api.query import choice, integer, names, params
 from collector.ingest.events import CHANNELS, STRING_LIMITS
 from collector.service import Collector
 from collector.sites import Site
+
+log = logging.getLogger("tagwerk.api.export")
 
 FORMATS = {  # name: (ClickHouse format, media type)
     "ndjson": ("JSONEachRow", "application/x-ndjson"),
@@ -129,6 +132,10 @@ def head_only(media: str, headers: dict[str, str] | None = None) -> Response:
     return response
 
 
+class _ClientStalled(Exception):
+    """A send of a paced answer waited past its limit."""
+
+
 class PacedResponse(StreamingResponse):
     """A streamed answer whose every send must complete within ``SEND_SECONDS`` (a client
     that stops reading is let go), and whose body iterator is always closed."""
@@ -137,11 +144,18 @@ class PacedResponse(StreamingResponse):
 
     async def stream_response(self, send: Send) -> None:
         async def paced(message: Message) -> None:
-            with anyio.fail_after(self.send_seconds):
-                await send(message)
+            try:
+                with anyio.fail_after(self.send_seconds):
+                    await send(message)
+            except TimeoutError:
+                raise _ClientStalled from None
 
         try:
             await super().stream_response(paced)
+        except _ClientStalled:
+            # Returning without the last message: the server closes the connection, so
+            # the client sees a cut body, and it logs a line rather than an app error.
+            log.info("a client read nothing for %.0f s: its answer was cut", self.send_seconds)
         finally:
             with anyio.CancelScope(shield=True):
                 await self.body_iterator.aclose()  # type: ignore[attr-defined]
