@@ -196,3 +196,21 @@ def test_a_slow_subscriber_catches_up_without_gaps_or_repeats(store, tmp_path):
         with pytest.raises(queue.Empty):
             while True:  # nothing more than those 35 rows, heartbeats only
                 assert "data" not in listener.messages.get(timeout=1)
+
+
+def test_the_streams_of_all_sites_are_capped_too():
+    """Past ``total`` streams in all, another site's stream is refused too (429 with
+    Retry-After); each ended stream frees its place."""
+    from collector.api.access import ApiError
+    from collector.api.stream import Hub
+
+    hub = Hub(store=None, config=StreamConfig(per_site=2, total=3))  # admit reads no store
+    for site in ("a", "a", "b"):
+        hub.admit(site)
+    with pytest.raises(ApiError) as refused:
+        hub.admit("c")
+    assert refused.value.status == 429 and "Retry-After" in refused.value.headers
+    hub.release("a")
+    hub.admit("c")
+    with pytest.raises(ApiError):
+        hub.admit("b")
