@@ -64,8 +64,8 @@ class StreamConfig:
     # rows: a step reads the positions of every row after its start (the table is sorted by
     # day, not by insert), so 2,000-row steps made a catch-up quadratic. At most
     # ``catch_up_reads`` steps at once: each holds its rows' JSON (~1 KB a row) in memory.
-    # bench/export.py --stream, 300,000 rows: 51 s before; 9.1-11.1 s (0.13-0.16x the
-    # export's rate), RSS +52-60 MB (32,000-row steps: 11.1 s, +153 MB).
+    # bench/export.py --stream, 300,000 rows: 51 s before; 9.1-11.5 s (0.12-0.16x the
+    # export's rate), RSS +45-131 MB (32,000-row steps: 11.1 s, +153 MB).
     catch_up_rows: int = 16_000
     catch_up_reads: int = 2
 
@@ -73,7 +73,7 @@ class StreamConfig:
 class Row(NamedTuple):
     position: Position
     # The row as one JSON object without its opening brace: a view into the engine's
-    # answer, copied once, into the message (a catch-up step holds 32,000 rows).
+    # answer, copied once, into the message (a catch-up step holds up to 16,000 rows).
     rest: memoryview
 
     def event(self) -> str:

@@ -26,6 +26,7 @@ from collector.identity.verify import verified
 from collector.ingest.geo import UNKNOWN, Location
 from collector.ingest.ids import uuid7
 from collector.ingest.useragent import Agent
+from collector.spool.record import EVENT_COLUMNS
 from collector.storage import time_text
 from collector.web.http import json_field, nested_too_deep
 from collector.web.qvalues import LANG, MAX_LANG
@@ -35,7 +36,7 @@ from consent.purposes import MAX_PURPOSES, is_purpose_id
 
 TYPES = frozenset({"page", "track", "identify", "alias"})
 CHANNELS = frozenset({"web", "app", "email", "qr", "pos", "callcenter", "server"})
-UTM = ("utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content")
+UTM = tuple(name for name in EVENT_COLUMNS if name.startswith("utm_"))  # in the row's order
 NO_UTM = ("",) * len(UTM)
 
 # Field -> longest accepted value, in characters.
