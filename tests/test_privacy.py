@@ -552,3 +552,34 @@ def test_an_erasure_takes_the_persons_sessions_from_the_settled_co_views(env):
     assert r.status_code == 200, r.text
     assert r.json()["removed"]["coview_pairs_settled"] == 1
     assert found_anywhere(env[1].store, [session]) == {}
+
+
+def test_a_device_whose_every_holder_was_erased_is_kept_nowhere(env):
+    """A family tablet: A logs in, later B. Erasing A hands A's time on it to an erased
+    anchor, so that B does not inherit it; erasing B too must leave the tablet's id
+    nowhere, the anchors' links included: nobody is left whom it could identify. Its
+    hits of both persons' time stay dropped, and its new hits belong to a new nobody."""
+    client, collector, _ = env
+    n = uuid.uuid4().hex[:8]
+    a, b, tablet = f"ta-{n}", f"tb-{n}", f"tab2-{n}"
+    product = {"product_id": f"tp-{n}", "quantity": 1}
+    send(env, [{**hit("login", "2026-11-10T08:00:00Z", device_id=tablet),
+                "type": "identify", "user_id": a},
+               hit("view_item", "2026-11-10T08:05:00Z", [product], device_id=tablet),
+               {**hit("login", "2026-11-11T08:00:00Z", device_id=tablet),
+                "type": "identify", "user_id": b},
+               hit("view_item", "2026-11-11T08:05:00Z", [product], device_id=tablet)])
+    for user in (a, b):
+        r = call(env, "POST", f"{BASE}/privacy/erase", {"id": f"user:{user}"})
+        assert r.status_code == 200, r.text
+    assert found_anywhere(collector.store, [tablet, a, b]) == {}
+    assert send(env, [hit("view_item", "2026-11-10T09:00:00Z", [product], device_id=tablet),
+                      hit("view_item", "2026-11-11T09:00:00Z", [product], device_id=tablet)]
+                ) == 0
+    # (a second on: the erasure's second is still B's)
+    later = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert send(env, [hit("view_item", later, [product], device_id=tablet)]) == 1
+    person = call(env, "GET", f"{BASE}/persons/device:{tablet}", key="read").json()
+    assert [i["kind"] for i in person["identifiers"]] == ["device"]
+    profile = call(env, "GET", f"{BASE}/persons/device:{tablet}/profile", key="read").json()
+    assert [v["views"] for v in profile["viewed"]] == [1]

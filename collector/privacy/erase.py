@@ -19,7 +19,9 @@
    involving them, and the audit rows of those operations (they hold identifiers). A
    shared identifier's links to them become links to an erased anchor (a user id no
    request can name), so that the time it was theirs stays nobody's: a late hit of that
-   time is not handed to the device's other owner.
+   time is not handed to the device's other owner. An identifier whose other holders
+   were all erased before loses all its links, the erased anchors' too: nobody is left
+   whom it identifies (the tombstones keep dropping each erased person's time).
 5. An audit row records who erased what and when: the digest of the identifier asked for
    (keyed, like the tombstones': ``key.py``), the number of identifiers and the rows
    removed per table, never an identifier.
@@ -35,7 +37,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 from weakref import WeakKeyDictionary
 
@@ -208,6 +210,14 @@ def _erase_identity(store: Store, site_id: str, person: Person,
     users = [person_id(site_id, "user", u) for u in person.users]
     members = sorted(person.members)
     base = {"site": site_id, "users": users, "members": members}
+    removed = dict.fromkeys(("identity_links", "identity_links_by_person"), 0)
+    orphaned = _held_by_nobody_else(store, site_id, users, shared)
+    if orphaned:
+        # Held otherwise only by persons erased before: nobody is left whom it identifies.
+        # Its links go, the erased anchors' with them; the tombstones of each erased
+        # person's time keep dropping that time's hits.
+        removed = _forget_identifiers(store, site_id, users, orphaned, settings)
+        shared = [pair for pair in shared if pair not in orphaned]
     if shared:
         # The time a shared identifier was theirs stays nobody's (see the module's doc).
         anchor = ERASED + request_id
@@ -221,11 +231,11 @@ def _erase_identity(store: Store, site_id: str, person: Person,
             {**base, "anchor": anchor, "anchor_person": person_id(site_id, "user", anchor),
              "pairs": [f"{k}:{i}" for k, i in shared]})
     theirs = "site_id = {site:String} AND person_id IN {users:Array(String)}"
-    removed = {
-        "identity_links": _delete(store, "tagwerk.identity_links_by_identifier", [theirs],
-                                  base, settings),
-        "identity_links_by_person": _delete(store, "tagwerk.identity_links_by_person",
-                                            [theirs], base, settings),
+    removed["identity_links"] += _delete(store, "tagwerk.identity_links_by_identifier",
+                                         [theirs], base, settings)
+    removed["identity_links_by_person"] += _delete(store, "tagwerk.identity_links_by_person",
+                                                   [theirs], base, settings)
+    removed |= {
         "identity_merges": _delete(
             store, "tagwerk.identity_merges", ["site_id = {site:String} AND "
             "(person_id IN {members:Array(String)} OR into_person IN {members:Array(String)})"],
@@ -245,6 +255,48 @@ def _erase_identity(store: Store, site_id: str, person: Person,
         "(hasAny(persons, {members:Array(String)}) OR hasAny(identifiers, {pairs:Array(String)}))"],
         {**base, "pairs": pairs}, settings)
     return removed
+
+
+# Identifiers matched exactly, narrowed first on the links' sorting key (site_id, kind, id).
+PAIRS = (f"kind IN {{kinds:Array(String)}} AND id IN {{ids:Array(String)}} "
+         f"AND {PAIR} IN {{pairs:Array(String)}}")
+
+
+def _pairs(pairs: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
+    """The parameters of ``PAIRS``."""
+    pairs = sorted(pairs)
+    return {"kinds": sorted({k for k, _ in pairs}), "ids": sorted({i for _, i in pairs}),
+            "pairs": [f"{k}:{i}" for k, i in pairs]}
+
+
+def _held_by_nobody_else(store: Store, site_id: str, users: list[str],
+                         shared: list[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Which of the shared identifiers no one but the person and erased anchors holds."""
+    if not shared:
+        return set()
+    rows = store.rows(
+        "SELECT DISTINCT toString(kind) AS kind, id FROM tagwerk.identity_links_by_identifier "
+        f"WHERE site_id = {{site:String}} AND {PAIRS} AND person_id NOT IN "
+        "{users:Array(String)} AND NOT startsWith(user_id, {erased:String})",
+        {"site": site_id, **_pairs(shared), "users": users, "erased": ERASED})
+    return set(shared) - {(r["kind"], r["id"]) for r in rows}
+
+
+def _forget_identifiers(store: Store, site_id: str, users: list[str],
+                        pairs: set[tuple[str, str]], settings: str) -> dict[str, int]:
+    """Delete every link of ``pairs``, whoever's, from both link tables."""
+    params: dict[str, Any] = {"site": site_id, **_pairs(pairs)}
+    holders = store.rows("SELECT DISTINCT person_id FROM tagwerk.identity_links_by_identifier "
+                         f"WHERE site_id = {{site:String}} AND {PAIRS}", params)
+    params["holders"] = sorted({r["person_id"] for r in holders} | set(users))
+    return {
+        "identity_links": _delete(store, "tagwerk.identity_links_by_identifier",
+                                  [f"site_id = {{site:String}} AND {PAIRS}"], params, settings),
+        "identity_links_by_person": _delete(
+            store, "tagwerk.identity_links_by_person",
+            [f"site_id = {{site:String}} AND person_id IN {{holders:Array(String)}} AND {PAIRS}"],
+            params, settings),
+    }
 
 
 def delete_settings(store: Store) -> str:
