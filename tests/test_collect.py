@@ -156,6 +156,9 @@ BAD = [
     ("revenue NaN", {"site": "collect-test", "event": "e", "revenue": "NaN"}, {}, 400, "revenue"),
     ("revenue huge", {"site": "collect-test", "event": "e", "revenue": 1e20}, {}, 400, "range"),
     ("currency", {"site": "collect-test", "event": "e", "currency": "EURO"}, {}, 400, "currency"),
+    # A ligature that upper-cases to three letters ("FFA") is no ISO 4217 code.
+    ("currency not ASCII", {"site": "collect-test", "event": "e", "currency": "\ufb00a"}, {},
+     400, "currency"),
     ("consent not a list", {"site": "collect-test", "event": "e", "consent": "all"}, {}, 400,
      "consent"),
     ("props not an object", {"site": "collect-test", "event": "e", "props": []}, {}, 400, "props"),

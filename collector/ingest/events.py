@@ -82,7 +82,7 @@ ECOMMERCE_FLAT = frozenset({"order_id", "revenue", "currency", "coupon", "items"
 GA4_ITEM_STRINGS = (("item_id", "product_id"), ("item_name", "name"),
                     ("item_category", "category"), ("item_brand", "brand"),
                     ("item_variant", "variant"))
-CURRENCY = re.compile(r"[A-Z]{3}")  # fullmatch
+CURRENCY = re.compile(r"[A-Za-z]{3}")  # fullmatch, then upper-cased (ASCII only: "ﬀa" is no "FFA")
 MIN_TS = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
 # Browser clocks run ahead; beyond this a browser's time is replaced by the server time, and
 # a server's (the batch API's senders keep their own times) refused: its sender's bug.
@@ -476,7 +476,7 @@ def _decimal(value: Any, name: str) -> str:
 def _currency(value: Any) -> str:
     if value is None or value == "":
         return ""
-    if not isinstance(value, str) or not CURRENCY.fullmatch(value.upper()):
+    if not isinstance(value, str) or not CURRENCY.fullmatch(value):
         raise EventError("'currency' must be an ISO 4217 code such as EUR", "currency")
     return value.upper()
 
