@@ -87,6 +87,8 @@ def _event(rng: random.Random, site: str, ts: dt.datetime, device: str, session:
                            "quantity": rng.randint(1, 3)} for p, c, price in picked]
         if kind == "view_item" and rng.random() < 0.1:
             event["items"].append({"product_id": "", "price": 1})  # no id: never counted
+        if kind in ("add_to_cart", "purchase"):  # a shop in two currencies, and none named
+            event["currency"] = ("EUR", "CHF", "")[sum(map(ord, session)) % 3]
     return event
 
 
@@ -189,6 +191,21 @@ def test_product_hourly(loaded):
             AND event IN ('view_item', 'add_to_cart', 'purchase')
         GROUP BY site_id, hour, product_id""")
     assert any(r["persons"] for r in rows) and any(float(r["revenue"]) > 0 for r in rows)
+
+
+def test_product_revenue_per_currency(loaded):
+    """Each purchase's revenue under its own currency ('' when it named none)."""
+    rows = same(loaded, f"""
+        SELECT site_id, hour, product_id, currency, sum(purchases) AS purchases,
+            toString(sum(revenue)) AS revenue
+        FROM tagwerk.product_hourly WHERE {IN}
+        GROUP BY site_id, hour, product_id, currency HAVING purchases > 0""", f"""
+        SELECT site_id, toStartOfHour(ts) AS hour, it.1 AS product_id, currency,
+            count() AS purchases, toString(toDecimal128(sum(it.6 * it.7), 4)) AS revenue
+        FROM tagwerk.events ARRAY JOIN items AS it
+        WHERE {IN} AND is_bot = 0 AND it.1 != '' AND event = 'purchase'
+        GROUP BY site_id, hour, product_id, currency""")
+    assert {r["currency"] for r in rows} == {"EUR", "CHF", ""}
 
 
 def test_page_daily_totals(loaded):

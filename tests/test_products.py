@@ -100,6 +100,43 @@ def test_top_by_purchases_revenue_and_category(env):
     assert get(env, "/products/top?category=none").json()["as_of"] is None
 
 
+def test_revenue_is_of_one_currency(env):
+    """A shop selling in EUR and CHF: revenue never adds francs to euros. It is the asked
+    currency's, else the one most purchases named; the answer says which."""
+    client, collector, _, _ = env
+    created, keys = collector.sites.create(f"prod-fx-{uuid.uuid4().hex[:6]}")
+
+    def bought(product, price, currency):
+        return {**hit("purchase", MIN, [(product, price, 1)]),
+                **({"currency": currency} if currency else {})}
+
+    send(client, keys["write"], [bought("euro-1", 10, "EUR"), bought("euro-1", 10, "eur"),
+                                 bought("euro-2", 15, "EUR"), bought("franc", 100, "CHF"),
+                                 bought("unnamed", 1000, "")])
+    wait_for(lambda: drained(collector))
+    site = created.site_id
+
+    def top(query):
+        r = client.get(f"/api/v1/sites/{site}/products/top?{query}",
+                       headers={"Authorization": f"Bearer {keys['read']}"})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        return body["currency"], [(i["product_id"], i["revenue"]) for i in body["items"]]
+
+    assert top("metric=revenue") == ("EUR", [("euro-1", 20.0), ("euro-2", 15.0)])
+    assert top("metric=revenue&currency=chf") == ("CHF", [("franc", 100.0)])
+    assert top("metric=revenue&currency=USD") == ("USD", [])
+    # Every list's revenue is of its currency; purchases count in any.
+    assert top("metric=purchases&currency=CHF") == ("CHF", [
+        ("euro-1", 0.0), ("euro-2", 0.0), ("franc", 100.0), ("unnamed", 0.0)])
+
+
+def test_revenue_without_a_named_currency(env):
+    """A shop that never names a currency (this module's dataset): revenue as before."""
+    body = get(env, "/products/top?metric=revenue").json()
+    assert body["currency"] is None and body["items"][0]["revenue"] == 200.0
+
+
 def test_top_window_counts_older_hours(env):
     week = get(env, "/products/top?window=7d").json()["items"]
     assert week[0] == {**week[0], "product_id": "p2", "views": 21}
@@ -159,6 +196,11 @@ def test_keys(env, path):
     ("/products/top?window=91d", "window"),
     ("/products/top?window=24", "window"),
     ("/products/top?metric=clicks", "metric"),
+    ("/products/top?currency=EURO", "currency"),
+    ("/products/top?currency=", "currency"),
+    ("/products/top?currency=E1R", "currency"),
+    ("/products/top?currency=%EF%AC%80a", "currency"),
+    ("/products/top?currency=%C3%A9ur", "currency"),
     ("/products/top?category=%01", "category"),
     ("/products/top?category=" + "x" * 300, "category"),
     ("/products/top?window=%ff", "window"),

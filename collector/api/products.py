@@ -5,6 +5,9 @@ Every list answers ``{"items": [{"product_id": ..., "score": ..., ...}], "as_of"
 ``T`` being the time (ISO 8601, UTC) of the newest event the list was computed from, or
 null when none was.
 
+- **Top** answers also ``"currency"``: revenue sums the purchases of one currency (ISO 4217),
+  the one asked for with ``currency=``, else the one most of the window's purchases named;
+  null when none named one (the revenue of purchases without a currency).
 - **Windows** count whole hours of ``product_hourly``: ``window=24h`` reads the hours from
   the start of the hour 24 hours ago up to now (24 to 25 hours).
 - **Trending** compares a product's interactions (views + add-to-carts + purchases) in the
@@ -48,6 +51,7 @@ from collector.identity.cache import PersonAnswers
 from collector.identity.graph import Graph
 from collector.identity.link_index import LinkIndex
 from collector.identity.resolutions import link_keys, resolve_kept
+from collector.ingest.events import CURRENCY
 from collector.service import Collector
 from collector.sites import Site
 
@@ -77,10 +81,13 @@ KEYED = Bounds()
 
 # -- the queries ----------------------------------------------------------------------------
 
+# Revenue is of one currency (product_hourly keeps it per currency, clickhouse/0037): the
+# one asked for, else the one most purchases in the window named ('' when none named one).
 TOP = """
+WITH %(currency)s AS sold_in
 SELECT product_id, sum(views) AS views, sum(add_to_carts) AS add_to_carts,
     sum(purchases) AS purchases, sum(quantity) AS quantity,
-    toFloat64(sum(revenue)) AS revenue, %(as_of)s
+    toFloat64(sumIf(revenue, currency = sold_in)) AS revenue, sold_in, %(as_of)s
 FROM tagwerk.product_hourly
 WHERE site_id = {site:String} AND hour >= toDateTime({since:UInt32})
     AND hour <= toDateTime({until:UInt32})
@@ -90,6 +97,14 @@ HAVING %(metric)s > 0 %(category)s
 ORDER BY %(metric)s DESC, product_id
 LIMIT {limit:UInt32}
 """
+
+ASKED_CURRENCY = "{currency:String}"
+MOST_SOLD_IN = """(
+    SELECT groupArray(sold_in)[1] FROM (
+        SELECT currency AS sold_in FROM tagwerk.product_hourly
+        WHERE site_id = {site:String} AND hour >= toDateTime({since:UInt32})
+            AND hour <= toDateTime({until:UInt32}) AND currency != ''
+        GROUP BY currency ORDER BY sum(purchases) DESC, currency LIMIT 1))"""
 
 TRENDING = """
 SELECT product_id, recent, baseline,
@@ -136,6 +151,7 @@ class Ask:
     limit: int
     metric: str = "views"
     category: str = ""
+    currency: str = ""  # top: the revenue's (ISO 4217), '' for the most purchases'
     since: int = 0  # unix seconds, the start of an hour
     until: int = 0  # the start of the last hour counted: now's (a hit stamped ahead waits)
     recent: int = 0  # trending: start of the recent window
@@ -154,11 +170,15 @@ def compute(store: Any, site_id: str, ask: Ask, exclude: tuple[str, ...],
     if ask.kind == "top":
         category = "AND has(groupUniqArrayArray(categories), {category:String})" \
             if ask.category else ""
-        sql = TOP % {"metric": ask.metric, "category": category, "as_of": AS_OF}
+        sql = TOP % {"metric": ask.metric, "category": category, "as_of": AS_OF,
+                     "currency": ASKED_CURRENCY if ask.currency else MOST_SOLD_IN}
         rows = store.rows(sql, {**base, "since": ask.since, "until": ask.until,
-                                "category": ask.category})
+                                "category": ask.category, "currency": ask.currency})
         items = [{"product_id": r["product_id"], "score": r[ask.metric],
                   **{m: r[m] for m in (*METRICS, "quantity")}} for r in rows]
+        currency = rows[0]["sold_in"] if rows else ask.currency
+        return {"items": items, "currency": currency or None,
+                "as_of": _iso(rows[0]["as_of"]) if rows else None}
     elif ask.kind == "trending":
         recent_seconds = max(now - ask.recent, 1.0)
         ratio = recent_seconds / max(ask.recent - ask.since, 1)
@@ -285,9 +305,12 @@ def top_ask(values: dict[str, str], bounds: Bounds, now: float) -> Ask:
     if len(category) > 256 or CONTROL.search(category):
         raise ApiError(400, "'category' must be at most 256 characters without control "
                        "characters", "category")
+    currency = values.get("currency", "")
+    if "currency" in values and not CURRENCY.fullmatch(currency):
+        raise ApiError(400, "'currency' must be an ISO 4217 code such as EUR", "currency")
     return Ask("top", integer(values, "limit", 10, 1, bounds.max_limit),
                metric=choice(values, "metric", METRICS, "views"), category=category,
-               since=hour_start(now - span), until=hour_start(now))
+               currency=currency.upper(), since=hour_start(now - span), until=hour_start(now))
 
 
 def trending_ask(values: dict[str, str], bounds: Bounds, now: float) -> Ask:
@@ -308,7 +331,7 @@ def related_ask(request: Request, values: dict[str, str], bounds: Bounds) -> Ask
 
 # -- the keyed endpoints ----------------------------------------------------------------------
 
-TOP_PARAMS = ("window", "metric", "limit", "category")
+TOP_PARAMS = ("window", "metric", "limit", "category", "currency")
 TRENDING_PARAMS = ("window", "baseline", "limit")
 RELATED_PARAMS = ("kind", "limit")
 
