@@ -134,6 +134,42 @@ def test_profile_numbers_match_the_raw_events(env):
         k: round(v / total, 4) for k, v in weights.items()}
 
 
+def test_purchases_keep_their_currency(env):
+    """Revenue is never added across currencies: a product bought in euros and in francs is
+    listed once per currency; a purchase that named none has a null currency."""
+    n = uuid.uuid4().hex[:8]
+    device, watch, strap = f"fx-{n}", item(f"watch-{n}", "watches", "Uhr", "100.00"), \
+        item(f"strap-{n}", "straps", "Uhr", "20.00")
+    send(env, [hit("purchase", "2026-11-10T10:00:00Z", [watch], device_id=device,
+                   order_id=f"a-{n}", currency="EUR"),
+               hit("purchase", "2026-11-11T10:00:00Z", [watch, strap], device_id=device,
+                   order_id=f"b-{n}", currency="CHF"),
+               hit("purchase", "2026-11-12T10:00:00Z", [watch], device_id=device,
+                   order_id=f"c-{n}", currency="EUR"),
+               hit("purchase", "2026-11-12T11:00:00Z", [strap], device_id=device,
+                   order_id=f"d-{n}")])
+    profile = get(env, f"{BASE}/persons/device:{device}/profile").json()
+    assert [(p["product_id"], p["currency"], p["quantity"], p["revenue"])
+            for p in profile["purchased"]] == [
+        (strap["product_id"], None, 1, 20.0),
+        (watch["product_id"], "EUR", 2, 200.0),
+        (watch["product_id"], "CHF", 1, 100.0),
+        (strap["product_id"], "CHF", 1, 20.0)]
+
+
+def test_a_hit_stored_before_currencies_reads_as_of_none():
+    """person_hits rows stored before clickhouse/0038 keep their packed hit one field short."""
+    from types import SimpleNamespace
+
+    from collector.identity import profile as profiles
+
+    old = ["1", "2026-11-10 10:00:00.000", "purchase", "p", "c", "b", "web", "mobile", "2",
+           "30", "cid"]
+    answer, _ = profiles._profile(SimpleNamespace(person_id="x"), [old])  # noqa: SLF001
+    assert answer["purchased"] == [{"product_id": "p", "quantity": 2, "revenue": 30.0,
+                                    "currency": None, "last": "2026-11-10 10:00:00.000"}]
+
+
 def test_without_personalization_consent_there_is_no_profile(env):
     n = uuid.uuid4().hex[:8]
     send(env, [hit("view_item", "2026-11-11T10:00:00Z", [item(f"p-{n}", "c", "b")],

@@ -51,11 +51,12 @@ NEWEST = " ORDER BY ts DESC"
 CUT = " LIMIT {most:UInt32}"
 # The fields of ``hit``, in its order (the event's id is its hash: it only tells one hit
 # from another of the same person, whose copies under several keys are counted once).
+# A hit stored before clickhouse/0038 lacks the last, ``currency``: of none named.
 HIT_FIELDS = ("event_id", "ts", "event", "product_id", "category", "brand", "channel",
-              "device_class", "quantity", "revenue", "consent_id")
+              "device_class", "quantity", "revenue", "consent_id", "currency")
 Hit = list[str]  # a hit's fields as in HIT_FIELDS
 (EVENT_ID, TS, EVENT, PRODUCT, CATEGORY, BRAND, CHANNEL, DEVICE_CLASS, QUANTITY, REVENUE,
- CONSENT_ID) = range(len(HIT_FIELDS))
+ CONSENT_ID, CURRENCY) = range(len(HIT_FIELDS))
 
 
 def _rows(store: Store, site_id: str, persons: list[Person], events: tuple[str, ...] = ()
@@ -161,7 +162,7 @@ def _profile(person: Person, hits: list[Hit]) -> tuple[dict[str, Any] | None, li
     if not hits:
         return None, []
     viewed: dict[str, dict[str, Any]] = {}
-    purchased: dict[str, dict[str, Any]] = {}
+    purchased: dict[tuple[str, str], dict[str, Any]] = {}
     taste: dict[str, defaultdict[str, int]] = {"category": defaultdict(int),
                                                "brand": defaultdict(int)}
     categories, brands = taste["category"], taste["brand"]
@@ -188,10 +189,13 @@ def _profile(person: Person, hits: list[Hit]) -> tuple[dict[str, Any] | None, li
             if ts > entry["last"]:
                 entry["last"] = ts
         elif event == PURCHASE:
-            entry = purchased.get(product)
+            # One entry per product and currency: revenue is never summed across currencies.
+            currency = hit[CURRENCY] if len(hit) > CURRENCY else ""
+            entry = purchased.get((product, currency))
             if entry is None:
-                entry = purchased[product] = {"product_id": product, "quantity": 0,
-                                              "revenue": Decimal(0), "last": ts}
+                entry = purchased[(product, currency)] = {
+                    "product_id": product, "quantity": 0, "revenue": Decimal(0),
+                    "currency": currency or None, "last": ts}
             entry["quantity"] += int(hit[QUANTITY])
             entry["revenue"] += Decimal(hit[REVENUE])
             if ts > entry["last"]:
@@ -215,8 +219,10 @@ def _profile(person: Person, hits: list[Hit]) -> tuple[dict[str, Any] | None, li
     }, sorted(consent_ids)[:MAX_CONSENT_IDS]
 
 
-def _recent(entries: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    ordered = sorted(entries.values(), key=lambda e: (e["last"], e["product_id"]), reverse=True)
+def _recent(entries: dict[Any, dict[str, Any]]) -> list[dict[str, Any]]:
+    ordered = sorted(entries.values(),
+                     key=lambda e: (e["last"], e["product_id"], e.get("currency") or ""),
+                     reverse=True)
     return ordered[:RECENT]
 
 
