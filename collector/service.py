@@ -9,6 +9,7 @@ import os
 import secrets
 import threading
 import time
+from collections.abc import Callable
 
 from collector.config import Settings
 from collector.containers import Containers, Previews
@@ -79,6 +80,8 @@ class Collector:
                            lambda: self.spool.fsyncs)
         self.sql_password = ""
         self._stopping = threading.Event()
+        self.draining = False  # the server began to stop (``drain``)
+        self._drains: list[Callable[[], None]] = []
 
     # -- start and stop ---------------------------------------------------------------------
 
@@ -101,6 +104,22 @@ class Collector:
         self.geo.close()
         if self._owns_store:
             self.store.close()
+
+    def when_draining(self, end: Callable[[], None]) -> None:
+        """``end`` runs (in the event loop) when the server begins to stop, at once if it
+        has: answers that never end on their own (streams) end then, instead of holding
+        the shutdown for its grace and being cut."""
+        if self.draining:
+            end()
+        else:
+            self._drains.append(end)
+
+    def drain(self) -> None:
+        """The server is stopping (called by each open connection: runs once)."""
+        if not self.draining:
+            self.draining = True
+            for end in self._drains:
+                end()
 
     def _prepare_storage(self) -> None:
         """Migrate and load sites; with ClickHouse down, serve from the last snapshot of the

@@ -214,3 +214,50 @@ def test_the_streams_of_all_sites_are_capped_too():
     hub.admit("c")
     with pytest.raises(ApiError):
         hub.admit("b")
+
+
+def test_a_stopping_collector_ends_its_streams_at_once(tmp_path):
+    """On SIGTERM an open stream ends cleanly at once, so that its client reconnects with
+    Last-Event-ID (to this collector restarted, or another) and the collector exits: a
+    stream never ends on its own, and used to hold the shutdown for its whole grace (10 s)
+    and then be cut mid-body."""
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    from tests.servers import Server
+
+    server = Server(tmp_path / "c", "--no-demo").start()
+    try:
+        made = subprocess.run([sys.executable, "-m", "collector", "site", "create", "stopping",
+                               "--data-dir", str(server.data_dir)],
+                              capture_output=True, text=True, timeout=60)
+        key = re.search(r"read key:\s+(\S+)", made.stdout).group(1)
+        with httpx.stream("GET", f"{server.url}{STREAM.format('stopping')}", timeout=30,
+                          headers={"Authorization": f"Bearer {key}"}) as response:
+            assert response.status_code == 200
+            lines = response.iter_lines()
+            assert next(lines).startswith("retry:")
+            began = time.monotonic()
+            server.proc.send_signal(signal.SIGTERM)
+            rest = list(lines)  # raises if the body is cut rather than ended
+            ended = time.monotonic() - began
+        assert all(line in ("", ": ping") for line in rest), rest
+        assert ended < 3, ended
+        assert server.proc.wait(10) in (0, -signal.SIGTERM)  # uvicorn raises it again
+        assert time.monotonic() - began < 5
+    finally:
+        server.stop()
+
+
+def test_a_closed_hub_begins_no_stream(store):
+    """A request on a kept-alive connection after the drain began gets a 503 to retry."""
+    from collector.api.access import ApiError
+    from collector.api.stream import Hub
+
+    hub = Hub(store, StreamConfig())
+    hub.close()
+    with pytest.raises(ApiError) as refused:
+        hub.admit("any")
+    assert refused.value.status == 503 and refused.value.headers == {"Retry-After": "2"}

@@ -19,6 +19,7 @@ At most ``per_site`` streams of a site and ``total`` streams in all.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
@@ -113,7 +114,7 @@ def fetch(store: Store, rows: cursor_range.Filter, start: Position | None, end: 
 @dataclass(eq=False)
 class Subscriber:
     poller: SitePoller
-    queue: asyncio.Queue[Batch]
+    queue: asyncio.Queue[Batch | None]  # None: the hub closed
     lagging: bool = False
 
     def offer(self, batch: Batch) -> None:
@@ -169,6 +170,17 @@ class Hub:
     _top: tuple[float, int] = (0.0, 0)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _catching_up: asyncio.Semaphore | None = None
+    closed: bool = False  # the server is stopping: every stream ends, none begins
+
+    def close(self) -> None:
+        """End every stream now (their clients reconnect with Last-Event-ID)."""
+        self.closed = True
+        for poller in self.pollers.values():
+            for subscriber in poller.subscribers:
+                # Wakes one waiting for a batch; one with a full queue is not waiting, and
+                # sees ``closed`` before it waits again.
+                with contextlib.suppress(asyncio.QueueFull):
+                    subscriber.queue.put_nowait(None)
 
     async def catch_up(self, rows: cursor_range.Filter, start: Position, end: Position,
                        limit: int) -> tuple[list[Row], Position]:
@@ -188,6 +200,9 @@ class Hub:
             return value
 
     def admit(self, site_id: str) -> None:
+        if self.closed:
+            raise ApiError(503, "the collector is stopping; reconnect in a moment",
+                           headers={"Retry-After": "2"})
         if sum(self.count.values()) >= self.config.total:
             raise ApiError(429, f"at most {self.config.total} streams at once; try again later",
                            headers={"Retry-After": "10"})
@@ -229,6 +244,7 @@ def hub_of(request: Request, collector: Collector) -> Hub:
     if hub is None:
         config = getattr(request.app.state, "tagwerk_stream", None) or StreamConfig()
         hub = request.app.state.tagwerk_stream_hub = Hub(collector.store, config)
+        collector.when_draining(hub.close)
     return hub
 
 
@@ -265,14 +281,14 @@ async def events(hub: Hub, subscriber: Subscriber, rows: cursor_range.Filter, ta
 
     yield f"retry: {config.retry_ms}\n\n".encode()
     position, catch_up = (since, True) if since is not None else (poller.mark, False)
-    while (left := deadline - time.monotonic()) > 0:
+    while (left := deadline - time.monotonic()) > 0 and not hub.closed:
         if catch_up or subscriber.lagging:
             catch_up = subscriber.lagging = False
             while not subscriber.queue.empty():
                 subscriber.queue.get_nowait()
             target = poller.mark  # batches from here on reach the queue
             step = config.batch_rows
-            while position < target:
+            while position < target and not hub.closed:
                 found, position = await hub.catch_up(rows, position, target, step)
                 for piece in pieces(map(sse, found)):
                     yield piece
@@ -283,6 +299,8 @@ async def events(hub: Hub, subscriber: Subscriber, rows: cursor_range.Filter, ta
         except TimeoutError:
             yield b": ping\n\n"
             continue
+        if batch is None:  # the hub closed
+            break
         if batch.end <= position:
             continue
         if batch.start > position:  # a batch went missing: read on our own

@@ -42,6 +42,9 @@ class IngestProtocol(LimitedProtocol):
     collector: Collector
     routes: dict[bytes, dict[bytes, Adapter]]  # method -> path -> adapter (routes.FAST)
 
+    def server_stopping(self) -> None:
+        self.collector.drain()
+
     def take(self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]],
              expects_continue: bool) -> bool:
         paths = self.routes.get(method)

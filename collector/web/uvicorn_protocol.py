@@ -31,7 +31,9 @@ hooks, which a subclass overrides (each a no-op here):
 - ``bad_request(msg)``: the parser failed (an exception raised in a callback included);
 - ``idle()``: a held request was answered and the connection waits for the next one, with
   nothing queued behind it; here uvicorn's keep-alive timer is armed (a timer per answer:
-  a subclass with a timer of its own may close idle connections with that instead).
+  a subclass with a timer of its own may close idle connections with that instead);
+- ``server_stopping()``: the server began a graceful shutdown and asks this connection to
+  end (an idle one is closed, an answer under way is the last on its connection).
 
 The scope of a request left to the application is built once its head is complete (uvicorn
 builds it when the request begins), so a request answered by ``take`` costs none.
@@ -54,7 +56,7 @@ UVICORN_INTERNALS: dict[str, Any] = {
         "on_headers_complete": [], "on_body": ["body"], "on_message_complete": [],
         "on_response_complete": [], "timeout_keep_alive_handler": [],
         "send_400_response": ["msg"], "data_received": ["data"],
-        "connection_made": ["transport"], "connection_lost": ["exc"],
+        "connection_made": ["transport"], "connection_lost": ["exc"], "shutdown": [],
     },
     # set by HttpToolsProtocol in __init__, connection_made or the parser callbacks
     "attributes": ("parser", "url", "headers", "expect_100_continue", "scope", "cycle",
@@ -150,10 +152,19 @@ class UvicornProtocol(HttpToolsProtocol):
     def bad_request(self, msg: str) -> None:
         HttpToolsProtocol.send_400_response(self, msg)
 
+    def server_stopping(self) -> None:
+        pass
+
     def idle(self) -> None:
         # uvicorn's keep-alive timer, as on_response_complete arms it
         self.timeout_keep_alive_task = self.loop.call_later(
             self.timeout_keep_alive, self.timeout_keep_alive_handler)
+
+    # -- the server's calls ----------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        self.server_stopping()
+        super().shutdown()
 
     # -- the parser's callbacks ------------------------------------------------------------
 
