@@ -2,12 +2,16 @@
 
     python3 bench/recommend.py [--events 10000000] [--devices 500000] [--persons 200000]
                                [--products 5000] [--seconds 10] [--clients 32]
+                               [--data-dir DIR]
 
 1. Generates the data directly in the embedded engine (``INSERT ... SELECT ... FROM
    numbers(N)``, through the materialised views like any insert): 30 days of hits of
    ``--devices`` devices (2 in 5 logged in as one of ``--persons`` users, 1 in 5 without
    analytics consent, 2% bots), 40% page views, 40% product views, 12% add-to-carts, 4%
-   purchases of 1-3 items; products drawn with Zipf-like popularity (rank = P^u).
+   purchases of 1-3 items, 9 in 10 in EUR and 1 in 10 in CHF; products drawn with
+   Zipf-like popularity (rank = P^u). With ``--data-dir``, the data is made there once
+   and reused by later runs (code of another version included: its collector migrates it
+   at start, which the run reports).
 2. Runs ``tagwerk serve`` on that data, pinned to one core, and measures each endpoint:
    p50/p99 of a single client (sequential requests, varied parameters: related over the
    100 most popular products) and requests/s with ``--clients`` connections (wrk on the
@@ -43,7 +47,7 @@ GOAL_P99_MS, GOAL_RPS, GOAL_FRESH_S = 20.0, 1000.0, 1.0
 GENERATE = """
 INSERT INTO tagwerk.events (event_id, site_id, event, type, ts, received_at, channel,
     device_id, session_id, user_id, consent, url, path, referrer_host, utm_campaign,
-    device_class, is_bot, items)
+    device_class, is_bot, currency, items)
 SELECT
     generateUUIDv4(n) AS event_id, '{site}' AS site_id,
     multiIf(k < 40, 'page_view', k < 80, 'view_item', k < 92, 'add_to_cart',
@@ -62,6 +66,7 @@ SELECT
     ['', 'google.com', 'news.example'][k % 3 + 1] AS referrer_host,
     ['', 'nov', 'dec', ''][k % 4 + 1] AS utm_campaign,
     'desktop' AS device_class, cityHash64(n, 4) % 50 = 0 AS is_bot,
+    if(event = 'purchase', if(cityHash64(n, 6) % 10 = 0, 'CHF', 'EUR'), '') AS currency,
     if(event IN ('view_item', 'add_to_cart', 'purchase'),
        arrayMap((r, i) -> ('p' || toString(r), 'Product ' || toString(r),
                            'cat' || toString(r % 50), 'brand', '',
@@ -169,7 +174,8 @@ def endpoints(base: str) -> dict[str, list[str]]:
     api = f"{base}/api/v1/sites/{SITE}/products"
     return {
         "top": [f"{api}/top?window=24h&metric={m}&limit=10"
-                for m in ("views", "add_to_carts", "purchases", "revenue")],
+                for m in ("views", "add_to_carts", "purchases", "revenue")]
+        + [f"{api}/top?window=24h&metric=revenue&limit=10&currency=CHF"],
         "trending": [f"{api}/trending?window=1h&baseline=7d&limit=10"],
         "related": [f"{api}/p{i}/related?kind={k}&limit=10" for i in range(100)
                     for k in ("co_view", "co_purchase")],
@@ -257,11 +263,21 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--load", type=int, default=5000, help="events/s during freshness")
     parser.add_argument("--probes", type=int, default=100)
+    parser.add_argument("--data-dir", help="make the data there once, reuse it after")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="tagwerk-recommend-") as tmp:
-        data_dir = Path(tmp)
-        keys = generate(data_dir, args)
+        data_dir = Path(args.data_dir or tmp)
+        saved = data_dir / "bench-keys.json"
+        if saved.exists():
+            keys = json.loads(saved.read_text())
+            print(f"reusing the data in {data_dir}")
+        else:
+            keys = generate(data_dir, args)
+            saved.write_text(json.dumps(keys))
+        began = time.monotonic()
         server = Server(data_dir)
+        print(f"collector answered {time.monotonic() - began:.1f} s after its start "
+              "(migrations included)")
         try:
             print(f"\nserver on core {SERVER_CORE}, wrk on core {CLIENT_CORE}; "
                   f"{args.events:,} events stored")
