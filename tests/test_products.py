@@ -131,6 +131,34 @@ def test_revenue_is_of_one_currency(env):
         ("euro-1", 0.0), ("euro-2", 0.0), ("franc", 100.0), ("unnamed", 0.0)])
 
 
+def test_the_main_currency_is_kept_a_minute(env, monkeypatch):
+    """The window's main currency is read once a minute, not with every list: the lists
+    stay fresh, in the currency chosen last."""
+    from collector.api import products
+
+    client, collector, _, _ = env
+    created, keys = collector.sites.create(f"prod-fx-{uuid.uuid4().hex[:6]}")
+
+    def buy(currency, n=1):
+        send(client, keys["write"], [{**hit("purchase", MIN, [("x", 10, 1)]),
+                                      "currency": currency}] * n)
+        wait_for(lambda: drained(collector))
+
+    def top():
+        r = client.get(f"/api/v1/sites/{created.site_id}/products/top?metric=revenue",
+                       headers={"Authorization": f"Bearer {keys['read']}"})
+        return r.json()["currency"], [i["revenue"] for i in r.json()["items"]]
+
+    buy("CHF")
+    assert top() == ("CHF", [10.0])
+    buy("EUR", 2)
+    buy("CHF")
+    assert top() == ("CHF", [20.0])
+    monkeypatch.setattr(products, "CURRENCY_SECONDS", 0.0)
+    buy("EUR")
+    assert top() == ("EUR", [30.0])
+
+
 def test_revenue_without_a_named_currency(env):
     """A shop that never names a currency (this module's dataset): revenue as before."""
     body = get(env, "/products/top?metric=revenue").json()

@@ -6,8 +6,9 @@ Every list answers ``{"items": [{"product_id": ..., "score": ..., ...}], "as_of"
 null when none was.
 
 - **Top** answers also ``"currency"``: revenue sums the purchases of one currency (ISO 4217),
-  the one asked for with ``currency=``, else the one most of the window's purchases named;
-  null when none named one (the revenue of purchases without a currency).
+  the one asked for with ``currency=``, else the one most of the window's purchases named
+  (chosen again once a minute); null when none named one (the revenue of purchases
+  without a currency).
 - **Windows** count whole hours of ``product_hourly``: ``window=24h`` reads the hours from
   the start of the hour 24 hours ago up to now (24 to 25 hours).
 - **Trending** compares a product's interactions (views + add-to-carts + purchases) in the
@@ -35,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from weakref import WeakKeyDictionary
 
@@ -82,12 +83,12 @@ KEYED = Bounds()
 # -- the queries ----------------------------------------------------------------------------
 
 # Revenue is of one currency (product_hourly keeps it per currency, clickhouse/0037): the
-# one asked for, else the one most purchases in the window named ('' when none named one).
+# one asked for, else the one most purchases in the window named (``MAIN_CURRENCY``, kept
+# for ``CURRENCY_SECONDS``: read with every list, it doubled an uncached list's cost).
 TOP = """
-WITH %(currency)s AS sold_in
 SELECT product_id, sum(views) AS views, sum(add_to_carts) AS add_to_carts,
     sum(purchases) AS purchases, sum(quantity) AS quantity,
-    toFloat64(sumIf(revenue, currency = sold_in)) AS revenue, sold_in, %(as_of)s
+    toFloat64(sumIf(revenue, currency = {currency:String})) AS revenue, %(as_of)s
 FROM tagwerk.product_hourly
 WHERE site_id = {site:String} AND hour >= toDateTime({since:UInt32})
     AND hour <= toDateTime({until:UInt32})
@@ -98,13 +99,13 @@ ORDER BY %(metric)s DESC, product_id
 LIMIT {limit:UInt32}
 """
 
-ASKED_CURRENCY = "{currency:String}"
-MOST_SOLD_IN = """(
-    SELECT groupArray(sold_in)[1] FROM (
-        SELECT currency AS sold_in FROM tagwerk.product_hourly
-        WHERE site_id = {site:String} AND hour >= toDateTime({since:UInt32})
-            AND hour <= toDateTime({until:UInt32}) AND currency != ''
-        GROUP BY currency ORDER BY sum(purchases) DESC, currency LIMIT 1))"""
+MAIN_CURRENCY = """
+SELECT toString(currency) AS currency FROM tagwerk.product_hourly
+WHERE site_id = {site:String} AND hour >= toDateTime({since:UInt32})
+    AND hour <= toDateTime({until:UInt32}) AND currency != ''
+GROUP BY currency ORDER BY sum(purchases) DESC, currency LIMIT 1
+"""
+CURRENCY_SECONDS = 60.0
 
 TRENDING = """
 SELECT product_id, recent, baseline,
@@ -151,7 +152,8 @@ class Ask:
     limit: int
     metric: str = "views"
     category: str = ""
-    currency: str = ""  # top: the revenue's (ISO 4217), '' for the most purchases'
+    currency: str | None = None  # top: the revenue's (ISO 4217; '': of none named), None
+    # until ``Answers`` resolves it to the window's main currency
     since: int = 0  # unix seconds, the start of an hour
     until: int = 0  # the start of the last hour counted: now's (a hit stamped ahead waits)
     recent: int = 0  # trending: start of the recent window
@@ -170,14 +172,12 @@ def compute(store: Any, site_id: str, ask: Ask, exclude: tuple[str, ...],
     if ask.kind == "top":
         category = "AND has(groupUniqArrayArray(categories), {category:String})" \
             if ask.category else ""
-        sql = TOP % {"metric": ask.metric, "category": category, "as_of": AS_OF,
-                     "currency": ASKED_CURRENCY if ask.currency else MOST_SOLD_IN}
+        sql = TOP % {"metric": ask.metric, "category": category, "as_of": AS_OF}
         rows = store.rows(sql, {**base, "since": ask.since, "until": ask.until,
-                                "category": ask.category, "currency": ask.currency})
+                                "category": ask.category, "currency": ask.currency or ""})
         items = [{"product_id": r["product_id"], "score": r[ask.metric],
                   **{m: r[m] for m in (*METRICS, "quantity")}} for r in rows]
-        currency = rows[0]["sold_in"] if rows else ask.currency
-        return {"items": items, "currency": currency or None,
+        return {"items": items, "currency": ask.currency or None,
                 "as_of": _iso(rows[0]["as_of"]) if rows else None}
     elif ask.kind == "trending":
         recent_seconds = max(now - ask.recent, 1.0)
@@ -194,6 +194,12 @@ def compute(store: Any, site_id: str, ask: Ask, exclude: tuple[str, ...],
         items = [{"product_id": r["other_id"], "score": r["score"], count: r["score"]}
                  for r in rows]
     return {"items": items, "as_of": _iso(rows[0]["as_of"]) if rows else None}
+
+
+def main_currency(store: Any, site_id: str, since: int, until: int) -> str:
+    """The currency most purchases of the window named; '' if none named one (blocking)."""
+    rows = store.rows(MAIN_CURRENCY, {"site": site_id, "since": since, "until": until})
+    return rows[0]["currency"] if rows else ""
 
 
 def person_products(store: Any, site: Site, kind: str, ident: str,
@@ -246,8 +252,11 @@ class Answers:
         self.collector = collector
         self._done: OrderedDict[tuple, tuple[Any, float, dict[str, Any]]] = OrderedDict()
         self._running: dict[tuple, asyncio.Future] = {}
+        self._currencies: OrderedDict[tuple[str, int, int], tuple[float, str]] = OrderedDict()
 
     async def get(self, site_id: str, ask: Ask, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+        if ask.kind == "top" and ask.currency is None:
+            ask = replace(ask, currency=await self._main_currency(site_id, ask))
         key = (site_id, ask, exclude)
         related = ask.kind == "related"
         version = None if related else self.collector.spool.checkpoint.flushed
@@ -276,6 +285,21 @@ class Answers:
         while len(self._done) > CACHE_ENTRIES:
             self._done.popitem(last=False)
         return answer
+
+
+    async def _main_currency(self, site_id: str, ask: Ask) -> str:
+        """``main_currency`` of the ask's window, kept ``CURRENCY_SECONDS``."""
+        key, now = (site_id, ask.since, ask.until), time.monotonic()
+        found = self._currencies.get(key)
+        if found is not None and now - found[0] < CURRENCY_SECONDS:
+            return found[1]
+        currency = await run_in_threadpool(main_currency, self.collector.store, site_id,
+                                           ask.since, ask.until)
+        self._currencies[key] = (now, currency)
+        self._currencies.move_to_end(key)
+        while len(self._currencies) > CACHE_ENTRIES:
+            self._currencies.popitem(last=False)
+        return currency
 
 
 _answers: WeakKeyDictionary[Collector, Answers] = WeakKeyDictionary()
@@ -310,7 +334,8 @@ def top_ask(values: dict[str, str], bounds: Bounds, now: float) -> Ask:
         raise ApiError(400, "'currency' must be an ISO 4217 code such as EUR", "currency")
     return Ask("top", integer(values, "limit", 10, 1, bounds.max_limit),
                metric=choice(values, "metric", METRICS, "views"), category=category,
-               currency=currency.upper(), since=hour_start(now - span), until=hour_start(now))
+               currency=currency.upper() if "currency" in values else None,
+               since=hour_start(now - span), until=hour_start(now))
 
 
 def trending_ask(values: dict[str, str], bounds: Bounds, now: float) -> Ask:
