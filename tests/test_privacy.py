@@ -331,47 +331,6 @@ def test_site_retention_applies_to_links_and_person_level_tables(env):
     assert counts(sites[3]) == dict.fromkeys(tables, 0)
 
 
-def test_site_retention_applies_to_merges_splits_and_their_audit_rows(env, monkeypatch):
-    """Explicit merges and splits are identity links too, and their audit rows name
-    identifiers: on a site keeping 3 days, those made 10 days ago are gone like the links
-    (a site keeping everything keeps them)."""
-    from collector.identity import operations
-
-    client, collector, _ = env
-    store = collector.store
-    past = dt.datetime.now(dt.UTC) - dt.timedelta(days=10)
-    monkeypatch.setattr(operations, "_version", lambda: int(past.timestamp() * 1e9))
-    monkeypatch.setattr(operations, "time_text", lambda: past.isoformat(" ", "milliseconds")[:23])
-    n = uuid.uuid4().hex[:8]
-    tables = ("identity_merges", "identity_overrides", "identity_operations")
-    sites = {}
-    for days in (3, 0):
-        site, keys = collector.sites.create(f"priv-opret{days}-{n}", retention_days=days)
-        now = dt.datetime.now(dt.UTC).isoformat()
-        r = client.post("/api/v1/batch", content=orjson.dumps({"events": [
-            {**hit("login", now, device_id=f"d1-{n}"), "type": "identify", "user_id": f"a-{n}"},
-            {**hit("login", now, device_id=f"d2-{n}"), "type": "identify", "user_id": f"b-{n}"},
-        ]}), headers={"Authorization": f"Bearer {keys['write']}"})
-        assert r.status_code == 202, r.text
-        wait_for(lambda: drained(collector))
-        auth = {"Authorization": f"Bearer {keys['admin']}"}
-        base = f"/api/v1/sites/{site.site_id}/identity"
-        for path, body in (("merge", {"from": f"user:a-{n}", "into": f"user:b-{n}"}),
-                           ("split", {"id": f"device:d1-{n}"})):
-            r = client.post(f"{base}/{path}", content=orjson.dumps(body), headers=auth)
-            assert r.status_code == 201, r.text
-        sites[days] = site.site_id
-    for table in tables:
-        store.execute(f"OPTIMIZE TABLE tagwerk.{table} FINAL")
-
-    def counts(site_id):
-        return {t: int(store.rows(f"SELECT count() AS n FROM tagwerk.{t} WHERE site_id = "
-                                  "{s:String}", {"s": site_id})[0]["n"]) for t in tables}
-
-    assert all(counts(sites[0]).values()), counts(sites[0])
-    assert counts(sites[3]) == dict.fromkeys(tables, 0)
-
-
 def test_rows_acknowledged_before_an_erasure_was_known_are_dropped_by_the_flusher(store,
                                                                                    tmp_path):
     """Another collector's spool holds hits of the person, acknowledged before it learnt of

@@ -215,18 +215,16 @@ class Operations:
                  "before": orjson.dumps(before).decode(), "after": orjson.dumps(after).decode(),
                  "persons": sorted(persons - {""}), "identifiers": sorted(identifiers),
                  "undoes": undoes, "actor": actor,
-                 "at": time_text(), "retention_days": self.site.retention_days}
+                 "at": time_text()}
         self.store.insert("tagwerk.identity_operations", orjson.dumps(audit), "JSONEachRow")
         if after["merges"]:
             lines = [orjson.dumps({"site_id": site, **{c: r[c] for c in MERGE_COLUMNS},
-                                   "op_id": op_id, "version": version,
-                                   "retention_days": self.site.retention_days})
+                                   "op_id": op_id, "version": version})
                      for r in after["merges"]]
             self.store.insert("tagwerk.identity_merges", b"\n".join(lines), "JSONEachRow")
         if after["overrides"]:
             lines = [orjson.dumps({"site_id": site, **{c: r[c] for c in OVERRIDE_COLUMNS},
-                                   "op_id": op_id, "version": version,
-                                   "retention_days": self.site.retention_days})
+                                   "op_id": op_id, "version": version})
                      for r in after["overrides"]]
             self.store.insert("tagwerk.identity_overrides", b"\n".join(lines), "JSONEachRow")
         return op_id
