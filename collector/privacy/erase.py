@@ -20,8 +20,9 @@
    shared identifier's links to them become links to an erased anchor (a user id no
    request can name), so that the time it was theirs stays nobody's: a late hit of that
    time is not handed to the device's other owner. An identifier whose other holders
-   were all erased before loses all its links, the erased anchors' too: nobody is left
-   whom it identifies (the tombstones keep dropping each erased person's time).
+   were all erased before is erased whole: its rows and tombstones up to now (its other
+   time was erased persons' or nobody's) and all its links, the erased anchors' too;
+   nobody is left whom it identifies (``_with_history``).
 5. An audit row records who erased what and when: the digest of the identifier asked for
    (keyed, like the tombstones': ``key.py``), the number of identifiers and the rows
    removed per table, never an identifier.
@@ -37,14 +38,16 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 from weakref import WeakKeyDictionary
 
 import orjson
 
-from collector.identity.graph import BEGINNING, END, Graph, Person, row_parts
+from collector.identity.graph import BEGINNING, END, Graph, Person, Span, row_parts
 from collector.identity.kinds import person_id
+from collector.identity.operations import PAIRS, pair_params
 from collector.privacy.tombstones import ALWAYS, Spans, Tombstones
 from collector.sites import Site
 from collector.storage import Store, time_text
@@ -106,6 +109,9 @@ def erase(store: Store, site: Site, tombstones: Tombstones, kind: str, ident: st
     site_id = site.site_id
     request_id = str(uuid.uuid4())
     alone, shared = owned(person)
+    orphaned = _held_by_nobody_else(store, site_id, person, shared)
+    if orphaned:
+        person = _with_history(person, orphaned)
     tombstones.add(site_id, _tombstones(tombstones, site_id, person, alone, shared), request_id)
     flushed = flush(FLUSH_WAIT) and flushed
     removed: dict[str, int] = {}
@@ -124,8 +130,9 @@ def erase(store: Store, site: Site, tombstones: Tombstones, kind: str, ident: st
         store, "tagwerk.coview_pairs_settled",
         ["site_id = {site:String} AND product_id = '' AND other_id IN {s:Array(String)}"],
         {"site": site_id, "s": sessions}, settings) if sessions else 0
-    removed.update(_erase_identity(store, site_id, person,
-                                   shared + _past_the_limit(store, site_id, person),
+    removed.update(_erase_identity(store, site_id, person, orphaned,
+                                   [pair for pair in shared if pair not in orphaned]
+                                   + _past_the_limit(store, site_id, person),
                                    request_id, settings))
     identifiers = len(alone) + len(shared)
     _audit(store, site_id, request_id, tombstones.subject(site_id, kind, ident), identifiers,
@@ -205,19 +212,14 @@ def _tombstones(tombstones: Tombstones, site_id: str, person: Person,
 
 
 def _erase_identity(store: Store, site_id: str, person: Person,
-                    shared: list[tuple[str, str]], request_id: str, settings: str
-                    ) -> dict[str, int]:
+                    orphaned: set[tuple[str, str]], shared: list[tuple[str, str]],
+                    request_id: str, settings: str) -> dict[str, int]:
     users = [person_id(site_id, "user", u) for u in person.users]
     members = sorted(person.members)
     base = {"site": site_id, "users": users, "members": members}
-    removed = dict.fromkeys(("identity_links", "identity_links_by_person"), 0)
-    orphaned = _held_by_nobody_else(store, site_id, users, shared)
-    if orphaned:
-        # Held otherwise only by persons erased before: nobody is left whom it identifies.
-        # Its links go, the erased anchors' with them; the tombstones of each erased
-        # person's time keep dropping that time's hits.
-        removed = _forget_identifiers(store, site_id, users, orphaned, settings)
-        shared = [pair for pair in shared if pair not in orphaned]
+    # Held otherwise only by persons erased before: nobody is left whom it identifies. Its
+    # links go, the erased anchors' with them (see ``_with_history``).
+    removed = _forget_identifiers(store, site_id, users, orphaned, settings)
     if shared:
         # The time a shared identifier was theirs stays nobody's (see the module's doc).
         anchor = ERASED + request_id
@@ -257,45 +259,67 @@ def _erase_identity(store: Store, site_id: str, person: Person,
     return removed
 
 
-# Identifiers matched exactly, narrowed first on the links' sorting key (site_id, kind, id).
-PAIRS = (f"kind IN {{kinds:Array(String)}} AND id IN {{ids:Array(String)}} "
-         f"AND {PAIR} IN {{pairs:Array(String)}}")
-
-
-def _pairs(pairs: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
-    """The parameters of ``PAIRS``."""
-    pairs = sorted(pairs)
-    return {"kinds": sorted({k for k, _ in pairs}), "ids": sorted({i for _, i in pairs}),
-            "pairs": [f"{k}:{i}" for k, i in pairs]}
-
-
-def _held_by_nobody_else(store: Store, site_id: str, users: list[str],
+def _held_by_nobody_else(store: Store, site_id: str, person: Person,
                          shared: list[tuple[str, str]]) -> set[tuple[str, str]]:
-    """Which of the shared identifiers no one but the person and erased anchors holds."""
+    """Which of the shared identifiers no one but the person and erased anchors holds: not
+    through a link, nor as the anchor of a merge with someone else."""
     if not shared:
         return set()
-    rows = store.rows(
+    pairs = {"site": site_id, **pair_params(shared), "members": sorted(person.members),
+             "users": [person_id(site_id, "user", u) for u in person.users],
+             "pairs": [f"{k}:{i}" for k, i in shared]}
+    linked = store.rows(
         "SELECT DISTINCT toString(kind) AS kind, id FROM tagwerk.identity_links_by_identifier "
         f"WHERE site_id = {{site:String}} AND {PAIRS} AND person_id NOT IN "
         "{users:Array(String)} AND NOT startsWith(user_id, {erased:String})",
-        {"site": site_id, **_pairs(shared), "users": users, "erased": ERASED})
-    return set(shared) - {(r["kind"], r["id"]) for r in rows}
+        {**pairs, "erased": ERASED})
+    merged = store.rows(
+        "SELECT toString(kind) AS kind, id, toString(into_kind) AS into_kind, into_id "
+        "FROM tagwerk.identity_merges FINAL WHERE site_id = {site:String} "
+        f"AND into_person != '' AND ({PAIR} IN {{pairs:Array(String)}} OR concat("
+        "toString(into_kind), ':', into_id) IN {pairs:Array(String)}) AND NOT (person_id IN "
+        "{members:Array(String)} AND into_person IN {members:Array(String)})", pairs)
+    held = {(r["kind"], r["id"]) for r in linked}
+    held |= {pair for r in merged
+             for pair in ((r["kind"], r["id"]), (r["into_kind"], r["into_id"]))}
+    return set(shared) - held
+
+
+def _with_history(person: Person, orphaned: set[tuple[str, str]]) -> Person:
+    """The person with the whole history so far of each identifier nobody else holds: its
+    time before their own spans belonged to persons erased before (their rows are gone) or
+    to nobody (an erased anchor's time after that erasure: an anonymous visit, say). Its
+    rows up to now go with theirs, and its tombstones cover that time; its links go
+    (``_forget_identifiers``), and its hits from now on make a new anonymous person."""
+    now = time_text()
+    spans = [s for s in person.spans if (s.kind, s.id) not in orphaned]
+    spans += [Span(kind, ident, BEGINNING, now) for kind, ident in sorted(orphaned)]
+    return replace(person, spans=spans, _by_identifier=None)
 
 
 def _forget_identifiers(store: Store, site_id: str, users: list[str],
                         pairs: set[tuple[str, str]], settings: str) -> dict[str, int]:
-    """Delete every link of ``pairs``, whoever's, from both link tables."""
-    params: dict[str, Any] = {"site": site_id, **_pairs(pairs)}
-    holders = store.rows("SELECT DISTINCT person_id FROM tagwerk.identity_links_by_identifier "
-                         f"WHERE site_id = {{site:String}} AND {PAIRS}", params)
+    """Delete the links of ``pairs`` held by the person's user ids or by erased anchors
+    (not a link a living person made since ``_held_by_nobody_else`` read them)."""
+    if not pairs:
+        return {"identity_links": 0, "identity_links_by_person": 0}
+    ours = ("site_id = {site:String} AND (person_id IN {users:Array(String)} "
+            f"OR startsWith(user_id, {{erased:String}})) AND {PAIRS} AND {PAIR} IN "
+            "{pairs:Array(String)}")
+    params: dict[str, Any] = {"site": site_id, "users": users, "erased": ERASED,
+                              **pair_params(sorted(pairs)),
+                              "pairs": [f"{k}:{i}" for k, i in sorted(pairs)]}
+    holders = store.rows(
+        f"SELECT DISTINCT person_id FROM tagwerk.identity_links_by_identifier WHERE {ours}",
+        params)
     params["holders"] = sorted({r["person_id"] for r in holders} | set(users))
     return {
-        "identity_links": _delete(store, "tagwerk.identity_links_by_identifier",
-                                  [f"site_id = {{site:String}} AND {PAIRS}"], params, settings),
+        "identity_links": _delete(store, "tagwerk.identity_links_by_identifier", [ours],
+                                  params, settings),
         "identity_links_by_person": _delete(
             store, "tagwerk.identity_links_by_person",
-            [f"site_id = {{site:String}} AND person_id IN {{holders:Array(String)}} AND {PAIRS}"],
-            params, settings),
+            ["site_id = {site:String} AND person_id IN {holders:Array(String)} "
+             f"AND {PAIRS} AND {PAIR} IN {{pairs:Array(String)}}"], params, settings),
     }
 
 
