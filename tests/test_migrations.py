@@ -557,7 +557,7 @@ insert = \"\"\"INSERT INTO tagwerk.events (event_id, site_id, event, type, ts, r
     device_id, consent, currency, items) SELECT generateUUIDv4(number), 's',
     ['view_item', 'purchase'][number % 2 + 1], 'track', now64(3), now64(3), 'd', ['analytics'],
     ['EUR', 'CHF', 'EUR', '', 'EUR', 'CHF'][intDiv(number, 2) % 6 + 1],
-    [('p' || toString(number % 2), '', '', '', '', toDecimal64(2.5, 4), toUInt32(2))]
+    [('p' || toString(number), '', '', '', '', toDecimal64(2.5, 4), toUInt32(2))]
     FROM numbers({first:UInt64}, 12)\"\"\"
 store.execute(insert, {"first": 0})
 # A purchase whose raw row a retention TTL removed: its revenue is known, its currency not.
@@ -574,9 +574,13 @@ migrations.migrate(store)
 assert store.rows(totals) == before, (store.rows(totals), before)
 by_currency = ("SELECT currency, toString(sum(revenue)) AS r FROM tagwerk.product_hourly "
                "GROUP BY currency HAVING sum(revenue) != 0 ORDER BY ALL")
-# p1 is bought 6 times for 5.00: EUR 3, CHF 2, and the one without a row ''.
+# Six purchases of 5.00: EUR 3, CHF 2, and the one without a row ''.
 want = [{"currency": "", "r": "5"}, {"currency": "CHF", "r": "10"}, {"currency": "EUR", "r": "15"}]
 assert store.rows(by_currency) == want, store.rows(by_currency)
+# The main currency of hours before the upgrade, whose purchases the copy could not move:
+# the one more products' hours sold in.
+from collector.api.products import main_currency
+assert main_currency(store, "s", 0, 2**32 - 1) == "EUR"
 store.execute(insert, {"first": 12})  # fed by the view, under their currencies
 want = [{"currency": "", "r": "10"}, {"currency": "CHF", "r": "20"}, {"currency": "EUR", "r": "30"}]
 assert store.rows(by_currency) == want, store.rows(by_currency)

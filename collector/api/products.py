@@ -99,11 +99,13 @@ ORDER BY %(metric)s DESC, product_id
 LIMIT {limit:UInt32}
 """
 
+# Hours stored before clickhouse/0037 count their purchases under '' (only their revenue
+# was moved to its currency): there, the hours of products sold in a currency decide.
 MAIN_CURRENCY = """
 SELECT toString(currency) AS currency FROM tagwerk.product_hourly
 WHERE site_id = {site:String} AND hour >= toDateTime({since:UInt32})
     AND hour <= toDateTime({until:UInt32}) AND currency != ''
-GROUP BY currency ORDER BY sum(purchases) DESC, currency LIMIT 1
+GROUP BY currency ORDER BY sum(purchases) DESC, countIf(revenue != 0) DESC, currency LIMIT 1
 """
 CURRENCY_SECONDS = 60.0
 
