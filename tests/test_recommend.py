@@ -126,6 +126,7 @@ def test_sites_never_mix(env):
     ("/top?window=1h&window=2h", "window"),
     ("/top?person=user:1", "person"),
     ("/top?exclude=purchased", "exclude"),
+    ("/top?metric=revenue&currency=JPY", "currency"),  # keyed lists only
     ("/top?metric=%ff", "metric"),
     ("/top?category=a%0Ab", "category"),
     ("/trending?baseline=29d", "baseline"),

@@ -358,7 +358,10 @@ def related_ask(request: Request, values: dict[str, str], bounds: Bounds) -> Ask
 
 # -- the keyed endpoints ----------------------------------------------------------------------
 
-TOP_PARAMS = ("window", "metric", "limit", "category", "currency")
+TOP_PARAMS = ("window", "metric", "limit", "category")
+# Keyed lists only: ranked by revenue in a rare currency, a short window's list could tell
+# what one foreign customer bought; the browser-safe list ranks by the main currency's.
+CURRENCY_PARAMS = ("currency",)
 TRENDING_PARAMS = ("window", "baseline", "limit")
 RELATED_PARAMS = ("kind", "limit")
 
@@ -397,7 +400,7 @@ async def _list(request: Request, collector: Collector, site: Site, accepted: tu
 
 @keyed(READ)
 async def top(request: Request, collector: Collector, site: Site) -> Response:
-    return await _list(request, collector, site, TOP_PARAMS + PERSON_PARAMS,
+    return await _list(request, collector, site, TOP_PARAMS + CURRENCY_PARAMS + PERSON_PARAMS,
                        lambda v: top_ask(v, KEYED, time.time()))
 
 

@@ -8,6 +8,8 @@ browser), under the tag's paths:
 The same lists as ``products.py`` (as Algolia's search-only keys and Shopify's public
 ``recommendations/products.json`` do), with less in them and tighter bounds:
 
+- no ``currency=``: ranked by revenue, a list is of the window's main currency (a rare
+  currency's list over a short window could tell what one foreign customer bought);
 - items carry ``product_id`` and ``score`` only, the score 1 / rank (1.0, 0.5, 0.3333...):
   a shop's views, sales and revenue are not for its visitors (a score relative to the
   first's count gave them away: one more view of a product moved its score by 1 / the
