@@ -154,7 +154,7 @@ def test_the_main_currency_is_kept_a_minute(env, monkeypatch):
     buy("EUR", 2)
     buy("CHF")
     assert top() == ("CHF", [20.0])
-    monkeypatch.setattr(products, "CURRENCY_SECONDS", 0.0)
+    monkeypatch.setitem(products.KEPT_SECONDS, "currency", 0.0)
     buy("EUR")
     assert top() == ("EUR", [30.0])
 

@@ -108,6 +108,8 @@ WHERE site_id = {site:String} AND hour >= toDateTime({since:UInt32})
 GROUP BY currency ORDER BY sum(purchases) DESC, countIf(revenue != 0) DESC, currency LIMIT 1
 """
 CURRENCY_SECONDS = 60.0
+# Answers kept for a time whatever the flusher does (the others until its next insert).
+KEPT_SECONDS = {"related": RELATED_SECONDS, "currency": CURRENCY_SECONDS}
 
 TRENDING = """
 SELECT product_id, recent, baseline,
@@ -150,7 +152,7 @@ PAIRS = {"co_view": ("coview_pairs", "sessions"), "co_purchase": ("copurchase_pa
 class Ask:
     """One list, fully specified: also its cache key (with the site and exclusions)."""
 
-    kind: str  # top, trending, related
+    kind: str  # top, trending, related; currency: the window's main one (``MAIN_CURRENCY``)
     limit: int
     metric: str = "views"
     category: str = ""
@@ -181,6 +183,8 @@ def compute(store: Any, site_id: str, ask: Ask, exclude: tuple[str, ...],
                   **{m: r[m] for m in (*METRICS, "quantity")}} for r in rows]
         return {"items": items, "currency": ask.currency or None,
                 "as_of": _iso(rows[0]["as_of"]) if rows else None}
+    elif ask.kind == "currency":
+        return {"currency": main_currency(store, site_id, ask.since, ask.until)}
     elif ask.kind == "trending":
         recent_seconds = max(now - ask.recent, 1.0)
         ratio = recent_seconds / max(ask.recent - ask.since, 1)
@@ -254,18 +258,18 @@ class Answers:
         self.collector = collector
         self._done: OrderedDict[tuple, tuple[Any, float, dict[str, Any]]] = OrderedDict()
         self._running: dict[tuple, asyncio.Future] = {}
-        self._currencies: OrderedDict[tuple[str, int, int], tuple[float, str]] = OrderedDict()
 
     async def get(self, site_id: str, ask: Ask, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
         if ask.kind == "top" and ask.currency is None:
-            ask = replace(ask, currency=await self._main_currency(site_id, ask))
+            main = await self.get(site_id, Ask("currency", 1, since=ask.since, until=ask.until))
+            ask = replace(ask, currency=main["currency"])
         key = (site_id, ask, exclude)
-        related = ask.kind == "related"
-        version = None if related else self.collector.spool.checkpoint.flushed
+        lasts = KEPT_SECONDS.get(ask.kind)
+        version = None if lasts is not None else self.collector.spool.checkpoint.flushed
         now = time.monotonic()
         found = self._done.get(key)
         if found is not None and found[0] == version and \
-                now - found[1] < (RELATED_SECONDS if related else CACHE_SECONDS):
+                now - found[1] < (CACHE_SECONDS if lasts is None else lasts):
             return found[2]
         running = self._running.get(key)
         if running is not None:
@@ -287,21 +291,6 @@ class Answers:
         while len(self._done) > CACHE_ENTRIES:
             self._done.popitem(last=False)
         return answer
-
-
-    async def _main_currency(self, site_id: str, ask: Ask) -> str:
-        """``main_currency`` of the ask's window, kept ``CURRENCY_SECONDS``."""
-        key, now = (site_id, ask.since, ask.until), time.monotonic()
-        found = self._currencies.get(key)
-        if found is not None and now - found[0] < CURRENCY_SECONDS:
-            return found[1]
-        currency = await run_in_threadpool(main_currency, self.collector.store, site_id,
-                                           ask.since, ask.until)
-        self._currencies[key] = (now, currency)
-        self._currencies.move_to_end(key)
-        while len(self._currencies) > CACHE_ENTRIES:
-            self._currencies.popitem(last=False)
-        return currency
 
 
 _answers: WeakKeyDictionary[Collector, Answers] = WeakKeyDictionary()
