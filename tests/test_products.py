@@ -229,6 +229,8 @@ def test_keys(env, path):
     ("/products/top?currency=E1R", "currency"),
     ("/products/top?currency=%EF%AC%80a", "currency"),
     ("/products/top?currency=%C3%A9ur", "currency"),
+    ("/products/top?currency=" + "E" * 600, "currency"),
+    ("/products/top?currency=%00UR", "currency"),
     ("/products/top?category=%01", "category"),
     ("/products/top?category=" + "x" * 300, "category"),
     ("/products/top?window=%ff", "window"),
