@@ -14,7 +14,6 @@ from collections.abc import Callable
 from collector.config import Settings
 from collector.containers import Containers, Previews
 from collector.files import write_atomic
-from collector.identity import expiry
 from collector.identity.cache import PersonAnswers
 from collector.identity.changes import ChangeFeed
 from collector.identity.link_index import LinkIndex
@@ -163,7 +162,7 @@ class Collector:
     def _refresh_sites(self) -> None:
         """Pick up sites and containers changed by other processes, off the hot path: hits
         read the last known live container (cookie domain, consent policy) without I/O."""
-        last_sites, last_expiry = time.monotonic(), float("-inf")
+        last_sites = time.monotonic()
         while True:
             for site_id in list(self.sites.ids()):
                 try:
@@ -183,23 +182,6 @@ class Collector:
             if time.monotonic() - last_sites >= self.sites.refresh_seconds:
                 self.sites.reload()
                 last_sites = time.monotonic()
-            if time.monotonic() - last_expiry >= expiry.EVERY:
-                self._expire_operations()
-                last_expiry = time.monotonic()
-
-    def _expire_operations(self) -> None:
-        """Merges and splits whose persons the retention took (``identity/expiry.py``)."""
-        for site_id in list(self.sites.ids()):
-            site = self.sites.get(site_id)
-            if site is None or not site.retention_days:
-                continue
-            try:
-                removed = expiry.expire(self.store, site)
-            except StorageError:
-                return  # ClickHouse is away: next time
-            if any(removed.values()):
-                log.info("site %s: expired %s", site_id, removed)
-                self.person_answers.clear()  # who is whom changed
 
     def ready(self) -> bool:
         return self.store.ping()

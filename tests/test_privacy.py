@@ -332,63 +332,6 @@ def test_site_retention_applies_to_links_and_person_level_tables(env):
     assert counts(sites[3]) == dict.fromkeys(tables, 0)
 
 
-def test_merges_and_splits_go_when_the_retention_took_what_they_are_about(env, monkeypatch):
-    """On a site keeping 3 days: a merge and a split of persons whose links and hits the
-    retention removed go, with their audit rows; those of persons still active stay,
-    whenever they were made; a site keeping everything keeps them all."""
-    from collector.identity import expiry
-    from collector.identity.expiry import expire
-
-    client, collector, _ = env
-    store = collector.store
-    n = uuid.uuid4().hex[:8]
-    now = dt.datetime.now(dt.UTC).isoformat()
-    tables = ("identity_merges", "identity_overrides", "identity_operations")
-    sites = {}
-    for days in (3, 0):
-        site, keys = collector.sites.create(f"priv-exp{days}-{n}", retention_days=days)
-        events = [{**hit("login", ts, device_id=f"{who}-d-{n}"), "type": "identify",
-                   "user_id": f"{who}-{n}"}
-                  for who, ts in (("gone1", now), ("gone2", now), ("live1", now), ("live2", now))]
-        r = client.post("/api/v1/batch", content=orjson.dumps({"events": events}),
-                        headers={"Authorization": f"Bearer {keys['write']}"})
-        assert r.status_code == 202, r.text
-        wait_for(lambda: drained(collector))
-        auth = {"Authorization": f"Bearer {keys['admin']}"}
-        base = f"/api/v1/sites/{site.site_id}/identity"
-        for who in ("gone", "live"):
-            for path, body in (("merge", {"from": f"user:{who}1-{n}", "into": f"user:{who}2-{n}"}),
-                               ("split", {"id": f"device:{who}2-d-{n}"})):
-                r = client.post(f"{base}/{path}", content=orjson.dumps(body), headers=auth)
-                assert r.status_code == 201, r.text
-        sites[days] = site
-    # The "gone" persons' links and hits leave as the retention's TTL takes them (at
-    # merges, once they are older than the site keeps them).
-    from collector.identity.kinds import person_id
-
-    ids = [site.site_id for site in sites.values()]
-    gone = [person_id(s, "user", f"gone{i}-{n}") for s in ids for i in (1, 2)]
-    for table, where in (("identity_links_by_identifier", "startsWith(user_id, 'gone')"),
-                         ("identity_links_by_person", "person_id IN {p:Array(String)}"),
-                         ("person_hits", "match(key, '^(user|device):gone')")):
-        store.execute(f"DELETE FROM tagwerk.{table} WHERE site_id IN {{s:Array(String)}} "
-                      f"AND {where}", {"s": ids, "p": gone})
-
-    def named(site_id, who):
-        return {t: int(store.rows(
-            f"SELECT count() AS n FROM tagwerk.{t} WHERE site_id = {{s:String}} AND "
-            "position(formatRow('TSV', *), {w:String}) > 0", {"s": site_id, "w": f"{who}"}
-        )[0]["n"]) for t in tables}
-
-    assert expire(store, sites[0]) == {}
-    # The collector's background pass (hourly; here at its next look, every 2 s).
-    monkeypatch.setattr(expiry, "EVERY", 0.0)
-    wait_for(lambda: named(sites[3].site_id, "gone") == dict.fromkeys(tables, 0), timeout=15)
-    assert all(named(sites[3].site_id, "live").values())
-    assert all(named(sites[0].site_id, "gone").values())
-    assert expire(store, sites[3]) == dict.fromkeys(tables, 0)  # nothing more to do
-
-
 def test_rows_acknowledged_before_an_erasure_was_known_are_dropped_by_the_flusher(store,
                                                                                    tmp_path):
     """Another collector's spool holds hits of the person, acknowledged before it learnt of

@@ -27,8 +27,6 @@ from collector.storage import Store, time_text
 # Rows of some (kind, id) pairs: the key's columns, narrowed again in Python (a parameter
 # cannot be an array of tuples: the arrays bind as they are).
 PAIRS = "kind IN {kinds:Array(String)} AND id IN {ids:Array(String)}"
-# An identifier matched exactly as 'kind:id' (beside PAIRS, which narrows by the key).
-PAIR = "concat(toString(kind), ':', id)"
 
 
 def pair_params(pairs: list[tuple[str, str]]) -> dict[str, list[str]]:
