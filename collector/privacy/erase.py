@@ -259,15 +259,19 @@ def _erase_identity(store: Store, site_id: str, person: Person,
     return removed
 
 
+def _exactly(pairs: list[tuple[str, str]]) -> dict[str, list[str]]:
+    """The parameters of ``PAIRS AND PAIR IN {pairs}``: narrowed by the key, then exact."""
+    return {**pair_params(pairs), "pairs": [f"{k}:{i}" for k, i in pairs]}
+
+
 def _held_by_nobody_else(store: Store, site_id: str, person: Person,
                          shared: list[tuple[str, str]]) -> set[tuple[str, str]]:
     """Which of the shared identifiers no one but the person and erased anchors holds: not
     through a link, nor as the anchor of a merge with someone else."""
     if not shared:
         return set()
-    pairs = {"site": site_id, **pair_params(shared), "members": sorted(person.members),
-             "users": [person_id(site_id, "user", u) for u in person.users],
-             "pairs": [f"{k}:{i}" for k, i in shared]}
+    pairs = {"site": site_id, **_exactly(shared), "members": sorted(person.members),
+             "users": [person_id(site_id, "user", u) for u in person.users]}
     linked = store.rows(
         "SELECT DISTINCT toString(kind) AS kind, id FROM tagwerk.identity_links_by_identifier "
         f"WHERE site_id = {{site:String}} AND {PAIRS} AND person_id NOT IN "
@@ -307,8 +311,7 @@ def _forget_identifiers(store: Store, site_id: str, users: list[str],
             f"OR startsWith(user_id, {{erased:String}})) AND {PAIRS} AND {PAIR} IN "
             "{pairs:Array(String)}")
     params: dict[str, Any] = {"site": site_id, "users": users, "erased": ERASED,
-                              **pair_params(sorted(pairs)),
-                              "pairs": [f"{k}:{i}" for k, i in sorted(pairs)]}
+                              **_exactly(sorted(pairs))}
     holders = store.rows(
         f"SELECT DISTINCT person_id FROM tagwerk.identity_links_by_identifier WHERE {ours}",
         params)
