@@ -3,7 +3,8 @@ load, and erasure of a person among millions of rows.
 
     python3 bench/persons.py [--events 10000000] [--devices 500000] [--persons 200000]
                              [--products 5000] [--seconds 10] [--clients 32] [--load 5000]
-                             [--data-dir DIR [--costs-only | --erase-only]]
+                             [--data-dir DIR [--costs-only | --erase-only |
+                                              --retention-only [--operations 1000]]]
 
 1. Generates the data in the embedded engine (``INSERT ... SELECT ... FROM numbers(N)``,
    through every materialised view like any insert): 30 days of hits of ``--devices``
@@ -36,6 +37,11 @@ load, and erasure of a person among millions of rows.
    for 1 and for ``--clients`` persons at once, and the median ms of each kind of statement
    in it (the identifiers' links, what the persons hold, their rows, their consent
    decisions) beside the Python work. ``--costs-only`` runs only this.
+6. ``--retention-only``: the retention's pass over explicit merges and splits
+   (``collector/privacy/retention.py``) on the same data, in this process on the server
+   core: ``--operations`` merges of one customer into another, then the pass, all of them
+   still active (it reads every subject's links, hits and raw events; nothing goes), as if
+   the site kept 30 days. It adds those merges to the data: run it on a copy.
 """
 
 from __future__ import annotations
@@ -65,6 +71,8 @@ from sql_latency import timed  # noqa: E402
 
 from collector.api.persons import read_profiles  # noqa: E402
 from collector.config import load_settings  # noqa: E402
+from collector.identity.operations import Operations  # noqa: E402
+from collector.privacy import retention  # noqa: E402
 from collector.service import Collector  # noqa: E402
 
 GOAL_P99_MS, GOAL_RPS, GOAL_FRESH_S, GOAL_ERASE_S = 20.0, 1000.0, 1.0, 10.0
@@ -443,6 +451,40 @@ def print_cold_costs(data_dir: Path, args: argparse.Namespace) -> None:
               f"{costs['batch'] / size:.2f} ms a profile (medians, ms: {parts})")
 
 
+def retention_pass(data_dir: Path, args: argparse.Namespace, rounds: int = 5) -> None:
+    """Time ``retention.expire`` over ``--operations`` merges of active customers (see 6.)."""
+    from dataclasses import replace
+
+    os.sched_setaffinity(0, {int(SERVER_CORE)})
+    collector = Collector(load_settings(data_dir=data_dir))
+    collector.start()
+    try:
+        site = replace(collector.sites.get(SITE), retention_days=30)
+        operations = Operations(collector.store, site)
+        rng = random.Random(17)
+        began = time.monotonic()
+        merged = 0
+        while merged < args.operations:
+            a, b = rng.sample(range(args.persons), 2)
+            try:
+                operations.merge(("user", f"u{a}"), ("user", f"u{b}"), "bench")
+                merged += 1
+            except Exception:  # noqa: BLE001 (one of them merged before: another pair)
+                continue
+        print(f"{merged:,} merges made in {time.monotonic() - began:.0f} s")
+        wait_quiet(os.getpid())
+        took = []
+        for _ in range(rounds):
+            began = time.perf_counter()
+            removed = retention.expire(collector.store, site)
+            took.append(time.perf_counter() - began)
+            assert not any(removed.values()), removed  # all of them active
+        print(f"retention pass over {merged:,} operations, all active: "
+              f"{', '.join(f'{t:.2f}' for t in took)} s (median {statistics.median(took):.2f})")
+    finally:
+        collector.stop()
+
+
 def find_anywhere(data_dir: Path, values: list[str]) -> dict[str, int]:
     """Every row of every table formatted and searched on the collector's one core:
     minutes on a slow machine, hence the long timeout."""
@@ -470,6 +512,9 @@ def main() -> None:
                         help="only the in-process cold batch costs (after a reused directory)")
     parser.add_argument("--erase-only", action="store_true",
                         help="only the erasure (on a quiet engine, after a reused directory)")
+    parser.add_argument("--retention-only", action="store_true",
+                        help="only the retention's pass over merges (adds merges: on a copy)")
+    parser.add_argument("--operations", type=int, default=1000)
     args = parser.parse_args()
     data_dir = Path(args.data_dir or tempfile.mkdtemp(prefix="tagwerk-persons-"))
     keys_file = data_dir / "bench-keys.json"
@@ -480,6 +525,9 @@ def main() -> None:
         keys_file.write_text(json.dumps(keys))
     if args.costs_only:
         print_cold_costs(data_dir, args)
+        return
+    if args.retention_only:
+        retention_pass(data_dir, args)
         return
     port, sql_port = free_port(), free_port()
     proc = subprocess.Popen(

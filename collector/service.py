@@ -23,6 +23,7 @@ from collector.ingest.useragent import Resolver
 from collector.metrics import Metrics
 from collector.migrations import migrate
 from collector.privacy import key as privacy_key
+from collector.privacy import retention
 from collector.privacy.tombstones import Tombstones
 from collector.sites import Sites
 from collector.spool.disk import Spool
@@ -94,6 +95,7 @@ class Collector:
         if self.settings.identity_links_in_memory:
             self.link_index.start()
         threading.Thread(target=self._refresh_sites, name="sites", daemon=True).start()
+        threading.Thread(target=self._apply_retention, name="retention", daemon=True).start()
 
     def stop(self) -> None:
         self._stopping.set()
@@ -182,6 +184,27 @@ class Collector:
             if time.monotonic() - last_sites >= self.sites.refresh_seconds:
                 self.sites.reload()
                 last_sites = time.monotonic()
+
+    def _apply_retention(self) -> None:
+        """Merges and splits whose subjects the retention took (``privacy/retention.py``),
+        every ``retention.EVERY`` seconds: a thread of its own, since a pass reads the raw
+        events' indexes (seconds on a large site)."""
+        last = float("-inf")
+        while not self._stopping.wait(CONTAINER_REFRESH_SECONDS):
+            if time.monotonic() - last < retention.EVERY:
+                continue
+            last = time.monotonic()
+            for site_id in list(self.sites.ids()):
+                site = self.sites.get(site_id)
+                if site is None:
+                    continue
+                try:
+                    removed = retention.expire(self.store, site)
+                except StorageError:
+                    break  # ClickHouse is away: next time
+                if any(removed.values()):
+                    log.info("site %s: retention removed %s", site_id, removed)
+                    self.person_answers.clear()  # who is whom changed
 
     def ready(self) -> bool:
         return self.store.ping()

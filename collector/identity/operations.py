@@ -29,8 +29,19 @@ from collector.storage import Store, time_text
 PAIRS = "kind IN {kinds:Array(String)} AND id IN {ids:Array(String)}"
 
 
+# An identifier matched exactly as 'kind:id', in statements already narrowed by PAIRS, by
+# person or on a small table: a DELETE's condition stays free of subqueries.
+PAIR = "concat(toString(kind), ':', id)"
+
+
 def pair_params(pairs: list[tuple[str, str]]) -> dict[str, list[str]]:
     return {"kinds": sorted({k for k, _ in pairs}), "ids": sorted({i for _, i in pairs})}
+
+
+def exactly(pairs: list[tuple[str, str]]) -> dict[str, list[str]]:
+    """The parameters of ``PAIRS AND PAIR IN {pairs:Array(String)}``: narrowed by the key,
+    then exact."""
+    return {**pair_params(pairs), "pairs": [f"{k}:{i}" for k, i in pairs]}
 
 
 MERGE_COLUMNS = ("person_id", "kind", "id", "into_person", "into_kind", "into_id")
@@ -38,6 +49,12 @@ OVERRIDE_COLUMNS = ("kind", "id", "person_id")
 _locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
 _clock = threading.Lock()
 _last_version = 0
+
+
+def serialised(site_id: str) -> threading.Lock:
+    """The lock under which the site's operations, and the retention's pass over them
+    (``privacy/retention.py``), run one at a time in this process."""
+    return _locks[site_id]
 
 
 class OperationError(Exception):
@@ -76,7 +93,7 @@ class Operations:
               ) -> dict[str, Any]:
         """Make the person of ``source`` (and everyone merged into them) the person of
         ``target``."""
-        with _locks[self.site.site_id]:
+        with serialised(self.site.site_id):
             moved = self._person(*source, "from")
             into = self._person(*target, "into")
             if moved.person_id == into.person_id:
@@ -100,7 +117,7 @@ class Operations:
         if kind == "user":
             raise OperationError(400, "a user id anchors its person and cannot be split off; "
                                  "undo the merge that joined it instead", "id")
-        with _locks[self.site.site_id]:
+        with serialised(self.site.site_id):
             person = self._person(kind, value, "id")
             own = person_id(self.site.site_id, kind, value)
             if person.person_id == own:
@@ -125,7 +142,7 @@ class Operations:
             return {"op_id": op_id, "person_id": own, "from": person.person_id}
 
     def undo(self, op_id: str, actor: str) -> dict[str, Any]:
-        with _locks[self.site.site_id]:
+        with serialised(self.site.site_id):
             found = self.store.rows(
                 "SELECT op, target, before, after, toString(undoes) AS undoes, "
                 "toString(at) AS at, "
@@ -147,8 +164,9 @@ class Operations:
             current = {"merges": self._merges(anchors), "overrides": self._overrides(pairs)}
             if current != after or (row["op"] == "split" and self._later_ops_of(
                     _split_persons(orjson.loads(row["target"]), before), op_id, row["at"])):
-                raise OperationError(409, f"a later operation changed what {op_id} did: undo "
-                                     "that one first (see the operations list)", "op_id")
+                raise OperationError(409, f"a later operation changed what {op_id} did, or "
+                                     "the site's retention removed it: undo the later one "
+                                     "first (see the operations list)", "op_id")
             undo_id = self._apply("undo", {"undoes": op_id}, after, before, actor, undoes=op_id)
             return {"op_id": undo_id, "undid": op_id, "op": row["op"]}
 

@@ -28,7 +28,7 @@
    removed per table, never an identifier.
 
 Counts and deletes are ClickHouse lightweight deletes, synchronous: when the answer comes,
-a query no longer sees the rows (patch parts where a table allows them: ``_delete``).
+a query no longer sees the rows (patch parts where a table allows them: ``delete_where``).
 Aggregates keep no identifiers (unique counts are hash sketches), except the daily co-view
 tier's marks of the sessions it counted (deleted here); pair counts are recomputed from the
 session and purchase state: recent ones every minute, the daily tier's once a day.
@@ -47,18 +47,15 @@ import orjson
 
 from collector.identity.graph import BEGINNING, END, Graph, Person, Span, row_parts
 from collector.identity.kinds import person_id
-from collector.identity.operations import PAIRS, pair_params
+from collector.identity.operations import PAIR, PAIRS, exactly
 from collector.privacy.tombstones import ALWAYS, Spans, Tombstones
 from collector.sites import Site
 from collector.storage import Store, time_text
 
 ERASED = "\0erased:"  # the anchor of what erased persons held on shared identifiers
-# An identifier matched exactly as 'kind:id', in statements already narrowed by person (or
-# on the small overrides table): a DELETE's condition stays free of subqueries.
-PAIR = "concat(toString(kind), ':', id)"
 FLUSH_WAIT = 10.0
 # Deletes write patch parts where the engine can (lightweight updates, ClickHouse 25.7+;
-# see ``_delete``); asked once per store before an erasure begins, so that an older
+# see ``delete_where``); asked once per store before an erasure begins, so that an older
 # server deletes with mutations instead of failing half-way.
 PATCH_DELETES = " SETTINGS lightweight_delete_mode = 'lightweight_update'"
 _delete_settings: WeakKeyDictionary[Store, str] = WeakKeyDictionary()
@@ -122,11 +119,11 @@ def erase(store: Store, site: Site, tombstones: Tombstones, kind: str, ident: st
             parts, params = [COPIES], copies
         else:
             parts, params = row_parts(person, ts, has_identifiers, claims=table == "events")
-        removed[table] = _delete(store, f"tagwerk.{table}",
+        removed[table] = delete_where(store, f"tagwerk.{table}",
                                  [f"site_id = {{site:String}} AND {part}" for part in parts],
                                  {"site": site_id, **params}, settings)
     # The daily co-view tier marks each session it counted by its id (clickhouse/0035).
-    removed["coview_pairs_settled"] = _delete(
+    removed["coview_pairs_settled"] = delete_where(
         store, "tagwerk.coview_pairs_settled",
         ["site_id = {site:String} AND product_id = '' AND other_id IN {s:Array(String)}"],
         {"site": site_id, "s": sessions}, settings) if sessions else 0
@@ -171,7 +168,7 @@ def _sessions(store: Store, site_id: str, person: Person) -> list[str]:
 
 def _each_part(table: str, columns: str, parts: list[str]) -> str:
     """``columns`` of the site's rows of ``table`` matching each of ``parts`` (disjoint),
-    one SELECT each, so that each part's index narrows its read (see ``_delete``)."""
+    one SELECT each, so that each part's index narrows its read (see ``delete_where``)."""
     return " UNION ALL ".join(f"SELECT {columns} FROM tagwerk.{table} "
                               f"WHERE site_id = {{site:String}} AND {part}" for part in parts)
 
@@ -233,12 +230,12 @@ def _erase_identity(store: Store, site_id: str, person: Person,
             {**base, "anchor": anchor, "anchor_person": person_id(site_id, "user", anchor),
              "pairs": [f"{k}:{i}" for k, i in shared]})
     theirs = "site_id = {site:String} AND person_id IN {users:Array(String)}"
-    removed["identity_links"] += _delete(store, "tagwerk.identity_links_by_identifier",
+    removed["identity_links"] += delete_where(store, "tagwerk.identity_links_by_identifier",
                                          [theirs], base, settings)
-    removed["identity_links_by_person"] += _delete(store, "tagwerk.identity_links_by_person",
+    removed["identity_links_by_person"] += delete_where(store, "tagwerk.identity_links_by_person",
                                                    [theirs], base, settings)
     removed |= {
-        "identity_merges": _delete(
+        "identity_merges": delete_where(
             store, "tagwerk.identity_merges", ["site_id = {site:String} AND "
             "(person_id IN {members:Array(String)} OR into_person IN {members:Array(String)})"],
             base, settings),
@@ -247,21 +244,16 @@ def _erase_identity(store: Store, site_id: str, person: Person,
                    | {f"user:{u}" for u in person.users}
                    | {f"{kind}:{ident}" for kind, ident in person.merged.values()}
                    | {f"{person.kind}:{person.id}"})
-    removed["identity_overrides"] = _delete(
+    removed["identity_overrides"] = delete_where(
         store, "tagwerk.identity_overrides", ["site_id = {site:String} AND "
         f"(person_id IN {{members:Array(String)}} OR {PAIR} IN {{pairs:Array(String)}})"],
         {**base, "pairs": pairs}, settings)
     # Audit rows of merges and splits that touched them (they name their identifiers).
-    removed["identity_operations"] = _delete(
+    removed["identity_operations"] = delete_where(
         store, "tagwerk.identity_operations", ["site_id = {site:String} AND "
         "(hasAny(persons, {members:Array(String)}) OR hasAny(identifiers, {pairs:Array(String)}))"],
         {**base, "pairs": pairs}, settings)
     return removed
-
-
-def _exactly(pairs: list[tuple[str, str]]) -> dict[str, list[str]]:
-    """The parameters of ``PAIRS AND PAIR IN {pairs}``: narrowed by the key, then exact."""
-    return {**pair_params(pairs), "pairs": [f"{k}:{i}" for k, i in pairs]}
 
 
 def _held_by_nobody_else(store: Store, site_id: str, person: Person,
@@ -270,7 +262,7 @@ def _held_by_nobody_else(store: Store, site_id: str, person: Person,
     through a link, nor as the anchor of a merge with someone else."""
     if not shared:
         return set()
-    pairs = {"site": site_id, **_exactly(shared), "members": sorted(person.members),
+    pairs = {"site": site_id, **exactly(shared), "members": sorted(person.members),
              "users": [person_id(site_id, "user", u) for u in person.users]}
     linked = store.rows(
         "SELECT DISTINCT toString(kind) AS kind, id FROM tagwerk.identity_links_by_identifier "
@@ -311,15 +303,15 @@ def _forget_identifiers(store: Store, site_id: str, users: list[str],
             f"OR startsWith(user_id, {{erased:String}})) AND {PAIRS} AND {PAIR} IN "
             "{pairs:Array(String)}")
     params: dict[str, Any] = {"site": site_id, "users": users, "erased": ERASED,
-                              **_exactly(sorted(pairs))}
+                              **exactly(sorted(pairs))}
     holders = store.rows(
         f"SELECT DISTINCT person_id FROM tagwerk.identity_links_by_identifier WHERE {ours}",
         params)
     params["holders"] = sorted({r["person_id"] for r in holders} | set(users))
     return {
-        "identity_links": _delete(store, "tagwerk.identity_links_by_identifier", [ours],
+        "identity_links": delete_where(store, "tagwerk.identity_links_by_identifier", [ours],
                                   params, settings),
-        "identity_links_by_person": _delete(
+        "identity_links_by_person": delete_where(
             store, "tagwerk.identity_links_by_person",
             ["site_id = {site:String} AND person_id IN {holders:Array(String)} "
              f"AND {PAIRS} AND {PAIR} IN {{pairs:Array(String)}}"], params, settings),
@@ -336,7 +328,7 @@ def delete_settings(store: Store) -> str:
     return found
 
 
-def _delete(store: Store, table: str, parts: list[str], params: dict[str, Any], settings: str
+def delete_where(store: Store, table: str, parts: list[str], params: dict[str, Any], settings: str
             ) -> int:
     """Delete the rows each of ``parts`` (disjoint conditions) matches; how many there were.
     Counted in one statement; each part that matched deleted on its own, so that its index

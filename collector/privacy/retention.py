@@ -1,0 +1,142 @@
+"""Explicit merges and splits under the site's retention.
+
+Links, hits and raw rows leave with the site's retention TTL; an admin's merge or split
+(``identity/operations.py``) leaves once what it is about has left. What a row of one is
+about, its subject: for a merge row, the person it moves (its anchor identifier); for a
+split, the identifier split off. A subject is active while anything still names it: a link
+made with it (or, for a user id, one made to it), a ``person_hits`` row, or a raw event (an
+analytics-only device or a server-side customer has only those). The rules:
+
+- An operation goes, its audit row and its rows still in force together, once none of the
+  subjects it wrote rows for is active: while it stays it is whole and can be undone (one
+  a later operation superseded stays as long, so that undoing the later one leaves it
+  undoable).
+- The person a merge moves into is not its subject: members still active stay together
+  when their target's anchor left (deleting their rows would split them), and keep its id.
+  Their audit rows name that anchor as long.
+
+Counted from the operation's time instead, a TTL split persons still active and let an
+undo expire before the operation it undid; this pass never changes how an active
+identifier resolves. A hit arriving after its identifier's pass (a spool replayed late)
+starts afresh, as any hit after a retention does. ``expire`` runs hourly in a thread of its
+own (``service.py``), holding the site's operations lock (``operations.serialised``).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import orjson
+
+from collector.identity.kinds import person_id
+from collector.identity.operations import PAIR, PAIRS, exactly, serialised
+from collector.privacy.erase import delete_settings, delete_where
+from collector.sites import Site
+from collector.storage import Store
+
+EVERY = 3600.0  # seconds between passes
+CHUNK = 5_000  # identifiers asked about per statement
+
+Pair = tuple[str, str]
+
+MERGES = ("SELECT person_id, toString(kind) AS kind, id, toString(op_id) AS op_id, version "
+          "FROM tagwerk.identity_merges FINAL WHERE site_id = {site:String}")
+OVERRIDES = ("SELECT toString(kind) AS kind, id, toString(op_id) AS op_id, version "
+             "FROM tagwerk.identity_overrides FINAL WHERE site_id = {site:String}")
+AUDITS = ("SELECT toString(op_id) AS op_id, after FROM tagwerk.identity_operations "
+          "WHERE site_id = {site:String}")
+# Which of some identifiers a link, a person_hits row or a raw event still names: one
+# SELECT per index that narrows it (see ``graph.row_parts``), each listing 'kind:id'.
+ACTIVE = f"""
+SELECT DISTINCT {PAIR} AS pair FROM tagwerk.identity_links_by_identifier
+WHERE site_id = {{site:String}} AND {PAIRS} AND {PAIR} IN {{pairs:Array(String)}}
+UNION DISTINCT
+SELECT DISTINCT concat('user:', user_id) FROM tagwerk.identity_links_by_identifier
+WHERE site_id = {{site:String}} AND person_id IN {{persons:Array(String)}}
+UNION DISTINCT
+SELECT DISTINCT key FROM tagwerk.person_hits
+WHERE site_id = {{site:String}} AND key IN {{pairs:Array(String)}}
+UNION DISTINCT
+SELECT DISTINCT concat('user:', user_id) FROM tagwerk.events
+WHERE site_id = {{site:String}} AND user_id IN {{users:Array(String)}}
+UNION DISTINCT
+SELECT DISTINCT concat('device:', device_id) FROM tagwerk.events
+WHERE site_id = {{site:String}} AND device_id IN {{devices:Array(String)}}
+UNION DISTINCT
+SELECT DISTINCT pair FROM (
+    SELECT arrayJoin(arrayMap(k -> concat(toString(k), ':', identifiers[k]),
+                              mapKeys(identifiers))) AS pair
+    FROM tagwerk.events
+    WHERE site_id = {{site:String}} AND hasAny(mapValues(identifiers), {{others:Array(String)}})
+) WHERE pair IN {{pairs:Array(String)}}
+"""
+
+
+def expire(store: Store, site: Site) -> dict[str, int]:
+    """Delete the site's merges, splits and audit rows whose subjects left; how many rows
+    of each table (none for a site keeping everything). Blocking: seconds on a large site."""
+    if not site.retention_days:
+        return {}
+    site_id = site.site_id
+    params: dict[str, Any] = {"site": site_id}
+    with serialised(site_id):
+        merges = store.rows(MERGES, params)
+        overrides = store.rows(OVERRIDES, params)
+        audits = store.rows(AUDITS, params)
+        if not (merges or overrides or audits):
+            return {}
+        # Each operation's subjects: those of the rows it wrote, and of its rows in force
+        # (an operation whose audit row an erasure removed has only those).
+        ops: defaultdict[str, set[Pair]] = defaultdict(set)
+        for audit in audits:
+            wrote = orjson.loads(audit["after"])
+            ops[audit["op_id"]] |= {(r["kind"], r["id"])
+                                    for r in wrote["merges"] + wrote["overrides"]}
+        for row in merges + overrides:
+            ops[row["op_id"]].add((row["kind"], row["id"]))
+        active = _active(store, site_id, set().union(*ops.values()))
+        gone = {op for op, subjects in ops.items() if not subjects & active}
+        gone_merges = [r for r in merges if r["op_id"] in gone]
+        gone_overrides = [r for r in overrides if r["op_id"] in gone]
+        gone_audits = sorted(a["op_id"] for a in audits if a["op_id"] in gone)
+        settings = delete_settings(store)
+        removed = {"identity_merges": 0, "identity_overrides": 0, "identity_operations": 0}
+        # Versions up to those read: a row another collector's operation wrote since stays.
+        if gone_merges:
+            removed["identity_merges"] = delete_where(
+                store, "tagwerk.identity_merges",
+                ["site_id = {site:String} AND person_id IN {persons:Array(String)} "
+                 "AND version <= {top:UInt64}"],
+                {**params, "persons": sorted({r["person_id"] for r in gone_merges}),
+                 "top": max(int(r["version"]) for r in gone_merges)}, settings)
+        if gone_overrides:
+            pairs = sorted({(r["kind"], r["id"]) for r in gone_overrides})
+            removed["identity_overrides"] = delete_where(
+                store, "tagwerk.identity_overrides",
+                [f"site_id = {{site:String}} AND {PAIRS} AND {PAIR} IN {{pairs:Array(String)}} "
+                 "AND version <= {top:UInt64}"],
+                {**params, **exactly(pairs),
+                 "top": max(int(r["version"]) for r in gone_overrides)}, settings)
+        if gone_audits:
+            removed["identity_operations"] = delete_where(
+                store, "tagwerk.identity_operations",
+                ["site_id = {site:String} AND op_id IN {ops:Array(UUID)}"],
+                {**params, "ops": gone_audits}, settings)
+        return removed
+
+
+def _active(store: Store, site_id: str, pairs: set[Pair]) -> set[Pair]:
+    """Which of ``pairs`` a link, a person_hits row or a raw event still names."""
+    found: set[Pair] = set()
+    ordered = sorted(pairs)
+    for start in range(0, len(ordered), CHUNK):
+        chunk = ordered[start:start + CHUNK]
+        users = [i for k, i in chunk if k == "user"]
+        rows = store.rows(ACTIVE, {
+            "site": site_id, **exactly(chunk),
+            "persons": [person_id(site_id, "user", u) for u in users], "users": users,
+            "devices": [i for k, i in chunk if k == "device"],
+            "others": [i for k, i in chunk if k not in ("user", "device")]})
+        found |= {tuple(row["pair"].split(":", 1)) for row in rows}  # type: ignore[misc]
+    return found & pairs

@@ -1,0 +1,220 @@
+"""Explicit merges and splits under the site's retention (collector/privacy/retention.py):
+an operation goes once none of its subjects has a link, a person_hits row or a raw event
+left; never while one is active, so that no active person is split or unmerged."""
+
+from __future__ import annotations
+
+import uuid
+
+import orjson
+import pytest
+
+from collector.identity.kinds import person_id
+from collector.privacy import retention
+from collector.privacy.retention import expire
+from tests.helpers import make_client, send_batch, wait_for
+
+ALL = ["analytics", "personalization"]
+TABLES = ("identity_merges", "identity_overrides", "identity_operations")
+
+
+@pytest.fixture(scope="module")
+def env(store, tmp_path_factory):
+    client, collector = make_client(store, tmp_path_factory.mktemp("retention"),
+                                    demo_site=False)
+    with client:
+        yield client, collector
+
+
+def new_site(env, days):
+    client, collector = env
+    site, keys = collector.sites.create(f"ret{days}-{uuid.uuid4().hex[:8]}",
+                                        retention_days=days)
+    return site, keys
+
+
+def login(user, device, consent=ALL):
+    return {"event": "login", "type": "identify", "user_id": user, "device_id": device,
+            "consent": consent}
+
+
+def call(env, site, keys, path, body=None, key="admin"):
+    client, _ = env
+    auth = {"Authorization": f"Bearer {keys[key]}", "Content-Type": "application/json"}
+    base = f"/api/v1/sites/{site.site_id}"
+    if body is None:
+        return client.get(base + path, headers=auth)
+    return client.post(base + path, content=orjson.dumps(body), headers=auth)
+
+
+def operate(env, site, keys, path, body):
+    r = call(env, site, keys, f"/identity/{path}", body)
+    assert r.status_code == 201, r.text
+    return r.json()["op_id"]
+
+
+def resolved(env, site, keys, ident):
+    r = call(env, site, keys, f"/persons/{ident}", key="read")
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def leave(store, site_id, pairs):
+    """What the retention's TTL does once the identifiers were last seen longer ago than the
+    site keeps: their links, person_hits rows and raw events go."""
+    params = {"s": site_id, "pairs": pairs,
+              "persons": [person_id(site_id, "user", p[5:]) for p in pairs
+                          if p.startswith("user:")]}
+    named = ("hasAny(arrayConcat([concat('user:', user_id), concat('device:', device_id)], "
+             "arrayMap(k -> concat(toString(k), ':', identifiers[k]), mapKeys(identifiers))), "
+             "{pairs:Array(String)})")
+    for table, where in (
+            ("identity_links_by_identifier", "(concat(toString(kind), ':', id) IN "
+             "{pairs:Array(String)} OR person_id IN {persons:Array(String)})"),
+            ("identity_links_by_person", "(concat(toString(kind), ':', id) IN "
+             "{pairs:Array(String)} OR person_id IN {persons:Array(String)})"),
+            ("person_hits", "key IN {pairs:Array(String)}"),
+            ("events", named)):
+        store.execute(f"DELETE FROM tagwerk.{table} WHERE site_id = {{s:String}} AND {where}",
+                      params)
+
+
+def kept(store, site_id):
+    return {t: int(store.rows(f"SELECT count() AS n FROM tagwerk.{t}"
+                              f"{'' if t == 'identity_operations' else ' FINAL'} "
+                              "WHERE site_id = {s:String}", {"s": site_id})[0]["n"])
+            for t in TABLES}
+
+
+def naming(store, site_id, text):
+    """Rows of the operations' tables that name ``text`` anywhere."""
+    return sum(int(store.rows(
+        f"SELECT count() AS n FROM tagwerk.{t} WHERE site_id = {{s:String}} AND "
+        "position(formatRow('TSV', *), {w:String}) > 0", {"s": site_id, "w": text})[0]["n"])
+        for t in TABLES)
+
+
+def test_operations_go_with_their_subjects_and_never_split_active_persons(env):
+    client, collector = env
+    store = collector.store
+    site, keys = new_site(env, 3)
+    n = uuid.uuid4().hex[:6]
+    users = {name: f"{name}-{n}" for name in (
+        "gone", "into", "c1", "c2", "target", "member", "mate", "root", "server", "owner")}
+    events = [login(u, f"{name}-dev-{n}") for name, u in users.items() if name != "server"]
+    # A server-side customer: raw events only (no device, so no link; no personalization,
+    # so no person_hits row), as a till sends them.
+    events.append({"event": "purchase", "user_id": users["server"], "consent": ["analytics"],
+                   "order_id": f"o-{n}", "revenue": 5, "currency": "EUR"})
+    # An analytics-only device: raw events only too.
+    events.append({"event": "page_view", "device_id": f"anon-{n}", "consent": ["analytics"]})
+    events.append(login(users["owner"], f"split-gone-{n}"))
+    events.append(login(users["owner"], f"split-kept-{n}"))
+    send_batch(client, collector, keys["write"], events)
+
+    def user(name):
+        return f"user:{users[name]}"
+
+    gone_op = operate(env, site, keys, "merge", {"from": user("gone"), "into": user("into")})
+    operate(env, site, keys, "merge", {"from": user("c1"), "into": user("target")})
+    operate(env, site, keys, "merge", {"from": user("c2"), "into": user("target")})
+    operate(env, site, keys, "merge", {"from": user("member"), "into": user("mate")})
+    mates_op = operate(env, site, keys, "merge", {"from": user("mate"), "into": user("root")})
+    operate(env, site, keys, "merge", {"from": user("server"),
+                                         "into": user("into")})
+    operate(env, site, keys, "merge", {"from": f"device:anon-{n}", "into": user("into")})
+    split_gone = operate(env, site, keys, "split", {"id": f"device:split-gone-{n}"})
+    operate(env, site, keys, "split", {"id": f"device:split-kept-{n}"})
+    for pair in (user("server"), f"device:anon-{n}"):
+        assert not store.rows(
+            "SELECT 1 FROM tagwerk.identity_links_by_identifier WHERE site_id = {s:String} "
+            "AND (concat(toString(kind), ':', id) = {p:String} OR concat('user:', user_id) "
+            "= {p:String}) UNION ALL SELECT 1 FROM tagwerk.person_hits "
+            "WHERE site_id = {s:String} AND key = {p:String}", {"s": site.site_id, "p": pair})
+    before = kept(store, site.site_id)
+    assert expire(store, site) == dict.fromkeys(TABLES, 0)  # everyone active: all stay
+    assert kept(store, site.site_id) == before
+
+    leave(store, site.site_id, [user("gone"), f"device:gone-dev-{n}", user("target"),
+                                f"device:target-dev-{n}", user("member"),
+                                f"device:member-dev-{n}", f"device:split-gone-{n}"])
+    removed = expire(store, site)
+    # The merge of the gone person and the split of the gone device go with their audit
+    # rows, and the audit row of the member's merge that a later one superseded (its rows
+    # are the later one's now); the server-side customer and the analytics-only device,
+    # with raw events only, stay.
+    assert removed == {"identity_merges": 1, "identity_overrides": 1,
+                       "identity_operations": 3}, removed
+    assert naming(store, site.site_id, users["gone"]) == 0
+    assert naming(store, site.site_id, f"split-gone-{n}") == 0
+    into = resolved(env, site, keys, user("into"))
+    assert sorted(m["id"] for m in into["merged"]) == [f"anon-{n}", users["server"]], into
+    # Members still active stay one person when their target's anchor left.
+    c1, c2 = resolved(env, site, keys, user("c1")), resolved(env, site, keys, user("c2"))
+    assert c1["person_id"] == c2["person_id"] == person_id(site.site_id, "user",
+                                                          users["target"])
+    # An operation whose gone member moved with an active one stays whole, and undoes.
+    assert resolved(env, site, keys, user("mate"))["person_id"] == person_id(
+        site.site_id, "user", users["root"])
+    r = call(env, site, keys, f"/identity/operations/{mates_op}/undo", {})
+    assert r.status_code == 201, r.text
+    assert resolved(env, site, keys, user("mate"))["person_id"] == person_id(
+        site.site_id, "user", users["mate"])
+    # The split of the active device stays; the gone one's is gone with its audit row.
+    assert resolved(env, site, keys, f"device:split-kept-{n}")["person_id"] == person_id(
+        site.site_id, "device", f"split-kept-{n}")
+    r = call(env, site, keys, f"/identity/operations/{split_gone}/undo", {})
+    assert r.status_code == 404, r.text
+    r = call(env, site, keys, f"/identity/operations/{gone_op}/undo", {})
+    assert r.status_code == 404, r.text
+    assert resolved(env, site, keys, user("server"))["person_id"] == person_id(
+        site.site_id, "user", users["into"])
+
+    # Once their raw events went too, the server-side customer's and the device's go.
+    leave(store, site.site_id, [user("server"), f"device:anon-{n}", user("c1"),
+                                f"device:c1-dev-{n}"])
+    removed = expire(store, site)
+    # The merges of the server-side customer and the device, and c1's into the target:
+    # the target's anchor having left, its members go when they do, and only then.
+    assert removed == {"identity_merges": 3, "identity_overrides": 0,
+                       "identity_operations": 3}, removed
+    assert resolved(env, site, keys, user("c2"))["person_id"] == person_id(
+        site.site_id, "user", users["target"])
+    leave(store, site.site_id, [user("c2"), f"device:c2-dev-{n}"])
+    expire(store, site)
+    for name in ("gone", "target", "c1", "c2", "server"):
+        assert naming(store, site.site_id, users[name]) == 0, name
+    assert naming(store, site.site_id, f"anon-{n}") == 0
+    # The gone member moved with its active mate stays named as long as the mate is active.
+    assert naming(store, site.site_id, users["member"])
+    assert expire(store, site) == dict.fromkeys(TABLES, 0)  # nothing more to do
+
+
+def test_a_site_keeping_everything_keeps_its_operations(env):
+    client, collector = env
+    store = collector.store
+    site, keys = new_site(env, 0)
+    n = uuid.uuid4().hex[:6]
+    send_batch(client, collector, keys["write"], [login(f"a-{n}", f"da-{n}"),
+                                                  login(f"b-{n}", f"db-{n}")])
+    operate(env, site, keys, "merge", {"from": f"user:a-{n}", "into": f"user:b-{n}"})
+    leave(store, site.site_id, [f"user:a-{n}", f"device:da-{n}"])
+    assert expire(store, site) == {}
+    assert kept(store, site.site_id)["identity_merges"] == 1
+
+
+def test_the_collector_applies_the_retention_in_the_background(env, monkeypatch):
+    """Its pass (hourly; here at its next look, every 2 s), and answers about persons kept
+    in memory follow it."""
+    client, collector = env
+    store = collector.store
+    site, keys = new_site(env, 3)
+    n = uuid.uuid4().hex[:6]
+    send_batch(client, collector, keys["write"], [login(f"a-{n}", f"da-{n}"),
+                                                  login(f"b-{n}", f"db-{n}")])
+    operate(env, site, keys, "merge", {"from": f"user:a-{n}", "into": f"user:b-{n}"})
+    assert resolved(env, site, keys, f"user:b-{n}")["merged"]
+    leave(store, site.site_id, [f"user:a-{n}", f"device:da-{n}"])
+    monkeypatch.setattr(retention, "EVERY", 0.0)
+    wait_for(lambda: kept(store, site.site_id)["identity_merges"] == 0, timeout=15)
+    wait_for(lambda: not resolved(env, site, keys, f"user:b-{n}")["merged"], timeout=5)
