@@ -24,6 +24,7 @@ from collector.metrics import Metrics
 from collector.migrations import migrate
 from collector.privacy import key as privacy_key
 from collector.privacy import retention
+from collector.privacy.erase import FLUSH_WAIT, wait_flushed
 from collector.privacy.tombstones import Tombstones
 from collector.sites import Sites
 from collector.spool.disk import Spool
@@ -189,11 +190,15 @@ class Collector:
         """Merges and splits whose subjects the retention took (``privacy/retention.py``),
         every ``retention.EVERY`` seconds: a thread of its own, since a pass reads the raw
         events' indexes (seconds on a large site)."""
+        flushed = wait_flushed(lambda: self.spool.durable, lambda: self.spool.checkpoint.flushed)
         last = float("-inf")
         while not self._stopping.wait(CONTAINER_REFRESH_SECONDS):
             if time.monotonic() - last < retention.EVERY:
                 continue
             last = time.monotonic()
+            # What this collector acknowledged counts: an identifier back after a long
+            # absence is active, not gone.
+            flushed(FLUSH_WAIT)
             for site_id in list(self.sites.ids()):
                 site = self.sites.get(site_id)
                 if site is None:

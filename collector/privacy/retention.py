@@ -17,8 +17,9 @@ analytics-only device or a server-side customer has only those). The rules:
 
 Counted from the operation's time instead, a TTL split persons still active and let an
 undo expire before the operation it undid; this pass never changes how an active
-identifier resolves. A hit arriving after its identifier's pass (a spool replayed late)
-starts afresh, as any hit after a retention does. ``expire`` runs hourly in a thread of its
+identifier resolves. The collector stores what it acknowledged before each pass; a hit
+stored after the pass that removed its identifier's operations (another collector's spool,
+replayed late) starts afresh, as any hit after a retention does. ``expire`` runs hourly in a thread of its
 own (``service.py``), holding the site's operations lock (``operations.serialised``).
 """
 
