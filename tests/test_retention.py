@@ -190,15 +190,23 @@ def test_operations_go_with_their_subjects_and_never_split_active_persons(env):
     assert expire(store, site) == dict.fromkeys(TABLES, 0)  # nothing more to do
 
 
-def test_a_site_keeping_everything_keeps_its_operations(env):
+def merged_then_gone(env, days):
+    """A site keeping ``days``, where one customer was merged into another and then left;
+    the site, its keys and the remaining customer (whose profile listed the merge)."""
     client, collector = env
-    store = collector.store
-    site, keys = new_site(env, 0)
+    site, keys = new_site(env, days)
     n = uuid.uuid4().hex[:6]
     send_batch(client, collector, keys["write"], [login(f"a-{n}", f"da-{n}"),
                                                   login(f"b-{n}", f"db-{n}")])
     operate(env, site, keys, "merge", {"from": f"user:a-{n}", "into": f"user:b-{n}"})
-    leave(store, site.site_id, [f"user:a-{n}", f"device:da-{n}"])
+    assert resolved(env, site, keys, f"user:b-{n}")["merged"]
+    leave(collector.store, site.site_id, [f"user:a-{n}", f"device:da-{n}"])
+    return site, keys, f"user:b-{n}"
+
+
+def test_a_site_keeping_everything_keeps_its_operations(env):
+    store = env[1].store
+    site, _, _ = merged_then_gone(env, 0)
     assert expire(store, site) == {}
     assert kept(store, site.site_id)["identity_merges"] == 1
 
@@ -206,15 +214,8 @@ def test_a_site_keeping_everything_keeps_its_operations(env):
 def test_the_collector_applies_the_retention_in_the_background(env, monkeypatch):
     """Its pass (hourly; here at its next look, every 2 s), and answers about persons kept
     in memory follow it."""
-    client, collector = env
-    store = collector.store
-    site, keys = new_site(env, 3)
-    n = uuid.uuid4().hex[:6]
-    send_batch(client, collector, keys["write"], [login(f"a-{n}", f"da-{n}"),
-                                                  login(f"b-{n}", f"db-{n}")])
-    operate(env, site, keys, "merge", {"from": f"user:a-{n}", "into": f"user:b-{n}"})
-    assert resolved(env, site, keys, f"user:b-{n}")["merged"]
-    leave(store, site.site_id, [f"user:a-{n}", f"device:da-{n}"])
+    store = env[1].store
+    site, keys, into = merged_then_gone(env, 3)
     monkeypatch.setattr(retention, "EVERY", 0.0)
     wait_for(lambda: kept(store, site.site_id)["identity_merges"] == 0, timeout=15)
-    wait_for(lambda: not resolved(env, site, keys, f"user:b-{n}")["merged"], timeout=5)
+    wait_for(lambda: not resolved(env, site, keys, into)["merged"], timeout=5)
