@@ -198,7 +198,9 @@ class Collector:
             last = time.monotonic()
             # What this collector acknowledged counts: an identifier back after a long
             # absence is active, not gone.
-            flushed(FLUSH_WAIT)
+            if not flushed(FLUSH_WAIT):
+                last = float("-inf")  # a backlog is being stored: at the next look
+                continue
             for site_id in list(self.sites.ids()):
                 site = self.sites.get(site_id)
                 if site is None:
@@ -207,6 +209,10 @@ class Collector:
                     removed = retention.expire(self.store, site)
                 except StorageError:
                     break  # ClickHouse is away: next time
+                except Exception:  # a bug must not end the retention for good
+                    log.exception("site %s: the retention's pass over operations failed",
+                                  site_id)
+                    continue
                 if any(removed.values()):
                     log.info("site %s: retention removed %s", site_id, removed)
                     self.person_answers.clear()  # who is whom changed

@@ -219,3 +219,23 @@ def test_the_collector_applies_the_retention_in_the_background(env, monkeypatch)
     monkeypatch.setattr(retention, "EVERY", 0.0)
     wait_for(lambda: kept(store, site.site_id)["identity_merges"] == 0, timeout=15)
     wait_for(lambda: not resolved(env, site, keys, into)["merged"], timeout=5)
+
+
+def test_a_merge_into_a_device_stays_while_the_device_is_active(env):
+    """An old device merged into a new device's person makes the new one "claimed": its
+    hits before a login stay with the merged persons. The old device leaving must not hand
+    them to the customer who logged in on the new one later."""
+    client, collector = env
+    store = collector.store
+    site, keys = new_site(env, 3)
+    n = uuid.uuid4().hex[:6]
+    old, new = f"old-{n}", f"new-{n}"
+    send_batch(client, collector, keys["write"], [
+        {"event": "page_view", "device_id": d, "consent": ALL} for d in (old, new)])
+    operate(env, site, keys, "merge", {"from": f"device:{old}", "into": f"device:{new}"})
+    send_batch(client, collector, keys["write"], [login(f"u-{n}", new)])
+    leave(store, site.site_id, [f"device:{old}"])
+    assert expire(store, site) == dict.fromkeys(TABLES, 0)
+    assert kept(store, site.site_id)["identity_merges"] == 1
+    leave(store, site.site_id, [f"device:{new}"])
+    assert expire(store, site)["identity_merges"] == 1

@@ -8,19 +8,20 @@ made with it (or, for a user id, one made to it), a ``person_hits`` row, or a ra
 analytics-only device or a server-side customer has only those). The rules:
 
 - An operation goes, its audit row and its rows still in force together, once none of the
-  subjects it wrote rows for is active: while it stays it is whole and can be undone (one
-  a later operation superseded stays as long, so that undoing the later one leaves it
-  undoable).
-- The person a merge moves into is not its subject: members still active stay together
-  when their target's anchor left (deleting their rows would split them), and keep its id.
-  Their audit rows name that anchor as long.
+  subjects it wrote rows for is active: while it stays it is whole, and can be undone
+  unless a later operation superseded it.
+- A customer (user id) a merge moves into is not its subject: members still active stay
+  together when their target's anchor left (deleting their rows would split them), and
+  keep its id; their audit rows name that anchor as long. A device's (or other non-user)
+  person merged into is one: that merge decides whose that device's anonymous hits are.
 
 Counted from the operation's time instead, a TTL split persons still active and let an
 undo expire before the operation it undid; this pass never changes how an active
-identifier resolves. The collector stores what it acknowledged before each pass; a hit
-stored after the pass that removed its identifier's operations (another collector's spool,
-replayed late) starts afresh, as any hit after a retention does. ``expire`` runs hourly in a thread of its
-own (``service.py``), holding the site's operations lock (``operations.serialised``).
+identifier resolves. The collector stores what it acknowledged before each pass (or
+skips it); a hit stored after the pass that removed its identifier's operations (another
+collector's spool, replayed late) starts afresh, as any hit after a retention does.
+``expire`` runs hourly in a thread of its own (``service.py``), holding the site's
+operations lock (``operations.serialised``).
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ CHUNK = 5_000  # identifiers asked about per statement
 
 Pair = tuple[str, str]
 
-MERGES = ("SELECT person_id, toString(kind) AS kind, id, toString(op_id) AS op_id, version "
+MERGES = ("SELECT person_id, toString(kind) AS kind, id, toString(into_kind) AS into_kind, "
+          "into_id, toString(op_id) AS op_id, version "
           "FROM tagwerk.identity_merges FINAL WHERE site_id = {site:String}")
 OVERRIDES = ("SELECT toString(kind) AS kind, id, toString(op_id) AS op_id, version "
              "FROM tagwerk.identity_overrides FINAL WHERE site_id = {site:String}")
@@ -92,10 +94,10 @@ def expire(store: Store, site: Site) -> dict[str, int]:
         ops: defaultdict[str, set[Pair]] = defaultdict(set)
         for audit in audits:
             wrote = orjson.loads(audit["after"])
-            ops[audit["op_id"]] |= {(r["kind"], r["id"])
-                                    for r in wrote["merges"] + wrote["overrides"]}
+            ops[audit["op_id"]] |= {pair for r in wrote["merges"] + wrote["overrides"]
+                                    for pair in _subjects(r)}
         for row in merges + overrides:
-            ops[row["op_id"]].add((row["kind"], row["id"]))
+            ops[row["op_id"]] |= _subjects(row)
         active = _active(store, site_id, set().union(*ops.values()))
         gone = {op for op, subjects in ops.items() if not subjects & active}
         gone_merges = [r for r in merges if r["op_id"] in gone]
@@ -125,6 +127,17 @@ def expire(store: Store, site: Site) -> dict[str, int]:
                 ["site_id = {site:String} AND op_id IN {ops:Array(UUID)}"],
                 {**params, "ops": gone_audits}, settings)
         return removed
+
+
+def _subjects(row: dict[str, Any]) -> set[Pair]:
+    """What a merge or split row is about: the identifier it moves, and a device's (or
+    other non-user) person it merges into: such a merge makes that identifier "claimed",
+    its hits before a login staying with the merged persons (``graph.py``); deleting it
+    would hand them to the customer who logged in on it later."""
+    pairs = {(row["kind"], row["id"])}
+    if row.get("into_kind") and row["into_kind"] != "user":
+        pairs.add((row["into_kind"], row["into_id"]))
+    return pairs
 
 
 def _active(store: Store, site_id: str, pairs: set[Pair]) -> set[Pair]:
