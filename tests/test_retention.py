@@ -239,3 +239,116 @@ def test_a_merge_into_a_device_stays_while_the_device_is_active(env):
     assert kept(store, site.site_id)["identity_merges"] == 1
     leave(store, site.site_id, [f"device:{new}"])
     assert expire(store, site)["identity_merges"] == 1
+
+
+def test_each_kind_of_trace_keeps_an_operation_alone(env):
+    """Any one thing still naming a subject keeps its operation: a person_hits row alone (a
+    device browsing with consent, never logged in, whose raw events went first), or a raw
+    event naming it under a kind of the site's own (a till's loyalty card) alone."""
+    client, collector = env
+    store = collector.store
+    site, keys = new_site(env, 3)
+    n = uuid.uuid4().hex[:6]
+    device, card, owner = f"browser-{n}", f"L-{n}", f"owner-{n}"
+    send_batch(client, collector, keys["write"], [
+        login(owner, f"owner-dev-{n}"),
+        {"event": "view_item", "device_id": device, "consent": ALL,
+         "items": [{"product_id": f"p-{n}"}]},
+        {"event": "purchase", "identifiers": {"loyalty": card}, "consent": ["analytics"],
+         "order_id": f"o-{n}", "revenue": 5, "currency": "EUR"}])
+    by_device = operate(env, site, keys, "merge", {"from": f"device:{device}",
+                                                   "into": f"user:{owner}"})
+    by_card = operate(env, site, keys, "merge", {"from": f"loyalty:{card}",
+                                                 "into": f"user:{owner}"})
+    for pair in (f"device:{device}", f"loyalty:{card}"):
+        assert not store.rows(
+            "SELECT 1 FROM tagwerk.identity_links_by_identifier WHERE site_id = {s:String} "
+            "AND concat(toString(kind), ':', id) = {p:String}", {"s": site.site_id, "p": pair})
+    assert store.rows("SELECT 1 FROM tagwerk.person_hits WHERE site_id = {s:String} "
+                      "AND key = {p:String}", {"s": site.site_id, "p": f"device:{device}"})
+    assert not store.rows("SELECT 1 FROM tagwerk.person_hits WHERE site_id = {s:String} "
+                          "AND key = {p:String}", {"s": site.site_id, "p": f"loyalty:{card}"})
+    # The device's raw events leave before its person_hits rows do.
+    store.execute("DELETE FROM tagwerk.events WHERE site_id = {s:String} "
+                  "AND device_id = {d:String}", {"s": site.site_id, "d": device})
+    assert expire(store, site) == dict.fromkeys(TABLES, 0)
+    for op in (by_device, by_card):
+        assert naming(store, site.site_id, op)
+    leave(store, site.site_id, [f"device:{device}"])
+    assert expire(store, site) == {"identity_merges": 1, "identity_overrides": 0,
+                                   "identity_operations": 1}
+    assert naming(store, site.site_id, by_device) == 0
+    assert resolved(env, site, keys, f"loyalty:{card}")["person_id"] == person_id(
+        site.site_id, "user", owner)
+    leave(store, site.site_id, [f"loyalty:{card}"])
+    assert expire(store, site)["identity_merges"] == 1
+    assert naming(store, site.site_id, card) == 0
+
+
+def test_a_split_that_cleared_a_merge_goes_with_the_merge(env):
+    """A split of a device merged into a customer clears that merge (a row of the split's
+    own): while the device is active both operations stay, and the split undoes; once it
+    left, the split's rows, the merge's and both audit rows go."""
+    client, collector = env
+    store = collector.store
+    site, keys = new_site(env, 3)
+    n = uuid.uuid4().hex[:6]
+    device, owner = f"tablet-{n}", f"owner-{n}"
+    send_batch(client, collector, keys["write"], [
+        login(owner, f"owner-dev-{n}"),
+        {"event": "page_view", "device_id": device, "consent": ALL}])
+    merged = operate(env, site, keys, "merge", {"from": f"device:{device}",
+                                                "into": f"user:{owner}"})
+    split = operate(env, site, keys, "split", {"id": f"device:{device}"})
+    assert expire(store, site) == dict.fromkeys(TABLES, 0)
+    assert call(env, site, keys, f"/identity/operations/{split}/undo", {}).status_code == 201
+    assert resolved(env, site, keys, f"device:{device}")["person_id"] == person_id(
+        site.site_id, "user", owner)
+    split = operate(env, site, keys, "split", {"id": f"device:{device}"})
+    leave(store, site.site_id, [f"device:{device}"])
+    # The merge row (cleared by the split, restored by its undo, cleared again: versions
+    # a background merge may have joined), the override's, and the audit rows of the
+    # merge, the split, its undo and the second split.
+    assert expire(store, site)["identity_operations"] == 4
+    assert kept(store, site.site_id) == dict.fromkeys(TABLES, 0)
+    assert naming(store, site.site_id, device) == 0
+    for op in (merged, split):
+        assert call(env, site, keys, f"/identity/operations/{op}/undo", {}).status_code == 404
+
+
+def test_a_row_written_during_a_pass_stays(env, monkeypatch):
+    """Only the row versions the pass read go, bounded per person: a merge of a gone person
+    written (by another collector, its clock behind) between the pass's read and its delete
+    stays, even when another gone person's row the pass read is newer."""
+    client, collector = env
+    store = collector.store
+    site, keys = new_site(env, 3)
+    n = uuid.uuid4().hex[:6]
+    send_batch(client, collector, keys["write"], [
+        login(f"{who}-{n}", f"{who}-dev-{n}") for who in ("a", "b", "into")])
+    operate(env, site, keys, "merge", {"from": f"user:a-{n}", "into": f"user:into-{n}"})
+    operate(env, site, keys, "merge", {"from": f"user:b-{n}", "into": f"user:into-{n}"})
+    rows = {r["id"]: r for r in store.rows(
+        "SELECT id, person_id, version FROM tagwerk.identity_merges FINAL "
+        "WHERE site_id = {s:String}", {"s": site.site_id})}
+    a, b = rows[f"a-{n}"], rows[f"b-{n}"]
+    assert int(a["version"]) < int(b["version"])
+    leave(store, site.site_id, [f"user:a-{n}", f"device:a-dev-{n}", f"user:b-{n}",
+                                f"device:b-dev-{n}"])
+    late = str(uuid.uuid4())
+    real = retention.delete_settings
+
+    def meanwhile(store_):
+        # Another collector's merge of a's person, versioned between a's row and b's.
+        store.insert("tagwerk.identity_merges", orjson.dumps({
+            "site_id": site.site_id, "person_id": a["person_id"], "kind": "user",
+            "id": f"a-{n}", "into_person": person_id(site.site_id, "user", f"b-{n}"),
+            "into_kind": "user", "into_id": f"b-{n}", "op_id": late,
+            "version": int(a["version"]) + 1}), "JSONEachRow")
+        return real(store_)
+
+    monkeypatch.setattr(retention, "delete_settings", meanwhile)
+    assert expire(store, site)["identity_merges"] == 2  # a's row as read, and b's
+    assert [r["op_id"] for r in store.rows(
+        "SELECT toString(op_id) AS op_id FROM tagwerk.identity_merges FINAL "
+        "WHERE site_id = {s:String}", {"s": site.site_id})] == [late]

@@ -20,8 +20,9 @@ undo expire before the operation it undid; this pass never changes how an active
 identifier resolves. The collector stores what it acknowledged before each pass (or
 skips it); a hit stored after the pass that removed its identifier's operations (another
 collector's spool, replayed late) starts afresh, as any hit after a retention does.
-``expire`` runs hourly in a thread of its own (``service.py``), holding the site's
-operations lock (``operations.serialised``).
+``expire`` runs hourly in a thread of its own (``service.py``); it decides and deletes
+under the site's operations lock (``operations.serialised``), having read the subjects'
+traces before taking it.
 """
 
 from __future__ import annotations
@@ -49,9 +50,11 @@ OVERRIDES = ("SELECT toString(kind) AS kind, id, toString(op_id) AS op_id, versi
              "FROM tagwerk.identity_overrides FINAL WHERE site_id = {site:String}")
 AUDITS = ("SELECT toString(op_id) AS op_id, after FROM tagwerk.identity_operations "
           "WHERE site_id = {site:String}")
-# Which of some identifiers a link, a person_hits row or a raw event still names: one
-# SELECT per index that narrows it (see ``graph.row_parts``), each listing 'kind:id'.
-ACTIVE = f"""
+# Which of some identifiers still has a trace, as 'kind:id': first what most active
+# subjects have, a link made with it (or, for a user id, one made to it) or a person_hits
+# row; then, for the rest only, a raw event (read through the events' skip indexes, the
+# costly part). One SELECT per index that narrows it (see ``graph.row_parts``).
+LINKED = f"""
 SELECT DISTINCT {PAIR} AS pair FROM tagwerk.identity_links_by_identifier
 WHERE site_id = {{site:String}} AND {PAIRS} AND {PAIR} IN {{pairs:Array(String)}}
 UNION DISTINCT
@@ -60,73 +63,89 @@ WHERE site_id = {{site:String}} AND person_id IN {{persons:Array(String)}}
 UNION DISTINCT
 SELECT DISTINCT key FROM tagwerk.person_hits
 WHERE site_id = {{site:String}} AND key IN {{pairs:Array(String)}}
-UNION DISTINCT
-SELECT DISTINCT concat('user:', user_id) FROM tagwerk.events
-WHERE site_id = {{site:String}} AND user_id IN {{users:Array(String)}}
+"""
+RAW = """
+SELECT DISTINCT concat('user:', user_id) AS pair FROM tagwerk.events
+WHERE site_id = {site:String} AND user_id IN {users:Array(String)}
 UNION DISTINCT
 SELECT DISTINCT concat('device:', device_id) FROM tagwerk.events
-WHERE site_id = {{site:String}} AND device_id IN {{devices:Array(String)}}
+WHERE site_id = {site:String} AND device_id IN {devices:Array(String)}
 UNION DISTINCT
 SELECT DISTINCT pair FROM (
     SELECT arrayJoin(arrayMap(k -> concat(toString(k), ':', identifiers[k]),
                               mapKeys(identifiers))) AS pair
     FROM tagwerk.events
-    WHERE site_id = {{site:String}} AND hasAny(mapValues(identifiers), {{others:Array(String)}})
-) WHERE pair IN {{pairs:Array(String)}}
+    WHERE site_id = {site:String} AND hasAny(mapValues(identifiers), {others:Array(String)})
+) WHERE pair IN {pairs:Array(String)}
 """
 
 
 def expire(store: Store, site: Site) -> dict[str, int]:
     """Delete the site's merges, splits and audit rows whose subjects left; how many rows
-    of each table (none for a site keeping everything). Blocking: seconds on a large site."""
+    of each table (none for a site keeping everything). Blocking: seconds on a large site,
+    nearly all of them outside the site's operations lock: the subjects' traces are read
+    first, then, under the lock, the operations again, and only one whose every subject
+    was found without a trace goes (an operation run meanwhile waits for the next pass)."""
     if not site.retention_days:
         return {}
-    site_id = site.site_id
-    params: dict[str, Any] = {"site": site_id}
-    with serialised(site_id):
-        merges = store.rows(MERGES, params)
-        overrides = store.rows(OVERRIDES, params)
-        audits = store.rows(AUDITS, params)
-        if not (merges or overrides or audits):
-            return {}
-        # Each operation's subjects: those of the rows it wrote, and of its rows in force
-        # (an operation whose audit row an erasure removed has only those).
-        ops: defaultdict[str, set[Pair]] = defaultdict(set)
-        for audit in audits:
-            wrote = orjson.loads(audit["after"])
-            ops[audit["op_id"]] |= {pair for r in wrote["merges"] + wrote["overrides"]
-                                    for pair in _subjects(r)}
-        for row in merges + overrides:
-            ops[row["op_id"]] |= _subjects(row)
-        active = _active(store, site_id, set().union(*ops.values()))
-        gone = {op for op, subjects in ops.items() if not subjects & active}
+    params: dict[str, Any] = {"site": site.site_id}
+    subjects = set().union(*_operations(store, params)[3].values())
+    if not subjects:
+        return {}
+    traceless = subjects - _active(store, site.site_id, subjects)
+    with serialised(site.site_id):
+        merges, overrides, audits, ops = _operations(store, params)
+        gone = {op for op, of in ops.items() if of <= traceless}
         gone_merges = [r for r in merges if r["op_id"] in gone]
         gone_overrides = [r for r in overrides if r["op_id"] in gone]
         gone_audits = sorted(a["op_id"] for a in audits if a["op_id"] in gone)
         settings = delete_settings(store)
         removed = {"identity_merges": 0, "identity_overrides": 0, "identity_operations": 0}
-        # Versions up to those read: a row another collector's operation wrote since stays.
+        # Of each person's (identifier's) rows, the version read and older ones: a row
+        # written since by another collector's operation stays, whatever its clock says
+        # beside another person's, and no older version becomes current.
         if gone_merges:
+            persons = [r["person_id"] for r in gone_merges]  # one row each (FINAL)
             removed["identity_merges"] = delete_where(
                 store, "tagwerk.identity_merges",
                 ["site_id = {site:String} AND person_id IN {persons:Array(String)} "
-                 "AND version <= {top:UInt64}"],
-                {**params, "persons": sorted({r["person_id"] for r in gone_merges}),
-                 "top": max(int(r["version"]) for r in gone_merges)}, settings)
+                 "AND version <= {tops:Array(UInt64)}[indexOf({persons:Array(String)}, "
+                 "person_id)]"],
+                {**params, "persons": persons,
+                 "tops": [int(r["version"]) for r in gone_merges]}, settings)
         if gone_overrides:
-            pairs = sorted({(r["kind"], r["id"]) for r in gone_overrides})
+            pairs = [(r["kind"], r["id"]) for r in gone_overrides]  # one row each (FINAL)
             removed["identity_overrides"] = delete_where(
                 store, "tagwerk.identity_overrides",
                 [f"site_id = {{site:String}} AND {PAIRS} AND {PAIR} IN {{pairs:Array(String)}} "
-                 "AND version <= {top:UInt64}"],
+                 f"AND version <= {{tops:Array(UInt64)}}[indexOf({{pairs:Array(String)}}, "
+                 f"{PAIR})]"],
                 {**params, **exactly(pairs),
-                 "top": max(int(r["version"]) for r in gone_overrides)}, settings)
+                 "tops": [int(r["version"]) for r in gone_overrides]}, settings)
         if gone_audits:
             removed["identity_operations"] = delete_where(
                 store, "tagwerk.identity_operations",
                 ["site_id = {site:String} AND op_id IN {ops:Array(UUID)}"],
                 {**params, "ops": gone_audits}, settings)
         return removed
+
+
+def _operations(store: Store, params: dict[str, Any]) -> tuple[
+        list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]], dict[str, set[Pair]]]:
+    """The site's merge and split rows in force, its audit rows, and each operation's
+    subjects: those of the rows it wrote, and of its rows in force (an operation whose
+    audit row an erasure removed has only those)."""
+    merges = store.rows(MERGES, params)
+    overrides = store.rows(OVERRIDES, params)
+    audits = store.rows(AUDITS, params)
+    ops: defaultdict[str, set[Pair]] = defaultdict(set)
+    for audit in audits:
+        wrote = orjson.loads(audit["after"])
+        ops[audit["op_id"]] |= {pair for r in wrote["merges"] + wrote["overrides"]
+                                for pair in _subjects(r)}
+    for row in merges + overrides:
+        ops[row["op_id"]] |= _subjects(row)
+    return merges, overrides, audits, ops
 
 
 def _subjects(row: dict[str, Any]) -> set[Pair]:
@@ -147,10 +166,18 @@ def _active(store: Store, site_id: str, pairs: set[Pair]) -> set[Pair]:
     for start in range(0, len(ordered), CHUNK):
         chunk = ordered[start:start + CHUNK]
         users = [i for k, i in chunk if k == "user"]
-        rows = store.rows(ACTIVE, {
+        found |= _pairs(store.rows(LINKED, {
             "site": site_id, **exactly(chunk),
-            "persons": [person_id(site_id, "user", u) for u in users], "users": users,
-            "devices": [i for k, i in chunk if k == "device"],
-            "others": [i for k, i in chunk if k not in ("user", "device")]})
-        found |= {tuple(row["pair"].split(":", 1)) for row in rows}  # type: ignore[misc]
+            "persons": [person_id(site_id, "user", u) for u in users]}))
+        rest = [pair for pair in chunk if pair not in found]
+        if rest:
+            found |= _pairs(store.rows(RAW, {
+                "site": site_id, "pairs": [f"{k}:{i}" for k, i in rest],
+                "users": [i for k, i in rest if k == "user"],
+                "devices": [i for k, i in rest if k == "device"],
+                "others": [i for k, i in rest if k not in ("user", "device")]}))
     return found & pairs
+
+
+def _pairs(rows: list[dict[str, Any]]) -> set[Pair]:
+    return {tuple(row["pair"].split(":", 1)) for row in rows}  # type: ignore[misc]
