@@ -27,7 +27,7 @@ import re
 import time
 from collections.abc import AsyncGenerator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 import anyio
 import orjson
@@ -71,14 +71,23 @@ class StreamConfig:
     catch_up_reads: int = 2
 
 
-class Row(NamedTuple):
-    position: Position
-    # The row as one JSON object without its opening brace: a view into the engine's
-    # answer, copied once, into the message (a catch-up step holds up to 16,000 rows).
-    rest: memoryview
+class Row:
+    """A row and its position. The poller hands one Row to every subscriber of the site:
+    a subscriber's ``events=`` filter parses it once for all of them."""
+
+    __slots__ = ("position", "rest", "_event")
+
+    def __init__(self, position: Position, rest: memoryview) -> None:
+        self.position = position
+        # The row as one JSON object without its opening brace: a view into the engine's
+        # answer, copied once, into the message (a catch-up step holds up to 16,000 rows).
+        self.rest = rest
+        self._event: str | None = None
 
     def event(self) -> str:
-        return orjson.loads(b"{" + self.rest)["event"]  # for a subscriber's events= filter
+        if self._event is None:
+            self._event = orjson.loads(b"{" + self.rest)["event"]
+        return self._event
 
 
 @dataclass(frozen=True)
