@@ -624,3 +624,47 @@ def test_a_device_erased_of_its_last_holder_leaves_no_hit_of_anyone_s_time(env):
                 ).status_code == 404
     assert send(env, [gap]) == 0
     assert send(env, [view(at(1), "new")]) == 1
+
+
+def test_an_erasure_keeps_the_operations_audit_rows_without_the_person(env):
+    """Merges and splits that named the erased person stay on record (what, who ran it,
+    when, the other persons it named) with their identifiers and person ids blanked; such
+    an operation can no longer be undone (409)."""
+    from collector.identity.kinds import person_id
+
+    store = env[1].store
+    n = uuid.uuid4().hex[:8]
+    gone, kept, dev, kiosk, other = f"gone-{n}", f"kept-{n}", f"gdev-{n}", f"kiosk-{n}", \
+        f"kdev-{n}"
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    send(env, [{**hit("login", now, device_id=d), "type": "identify", "user_id": u}
+               for u, d in ((gone, dev), (gone, kiosk), (kept, other))])
+
+    def operate(path, body):
+        r = call(env, "POST", f"{BASE}/identity/{path}", body)
+        assert r.status_code == 201, r.text
+        return r.json()["op_id"]
+
+    merged = operate("merge", {"from": f"user:{gone}", "into": f"user:{kept}"})
+    undone = operate(f"operations/{merged}/undo", {})
+    split = operate("split", {"id": f"device:{kiosk}"})
+    r = call(env, "POST", f"{BASE}/privacy/erase", {"id": f"user:{gone}"})
+    assert r.status_code == 200, r.text
+    assert r.json()["removed"]["identity_operations_redacted"] == 3
+    theirs = [gone, dev, person_id(SITE, "user", gone), person_id(SITE, "device", dev)]
+    assert found_anywhere(store, theirs) == {}
+    history = {op["op_id"]: op for op in call(
+        env, "GET", f"{BASE}/identity/operations?limit=1000").json()["operations"]}
+    assert {history[op]["op"] for op in (merged, undone, split)} == {"merge", "undo", "split"}
+    assert history[merged]["target"] == {"from": "", "into": person_id(SITE, "user", kept)}
+    assert history[split]["target"]["from"] == ""
+    assert all(history[op]["actor"].startswith("admin:") for op in (merged, undone, split))
+    [row] = store.rows("SELECT identifiers, persons FROM tagwerk.identity_operations "
+                       "WHERE site_id = {s:String} AND op_id = {op:UUID}",
+                       {"s": SITE, "op": merged})
+    assert row["identifiers"] == [f"user:{kept}"]
+    assert row["persons"] == [person_id(SITE, "user", kept)]
+    r = call(env, "POST", f"{BASE}/identity/operations/{split}/undo", {})
+    assert r.status_code == 409 and "erased" in r.json()["error"], r.text
+    # The other person is untouched.
+    assert call(env, "GET", f"{BASE}/persons/user:{kept}", key="read").status_code == 200

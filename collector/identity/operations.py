@@ -57,6 +57,13 @@ def serialised(site_id: str) -> threading.Lock:
     return _locks[site_id]
 
 
+def _erased_since(target: dict[str, str], before: dict, after: dict) -> bool:
+    """Whether an erasure blanked a person in the operation's audit row
+    (``privacy/erase.py``): a person id or an identifier's id is never empty otherwise."""
+    rows = [*before["merges"], *before["overrides"], *after["merges"], *after["overrides"]]
+    return "" in target.values() or any(r["id"] == "" for r in rows)
+
+
 class OperationError(Exception):
     def __init__(self, status: int, message: str, field: str = "") -> None:
         super().__init__(message)
@@ -159,6 +166,9 @@ class Operations:
             if int(row["undone"]):
                 raise OperationError(409, f"operation {op_id} was undone already", "op_id")
             before, after = orjson.loads(row["before"]), orjson.loads(row["after"])
+            if _erased_since(orjson.loads(row["target"]), before, after):
+                raise OperationError(409, f"operation {op_id} names a person erased since: "
+                                     "what it changed cannot be restored", "op_id")
             anchors = {r["person_id"]: (r["kind"], r["id"]) for r in after["merges"]}
             pairs = [(r["kind"], r["id"]) for r in after["overrides"]]
             current = {"merges": self._merges(anchors), "overrides": self._overrides(pairs)}

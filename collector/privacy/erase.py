@@ -16,7 +16,7 @@
    files a hit under each identifier it names: every copy of their events goes, whoever
    else's key it is filed under.
 4. Their identity rows go: the links made with their user ids, merges and splits
-   involving them, and the audit rows of those operations (they hold identifiers). A
+   involving them; the audit rows of those operations stay, with them blanked. A
    shared identifier's links to them become links to an erased anchor (a user id no
    request can name), so that the time it was theirs stays nobody's: a late hit of that
    time is not handed to the device's other owner. An identifier whose other holders
@@ -248,12 +248,63 @@ def _erase_identity(store: Store, site_id: str, person: Person,
         store, "tagwerk.identity_overrides", ["site_id = {site:String} AND "
         f"(person_id IN {{members:Array(String)}} OR {PAIR} IN {{pairs:Array(String)}})"],
         {**base, "pairs": pairs}, settings)
-    # Audit rows of merges and splits that touched them (they name their identifiers).
-    removed["identity_operations"] = delete_where(
-        store, "tagwerk.identity_operations", ["site_id = {site:String} AND "
-        "(hasAny(persons, {members:Array(String)}) OR hasAny(identifiers, {pairs:Array(String)}))"],
-        {**base, "pairs": pairs}, settings)
+    # Audit rows of merges and splits that named them stay, without them; a shared
+    # identifier another person still holds stays named (it is theirs too).
+    still_held = {f"{kind}:{ident}" for kind, ident in shared}
+    removed["identity_operations_redacted"] = _redact_operations(
+        store, site_id, set(members), {pair for pair in pairs if pair not in still_held},
+        settings)
     return removed
+
+
+def _redact_operations(store: Store, site_id: str, members: set[str], pairs: set[str],
+                       settings: str) -> int:
+    """Blank the persons ``members`` and the identifiers ``pairs`` ('kind:id') in the audit
+    rows of the operations that name them: each stays on record (what was done, by whom,
+    when, to which other persons), and can no longer be undone (``Operations.undo``). The
+    rows are deleted before their blanked copies are written: a failure in between loses
+    the record, never keeps the person in it. How many rows were blanked."""
+    where = ("site_id = {site:String} AND (hasAny(persons, {members:Array(String)}) "
+             "OR hasAny(identifiers, {pairs:Array(String)}))")
+    params = {"site": site_id, "members": sorted(members), "pairs": sorted(pairs)}
+    rows = store.rows("SELECT site_id, toString(op_id) AS op_id, op, target, before, after, "
+                      "toString(undoes) AS undoes, actor, toString(at) AS at, persons, "
+                      f"identifiers FROM tagwerk.identity_operations WHERE {where}", params)
+    if not rows:
+        return 0
+    delete_where(store, "tagwerk.identity_operations", [where], params, settings)
+    store.insert("tagwerk.identity_operations",
+                 b"\n".join(orjson.dumps(_blanked(row, members, pairs)) for row in rows),
+                 "JSONEachRow")
+    return len(rows)
+
+
+def _blanked(audit: dict[str, Any], persons: set[str], pairs: set[str]) -> dict[str, Any]:
+    """An audit row with ``persons`` and ``pairs`` ('kind:id') blanked: '' in place of a
+    person id or an identifier's id (neither is ever empty otherwise), each left out of
+    the row's ``persons`` and ``identifiers``."""
+
+    def row(r: dict[str, str]) -> dict[str, str]:
+        r = dict(r)
+        for person in ("person_id", "into_person"):
+            if r.get(person) in persons:
+                r[person] = ""
+        for kind, ident in (("kind", "id"), ("into_kind", "into_id")):
+            if r.get(kind) and f"{r[kind]}:{r[ident]}" in pairs:
+                r[ident] = ""
+        return r
+
+    def rows(text: str) -> str:
+        found = orjson.loads(text)
+        return orjson.dumps({table: [row(r) for r in found[table]]
+                             for table in ("merges", "overrides")}).decode()
+
+    target = {role: "" if pid in persons else pid
+              for role, pid in orjson.loads(audit["target"]).items()}
+    return {**audit, "target": orjson.dumps(target).decode(), "before": rows(audit["before"]),
+            "after": rows(audit["after"]),
+            "persons": [p for p in audit["persons"] if p not in persons],
+            "identifiers": [i for i in audit["identifiers"] if i not in pairs]}
 
 
 def _held_by_nobody_else(store: Store, site_id: str, person: Person,

@@ -134,7 +134,8 @@ def _operations(store: Store, params: dict[str, Any]) -> tuple[
         list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]], dict[str, set[Pair]]]:
     """The site's merge and split rows in force, its audit rows, and each operation's
     subjects: those of the rows it wrote, and of its rows in force (an operation whose
-    audit row an erasure removed has only those)."""
+    audit row is missing has only those). An identifier an erasure blanked ('') is
+    nobody's: it keeps nothing."""
     merges = store.rows(MERGES, params)
     overrides = store.rows(OVERRIDES, params)
     audits = store.rows(AUDITS, params)
