@@ -668,3 +668,33 @@ def test_an_erasure_keeps_the_operations_audit_rows_without_the_person(env):
     assert r.status_code == 409 and "erased" in r.json()["error"], r.text
     # The other person is untouched.
     assert call(env, "GET", f"{BASE}/persons/user:{kept}", key="read").status_code == 200
+
+
+def test_an_erasure_leaves_the_operations_on_a_device_someone_else_holds_as_they_were(env):
+    """A split of a family tablet (and its undo) made while the other customer held it names
+    the tablet and them only: erasing the earlier user keeps both rows whole, and the
+    split can be made and undone as before."""
+    n = uuid.uuid4().hex[:8]
+    gone, kept, tablet = f"gone-{n}", f"kept-{n}", f"tablet-{n}"
+    send(env, [{**hit("login", ts, device_id=tablet), "type": "identify", "user_id": u}
+               for u, ts in ((gone, "2026-11-20T08:00:00Z"), (kept, "2026-11-20T20:00:00Z"))])
+    r = call(env, "POST", f"{BASE}/identity/split", {"id": f"device:{tablet}"})
+    assert r.status_code == 201, r.text
+    split = r.json()["op_id"]
+    r = call(env, "POST", f"{BASE}/identity/operations/{split}/undo", {})
+    assert r.status_code == 201, r.text
+    store = env[1].store
+    before = store.rows("SELECT * FROM tagwerk.identity_operations WHERE site_id = {s:String} "
+                        "AND has(identifiers, {d:String}) ORDER BY at",
+                        {"s": SITE, "d": f"device:{tablet}"})
+    assert len(before) == 2
+    r = call(env, "POST", f"{BASE}/privacy/erase", {"id": f"user:{gone}"})
+    assert r.status_code == 200, r.text
+    assert r.json()["removed"]["identity_operations_redacted"] == 0
+    assert store.rows("SELECT * FROM tagwerk.identity_operations WHERE site_id = {s:String} "
+                      "AND has(identifiers, {d:String}) ORDER BY at",
+                      {"s": SITE, "d": f"device:{tablet}"}) == before
+    r = call(env, "POST", f"{BASE}/identity/split", {"id": f"device:{tablet}"})
+    assert r.status_code == 201, r.text
+    r = call(env, "POST", f"{BASE}/identity/operations/{r.json()['op_id']}/undo", {})
+    assert r.status_code == 201, r.text
