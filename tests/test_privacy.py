@@ -648,9 +648,12 @@ def test_an_erasure_keeps_the_operations_audit_rows_without_the_person(env):
     merged = operate("merge", {"from": f"user:{gone}", "into": f"user:{kept}"})
     undone = operate(f"operations/{merged}/undo", {})
     split = operate("split", {"id": f"device:{kiosk}"})
+    # A split of their device, undone: its rows name the device's own person id, which
+    # anyone knowing the device id could compute again.
+    operate(f"operations/{operate('split', {'id': f'device:{dev}'})}/undo", {})
     r = call(env, "POST", f"{BASE}/privacy/erase", {"id": f"user:{gone}"})
     assert r.status_code == 200, r.text
-    assert r.json()["removed"]["identity_operations_redacted"] == 3
+    assert r.json()["removed"]["identity_operations_redacted"] == 5
     theirs = [gone, dev, person_id(SITE, "user", gone), person_id(SITE, "device", dev)]
     assert found_anywhere(store, theirs) == {}
     history = {op["op_id"]: op for op in call(
@@ -698,3 +701,27 @@ def test_an_erasure_leaves_the_operations_on_a_device_someone_else_holds_as_they
     assert r.status_code == 201, r.text
     r = call(env, "POST", f"{BASE}/identity/operations/{r.json()['op_id']}/undo", {})
     assert r.status_code == 201, r.text
+
+
+def test_an_operation_that_named_the_erased_person_before_it_is_not_undone(env):
+    """A tablet merged into a customer, then used by another who logged in on it, then split
+    off: the split's audit row names the first customer as whom the tablet had been merged
+    into. Once they are erased, undoing the split would write that merge back half blank:
+    409."""
+    n = uuid.uuid4().hex[:8]
+    gone, other, tablet = f"gone-{n}", f"other-{n}", f"tab-{n}"
+    send(env, [{**hit("login", "2026-11-20T07:00:00Z", device_id=f"gdev-{n}"),
+                "type": "identify", "user_id": gone},
+               hit("page_view", "2026-11-20T07:30:00Z", device_id=tablet)])
+    r = call(env, "POST", f"{BASE}/identity/merge", {"from": f"device:{tablet}",
+                                                      "into": f"user:{gone}"})
+    assert r.status_code == 201, r.text
+    send(env, [{**hit("login", "2026-11-20T20:00:00Z", device_id=tablet),
+                "type": "identify", "user_id": other}])
+    r = call(env, "POST", f"{BASE}/identity/split", {"id": f"device:{tablet}"})
+    assert r.status_code == 201, r.text
+    split = r.json()["op_id"]
+    r = call(env, "POST", f"{BASE}/privacy/erase", {"id": f"user:{gone}"})
+    assert r.status_code == 200, r.text
+    r = call(env, "POST", f"{BASE}/identity/operations/{split}/undo", {})
+    assert r.status_code == 409 and "erased" in r.json()["error"], r.text

@@ -352,3 +352,26 @@ def test_a_row_written_during_a_pass_stays(env, monkeypatch):
     assert [r["op_id"] for r in store.rows(
         "SELECT toString(op_id) AS op_id FROM tagwerk.identity_merges FINAL "
         "WHERE site_id = {s:String}", {"s": site.site_id})] == [late]
+
+
+def test_an_operation_an_erasure_blanked_lasts_as_long_as_the_others_it_names(env):
+    """A merge of a customer into another, and its undo, stay on record once the first is
+    erased (privacy/erase.py), without them: until the other customer leaves too. What
+    was blanked names nobody, so an anonymous visit does not keep them."""
+    client, collector = env
+    store = collector.store
+    site, keys = new_site(env, 3)
+    n = uuid.uuid4().hex[:6]
+    gone, stays = f"gone-{n}", f"stays-{n}"
+    send_batch(client, collector, keys["write"], [
+        login(gone, f"gdev-{n}"), login(stays, f"kdev-{n}"),
+        {"event": "page_view", "device_id": f"anon-{n}", "consent": ALL}])
+    merged = operate(env, site, keys, "merge", {"from": f"user:{gone}", "into": f"user:{stays}"})
+    operate(env, site, keys, f"operations/{merged}/undo", {})
+    r = call(env, site, keys, "/privacy/erase", {"id": f"user:{gone}"})
+    assert r.status_code == 200, r.text
+    assert expire(store, site) == dict.fromkeys(TABLES, 0)
+    assert kept(store, site.site_id)["identity_operations"] == 2
+    leave(store, site.site_id, [f"user:{stays}", f"device:kdev-{n}"])
+    assert expire(store, site)["identity_operations"] == 2
+    assert naming(store, site.site_id, stays) == 0

@@ -57,11 +57,15 @@ def serialised(site_id: str) -> threading.Lock:
     return _locks[site_id]
 
 
-def _erased_since(target: dict[str, str], before: dict, after: dict) -> bool:
+def erased_since(target: dict[str, str], before: dict, after: dict) -> bool:
     """Whether an erasure blanked a person in the operation's audit row
-    (``privacy/erase.py``): a person id or an identifier's id is never empty otherwise."""
-    rows = [*before["merges"], *before["overrides"], *after["merges"], *after["overrides"]]
-    return "" in target.values() or any(r["id"] == "" for r in rows)
+    (``privacy/erase.py``): a target, an identifier's id, or whom a merge row moves into
+    is never empty otherwise (a row without a merge has no ``into_kind`` either)."""
+    if "" in target.values():
+        return True
+    return any(r["id"] == "" or (r.get("into_kind") and "" in (r["into_person"], r["into_id"]))
+               for rows in (before, after) for table in ("merges", "overrides")
+               for r in rows[table])
 
 
 class OperationError(Exception):
@@ -166,7 +170,7 @@ class Operations:
             if int(row["undone"]):
                 raise OperationError(409, f"operation {op_id} was undone already", "op_id")
             before, after = orjson.loads(row["before"]), orjson.loads(row["after"])
-            if _erased_since(orjson.loads(row["target"]), before, after):
+            if erased_since(orjson.loads(row["target"]), before, after):
                 raise OperationError(409, f"operation {op_id} names a person erased since: "
                                      "what it changed cannot be restored", "op_id")
             anchors = {r["person_id"]: (r["kind"], r["id"]) for r in after["merges"]}

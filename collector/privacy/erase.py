@@ -47,7 +47,7 @@ import orjson
 
 from collector.identity.graph import BEGINNING, END, Graph, Person, Span, row_parts
 from collector.identity.kinds import person_id
-from collector.identity.operations import PAIR, PAIRS, exactly
+from collector.identity.operations import PAIR, PAIRS, exactly, serialised
 from collector.privacy.tombstones import ALWAYS, Spans, Tombstones
 from collector.sites import Site
 from collector.storage import Store, time_text
@@ -251,30 +251,36 @@ def _erase_identity(store: Store, site_id: str, person: Person,
     # Audit rows of merges and splits that named them stay, without them; a shared
     # identifier another person still holds stays named (it is theirs too).
     still_held = {f"{kind}:{ident}" for kind, ident in shared}
-    removed["identity_operations_redacted"] = _redact_operations(
-        store, site_id, set(members), {pair for pair in pairs if pair not in still_held},
-        settings)
+    blank = {pair for pair in pairs if pair not in still_held}
+    # Person ids are digests anyone can compute again from an identifier: those of the
+    # blanked identifiers go too, not only of the persons that were theirs.
+    persons = set(members) | {person_id(site_id, *pair.split(":", 1)) for pair in blank}
+    with serialised(site_id):  # no undo or retention pass sees an audit row missing
+        removed["identity_operations_redacted"] = _redact_operations(
+            store, site_id, persons, blank, settings)
     return removed
 
 
-def _redact_operations(store: Store, site_id: str, members: set[str], pairs: set[str],
+def _redact_operations(store: Store, site_id: str, persons: set[str], pairs: set[str],
                        settings: str) -> int:
-    """Blank the persons ``members`` and the identifiers ``pairs`` ('kind:id') in the audit
+    """Blank the persons ``persons`` and the identifiers ``pairs`` ('kind:id') in the audit
     rows of the operations that name them: each stays on record (what was done, by whom,
     when, to which other persons), and can no longer be undone (``Operations.undo``). The
     rows are deleted before their blanked copies are written: a failure in between loses
     the record, never keeps the person in it. How many rows were blanked."""
-    where = ("site_id = {site:String} AND (hasAny(persons, {members:Array(String)}) "
+    where = ("site_id = {site:String} AND (hasAny(persons, {persons:Array(String)}) "
              "OR hasAny(identifiers, {pairs:Array(String)}))")
-    params = {"site": site_id, "members": sorted(members), "pairs": sorted(pairs)}
+    params = {"site": site_id, "persons": sorted(persons), "pairs": sorted(pairs)}
     rows = store.rows("SELECT site_id, toString(op_id) AS op_id, op, target, before, after, "
                       "toString(undoes) AS undoes, actor, toString(at) AS at, persons, "
                       f"identifiers FROM tagwerk.identity_operations WHERE {where}", params)
     if not rows:
         return 0
-    delete_where(store, "tagwerk.identity_operations", [where], params, settings)
+    delete_where(store, "tagwerk.identity_operations",
+                 [f"op_id IN {{ops:Array(UUID)}} AND {where}"],
+                 {**params, "ops": [row["op_id"] for row in rows]}, settings)
     store.insert("tagwerk.identity_operations",
-                 b"\n".join(orjson.dumps(_blanked(row, members, pairs)) for row in rows),
+                 b"\n".join(orjson.dumps(_blanked(row, persons, pairs)) for row in rows),
                  "JSONEachRow")
     return len(rows)
 

@@ -10,6 +10,8 @@ analytics-only device or a server-side customer has only those). The rules:
 - An operation goes, its audit row and its rows still in force together, once none of the
   subjects it wrote rows for is active: while it stays it is whole, and can be undone
   unless a later operation superseded it.
+- An operation whose audit row an erasure blanked (``privacy/erase.py``) lasts as long as
+  the others it names: what was blanked is nobody's.
 - A customer (user id) a merge moves into is not its subject: members still active stay
   together when their target's anchor left (deleting their rows would split them), and
   keep its id; their audit rows name that anchor as long. A device's (or other non-user)
@@ -33,7 +35,7 @@ from typing import Any
 import orjson
 
 from collector.identity.kinds import person_id
-from collector.identity.operations import PAIR, PAIRS, exactly, serialised
+from collector.identity.operations import PAIR, PAIRS, erased_since, exactly, serialised
 from collector.privacy.erase import delete_settings, delete_where
 from collector.sites import Site
 from collector.storage import Store
@@ -48,8 +50,8 @@ MERGES = ("SELECT person_id, toString(kind) AS kind, id, toString(into_kind) AS 
           "FROM tagwerk.identity_merges FINAL WHERE site_id = {site:String}")
 OVERRIDES = ("SELECT toString(kind) AS kind, id, toString(op_id) AS op_id, version "
              "FROM tagwerk.identity_overrides FINAL WHERE site_id = {site:String}")
-AUDITS = ("SELECT toString(op_id) AS op_id, after FROM tagwerk.identity_operations "
-          "WHERE site_id = {site:String}")
+AUDITS = ("SELECT toString(op_id) AS op_id, target, before, after, identifiers "
+          "FROM tagwerk.identity_operations WHERE site_id = {site:String}")
 # Which of some identifiers still has a trace, as 'kind:id': first what most active
 # subjects have, a link made with it (or, for a user id, one made to it) or a person_hits
 # row; then, for the rest only, a raw event (read through the events' skip indexes, the
@@ -85,7 +87,8 @@ def expire(store: Store, site: Site) -> dict[str, int]:
     of each table (none for a site keeping everything). Blocking: seconds on a large site,
     nearly all of them outside the site's operations lock: the subjects' traces are read
     first, then, under the lock, the operations again, and only one whose every subject
-    was found without a trace goes (an operation run meanwhile waits for the next pass)."""
+    was found without a trace goes (one run meanwhile on a subject not read then stays
+    until the next pass)."""
     if not site.retention_days:
         return {}
     params: dict[str, Any] = {"site": site.site_id}
@@ -134,16 +137,19 @@ def _operations(store: Store, params: dict[str, Any]) -> tuple[
         list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]], dict[str, set[Pair]]]:
     """The site's merge and split rows in force, its audit rows, and each operation's
     subjects: those of the rows it wrote, and of its rows in force (an operation whose
-    audit row is missing has only those). An identifier an erasure blanked ('') is
-    nobody's: it keeps nothing."""
+    audit row is missing has only those)."""
     merges = store.rows(MERGES, params)
     overrides = store.rows(OVERRIDES, params)
     audits = store.rows(AUDITS, params)
     ops: defaultdict[str, set[Pair]] = defaultdict(set)
     for audit in audits:
-        wrote = orjson.loads(audit["after"])
+        before, wrote = orjson.loads(audit["before"]), orjson.loads(audit["after"])
         ops[audit["op_id"]] |= {pair for r in wrote["merges"] + wrote["overrides"]
                                 for pair in _subjects(r)}
+        if erased_since(orjson.loads(audit["target"]), before, wrote):
+            # What an erasure blanked is nobody's: the record lasts as long as the other
+            # persons it names do.
+            ops[audit["op_id"]] |= {tuple(i.split(":", 1)) for i in audit["identifiers"]}
     for row in merges + overrides:
         ops[row["op_id"]] |= _subjects(row)
     return merges, overrides, audits, ops
@@ -157,7 +163,7 @@ def _subjects(row: dict[str, Any]) -> set[Pair]:
     pairs = {(row["kind"], row["id"])}
     if row.get("into_kind") and row["into_kind"] != "user":
         pairs.add((row["into_kind"], row["into_id"]))
-    return pairs
+    return {(kind, ident) for kind, ident in pairs if ident}  # '': blanked by an erasure
 
 
 def _active(store: Store, site_id: str, pairs: set[Pair]) -> set[Pair]:
