@@ -725,3 +725,25 @@ def test_an_operation_that_named_the_erased_person_before_it_is_not_undone(env):
     assert r.status_code == 200, r.text
     r = call(env, "POST", f"{BASE}/identity/operations/{split}/undo", {})
     assert r.status_code == 409 and "erased" in r.json()["error"], r.text
+
+
+def test_an_erasure_changes_identity_rows_under_the_sites_operations_lock(env, monkeypatch):
+    """No undo runs between the deletes of their merges and the rewrite of the audit rows
+    (it could write a merge into them back): the identity step holds the lock operations
+    take."""
+    from collector.identity.operations import serialised
+
+    n = uuid.uuid4().hex[:8]
+    send(env, [{**hit("login", "2026-11-20T07:00:00Z", device_id=f"ldev-{n}"),
+                "type": "identify", "user_id": f"locked-{n}"}])
+    held = []
+    real = erasure._forget_identifiers  # noqa: SLF001
+
+    def forget(*args, **kwargs):
+        held.append(serialised(SITE).locked())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(erasure, "_forget_identifiers", forget)
+    r = call(env, "POST", f"{BASE}/privacy/erase", {"id": f"user:locked-{n}"})
+    assert r.status_code == 200, r.text
+    assert held == [True]

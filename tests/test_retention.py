@@ -375,3 +375,19 @@ def test_an_operation_an_erasure_blanked_lasts_as_long_as_the_others_it_names(en
     leave(store, site.site_id, [f"user:{stays}", f"device:kdev-{n}"])
     assert expire(store, site)["identity_operations"] == 2
     assert naming(store, site.site_id, stays) == 0
+
+
+def test_an_operation_an_erasure_blanked_whole_goes_at_the_next_pass(env):
+    """A split of a customer's device, and its undo, name nobody else: once the customer is
+    erased, the next pass removes them, on a site with no other operation too."""
+    client, collector = env
+    store = collector.store
+    site, keys = new_site(env, 3)
+    n = uuid.uuid4().hex[:6]
+    send_batch(client, collector, keys["write"], [login(f"gone-{n}", f"gdev-{n}")])
+    split = operate(env, site, keys, "split", {"id": f"device:gdev-{n}"})
+    operate(env, site, keys, f"operations/{split}/undo", {})
+    r = call(env, site, keys, "/privacy/erase", {"id": f"user:gone-{n}"})
+    assert r.status_code == 200, r.text
+    assert kept(store, site.site_id)["identity_operations"] == 2
+    assert expire(store, site)["identity_operations"] == 2

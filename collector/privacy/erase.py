@@ -127,10 +127,13 @@ def erase(store: Store, site: Site, tombstones: Tombstones, kind: str, ident: st
         store, "tagwerk.coview_pairs_settled",
         ["site_id = {site:String} AND product_id = '' AND other_id IN {s:Array(String)}"],
         {"site": site_id, "s": sessions}, settings) if sessions else 0
-    removed.update(_erase_identity(store, site_id, person, orphaned,
-                                   [pair for pair in shared if pair not in orphaned]
-                                   + _past_the_limit(store, site_id, person),
-                                   request_id, settings))
+    # Under the site's operations lock: an undo run meanwhile could write back a merge
+    # into them after their merges went, or find their audit rows half rewritten.
+    with serialised(site_id):
+        removed.update(_erase_identity(store, site_id, person, orphaned,
+                                       [pair for pair in shared if pair not in orphaned]
+                                       + _past_the_limit(store, site_id, person),
+                                       request_id, settings))
     identifiers = len(alone) + len(shared)
     _audit(store, site_id, request_id, tombstones.subject(site_id, kind, ident), identifiers,
            removed, actor)
@@ -255,9 +258,8 @@ def _erase_identity(store: Store, site_id: str, person: Person,
     # Person ids are digests anyone can compute again from an identifier: those of the
     # blanked identifiers go too, not only of the persons that were theirs.
     persons = set(members) | {person_id(site_id, *pair.split(":", 1)) for pair in blank}
-    with serialised(site_id):  # no undo or retention pass sees an audit row missing
-        removed["identity_operations_redacted"] = _redact_operations(
-            store, site_id, persons, blank, settings)
+    removed["identity_operations_redacted"] = _redact_operations(
+        store, site_id, persons, blank, settings)
     return removed
 
 

@@ -11,7 +11,7 @@ analytics-only device or a server-side customer has only those). The rules:
   subjects it wrote rows for is active: while it stays it is whole, and can be undone
   unless a later operation superseded it.
 - An operation whose audit row an erasure blanked (``privacy/erase.py``) lasts as long as
-  the others it names: what was blanked is nobody's.
+  the others it names: what was blanked is nobody's (one that named nobody else goes).
 - A customer (user id) a merge moves into is not its subject: members still active stay
   together when their target's anchor left (deleting their rows would split them), and
   keep its id; their audit rows name that anchor as long. A device's (or other non-user)
@@ -92,9 +92,10 @@ def expire(store: Store, site: Site) -> dict[str, int]:
     if not site.retention_days:
         return {}
     params: dict[str, Any] = {"site": site.site_id}
-    subjects = set().union(*_operations(store, params)[3].values())
-    if not subjects:
+    ops = _operations(store, params)[3]
+    if not ops:
         return {}
+    subjects = set().union(*ops.values())
     traceless = subjects - _active(store, site.site_id, subjects)
     with serialised(site.site_id):
         merges, overrides, audits, ops = _operations(store, params)
