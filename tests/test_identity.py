@@ -364,6 +364,12 @@ def test_merge_and_undo(env):
     history = get(env, f"{BASE}/identity/operations", key="admin").json()["operations"]
     assert [h["op"] for h in history[:2]] == ["undo", "merge"]
     assert history[0]["target"] == {"undoes": op} and history[0]["actor"].startswith("admin:")
+    # The persons an undo names are the two, not the operation it undid.
+    [row] = env[1].store.rows("SELECT persons FROM tagwerk.identity_operations WHERE "
+                              "site_id = {s:String} AND op_id = {op:UUID}",
+                              {"s": SITE, "op": history[0]["op_id"]})
+    assert row["persons"] == sorted([person_id(SITE, "user", web),
+                                     person_id(SITE, "user", shop)])
 
 
 def test_merges_stay_flat_and_undo_in_order(env):

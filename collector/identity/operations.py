@@ -239,7 +239,9 @@ class Operations:
         # The audit row first: should the process die between the two writes, the
         # operation is on record, and an undo restores what it recorded.
         rows = [*before["merges"], *after["merges"], *before["overrides"], *after["overrides"]]
-        persons = {*target.values(), *(r["person_id"] for r in rows),
+        # (an undo's target names the operation it undoes, not a person)
+        persons = {*(v for k, v in target.items() if k != "undoes"),
+                   *(r["person_id"] for r in rows),
                    *(r.get("into_person", "") for r in rows)}
         identifiers = {f"{r['kind']}:{r['id']}" for r in rows}
         identifiers |= {f"{r['into_kind']}:{r['into_id']}" for r in rows if r.get("into_kind")}
