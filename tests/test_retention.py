@@ -27,10 +27,11 @@ def env(store, tmp_path_factory):
 
 
 def new_site(env, days):
+    """A site keeping ``days``, its keys, and a suffix for names of its own."""
     client, collector = env
-    site, keys = collector.sites.create(f"ret{days}-{uuid.uuid4().hex[:8]}",
-                                        retention_days=days)
-    return site, keys
+    n = uuid.uuid4().hex[:6]
+    site, keys = collector.sites.create(f"ret{days}-{n}", retention_days=days)
+    return site, keys, n
 
 
 def login(user, device, consent=ALL):
@@ -97,8 +98,7 @@ def naming(store, site_id, text):
 def test_operations_go_with_their_subjects_and_never_split_active_persons(env):
     client, collector = env
     store = collector.store
-    site, keys = new_site(env, 3)
-    n = uuid.uuid4().hex[:6]
+    site, keys, n = new_site(env, 3)
     users = {name: f"{name}-{n}" for name in (
         "gone", "into", "c1", "c2", "target", "member", "mate", "root", "server", "owner")}
     events = [login(u, f"{name}-dev-{n}") for name, u in users.items() if name != "server"]
@@ -194,8 +194,7 @@ def merged_then_gone(env, days):
     """A site keeping ``days``, where one customer was merged into another and then left;
     the site, its keys and the remaining customer (whose profile listed the merge)."""
     client, collector = env
-    site, keys = new_site(env, days)
-    n = uuid.uuid4().hex[:6]
+    site, keys, n = new_site(env, days)
     send_batch(client, collector, keys["write"], [login(f"a-{n}", f"da-{n}"),
                                                   login(f"b-{n}", f"db-{n}")])
     operate(env, site, keys, "merge", {"from": f"user:a-{n}", "into": f"user:b-{n}"})
@@ -227,8 +226,7 @@ def test_a_merge_into_a_device_stays_while_the_device_is_active(env):
     them to the customer who logged in on the new one later."""
     client, collector = env
     store = collector.store
-    site, keys = new_site(env, 3)
-    n = uuid.uuid4().hex[:6]
+    site, keys, n = new_site(env, 3)
     old, new = f"old-{n}", f"new-{n}"
     send_batch(client, collector, keys["write"], [
         {"event": "page_view", "device_id": d, "consent": ALL} for d in (old, new)])
@@ -247,8 +245,7 @@ def test_each_kind_of_trace_keeps_an_operation_alone(env):
     event naming it under a kind of the site's own (a till's loyalty card) alone."""
     client, collector = env
     store = collector.store
-    site, keys = new_site(env, 3)
-    n = uuid.uuid4().hex[:6]
+    site, keys, n = new_site(env, 3)
     device, card, owner = f"browser-{n}", f"L-{n}", f"owner-{n}"
     send_batch(client, collector, keys["write"], [
         login(owner, f"owner-dev-{n}"),
@@ -291,8 +288,7 @@ def test_a_split_that_cleared_a_merge_goes_with_the_merge(env):
     left, the split's rows, the merge's and both audit rows go."""
     client, collector = env
     store = collector.store
-    site, keys = new_site(env, 3)
-    n = uuid.uuid4().hex[:6]
+    site, keys, n = new_site(env, 3)
     device, owner = f"tablet-{n}", f"owner-{n}"
     send_batch(client, collector, keys["write"], [
         login(owner, f"owner-dev-{n}"),
@@ -322,8 +318,7 @@ def test_a_row_written_during_a_pass_stays(env, monkeypatch):
     stays, even when another gone person's row the pass read is newer."""
     client, collector = env
     store = collector.store
-    site, keys = new_site(env, 3)
-    n = uuid.uuid4().hex[:6]
+    site, keys, n = new_site(env, 3)
     send_batch(client, collector, keys["write"], [
         login(f"{who}-{n}", f"{who}-dev-{n}") for who in ("a", "b", "into")])
     operate(env, site, keys, "merge", {"from": f"user:a-{n}", "into": f"user:into-{n}"})
@@ -360,8 +355,7 @@ def test_an_operation_an_erasure_blanked_lasts_as_long_as_the_others_it_names(en
     was blanked names nobody, so an anonymous visit does not keep them."""
     client, collector = env
     store = collector.store
-    site, keys = new_site(env, 3)
-    n = uuid.uuid4().hex[:6]
+    site, keys, n = new_site(env, 3)
     gone, stays = f"gone-{n}", f"stays-{n}"
     send_batch(client, collector, keys["write"], [
         login(gone, f"gdev-{n}"), login(stays, f"kdev-{n}"),
@@ -382,8 +376,7 @@ def test_an_operation_an_erasure_blanked_whole_goes_at_the_next_pass(env):
     erased, the next pass removes them, on a site with no other operation too."""
     client, collector = env
     store = collector.store
-    site, keys = new_site(env, 3)
-    n = uuid.uuid4().hex[:6]
+    site, keys, n = new_site(env, 3)
     send_batch(client, collector, keys["write"], [login(f"gone-{n}", f"gdev-{n}")])
     split = operate(env, site, keys, "split", {"id": f"device:gdev-{n}"})
     operate(env, site, keys, f"operations/{split}/undo", {})
