@@ -51,20 +51,22 @@ OVERRIDES = ("SELECT toString(kind) AS kind, id, toString(op_id) AS op_id, versi
              "FROM tagwerk.identity_overrides FINAL WHERE site_id = {site:String}")
 AUDITS = ("SELECT toString(op_id) AS op_id, target, before, after, identifiers "
           "FROM tagwerk.identity_operations WHERE site_id = {site:String}")
-# Which of some identifiers still has a trace, as 'kind:id': first what most active
-# subjects have, a link made with it or a person_hits row; then, for the rest only, a raw
-# event (read through the events' skip indexes, the costly part). One SELECT per index
-# that narrows it (see ``graph.row_parts``). Every link made to a user id comes with a row
-# of that user id itself (the links' view, clickhouse/0028, writes one per identifier of
-# an identify, the user id among them, and they leave together), so a customer's own row
-# stands for every link made to them: looking those up by person_id too (a bloom filter
-# over the whole table) took 52 of 85 ms for 1,000 customers and found no more.
+# Which of some identifiers still has a trace, as 'kind:id', each kind of trace asked
+# about only for those the ones before did not find: a link made with it (what most active
+# subjects have), a person_hits row, a raw event (read through the events' skip indexes,
+# the costly part). One SELECT per index that narrows it (see ``graph.row_parts``). Every
+# link made to a user id comes with a row of that user id itself (the links' view,
+# clickhouse/0028, writes one per identifier of an identify, the user id among them, and
+# they leave together), so a customer's own row stands for every link made to them:
+# looking those up by person_id too (a bloom filter over the whole table) took 52 of
+# 85 ms for 1,000 customers and found no more.
 LINKED = f"""
 SELECT DISTINCT {PAIR} AS pair FROM tagwerk.identity_links_by_identifier
 WHERE site_id = {{site:String}} AND {PAIRS} AND {PAIR} IN {{pairs:Array(String)}}
-UNION DISTINCT
-SELECT DISTINCT key FROM tagwerk.person_hits
-WHERE site_id = {{site:String}} AND key IN {{pairs:Array(String)}}
+"""
+HITS = """
+SELECT DISTINCT key AS pair FROM tagwerk.person_hits
+WHERE site_id = {site:String} AND key IN {pairs:Array(String)}
 """
 RAW = """
 SELECT DISTINCT concat('user:', user_id) AS pair FROM tagwerk.events
@@ -174,8 +176,10 @@ def _active(store: Store, site_id: str, pairs: set[Pair]) -> set[Pair]:
     for start in range(0, len(ordered), CHUNK):
         chunk = ordered[start:start + CHUNK]
         found |= _pairs(store.rows(LINKED, {"site": site_id, **exactly(chunk)}))
-        rest = [pair for pair in chunk if pair not in found]
-        if rest:
+        if rest := [pair for pair in chunk if pair not in found]:
+            found |= _pairs(store.rows(HITS, {"site": site_id,
+                                              "pairs": [f"{k}:{i}" for k, i in rest]}))
+        if rest := [pair for pair in rest if pair not in found]:
             found |= _pairs(store.rows(RAW, {
                 "site": site_id, "pairs": [f"{k}:{i}" for k, i in rest],
                 "users": [i for k, i in rest if k == "user"],
