@@ -152,7 +152,7 @@ def _operations(store: Store, params: dict[str, Any]) -> tuple[
         if erased_since(orjson.loads(audit["target"]), before, wrote):
             # What an erasure blanked is nobody's: the record lasts as long as the other
             # persons it names do.
-            ops[audit["op_id"]] |= {tuple(i.split(":", 1)) for i in audit["identifiers"]}
+            ops[audit["op_id"]] |= {_pair(text) for text in audit["identifiers"]}
     for row in merges + overrides:
         ops[row["op_id"]] |= _subjects(row)
     return merges, overrides, audits, ops
@@ -189,4 +189,10 @@ def _active(store: Store, site_id: str, pairs: set[Pair]) -> set[Pair]:
 
 
 def _pairs(rows: list[dict[str, Any]]) -> set[Pair]:
-    return {tuple(row["pair"].split(":", 1)) for row in rows}  # type: ignore[misc]
+    return {_pair(row["pair"]) for row in rows}
+
+
+def _pair(text: str) -> Pair:
+    """'kind:id' as (kind, id): a kind holds no ':' (``kinds.KIND``), an id may."""
+    kind, _, ident = text.partition(":")
+    return kind, ident
