@@ -28,7 +28,7 @@ from uvicorn.server import ServerState
 from collector.app import protocol_for
 from collector.config import Settings
 from collector.containers import Containers
-from collector.ingest.geo import GeoIP
+from collector.enrich.geo import GeoIP
 from collector.metrics import Metrics
 from collector.sites import Site, Sites
 

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from collector.containers import container_policy_hash, normalize  # noqa: E402
-from collector.tag.demo_container import demo_container  # noqa: E402
+from collector.containers.demo import demo_container  # noqa: E402
 from collector.tag.serving import core_bundle, core_config, engine_config, js_json  # noqa: E402
 
 DIST = ROOT / "js_snippet" / "dist"

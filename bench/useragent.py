@@ -18,8 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from collector.ingest import uarules, useragent  # noqa: E402
-from collector.ingest.useragent import parse_agent, request_agent  # noqa: E402
+from collector.enrich import uarules, useragent  # noqa: E402
+from collector.enrich.useragent import parse_agent, request_agent  # noqa: E402
 from tests.test_useragent import (  # noqa: E402
     accuracy,
     crawlers,

@@ -13,13 +13,14 @@ from collections.abc import Callable
 
 from collector.config import Settings
 from collector.containers import Containers, Previews
+from collector.containers.demo import demo_container
+from collector.enrich import uarules
+from collector.enrich.geo import GeoIP
+from collector.enrich.useragent import Resolver
 from collector.files import write_atomic
 from collector.identity.cache import PersonAnswers
 from collector.identity.changes import ChangeFeed
 from collector.identity.link_index import LinkIndex
-from collector.ingest import uarules
-from collector.ingest.geo import GeoIP
-from collector.ingest.useragent import Resolver
 from collector.metrics import Metrics
 from collector.migrations import migrate
 from collector.privacy import key as privacy_key
@@ -30,7 +31,6 @@ from collector.sites import Sites
 from collector.spool.disk import Spool
 from collector.spool.flusher import Flusher
 from collector.storage import StorageError, Store, open_store
-from collector.tag.demo_container import demo_container
 from collector.web.batches import Batcher
 
 log = logging.getLogger("tagwerk")
@@ -157,7 +157,7 @@ class Collector:
             # Started on another port than before: the demo shop must still be allowed.
             self.sites.set_origins(DEMO_SITE, sorted(origins | set(demo.origins)))
         # A published container (the demo shop's: the default one and a marketing tag, see
-        # collector/tag/demo_container.py), so that /t/demo.js works at once.
+        # collector/containers/demo.py), so that /t/demo.js works at once.
         if self.containers.live_version(DEMO_SITE) is None:
             self.containers.put_draft(DEMO_SITE, demo_container())
             self.containers.publish(DEMO_SITE, note="the demo shop's container")

@@ -22,7 +22,7 @@ import anyio.to_thread
 import orjson
 
 from collector.files import write_atomic
-from collector.identity.kinds import BUILT_IN, KIND
+from collector.identifiers import BUILT_IN, KIND
 from collector.storage import StorageError, Store
 
 MISS_RELOAD_AGE = 0.25

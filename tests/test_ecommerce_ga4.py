@@ -10,8 +10,8 @@ import uuid
 import orjson
 import pytest
 
+from collector.enrich.useragent import parse_agent
 from collector.ingest.events import MAX_ITEMS, Context, EventError, normalize
-from collector.ingest.useragent import parse_agent
 from tests.helpers import drained, make_client, on_path, rows, wait_for
 
 SITE = "ga4-test"

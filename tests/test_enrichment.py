@@ -9,8 +9,8 @@ from pathlib import Path
 import maxminddb
 import pytest
 
-from collector.ingest.geo import UNKNOWN, GeoIP, Location
-from collector.ingest.useragent import BOT_MARKERS, MAX_UA_LENGTH, Agent, parse_agent
+from collector.enrich.geo import UNKNOWN, GeoIP, Location
+from collector.enrich.useragent import BOT_MARKERS, MAX_UA_LENGTH, Agent, parse_agent
 from collector.web.clientip import anonymize_ip, client_ip, parse_networks
 from tests.mmdb_writer import write_city_db
 

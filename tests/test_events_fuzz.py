@@ -8,8 +8,8 @@ import random
 import orjson
 import pytest
 
+from collector.enrich.useragent import parse_agent
 from collector.ingest.events import ACCEPTED, Context, EventError, normalize
-from collector.ingest.useragent import parse_agent
 from collector.spool.record import EVENT_COLUMNS
 
 VALUES = [None, True, False, 0, -1, 2**70, 1.5, float("inf"), "", "x", "x" * 5000, "\x00\ud7ff",

@@ -7,8 +7,8 @@ import uuid
 
 import orjson
 
+from collector.enrich.useragent import parse_agent
 from collector.ingest.events import Context, normalize
-from collector.ingest.useragent import parse_agent
 from collector.metrics import Metrics
 from collector.spool.disk import Checkpoint, Pos, Spool
 from collector.spool.flusher import Flusher

@@ -10,9 +10,9 @@ import uuid
 import orjson
 import pytest
 
+from collector.identifiers import person_id
 from collector.identity import graph as graphs
 from collector.identity.graph import Graph, load_decisions, rows_of
-from collector.identity.kinds import person_id
 from tests.helpers import drained, flush_all, make_client, send_batch, wait_for
 
 SITE = "id-shop"
@@ -633,8 +633,8 @@ def test_rows_spooled_before_the_identity_columns_still_flush(backend, store, tm
     """A spool written by the previous version has rows without the last two columns."""
     import datetime as dt
 
+    from collector.enrich.useragent import parse_agent
     from collector.ingest.events import Context, normalize
-    from collector.ingest.useragent import parse_agent
     from collector.metrics import Metrics
     from collector.spool.disk import Spool
     from collector.spool.flusher import Flusher

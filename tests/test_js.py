@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from collector.containers import container_policy_hash, normalize
-from collector.tag.demo_container import demo_container
+from collector.containers.demo import demo_container
 from collector.tag.serving import PLACEHOLDER, core_bundle, core_config, engine_config, js_json
 
 ROOT = Path(__file__).resolve().parent.parent

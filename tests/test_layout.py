@@ -1,5 +1,6 @@
 """The layout rule of the project guide, checked on the source: inside ``collector/`` no
-import cycle (imports inside functions count: they are a dependency too), no module
+import cycle, between modules nor between packages (imports inside functions count: they are
+a dependency too), no module
 importing another module's private names, and every package installed by pyproject.toml."""
 
 from __future__ import annotations
@@ -97,6 +98,34 @@ def test_no_import_cycle():
 
     for module in MODULES:
         visit(module)
+
+
+def unit(module: str) -> str:
+    """The part of the architecture a module belongs to: its package under ``collector``
+    (``collector.ingest``), or itself for a module at the top (``collector.sites``)."""
+    return ".".join(module.split(".")[:2])
+
+
+def test_no_import_cycle_between_packages():
+    """The folder tree reads as layers only if no package needs one that needs it back, as
+    ingestion did the service that built its enrichment (issue 11): each unit's imports of
+    other units, searched for a way back."""
+    needs: dict[str, set[str]] = {}
+    for module, (targets, _) in GRAPH.items():
+        needs.setdefault(unit(module), set()).update(
+            unit(target) for target in targets if unit(target) != unit(module))
+    cycles = []
+    for start in sorted(needs):
+        seen, todo = set(), [[start]]
+        while todo:
+            path = todo.pop()
+            for nxt in sorted(needs.get(path[-1], ())):
+                if nxt == start:
+                    cycles.append(" -> ".join([*path, start]))
+                elif nxt not in seen:
+                    seen.add(nxt)
+                    todo.append([*path, nxt])
+    assert cycles == []
 
 
 def test_no_module_imports_another_modules_private_names():

@@ -10,9 +10,9 @@ import uuid
 
 import pytest
 
+from collector.identifiers import person_id
 from collector.identity.changes import ChangeFeed
 from collector.identity.graph import Graph, load_decisions
-from collector.identity.kinds import person_id
 from collector.identity.link_index import LinkIndex
 from collector.identity.resolutions import _resolve
 from tests.helpers import client_with_site, found_anywhere, send_batch, wait_for

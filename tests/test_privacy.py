@@ -337,8 +337,8 @@ def test_rows_acknowledged_before_an_erasure_was_known_are_dropped_by_the_flushe
     """Another collector's spool holds hits of the person, acknowledged before it learnt of
     the erasure: its flusher checks them against the tombstones it now has."""
 
+    from collector.enrich.useragent import parse_agent
     from collector.ingest.events import Context, normalize
-    from collector.ingest.useragent import parse_agent
     from collector.metrics import Metrics
     from collector.privacy.tombstones import Tombstones
     from collector.spool.disk import Spool
@@ -630,7 +630,7 @@ def test_an_erasure_keeps_the_operations_audit_rows_without_the_person(env):
     """Merges and splits that named the erased person stay on record (what, who ran it,
     when, the other persons it named) with their identifiers and person ids blanked; such
     an operation can no longer be undone (409)."""
-    from collector.identity.kinds import person_id
+    from collector.identifiers import person_id
 
     store = env[1].store
     n = uuid.uuid4().hex[:8]

@@ -10,8 +10,8 @@ from decimal import Decimal
 import orjson
 import pytest
 
+from collector.identifiers import person_id
 from collector.identity.graph import Graph, rows_of
-from collector.identity.kinds import person_id
 from tests.helpers import CHROME, IPHONE, drained, make_client, send_batch, wait_for
 
 SITE = "prof-shop"

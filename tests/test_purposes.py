@@ -8,8 +8,8 @@ import datetime as dt
 import pytest
 
 from collector.containers import default_container, validate
+from collector.enrich.useragent import parse_agent
 from collector.ingest.events import Context, EventError, normalize
-from collector.ingest.useragent import parse_agent
 from consent.cookie import parse_consent
 from consent.log import DecisionError, decision_row
 from consent.purposes import BUILT_IN, is_purpose_id

@@ -9,7 +9,7 @@ import uuid
 import orjson
 import pytest
 
-from collector.identity.kinds import person_id
+from collector.identifiers import person_id
 from collector.privacy import retention
 from collector.privacy.retention import expire
 from tests.helpers import make_client, send_batch, wait_for

@@ -15,8 +15,8 @@ import orjson
 import pytest
 
 from collector.api import recommend
+from collector.identifiers import person_id
 from collector.identity import graph as graph_module
-from collector.identity.kinds import person_id
 from tests.helpers import CHROME, drained, make_client, send_batch, wait_for
 
 SITE = "atk-shop"

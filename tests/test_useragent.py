@@ -1,4 +1,4 @@
-"""collector.ingest.useragent on public corpora of real User-Agents
+"""collector.enrich.useragent on public corpora of real User-Agents
 (tests/useragent_corpus/README.md), and the request path's cheap answers: cache hits, guesses,
 the flusher's resolution.
 
@@ -15,8 +15,8 @@ import orjson
 import pytest
 import yaml_rs
 
-from collector.ingest import useragent
-from collector.ingest.useragent import MAX_UA_LENGTH, Resolver, guess, parse_agent, request_agent
+from collector.enrich import useragent
+from collector.enrich.useragent import MAX_UA_LENGTH, Resolver, guess, parse_agent, request_agent
 
 CORPUS = Path(__file__).parent / "useragent_corpus"
 GOAL = 95.0

@@ -21,9 +21,9 @@ from starlette.responses import Response
 
 from collector.api import body, query
 from collector.api.access import ADMIN, READ, ApiError, json_response, keyed
+from collector.identifiers import IdentifierError, parse
 from collector.identity import profile as profiles
 from collector.identity.graph import Graph, Person
-from collector.identity.kinds import IdentifierError, parse
 from collector.identity.operations import OperationError, Operations
 from collector.identity.resolutions import link_keys, resolve_kept
 from collector.service import Collector

@@ -1,7 +1,8 @@
 """One person across devices and channels: typed identifiers, the links between them, and
 their resolution at query time (``clickhouse/0012_identity.sql``).
 
-``kinds``: what an identifier is and which values are junk; ``graph``: who an identifier
-belongs to, and everything that belongs to a person; ``operations``: explicit merges and
-splits, audited and undoable.
+``graph``: who an identifier belongs to, and everything that belongs to a person;
+``operations``: explicit merges and splits, audited and undoable. What an identifier is and
+which values are junk is ``collector.identifiers``: sites, ingestion and this package share
+it.
 """

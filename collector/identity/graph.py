@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from collector.identity.kinds import person_id
+from collector.identifiers import person_id
 from collector.identity.link_index import LinkIndex
 from collector.sites import Site
 from collector.storage import Store

@@ -19,8 +19,8 @@ from typing import Any
 
 import orjson
 
+from collector.identifiers import person_id
 from collector.identity.graph import Graph, Person
-from collector.identity.kinds import person_id
 from collector.sites import Site
 from collector.storage import Store, time_text
 

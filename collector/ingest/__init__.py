@@ -14,9 +14,10 @@ A hit's path, one module a step:
 4. ``accept``: the one step sequence every format shares: site, key and origin checks; the
    request's ``Context``, with ``webconsent`` (the consent cookie, ``Sec-GPC`` and the
    ``tw_id`` device cookie); ``events``: each hit validated and turned into a
-   ``tagwerk.events`` row, consent applied, ``ids`` (UUIDv7 event ids), ``geo`` (MaxMind),
-   ``useragent`` (device class and bot flag; the accurate answer from ``uarules``, Matomo's
-   Device Detector rules); the drop rules (erased person, bot, no consent); one record.
+   ``tagwerk.events`` row, consent applied, ``ids`` (UUIDv7 event ids), and
+   ``collector.enrich``'s ``geo`` (MaxMind) and ``useragent`` (device class and bot flag;
+   the accurate answer from ``uarules``, Matomo's Device Detector rules); the drop rules
+   (erased person, bot, no consent); one record.
 5. ``collector.spool``: the record (``spool.record``'s format) is on disk before the 2xx;
    the flusher moves it into ClickHouse.
 

@@ -26,11 +26,11 @@ from typing import Any
 
 import orjson
 
+from collector.enrich.geo import UNKNOWN
+from collector.enrich.useragent import request_agent
 from collector.ingest import webconsent
 from collector.ingest.adapters import Adapter
 from collector.ingest.events import Context, EventError, normalize
-from collector.ingest.geo import UNKNOWN
-from collector.ingest.useragent import request_agent
 from collector.service import Collector
 from collector.sites import Site
 from collector.spool.disk import SpoolError, SpoolFull

@@ -21,11 +21,11 @@ from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 
-from collector.identity.kinds import BUILT_IN, MAX_ID, IdentifierError, clean, is_junk
+from collector.enrich.geo import UNKNOWN, Location
+from collector.enrich.useragent import Agent
+from collector.identifiers import BUILT_IN, MAX_ID, IdentifierError, clean, is_junk
 from collector.identity.verify import verified
-from collector.ingest.geo import UNKNOWN, Location
 from collector.ingest.ids import uuid7
-from collector.ingest.useragent import Agent
 from collector.spool.record import EVENT_COLUMNS
 from collector.storage import time_text
 from collector.web.http import json_field, nested_too_deep

@@ -45,8 +45,8 @@ from weakref import WeakKeyDictionary
 
 import orjson
 
+from collector.identifiers import person_id
 from collector.identity.graph import BEGINNING, END, Graph, Person, Span, row_parts
-from collector.identity.kinds import person_id
 from collector.identity.operations import PAIR, PAIRS, exactly, serialised
 from collector.privacy.tombstones import ALWAYS, Spans, Tombstones
 from collector.sites import Site

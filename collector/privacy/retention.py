@@ -193,6 +193,6 @@ def _pairs(rows: list[dict[str, Any]]) -> set[Pair]:
 
 
 def _pair(text: str) -> Pair:
-    """'kind:id' as (kind, id): a kind holds no ':' (``kinds.KIND``), an id may."""
+    """'kind:id' as (kind, id): a kind holds no ':' (``identifiers.KIND``), an id may."""
     kind, _, ident = text.partition(":")
     return kind, ident

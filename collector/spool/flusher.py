@@ -54,7 +54,7 @@ class Agent(Protocol):
 
 class Agents(Protocol):
     """The accurate answers for the User-Agents a request only guessed (the records' "g"):
-    ``collector.ingest.useragent.Resolver``, set by the service."""
+    ``collector.enrich.useragent.Resolver``, set by the service."""
 
     def start_batch(self) -> None: ...
 

@@ -9,7 +9,7 @@ JSONCompactEachRow line per row. The metadata names the target table:
 - ``"g": {event_id: key}`` beside those (and ``"db": 1`` for a site that drops bots): rows
   stored with a first guess of their User-Agent's class; the flusher writes the accurate
   answer in before it inserts, when this process still knows the key and its per-batch
-  budget allows (``collector.ingest.useragent``), and drops those that turn out bots where ``db``.
+  budget allows (``collector.enrich.useragent``), and drops those that turn out bots where ``db``.
 - ``{"t": TABLE}``: rows of another table of ``TABLES`` (``consent_log``:
   ``consent.log.COLUMNS``), which has no sender-given ids to check.
 

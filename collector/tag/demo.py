@@ -12,7 +12,7 @@ realistic page to drive.
   shop (``app.js``, ``app.css``) and ``partner.js``/``partner.gif``, a local stand-in for an
   advertising partner's pixel that the demo container loads only with marketing consent.
 - The ``demo`` site's container (the default container plus that marketing tag) is in
-  ``collector/tag/demo_container.py``, which the service uses without this module's web
+  ``collector/containers/demo.py``, which the service uses without this module's web
   pages.
 
 The catalogue, cart, checkout and customer login live in ``app.js`` (the browser's

@@ -7,6 +7,9 @@ may add kinds of its own (``tagwerk site create --identifier-kinds``).
 
 Junk values never identify anyone: the placeholders that broken pages send instead of an
 id. They are dropped at ingestion, so neither a row nor a link ever carries one.
+
+A module of its own, below the sites (which accept the kinds) and the identity graph (which
+builds on the sites).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Two answers, so that the request never waits for the accurate one:
 
 - ``parse_agent(ua)``: the accurate answer. Device class and bot flag from Matomo's Device
-  Detector rules (``collector.ingest.uarules``, ~10-20 ms), browser and OS families from ua-parser
+  Detector rules (``collector.enrich.uarules``, ~10-20 ms), browser and OS families from ua-parser
   (``user-agents``, ~1 ms; the stored names stay as they were). Cached: LRU, 8192 entries,
   keyed by the UA cut to ``MAX_UA_LENGTH`` characters, so a client controls neither the
   cost of a parse nor the size of an entry.
@@ -45,7 +45,7 @@ from typing import NamedTuple
 
 import user_agents
 
-from collector.ingest import uarules
+from collector.enrich import uarules
 
 __all__ = ["BOT_MARKERS", "MAX_UA_LENGTH", "Agent", "Resolver", "guess", "on_endpoint",
            "parse_agent", "request_agent"]

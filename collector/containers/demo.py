@@ -2,8 +2,8 @@
 ``/t/demo.js`` works at once): the default container plus one third-party-style marketing tag,
 ``partner.js`` from the demo shop's static files (``collector/tag/demo.py``).
 
-Kept apart from the demo's pages: the service creates this container, and the pages depend
-on the service (through tag serving), so the service must not import the pages.
+Here among the containers, not beside the demo's pages (``collector.tag``): the service
+creates this container, and the tag's side depends on the service, not the other way round.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ e-mail address, a domain name: browsers never do).
 An agent in which Matomo's rules recognise nothing, no platform, no device and no client
 (``Monit/5.25.2``, ``Goose/1.0.25``, but also a till's ``tagwerk-pos/1.0``), is reported as
 ``unnamed``, not automated: whether that makes it a bot depends on where it was sent
-(``collector.ingest.useragent``: yes on the endpoints that only browsers and e-mail clients
+(``collector.enrich.useragent``: yes on the endpoints that only browsers and e-mail clients
 call; no on the batch API, where the merchant's own systems relay what they know). Costs
 ~10-20 ms a call (bench/useragent.py): callers cache it and keep it off the request path.
 """
