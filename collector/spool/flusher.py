@@ -61,6 +61,16 @@ class Agents(Protocol):
     def agent(self, key: str) -> Agent | None: ...
 
 
+class GuessesStay:
+    """No accurate answers: every guess stays (until the service sets its resolver)."""
+
+    def start_batch(self) -> None:
+        pass
+
+    def agent(self, key: str) -> Agent | None:
+        return None
+
+
 class Flusher:
     def __init__(
         self,
@@ -84,7 +94,7 @@ class Flusher:
         # memory are refreshed by then).
         self.inserted: Callable[[], None] = lambda: None
         self._recheck_lock = threading.Lock()
-        self.agents: Agents | None = None  # None: the guesses stay
+        self.agents: Agents = GuessesStay()
 
     def start(self) -> None:
         self._thread.start()
@@ -226,8 +236,7 @@ class Flusher:
         seen: set[str] = set()
         parts: list[bytes] = []
         rows = dropped = 0
-        if self.agents is not None:
-            self.agents.start_batch()
+        self.agents.start_batch()
         for index, record in enumerate(records):
             meta_end = record.index(b"\n") + 1
             meta = metas.get(index)
@@ -254,7 +263,7 @@ class Flusher:
     def _resolved(self, line: bytes, key: str, drop_bots: bool) -> bytes:
         """The row with its agent's accurate answer, when known; b"" for a bot of a site
         that drops bots."""
-        agent = self.agents.agent(key) if self.agents is not None else None
+        agent = self.agents.agent(key)
         if agent is None:
             return line  # the guess stays
         if agent.is_bot and drop_bots:
