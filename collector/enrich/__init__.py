@@ -2,10 +2,10 @@
 
 - ``geo``: where the client's address is, from a MaxMind database of the City layout.
 - ``useragent``: device class and bot flag from the User-Agent, cached; a miss is answered
-  at once by ua-parser and refined off the request's path by ``uarules``, Matomo's Device
-  Detector rules.
+  at once with a guess and made accurate in the flusher's thread, off the request's path
+  (``uarules``: Matomo's Device Detector rules).
 
-Ingestion's ``accept`` step uses them; the service builds them (the database, the cache,
-the refining thread), which is why they are a package of their own and not ingestion's: the
+Ingestion's ``accept`` step uses them; the service builds them (the database, the resolver
+the flusher asks), which is why they are a package of their own and not ingestion's: the
 service sits below every endpoint's package and imports none of them.
 """
