@@ -54,8 +54,6 @@
 
 import { cstr } from "./util.js";
 
-var MARKETING = "marketing";
-
 // The granted purposes of a state {purpose: bool}.
 export var list = (state) => Object.keys(state).filter((purpose) => state[purpose]);
 
@@ -72,7 +70,7 @@ export var read = (value, config, gpc) => {
     state = {};
   (valid ? fields[3] : config.g || "necessary")
     .split(",")
-    .forEach((purpose) => purpose && (state[purpose] = valid || !gpc || purpose != MARKETING));
+    .forEach((purpose) => purpose && (state[purpose] = valid || !gpc || purpose != "marketing"));
   return [fields[1], state, valid];
 };
 
@@ -97,12 +95,12 @@ export var decide = (choices, current, purposeList, gpc) => {
     ({ id, required }) =>
       (state[id] = !!(
         required ||
-        (explicit ? (id in choices ? choices[id] : current[id]) : choices == "all" && !(gpc && id == MARKETING))
+        (explicit ? (id in choices ? choices[id] : current[id]) : choices == "all" && !(gpc && id == "marketing"))
       ))
   );
   return [
     state,
-    !!gpc && MARKETING in state && !state[MARKETING] && (choices == "all" || (explicit && !(MARKETING in choices))),
+    !!gpc && "marketing" in state && !state.marketing && (choices == "all" || (explicit && !("marketing" in choices))),
   ];
 };
 
