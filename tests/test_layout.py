@@ -1,7 +1,7 @@
 """The layout rule of the project guide, checked on the source: inside ``collector/`` no
 import cycle, between modules nor between packages (imports inside functions count: they are
-a dependency too), no module
-importing another module's private names, and every package installed by pyproject.toml."""
+a dependency too), no module importing another module's private names, and every package
+installed by pyproject.toml."""
 
 from __future__ import annotations
 
