@@ -9,7 +9,9 @@ Measures, with wrk as the load generator on the other core:
   - the collector's resident memory at that load;
   - where the collector's CPU went under each load (Python threads, engine merges, ...);
   - nginx serving a 1x1 GIF with ``empty_gif`` (the physical limit) and our ratio to it;
-  - what the materialised views cost: hits/s and CPU per event with and without them;
+  - what the materialised views cost: hits/s and CPU per event with and without them,
+    under the two loads and under a shop's JSON traffic (``SHOP``), which feeds every
+    view's table where the JSON load above feeds only the product aggregates;
   - the production layout: the engine in a process of its own, on wrk's core.
 
 Each collector is measured once it is quiet after its start (not while it loads its rules).
@@ -258,13 +260,30 @@ def queryable_latency(c: Collector, stop: threading.Event, out: list[float]) -> 
         time.sleep(0.1)
 
 
-def batch_script(workdir: Path) -> Path:
-    """A wrk script posting 10 e-commerce events per request."""
-    script = workdir / "batch.lua"
-    events = [{"event": "view_item", "url": f"https://shop.example/p/{i}",
-               "consent": ["analytics"], "device_id": "d-42",
-               "items": [{"product_id": f"sku-{i}", "price": 19.9, "quantity": 1}]}
-              for i in range(10)]
+# bench/load.py's JSON load: 10 products viewed on one device, analytics consent. Of the
+# views, only the product aggregates get rows from it.
+BATCH = [{"event": "view_item", "url": f"https://shop.example/p/{i}",
+          "consent": ["analytics"], "device_id": "d-42",
+          "items": [{"product_id": f"sku-{i}", "price": 19.9, "quantity": 1}]}
+         for i in range(10)]
+# A shop's traffic, for what the views cost: page views, product views, a cart and a
+# purchase in one session of a device that consented to analytics and personalization, so
+# that every view's table gets rows (products, pages, sessions, purchases, persons).
+SHOP = [{"event": event, "url": f"https://shop.example/p/sku-{i}",
+         "consent": ["analytics", "personalization"], "device_id": "d-42",
+         "session_id": "s-42",
+         **({} if event == "page_view" else
+            {"items": [{"product_id": f"sku-{i}", "category": f"c-{i % 3}", "price": 19.9,
+                        "quantity": 1}]}),
+         **({"revenue": 19.9, "currency": "EUR"} if event == "purchase" else {})}
+        for i, event in enumerate(("page_view", "view_item", "page_view", "view_item",
+                                   "add_to_cart", "page_view", "view_item", "page_view",
+                                   "view_item", "purchase"))]
+
+
+def batch_script(workdir: Path, events: list[dict], name: str = "batch") -> Path:
+    """A wrk script posting ``events`` (10) per request."""
+    script = workdir / f"{name}.lua"
     body = json.dumps({"site": "demo", "events": events})
     script.write_text('wrk.method = "POST"\n'
                       'wrk.headers["Content-Type"] = "text/plain"\n'
@@ -284,16 +303,21 @@ def costed(collector: Collector, url: str, seconds: int, connections: int,
     return result
 
 
-def loads(workdir: Path, seconds: int,
-          connections: int) -> dict[str, Callable[[Collector], dict]]:
-    """The two loads, each a ``costed`` run against a given collector: pixel hits, and JSON
-    events in batches of 10."""
-    script = batch_script(workdir)
-    return {
+def loads(workdir: Path, seconds: int, connections: int,
+          shop: bool = False) -> dict[str, Callable[[Collector], dict]]:
+    """The loads, each a ``costed`` run against a given collector: pixel hits, JSON events in
+    batches of 10 and, with ``shop``, a shop's JSON traffic (``SHOP``) in batches of 10."""
+    script = batch_script(workdir, BATCH)
+    runs = {
         "pixel": lambda c: costed(c, f"{c.base}/p.gif?{PIXEL_QUERY}", seconds, connections),
         "batch": lambda c: costed(c, f"{c.base}/collect", seconds, connections, script,
                                   events=10),
     }
+    if shop:
+        traffic = batch_script(workdir, SHOP, "shop")
+        runs["shop"] = lambda c: costed(c, f"{c.base}/collect", seconds, connections,
+                                        traffic, events=10)
+    return runs
 
 
 def warm_up(collector: Collector, connections: int) -> None:
@@ -312,8 +336,9 @@ VIEW_ROUNDS = 5  # runs of each load on each of the two collectors, alternated
 
 
 def views_cost(workdir: Path, seconds: int, connections: int) -> dict:
-    """Pixel hits and JSON batches on two collectors started together, one with its
-    materialised views and one with them detached, in alternated runs (A B B A, ...): this
+    """Pixel hits, JSON batches and a shop's JSON traffic on two collectors started
+    together, one with its materialised views and one with them detached, in alternated
+    runs (A B B A, ...): this
     machine's speed drifts by more than the views cost over the minutes two runs in a row
     would take, and alternation spreads the drift over both. Medians of each collector's
     hits/s and CPU per event are compared; each run's are listed."""
@@ -323,13 +348,14 @@ def views_cost(workdir: Path, seconds: int, connections: int) -> dict:
     except RuntimeError:
         both["views"].stop()
         raise
-    runs: dict[str, dict[str, list[dict]]] = {name: {"pixel": [], "batch": []} for name in both}
+    runs: dict[str, dict[str, list[dict]]] = {
+        name: {"pixel": [], "batch": [], "shop": []} for name in both}
     try:
         for c in both.values():
             warm_up(c, connections)
         for n in range(VIEW_ROUNDS):
             order = ("views", "bare") if n % 2 == 0 else ("bare", "views")
-            for load, run in loads(workdir, seconds, connections).items():
+            for load, run in loads(workdir, seconds, connections, shop=True).items():
                 for name in order:
                     runs[name][load].append(run(both[name]))
     finally:
@@ -443,7 +469,8 @@ def main() -> None:
           f"{VIEW_ROUNDS} alternated runs of each load on each (medians; target: with views "
           "at most 10% lower)")
     for name, label, unit, scale in (("pixel", "pixel", "hits/s", 1),
-                                     ("batch", "JSON, batches of 10", "events/s", 10)):
+                                     ("batch", "JSON, batches of 10", "events/s", 10),
+                                     ("shop", "JSON, a shop's mix", "events/s", 10)):
         ours, bare = views["views"][name], views["bare"][name]
         with_rps, bare_rps = (statistics.median(r["rps"]) * scale for r in (ours, bare))
         print(f"  tagwerk {label:<20s} {bare_rps:>10,.0f} {unit} without views, "
@@ -452,7 +479,8 @@ def main() -> None:
               f"{', '.join(f'{x * scale:,.0f}' for x in ours['rps'])})")
         # On one core, throughput is the inverse of CPU per event: the steadier comparison.
         with_us, bare_us = (statistics.median(r["cpu_us"]) for r in (ours, bare))
-        print(f"  CPU per {'pixel hit' if name == 'pixel' else 'JSON event':<10s} "
+        unit_name = {"pixel": "pixel hit", "batch": "JSON event", "shop": "shop event"}[name]
+        print(f"  CPU per {unit_name:<10s} "
               f"{with_us:6.1f} us with views, {bare_us:6.1f} us without: throughput with "
               f"views at most {bare_us / with_us - 1:+.1%} on a saturated core   (runs "
               f"without: {', '.join(f'{x:.1f}' for x in bare['cpu_us'])}; with: "
