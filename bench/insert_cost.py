@@ -27,19 +27,18 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import resource
+import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import orjson  # noqa: E402
 
-from bench.load import BATCH, SHOP, UA  # noqa: E402
+from bench.load import BATCH, SHOP, UA, process_cpu, wait_quiet  # noqa: E402
 from collector.enrich.useragent import guess  # noqa: E402
 from collector.ingest.events import Context, normalize  # noqa: E402
 from collector.migrations import migrate  # noqa: E402
@@ -59,22 +58,6 @@ def flush_body(rows: int, mix: str) -> bytes:
     lines = [orjson.dumps(list(normalize(hits[i % len(hits)], ctx)[0].values()))
              for i in range(rows)]
     return b"\n".join(lines) + b"\n"
-
-
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def quiet(interval: float) -> None:
-    """Wait until the engine's threads use under 2% of a core (merges done)."""
-    last = cpu_seconds()
-    while True:
-        time.sleep(interval)
-        now = cpu_seconds()
-        if now - last < 0.02 * interval:
-            return
-        last = now
 
 
 def measure(variant: str, rows: int, mix: str) -> float:
@@ -97,13 +80,13 @@ def measure(variant: str, rows: int, mix: str) -> float:
         elif variant != "served":
             raise SystemExit(f"unknown variant {variant!r}")
         body = flush_body(rows, mix)
-        quiet(0.5)
-        began = cpu_seconds()
+        wait_quiet(os.getpid(), below=0.02)  # the migrations' merges
+        began = process_cpu(os.getpid())
         for n in range(inserts):
             store.insert(target, body, "JSONCompactEachRow",
                          {"insert_deduplication_token": f"bench:{n}"})
-        quiet(1.0)
-        used = cpu_seconds() - began
+        wait_quiet(os.getpid(), below=0.02)  # the inserts' merges
+        used = process_cpu(os.getpid()) - began
         store.close()
     return used / (inserts * rows) * 1e6
 

@@ -307,16 +307,16 @@ def loads(workdir: Path, seconds: int, connections: int,
           shop: bool = False) -> dict[str, Callable[[Collector], dict]]:
     """The loads, each a ``costed`` run against a given collector: pixel hits, JSON events in
     batches of 10 and, with ``shop``, a shop's JSON traffic (``SHOP``) in batches of 10."""
-    script = batch_script(workdir, BATCH)
+
+    def posting(script: Path) -> Callable[[Collector], dict]:
+        return lambda c: costed(c, f"{c.base}/collect", seconds, connections, script, events=10)
+
     runs = {
         "pixel": lambda c: costed(c, f"{c.base}/p.gif?{PIXEL_QUERY}", seconds, connections),
-        "batch": lambda c: costed(c, f"{c.base}/collect", seconds, connections, script,
-                                  events=10),
+        "batch": posting(batch_script(workdir, BATCH)),
     }
     if shop:
-        traffic = batch_script(workdir, SHOP, "shop")
-        runs["shop"] = lambda c: costed(c, f"{c.base}/collect", seconds, connections,
-                                        traffic, events=10)
+        runs["shop"] = posting(batch_script(workdir, SHOP, "shop"))
     return runs
 
 
@@ -338,24 +338,25 @@ VIEW_ROUNDS = 5  # runs of each load on each of the two collectors, alternated
 def views_cost(workdir: Path, seconds: int, connections: int) -> dict:
     """Pixel hits, JSON batches and a shop's JSON traffic on two collectors started
     together, one with its materialised views and one with them detached, in alternated
-    runs (A B B A, ...): this
-    machine's speed drifts by more than the views cost over the minutes two runs in a row
-    would take, and alternation spreads the drift over both. Medians of each collector's
-    hits/s and CPU per event are compared; each run's are listed."""
+    runs (A B B A, ...): this machine's speed drifts by more than the views cost over the
+    minutes two runs in a row would take, and alternation spreads the drift over both.
+    Medians of each collector's hits/s and CPU per event are compared; each run's are
+    listed."""
     both = {"views": Collector(workdir)}
     try:
         both["bare"] = Collector(workdir, without_views=True)
     except RuntimeError:
         both["views"].stop()
         raise
-    runs: dict[str, dict[str, list[dict]]] = {
-        name: {"pixel": [], "batch": [], "shop": []} for name in both}
+    measure = loads(workdir, seconds, connections, shop=True)
+    runs: dict[str, dict[str, list[dict]]] = {name: {load: [] for load in measure}
+                                              for name in both}
     try:
         for c in both.values():
             warm_up(c, connections)
         for n in range(VIEW_ROUNDS):
             order = ("views", "bare") if n % 2 == 0 else ("bare", "views")
-            for load, run in loads(workdir, seconds, connections, shop=True).items():
+            for load, run in measure.items():
                 for name in order:
                     runs[name][load].append(run(both[name]))
     finally:
@@ -468,9 +469,11 @@ def main() -> None:
     print(f"views: two collectors side by side, with and without their materialised views, "
           f"{VIEW_ROUNDS} alternated runs of each load on each (medians; target: with views "
           "at most 10% lower)")
-    for name, label, unit, scale in (("pixel", "pixel", "hits/s", 1),
-                                     ("batch", "JSON, batches of 10", "events/s", 10),
-                                     ("shop", "JSON, a shop's mix", "events/s", 10)):
+    for name, label, unit, scale, one in (
+        ("pixel", "pixel", "hits/s", 1, "pixel hit"),
+        ("batch", "JSON, batches of 10", "events/s", 10, "JSON event"),
+        ("shop", "JSON, a shop's mix", "events/s", 10, "shop event"),
+    ):
         ours, bare = views["views"][name], views["bare"][name]
         with_rps, bare_rps = (statistics.median(r["rps"]) * scale for r in (ours, bare))
         print(f"  tagwerk {label:<20s} {bare_rps:>10,.0f} {unit} without views, "
@@ -479,8 +482,7 @@ def main() -> None:
               f"{', '.join(f'{x * scale:,.0f}' for x in ours['rps'])})")
         # On one core, throughput is the inverse of CPU per event: the steadier comparison.
         with_us, bare_us = (statistics.median(r["cpu_us"]) for r in (ours, bare))
-        unit_name = {"pixel": "pixel hit", "batch": "JSON event", "shop": "shop event"}[name]
-        print(f"  CPU per {unit_name:<10s} "
+        print(f"  CPU per {one:<10s} "
               f"{with_us:6.1f} us with views, {bare_us:6.1f} us without: throughput with "
               f"views at most {bare_us / with_us - 1:+.1%} on a saturated core   (runs "
               f"without: {', '.join(f'{x:.1f}' for x in bare['cpu_us'])}; with: "
