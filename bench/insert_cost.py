@@ -20,7 +20,14 @@ every variant.
 - ``without:VIEW`` (``--variant``, one process): ``served`` without one view, to find
   what a view costs.
 
+``--per-view`` measures what each view costs a flush in one process instead: the same
+flushes with every view, without one view (a router's line is its whole group), with the
+routers alone, and with none, in alternated rounds, so that the machine's drift falls on
+every case alike (two processes differ by up to 20% on this kind of machine; rounds of one
+process by about 5%).
+
     python3 bench/insert_cost.py [--runs 3] [--rows 8000]
+    python3 bench/insert_cost.py --per-view [--runs 5] [--rows 500] [--mix shop]
 """
 
 from __future__ import annotations
@@ -60,35 +67,86 @@ def flush_body(rows: int, mix: str) -> bytes:
     return b"\n".join(lines) + b"\n"
 
 
+def fresh_store(tmp: str) -> EmbeddedStore:
+    """A migrated engine on a fresh data directory, its refreshable views stopped."""
+    store = EmbeddedStore(str(Path(tmp) / "clickhouse"))
+    migrate(store)
+    store.execute("SYSTEM STOP VIEWS")  # the refreshable ones
+    return store
+
+
+def insert_cpu(store: EmbeddedStore, body: bytes, inserts: int, first: int,
+               target: str = INSERTS[EVENTS]) -> float:
+    """The process's CPU seconds for ``inserts`` flushes of ``body`` and their merges; each
+    flush's deduplication token is its number, counted from ``first``."""
+    wait_quiet(os.getpid(), below=0.02)  # earlier work's merges
+    began = process_cpu(os.getpid())
+    for n in range(first, first + inserts):
+        store.insert(target, body, "JSONCompactEachRow",
+                     {"insert_deduplication_token": f"bench:{n}"})
+    wait_quiet(os.getpid(), below=0.02)  # the inserts' merges
+    return process_cpu(os.getpid()) - began
+
+
 def measure(variant: str, rows: int, mix: str) -> float:
     """µs of the process's CPU per row inserted in flushes of ``rows``, merges included."""
     inserts = max(BUDGET_ROWS // rows, 4)
     with tempfile.TemporaryDirectory(prefix="insert-cost-") as tmp:
-        store = EmbeddedStore(str(Path(tmp) / "clickhouse"))
-        migrate(store)
-        store.execute("SYSTEM STOP VIEWS")  # the refreshable ones
+        store = fresh_store(tmp)
         target = INSERTS[EVENTS]
         if variant == "parse":
             store.execute("CREATE TABLE tagwerk.parsed AS tagwerk.events ENGINE = Null")
             target = target.replace("tagwerk.events", "tagwerk.parsed", 1)
         elif variant == "table":
-            for view in store.rows("SELECT name FROM system.tables WHERE database = 'tagwerk' "
-                                   "AND engine = 'MaterializedView'"):
-                store.execute(f"DETACH TABLE tagwerk.{view['name']} PERMANENTLY")
+            for view in views(store):
+                store.execute(f"DETACH TABLE tagwerk.{view} PERMANENTLY")
         elif variant.startswith("without:"):
             store.execute(f"DETACH TABLE tagwerk.{variant.removeprefix('without:')} PERMANENTLY")
         elif variant != "served":
             raise SystemExit(f"unknown variant {variant!r}")
-        body = flush_body(rows, mix)
-        wait_quiet(os.getpid(), below=0.02)  # the migrations' merges
-        began = process_cpu(os.getpid())
-        for n in range(inserts):
-            store.insert(target, body, "JSONCompactEachRow",
-                         {"insert_deduplication_token": f"bench:{n}"})
-        wait_quiet(os.getpid(), below=0.02)  # the inserts' merges
-        used = process_cpu(os.getpid()) - began
+        used = insert_cpu(store, flush_body(rows, mix), inserts, 0, target)
         store.close()
     return used / (inserts * rows) * 1e6
+
+
+def views(store: EmbeddedStore) -> list[str]:
+    """The materialised views an insert runs (the refreshable ones run by the clock)."""
+    return [row["name"] for row in store.rows(
+        "SELECT name FROM system.tables WHERE database = 'tagwerk' "
+        "AND engine = 'MaterializedView' AND create_table_query NOT LIKE '% REFRESH %' "
+        "ORDER BY name")]
+
+
+def per_view(rows: int, mix: str, runs: int) -> None:
+    """Prints the ms of CPU a flush of ``rows`` costs with every view, without each one, with
+    the routers alone and with none, measured in alternated rounds of one process."""
+    os.sched_setaffinity(0, {int(CORE)})  # before the engine starts its threads
+    with tempfile.TemporaryDirectory(prefix="insert-cost-") as tmp:
+        store = fresh_store(tmp)
+        every = views(store)
+        routers = [view for view in every if view.startswith("events_to_")]
+        cases = {"every view": [], **{f"without {view}": [view] for view in every},
+                 "the routers alone": [v for v in every if v not in routers], "no view": every}
+        body, inserts = flush_body(rows, mix), max(8_000 // rows, 4)
+        results: dict[str, list[float]] = {case: [] for case in cases}
+        flushes = 0
+        for run in range(runs):
+            for case in cases if run % 2 == 0 else list(cases)[::-1]:
+                for view in cases[case]:
+                    store.execute(f"DETACH TABLE tagwerk.{view}")
+                used = insert_cpu(store, body, inserts, flushes)
+                flushes += inserts
+                results[case].append(used / inserts * 1000)
+                for view in cases[case]:
+                    store.execute(f"ATTACH TABLE tagwerk.{view}")
+        store.close()
+    base = statistics.median(results["every view"])
+    print(f"ms of CPU a flush of {rows:,} {mix} rows costs, merges included (median of {runs} "
+          "rounds in one process; all rounds listed)")
+    for case, runs_ms in results.items():
+        ms = statistics.median(runs_ms)
+        print(f"  {case:42} {ms:6.1f} ms ({ms - base:+6.1f})   "
+              f"({', '.join(f'{r:.1f}' for r in runs_ms)})")
 
 
 def child(mix: str, variant: str, rows: int) -> float:
@@ -106,7 +164,11 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=8000, help="rows of a flush")
     parser.add_argument("--mix", choices=MIXES, default="shop", help="with --variant")
     parser.add_argument("--variant", help="one measurement in this process (see above)")
+    parser.add_argument("--per-view", action="store_true", help="each view's cost a flush")
     args = parser.parse_args()
+    if args.per_view:
+        per_view(args.rows, args.mix, args.runs)
+        return
     if args.variant:
         print(measure(args.variant, args.rows, args.mix))
         return
