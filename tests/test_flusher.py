@@ -146,6 +146,40 @@ def test_sender_ids_already_stored_are_dropped(backend, store, tmp_path):
     assert metrics.duplicates_dropped.values[()] == 8
 
 
+def with_ids(site: str, ids: list[str]) -> bytes:
+    """A record of ``site`` whose hits carry these sender-given ids."""
+    ctx = Context(site, dt.datetime.now(dt.UTC), "server", parse_agent("x"))
+    rows = [normalize({"event": "e", "event_id": event_id}, ctx)[0] for event_id in ids]
+    return encode_record([orjson.dumps(list(row.values())) for row in rows], site,
+                         [(row["event_id"], row["ts"]) for row in rows])
+
+
+def test_another_sites_hit_with_the_same_id_is_kept(backend, store, tmp_path):
+    """A sender-given id is unique per site: another site's hit with the same id, in the same
+    batch or after the first site's is stored, is a hit of its own, not a retry (found by an
+    attacker's probe: both got a 202, one was dropped)."""
+    first, second = ("ids-" + uuid.uuid4().hex[:8] for _ in range(2))
+    shared, stored, other = (str(uuid.uuid4()) for _ in range(3))
+    spool = Spool(tmp_path, 1 << 20, 1 << 30)
+    metrics = Metrics()
+    flusher = Flusher(spool, backend, metrics, interval=0.05)
+    flusher.start()
+    append_all(spool, [with_ids(first, [shared]), with_ids(second, [shared])])  # one batch
+    wait_for(lambda: count(store, first) == 1 and count(store, second) == 1)
+    append_all(spool, [with_ids(first, [stored])])
+    wait_for(lambda: count(store, first) == 2)
+    # The second site's hit with an id the first site has stored comes in a batch with a
+    # hit of the first site's, which makes the flusher look the first site's ids up too.
+    append_all(spool, [with_ids(first, [other]), with_ids(second, [stored])])
+    wait_for(lambda: count(store, first) == 3 and count(store, second) == 2)
+    append_all(spool, [with_ids(second, [stored])])  # the second site's own retry still goes
+    wait_for(lambda: flusher.caught_up)
+    flusher.stop()
+    spool.close()
+    assert (count(store, first), count(store, second)) == (3, 2)
+    assert metrics.duplicates_dropped.values[()] == 1
+
+
 def test_row_keys_are_the_insert_columns():
     ctx = Context("s", dt.datetime.now(dt.UTC), "web", parse_agent("x"))
     row, _ = normalize({"event": "e"}, ctx)

@@ -232,8 +232,9 @@ class Flusher:
             if not record.startswith(NO_META + b"\n"):
                 metas[index] = orjson.loads(record[: record.index(b"\n")])
         with_ids = [meta for meta in metas.values() if "ids" in meta]
+        # Sender-given ids are unique per site: another site's hit with the same id is its own.
         skip = self._existing(with_ids) if with_ids else set()
-        seen: set[str] = set()
+        seen: set[tuple[str, str]] = set()
         parts: list[bytes] = []
         rows = dropped = 0
         self.agents.start_batch()
@@ -248,10 +249,11 @@ class Flusher:
             for line in record[meta_end:].splitlines():
                 event_id = line[ID_PREFIX : ID_PREFIX + ID_LENGTH].decode()
                 if "ids" in meta:
-                    if event_id in skip or event_id in seen:
+                    key = (meta["site"], event_id)
+                    if key in skip or key in seen:
                         dropped += 1
                         continue
-                    seen.add(event_id)
+                    seen.add(key)
                 if event_id in guessed:
                     line = self._resolved(line, guessed[event_id], bool(meta.get("db")))
                     if not line:
@@ -275,11 +277,11 @@ class Flusher:
             values[column] = value
         return orjson.dumps(values)
 
-    def _existing(self, metas: list[dict]) -> set[str]:
-        """Which sender-given ids ClickHouse has already (a sender's retry)."""
+    def _existing(self, metas: list[dict]) -> set[tuple[str, str]]:
+        """Which sender-given ids ClickHouse has already (a sender's retry), as (site, id)."""
         ids = [i for meta in metas for i in meta["ids"]]
         found = self.store.rows(
-            "SELECT toString(event_id) AS id FROM tagwerk.events "
+            "SELECT site_id, toString(event_id) AS id FROM tagwerk.events "
             "WHERE site_id IN {sites:Array(String)} "
             "AND ts BETWEEN {lo:DateTime64(3, 'UTC')} - INTERVAL 1 DAY "
             "AND {hi:DateTime64(3, 'UTC')} + INTERVAL 1 DAY "
@@ -291,4 +293,4 @@ class Flusher:
                 "ids": ids,
             },
         )
-        return {row["id"] for row in found}
+        return {(row["site_id"], row["id"]) for row in found}
