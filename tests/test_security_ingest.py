@@ -355,6 +355,11 @@ NASTY = [
                                            b"9" * 200 + b"}"), 400),
     ("5000-digit revenue string", event_body(b"revenue", b'"' + b"9" * 5000 + b'"'), 400),
     ("revenue exponent", event_body(b"revenue", b'"1e99999999999999999999"'), 400),
+    # Past Decimal's context (exponent 999,999) but within its syntax: abs() overflowed (500).
+    ("revenue exponent past Decimal's", event_body(b"revenue", b'"1e1000000"'), 400),
+    ("GA4 value exponent", event_body(b"ecommerce", b'{"value":"-1E+1000000"}'), 400),
+    ("item price exponent", event_body(b"items", b'[{"product_id":"a","price":"1e1000000"}]'),
+     400),
     ("string top level", b'"sec-test"', 400),
     ("number top level", b"1", 400),
     ("null top level", b"null", 400),
@@ -440,6 +445,8 @@ PIXEL_NASTY = [
     "title=%C3%28",
     "revenue=NaN",
     "revenue=1e999",
+    "revenue=1e1000000",
+    "items=" + quote('[{"product_id":"a","price":"1e1000000"}]'),
     "event_id=%00",
     "consent=analytics%0A",
 ]

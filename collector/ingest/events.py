@@ -468,7 +468,11 @@ def _decimal(value: Any, name: str) -> str:
         number = Decimal(str(value))
     except InvalidOperation:
         raise EventError(f"{name!r} must be a number", name) from None
-    if not number.is_finite() or abs(number) >= MAX_REVENUE:
+    try:
+        in_range = number.is_finite() and abs(number) < MAX_REVENUE
+    except ArithmeticError:  # an exponent past the context's: abs() overflows
+        in_range = False
+    if not in_range:
         raise EventError(f"{name!r} is out of range", name)
     return str(number.quantize(Decimal("0.0001")))
 
