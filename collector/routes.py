@@ -67,8 +67,9 @@ class Unmatched(NamedTuple):
 
 
 class Identifier(Convertor[str]):
-    """A ``kind:id`` path segment that may hold "/" (sent as %2F) and any other character:
-    ``path`` stops at a line break, which must reach the endpoint to be refused there."""
+    """A ``kind:id`` or a product id in the path, which may hold "/" (sent as %2F) and any
+    other character: ``path`` stops at a line break, which must reach the endpoint to be
+    refused there (a 400 naming the parameter, not a 404)."""
 
     regex = "[\\s\\S]+"
 
@@ -118,7 +119,7 @@ TABLE: list[Ingest | Route | Unmatched] = [
     Route(SITE + "/stream", stream.stream, methods=["GET"]),
     Route(SITE + "/products/top", products.top, methods=["GET"]),
     Route(SITE + "/products/trending", products.trending, methods=["GET"]),
-    Route(SITE + "/products/{product_id:path}/related", products.related, methods=["GET"]),
+    Route(SITE + "/products/{product_id:identifier}/related", products.related, methods=["GET"]),
     # -- the shop's pages, without a key: the tag, its files, consent texts, product lists
     Route("/t/preview", serving.preview, methods=["GET"]),
     Route("/t/{name}.css", serving.stylesheet, methods=["GET"]),
@@ -127,7 +128,8 @@ TABLE: list[Ingest | Route | Unmatched] = [
     Route("/t/{site}/consent.json", consent_texts.consent_json, methods=["GET"]),
     Route("/t/{site}/recommend/top", recommend.top, methods=["GET"]),
     Route("/t/{site}/recommend/trending", recommend.trending, methods=["GET"]),
-    Route("/t/{site}/recommend/related/{product_id:path}", recommend.related, methods=["GET"]),
+    Route("/t/{site}/recommend/related/{product_id:identifier}", recommend.related,
+          methods=["GET"]),
     # -- the demo shop
     Route("/demo", demo.bare, methods=["GET", "HEAD"]),
     Route("/demo/static/{name}", demo.static, methods=["GET", "HEAD"]),

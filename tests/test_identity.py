@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from urllib.parse import quote
 
 import orjson
 import pytest
@@ -581,6 +582,16 @@ def test_other_sites_persons_are_invisible(env):
     assert get(env, f"{BASE}/persons/device:{device}").status_code == 404
     r = post(env, f"{BASE}/identity/merge", {"from": f"user:{user}", "into": "user:x"})
     assert r.status_code == 404
+
+
+def test_an_id_holding_a_replacement_character_is_found(env):
+    """U+FFFD sent as such (%EF%BF%BD) is a character of the id, not invalid UTF-8 (which
+    the server also decodes to U+FFFD: the raw path tells them apart)."""
+    device = uid("dev\ufffd")
+    send(env, [identify(uid("u"), device)])
+    assert person(env, "device:" + quote(device))["person_id"]
+    r = get(env, f"{BASE}/persons/device:" + quote(device).replace("%EF%BF%BD", "%FF"))
+    assert r.status_code == 400 and r.json()["field"] == "ident"
 
 
 @pytest.mark.parametrize(("path", "field"), [

@@ -241,6 +241,7 @@ def test_keys(env, path):
     ("/products/p1/related?person=device", "person"),
     ("/products/%01/related", "product_id"),
     ("/products/%ff/related", "product_id"),
+    ("/products/a%0Ab/related", "product_id"),  # a line break: was an unmatched route's 404
     ("/products/" + "x" * 300 + "/related", "product_id"),
 ])
 def test_bad_input_is_a_400_naming_it(env, query, field):

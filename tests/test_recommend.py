@@ -132,6 +132,7 @@ def test_sites_never_mix(env):
     ("/trending?baseline=29d", "baseline"),
     ("/trending?window=8d", "window"),
     ("/related/%01x", "product_id"),
+    ("/related/a%0Ab", "product_id"),
     ("/related/r1?kind=x", "kind"),
 ])
 def test_bad_input(env, query, field):

@@ -56,15 +56,27 @@ def _text(raw: bytes, name: str) -> str:
 
 def path_text(request: Request, name: str, limit: int = 256) -> str:
     """A path parameter, at most ``limit`` characters of UTF-8 without control characters.
-    The server has already percent-decoded the path, replacing invalid UTF-8 with U+FFFD."""
+    The server has already percent-decoded the path, replacing invalid UTF-8 with U+FFFD:
+    the raw path tells that from a U+FFFD sent as such (an id may hold one)."""
     value: str = request.path_params[name]
-    if "\ufffd" in value:
+    if "\ufffd" in value and not _utf8(request.scope.get("raw_path")):
         raise ApiError(400, f"{name!r} is not valid UTF-8", name)
     if not value or len(value) > limit:
         raise ApiError(400, f"{name!r} must be 1 to {limit} characters", name)
     if CONTROL.search(value):
         raise ApiError(400, f"{name!r} holds control characters", name)
     return value
+
+
+def _utf8(raw_path: bytes | None) -> bool:
+    """Whether the percent-decoded raw path is valid UTF-8 (unknown: not)."""
+    if raw_path is None:
+        return False
+    try:
+        unquote_to_bytes(raw_path).decode()
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def window(values: dict[str, str], name: str, default: str) -> int:
