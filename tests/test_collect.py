@@ -222,6 +222,28 @@ def test_one_bad_event_rejects_the_whole_batch(env):
     assert stored(env, marker) == []
 
 
+def test_gzip_members_are_read_whole_and_nothing_after_them(env):
+    """Several gzip members are one body (RFC 1952; ``gzip.decompress`` reads them all);
+    anything after the last member is a 400, as after a plain body's JSON, not dropped (the
+    first member alone was read: found by an attacker's probe)."""
+    client, _ = env
+    marker = uuid.uuid4().hex
+    document = orjson.dumps({"site": "collect-test", "event": "gz", "props": {"marker": marker}})
+    half = len(document) // 2
+    assert post(client, gzip.compress(document[:half]) + gzip.compress(document[half:])
+                ).status_code == 202
+    assert wait_for(lambda: stored(env, marker))
+    for tail in (b"JUNK", gzip.compress(b"{{{"), gzip.compress(b"x")[:-3]):
+        other = uuid.uuid4().hex
+        body = gzip.compress(document.replace(marker.encode(), other.encode())) + tail
+        response = post(client, body)
+        assert response.status_code == 400, (tail, response.text)
+        assert post(client, {"site": "collect-test", "event": "flush"}).status_code == 202
+        assert stored(env, other) == []
+    bomb = b"".join(gzip.compress(b" " * 200_000) for _ in range(3))  # 600 KB over members
+    assert post(client, bomb).status_code == 413
+
+
 def test_gzip_bomb_is_refused(env):
     client, _ = env
     bomb = gzip.compress(b'{"site":"collect-test","event":"e","title":"' + b"a" * 5_000_000)

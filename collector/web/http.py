@@ -208,16 +208,24 @@ async def respond(
 
 
 def _gunzip(body: bytes, limit: int) -> bytes:
-    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    try:
-        out = inflater.decompress(body, limit + 1)
-    except zlib.error:
-        raise HTTPError(400, "body is not valid gzip", "malformed") from None
-    if len(out) > limit or inflater.unconsumed_tail:
-        raise HTTPError(413, f"body larger than {limit} bytes once decompressed", "too_large")
-    if not inflater.eof:
-        raise HTTPError(400, "gzip body is truncated", "malformed")
-    return out
+    """The body decompressed: every gzip member of it (RFC 1952 allows several, as
+    ``gzip.decompress`` reads them), and nothing after the last one."""
+    out = bytearray()
+    rest = body
+    while True:
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            out += inflater.decompress(rest, limit + 1 - len(out))
+        except zlib.error:
+            raise HTTPError(400, "body is not valid gzip", "malformed") from None
+        if len(out) > limit or inflater.unconsumed_tail:
+            raise HTTPError(413, f"body larger than {limit} bytes once decompressed",
+                            "too_large")
+        if not inflater.eof:
+            raise HTTPError(400, "gzip body is truncated", "malformed")
+        rest = inflater.unused_data
+        if not rest:
+            return bytes(out)
 
 
 # orjson refuses JSON nested deeper than this (``depth limit exceeded``).
