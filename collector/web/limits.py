@@ -197,10 +197,14 @@ class LimitedProtocol(UvicornProtocol):
 
     def bad_request(self, msg: str) -> None:
         refusal, self._refusal = self._refusal, None
-        if refusal is None:
-            super().bad_request(msg)
-        else:
+        if refusal is not None:
             self._refuse_request(*refusal)
+        elif self._phase < _BODY and self.answering():
+            # Bytes after a request still being answered do not parse: refused as a head
+            # over the limits is, so that the request before gets its answer first.
+            self._refuse_request(400, f"invalid HTTP request ({msg})")
+        else:
+            super().bad_request(msg)
 
     # -- the timer --------------------------------------------------------------------------
 
