@@ -521,6 +521,46 @@ def test_erasing_the_user_past_an_identifiers_limit_gives_nobody_their_hits(env)
     assert found_anywhere(collector.store, [f"u4-{n}"]) == {}
 
 
+def test_erasing_the_last_user_of_an_identifier_past_the_limit_erases_it_whole(env):
+    """A kiosk past the site's limit (3) is nobody's from the fourth login on; once every
+    user who logged in on it is erased, nobody is left whom it identifies: its rows (the
+    view after the last login) and its links go, as a shared device's do when its last
+    owner is erased (they stayed, and erasing the kiosk itself was a 404: found by an
+    attacker's probe)."""
+    client, collector, _ = env
+    n = uuid.uuid4().hex[:8]
+    site, keys = collector.sites.create(f"priv-last-{n}", identity_max_persons=3)
+    kiosk = f"kiosk-{n}"
+    events = [{"event": "login", "type": "identify", "user_id": f"u{i}-{n}",
+               "device_id": kiosk, "consent": ALL, "ts": f"2026-11-10T0{i}:00:00Z"}
+              for i in range(1, 5)]
+    events.append({"event": "view_item", "device_id": kiosk, "consent": ALL,
+                   "ts": "2026-11-10T04:30:00Z", "items": [{"product_id": f"late-{n}"}]})
+    r = client.post("/api/v1/batch", content=orjson.dumps({"events": events}),
+                    headers={"Authorization": f"Bearer {keys['write']}"})
+    assert r.status_code == 202, r.text
+    wait_for(lambda: drained(collector))
+    base = f"/api/v1/sites/{site.site_id}"
+    auth = {"Authorization": f"Bearer {keys['admin']}"}
+    for i in range(1, 5):
+        r = client.post(f"{base}/privacy/erase", content=orjson.dumps({"id": f"user:u{i}-{n}"}),
+                        headers=auth)
+        assert r.status_code == 200, r.text
+        if i < 4:  # users who logged in on it are left: its anonymous view stays
+            assert "events" in found_anywhere(collector.store, [f"late-{n}"])
+    assert found_anywhere(collector.store, [kiosk]) == {}
+    # The product's counts keep no identifier (unique counts are hash sketches).
+    assert found_anywhere(collector.store, [f"late-{n}"]) == {"product_hourly": 1}
+    # Its hits from now on are a new anonymous device's.
+    r = client.post("/api/v1/batch", content=orjson.dumps({"events": [
+        {"event": "view_item", "device_id": kiosk, "consent": ALL,
+         "items": [{"product_id": f"new-{n}"}]}]}),
+        headers={"Authorization": f"Bearer {keys['write']}"})
+    assert r.status_code == 202, r.text
+    wait_for(lambda: drained(collector))
+    assert found_anywhere(collector.store, [f"new-{n}"])
+
+
 def test_access_says_when_the_persons_identifiers_were_cut(env, monkeypatch):
     """A person whose identifiers changed hands more often than one resolution reads
     (graph.MAX_LINKS) has incomplete spans: the access answer must say it is truncated,

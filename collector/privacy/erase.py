@@ -22,7 +22,8 @@
    time is not handed to the device's other owner. An identifier whose other holders
    were all erased before is erased whole: its rows and tombstones up to now (its other
    time was erased persons' or nobody's) and all its links, the erased anchors' too;
-   nobody is left whom it identifies (``_with_history``).
+   nobody is left whom it identifies (``_with_history``). So is one past the site's limit
+   of users (a kiosk) once its last user who is not erased goes.
 5. An audit row records who erased what and when: the digest of the identifier asked for
    (keyed, like the tombstones': ``key.py``), the number of identifiers and the rows
    removed per table, never an identifier.
@@ -106,9 +107,14 @@ def erase(store: Store, site: Site, tombstones: Tombstones, kind: str, ident: st
     site_id = site.site_id
     request_id = str(uuid.uuid4())
     alone, shared = owned(person)
-    orphaned = _held_by_nobody_else(store, site_id, person, shared)
+    past = _past_the_limit(store, site_id, person)
+    orphaned = _held_by_nobody_else(store, site_id, person, shared + past)
     if orphaned:
         person = _with_history(person, orphaned)
+        # One past the limit that only erased persons and they held goes whole too: it is
+        # shared no longer (its tombstones cover its history), and its links go.
+        shared += [pair for pair in past if pair in orphaned]
+        past = [pair for pair in past if pair not in orphaned]
     tombstones.add(site_id, _tombstones(tombstones, site_id, person, alone, shared), request_id)
     flushed = flush(FLUSH_WAIT) and flushed
     removed: dict[str, int] = {}
@@ -132,7 +138,7 @@ def erase(store: Store, site: Site, tombstones: Tombstones, kind: str, ident: st
     with serialised(site_id):
         removed.update(_erase_identity(store, site_id, person, orphaned,
                                        [pair for pair in shared if pair not in orphaned]
-                                       + _past_the_limit(store, site_id, person),
+                                       + past,
                                        request_id, settings))
     identifiers = len(alone) + len(shared)
     _audit(store, site_id, request_id, tombstones.subject(site_id, kind, ident), identifiers,
