@@ -446,6 +446,7 @@ PIXEL_NASTY = [
     "revenue=NaN",
     "revenue=1e999",
     "revenue=1e1000000",
+    "props=zzz&props.x=1",  # the plain one was dropped without a word
     "items=" + quote('[{"product_id":"a","price":"1e1000000"}]'),
     "event_id=%00",
     "consent=analytics%0A",

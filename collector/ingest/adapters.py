@@ -70,6 +70,9 @@ def pixel_event(query_string: bytes) -> dict[str, Any]:
             raise HTTPError(400, f"{key!r} given twice", "invalid", key)
         target[name] = value
     if props:
+        if "props" in event:  # not overwritten: the event's props come as props.KEY only
+            raise HTTPError(400, "'props' and 'props.KEY' parameters together: give "
+                            "properties as props.KEY", "invalid", "props")
         event["props"] = props
     if "consent" in event:
         event["consent"] = [p for p in event["consent"].split(",") if p]
