@@ -548,6 +548,27 @@ def test_table_names_that_are_paths_never_read_files(http: httpx.Client, canary)
             assert secret not in resp.text
 
 
+def test_a_shows_filter_reads_no_file_nor_other_tables(http: httpx.Client, canary) -> None:
+    """The engine's tree of a SHOW statement leaves out its WHERE and LIMIT, where any
+    expression may stand: file() read any file for every user, read-only ones included,
+    and system.tables' columns counted every site's rows (found by an attacker's probe)."""
+    path, secret = canary
+    for auth in (None, WRITER, AGENCY):
+        for sql in (f"SHOW TABLES FROM tagwerk WHERE toUInt8(file('{path}')) = 1",
+                    f"SHOW TABLES FROM tagwerk WHERE name = file('{path}')",
+                    f"SHOW COLUMNS FROM events FROM tagwerk WHERE toUInt8(file('{path}')) = 1",
+                    f"SHOW DICTIONARIES WHERE toUInt8(file('{path}')) = 1",
+                    f"SHOW TABLES FROM tagwerk LIMIT length(file('{path}'))",
+                    "SHOW TABLES FROM tagwerk WHERE total_rows >= 1",
+                    "SHOW TABLES FROM tagwerk WHERE name IN tagwerk.sites"):
+            resp = run(http, sql, auth)
+            refused(resp, 497, 164)
+            assert secret not in resp.text
+    # The forms without an expression stay.
+    assert run(http, "SHOW TABLES FROM tagwerk LIKE 'ev%'", AGENCY).text == "events\n"
+    alive(http)
+
+
 def test_a_result_is_bounded_once_formatted(http: httpx.Client) -> None:
     # 2 MB of control characters: 2 MB in the engine's blocks, 12 MB as escaped JSON.
     resp = run(http, "SELECT repeat('\\x01', 1000000) AS s FROM numbers(2) FORMAT JSON")

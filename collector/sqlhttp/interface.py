@@ -279,7 +279,7 @@ class _SqlInterface:
             if data is not None:
                 sql = f"{sql} FORMAT {insert_format}"
             parsed = parse(conn, sql, call.binds)
-            policy.check(parsed.tree, call.readonly, scope)
+            policy.check(parsed.tree, parsed.sql, call.readonly, scope)
             if data is not None:
                 head = parsed.sql.removesuffix(f"FORMAT {insert_format}").rstrip()
                 # Parameters in VALUES data ({id:UInt32}) are the connection's.

@@ -16,6 +16,7 @@ table by name.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -80,6 +81,12 @@ READING = frozenset((
 _WITH_OUTPUT = frozenset(("SelectWithUnionQuery", "SelectIntersectExceptQuery", "KillQueryQuery"))
 _OUTPUT_PREFIXES = ("Show", "Check", "Describe", "Exists", "Explain")
 _REFUSED_FOR_ALL = frozenset(("BackupQuery", "SYSTEM"))
+# The engine's tree of a SHOW statement ("ShowTables" and its database) leaves out its WHERE
+# and LIMIT, where any expression may stand: file(), a subquery of a table not granted,
+# system.tables' counts of every site's rows. What the policy cannot see does not run: a SHOW
+# whose canonical text (the engine's formatting) holds either word is refused, for every
+# user, even where the word is only in a name or a pattern. LIKE takes a string literal.
+_UNSEEN_CLAUSES = re.compile(r"\b(?:WHERE|LIMIT)\b", re.IGNORECASE)
 # The parents of a function that names storage: a table's or database's engine, a table
 # function in FROM, INSERT INTO FUNCTION, CREATE TABLE ... AS f(...).
 _NAMES_STORAGE = frozenset(("Storage definition", "TableExpression", "InsertQuery",
@@ -107,12 +114,16 @@ class Scope:
                 raise _denied(f"the table {key[0]}.{key[1]} is not granted to this user")
 
 
-def check(tree: Node, readonly: bool, scope: Scope | None) -> None:
-    """Raise SqlError unless the statement ``tree`` may run.
+def check(tree: Node, sql: str, readonly: bool, scope: Scope | None) -> None:
+    """Raise SqlError unless the statement ``tree`` (whose canonical text is ``sql``) may
+    run.
 
     ``readonly``: the request cannot write (engine-enforced; here the scalar ``file()``,
     which the engine allows even then). ``scope``: a read-only user's grants.
     """
+    if tree.kind.startswith("Show") and _UNSEEN_CLAUSES.search(sql):
+        raise _denied("WHERE and LIMIT in SHOW statements are not allowed over HTTP: "
+                      "SELECT from the tables instead")
     _host_routes(tree, readonly)
     if scope is not None:
         _reading_only(tree, scope)
