@@ -156,6 +156,12 @@ def test_custom_tag_paths(store):
     containers.put_draft(b, taken, ORIGINS)  # ...so b may take it
     assert containers.publish(b, origins=ORIGINS).version == 1
     assert containers.custom_tag_paths()[f"/static/{a}/app.js"] == b
+    # Nor may a rolling back take it again: b's pages would load a's tag, their hits go to
+    # a (a rollback made the path a's, as the first site by id: found by an attacker's probe).
+    with pytest.raises(ContainerError, match="already the tag path of site"):
+        containers.rollback(a, 1)
+    assert containers.custom_tag_paths()[f"/static/{a}/app.js"] == b
+    assert containers.live_version(a) == 2
 
 
 def test_the_migration_renders_for_a_cluster():

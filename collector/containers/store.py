@@ -256,6 +256,8 @@ class Containers:
             found = self.version(site_id, version)
             if found is None:
                 raise NotFound(f"site {site_id!r} has no version {version}")
+            # Its tag path may be another site's since: the same check as for a publish.
+            self._check_tag_path_free(site_id, found.document or {})
             self._release(site_id, version, "rollback", note)
             return Version(site_id, version, found.policy, found.note, found.created_at, True)
 
