@@ -170,6 +170,7 @@ def serve(settings: Settings) -> int:
 
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _leave_working_directory(settings)
     collector = Collector(settings)
     sql = _start_sql_interface(collector) if not settings.clickhouse_url else None
     collector.write_runtime_info({
@@ -206,6 +207,19 @@ def serve(settings: Settings) -> int:
         collector.store.close()
         (settings.data_dir / "serve.json").unlink(missing_ok=True)
     return 0
+
+
+def _leave_working_directory(settings: Settings) -> None:
+    """Run from an empty directory of the collector's own: chDB's default database reads a
+    file of the working directory by a table's bare name (`` SELECT * FROM `users.json` ``)
+    for a SQL user who may write. Relative paths are taken from where it was started."""
+    for name in ("data_dir", "tag_dir", "sql_users_file", "geoip_db"):
+        value = getattr(settings, name)
+        if value is not None:
+            setattr(settings, name, Path(value).absolute())
+    empty = settings.data_dir / "cwd"
+    empty.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chdir(empty)
 
 
 def _start_sql_interface(collector):

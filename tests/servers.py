@@ -24,8 +24,10 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, data_dir: Path, *args: str, sql_port: int | None = None) -> None:
+    def __init__(self, data_dir: Path, *args: str, sql_port: int | None = None,
+                 cwd: Path | None = None) -> None:
         self.data_dir = Path(data_dir)
+        self.cwd = cwd  # where it is started from: a relative data_dir is relative to it
         self.port = free_port()
         self.sql_port = free_port() if sql_port is None else sql_port
         self.args = args
@@ -42,7 +44,7 @@ class Server:
                "--sql-port", str(self.sql_port), "--data-dir", str(self.data_dir),
                "--log-level", "warning", *self.args]
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=log,
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, cwd=self.cwd,
                                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+import secrets
 import subprocess
 import sys
 
@@ -52,6 +54,25 @@ def test_site_create_and_sql_while_serving(server):
     assert stored.splitlines()[1] == "cli-shop\t30\t1"
     assert keys["write"] not in tagwerk("sql", "SELECT * FROM tagwerk.sites FORMAT TSV",
                                         "--data-dir", data).stdout
+
+
+def test_serve_reads_no_file_of_the_directory_it_was_started_from(tmp_path):
+    """chDB's default database reads a file of the working directory by a table's bare name,
+    for a SQL user who may write (found by an attacker's probe: the users file, the site
+    keys, serve.json's internal password): serve runs from an empty directory of its own,
+    its relative paths taken from where it was started."""
+    secret = secrets.token_hex(16)
+    (tmp_path / "secret.txt").write_text(f"{secret}\n")
+    server = Server(tmp_path / "var", cwd=tmp_path).start()
+    try:
+        runtime = json.loads((tmp_path / "var" / "serve.json").read_text())
+        for sql in ("SELECT * FROM `secret.txt`", "SELECT * FROM default.`secret.txt`"):
+            response = httpx.post(f"http://127.0.0.1:{server.sql_port}/", content=sql,
+                                  auth=(runtime["sql_user"], runtime["sql_password"]))
+            assert response.status_code >= 400 and secret not in response.text, response.text
+        assert httpx.get(f"{server.url}/t/demo.js").status_code == 200
+    finally:
+        server.stop()
 
 
 def test_site_create_refuses_bad_input(server):
