@@ -489,25 +489,32 @@ def test_a_shared_browsers_later_decision_is_not_in_the_earlier_persons_access(e
         assert [sorted(d["granted"]) for d in access["consent"]] == [granted], user
 
 
-def test_erasing_the_user_past_an_identifiers_limit_gives_nobody_their_hits(env):
-    """A kiosk linked to more users than the site allows (3): its hits from the fourth
-    user's login on are nobody's. Erasing that fourth user must not bring the kiosk back
-    under the limit, which handed their view there to the third (found by a probe)."""
+def kiosk_past_the_limit(env, prefix):
+    """A site allowing 3 users an identifier, and a kiosk four users u1..u4-{n} logged in
+    on, then viewed late-{n} with: (n, kiosk, the site's API base, admin auth, write auth)."""
     client, collector, _ = env
     n = uuid.uuid4().hex[:8]
-    site, keys = collector.sites.create(f"priv-cap-{n}", identity_max_persons=3)
+    site, keys = collector.sites.create(f"{prefix}-{n}", identity_max_persons=3)
     kiosk = f"kiosk-{n}"
     events = [{"event": "login", "type": "identify", "user_id": f"u{i}-{n}",
                "device_id": kiosk, "consent": ALL, "ts": f"2026-11-10T0{i}:00:00Z"}
               for i in range(1, 5)]
     events.append({"event": "view_item", "device_id": kiosk, "consent": ALL,
                    "ts": "2026-11-10T04:30:00Z", "items": [{"product_id": f"late-{n}"}]})
-    r = client.post("/api/v1/batch", content=orjson.dumps({"events": events}),
-                    headers={"Authorization": f"Bearer {keys['write']}"})
+    write = {"Authorization": f"Bearer {keys['write']}"}
+    r = client.post("/api/v1/batch", content=orjson.dumps({"events": events}), headers=write)
     assert r.status_code == 202, r.text
     wait_for(lambda: drained(collector))
-    base = f"/api/v1/sites/{site.site_id}"
-    auth = {"Authorization": f"Bearer {keys['admin']}"}
+    return (n, kiosk, f"/api/v1/sites/{site.site_id}",
+            {"Authorization": f"Bearer {keys['admin']}"}, write)
+
+
+def test_erasing_the_user_past_an_identifiers_limit_gives_nobody_their_hits(env):
+    """A kiosk linked to more users than the site allows (3): its hits from the fourth
+    user's login on are nobody's. Erasing that fourth user must not bring the kiosk back
+    under the limit, which handed their view there to the third (found by a probe)."""
+    client, collector, _ = env
+    n, _, base, auth, _ = kiosk_past_the_limit(env, "priv-cap")
 
     def viewed(user):
         r = client.get(f"{base}/persons/user:{user}/profile", headers=auth)
@@ -528,20 +535,7 @@ def test_erasing_the_last_user_of_an_identifier_past_the_limit_erases_it_whole(e
     owner is erased (they stayed, and erasing the kiosk itself was a 404: found by an
     attacker's probe)."""
     client, collector, _ = env
-    n = uuid.uuid4().hex[:8]
-    site, keys = collector.sites.create(f"priv-last-{n}", identity_max_persons=3)
-    kiosk = f"kiosk-{n}"
-    events = [{"event": "login", "type": "identify", "user_id": f"u{i}-{n}",
-               "device_id": kiosk, "consent": ALL, "ts": f"2026-11-10T0{i}:00:00Z"}
-              for i in range(1, 5)]
-    events.append({"event": "view_item", "device_id": kiosk, "consent": ALL,
-                   "ts": "2026-11-10T04:30:00Z", "items": [{"product_id": f"late-{n}"}]})
-    r = client.post("/api/v1/batch", content=orjson.dumps({"events": events}),
-                    headers={"Authorization": f"Bearer {keys['write']}"})
-    assert r.status_code == 202, r.text
-    wait_for(lambda: drained(collector))
-    base = f"/api/v1/sites/{site.site_id}"
-    auth = {"Authorization": f"Bearer {keys['admin']}"}
+    n, kiosk, base, auth, write = kiosk_past_the_limit(env, "priv-last")
     for i in range(1, 5):
         r = client.post(f"{base}/privacy/erase", content=orjson.dumps({"id": f"user:u{i}-{n}"}),
                         headers=auth)
@@ -554,8 +548,7 @@ def test_erasing_the_last_user_of_an_identifier_past_the_limit_erases_it_whole(e
     # Its hits from now on are a new anonymous device's.
     r = client.post("/api/v1/batch", content=orjson.dumps({"events": [
         {"event": "view_item", "device_id": kiosk, "consent": ALL,
-         "items": [{"product_id": f"new-{n}"}]}]}),
-        headers={"Authorization": f"Bearer {keys['write']}"})
+         "items": [{"product_id": f"new-{n}"}]}]}), headers=write)
     assert r.status_code == 202, r.text
     wait_for(lambda: drained(collector))
     assert found_anywhere(collector.store, [f"new-{n}"])
