@@ -156,7 +156,10 @@ def test_the_loader_loads_when_asked_and_drops_the_copy_when_nobody_asks(env):
     load then; the copy dropped once nobody asked for ``max_age``, and not loaded again,
     whatever changes, until someone asks (it was loaded over and over before)."""
     _, collector, _ = env
-    collector.link_index.unload()  # the module's own index: out of the way
+    # The module's own index out of the way: stopped, as it would load the copy again
+    # while this one waits for it to go (earlier tests asked it within its max_age).
+    collector.link_index.stop()
+    collector.link_index.unload()
     feed = ChangeFeed(collector.store, interval=0.05)
     index = LinkIndex(collector.store, feed, reload_after=0.2, min_interval=0.1, max_age=1.5)
     feed.start()
@@ -182,3 +185,4 @@ def test_the_loader_loads_when_asked_and_drops_the_copy_when_nobody_asks(env):
         index.stop()
         feed.stop()
         feed.listeners.clear()
+        collector.link_index.start()

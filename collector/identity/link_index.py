@@ -111,6 +111,7 @@ class LinkIndex:
         copy: a collector nobody asks for profiles holds nothing."""
         if not self.feed.usable:
             return
+        self._stop.clear()  # again after ``stop``
         self._thread = threading.Thread(target=self._run, name="link-index", daemon=True)
         self._thread.start()
 
