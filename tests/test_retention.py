@@ -363,9 +363,12 @@ def test_a_row_written_during_a_pass_stays(env, monkeypatch):
         return real(store_)
 
     monkeypatch.setattr(retention, "delete_settings", meanwhile)
-    assert expire(store, site)["identity_merges"] == 2  # a's row as read, and b's
+    # b's row, and a's row as read, unless a background merge folded that one into the
+    # late row first (then it was gone before the pass deleted).
+    assert expire(store, site)["identity_merges"] in (1, 2)
+    # Without FINAL: every version the pass read is gone, the late one stays.
     assert [r["op_id"] for r in store.rows(
-        "SELECT toString(op_id) AS op_id FROM tagwerk.identity_merges FINAL "
+        "SELECT toString(op_id) AS op_id FROM tagwerk.identity_merges "
         "WHERE site_id = {s:String}", {"s": site.site_id})] == [late]
 
 
