@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -578,6 +578,77 @@ def test_a_result_is_bounded_once_formatted(http: httpx.Client) -> None:
     # A writer is trusted with large results.
     resp = run(http, "SELECT repeat('\\x01', 1000000) FROM numbers(2) FORMAT JSON", WRITER)
     assert resp.status_code == 200 and len(resp.content) > 8 << 20
+
+
+def peak_growth(do: Callable[[], None]) -> int:
+    """By how many bytes this process's peak resident memory (the engine's included) grew
+    while ``do`` ran."""
+    Path("/proc/self/clear_refs").write_text("5")  # the peak starts again from now
+    before = _status_kb("VmRSS")
+    do()
+    return (_status_kb("VmHWM") - before) << 10
+
+
+def _status_kb(field: str) -> int:
+    line = next(x for x in Path("/proc/self/status").read_text().splitlines()
+                if x.startswith(f"{field}:"))
+    return int(line.split()[1])
+
+
+@pytest.fixture(scope="module")
+def roomy(store) -> Iterator[str]:
+    """The SQL interface with a gigabyte per query, as a collector with 4 GB gives: the
+    module's 256 MB stops these queries in the engine, before their result grows."""
+    limits = QueryLimits(max_memory_usage=1 << 30, max_execution_time=20,
+                         max_result_bytes=8 << 20)
+    with serve(build_sql_app(store, USERS, loopback_only=True, limits=limits)) as base:
+        yield base
+
+
+@pytest.mark.parametrize("sql", [
+    # One constant: counted once by the engine's max_result_bytes, 1.5 GB as text.
+    "SELECT repeat('x', 1000) FROM numbers(1500000)",
+    # A long name repeated on every row: 1.5 GB as JSON lines from 150,000 rows of 1 byte.
+    f"SELECT 1 AS `{'n' * 10_000}` FROM numbers(150000) FORMAT JSONEachRow",
+], ids=["constant", "long-name"])
+def test_a_result_is_bounded_in_memory_while_it_is_formatted(roomy: str, sql) -> None:
+    """A read-only user's result, as it is formatted, counts toward the query's memory
+    limit, and at most max_result_bytes of it (8 MB here) is held: chDB's query() formatted
+    all of it into a buffer of its own, outside that limit, before any check could look
+    (3.7 GB for the first query here, 4 GB in an attacker's probe)."""
+    answers: list[httpx.Response] = []
+    with httpx.Client(base_url=roomy, timeout=60) as http:
+        grew = peak_growth(lambda: answers.append(run(http, sql)))
+        # The result's limit, or the query's memory limit while one block is formatted.
+        refused(answers[0], 396, 241)
+        assert grew < (1 << 30) + (200 << 20), grew
+        alive(http)
+
+
+@pytest.mark.parametrize("sql", [
+    # (A read-only user's SETTINGS may only repeat the values in force.)
+    "SELECT number FROM numbers(3) WHERE number > {n:UInt8} SETTINGS max_threads = 2 "
+    "FORMAT CSVWithNames SETTINGS max_threads = 2",
+    "WITH 2 AS two SELECT two UNION ALL SELECT 3 FORMAT JSONCompactEachRow",
+    "(SELECT 'a FORMAT b') FORMAT TSV",
+    "SHOW TABLES FROM tagwerk LIKE 'ev%' FORMAT JSONEachRow",
+    "SHOW COLUMNS FROM events FROM tagwerk LIKE 'site%'",
+    "SHOW CREATE TABLE tagwerk.events FORMAT TSVRaw",
+    "DESCRIBE TABLE tagwerk.events FORMAT TSV SETTINGS max_threads = 2",
+    "EXISTS TABLE tagwerk.events",
+    "EXPLAIN SELECT 1 FORMAT TSV",
+    "SHOW PROCESSLIST",
+    "KILL QUERY WHERE query_id = 'nobody' SYNC",
+])
+def test_every_reading_statement_answers_through_the_bound(http: httpx.Client, sql) -> None:
+    """The bounded result (collector/sqlhttp/results.py) puts its INTO OUTFILE clause where
+    each statement's grammar wants it, before its own FORMAT and the SETTINGS after it."""
+    resp = run(http, sql, param_n="0")
+    assert resp.status_code == 200, resp.text
+    if not sql.startswith(("SHOW PROCESSLIST", "KILL", "SHOW TABLES")):  # the user's own
+        assert resp.text == run(http, sql, WRITER, param_n="0").text
+    if sql.startswith("SHOW TABLES"):
+        assert resp.text == '{"name":"events"}\n'
 
 
 def send_raw(url: str, body: bytes, user: tuple[str, str] | None = None) -> socket.socket:

@@ -56,10 +56,11 @@ from collector.sqlhttp.config import (
     SqlUser,
 )
 from collector.sqlhttp.errors import STATUS, VERSION_SUFFIX, SqlError, engine_errors
+from collector.sqlhttp.results import PLACEHOLDER, check_outfile_only, read_bounded, with_outfile
 from collector.sqlhttp.sessions import Session, Sessions
 from collector.sqlhttp.slots import ReaderSlots
 from collector.sqlhttp.statements import Format, Statement, decode_text, first_word, scan_statement
-from collector.sqlhttp.syntax import parse
+from collector.sqlhttp.syntax import Parsed, parse
 from collector.storage.base import escape_param
 from collector.storage.embedded import EmbeddedStore
 from collector.web.authorization import basic_credentials, split_authorization
@@ -287,21 +288,31 @@ class _SqlInterface:
                 return self._insert(conn, head, insert_format, data)
             read()
             st = scan_statement(parsed.sql.encode(), self.formats)
-            result = conn.query(parsed.sql, call.default_format.name, params=call.binds)
-        # chDB's own buffer, not a copy: the result is held in Python, outside the engine's
-        # memory cap, so a read-only user's is bounded once formatted too.
-        out = result.get_memview().view()
-        if call.user.readonly and len(out) > self.limits.max_result_bytes:
-            raise SqlError.of(
-                396, f"The result is {len(out)} bytes once formatted, more than "
-                f"max_result_bytes ({self.limits.max_result_bytes})"
-            )
+            if call.user.readonly and st.has_result:
+                out, result = self._bounded(conn, call, parsed, st)
+            else:
+                result = conn.query(parsed.sql, call.default_format.name, params=call.binds)
+                out = result.get_memview().view()  # chDB's own buffer, not a copy
         fmt = (self._format(st.output_format) if st.output_format else call.default_format)
         summary = query_summary(result)
         encoding = call.encoding if out else None
         if encoding:
             out, result = DEFLATERS[encoding](out), None  # chDB's buffer is freed here
         return Result(out, summary, fmt if st.has_result else None, encoding, owner=result)
+
+    def _bounded(self, conn: Connection, call: Call, parsed: Parsed, st: Statement
+                 ) -> tuple[memoryview, Any]:
+        """A read-only user's result, at most max_result_bytes once formatted (results.py),
+        and chDB's result (its statistics)."""
+        compose = with_outfile(parsed.sql, st)
+        check_outfile_only(parsed.tree, parse(conn, compose(PLACEHOLDER), call.binds).tree)
+        stream = self.store.stream_statement(conn, compose, call.binds,
+                                             call.default_format.name, call.tag)
+        try:
+            out = read_bounded(stream, self.limits.max_result_bytes)
+        finally:
+            stream.close()
+        return out, stream.result
 
     def _statement(
         self, call: Call, body: Body

@@ -64,6 +64,7 @@ def _tokens(sql: bytes) -> Iterator[_Token]:
 class Statement:
     first: bytes = b""  # the first token (a keyword, or "("), lowercased; empty: no query
     output_format: str | None = None  # a query's own FORMAT clause
+    format_start: int = 0  # where that clause starts
     insert_format: str | None = None  # INSERT ... FORMAT X, or "Values" for a trailing VALUES
     head_end: int = 0  # INSERT: where that clause starts
     data_start: int = 0  # INSERT: where the inline data starts
@@ -102,7 +103,8 @@ def scan_statement(sql: bytes, formats: Mapping[str, Format]) -> Statement:
             st.insert_format, st.head_end = fmt, last.start
             st.data_start = _data_start(sql, tok.end)
             return st
-        st.output_format = fmt or st.output_format
+        if fmt:
+            st.output_format, st.format_start = fmt, last.start
         last = tok
     return st
 

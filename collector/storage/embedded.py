@@ -12,6 +12,10 @@ the query down rather than filling memory. Closing the stream removes the pipe's
 its read end, then kills the query by its tag (``log_comment``): a writer still to open the
 path fails (its directory is gone); one that has it open is not stopped by EPIPE alone (the
 engine runs on, measured), hence the KILL.
+
+The SQL interface runs a read-only user's statement the same way (``stream_statement``), on
+the connection its settings were applied to: chDB's ``query`` formats a result into a buffer
+outside the query's memory limit, where one small block of constants can grow to gigabytes.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import select
 import shutil
 import threading
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -118,7 +122,16 @@ class EmbeddedStore(Store):
         bound = {k: _bind(v) for k, v in params.items()} if params else None
         tag = f"{STREAM_TAG}{uuid.uuid4().hex}"
         sql += settings_clause({**(settings or {}), "log_comment": tag})
-        return _PipeStream(self, sql, bound, fmt, tag)
+        return _PipeStream(self, lambda path: f"{sql} INTO OUTFILE {path} TRUNCATE FORMAT {fmt}",
+                           bound, fmt, tag)
+
+    def stream_statement(self, conn: Any, compose: Callable[[str], str],
+                         params: Mapping[str, str] | None, fmt: str, tag: str) -> _PipeStream:
+        """Run a statement on ``conn``, whose settings the caller applied (``log_comment``
+        = ``tag``, by which closing the stream early kills it), its result streamed in
+        ``fmt`` as ``stream``'s. ``compose(path)``: the statement with ``INTO OUTFILE path
+        TRUNCATE`` where its syntax wants it. Its statistics: the stream's ``result``."""
+        return _PipeStream(self, compose, params, fmt, tag, conn)
 
     def close(self) -> None:
         with self._lock:
@@ -147,12 +160,16 @@ F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 
 class _PipeStream:
-    """A query's output through a named pipe: iterate for its pieces, ``close`` to stop it."""
+    """A query's output through a named pipe: iterate for its pieces, ``close`` to stop it.
+    ``compose`` places ``INTO OUTFILE <path> TRUNCATE`` (given the quoted path) in the
+    statement; ``conn``: run on that connection (the caller's, left open), else on one of
+    its own. ``result``: chDB's result (its statistics) once the iteration ended."""
 
-    def __init__(self, store: EmbeddedStore, sql: str, bound: dict[str, str] | None,
-                 fmt: str, tag: str) -> None:
+    def __init__(self, store: EmbeddedStore, compose: Callable[[str], str],
+                 bound: Mapping[str, str] | None, fmt: str, tag: str, conn: Any = None
+                 ) -> None:
         self._store, self._tag = store, tag
-        self._folder = store.pipes / tag.removeprefix(STREAM_TAG)
+        self._folder = store.pipes / uuid.uuid4().hex
         self._folder.mkdir(parents=True, mode=0o700)
         self._pipe = self._folder / "out"
         os.mkfifo(self._pipe, 0o600)
@@ -162,24 +179,28 @@ class _PipeStream:
             fcntl.fcntl(self._fd, F_SETPIPE_SZ, PIPE_BYTES)
         path = "'" + str(self._pipe).replace("\\", "\\\\").replace("'", "\\'") + "'"
         self._error: str | None = None
+        self._given = conn is not None
+        self.result: Any = None
         self._thread = threading.Thread(
-            target=self._run, args=(store, f"{sql} INTO OUTFILE {path} TRUNCATE FORMAT {fmt}",
-                                    bound), name="stream-query", daemon=True)
+            target=self._run, args=(store, compose(path), bound, fmt, conn),
+            name="stream-query", daemon=True)
         self._thread.start()
 
-    def _run(self, store: EmbeddedStore, sql: str, bound: dict[str, str] | None) -> None:
+    def _run(self, store: EmbeddedStore, sql: str, bound: Mapping[str, str] | None, fmt: str,
+             given: Any) -> None:
         try:
-            conn = store.new_connection()
+            conn = given or store.new_connection()
         except Exception as exc:
             self._error = f"cannot open a connection: {exc}"
             return
         try:
-            conn.query(sql, "TSV", params=bound)
+            self.result = conn.query(sql, fmt, params=bound)
         except Exception as exc:
             self._error = str(exc)
         finally:
-            with contextlib.suppress(Exception):
-                conn.close()
+            if given is None:
+                with contextlib.suppress(Exception):
+                    conn.close()
 
     def __iter__(self) -> _PipeStream:
         return self
@@ -213,7 +234,12 @@ class _PipeStream:
             self._folder.rmdir()
         fd, self._fd = self._fd, -1
         os.close(fd)
-        if self._thread.is_alive():
+        if not self._thread.is_alive():
+            return
+        if self._given:  # the caller closes its connection next: not under a running query
+            self._kill()
+            self._thread.join()
+        else:
             threading.Thread(target=self._kill, name="stream-kill", daemon=True).start()
 
     def _kill(self) -> None:
