@@ -209,6 +209,89 @@ def test_writers_never_reach_files_either(http: httpx.Client, canary, tmp_path: 
     alive(http)
 
 
+@pytest.mark.parametrize("auth", [None, WRITER, AGENCY], ids=["default", "writer", "agency"])
+def test_column_transformers_cannot_hide_a_call(http: httpx.Client, canary, store, auth
+                                                 ) -> None:
+    """``* APPLY f`` calls f on every column, and the engine's tree shows only a bare
+    ColumnsApplyTransformer: file() read any file for every user, the password-less default
+    included, and joinGet() read a table nobody granted (found by an attacker's probe)."""
+    path, secret = canary
+    store.execute("CREATE TABLE IF NOT EXISTS default.sec_join (k UInt8, v String) "
+                  "ENGINE = Join(ANY, LEFT, k)")
+    store.execute("INSERT INTO default.sec_join VALUES (1, 'not-granted-secret')")
+    source = f"(SELECT '{path}' AS p)"
+    for sql in (f"SELECT * APPLY (x -> file(x)) FROM {source}",
+                f"SELECT * APPLY(file) FROM {source}",
+                f"SELECT * APPLY file FROM {source}",
+                f"SELECT COLUMNS('p') APPLY (x -> length(file(x))) FROM {source}",
+                f"SELECT t.* APPLY file FROM {source} AS t",
+                f"SELECT * EXCEPT (q) APPLY file FROM (SELECT '{path}' AS p, 1 AS q)",
+                f"SELECT * APPLY file REPLACE (p AS p) FROM {source}",
+                "SELECT * APPLY (x -> joinGet('default.sec_join', 'v', x)) "
+                "FROM (SELECT toUInt8(1) AS k)"):
+        for how in ("body", "url"):
+            resp = run(http, sql, auth, how)
+            refused(resp, 497, 164)
+            assert secret not in resp.text and "not-granted-secret" not in resp.text
+    alive(http)
+
+
+def test_writers_clauses_the_tree_leaves_out_are_refused(http: httpx.Client, canary,
+                                                         tmp_path: Path) -> None:
+    """Clauses whose expressions the engine's tree leaves out (found by an attacker's
+    probe): CHECK ... PARTITION read a file into its error, listed a directory and called
+    a URL through a scalar subquery; a TTL's GROUP BY ... SET wrote a file's content into a
+    table at the next merge; settings whose values are SQL (additional_result_filter,
+    additional_table_filters) read it into a parse error; a dictionary source named with
+    an underscore (EXECUTABLE_POOL) ran a shell command; INTO OUTFILE after a DDL statement
+    wrote a file of the user's choosing."""
+    path, secret = canary
+    target = tmp_path / "victim"
+    target.write_text("original\n")
+    pwned = tmp_path / "pwned"
+    http.post("/", auth=WRITER, content="CREATE TABLE IF NOT EXISTS default.sec_p (k UInt8) "
+              "ENGINE = MergeTree PARTITION BY k ORDER BY k")
+    attempts = [
+        f"CHECK TABLE default.sec_p PARTITION tuple(file('{path}'))",
+        f"CHECK TABLE default.sec_p PARTITION tuple((SELECT groupConcat(_path) FROM "
+        f"file('{tmp_path}/*', 'LineAsString')))",
+        f"CREATE TABLE default.sec_ttl (k UInt8, d DateTime, a String) ENGINE = MergeTree "
+        f"ORDER BY k TTL d GROUP BY k SET a = concat(any(a), file('{path}'))",
+        f"ALTER TABLE default.sec_p MODIFY TTL toDateTime(k) GROUP BY k SET k = "
+        f"length(file('{path}'))",
+        f"SELECT 1 SETTINGS additional_result_filter = 'toUInt8(file(''{path}'')) = 1'",
+        f"SELECT 1 FORMAT TSV SETTINGS additional_result_filter = "
+        f"'toUInt8(file(''{path}'')) = 1'",
+        f"SET additional_result_filter = 'toUInt8(file(''{path}'')) = 1'",
+        "SELECT * FROM system.one SETTINGS additional_table_filters = "
+        f"{{'system.one': 'toUInt8(file(''{path}'')) = 1'}}",
+        f"CREATE DICTIONARY default.sec_x (k UInt64, a String) PRIMARY KEY k "
+        f"SOURCE(EXECUTABLE_POOL(command 'id > {pwned}' format 'TSV' size 1)) "
+        "LAYOUT(DIRECT())",
+        f"CREATE DICTIONARY default.sec_x (k UInt64, a String) PRIMARY KEY k "
+        f"SOURCE(EXECUTABLE(command 'id > {pwned}' format 'TSV')) LAYOUT(DIRECT())",
+        f"ALTER TABLE default.sec_p FREEZE WITH NAME 'x2' INTO OUTFILE '{target}' TRUNCATE "
+        "FORMAT CustomSeparated",
+        f"DROP TABLE IF EXISTS default.nothing INTO OUTFILE '{target}' TRUNCATE",
+        f"OPTIMIZE TABLE default.sec_p INTO OUTFILE '{target}' TRUNCATE",
+    ]
+    for sql in attempts:
+        resp = run(http, sql, WRITER)
+        refused(resp, 497, 358, 164)
+        assert secret not in resp.text
+    for name in ("additional_result_filter", "additional_table_filters"):
+        resp = run(http, "SELECT * FROM system.one", WRITER, "body",
+                   **{name: f"toUInt8(file('{path}')) = 1" if name.endswith("filter") else
+                      f"{{'system.one': 'toUInt8(file(''{path}'')) = 1'}}"})
+        refused(resp, 497, 164)
+        assert secret not in resp.text
+    http.post("/", auth=WRITER, content="SELECT dictGet('default.sec_x', 'a', toUInt64(1))")
+    assert not pwned.exists()
+    assert target.read_text() == "original\n"
+    assert "default.sec_ttl" not in run(http, "SHOW TABLES FROM default", WRITER).text
+    alive(http)
+
+
 @pytest.mark.parametrize("auth", [None, WRITER], ids=["default", "writer"])
 def test_settings_that_name_files_are_fixed(http: httpx.Client, canary, auth) -> None:
     path, secret = canary

@@ -197,6 +197,8 @@ class _SqlInterface:
             elif name and name not in RESERVED and name not in HTTP_SETTINGS:
                 if not SETTING_NAME.fullmatch(name):
                     raise SqlError.of(115, f"Unknown setting '{name}'")
+                if not user.readonly:  # (reader_settings allows a reader a few)
+                    policy.check_setting(name)
                 settings[name] = value
         if user.readonly:
             settings = reader_settings(settings, self.limits)

@@ -16,11 +16,11 @@ table by name.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from collector.sqlhttp.errors import SqlError
+from collector.sqlhttp.statements import tokens
 from collector.sqlhttp.syntax import Node
 
 # Functions, table functions, table engines and dictionary sources that reach the host's
@@ -81,12 +81,11 @@ READING = frozenset((
 _WITH_OUTPUT = frozenset(("SelectWithUnionQuery", "SelectIntersectExceptQuery", "KillQueryQuery"))
 _OUTPUT_PREFIXES = ("Show", "Check", "Describe", "Exists", "Explain")
 _REFUSED_FOR_ALL = frozenset(("BackupQuery", "SYSTEM"))
-# The engine's tree of a SHOW statement ("ShowTables" and its database) leaves out its WHERE
-# and LIMIT, where any expression may stand: file(), a subquery of a table not granted,
-# system.tables' counts of every site's rows. What the policy cannot see does not run: a SHOW
-# whose canonical text (the engine's formatting) holds either word is refused, for every
-# user, even where the word is only in a name or a pattern. LIKE takes a string literal.
-_UNSEEN_CLAUSES = re.compile(r"\b(?:WHERE|LIMIT)\b", re.IGNORECASE)
+# Dictionary sources: none reads only the engine's own tables (CLICKHOUSE takes a host).
+DICTIONARY_SOURCES = frozenset(("null",))
+# Settings whose values are SQL the engine parses when the query runs: no check sees it.
+SQL_SETTINGS = frozenset(("additional_table_filters", "additional_result_filter",
+                          "parallel_replicas_custom_key"))
 # The parents of a function that names storage: a table's or database's engine, a table
 # function in FROM, INSERT INTO FUNCTION, CREATE TABLE ... AS f(...).
 _NAMES_STORAGE = frozenset(("Storage definition", "TableExpression", "InsertQuery",
@@ -121,12 +120,64 @@ def check(tree: Node, sql: str, readonly: bool, scope: Scope | None) -> None:
     ``readonly``: the request cannot write (engine-enforced; here the scalar ``file()``,
     which the engine allows even then). ``scope``: a read-only user's grants.
     """
-    if tree.kind.startswith("Show") and _UNSEEN_CLAUSES.search(sql):
-        raise _denied("WHERE and LIMIT in SHOW statements are not allowed over HTTP: "
-                      "SELECT from the tables instead")
+    _unseen(tree, sql, readonly, scope is not None)
     _host_routes(tree, readonly)
     if scope is not None:
         _reading_only(tree, scope)
+
+
+def _unseen(tree: Node, sql: str, readonly: bool, reader: bool) -> None:
+    """Refuse what the engine's tree leaves out, found among the words of its canonical
+    text (strings are not words), for every user, even where a word only names something:
+    what the policy cannot see does not run. The tree shows neither a SHOW's WHERE and
+    LIMIT nor a CHECK's PARTITION (any expression may stand there: file(), a scalar
+    subquery of file() or url(), a table not granted), nor a TTL's GROUP BY and SET, nor
+    the function an APPLY transformer calls on every column (``* APPLY file``), nor a
+    setting's value (a bare "Set"); INTO OUTFILE follows DDL statements too. A call of a
+    function the policy refuses is refused wherever the text has it."""
+    words = [(t.name.decode("utf-8", "replace") if t.kind in ("word", "quoted") else "",
+              t.kind == "word", t.text) for t in tokens(sql.encode())]
+    after_ttl = False
+    for (name, keyword, _), (following, _, text) in zip(
+            words, [*words[1:], ("", False, b"")], strict=True):
+        word = name.lower() if keyword else ""
+        if word in ("where", "limit") and tree.kind.startswith("Show"):
+            raise _denied("WHERE and LIMIT in SHOW statements are not allowed over HTTP: "
+                          "SELECT from the tables instead")
+        if word == "partition" and tree.kind == "CheckQuery":
+            raise _denied("CHECK TABLE ... PARTITION is not allowed over HTTP")
+        if after_ttl and word in ("group", "set"):
+            raise _denied("a TTL with GROUP BY or SET is not allowed over HTTP")
+        after_ttl = after_ttl or word == "ttl"
+        if word == "apply":
+            raise _denied("APPLY column transformers are not allowed over HTTP: "
+                          "name the columns and call the function on each")
+        if word == "into" and following.lower() == "outfile":
+            raise SqlError.of(358, "INTO OUTFILE is not allowed")
+        if not readonly:  # (under readonly = 1 the engine refuses any change of a setting)
+            check_setting(name)
+        if text == b"(" and name:
+            _callable(name, readonly, reader)
+
+
+def check_setting(name: str) -> None:
+    """Refuse a setting (of the URL) whose value is SQL no check sees."""
+    if name.lower() in SQL_SETTINGS:
+        raise _denied(f"the setting {name} holds SQL that no check sees, and is not "
+                      "allowed over HTTP")
+
+
+def _callable(name: str, readonly: bool, reader: bool) -> None:
+    """Refuse a call of a function no user may call, or a read-only user may not."""
+    if _normal(name) in HOST_ROUTES:
+        raise _route(name, readonly)
+    if reader and (name in TABLE_READERS or name.startswith(TABLE_READERS_PREFIX)):
+        raise _denied(f"{name}() is not allowed for this user")
+
+
+def _normal(name: str) -> str:
+    # As the engine takes some names (EXECUTABLE_POOL for executablePool).
+    return name.lower().replace("_", "")
 
 
 def _host_routes(tree: Node, readonly: bool) -> None:
@@ -142,6 +193,9 @@ def _host_routes(tree: Node, readonly: bool) -> None:
             below = node.children[1:] if node.kind == "KillQueryQuery" else node.children
             if _literals(below):
                 raise SqlError.of(358, "INTO OUTFILE is not allowed")
+        if node.kind == "ColumnsApplyTransformer":  # its function is not in the tree
+            raise _denied("APPLY column transformers are not allowed over HTTP: "
+                          "name the columns and call the function on each")
         is_call = node.kind in ("Function", "FunctionWithKeyValueArguments")
         if not is_call:
             continue
@@ -149,7 +203,10 @@ def _host_routes(tree: Node, readonly: bool) -> None:
             allowed = ENGINES if parent.kind == "Storage definition" else TABLE_FUNCTIONS
             if node.ident not in allowed:
                 raise _route(node.ident, readonly)
-        if node.ident.lower() in HOST_ROUTES:
+        if (parent is not None and parent.kind == "Dictionary definition"
+                and _normal(node.ident) not in DICTIONARY_SOURCES):
+            raise _route(node.ident, readonly)
+        if _normal(node.ident) in HOST_ROUTES:
             raise _route(node.ident, readonly)
 
 

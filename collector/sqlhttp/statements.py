@@ -1,7 +1,8 @@
 """A small lexer: where an INSERT's inline data starts, and a query's FORMAT clause.
 
-It frames requests and decides nothing about what a statement may do: that is decided on
-the engine's own parse of it (syntax.py, policy.py), and the engine's canonical text runs.
+It frames requests and allows nothing a statement may do: that is decided on the engine's
+own parse of it (syntax.py, policy.py), and the engine's canonical text runs. The policy
+reads the canonical text's words only to refuse clauses the engine's tree leaves out.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ _RESULT_KEYWORDS = frozenset(
 )
 
 
-class _Token(NamedTuple):
+class Token(NamedTuple):
     kind: str
     text: bytes
     start: int
@@ -50,14 +51,14 @@ class _Token(NamedTuple):
         return (self.text[1:-1] if self.kind == "quoted" else self.text).lower()
 
 
-_NO_TOKEN = _Token("", b"", 0, 0)
+_NO_TOKEN = Token("", b"", 0, 0)
 
 
-def _tokens(sql: bytes) -> Iterator[_Token]:
+def tokens(sql: bytes) -> Iterator[Token]:
     """The significant tokens of ``sql``: whitespace and comments are skipped."""
     for match in _TOKEN.finditer(sql):
         if match.lastgroup:
-            yield _Token(match.lastgroup, match.group(), match.start(), match.end())
+            yield Token(match.lastgroup, match.group(), match.start(), match.end())
 
 
 @dataclass
@@ -79,7 +80,7 @@ def scan_statement(sql: bytes, formats: Mapping[str, Format]) -> Statement:
     st = Statement()
     depth, ended, data_follows = 0, False, False
     last = _NO_TOKEN  # the token before this one
-    for tok in _tokens(sql):
+    for tok in tokens(sql):
         if ended:  # a second statement: the engine's parse refuses it
             break
         if tok.kind == "other":
@@ -118,10 +119,10 @@ def _depth(bracket: bytes, depth: int) -> int:
 
 
 def first_word(sql: bytes) -> bytes:
-    return next(_tokens(sql), _NO_TOKEN).text.lower()
+    return next(tokens(sql), _NO_TOKEN).text.lower()
 
 
-def _format_clause(last: _Token, tok: _Token, formats: Mapping[str, Format]) -> str | None:
+def _format_clause(last: Token, tok: Token, formats: Mapping[str, Format]) -> str | None:
     # The format must be a known one: "INSERT INTO format FORMAT CSV" names a table "format".
     if tok.kind not in ("word", "quoted") or last.kind != "word" or last.name != b"format":
         return None
