@@ -189,7 +189,7 @@ class _PipeStream:
     def _run(self, store: EmbeddedStore, sql: str, bound: Mapping[str, str] | None, fmt: str,
              given: Any) -> None:
         try:
-            conn = given or store.new_connection()
+            conn = given if given is not None else store.new_connection()
         except Exception as exc:
             self._error = f"cannot open a connection: {exc}"
             return
