@@ -15,7 +15,7 @@
 // - Never throws into the page: every entry point goes through safe().
 //
 // The pure parts are exported for the tests (test/banner.test.mjs).
-import { safe } from "./util.js";
+import { running, safe } from "./util.js";
 
 var MK = "marketing";
 
@@ -64,7 +64,7 @@ export var next = (i, n, back) => (i < 0 ? (back ? n - 1 : 0) : (i + (back ? n -
 
 var start = () => {
   var d = document,
-    me = d.currentScript || {},
+    me = running(),
     t = window.tagwerk,
     s = t("consent", "state"),
     host = d.createElement("div"),

@@ -11,7 +11,7 @@
 // nonce: no inline styles. Never throws into the page.
 //
 // The pure parts are exported for the tests (test/debug.test.mjs).
-import { safe } from "./util.js";
+import { running, safe } from "./util.js";
 
 var MAX = 500; // rows kept in the panel
 
@@ -61,7 +61,7 @@ export var state = (s) =>
 var start = () => {
   var w = window,
     d = document,
-    me = d.currentScript || {},
+    me = running(),
     A = (w.__tagwerk_debug = w.__tagwerk_debug || []),
     push = A.push,
     st = () => safe(w.tagwerk)("consent", "state"),

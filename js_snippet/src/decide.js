@@ -10,7 +10,7 @@
 //   ["consent", "banner", open]           the banner registers its opener
 //   ["consent", "state"]                  -> the banner contract's state (consent.js)
 //   ["gcm", "default"|"update", params]   a gtag consent call from the dataLayer
-import { script, safe, uuid } from "./util.js";
+import { running, script, safe, uuid } from "./util.js";
 import { gcm } from "./datalayer.js";
 import { decide, format, list, purposes, record } from "./consent.js";
 
@@ -18,7 +18,7 @@ import { decide, format, list, purposes, record } from "./consent.js";
 // dbg(record)} (main.js, the `cx` command).
 var init = (core) => {
   var config = core.c,
-    ownScript = document.currentScript || {}, // inserted by the core: the tag's origin and nonce
+    ownScript = running(), // inserted by the core: the tag's origin and nonce
     gpc = !!navigator.globalPrivacyControl,
     endpoint = new URL(config.e || "/collect", ownScript.src), // as the core's
     purposeList = purposes(config),

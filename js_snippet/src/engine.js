@@ -6,7 +6,7 @@
 // something to do, and it registers itself with tagwerk('tm', engine): engine() gets the core's
 // parts and the log of this page's signals ([signal, consent state then, dataLayer length
 // then]), replays it, then handles each signal as it comes.
-import { ready, script, safe } from "./util.js";
+import { ready, running, script, safe } from "./util.js";
 import { resolve } from "./vars.js";
 import { select } from "./triggers.js";
 import { merge } from "./datalayer.js";
@@ -16,7 +16,7 @@ var config = "__TAGWERK_CONFIG__";
 // core: {g: () => the consent state now, l: the log, dbg(record)} (main.js, the `tm` command).
 var engine = (core) => {
   var doc = document,
-    ownScript = doc.currentScript || {}, // inserted by the core, with the nonce, from the tag's origin
+    ownScript = running(), // inserted by the core, with the nonce, from the tag's origin
     nonce = ownScript.nonce,
     dataLayer = window.dataLayer, // the core's, hooked before the engine loads
     triggers = config.r,

@@ -45,7 +45,7 @@
 // nonce) when a purpose some tag needs is granted, when debugging, or at boot when the
 // container has timer or element_visible triggers; it replays the log first, so it fires
 // and holds what it would have fired and held had it been there from the start.
-import { cookie, cset, on, script, safe, uuid } from "./util.js";
+import { cookie, cset, on, running, script, safe, uuid } from "./util.js";
 import { list, read } from "./consent.js";
 import { add, flush, online, persist, setup } from "./send.js";
 
@@ -60,7 +60,7 @@ export var start = (config) => {
   var win = window,
     doc = document,
     loc = location,
-    ownScript = doc.currentScript || {},
+    ownScript = running(),
     nonce = ownScript.nonce || "", // "" without CSP
     base = ownScript.src || loc, // paths resolve against the tag's own URL (the collector)
     autoSwitches = config.a || "psodxfe", // auto-tracking switches on, one letter each (collector/tag/serving.py AUTO)

@@ -11,6 +11,13 @@ export var safe =
     } catch (e) {}
   };
 
+// The script element running now: document.currentScript, unless HTML on the page clobbered
+// it (<img name=currentScript src=//elsewhere/> would have the tag load its files, and send
+// its hits, there): then {}, and paths resolve against the page. A script element has a
+// text; the elements HTML can name so (img, form, iframe, embed, object) have none, and the
+// check costs fewer bytes than the tag name's.
+export var running = (s = document.currentScript) => (s && s.text != null ? s : {});
+
 // addEventListener with the listener wrapped.
 export var on = (target, type, listener, options) => target.addEventListener(type, safe(listener), options);
 

@@ -149,7 +149,7 @@ export class Doc extends Node {
     this.documentElement.lang = lang;
     this.body = new Elem(this, "body");
     this.documentElement.append(this.body);
-    this.currentScript = script;
+    this.currentScript = { text: "", ...script }; // the script element running
   }
   createElement(tag) {
     return new Elem(this, tag);

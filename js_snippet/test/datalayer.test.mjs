@@ -28,6 +28,18 @@ test("ecommerce: null clears the previous ecommerce object (GA4 practice)", () =
   assert.deepEqual(M.ecommerce, { transaction_id: "T2" });
 });
 
+test("a pushed __proto__ key never reaches Object.prototype (it would grant consent)", () => {
+  const M = {};
+  merge(M, JSON.parse('{"event": "x", "__proto__": {"marketing": true, "polluted": "yes"}}'));
+  merge(M, { user: JSON.parse('{"__proto__": {"polluted": "yes"}}') });
+  assert.equal({}.polluted, undefined);
+  assert.equal({}.marketing, undefined);
+  assert.equal(Object.getPrototypeOf(M), Object.prototype);
+  assert.equal(M.polluted, undefined);
+  assert.equal(M.user.polluted, undefined);
+  assert.equal(M.event, "x");
+});
+
 test("gtag consent maps to purposes", () => {
   assert.deepEqual(
     gcm({ analytics_storage: "granted", ad_storage: "denied", ad_personalization: "granted",

@@ -185,6 +185,7 @@ export const matches = (e, sel) =>
 export class El {
   constructor(tag, attrs = {}, text = "", parent = null) {
     this.tagName = tag.toUpperCase();
+    if (this.tagName == "SCRIPT") this.text = text; // as a browser's script element
     this.attrs = { ...attrs };
     this.textContent = text;
     this.parent = parent;
@@ -448,7 +449,7 @@ export function browser({
     set cookie(v) {
       c.cookie = v;
     },
-    currentScript: { nonce, src: "https://collect.shop.example/t/demo.js" },
+    currentScript: { text: "", nonce, src: "https://collect.shop.example/t/demo.js" },
     referrer,
     title,
     readyState,

@@ -84,6 +84,17 @@ test("calls queued before load are replayed; consent first, so the page view car
   assert.equal(b.w.tagwerk.q, undefined);
 });
 
+test("HTML on the page that clobbers document.currentScript never picks where files load", async () => {
+  // <img name=currentScript src=https://evil.example/x/> shadows document.currentScript.
+  const clobber = "document.currentScript = {tagName: 'IMG', src: 'https://evil.example/x/'}";
+  const b = load(container(), { before: clobber });
+  await flushed(b);
+  const urls = [...b.net.scripts.map((s) => s.src), ...b.net.engine.map((s) => s.src),
+    ...b.net.fetches.map((f) => String(f.url)), ...b.net.beacons.map((x) => String(x.url))];
+  assert.ok(urls.length > 0);
+  assert.deepEqual(urls.filter((u) => /evil/.test(u)), []);
+});
+
 test("a tag included twice runs once", async () => {
   const b = load(container());
   b.run(TAG.replace('"__TAGWERK_CONFIG__"', JSON.stringify(compact(container()).core)));
