@@ -3,10 +3,10 @@
 // GTM's data model: each push is merged into one model, later pushes override earlier keys;
 // plain objects merge key by key (copied, never aliased), anything else replaces
 // ({ecommerce: null} clears the previous ecommerce object). A "__proto__" key (JSON.parse
-// makes one) is skipped, and only objects whose prototype is Object.prototype merge: the
-// page's Object.prototype itself must never be written into (a pushed
-// {"__proto__": {"marketing": true}} would grant every consent lookup).
-var isObj = (v) => !!v && Object.getPrototypeOf(v) == Object.prototype;
+// makes one) is skipped: through it the page's Object.prototype would be merged into (a
+// pushed {"__proto__": {"marketing": true}} would grant every consent lookup), and no other
+// key of a plain object leads there.
+var isObj = (v) => !!v && v.constructor == Object;
 export var merge = (t, s) => {
   for (var k in s) k != "__proto__" && (t[k] = isObj(s[k]) ? merge(isObj(t[k]) ? t[k] : {}, s[k]) : s[k]);
   return t;
