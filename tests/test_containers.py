@@ -320,6 +320,25 @@ def test_necessary_tags_need_the_site_origins():
     assert errors(doc, ("*",))  # "any origin" does not make a third party the site itself
 
 
+@pytest.mark.parametrize("url", [
+    "/\\evil.example/x.js",          # a browser reads /\ as //
+    "/\\/evil.example/x.js",
+    "/a\\b.js",                        # no backslash anywhere
+    "/{{empty}}/evil.example/x.js",   # an empty variable makes it //evil.example
+    "/{{empty}}{{empty}}/evil.example/x.js",
+])
+def test_a_path_that_a_browser_reads_as_another_host_is_refused(url):
+    """Found by an attacker's probe: a necessary tag could load any host's script for a
+    visitor without consent, as a "path on the site itself"."""
+    for key, kind in (("src", "script"), ("url", "pixel")):
+        doc = full()
+        doc["variables"].append({"id": "empty", "type": "constant", "value": ""})
+        doc["tags"] = [{"id": "t", "type": kind, "purpose": "necessary", key: url,
+                        "triggers": ["all_pages"]}]
+        problems = validate(doc, ORIGINS)
+        assert [e.field for e in problems] == [f"tags[0].{key}"], problems
+
+
 def test_minimal_document_gets_defaults():
     doc = {"consent": {"purposes": [{"id": "necessary", "required": True}],
                        "texts": {"en": {"title": "t", "body": "b", "accept_all": "a",

@@ -203,6 +203,9 @@ class _Checker:
         if re.search(r"\s", text):
             self.fail(path, "must not contain spaces (URL-encode them)")
             return None
+        if "\\" in text:  # browsers read /\host as //host
+            self.fail(path, "must not contain a backslash (URL-encode it as %5C)")
+            return None
         refs = VAR_REF.findall(text)
         rest = VAR_REF.sub("", text)
         if "{{" in rest or "}}" in rest:
@@ -214,6 +217,11 @@ class _Checker:
         for ref in refs:
             if ref not in (variables or {}):
                 self.fail(path, f"unknown variable '{ref[:64]}' in {{{{{ref[:64]}}}}}")
+        if (text.startswith("/") and not text.startswith("//")
+                and VAR_REF.sub("", text).startswith("//")):
+            # An empty variable would make it //host: another host's URL.
+            self.fail(path, "a path must not start with '//', even with empty variables")
+            return None
         if text.startswith("/") and not text.startswith("//"):
             if not allow_relative:
                 self.fail(path, "must be an absolute https URL")
