@@ -339,6 +339,14 @@ def test_a_path_that_a_browser_reads_as_another_host_is_refused(url):
         assert [e.field for e in problems] == [f"tags[0].{key}"], problems
 
 
+def test_a_key_s_control_characters_are_escaped_in_errors():
+    """A terminal escape in a container file's key reached `tagwerk container push`'s output
+    raw (found by an attacker's probe)."""
+    doc = full()
+    doc["settings"]["\x1b[31mRED\x1b[0m"] = 1
+    assert [e.field for e in validate(doc, ORIGINS)] == ["settings.\\u001b[31mRED\\u001b[0m"]
+
+
 def test_minimal_document_gets_defaults():
     doc = {"consent": {"purposes": [{"id": "necessary", "required": True}],
                        "texts": {"en": {"title": "t", "body": "b", "accept_all": "a",

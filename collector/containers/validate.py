@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -60,6 +61,10 @@ the table, whose handlers use containers."""
 
 
 def _key(path: str, key: str) -> str:
+    # A key from the document, shown as a JSON string's content: no control character
+    # (a terminal escape in a container file) reaches the CLI's output or an answer raw.
+    if not key.isprintable():
+        key = json.dumps(key, ensure_ascii=False)[1:-1]
     return f"{path}.{key}" if path else key
 
 
