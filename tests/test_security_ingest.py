@@ -606,6 +606,39 @@ def test_an_origin_that_cannot_be_echoed_is_a_400(env, chunked, name, byte):
     alive(env)
 
 
+@pytest.mark.parametrize("chunked", [False, True], ids=["fast", "asgi"])
+def test_an_origin_only_a_star_admits_neither_reads_nor_sets_the_collectors_cookies(
+        env, chunked):
+    """Any page may send a `*` site's hits, but the collector's cookies are trusted only to
+    the origins a site names (Site.names_origin): from any page, /consent cleared the
+    visitor's tw_id and /collect read it and set it (found by an attacker's probe)."""
+    device = "AbCdEfGhIjKlMnOpQrSt-_"
+    day = int(time.time() // 86400)
+    cookie = f"tw_id={device}.{day - 3}".encode()
+    marker = uuid.uuid4().hex
+    for consent in (["analytics"], []):  # would renew tw_id; would clear it
+        body = orjson.dumps({"site": STAR, "event": "e", "consent": consent,
+                             "props": {"marker": marker}})
+        answer = raw(env, "POST", "/collect", [(b"Content-Type", b"text/plain"),
+                                               (b"Origin", b"https://evil.example"),
+                                               (b"Cookie", cookie)], body, chunked)
+        assert answer.status == 202, answer
+        assert not answer.header(b"set-cookie"), answer
+    wait_for(lambda: drained(env.collector))
+    stored = env.collector.store.rows(
+        "SELECT device_id FROM tagwerk.events WHERE site_id = {s:String} "
+        "AND props['marker'] = {m:String}", {"s": STAR, "m": marker})
+    assert len(stored) == 2 and all(row["device_id"] != device for row in stored)
+    decision = orjson.dumps({"site": STAR, "consent_id": uuid.uuid4().hex,
+                             "granted": ["necessary"], "denied": ["analytics"],
+                             "policy": POLICY, "how": "banner"})
+    answer = raw(env, "POST", "/consent", [(b"Content-Type", b"text/plain"),
+                                           (b"Origin", b"https://evil.example"),
+                                           (b"Cookie", cookie)], decision, chunked)
+    assert answer.status == 202 and not answer.header(b"set-cookie"), answer
+    alive(env)
+
+
 @pytest.mark.parametrize(("name", "byte"), PARSER_REFUSES.items(), ids=list(PARSER_REFUSES))
 def test_header_bytes_the_parser_refuses(env, name, byte):
     before = events(env, STAR)

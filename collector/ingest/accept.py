@@ -151,8 +151,10 @@ def accept(
         return record, count, None
     ctx = hit_context(c, site, adapter.channel(data), hit)
     sw = webconsent.site_web(c.containers, site.site_id)
-    if not adapter.cookies:
-        webconsent.read(hit, ctx, sw)  # reads tw_id; mints and sets no cookie
+    trusted = webconsent.trusts(site, origin)
+    if not adapter.cookies or not trusted:
+        # Reads tw_id (not from a page the site does not name); mints and sets no cookie.
+        webconsent.read(hit, ctx, sw, cookies=trusted)
         record, count = events_record(c, site, events, ctx)
         return record, count, None
     web = webconsent.read(hit, ctx, sw, events)  # tw_consent, Sec-GPC, tw_id

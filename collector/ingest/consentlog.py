@@ -55,13 +55,14 @@ async def consent(c: Collector, hit: Hit, send: Send) -> None:
         return
     c.metrics.hits_accepted.inc("consent")
     headers = list(cors_headers(origin).items())
-    if "tw_consent=" in hit.headers.get("cookie", ""):
+    trusted = webconsent.trusts(site, origin)  # else: no cookie of the visitor's touched
+    if trusted and "tw_consent=" in hit.headers.get("cookie", ""):
         live = await c.containers.served(site.site_id)
         renewal = webconsent.consent_renewal(hit, row, live, ctx.received_at.timestamp(),
                                              c.settings.networks)
         if renewal:
             headers.append(("Set-Cookie", renewal))
-    if ANALYTICS not in row["granted"]:
+    if trusted and ANALYTICS not in row["granted"]:
         sw = webconsent.site_web(c.containers, site.site_id)
         cleared = webconsent.clear(hit, sw, None, c.settings.networks)
         if cleared:

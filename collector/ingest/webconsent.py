@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 
 from collector.containers import Containers, Live
 from collector.ingest.events import Context
+from collector.sites import Site
 from collector.web import clientip
 from collector.web.clientip import Network
 from collector.web.http import Hit
@@ -96,12 +97,15 @@ MAX_CACHED_HEADER = 4096  # longer Cookie headers are parsed each time, not kept
 GPC_ONLY = ConsentRule(None, True)
 
 
-def read(hit: Hit, ctx: Context, sw: SiteWeb, events: list | None = None) -> WebRequest:
+def read(hit: Hit, ctx: Context, sw: SiteWeb, events: list | None = None,
+         cookies: bool = True) -> WebRequest:
     """Put the request's consent rule and device id into ``ctx``. ``events``: the raw events
     of a ``/collect`` request; when one asks for analytics and the request has no valid
-    ``tw_id``, a new device id is minted (set by :func:`answer` if consent holds)."""
+    ``tw_id``, a new device id is minted (set by :func:`answer` if consent holds).
+    ``cookies``: False for a page the site does not name (:func:`trusts`): its cookies are
+    not read."""
     gpc = hit.headers.get("sec-gpc") == "1"
-    header = hit.headers.get("cookie")
+    header = hit.headers.get("cookie") if cookies else None
     if header and "tw_" in header:
         day = int(ctx.received_at.timestamp() // 86400)
         parse = _from_header if len(header) <= MAX_CACHED_HEADER else _from_header.__wrapped__
@@ -138,6 +142,14 @@ def _asks_analytics(events: list) -> bool:
         if isinstance(consent, list) and ANALYTICS in consent:
             return True
     return False
+
+
+def trusts(site: Site, origin: str | None) -> bool:
+    """Whether a request's cookies, and the ones its answer sets, are the collector's
+    business: without an Origin (a page of the collector's own, a server), or from an origin
+    the site names. An origin only ``*`` admits is any page: it may send hits, but must not
+    read, renew or clear a visitor's ``tw_id`` or renew their ``tw_consent``."""
+    return not origin or site.names_origin(origin)
 
 
 def answer(
