@@ -273,6 +273,17 @@ def test_writers_clauses_the_tree_leaves_out_are_refused(http: httpx.Client, can
         f"ALTER TABLE default.sec_p FREEZE WITH NAME 'x2' INTO OUTFILE '{target}' TRUNCATE "
         "FORMAT CustomSeparated",
         f"DROP TABLE IF EXISTS default.nothing INTO OUTFILE '{target}' TRUNCATE",
+        # Engines and dictionary sources outside the allow-lists, which a typo in the
+        # policy had left unchecked (a second probe): S3Queue polls a URL, FileLog reads a
+        # directory, YAMLRegExpTree a file, Cassandra calls a host.
+        "CREATE TABLE default.sec_q (s String) ENGINE = S3Queue('http://127.0.0.1:9/x/*', "
+        "'CSV') SETTINGS mode = 'unordered'",
+        f"CREATE TABLE default.sec_l (s String) ENGINE = FileLog('{tmp_path}', 'LineAsString')",
+        f"CREATE DICTIONARY default.sec_y (regexp String, name String) PRIMARY KEY regexp "
+        f"SOURCE(YAMLREGEXPTREE(PATH '{path}')) LAYOUT(REGEXP_TREE) LIFETIME(0)",
+        "CREATE DICTIONARY default.sec_c (k UInt64, a String) PRIMARY KEY k "
+        "SOURCE(CASSANDRA(HOST '127.0.0.1' PORT 9 KEYSPACE 'k' COLUMN_FAMILY 'c')) "
+        "LAYOUT(DIRECT())",
         f"OPTIMIZE TABLE default.sec_p INTO OUTFILE '{target}' TRUNCATE",
     ]
     for sql in attempts:
@@ -289,6 +300,61 @@ def test_writers_clauses_the_tree_leaves_out_are_refused(http: httpx.Client, can
     assert not pwned.exists()
     assert target.read_text() == "original\n"
     assert "default.sec_ttl" not in run(http, "SHOW TABLES FROM default", WRITER).text
+    alive(http)
+
+
+@pytest.mark.parametrize("auth", [None, WRITER, AGENCY], ids=["default", "writer", "agency"])
+def test_a_column_list_in_a_string_names_columns_and_types_only(http: httpx.Client, canary,
+                                                                 auth) -> None:
+    """Table functions that take their columns as a string parse it when the query runs,
+    ALIAS and DEFAULT expressions included, which the engine's tree shows as one Literal:
+    file() read any file for every user, and dictGet() read a dictionary past the grants
+    and the sites (found by an attacker's probe)."""
+    path, secret = canary
+    file_call = f"file(''{path}'')"
+    for sql in (
+        f"SELECT y FROM values('x UInt8, y String ALIAS {file_call}', 1)",
+        f"SELECT y FROM values('x UInt8, y String ALIAS file(\\'{path}\\')', 1)",
+        f"SELECT y FROM generateRandom('x UInt8, y String ALIAS {file_call}') LIMIT 1",
+        f"SELECT y FROM generateRandom('x UInt8, y String MATERIALIZED {file_call}') LIMIT 1",
+        f"SELECT * FROM format(JSONEachRow, 'x String, y String DEFAULT {file_call}', "
+        + "'{\"x\":\"a\"}')",
+        f"SELECT y FROM null('x UInt8, y String ALIAS {file_call}')",
+        "SELECT y FROM values('x UInt64, y String ALIAS dictGet(''tagwerk.identity_links_dict'',"
+        " ''value'', x)', 1)",
+        f"SELECT y FROM values('x UInt8) ENGINE = Memory AS SELECT {file_call} AS (y', 1)",
+    ):
+        resp = run(http, sql, auth)
+        refused(resp, 497, 164, 62, 36, 386)  # 386: no column list, so data of two types
+        assert secret not in resp.text
+    # A plain column list, and data that is no column list, stay.
+    assert run(http, "SELECT y FROM values('x UInt8, y String', (1, 'a'))", auth).text == "a\n"
+    assert run(http, "SELECT * FROM values('hello, world!')", auth).text == "hello, world!\n"
+    alive(http)
+
+
+@pytest.mark.parametrize("param", [
+    "{p:String #! $$\n}", "{p:String -- $$\n}", "{p:String /* $$ */}", "{p$$:String}",
+], ids=["hash-comment", "dash-comment", "block-comment", "dollar-name"])
+def test_a_parameter_cannot_end_the_checks_of_the_words_after_it(http: httpx.Client, canary,
+                                                                  tmp_path: Path, param) -> None:
+    """formatQuery keeps a parameter's type as written, comments included: the policy's lexer
+    read `#! $$` as the start of a string that swallowed every word after it, and a file
+    was read through additional_result_filter, a URL called through a disk setting and a
+    file written through ALTER ... INTO OUTFILE (found by an attacker's probe)."""
+    path, secret = canary
+    target = tmp_path / "out.txt"
+    name = "p$$" if "p$$" in param else "p"
+    for sql in (
+        f"SELECT {param} AS v SETTINGS additional_result_filter = "
+        f"'toUInt8(file(''{path}'')) = 1'",
+        f"SELECT {param} AS v INTO OUTFILE '{target}'",
+        f"SELECT {param} AS v, file('{path}') AS w",
+    ):
+        resp = run(http, sql, WRITER, **{f"param_{name}": "hello"})
+        refused(resp, 497, 358, 164, 62, 36, 457)
+        assert secret not in resp.text
+    assert not target.exists()
     alive(http)
 
 

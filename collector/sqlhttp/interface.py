@@ -60,7 +60,7 @@ from collector.sqlhttp.results import PLACEHOLDER, check_outfile_only, read_boun
 from collector.sqlhttp.sessions import Session, Sessions
 from collector.sqlhttp.slots import ReaderSlots
 from collector.sqlhttp.statements import Format, Statement, decode_text, first_word, scan_statement
-from collector.sqlhttp.syntax import Parsed, parse
+from collector.sqlhttp.syntax import Node, Parsed, parse
 from collector.storage.base import escape_param
 from collector.storage.embedded import EmbeddedStore
 from collector.web.authorization import basic_credentials, split_authorization
@@ -283,6 +283,7 @@ class _SqlInterface:
                 sql = f"{sql} FORMAT {insert_format}"
             parsed = parse(conn, sql, call.binds)
             policy.check(parsed.tree, parsed.sql, call.readonly, scope)
+            self._check_structures(conn, parsed.tree, call.readonly)
             if data is not None:
                 head = parsed.sql.removesuffix(f"FORMAT {insert_format}").rstrip()
                 # Parameters in VALUES data ({id:UInt32}) are the connection's.
@@ -301,6 +302,22 @@ class _SqlInterface:
         if encoding:
             out, result = DEFLATERS[encoding](out), None  # chDB's buffer is freed here
         return Result(out, summary, fmt if st.has_result else None, encoding, owner=result)
+
+    @staticmethod
+    def _check_structures(conn: Connection, tree: Node, readonly: bool) -> None:
+        """Each string a table function may read as a column list, parsed by the engine as
+        one: names and types only (policy.STRUCTURED). One that does not parse as a column
+        list is data, which the engine does not parse either."""
+        for literal in policy.structure_literals(tree):
+            # The engine reads its own literal back (a quoted string, nothing else: checked).
+            text = conn.query(f"SELECT {literal}", "TSVRaw").bytes().decode().removesuffix("\n")
+            try:
+                columns = parse(conn, policy.STRUCTURE.format(text), {}).tree
+            except SqlError as exc:
+                if exc.code == 62:  # a syntax error: no column list
+                    continue
+                raise
+            policy.check_structure(columns, readonly)
 
     def _bounded(self, conn: Connection, call: Call, parsed: Parsed, st: Statement
                  ) -> tuple[memoryview, Any]:

@@ -16,11 +16,12 @@ table by name.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from collector.sqlhttp.errors import SqlError
-from collector.sqlhttp.statements import tokens
+from collector.sqlhttp.statements import plain, tokens
 from collector.sqlhttp.syntax import Node
 
 # Functions, table functions, table engines and dictionary sources that reach the host's
@@ -39,6 +40,9 @@ HOST_ROUTES = frozenset(name.lower() for name in (
     "icebergHDFSCluster", "deltaLakeS3", "deltaLakeAzure", "deltaLakeCluster", "hudiCluster",
     "bigquery", "ytsaurus", "arrowflight", "arrowstream", "prometheusQuery",
     "prometheusQueryRange", "timeSeriesData", "mysqlCluster", "postgresqlCluster",
+    "icebergCluster", "icebergLocalCluster", "paimonCluster", "paimonS3Cluster",
+    "paimonAzureCluster", "paimonHDFSCluster", "deltaLakeS3Cluster", "deltaLakeAzureCluster",
+    "s3Queue", "azureQueue", "fileLog", "cassandra", "yamlRegExpTree", "hive",
 ))
 
 # Table functions a read-only user may call: they generate data and read nothing.
@@ -83,13 +87,19 @@ _OUTPUT_PREFIXES = ("Show", "Check", "Describe", "Exists", "Explain")
 _REFUSED_FOR_ALL = frozenset(("BackupQuery", "SYSTEM"))
 # Dictionary sources: none reads only the engine's own tables (CLICKHOUSE takes a host).
 DICTIONARY_SOURCES = frozenset(("null",))
+# Table functions that may take their columns as a string, which the engine parses when the
+# query runs, ALIAS and DEFAULT expressions included, while its tree shows one Literal: each
+# string given to them is parsed as a column list too (STRUCTURE, ``check_structure``).
+STRUCTURED = frozenset(("values", "generaterandom", "null", "format", "input"))
+STRUCTURE = "CREATE TABLE _structure ({}) ENGINE = Null"
+_STRING_LITERAL = re.compile(r"'(?:[^'\\]|\\.)*'", re.S)
 # Settings whose values are SQL the engine parses when the query runs: no check sees it.
 SQL_SETTINGS = frozenset(("additional_table_filters", "additional_result_filter",
                           "parallel_replicas_custom_key"))
-# The parents of a function that names storage: a table's or database's engine, a table
-# function in FROM, INSERT INTO FUNCTION, CREATE TABLE ... AS f(...).
-_NAMES_STORAGE = frozenset(("Storage definition", "TableExpression", "InsertQuery",
-                            "CreateQuery"))
+# The parents of a function that names storage: a table's or database's engine (a "Storage
+# definition" node: kind "Storage", name "definition"), a table function in FROM, INSERT
+# INTO FUNCTION, CREATE TABLE ... AS f(...).
+_NAMES_FUNCTION = frozenset(("TableExpression", "InsertQuery", "CreateQuery"))
 
 
 @dataclass(frozen=True)
@@ -135,8 +145,14 @@ def _unseen(tree: Node, sql: str, readonly: bool, reader: bool) -> None:
     the function an APPLY transformer calls on every column (``* APPLY file``), nor a
     setting's value (a bare "Set"); INTO OUTFILE follows DDL statements too. A call of a
     function the policy refuses is refused wherever the text has it."""
+    found = list(tokens(sql.encode(), comments=True))
+    if not all(map(plain, found)):
+        # A comment (formatQuery keeps one in a parameter's type: {p:String #! ...}), a
+        # heredoc or an unclosed string: the lexer would not read the words as the engine.
+        raise _denied("the statement's text could not be verified: no comments or $$ "
+                      "strings in query parameters' names and types")
     words = [(t.name.decode("utf-8", "replace") if t.kind in ("word", "quoted") else "",
-              t.kind == "word", t.text) for t in tokens(sql.encode())]
+              t.kind == "word", t.text) for t in found]
     after_ttl = False
     for (name, keyword, _), (following, _, text) in zip(
             words, [*words[1:], ("", False, b"")], strict=True):
@@ -158,6 +174,31 @@ def _unseen(tree: Node, sql: str, readonly: bool, reader: bool) -> None:
             check_setting(name)
         if text == b"(" and name:
             _callable(name, readonly, reader)
+
+
+def structure_literals(tree: Node) -> list[str]:
+    """The strings given to STRUCTURED functions, as the tree prints them (quoted)."""
+    found = []
+    for node, _ in tree.walk():
+        if node.kind == "Function" and _normal(node.ident) in STRUCTURED and node.children:
+            found += [arg.ident for arg in node.children[0].children
+                      if arg.kind == "Literal" and _STRING_LITERAL.fullmatch(arg.ident)]
+    return found
+
+
+def check_structure(tree: Node, readonly: bool) -> None:
+    """Raise SqlError unless ``tree``, the engine's parse of STRUCTURE around a string, is a
+    column list of names and types only."""
+    parts = [f"{child.kind} {child.name}" for child in tree.children]
+    columns = tree.children[1].children if len(tree.children) == 3 else []
+    if (tree.kind != "CreateQuery"
+            or parts != ["Identifier _structure", "Columns definition", "Storage definition"]
+            or [c.kind for c in columns] != ["ExpressionList"]
+            or any(column.kind != "ColumnDeclaration"
+                   or [c.kind for c in column.children] != ["DataType"]
+                   for column in columns[0].children)):
+        raise _denied("a column list in a string may name columns and their types only")
+    _host_routes(tree, readonly)
 
 
 def check_setting(name: str) -> None:
@@ -199,15 +240,22 @@ def _host_routes(tree: Node, readonly: bool) -> None:
         is_call = node.kind in ("Function", "FunctionWithKeyValueArguments")
         if not is_call:
             continue
-        if parent is not None and parent.kind in _NAMES_STORAGE:
-            allowed = ENGINES if parent.kind == "Storage definition" else TABLE_FUNCTIONS
-            if node.ident not in allowed:
-                raise _route(node.ident, readonly)
-        if (parent is not None and parent.kind == "Dictionary definition"
+        allowed = (None if parent is None
+                   else ENGINES if _is(parent, "Storage definition")
+                   else TABLE_FUNCTIONS if parent.kind in _NAMES_FUNCTION else None)
+        if allowed is not None and node.ident not in allowed:
+            raise _route(node.ident, readonly)
+        if (parent is not None and _is(parent, "Dictionary definition")
                 and _normal(node.ident) not in DICTIONARY_SOURCES):
             raise _route(node.ident, readonly)
         if _normal(node.ident) in HOST_ROUTES:
             raise _route(node.ident, readonly)
+
+
+def _is(node: Node, label: str) -> bool:
+    """Whether a node is the one the dump prints as ``label`` ("Storage definition": kind
+    and name, as the dump's line is split)."""
+    return f"{node.kind} {node.name}".strip() == label
 
 
 def _route(name: str, readonly: bool) -> SqlError:

@@ -16,22 +16,28 @@ from collector.sqlhttp.errors import SqlError
 
 # Just enough of ClickHouse's lexer to find where a statement's parts are. Possessive
 # quantifiers keep unterminated input linear.
-# Whitespace and comments are unnamed; a "run" is bytes that mean nothing here (numbers,
-# operators, binary data), matched at once to keep a large VALUES list cheap to scan.
+# Whitespace is unnamed; comments as ClickHouse's lexer takes them (--, /* */, and # followed
+# by a space or !); a word may hold $ after its first character, as ClickHouse's; a "run"
+# is bytes that mean nothing here (numbers, operators, binary data), matched at once to keep
+# a large VALUES list cheap to scan.
 _TOKEN = re.compile(
     rb"""
       [ \t\r\n\f\v]++
-    | --[^\n]*+
-    | /\*(?:[^*]++|\*(?!/))*+(?:\*/)?
+    | (?P<comment>--[^\n]*+|/\*(?:[^*]++|\*(?!/))*+(?:\*/)?|\#[ !][^\n]*+)
     | (?P<string>'(?:[^'\\]++|\\.|'')*+'?
         | \$(?P<tag>[A-Za-z0-9_]*)\$(?:[^$]++|\$(?!(?P=tag)\$))*+(?:\$(?P=tag)\$)?)
     | (?P<quoted>"(?:[^"\\]++|\\.|"")*+"?|`(?:[^`\\]++|\\.|``)*+`?)
-    | (?P<word>[A-Za-z_][A-Za-z0-9_]*+)
-    | (?P<run>[^A-Za-z_ \t\r\n\f\v'"`$\-/;()\[\]{}]++)
+    | (?P<word>[A-Za-z_][A-Za-z0-9_$]*+)
+    | (?P<run>[^A-Za-z_ \t\r\n\f\v'"`$\-/;()\[\]{}\#]++)
     | (?P<other>.)
     """,
     re.X | re.S,
 )
+# A string or quoted identifier the lexer found closed (with its closing quote).
+_CLOSED = {
+    "string": re.compile(rb"'(?:[^'\\]|\\.|'')*'", re.S),
+    "quoted": re.compile(rb'"(?:[^"\\]|\\.|"")*"|`(?:[^`\\]|\\.|``)*`', re.S),
+}
 _OPEN, _CLOSE = frozenset(b"([{"), frozenset(b")]}")
 _RESULT_KEYWORDS = frozenset(
     (b"select", b"with", b"from", b"show", b"describe", b"desc", b"exists", b"explain",
@@ -54,11 +60,24 @@ class Token(NamedTuple):
 _NO_TOKEN = Token("", b"", 0, 0)
 
 
-def tokens(sql: bytes) -> Iterator[Token]:
-    """The significant tokens of ``sql``: whitespace and comments are skipped."""
+def tokens(sql: bytes, comments: bool = False) -> Iterator[Token]:
+    """The significant tokens of ``sql``: whitespace is skipped, and comments unless asked
+    for."""
     for match in _TOKEN.finditer(sql):
-        if match.lastgroup:
-            yield Token(match.lastgroup, match.group(), match.start(), match.end())
+        kind = match.lastgroup
+        if kind and (comments or kind != "comment"):
+            yield Token("string" if kind == "tag" else kind, match.group(), match.start(),
+                        match.end())
+
+
+def plain(token: Token) -> bool:
+    """Whether a token is as ClickHouse's formatting (formatQuery) writes one: no comment,
+    no heredoc ($$...$$, written as a quoted string), every string and quoted name closed.
+    Anything else in a canonical text means the lexer reads it otherwise than the engine."""
+    if token.kind == "comment" or token.text.startswith(b"$"):
+        return False
+    closed = _CLOSED.get(token.kind)
+    return closed is None or closed.fullmatch(token.text) is not None
 
 
 @dataclass
