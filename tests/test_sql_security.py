@@ -290,6 +290,14 @@ def test_writers_clauses_the_tree_leaves_out_are_refused(http: httpx.Client, can
         resp = run(http, sql, WRITER)
         refused(resp, 497, 358, 164)
         assert secret not in resp.text
+    # A table's own expressions stay a writer's: the engine's allow-list is for the engine.
+    for sql in ("CREATE TABLE default.sec_ok (a UInt8, d DateTime) ENGINE = MergeTree "
+                "PARTITION BY toYYYYMM(d) ORDER BY tuple() TTL d + INTERVAL 1 DAY",
+                "CREATE TABLE default.sec_ok2 (a UInt8) ENGINE = ReplacingMergeTree(a) "
+                "ORDER BY (a, a + 1)",
+                "DROP TABLE default.sec_ok", "DROP TABLE default.sec_ok2"):
+        resp = run(http, sql, WRITER)
+        assert resp.status_code == 200, resp.text
     for name in ("additional_result_filter", "additional_table_filters"):
         resp = run(http, "SELECT * FROM system.one", WRITER, "body",
                    **{name: f"toUInt8(file('{path}')) = 1" if name.endswith("filter") else

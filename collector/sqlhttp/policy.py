@@ -240,8 +240,9 @@ def _host_routes(tree: Node, readonly: bool) -> None:
         is_call = node.kind in ("Function", "FunctionWithKeyValueArguments")
         if not is_call:
             continue
+        # A storage definition's engine comes first (then PARTITION BY, ORDER BY... calls).
         allowed = (None if parent is None
-                   else ENGINES if _is(parent, "Storage definition")
+                   else ENGINES if _is(parent, "Storage definition") and parent.children[0] is node
                    else TABLE_FUNCTIONS if parent.kind in _NAMES_FUNCTION else None)
         if allowed is not None and node.ident not in allowed:
             raise _route(node.ident, readonly)
