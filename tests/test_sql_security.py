@@ -366,6 +366,70 @@ def test_a_parameter_cannot_end_the_checks_of_the_words_after_it(http: httpx.Cli
     alive(http)
 
 
+@pytest.mark.parametrize("auth", [None, WRITER, AGENCY], ids=["default", "writer", "agency"])
+def test_a_column_list_in_a_string_cannot_hide_behind_a_comment_or_a_scalar(
+        http: httpx.Client, canary, auth) -> None:
+    """A third probe: a comment at the end of a column list ended the wrapper the policy
+    parses it in (so it passed as data), and two scalar functions parse a column list too."""
+    path, secret = canary
+    default = f"x String DEFAULT toUInt8(file(''{path}''))"
+    for sql in (f"SELECT * FROM generateRandom('{default} --') LIMIT 1",
+                f"SELECT * FROM null('{default} #!')",
+                f"SELECT * FROM null('{default} /*')",
+                f"SELECT structureToProtobufSchema('{default}', 'M')",
+                f"SELECT structureToCapnProtoSchema('{default}', 'M')"):
+        resp = run(http, sql, auth)
+        refused(resp, 497, 164, 62, 36)
+        assert secret not in resp.text
+    alive(http)
+
+
+def test_settings_that_rewrite_or_route_a_query_are_refused(http: httpx.Client, canary
+                                                             ) -> None:
+    """select, filter, order and sort wrap every statement in SQL from their value (the
+    interface's own formatQuery ran it before any check); implicit_table_at_top_level names
+    a table, a path too; the AI functions call a host (a third probe)."""
+    path, secret = canary
+    settings = {"select": f"file('{path}')", "filter": f"toUInt8(file('{path}')) = 1",
+                "order": f"file('{path}')", "sort": "x",
+                "implicit_table_at_top_level": f"`{path}`",
+                "schema_inference_hints": f"x String DEFAULT file('{path}')",
+                "url_base": "http://127.0.0.1:9/", "s3_base": "http://127.0.0.1:9/",
+                "default_view_definer": "nobody", "polyglot_dialect": "sqlite"}
+    for name, value in settings.items():
+        resp = run(http, "SELECT 1 AS x", WRITER, "body", **{name: value})
+        refused(resp, 497, 164)
+        assert secret not in resp.text
+        quoted = value.replace("'", "\\'")
+        resp = run(http, f"SELECT 1 AS x SETTINGS {name} = '{quoted}'", WRITER)
+        refused(resp, 497, 164, 62)  # 62: sort is a keyword there
+        assert secret not in resp.text
+    for sql in ("SELECT aiGenerate('hello')", "SELECT AIClassify('x', ['a', 'b'])"):
+        refused(run(http, sql, WRITER), 497, 164, 46, 36, 42)
+    # A column named like one of them stays.
+    assert run(http, "SELECT 1 AS filter ORDER BY filter", WRITER).text == "1\n"
+    alive(http)
+
+
+def test_large_parameters_are_not_kept_by_the_parse_cache(http: httpx.Client) -> None:
+    """A 2 KB statement naming a 500 KB parameter 100 times grew the collector by 1.1 GB a
+    request, kept by the parse cache (a third probe)."""
+    refs = ", ".join(f"length({{p:String}}) AS c{i}" for i in range(100))
+    value = "x" * 500_000
+    # As clickhouse-connect sends a long parameter: a field of a multipart form.
+    answers: list[httpx.Response] = []
+    grew = peak_growth(lambda: answers.extend(
+        http.post("/", params={"query": f"SELECT {refs}"},
+                  files={"param_p": (None, value + str(i))}) for i in range(5)))
+    assert grew < 400 << 20, grew
+    for resp in answers:
+        refused(resp, 229)  # 50 MB of copies in the tree: too large
+    one = http.post("/", params={"query": "SELECT length({p:String})"},
+                    files={"param_p": (None, value)})
+    assert one.text == "500000\n"
+    alive(http)
+
+
 @pytest.mark.parametrize("auth", [None, WRITER], ids=["default", "writer"])
 def test_settings_that_name_files_are_fixed(http: httpx.Client, canary, auth) -> None:
     path, secret = canary

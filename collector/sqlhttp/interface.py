@@ -311,6 +311,7 @@ class _SqlInterface:
         for literal in policy.structure_literals(tree):
             # The engine reads its own literal back (a quoted string, nothing else: checked).
             text = conn.query(f"SELECT {literal}", "TSVRaw").bytes().decode().removesuffix("\n")
+            policy.check_structure_text(text)
             try:
                 columns = parse(conn, policy.STRUCTURE.format(text), {}).tree
             except SqlError as exc:

@@ -43,6 +43,9 @@ HOST_ROUTES = frozenset(name.lower() for name in (
     "icebergCluster", "icebergLocalCluster", "paimonCluster", "paimonS3Cluster",
     "paimonAzureCluster", "paimonHDFSCluster", "deltaLakeS3Cluster", "deltaLakeAzureCluster",
     "s3Queue", "azureQueue", "fileLog", "cassandra", "yamlRegExpTree", "hive",
+    # The AI functions call a model's host.
+    "aiGenerate", "aiClassify", "aiExtract", "aiFilter", "aiEmbed", "aiRedact",
+    "aiSimilarity", "aiTranslate",
 ))
 
 # Table functions a read-only user may call: they generate data and read nothing.
@@ -90,12 +93,20 @@ DICTIONARY_SOURCES = frozenset(("null",))
 # Table functions that may take their columns as a string, which the engine parses when the
 # query runs, ALIAS and DEFAULT expressions included, while its tree shows one Literal: each
 # string given to them is parsed as a column list too (STRUCTURE, ``check_structure``).
-STRUCTURED = frozenset(("values", "generaterandom", "null", "format", "input"))
-STRUCTURE = "CREATE TABLE _structure ({}) ENGINE = Null"
+STRUCTURED = frozenset(("values", "generaterandom", "null", "format", "input",
+                        "structuretoprotobufschema", "structuretocapnprotoschema"))
+STRUCTURE = "CREATE TABLE _structure (\n{}\n) ENGINE = Null"  # line breaks: see check
 _STRING_LITERAL = re.compile(r"'(?:[^'\\]|\\.)*'", re.S)
 # Settings whose values are SQL the engine parses when the query runs: no check sees it.
-SQL_SETTINGS = frozenset(("additional_table_filters", "additional_result_filter",
-                          "parallel_replicas_custom_key"))
+# Settings whose values are SQL, a table or a host the engine uses when the query runs:
+# select, filter, order and sort wrap every statement (the interface's own too) in SQL.
+SQL_SETTINGS = frozenset((
+    "additional_table_filters", "additional_result_filter", "parallel_replicas_custom_key",
+    "select", "filter", "order", "sort", "implicit_table_at_top_level",
+    "schema_inference_hints", "url_base", "s3_base", "default_view_definer",
+    "polyglot_dialect", "promql_table", "http_response_headers",
+))
+SQL_SETTING_PREFIXES = ("ai_",)  # the AI functions' hosts and credentials
 # The parents of a function that names storage: a table's or database's engine (a "Storage
 # definition" node: kind "Storage", name "definition"), a table function in FROM, INSERT
 # INTO FUNCTION, CREATE TABLE ... AS f(...).
@@ -170,10 +181,17 @@ def _unseen(tree: Node, sql: str, readonly: bool, reader: bool) -> None:
                           "name the columns and call the function on each")
         if word == "into" and following.lower() == "outfile":
             raise SqlError.of(358, "INTO OUTFILE is not allowed")
-        if not readonly:  # (under readonly = 1 the engine refuses any change of a setting)
-            check_setting(name)
+        if not readonly and text.startswith(b"="):  # a setting (readonly = 1: the engine
+            check_setting(name)                      # refuses any change of one)
         if text == b"(" and name:
             _callable(name, readonly, reader)
+
+
+def check_structure_text(text: str) -> None:
+    """A column list given as a string is parsed inside STRUCTURE: a comment in it would end
+    the wrapper (which then fails, and the string passes for data), so none is allowed."""
+    if not all(map(plain, tokens(text.encode(), comments=True))):
+        raise _denied("a column list in a string may not hold comments or $$ strings")
 
 
 def structure_literals(tree: Node) -> list[str]:
@@ -202,8 +220,8 @@ def check_structure(tree: Node, readonly: bool) -> None:
 
 
 def check_setting(name: str) -> None:
-    """Refuse a setting (of the URL) whose value is SQL no check sees."""
-    if name.lower() in SQL_SETTINGS:
+    """Refuse a setting whose value is SQL, a table or a host no check sees."""
+    if name.lower() in SQL_SETTINGS or name.lower().startswith(SQL_SETTING_PREFIXES):
         raise _denied(f"the setting {name} holds SQL that no check sees, and is not "
                       "allowed over HTTP")
 

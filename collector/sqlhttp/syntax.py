@@ -71,10 +71,20 @@ def parse(conn: Connection, sql: str, binds: Mapping[str, str]) -> Parsed:
         ).bytes().decode()
         if canonical.endswith("\n"):
             canonical = canonical[:-1]
+        # Each reference to a parameter copies its value into the tree: a 500 KB value named
+        # 100 times made a tree of 50 MB, and the engine's dump of it took a gigabyte.
+        copies = sum(canonical.count("{" + name + ":") * len(value)
+                     for name, value in binds.items())
+        if copies > MAX_TREE_BYTES:
+            raise _too_large(copies)
         # TSVRaw returns the text as it is; an escaped form would differ from what runs.
         dump = conn.query("EXPLAIN AST " + canonical, "TSVRaw", params=dict(binds)).bytes()
+    if len(dump) > MAX_TREE_BYTES:
+        raise _too_large(len(dump))
     parsed = Parsed(canonical, _tree(dump.decode("utf-8", "replace")))
-    if len(sql) <= _MAX_KEPT_TEXT:
+    # Only small ones are kept: a large parameter, named many times, made a tree of 50 MB.
+    if len(sql) + sum(len(k) + len(v) for k, v in binds.items()) <= _MAX_KEPT_TEXT \
+            and len(dump) <= _MAX_KEPT_TEXT * 4:
         with _lock:
             _parsed[key] = parsed
             if len(_parsed) > _MAX_KEPT:
@@ -83,8 +93,14 @@ def parse(conn: Connection, sql: str, binds: Mapping[str, str]) -> Parsed:
 
 
 _MAX_KEPT, _MAX_KEPT_TEXT = 512, 8192
+MAX_TREE_BYTES = 16 << 20
 _parsed: OrderedDict[tuple[str, tuple[tuple[str, str], ...]], Parsed] = OrderedDict()
 _lock = threading.Lock()
+
+
+def _too_large(size: int) -> SqlError:
+    return SqlError.of(229, f"The statement's syntax tree would be {size} bytes with its "
+                       f"parameters, more than {MAX_TREE_BYTES}: bind fewer or smaller ones")
 
 
 def _tree(dump: str) -> Node:
