@@ -430,6 +430,48 @@ def test_large_parameters_are_not_kept_by_the_parse_cache(http: httpx.Client) ->
     alive(http)
 
 
+@pytest.mark.parametrize("auth", [None, WRITER, AGENCY], ids=["default", "writer", "agency"])
+def test_a_column_list_must_be_a_plain_string_of_a_checkable_size(http: httpx.Client, canary,
+                                                                  auth) -> None:
+    """A fourth probe: a column list the engine works out when the query runs (concat(), a
+    WITH alias) was never checked, and one just under the query size limit failed the
+    check's own parse and passed for data; both read any file for every user."""
+    path, secret = canary
+    alias = f"a UInt8, b String ALIAS file(''{path}'')"
+    for sql in (f"SELECT b FROM generateRandom(concat('a UInt8, b String ALIAS fi', "
+                f"'le(''{path}'')')) LIMIT 1",
+                f"WITH '{alias}' AS s SELECT b FROM generateRandom(s) LIMIT 1",
+                f"SELECT b FROM generateRandom('a UInt8, ' || 'b String ALIAS {alias[18:]}') "
+                "LIMIT 1"):
+        resp = run(http, sql, auth)
+        refused(resp, 497, 164, 62, 36)
+        assert secret not in resp.text
+    padded = f"a UInt8, b String ALIAS file('{path}')".ljust(262_124)
+    resp = http.post("/", params={"query": "SELECT b FROM generateRandom({s:String}) LIMIT 1"},
+                     files={"param_s": (None, padded)}, auth=auth)
+    refused(resp, 497, 164, 62, 36)
+    assert secret not in resp.text
+    # A plain literal column list stays (generateRandom with its seed and lengths).
+    resp = run(http, "SELECT a FROM generateRandom('a UInt8', 1, 10, 2) LIMIT 3", auth)
+    assert resp.status_code == 200 and len(resp.text.splitlines()) == 3, resp.text
+    alive(http)
+
+
+def test_a_writer_cannot_lower_the_query_size_to_pass_a_column_list(http: httpx.Client,
+                                                                    canary) -> None:
+    path, secret = canary
+    sql = f"SELECT b FROM generateRandom('a UInt8, b String ALIAS file(''{path}'')') LIMIT 1"
+    resp = run(http, sql, WRITER, max_query_size="200")
+    assert resp.status_code >= 400 and secret not in resp.text
+
+
+def test_the_avro_schema_registry_is_fixed(http: httpx.Client) -> None:
+    """A writer made the collector call any URL as its Avro schema registry (a probe)."""
+    for name in ("format_avro_schema_registry_url", "output_format_avro_confluent_subject"):
+        resp = run(http, "SELECT 1", WRITER, "body", **{name: "http://127.0.0.1:9/x"})
+        refused(resp, 164, 452, 497)
+
+
 @pytest.mark.parametrize("auth", [None, WRITER], ids=["default", "writer"])
 def test_settings_that_name_files_are_fixed(http: httpx.Client, canary, auth) -> None:
     path, secret = canary

@@ -283,7 +283,7 @@ class _SqlInterface:
                 sql = f"{sql} FORMAT {insert_format}"
             parsed = parse(conn, sql, call.binds)
             policy.check(parsed.tree, parsed.sql, call.readonly, scope)
-            self._check_structures(conn, parsed.tree, call.readonly)
+            self._check_structures(parsed.tree, call.readonly)
             if data is not None:
                 head = parsed.sql.removesuffix(f"FORMAT {insert_format}").rstrip()
                 # Parameters in VALUES data ({id:UInt32}) are the connection's.
@@ -303,11 +303,13 @@ class _SqlInterface:
             out, result = DEFLATERS[encoding](out), None  # chDB's buffer is freed here
         return Result(out, summary, fmt if st.has_result else None, encoding, owner=result)
 
-    @staticmethod
-    def _check_structures(conn: Connection, tree: Node, readonly: bool) -> None:
+    def _check_structures(self, tree: Node, readonly: bool) -> None:
         """Each string a table function may read as a column list, parsed by the engine as
         one: names and types only (policy.STRUCTURED). One that does not parse as a column
-        list is data, which the engine does not parse either."""
+        list is data, which the engine does not parse either. On this thread's own
+        connection: none of the client's settings (a lowered max_query_size) may fail the
+        check's parse."""
+        conn = self.store.connection()
         for literal in policy.structure_literals(tree):
             # The engine reads its own literal back (a quoted string, nothing else: checked).
             text = conn.query(f"SELECT {literal}", "TSVRaw").bytes().decode().removesuffix("\n")

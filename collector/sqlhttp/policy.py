@@ -96,6 +96,7 @@ DICTIONARY_SOURCES = frozenset(("null",))
 STRUCTURED = frozenset(("values", "generaterandom", "null", "format", "input",
                         "structuretoprotobufschema", "structuretocapnprotoschema"))
 STRUCTURE = "CREATE TABLE _structure (\n{}\n) ENGINE = Null"  # line breaks: see check
+MAX_STRUCTURE = 64 << 10  # a longer string could fail the check's parse by its size alone
 _STRING_LITERAL = re.compile(r"'(?:[^'\\]|\\.)*'", re.S)
 # Settings whose values are SQL the engine parses when the query runs: no check sees it.
 # Settings whose values are SQL, a table or a host the engine uses when the query runs:
@@ -190,17 +191,28 @@ def _unseen(tree: Node, sql: str, readonly: bool, reader: bool) -> None:
 def check_structure_text(text: str) -> None:
     """A column list given as a string is parsed inside STRUCTURE: a comment in it would end
     the wrapper (which then fails, and the string passes for data), so none is allowed."""
+    if len(text) > MAX_STRUCTURE:
+        raise _denied(f"a string given where a column list may stand is at most "
+                      f"{MAX_STRUCTURE} bytes")
     if not all(map(plain, tokens(text.encode(), comments=True))):
         raise _denied("a column list in a string may not hold comments or $$ strings")
 
 
 def structure_literals(tree: Node) -> list[str]:
-    """The strings given to STRUCTURED functions, as the tree prints them (quoted)."""
+    """The strings given to STRUCTURED functions, as the tree prints them (quoted). Each of
+    their arguments must be a literal (format()'s first, its format's name, may be a name):
+    a column list the engine works out when the query runs (concat(), a WITH alias, a
+    subquery) could not be checked."""
     found = []
     for node, _ in tree.walk():
         if node.kind == "Function" and _normal(node.ident) in STRUCTURED and node.children:
-            found += [arg.ident for arg in node.children[0].children
-                      if arg.kind == "Literal" and _STRING_LITERAL.fullmatch(arg.ident)]
+            for i, arg in enumerate(node.children[0].children):
+                if arg.kind == "Literal":
+                    if _STRING_LITERAL.fullmatch(arg.ident):
+                        found.append(arg.ident)
+                elif not (i == 0 and arg.kind == "Identifier" and _normal(node.ident) == "format"):
+                    raise _denied(f"the arguments of {node.ident}() must be literals: a column "
+                                  "list it works out from an expression cannot be checked")
     return found
 
 

@@ -31,6 +31,8 @@ FILE_SETTINGS = (
     "format_template_row", "format_template_row_format", "format_template_resultset_format",
     "output_format_schema", "input_format_record_errors_file_path",
     "rename_files_after_processing",
+    # A host: AvroConfluent reads (and writes) its schemas from this registry.
+    "format_avro_schema_registry_url", "output_format_avro_confluent_subject",
 )
 # Fixed to these values for every connection: chDB turns introspection (reading the
 # binary's symbols and paths) on; eval() builds a query at run time, past any check; the
