@@ -91,9 +91,13 @@ class _SqlInterface:
             )
             rows = conn.query("SELECT name, content_type FROM system.formats", "JSONEachRow")
             names = conn.query("SELECT name FROM system.settings", "TabSeparatedRaw")
+            texts = conn.query("SELECT name FROM system.settings WHERE type IN "
+                               "('String', 'Map', 'URI')", "TabSeparatedRaw")
         finally:
             conn.close()
         self.setting_names = frozenset(names.bytes().decode().splitlines())
+        # Settings whose values are text: a writer's come from an allow-list (policy.py).
+        self.text_settings = frozenset(texts.bytes().decode().splitlines())
         # The engine's default, as ClickHouse does (chDB turns it on).
         self.compress_by_default = bool(compression)
         self.formats = {
@@ -198,7 +202,7 @@ class _SqlInterface:
                 if not SETTING_NAME.fullmatch(name):
                     raise SqlError.of(115, f"Unknown setting '{name}'")
                 if not user.readonly:  # (reader_settings allows a reader a few)
-                    policy.check_setting(name)
+                    policy.check_setting(name, self.text_settings)
                 settings[name] = value
         if user.readonly:
             settings = reader_settings(settings, self.limits)
@@ -282,7 +286,7 @@ class _SqlInterface:
             if data is not None:
                 sql = f"{sql} FORMAT {insert_format}"
             parsed = parse(conn, sql, call.binds)
-            policy.check(parsed.tree, parsed.sql, call.readonly, scope)
+            policy.check(parsed.tree, parsed.sql, call.readonly, scope, self.text_settings)
             self._check_structures(parsed.tree, call.readonly)
             if data is not None:
                 head = parsed.sql.removesuffix(f"FORMAT {insert_format}").rstrip()

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from collector.sqlhttp.errors import SqlError
 from collector.sqlhttp.statements import plain, tokens
 from collector.sqlhttp.syntax import Node
+from collector.storage.engine_config import FILE_SETTINGS
 
 # Functions, table functions, table engines and dictionary sources that reach the host's
 # files (url() takes file:// too), run programs, call other hosts (an SSRF from the
@@ -108,6 +109,38 @@ SQL_SETTINGS = frozenset((
     "polyglot_dialect", "promql_table", "http_response_headers",
 ))
 SQL_SETTING_PREFIXES = ("ai_",)  # the AI functions' hosts and credentials
+# A writer's settings whose values are text (String, Map or URI in system.settings: what
+# can hold SQL, a table, a path or a host) come from this allow-list, so that a setting
+# the next engine version adds is refused until it is read; numbers, flags and the
+# engine's own enumerations are free. The settings that name files are fixed by the
+# engine's configuration (FILE_SETTINGS), which refuses them itself.
+WRITER_TEXT_SETTINGS = frozenset((
+    "log_comment", "insert_deduplication_token", "query_cache_tag", "workload",
+    "default_format", "format", "input_format", "output_format", "errors_output_format",
+    "framing_output_format", "compression", "network_compression_method", "compatibility",
+    "count_distinct_implementation", "function_implementation", "bool_true_representation",
+    "bool_false_representation", "format_csv_null_representation",
+    "format_tsv_null_representation", "format_custom_field_delimiter",
+    "format_custom_result_after_delimiter", "format_custom_result_before_delimiter",
+    "format_custom_row_after_delimiter", "format_custom_row_before_delimiter",
+    "format_custom_row_between_delimiter", "format_template_rows_between_delimiter",
+    "format_hive_text_rows_delimiter", "input_format_hive_text_collection_items_delimiter",
+    "input_format_hive_text_fields_delimiter", "input_format_hive_text_map_keys_delimiter",
+    "format_regexp", "format_schema_message_name",
+    "format_json_object_each_row_column_for_object_name", "input_format_mysql_dump_table_name",
+    "input_format_orc_reader_time_zone_name", "output_format_orc_writer_time_zone_name",
+    "output_format_avro_codec", "output_format_avro_string_column_pattern",
+    "output_format_pretty_grid_charset", "output_format_sql_insert_table_name",
+    "output_format_image_terminal_mode", "column_names_for_schema_inference",
+    "force_data_skipping_indices", "ignore_data_skipping_indices",
+    "preferred_optimize_projection_name", "force_optimize_projection_name",
+    "exclude_materialize_skip_indexes_on_insert", "local_filesystem_read_method",
+    "remote_filesystem_read_method", "temporary_files_codec", "trace_profile_events_list",
+    "metrics_perf_events_list", "send_logs_source_regexp", "s3_upload_checksum_algorithm",
+    "iceberg_metadata_compression_method", "chdb_client_name",
+    "stream_like_engine_insert_queue",
+    *FILE_SETTINGS,
+))
 # The parents of a function that names storage: a table's or database's engine (a "Storage
 # definition" node: kind "Storage", name "definition"), a table function in FROM, INSERT
 # INTO FUNCTION, CREATE TABLE ... AS f(...).
@@ -135,20 +168,23 @@ class Scope:
                 raise _denied(f"the table {key[0]}.{key[1]} is not granted to this user")
 
 
-def check(tree: Node, sql: str, readonly: bool, scope: Scope | None) -> None:
+def check(tree: Node, sql: str, readonly: bool, scope: Scope | None,
+          text_settings: frozenset[str] = frozenset()) -> None:
     """Raise SqlError unless the statement ``tree`` (whose canonical text is ``sql``) may
     run.
 
     ``readonly``: the request cannot write (engine-enforced; here the scalar ``file()``,
     which the engine allows even then). ``scope``: a read-only user's grants.
+    ``text_settings``: the engine's settings whose values are text (``check_setting``).
     """
-    _unseen(tree, sql, readonly, scope is not None)
+    _unseen(tree, sql, readonly, scope is not None, text_settings)
     _host_routes(tree, readonly)
     if scope is not None:
         _reading_only(tree, scope)
 
 
-def _unseen(tree: Node, sql: str, readonly: bool, reader: bool) -> None:
+def _unseen(tree: Node, sql: str, readonly: bool, reader: bool,
+            text_settings: frozenset[str]) -> None:
     """Refuse what the engine's tree leaves out, found among the words of its canonical
     text (strings are not words), for every user, even where a word only names something:
     what the policy cannot see does not run. The tree shows neither a SHOW's WHERE and
@@ -183,7 +219,7 @@ def _unseen(tree: Node, sql: str, readonly: bool, reader: bool) -> None:
         if word == "into" and following.lower() == "outfile":
             raise SqlError.of(358, "INTO OUTFILE is not allowed")
         if not readonly and text.startswith(b"="):  # a setting (readonly = 1: the engine
-            check_setting(name)                      # refuses any change of one)
+            check_setting(name, text_settings)       # refuses any change of one)
         if text == b"(" and name:
             _callable(name, readonly, reader)
 
@@ -231,9 +267,12 @@ def check_structure(tree: Node, readonly: bool) -> None:
     _host_routes(tree, readonly)
 
 
-def check_setting(name: str) -> None:
-    """Refuse a setting whose value is SQL, a table or a host no check sees."""
-    if name.lower() in SQL_SETTINGS or name.lower().startswith(SQL_SETTING_PREFIXES):
+def check_setting(name: str, text_settings: frozenset[str] = frozenset()) -> None:
+    """Refuse a writer's setting whose value is SQL, a table or a host no check sees: a
+    text setting outside WRITER_TEXT_SETTINGS among ``text_settings``."""
+    lowered = name.lower()
+    if (lowered in SQL_SETTINGS or lowered.startswith(SQL_SETTING_PREFIXES)
+            or (name in text_settings and name not in WRITER_TEXT_SETTINGS)):
         raise _denied(f"the setting {name} holds SQL that no check sees, and is not "
                       "allowed over HTTP")
 
