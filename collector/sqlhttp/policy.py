@@ -99,7 +99,6 @@ STRUCTURED = frozenset(("values", "generaterandom", "null", "format", "input",
 STRUCTURE = "CREATE TABLE _structure (\n{}\n) ENGINE = Null"  # line breaks: see check
 MAX_STRUCTURE = 64 << 10  # a longer string could fail the check's parse by its size alone
 _STRING_LITERAL = re.compile(r"'(?:[^'\\]|\\.)*'", re.S)
-# Settings whose values are SQL the engine parses when the query runs: no check sees it.
 # Settings whose values are SQL, a table or a host the engine uses when the query runs:
 # select, filter, order and sort wrap every statement (the interface's own too) in SQL.
 SQL_SETTINGS = frozenset((
@@ -214,8 +213,7 @@ def _unseen(tree: Node, sql: str, readonly: bool, reader: bool,
             raise _denied("a TTL with GROUP BY or SET is not allowed over HTTP")
         after_ttl = after_ttl or word == "ttl"
         if word == "apply":
-            raise _denied("APPLY column transformers are not allowed over HTTP: "
-                          "name the columns and call the function on each")
+            raise _apply_refused()
         if word == "into" and following.lower() == "outfile":
             raise SqlError.of(358, "INTO OUTFILE is not allowed")
         if not readonly and text.startswith(b"="):  # a setting (readonly = 1: the engine
@@ -273,16 +271,26 @@ def check_setting(name: str, text_settings: frozenset[str] = frozenset()) -> Non
     lowered = name.lower()
     if (lowered in SQL_SETTINGS or lowered.startswith(SQL_SETTING_PREFIXES)
             or (name in text_settings and name not in WRITER_TEXT_SETTINGS)):
-        raise _denied(f"the setting {name} holds SQL that no check sees, and is not "
-                      "allowed over HTTP")
+        raise _denied(f"the setting {name} is not allowed over HTTP: its value can hold "
+                      "SQL, a table or a host that no check sees")
 
 
 def _callable(name: str, readonly: bool, reader: bool) -> None:
     """Refuse a call of a function no user may call, or a read-only user may not."""
     if _normal(name) in HOST_ROUTES:
         raise _route(name, readonly)
-    if reader and (name in TABLE_READERS or name.startswith(TABLE_READERS_PREFIX)):
+    if reader and _reads_a_table(name):
         raise _denied(f"{name}() is not allowed for this user")
+
+
+def _apply_refused() -> SqlError:
+    return _denied("APPLY column transformers are not allowed over HTTP: name the columns "
+                   "and call the function on each")
+
+
+def _reads_a_table(name: str) -> bool:
+    """Whether a function reads a table or dictionary by a name given as a string."""
+    return name in TABLE_READERS or name.startswith(TABLE_READERS_PREFIX)
 
 
 def _normal(name: str) -> str:
@@ -304,8 +312,7 @@ def _host_routes(tree: Node, readonly: bool) -> None:
             if _literals(below):
                 raise SqlError.of(358, "INTO OUTFILE is not allowed")
         if node.kind == "ColumnsApplyTransformer":  # its function is not in the tree
-            raise _denied("APPLY column transformers are not allowed over HTTP: "
-                          "name the columns and call the function on each")
+            raise _apply_refused()
         is_call = node.kind in ("Function", "FunctionWithKeyValueArguments")
         if not is_call:
             continue
@@ -351,7 +358,7 @@ def _reading_only(tree: Node, scope: Scope) -> None:
                         164, f"Cannot execute query in readonly mode: the table function "
                         f"{name}() is not allowed"
                     )
-            elif name in TABLE_READERS or name.startswith(TABLE_READERS_PREFIX):
+            elif _reads_a_table(name):
                 raise _denied(f"{name}() is not allowed for this user")
 
 
