@@ -490,6 +490,25 @@ def test_a_writers_text_settings_come_from_an_allow_list(http: httpx.Client) -> 
 
 
 @pytest.mark.parametrize("auth", [None, WRITER], ids=["default", "writer"])
+def test_a_time_zone_is_never_a_file(http: httpx.Client, tmp_path: Path, auth) -> None:
+    """cctz opens a time zone named file:<path>: any user probed host files with it, and a
+    pipe's path (/proc/self/fd/N) hung the engine's time zone lock past every time limit
+    (a sixth probe)."""
+    zone = tmp_path / "zone"
+    zone.write_bytes(Path("/usr/share/zoneinfo/UTC").read_bytes())
+    for sql in (f"SELECT toTimeZone(now(), 'file:{zone}')",
+                f"SELECT CAST(now() AS DateTime('file:{zone}'))",
+                f"SELECT toDateTime64(now(), 3, 'FILE:{zone}')"):
+        refused(run(http, sql, auth), 497, 164)
+    refused(run(http, "SELECT toTimeZone(now(), {z:String})", auth, param_z=f"file:{zone}"),
+            497, 164)
+    refused(run(http, "SELECT now()", auth, session_timezone=f"file:{zone}"), 497, 164)
+    assert run(http, "SELECT timezone()", auth, session_timezone="Europe/Berlin").text == \
+        "Europe/Berlin\n"
+    alive(http)
+
+
+@pytest.mark.parametrize("auth", [None, WRITER], ids=["default", "writer"])
 def test_settings_that_name_files_are_fixed(http: httpx.Client, canary, auth) -> None:
     path, secret = canary
     for name in ("format_template_row", "format_template_resultset", "format_schema",

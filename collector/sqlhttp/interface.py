@@ -196,6 +196,8 @@ class _SqlInterface:
         binds: dict[str, str] = {}
         settings: dict[str, str] = {}
         for name, value in params.items():
+            if name.startswith("param_") or name not in RESERVED:
+                policy.check_value(value)  # a parameter's or a setting's value
             if name.startswith("param_"):
                 binds[name.removeprefix("param_")] = value
             elif name and name not in RESERVED and name not in HTTP_SETTINGS:

@@ -198,6 +198,9 @@ def _unseen(tree: Node, sql: str, readonly: bool, reader: bool,
         # heredoc or an unclosed string: the lexer would not read the words as the engine.
         raise _denied("the statement's text could not be verified: no comments or $$ "
                       "strings in query parameters' names and types")
+    for token in found:
+        if token.kind == "string":
+            check_value(token.text.decode("utf-8", "replace"))
     words = [(t.name.decode("utf-8", "replace") if t.kind in ("word", "quoted") else "",
               t.kind == "word", t.text) for t in found]
     after_ttl = False
@@ -263,6 +266,16 @@ def check_structure(tree: Node, readonly: bool) -> None:
                    for column in columns[0].children)):
         raise _denied("a column list in a string may name columns and their types only")
     _host_routes(tree, readonly)
+
+
+def check_value(text: str) -> None:
+    """Refuse a string (a literal, a parameter's or a setting's value) that names a time zone
+    by a path: the engine's time zone library opens ``file:<path>`` (any user probed host
+    files so, and a pipe's path, /proc/self/fd/N, hung the engine's time zone lock past every
+    time limit). A name the query builds at run time (concat) is not seen here."""
+    if "file:" in text.lower():
+        raise _denied("a value holding 'file:' is not allowed over HTTP: the engine opens a "
+                      "time zone named file:<path> as a file")
 
 
 def check_setting(name: str, text_settings: frozenset[str] = frozenset()) -> None:
