@@ -114,7 +114,7 @@ SQL_SETTING_PREFIXES = ("ai_",)  # the AI functions' hosts and credentials
 # engine's own enumerations are free. The settings that name files are fixed by the
 # engine's configuration (FILE_SETTINGS), which refuses them itself.
 WRITER_TEXT_SETTINGS = frozenset((
-    "log_comment", "insert_deduplication_token", "query_cache_tag", "workload",
+    "log_comment", "insert_deduplication_token", "query_cache_tag", "workload", "database",
     "default_format", "format", "input_format", "output_format", "errors_output_format",
     "framing_output_format", "compression", "network_compression_method", "compatibility",
     "count_distinct_implementation", "function_implementation", "bool_true_representation",
