@@ -286,6 +286,11 @@ def test_writers_clauses_the_tree_leaves_out_are_refused(http: httpx.Client, can
         "LAYOUT(DIRECT())",
         f"OPTIMIZE TABLE default.sec_p INTO OUTFILE '{target}' TRUNCATE",
     ]
+    attempts += [  # statements below a PARALLEL WITH root, past the root's checks
+        f"SHOW TABLES WHERE toUInt8(file('{path}')) = 1 PARALLEL WITH SELECT 1",
+        f"CREATE TABLE default.sec_pw (a UInt8) ENGINE = Memory PARALLEL WITH "
+        f"CHECK TABLE default.sec_p PARTITION tuple(file('{path}'))",
+    ]
     for sql in attempts:
         resp = run(http, sql, WRITER)
         refused(resp, 497, 358, 164)

@@ -88,7 +88,9 @@ READING = frozenset((
 # EXISTS and EXPLAIN form may carry one.
 _WITH_OUTPUT = frozenset(("SelectWithUnionQuery", "SelectIntersectExceptQuery", "KillQueryQuery"))
 _OUTPUT_PREFIXES = ("Show", "Check", "Describe", "Exists", "Explain")
-_REFUSED_FOR_ALL = frozenset(("BackupQuery", "SYSTEM"))
+# PARALLEL WITH puts statements below its root, where the checks of a root's kind (a SHOW's
+# WHERE, a CHECK's PARTITION, INTO OUTFILE's place) would not see them.
+_REFUSED_FOR_ALL = frozenset(("BackupQuery", "SYSTEM", "ParallelWithQuery"))
 # Dictionary sources: none reads only the engine's own tables (CLICKHOUSE takes a host).
 DICTIONARY_SOURCES = frozenset(("null",))
 # Table functions that may take their columns as a string, which the engine parses when the
