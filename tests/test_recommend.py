@@ -4,12 +4,13 @@ origins, personalised only by the visitor's own cookies, cacheable, rate-limited
 from __future__ import annotations
 
 import time
+import uuid
 
 import pytest
 
 from collector.api import recommend
 from tests.helpers import drained, make_client, wait_for
-from tests.test_aggregates import refresh_pairs
+from tests.test_aggregates import refresh_minute, refresh_pairs
 from tests.test_products import MIN, hit, send
 
 DEVICE = "AbCdEfGhIjKlMnOpQrStUv"  # a tw_id: 22 URL-safe base64 characters
@@ -250,3 +251,30 @@ def test_the_rate_limit_counts_an_ipv6_home_line_once():
     assert recommend.bucket("::ffff:192.0.2.7") == recommend.bucket("192.0.2.7") == "192.0.2.7"
     assert recommend.bucket("192.0.2.8") != recommend.bucket("192.0.2.7")
     assert recommend.bucket("") == ""  # no address known: the test client's
+
+
+def test_a_pair_bought_by_one_buyer_stays_off_the_public_lists(env):
+    """A public "bought together" list showed what one shopper bought together, when a pair
+    rested on one buyer (an attacker's probe): the browser-safe list needs two buyers behind
+    a pair; the keyed one, for the shop's own engine, shows every pair."""
+    client, collector = env
+    site = f"rec-{uuid.uuid4().hex[:8]}"
+    _, keys = collector.sites.create(site, [ORIGIN])
+    personal = {"consent": ["analytics", "personalization"]}
+
+    def bought(device: str) -> None:
+        send(client, keys["write"], [{**hit("purchase", MIN, [("p1", 5, 1), ("p2", 7, 1)],
+                                            device=device), **personal}])
+        wait_for(lambda: drained(collector))
+        refresh_minute(collector.store, (site,), tables=("copurchase_pairs",))
+
+    def keyed() -> list[str]:
+        return ids(client.get(f"/api/v1/sites/{site}/products/p1/related?kind=co_purchase",
+                              headers={"Authorization": f"Bearer {keys['read']}"}))
+
+    bought("only-buyer")
+    assert keyed() == ["p2"]
+    assert ids(get(env, "/related/p1?kind=co_purchase", site=site)) == []
+    bought("second-buyer")
+    # (another limit: the first answer is cached for a minute)
+    assert ids(get(env, "/related/p1?kind=co_purchase&limit=11", site=site)) == ["p2"]

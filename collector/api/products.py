@@ -75,6 +75,9 @@ class Bounds:
     max_limit: int = 100
     max_window: int = 90 * 86400
     max_baseline: int = 90 * 86400
+    # Distinct buyers behind a "bought together" pair: on a public page, a pair of one
+    # buyer would show what that shopper bought together.
+    min_buyers: int = 1
 
 
 KEYED = Bounds()
@@ -137,6 +140,7 @@ FROM tagwerk.%(table)s
 WHERE site_id = {site:String} AND product_id = {product:String}
     AND other_id != {product:String} AND other_id NOT IN {exclude:Array(String)}
 GROUP BY other_id
+HAVING score >= {support:UInt64}
 ORDER BY score DESC, other_id
 LIMIT {limit:UInt32}
 """
@@ -163,6 +167,7 @@ class Ask:
     recent: int = 0  # trending: start of the recent window
     product: str = ""
     pairs: str = "co_view"
+    support: int = 1  # related: the least count behind a pair (``Bounds.min_buyers``)
 
 
 def hour_start(seconds: float) -> int:
@@ -196,7 +201,7 @@ def compute(store: Any, site_id: str, ask: Ask, exclude: tuple[str, ...],
     else:
         table, count = PAIRS[ask.pairs]
         rows = store.rows(RELATED % {"table": table, "count": count, "as_of": AS_OF},
-                          {**base, "product": ask.product})
+                          {**base, "product": ask.product, "support": ask.support})
         items = [{"product_id": r["other_id"], "score": r["score"], count: r["score"]}
                  for r in rows]
     return {"items": items, "as_of": _iso(rows[0]["as_of"]) if rows else None}
@@ -340,9 +345,10 @@ def trending_ask(values: dict[str, str], bounds: Bounds, now: float) -> Ask:
 
 
 def related_ask(request: Request, values: dict[str, str], bounds: Bounds) -> Ask:
+    pairs = choice(values, "kind", KINDS, "co_view")
     return Ask("related", integer(values, "limit", 10, 1, bounds.max_limit),
-               product=path_text(request, "product_id"),
-               pairs=choice(values, "kind", KINDS, "co_view"))
+               product=path_text(request, "product_id"), pairs=pairs,
+               support=bounds.min_buyers if pairs == "co_purchase" else 1)
 
 
 # -- the keyed endpoints ----------------------------------------------------------------------

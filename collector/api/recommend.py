@@ -63,7 +63,8 @@ from collector.web.http import error_response, header_safe
 from consent.cookie import latest_consent, parse_device, read_cookies
 from consent.purposes import PERSONALIZATION
 
-PUBLIC = products.Bounds(max_limit=24, max_window=7 * 86400, max_baseline=28 * 86400)
+PUBLIC = products.Bounds(max_limit=24, max_window=7 * 86400, max_baseline=28 * 86400,
+                         min_buyers=2)
 MAX_AGE = 60
 RATE = 10.0  # requests a second per client IP, on average
 BURST = 30.0
