@@ -66,8 +66,7 @@ def tokens(sql: bytes, comments: bool = False) -> Iterator[Token]:
     for match in _TOKEN.finditer(sql):
         kind = match.lastgroup
         if kind and (comments or kind != "comment"):
-            yield Token("string" if kind == "tag" else kind, match.group(), match.start(),
-                        match.end())
+            yield Token(kind, match.group(), match.start(), match.end())
 
 
 def plain(token: Token) -> bool:
