@@ -514,6 +514,55 @@ def test_a_time_zone_is_never_a_file(http: httpx.Client, tmp_path: Path, auth) -
 
 
 @pytest.mark.parametrize("auth", [None, WRITER], ids=["default", "writer"])
+def test_a_time_zone_or_type_built_by_the_query_is_refused(
+    http: httpx.Client, tmp_path: Path, auth
+) -> None:
+    """A zone or type name the query computes (concat, base64Decode, a WITH alias, a scalar
+    subquery) holds no 'file:' the text check could see, and the engine opened it as a file:
+    a pipe's path hung its time zone lock, and with it every query and the storing of hits
+    (stop 36's open item). Where the engine reads a zone or a type name, only a literal or a
+    query parameter may stand (policy.ZONE_ARGUMENTS)."""
+    zone = tmp_path / "zone"
+    zone.write_bytes(Path("/usr/share/zoneinfo/UTC").read_bytes())
+    built = f"concat('fi', 'le:{zone}')"
+    encoded = base64.b64encode(f"file:{zone}".encode()).decode()
+    typed = f"concat('DateTime(''fi', 'le:{zone}'')')"
+    for sql in (f"SELECT toTimeZone(now(), {built})",
+                f"SELECT toTimezone(now(), base64Decode('{encoded}'))",
+                f"WITH {built} AS z SELECT toString(now(), z)",
+                f"SELECT toHour(now(), (SELECT {built}))",
+                f"SELECT now({built})",
+                f"SELECT dateDiff('day', now(), now(), {built})",
+                f"SELECT toStartOfInterval(now(), INTERVAL 1 HOUR, {built})",
+                f"SELECT makeDateTime64(2020, 1, 1, 0, 0, 0, 0, 3, {built})",
+                f"SELECT CAST(now(), {typed})",
+                f"SELECT accurateCastOrNull(now(), {typed})",
+                f"SELECT JSONExtract('{{\"a\": 1}}', 'a', {typed})",
+                f"SELECT JSONExtract('{{\"a\": {{\"b\": 1}}}}', 'a', 'b', {typed})",
+                f"SELECT defaultValueOfTypeName({typed})",
+                f"SELECT DATE_DIFF('day', now(), now(), {built})"):
+        refused(run(http, sql, auth), 497)
+    # What data teams write stays as it was: zones and types as literals or parameters,
+    # columns and expressions wherever a date or a number goes.
+    for sql, expected in (
+        ("SELECT toString(toTimeZone(toDateTime('2026-01-01 12:00:00', 'UTC'), "
+         "'Europe/Berlin'))", "2026-01-01 13:00:00\n"),
+        ("SELECT dateDiff('day', toDate('2026-01-01'), toDate('2026-01-01') + number) "
+         "FROM numbers(3)", "0\n1\n2\n"),
+        ("SELECT toString(toStartOfInterval(toDateTime('2026-01-01 12:34:00', 'UTC') "
+         "+ INTERVAL 1 DAY, INTERVAL 1 HOUR))", "2026-01-02 12:00:00\n"),
+        ("SELECT formatDateTime(toDate('2026-01-01'), '%Y')", "2026\n"),
+        ("SELECT toTypeName(CAST(1, 'UInt8')), JSONExtract('{\"a\": 7}', 'a', 'UInt8')",
+         "UInt8\t7\n"),
+    ):
+        assert run(http, sql, auth).text == expected, sql
+    resp = run(http, "SELECT toString(toTimeZone(toDateTime('2026-01-01 12:00:00', 'UTC'), "
+               "{z:String}))", auth, param_z="Asia/Tokyo")
+    assert resp.text == "2026-01-01 21:00:00\n"
+    alive(http)
+
+
+@pytest.mark.parametrize("auth", [None, WRITER], ids=["default", "writer"])
 def test_settings_that_name_files_are_fixed(http: httpx.Client, canary, auth) -> None:
     path, secret = canary
     for name in ("format_template_row", "format_template_resultset", "format_schema",

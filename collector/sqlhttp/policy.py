@@ -20,6 +20,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from collector.sqlhttp import zones
 from collector.sqlhttp.errors import SqlError
 from collector.sqlhttp.statements import plain, tokens
 from collector.sqlhttp.syntax import Node
@@ -180,6 +181,7 @@ def check(tree: Node, sql: str, readonly: bool, scope: Scope | None,
     """
     _unseen(tree, sql, readonly, scope is not None, text_settings)
     _host_routes(tree, readonly)
+    _zone_arguments(tree)
     if scope is not None:
         _reading_only(tree, scope)
 
@@ -342,6 +344,20 @@ def _host_routes(tree: Node, readonly: bool) -> None:
             raise _route(node.ident, readonly)
         if _normal(node.ident) in HOST_ROUTES:
             raise _route(node.ident, readonly)
+
+
+def _zone_arguments(tree: Node) -> None:
+    """Where the engine reads a time zone or a type name, only a literal (``zones.py``): a
+    name the query computes would be opened as a file unchecked."""
+    for node, _ in tree.walk():
+        if node.kind != "Function" or not node.children:
+            continue
+        args = node.children[0].children
+        for position in zones.positions(node.ident, len(args)):
+            if args[position].kind != "Literal":
+                raise _denied(f"argument {position + 1} of {node.ident}() is read as a time "
+                              "zone or a type name, and may only be a literal or a query "
+                              "parameter: the engine opens a zone it does not know as a file")
 
 
 def _is(node: Node, label: str) -> bool:
