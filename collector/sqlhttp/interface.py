@@ -93,11 +93,20 @@ class _SqlInterface:
             names = conn.query("SELECT name FROM system.settings", "TabSeparatedRaw")
             texts = conn.query("SELECT name FROM system.settings WHERE type IN "
                                "('String', 'Map', 'URI')", "TabSeparatedRaw")
+            functions = conn.query("SELECT name FROM system.functions WHERE origin = 'System' "
+                                   "UNION ALL SELECT name FROM system.table_functions",
+                                   "TabSeparatedRaw")
         finally:
             conn.close()
         self.setting_names = frozenset(names.bytes().decode().splitlines())
         # Settings whose values are text: a writer's come from an allow-list (policy.py).
         self.text_settings = frozenset(texts.bytes().decode().splitlines())
+        # A newer engine's functions, refused until reviewed (policy.unreviewed).
+        self.unreviewed = policy.unreviewed(functions.bytes().decode().splitlines())
+        if self.unreviewed:
+            logger.warning("SQL interface: %d functions of this engine are refused until "
+                           "reviewed (collector/sqlhttp/reviewed_functions.txt): %s",
+                           len(self.unreviewed), ", ".join(sorted(self.unreviewed)[:20]))
         # The engine's default, as ClickHouse does (chDB turns it on).
         self.compress_by_default = bool(compression)
         self.formats = {
@@ -288,7 +297,8 @@ class _SqlInterface:
             if data is not None:
                 sql = f"{sql} FORMAT {insert_format}"
             parsed = parse(conn, sql, call.binds)
-            policy.check(parsed.tree, parsed.sql, call.readonly, scope, self.text_settings)
+            policy.check(parsed.tree, parsed.sql, call.readonly, scope, self.text_settings,
+                         self.unreviewed)
             self._check_structures(parsed.tree, call.readonly)
             if data is not None:
                 head = parsed.sql.removesuffix(f"FORMAT {insert_format}").rstrip()
@@ -311,22 +321,28 @@ class _SqlInterface:
 
     def _check_structures(self, tree: Node, readonly: bool) -> None:
         """Each string a table function may read as a column list, parsed by the engine as
-        one: names and types only (policy.STRUCTURED). One that does not parse as a column
-        list is data, which the engine does not parse either. On this thread's own
-        connection: none of the client's settings (a lowered max_query_size) may fail the
-        check's parse."""
+        one: names and types only (policy.STRUCTURED), and no zone in a type naming a file.
+        One that does not parse as a column list is data, which the engine does not parse
+        either. Each literal read as a time zone or a type name, as the engine reads it. On
+        this thread's own connection: none of the client's settings (a lowered
+        max_query_size) may fail the check's parse."""
         conn = self.store.connection()
         for literal in policy.structure_literals(tree):
-            # The engine reads its own literal back (a quoted string, nothing else: checked).
-            text = conn.query(f"SELECT {literal}", "TSVRaw").bytes().decode().removesuffix("\n")
+            text = _literal_value(conn, literal)
             policy.check_structure_text(text)
-            try:
-                columns = parse(conn, policy.STRUCTURE.format(text), {}).tree
-            except SqlError as exc:
-                if exc.code == 62:  # a syntax error: no column list
-                    continue
-                raise
-            policy.check_structure(columns, readonly)
+            columns = _column_list(conn, text)
+            if columns is not None:
+                policy.check_structure(columns, readonly)
+                _check_literals(conn, columns)
+        for literal in policy.zone_literals(tree):
+            zone = _literal_value(conn, literal)
+            policy.check_value(zone)
+            # A type name: the engine parses it again, and x'...' or b'...' in it name a
+            # zone no text check sees.
+            policy.check_structure_text(zone)
+            columns = _column_list(conn, f"c {zone}")
+            if columns is not None:
+                _check_literals(conn, columns)
 
     def _bounded(self, conn: Connection, call: Call, parsed: Parsed, st: Statement
                  ) -> tuple[memoryview, Any]:
@@ -480,6 +496,29 @@ class _SqlInterface:
             SqlError.of(516, "Authentication failed: connections are accepted from loopback only"),
             "",
         )
+
+
+def _literal_value(conn: Connection, literal: str) -> str:
+    """A literal's value, as the engine reads it (the tree prints it quoted and escaped)."""
+    return conn.query(f"SELECT {literal}", "TSVRaw").bytes().decode().removesuffix("\n")
+
+
+def _column_list(conn: Connection, text: str) -> Node | None:
+    """The engine's parse of ``text`` as a table's column list, or None if it is not one."""
+    try:
+        return parse(conn, policy.STRUCTURE.format(text), {}).tree
+    except SqlError as exc:
+        if exc.code == 62:  # a syntax error: no column list
+            return None
+        raise
+
+
+def _check_literals(conn: Connection, tree: Node) -> None:
+    """Every literal of a parsed column list (a type's arguments: a zone) as the engine reads
+    it."""
+    for node, _ in tree.walk():
+        if node.kind == "Literal":
+            policy.check_value(_literal_value(conn, node.ident))
 
 
 def _query_params(request: Request) -> dict[str, str]:

@@ -17,8 +17,9 @@ table by name.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from importlib.resources import files
 
 from collector.sqlhttp import zones
 from collector.sqlhttp.errors import SqlError
@@ -171,23 +172,25 @@ class Scope:
 
 
 def check(tree: Node, sql: str, readonly: bool, scope: Scope | None,
-          text_settings: frozenset[str] = frozenset()) -> None:
+          text_settings: frozenset[str] = frozenset(),
+          unreviewed: frozenset[str] = frozenset()) -> None:
     """Raise SqlError unless the statement ``tree`` (whose canonical text is ``sql``) may
     run.
 
     ``readonly``: the request cannot write (engine-enforced; here the scalar ``file()``,
     which the engine allows even then). ``scope``: a read-only user's grants.
     ``text_settings``: the engine's settings whose values are text (``check_setting``).
+    ``unreviewed``: the engine's functions nobody has reviewed (``unreviewed``).
     """
-    _unseen(tree, sql, readonly, scope is not None, text_settings)
+    _unseen(tree, sql, readonly, scope is not None, text_settings, unreviewed)
     _host_routes(tree, readonly)
-    _zone_arguments(tree)
+    zone_literals(tree)
     if scope is not None:
         _reading_only(tree, scope)
 
 
 def _unseen(tree: Node, sql: str, readonly: bool, reader: bool,
-            text_settings: frozenset[str]) -> None:
+            text_settings: frozenset[str], unreviewed: frozenset[str]) -> None:
     """Refuse what the engine's tree leaves out, found among the words of its canonical
     text (strings are not words), for every user, even where a word only names something:
     what the policy cannot see does not run. The tree shows neither a SHOW's WHERE and
@@ -203,7 +206,7 @@ def _unseen(tree: Node, sql: str, readonly: bool, reader: bool,
         raise _denied("the statement's text could not be verified: no comments or $$ "
                       "strings in query parameters' names and types")
     for token in found:
-        if token.kind == "string":
+        if token.kind in ("string", "quoted"):  # a quoted name may be a type (d.`DateTime(...)`)
             check_value(token.text.decode("utf-8", "replace"))
     words = [(t.name.decode("utf-8", "replace") if t.kind in ("word", "quoted") else "",
               t.kind == "word", t.text) for t in found]
@@ -226,7 +229,7 @@ def _unseen(tree: Node, sql: str, readonly: bool, reader: bool,
         if not readonly and text.startswith(b"="):  # a setting (readonly = 1: the engine
             check_setting(name, text_settings)       # refuses any change of one)
         if text == b"(" and name:
-            _callable(name, readonly, reader)
+            _callable(name, readonly, reader, unreviewed)
 
 
 def check_structure_text(text: str) -> None:
@@ -273,13 +276,39 @@ def check_structure(tree: Node, readonly: bool) -> None:
 
 
 def check_value(text: str) -> None:
-    """Refuse a string (a literal, a parameter's or a setting's value) that names a time zone
-    by a path: the engine's time zone library opens ``file:<path>`` (any user probed host
-    files so, and a pipe's path, /proc/self/fd/N, hung the engine's time zone lock past every
-    time limit). A name the query builds at run time (concat) is not seen here."""
-    if "file:" in text.lower():
-        raise _denied("a value holding 'file:' is not allowed over HTTP: the engine opens a "
-                      "time zone named file:<path> as a file")
+    """Refuse a string (a literal, a quoted name, a parameter's or a setting's value) that
+    names a time zone by a path: the engine's time zone library opens ``file:<path>`` (any
+    user probed host files so, and a pipe's path, /proc/self/fd/N, hung the engine's time
+    zone lock past every time limit). Checked in every form the engine may read it in: as
+    written, and with its escapes undone once more each time (a parameter's value is read
+    escaped, a type name in a string is parsed again: ``'fil\\\\x65:'`` became ``file:``)."""
+    for form in _unescapings(text):
+        if "file:" in form.lower():
+            raise _denied("a value holding 'file:' is not allowed over HTTP: the engine opens "
+                          "a time zone named file:<path> as a file")
+
+
+_ESCAPE = re.compile(r"\\(x[0-9A-Fa-f]{2}|.)", re.S)
+_ESCAPED = {"0": "\0", "a": "\a", "b": "\b", "e": "\x1b", "f": "\f", "n": "\n", "r": "\r",
+            "t": "\t", "v": "\v"}
+_MAX_UNESCAPINGS = 16
+
+
+def _unescapings(text: str) -> Iterator[str]:
+    """``text``, then with ClickHouse's backslash escapes undone, again and again until none
+    is left (each pass shortens it); past _MAX_UNESCAPINGS passes it is refused."""
+    for _ in range(_MAX_UNESCAPINGS):
+        yield text
+        undone = _ESCAPE.sub(_unescape, text) if "\\" in text else text
+        if undone == text:
+            return
+        text = undone
+    raise _denied("a value escaped this many times over is not allowed over HTTP")
+
+
+def _unescape(match: re.Match[str]) -> str:
+    code = match.group(1)
+    return chr(int(code[1:], 16)) if len(code) == 3 else _ESCAPED.get(code, code)
 
 
 def check_setting(name: str, text_settings: frozenset[str] = frozenset()) -> None:
@@ -292,10 +321,13 @@ def check_setting(name: str, text_settings: frozenset[str] = frozenset()) -> Non
                       "SQL, a table or a host that no check sees")
 
 
-def _callable(name: str, readonly: bool, reader: bool) -> None:
+def _callable(name: str, readonly: bool, reader: bool, unreviewed: frozenset[str]) -> None:
     """Refuse a call of a function no user may call, or a read-only user may not."""
     if _normal(name) in HOST_ROUTES:
         raise _route(name, readonly)
+    if _normal(name) in unreviewed:
+        raise _denied(f"{name}() is new in this engine and not reviewed yet for what it "
+                      "reaches (collector/sqlhttp/reviewed_functions.txt)")
     if reader and _reads_a_table(name):
         raise _denied(f"{name}() is not allowed for this user")
 
@@ -310,9 +342,23 @@ def _reads_a_table(name: str) -> bool:
     return name in TABLE_READERS or name.startswith(TABLE_READERS_PREFIX)
 
 
+def unreviewed(functions: Iterable[str]) -> frozenset[str]:
+    """Of the engine's built-in functions and table functions, those missing from
+    ``reviewed_functions.txt`` (a newer engine's), compared as HOST_ROUTES: HOST_ROUTES is a
+    list of what to refuse, so a function it was not written against passes it, and this
+    refuses it instead, until someone has read what it does."""
+    return frozenset(_normal(name) for name in functions) - _REVIEWED
+
+
 def _normal(name: str) -> str:
     # As the engine takes some names (EXECUTABLE_POOL for executablePool).
     return name.lower().replace("_", "")
+
+
+_REVIEWED = frozenset(
+    _normal(name)
+    for name in (files("collector.sqlhttp") / "reviewed_functions.txt").read_text().split("\n")
+    if name and not name.startswith("#"))
 
 
 def _host_routes(tree: Node, readonly: bool) -> None:
@@ -346,9 +392,13 @@ def _host_routes(tree: Node, readonly: bool) -> None:
             raise _route(node.ident, readonly)
 
 
-def _zone_arguments(tree: Node) -> None:
-    """Where the engine reads a time zone or a type name, only a literal (``zones.py``): a
-    name the query computes would be opened as a file unchecked."""
+def zone_literals(tree: Node) -> list[str]:
+    """The literals where the engine reads a time zone or a type name (``zones.py``), as the
+    tree prints them. Only a literal may stand there: a name the query computes would be
+    opened as a file unchecked. Each is checked by the interface as the engine reads it
+    (``check_value``; a type name is parsed by the engine first, as ``x'...'`` and ``$$``
+    strings in it name a zone too)."""
+    found = []
     for node, _ in tree.walk():
         if node.kind != "Function" or not node.children:
             continue
@@ -358,6 +408,8 @@ def _zone_arguments(tree: Node) -> None:
                 raise _denied(f"argument {position + 1} of {node.ident}() is read as a time "
                               "zone or a type name, and may only be a literal or a query "
                               "parameter: the engine opens a zone it does not know as a file")
+            found.append(args[position].ident)
+    return found
 
 
 def _is(node: Node, label: str) -> bool:

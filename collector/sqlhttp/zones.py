@@ -13,10 +13,12 @@ a literal in the engine's tree): ``policy.check`` refuses anything else.
 :data:`TABLE` is the installed engine's, found by asking it (:func:`probe`): every function
 it lists is called with a zone nobody has (``Nowhere/Zone``), and with a type naming it,
 at each position among arguments of common types; where the engine answers that it cannot
-load that zone, the position is one. Aliases (``toTimeZone``, ``DATE_DIFF``) and the
+load that zone (or names it in an error, where the same call with a zone it has succeeds),
+the position is one. Aliases (``toTimeZone``, ``DATE_DIFF``) and the
 lower-cased names of case-insensitive functions are listed as their functions.
-``python3 -m collector.sqlhttp.zones`` probes the engine (about 3 minutes) and prints the
-table to put here; ``tests/test_sql_zones.py`` checks it against the engine.
+``python3 -c "from collector.sqlhttp.zones import main; main()"`` probes the engine (about
+5 minutes) and prints the table to put here; ``tests/test_sql_zones.py`` checks it against
+the engine.
 """
 
 from __future__ import annotations
@@ -25,7 +27,10 @@ import re
 import sys
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
+THREADS = 4  # the probe's
 LAST = -1  # the last argument, whatever their number (JSONExtract's type)
 # Function name (lower-cased) -> {number of arguments: positions read as a zone or type}
 # or LAST. A call with a number of arguments the probe did not see has every position the
@@ -64,6 +69,7 @@ TABLE: dict[str, dict[int, tuple[int, ...]] | int] = {
     'dayofweek': {3: (2,)},
     'dayofyear': {2: (1,)},
     'defaultvalueoftypename': {1: (0,)},
+    'dynamicelement': {2: (1,)},
     'formatdatetime': {3: (2,)},
     'formatdatetimeinjodasyntax': {3: (2,)},
     'from_unixtime': {3: (2,)},
@@ -75,6 +81,7 @@ TABLE: dict[str, dict[int, tuple[int, ...]] | int] = {
     'fromunixtimestamp64second': {2: (1,)},
     'fromunixtimestampinjodasyntax': {3: (2,)},
     'fromutctimestamp': {2: (1,)},
+    'getsubcolumn': {2: (1,)},
     'gettypeserializationstreams': {1: (0,)},
     'hop': {4: (3,)},
     'hopend': {4: (3,)},
@@ -127,6 +134,8 @@ TABLE: dict[str, dict[int, tuple[int, ...]] | int] = {
     'quarter': {2: (1,)},
     'reinterpret': {2: (1,)},
     'second': {2: (1,)},
+    'snowflakeidtodatetime': {3: (2,)},
+    'snowflakeidtodatetime64': {3: (2,)},
     'str_to_date': {3: (2,)},
     'subtractdays': {3: (2,)},
     'subtracthours': {3: (2,)},
@@ -217,6 +226,7 @@ TABLE: dict[str, dict[int, tuple[int, ...]] | int] = {
     'tumble': {3: (2,)},
     'tumbleend': {3: (2,)},
     'tumblestart': {3: (2,)},
+    'uuidv7todatetime': {2: (1,)},
     'week': {3: (2,)},
     'year': {2: (1,)},
     'yearweek': {3: (2,)},
@@ -226,9 +236,12 @@ TABLE: dict[str, dict[int, tuple[int, ...]] | int] = {
 
 _ZONE = "'Nowhere/Zone'"
 _TYPE = "'DateTime(\\'Nowhere/Zone\\')'"
+_VALID = {_ZONE: "'UTC'", _TYPE: "'DateTime(\\'UTC\\')'"}  # the same call, loading a zone
 _FOUND = re.compile(r"Cannot load time zone (Nowhere/Zone|DateTime\('Nowhere/Zone'\))")
+# Arguments of common types, each tried before the probe; the first nine also second.
 _FILLERS = ("now()", "0", "3", "'day'", "'%Y'", "'2020-01-01'", "'{}'", "toIntervalHour(1)",
-            "'a'", "[1]", "tuple(1)")
+            "'a'", "[1]", "tuple(1)", "toUInt64(0)", "toUUID('018f8d2a-0000-7000-8000-0000000000"
+            "00')", "now()::Dynamic", "toDateTime64(0, 3)")
 _SHAPES = (("'day'", "now()", "now()"), ("now()", "toIntervalHour(1)", "now()"),
            ("now()", "toIntervalHour(1)", "toIntervalHour(2)"), ("'{}'", "'a'", "'b'"),
            ("now()", "0", "3"), ("'x'", "'%Y'", "0"), ("'{}'", "'a'", "'b'", "'c'"),
@@ -279,22 +292,16 @@ def probe(query: Callable[[str], str], names: Iterable[str] | None = None
         if alias_to:
             aliases.setdefault(alias_to, []).append(name)
     wanted = None if names is None else set(names)
-    found: dict[str, dict[int, set[int]]] = {}
-    for name, aggregate, _, alias_to in rows:
-        if alias_to or _NOT_CALLED.match(name) or (wanted is not None and name not in wanted):
-            continue
-        for args in calls():
-            sql = f"SELECT {name}({', '.join(args)})" + (" FROM numbers(1)"
-                                                         if aggregate == "1" else "")
-            try:
-                query(sql)
-            except Exception as exc:  # noqa: BLE001 (any error; only this one counts)
-                message = str(exc).split("In scope")[0].split("While processing")[0]
-                if _FOUND.search(message):
-                    where = next(i for i, a in enumerate(args) if a in (_ZONE, _TYPE))
-                    found.setdefault(name, {}).setdefault(len(args), set()).add(where)
+    probed = [(name, aggregate == "1") for name, aggregate, _, alias_to in rows
+              if not alias_to and not _NOT_CALLED.match(name)
+              and (wanted is None or name in wanted)]
+    with ThreadPoolExecutor(THREADS) as pool:  # the engine answers threads at once
+        found = dict(zip((name for name, _ in probed),
+                         pool.map(lambda item: _probe_one(query, *item), probed), strict=True))
     table: dict[str, dict[int, tuple[int, ...]] | int] = {}
     for name, by_arity in found.items():
+        if not by_arity:
+            continue
         last = all(ps == {n - 1} for n, ps in by_arity.items()) and len(by_arity) >= 3
         entry: dict[int, tuple[int, ...]] | int = (
             LAST if last else {n: tuple(sorted(ps)) for n, ps in sorted(by_arity.items())})
@@ -303,22 +310,54 @@ def probe(query: Callable[[str], str], names: Iterable[str] | None = None
     return dict(sorted(table.items()))
 
 
+def query_on(store: Any) -> Callable[[str], str]:
+    """A probe's ``query`` on an embedded store: each thread on its own connection."""
+    return lambda sql: store.connection().query(sql, "TSV").bytes().decode()
+
+
+def _probe_one(query: Callable[[str], str], name: str, aggregate: bool
+               ) -> dict[int, set[int]]:
+    """Number of arguments -> the positions where ``name`` read the probe as a zone."""
+    found: dict[int, set[int]] = {}
+    for args in calls():
+        sql = f"SELECT {name}({', '.join(args)})" + (" FROM numbers(1)" if aggregate else "")
+        try:
+            query(sql)
+        except Exception as exc:  # noqa: BLE001 (any error; only these count)
+            where = next(i for i, a in enumerate(args) if a in _VALID)
+            if _loads_a_zone(query, sql, str(exc), args[where]):
+                found.setdefault(len(args), set()).add(where)
+    return found
+
+
+def _loads_a_zone(query: Callable[[str], str], sql: str, error: str, probed: str) -> bool:
+    """Whether a call failed on its zone: the engine says it cannot load it, or its message
+    names the zone (some wrap the loader's error: "must be a valid type name") and the same
+    call with a zone it has succeeds."""
+    message = error.split("In scope")[0].split("While processing")[0]
+    if _FOUND.search(message):
+        return True
+    if "Nowhere/Zone" not in message:
+        return False
+    try:
+        query(sql.replace(probed, _VALID[probed]))
+    except Exception:  # noqa: BLE001
+        return False
+    return True
+
+
 def main() -> None:
     import tempfile
 
-    from chdb import session  # the embedded engine, on a scratch path
+    from collector.storage.embedded import EmbeddedStore  # on a scratch path
 
     with tempfile.TemporaryDirectory(prefix="zones-") as tmp:
-        engine = session.Session(tmp)
+        store = EmbeddedStore(tmp)
         began = time.monotonic()
-        table = probe(lambda sql: engine.query(sql, "TSV").bytes().decode())
-        engine.close()
+        table = probe(query_on(store))
+        store.close()
     print(f"# probed in {time.monotonic() - began:.0f} s", file=sys.stderr)
     print("TABLE: dict[str, dict[int, tuple[int, ...]] | int] = {")
     for name, entry in table.items():
         print(f"    {name!r}: {'LAST' if entry == LAST else entry},")
     print("}")
-
-
-if __name__ == "__main__":
-    main()
