@@ -1,10 +1,11 @@
 """SQL interface latency: what checking each statement on the engine's parse costs.
 
 Starts the ClickHouse HTTP interface over a fresh embedded store in this process and times
-``--queries`` small queries (``SELECT count() FROM tagwerk.events``) one after another, as
-the read-only ``default`` user (parse, policy, the user's tables and filters) and as a
-read-write user (parse and policy only), and a bare ``SELECT count()`` on a chDB connection
-as the floor. Prints the median and p90 of each and their ratio to the floor.
+``--queries`` small queries one after another, as the read-only ``default`` user (parse,
+policy, the user's tables and filters) and as a read-write user (parse and policy only),
+and the same query on a chDB connection as the floor: ``SELECT count() FROM
+tagwerk.events``, and one with a time zone and a type (each checked as the engine reads it:
+``policy.zone_literals``). Prints the median and p90 of each and their ratio to the floor.
 
 Run: ``python3 bench/sql_latency.py [--queries 300]``.
 """
@@ -28,7 +29,9 @@ from collector.migrations import migrate  # noqa: E402
 from collector.sqlhttp import SqlUser, build_sql_app  # noqa: E402
 from collector.storage.embedded import EmbeddedStore  # noqa: E402
 
-QUERY = "SELECT count() FROM tagwerk.events"
+QUERIES = ("SELECT count() FROM tagwerk.events",
+           "SELECT toStartOfHour(ts, 'Europe/Berlin') AS hour, CAST(count() AS String) "
+           "FROM tagwerk.events GROUP BY hour")
 
 
 def timed(call, n: int) -> list[float]:
@@ -64,21 +67,25 @@ def main() -> None:
         thread.start()
         wait_http(f"http://127.0.0.1:{port}/ping")
         conn = store.new_connection()
-        floor = timed(lambda: conn.query(QUERY, "TSV"), args.queries)
+        results = []
         with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
-            reader = timed(lambda: client.post("/", content=QUERY).raise_for_status(),
-                           args.queries)
-            writer = timed(lambda: client.post("/", content=QUERY, auth=("writer", "pw"))
-                           .raise_for_status(), args.queries)
+            for query in QUERIES:
+                floor = timed(lambda q=query: conn.query(q, "TSV"), args.queries)
+                reader = timed(lambda q=query: client.post("/", content=q).raise_for_status(),
+                               args.queries)
+                writer = timed(lambda q=query: client.post("/", content=q, auth=("writer", "pw"))
+                               .raise_for_status(), args.queries)
+                results.append((query, floor, reader, writer))
         server.should_exit = True
         thread.join()
         conn.close()
         store.close()
-    base = statistics.median(floor)
-    print(f"{args.queries} queries each: {QUERY}")
-    print(line("chDB connection (floor)", floor, base))
-    print(line("HTTP, read-only default", reader, base))
-    print(line("HTTP, read-write user", writer, base))
+    for query, floor, reader, writer in results:
+        base = statistics.median(floor)
+        print(f"{args.queries} queries each: {query}")
+        print(line("chDB connection (floor)", floor, base))
+        print(line("HTTP, read-only default", reader, base))
+        print(line("HTTP, read-write user", writer, base))
 
 
 if __name__ == "__main__":

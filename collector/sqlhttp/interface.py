@@ -10,6 +10,7 @@ import hmac
 import itertools
 import logging
 import socket
+import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
@@ -338,11 +339,12 @@ class _SqlInterface:
             zone = _literal_value(conn, literal)
             policy.check_value(zone)
             # A type name: the engine parses it again, and x'...' or b'...' in it name a
-            # zone no text check sees.
-            policy.check_structure_text(zone)
-            columns = _column_list(conn, f"c {zone}")
-            if columns is not None:
-                _check_literals(conn, columns)
+            # zone no text check sees (a type names one in parentheses only).
+            if "(" in zone:
+                policy.check_structure_text(zone)
+                columns = _column_list(conn, f"c {zone}")
+                if columns is not None:
+                    _check_literals(conn, columns)
 
     def _bounded(self, conn: Connection, call: Call, parsed: Parsed, st: Statement
                  ) -> tuple[memoryview, Any]:
@@ -499,8 +501,21 @@ class _SqlInterface:
 
 
 def _literal_value(conn: Connection, literal: str) -> str:
-    """A literal's value, as the engine reads it (the tree prints it quoted and escaped)."""
-    return conn.query(f"SELECT {literal}", "TSVRaw").bytes().decode().removesuffix("\n")
+    """A literal's value, as the engine reads it (the tree prints it quoted and escaped).
+    Short ones are kept: the same zones and types come in statement after statement."""
+    value = _values.get(literal)
+    if value is None:
+        value = conn.query(f"SELECT {literal}", "TSVRaw").bytes().decode().removesuffix("\n")
+        if len(literal) <= 256:
+            with _values_lock:
+                _values[literal] = value
+                if len(_values) > 4096:
+                    _values.pop(next(iter(_values)))
+    return value
+
+
+_values: dict[str, str] = {}
+_values_lock = threading.Lock()
 
 
 def _column_list(conn: Connection, text: str) -> Node | None:
