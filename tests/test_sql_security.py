@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import secrets
 import socket
 import threading
@@ -566,6 +567,19 @@ def test_a_time_zone_or_type_built_by_the_query_is_refused(
         refused(run(http, sql, auth), 497, 164)
     refused(run(http, "SELECT toTimeZone(now(), {z:String})", auth,
                 param_z=f"fil\\x65:{zone}"), 497, 164)
+    # An eighth probe's (stop 37): a parameter's type is built while the engine parses the
+    # statement, before any check (its zone loaded, a FIFO hung the lock); an aggregate
+    # state of Dynamic or JSON carries its values' types, zones included, in its bytes.
+    for zone_literal in (f"'file:{zone}'", f"x'{hexed}'"):
+        refused(run(http, f"SELECT {{p:DateTime({zone_literal})}}", auth,
+                    param_p="2020-01-01 00:00:00"), 497, 164)
+    state = "01" + "12" + f"{len(f'file:{zone}'):02x}" + f"file:{zone}".encode().hex() + "00" * 4
+    for kind in ("Dynamic", "JSON", "Nullable(Dynamic)"):
+        refused(run(http, f"SELECT finalizeAggregation(CAST(unhex('{state}'), "
+                    f"'AggregateFunction(any, {kind})'))", auth), 497, 164)
+    many = ", ".join(f"toDateTime(0, 'Etc/GMT+{i % 12}{chr(97 + i % 26) * (i // 26)}')"
+                     for i in range(200))
+    refused(run(http, f"SELECT {many}", auth), 497)
     # What data teams write stays as it was: zones and types as literals or parameters,
     # columns and expressions wherever a date or a number goes.
     for sql, expected in (
@@ -578,6 +592,10 @@ def test_a_time_zone_or_type_built_by_the_query_is_refused(
         ("SELECT formatDateTime(toDate('2026-01-01'), '%Y')", "2026\n"),
         ("SELECT toTypeName(CAST(1, 'UInt8')), JSONExtract('{\"a\": 7}', 'a', 'UInt8')",
          "UInt8\t7\n"),
+        # Numbers among a type's arguments (the tree prints UInt64_3, not SQL).
+        ("SELECT toTypeName(CAST(0, 'DateTime64(3, \\'UTC\\')')), toString(d) "
+         "FROM values('d DateTime64(3, \\'UTC\\')', 0)",
+         "DateTime64(3, \\'UTC\\')\t1970-01-01 00:00:00.000\n"),
     ):
         assert run(http, sql, auth).text == expected, sql
     resp = run(http, "SELECT toString(toTimeZone(toDateTime('2026-01-01 12:00:00', 'UTC'), "
@@ -1105,3 +1123,25 @@ def test_a_function_nobody_reviewed_is_refused(store, sql: str) -> None:
         assert caught.value.code == 497
     known = parse(store.connection(), "SELECT toHour(now())", {})
     policy.check(known.tree, known.sql, False, None, unreviewed=unreviewed)
+
+
+def test_a_parameters_type_is_checked_before_the_engine_builds_it(url: str, tmp_path: Path
+                                                                   ) -> None:
+    """The engine builds a parameter's type while it parses the statement (EXPLAIN AST with
+    the values): a zone in it, written plainly or as x'...', was opened before any check, and
+    a FIFO's path hung the engine's time zone lock (an eighth probe). Here the FIFO is
+    written to if the request hangs, so that a failure does not hang the tests after it."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for zone in (f"'file:{fifo}'", "x'" + f"file:{fifo}".encode().hex() + "'"):
+        try:
+            resp = httpx.post(url, params={"param_p": "2020-01-01 00:00:00"}, timeout=5,
+                              content=f"SELECT {{p:DateTime({zone})}}")
+        except httpx.TimeoutException:
+            with open(fifo, "wb") as writer:  # releases the engine's lock
+                writer.write(b"not a zone")
+            pytest.fail(f"the engine opened the FIFO named in {zone}")
+        refused(resp, 497)
+    with httpx.Client(base_url=url, timeout=10) as http:
+        assert run(http, "SELECT toString(toTimeZone(toDateTime(0, 'UTC'), 'Asia/Seoul'))"
+                   ).text == "1970-01-01 09:00:00\n"

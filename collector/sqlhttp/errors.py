@@ -85,3 +85,8 @@ def engine_errors() -> Iterator[None]:
         yield
     except RuntimeError as exc:
         raise SqlError.from_engine(exc) from None
+
+
+def denied(message: str) -> SqlError:
+    """A statement refused by the interface's own checks (policy.py, values.py)."""
+    return SqlError.of(497, f"Not enough privileges: {message}")

@@ -62,6 +62,7 @@ from collector.sqlhttp.sessions import Session, Sessions
 from collector.sqlhttp.slots import ReaderSlots
 from collector.sqlhttp.statements import Format, Statement, decode_text, first_word, scan_statement
 from collector.sqlhttp.syntax import Node, Parsed, parse
+from collector.sqlhttp.values import check_value
 from collector.storage.base import escape_param
 from collector.storage.embedded import EmbeddedStore
 from collector.web.authorization import basic_credentials, split_authorization
@@ -207,7 +208,7 @@ class _SqlInterface:
         settings: dict[str, str] = {}
         for name, value in params.items():
             if name.startswith("param_") or name not in RESERVED:
-                policy.check_value(value)  # a parameter's or a setting's value
+                check_value(value)  # a parameter's or a setting's value
             if name.startswith("param_"):
                 binds[name.removeprefix("param_")] = value
             elif name and name not in RESERVED and name not in HTTP_SETTINGS:
@@ -337,7 +338,7 @@ class _SqlInterface:
                 _check_literals(conn, columns)
         for literal in policy.zone_literals(tree):
             zone = _literal_value(conn, literal)
-            policy.check_value(zone)
+            check_value(zone)
             # A type name: the engine parses it again, and x'...' or b'...' in it name a
             # zone no text check sees (a type names one in parentheses only).
             if "(" in zone:
@@ -530,10 +531,11 @@ def _column_list(conn: Connection, text: str) -> Node | None:
 
 def _check_literals(conn: Connection, tree: Node) -> None:
     """Every literal of a parsed column list (a type's arguments: a zone) as the engine reads
-    it."""
+    it, and its types (``policy.check_types``)."""
+    policy.check_types(tree)
     for node, _ in tree.walk():
-        if node.kind == "Literal":
-            policy.check_value(_literal_value(conn, node.ident))
+        if node.kind == "Literal" and node.ident.startswith("'"):  # a string (UInt64_3: a number)
+            check_value(_literal_value(conn, node.ident))
 
 
 def _query_params(request: Request) -> dict[str, str]:

@@ -17,14 +17,15 @@ table by name.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib.resources import files
 
 from collector.sqlhttp import zones
-from collector.sqlhttp.errors import SqlError
+from collector.sqlhttp.errors import SqlError, denied
 from collector.sqlhttp.statements import plain, tokens
 from collector.sqlhttp.syntax import Node
+from collector.sqlhttp.values import check_value
 from collector.storage.engine_config import FILE_SETTINGS
 
 # Functions, table functions, table engines and dictionary sources that reach the host's
@@ -168,7 +169,7 @@ class Scope:
         parts = name.split(".")
         for key in ((parts[0], parts[1]) if len(parts) > 1 else None, (self.database, parts[0])):
             if key and key in self.existing and not self.allows(*key):
-                raise _denied(f"the table {key[0]}.{key[1]} is not granted to this user")
+                raise denied(f"the table {key[0]}.{key[1]} is not granted to this user")
 
 
 def check(tree: Node, sql: str, readonly: bool, scope: Scope | None,
@@ -203,8 +204,8 @@ def _unseen(tree: Node, sql: str, readonly: bool, reader: bool,
     if not all(map(plain, found)):
         # A comment (formatQuery keeps one in a parameter's type: {p:String #! ...}), a
         # heredoc or an unclosed string: the lexer would not read the words as the engine.
-        raise _denied("the statement's text could not be verified: no comments or $$ "
-                      "strings in query parameters' names and types")
+        raise denied("the statement's text could not be verified: no comments or $$ "
+                     "strings in query parameters' names and types")
     for token in found:
         if token.kind in ("string", "quoted"):  # a quoted name may be a type (d.`DateTime(...)`)
             check_value(token.text.decode("utf-8", "replace"))
@@ -215,12 +216,12 @@ def _unseen(tree: Node, sql: str, readonly: bool, reader: bool,
             words, [*words[1:], ("", False, b"")], strict=True):
         word = name.lower() if keyword else ""
         if word in ("where", "limit") and tree.kind.startswith("Show"):
-            raise _denied("WHERE and LIMIT in SHOW statements are not allowed over HTTP: "
-                          "SELECT from the tables instead")
+            raise denied("WHERE and LIMIT in SHOW statements are not allowed over HTTP: "
+                         "SELECT from the tables instead")
         if word == "partition" and tree.kind == "CheckQuery":
-            raise _denied("CHECK TABLE ... PARTITION is not allowed over HTTP")
+            raise denied("CHECK TABLE ... PARTITION is not allowed over HTTP")
         if after_ttl and word in ("group", "set"):
-            raise _denied("a TTL with GROUP BY or SET is not allowed over HTTP")
+            raise denied("a TTL with GROUP BY or SET is not allowed over HTTP")
         after_ttl = after_ttl or word == "ttl"
         if word == "apply":
             raise _apply_refused()
@@ -236,10 +237,10 @@ def check_structure_text(text: str) -> None:
     """A column list given as a string is parsed inside STRUCTURE: a comment in it would end
     the wrapper (which then fails, and the string passes for data), so none is allowed."""
     if len(text) > MAX_STRUCTURE:
-        raise _denied(f"a string given where a column list may stand is at most "
-                      f"{MAX_STRUCTURE} bytes")
+        raise denied(f"a string given where a column list may stand is at most "
+                     f"{MAX_STRUCTURE} bytes")
     if not all(map(plain, tokens(text.encode(), comments=True))):
-        raise _denied("a column list in a string may not hold comments or $$ strings")
+        raise denied("a column list in a string may not hold comments or $$ strings")
 
 
 def structure_literals(tree: Node) -> list[str]:
@@ -255,8 +256,8 @@ def structure_literals(tree: Node) -> list[str]:
                     if _STRING_LITERAL.fullmatch(arg.ident):
                         found.append(arg.ident)
                 elif not (i == 0 and arg.kind == "Identifier" and _normal(node.ident) == "format"):
-                    raise _denied(f"the arguments of {node.ident}() must be literals: a column "
-                                  "list it works out from an expression cannot be checked")
+                    raise denied(f"the arguments of {node.ident}() must be literals: a column "
+                                 "list it works out from an expression cannot be checked")
     return found
 
 
@@ -271,44 +272,8 @@ def check_structure(tree: Node, readonly: bool) -> None:
             or any(column.kind != "ColumnDeclaration"
                    or [c.kind for c in column.children] != ["DataType"]
                    for column in columns[0].children)):
-        raise _denied("a column list in a string may name columns and their types only")
+        raise denied("a column list in a string may name columns and their types only")
     _host_routes(tree, readonly)
-
-
-def check_value(text: str) -> None:
-    """Refuse a string (a literal, a quoted name, a parameter's or a setting's value) that
-    names a time zone by a path: the engine's time zone library opens ``file:<path>`` (any
-    user probed host files so, and a pipe's path, /proc/self/fd/N, hung the engine's time
-    zone lock past every time limit). Checked in every form the engine may read it in: as
-    written, and with its escapes undone once more each time (a parameter's value is read
-    escaped, a type name in a string is parsed again: ``'fil\\\\x65:'`` became ``file:``)."""
-    for form in _unescapings(text):
-        if "file:" in form.lower():
-            raise _denied("a value holding 'file:' is not allowed over HTTP: the engine opens "
-                          "a time zone named file:<path> as a file")
-
-
-_ESCAPE = re.compile(r"\\(x[0-9A-Fa-f]{2}|.)", re.S)
-_ESCAPED = {"0": "\0", "a": "\a", "b": "\b", "e": "\x1b", "f": "\f", "n": "\n", "r": "\r",
-            "t": "\t", "v": "\v"}
-_MAX_UNESCAPINGS = 16
-
-
-def _unescapings(text: str) -> Iterator[str]:
-    """``text``, then with ClickHouse's backslash escapes undone, again and again until none
-    is left (each pass shortens it); past _MAX_UNESCAPINGS passes it is refused."""
-    for _ in range(_MAX_UNESCAPINGS):
-        yield text
-        undone = _ESCAPE.sub(_unescape, text) if "\\" in text else text
-        if undone == text:
-            return
-        text = undone
-    raise _denied("a value escaped this many times over is not allowed over HTTP")
-
-
-def _unescape(match: re.Match[str]) -> str:
-    code = match.group(1)
-    return chr(int(code[1:], 16)) if len(code) == 3 else _ESCAPED.get(code, code)
 
 
 def check_setting(name: str, text_settings: frozenset[str] = frozenset()) -> None:
@@ -317,8 +282,8 @@ def check_setting(name: str, text_settings: frozenset[str] = frozenset()) -> Non
     lowered = name.lower()
     if (lowered in SQL_SETTINGS or lowered.startswith(SQL_SETTING_PREFIXES)
             or (name in text_settings and name not in WRITER_TEXT_SETTINGS)):
-        raise _denied(f"the setting {name} is not allowed over HTTP: its value can hold "
-                      "SQL, a table or a host that no check sees")
+        raise denied(f"the setting {name} is not allowed over HTTP: its value can hold "
+                     "SQL, a table or a host that no check sees")
 
 
 def _callable(name: str, readonly: bool, reader: bool, unreviewed: frozenset[str]) -> None:
@@ -326,15 +291,15 @@ def _callable(name: str, readonly: bool, reader: bool, unreviewed: frozenset[str
     if _normal(name) in HOST_ROUTES:
         raise _route(name, readonly)
     if _normal(name) in unreviewed:
-        raise _denied(f"{name}() is new in this engine and not reviewed yet for what it "
-                      "reaches (collector/sqlhttp/reviewed_functions.txt)")
+        raise denied(f"{name}() is new in this engine and not reviewed yet for what it "
+                     "reaches (collector/sqlhttp/reviewed_functions.txt)")
     if reader and _reads_a_table(name):
-        raise _denied(f"{name}() is not allowed for this user")
+        raise denied(f"{name}() is not allowed for this user")
 
 
 def _apply_refused() -> SqlError:
-    return _denied("APPLY column transformers are not allowed over HTTP: name the columns "
-                   "and call the function on each")
+    return denied("APPLY column transformers are not allowed over HTTP: name the columns "
+                  "and call the function on each")
 
 
 def _reads_a_table(name: str) -> bool:
@@ -363,13 +328,13 @@ _REVIEWED = frozenset(
 
 def _host_routes(tree: Node, readonly: bool) -> None:
     if tree.kind in _REFUSED_FOR_ALL or tree.kind.startswith("Restore"):
-        raise _denied(f"{tree.kind} is not allowed over HTTP")
+        raise denied(f"{tree.kind} is not allowed over HTTP")
     if tree.kind == "InsertQuery" and _literals(tree.children):
         raise SqlError.of(78, "Query has infile and was send directly to server")
     for node, parent in tree.walk():
         # chDB's default database reads a file when a table's name is its path.
         if node.kind in ("TableIdentifier", "Identifier") and "/" in node.ident:
-            raise _denied(f"{node.ident} names a file, not a table")
+            raise denied(f"{node.ident} names a file, not a table")
         if node.kind in _WITH_OUTPUT or node.kind.startswith(_OUTPUT_PREFIXES):
             below = node.children[1:] if node.kind == "KillQueryQuery" else node.children
             if _literals(below):
@@ -392,6 +357,24 @@ def _host_routes(tree: Node, readonly: bool) -> None:
             raise _route(node.ident, readonly)
 
 
+MAX_ZONE_LITERALS = 64  # each is read back from the engine: ~2 ms apiece when new
+# Types whose values carry their own types, zones included, in their binary form: an
+# aggregate state of them, cast from a string, names any zone (an eighth probe).
+_SELF_TYPED = frozenset(("dynamic", "json", "object"))
+_STATES = frozenset(("aggregatefunction", "simpleaggregatefunction"))
+
+
+def check_types(columns: Node) -> None:
+    """Refuse, in a column list or type the engine parsed, an aggregate state holding values
+    that carry their own types: casting a string to it reads a zone's name from the bytes."""
+    for node, _ in columns.walk():
+        if node.kind == "DataType" and node.ident.lower() in _STATES:
+            for inner, _ in node.walk():
+                if inner.kind == "DataType" and inner.ident.lower() in _SELF_TYPED:
+                    raise denied(f"{node.ident} of {inner.ident} is not allowed over HTTP: "
+                                 "its bytes name time zones the engine opens as files")
+
+
 def zone_literals(tree: Node) -> list[str]:
     """The literals where the engine reads a time zone or a type name (``zones.py``), as the
     tree prints them. Only a literal may stand there: a name the query computes would be
@@ -405,10 +388,14 @@ def zone_literals(tree: Node) -> list[str]:
         args = node.children[0].children
         for position in zones.positions(node.ident, len(args)):
             if args[position].kind != "Literal":
-                raise _denied(f"argument {position + 1} of {node.ident}() is read as a time "
-                              "zone or a type name, and may only be a literal or a query "
-                              "parameter: the engine opens a zone it does not know as a file")
-            found.append(args[position].ident)
+                raise denied(f"argument {position + 1} of {node.ident}() is read as a time "
+                             "zone or a type name, and may only be a literal or a query "
+                             "parameter: the engine opens a zone it does not know as a file")
+            if args[position].ident.startswith("'"):  # a string (not a zone: a number)
+                found.append(args[position].ident)
+    if len(set(found)) > MAX_ZONE_LITERALS:
+        raise denied(f"at most {MAX_ZONE_LITERALS} different time zones and type names in "
+                     "one statement")
     return found
 
 
@@ -421,8 +408,8 @@ def _is(node: Node, label: str) -> bool:
 def _route(name: str, readonly: bool) -> SqlError:
     if readonly:  # as the engine refuses most of these under readonly
         return SqlError.of(164, f"Cannot execute query in readonly mode: {name}() is not allowed")
-    return _denied(f"{name}() reaches the host's files, programs or network, or storage "
-                   "outside the engine, and is not allowed over HTTP")
+    return denied(f"{name}() reaches the host's files, programs or network, or storage "
+                  "outside the engine, and is not allowed over HTTP")
 
 
 def _reading_only(tree: Node, scope: Scope) -> None:
@@ -442,12 +429,8 @@ def _reading_only(tree: Node, scope: Scope) -> None:
                         f"{name}() is not allowed"
                     )
             elif _reads_a_table(name):
-                raise _denied(f"{name}() is not allowed for this user")
+                raise denied(f"{name}() is not allowed for this user")
 
 
 def _literals(nodes: Iterable[Node]) -> bool:
     return any(node.kind == "Literal" for node in nodes)
-
-
-def _denied(message: str) -> SqlError:
-    return SqlError.of(497, f"Not enough privileges: {message}")

@@ -16,7 +16,9 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 from collector.sqlhttp.config import Connection
-from collector.sqlhttp.errors import SqlError, engine_errors
+from collector.sqlhttp.errors import SqlError, denied, engine_errors
+from collector.sqlhttp.statements import tokens
+from collector.sqlhttp.values import check_value
 from collector.storage.base import escape_param
 
 # One line of EXPLAIN AST: an indentation of one space per level, the node's kind, maybe a
@@ -77,6 +79,7 @@ def parse(conn: Connection, sql: str, binds: Mapping[str, str]) -> Parsed:
                      for name, value in binds.items())
         if copies > MAX_TREE_BYTES:
             raise _too_large(copies)
+        _check_parameter_types(canonical)
         # TSVRaw returns the text as it is; an escaped form would differ from what runs.
         dump = conn.query("EXPLAIN AST " + canonical, "TSVRaw", params=dict(binds)).bytes()
     if len(dump) > MAX_TREE_BYTES:
@@ -96,6 +99,27 @@ _MAX_KEPT, _MAX_KEPT_TEXT = 512, 8192
 MAX_TREE_BYTES = 16 << 20
 _parsed: OrderedDict[tuple[str, tuple[tuple[str, str], ...]], Parsed] = OrderedDict()
 _lock = threading.Lock()
+
+
+def _check_parameter_types(canonical: str) -> None:
+    """A query parameter's type is built while the engine parses the statement with its
+    values, before any check of the tree: a zone in it (``DateTime('file:...')``, or written
+    x'...') was opened as a file then, and a FIFO's path hung the engine's time zone lock.
+    So each string in a parameter's type is checked here (``{at:DateTime64(3, 'UTC')}``
+    stays), and one written in hex, in bits or as a $$ string is refused."""
+    inside, previous = False, None
+    for token in tokens(canonical.encode()):
+        if token.text == b"{":
+            inside = True
+        elif token.text == b"}":
+            inside = False
+        elif inside and token.kind == "string":
+            if token.text.startswith(b"$") or (previous is not None and previous.kind == "word"
+                                               and previous.end == token.start):
+                raise denied("a string in a query parameter's type must be written plainly "
+                             "('UTC'), not in hex, bits or $$")
+            check_value(token.text.decode("utf-8", "replace"))
+        previous = token
 
 
 def _too_large(size: int) -> SqlError:

@@ -3,7 +3,7 @@
 The engine loads a time zone it does not know from a file: a zone named ``file:<path>`` is
 any file (the time zone library's own loader, which chDB falls back to), and a pipe's path
 hangs the engine's time zone lock, and with it every query and the storing of hits. A
-literal or a query parameter is checked for ``file:`` (``policy.check_value``); a name the
+literal or a query parameter is checked for ``file:`` (``values.check_value``); a name the
 query computes when it runs (``concat``, ``base64Decode``, a ``WITH`` alias, a scalar
 subquery) is not seen by any check, and even the engine's analysis of the query loads the
 zone. So where a function's argument is read as a zone or as a type name (a type may name a
