@@ -580,6 +580,20 @@ def test_a_time_zone_or_type_built_by_the_query_is_refused(
     many = ", ".join(f"toDateTime(0, 'Etc/GMT+{i % 12}{chr(97 + i % 26) * (i // 26)}')"
                      for i in range(200))
     refused(run(http, f"SELECT {many}", auth), 497)
+    # A ninth probe's (stop 37): a Joda parser reads a zone's name from the parsed text
+    # where its format has z; thousands of strings each read back from the engine.
+    for sql in (f"SELECT parseDateTimeInJodaSyntax(concat('2020-01-01 00:00:00 ', {built}), "
+                "'yyyy-MM-dd HH:mm:ss z')",
+                f"SELECT parseDateTime64InJodaSyntaxOrNull(concat('2020-01-01 00:00:00 ', "
+                f"{built}), concat('yyyy-MM-dd HH:mm:ss ', 'z'))",
+                "SELECT parseDateTimeInJodaSyntax('2020-01-01 UTC', 'yyyy-MM-dd \\x7a')",
+                "SELECT CAST(1, 'AggregateFunction(sequenceMatch("
+                + ", ".join(f"\\'(?{i})\\'" for i in range(100)) + "), UInt8)')"):
+        refused(run(http, sql, auth), 497)
+    assert run(http, "SELECT count() FROM values('a String', "
+               + ", ".join(f"'{i}'" for i in range(2000)) + ")", auth).text == "2000\n"
+    assert run(http, "SELECT toString(parseDateTimeInJodaSyntax('2020-01-02', 'yyyy-MM-dd'))",
+               auth).text == "2020-01-02 00:00:00\n"
     # What data teams write stays as it was: zones and types as literals or parameters,
     # columns and expressions wherever a date or a number goes.
     for sql, expected in (
@@ -1145,3 +1159,21 @@ def test_a_parameters_type_is_checked_before_the_engine_builds_it(url: str, tmp_
     with httpx.Client(base_url=url, timeout=10) as http:
         assert run(http, "SELECT toString(toTimeZone(toDateTime(0, 'UTC'), 'Asia/Seoul'))"
                    ).text == "1970-01-01 09:00:00\n"
+
+
+def test_a_column_may_not_hold_an_aggregate_state_of_self_typed_values(http: httpx.Client
+                                                                      ) -> None:
+    """A writer's table with an aggregate state of Dynamic: a string inserted into it is read
+    as the state's bytes, which name a zone that every reader of the table then loads (a
+    ninth probe: 200 with the file's zone)."""
+    for sql in ("CREATE TABLE default.agg_dyn (a AggregateFunction(any, Dynamic)) "
+                "ENGINE = Memory",
+                "CREATE TABLE default.agg_json (a SimpleAggregateFunction(any, JSON)) "
+                "ENGINE = MergeTree ORDER BY tuple()"):
+        refused(run(http, sql, WRITER), 497)
+    run(http, "CREATE TABLE default.agg_ok (a UInt8) ENGINE = Memory", WRITER).raise_for_status()
+    try:
+        refused(run(http, "ALTER TABLE default.agg_ok ADD COLUMN b AggregateFunction(any, "
+                    "Dynamic)", WRITER), 497)
+    finally:
+        run(http, "DROP TABLE default.agg_ok", WRITER)

@@ -56,7 +56,7 @@ from collector.sqlhttp.config import (
     QueryLimits,
     SqlUser,
 )
-from collector.sqlhttp.errors import STATUS, VERSION_SUFFIX, SqlError, engine_errors
+from collector.sqlhttp.errors import STATUS, VERSION_SUFFIX, SqlError, denied, engine_errors
 from collector.sqlhttp.results import PLACEHOLDER, check_outfile_only, read_bounded, with_outfile
 from collector.sqlhttp.sessions import Session, Sessions
 from collector.sqlhttp.slots import ReaderSlots
@@ -533,9 +533,13 @@ def _check_literals(conn: Connection, tree: Node) -> None:
     """Every literal of a parsed column list (a type's arguments: a zone) as the engine reads
     it, and its types (``policy.check_types``)."""
     policy.check_types(tree)
-    for node, _ in tree.walk():
-        if node.kind == "Literal" and node.ident.startswith("'"):  # a string (UInt64_3: a number)
-            check_value(_literal_value(conn, node.ident))
+    strings = {node.ident for node, _ in tree.walk()  # (UInt64_3: a number)
+               if node.kind == "Literal" and node.ident.startswith("'")}
+    if len(strings) > policy.MAX_ZONE_LITERALS:  # each is an engine call (a ninth probe)
+        raise denied(f"a type or column list given as a string may hold at most "
+                     f"{policy.MAX_ZONE_LITERALS} different strings")
+    for literal in strings:
+        check_value(_literal_value(conn, literal))
 
 
 def _query_params(request: Request) -> dict[str, str]:

@@ -186,6 +186,8 @@ def check(tree: Node, sql: str, readonly: bool, scope: Scope | None,
     _unseen(tree, sql, readonly, scope is not None, text_settings, unreviewed)
     _host_routes(tree, readonly)
     zone_literals(tree)
+    _zones_from_text(tree)
+    check_types(tree)  # a column's type in CREATE or ALTER
     if scope is not None:
         _reading_only(tree, scope)
 
@@ -244,16 +246,20 @@ def check_structure_text(text: str) -> None:
 
 
 def structure_literals(tree: Node) -> list[str]:
-    """The strings given to STRUCTURED functions, as the tree prints them (quoted). Each of
-    their arguments must be a literal (format()'s first, its format's name, may be a name):
-    a column list the engine works out when the query runs (concat(), a WITH alias, a
-    subquery) could not be checked."""
+    """The strings given to STRUCTURED functions where a column list stands (the first
+    argument; format()'s second, after its format's name), as the tree prints them
+    (quoted); the others are data, and ``values()`` may have thousands (each one read back
+    from the engine made a reader's request run for half a minute: a ninth probe). Each of
+    their arguments must be a literal (format()'s first may be a name): a column list the
+    engine works out when the query runs (concat(), a WITH alias, a subquery) could not be
+    checked."""
     found = []
     for node, _ in tree.walk():
         if node.kind == "Function" and _normal(node.ident) in STRUCTURED and node.children:
+            where = 1 if _normal(node.ident) == "format" else 0
             for i, arg in enumerate(node.children[0].children):
                 if arg.kind == "Literal":
-                    if _STRING_LITERAL.fullmatch(arg.ident):
+                    if i == where and _STRING_LITERAL.fullmatch(arg.ident):
                         found.append(arg.ident)
                 elif not (i == 0 and arg.kind == "Identifier" and _normal(node.ident) == "format"):
                     raise denied(f"the arguments of {node.ident}() must be literals: a column "
@@ -373,6 +379,25 @@ def check_types(columns: Node) -> None:
                 if inner.kind == "DataType" and inner.ident.lower() in _SELF_TYPED:
                     raise denied(f"{node.ident} of {inner.ident} is not allowed over HTTP: "
                                  "its bytes name time zones the engine opens as files")
+
+
+# Parsers that read a time zone's name from the text they parse, where the format has a
+# Joda ``z``: the name comes from the data (a ninth probe: concat() of 'file:...').
+_ZONE_FROM_TEXT = frozenset(_normal(f"parseDateTime{bits}InJodaSyntax{variant}")
+                            for bits in ("", "64") for variant in ("", "OrNull", "OrZero"))
+
+
+def _zones_from_text(tree: Node) -> None:
+    """A Joda parser's format must be a literal without ``z`` (a zone's name in the text)."""
+    for node, _ in tree.walk():
+        if node.kind != "Function" or _normal(node.ident) not in _ZONE_FROM_TEXT:
+            continue
+        args = node.children[0].children if node.children else []
+        form = args[1] if len(args) > 1 else None
+        if form is not None and not (form.kind == "Literal" and form.ident.startswith("'")
+                                     and "z" not in form.ident and "\\" not in form.ident):
+            raise denied(f"the format of {node.ident}() must be a literal without z: the "
+                         "engine opens a time zone named in the parsed text as a file")
 
 
 def zone_literals(tree: Node) -> list[str]:
