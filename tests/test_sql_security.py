@@ -594,6 +594,15 @@ def test_a_time_zone_or_type_built_by_the_query_is_refused(
                + ", ".join(f"'{i}'" for i in range(2000)) + ")", auth).text == "2000\n"
     assert run(http, "SELECT toString(parseDateTimeInJodaSyntax('2020-01-02', 'yyyy-MM-dd'))",
                auth).text == "2020-01-02 00:00:00\n"
+    # A tenth probe's: a Dynamic or JSON subcolumn named by a type whose zone is written in
+    # hex or in bits (200 with the file's zone, for default).
+    for name in (f"DateTime(x'{hexed}')", f"DateTime(b'{bits}')"):
+        refused(run(http, f"SELECT assumeNotNull(d.`{name}`) FROM (SELECT toDateTime(0)::Dynamic "
+                    "AS d)", auth), 497)
+        refused(run(http, f"SELECT assumeNotNull(j.a.:`{name}`) FROM values('j JSON', "
+                    "'{\"a\":1}')", auth), 497)
+    assert run(http, "SELECT d.`DateTime('UTC')` IS NULL FROM (SELECT 1::Dynamic AS d)",
+               auth).text == "1\n"
     # What data teams write stays as it was: zones and types as literals or parameters,
     # columns and expressions wherever a date or a number goes.
     for sql, expected in (

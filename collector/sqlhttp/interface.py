@@ -60,9 +60,16 @@ from collector.sqlhttp.errors import STATUS, VERSION_SUFFIX, SqlError, denied, e
 from collector.sqlhttp.results import PLACEHOLDER, check_outfile_only, read_bounded, with_outfile
 from collector.sqlhttp.sessions import Session, Sessions
 from collector.sqlhttp.slots import ReaderSlots
-from collector.sqlhttp.statements import Format, Statement, decode_text, first_word, scan_statement
+from collector.sqlhttp.statements import (
+    Format,
+    Statement,
+    decode_text,
+    first_word,
+    scan_statement,
+    tokens,
+)
 from collector.sqlhttp.syntax import Node, Parsed, parse
-from collector.sqlhttp.values import check_value
+from collector.sqlhttp.values import check_value, unescaped
 from collector.storage.base import escape_param
 from collector.storage.embedded import EmbeddedStore
 from collector.web.authorization import basic_credentials, split_authorization
@@ -301,7 +308,7 @@ class _SqlInterface:
             parsed = parse(conn, sql, call.binds)
             policy.check(parsed.tree, parsed.sql, call.readonly, scope, self.text_settings,
                          self.unreviewed)
-            self._check_structures(parsed.tree, call.readonly)
+            self._check_structures(parsed.tree, parsed.sql, call.readonly)
             if data is not None:
                 head = parsed.sql.removesuffix(f"FORMAT {insert_format}").rstrip()
                 # Parameters in VALUES data ({id:UInt32}) are the connection's.
@@ -321,11 +328,12 @@ class _SqlInterface:
             out, result = DEFLATERS[encoding](out), None  # chDB's buffer is freed here
         return Result(out, summary, fmt if st.has_result else None, encoding, owner=result)
 
-    def _check_structures(self, tree: Node, readonly: bool) -> None:
+    def _check_structures(self, tree: Node, sql: str, readonly: bool) -> None:
         """Each string a table function may read as a column list, parsed by the engine as
         one: names and types only (policy.STRUCTURED), and no zone in a type naming a file.
         One that does not parse as a column list is data, which the engine does not parse
-        either. Each literal read as a time zone or a type name, as the engine reads it. On
+        either. Each literal read as a time zone or a type name, and each quoted name of the
+        canonical text ``sql`` that may be a type, as the engine reads it. On
         this thread's own connection: none of the client's settings (a lowered
         max_query_size) may fail the check's parse."""
         conn = self.store.connection()
@@ -335,6 +343,18 @@ class _SqlInterface:
             columns = _column_list(conn, text)
             if columns is not None:
                 policy.check_structure(columns, readonly)
+                _check_literals(conn, columns)
+        # A quoted name may be a type (a Dynamic or JSON subcolumn, d.`DateTime(...)`), which
+        # the engine parses: x'...' or b'...' in it name a zone no text check sees.
+        typed = {unescaped(token.text[1:-1].decode("utf-8", "replace"))
+                 for token in tokens(sql.encode()) if token.kind == "quoted" and b"(" in token.text}
+        if len(typed) > policy.MAX_ZONE_LITERALS:
+            raise denied(f"at most {policy.MAX_ZONE_LITERALS} quoted names with parentheses "
+                         "in one statement")
+        for name in typed:
+            policy.check_structure_text(name)
+            columns = _column_list(conn, f"c {name}")
+            if columns is not None:
                 _check_literals(conn, columns)
         for literal in policy.zone_literals(tree):
             zone = _literal_value(conn, literal)

@@ -50,3 +50,9 @@ def _unescapings(text: str) -> Iterator[str]:
 def _unescape(match: re.Match[str]) -> str:
     code = match.group(1)
     return chr(int(code[1:], 16)) if len(code) == 3 else _ESCAPED.get(code, code)
+
+
+def unescaped(text: str) -> str:
+    """``text`` with ClickHouse's backslash escapes undone once (as the engine reads a
+    quoted name)."""
+    return _ESCAPE.sub(_unescape, text) if "\\" in text else text
