@@ -352,20 +352,14 @@ class _SqlInterface:
             raise denied(f"at most {policy.MAX_ZONE_LITERALS} quoted names with parentheses "
                          "in one statement")
         for name in typed:
-            policy.check_structure_text(name)
-            columns = _column_list(conn, f"c {name}")
-            if columns is not None:
-                _check_literals(conn, columns)
+            _check_type(conn, name)
         for literal in policy.zone_literals(tree):
             zone = _literal_value(conn, literal)
             check_value(zone)
             # A type name: the engine parses it again, and x'...' or b'...' in it name a
             # zone no text check sees (a type names one in parentheses only).
             if "(" in zone:
-                policy.check_structure_text(zone)
-                columns = _column_list(conn, f"c {zone}")
-                if columns is not None:
-                    _check_literals(conn, columns)
+                _check_type(conn, zone)
 
     def _bounded(self, conn: Connection, call: Call, parsed: Parsed, st: Statement
                  ) -> tuple[memoryview, Any]:
@@ -547,6 +541,15 @@ def _column_list(conn: Connection, text: str) -> Node | None:
         if exc.code == 62:  # a syntax error: no column list
             return None
         raise
+
+
+def _check_type(conn: Connection, text: str) -> None:
+    """A string the engine may parse as a column's type, parsed so, and checked as
+    ``_check_literals`` does (nothing if it is no type: the engine would not parse it)."""
+    policy.check_structure_text(text)
+    columns = _column_list(conn, f"c {text}")
+    if columns is not None:
+        _check_literals(conn, columns)
 
 
 def _check_literals(conn: Connection, tree: Node) -> None:
