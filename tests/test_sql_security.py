@@ -588,7 +588,8 @@ def test_a_time_zone_or_type_built_by_the_query_is_refused(
                 f"{built}), concat('yyyy-MM-dd HH:mm:ss ', 'z'))",
                 "SELECT parseDateTimeInJodaSyntax('2020-01-01 UTC', 'yyyy-MM-dd \\x7a')",
                 "SELECT CAST(1, 'AggregateFunction(sequenceMatch("
-                + ", ".join(f"\\'(?{i})\\'" for i in range(100)) + "), UInt8)')"):
+                + ", ".join(f"\\'(?{i}){zone.parent.name}\\'" for i in range(300))
+                + "), UInt8)')"):
         refused(run(http, sql, auth), 497)
     assert run(http, "SELECT count() FROM values('a String', "
                + ", ".join(f"'{i}'" for i in range(2000)) + ")", auth).text == "2000\n"
@@ -603,6 +604,18 @@ def test_a_time_zone_or_type_built_by_the_query_is_refused(
                     "'{\"a\":1}')", auth), 497)
     assert run(http, "SELECT d.`DateTime('UTC')` IS NULL FROM (SELECT 1::Dynamic AS d)",
                auth).text == "1\n"
+    # An eleventh probe's: an Identifier parameter's value is a name, and a subcolumn's
+    # type; and many column lists in one statement, each read back (10,000 engine calls).
+    for query, value in (("SELECT assumeNotNull(d.{p:Identifier}) FROM (SELECT "
+                          "toDateTime(0)::Dynamic AS d)", f"DateTime(x'{hexed}')"),
+                         ("SELECT {p:Identifier} FROM (SELECT toDateTime(0)::Dynamic AS d)",
+                          f"d.DateTime(x'{hexed}')")):
+        refused(run(http, query, auth, param_p=value), 497)
+    lists = " UNION ALL ".join(f"SELECT 1 FROM values('c{i} String, d{i} DateTime(''UTC'')', "
+                               "('a', 0))" for i in range(300))
+    refused(run(http, lists, auth), 497)
+    assert run(http, "SELECT {p:Identifier} FROM (SELECT 7 AS x)", auth, param_p="x").text \
+        == "7\n"
     # What data teams write stays as it was: zones and types as literals or parameters,
     # columns and expressions wherever a date or a number goes.
     for sql, expected in (

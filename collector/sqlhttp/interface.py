@@ -10,7 +10,6 @@ import hmac
 import itertools
 import logging
 import socket
-import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
@@ -25,7 +24,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from collector.sqlhttp import policy
+from collector.sqlhttp import policy, strings
 from collector.sqlhttp.bodies import Body, no_body, puller
 from collector.sqlhttp.calls import (
     HTTP_SETTINGS,
@@ -56,7 +55,7 @@ from collector.sqlhttp.config import (
     QueryLimits,
     SqlUser,
 )
-from collector.sqlhttp.errors import STATUS, VERSION_SUFFIX, SqlError, denied, engine_errors
+from collector.sqlhttp.errors import STATUS, VERSION_SUFFIX, SqlError, engine_errors
 from collector.sqlhttp.results import PLACEHOLDER, check_outfile_only, read_bounded, with_outfile
 from collector.sqlhttp.sessions import Session, Sessions
 from collector.sqlhttp.slots import ReaderSlots
@@ -66,10 +65,9 @@ from collector.sqlhttp.statements import (
     decode_text,
     first_word,
     scan_statement,
-    tokens,
 )
-from collector.sqlhttp.syntax import Node, Parsed, parse
-from collector.sqlhttp.values import check_value, unescaped
+from collector.sqlhttp.syntax import Parsed, parse
+from collector.sqlhttp.values import check_value
 from collector.storage.base import escape_param
 from collector.storage.embedded import EmbeddedStore
 from collector.web.authorization import basic_credentials, split_authorization
@@ -308,7 +306,8 @@ class _SqlInterface:
             parsed = parse(conn, sql, call.binds)
             policy.check(parsed.tree, parsed.sql, call.readonly, scope, self.text_settings,
                          self.unreviewed)
-            self._check_structures(parsed.tree, parsed.sql, call.readonly)
+            strings.check(self.store.connection(), parsed.tree, parsed.sql, call.binds,
+                          call.readonly)
             if data is not None:
                 head = parsed.sql.removesuffix(f"FORMAT {insert_format}").rstrip()
                 # Parameters in VALUES data ({id:UInt32}) are the connection's.
@@ -327,39 +326,6 @@ class _SqlInterface:
         if encoding:
             out, result = DEFLATERS[encoding](out), None  # chDB's buffer is freed here
         return Result(out, summary, fmt if st.has_result else None, encoding, owner=result)
-
-    def _check_structures(self, tree: Node, sql: str, readonly: bool) -> None:
-        """Each string a table function may read as a column list, parsed by the engine as
-        one: names and types only (policy.STRUCTURED), and no zone in a type naming a file.
-        One that does not parse as a column list is data, which the engine does not parse
-        either. Each literal read as a time zone or a type name, and each quoted name of the
-        canonical text ``sql`` that may be a type, as the engine reads it. On
-        this thread's own connection: none of the client's settings (a lowered
-        max_query_size) may fail the check's parse."""
-        conn = self.store.connection()
-        for literal in policy.structure_literals(tree):
-            text = _literal_value(conn, literal)
-            policy.check_structure_text(text)
-            columns = _column_list(conn, text)
-            if columns is not None:
-                policy.check_structure(columns, readonly)
-                _check_literals(conn, columns)
-        # A quoted name may be a type (a Dynamic or JSON subcolumn, d.`DateTime(...)`), which
-        # the engine parses: x'...' or b'...' in it name a zone no text check sees.
-        typed = {unescaped(token.text[1:-1].decode("utf-8", "replace"))
-                 for token in tokens(sql.encode()) if token.kind == "quoted" and b"(" in token.text}
-        if len(typed) > policy.MAX_ZONE_LITERALS:
-            raise denied(f"at most {policy.MAX_ZONE_LITERALS} quoted names with parentheses "
-                         "in one statement")
-        for name in typed:
-            _check_type(conn, name)
-        for literal in policy.zone_literals(tree):
-            zone = _literal_value(conn, literal)
-            check_value(zone)
-            # A type name: the engine parses it again, and x'...' or b'...' in it name a
-            # zone no text check sees (a type names one in parentheses only).
-            if "(" in zone:
-                _check_type(conn, zone)
 
     def _bounded(self, conn: Connection, call: Call, parsed: Parsed, st: Statement
                  ) -> tuple[memoryview, Any]:
@@ -513,56 +479,6 @@ class _SqlInterface:
             SqlError.of(516, "Authentication failed: connections are accepted from loopback only"),
             "",
         )
-
-
-def _literal_value(conn: Connection, literal: str) -> str:
-    """A literal's value, as the engine reads it (the tree prints it quoted and escaped).
-    Short ones are kept: the same zones and types come in statement after statement."""
-    value = _values.get(literal)
-    if value is None:
-        value = conn.query(f"SELECT {literal}", "TSVRaw").bytes().decode().removesuffix("\n")
-        if len(literal) <= 256:
-            with _values_lock:
-                _values[literal] = value
-                if len(_values) > 4096:
-                    _values.pop(next(iter(_values)))
-    return value
-
-
-_values: dict[str, str] = {}
-_values_lock = threading.Lock()
-
-
-def _column_list(conn: Connection, text: str) -> Node | None:
-    """The engine's parse of ``text`` as a table's column list, or None if it is not one."""
-    try:
-        return parse(conn, policy.STRUCTURE.format(text), {}).tree
-    except SqlError as exc:
-        if exc.code == 62:  # a syntax error: no column list
-            return None
-        raise
-
-
-def _check_type(conn: Connection, text: str) -> None:
-    """A string the engine may parse as a column's type, parsed so, and checked as
-    ``_check_literals`` does (nothing if it is no type: the engine would not parse it)."""
-    policy.check_structure_text(text)
-    columns = _column_list(conn, f"c {text}")
-    if columns is not None:
-        _check_literals(conn, columns)
-
-
-def _check_literals(conn: Connection, tree: Node) -> None:
-    """Every literal of a parsed column list (a type's arguments: a zone) as the engine reads
-    it, and its types (``policy.check_types``)."""
-    policy.check_types(tree)
-    strings = {node.ident for node, _ in tree.walk()  # (UInt64_3: a number)
-               if node.kind == "Literal" and node.ident.startswith("'")}
-    if len(strings) > policy.MAX_ZONE_LITERALS:  # each is an engine call (a ninth probe)
-        raise denied(f"a type or column list given as a string may hold at most "
-                     f"{policy.MAX_ZONE_LITERALS} different strings")
-    for literal in strings:
-        check_value(_literal_value(conn, literal))
 
 
 def _query_params(request: Request) -> dict[str, str]:
