@@ -616,6 +616,16 @@ def test_a_time_zone_or_type_built_by_the_query_is_refused(
     refused(run(http, lists, auth), 497)
     assert run(http, "SELECT {p:Identifier} FROM (SELECT 7 AS x)", auth, param_p="x").text \
         == "7\n"
+    # A twelfth probe's: the engine takes a type or a column list with a trailing ';',
+    # which the check's wrapper did not parse, so such a string went unchecked.
+    for sql in (f"SELECT CAST(0, 'DateTime(x''{hexed}'');')",
+                f"SELECT toString(CAST(0, 'DateTime(x''{hexed}'') ; '))",
+                f"SELECT toString(c) FROM values('c DateTime(x''{hexed}'');', 0)",
+                f"SELECT d.`DateTime(x'{hexed}');` FROM (SELECT toDateTime(0)::Dynamic AS d)",
+                "SELECT d.`" + "a." * 3000 + "DateTime(1)` FROM (SELECT now()::Dynamic AS d)"):
+        refused(run(http, sql, auth), 497)
+    refused(run(http, "SELECT toString(CAST(0, {p:String}))", auth,
+                param_p=f"DateTime(x'{hexed}');"), 497)
     # What data teams write stays as it was: zones and types as literals or parameters,
     # columns and expressions wherever a date or a number goes.
     for sql, expected in (
@@ -1199,3 +1209,22 @@ def test_a_column_may_not_hold_an_aggregate_state_of_self_typed_values(http: htt
                     "Dynamic)", WRITER), 497)
     finally:
         run(http, "DROP TABLE default.agg_ok", WRITER)
+
+
+@pytest.mark.parametrize("auth", [None, WRITER], ids=["default", "writer"])
+def test_a_column_list_with_a_trailing_semicolon_is_checked(http: httpx.Client, canary,
+                                                            auth) -> None:
+    """values('b String ALIAS file(...);', 1): the engine parses the column list with its
+    ';', the check's wrapper did not, and took it for data: any file, for default (a twelfth
+    probe)."""
+    path, secret = canary
+    for sql in (f"SELECT b FROM values('a UInt8, b String ALIAS file(''{path}'', "
+                "''RawBLOB'');', 1)",
+                f"SELECT b FROM values('a UInt8, b String ALIAS file(''{path}'', "
+                "''RawBLOB'') ; ;', 1)",
+                "SELECT b FROM values('a UInt8, b String ALIAS hostName();', 1)"):
+        resp = run(http, sql, auth)
+        assert secret not in resp.text
+        refused(resp, 497, 164)
+    assert run(http, "SELECT a FROM values('a UInt8;', 5)", auth).text == "5\n"
+    alive(http)
