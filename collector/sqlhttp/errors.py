@@ -88,5 +88,5 @@ def engine_errors() -> Iterator[None]:
 
 
 def denied(message: str) -> SqlError:
-    """A statement refused by the interface's own checks (policy.py, values.py)."""
+    """A statement refused by the interface's own checks (policy, syntax, strings, values)."""
     return SqlError.of(497, f"Not enough privileges: {message}")

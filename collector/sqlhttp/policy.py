@@ -259,7 +259,7 @@ def structure_literals(tree: Node) -> list[str]:
             where = 1 if _normal(node.ident) == "format" else 0
             for i, arg in enumerate(node.children[0].children):
                 if arg.kind == "Literal":
-                    if i == where and _STRING_LITERAL.fullmatch(arg.ident):
+                    if i == where and is_string(arg):
                         found.append(arg.ident)
                 elif not (i == 0 and arg.kind == "Identifier" and _normal(node.ident) == "format"):
                     raise denied(f"the arguments of {node.ident}() must be literals: a column "
@@ -394,8 +394,8 @@ def _zones_from_text(tree: Node) -> None:
             continue
         args = node.children[0].children if node.children else []
         form = args[1] if len(args) > 1 else None
-        if form is not None and not (form.kind == "Literal" and form.ident.startswith("'")
-                                     and "z" not in form.ident and "\\" not in form.ident):
+        if form is not None and not (is_string(form) and "z" not in form.ident
+                                     and "\\" not in form.ident):
             raise denied(f"the format of {node.ident}() must be a literal without z: the "
                          "engine opens a time zone named in the parsed text as a file")
 
@@ -416,7 +416,7 @@ def zone_literals(tree: Node) -> list[str]:
                 raise denied(f"argument {position + 1} of {node.ident}() is read as a time "
                              "zone or a type name, and may only be a literal or a query "
                              "parameter: the engine opens a zone it does not know as a file")
-            if args[position].ident.startswith("'"):  # a string (not a zone: a number)
+            if is_string(args[position]):  # (a number is no zone)
                 found.append(args[position].ident)
     if len(set(found)) > MAX_ZONE_LITERALS:
         raise denied(f"at most {MAX_ZONE_LITERALS} different time zones and type names in "
@@ -455,6 +455,11 @@ def _reading_only(tree: Node, scope: Scope) -> None:
                     )
             elif _reads_a_table(name):
                 raise denied(f"{name}() is not allowed for this user")
+
+
+def is_string(node: Node) -> bool:
+    """Whether a node is a string literal (the tree prints a number as UInt64_3)."""
+    return node.kind == "Literal" and _STRING_LITERAL.fullmatch(node.ident) is not None
 
 
 def _literals(nodes: Iterable[Node]) -> bool:

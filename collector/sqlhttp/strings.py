@@ -118,8 +118,7 @@ class _Checks:
         """Every string literal of a parsed column list (a type's arguments: a zone), as the
         engine reads it, and its types (``policy.check_types``)."""
         policy.check_types(tree)
-        for literal in {node.ident for node, _ in tree.walk()  # (UInt64_3: a number)
-                        if node.kind == "Literal" and node.ident.startswith("'")}:
+        for literal in {node.ident for node, _ in tree.walk() if policy.is_string(node)}:
             check_value(self.value(literal))
 
 
