@@ -16,7 +16,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from collector.ingest.fasthttp import IngestProtocol
-from collector.routes import FAST, INGEST, ROUTES, UNMATCHED, taken
+from collector.routes import FAST, INGEST, ROUTES, UNMATCHED, slash_redirect, taken
 from collector.service import Collector
 from collector.tag import serving
 from collector.web.http import Hit, error_body, error_response, respond
@@ -59,7 +59,9 @@ def create_app(collector: Collector) -> App:
                      exception_handlers={HTTPException: http_error})
     rest.state.collector = collector
     rest.state.tags = serving.TagServer(collector)
-    rest.router.default = UNMATCHED.before(rest.router.default)
+    rest.router.redirect_slashes = False  # its Location names the Host: slash_redirect's does not
+    rest.router.default = slash_redirect(rest.router.routes,
+                                         UNMATCHED.before(rest.router.default))
     collector.containers.taken = taken  # a container's tag path must be left to UNMATCHED
     return App(collector, rest)
 

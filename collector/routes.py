@@ -34,6 +34,7 @@ from collector.ingest import asgi, consentlog
 from collector.ingest.adapters import BATCH, COLLECT, PIXEL_HIT, Adapter
 from collector.ingest.asgi import Handler
 from collector.tag import consent_texts, demo, serving
+from collector.web.http import header_safe
 
 
 class Ingest(NamedTuple):
@@ -49,7 +50,7 @@ class Ingest(NamedTuple):
 class Unmatched(NamedTuple):
     """The table's last entry: ``handler`` answers a request of ``methods`` that no route
     matched, or returns None for the 404 (Starlette's router asks it as its default, after
-    its 405s and trailing-slash redirects, as for any unknown path)."""
+    its 405s and :func:`slash_redirect`, as for any unknown path)."""
 
     methods: tuple[str, ...]
     handler: Callable[[Request], Awaitable[Response | None]]
@@ -64,6 +65,32 @@ class Unmatched(NamedTuple):
             await not_found(scope, receive, send)
 
         return app
+
+
+def slash_redirect(routes: list[Route], then: ASGIApp) -> ASGIApp:
+    """Starlette's trailing-slash redirect, with a Location relative to the host the client
+    asked. The router's own (turned off in ``collector/app.py``) names the request's
+    ``Host``, which a shared cache would then serve to everyone as a redirect to any host.
+    A path no route matches with its last slash toggled goes on to ``then``."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope["path"]
+        if scope["type"] == "http" and path != "/":
+            toggled = dict(scope, path=path[:-1] if path.endswith("/") else path + "/")
+            if any(route.matches(toggled)[0] is not Match.NONE for route in routes):
+                # The path as sent (%2F in an id stays encoded), its slash toggled; a route
+                # matched, so it starts with "/" and a route's first letter, never "//".
+                sent = scope.get("raw_path") or path.encode()
+                location = (sent[:-1] if sent.endswith(b"/") else sent + b"/").decode("latin-1")
+                if scope["query_string"]:
+                    location += "?" + scope["query_string"].decode("latin-1")
+                if location[1:2] not in ("/", "\\") and header_safe(location):
+                    await Response(status_code=307, headers={"location": location})(
+                        scope, receive, send)
+                    return
+        await then(scope, receive, send)
+
+    return app
 
 
 class Identifier(Convertor[str]):
@@ -191,8 +218,8 @@ def taken(path: str, table: list[Ingest | Route | Unmatched] = TABLE) -> str | N
     """The entry answering ``path`` before the table's last one could, as its methods and
     pattern (``"GET, HEAD /t/{site}/tm.js"``), or None: a path free for a container's own
     tag. Any method counts (another one answers 405), and so does a route matching the path
-    with a trailing slash toggled (the router redirects there). The patterns are matched by
-    Starlette, path convertors included, as the router does."""
+    with a trailing slash toggled (:func:`slash_redirect` sends it there). The patterns are
+    matched by Starlette, path convertors included, as the router does."""
     ingest, routes, _ = parts(table)
     methods = sorted(entry.method for entry in ingest if entry.path == path)
     if methods:

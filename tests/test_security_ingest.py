@@ -555,6 +555,34 @@ def test_a_non_ascii_preview_target_is_percent_encoded(env):
     assert response.headers["location"] == f"{ORIGIN}/gr%C3%B6%C3%9Fe?tagwerk_debug=1"
 
 
+@pytest.mark.parametrize(("path", "location"), [
+    ("/healthz/", "/healthz"),
+    (f"/api/v1/sites/{SITE}/products/top/?window=24h",
+     f"/api/v1/sites/{SITE}/products/top?window=24h"),
+    (f"/api/v1/sites/{SITE}/products/a%2Fb/related/",  # an id's "/" stays encoded
+     f"/api/v1/sites/{SITE}/products/a%2Fb/related"),
+    ("/t/preview/?end=1", "/t/preview?end=1"),
+])
+def test_a_trailing_slash_redirect_never_names_the_requests_host(env, path, location):
+    """A path a route matches with its trailing slash toggled is redirected, relative to the
+    host the client asked: a Location built from ``Host`` would let one request store a
+    redirect to any host in a shared cache for everyone (web cache poisoning)."""
+    response = env.client.get(path, headers={"Host": "evil.example"}, follow_redirects=False)
+    assert response.status_code == 307
+    assert response.headers["location"] == location
+    headers_clean(response)
+
+
+@pytest.mark.parametrize("path", ["//evil.example/healthz/", "/\\evil.example/healthz/",
+                                  "//evil.example/healthz"])
+def test_no_redirect_to_another_host_from_the_path(env, path):
+    """A path that starts like a host ("//host") is no route's, toggled or not: a 404,
+    never a Location a browser would read as another host."""
+    answer = raw(env, "GET", path, [])
+    assert answer.status == 404 and not answer.header(b"location")
+    alive(env)
+
+
 @pytest.mark.parametrize("token", ["twp_a\r\nX-Injected: 1", "twp_\x00", "twp_a\tb", "twp_\u2028"])
 def test_control_characters_in_the_preview_token_are_a_400(env, token):
     response = env.client.get("/t/preview", params={"token": token, "to": f"{ORIGIN}/"},
