@@ -626,6 +626,20 @@ def test_a_time_zone_or_type_built_by_the_query_is_refused(
         refused(run(http, sql, auth), 497)
     refused(run(http, "SELECT toString(CAST(0, {p:String}))", auth,
                 param_p=f"DateTime(x'{hexed}');"), 497)
+    # A thirteenth probe's: untuple(), * and COLUMNS() stand for several arguments, which
+    # the tree shows as one, so no zone position was found (toDateTime(untuple(tuple(0,
+    # z))) loaded the file for every user, and a pipe's path hung the zone lock).
+    joda = f"untuple(tuple(concat('1970 ', {built}), concat('yyyy ', 'z')))"
+    for sql in (f"SELECT toDateTime(untuple(tuple(0, {built})))",
+                f"WITH tuple(0, {built}) AS t SELECT toDateTime(untuple(t))",
+                f"SELECT accurateCast(untuple(tuple(0, {typed})))",
+                f"SELECT parseDateTimeInJodaSyntax({joda})",
+                f"SELECT toDateTime(*) FROM (SELECT 0 AS a, {built} AS b)",
+                f"SELECT toDateTime(s.*) FROM (SELECT 0 AS a, {built} AS b) AS s",
+                f"SELECT toDateTime(COLUMNS('a|b')) FROM (SELECT 0 AS a, {built} AS b)",
+                f"SELECT toDateTime(COLUMNS(a, b)) FROM (SELECT 0 AS a, {built} AS b)"):
+        refused(run(http, sql, auth), 497)
+    assert run(http, "SELECT untuple(tuple(1, 'a')), count(*)", auth).text == "1\ta\t1\n"
     # What data teams write stays as it was: zones and types as literals or parameters,
     # columns and expressions wherever a date or a number goes.
     for sql, expected in (

@@ -400,17 +400,34 @@ def _zones_from_text(tree: Node) -> None:
                          "engine opens a time zone named in the parsed text as a file")
 
 
+# Arguments that the engine turns into several when the query runs, where the tree shows
+# one: the positions counted in the tree would not be the engine's (a thirteenth probe:
+# toDateTime(untuple(tuple(0, concat('fi', 'le:...')))) loaded the file as a zone).
+_SPREADING = frozenset(("Asterisk", "QualifiedAsterisk", "ColumnsRegexpMatcher",
+                        "ColumnsListMatcher", "QualifiedColumnsRegexpMatcher",
+                        "QualifiedColumnsListMatcher"))
+
+
+def _spreads(node: Node) -> bool:
+    return node.kind in _SPREADING or (node.kind == "Function" and _normal(node.ident) == "untuple")
+
+
 def zone_literals(tree: Node) -> list[str]:
     """The literals where the engine reads a time zone or a type name (``zones.py``), as the
     tree prints them. Only a literal may stand there: a name the query computes would be
     opened as a file unchecked. Each is checked by the interface as the engine reads it
     (``check_value``; a type name is parsed by the engine first, as ``x'...'`` and ``$$``
-    strings in it name a zone too)."""
+    strings in it name a zone too). A call of such a function names its arguments one by
+    one, so that their positions are the engine's."""
     found = []
     for node, _ in tree.walk():
         if node.kind != "Function" or not node.children:
             continue
         args = node.children[0].children
+        if ((zones.reads(node.ident) or _normal(node.ident) in _ZONE_FROM_TEXT)
+                and any(map(_spreads, args))):
+            raise denied(f"{node.ident}() reads a time zone or a type name from one of its "
+                         "arguments: name them one by one, without untuple(), * or COLUMNS()")
         for position in zones.positions(node.ident, len(args)):
             if args[position].kind != "Literal":
                 raise denied(f"argument {position + 1} of {node.ident}() is read as a time "

@@ -252,6 +252,11 @@ _NOT_CALLED = re.compile(r"(file|url|s3|hdfs|azure|remote|executable|mysql|postg
                          r"dictget|joinget|getmacro|ai|sleep|throwif)", re.I)
 
 
+def reads(name: str) -> bool:
+    """Whether some call of ``name`` reads an argument as a time zone or a type name."""
+    return name.lower() in TABLE
+
+
 def positions(name: str, arity: int) -> Iterable[int]:
     """The positions of a call of ``name`` with ``arity`` arguments that the engine reads as
     a time zone or a type name."""
