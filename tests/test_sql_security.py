@@ -972,6 +972,17 @@ def test_a_site_scoped_user_learns_nothing_of_other_sites(http: httpx.Client) ->
         refused(run(http, sql, AGENCY), 164, 497)
     # SHOW TABLES reads system.tables for the names alone: those of its own tables.
     assert run(http, "SHOW TABLES FROM tagwerk", AGENCY).text == "events\n"
+    # A thirteenth probe's: virtual columns place the user's rows among every site's
+    # (_part_offset: how many rows of other sites come first in a part; _part: the inserts).
+    for sql in ("SELECT _part, min(_part_offset) FROM tagwerk.events GROUP BY _part",
+                "SELECT max(_block_offset) FROM tagwerk.events",
+                "SELECT count() FROM tagwerk.events WHERE _part_starting_offset > 0",
+                "SELECT e._part_index FROM tagwerk.events AS e",
+                "SELECT tagwerk.events._part_data_version FROM tagwerk.events"):
+        refused(run(http, sql, AGENCY), 497)
+    refused(run(http, "SELECT max({c:Identifier}) FROM tagwerk.events", AGENCY,
+                param_c="_part_offset"), 497)
+    assert run(http, "SELECT count() > 0 FROM tagwerk.events", AGENCY).text == "1\n"
 
 
 def test_metadata_the_engine_reads_for_its_own_statements_is_hidden(http: httpx.Client) -> None:

@@ -70,6 +70,7 @@ from collector.sqlhttp.syntax import Parsed, parse
 from collector.sqlhttp.values import check_value
 from collector.storage.base import escape_param
 from collector.storage.embedded import EmbeddedStore
+from collector.storage.engine_config import SITE_TABLES
 from collector.web.authorization import basic_credentials, split_authorization
 
 logger = logging.getLogger("collector.sqlhttp")
@@ -85,6 +86,7 @@ class _SqlInterface:
         self.max_data_bytes = max_data_bytes
         self.limits = limits
         self.readers = ReaderSlots()
+        self._virtual: frozenset[str] = frozenset()  # _virtual_columns
         self.sessions = Sessions(store.new_connection)
         self.display_name = socket.gethostname()
         conn = store.new_connection()
@@ -376,12 +378,27 @@ class _SqlInterface:
         no user's filters touch)."""
         existing = frozenset((r["database"], r["name"]) for r in self.store.rows(
             "SELECT database, name FROM system.tables"))
+        scoped = call.user.sites is not None
         scope = policy.Scope(call.user.granted(), existing, call.database or self.database,
-                             explain=call.user.sites is None)
+                             explain=not scoped,
+                             virtual=self._virtual_columns(existing) if scoped else frozenset())
         hidden = (table for table in existing if not scope.allows(*table))
         filters = table_filters(call.user, scope.granted, hidden)
         call.enforced = enforced_settings(call.settings, self.limits, call.tag, filters)
         return scope
+
+    def _virtual_columns(self, existing: frozenset[tuple[str, str]]) -> frozenset[str]:
+        """The virtual columns of the tables that hold every site's rows, as the engine
+        lists them (asked once)."""
+        if not self._virtual:
+            names: set[str] = set()
+            for table in SITE_TABLES:
+                if tuple(table.split(".", 1)) in existing:
+                    names.update(row["name"] for row in self.store.rows(
+                        f"DESCRIBE TABLE {table} SETTINGS describe_include_virtual_columns = 1")
+                        if row["is_virtual"])
+            self._virtual = frozenset(names)
+        return self._virtual
 
     @staticmethod
     def _insert_parts(

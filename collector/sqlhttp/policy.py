@@ -159,6 +159,9 @@ class Scope:
     existing: frozenset[tuple[str, str]]
     database: str  # the current database, for unqualified names
     explain: bool = True  # EXPLAIN, which estimates rows of every site
+    # Virtual columns refused (a site-scoped user's: _part_offset, _block_number... tell
+    # where its rows are among every site's, and how many came before them).
+    virtual: frozenset[str] = frozenset()
 
     def allows(self, db: str, table: str) -> bool:
         return (db, table) in self.granted or (db, "*") in self.granted
@@ -462,6 +465,9 @@ def _reading_only(tree: Node, scope: Scope) -> None:
     for node, parent in tree.walk():
         if node.kind in ("TableIdentifier", "Identifier"):
             scope.check(node.ident)
+            if node.kind == "Identifier" and node.ident.rsplit(".", 1)[-1] in scope.virtual:
+                raise denied(f"the virtual column {node.ident} tells of other sites' rows and "
+                             "is not for a site-scoped user")
         elif node.kind == "Function":
             name = node.ident
             if parent is not None and parent.kind == "TableExpression":
