@@ -718,6 +718,25 @@ def test_a_hostile_query_hits_the_memory_limit(http: httpx.Client) -> None:
     alive(http)
 
 
+@pytest.mark.parametrize("call", [
+    "editDistance(repeat('a', 65536), repeat('b', 65536 + number * 0))",
+    "levenshteinDistanceUTF8(repeat('a', 65536), repeat('b', 65536 + number * 0))",
+    "damerauLevenshteinDistance(repeat('a', 65536), repeat('b', 65536 + number * 0))",
+    "arrayLevenshteinDistance(range(65536), range(1, 65537 + number * 0))",
+    "arraySimilarity(range(9), range(9 + number * 0), [1.], [1.])",
+    "arrayFold((acc, x) -> acc + x, range(65536 + number * 0), 0::UInt64)",
+])
+def test_a_reader_cannot_run_seconds_on_one_row(http: httpx.Client, call: str) -> None:
+    """The engine checks the time limit between blocks only, and a cancelled query runs on
+    to its block's end: one row of these took seconds to minutes, 65,536 rows a block hours,
+    past max_execution_time, a KILL and the client's leaving, with a reader's slot taken (a
+    thirteenth probe). A reader gets none of them; a read-write user (an operator) does."""
+    for auth in (None, AGENCY):
+        refused(run(http, f"SELECT {call} FROM numbers(3)", auth), 497)
+    assert run(http, "SELECT editDistance('kitten', 'sitting')", WRITER).text == "3\n"
+    alive(http)
+
+
 def test_the_service_tables_are_not_readable(http: httpx.Client, store) -> None:
     key_hash = store.rows("SELECT * FROM tagwerk.sites LIMIT 1")
     secrets_seen = [str(v) for row in key_hash for v in row.values() if len(str(v)) >= 16]

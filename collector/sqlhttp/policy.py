@@ -78,6 +78,15 @@ TABLE_FUNCTIONS = GENERATORS | frozenset((
 TABLE_READERS_PREFIX = ("dict",)
 TABLE_READERS = frozenset(("joinGet", "joinGetOrNull", "catboostEvaluate", "modelEvaluate",
                            "naiveBayesClassifier", "getServerSetting", "hasColumnInTable"))
+# Functions whose one call can run for seconds to minutes on input a reader can build
+# (quadratic in strings or arrays of 65,536 and more, or a lambda per array element): the
+# engine checks the time limit and a cancel between blocks only, so a block of them ran for
+# hours past max_execution_time, a KILL and the client's leaving (a thirteenth probe).
+# Refused for readers; an operator's read-write user may call them.
+COSTLY_PER_ROW = frozenset(name.lower() for name in (
+    "editDistance", "editDistanceUTF8", "levenshteinDistance", "levenshteinDistanceUTF8",
+    "damerauLevenshteinDistance", "arrayLevenshteinDistance",
+    "arrayLevenshteinDistanceWeighted", "arraySimilarity", "arrayFold"))
 
 # Statements a read-only user may run (the root of its tree). Not EXPLAIN for a site-scoped
 # user: EXPLAIN ESTIMATE counts every site's rows.
@@ -304,6 +313,9 @@ def _callable(name: str, readonly: bool, reader: bool, unreviewed: frozenset[str
                      "reaches (collector/sqlhttp/reviewed_functions.txt)")
     if reader and _reads_a_table(name):
         raise denied(f"{name}() is not allowed for this user")
+    if reader and _normal(name) in COSTLY_PER_ROW:
+        raise denied(f"{name}() is not allowed for this user: one call can run for minutes, "
+                     "past the time limit, which the engine checks between blocks only")
 
 
 def _apply_refused() -> SqlError:
