@@ -924,3 +924,108 @@ def test_an_error_body_is_always_json():
 
     body = HTTPError(400, "unknown field '\ud800'", "invalid", "\udfff").body()
     assert orjson.loads(body) == {"error": "unknown field '\\ud800'", "field": "\\udfff"}
+
+
+# -- connection upgrades, trailers and pipelining (an HTTP-layer probe) --------------------
+
+
+def exchange(env: Env, *writes: bytes, pause: float = 0.3, wait: float = 3.0) -> list[Raw]:
+    """``writes`` sent on one connection, ``pause`` apart; every answer read until the
+    server closes the connection or is silent for ``wait`` seconds."""
+    data = b""
+    with socket.create_connection((env.host, env.port), timeout=wait) as sock:
+        for i, chunk in enumerate(writes):
+            if i:
+                time.sleep(pause)
+            sock.sendall(chunk)
+        try:
+            while chunk := sock.recv(65536):
+                data += chunk
+        except TimeoutError:
+            pass
+    answers = []
+    while data:
+        head, _, data = data.partition(b"\r\n\r\n")
+        status_line, *lines = head.split(b"\r\n")
+        headers = [(name.strip().lower(), value.strip())
+                   for name, _, value in (line.partition(b":") for line in lines)]
+        length = int(dict(headers).get(b"content-length", b"0"))
+        answers.append(Raw(int(status_line.split()[1]), headers, data[:length]))
+        data = data[length:]
+    return answers
+
+
+def pixel_request(env: Env, marker: str, *extra: bytes) -> bytes:
+    return (f"GET /p.gif?site={SITE}&event=up&props.marker={marker} HTTP/1.1\r\n"
+            f"Host: {env.host}\r\nUser-Agent: {CHROME}\r\n".encode()
+            + b"".join(line + b"\r\n" for line in extra) + b"\r\n")
+
+
+WEBSOCKET = (b"Connection: Upgrade", b"Upgrade: websocket",
+             b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==", b"Sec-WebSocket-Version: 13")
+
+
+def test_an_upgrade_is_answered_as_http_and_nothing_after_it_is_parsed(env):
+    """The collector upgrades no connection. A request that asks to (new WebSocket(...) on
+    the pixel's URL) was stored and answered with nothing, a traceback logged; its answer
+    is now the request's own, and the connection ends with it: bytes after the head of an
+    upgrade are not HTTP to the parser, and were once read as another request."""
+    first, after = uuid.uuid4().hex, uuid.uuid4().hex
+    answers = exchange(env, pixel_request(env, first, *WEBSOCKET) + pixel_request(env, after))
+    assert [a.status for a in answers] == [200]
+    assert answers[0].header(b"content-type") == [b"image/gif"]
+    assert len(stored(env, first)) == 1 and not stored(env, after)
+    alive(env)
+
+
+def test_an_upgrade_behind_a_pixel_leaves_the_pixel_its_answer(env):
+    """A WebSocket upgrade pipelined behind a pixel waiting for its fsync took the
+    connection, and the pixel's 200 was never written; an upgrade after an application's
+    request was handed that request's headers."""
+    first, second = uuid.uuid4().hex, uuid.uuid4().hex
+    upgrade = (f"GET /healthz HTTP/1.1\r\nHost: {env.host}\r\n".encode()
+               + b"".join(line + b"\r\n" for line in WEBSOCKET) + b"\r\n")
+    answers = exchange(env, pixel_request(env, first) + upgrade)
+    assert [a.status for a in answers] == [200, 200]
+    assert answers[0].header(b"content-type") == [b"image/gif"]
+    secret = (f"GET /healthz HTTP/1.1\r\nHost: {env.host}\r\nAuthorization: Bearer SECRET\r\n"
+              "Connection: upgrade\r\n\r\n").encode()
+    answers = exchange(env, secret, pixel_request(env, second, *WEBSOCKET))
+    assert [a.status for a in answers] == [200, 200]
+    assert answers[1].header(b"content-type") == [b"image/gif"]
+    assert len(stored(env, first)) == 1 and len(stored(env, second)) == 1
+    alive(env)
+
+
+@pytest.mark.parametrize("path", ["/collect", "/api/v1/batch", "/consent"])
+@pytest.mark.parametrize("split", [False, True], ids=["one write", "body later"])
+def test_an_upgrade_with_a_body_is_refused_and_its_body_never_a_request(env, path, split):
+    """With Upgrade: h2c the parser stops at the head: the body went unread and was then
+    parsed as the next request (request smuggling; uvicorn#2722, httptools#124)."""
+    smuggled = uuid.uuid4().hex
+    body = pixel_request(env, smuggled)
+    head = (f"POST {path} HTTP/1.1\r\nHost: {env.host}\r\nOrigin: {ORIGIN}\r\n"
+            "Content-Type: application/json\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+            f"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    answers = exchange(env, *((head, body) if split else (head + body,)))
+    assert [a.status for a in answers] == [400]  # by the HTTP layer (limits.py): text
+    assert b"upgrade" in answers[0].body.lower()
+    assert not stored(env, smuggled)
+    alive(env)
+
+
+@pytest.mark.parametrize("origin", ["https://evil.example", ORIGIN])
+def test_a_chunked_bodys_trailer_is_no_header(env, origin):
+    """Trailer fields came into the request's headers when they arrived with the body:
+    an Origin (or a Cookie, an X-Forwarded-For) a proxy had stripped or set."""
+    marker = uuid.uuid4().hex
+    body = event_body(b"props", b'{"marker":"' + marker.encode() + b'"}')
+    request = (f"POST /collect HTTP/1.1\r\nHost: {env.host}\r\nUser-Agent: {CHROME}\r\n"
+               "Content-Type: text/plain\r\nTransfer-Encoding: chunked\r\n"
+               "Connection: close\r\n\r\n").encode() + b"%x\r\n%s\r\n0\r\n" % (
+        len(body), body) + f"Origin: {origin}\r\n\r\n".encode()
+    answers = exchange(env, request)
+    assert [a.status for a in answers] == [202]
+    assert not answers[0].header(b"access-control-allow-origin")
+    assert len(stored(env, marker)) == 1

@@ -84,7 +84,9 @@ _LINGER = 7  # refused and answered: what arrives is dropped until the client cl
 
 _NEVER = float("inf")
 
-_REASONS = {408: b"request timeout", 414: b"request target too long",
+_REASONS = {400: b"a request with a body may not ask to upgrade the connection (Upgrade): "
+                 b"send it without",
+            408: b"request timeout", 414: b"request target too long",
             431: b"request header fields too large"}
 
 
@@ -176,6 +178,10 @@ class LimitedProtocol(UvicornProtocol):
             self._stop_parser(431, f"request head over {MAX_HEAD_BYTES} bytes or "
                                    f"{MAX_HEADERS} fields")
         self._phase = _BODY  # the deadline is set after this read (data_received)
+
+    def upgrade_asked(self, with_body: bool) -> None:
+        if with_body:  # its body would not be read (UvicornProtocol says why)
+            self._stop_parser(400, "a request with a body asked to upgrade the connection")
 
     def body_arrives(self) -> None:
         self._phase = _BODY

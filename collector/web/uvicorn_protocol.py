@@ -33,7 +33,16 @@ hooks, which a subclass overrides (each a no-op here):
   nothing queued behind it; here uvicorn's keep-alive timer is armed (a timer per answer:
   a subclass with a timer of its own may close idle connections with that instead);
 - ``server_stopping()``: the server began a graceful shutdown and asks this connection to
-  end (an idle one is closed, an answer under way is the last on its connection).
+  end (an idle one is closed, an answer under way is the last on its connection);
+- ``upgrade_asked(with_body)``: the head asks to upgrade the connection (``Upgrade`` with
+  ``Connection: upgrade``: a WebSocket, h2c); ``with_body``: it has a body, which the parser
+  would not read (it stops at such a head), so the default refuses it as a parser error.
+
+No connection is upgraded. The parser reads nothing after an upgrade's head (what follows
+is not HTTP to it, and once read as the next request: request smuggling), so an upgrade
+without a body is answered as any request, and its connection closes with that answer;
+what arrives after the head is dropped. A chunked body's trailer fields are not the
+request's headers (a proxy may have stripped or set those: ``Origin``, ``Cookie``).
 
 The scope of a request left to the application is built once its head is complete (uvicorn
 builds it when the request begins), so a request answered by ``take`` costs none.
@@ -44,6 +53,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from httptools import HttpParserError, HttpParserUpgrade
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 # What this module relies on in uvicorn (checked by tests/test_uvicorn_compat.py).
@@ -57,17 +67,18 @@ UVICORN_INTERNALS: dict[str, Any] = {
         "on_response_complete": [], "timeout_keep_alive_handler": [],
         "send_400_response": ["msg"], "data_received": ["data"],
         "connection_made": ["transport"], "connection_lost": ["exc"], "shutdown": [],
+        "_unset_keepalive_if_required": [], "_should_upgrade": [],
     },
     # set by HttpToolsProtocol in __init__, connection_made or the parser callbacks
     "attributes": ("parser", "url", "headers", "expect_100_continue", "scope", "cycle",
                    "pipeline", "flow", "transport", "server_state", "loop", "client",
-                   "scheme", "timeout_keep_alive", "timeout_keep_alive_task"),
+                   "scheme", "timeout_keep_alive", "timeout_keep_alive_task", "logger"),
     # read or written here on uvicorn's RequestResponseCycle (Pending has them too)
     "cycle": ("keep_alive", "response_complete", "disconnected", "more_body",
               "message_event"),
     # read here on uvicorn's cycle only (with a default: Pending lacks them)
     "cycle_read": ("response_started", "waiting_for_100_continue"),
-    "parser": ("get_method", "should_keep_alive"),
+    "parser": ("get_method", "should_keep_alive", "should_upgrade"),
     "flow": ("read_paused",),
     # httptools' callbacks found on the protocol, since uvicorn builds its parser with it
     # (HttpRequestParser(self)); uvicorn defines neither
@@ -106,11 +117,13 @@ class UvicornProtocol(HttpToolsProtocol):
     # In slots: uvicorn's protocol has 28 attributes in its __dict__, and CPython (3.11)
     # shares the keys of, and specializes attribute access for, instance dicts only up to
     # 30; more made every attribute access on the hot path slower (measured: +0.4 us).
-    __slots__ = ("head_room", "event_loop", "peer", "url_scheme")
+    __slots__ = ("head_room", "event_loop", "peer", "url_scheme", "trailing", "upgraded")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.head_room = 0
+        self.trailing = False  # the head is complete: a field now is a trailer's
+        self.upgraded = False  # the parser stopped at an upgrade's head: nothing more is read
         self.event_loop: asyncio.AbstractEventLoop = self.loop
         self.peer: tuple[str, int] | None = None
         self.url_scheme = "http"
@@ -155,6 +168,10 @@ class UvicornProtocol(HttpToolsProtocol):
     def server_stopping(self) -> None:
         pass
 
+    def upgrade_asked(self, with_body: bool) -> None:
+        if with_body:
+            raise HttpParserError("a request with a body may not ask to upgrade the connection")
+
     def idle(self) -> None:
         # uvicorn's keep-alive timer, as on_response_complete arms it
         self.timeout_keep_alive_task = self.loop.call_later(
@@ -169,6 +186,7 @@ class UvicornProtocol(HttpToolsProtocol):
     # -- the parser's callbacks ------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        self.trailing = False
         self.url = b""
         self.expect_100_continue = False
         self.headers = []
@@ -184,6 +202,8 @@ class UvicornProtocol(HttpToolsProtocol):
         self.head_room -= len(name) + len(value)
         if self.head_room < 0:
             self.head_over(False)
+        if self.trailing:
+            return  # a trailer's field: counted above, never the request's
         # as HttpToolsProtocol.on_header
         name = name.lower()
         if name == b"expect" and value.lower() == b"100-continue":
@@ -192,7 +212,11 @@ class UvicornProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         headers = self.headers
+        self.trailing = True
         self.head_ends(len(headers))
+        if self.parser.should_upgrade():
+            self.upgrade_asked(any(name == b"transfer-encoding" or (
+                name == b"content-length" and value.strip(b" \t0")) for name, value in headers))
         cycle = self.cycle
         if (cycle is None or cycle.response_complete) and self.take(
                 self.parser.get_method(), self.url, headers, self.expect_100_continue):
@@ -231,6 +255,18 @@ class UvicornProtocol(HttpToolsProtocol):
     def send_400_response(self, msg: str) -> None:
         # uvicorn answers every parser error so, the exceptions of our callbacks included
         self.bad_request(msg)
+
+    def _should_upgrade(self) -> bool:
+        return False  # uvicorn's: then the request gets its cycle, as any other
+
+    def upgrade_declined(self) -> None:
+        """The parser stopped after an upgrade's head: its request is answered as any, and
+        its connection closes with that answer."""
+        self.upgraded = True
+        if self.answering():
+            self.close_after_answer()
+        else:  # answered in a callback already
+            self.transport.close()
 
     # -- requests the subclass answers -------------------------------------------------------
 
@@ -331,7 +367,20 @@ class UvicornProtocol(HttpToolsProtocol):
         return True
 
 
-# The parser fed without super() (the hot path): for a subclass's data_received.
-parse_data = HttpToolsProtocol.data_received
+def parse_data(protocol: UvicornProtocol, data: bytes) -> None:
+    """Feed the parser, as uvicorn's ``data_received`` (without super(): the hot path; for
+    a subclass's ``data_received``), except that no connection is upgraded (``upgrade_asked``,
+    ``upgrade_declined``) and nothing after an upgrade's head is read."""
+    if protocol.upgraded:
+        return
+    protocol._unset_keepalive_if_required()
+    try:
+        protocol.parser.feed_data(data)
+    except HttpParserError:
+        msg = "Invalid HTTP request received."
+        protocol.logger.warning(msg)
+        protocol.send_400_response(msg)
+    except HttpParserUpgrade:
+        protocol.upgrade_declined()
 # The server's default headers as uvicorn last gave them, and joined: one join a second.
 _defaults: list[Any] = [None, b""]
