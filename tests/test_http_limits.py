@@ -467,6 +467,47 @@ def test_other_clients_are_served_while_one_misbehaves(port):
             thread.join(timeout=30)
 
 
+# -- clients that do not read their answers ------------------------------------------------
+
+
+def test_requests_pipelined_far_ahead_of_their_answers_are_cut(port):
+    """uvicorn queues every request of a read behind the one being answered, and reads
+    again after each answer: a client pipelining without reading grew the process by
+    hundreds of MB a connection (an HTTP-layer probe). Past MAX_PIPELINED requests waiting,
+    the connection closes after the answers before them."""
+    with connect(port) as sock:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(head(port.ok_path) * 3000)
+        answer = read_to_close(sock)
+    assert 1 <= answer.count(b"HTTP/1.1 200 ") <= limits.MAX_PIPELINED + 1
+    assert_serving(port)
+
+
+def test_a_client_that_reads_no_answer_is_read_no_more_and_cut(servers, monkeypatch):
+    """Answers given in the parser's callbacks (refused pixels) were written whatever the
+    client read, and read on: 52 MB of requests grew the process by 270 MB, and no timeout
+    ended the connection. Once answers back up the server reads no more, and a client that
+    reads none for WRITE_TIMEOUT is cut."""
+    monkeypatch.setattr(limits, "WRITE_TIMEOUT", 1.0)
+    port = servers["collector"]
+    refused = head(f"/p.gif?site={SITE}&event=x&ts=x") * 200  # 400s, answered at once
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port.port))
+    with sock:
+        sock.settimeout(1.0)
+        sent, began = 0, time.monotonic()
+        try:
+            while time.monotonic() - began < 20:
+                sent += sock.send(refused)
+        except (TimeoutError, BrokenPipeError, ConnectionResetError):
+            pass
+        assert time.monotonic() - began < 20, f"the server read {sent:,} bytes on"
+        time.sleep(limits.WRITE_TIMEOUT + 1.0)
+        read_to_close(sock, timeout=5)
+    assert_serving(port)
+
+
 # -- tagwerk serve ---------------------------------------------------------------------------
 
 

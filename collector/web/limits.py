@@ -34,6 +34,14 @@ Limits (module constants, read when used: tests lower them with monkeypatch):
   default), so that both ports have the same one. Bytes that begin no request (blank lines
   between requests, which cancel uvicorn's keep-alive timer) do not keep a connection open.
 
+- ``MAX_PIPELINED`` requests read and waiting behind the one being answered (pipelined by a
+  client that does not wait for the answers): one more, and the connection closes after
+  the answers before it (this request and what follows get none).
+- ``WRITE_TIMEOUT``: answers the client does not read back up past the transport's
+  high-water mark, and then no more requests are read (``UvicornProtocol.writes_stalled``);
+  a client that reads nothing for this many seconds more is cut (the connection aborted:
+  nothing it would read is left to send).
+
 Each refusal is written, then the connection is closed: our side at once (the client reads
 the answer, then the end of the stream), the socket when the client closes its side, or
 after ``LINGER_TIMEOUT`` seconds; meanwhile what the client still sends is dropped unread.
@@ -70,6 +78,8 @@ HEAD_TIMEOUT = 10.0
 BODY_TIMEOUT = 10.0
 KEEP_ALIVE_TIMEOUT = 5.0
 LINGER_TIMEOUT = 2.0
+MAX_PIPELINED = 32
+WRITE_TIMEOUT = 10.0
 
 # Where the connection is in its current request.
 _IDLE = 0  # between requests: no byte of the next one yet (false: the hot path's test)
@@ -100,7 +110,8 @@ class LimitedProtocol(UvicornProtocol):
     ``bad_request``). A subclass that overrides one of these must call it."""
 
     # In slots, as UvicornProtocol's (which says why).
-    __slots__ = ("_phase", "_head_raw", "_deadline", "_timer", "_timer_at", "_refusal")
+    __slots__ = ("_phase", "_head_raw", "_deadline", "_timer", "_timer_at", "_refusal",
+                 "_stalled_until")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -111,6 +122,7 @@ class LimitedProtocol(UvicornProtocol):
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = _NEVER  # when it fires
         self._refusal: tuple[int, str] | None = None
+        self._stalled_until = 0.0  # the client reads no answer: cut then (0: it reads)
 
     # -- the connection -----------------------------------------------------------------
 
@@ -177,7 +189,19 @@ class LimitedProtocol(UvicornProtocol):
         if fields > MAX_HEADERS or self.head_room < 4 * fields:
             self._stop_parser(431, f"request head over {MAX_HEAD_BYTES} bytes or "
                                    f"{MAX_HEADERS} fields")
+        if self.queued() >= MAX_PIPELINED:
+            self._stop_parser(400, f"more than {MAX_PIPELINED} requests ahead of their answers")
         self._phase = _BODY  # the deadline is set after this read (data_received)
+
+    def writes_stalled(self, stalled: bool) -> None:
+        now = self.event_loop.time()
+        if stalled:
+            self._stalled_until = now + WRITE_TIMEOUT
+            if self._timer_at > self._stalled_until:
+                self._arm(self._stalled_until)
+        else:  # it reads again: the phase's timeout starts over, as nothing was read meanwhile
+            self._stalled_until = 0.0
+            self._expect(now + BODY_TIMEOUT)
 
     def upgrade_asked(self, with_body: bool) -> None:
         if with_body:  # its body would not be read (UvicornProtocol says why)
@@ -243,6 +267,13 @@ class LimitedProtocol(UvicornProtocol):
         if phase == _CLOSED or self.closing():
             return
         now = self.event_loop.time()
+        if self._stalled_until:  # the client reads no answer
+            if now >= self._stalled_until:
+                log.info("%s: no answer read for %g s, cut", _peer(self.peer), WRITE_TIMEOUT)
+                self.abort()
+            else:
+                self._arm(self._stalled_until)
+            return
         if phase == _IDLE:
             keep_alive = self.keep_alive_deadline()
             if keep_alive is not None:

@@ -34,6 +34,9 @@ hooks, which a subclass overrides (each a no-op here):
   a subclass with a timer of its own may close idle connections with that instead);
 - ``server_stopping()``: the server began a graceful shutdown and asks this connection to
   end (an idle one is closed, an answer under way is the last on its connection);
+- ``writes_stalled(stalled)``: the client stopped reading its answers (they back up past
+  the transport's high-water mark: True), or read them again (False). Meanwhile no more
+  requests are read, so that answers nobody reads do not pile up;
 - ``upgrade_asked(with_body)``: the head asks to upgrade the connection (``Upgrade`` with
   ``Connection: upgrade``: a WebSocket, h2c); ``with_body``: it has a body, which the parser
   would not read (it stops at such a head), so the default refuses it as a parser error.
@@ -67,7 +70,8 @@ UVICORN_INTERNALS: dict[str, Any] = {
         "on_response_complete": [], "timeout_keep_alive_handler": [],
         "send_400_response": ["msg"], "data_received": ["data"],
         "connection_made": ["transport"], "connection_lost": ["exc"], "shutdown": [],
-        "_unset_keepalive_if_required": [], "_should_upgrade": [],
+        "_unset_keepalive_if_required": [], "_should_upgrade": [], "pause_writing": [],
+        "resume_writing": [],
     },
     # set by HttpToolsProtocol in __init__, connection_made or the parser callbacks
     "attributes": ("parser", "url", "headers", "expect_100_continue", "scope", "cycle",
@@ -79,7 +83,7 @@ UVICORN_INTERNALS: dict[str, Any] = {
     # read here on uvicorn's cycle only (with a default: Pending lacks them)
     "cycle_read": ("response_started", "waiting_for_100_continue"),
     "parser": ("get_method", "should_keep_alive", "should_upgrade"),
-    "flow": ("read_paused",),
+    "flow": ("read_paused", "write_paused", "pause_reading", "resume_reading"),
     # httptools' callbacks found on the protocol, since uvicorn builds its parser with it
     # (HttpRequestParser(self)); uvicorn defines neither
     "parser_callbacks": ("on_chunk_header", "on_chunk_complete"),
@@ -168,6 +172,9 @@ class UvicornProtocol(HttpToolsProtocol):
     def server_stopping(self) -> None:
         pass
 
+    def writes_stalled(self, stalled: bool) -> None:
+        pass
+
     def upgrade_asked(self, with_body: bool) -> None:
         if with_body:
             raise HttpParserError("a request with a body may not ask to upgrade the connection")
@@ -182,6 +189,25 @@ class UvicornProtocol(HttpToolsProtocol):
     def shutdown(self) -> None:
         self.server_stopping()
         super().shutdown()
+
+    def pause_writing(self) -> None:
+        HttpToolsProtocol.pause_writing(self)
+        self.flow.pause_reading()
+        self.writes_stalled(True)
+
+    def resume_writing(self) -> None:
+        HttpToolsProtocol.resume_writing(self)
+        self.writes_stalled(False)
+        if not self.pipeline:  # else the answer before the next one resumes it
+            self.flow.resume_reading()
+
+    def on_response_complete(self) -> None:
+        # uvicorn reads again after each answer, whatever waits: requests pipelined without
+        # reading the answers piled up without bound (an HTTP-layer probe). Here it reads
+        # again once the queue is empty and the client reads its answers.
+        HttpToolsProtocol.on_response_complete(self)
+        if self.pipeline or self.flow.write_paused:
+            self.flow.pause_reading()
 
     # -- the parser's callbacks ------------------------------------------------------------
 
@@ -321,6 +347,10 @@ class UvicornProtocol(HttpToolsProtocol):
         transport = self.transport
         return transport.is_closing() or transport.get_protocol() is not self
 
+    def queued(self) -> int:
+        """Requests read and waiting behind the one being answered."""
+        return len(self.pipeline)
+
     def in_request(self) -> bool:
         """A request was read on this connection (its cycle is there, answered or not)."""
         return self.cycle is not None
@@ -355,6 +385,10 @@ class UvicornProtocol(HttpToolsProtocol):
 
     def close(self) -> None:
         self.transport.close()
+
+    def abort(self) -> None:
+        """Close at once, with what is still to be sent dropped."""
+        self.transport.abort()
 
     def shut_writing(self) -> bool:
         """Close our side only (the client may still send); False if the transport cannot,
