@@ -253,6 +253,19 @@ def test_the_rate_limit_counts_an_ipv6_home_line_once():
     assert recommend.bucket("") == ""  # no address known: the test client's
 
 
+def test_the_rate_limit_counts_a_subscribers_ipv6_prefix_too():
+    """Home lines get a /56 or a /48 (RFC 6177), 256 or 65,536 /64s: per /64 alone, one
+    subscriber passed the limit 256 times over (an attacker's probe). Every /48 has a
+    bucket of PREFIX_SHARE times a /64's as well."""
+    limit = recommend.RateLimit(rate=0.001, burst=3)
+    admitted = sum(limit.wait_all(recommend.buckets(f"2001:db8:7:{net:x}::{n:x}"), now=100.0)
+                   == 0.0 for net in range(256) for n in range(1, 41))
+    assert admitted == 3 * recommend.PREFIX_SHARE
+    assert limit.wait_all(recommend.buckets("2001:db8:8::1"), now=100.0) == 0.0  # another /48
+    assert recommend.buckets("192.0.2.7") == (("192.0.2.7", 1.0),)
+    assert limit.wait_all(recommend.buckets("::ffff:192.0.2.9"), now=100.0) == 0.0
+
+
 def test_a_pair_bought_by_one_buyer_stays_off_the_public_lists(env):
     """A public "bought together" list showed what one shopper bought together, when a pair
     rested on one buyer (an attacker's probe): the browser-safe list needs two buyers behind

@@ -30,9 +30,9 @@ The same lists as ``products.py`` (as Algolia's search-only keys and Shopify's p
 - ``Cache-Control: public, max-age=60`` when not personalised, ``private, max-age=60``
   when personalised, always ``Vary: Cookie, Origin`` (a shared cache never serves one
   visitor's list to another, nor one origin's CORS answer to another);
-- rate-limited per client IP, an IPv6 client per /64 (behind ``--trusted-proxies``: the
-  address they forwarded):
-  ``RATE`` a second with bursts of ``BURST``, then 429 with ``Retry-After``.
+- rate-limited per client IP, an IPv6 client per /64 and per /48 (behind
+  ``--trusted-proxies``: the address they forwarded): ``RATE`` a second with bursts of
+  ``BURST`` (a /48: ``PREFIX_SHARE`` times both), then 429 with ``Retry-After``.
 
 Errors are JSON 4xx naming the parameter, ``no-store``; an unknown site is a 404, like
 the tag's own paths (site ids are public: they are in every page's tag URL).
@@ -44,6 +44,7 @@ import ipaddress
 import math
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Any
 from weakref import WeakKeyDictionary
 
@@ -69,6 +70,9 @@ MAX_AGE = 60
 RATE = 10.0  # requests a second per client IP, on average
 BURST = 30.0
 MAX_CLIENTS = 100_000  # IPs remembered; the least recently seen are forgotten first
+# A /48's bucket, in /64s' (rate and burst): a subscriber's delegation is a /56 or a /48,
+# 256 or 65,536 /64s, each of which would have had the whole limit (buckets).
+PREFIX_SHARE = 16
 
 
 class RateLimit:
@@ -81,16 +85,24 @@ class RateLimit:
 
     def wait(self, client: str, now: float | None = None) -> float:
         """0 if ``client`` may go on now (and it is counted), else the seconds to wait."""
+        return self.wait_all(((client, 1.0),), now)
+
+    def wait_all(self, keys: Sequence[tuple[str, float]], now: float | None = None) -> float:
+        """0 if every bucket of ``keys`` (each with its share: its rate and burst are this
+        limit's times it) has a token now, each then counted; else the longest wait."""
         now = time.monotonic() if now is None else now
-        tokens, last = self._buckets.pop(client, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - last) * self.rate)
-        if tokens < 1:
-            self._buckets[client] = (tokens, now)
-            return (1 - tokens) / self.rate
-        self._buckets[client] = (tokens - 1, now)
+        found, longest = [], 0.0
+        for key, share in keys:
+            tokens, last = self._buckets.pop(key, (self.burst * share, now))
+            tokens = min(self.burst * share, tokens + (now - last) * self.rate * share)
+            found.append((key, tokens))
+            if tokens < 1:
+                longest = max(longest, (1 - tokens) / (self.rate * share))
+        for key, tokens in found:
+            self._buckets[key] = (tokens if longest else tokens - 1, now)
         while len(self._buckets) > self.most:
             self._buckets.popitem(last=False)
-        return 0.0
+        return longest
 
 
 def bucket(address: str) -> str:
@@ -106,6 +118,16 @@ def bucket(address: str) -> str:
             return str(ip.ipv4_mapped)
         return str(ipaddress.ip_network(f"{ip}/64", strict=False))
     return str(ip)
+
+
+def buckets(address: str) -> tuple[tuple[str, float], ...]:
+    """The buckets a client address counts in, with their shares: its own (``bucket``),
+    and an IPv6 address's /48 too (the largest delegation to one subscriber)."""
+    own = bucket(address)
+    if "/" not in own:
+        return ((own, 1.0),)
+    prefix = ipaddress.ip_network(f"{address}/48", strict=False)
+    return ((own, 1.0), (str(prefix), float(PREFIX_SHARE)))
 
 
 _limits: WeakKeyDictionary[Collector, RateLimit] = WeakKeyDictionary()
@@ -171,7 +193,7 @@ async def _serve(request: Request, accepted: tuple[str, ...], make: Any) -> Resp
         headers.update(cors(site, origin))
         peer = request.client.host if request.client else ""
         ip = client_ip(peer, request.headers.get("x-forwarded-for"), collector.settings.networks)
-        wait = _limit(collector).wait(bucket(ip))
+        wait = _limit(collector).wait_all(buckets(ip))
         if wait:
             raise ApiError(429, "too many requests; slow down", "",
                            {"Retry-After": str(max(1, math.ceil(wait)))})
