@@ -353,6 +353,7 @@ def container_command(settings: Settings, args: argparse.Namespace) -> int:
         parse_if_match,
     )
     from collector.migrations import migrate
+    from collector.privacy import key as privacy_key
     from collector.routes import taken
     from collector.sites import Sites
 
@@ -402,7 +403,9 @@ def container_command(settings: Settings, args: argparse.Namespace) -> int:
             if not site.has_page(args.url):
                 raise ValueError(f"--url must be a page on one of the site's origins "
                                  f"({', '.join(site.origins) or 'none'})")
-            token, expires = Previews(store).create(site.site_id, args.minutes)
+            # The collectors' key: they check the token's MAC with it.
+            key = privacy_key.load(settings.privacy_key, settings.data_dir)
+            token, expires = Previews(store, key).create(site.site_id, args.minutes)
             base = (args.collector or f"http://{settings.host}:{settings.port}").rstrip("/")
             print(f"{base}/t/preview?{urlencode({'token': token, 'to': args.url})}")
             print(f"valid until {expires.isoformat(timespec='seconds')}; "

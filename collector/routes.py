@@ -109,6 +109,28 @@ class Identifier(Convertor[str]):
 
 register_url_convertor("identifier", Identifier())
 
+
+class UInt32(Convertor[int | None]):
+    """A number in the path, as a UInt32 (a container version): None when it has more
+    significant digits than one can. Starlette's ``int`` calls int() on any number of
+    digits, which Python refuses beyond 4300 (a 500 for anyone, before any key is asked);
+    any digits match here, so an out-of-range number answers as 2**32 does."""
+
+    regex = "[0-9]+"
+    digits = len(str(2**32 - 1))
+
+    def convert(self, value: str) -> int | None:
+        significant = value.lstrip("0")
+        return int(significant or "0") if len(significant) <= self.digits else None
+
+    def to_string(self, value: int | None) -> str:
+        if value is None or not 0 <= value < 2**32:
+            raise ValueError("not a UInt32")
+        return str(value)
+
+
+register_url_convertor("uint32", UInt32())
+
 SITE = "/api/v1/sites/{site}"  # the site's keys decide (api/access.py, web/authorization.py)
 
 TABLE: list[Ingest | Route | Unmatched] = [
@@ -130,7 +152,7 @@ TABLE: list[Ingest | Route | Unmatched] = [
     Route(SITE + "/container/publish", container.publish, methods=["POST"]),
     Route(SITE + "/container/rollback", container.rollback, methods=["POST"]),
     Route(SITE + "/container/versions", container.versions, methods=["GET"]),
-    Route(SITE + "/container/versions/{n:int}", container.version, methods=["GET"]),
+    Route(SITE + "/container/versions/{n:uint32}", container.version, methods=["GET"]),
     # -- the read side and privacy operations. Ids may hold "/" (sent as %2F): the
     # profile's route is tried before the person's.
     Route(SITE + "/persons/{ident:identifier}/profile", persons.profile, methods=["GET"]),

@@ -51,9 +51,9 @@ class Collector:
         self.geo = GeoIP(settings.geoip_db)
         self.sites = Sites(self.store, settings.data_dir / "sites.json")
         self.containers = Containers(self.store)
-        self.previews = Previews(self.store)
-        self.tombstones = Tombstones(self.store, privacy_key.load(settings.privacy_key,
-                                                                  settings.data_dir))
+        key = privacy_key.load(settings.privacy_key, settings.data_dir)
+        self.previews = Previews(self.store, key)
+        self.tombstones = Tombstones(self.store, key)
         self.spool = Spool(settings.spool_dir, settings.spool_segment_bytes,
                            settings.spool_max_bytes, settings.spool_commit_delay_ms / 1000,
                            settings.spool_segment_seconds)

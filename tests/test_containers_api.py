@@ -9,7 +9,7 @@ import uuid
 import orjson
 import pytest
 
-from collector.containers import Containers, default_container, parse_if_match
+from collector.containers import ContainerError, Containers, default_container, parse_if_match
 from tests.helpers import make_client, served
 from tests.test_containers import ORIGINS, full
 
@@ -402,3 +402,76 @@ def test_parse_if_match(value, expected):
 def test_parse_if_match_refuses(value):
     with pytest.raises(ValueError, match="If-Match"):
         parse_if_match(value)
+
+
+# -- attacks: a huge version number, control characters in a rollback note ---------------------
+
+
+@pytest.fixture(scope="module")
+def real(store, tmp_path_factory):
+    """Real HTTP: a site with version 1 published; (client, collector, admin key, its URL)."""
+    site = "api-attack-" + uuid.uuid4().hex[:10]
+    with served(store, tmp_path_factory.mktemp("container-attack"), demo_site=False) as (
+            client, collector):
+        _, keys = collector.sites.create(site, list(ORIGINS))
+        collector.containers.publish(site, "first", ORIGINS)
+        yield client, collector, keys["admin"], f"/api/v1/sites/{site}/container"
+
+
+NINES = "9" * 5000  # int() refuses more than 4300 digits
+
+
+@pytest.mark.parametrize("number", [NINES, "9" * 11, "0" * 5000 + "1" + "0" * 10, "4294967296"],
+                         ids=["5000 nines", "11 digits", "zeros and 11 digits", "2**32"])
+@pytest.mark.parametrize("slash", ["", "/"])
+@pytest.mark.parametrize("where", ["site", "unknown site", "no key"])
+def test_a_huge_version_number_is_a_404(real, number, slash, where):
+    """Any number of digits answers JSON 404 as an out-of-range version does, never a 500."""
+    client, _, admin, url = real
+    if where == "unknown site":
+        url = "/api/v1/sites/nope-" + uuid.uuid4().hex[:8] + "/container"
+    key = None if where == "no key" else admin
+    r = call(client, "GET", f"{url}/versions/{number}{slash}", key)
+    if r.status_code == 307:  # the trailing slash: sent to the path without it
+        assert r.headers["location"] == f"{url}/versions/{number}"
+        r = call(client, "GET", r.headers["location"], key)
+    assert r.status_code == {"site": 404, "unknown site": 404, "no key": 401}[where], r.text
+    body = r.json()
+    if where == "site":
+        assert "has no version" in body["error"] and body["field"] == "version"
+        assert len(body["error"]) < 200  # the digits are not echoed in full
+    # The process keeps serving.
+    assert call(client, "GET", f"{url}/versions/1", admin).status_code in (200, 404)
+    assert client.get("/healthz").status_code == 200
+
+
+def test_a_version_with_leading_zeros_is_that_version(real):
+    client, _, admin, url = real
+    r = call(client, "GET", f"{url}/versions/{'0' * 20}1", admin)
+    assert r.status_code == 200 and r.json()["version"] == 1
+
+
+@pytest.mark.parametrize("note", ["\u001b]0;x\u0007\r\nfake", "a\nb", "\x00", "x\x7f",
+                                  "x" * 1001, 5],
+                         ids=["terminal escape", "newline", "NUL", "DEL", "too long", "number"])
+def test_a_rollback_note_is_checked_as_a_publish_note(real, note):
+    client, collector, admin, url = real
+    site = url.split("/")[4]
+    before = stored(collector, site)
+    r = call(client, "POST", url + "/rollback", admin, {"version": 1, "note": note})
+    assert r.status_code == 400, r.text
+    assert r.json()["field"] == "note" and "note" in r.json()["error"]
+    publish = call(client, "POST", url + "/publish", admin, {"note": note})
+    assert publish.status_code == 400 and publish.json()["field"] == "note"
+    assert stored(collector, site) == before
+    with pytest.raises(ContainerError, match="note"):
+        collector.containers.rollback(site, 1, note)
+    assert stored(collector, site) == before
+
+
+def test_a_rollback_note_is_kept(real):
+    client, collector, admin, url = real
+    site = url.split("/")[4]
+    r = call(client, "POST", url + "/rollback", admin, {"version": 1, "note": "undo: ok ü"})
+    assert r.status_code == 200, r.text
+    assert collector.containers.releases(site)[-1]["note"] == "undo: ok ü"

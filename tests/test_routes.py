@@ -20,6 +20,7 @@ from collector.routes import (
     TABLE,
     UNMATCHED,
     Ingest,
+    UInt32,
     Unmatched,
     parts,
     taken,
@@ -84,7 +85,7 @@ def test_every_path_and_method_is_declared_once():
 def sample(route: Route, value: str = "x") -> str:
     """A path the route's pattern matches: each parameter a plain value of its kind."""
     return route.path_format.format(**{
-        name: "7" if isinstance(convertor, IntegerConvertor) else value
+        name: "7" if isinstance(convertor, IntegerConvertor | UInt32) else value
         for name, convertor in route.param_convertors.items()})
 
 
@@ -178,3 +179,16 @@ def test_taken_counts_the_routers_trailing_slash_redirect():
     assert taken("/b/x.js/", table) == "GET, HEAD /b/{name}.js"
     assert taken("/c/x.js", table) is None
     assert taken(INGESTION[0].path + "/", table) is None  # ingestion matches paths exactly
+
+
+@pytest.mark.parametrize(("digits", "number"), [
+    ("7", 7), ("0", 0), ("0000000007", 7), ("4294967295", 4294967295),
+    ("4294967296", 4294967296), ("0" * 5000 + "12", 12), ("9" * 11, None), ("9" * 5000, None)])
+def test_a_uint32_in_the_path_never_raises(digits, number):
+    """Starlette's int convertor calls int() on any length, which raises beyond 4300 digits."""
+    assert UInt32().convert(digits) == number
+    scope = {"type": "http", "path": f"/api/v1/sites/a/container/versions/{digits}",
+             "method": "GET", "root_path": ""}
+    route = next(r for r in ROUTES if r.matches(scope)[0] is Match.FULL)
+    assert route.matches(scope)[1]["path_params"]["n"] == number
+    assert taken(scope["path"]) is not None

@@ -90,6 +90,15 @@ def _fields(data: Any, allowed: tuple[str, ...]) -> dict[str, Any]:
     return data
 
 
+def _note(data: dict[str, Any]) -> str:
+    """A publish's or rollback's note; its content is checked by the containers
+    (``check_note``: length, no control characters), the same rule for both."""
+    note = data.get("note", "")
+    if not isinstance(note, str):
+        raise ApiError(400, "'note' must be a string", "note")
+    return note
+
+
 # -- endpoints --------------------------------------------------------------------------------
 
 
@@ -113,10 +122,7 @@ async def container(request: Request, collector: Collector, site: Site) -> Respo
 async def publish(request: Request, collector: Collector, site: Site) -> Response:
     if_match = _if_match(request)
     data = _fields(await _body(request, required=False), ("note",))
-    note = data.get("note", "")
-    if not isinstance(note, str):
-        raise ApiError(400, "'note' must be a string", "note")
-    version = await run_in_threadpool(collector.containers.publish, site.site_id, note,
+    version = await run_in_threadpool(collector.containers.publish, site.site_id, _note(data),
                                       site.origins, if_match=if_match)
     return json_response({"site": site.site_id, "version": version.version,
                           "live": version.version, "policy": version.policy, "note": version.note})
@@ -130,10 +136,8 @@ async def rollback(request: Request, collector: Collector, site: Site) -> Respon
         raise ApiError(400, "'version' is required", "version")
     if isinstance(number, bool) or not isinstance(number, int) or not 1 <= number <= MAX_VERSION:
         raise ApiError(400, "'version' must be a version number (1, 2, ...)", "version")
-    note = data.get("note", "")
-    if not isinstance(note, str) or len(note) > 1000:
-        raise ApiError(400, "'note' must be a string of at most 1000 characters", "note")
-    version = await run_in_threadpool(collector.containers.rollback, site.site_id, number, note)
+    version = await run_in_threadpool(collector.containers.rollback, site.site_id, number,
+                                      _note(data))
     return json_response({"site": site.site_id, "version": version.version,
                           "live": version.version, "policy": version.policy})
 
@@ -152,12 +156,13 @@ async def versions(request: Request, collector: Collector, site: Site) -> Respon
 
 @admin
 async def version(request: Request, collector: Collector, site: Site) -> Response:
-    number = request.path_params["n"]
+    number = request.path_params["n"]  # None: more digits than a UInt32 (routes.py)
     found = None
-    if 1 <= number <= MAX_VERSION:
+    if number is not None and 1 <= number <= MAX_VERSION:
         found = await run_in_threadpool(collector.containers.version, site.site_id, number)
     if found is None:
-        raise ApiError(404, f"site {site.site_id!r} has no version {number}", "version")
+        shown = number if number is not None else "of more than 10 digits"
+        raise ApiError(404, f"site {site.site_id!r} has no version {shown}", "version")
     return json_response(found.as_dict())
 
 

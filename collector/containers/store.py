@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hashlib
+import hmac
 import logging
 import re
 import secrets
@@ -24,8 +26,8 @@ from collector.containers.document import (
     resolved_tag_path,
 )
 from collector.containers.errors import ContainerError, FieldError, NotFound, PreconditionFailed
-from collector.containers.schema import CONTROL, LIVE_TTL, MAX_NOTE, MAX_VERSION
-from collector.containers.validate import Taken, check
+from collector.containers.schema import LIVE_TTL, MAX_VERSION
+from collector.containers.validate import Taken, check, check_note
 from collector.sites import hash_key
 from collector.storage import StorageError, Store, time_text
 
@@ -213,9 +215,7 @@ class Containers:
                 if_match: Collection[str] | None = None) -> Version:
         """Freeze the draft into the next version and make it live; with ``if_match``, only
         if the draft is one of those ETags (else PreconditionFailed, nothing is written)."""
-        if not isinstance(note, str) or len(note) > MAX_NOTE or CONTROL.search(note):
-            raise ContainerError([FieldError("note", f"a string of at most {MAX_NOTE} "
-                                             "characters without control characters")])
+        check_note(note)
         with self._lock:
             draft = self.draft(site_id)
             # What is frozen is this very read, so the version is exactly the draft whose
@@ -252,6 +252,7 @@ class Containers:
 
     def rollback(self, site_id: str, version: int, note: str = "") -> Version:
         """Make an earlier version live again (a new release; the version is unchanged)."""
+        check_note(note)
         with self._lock:
             found = self.version(site_id, version)
             if found is None:
@@ -455,15 +456,46 @@ class Containers:
 
 
 class Previews:
-    """Preview links for drafts: an unguessable token, stored as its SHA-256, valid until it
-    expires. Whoever holds the link sees the site's draft container; minting one needs the
-    admin key (api/container.py)."""
+    """Preview links for drafts: whoever holds the link sees the site's draft container;
+    minting one needs the admin key (api/container.py).
+
+    A token is ``twp_``, a random nonce and a MAC of the nonce (HMAC-SHA256 keyed with
+    :func:`preview_key`, derived from the privacy key every collector of one ClickHouse
+    shares): a made-up or altered token is refused before any query, so that a cookie anyone
+    can send costs no ClickHouse query. A token that passes is looked up (stored as its
+    SHA-256): its rows keep expiry and ending authoritative. Ending a token adds a row that
+    expires it now; a token is valid until the earliest expiry of its rows. Tokens minted
+    before MACs (a bare random string) are refused: they lived at most 24 hours.
+    """
 
     MAX_MINUTES = 24 * 60
+    PREFIX = "twp_"
+    NONCE = 24  # characters: 18 random bytes
+    MAC = 24  # characters: 18 bytes of the HMAC, 144 bits
+    LENGTH = len(PREFIX) + NONCE + MAC
+    # How long a looked-up token is believed: a token ended through another collector is
+    # refused here within it.
+    RECHECK = LIVE_TTL
+    MAX_REMEMBERED = 10_000
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, privacy_key: bytes) -> None:
         self.store = store
-        self._valid: dict[str, tuple[str, float]] = {}  # token hash -> (site, expiry), cached
+        self._key = preview_key(privacy_key)
+        # token hash -> (site or None, believed until): only for tokens with a valid MAC,
+        # so forged ones cannot fill it.
+        self._seen: dict[str, tuple[str | None, float]] = {}
+
+    def _mac(self, nonce: str) -> str:
+        mac = hmac.new(self._key, nonce.encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(mac[:self.MAC * 3 // 4]).decode()
+
+    def authentic(self, token: str) -> bool:
+        """Whether ``token`` was minted with this installation's key (no I/O)."""
+        if len(token) != self.LENGTH or not token.startswith(self.PREFIX) or \
+                not token.isascii():
+            return False
+        nonce, mac = token[len(self.PREFIX):-self.MAC], token[-self.MAC:]
+        return hmac.compare_digest(self._mac(nonce).encode(), mac.encode())
 
     def create(self, site_id: str, minutes: int = 60) -> tuple[str, dt.datetime]:
         if isinstance(minutes, bool) or not isinstance(minutes, int) or not (
@@ -471,33 +503,67 @@ class Previews:
         ):
             raise ContainerError([FieldError(
                 "minutes", f"a whole number of minutes from 1 to {self.MAX_MINUTES}")])
-        token = "twp_" + secrets.token_urlsafe(24)
+        nonce = secrets.token_urlsafe(self.NONCE * 3 // 4)
+        token = self.PREFIX + nonce + self._mac(nonce)
         now = dt.datetime.now(dt.UTC)
         expires = now + dt.timedelta(minutes=minutes)
-        self.store.insert("tagwerk.container_previews", orjson.dumps({
-            "site_id": site_id, "token_hash": hash_key(token),
-            "expires_at": time_text(expires), "created_at": time_text(now),
-        }) + b"\n")
+        self._insert(site_id, hash_key(token), expires, now)
         return token, expires
 
     def site_of(self, token: str) -> str | None:
-        """The site a valid, unexpired token previews, or None."""
-        if not token.startswith("twp_") or len(token) > 64:
+        """The site a valid, unexpired, not ended token previews, or None. A token without
+        this installation's MAC is refused without a query."""
+        if not self.authentic(token):
             return None
         digest = hash_key(token)
-        cached = self._valid.get(digest)
-        if cached is not None and cached[1] > time.time():
-            return cached[0]
-        rows = self.store.rows(
-            "SELECT site_id, toUnixTimestamp64Milli(expires_at) AS expires "
-            "FROM tagwerk.container_previews WHERE token_hash = {h:String} "
-            "AND expires_at > now64(3) ORDER BY expires_at DESC LIMIT 1", {"h": digest})
-        if not rows:
-            return None
-        site_id, expires = rows[0]["site_id"], int(rows[0]["expires"]) / 1000
-        if len(self._valid) > 10_000:
-            self._valid.clear()
-        self._valid[digest] = (site_id, expires)
+        now = time.time()
+        seen = self._seen.get(digest)
+        if seen is not None and seen[1] > now:
+            return seen[0]
+        found = self._lookup(digest)
+        site_id = found[0] if found else None
+        until = min(found[1], now + self.RECHECK) if found else now + self.RECHECK
+        self._remember(digest, site_id, until)
         return site_id
 
+    def end(self, token: str) -> bool:
+        """End a preview on every collector: a row that expires the token now. False when
+        it was not a valid token."""
+        if not self.authentic(token):
+            return False
+        digest = hash_key(token)
+        found = self._lookup(digest)
+        if found is not None:
+            now = dt.datetime.now(dt.UTC)
+            # Expired now, not long ago: the table's TTL (expiry + 1 day) keeps this row at
+            # least as long as the token's own row could still be valid (24 hours at most).
+            self._insert(found[0], digest, now, now)
+        self._remember(digest, None, time.time() + self.RECHECK)
+        return found is not None
 
+    def _lookup(self, digest: str) -> tuple[str, float] | None:
+        """(site, expiry in epoch seconds) of an unexpired token, from ClickHouse."""
+        rows = self.store.rows(
+            "SELECT any(site_id) AS site_id, toUnixTimestamp64Milli(min(expires_at)) AS expires "
+            "FROM tagwerk.container_previews WHERE token_hash = {h:String} "
+            "GROUP BY token_hash HAVING min(expires_at) > now64(3)", {"h": digest})
+        return (rows[0]["site_id"], int(rows[0]["expires"]) / 1000) if rows else None
+
+    def _insert(self, site_id: str, digest: str, expires: dt.datetime,
+                now: dt.datetime) -> None:
+        self.store.insert("tagwerk.container_previews", orjson.dumps({
+            "site_id": site_id, "token_hash": digest,
+            "expires_at": time_text(expires), "created_at": time_text(now),
+        }) + b"\n")
+
+    def _remember(self, digest: str, site_id: str | None, until: float) -> None:
+        if len(self._seen) >= self.MAX_REMEMBERED:
+            self._seen.clear()
+        self._seen[digest] = (site_id, until)
+
+
+def preview_key(privacy_key: bytes) -> bytes:
+    """The key of preview tokens' MACs: derived from the privacy key (which every collector
+    of one ClickHouse shares), so that a MAC tells nothing of it, nor serves as an erasure
+    digest."""
+    return hmac.new(privacy_key, b"preview-token", hashlib.sha256).digest()

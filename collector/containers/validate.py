@@ -34,6 +34,7 @@ from collector.containers.schema import (
     MAX_HTML,
     MAX_ITEMS,
     MAX_LANGUAGES,
+    MAX_NOTE,
     MAX_REGEX,
     MAX_SELECTOR,
     MAX_TAG_TRIGGERS,
@@ -302,6 +303,15 @@ def check(document: Any, origins: Iterable[str] = (), *, taken: Taken | None = N
     errors = validate(document, origins, taken=taken, site_id=site_id)
     if errors:
         raise ContainerError(errors)
+
+
+def check_note(note: Any) -> None:
+    """The note of a publish or a rollback, the one rule for both: it is listed in the
+    release history and printed to terminals (``tagwerk container versions``), where an
+    escape sequence or a line break would forge output. ContainerError names ``note``."""
+    if not isinstance(note, str) or len(note) > MAX_NOTE or CONTROL.search(note):
+        raise ContainerError([FieldError("note", f"a string of at most {MAX_NOTE} "
+                                         "characters without control characters")])
 
 
 def _check_settings(c: _Checker, value: Any, taken: Taken | None, site_id: str | None

@@ -53,6 +53,12 @@ JS = "text/javascript; charset=utf-8"
 CSS = "text/css; charset=utf-8"
 STATIC = {"decide.js": JS, "banner.js": JS, "banner.css": CSS, "debug.js": JS, "debug.css": CSS}
 MAX_CACHED = 512  # built answers kept in memory (least recently used go first)
+MAX_PREVIEWS = 16  # built previews kept apart: drafts being edited must not evict live tags
+# gzip level and brotli quality: the live tag is compressed once and served to every visitor,
+# so as hard as can be; a preview is ``private, no-store`` and seen by one browser, built
+# again at each edit of the draft: brotli 11 took 0.25 s of CPU for a 244 KB draft there.
+LIVE_LEVELS = (9, 11)
+PREVIEW_LEVELS = (6, 5)
 ASSETS = ("decide.js", "banner.js", "banner.css", "debug.js", "engine.js")  # one ``v`` for all
 
 
@@ -84,9 +90,11 @@ class Asset:
     br: bytes
 
     @classmethod
-    def build(cls, body: bytes, media: str) -> Asset:
+    def build(cls, body: bytes, media: str, levels: tuple[int, int] = LIVE_LEVELS) -> Asset:
+        gzip_level, brotli_quality = levels
         return cls(body, media, hashlib.sha256(body).hexdigest()[:32],
-                   gzip.compress(body, 9, mtime=0), brotli.compress(body, quality=11))
+                   gzip.compress(body, gzip_level, mtime=0),
+                   brotli.compress(body, quality=brotli_quality))
 
 
 def _codings(accept: str) -> set[str]:
@@ -299,20 +307,26 @@ class TagServer:
         self.collector = collector
         self.dist = Dist(dist_dir(collector.settings.tag_dir))
         self._assets: OrderedDict[tuple, Asset] = OrderedDict()
+        self._previews: OrderedDict[tuple, Asset] = OrderedDict()
         self._lock = threading.Lock()
 
     # -- cache
 
-    async def _asset(self, key: tuple, build) -> Asset:
-        asset = self._assets.get(key)
+    async def _asset(self, key: tuple, build, preview: bool = False) -> Asset:
+        """The answer for ``key``, built in a worker thread (compressing blocks the event
+        loop for long) if it is not kept; least recently used first out."""
+        cache, limit = (self._previews, MAX_PREVIEWS) if preview else (self._assets, MAX_CACHED)
+        asset = cache.get(key)
         if asset is not None:
-            self._assets.move_to_end(key)
+            with self._lock:
+                if key in cache:
+                    cache.move_to_end(key)
             return asset
         asset = await run_in_threadpool(build)
         with self._lock:
-            self._assets[key] = asset
-            while len(self._assets) > MAX_CACHED:
-                self._assets.popitem(last=False)
+            cache[key] = asset
+            while len(cache) > limit:
+                cache.popitem(last=False)
         return asset
 
     # -- answers
@@ -361,16 +375,20 @@ class TagServer:
 
         def build() -> Asset:
             inlined = js_json(config(live, version))
-            return Asset.build(data.replace(PLACEHOLDER, inlined, 1), JS)
+            return Asset.build(data.replace(PLACEHOLDER, inlined, 1), JS,
+                               PREVIEW_LEVELS if preview else LIVE_LEVELS)
 
+        # The draft's digest is in the key (and in ``version``): an edit builds anew.
         key = (name, site_id, live.version, live.digest, digest, version)
-        if preview:  # the draft, for the browser holding the link: never cached anywhere
-            return respond_asset(request, build(), {"Cache-Control": "private, no-store"})
-        return respond_asset(request, await self._asset(key, build))
+        asset = await self._asset(key, build, preview)
+        if preview:  # the draft, for the browser holding the link: no cache keeps it
+            return respond_asset(request, asset, {"Cache-Control": "private, no-store"})
+        return respond_asset(request, asset)
 
     async def _previewing(self, request: Request, site_id: str) -> bool:
         token = request.cookies.get(PREVIEW_COOKIE)
-        if not token:
+        # A forged token is refused here, without a thread or a query.
+        if not token or not self.collector.previews.authentic(token):
             return False
         try:
             found = await run_in_threadpool(self.collector.previews.site_of, token)
@@ -381,13 +399,11 @@ class TagServer:
     async def start_preview(self, request: Request) -> Response:
         """``GET /t/preview?token=...&to=URL``: the preview link. Sets the preview cookie for
         the collector's /t/ paths and sends the browser to ``to``, a page of the site, with
-        the debug overlay on. ``end=1`` ends the preview."""
+        the debug overlay on. ``end=1`` ends the preview: :meth:`end_preview`."""
         params = request.query_params
         secure = self._secure(request)
         if params.get("end"):
-            return Response(b"preview ended\n", headers={
-                "Set-Cookie": _preview_cookie("", 0, secure), "Clear-Site-Data": '"cache"',
-                "Cache-Control": "no-store"}, media_type="text/plain")
+            return await self.end_preview(request, secure)
         token, raw_target = params.get("token", ""), params.get("to", "")
         # Checked on the raw text, before urllib (which drops tab, CR and LF) sees it: it
         # goes into the Location header.
@@ -421,6 +437,20 @@ class TagServer:
             log.error("preview: refused to send an unsafe header: %r", headers)
             return error(400, "'to' cannot be sent as a Location", field="to")
         return Response(status_code=303, headers=headers)
+
+    async def end_preview(self, request: Request, secure: bool) -> Response:
+        """``GET /t/preview?end=1``: clears the browser's preview cookie and ends its token
+        on the server, for every collector (within ``Previews.RECHECK`` seconds on one that
+        has just seen it): a copy of the cookie or the link shows the live container then."""
+        headers = {"Set-Cookie": _preview_cookie("", 0, secure), "Clear-Site-Data": '"cache"',
+                   "Cache-Control": "no-store"}
+        token = request.cookies.get(PREVIEW_COOKIE, "")
+        if token:
+            try:
+                await run_in_threadpool(self.collector.previews.end, token)
+            except StorageError:
+                return error(503, "the preview cannot be ended now; try again", headers)
+        return Response(b"preview ended\n", headers=headers, media_type="text/plain")
 
     # -- parts
 
