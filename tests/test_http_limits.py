@@ -508,6 +508,26 @@ def test_a_client_that_reads_no_answer_is_read_no_more_and_cut(servers, monkeypa
     assert_serving(port)
 
 
+def test_a_client_that_reads_slowly_but_steadily_is_not_cut(servers, monkeypatch):
+    """WRITE_TIMEOUT counts while the client reads nothing: one that reads an answer more
+    slowly than its backlog drains from the transport's high-water mark to its low one
+    (48 KiB) within WRITE_TIMEOUT keeps the connection, as its backlog shrinks."""
+    monkeypatch.setattr(limits, "WRITE_TIMEOUT", 0.2)
+    query = b"SELECT repeat('x', 400000)"
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", servers["sql"].port))
+    with sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(query), query))
+        sock.settimeout(10)
+        data = b""
+        while chunk := sock.recv(4096):
+            data += chunk
+            time.sleep(0.04)  # about 100 KB a second: 48 KiB drain in ~0.5 s
+    assert status(data) == 200 and data.endswith(b"x\n") and len(data) > 400_000
+
+
 # -- tagwerk serve ---------------------------------------------------------------------------
 
 

@@ -38,9 +38,10 @@ Limits (module constants, read when used: tests lower them with monkeypatch):
   client that does not wait for the answers): one more, and the connection closes after
   the answers before it (this request and what follows get none).
 - ``WRITE_TIMEOUT``: answers the client does not read back up past the transport's
-  high-water mark, and then no more requests are read (``UvicornProtocol.writes_stalled``);
-  a client that reads nothing for this many seconds more is cut (the connection aborted:
-  nothing it would read is left to send).
+  high-water mark (64 KiB beyond what the kernel holds), and then no more requests are read
+  (``UvicornProtocol.writes_stalled``); if they stay above its low-water mark (16 KiB) for
+  this many seconds more (the client read less than 48 KiB meanwhile), the connection is
+  aborted: nothing it would read is left to send.
 
 Each refusal is written, then the connection is closed: our side at once (the client reads
 the answer, then the end of the stream), the socket when the client closes its side, or
