@@ -416,5 +416,7 @@ def parse_data(protocol: UvicornProtocol, data: bytes) -> None:
         protocol.send_400_response(msg)
     except HttpParserUpgrade:
         protocol.upgrade_declined()
+
+
 # The server's default headers as uvicorn last gave them, and joined: one join a second.
 _defaults: list[Any] = [None, b""]
