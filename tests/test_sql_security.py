@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 
 from collector.sqlhttp import QueryLimits, SqlUser, build_sql_app, load_users, policy
@@ -1007,6 +1008,17 @@ def test_a_site_scoped_user_learns_nothing_of_other_sites(http: httpx.Client) ->
     refused(run(http, "SELECT max({c:Identifier}) FROM tagwerk.events", AGENCY,
                 param_c="_part_offset"), 497)
     assert run(http, "SELECT count() > 0 FROM tagwerk.events", AGENCY).text == "1\n"
+    # A fourteenth probe's: what the engine read counts every site's rows of the parts it
+    # read (the row policy filters after reading): in the summary, and in the errors of a
+    # read limit the user lowered.
+    resp = run(http, "SELECT count() FROM tagwerk.events", AGENCY)
+    summary = orjson.loads(resp.headers["x-clickhouse-summary"])
+    assert summary["read_rows"] == summary["total_rows_to_read"] == summary["result_rows"]
+    for setting in ("max_rows_to_read", "max_bytes_to_read", "max_rows_to_read_leaf",
+                    "min_execution_speed"):
+        refused(run(http, "SELECT count() FROM tagwerk.events", AGENCY, **{setting: "1"}),
+                164)
+    assert run(http, "SELECT 1", None, max_rows_to_read="10").text == "1\n"
 
 
 def test_metadata_the_engine_reads_for_its_own_statements_is_hidden(http: httpx.Client) -> None:

@@ -152,12 +152,16 @@ def call_summary(
     }
 
 
-def query_summary(result: Any) -> dict[str, int]:
+def query_summary(result: Any, site_scoped: bool = False) -> dict[str, int]:
+    """A query's summary; for a site-scoped user, what was read is given as the result (the
+    engine's count holds other sites' rows of the parts it read)."""
     def stat(name: str) -> int:
         return int(getattr(result, name, lambda: 0)())
 
+    read = ("rows_read", "bytes_read") if site_scoped else ("storage_rows_read",
+                                                           "storage_bytes_read")
     return call_summary(
-        (stat("storage_rows_read"), stat("storage_bytes_read")),
+        (stat(read[0]), stat(read[1])),
         (stat("rows_written"), stat("bytes_written")),
         (stat("rows_read"), stat("bytes_read")),
         float(getattr(result, "elapsed", lambda: 0.0)()),
@@ -224,14 +228,24 @@ def _user_tag(user: SqlUser) -> str:
     return f"{scope}{user.name.encode().hex()}:"
 
 
-def reader_settings(settings: Mapping[str, str], limits: QueryLimits) -> dict[str, str]:
+# Limits on what a query reads: the engine counts every site's rows of the parts it reads
+# (a row policy filters after reading), and its error names the count (a fourteenth probe).
+_READ_LIMITS = frozenset(("max_rows_to_read", "max_bytes_to_read", "read_overflow_mode"))
+
+
+def reader_settings(settings: Mapping[str, str], limits: QueryLimits,
+                    site_scoped: bool = False) -> dict[str, str]:
     """The client's settings a read-only user may apply; anything else is refused, as a
-    ClickHouse server refuses setting changes under readonly = 1."""
+    ClickHouse server refuses setting changes under readonly = 1. A site-scoped user sets
+    no limit on what is read."""
     allowed: dict[str, str] = {}
     caps = vars(limits)
     for name, value in settings.items():
         if name == "readonly":
             continue  # ours to set
+        if site_scoped and name in _READ_LIMITS:
+            raise SqlError.of(164, f"Cannot modify '{name}' setting for a site-scoped user: "
+                              "what the engine reads counts other sites' rows")
         if name in caps:
             if not value.isdigit() or not 0 < int(value) <= caps[name]:
                 raise SqlError.of(

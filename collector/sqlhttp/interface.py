@@ -225,7 +225,7 @@ class _SqlInterface:
                     policy.check_setting(name, self.text_settings)
                 settings[name] = value
         if user.readonly:
-            settings = reader_settings(settings, self.limits)
+            settings = reader_settings(settings, self.limits, user.sites is not None)
         fmt_name = params.get("default_format") or request.headers.get("x-clickhouse-format")
         session_id = params.get("session_id")
         compress = params.get("enable_http_compression")
@@ -323,7 +323,7 @@ class _SqlInterface:
                 result = conn.query(parsed.sql, call.default_format.name, params=call.binds)
                 out = result.get_memview().view()  # chDB's own buffer, not a copy
         fmt = (self._format(st.output_format) if st.output_format else call.default_format)
-        summary = query_summary(result)
+        summary = query_summary(result, call.user.sites is not None)
         encoding = call.encoding if out else None
         if encoding:
             out, result = DEFLATERS[encoding](out), None  # chDB's buffer is freed here
