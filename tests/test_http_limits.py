@@ -528,6 +528,33 @@ def test_a_client_that_reads_slowly_but_steadily_is_not_cut(servers, monkeypatch
     assert status(data) == 200 and data.endswith(b"x\n") and len(data) > 400_000
 
 
+def test_a_large_answer_read_steadily_below_its_rate_is_not_cut(servers, monkeypatch):
+    """A large answer the client reads more slowly than it is written stays above the
+    high-water mark for long (an export of 50 MB read at 60 KB/s was cut at 10 s, its
+    body truncated: a probe); the client reads on, so its connection stays."""
+    monkeypatch.setattr(limits, "WRITE_TIMEOUT", 0.5)
+    query = b"SELECT repeat('x', 1000000) FROM numbers(12)"
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    sock.connect(("127.0.0.1", servers["sql"].port))
+    with sock:  # kept alive: the connection is not closing while its answer drains
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(query), query))
+        sock.settimeout(10)
+        data, length = b"", None
+        while length is None or len(data) < length:
+            chunk = sock.recv(65536)
+            assert chunk, f"closed after {len(data):,} bytes"
+            data += chunk
+            if length is None and b"\r\n\r\n" in data:
+                head, _, _ = data.partition(b"\r\n\r\n")
+                size = [line for line in head.lower().split(b"\r\n")
+                        if line.startswith(b"content-length:")][0]
+                length = len(head) + 4 + int(size.split(b":")[1])
+            time.sleep(0.05)  # about 1.3 MB a second: the answer takes ~10 s
+    assert status(data) == 200 and data.endswith(b"x\n")
+
+
 # -- tagwerk serve ---------------------------------------------------------------------------
 
 

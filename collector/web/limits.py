@@ -39,9 +39,9 @@ Limits (module constants, read when used: tests lower them with monkeypatch):
   the answers before it (this request and what follows get none).
 - ``WRITE_TIMEOUT``: answers the client does not read back up past the transport's
   high-water mark (64 KiB beyond what the kernel holds), and then no more requests are read
-  (``UvicornProtocol.writes_stalled``); if they stay above its low-water mark (16 KiB) for
-  this many seconds more (the client read less than 48 KiB meanwhile), the connection is
-  aborted: nothing it would read is left to send.
+  (``UvicornProtocol.writes_stalled``); if the client then reads nothing of them for this
+  many seconds (what is left unsent did not shrink), the connection is aborted: nothing it
+  would read is left to send. A client reading a large answer slowly keeps it.
 
 Each refusal is written, then the connection is closed: our side at once (the client reads
 the answer, then the end of the stream), the socket when the client closes its side, or
@@ -112,7 +112,7 @@ class LimitedProtocol(UvicornProtocol):
 
     # In slots, as UvicornProtocol's (which says why).
     __slots__ = ("_phase", "_head_raw", "_deadline", "_timer", "_timer_at", "_refusal",
-                 "_stalled_until")
+                 "_stalled_until", "_unsent")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -124,6 +124,7 @@ class LimitedProtocol(UvicornProtocol):
         self._timer_at = _NEVER  # when it fires
         self._refusal: tuple[int, str] | None = None
         self._stalled_until = 0.0  # the client reads no answer: cut then (0: it reads)
+        self._unsent = 0  # bytes of answers left unsent when that was last looked at
 
     # -- the connection -----------------------------------------------------------------
 
@@ -197,7 +198,7 @@ class LimitedProtocol(UvicornProtocol):
     def writes_stalled(self, stalled: bool) -> None:
         now = self.event_loop.time()
         if stalled:
-            self._stalled_until = now + WRITE_TIMEOUT
+            self._stalled_until, self._unsent = now + WRITE_TIMEOUT, self.unsent()
             if self._timer_at > self._stalled_until:
                 self._arm(self._stalled_until)
         else:  # it reads again: the phase's timeout starts over, as nothing was read meanwhile
@@ -268,12 +269,16 @@ class LimitedProtocol(UvicornProtocol):
         if phase == _CLOSED or self.closing():
             return
         now = self.event_loop.time()
-        if self._stalled_until:  # the client reads no answer
-            if now >= self._stalled_until:
+        if self._stalled_until:  # answers back up
+            unsent = self.unsent()
+            if now < self._stalled_until:
+                self._arm(self._stalled_until)
+            elif unsent < self._unsent:  # the client read some: it may go on
+                self._stalled_until, self._unsent = now + WRITE_TIMEOUT, unsent
+                self._arm(self._stalled_until)
+            else:
                 log.info("%s: no answer read for %g s, cut", _peer(self.peer), WRITE_TIMEOUT)
                 self.abort()
-            else:
-                self._arm(self._stalled_until)
             return
         if phase == _IDLE:
             keep_alive = self.keep_alive_deadline()

@@ -54,6 +54,10 @@ builds it when the request begins), so a request answered by ``take`` costs none
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
+import struct
+import termios
 from typing import Any
 
 from httptools import HttpParserError, HttpParserUpgrade
@@ -385,6 +389,18 @@ class UvicornProtocol(HttpToolsProtocol):
 
     def close(self) -> None:
         self.transport.close()
+
+    def unsent(self) -> int:
+        """Bytes of answers written and not yet read by the client: the transport's, and the
+        kernel's send queue (MBs; a slow reader empties it first, while the transport's
+        buffer waits for room there)."""
+        queued = 0
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError, ValueError):
+                queued = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ,
+                                                        b"\0\0\0\0"))[0]
+        return self.transport.get_write_buffer_size() + queued
 
     def abort(self) -> None:
         """Close at once, with what is still to be sent dropped."""
