@@ -95,10 +95,6 @@ _LINGER = 7  # refused and answered: what arrives is dropped until the client cl
 
 _NEVER = float("inf")
 
-_REASONS = {400: b"a request with a body may not ask to upgrade the connection (Upgrade): "
-                 b"send it without",
-            408: b"request timeout", 414: b"request target too long",
-            431: b"request header fields too large"}
 
 
 class _Refused(Exception):
@@ -327,10 +323,11 @@ class LimitedProtocol(UvicornProtocol):
             self.close_after_answer()
             return
         log.info("%s: %s, %d", _peer(self.peer), why, status)
-        self._send_refusal(status)
+        self._send_refusal(status, why)
 
-    def _send_refusal(self, status: int) -> None:
-        body = _REASONS[status]
+    def _send_refusal(self, status: int, why: str) -> None:
+        # ``why`` is ours (the limit and its number), never the request's text.
+        body = why.encode("ascii", "replace") + b"\n"
         self.write(self.status_and_defaults(status)
                    + b"content-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
                      b"connection: close\r\n\r\n%s" % (len(body), body))
