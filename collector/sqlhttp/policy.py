@@ -419,14 +419,11 @@ def _zones_from_text(tree: Node) -> None:
 
 # Arguments that the engine turns into several when the query runs, where the tree shows
 # one: the positions counted in the tree would not be the engine's (a thirteenth probe:
-# toDateTime(untuple(tuple(0, concat('fi', 'le:...')))) loaded the file as a zone).
+# toDateTime(untuple(tuple(0, concat('fi', 'le:...')))) loaded the file as a zone; untuple()
+# is refused in the whole statement, as an alias of it spreads too).
 _SPREADING = frozenset(("Asterisk", "QualifiedAsterisk", "ColumnsRegexpMatcher",
                         "ColumnsListMatcher", "QualifiedColumnsRegexpMatcher",
                         "QualifiedColumnsListMatcher"))
-
-
-def _spreads(node: Node) -> bool:
-    return node.kind in _SPREADING or (node.kind == "Function" and _normal(node.ident) == "untuple")
 
 
 def zone_literals(tree: Node) -> list[str]:
@@ -437,18 +434,17 @@ def zone_literals(tree: Node) -> list[str]:
     strings in it name a zone too). A call of such a function names its arguments one by
     one, so that their positions are the engine's."""
     found = []
-    calls = [node for node, _ in tree.walk() if node.kind == "Function" and node.children]
-    reading = [node for node in calls
-               if zones.reads(node.ident) or _normal(node.ident) in _ZONE_FROM_TEXT]
-    if reading and any(_normal(node.ident) == "untuple" for node in calls):
-        # An alias of untuple() spreads where it is used (a fourteenth probe: WITH
-        # untuple(...) AS u SELECT toDateTime(u)), which the tree does not show.
+    functions = [node for node, _ in tree.walk() if node.kind == "Function"]
+    reading = [node for node in functions if node.children and (
+        zones.reads(node.ident) or _normal(node.ident) in _ZONE_FROM_TEXT)]
+    if reading and any(_normal(node.ident) == "untuple" for node in functions):
+        # untuple() spreads where it stands, and where an alias of it is used (a fourteenth
+        # probe: WITH untuple(...) AS u SELECT toDateTime(u)), which the tree does not show.
         raise denied(f"untuple() is not allowed beside {reading[0].ident}(), which reads a "
                      "time zone or a type name from its arguments")
-    reading_ids = {id(node) for node in reading}
-    for node in calls:
+    for node in reading:
         args = node.children[0].children
-        if id(node) in reading_ids and any(map(_spreads, args)):
+        if any(arg.kind in _SPREADING for arg in args):
             raise denied(f"{node.ident}() reads a time zone or a type name from one of its "
                          "arguments: name them one by one, without untuple(), * or COLUMNS()")
         for position in zones.positions(node.ident, len(args)):
