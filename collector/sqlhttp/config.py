@@ -81,6 +81,12 @@ class SqlUser:
     # A read-only user's sites: only their rows of its tables (SITE_TABLES); None: all.
     sites: tuple[str, ...] | None = None
 
+    @property
+    def site_scoped(self) -> bool:
+        """Whether the user reads only some sites' rows (what the engine reads counts
+        every site's: no EXPLAIN, no read counts, no virtual columns)."""
+        return self.sites is not None
+
     def granted(self) -> frozenset[tuple[str, str]]:
         names = (*(DATA_TABLES if self.tables is None else self.tables), *SYSTEM_TABLES,
                  *(SCHEMA_TABLES if self.sites is None else ()))

@@ -225,7 +225,7 @@ class _SqlInterface:
                     policy.check_setting(name, self.text_settings)
                 settings[name] = value
         if user.readonly:
-            settings = reader_settings(settings, self.limits, user.sites is not None)
+            settings = reader_settings(settings, self.limits, user.site_scoped)
         fmt_name = params.get("default_format") or request.headers.get("x-clickhouse-format")
         session_id = params.get("session_id")
         compress = params.get("enable_http_compression")
@@ -323,7 +323,7 @@ class _SqlInterface:
                 result = conn.query(parsed.sql, call.default_format.name, params=call.binds)
                 out = result.get_memview().view()  # chDB's own buffer, not a copy
         fmt = (self._format(st.output_format) if st.output_format else call.default_format)
-        summary = query_summary(result, call.user.sites is not None)
+        summary = query_summary(result, call.user.site_scoped)
         encoding = call.encoding if out else None
         if encoding:
             out, result = DEFLATERS[encoding](out), None  # chDB's buffer is freed here
@@ -378,7 +378,7 @@ class _SqlInterface:
         no user's filters touch)."""
         existing = frozenset((r["database"], r["name"]) for r in self.store.rows(
             "SELECT database, name FROM system.tables"))
-        scoped = call.user.sites is not None
+        scoped = call.user.site_scoped
         scope = policy.Scope(call.user.granted(), existing, call.database or self.database,
                              explain=not scoped,
                              virtual=self._virtual_columns(existing) if scoped else frozenset())
