@@ -890,6 +890,30 @@ def test_other_users_queries_are_invisible_and_unkillable(url: str, http: httpx.
     assert out[0].status_code == 200, out[0].text  # it ran to its end
 
 
+def test_a_site_scoped_user_reads_no_process_list_but_kills_its_queries(
+    url: str, http: httpx.Client
+) -> None:
+    """system.processes counts what a running query read: every site's rows of the parts
+    read, as the summary did (the row policy filters after reading)."""
+    for sql in ("SELECT read_rows, total_rows_approx FROM system.processes",
+                "SHOW PROCESSLIST"):
+        refused(run(http, sql, AGENCY), 497)
+    out: list[httpx.Response] = []
+    thread = threading.Thread(target=lambda: out.append(httpx.post(
+        url, content="SELECT count() FROM numbers_mt(1000000000000)", auth=AGENCY, timeout=60)))
+    thread.start()
+    try:
+        wait_for(lambda: out or run(http, "SELECT count() FROM system.processes",
+                                    WRITER).text != "1\n")
+        assert not out, out[0].text
+        resp = run(http, "KILL QUERY WHERE 1 SYNC", AGENCY)
+        assert resp.status_code == 200, resp.text
+    finally:
+        thread.join(30)
+    assert not thread.is_alive()
+    assert out[0].status_code != 200 and "QUERY_WAS_CANCELLED" in out[0].text, out[0].text
+
+
 def running(store, marker: str) -> bool:
     """Whether a query with ``marker`` in its text runs (this probe itself excluded)."""
     return bool(store.rows(

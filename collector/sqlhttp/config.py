@@ -32,20 +32,21 @@ Connection = Any  # chdb.state.Connection, which has no type hints
 DATA_TABLES = ("tagwerk.events", "tagwerk.consent_log", *AGGREGATE_TABLES, *AGGREGATE_VIEWS)
 # What a site-scoped user may read: tables the row policies filter, and views over them.
 SITE_READABLE = (*SITE_TABLES, *AGGREGATE_VIEWS)
-# System tables that describe the engine and the user's own work, never other users' data
-# (system.processes is filtered to the user's own queries: see calls.py).
+# System tables that describe the engine, never other users' data.
 SYSTEM_TABLES = tuple(
     f"system.{name}" for name in (
         "one", "numbers", "numbers_mt", "zeros", "zeros_mt", "settings", "functions",
         "table_functions", "formats", "data_type_families", "time_zones", "collations",
-        "databases", "processes", "table_engines", "build_options",
+        "databases", "table_engines", "build_options",
         "aggregate_function_combinators", "keywords", "contributors", "licenses",
     )
 )
-# The schema: filtered to the granted tables (calls.py), but with every site's row and byte
-# counts, so not for a site-scoped user.
-SCHEMA_TABLES = ("system.tables", "system.columns", "information_schema.*",
-                 "INFORMATION_SCHEMA.*")
+# What counts every site's rows, so not for a site-scoped user: the schema (filtered to the
+# granted tables, calls.py, but with their row and byte counts) and the user's own running
+# queries (filtered to them, calls.py, but with what they read before the row policy
+# filtered it). KILL QUERY reads the process list inside the engine, so it works without.
+COUNTING_TABLES = ("system.tables", "system.columns", "information_schema.*",
+                   "INFORMATION_SCHEMA.*", "system.processes")
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ class SqlUser:
 
     def granted(self) -> frozenset[tuple[str, str]]:
         names = (*(DATA_TABLES if self.tables is None else self.tables), *SYSTEM_TABLES,
-                 *(SCHEMA_TABLES if self.sites is None else ()))
+                 *(COUNTING_TABLES if self.sites is None else ()))
         return frozenset(
             tuple(name.split(".", 1)) if "." in name else ("tagwerk", name)  # type: ignore[misc]
             for name in names

@@ -478,6 +478,8 @@ def _reading_only(tree: Node, scope: Scope) -> None:
         raise SqlError.of(164, f"Cannot execute query in readonly mode: {tree.kind}")
     if tree.kind in ("ShowCreateTableQuery", "ExistsTableQuery"):
         scope.check(".".join(tree.name.split()[:2]))
+    elif tree.kind == "ShowProcesslistQuery":  # the tree names no table: it reads this one
+        scope.check("system.processes")
     for node, parent in tree.walk():
         if node.kind in ("TableIdentifier", "Identifier"):
             scope.check(node.ident)
