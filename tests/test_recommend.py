@@ -10,7 +10,7 @@ import pytest
 
 from collector.api import recommend
 from tests.helpers import drained, make_client, wait_for
-from tests.test_aggregates import refresh_minute, refresh_pairs
+from tests.test_aggregates import refresh_minute, refresh_pairs, refresh_settled
 from tests.test_products import MIN, hit, send
 
 DEVICE = "AbCdEfGhIjKlMnOpQrStUv"  # a tw_id: 22 URL-safe base64 characters
@@ -37,7 +37,9 @@ def env(store, tmp_path_factory):
                       session=f"s{i % 4}") for i in range(8)]
         events += [hit("view_item", MIN * (i + 1), [("r2", 5, 1)], device=f"v{i % 4}",
                        session=f"s{i % 4}") for i in range(4)]
-        events += [hit("view_item", MIN, [("r3", 5, 1)], device="v0", session="s0")]
+        # r3 in two sessions: a public co-view pair needs two (below).
+        events += [hit("view_item", MIN, [("r3", 5, 1)], device=f"v{i}", session=f"s{i}")
+                   for i in range(2)]
         # Person-level answers count only hits with personalization consent.
         personal = {"consent": ["analytics", "personalization"]}
         events += [{**hit("purchase", MIN, [("r1", 5, 1), ("r3", 7, 1)], device=DEVICE),
@@ -264,6 +266,34 @@ def test_the_rate_limit_counts_a_subscribers_ipv6_prefix_too():
     assert limit.wait_all(recommend.buckets("2001:db8:8::1"), now=100.0) == 0.0  # another /48
     assert recommend.buckets("192.0.2.7") == (("192.0.2.7", 1.0),)
     assert limit.wait_all(recommend.buckets("::ffff:192.0.2.9"), now=100.0) == 0.0
+
+
+def test_a_pair_viewed_in_one_session_stays_off_the_public_lists(env):
+    """A public "also viewed" list showed what one visitor looked at together, when a pair
+    rested on one session: the browser-safe list needs two sessions behind a pair; the
+    keyed one, for the shop's own engine, shows every pair."""
+    client, collector = env
+    site = f"rec-{uuid.uuid4().hex[:8]}"
+    _, keys = collector.sites.create(site, [ORIGIN])
+
+    def viewed(session: str) -> None:
+        send(client, keys["write"], [hit("view_item", MIN * (n + 1), [(product, 5, 1)],
+                                         device=session, session=session)
+                                     for n, product in enumerate(("p1", "p2"))])
+        wait_for(lambda: drained(collector))
+        refresh_settled(collector.store)
+        refresh_minute(collector.store, (site,), tables=("coview_pairs",))
+
+    def keyed() -> list[str]:
+        return ids(client.get(f"/api/v1/sites/{site}/products/p1/related?kind=co_view",
+                              headers={"Authorization": f"Bearer {keys['read']}"}))
+
+    viewed("only-session")
+    assert keyed() == ["p2"]
+    assert ids(get(env, "/related/p1", site=site)) == []
+    viewed("second-session")
+    # (another limit: the first answer is cached for a minute)
+    assert ids(get(env, "/related/p1?limit=11", site=site)) == ["p2"]
 
 
 def test_a_pair_bought_by_one_buyer_stays_off_the_public_lists(env):

@@ -75,9 +75,10 @@ class Bounds:
     max_limit: int = 100
     max_window: int = 90 * 86400
     max_baseline: int = 90 * 86400
-    # Distinct buyers behind a "bought together" pair: on a public page, a pair of one
-    # buyer would show what that shopper bought together.
-    min_buyers: int = 1
+    # Sessions behind a "viewed together" pair, distinct buyers behind a "bought together"
+    # one: on a public page, a pair of one would show what that shopper looked at or bought
+    # together.
+    min_support: int = 1
 
 
 KEYED = Bounds()
@@ -167,7 +168,7 @@ class Ask:
     recent: int = 0  # trending: start of the recent window
     product: str = ""
     pairs: str = "co_view"
-    support: int = 1  # related: the least count behind a pair (``Bounds.min_buyers``)
+    support: int = 1  # related: the least count behind a pair (``Bounds.min_support``)
 
 
 def hour_start(seconds: float) -> int:
@@ -348,7 +349,7 @@ def related_ask(request: Request, values: dict[str, str], bounds: Bounds) -> Ask
     pairs = choice(values, "kind", KINDS, "co_view")
     return Ask("related", integer(values, "limit", 10, 1, bounds.max_limit),
                product=path_text(request, "product_id"), pairs=pairs,
-               support=bounds.min_buyers if pairs == "co_purchase" else 1)
+               support=bounds.min_support)
 
 
 # -- the keyed endpoints ----------------------------------------------------------------------

@@ -16,6 +16,8 @@ The same lists as ``products.py`` (as Algolia's search-only keys and Shopify's p
   first's count);
 - ``limit`` at most 24, windows at most 7 days, baselines at most 28 (every answer is a
   bounded read of the aggregates);
+- a related pair only when two sessions viewed it, or two buyers bought it, together: one
+  shopper's pair would show what they looked at or bought;
 - CORS for the site's own origins only (credentialed, so the page's cookies come along);
   another origin gets a 403 without CORS headers; no Origin (a link, curl) is served too,
   as the lists are the same for anyone. A site that allows any origin (``*``) answers
@@ -65,7 +67,7 @@ from consent.cookie import latest_consent, parse_device, read_cookies
 from consent.purposes import PERSONALIZATION
 
 PUBLIC = products.Bounds(max_limit=24, max_window=7 * 86400, max_baseline=28 * 86400,
-                         min_buyers=2)
+                         min_support=2)
 MAX_AGE = 60
 RATE = 10.0  # requests a second per client IP, on average
 BURST = 30.0
