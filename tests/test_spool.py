@@ -194,3 +194,79 @@ def test_a_segment_is_finished_when_old_so_that_flushed_hits_leave_the_disk(tmp_
     time.sleep(0.6)
     assert spool.durable.segment == empty  # an empty segment is not finished
     spool.close()
+
+
+# -- damage (a disk fault) -------------------------------------------------------------------
+# Payloads as the spool holds them: records of collector/spool/record.py.
+RECORDS = [b'{}\n["hit %d"]\n' % i for i in range(10)]
+
+
+def record_offsets(segment) -> list[int]:
+    """Where each record of a segment begins."""
+    data, offsets, at = segment.read_bytes(), [], 0
+    while at + 8 <= len(data) and int.from_bytes(data[at : at + 4], "little"):
+        offsets.append(at)
+        at += 8 + int.from_bytes(data[at : at + 4], "little")
+    return offsets
+
+
+def flip(segment, offset: int) -> None:
+    with open(segment, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0x5A]))
+
+
+def one_by_one(spool: Spool, payloads: list[bytes]) -> None:
+    for p in payloads:  # a record per write, so that a fault hits one record
+        append_all(spool, [p])
+
+
+@pytest.mark.parametrize("where", ["payload", "length"])
+def test_a_damaged_record_costs_only_itself(tmp_path, where, caplog):
+    """A fault inside one record cut every acknowledged record after it off the newest
+    segment at the restart, as if torn (an attacker's probe): now only that record is lost,
+    as a logged error, and the records after it are read."""
+    spool = Spool(tmp_path, 1 << 20, 1 << 30)
+    one_by_one(spool, RECORDS)
+    spool.close()
+    [segment] = tmp_path.glob("*.seg")
+    fifth = record_offsets(segment)[5]
+    flip(segment, fifth + (12 if where == "payload" else 1))
+    reopened = Spool(tmp_path, 1 << 20, 1 << 30)
+    assert read_all(reopened) == RECORDS[:5] + RECORDS[6:]
+    assert "damaged" in caplog.text
+    one_by_one(reopened, [b'{}\n["next"]\n'])
+    assert read_all(reopened)[-1] == b'{}\n["next"]\n'
+    reopened.close()
+
+
+def test_damage_in_a_finished_segment_costs_only_the_damaged_record(tmp_path):
+    spool = Spool(tmp_path, segment_bytes=200, max_bytes=1 << 30)
+    one_by_one(spool, RECORDS)
+    first = sorted(tmp_path.glob("*.seg"))[0]
+    assert len(record_offsets(first)) >= 3
+    flip(first, record_offsets(first)[1] + 12)
+    got = read_all(spool)
+    assert got == RECORDS[:1] + RECORDS[2:]
+    spool.close()
+
+
+def test_damage_in_the_batch_being_flushed_does_not_wedge_the_flusher(tmp_path):
+    """Damage between the checkpoint and the durable end of the segment being written (a
+    pending batch replayed after a crash, say) raised at every read: the flusher retried
+    forever while every later hit was acknowledged and never stored (an attacker's probe)."""
+    spool = Spool(tmp_path, 1 << 20, 1 << 30)
+    one_by_one(spool, RECORDS)
+    [segment] = tmp_path.glob("*.seg")
+    offsets = record_offsets(segment)
+    flip(segment, offsets[3] + 12)
+    records, stop = spool.read(spool.checkpoint.flushed, spool.durable, 1 << 30)
+    assert records == RECORDS[:3] + RECORDS[4:]
+    assert stop == spool.durable
+    flip(segment, offsets[-1] + 12)  # the last record: nothing intact follows it
+    records, stop = spool.read(spool.checkpoint.flushed, spool.durable, 1 << 30)
+    assert records == RECORDS[:3] + RECORDS[4:9]
+    assert stop == spool.durable  # read past, not stuck before it
+    spool.close()

@@ -11,6 +11,11 @@ changes no file metadata; a length of 0 marks the end of the records. A torn rec
 tail (a crash mid-write) was never acknowledged and is cut off, with the zeros, when the
 spool is opened again; writing then continues in a new segment.
 
+A record whose checksum fails with intact records after it is damage (a disk fault), not a
+torn write: it alone is lost, as a logged error, and reading goes on at the next intact
+record (found by the damaged record's length, else where a record may begin), so that
+one bad sector costs neither the acknowledged records behind it nor the flusher's progress.
+
 The flusher reads records between its checkpoint and the durable end, inserts them, then
 moves the checkpoint (``checkpoint.json``) forward and deletes segments behind it.
 """
@@ -41,6 +46,9 @@ ZERO_STEP = 1024 * 1024
 # Called on the submitting event loop once a record is durable (None) or failed.
 Done = Callable[[Exception | None], None]
 MAX_RECORD = 64 * 1024 * 1024
+# Payloads are records of collector/spool/record.py, which begin with "{": past a damaged
+# header, the next record is looked for only where one may begin.
+PAYLOAD_START = b"{"
 # A segment is finished when it is this old, whatever its size: the flusher deletes the
 # segments behind it, so a hit leaves the collector's disk about this long after it was
 # written (once in ClickHouse), where a quiet site would fill 64 MB in weeks. An erased
@@ -149,8 +157,13 @@ class Spool:
         good = 0
         with open(last, "rb") as f:
             data = f.read()
-        for end, _payload in _parse(data):
+        damage: list[tuple[int, int]] = []
+        for end, _payload in _parse(data, damage):
             good = end
+        for start, end in damage:
+            if end <= good:  # intact records follow: the reader skips it (and says so)
+                log.error("spool: %s damaged at %d: %d bytes (a record) will be skipped",
+                          last.name, start, end - start)
         if good < len(data):
             torn = len(data[good:].rstrip(b"\0"))
             if torn:
@@ -344,21 +357,20 @@ class Spool:
             except FileNotFoundError:
                 data = b""
             consumed = 0
-            for consumed, payload in _parse(data):  # noqa: B007 (consumed is used after)
+            damage: list[tuple[int, int]] = []
+            for consumed, payload in _parse(data, damage):  # noqa: B007 (used after)
                 out.append(payload)
                 size += len(payload)
                 if size >= max_bytes:
                     break
+            for begin, stop in damage:  # a disk fault: skipped rather than wedge the flusher
+                log.error("spool: %s damaged at %d: %d bytes skipped",
+                          path.name, pos.offset + begin, stop - begin)
             if size >= max_bytes or not complete:
+                if size < max_bytes and damage:  # damage up to ``end``: read past it
+                    consumed = max(consumed, damage[-1][1])
                 pos = Pos(pos.segment, pos.offset + consumed)
-                if consumed < len(data) and size < max_bytes:
-                    raise SpoolError(f"{path.name}: damaged record at {pos.offset}")
                 break
-            if consumed < len(data) and data.count(0, consumed) < len(data) - consumed:
-                # Damage inside a finished segment (a disk fault): skip it rather than wedge.
-                # (Zeros only: a segment whose zeroed tail could not be cut off.)
-                log.error("spool: %s damaged at %d; %d bytes skipped",
-                          path.name, pos.offset + consumed, len(data) - consumed)
             pos = Pos(pos.segment + 1, 0)
         return out, pos
 
@@ -378,19 +390,58 @@ class Spool:
         self._seal(self._fd, self._zero_fd, self._end)
 
 
-def _parse(data: bytes) -> Iterator[tuple[int, bytes]]:
-    """Yield (end offset, payload) of each whole, intact record in ``data``."""
+def _parse(
+    data: bytes, damage: list[tuple[int, int]] | None = None
+) -> Iterator[tuple[int, bytes]]:
+    """Yield (end offset, payload) of each whole, intact record in ``data``, up to its end
+    or the zeroed tail. A record that is not intact ends the parse, unless ``damage`` is
+    given: then the span from it to the next intact record (or to the end of ``data``, if
+    none follows) is noted there as (start, end) and skipped."""
     offset = 0
-    while offset + HEADER.size <= len(data):
-        length, crc = HEADER.unpack_from(data, offset)
-        end = offset + HEADER.size + length
-        if not length or length > MAX_RECORD or end > len(data):  # 0: the zeroed tail
+    while offset < len(data):
+        end = _intact(data, offset)
+        if end:
+            yield end, data[offset + HEADER.size : end]
+            offset = end
+            continue
+        if damage is None or _zeros(data, offset):
             return
-        payload = data[offset + HEADER.size : end]
-        if zlib.crc32(payload) != crc:
-            return
-        yield end, payload
-        offset = end
+        after = _next_record(data, offset)
+        damage.append((offset, after))
+        offset = after
+
+
+def _intact(data: bytes, offset: int) -> int:
+    """The end of the intact record at ``offset``, or 0."""
+    if offset + HEADER.size > len(data):
+        return 0
+    length, crc = HEADER.unpack_from(data, offset)
+    end = offset + HEADER.size + length
+    if not length or length > MAX_RECORD or end > len(data):  # 0: the zeroed tail
+        return 0
+    return end if zlib.crc32(memoryview(data)[offset + HEADER.size : end]) == crc else 0
+
+
+def _zeros(data: bytes, offset: int) -> bool:
+    return data.count(0, offset) == len(data) - offset
+
+
+def _next_record(data: bytes, damaged: int) -> int:
+    """Where reading goes on after the record at ``damaged`` failed its checksum: the next
+    intact record, or the end of ``data``."""
+    length = HEADER.unpack_from(data, damaged)[0] if damaged + HEADER.size <= len(data) else 0
+    end = damaged + HEADER.size + length
+    # Most faults hit the payload, the bulk of a record: its length still leads on.
+    if 0 < length <= MAX_RECORD and end <= len(data) and (
+        end == len(data) or _intact(data, end) or _zeros(data, end)
+    ):
+        return end
+    at = damaged + 1
+    while (start := data.find(PAYLOAD_START, at + HEADER.size)) >= 0:
+        if _intact(data, start - HEADER.size):
+            return start - HEADER.size
+        at = start - HEADER.size + 1
+    return len(data)
 
 
 def _settle(callbacks: list[Done], error: Exception | None) -> None:
