@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from collector.spool.disk import Checkpoint, Pos, Spool, SpoolFull
+from collector.spool.disk import Checkpoint, Pos, Spool, SpoolError, SpoolFull
 
 
 def append_all(spool: Spool, payloads: list[bytes]) -> None:
@@ -270,3 +270,11 @@ def test_damage_in_the_batch_being_flushed_does_not_wedge_the_flusher(tmp_path):
     assert records == RECORDS[:3] + RECORDS[4:9]
     assert stop == spool.durable  # read past, not stuck before it
     spool.close()
+
+
+@pytest.mark.parametrize("text", ["", '{"flushed": [11', "[]", '{"flushed": "x"}'])
+def test_a_damaged_checkpoint_is_named(tmp_path, text):
+    Spool(tmp_path, 1 << 20, 1 << 30).close()
+    (tmp_path / "checkpoint.json").write_text(text)
+    with pytest.raises(SpoolError, match=r"checkpoint\.json is damaged"):
+        Spool(tmp_path, 1 << 20, 1 << 30)

@@ -135,9 +135,16 @@ class Spool:
         if not path.exists():
             first = self.segments()
             return Checkpoint(Pos(first[0] if first else 1, 0))
-        data = json.loads(path.read_text())
-        pending = Pos(*data["pending"]) if data.get("pending") else None
-        return Checkpoint(Pos(*data["flushed"]), pending)
+        try:  # written atomically: damaged only by something else (a disk fault, a hand)
+            data = json.loads(path.read_text())
+            pending = Pos(*data["pending"]) if data.get("pending") else None
+            return Checkpoint(Pos(*data["flushed"]), pending)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise SpoolError(
+                f"{path} is damaged ({exc}): it says which hits are in ClickHouse. Restore "
+                "it, or remove it to insert every spool file again (hits without a "
+                "sender's event_id that were already inserted are then stored twice)"
+            ) from None
 
     def write_checkpoint(self, checkpoint: Checkpoint) -> None:
         write_atomic(self.dir / "checkpoint.json", json.dumps(
