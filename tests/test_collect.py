@@ -174,7 +174,7 @@ BAD = [
     ("server-only field", {"site": "collect-test", "event": "e", "country": "DE"}, {}, 400,
      "batch API"),
     ("site missing", {"event": "e"}, {}, 400, "'site' is required"),
-    ("site not a string", {"site": 7, "event": "e"}, {}, 400, "'site'"),
+    ("site not a string", {"site": 7, "event": "e"}, {}, 400, "'site' must be a string"),
     ("unknown site", {"site": "no-such-site", "event": "e"}, {}, 404, "unknown site"),
     ("events not a list", {"site": "collect-test", "events": "x"}, {}, 400, "events"),
     ("events empty", {"site": "collect-test", "events": []}, {}, 400, "events"),

@@ -86,7 +86,9 @@ def read_now(
 
 
 async def find_site(c: Collector, site_id: Any) -> Site:
-    if not isinstance(site_id, str) or not site_id:
+    if site_id is not None and not isinstance(site_id, str):
+        raise HTTPError(400, "'site' must be a string", "invalid", "site")
+    if not site_id:
         raise HTTPError(400, "'site' is required", "invalid", "site")
     site = await c.sites.find(site_id)
     if site is None:
