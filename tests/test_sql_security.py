@@ -1313,3 +1313,66 @@ def test_a_column_list_with_a_trailing_semicolon_is_checked(http: httpx.Client, 
         refused(resp, 497, 164)
     assert run(http, "SELECT a FROM values('a UInt8;', 5)", auth).text == "5\n"
     alive(http)
+
+
+def test_a_writers_insert_data_runs_no_sql(http: httpx.Client, canary) -> None:
+    """An INSERT's VALUES data was interpreted as SQL by the engine, out of every check's
+    sight: a writer read any file with ``VALUES (file('/path'))``, and any table function,
+    subquery or zone would have run too. Values are literals only now."""
+    path, secret = canary
+    assert run(http, "CREATE TABLE default.sec_v (s String, d DateTime) ENGINE = MergeTree "
+               "ORDER BY s", WRITER).status_code == 200
+    try:
+        for values in (f"(file('{path}'), 0)",
+                       f"((SELECT * FROM file('{path}', 'LineAsString')), 0)",
+                       "('x', toDateTime(0, concat('fi', 'le:/nope')))",
+                       "('x', CAST(0 AS DateTime('file:/nope')))"):
+            for sql in (f"INSERT INTO default.sec_v VALUES {values}",
+                        f"INSERT INTO default.sec_v FORMAT Values {values}"):
+                resp = run(http, sql, WRITER)
+                assert resp.status_code >= 400, resp.text
+                assert "time zone" not in resp.text, resp.text  # not even opened
+        resp = run(http, "SELECT * FROM format(Values, 's String', "
+                   f"'(file(''{path}''))')", WRITER)
+        assert resp.status_code >= 400 and secret not in resp.text, resp.text
+        for name in ("input_format_values_interpret_expressions",
+                     "input_format_values_deduce_templates_of_expressions"):
+            refused(run(http, "INSERT INTO default.sec_v VALUES ('x', 0)", WRITER,
+                        **{name: "1"}), 497)
+            refused(run(http, f"INSERT INTO default.sec_v SETTINGS {name} = 1 "
+                        "VALUES ('x', 0)", WRITER), 497)
+        assert run(http, "INSERT INTO default.sec_v VALUES ('a\\tb', '2026-01-01 00:00:00'), "
+                   "('c', 1700000000)", WRITER).status_code == 200
+        stored = run(http, "SELECT s FROM default.sec_v ORDER BY s", WRITER).text
+        assert stored == "a\\tb\nc\n" and secret not in stored
+    finally:
+        run(http, "DROP TABLE default.sec_v", WRITER)
+
+
+def test_insert_data_never_names_a_type(http: httpx.Client) -> None:
+    """Formats whose data names its columns' types (…WithNamesAndTypes, Native, Arrow, JSON's
+    metadata, RowBinary's Dynamic values) had the engine parse those names, escapes undone:
+    ``DateTime('\\u0066ile:/path')`` in a header opened the file as a time zone, and a
+    pipe's path hung the zone lock and the storing of hits (a fifteenth probe)."""
+    assert run(http, "CREATE TABLE default.sec_t (a DateTime) ENGINE = MergeTree ORDER BY a",
+               WRITER).status_code == 200
+    header = b'["a"]\n["DateTime(\\u0027\\u0066ile:/nope\\u0027)"]\n[0]\n'
+    try:
+        for fmt in ("JSONCompactEachRowWithNamesAndTypes", "TSVWithNamesAndTypes",
+                    "CSVWithNamesAndTypes", "RowBinaryWithNamesAndTypes", "Native", "Arrow",
+                    "ArrowStream", "JSONCompact", "JSON", "JSONColumnsWithMetadata",
+                    "RowBinary", "rowbinary", "native"):
+            resp = http.post("/", params={"query": f"INSERT INTO default.sec_t FORMAT {fmt}"},
+                             content=header, auth=WRITER)
+            refused(resp, 497)
+            assert "Cannot load" not in resp.text and "names its columns' types" in resp.text
+            refused(run(http, f"SELECT * FROM format({fmt}, x'{header.hex()}')", WRITER), 497)
+            refused(run(http, f"SELECT * FROM format('{fmt}', 'a DateTime', "
+                        f"x'{header.hex()}')", WRITER), 497)
+        resp = http.post("/", params={"query": "INSERT INTO default.sec_t FORMAT "
+                                      "JSONCompactEachRowWithNames"},
+                         content=b'["a"]\n[0]\n', auth=WRITER)
+        assert resp.status_code == 200, resp.text
+    finally:
+        run(http, "DROP TABLE default.sec_t", WRITER)
+    alive(http)

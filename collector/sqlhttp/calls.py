@@ -99,13 +99,21 @@ def set_settings(conn: Connection, settings: Mapping[str, str | None]) -> None:
         conn.query("SET " + ", ".join(changes))
 
 
+# VALUES data as literals only: the engine would otherwise interpret what a literal cannot
+# be as SQL (file(), subqueries, zones), out of every check's sight (policy.SQL_SETTINGS
+# keeps users from turning it back on).
+LITERAL_VALUES = {"input_format_values_interpret_expressions": "0",
+                  "input_format_values_deduce_templates_of_expressions": "0"}
+
+
 def apply_call(conn: Connection, call: Call) -> None:
     settings = call.settings
     if call.readonly:  # readonly is ours to set, below
         settings = {k: v for k, v in settings.items() if k != "readonly"}
     # One SET: the enforced settings win over the client's, and a client's readonly = 1 (a
     # writer's session may ask for it) does not stop them.
-    set_settings(conn, {**settings, **(call.enforced or {"log_comment": call.tag})})
+    set_settings(conn, {**settings, **LITERAL_VALUES,
+                        **(call.enforced or {"log_comment": call.tag})})
     if call.database:
         conn.query(f"USE {_identifier(call.database)}")
     if call.readonly:

@@ -24,7 +24,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from collector.sqlhttp import policy, strings
+from collector.sqlhttp import bound_values, policy, strings
 from collector.sqlhttp.bodies import Body, no_body, puller
 from collector.sqlhttp.calls import (
     HTTP_SETTINGS,
@@ -44,7 +44,6 @@ from collector.sqlhttp.calls import (
     read_state,
     reader_settings,
     restore,
-    set_settings,
     table_filters,
 )
 from collector.sqlhttp.compress import DEFLATERS, INFLATERS, Decoder, response_encoding
@@ -304,6 +303,7 @@ class _SqlInterface:
         with self._connection(call, st.first) as conn, engine_errors():
             insert_format = st.insert_format or ""
             if data is not None:
+                policy.check_input_format(insert_format)
                 sql = f"{sql} FORMAT {insert_format}"
             parsed = parse(conn, sql, call.binds)
             policy.check(parsed.tree, parsed.sql, call.readonly, scope, self.text_settings,
@@ -312,8 +312,8 @@ class _SqlInterface:
                           call.readonly)
             if data is not None:
                 head = parsed.sql.removesuffix(f"FORMAT {insert_format}").rstrip()
-                # Parameters in VALUES data ({id:UInt32}) are the connection's.
-                set_settings(conn, {f"param_{name}": value for name, value in call.binds.items()})
+                if call.binds and insert_format.lower() == "values":
+                    data = iter((self._bound_values(conn, call, scope, data),))
                 return self._insert(conn, head, insert_format, data)
             read()
             st = scan_statement(parsed.sql.encode(), self.formats)
@@ -399,6 +399,28 @@ class _SqlInterface:
                         if row["is_virtual"])
             self._virtual = frozenset(names)
         return self._virtual
+
+    def _bound_values(self, conn: Connection, call: Call, scope: policy.Scope | None,
+                      data: Iterator[bytes]) -> bytes:
+        """VALUES data with its query parameters' values in (``bound_values``): read whole,
+        as a query is, up to MAX_QUERY_BYTES."""
+        text = b""
+        for chunk in data:
+            text += chunk
+            if len(text) > MAX_QUERY_BYTES:
+                raise SqlError.of(229, f"VALUES data with query parameters is at most "
+                                  f"{MAX_QUERY_BYTES} bytes: send more rows in a data format")
+
+        def run(sql: str) -> list[dict[str, Any]]:
+            parsed = parse(conn, sql, call.binds)
+            policy.check(parsed.tree, parsed.sql, call.readonly, scope, self.text_settings,
+                         self.unreviewed)
+            strings.check(self.store.connection(), parsed.tree, parsed.sql, call.binds,
+                          call.readonly)
+            answer = conn.query(parsed.sql, "JSONEachRow", params=call.binds).bytes()
+            return [orjson.loads(line) for line in answer.splitlines() if line]
+
+        return bound_values.substitute(decode_text(text).encode(), run)
 
     @staticmethod
     def _insert_parts(

@@ -117,12 +117,27 @@ MAX_STRUCTURE = 64 << 10  # a longer string could fail the check's parse by its 
 _STRING_LITERAL = re.compile(r"'(?:[^'\\]|\\.)*'", re.S)
 # Settings whose values are SQL, a table or a host the engine uses when the query runs:
 # select, filter, order and sort wrap every statement (the interface's own too) in SQL.
+# The two input_format_values_ ones would have VALUES data interpreted as SQL, which no
+# check sees (calls.LITERAL_VALUES keeps them off).
 SQL_SETTINGS = frozenset((
     "additional_table_filters", "additional_result_filter", "parallel_replicas_custom_key",
     "select", "filter", "order", "sort", "implicit_table_at_top_level",
     "schema_inference_hints", "url_base", "s3_base", "default_view_definer",
     "polyglot_dialect", "promql_table", "http_response_headers",
+    "input_format_values_interpret_expressions",
+    "input_format_values_deduce_templates_of_expressions",
 ))
+# Input formats whose data names its columns' types, which the engine parses (escapes
+# undone) and so opens the time zones they name, files included: a header of types
+# (...WithNamesAndTypes, JSON's and JSONCompact's metadata), Native's and Arrow's schemas,
+# and RowBinary's values of Dynamic and JSON columns (each with its type); MySQLDump's
+# CREATE TABLE. By the name as the engine lists it, lower-cased.
+TYPED_FORMATS = frozenset((
+    "native", "arrow", "arrowstream", "json", "jsoncompact", "jsonstrings",
+    "jsoncompactstrings", "jsoncolumnswithmetadata", "rowbinary", "rowbinarywithnames",
+    "buffers", "mysqldump",
+))
+TYPED_SUFFIX = "withnamesandtypes"
 SQL_SETTING_PREFIXES = ("ai_",)  # the AI functions' hosts and credentials
 # A writer's settings whose values are text (String, Map or URI in system.settings: what
 # can hold SQL, a table, a path or a host) come from this allow-list, so that a setting
@@ -294,6 +309,30 @@ def check_structure(tree: Node, readonly: bool) -> None:
                    for column in columns[0].children)):
         raise denied("a column list in a string may name columns and their types only")
     _host_routes(tree, readonly)
+
+
+def check_input_format(name: str) -> None:
+    """Refuse data in a format that names its columns' types (``TYPED_FORMATS``)."""
+    lowered = name.lower()
+    if lowered in TYPED_FORMATS or lowered.endswith(TYPED_SUFFIX):
+        raise denied(f"the format {name} names its columns' types in its data, which the "
+                     "engine would read time zones from (files too): send data in a format "
+                     "without them (JSONEachRow, TSV, CSV, Parquet...), the columns' types "
+                     "are the table's")
+
+
+def input_format_literals(tree: Node) -> list[str]:
+    """The format() calls' formats given as strings, as the tree prints them (quoted; the
+    caller reads their values from the engine); a format given as a name is checked here."""
+    found = []
+    for node, _ in tree.walk():
+        if node.kind == "Function" and _normal(node.ident) == "format" and node.children:
+            args = node.children[0].children
+            if args and args[0].kind == "Identifier":
+                check_input_format(args[0].ident)
+            elif args and is_string(args[0]):
+                found.append(args[0].ident)
+    return found
 
 
 def check_setting(name: str, text_settings: frozenset[str] = frozenset()) -> None:

@@ -33,6 +33,8 @@ def check(conn: Connection, tree: Node, sql: str, binds: dict[str, str], readonl
     the thread's own connection, none of the client's settings (a lowered max_query_size)
     may fail a check's parse."""
     checks = _Checks(conn)
+    for literal in policy.input_format_literals(tree):
+        policy.check_input_format(checks.value(literal))
     for literal in policy.structure_literals(tree):
         text = checks.value(literal)
         policy.check_structure_text(text)
