@@ -305,11 +305,7 @@ class _SqlInterface:
             if data is not None:
                 policy.check_input_format(insert_format)
                 sql = f"{sql} FORMAT {insert_format}"
-            parsed = parse(conn, sql, call.binds)
-            policy.check(parsed.tree, parsed.sql, call.readonly, scope, self.text_settings,
-                         self.unreviewed)
-            strings.check(self.store.connection(), parsed.tree, parsed.sql, call.binds,
-                          call.readonly)
+            parsed = self._parsed(conn, call, scope, sql)
             if data is not None:
                 head = parsed.sql.removesuffix(f"FORMAT {insert_format}").rstrip()
                 if call.binds and insert_format.lower() == "values":
@@ -404,7 +400,7 @@ class _SqlInterface:
                       data: Iterator[bytes]) -> bytes:
         """VALUES data with its query parameters' values in (``bound_values``): read whole,
         as a query is, up to MAX_QUERY_BYTES."""
-        text = b""
+        text = bytearray()
         for chunk in data:
             text += chunk
             if len(text) > MAX_QUERY_BYTES:
@@ -412,15 +408,21 @@ class _SqlInterface:
                                   f"{MAX_QUERY_BYTES} bytes: send more rows in a data format")
 
         def run(sql: str) -> list[dict[str, Any]]:
-            parsed = parse(conn, sql, call.binds)
-            policy.check(parsed.tree, parsed.sql, call.readonly, scope, self.text_settings,
-                         self.unreviewed)
-            strings.check(self.store.connection(), parsed.tree, parsed.sql, call.binds,
-                          call.readonly)
+            parsed = self._parsed(conn, call, scope, sql)
             answer = conn.query(parsed.sql, "JSONEachRow", params=call.binds).bytes()
             return [orjson.loads(line) for line in answer.splitlines() if line]
 
-        return bound_values.substitute(decode_text(text).encode(), run)
+        return bound_values.substitute(decode_text(bytes(text)).encode(), run)
+
+    def _parsed(self, conn: Connection, call: Call, scope: policy.Scope | None,
+                sql: str) -> Parsed:
+        """The engine's parse of ``sql``, once it passed every check."""
+        parsed = parse(conn, sql, call.binds)
+        policy.check(parsed.tree, parsed.sql, call.readonly, scope, self.text_settings,
+                     self.unreviewed)
+        strings.check(self.store.connection(), parsed.tree, parsed.sql, call.binds,
+                      call.readonly)
+        return parsed
 
     @staticmethod
     def _insert_parts(
