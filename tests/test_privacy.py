@@ -23,7 +23,7 @@ from tests.helpers import (
     send_batch,
     wait_for,
 )
-from tests.test_profile import ALL, hit, journey
+from tests.test_profile import ALL, hit, item, journey
 
 SITE = "priv-shop"
 BASE = f"/api/v1/sites/{SITE}"
@@ -780,3 +780,49 @@ def test_an_erasure_changes_identity_rows_under_the_sites_operations_lock(env, m
     r = call(env, "POST", f"{BASE}/privacy/erase", {"id": f"user:locked-{n}"})
     assert r.status_code == 200, r.text
     assert held == [True]
+
+
+def test_an_erasure_takes_the_persons_part_of_a_shared_devices_aggregates(env):
+    """A shared device's anonymous purchases and a shared session's views are one row of
+    purchased_items and session_items, whoever's they were: the erasure removed the row
+    only when its last hit was the person's, so the erased person's purchase stayed filed
+    under the device (and paired with the next owner's in co-purchases). An attacker's
+    probe: now the rows of the person's shared identifiers are made again from the hits
+    that remain."""
+    n = uuid.uuid4().hex[:8]
+    first, second, device, session = f"ra-{n}", f"rb-{n}", f"rd-{n}", f"sd-{n}"
+    theirs, others = item(f"rx-{n}", "shoes", "Acme", "3.00"), \
+        item(f"ry-{n}", "shoes", "Acme", "4.00")
+    viewed, seen = item(f"rxv-{n}", "shoes", "Acme", "1.00"), \
+        item(f"ryv-{n}", "shoes", "Acme", "1.00")
+    send(env, [
+        {**hit("login", "2026-11-20T09:00:00Z", device_id=device), "type": "identify",
+         "user_id": first},
+        hit("purchase", "2026-11-20T09:01:00Z", [theirs], device_id=device,
+            order_id=f"o1-{n}", currency="EUR"),
+        hit("view_item", "2026-11-20T09:02:00Z", [viewed], device_id=device,
+            session_id=session),
+        {**hit("login", "2026-11-20T09:10:00Z", device_id=device), "type": "identify",
+         "user_id": second},
+        hit("view_item", "2026-11-20T09:11:00Z", [seen], device_id=device, session_id=session),
+        hit("purchase", "2026-11-20T09:12:00Z", [others], device_id=device,
+            order_id=f"o2-{n}", currency="EUR"),
+    ])
+    store = env[1].store
+
+    def products(table: str) -> list[str]:
+        rows = store.rows(f"SELECT arraySort(groupUniqArrayArray(products)) AS p FROM "
+                          f"tagwerk.{table} WHERE site_id = {{s:String}} AND device_id = "
+                          "{d:String}", {"s": SITE, "d": device})
+        return rows[0]["p"]
+
+    wait_for(lambda: len(products("purchased_items")) == 2
+             and len(products("session_items")) == 2)
+    r = call(env, "POST", f"{BASE}/privacy/erase", {"id": f"user:{first}"})
+    assert r.status_code == 200, r.text
+    assert products("purchased_items") == [others["product_id"]]
+    assert products("session_items") == [seen["product_id"]]
+    assert found_anywhere(store, [first]) == {}
+    # Only the product counts (persons' hash sketches) still hold the products: no person.
+    assert set(found_anywhere(store, [theirs["product_id"], viewed["product_id"]])) == \
+        {"product_hourly"}

@@ -41,7 +41,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, NamedTuple
 from weakref import WeakKeyDictionary
 
 import orjson
@@ -69,6 +69,40 @@ PERSON_TABLES = (
     ("session_entries", "first.1", False),
     ("purchased_items", "last_ts", False),
 )
+
+
+class Remade(NamedTuple):
+    """A table's rows as its view makes them from ``events``."""
+
+    columns: str  # the table's, in the order of ``select``
+    select: str
+    condition: str  # the view's, on a hit (bots never count)
+    key: str  # the grouping
+
+
+# Tables that keep one row per device (and session) and user id, whoever's the hits were:
+# a shared device's anonymous purchases, a session used by two persons. The person's part of
+# such a row cannot be deleted alone, so the rows of their shared devices are made again
+# from the hits that remain, as each table's view makes them (clickhouse/0026).
+REMADE = {
+    "purchased_items": Remade(
+        "site_id, device_id, user_id, products, last_ts, retention_days",
+        "site_id, device_id, user_id, groupUniqArrayArray(arrayFilter(p -> p != '', "
+        "items.product_id)), max(ts), max(retention_days)",
+        "event = 'purchase' AND (device_id != '' OR user_id != '')",
+        "site_id, device_id, user_id"),
+    "session_items": Remade(
+        "site_id, session_id, device_id, user_id, products, last_ts, retention_days",
+        "site_id, session_id, device_id, user_id, groupUniqArrayArray(arrayFilter(p -> "
+        "p != '', items.product_id)), max(ts), max(retention_days)",
+        "event = 'view_item' AND session_id != ''",
+        "site_id, session_id, device_id, user_id"),
+    "session_entries": Remade(
+        "site_id, session_id, device_id, user_id, first, retention_days",
+        "site_id, session_id, device_id, user_id, min((ts, path)), max(retention_days)",
+        "event = 'page_view' AND session_id != ''",
+        "site_id, session_id, device_id, user_id"),
+}
 
 
 class NotFound(Exception):
@@ -128,6 +162,9 @@ def erase(store: Store, site: Site, tombstones: Tombstones, kind: str, ident: st
         removed[table] = delete_where(store, f"tagwerk.{table}",
                                  [f"site_id = {{site:String}} AND {part}" for part in parts],
                                  {"site": site_id, **params}, settings)
+    devices = sorted(ident for kind, ident in shared if kind == "device")
+    for table in REMADE if devices else ():
+        removed[f"{table} (made again)"] = _remake(store, site_id, table, devices, settings)
     # The daily co-view tier marks each session it counted by its id (clickhouse/0035).
     removed["coview_pairs_settled"] = delete_where(
         store, "tagwerk.coview_pairs_settled",
@@ -145,6 +182,21 @@ def erase(store: Store, site: Site, tombstones: Tombstones, kind: str, ident: st
            removed, actor)
     return {"request_id": request_id, "person_id": person.person_id,
             "identifiers": identifiers, "removed": removed, "spool_flushed": flushed}
+
+
+def _remake(store: Store, site_id: str, table: str, devices: list[str],
+            settings: str) -> int:
+    """Make ``table``'s rows of ``devices`` again from the events that remain (``REMADE``):
+    how many rows there were. A hit stored meanwhile is in both its view's row and this
+    one, which the table's aggregation merges (unions and extremes)."""
+    remade = REMADE[table]
+    params = {"site": site_id, "devices": devices}
+    theirs = "site_id = {site:String} AND device_id IN {devices:Array(String)}"
+    found = delete_where(store, f"tagwerk.{table}", [theirs], params, settings)
+    store.execute(f"INSERT INTO tagwerk.{table} ({remade.columns}) SELECT {remade.select} "
+                  f"FROM tagwerk.events WHERE {theirs} AND {remade.condition} AND NOT is_bot "
+                  f"GROUP BY {remade.key}", params)
+    return found
 
 
 def _copies(store: Store, site_id: str, person: Person) -> dict[str, list[str]]:
