@@ -1361,7 +1361,11 @@ def test_insert_data_never_names_a_type(http: httpx.Client) -> None:
         for fmt in ("JSONCompactEachRowWithNamesAndTypes", "TSVWithNamesAndTypes",
                     "CSVWithNamesAndTypes", "RowBinaryWithNamesAndTypes", "Native", "Arrow",
                     "ArrowStream", "JSONCompact", "JSON", "JSONColumnsWithMetadata",
-                    "RowBinary", "rowbinary", "native"):
+                    "RowBinary", "rowbinary", "native",
+                    # A re-probe's: RowBinary's other forms (a Dynamic value's type code
+                    # holds its zone's name).
+                    "RowBinaryWithNamesAndTypesAndDefaults", "RowBinaryWithDefaults",
+                    "rowbinarywithdefaults"):
             resp = http.post("/", params={"query": f"INSERT INTO default.sec_t FORMAT {fmt}"},
                              content=header, auth=WRITER)
             refused(resp, 497)
@@ -1375,4 +1379,17 @@ def test_insert_data_never_names_a_type(http: httpx.Client) -> None:
         assert resp.status_code == 200, resp.text
     finally:
         run(http, "DROP TABLE default.sec_t", WRITER)
+    alive(http)
+
+
+def test_orc_zone_settings_are_not_a_writers(http: httpx.Client) -> None:
+    """The ORC library opens a zone setting's value under /usr/share/zoneinfo, ../ and all:
+    a writer probed host files, hung a query on a pipe, and with an empty file (/proc/version)
+    aborted the engine for the whole collector (a sixteenth probe)."""
+    for name in ("input_format_orc_reader_time_zone_name",
+                 "output_format_orc_writer_time_zone_name"):
+        refused(run(http, "SELECT toDateTime(0) AS d FORMAT ORC", WRITER,
+                    **{name: "../../../../../proc/version"}), 497)
+        refused(run(http, "SELECT toDateTime(0) AS d SETTINGS "
+                    f"{name} = '../../../../../proc/version' FORMAT ORC", WRITER), 497)
     alive(http)

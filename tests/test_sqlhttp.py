@@ -179,6 +179,14 @@ def test_insert_values(http: httpx.Client, table: str) -> None:
     resp = post(http, f"SELECT id, name FROM {table} WHERE id >= 9 ORDER BY id FORMAT JSONEachRow")
     assert resp.text.splitlines() == ['{"id":9,"name":"{id:UInt32}"}', '{"id":10,"name":"x\\ty"}']
     post(http, f"ALTER TABLE {table} DELETE WHERE id >= 9 SETTINGS mutations_sync = 1")
+    # A map literal is no placeholder (a re-probe's).
+    post(http, f"CREATE TABLE {table}_m (m Map(String, UInt32)) ENGINE = Memory")
+    sql = f"INSERT INTO {table}_m VALUES ({{'a': 1}}), ({{'b': {{x:UInt32}}}})"
+    resp = post(http, sql, param_x="7")
+    assert resp.status_code == 200, resp.text
+    resp = post(http, f"SELECT m FROM {table}_m ORDER BY m['b'] FORMAT JSONEachRow")
+    assert resp.text.splitlines() == ['{"m":{"a":1}}', '{"m":{"b":7}}']
+    post(http, f"DROP TABLE {table}_m")
     # As in ClickHouse, all that follows VALUES is data: FORMAT there is no clause.
     resp = post(http, f"INSERT INTO {table} VALUES (6, 'f') FORMAT TSV")
     assert_error(resp, 27, 400, "CANNOT_PARSE_INPUT_ASSERTION_FAILED")

@@ -26,15 +26,19 @@ class Placeholder(NamedTuple):
 
 
 def placeholders(data: bytes) -> list[Placeholder]:
-    """The ``{name:Type}`` placeholders of VALUES data, outside strings."""
+    """The ``{name:Type}`` placeholders of VALUES data, outside strings: a ``{`` followed
+    by a name and a colon (a map literal's ``{`` is followed by a key, a literal)."""
     found: list[Placeholder] = []
+    significant = list(tokens(data, comments=True))
     opened, depth = None, 0
-    for token in tokens(data, comments=True):
+    for at, token in enumerate(significant):
         if token.kind != "other":
             continue
-        if token.text == b"{":
-            if depth == 0:
-                opened = token.start
+        if token.text == b"{" and depth == 0:
+            name, colon = (significant[at + 1 : at + 3] + [None, None])[:2]
+            if name and name.kind == "word" and colon and colon.text == b":":
+                opened, depth = token.start, 1
+        elif token.text == b"{" and depth:
             depth += 1
         elif token.text == b"}" and depth:
             depth -= 1

@@ -129,15 +129,15 @@ SQL_SETTINGS = frozenset((
 ))
 # Input formats whose data names its columns' types, which the engine parses (escapes
 # undone) and so opens the time zones they name, files included: a header of types
-# (...WithNamesAndTypes, JSON's and JSONCompact's metadata), Native's and Arrow's schemas,
-# and RowBinary's values of Dynamic and JSON columns (each with its type); MySQLDump's
-# CREATE TABLE. By the name as the engine lists it, lower-cased.
+# (...WithNamesAndTypes..., JSON's and JSONCompact's metadata), Native's and Arrow's
+# schemas, and every RowBinary form's values of Dynamic and JSON columns (each with its
+# type's code, a zone's name in it); MySQLDump's CREATE TABLE. By the name as the engine
+# lists it, lower-cased.
 TYPED_FORMATS = frozenset((
     "native", "arrow", "arrowstream", "json", "jsoncompact", "jsonstrings",
-    "jsoncompactstrings", "jsoncolumnswithmetadata", "rowbinary", "rowbinarywithnames",
-    "buffers", "mysqldump",
+    "jsoncompactstrings", "jsoncolumnswithmetadata", "buffers", "mysqldump",
 ))
-TYPED_SUFFIX = "withnamesandtypes"
+TYPED_PARTS = ("withnamesandtypes", "rowbinary")  # anywhere in the name
 SQL_SETTING_PREFIXES = ("ai_",)  # the AI functions' hosts and credentials
 # A writer's settings whose values are text (String, Map or URI in system.settings: what
 # can hold SQL, a table, a path or a host) come from this allow-list, so that a setting
@@ -158,7 +158,6 @@ WRITER_TEXT_SETTINGS = frozenset((
     "input_format_hive_text_fields_delimiter", "input_format_hive_text_map_keys_delimiter",
     "format_regexp", "format_schema_message_name",
     "format_json_object_each_row_column_for_object_name", "input_format_mysql_dump_table_name",
-    "input_format_orc_reader_time_zone_name", "output_format_orc_writer_time_zone_name",
     "output_format_avro_codec", "output_format_avro_string_column_pattern",
     "output_format_pretty_grid_charset", "output_format_sql_insert_table_name",
     "output_format_image_terminal_mode", "column_names_for_schema_inference",
@@ -314,7 +313,7 @@ def check_structure(tree: Node, readonly: bool) -> None:
 def check_input_format(name: str) -> None:
     """Refuse data in a format that names its columns' types (``TYPED_FORMATS``)."""
     lowered = name.lower()
-    if lowered in TYPED_FORMATS or lowered.endswith(TYPED_SUFFIX):
+    if lowered in TYPED_FORMATS or any(part in lowered for part in TYPED_PARTS):
         raise denied(f"the format {name} names its columns' types in its data, which the "
                      "engine would read time zones from (files too): send data in a format "
                      "without them (JSONEachRow, TSV, CSV, Parquet...), the columns' types "
