@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import queue
+import re
 import struct
 import threading
 import time
@@ -46,9 +47,11 @@ ZERO_STEP = 1024 * 1024
 # Called on the submitting event loop once a record is durable (None) or failed.
 Done = Callable[[Exception | None], None]
 MAX_RECORD = 64 * 1024 * 1024
-# Payloads are records of collector/spool/record.py, which begin with "{": past a damaged
-# header, the next record is looked for only where one may begin.
-PAYLOAD_START = b"{"
+# Where a record may begin past a damaged header: a length's last byte (little-endian, at
+# most MAX_RECORD), the checksum, and a payload's first byte (records of
+# collector/spool/record.py begin with "{"). A payload's own bytes are JSON, which holds no
+# such low byte, so the search skips over them in C.
+_RECORD_START = re.compile(rb"[\x00-\x04].{4}\{", re.S)
 # A segment is finished when it is this old, whatever its size: the flusher deletes the
 # segments behind it, so a hit leaves the collector's disk about this long after it was
 # written (once in ClickHouse), where a quiet site would fill 64 MB in weeks. An erased
@@ -444,10 +447,11 @@ def _next_record(data: bytes, damaged: int) -> int:
     ):
         return end
     at = damaged + 1
-    while (start := data.find(PAYLOAD_START, at + HEADER.size)) >= 0:
-        if _intact(data, start - HEADER.size):
-            return start - HEADER.size
-        at = start - HEADER.size + 1
+    while found := _RECORD_START.search(data, at + 3):
+        start = found.start() - 3
+        if _intact(data, start):
+            return start
+        at = start + 1
     return len(data)
 
 
