@@ -136,6 +136,8 @@ def test_cors_preflight(env):
 BAD = [
     ("malformed JSON", b'{"site": "collect-test", "event": ', {}, 400, "malformed JSON"),
     ("invalid UTF-8", b'{"site": "collect-test", "event": "\xff\xfe"}', {}, 400, "UTF-8"),
+    ("byte order mark", b'\xef\xbb\xbf{"site": "collect-test", "event": "e"}', {}, 400,
+     "byte order mark"),
     ("not an object", b'[1, 2]', {}, 400, "JSON object"),
     ("empty body", b"", {}, 400, "empty body"),
     ("event is a number", {"site": "collect-test", "event": 5}, {}, 400, "'event'"),

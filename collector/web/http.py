@@ -247,6 +247,9 @@ def parse_json(body: bytes) -> Any:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         text = str(exc)
+        if body.startswith(b"\xef\xbb\xbf"):  # valid UTF-8, but JSON (RFC 8259) has none
+            raise HTTPError(400, "the body starts with a byte order mark, which JSON may "
+                            "not", "malformed") from None
         if "utf-8" in text.lower():
             raise HTTPError(400, "body is not valid UTF-8", "invalid_utf8") from None
         if "depth limit" in text or "recursion" in text.lower():
