@@ -25,6 +25,17 @@ MAX_ID = 256
 SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")  # fullmatch
 
 
+# Control characters (C0, DEL, C1): refused at ingestion in ids, names and categories, and
+# in the read API's ids and filters, so that what is stored can be asked for. Nothing else
+# is: a no-break or zero-width space, a bidi mark are kept, and found.
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def has_control(text: str) -> bool:
+    # isprintable() is False for every control character, and True for most text (cheap).
+    return not text.isprintable() and CONTROL.search(text) is not None
+
+
 class IdentifierError(ValueError):
     def __init__(self, message: str, field: str) -> None:
         super().__init__(message)
@@ -41,6 +52,8 @@ def clean(kind: str, value: str, field: str) -> str:
     is kept, trimmed and lower-cased); "" for junk. Raises for an invalid e-mail value."""
     if is_junk(value):
         return ""
+    if has_control(value):
+        raise IdentifierError(f"{field!r} holds control characters", field)
     if kind != "email":
         return value
     address = value.strip().lower()  # a digest too: sent with spaces, it is the same

@@ -46,7 +46,8 @@ from starlette.responses import Response
 
 from collector.api.access import READ, ApiError, json_response, keyed
 from collector.api.persons import identifier
-from collector.api.query import CONTROL, choice, integer, params, path_text, window
+from collector.api.query import choice, integer, params, path_text, window
+from collector.identifiers import has_control
 from collector.identity import profile as profiles
 from collector.identity.cache import PersonAnswers
 from collector.identity.graph import Graph
@@ -323,7 +324,7 @@ def hours(values: dict[str, str], name: str, default: str, most: int) -> int:
 def top_ask(values: dict[str, str], bounds: Bounds, now: float) -> Ask:
     span = hours(values, "window", "24h", bounds.max_window)
     category = values.get("category", "")
-    if len(category) > 256 or CONTROL.search(category):
+    if len(category) > 256 or has_control(category):
         raise ApiError(400, "'category' must be at most 256 characters without control "
                        "characters", "category")
     currency = values.get("currency", "")

@@ -10,14 +10,11 @@ from urllib.parse import unquote_to_bytes
 from starlette.requests import Request
 
 from collector.api.access import ApiError
+from collector.identifiers import has_control
 
 MAX_QUERY = 4096
 MAX_VALUE = 512
 WINDOW = re.compile(r"([1-9][0-9]{0,4})([mhd])")  # fullmatch
-# Control characters (C0, DEL, C1): refused in ids and filters. Nothing else is: ingestion
-# stores ids and categories with any other character (a no-break or zero-width space, a
-# bidi mark), and the read side must find what was stored.
-CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 WINDOW_SECONDS = {"m": 60, "h": 3600, "d": 86400}
 MAX_WINDOW_DAYS = 400
 
@@ -63,7 +60,7 @@ def path_text(request: Request, name: str, limit: int = 256) -> str:
         raise ApiError(400, f"{name!r} is not valid UTF-8", name)
     if not value or len(value) > limit:
         raise ApiError(400, f"{name!r} must be 1 to {limit} characters", name)
-    if CONTROL.search(value):
+    if has_control(value):
         raise ApiError(400, f"{name!r} holds control characters", name)
     return value
 

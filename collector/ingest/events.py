@@ -23,7 +23,7 @@ import orjson
 
 from collector.enrich.geo import UNKNOWN, Location
 from collector.enrich.useragent import Agent
-from collector.identifiers import BUILT_IN, MAX_ID, IdentifierError, clean, is_junk
+from collector.identifiers import BUILT_IN, MAX_ID, IdentifierError, clean, has_control, is_junk
 from collector.identity.verify import verified
 from collector.ingest.ids import uuid7
 from collector.spool.record import EVENT_COLUMNS
@@ -94,6 +94,10 @@ FORMATS = {
                "the code of an ISO 3166-2 subdivision, such as BE in DE-BE"),
     "language": (LANG, "a language tag such as en-US"),  # en_US becomes en-US first
 }
+# What the read API asks for by (``collector.identifiers.has_control``): with a control
+# character in it, a stored value could never be asked for.
+CONTROL_FREE = ("event", "device_id", "session_id", "user_id")
+ITEM_CONTROL_FREE = ("product_id", "category")
 ORDER_NAMESPACE = uuid.UUID("8f3b6a52-4c1e-4d8e-9a57-2f0d7c6e1b94")  # order_event_id's
 MAX_REVENUE = Decimal("100000000000000")  # Decimal(18, 4) holds 14 integer digits
 
@@ -169,6 +173,11 @@ def normalize(raw: Any, ctx: Context) -> tuple[dict[str, Any], bool]:
     for name, (pattern, shape) in FORMATS.items():
         if s[name] and not pattern.fullmatch(s[name]):
             raise EventError(f"{name!r} must be {shape}", name)
+    if not (s["event"].isprintable() and s["device_id"].isprintable()  # CONTROL_FREE,
+            and s["session_id"].isprintable() and s["user_id"].isprintable()):  # inline
+        for name in CONTROL_FREE:
+            if has_control(s[name]):
+                raise EventError(f"{name!r} holds control characters", name)
     type_ = raw.get("type") or ("page" if s["event"] == "page_view" else "track")
     if not isinstance(type_, str) or type_ not in TYPES:
         raise EventError(f"'type' must be one of {', '.join(sorted(TYPES))}", "type")
@@ -506,6 +515,11 @@ def _items(value: Any) -> list[dict[str, Any]]:
             clean[name] = ("" if text is None else text
                            if type(text) is str and len(text) <= ITEM_STRING_LIMIT
                            else _item_string(item, name, i))
+        if not (clean["product_id"].isprintable() and clean["category"].isprintable()):
+            for name in ITEM_CONTROL_FREE:
+                if has_control(clean[name]):
+                    raise EventError(f"items[{i}].{name} holds control characters",
+                                     f"items[{i}].{name}")
         price = item.get("price")
         clean["price"] = (f"{price:.4f}" if type(price) is float and abs(price) < 1e14
                           else _decimal(price, f"items[{i}].price"))
