@@ -1369,7 +1369,7 @@ def test_insert_data_never_names_a_type(http: httpx.Client) -> None:
             resp = http.post("/", params={"query": f"INSERT INTO default.sec_t FORMAT {fmt}"},
                              content=header, auth=WRITER)
             refused(resp, 497)
-            assert "Cannot load" not in resp.text and "names its columns' types" in resp.text
+            assert "Cannot load" not in resp.text and "names types" in resp.text
             refused(run(http, f"SELECT * FROM format({fmt}, x'{header.hex()}')", WRITER), 497)
             refused(run(http, f"SELECT * FROM format('{fmt}', 'a DateTime', "
                         f"x'{header.hex()}')", WRITER), 497)
@@ -1377,6 +1377,20 @@ def test_insert_data_never_names_a_type(http: httpx.Client) -> None:
                                       "JSONCompactEachRowWithNames"},
                          content=b'["a"]\n[0]\n', auth=WRITER)
         assert resp.status_code == 200, resp.text
+        # A re-probe's: the engine's other binary parsers are refused too, until reviewed
+        # (a damaged DWARF file aborted the engine for the whole collector).
+        for fmt in ("DWARF", "Npy", "ParquetMetadata", "Puffin", "PuffinMetadata", "Template",
+                    "Protobuf", "MySQLDump", "Avro", "dwarf"):
+            resp = http.post("/", params={"query": f"INSERT INTO default.sec_t FORMAT {fmt}"},
+                             content=b"\x7fELF", auth=WRITER)
+            refused(resp, 497)
+            refused(run(http, f"SELECT * FROM format({fmt}, 'a String', 'x')", WRITER), 497)
+        parquet = run(http, "SELECT toDateTime(7) AS a FORMAT Parquet", WRITER).content
+        for fmt, data in (("TSV", b"1\n"), ("CSVWithNames", b"a\n2\n"),
+                          ("JSONEachRow", b'{"a": 3}\n'), ("Parquet", parquet)):
+            resp = http.post("/", params={"query": f"INSERT INTO default.sec_t FORMAT {fmt}"},
+                             content=data, auth=WRITER)
+            assert resp.status_code == 200, (fmt, resp.text)
     finally:
         run(http, "DROP TABLE default.sec_t", WRITER)
     alive(http)
@@ -1392,4 +1406,14 @@ def test_orc_zone_settings_are_not_a_writers(http: httpx.Client) -> None:
                     **{name: "../../../../../proc/version"}), 497)
         refused(run(http, "SELECT toDateTime(0) AS d SETTINGS "
                     f"{name} = '../../../../../proc/version' FORMAT ORC", WRITER), 497)
+    alive(http)
+
+
+def test_a_statements_bytes_that_are_not_utf8_are_a_400(http: httpx.Client) -> None:
+    """The engine's canonical text of a string written with \\x escapes holds the bytes
+    themselves: a 500 when they were not UTF-8 (a re-probe's)."""
+    for auth in (None, WRITER):
+        resp = run(http, "SELECT '\\xd8\\x00\\xff'", auth)
+        assert 400 <= resp.status_code < 500, resp.text
+        assert "UTF-8" in resp.text
     alive(http)

@@ -68,9 +68,14 @@ def parse(conn: Connection, sql: str, binds: Mapping[str, str]) -> Parsed:
             _parsed.move_to_end(key)
             return parsed
     with engine_errors():
-        canonical = conn.query(
+        written = conn.query(
             "SELECT formatQuery({q:String})", "TSVRaw", params={"q": escape_param(sql)}
-        ).bytes().decode()
+        ).bytes()
+        try:  # a string's \x escapes are written as the bytes themselves
+            canonical = written.decode()
+        except UnicodeDecodeError:
+            raise SqlError.of(36, "the statement's strings hold bytes that are not UTF-8: "
+                              "write them as unhex('...')") from None
         if canonical.endswith("\n"):
             canonical = canonical[:-1]
         # Each reference to a parameter copies its value into the tree: a 500 KB value named
