@@ -212,13 +212,14 @@ def claim(env, user, device, item):
 
 def test_erase_and_access_with_hostile_identifiers(env):
     """Identifiers that look like SQL, like the statements' own parameter syntax, or hold
-    quotes, backslashes, LIKE wildcards and newlines reach the erasure's parts (and the
-    access request's) as bound values only: the person's rows go, a bystander whose ids
-    differ by those characters keeps hers."""
+    quotes, backslashes and LIKE wildcards reach the erasure's parts (and the access
+    request's) as bound values only: the person's rows go, a bystander whose ids differ by
+    those characters keeps hers. (Control characters, newlines among them, are refused at
+    ingestion: tests/test_security_ingest.py.)"""
     n = uuid.uuid4().hex[:6]
     user = f"u'{n}\\\" OR 1=1 --"
     device = f"d-{{p_users:Array(String)}}-%_{n}"
-    card = f"L'{n}');DROP TABLE tagwerk.events;--\n"
+    card = f"L'{n}');DROP TABLE tagwerk.events;--\\"
     other_user, other_device = f"u%{n}", f"d-%_{n}"
     send(env, [
         {**hit("login", "2026-11-10T08:00:00Z", device_id=device), "type": "identify",
@@ -826,3 +827,28 @@ def test_an_erasure_takes_the_persons_part_of_a_shared_devices_aggregates(env):
     # Only the product counts (persons' hash sketches) still hold the products: no person.
     assert set(found_anywhere(store, [theirs["product_id"], viewed["product_id"]])) == \
         {"product_hourly"}
+
+
+def test_a_hit_whose_user_id_decides_is_kept_in_an_erased_persons_time(env):
+    """A hit on a shared device in the erased person's time is theirs, and dropped, unless
+    a user id decides whose it is (the batch API's, or a verified identify): the other
+    owner's purchase was dropped at ingestion, as it would not have been deleted (an
+    attacker's probe)."""
+    n = uuid.uuid4().hex[:8]
+    kept, erased, device = f"ua-{n}", f"ub-{n}", f"dz-{n}"
+    send(env, [
+        {**hit("login", "2026-11-21T10:00:00Z", device_id=device), "type": "identify",
+         "user_id": kept},
+        {**hit("login", "2026-11-21T11:00:00Z", device_id=device), "type": "identify",
+         "user_id": erased},
+    ])
+    r = call(env, "POST", f"{BASE}/privacy/erase", {"id": f"user:{erased}"})
+    assert r.status_code == 200, r.text
+    assert send(env, [hit("purchase", "2026-11-21T11:30:00Z", [item(f"p-{n}", "c", "b")],
+                          device_id=device, user_id=kept, order_id=f"o-{n}")]) == 1
+    # Without a user id, the hit of that time was the erased person's: dropped.
+    assert send(env, [hit("view_item", "2026-11-21T11:40:00Z", device_id=device)]) == 0
+    store = env[1].store
+    rows = store.rows("SELECT user_id FROM tagwerk.events WHERE site_id = {s:String} AND "
+                      "device_id = {d:String} AND event = 'purchase'", {"s": SITE, "d": device})
+    assert rows == [{"user_id": kept}]

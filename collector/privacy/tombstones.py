@@ -91,12 +91,16 @@ class Tombstones:
             self._by_site[site_id] = known
 
     def blocks(self, site_id: str, row: dict[str, Any]) -> bool:
-        """Whether the (normalised) hit names an erased identifier at its time."""
+        """Whether the (normalised) hit names an erased identifier at its time. On a shared
+        identifier (the erased person's time on it), only a hit that no user id decides is
+        theirs, as the erasure deletes them (``graph.row_parts``): another owner's verified
+        user id makes it that owner's."""
         erased = self._by_site.get(site_id)
         plain = self._plain_by_site.get(site_id)
         if not erased and not plain:
             return False
         ts = row["ts"]
+        decided = bool(row["user_id"]) and row.get("user_verified", False)
         named = [("user", row["user_id"]), ("device", row["device_id"]),
                  *row["identifiers"].items()]
         for kind, value in named:
@@ -107,6 +111,8 @@ class Tombstones:
                 spans += erased.get(self.subject(site_id, kind, value), ())
             if plain:
                 spans += plain.get(plain_subject(site_id, kind, value), ())
-            if any(start <= ts < end for start, end in spans):
-                return True
+            for span in spans:
+                if span[0] <= ts < span[1] and (not decided or kind == "user"
+                                                or span == ALWAYS[0]):
+                    return True
         return False

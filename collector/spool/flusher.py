@@ -41,6 +41,7 @@ ID_LENGTH = 36
 SITE_ID, TS, DEVICE_ID, USER_ID = (EVENT_COLUMNS.index(c)
                                    for c in ("site_id", "ts", "device_id", "user_id"))
 IDENTIFIERS = EVENT_COLUMNS.index("identifiers")
+USER_VERIFIED = EVENT_COLUMNS.index("user_verified")
 AGENT_COLUMNS = tuple(EVENT_COLUMNS.index(c)
                       for c in ("device_class", "browser", "os", "is_bot"))
 
@@ -217,7 +218,8 @@ class Flusher:
         for line in record[meta_end:].splitlines():
             values = orjson.loads(line)
             row = {"ts": values[TS], "user_id": values[USER_ID], "device_id": values[DEVICE_ID],
-                   "identifiers": values[IDENTIFIERS] if len(values) > IDENTIFIERS else {}}
+                   "identifiers": values[IDENTIFIERS] if len(values) > IDENTIFIERS else {},
+                   "user_verified": len(values) > USER_VERIFIED and values[USER_VERIFIED]}
             if self.blocked(values[SITE_ID], row):
                 self.metrics.erased_dropped.inc()
             else:
