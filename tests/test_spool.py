@@ -272,9 +272,41 @@ def test_damage_in_the_batch_being_flushed_does_not_wedge_the_flusher(tmp_path):
     spool.close()
 
 
-@pytest.mark.parametrize("text", ["", '{"flushed": [11', "[]", '{"flushed": "x"}'])
+@pytest.mark.parametrize("text", ["", '{"flushed": [11', "[]", '{"flushed": "x"}',
+                                  '{"flushed": "ab", "pending": null}', '{"flushed": [-5, -1]}',
+                                  '{"flushed": [1, 0], "pending": [1.5, 2]}'])
 def test_a_damaged_checkpoint_is_named(tmp_path, text):
     Spool(tmp_path, 1 << 20, 1 << 30).close()
     (tmp_path / "checkpoint.json").write_text(text)
     with pytest.raises(SpoolError, match=r"checkpoint\.json is damaged"):
         Spool(tmp_path, 1 << 20, 1 << 30)
+
+
+def test_a_damaged_length_that_leads_to_a_later_record_skips_nothing_intact(tmp_path):
+    """A length damaged to lead exactly to a later record's start skipped the intact
+    records in between (a re-probe): reading goes on at the first intact record."""
+    spool = Spool(tmp_path, 1 << 20, 1 << 30)
+    one_by_one(spool, RECORDS)
+    spool.close()
+    [segment] = tmp_path.glob("*.seg")
+    offsets = record_offsets(segment)
+    data = bytearray(segment.read_bytes())
+    data[offsets[5] : offsets[5] + 4] = (offsets[8] - offsets[5] - 8).to_bytes(4, "little")
+    segment.write_bytes(bytes(data))
+    reopened = Spool(tmp_path, 1 << 20, 1 << 30)
+    assert read_all(reopened) == RECORDS[:5] + RECORDS[6:]
+    reopened.close()
+
+
+def test_a_damaged_last_record_is_an_error_not_a_torn_write(tmp_path, caplog):
+    """A whole last record whose checksum fails was acknowledged: its loss is an error,
+    where a torn write (never acknowledged) is cut off with a warning."""
+    spool = Spool(tmp_path, 1 << 20, 1 << 30)
+    one_by_one(spool, RECORDS)
+    spool.close()
+    [segment] = tmp_path.glob("*.seg")
+    flip(segment, record_offsets(segment)[-1] + 12)
+    reopened = Spool(tmp_path, 1 << 20, 1 << 30)
+    assert read_all(reopened) == RECORDS[:-1]
+    assert [r.levelname for r in caplog.records if "damaged" in r.getMessage()] == ["ERROR"]
+    reopened.close()

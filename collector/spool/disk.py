@@ -52,6 +52,7 @@ MAX_RECORD = 64 * 1024 * 1024
 # collector/spool/record.py begin with "{"). A payload's own bytes are JSON, which holds no
 # such low byte, so the search skips over them in C.
 _RECORD_START = re.compile(rb"[\x00-\x04].{4}\{", re.S)
+_NONZERO = re.compile(rb"[^\x00]")
 # A segment is finished when it is this old, whatever its size: the flusher deletes the
 # segments behind it, so a hit leaves the collector's disk about this long after it was
 # written (once in ClickHouse), where a quiet site would fill 64 MB in weeks. An erased
@@ -140,8 +141,8 @@ class Spool:
             return Checkpoint(Pos(first[0] if first else 1, 0))
         try:  # written atomically: damaged only by something else (a disk fault, a hand)
             data = json.loads(path.read_text())
-            pending = Pos(*data["pending"]) if data.get("pending") else None
-            return Checkpoint(Pos(*data["flushed"]), pending)
+            pending = _position(data["pending"]) if data.get("pending") else None
+            return Checkpoint(_position(data["flushed"]), pending)
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise SpoolError(
                 f"{path} is damaged ({exc}): it says which hits are in ClickHouse. Restore "
@@ -170,12 +171,16 @@ class Spool:
         damage: list[tuple[int, int]] = []
         for end, _payload in _parse(data, damage):
             good = end
+        torn = len(data[good:].rstrip(b"\0"))
         for start, end in damage:
             if end <= good:  # intact records follow: the reader skips it (and says so)
-                log.error("spool: %s damaged at %d: %d bytes (a record) will be skipped",
+                log.error("spool: %s damaged at %d: %d bytes will be skipped",
                           last.name, start, end - start)
+            elif _whole(data, start):  # the last record, acknowledged: not a torn write
+                log.error("spool: %s damaged at %d: its last record is lost", last.name,
+                          start)
+                torn = 0
         if good < len(data):
-            torn = len(data[good:].rstrip(b"\0"))
             if torn:
                 log.warning("spool: cutting %d torn bytes off %s", torn, last.name)
             with open(last, "r+b") as f:
@@ -400,6 +405,14 @@ class Spool:
         self._seal(self._fd, self._zero_fd, self._end)
 
 
+def _position(value: object) -> Pos:
+    """A checkpoint's [segment, offset]: two whole numbers, not negative."""
+    if not (isinstance(value, list) and len(value) == 2
+            and all(type(n) is int and n >= 0 for n in value)):
+        raise ValueError(f"{value!r} is no position")
+    return Pos(*value)
+
+
 def _parse(
     data: bytes, damage: list[tuple[int, int]] | None = None
 ) -> Iterator[tuple[int, bytes]]:
@@ -433,19 +446,14 @@ def _intact(data: bytes, offset: int) -> int:
 
 
 def _zeros(data: bytes, offset: int) -> bool:
-    return data.count(0, offset) == len(data) - offset
+    """Whether only zeros follow ``offset`` (searched up to the first byte that is not)."""
+    return _NONZERO.search(data, offset) is None
 
 
 def _next_record(data: bytes, damaged: int) -> int:
-    """Where reading goes on after the record at ``damaged`` failed its checksum: the next
-    intact record, or the end of ``data``."""
-    length = HEADER.unpack_from(data, damaged)[0] if damaged + HEADER.size <= len(data) else 0
-    end = damaged + HEADER.size + length
-    # Most faults hit the payload, the bulk of a record: its length still leads on.
-    if 0 < length <= MAX_RECORD and end <= len(data) and (
-        end == len(data) or _intact(data, end) or _zeros(data, end)
-    ):
-        return end
+    """Where reading goes on after the record at ``damaged`` failed its checksum: the first
+    intact record after it (not where its length leads: a damaged length may lead past
+    intact records), else the end of ``data``."""
     at = damaged + 1
     while found := _RECORD_START.search(data, at + 3):
         start = found.start() - 3
@@ -453,6 +461,15 @@ def _next_record(data: bytes, damaged: int) -> int:
             return start
         at = start + 1
     return len(data)
+
+
+def _whole(data: bytes, offset: int) -> bool:
+    """Whether the record at ``offset`` was written whole: its length leads within ``data``
+    to the last byte of a record (records of collector/spool/record.py end with a line
+    break), where a torn write ends in the zeroed tail."""
+    length = HEADER.unpack_from(data, offset)[0] if offset + HEADER.size <= len(data) else 0
+    end = offset + HEADER.size + length
+    return 0 < length <= MAX_RECORD and end <= len(data) and data[end - 1] == 0x0A
 
 
 def _settle(callbacks: list[Done], error: Exception | None) -> None:
