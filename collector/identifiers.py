@@ -25,9 +25,11 @@ MAX_ID = 256
 SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")  # fullmatch
 
 
-# Control characters (C0, DEL, C1): refused at ingestion in ids, names and categories, and
-# in the read API's ids and filters, so that what is stored can be asked for. Nothing else
-# is: a no-break or zero-width space, a bidi mark are kept, and found.
+# Control characters (C0, DEL, C1): refused at ingestion in event names and in items'
+# product ids and categories, and by the read API in what it takes in a path or a filter,
+# so that what is stored can be asked for. Nothing else is: a no-break or zero-width space,
+# a bidi mark are kept, and found. Identifiers keep whatever a till or a CRM sends (a
+# scanner's trailing CR): access and erasure take them in a query or a body.
 CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
@@ -52,8 +54,6 @@ def clean(kind: str, value: str, field: str) -> str:
     is kept, trimmed and lower-cased); "" for junk. Raises for an invalid e-mail value."""
     if is_junk(value):
         return ""
-    if has_control(value):
-        raise IdentifierError(f"{field!r} holds control characters", field)
     if kind != "email":
         return value
     address = value.strip().lower()  # a digest too: sent with spaces, it is the same

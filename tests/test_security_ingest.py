@@ -373,12 +373,10 @@ NASTY = [
     ("single quotes", b"{'site':'sec-test','event':'e'}", 400),
     ("purpose with a newline", event_body(b"consent", b'["analytics\\n"]'), 400),
     ("currency with a newline", event_body(b"currency", b'"EUR\\n"'), 400),
-    # Control characters in what the read API looks up by (which refuses them): stored,
-    # nobody could ask for them (an attacker's probe).
+    # Control characters in names and in what the read API looks up products by (which
+    # refuses them): stored, nobody could ask for them (an attacker's probe). Identifiers
+    # keep them (tests/test_security_data_out.py: odd identifiers round-trip).
     ("event with control characters", b'{"site":"sec-test","event":"a\\nb\\u0007"}', 400),
-    ("user_id with NUL", event_body(b"user_id", b'"u\\u0000x"'), 400),
-    ("device_id with C1", event_body(b"device_id", b'"d\\u0085"'), 400),
-    ("session_id with a tab", event_body(b"session_id", b'"s\\tx"'), 400),
     ("product_id with a tab", event_body(b"items", b'[{"product_id":"a\\tb"}]'), 400),
     ("category with a newline", event_body(b"items", b'[{"product_id":"a","category":"c\\n"}]'),
      400),
