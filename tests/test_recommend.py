@@ -268,56 +268,38 @@ def test_the_rate_limit_counts_a_subscribers_ipv6_prefix_too():
     assert limit.wait_all(recommend.buckets("::ffff:192.0.2.9"), now=100.0) == 0.0
 
 
-def test_a_pair_viewed_in_one_session_stays_off_the_public_lists(env):
-    """A public "also viewed" list showed what one visitor looked at together, when a pair
-    rested on one session: the browser-safe list needs two sessions behind a pair; the
-    keyed one, for the shop's own engine, shows every pair."""
-    client, collector = env
-    site = f"rec-{uuid.uuid4().hex[:8]}"
-    _, keys = collector.sites.create(site, [ORIGIN])
-
-    def viewed(session: str) -> None:
-        send(client, keys["write"], [hit("view_item", MIN * (n + 1), [(product, 5, 1)],
-                                         device=session, session=session)
-                                     for n, product in enumerate(("p1", "p2"))])
-        wait_for(lambda: drained(collector))
-        refresh_settled(collector.store)
-        refresh_minute(collector.store, (site,), tables=("coview_pairs",))
-
-    def keyed() -> list[str]:
-        return ids(client.get(f"/api/v1/sites/{site}/products/p1/related?kind=co_view",
-                              headers={"Authorization": f"Bearer {keys['read']}"}))
-
-    viewed("only-session")
-    assert keyed() == ["p2"]
-    assert ids(get(env, "/related/p1", site=site)) == []
-    viewed("second-session")
-    # (another limit: the first answer is cached for a minute)
-    assert ids(get(env, "/related/p1?limit=11", site=site)) == ["p2"]
-
-
-def test_a_pair_bought_by_one_buyer_stays_off_the_public_lists(env):
+@pytest.mark.parametrize("kind", ["co_view", "co_purchase"])
+def test_a_pair_of_one_shopper_stays_off_the_public_lists(env, kind):
     """A public "bought together" list showed what one shopper bought together, when a pair
-    rested on one buyer (an attacker's probe): the browser-safe list needs two buyers behind
-    a pair; the keyed one, for the shop's own engine, shows every pair."""
+    rested on one buyer, and an "also viewed" list what one visitor looked at together, when
+    it rested on one session (attackers' probes): the browser-safe list needs two buyers or
+    two sessions behind a pair; the keyed one, for the shop's own engine, shows every pair."""
     client, collector = env
     site = f"rec-{uuid.uuid4().hex[:8]}"
     _, keys = collector.sites.create(site, [ORIGIN])
     personal = {"consent": ["analytics", "personalization"]}
 
-    def bought(device: str) -> None:
-        send(client, keys["write"], [{**hit("purchase", MIN, [("p1", 5, 1), ("p2", 7, 1)],
-                                            device=device), **personal}])
+    def paired(shopper: str) -> None:
+        """p1 and p2 viewed in one session, or bought in one purchase, by ``shopper``."""
+        if kind == "co_view":
+            events = [hit("view_item", MIN * (n + 1), [(product, 5, 1)], device=shopper,
+                          session=shopper) for n, product in enumerate(("p1", "p2"))]
+        else:
+            events = [{**hit("purchase", MIN, [("p1", 5, 1), ("p2", 7, 1)], device=shopper),
+                       **personal}]
+        send(client, keys["write"], events)
         wait_for(lambda: drained(collector))
-        refresh_minute(collector.store, (site,), tables=("copurchase_pairs",))
+        if kind == "co_view":
+            refresh_settled(collector.store)
+        refresh_minute(collector.store, (site,), tables=(f"{kind.replace('_', '')}_pairs",))
 
     def keyed() -> list[str]:
-        return ids(client.get(f"/api/v1/sites/{site}/products/p1/related?kind=co_purchase",
+        return ids(client.get(f"/api/v1/sites/{site}/products/p1/related?kind={kind}",
                               headers={"Authorization": f"Bearer {keys['read']}"}))
 
-    bought("only-buyer")
+    paired("only-shopper")
     assert keyed() == ["p2"]
-    assert ids(get(env, "/related/p1?kind=co_purchase", site=site)) == []
-    bought("second-buyer")
+    assert ids(get(env, f"/related/p1?kind={kind}", site=site)) == []
+    paired("second-shopper")
     # (another limit: the first answer is cached for a minute)
-    assert ids(get(env, "/related/p1?kind=co_purchase&limit=11", site=site)) == ["p2"]
+    assert ids(get(env, f"/related/p1?kind={kind}&limit=11", site=site)) == ["p2"]
