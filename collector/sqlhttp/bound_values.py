@@ -30,7 +30,7 @@ def placeholders(data: bytes) -> list[Placeholder]:
     by a name and a colon (a map literal's ``{`` is followed by a key, a literal)."""
     found: list[Placeholder] = []
     significant = list(tokens(data, comments=True))
-    opened, depth = None, 0
+    opened, depth = 0, 0  # depth: of braces inside the placeholder that starts at opened
     for at, token in enumerate(significant):
         if token.kind != "other":
             continue
@@ -42,10 +42,9 @@ def placeholders(data: bytes) -> list[Placeholder]:
             depth += 1
         elif token.text == b"}" and depth:
             depth -= 1
-            if depth == 0 and opened is not None:
+            if depth == 0:
                 text = data[opened : token.end].decode("utf-8", "replace")
                 found.append(Placeholder(opened, token.end, text))
-                opened = None
     return found
 
 
