@@ -441,6 +441,11 @@ def test_cluster_render_of_the_aggregates():
     minute = next(s for s in out if "VIEW IF NOT EXISTS tagwerk.coview_pairs_mv" in s)
     assert "FROM tagwerk.coview_pairs_settled_local" in minute
     assert "FROM tagwerk.session_items_local" in minute
+    # Co-purchase pairs per person (0039): each node's purchases, the replicated links.
+    [query, refresh] = render(by_name["copurchase_by_person"], "shop")
+    assert "FROM tagwerk.events_local" in query
+    assert "identity_links_by_identifier_local" not in query
+    assert refresh.endswith("copurchase_pairs_mv ON CLUSTER shop MODIFY REFRESH EVERY 10 MINUTE")
 
 
 # -- routers in front of the views (clickhouse/0026) --------------------------------------------
