@@ -19,6 +19,7 @@ repository), or ``Settings.tag_dir``.
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import hashlib
 import logging
@@ -309,12 +310,15 @@ class TagServer:
         self._assets: OrderedDict[tuple, Asset] = OrderedDict()
         self._previews: OrderedDict[tuple, Asset] = OrderedDict()
         self._lock = threading.Lock()
+        self._building: dict[tuple[bool, tuple], asyncio.Future[Asset]] = {}
 
     # -- cache
 
     async def _asset(self, key: tuple, build, preview: bool = False) -> Asset:
         """The answer for ``key``, built in a worker thread (compressing blocks the event
-        loop for long) if it is not kept; least recently used first out."""
+        loop for long) if it is not kept; least recently used first out. One build per key
+        at a time: the requests that miss while it runs wait for it (after a publish, a
+        burst of visitors would otherwise each compress the same tag, seconds of CPU each)."""
         cache, limit = (self._previews, MAX_PREVIEWS) if preview else (self._assets, MAX_CACHED)
         asset = cache.get(key)
         if asset is not None:
@@ -322,12 +326,24 @@ class TagServer:
                 if key in cache:
                     cache.move_to_end(key)
             return asset
-        asset = await run_in_threadpool(build)
+        building = self._building.get((preview, key))
+        if building is None:
+            building = asyncio.ensure_future(run_in_threadpool(build))
+            self._building[preview, key] = building
+            building.add_done_callback(lambda done: self._built(done, preview, key))
+        # (shielded: a client that goes away does not cancel the others' build)
+        return await asyncio.shield(building)
+
+    def _built(self, done: asyncio.Future, preview: bool, key: tuple) -> None:
+        """Keep a finished build's asset (a failed one is each waiter's error)."""
+        del self._building[preview, key]
+        if done.cancelled() or done.exception() is not None:
+            return
+        cache, limit = (self._previews, MAX_PREVIEWS) if preview else (self._assets, MAX_CACHED)
         with self._lock:
-            cache[key] = asset
+            cache[key] = done.result()
             while len(cache) > limit:
                 cache.popitem(last=False)
-        return asset
 
     # -- answers
 
