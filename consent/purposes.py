@@ -22,6 +22,15 @@ PURPOSE_ID = re.compile(PURPOSE_PATTERN + r"\Z")
 # final newline through ("analytics\n").
 
 
+# The properties every JavaScript object inherits (ECMAScript's Object.prototype). The tag
+# looks purposes up in plain objects, where such a name is always "granted": a container may
+# not name a purpose so (of these, only "constructor" fits PURPOSE_PATTERN).
+OBJECT_PROPERTIES = frozenset({
+    "constructor", "hasOwnProperty", "isPrototypeOf", "propertyIsEnumerable",
+    "toLocaleString", "toString", "valueOf", "__proto__", "__defineGetter__",
+    "__defineSetter__", "__lookupGetter__", "__lookupSetter__"})
+
+
 def is_purpose_id(value: object) -> bool:
     """Whether ``value`` is a purpose id: 1 to 32 of a-z, 0-9 and _, a letter first."""
     return isinstance(value, str) and PURPOSE_ID.match(value) is not None

@@ -165,6 +165,11 @@ BAD = [
      "consent.purposes[1].id: 'Analytics' is not a purpose id"),
     (_set("consent.purposes[2].id", "analytics"),
      "consent.purposes[2].id: duplicate id 'analytics' (also consent.purposes[1])"),
+    # The tag looks a purpose up in a plain object: one named after a property every
+    # object inherits would be granted without consent (probe 41: "constructor").
+    # (The other names of Object.prototype have capitals or a leading '_': no purpose id.)
+    (_set("consent.purposes[3].id", "constructor"), "consent.purposes[3].id: 'constructor' is "
+     "the name of a property every JavaScript object has"),
     (_set("consent.purposes[1].required", True),
      "consent.purposes[1].required: only 'necessary' may be required"),
     (_set("consent.purposes[0].required", False),
@@ -248,6 +253,17 @@ BAD = [
     (_set("tags[0].url", "https://ads.example/p?o={{order_id}"), "tags[0].url: unbalanced"),
     (_set("tags[0].url", "https://{{shop}}.example/p"),
      "tags[0].url: variables are allowed only in the path and query"),
+    # A variable that is the host, or ends it, lets the page's URL choose where a script
+    # loads from (probe 41: ?h=attacker.example).
+    (_set("tags[1].src", "https://{{campaign}}/x.js"),
+     "tags[1].src: variables are allowed only in the path and query"),
+    (_set("tags[1].src", "https://chat.example{{campaign}}/x.js"),
+     "tags[1].src: variables are allowed only in the path and query"),
+    (_set("tags[0].url", "https://ads.example:{{campaign}}/p"),
+     "tags[0].url: variables are allowed only in the path and query"),
+    (_set("tags[0].url", "https://ads.example{{campaign}}"),
+     "tags[0].url: variables are allowed only in the path and query"),
+    (_set("tags[0].url", "https://ads.example/{{campaign}}/p?c={{campaign}}#{{campaign}}"), None),
     (_set("tags[0].url", "http://ads.example/p"), "tags[0].url: must be https"),
     (_set("tags[0].url", "javascript:alert(1)"), "tags[0].url: must be an https URL"),
     (_set("tags[0].url", "https://user:pw@ads.example/p"),
@@ -262,6 +278,18 @@ BAD = [
     (_set("tags[2].purpose", "necessary"), None),  # no URL in its HTML: fine
     (lambda d: d["tags"][2].update(purpose="necessary", html="<img src=https://t.example/x>"),
      "tags[2].html: loads 'https://t.example/x': a tag for 'necessary' may load only"),
+    # Browsers read a backslash as a slash and decode entities in attributes: each of these
+    # loads from evil.example (probe 41).
+    *[(lambda d, html=html: d["tags"][2].update(purpose="necessary", html=html),
+       "tags[2].html: loads ") for html in (
+        '<script src="https:\\\\evil.example\\x.js"></script>',
+        '<script src="/\\evil.example/x.js"></script>',
+        '<img src="https:/\\evil.example/p.gif">',
+        '<script src="&#47;/evil.example/x.js"></script>',
+        '<script src="&sol;&sol;evil.example/x.js"></script>',
+        '<img src="https:&#x2F;&#x2F;evil.example/p.gif">')],
+    (lambda d: d["tags"][2].update(purpose="necessary",
+                                   html='<img src="/pixel.gif?a=1&amp;b=2">'), None),
     (_set("tags[3].id", "ads"), "tags[3].id: duplicate id 'ads' (also tags[0])"),
     (_set("tags[0].enabled", False), "tags[0].enabled: unknown key"),
 ]

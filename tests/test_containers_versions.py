@@ -77,6 +77,11 @@ def test_refusals_store_nothing(backend):
         containers.rollback(s, 1)
     with pytest.raises(ContainerError, match="note"):
         containers.publish(s, "x" * 1001)
+    # Printed to terminals: no C1 control (NEL, CSI), line separator or bidi override either
+    # (probe 41); letters of any script and emoji are fine.
+    for forged in ("ok\u0085FORGED", "x\u009b31mred", "a\u2028b", "\u202eevil", "\x1b[2J"):
+        with pytest.raises(ContainerError, match="note"):
+            containers.publish(s, forged)
     assert containers.versions(s) == [] and containers.releases(s) == []
     # A necessary tag on a third-party host is refused at publish as at saving.
     with pytest.raises(ContainerError, match="necessary"):

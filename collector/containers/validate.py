@@ -6,6 +6,7 @@ import difflib
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from html import unescape
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -51,7 +52,7 @@ from collector.containers.schema import (
     VARIABLE_TYPES,
 )
 from consent.cookie import MAX_AGE_DAYS
-from consent.purposes import MAX_PURPOSES, NECESSARY, PURPOSE_ID
+from consent.purposes import MAX_PURPOSES, NECESSARY, OBJECT_PROPERTIES, PURPOSE_ID
 
 Taken = Callable[[str], str | None]
 """What answers a path before a container's own tag path could: the route table's lookup
@@ -238,8 +239,10 @@ class _Checker:
             self.fail(path, "must be an https URL" +
                       (" or a path starting with '/'" if allow_relative else ""))
             return None
-        netloc_end = len(parts.scheme) + 3 + len(parts.netloc)
-        if "{{" in text[:netloc_end]:
+        # The authority as written (a variable stands for any text): up to the first
+        # '/', '?' or '#' after "scheme://".
+        authority = re.split(r"[/?#]", text[len(parts.scheme) + 3:], maxsplit=1)[0]
+        if "{{" in authority:
             self.fail(path, "variables are allowed only in the path and query")
             return None
         if "@" in parts.netloc:
@@ -309,9 +312,12 @@ def check_note(note: Any) -> None:
     """The note of a publish or a rollback, the one rule for both: it is listed in the
     release history and printed to terminals (``tagwerk container versions``), where an
     escape sequence or a line break would forge output. ContainerError names ``note``."""
-    if not isinstance(note, str) or len(note) > MAX_NOTE or CONTROL.search(note):
+    # isprintable(): no control (C0, C1), format (bidi overrides) or separator character
+    # but the space.
+    if not isinstance(note, str) or len(note) > MAX_NOTE or not note.isprintable():
         raise ContainerError([FieldError("note", f"a string of at most {MAX_NOTE} "
-                                         "characters without control characters")])
+                                         "characters without control, format or line "
+                                         "separator characters")])
 
 
 def _check_settings(c: _Checker, value: Any, taken: Taken | None, site_id: str | None
@@ -395,6 +401,10 @@ def _check_consent(c: _Checker, value: Any) -> dict[str, int]:
             if flag in p:
                 c.boolean(p[flag], f"{path}.{flag}")
         if pid is None:
+            continue
+        if pid in OBJECT_PROPERTIES:
+            c.fail(f"{path}.id", f"'{pid}' is the name of a property every JavaScript object "
+                   "has: the tag would take it for granted; choose another id")
             continue
         if pid in purposes:
             c.fail(f"{path}.id", f"duplicate id '{pid}' (also consent.purposes[{purposes[pid]}])")
@@ -616,7 +626,7 @@ def _check_tags(c: _Checker, value: Any, triggers: Mapping[str, int],
         if kind == "html":
             html = c.string(item["html"], cpath, MAX_HTML, newlines=True)
             if html is not None and purpose == NECESSARY:
-                for found in ABSOLUTE_URL.findall(html):
+                for found in ABSOLUTE_URL.findall(unescape(html).replace("\\", "/")):
                     if not c.own_url(found):
                         c.fail(cpath, f"loads {found[:80]!r}: a tag for 'necessary' may load "
                                "only from the site itself (its origins)")
