@@ -150,6 +150,11 @@ class Containers:
         self._lock = threading.Lock()  # one publish or rollback at a time in this process
         self._draft_locks: dict[str, threading.Lock] = {}  # site -> one draft write at a time
         self._paths_lock = threading.Lock()
+        # Held from checking that a tag path is free to writing the row that takes it (a
+        # draft, a version's release), for every site: two sites saving the same custom path
+        # at once both passed the check (probe 41). Within this process: as for drafts, a
+        # second process writing between the check and the row is not excluded.
+        self._claim_lock = threading.Lock()
         self._fresh_lock = threading.Lock()
         self._stamp_lock = threading.Lock()
         self._last_ms = 0
@@ -187,7 +192,6 @@ class Containers:
         (strong ETags, see :func:`parse_if_match`), only while the draft is one of those:
         else PreconditionFailed, and nothing is saved."""
         check(document, origins, taken=self.taken, site_id=site_id)
-        self._check_tag_path_free(site_id, document)
         text = orjson.dumps(document).decode()
         policy = container_policy_hash(document)
         # The lock makes compare-and-save atomic within this process (unconditional saves
@@ -198,9 +202,10 @@ class Containers:
         # need a transactional store or a single writer.
         lock = self._draft_locks.get(site_id) or self._draft_locks.setdefault(
             site_id, threading.Lock())
-        with lock:
+        with lock, self._claim_lock:
             if if_match is not None:
                 _precondition(self.draft(site_id), if_match)
+            self._check_tag_path_free(site_id, document)
             updated_at = time_text(self._stamp())
             self._insert("container_drafts", {
                 "site_id": site_id, "document": text, "policy_hash": policy,
@@ -216,7 +221,7 @@ class Containers:
         """Freeze the draft into the next version and make it live; with ``if_match``, only
         if the draft is one of those ETags (else PreconditionFailed, nothing is written)."""
         check_note(note)
-        with self._lock:
+        with self._lock, self._claim_lock:
             draft = self.draft(site_id)
             # What is frozen is this very read, so the version is exactly the draft whose
             # ETag matched, even if another process saves a new draft meanwhile.
@@ -253,7 +258,7 @@ class Containers:
     def rollback(self, site_id: str, version: int, note: str = "") -> Version:
         """Make an earlier version live again (a new release; the version is unchanged)."""
         check_note(note)
-        with self._lock:
+        with self._lock, self._claim_lock:
             found = self.version(site_id, version)
             if found is None:
                 raise NotFound(f"site {site_id!r} has no version {version}")
