@@ -195,7 +195,7 @@ def test_two_sites_cannot_both_take_a_tag_path_at_once(store):
         containers.put_draft(first, doc, ORIGINS)
         start = threading.Barrier(2)
 
-        def attempt(action):
+        def attempt(action, start=start):
             start.wait()
             try:
                 action()
