@@ -851,3 +851,35 @@ def test_a_hit_whose_user_id_decides_is_kept_in_an_erased_persons_time(env):
     rows = store.rows("SELECT user_id FROM tagwerk.events WHERE site_id = {s:String} AND "
                       "device_id = {d:String} AND event = 'purchase'", {"s": SITE, "d": device})
     assert rows == [{"user_id": kept}]
+
+
+def test_an_identifier_split_off_the_erased_person_stays_its_own(env):
+    """A loyalty card the customer linked, then split off by an admin (a family's card): it
+    is its own person, not theirs, as profiles and access say. Erasing the customer takes
+    their link to it and blanks them in the split's audit row, but leaves the card's split,
+    its hits and its person as they were (probe 42: the split was deleted and the person
+    blanked in the audit row, the card's hits erased, yet a later hit made it a person again
+    under the same id)."""
+    n = uuid.uuid4().hex[:8]
+    user, card = f"c-{n}", f"L-{n}"
+    send(env, [{**hit("login", "2026-11-21T08:00:00Z"), "type": "identify", "user_id": user,
+                "identifiers": {"loyalty": card}},
+               hit("purchase", "2026-11-21T18:00:00Z", [item(f"bread-{n}", "food", "B", "3")],
+                   identifiers={"loyalty": card})])
+    r = call(env, "POST", f"{BASE}/identity/split", {"id": f"loyalty:{card}"})
+    assert r.status_code == 201, r.text
+    split = r.json()["op_id"]
+    own = call(env, "GET", f"{BASE}/persons/loyalty:{card}", key="read").json()["person_id"]
+    r = call(env, "POST", f"{BASE}/privacy/erase", {"id": f"user:{user}"})
+    assert r.status_code == 200, r.text
+    assert r.json()["removed"]["identity_overrides"] == 0
+    store = env[1].store
+    assert found_anywhere(store, [user]) == {}
+    r = call(env, "GET", f"{BASE}/persons/loyalty:{card}", key="read")
+    assert r.status_code == 200 and r.json()["person_id"] == own
+    [audit] = store.rows("SELECT target FROM tagwerk.identity_operations "
+                         "WHERE op_id = {op:UUID}", {"op": split})
+    assert orjson.loads(audit["target"])["person"] == own
+    assert store.rows("SELECT count() AS n FROM tagwerk.events WHERE site_id = {s:String} "
+                      "AND identifiers['loyalty'] = {c:String}", {"s": SITE, "c": card}) == \
+        [{"n": 1}]

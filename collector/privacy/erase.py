@@ -241,7 +241,8 @@ def _past_the_limit(store: Store, site_id: str, person: Person) -> list[tuple[st
     """Identifiers their user ids linked that are not theirs: past the site's limit of
     users (a kiosk, a QA device). Their links become the erased anchor's too, so that the
     identifier stays past the limit: without them it would fall back under it, and the
-    time that was nobody's would become its last allowed user's."""
+    time that was nobody's would become its last allowed user's. One an admin split off is
+    not among them: its split decides whose it is, whatever its links, and stays."""
     if not person.users:
         return []
     held = {(s.kind, s.id) for s in person.spans}
@@ -249,7 +250,14 @@ def _past_the_limit(store: Store, site_id: str, person: Person) -> list[tuple[st
         "SELECT DISTINCT toString(kind) AS kind, id FROM tagwerk.identity_links_by_person "
         "WHERE site_id = {site:String} AND person_id IN {users:Array(String)}",
         {"site": site_id, "users": [person_id(site_id, "user", u) for u in person.users]})
-    return sorted({(r["kind"], r["id"]) for r in rows} - held)
+    linked = {(r["kind"], r["id"]) for r in rows} - held
+    if not linked:
+        return []
+    split = store.rows(
+        "SELECT toString(kind) AS kind, id FROM tagwerk.identity_overrides FINAL "
+        f"WHERE site_id = {{site:String}} AND {PAIR} IN {{pairs:Array(String)}} "
+        "AND person_id != ''", {"site": site_id, "pairs": [f"{k}:{i}" for k, i in linked]})
+    return sorted(linked - {(r["kind"], r["id"]) for r in split})
 
 
 def _tombstones(tombstones: Tombstones, site_id: str, person: Person,
