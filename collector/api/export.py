@@ -49,7 +49,6 @@ import contextlib
 import logging
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 
 import anyio
 from starlette.requests import Request
@@ -59,6 +58,7 @@ from starlette.types import Message, Send
 from collector.api import cursor, cursor_range
 from collector.api.access import READ, ApiError, keyed
 from collector.api.query import choice, integer, names, params
+from collector.api.slots import slots
 from collector.ingest.events import CHANNELS, STRING_LIMITS
 from collector.service import Collector
 from collector.sites import Site
@@ -84,35 +84,6 @@ SETTINGS = {
     "output_format_parquet_row_group_size": 16_384,
     "output_format_parquet_row_group_size_bytes": 8 * 1024 * 1024,
 }
-
-
-@dataclass
-class Slots:
-    """Concurrent uses per key, with a cap."""
-
-    most: int
-    used: dict[str, int] = field(default_factory=dict)
-
-    def take(self, key: str) -> bool:
-        if self.used.get(key, 0) >= self.most:
-            return False
-        self.used[key] = self.used.get(key, 0) + 1
-        return True
-
-    def give(self, key: str) -> None:
-        self.used[key] -= 1
-        if not self.used[key]:
-            del self.used[key]
-
-
-def slots(request: Request, name: str, most: int) -> Slots:
-    """The app's ``Slots`` of this name (one per app: per collector)."""
-    state = request.app.state
-    found = getattr(state, name, None)
-    if found is None:
-        found = Slots(most)
-        setattr(state, name, found)
-    return found
 
 
 def row_filter(values: dict[str, str], site_id: str) -> cursor_range.Filter:

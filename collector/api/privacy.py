@@ -13,10 +13,13 @@ from starlette.responses import Response
 from collector.api import body, query
 from collector.api.access import ADMIN, ApiError, json_response, keyed
 from collector.api.persons import actor, identifier
+from collector.api.slots import slots
 from collector.privacy import erase as erasure
 from collector.privacy.access import access as access_request
 from collector.service import Collector
 from collector.sites import Site
+
+ACCESS_PER_SITE = 1
 
 
 @keyed(ADMIN)
@@ -53,8 +56,17 @@ async def access(request: Request, collector: Collector, site: Site) -> Response
     if "id" not in values:
         raise ApiError(400, "'id' is required: ?id=kind:id", "id")
     kind, ident = identifier(site, values["id"], "id")
-    found = await run_in_threadpool(access_request, collector.store, site,
-                                    collector.tombstones, kind, ident, actor(site))
+    # An answer holds up to access.MAX_ROWS rows of every column in memory (hundreds of MB
+    # for a customer with tens of thousands of hits): one at a time per site.
+    running = slots(request, "tagwerk_access_requests", ACCESS_PER_SITE)
+    if not running.take(site.site_id):
+        raise ApiError(429, f"at most {ACCESS_PER_SITE} access request of a site at once; try "
+                       "again when it has finished", headers={"Retry-After": "5"})
+    try:
+        found = await run_in_threadpool(access_request, collector.store, site,
+                                        collector.tombstones, kind, ident, actor(site))
+    finally:
+        running.give(site.site_id)
     if found is None:
         raise ApiError(404, f"nobody is known by {kind}:{ident[:64]} on this site", "id")
     return json_response(found)
