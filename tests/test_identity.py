@@ -251,6 +251,38 @@ def test_an_overloaded_identifier_stops_linking_and_is_reported(env, links_each,
     assert all(kind == "device" and persons == 5 for kind, _, persons in reported)
 
 
+def test_an_overloaded_identifier_can_be_split_off(env):
+    """The fix for a kiosk past the limit is to give it a person of its own: the split is
+    made (from nobody: past the limit it is nobody's) and undone like any other (probe 42:
+    a 404 "nobody is known by" it, though it is listed as overloaded)."""
+    kiosk = uid("kiosk")
+    send(env, [identify(uid(f"u{i}"), kiosk, f"2026-11-03T0{i}:00:00Z") for i in range(5)],
+         site="id-capped")
+    path = f"/api/v1/sites/id-capped/persons/device:{kiosk}"
+    assert get(env, path, site="id-capped").status_code == 404
+    r = post(env, "/api/v1/sites/id-capped/identity/split", {"id": f"device:{kiosk}"},
+             site="id-capped")
+    assert r.status_code == 201, r.text
+    own = person_id("id-capped", "device", kiosk)
+    assert r.json()["person_id"] == own and r.json()["from"] is None
+    split = r.json()["op_id"]
+    r = get(env, path, site="id-capped")
+    assert r.status_code == 200 and r.json()["person_id"] == own
+    same_with_kept_decisions(env, f"device:{kiosk}", site="id-capped")
+    op = post(env, "/api/v1/sites/id-capped/identity/split", {"id": f"device:{kiosk}"},
+              site="id-capped")
+    assert op.status_code == 409  # its own person already
+    undo = post(env, f"/api/v1/sites/id-capped/identity/operations/{split}/undo", {},
+                site="id-capped")
+    assert undo.status_code == 201, undo.text
+    assert get(env, path, site="id-capped").status_code == 404
+    # An identifier nobody ever linked nor saw is still unknown.
+    r = post(env, "/api/v1/sites/id-capped/identity/split", {"id": f"device:{uid('none')}"},
+             site="id-capped")
+    assert r.status_code == 404
+
+
+
 @HOLDERS_IN
 def test_an_overloaded_identifier_gives_nobody_the_hits_after_it_stopped_linking(
         env, links_each, monkeypatch):

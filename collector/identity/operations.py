@@ -100,6 +100,16 @@ class Operations:
             raise OperationError(404, f"nobody is known by {kind}:{ident[:64]}", field)
         return person
 
+    def _overloaded(self, kind: str, ident: str) -> Person:
+        """Nobody, for an identifier linked to more users than the site allows; else a 404."""
+        [row] = self.store.rows(
+            "SELECT uniqExact(user_id) AS users FROM tagwerk.identity_links_by_identifier "
+            "WHERE site_id = {site:String} AND kind = {kind:String} AND id = {id:String}",
+            {"site": self.site.site_id, "kind": kind, "id": ident})
+        if int(row["users"]) <= self.site.identity_max_persons:
+            raise OperationError(404, f"nobody is known by {kind}:{ident[:64]}", "id")
+        return Person("", "", "")
+
     def merge(self, source: tuple[str, str], target: tuple[str, str], actor: str
               ) -> dict[str, Any]:
         """Make the person of ``source`` (and everyone merged into them) the person of
@@ -129,7 +139,8 @@ class Operations:
             raise OperationError(400, "a user id anchors its person and cannot be split off; "
                                  "undo the merge that joined it instead", "id")
         with serialised(self.site.site_id):
-            person = self._person(kind, value, "id")
+            # Past the site's limit of users (a kiosk) it is nobody's: split from nobody.
+            person = self.graph.resolve(kind, value) or self._overloaded(kind, value)
             own = person_id(self.site.site_id, kind, value)
             if person.person_id == own:
                 if person.merged:  # a no-op override would leave them merged into it
@@ -148,9 +159,11 @@ class Operations:
                 before["merges"] = merged
                 after["merges"] = [{**merged[0], "into_person": "", "into_kind": "",
                                     "into_id": ""}]
-            op_id = self._apply("split", {"from": person.person_id, "person": own},
-                                before, after, actor)
-            return {"op_id": op_id, "person_id": own, "from": person.person_id}
+            # (split from nobody: no "from", which an erasure would have blanked to "")
+            target = {"from": person.person_id, "person": own} if person.person_id else \
+                {"person": own}
+            op_id = self._apply("split", target, before, after, actor)
+            return {"op_id": op_id, "person_id": own, "from": person.person_id or None}
 
     def undo(self, op_id: str, actor: str) -> dict[str, Any]:
         with serialised(self.site.site_id):
