@@ -23,8 +23,8 @@ import pytest
 from collector import cli
 from collector.ingest.answers import PIXEL
 from collector.ingest.fasthttp import IngestProtocol
-from collector.web import limits
-from tests.helpers import CHROME, served
+from collector.web import inflight, limits
+from tests.helpers import CHROME, served, wait_for
 from tests.servers import Server, free_port
 
 SITE = "limits-test"
@@ -589,3 +589,38 @@ def test_tagwerk_serve_applies_the_limits_and_the_idle_timeout_on_both_ports(tmp
         assert 4 < time.monotonic() - start < 10
     finally:
         server.stop()
+
+
+# -- request bodies held open at once (collector/web/inflight.py) -----------------------------
+
+@pytest.mark.parametrize("framing", ["length", "chunked"])  # the fast path; the ASGI path
+def test_bodies_held_open_at_once_are_capped_in_all(servers, monkeypatch, framing):
+    """Each body has its endpoint's limit (a batch 1 MB), but many sent slowly at once
+    added up (200 batches: +186 MB). Past the cap in all (250 KB here) the body that would
+    cross it is refused 503 and closed, the others are read on, other requests are served,
+    and a refused or abandoned body gives its bytes back."""
+    monkeypatch.setattr(inflight, "MAX_BYTES", 250 * 1024)
+    port = servers["collector"]
+    piece = b" " * (100 * 1024)  # JSON's whitespace: the start of a body
+
+    def start(sock: socket.socket) -> None:
+        framed = (b"Content-Length: %d\r\n" % (200 * 1024) if framing == "length"
+                  else b"Transfer-Encoding: chunked\r\n")
+        sock.sendall(head("/collect", b"Content-Type: text/plain\r\n" + framed, method="POST"))
+        sock.sendall(piece if framing == "length" else b"%x\r\n%s\r\n" % (len(piece), piece))
+
+    held = [connect(port) for _ in range(2)]
+    for sock in held:
+        start(sock)
+    wait_for(lambda: inflight.total() >= 2 * len(piece))
+    with connect(port) as third:
+        start(third)
+        answer = read_to_close(third)
+    assert_refused(answer, 503)
+    assert b"request bodies at once" in answer
+    for sock in held:
+        assert not answered(sock)  # still being read
+    assert_serving(port)
+    for sock in held:
+        sock.close()
+    assert wait_for(lambda: inflight.total() == 0)

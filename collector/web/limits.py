@@ -69,6 +69,7 @@ import asyncio
 import logging
 from typing import Any
 
+from collector.web import inflight
 from collector.web.uvicorn_protocol import UvicornProtocol, parse_data
 
 log = logging.getLogger("tagwerk.http")
@@ -207,6 +208,9 @@ class LimitedProtocol(UvicornProtocol):
 
     def body_arrives(self) -> None:
         self._phase = _BODY
+
+    def bodies_full(self) -> None:
+        self._stop_parser(503, inflight.refusal())
 
     def chunk_begins(self) -> None:
         self._phase = _CHUNK_BEGUN
