@@ -275,22 +275,25 @@ BAD = [
     (_set("tags[2].html", 3), "tags[2].html: must be a string, not a number"),
     (_set("tags[1].purpose", "necessary"), "tags[1].purpose: 'necessary' is only for tags of "
      "the site itself: 'https://chat.example/w.js' is not on the site's origins"),
-    (_set("tags[2].purpose", "necessary"), None),  # no URL in its HTML: fine
-    (lambda d: d["tags"][2].update(purpose="necessary", html="<img src=https://t.example/x>"),
-     "tags[2].html: loads 'https://t.example/x': a tag for 'necessary' may load only"),
-    # Browsers read a backslash as a slash and decode entities in attributes: each of these
-    # loads from evil.example (probe 41).
+    # An html tag's markup and scripts can load anything from anywhere (userinfo cut by a
+    # quote, tabs inside '//', CSS escapes, script code: probes 41 and 43): no scan of it can
+    # be complete, so a tag that runs without consent is a script or a pixel, whose one URL
+    # is checked, never html.
     *[(lambda d, html=html: d["tags"][2].update(purpose="necessary", html=html),
-       "tags[2].html: loads ") for html in (
-        '<script src="https:\\\\evil.example\\x.js"></script>',
-        '<script src="/\\evil.example/x.js"></script>',
-        '<img src="https:/\\evil.example/p.gif">',
-        '<script src="&#47;/evil.example/x.js"></script>',
-        '<script src="&sol;&sol;evil.example/x.js"></script>',
-        '<img src="https:&#x2F;&#x2F;evil.example/p.gif">')],
-    (lambda d: d["tags"][2].update(purpose="necessary",
-                                   html='<img src="/pixel.gif?a=1&amp;b=2">'), None),
+       "tags[2].purpose: an html tag can load anything") for html in (
+        "<b>no URL at all</b>",
+        '<img src="/pixel.gif">',
+        '<script src="https://shop-a.example\'@evil.example/x.js"></script>',
+        '<img src="/&#9;/evil.example/x.js">',
+        "<div style=\"background:url('\\2f\\2f evil.example/a.png')\"></div>",
+        "<script>new Image().src = '//' + 'evil.example/p'</script>")],
     (_set("tags[3].id", "ads"), "tags[3].id: duplicate id 'ads' (also tags[0])"),
+    # The tag looks ids up in plain objects too (probe 43: a trigger 'constructor' fired on
+    # every signal, a tag 'constructor' was never inserted).
+    (_set("tags[3].id", "constructor"), "tags[3].id: 'constructor' is the name of a property "
+     "every JavaScript object has"),
+    (_set("triggers[0].id", "constructor"), "triggers[0].id: 'constructor' is the name"),
+    (_set("variables[0].id", "constructor"), "variables[0].id: 'constructor' is the name"),
     (_set("tags[0].enabled", False), "tags[0].enabled: unknown key"),
 ]
 

@@ -35,10 +35,6 @@ POLICY_VERSION = re.compile(r"^[A-Za-z0-9._-]{1,32}$")
 VAR_REF = re.compile(r"\{\{([^{}]*)\}\}")
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 CONTROL_BUT_NEWLINES = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
-# A URL in a tag's HTML that leaves the page's origin: scheme-relative (//host), or with a
-# scheme (https:host, which a browser on an http page reads as the host). Looked for after
-# the HTML's entities are decoded and backslashes read as slashes, as browsers read them.
-ABSOLUTE_URL = re.compile(r"(?:https?:|//)[^\s\"'<>()]+", re.I)
 
 DEFAULT_TAG_PATH = "/t/{site}.js"
 # A custom tag path that a route answers is refused by asking the route table (the

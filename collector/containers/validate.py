@@ -6,7 +6,6 @@ import difflib
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from html import unescape
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -14,7 +13,6 @@ import orjson
 
 from collector.containers.errors import ContainerError, FieldError
 from collector.containers.schema import (
-    ABSOLUTE_URL,
     ATTRIBUTE,
     AUTO,
     CONTROL,
@@ -191,6 +189,11 @@ class _Checker:
                 continue
             ident = self.ident(item["id"], f"{path}[{i}].id")
             if ident is None:
+                continue
+            if ident in OBJECT_PROPERTIES:  # the tag looks ids up in plain objects
+                self.fail(f"{path}[{i}].id", f"'{ident}' is the name of a property every "
+                          "JavaScript object has: the tag would find it everywhere; choose "
+                          "another id")
                 continue
             if ident in seen:
                 self.fail(f"{path}[{i}].id", f"duplicate id '{ident}' (also {path}[{seen[ident]}])")
@@ -624,13 +627,14 @@ def _check_tags(c: _Checker, value: Any, triggers: Mapping[str, int],
             continue
         cpath = f"{path}.{content}"
         if kind == "html":
-            html = c.string(item["html"], cpath, MAX_HTML, newlines=True)
-            if html is not None and purpose == NECESSARY:
-                for found in ABSOLUTE_URL.findall(unescape(html).replace("\\", "/")):
-                    if not c.own_url(found):
-                        c.fail(cpath, f"loads {found[:80]!r}: a tag for 'necessary' may load "
-                               "only from the site itself (its origins)")
-                        break
+            c.string(item["html"], cpath, MAX_HTML, newlines=True)
+            if purpose == NECESSARY:
+                # Its markup, styles and scripts can build a URL to anywhere in ways no scan
+                # of the text can follow (probes 41, 43): a tag that runs without consent
+                # is a script or a pixel, whose one URL is checked.
+                c.fail(f"{path}.purpose", "an html tag can load anything (its scripts and "
+                       "styles build any URL): a tag for 'necessary' must be a script or a "
+                       "pixel on the site's own origins")
         else:
             url = c.url(item[content], cpath, variables)
             if url is not None and purpose == NECESSARY and not c.own_url(url):
