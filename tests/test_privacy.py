@@ -530,6 +530,32 @@ def test_erasing_the_user_past_an_identifiers_limit_gives_nobody_their_hits(env)
     assert found_anywhere(collector.store, [f"u4-{n}"]) == {}
 
 
+def test_a_kiosk_split_off_stays_past_the_limit_through_an_erasure_and_the_undo(env):
+    """A kiosk past the limit (3 users, 4 logged in) split off by an admin, then one user
+    erased, then the split undone: the kiosk must still be past the limit, its late view
+    nobody's. The erasure skipped a split identifier's links, so it fell back under the
+    limit and the undo gave the view to the third user (re-probe 43)."""
+    client, collector, _ = env
+    n, kiosk, base, auth, _ = kiosk_past_the_limit(env, "priv-split")
+
+    def post(path, body):
+        r = client.post(f"{base}{path}", content=orjson.dumps(body), headers=auth)
+        assert r.status_code in (200, 201), r.text
+        return r.json()
+
+    def viewed(user):
+        r = client.get(f"{base}/persons/user:{user}/profile", headers=auth)
+        return [] if r.status_code == 404 else [v["product_id"] for v in r.json()["viewed"]]
+
+    split = post("/identity/split", {"id": f"device:{kiosk}"})["op_id"]
+    post("/privacy/erase", {"id": f"user:u1-{n}"})
+    post(f"/identity/operations/{split}/undo", {})
+    assert viewed(f"u3-{n}") == []
+    r = client.get(f"{base}/persons/device:{kiosk}", headers=auth)
+    assert r.status_code == 404, r.text  # nobody's, as before the split
+    assert found_anywhere(collector.store, [f"u1-{n}"]) == {}
+
+
 def test_erasing_the_last_user_of_an_identifier_past_the_limit_erases_it_whole(env):
     """A kiosk past the site's limit (3) is nobody's from the fourth login on; once every
     user who logged in on it is erased, nobody is left whom it identifies: its rows (the

@@ -142,7 +142,10 @@ def erase(store: Store, site: Site, tombstones: Tombstones, kind: str, ident: st
     request_id = str(uuid.uuid4())
     alone, shared = owned(person)
     past = _past_the_limit(store, site_id, person)
-    orphaned = _held_by_nobody_else(store, site_id, person, shared + past)
+    # One split off them is its own person's, not erased with them, whoever else holds it.
+    split = _split_off(store, site_id, past)
+    orphaned = _held_by_nobody_else(store, site_id, person,
+                                    shared + [pair for pair in past if pair not in split])
     if orphaned:
         person = _with_history(person, orphaned)
         # One past the limit that only erased persons and they held goes whole too: it is
@@ -239,10 +242,10 @@ COPIES = "key IN {h_keys:Array(String)} AND event_id IN {h_ids:Array(UUID)}"
 
 def _past_the_limit(store: Store, site_id: str, person: Person) -> list[tuple[str, str]]:
     """Identifiers their user ids linked that are not theirs: past the site's limit of
-    users (a kiosk, a QA device). Their links become the erased anchor's too, so that the
-    identifier stays past the limit: without them it would fall back under it, and the
-    time that was nobody's would become its last allowed user's. One an admin split off is
-    not among them: its split decides whose it is, whatever its links, and stays."""
+    users (a kiosk, a QA device), or split off by an admin. Their links become the erased
+    anchor's too, so that the identifier stays past the limit: without them it would fall
+    back under it, and the time that was nobody's would become its last allowed user's (for
+    a split one, once the split is undone)."""
     if not person.users:
         return []
     held = {(s.kind, s.id) for s in person.spans}
@@ -250,14 +253,19 @@ def _past_the_limit(store: Store, site_id: str, person: Person) -> list[tuple[st
         "SELECT DISTINCT toString(kind) AS kind, id FROM tagwerk.identity_links_by_person "
         "WHERE site_id = {site:String} AND person_id IN {users:Array(String)}",
         {"site": site_id, "users": [person_id(site_id, "user", u) for u in person.users]})
-    linked = {(r["kind"], r["id"]) for r in rows} - held
-    if not linked:
-        return []
-    split = store.rows(
+    return sorted({(r["kind"], r["id"]) for r in rows} - held)
+
+
+def _split_off(store: Store, site_id: str, pairs: list[tuple[str, str]]
+               ) -> set[tuple[str, str]]:
+    """Those of the identifiers an admin split off: their split decides whose they are."""
+    if not pairs:
+        return set()
+    rows = store.rows(
         "SELECT toString(kind) AS kind, id FROM tagwerk.identity_overrides FINAL "
         f"WHERE site_id = {{site:String}} AND {PAIR} IN {{pairs:Array(String)}} "
-        "AND person_id != ''", {"site": site_id, "pairs": [f"{k}:{i}" for k, i in linked]})
-    return sorted(linked - {(r["kind"], r["id"]) for r in split})
+        "AND person_id != ''", {"site": site_id, "pairs": [f"{k}:{i}" for k, i in pairs]})
+    return {(r["kind"], r["id"]) for r in rows}
 
 
 def _tombstones(tombstones: Tombstones, site_id: str, person: Person,
