@@ -341,6 +341,8 @@ def test_head_checks_the_request_and_runs_no_export(env, monkeypatch):
     ("format=csv&format=ndjson", "format"), ("since=%ff%fe", "since"),
     ("events=" + "a," * 60, "events"),
     ("events=a%00b", "events"), ("since=" + "A" * 600, "since"),
+    # Present but naming nothing: not "every event" (probe 44).
+    ("events=", "events"), ("events=,,", "events"),
 ])
 def test_bad_queries_are_refused_by_name(env, query, field):
     client, collector = env

@@ -251,6 +251,14 @@ def test_bad_input_is_a_400_naming_it(env, query, field):
     assert body["error"] and body.get("field", "") == field
 
 
+@pytest.mark.parametrize("window", ["0h", "30m", "91d", "24", "x", "500d"])
+def test_every_bad_window_names_the_same_limit(env, window):
+    """window=0h named the general span's limit (400d), 91d the list's (probe 44)."""
+    response = get(env, f"/products/top?window={window}")
+    assert response.status_code == 400
+    assert "from 1h to 90d" in response.json()["error"]
+
+
 def test_huge_query_and_the_service_keeps_serving(env):
     assert get(env, "/products/top?category=" + "x" * 5000).status_code == 414
     assert ids(get(env, "/products/top"))[0] == "p1"

@@ -313,8 +313,12 @@ def answers(collector: Collector) -> Answers:
 # -- parsing the asks -------------------------------------------------------------------------
 
 def hours(values: dict[str, str], name: str, default: str, most: int) -> int:
-    """A window in whole hours, from 1h to ``most`` seconds."""
-    seconds = window(values, name, default)
+    """A window in whole hours, from 1h to ``most`` seconds (one message for every way
+    to miss it: the general span's names a limit of its own)."""
+    try:
+        seconds = window(values, name, default)
+    except ApiError:
+        seconds = 0
     if seconds % HOUR or not HOUR <= seconds <= most:
         raise ApiError(400, f"{name!r} must be whole hours from 1h to {most // 86400}d "
                        "(such as 6h, 24h or 7d)", name)

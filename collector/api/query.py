@@ -105,9 +105,14 @@ def choice(values: dict[str, str], name: str, options: tuple[str, ...], default:
 
 def names(values: dict[str, str], name: str, pattern: re.Pattern[str], most: int = 20
           ) -> list[str]:
-    """A comma-separated list such as ``events=purchase,add_to_cart``; empty if absent."""
+    """A comma-separated list such as ``events=purchase,add_to_cart``; empty if absent.
+    Present, it names at least one: ``events=`` meaning "all" would hand a client that
+    built the list from an empty selection every row."""
     text = values.get(name, "")
     items = [item for item in text.split(",") if item] if text else []
+    if name in values and not items:
+        raise ApiError(400, f"{name!r} names nothing: leave it out for all, or list names "
+                       "separated by commas", name)
     if len(items) > most or any(not pattern.fullmatch(item) for item in items):
         raise ApiError(400, f"{name!r} must list at most {most} names separated by commas",
                        name)
