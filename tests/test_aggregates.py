@@ -172,7 +172,8 @@ def test_product_hourly(loaded):
         SELECT site_id, hour, product_id, sum(views) AS views,
             sum(add_to_carts) AS add_to_carts, sum(purchases) AS purchases,
             sum(quantity) AS quantity, toString(sum(revenue)) AS revenue,
-            uniqMerge(persons) AS persons,
+            uniqMerge(persons) AS persons, uniqMerge(viewers) AS viewers,
+            uniqMerge(carters) AS carters, uniqMerge(buyers) AS buyers,
             arraySort(groupUniqArrayArray(categories)) AS categories,
             toString(max(last_ts)) AS last_ts
         FROM tagwerk.product_hourly WHERE {IN}
@@ -184,6 +185,12 @@ def test_product_hourly(loaded):
             toString(toDecimal128(sumIf(it.6 * it.7, event = 'purchase'), 4)) AS revenue,
             uniqExactIf(if(user_id = '', device_id, user_id), device_id || user_id != '')
                 AS persons,
+            uniqExactIf(if(user_id = '', device_id, user_id),
+                        device_id || user_id != '' AND event = 'view_item') AS viewers,
+            uniqExactIf(if(user_id = '', device_id, user_id),
+                        device_id || user_id != '' AND event = 'add_to_cart') AS carters,
+            uniqExactIf(if(user_id = '', device_id, user_id),
+                        device_id || user_id != '' AND event = 'purchase') AS buyers,
             arraySort(arrayDistinct(arrayFilter(c -> c != '', groupArray(it.3)))) AS categories,
             toString(max(ts)) AS last_ts
         FROM tagwerk.events ARRAY JOIN items AS it

@@ -77,8 +77,8 @@ class Bounds:
     max_window: int = 90 * 86400
     max_baseline: int = 90 * 86400
     # Sessions behind a "viewed together" pair, distinct buyers behind a "bought together"
-    # one: on a public page, a pair of one would show what that shopper looked at or bought
-    # together.
+    # one, persons behind the count a top or trending list ranks by (clickhouse/0041): on a
+    # public page, one would show what that shopper looked at or bought (together).
     min_support: int = 1
 
 
@@ -99,7 +99,7 @@ WHERE site_id = {site:String} AND hour >= toDateTime({since:UInt32})
     AND hour <= toDateTime({until:UInt32})
     AND product_id NOT IN {exclude:Array(String)}
 GROUP BY product_id
-HAVING %(metric)s > 0 %(category)s
+HAVING %(metric)s > 0 %(category)s %(support)s
 ORDER BY %(metric)s DESC, product_id
 LIMIT {limit:UInt32}
 """
@@ -130,7 +130,7 @@ FROM
         AND hour <= toDateTime({until:UInt32})
         AND product_id NOT IN {exclude:Array(String)}
     GROUP BY product_id
-    HAVING recent > 0
+    HAVING recent > 0 %(support)s
 )
 ORDER BY score DESC, recent DESC, product_id
 LIMIT {limit:UInt32}
@@ -153,6 +153,9 @@ LIMIT {limit:UInt32}
 AS_OF = "toString(least(max(max(last_ts)) OVER (), now64(3))) AS as_of"
 
 PAIRS = {"co_view": ("coview_pairs", "sessions"), "co_purchase": ("copurchase_pairs", "buyers")}
+# The persons behind each metric of a top list (product_hourly's uniq states).
+PERSONS = {"views": "viewers", "add_to_carts": "carters", "purchases": "buyers",
+           "revenue": "buyers"}
 
 @dataclass(frozen=True)
 class Ask:
@@ -169,7 +172,7 @@ class Ask:
     recent: int = 0  # trending: start of the recent window
     product: str = ""
     pairs: str = "co_view"
-    support: int = 1  # related: the least count behind a pair (``Bounds.min_support``)
+    support: int = 1  # the least persons, sessions or buyers behind an item (``Bounds``)
 
 
 def hour_start(seconds: float) -> int:
@@ -183,9 +186,14 @@ def compute(store: Any, site_id: str, ask: Ask, exclude: tuple[str, ...],
     if ask.kind == "top":
         category = "AND has(groupUniqArrayArray(categories), {category:String})" \
             if ask.category else ""
-        sql = TOP % {"metric": ask.metric, "category": category, "as_of": AS_OF}
+        # (asked only above 1: a product whose hits named no one has no persons)
+        support = f"AND uniqMerge({PERSONS[ask.metric]}) >= {{support:UInt64}}" \
+            if ask.support > 1 else ""
+        sql = TOP % {"metric": ask.metric, "category": category, "support": support,
+                     "as_of": AS_OF}
         rows = store.rows(sql, {**base, "since": ask.since, "until": ask.until,
-                                "category": ask.category, "currency": ask.currency or ""})
+                                "category": ask.category, "currency": ask.currency or "",
+                                "support": ask.support})
         items = [{"product_id": r["product_id"], "score": r[ask.metric],
                   **{m: r[m] for m in (*METRICS, "quantity")}} for r in rows]
         return {"items": items, "currency": ask.currency or None,
@@ -195,9 +203,12 @@ def compute(store: Any, site_id: str, ask: Ask, exclude: tuple[str, ...],
     elif ask.kind == "trending":
         recent_seconds = max(now - ask.recent, 1.0)
         ratio = recent_seconds / max(ask.recent - ask.since, 1)
-        rows = store.rows(TRENDING % {"as_of": AS_OF},
+        support = ("AND uniqMergeIf(persons, hour >= toDateTime({recent:UInt32})) >= "
+                   "{support:UInt64}") if ask.support > 1 else ""
+        rows = store.rows(TRENDING % {"as_of": AS_OF, "support": support},
                           {**base, "since": ask.since, "until": ask.until,
-                           "recent": ask.recent, "k": SMOOTHING, "ratio": ratio})
+                           "recent": ask.recent, "k": SMOOTHING, "ratio": ratio,
+                           "support": ask.support})
         items = [{"product_id": r["product_id"], "score": round(r["score"], 4),
                   "recent": r["recent"], "baseline": r["baseline"]} for r in rows]
     else:
@@ -337,7 +348,8 @@ def top_ask(values: dict[str, str], bounds: Bounds, now: float) -> Ask:
     return Ask("top", integer(values, "limit", 10, 1, bounds.max_limit),
                metric=choice(values, "metric", METRICS, "views"), category=category,
                currency=currency.upper() if "currency" in values else None,
-               since=hour_start(now - span), until=hour_start(now))
+               since=hour_start(now - span), until=hour_start(now),
+               support=bounds.min_support)
 
 
 def trending_ask(values: dict[str, str], bounds: Bounds, now: float) -> Ask:
@@ -347,7 +359,8 @@ def trending_ask(values: dict[str, str], bounds: Bounds, now: float) -> Ask:
         raise ApiError(400, "'baseline' must be longer than 'window'", "baseline")
     recent = hour_start(now - span)
     return Ask("trending", integer(values, "limit", 10, 1, bounds.max_limit),
-               recent=recent, since=recent - baseline, until=hour_start(now))
+               recent=recent, since=recent - baseline, until=hour_start(now),
+               support=bounds.min_support)
 
 
 def related_ask(request: Request, values: dict[str, str], bounds: Bounds) -> Ask:

@@ -178,10 +178,12 @@ def visitor_device(request: Request, collector: Collector, site: Site) -> str:
 
 
 def ranked(answer: dict[str, Any]) -> dict[str, Any]:
-    """Items as product ids scored by their rank alone (counts stay private)."""
+    """Items as product ids scored by their rank alone (counts stay private), as of the
+    minute (to the millisecond, it dated the last order placed: probe 44)."""
     scored = [{"product_id": item["product_id"], "score": round(1 / rank, 4)}
               for rank, item in enumerate(answer["items"], 1)]
-    return {"items": scored, "as_of": answer["as_of"]}
+    as_of = answer["as_of"]  # ISO 8601: 2026-11-20T17:30:12.345Z
+    return {"items": scored, "as_of": f"{as_of[:16]}:00Z" if as_of else None}
 
 
 async def _serve(request: Request, accepted: tuple[str, ...], make: Any) -> Response:
