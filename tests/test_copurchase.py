@@ -5,17 +5,15 @@ one never count in another's."""
 
 from __future__ import annotations
 
-import uuid
-
 import orjson
 import pytest
 
 from collector.identity.graph import Graph, rows_of
 from tests.helpers import make_client, send_batch
 from tests.test_aggregates import refresh_minute
+from tests.test_identity import ALL, identify, uid
 
 SITE, CAPPED = "cp-shop", "cp-capped"
-ALL = ["analytics", "personalization"]
 
 
 @pytest.fixture(scope="module")
@@ -31,21 +29,6 @@ def env(store, tmp_path_factory):
 def send(env, events, site=SITE):
     client, collector, keys = env
     send_batch(client, collector, keys[site]["write"], events)
-
-
-def uid(prefix):
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-def identify(user, device=None, ts=None, **identifiers):
-    event = {"event": "login", "type": "identify", "user_id": user, "consent": ALL}
-    if device:
-        event["device_id"] = device
-    if ts:
-        event["ts"] = ts
-    if identifiers:
-        event["identifiers"] = identifiers
-    return event
 
 
 def purchase(ts, products, device=None, user=None, **identifiers):
