@@ -181,6 +181,16 @@ class _Checker:
                            expected="an id (a-z, 0-9, '_', '-'; starting with a letter or digit; "
                            "at most 64 characters)")
 
+    def inherited(self, ident: str, path: str) -> bool:
+        """Whether an id is a property every JavaScript object has (reported): the tag looks
+        ids and purposes up in plain objects, where such a one is always found (a purpose
+        "constructor" ran its tags without consent, a trigger of that id on every signal)."""
+        if ident not in OBJECT_PROPERTIES:
+            return False
+        self.fail(path, f"'{ident}' is the name of a property every JavaScript object has: "
+                  "the tag would find it everywhere; choose another id")
+        return True
+
     def unique_ids(self, items: list, path: str) -> dict[str, int]:
         """The list's valid ids, each with its index; duplicates reported."""
         seen: dict[str, int] = {}
@@ -190,10 +200,7 @@ class _Checker:
             ident = self.ident(item["id"], f"{path}[{i}].id")
             if ident is None:
                 continue
-            if ident in OBJECT_PROPERTIES:  # the tag looks ids up in plain objects
-                self.fail(f"{path}[{i}].id", f"'{ident}' is the name of a property every "
-                          "JavaScript object has: the tag would find it everywhere; choose "
-                          "another id")
+            if self.inherited(ident, f"{path}[{i}].id"):
                 continue
             if ident in seen:
                 self.fail(f"{path}[{i}].id", f"duplicate id '{ident}' (also {path}[{seen[ident]}])")
@@ -405,9 +412,7 @@ def _check_consent(c: _Checker, value: Any) -> dict[str, int]:
                 c.boolean(p[flag], f"{path}.{flag}")
         if pid is None:
             continue
-        if pid in OBJECT_PROPERTIES:
-            c.fail(f"{path}.id", f"'{pid}' is the name of a property every JavaScript object "
-                   "has: the tag would take it for granted; choose another id")
+        if c.inherited(pid, f"{path}.id"):
             continue
         if pid in purposes:
             c.fail(f"{path}.id", f"duplicate id '{pid}' (also consent.purposes[{purposes[pid]}])")
