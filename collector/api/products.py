@@ -22,7 +22,8 @@ null when none was.
   pace, with K damping tiny counts (1 view of a product never seen scores 1.2, 60 views
   where 10 were expected score 4.3). Only products seen in R are listed.
 - **Related** reads the pair tables: sessions that viewed both (``co_view``) or buyers who
-  bought both (``co_purchase``); never the product itself. They are recomputed every minute.
+  bought both (``co_purchase``, persons as the identity graph resolves them); never the
+  product itself. Co-view pairs are recomputed every minute, co-purchase pairs every 10.
 
 Top and trending answers are kept until the flusher's next insert or for at most
 ``CACHE_SECONDS`` (inserts of other collectors on a cluster), so a hit is in the next
@@ -62,7 +63,7 @@ KINDS = ("co_view", "co_purchase")
 SMOOTHING = 5.0
 HOUR = 3600
 CACHE_SECONDS = 1.0
-# Pair tables change only when their views refresh (every minute), not when the flusher
+# Pair tables change only when their views refresh (each minute or 10), not when the flusher
 # inserts: related answers are kept this long, whatever the flusher does.
 RELATED_SECONDS = 10.0
 CACHE_ENTRIES = 4096

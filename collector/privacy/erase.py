@@ -32,7 +32,8 @@ Counts and deletes are ClickHouse lightweight deletes, synchronous: when the ans
 a query no longer sees the rows (patch parts where a table allows them: ``delete_where``).
 Aggregates keep no identifiers (unique counts are hash sketches), except the daily co-view
 tier's marks of the sessions it counted (deleted here); pair counts are recomputed from the
-session and purchase state: recent ones every minute, the daily tier's once a day.
+session state and the purchases: co-views every minute (the daily tier's once a day),
+co-purchases every 10 minutes.
 """
 
 from __future__ import annotations
