@@ -264,6 +264,10 @@ BAD = [
     (_set("tags[0].url", "https://ads.example{{campaign}}"),
      "tags[0].url: variables are allowed only in the path and query"),
     (_set("tags[0].url", "https://ads.example/{{campaign}}/p?c={{campaign}}#{{campaign}}"), None),
+    # urlsplit's own refusals were a 500 (re-probe 45).
+    (_set("tags[1].src", "https://chat.example\uff20evil.com/"), "tags[1].src: is not a valid URL"),
+    (_set("tags[0].url", "https://ads.example\uff0fevil.com/p"), "tags[0].url: is not a valid URL"),
+    (_set("tags[0].url", "https://[::1/p"), "tags[0].url: is not a valid URL"),
     (_set("tags[0].url", "http://ads.example/p"), "tags[0].url: must be https"),
     (_set("tags[0].url", "javascript:alert(1)"), "tags[0].url: must be an https URL"),
     (_set("tags[0].url", "https://user:pw@ads.example/p"),

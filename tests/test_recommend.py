@@ -334,3 +334,23 @@ def test_one_persons_products_stay_off_the_public_lists(env):
     answer = get(env, "/top?metric=purchases", site="rec-d").json()
     assert [i["product_id"] for i in answer["items"]] == ["pregnancy-test"]
     assert answer["as_of"].endswith(":00.000Z") or answer["as_of"].endswith(":00Z"), answer
+
+
+def test_the_buyers_behind_a_public_revenue_rank_are_of_its_currency(env):
+    """A product bought in the main currency by one customer and in another by a second:
+    its revenue rank is the first's alone, so it stays off the public list (re-probe 45:
+    both currencies' buyers counted)."""
+    client, collector = env
+    _, keys = collector.sites.create("rec-e", [ORIGIN])
+
+    def bought(product, device, currency):
+        return {**hit("purchase", MIN, [(product, 10, 1)], device=device),
+                "currency": currency}
+
+    send(client, keys["write"], [
+        bought("secret", "e1", "EUR"), bought("secret", "e2", "USD"),
+        bought("common", "e3", "EUR"), bought("common", "e4", "EUR"),
+        bought("common", "e5", "EUR")])
+    wait_for(lambda: drained(collector))
+    assert ids(get(env, "/top?metric=revenue", site="rec-e")) == ["common"]
+    assert ids(get(env, "/top?metric=purchases", site="rec-e")) == ["common", "secret"]

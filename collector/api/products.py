@@ -155,8 +155,7 @@ AS_OF = "toString(least(max(max(last_ts)) OVER (), now64(3))) AS as_of"
 
 PAIRS = {"co_view": ("coview_pairs", "sessions"), "co_purchase": ("copurchase_pairs", "buyers")}
 # The persons behind each metric of a top list (product_hourly's uniq states).
-PERSONS = {"views": "viewers", "add_to_carts": "carters", "purchases": "buyers",
-           "revenue": "buyers"}
+PERSONS = {"views": "viewers", "add_to_carts": "carters", "purchases": "buyers"}
 
 @dataclass(frozen=True)
 class Ask:
@@ -188,8 +187,10 @@ def compute(store: Any, site_id: str, ask: Ask, exclude: tuple[str, ...],
         category = "AND has(groupUniqArrayArray(categories), {category:String})" \
             if ask.category else ""
         # (asked only above 1: a product whose hits named no one has no persons)
-        support = f"AND uniqMerge({PERSONS[ask.metric]}) >= {{support:UInt64}}" \
-            if ask.support > 1 else ""
+        # (revenue: the buyers of the currency it ranks by, not of every currency)
+        persons = "uniqMergeIf(buyers, currency = {currency:String})" \
+            if ask.metric == "revenue" else f"uniqMerge({PERSONS[ask.metric]})"
+        support = f"AND {persons} >= {{support:UInt64}}" if ask.support > 1 else ""
         sql = TOP % {"metric": ask.metric, "category": category, "support": support,
                      "as_of": AS_OF}
         rows = store.rows(sql, {**base, "since": ask.since, "until": ask.until,

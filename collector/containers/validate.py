@@ -244,7 +244,12 @@ class _Checker:
                 self.fail(path, "must be an absolute https URL")
                 return None
             return text
-        parts = urlsplit(VAR_REF.sub("x", text))
+        try:
+            parts = urlsplit(VAR_REF.sub("x", text))
+        except ValueError:  # a host that NFKC makes another ("＠", "／"), a bad IPv6 literal
+            self.fail(path, "is not a valid URL (its host holds characters a browser would "
+                      "read as others: write them percent-encoded or in ASCII)")
+            return None
         if parts.scheme not in ("https", "http") or not parts.netloc:
             self.fail(path, "must be an https URL" +
                       (" or a path starting with '/'" if allow_relative else ""))
