@@ -556,6 +556,27 @@ def test_a_kiosk_split_off_stays_past_the_limit_through_an_erasure_and_the_undo(
     assert found_anywhere(collector.store, [f"u1-{n}"]) == {}
 
 
+def test_erasing_merged_users_keeps_a_kiosk_past_the_limit(env):
+    """Two users of a kiosk past the limit (3 allowed, 4 logged in) merged into one person,
+    then erased: each keeps an erased anchor of their own on the kiosk. One anchor for both
+    took it back to 3 users, under the limit, and gave its late view to the fourth
+    (re-probe 45)."""
+    client, collector, _ = env
+    n, kiosk, base, auth, _ = kiosk_past_the_limit(env, "priv-merged")
+
+    def post(path, body):
+        r = client.post(f"{base}{path}", content=orjson.dumps(body), headers=auth)
+        assert r.status_code in (200, 201), r.text
+
+    post("/identity/merge", {"from": f"user:u1-{n}", "into": f"user:u2-{n}"})
+    post("/privacy/erase", {"id": f"user:u2-{n}"})
+    r = client.get(f"{base}/persons/device:{kiosk}", headers=auth)
+    assert r.status_code == 404, r.text  # still past the limit: nobody's
+    r = client.get(f"{base}/persons/user:u4-{n}/profile", headers=auth)
+    assert r.status_code == 404 or r.json()["viewed"] == [], r.text
+    assert found_anywhere(collector.store, [f"u1-{n}", f"u2-{n}"]) == {}
+
+
 def test_erasing_the_last_user_of_an_identifier_past_the_limit_erases_it_whole(env):
     """A kiosk past the site's limit (3) is nobody's from the fourth login on; once every
     user who logged in on it is erased, nobody is left whom it identifies: its rows (the

@@ -297,15 +297,19 @@ def _erase_identity(store: Store, site_id: str, person: Person,
     removed = _forget_identifiers(store, site_id, users, orphaned, settings)
     if shared:
         # The time a shared identifier was theirs stays nobody's (see the module's doc).
-        anchor = ERASED + request_id
+        # One anchor per user id of theirs: an identifier past the limit of users counts
+        # each (one for two merged customers took a kiosk back under it).
+        anchors = [f"{ERASED}{request_id}:{n}" for n in range(len(users))]
         store.execute(
             "INSERT INTO tagwerk.identity_links_by_identifier (site_id, kind, id, user_id, "
             "person_id, ts, source, event_id, retention_days) SELECT site_id, kind, id, "
-            "{anchor:String}, {anchor_person:String}, ts, 'erased', generateUUIDv4(), "
-            "retention_days FROM tagwerk.identity_links_by_identifier "
-            "WHERE site_id = {site:String} "
+            "{anchors:Array(String)}[indexOf({users:Array(String)}, person_id)], "
+            "{anchor_persons:Array(String)}[indexOf({users:Array(String)}, person_id)], ts, "
+            "'erased', generateUUIDv4(), retention_days "
+            "FROM tagwerk.identity_links_by_identifier WHERE site_id = {site:String} "
             f"AND person_id IN {{users:Array(String)}} AND {PAIR} IN {{pairs:Array(String)}}",
-            {**base, "anchor": anchor, "anchor_person": person_id(site_id, "user", anchor),
+            {**base, "anchors": anchors,
+             "anchor_persons": [person_id(site_id, "user", a) for a in anchors],
              "pairs": [f"{k}:{i}" for k, i in shared]})
     theirs = "site_id = {site:String} AND person_id IN {users:Array(String)}"
     removed["identity_links"] += delete_where(store, "tagwerk.identity_links_by_identifier",
