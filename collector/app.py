@@ -68,5 +68,8 @@ def create_app(collector: Collector) -> App:
 
 def protocol_for(collector: Collector) -> type[IngestProtocol]:
     """The HTTP protocol class uvicorn instantiates per connection: the fast path
-    (``collector/ingest/fasthttp.py``) on the table's fast routes, bound to ``collector``."""
-    return type("IngestProtocol", (IngestProtocol,), {"collector": collector, "routes": FAST})
+    (``collector/ingest/fasthttp.py``) on the table's fast routes, bound to ``collector``;
+    the bodies it receives count against the process's budget (bodies are held whole
+    here: ``web/inflight.py``)."""
+    return type("IngestProtocol", (IngestProtocol,),
+                {"collector": collector, "routes": FAST, "counts_bodies": True})

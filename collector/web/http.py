@@ -18,8 +18,6 @@ import orjson
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from collector.web import inflight
-
 log = logging.getLogger("tagwerk.http")
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -160,27 +158,16 @@ async def read_body(receive: Receive, headers: Mapping[str, str], limit: int) ->
         if int(declared) > limit:
             raise HTTPError(413, f"body larger than {limit} bytes", "too_large")
     chunks, size, more = [], 0, True
-    charge: inflight.Charge | None = None  # past inflight.SMALL: counted with the others
-    try:
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise HTTPError(400, "client disconnected", "disconnected")
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise HTTPError(413, f"body larger than {limit} bytes", "too_large")
-            if size > inflight.SMALL:
-                charge = charge or inflight.Charge()
-                if not charge.hold(size):
-                    # (closed: the rest of its body is not read)
-                    raise HTTPError(503, inflight.refusal(), "busy",
-                                    headers={"Retry-After": "1", "Connection": "close"})
-            chunks.append(chunk)
-            more = message.get("more_body", False)
-    finally:
-        if charge is not None:
-            charge.release()
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise HTTPError(400, "client disconnected", "disconnected")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise HTTPError(413, f"body larger than {limit} bytes", "too_large")
+        chunks.append(chunk)
+        more = message.get("more_body", False)
     return b"".join(chunks)
 
 

@@ -2,15 +2,15 @@
 
 Each endpoint bounds its own body (1 MB for a batch), but nothing bounded how many arrive
 together: 200 connections each sending most of a batch, slowly, raised the process's memory
-by 186 MB, and more connections would take it further. A body counts once it holds more
-than ``SMALL`` bytes (a smaller one is bounded by the connection's read buffer already),
-with all it holds so far; one that would take the total past ``MAX_BYTES`` is refused
-(503), and the others go on. A body stops counting when it is read whole (its request then
-holds it, as any), refused, or abandoned: a holder that is dropped unreleased (a client gone
-mid-body) gives its bytes back when it is collected, so no path can leak the budget.
+by 170 MB, and 8,000 sending most of 64 KB each by 480 MB. The collector's protocol counts
+the bytes of every request whose body is still unfinished after a read (``limits.py``): a
+hit whose body comes with its head in one read is never counted. One that would take the
+total past ``MAX_BYTES`` is refused (503) and its connection closed; the others go on. A
+request stops counting when its body is read whole (its request then holds it, as any), or
+its connection ends: a charge dropped unreleased gives its bytes back when it is
+collected, so no path can leak the budget.
 
-The event loop's thread does the counting; tests run several loops, hence the lock (taken
-only for bodies past ``SMALL``).
+The event loop's thread does the counting; tests run several loops, hence the lock.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from __future__ import annotations
 import threading
 import weakref
 
-SMALL = 64 * 1024
 MAX_BYTES = 64 * 1024 * 1024
 
 _lock = threading.Lock()

@@ -109,7 +109,11 @@ class LimitedProtocol(UvicornProtocol):
 
     # In slots, as UvicornProtocol's (which says why).
     __slots__ = ("_phase", "_head_raw", "_deadline", "_timer", "_timer_at", "_refusal",
-                 "_stalled_until", "_unsent")
+                 "_stalled_until", "_unsent", "_body_raw", "_charge")
+    # Whether the bytes of a request still being received count against the process's
+    # budget for them (``inflight.py``): on the collector's port, where bodies are held
+    # whole; the SQL port streams its bodies to the engine.
+    counts_bodies = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -122,6 +126,8 @@ class LimitedProtocol(UvicornProtocol):
         self._refusal: tuple[int, str] | None = None
         self._stalled_until = 0.0  # the client reads no answer: cut then (0: it reads)
         self._unsent = 0  # bytes of answers left unsent when that was last looked at
+        self._body_raw = 0  # bytes received while the request's body was unfinished
+        self._charge: inflight.Charge | None = None  # those bytes, counted (counts_bodies)
 
     # -- the connection -----------------------------------------------------------------
 
@@ -133,6 +139,7 @@ class LimitedProtocol(UvicornProtocol):
         super().connection_lost(exc)
         self._phase = _CLOSED
         self._disarm()
+        self._received()
 
     def data_received(self, data: bytes) -> None:
         if self._phase:  # a request unfinished, or refused
@@ -159,6 +166,8 @@ class LimitedProtocol(UvicornProtocol):
             self._phase = _HEAD  # first byte came now (a head that fits one read never waits)
             self._expect(self.event_loop.time() + HEAD_TIMEOUT)
         elif phase >= _BODY:
+            if self.counts_bodies and not self._count_body(size):
+                return
             if phase == _CHUNK_WAIT:  # the read held only trailer fields
                 self._head_raw += size
                 if self._head_raw > MAX_HEAD_BYTES:
@@ -209,9 +218,6 @@ class LimitedProtocol(UvicornProtocol):
     def body_arrives(self) -> None:
         self._phase = _BODY
 
-    def bodies_full(self) -> None:
-        self._stop_parser(503, inflight.refusal())
-
     def chunk_begins(self) -> None:
         self._phase = _CHUNK_BEGUN
         self._head_raw = 0
@@ -221,6 +227,28 @@ class LimitedProtocol(UvicornProtocol):
 
     def message_ends(self) -> None:
         self._phase = _IDLE  # the answer is the application's; then the keep-alive timer
+        self._received()
+
+    # -- bodies being received (counts_bodies) --------------------------------------------
+
+    def _count_body(self, size: int) -> bool:
+        """Count a read that left the request's body unfinished: a body that arrives with
+        its head in one read (a hit) is never counted. False, and the request refused,
+        once the bodies being received would hold more than ``inflight.MAX_BYTES``."""
+        self._body_raw += size
+        if self._charge is None:
+            self._charge = inflight.Charge()
+        if self._charge.hold(self._body_raw):
+            return True
+        self._refuse_request(503, inflight.refusal())
+        return False
+
+    def _received(self) -> None:
+        """The request's body is read whole (its request holds it now), or will never be."""
+        if self._body_raw:
+            self._body_raw = 0
+            if self._charge is not None:
+                self._charge.release()
 
     def idle(self) -> None:
         # Answered on the fast path: the watchdog closes the connection if it stays idle,

@@ -27,8 +27,6 @@ hooks, which a subclass overrides (each a no-op here):
   is being read) and was read whole (httptools' own callbacks, which uvicorn does not use);
 - ``body_complete(pending, headers)``: the whole body of a held request was read
   (``pending.body``);
-- ``bodies_full()``: a held request's body grew past what the bodies being received may
-  hold in all (``collector/web/inflight.py``); the default refuses it as a parser error;
 - ``message_ends()``: a request was read whole;
 - ``bad_request(msg)``: the parser failed (an exception raised in a callback included);
 - ``idle()``: a held request was answered and the connection waits for the next one, with
@@ -64,8 +62,6 @@ from typing import Any
 
 from httptools import HttpParserError, HttpParserUpgrade
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
-
-from collector.web import inflight
 
 # What this module relies on in uvicorn (checked by tests/test_uvicorn_compat.py).
 UVICORN_INTERNALS: dict[str, Any] = {
@@ -111,7 +107,7 @@ class Pending:
     needs to answer). ``more_body`` True: the body is read, no more is gathered."""
 
     __slots__ = ("keep_alive", "response_complete", "disconnected", "more_body", "body",
-                 "route", "charge")
+                 "route")
     message_event = _Ignore()
 
     def __init__(self, keep_alive: bool, route: Any) -> None:
@@ -119,7 +115,6 @@ class Pending:
         self.response_complete = self.disconnected = False
         self.more_body, self.body = False, b""
         self.route = route
-        self.charge: inflight.Charge | None = None  # the body, once past inflight.SMALL
 
 
 class UvicornProtocol(HttpToolsProtocol):
@@ -165,9 +160,6 @@ class UvicornProtocol(HttpToolsProtocol):
 
     def body_complete(self, pending: Pending, headers: list[tuple[bytes, bytes]]) -> None:
         pass
-
-    def bodies_full(self) -> None:
-        raise HttpParserError(inflight.refusal())
 
     def chunk_begins(self) -> None:
         pass
@@ -271,10 +263,6 @@ class UvicornProtocol(HttpToolsProtocol):
         if type(cycle) is Pending:
             if not cycle.more_body:  # a body being read (a GET's body is ignored)
                 cycle.body += body  # at most Content-Length: httptools holds to it
-                if len(cycle.body) > inflight.SMALL:
-                    cycle.charge = cycle.charge or inflight.Charge()
-                    if not cycle.charge.hold(len(cycle.body)):
-                        self.bodies_full()
             return
         self.body_arrives()
         HttpToolsProtocol.on_body(self, body)
@@ -292,8 +280,6 @@ class UvicornProtocol(HttpToolsProtocol):
             HttpToolsProtocol.on_message_complete(self)
         elif not cycle.response_complete and not cycle.more_body:
             cycle.more_body = True  # read: from here on it waits for its answer
-            if cycle.charge is not None:  # read whole: the request holds it now
-                cycle.charge.release()
             self.body_complete(cycle, self.headers)
 
     def send_400_response(self, msg: str) -> None:
