@@ -296,6 +296,8 @@ def test_lists_leave_out_what_the_person_bought_anywhere(env):
 
     send(env, [hit("view_item", at(9), [bought], device_id=phone),
                hit("view_item", at(8), [seen], device_id=phone),
+               # (another viewer: the public lists show no one person's views alone)
+               hit("view_item", at(8), [bought, seen], device_id=f"other-{n}"),
                {**hit("login", at(7), device_id=phone), "type": "identify", "user_id": user,
                 "identifiers": {"loyalty": card}},
                hit("purchase", at(6), [bought], channel="pos", agent="till/1",
@@ -341,6 +343,7 @@ def test_a_visitors_purchases_are_resolved_once_per_flush(env, monkeypatch):
     device, n = uuid.uuid4().hex[:22], uuid.uuid4().hex[:8]
     first, second = item(f"first-{n}", "c", "b"), item(f"second-{n}", "c", "b")
     send(env, [hit("view_item", now, [first, second], device_id=device),
+               hit("view_item", now, [first, second], device_id=f"other-{n}"),
                hit("purchase", now, [first], device_id=device)])
     calls = []
     resolve = products.person_products

@@ -112,8 +112,10 @@ def test_browser_identify_does_not_reveal_another_users_purchases(env):
     victim = uid("victim")
     secret = uid("secret-product")
     # The victim's own purchase, with personalization consent, on their own device.
+    # (a second buyer: the public lists show no one person's purchases alone)
     send(env, [identify(victim, now_iso(30), device=uid("victim-phone")),
-               hit("purchase", now_iso(20), [secret], user_id=victim)])
+               hit("purchase", now_iso(20), [secret], user_id=victim),
+               hit("purchase", now_iso(20), [secret], user_id=uid("other-buyer"))])
     assert secret in public_top(env)
     # The attacker: a fresh tw_id, then one identify naming the victim's customer id.
     cookie = browser_cookies(collector, device_cookie())
