@@ -319,7 +319,7 @@ class TagServer:
         loop for long) if it is not kept; least recently used first out. One build per key
         at a time: the requests that miss while it runs wait for it (after a publish, a
         burst of visitors would otherwise each compress the same tag, seconds of CPU each)."""
-        cache, limit = (self._previews, MAX_PREVIEWS) if preview else (self._assets, MAX_CACHED)
+        cache = self._previews if preview else self._assets
         asset = cache.get(key)
         if asset is not None:
             with self._lock:
@@ -340,7 +340,7 @@ class TagServer:
         if done.cancelled() or done.exception() is not None:
             return
         cache, limit = (self._previews, MAX_PREVIEWS) if preview else (self._assets, MAX_CACHED)
-        with self._lock:
+        with self._lock:  # (the only writer of the caches)
             cache[key] = done.result()
             while len(cache) > limit:
                 cache.popitem(last=False)

@@ -57,7 +57,7 @@ def _give_back(charged: list[int]) -> None:
 
 
 def total() -> int:
-    """Bytes charged now (for tests and metrics)."""
+    """Bytes charged now (for tests)."""
     return _total
 
 
