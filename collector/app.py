@@ -18,7 +18,7 @@ from starlette.types import Receive, Scope, Send
 from collector.ingest.fasthttp import IngestProtocol
 from collector.routes import FAST, INGEST, ROUTES, UNMATCHED, slash_redirect, taken
 from collector.service import Collector
-from collector.tag import serving
+from collector.tag import demo_shoppers, serving
 from collector.web.http import Hit, error_body, error_response, respond
 
 METHOD_NOT_ALLOWED = error_body("method not allowed")
@@ -50,6 +50,8 @@ def create_app(collector: Collector) -> App:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await run_in_threadpool(collector.start)
+        if collector.demo_created and collector.settings.demo_shoppers:
+            await demo_shoppers.store(collector)
         try:
             yield
         finally:

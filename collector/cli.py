@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "comma-separated")
     serve.add_argument("--no-demo", dest="demo_site", action="store_false", default=None,
                        help="do not create the demo site")
+    serve.add_argument("--no-demo-shoppers", dest="demo_shoppers", action="store_false",
+                       default=None, help="create the demo site without its sample shoppers")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
 
     migrate = commands.add_parser("migrate", help="apply ClickHouse migrations")
@@ -133,7 +135,7 @@ def _container_parser(commands) -> None:
 def _settings(args: argparse.Namespace) -> Settings:
     names = ("host", "port", "data_dir", "clickhouse_url", "cluster", "sql_host", "sql_port",
              "sql_users_file", "memory_limit", "geoip_db", "trusted_proxies", "demo_site",
-             "log_level")
+             "demo_shoppers", "log_level")
     return load_settings(**{n: getattr(args, n) for n in names if hasattr(args, n)})
 
 

@@ -48,6 +48,8 @@ class Settings:
     # After a group commit of several hits, the spool waits this long to gather the next.
     spool_commit_delay_ms: float = 2.0
     demo_site: bool = True
+    # A new demo site gets a few sample shoppers' hits (collector/tag/demo_shoppers.py).
+    demo_shoppers: bool = True
     # Profiles resolve who they are about from a copy of the identity links in the engine's
     # memory (collector/identity/link_index.py; ~150 MB per million identifiers): off, from
     # the tables (TAGWERK_IDENTITY_LINKS_IN_MEMORY=0).

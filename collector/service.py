@@ -83,6 +83,7 @@ class Collector:
         self.sql_password = ""
         self._stopping = threading.Event()
         self.draining = False  # the server began to stop (``drain``)
+        self.demo_created = False  # this start created the demo site (its sample shoppers)
         self._drains: list[Callable[[], None]] = []
 
     # -- start and stop ---------------------------------------------------------------------
@@ -153,6 +154,7 @@ class Collector:
             path = self.settings.data_dir / "demo-keys.json"
             write_atomic(path, json.dumps(keys, indent=2))
             log.info("created site 'demo'; its keys are in %s", path)
+            self.demo_created = True
         elif not origins <= set(demo.origins):
             # Started on another port than before: the demo shop must still be allowed.
             self.sites.set_origins(DEMO_SITE, sorted(origins | set(demo.origins)))

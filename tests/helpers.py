@@ -58,7 +58,7 @@ TEST_PRIVACY_KEY = "tagwerk-tests-privacy-key-0123456789abcdef"
 
 def collector_settings(data_dir: Path, **settings: Any) -> Settings:
     """Settings of an in-process collector of the tests: fast flushes, the shared key."""
-    return Settings(**{"data_dir": data_dir, "flush_interval_ms": 20,
+    return Settings(**{"data_dir": data_dir, "flush_interval_ms": 20, "demo_shoppers": False,
                        "privacy_key": TEST_PRIVACY_KEY, **settings})
 
 

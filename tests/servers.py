@@ -25,12 +25,13 @@ def free_port() -> int:
 
 class Server:
     def __init__(self, data_dir: Path, *args: str, sql_port: int | None = None,
-                 cwd: Path | None = None) -> None:
+                 cwd: Path | None = None, demo_shoppers: bool = False) -> None:
         self.data_dir = Path(data_dir)
         self.cwd = cwd  # where it is started from: a relative data_dir is relative to it
         self.port = free_port()
         self.sql_port = free_port() if sql_port is None else sql_port
-        self.args = args
+        # (the demo site's sample shoppers only where a test asks for them: they are rows)
+        self.args = args if demo_shoppers else (*args, "--no-demo-shoppers")
         self.proc: subprocess.Popen | None = None
         self.log = self.data_dir.with_suffix(".log")
 
