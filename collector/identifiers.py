@@ -19,8 +19,11 @@ import re
 
 BUILT_IN = ("device", "user", "email", "loyalty", "pos", "anon")
 KIND = re.compile(r"[a-z][a-z0-9_]{0,31}")  # fullmatch
+# (as PostHog refuses distinct ids, and more: Objective-C's and Ruby's nulls, a guest
+# checkout's customer, "N/A" from a form; lower-cased)
 JUNK = frozenset({"", "null", "undefined", "none", "nan", "0", "-1", "anonymous",
-                  "[object object]"})
+                  "[object object]", "(null)", "<null>", "nil", "true", "false", "guest",
+                  "n/a"})
 MAX_ID = 256
 SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")  # fullmatch
 
@@ -45,8 +48,12 @@ class IdentifierError(ValueError):
 
 
 def is_junk(value: str) -> bool:
-    """A placeholder, or a value starting with NUL (reserved: an erasure's anchor)."""
-    return value.strip().lower() in JUNK or value.startswith("\0")
+    """A placeholder, or a value starting with NUL (reserved: an erasure's anchor). Zeros
+    alone or in a UUID's shape are one too: an unset id, or an iOS advertising id when the
+    app may not track (every such device would be one person)."""
+    text = value.strip().lower()
+    return (text in JUNK or value.startswith("\0")
+            or (text.startswith("0") and not text.strip("0-")))
 
 
 def clean(kind: str, value: str, field: str) -> str:

@@ -198,7 +198,12 @@ def test_two_user_ids_never_merge_on_their_own(env):
 
 
 @pytest.mark.parametrize("junk", ["", "null", "undefined", "None", "NaN", "0", "-1",
-                                  "anonymous", "[object Object]", " UNDEFINED "])
+                                  "anonymous", "[object Object]", " UNDEFINED ",
+                                  # Objective-C's and Ruby's nulls, JavaScript's booleans,
+                                  # a guest checkout's customer, a zeroed id: an iOS
+                                  # advertising id when tracking is not allowed
+                                  "(null)", "nil", "<null>", "true", "False", "guest",
+                                  "N/A", "00", "00000000-0000-0000-0000-000000000000"])
 def test_junk_values_never_link(env, junk):
     client, collector, keys = env
     device = uid("dev")
