@@ -430,6 +430,29 @@ def test_merges_stay_flat_and_undo_in_order(env):
         person_id(SITE, "user", u) for u in (a, b, c)}
 
 
+def test_a_merge_is_not_undone_under_a_later_merge_into_its_person(env):
+    """A is merged into B, then D into A (the admin named A, who is B's person now): undoing
+    the first would leave D with B, whom the admin never named. Refused (409) until the
+    later merge is undone; a later merge that named B itself does not hold it."""
+    a, b, d, e = uid("a"), uid("b"), uid("d"), uid("e")
+    send(env, [identify(a), identify(b), identify(d), identify(e)])
+    first = post(env, f"{BASE}/identity/merge", {"from": f"user:{a}", "into": f"user:{b}"})
+    into_a = post(env, f"{BASE}/identity/merge", {"from": f"user:{d}", "into": f"user:{a}"})
+    into_b = post(env, f"{BASE}/identity/merge", {"from": f"user:{e}", "into": f"user:{b}"})
+    assert first.status_code == into_a.status_code == into_b.status_code == 201
+    assert into_a.json()["person_id"] == person_id(SITE, "user", b)
+    r = post(env, f"{BASE}/identity/operations/{first.json()['op_id']}/undo", b"")
+    assert r.status_code == 409 and "later operation" in r.json()["error"], r.text
+    assert {m["id"] for m in person(env, f"user:{b}")["merged"]} == {a, d, e}
+    assert post(env, f"{BASE}/identity/operations/{into_a.json()['op_id']}/undo",
+                b"").status_code == 201
+    assert post(env, f"{BASE}/identity/operations/{first.json()['op_id']}/undo",
+                b"").status_code == 201
+    assert {m["id"] for m in person(env, f"user:{b}")["merged"]} == {e}
+    for user in (a, d):
+        assert person(env, f"user:{user}")["person_id"] == person_id(SITE, "user", user)
+
+
 def test_split_and_undo(env):
     user, kiosk = uid("c"), uid("kiosk")
     send(env, [identify(user, kiosk)])

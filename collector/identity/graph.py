@@ -203,6 +203,9 @@ class Person:
     spans: list[Span] = field(default_factory=list)
     identifiers: list[dict[str, Any]] = field(default_factory=list)
     truncated: bool = False  # more owner changes than MAX_LINKS: the spans are incomplete
+    # The person the asked identifier's own links name, before merges: another than
+    # person_id when an admin merged that one into this one.
+    named: str = ""
     _by_identifier: dict[tuple[str, str], list[Span]] | None = field(default=None, repr=False)
 
     @property
@@ -310,7 +313,7 @@ class Graph:
         anchor = self._anchor(kind, ident, parts, listing)
         if anchor is None:
             return None
-        pid = person_id(self.site_id, *anchor)
+        pid = named = person_id(self.site_id, *anchor)
         if self.decisions is None and kind == "user" and anchor == (kind, ident):
             merges = [{"part": r["part"], "p": r["a"], "k": r["b"], "i": r["c"]}
                       for part in ("into", "member") for r in parts.get(part, [])]
@@ -320,7 +323,7 @@ class Graph:
         if into:  # merged into another: theirs are the members
             pid, anchor = into[0]["p"], (into[0]["k"], into[0]["i"])
             merges = self._merges(pid)
-        person = Person(pid, *anchor)
+        person = Person(pid, *anchor, named=named)
         for row in merges:
             if row["part"] == "member":
                 person.merged[row["p"]] = (row["k"], row["i"])

@@ -3,8 +3,10 @@ off its person, and undo either. Each one is a set of row versions written to
 ``identity_merges`` / ``identity_overrides`` and one audit row in ``identity_operations``
 holding the rows as they were before and after, so that undo writes ``before`` back.
 
-An undo is refused (409) when a later operation changed the same rows, or, for a split,
-named the person it split off (a merge of that person): undo that one first.
+An undo is refused (409) when a later operation changed the same rows, or depends on this
+one otherwise: for a split, a later merge of the person it split off; for a merge, a later
+merge into a person it moved, named by one of their identifiers (recorded as ``named``: the
+merge went into the person they were moved into). Undo that one first.
 Operations of one site run one at a time in this process; two collectors operating on the
 same persons at the same instant are not serialised (the later version wins).
 """
@@ -74,11 +76,17 @@ class OperationError(Exception):
         self.status, self.field = status, field
 
 
-def _split_persons(target: dict[str, str], before: dict[str, list[dict[str, Any]]]
-                   ) -> list[str]:
-    """The persons a split changed beyond the rows it wrote: its own, and the one it took
-    the identifier from where its own person had been merged there."""
-    return [target["person"], *(r["into_person"] for r in before["merges"] if r["into_person"])]
+def _depending(op: str, target: dict[str, str], before: dict[str, list[dict[str, Any]]],
+               after: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """The persons whose naming by a later operation makes it depend on this one beyond the
+    rows this one wrote (``Operations.undo`` compares those). A split's: its own person, and
+    the one it took the identifier from where its own person had been merged there. A
+    merge's: the persons it moved, into whom a later merge named (``named``) would be left
+    in the person they were moved into."""
+    if op == "split":
+        return [target["person"],
+                *(r["into_person"] for r in before["merges"] if r["into_person"])]
+    return [r["person_id"] for r in after["merges"]]
 
 
 def _version() -> int:
@@ -127,8 +135,12 @@ class Operations:
                 for pid, (kind, ident) in sorted(anchors.items())
             ], "overrides": []}
             before = {"merges": self._merges(anchors), "overrides": []}
-            op_id = self._apply("merge", {"from": moved.person_id, "into": into.person_id},
-                                before, after, actor)
+            target = {"from": moved.person_id, "into": into.person_id}
+            if into.named != into.person_id:
+                # The admin named a person merged into ``into``: this merge depends on
+                # that one, whose undo is refused until this one is undone.
+                target["named"] = into.named
+            op_id = self._apply("merge", target, before, after, actor)
             return {"op_id": op_id, "person_id": into.person_id,
                     "merged": sorted(anchors)}
 
@@ -189,8 +201,9 @@ class Operations:
             anchors = {r["person_id"]: (r["kind"], r["id"]) for r in after["merges"]}
             pairs = [(r["kind"], r["id"]) for r in after["overrides"]]
             current = {"merges": self._merges(anchors), "overrides": self._overrides(pairs)}
-            if current != after or (row["op"] == "split" and self._later_ops_of(
-                    _split_persons(orjson.loads(row["target"]), before), op_id, row["at"])):
+            if current != after or self._later_ops_of(
+                    _depending(row["op"], orjson.loads(row["target"]), before, after),
+                    op_id, row["at"]):
                 raise OperationError(409, f"a later operation changed what {op_id} did, or "
                                      "the site's retention removed it: undo the later one "
                                      "first (see the operations list)", "op_id")
