@@ -360,6 +360,15 @@ NASTY = [
     ("GA4 value exponent", event_body(b"ecommerce", b'{"value":"-1E+1000000"}'), 400),
     ("item price exponent", event_body(b"items", b'[{"product_id":"a","price":"1e1000000"}]'),
      400),
+    # Within range as sent, rounded to 4 decimals past it: stored, ClickHouse refused the
+    # flush of every hit behind it (an attacker's probe).
+    ("revenue rounded out of range", event_body(b"revenue", b'"99999999999999.99995"'), 400),
+    ("negative revenue rounded out of range",
+     event_body(b"revenue", b'"-99999999999999.99995"'), 400),
+    ("item price rounded out of range",
+     event_body(b"items", b'[{"product_id":"a","price":"99999999999999.99999"}]'), 400),
+    ("GA4 value rounded out of range",
+     event_body(b"ecommerce", b'{"value":"99999999999999.99995"}'), 400),
     ("string top level", b'"sec-test"', 400),
     ("number top level", b"1", 400),
     ("null top level", b"null", 400),

@@ -474,12 +474,15 @@ def _decimal(value: Any, name: str) -> str:
     except InvalidOperation:
         raise EventError(f"{name!r} must be a number", name) from None
     try:
-        in_range = number.is_finite() and abs(number) < MAX_REVENUE
+        # Rounded first: 99999999999999.99995 is in range, and 100000000000000.0000 is not
+        # (ClickHouse refused the flush that held it).
+        in_range = number.is_finite() and abs(number) < MAX_REVENUE and abs(
+            number := number.quantize(Decimal("0.0001"))) < MAX_REVENUE
     except ArithmeticError:  # an exponent past the context's: abs() overflows
         in_range = False
     if not in_range:
         raise EventError(f"{name!r} is out of range", name)
-    return str(number.quantize(Decimal("0.0001")))
+    return str(number)
 
 
 def _currency(value: Any) -> str:
