@@ -85,6 +85,9 @@ class Metrics:
             "tagwerk_rows_inserted_total", "Rows inserted into ClickHouse.")
         self.duplicates_dropped = Counter(
             "tagwerk_duplicates_dropped_total", "Repeated event_ids not inserted again.")
+        self.rows_unstorable = Counter(
+            "tagwerk_rows_unstorable_total",
+            "Spooled rows ClickHouse refused to parse, left out of their batch (logged).")
         self.flush_failures = Counter(
             "tagwerk_flush_failures_total", "Inserts into ClickHouse that failed (retried).")
         self.flush_seconds = Histogram(
@@ -99,7 +102,8 @@ class Metrics:
         lines: list[str] = []
         for metric in (self.hits_accepted, self.hits_rejected, self.bots_dropped,
                        self.consent_dropped, self.erased_dropped,
-                       self.rows_inserted, self.duplicates_dropped, self.flush_failures,
+                       self.rows_inserted, self.duplicates_dropped, self.rows_unstorable,
+                       self.flush_failures,
                        self.flush_seconds, *self.gauges):
             lines += metric.render()
         return "\n".join(lines) + "\n"

@@ -13,6 +13,7 @@ from collector.metrics import Metrics
 from collector.spool.disk import Checkpoint, Pos, Spool
 from collector.spool.flusher import Flusher
 from collector.spool.record import EVENT_COLUMNS, encode_record
+from collector.storage import StorageError
 from tests.helpers import wait_for
 from tests.test_spool import append_all
 
@@ -198,3 +199,67 @@ def test_batches_of_two_spools_are_both_kept(store, tmp_path):
     assert count(store, site) == 6
 
 
+
+
+def refused_row(site: str, marker: str) -> bytes:
+    """A record whose one row ClickHouse cannot parse: a revenue past Decimal(18, 4) (what
+    ingestion let through before 49deb39: it held every hit behind it in the spool)."""
+    ctx = Context(site, dt.datetime.now(dt.UTC), "server", parse_agent("x"))
+    row, _ = normalize({"event": "purchase", "props": {"m": marker}}, ctx)
+    row["revenue"] = "100000000000000.0000"
+    return encode_record([orjson.dumps(list(row.values()))], site, [])
+
+
+def test_a_row_clickhouse_refuses_is_set_aside_not_retried_forever(backend, store, tmp_path):
+    site = "refused-" + uuid.uuid4().hex[:8]
+    spool = Spool(tmp_path, 1 << 20, 1 << 30)
+    metrics = Metrics()
+    flusher = Flusher(spool, backend, metrics, interval=0.05)
+    flusher.start()
+    try:
+        # In one batch with good rows (before and after it), then alone.
+        append_all(spool, [record(site, 3)[0], refused_row(site, "a"), record(site, 4)[0]])
+        wait_for(lambda: count(store, site) == 7)
+        append_all(spool, [refused_row(site, "b")])
+        append_all(spool, [record(site, 2)[0]])
+        wait_for(lambda: count(store, site) == 9 and flusher.caught_up)
+    finally:
+        flusher.stop()
+        spool.close()
+    assert metrics.rows_unstorable.values[()] == 2
+    assert store.rows("SELECT count() AS n FROM tagwerk.events WHERE site_id = {s:String} "
+                      "AND event = 'purchase'", {"s": site})[0]["n"] == 0
+
+
+class FailsOnce:
+    """The real store, but its first insert into ``tagwerk.events`` fails as a view's error
+    or a memory limit would: after the rows were parsed."""
+
+    def __init__(self, store) -> None:
+        self.store, self.failed = store, False
+
+    def insert(self, table: str, *args, **kwargs) -> None:
+        if table.startswith("tagwerk.events ") and not self.failed:
+            self.failed = True
+            raise StorageError("Code: 241. DB::Exception: Memory limit exceeded")
+        self.store.insert(table, *args, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self.store, name)
+
+
+def test_a_failure_that_is_no_rows_is_retried_whole(store, tmp_path):
+    site = "retried-" + uuid.uuid4().hex[:8]
+    spool = Spool(tmp_path, 1 << 20, 1 << 30)
+    metrics = Metrics()
+    wrapped = FailsOnce(store)
+    flusher = Flusher(spool, wrapped, metrics, interval=0.05)
+    flusher.start()
+    try:
+        append_all(spool, [record(site, 5)[0]])
+        wait_for(lambda: count(store, site) == 5 and flusher.caught_up)
+    finally:
+        flusher.stop()
+        spool.close()
+    assert wrapped.failed and metrics.rows_unstorable.values.get((), 0) == 0
+    assert metrics.flush_failures.values[()] == 1

@@ -30,11 +30,15 @@ import orjson
 from collector.metrics import Metrics
 from collector.spool.disk import Checkpoint, Pos, Spool
 from collector.spool.record import EVENT_COLUMNS, EVENTS, INSERTS, NO_META, TABLES, table_of
-from collector.storage import StorageError, Store
+from collector.spool.refused import refused_rows
+from collector.storage import StorageError, StorageUnavailable, Store
 
 log = logging.getLogger("tagwerk.flusher")
 
 MAX_REPLAY = 1 << 40
+FORMAT = "JSONCompactEachRow"
+# Rows spooled before a column was added end early: defaults fill in.
+PARSING = {"input_format_json_compact_allow_variable_number_of_columns": "1"}
 ID_PREFIX = len(b'["')  # rows are JSON arrays with event_id first
 INSERT = INSERTS[EVENTS]
 ID_LENGTH = 36
@@ -179,13 +183,7 @@ class Flusher:
                 body = b"".join(r[r.index(b"\n") + 1 :] for r in group)
                 n, d = body.count(b"\n"), 0
             if body:
-                self.store.insert(
-                    INSERTS[table], body, "JSONCompactEachRow",
-                    {"insert_deduplication_token": token if table == EVENTS
-                     else f"{token}:{table}",
-                     # Rows spooled before a column was added end early: defaults fill in.
-                     "input_format_json_compact_allow_variable_number_of_columns": "1"},
-                )
+                n -= self._insert(table, body, token if table == EVENTS else f"{token}:{table}")
             rows, dropped = rows + n, dropped + d
         self.inserted()
         self.spool.release(stop)
@@ -195,6 +193,39 @@ class Flusher:
         self.metrics.flush_seconds.observe(time.monotonic() - began)
         self.metrics.rows_inserted.inc(by=rows)
         self.metrics.duplicates_dropped.inc(by=dropped)
+
+    def _insert(self, table: str, body: bytes, token: str) -> int:
+        """Insert a table's rows of the batch; the number of rows ClickHouse refused to
+        parse and that were left out (``refused.py``). Raises StorageError otherwise."""
+        try:
+            self.store.insert(INSERTS[table], body, FORMAT,
+                              {"insert_deduplication_token": token, **PARSING})
+            return 0
+        except StorageUnavailable:
+            raise
+        except StorageError as exc:
+            lines = body.splitlines(keepends=True)
+            left_out = refused_rows(self.store, table, TABLES[table], lines, FORMAT, PARSING)
+            if left_out is None:
+                raise
+            columns = TABLES[table]
+            for index in left_out:
+                try:  # (its site and its first column, the row's id; not what it says)
+                    values = orjson.loads(lines[index])
+                    site, row_id = values[columns.index("site_id")], values[0]
+                except (orjson.JSONDecodeError, IndexError, TypeError):
+                    site, row_id = "?", "?"
+                log.error("ClickHouse refuses a row of site %r, left out (%s.%s %s): %s",
+                          site, table, columns[0], row_id, str(exc)[:300])
+            self.metrics.rows_unstorable.inc(by=len(left_out))
+        # Nothing of the batch went in (it was refused while parsing): the rest, under the
+        # batch's token, as a replay after a crash would insert it.
+        skip = set(left_out)
+        kept = b"".join(line for index, line in enumerate(lines) if index not in skip)
+        if kept:
+            self.store.insert(INSERTS[table], kept, FORMAT,
+                              {"insert_deduplication_token": token, **PARSING})
+        return len(left_out)
 
     @staticmethod
     def _by_table(records: list[bytes]) -> list[tuple[str, list[bytes]]]:
