@@ -627,6 +627,36 @@ def test_bodies_held_open_at_once_are_capped_in_all(servers, monkeypatch, framin
     assert wait_for(lambda: inflight.total() == 0)
 
 
+@pytest.mark.parametrize("path", ["/healthz", "/p.gif?site=limits-test&event=e",  # ASGI, fast
+                                  "/collect"])  # refused before its body is read: 413
+def test_a_body_left_unread_after_its_answer_does_not_count(servers, monkeypatch, path):
+    """A request answered before its body came (a GET's body, a 413 for a body over the
+    limit) has the rest of its body thrown away as it arrives: it holds nothing, and
+    counting it let one connection refuse everyone's bodies (probe 50)."""
+    monkeypatch.setattr(inflight, "MAX_BYTES", 100 * 1024)
+    port = servers["collector"]
+    method, extra = ("POST", b"Content-Type: text/plain\r\n") if path == "/collect" else (
+        "GET", b"")
+    with connect(port) as sock:
+        sock.sendall(head(path, extra + b"Content-Length: 1000000000\r\n", method=method))
+        assert answered(sock, wait=5)
+        for _ in range(5):  # 95 KB: under the cap, which would close the connection
+            try:
+                sock.sendall(b" " * (19 * 1024))
+            except (BrokenPipeError, ConnectionResetError):
+                break  # closed after its answer: nothing can be held
+            time.sleep(0.05)
+        time.sleep(0.2)
+        assert inflight.total() == 0
+        with connect(port) as other:  # another's 20 KB body, in two reads, is taken
+            body = b'{"site":"%s","event":"e"}' % SITE.encode() + b" " * (20 * 1024)
+            other.sendall(head("/collect", b"Content-Type: text/plain\r\nContent-Length: "
+                               b"%d\r\n" % len(body), method="POST") + body[:5])
+            time.sleep(0.1)
+            other.sendall(body[5:])
+            assert status(other.recv(65536)) == 202
+
+
 def test_the_sql_port_does_not_count_its_streamed_bodies(servers, monkeypatch):
     """An INSERT's body streams to the engine: the SQL port's protocol counts none."""
     monkeypatch.setattr(inflight, "MAX_BYTES", 1024)

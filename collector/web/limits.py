@@ -233,8 +233,12 @@ class LimitedProtocol(UvicornProtocol):
 
     def _count_body(self, size: int) -> bool:
         """Count a read that left the request's body unfinished: a body that arrives with
-        its head in one read (a hit) is never counted. False, and the request refused,
-        once the bodies being received would hold more than ``inflight.MAX_BYTES``."""
+        its head in one read (a hit) is never counted, nor one thrown away as it arrives
+        (its request answered, or ignoring it). False, and the request refused, once the
+        bodies being received would hold more than ``inflight.MAX_BYTES``."""
+        if not self.body_kept():
+            self._received()
+            return True
         self._body_raw += size
         if self._charge is None:
             self._charge = inflight.Charge()

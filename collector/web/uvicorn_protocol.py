@@ -258,6 +258,15 @@ class UvicornProtocol(HttpToolsProtocol):
         self.scope["headers"] = headers
         HttpToolsProtocol.on_headers_complete(self)
 
+    def body_kept(self) -> bool:
+        """Whether the body being received is kept for its request: False once the request
+        was answered (uvicorn drops the rest as it arrives) or when it is ignored (a held
+        GET's)."""
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete:
+            return False
+        return not (type(cycle) is Pending and cycle.more_body)
+
     def on_body(self, body: bytes) -> None:
         cycle = self.cycle
         if type(cycle) is Pending:
