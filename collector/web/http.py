@@ -207,12 +207,17 @@ async def respond(
     await send({"type": "http.response.body", "body": b"" if head else body})
 
 
+# Members of one gzip body: a sender concatenating compressed pieces makes a few; each
+# member's rest is copied for the next, so their number bounds the reading's time.
+MAX_GZIP_MEMBERS = 16
+
+
 def _gunzip(body: bytes, limit: int) -> bytes:
     """The body decompressed: every gzip member of it (RFC 1952 allows several, as
     ``gzip.decompress`` reads them), and nothing after the last one."""
     out = bytearray()
     rest = body
-    while True:
+    for _ in range(MAX_GZIP_MEMBERS):
         inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
         try:
             out += inflater.decompress(rest, limit + 1 - len(out))
@@ -223,9 +228,10 @@ def _gunzip(body: bytes, limit: int) -> bytes:
                             "too_large")
         if not inflater.eof:
             raise HTTPError(400, "gzip body is truncated", "malformed")
-        rest = inflater.unused_data
+        rest = inflater.unused_data  # (a copy: the members' number is bounded)
         if not rest:
             return bytes(out)
+    raise HTTPError(400, f"gzip body of more than {MAX_GZIP_MEMBERS} members", "malformed")
 
 
 # orjson refuses JSON nested deeper than this (``depth limit exceeded``).
