@@ -6,12 +6,14 @@ uvicorn with the protocol ``tagwerk serve`` uses, whose GET /p.gif skips the ASG
 
 from __future__ import annotations
 
+import socket
+import time
 import uuid
 
 import pytest
 
 from collector.ingest.answers import PIXEL
-from tests.helpers import drained, on_path, rows, wait_for
+from tests.helpers import drained, on_path, rows, served, wait_for
 
 
 @pytest.fixture(scope="module", params=["asgi", "fast"])
@@ -104,3 +106,41 @@ def test_raw_invalid_utf8_bytes(env):
              "app_state": {"collector": collector}}
     asyncio.run(take(PIXEL_HIT, collector, Hit(scope, None), send))
     assert sent[0]["status"] == 400
+
+
+def raw_get(port: int, target: bytes, version: bytes = b"HTTP/1.1",
+            extra: bytes = b"Connection: close\r\n") -> bytes:
+    """Send one request as written (httpx drops a fragment) and read to the close."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"GET %s %s\r\nHost: 127.0.0.1\r\n%s\r\n" % (target, version, extra))
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+        return data
+
+
+def test_the_fast_path_reads_a_target_as_the_asgi_path_does(store, tmp_path):
+    """A fragment is no part of the query (the fast path stored ``frag#x`` as the event,
+    probe 50); an HTTP/1.0 request is answered and closed at once, as uvicorn does (the
+    fast path kept it open, unsaid, for its idle timeout)."""
+    with served(store, tmp_path) as (client, collector):
+        if collector.sites.get("pixel-test") is None:
+            collector.sites.create("pixel-test", ["https://shop.example"])
+        port = client.base_url.port
+        markers = {}
+        for path in (b"/p.gif", b"/p%2Egif"):  # the fast path; the ASGI path
+            markers[path] = uuid.uuid4().hex
+            answer = raw_get(port, b"%s?site=pixel-test&event=frag&props.m=%s#x&event=y"
+                             % (path, markers[path].encode()))
+            assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+        for marker in markers.values():
+            [row] = wait_for(lambda m=marker: rows(collector.store, "pixel-test",
+                                                   "props['m'] = {m:String}", m=m))
+            assert row["event"] == "frag"
+        for path in (b"/p.gif", b"/p%2Egif"):
+            began = time.monotonic()
+            answer = raw_get(port, b"%s?site=pixel-test&event=old" % path, b"HTTP/1.0",
+                             b"Connection: keep-alive\r\n")
+            assert time.monotonic() - began < 2  # not the 5 s idle timeout
+            head = answer.partition(b"\r\n\r\n")[0].lower()
+            assert answer.startswith(b"HTTP/1.1 200") and b"connection: close" in head

@@ -50,7 +50,8 @@ class IngestProtocol(LimitedProtocol):
         paths = self.routes.get(method)
         if paths is None:
             return False
-        path, _, query = target.partition(b"?")
+        # (a fragment is no part of the query: uvicorn's URL parser drops it too)
+        path, _, query = target.partition(b"#")[0].partition(b"?")
         adapter = paths.get(path)
         if adapter is None:
             return False

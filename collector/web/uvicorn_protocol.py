@@ -313,7 +313,10 @@ class UvicornProtocol(HttpToolsProtocol):
         """Hold the request being read (in ``take``): from here the subclass owns the
         connection until it answers with :meth:`respond`; requests pipelined behind it wait
         in uvicorn's queue."""
-        self.cycle = pending = Pending(self.parser.should_keep_alive(), route)  # type: ignore[assignment]
+        # Kept alive as uvicorn's cycles are: never an HTTP/1.0 client's, which would
+        # wait for a close, whatever its Connection header.
+        keep_alive = self.parser.should_keep_alive() and self.parser.get_http_version() != "1.0"
+        self.cycle = pending = Pending(keep_alive, route)  # type: ignore[assignment]
         return pending
 
     def respond(self, pending: Pending, status: int, head: bytes, body: bytes) -> None:
