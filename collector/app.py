@@ -74,4 +74,5 @@ def protocol_for(collector: Collector) -> type[IngestProtocol]:
     the bodies it receives count against the process's budget (bodies are held whole
     here: ``web/inflight.py``)."""
     return type("IngestProtocol", (IngestProtocol,),
-                {"collector": collector, "routes": FAST, "counts_bodies": True})
+                {"collector": collector, "routes": FAST, "counts_bodies": True,
+                 "trusted": collector.settings.networks})

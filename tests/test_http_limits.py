@@ -23,7 +23,8 @@ import pytest
 from collector import cli
 from collector.ingest.answers import PIXEL
 from collector.ingest.fasthttp import IngestProtocol
-from collector.web import inflight, limits
+from collector.web import connections, inflight, limits
+from collector.web.clientip import parse_networks
 from tests.helpers import CHROME, served, wait_for
 from tests.servers import Server, free_port
 
@@ -666,3 +667,46 @@ def test_the_sql_port_does_not_count_its_streamed_bodies(servers, monkeypatch):
         sock.sendall(head("/", b"Content-Length: 100000\r\n", method="POST") + b"x" * 50_000)
         time.sleep(0.2)
         assert inflight.total() == 0
+
+
+# -- connections open at once per client (collector/web/connections.py) ----------------------
+
+@pytest.mark.parametrize("name", ["collector", "sql"])
+def test_a_clients_connections_are_capped(servers, monkeypatch, name):
+    """3,000 idle or half-sent connections from one host held +200 MB (probe 50): past its
+    share, a client's new connection is closed before anything is read; its others, and
+    other clients, are served."""
+    monkeypatch.setattr(connections, "MAX_PER_CLIENT", 3)
+    port = servers[name]
+
+    def from_elsewhere() -> socket.socket:  # a client of its own: no other test's sockets
+        return socket.create_connection(("127.0.0.1", port.port), timeout=10,
+                                        source_address=("127.0.0.2", 0))
+
+    held = [from_elsewhere() for _ in range(3)]
+    try:
+        wait_for(lambda: connections.open_from("127.0.0.2") == 3)
+        with from_elsewhere() as extra:
+            assert read_to_close(extra, timeout=5) == b""
+        held[0].sendall(head(port.ok_path))
+        assert status(held[0].recv(65536)) == 200
+        assert_serving(port)  # from 127.0.0.1
+    finally:
+        for sock in held:
+            sock.close()
+    wait_for(lambda: connections.open_from("127.0.0.2") == 0)
+
+
+def test_connections_of_a_trusted_proxy_are_not_capped(monkeypatch):
+    monkeypatch.setattr(connections, "MAX_PER_CLIENT", 1)
+    proxy = parse_networks("10.0.0.0/8")
+    first = connections.admit("10.1.2.3", proxy)
+    second = connections.admit("10.1.2.3", proxy)
+    assert first == second == ()
+    # IPv6: per /64, and 4 times that per /48.
+    keys = [connections.admit(f"2001:db8:1:{n:x}::1", ()) for n in range(5)]
+    assert all(keys[:4]) and keys[4] is None
+    assert connections.admit("2001:db8:1:0::2", ()) is None  # its /64's share is taken
+    for taken in keys[:4]:
+        connections.release(taken)
+    assert connections.open_from("2001:db8:1::1") == 0

@@ -67,9 +67,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, cast
 
-from collector.web import inflight
+from collector.web import connections, inflight
+from collector.web.clientip import Network
 from collector.web.uvicorn_protocol import UvicornProtocol, parse_data
 
 log = logging.getLogger("tagwerk.http")
@@ -109,11 +110,14 @@ class LimitedProtocol(UvicornProtocol):
 
     # In slots, as UvicornProtocol's (which says why).
     __slots__ = ("_phase", "_head_raw", "_deadline", "_timer", "_timer_at", "_refusal",
-                 "_stalled_until", "_unsent", "_body_raw", "_charge")
+                 "_stalled_until", "_unsent", "_body_raw", "_charge", "_client_keys")
     # Whether the bytes of a request still being received count against the process's
     # budget for them (``inflight.py``): on the collector's port, where bodies are held
     # whole; the SQL port streams its bodies to the engine.
     counts_bodies = False
+    # The trusted proxies (networks), whose connections are not capped per client
+    # (``connections.py``). (Not annotated: the fast path's subclass must share no name.)
+    trusted = cast(tuple[Network, ...], ())
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -128,11 +132,18 @@ class LimitedProtocol(UvicornProtocol):
         self._unsent = 0  # bytes of answers left unsent when that was last looked at
         self._body_raw = 0  # bytes received while the request's body was unfinished
         self._charge: inflight.Charge | None = None  # those bytes, counted (counts_bodies)
+        self._client_keys: tuple[str, ...] = ()  # what the connection counts against
 
     # -- the connection -----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        keys = connections.admit(self.peer[0] if self.peer else "", self.trusted)
+        if keys is None:  # the client has its share of connections open
+            self._phase = _CLOSED
+            transport.abort()  # nothing was read: nothing to answer
+            return
+        self._client_keys = keys
         self._expect(self.event_loop.time() + KEEP_ALIVE_TIMEOUT)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -140,6 +151,8 @@ class LimitedProtocol(UvicornProtocol):
         self._phase = _CLOSED
         self._disarm()
         self._received()
+        connections.release(self._client_keys)
+        self._client_keys = ()
 
     def data_received(self, data: bytes) -> None:
         if self._phase:  # a request unfinished, or refused

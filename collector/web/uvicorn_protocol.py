@@ -86,7 +86,7 @@ UVICORN_INTERNALS: dict[str, Any] = {
               "message_event"),
     # read here on uvicorn's cycle only (with a default: Pending lacks them)
     "cycle_read": ("response_started", "waiting_for_100_continue"),
-    "parser": ("get_method", "should_keep_alive", "should_upgrade"),
+    "parser": ("get_method", "get_http_version", "should_keep_alive", "should_upgrade"),
     "flow": ("read_paused", "write_paused", "pause_reading", "resume_reading"),
     # httptools' callbacks found on the protocol, since uvicorn builds its parser with it
     # (HttpRequestParser(self)); uvicorn defines neither
