@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import gzip
 import uuid
 
 import orjson
 import pytest
 
+from collector.ingest.events import MAX_BROWSER_AGE
 from collector.web.http import MAX_GZIP_MEMBERS
 from tests.helpers import IPHONE, drained, on_path, rows, wait_for
 
@@ -295,3 +297,24 @@ def test_a_purchase_reloaded_on_a_device_counts_once(env):
         client.cookies.clear()  # the device is the page's device_id, not a tw_id of before
         assert post(client, event, Origin=ORIGIN).status_code == 202
     assert sorted(r["props"]["n"] for r in stored(env, marker)) == ["1", "3", "4", "5"]
+
+
+def test_a_browsers_time_from_long_ago_is_the_time_of_receipt(env):
+    """Events are partitioned by month of ``ts``: a browser's hits spread over years made a
+    part per month in every flush (1.6 s a flush over 320 months, re-probe 51), for anyone
+    to ask. A browser's time more than MAX_BROWSER_AGE old is replaced by the time of
+    receipt, as one ahead of the clock is; within it, kept (a queue stored offline)."""
+    client, _ = env
+    now = dt.datetime.now(dt.UTC)
+    within = now - MAX_BROWSER_AGE + dt.timedelta(days=1)
+    markers = {}
+    for name, ts in (("old", "2001-02-03T04:05:06Z"), ("within", within.isoformat()),
+                     ("old ms", int((now - MAX_BROWSER_AGE).timestamp() * 1000) - 60_000)):
+        markers[name] = uuid.uuid4().hex
+        assert post(client, {"site": "collect-test", "event": "e", "ts": ts,
+                             "props": {"marker": markers[name]}}).status_code == 202
+    for name in ("old", "old ms"):
+        [row] = stored(env, markers[name])
+        assert row["ts"][:10] == row["received_at"][:10], (name, row["ts"])
+    [row] = stored(env, markers["within"])
+    assert row["ts"].startswith(within.strftime("%Y-%m-%d %H:%M:%S"))

@@ -6,6 +6,7 @@ import datetime as dt
 import uuid
 
 import orjson
+import pytest
 
 from collector.enrich.useragent import parse_agent
 from collector.ingest.events import Context, normalize
@@ -263,3 +264,51 @@ def test_a_failure_that_is_no_rows_is_retried_whole(store, tmp_path):
         spool.close()
     assert wrapped.failed and metrics.rows_unstorable.values.get((), 0) == 0
     assert metrics.flush_failures.values[()] == 1
+
+
+def test_an_insert_the_engine_refuses_after_parsing_is_an_error(backend, store):
+    """chDB's streaming insert reported success for an insert its table or a view refused
+    once the rows were parsed (too many partitions, a view's error): the flusher released
+    the spool, and the hits were gone (re-probe 51). Every backend raises for an insert with
+    a deduplication token (a flush's), the embedded one for any insert."""
+    store.execute("CREATE DATABASE IF NOT EXISTS scratch")
+    store.execute("CREATE TABLE IF NOT EXISTS scratch.refusing (x UInt8) ENGINE = MergeTree "
+                  "ORDER BY x")
+    store.execute("CREATE TABLE IF NOT EXISTS scratch.refused (x UInt8) ENGINE = MergeTree "
+                  "ORDER BY x")
+    store.execute("CREATE MATERIALIZED VIEW IF NOT EXISTS scratch.refusing_mv "
+                  "TO scratch.refused AS SELECT throwIf(x = 7, 'the view refuses') AS x "
+                  "FROM scratch.refusing")
+    backend.insert("scratch.refusing (x)", b"[1]\n", "JSONCompactEachRow")
+    tokens = [{"insert_deduplication_token": uuid.uuid4().hex}]  # a flush's
+    if backend is store:
+        tokens.append({})
+    for token in tokens:
+        with pytest.raises(StorageError, match="the view refuses"):
+            backend.insert("scratch.refusing (x)", b"[7]\n", "JSONCompactEachRow", token)
+    months = b"".join(b'["%d-%02d-15 00:00:00"]\n' % (2001 + i // 12, i % 12 + 1)
+                      for i in range(101))
+    store.execute("CREATE TABLE IF NOT EXISTS scratch.monthly (ts DateTime) "
+                  "ENGINE = MergeTree PARTITION BY toYYYYMM(ts) ORDER BY ts")
+    for token in tokens:
+        with pytest.raises(StorageError, match="partitions"):
+            backend.insert("scratch.monthly (ts)", months, "JSONCompactEachRow", token)
+
+
+def test_a_batch_over_more_than_100_months_is_stored(backend, store, tmp_path):
+    """A backfill through the batch API may span years; the events table is partitioned by
+    month, and ClickHouse refuses more than 100 partitions in one insert by default."""
+    site = "months-" + uuid.uuid4().hex[:8]
+    ctx = Context(site, dt.datetime.now(dt.UTC), "server", parse_agent("x"), trusted=True)
+    lines = [orjson.dumps(list(normalize({"event": "old", "ts": f"{2001 + i // 12}-"
+                                          f"{i % 12 + 1:02d}-15T12:00:00Z"}, ctx)[0].values()))
+             for i in range(130)]
+    spool = Spool(tmp_path, 1 << 20, 1 << 30)
+    flusher = Flusher(spool, backend, Metrics(), interval=0.05)
+    flusher.start()
+    try:
+        append_all(spool, [encode_record(lines, site, [])])
+        wait_for(lambda: count(store, site) == 130)
+    finally:
+        flusher.stop()
+        spool.close()

@@ -87,6 +87,10 @@ MIN_TS = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
 # Browser clocks run ahead; beyond this a browser's time is replaced by the server time, and
 # a server's (the batch API's senders keep their own times) refused: its sender's bug.
 MAX_CLOCK_AHEAD = dt.timedelta(days=1)
+# A browser's time older than this is replaced by the time of receipt too: events are
+# partitioned by month of ts, and hits spread over years made a part per month in every
+# flush, for anyone to ask. Within it: a queue the tag stored offline, sent later.
+MAX_BROWSER_AGE = dt.timedelta(days=31)
 # The shapes of the place and language fields (fullmatch), and how the 400 names them.
 FORMATS = {
     "country": (re.compile(r"[A-Za-z]{2}"), "an ISO 3166-1 alpha-2 code such as DE"),
@@ -445,6 +449,8 @@ def _ts(value: Any, received_at: dt.datetime, received_text: str, server: bool) 
     if moment > received_at + MAX_CLOCK_AHEAD:
         if server:
             raise EventError("'ts' is more than a day ahead of the collector's clock", "ts")
+        moment = received_at
+    elif not server and moment < received_at - MAX_BROWSER_AGE:
         moment = received_at
     return time_text(moment)
 

@@ -39,6 +39,9 @@ MAX_REPLAY = 1 << 40
 FORMAT = "JSONCompactEachRow"
 # Rows spooled before a column was added end early: defaults fill in.
 PARSING = {"input_format_json_compact_allow_variable_number_of_columns": "1"}
+# A batch may span any number of months (events are partitioned by month; the batch API
+# takes times back to 2000, for a backfill): ClickHouse refuses more than 100 by default.
+SPREAD = {"max_partitions_per_insert_block": "0"}
 ID_PREFIX = len(b'["')  # rows are JSON arrays with event_id first
 INSERT = INSERTS[EVENTS]
 ID_LENGTH = 36
@@ -199,7 +202,7 @@ class Flusher:
         parse and that were left out (``refused.py``). Raises StorageError otherwise."""
         try:
             self.store.insert(INSERTS[table], body, FORMAT,
-                              {"insert_deduplication_token": token, **PARSING})
+                              {"insert_deduplication_token": token, **PARSING, **SPREAD})
             return 0
         except StorageUnavailable:
             raise
@@ -224,7 +227,7 @@ class Flusher:
         kept = b"".join(line for index, line in enumerate(lines) if index not in skip)
         if kept:
             self.store.insert(INSERTS[table], kept, FORMAT,
-                              {"insert_deduplication_token": token, **PARSING})
+                              {"insert_deduplication_token": token, **PARSING, **SPREAD})
         return len(left_out)
 
     @staticmethod

@@ -17,6 +17,9 @@ from collector.storage.engine_config import (
 
 MAX_QUERY_BYTES = 1 << 20  # a query without data (ClickHouse's max_query_size is 256 KiB)
 MAX_DATA_BYTES = 1 << 30  # a whole request body, after decompression
+# An INSERT's data kept, to run again as a statement if the engine may have refused it
+# unsaid (``interface.py``): a collector's flush on the server backend is at most 16 MB.
+REPLAY_BYTES = 64 << 20
 DEFAULT_SESSION_TIMEOUT = 60  # seconds, ClickHouse's default_session_timeout
 MAX_SESSION_TIMEOUT = 3600
 MAX_SESSIONS = 1000  # each holds a chDB connection

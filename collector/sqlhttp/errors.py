@@ -27,6 +27,7 @@ _NAMES = {
     700: "USER_SESSION_LIMIT_EXCEEDED",
     779: "UNSUPPORTED_MEDIA_TYPE",
     1001: "STD_EXCEPTION",
+    1002: "UNKNOWN_EXCEPTION",
 }
 
 # ClickHouse's exceptionCodeToHTTPStatus; every other code (READONLY among them) is a 500.

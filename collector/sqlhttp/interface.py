@@ -50,6 +50,7 @@ from collector.sqlhttp.compress import DEFLATERS, INFLATERS, Decoder, response_e
 from collector.sqlhttp.config import (
     MAX_DATA_BYTES,
     MAX_QUERY_BYTES,
+    REPLAY_BYTES,
     Connection,
     QueryLimits,
     SqlUser,
@@ -68,7 +69,7 @@ from collector.sqlhttp.statements import (
 from collector.sqlhttp.syntax import Parsed, parse
 from collector.sqlhttp.values import check_value
 from collector.storage.base import escape_param
-from collector.storage.embedded import EmbeddedStore
+from collector.storage.embedded import EmbeddedStore, errors_counted
 from collector.storage.engine_config import SITE_TABLES
 from collector.web.authorization import basic_credentials, split_authorization
 
@@ -310,7 +311,8 @@ class _SqlInterface:
                 head = parsed.sql.removesuffix(f"FORMAT {insert_format}").rstrip()
                 if call.binds and insert_format.lower() == "values":
                     data = iter((self._bound_values(conn, call, scope, data),))
-                return self._insert(conn, head, insert_format, data)
+                token = "insert_deduplication_token" in call.settings
+                return self._insert(conn, head, insert_format, data, token)
             read()
             st = scan_statement(parsed.sql.encode(), self.formats)
             if call.user.readonly and st.has_result:
@@ -432,12 +434,39 @@ class _SqlInterface:
         return decode_text(text[: st.head_end]), st, data
 
     @staticmethod
-    def _insert(conn: Connection, head: str, fmt: str, data: Iterator[bytes]) -> Result:
+    def _insert(conn: Connection, head: str, fmt: str, data: Iterator[bytes],
+                token: bool) -> Result:
+        """Stream the data into chDB's ``send_insert``, which reports success for an insert
+        refused once its rows were parsed (too many partitions, a view's error, a full
+        disk). So when the engine counted an error meanwhile (this insert's, or another
+        query's, or one its own parsers handled: Parquet's do), the data goes again as a
+        statement, which reports its error, if the client's deduplication token makes
+        that a no-op for rows already in, and the data was text of at most
+        ``REPLAY_BYTES`` (a collector's flushes, on the server backend, are). Other
+        inserts are answered as chDB answers them, and the doubt is logged: failing them
+        would fail good ones, and running them again could store their rows twice."""
+        kept: bytearray | None = bytearray() if token else None
+        before = errors_counted(conn)
         with conn.send_insert(head, fmt) as inserter:
             for chunk in data:
                 if chunk:
                     inserter.append(chunk)
+                    if kept is not None:
+                        kept += chunk
+                        if len(kept) > REPLAY_BYTES:
+                            kept = None
             done = inserter.finish()
+        if errors_counted(conn) != before:
+            try:
+                text = None if kept is None else kept.decode()
+            except UnicodeDecodeError:
+                text = None
+            if text is None:
+                logger.warning("an INSERT (%s) ran while the engine counted an error, maybe its "
+                            "own: with insert_deduplication_token, as text of at most %d "
+                            "bytes, it would have been checked", fmt, REPLAY_BYTES)
+            else:
+                conn.query(f"{head} FORMAT {fmt}\n{text}", "TSV")
         written = (done.rows_written, done.bytes_written)
         return Result(b"", call_summary((0, 0), written, written, done.elapsed), None)
 

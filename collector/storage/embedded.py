@@ -108,12 +108,25 @@ class EmbeddedStore(Store):
         if settings:
             # Setting values come from the collector itself, not from hits.
             sql += " SETTINGS " + ", ".join(f"{k} = {_setting(v)}" for k, v in settings.items())
+        conn = self._conn()
+        if not settings or "insert_deduplication_token" not in settings:
+            _insert_statement(conn, sql, fmt, data)
+            return
+        # A flush, with its token: chDB's stream, which costs the engine half the CPU of a
+        # statement, but reports success for an insert refused once its rows were parsed
+        # (too many partitions, a view's error, a full disk), and the flusher would release
+        # hits never stored (re-probe 51). When the engine counted an error meanwhile (this
+        # insert's, or another query's), the rows go again as a statement, which reports
+        # its error, and which the token makes a no-op if the stream's rows went in.
+        before = errors_counted(conn)
         try:
-            with self._conn().send_insert(sql, fmt) as ins:
+            with conn.send_insert(sql, fmt) as ins:
                 ins.append(data)
                 ins.finish()
         except Exception as exc:
             raise StorageError(str(exc)) from None
+        if errors_counted(conn) != before:
+            _insert_statement(conn, sql, fmt, data)
 
     def stream(self, sql: str, params: Params = None, fmt: str = "JSONEachRow",
                settings: Mapping[str, str | int] | None = None) -> Iterator[bytes]:
@@ -249,3 +262,23 @@ class _PipeStream:
 
     def __del__(self) -> None:
         self.close()
+
+
+def errors_counted(conn: Any) -> int:
+    """Errors the engine counted since it started, every query's (``system.errors``)."""
+    try:
+        return int(conn.query("SELECT sum(value) FROM system.errors", "TSV").bytes() or 0)
+    except Exception as exc:
+        raise StorageError(str(exc)) from None
+
+
+def _insert_statement(conn: Any, sql: str, fmt: str, data: bytes) -> None:
+    """Insert the rows inline in the statement: the way that reports every error."""
+    try:
+        text = data.decode()
+    except UnicodeDecodeError:
+        raise StorageError(f"{fmt} rows to insert are not UTF-8") from None
+    try:
+        conn.query(f"{sql} FORMAT {fmt}\n{text}", "TSV")
+    except Exception as exc:
+        raise StorageError(str(exc)) from None
