@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import unicodedata
 
 BUILT_IN = ("device", "user", "email", "loyalty", "pos", "anon")
 KIND = re.compile(r"[a-z][a-z0-9_]{0,31}")  # fullmatch
@@ -24,6 +25,8 @@ KIND = re.compile(r"[a-z][a-z0-9_]{0,31}")  # fullmatch
 JUNK = frozenset({"", "null", "undefined", "none", "nan", "0", "-1", "anonymous",
                   "[object object]", "(null)", "<null>", "nil", "true", "false", "guest",
                   "n/a"})
+# Their SHA-256 hex digests: an e-mail identifier may be sent as one.
+JUNK_DIGESTS = frozenset(hashlib.sha256(text.encode()).hexdigest() for text in JUNK)
 MAX_ID = 256
 SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")  # fullmatch
 
@@ -50,9 +53,15 @@ class IdentifierError(ValueError):
 def is_junk(value: str) -> bool:
     """A placeholder, or a value starting with NUL (reserved: an erasure's anchor). Zeros
     alone or in a UUID's shape are one too: an unset id, or an iOS advertising id when the
-    app may not track (every such device would be one person)."""
+    app may not track (every such device would be one person); so is the SHA-256 of a
+    placeholder (a page hashing a missing e-mail address), and a placeholder in other
+    dress: full-width, with zero-width characters, in braces."""
     text = value.strip().lower()
-    return (text in JUNK or value.startswith("\0")
+    if not text.isascii():
+        text = "".join(c for c in unicodedata.normalize("NFKC", text)
+                       if unicodedata.category(c) != "Cf").strip().lower()
+    text = text.strip("{}")
+    return (text in JUNK or value.startswith("\0") or text in JUNK_DIGESTS
             or (text.startswith("0") and not text.strip("0-")))
 
 

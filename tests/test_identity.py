@@ -203,7 +203,10 @@ def test_two_user_ids_never_merge_on_their_own(env):
                                   # a guest checkout's customer, a zeroed id: an iOS
                                   # advertising id when tracking is not allowed
                                   "(null)", "nil", "<null>", "true", "False", "guest",
-                                  "N/A", "00", "00000000-0000-0000-0000-000000000000"])
+                                  "N/A", "00", "00000000-0000-0000-0000-000000000000",
+                                  # in other dress: full-width, a zero-width space, braces
+                                  "\uff10\uff10\uff10", "null\u200b",
+                                  "{00000000-0000-0000-0000-000000000000}"])
 def test_junk_values_never_link(env, junk):
     client, collector, keys = env
     device = uid("dev")
@@ -224,6 +227,19 @@ def test_junk_values_never_link(env, junk):
     if junk.strip():
         r = get(env, f"{BASE}/persons/user:{junk.strip()}")
         assert r.status_code == 400 and "placeholder" in r.json()["error"]
+
+
+@pytest.mark.parametrize("placeholder", ["", "null", "undefined", " NULL "])
+def test_the_digest_of_a_placeholder_email_never_links(env, placeholder):
+    """A page hashing a missing address sends the SHA-256 of "" (or of "null"): as a
+    digest it was kept, and linked everyone who sent it (re-probe 51)."""
+    digest = hashlib.sha256(placeholder.strip().lower().encode()).hexdigest()
+    first, second = uid("u"), uid("u")
+    send(env, [identify(first, email=digest), identify(second, email=digest.upper())])
+    for user in (first, second):
+        assert {i["kind"] for i in person(env, f"user:{user}")["identifiers"]} == {"user"}
+    r = get(env, f"{BASE}/persons/email:{digest}")
+    assert r.status_code == 400 and "placeholder" in r.json()["error"]
 
 
 def test_links_need_analytics_consent(env):
