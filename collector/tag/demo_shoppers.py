@@ -135,7 +135,7 @@ def _count_pairs(c: Collector, deadline: float) -> None:
         while time.monotonic() < deadline:
             c.store.execute("SYSTEM REFRESH VIEW tagwerk.coview_pairs_mv")
             for _ in range(10):
-                if c.store.rows(HAS_PAIRS, {"site": DEMO_SITE})[0]["pairs"]:
+                if int(c.store.rows(HAS_PAIRS, {"site": DEMO_SITE})[0]["pairs"]):
                     return
                 time.sleep(0.1)
     except StorageError as exc:
