@@ -20,13 +20,22 @@ import unicodedata
 
 BUILT_IN = ("device", "user", "email", "loyalty", "pos", "anon")
 KIND = re.compile(r"[a-z][a-z0-9_]{0,31}")  # fullmatch
-# (as PostHog refuses distinct ids, and more: Objective-C's and Ruby's nulls, a guest
-# checkout's customer, "N/A" from a form; lower-cased)
+# (as PostHog refuses distinct ids, and more: Objective-C's, Ruby's and Go's nulls, GA's
+# "(not set)", a guest checkout's customer, "N/A" from a form; lower-cased, and compared
+# once quotes, braces and control characters around them are gone)
 JUNK = frozenset({"", "null", "undefined", "none", "nan", "0", "-1", "anonymous",
-                  "[object object]", "(null)", "<null>", "nil", "true", "false", "guest",
-                  "n/a"})
-# Their SHA-256 hex digests: an e-mail identifier may be sent as one.
-JUNK_DIGESTS = frozenset(hashlib.sha256(text.encode()).hexdigest() for text in JUNK)
+                  "[object object]", "(null)", "<null>", "nil", "<nil>", "(nil)", "true",
+                  "false", "guest", "n/a", "(not set)", "not set", "unknown", "infinity",
+                  "-infinity"})
+# Their hex digests (an e-mail identifier is sent as its SHA-256; a page hashing a missing
+# value sends the digest of "" or of "null"), of the words as written in any case.
+JUNK_DIGESTS = frozenset(
+    digest(form.encode()).hexdigest()
+    for text in JUNK for form in {text, text.upper(), text.capitalize(), text.title()}
+    for digest in (hashlib.sha256, hashlib.sha1, hashlib.md5))
+# A template its page or e-mail tool did not fill in: {{customer.id}}, ${user_id},
+# %USER_ID%, *|EMAIL|*, [[id]] (fullmatch, lower-cased).
+TEMPLATE = re.compile(r"\{\{.*\}\}|\$\{.*\}|%[^%\s]+%|\*\|.*\|\*|\[\[.*\]\]", re.S)
 MAX_ID = 256
 SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")  # fullmatch
 
@@ -52,17 +61,21 @@ class IdentifierError(ValueError):
 
 def is_junk(value: str) -> bool:
     """A placeholder, or a value starting with NUL (reserved: an erasure's anchor). Zeros
-    alone or in a UUID's shape are one too: an unset id, or an iOS advertising id when the
-    app may not track (every such device would be one person); so is the SHA-256 of a
-    placeholder (a page hashing a missing e-mail address), and a placeholder in other
-    dress: full-width, with zero-width characters, in braces."""
+    alone, as a number or in a UUID's shape are one too: an unset id, or an iOS advertising
+    id when the app may not track (every such device would be one person); so are a digest
+    of a placeholder (a page hashing a missing e-mail address), a template left unfilled,
+    and a placeholder in other dress: full-width, with invisible characters, quoted, in
+    braces."""
     text = value.strip().lower()
-    if not text.isascii():
-        text = "".join(c for c in unicodedata.normalize("NFKC", text)
-                       if unicodedata.category(c) != "Cf").strip().lower()
-    text = text.strip("{}")
+    if not text.isprintable():  # control, format (zero-width) or other invisible characters
+        text = "".join(c for c in text if c.isprintable())
+    if not text.isascii():  # full-width and other compatibility forms
+        text = unicodedata.normalize("NFKC", text).lower()
+    if TEMPLATE.fullmatch(text):
+        return True
+    text = text.strip().strip("{}\"'").strip()
     return (text in JUNK or value.startswith("\0") or text in JUNK_DIGESTS
-            or (text.startswith("0") and not text.strip("0-")))
+            or ("0" in text and not text.strip("0-.")))
 
 
 def clean(kind: str, value: str, field: str) -> str:

@@ -11,7 +11,7 @@ from urllib.parse import quote
 import orjson
 import pytest
 
-from collector.identifiers import person_id
+from collector.identifiers import has_control, person_id
 from collector.identity import graph as graphs
 from collector.identity.graph import Graph, load_decisions, rows_of
 from tests.helpers import drained, flush_all, make_client, send_batch, wait_for
@@ -206,7 +206,12 @@ def test_two_user_ids_never_merge_on_their_own(env):
                                   "N/A", "00", "00000000-0000-0000-0000-000000000000",
                                   # in other dress: full-width, a zero-width space, braces
                                   "\uff10\uff10\uff10", "null\u200b",
-                                  "{00000000-0000-0000-0000-000000000000}"])
+                                  "{00000000-0000-0000-0000-000000000000}",
+                                  # Go's nil, GA's "(not set)", quoted, a trailing NUL,
+                                  # zeros as numbers, templates left unrendered (re-probe 52)
+                                  "<nil>", "(not set)", "unknown", '"null"', "'undefined'",
+                                  "null\x00", "-0", "0.0", "Infinity", "{{customer.id}}",
+                                  "${user_id}", "*|EMAIL|*", "%USER_ID%"])
 def test_junk_values_never_link(env, junk):
     client, collector, keys = env
     device = uid("dev")
@@ -225,15 +230,25 @@ def test_junk_values_never_link(env, junk):
         "AND props['junk'] = {d:String}", {"s": SITE, "d": device})
     assert row == {"user_id": "", "device_id": ""}
     if junk.strip():
-        r = get(env, f"{BASE}/persons/user:{junk.strip()}")
-        assert r.status_code == 400 and "placeholder" in r.json()["error"]
+        r = get(env, f"{BASE}/persons/user:{quote(junk.strip())}")
+        said = "control characters" if has_control(junk.strip()) else "placeholder"
+        assert r.status_code == 400 and said in r.json()["error"]
 
 
-@pytest.mark.parametrize("placeholder", ["", "null", "undefined", " NULL "])
-def test_the_digest_of_a_placeholder_email_never_links(env, placeholder):
-    """A page hashing a missing address sends the SHA-256 of "" (or of "null"): as a
-    digest it was kept, and linked everyone who sent it (re-probe 51)."""
-    digest = hashlib.sha256(placeholder.strip().lower().encode()).hexdigest()
+@pytest.mark.parametrize(("placeholder", "digest"), [
+    ("", hashlib.sha256), ("null", hashlib.sha256), ("undefined", hashlib.sha256),
+    ("NULL", hashlib.sha256), ("", hashlib.md5), ("", hashlib.sha1), ("null", hashlib.md5)])
+def test_the_digest_of_a_placeholder_email_never_links(env, placeholder, digest):
+    """A page hashing a missing address sends the SHA-256 of "" (or of "null", or another
+    digest of it): kept as an identifier, it linked everyone who sent it (re-probes 51,
+    52)."""
+    digest = digest(placeholder.encode()).hexdigest()
+    if len(digest) != 64:  # only SHA-256 is an e-mail identifier's form: a loyalty id then
+        first, second = uid("u"), uid("u")
+        send(env, [identify(first, loyalty=digest), identify(second, loyalty=digest)])
+        for user in (first, second):
+            assert {i["kind"] for i in person(env, f"user:{user}")["identifiers"]} == {"user"}
+        return
     first, second = uid("u"), uid("u")
     send(env, [identify(first, email=digest), identify(second, email=digest.upper())])
     for user in (first, second):
