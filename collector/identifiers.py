@@ -35,6 +35,7 @@ JUNK_DIGESTS = frozenset(
     for digest in (hashlib.sha256, hashlib.sha1, hashlib.md5))
 # A template its page or e-mail tool did not fill in: {{customer.id}}, ${user_id},
 # %USER_ID%, *|EMAIL|*, [[id]] (fullmatch, lower-cased).
+TEMPLATE_ENDS = frozenset("{$%*[\"'")  # how a template, or a quoted or braced value, starts
 TEMPLATE = re.compile(r"\{\{.*\}\}|\$\{.*\}|%[^%\s]+%|\*\|.*\|\*|\[\[.*\]\]", re.S)
 MAX_ID = 256
 SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")  # fullmatch
@@ -67,15 +68,30 @@ def is_junk(value: str) -> bool:
     and a placeholder in other dress: full-width, with invisible characters, quoted, in
     braces."""
     text = value.strip().lower()
+    if text.isascii() and text.isprintable() and text[-1:].isalnum():
+        # (an id as most are, ASCII and visible: the hot path's cheap checks)
+        if text in JUNK or text in JUNK_DIGESTS:
+            return True
+        if text[0] in "0-.":
+            return "0" in text and not text.strip("0-.")
+        return text[0] in TEMPLATE_ENDS and (
+            TEMPLATE.fullmatch(text) is not None or _bare(text) in JUNK)
+    if value.startswith("\0"):
+        return True
     if not text.isprintable():  # control, format (zero-width) or other invisible characters
         text = "".join(c for c in text if c.isprintable())
     if not text.isascii():  # full-width and other compatibility forms
         text = unicodedata.normalize("NFKC", text).lower()
     if TEMPLATE.fullmatch(text):
         return True
-    text = text.strip().strip("{}\"'").strip()
-    return (text in JUNK or value.startswith("\0") or text in JUNK_DIGESTS
+    text = _bare(text)
+    return (text in JUNK or text in JUNK_DIGESTS
             or ("0" in text and not text.strip("0-.")))
+
+
+def _bare(text: str) -> str:
+    """Without the quotes and braces around it."""
+    return text.strip().strip("{}\"'").strip()
 
 
 def clean(kind: str, value: str, field: str) -> str:
