@@ -9,9 +9,10 @@ import uuid
 import orjson
 import pytest
 
+from collector.ingest import accept
 from collector.ingest.events import MAX_BROWSER_AGE
 from collector.web.http import MAX_GZIP_MEMBERS
-from tests.helpers import IPHONE, drained, on_path, rows, wait_for
+from tests.helpers import IPHONE, drained, on_path, rows, served, wait_for
 
 ORIGIN = "https://shop.example"
 
@@ -318,3 +319,32 @@ def test_a_browsers_time_from_long_ago_is_the_time_of_receipt(env):
         assert row["ts"][:10] == row["received_at"][:10], (name, row["ts"])
     [row] = stored(env, markers["within"])
     assert row["ts"].startswith(within.strftime("%Y-%m-%d %H:%M:%S"))
+
+
+def test_a_clients_hits_are_budgeted(store, tmp_path, monkeypatch):
+    """Each event and each item of a browser's hits costs the collector CPU (an event of
+    200 items ~ 2 ms): one host sending 250 KB bodies of 11,000 items kept a core busy and
+    every site's hits minutes from queryable (re-probe 52). A client (behind the trusted
+    proxy here: the address it forwards) has a budget of events and items; past it a 429
+    with Retry-After, nothing stored; other clients, and addresses that are not public
+    (a proxy nobody declared trusted), are not held."""
+    monkeypatch.setattr(accept, "BUDGET_RATE", 1.0)
+    monkeypatch.setattr(accept, "BUDGET_BURST", 50.0)
+    item = {"product_id": "p", "price": 1.0}
+    hits = {"site": "collect-test", "events": [
+        {"event": "view_item_list", "items": [item] * 19}] * 2}  # 2 events + 38 items
+    with served(store, tmp_path, trusted_proxies="127.0.0.1/32") as (client, collector):
+        if collector.sites.get("collect-test") is None:
+            collector.sites.create("collect-test", [ORIGIN])
+
+        def send(forwarded: str):
+            return post(client, hits, **{"X-Forwarded-For": forwarded})
+
+        assert send("198.51.100.7, 8.8.4.4").status_code == 202  # 40 of 50
+        over = send("8.8.4.4")
+        assert over.status_code == 429 and int(over.headers["retry-after"]) >= 30
+        assert "events and items" in over.json()["error"]
+        assert send("8.8.8.8").status_code == 202  # another client
+        for _ in range(3):  # a private address: a proxy, not a client
+            assert send("10.1.2.3").status_code == 202
+        wait_for(lambda: drained(collector))

@@ -9,6 +9,7 @@ import uuid
 import pytest
 
 from collector.api import recommend
+from collector.web import ratelimit
 from tests.helpers import drained, make_client, wait_for
 from tests.test_aggregates import refresh_minute, refresh_pairs, refresh_settled
 from tests.test_products import MIN, hit, send
@@ -248,13 +249,13 @@ def test_the_rate_limit_counts_an_ipv6_home_line_once():
     """An IPv6 subscriber gets a /64 (RFC 6177): one bucket per address let one line pass
     the limit by changing the low bits (found by a probe). IPv4 stays per address."""
     limit = recommend.RateLimit(rate=0.001, burst=3)
-    answers = [limit.wait(recommend.bucket(f"2001:db8:1:2::{n:x}"), now=100.0)
+    answers = [limit.wait(ratelimit.bucket(f"2001:db8:1:2::{n:x}"), now=100.0)
                for n in range(1, 7)]
     assert answers[:3] == [0.0] * 3 and all(answers[3:])
-    assert limit.wait(recommend.bucket("2001:db8:1:3::1"), now=100.0) == 0.0  # next line
-    assert recommend.bucket("::ffff:192.0.2.7") == recommend.bucket("192.0.2.7") == "192.0.2.7"
-    assert recommend.bucket("192.0.2.8") != recommend.bucket("192.0.2.7")
-    assert recommend.bucket("") == ""  # no address known: the test client's
+    assert limit.wait(ratelimit.bucket("2001:db8:1:3::1"), now=100.0) == 0.0  # next line
+    assert ratelimit.bucket("::ffff:192.0.2.7") == ratelimit.bucket("192.0.2.7") == "192.0.2.7"
+    assert ratelimit.bucket("192.0.2.8") != ratelimit.bucket("192.0.2.7")
+    assert ratelimit.bucket("") == ""  # no address known: the test client's
 
 
 def test_the_rate_limit_counts_a_subscribers_ipv6_prefix_too():

@@ -42,11 +42,8 @@ the tag's own paths (site ids are public: they are in every page's tag URL).
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import time
-from collections import OrderedDict
-from collections.abc import Sequence
 from typing import Any
 from weakref import WeakKeyDictionary
 
@@ -61,8 +58,10 @@ from collector.ingest.webconsent import site_web
 from collector.service import Collector
 from collector.sites import Site
 from collector.storage import StorageError
+from collector.web import ratelimit
 from collector.web.clientip import client_ip
 from collector.web.http import error_response, header_safe
+from collector.web.ratelimit import RateLimit
 from consent.cookie import latest_consent, parse_device, read_cookies
 from consent.purposes import PERSONALIZATION
 
@@ -77,59 +76,10 @@ MAX_CLIENTS = 100_000  # IPs remembered; the least recently seen are forgotten f
 PREFIX_SHARE = 16
 
 
-class RateLimit:
-    """A token bucket per client IP, in memory (per collector process)."""
-
-    def __init__(self, rate: float = RATE, burst: float = BURST,
-                 most: int = MAX_CLIENTS) -> None:
-        self.rate, self.burst, self.most = rate, burst, most
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
-
-    def wait(self, client: str, now: float | None = None) -> float:
-        """0 if ``client`` may go on now (and it is counted), else the seconds to wait."""
-        return self.wait_all(((client, 1.0),), now)
-
-    def wait_all(self, keys: Sequence[tuple[str, float]], now: float | None = None) -> float:
-        """0 if every bucket of ``keys`` (each with its share: its rate and burst are this
-        limit's times it) has a token now, each then counted; else the longest wait."""
-        now = time.monotonic() if now is None else now
-        found, longest = [], 0.0
-        for key, share in keys:
-            tokens, last = self._buckets.pop(key, (self.burst * share, now))
-            tokens = min(self.burst * share, tokens + (now - last) * self.rate * share)
-            found.append((key, tokens))
-            if tokens < 1:
-                longest = max(longest, (1 - tokens) / (self.rate * share))
-        for key, tokens in found:
-            self._buckets[key] = (tokens if longest else tokens - 1, now)
-        while len(self._buckets) > self.most:
-            self._buckets.popitem(last=False)
-        return longest
-
-
-def bucket(address: str) -> str:
-    """Whose bucket a client address counts in: an IPv6 address's /64, a subscriber's
-    usual share (RFC 6177), else one line could pass the limit by changing the low bits;
-    an IPv4-mapped one as its IPv4 address; anything else as it is."""
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return address
-    if ip.version == 6:
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
-    return str(ip)
-
-
 def buckets(address: str) -> tuple[tuple[str, float], ...]:
-    """The buckets a client address counts in, with their shares: its own (``bucket``),
-    and an IPv6 address's /48 too (the largest delegation to one subscriber)."""
-    own = bucket(address)
-    if "/" not in own:
-        return ((own, 1.0),)
-    prefix = ipaddress.ip_network(f"{address}/48", strict=False)
-    return ((own, 1.0), (str(prefix), float(PREFIX_SHARE)))
+    """The buckets a client counts in here (``ratelimit.buckets``: its /48 with
+    ``PREFIX_SHARE``)."""
+    return ratelimit.buckets(address, PREFIX_SHARE)
 
 
 _limits: WeakKeyDictionary[Collector, RateLimit] = WeakKeyDictionary()
@@ -138,7 +88,7 @@ _limits: WeakKeyDictionary[Collector, RateLimit] = WeakKeyDictionary()
 def _limit(collector: Collector) -> RateLimit:
     found = _limits.get(collector)
     if found is None:
-        found = _limits[collector] = RateLimit()
+        found = _limits[collector] = RateLimit(RATE, BURST, MAX_CLIENTS)
     return found
 
 

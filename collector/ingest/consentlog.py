@@ -41,7 +41,9 @@ async def consent(c: Collector, hit: Hit, send: Send) -> None:
     try:
         site, data = await accept.read(c, CONSENT, hit)
         accept.check_origin(site, origin)
-        ctx = accept.hit_context(c, site, "web", hit)
+        ip = accept.client_address(c, hit)
+        accept.spend(c, ip, [data])
+        ctx = accept.hit_context(c, site, "web", hit, ip)
         try:
             row = decision_row(data, site.site_id, ctx.received_text,
                                ctx.agent.device_class, ctx.location.country)

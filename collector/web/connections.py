@@ -16,11 +16,11 @@ The event loop's thread counts; tests run several loops, hence the lock.
 from __future__ import annotations
 
 import functools
-import ipaddress
 import threading
 from collections import Counter
 
 from collector.web.clientip import Network, is_trusted_proxy, parse_address
+from collector.web.ratelimit import buckets
 
 MAX_PER_CLIENT = 1024
 PREFIX_SHARE = 4
@@ -30,15 +30,10 @@ _open: Counter[str] = Counter()
 
 
 @functools.lru_cache(maxsize=65536)
-def client_keys(peer: str) -> tuple[tuple[str, int], ...]:
+def client_keys(peer: str) -> tuple[tuple[str, float], ...]:
     """What a connection from ``peer`` counts against, with each one's share of the cap."""
     address = parse_address(peer)
-    if address is None:
-        return ()
-    if address.version == 4:
-        return ((str(address), 1),)
-    return ((str(ipaddress.ip_network(f"{address}/64", strict=False)), 1),
-            (str(ipaddress.ip_network(f"{address}/48", strict=False)), PREFIX_SHARE))
+    return () if address is None else buckets(str(address), PREFIX_SHARE)
 
 
 def admit(peer: str, trusted: tuple[Network, ...]) -> tuple[str, ...] | None:
