@@ -677,6 +677,8 @@ def test_a_clients_connections_are_capped(servers, monkeypatch, name):
     share, a client's new connection is closed before anything is read; its others, and
     other clients, are served."""
     monkeypatch.setattr(connections, "MAX_PER_CLIENT", 3)
+    # 127.0.0.2 as if it were a public address (a loopback one is never capped)
+    monkeypatch.setattr(connections, "is_public", lambda address: address == "127.0.0.2")
     port = servers[name]
 
     def from_elsewhere() -> socket.socket:  # a client of its own: no other test's sockets
@@ -697,16 +699,17 @@ def test_a_clients_connections_are_capped(servers, monkeypatch, name):
     wait_for(lambda: connections.open_from("127.0.0.2") == 0)
 
 
-def test_connections_of_a_trusted_proxy_are_not_capped(monkeypatch):
+def test_connections_of_a_trusted_proxy_or_an_address_not_public_are_not_capped(
+        monkeypatch):
     monkeypatch.setattr(connections, "MAX_PER_CLIENT", 1)
-    proxy = parse_networks("10.0.0.0/8")
-    first = connections.admit("10.1.2.3", proxy)
-    second = connections.admit("10.1.2.3", proxy)
-    assert first == second == ()
+    proxy = parse_networks("8.8.8.0/24")
+    assert connections.admit("8.8.8.8", proxy) == connections.admit("8.8.8.8", proxy) == ()
+    for private in ("10.1.2.3", "192.168.1.1", "100.64.0.1", "127.0.0.1", "fd00::1"):
+        assert connections.admit(private, ()) == connections.admit(private, ()) == ()
     # IPv6: per /64, and 4 times that per /48.
-    keys = [connections.admit(f"2001:db8:1:{n:x}::1", ()) for n in range(5)]
+    keys = [connections.admit(f"2001:4860:1:{n:x}::1", ()) for n in range(5)]
     assert all(keys[:4]) and keys[4] is None
-    assert connections.admit("2001:db8:1:0::2", ()) is None  # its /64's share is taken
+    assert connections.admit("2001:4860:1:0::2", ()) is None  # its /64's share is taken
     for taken in keys[:4]:
         connections.release(taken)
-    assert connections.open_from("2001:db8:1::1") == 0
+    assert connections.open_from("2001:4860:1::1") == 0

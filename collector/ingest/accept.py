@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-import ipaddress
 import math
 from typing import Any
 from weakref import WeakKeyDictionary
@@ -39,7 +38,7 @@ from collector.sites import Site
 from collector.spool.disk import SpoolError, SpoolFull
 from collector.spool.record import encode_record
 from collector.web.authorization import ASK_FOR_KEY, KEY_REFUSED, basic_credentials, bearer_token
-from collector.web.clientip import anonymize_ip, client_ip
+from collector.web.clientip import anonymize_ip, client_ip, is_public
 from collector.web.http import Hit, HTTPError, decode_body
 from collector.web.qvalues import accept_language
 from collector.web.ratelimit import RateLimit, buckets
@@ -203,10 +202,9 @@ def spend(c: Collector, ip: str, events: list[Any]) -> None:
     (``BUDGET_RATE`` a second, up to ``BUDGET_BURST``): past it, a 429 with Retry-After.
     Storing an event of 200 items costs about 2 ms of CPU, and one host sending 250 KB
     bodies of 11,000 items each kept a core busy and every site's hits minutes from
-    queryable. A client is a public address (``web/ratelimit.py``); an address that is
-    not public is a proxy or a system of the shop's own (one not declared trusted would
-    otherwise hold every visitor to one budget), and is not held."""
-    if not ip or not _public(ip):
+    queryable. A client is a public address (``web/ratelimit.py``, ``clientip.is_public``:
+    another is not held)."""
+    if not ip or not is_public(ip):
         return
     cost = 0
     for event in events:
@@ -232,14 +230,6 @@ def _budget(c: Collector) -> RateLimit:
     if found is None:
         found = _budgets[c] = RateLimit(BUDGET_RATE, BUDGET_BURST)
     return found
-
-
-@functools.lru_cache(maxsize=65536)
-def _public(ip: str) -> bool:
-    try:
-        return ipaddress.ip_address(ip).is_global
-    except ValueError:
-        return False
 
 
 @functools.lru_cache(maxsize=65536)

@@ -20,7 +20,8 @@ from collections.abc import Iterable, Sequence
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 __all__ = [
-    "Network", "anonymize_ip", "client_ip", "is_https", "is_trusted_proxy", "parse_address",
+    "Network", "anonymize_ip", "client_ip", "is_https", "is_public", "is_trusted_proxy",
+    "parse_address",
     "parse_networks",
 ]
 
@@ -106,6 +107,16 @@ def is_https(scheme: str | None, forwarded_proto: str | None, peer: str,
     if not forwarded_proto or not is_trusted_proxy(peer, trusted):
         return False
     return forwarded_proto.split(",")[0].strip().lower() == "https"
+
+
+@functools.lru_cache(maxsize=65536)
+def is_public(address: str) -> bool:
+    """Whether an address is a public one, a client's on the internet: not loopback,
+    private, link-local, shared (a carrier's NAT inside) or reserved. The per-client limits
+    hold public addresses only: another is a proxy or a system of the shop's own (one not
+    declared trusted would otherwise hold every visitor to one client's share)."""
+    parsed = parse_address(address)
+    return parsed is not None and parsed.is_global
 
 
 @functools.lru_cache(maxsize=65536)

@@ -8,7 +8,9 @@ Past ``MAX_PER_CLIENT`` connections from one address (an IPv6 client: from its /
 closed at once, before anything is read; the client's other connections go on. The cap is
 high enough for the visitors behind one NAT (an office, a carrier's CGNAT: a browser keeps
 about 6 connections to a host). The trusted proxies (``--trusted-proxies``) are never
-capped: every visitor comes through them, and they limit their own clients.
+capped: every visitor comes through them, and they limit their own clients; nor are
+addresses that are not public (``clientip.is_public``): a proxy nobody declared trusted, the
+shop's own systems, the SQL port's local clients.
 
 The event loop's thread counts; tests run several loops, hence the lock.
 """
@@ -19,7 +21,7 @@ import functools
 import threading
 from collections import Counter
 
-from collector.web.clientip import Network, is_trusted_proxy, parse_address
+from collector.web.clientip import Network, is_public, is_trusted_proxy, parse_address
 from collector.web.ratelimit import buckets
 
 MAX_PER_CLIENT = 1024
@@ -39,7 +41,7 @@ def client_keys(peer: str) -> tuple[tuple[str, float], ...]:
 def admit(peer: str, trusted: tuple[Network, ...]) -> tuple[str, ...] | None:
     """Count a new connection from ``peer``: the keys to give back when it ends
     (:func:`release`), or None when the client has its share open already (close it)."""
-    if is_trusted_proxy(peer, trusted):
+    if is_trusted_proxy(peer, trusted) or not is_public(peer):
         return ()
     keys = client_keys(peer)
     with _lock:
