@@ -306,20 +306,39 @@ def deep_path(body: bytes, limit: int) -> list[str | int]:
     return path
 
 
-def nested_too_deep(value: Any, limit: int) -> list[str | int] | None:
+def nested_too_deep(value: Any, limit: int,
+                    most: int | None = None) -> list[str | int] | None:
     """The path to the first container in parsed JSON ``value`` nested deeper than
-    ``limit`` (the top level is 1), or None. Without recursion; for bodies off the hot
-    path (the container API)."""
-    stack: list[tuple[Any, list[str | int]]] = [(value, [])]
+    ``limit`` (the top level is 1), or None. With ``most``: also the path to the container
+    past that many (``too_many``), found having walked that many, not all. Without
+    recursion; the paths are built only for the answer."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    seen = 0
+    while stack:
+        node, depth = stack.pop()
+        seen += 1
+        if depth >= limit or (most is not None and seen > most):
+            return _path_to(value, node)
+        children = node.values() if isinstance(node, dict) else node
+        stack += [(child, depth + 1) for child in children if isinstance(child, dict | list)]
+    return None
+
+
+def too_many(path: list[str | int] | None, limit: int) -> bool:
+    """Whether ``nested_too_deep``'s answer is for the number of containers, not depth."""
+    return path is not None and len(path) < limit
+
+
+def _path_to(root: Any, target: Any) -> list[str | int]:
+    """The keys and indices from ``root`` to the container ``target`` (by identity)."""
+    stack: list[tuple[Any, list[str | int]]] = [(root, [])]
     while stack:
         node, path = stack.pop()
-        if len(path) >= limit:
+        if node is target:
             return path
-        if isinstance(node, dict):
-            stack += [(v, [*path, k]) for k, v in node.items() if isinstance(v, dict | list)]
-        elif isinstance(node, list):
-            stack += [(v, [*path, i]) for i, v in enumerate(node) if isinstance(v, dict | list)]
-    return None
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        stack += [(v, [*path, k]) for k, v in items if isinstance(v, dict | list)]
+    return []
 
 
 def json_field(path: list[str | int], segments: int = 4) -> str:
