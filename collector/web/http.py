@@ -310,35 +310,42 @@ def nested_too_deep(value: Any, limit: int,
                     most: int | None = None) -> list[str | int] | None:
     """The path to the first container in parsed JSON ``value`` nested deeper than
     ``limit`` (the top level is 1), or None. With ``most``: also the path to the container
-    past that many (``too_many``), found having walked that many, not all. Without
-    recursion; the paths are built only for the answer."""
-    stack: list[tuple[Any, int]] = [(value, 0)]
-    seen = 0
+    past that many (``too_many``), found having walked (and looked at) that many, not all.
+    Without recursion; a path is built only for the answer."""
+    # (node, depth, index in walked of its parent, its key or index there)
+    stack: list[tuple[Any, int, int, str | int]] = [(value, 0, -1, "")]
+    walked: list[tuple[int, str | int]] = []
     while stack:
-        node, depth = stack.pop()
-        seen += 1
-        if depth >= limit or (most is not None and seen > most):
-            return _path_to(value, node)
-        children = node.values() if isinstance(node, dict) else node
-        stack += [(child, depth + 1) for child in children if isinstance(child, dict | list)]
+        node, depth, parent, key = stack.pop()
+        walked.append((parent, key))
+        if depth >= limit or (most is not None and len(walked) > most):
+            return _path(walked)
+        here = len(walked) - 1
+        children = node.items() if isinstance(node, dict) else enumerate(node)
+        room = None if most is None else most - len(walked) + 1  # more could not be walked
+        for k, child in children:
+            if isinstance(child, dict | list):
+                if room is not None:
+                    if room <= 0:
+                        break
+                    room -= 1
+                stack.append((child, depth + 1, here, k))
     return None
+
+
+def _path(walked: list[tuple[int, str | int]]) -> list[str | int]:
+    """The keys and indices to the last container walked, from its parents'."""
+    path: list[str | int] = []
+    parent, key = walked[-1]
+    while parent >= 0:
+        path.append(key)
+        parent, key = walked[parent]
+    return path[::-1]
 
 
 def too_many(path: list[str | int] | None, limit: int) -> bool:
     """Whether ``nested_too_deep``'s answer is for the number of containers, not depth."""
     return path is not None and len(path) < limit
-
-
-def _path_to(root: Any, target: Any) -> list[str | int]:
-    """The keys and indices from ``root`` to the container ``target`` (by identity)."""
-    stack: list[tuple[Any, list[str | int]]] = [(root, [])]
-    while stack:
-        node, path = stack.pop()
-        if node is target:
-            return path
-        items = node.items() if isinstance(node, dict) else enumerate(node)
-        stack += [(v, [*path, k]) for k, v in items if isinstance(v, dict | list)]
-    return []
 
 
 def json_field(path: list[str | int], segments: int = 4) -> str:
