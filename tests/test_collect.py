@@ -344,6 +344,11 @@ def test_a_clients_hits_are_budgeted(store, tmp_path, monkeypatch):
         over = send("8.8.4.4")
         assert over.status_code == 429 and int(over.headers["retry-after"]) >= 30
         assert "events and items" in over.json()["error"]
+        # While it waits, its bodies are not even parsed (re-probe 53: a refused 230 KB
+        # body still cost 1.5 ms): a malformed one is a 429 too, not a 400.
+        spent = post(client, b'{"site": "collect-test", "events": [', **{
+            "X-Forwarded-For": "8.8.4.4"})
+        assert spent.status_code == 429
         assert send("8.8.8.8").status_code == 202  # another client
         for _ in range(3):  # a private address: a proxy, not a client
             assert send("10.1.2.3").status_code == 202

@@ -61,6 +61,8 @@ async def read(
     site = await site_by_key(c, hit) if adapter.keyed else None
     if adapter.head_checks:
         adapter.check_head(hit)
+    if adapter.web:
+        check_budget(c, hit)
     if not adapter.body_limit:
         payload = hit.query_string
     elif body is None:
@@ -84,6 +86,8 @@ def read_now(
         return None
     if adapter.head_checks:
         adapter.check_head(hit)
+    if adapter.web:
+        check_budget(c, hit)
     if adapter.body_limit:
         payload = decode_body(hit.headers, payload, adapter.body_limit)
     data = adapter.parse(payload)
@@ -216,10 +220,23 @@ def spend(c: Collector, ip: str, events: list[Any]) -> None:
             cost += 1 + (len(items) if isinstance(items, list) else 0)
     wait = _budget(c).wait_all(_client(ip), cost=cost)
     if wait:
-        seconds = math.ceil(wait)
-        raise HTTPError(429, f"more than {BUDGET_RATE:.0f} events and items a second from "
-                        f"one client; retry in {seconds} s", "rate_limited",
-                        headers={"Retry-After": str(seconds)})
+        raise _over_budget(wait)
+
+
+def check_budget(c: Collector, hit: Hit) -> None:
+    """A 429 for a client that spent its budget, before its body is read or parsed."""
+    ip = client_address(c, hit)
+    if ip and is_public(ip):
+        wait = _budget(c).waiting(_client(ip))
+        if wait:
+            raise _over_budget(wait)
+
+
+def _over_budget(wait: float) -> HTTPError:
+    seconds = math.ceil(wait)
+    return HTTPError(429, f"more than {BUDGET_RATE:.0f} events and items a second from one "
+                     f"client; retry in {seconds} s", "rate_limited",
+                     headers={"Retry-After": str(seconds)})
 
 
 _budgets: WeakKeyDictionary[Collector, RateLimit] = WeakKeyDictionary()

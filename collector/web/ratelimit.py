@@ -23,7 +23,8 @@ class RateLimit:
 
     def __init__(self, rate: float, burst: float, most: int = MAX_CLIENTS) -> None:
         self.rate, self.burst, self.most = rate, burst, most
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        # key -> (tokens, when counted, until when it was told to wait)
+        self._buckets: OrderedDict[str, tuple[float, float, float]] = OrderedDict()
 
     def wait(self, client: str, now: float | None = None) -> float:
         """0 if ``client`` may go on now (and it is counted), else the seconds to wait."""
@@ -32,22 +33,31 @@ class RateLimit:
     def wait_all(self, keys: Sequence[tuple[str, float]], now: float | None = None,
                  cost: float = 1.0) -> float:
         """0 if every bucket of ``keys`` (each with its share: its rate and burst are this
-        limit's times it) has ``cost`` tokens now, each then spent; else the longest wait.
-        A cost above a bucket's burst waits for a full bucket, and then goes."""
+        limit's times it) has ``cost`` tokens now, each then spent; else the longest wait,
+        which ``waiting`` then answers until it is over. A cost above a bucket's burst
+        waits for a full bucket, and then goes."""
         now = time.monotonic() if now is None else now
         found, longest = [], 0.0
         for key, share in keys:
-            tokens, last = self._buckets.pop(key, (self.burst * share, now))
+            tokens, last, until = self._buckets.pop(key, (self.burst * share, now, 0.0))
             tokens = min(self.burst * share, tokens + (now - last) * self.rate * share)
-            found.append((key, tokens))
             need = min(cost, self.burst * share)
-            if tokens < need:
-                longest = max(longest, (need - tokens) / (self.rate * share))
-        for key, tokens in found:
-            self._buckets[key] = (tokens if longest else tokens - cost, now)
+            short = (need - tokens) / (self.rate * share) if tokens < need else 0.0
+            found.append((key, tokens, max(until, now + short) if short else until))
+            longest = max(longest, short)
+        for key, tokens, until in found:  # (only a bucket that was short makes it wait)
+            self._buckets[key] = (tokens, now, until) if longest else (tokens - cost, now, until)
         while len(self._buckets) > self.most:
             self._buckets.popitem(last=False)
         return longest
+
+    def waiting(self, keys: Sequence[tuple[str, float]], now: float | None = None) -> float:
+        """The seconds a client told to wait (``wait_all``) has still to wait; nothing is
+        spent."""
+        now = time.monotonic() if now is None else now
+        until = max((self._buckets.get(key, (0.0, 0.0, 0.0))[2] for key, _ in keys),
+                    default=0.0)
+        return max(0.0, until - now)
 
 
 def bucket(address: str) -> str:
