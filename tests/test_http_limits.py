@@ -690,6 +690,11 @@ def test_a_clients_connections_are_capped(servers, monkeypatch, name):
         wait_for(lambda: connections.open_from("127.0.0.2") == 3)
         with from_elsewhere() as extra:
             assert read_to_close(extra, timeout=5) == b""
+        other = servers["sql" if name == "collector" else "collector"]  # its own counts
+        with socket.create_connection(("127.0.0.1", other.port), timeout=10,
+                                      source_address=("127.0.0.2", 0)) as sock:
+            sock.sendall(head(other.ok_path))
+            assert status(sock.recv(65536)) == 200
         held[0].sendall(head(port.ok_path))
         assert status(held[0].recv(65536)) == 200
         assert_serving(port)  # from 127.0.0.1

@@ -109,14 +109,23 @@ def is_https(scheme: str | None, forwarded_proto: str | None, peer: str,
     return forwarded_proto.split(",")[0].strip().lower() == "https"
 
 
+# Where a proxy or a system of the shop's own sends from, never a client on the internet:
+# loopback, private (RFC 1918, unique local), a carrier's NAT inside, link-local, "this
+# network". (Not ipaddress's is_global: it also leaves out Teredo and documentation
+# ranges, which clients can send from.)
+NOT_PUBLIC = tuple(ipaddress.ip_network(n) for n in (
+    "127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10",
+    "169.254.0.0/16", "0.0.0.0/8", "::1/128", "::/128", "fc00::/7", "fe80::/10"))
+
+
 @functools.lru_cache(maxsize=65536)
 def is_public(address: str) -> bool:
-    """Whether an address is a public one, a client's on the internet: not loopback,
-    private, link-local, shared (a carrier's NAT inside) or reserved. The per-client limits
-    hold public addresses only: another is a proxy or a system of the shop's own (one not
-    declared trusted would otherwise hold every visitor to one client's share)."""
+    """Whether an address can be a client's on the internet (``NOT_PUBLIC``). The
+    per-client limits hold public addresses only: another is a proxy or a system of the
+    shop's own (one not declared trusted would otherwise hold every visitor to one
+    client's share)."""
     parsed = parse_address(address)
-    return parsed is not None and parsed.is_global
+    return parsed is not None and not _in_networks(parsed, NOT_PUBLIC)
 
 
 @functools.lru_cache(maxsize=65536)

@@ -38,12 +38,14 @@ def client_keys(peer: str) -> tuple[tuple[str, float], ...]:
     return () if address is None else buckets(str(address), PREFIX_SHARE)
 
 
-def admit(peer: str, trusted: tuple[Network, ...]) -> tuple[str, ...] | None:
-    """Count a new connection from ``peer``: the keys to give back when it ends
-    (:func:`release`), or None when the client has its share open already (close it)."""
+def admit(peer: str, trusted: tuple[Network, ...], listener: int = 0
+          ) -> tuple[str, ...] | None:
+    """Count a new connection from ``peer`` to the port ``listener`` (each port has its
+    own counts): the keys to give back when it ends (:func:`release`), or None when the
+    client has its share open already (close it)."""
     if is_trusted_proxy(peer, trusted) or not is_public(peer):
         return ()
-    keys = client_keys(peer)
+    keys = [(f"{listener} {key}", share) for key, share in client_keys(peer)]
     with _lock:
         if any(_open[key] >= MAX_PER_CLIENT * share for key, share in keys):
             return None
@@ -61,6 +63,6 @@ def release(keys: tuple[str, ...]) -> None:
 
 
 def open_from(peer: str) -> int:
-    """Connections open now from ``peer``'s address or /64 (for tests)."""
+    """Connections open now from ``peer``'s address or /64, to any port (for tests)."""
     keys = client_keys(peer)
-    return _open.get(keys[0][0], 0) if keys else 0
+    return sum(n for key, n in _open.items() if keys and key.endswith(f" {keys[0][0]}"))
