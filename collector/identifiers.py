@@ -26,7 +26,9 @@ KIND = re.compile(r"[a-z][a-z0-9_]{0,31}")  # fullmatch
 JUNK = frozenset({"", "null", "undefined", "none", "nan", "0", "-1", "anonymous",
                   "[object object]", "(null)", "<null>", "nil", "<nil>", "(nil)", "true",
                   "false", "guest", "n/a", "(not set)", "not set", "unknown", "infinity",
-                  "-infinity"})
+                  "-infinity", "+infinity", "inf", "-nan", "anonymoususer", "array", "#n/a",
+                  "-", "n.a.", "na", "null null", "undefined undefined", "not_set", "notset",
+                  "object object", "object undefined", "object null", "%!s(<nil>)", "0x0"})
 # Their hex digests (an e-mail identifier is sent as its SHA-256; a page hashing a missing
 # value sends the digest of "" or of "null"), of the words as written in any case.
 JUNK_DIGESTS = frozenset(
@@ -35,8 +37,15 @@ JUNK_DIGESTS = frozenset(
     for digest in (hashlib.sha256, hashlib.sha1, hashlib.md5))
 # A template its page or e-mail tool did not fill in: {{customer.id}}, ${user_id},
 # %USER_ID%, *|EMAIL|*, [[id]] (fullmatch, lower-cased).
-TEMPLATE_ENDS = frozenset("{$%*[\"'")  # how a template, or a quoted or braced value, starts
-TEMPLATE = re.compile(r"\{\{.*\}\}|\$\{.*\}|%[^%\s]+%|\*\|.*\|\*|\[\[.*\]\]", re.S)
+TEMPLATE_ENDS = frozenset("{$%*[\"'#-<(")  # how a template, or a wrapped value, starts
+# A template its page, e-mail tool or CRM did not fill in: {{customer.id}}, ${user_id},
+# %USER_ID%, *|EMAIL|*, [[id]], and a name in {}, {! }, {$ }, #{ }, <%= %>, $ $, # #, - -,
+# [ ] (fullmatch, lower-cased; a name has no digits: "[a-17]" may be a customer's id).
+TEMPLATE = re.compile(
+    r"\{\{.*\}\}|\$\{.*\}|%[^%\s]+%|\*\|.*\|\*|\[\[.*\]\]"
+    r"|(?:\{[!$]?|#\{|<%=?|%%|\$|#|-|\[)\s*[a-z_][a-z_.]*\s*(?:\}|%>|%%|\$|#|-|\])", re.S)
+# What may wrap a placeholder: quotes, typographic ones too, and brackets.
+WRAPPERS = "{}[]()<>\"'\u201c\u201d\u2018\u2019\u00ab\u00bb"
 MAX_ID = 256
 SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")  # fullmatch
 
@@ -72,8 +81,8 @@ def is_junk(value: str) -> bool:
         # (an id as most are, ASCII and visible: the hot path's cheap checks)
         if text in JUNK or text in JUNK_DIGESTS:
             return True
-        if text[0] in "0-.":
-            return "0" in text and not text.strip("0-.")
+        if text[0] in "0-.+":
+            return "0" in text and not text.strip("0-.+")
         return text[0] in TEMPLATE_ENDS and (
             TEMPLATE.fullmatch(text) is not None or _bare(text) in JUNK)
     if value.startswith("\0"):
@@ -82,16 +91,16 @@ def is_junk(value: str) -> bool:
         text = "".join(c for c in text if c.isprintable())
     if not text.isascii():  # full-width and other compatibility forms
         text = unicodedata.normalize("NFKC", text).lower()
-    if TEMPLATE.fullmatch(text):
+    if text in JUNK or TEMPLATE.fullmatch(text):
         return True
     text = _bare(text)
     return (text in JUNK or text in JUNK_DIGESTS
-            or ("0" in text and not text.strip("0-.")))
+            or ("0" in text and not text.strip("0-.+")))
 
 
 def _bare(text: str) -> str:
-    """Without the quotes and braces around it."""
-    return text.strip().strip("{}\"'").strip()
+    """Without the quotes and brackets around it."""
+    return text.strip().strip(WRAPPERS).strip()
 
 
 def clean(kind: str, value: str, field: str) -> str:

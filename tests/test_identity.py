@@ -211,7 +211,14 @@ def test_two_user_ids_never_merge_on_their_own(env):
                                   # zeros as numbers, templates left unrendered (re-probe 52)
                                   "<nil>", "(not set)", "unknown", '"null"', "'undefined'",
                                   "null\x00", "-0", "0.0", "Infinity", "{{customer.id}}",
-                                  "${user_id}", "*|EMAIL|*", "%USER_ID%"])
+                                  "${user_id}", "*|EMAIL|*", "%USER_ID%",
+                                  # re-probe 53: frameworks', spreadsheets' and mailers'
+                                  "AnonymousUser", "{user_id}", "#N/A", "-", "Array",
+                                  "%!s(<nil>)", "[email]", "undefined undefined",
+                                  "\u201cnull\u201d", "(undefined)", "[null]", "<none>",
+                                  "{!Contact.Id}", "<%= user.id %>", "$email$", "#{user.id}",
+                                  "[object Undefined]", "n.a.", "-NaN", "+0", "0x0",
+                                  "not_set"])
 def test_junk_values_never_link(env, junk):
     client, collector, keys = env
     device = uid("dev")
