@@ -48,9 +48,9 @@ def test_location_from_forwarded_for_behind_a_trusted_proxy(env, monkeypatch):
     client, collector = env
     import collector.ingest.accept as ingest
 
-    real = ingest.hit_context
-    monkeypatch.setattr(ingest, "hit_context", lambda c, site, channel, hit: real(
-        c, site, channel, _with_peer(hit, "10.1.2.3")))
+    real = ingest.client_address  # (the address hit_context and the budget use)
+    monkeypatch.setattr(ingest, "client_address", lambda c, hit: real(
+        c, _with_peer(hit, "10.1.2.3")))
     marker = uuid.uuid4().hex
     assert hit(client, "geo-test", marker, **{"X-Forwarded-For": "1.1.1.1, 81.2.69.160"}
                ).status_code == 202
