@@ -22,7 +22,7 @@ BUILT_IN = ("device", "user", "email", "loyalty", "pos", "anon")
 KIND = re.compile(r"[a-z][a-z0-9_]{0,31}")  # fullmatch
 # (as PostHog refuses distinct ids, and more: Objective-C's, Ruby's and Go's nulls, GA's
 # "(not set)", a guest checkout's customer, "N/A" from a form; lower-cased, and compared
-# once quotes, braces and control characters around them are gone)
+# once quotes, brackets and invisible characters around them are gone)
 JUNK = frozenset({"", "null", "undefined", "none", "nan", "0", "-1", "anonymous",
                   "[object object]", "(null)", "<null>", "nil", "<nil>", "(nil)", "true",
                   "false", "guest", "n/a", "(not set)", "not set", "unknown", "infinity",
@@ -35,8 +35,6 @@ JUNK_DIGESTS = frozenset(
     digest(form.encode()).hexdigest()
     for text in JUNK for form in {text, text.upper(), text.capitalize(), text.title()}
     for digest in (hashlib.sha256, hashlib.sha1, hashlib.md5))
-# A template its page or e-mail tool did not fill in: {{customer.id}}, ${user_id},
-# %USER_ID%, *|EMAIL|*, [[id]] (fullmatch, lower-cased).
 TEMPLATE_ENDS = frozenset("{$%*[\"'#-<(")  # how a template, or a wrapped value, starts
 # A template its page, e-mail tool or CRM did not fill in: {{customer.id}}, ${user_id},
 # %USER_ID%, *|EMAIL|*, [[id]], and a name in {}, {! }, {$ }, #{ }, <%= %>, $ $, # #, - -,
@@ -74,8 +72,8 @@ def is_junk(value: str) -> bool:
     alone, as a number or in a UUID's shape are one too: an unset id, or an iOS advertising
     id when the app may not track (every such device would be one person); so are a digest
     of a placeholder (a page hashing a missing e-mail address), a template left unfilled,
-    and a placeholder in other dress: full-width, with invisible characters, quoted, in
-    braces."""
+    and a placeholder in other dress: full-width, with invisible characters, quoted,
+    bracketed."""
     text = value.strip().lower()
     if text.isascii() and text.isprintable() and text[-1:].isalnum():
         # (an id as most are, ASCII and visible: the hot path's cheap checks)
