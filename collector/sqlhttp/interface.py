@@ -68,8 +68,8 @@ from collector.sqlhttp.statements import (
 )
 from collector.sqlhttp.syntax import Parsed, parse
 from collector.sqlhttp.values import check_value
-from collector.storage.base import escape_param
-from collector.storage.embedded import EmbeddedStore, errors_counted
+from collector.storage.base import StorageError, escape_param
+from collector.storage.embedded import EmbeddedStore, errors_counted, insert_statement
 from collector.storage.engine_config import SITE_TABLES
 from collector.web.authorization import basic_credentials, split_authorization
 
@@ -457,16 +457,15 @@ class _SqlInterface:
                             kept = None
             done = inserter.finish()
         if errors_counted(conn) != before:
-            try:
-                text = None if kept is None else kept.decode()
-            except UnicodeDecodeError:
-                text = None
-            if text is None:
-                logger.warning("an INSERT (%s) ran while the engine counted an error, maybe its "
-                            "own: with insert_deduplication_token, as text of at most %d "
-                            "bytes, it would have been checked", fmt, REPLAY_BYTES)
+            if kept is None or not kept.isascii() and not _utf8(kept):
+                logger.warning("an INSERT (%s) ran while the engine counted an error, maybe "
+                               "its own: with insert_deduplication_token, as text of at most "
+                               "%d bytes, it would have been checked", fmt, REPLAY_BYTES)
             else:
-                conn.query(f"{head} FORMAT {fmt}\n{text}", "TSV")
+                try:
+                    insert_statement(conn, head, fmt, bytes(kept))
+                except StorageError as exc:
+                    raise SqlError.from_engine(exc) from None
         written = (done.rows_written, done.bytes_written)
         return Result(b"", call_summary((0, 0), written, written, done.elapsed), None)
 
@@ -647,3 +646,11 @@ def build_sql_app(
         lifespan=sql.lifespan,
     )
     return LoopbackOnly(app, sql.refuse_peer) if loopback_only else app
+
+
+def _utf8(data: bytearray) -> bool:
+    try:
+        data.decode()
+    except UnicodeDecodeError:
+        return False
+    return True

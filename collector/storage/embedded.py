@@ -110,7 +110,7 @@ class EmbeddedStore(Store):
             sql += " SETTINGS " + ", ".join(f"{k} = {_setting(v)}" for k, v in settings.items())
         conn = self._conn()
         if not settings or "insert_deduplication_token" not in settings:
-            _insert_statement(conn, sql, fmt, data)
+            insert_statement(conn, sql, fmt, data)
             return
         # A flush, with its token: chDB's stream, which costs the engine half the CPU of a
         # statement, but reports success for an insert refused once its rows were parsed
@@ -126,7 +126,7 @@ class EmbeddedStore(Store):
         except Exception as exc:
             raise StorageError(str(exc)) from None
         if errors_counted(conn) != before:
-            _insert_statement(conn, sql, fmt, data)
+            insert_statement(conn, sql, fmt, data)
 
     def stream(self, sql: str, params: Params = None, fmt: str = "JSONEachRow",
                settings: Mapping[str, str | int] | None = None) -> Iterator[bytes]:
@@ -272,8 +272,9 @@ def errors_counted(conn: Any) -> int:
         raise StorageError(str(exc)) from None
 
 
-def _insert_statement(conn: Any, sql: str, fmt: str, data: bytes) -> None:
-    """Insert the rows inline in the statement: the way that reports every error."""
+def insert_statement(conn: Any, sql: str, fmt: str, data: bytes) -> None:
+    """Insert the rows inline in the statement (``sql``: the INSERT without its FORMAT
+    clause), the way that reports every error, unlike ``send_insert``."""
     try:
         text = data.decode()
     except UnicodeDecodeError:
