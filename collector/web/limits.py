@@ -139,7 +139,7 @@ class LimitedProtocol(UvicornProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         keys = connections.admit(self.peer[0] if self.peer else "", self.trusted,
-                                 id(self.server_state))  # (a port's uvicorn server)
+                                 self.listener)
         if keys is None:  # the client has its share of connections open
             self._phase = _CLOSED
             transport.abort()  # nothing was read: nothing to answer

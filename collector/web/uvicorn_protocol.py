@@ -125,7 +125,8 @@ class UvicornProtocol(HttpToolsProtocol):
     # In slots: uvicorn's protocol has 28 attributes in its __dict__, and CPython (3.11)
     # shares the keys of, and specializes attribute access for, instance dicts only up to
     # 30; more made every attribute access on the hot path slower (measured: +0.4 us).
-    __slots__ = ("head_room", "event_loop", "peer", "url_scheme", "trailing", "upgraded")
+    __slots__ = ("head_room", "event_loop", "peer", "url_scheme", "trailing", "upgraded",
+                 "listener")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -135,10 +136,12 @@ class UvicornProtocol(HttpToolsProtocol):
         self.event_loop: asyncio.AbstractEventLoop = self.loop
         self.peer: tuple[str, int] | None = None
         self.url_scheme = "http"
+        self.listener = 0  # which port the connection came to (connection_made)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self.peer, self.url_scheme = self.client, self.scheme or "http"
+        self.listener = id(self.server_state)  # the port's server: one per port
 
     # -- hooks ------------------------------------------------------------------------------
 
