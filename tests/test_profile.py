@@ -12,6 +12,7 @@ import pytest
 
 from collector.identifiers import person_id
 from collector.identity.graph import Graph, rows_of
+from collector.web import ratelimit
 from tests.helpers import CHROME, IPHONE, drained, make_client, send_batch, wait_for
 
 SITE = "prof-shop"
@@ -316,7 +317,7 @@ def test_lists_leave_out_what_the_person_bought_anywhere(env):
         top(person=f"user:{user}", exclude="purchased,viewed"))
     assert set(top(person=f"device:nobody-{n}")) >= {bought["product_id"]}
     # The shop's own page on the phone: no key, the phone's cookies.
-    recommend._limits[collector] = recommend.RateLimit(rate=1000, burst=1000)
+    recommend.LIMITS[collector] = ratelimit.RateLimit(rate=1000, burst=1000)
     # The consent cookie of the site's current policy (one of another policy is stale).
     consent = consent_cookie("analytics", "personalization",
                              policy=collector.containers.live(SITE).policy)
@@ -338,7 +339,7 @@ def test_a_visitors_purchases_are_resolved_once_per_flush(env, monkeypatch):
     from tests.test_recommend import consent_cookie
 
     client, collector, _ = env
-    recommend._limits[collector] = recommend.RateLimit(rate=1000, burst=1000)
+    recommend.LIMITS[collector] = ratelimit.RateLimit(rate=1000, burst=1000)
     now = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
     device, n = uuid.uuid4().hex[:22], uuid.uuid4().hex[:8]
     first, second = item(f"first-{n}", "c", "b"), item(f"second-{n}", "c", "b")

@@ -54,7 +54,7 @@ def env(store, tmp_path_factory):
         refresh_pairs(store, ("rec-a",))
         POLICIES["rec-a"] = collector.containers.live("rec-a").policy
         # The test client has no IP address: all its requests share one bucket.
-        recommend._limits[collector] = recommend.RateLimit(rate=1000, burst=1000)
+        recommend.LIMITS[collector] = ratelimit.RateLimit(rate=1000, burst=1000)
         yield client, collector
 
 
@@ -152,8 +152,8 @@ def test_bad_input(env, query, field):
 
 def test_rate_limited_per_client(env):
     _, collector = env
-    saved = recommend._limits.get(collector)
-    recommend._limits[collector] = recommend.RateLimit(rate=0.5, burst=2)
+    saved = recommend.LIMITS.get(collector)
+    recommend.LIMITS[collector] = ratelimit.RateLimit(rate=0.5, burst=2)
     try:
         assert get(env, "/top").status_code == 200
         assert get(env, "/top").status_code == 200
@@ -162,13 +162,13 @@ def test_rate_limited_per_client(env):
         assert int(refused.headers["retry-after"]) >= 1
     finally:
         if saved is None:
-            del recommend._limits[collector]
+            del recommend.LIMITS[collector]
         else:
-            recommend._limits[collector] = saved
+            recommend.LIMITS[collector] = saved
 
 
 def test_token_bucket():
-    limit = recommend.RateLimit(rate=2, burst=3, most=2)
+    limit = ratelimit.RateLimit(rate=2, burst=3, most=2)
     assert [limit.wait("a", 0.0) for _ in range(4)] == [0, 0, 0, 0.5]
     assert limit.wait("a", 0.5) == 0  # one token back after half a second
     assert limit.wait("b", 0.5) == 0 and limit.wait("c", 0.5) == 0
@@ -248,7 +248,7 @@ def test_a_visitor_cannot_count_views_by_adding_one(env):
 def test_the_rate_limit_counts_an_ipv6_home_line_once():
     """An IPv6 subscriber gets a /64 (RFC 6177): one bucket per address let one line pass
     the limit by changing the low bits (found by a probe). IPv4 stays per address."""
-    limit = recommend.RateLimit(rate=0.001, burst=3)
+    limit = ratelimit.RateLimit(rate=0.001, burst=3)
     answers = [limit.wait(ratelimit.bucket(f"2001:db8:1:2::{n:x}"), now=100.0)
                for n in range(1, 7)]
     assert answers[:3] == [0.0] * 3 and all(answers[3:])
@@ -258,11 +258,28 @@ def test_the_rate_limit_counts_an_ipv6_home_line_once():
     assert ratelimit.bucket("") == ""  # no address known: the test client's
 
 
+def test_each_collector_has_its_own_rate_limits():
+    """One collector's clients spend nothing of another's (tests run several in one
+    process); an owner gone takes its limit with it."""
+    limits = ratelimit.RateLimits(rate=0.001, burst=1)
+
+    class Owner:
+        pass
+
+    first, second = Owner(), Owner()
+    assert limits.of(first) is limits.of(first)
+    assert limits.of(first).wait("192.0.2.7", now=1.0) == 0.0
+    assert limits.of(first).wait("192.0.2.7", now=1.0) > 0
+    assert limits.of(second).wait("192.0.2.7", now=1.0) == 0.0
+    del first
+    assert len(limits) == 1
+
+
 def test_the_rate_limit_counts_a_subscribers_ipv6_prefix_too():
     """Home lines get a /56 or a /48 (RFC 6177), 256 or 65,536 /64s: per /64 alone, one
     subscriber passed the limit 256 times over (an attacker's probe). Every /48 has a
     bucket of PREFIX_SHARE times a /64's as well."""
-    limit = recommend.RateLimit(rate=0.001, burst=3)
+    limit = ratelimit.RateLimit(rate=0.001, burst=3)
     admitted = sum(limit.wait_all(recommend.buckets(f"2001:db8:7:{net:x}::{n:x}"), now=100.0)
                    == 0.0 for net in range(256) for n in range(1, 41))
     assert admitted == 3 * recommend.PREFIX_SHARE

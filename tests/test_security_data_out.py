@@ -17,6 +17,7 @@ import pytest
 from collector.api import recommend
 from collector.identifiers import person_id
 from collector.identity import graph as graph_module
+from collector.web import ratelimit
 from tests.helpers import CHROME, drained, make_client, send_batch, wait_for
 
 SITE = "atk-shop"
@@ -32,7 +33,7 @@ def env(store, tmp_path_factory):
     with client:
         _, keys = collector.sites.create(SITE, [ORIGIN])
         _, other = collector.sites.create(OTHER, ["https://atk-other.example"])
-        recommend._limits[collector] = recommend.RateLimit(rate=1000, burst=1000)
+        recommend.LIMITS[collector] = ratelimit.RateLimit(rate=1000, burst=1000)
         yield client, collector, {SITE: keys, OTHER: other}
 
 

@@ -45,7 +45,6 @@ from __future__ import annotations
 import math
 import time
 from typing import Any
-from weakref import WeakKeyDictionary
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -61,7 +60,7 @@ from collector.storage import StorageError
 from collector.web import ratelimit
 from collector.web.clientip import client_ip
 from collector.web.http import error_response, header_safe
-from collector.web.ratelimit import RateLimit
+from collector.web.ratelimit import RateLimits
 from consent.cookie import latest_consent, parse_device, read_cookies
 from consent.purposes import PERSONALIZATION
 
@@ -82,14 +81,7 @@ def buckets(address: str) -> tuple[tuple[str, float], ...]:
     return ratelimit.buckets(address, PREFIX_SHARE)
 
 
-_limits: WeakKeyDictionary[Collector, RateLimit] = WeakKeyDictionary()
-
-
-def _limit(collector: Collector) -> RateLimit:
-    found = _limits.get(collector)
-    if found is None:
-        found = _limits[collector] = RateLimit(RATE, BURST, MAX_CLIENTS)
-    return found
+LIMITS = RateLimits(RATE, BURST, MAX_CLIENTS)  # each collector's
 
 
 def cors(site: Site, origin: str | None) -> dict[str, str]:
@@ -147,7 +139,7 @@ async def _serve(request: Request, accepted: tuple[str, ...], make: Any) -> Resp
         headers.update(cors(site, origin))
         peer = request.client.host if request.client else ""
         ip = client_ip(peer, request.headers.get("x-forwarded-for"), collector.settings.networks)
-        wait = _limit(collector).wait_all(buckets(ip))
+        wait = LIMITS.of(collector).wait_all(buckets(ip))
         if wait:
             raise ApiError(429, "too many requests; slow down", "",
                            {"Retry-After": str(max(1, math.ceil(wait)))})

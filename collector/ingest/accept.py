@@ -24,7 +24,6 @@ import datetime as dt
 import functools
 import math
 from typing import Any
-from weakref import WeakKeyDictionary
 
 import orjson
 
@@ -41,7 +40,7 @@ from collector.web.authorization import ASK_FOR_KEY, KEY_REFUSED, basic_credenti
 from collector.web.clientip import anonymize_ip, client_ip, is_public
 from collector.web.http import Hit, HTTPError, decode_body
 from collector.web.qvalues import accept_language
-from collector.web.ratelimit import RateLimit, buckets
+from collector.web.ratelimit import RateLimits, buckets
 
 # A browser's events and items a second per client, and its burst (``spend``): a page
 # sends a few events, a product list up to 200 items each; an office or a carrier's NAT is
@@ -218,7 +217,7 @@ def spend(c: Collector, ip: str, events: list[Any]) -> None:
             if isinstance(ecommerce, dict) and isinstance(ecommerce.get("items"), list):
                 items = ecommerce["items"]
             cost += 1 + (len(items) if isinstance(items, list) else 0)
-    wait = _budget(c).wait_all(_client(ip), cost=cost)
+    wait = BUDGETS.of(c).wait_all(_client(ip), cost=cost)
     if wait:
         raise _over_budget(wait)
 
@@ -227,7 +226,7 @@ def check_budget(c: Collector, hit: Hit) -> None:
     """A 429 for a client that spent its budget, before its body is read or parsed."""
     ip = client_address(c, hit)
     if ip and is_public(ip):
-        wait = _budget(c).waiting(_client(ip))
+        wait = BUDGETS.of(c).waiting(_client(ip))
         if wait:
             raise _over_budget(wait)
 
@@ -239,14 +238,7 @@ def _over_budget(wait: float) -> HTTPError:
                      headers={"Retry-After": str(seconds)})
 
 
-_budgets: WeakKeyDictionary[Collector, RateLimit] = WeakKeyDictionary()
-
-
-def _budget(c: Collector) -> RateLimit:
-    found = _budgets.get(c)
-    if found is None:
-        found = _budgets[c] = RateLimit(BUDGET_RATE, BUDGET_BURST)
-    return found
+BUDGETS = RateLimits(BUDGET_RATE, BUDGET_BURST)  # each collector's
 
 
 @functools.lru_cache(maxsize=65536)

@@ -14,6 +14,7 @@ import ipaddress
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
+from weakref import WeakKeyDictionary
 
 MAX_CLIENTS = 100_000  # buckets remembered; the least recently used are forgotten first
 
@@ -58,6 +59,21 @@ class RateLimit:
         until = max((self._buckets.get(key, (0.0, 0.0, 0.0))[2] for key, _ in keys),
                     default=0.0)
         return max(0.0, until - now)
+
+
+class RateLimits(WeakKeyDictionary):
+    """One ``RateLimit`` per owner (a ``Collector``: tests run several in one process, each
+    with its own clients), made when first asked for; one may be set for an owner."""
+
+    def __init__(self, rate: float, burst: float, most: int = MAX_CLIENTS) -> None:
+        super().__init__()
+        self.rate, self.burst, self.most = rate, burst, most
+
+    def of(self, owner: object) -> RateLimit:
+        found = self.get(owner)
+        if found is None:
+            found = self[owner] = RateLimit(self.rate, self.burst, self.most)
+        return found
 
 
 def bucket(address: str) -> str:
