@@ -11,6 +11,7 @@ import pytest
 
 from collector.ingest import accept
 from collector.ingest.events import MAX_BROWSER_AGE
+from collector.web import ratelimit
 from collector.web.http import MAX_GZIP_MEMBERS
 from tests.helpers import IPHONE, drained, on_path, rows, served, wait_for
 
@@ -328,8 +329,7 @@ def test_a_clients_hits_are_budgeted(store, tmp_path, monkeypatch):
     proxy here: the address it forwards) has a budget of events and items; past it a 429
     with Retry-After, nothing stored; other clients, and addresses that are not public
     (a proxy nobody declared trusted), are not held."""
-    monkeypatch.setattr(accept, "BUDGET_RATE", 1.0)
-    monkeypatch.setattr(accept, "BUDGET_BURST", 50.0)
+    monkeypatch.setattr(accept, "BUDGETS", ratelimit.RateLimits(rate=1.0, burst=50.0))
     item = {"product_id": "p", "price": 1.0}
     hits = {"site": "collect-test", "events": [
         {"event": "view_item_list", "items": [item] * 19}] * 2}  # 2 events + 38 items
