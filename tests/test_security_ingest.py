@@ -28,7 +28,7 @@ import pytest
 from collector.containers import MAX_DOCUMENT_BYTES
 from collector.ingest.adapters import BATCH_MAX_BYTES, COLLECT_MAX_BYTES, CONSENT_MAX_BYTES
 from collector.ingest.events import MAX_PROP_DEPTH
-from collector.web.http import header_safe, header_url, json_field, nested_too_deep
+from collector.web.http import header_safe, header_url, json_field, nesting
 from consent.cookie import consent_set_cookie, device_clear_cookie, device_set_cookie
 from consent.enforce import CLICK_IDS, strip_url
 from tests.helpers import CHROME, drained, served, wait_for
@@ -481,8 +481,9 @@ def test_hostile_pixels_are_a_400(env, method, query):
 
 
 def test_json_unit_helpers():
-    assert nested_too_deep({"a": [1, {"b": 2}]}, 3) is None
-    assert nested_too_deep({"a": [1, {"b": {"c": []}}]}, 3) == ["a", 1, "b"]
+    assert nesting({"a": [1, {"b": 2}]}, 3) == (None, False, 3)
+    assert nesting({"a": [1, {"b": {"c": []}}]}, 3) == (["a", 1, "b"], False, 4)
+    assert nesting([[], {"a": []}, []], 3, most=2) == ([1, "a"], True, 3)
     assert json_field(["events", 3, "props", "a", 0, 0]) == "events[3].props.a"
     assert json_field([0, 0, 0, 0]) == ""
     assert json_field(["a\ud800"]) == "a\\ud800"  # never text orjson cannot write

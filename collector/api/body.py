@@ -32,7 +32,7 @@ async def read_json(request: Request, limit: int, depth: int, required: bool = T
         data = http.parse_json(body)
     except http.HTTPError as exc:
         raise ApiError(exc.status, exc.message, exc.field or "") from None
-    deep = http.nested_too_deep(data, depth)
+    deep = http.nesting(data, depth).path
     if deep is not None:
         field = http.json_field(deep, depth)
         raise ApiError(400, f"{field or 'the body'} is nested deeper than {depth} levels",

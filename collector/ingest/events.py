@@ -28,7 +28,7 @@ from collector.identity.verify import verified
 from collector.ingest.ids import uuid7
 from collector.spool.record import EVENT_COLUMNS
 from collector.storage import time_text
-from collector.web.http import json_field, nested_too_deep, too_many
+from collector.web.http import json_field, nesting
 from collector.web.qvalues import LANG, MAX_LANG
 from consent.enforce import ConsentRule, enforce_row
 from consent.ids import CONSENT_ID
@@ -566,11 +566,11 @@ def _ecommerce(value: Any, raw: dict, row: dict[str, Any]) -> None:
         name = sorted(ECOMMERCE_FLAT & raw.keys())[0]
         raise EventError(f"'ecommerce' and {name!r} in one event: give either ecommerce or "
                          "the flat fields", "ecommerce")
-    deep = nested_too_deep(value, MAX_ECOMMERCE_DEPTH, MAX_ECOMMERCE_NODES)
-    if deep is not None:
-        field = f"ecommerce.{json_field(deep, MAX_ECOMMERCE_DEPTH)}"  # deep[0] is a key
+    deep = nesting(value, MAX_ECOMMERCE_DEPTH, MAX_ECOMMERCE_NODES)
+    if deep.path is not None:
+        field = f"ecommerce.{json_field(deep.path, MAX_ECOMMERCE_DEPTH)}"  # a key first
         field = field.rstrip(".")
-        if too_many(deep, MAX_ECOMMERCE_DEPTH):
+        if deep.too_many:
             raise EventError(f"'ecommerce' holds more than {MAX_ECOMMERCE_NODES} lists and "
                              "objects", "ecommerce")
         raise EventError(f"{field} is nested deeper than {MAX_ECOMMERCE_DEPTH} levels", field)
@@ -696,13 +696,13 @@ def _nested_prop(key: str, value: Any, nested: int) -> tuple[str, int]:
     ``MAX_NESTED_PROPS`` in the event's props, is refused before any of it is serialised,
     having walked at most that many."""
     field = f"props.{key}"
-    path = nested_too_deep(value, MAX_PROP_DEPTH, MAX_NESTED_PROPS - nested)
-    if too_many(path, MAX_PROP_DEPTH):
+    found = nesting(value, MAX_PROP_DEPTH, MAX_NESTED_PROPS - nested)
+    if found.too_many:
         raise EventError(f"'props' holds more than {MAX_NESTED_PROPS} lists and objects",
                          field)
-    if path is not None:
+    if found.path is not None:
         raise EventError(f"props.{key} is nested deeper than {MAX_PROP_DEPTH} levels", field)
-    nested += _containers(value)
+    nested += found.containers
     try:
         text = orjson.dumps(value).decode()
     except orjson.JSONEncodeError:  # e.g. an integer beyond 64 bits (never from the parser)
@@ -710,14 +710,3 @@ def _nested_prop(key: str, value: Any, nested: int) -> tuple[str, int]:
     if len(text) > MAX_PROP_VALUE:
         raise EventError(f"props.{key} is longer than {MAX_PROP_VALUE} characters", field)
     return text, nested
-
-
-def _containers(value: Any) -> int:
-    """The lists and objects in parsed JSON ``value`` (bounded by the caller's walk)."""
-    count, stack = 0, [value]
-    while stack:
-        node = stack.pop()
-        count += 1
-        children = node.values() if isinstance(node, dict) else node
-        stack += [child for child in children if isinstance(child, dict | list)]
-    return count

@@ -11,7 +11,7 @@ import re
 import unicodedata
 import zlib
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote
 
 import orjson
@@ -306,12 +306,19 @@ def deep_path(body: bytes, limit: int) -> list[str | int]:
     return path
 
 
-def nested_too_deep(value: Any, limit: int,
-                    most: int | None = None) -> list[str | int] | None:
+class Nesting(NamedTuple):
+    """What ``nesting`` found in parsed JSON."""
+
+    path: list[str | int] | None  # to the container too deep or past the most; or None
+    too_many: bool  # ``path`` leads to the container past the most, not too deep
+    containers: int  # the lists and objects walked: all of them when ``path`` is None
+
+
+def nesting(value: Any, limit: int, most: int | None = None) -> Nesting:
     """The path to the first container in parsed JSON ``value`` nested deeper than
-    ``limit`` (the top level is 1), or None. With ``most``: also the path to the container
-    past that many (``too_many``), found having walked (and looked at) that many, not all.
-    Without recursion; a path is built only for the answer."""
+    ``limit`` (the top level is 1), or with ``most`` to the container past that many, found
+    having walked (and looked at) that many, not all; and the containers walked. Without
+    recursion; a path is built only for the answer."""
     # (node, depth, index in walked of its parent, its key or index there)
     stack: list[tuple[Any, int, int, str | int]] = [(value, 0, -1, "")]
     walked: list[tuple[int, str | int]] = []
@@ -319,7 +326,7 @@ def nested_too_deep(value: Any, limit: int,
         node, depth, parent, key = stack.pop()
         walked.append((parent, key))
         if depth >= limit or (most is not None and len(walked) > most):
-            return _path(walked)
+            return Nesting(_path(walked), depth < limit, len(walked))
         here = len(walked) - 1
         children = node.items() if isinstance(node, dict) else enumerate(node)
         room = None if most is None else most - len(walked) + 1  # more could not be walked
@@ -330,7 +337,7 @@ def nested_too_deep(value: Any, limit: int,
                         break
                     room -= 1
                 stack.append((child, depth + 1, here, k))
-    return None
+    return Nesting(None, False, len(walked))
 
 
 def _path(walked: list[tuple[int, str | int]]) -> list[str | int]:
@@ -341,11 +348,6 @@ def _path(walked: list[tuple[int, str | int]]) -> list[str | int]:
         path.append(key)
         parent, key = walked[parent]
     return path[::-1]
-
-
-def too_many(path: list[str | int] | None, limit: int) -> bool:
-    """Whether ``nested_too_deep``'s answer is for the number of containers, not depth."""
-    return path is not None and len(path) < limit
 
 
 def json_field(path: list[str | int], segments: int = 4) -> str:
