@@ -22,10 +22,10 @@ from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from collector.sqlhttp import bound_values, policy, strings
-from collector.sqlhttp.bodies import Body, no_body, puller
+from collector.sqlhttp.bodies import Body, no_body, puller, receiver
 from collector.sqlhttp.calls import (
     HTTP_SETTINGS,
     RESERVED,
@@ -145,14 +145,25 @@ class _SqlInterface:
             user = self._authenticate(request, params)
             decoder = self._decoder(request)
             pull: Callable[[], bytes | None] = no_body
+            stream = None
             if request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
                 params.update(await self._form(request, decoder))
             else:
-                pull = puller(request.stream())
+                stream = request.stream()
+                pull = puller(stream)
             call = self._call(request, params, user, query_id)
             body = Body(pull, decoder, self.max_data_bytes)
-            result = await self._run(request, call, body)
-            return self._response(call, result)
+            if stream is not None:  # the query's text, however slowly it comes
+                await body.prefetch(receiver(stream), MAX_QUERY_BYTES + 1)
+            with contextlib.ExitStack() as slot:
+                # A reader's slot covers what its query holds: the run, and the result
+                # until it is sent (a client that does not read would hold it anyway).
+                if user.readonly:
+                    slot.enter_context(self.readers.taken(user.name))
+                result = await self._run(request, call, body)
+                response = self._response(call, result)
+                response.release = slot.pop_all().close
+                return response
         except SqlError as exc:
             return self._error(exc, query_id)
         except ClientDisconnect:
@@ -289,10 +300,8 @@ class _SqlInterface:
     # -- execution (worker thread)
 
     def _execute(self, call: Call, body: Body, read: Callable[[], None]) -> Result:
-        if not call.user.readonly:
-            return self._checked(call, body, None, read)
-        with self.readers.taken(call.user.name):
-            return self._checked(call, body, self._scope(call), read)
+        return self._checked(call, body, self._scope(call) if call.user.readonly else None,
+                             read)
 
     def _checked(
         self, call: Call, body: Body, scope: policy.Scope | None, read: Callable[[], None]
@@ -561,12 +570,38 @@ def _query_params(request: Request) -> dict[str, str]:
     return dict(pairs)
 
 
+# Pieces of an answer handed to the transport at a time: the server waits for the client to
+# read each before the next (one write of it all would leave the whole result buffered in
+# the transport, the query's slot given back).
+SEND_PIECE = 256 << 10
+
+
 class _HeldResponse(Response):
-    """A response whose body is a view of memory ``owner`` holds: kept until it is sent."""
+    """A response whose body is a view of memory ``owner`` holds: kept until it is sent,
+    in pieces of copies, and then ``release`` called (the query's slot), also when the
+    client went away or was cut for not reading (the HTTP limits' write timeout)."""
 
     def __init__(self, body: bytes | memoryview, owner: Any, **kwargs: Any) -> None:
         super().__init__(body, **kwargs)
         self.owner = owner
+        self.release: Callable[[], None] = _nothing
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await send({"type": "http.response.start", "status": self.status_code,
+                        "headers": self.raw_headers})
+            body = memoryview(self.body)
+            for start in range(0, len(body), SEND_PIECE):
+                await send({"type": "http.response.body", "more_body": True,
+                            "body": bytes(body[start:start + SEND_PIECE])})
+            await send({"type": "http.response.body", "body": b""})
+        finally:
+            self.owner = self.body = None  # type: ignore[assignment]
+            self.release()
+
+
+def _nothing() -> None:
+    pass
 
 
 def _query_id(given: str | None) -> str:
