@@ -176,6 +176,23 @@ def test_token_bucket():
     assert limit.wait("a", 0.5) == 0  # and starts afresh
 
 
+def test_a_client_told_to_wait_waits_until_then_and_no_longer():
+    """``waiting`` (a browser told to wait is refused before its body is read) answers from
+    a record of the clients told to wait alone, forgotten once the last wait is over: every
+    other hit pays one test for it."""
+    limit = ratelimit.RateLimit(rate=1, burst=2, most=2)
+    keys = (("a", 1.0),)
+    assert limit.wait_all(keys, now=0.0, cost=2) == 0
+    assert limit.wait_all(keys, now=0.0) == 1.0
+    assert limit.waiting(keys, now=0.5) == 0.5 and limit.waiting(keys, now=0.5) == 0.5
+    assert limit.waiting((("b", 1.0),), now=0.5) == 0  # never told
+    assert limit.waiting(keys, now=1.0) == 0 and not limit._until  # over: forgotten
+    assert limit.wait_all(keys, now=1.0) == 0
+    limit.wait_all(keys, now=1.0)  # told again: 1 s
+    limit.wait("b", 1.0), limit.wait("c", 1.0)  # "a" forgotten: its wait too
+    assert limit.waiting(keys, now=1.5) == 0 and "a" not in limit._until
+
+
 def test_fresh_hits_reach_the_public_list(env):
     _, collector = env
     assert "new-one" not in ids(get(env, "/top?limit=24"))

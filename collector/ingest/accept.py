@@ -181,8 +181,11 @@ def accept(
 
 def client_address(c: Collector, hit: Hit) -> str:
     """The browser's address: the peer's, or the one a trusted proxy forwarded ("" if
-    none is known)."""
-    return client_ip(hit.peer, hit.headers.get("x-forwarded-for"), c.settings.networks)
+    none is known); worked out once a request (the budget's check asks first)."""
+    if hit.client is None:
+        hit.client = client_ip(hit.peer, hit.headers.get("x-forwarded-for"),
+                               c.settings.networks)
+    return hit.client
 
 
 def hit_context(c: Collector, site: Site, channel: str, hit: Hit, ip: str) -> Context:

@@ -119,7 +119,7 @@ def header_safe(value: str) -> bool:
 class Hit:
     """One request: its headers (latin-1 text, names lower-case), peer and body."""
 
-    __slots__ = ("scope", "receive", "headers", "method", "peer")
+    __slots__ = ("scope", "receive", "headers", "method", "peer", "client")
 
     def __init__(self, scope: Scope, receive: Receive) -> None:
         self.scope, self.receive = scope, receive
@@ -134,6 +134,7 @@ class Hit:
                 self.headers[name] += COMBINED[name] + value
         client = scope.get("client")
         self.peer: str = client[0] if client else ""
+        self.client: str | None = None  # the browser's address, once worked out (accept.py)
 
     @property
     def query_string(self) -> bytes:

@@ -14,18 +14,24 @@ import ipaddress
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from weakref import WeakKeyDictionary
+from weakref import WeakKeyDictionary, ref
 
 MAX_CLIENTS = 100_000  # buckets remembered; the least recently used are forgotten first
 
 
 class RateLimit:
-    """A token bucket per client: ``rate`` tokens a second, up to ``burst``."""
+    """A token bucket per client: ``rate`` tokens a second, up to ``burst``. Every browser
+    hit passes here (``ingest/accept.py``): a client that may go on costs a bucket update,
+    and asking whether a client must still wait costs one test while none must."""
 
     def __init__(self, rate: float, burst: float, most: int = MAX_CLIENTS) -> None:
         self.rate, self.burst, self.most = rate, burst, most
-        # key -> (tokens, when counted, until when it was told to wait)
-        self._buckets: OrderedDict[str, tuple[float, float, float]] = OrderedDict()
+        # key -> (tokens, when counted), the least recently counted first
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        # key -> until when it was told to wait: only the clients told so (``waiting``),
+        # all of them forgotten once the last wait is over
+        self._until: dict[str, float] = {}
+        self._last_wait_ends = 0.0
 
     def wait(self, client: str, now: float | None = None) -> float:
         """0 if ``client`` may go on now (and it is counted), else the seconds to wait."""
@@ -38,27 +44,42 @@ class RateLimit:
         which ``waiting`` then answers until it is over. A cost above a bucket's burst
         waits for a full bucket, and then goes."""
         now = time.monotonic() if now is None else now
-        found, longest = [], 0.0
+        buckets, found, longest = self._buckets, [], 0.0
         for key, share in keys:
-            tokens, last, until = self._buckets.pop(key, (self.burst * share, now, 0.0))
-            tokens = min(self.burst * share, tokens + (now - last) * self.rate * share)
-            need = min(cost, self.burst * share)
-            short = (need - tokens) / (self.rate * share) if tokens < need else 0.0
-            found.append((key, tokens, max(until, now + short) if short else until))
-            longest = max(longest, short)
-        for key, tokens, until in found:  # (only a bucket that was short makes it wait)
-            self._buckets[key] = (tokens, now, until) if longest else (tokens - cost, now, until)
-        while len(self._buckets) > self.most:
-            self._buckets.popitem(last=False)
+            burst, rate = self.burst * share, self.rate * share
+            tokens, last = buckets.pop(key, (burst, now))
+            tokens = min(burst, tokens + (now - last) * rate)
+            need = cost if cost < burst else burst
+            if tokens < need:
+                short = (need - tokens) / rate
+                self._until[key] = max(self._until.get(key, 0.0), now + short)
+                self._last_wait_ends = max(self._last_wait_ends, now + short)
+                longest = max(longest, short)
+            found.append((key, tokens))
+        for key, tokens in found:  # (only a bucket that was short makes it wait)
+            buckets[key] = (tokens, now) if longest else (tokens - cost, now)
+        while len(buckets) > self.most:
+            self._until.pop(buckets.popitem(last=False)[0], None)
         return longest
 
     def waiting(self, keys: Sequence[tuple[str, float]], now: float | None = None) -> float:
         """The seconds a client told to wait (``wait_all``) has still to wait; nothing is
         spent."""
+        until = self._until
+        if not until:
+            return 0.0
         now = time.monotonic() if now is None else now
-        until = max((self._buckets.get(key, (0.0, 0.0, 0.0))[2] for key, _ in keys),
-                    default=0.0)
-        return max(0.0, until - now)
+        if now >= self._last_wait_ends:
+            until.clear()
+            return 0.0
+        longest = 0.0
+        for key, _ in keys:
+            left = until.get(key, now) - now
+            if left > 0:
+                longest = max(longest, left)
+            else:
+                until.pop(key, None)  # over: the dictionary holds those waiting only
+        return longest
 
 
 class RateLimits(WeakKeyDictionary):
@@ -68,12 +89,27 @@ class RateLimits(WeakKeyDictionary):
     def __init__(self, rate: float, burst: float, most: int = MAX_CLIENTS) -> None:
         super().__init__()
         self.rate, self.burst, self.most = rate, burst, most
+        # the last owner asked for and its limit: a served process has one collector, and
+        # each lookup in the weak dictionary makes a weak reference (~0.5 us a hit)
+        self._last: tuple[ref[object], RateLimit] | None = None
 
     def of(self, owner: object) -> RateLimit:
+        last = self._last
+        if last is not None and last[0]() is owner:
+            return last[1]
         found = self.get(owner)
         if found is None:
             found = self[owner] = RateLimit(self.rate, self.burst, self.most)
+        self._last = (ref(owner), found)
         return found
+
+    def __setitem__(self, owner: object, limit: RateLimit) -> None:
+        self._last = None
+        super().__setitem__(owner, limit)
+
+    def __delitem__(self, owner: object) -> None:
+        self._last = None
+        super().__delitem__(owner)
 
 
 def bucket(address: str) -> str:
