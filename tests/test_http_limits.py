@@ -9,6 +9,7 @@ the one under test. The timeouts are module constants, lowered here with monkeyp
 from __future__ import annotations
 
 import contextlib
+import gzip
 import select
 import socket
 import threading
@@ -299,6 +300,20 @@ def test_a_chunked_body_with_a_small_trailer_is_read(servers):
         sock.sendall(request[-30:])
         answer = read_to_close(sock)
     assert status(answer) == 202 and answer.endswith(b'{"accepted":1}')
+
+
+@pytest.mark.parametrize("coding", [b"gzip, chunked", b"deflate,chunked", b"x-mine ,  chunked"])
+def test_a_transfer_coding_other_than_chunked_is_refused_501(port, coding):
+    """RFC 9112 6.1: a transfer coding the server does not know is a 501. The parser reads
+    the chunks and drops the coding, so a gzipped body was read as it was sent (a 400 for
+    its "malformed JSON", or the raw bytes as a query on the SQL port)."""
+    body = gzip.compress(b'{"site": "%s", "event": "coded"}' % SITE.encode())
+    answer = exchange(port, head(port.body_path, b"Content-Type: text/plain\r\n"
+                                 b"Transfer-Encoding: %s\r\n" % coding, method="POST")
+                      + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+    assert_refused(answer, 501)
+    assert b"chunked" in answer.partition(b"\r\n\r\n")[2]
+    assert_serving(port)
 
 
 # -- timeouts -------------------------------------------------------------------------------

@@ -124,6 +124,7 @@ class LimitedProtocol(UvicornProtocol):
         self.set_keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
         self._phase = _IDLE
         self._head_raw = 0  # bytes received while the head was unfinished (beyond the 1st read)
+        self._first_chunk = True  # of the request's body, when chunked
         self._deadline = 0.0  # of the current phase
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = _NEVER  # when it fires
@@ -201,6 +202,7 @@ class LimitedProtocol(UvicornProtocol):
         # field is at least 3 bytes).
         self.head_room = MAX_HEAD_BYTES
         self._head_raw = 0
+        self._first_chunk = True
 
     def head_over(self, target: bool) -> None:
         if target:
@@ -233,6 +235,13 @@ class LimitedProtocol(UvicornProtocol):
         self._phase = _BODY
 
     def chunk_begins(self) -> None:
+        if self._first_chunk:
+            # RFC 9112 6.1: an unknown transfer coding is a 501. The parser reads the chunks
+            # and drops the others: a gzipped body would be taken as sent.
+            self._first_chunk = False
+            if self.transfer_codings() != ["chunked"]:
+                self._stop_parser(501, "no transfer coding but chunked is supported "
+                                       "(compress with Content-Encoding)")
         self._phase = _CHUNK_BEGUN
         self._head_raw = 0
 

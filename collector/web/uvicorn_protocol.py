@@ -366,6 +366,11 @@ class UvicornProtocol(HttpToolsProtocol):
         transport = self.transport
         return transport.is_closing() or transport.get_protocol() is not self
 
+    def transfer_codings(self) -> list[str]:
+        """The request's transfer codings, in order (``Transfer-Encoding``, all its fields)."""
+        return [coding.strip() for name, value in self.headers if name == b"transfer-encoding"
+                for coding in value.decode("latin-1").lower().split(",")]
+
     def queued(self) -> int:
         """Requests read and waiting behind the one being answered."""
         return len(self.pipeline)
