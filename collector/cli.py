@@ -249,7 +249,7 @@ def _start_sql_interface(collector):
     server = uvicorn.Server(uvicorn.Config(app, host=settings.sql_host, port=settings.sql_port,
                                            log_level="warning", access_log=False,
                                            # header limits and timeouts, as on the collector's
-                                           http="collector.web.limits:LimitedProtocol"))
+                                           http="collector.sqlhttp.protocol:SqlProtocol"))
     thread = threading.Thread(target=server.run, name="sql-interface", daemon=True)
     thread.start()
     return server, thread

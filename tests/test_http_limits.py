@@ -616,7 +616,7 @@ def test_bodies_held_open_at_once_are_capped_in_all(servers, monkeypatch, framin
     Past the cap in all (100 KB here) the request that would cross it is refused 503 and
     closed, the others are read on, other requests are served, and a refused or abandoned
     body gives its bytes back."""
-    monkeypatch.setattr(inflight, "MAX_BYTES", 100 * 1024)
+    monkeypatch.setattr(inflight.BODIES, "most", 100 * 1024)
     port = servers["collector"]
     piece = b" " * (40 * 1024)  # JSON's whitespace: the start of a body
 
@@ -629,7 +629,7 @@ def test_bodies_held_open_at_once_are_capped_in_all(servers, monkeypatch, framin
     held = [connect(port) for _ in range(2)]
     for sock in held:
         start(sock)
-    wait_for(lambda: inflight.total() >= 2 * len(piece))
+    wait_for(lambda: inflight.BODIES.total() >= 2 * len(piece))
     with connect(port) as third:
         start(third)
         answer = read_to_close(third)
@@ -640,7 +640,7 @@ def test_bodies_held_open_at_once_are_capped_in_all(servers, monkeypatch, framin
     assert_serving(port)
     for sock in held:
         sock.close()
-    assert wait_for(lambda: inflight.total() == 0)
+    assert wait_for(lambda: inflight.BODIES.total() == 0)
 
 
 @pytest.mark.parametrize("path", ["/healthz", "/p.gif?site=limits-test&event=e",  # ASGI, fast
@@ -649,7 +649,7 @@ def test_a_body_left_unread_after_its_answer_does_not_count(servers, monkeypatch
     """A request answered before its body came (a GET's body, a 413 for a body over the
     limit) has the rest of its body thrown away as it arrives: it holds nothing, and
     counting it let one connection refuse everyone's bodies (probe 50)."""
-    monkeypatch.setattr(inflight, "MAX_BYTES", 100 * 1024)
+    monkeypatch.setattr(inflight.BODIES, "most", 100 * 1024)
     port = servers["collector"]
     method, extra = ("POST", b"Content-Type: text/plain\r\n") if path == "/collect" else (
         "GET", b"")
@@ -663,7 +663,7 @@ def test_a_body_left_unread_after_its_answer_does_not_count(servers, monkeypatch
                 break  # closed after its answer: nothing can be held
             time.sleep(0.05)
         time.sleep(0.2)
-        assert inflight.total() == 0
+        assert inflight.BODIES.total() == 0
         with connect(port) as other:  # another's 20 KB body, in two reads, is taken
             body = b'{"site":"%s","event":"e"}' % SITE.encode() + b" " * (20 * 1024)
             other.sendall(head("/collect", b"Content-Type: text/plain\r\nContent-Length: "
@@ -675,13 +675,13 @@ def test_a_body_left_unread_after_its_answer_does_not_count(servers, monkeypatch
 
 def test_the_sql_port_does_not_count_its_streamed_bodies(servers, monkeypatch):
     """An INSERT's body streams to the engine: the SQL port's protocol counts none."""
-    monkeypatch.setattr(inflight, "MAX_BYTES", 1024)
+    monkeypatch.setattr(inflight.BODIES, "most", 1024)
     port = servers["sql"]
     assert not port.protocol.counts_bodies
     with connect(port) as sock:
         sock.sendall(head("/", b"Content-Length: 100000\r\n", method="POST") + b"x" * 50_000)
         time.sleep(0.2)
-        assert inflight.total() == 0
+        assert inflight.BODIES.total() == 0
 
 
 # -- connections open at once per client (collector/web/connections.py) ----------------------
@@ -717,6 +717,35 @@ def test_a_clients_connections_are_capped(servers, monkeypatch, name):
         for sock in held:
             sock.close()
     wait_for(lambda: connections.open_from("127.0.0.2") == 0)
+
+
+def test_the_sql_port_caps_its_connections_from_all_clients(servers, monkeypatch):
+    """Its local clients are not capped per client: 20,000 connections from two loopback
+    addresses took every file descriptor of the process, and the collector's port refused
+    every hit meanwhile (re-probe 61). Past the port's cap a new connection is closed
+    before anything is read; the collector's port has no such cap."""
+    port = servers["sql"]
+    monkeypatch.setattr(port.protocol, "port_connections", 3)
+    held = [connect(port) for _ in range(3)]
+    try:
+        with connect(port) as extra:
+            assert read_to_close(extra, timeout=5) == b""
+        held[0].sendall(head(port.ok_path))
+        assert status(held[0].recv(65536)) == 200
+        for _ in range(4):
+            assert_serving(servers["collector"])
+    finally:
+        for sock in held:
+            sock.close()
+    wait_for(lambda: exchange_ok(port))
+
+
+def exchange_ok(port: Port) -> bool:
+    try:
+        assert_serving(port)
+    except (AssertionError, OSError):
+        return False
+    return True
 
 
 def test_connections_of_a_trusted_proxy_or_an_address_not_public_are_not_capped(

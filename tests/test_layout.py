@@ -165,7 +165,7 @@ def uvicorn_protocol_uses(module: str, path: Path) -> list[str]:
                  else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
         found += [f"{module}:{node.lineno} imports {name}" for name in names
                   if name.startswith("uvicorn.protocols")]
-    protocols = {"UvicornProtocol", "LimitedProtocol", "IngestProtocol"}
+    protocols = {"UvicornProtocol", "LimitedProtocol", "IngestProtocol", "SqlProtocol"}
     for cls in ast.walk(tree):
         if not isinstance(cls, ast.ClassDef) or not any(
                 (base.id if isinstance(base, ast.Name) else getattr(base, "attr", None))

@@ -12,6 +12,7 @@ The port runs behind the collector's protocol, as `tagwerk serve` runs it."""
 
 from __future__ import annotations
 
+import gzip
 import socket
 import time
 import uuid
@@ -20,9 +21,10 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from collector.sqlhttp import QueryLimits, SqlUser, build_sql_app
-from collector.sqlhttp.config import MAX_READER_QUERIES_PER_USER
-from tests.helpers import serve
+from collector.sqlhttp import QueryLimits, SqlUser, build_sql_app, compress, interface
+from collector.sqlhttp.config import MAX_QUERY_BYTES, MAX_READER_QUERIES_PER_USER, STEP
+from collector.web import inflight
+from tests.helpers import serve, wait_for
 
 LIMITS = QueryLimits(max_memory_usage=256 << 20, max_execution_time=20,
                      max_result_bytes=32 << 20)
@@ -33,7 +35,7 @@ BIG = b"SELECT repeat('x', 1000) FROM numbers(20000)"  # a 20 MB answer
 def url(store) -> Iterator[str]:
     app = build_sql_app(store, {"default": SqlUser("default", "", readonly=True)},
                         loopback_only=True, limits=LIMITS)
-    with serve(app, http="collector.web.limits:LimitedProtocol") as base:
+    with serve(app, http="collector.sqlhttp.protocol:SqlProtocol") as base:
         yield base
 
 
@@ -89,3 +91,70 @@ def test_a_result_read_whole_gives_its_slot_back(url: str) -> None:
         answer = httpx.post(url, content=BIG, timeout=30)
         assert answer.status_code == 200 and len(answer.content) > 20_000_000
     assert one(url).status_code == 200
+
+
+# -- a query's text, read ahead (collector/sqlhttp/bodies.py, re-probe 61) --------------------
+
+
+def test_query_texts_read_ahead_are_capped_in_all(url: str, monkeypatch) -> None:
+    """Each query's text is read ahead (up to 1 MiB) before it runs: 4,000 connections each
+    holding most of one took the process to 4.9 GB. Past the SQL port's budget for them,
+    the request that would cross it is refused (503); the others go on; a refused or
+    abandoned text gives its bytes back."""
+    monkeypatch.setattr(inflight.QUERIES, "most", 100 * 1024)
+    text = b"SELECT 1" + b" " * (60 * 1024)
+    held = [connect(url), connect(url)]
+    try:
+        held[0].sendall(request(text, length=1_000_000))
+        wait_for(lambda: inflight.QUERIES.total() >= len(text))
+        held[1].sendall(request(text, length=1_000_000))
+        held[1].settimeout(10)
+        answer = held[1].recv(65536)
+        assert answer.startswith(b"HTTP/1.1 503"), answer[:200]
+        assert b"query texts" in answer
+        assert one(url).status_code == 200
+    finally:
+        for sock in held:
+            sock.close()
+    wait_for(lambda: inflight.QUERIES.total() == 0)
+
+
+@pytest.mark.parametrize("form", [False, True])
+def test_a_compressed_text_is_decoded_no_further_than_its_limit(url: str, monkeypatch,
+                                                                form: bool) -> None:
+    """33 KB of zstd decode to 1 GB: a form's whole received chunk was decoded before its
+    size was checked (3 GB of memory, 8.7 s of the port's event loop: re-probe 61)."""
+    decoded = []
+    feed = compress.Decoder.feed
+
+    def counted(self, data: bytes):
+        for piece in feed(self, data):
+            decoded.append(len(piece))
+            yield piece
+
+    monkeypatch.setattr(compress.Decoder, "feed", counted)
+    bomb = gzip.compress(b"\0" * (64 << 20))
+    headers = {"Content-Encoding": "gzip"}
+    if form:
+        headers["Content-Type"] = "multipart/form-data; boundary=B"
+    answer = httpx.post(url, content=bomb, headers=headers, timeout=60)
+    assert answer.status_code == 413, answer.text
+    assert sum(decoded) <= MAX_QUERY_BYTES + 2 * STEP
+
+
+def test_a_query_text_must_arrive_within_its_time(url: str, monkeypatch) -> None:
+    """The body timeout bounds pauses only: a byte every few seconds held a connection,
+    and 1 MiB of text for days (re-probe 61)."""
+    monkeypatch.setattr(interface, "QUERY_TEXT_SECONDS", 1)
+    with connect(url) as sock:
+        sock.sendall(request(b"SELECT 1", length=1_000))
+        sock.settimeout(0.2)
+        answer = b""
+        for _ in range(50):  # a byte every 0.2 s: never a pause of the body timeout's
+            try:
+                answer = sock.recv(65536)
+                break
+            except TimeoutError:
+                sock.sendall(b" ")
+        assert answer.startswith(b"HTTP/1.1 503"), answer[:200]
+        assert b"did not arrive within 1 s" in answer

@@ -21,6 +21,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from collector.ingest import fasthttp
+from collector.sqlhttp.protocol import SqlProtocol
 from collector.web import limits, uvicorn_protocol
 from collector.web.uvicorn_protocol import UVICORN_INTERNALS, Pending, UvicornProtocol
 
@@ -53,7 +54,7 @@ def test_our_names_shadow_nothing_of_uvicorns() -> None:
     """The glue's own API (hooks, helpers, slots) must not override a name uvicorn's
     protocol has gained: only the listed methods are overridden on purpose."""
     ours = set(vars(UvicornProtocol)) | set(UvicornProtocol.__slots__)
-    for cls in (limits.LimitedProtocol, fasthttp.IngestProtocol):
+    for cls in (limits.LimitedProtocol, fasthttp.IngestProtocol, SqlProtocol):
         ours |= set(vars(cls)) | set(getattr(cls, "__slots__", ()))
     theirs = {name for name in dir(HttpToolsProtocol) if not name.startswith("__")}
     clash = (ours & theirs) - set(UVICORN_INTERNALS["methods"])

@@ -10,6 +10,7 @@ import anyio.to_thread
 
 from collector.sqlhttp.compress import Decoder
 from collector.sqlhttp.errors import SqlError
+from collector.web.inflight import QUERIES, Charge
 
 
 class Body:
@@ -23,13 +24,18 @@ class Body:
         self._size = 0
         self._ahead: deque[bytes] = deque()  # decoded by prefetch, not yet read
         self._current: Iterator[bytes] | None = None  # a chunk's decoding prefetch left
+        self._charge: Charge | None = None  # what is read ahead, against inflight.QUERIES
         self._ended = False
         self._chunks = self._generate()
 
     async def prefetch(self, receive: Callable[[], Awaitable[bytes | None]], most: int) -> None:
         """Read ahead until ``most`` decoded bytes or the end: a query's text is read so
         before a worker thread and a reader's slot are taken for it, since a client can
-        send it as slowly as it likes. A chunk is decoded only as far as needed."""
+        send it as slowly as it likes. A chunk is decoded only as far as needed; what is
+        read ahead counts against the SQL port's budget for it (``inflight.QUERIES``), until
+        it is read."""
+        if self._charge is None:
+            self._charge = Charge(QUERIES)
         while not self._ended and self._size < most:
             if self._current is None:
                 raw = await receive()
@@ -39,6 +45,8 @@ class Body:
                 self._current = self._decoded(raw)
             for chunk in self._current:
                 self._ahead.append(chunk)
+                if not self._charge.hold(self._size):
+                    raise SqlError.of(202, QUERIES.refusal())
                 if self._size >= most:
                     break
             else:
@@ -47,6 +55,8 @@ class Body:
     def _generate(self) -> Iterator[bytes]:
         while self._ahead:
             yield self._ahead.popleft()
+        if self._charge is not None:
+            self._charge.release()
         if self._current is not None:
             yield from self._current
             self._current = None
@@ -68,6 +78,15 @@ class Body:
         self._ended = True
         if self._decoder:
             self._decoder.finish()
+
+    def __enter__(self) -> Body:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """What was read ahead and not read goes, with its charge."""
+        self._ahead.clear()
+        if self._charge is not None:
+            self._charge.release()
 
     def read(self, size: int) -> bytes:
         """At least ``size`` bytes from where the body is, or all of it if it is shorter."""

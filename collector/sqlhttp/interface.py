@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 from urllib.parse import parse_qsl
 
+import anyio
 import anyio.from_thread
 import anyio.to_thread
 import orjson
@@ -50,6 +51,7 @@ from collector.sqlhttp.compress import DEFLATERS, INFLATERS, Decoder, response_e
 from collector.sqlhttp.config import (
     MAX_DATA_BYTES,
     MAX_QUERY_BYTES,
+    QUERY_TEXT_SECONDS,
     REPLAY_BYTES,
     Connection,
     QueryLimits,
@@ -135,6 +137,9 @@ class _SqlInterface:
 
     async def query(self, request: Request) -> Response:
         query_id = ""
+        # The bodies' texts read ahead are given back at the end, answered or not (a Body
+        # and its generator are a cycle: left to the collector, they would hold the budget).
+        bodies = contextlib.ExitStack()
         try:
             params = _query_params(request)
             query_id = _query_id(
@@ -144,17 +149,16 @@ class _SqlInterface:
                 return PlainTextResponse("Ok.\n")  # ClickHouse's root page
             user = self._authenticate(request, params)
             decoder = self._decoder(request)
-            pull: Callable[[], bytes | None] = no_body
-            stream = None
+            stream = request.stream()
             if request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
-                params.update(await self._form(request, decoder))
+                form = bodies.enter_context(Body(no_body, decoder, MAX_QUERY_BYTES))
+                await self._read_ahead(form, stream)
+                params.update(self._form(request, form.read(MAX_QUERY_BYTES + 1)))
+                body = Body(no_body, None, 0)
             else:
-                stream = request.stream()
-                pull = puller(stream)
+                body = bodies.enter_context(Body(puller(stream), decoder, self.max_data_bytes))
+                await self._read_ahead(body, stream)  # the query's text, however it comes
             call = self._call(request, params, user, query_id)
-            body = Body(pull, decoder, self.max_data_bytes)
-            if stream is not None:  # the query's text, however slowly it comes
-                await body.prefetch(receiver(stream), MAX_QUERY_BYTES + 1)
             with contextlib.ExitStack() as slot:
                 # A reader's slot covers what its query holds: the run, and the result
                 # until it is sent (a client that does not read would hold it anyway).
@@ -171,6 +175,8 @@ class _SqlInterface:
         except Exception:
             logger.exception("SQL interface: unexpected error")
             return self._error(SqlError.of(1001, "Internal error, see the collector's log"), "")
+        finally:
+            bodies.close()
 
     async def _run(self, request: Request, call: Call, body: Body) -> Result:
         """Execute ``call``; cancel its query in the engine if the client goes away once
@@ -278,15 +284,21 @@ class _SqlInterface:
             raise SqlError.of(779, f"Unsupported Content-Encoding: {encoding}")
         return Decoder(INFLATERS[encoding])
 
-    async def _form(self, request: Request, decoder: Decoder | None) -> dict[str, str]:
+    @staticmethod
+    async def _read_ahead(body: Body, stream: AsyncIterator[bytes]) -> None:
+        """Read a query's text (or form) ahead, within ``QUERY_TEXT_SECONDS``: the body
+        timeout bounds the pauses only, and a byte every few seconds would hold a
+        connection for days."""
+        try:
+            with anyio.fail_after(QUERY_TEXT_SECONDS):
+                await body.prefetch(receiver(stream), MAX_QUERY_BYTES + 1)
+        except TimeoutError:
+            raise SqlError.of(209, f"The query did not arrive within {QUERY_TEXT_SECONDS} s "
+                                   "(a timeout while receiving it)") from None
+
+    @staticmethod
+    def _form(request: Request, raw: bytes) -> dict[str, str]:
         """Fields of a multipart/form-data body (clickhouse-connect's long parameters)."""
-        raw = bytearray()
-        async for chunk in request.stream():
-            raw += b"".join(decoder.feed(chunk)) if decoder else chunk
-            if len(raw) > MAX_QUERY_BYTES:
-                raise SqlError.of(229, f"The form is larger than {MAX_QUERY_BYTES} bytes")
-        if decoder:
-            decoder.finish()
         head = f"Content-Type: {request.headers['content-type']}\r\n\r\n".encode("latin-1")
         message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + raw)
         fields: dict[str, str] = {}

@@ -10,7 +10,8 @@ high enough for the visitors behind one NAT (an office, a carrier's CGNAT: a bro
 about 6 connections to a host). The trusted proxies (``--trusted-proxies``) are never
 capped: every visitor comes through them, and they limit their own clients; nor are
 addresses that are not public (``clientip.is_public``): a proxy nobody declared trusted, the
-shop's own systems, the SQL port's local clients.
+shop's own systems, the SQL port's local clients. A port may also cap its connections from
+all clients together (the SQL port: ``collector/sqlhttp/protocol.py``).
 
 The event loop's thread counts; tests run several loops, hence the lock.
 """
@@ -38,16 +39,20 @@ def client_keys(peer: str) -> tuple[tuple[str, float], ...]:
     return () if address is None else buckets(str(address), PREFIX_SHARE)
 
 
-def admit(peer: str, trusted: tuple[Network, ...], listener: int = 0
+def admit(peer: str, trusted: tuple[Network, ...], listener: int = 0, port_most: int = 0
           ) -> tuple[str, ...] | None:
     """Count a new connection from ``peer`` to the port ``listener`` (each port has its
     own counts): the keys to give back when it ends (:func:`release`), or None when the
-    client has its share open already (close it)."""
-    if is_trusted_proxy(peer, trusted) or not is_public(peer):
+    client has its share open already, or the port ``port_most`` connections from anyone
+    (close it)."""
+    keys = [(f"{listener} *", port_most)] if port_most else []
+    if not (is_trusted_proxy(peer, trusted) or not is_public(peer)):
+        keys += [(f"{listener} {key}", MAX_PER_CLIENT * share)
+                 for key, share in client_keys(peer)]
+    if not keys:
         return ()
-    keys = [(f"{listener} {key}", share) for key, share in client_keys(peer)]
     with _lock:
-        if any(_open[key] >= MAX_PER_CLIENT * share for key, share in keys):
+        if any(_open[key] >= most for key, most in keys):
             return None
         for key, _ in keys:
             _open[key] += 1

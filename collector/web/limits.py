@@ -110,11 +110,14 @@ class LimitedProtocol(UvicornProtocol):
 
     # In slots, as UvicornProtocol's (which says why).
     __slots__ = ("_phase", "_head_raw", "_deadline", "_timer", "_timer_at", "_refusal",
-                 "_stalled_until", "_unsent", "_body_raw", "_charge", "_client_keys")
+                 "_stalled_until", "_unsent", "_body_raw", "_charge", "_client_keys",
+                 "_first_chunk")
     # Whether the bytes of a request still being received count against the process's
     # budget for them (``inflight.py``): on the collector's port, where bodies are held
     # whole; the SQL port streams its bodies to the engine.
     counts_bodies = False
+    # Connections open at once on the port from all clients together (0: no such cap).
+    port_connections = 0
     # The trusted proxies (networks), whose connections are not capped per client
     # (``connections.py``). (Not annotated: the fast path's subclass must share no name.)
     trusted = cast(tuple[Network, ...], ())
@@ -140,7 +143,7 @@ class LimitedProtocol(UvicornProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         keys = connections.admit(self.peer[0] if self.peer else "", self.trusted,
-                                 self.listener)
+                                 self.listener, self.port_connections)
         if keys is None:  # the client has its share of connections open
             self._phase = _CLOSED
             transport.abort()  # nothing was read: nothing to answer
@@ -258,7 +261,7 @@ class LimitedProtocol(UvicornProtocol):
         """Count a read that left the request's body unfinished: a body that arrives with
         its head in one read (a hit) is never counted, nor one thrown away as it arrives
         (its request answered, or ignoring it). False, and the request refused, once the
-        bodies being received would hold more than ``inflight.MAX_BYTES``."""
+        bodies being received would hold more than ``inflight.BODIES`` allows."""
         if not self.body_kept():
             self._received()
             return True
@@ -267,7 +270,7 @@ class LimitedProtocol(UvicornProtocol):
             self._charge = inflight.Charge()
         if self._charge.hold(self._body_raw):
             return True
-        self._refuse_request(503, inflight.refusal())
+        self._refuse_request(503, inflight.BODIES.refusal())
         return False
 
     def _received(self) -> None:
