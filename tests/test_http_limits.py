@@ -748,6 +748,16 @@ def exchange_ok(port: Port) -> bool:
     return True
 
 
+def test_on_a_port_with_its_own_cap_a_public_client_has_a_quarter_of_it():
+    public = [connections.admit("8.8.4.4", (), 99, port_most=8) for _ in range(3)]
+    assert public[0] and public[1] and public[2] is None
+    local = connections.admit("127.0.0.1", (), 99, port_most=8)  # not public: the port's cap
+    assert local == ("99 *",)
+    for keys in (public[0], public[1], local):
+        connections.release(keys)
+    assert connections.open_from("8.8.4.4") == 0
+
+
 def test_connections_of_a_trusted_proxy_or_an_address_not_public_are_not_capped(
         monkeypatch):
     monkeypatch.setattr(connections, "MAX_PER_CLIENT", 1)

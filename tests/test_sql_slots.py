@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gzip
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -49,6 +50,15 @@ def connect(url: str) -> socket.socket:
 def request(body: bytes, length: int | None = None) -> bytes:
     return (b"POST /?user=default HTTP/1.1\r\nHost: x\r\nAccept-Encoding: identity\r\n"
             b"Content-Length: %d\r\n\r\n%s" % (len(body) if length is None else length, body))
+
+
+def read_to_close(sock: socket.socket, timeout: float = 10.0) -> bytes:
+    """All the server sends until it closes the connection (fails if it does not)."""
+    sock.settimeout(timeout)
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
 
 
 def one(url: str) -> httpx.Response:
@@ -108,8 +118,7 @@ def test_query_texts_read_ahead_are_capped_in_all(url: str, monkeypatch) -> None
         held[0].sendall(request(text, length=1_000_000))
         wait_for(lambda: inflight.QUERIES.total() >= len(text))
         held[1].sendall(request(text, length=1_000_000))
-        held[1].settimeout(10)
-        answer = held[1].recv(65536)
+        answer = read_to_close(held[1])  # its body unread: the connection closes
         assert answer.startswith(b"HTTP/1.1 503"), answer[:200]
         assert b"query texts" in answer
         assert one(url).status_code == 200
@@ -156,5 +165,73 @@ def test_a_query_text_must_arrive_within_its_time(url: str, monkeypatch) -> None
                 break
             except TimeoutError:
                 sock.sendall(b" ")
+        answer += read_to_close(sock)  # then closed: the rest would keep it open
         assert answer.startswith(b"HTTP/1.1 503"), answer[:200]
         assert b"did not arrive within 1 s" in answer
+
+
+def test_an_answer_before_the_body_is_read_closes_the_connection(url: str) -> None:
+    """The server drops the rest of a body it answered early, and a byte every few seconds
+    kept the connection (re-probe 61's review: 512 such took the whole SQL port)."""
+    with connect(url) as sock:
+        sock.sendall(b"POST /?user=nobody HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000"
+                     b"\r\n\r\nSELECT 1")
+        sock.settimeout(0.5)
+        answer, closed = b"", False
+        for _ in range(30):  # a byte every 0.5 s, for 15 s: past the body timeout
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                chunk = None
+            if chunk == b"":
+                closed = True
+                break
+            answer += chunk or b""
+            try:
+                sock.sendall(b" ")
+            except OSError:
+                closed = True
+                break
+    assert answer.startswith(b"HTTP/1.1 403") and b"516" in answer, answer[:200]
+    assert closed
+
+
+def test_a_readers_answer_read_too_slowly_is_cut(store) -> None:
+    """A client reading a few KB every few seconds kept its slot for as long as its answer
+    lasted (hours, for a 256 MiB result): a reader's answer is cut once the query's time
+    limit is over, and its slot comes back."""
+    limits = QueryLimits(max_memory_usage=256 << 20, max_execution_time=2,
+                         max_result_bytes=32 << 20)
+    app = build_sql_app(store, {"default": SqlUser("default", "", readonly=True)},
+                        loopback_only=True, limits=limits)
+    with serve(app, http="collector.sqlhttp.protocol:SqlProtocol") as base:
+        stop = threading.Event()
+
+        def read_slowly(sock: socket.socket) -> None:
+            sock.settimeout(1)
+            while not stop.is_set():
+                try:
+                    if not sock.recv(4096):
+                        return
+                except (TimeoutError, OSError):
+                    return
+                time.sleep(0.3)
+
+        slow = [connect(base) for _ in range(MAX_READER_QUERIES_PER_USER)]
+        readers = [threading.Thread(target=read_slowly, args=(sock,)) for sock in slow]
+        try:
+            for sock, reader in zip(slow, readers, strict=True):
+                sock.sendall(request(BIG))
+                reader.start()
+            time.sleep(1)
+            assert one(base).status_code == 503  # both slots held while they read
+            deadline = time.monotonic() + 15
+            while (answer := one(base)).status_code != 200 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert answer.status_code == 200, answer.text
+        finally:
+            stop.set()
+            for sock in slow:
+                sock.close()
+            for reader in readers:
+                reader.join()

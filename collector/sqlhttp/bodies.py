@@ -79,6 +79,11 @@ class Body:
         if self._decoder:
             self._decoder.finish()
 
+    @property
+    def ended(self) -> bool:
+        """The body was received whole."""
+        return self._ended
+
     def __enter__(self) -> Body:
         return self
 

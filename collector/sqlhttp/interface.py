@@ -9,6 +9,7 @@ import email.policy
 import hmac
 import itertools
 import logging
+import math
 import socket
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
@@ -140,6 +141,7 @@ class _SqlInterface:
         # The bodies' texts read ahead are given back at the end, answered or not (a Body
         # and its generator are a cycle: left to the collector, they would hold the budget).
         bodies = contextlib.ExitStack()
+        body: Body | None = None
         try:
             params = _query_params(request)
             query_id = _query_id(
@@ -151,13 +153,13 @@ class _SqlInterface:
             decoder = self._decoder(request)
             stream = request.stream()
             if request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
-                form = bodies.enter_context(Body(no_body, decoder, MAX_QUERY_BYTES))
-                await self._read_ahead(form, stream)
-                params.update(self._form(request, form.read(MAX_QUERY_BYTES + 1)))
-                body = Body(no_body, None, 0)
+                body = bodies.enter_context(Body(no_body, decoder, MAX_QUERY_BYTES))
+                await self._read_ahead(body, stream)
+                params.update(self._form(request, body.read(MAX_QUERY_BYTES + 1)))
             else:
                 body = bodies.enter_context(Body(puller(stream), decoder, self.max_data_bytes))
-                await self._read_ahead(body, stream)  # the query's text, however it comes
+                if user.readonly:  # its text, however it comes, before a thread or a slot
+                    await self._read_ahead(body, stream)
             call = self._call(request, params, user, query_id)
             with contextlib.ExitStack() as slot:
                 # A reader's slot covers what its query holds: the run, and the result
@@ -167,14 +169,17 @@ class _SqlInterface:
                 result = await self._run(request, call, body)
                 response = self._response(call, result)
                 response.release = slot.pop_all().close
+                if user.readonly:  # as long as its query may run, and no longer
+                    response.deadline = self.limits.max_execution_time
                 return response
         except SqlError as exc:
-            return self._error(exc, query_id)
+            return self._error(exc, query_id, close=_unread(request, body))
         except ClientDisconnect:
             return Response(status_code=499)  # nobody is listening
         except Exception:
             logger.exception("SQL interface: unexpected error")
-            return self._error(SqlError.of(1001, "Internal error, see the collector's log"), "")
+            return self._error(SqlError.of(1001, "Internal error, see the collector's log"), "",
+                               close=_unread(request, body))
         finally:
             bodies.close()
 
@@ -555,13 +560,17 @@ class _SqlInterface:
             headers["Content-Encoding"] = result.encoding
         return _HeldResponse(result.body, result.owner, headers=headers)
 
-    def _error(self, exc: SqlError, query_id: str) -> Response:
+    def _error(self, exc: SqlError, query_id: str, close: bool = False) -> Response:
+        """``close``: the request's body is not read whole. The server would drop the rest
+        as it arrives, on a connection that a byte every few seconds keeps open."""
         text = exc.text
         if not VERSION_SUFFIX.search(text):
             text += f" (version {self.version})"
         headers = self._headers(query_id)
         headers["X-ClickHouse-Exception-Code"] = str(exc.code)
         headers["Content-Type"] = "text/plain; charset=UTF-8"
+        if close:
+            headers["Connection"] = "close"
         return Response(text + "\n", status_code=STATUS.get(exc.code, 500), headers=headers)
 
     def refuse_peer(self) -> Response:
@@ -588,25 +597,38 @@ def _query_params(request: Request) -> dict[str, str]:
 SEND_PIECE = 256 << 10
 
 
+def _unread(request: Request, body: Body | None) -> bool:
+    """Whether the request has a body that was not read whole."""
+    length = request.headers.get("content-length")
+    sent = "transfer-encoding" in request.headers or bool(length and length != "0")
+    return sent and not (body is not None and body.ended)
+
+
 class _HeldResponse(Response):
     """A response whose body is a view of memory ``owner`` holds: kept until it is sent,
     in pieces of copies, and then ``release`` called (the query's slot), also when the
-    client went away or was cut for not reading (the HTTP limits' write timeout)."""
+    client went away or was cut for not reading (the HTTP limits' write timeout). With a
+    ``deadline`` (s), an answer still not read whole then is cut: a client reading a few KB
+    every few seconds would hold its slot for hours."""
 
     def __init__(self, body: bytes | memoryview, owner: Any, **kwargs: Any) -> None:
         super().__init__(body, **kwargs)
         self.owner = owner
         self.release: Callable[[], None] = _nothing
+        self.deadline = 0.0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            await send({"type": "http.response.start", "status": self.status_code,
-                        "headers": self.raw_headers})
-            body = memoryview(self.body)
-            for start in range(0, len(body), SEND_PIECE):
-                await send({"type": "http.response.body", "more_body": True,
-                            "body": bytes(body[start:start + SEND_PIECE])})
-            await send({"type": "http.response.body", "body": b""})
+            with anyio.move_on_after(self.deadline or math.inf) as sending:
+                await send({"type": "http.response.start", "status": self.status_code,
+                            "headers": self.raw_headers})
+                body = memoryview(self.body)
+                for start in range(0, len(body), SEND_PIECE):
+                    await send({"type": "http.response.body", "more_body": True,
+                                "body": bytes(body[start:start + SEND_PIECE])})
+                await send({"type": "http.response.body", "body": b""})
+            if sending.cancelled_caught:  # unfinished: the server closes the connection
+                logger.info("SQL interface: an answer not read within %g s, cut", self.deadline)
         finally:
             self.owner = self.body = None  # type: ignore[assignment]
             self.release()

@@ -11,7 +11,8 @@ about 6 connections to a host). The trusted proxies (``--trusted-proxies``) are 
 capped: every visitor comes through them, and they limit their own clients; nor are
 addresses that are not public (``clientip.is_public``): a proxy nobody declared trusted, the
 shop's own systems, the SQL port's local clients. A port may also cap its connections from
-all clients together (the SQL port: ``collector/sqlhttp/protocol.py``).
+all clients together (the SQL port: ``collector/sqlhttp/protocol.py``); a public client then
+has a quarter of that.
 
 The event loop's thread counts; tests run several loops, hence the lock.
 """
@@ -47,8 +48,9 @@ def admit(peer: str, trusted: tuple[Network, ...], listener: int = 0, port_most:
     (close it)."""
     keys = [(f"{listener} *", port_most)] if port_most else []
     if not (is_trusted_proxy(peer, trusted) or not is_public(peer)):
-        keys += [(f"{listener} {key}", MAX_PER_CLIENT * share)
-                 for key, share in client_keys(peer)]
+        # (on a port with its own cap, one client gets a quarter of it)
+        most = min(MAX_PER_CLIENT, port_most // 4) if port_most else MAX_PER_CLIENT
+        keys += [(f"{listener} {key}", most * share) for key, share in client_keys(peer)]
     if not keys:
         return ()
     with _lock:

@@ -82,34 +82,43 @@ class RateLimit:
         return longest
 
 
-class RateLimits(WeakKeyDictionary):
+class RateLimits:
     """One ``RateLimit`` per owner (a ``Collector``: tests run several in one process, each
-    with its own clients), made when first asked for; one may be set for an owner."""
+    with its own clients), made when first asked for; one may be set for an owner, and goes
+    with it."""
 
     def __init__(self, rate: float, burst: float, most: int = MAX_CLIENTS) -> None:
-        super().__init__()
         self.rate, self.burst, self.most = rate, burst, most
+        self._each: WeakKeyDictionary[object, RateLimit] = WeakKeyDictionary()
         # the last owner asked for and its limit: a served process has one collector, and
         # each lookup in the weak dictionary makes a weak reference (~0.5 us a hit)
-        self._last: tuple[ref[object], RateLimit] | None = None
+        self._last: tuple[ref[object], ref[RateLimit]] | None = None
 
     def of(self, owner: object) -> RateLimit:
         last = self._last
         if last is not None and last[0]() is owner:
-            return last[1]
-        found = self.get(owner)
+            found = last[1]()
+            if found is not None:
+                return found
+        found = self._each.get(owner)
         if found is None:
-            found = self[owner] = RateLimit(self.rate, self.burst, self.most)
-        self._last = (ref(owner), found)
+            found = self._each[owner] = RateLimit(self.rate, self.burst, self.most)
+        self._last = (ref(owner), ref(found))
         return found
 
     def __setitem__(self, owner: object, limit: RateLimit) -> None:
         self._last = None
-        super().__setitem__(owner, limit)
+        self._each[owner] = limit
 
     def __delitem__(self, owner: object) -> None:
         self._last = None
-        super().__delitem__(owner)
+        del self._each[owner]
+
+    def get(self, owner: object) -> RateLimit | None:
+        return self._each.get(owner)
+
+    def __len__(self) -> int:
+        return len(self._each)
 
 
 def bucket(address: str) -> str:
