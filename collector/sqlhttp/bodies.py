@@ -84,11 +84,9 @@ class Body:
         """The body was received whole."""
         return self._ended
 
-    def __enter__(self) -> Body:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        """What was read ahead and not read goes, with its charge."""
+    def close(self) -> None:
+        """What was read ahead and not read goes, with its charge (at the request's end: a
+        Body and its generator are a cycle, which the garbage collector would free late)."""
         self._ahead.clear()
         if self._charge is not None:
             self._charge.release()

@@ -138,9 +138,6 @@ class _SqlInterface:
 
     async def query(self, request: Request) -> Response:
         query_id = ""
-        # The bodies' texts read ahead are given back at the end, answered or not (a Body
-        # and its generator are a cycle: left to the collector, they would hold the budget).
-        bodies = contextlib.ExitStack()
         body: Body | None = None
         try:
             params = _query_params(request)
@@ -153,11 +150,11 @@ class _SqlInterface:
             decoder = self._decoder(request)
             stream = request.stream()
             if request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
-                body = bodies.enter_context(Body(no_body, decoder, MAX_QUERY_BYTES))
+                body = Body(no_body, decoder, MAX_QUERY_BYTES)
                 await self._read_ahead(body, stream)
                 params.update(self._form(request, body.read(MAX_QUERY_BYTES + 1)))
             else:
-                body = bodies.enter_context(Body(puller(stream), decoder, self.max_data_bytes))
+                body = Body(puller(stream), decoder, self.max_data_bytes)
                 if user.readonly:  # its text, however it comes, before a thread or a slot
                     await self._read_ahead(body, stream)
             call = self._call(request, params, user, query_id)
@@ -181,7 +178,8 @@ class _SqlInterface:
             return self._error(SqlError.of(1001, "Internal error, see the collector's log"), "",
                                close=_unread(request, body))
         finally:
-            bodies.close()
+            if body is not None:  # what it read ahead, answered or not
+                body.close()
 
     async def _run(self, request: Request, call: Call, body: Body) -> Result:
         """Execute ``call``; cancel its query in the engine if the client goes away once
