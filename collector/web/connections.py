@@ -54,7 +54,7 @@ def admit(peer: str, trusted: tuple[Network, ...], listener: int = 0, port_most:
     if not keys:
         return ()
     with _lock:
-        if any(_open[key] >= most for key, most in keys):
+        if any(_open[key] >= cap for key, cap in keys):
             return None
         for key, _ in keys:
             _open[key] += 1
