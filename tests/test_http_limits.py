@@ -8,6 +8,7 @@ the one under test. The timeouts are module constants, lowered here with monkeyp
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gzip
 import select
@@ -20,6 +21,8 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
+from uvicorn.config import Config
+from uvicorn.server import ServerState
 
 from collector import cli
 from collector.ingest.answers import PIXEL
@@ -772,3 +775,71 @@ def test_connections_of_a_trusted_proxy_or_an_address_not_public_are_not_capped(
     for taken in keys[:4]:
         connections.release(taken)
     assert connections.open_from("2001:4860:1::1") == 0
+
+
+class _ClosingTransport:
+    """A transport closed with ``unsent`` bytes still to send, as uvicorn leaves one after
+    an answer given with ``connection: close`` to a client that stopped reading."""
+
+    def __init__(self, unsent: int) -> None:
+        self.unsent, self.aborted = unsent, False
+
+    def get_extra_info(self, name: str, default=None):
+        return {"peername": ("127.0.0.1", 40000), "sockname": ("127.0.0.1", 8123)}.get(
+            name, default)
+
+    def get_write_buffer_size(self) -> int:
+        return self.unsent
+
+    def is_closing(self) -> bool:
+        return True
+
+    def get_protocol(self):
+        return self.protocol
+
+    def set_protocol(self, protocol) -> None:
+        self.protocol = protocol
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def close(self) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+def test_a_closed_connection_whose_answer_is_not_read_is_cut(monkeypatch):
+    """A transport closed with bytes still unsent waits for the client to read them,
+    however long: a client that stopped reading just before the end of a large answer given
+    with `connection: close` held its connection for good (the watchdog stood down once the
+    transport was closing), and with it a place under the SQL port's 512."""
+    async def app(scope, receive, send) -> None:
+        pass
+
+    loop = asyncio.new_event_loop()
+    try:
+        config = Config(app, lifespan="off", log_config=None)
+        config.load()
+        protocol = limits.LimitedProtocol(config=config, server_state=ServerState(),
+                                          app_state={}, _loop=loop)
+        transport = _ClosingTransport(unsent=16_000)
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        monkeypatch.setattr(limits, "WRITE_TIMEOUT", 0.0)
+        protocol._on_timer()  # closing, with bytes unsent: from now on it must read them
+        assert not transport.aborted
+        transport.unsent = 8_000
+        protocol._on_timer()  # it read some: it may go on
+        assert not transport.aborted
+        protocol._on_timer()  # nothing more read
+        assert transport.aborted
+        transport.unsent, transport.aborted = 0, False
+        protocol._on_timer()  # all sent: the transport closes it, nothing to cut
+        assert not transport.aborted
+    finally:
+        loop.close()

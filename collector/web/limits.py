@@ -41,7 +41,9 @@ Limits (module constants, read when used: tests lower them with monkeypatch):
   high-water mark (64 KiB beyond what the kernel holds), and then no more requests are read
   (``UvicornProtocol.writes_stalled``); if the client then reads nothing of them for this
   many seconds (what is left unsent did not shrink), the connection is aborted: nothing it
-  would read is left to send. A client reading a large answer slowly keeps it.
+  would read is left to send. A client reading a large answer slowly keeps it. So is one
+  whose transport was closed with bytes still unsent (an answer given with ``connection:
+  close``), which would otherwise wait for the client for good.
 
 Each refusal is written, then the connection is closed: our side at once (the client reads
 the answer, then the end of the stream), the socket when the client closes its side, or
@@ -324,9 +326,20 @@ class LimitedProtocol(UvicornProtocol):
         if phase == _LINGER:
             self.close()
             return
-        if phase == _CLOSED or self.closing():
+        if phase == _CLOSED:
             return
         now = self.event_loop.time()
+        if self.closing():
+            # Closed with answers still unsent (one given with ``connection: close``): the
+            # transport waits for the client to read them, however long, holding the
+            # connection. One that reads nothing of them for WRITE_TIMEOUT is cut, as below.
+            unsent = self.unsent()
+            if not unsent:
+                return
+            if not self._stalled_until:
+                self._stalled_until, self._unsent = now + WRITE_TIMEOUT, unsent
+                self._arm(self._stalled_until)
+                return
         if self._stalled_until:  # answers back up
             unsent = self.unsent()
             if now < self._stalled_until:
