@@ -10,6 +10,7 @@ still answering.
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import os
 import secrets
@@ -1417,3 +1418,19 @@ def test_a_statements_bytes_that_are_not_utf8_are_a_400(http: httpx.Client) -> N
         assert 400 <= resp.status_code < 500, resp.text
         assert "UTF-8" in resp.text
     alive(http)
+
+
+def test_a_query_is_cancelled_when_its_client_hangs_up_before_it_starts(
+    url: str, store
+) -> None:
+    """A hang-up that comes before the engine has the query (while it is parsed and
+    checked) cancels it all the same once it starts: a cancel that finds nothing is not
+    the end of it."""
+    for user, pause in itertools.product((None, WRITER), (0, 0.002, 0.005, 0.01, 0.02)):
+        marker = f"sec_early_{uuid.uuid4().hex[:8]}"
+        with send_raw(url, long_query(marker), user):
+            time.sleep(pause)
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and not running(store, marker):  # noqa: B023
+            time.sleep(0.01)
+        wait_for(lambda: not running(store, marker), timeout=5)  # noqa: B023

@@ -18,6 +18,9 @@ from collector.storage.engine_config import (
 MAX_QUERY_BYTES = 1 << 20  # a query without data (ClickHouse's max_query_size is 256 KiB)
 MAX_DATA_BYTES = 1 << 30  # a whole request body, after decompression
 QUERY_TEXT_SECONDS = 30  # for a reader's query text (or a form) to arrive whole
+# A client gone before its query started: the cancel is tried again this often until the
+# execution ends (interface.py).
+CANCEL_AGAIN_SECONDS = 0.2
 # An INSERT's data kept, to run again as a statement if the engine may have refused it
 # unsaid (``interface.py``): a collector's flush on the server backend is at most 16 MB.
 REPLAY_BYTES = 64 << 20

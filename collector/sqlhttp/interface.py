@@ -50,6 +50,7 @@ from collector.sqlhttp.calls import (
 )
 from collector.sqlhttp.compress import DEFLATERS, INFLATERS, Decoder, response_encoding
 from collector.sqlhttp.config import (
+    CANCEL_AGAIN_SECONDS,
     MAX_DATA_BYTES,
     MAX_QUERY_BYTES,
     QUERY_TEXT_SECONDS,
@@ -183,14 +184,18 @@ class _SqlInterface:
 
     async def _run(self, request: Request, call: Call, body: Body) -> Result:
         """Execute ``call``; cancel its query in the engine if the client goes away once
-        the request is read (a query nobody waits for would run on to its time limit)."""
+        the request is read (a query nobody waits for would run on to its time limit).
+        The cancel is repeated until the execution ends: a client gone while the statement
+        is parsed and checked leaves nothing to cancel yet, and the query starts after."""
         body_read = anyio.Event()
 
         async def watch() -> None:
             await body_read.wait()
             while (await request.receive())["type"] != "http.disconnect":
                 pass
-            await anyio.to_thread.run_sync(self._cancel, call.tag)
+            while True:  # this task is cancelled when the execution ends
+                await anyio.to_thread.run_sync(self._cancel, call.tag)
+                await anyio.sleep(CANCEL_AGAIN_SECONDS)
 
         def read() -> None:
             anyio.from_thread.run_sync(body_read.set)
