@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 import threading
 import uuid
 
@@ -80,3 +83,30 @@ def test_kill_9_under_load_loses_and_duplicates_nothing(server):
     seen = dict(line.split("\t") for line in counts.splitlines())
     assert set(acked) <= seen.keys()  # nothing acknowledged was lost
     assert {n for n in seen.values()} == {"1"}  # and nothing is there twice
+
+
+def test_a_store_closed_while_a_query_runs_lets_the_process_exit(tmp_path) -> None:
+    """The engine kills the process at exit (SIGSEGV) if a query still runs: a shutdown
+    stops every query first (a query left running by a client with no time limit did)."""
+    script = textwrap.dedent("""
+        import sys, threading
+        from collector.storage.embedded import EmbeddedStore
+        store = EmbeddedStore(sys.argv[1])
+        started = threading.Event()
+        def run():
+            conn = store.new_connection()
+            started.set()
+            try:
+                conn.query("SELECT sum(cityHash64(number)) FROM numbers(1e12)")
+            except Exception:
+                pass
+        threading.Thread(target=run, daemon=True).start()
+        started.wait()
+        while not store.rows("SELECT 1 FROM system.processes WHERE query LIKE '%1e12%' "
+                             "AND query NOT LIKE '%system.processes%'"):
+            pass
+        store.close()
+    """)
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "store")],
+                          capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]

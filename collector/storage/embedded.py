@@ -147,6 +147,10 @@ class EmbeddedStore(Store):
         return _PipeStream(self, compose, params, fmt, tag, conn)
 
     def close(self) -> None:
+        """Stop every running query, then close the connections: the process dies (SIGSEGV)
+        when it exits while the engine still runs a query."""
+        with contextlib.suppress(Exception):
+            self._conn().query("KILL QUERY WHERE 1 SYNC", "TSV")
         with self._lock:
             self._closed = True
             conns, self._conns = self._conns, []
