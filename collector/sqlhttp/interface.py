@@ -9,7 +9,6 @@ import email.policy
 import hmac
 import itertools
 import logging
-import math
 import socket
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
@@ -24,7 +23,7 @@ from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp
 
 from collector.sqlhttp import bound_values, policy, strings
 from collector.sqlhttp.bodies import Body, no_body, puller, receiver
@@ -76,6 +75,7 @@ from collector.storage.base import StorageError, escape_param
 from collector.storage.embedded import EmbeddedStore, errors_counted, insert_statement
 from collector.storage.engine_config import SITE_TABLES
 from collector.web.authorization import basic_credentials, split_authorization
+from collector.web.held import HeldResponse
 
 logger = logging.getLogger("collector.sqlhttp")
 
@@ -561,7 +561,7 @@ class _SqlInterface:
             headers["Content-Type"] = result.output_format.content_type
         if result.encoding:
             headers["Content-Encoding"] = result.encoding
-        return _HeldResponse(result.body, result.owner, headers=headers)
+        return HeldResponse(result.body, result.owner, headers=headers)
 
     def _error(self, exc: SqlError, query_id: str, close: bool = False) -> Response:
         """``close``: the request's body is not read whole. The server would drop the rest
@@ -594,51 +594,11 @@ def _query_params(request: Request) -> dict[str, str]:
     return dict(pairs)
 
 
-# Pieces of an answer handed to the transport at a time: the server waits for the client to
-# read each before the next (one write of it all would leave the whole result buffered in
-# the transport, the query's slot given back).
-SEND_PIECE = 256 << 10
-
-
 def _unread(request: Request, body: Body | None) -> bool:
     """Whether the request has a body that was not read whole."""
     length = request.headers.get("content-length")
     sent = "transfer-encoding" in request.headers or bool(length and length != "0")
     return sent and not (body is not None and body.ended)
-
-
-class _HeldResponse(Response):
-    """A response whose body is a view of memory ``owner`` holds: kept until it is sent,
-    in pieces of copies, and then ``release`` called (the query's slot), also when the
-    client went away or was cut for not reading (the HTTP limits' write timeout). With a
-    ``deadline`` (s), an answer still not read whole then is cut: a client reading a few KB
-    every few seconds would hold its slot for hours."""
-
-    def __init__(self, body: bytes | memoryview, owner: Any, **kwargs: Any) -> None:
-        super().__init__(body, **kwargs)
-        self.owner = owner
-        self.release: Callable[[], None] = _nothing
-        self.deadline = 0.0
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            with anyio.move_on_after(self.deadline or math.inf) as sending:
-                await send({"type": "http.response.start", "status": self.status_code,
-                            "headers": self.raw_headers})
-                body = memoryview(self.body)
-                for start in range(0, len(body), SEND_PIECE):
-                    await send({"type": "http.response.body", "more_body": True,
-                                "body": bytes(body[start:start + SEND_PIECE])})
-                await send({"type": "http.response.body", "body": b""})
-            if sending.cancelled_caught:  # unfinished: the server closes the connection
-                logger.info("SQL interface: an answer not read within %g s, cut", self.deadline)
-        finally:
-            self.owner = self.body = None  # type: ignore[assignment]
-            self.release()
-
-
-def _nothing() -> None:
-    pass
 
 
 def _query_id(given: str | None) -> str:
