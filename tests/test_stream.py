@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import queue
+import socket
 import threading
 import time
 import uuid
@@ -181,12 +182,12 @@ def test_head_checks_the_request_and_holds_no_stream(env):
 
 
 def test_a_slow_subscriber_catches_up_without_gaps_or_repeats(store, tmp_path):
-    """Tiny batches and a one-batch queue: the subscriber overflows, reads on its own from
-    its position, and joins the shared batches again."""
+    """Tiny batches and a queue of one batch (of any size): the subscriber overflows, reads
+    on its own from its position, and joins the shared batches again."""
     collector = Collector(collector_settings(tmp_path), store=store)
     app = create_app(collector)
     app.rest.state.tagwerk_stream = StreamConfig(heartbeat=0.3, poll=0.05, batch_rows=2,
-                                                 queue_batches=1)
+                                                 queue_bytes=1)
     with serve(app, http=protocol_for(collector)) as base, \
             httpx.Client(base_url=base, headers={"User-Agent": CHROME}) as http:
         site_id, keys = new_site(collector)
@@ -267,3 +268,83 @@ def test_a_closed_hub_begins_no_stream(store):
     with pytest.raises(ApiError) as refused:
         hub.admit("any")
     assert refused.value.status == 503 and refused.value.headers == {"Retry-After": "2"}
+
+
+def held_rows(hub) -> int:
+    """Bytes of the engine's answers that the hub's queues keep alive (each counted once)."""
+    answers = {}
+    for poller in list(hub.pollers.values()):
+        for subscriber in list(poller.subscribers):
+            for batch in list(subscriber.queue._queue):
+                for row in batch.rows if batch else ():
+                    answers[id(row.rest.obj)] = len(row.rest.obj)
+    return sum(answers.values())
+
+
+def test_a_subscriber_that_reads_nothing_holds_a_bounded_queue(store, tmp_path):
+    """Probe 62: six streams that read nothing, under a flood of hits, took the process
+    from 0.5 to 2.6 GB: each queue kept 64 batches of 2,000 rows. A queue is now bounded in
+    bytes, and emptied as it overflows (its subscriber reads on its own once it reads
+    again); a subscriber that keeps up gets every row all the same."""
+    collector = Collector(collector_settings(tmp_path), store=store)
+    app = create_app(collector)
+    app.rest.state.tagwerk_stream = StreamConfig(heartbeat=0.3, poll=0.05)
+    with serve(app, http=protocol_for(collector)) as base, \
+            httpx.Client(base_url=base, headers={"User-Agent": CHROME}) as http:
+        site_id, keys = new_site(collector)
+        host, port = base.removeprefix("http://").split(":")
+        slow = socket.socket()
+        slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        slow.connect((host, int(port)))
+        slow.sendall(f"GET {STREAM.format(site_id)} HTTP/1.1\r\nHost: x\r\nAuthorization: "
+                     f"Bearer {keys['read']}\r\n\r\n".encode())
+        assert slow.recv(12) == b"HTTP/1.1 200"  # and nothing more is read
+        listener = Listener(http, site_id, keys["read"])
+        hub = app.rest.state.tagwerk_stream_hub
+        padding = {f"p{i}": "x" * 2000 for i in range(10)}  # 20 KB a row: 40 MB in all
+        for batch in range(40):
+            send(http, keys, [{"event": "flood", "props": {"m": f"{batch}-{i}", **padding}}
+                              for i in range(50)])
+        got = {row["props"]["m"] for _, row in listener.rows(2000, timeout=60)}
+        assert got == {f"{b}-{i}" for b in range(40) for i in range(50)}
+        most = StreamConfig().queue_bytes + StreamConfig().batch_bytes
+        assert held_rows(hub) <= most, (held_rows(hub), most)
+        slow.close()
+        listener.close()
+        wait_for(lambda: not hub.pollers)
+
+
+def test_reads_stop_at_about_batch_bytes_and_miss_nothing(store, tmp_path, monkeypatch):
+    """A read ends at the engine's block past ``batch_bytes`` (live) or ``catch_up_bytes``
+    (64 rows here, where one row is past either), and the next one starts after its last
+    row."""
+    from collector.api import stream
+
+    sizes: list[int] = []
+
+    def fetch(*args):
+        batch = real(*args)
+        sizes.append(len(batch.rows))
+        return batch
+
+    real = stream.fetch
+    monkeypatch.setattr(stream, "fetch", fetch)
+    collector = Collector(collector_settings(tmp_path), store=store)
+    app = create_app(collector)
+    app.rest.state.tagwerk_stream = StreamConfig(heartbeat=0.3, poll=0.05, batch_bytes=1,
+                                                 catch_up_bytes=1)
+    with serve(app, http=protocol_for(collector)) as base, \
+            httpx.Client(base_url=base, headers={"User-Agent": CHROME}) as http:
+        site_id, keys = new_site(collector)
+        listener = Listener(http, site_id, keys["read"])
+        send(http, keys, [{"event": "big", "props": {"m": str(i)}} for i in range(300)])
+        live = listener.rows(300)
+        listener.close()
+        assert [row["props"]["m"] for _, row in live] == [str(i) for i in range(300)]
+        assert max(sizes) <= 64 and len(sizes) >= 5, sizes
+        sizes.clear()
+        again = Listener(http, site_id, keys["read"], last_id=live[9][0])
+        caught = again.rows(290)
+        again.close()
+        assert caught == live[10:]
+        assert max(sizes) <= 64 and len(sizes) >= 5, sizes

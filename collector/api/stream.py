@@ -11,9 +11,16 @@ the client reconnects where it was.
 One poller per site serves all its subscribers: every ``poll`` seconds it reads the table's
 highest block number (``system.parts``, shared by all sites' pollers), and when it moved,
 the site's rows up to it, and hands that batch to each subscriber's queue. A subscriber that
-resumes from an older cursor, or whose queue overflowed (a slow client: ``queue_batches``),
-reads on its own from its position up to the poller's, then takes the shared batches again.
-At most ``per_site`` streams of a site and ``total`` streams in all.
+resumes from an older cursor, or whose queue overflowed (a slow client), reads on its own
+from its position up to the poller's, then takes the shared batches again. At most
+``per_site`` streams of a site and ``total`` streams in all.
+
+Memory is bounded in bytes, not rows (a row may hold 128 KB of props): a read stops at about
+``batch_bytes`` (a catch-up step's at ``catch_up_bytes``); a subscriber's queued and unsent
+rows are at most ``queue_bytes``, and all subscribers' at most ``held_bytes`` (a live batch
+past either empties the queue at once, a catch-up read waits). Probe 62: queues of 64
+batches of 2,000 rows, six streams that read nothing under a flood of hits took the
+process from 0.5 to 2.6 GB.
 """
 
 from __future__ import annotations
@@ -45,7 +52,11 @@ from collector.storage import StorageError, Store
 
 log = logging.getLogger("tagwerk.api.stream")
 
-FEED_SETTINGS = " SETTINGS date_time_output_format = 'iso', max_execution_time = 60"
+# The engine stops a read at the block past max_result_bytes (blocks of 64 rows: at most
+# 8 MB past it; 64-row blocks cost a 16,000-row read 52 ms, 256-row ones 33 ms).
+FEED_SETTINGS = (" SETTINGS date_time_output_format = 'iso', max_execution_time = 60, "
+                 "result_overflow_mode = 'break', max_block_size = 64, "
+                 "max_result_bytes = {max_bytes:UInt64}")
 MAX_HEADER = 128
 _POSITION = re.compile(rb'\{"b":"?(\d+)"?,"o":"?(\d+)"?,')
 SEND_MESSAGES = 256  # rows per send (about 150 KB)
@@ -60,14 +71,18 @@ class StreamConfig:
     total: int = 200
     max_seconds: float = 3600.0
     batch_rows: int = 2000
-    queue_batches: int = 64
+    batch_bytes: int = 2 << 20
+    queue_bytes: int = 8 << 20
+    held_bytes: int = 64 << 20
     # A subscriber behind the poller reads its own steps, each growing 4x up to this many
     # rows: a step reads the positions of every row after its start (the table is sorted by
     # day, not by insert), so 2,000-row steps made a catch-up quadratic. At most
-    # ``catch_up_reads`` steps at once: each holds its rows' JSON (~1 KB a row) in memory.
-    # bench/export.py --stream, 300,000 rows: 51 s before; 9.1-11.5 s (0.12-0.16x the
-    # export's rate), RSS +45-131 MB (32,000-row steps: 11.1 s, +153 MB).
+    # ``catch_up_reads`` steps at once: each holds its rows' JSON (~1 KB a row, at most
+    # about ``catch_up_bytes``) in memory until they are sent. bench/export.py --stream,
+    # 300,000 rows: 51 s before; 9.1-11.5 s (0.12-0.16x the export's rate), RSS +45-131 MB
+    # (32,000-row steps: 11.1 s, +153 MB).
     catch_up_rows: int = 16_000
+    catch_up_bytes: int = 16 << 20
     catch_up_reads: int = 2
 
 
@@ -92,20 +107,21 @@ class Row:
 
 @dataclass(frozen=True)
 class Batch:
-    """The site's rows after ``start`` up to ``end``."""
+    """The site's rows after ``start`` up to ``end``, in an answer of ``size`` bytes."""
 
     start: Position
     end: Position
     rows: list[Row]
+    size: int
 
 
-def fetch(store: Store, rows: cursor_range.Filter, start: Position | None, end: Position,
-          limit: int) -> tuple[list[Row], Position]:
-    """At most ``limit`` rows after ``start`` up to ``end``, and the position up to which
-    they are all the rows there are (the next read's start)."""
-    upto = cursor_range.feed_end(store, rows, start, end, limit)
+def fetch(store: Store, rows: cursor_range.Filter, start: Position, end: Position,
+          limit: int, max_bytes: int) -> Batch:
+    """At most ``limit`` rows after ``start`` up to ``end``, of about ``max_bytes``; the
+    batch ends where they are all the rows there are (the next read's start)."""
+    upto, count = cursor_range.feed_end(store, rows, start, end, limit)
     sql, bound = cursor_range.select_feed(rows, start, upto)
-    out = store.query(sql + FEED_SETTINGS, bound, "JSONEachRow")
+    out = store.query(sql + FEED_SETTINGS, {**bound, "max_bytes": max_bytes}, "JSONEachRow")
     view, found, start_at = memoryview(out), [], 0
     while start_at < len(out):
         # The engine's own line: {"b":1,"o":0,<the row's columns>}; parsing it whole and
@@ -117,20 +133,41 @@ def fetch(store: Store, rows: cursor_range.Filter, start: Position | None, end: 
         found.append(Row(Position(int(position[1]), int(position[2])),
                          view[position.end():line_end]))
         start_at = line_end + 1
-    return found, upto
+    if len(found) < count:  # the engine stopped past max_bytes: the rows up to the last one
+        if not found:
+            raise StorageError("the feed read no row of a range that has some")
+        upto = found[-1].position
+    return Batch(start, upto, found, len(out))
 
 
 @dataclass(eq=False)
 class Subscriber:
     poller: SitePoller
-    queue: asyncio.Queue[Batch | None]  # None: the hub closed
+    queue: asyncio.Queue[Batch | None] = field(default_factory=asyncio.Queue)  # None: closed
     lagging: bool = False
+    held: int = 0  # bytes of the rows queued for it and being sent to it
 
     def offer(self, batch: Batch) -> None:
-        try:
-            self.queue.put_nowait(batch)
-        except asyncio.QueueFull:
-            self.lagging = True  # it will read on its own from where it is
+        if self.lagging:
+            return  # it reads on its own from where it is
+        if not self.poller.hub.hold(self, batch.size):
+            self.fall_behind()
+            return
+        self.queue.put_nowait(batch)
+
+    def fall_behind(self) -> None:
+        """Let go of the queued rows now (a client that does not read would keep them until
+        it reads again); it reads on its own from where it is."""
+        self.lagging = True
+        closed = False
+        while not self.queue.empty():
+            batch = self.queue.get_nowait()
+            if batch is None:
+                closed = True
+            else:
+                self.poller.hub.free(self, batch.size)
+        if closed:
+            self.queue.put_nowait(None)
 
 
 @dataclass(eq=False)
@@ -148,14 +185,17 @@ class SitePoller:
             try:
                 top = await self.hub.top()
                 more = False
-                if Position(top, LAST) > self.mark:
-                    end = Position(top, LAST)
-                    found, upto = await anyio.to_thread.run_sync(
-                        fetch, self.hub.store, rows, self.mark, end, config.batch_rows)
-                    more = upto < end
-                    batch, self.mark = Batch(self.mark, upto, found), upto
+                end = Position(top, LAST)
+                if end > self.mark and all(s.lagging for s in self.subscribers):
+                    self.mark = end  # each reads on its own up to here: no batch to read
+                elif end > self.mark:
+                    batch = await anyio.to_thread.run_sync(
+                        fetch, self.hub.store, rows, self.mark, end, config.batch_rows,
+                        config.batch_bytes)
+                    more, self.mark = batch.end < end, batch.end
                     for subscriber in list(self.subscribers):
                         subscriber.offer(batch)
+                    del batch  # (its rows live in the queues only)
                 backoff = 0.5
                 if not more:
                     await asyncio.sleep(config.poll)
@@ -180,24 +220,53 @@ class Hub:
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _catching_up: asyncio.Semaphore | None = None
     closed: bool = False  # the server is stopping: every stream ends, none begins
+    held: int = 0  # bytes of rows queued and being sent, all subscribers together
+    _freed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def hold(self, subscriber: Subscriber, size: int) -> bool:
+        """Count ``size`` bytes of rows against the subscriber and the hub, if both have
+        room: a subscriber holding nothing always has (it keeps up, and must get on)."""
+        if subscriber.held and (subscriber.held + size > self.config.queue_bytes
+                                or self.held + size > self.config.held_bytes):
+            return False
+        self.charge(subscriber, size)
+        return True
+
+    def charge(self, subscriber: Subscriber, size: int) -> None:
+        subscriber.held += size
+        self.held += size
+
+    def free(self, subscriber: Subscriber, size: int) -> None:
+        subscriber.held -= size
+        self.held -= size
+        self._freed.set()
+
+    async def room(self, size: int, timeout: float) -> bool:
+        """Wait until ``size`` bytes fit under ``held_bytes`` (or nothing is held), at most
+        ``timeout`` seconds: whether they do."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while self.held and self.held + size > self.config.held_bytes:
+                    self._freed.clear()
+                    await self._freed.wait()
+        return not self.held or self.held + size <= self.config.held_bytes
 
     def close(self) -> None:
         """End every stream now (their clients reconnect with Last-Event-ID)."""
         self.closed = True
+        self._freed.set()  # wakes a catch-up waiting for room, which sees ``closed``
         for poller in self.pollers.values():
             for subscriber in poller.subscribers:
-                # Wakes one waiting for a batch; one with a full queue is not waiting, and
-                # sees ``closed`` before it waits again.
-                with contextlib.suppress(asyncio.QueueFull):
-                    subscriber.queue.put_nowait(None)
+                subscriber.queue.put_nowait(None)  # wakes one waiting for a batch
 
     async def catch_up(self, rows: cursor_range.Filter, start: Position, end: Position,
-                       limit: int) -> tuple[list[Row], Position]:
+                       limit: int) -> Batch:
         """A catching-up subscriber's next rows (at most ``catch_up_reads`` at once)."""
         if self._catching_up is None:
             self._catching_up = asyncio.Semaphore(self.config.catch_up_reads)
         async with self._catching_up:
-            return await anyio.to_thread.run_sync(fetch, self.store, rows, start, end, limit)
+            return await anyio.to_thread.run_sync(fetch, self.store, rows, start, end, limit,
+                                                  self.config.catch_up_bytes)
 
     async def top(self) -> int:
         """The table's highest block number, read at most once per half poll interval."""
@@ -232,7 +301,7 @@ class Hub:
             poller = self.pollers.get(site_id)  # another subscriber may have come meanwhile
             if poller is None:
                 poller = self.pollers[site_id] = SitePoller(self, site_id, mark)
-        subscriber = Subscriber(poller, asyncio.Queue(self.config.queue_batches))
+        subscriber = Subscriber(poller)
         poller.subscribers.add(subscriber)
         if poller.task is None:
             poller.task = asyncio.get_running_loop().create_task(poller.run())
@@ -241,6 +310,8 @@ class Hub:
     def leave(self, subscriber: Subscriber) -> None:
         poller = subscriber.poller
         poller.subscribers.discard(subscriber)
+        subscriber.fall_behind()  # its queue's bytes go back to the hub
+        self.free(subscriber, subscriber.held)  # and those it was sending
         if not poller.subscribers:
             if self.pollers.get(poller.site_id) is poller:
                 del self.pollers[poller.site_id]
@@ -292,15 +363,21 @@ async def events(hub: Hub, subscriber: Subscriber, rows: cursor_range.Filter, ta
     position, catch_up = (since, True) if since is not None else (poller.mark, False)
     while (left := deadline - time.monotonic()) > 0 and not hub.closed:
         if catch_up or subscriber.lagging:
-            catch_up = subscriber.lagging = False
-            while not subscriber.queue.empty():
-                subscriber.queue.get_nowait()
+            catch_up = False
+            subscriber.fall_behind()  # what its queue held is read again below
+            subscriber.lagging = False
             target = poller.mark  # batches from here on reach the queue
             step = config.batch_rows
             while position < target and not hub.closed:
-                found, position = await hub.catch_up(rows, position, target, step)
-                for piece in pieces(map(sse, found)):
+                if not await hub.room(config.catch_up_bytes, config.heartbeat):
+                    yield b": ping\n\n"  # every subscriber's rows wait for slow clients
+                    continue
+                batch = await hub.catch_up(rows, position, target, step)
+                hub.charge(subscriber, batch.size)
+                for piece in pieces(map(sse, batch.rows)):
                     yield piece
+                hub.free(subscriber, batch.size)
+                position, batch = batch.end, None  # (its rows are let go before the next)
                 step = min(step * 4, config.catch_up_rows)
             continue
         try:
@@ -310,15 +387,15 @@ async def events(hub: Hub, subscriber: Subscriber, rows: cursor_range.Filter, ta
             continue
         if batch is None:  # the hub closed
             break
-        if batch.end <= position:
-            continue
-        if batch.start > position:  # a batch went missing: read on our own
+        if batch.start <= position < batch.end:
+            for piece in pieces(sse(row) for row in batch.rows if row.position > position
+                                and (not wanted or row.event() in wanted)):
+                yield piece
+            position = batch.end
+        elif batch.start > position:  # a batch went missing: read on our own
             subscriber.lagging = True
-            continue
-        for piece in pieces(sse(row) for row in batch.rows
-                            if row.position > position and (not wanted or row.event() in wanted)):
-            yield piece
-        position = batch.end
+        hub.free(subscriber, batch.size)
+        batch = None
 
 
 def pieces(messages: Iterable[tuple[bytes | memoryview, ...]]) -> Iterator[bytes]:
