@@ -4,8 +4,11 @@ also for late rows, replays, concurrent collectors and inserts that commit late.
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
+import logging
 import threading
+import time
 import uuid
 
 import orjson
@@ -420,16 +423,25 @@ def test_answers_are_as_large_as_allowed_by_default(env, monkeypatch):
 
 
 def test_a_client_that_stops_reading_is_let_go(store, tmp_path, monkeypatch, capfd):
-    """A send that waits longer than the limit ends the answer: the export's slot comes back
-    at once, the connection closes without the body's last chunk (no client takes the part
-    for the whole), and the collector logs one line, not an application error."""
+    """A client that reads nothing for the HTTP limits' write timeout is let go: the
+    export's slot comes back, the connection closes without the body's last chunk (no
+    client takes the part for the whole), and the collector logs one line, not an
+    application error."""
     import socket
 
-    from collector.api import export
-    from tests.helpers import served
+    import httpx
 
-    monkeypatch.setattr(export.PacedResponse, "send_seconds", 0.5)
-    with served(store, tmp_path) as (http, collector):
+    from collector.api import export
+    from collector.app import create_app, protocol_for
+    from collector.service import Collector
+    from collector.web import limits
+    from tests.helpers import CHROME, collector_settings, serve
+
+    monkeypatch.setattr(limits, "WRITE_TIMEOUT", 0.5)
+    collector = Collector(collector_settings(tmp_path), store=store)
+    app = create_app(collector)
+    with serve(app, http=protocol_for(collector)) as base, \
+            httpx.Client(base_url=base, headers={"User-Agent": CHROME}) as http:
         site_id, keys = new_site(collector, "stall")
         insert_rows(store, site_id, "stall", 60_000)
         port = http.base_url.port
@@ -443,14 +455,16 @@ def test_a_client_that_stops_reading_is_let_go(store, tmp_path, monkeypatch, cap
                          f"Bearer {keys['read']}\r\n\r\n".encode())
             assert sock.recv(64).startswith(b"HTTP/1.1 200")
             stalled.append(sock)
-        auth = {"Authorization": f"Bearer {keys['read']}"}
         # Let go after the limit: the slots come back.
-        wait_for(lambda: http.get(EXPORT.format(site_id), params={"limit": "1"},
-                                  headers=auth).status_code == 200)
+        wait_for(lambda: not app.rest.state.tagwerk_exports.used)
+        auth = {"Authorization": f"Bearer {keys['read']}"}
+        assert http.get(EXPORT.format(site_id), params={"limit": "1"},
+                        headers=auth).status_code == 200
         for sock in stalled:
             received = b""
-            while chunk := sock.recv(1 << 20):
-                received += chunk
+            with contextlib.suppress(ConnectionResetError):
+                while chunk := sock.recv(1 << 20):
+                    received += chunk
             sock.close()
             assert not received.endswith(b"0\r\n\r\n")  # cut, not ended
     assert "Exception in ASGI application" not in capfd.readouterr().err
@@ -466,3 +480,37 @@ def test_the_newest_part_emptied_by_retention_keeps_its_block_number(store):
     [row] = store.rows("SELECT create_table_query AS q FROM system.tables "
                        "WHERE database = 'tagwerk' AND name = 'events'")
     assert "remove_empty_parts = 0" in row["q"]
+
+
+def test_a_client_reading_slowly_but_steadily_keeps_its_answer(store, tmp_path, monkeypatch,
+                                                               caplog):
+    """Probe 62: an answer was cut when one send waited past its limit, though its client
+    read all along: the kernel wakes a writer only once a third of its send buffer is free
+    (MBs), which a slow reader takes long to free. A client that reads nothing is let go by
+    the HTTP limits' write timeout, which sees what it reads; one that reads keeps its
+    answer (limits here of 1 s, a client reading 256 KB/s for 6 s)."""
+    import socket
+
+    from collector.web import limits
+    from tests.helpers import served
+
+    caplog.set_level(logging.INFO)
+    monkeypatch.setattr(limits, "WRITE_TIMEOUT", 1.0)
+    with served(store, tmp_path) as (http, collector):
+        site_id, keys = new_site(collector, "steady")
+        insert_rows(store, site_id, "x" * 2000, 20_000)  # 40 MB of answer
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # the server's buffers
+            sock.connect(("127.0.0.1", http.base_url.port))
+            sock.sendall(f"GET {EXPORT.format(site_id)} HTTP/1.1\r\nHost: x\r\nAuthorization: "
+                         f"Bearer {keys['read']}\r\n\r\n".encode())
+            received, began = 0, time.monotonic()
+            while (spent := time.monotonic() - began) < 6:
+                if received > spent * (256 << 10):
+                    time.sleep(0.05)
+                    continue
+                chunk = sock.recv(16 << 10)
+                assert chunk, f"cut after {received} bytes, {spent:.1f} s"
+                received += len(chunk)
+    cuts = [r.getMessage() for r in caplog.records if "cut" in r.getMessage()]
+    assert not cuts, cuts

@@ -37,9 +37,9 @@ row served, medians of 4 interleaved answers) made no measurable difference, so 
 engine's defaults stay.
 
 Memory stays flat: the engine writes the format while the client reads (``Store.stream``),
-and a client that reads slowly slows the query down. A send that waits longer than
-``SEND_SECONDS`` ends the answer; so does a failure midway, by breaking the connection
-(no final chunk) so that no client takes a partial body for a whole one. At most
+and a client that reads slowly slows the query down (one that reads nothing for the HTTP
+limits' write timeout is let go). A failure midway ends the answer by breaking the
+connection (no final chunk), so that no client takes a partial body for a whole one. At most
 ``PER_SITE`` exports of a site run at once.
 """
 
@@ -53,7 +53,7 @@ from collections.abc import Callable, Iterator
 import anyio
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
-from starlette.types import Message, Send
+from starlette.types import Send
 
 from collector.api import cursor, cursor_range
 from collector.api.access import READ, ApiError, keyed
@@ -75,7 +75,6 @@ MAX_LIMIT = 10_000_000
 DEFAULT_LIMIT = MAX_LIMIT  # see the module's docstring
 PER_SITE = 2
 QUERY_SECONDS = 600
-SEND_SECONDS = 60.0
 SETTINGS = {
     "max_execution_time": QUERY_SECONDS,
     "date_time_output_format": "iso",
@@ -103,30 +102,16 @@ def head_only(media: str, headers: dict[str, str] | None = None) -> Response:
     return response
 
 
-class _ClientStalled(Exception):
-    """A send of a paced answer waited past its limit."""
-
-
-class PacedResponse(StreamingResponse):
-    """A streamed answer whose every send must complete within ``SEND_SECONDS`` (a client
-    that stops reading is let go), and whose body iterator is always closed."""
-
-    send_seconds = SEND_SECONDS
+class ClosingResponse(StreamingResponse):
+    """A streamed answer whose body iterator is always closed (with it go the site's slot
+    and the engine's query). A client that reads nothing of it is let go by the HTTP
+    limits' write timeout (``collector/web/limits.py``), which sees what the client reads:
+    a limit on each send cut clients reading slowly but steadily, as the kernel wakes a
+    writer only once a third of its send buffer (MBs) is free (probe 62)."""
 
     async def stream_response(self, send: Send) -> None:
-        async def paced(message: Message) -> None:
-            try:
-                with anyio.fail_after(self.send_seconds):
-                    await send(message)
-            except TimeoutError:
-                raise _ClientStalled from None
-
         try:
-            await super().stream_response(paced)
-        except _ClientStalled:
-            # Returning without the last message: the server closes the connection, so
-            # the client sees a cut body, and it logs a line rather than an app error.
-            log.info("a client read nothing for %.0f s: its answer was cut", self.send_seconds)
+            await super().stream_response(send)
         finally:
             with anyio.CancelScope(shield=True):
                 await self.body_iterator.aclose()  # type: ignore[attr-defined]
@@ -200,4 +185,4 @@ async def export(request: Request, collector: Collector, site: Site) -> Response
         **disposition,
     }
     body = Relay(pieces, first, lambda: running.give(site.site_id))
-    return PacedResponse(body, headers=headers, media_type=media)
+    return ClosingResponse(body, headers=headers, media_type=media)

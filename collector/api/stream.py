@@ -44,7 +44,7 @@ from starlette.responses import Response
 from collector.api import cursor, cursor_range
 from collector.api.access import READ, ApiError, keyed
 from collector.api.cursor import LAST, Position
-from collector.api.export import PacedResponse, head_only, row_filter
+from collector.api.export import ClosingResponse, head_only, row_filter
 from collector.api.query import params
 from collector.service import Collector
 from collector.sites import Site
@@ -443,4 +443,4 @@ async def stream(request: Request, collector: Collector, site: Site) -> Response
         hub.release(site.site_id)
 
     body = Feed(events(hub, subscriber, rows, table, since), done)
-    return PacedResponse(body, headers=headers, media_type="text/event-stream")
+    return ClosingResponse(body, headers=headers, media_type="text/event-stream")
