@@ -514,3 +514,26 @@ def test_a_client_reading_slowly_but_steadily_keeps_its_answer(store, tmp_path, 
                 received += len(chunk)
     cuts = [r.getMessage() for r in caplog.records if "cut" in r.getMessage()]
     assert not cuts, cuts
+
+
+def test_a_streamed_answer_whose_pipe_is_a_high_file_descriptor(store):
+    """A process with over 1,024 files open (connections) gives a stream's pipe a number
+    that select() cannot wait on: the SQL port answered 500 (ValueError: filedescriptor
+    out of range in select()). A stream waits with poll()."""
+    import os
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard < 2048:
+        pytest.skip("needs an open-files limit of 2,048")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 2048), hard))
+    padding = [os.dup(0) for _ in range(1100)]
+    try:
+        # The engine writes after a pause: the stream waits for its pipe.
+        out = b"".join(store.stream("SELECT number, sleepEachRow(0.05) FROM numbers(4)",
+                                    fmt="TSV", settings={"max_block_size": 1}))
+        assert out.decode().splitlines() == ["0\t0", "1\t0", "2\t0", "3\t0"]
+    finally:
+        for fd in padding:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -229,7 +229,11 @@ class _PipeStream:
             try:
                 chunk = os.read(self._fd, READ_BYTES)
             except BlockingIOError:  # the engine has the pipe open and is still working
-                select.select([self._fd], [], [], 0.5)
+                # (poll, not select: a process with many connections numbers its pipes past
+                # select()'s 1,024)
+                waiting = select.poll()
+                waiting.register(self._fd, select.POLLIN)
+                waiting.poll(500)
                 continue
             if chunk:
                 return chunk
