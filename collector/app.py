@@ -19,6 +19,7 @@ from collector.ingest.fasthttp import IngestProtocol
 from collector.routes import FAST, INGEST, ROUTES, UNMATCHED, slash_redirect, taken
 from collector.service import Collector
 from collector.tag import demo_shoppers, serving
+from collector.web import openfiles
 from collector.web.http import Hit, error_body, error_response, respond
 
 METHOD_NOT_ALLOWED = error_body("method not allowed")
@@ -72,7 +73,9 @@ def protocol_for(collector: Collector) -> type[IngestProtocol]:
     """The HTTP protocol class uvicorn instantiates per connection: the fast path
     (``collector/ingest/fasthttp.py``) on the table's fast routes, bound to ``collector``;
     the bodies it receives count against the process's budget (bodies are held whole
-    here: ``web/inflight.py``)."""
+    here: ``web/inflight.py``); its connections leave file descriptors for the rest
+    (``web/openfiles.py``)."""
     return type("IngestProtocol", (IngestProtocol,),
                 {"collector": collector, "routes": FAST, "counts_bodies": True,
-                 "trusted": collector.settings.networks})
+                 "trusted": collector.settings.networks,
+                 "port_connections": openfiles.connection_share()})

@@ -169,9 +169,11 @@ def serve(settings: Settings) -> int:
 
     from collector.app import create_app, protocol_for
     from collector.service import Collector
+    from collector.web import openfiles
 
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    openfiles.raise_limit()  # before the engine starts, and the ports' shares are set
     _leave_working_directory(settings)
     collector = Collector(settings)
     sql = _start_sql_interface(collector) if not settings.clickhouse_url else None

@@ -7,6 +7,7 @@ or a restart run the collector this way and query it through its ClickHouse HTTP
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -25,8 +26,10 @@ def free_port() -> int:
 
 class Server:
     def __init__(self, data_dir: Path, *args: str, sql_port: int | None = None,
-                 cwd: Path | None = None, demo_shoppers: bool = False) -> None:
+                 cwd: Path | None = None, demo_shoppers: bool = False,
+                 open_files: tuple[int, int] | None = None) -> None:
         self.data_dir = Path(data_dir)
+        self.open_files = open_files  # (soft, hard) limit of the process, else inherited
         self.cwd = cwd  # where it is started from: a relative data_dir is relative to it
         self.port = free_port()
         self.sql_port = free_port() if sql_port is None else sql_port
@@ -34,6 +37,9 @@ class Server:
         self.args = args if demo_shoppers else (*args, "--no-demo-shoppers")
         self.proc: subprocess.Popen | None = None
         self.log = self.data_dir.with_suffix(".log")
+
+    def _limit(self) -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, self.open_files)
 
     @property
     def url(self) -> str:
@@ -46,7 +52,8 @@ class Server:
                "--log-level", "warning", *self.args]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, cwd=self.cwd,
-                                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                                         preexec_fn=self._limit if self.open_files else None)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
+import re
+import resource
 import select
 import socket
 import threading
@@ -18,6 +20,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
@@ -726,7 +729,8 @@ def test_the_sql_port_caps_its_connections_from_all_clients(servers, monkeypatch
     """Its local clients are not capped per client: 20,000 connections from two loopback
     addresses took every file descriptor of the process, and the collector's port refused
     every hit meanwhile (re-probe 61). Past the port's cap a new connection is closed
-    before anything is read; the collector's port has no such cap."""
+    before anything is read; the collector's port has a cap of its own, far higher (the
+    open-files limit less a reserve)."""
     port = servers["sql"]
     monkeypatch.setattr(port.protocol, "port_connections", 3)
     held = [connect(port) for _ in range(3)]
@@ -843,3 +847,47 @@ def test_a_closed_connection_whose_answer_is_not_read_is_cut(monkeypatch):
         assert not transport.aborted
     finally:
         loop.close()
+
+
+def test_the_collectors_port_leaves_file_descriptors_for_the_engine(tmp_path):
+    """Loopback clients and trusted proxies are not capped per client, and their
+    connections could take every file descriptor: then no port accepts and the engine
+    opens no part. ``tagwerk serve`` raises its soft open-files limit to the hard one (the
+    engine does too; on the server backend nothing else would), and its collector's port
+    takes at most that limit less ``openfiles.RESERVED`` (half of it, for a small limit:
+    1,500 of 3,000 here); the rest go on working."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard < 4000:
+        pytest.skip("needs an open-files limit of 4,000 for the test's own connections")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 4000), hard))
+    server = Server(tmp_path / "fds", open_files=(1024, 3000)).start()
+    held: list[socket.socket] = []
+    try:
+        limits = Path(f"/proc/{server.proc.pid}/limits").read_text()
+        assert re.search(r"Max open files\s+3000\s+3000", limits), limits
+        for _ in range(1700):
+            sock = socket.create_connection(("127.0.0.1", server.port),
+                                            source_address=("127.0.0.2", 0))
+            held.append(sock)
+            with contextlib.suppress(OSError):  # a head begun: 10 s to end it, not 5 idle
+                sock.sendall(b"GET / HTTP/1.1\r\n")
+        wait_for(lambda: sum(map(closed, held)) >= 200)
+        assert sum(map(closed, held)) <= 205
+        # The engine and the SQL port go on: they have descriptors left.
+        assert server.sql("SELECT count() >= 0 FROM tagwerk.events") == "1\n"
+    finally:
+        for sock in held:
+            sock.close()
+        server.stop()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def closed(sock: socket.socket) -> bool:
+    """Whether the server closed ``sock`` (an end of stream or a reset waits). A blocking
+    socket: one with a timeout would wait for something to read."""
+    try:
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except ConnectionResetError:
+        return True

@@ -11,8 +11,9 @@ about 6 connections to a host). The trusted proxies (``--trusted-proxies``) are 
 capped: every visitor comes through them, and they limit their own clients; nor are
 addresses that are not public (``clientip.is_public``): a proxy nobody declared trusted, the
 shop's own systems, the SQL port's local clients. A port may also cap its connections from
-all clients together (the SQL port: ``collector/sqlhttp/protocol.py``); a public client then
-has a quarter of that.
+all clients together (the SQL port: ``collector/sqlhttp/protocol.py``; the collector's, at
+the open-files limit less a reserve: ``openfiles.py``); a public client then has a quarter
+of that, at most ``MAX_PER_CLIENT``.
 
 The event loop's thread counts; tests run several loops, hence the lock.
 """
