@@ -1069,3 +1069,25 @@ def test_nested_json_is_refused_before_it_is_walked_whole(env, way, name, body, 
     before = events(env)
     refused(collect(env, body, way), field)
     assert events(env) == before
+
+
+@pytest.mark.parametrize("way", ["fast", "asgi"])
+@pytest.mark.parametrize("channel", ["pos", "callcenter", "server"])
+def test_a_hit_without_a_key_cannot_say_it_came_from_a_till(env, way, channel):
+    """A browser's "purchase in the store" would pass for a till's in the person's profile
+    and channels: a server-side channel needs the write key (the batch API)."""
+    marker = uuid.uuid4().hex
+    body = orjson.dumps({"site": SITE, "event": "purchase", "channel": channel,
+                         "props": {"marker": marker}})
+    response = collect(env, body, way, Origin=ORIGIN)
+    assert response.status_code == 400 and "channel" in response.text, response.text
+    pixel = env.client.get(f"/p.gif?site={SITE}&event=purchase&channel={channel}"
+                           f"&props.marker={marker}")
+    assert pixel.status_code == 400
+    assert stored(env, marker) == []
+    for keyless in ("web", "app", "email", "qr"):
+        ok = collect(env, orjson.dumps({"site": SITE, "event": "open", "channel": keyless,
+                                        "props": {"marker": marker}}), way, Origin=ORIGIN)
+        assert ok.status_code == 202, ok.text
+    assert sorted(row["channel"] for row in stored(env, marker)) == ["app", "email", "qr", "web"]
+    alive(env)

@@ -36,6 +36,10 @@ from consent.purposes import MAX_PURPOSES, is_purpose_id
 
 TYPES = frozenset({"page", "track", "identify", "alias"})
 CHANNELS = frozenset({"web", "app", "email", "qr", "pos", "callcenter", "server"})
+# What a hit without a key (a browser, an app, an e-mail client) may say it came through:
+# a till's or a call centre's hits come with the site's write key (the batch API), and a
+# browser's "purchase in the store" would pass for one in the person's profile.
+KEYLESS_CHANNELS = frozenset({"web", "app", "email", "qr"})
 UTM = tuple(name for name in EVENT_COLUMNS if name.startswith("utm_"))  # in the row's order
 NO_UTM = ("",) * len(UTM)
 
@@ -208,6 +212,9 @@ def normalize(raw: Any, ctx: Context) -> tuple[dict[str, Any], bool]:
     channel = raw.get("channel") or ctx.channel
     if not isinstance(channel, str) or channel not in CHANNELS:
         raise EventError(f"'channel' must be one of {', '.join(sorted(CHANNELS))}", "channel")
+    if channel not in KEYLESS_CHANNELS and not ctx.trusted:
+        raise EventError(f"'channel' {channel} needs the site's write key (the batch API); "
+                         f"without it: {', '.join(sorted(KEYLESS_CHANNELS))}", "channel")
     consent = _consent(raw.get("consent"))
     if ctx.consent_rule is not None:
         consent = ctx.consent_rule.effective(consent)
