@@ -891,3 +891,19 @@ def closed(sock: socket.socket) -> bool:
         return False
     except ConnectionResetError:
         return True
+
+
+@pytest.mark.parametrize("line", ["GET {}", "GET {} HTTP/0.9", "GET {} HTTP/2.0"])
+def test_http_versions_other_than_1_0_and_1_1_are_505(port, line):
+    """A request line without a version (HTTP/0.9) or with HTTP/2.0 was answered as
+    HTTP/1.1: a front proxy that reads it otherwise disagrees with us about where the
+    request ends. RFC 9110: 505, and the connection closes."""
+    with connect(port) as sock:
+        sock.sendall(line.format(port.ok_path).encode() + b"\r\nHost: x\r\n\r\n")
+        answer = read_to_close(sock)
+    assert_refused(answer, 505)
+    assert b"is not supported (1.1 and 1.0 are)" in answer
+    with connect(port) as sock:  # 1.0 is served
+        sock.sendall(f"GET {port.ok_path} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
+        assert status(read_to_close(sock)) == 200
+    assert_serving(port)

@@ -34,6 +34,10 @@ Limits (module constants, read when used: tests lower them with monkeypatch):
   default), so that both ports have the same one. Bytes that begin no request (blank lines
   between requests, which cancel uvicorn's keep-alive timer) do not keep a connection open.
 
+- ``HTTP_VERSIONS``: a request line of another version (none at all: HTTP/0.9; HTTP/2.0,
+  which comes only through TLS here) is answered ``505 HTTP Version Not Supported``, and
+  the connection closed: answered as HTTP/1.1, a proxy in front reading it otherwise would
+  disagree with us about where a request ends.
 - ``MAX_PIPELINED`` requests read and waiting behind the one being answered (pipelined by a
   client that does not wait for the answers): one more, and the connection closes after
   the answers before it (this request and what follows get none).
@@ -82,6 +86,7 @@ MAX_HEAD_BYTES = 16 * 1024
 HEAD_TIMEOUT = 10.0
 BODY_TIMEOUT = 10.0
 KEEP_ALIVE_TIMEOUT = 5.0
+HTTP_VERSIONS = ("1.1", "1.0")  # else 505: HTTP/2 comes only with TLS (ALPN) here
 LINGER_TIMEOUT = 2.0
 MAX_PIPELINED = 32
 WRITE_TIMEOUT = 10.0
@@ -215,6 +220,9 @@ class LimitedProtocol(UvicornProtocol):
         self._stop_parser(431, f"request head over {MAX_HEAD_BYTES} bytes")
 
     def head_ends(self, fields: int) -> None:
+        version = self.parser.get_http_version()
+        if version not in HTTP_VERSIONS:  # a request line without one is read as HTTP/0.9
+            self._stop_parser(505, f"HTTP/{version} is not supported (1.1 and 1.0 are)")
         if fields > MAX_HEADERS or self.head_room < 4 * fields:
             self._stop_parser(431, f"request head over {MAX_HEAD_BYTES} bytes or "
                                    f"{MAX_HEADERS} fields")
