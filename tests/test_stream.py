@@ -181,15 +181,22 @@ def test_head_checks_the_request_and_holds_no_stream(env):
         listener.close()
 
 
+@contextlib.contextmanager
+def streaming(store, tmp_path, **config):
+    """A collector of its own behind real uvicorn, its streams configured by ``config``:
+    (the app, an httpx client on it, the collector)."""
+    collector = Collector(collector_settings(tmp_path), store=store)
+    app = create_app(collector)
+    app.rest.state.tagwerk_stream = StreamConfig(heartbeat=0.3, poll=0.05, **config)
+    with serve(app, http=protocol_for(collector)) as base, \
+            httpx.Client(base_url=base, headers={"User-Agent": CHROME}) as http:
+        yield app, http, collector
+
+
 def test_a_slow_subscriber_catches_up_without_gaps_or_repeats(store, tmp_path):
     """Tiny batches and a queue of one batch (of any size): the subscriber overflows, reads
     on its own from its position, and joins the shared batches again."""
-    collector = Collector(collector_settings(tmp_path), store=store)
-    app = create_app(collector)
-    app.rest.state.tagwerk_stream = StreamConfig(heartbeat=0.3, poll=0.05, batch_rows=2,
-                                                 queue_bytes=1)
-    with serve(app, http=protocol_for(collector)) as base, \
-            httpx.Client(base_url=base, headers={"User-Agent": CHROME}) as http:
+    with streaming(store, tmp_path, batch_rows=2, queue_bytes=1) as (_, http, collector):
         site_id, keys = new_site(collector)
         send(http, keys, [{"event": "page_view", "props": {"m": "before"}}])
         wait_for(lambda: drained(collector))  # stored before the stream: not in it
@@ -286,13 +293,9 @@ def test_a_subscriber_that_reads_nothing_holds_a_bounded_queue(store, tmp_path):
     from 0.5 to 2.6 GB: each queue kept 64 batches of 2,000 rows. A queue is now bounded in
     bytes, and emptied as it overflows (its subscriber reads on its own once it reads
     again); a subscriber that keeps up gets every row all the same."""
-    collector = Collector(collector_settings(tmp_path), store=store)
-    app = create_app(collector)
-    app.rest.state.tagwerk_stream = StreamConfig(heartbeat=0.3, poll=0.05)
-    with serve(app, http=protocol_for(collector)) as base, \
-            httpx.Client(base_url=base, headers={"User-Agent": CHROME}) as http:
+    with streaming(store, tmp_path) as (app, http, collector):
         site_id, keys = new_site(collector)
-        host, port = base.removeprefix("http://").split(":")
+        host, port = http.base_url.host, http.base_url.port
         slow = socket.socket()
         slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         slow.connect((host, int(port)))
@@ -329,12 +332,7 @@ def test_reads_stop_at_about_batch_bytes_and_miss_nothing(store, tmp_path, monke
 
     real = stream.fetch
     monkeypatch.setattr(stream, "fetch", fetch)
-    collector = Collector(collector_settings(tmp_path), store=store)
-    app = create_app(collector)
-    app.rest.state.tagwerk_stream = StreamConfig(heartbeat=0.3, poll=0.05, batch_bytes=1,
-                                                 catch_up_bytes=1)
-    with serve(app, http=protocol_for(collector)) as base, \
-            httpx.Client(base_url=base, headers={"User-Agent": CHROME}) as http:
+    with streaming(store, tmp_path, batch_bytes=1, catch_up_bytes=1) as (_, http, collector):
         site_id, keys = new_site(collector)
         listener = Listener(http, site_id, keys["read"])
         send(http, keys, [{"event": "big", "props": {"m": str(i)}} for i in range(300)])
