@@ -13,6 +13,8 @@ import anyio
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from collector.web.uvicorn_protocol import CUT
+
 logger = logging.getLogger("collector.web")
 
 # Pieces handed to the transport at a time: the server waits for the client to read each
@@ -49,9 +51,13 @@ class HeldResponse(Response):
                     await send({"type": "http.response.body", "more_body": True,
                                 "body": bytes(body[start:start + SEND_PIECE])})
                 await send({"type": "http.response.body", "body": b""})
-            if sending.cancelled_caught:  # unfinished: the server closes the connection
+            if sending.cancelled_caught:  # unfinished: the connection is closed
                 logger.info("an answer not read within %g s, cut (%s)", self.deadline,
                             scope.get("path", ""))
+                cut = scope.get("extensions", {}).get(CUT)
+                if cut is not None:
+                    cut()
+                    await anyio.sleep(0)  # (the server learns of it: the client is gone)
         finally:
             self.owner = self.body = None  # type: ignore[assignment]
             self.release()

@@ -100,6 +100,12 @@ class _Ignore:
         pass
 
 
+# An ASGI scope extension: a callable that closes the connection at once, dropping what is
+# unsent (an answer cut midway: uvicorn then sees its client gone, where an application
+# returning without the last message is logged as an error).
+CUT = "tagwerk.cut"
+
+
 class Pending:
     """Stands in for uvicorn's request-response cycle while a request that ``take`` held
     is read or waits for its answer: it has the attributes uvicorn's connection code reads
@@ -259,6 +265,7 @@ class UvicornProtocol(HttpToolsProtocol):
         HttpToolsProtocol.on_message_begin(self)
         self.url, self.headers, self.expect_100_continue = url, headers, expect
         self.scope["headers"] = headers
+        self.scope["extensions"] = {CUT: self.abort}
         HttpToolsProtocol.on_headers_complete(self)
 
     def body_kept(self) -> bool:
