@@ -346,3 +346,24 @@ def test_reads_stop_at_about_batch_bytes_and_miss_nothing(store, tmp_path, monke
         again.close()
         assert caught == live[10:]
         assert max(sizes) <= 64 and len(sizes) >= 5, sizes
+
+
+def test_a_catch_up_waiting_for_room_ends_when_the_hub_closes():
+    """A catch-up waits while slow clients hold every byte of the hub's budget; a stopping
+    collector ends it at once, not after a heartbeat."""
+    import asyncio
+
+    from collector.api.stream import Hub
+
+    async def scenario() -> float:
+        hub = Hub(store=None, config=StreamConfig(held_bytes=10, heartbeat=30))
+        hub.held = 10  # (slow clients' rows)
+        began = time.monotonic()
+        waiting = asyncio.ensure_future(hub.room(5, 30))
+        await asyncio.sleep(0.1)
+        assert not waiting.done()
+        hub.close()
+        assert await asyncio.wait_for(waiting, 5) is False
+        return time.monotonic() - began
+
+    assert asyncio.run(scenario()) < 5

@@ -243,10 +243,11 @@ class Hub:
 
     async def room(self, size: int, timeout: float) -> bool:
         """Wait until ``size`` bytes fit under ``held_bytes`` (or nothing is held), at most
-        ``timeout`` seconds: whether they do."""
+        ``timeout`` seconds or until the hub closes: whether they fit."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
-                while self.held and self.held + size > self.config.held_bytes:
+                while (self.held and self.held + size > self.config.held_bytes
+                       and not self.closed):
                     self._freed.clear()
                     await self._freed.wait()
         return not self.held or self.held + size <= self.config.held_bytes
