@@ -25,7 +25,7 @@ from tests.test_spool import append_all
 
 
 def record(site: str, n: int, given: bool = False) -> tuple[bytes, list[str]]:
-    ctx = Context(site, dt.datetime.now(dt.UTC), "server", parse_agent("x"))
+    ctx = Context(site, dt.datetime.now(dt.UTC), "server", parse_agent("x"), trusted=True)
     lines, ids, chosen = [], [], []
     for _ in range(n):
         raw = {"event": "e"}
@@ -155,7 +155,7 @@ def test_sender_ids_already_stored_are_dropped(backend, store, tmp_path):
 
 def with_ids(site: str, ids: list[str]) -> bytes:
     """A record of ``site`` whose hits carry these sender-given ids."""
-    ctx = Context(site, dt.datetime.now(dt.UTC), "server", parse_agent("x"))
+    ctx = Context(site, dt.datetime.now(dt.UTC), "server", parse_agent("x"), trusted=True)
     rows = [normalize({"event": "e", "event_id": event_id}, ctx)[0] for event_id in ids]
     return encode_record([orjson.dumps(list(row.values())) for row in rows], site,
                          [(row["event_id"], row["ts"]) for row in rows])
@@ -210,7 +210,7 @@ def test_batches_of_two_spools_are_both_kept(store, tmp_path):
 def refused_row(site: str, marker: str) -> bytes:
     """A record whose one row ClickHouse cannot parse: a revenue past Decimal(18, 4) (what
     ingestion let through before 49deb39: it held every hit behind it in the spool)."""
-    ctx = Context(site, dt.datetime.now(dt.UTC), "server", parse_agent("x"))
+    ctx = Context(site, dt.datetime.now(dt.UTC), "server", parse_agent("x"), trusted=True)
     row, _ = normalize({"event": "purchase", "props": {"m": marker}}, ctx)
     row["revenue"] = "100000000000000.0000"
     return encode_record([orjson.dumps(list(row.values()))], site, [])

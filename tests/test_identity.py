@@ -751,7 +751,7 @@ def test_rows_spooled_before_the_identity_columns_still_flush(backend, store, tm
     from tests.test_spool import append_all
 
     site = "id-old-" + uuid.uuid4().hex[:8]
-    ctx = Context(site, dt.datetime.now(dt.UTC), "server", parse_agent("x"))
+    ctx = Context(site, dt.datetime.now(dt.UTC), "server", parse_agent("x"), trusted=True)
     row, _ = normalize({"event": "old", "user_id": "c-1", "consent": ["analytics"]}, ctx)
     old = list(row.values())[:-2]  # what the previous version spooled
     spool = Spool(tmp_path, 1 << 20, 1 << 30)

@@ -536,7 +536,8 @@ def test_control_characters_in_the_preview_target_are_a_400(env, name, char, whe
 ])
 def test_raw_control_bytes_in_the_preview_query(env, to):
     """Raw (not %-encoded) bytes in the request line: the HTTP parser refuses the request
-    itself, or the collector does; either way a 400, and no Location."""
+    itself, or the collector does; either way a 400 (a 505 where a raw CR or LF left a
+    request line without its version, as HTTP/0.9), and no Location."""
     token = mint(env)
     target = f"/t/preview?token={token}&to=" + quote(to, safe=":/?#\r\n\t\x00 \x85\u2028")
     try:
@@ -549,7 +550,7 @@ def test_raw_control_bytes_in_the_preview_query(env, to):
         [location] = answer.header(b"location")
         assert location.startswith(b"https://shop.example/") and b"evil" not in location
     elif answer is not None:
-        assert answer.status == 400
+        assert answer.status in (400, 505)
         assert not answer.header(b"location")
     alive(env)
 

@@ -220,7 +220,7 @@ class LimitedProtocol(UvicornProtocol):
         self._stop_parser(431, f"request head over {MAX_HEAD_BYTES} bytes")
 
     def head_ends(self, fields: int) -> None:
-        version = self.parser.get_http_version()
+        version = self.http_version()
         if version not in HTTP_VERSIONS:  # a request line without one is read as HTTP/0.9
             self._stop_parser(505, f"HTTP/{version} is not supported (1.1 and 1.0 are)")
         if fields > MAX_HEADERS or self.head_room < 4 * fields:

@@ -378,6 +378,10 @@ class UvicornProtocol(HttpToolsProtocol):
         return [coding.strip() for name, value in self.headers if name == b"transfer-encoding"
                 for coding in value.decode("latin-1").lower().split(",")]
 
+    def http_version(self) -> str:
+        """The request line's HTTP version ("0.9" for a line without one)."""
+        return self.parser.get_http_version()
+
     def queued(self) -> int:
         """Requests read and waiting behind the one being answered."""
         return len(self.pipeline)
