@@ -352,6 +352,7 @@ def test_a_catch_up_waiting_for_room_ends_when_the_hub_closes():
     """A catch-up waits while slow clients hold every byte of the hub's budget; a stopping
     collector ends it at once, not after a heartbeat."""
     import asyncio
+    import types
 
     from collector.api.stream import Hub
 
@@ -359,7 +360,7 @@ def test_a_catch_up_waiting_for_room_ends_when_the_hub_closes():
         hub = Hub(store=None, config=StreamConfig(held_bytes=10, heartbeat=30))
         hub.held = 10  # (slow clients' rows)
         began = time.monotonic()
-        waiting = asyncio.ensure_future(hub.room(5, 30))
+        waiting = asyncio.ensure_future(hub.room(types.SimpleNamespace(held=0), 5, 30))
         await asyncio.sleep(0.1)
         assert not waiting.done()
         hub.close()
@@ -367,3 +368,21 @@ def test_a_catch_up_waiting_for_room_ends_when_the_hub_closes():
         return time.monotonic() - began
 
     assert asyncio.run(scenario()) < 5
+
+
+def test_a_catch_up_is_not_kept_waiting_by_its_own_queue():
+    """The rows queued for a subscriber while it catches up wait for it: counted against
+    the hub's room, seven such subscribers stalled one another for up to an hour."""
+    import asyncio
+    import types
+
+    from collector.api.stream import Hub
+
+    async def scenario() -> bool:
+        hub = Hub(store=None, config=StreamConfig(held_bytes=10))
+        mine, other = types.SimpleNamespace(held=0), types.SimpleNamespace(held=0)
+        hub.charge(mine, 8)
+        hub.charge(other, 1)
+        return await hub.room(mine, 5, 0.5)
+
+    assert asyncio.run(scenario()) is True

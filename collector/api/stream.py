@@ -133,10 +133,8 @@ def fetch(store: Store, rows: cursor_range.Filter, start: Position, end: Positio
         found.append(Row(Position(int(position[1]), int(position[2])),
                          view[position.end():line_end]))
         start_at = line_end + 1
-    if len(found) < count:  # the engine stopped past max_bytes: the rows up to the last one
-        if not found:
-            raise StorageError("the feed read no row of a range that has some")
-        upto = found[-1].position
+    if found and len(found) < count:  # the engine stopped past max_bytes: up to the last row
+        upto = found[-1].position  # (none at all: the range's rows were deleted meanwhile)
     return Batch(start, upto, found, len(out))
 
 
@@ -241,16 +239,20 @@ class Hub:
         self.held -= size
         self._freed.set()
 
-    async def room(self, size: int, timeout: float) -> bool:
-        """Wait until ``size`` bytes fit under ``held_bytes`` (or nothing is held), at most
-        ``timeout`` seconds or until the hub closes: whether they fit."""
+    async def room(self, subscriber: Subscriber, size: int, timeout: float) -> bool:
+        """Wait until ``size`` bytes fit under ``held_bytes`` beside what the others hold
+        (the subscriber's own queue waits for it), at most ``timeout`` seconds or until the
+        hub closes: whether they fit."""
+        def fits() -> bool:
+            others = self.held - subscriber.held
+            return not others or others + size <= self.config.held_bytes
+
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
-                while (self.held and self.held + size > self.config.held_bytes
-                       and not self.closed):
+                while not fits() and not self.closed:
                     self._freed.clear()
                     await self._freed.wait()
-        return not self.held or self.held + size <= self.config.held_bytes
+        return fits()
 
     def close(self) -> None:
         """End every stream now (their clients reconnect with Last-Event-ID)."""
@@ -370,11 +372,14 @@ async def events(hub: Hub, subscriber: Subscriber, rows: cursor_range.Filter, ta
             target = poller.mark  # batches from here on reach the queue
             step = config.batch_rows
             while position < target and not hub.closed:
-                if not await hub.room(config.catch_up_bytes, config.heartbeat):
+                if not await hub.room(subscriber, config.catch_up_bytes, config.heartbeat):
                     yield b": ping\n\n"  # every subscriber's rows wait for slow clients
                     continue
+                # Counted before the read waits its turn: others passing room() meanwhile
+                # see it (leave() gives it back if the read fails).
+                hub.charge(subscriber, config.catch_up_bytes)
                 batch = await hub.catch_up(rows, position, target, step)
-                hub.charge(subscriber, batch.size)
+                hub.charge(subscriber, batch.size - config.catch_up_bytes)
                 for piece in pieces(map(sse, batch.rows)):
                     yield piece
                 hub.free(subscriber, batch.size)
