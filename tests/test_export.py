@@ -537,3 +537,39 @@ def test_a_streamed_answer_whose_pipe_is_a_high_file_descriptor(store):
         for fd in padding:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_an_export_not_sent_within_its_deadline_is_cut(store, tmp_path, monkeypatch):
+    """Probe 63: a client reading half a KB a second held an export's slot for hours (the
+    engine, blocked on its pipe, never sees its own time limit). An export not sent whole
+    within its deadline (``QUERY_SECONDS``; 2 s here) is cut, and its slot comes back."""
+    import socket
+
+    import httpx
+
+    from collector.api import export
+    from collector.app import create_app, protocol_for
+    from collector.service import Collector
+    from tests.helpers import CHROME, collector_settings, serve
+
+    monkeypatch.setattr(export, "QUERY_SECONDS", 2)
+    collector = Collector(collector_settings(tmp_path), store=store)
+    app = create_app(collector)
+    with serve(app, http=protocol_for(collector)) as base, \
+            httpx.Client(base_url=base, headers={"User-Agent": CHROME}) as http:
+        site_id, keys = new_site(collector, "deadline")
+        insert_rows(store, site_id, "x" * 2000, 20_000)  # 40 MB of answer
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", http.base_url.port))
+            sock.sendall(f"GET {EXPORT.format(site_id)} HTTP/1.1\r\nHost: x\r\nAuthorization: "
+                         f"Bearer {keys['read']}\r\n\r\n".encode())
+            assert sock.recv(12) == b"HTTP/1.1 200"
+            began = time.monotonic()
+            while app.rest.state.tagwerk_exports.used:  # it reads 64 KB/s all along
+                assert time.monotonic() - began < 30, "never cut"
+                with contextlib.suppress(ConnectionResetError):
+                    if not sock.recv(16 << 10):
+                        break
+                time.sleep(0.25)
+            wait_for(lambda: not app.rest.state.tagwerk_exports.used)

@@ -386,3 +386,13 @@ def test_a_catch_up_is_not_kept_waiting_by_its_own_queue():
         return await hub.room(mine, 5, 0.5)
 
     assert asyncio.run(scenario()) is True
+
+
+def test_pieces_of_large_rows_are_bounded_in_bytes():
+    """256 rows of 128 KB made one piece of 33 MB (probe 63): a piece ends past SEND_BYTES."""
+    from collector.api import stream
+
+    row = (b"id: 1\ndata: {", memoryview(b"x" * (128 << 10)), b"\n\n")
+    got = list(stream.pieces([row] * 256))
+    assert max(map(len, got)) <= stream.SEND_BYTES + len(b"".join(row))
+    assert b"".join(got) == b"".join(b"".join(row) for _ in range(256))

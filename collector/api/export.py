@@ -49,11 +49,12 @@ import contextlib
 import logging
 import re
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import anyio
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
-from starlette.types import Send
+from starlette.types import Receive, Scope, Send
 
 from collector.api import cursor, cursor_range
 from collector.api.access import READ, ApiError, keyed
@@ -62,6 +63,7 @@ from collector.api.slots import slots
 from collector.ingest.events import CHANNELS, STRING_LIMITS
 from collector.service import Collector
 from collector.sites import Site
+from collector.web.held import cut
 
 log = logging.getLogger("tagwerk.api.export")
 
@@ -107,11 +109,21 @@ class ClosingResponse(StreamingResponse):
     and the engine's query). A client that reads nothing of it is let go by the HTTP
     limits' write timeout (``collector/web/limits.py``), which sees what the client reads:
     a limit on each send cut clients reading slowly but steadily, as the kernel wakes a
-    writer only once a third of its send buffer (MBs) is free (probe 62)."""
+    writer only once a third of its send buffer (MBs) is free (probe 62). An answer not
+    sent whole within ``deadline`` seconds is cut: a client reading half a KB a second held
+    an export's slot for hours (the engine, blocked on its pipe, never sees its own time
+    limit; probe 63)."""
 
-    async def stream_response(self, send: Send) -> None:
+    def __init__(self, *args: Any, deadline: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.deadline = deadline
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            await super().stream_response(send)
+            with anyio.move_on_after(self.deadline) as sending:
+                await super().__call__(scope, receive, send)
+            if sending.cancelled_caught:  # unfinished: the connection is closed
+                await cut(scope, self.deadline)
         finally:
             with anyio.CancelScope(shield=True):
                 await self.body_iterator.aclose()  # type: ignore[attr-defined]
@@ -185,4 +197,4 @@ async def export(request: Request, collector: Collector, site: Site) -> Response
         **disposition,
     }
     body = Relay(pieces, first, lambda: running.give(site.site_id))
-    return ClosingResponse(body, headers=headers, media_type=media)
+    return ClosingResponse(body, headers=headers, media_type=media, deadline=QUERY_SECONDS)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import os
 import re
@@ -59,7 +58,9 @@ FEED_SETTINGS = (" SETTINGS date_time_output_format = 'iso', max_execution_time 
                  "max_result_bytes = {max_bytes:UInt64}")
 MAX_HEADER = 128
 _POSITION = re.compile(rb'\{"b":"?(\d+)"?,"o":"?(\d+)"?,')
-SEND_MESSAGES = 256  # rows per send (about 150 KB)
+SEND_MESSAGES = 256  # rows per send (about 150 KB), and at most SEND_BYTES (rows up to 128 KB)
+SEND_BYTES = 256 << 10
+STREAM_GRACE = 60  # s past max_seconds, for the last send: then the answer is cut
 
 
 @dataclass(frozen=True)
@@ -405,11 +406,19 @@ async def events(hub: Hub, subscriber: Subscriber, rows: cursor_range.Filter, ta
 
 
 def pieces(messages: Iterable[tuple[bytes | memoryview, ...]]) -> Iterator[bytes]:
-    """Messages (each in parts) joined into pieces of ``SEND_MESSAGES``: one send per
-    message cost a catch-up ~150 us a row (bench/export.py --stream)."""
-    messages = iter(messages)
-    while batch := list(itertools.islice(messages, SEND_MESSAGES)):
-        yield b"".join(itertools.chain.from_iterable(batch))
+    """Messages (each in parts) joined into pieces of ``SEND_MESSAGES``, or of about
+    ``SEND_BYTES`` (256 rows of 128 KB made a piece of 33 MB, a copy of its batch: probe
+    63): one send per message cost a catch-up ~150 us a row (bench/export.py --stream)."""
+    batch: list[bytes | memoryview] = []
+    count = size = 0
+    for message in messages:
+        batch.extend(message)
+        count, size = count + 1, size + sum(map(len, message))
+        if count >= SEND_MESSAGES or size >= SEND_BYTES:
+            yield b"".join(batch)
+            batch, count, size = [], 0, 0
+    if batch:
+        yield b"".join(batch)
 
 
 def _resume_from(request: Request, values: dict[str, str], table: bytes, site: Site
@@ -449,4 +458,5 @@ async def stream(request: Request, collector: Collector, site: Site) -> Response
         hub.release(site.site_id)
 
     body = Feed(events(hub, subscriber, rows, table, since), done)
-    return ClosingResponse(body, headers=headers, media_type="text/event-stream")
+    return ClosingResponse(body, headers=headers, media_type="text/event-stream",
+                           deadline=hub.config.max_seconds + STREAM_GRACE)

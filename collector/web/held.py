@@ -26,6 +26,17 @@ def _nothing() -> None:
     pass
 
 
+async def cut(scope: Scope, deadline: float) -> None:
+    """Close the connection of an answer not sent within ``deadline`` seconds, at once:
+    uvicorn then sees its client gone (an application returning without the answer's last
+    message is logged as an error)."""
+    logger.info("an answer not sent within %g s, cut (%s)", deadline, scope.get("path", ""))
+    close = scope.get("extensions", {}).get(CUT)
+    if close is not None:
+        close()
+        await anyio.sleep(0)  # (the connection's loss is handled before we return)
+
+
 class HeldResponse(Response):
     """A response whose body (a view of memory ``owner`` holds, or bytes) is kept until it
     is sent, in pieces of copies, and then ``release`` called, also when the client went
@@ -52,12 +63,7 @@ class HeldResponse(Response):
                                 "body": bytes(body[start:start + SEND_PIECE])})
                 await send({"type": "http.response.body", "body": b""})
             if sending.cancelled_caught:  # unfinished: the connection is closed
-                logger.info("an answer not read within %g s, cut (%s)", self.deadline,
-                            scope.get("path", ""))
-                cut = scope.get("extensions", {}).get(CUT)
-                if cut is not None:
-                    cut()
-                    await anyio.sleep(0)  # (the server learns of it: the client is gone)
+                await cut(scope, self.deadline)
         finally:
             self.owner = self.body = None  # type: ignore[assignment]
             self.release()
