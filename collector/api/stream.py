@@ -134,8 +134,10 @@ def fetch(store: Store, rows: cursor_range.Filter, start: Position, end: Positio
         found.append(Row(Position(int(position[1]), int(position[2])),
                          view[position.end():line_end]))
         start_at = line_end + 1
-    if found and len(found) < count:  # the engine stopped past max_bytes: up to the last row
-        upto = found[-1].position  # (none at all: the range's rows were deleted meanwhile)
+    if len(found) < count:  # the engine stopped past max_bytes: the rows up to the last one
+        if not found:  # (rows deleted meanwhile: the poller reads again, a catch-up ends)
+            raise StorageError("the feed read no row of a range that has some")
+        upto = found[-1].position
     return Batch(start, upto, found, len(out))
 
 
