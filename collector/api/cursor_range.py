@@ -124,6 +124,12 @@ def feed_end(store: Store, rows: Filter, start: Position | None, end: Position, 
     return (Position(*map(int, found["last"])) if n == limit else end), n
 
 
+def count(store: Store, rows: Filter, start: Position | None, end: Position) -> int:
+    """The rows after ``start`` up to ``end``."""
+    where, params = between(rows, start, end)
+    return int(store.rows(f"SELECT count() AS n FROM {TABLE} WHERE {where}", params)[0]["n"])
+
+
 def select_feed(rows: Filter, start: Position | None, end: Position) -> tuple[str, dict]:
     """The range in position order, each row as the export's columns after its position
     (``b``, ``o``): for the live stream, which gives every row its own id. Read as

@@ -122,7 +122,23 @@ def fetch(store: Store, rows: cursor_range.Filter, start: Position, end: Positio
     batch ends where they are all the rows there are (the next read's start)."""
     upto, count = cursor_range.feed_end(store, rows, start, end, limit)
     sql, bound = cursor_range.select_feed(rows, start, upto)
-    out = store.query(sql + FEED_SETTINGS, {**bound, "max_bytes": max_bytes}, "JSONEachRow")
+    found, out = _read(store, sql + FEED_SETTINGS, {**bound, "max_bytes": max_bytes})
+    if len(found) < count:  # the engine stopped past max_bytes
+        if not found:  # (rows deleted meanwhile: the poller reads again, a catch-up ends)
+            raise StorageError("the feed read no row of a range that has some")
+        # "As if the source data ran out": parts read side by side stop each where it was,
+        # so the rows up to the last one are all there only if their count says so (else
+        # the range is read whole, bounded by ``limit`` rows alone).
+        last = found[-1].position
+        if cursor_range.count(store, rows, start, last) == len(found):
+            return Batch(start, last, found, len(out))
+        found, out = _read(store, sql + FEED_SETTINGS, {**bound, "max_bytes": 0})
+    return Batch(start, upto, found, len(out))
+
+
+def _read(store: Store, sql: str, bound: dict[str, Any]) -> tuple[list[Row], bytes]:
+    """The feed's rows as the engine wrote them, and its answer (they are views into it)."""
+    out = store.query(sql, bound, "JSONEachRow")
     view, found, start_at = memoryview(out), [], 0
     while start_at < len(out):
         # The engine's own line: {"b":1,"o":0,<the row's columns>}; parsing it whole and
@@ -134,11 +150,7 @@ def fetch(store: Store, rows: cursor_range.Filter, start: Position, end: Positio
         found.append(Row(Position(int(position[1]), int(position[2])),
                          view[position.end():line_end]))
         start_at = line_end + 1
-    if len(found) < count:  # the engine stopped past max_bytes: the rows up to the last one
-        if not found:  # (rows deleted meanwhile: the poller reads again, a catch-up ends)
-            raise StorageError("the feed read no row of a range that has some")
-        upto = found[-1].position
-    return Batch(start, upto, found, len(out))
+    return found, out
 
 
 @dataclass(eq=False)
