@@ -68,10 +68,20 @@ def served(
 ) -> Iterator[tuple[httpx.Client, Collector]]:
     """A collector on the session's store behind real uvicorn, with the protocol ``tagwerk
     serve`` uses (its pixel fast path included); an httpx client on it."""
-    collector = Collector(collector_settings(data_dir, **settings), store=store)
-    with serve(create_app(collector), http=protocol_for(collector)) as base, \
-            httpx.Client(base_url=base, headers={"User-Agent": CHROME}) as client:
+    with served_app(store, data_dir, **settings) as (_, client, collector):
         yield client, collector
+
+
+@contextlib.contextmanager
+def served_app(
+    store: Store, data_dir: Path, **settings: Any
+) -> Iterator[tuple[Any, httpx.Client, Collector]]:
+    """As ``served``, with the app first (its state: the slots and streams it holds)."""
+    collector = Collector(collector_settings(data_dir, **settings), store=store)
+    app = create_app(collector)
+    with serve(app, http=protocol_for(collector)) as base, \
+            httpx.Client(base_url=base, headers={"User-Agent": CHROME}) as client:
+        yield app, client, collector
 
 
 @contextlib.contextmanager

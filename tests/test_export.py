@@ -429,19 +429,12 @@ def test_a_client_that_stops_reading_is_let_go(store, tmp_path, monkeypatch, cap
     application error."""
     import socket
 
-    import httpx
-
     from collector.api import export
-    from collector.app import create_app, protocol_for
-    from collector.service import Collector
     from collector.web import limits
-    from tests.helpers import CHROME, collector_settings, serve
+    from tests.helpers import served_app
 
     monkeypatch.setattr(limits, "WRITE_TIMEOUT", 0.5)
-    collector = Collector(collector_settings(tmp_path), store=store)
-    app = create_app(collector)
-    with serve(app, http=protocol_for(collector)) as base, \
-            httpx.Client(base_url=base, headers={"User-Agent": CHROME}) as http:
+    with served_app(store, tmp_path) as (app, http, collector):
         site_id, keys = new_site(collector, "stall")
         insert_rows(store, site_id, "stall", 60_000)
         port = http.base_url.port
@@ -545,18 +538,11 @@ def test_an_export_not_sent_within_its_deadline_is_cut(store, tmp_path, monkeypa
     within its deadline (``QUERY_SECONDS``; 2 s here) is cut, and its slot comes back."""
     import socket
 
-    import httpx
-
     from collector.api import export
-    from collector.app import create_app, protocol_for
-    from collector.service import Collector
-    from tests.helpers import CHROME, collector_settings, serve
+    from tests.helpers import served_app
 
     monkeypatch.setattr(export, "QUERY_SECONDS", 2)
-    collector = Collector(collector_settings(tmp_path), store=store)
-    app = create_app(collector)
-    with serve(app, http=protocol_for(collector)) as base, \
-            httpx.Client(base_url=base, headers={"User-Agent": CHROME}) as http:
+    with served_app(store, tmp_path) as (app, http, collector):
         site_id, keys = new_site(collector, "deadline")
         insert_rows(store, site_id, "x" * 2000, 20_000)  # 40 MB of answer
         with socket.socket() as sock:

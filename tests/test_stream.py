@@ -17,7 +17,7 @@ import pytest
 from collector.api.stream import StreamConfig
 from collector.app import create_app, protocol_for
 from collector.service import Collector
-from tests.helpers import CHROME, collector_settings, drained, serve, wait_for
+from tests.helpers import CHROME, collector_settings, drained, serve, served_app, wait_for
 
 STREAM = "/api/v1/sites/{}/stream"
 
@@ -185,11 +185,8 @@ def test_head_checks_the_request_and_holds_no_stream(env):
 def streaming(store, tmp_path, **config):
     """A collector of its own behind real uvicorn, its streams configured by ``config``:
     (the app, an httpx client on it, the collector)."""
-    collector = Collector(collector_settings(tmp_path), store=store)
-    app = create_app(collector)
-    app.rest.state.tagwerk_stream = StreamConfig(heartbeat=0.3, poll=0.05, **config)
-    with serve(app, http=protocol_for(collector)) as base, \
-            httpx.Client(base_url=base, headers={"User-Agent": CHROME}) as http:
+    with served_app(store, tmp_path) as (app, http, collector):
+        app.rest.state.tagwerk_stream = StreamConfig(heartbeat=0.3, poll=0.05, **config)
         yield app, http, collector
 
 
