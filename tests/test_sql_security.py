@@ -1179,11 +1179,14 @@ def test_every_reading_statement_answers_through_the_bound(http: httpx.Client, s
         assert resp.text == '{"name":"events"}\n'
 
 
-def send_raw(url: str, body: bytes, user: tuple[str, str] | None = None) -> socket.socket:
+def send_raw(url: str, body: bytes, user: tuple[str, str] | None = None,
+             query_id: str = "") -> socket.socket:
     """A POST of ``body`` on a socket of its own, left open: closing it hangs up."""
     host, port = url.removeprefix("http://").split(":")
     auth = b"" if user is None else b"Authorization: Basic %s\r\n" % base64.b64encode(
         ":".join(user).encode())
+    if query_id:
+        auth += b"X-ClickHouse-Query-Id: %s\r\n" % query_id.encode()
     sock = socket.create_connection((host, int(port)))
     sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\n%sContent-Length: %d\r\n\r\n%s"
                  % (auth, len(body), body))
@@ -1434,3 +1437,28 @@ def test_a_query_is_cancelled_when_its_client_hangs_up_before_it_starts(
         while time.monotonic() < deadline and not running(store, marker):  # noqa: B023
             time.sleep(0.01)
         wait_for(lambda: not running(store, marker), timeout=5)  # noqa: B023
+
+
+def test_a_query_id_still_running_is_refused_and_a_retry_is_never_cancelled(
+    url: str, http: httpx.Client, store
+) -> None:
+    """As ClickHouse does, a second query with the id of one of the user's queries still
+    running is refused (216), not run beside it: the first one's cancel on hang-up finds
+    its queries by that id and would cancel the second too. Another user may use the id."""
+    query_id = f"sec-dup-{uuid.uuid4().hex[:8]}"
+    marker = f"sec_dup_{uuid.uuid4().hex[:8]}"
+    with send_raw(url, long_query(marker), query_id=query_id):
+        wait_for(lambda: running(store, marker))
+        resp = run(http, "SELECT 1", query_id=query_id)
+        refused(resp, 216)
+        assert resp.status_code == 409
+        assert query_id in resp.text and "already running" in resp.text
+        assert run(http, "SELECT 1", auth=WRITER, query_id=query_id).text == "1\n"
+    deadline = time.monotonic() + 10
+    while (resp := run(http, "SELECT sleepEachRow(0.1) FROM numbers(5) FORMAT Null",
+                       query_id=query_id)).status_code == 409:
+        assert time.monotonic() < deadline, "the hung-up query still runs"
+        time.sleep(0.05)
+    assert resp.status_code == 200, resp.text
+    wait_for(lambda: not running(store, marker), timeout=5)
+    alive(http)

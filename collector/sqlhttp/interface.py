@@ -90,6 +90,8 @@ class _SqlInterface:
         self.max_data_bytes = max_data_bytes
         self.limits = limits
         self.readers = ReaderSlots()
+        # Tags (user and query id) of the queries executing now: one at a time per tag.
+        self._running: set[str] = set()
         self._virtual: frozenset[str] = frozenset()  # _virtual_columns
         self.sessions = Sessions(store.new_connection)
         self.display_name = socket.gethostname()
@@ -187,6 +189,11 @@ class _SqlInterface:
         the request is read (a query nobody waits for would run on to its time limit).
         The cancel is repeated until the execution ends: a client gone while the statement
         is parsed and checked leaves nothing to cancel yet, and the query starts after."""
+        # As ClickHouse refuses a query id already running: the cancel on hang-up finds
+        # its query by the tag and would cancel a second one too (a client's retry).
+        if call.tag in self._running:
+            raise SqlError.of(216, f"Query with id = {call.query_id} is already running")
+        self._running.add(call.tag)
         body_read = anyio.Event()
 
         async def watch() -> None:
@@ -205,6 +212,7 @@ class _SqlInterface:
             return await anyio.to_thread.run_sync(self._execute, call, body, read)
         finally:
             watcher.cancel()
+            self._running.discard(call.tag)
 
     def _cancel(self, tag: str) -> None:
         conn = self.store.new_connection()
