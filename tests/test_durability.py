@@ -110,3 +110,43 @@ def test_a_store_closed_while_a_query_runs_lets_the_process_exit(tmp_path) -> No
     done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "store")],
                           capture_output=True, timeout=120)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
+
+
+def test_queries_started_while_the_store_closes_are_stopped_too(tmp_path) -> None:
+    """Threads that start queries again and again, on their own connections, while the
+    store closes: a query that starts after the first kill is stopped as well, and none
+    starts once ``close`` began, so the process exits cleanly."""
+    script = textwrap.dedent("""
+        import sys, threading, time
+        from collector.storage.base import StorageError
+        from collector.storage.embedded import EmbeddedStore
+        store = EmbeddedStore(sys.argv[1])
+        LONG = "SELECT sum(cityHash64(number)) FROM numbers(1e12)"
+        ran = []
+        def again():
+            store.query("SELECT 1")  # this thread's connection, before the close
+            while True:
+                ran.append(1)
+                try:
+                    store.query(LONG)
+                except StorageError:
+                    if store.closed:
+                        return
+        for _ in range(4):
+            threading.Thread(target=again, daemon=True).start()
+        while not store.rows("SELECT 1 FROM system.processes WHERE query LIKE '%1e12%' "
+                             "AND query NOT LIKE '%system.processes%'"):
+            pass
+        store.close()
+        try:
+            store.query("SELECT 1")
+        except StorageError as exc:
+            assert "closed" in str(exc), exc
+        else:
+            raise AssertionError("a closed store answered")
+        time.sleep(0.5)  # threads that were about to start one
+    """)
+    for _ in range(3):
+        done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "store")],
+                              capture_output=True, timeout=120)
+        assert done.returncode == 0, done.stderr.decode()[-2000:]

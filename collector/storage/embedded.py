@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import re
 import select
 import shutil
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -44,6 +46,8 @@ from collector.storage.base import (
 )
 from collector.storage.engine_config import default_memory_limit, write_engine_config
 
+log = logging.getLogger("tagwerk.storage")
+
 
 class EmbeddedStore(Store):
     kind = "embedded"
@@ -59,10 +63,15 @@ class EmbeddedStore(Store):
         self._lock = threading.Lock()
         self._conns: list = []
         self._closed = False
+        self._busy = 0  # calls running on the store's connections (``_using``)
         self._conn()  # fail at start, not on the first hit, if the path is unusable
         # Pipes of streams a crash left behind (only this process can have the path open).
         self.pipes = self.path / "streams"
         shutil.rmtree(self.pipes, ignore_errors=True)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def _conn(self):
         conn = getattr(self._local, "conn", None)
@@ -78,20 +87,38 @@ class EmbeddedStore(Store):
                 self._conns.append(conn)
         return conn
 
+    @contextlib.contextmanager
+    def _using(self) -> Iterator[Any]:
+        """This thread's connection, counted as in use until the block ends: ``close``
+        waits for those, and none is handed out once it began."""
+        conn = self._conn()
+        with self._lock:
+            if self._closed:
+                raise StorageError("store is closed")
+            self._busy += 1
+        try:
+            yield conn
+        finally:
+            with self._lock:
+                self._busy -= 1
+
     def connection(self):
         """This thread's own chDB connection (for the SQL interface's sessions)."""
         return self._conn()
 
     def new_connection(self):
         """A connection owned by the caller, e.g. for a session with its own settings."""
+        if self._closed:
+            raise StorageError("store is closed")
         return chdb.state.connect(self.dsn)
 
     def query(self, sql: str, params: Params = None, fmt: str = "JSONEachRow") -> bytes:
         bound = {k: _bind(v) for k, v in params.items()} if params else None
-        try:
-            result = self._conn().query(sql, fmt, params=bound)
-        except Exception as exc:
-            raise StorageError(str(exc)) from None
+        with self._using() as conn:
+            try:
+                result = conn.query(sql, fmt, params=bound)
+            except Exception as exc:
+                raise StorageError(str(exc)) from None
         return result.bytes() if hasattr(result, "bytes") else bytes(result)
 
     def execute(self, sql: str, params: Params = None) -> None:
@@ -108,7 +135,11 @@ class EmbeddedStore(Store):
         if settings:
             # Setting values come from the collector itself, not from hits.
             sql += " SETTINGS " + ", ".join(f"{k} = {_setting(v)}" for k, v in settings.items())
-        conn = self._conn()
+        with self._using() as conn:
+            self._insert(conn, sql, fmt, data, settings)
+
+    def _insert(self, conn: Any, sql: str, fmt: str, data: bytes,
+                settings: Mapping[str, str] | None) -> None:
         if not settings or "insert_deduplication_token" not in settings:
             insert_statement(conn, sql, fmt, data)
             return
@@ -148,11 +179,32 @@ class EmbeddedStore(Store):
 
     def close(self) -> None:
         """Stop every running query, then close the connections: the process dies (SIGSEGV)
-        when it exits while the engine still runs a query."""
-        with contextlib.suppress(Exception):
-            self._conn().query("KILL QUERY WHERE 1 SYNC", "TSV")
+        when it exits while the engine still runs a query. No call starts once it began;
+        one that started meanwhile, or on a connection of a caller's, is killed in turn
+        (each kill is repeated until nothing runs, for at most ``CLOSE_SECONDS``)."""
+        try:
+            killer = self._conn()
+        except StorageError:
+            killer = None
         with self._lock:
             self._closed = True
+        deadline = time.monotonic() + CLOSE_SECONDS
+        while killer is not None:
+            try:
+                killer.query("KILL QUERY WHERE query_id != queryID() ASYNC", "TSV")
+                running = int(killer.query("SELECT count() FROM system.processes "
+                                           "WHERE query_id != queryID()", "TSV").bytes())
+            except Exception:
+                break
+            with self._lock:
+                busy = self._busy
+            if not running and not busy:
+                break
+            if time.monotonic() > deadline:
+                log.warning("embedded store: %d queries still run at close", running)
+                break
+            time.sleep(0.02)
+        with self._lock:
             conns, self._conns = self._conns, []
         for conn in conns:
             with contextlib.suppress(Exception):
@@ -169,6 +221,9 @@ def _setting(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+# How long ``close`` keeps killing queries that still run (one stuck writing into a stream
+# nobody reads, say) before it closes the connections all the same.
+CLOSE_SECONDS = 10.0
 _FORMAT = re.compile(r"[A-Za-z][A-Za-z0-9]{0,63}")
 STREAM_TAG = "tagwerk-stream:"
 PIPE_BYTES = 1 << 20
