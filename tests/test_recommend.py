@@ -371,6 +371,47 @@ def test_one_persons_products_stay_off_the_public_lists(env):
     assert answer["as_of"].endswith(":00.000Z") or answer["as_of"].endswith(":00Z"), answer
 
 
+def test_one_persons_devices_count_as_one_person_on_the_public_lists(env):
+    """One shopper on a phone and a desktop, both linked to their customer id by a login:
+    the hour's aggregate counts two devices, the identity graph one person, and the public
+    lists (top by each metric, trending) keep the product off until a second person acts
+    on it. A guest's hits and the same customer's logged-in ones are one person too."""
+    client, collector = env
+    _, keys = collector.sites.create("rec-g", [ORIGIN])
+    both = ["analytics", "personalization"]
+
+    def login(device, user):
+        return {**hit("login", 2 * MIN, [], device=device), "type": "identify",
+                "user_id": user, "consent": both}
+
+    order = [("gift", 30, 1)]
+    send(client, keys["write"], [
+        login("g-phone", "c-g1"), login("g-desk", "c-g1"),
+        *(hit(event, MIN, order, device=device) for event in
+          ("view_item", "add_to_cart", "purchase") for device in ("g-phone", "g-desk")),
+        # a guest's purchase on a third device, then the same customer logged in on it
+        hit("purchase", 3 * MIN, [("guest-gift", 30, 1)], device="g-tab"),
+        login("g-tab", "c-g1"),
+        {**hit("purchase", MIN, [("guest-gift", 30, 1)], device="g-tab"),
+         "user_id": "c-g1"},
+        *(hit("view_item", MIN, [("seen", 5, 1)], device=f"g-v{i}") for i in range(2))])
+    wait_for(lambda: drained(collector))
+    keyed = client.get("/api/v1/sites/rec-g/products/top?metric=purchases",
+                       headers={"Authorization": f"Bearer {keys['read']}"})
+    assert sorted(ids(keyed)) == ["gift", "guest-gift"]
+    for metric in ("views", "add_to_carts", "purchases", "revenue"):
+        assert "gift" not in ids(get(env, f"/top?metric={metric}", site="rec-g")), metric
+    assert ids(get(env, "/top?metric=purchases", site="rec-g")) == []
+    assert ids(get(env, "/top", site="rec-g")) == ["seen"]
+    assert ids(get(env, "/trending", site="rec-g")) == ["seen"]
+    send(client, keys["write"], [hit(event, MIN, order, device="g-other")
+                                 for event in ("view_item", "purchase")])
+    wait_for(lambda: drained(collector))
+    assert ids(get(env, "/top?metric=purchases", site="rec-g")) == ["gift"]
+    assert ids(get(env, "/top", site="rec-g")) == ["gift", "seen"]
+    assert "gift" in ids(get(env, "/trending", site="rec-g"))
+
+
 def test_the_buyers_behind_a_public_revenue_rank_are_of_its_currency(env):
     """A product bought in the main currency by one customer and in another by a second:
     its revenue rank is the first's alone, so it stays off the public list (re-probe 45:

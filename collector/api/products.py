@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 from weakref import WeakKeyDictionary
@@ -53,7 +54,7 @@ from collector.identity import profile as profiles
 from collector.identity.cache import PersonAnswers
 from collector.identity.graph import Graph
 from collector.identity.link_index import LinkIndex
-from collector.identity.resolutions import link_keys, resolve_kept
+from collector.identity.resolutions import link_keys, resolve_kept, sole_owners
 from collector.ingest.events import CURRENCY
 from collector.service import Collector
 from collector.sites import Site
@@ -94,7 +95,7 @@ KEYED = Bounds()
 TOP = """
 SELECT product_id, sum(views) AS views, sum(add_to_carts) AS add_to_carts,
     sum(purchases) AS purchases, sum(quantity) AS quantity,
-    toFloat64(sumIf(revenue, currency = {currency:String})) AS revenue, %(as_of)s
+    toFloat64(sumIf(revenue, currency = {currency:String})) AS revenue, %(as_of)s%(persons)s
 FROM tagwerk.product_hourly
 WHERE site_id = {site:String} AND hour >= toDateTime({since:UInt32})
     AND hour <= toDateTime({until:UInt32})
@@ -119,13 +120,13 @@ KEPT_SECONDS = {"related": RELATED_SECONDS, "currency": CURRENCY_SECONDS}
 
 TRENDING = """
 SELECT product_id, recent, baseline,
-    (recent + {k:Float64}) / (baseline * {ratio:Float64} + {k:Float64}) AS score, as_of
+    (recent + {k:Float64}) / (baseline * {ratio:Float64} + {k:Float64}) AS score, as_of%(outer)s
 FROM
 (
     SELECT product_id,
         sumIf(views + add_to_carts + purchases, hour >= toDateTime({recent:UInt32})) AS recent,
         sumIf(views + add_to_carts + purchases, hour < toDateTime({recent:UInt32})) AS baseline,
-        %(as_of)s
+        %(as_of)s%(persons)s
     FROM tagwerk.product_hourly
     WHERE site_id = {site:String} AND hour >= toDateTime({since:UInt32})
         AND hour <= toDateTime({until:UInt32})
@@ -156,6 +157,31 @@ AS_OF = "toString(least(max(max(last_ts)) OVER (), now64(3))) AS as_of"
 PAIRS = {"co_view": ("coview_pairs", "sessions"), "co_purchase": ("copurchase_pairs", "buyers")}
 # The persons behind each metric of a top list (product_hourly's uniq states).
 PERSONS = {"views": "viewers", "add_to_carts": "carters", "purchases": "buyers"}
+# Those persons are user ids, else device ids, as an hour's row knows them: one shopper's
+# phone and desktop, or their guest and logged-in hits, count twice. An item whose count is
+# at most PROVED_UP_TO is listed only once the identity graph finds enough persons behind
+# its hits (one person with more devices and ids than that in a window is not a case we
+# meet). The list's query asks for SPARE_ROWS more items, to stand in for those left out.
+PROVED_UP_TO = 10
+SPARE_ROWS = 24
+EVENTS = {"views": ("view_item",), "add_to_carts": ("add_to_cart",),
+          "purchases": ("purchase",), "revenue": ("purchase",),
+          "trending": ("view_item", "add_to_cart", "purchase")}
+# Who is behind the hits of a few products in a window, as product_hourly's view counts
+# them (clickhouse/0041): the keys, not a count. The events' sort key starts with the site
+# and the day, so only the window's days are read.
+KEYS_BEHIND = """
+SELECT item.product_id AS product_id,
+    groupUniqArray(64)(if(user_id != '', ('user', user_id), ('device', device_id))) AS keys
+FROM tagwerk.events
+ARRAY JOIN items AS item
+WHERE site_id = {site:String} AND ts >= toDateTime64({since:UInt32}, 3)
+    AND ts < toDateTime64({end:UInt32}, 3) AND event IN {events:Array(String)}
+    AND NOT is_bot AND (user_id != '' OR device_id != '')
+    AND item.product_id IN {products:Array(String)} %(currency)s
+GROUP BY product_id
+"""
+Owners = Callable[[list[tuple[str, str]]], list[str | None]]
 
 @dataclass(frozen=True)
 class Ask:
@@ -180,9 +206,13 @@ def hour_start(seconds: float) -> int:
 
 
 def compute(store: Any, site_id: str, ask: Ask, exclude: tuple[str, ...],
-            now: float) -> dict[str, Any]:
-    """Run one list's query (blocking: call it in a thread)."""
-    base = {"site": site_id, "exclude": list(exclude), "limit": ask.limit}
+            now: float, owners: Owners | None = None) -> dict[str, Any]:
+    """Run one list's query (blocking: call it in a thread). ``owners``: whose each
+    identifier's hits are (``resolutions.sole_owners``), for a list with a support above 1
+    (top and trending)."""
+    proving = ask.support > 1 and owners is not None
+    base = {"site": site_id, "exclude": list(exclude),
+            "limit": ask.limit + (SPARE_ROWS if proving else 0)}
     if ask.kind == "top":
         category = "AND has(groupUniqArrayArray(categories), {category:String})" \
             if ask.category else ""
@@ -192,10 +222,12 @@ def compute(store: Any, site_id: str, ask: Ask, exclude: tuple[str, ...],
             if ask.metric == "revenue" else f"uniqMerge({PERSONS[ask.metric]})"
         support = f"AND {persons} >= {{support:UInt64}}" if ask.support > 1 else ""
         sql = TOP % {"metric": ask.metric, "category": category, "support": support,
-                     "as_of": AS_OF}
+                     "as_of": AS_OF, "persons": f", {persons} AS behind" if proving else ""}
         rows = store.rows(sql, {**base, "since": ask.since, "until": ask.until,
                                 "category": ask.category, "currency": ask.currency or "",
                                 "support": ask.support})
+        if proving:
+            rows = proved(store, site_id, ask, rows, owners, ask.metric, ask.since)
         items = [{"product_id": r["product_id"], "score": r[ask.metric],
                   **{m: r[m] for m in (*METRICS, "quantity")}} for r in rows]
         return {"items": items, "currency": ask.currency or None,
@@ -205,12 +237,16 @@ def compute(store: Any, site_id: str, ask: Ask, exclude: tuple[str, ...],
     elif ask.kind == "trending":
         recent_seconds = max(now - ask.recent, 1.0)
         ratio = recent_seconds / max(ask.recent - ask.since, 1)
-        support = ("AND uniqMergeIf(persons, hour >= toDateTime({recent:UInt32})) >= "
-                   "{support:UInt64}") if ask.support > 1 else ""
-        rows = store.rows(TRENDING % {"as_of": AS_OF, "support": support},
+        recent_persons = "uniqMergeIf(persons, hour >= toDateTime({recent:UInt32}))"
+        support = f"AND {recent_persons} >= {{support:UInt64}}" if ask.support > 1 else ""
+        rows = store.rows(TRENDING % {"as_of": AS_OF, "support": support,
+                                      "outer": ", behind" if proving else "", "persons": (
+            f", {recent_persons} AS behind" if proving else "")},
                           {**base, "since": ask.since, "until": ask.until,
                            "recent": ask.recent, "k": SMOOTHING, "ratio": ratio,
                            "support": ask.support})
+        if proving:
+            rows = proved(store, site_id, ask, rows, owners, "trending", ask.recent)
         items = [{"product_id": r["product_id"], "score": round(r["score"], 4),
                   "recent": r["recent"], "baseline": r["baseline"]} for r in rows]
     else:
@@ -220,6 +256,28 @@ def compute(store: Any, site_id: str, ask: Ask, exclude: tuple[str, ...],
         items = [{"product_id": r["other_id"], "score": r["score"], count: r["score"]}
                  for r in rows]
     return {"items": items, "as_of": _iso(rows[0]["as_of"]) if rows else None}
+
+
+def proved(store: Any, site_id: str, ask: Ask, rows: list[dict[str, Any]],
+           owners: Owners, counted: str, since: int) -> list[dict[str, Any]]:
+    """The first ``ask.limit`` rows with ``ask.support`` persons behind them at least: the
+    identity graph's persons (``owners``) where the row's count is at most PROVED_UP_TO.
+    ``counted``: the metric (its events), or "trending"; ``since``: the window counted."""
+    doubtful = [row["product_id"] for row in rows if row["behind"] <= PROVED_UP_TO]
+    if doubtful:
+        currency = "AND currency = {currency:String}" if counted == "revenue" else ""
+        found = store.rows(KEYS_BEHIND % {"currency": currency}, {
+            "site": site_id, "since": since, "end": ask.until + HOUR,
+            "events": list(EVENTS[counted]), "products": doubtful,
+            "currency": ask.currency or ""})
+        keys = {row["product_id"]: [tuple(key) for key in row["keys"]] for row in found}
+        pairs = sorted({pair for held in keys.values() for pair in held})
+        whose = dict(zip(pairs, owners(pairs) if pairs else [], strict=True))
+        persons = {product: len({whose[pair] for pair in held} - {None})
+                   for product, held in keys.items()}
+        rows = [row for row in rows if row["behind"] > PROVED_UP_TO
+                or persons.get(row["product_id"], 0) >= ask.support]
+    return rows[:ask.limit]
 
 
 def main_currency(store: Any, site_id: str, since: int, until: int) -> str:
@@ -279,9 +337,10 @@ class Answers:
         self._done: OrderedDict[tuple, tuple[Any, float, dict[str, Any]]] = OrderedDict()
         self._running: dict[tuple, asyncio.Future] = {}
 
-    async def get(self, site_id: str, ask: Ask, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+    async def get(self, site: Site, ask: Ask, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+        site_id = site.site_id
         if ask.kind == "top" and ask.currency is None:
-            main = await self.get(site_id, Ask("currency", 1, since=ask.since, until=ask.until))
+            main = await self.get(site, Ask("currency", 1, since=ask.since, until=ask.until))
             ask = replace(ask, currency=main["currency"])
         key = (site_id, ask, exclude)
         lasts = KEPT_SECONDS.get(ask.kind)
@@ -298,7 +357,7 @@ class Answers:
         self._running[key] = future
         try:
             answer = await run_in_threadpool(compute, self.collector.store, site_id, ask,
-                                             exclude, time.time())
+                                             exclude, time.time(), self._owners(site))
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # retrieved: no "never retrieved" warning without waiters
@@ -311,6 +370,18 @@ class Answers:
         while len(self._done) > CACHE_ENTRIES:
             self._done.popitem(last=False)
         return answer
+
+
+    def _owners(self, site: Site) -> Owners:
+        """Whose identifiers' hits are, as the site's identity graph says (blocking)."""
+        collector = self.collector
+        kept = collector.person_answers
+
+        def owners(pairs: list[tuple[str, str]]) -> list[str | None]:
+            graph = Graph(collector.store, site, kept.decisions(collector.store, site.site_id))
+            return sole_owners(kept, graph, pairs, collector.link_index)
+
+        return owners
 
 
 _answers: WeakKeyDictionary[Collector, Answers] = WeakKeyDictionary()
@@ -411,7 +482,7 @@ async def _list(request: Request, collector: Collector, site: Site, accepted: tu
     values = params(request, accepted)
     ask = make(values)
     exclude = await exclusions(request, collector, site, values)
-    return json_response(await answers(collector).get(site.site_id, ask, exclude))
+    return json_response(await answers(collector).get(site, ask, exclude))
 
 
 @keyed(READ)

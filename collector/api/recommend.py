@@ -150,7 +150,7 @@ async def _serve(request: Request, accepted: tuple[str, ...], make: Any) -> Resp
         if device:  # what the person of this device bought, on any device or channel
             exclude = await products.kept_products(collector, site, "device", device,
                                                    (profiles.PURCHASE,))
-        answer = await products.answers(collector).get(site.site_id, ask, exclude)
+        answer = await products.answers(collector).get(site, ask, exclude)
     except ApiError as exc:
         error = refusal(exc)
         error.headers.update({k: v for k, v in headers.items() if k not in error.headers})

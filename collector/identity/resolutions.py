@@ -15,9 +15,10 @@ A resolution reads no hits (``Graph.resolve_many``: no listing), so a hit leaves
 
 from __future__ import annotations
 
+from collector.identifiers import person_id
 from collector.identity.cache import PersonAnswers
 from collector.identity.changes import LINK
-from collector.identity.graph import Graph, Person
+from collector.identity.graph import BEGINNING, END, Graph, Person
 from collector.identity.link_index import LinkIndex
 
 
@@ -51,6 +52,27 @@ def resolve_kept(kept: PersonAnswers, graph: Graph, asks: list[tuple[str, str]],
         found[ask] = person
         kept.put(site_id, ("person", *ask), person, link_keys(person, *ask), since)
     return [found[ask] for ask in asks]
+
+
+def sole_owners(kept: PersonAnswers, graph: Graph, pairs: list[tuple[str, str]],
+                index: LinkIndex | None = None) -> list[str | None]:
+    """For each identifier, the person every hit of it belongs to: a user id's person (after
+    merges), the person of another identifier that never changed hands (or nobody linked);
+    None for one whose hits are not all one person's (a shared device, one linked past the
+    cap, a split). Blocking; resolutions kept as ``resolve_kept``'s."""
+    whole = [BEGINNING, END]
+    found: list[str | None] = []
+    for (kind, ident), person in zip(pairs, resolve_kept(kept, graph, pairs, index),
+                                     strict=True):
+        if person is None:
+            found.append(person_id(graph.site_id, kind, ident))
+        elif kind == "user":
+            found.append(person.person_id)
+        else:
+            spans = person.spans_by_identifier().get((kind, ident), [])
+            held = [[span.start, span.end] for span in spans] == [whole]
+            found.append(person.person_id if held else None)
+    return found
 
 
 def _resolve(graph: Graph, asks: list[tuple[str, str]], index: LinkIndex | None
