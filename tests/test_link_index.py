@@ -5,6 +5,7 @@ answer instead, until the copy is loaded again."""
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 
@@ -149,6 +150,39 @@ def test_unloading_drops_the_copy_from_memory(env):
         "SELECT name, status FROM system.dictionaries WHERE database = 'tagwerk' "
         "AND name LIKE 'identity%dict'")
     assert {row["status"] for row in status} == {"NOT_LOADED"}, status
+
+
+def test_unloading_while_a_query_reads_the_copy_as_a_table_leaves_it_attached(env):
+    """The engine refuses to attach a dictionary again while a query that read it as a table
+    still holds it ("detached but still used by some query. Retry later"): an erasure under
+    such a query (a data team's, through the SQL port) failed, and left the dictionaries
+    detached, every later load failing with them."""
+    _, collector, _ = env
+    index, store = collector.link_index, collector.store
+    collector.person_answers.begin()
+    index.reload_now()
+    started = threading.Event()
+
+    def reader() -> None:
+        started.set()
+        store.query("SELECT n.number, sleepEachRow(0.3) FROM numbers(4) AS n "
+                    "LEFT JOIN tagwerk.identity_links_dict AS d ON d.hash = n.number "
+                    "SETTINGS max_block_size = 1")
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    started.wait()
+    wait_for(lambda: store.rows("SELECT 1 FROM system.processes WHERE query LIKE "
+                                "'%sleepEachRow(0.3)%' AND query NOT LIKE '%system.processes%'"))
+    try:
+        index.unload()
+    finally:
+        thread.join()
+    attached = store.rows("SELECT name FROM system.dictionaries WHERE database = 'tagwerk' "
+                          "AND name LIKE 'identity%dict'")
+    assert len(attached) == 2, attached
+    index.reload_now()
+    assert index.begin() is not None
 
 
 def test_the_loader_loads_when_asked_and_drops_the_copy_when_nobody_asks(env):

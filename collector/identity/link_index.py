@@ -40,6 +40,9 @@ RELOAD_AFTER = 60.0  # seconds a copy with stale keys is kept before loading it 
 MIN_INTERVAL = 10.0  # between loads when everything went stale (a burst must not reload
 #                      the whole graph over and over)
 MAX_AGE = 600.0
+# How long an unload waits for the queries that still hold a detached dictionary.
+ATTACH_SECONDS = 30.0
+STILL_USED = "Code: 57. "  # TABLE_ALREADY_EXISTS, as the engine answers a held one
 LOAD_SHARE = 20  # a load waits at least this many times the last one's duration
 MOST_STALE = 10_000  # stale keys remembered; beyond, everything is stale
 
@@ -215,6 +218,7 @@ class LinkIndex:
             began = time.monotonic()
             try:
                 for name in DICTIONARIES:
+                    self._attach(name)  # an unload that could not attach it: now
                     self.store.execute(f"SYSTEM RELOAD DICTIONARY {name}")
             except StorageError:
                 with self._lock:
@@ -238,7 +242,21 @@ class LinkIndex:
                 self._loaded, self._all_stale = False, True
             for name in DICTIONARIES:
                 self.store.execute(f"DETACH DICTIONARY IF EXISTS {name}")
+                self._attach(name)
+
+    def _attach(self, name: str) -> None:
+        """Attach the dictionary if detached. The engine refuses while a query that read it
+        as a table still holds the detached one ("Retry later", code 57): tried again for
+        up to ``ATTACH_SECONDS``. Raises StorageError."""
+        deadline = time.monotonic() + ATTACH_SECONDS
+        while True:
+            try:
                 self.store.execute(f"ATTACH DICTIONARY IF NOT EXISTS {name}")
+                return
+            except StorageError as exc:
+                if STILL_USED not in str(exc) or time.monotonic() > deadline:
+                    raise
+            time.sleep(0.05)
 
     def forget_erased(self) -> None:
         """After an erasure (blocking; before it answers): no copy in the engine's memory
