@@ -183,14 +183,17 @@ def test_product_hourly(loaded):
             countIf(event = 'purchase') AS purchases,
             toUInt64(sumIf(it.7, event = 'purchase')) AS quantity,
             toString(toDecimal128(sumIf(it.6 * it.7, event = 'purchase'), 4)) AS revenue,
-            uniqExactIf(if(user_id = '', device_id, user_id), device_id || user_id != '')
-                AS persons,
-            uniqExactIf(if(user_id = '', device_id, user_id),
-                        device_id || user_id != '' AND event = 'view_item') AS viewers,
-            uniqExactIf(if(user_id = '', device_id, user_id),
-                        device_id || user_id != '' AND event = 'add_to_cart') AS carters,
-            uniqExactIf(if(user_id = '', device_id, user_id),
-                        device_id || user_id != '' AND event = 'purchase') AS buyers,
+            uniqExactIf(if(user_id = '' OR NOT user_verified, device_id, user_id),
+                        device_id != '' OR user_id != '' AND user_verified) AS persons,
+            uniqExactIf(if(user_id = '' OR NOT user_verified, device_id, user_id),
+                        (device_id != '' OR user_id != '' AND user_verified)
+                        AND event = 'view_item') AS viewers,
+            uniqExactIf(if(user_id = '' OR NOT user_verified, device_id, user_id),
+                        (device_id != '' OR user_id != '' AND user_verified)
+                        AND event = 'add_to_cart') AS carters,
+            uniqExactIf(if(user_id = '' OR NOT user_verified, device_id, user_id),
+                        (device_id != '' OR user_id != '' AND user_verified)
+                        AND event = 'purchase') AS buyers,
             arraySort(arrayDistinct(arrayFilter(c -> c != '', groupArray(it.3)))) AS categories,
             toString(max(ts)) AS last_ts
         FROM tagwerk.events ARRAY JOIN items AS it

@@ -635,3 +635,28 @@ def test_persons_per_metric_cover_the_hours_before_whenever_interrupted(tmp_path
     """0041 adds the persons behind each count of product_hourly: the hours stored before
     get them from events, sums unchanged, also when run again after being cut anywhere."""
     run_upgrade(tmp_path, 41, PERSONS_UPGRADE, str(done))
+
+
+VERIFIED_UPGRADE = """
+insert = \"\"\"INSERT INTO tagwerk.events (event_id, site_id, event, type, ts, received_at,
+    device_id, user_id, user_verified, consent, currency, items)
+    SELECT generateUUIDv4(number), 's', 'purchase', 'track', now64(3), now64(3),
+    'd' || toString(number), 'claimed', false, ['analytics'], 'EUR',
+    [('p', '', '', '', '', toDecimal64(2.5, 4), toUInt32(1))]
+    FROM numbers({first:UInt64}, 3)\"\"\"
+store.execute(insert, {"first": 0})
+buyers = "SELECT uniqMerge(buyers) AS b, toString(sumIf(revenue, currency = 'EUR')) AS r " \\
+         "FROM tagwerk.product_hourly"
+assert store.rows(buyers) == [{"b": 1, "r": "7.5"}], store.rows(buyers)  # the claim, once
+migrations.load_migrations = lambda: every
+migrations.migrate(store)
+store.execute(insert, {"first": 3})  # three more devices, each its own buyer now
+assert store.rows(buyers) == [{"b": 4, "r": "15"}], store.rows(buyers)
+print("ok")
+"""
+
+
+def test_persons_count_a_browsers_claimed_user_id_as_its_device_after_the_upgrade(tmp_path):
+    """0042: product_hourly's persons count an unverified user id as the hit's device
+    (revenue still by currency); the hours stored before keep what they counted."""
+    run_upgrade(tmp_path, 42, VERIFIED_UPGRADE)

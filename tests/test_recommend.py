@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 import uuid
 
+import orjson
 import pytest
 
 from collector.api import recommend
@@ -410,6 +411,73 @@ def test_one_persons_devices_count_as_one_person_on_the_public_lists(env):
     assert ids(get(env, "/top?metric=purchases", site="rec-g")) == ["gift"]
     assert ids(get(env, "/top", site="rec-g")) == ["gift", "seen"]
     assert "gift" in ids(get(env, "/trending", site="rec-g"))
+
+
+def identify(device: str, user: str, ago=2 * MIN) -> dict:
+    return {**hit("login", ago, [], device=device), "type": "identify", "user_id": user,
+            "consent": ["analytics", "personalization"]}
+
+
+def public_purchases(env, site: str) -> list[str]:
+    return ids(get(env, "/top?metric=purchases", site=site))
+
+
+def test_a_device_past_the_persons_cap_proves_nobody(env):
+    """A kiosk linked to more customers than the site's cap stops linking: its hits are
+    nobody's now, which does not make them a second person's (probe 64: one customer's
+    guest purchase on it and logged-in purchase elsewhere were listed as two buyers)."""
+    client, collector = env
+    _, keys = collector.sites.create("rec-k", [ORIGIN], identity_max_persons=2)
+    send(client, keys["write"], [
+        *(identify("kiosk", user, ago) for user, ago in
+          (("k-1", 5 * MIN), ("k-2", 4 * MIN), ("k-3", 3 * MIN))),
+        hit("purchase", 2 * MIN, [("kp", 9, 1)], device="kiosk"),
+        {**hit("purchase", MIN, [("kp", 9, 1)], device="k1-phone"), "user_id": "k-1"}])
+    wait_for(lambda: drained(collector))
+    assert public_purchases(env, "rec-k") == []
+
+
+def test_erasing_one_customer_does_not_make_anothers_hits_a_second_person(env):
+    """A shared device's earlier hits stay its earlier customer's: erasing the customer who
+    held it last leaves the device nobody's, not a person of its own (probe 64)."""
+    client, collector = env
+    site, keys = collector.sites.create("rec-x", [ORIGIN])
+    send(client, keys["write"], [
+        identify("family", "x-b", 6 * MIN),
+        hit("purchase", 5 * MIN, [("xp", 9, 1)], device="family"),
+        identify("family", "x-a", 4 * MIN),
+        {**hit("purchase", MIN, [("xp", 9, 1)], device="xb-phone"), "user_id": "x-b"}])
+    wait_for(lambda: drained(collector))
+    assert public_purchases(env, "rec-x") == []
+    erased = client.post("/api/v1/sites/rec-x/privacy/erase",
+                         content=orjson.dumps({"id": "user:x-a"}),
+                         headers={"Authorization": f"Bearer {keys['admin']}"})
+    assert erased.status_code == 200, erased.text
+    time.sleep(recommend.products.CACHE_SECONDS)
+    assert public_purchases(env, "rec-x") == []
+
+
+def test_a_browsers_claimed_customer_id_counts_as_its_device(env):
+    """A browser may put any customer's id on its hits (a claim: user_verified false). Had
+    the claim counted as that customer, a product bought by the victim and by an attacker
+    claiming the victim's id would stay off the public list exactly when the victim was
+    its only other buyer (probe 64). The claim counts as the attacker's device."""
+    client, collector = env
+    _, keys = collector.sites.create("rec-v", [ORIGIN])
+    send(client, keys["write"], [
+        {**hit("purchase", 2 * MIN, [("vp", 9, 1)], device="v-own"), "user_id": "victim"}])
+    client.cookies.clear()
+    claim = {**hit("purchase", MIN, [("vp", 9, 1)], device="attacker"), "user_id": "victim"}
+    del claim["user_agent"]  # the browser's own header is its agent
+    body = {"site": "rec-v", "events": [claim]}
+    claimed = client.post("/collect", content=orjson.dumps(body),
+                          headers={"Content-Type": "text/plain"})
+    assert claimed.status_code == 202, claimed.text
+    wait_for(lambda: drained(collector))
+    assert collector.store.rows(
+        "SELECT user_verified FROM tagwerk.events WHERE site_id = 'rec-v' "
+        "AND device_id = 'attacker'") == [{"user_verified": False}]
+    assert public_purchases(env, "rec-v") == ["vp"]  # two buyers: the victim, a device
 
 
 def test_the_buyers_behind_a_public_revenue_rank_are_of_its_currency(env):

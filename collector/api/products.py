@@ -168,16 +168,17 @@ EVENTS = {"views": ("view_item",), "add_to_carts": ("add_to_cart",),
           "purchases": ("purchase",), "revenue": ("purchase",),
           "trending": ("view_item", "add_to_cart", "purchase")}
 # Who is behind the hits of a few products in a window, as product_hourly's view counts
-# them (clickhouse/0041): the keys, not a count. The events' sort key starts with the site
+# them (clickhouse/0042: a browser's user id is a claim, its device counts): the keys. The events' sort key starts with the site
 # and the day, so only the window's days are read.
 KEYS_BEHIND = """
 SELECT item.product_id AS product_id,
-    groupUniqArray(64)(if(user_id != '', ('user', user_id), ('device', device_id))) AS keys
+    groupUniqArray(64)(if(user_id != '' AND user_verified, ('user', user_id),
+                          ('device', device_id))) AS keys
 FROM tagwerk.events
 ARRAY JOIN items AS item
 WHERE site_id = {site:String} AND ts >= toDateTime64({since:UInt32}, 3)
     AND ts < toDateTime64({end:UInt32}, 3) AND event IN {events:Array(String)}
-    AND NOT is_bot AND (user_id != '' OR device_id != '')
+    AND NOT is_bot AND (user_id != '' AND user_verified OR device_id != '')
     AND item.product_id IN {products:Array(String)} %(currency)s
 GROUP BY product_id
 """

@@ -15,7 +15,6 @@ A resolution reads no hits (``Graph.resolve_many``: no listing), so a hit leaves
 
 from __future__ import annotations
 
-from collector.identifiers import person_id
 from collector.identity.cache import PersonAnswers
 from collector.identity.changes import LINK
 from collector.identity.graph import BEGINNING, END, Graph, Person
@@ -58,14 +57,16 @@ def sole_owners(kept: PersonAnswers, graph: Graph, pairs: list[tuple[str, str]],
                 index: LinkIndex | None = None) -> list[str | None]:
     """For each identifier, the person every hit of it belongs to: a user id's person (after
     merges), the person of another identifier that never changed hands (or nobody linked);
-    None for one whose hits are not all one person's (a shared device, one linked past the
-    cap, a split). Blocking; resolutions kept as ``resolve_kept``'s."""
+    None for one whose hits are not all one person's: a shared device, a split one, one
+    that stopped linking past the cap or whose last owner was erased (nobody's now, which
+    is not somebody else: its hits were its owners'). Blocking; resolutions kept as
+    ``resolve_kept``'s."""
     whole = [BEGINNING, END]
     found: list[str | None] = []
     for (kind, ident), person in zip(pairs, resolve_kept(kept, graph, pairs, index),
                                      strict=True):
         if person is None:
-            found.append(person_id(graph.site_id, kind, ident))
+            found.append(None)
         elif kind == "user":
             found.append(person.person_id)
         else:
