@@ -168,8 +168,8 @@ EVENTS = {"views": ("view_item",), "add_to_carts": ("add_to_cart",),
           "purchases": ("purchase",), "revenue": ("purchase",),
           "trending": ("view_item", "add_to_cart", "purchase")}
 # Who is behind the hits of a few products in a window, as product_hourly's view counts
-# them (clickhouse/0042: a browser's user id is a claim, its device counts): the keys. The events' sort key starts with the site
-# and the day, so only the window's days are read.
+# them (clickhouse/0042: a browser's user id is a claim, its device counts): the keys. The
+# events' sort key starts with the site and the day, so only the window's days are read.
 KEYS_BEHIND = """
 SELECT item.product_id AS product_id,
     groupUniqArray(64)(if(user_id != '' AND user_verified, ('user', user_id),
