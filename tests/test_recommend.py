@@ -3,6 +3,8 @@ origins, personalised only by the visitor's own cookies, cacheable, rate-limited
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
 import uuid
 
@@ -478,6 +480,44 @@ def test_a_browsers_claimed_customer_id_counts_as_its_device(env):
         "SELECT user_verified FROM tagwerk.events WHERE site_id = 'rec-v' "
         "AND device_id = 'attacker'") == [{"user_verified": False}]
     assert public_purchases(env, "rec-v") == ["vp"]  # two buyers: the victim, a device
+
+
+def test_public_lists_are_computed_a_few_at_a_time_within_the_engines_limits(env,
+                                                                           monkeypatch):
+    """Anonymous clients choose the asks (metric, window, category, limit), each a new
+    computation: ten a second from one address took the engine to its memory limit and
+    failed flushes (probe 64). At most ``COMPUTING`` are computed at once, one that waits
+    longer than ``GATE_SECONDS`` is a 503 with Retry-After, and each query runs under the
+    engine's memory and time limits."""
+    client, collector = env
+    monkeypatch.setitem(recommend._gates, collector, asyncio.Semaphore(1))
+    monkeypatch.setattr(recommend.products, "GATE_SECONDS", 0.3)
+    compute = recommend.products.compute
+
+    def slow(*args, **kwargs):
+        time.sleep(1.0)
+        return compute(*args, **kwargs)
+
+    monkeypatch.setattr(recommend.products, "compute", slow)
+    asked: list[str] = []
+    rows = collector.store.rows
+    monkeypatch.setattr(collector.store, "rows",
+                        lambda sql, params=None: asked.append(sql) or rows(sql, params))
+    answers: list = []
+    threads = [threading.Thread(target=lambda n=n: answers.append(
+        get(env, f"/top?window={n}h&limit={n}"))) for n in range(2, 5)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    statuses = sorted(r.status_code for r in answers)
+    assert statuses[0] == 200 and statuses[-1] == 503, statuses
+    busy = next(r for r in answers if r.status_code == 503)
+    assert busy.headers["retry-after"] == "2" and "try again" in busy.json()["error"]
+    lists = [sql for sql in asked if "tagwerk.product_hourly" in sql]  # not other threads'
+    assert lists and all("max_memory_usage = 268435456" in sql and "max_execution_time = 10"
+                         in sql for sql in lists), lists
+    assert get(env, "/top?window=5h").status_code == 200  # a slot again
 
 
 def test_the_buyers_behind_a_public_revenue_rank_are_of_its_currency(env):

@@ -35,9 +35,10 @@ Every query takes a list of product ids to leave out: :func:`exclusions` compute
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 from weakref import WeakKeyDictionary
@@ -58,6 +59,7 @@ from collector.identity.resolutions import link_keys, resolve_kept, sole_owners
 from collector.ingest.events import CURRENCY
 from collector.service import Collector
 from collector.sites import Site
+from collector.storage.base import settings_clause
 
 METRICS = ("views", "add_to_carts", "purchases", "revenue")
 KINDS = ("co_view", "co_purchase")
@@ -68,6 +70,8 @@ CACHE_SECONDS = 1.0
 # inserts: related answers are kept this long, whatever the flusher does.
 RELATED_SECONDS = 10.0
 CACHE_ENTRIES = 4096
+# How long a computation waits for a slot of its gate (``Answers.get``) before a 503.
+GATE_SECONDS = 2.0
 MAX_EXCLUDED = 1000
 
 
@@ -82,6 +86,8 @@ class Bounds:
     # one, persons behind the count a top or trending list ranks by (clickhouse/0041): on a
     # public page, one would show what that shopper looked at or bought (together).
     min_support: int = 1
+    # Settings every query of such a list runs under (the engine's limits on it).
+    settings: tuple[tuple[str, int], ...] = ()
 
 
 KEYED = Bounds()
@@ -200,6 +206,7 @@ class Ask:
     product: str = ""
     pairs: str = "co_view"
     support: int = 1  # the least persons, sessions or buyers behind an item (``Bounds``)
+    settings: tuple[tuple[str, int], ...] = ()  # ``Bounds.settings``
 
 
 def hour_start(seconds: float) -> int:
@@ -212,6 +219,7 @@ def compute(store: Any, site_id: str, ask: Ask, exclude: tuple[str, ...],
     identifier's hits are (``resolutions.sole_owners``), for a list with a support above 1
     (top and trending)."""
     proving = ask.support > 1 and owners is not None
+    limits = settings_clause(dict(ask.settings))
     base = {"site": site_id, "exclude": list(exclude),
             "limit": ask.limit + (SPARE_ROWS if proving else 0)}
     if ask.kind == "top":
@@ -224,7 +232,7 @@ def compute(store: Any, site_id: str, ask: Ask, exclude: tuple[str, ...],
         support = f"AND {persons} >= {{support:UInt64}}" if ask.support > 1 else ""
         sql = TOP % {"metric": ask.metric, "category": category, "support": support,
                      "as_of": AS_OF, "persons": f", {persons} AS behind" if proving else ""}
-        rows = store.rows(sql, {**base, "since": ask.since, "until": ask.until,
+        rows = store.rows(sql + limits, {**base, "since": ask.since, "until": ask.until,
                                 "category": ask.category, "currency": ask.currency or "",
                                 "support": ask.support})
         if proving:
@@ -234,15 +242,15 @@ def compute(store: Any, site_id: str, ask: Ask, exclude: tuple[str, ...],
         return {"items": items, "currency": ask.currency or None,
                 "as_of": _iso(rows[0]["as_of"]) if rows else None}
     elif ask.kind == "currency":
-        return {"currency": main_currency(store, site_id, ask.since, ask.until)}
+        return {"currency": main_currency(store, site_id, ask.since, ask.until, limits)}
     elif ask.kind == "trending":
         recent_seconds = max(now - ask.recent, 1.0)
         ratio = recent_seconds / max(ask.recent - ask.since, 1)
         recent_persons = "uniqMergeIf(persons, hour >= toDateTime({recent:UInt32}))"
         support = f"AND {recent_persons} >= {{support:UInt64}}" if ask.support > 1 else ""
-        rows = store.rows(TRENDING % {"as_of": AS_OF, "support": support,
+        rows = store.rows((TRENDING % {"as_of": AS_OF, "support": support,
                                       "outer": ", behind" if proving else "", "persons": (
-            f", {recent_persons} AS behind" if proving else "")},
+            f", {recent_persons} AS behind" if proving else "")}) + limits,
                           {**base, "since": ask.since, "until": ask.until,
                            "recent": ask.recent, "k": SMOOTHING, "ratio": ratio,
                            "support": ask.support})
@@ -252,7 +260,7 @@ def compute(store: Any, site_id: str, ask: Ask, exclude: tuple[str, ...],
                   "recent": r["recent"], "baseline": r["baseline"]} for r in rows]
     else:
         table, count = PAIRS[ask.pairs]
-        rows = store.rows(RELATED % {"table": table, "count": count, "as_of": AS_OF},
+        rows = store.rows(RELATED % {"table": table, "count": count, "as_of": AS_OF} + limits,
                           {**base, "product": ask.product, "support": ask.support})
         items = [{"product_id": r["other_id"], "score": r["score"], count: r["score"]}
                  for r in rows]
@@ -267,7 +275,8 @@ def proved(store: Any, site_id: str, ask: Ask, rows: list[dict[str, Any]],
     doubtful = [row["product_id"] for row in rows if row["behind"] <= PROVED_UP_TO]
     if doubtful:
         currency = "AND currency = {currency:String}" if counted == "revenue" else ""
-        found = store.rows(KEYS_BEHIND % {"currency": currency}, {
+        found = store.rows(KEYS_BEHIND % {"currency": currency}
+                           + settings_clause(dict(ask.settings)), {
             "site": site_id, "since": since, "end": ask.until + HOUR,
             "events": list(EVENTS[counted]), "products": doubtful,
             "currency": ask.currency or ""})
@@ -281,9 +290,11 @@ def proved(store: Any, site_id: str, ask: Ask, rows: list[dict[str, Any]],
     return rows[:ask.limit]
 
 
-def main_currency(store: Any, site_id: str, since: int, until: int) -> str:
-    """The currency most purchases of the window named; '' if none named one (blocking)."""
-    rows = store.rows(MAIN_CURRENCY, {"site": site_id, "since": since, "until": until})
+def main_currency(store: Any, site_id: str, since: int, until: int, limits: str = "") -> str:
+    """The currency most purchases of the window named; '' if none named one (blocking).
+    ``limits``: a SETTINGS clause."""
+    rows = store.rows(MAIN_CURRENCY + limits, {"site": site_id, "since": since,
+                                               "until": until})
     return rows[0]["currency"] if rows else ""
 
 
@@ -338,10 +349,14 @@ class Answers:
         self._done: OrderedDict[tuple, tuple[Any, float, dict[str, Any]]] = OrderedDict()
         self._running: dict[tuple, asyncio.Future] = {}
 
-    async def get(self, site: Site, ask: Ask, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+    async def get(self, site: Site, ask: Ask, exclude: tuple[str, ...] = (),
+                  gate: asyncio.Semaphore | None = None) -> dict[str, Any]:
+        """The list, cached or computed. ``gate``: a computation waits for one of its slots
+        (at most ``GATE_SECONDS``, else a 503); cached and shared answers take none."""
         site_id = site.site_id
         if ask.kind == "top" and ask.currency is None:
-            main = await self.get(site, Ask("currency", 1, since=ask.since, until=ask.until))
+            main = await self.get(site, Ask("currency", 1, since=ask.since, until=ask.until,
+                                            settings=ask.settings), gate=gate)
             ask = replace(ask, currency=main["currency"])
         key = (site_id, ask, exclude)
         lasts = KEPT_SECONDS.get(ask.kind)
@@ -357,8 +372,9 @@ class Answers:
         future: asyncio.Future = asyncio.get_running_loop().create_future()
         self._running[key] = future
         try:
-            answer = await run_in_threadpool(compute, self.collector.store, site_id, ask,
-                                             exclude, time.time(), self._owners(site))
+            async with _slot(gate):
+                answer = await run_in_threadpool(compute, self.collector.store, site_id, ask,
+                                                 exclude, time.time(), self._owners(site))
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # retrieved: no "never retrieved" warning without waiters
@@ -383,6 +399,23 @@ class Answers:
             return sole_owners(kept, graph, pairs, collector.link_index)
 
         return owners
+
+
+@contextlib.asynccontextmanager
+async def _slot(gate: asyncio.Semaphore | None) -> AsyncIterator[None]:
+    """One of ``gate``'s slots while the block runs (none without a gate)."""
+    if gate is None:
+        yield
+        return
+    try:
+        await asyncio.wait_for(gate.acquire(), GATE_SECONDS)
+    except TimeoutError:
+        raise ApiError(503, "too many lists are being computed; try again", "",
+                       {"Retry-After": "2"}) from None
+    try:
+        yield
+    finally:
+        gate.release()
 
 
 _answers: WeakKeyDictionary[Collector, Answers] = WeakKeyDictionary()
@@ -423,7 +456,7 @@ def top_ask(values: dict[str, str], bounds: Bounds, now: float) -> Ask:
                metric=choice(values, "metric", METRICS, "views"), category=category,
                currency=currency.upper() if "currency" in values else None,
                since=hour_start(now - span), until=hour_start(now),
-               support=bounds.min_support)
+               support=bounds.min_support, settings=bounds.settings)
 
 
 def trending_ask(values: dict[str, str], bounds: Bounds, now: float) -> Ask:
@@ -434,14 +467,14 @@ def trending_ask(values: dict[str, str], bounds: Bounds, now: float) -> Ask:
     recent = hour_start(now - span)
     return Ask("trending", integer(values, "limit", 10, 1, bounds.max_limit),
                recent=recent, since=recent - baseline, until=hour_start(now),
-               support=bounds.min_support)
+               support=bounds.min_support, settings=bounds.settings)
 
 
 def related_ask(request: Request, values: dict[str, str], bounds: Bounds) -> Ask:
     pairs = choice(values, "kind", KINDS, "co_view")
     return Ask("related", integer(values, "limit", 10, 1, bounds.max_limit),
                product=path_text(request, "product_id"), pairs=pairs,
-               support=bounds.min_support)
+               support=bounds.min_support, settings=bounds.settings)
 
 
 # -- the keyed endpoints ----------------------------------------------------------------------

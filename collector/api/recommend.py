@@ -42,9 +42,11 @@ the tag's own paths (site ids are public: they are in every page's tag URL).
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -65,7 +67,13 @@ from consent.cookie import latest_consent, parse_device, read_cookies
 from consent.purposes import PERSONALIZATION
 
 PUBLIC = products.Bounds(max_limit=24, max_window=7 * 86400, max_baseline=28 * 86400,
-                         min_support=2)
+                         min_support=2, settings=(("max_memory_usage", 256 << 20),
+                                                  ("max_execution_time", 10)))
+# Lists computed at once for these paths, per collector: anonymous clients choose the asks,
+# and each may read a week of aggregates and events (probe 64: ten new asks a second from
+# one address took the engine to its memory limit, and flushes failed). Answers already
+# computed, or being computed for another client, take no slot.
+COMPUTING = 2
 MAX_AGE = 60
 RATE = 10.0  # requests a second per client IP, on average
 BURST = 30.0
@@ -73,6 +81,17 @@ MAX_CLIENTS = 100_000  # IPs remembered; the least recently seen are forgotten f
 # A /48's bucket, in /64s' (rate and burst): a subscriber's delegation is a /56 or a /48,
 # 256 or 65,536 /64s, each of which would have had the whole limit (buckets).
 PREFIX_SHARE = 16
+
+
+_gates: WeakKeyDictionary[Collector, asyncio.Semaphore] = WeakKeyDictionary()
+
+
+def gate(collector: Collector) -> asyncio.Semaphore:
+    """The collector's ``COMPUTING`` slots for these lists."""
+    found = _gates.get(collector)
+    if found is None:
+        found = _gates[collector] = asyncio.Semaphore(COMPUTING)
+    return found
 
 
 def buckets(address: str) -> tuple[tuple[str, float], ...]:
@@ -150,7 +169,7 @@ async def _serve(request: Request, accepted: tuple[str, ...], make: Any) -> Resp
         if device:  # what the person of this device bought, on any device or channel
             exclude = await products.kept_products(collector, site, "device", device,
                                                    (profiles.PURCHASE,))
-        answer = await products.answers(collector).get(site, ask, exclude)
+        answer = await products.answers(collector).get(site, ask, exclude, gate(collector))
     except ApiError as exc:
         error = refusal(exc)
         error.headers.update({k: v for k, v in headers.items() if k not in error.headers})
