@@ -174,6 +174,8 @@ class Collector:
                     self.containers.live(site_id)
                 except StorageError:
                     break  # ClickHouse is away: keep what is known
+                except Exception:  # one site's error must not end the thread
+                    log.exception("refreshing the live container of %s", site_id)
             if self._stopping.wait(CONTAINER_REFRESH_SECONDS):
                 return
             try:
@@ -184,8 +186,13 @@ class Collector:
                 pass  # ClickHouse is away: keep what is known
             except privacy_key.KeyMismatch as exc:  # started while ClickHouse was away
                 log.critical("%s", exc)
+            except Exception:  # the thread must outlive it: erasures elsewhere depend on it
+                log.exception("loading the erasures' tombstones")
             if time.monotonic() - last_sites >= self.sites.refresh_seconds:
-                self.sites.reload()
+                try:
+                    self.sites.reload()
+                except Exception:
+                    log.exception("reloading the sites")
                 last_sites = time.monotonic()
 
     def _apply_retention(self) -> None:

@@ -88,3 +88,26 @@ def test_a_site_id_with_a_final_newline_is_refused_and_never_found(store):
     sites.create("nl-shop")
     assert asyncio.run(sites.find("nl-shop\n")) is None
     assert asyncio.run(sites.find("nl-shop")) is not None
+
+
+def test_the_refreshing_thread_outlives_an_unexpected_error(store, tmp_path, monkeypatch):
+    """The thread that picks up other processes' sites, containers and erasures caught only
+    storage errors: anything else (a KeyError in a tombstone row under memory pressure,
+    probe 64) ended it for good, and erasures made through other collectors no longer
+    dropped their persons' hits here."""
+    from collector import service
+    from tests.helpers import make_client, wait_for
+
+    monkeypatch.setattr(service, "CONTAINER_REFRESH_SECONDS", 0.02)
+    client, collector = make_client(store, tmp_path, demo_site=False)
+    calls: list[int] = []
+
+    def load() -> bool:
+        calls.append(1)
+        if len(calls) == 2:  # the first is the start's, the second the thread's
+            raise KeyError("spans")
+        return False
+
+    monkeypatch.setattr(collector.tombstones, "load", load)
+    with client:
+        wait_for(lambda: len(calls) >= 4)
