@@ -459,27 +459,60 @@ def test_erasing_one_customer_does_not_make_anothers_hits_a_second_person(env):
     assert public_purchases(env, "rec-x") == []
 
 
-def test_a_browsers_claimed_customer_id_counts_as_its_device(env):
+def test_a_browsers_claim_of_another_customers_id_tells_nothing_about_them(env):
     """A browser may put any customer's id on its hits (a claim: user_verified false). Had
     the claim counted as that customer, a product bought by the victim and by an attacker
     claiming the victim's id would stay off the public list exactly when the victim was
-    its only other buyer (probe 64). The claim counts as the attacker's device."""
+    its only other buyer (probe 64). A claim on a device that is not the claimed customer's
+    proves nobody: the list answers alike whoever else bought the product."""
     client, collector = env
     _, keys = collector.sites.create("rec-v", [ORIGIN])
     send(client, keys["write"], [
-        {**hit("purchase", 2 * MIN, [("vp", 9, 1)], device="v-own"), "user_id": "victim"}])
+        {**hit("purchase", 2 * MIN, [("vp", 9, 1)], device="v-own"), "user_id": "victim"},
+        {**hit("purchase", 2 * MIN, [("wp", 9, 1)], device="w-own"), "user_id": "other"}])
     client.cookies.clear()
-    claim = {**hit("purchase", MIN, [("vp", 9, 1)], device="attacker"), "user_id": "victim"}
-    del claim["user_agent"]  # the browser's own header is its agent
-    body = {"site": "rec-v", "events": [claim]}
-    claimed = client.post("/collect", content=orjson.dumps(body),
+    claims = []
+    for product in ("vp", "wp"):
+        claim = {**hit("purchase", MIN, [(product, 9, 1)], device="attacker"),
+                 "user_id": "victim"}
+        del claim["user_agent"]  # the browser's own header is its agent
+        claims.append(claim)
+    claimed = client.post("/collect", content=orjson.dumps({"site": "rec-v", "events": claims}),
                           headers={"Content-Type": "text/plain"})
     assert claimed.status_code == 202, claimed.text
     wait_for(lambda: drained(collector))
     assert collector.store.rows(
         "SELECT user_verified FROM tagwerk.events WHERE site_id = 'rec-v' "
-        "AND device_id = 'attacker'") == [{"user_verified": False}]
-    assert public_purchases(env, "rec-v") == ["vp"]  # two buyers: the victim, a device
+        "AND device_id = 'attacker'") == [{"user_verified": False}] * 2
+    assert public_purchases(env, "rec-v") == []  # vp as wp: one buyer each, and a claim
+
+
+def test_a_browsers_claim_of_its_own_customer_id_is_not_a_second_person(env):
+    """A shop that sends no identity_token: its pages put the logged-in customer's id on
+    their hits (a claim), and its server reports the order under the same id. Counted as the
+    browser's device, the claim made that one customer two persons (probe 65): a claimed
+    hit proves a person only when its device is the claimed customer's."""
+    client, collector = env
+    _, keys = collector.sites.create("rec-s", [ORIGIN])
+    client.cookies.clear()
+    claims = []
+    for event in ("view_item", "purchase"):
+        claim = {**hit(event, MIN, [("sv", 9, 1)], device="s-browser"), "user_id": "s-cust"}
+        del claim["user_agent"]
+        claims.append(claim)
+    sent = client.post("/collect", content=orjson.dumps({"site": "rec-s", "events": claims}),
+                       headers={"Content-Type": "text/plain"})
+    assert sent.status_code == 202, sent.text
+    send(client, keys["write"], [{**hit("purchase", MIN, [("sv", 9, 1)], device=""),
+                                  "user_id": "s-cust"}])
+    wait_for(lambda: drained(collector))
+    for path in ("/top?metric=purchases", "/top?metric=revenue", "/top", "/trending"):
+        assert ids(get(env, path, site="rec-s")) == [], path
+    # Once the browser logs in (its device linked to the customer), the claims are theirs.
+    send(client, keys["write"], [identify("s-browser", "s-cust", 3 * MIN),
+                                 hit("purchase", MIN, [("sv", 9, 1)], device="s-other")])
+    wait_for(lambda: drained(collector))
+    assert ids(get(env, "/top?metric=purchases", site="rec-s")) == ["sv"]
 
 
 def test_public_lists_are_computed_a_few_at_a_time_within_the_engines_limits(env,

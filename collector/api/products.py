@@ -174,12 +174,13 @@ EVENTS = {"views": ("view_item",), "add_to_carts": ("add_to_cart",),
           "purchases": ("purchase",), "revenue": ("purchase",),
           "trending": ("view_item", "add_to_cart", "purchase")}
 # Who is behind the hits of a few products in a window, as product_hourly's view counts
-# them (clickhouse/0042: a browser's user id is a claim, its device counts): the keys. The
-# events' sort key starts with the site and the day, so only the window's days are read.
+# them (clickhouse/0042: a browser's user id is a claim, its device counts): the keys, as
+# (kind, id, the user id a browser claimed on it). The events' sort key starts with the site
+# and the day, so only the window's days are read.
 KEYS_BEHIND = """
 SELECT item.product_id AS product_id,
-    groupUniqArray(64)(if(user_id != '' AND user_verified, ('user', user_id),
-                          ('device', device_id))) AS keys
+    groupUniqArray(64)(if(user_id != '' AND user_verified, ('user', user_id, ''),
+                          ('device', device_id, user_id))) AS keys
 FROM tagwerk.events
 ARRAY JOIN items AS item
 WHERE site_id = {site:String} AND ts >= toDateTime64({since:UInt32}, 3)
@@ -281,13 +282,27 @@ def proved(store: Any, site_id: str, ask: Ask, rows: list[dict[str, Any]],
             "events": list(EVENTS[counted]), "products": doubtful,
             "currency": ask.currency or ""})
         keys = {row["product_id"]: [tuple(key) for key in row["keys"]] for row in found}
-        pairs = sorted({pair for held in keys.values() for pair in held})
+        pairs = sorted({pair for held in keys.values() for kind, ident, claimed in held
+                        for pair in ((kind, ident), ("user", claimed)) if pair[1]})
         whose = dict(zip(pairs, owners(pairs) if pairs else [], strict=True))
-        persons = {product: len({whose[pair] for pair in held} - {None})
+        persons = {product: len({_person(whose, key) for key in held} - {None})
                    for product, held in keys.items()}
         rows = [row for row in rows if row["behind"] > PROVED_UP_TO
                 or persons.get(row["product_id"], 0) >= ask.support]
     return rows[:ask.limit]
+
+
+def _person(whose: dict[tuple[str, str], str | None], key: tuple[str, str, str]
+            ) -> str | None:
+    """The person behind a key of KEYS_BEHIND. A hit whose user id a browser claimed is its
+    device's, but proves a person only when the device is the claimed customer's: the
+    browser of a shop that sends no identity_token claims its own customer's id, and that
+    customer's server-side order is the same person (probe 65)."""
+    kind, ident, claimed = key
+    person = whose[kind, ident]
+    if claimed and person != whose["user", claimed]:
+        return None
+    return person
 
 
 def main_currency(store: Any, site_id: str, since: int, until: int, limits: str = "") -> str:
