@@ -15,7 +15,7 @@ from collector.api import recommend
 from collector.web import ratelimit
 from tests.helpers import drained, make_client, wait_for
 from tests.test_aggregates import refresh_minute, refresh_pairs, refresh_settled
-from tests.test_products import MIN, hit, send
+from tests.test_products import MIN, NOW, hit, send
 
 DEVICE = "AbCdEfGhIjKlMnOpQrStUv"  # a tw_id: 22 URL-safe base64 characters
 ORIGIN = "https://shop-r.example"
@@ -513,6 +513,24 @@ def test_a_browsers_claim_of_its_own_customer_id_is_not_a_second_person(env):
                                  hit("purchase", MIN, [("sv", 9, 1)], device="s-other")])
     wait_for(lambda: drained(collector))
     assert ids(get(env, "/top?metric=purchases", site="rec-s")) == ["sv"]
+
+
+def test_a_hidden_items_hits_do_not_date_the_public_list(env):
+    """``as_of`` is the newest hit of the items answered: the newest of the window dated an
+    item left out as one person's (probe 65: with a category, when one shopper bought)."""
+    client, collector = env
+    _, keys = collector.sites.create("rec-t", [ORIGIN])
+    send(client, keys["write"], [
+        identify("t-phone", "t-cust", 20 * MIN), identify("t-desk", "t-cust", 20 * MIN),
+        *(hit("view_item", 10 * MIN, [("t-pop", 5, 1)], device=f"t-{i}") for i in range(2)),
+        *(hit("view_item", 2 * MIN, [("t-secret", 5, 1)], device=device)
+          for device in ("t-phone", "t-desk"))])
+    wait_for(lambda: drained(collector))
+    popular = (NOW - 10 * MIN).strftime("%Y-%m-%dT%H:%M:00Z")
+    for path in ("/top?window=2h", "/trending?window=2h"):
+        answer = get(env, path, site="rec-t").json()
+        assert [item["product_id"] for item in answer["items"]] == ["t-pop"], answer
+        assert answer["as_of"] == popular, (path, answer)
 
 
 def test_public_lists_are_computed_a_few_at_a_time_within_the_engines_limits(env,
