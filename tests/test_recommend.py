@@ -571,6 +571,37 @@ def test_public_lists_are_computed_a_few_at_a_time_within_the_engines_limits(env
     assert get(env, "/top?window=5h").status_code == 200  # a slot again
 
 
+
+def test_a_list_asked_before_is_answered_while_one_client_keeps_the_slots_busy(env,
+                                                                             monkeypatch):
+    """One client can keep every slot busy with new asks (probe 65): the lists most
+    visitors ask are then answered as last computed, not with a 503."""
+    client, collector = env
+    gate = asyncio.Semaphore(1)
+    monkeypatch.setitem(recommend._gates, collector, gate)
+    monkeypatch.setattr(recommend.products, "GATE_SECONDS", 0.3)
+    first = get(env, "/top?window=6h")
+    assert first.status_code == 200
+    time.sleep(recommend.products.CACHE_SECONDS)  # no longer fresh
+    compute = recommend.products.compute
+
+    def slow(*args, **kwargs):
+        time.sleep(1.5)
+        return compute(*args, **kwargs)
+
+    monkeypatch.setattr(recommend.products, "compute", slow)
+    busy = threading.Thread(target=lambda: get(env, "/top?window=7h"))
+    busy.start()
+    try:
+        wait_for(gate.locked)
+        again = get(env, "/top?window=6h")
+        new = get(env, "/top?window=8h")
+    finally:
+        busy.join()
+    assert again.status_code == 200 and again.json() == first.json()
+    assert new.status_code == 503
+
+
 def test_the_buyers_behind_a_public_revenue_rank_are_of_its_currency(env):
     """A product bought in the main currency by one customer and in another by a second:
     its revenue rank is the first's alone, so it stays off the public list (re-probe 45:

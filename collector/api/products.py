@@ -70,8 +70,11 @@ CACHE_SECONDS = 1.0
 # inserts: related answers are kept this long, whatever the flusher does.
 RELATED_SECONDS = 10.0
 CACHE_ENTRIES = 4096
-# How long a computation waits for a slot of its gate (``Answers.get``) before a 503.
+# How long a computation waits for a slot of its gate (``Answers.get``) before a 503; an
+# answer computed at most STALE_SECONDS ago is answered instead, when there is one (the
+# lists most visitors ask stay served while one client keeps the slots busy).
 GATE_SECONDS = 2.0
+STALE_SECONDS = 600.0
 MAX_EXCLUDED = 1000
 
 
@@ -379,7 +382,8 @@ class Answers:
     async def get(self, site: Site, ask: Ask, exclude: tuple[str, ...] = (),
                   gate: asyncio.Semaphore | None = None) -> dict[str, Any]:
         """The list, cached or computed. ``gate``: a computation waits for one of its slots
-        (at most ``GATE_SECONDS``, else a 503); cached and shared answers take none."""
+        (at most ``GATE_SECONDS``, then the last answer or a 503); cached and shared answers
+        take none."""
         site_id = site.site_id
         if ask.kind == "top" and ask.currency is None:
             main = await self.get(site, Ask("currency", 1, since=ask.since, until=ask.until,
@@ -398,10 +402,17 @@ class Answers:
             return await asyncio.shield(running)
         future: asyncio.Future = asyncio.get_running_loop().create_future()
         self._running[key] = future
+        stale = False
         try:
-            async with _slot(gate):
-                answer = await run_in_threadpool(compute, self.collector.store, site_id, ask,
-                                                 exclude, time.time(), self._owners(site))
+            try:
+                async with _slot(gate):
+                    answer = await run_in_threadpool(compute, self.collector.store, site_id,
+                                                     ask, exclude, time.time(),
+                                                     self._owners(site))
+            except Busy:
+                if found is None or now - found[1] > STALE_SECONDS:
+                    raise
+                answer, stale = found[2], True  # the last one, rather than none
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # retrieved: no "never retrieved" warning without waiters
@@ -409,6 +420,8 @@ class Answers:
         finally:
             del self._running[key]
         future.set_result(answer)
+        if stale:
+            return answer
         self._done[key] = (version, now, answer)
         self._done.move_to_end(key)
         while len(self._done) > CACHE_ENTRIES:
@@ -428,6 +441,10 @@ class Answers:
         return owners
 
 
+class Busy(ApiError):
+    """Every slot of the gate stayed taken for ``GATE_SECONDS``."""
+
+
 @contextlib.asynccontextmanager
 async def _slot(gate: asyncio.Semaphore | None) -> AsyncIterator[None]:
     """One of ``gate``'s slots while the block runs (none without a gate)."""
@@ -437,8 +454,8 @@ async def _slot(gate: asyncio.Semaphore | None) -> AsyncIterator[None]:
     try:
         await asyncio.wait_for(gate.acquire(), GATE_SECONDS)
     except TimeoutError:
-        raise ApiError(503, "too many lists are being computed; try again", "",
-                       {"Retry-After": "2"}) from None
+        raise Busy(503, "too many lists are being computed; try again", "",
+                   {"Retry-After": "2"}) from None
     try:
         yield
     finally:
