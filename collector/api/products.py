@@ -428,7 +428,6 @@ class Answers:
             self._done.popitem(last=False)
         return answer
 
-
     def _owners(self, site: Site) -> Owners:
         """Whose identifiers' hits are, as the site's identity graph says (blocking)."""
         collector = self.collector
