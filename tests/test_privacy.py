@@ -156,6 +156,22 @@ def test_access_gives_everything_stored(env):
                 ).status_code == 404
 
 
+def test_a_head_request_for_access_runs_nothing(env):
+    """HEAD is answered as GET without the body: on the access request it ran the whole
+    query (up to hundreds of MB of rows) and recorded an access in the audit trail, for an
+    answer nobody receives. It is refused (405, Allow: GET) before anything runs."""
+    user, phone, desk, card, _, events = journey()
+    send(env, events)
+    store = env[1].store
+    audited = ("SELECT count() AS n FROM tagwerk.privacy_requests WHERE op = 'access' "
+               "AND site_id = {s:String}")
+    before = store.rows(audited, {"s": SITE})
+    r = call(env, "HEAD", f"{BASE}/privacy/access?id=device:{phone}")
+    assert r.status_code == 405 and r.headers["allow"] == "GET"
+    assert store.rows(audited, {"s": SITE}) == before
+    assert call(env, "GET", f"{BASE}/privacy/access?id=device:{phone}").status_code == 200
+
+
 def test_the_parts_of_a_persons_rows_are_disjoint_and_make_up_rows_of(env):
     """An erasure (and an access request) reads a person's rows as parts, each narrowed by
     its index (erase._person_rows, graph.row_parts): together they must match exactly the

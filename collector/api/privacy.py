@@ -56,6 +56,9 @@ async def erase(request: Request, collector: Collector, site: Site) -> Response:
 
 @keyed(ADMIN)
 async def access(request: Request, collector: Collector, site: Site) -> Response:
+    if request.method == "HEAD":  # the whole query and an audited access, for no body
+        raise ApiError(405, "an access request is a GET: HEAD would run it all the same",
+                       "method", {"Allow": "GET"})
     values = query.params(request, ("id",))
     if "id" not in values:
         raise ApiError(400, "'id' is required: ?id=kind:id", "id")
