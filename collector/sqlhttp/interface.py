@@ -212,6 +212,10 @@ class _SqlInterface:
             return await anyio.to_thread.run_sync(self._execute, call, body, read)
         finally:
             watcher.cancel()
+            # A cancel already sent to its thread runs to its end: the id is free only
+            # after it, or it could cancel the next query under the id.
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
             self._running.discard(call.tag)
 
     def _cancel(self, tag: str) -> None:
