@@ -114,12 +114,12 @@ class EmbeddedStore(Store):
 
     def query(self, sql: str, params: Params = None, fmt: str = "JSONEachRow") -> bytes:
         bound = {k: _bind(v) for k, v in params.items()} if params else None
-        with self._using() as conn:
+        with self._using() as conn:  # the result read too before a close may free it
             try:
                 result = conn.query(sql, fmt, params=bound)
             except Exception as exc:
                 raise StorageError(str(exc)) from None
-        return result.bytes() if hasattr(result, "bytes") else bytes(result)
+            return result.bytes() if hasattr(result, "bytes") else bytes(result)
 
     def execute(self, sql: str, params: Params = None) -> None:
         self.query(sql, params, "TSV")
