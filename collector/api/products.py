@@ -213,6 +213,11 @@ class Ask:
     support: int = 1  # the least persons, sessions or buyers behind an item (``Bounds``)
     settings: tuple[tuple[str, int], ...] = ()  # ``Bounds.settings``
 
+    @property
+    def limits(self) -> str:
+        """``settings`` as the SETTINGS clause each of the list's queries ends with."""
+        return settings_clause(dict(self.settings))
+
 
 def hour_start(seconds: float) -> int:
     return int(seconds // HOUR * HOUR)
@@ -224,7 +229,7 @@ def compute(store: Any, site_id: str, ask: Ask, exclude: tuple[str, ...],
     identifier's hits are (``resolutions.sole_owners``), for a list with a support above 1
     (top and trending)."""
     proving = ask.support > 1 and owners is not None
-    limits = settings_clause(dict(ask.settings))
+    limits = ask.limits
     base = {"site": site_id, "exclude": list(exclude),
             "limit": ask.limit + (SPARE_ROWS if proving else 0)}
     if ask.kind == "top":
@@ -282,8 +287,7 @@ def proved(store: Any, site_id: str, ask: Ask, rows: list[dict[str, Any]],
     doubtful = [row["product_id"] for row in rows if row["behind"] <= PROVED_UP_TO]
     if doubtful:
         currency = "AND currency = {currency:String}" if counted == "revenue" else ""
-        found = store.rows(KEYS_BEHIND % {"currency": currency}
-                           + settings_clause(dict(ask.settings)), {
+        found = store.rows(KEYS_BEHIND % {"currency": currency} + ask.limits, {
             "site": site_id, "since": since, "end": ask.until + HOUR,
             "events": list(EVENTS[counted]), "products": doubtful,
             "currency": ask.currency or ""})
