@@ -636,8 +636,9 @@ def test_access_says_when_the_persons_identifiers_were_cut(env, monkeypatch):
 
 def test_an_erasure_takes_the_persons_sessions_from_the_settled_co_views(env):
     """The daily co-view tier marks each session it counted (its id, product ''): an
-    erased person's session ids went nowhere (found by a probe)."""
-    from tests.test_aggregates import refresh_settled
+    erased person's session ids went nowhere (found by a probe). Both tiers' pairs also
+    keep the ids of the sessions they count (clickhouse/0043): those go too."""
+    from tests.test_aggregates import refresh_minute, refresh_settled
 
     n = uuid.uuid4().hex[:8]
     user, session = f"u-{n}", f"sess-{n}"
@@ -646,10 +647,14 @@ def test_an_erasure_takes_the_persons_sessions_from_the_settled_co_views(env):
         hit("view_item", f"2026-11-10T08:0{i}:00Z", [{"product_id": f"{p}-{n}"}],
             device_id=f"d-{n}", session_id=session) for i, p in enumerate(("a", "b"), 1)])
     refresh_settled(env[1].store)
-    assert found_anywhere(env[1].store, [session]).get("coview_pairs_settled")
+    refresh_minute(env[1].store, (SITE,), ("coview_pairs",))
+    assert found_anywhere(env[1].store, [session]) == {
+        "coview_pairs": 2, "coview_pairs_settled": 3, "session_items": 1,
+        "events": 2}  # (a, b), (b, a) and the session's mark
     r = call(env, "POST", f"{BASE}/privacy/erase", {"id": f"user:{user}"})
     assert r.status_code == 200, r.text
-    assert r.json()["removed"]["coview_pairs_settled"] == 1
+    assert r.json()["removed"]["coview_pairs_settled"] == 3
+    assert r.json()["removed"]["coview_pairs"] == 2
     assert found_anywhere(env[1].store, [session]) == {}
 
 

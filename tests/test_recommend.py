@@ -15,7 +15,7 @@ from collector.api import recommend
 from collector.web import ratelimit
 from tests.helpers import drained, make_client, wait_for
 from tests.test_aggregates import refresh_minute, refresh_pairs, refresh_settled
-from tests.test_products import MIN, NOW, hit, send
+from tests.test_products import DAY, MIN, NOW, hit, send
 
 DEVICE = "AbCdEfGhIjKlMnOpQrStUv"  # a tw_id: 22 URL-safe base64 characters
 ORIGIN = "https://shop-r.example"
@@ -343,6 +343,44 @@ def test_a_pair_of_one_shopper_stays_off_the_public_lists(env, kind):
     paired("second-shopper")
     # (another limit: the first answer is cached for a minute)
     assert ids(get(env, f"/related/p1?kind={kind}&limit=11", site=site)) == ["p2"]
+
+
+def test_one_persons_visits_and_devices_make_no_public_co_view_pair(env):
+    """One shopper viewed p1 and p2 in two visits, a day apart (the daily tier holds one
+    session, the minute's the other), and on a second device linked to them by a login:
+    three sessions, one person (probe 65: the public "also viewed" list counted sessions,
+    and showed what one shopper looked at). A pair is public once two persons, as the
+    identity graph resolves them, viewed both; the keyed list shows it from the first."""
+    client, collector = env
+    site = f"rec-{uuid.uuid4().hex[:8]}"
+    _, keys = collector.sites.create(site, [ORIGIN])
+
+    def visit(device: str, session: str, ago) -> list[dict]:
+        return [hit("view_item", ago + MIN * n, [(product, 5, 1)], device=device,
+                    session=session) for n, product in enumerate(("p1", "p2"))]
+
+    def refreshed(events: list[dict]) -> None:
+        send(client, keys["write"], events)
+        wait_for(lambda: drained(collector))
+        refresh_settled(collector.store)
+        refresh_minute(collector.store, (site,), tables=("coview_pairs",))
+
+    refreshed([*visit("cv-phone", "cv-s1", DAY), *visit("cv-phone", "cv-s2", 5 * MIN),
+               identify("cv-phone", "cv-c1"), identify("cv-desk", "cv-c1"),
+               *visit("cv-desk", "cv-s3", 10 * MIN)])
+    tiers = collector.store.rows(
+        "SELECT sum(sessions) AS n FROM tagwerk.coview_pairs_settled WHERE site_id = "
+        "{site:String} AND product_id = 'p1' UNION ALL SELECT sum(sessions) FROM "
+        "tagwerk.coview_pairs WHERE site_id = {site:String} AND product_id = 'p1'",
+        {"site": site})
+    assert sorted(int(row["n"]) for row in tiers) == [1, 3]  # one settled, three in all
+    keyed = client.get(f"/api/v1/sites/{site}/products/p1/related?kind=co_view",
+                       headers={"Authorization": f"Bearer {keys['read']}"})
+    assert keyed.json()["items"][0]["sessions"] == 3
+    assert ids(get(env, "/related/p1", site=site)) == []
+    refreshed(visit("cv-other", "cv-s4", 20 * MIN))
+    assert ids(get(env, "/related/p1?limit=11", site=site)) == ["p2"]
+    assert ids(get(env, "/related/p2?limit=11", site=site)) == ["p1"]
 
 
 def test_one_persons_products_stay_off_the_public_lists(env):

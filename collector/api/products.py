@@ -85,9 +85,10 @@ class Bounds:
     max_limit: int = 100
     max_window: int = 90 * 86400
     max_baseline: int = 90 * 86400
-    # Sessions behind a "viewed together" pair, distinct buyers behind a "bought together"
-    # one, persons behind the count a top or trending list ranks by (clickhouse/0041): on a
-    # public page, one would show what that shopper looked at or bought (together).
+    # Sessions behind a "viewed together" pair (and persons: ``proved_pairs``), persons
+    # behind a "bought together" one and behind the count a top or trending list ranks by
+    # (clickhouse/0041): on a public page, one would show what that shopper looked at or
+    # bought (together).
     min_support: int = 1
     # Settings every query of such a list runs under (the engine's limits on it).
     settings: tuple[tuple[str, int], ...] = ()
@@ -148,7 +149,7 @@ LIMIT {limit:UInt32}
 """
 
 RELATED = """
-SELECT other_id, sum(%(count)s) AS score, %(as_of)s
+SELECT other_id, sum(%(count)s) AS score, %(as_of)s%(sessions)s
 FROM tagwerk.%(table)s
 WHERE site_id = {site:String} AND product_id = {product:String}
     AND other_id != {product:String} AND other_id NOT IN {exclude:Array(String)}
@@ -193,6 +194,15 @@ WHERE site_id = {site:String} AND ts >= toDateTime64({since:UInt32}, 3)
     AND item.product_id IN {products:Array(String)} %(currency)s
 GROUP BY product_id
 """
+# Who viewed a few co-view pairs: each session's device (or, without one, its user id), by
+# session_items' sort key. A pair keeps the ids of up to 11 of its sessions (clickhouse/0043).
+SESSION_KEYS = """
+SELECT session_id, min(if(device_id != '', ('device', device_id), ('user', user_id))) AS key
+FROM tagwerk.session_items
+WHERE site_id = {site:String} AND session_id IN {sessions:Array(String)}
+    AND (device_id != '' OR user_id != '')
+GROUP BY session_id
+"""
 Owners = Callable[[list[tuple[str, str]]], list[str | None]]
 
 @dataclass(frozen=True)
@@ -227,8 +237,9 @@ def compute(store: Any, site_id: str, ask: Ask, exclude: tuple[str, ...],
             now: float, owners: Owners | None = None) -> dict[str, Any]:
     """Run one list's query (blocking: call it in a thread). ``owners``: whose each
     identifier's hits are (``resolutions.sole_owners``), for a list with a support above 1
-    (top and trending)."""
-    proving = ask.support > 1 and owners is not None
+    (top, trending, co-view pairs)."""
+    # (co-purchase pairs count the graph's persons already: clickhouse/0039)
+    proving = ask.support > 1 and owners is not None and ask.pairs != "co_purchase"
     limits = ask.limits
     base = {"site": site_id, "exclude": list(exclude),
             "limit": ask.limit + (SPARE_ROWS if proving else 0)}
@@ -272,11 +283,16 @@ def compute(store: Any, site_id: str, ask: Ask, exclude: tuple[str, ...],
         return {"items": items, "as_of": _as_of(rows, proving)}
     else:
         table, count = PAIRS[ask.pairs]
-        rows = store.rows(RELATED % {"table": table, "count": count, "as_of": AS_OF} + limits,
+        sessions = ", groupUniqArrayArray(11)(session_ids) AS seen, length(seen) AS behind, " \
+            f"{LAST}" if proving else ""
+        rows = store.rows(RELATED % {"table": table, "count": count, "as_of": AS_OF,
+                                     "sessions": sessions} + limits,
                           {**base, "product": ask.product, "support": ask.support})
+        if proving:
+            rows = proved_pairs(store, site_id, ask, rows, owners)
         items = [{"product_id": r["other_id"], "score": r["score"], count: r["score"]}
                  for r in rows]
-    return {"items": items, "as_of": _iso(rows[0]["as_of"]) if rows else None}
+        return {"items": items, "as_of": _as_of(rows, proving)}
 
 
 def proved(store: Any, site_id: str, ask: Ask, rows: list[dict[str, Any]],
@@ -292,14 +308,37 @@ def proved(store: Any, site_id: str, ask: Ask, rows: list[dict[str, Any]],
             "events": list(EVENTS[counted]), "products": doubtful,
             "currency": ask.currency or ""})
         keys = {row["product_id"]: [tuple(key) for key in row["keys"]] for row in found}
-        pairs = sorted({pair for held in keys.values() for kind, ident, claimed in held
-                        for pair in ((kind, ident), ("user", claimed)) if pair[1]})
-        whose = dict(zip(pairs, owners(pairs) if pairs else [], strict=True))
-        persons = {product: len({_person(whose, key) for key in held} - {None})
-                   for product, held in keys.items()}
+        persons = persons_behind(keys, owners)
         rows = [row for row in rows if row["behind"] > PROVED_UP_TO
                 or persons.get(row["product_id"], 0) >= ask.support]
     return rows[:ask.limit]
+
+
+def proved_pairs(store: Any, site_id: str, ask: Ask, rows: list[dict[str, Any]],
+                 owners: Owners) -> list[dict[str, Any]]:
+    """``proved`` for co-view pairs: the persons behind a pair are those of its sessions
+    (``seen``: all of them when there are at most PROVED_UP_TO)."""
+    doubtful = {row["other_id"]: row["seen"] for row in rows if row["behind"] <= PROVED_UP_TO}
+    if doubtful:
+        found = store.rows(SESSION_KEYS + ask.limits, {
+            "site": site_id, "sessions": sorted({s for seen in doubtful.values() for s in seen})})
+        whose = {row["session_id"]: (*row["key"], "") for row in found}
+        persons = persons_behind({other: [whose[s] for s in seen if s in whose]
+                                  for other, seen in doubtful.items()}, owners)
+        rows = [row for row in rows if row["behind"] > PROVED_UP_TO
+                or persons.get(row["other_id"], 0) >= ask.support]
+    return rows[:ask.limit]
+
+
+def persons_behind(keys: dict[str, list[tuple[str, str, str]]], owners: Owners
+                   ) -> dict[str, int]:
+    """Per item, how many persons its keys (kind, id, the user id a browser claimed on it)
+    are, as the identity graph resolves them (a key that proves nobody counts none)."""
+    pairs = sorted({pair for held in keys.values() for kind, ident, claimed in held
+                    for pair in ((kind, ident), ("user", claimed)) if pair[1]})
+    whose = dict(zip(pairs, owners(pairs) if pairs else [], strict=True))
+    return {item: len({_person(whose, key) for key in held} - {None})
+            for item, held in keys.items()}
 
 
 def _as_of(rows: list[dict[str, Any]], proving: bool) -> str | None:

@@ -16,7 +16,8 @@ The same lists as ``products.py`` (as Algolia's search-only keys and Shopify's p
   first's count);
 - ``limit`` at most 24, windows at most 7 days, baselines at most 28 (every answer is a
   bounded read of the aggregates);
-- a related pair only when two sessions viewed it, or two buyers bought it, together: one
+- a related pair only when two persons viewed it, or two buyers bought it, together (the
+  identity graph's persons: one shopper's visits and linked devices are one): one
   shopper's pair would show what they looked at or bought;
 - CORS for the site's own origins only (credentialed, so the page's cookies come along);
   another origin gets a 403 without CORS headers; no Origin (a link, curl) is served too,

@@ -30,10 +30,11 @@
 
 Counts and deletes are ClickHouse lightweight deletes, synchronous: when the answer comes,
 a query no longer sees the rows (patch parts where a table allows them: ``delete_where``).
-Aggregates keep no identifiers (unique counts are hash sketches), except the daily co-view
-tier's marks of the sessions it counted (deleted here); pair counts are recomputed from the
-session state and the purchases: co-views every minute (the daily tier's once a day),
-co-purchases every 10 minutes.
+Aggregates keep no identifiers (unique counts are hash sketches), except the co-view
+tables' session ids: the daily tier's marks of the sessions it counted, and each pair's ids
+of its sessions (taken out here); pair counts are recomputed from the session state and the
+purchases: co-views every minute (the daily tier's once a day), co-purchases every 10
+minutes.
 """
 
 from __future__ import annotations
@@ -169,11 +170,7 @@ def erase(store: Store, site: Site, tombstones: Tombstones, kind: str, ident: st
     devices = sorted(ident for kind, ident in shared if kind == "device")
     for table in REMADE if devices else ():
         removed[f"{table} (made again)"] = _remake(store, site_id, table, devices, settings)
-    # The daily co-view tier marks each session it counted by its id (clickhouse/0035).
-    removed["coview_pairs_settled"] = delete_where(
-        store, "tagwerk.coview_pairs_settled",
-        ["site_id = {site:String} AND product_id = '' AND other_id IN {s:Array(String)}"],
-        {"site": site_id, "s": sessions}, settings) if sessions else 0
+    removed.update(_forget_sessions(store, site_id, sessions, settings))
     # Under the site's operations lock: an undo run meanwhile could write back a merge
     # into them after their merges went, or find their audit rows half rewritten.
     with serialised(site_id):
@@ -229,6 +226,38 @@ def _sessions(store: Store, site_id: str, person: Person) -> list[str]:
                       f"({_each_part('session_items', 'session_id', parts)})",
                       {"site": site_id, **params})
     return sorted(r["session_id"] for r in rows)
+
+
+# The co-view tables, each with the view that makes it again (the daily one first: the
+# minute's copies its pairs).
+COVIEW_TABLES = (("coview_pairs_settled", "coview_pairs_settled_mv"),
+                 ("coview_pairs", "coview_pairs_mv"))
+FORGET = ("ALTER TABLE tagwerk.{table} UPDATE session_ids = arrayFilter(s -> NOT has("
+          "{{s:Array(String)}}, s), session_ids) WHERE {where} SETTINGS mutations_sync = 2")
+HOLDS = "site_id = {site:String} AND hasAny(session_ids, {s:Array(String)})"
+
+
+def _forget_sessions(store: Store, site_id: str, sessions: list[str], settings: str
+                     ) -> dict[str, int]:
+    """Take the person's session ids out of the co-view tables: the daily tier's marks of
+    the sessions it counted (clickhouse/0035), and the ids each pair of either tier keeps of
+    its sessions (0043; the counts stay, they name nobody). A refresh running meanwhile read
+    its sources before the erasure: it is waited for, then its table is cleaned."""
+    if not sessions:
+        return {}
+    params = {"site": site_id, "s": sessions}
+    removed = {}
+    for table, view in COVIEW_TABLES:
+        store.execute(f"SYSTEM WAIT VIEW tagwerk.{view}")
+        removed[table] = int(store.rows(f"SELECT count() AS n FROM tagwerk.{table} "
+                                        f"WHERE {HOLDS}", params)[0]["n"])
+        if removed[table]:
+            store.execute(FORGET.format(table=table, where=HOLDS), params)
+    removed["coview_pairs_settled"] += delete_where(
+        store, "tagwerk.coview_pairs_settled",
+        ["site_id = {site:String} AND product_id = '' AND other_id IN {s:Array(String)}"],
+        params, settings)
+    return removed
 
 
 def _each_part(table: str, columns: str, parts: list[str]) -> str:
