@@ -3,8 +3,8 @@
 A public top or trending item with at most ``products.PROVED_UP_TO`` persons behind it (user
 ids, else device ids, as the hourly aggregate counts them) is listed only once the identity
 graph resolves its hits to two persons (``products.proved``: the item's keys read from the
-window's events, then resolved); a co-view pair of at most that many sessions, once their
-devices resolve to two persons (``products.proved_pairs``). This prints, per list, p50/p99
+window's events, then resolved); a co-view pair, once the sessions it keeps (up to 11)
+resolve to two persons (``products.proved_pairs``). This prints, per list, p50/p99
 of a single client asking the public list and the keyed list of the same ask (which proves
 nothing), every ask a new one (limits 24 down to 1: nothing is answered from the cache),
 and the ratio of the two.
@@ -38,8 +38,8 @@ LISTS = {
     "top revenue 24h": "top?metric=revenue&window=24h",
     "trending 1h/7d": "trending?window=1h&baseline=7d",
 }
-# "Also viewed" of the most viewed product (its pairs have many sessions: nothing to prove)
-# and of the 100th (fewer: each shown pair's sessions are resolved, ``products.proved_pairs``).
+# "Also viewed" of the most viewed product and of the 100th (each candidate pair's sessions
+# are resolved, ``products.proved_pairs``: up to 11 each for the first's).
 RELATED = {"related co_view #1": 0, "related co_view #100": 99}
 PACE = 0.12  # seconds between public requests: under the 10 a second per address
 
@@ -81,18 +81,20 @@ def main() -> None:
                 f"{server.base}/api/v1/sites/{SITE}/products/top?window=7d&limit=100",
                 headers={"Authorization": f"Bearer {keys['read']}"}), timeout=30) as r:
             ranked = [item["product_id"] for item in json.loads(r.read())["items"]]
-        lists = {**LISTS, **{name: f"related/{ranked[rank]}?kind=co_view"
-                             for name, rank in RELATED.items()}}
+        lists = {name: (path, path) for name, path in LISTS.items()}
+        lists.update({name: (f"related/{ranked[rank]}?kind=co_view",
+                             f"{ranked[rank]}/related?kind=co_view")
+                      for name, rank in RELATED.items()})
         print(f"{'list':20} {'public p50':>10} {'p99':>7} {'keyed p50':>10} {'p99':>7} "
               f"{'p50 ratio':>9}  items (public, keyed)")
-        for name, path in lists.items():
+        for name, (path, keyed_path) in lists.items():
             public, keyed, counts = [], [], []
             for limit in range(24, 0, -1):
                 ms, shown = timed(f"{server.base}/t/{SITE}/recommend/{path}&limit={limit}",
                                   {"Origin": "https://shop.example"})
                 public.append(ms)
                 ms_keyed, listed = timed(
-                    f"{server.base}/api/v1/sites/{SITE}/products/{path}&limit={limit}",
+                    f"{server.base}/api/v1/sites/{SITE}/products/{keyed_path}&limit={limit}",
                     {"Authorization": f"Bearer {keys['read']}"})
                 keyed.append(ms_keyed)
                 counts.append((shown, listed))

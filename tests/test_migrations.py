@@ -728,3 +728,40 @@ def test_a_refresh_running_while_migrating_keeps_the_migrations_columns(tmp_path
     away again (0043's new column, on the bench data, to the refresh the engine runs at
     start). Migrations run with the refreshes stopped; the views refresh again after."""
     run_upgrade(tmp_path, 9999, REFRESHING)
+
+
+SESSIONS_REBUILD = """
+insert = \"\"\"INSERT INTO tagwerk.events (event_id, site_id, event, type, ts, received_at,
+    device_id, session_id, consent, items) SELECT generateUUIDv4(number), 's', 'view_item',
+    'track', now64(3), now64(3), 'd' || toString(number % 3), 's' || toString(number % 4),
+    ['analytics'], [('p' || toString(number), '', '', '', '', toDecimal64(2, 4), toUInt32(1))]
+    FROM numbers({first:UInt64}, 10)\"\"\"
+store.execute(insert, {"first": 0})
+rows = "SELECT session_id, device_id, arraySort(groupUniqArrayArray(products)) AS p " \\
+       "FROM tagwerk.session_items GROUP BY ALL ORDER BY ALL"
+before = store.rows(rows)
+# Interrupted after the first `done` statements of 0044, then migrated again.
+[rebuild] = [m for m in every if m.version == 44]
+for stmt in rebuild.statements[:int(sys.argv[3])]:
+    store.execute(stmt)
+migrations.load_migrations = lambda: every
+migrations.migrate(store)
+after = store.rows(rows)
+assert len(before) == 10 and after == before, (before, after)
+[query] = store.rows("SELECT create_table_query AS q FROM system.tables "
+                     "WHERE database = 'tagwerk' AND name = 'session_items'")
+assert "index_granularity = 256" in query["q"], query
+assert not store.rows("SELECT name FROM system.tables WHERE database = 'tagwerk' "
+                      "AND name LIKE 'session_items_0%'")
+store.execute(insert, {"first": 10})  # fed by the view again
+assert sum(len(row["p"]) for row in store.rows(rows)) == 20, store.rows(rows)
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("done", [0, 1, 3, 4, 5, 6])
+def test_session_items_rebuilt_in_small_granules_whenever_interrupted(tmp_path, done):
+    """0044 rebuilds session_items in granules of 256 rows (the public co-view list looks
+    its sessions up by id) under its own name. Cut after any of its statements, then run
+    again, it keeps every row, in the new layout, fed by new hits."""
+    run_upgrade(tmp_path, 44, SESSIONS_REBUILD, str(done))

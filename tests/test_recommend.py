@@ -383,6 +383,48 @@ def test_one_persons_visits_and_devices_make_no_public_co_view_pair(env):
     assert ids(get(env, "/related/p2?limit=11", site=site)) == ["p1"]
 
 
+def test_a_sessions_device_and_claims_decide_its_person_on_the_public_co_views(env):
+    """Probe 66. A session without a device id counted as the user id on it, a claim a
+    browser makes at will: a session of an attacker's, claiming one customer and then
+    another, told which customer viewed a pair (``min`` of its keys moved with the rows
+    added); two browsers claiming one customer counted as two persons, where the top lists
+    take such hits as proving nobody; one shopper's 11 visits skipped the check. A session
+    is now one person only when every row of it has a device whose person is the one any
+    user id on it names; a pair is public once the sessions it keeps (up to 11) make two."""
+    client, collector = env
+    site = f"rec-{uuid.uuid4().hex[:8]}"
+    _, keys = collector.sites.create(site, [ORIGIN])
+
+    def visit(pair: str, session: str, device: str, user: str = "", n: int = 1) -> list[dict]:
+        return [{**hit("view_item", MIN * (i + 2), [(f"{pair}{i % 2 + 1}", 5, 1)],
+                       device=device, session=session), "user_id": user}
+                for i in range(2 * n)]
+
+    send(client, keys["write"], [
+        identify("p66-dv", "p66-uv"), *visit("b", "p66-sv", "p66-dv", "p66-uv"),
+        # an attacker's session: a row that claims the customer without a device, and one
+        # of a fresh device
+        *visit("b", "p66-sx", "", "p66-uv"), *visit("b", "p66-sx", "p66-fresh"),
+        # two browsers of nobody linked, both claiming one customer
+        *visit("h", "p66-sh1", "p66-h1", "p66-uh"), *visit("h", "p66-sh2", "p66-h2", "p66-uh"),
+        # one shopper's 11 visits
+        *(hit for n in range(11) for hit in visit("f", f"p66-sf{n}", "p66-df"))])
+    wait_for(lambda: drained(collector))
+    refresh_settled(collector.store)
+    refresh_minute(collector.store, (site,), tables=("coview_pairs",))
+    keyed = {pair: client.get(f"/api/v1/sites/{site}/products/{pair}1/related?kind=co_view",
+                              headers={"Authorization": f"Bearer {keys['read']}"}).json()
+             for pair in "bhf"}
+    assert {pair: [i["sessions"] for i in answer["items"]] for pair, answer in keyed.items()} \
+        == {"b": [2], "h": [2], "f": [11]}
+    shown = [pair for pair in "bhf" if ids(get(env, f"/related/{pair}1", site=site))]
+    assert shown == [], shown
+    send(client, keys["write"], visit("b", "p66-so", "p66-other"))
+    wait_for(lambda: drained(collector))
+    refresh_minute(collector.store, (site,), tables=("coview_pairs",))
+    assert ids(get(env, "/related/b1?limit=11", site=site)) == ["b2"]
+
+
 def test_one_persons_products_stay_off_the_public_lists(env):
     """A public "top purchases" of the last hour showed the two products of the one order
     placed in it (probe 44): whoever knew who ordered then learnt what. A browser-safe list
