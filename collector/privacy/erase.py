@@ -235,28 +235,40 @@ COVIEW_TABLES = (("coview_pairs_settled", "coview_pairs_settled_mv"),
 FORGET = ("ALTER TABLE tagwerk.{table} UPDATE session_ids = arrayFilter(s -> NOT has("
           "{{s:Array(String)}}, s), session_ids) WHERE {where} SETTINGS mutations_sync = 2")
 HOLDS = "site_id = {site:String} AND hasAny(session_ids, {s:Array(String)})"
+MARKS = "site_id = {site:String} AND product_id = '' AND other_id IN {s:Array(String)}"
+FORGET_ROUNDS = 5
 
 
 def _forget_sessions(store: Store, site_id: str, sessions: list[str], settings: str
                      ) -> dict[str, int]:
     """Take the person's session ids out of the co-view tables: the daily tier's marks of
     the sessions it counted (clickhouse/0035), and the ids each pair of either tier keeps of
-    its sessions (0043; the counts stay, they name nobody). A refresh running meanwhile read
-    its sources before the erasure: it is waited for, then its table is cleaned."""
+    its sessions (0043; the counts stay, they name nobody). A refresh swaps its table for
+    one made from what it read when it began: each table is cleaned once its view's
+    running refresh ended, until it is found clean right after one."""
     if not sessions:
         return {}
     params = {"site": site_id, "s": sessions}
-    removed = {}
+    removed: dict[str, int] = {}
     for table, view in COVIEW_TABLES:
-        store.execute(f"SYSTEM WAIT VIEW tagwerk.{view}")
-        removed[table] = int(store.rows(f"SELECT count() AS n FROM tagwerk.{table} "
-                                        f"WHERE {HOLDS}", params)[0]["n"])
-        if removed[table]:
-            store.execute(FORGET.format(table=table, where=HOLDS), params)
-    removed["coview_pairs_settled"] += delete_where(
-        store, "tagwerk.coview_pairs_settled",
-        ["site_id = {site:String} AND product_id = '' AND other_id IN {s:Array(String)}"],
-        params, settings)
+        marks = MARKS if table == "coview_pairs_settled" else "0"
+        for _ in range(FORGET_ROUNDS):
+            store.execute(f"SYSTEM WAIT VIEW tagwerk.{view}")
+            [found] = store.rows(f"SELECT countIf({HOLDS}) AS ids, countIf({marks}) AS marks "
+                                 f"FROM tagwerk.{table} WHERE site_id = {{site:String}}",
+                                 params)
+            ids, marked = int(found["ids"]), int(found["marks"])
+            if not ids and not marked:
+                break
+            removed.setdefault(table, ids + marked)
+            if ids:
+                store.execute(FORGET.format(table=table, where=HOLDS), params)
+            if marked:
+                delete_where(store, f"tagwerk.{table}", [MARKS], params, settings)
+        else:
+            raise RuntimeError(f"{table} kept the erased sessions through "
+                               f"{FORGET_ROUNDS} refreshes")
+        removed.setdefault(table, 0)
     return removed
 
 
