@@ -765,3 +765,15 @@ def test_session_items_rebuilt_in_small_granules_whenever_interrupted(tmp_path, 
     its sessions up by id) under its own name. Cut after any of its statements, then run
     again, it keeps every row, in the new layout, fed by new hits."""
     run_upgrade(tmp_path, 44, SESSIONS_REBUILD, str(done))
+
+
+DEVICES_UPGRADE = SESSIONS_UPGRADE.replace(
+    '", session_ids"', '", devices"').replace(
+    '[row["session_ids"] for row in found] == [["s1"], ["s1"]]',
+    '[row["devices"] for row in found] == [1, 1]')
+
+
+def test_settled_co_views_get_their_devices_at_the_first_refresh(tmp_path):
+    """0045: the same for the devices each pair counts (rows settled before have none)."""
+    assert DEVICES_UPGRADE != SESSIONS_UPGRADE
+    run_upgrade(tmp_path, 45, DEVICES_UPGRADE)

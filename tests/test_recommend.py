@@ -4,6 +4,7 @@ origins, personalised only by the visitor's own cookies, cacheable, rate-limited
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import threading
 import time
 import uuid
@@ -423,6 +424,39 @@ def test_a_sessions_device_and_claims_decide_its_person_on_the_public_co_views(e
     wait_for(lambda: drained(collector))
     refresh_minute(collector.store, (site,), tables=("coview_pairs",))
     assert ids(get(env, "/related/b1?limit=11", site=site)) == ["b2"]
+
+
+def test_one_browser_can_neither_bury_nor_crowd_out_a_public_co_view_pair(env):
+    """Probe 67. One browser's sessions outranked a pair two persons viewed: 3 sessions of
+    a7 and 49 decoys took every candidate row, each proved nobody, and the list was empty;
+    30 sessions of a6 and b6 filled the 11 session ids the pair kept, all one person's. The
+    public list ranks pairs by the devices behind them, and a pair keeps a session of each
+    of up to 11 devices. Its as_of is when the pairs were computed: a pair's last view told
+    when the one other viewer last viewed anything, to the minute."""
+    client, collector = env
+    site = f"rec-{uuid.uuid4().hex[:8]}"
+    _, keys = collector.sites.create(site, [ORIGIN])
+
+    def session(name: str, device: str, products: list[str], ago=10 * MIN) -> list[dict]:
+        return [hit("view_item", ago - MIN * n / 100, [(product, 5, 1)], device=device,
+                    session=name) for n, product in enumerate(products)]
+
+    decoys = [f"A{n:02}" for n in range(49)]
+    send(client, keys["write"], [
+        *session("p67-v7a", "p67-d7a", ["a7", "L7"]), *session("p67-v7b", "p67-d7b", ["a7", "L7"]),
+        *(hit for n in range(3) for hit in session(f"p67-x7{n}", "p67-x", ["a7", *decoys])),
+        *session("p67-v6c", "p67-d6c", ["a6", "b6"], 2 * MIN),
+        *session("p67-v6d", "p67-d6d", ["a6", "b6"], 40 * MIN),
+        *(hit for n in range(30) for hit in session(f"p67-x6{n}", "p67-y", ["a6", "b6"]))])
+    wait_for(lambda: drained(collector))
+    began = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0)  # (public: minutes)
+    refresh_minute(collector.store, (site,), tables=("coview_pairs",))
+    for limit in (1, 2, 24):
+        assert ids(get(env, f"/related/a7?limit={limit}", site=site)) == ["L7"], limit
+    answer = get(env, "/related/a6?limit=24", site=site).json()
+    assert [item["product_id"] for item in answer["items"]] == ["b6"]
+    as_of = dt.datetime.fromisoformat(answer["as_of"].replace("Z", "+00:00"))
+    assert as_of >= began, (as_of, began)  # the refresh's time, not a viewer's
 
 
 def test_one_persons_products_stay_off_the_public_lists(env):

@@ -155,8 +155,19 @@ WHERE site_id = {site:String} AND product_id = {product:String}
     AND other_id != {product:String} AND other_id NOT IN {exclude:Array(String)}
 GROUP BY other_id
 HAVING score >= {support:UInt64}
-ORDER BY score DESC, other_id
+ORDER BY %(order)s
 LIMIT {limit:UInt32}
+"""
+# A public co-view list's candidates, by the devices behind each pair (clickhouse/0045): by
+# sessions, one browser's sessions of a product and 49 others took every candidate row and
+# a pair two persons viewed was left out (probe 67). With the ids of a session of each of up
+# to 11 devices, which ``proved_pairs`` resolves.
+PUBLIC_CO_VIEW = ", groupUniqArrayArray(11)(session_ids) AS seen, sum(devices) AS spread"
+# A public pair list is dated by its view's last refresh: a pair's last view told when the
+# one other person behind it last viewed anything, to the minute (probe 67).
+REFRESHED = """
+SELECT toString(max(last_success_time)) AS as_of FROM system.view_refreshes
+WHERE database = 'tagwerk' AND view = {view:String}
 """
 
 # The newest event included, never later than now: the batch API takes times up to a day
@@ -282,15 +293,19 @@ def compute(store: Any, site_id: str, ask: Ask, exclude: tuple[str, ...],
         return {"items": items, "as_of": _as_of(rows, proving)}
     else:
         table, count = PAIRS[ask.pairs]
-        sessions = f", groupUniqArrayArray(11)(session_ids) AS seen, {LAST}" if proving else ""
-        rows = store.rows(RELATED % {"table": table, "count": count, "as_of": AS_OF,
-                                     "sessions": sessions} + limits,
-                          {**base, "product": ask.product, "support": ask.support})
+        rows = store.rows(RELATED % {
+            "table": table, "count": count, "as_of": AS_OF,
+            "sessions": PUBLIC_CO_VIEW if proving else "",
+            "order": "spread DESC, score DESC, other_id" if proving else "score DESC, other_id",
+        } + limits, {**base, "product": ask.product, "support": ask.support})
         if proving:
             rows = proved_pairs(store, site_id, ask, rows, owners)
         items = [{"product_id": r["other_id"], "score": r["score"], count: r["score"]}
                  for r in rows]
-        return {"items": items, "as_of": _as_of(rows, proving)}
+        if ask.support > 1:  # (a public list)
+            [refreshed] = store.rows(REFRESHED + limits, {"view": f"{table}_mv"})
+            return {"items": items, "as_of": _iso(refreshed["as_of"]) if rows else None}
+        return {"items": items, "as_of": _iso(rows[0]["as_of"]) if rows else None}
 
 
 def proved(store: Any, site_id: str, ask: Ask, rows: list[dict[str, Any]],
