@@ -154,7 +154,7 @@ FROM tagwerk.%(table)s
 WHERE site_id = {site:String} AND product_id = {product:String}
     AND other_id != {product:String} AND other_id NOT IN {exclude:Array(String)}
 GROUP BY other_id
-HAVING score >= {support:UInt64}
+HAVING score >= {support:UInt64}%(having)s
 ORDER BY %(order)s
 LIMIT {limit:UInt32}
 """
@@ -297,6 +297,9 @@ def compute(store: Any, site_id: str, ask: Ask, exclude: tuple[str, ...],
             "table": table, "count": count, "as_of": AS_OF,
             "sessions": PUBLIC_CO_VIEW if proving else "",
             "order": "spread DESC, score DESC, other_id" if proving else "score DESC, other_id",
+            # (nothing to resolve for a pair of one device: its answer took no longer than
+            # one of a product without pairs, probe 67)
+            "having": " AND spread >= {support:UInt64}" if proving else "",
         } + limits, {**base, "product": ask.product, "support": ask.support})
         if proving:
             rows = proved_pairs(store, site_id, ask, rows, owners)
