@@ -3,7 +3,6 @@ origins, personalised only by the visitor's own cookies, cacheable, rate-limited
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import threading
 import time
@@ -12,7 +11,7 @@ import uuid
 import orjson
 import pytest
 
-from collector.api import recommend
+from collector.api import products, recommend
 from collector.web import ratelimit
 from tests.helpers import drained, make_client, wait_for
 from tests.test_aggregates import refresh_minute, refresh_pairs, refresh_settled
@@ -655,7 +654,8 @@ def test_public_lists_are_computed_a_few_at_a_time_within_the_engines_limits(env
     longer than ``GATE_SECONDS`` is a 503 with Retry-After, and each query runs under the
     engine's memory and time limits."""
     client, collector = env
-    monkeypatch.setitem(recommend._gates, collector, asyncio.Semaphore(1))
+    # (one client's asks, which may hold the one slot each)
+    monkeypatch.setitem(recommend._gates, collector, products.Gate(1, per_client=3))
     monkeypatch.setattr(recommend.products, "GATE_SECONDS", 0.3)
     compute = recommend.products.compute
 
@@ -691,7 +691,7 @@ def test_a_list_asked_before_is_answered_while_one_client_keeps_the_slots_busy(e
     """One client can keep every slot busy with new asks (probe 65): the lists most
     visitors ask are then answered as last computed, not with a 503."""
     client, collector = env
-    gate = asyncio.Semaphore(1)
+    gate = products.Gate(1)
     monkeypatch.setitem(recommend._gates, collector, gate)
     monkeypatch.setattr(recommend.products, "GATE_SECONDS", 0.3)
     first = get(env, "/top?window=6h")
@@ -707,13 +707,42 @@ def test_a_list_asked_before_is_answered_while_one_client_keeps_the_slots_busy(e
     busy = threading.Thread(target=lambda: get(env, "/top?window=7h"))
     busy.start()
     try:
-        wait_for(gate.locked)
+        wait_for(gate.slots.locked)
         again = get(env, "/top?window=6h")
         new = get(env, "/top?window=8h")
     finally:
         busy.join()
     assert again.status_code == 200 and again.json() == first.json()
     assert new.status_code == 503
+
+
+def test_one_client_takes_one_computing_slot_at_a_time(env, monkeypatch):
+    """One client kept both computing slots busy with new asks, and every other client's
+    new ask waited, then got a 503 (probe 65). A client computes one list at a time now
+    (its next new ask meanwhile: a 503 at once); another client gets the free slot."""
+    from starlette.testclient import TestClient
+
+    client, collector = env
+    gate = products.Gate(2)
+    monkeypatch.setitem(recommend._gates, collector, gate)
+    compute = products.compute
+
+    def slow(*args, **kwargs):
+        time.sleep(1.5)
+        return compute(*args, **kwargs)
+
+    monkeypatch.setattr(products, "compute", slow)
+    busy = threading.Thread(target=lambda: get(env, "/top?window=9h"))
+    busy.start()
+    try:
+        wait_for(lambda: gate.holding)
+        again = get(env, "/top?window=10h")
+        other = TestClient(client.app, client=("192.0.2.77", 5000))  # (no second start)
+        elsewhere = other.get("/t/rec-a/recommend/top?window=11h")
+    finally:
+        busy.join()
+    assert again.status_code == 503 and again.headers["retry-after"] == "2"
+    assert elsewhere.status_code == 200, elsewhere.text
 
 
 def test_the_buyers_behind_a_public_revenue_rank_are_of_its_currency(env):

@@ -479,14 +479,14 @@ class Answers:
         self._running: dict[tuple, asyncio.Future] = {}
 
     async def get(self, site: Site, ask: Ask, exclude: tuple[str, ...] = (),
-                  gate: asyncio.Semaphore | None = None) -> dict[str, Any]:
+                  gate: Gate | None = None, client: str = "") -> dict[str, Any]:
         """The list, cached or computed. ``gate``: a computation waits for one of its slots
-        (at most ``GATE_SECONDS``, then the last answer or a 503); cached and shared answers
-        take none."""
+        (at most ``GATE_SECONDS``, then the last answer or a 503), ``client``'s share of
+        them; cached and shared answers take none."""
         site_id = site.site_id
         if ask.kind == "top" and ask.currency is None:
             main = await self.get(site, Ask("currency", 1, since=ask.since, until=ask.until,
-                                            settings=ask.settings), gate=gate)
+                                            settings=ask.settings), gate=gate, client=client)
             ask = replace(ask, currency=main["currency"])
         key = (site_id, ask, exclude)
         lasts = KEPT_SECONDS.get(ask.kind)
@@ -504,7 +504,7 @@ class Answers:
         stale = False
         try:
             try:
-                async with _slot(gate):
+                async with _slot(gate, client):
                     answer = await run_in_threadpool(compute, self.collector.store, site_id,
                                                      ask, exclude, time.time(),
                                                      self._owners(site))
@@ -540,24 +540,50 @@ class Answers:
 
 
 class Busy(ApiError):
-    """Every slot of the gate stayed taken for ``GATE_SECONDS``."""
+    """Every slot of the gate stayed taken for ``GATE_SECONDS``, or the client holds its
+    share of them."""
+
+
+class Gate:
+    """At most ``slots`` lists computed at once, ``per_client`` of them one client's: one
+    client kept every slot busy with new asks, and every other client's new ask waited
+    ``GATE_SECONDS``, then got a 503 (probe 65)."""
+
+    def __init__(self, slots: int, per_client: int = 1) -> None:
+        self.slots = asyncio.Semaphore(slots)
+        self.per_client = per_client
+        self.holding: dict[str, int] = {}  # client -> slots it holds or waits for
+
+    @contextlib.asynccontextmanager
+    async def slot(self, client: str) -> AsyncIterator[None]:
+        if self.holding.get(client, 0) >= self.per_client:
+            raise Busy(503, "a list you asked for is being computed; try again", "",
+                       {"Retry-After": "2"})
+        self.holding[client] = self.holding.get(client, 0) + 1
+        try:
+            try:
+                await asyncio.wait_for(self.slots.acquire(), GATE_SECONDS)
+            except TimeoutError:
+                raise Busy(503, "too many lists are being computed; try again", "",
+                           {"Retry-After": "2"}) from None
+            try:
+                yield
+            finally:
+                self.slots.release()
+        finally:
+            self.holding[client] -= 1
+            if not self.holding[client]:
+                del self.holding[client]
 
 
 @contextlib.asynccontextmanager
-async def _slot(gate: asyncio.Semaphore | None) -> AsyncIterator[None]:
-    """One of ``gate``'s slots while the block runs (none without a gate)."""
+async def _slot(gate: Gate | None, client: str) -> AsyncIterator[None]:
+    """One of ``gate``'s slots for ``client`` while the block runs (none without a gate)."""
     if gate is None:
         yield
         return
-    try:
-        await asyncio.wait_for(gate.acquire(), GATE_SECONDS)
-    except TimeoutError:
-        raise Busy(503, "too many lists are being computed; try again", "",
-                   {"Retry-After": "2"}) from None
-    try:
+    async with gate.slot(client):
         yield
-    finally:
-        gate.release()
 
 
 _answers: WeakKeyDictionary[Collector, Answers] = WeakKeyDictionary()

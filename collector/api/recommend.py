@@ -43,7 +43,6 @@ the tag's own paths (site ids are public: they are in every page's tag URL).
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
 from typing import Any
@@ -73,7 +72,8 @@ PUBLIC = products.Bounds(max_limit=24, max_window=7 * 86400, max_baseline=28 * 8
 # Lists computed at once for these paths, per collector: anonymous clients choose the asks,
 # and each may read a week of aggregates and events (probe 64: ten new asks a second from
 # one address took the engine to its memory limit, and flushes failed). Answers already
-# computed, or being computed for another client, take no slot.
+# computed, or being computed for another client, take no slot; a client (its /64, or its
+# IPv4 address: one office behind one NAT is one client) holds one slot at a time.
 COMPUTING = 2
 MAX_AGE = 60
 RATE = 10.0  # requests a second per client IP, on average
@@ -84,14 +84,14 @@ MAX_CLIENTS = 100_000  # IPs remembered; the least recently seen are forgotten f
 PREFIX_SHARE = 16
 
 
-_gates: WeakKeyDictionary[Collector, asyncio.Semaphore] = WeakKeyDictionary()
+_gates: WeakKeyDictionary[Collector, products.Gate] = WeakKeyDictionary()
 
 
-def gate(collector: Collector) -> asyncio.Semaphore:
-    """The collector's ``COMPUTING`` slots for these lists."""
+def gate(collector: Collector) -> products.Gate:
+    """The collector's ``COMPUTING`` slots for these lists, one a client."""
     found = _gates.get(collector)
     if found is None:
-        found = _gates[collector] = asyncio.Semaphore(COMPUTING)
+        found = _gates[collector] = products.Gate(COMPUTING)
     return found
 
 
@@ -170,7 +170,8 @@ async def _serve(request: Request, accepted: tuple[str, ...], make: Any) -> Resp
         if device:  # what the person of this device bought, on any device or channel
             exclude = await products.kept_products(collector, site, "device", device,
                                                    (profiles.PURCHASE,))
-        answer = await products.answers(collector).get(site, ask, exclude, gate(collector))
+        answer = await products.answers(collector).get(site, ask, exclude, gate(collector),
+                                                       client=buckets(ip)[0][0])
     except ApiError as exc:
         error = refusal(exc)
         error.headers.update({k: v for k, v in headers.items() if k not in error.headers})
