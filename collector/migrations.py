@@ -296,18 +296,23 @@ def refreshes_stopped(store: Store) -> Iterator[None]:
     the refresh began: one running while a migration added a column took the column away
     again (0043 on the bench data, to the refresh the engine runs at its start). Stopping
     cancels a running refresh; the refreshes asked after (of every view, as at the engine's
-    start) run with the new columns and queries. (A cluster's nodes cannot be asked this
-    through ON CLUSTER: there, stop the views or the collectors while upgrading.)"""
-    store.execute("SYSTEM STOP VIEWS")
+    start) run with the new columns and queries. Only tagwerk's views: a server's other
+    databases may have views of their own, stopped on purpose. (A cluster's nodes cannot
+    be asked this through ON CLUSTER: there, stop the views or the collectors while
+    upgrading.)"""
+    stopped = _refreshable(store)
+    for view in stopped:
+        store.execute(f"SYSTEM STOP VIEW {view}")
     try:
-        for view in _refreshable(store):
+        for view in stopped:
             # (a refresh that failed rather than stopped is no concern of the migrations)
             with contextlib.suppress(StorageError):
                 store.execute(f"SYSTEM WAIT VIEW {view}")  # a cancelled refresh ends
         yield
     finally:
-        store.execute("SYSTEM START VIEWS")
-        for view in _refreshable(store):
+        for view in _refreshable(store):  # (a migration may drop one, or make a new one)
+            if view in stopped:
+                store.execute(f"SYSTEM START VIEW {view}")
             store.execute(f"SYSTEM REFRESH VIEW {view}")
 
 

@@ -710,8 +710,16 @@ deadline = time.monotonic() + 10
 while store.rows(status)[0]["status"] != "Running" and time.monotonic() < deadline:
     time.sleep(0.01)
 assert store.rows(status)[0]["status"] == "Running"
+# another database's view, stopped on purpose, stays stopped
+store.execute("CREATE DATABASE IF NOT EXISTS other")
+store.execute("CREATE TABLE other.t (n UInt8) ENGINE = MergeTree ORDER BY n")
+store.execute("CREATE MATERIALIZED VIEW other.v REFRESH EVERY 1 HOUR TO other.t AS SELECT 1 AS n")
+store.execute("SYSTEM WAIT VIEW other.v")
+store.execute("SYSTEM STOP VIEW other.v")
 migrations.load_migrations = lambda: every + [slow, wider]
 migrations.migrate(store)
+other = store.rows("SELECT status FROM system.view_refreshes WHERE view = 'v'")
+assert other == [{"status": "Disabled"}], other
 store.execute("SYSTEM WAIT VIEW tagwerk.slow_mv")
 columns = [row["name"] for row in store.rows(
     "SELECT name FROM system.columns WHERE database = 'tagwerk' AND table = 'slow'")]
@@ -726,7 +734,8 @@ def test_a_refresh_running_while_migrating_keeps_the_migrations_columns(tmp_path
     """A refreshable view's refresh swaps its target for a table made with the columns the
     target had when the refresh began: one running while a migration added a column took it
     away again (0043's new column, on the bench data, to the refresh the engine runs at
-    start). Migrations run with the refreshes stopped; the views refresh again after."""
+    start). Migrations run with tagwerk's refreshes stopped; the views refresh again after.
+    Another database's view, stopped by its owner, stays stopped."""
     run_upgrade(tmp_path, 9999, REFRESHING)
 
 
