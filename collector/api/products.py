@@ -305,10 +305,12 @@ def compute(store: Any, site_id: str, ask: Ask, exclude: tuple[str, ...],
             rows = proved_pairs(store, site_id, ask, rows, owners)
         items = [{"product_id": r["other_id"], "score": r["score"], count: r["score"]}
                  for r in rows]
+        if not rows:
+            return {"items": [], "as_of": None}
         if ask.support > 1:  # (a public list)
             [refreshed] = store.rows(REFRESHED + limits, {"view": f"{table}_mv"})
-            return {"items": items, "as_of": _iso(refreshed["as_of"]) if rows else None}
-        return {"items": items, "as_of": _iso(rows[0]["as_of"]) if rows else None}
+            return {"items": items, "as_of": _iso(refreshed["as_of"])}
+        return {"items": items, "as_of": _iso(rows[0]["as_of"])}
 
 
 def proved(store: Any, site_id: str, ask: Ask, rows: list[dict[str, Any]],
@@ -342,6 +344,7 @@ def proved_pairs(store: Any, site_id: str, ask: Ask, rows: list[dict[str, Any]],
     until those rows are decided (two persons are mostly in the first two)."""
     whose: dict[str, str | None] = {}
     verdict: dict[int, bool] = {}  # by row index: proved, or not with all its sessions
+    most = max((len(row["seen"]) for row in rows), default=0)
     step = 2
     while True:
         candidates = [n for n in range(len(rows)) if verdict.get(n) is not False][:ask.limit]
@@ -357,7 +360,7 @@ def proved_pairs(store: Any, site_id: str, ask: Ask, rows: list[dict[str, Any]],
                 verdict[n] = True
             elif len(seen) <= step:
                 verdict[n] = False
-        step = min(step * 2 + 1, len(max((row["seen"] for row in rows), key=len)))
+        step = min(step * 2 + 1, most)
     return [row for n, row in enumerate(rows) if verdict.get(n)][:ask.limit]
 
 
@@ -504,7 +507,7 @@ class Answers:
         stale = False
         try:
             try:
-                async with _slot(gate, client):
+                async with gate.slot(client) if gate else contextlib.nullcontext():
                     answer = await run_in_threadpool(compute, self.collector.store, site_id,
                                                      ask, exclude, time.time(),
                                                      self._owners(site))
@@ -574,16 +577,6 @@ class Gate:
             self.holding[client] -= 1
             if not self.holding[client]:
                 del self.holding[client]
-
-
-@contextlib.asynccontextmanager
-async def _slot(gate: Gate | None, client: str) -> AsyncIterator[None]:
-    """One of ``gate``'s slots for ``client`` while the block runs (none without a gate)."""
-    if gate is None:
-        yield
-        return
-    async with gate.slot(client):
-        yield
 
 
 _answers: WeakKeyDictionary[Collector, Answers] = WeakKeyDictionary()

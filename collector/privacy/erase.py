@@ -228,14 +228,15 @@ def _sessions(store: Store, site_id: str, person: Person) -> list[str]:
     return sorted(r["session_id"] for r in rows)
 
 
-# The co-view tables, each with the view that makes it again (the daily one first: the
-# minute's copies its pairs).
-COVIEW_TABLES = (("coview_pairs_settled", "coview_pairs_settled_mv"),
-                 ("coview_pairs", "coview_pairs_mv"))
-FORGET = ("ALTER TABLE tagwerk.{table} UPDATE session_ids = arrayFilter(s -> NOT has("
-          "{{s:Array(String)}}, s), session_ids) WHERE {where} SETTINGS mutations_sync = 2")
-HOLDS = "site_id = {site:String} AND hasAny(session_ids, {s:Array(String)})"
-MARKS = "site_id = {site:String} AND product_id = '' AND other_id IN {s:Array(String)}"
+HOLDS = "hasAny(session_ids, {s:Array(String)})"
+# The daily tier's marks of the sessions it counted (clickhouse/0035).
+MARKS = "product_id = '' AND other_id IN {s:Array(String)}"
+# The co-view tables, each with the view that makes it again and its marks (the daily one
+# first: the minute's copies its pairs).
+COVIEW_TABLES = (("coview_pairs_settled", "coview_pairs_settled_mv", MARKS),
+                 ("coview_pairs", "coview_pairs_mv", "0"))
+FORGET = ("UPDATE session_ids = arrayFilter(s -> NOT has({s:Array(String)}, s), session_ids) "
+          "WHERE site_id = {site:String} AND " + HOLDS + " SETTINGS mutations_sync = 2")
 FORGET_ROUNDS = 5
 
 
@@ -250,8 +251,7 @@ def _forget_sessions(store: Store, site_id: str, sessions: list[str], settings: 
         return {}
     params = {"site": site_id, "s": sessions}
     removed: dict[str, int] = {}
-    for table, view in COVIEW_TABLES:
-        marks = MARKS if table == "coview_pairs_settled" else "0"
+    for table, view, marks in COVIEW_TABLES:
         for _ in range(FORGET_ROUNDS):
             store.execute(f"SYSTEM WAIT VIEW tagwerk.{view}")
             [found] = store.rows(f"SELECT countIf({HOLDS}) AS ids, countIf({marks}) AS marks "
@@ -262,9 +262,10 @@ def _forget_sessions(store: Store, site_id: str, sessions: list[str], settings: 
                 break
             removed.setdefault(table, ids + marked)
             if ids:
-                store.execute(FORGET.format(table=table, where=HOLDS), params)
-            if marked:
-                delete_where(store, f"tagwerk.{table}", [MARKS], params, settings)
+                store.execute(f"ALTER TABLE tagwerk.{table} {FORGET}", params)
+            if marked:  # (counted above: no count again, as ``delete_where`` would)
+                store.execute(f"DELETE FROM tagwerk.{table} WHERE site_id = {{site:String}} "
+                              f"AND {marks}{settings}", params)
         else:
             raise RuntimeError(f"{table} kept the erased sessions through "
                                f"{FORGET_ROUNDS} refreshes")
