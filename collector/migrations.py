@@ -35,7 +35,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import resources
 
@@ -275,10 +275,14 @@ def migrate(store: Store, cluster: str | None = None) -> list[Migration]:
                 "was applied; add a new migration instead"
             )
     pending = [migration for migration in migrations if migration.version not in applied]
-    with refreshes_stopped(store) if pending and not cluster else contextlib.nullcontext():
+    stopping = refreshes_stopped(store) if pending and not cluster \
+        else contextlib.nullcontext(lambda: None)
+    with stopping as stop_made:
         for migration in pending:
             for stmt in render(migration, cluster):
                 store.execute(stmt)
+                if _VIEW.match(stmt):
+                    stop_made()  # (a refreshable one began refreshing as it was made)
             store.execute(
                 f"INSERT INTO {DATABASE}.schema_migrations (version, name, checksum) "
                 "VALUES ({version:UInt32}, {name:String}, {checksum:String})",
@@ -289,28 +293,35 @@ def migrate(store: Store, cluster: str | None = None) -> list[Migration]:
 
 
 @contextlib.contextmanager
-def refreshes_stopped(store: Store) -> Iterator[None]:
-    """No refreshable view refreshes meanwhile; each refreshes at once after.
+def refreshes_stopped(store: Store) -> Iterator[Callable[[], None]]:
+    """No refreshable view refreshes meanwhile; each refreshes at once after. Yields a
+    function that stops the views made since (a view refreshes as soon as it is made).
 
     A refresh swaps its view's target for a table made with the columns the target had when
     the refresh began: one running while a migration added a column took the column away
-    again (0043 on the bench data, to the refresh the engine runs at its start). Stopping
-    cancels a running refresh; the refreshes asked after (of every view, as at the engine's
-    start) run with the new columns and queries. Only tagwerk's views: a server's other
-    databases may have views of their own, stopped on purpose. (A cluster's nodes cannot
-    be asked this through ON CLUSTER: there, stop the views or the collectors while
-    upgrading.)"""
-    stopped = _refreshable(store)
-    for view in stopped:
-        store.execute(f"SYSTEM STOP VIEW {view}")
-    try:
-        for view in stopped:
+    again (0043 on the bench data, to the refresh the engine runs at its start; on a fresh
+    install, to the first refresh of the view 0025 made). Stopping cancels a running
+    refresh; the refreshes asked after (of every view, as at the engine's start) run with
+    the new columns and queries. Only tagwerk's views: a server's other databases may have
+    views of their own, stopped on purpose. (A cluster's nodes cannot be asked this through
+    ON CLUSTER: there, stop the views or the collectors while upgrading.)"""
+    stopped: list[str] = []
+
+    def stop_new() -> None:
+        new = [view for view in _refreshable(store) if view not in stopped]
+        for view in new:
+            store.execute(f"SYSTEM STOP VIEW {view}")
+        stopped.extend(new)
+        for view in new:
             # (a refresh that failed rather than stopped is no concern of the migrations)
             with contextlib.suppress(StorageError):
                 store.execute(f"SYSTEM WAIT VIEW {view}")  # a cancelled refresh ends
-        yield
+
+    stop_new()
+    try:
+        yield stop_new
     finally:
-        for view in _refreshable(store):  # (a migration may drop one, or make a new one)
+        for view in _refreshable(store):  # (a migration may drop one)
             if view in stopped:
                 store.execute(f"SYSTEM START VIEW {view}")
             store.execute(f"SYSTEM REFRESH VIEW {view}")

@@ -739,6 +739,35 @@ def test_a_refresh_running_while_migrating_keeps_the_migrations_columns(tmp_path
     run_upgrade(tmp_path, 9999, REFRESHING)
 
 
+MADE_AND_ALTERED = """
+import time
+from collector.migrations import Migration
+
+slow = Migration(9001, "slow_view", \"\"\"-- cluster: replicated
+CREATE TABLE IF NOT EXISTS tagwerk.slow (n UInt64) ENGINE = MergeTree ORDER BY n;
+CREATE MATERIALIZED VIEW IF NOT EXISTS tagwerk.slow_mv REFRESH EVERY 1 HOUR TO tagwerk.slow AS
+SELECT number AS n FROM numbers(20) WHERE sleepEachRow(0.1) = 0
+SETTINGS max_block_size = 20\"\"\")
+wider = Migration(9002, "slow_wider", \"\"\"-- cluster: replicated
+ALTER TABLE tagwerk.slow ADD COLUMN IF NOT EXISTS m UInt8\"\"\")
+migrations.load_migrations = lambda: every + [slow, wider]
+migrations.migrate(store)
+store.execute("SYSTEM WAIT VIEW tagwerk.slow_mv")
+columns = [row["name"] for row in store.rows(
+    "SELECT name FROM system.columns WHERE database = 'tagwerk' AND table = 'slow'")]
+assert columns == ["n", "m"], columns
+assert store.rows("SELECT count() AS n FROM tagwerk.slow") == [{"n": 20}]
+print("ok")
+"""
+
+
+def test_a_view_made_by_one_migration_keeps_the_columns_a_later_one_adds(tmp_path):
+    """A refreshable view refreshes as soon as it is made: on a fresh install 0043 added
+    ``session_ids`` to ``coview_pairs`` while the refresh of the view 0025 made was running,
+    the refresh took the column away again, and 0045 failed ("Cannot find column
+    session_ids"). A view made during the migrations is stopped before the next statement."""
+    run_upgrade(tmp_path, 9999, MADE_AND_ALTERED)
+
 SESSIONS_REBUILD = """
 insert = \"\"\"INSERT INTO tagwerk.events (event_id, site_id, event, type, ts, received_at,
     device_id, session_id, consent, items) SELECT generateUUIDv4(number), 's', 'view_item',
