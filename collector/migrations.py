@@ -305,13 +305,14 @@ def refreshes_stopped(store: Store) -> Iterator[Callable[[], None]]:
     the new columns and queries. Only tagwerk's views: a server's other databases may have
     views of their own, stopped on purpose. (A cluster's nodes cannot be asked this through
     ON CLUSTER: there, stop the views or the collectors while upgrading.)"""
-    stopped: list[str] = []
+    stopped: set[str] = set()
 
     def stop_new() -> None:
-        new = [view for view in _refreshable(store) if view not in stopped]
+        # (by status, not name: a view dropped and made again under its name refreshes too)
+        new = [view for view, status in _refreshable(store).items() if status != "Disabled"]
         for view in new:
             store.execute(f"SYSTEM STOP VIEW {view}")
-        stopped.extend(new)
+        stopped.update(new)
         for view in new:
             # (a refresh that failed rather than stopped is no concern of the migrations)
             with contextlib.suppress(StorageError):
@@ -327,10 +328,11 @@ def refreshes_stopped(store: Store) -> Iterator[Callable[[], None]]:
             store.execute(f"SYSTEM REFRESH VIEW {view}")
 
 
-def _refreshable(store: Store) -> list[str]:
-    return [f"{_ident(row['database'])}.{_ident(row['view'])}" for row in store.rows(
-        "SELECT database, view FROM system.view_refreshes WHERE database = {db:String}",
-        {"db": DATABASE})]
+def _refreshable(store: Store) -> dict[str, str]:
+    """tagwerk's refreshable views, and their status ("Disabled": stopped)."""
+    return {f"{_ident(row['database'])}.{_ident(row['view'])}": row["status"]
+            for row in store.rows("SELECT database, view, status FROM system.view_refreshes "
+                                  "WHERE database = {db:String}", {"db": DATABASE})}
 
 
 def _ident(name: str) -> str:

@@ -748,9 +748,14 @@ CREATE TABLE IF NOT EXISTS tagwerk.slow (n UInt64) ENGINE = MergeTree ORDER BY n
 CREATE MATERIALIZED VIEW IF NOT EXISTS tagwerk.slow_mv REFRESH EVERY 1 HOUR TO tagwerk.slow AS
 SELECT number AS n FROM numbers(20) WHERE sleepEachRow(0.1) = 0
 SETTINGS max_block_size = 20\"\"\")
-wider = Migration(9002, "slow_wider", \"\"\"-- cluster: replicated
+remade = Migration(9002, "slow_remade", \"\"\"-- cluster: replicated
+DROP VIEW IF EXISTS tagwerk.slow_mv;
+CREATE MATERIALIZED VIEW IF NOT EXISTS tagwerk.slow_mv REFRESH EVERY 1 HOUR TO tagwerk.slow AS
+SELECT number AS n FROM numbers(20) WHERE sleepEachRow(0.1) = 0
+SETTINGS max_block_size = 20\"\"\")
+wider = Migration(9003, "slow_wider", \"\"\"-- cluster: replicated
 ALTER TABLE tagwerk.slow ADD COLUMN IF NOT EXISTS m UInt8\"\"\")
-migrations.load_migrations = lambda: every + [slow, wider]
+migrations.load_migrations = lambda: every + [slow, remade, wider]
 migrations.migrate(store)
 store.execute("SYSTEM WAIT VIEW tagwerk.slow_mv")
 columns = [row["name"] for row in store.rows(
@@ -765,7 +770,8 @@ def test_a_view_made_by_one_migration_keeps_the_columns_a_later_one_adds(tmp_pat
     """A refreshable view refreshes as soon as it is made: on a fresh install 0043 added
     ``session_ids`` to ``coview_pairs`` while the refresh of the view 0025 made was running,
     the refresh took the column away again, and 0045 failed ("Cannot find column
-    session_ids"). A view made during the migrations is stopped before the next statement."""
+    session_ids"). A view made during the migrations, or made again, is stopped before
+    the next statement."""
     run_upgrade(tmp_path, 9999, MADE_AND_ALTERED)
 
 SESSIONS_REBUILD = """
