@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import uuid
+from collections.abc import Callable
 
 import httpx
 import orjson
@@ -55,24 +56,30 @@ def test_flushes_by_age(backend, store, tmp_path):
     spool.close()
 
 
-def test_replay_of_a_batch_already_inserted_adds_nothing(backend, store, tmp_path):
-    """The crash window: ClickHouse has the batch, the checkpoint does not say so yet."""
-    site = "replay-" + uuid.uuid4().hex[:8]
-    spool = Spool(tmp_path, 1 << 20, 1 << 30)
-    append_all(spool, [record(site, 10)[0]])
+def flushed_then_replayed(tmp_path, backend, records: list[bytes], segment: int,
+                          inserted: Callable[[], None] = lambda: None) -> None:
+    """``records`` flushed, then replayed as after a crash before the checkpoint said so
+    (``inserted`` checks in between)."""
+    spool = Spool(tmp_path, segment, 1 << 30)
+    append_all(spool, records)
     end = spool.durable
     spool.write_checkpoint(Checkpoint(Pos(1, 0), pending=end))
-    first = Flusher(spool, backend, Metrics())
-    first._flush(Pos(1, 0), end)  # inserted and released...
+    Flusher(spool, backend, Metrics())._flush(Pos(1, 0), end)  # inserted and released...
+    inserted()
     spool.write_checkpoint(Checkpoint(Pos(1, 0), pending=end))  # ...but as if we crashed before
     spool.close()
-
-    reopened = Spool(tmp_path, 1 << 20, 1 << 30)
+    reopened = Spool(tmp_path, segment, 1 << 30)
     flusher = Flusher(reopened, backend, Metrics(), interval=0.02)
     flusher.start()
     wait_for(lambda: flusher.caught_up)
     flusher.stop()
     reopened.close()
+
+
+def test_replay_of_a_batch_already_inserted_adds_nothing(backend, store, tmp_path):
+    """The crash window: ClickHouse has the batch, the checkpoint does not say so yet."""
+    site = "replay-" + uuid.uuid4().hex[:8]
+    flushed_then_replayed(tmp_path, backend, [record(site, 10)[0]], 1 << 20)
     assert count(store, site) == 10
 
 
@@ -88,21 +95,13 @@ def test_a_batch_over_10_mb_sent_again_adds_nothing(backend, store, tmp_path, mo
     # Another query's error during each insert: the embedded store sends it again inline.
     monkeypatch.setattr(embedded, "errors_counted", lambda conn: real(conn) + next(calls))
     site = "large-" + uuid.uuid4().hex[:8]
-    spool = Spool(tmp_path, 64 << 20, 1 << 30)
-    append_all(spool, [record(site, 150, pad=10)[0] for _ in range(4)])  # 12 MB
-    end = spool.durable
-    spool.write_checkpoint(Checkpoint(Pos(1, 0), pending=end))
-    Flusher(spool, backend, Metrics())._flush(Pos(1, 0), end)
-    assert count(store, site) == 600
-    spool.write_checkpoint(Checkpoint(Pos(1, 0), pending=end))  # as if we crashed
-    spool.close()
-    reopened = Spool(tmp_path, 64 << 20, 1 << 30)
-    flusher = Flusher(reopened, backend, Metrics(), interval=0.02)
-    flusher.start()
-    wait_for(lambda: flusher.caught_up)
-    flusher.stop()
-    reopened.close()
-    assert count(store, site) == 600
+
+    def once() -> None:
+        assert count(store, site) == 600
+
+    records = [record(site, 150, pad=10)[0] for _ in range(4)]  # 12 MB
+    flushed_then_replayed(tmp_path, backend, records, 64 << 20, once)
+    once()
 
 
 # Each view's target, and a total that a second copy of a batch would change.

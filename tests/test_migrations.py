@@ -690,17 +690,24 @@ def test_settled_co_views_get_their_session_ids_at_the_first_refresh(tmp_path):
     run_upgrade(tmp_path, 43, SESSIONS_UPGRADE)
 
 
-REFRESHING = """
+# A refreshable view whose refresh takes two seconds (its migration, "slow"; made again by
+# "remade"), and a migration that adds a column to its target ("wider").
+SLOW_VIEW = """
 import time
 from collector.migrations import Migration
 
-slow = Migration(9001, "slow_view", \"\"\"-- cluster: replicated
-CREATE TABLE IF NOT EXISTS tagwerk.slow (n UInt64) ENGINE = MergeTree ORDER BY n;
-CREATE MATERIALIZED VIEW IF NOT EXISTS tagwerk.slow_mv REFRESH EVERY 1 HOUR TO tagwerk.slow AS
-SELECT number AS n FROM numbers(20) WHERE sleepEachRow(0.1) = 0
-SETTINGS max_block_size = 20\"\"\")
-wider = Migration(9002, "slow_wider", \"\"\"-- cluster: replicated
-ALTER TABLE tagwerk.slow ADD COLUMN IF NOT EXISTS m UInt8\"\"\")
+VIEW = \"\"\"CREATE MATERIALIZED VIEW IF NOT EXISTS tagwerk.slow_mv REFRESH EVERY 1 HOUR
+TO tagwerk.slow AS SELECT number AS n FROM numbers(20) WHERE sleepEachRow(0.1) = 0
+SETTINGS max_block_size = 20\"\"\"
+slow = Migration(9001, "slow_view", "-- cluster: replicated\\nCREATE TABLE IF NOT EXISTS "
+                 "tagwerk.slow (n UInt64) ENGINE = MergeTree ORDER BY n;\\n" + VIEW)
+remade = Migration(9002, "slow_remade", "-- cluster: replicated\\n"
+                   "DROP VIEW IF EXISTS tagwerk.slow_mv;\\n" + VIEW)
+wider = Migration(9003, "slow_wider", "-- cluster: replicated\\n"
+                  "ALTER TABLE tagwerk.slow ADD COLUMN IF NOT EXISTS m UInt8")
+"""
+
+REFRESHING = SLOW_VIEW + """
 status = "SELECT status FROM system.view_refreshes WHERE view = 'slow_mv'"
 migrations.load_migrations = lambda: every + [slow]
 migrations.migrate(store)
@@ -739,22 +746,7 @@ def test_a_refresh_running_while_migrating_keeps_the_migrations_columns(tmp_path
     run_upgrade(tmp_path, 9999, REFRESHING)
 
 
-MADE_AND_ALTERED = """
-import time
-from collector.migrations import Migration
-
-slow = Migration(9001, "slow_view", \"\"\"-- cluster: replicated
-CREATE TABLE IF NOT EXISTS tagwerk.slow (n UInt64) ENGINE = MergeTree ORDER BY n;
-CREATE MATERIALIZED VIEW IF NOT EXISTS tagwerk.slow_mv REFRESH EVERY 1 HOUR TO tagwerk.slow AS
-SELECT number AS n FROM numbers(20) WHERE sleepEachRow(0.1) = 0
-SETTINGS max_block_size = 20\"\"\")
-remade = Migration(9002, "slow_remade", \"\"\"-- cluster: replicated
-DROP VIEW IF EXISTS tagwerk.slow_mv;
-CREATE MATERIALIZED VIEW IF NOT EXISTS tagwerk.slow_mv REFRESH EVERY 1 HOUR TO tagwerk.slow AS
-SELECT number AS n FROM numbers(20) WHERE sleepEachRow(0.1) = 0
-SETTINGS max_block_size = 20\"\"\")
-wider = Migration(9003, "slow_wider", \"\"\"-- cluster: replicated
-ALTER TABLE tagwerk.slow ADD COLUMN IF NOT EXISTS m UInt8\"\"\")
+MADE_AND_ALTERED = SLOW_VIEW + """
 migrations.load_migrations = lambda: every + [slow, remade, wider]
 migrations.migrate(store)
 store.execute("SYSTEM WAIT VIEW tagwerk.slow_mv")
