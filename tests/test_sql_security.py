@@ -878,7 +878,9 @@ def test_other_users_queries_are_invisible_and_unkillable(url: str, http: httpx.
     out: list[httpx.Response] = []
     thread = slow_query(url, WRITER, "SELECT sleepEachRow(0.2) FROM numbers(10)", out)
     try:
-        wait_for(lambda: run(http, "SELECT count() FROM system.processes", WRITER).text != "1\n")
+        wait_for(lambda: run(http, "SELECT count() FROM system.processes WHERE query LIKE "
+                                   "'%sleepEachRow(0.2)%' AND query NOT LIKE "
+                                   "'%system.processes%'", WRITER).text != "0\n")
         mine = run(http, "SELECT count() FROM system.processes").text
         assert mine == "1\n"  # this query alone
         for sql in ("KILL QUERY WHERE 1 SYNC", "KILL QUERY WHERE user = 'default' SYNC",
