@@ -123,8 +123,9 @@ def view_totals(store, site: str) -> dict[str, int]:
             for table, total in VIEW_TOTALS.items()}
 
 
-def shopping(site: str, device: str) -> bytes:
-    """A record whose hits feed every view: pages, products, a purchase, a login."""
+def shopping(site: str, device: str, given: bool = False) -> bytes:
+    """A record whose hits feed every view: pages, products, a purchase, a login (``given``:
+    each with an id of the sender's)."""
     ctx = Context(site, dt.datetime.now(dt.UTC), "server", parse_agent("x"), trusted=True)
     consent = ["analytics", "personalization"]
     item = {"product_id": "p1", "price": 10, "quantity": 1}
@@ -132,9 +133,45 @@ def shopping(site: str, device: str) -> bytes:
             {"event": "view_item", "items": [item], "session_id": "s1"},
             {"event": "purchase", "items": [item], "session_id": "s1"},
             {"event": "login", "type": "identify", "user_id": "c-1"}]
-    lines = [orjson.dumps(list(normalize({**raw, "device_id": device, "consent": consent},
-                                         ctx)[0].values())) for raw in raws]
-    return encode_record(lines, site, [])
+    lines, chosen = [], []
+    for raw in raws:
+        if given:
+            raw["event_id"] = str(uuid.uuid4())
+        row, sender = normalize({**raw, "device_id": device, "consent": consent}, ctx)
+        lines.append(orjson.dumps(list(row.values())))
+        if sender:
+            chosen.append((row["event_id"], row["ts"]))
+    return encode_record(lines, site, chosen)
+
+
+def test_a_replay_after_the_events_went_in_but_a_view_did_not_counts_every_hit(
+        store, tmp_path):
+    """Probe 68: the crash came after the batch's events part was committed, before a
+    view's target part was. The replay left out the hits whose sender-given ids were now in
+    events (as if they were a sender's retry), the events table dropped the replay by its
+    token, the view stored the replay: the hits with ids were never counted there. A hit
+    found stored by its own batch (the same request's copy) is not a retry."""
+    site = "replay-half-" + uuid.uuid4().hex[:8]
+    spool = Spool(tmp_path, 1 << 20, 1 << 30)
+    append_all(spool, [shopping(site, "d1", given=True)])
+    end = spool.durable
+    spool.write_checkpoint(Checkpoint(Pos(1, 0), pending=end))
+    store.execute("DETACH TABLE tagwerk.product_hourly_mv")  # its part never committed
+    try:
+        Flusher(spool, store, Metrics())._flush(Pos(1, 0), end)
+    finally:
+        store.execute("ATTACH TABLE tagwerk.product_hourly_mv")
+    assert count(store, site) == 4 and view_totals(store, site)["product_hourly"] == 0
+    spool.write_checkpoint(Checkpoint(Pos(1, 0), pending=end))  # as if we crashed
+    spool.close()
+    reopened = Spool(tmp_path, 1 << 20, 1 << 30)
+    flusher = Flusher(reopened, store, Metrics(), interval=0.02)
+    flusher.start()
+    wait_for(lambda: flusher.caught_up)
+    flusher.stop()
+    reopened.close()
+    assert count(store, site) == 4
+    assert view_totals(store, site)["product_hourly"] == 2  # the view and the purchase
 
 
 def test_replay_of_a_batch_already_inserted_adds_nothing_to_the_views(store, tmp_path):
@@ -173,7 +210,8 @@ def test_sender_ids_already_stored_are_dropped(backend, store, tmp_path):
     flusher.start()
     append_all(spool, [payload])
     wait_for(lambda: count(store, site) == 4)
-    append_all(spool, [payload, payload])  # a retry, twice in one batch
+    # A retry, twice in one batch: each a request of its own (received later)
+    append_all(spool, [with_ids(site, ids), with_ids(site, ids)])
     wait_for(lambda: flusher.caught_up)
     flusher.stop()
     spool.close()
