@@ -75,7 +75,7 @@ CACHE_ENTRIES = 4096
 # lists most visitors ask stay served while one client keeps the slots busy).
 GATE_SECONDS = 2.0
 STALE_SECONDS = 600.0
-# A public co-view list is answered no sooner than this after its computation began: how
+# A public co-view list computed is answered no sooner than this after it was asked: how
 # long the proof takes told whether a product had pairs whose sessions all resolve to one
 # person (two linked devices of a shopper: 8-20 ms more than a product without pairs, probe
 # 67). Above the proof's p99 on the bench (bench/public_lists.py), where a first ask is
