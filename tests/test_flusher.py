@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import re
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import httpx
 import orjson
@@ -56,15 +57,19 @@ def test_flushes_by_age(backend, store, tmp_path):
     spool.close()
 
 
-def flushed_then_replayed(tmp_path, backend, records: list[bytes], segment: int,
-                          inserted: Callable[[], None] = lambda: None) -> None:
-    """``records`` flushed, then replayed as after a crash before the checkpoint said so
-    (``inserted`` checks in between)."""
+def flushed_then_replayed(
+    tmp_path, backend, records: list[bytes], segment: int,
+    inserted: Callable[[], None] = lambda: None,
+    first: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+) -> None:
+    """``records`` flushed (within ``first``), then replayed as after a crash before the
+    checkpoint said so (``inserted`` checks in between)."""
     spool = Spool(tmp_path, segment, 1 << 30)
     append_all(spool, records)
     end = spool.durable
     spool.write_checkpoint(Checkpoint(Pos(1, 0), pending=end))
-    Flusher(spool, backend, Metrics())._flush(Pos(1, 0), end)  # inserted and released...
+    with first():
+        Flusher(spool, backend, Metrics())._flush(Pos(1, 0), end)  # inserted and released...
     inserted()
     spool.write_checkpoint(Checkpoint(Pos(1, 0), pending=end))  # ...but as if we crashed before
     spool.close()
@@ -152,24 +157,20 @@ def test_a_replay_after_the_events_went_in_but_a_view_did_not_counts_every_hit(
     token, the view stored the replay: the hits with ids were never counted there. A hit
     found stored by its own batch (the same request's copy) is not a retry."""
     site = "replay-half-" + uuid.uuid4().hex[:8]
-    spool = Spool(tmp_path, 1 << 20, 1 << 30)
-    append_all(spool, [shopping(site, "d1", given=True)])
-    end = spool.durable
-    spool.write_checkpoint(Checkpoint(Pos(1, 0), pending=end))
-    store.execute("DETACH TABLE tagwerk.product_hourly_mv")  # its part never committed
-    try:
-        Flusher(spool, store, Metrics())._flush(Pos(1, 0), end)
-    finally:
-        store.execute("ATTACH TABLE tagwerk.product_hourly_mv")
-    assert count(store, site) == 4 and view_totals(store, site)["product_hourly"] == 0
-    spool.write_checkpoint(Checkpoint(Pos(1, 0), pending=end))  # as if we crashed
-    spool.close()
-    reopened = Spool(tmp_path, 1 << 20, 1 << 30)
-    flusher = Flusher(reopened, store, Metrics(), interval=0.02)
-    flusher.start()
-    wait_for(lambda: flusher.caught_up)
-    flusher.stop()
-    reopened.close()
+
+    @contextlib.contextmanager
+    def cut() -> Iterator[None]:  # the crash came before product_hourly's part
+        store.execute("DETACH TABLE tagwerk.product_hourly_mv")
+        try:
+            yield
+        finally:
+            store.execute("ATTACH TABLE tagwerk.product_hourly_mv")
+
+    def inserted() -> None:
+        assert count(store, site) == 4 and view_totals(store, site)["product_hourly"] == 0
+
+    flushed_then_replayed(tmp_path, store, [shopping(site, "d1", given=True)], 1 << 20,
+                          inserted, cut)
     assert count(store, site) == 4
     assert view_totals(store, site)["product_hourly"] == 2  # the view and the purchase
 
