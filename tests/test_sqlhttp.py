@@ -7,6 +7,7 @@ database ``sqlhttp_test`` of the session's store.
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 import re
 import threading
@@ -25,7 +26,7 @@ from starlette.testclient import TestClient
 from starlette.types import ASGIApp
 
 from collector.migrations import migrate
-from collector.sqlhttp import SqlUser, build_sql_app
+from collector.sqlhttp import SqlUser, build_sql_app, interface
 from collector.storage.server import ServerStore
 from tests.helpers import serve
 
@@ -194,6 +195,35 @@ def test_insert_values(http: httpx.Client, table: str) -> None:
 
 
 # --- parameters, settings, sessions, database ---------------------------------------------
+
+
+@pytest.mark.parametrize("window", ["", " SETTINGS non_replicated_deduplication_window = 100"])
+def test_a_token_insert_is_stored_once_while_other_queries_fail(
+    http: httpx.Client, store, monkeypatch, window: str
+) -> None:
+    """Probe 69: when the engine counted an error during a streamed insert (any client's
+    failing query), the rows went again inline, trusting the client's deduplication token
+    to make that a no-op; a table without a deduplication window (the engine's default)
+    stored them twice: 352 rows of 200 inserts. A table that drops a repeated block gets the
+    repeat (which reports an error the stream hid); any other, its rows once, inline."""
+    name = f"{DB}.tokens"
+    store.execute(f"DROP TABLE IF EXISTS {name}")
+    store.execute(f"CREATE TABLE {name} (id UInt32, name String) ENGINE = MergeTree "
+                  f"ORDER BY id{window}")
+    real = interface.errors_counted
+    moves = itertools.count()  # another query's error during every insert
+    monkeypatch.setattr(interface, "errors_counted", lambda conn: real(conn) + next(moves))
+    try:
+        for n in range(3):
+            resp = post(http, f'INSERT INTO {name} (id, name) FORMAT JSONEachRow\n'
+                        f'{{"id": {n}, "name": "x"}}\n', insert_deduplication_token=f"t{n}")
+            assert resp.status_code == 200, resp.text
+        resp = post(http, f"INSERT INTO {name} (id, name) FORMAT JSONEachRow\n"
+                    '{"id": 9, "name": "no token"}\n')
+        assert resp.status_code == 200, resp.text
+        assert count(http, name) == 4
+    finally:
+        store.execute(f"DROP TABLE IF EXISTS {name}")
 
 
 def test_query_parameters_are_bound(http: httpx.Client) -> None:

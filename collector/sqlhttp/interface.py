@@ -70,6 +70,7 @@ from collector.sqlhttp.statements import (
     scan_statement,
 )
 from collector.sqlhttp.syntax import Parsed, parse
+from collector.sqlhttp.targets import insert_target, repeatable
 from collector.sqlhttp.values import check_value
 from collector.storage.base import StorageError, escape_param
 from collector.storage.embedded import EmbeddedStore, errors_counted, insert_statement
@@ -352,8 +353,11 @@ class _SqlInterface:
                 head = parsed.sql.removesuffix(f"FORMAT {insert_format}").rstrip()
                 if call.binds and insert_format.lower() == "values":
                     data = iter((self._bound_values(conn, call, scope, data),))
-                token = "insert_deduplication_token" in call.settings
-                return self._insert(conn, head, insert_format, data, token)
+                if "insert_deduplication_token" not in call.settings:
+                    return self._insert(conn, head, insert_format, data, repeat=False)
+                if repeatable(conn, self.store.connection(), head, insert_target(parsed.tree)):
+                    return self._insert(conn, head, insert_format, data, repeat=True)
+                return self._insert_once(conn, head, insert_format, data)
             read()
             st = scan_statement(parsed.sql.encode(), self.formats)
             if call.user.readonly and st.has_result:
@@ -476,17 +480,18 @@ class _SqlInterface:
 
     @staticmethod
     def _insert(conn: Connection, head: str, fmt: str, data: Iterator[bytes],
-                token: bool) -> Result:
+                repeat: bool) -> Result:
         """Stream the data into chDB's ``send_insert``, which reports success for an insert
         refused once its rows were parsed (too many partitions, a view's error, a full
         disk). So when the engine counted an error meanwhile (this insert's, or another
         query's, or one its own parsers handled: Parquet's do), the data goes again as a
-        statement, which reports its error, if the client's deduplication token makes
-        that a no-op for rows already in, and the data was text of at most
-        ``REPLAY_BYTES`` (a collector's flushes, on the server backend, are). Other
-        inserts are answered as chDB answers them, and the doubt is logged: failing them
-        would fail good ones, and running them again could store their rows twice."""
-        kept: bytearray | None = bytearray() if token else None
+        statement, which reports its error, if the engine drops the rows already in
+        (``repeat``: the client's deduplication token, into a table that deduplicates,
+        ``targets.py``), and the data was text of at most ``REPLAY_BYTES`` (a collector's
+        flushes, on the server backend, are). Other inserts are answered as chDB answers
+        them, and the doubt is logged: failing them would fail good ones, and running them
+        again could store their rows twice."""
+        kept: bytearray | None = bytearray() if repeat else None
         before = errors_counted(conn)
         with conn.send_insert(head, fmt) as inserter:
             for chunk in data:
@@ -500,8 +505,9 @@ class _SqlInterface:
         if errors_counted(conn) != before:
             if kept is None or not kept.isascii() and not _utf8(kept):
                 logger.warning("an INSERT (%s) ran while the engine counted an error, maybe "
-                               "its own: with insert_deduplication_token, as text of at most "
-                               "%d bytes, it would have been checked", fmt, REPLAY_BYTES)
+                               "its own: with insert_deduplication_token into a table that "
+                               "deduplicates, as text of at most %d bytes, it would have "
+                               "been checked", fmt, REPLAY_BYTES)
             else:
                 try:
                     insert_statement(conn, head, fmt, bytes(kept))
@@ -509,6 +515,28 @@ class _SqlInterface:
                     raise SqlError.from_engine(exc) from None
         written = (done.rows_written, done.bytes_written)
         return Result(b"", call_summary((0, 0), written, written, done.elapsed), None)
+
+    @classmethod
+    def _insert_once(cls, conn: Connection, head: str, fmt: str, data: Iterator[bytes]
+                     ) -> Result:
+        """A client's insert with a deduplication token into a table that would store it
+        again (``targets.py``): as a statement, which reports every error and needs no
+        repeat, when it is text of at most ``REPLAY_BYTES``; else streamed as any other."""
+        kept, rest = bytearray(), iter(data)
+        for chunk in rest:
+            kept += chunk
+            if len(kept) > REPLAY_BYTES:
+                break
+        else:
+            if kept.isascii() or _utf8(kept):
+                try:
+                    result = insert_statement(conn, head, fmt, bytes(kept))
+                except StorageError as exc:
+                    raise SqlError.from_engine(exc) from None
+                written = (result.rows_written(), result.bytes_written())
+                return Result(b"", call_summary((0, 0), written, written, result.elapsed()),
+                              None)
+        return cls._insert(conn, head, fmt, itertools.chain((bytes(kept),), rest), repeat=False)
 
     @contextlib.contextmanager
     def _connection(self, call: Call, first: bytes) -> Iterator[Connection]:

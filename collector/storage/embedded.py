@@ -335,14 +335,14 @@ def errors_counted(conn: Any) -> int:
         raise StorageError(str(exc)) from None
 
 
-def insert_statement(conn: Any, sql: str, fmt: str, data: bytes) -> None:
+def insert_statement(conn: Any, sql: str, fmt: str, data: bytes) -> Any:
     """Insert the rows inline in the statement (``sql``: the INSERT without its FORMAT
-    clause), the way that reports every error, unlike ``send_insert``."""
+    clause), the way that reports every error, unlike ``send_insert``; chDB's result."""
     try:
         text = data.decode()
     except UnicodeDecodeError:
         raise StorageError(f"{fmt} rows to insert are not UTF-8") from None
     try:
-        conn.query(f"{sql} FORMAT {fmt}\n{text}", "TSV")
+        return conn.query(f"{sql} FORMAT {fmt}\n{text}", "TSV")
     except Exception as exc:
         raise StorageError(str(exc)) from None
