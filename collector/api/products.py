@@ -75,11 +75,12 @@ CACHE_ENTRIES = 4096
 # lists most visitors ask stay served while one client keeps the slots busy).
 GATE_SECONDS = 2.0
 STALE_SECONDS = 600.0
-# A public co-view list computed is answered no sooner than this after it was asked: how
-# long the proof takes told whether a product had pairs whose sessions all resolve to one
-# person (two linked devices of a shopper: 8-20 ms more than a product without pairs, probe
-# 67). Above the proof's p99 on the bench (bench/public_lists.py), where a first ask is
-# answered from the cache for RELATED_SECONDS after.
+# A public list computed with a proof of persons (``proves``) is answered no sooner than
+# this after it was asked: how long the proof takes told whether its items' keys resolve to
+# linked identifiers of one person (a co-view pair of a shopper's two devices: 8-20 ms more
+# than a product without pairs, probe 67; a top or trending item the same way). Above the
+# proof's p99 on the bench (bench/public_lists.py); a list computed is then answered from
+# the cache (RELATED_SECONDS for pairs, until the next flush for the others).
 PROOF_SECONDS = 0.25
 MAX_EXCLUDED = 1000
 
@@ -245,6 +246,14 @@ class Ask:
         return settings_clause(dict(self.settings))
 
 
+def proves(ask: Ask) -> bool:
+    """Whether the list is checked for enough persons behind each item (``proved``,
+    ``proved_pairs``): a public top, trending or co-view list. (Co-purchase pairs count the
+    graph's persons already: clickhouse/0039.)"""
+    return ask.support > 1 and ask.kind in ("top", "trending", "related") \
+        and ask.pairs != "co_purchase"
+
+
 def hour_start(seconds: float) -> int:
     return int(seconds // HOUR * HOUR)
 
@@ -254,8 +263,7 @@ def compute(store: Any, site_id: str, ask: Ask, exclude: tuple[str, ...],
     """Run one list's query (blocking: call it in a thread). ``owners``: whose each
     identifier's hits are (``resolutions.sole_owners``), for a list with a support above 1
     (top, trending, co-view pairs)."""
-    # (co-purchase pairs count the graph's persons already: clickhouse/0039)
-    proving = ask.support > 1 and owners is not None and ask.pairs != "co_purchase"
+    proving = proves(ask) and owners is not None
     limits = ask.limits
     base = {"site": site_id, "exclude": list(exclude),
             "limit": ask.limit + (SPARE_ROWS if proving else 0)}
@@ -521,8 +529,7 @@ class Answers:
                 if found is None or now - found[1] > STALE_SECONDS:
                     raise
                 answer, stale = found[2], True  # the last one, rather than none
-            if not stale and ask.kind == "related" and ask.pairs == "co_view" \
-                    and ask.support > 1:
+            if not stale and proves(ask):
                 # (after the gate: waiting holds no slot and no thread)
                 await asyncio.sleep(PROOF_SECONDS - (time.monotonic() - now))
         except BaseException as exc:
