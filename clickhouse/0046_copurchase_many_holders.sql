@@ -1,14 +1,15 @@
 -- cluster: sharded by cityHash64(product_id)
--- Co-purchase pairs (0039) without a search of every link for every user. An identifier's
--- users by first link were found by looking up each user's first link among all the
--- identifier's links: for one held by many users (a walk-in loyalty card at the tills, a
--- shared coupon code, an attacker's e-mail on 100,000 logins) that is users x links, and the
--- refresh asked the engine for 76 GiB and failed, every 10 minutes, for every site: no
--- bought-together pair moved again. Now the links are grouped per user first (their first
--- link), and only the links of the first `cap` users, the only ones that can decide a
--- purchase, are kept in time order (a purchase's search of them no longer checks each
--- link's user against the allowed ones, cap x links). The rules are 0039's, unchanged
--- (test_copurchase).
+-- Co-purchase pairs (0039) with no cost of users x links or purchases x links. 0039 found
+-- each user's first link by a search of all the identifier's links, and gave each purchase
+-- row the identifier's whole arrays of users and links to search: for an identifier held by
+-- many users (a walk-in loyalty card at the tills, a shared coupon code, an attacker's
+-- e-mail on 100,000 logins: 76 GiB asked) or logged in with many times (probe 70: one
+-- customer's 20,000 logins and as many purchases naming only that e-mail), the refresh
+-- failed past the engine's memory limit, every 10 minutes, for every site, and no
+-- bought-together pair moved again. Now the users' first links are grouped, an identifier's
+-- holders are a few scalars, and a purchase finds the latest link of an allowed user at or
+-- before it by an ASOF join. The rules are 0039's, unchanged (test_copurchase compares the
+-- pairs with the identity graph's own filing of the purchases).
 ALTER TABLE tagwerk.copurchase_pairs_mv MODIFY QUERY
 WITH
 purchases AS (
@@ -21,26 +22,41 @@ purchases AS (
     FROM tagwerk.events
     WHERE event = 'purchase' AND NOT is_bot AND notEmpty(products) AND id != ''
 ),
+users AS (
+    -- per identifier (not a user id) and user: the user's first link to it
+    SELECT site_id, toString(kind) AS kind, id, user_id, min(ts) AS first
+    FROM tagwerk.identity_links_by_identifier
+    WHERE kind != 'user'
+    GROUP BY site_id, kind, id, user_id
+),
 holders AS (
-    -- per identifier (not a user id): its users by first link (first link, user id), the
-    -- links of the first `cap` of them in time order (no other's can decide), the site's cap
-    SELECT site_id, kind, id, cap, arrayMap(u -> (u.1, u.2), by_first) AS users,
-        arraySort(arrayFlatten(arrayMap(u -> arrayMap(t -> (t, u.2), u.3),
-                                        arraySlice(by_first, 1, cap)))) AS links
+    -- per identifier: its first user and first link, its last allowed user by first link
+    -- (the site's cap-th), and since when it is nobody's (the first link of the user past
+    -- the cap), as scalars: a purchase's row carries them, whatever the counts
+    SELECT site_id, kind, id, by_first[1].2 AS first_user, by_first[1].1 AS first_link,
+        by_first[least(cap, length(by_first))] AS last_allowed,
+        length(by_first) > cap AS capped, by_first[cap + 1].1 AS cut
     FROM (
         SELECT site_id, kind, id, any(cap) AS cap,
-            arraySort(groupArray((first, user_id, times))) AS by_first
-        FROM (
-            SELECT site_id, toString(kind) AS kind, id, user_id, min(ts) AS first,
-                groupArray(ts) AS times
-            FROM tagwerk.identity_links_by_identifier
-            WHERE kind != 'user'
-            GROUP BY site_id, kind, id, user_id
-        ) AS linked
+            arraySort(groupArray((first, user_id))) AS by_first
+        FROM users
         INNER JOIN (SELECT site_id, toUInt32(identity_max_persons) AS cap
                     FROM tagwerk.sites FINAL) AS caps USING (site_id)
         GROUP BY site_id, kind, id
     ) AS held
+),
+allowed AS (
+    -- the links of each identifier's allowed users (no other's decide), one a moment (of
+    -- two at once, the greater user id's, as a sort of (time, user) ends)
+    SELECT l.site_id AS site_id, l.kind AS kind, l.id AS id, l.ts AS ts,
+        max(l.user_id) AS user_id
+    FROM (SELECT site_id, toString(kind) AS kind, id, user_id, ts
+          FROM tagwerk.identity_links_by_identifier WHERE kind != 'user') AS l
+    INNER JOIN users AS u
+        ON l.site_id = u.site_id AND l.kind = u.kind AND l.id = u.id AND l.user_id = u.user_id
+    INNER JOIN holders AS h ON l.site_id = h.site_id AND l.kind = h.kind AND l.id = h.id
+    WHERE (u.first, u.user_id) <= h.last_allowed
+    GROUP BY site_id, kind, id, ts
 ),
 claimed AS (
     -- persons an admin merged with another, either way
@@ -54,20 +70,20 @@ anchored AS (
     SELECT p.site_id AS site_id, p.ts AS ts, p.products AS products,
         multiIf(p.kind = 'user', ('user', p.id),
                 s.person_id != '', ('person', s.person_id),
-                empty(h.links), (p.kind, p.id),
-                length(h.users) > h.cap AND p.ts >= h.users[h.cap + 1].1,
-                    ('event', toString(p.event_id)),
-                p.ts < h.users[1].1 AND 'p_' || lower(substring(hex(SHA256(concat(
+                h.first_user = '', (p.kind, p.id),
+                h.capped AND p.ts >= h.cut, ('event', toString(p.event_id)),
+                p.ts < h.first_link AND 'p_' || lower(substring(hex(SHA256(concat(
                     p.site_id, '\0', p.kind, '\0', p.id))), 1, 32)) IN (SELECT p FROM claimed),
                     (p.kind, p.id),
-                ('user', coalesce(
-                    nullIf(arrayLast(l -> l.1 <= p.ts, h.links).2, ''),
-                    h.users[1].2))) AS anchor
+                ('user', if(a.user_id != '', a.user_id, h.first_user))) AS anchor
     FROM purchases AS p
     LEFT JOIN holders AS h ON p.site_id = h.site_id AND p.kind = h.kind AND p.id = h.id
     LEFT JOIN (SELECT site_id, toString(kind) AS kind, id, person_id
                FROM tagwerk.identity_overrides FINAL WHERE person_id != '') AS s
         ON p.site_id = s.site_id AND p.kind = s.kind AND p.id = s.id
+    -- the latest link of an allowed user at or before the purchase
+    ASOF LEFT JOIN allowed AS a
+        ON p.site_id = a.site_id AND p.kind = a.kind AND p.id = a.id AND p.ts >= a.ts
 ),
 anchors AS (
     -- what each anchor bought, with its person's id (an erased owner's: nobody's)

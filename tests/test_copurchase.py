@@ -191,3 +191,26 @@ def test_an_identifier_shared_by_many_customers_leaves_the_refresh_running(env):
                purchase("2026-11-06T08:00:00Z", [b], loyalty=card),  # nobody's
                purchase("2026-11-06T09:00:00Z", [a, b], user=users[1])])
     assert both(env, [a, b, c]) == {tuple(sorted((a, c))): 1, tuple(sorted((a, b))): 1}
+
+
+def test_one_customers_many_logins_on_an_identifier_leave_the_refresh_running(env):
+    """Probe 70: one customer logging in 32,000 times with one e-mail, and 32,000 purchases
+    that name only that e-mail. Each purchase's row carried every link of the identifier's
+    allowed users and searched them (purchases x links): the refresh failed past the
+    engine's memory limit for every site. Each purchase now finds its link by a join."""
+    client, collector, keys = env
+    email, anna = f"{uid('e')}@example.com", uid("anna")
+    a, b, x = uid("la"), uid("lb"), uid("lx")
+    start = dt.datetime(2026, 11, 6, 8, tzinfo=dt.UTC)
+    events = [identify(anna, ts=(start + dt.timedelta(seconds=n)).isoformat(), email=email)
+              for n in range(32_000)]
+    events += [purchase((start + dt.timedelta(seconds=n, milliseconds=500)).isoformat(),
+                        [x], email=email) for n in range(32_000)]
+    for first in range(0, len(events), BATCH_MAX_EVENTS):
+        response = client.post("/api/v1/batch", content=orjson.dumps(
+            {"events": events[first:first + BATCH_MAX_EVENTS]}), headers={
+            "Authorization": f"Bearer {keys[SITE]['write']}", "Content-Type": "application/json"})
+        assert response.status_code == 202, response.text
+    send(env, [purchase("2026-11-07T08:00:00Z", [a], email=email),
+               purchase("2026-11-07T09:00:00Z", [b], user=anna)])
+    assert both(env, [a, b, x]) == {tuple(sorted(p)): 1 for p in ((a, b), (a, x), (b, x))}
