@@ -51,8 +51,11 @@ def server(tmp_path_factory):
     server.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
+    # Per module, not per session: Playwright's sync API runs an event loop on the main
+    # thread until it stops, and every later test's asyncio.run() failed under it (the
+    # suite with its modules in reverse order: 20 failures).
     with sync_playwright() as playwright:
         browser = launch(playwright)
         yield browser
