@@ -206,7 +206,7 @@ def test_a_token_insert_is_stored_once_while_other_queries_fail(
     to make that a no-op; a table without a deduplication window (the engine's default)
     stored them twice: 352 rows of 200 inserts. A table that drops a repeated block gets the
     repeat (which reports an error the stream hid); any other, its rows once, inline."""
-    name = f"{DB}.tokens"
+    name = f"{DB}.tokens_{'kept' if window else 'plain'}"
     store.execute(f"DROP TABLE IF EXISTS {name}")
     store.execute(f"CREATE TABLE {name} (id UInt32, name String) ENGINE = MergeTree "
                   f"ORDER BY id{window}")

@@ -13,6 +13,7 @@ tell counts as "not repeatable", which costs only the stream's cheaper path.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import orjson
@@ -22,12 +23,18 @@ from collector.storage.base import escape_param
 
 # The deduplication window's setting: of a replicated (or shared) MergeTree, of another.
 WINDOWS = {True: "replicated_deduplication_window", False: "non_replicated_deduplication_window"}
-TABLE = f"""
-SELECT engine, engine_full,
-    (SELECT value FROM system.merge_tree_settings WHERE name = '{WINDOWS[True]}') AS replicated,
-    (SELECT value FROM system.merge_tree_settings WHERE name = '{WINDOWS[False]}') AS plain
-FROM system.tables WHERE database = {{database:String}} AND name = {{table:String}}
-"""
+TABLE = ("SELECT engine, engine_full FROM system.tables "
+         "WHERE database = {database:String} AND name = {table:String}")
+# The engine's defaults for them: its configuration, fixed while it runs (read once).
+DEFAULTS = ("SELECT name, value FROM system.merge_tree_settings WHERE name IN "
+            f"('{WINDOWS[True]}', '{WINDOWS[False]}')")
+_defaults: dict[str, str] = {}
+# A table's verdict is kept this long: each flush a collector sends through the server
+# backend asked the system tables for it (~10 ms). A table altered meanwhile to drop its
+# window could be trusted for that long (a read-write user's own doing).
+KEPT_SECONDS = 10.0
+MAX_KEPT = 1024
+_kept: dict[tuple[str, str], tuple[float, bool]] = {}
 
 
 def insert_target(tree: Node) -> tuple[str, str] | None:
@@ -56,8 +63,20 @@ def repeatable(conn: Any, own: Any, head: str, target: tuple[str, str] | None) -
         "JSONEachRow").bytes())
     if not found["on"]:
         return False
+    key, now = (database or found["db"], table), time.monotonic()
+    kept = _kept.get(key)
+    if kept is not None and now - kept[0] < KEPT_SECONDS:
+        return kept[1]
+    verdict = _deduplicates(own, *key)
+    if len(_kept) >= MAX_KEPT:
+        _kept.clear()
+    _kept[key] = (now, verdict)
+    return verdict
+
+
+def _deduplicates(own: Any, database: str, table: str) -> bool:
     rows = own.query(TABLE, "JSONEachRow", params={
-        "database": escape_param(database or found["db"]), "table": escape_param(table),
+        "database": escape_param(database), "table": escape_param(table),
     }).bytes().splitlines()
     if not rows:
         return False
@@ -65,8 +84,11 @@ def repeatable(conn: Any, own: Any, head: str, target: tuple[str, str] | None) -
     if not row["engine"].endswith("MergeTree"):
         return False
     replicated = row["engine"].startswith(("Replicated", "Shared"))
+    if not _defaults:
+        _defaults.update((row["name"], row["value"]) for row in map(
+            orjson.loads, own.query(DEFAULTS, "JSONEachRow").bytes().splitlines()))
     window = _setting(row["engine_full"], WINDOWS[replicated]) or \
-        row["replicated" if replicated else "plain"]
+        _defaults.get(WINDOWS[replicated], "")
     return window.isdigit() and int(window) > 0
 
 
