@@ -3,6 +3,7 @@ profile.py), recomputed from the raw events; consent and bots; keys and bad inpu
 
 from __future__ import annotations
 
+import random
 import uuid
 from collections import Counter
 from decimal import Decimal
@@ -11,7 +12,8 @@ import orjson
 import pytest
 
 from collector.identifiers import person_id
-from collector.identity.graph import Graph, rows_of
+from collector.identity.graph import Graph, Span, rows_of
+from collector.identity.profile import covering
 from collector.web import ratelimit
 from tests.helpers import CHROME, IPHONE, drained, make_client, send_batch, wait_for
 
@@ -409,3 +411,19 @@ def test_a_browser_cannot_write_into_someone_elses_profile(env):
     wait_for(lambda: drained(collector))
     profile = get(env, f"{BASE}/persons/user:{victim}/profile").json()
     assert [v["product_id"] for v in profile["viewed"]] == [f"seen-{n}"]
+
+
+def test_a_hit_is_a_persons_when_one_of_its_identifiers_spans_holds_it():
+    """``covering`` (bisection over the spans' union, probe 70: testing each hit against
+    each span took 43 s for one profile) answers as the rule it replaces, ``any(start <= ts
+    < end)``, for spans that overlap, touch, nest, repeat or are empty."""
+    rng = random.Random(70)
+    for _ in range(300):
+        spans = []
+        for _ in range(rng.randrange(0, 12)):
+            start = rng.randrange(0, 60)
+            end = start + rng.randrange(-3, 15)
+            spans.append(Span("device", "d", f"{start:03d}", f"{end:03d}"))
+        covers = covering(spans)
+        for ts in (f"{t:03d}" for t in range(-1, 80)):
+            assert covers(ts) == any(s.start <= ts < s.end for s in spans), (spans, ts)

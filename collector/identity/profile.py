@@ -11,13 +11,15 @@ identifier nobody knows, so that a profile never tells whether someone declined.
 
 from __future__ import annotations
 
+import bisect
 from collections import defaultdict
+from collections.abc import Callable, Iterable
 from decimal import Decimal
 from typing import Any
 
 import orjson
 
-from collector.identity.graph import Person
+from collector.identity.graph import Person, Span
 from collector.storage import Store
 
 VIEW, CART, PURCHASE = "view_item", "add_to_cart", "purchase"
@@ -104,12 +106,34 @@ def _theirs(person: Person, by_key: dict[str, list[Hit]]) -> list[Hit]:
             for hit in hits:
                 kept.setdefault((hit[EVENT_ID], hit[PRODUCT]), hit)
             continue
-        times = [(span.start, span.end) for span in spans.get((kind, ident), ())]
+        covers = covering(spans.get((kind, ident), ()))
         for hit in hits:
-            ts = hit[TS]
-            if any(start <= ts < end for start, end in times):
+            if covers(hit[TS]):
                 kept.setdefault((hit[EVENT_ID], hit[PRODUCT]), hit)
     return list(kept.values())
+
+
+def covering(spans: Iterable[Span]) -> Callable[[str], bool]:
+    """Whether a time is in one of ``spans`` ([start, end)), by bisection over their union:
+    a device that changed hands K times is K/2 spans of a person, and testing each of its
+    hits against each span was hits x spans (probe 70: 43 s for one profile of 5,000 spans
+    and 50,000 hits, asked anonymously through a public list's exclusions)."""
+    starts: list[str] = []
+    ends: list[str] = []
+    for start, end in sorted((span.start, span.end) for span in spans):
+        if start >= end:
+            continue  # empty: holds no time
+        if ends and start <= ends[-1]:
+            ends[-1] = max(ends[-1], end)
+        else:
+            starts.append(start)
+            ends.append(end)
+
+    def covers(ts: str) -> bool:
+        at = bisect.bisect_right(starts, ts) - 1
+        return at >= 0 and ts < ends[at]
+
+    return covers
 
 
 def products(store: Store, site_id: str, person: Person, events: tuple[str, ...]) -> list[str]:
