@@ -8,7 +8,8 @@ deduplication window, with ``insert_deduplicate`` on. Anywhere else (a plain Mer
 without a window, the engine's default; a Null, Memory or Distributed table; a table
 function) the rows would be stored twice (probe 69: 352 rows from 200 inserts, while other
 clients' queries failed). Everything here is read from the engine; whatever it cannot
-tell counts as "not repeatable", which costs only the stream's cheaper path.
+tell counts as "not repeatable": such an insert goes inline at once (``interface.py``),
+which costs the engine more than the stream, never a second copy.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def _deduplicates(own: Any, database: str, table: str) -> bool:
         return False
     replicated = row["engine"].startswith(("Replicated", "Shared"))
     if not _defaults:
-        _defaults.update((row["name"], row["value"]) for row in map(
+        _defaults.update((setting["name"], setting["value"]) for setting in map(
             orjson.loads, own.query(DEFAULTS, "JSONEachRow").bytes().splitlines()))
     window = _setting(row["engine_full"], WINDOWS[replicated]) or \
         _defaults.get(WINDOWS[replicated], "")
