@@ -11,7 +11,6 @@ import orjson
 import pytest
 
 from collector.identity.graph import Graph, rows_of
-from collector.ingest.adapters import BATCH_MAX_EVENTS
 from tests.helpers import make_client, send_batch
 from tests.test_aggregates import refresh_minute
 from tests.test_identity import ALL, identify, uid
@@ -175,18 +174,13 @@ def test_an_identifier_shared_by_many_customers_leaves_the_refresh_running(env):
     memory limit, and no site's bought-together pairs moved again (found with a test's
     100,000 users on one e-mail: 76 GiB asked). Its purchases are decided as the graph
     decides them: past the cap (20), nobody's."""
-    client, collector, keys = env
     card, users = uid("walk-in"), [uid("w") for _ in range(40_000)]
     a, b, c = uid("wa"), uid("wb"), uid("wc")
     start = dt.datetime(2026, 11, 5, 8, tzinfo=dt.UTC)
     logins = [identify(user, ts=(start + dt.timedelta(seconds=n)).isoformat(), loyalty=card)
               for n, user in enumerate(users)]
-    for first in range(0, len(logins), BATCH_MAX_EVENTS):
-        response = client.post("/api/v1/batch", content=orjson.dumps(
-            {"events": logins[first:first + BATCH_MAX_EVENTS]}), headers={
-            "Authorization": f"Bearer {keys[SITE]['write']}", "Content-Type": "application/json"})
-        assert response.status_code == 202, response.text
-    send(env, [purchase("2026-11-05T07:00:00Z", [a], loyalty=card),  # its first user's
+    send(env, [*logins,
+               purchase("2026-11-05T07:00:00Z", [a], loyalty=card),  # its first user's
                purchase("2026-11-05T07:30:00Z", [c], user=users[0]),
                purchase("2026-11-06T08:00:00Z", [b], loyalty=card),  # nobody's
                purchase("2026-11-06T09:00:00Z", [a, b], user=users[1])])
@@ -198,7 +192,6 @@ def test_one_customers_many_logins_on_an_identifier_leave_the_refresh_running(en
     that name only that e-mail. Each purchase's row carried every link of the identifier's
     allowed users and searched them (purchases x links): the refresh failed past the
     engine's memory limit for every site. Each purchase now finds its link by a join."""
-    client, collector, keys = env
     email, anna = f"{uid('e')}@example.com", uid("anna")
     a, b, x = uid("la"), uid("lb"), uid("lx")
     start = dt.datetime(2026, 11, 6, 8, tzinfo=dt.UTC)
@@ -206,11 +199,6 @@ def test_one_customers_many_logins_on_an_identifier_leave_the_refresh_running(en
               for n in range(32_000)]
     events += [purchase((start + dt.timedelta(seconds=n, milliseconds=500)).isoformat(),
                         [x], email=email) for n in range(32_000)]
-    for first in range(0, len(events), BATCH_MAX_EVENTS):
-        response = client.post("/api/v1/batch", content=orjson.dumps(
-            {"events": events[first:first + BATCH_MAX_EVENTS]}), headers={
-            "Authorization": f"Bearer {keys[SITE]['write']}", "Content-Type": "application/json"})
-        assert response.status_code == 202, response.text
-    send(env, [purchase("2026-11-07T08:00:00Z", [a], email=email),
+    send(env, [*events, purchase("2026-11-07T08:00:00Z", [a], email=email),
                purchase("2026-11-07T09:00:00Z", [b], user=anna)])
     assert both(env, [a, b, x]) == {tuple(sorted(p)): 1 for p in ((a, b), (a, x), (b, x))}

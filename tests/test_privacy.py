@@ -13,7 +13,6 @@ from urllib.parse import quote
 import orjson
 import pytest
 
-from collector.ingest.adapters import BATCH_MAX_EVENTS
 from collector.privacy import erase as erasure
 from collector.privacy.tombstones import ALWAYS, plain_subject
 from tests.helpers import (
@@ -1000,7 +999,7 @@ def test_a_person_whose_device_changed_hands_often_can_be_erased(env):
     with a copy of the span arrays per row: the access request and the erasure of that
     customer failed past the memory limit (503 after 51 s). Spans are tested in chunks,
     each behind the range of times it covers (graph._at_spans)."""
-    client, collector, keys = env
+    _, collector, _ = env
     device, x, y = (f"{name}-{uuid.uuid4().hex[:8]}" for name in ("flip", "x", "y"))
     start = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
     events = [{"event": "login", "type": "identify", "user_id": x if n % 2 == 0 else y,
@@ -1011,12 +1010,7 @@ def test_a_person_whose_device_changed_hands_often_can_be_erased(env):
                 "ts": (start + dt.timedelta(seconds=t, milliseconds=500)).isoformat(),
                 "items": [{"product_id": f"f{t % 7}", "price": 1}]} for t in seconds]
     xs = sum(1 for t in seconds if t // 10 % 2 == 0)
-    for first in range(0, len(events), BATCH_MAX_EVENTS):
-        response = client.post("/api/v1/batch", content=orjson.dumps(
-            {"events": events[first:first + BATCH_MAX_EVENTS]}), headers={
-            "Authorization": f"Bearer {keys[SITE]['write']}", "Content-Type": "application/json"})
-        assert response.status_code == 202, response.text
-    wait_for(lambda: drained(collector))
+    send(env, events)
     r = call(env, "GET", f"{BASE}/privacy/access?id=user:{x}")
     assert r.status_code == 200, r.text[:300]
     views = [e for e in r.json()["events"] if e["event"] == "view_item"]
