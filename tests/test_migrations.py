@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -125,11 +128,36 @@ migrations.migrate(store)
 """
 
 
-def run_upgrade(tmp_path, before: int, script: str, *args: str) -> None:
-    """``script`` after an install of the migrations before ``before``; it prints ok."""
-    done = subprocess.run([sys.executable, "-c", BEFORE + script, str(tmp_path / "ch"),
-                           str(before), *args], capture_output=True, text=True, timeout=120)
-    assert done.stdout.strip() == "ok", done.stderr[-3000:]
+@pytest.fixture(scope="module")
+def installs(tmp_path_factory) -> Callable[[int], Path]:
+    """An install of the migrations before a version, made once per version (a test cut at
+    each statement starts from a copy of it, as a restarted collector opens its directory);
+    ``BEFORE`` finds nothing left to apply there."""
+    made: dict[int, Path] = {}
+
+    def installed(before: int) -> Path:
+        if before not in made:
+            path = tmp_path_factory.mktemp(f"before-{before}") / "ch"
+            done = subprocess.run([sys.executable, "-c", BEFORE + "store.close()\nprint('ok')",
+                                   str(path), str(before)],
+                                  capture_output=True, text=True, timeout=120)
+            assert done.stdout.strip() == "ok", done.stderr[-3000:]
+            made[before] = path
+        return made[before]
+    return installed
+
+
+@pytest.fixture
+def run_upgrade(tmp_path, installs) -> Callable[..., None]:
+    """``run_upgrade(before, script, *args)``: ``script`` after an install of the migrations
+    before ``before``; it prints ok."""
+    def run(before: int, script: str, *args: str) -> None:
+        # (as links: the engine's directory links its tables' names to their data)
+        shutil.copytree(installs(before), tmp_path / "ch", symlinks=True)
+        done = subprocess.run([sys.executable, "-c", BEFORE + script, str(tmp_path / "ch"),
+                               str(before), *args], capture_output=True, text=True, timeout=120)
+        assert done.stdout.strip() == "ok", done.stderr[-3000:]
+    return run
 
 
 UPGRADE = """
@@ -153,10 +181,10 @@ print("ok")
 """
 
 
-def test_upgrade_to_person_hits_keeps_every_row(tmp_path):
+def test_upgrade_to_person_hits_keeps_every_row(run_upgrade):
     """An install from before 0020 (its own engine: one per process) upgrades: the rows
     move to person_hits, the old name reads them, and new hits land in person_hits."""
-    run_upgrade(tmp_path, 20, UPGRADE)
+    run_upgrade(20, UPGRADE)
 
 
 LINKS_UPGRADE = """
@@ -185,11 +213,11 @@ print("ok")
 """
 
 
-def test_upgrade_to_the_two_orders_of_links_keeps_every_link(tmp_path):
+def test_upgrade_to_the_two_orders_of_links_keeps_every_link(run_upgrade):
     """An install from before 0028 upgrades: its links move to
     identity_links_by_identifier, each person's identifiers fill identity_links_by_person,
     the old name reads the links, and new links land in both."""
-    run_upgrade(tmp_path, 28, LINKS_UPGRADE)
+    run_upgrade(28, LINKS_UPGRADE)
 
 
 HITS_REBUILD = """
@@ -223,12 +251,12 @@ print("ok")
 
 
 @pytest.mark.parametrize("done", [0, 3, 4, 5, 6])
-def test_person_hits_rebuilt_under_its_own_name_whenever_interrupted(tmp_path, done):
+def test_person_hits_rebuilt_under_its_own_name_whenever_interrupted(run_upgrade, done):
     """0030 rebuilds person_hits in finer granules under its own name (a copy, then an
     exchange). Run again after being cut after any of its statements (none, the copy made,
     the copy filled, the exchange, the old one dropped), it leaves every row, in
     the new layout, read by person_hits and person_activity, and fed by new hits."""
-    run_upgrade(tmp_path, 30, HITS_REBUILD, str(done))
+    run_upgrade(30, HITS_REBUILD, str(done))
 
 
 def test_a_rebuild_renders_for_a_cluster():
@@ -290,12 +318,12 @@ print("ok")
 """
 
 
-def test_the_packed_hit_equals_the_columns_before_and_after_the_upgrade(tmp_path):
+def test_the_packed_hit_equals_the_columns_before_and_after_the_upgrade(run_upgrade):
     """0031 adds each person_hits row as one JSON text (``hit``), which profiles read. Rows
     stored before it and after it, with quotes, backslashes, tabs, newlines and non-Latin
     text in their values and keys, read back as profiles read them (``json_lines``) field
     for field as their columns say; the data team's ``SELECT *`` does not show it."""
-    run_upgrade(tmp_path, 31, HITS_PACKED)
+    run_upgrade(31, HITS_PACKED)
 
 
 def test_links_are_read_in_small_granules_and_the_old_table_is_a_view(store):
@@ -521,10 +549,10 @@ print("ok")
 """
 
 
-def test_consent_decisions_are_copied_by_id_before_and_after_the_upgrade(tmp_path):
+def test_consent_decisions_are_copied_by_id_before_and_after_the_upgrade(run_upgrade):
     """0034 orders the consent decisions by id for profiles: the ones recorded before it
     are copied, the ones after reach the copy at their insert, the same rows as the log."""
-    run_upgrade(tmp_path, 34, CONSENT_BY_ID)
+    run_upgrade(34, CONSENT_BY_ID)
 
 
 CONSENT_PACKED = """
@@ -551,10 +579,10 @@ print("ok")
 
 
 def test_consent_decisions_read_packed_are_the_last_recorded_before_and_after_the_upgrade(
-        tmp_path):
+        run_upgrade):
     """0036 packs each decision into the one column profiles read: decisions recorded before
     and after it read as the log's columns say, the last of each id."""
-    run_upgrade(tmp_path, 36, CONSENT_PACKED)
+    run_upgrade(36, CONSENT_PACKED)
 
 
 REVENUE_UPGRADE = """
@@ -596,11 +624,11 @@ print("ok")
 
 
 @pytest.mark.parametrize("done", [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10])
-def test_product_revenue_moves_to_its_currency_whenever_interrupted(tmp_path, done):
+def test_product_revenue_moves_to_its_currency_whenever_interrupted(run_upgrade, done):
     """0037 keys product_hourly by currency: an install's revenue moves to the currency of
     each purchase still in events, the rest stays under '', totals are unchanged, and new
     purchases land under their currency; also when run again after being cut anywhere."""
-    run_upgrade(tmp_path, 37, REVENUE_UPGRADE, str(done))
+    run_upgrade(37, REVENUE_UPGRADE, str(done))
 
 
 PERSONS_UPGRADE = """
@@ -631,10 +659,10 @@ print("ok")
 
 
 @pytest.mark.parametrize("done", [0, 1, 2, 3])
-def test_persons_per_metric_cover_the_hours_before_whenever_interrupted(tmp_path, done):
+def test_persons_per_metric_cover_the_hours_before_whenever_interrupted(run_upgrade, done):
     """0041 adds the persons behind each count of product_hourly: the hours stored before
     get them from events, sums unchanged, also when run again after being cut anywhere."""
-    run_upgrade(tmp_path, 41, PERSONS_UPGRADE, str(done))
+    run_upgrade(41, PERSONS_UPGRADE, str(done))
 
 
 VERIFIED_UPGRADE = """
@@ -656,10 +684,10 @@ print("ok")
 """
 
 
-def test_persons_count_a_browsers_claimed_user_id_as_its_device_after_the_upgrade(tmp_path):
+def test_persons_count_a_browsers_claimed_user_id_as_its_device_after_the_upgrade(run_upgrade):
     """0042: product_hourly's persons count an unverified user id as the hit's device
     (revenue still by currency); the hours stored before keep what they counted."""
-    run_upgrade(tmp_path, 42, VERIFIED_UPGRADE)
+    run_upgrade(42, VERIFIED_UPGRADE)
 
 
 SESSIONS_UPGRADE = """
@@ -684,10 +712,10 @@ print("ok")
 """
 
 
-def test_settled_co_views_get_their_session_ids_at_the_first_refresh(tmp_path):
+def test_settled_co_views_get_their_session_ids_at_the_first_refresh(run_upgrade):
     """0043: the daily co-view tier keeps its rows for a day (0035), but rows settled
     before the upgrade have no session ids: the first refresh computes them again."""
-    run_upgrade(tmp_path, 43, SESSIONS_UPGRADE)
+    run_upgrade(43, SESSIONS_UPGRADE)
 
 
 # A refreshable view whose refresh takes two seconds (its migration, "slow"; made again by
@@ -737,13 +765,13 @@ print("ok")
 """
 
 
-def test_a_refresh_running_while_migrating_keeps_the_migrations_columns(tmp_path):
+def test_a_refresh_running_while_migrating_keeps_the_migrations_columns(run_upgrade):
     """A refreshable view's refresh swaps its target for a table made with the columns the
     target had when the refresh began: one running while a migration added a column took it
     away again (0043's new column, on the bench data, to the refresh the engine runs at
     start). Migrations run with tagwerk's refreshes stopped; the views refresh again after.
     Another database's view, stopped by its owner, stays stopped."""
-    run_upgrade(tmp_path, 9999, REFRESHING)
+    run_upgrade(9999, REFRESHING)
 
 
 MADE_AND_ALTERED = SLOW_VIEW + """
@@ -758,13 +786,13 @@ print("ok")
 """
 
 
-def test_a_view_made_by_one_migration_keeps_the_columns_a_later_one_adds(tmp_path):
+def test_a_view_made_by_one_migration_keeps_the_columns_a_later_one_adds(run_upgrade):
     """A refreshable view refreshes as soon as it is made: on a fresh install 0043 added
     ``session_ids`` to ``coview_pairs`` while the refresh of the view 0025 made was running,
     the refresh took the column away again, and 0045 failed ("Cannot find column
     session_ids"). A view made during the migrations, or made again, is stopped before
     the next statement."""
-    run_upgrade(tmp_path, 9999, MADE_AND_ALTERED)
+    run_upgrade(9999, MADE_AND_ALTERED)
 
 SESSIONS_REBUILD = """
 insert = \"\"\"INSERT INTO tagwerk.events (event_id, site_id, event, type, ts, received_at,
@@ -796,11 +824,11 @@ print("ok")
 
 
 @pytest.mark.parametrize("done", [0, 1, 3, 4, 5, 6])
-def test_session_items_rebuilt_in_small_granules_whenever_interrupted(tmp_path, done):
+def test_session_items_rebuilt_in_small_granules_whenever_interrupted(run_upgrade, done):
     """0044 rebuilds session_items in granules of 256 rows (the public co-view list looks
     its sessions up by id) under its own name. Cut after any of its statements, then run
     again, it keeps every row, in the new layout, fed by new hits."""
-    run_upgrade(tmp_path, 44, SESSIONS_REBUILD, str(done))
+    run_upgrade(44, SESSIONS_REBUILD, str(done))
 
 
 DEVICES_UPGRADE = SESSIONS_UPGRADE.replace(
@@ -809,7 +837,7 @@ DEVICES_UPGRADE = SESSIONS_UPGRADE.replace(
     '[row["devices"] for row in found] == [1, 1]')
 
 
-def test_settled_co_views_get_their_devices_at_the_first_refresh(tmp_path):
+def test_settled_co_views_get_their_devices_at_the_first_refresh(run_upgrade):
     """0045: the same for the devices each pair counts (rows settled before have none)."""
     assert DEVICES_UPGRADE != SESSIONS_UPGRADE
-    run_upgrade(tmp_path, 45, DEVICES_UPGRADE)
+    run_upgrade(45, DEVICES_UPGRADE)
