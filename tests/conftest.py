@@ -15,10 +15,21 @@ from collector.migrations import migrate
 from collector.sqlhttp import SqlUser, build_sql_app
 from collector.storage.embedded import EmbeddedStore
 from collector.storage.server import ServerStore
+from tests import background
 from tests.helpers import TEST_PRIVACY_KEY, serve
 
 # The `tagwerk serve` subprocesses of the tests share the session's key (tests/helpers.py).
 os.environ["TAGWERK_PRIVACY_KEY"] = TEST_PRIVACY_KEY
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # (on idle time while the tests run: tests/background.py)
+    background.start_for({item.module.__name__ for item in session.items
+                          if isinstance(item, pytest.Function)})
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    background.stop()
 
 
 @pytest.fixture(scope="session")

@@ -11,26 +11,45 @@ A function a newer engine adds elsewhere is refused until reviewed
 
 from __future__ import annotations
 
+import tempfile
+
 import pytest
 
 from collector.sqlhttp import zones
 from collector.sqlhttp.syntax import parse
+from tests import background
+
+KINDS = ("SELECT name FROM system.functions WHERE alias_to = '' AND (categories ILIKE '%date%' "
+         "OR categories ILIKE '%time window%' OR categories ILIKE '%type conversion%' "
+         "OR categories ILIKE '%json%' OR categories ILIKE '%uuid%' "
+         "OR lower(name) IN {names:Array(String)})")
 
 
-@pytest.fixture(scope="module")
-def kinds(store) -> list[str]:
-    """The functions of the kinds that take zones and types, and the table's own."""
-    rows = store.rows(
-        "SELECT name FROM system.functions WHERE alias_to = '' AND (categories ILIKE "
-        "'%date%' OR categories ILIKE '%time window%' OR categories ILIKE '%type conversion%'"
-        " OR categories ILIKE '%json%' OR categories ILIKE '%uuid%' "
-        "OR lower(name) IN {names:Array(String)})", {"names": sorted(zones.TABLE)})
-    return [row["name"] for row in rows]
+def probe_the_engine() -> dict:
+    """The probe of the functions of the kinds that take zones and types, and the table's
+    own, on an engine of its own (a scratch path): ``{"kinds": [...], "found": {name: LAST
+    or [[arity, positions], ...]}}``. About a minute of a core: run in the background from
+    the session's start (tests/background.py)."""
+    from collector.storage.embedded import EmbeddedStore
+
+    with tempfile.TemporaryDirectory(prefix="zones-") as scratch:
+        store = EmbeddedStore(scratch)
+        try:
+            kinds = [row["name"] for row in store.rows(KINDS, {"names": sorted(zones.TABLE)})]
+            found = zones.probe(zones.query_on(store), kinds)
+        finally:
+            store.close()
+    return {"kinds": kinds, "found": {
+        name: entry if isinstance(entry, int) else [[n, list(ps)] for n, ps in entry.items()]
+        for name, entry in found.items()}}
 
 
-def test_the_table_is_the_engines(store, kinds: list[str]) -> None:
+def test_the_table_is_the_engines() -> None:
+    probed = background.result("zones probe")
+    kinds = probed["kinds"]
     assert len(kinds) > 300, "the engine's categories changed: widen the selection"
-    found = zones.probe(zones.query_on(store), kinds)
+    found = {name: entry if isinstance(entry, int) else {n: tuple(ps) for n, ps in entry}
+             for name, entry in probed["found"].items()}
     listed = {name: entry for name, entry in zones.TABLE.items()
               if name in found or name in {k.lower() for k in kinds}}
     assert found == listed, (

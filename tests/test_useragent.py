@@ -27,6 +27,7 @@ from collector.enrich.useragent import (
     parse_agent,
     request_agent,
 )
+from tests import background
 
 CORPUS = Path(__file__).parent / "useragent_corpus"
 GOAL = 95.0
@@ -110,19 +111,27 @@ def _parse_all(agents: list[str]) -> list[useragent.Agent]:
     return [parse_agent(ua) for ua in agents]
 
 
-@pytest.fixture(scope="module")
-def corpora_parsed():
-    """parse_agent of every corpus (8,326 agents), as ``classify`` for accuracy(), parsed
-    once in a process per core (spawned: the test process has the engine's threads). Most of
-    the cost is Matomo's rules compiling their regexes lazily, which each process pays: a
-    first pass cost 3.6 ms an agent, a warm one 1.1 ms."""
+def parse_corpora() -> dict[str, tuple[str, str, str, bool, bool]]:
+    """parse_agent of every corpus (8,326 agents), in a process per core (spawned: a test
+    process has the engine's threads): the agent's fields by User-Agent. Most of the cost is
+    Matomo's rules, whose regexes each process compiles lazily: a first pass cost 3.6 ms an
+    agent, a warm one 1.1 ms, a browser's ~25 ms (a minute of a core in all). Run in the
+    background from the session's start (tests/background.py)."""
     agents = sorted({*(ua for ua, _ in devices()), *(ua for ua, _ in isbot_browsers()),
                      *crawlers(), *crawlers("crawlerdetect-crawlers")})
     chunks = [agents[i:i + 250] for i in range(0, len(agents), 250)]
     with ProcessPoolExecutor(os.cpu_count() or 2,
                              mp_context=multiprocessing.get_context("spawn")) as pool:
-        parsed = dict(zip(agents, (a for part in pool.map(_parse_all, chunks) for a in part),
-                          strict=True))
+        parsed = (a for part in pool.map(_parse_all, chunks) for a in part)
+        return {ua: (a.device_class, a.browser, a.os, a.is_bot, a.unnamed)
+                for ua, a in zip(agents, parsed, strict=True)}
+
+
+@pytest.fixture(scope="module")
+def corpora_parsed():
+    """The corpora's agents as ``classify`` for accuracy()."""
+    parsed = {ua: useragent.Agent(*fields)
+              for ua, fields in background.result("useragent corpora").items()}
     return lambda ua, browser_endpoint=False: on_endpoint(parsed[ua], browser_endpoint)
 
 

@@ -1,0 +1,85 @@
+"""Slow, self-contained work of a few tests, begun when the session starts, in processes of
+the lowest priority (``nice 19``), so that it runs on the core the suite leaves idle (the
+suite keeps one of two busy on average) and takes no time of the tests it runs beside.
+A test asks for the answer when it runs; a test run alone waits for it.
+
+A job is a function of a test module returning data orjson can write, run as
+``python -m tests.background MODULE FUNCTION OUT``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+# The jobs, each begun when a test of its module is collected: (module, function).
+JOBS = {
+    "useragent corpora": ("tests.test_useragent", "parse_corpora"),
+    "zones probe": ("tests.test_sql_zones", "probe_the_engine"),
+}
+# What a job may take, begun at the session's start and run on idle time.
+TIMEOUT = 1200
+
+_running: dict[str, tuple[subprocess.Popen, Path]] = {}
+_scratch: list[Path] = []
+
+
+def _lowest_priority() -> None:
+    os.nice(19)
+
+
+def start(job: str) -> None:
+    """Begin ``job`` unless it runs."""
+    if job in _running:
+        return
+    if not _scratch:
+        _scratch.append(Path(tempfile.mkdtemp(prefix="tagwerk-background-")))
+    module, function = JOBS[job]
+    out = _scratch[0] / f"{function}.json"
+    with open(out.with_suffix(".log"), "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "tests.background", module, function,
+                                 str(out)], stdout=log, stderr=log, preexec_fn=_lowest_priority)
+    _running[job] = (proc, out)
+
+
+def start_for(modules: set[str]) -> None:
+    """Begin the jobs of the collected test modules."""
+    for job, (module, _) in JOBS.items():
+        if module in modules:
+            start(job)
+
+
+def result(job: str) -> Any:
+    """The job's answer, once it is done."""
+    start(job)
+    proc, out = _running[job]
+    proc.wait(timeout=TIMEOUT)
+    log = out.with_suffix(".log").read_text(errors="replace")
+    assert proc.returncode == 0, f"{job} failed: {log[-3000:]}"
+    return orjson.loads(out.read_bytes())
+
+
+def stop() -> None:
+    """End the jobs still running (a session cut short) and remove their answers."""
+    for proc, _ in _running.values():
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    _running.clear()
+    for path in _scratch:
+        shutil.rmtree(path, ignore_errors=True)
+    _scratch.clear()
+
+
+if __name__ == "__main__":
+    module_name, function_name, out_path = sys.argv[1:]
+    answer = getattr(importlib.import_module(module_name), function_name)()
+    Path(out_path).write_bytes(orjson.dumps(answer))
