@@ -18,6 +18,10 @@ from tests.test_identity import ALL, identify, uid
 SITE, CAPPED = "cp-shop", "cp-capped"
 
 
+# (100,000 logins and purchases: tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("sites_dropped_after")
+
+
 @pytest.fixture(scope="module")
 def env(store, tmp_path_factory):
     client, collector = make_client(store, tmp_path_factory.mktemp("copurchase"),

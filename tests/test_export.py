@@ -22,6 +22,10 @@ from tests.helpers import drained, make_client, wait_for
 EXPORT = "/api/v1/sites/{}/export"
 
 
+# (half a million rows, 80 MB of them: tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("sites_dropped_after")
+
+
 @pytest.fixture(scope="module")
 def env(store, tmp_path_factory):
     client, collector = make_client(store, tmp_path_factory.mktemp("export"))

@@ -31,6 +31,10 @@ SITE = "priv-shop"
 BASE = f"/api/v1/sites/{SITE}"
 
 
+# (a device's 9,000 owners and 40,000 views: tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("sites_dropped_after")
+
+
 @pytest.fixture(scope="module")
 def env(store, tmp_path_factory):
     client, collector = make_client(store, tmp_path_factory.mktemp("privacy"), demo_site=False)

@@ -27,6 +27,9 @@ ORIGIN = "https://atk-shop.example"
 BASE = f"/api/v1/sites/{SITE}"
 ALL = ["analytics", "personalization"]
 
+# (100,000 users linked to one e-mail: tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("sites_dropped_after")
+
 
 @pytest.fixture(scope="module")
 def env(store, tmp_path_factory):
