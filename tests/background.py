@@ -27,6 +27,7 @@ JOBS = {
 }
 # What a job may take, begun at the session's start and run on idle time.
 TIMEOUT = 1200
+ROOT = Path(__file__).resolve().parent.parent  # where ``tests`` imports from
 
 _running: dict[str, tuple[subprocess.Popen, Path]] = {}
 _scratch: list[Path] = []
@@ -46,7 +47,8 @@ def start(job: str) -> None:
     out = _scratch[0] / f"{function}.json"
     with open(out.with_suffix(".log"), "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "tests.background", module, function,
-                                 str(out)], stdout=log, stderr=log, preexec_fn=_lowest_priority)
+                                 str(out)], stdout=log, stderr=log, cwd=ROOT,
+                                preexec_fn=_lowest_priority)
     _running[job] = (proc, out)
 
 
