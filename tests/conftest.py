@@ -47,10 +47,12 @@ def sites_dropped_after(store):
     mask). For modules whose tens of thousands of rows would make every later module's
     scans, mutations and dictionary loads slower (test_copurchase and
     test_security_data_out cost test_privacy a third more)."""
-    before = {row["site_id"] for row in store.rows("SELECT site_id FROM tagwerk.sites")}
+    def sites() -> set[str]:
+        return {row["site_id"] for row in store.rows("SELECT site_id FROM tagwerk.sites")}
+
+    before = sites()
     yield
-    made = [row["site_id"] for row in store.rows("SELECT DISTINCT site_id FROM tagwerk.sites")
-            if row["site_id"] not in before]
+    made = sorted(sites() - before)
     tables = store.rows(
         "SELECT DISTINCT table FROM system.columns WHERE database = 'tagwerk' AND name = "
         "'site_id' AND table IN (SELECT name FROM system.tables WHERE database = 'tagwerk' "

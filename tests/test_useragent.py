@@ -112,8 +112,9 @@ def _parse_all(agents: list[str]) -> list[useragent.Agent]:
 
 
 def parse_corpora() -> dict[str, tuple[str, str, str, bool, bool]]:
-    """parse_agent of every corpus (8,326 agents), in a process per core (spawned: a test
-    process has the engine's threads): the agent's fields by User-Agent. Most of the cost is
+    """parse_agent of every corpus (8,326 agents), in a process per core (spawned, not
+    forked: this runs wherever it is called from, a test process with the engine's threads
+    included): the agent's fields by User-Agent. Most of the cost is
     Matomo's rules, whose regexes each process compiles lazily: a first pass cost 3.6 ms an
     agent, a warm one 1.1 ms, a browser's ~25 ms (a minute of a core in all). Run in the
     background from the session's start (tests/background.py)."""
