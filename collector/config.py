@@ -47,6 +47,10 @@ class Settings:
     spool_segment_seconds: float = SEGMENT_SECONDS
     # After a group commit of several hits, the spool waits this long to gather the next.
     spool_commit_delay_ms: float = 2.0
+    # Co-purchase pairs are recomputed this many seconds at the earliest after purchases or
+    # identities change (collector/api/copurchase_refresh.py); 0: only by the view's
+    # 10-minute schedule.
+    copurchase_refresh_seconds: float = 10.0
     demo_site: bool = True
     # A new demo site gets a few sample shoppers' hits (collector/tag/demo_shoppers.py).
     demo_shoppers: bool = True

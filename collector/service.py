@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from collector.api.copurchase_refresh import CopurchaseRefresh
 from collector.config import Settings
 from collector.containers import Containers, Previews
 from collector.containers.demo import demo_container
@@ -63,7 +64,10 @@ class Collector:
         self.flusher.blocked = self.tombstones.blocks
         self.flusher.agents = Resolver()
         self.changes = ChangeFeed(self.store)
-        self.flusher.inserted = self.changes.inserted
+        self.copurchase = (CopurchaseRefresh(self.store, settings.copurchase_refresh_seconds)
+                           if settings.copurchase_refresh_seconds > 0 and not settings.cluster
+                           else None)
+        self.flusher.inserted = self._stored
         self.person_answers = PersonAnswers(self.changes)
         self.link_index = LinkIndex(self.store, self.changes)
         self.batches = Batcher()  # concurrent reads answered together (cold profiles)
@@ -76,6 +80,13 @@ class Collector:
         self.metrics.gauge("tagwerk_identity_links_loads_total",
                            "Copies of the identity links loaded into memory (link_index.py).",
                            lambda: self.link_index.state()["generation"])
+        if (refresh := self.copurchase) is not None:
+            self.metrics.gauge("tagwerk_copurchase_refreshes_total",
+                               "Co-purchase refreshes asked after purchases or identities "
+                               "changed (copurchase_refresh.py).", lambda: refresh.asked)
+            self.metrics.gauge("tagwerk_copurchase_refresh_seconds",
+                               "The last co-purchase refresh's duration, as last read.",
+                               lambda: refresh.last_duration)
         self.metrics.gauge("tagwerk_spool_unflushed_bytes", "Bytes on disk not yet in ClickHouse.",
                            self.spool.unflushed_bytes)
         self.metrics.gauge("tagwerk_spool_fsyncs_total", "Group commits (fsyncs) of the spool.",
@@ -92,6 +103,8 @@ class Collector:
         self._prepare_storage()
         # Matomo's rules take ~2 s to load: not in the first batch that needs them.
         threading.Thread(target=uarules.warm_up, name="ua-rules", daemon=True).start()
+        if self.copurchase is not None:
+            self.copurchase.start()
         self.flusher.start()
         self.changes.start()
         if self.settings.identity_links_in_memory:
@@ -102,12 +115,20 @@ class Collector:
     def stop(self) -> None:
         self._stopping.set()
         self.link_index.stop()
+        if self.copurchase is not None:
+            self.copurchase.stop()
         self.changes.stop()
         self.flusher.stop()
         self.spool.close()
         self.geo.close()
         if self._owns_store:
             self.store.close()
+
+    def _stored(self) -> None:
+        """The flusher stored a batch."""
+        self.changes.inserted()
+        if self.copurchase is not None:
+            self.copurchase.stored()
 
     def when_draining(self, end: Callable[[], None]) -> None:
         """``end`` runs (in the event loop) when the server begins to stop, at once if it

@@ -58,9 +58,13 @@ TEST_PRIVACY_KEY = "tagwerk-tests-privacy-key-0123456789abcdef"
 
 
 def collector_settings(data_dir: Path, **settings: Any) -> Settings:
-    """Settings of an in-process collector of the tests: fast flushes, the shared key."""
+    """Settings of an in-process collector of the tests: fast flushes, the shared key; the
+    co-purchase pairs refreshed only when a test asks (test_copurchase_refresh.py turns the
+    refresh on purchases on: a refresh of the session's store, with every module's rows,
+    takes a core for seconds)."""
     return Settings(**{"data_dir": data_dir, "flush_interval_ms": 20, "demo_shoppers": False,
-                       "privacy_key": TEST_PRIVACY_KEY, **settings})
+                       "privacy_key": TEST_PRIVACY_KEY, "copurchase_refresh_seconds": 0,
+                       **settings})
 
 
 @contextlib.contextmanager

@@ -66,8 +66,9 @@ KINDS = ("co_view", "co_purchase")
 SMOOTHING = 5.0
 HOUR = 3600
 CACHE_SECONDS = 1.0
-# Pair tables change only when their views refresh (each minute or 10), not when the flusher
-# inserts: related answers are kept this long, whatever the flusher does.
+# Pair tables change only when their views refresh (co-view each minute, co-purchase after
+# purchases: copurchase_refresh.py), not when the flusher inserts: related answers are kept
+# this long, whatever the flusher does.
 RELATED_SECONDS = 10.0
 CACHE_ENTRIES = 4096
 # How long a computation waits for a slot of its gate (``Answers.get``) before a 503; an
