@@ -18,7 +18,9 @@
    other core), with the ratios to the goals (p99 20 ms, 1,000 requests/s).
 3. Freshness under load: while a thread sends ``--load`` events/s through the batch API,
    a probe posts a view of a new product in a category of its own and polls
-   ``products/top?category=...`` until it appears: p50/p99 from the 202 (goal: 1 s).
+   ``products/top?category=...`` until it appears: p50/p99 from the 202 (goal: 1 s). Then
+   ``--pair-probes`` new shoppers each buy two new products, and a probe polls the first's
+   ``related?kind=co_purchase`` until it lists the second: the seconds of each.
 """
 
 from __future__ import annotations
@@ -251,6 +253,30 @@ def freshness(base: str, keys: dict[str, str], probes: int) -> list[float]:
     return out
 
 
+def pair_freshness(base: str, keys: dict[str, str], probes: int) -> list[float]:
+    """Seconds from the 202 of a new shopper's two purchases (two new products) until
+    ``related?kind=co_purchase`` of the first lists the second: the pairs' refresh after
+    purchases (collector/api/copurchase_refresh.py) plus the related answers' cache."""
+    out = []
+    for _ in range(probes):
+        first, second = (f"pair-{uuid.uuid4().hex[:12]}" for _ in range(2))
+        device = f"pair-probe-{uuid.uuid4().hex[:8]}"
+        events = [{"event": "purchase", "device_id": device,
+                   "consent": ["analytics", "personalization"],
+                   "user_agent": "Mozilla/5.0 Chrome/131",
+                   "items": [{"product_id": product, "price": 1}]}
+                  for product in (first, second)]
+        fetch(f"{base}/api/v1/batch", keys["write"], json.dumps({"events": events}).encode())
+        acked = time.monotonic()
+        url = f"{base}/api/v1/sites/{SITE}/products/{first}/related?kind=co_purchase"
+        while second.encode() not in fetch(url, keys["read"])[1]:
+            if time.monotonic() - acked > 900:
+                raise RuntimeError("a pair did not appear within 15 minutes")
+            time.sleep(0.1)
+        out.append(time.monotonic() - acked)
+    return out
+
+
 def pct(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(len(ordered) * p / 100))]
@@ -266,6 +292,8 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--load", type=int, default=5000, help="events/s during freshness")
     parser.add_argument("--probes", type=int, default=100)
+    parser.add_argument("--pair-probes", type=int, default=3,
+                        help="co-purchase freshness probes (each up to a minute at 10M events)")
     parser.add_argument("--data-dir", help="make the data there once, reuse it after")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="tagwerk-recommend-") as tmp:
@@ -305,12 +333,16 @@ def main() -> int:
             loader.start()
             time.sleep(2)
             fresh = freshness(server.base, keys, args.probes)
+            pairs = pair_freshness(server.base, keys, args.pair_probes)
             stop.set()
             loader.join(10)
             p99 = pct(fresh, 99)
             print(f"\nfreshness under {args.load:,} events/s ({len(fresh)} probes): "
                   f"p50 {statistics.median(fresh) * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, "
                   f"p99/goal {p99 / GOAL_FRESH_S:.2f}")
+            print(f"co-purchase pairs under the same load ({len(pairs)} probes): a new pair "
+                  f"listed after {', '.join(f'{s:.1f}' for s in pairs)} s (median "
+                  f"{statistics.median(pairs):.1f} s; the view's schedule alone: up to 600 s)")
         finally:
             server.stop()
     return 0
