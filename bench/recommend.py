@@ -293,7 +293,7 @@ def main() -> int:
     parser.add_argument("--load", type=int, default=5000, help="events/s during freshness")
     parser.add_argument("--probes", type=int, default=100)
     parser.add_argument("--pair-probes", type=int, default=3,
-                        help="co-purchase freshness probes (each up to a minute at 10M events)")
+                        help="co-purchase freshness probes (each up to minutes at 10M events)")
     parser.add_argument("--data-dir", help="make the data there once, reuse it after")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="tagwerk-recommend-") as tmp:

@@ -48,7 +48,7 @@ class Settings:
     # After a group commit of several hits, the spool waits this long to gather the next.
     spool_commit_delay_ms: float = 2.0
     # Co-purchase pairs are recomputed this many seconds at the earliest after purchases or
-    # identities change (collector/api/copurchase_refresh.py); 0: only by the view's
+    # identities change (collector/identity/copurchase_refresh.py); 0: only by the view's
     # 10-minute schedule.
     copurchase_refresh_seconds: float = 10.0
     demo_site: bool = True

@@ -11,7 +11,6 @@ import threading
 import time
 from collections.abc import Callable
 
-from collector.api.copurchase_refresh import CopurchaseRefresh
 from collector.config import Settings
 from collector.containers import Containers, Previews
 from collector.containers.demo import demo_container
@@ -21,6 +20,7 @@ from collector.enrich.useragent import Resolver
 from collector.files import write_atomic
 from collector.identity.cache import PersonAnswers
 from collector.identity.changes import ChangeFeed
+from collector.identity.copurchase_refresh import CopurchaseRefresh
 from collector.identity.link_index import LinkIndex
 from collector.metrics import Metrics
 from collector.migrations import migrate
@@ -64,7 +64,8 @@ class Collector:
         self.flusher.blocked = self.tombstones.blocks
         self.flusher.agents = Resolver()
         self.changes = ChangeFeed(self.store)
-        self.copurchase = (CopurchaseRefresh(self.store, settings.copurchase_refresh_seconds)
+        self.copurchase = (CopurchaseRefresh(self.store, settings.copurchase_refresh_seconds,
+                                             last_look=settings.clickhouse_url is not None)
                            if settings.copurchase_refresh_seconds > 0 and not settings.cluster
                            else None)
         self.flusher.inserted = self._stored
@@ -115,10 +116,10 @@ class Collector:
     def stop(self) -> None:
         self._stopping.set()
         self.link_index.stop()
-        if self.copurchase is not None:
-            self.copurchase.stop()
         self.changes.stop()
         self.flusher.stop()
+        if self.copurchase is not None:  # (after the flusher: its last batch is looked at)
+            self.copurchase.stop()
         self.spool.close()
         self.geo.close()
         if self._owns_store:

@@ -1,14 +1,16 @@
-"""collector/api/copurchase_refresh.py: co-purchase pairs follow purchases and identity
-changes within seconds, without waiting for the view's 10-minute schedule, and a flush
-without purchases asks for no refresh."""
+"""collector/identity/copurchase_refresh.py: co-purchase pairs follow purchases and identity
+changes within seconds, without waiting for the view's 10-minute schedule; a flush without
+purchases asks for nothing; a view stopped or a user refused SYSTEM gets no request."""
 
 from __future__ import annotations
 
 import datetime as dt
+import time
 
 import pytest
 
-from collector.api.copurchase_refresh import COST_SHARE, CopurchaseRefresh
+from collector.identity.changes import tops
+from collector.identity.copurchase_refresh import TABLES, VIEW, CopurchaseRefresh
 from tests.helpers import make_client, send_batch, wait_for
 from tests.test_copurchase import purchase
 from tests.test_identity import identify, uid
@@ -21,6 +23,9 @@ SITE = "cpr-shop"
 def env(store, tmp_path_factory):
     client, collector = make_client(store, tmp_path_factory.mktemp("copurchase-refresh"),
                                     demo_site=False, copurchase_refresh_seconds=0.5)
+    # A refresh of the session's store (every module's rows) takes seconds: the default
+    # share would space two refreshes a minute or more apart.
+    collector.copurchase.cost_share = 1
     with client:
         _, keys = collector.sites.create(SITE)
         yield client, collector, keys["write"]
@@ -44,14 +49,18 @@ def at(minutes: int) -> str:
     return (dt.datetime.now(dt.UTC) - dt.timedelta(minutes=minutes)).isoformat()
 
 
+def a_purchase() -> dict:
+    return purchase(at(1), [uid("p")], device=uid("d"))
+
+
 def test_a_new_purchase_is_paired_within_seconds(env):
-    _, collector, _ = env
+    client, collector, _ = env
     asked = collector.copurchase.asked
     a, b, phone = uid("pa"), uid("pb"), uid("phone")
     send(env, [purchase(at(30), [a], device=phone), purchase(at(20), [b], device=phone)])
     assert wait_for(lambda: pairs(env, [a, b]), timeout=30) == {tuple(sorted((a, b)))}
     assert collector.copurchase.asked > asked
-    metrics = env[0].get("/metrics").text
+    metrics = client.get("/metrics").text
     assert f"tagwerk_copurchase_refreshes_total {collector.copurchase.asked}" in metrics
     assert "tagwerk_copurchase_refresh_seconds " in metrics
 
@@ -64,7 +73,7 @@ def test_a_login_that_joins_two_buyers_pairs_their_purchases(env):
     asked = collector.copurchase.asked
     send(env, [purchase(at(50), [a], device=phone), purchase(at(40), [b], device=laptop)])
     wait_for(lambda: collector.copurchase.asked > asked, timeout=30)
-    collector.store.execute("SYSTEM WAIT VIEW tagwerk.copurchase_pairs_mv")
+    collector.store.execute(f"SYSTEM WAIT VIEW {VIEW}")
     assert pairs(env, [a, b]) == set()  # two devices nobody linked: two buyers
     send(env, [identify(anna, phone, at(10)), identify(anna, laptop, at(5))])
     assert wait_for(lambda: pairs(env, [a, b]), timeout=30) == {tuple(sorted((a, b)))}
@@ -73,35 +82,80 @@ def test_a_login_that_joins_two_buyers_pairs_their_purchases(env):
 def test_only_a_purchase_among_new_events_counts(env):
     _, collector, _ = env
     look = CopurchaseRefresh(collector.store, gap=1)
-    before = look._state()["events"]
+    before = tops(collector.store, TABLES)["events"]
     send(env, [hit("view_item", MIN, [(uid("v"), 5, 1)], device=uid("d")),
                hit("page_view", MIN, [], device=uid("d"))])
-    viewed = look._state()["events"]
+    viewed = tops(collector.store, TABLES)["events"]
     assert viewed > before and not look.purchased(before, viewed)
-    send(env, [purchase(at(1), [uid("p")], device=uid("d"))])
-    bought = look._state()["events"]
+    send(env, [a_purchase()])
+    bought = tops(collector.store, TABLES)["events"]
     assert look.purchased(viewed, bought) and look.purchased(before, bought)
     assert not look.purchased(bought, bought)
-
-
-def test_refreshes_take_a_bounded_share_of_a_core():
-    look = CopurchaseRefresh(store=None, gap=10)  # type: ignore[arg-type]  # (no statement)
-    look._last = 100.0
-    assert look.due(0.2) == 110.0  # a small store: the gap
-    assert look.due(3.0) == 100.0 + COST_SHARE * 3.0  # 10 million events: a minute
-
 
 
 def test_rows_another_collector_stored_are_looked_for(env):
     """The collector hosting the engine refreshes for purchases that others stored through
     it (tagwerk's SQL interface refuses them SYSTEM statements): its looks poll."""
     _, collector, _ = env
-    hosting = CopurchaseRefresh(collector.store, gap=0.1, poll=0.2)
+    hosting = CopurchaseRefresh(collector.store, gap=0.1, poll=0.2, cost_share=1,
+                                last_look=False)
     hosting.start()
     try:
-        a, b, phone = uid("pa"), uid("pb"), uid("phone")
-        send(env, [purchase(at(3), [a], device=phone), purchase(at(2), [b], device=phone)])
-        wait_for(lambda: hosting.asked >= 1, timeout=10)
+        send(env, [a_purchase()])
+        wait_for(lambda: hosting.asked >= 1, timeout=30)
         assert hosting.last_error is None
     finally:
         hosting.stop()
+
+
+def test_the_flushers_last_batch_gets_a_look_at_stop(env):
+    """Stopped after the flusher, a look asks for what its last batch stored, whatever the
+    gap (a ClickHouse server does not refresh when the collector starts again)."""
+    _, collector, _ = env
+    look = CopurchaseRefresh(collector.store, gap=3600, poll=3600)
+    look.start()
+    send(env, [a_purchase()])
+    look.stored()
+    look.stop()
+    assert look.asked == 1 and look.last_error is None
+
+
+def test_a_stopped_view_gets_no_request_and_the_change_waits(env):
+    _, collector, _ = env
+    store = collector.store
+    look = CopurchaseRefresh(store, gap=0, cost_share=0)
+    look.start()
+    look.stop()  # (its thread: the test looks itself)
+    store.execute(f"SYSTEM STOP VIEW {VIEW}")  # as a migration does
+    try:
+        send(env, [a_purchase()])
+        look._look(stored=True, any_time=False)
+        assert look.asked == 0
+    finally:
+        store.execute(f"SYSTEM START VIEW {VIEW}")
+
+    def asked() -> int:
+        look._look(stored=True, any_time=False)
+        return look.asked
+    assert wait_for(asked, timeout=30) == 1
+
+
+def test_a_user_refused_system_statements_stops_asking(server_store, env):
+    look = CopurchaseRefresh(server_store, gap=0, poll=0.1, cost_share=0, last_look=False)
+    look.start()
+    try:
+        send(env, [a_purchase()])
+        look.stored()
+        wait_for(lambda: look.refused, timeout=30)
+        look._thread.join(5)
+        assert not look._thread.is_alive() and look.asked == 0
+    finally:
+        look.stop()
+
+
+def test_refreshes_take_a_bounded_share_of_a_core():
+    look = CopurchaseRefresh(store=None, gap=10)  # type: ignore[arg-type]  # (no statement)
+    assert look.due(0.2, ago=3) == 7  # a small store: the gap
+    assert look.due(3.0, ago=3) == 57  # 10 million events: 20 times the refresh
+    look._asked_at = time.monotonic() - 1  # asked here since
+    assert 8.9 < look.due(0.2, ago=100) <= 9

@@ -73,6 +73,24 @@ WHERE {part_top} > {{since_{n}:UInt64}}
   AND _block_number > {{since_{n}:UInt64}} AND _block_number <= {{top_{n}:UInt64}}
 """
 
+def followable(store: Store, tables: tuple[str, ...]) -> bool:
+    """Whether the block numbers of ``tables`` follow commits: plain MergeTree tables (not
+    replicated or shared ones, whose numbers are taken per partition before the commit)."""
+    found = store.rows(
+        "SELECT name, engine FROM system.tables WHERE database = 'tagwerk' "
+        "AND name IN {tables:Array(String)}", {"tables": list(tables)})
+    engines = {row["name"]: row["engine"] for row in found}
+    return all(engines.get(t, "").endswith("MergeTree")
+               and not engines.get(t, "").startswith(("Replicated", "Shared"))
+               for t in tables)
+
+
+def tops(store: Store, tables: tuple[str, ...]) -> dict[str, int]:
+    """``STATE`` of ``tables``: their highest block numbers, 'patch:<table>' and
+    'mutation:<table>' of any table."""
+    return {row["of"]: int(row["top"]) for row in store.rows(STATE, {"tables": list(tables)})}
+
+
 # Called with {site_id: keys}, or None for "everything changed".
 Listener = Callable[[dict[str, set[str]] | None], None]
 
@@ -172,17 +190,10 @@ class ChangeFeed:
             self._look_or_forget()
 
     def _followable(self) -> bool:
-        found = self.store.rows(
-            "SELECT name, engine FROM system.tables WHERE database = 'tagwerk' "
-            "AND name IN {tables:Array(String)}", {"tables": [*FOLLOWED, *RARE]})
-        engines = {row["name"]: row["engine"] for row in found}
-        return all(engines.get(t, "").endswith("MergeTree")
-                   and not engines.get(t, "").startswith(("Replicated", "Shared"))
-                   for t in (*FOLLOWED, *RARE))
+        return followable(self.store, (*FOLLOWED, *RARE))
 
     def _state(self) -> dict[str, int]:
-        rows = self.store.rows(STATE, {"tables": [*FOLLOWED, *RARE]})
-        return {row["of"]: int(row["top"]) for row in rows}
+        return tops(self.store, (*FOLLOWED, *RARE))
 
     def _changes(self) -> dict[str, set[str]] | None:
         tops = self._state()
