@@ -220,3 +220,28 @@ def test_the_loader_loads_when_asked_and_drops_the_copy_when_nobody_asks(env):
         feed.stop()
         feed.listeners.clear()
         collector.link_index.start()
+
+
+def test_a_resolution_while_the_copy_is_dropped_reads_the_tables(env, monkeypatch):
+    """An erasure drops the copy (``forget_erased``: detached, then attached again) while a
+    profile resolves from it: the lookup that finds no dictionary in between is answered
+    from the tables, not as a failed request."""
+    _, collector, _ = env
+    index = collector.link_index
+    anna, phone = uid("anna"), uid("phone")
+    login(env, anna, phone, "2026-11-02T09:00:00Z")
+    collector.person_answers.begin()
+    index.reload_now()
+    read = index.held_and_links
+
+    def dropped_meanwhile(*args):
+        with index._lock:
+            index._loaded = False  # as unload() does, before it detaches
+        collector.store.execute("DETACH DICTIONARY tagwerk.identity_held_dict")
+        try:
+            return read(*args)
+        finally:
+            collector.store.execute("ATTACH DICTIONARY tagwerk.identity_held_dict")
+    monkeypatch.setattr(index, "held_and_links", dropped_meanwhile)
+    assert resolve(env, "user", anna).person_id == person_id(SITE, "user", anna)
+    assert [span.id for span in resolve(env, "user", anna).spans] == [phone]

@@ -19,6 +19,7 @@ from collector.identity.cache import PersonAnswers
 from collector.identity.changes import LINK
 from collector.identity.graph import BEGINNING, END, Graph, Person
 from collector.identity.link_index import LinkIndex
+from collector.storage import StorageError
 
 
 def link_keys(person: Person | None, kind: str, ident: str) -> set[str]:
@@ -94,6 +95,10 @@ def _resolve(graph: Graph, asks: list[tuple[str, str]], index: LinkIndex | None
                 [asks[n] for n in from_copy])
         except LookupError:  # a hash collision in the copy: the tables decide for all
             persons = None
+        except StorageError:
+            if index.fresh(graph.site_id, (), token):
+                raise  # the copy is in place: the engine's error is the answer's
+            persons = None  # dropped meanwhile (an erasure's forget_erased): the tables
     if persons is not None:
         found = {n: person for n, person in zip(from_copy, persons, strict=True)
                  if index.fresh(graph.site_id, link_keys(person, *asks[n]), token)}
