@@ -123,21 +123,49 @@ def test_the_flushers_last_batch_gets_a_look_at_stop(env):
 def test_a_stopped_view_gets_no_request_and_the_change_waits(env):
     _, collector, _ = env
     store = collector.store
-    look = CopurchaseRefresh(store, gap=0, cost_share=0)
+    look = CopurchaseRefresh(store, gap=0, cost_share=0, last_look=False)
     look.start()
     look.stop()  # (its thread: the test looks itself)
     store.execute(f"SYSTEM STOP VIEW {VIEW}")  # as a migration does
     try:
         send(env, [a_purchase()])
-        look._look(stored=True, any_time=False)
+        look._look(any_time=False)
         assert look.asked == 0
     finally:
         store.execute(f"SYSTEM START VIEW {VIEW}")
 
     def asked() -> int:
-        look._look(stored=True, any_time=False)
+        look._look(any_time=False)
         return look.asked
     assert wait_for(asked, timeout=30) == 1
+
+
+def test_without_block_numbers_to_follow_a_stored_batch_is_the_change(env):
+    """Replicated or shared tables: every batch this collector stored counts, and one the
+    view could not be refreshed for (stopped) still counts at the next look."""
+    _, collector, _ = env
+    store = collector.store
+    look = CopurchaseRefresh(store, gap=0, cost_share=0, last_look=False)
+    look.start()
+    look.stop()  # (its thread: the test looks itself)
+    look._follow = False
+    look._look(any_time=False)
+    assert look.asked == 0  # nothing stored
+    look._stored_since = True  # as the thread notes a batch
+    store.execute(f"SYSTEM STOP VIEW {VIEW}")
+    try:
+        look._look(any_time=False)
+        assert look.asked == 0
+    finally:
+        store.execute(f"SYSTEM START VIEW {VIEW}")
+
+    def asked() -> int:
+        look._look(any_time=False)
+        return look.asked
+    assert wait_for(asked, timeout=30) == 1
+    store.execute(f"SYSTEM WAIT VIEW {VIEW}")
+    look._look(any_time=False)
+    assert look.asked == 1  # asked for once
 
 
 def test_a_user_refused_system_statements_stops_asking(server_store, env):

@@ -80,6 +80,8 @@ class CopurchaseRefresh:
         self.refused = False  # the user may not refresh views: the thread stopped asking
         self._tops: dict[str, int] | None = None  # the inputs as of the last look
         self._follow = True  # block numbers follow commits
+        # Where they do not: a batch stored since the last request (what stands for a change).
+        self._stored_since = False
         self._asked_at = float("-inf")  # this thread's last request (monotonic)
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -104,7 +106,8 @@ class CopurchaseRefresh:
             return
         self._thread.join(5)
         if self.last_look and not self.refused:
-            self._look_or_log(stored=True, any_time=True)
+            self._stored_since = True
+            self._look_or_log(any_time=True)
 
     def stored(self) -> None:
         """This collector stored rows (the flusher, after each batch): look soon."""
@@ -118,14 +121,15 @@ class CopurchaseRefresh:
 
     def _run(self) -> None:
         while not self._stop.is_set() and not self.refused:
-            stored = self._wake.wait(self.poll)
+            if self._wake.wait(self.poll):
+                self._stored_since = True
             self._wake.clear()
             if not self._stop.is_set():
-                self._look_or_log(stored)
+                self._look_or_log()
 
-    def _look_or_log(self, stored: bool, any_time: bool = False) -> None:
+    def _look_or_log(self, any_time: bool = False) -> None:
         try:
-            self._look(stored, any_time)
+            self._look(any_time)
             self.last_error = None
         except StorageError as exc:
             if self.last_error != str(exc):  # once, not at every look
@@ -134,7 +138,7 @@ class CopurchaseRefresh:
         except Exception:
             log.exception("co-purchase refresh")
 
-    def _look(self, stored: bool, any_time: bool) -> None:
+    def _look(self, any_time: bool) -> None:
         """Waits until a refresh may be asked, then asks if an input changed. A change
         that cannot be asked for now stays for the next look."""
         while not any_time:
@@ -150,7 +154,7 @@ class CopurchaseRefresh:
             if self._stop.wait(wait):
                 return
         now = tops(self.store, TABLES)
-        if self._tops is None or self._changed(self._tops, now, stored):
+        if self._tops is None or self._changed(self._tops, now):
             self._asked_at = time.monotonic()
             try:
                 self.store.execute(f"SYSTEM REFRESH VIEW {VIEW}")
@@ -161,12 +165,13 @@ class CopurchaseRefresh:
                 log.info("co-purchase pairs refresh on the view's schedule only: %s", exc)
                 return
             self.asked += 1
+            self._stored_since = False
         # Read before the refresh began: what comes in while it runs is the next look's.
         self._tops = now
 
-    def _changed(self, before: dict[str, int], now: dict[str, int], stored: bool) -> bool:
+    def _changed(self, before: dict[str, int], now: dict[str, int]) -> bool:
         if not self._follow:
-            return stored
+            return self._stored_since
         if any(top > before.get(of, 0) for of, top in now.items() if of != "events"):
             return True
         if any(now.get(table, 0) < before.get(table, 0) for table in TABLES):
