@@ -234,6 +234,19 @@ def background_load(base: str, key: str, per_second: int, stop: threading.Event)
         time.sleep(max(0.0, 1.0 - (time.monotonic() - began)))
 
 
+def seconds_until(base: str, keys: dict[str, str], events: list[dict], url: str,
+                  token: str, timeout: float, pause: float) -> float:
+    """Posts ``events`` through the batch API, then polls ``url`` (read key) until its answer
+    holds ``token``: the seconds from the 202."""
+    fetch(f"{base}/api/v1/batch", keys["write"], json.dumps({"events": events}).encode())
+    acked = time.monotonic()
+    while token.encode() not in fetch(url, keys["read"])[1]:
+        if time.monotonic() - acked > timeout:
+            raise RuntimeError(f"{token} did not appear within {timeout:.0f} s")
+        time.sleep(pause)
+    return time.monotonic() - acked
+
+
 def freshness(base: str, keys: dict[str, str], probes: int) -> list[float]:
     out = []
     for _ in range(probes):
@@ -241,14 +254,8 @@ def freshness(base: str, keys: dict[str, str], probes: int) -> list[float]:
         event = {"event": "view_item", "device_id": "probe", "consent": ["analytics"],
                  "user_agent": "Mozilla/5.0 Chrome/131",
                  "items": [{"product_id": tag, "category": tag, "price": 1}]}
-        fetch(f"{base}/api/v1/batch", keys["write"], json.dumps({"events": [event]}).encode())
-        acked = time.monotonic()
         url = f"{base}/api/v1/sites/{SITE}/products/top?window=1h&category={tag}"
-        while tag.encode() not in fetch(url, keys["read"])[1]:
-            if time.monotonic() - acked > 10:
-                raise RuntimeError("a probe did not appear within 10 s")
-            time.sleep(0.005)
-        out.append(time.monotonic() - acked)
+        out.append(seconds_until(base, keys, [event], url, tag, timeout=10, pause=0.005))
         time.sleep(0.05)
     return out
 
@@ -256,7 +263,7 @@ def freshness(base: str, keys: dict[str, str], probes: int) -> list[float]:
 def pair_freshness(base: str, keys: dict[str, str], probes: int) -> list[float]:
     """Seconds from the 202 of a new shopper's two purchases (two new products) until
     ``related?kind=co_purchase`` of the first lists the second: the pairs' refresh after
-    purchases (collector/api/copurchase_refresh.py) plus the related answers' cache."""
+    purchases (collector/identity/copurchase_refresh.py) plus the related answers' cache."""
     out = []
     for _ in range(probes):
         first, second = (f"pair-{uuid.uuid4().hex[:12]}" for _ in range(2))
@@ -266,14 +273,8 @@ def pair_freshness(base: str, keys: dict[str, str], probes: int) -> list[float]:
                    "user_agent": "Mozilla/5.0 Chrome/131",
                    "items": [{"product_id": product, "price": 1}]}
                   for product in (first, second)]
-        fetch(f"{base}/api/v1/batch", keys["write"], json.dumps({"events": events}).encode())
-        acked = time.monotonic()
         url = f"{base}/api/v1/sites/{SITE}/products/{first}/related?kind=co_purchase"
-        while second.encode() not in fetch(url, keys["read"])[1]:
-            if time.monotonic() - acked > 900:
-                raise RuntimeError("a pair did not appear within 15 minutes")
-            time.sleep(0.1)
-        out.append(time.monotonic() - acked)
+        out.append(seconds_until(base, keys, events, url, second, timeout=900, pause=0.1))
     return out
 
 
