@@ -18,8 +18,9 @@ refresh's duration, so that refreshing takes at most 1/``cost_share`` of a core 
 data's size and however many collectors share the engine. The duration is the engine's
 wall time, which grows when the core is busy: refreshes then space out further. It asks
 only while the view is scheduled: not while a refresh runs (the engine would run a second
-one right after), after a failed one (the engine retries it on its own), or while a
-migration has the view stopped; the change then waits for the next look.
+one right after), after a failed one (the engine retries it on its own, then keeps to the
+schedule; a cancelled one is no failure), or while a migration has the view stopped; the
+change then waits for the next look.
 
 It looks after this collector stored rows (the flusher's call) or every ``poll`` seconds
 (other collectors' rows, admins' operations): an idle collector pays one small statement
@@ -58,8 +59,10 @@ WHERE {PART_TOP_BLOCK} > {{since:UInt64}}
 LIMIT 1
 """
 # The view's state; ``ago``: seconds since its last refresh began or ended, whoever asked.
+# A refresh a STOP VIEW cancelled (a migration's) failed as 'cancelled', which the engine
+# does not retry: no reason to wait for the schedule.
 STATUS = """
-SELECT status, exception != '' AS failed,
+SELECT status, exception NOT IN ('', 'cancelled') AS failed,
        ifNull(last_success_duration_ms, 0) / 1000 AS seconds,
        ifNull(dateDiff('second', greatest(last_refresh_time, last_success_time), now()),
               1e9) AS ago
