@@ -12,7 +12,7 @@ from starlette.testclient import TestClient
 
 from collector.ingest import webconsent
 from collector.web.http import Hit
-from tests.helpers import drained, on_path, rows, wait_for
+from tests.helpers import CHROME, drained, on_path, rows, wait_for
 
 ORIGIN = "https://shop.example"
 SITE = "consent-test"
@@ -289,11 +289,13 @@ def test_secure_over_https_and_behind_a_trusted_proxy(env):
     https = client.post("https://testserver/collect", content=body,
                         headers={"Content-Type": "text/plain"})
     assert "; Secure" in set_cookie(https)
-    proxied = TestClient(client.app, client=("10.1.2.3", 5000))
+    # A browser's agent: the test client's own ("testclient") is a program once the
+    # flusher has classified it (a bot gets no cookie), which it may do between requests.
+    proxied = TestClient(client.app, client=("10.1.2.3", 5000), headers={"User-Agent": CHROME})
     behind = proxied.post("/collect", content=body, headers={
         "Content-Type": "text/plain", "X-Forwarded-Proto": "https"})
     assert "; Secure" in set_cookie(behind)
-    stranger = TestClient(client.app, client=("192.0.2.1", 5000))
+    stranger = TestClient(client.app, client=("192.0.2.1", 5000), headers={"User-Agent": CHROME})
     forged = stranger.post("/collect", content=body, headers={
         "Content-Type": "text/plain", "X-Forwarded-Proto": "https"})
     assert "Secure" not in set_cookie(forged)
