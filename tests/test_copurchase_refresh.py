@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -120,15 +122,20 @@ def test_the_flushers_last_batch_gets_a_look_at_stop(env):
     assert look.asked == 1 and look.last_error is None
 
 
-def test_a_stopped_view_gets_no_request_and_the_change_waits(env):
-    _, collector, _ = env
-    store = collector.store
+def manual_look(store) -> CopurchaseRefresh:
+    """A look without its thread (stopped at once): the test looks itself."""
     look = CopurchaseRefresh(store, gap=0, cost_share=0, last_look=False)
     look.start()
-    look.stop()  # (its thread: the test looks itself)
-    store.execute(f"SYSTEM STOP VIEW {VIEW}")  # as a migration does
+    look.stop()
+    return look
+
+
+def asked_once_started(look: CopurchaseRefresh, store, change: Callable[[], Any]) -> None:
+    """What ``change`` made while the view was stopped (as a migration does) gets no
+    request, and one once the view is started again."""
+    store.execute(f"SYSTEM STOP VIEW {VIEW}")
     try:
-        send(env, [a_purchase()])
+        change()
         look._look(any_time=False)
         assert look.asked == 0
     finally:
@@ -138,6 +145,12 @@ def test_a_stopped_view_gets_no_request_and_the_change_waits(env):
         look._look(any_time=False)
         return look.asked
     assert wait_for(asked, timeout=30) == 1
+
+
+def test_a_stopped_view_gets_no_request_and_the_change_waits(env):
+    _, collector, _ = env
+    look = manual_look(collector.store)
+    asked_once_started(look, collector.store, lambda: send(env, [a_purchase()]))
 
 
 def test_without_block_numbers_to_follow_a_stored_batch_is_the_change(env):
@@ -145,24 +158,12 @@ def test_without_block_numbers_to_follow_a_stored_batch_is_the_change(env):
     view could not be refreshed for (stopped) still counts at the next look."""
     _, collector, _ = env
     store = collector.store
-    look = CopurchaseRefresh(store, gap=0, cost_share=0, last_look=False)
-    look.start()
-    look.stop()  # (its thread: the test looks itself)
+    look = manual_look(store)
     look._follow = False
     look._look(any_time=False)
     assert look.asked == 0  # nothing stored
-    look._stored_since = True  # as the thread notes a batch
-    store.execute(f"SYSTEM STOP VIEW {VIEW}")
-    try:
-        look._look(any_time=False)
-        assert look.asked == 0
-    finally:
-        store.execute(f"SYSTEM START VIEW {VIEW}")
-
-    def asked() -> int:
-        look._look(any_time=False)
-        return look.asked
-    assert wait_for(asked, timeout=30) == 1
+    # (as the thread notes a batch)
+    asked_once_started(look, store, lambda: setattr(look, "_stored_since", True))
     store.execute(f"SYSTEM WAIT VIEW {VIEW}")
     look._look(any_time=False)
     assert look.asked == 1  # asked for once
