@@ -34,8 +34,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import chdb.state
-
+from collector.storage import chdb_import
 from collector.storage.base import (
     Params,
     StorageError,
@@ -79,7 +78,7 @@ class EmbeddedStore(Store):
             if self._closed:
                 raise StorageError("store is closed")
             try:
-                conn = chdb.state.connect(self.dsn)
+                conn = chdb_import.connect(self.dsn)
             except Exception as exc:  # chDB raises plain RuntimeError for a locked path
                 raise StorageError(f"cannot open the embedded store at {self.path}: {exc}") from exc
             self._local.conn = conn
@@ -110,7 +109,7 @@ class EmbeddedStore(Store):
         """A connection owned by the caller, e.g. for a session with its own settings."""
         if self._closed:
             raise StorageError("store is closed")
-        return chdb.state.connect(self.dsn)
+        return chdb_import.connect(self.dsn)
 
     def query(self, sql: str, params: Params = None, fmt: str = "JSONEachRow") -> bytes:
         bound = {k: _bind(v) for k, v in params.items()} if params else None
