@@ -60,7 +60,8 @@ class Collector:
                            settings.spool_segment_seconds)
         self.flusher = Flusher(self.spool, self.store, self.metrics,
                                interval=settings.flush_interval_ms / 1000,
-                               max_bytes=settings.flush_bytes)
+                               max_bytes=settings.flush_bytes,
+                               insert_share=settings.flush_insert_share)
         self.flusher.blocked = self.tombstones.blocks
         self.flusher.agents = Resolver()
         self.changes = ChangeFeed(self.store)

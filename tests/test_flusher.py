@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import itertools
 import re
+import statistics
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -18,7 +21,7 @@ from collector.enrich.useragent import parse_agent
 from collector.ingest.events import Context, normalize
 from collector.metrics import Metrics
 from collector.spool.disk import Checkpoint, Pos, Spool
-from collector.spool.flusher import Flusher
+from collector.spool.flusher import STRETCH_LIMIT, Flusher
 from collector.spool.record import EVENT_COLUMNS, encode_record
 from collector.storage import StorageError
 from tests.helpers import wait_for
@@ -387,3 +390,79 @@ def test_a_batch_over_more_than_100_months_is_stored(tmp_path):
                                     "WHERE site_id = 'months'").strip() == "130", timeout=30)
     finally:
         server.stop()
+
+
+class SlowInserts:
+    """The real store, each insert into ``tagwerk.events`` ``delay`` seconds long (as under
+    load), its start times recorded: a batch's cut, to within the batch's reading."""
+
+    def __init__(self, store, delay: float) -> None:
+        self.store, self.delay, self.started = store, delay, []
+
+    def insert(self, table: str, *args, **kwargs) -> None:
+        if table.startswith("tagwerk.events "):
+            self.started.append(time.monotonic())
+            time.sleep(self.delay)
+        self.store.insert(table, *args, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self.store, name)
+
+
+def cut_gaps(store, tmp_path, interval: float, delay: float, share: float) -> list[float]:
+    """The seconds between batches' inserts while hits come every 10 ms for 2.5 s."""
+    site = "stretch-" + uuid.uuid4().hex[:8]
+    spool = Spool(tmp_path, 1 << 20, 1 << 30)
+    slow = SlowInserts(store, delay)
+    flusher = Flusher(spool, slow, Metrics(), interval=interval, insert_share=share)
+    flusher.start()
+    sent = 0
+    try:
+        until = time.monotonic() + 2.5
+        while time.monotonic() < until:
+            append_all(spool, [record(site, 1)[0]])
+            sent += 1
+            time.sleep(0.01)
+        wait_for(lambda: count(store, site) == sent and flusher.caught_up)
+    finally:
+        flusher.stop()
+        spool.close()
+    return [b - a for a, b in itertools.pairwise(slow.started)]
+
+
+def test_under_slow_inserts_batches_wait_so_that_inserting_takes_the_share(store, tmp_path):
+    """Inserts of 0.2 s and a share of a half: from the second batch on (the first follows
+    an insert of no time), a batch is cut 0.4 s after the last, not every 0.2 s."""
+    gaps = cut_gaps(store, tmp_path, interval=0.05, delay=0.2, share=0.5)
+    assert len(gaps) >= 3 and min(gaps[1:]) >= 0.39, gaps
+    # All of the time (a share of 1): back to back, the oldest hit waiting for one insert.
+    gaps = cut_gaps(store, tmp_path / "all", interval=0.05, delay=0.2, share=1.0)
+    assert min(gaps[1:]) >= 0.19 and statistics.median(gaps) < 0.3, gaps
+
+
+def test_the_interval_counts_from_the_last_cut_while_hits_wait(store, tmp_path):
+    """Hits that came during an insert have waited since the batch before was cut: theirs
+    is cut ``interval`` after that (0.3 s), not ``interval`` after the insert ended (0.5)."""
+    gaps = cut_gaps(store, tmp_path, interval=0.3, delay=0.2, share=1.0)
+    assert min(gaps) >= 0.29 and statistics.median(gaps) < 0.42, gaps
+
+
+def test_the_stretch_is_bounded(tmp_path):
+    spool = Spool(tmp_path, 1 << 20, 1 << 30)
+    try:
+        flusher = Flusher(spool, None, Metrics(), interval=0.25, insert_share=0.5)
+        assert flusher.wait() == 0.25  # idle: no insert yet
+        flusher.last_took = 0.1
+        assert flusher.wait() == 0.25  # quick inserts: the interval
+        flusher.last_took = 0.3
+        assert flusher.wait() == pytest.approx(0.6)
+        flusher.last_took = 5.0
+        assert flusher.wait() == STRETCH_LIMIT == 1.0  # the hits wait at most 1 s
+        longer = Flusher(spool, None, Metrics(), interval=2.0, insert_share=0.5)
+        longer.last_took = 5.0
+        assert longer.wait() == 2.0  # an interval set longer still applies
+        for share in (0, -1, 1.5):
+            with pytest.raises(ValueError, match="flush_insert_share"):
+                Flusher(spool, None, Metrics(), insert_share=share)
+    finally:
+        spool.close()
