@@ -1,9 +1,9 @@
 """The flusher: moves spooled rows into ClickHouse in batches, exactly once.
 
-A batch is cut when the oldest unflushed hit is ``interval`` old or ``max_bytes`` wait.
+A batch is cut ``interval`` after the flusher found hits waiting, or once ``max_bytes`` wait.
 Under load the interval stretches (``Flusher.wait``): an insert costs the materialised
 views about 0.1 s of engine CPU whatever its size, so fewer, larger inserts leave more of
-the core to the requests when it is short, and the hits wait at most ``STRETCH_LIMIT``.
+the core to the requests when it is short.
 Before inserting, the flusher records the batch's bounds in the checkpoint; after a crash
 the same bounds are replayed with the same ``insert_deduplication_token``, so ClickHouse
 drops a block it already has. Event ids chosen by senders are checked against the table
@@ -41,8 +41,8 @@ from collector.storage import StorageError, StorageUnavailable, Store
 log = logging.getLogger("tagwerk.flusher")
 
 MAX_REPLAY = 1 << 40
-# The longest the oldest hit waits for its batch because inserts take long (an interval
-# set longer still applies): the freshness the aggregates promise is 1 s.
+# The longest the flusher gathers hits because inserts take long (an interval set longer
+# still applies): the freshness the aggregates promise is 1 s.
 STRETCH_LIMIT = 1.0
 FORMAT = "JSONCompactEachRow"
 # Rows spooled before a column was added end early: defaults fill in.
@@ -104,9 +104,6 @@ class Flusher:
         self.spool, self.store, self.metrics = spool, store, metrics
         self.interval, self.max_bytes, self.insert_share = interval, max_bytes, insert_share
         self.last_took = 0.0  # the last batch's insert, seconds
-        # When the oldest unflushed hit arrived, at the earliest: the last cut if hits were
-        # waiting right after it, else when the flusher found them (polled every 10 ms).
-        self._waiting_since: float | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="flusher", daemon=True)
         self.last_error: str | None = None
@@ -171,30 +168,27 @@ class Flusher:
         start = checkpoint.flushed
         durable = self.spool.durable
         if durable <= start:
-            self._waiting_since = None
             self._stop.wait(0.01)
             return
-        if self._waiting_since is None:
-            self._waiting_since = time.monotonic()
-        deadline = self._waiting_since + self.wait()
+        deadline = time.monotonic() + self.wait()
         while not self._stop.is_set() and time.monotonic() < deadline:
             durable = self.spool.durable
             if durable.segment == start.segment and durable.offset - start.offset < self.max_bytes:
                 time.sleep(min(0.01, max(0.0, deadline - time.monotonic())))
             else:
                 break
-        self._waiting_since = time.monotonic()  # what is durable from now on is the next's
         self._flush(start, self.spool.durable)
 
     def wait(self) -> float:
-        """How old the oldest hit gets before its batch is cut: ``interval``, stretched so
-        that inserting takes at most ``insert_share`` of the time (the last insert's time /
-        share, from cut to cut), within ``STRETCH_LIMIT``. Idle or lightly loaded, an insert
-        is quick and nothing stretches; when the core is short, inserts take longer and
-        carry more rows each, so that the views' fixed cost per insert is paid less often
-        (bench/load.py: the shop's CPU per event +18% with the views at a fixed 250 ms,
-        +7% at 1 s)."""
-        return max(self.interval, min(self.last_took / self.insert_share, STRETCH_LIMIT))
+        """How long the flusher gathers hits once it found some: ``interval``, or when the
+        last insert took longer, so long that inserting takes at most ``insert_share`` of
+        the time, within ``STRETCH_LIMIT``. Lightly loaded, an insert is quicker than the
+        interval and nothing changes; when the core is short, inserts take longer, and the
+        next ones come less often and carry more rows, so that the views' fixed cost per
+        insert is paid less often (bench/load.py: with the views, the shop's CPU per event
+        +18% at a fixed 250 ms, +7% at 1 s)."""
+        stretched = self.last_took / self.insert_share - self.last_took
+        return max(self.interval, min(stretched, STRETCH_LIMIT))
 
     def _flush(self, start: Pos, end: Pos, max_bytes: int | None = None) -> None:
         records, stop = self.spool.read(start, end, max_bytes or self.max_bytes)
