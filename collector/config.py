@@ -40,9 +40,9 @@ class Settings:
     # A batch goes to ClickHouse when this many bytes wait or its oldest hit is this old.
     flush_bytes: int = 16 * 1024**2
     flush_interval_ms: int = 250
-    # Under load the flusher spends at most this share of the time inserting: batches wait
-    # longer (the oldest hit up to 1 s) and carry more rows (collector/spool/flusher.py).
-    flush_insert_share: float = 0.5
+    # Inserts taking more than twice the interval (the core is short) make the flusher
+    # gather hits as long as an insert takes, up to 1 s (collector/spool/flusher.py).
+    flush_stretch: bool = True
     # Past this many unflushed bytes on disk the collector answers 503.
     spool_max_bytes: int = 2 * 1024**3
     spool_segment_bytes: int = 64 * 1024**2

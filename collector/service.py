@@ -61,7 +61,7 @@ class Collector:
         self.flusher = Flusher(self.spool, self.store, self.metrics,
                                interval=settings.flush_interval_ms / 1000,
                                max_bytes=settings.flush_bytes,
-                               insert_share=settings.flush_insert_share)
+                               stretch=settings.flush_stretch)
         self.flusher.blocked = self.tombstones.blocks
         self.flusher.agents = Resolver()
         self.changes = ChangeFeed(self.store)

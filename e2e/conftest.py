@@ -44,7 +44,7 @@ def server(tmp_path_factory):
     # nothing else changes.
     mp = pytest.MonkeyPatch()
     mp.setenv("TAGWERK_FLUSH_INTERVAL_MS", "50")
-    mp.setenv("TAGWERK_FLUSH_INSERT_SHARE", "1")
+    mp.setenv("TAGWERK_FLUSH_STRETCH", "0")
     try:
         server = Server(tmp_path_factory.mktemp("e2e") / "var").start()
     finally:

@@ -62,7 +62,7 @@ def collector_settings(data_dir: Path, **settings: Any) -> Settings:
     co-purchase pairs refreshed only when a test asks (test_copurchase_refresh.py turns the
     refresh on purchases on: a refresh of the session's store, with every module's rows,
     takes a core for seconds)."""
-    return Settings(**{"data_dir": data_dir, "flush_interval_ms": 20, "flush_insert_share": 1.0,
+    return Settings(**{"data_dir": data_dir, "flush_interval_ms": 20, "flush_stretch": False,
                        "demo_shoppers": False,
                        "privacy_key": TEST_PRIVACY_KEY, "copurchase_refresh_seconds": 0,
                        **settings})

@@ -409,12 +409,12 @@ class SlowInserts:
         return getattr(self.store, name)
 
 
-def cut_gaps(store, tmp_path, interval: float, delay: float, share: float) -> list[float]:
+def cut_gaps(store, tmp_path, interval: float, delay: float, stretch: bool) -> list[float]:
     """The seconds between batches' inserts while hits come every 10 ms for 2.5 s."""
     site = "stretch-" + uuid.uuid4().hex[:8]
     spool = Spool(tmp_path, 1 << 20, 1 << 30)
     slow = SlowInserts(store, delay)
-    flusher = Flusher(spool, slow, Metrics(), interval=interval, insert_share=share)
+    flusher = Flusher(spool, slow, Metrics(), interval=interval, stretch=stretch)
     flusher.start()
     sent = 0
     try:
@@ -430,32 +430,37 @@ def cut_gaps(store, tmp_path, interval: float, delay: float, share: float) -> li
     return [b - a for a, b in itertools.pairwise(slow.started)]
 
 
-def test_under_slow_inserts_batches_wait_so_that_inserting_takes_the_share(store, tmp_path):
-    """Inserts of 0.2 s and a share of a half: from the second batch on (the first follows
-    an insert of no time), the flusher gathers hits for 0.2 s after an insert, not 0.05."""
-    gaps = cut_gaps(store, tmp_path, interval=0.05, delay=0.2, share=0.5)
-    assert len(gaps) >= 3 and min(gaps[1:]) >= 0.39, gaps
-    # All of the time (a share of 1): the interval after each insert.
-    gaps = cut_gaps(store, tmp_path / "all", interval=0.05, delay=0.2, share=1.0)
-    assert min(gaps[1:]) >= 0.24 and statistics.median(gaps) < 0.35, gaps
+def test_under_slow_inserts_batches_gather_as_long_as_an_insert_takes(store, tmp_path):
+    """Inserts of 0.2 s, four times the interval: once the smoothed insert time is past
+    twice the interval (from the fourth batch on: 0.2 x (1 - 0.75^3) = 0.116 > 0.1), the
+    flusher gathers hits for that time after an insert, not for the interval."""
+    gaps = cut_gaps(store, tmp_path, interval=0.05, delay=0.2, stretch=True)
+    assert len(gaps) >= 5 and min(gaps[3:]) >= 0.31, gaps
+    # Without the stretch: the interval after each insert (and the insert's own work,
+    # in both cases alike).
+    unstretched = cut_gaps(store, tmp_path / "off", interval=0.05, delay=0.2, stretch=False)
+    assert min(unstretched) >= 0.24, unstretched
+    assert statistics.median(gaps[3:]) >= statistics.median(unstretched) + 0.08, (
+        gaps, unstretched)
 
 
-def test_the_stretch_is_bounded(tmp_path):
+
+def test_the_stretch_starts_past_twice_the_interval_and_is_bounded(tmp_path):
     spool = Spool(tmp_path, 1 << 20, 1 << 30)
     try:
-        flusher = Flusher(spool, None, Metrics(), interval=0.25, insert_share=0.5)
+        flusher = Flusher(spool, None, Metrics(), interval=0.25)
         assert flusher.wait() == 0.25  # idle: no insert yet
-        flusher.last_took = 0.2
-        assert flusher.wait() == 0.25  # inserts quicker than the interval: the interval
-        flusher.last_took = 0.4
-        assert flusher.wait() == pytest.approx(0.4)  # inserting half of the time
-        flusher.last_took = 5.0
+        flusher.insert_seconds = 0.5
+        assert flusher.wait() == 0.25  # inserts up to twice the interval: the interval
+        flusher.insert_seconds = 0.6
+        assert flusher.wait() == pytest.approx(0.6)  # inserting half of the time
+        flusher.insert_seconds = 5.0
         assert flusher.wait() == STRETCH_LIMIT == 1.0  # gathering at most 1 s
-        longer = Flusher(spool, None, Metrics(), interval=2.0, insert_share=0.5)
-        longer.last_took = 5.0
+        longer = Flusher(spool, None, Metrics(), interval=2.0)
+        longer.insert_seconds = 5.0
         assert longer.wait() == 2.0  # an interval set longer still applies
-        for share in (0, -1, 1.5):
-            with pytest.raises(ValueError, match="flush_insert_share"):
-                Flusher(spool, None, Metrics(), insert_share=share)
+        off = Flusher(spool, None, Metrics(), interval=0.25, stretch=False)
+        off.insert_seconds = 5.0
+        assert off.wait() == 0.25
     finally:
         spool.close()
