@@ -15,6 +15,7 @@ from collector.config import Settings
 from collector.containers import Containers, Previews
 from collector.containers.demo import demo_container
 from collector.enrich import uarules
+from collector.enrich.client_hash import ClientSalts
 from collector.enrich.geo import GeoIP
 from collector.enrich.useragent import Resolver
 from collector.files import write_atomic
@@ -55,6 +56,7 @@ class Collector:
         key = privacy_key.load(settings.privacy_key, settings.data_dir)
         self.previews = Previews(self.store, key)
         self.tombstones = Tombstones(self.store, key)
+        self.client_salts = ClientSalts(self.store)  # browsers' clients (public lists)
         self.spool = Spool(settings.spool_dir, settings.spool_segment_bytes,
                            settings.spool_max_bytes, settings.spool_commit_delay_ms / 1000,
                            settings.spool_segment_seconds)
@@ -159,6 +161,7 @@ class Collector:
                 self._ensure_demo_site()
             self.sites.load()
             self.tombstones.load()
+            self.client_salts.look()
             # What the spool holds was acknowledged before this start: maybe before an
             # erasure of one of its identifiers.
             self.flusher.recheck(self.spool.durable)
@@ -201,6 +204,7 @@ class Collector:
                     log.exception("refreshing the live container of %s", site_id)
             if self._stopping.wait(CONTAINER_REFRESH_SECONDS):
                 return
+            self.client_salts.look()  # (each minute: it says when)
             try:
                 if self.tombstones.load():  # erasures made through any collector
                     # Rows spooled before were checked against fewer tombstones.

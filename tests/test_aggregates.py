@@ -174,6 +174,10 @@ def test_product_hourly(loaded):
             sum(quantity) AS quantity, toString(sum(revenue)) AS revenue,
             uniqMerge(persons) AS persons, uniqMerge(viewers) AS viewers,
             uniqMerge(carters) AS carters, uniqMerge(buyers) AS buyers,
+            uniqCombinedMerge(12)(client_views) AS client_views,
+            uniqCombinedMerge(12)(client_carts) AS client_carts,
+            uniqCombinedMerge(12)(client_purchases) AS client_purchases,
+            uniqCombinedMerge(12)(client_interactions) AS client_interactions,
             arraySort(groupUniqArrayArray(categories)) AS categories,
             toString(max(last_ts)) AS last_ts
         FROM tagwerk.product_hourly WHERE {IN}
@@ -194,13 +198,22 @@ def test_product_hourly(loaded):
             uniqExactIf(if(user_id = '' OR NOT user_verified, device_id, user_id),
                         (device_id != '' OR user_id != '' AND user_verified)
                         AND event = 'purchase') AS buyers,
+            uniqExactIf(%(client)s, %(clienty)s AND event = 'view_item') AS client_views,
+            uniqExactIf(%(client)s, %(clienty)s AND event = 'add_to_cart') AS client_carts,
+            uniqExactIf(%(client)s, %(clienty)s AND event = 'purchase') AS client_purchases,
+            uniqExactIf((%(client)s, event), %(clienty)s) AS client_interactions,
             arraySort(arrayDistinct(arrayFilter(c -> c != '', groupArray(it.3)))) AS categories,
             toString(max(ts)) AS last_ts
         FROM tagwerk.events ARRAY JOIN items AS it
         WHERE {IN} AND is_bot = 0 AND it.1 != ''
             AND event IN ('view_item', 'add_to_cart', 'purchase')
-        GROUP BY site_id, hour, product_id""")
+        GROUP BY site_id, hour, product_id""" % {
+        # (a browser's client, else the person hashed: clickhouse/0047)
+        "client": "if(client_hash != 0, client_hash, cityHash64(if(user_id = '' OR NOT "
+                  "user_verified, device_id, user_id)))",
+        "clienty": "(client_hash != 0 OR device_id != '' OR user_id != '' AND user_verified)"})
     assert any(r["persons"] for r in rows) and any(float(r["revenue"]) > 0 for r in rows)
+    assert any(r["client_views"] for r in rows)
 
 
 def test_product_revenue_per_currency(loaded):

@@ -831,10 +831,10 @@ def test_session_items_rebuilt_in_small_granules_whenever_interrupted(run_upgrad
     run_upgrade(44, SESSIONS_REBUILD, str(done))
 
 
-DEVICES_UPGRADE = SESSIONS_UPGRADE.replace(
-    '", session_ids"', '", devices"').replace(
+DEVICES_UPGRADE = SESSIONS_UPGRADE.replace(  # (devices: named clients since 0048)
+    '", session_ids"', '", clients"').replace(
     '[row["session_ids"] for row in found] == [["s1"], ["s1"]]',
-    '[row["devices"] for row in found] == [1, 1]')
+    '[row["clients"] for row in found] == [1, 1]')
 
 
 def test_settled_co_views_get_their_devices_at_the_first_refresh(run_upgrade):

@@ -121,9 +121,20 @@ WHERE site_id = {site:String} AND hour >= toDateTime({since:UInt32})
     AND product_id NOT IN {exclude:Array(String)}
 GROUP BY product_id
 HAVING %(metric)s > 0 %(category)s %(support)s
-ORDER BY %(metric)s DESC, product_id
+ORDER BY %(rank)s%(metric)s DESC, product_id
 LIMIT {limit:UInt32}
 """
+# The public lists rank by clients (clickhouse/0047: an address, an IPv6 /48), each counted
+# once per product, hour and interaction: one client's fresh devices otherwise voted any
+# product to the top of the shop's pages. (States of (hour, client): merged over a window,
+# the sum of each hour's clients.)
+CLIENTS = {"views": "uniqCombinedMerge(12)(client_views)",
+           "add_to_carts": "uniqCombinedMerge(12)(client_carts)",
+           "purchases": "uniqCombinedMerge(12)(client_purchases)",
+           "revenue": "uniqCombinedMergeIf(12)(client_purchases, currency = {currency:String})"}
+# What trending counts in a part of its window (%s: the condition on the hour).
+INTERACTIONS = "sumIf(views + add_to_carts + purchases, %s)"
+CLIENT_INTERACTIONS = "uniqCombinedMergeIf(12)(client_interactions, %s)"
 
 # Hours stored before clickhouse/0037 count their purchases under '' (only their revenue
 # was moved to its currency): there, the hours of products sold in a currency decide.
@@ -143,9 +154,7 @@ SELECT product_id, recent, baseline,
 FROM
 (
     SELECT product_id,
-        sumIf(views + add_to_carts + purchases, hour >= toDateTime({recent:UInt32})) AS recent,
-        sumIf(views + add_to_carts + purchases, hour < toDateTime({recent:UInt32})) AS baseline,
-        %(as_of)s%(persons)s
+        %(recent)s AS recent, %(baseline)s AS baseline, %(as_of)s%(persons)s
     FROM tagwerk.product_hourly
     WHERE site_id = {site:String} AND hour >= toDateTime({since:UInt32})
         AND hour <= toDateTime({until:UInt32})
@@ -167,11 +176,12 @@ HAVING score >= {support:UInt64}%(having)s
 ORDER BY %(order)s
 LIMIT {limit:UInt32}
 """
-# A public co-view list's candidates, by the devices behind each pair (clickhouse/0045): by
-# sessions, one browser's sessions of a product and 49 others took every candidate row and
-# a pair two persons viewed was left out (probe 67). With the ids of a session of each of up
-# to 11 devices, which ``proved_pairs`` resolves.
-PUBLIC_CO_VIEW = ", groupUniqArrayArray(11)(session_ids) AS seen, sum(devices) AS spread"
+# A public co-view list's candidates, by the clients behind each pair (clickhouse/0045,
+# 0048: a browser's network, else a device): by sessions, one browser's sessions of a
+# product and 49 others took every candidate row and a pair two persons viewed was left out
+# (probe 67); by devices, one line's fresh devices made any pair. With the ids of a session
+# of each of up to 11 clients, which ``proved_pairs`` resolves.
+PUBLIC_CO_VIEW = ", groupUniqArrayArray(11)(session_ids) AS seen, sum(clients) AS spread"
 # A public pair list is dated by its view's last refresh: a pair's last view told when the
 # one other person behind it last viewed anything, to the minute (probe 67).
 REFRESHED = """
@@ -256,6 +266,12 @@ def proves(ask: Ask) -> bool:
         and ask.pairs != "co_purchase"
 
 
+def interactions(public: bool, hours: str) -> str:
+    """What trending counts in the ``hours`` of its window: interactions, or on a public
+    list each client's once an hour (``CLIENT_INTERACTIONS``)."""
+    return (CLIENT_INTERACTIONS if public else INTERACTIONS) % hours
+
+
 def hour_start(seconds: float) -> int:
     return int(seconds // HOUR * HOUR)
 
@@ -266,6 +282,7 @@ def compute(store: Any, site_id: str, ask: Ask, exclude: tuple[str, ...],
     identifier's hits are (``resolutions.sole_owners``), for a list with a support above 1
     (top, trending, co-view pairs)."""
     proving = proves(ask) and owners is not None
+    public = ask.support > 1  # (the browser-safe lists: ``Bounds.min_support``)
     limits = ask.limits
     base = {"site": site_id, "exclude": list(exclude),
             "limit": ask.limit + (SPARE_ROWS if proving else 0)}
@@ -279,7 +296,7 @@ def compute(store: Any, site_id: str, ask: Ask, exclude: tuple[str, ...],
         support = f"AND {persons} >= {{support:UInt64}}" if ask.support > 1 else ""
         sql = TOP % {"metric": ask.metric, "category": category, "support": support,
                      "as_of": AS_OF, "persons": f", {persons} AS behind, {LAST}" if proving
-                     else ""}
+                     else "", "rank": f"{CLIENTS[ask.metric]} DESC, " if public else ""}
         rows = store.rows(sql + limits, {**base, "since": ask.since, "until": ask.until,
                                 "category": ask.category, "currency": ask.currency or "",
                                 "support": ask.support})
@@ -296,9 +313,11 @@ def compute(store: Any, site_id: str, ask: Ask, exclude: tuple[str, ...],
         ratio = recent_seconds / max(ask.recent - ask.since, 1)
         recent_persons = "uniqMergeIf(persons, hour >= toDateTime({recent:UInt32}))"
         support = f"AND {recent_persons} >= {{support:UInt64}}" if ask.support > 1 else ""
-        rows = store.rows((TRENDING % {"as_of": AS_OF, "support": support,
-                                      "outer": ", behind, last" if proving else "", "persons": (
-            f", {recent_persons} AS behind, {LAST}" if proving else "")}) + limits,
+        rows = store.rows((TRENDING % {
+            "as_of": AS_OF, "support": support, "outer": ", behind, last" if proving else "",
+            "persons": f", {recent_persons} AS behind, {LAST}" if proving else "",
+            "recent": interactions(public, "hour >= toDateTime({recent:UInt32})"),
+            "baseline": interactions(public, "hour < toDateTime({recent:UInt32})")}) + limits,
                           {**base, "since": ask.since, "until": ask.until,
                            "recent": ask.recent, "k": SMOOTHING, "ratio": ratio,
                            "support": ask.support})

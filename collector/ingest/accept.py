@@ -200,6 +200,7 @@ def hit_context(c: Collector, site: Site, channel: str, hit: Hit, ip: str) -> Co
         identifier_kinds=site.identifier_kinds,
         identity_key=site.write_key_hash,
         language=preferred_language(hit.headers.get("accept-language", "")),
+        client_hash=c.client_salts.hash(site.site_id, ip),
     )
 
 

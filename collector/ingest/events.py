@@ -146,6 +146,8 @@ class Context:
     identifier_kinds: tuple[str, ...] = BUILT_IN
     # The site's write key digest: browser identifies are verified with it (identity.verify).
     identity_key: str = ""
+    # The browser's client, for hits with analytics consent (enrich/client_hash.py); 0: none.
+    client_hash: int = 0
 
     def __post_init__(self) -> None:
         if not self.received_text:
@@ -288,6 +290,7 @@ def normalize(raw: Any, ctx: Context) -> tuple[dict[str, Any], bool]:
         # on a hit; such a claim is kept for analytics, and the hit is attributed through
         # its device like any other (clickhouse/0023_user_verified.sql).
         "user_verified": ctx.trusted or type_ in ("identify", "alias"),
+        "client_hash": ctx.client_hash if "analytics" in consent else 0,
     }
     ecommerce = raw.get("ecommerce")  # the only cost of GA4 e-commerce for other hits
     if ecommerce is not None:

@@ -39,7 +39,7 @@ EVENT_COLUMNS = (
     "screen", "order_id", "revenue", "currency", "coupon", "items", "props", "retention_days",
     # Added later: last, so that spool records written before them still load (the flusher
     # lets a row end early; the columns then take their defaults).
-    "identifiers", "consent_id", "user_verified",
+    "identifiers", "consent_id", "user_verified", "client_hash",
 )
 # The tables a record may be for, with their columns in the order of a record's rows.
 TABLES = {EVENTS: EVENT_COLUMNS, CONSENT_LOG: CONSENT_COLUMNS}
