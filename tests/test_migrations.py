@@ -649,7 +649,7 @@ raw = ("SELECT countIf(event = 'view_item') AS v, countIf(event = 'purchase') AS
 [cut] = [m for m in every if m.version == 41]
 for stmt in cut.statements[:int(sys.argv[3])]:  # interrupted after these, then run again
     store.execute(stmt)
-migrations.load_migrations = lambda: every
+migrations.load_migrations = lambda: [m for m in every if m.version < 49]  # (0049 below)
 migrations.migrate(store)
 assert store.rows(totals) == store.rows(raw), (store.rows(totals), store.rows(raw))
 store.execute(insert, {"first": 24})  # fed by the view
@@ -676,7 +676,7 @@ store.execute(insert, {"first": 0})
 buyers = "SELECT uniqMerge(buyers) AS b, toString(sumIf(revenue, currency = 'EUR')) AS r " \\
          "FROM tagwerk.product_hourly"
 assert store.rows(buyers) == [{"b": 1, "r": "7.5"}], store.rows(buyers)  # the claim, once
-migrations.load_migrations = lambda: every
+migrations.load_migrations = lambda: [m for m in every if m.version < 49]  # (0049 below)
 migrations.migrate(store)
 store.execute(insert, {"first": 3})  # three more devices, each its own buyer now
 assert store.rows(buyers) == [{"b": 4, "r": "15"}], store.rows(buyers)
@@ -688,6 +688,55 @@ def test_persons_count_a_browsers_claimed_user_id_as_its_device_after_the_upgrad
     """0042: product_hourly's persons count an unverified user id as the hit's device
     (revenue still by currency); the hours stored before keep what they counted."""
     run_upgrade(42, VERIFIED_UPGRADE)
+
+
+COMBINED_UPGRADE = """
+insert = \"\"\"INSERT INTO tagwerk.events (event_id, site_id, event, type, ts, received_at,
+    device_id, user_id, user_verified, consent, currency, client_hash, items)
+    SELECT generateUUIDv4(number), 's', ['view_item', 'add_to_cart', 'purchase'][number % 3 + 1],
+    'track', now64(3) - toIntervalHour(number % 2), now64(3), 'd' || toString(number % 5),
+    if(number % 4 = 0, 'u' || toString(number % 3), ''), number % 8 = 0, ['analytics'],
+    if(number % 3 = 2, 'EUR', ''), number % 7,
+    [('p' || toString(number % 2), '', '', '', '', toDecimal64(2.5, 4), toUInt32(1))]
+    FROM numbers({first:UInt64}, 40)\"\"\"
+store.execute(insert, {"first": 0})
+kept = ("SELECT product_id, currency, sum(views) AS v, sum(purchases) AS n, "
+        "toString(sum(revenue)) AS r, groupUniqArrayArray(categories) AS c, "
+        "uniqCombinedMerge(12)(client_views) AS cv, "
+        "uniqCombinedMerge(12)(client_interactions) AS ci "
+        "FROM tagwerk.product_hourly GROUP BY product_id, currency ORDER BY ALL")
+before = store.rows(kept)
+person = "if(user_id != '' AND user_verified, user_id, device_id)"
+persons = ("SELECT product_id, uniqCombinedMerge(12)(persons) AS p, "
+           "uniqCombinedMerge(12)(viewers) AS vw, uniqCombinedMerge(12)(carters) AS c, "
+           "uniqCombinedMergeIf(12)(buyers, currency = 'EUR') AS b "
+           "FROM tagwerk.product_hourly GROUP BY product_id ORDER BY ALL")
+raw = (f"SELECT item.1 AS product_id, uniqExact({person}) AS p, "
+       f"uniqExactIf({person}, event = 'view_item') AS vw, "
+       f"uniqExactIf({person}, event = 'add_to_cart') AS c, "
+       f"uniqExactIf({person}, event = 'purchase' AND currency = 'EUR') AS b "
+       "FROM tagwerk.events ARRAY JOIN items AS item GROUP BY product_id ORDER BY ALL")
+[cut] = [m for m in every if m.version == 49]
+for stmt in cut.statements[:int(sys.argv[3])]:  # interrupted after these, then run again
+    store.execute(stmt)
+migrations.load_migrations = lambda: every
+migrations.migrate(store)
+assert store.rows(kept) == before, (store.rows(kept), before)
+assert store.rows(persons) == store.rows(raw), (store.rows(persons), store.rows(raw))
+store.execute(insert, {"first": 40})  # fed by the view
+assert store.rows(persons) == store.rows(raw), (store.rows(persons), store.rows(raw))
+assert not store.rows("SELECT name FROM system.tables WHERE database = 'tagwerk' "
+                      "AND name LIKE 'product_hourly_0%'")
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("done", [0, 1, 2, 3, 4, 5, 6, 7])
+def test_persons_states_are_computed_again_whenever_interrupted(run_upgrade, done):
+    """0049 makes product_hourly's persons uniqCombined(12) states: the other columns as
+    they were, the persons computed again from events (a browser's claim counted as its
+    device), new hits fed by the view; also when run again after being cut anywhere."""
+    run_upgrade(49, COMBINED_UPGRADE, str(done))
 
 
 SESSIONS_UPGRADE = """

@@ -196,7 +196,7 @@ AS_OF = "toString(least(max(max(last_ts)) OVER (), now64(3))) AS as_of"
 LAST = "toString(least(max(last_ts), now64(3))) AS last"  # each row's own (``_as_of``)
 
 PAIRS = {"co_view": ("coview_pairs", "sessions"), "co_purchase": ("copurchase_pairs", "buyers")}
-# The persons behind each metric of a top list (product_hourly's uniq states).
+# The persons behind each metric of a top list (product_hourly's states, clickhouse/0049).
 PERSONS = {"views": "viewers", "add_to_carts": "carters", "purchases": "buyers"}
 # Those persons are user ids, else device ids, as an hour's row knows them: one shopper's
 # phone and desktop, or their guest and logged-in hits, count twice. An item whose count is
@@ -291,8 +291,8 @@ def compute(store: Any, site_id: str, ask: Ask, exclude: tuple[str, ...],
             if ask.category else ""
         # (asked only above 1: a product whose hits named no one has no persons)
         # (revenue: the buyers of the currency it ranks by, not of every currency)
-        persons = "uniqMergeIf(buyers, currency = {currency:String})" \
-            if ask.metric == "revenue" else f"uniqMerge({PERSONS[ask.metric]})"
+        persons = "uniqCombinedMergeIf(12)(buyers, currency = {currency:String})" \
+            if ask.metric == "revenue" else f"uniqCombinedMerge(12)({PERSONS[ask.metric]})"
         support = f"AND {persons} >= {{support:UInt64}}" if ask.support > 1 else ""
         sql = TOP % {"metric": ask.metric, "category": category, "support": support,
                      "as_of": AS_OF, "persons": f", {persons} AS behind, {LAST}" if proving
@@ -311,7 +311,7 @@ def compute(store: Any, site_id: str, ask: Ask, exclude: tuple[str, ...],
     elif ask.kind == "trending":
         recent_seconds = max(now - ask.recent, 1.0)
         ratio = recent_seconds / max(ask.recent - ask.since, 1)
-        recent_persons = "uniqMergeIf(persons, hour >= toDateTime({recent:UInt32}))"
+        recent_persons = "uniqCombinedMergeIf(12)(persons, hour >= toDateTime({recent:UInt32}))"
         support = f"AND {recent_persons} >= {{support:UInt64}}" if ask.support > 1 else ""
         rows = store.rows((TRENDING % {
             "as_of": AS_OF, "support": support, "outer": ", behind, last" if proving else "",
