@@ -211,8 +211,9 @@ def test_product_hourly(loaded):
             AND event IN ('view_item', 'add_to_cart', 'purchase')
         GROUP BY site_id, hour, product_id""" % {
         # (a browser's client, else the person hashed: clickhouse/0047)
-        "client": "if(client_hash != 0, client_hash, cityHash64(if(user_id = '' OR NOT "
-                  "user_verified, device_id, user_id)))",
+        "client": "(if(client_hash != 0, toStartOfHour(received_at), toStartOfHour(ts)), "
+                  "if(client_hash != 0, client_hash, cityHash64(if(user_id = '' OR NOT "
+                  "user_verified, device_id, user_id))))",
         "clienty": "(client_hash != 0 OR device_id != '' OR user_id != '' AND user_verified)"})
     assert any(r["persons"] for r in rows) and any(float(r["revenue"]) > 0 for r in rows)
     assert any(r["client_views"] for r in rows)

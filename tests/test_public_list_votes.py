@@ -9,6 +9,7 @@ IPv6 /48), each counted once per product, hour and kind of interaction
 
 from __future__ import annotations
 
+import datetime as dt
 import ipaddress
 
 import orjson
@@ -40,9 +41,10 @@ def collect(client, site: str, address: str, events: list[dict]) -> None:
     assert response.status_code == 202, response.text
 
 
-def view(product: str, device: str, event: str = "view_item") -> dict:
+def view(product: str | list[str], device: str, event: str = "view_item") -> dict:
+    products = [product] if isinstance(product, str) else product
     return {"event": event, "device_id": device, "session_id": device, "consent": CONSENTED,
-            "items": [{"product_id": product, "price": 5}]}
+            "items": [{"product_id": p, "price": 5} for p in products]}
 
 
 def listed(client, site: str, path: str) -> list[str]:
@@ -83,6 +85,23 @@ def test_fresh_devices_from_one_client_do_not_outvote_three_shoppers(env, stuffe
     assert listed(client, name, "/trending?window=1h&baseline=7d") == ["honest", "stuffed"]
 
 
+def test_views_dated_back_count_once_in_the_hour_they_came(env):
+    """A browser may date its hits back (a queue the tag kept offline): one request of 30
+    views, each an hour earlier, counted as 30 clients on the week's top (clickhouse/0051)."""
+    client, collector = env
+    name = "votes-dated"
+    collector.sites.create(name, [ORIGIN])
+    for n, address in enumerate(("198.51.100.70", "198.51.100.71", "198.51.100.72")):
+        collect(client, name, address, [view("honest", f"shopper-{n}")])
+    now = dt.datetime.now(dt.UTC)
+    collect(client, name, "203.0.113.70", [
+        {**view("dated", f"minted-{n}"),
+         "ts": (now - dt.timedelta(hours=n)).isoformat(timespec="milliseconds")}
+        for n in range(30)])
+    wait_for(lambda: drained(collector))
+    assert listed(client, name, "/top?window=7d") == ["honest", "dated"]
+
+
 def test_fresh_devices_from_one_client_make_no_public_co_view_pair(env):
     """Pairs rank by the clients behind them, and need two persons' sessions of two clients:
     12 fresh devices viewing a pair from one line make none; two shoppers on two lines do."""
@@ -99,6 +118,32 @@ def test_fresh_devices_from_one_client_make_no_public_co_view_pair(env):
     refresh_minute(collector.store, (name,), tables=("coview_pairs",))
     assert listed(client, name, "/related/x") == ["z"]
     assert listed(client, name, "/related/y") == []
+
+
+def test_fresh_devices_buying_from_one_client_make_no_public_bought_together_pair(env):
+    """A browser's purchase is as unauthenticated as its views: each fresh device is a
+    buyer of its own, and two made a public "bought together" pair. A pair needs two
+    buyers' clients (clickhouse/0050)."""
+    client, collector = env
+    name = "votes-bought"
+    _, keys = collector.sites.create(name, [ORIGIN])
+    for n, address in enumerate(("198.51.100.60", "198.51.100.61")):
+        collect(client, name, address, [view(["x", "z"], f"buyer-{n}", "purchase")])
+    for n in range(6):
+        collect(client, name, "203.0.113.60", [view(["y", "w"], f"bot-{n}", "purchase")])
+    # The shop's own systems are trusted: two customers' till purchases pair as before.
+    response = client.post("/api/v1/batch", content=orjson.dumps({"events": [
+        {**view(["t", "u"], f"till-{n}", "purchase"), "user_agent": "tagwerk-pos/1.0"}
+        for n in range(2)]}), headers={"Authorization": f"Bearer {keys['write']}",
+                                       "Content-Type": "application/json"})
+    assert response.status_code == 202
+    wait_for(lambda: drained(collector))
+    refresh_minute(collector.store, (name,), tables=("copurchase_pairs",))
+    assert listed(client, name, "/related/x?kind=co_purchase") == ["z"]
+    assert listed(client, name, "/related/y?kind=co_purchase") == []
+    assert listed(client, name, "/related/t?kind=co_purchase") == ["u"]
+    bought = keyed(client, keys["read"], name, "/y/related?kind=co_purchase")
+    assert [(i["product_id"], i["score"]) for i in bought] == [("w", 6)]  # (keyed: all)
 
 
 def test_a_client_counts_once_an_hour_for_each_product_and_interaction(env):

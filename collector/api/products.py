@@ -182,6 +182,9 @@ LIMIT {limit:UInt32}
 # (probe 67); by devices, one line's fresh devices made any pair. With the ids of a session
 # of each of up to 11 clients, which ``proved_pairs`` resolves.
 PUBLIC_CO_VIEW = ", groupUniqArrayArray(11)(session_ids) AS seen, sum(clients) AS spread"
+# A public bought-together list's, by the clients of each pair's buyers (clickhouse/0050):
+# fresh devices buying from one line were each a buyer (its persons are proved already).
+PUBLIC_CO_PURCHASE = ", sum(clients) AS spread"
 # A public pair list is dated by its view's last refresh: a pair's last view told when the
 # one other person behind it last viewed anything, to the minute (probe 67).
 REFRESHED = """
@@ -328,13 +331,13 @@ def compute(store: Any, site_id: str, ask: Ask, exclude: tuple[str, ...],
         return {"items": items, "as_of": _as_of(rows, proving)}
     else:
         table, count = PAIRS[ask.pairs]
+        spread = PUBLIC_CO_VIEW if proving else PUBLIC_CO_PURCHASE if public else ""
         rows = store.rows(RELATED % {
-            "table": table, "count": count, "as_of": AS_OF,
-            "sessions": PUBLIC_CO_VIEW if proving else "",
-            "order": "spread DESC, score DESC, other_id" if proving else "score DESC, other_id",
+            "table": table, "count": count, "as_of": AS_OF, "sessions": spread,
+            "order": "spread DESC, score DESC, other_id" if public else "score DESC, other_id",
             # (nothing to resolve for a pair of one device: its answer took no longer than
             # one of a product without pairs, probe 67)
-            "having": " AND spread >= {support:UInt64}" if proving else "",
+            "having": " AND spread >= {support:UInt64}" if public else "",
         } + limits, {**base, "product": ask.product, "support": ask.support})
         if proving:
             rows = proved_pairs(store, site_id, ask, rows, owners)

@@ -11,8 +11,11 @@ Each UTC day has its own salt: 32 random bytes in ``tagwerk.client_salts``, so t
 collector on the ClickHouse hashes a client alike. The first collector to need a day's
 salt makes it, a day ahead; of two made at once the first made wins, and each collector
 reads them again every ``LOOK`` seconds, so they agree long before the day begins. A day's
-salt is deleted once the day is over (a mutation, which rewrites the table's parts): with
-it, hashing the 2^32 IPv4 addresses would tell whose a hash is; without it, nobody can.
+salt is deleted once the day is over, by ClickHouse's clock (a mutation, which rewrites the
+table's parts; and a TTL, clickhouse/0051, should no collector look): with it, hashing the
+2^32 IPv4 addresses would tell whose a hash is; without it, nobody can. Until then whoever
+may read ``tagwerk.client_salts`` (an admin, a read-write SQL user, a backup) could: the
+read-only SQL users cannot.
 
 Hits get a hash only where they may get a device id: with analytics consent, from a public
 address (not a proxy nobody declared trusted, not the shop's own systems). Without ClickHouse
@@ -48,9 +51,10 @@ SALTS = """
 SELECT toString(day) AS date, argMin(salt, (made, salt)) AS first FROM tagwerk.client_salts
 WHERE day >= {first:Date} AND day <= {last:Date} GROUP BY day
 """
-STALE = "SELECT count() AS n FROM tagwerk.client_salts WHERE day < {today:Date}"
-FORGET = ("ALTER TABLE tagwerk.client_salts DELETE WHERE day < {today:Date} "
-          "SETTINGS mutations_sync = 1")
+# Past days by ClickHouse's clock, one for every collector (one whose clock ran ahead
+# deleted a salt another still used, which then made a second one for its day).
+STALE = "SELECT count() AS n FROM tagwerk.client_salts WHERE day < today()"
+FORGET = "ALTER TABLE tagwerk.client_salts DELETE WHERE day < today() SETTINGS mutations_sync = 1"
 
 
 EPOCH = dt.date(1970, 1, 1)
@@ -83,16 +87,18 @@ class ClientSalts:
         self._salts: dict[dt.date, bytes] = {}
         self._lock = threading.Lock()
         self._looked = float("-inf")
-        self._day = 0  # today's number, and its salt: the hot path's (``hash``)
-        self._current = b""
+        # Today's number and salt, the hot path's (``hash``): one tuple, replaced whole, so
+        # that no request pairs a day with another's salt.
+        self._today: tuple[int, bytes] = (0, b"")
 
     def hash(self, site_id: str, address: str) -> int:
         """The hash of a hit from ``address`` today; 0 for no client."""
         day = int(time.time() // DAY)
-        if day != self._day:
-            self._current = self.salt_of(EPOCH + dt.timedelta(days=day))
-            self._day = day
-        return self.hash_of(site_id, address, self._current)
+        known, salt = self._today
+        if day != known:
+            salt = self.salt_of(EPOCH + dt.timedelta(days=day))
+            self._today = (day, salt)
+        return self.hash_of(site_id, address, salt)
 
     @staticmethod
     def hash_of(site_id: str, address: str, salt: bytes) -> int:
@@ -121,6 +127,8 @@ class ClientSalts:
             self._look()
         except StorageError as exc:
             log.warning("client salts: %s", exc)
+        except Exception:  # (the caller's thread must outlive it)
+            log.exception("client salts")
 
     def _look(self) -> None:
         first = today()
@@ -135,9 +143,9 @@ class ClientSalts:
         with self._lock:
             self._salts = {**shared, **{d: s for d, s in self._salts.items()
                                         if d >= first and d not in shared}}
-            self._day = 0  # ``hash`` takes today's salt again
-        if self.store.rows(STALE, {"today": first.isoformat()})[0]["n"]:
-            self.store.execute(FORGET, {"today": first.isoformat()})
+            self._today = (0, b"")  # ``hash`` takes today's salt again
+        if self.store.rows(STALE)[0]["n"]:
+            self.store.execute(FORGET)
 
     def _shared(self, days: list[dt.date]) -> dict[dt.date, bytes]:
         rows = self.store.rows(SALTS, {"first": days[0].isoformat(),
