@@ -44,6 +44,7 @@ log = logging.getLogger("tagwerk.client_hash")
 __all__ = ["ClientSalts", "network", "today"]
 
 DAY = 86400
+EPOCH = dt.date(1970, 1, 1)
 LOOK = 60.0  # seconds between reads of the shared salts
 SALT_BYTES = 32
 IPV6_PREFIX_BYTES = 6  # a /48
@@ -57,12 +58,14 @@ STALE = "SELECT count() AS n FROM tagwerk.client_salts WHERE day < today()"
 FORGET = "ALTER TABLE tagwerk.client_salts DELETE WHERE day < today() SETTINGS mutations_sync = 1"
 
 
-EPOCH = dt.date(1970, 1, 1)
-
-
 def today() -> dt.date:
     """Today in UTC."""
-    return EPOCH + dt.timedelta(days=int(time.time() // DAY))
+    return day_of(int(time.time() // DAY))
+
+
+def day_of(number: int) -> dt.date:
+    """The date of a day's number (days since 1970-01-01)."""
+    return EPOCH + dt.timedelta(days=number)
 
 
 @functools.lru_cache(maxsize=65536)
@@ -96,7 +99,7 @@ class ClientSalts:
         day = int(time.time() // DAY)
         known, salt = self._today
         if day != known:
-            salt = self.salt_of(EPOCH + dt.timedelta(days=day))
+            salt = self.salt_of(day_of(day))
             self._today = (day, salt)
         return self.hash_of(site_id, address, salt)
 
