@@ -78,6 +78,10 @@ class Metrics:
         self.consent_dropped = Counter(
             "tagwerk_consent_dropped_total",
             "Web hits without analytics consent dropped by a site's setting.")
+        self.hits_without_client = Counter(
+            "tagwerk_browser_hits_without_client_total",
+            "Browser hits from an address that is not public (a proxy not declared in "
+            "--trusted-proxies?): no client, so the public lists count them by device.")
         self.erased_dropped = Counter(
             "tagwerk_erased_dropped_total",
             "Hits dropped because they name an erased person's identifier.")
@@ -101,7 +105,7 @@ class Metrics:
     def render(self) -> str:
         lines: list[str] = []
         for metric in (self.hits_accepted, self.hits_rejected, self.bots_dropped,
-                       self.consent_dropped, self.erased_dropped,
+                       self.consent_dropped, self.hits_without_client, self.erased_dropped,
                        self.rows_inserted, self.duplicates_dropped, self.rows_unstorable,
                        self.flush_failures,
                        self.flush_seconds, *self.gauges):

@@ -215,3 +215,24 @@ def test_what_each_hit_stores(env):
                         headers={"Authorization": f"Bearer {keys['read']}"})
     assert {orjson.loads(line)["client_hash"] for line in export.text.splitlines()} == \
         {0, hashes["d1"], hashes["d3"]}
+
+
+def test_browser_hits_without_a_client_are_counted_in_the_metrics(env):
+    """Behind a proxy nobody declared trusted every browser hit comes from its private
+    address: no client, and the public lists count such hits by device. /metrics says how
+    many, so that an operator sees it."""
+    client, collector = env
+    name = "votes-metric"
+    collector.sites.create(name, [ORIGIN])
+
+    def without() -> float:
+        text = client.get("/metrics").text
+        [line] = [x for x in text.splitlines()
+                  if x.startswith("tagwerk_browser_hits_without_client_total ")]
+        return float(line.split()[1])
+
+    before = without()
+    collect(client, name, "10.0.0.9", [view("a", "d1"), view("b", "d1")])
+    assert without() == before + 2
+    collect(client, name, "198.51.100.90", [view("a", "d2")])
+    assert without() == before + 2

@@ -167,6 +167,8 @@ def accept(
     ip = client_address(c, hit)
     spend(c, ip, events)
     ctx = hit_context(c, site, adapter.channel(data), hit, ip)
+    if not ctx.client_hash:  # (an operator's missing proxy declaration shows here)
+        c.metrics.hits_without_client.inc(by=len(events))
     sw = webconsent.site_web(c.containers, site.site_id)
     trusted = webconsent.trusts(site, origin)
     if not adapter.cookies or not trusted:
