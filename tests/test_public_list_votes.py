@@ -20,6 +20,8 @@ from collector.enrich import client_hash
 from collector.web import ratelimit
 from tests.helpers import drained, served, wait_for
 from tests.test_aggregates import refresh_minute, refresh_settled
+from tests.test_collect import post
+from tests.test_products import send
 
 ORIGIN = "https://votes.example"
 CONSENTED = ["analytics", "personalization"]
@@ -35,9 +37,8 @@ def env(store, tmp_path_factory):
 
 def collect(client, site: str, address: str, events: list[dict]) -> None:
     client.cookies.clear()  # (each its own browser: a tw_id cookie would name the device)
-    response = client.post("/collect", content=orjson.dumps({"site": site, "events": events}),
-                           headers={"Content-Type": "text/plain", "Origin": ORIGIN,
-                                    "X-Forwarded-For": address})
+    response = post(client, {"site": site, "events": events}, Origin=ORIGIN,
+                    **{"X-Forwarded-For": address})
     assert response.status_code == 202, response.text
 
 
@@ -132,11 +133,9 @@ def test_fresh_devices_buying_from_one_client_make_no_public_bought_together_pai
     for n in range(6):
         collect(client, name, "203.0.113.60", [view(["y", "w"], f"bot-{n}", "purchase")])
     # The shop's own systems are trusted: two customers' till purchases pair as before.
-    response = client.post("/api/v1/batch", content=orjson.dumps({"events": [
+    send(client, keys["write"], [
         {**view(["t", "u"], f"till-{n}", "purchase"), "user_agent": "tagwerk-pos/1.0"}
-        for n in range(2)]}), headers={"Authorization": f"Bearer {keys['write']}",
-                                       "Content-Type": "application/json"})
-    assert response.status_code == 202
+        for n in range(2)])
     wait_for(lambda: drained(collector))
     refresh_minute(collector.store, (name,), tables=("copurchase_pairs",))
     assert listed(client, name, "/related/x?kind=co_purchase") == ["z"]
@@ -196,11 +195,7 @@ def test_what_each_hit_stores(env):
     collect(client, name, "2001:db8:9:2::1", [view("b", "d4")])  # (the same /48)
     collect(client, name, "198.51.100.30", [{**view("a", "d5"), "consent": []}])
     collect(client, name, "10.0.0.7", [view("a", "d6")])
-    response = client.post("/api/v1/batch", content=orjson.dumps({"events": [
-        {**view("a", "d7"), "user_agent": "tagwerk-pos/1.0"}]}),
-        headers={"Authorization": f"Bearer {keys['write']}",
-                 "Content-Type": "application/json"})
-    assert response.status_code == 202
+    send(client, keys["write"], [{**view("a", "d7"), "user_agent": "tagwerk-pos/1.0"}])
     wait_for(lambda: drained(collector))
     stored = collector.store.rows(
         "SELECT device_id, client_hash FROM tagwerk.events WHERE site_id = {s:String} "

@@ -181,10 +181,10 @@ LIMIT {limit:UInt32}
 # product and 49 others took every candidate row and a pair two persons viewed was left out
 # (probe 67); by devices, one line's fresh devices made any pair. With the ids of a session
 # of each of up to 11 clients, which ``proved_pairs`` resolves.
-PUBLIC_CO_VIEW = ", groupUniqArrayArray(11)(session_ids) AS seen, sum(clients) AS spread"
 # A public bought-together list's, by the clients of each pair's buyers (clickhouse/0050):
 # fresh devices buying from one line were each a buyer (its persons are proved already).
-PUBLIC_CO_PURCHASE = ", sum(clients) AS spread"
+SPREAD = ", sum(clients) AS spread"
+PUBLIC_CO_VIEW = ", groupUniqArrayArray(11)(session_ids) AS seen" + SPREAD
 # A public pair list is dated by its view's last refresh: a pair's last view told when the
 # one other person behind it last viewed anything, to the minute (probe 67).
 REFRESHED = """
@@ -331,7 +331,7 @@ def compute(store: Any, site_id: str, ask: Ask, exclude: tuple[str, ...],
         return {"items": items, "as_of": _as_of(rows, proving)}
     else:
         table, count = PAIRS[ask.pairs]
-        spread = PUBLIC_CO_VIEW if proving else PUBLIC_CO_PURCHASE if public else ""
+        spread = PUBLIC_CO_VIEW if proving else SPREAD if public else ""
         rows = store.rows(RELATED % {
             "table": table, "count": count, "as_of": AS_OF, "sessions": spread,
             "order": "spread DESC, score DESC, other_id" if public else "score DESC, other_id",
