@@ -128,11 +128,11 @@ class Collector:
         if self._owns_store:
             self.store.close()
 
-    def _stored(self) -> None:
-        """The flusher stored a batch."""
+    def _stored(self, events: bytes) -> None:
+        """The flusher stored a batch (``events``: its rows of events)."""
         self.changes.inserted()
         if self.copurchase is not None:
-            self.copurchase.stored()
+            self.copurchase.stored(events)
 
     def when_draining(self, end: Callable[[], None]) -> None:
         """``end`` runs (in the event loop) when the server begins to stop, at once if it

@@ -112,9 +112,9 @@ class Flusher:
         # site id and the row's identifiers -> whether it names an erased one).
         self.blocked: Callable[[str, dict[str, Any]], bool] | None = None
         self.recheck_until: Pos | None = None
-        # Called once a batch is stored, before it counts as flushed (answers kept in
-        # memory are refreshed by then).
-        self.inserted: Callable[[], None] = lambda: None
+        # Called with the batch's rows of events (b"" for none) once it is stored, before
+        # it counts as flushed (answers kept in memory are refreshed by then).
+        self.inserted: Callable[[bytes], None] = lambda rows: None
         self._recheck_lock = threading.Lock()
         self.agents: Agents = GuessesStay()
 
@@ -203,6 +203,7 @@ class Flusher:
         self.spool.write_checkpoint(Checkpoint(start, pending=stop))
         token = f"{self.spool.id}:{start.segment}:{start.offset}-{stop.segment}:{stop.offset}"
         rows = dropped = 0
+        events = b""
         until = self.recheck_until
         recheck = until is not None and start < until
         for table, group in self._by_table(records):
@@ -210,13 +211,14 @@ class Flusher:
                 if recheck:
                     group = [self._without_erased(r) for r in group]
                 body, n, d = self._rows(group)
+                events = body
             else:
                 body = b"".join(r[r.index(b"\n") + 1 :] for r in group)
                 n, d = body.count(b"\n"), 0
             if body:
                 n -= self._insert(table, body, token if table == EVENTS else f"{token}:{table}")
             rows, dropped = rows + n, dropped + d
-        self.inserted()
+        self.inserted(events)
         self.spool.release(stop)
         with self._recheck_lock:  # done, unless more tombstones came meanwhile
             if recheck and self.recheck_until is until and until is not None and stop >= until:
