@@ -4,7 +4,9 @@ suite keeps one of two busy on average) and takes no time of the tests it runs b
 A test asks for the answer when it runs; a test run alone waits for it.
 
 A job is a function of a test module returning data orjson can write, run as
-``python -m tests.background MODULE FUNCTION OUT``.
+``python -m tests.background MODULE FUNCTION OUT [TESTS]``; given, TESTS (JSON) names the
+module's collected tests, and the function takes them (a job that serves many tests does
+only the work of those selected).
 """
 
 from __future__ import annotations
@@ -24,7 +26,10 @@ import orjson
 JOBS = {
     "useragent corpora": ("tests.test_useragent", "parse_corpora"),
     "zones probe": ("tests.test_sql_zones", "probe_the_engine"),
+    "migration upgrades": ("tests.test_migrations", "run_upgrades"),
 }
+# The jobs that are told which of their module's tests were collected.
+SELECTIVE = {"migration upgrades"}
 # What a job may take, begun at the session's start and run on idle time.
 TIMEOUT = 1200
 ROOT = Path(__file__).resolve().parent.parent  # where ``tests`` imports from
@@ -37,26 +42,27 @@ def _lowest_priority() -> None:
     os.nice(19)
 
 
-def start(job: str) -> None:
-    """Begin ``job`` unless it runs."""
+def start(job: str, tests: list[str] | None = None) -> None:
+    """Begin ``job`` unless it runs: for ``tests`` of its module, or for all of them."""
     if job in _running:
         return
     if not _scratch:
         _scratch.append(Path(tempfile.mkdtemp(prefix="tagwerk-background-")))
     module, function = JOBS[job]
     out = _scratch[0] / f"{function}.json"
+    told = [orjson.dumps(tests).decode()] if tests is not None and job in SELECTIVE else []
     with open(out.with_suffix(".log"), "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "tests.background", module, function,
-                                 str(out)], stdout=log, stderr=log, cwd=ROOT,
+                                 str(out), *told], stdout=log, stderr=log, cwd=ROOT,
                                 preexec_fn=_lowest_priority)
     _running[job] = (proc, out)
 
 
-def start_for(modules: set[str]) -> None:
-    """Begin the jobs of the collected test modules."""
+def start_for(collected: dict[str, list[str]]) -> None:
+    """Begin the jobs of the collected tests (their names by module)."""
     for job, (module, _) in JOBS.items():
-        if module in modules:
-            start(job)
+        if module in collected:
+            start(job, collected[module])
 
 
 def result(job: str) -> Any:
@@ -82,6 +88,7 @@ def stop() -> None:
 
 
 if __name__ == "__main__":
-    module_name, function_name, out_path = sys.argv[1:]
-    answer = getattr(importlib.import_module(module_name), function_name)()
+    module_name, function_name, out_path, *tests = sys.argv[1:]
+    answer = getattr(importlib.import_module(module_name), function_name)(
+        *(orjson.loads(told) for told in tests))
     Path(out_path).write_bytes(orjson.dumps(answer))

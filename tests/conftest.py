@@ -24,8 +24,11 @@ os.environ["TAGWERK_PRIVACY_KEY"] = TEST_PRIVACY_KEY
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     # (on idle time while the tests run: tests/background.py)
-    background.start_for({item.module.__name__ for item in session.items
-                          if isinstance(item, pytest.Function)})
+    collected: dict[str, list[str]] = {}
+    for item in session.items:
+        if isinstance(item, pytest.Function):
+            collected.setdefault(item.module.__name__, []).append(item.name)
+    background.start_for(collected)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

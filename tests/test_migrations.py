@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from collector import migrations
 from collector.migrations import load_migrations, migrate, render
+from tests import background
 
 
 def test_applied_once(backend):
@@ -128,36 +132,70 @@ migrations.migrate(store)
 """
 
 
-@pytest.fixture(scope="module")
-def installs(tmp_path_factory) -> Callable[[int], Path]:
-    """An install of the migrations before a version, made once per version (a test cut at
-    each statement starts from a copy of it, as a restarted collector opens its directory);
-    ``BEFORE`` finds nothing left to apply there."""
-    made: dict[int, Path] = {}
+# Each upgrade test's run(s): the version its install stops before, its script, its
+# arguments; by the test's name (``upgrade``).
+UPGRADES: dict[str, tuple[int, str, tuple[str, ...]]] = {}
 
-    def installed(before: int) -> Path:
-        if before not in made:
-            path = tmp_path_factory.mktemp(f"before-{before}") / "ch"
-            done = subprocess.run([sys.executable, "-c", BEFORE + "store.close()\nprint('ok')",
-                                   str(path), str(before)],
-                                  capture_output=True, text=True, timeout=120)
-            assert done.stdout.strip() == "ok", done.stderr[-3000:]
-            made[before] = path
-        return made[before]
-    return installed
+
+def upgrade(before: int, script: str, cuts: list[int] | None = None):
+    """Makes the test an upgrade run: ``script`` after an install of the migrations before
+    ``before`` (it prints ok), or one run per cut (``done``, the script's argument: how
+    many statements of the migration ran before it was interrupted). The runs are made in
+    the background from the session's start (``run_upgrades``); the test checks its own
+    with the ``upgraded`` fixture."""
+    def register(test: Callable[..., None]) -> Callable[..., None]:
+        for cut in cuts or [None]:
+            name = test.__name__ if cut is None else f"{test.__name__}[{cut}]"
+            UPGRADES[name] = (before, script, () if cut is None else (str(cut),))
+        return pytest.mark.parametrize("done", cuts)(test) if cuts else test
+    return register
+
+
+def run_upgrades(names: list[str] | None = None) -> dict[str, str]:
+    """The upgrade runs ``names`` (all by default), each in a process of its own (one engine
+    per process) on a copy of its install, as a restarted collector opens its directory;
+    an install is made once per version, and ``BEFORE`` finds nothing left to apply there.
+    What went wrong in each ('' for nothing). About two minutes of a core: run in the
+    background from the session's start (tests/background.py), a run per core at once."""
+    runs = {name: UPGRADES[name] for name in (names or UPGRADES) if name in UPGRADES}
+    with tempfile.TemporaryDirectory(prefix="tagwerk-upgrades-") as scratch:
+        def run(path: Path, before: int, script: str, *args: str) -> str:
+            try:
+                done = subprocess.run([sys.executable, "-c", BEFORE + script, str(path),
+                                       str(before), *args],
+                                      capture_output=True, text=True, timeout=120)
+            except subprocess.TimeoutExpired:
+                return "timed out after 120 s"
+            return "" if done.stdout.strip() == "ok" else done.stderr[-3000:] or done.stdout
+
+        def install(before: int) -> str:
+            return run(Path(scratch) / f"before-{before}", before, "store.close()\nprint('ok')")
+
+        def upgraded(name: str) -> str:
+            before, script, args = runs[name]
+            if failed[before]:
+                return f"the install before {before} failed: {failed[before]}"
+            # (as links: the engine's directory links its tables' names to their data)
+            copy = Path(scratch) / name / "ch"
+            shutil.copytree(Path(scratch) / f"before-{before}", copy, symlinks=True)
+            try:
+                return run(copy, before, script, *args)
+            finally:
+                shutil.rmtree(copy.parent, ignore_errors=True)
+
+        with ThreadPoolExecutor(os.cpu_count() or 2) as pool:
+            versions = sorted({before for before, _, _ in runs.values()})
+            failed = dict(zip(versions, pool.map(install, versions), strict=True))
+            return dict(zip(runs, pool.map(upgraded, runs), strict=True))
 
 
 @pytest.fixture
-def run_upgrade(tmp_path, installs) -> Callable[..., None]:
-    """``run_upgrade(before, script, *args)``: ``script`` after an install of the migrations
-    before ``before``; it prints ok."""
-    def run(before: int, script: str, *args: str) -> None:
-        # (as links: the engine's directory links its tables' names to their data)
-        shutil.copytree(installs(before), tmp_path / "ch", symlinks=True)
-        done = subprocess.run([sys.executable, "-c", BEFORE + script, str(tmp_path / "ch"),
-                               str(before), *args], capture_output=True, text=True, timeout=120)
-        assert done.stdout.strip() == "ok", done.stderr[-3000:]
-    return run
+def upgraded(request) -> Callable[[], None]:
+    """``upgraded()``: the test's upgrade run (``upgrade``) printed ok."""
+    def check() -> None:
+        error = background.result("migration upgrades")[request.node.name]
+        assert not error, error
+    return check
 
 
 UPGRADE = """
@@ -181,10 +219,11 @@ print("ok")
 """
 
 
-def test_upgrade_to_person_hits_keeps_every_row(run_upgrade):
+@upgrade(20, UPGRADE)
+def test_upgrade_to_person_hits_keeps_every_row(upgraded):
     """An install from before 0020 (its own engine: one per process) upgrades: the rows
     move to person_hits, the old name reads them, and new hits land in person_hits."""
-    run_upgrade(20, UPGRADE)
+    upgraded()
 
 
 LINKS_UPGRADE = """
@@ -213,11 +252,12 @@ print("ok")
 """
 
 
-def test_upgrade_to_the_two_orders_of_links_keeps_every_link(run_upgrade):
+@upgrade(28, LINKS_UPGRADE)
+def test_upgrade_to_the_two_orders_of_links_keeps_every_link(upgraded):
     """An install from before 0028 upgrades: its links move to
     identity_links_by_identifier, each person's identifiers fill identity_links_by_person,
     the old name reads the links, and new links land in both."""
-    run_upgrade(28, LINKS_UPGRADE)
+    upgraded()
 
 
 HITS_REBUILD = """
@@ -250,13 +290,13 @@ print("ok")
 """
 
 
-@pytest.mark.parametrize("done", [0, 3, 4, 5, 6])
-def test_person_hits_rebuilt_under_its_own_name_whenever_interrupted(run_upgrade, done):
+@upgrade(30, HITS_REBUILD, cuts=[0, 3, 4, 5, 6])
+def test_person_hits_rebuilt_under_its_own_name_whenever_interrupted(upgraded, done):
     """0030 rebuilds person_hits in finer granules under its own name (a copy, then an
     exchange). Run again after being cut after any of its statements (none, the copy made,
     the copy filled, the exchange, the old one dropped), it leaves every row, in
     the new layout, read by person_hits and person_activity, and fed by new hits."""
-    run_upgrade(30, HITS_REBUILD, str(done))
+    upgraded()
 
 
 def test_a_rebuild_renders_for_a_cluster():
@@ -318,12 +358,13 @@ print("ok")
 """
 
 
-def test_the_packed_hit_equals_the_columns_before_and_after_the_upgrade(run_upgrade):
+@upgrade(31, HITS_PACKED)
+def test_the_packed_hit_equals_the_columns_before_and_after_the_upgrade(upgraded):
     """0031 adds each person_hits row as one JSON text (``hit``), which profiles read. Rows
     stored before it and after it, with quotes, backslashes, tabs, newlines and non-Latin
     text in their values and keys, read back as profiles read them (``json_lines``) field
     for field as their columns say; the data team's ``SELECT *`` does not show it."""
-    run_upgrade(31, HITS_PACKED)
+    upgraded()
 
 
 def test_links_are_read_in_small_granules_and_the_old_table_is_a_view(store):
@@ -549,10 +590,11 @@ print("ok")
 """
 
 
-def test_consent_decisions_are_copied_by_id_before_and_after_the_upgrade(run_upgrade):
+@upgrade(34, CONSENT_BY_ID)
+def test_consent_decisions_are_copied_by_id_before_and_after_the_upgrade(upgraded):
     """0034 orders the consent decisions by id for profiles: the ones recorded before it
     are copied, the ones after reach the copy at their insert, the same rows as the log."""
-    run_upgrade(34, CONSENT_BY_ID)
+    upgraded()
 
 
 CONSENT_PACKED = """
@@ -578,11 +620,12 @@ print("ok")
 """
 
 
+@upgrade(36, CONSENT_PACKED)
 def test_consent_decisions_read_packed_are_the_last_recorded_before_and_after_the_upgrade(
-        run_upgrade):
+        upgraded):
     """0036 packs each decision into the one column profiles read: decisions recorded before
     and after it read as the log's columns say, the last of each id."""
-    run_upgrade(36, CONSENT_PACKED)
+    upgraded()
 
 
 REVENUE_UPGRADE = """
@@ -623,12 +666,12 @@ print("ok")
 """
 
 
-@pytest.mark.parametrize("done", [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10])
-def test_product_revenue_moves_to_its_currency_whenever_interrupted(run_upgrade, done):
+@upgrade(37, REVENUE_UPGRADE, cuts=[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10])
+def test_product_revenue_moves_to_its_currency_whenever_interrupted(upgraded, done):
     """0037 keys product_hourly by currency: an install's revenue moves to the currency of
     each purchase still in events, the rest stays under '', totals are unchanged, and new
     purchases land under their currency; also when run again after being cut anywhere."""
-    run_upgrade(37, REVENUE_UPGRADE, str(done))
+    upgraded()
 
 
 PERSONS_UPGRADE = """
@@ -658,11 +701,11 @@ print("ok")
 """
 
 
-@pytest.mark.parametrize("done", [0, 1, 2, 3])
-def test_persons_per_metric_cover_the_hours_before_whenever_interrupted(run_upgrade, done):
+@upgrade(41, PERSONS_UPGRADE, cuts=[0, 1, 2, 3])
+def test_persons_per_metric_cover_the_hours_before_whenever_interrupted(upgraded, done):
     """0041 adds the persons behind each count of product_hourly: the hours stored before
     get them from events, sums unchanged, also when run again after being cut anywhere."""
-    run_upgrade(41, PERSONS_UPGRADE, str(done))
+    upgraded()
 
 
 VERIFIED_UPGRADE = """
@@ -684,10 +727,11 @@ print("ok")
 """
 
 
-def test_persons_count_a_browsers_claimed_user_id_as_its_device_after_the_upgrade(run_upgrade):
+@upgrade(42, VERIFIED_UPGRADE)
+def test_persons_count_a_browsers_claimed_user_id_as_its_device_after_the_upgrade(upgraded):
     """0042: product_hourly's persons count an unverified user id as the hit's device
     (revenue still by currency); the hours stored before keep what they counted."""
-    run_upgrade(42, VERIFIED_UPGRADE)
+    upgraded()
 
 
 COMBINED_UPGRADE = """
@@ -731,12 +775,12 @@ print("ok")
 """
 
 
-@pytest.mark.parametrize("done", [0, 1, 2, 3, 4, 5, 6, 7])
-def test_persons_states_are_computed_again_whenever_interrupted(run_upgrade, done):
+@upgrade(49, COMBINED_UPGRADE, cuts=[0, 1, 2, 3, 4, 5, 6, 7])
+def test_persons_states_are_computed_again_whenever_interrupted(upgraded, done):
     """0049 makes product_hourly's persons uniqCombined(12) states: the other columns as
     they were, the persons computed again from events (a browser's claim counted as its
     device), new hits fed by the view; also when run again after being cut anywhere."""
-    run_upgrade(49, COMBINED_UPGRADE, str(done))
+    upgraded()
 
 
 SESSIONS_UPGRADE = """
@@ -761,10 +805,11 @@ print("ok")
 """
 
 
-def test_settled_co_views_get_their_session_ids_at_the_first_refresh(run_upgrade):
+@upgrade(43, SESSIONS_UPGRADE)
+def test_settled_co_views_get_their_session_ids_at_the_first_refresh(upgraded):
     """0043: the daily co-view tier keeps its rows for a day (0035), but rows settled
     before the upgrade have no session ids: the first refresh computes them again."""
-    run_upgrade(43, SESSIONS_UPGRADE)
+    upgraded()
 
 
 # A refreshable view whose refresh takes two seconds (its migration, "slow"; made again by
@@ -814,13 +859,14 @@ print("ok")
 """
 
 
-def test_a_refresh_running_while_migrating_keeps_the_migrations_columns(run_upgrade):
+@upgrade(9999, REFRESHING)
+def test_a_refresh_running_while_migrating_keeps_the_migrations_columns(upgraded):
     """A refreshable view's refresh swaps its target for a table made with the columns the
     target had when the refresh began: one running while a migration added a column took it
     away again (0043's new column, on the bench data, to the refresh the engine runs at
     start). Migrations run with tagwerk's refreshes stopped; the views refresh again after.
     Another database's view, stopped by its owner, stays stopped."""
-    run_upgrade(9999, REFRESHING)
+    upgraded()
 
 
 MADE_AND_ALTERED = SLOW_VIEW + """
@@ -835,13 +881,14 @@ print("ok")
 """
 
 
-def test_a_view_made_by_one_migration_keeps_the_columns_a_later_one_adds(run_upgrade):
+@upgrade(9999, MADE_AND_ALTERED)
+def test_a_view_made_by_one_migration_keeps_the_columns_a_later_one_adds(upgraded):
     """A refreshable view refreshes as soon as it is made: on a fresh install 0043 added
     ``session_ids`` to ``coview_pairs`` while the refresh of the view 0025 made was running,
     the refresh took the column away again, and 0045 failed ("Cannot find column
     session_ids"). A view made during the migrations, or made again, is stopped before
     the next statement."""
-    run_upgrade(9999, MADE_AND_ALTERED)
+    upgraded()
 
 SESSIONS_REBUILD = """
 insert = \"\"\"INSERT INTO tagwerk.events (event_id, site_id, event, type, ts, received_at,
@@ -872,12 +919,12 @@ print("ok")
 """
 
 
-@pytest.mark.parametrize("done", [0, 1, 3, 4, 5, 6])
-def test_session_items_rebuilt_in_small_granules_whenever_interrupted(run_upgrade, done):
+@upgrade(44, SESSIONS_REBUILD, cuts=[0, 1, 3, 4, 5, 6])
+def test_session_items_rebuilt_in_small_granules_whenever_interrupted(upgraded, done):
     """0044 rebuilds session_items in granules of 256 rows (the public co-view list looks
     its sessions up by id) under its own name. Cut after any of its statements, then run
     again, it keeps every row, in the new layout, fed by new hits."""
-    run_upgrade(44, SESSIONS_REBUILD, str(done))
+    upgraded()
 
 
 DEVICES_UPGRADE = SESSIONS_UPGRADE.replace(  # (devices: named clients since 0048)
@@ -886,7 +933,8 @@ DEVICES_UPGRADE = SESSIONS_UPGRADE.replace(  # (devices: named clients since 004
     '[row["clients"] for row in found] == [1, 1]')
 
 
-def test_settled_co_views_get_their_devices_at_the_first_refresh(run_upgrade):
+@upgrade(45, DEVICES_UPGRADE)
+def test_settled_co_views_get_their_devices_at_the_first_refresh(upgraded):
     """0045: the same for the devices each pair counts (rows settled before have none)."""
     assert DEVICES_UPGRADE != SESSIONS_UPGRADE
-    run_upgrade(45, DEVICES_UPGRADE)
+    upgraded()
