@@ -134,6 +134,13 @@ class Collector:
         if self.copurchase is not None:
             self.copurchase.stored(events)
 
+    def identities_changed(self) -> None:
+        """An admin changed whose hits are whose (a merge, split, undo or erasure): no kept
+        answer about a person holds, and the co-purchase pairs are looked at soon."""
+        self.person_answers.clear()
+        if self.copurchase is not None:
+            self.copurchase.changed()
+
     def when_draining(self, end: Callable[[], None]) -> None:
         """``end`` runs (in the event loop) when the server begins to stop, at once if it
         has: answers that never end on their own (streams) end then, instead of holding

@@ -134,6 +134,31 @@ def test_only_batches_that_may_pair_wake_the_look(env):
         look.stop()
 
 
+def test_an_admins_operation_wakes_the_look(env, monkeypatch):
+    """A merge, split, undo or erasure changes whose purchases are whose: looked at soon,
+    as a stored purchase is, not at the next poll."""
+    client, collector, _ = env
+    site = uid("cpr-admin")
+    _, keys = collector.sites.create(site)
+    base = f"/api/v1/sites/{site}"
+    admin = {"Authorization": f"Bearer {keys['admin']}"}
+    phone, laptop, anna = uid("phone"), uid("laptop"), uid("anna")
+    send_batch(client, collector, keys["write"],
+               [identify(anna, phone, at(3)), hit("page_view", MIN, [], device=laptop)])
+    woken: list[bool] = []  # (from here: the batch above woke it as a link)
+    monkeypatch.setattr(collector.copurchase, "changed", lambda: woken.append(True))
+    r = client.post(f"{base}/identity/merge", headers=admin,
+                    json={"from": f"device:{laptop}", "into": f"user:{anna}"})
+    assert r.status_code == 201, r.text
+    assert len(woken) == 1
+    r = client.post(f"{base}/identity/split", headers=admin, json={"id": f"device:{laptop}"})
+    assert r.status_code == 201, r.text
+    assert len(woken) == 2
+    r = client.post(f"{base}/privacy/erase", headers=admin, json={"id": f"user:{anna}"})
+    assert r.status_code == 200, r.text
+    assert len(woken) == 3
+
+
 def test_rows_another_collector_stored_are_looked_for(env):
     """The collector hosting the engine refreshes for purchases that others stored through
     it (tagwerk's SQL interface refuses them SYSTEM statements): its looks poll."""

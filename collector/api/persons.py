@@ -51,8 +51,8 @@ async def _operate(collector: Collector, call, *args):  # type: ignore[no-untype
         return await run_in_threadpool(call, *args)
     except OperationError as exc:
         raise ApiError(exc.status, str(exc), exc.field) from None
-    finally:  # who is whom changed: no kept answer about a person holds
-        collector.person_answers.clear()
+    finally:
+        collector.identities_changed()
 
 
 @keyed(READ)

@@ -49,7 +49,7 @@ async def erase(request: Request, collector: Collector, site: Site) -> Response:
         raise ApiError(409, str(exc), "id") from None
     finally:  # the links in memory and kept answers about anyone may hold the erased rows
         collector.link_index.changed(None)  # (first: as the change feed tells them)
-        collector.person_answers.clear()
+        collector.identities_changed()
     await run_in_threadpool(collector.link_index.forget_erased)
     return json_response(done)
 

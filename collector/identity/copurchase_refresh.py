@@ -23,10 +23,12 @@ schedule; a cancelled one is no failure), or while a migration has the view stop
 change then waits for the next look.
 
 It looks after this collector stored rows that may pair (the flusher's call: a purchase
-or an identity link among them, ``may_pair``) or every ``poll`` seconds (other collectors'
-rows, admins' operations): an idle collector, or one storing only views, pays a few small
-statements every ``poll`` seconds. Where block numbers do not follow commits (replicated or shared
-tables), every batch this collector stores counts as a change. Not on a cluster: each node
+or an identity link among them, ``may_pair``), after an admin's merge, split, undo or
+erasure through it (``changed``), and every ``poll`` seconds (other collectors' rows and
+operations, a site's settings changed by the CLI): an idle collector, or one storing only
+views, pays a few small statements every ``poll`` seconds. Where block numbers do not
+follow commits (replicated or shared tables), every batch this collector stores that may
+pair counts as a change. Not on a cluster: each node
 refreshes its own copy on the schedule. On a ClickHouse server the collector's user needs
 the ``SYSTEM VIEWS`` grant, as its migrations do; refused (tagwerk's SQL interface refuses
 every SYSTEM statement), the thread stops asking, and the ``tagwerk serve`` hosting the
@@ -122,7 +124,11 @@ class CopurchaseRefresh:
         soon if they may pair. A look costs three statements: one per batch under a load of
         views cost 4% of the collector's CPU in this thread alone."""
         if may_pair(rows):
-            self._wake.set()
+            self.changed()
+
+    def changed(self) -> None:
+        """What the pairs are made of may have changed: look soon."""
+        self._wake.set()
 
     def due(self, seconds: float, ago: float) -> float:
         """Seconds from now until a refresh may be asked, the last one having taken
