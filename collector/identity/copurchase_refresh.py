@@ -121,8 +121,8 @@ class CopurchaseRefresh:
 
     def stored(self, rows: bytes) -> None:
         """This collector stored ``rows`` of events (the flusher, after each batch): look
-        soon if they may pair. A look costs three statements: one per batch under a load of
-        views cost 4% of the collector's CPU in this thread alone."""
+        soon if they may pair. A look costs three statements: one per batch of pixel hits
+        cost them 14% more CPU each (alternated runs of a collector with and without it)."""
         if may_pair(rows):
             self.changed()
 
