@@ -28,6 +28,7 @@ from uvicorn.server import ServerState
 from collector.app import protocol_for
 from collector.config import Settings
 from collector.containers import Containers
+from collector.enrich.client_hash import ClientSalts
 from collector.enrich.geo import GeoIP
 from collector.ingest import accept
 from collector.metrics import Metrics
@@ -109,6 +110,7 @@ def collector() -> Any:
         sites=sites, containers=Containers(None),  # type: ignore[arg-type]
         tombstones=_NoTombstones(),
         metrics=Metrics(), geo=GeoIP(None), spool=_Spool(),
+        client_salts=ClientSalts(None),  # type: ignore[arg-type]  # (a salt of its own)
         settings=Settings(data_dir="/tmp/tagwerk-bench-ingest"))
     accept.BUDGETS[stand_in] = RateLimit(rate=1e12, burst=1e12)
     return stand_in
