@@ -157,7 +157,8 @@ def run_upgrades(names: list[str] | None = None) -> dict[str, str]:
     an install is made once per version, and ``BEFORE`` finds nothing left to apply there.
     What went wrong in each ('' for nothing). About two minutes of a core: run in the
     background from the session's start (tests/background.py), a run per core at once."""
-    runs = {name: UPGRADES[name] for name in (names or UPGRADES) if name in UPGRADES}
+    runs = {name: UPGRADES[name] for name in (UPGRADES if names is None else names)
+            if name in UPGRADES}
     with tempfile.TemporaryDirectory(prefix="tagwerk-upgrades-") as scratch:
         def run(path: Path, before: int, script: str, *args: str) -> str:
             try:
@@ -171,7 +172,7 @@ def run_upgrades(names: list[str] | None = None) -> dict[str, str]:
         def install(before: int) -> str:
             return run(Path(scratch) / f"before-{before}", before, "store.close()\nprint('ok')")
 
-        def upgraded(name: str) -> str:
+        def upgrade_one(name: str) -> str:
             before, script, args = runs[name]
             if failed[before]:
                 return f"the install before {before} failed: {failed[before]}"
@@ -186,7 +187,7 @@ def run_upgrades(names: list[str] | None = None) -> dict[str, str]:
         with ThreadPoolExecutor(os.cpu_count() or 2) as pool:
             versions = sorted({before for before, _, _ in runs.values()})
             failed = dict(zip(versions, pool.map(install, versions), strict=True))
-            return dict(zip(runs, pool.map(upgraded, runs), strict=True))
+            return dict(zip(runs, pool.map(upgrade_one, runs), strict=True))
 
 
 @pytest.fixture
