@@ -135,8 +135,9 @@ class Collector:
             self.copurchase.stored(events)
 
     def identities_changed(self) -> None:
-        """An admin changed whose hits are whose (a merge, split, undo or erasure): no kept
-        answer about a person holds, and the co-purchase pairs are looked at soon."""
+        """Whose hits are whose changed (an admin's merge, split, undo or erasure, or the
+        retention's removal of operations): no kept answer about a person holds, and the
+        co-purchase pairs are looked at soon."""
         self.person_answers.clear()
         if self.copurchase is not None:
             self.copurchase.changed()
@@ -258,7 +259,7 @@ class Collector:
                     continue
                 if any(removed.values()):
                     log.info("site %s: retention removed %s", site_id, removed)
-                    self.person_answers.clear()  # who is whom changed
+                    self.identities_changed()
 
     def ready(self) -> bool:
         return self.store.ping()
