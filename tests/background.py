@@ -11,9 +11,11 @@ only the work of those selected).
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -51,10 +53,13 @@ def start(job: str, tests: list[str] | None = None) -> None:
     module, function = JOBS[job]
     out = _scratch[0] / f"{function}.json"
     told = [orjson.dumps(tests).decode()] if tests is not None and job in SELECTIVE else []
+    # A session of its own, so that stop() ends the processes it starts too; and their
+    # scratch files under ours (TMPDIR), which stop() removes even when a job was killed.
     with open(out.with_suffix(".log"), "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "tests.background", module, function,
                                  str(out), *told], stdout=log, stderr=log, cwd=ROOT,
-                                preexec_fn=_lowest_priority)
+                                env={**os.environ, "TMPDIR": str(_scratch[0])},
+                                preexec_fn=_lowest_priority, start_new_session=True)
     _running[job] = (proc, out)
 
 
@@ -69,7 +74,11 @@ def result(job: str) -> Any:
     """The job's answer, once it is done."""
     start(job)
     proc, out = _running[job]
-    proc.wait(timeout=TIMEOUT)
+    try:
+        proc.wait(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        _end(proc)  # (then each later call fails at once, as the job failed)
+        raise AssertionError(f"{job} took more than {TIMEOUT} s") from None
     log = out.with_suffix(".log").read_text(errors="replace")
     assert proc.returncode == 0, f"{job} failed: {log[-3000:]}"
     return orjson.loads(out.read_bytes())
@@ -78,13 +87,19 @@ def result(job: str) -> Any:
 def stop() -> None:
     """End the jobs still running (a session cut short) and remove their answers."""
     for proc, _ in _running.values():
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
+        _end(proc)
     _running.clear()
     for path in _scratch:
         shutil.rmtree(path, ignore_errors=True)
     _scratch.clear()
+
+
+def _end(proc: subprocess.Popen) -> None:
+    """End a job and whatever it started (its session), unless it ended."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 if __name__ == "__main__":

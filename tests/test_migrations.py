@@ -133,7 +133,8 @@ migrations.migrate(store)
 
 
 # Each upgrade test's run(s): the version its install stops before, its script, its
-# arguments; by the test's name (``upgrade``).
+# arguments; by the test's name (``upgrade``). A run's seconds, at the lowest priority.
+RUN_SECONDS = 300
 UPGRADES: dict[str, tuple[int, str, tuple[str, ...]]] = {}
 
 
@@ -147,7 +148,11 @@ def upgrade(before: int, script: str, cuts: list[int] | None = None):
         for cut in cuts or [None]:
             name = test.__name__ if cut is None else f"{test.__name__}[{cut}]"
             UPGRADES[name] = (before, script, () if cut is None else (str(cut),))
-        return pytest.mark.parametrize("done", cuts)(test) if cuts else test
+        if not cuts:
+            return test
+        # (ids given, so that the tests' names are the registry's by construction)
+        return pytest.mark.parametrize("done", [pytest.param(cut, id=str(cut))
+                                                for cut in cuts])(test)
     return register
 
 
@@ -156,7 +161,8 @@ def run_upgrades(names: list[str] | None = None) -> dict[str, str]:
     per process) on a copy of its install, as a restarted collector opens its directory;
     an install is made once per version, and ``BEFORE`` finds nothing left to apply there.
     What went wrong in each ('' for nothing). About two minutes of a core: run in the
-    background from the session's start (tests/background.py), a run per core at once."""
+    background from the session's start (tests/background.py), at nice 19 (hence the
+    generous timeouts), a run at once per core but one (the suite's)."""
     runs = {name: UPGRADES[name] for name in (UPGRADES if names is None else names)
             if name in UPGRADES}
     with tempfile.TemporaryDirectory(prefix="tagwerk-upgrades-") as scratch:
@@ -164,10 +170,13 @@ def run_upgrades(names: list[str] | None = None) -> dict[str, str]:
             try:
                 done = subprocess.run([sys.executable, "-c", BEFORE + script, str(path),
                                        str(before), *args],
-                                      capture_output=True, text=True, timeout=120)
+                                      capture_output=True, text=True, timeout=RUN_SECONDS)
             except subprocess.TimeoutExpired:
-                return "timed out after 120 s"
-            return "" if done.stdout.strip() == "ok" else done.stderr[-3000:] or done.stdout
+                return f"timed out after {RUN_SECONDS} s"
+            if done.stdout.strip() == "ok":
+                return ""
+            return (f"exit {done.returncode}: "
+                    f"{done.stderr[-3000:] or done.stdout[-3000:] or '(no output)'}")
 
         def install(before: int) -> str:
             return run(Path(scratch) / f"before-{before}", before, "store.close()\nprint('ok')")
@@ -178,13 +187,15 @@ def run_upgrades(names: list[str] | None = None) -> dict[str, str]:
                 return f"the install before {before} failed: {failed[before]}"
             # (as links: the engine's directory links its tables' names to their data)
             copy = Path(scratch) / name / "ch"
-            shutil.copytree(Path(scratch) / f"before-{before}", copy, symlinks=True)
             try:
+                shutil.copytree(Path(scratch) / f"before-{before}", copy, symlinks=True)
                 return run(copy, before, script, *args)
+            except Exception as exc:  # (this run's failure, not every run's)
+                return f"{type(exc).__name__}: {exc}"
             finally:
                 shutil.rmtree(copy.parent, ignore_errors=True)
 
-        with ThreadPoolExecutor(os.cpu_count() or 2) as pool:
+        with ThreadPoolExecutor(max(1, len(os.sched_getaffinity(0)) - 1)) as pool:
             versions = sorted({before for before, _, _ in runs.values()})
             failed = dict(zip(versions, pool.map(install, versions), strict=True))
             return dict(zip(runs, pool.map(upgrade_one, runs), strict=True))
@@ -194,7 +205,9 @@ def run_upgrades(names: list[str] | None = None) -> dict[str, str]:
 def upgraded(request) -> Callable[[], None]:
     """``upgraded()``: the test's upgrade run (``upgrade``) printed ok."""
     def check() -> None:
-        error = background.result("migration upgrades")[request.node.name]
+        results = background.result("migration upgrades")
+        assert request.node.name in results, f"no upgrade run is named {request.node.name}"
+        error = results[request.node.name]
         assert not error, error
     return check
 
