@@ -162,7 +162,9 @@ def run_upgrades(names: list[str] | None = None) -> dict[str, str]:
     an install is made once per version, and ``BEFORE`` finds nothing left to apply there.
     What went wrong in each ('' for nothing). About two minutes of a core: run in the
     background from the session's start (tests/background.py), at nice 19 (hence the
-    generous timeouts), a run at once per core but one (the suite's)."""
+    generous timeouts), a run at once per core: the suite's processes come first on every
+    core whatever this job runs (with one run at a time, a fresh clone's suite took 987 s,
+    against 905 s with two)."""
     runs = {name: UPGRADES[name] for name in (UPGRADES if names is None else names)
             if name in UPGRADES}
     with tempfile.TemporaryDirectory(prefix="tagwerk-upgrades-") as scratch:
@@ -195,7 +197,7 @@ def run_upgrades(names: list[str] | None = None) -> dict[str, str]:
             finally:
                 shutil.rmtree(copy.parent, ignore_errors=True)
 
-        with ThreadPoolExecutor(max(1, len(os.sched_getaffinity(0)) - 1)) as pool:
+        with ThreadPoolExecutor(len(os.sched_getaffinity(0))) as pool:
             versions = sorted({before for before, _, _ in runs.values()})
             failed = dict(zip(versions, pool.map(install, versions), strict=True))
             return dict(zip(runs, pool.map(upgrade_one, runs), strict=True))
