@@ -38,6 +38,21 @@ def login(env, user: str, device: str, ts: str) -> None:
          "ts": ts, "consent": ALL}])
 
 
+def loaded(collector) -> int:
+    """A copy loaded and usable (the feed watching): its token. An earlier test's erasure
+    may finish its mutation while the copy loads, which the feed reports as everything
+    changed, rightly making the new copy stale at once: then it is loaded again."""
+    collector.person_answers.begin()
+    index = collector.link_index
+    deadline = time.monotonic() + 60
+    while True:
+        index.reload_now()
+        token = index.begin()
+        if token is not None:
+            return token
+        assert time.monotonic() < deadline, "no usable copy within 60 s"
+
+
 def resolve(env, *ask: str):
     """As a profile resolves (PersonAnswers.begin first: the feed watches)."""
     _, collector, _ = env
@@ -52,10 +67,7 @@ def test_a_link_newer_than_the_copy_is_read_from_the_tables(env):
     index = collector.link_index
     anna, ben, tablet = uid("anna"), uid("ben"), uid("tablet")
     login(env, anna, tablet, "2026-11-01T09:00:00Z")
-    collector.person_answers.begin()
-    index.reload_now()
-    token = index.begin()
-    assert token is not None
+    token = loaded(collector)
     assert index.links(SITE, [("device", tablet)])[("device", tablet)][0] == 1
     assert resolve(env, "device", tablet).person_id == person_id(SITE, "user", anna)
 
@@ -67,8 +79,7 @@ def test_a_link_newer_than_the_copy_is_read_from_the_tables(env):
     assert [span.id for span in resolve(env, "user", anna).spans] == [tablet]
     assert resolve(env, "user", anna).spans[0].end.startswith("2026-11-01 10:00:00")
 
-    index.reload_now()
-    token = index.begin()
+    token = loaded(collector)
     assert index.fresh(SITE, [f"link:device:{tablet}"], token)
     assert index.links(SITE, [("device", tablet)])[("device", tablet)][0] == 2
     assert resolve(env, "device", tablet).person_id == person_id(SITE, "user", ben)
@@ -79,9 +90,7 @@ def test_a_copy_in_use_keeps_the_feed_watching(env, monkeypatch):
     one nobody used for ``max_age`` lets it rest, and is loaded again before it serves."""
     _, collector, _ = env
     index = collector.link_index
-    collector.person_answers.begin()
-    index.reload_now()
-    assert index.begin() is not None
+    loaded(collector)
     collector.changes.idle()  # as the kept answers do when they hold nothing
     assert collector.changes.watching
     assert index.begin() is not None
@@ -95,10 +104,7 @@ def test_a_copy_in_use_keeps_the_feed_watching(env, monkeypatch):
 def test_everything_changed_makes_the_whole_copy_stale(env):
     _, collector, _ = env
     index = collector.link_index
-    collector.person_answers.begin()
-    index.reload_now()
-    token = index.begin()
-    assert token is not None
+    token = loaded(collector)
     index.changed(None)  # an erasure, a merge, a burst of rows
     assert index.begin() is None
     assert not index.fresh(SITE, [], token)
@@ -141,9 +147,7 @@ def test_an_erasure_clears_a_copy_whoever_loaded_it(env):
 def test_unloading_drops_the_copy_from_memory(env):
     _, collector, _ = env
     index = collector.link_index
-    collector.person_answers.begin()
-    index.reload_now()
-    assert index.begin() is not None
+    loaded(collector)
     index.unload()
     assert index.begin() is None
     status = collector.store.rows(
@@ -181,8 +185,7 @@ def test_unloading_while_a_query_reads_the_copy_as_a_table_leaves_it_attached(en
     attached = store.rows("SELECT name FROM system.dictionaries WHERE database = 'tagwerk' "
                           "AND name LIKE 'identity%dict'")
     assert len(attached) == 2, attached
-    index.reload_now()
-    assert index.begin() is not None
+    loaded(collector)
 
 
 def test_the_loader_loads_when_asked_and_drops_the_copy_when_nobody_asks(env):
@@ -230,8 +233,7 @@ def test_a_resolution_while_the_copy_is_dropped_reads_the_tables(env, monkeypatc
     index = collector.link_index
     anna, phone = uid("anna"), uid("phone")
     login(env, anna, phone, "2026-11-02T09:00:00Z")
-    collector.person_answers.begin()
-    index.reload_now()
+    loaded(collector)
     read = index.held_and_links
 
     def dropped_meanwhile(*args):
@@ -244,4 +246,30 @@ def test_a_resolution_while_the_copy_is_dropped_reads_the_tables(env, monkeypatc
             collector.store.execute("ATTACH DICTIONARY tagwerk.identity_held_dict")
     monkeypatch.setattr(index, "held_and_links", dropped_meanwhile)
     assert resolve(env, "user", anna).person_id == person_id(SITE, "user", anna)
+    assert [span.id for span in resolve(env, "user", anna).spans] == [phone]
+
+
+def test_a_copy_another_collector_drops_meanwhile_leaves_the_tables_to_answer(env, monkeypatch):
+    """Another collector on the same ClickHouse (or another of this process's engine) erases
+    someone: its ``forget_erased`` detaches the dictionaries for a moment, while this index
+    still counts its copy as fresh. A lookup in that moment failed the profile ("Dictionary
+    not found"); the tables answer it instead."""
+    _, collector, _ = env
+    index = collector.link_index
+    anna, phone = uid("anna"), uid("phone")
+    login(env, anna, phone, "2026-11-02T09:00:00Z")
+    loaded(collector)
+    read = index.held_and_links
+
+    def dropped_elsewhere(*args):
+        collector.store.execute("DETACH DICTIONARY tagwerk.identity_held_dict")
+        try:
+            return read(*args)
+        finally:
+            collector.store.execute("ATTACH DICTIONARY tagwerk.identity_held_dict")
+    monkeypatch.setattr(index, "held_and_links", dropped_elsewhere)
+    token = index.begin()
+    assert token is not None and index.fresh(SITE, (), token)  # nothing told this index
+    assert resolve(env, "user", anna).person_id == person_id(SITE, "user", anna)
+    assert not index.fresh(SITE, (), token)  # stale until loaded again
     assert [span.id for span in resolve(env, "user", anna).spans] == [phone]

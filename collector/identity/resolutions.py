@@ -96,9 +96,12 @@ def _resolve(graph: Graph, asks: list[tuple[str, str]], index: LinkIndex | None
         except LookupError:  # a hash collision in the copy: the tables decide for all
             persons = None
         except StorageError:
-            if index.fresh(graph.site_id, (), token):
-                raise  # the copy is in place: the engine's error is the answer's
-            persons = None  # dropped meanwhile (an erasure's forget_erased): the tables
+            # Dropped meanwhile: by this collector's erasure (forget_erased), or by another
+            # collector's on the same ClickHouse, which this index never hears of. The
+            # tables answer; their own failure, if the engine fails, is the answer's. The
+            # copy is stale until loaded again in the background, not lazily by a lookup.
+            index.changed(None)
+            persons = None
     if persons is not None:
         found = {n: person for n, person in zip(from_copy, persons, strict=True)
                  if index.fresh(graph.site_id, link_keys(person, *asks[n]), token)}
