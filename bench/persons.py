@@ -70,6 +70,7 @@ from recommend import SITE, background_load, bench_site, pct, refresh_pairs, wrk
 from sql_latency import timed  # noqa: E402
 
 from collector.api.persons import read_profiles  # noqa: E402
+from collector.cli import tune_gc  # noqa: E402
 from collector.config import load_settings  # noqa: E402
 from collector.identity.operations import Operations  # noqa: E402
 from collector.privacy import retention  # noqa: E402
@@ -424,6 +425,7 @@ def cold_costs(data_dir: Path, args: argparse.Namespace, rounds: int = 20
             if time.monotonic() - began > 300:
                 raise TimeoutError("the identity links were not loaded into memory")
             time.sleep(0.2)
+        tune_gc()  # as ``tagwerk serve`` runs: without it, "python" held the bench's GC
         wait_quiet(os.getpid())
         out = {}
         for size in (1, args.clients):

@@ -17,6 +17,15 @@ from collector.config import Settings, load_settings
 from collector.storage import StorageError, Store, open_store
 
 
+def tune_gc() -> None:
+    """Once started: hits allocate many short-lived objects and no cycles, so the young
+    generation is collected less often, and the long-lived start-up objects are kept out
+    of every collection."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", type=Path, help="where the spool and embedded data live "
                         "(default ./var; env TAGWERK_DATA_DIR)")
@@ -194,11 +203,7 @@ def serve(settings: Settings) -> int:
         server_header=False,
         timeout_graceful_shutdown=10,
     )
-    # Hits allocate many short-lived objects and no cycles: collect the young generation
-    # less often, and keep the long-lived start-up objects out of every collection.
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(20_000, 20, 20)
+    tune_gc()
     try:
         uvicorn.Server(config).run()
     finally:
