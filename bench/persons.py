@@ -386,7 +386,8 @@ def statement_costs(data_dir: Path, rounds: int = 50) -> tuple[float, float]:
 # What each statement of a cold profile reads, by the first table or dictionary of these its
 # text names (who holds what, with their links, names both dictionaries).
 STATEMENT_KINDS = (("identity_held_dict", "held"), ("identity_links_dict", "links"),
-                   ("person_hits", "rows"), ("consent_by_id", "consents"))
+                   ("person_hits", "rows"), ("consent_by_id", "consents"),
+                   ("consent_decisions_dict", "consents"))
 
 
 def cold_costs(data_dir: Path, args: argparse.Namespace, rounds: int = 20

@@ -57,9 +57,10 @@ class Settings:
     demo_site: bool = True
     # A new demo site gets a few sample shoppers' hits (collector/tag/demo_shoppers.py).
     demo_shoppers: bool = True
-    # Profiles resolve who they are about from a copy of the identity links in the engine's
-    # memory (collector/identity/link_index.py; ~150 MB per million identifiers): off, from
-    # the tables (TAGWERK_IDENTITY_LINKS_IN_MEMORY=0).
+    # Profiles resolve who they are about, and look up their consent decisions, from a copy
+    # of the identity links and decisions in the engine's memory (collector/identity/
+    # link_index.py; ~150 MB per million identifiers, ~230 MB per million decisions): off,
+    # from the tables (TAGWERK_IDENTITY_LINKS_IN_MEMORY=0).
     identity_links_in_memory: bool = True
     log_level: str = "info"
     # What erasure digests are keyed with (collector/privacy/key.py); only from the

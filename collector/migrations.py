@@ -210,8 +210,9 @@ def _render_for_cluster(stmt: str, cluster: str, shard_key: str | None,
         kind = "MATERIALIZED VIEW" if materialized else "VIEW"
         return [f"CREATE {kind} {exists or ''}{db}.{view} {on}{body}"]
     if match := _DICTIONARY.match(stmt):
-        # A copy in each node's memory, loaded from its tables: the ones it reads are
-        # replicated (identity), so every node holds the same.
+        # A copy in each node's memory, loaded from its tables: replicated ones (identity)
+        # or Distributed ones under their names (consent decisions), so every node holds
+        # the same.
         exists, db, name = match.groups()
         return [f"CREATE DICTIONARY {exists or ''}{db}.{name} {on}{stmt[match.end():]}"]
     if _INSERT.match(stmt):

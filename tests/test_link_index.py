@@ -9,14 +9,16 @@ import threading
 import time
 import uuid
 
+import orjson
 import pytest
 
 from collector.identifiers import person_id
+from collector.identity import profile
 from collector.identity.changes import ChangeFeed
 from collector.identity.graph import Graph, load_decisions
 from collector.identity.link_index import LinkIndex
 from collector.identity.resolutions import _resolve
-from tests.helpers import client_with_site, found_anywhere, send_batch, wait_for
+from tests.helpers import client_with_site, drained, found_anywhere, send_batch, wait_for
 
 SITE = "links-shop"
 ALL = ["analytics", "personalization"]
@@ -273,3 +275,57 @@ def test_a_copy_another_collector_drops_meanwhile_leaves_the_tables_to_answer(en
     assert resolve(env, "user", anna).person_id == person_id(SITE, "user", anna)
     assert not index.fresh(SITE, (), token)  # stale until loaded again
     assert [span.id for span in resolve(env, "user", anna).spans] == [phone]
+
+
+def decide(env, consent_id: str, how: str) -> None:
+    client, collector, _ = env
+    r = client.post("/consent", content=orjson.dumps(
+        {"site": SITE, "consent_id": consent_id, "granted": ALL, "denied": ["marketing"],
+         "policy": "0123456789abcdef", "how": how}),
+        headers={"Content-Type": "application/json"})
+    assert r.status_code in (200, 202, 204), r.text
+    wait_for(lambda: drained(collector))
+
+
+def test_consent_decisions_come_from_the_copy_until_a_newer_one_is_stored(env, monkeypatch):
+    """A profile's decisions (clickhouse/0052): from the copy, no table read, while the
+    feed has seen no newer decision under the id; the newer one from the table; an id
+    without a decision is none either way; a copy that fails leaves the table to answer."""
+    _, collector, _ = env
+    index, store = collector.link_index, collector.store
+    consent_id, unknown = uuid.uuid4().hex, uuid.uuid4().hex
+    decide(env, consent_id, "banner")
+    loaded(collector)
+    read_table = []
+    query = store.query
+
+    def counted(sql, *args, **kwargs):
+        if "consent_by_id" in sql:
+            read_table.append(sql)
+        return query(sql, *args, **kwargs)
+    monkeypatch.setattr(store, "query", counted)
+
+    def decisions() -> dict:
+        return profile._consents(store, SITE, [consent_id, unknown], index)
+
+    found = decisions()
+    assert list(found) == [consent_id] and found[consent_id]["how"] == "banner", found
+    assert read_table == []
+    assert found == profile._consents(store, SITE, [consent_id, unknown])  # the table's
+    read_table.clear()
+
+    token = index.begin()
+    decide(env, consent_id, "api")  # the visitor changed their mind
+    wait_for(lambda: not index.fresh(SITE, [f"consent:{consent_id}"], token))
+    assert decisions()[consent_id]["how"] == "api"
+    assert len(read_table) == 1
+    read_table.clear()
+    loaded(collector)
+    assert decisions()[consent_id]["how"] == "api"
+    assert read_table == []
+
+    def collided(*args):
+        raise LookupError("consent_decisions_dict: another key")
+    monkeypatch.setattr(index, "decisions", collided)
+    assert decisions()[consent_id]["how"] == "api"
+    assert len(read_table) == 1

@@ -791,9 +791,10 @@ def test_the_service_tables_are_not_readable(http: httpx.Client, store) -> None:
 
 @pytest.mark.parametrize("auth", [None, AGENCY], ids=["default", "agency"])
 def test_the_identity_links_in_memory_are_not_readable(http: httpx.Client, store, auth) -> None:
-    """The copy of every site's identity links (migration 0032) is no read-only user's:
-    not as a table, not through dictGet or dictionary(), not by its source query."""
-    for name in ("identity_links_dict", "identity_held_dict"):
+    """The copy of every site's identity links (migration 0032) and consent decisions
+    (0052) is no read-only user's: not as a table, not through dictGet or dictionary(), not
+    by its source query."""
+    for name in ("identity_links_dict", "identity_held_dict", "consent_decisions_dict"):
         for sql in (f"SELECT * FROM tagwerk.{name}",
                     f"SELECT * FROM dictionary('tagwerk.{name}')",
                     f"SELECT dictGet('tagwerk.{name}', 'value', toUInt64(1))",

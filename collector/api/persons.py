@@ -115,7 +115,8 @@ def read_profiles(collector: Collector, site: Site, asks: list[tuple[str, str]]
     graph = Graph(collector.store, site, kept.decisions(collector.store, site.site_id))
     persons = resolve_kept(kept, graph, unread, collector.link_index) if unread else []
     found = [person for person in persons if person is not None]
-    answers = iter(profiles.profiles_and_keys(collector.store, site.site_id, found))
+    answers = iter(profiles.profiles_and_keys(collector.store, site.site_id, found,
+                                              collector.link_index))
     for (kind, ident), person in zip(unread, persons, strict=True):
         answer, keys = next(answers) if person is not None else (None, set())
         body = None if answer is None else orjson.dumps(answer)  # kept small, as JSON

@@ -37,12 +37,14 @@ log = logging.getLogger("tagwerk.changes")
 # A new link's keys start with this: a resolution depends on links only, an answer about a
 # person on links and hits (``resolutions.py``).
 LINK = "link:"
+# A consent decision's key: a profile lists the decisions its hits were collected under.
+CONSENT = "consent:"
 # Each followed table, with its new rows' keys as SQL.
 FOLLOWED = {
     "person_hits": "key",
     "identity_links_by_identifier": f"arrayJoin([concat('{LINK}', toString(kind), ':', id), "
                                     f"concat('{LINK}user:', user_id)])",
-    "consent_log": "concat('consent:', consent_id)",
+    "consent_log": f"concat('{CONSENT}', consent_id)",
 }
 # Changed only by identity operations: any new part of theirs means "everything changed".
 RARE = ("identity_merges", "identity_overrides")

@@ -1,14 +1,17 @@
 """The identity links held in the engine's memory (``clickhouse/0032``), for resolutions that
-read no table, and which of them are too new to trust.
+read no table, and which of them are too new to trust; with them the consent decisions by
+id (``clickhouse/0052``), which a profile lists, kept the same way.
 
 A cold profile resolves who it is about from the links of a few identifiers and the
 identifiers a few persons hold (``graph.SEEN``, ``HELD``, ``LINKS_OF``): three table reads of
 8-11 ms each on the 10M bench, where the same keys cost 3 ms as a dictGet. The dictionaries
 are a copy as of their last load, so the index follows the change feed (``changes.py``):
-every new link's keys (``link:<kind>:<id>``, ``link:user:<id>``) are *stale* until the next
-load, and a resolution that depends on a stale key is read from the tables again
-(``resolutions.resolve_kept``). What the feed cannot follow row by row (an erasure, a merge,
-a burst) makes the whole copy stale until it is loaded again: the tables answer meanwhile.
+every new link's keys (``link:<kind>:<id>``, ``link:user:<id>``) and decision's
+(``consent:<id>``) are *stale* until the next load, and a resolution that depends on a
+stale key is read from the tables again (``resolutions.resolve_kept``), as is a stale
+decision (``profile.profiles_and_keys``). What the feed cannot follow row by row (an
+erasure, a merge, a burst) makes the whole copy stale until it is loaded again: the tables
+answer meanwhile.
 
 The index loads in its own thread, once a resolution asks for it (a collector nobody asks
 for profiles holds nothing): then after ``RELOAD_AFTER`` seconds with stale keys, soon
@@ -30,12 +33,15 @@ from typing import Any
 
 import orjson
 
-from collector.identity.changes import LINK, ChangeFeed
+from collector.identity.changes import CONSENT, LINK, ChangeFeed
 from collector.storage import StorageError, Store
 
 log = logging.getLogger("tagwerk.links")
 
-DICTIONARIES = ("tagwerk.identity_links_dict", "tagwerk.identity_held_dict")
+DICTIONARIES = ("tagwerk.identity_links_dict", "tagwerk.identity_held_dict",
+                "tagwerk.consent_decisions_dict")
+# The keys of the feed's changes that make a part of the copy stale.
+FOLLOWED = (LINK, CONSENT)
 RELOAD_AFTER = 60.0  # seconds a copy with stale keys is kept before loading it again
 MIN_INTERVAL = 10.0  # between loads when everything went stale (a burst must not reload
 #                      the whole graph over and over)
@@ -53,7 +59,12 @@ SELECT dictGetOrDefault('{DICTIONARIES[0]}', 'value', cityHash64({{site:String}}
     AS v
 FROM (SELECT arrayJoin(arrayZip({{kinds:Array(String)}}, {{ids:Array(String)}})) AS k)
 """
-# Whether the engine holds either dictionary in memory, whoever loaded it.
+# Some consent decisions, each a JSON array that repeats its key (0052).
+DECISIONS = f"""
+SELECT dictGetOrDefault('{DICTIONARIES[2]}', 'value', cityHash64({{site:String}}, c), '') AS v
+FROM (SELECT arrayJoin({{ids:Array(String)}}) AS c)
+"""
+# Whether the engine holds any of the dictionaries in memory, whoever loaded it.
 IN_MEMORY = """
 SELECT count() AS n FROM system.dictionaries
 WHERE database = 'tagwerk' AND name IN {names:Array(String)} AND status != 'NOT_LOADED'
@@ -133,7 +144,7 @@ class LinkIndex:
                 self._during_all = True
             else:
                 new = {(site, key) for site, keys in changes.items() for key in keys
-                       if key.startswith(LINK)}
+                       if key.startswith(FOLLOWED)}
                 self._stale |= new
                 if self._during is not None:
                     self._during |= new
@@ -182,6 +193,20 @@ class LinkIndex:
         found: dict[tuple[str, str], tuple[int, list[dict[str, str]]]] = {}
         for pair, row in zip(pairs, rows, strict=True):
             _links_of(site_id, pair, row["v"], found)
+        return found
+
+    def decisions(self, site_id: str, ids: list[str]) -> dict[str, Any]:
+        """Per consent id found, its last decision as ``profile.DECISIONS`` reads it:
+        ``[[granted, denied, how, policy], at]``. An id without one is left out; one whose
+        value names another key (a hash collision) raises LookupError."""
+        rows = self.store.rows(DECISIONS, {"site": site_id, "ids": ids})
+        found: dict[str, Any] = {}
+        for consent_id, row in zip(ids, rows, strict=True):
+            if row["v"]:
+                site, key, decision, at = orjson.loads(row["v"])
+                if (site, key) != (site_id, consent_id):
+                    raise LookupError(f"consent_decisions_dict: another key under {consent_id}")
+                found[consent_id] = [decision, at]
         return found
 
     def held_and_links(self, site_id: str, pids: list[str], pairs: list[tuple[str, str]]

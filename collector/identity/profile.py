@@ -19,8 +19,10 @@ from typing import Any
 
 import orjson
 
+from collector.identity.changes import CONSENT
 from collector.identity.graph import Person, Span
-from collector.storage import Store
+from collector.identity.link_index import LinkIndex
+from collector.storage import StorageError, Store
 
 VIEW, CART, PURCHASE = "view_item", "add_to_cart", "purchase"
 # How much an interaction says about a taste, for category and brand affinity.
@@ -159,20 +161,22 @@ def profile(store: Store, site_id: str, person: Person) -> dict[str, Any] | None
     return profiles_and_keys(store, site_id, [person])[0][0]
 
 
-def profiles_and_keys(store: Store, site_id: str, persons: list[Person]
+def profiles_and_keys(store: Store, site_id: str, persons: list[Person],
+                      index: LinkIndex | None = None
                       ) -> list[tuple[dict[str, Any] | None, set[str]]]:
     """Each person's profile, and the keys it depends on (``depends_on`` and its consent
-    decisions): their rows and the decisions read once for all of them."""
+    decisions): their rows and the decisions read once for all of them (the decisions from
+    the copy in memory, ``index``, where it can serve)."""
     if not persons:  # nobody: no statement
         return []
     built = [_profile(person, hits)
              for person, hits in zip(persons, _rows(store, site_id, persons), strict=True)]
-    decisions = _consents(store, site_id, sorted({c for _, ids in built for c in ids}))
+    decisions = _consents(store, site_id, sorted({c for _, ids in built for c in ids}), index)
     out = []
     for person, (answer, ids) in zip(persons, built, strict=True):
         keys = depends_on(person)
         if answer is not None:
-            keys |= {f"consent:{c}" for c in ids}
+            keys |= {f"{CONSENT}{c}" for c in ids}
             answer["consent"] = sorted((decisions[c] for c in ids if c in decisions),
                                        key=lambda d: (d["at"], d["consent_id"]),
                                        reverse=True)[:MAX_CONSENTS]
@@ -267,12 +271,31 @@ WHERE site_id = {site:String} AND consent_id IN {ids:Array(String)}
 GROUP BY consent_id"""
 
 
-def _consents(store: Store, site_id: str, consent_ids: list[str]) -> dict[str, dict[str, Any]]:
-    """The consent decisions by id, each as last recorded (consent_log's rows, ordered by
-    id: clickhouse/0034)."""
+def _consents(store: Store, site_id: str, consent_ids: list[str],
+              index: LinkIndex | None = None) -> dict[str, dict[str, Any]]:
+    """The consent decisions by id, each as last recorded: from the copy in memory
+    (clickhouse/0052) those the copy holds as they are now (none newer stored since it
+    loaded, as its change feed tells, and still the same copy after the lookup), the rest
+    from consent_by_id (consent_log's rows ordered by id: clickhouse/0034)."""
     if not consent_ids:
         return {}
-    found = json_lines(store, DECISIONS, {"site": site_id, "ids": consent_ids})
+    found: dict[str, list[Any]] = {}
+    token = index.begin() if index is not None else None
+    if token is not None:
+        fresh = [c for c in consent_ids if index.fresh(site_id, (CONSENT + c,), token)]
+        try:
+            copied = index.decisions(site_id, fresh) if fresh else {}
+        except (LookupError, StorageError):  # a collision; a copy dropped meanwhile
+            copied = {}
+            fresh = []
+        # Still the copy it was, and none of them changed meanwhile: its answer stands
+        # (an id it does not hold has no decision).
+        fresh = [c for c in fresh if index.fresh(site_id, (CONSENT + c,), token)]
+        found = {c: copied[c] for c in fresh if c in copied}
+        consent_ids = sorted(set(consent_ids) - set(fresh))
+    if consent_ids:
+        found.update((consent_id, [decision, at]) for consent_id, decision, at in json_lines(
+            store, DECISIONS, {"site": site_id, "ids": consent_ids}))
     return {consent_id: {"consent_id": consent_id, "granted": granted, "denied": denied,
                          "how": how, "policy": policy, "at": at}
-            for consent_id, (granted, denied, how, policy), at in found}
+            for consent_id, ((granted, denied, how, policy), at) in found.items()}
