@@ -16,11 +16,12 @@ from collector.identifiers import person_id
 from collector.identity import profile
 from collector.identity.changes import ChangeFeed
 from collector.identity.graph import Graph, load_decisions
-from collector.identity.link_index import LinkIndex
+from collector.identity.link_index import DICTIONARIES, MOST_STALE, LinkIndex
 from collector.identity.resolutions import _resolve
 from tests.helpers import client_with_site, drained, found_anywhere, send_batch, wait_for
 
 SITE = "links-shop"
+NAMES = [name.split(".")[1] for name in DICTIONARIES]  # the copy's, links and decisions
 ALL = ["analytics", "personalization"]
 
 
@@ -154,7 +155,8 @@ def test_unloading_drops_the_copy_from_memory(env):
     assert index.begin() is None
     status = collector.store.rows(
         "SELECT name, status FROM system.dictionaries WHERE database = 'tagwerk' "
-        "AND name LIKE 'identity%dict'")
+        "AND name IN {names:Array(String)}", {"names": NAMES})
+    assert len(status) == len(NAMES), status
     assert {row["status"] for row in status} == {"NOT_LOADED"}, status
 
 
@@ -185,8 +187,8 @@ def test_unloading_while_a_query_reads_the_copy_as_a_table_leaves_it_attached(en
     finally:
         thread.join()
     attached = store.rows("SELECT name FROM system.dictionaries WHERE database = 'tagwerk' "
-                          "AND name LIKE 'identity%dict'")
-    assert len(attached) == 2, attached
+                          "AND name IN {names:Array(String)}", {"names": NAMES})
+    assert len(attached) == len(NAMES), attached
     loaded(collector)
 
 
@@ -211,13 +213,14 @@ def test_the_loader_loads_when_asked_and_drops_the_copy_when_nobody_asks(env):
         # Unused for max_age: dropped. (Loads meanwhile are legitimate: earlier tests'
         # erasures may finish their mutations now, which makes everything stale.)
         status = "SELECT count() AS n FROM system.dictionaries WHERE database = 'tagwerk' " \
-                 "AND name LIKE 'identity%dict' AND status != 'NOT_LOADED'"
-        wait_for(lambda: int(collector.store.rows(status)[0]["n"]) == 0, timeout=60)
+                 "AND name IN {names:Array(String)} AND status != 'NOT_LOADED'"
+        names = {"names": NAMES}
+        wait_for(lambda: int(collector.store.rows(status, names)[0]["n"]) == 0, timeout=60)
         loads = index.state()["generation"]
         index.changed(None)  # everything stale: no reason to load while nobody asks
         time.sleep(20 * index.min_interval)  # many turns of the loading thread
         assert index.state()["generation"] == loads
-        assert int(collector.store.rows(status)[0]["n"]) == 0
+        assert int(collector.store.rows(status, names)[0]["n"]) == 0
         assert index.begin() is None  # asked again: loaded again
         wait_for(lambda: index.begin() is not None, timeout=60)
     finally:
@@ -233,13 +236,12 @@ def test_a_resolution_while_the_copy_is_dropped_reads_the_tables(env, monkeypatc
     profile resolves from it: the lookup that finds no dictionary in between is answered
     from the tables, not as a failed request. Also when another collector on the same
     ClickHouse (or of this process's engine) erased, which this index is not told of: it
-    still counts its copy as fresh ("Dictionary not found" failed the profile), and counts
-    it as stale once a lookup failed."""
+    still counts its copy as fresh ("Dictionary not found" failed the profile)."""
     _, collector, _ = env
     index = collector.link_index
     anna, phone = uid("anna"), uid("phone")
     login(env, anna, phone, "2026-11-02T09:00:00Z")
-    token = loaded(collector)
+    loaded(collector)
     read = index.held_and_links
 
     def dropped_meanwhile(*args):
@@ -253,7 +255,6 @@ def test_a_resolution_while_the_copy_is_dropped_reads_the_tables(env, monkeypatc
             collector.store.execute("ATTACH DICTIONARY tagwerk.identity_held_dict")
     monkeypatch.setattr(index, "held_and_links", dropped_meanwhile)
     assert resolve(env, "user", anna).person_id == person_id(SITE, "user", anna)
-    assert not index.fresh(SITE, (), token)  # stale until loaded again
     assert [span.id for span in resolve(env, "user", anna).spans] == [phone]
 
 
@@ -270,13 +271,13 @@ def decide(env, consent_id: str, how: str) -> None:
 def test_consent_decisions_come_from_the_copy_until_a_newer_one_is_stored(env, monkeypatch):
     """A profile's decisions (clickhouse/0052): from the copy, no table read, while the
     feed has seen no newer decision under the id; the newer one from the table; an id
-    without a decision is none either way; a copy that fails leaves the table to answer."""
+    without a decision is none either way; a collision or a copy dropped meanwhile leaves
+    the table to answer."""
     _, collector, _ = env
     index, store = collector.link_index, collector.store
     consent_id, unknown = uuid.uuid4().hex, uuid.uuid4().hex
     decide(env, consent_id, "banner")
-    loaded(collector)
-    read_table = []
+    read_table: list[str] = []
     query = store.query
 
     def counted(sql, *args, **kwargs):
@@ -288,24 +289,57 @@ def test_consent_decisions_come_from_the_copy_until_a_newer_one_is_stored(env, m
     def decisions() -> dict:
         return profile._consents(store, SITE, [consent_id, unknown], index)
 
-    found = decisions()
-    assert list(found) == [consent_id] and found[consent_id]["how"] == "banner", found
-    assert read_table == []
-    assert found == profile._consents(store, SITE, [consent_id, unknown])  # the table's
-    read_table.clear()
+    def from_copy(how: str) -> bool:
+        """Loaded, and answered from it (unless an earlier test's erasure made everything
+        stale in between, which loads it again)."""
+        token = loaded(collector)
+        read_table.clear()
+        found = decisions()
+        assert list(found) == [consent_id] and found[consent_id]["how"] == how, found
+        return not read_table and index.fresh(SITE, (), token)
+
+    wait_for(lambda: from_copy("banner"), timeout=60)
+    assert decisions() == profile._consents(store, SITE, [consent_id, unknown])  # the table's
 
     token = index.begin()
     decide(env, consent_id, "api")  # the visitor changed their mind
     wait_for(lambda: not index.fresh(SITE, [f"consent:{consent_id}"], token))
+    read_table.clear()
     assert decisions()[consent_id]["how"] == "api"
     assert len(read_table) == 1
-    read_table.clear()
-    loaded(collector)
-    assert decisions()[consent_id]["how"] == "api"
-    assert read_table == []
+    wait_for(lambda: from_copy("api"), timeout=60)
+
+    real = index.decisions
 
     def collided(*args):
         raise LookupError("consent_decisions_dict: another key")
-    monkeypatch.setattr(index, "decisions", collided)
-    assert decisions()[consent_id]["how"] == "api"
-    assert len(read_table) == 1
+
+    def dropped_meanwhile(*args):
+        collector.store.execute("DETACH DICTIONARY tagwerk.consent_decisions_dict")
+        try:
+            return real(*args)
+        finally:
+            collector.store.execute("ATTACH DICTIONARY tagwerk.consent_decisions_dict")
+    for failing in (collided, dropped_meanwhile):
+        monkeypatch.setattr(index, "decisions", failing)
+        read_table.clear()
+        assert decisions()[consent_id]["how"] == "api"
+        assert len(read_table) == 1
+
+
+def test_a_burst_of_decisions_leaves_the_links_in_the_copy(env):
+    """Every new visitor's banner stores a decision: past MOST_STALE new ones only the
+    decisions are read from the table; the links stay in the copy, and are not loaded
+    again sooner for the decisions."""
+    _, collector, _ = env
+    index = collector.link_index
+    anna, phone = uid("anna"), uid("phone")
+    login(env, anna, phone, "2026-11-02T09:00:00Z")
+    token = loaded(collector)
+    index.changed({SITE: {f"consent:{n}" for n in range(MOST_STALE + 1)}})
+    assert index.begin() == token
+    assert index.fresh(SITE, [f"link:device:{phone}"], token)
+    assert not index.fresh(SITE, ["consent:any"], token)
+    assert index.state()["decisions_all_stale"] and index._next() is None
+    assert loaded(collector) != token  # a load makes them fresh again
+    assert not index.state()["decisions_all_stale"]

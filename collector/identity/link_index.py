@@ -14,7 +14,7 @@ erasure, a merge, a burst) makes the whole copy stale until it is loaded again: 
 answer meanwhile.
 
 The index loads in its own thread, once a resolution asks for it (a collector nobody asks
-for profiles holds nothing): then after ``RELOAD_AFTER`` seconds with stale keys, soon
+for profiles holds nothing): then after ``RELOAD_AFTER`` seconds with stale links, soon
 (``MIN_INTERVAL``) when everything is stale, and every ``MAX_AGE`` whatever happened (links a
 retention TTL removed are no news to the feed); never sooner than ``LOAD_SHARE`` times the
 last load's duration after it, so that loads take at most a twentieth of the engine's time
@@ -103,9 +103,15 @@ class LinkIndex:
         self._loaded_at = float("-inf")
         self._stale: set[tuple[str, str]] = set()  # (site, link key) newer than the copy
         self._all_stale = True
+        # Decisions apart: every new visitor's banner stores one, and their churn must not
+        # make the links stale nor load the copy sooner (a stale decision costs a few ids
+        # read from the table); past MOST_STALE only the decisions are all stale.
+        self._stale_decisions: set[tuple[str, str]] = set()  # (site, consent key)
+        self._decisions_all_stale = False
         # Changes reported while a copy loads: they may or may not be in it.
         self._during: set[tuple[str, str]] | None = None
         self._during_all = False
+        self._during_decisions_all = False
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -145,12 +151,16 @@ class LinkIndex:
             else:
                 new = {(site, key) for site, keys in changes.items() for key in keys
                        if key.startswith(FOLLOWED)}
-                self._stale |= new
+                self._stale |= {pair for pair in new if pair[1].startswith(LINK)}
+                self._stale_decisions |= {pair for pair in new if pair[1].startswith(CONSENT)}
                 if self._during is not None:
                     self._during |= new
                 if len(self._stale) > MOST_STALE:
                     self._all_stale = True
                     self._stale.clear()
+                if len(self._stale_decisions) > MOST_STALE:
+                    self._decisions_all_stale = self._during_decisions_all = True
+                    self._stale_decisions.clear()
             if self._all_stale:
                 self._wake.set()
 
@@ -181,7 +191,12 @@ class LinkIndex:
         read (``resolutions.link_keys``): the same copy still, nothing stale among them."""
         with self._lock:
             return (token == self._generation and self._usable()
-                    and not any((site_id, key) in self._stale for key in keys))
+                    and not any(self._is_stale((site_id, key)) for key in keys))
+
+    def _is_stale(self, pair: tuple[str, str]) -> bool:
+        if pair[1].startswith(CONSENT):
+            return self._decisions_all_stale or pair in self._stale_decisions
+        return pair in self._stale
 
     def links(self, site_id: str, pairs: list[tuple[str, str]]
               ) -> dict[tuple[str, str], tuple[int, list[dict[str, str]]]]:
@@ -239,6 +254,7 @@ class LinkIndex:
             self.feed.watch()  # every link stored from now on is reported
             with self._lock:
                 self._during, self._during_all = set(), False
+                self._during_decisions_all = False
                 epoch = self.feed.epoch
             began = time.monotonic()
             try:
@@ -250,7 +266,12 @@ class LinkIndex:
                     self._during, self._all_stale = None, True
                 raise
             with self._lock:
-                self._stale, self._all_stale = self._during or set(), self._during_all
+                during = self._during or set()
+                self._stale = {pair for pair in during if pair[1].startswith(LINK)}
+                self._stale_decisions = {pair for pair in during
+                                         if pair[1].startswith(CONSENT)}
+                self._all_stale = self._during_all
+                self._decisions_all_stale = self._during_decisions_all
                 self._during = None
                 self._generation += 1
                 self._loaded = True
@@ -334,7 +355,8 @@ class LinkIndex:
         """For tests and metrics: the copy's generation, and what is stale."""
         with self._lock:
             return {"generation": self._generation, "all_stale": self._all_stale,
-                    "stale": len(self._stale)}
+                    "stale": len(self._stale), "stale_decisions": len(self._stale_decisions),
+                    "decisions_all_stale": self._decisions_all_stale}
 
 
 def _links_of(site_id: str, pair: tuple[str, str], value: str,

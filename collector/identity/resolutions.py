@@ -97,10 +97,10 @@ def _resolve(graph: Graph, asks: list[tuple[str, str]], index: LinkIndex | None
             persons = None
         except StorageError:
             # Dropped meanwhile: by this collector's erasure (forget_erased), or by another
-            # collector's on the same ClickHouse, which this index never hears of. The
-            # tables answer; their own failure, if the engine fails, is the answer's. The
-            # copy is stale until loaded again in the background, not lazily by a lookup.
-            index.changed(None)
+            # collector's on the same ClickHouse, which this index hears of only when its
+            # feed sees the erasure. The tables answer; their own failure, if the engine
+            # fails, is the answer's. (Not "everything stale": under a memory limit that
+            # would load the whole copy again.)
             persons = None
     if persons is not None:
         found = {n: person for n, person in zip(from_copy, persons, strict=True)
