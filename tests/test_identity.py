@@ -14,7 +14,7 @@ import pytest
 from collector.identifiers import has_control, person_id
 from collector.identity import graph as graphs
 from collector.identity.graph import Graph, load_decisions, rows_of
-from tests.helpers import drained, flush_all, make_client, send_batch, wait_for
+from tests.helpers import drained, flush_all, loaded, make_client, send_batch, wait_for
 
 SITE = "id-shop"
 BASE = f"/api/v1/sites/{SITE}"
@@ -88,10 +88,7 @@ def same_with_kept_decisions(env, ident, site=SITE):
         kept = Graph(store, found, load_decisions(store, site)).resolve(kind, value,
                                                                          listing=listing)
         assert kept == read, (ident, listing)
-    # Asked first, as a resolution asks (begin): a copy loaded that nobody asked for is
-    # one the loading thread drops, and it did, between this load and the lookup.
-    collector.link_index.begin()
-    collector.link_index.reload_now()
+    loaded(collector)
     in_memory = Graph(store, found, load_decisions(store, site), collector.link_index)
     assert in_memory.resolve_many([(kind, value)]) == [read], ident
 
@@ -877,8 +874,7 @@ def test_identifiers_resolved_together_resolve_as_alone(env, monkeypatch, links_
     assert alone[0].person_id == alone[4].person_id == person_id(SITE, "user", cara)
     for decisions in (load_decisions(store, SITE), None):
         assert Graph(store, site, decisions).resolve_many(asks) == alone
-    collector.link_index.begin()  # asked, or the loading thread may drop it (above)
-    collector.link_index.reload_now()  # the links held in memory: alike
+    loaded(collector)  # the links held in memory: alike
     assert Graph(store, site, load_decisions(store, SITE),
                  collector.link_index).resolve_many(asks) == alone
 

@@ -18,7 +18,7 @@ from collector.identity.changes import ChangeFeed
 from collector.identity.graph import Graph, load_decisions
 from collector.identity.link_index import DICTIONARIES, MOST_STALE, LinkIndex
 from collector.identity.resolutions import _resolve
-from tests.helpers import client_with_site, drained, found_anywhere, send_batch, wait_for
+from tests.helpers import client_with_site, drained, found_anywhere, loaded, send_batch, wait_for
 
 SITE = "links-shop"
 NAMES = [name.split(".")[1] for name in DICTIONARIES]  # the copy's, links and decisions
@@ -39,21 +39,6 @@ def login(env, user: str, device: str, ts: str) -> None:
     send_batch(client, collector, keys["write"], [
         {"event": "login", "type": "identify", "user_id": user, "device_id": device,
          "ts": ts, "consent": ALL}])
-
-
-def loaded(collector) -> int:
-    """A copy loaded and usable (the feed watching): its token. An earlier test's erasure
-    may finish its mutation while the copy loads, which the feed reports as everything
-    changed, rightly making the new copy stale at once: then it is loaded again."""
-    collector.person_answers.begin()
-    index = collector.link_index
-    deadline = time.monotonic() + 60
-    while True:
-        index.reload_now()
-        token = index.begin()
-        if token is not None:
-            return token
-        assert time.monotonic() < deadline, "no usable copy within 60 s"
 
 
 def resolve(env, *ask: str):
