@@ -13,11 +13,12 @@ import orjson
 import pytest
 
 from collector.identifiers import person_id
-from collector.identity import profile
+from collector.identity import link_index, profile
 from collector.identity.changes import ChangeFeed
 from collector.identity.graph import Graph, load_decisions
 from collector.identity.link_index import DICTIONARIES, MOST_STALE, LinkIndex
 from collector.identity.resolutions import _resolve
+from collector.storage import StorageError
 from tests.helpers import client_with_site, drained, found_anywhere, loaded, send_batch, wait_for
 
 SITE = "links-shop"
@@ -130,6 +131,65 @@ def test_an_erasure_clears_a_copy_whoever_loaded_it(env):
                     headers={"Authorization": f"Bearer {keys['admin']}"})
     assert r.status_code == 200, r.text
     assert found_anywhere(collector.store, [user, device]) == {}
+
+
+def test_an_erasure_cancels_a_load_under_way(env, monkeypatch):
+    """A load that began before an erasure's deletes may hold what they removed, and the
+    erasure waited for it to finish before dropping it: up to a whole load (5 s on the 10M
+    bench) added to the erasure. Now the erasure cancels the loads' source queries (by
+    their log comment) and drops what they left. A stand-in for the copy's first
+    dictionary whose source reads a row a millisecond (a minute in all) stands for the
+    load under way."""
+    _, collector, _ = env
+    index, store = collector.link_index, collector.store
+    slow = "tagwerk.test_slow_dict"
+    store.execute(f"DROP DICTIONARY IF EXISTS {slow}")
+    store.execute(
+        f"CREATE DICTIONARY {slow} (hash UInt64, value String) PRIMARY KEY hash "
+        "SOURCE(CLICKHOUSE(QUERY 'SELECT number AS hash, toString(number) AS value "
+        "FROM numbers(60000) WHERE NOT ignore(sleepEachRow(0.001)) "
+        f"SETTINGS max_block_size = 100, log_comment = ''{link_index.LOADING}'''))"
+        " LAYOUT(HASHED()) LIFETIME(0)")
+    index.stop()  # its loading thread would start the slow load again
+    loaded(collector)  # an earlier copy in memory, which the cancelled load leaves
+    monkeypatch.setattr(link_index, "DICTIONARIES", (slow, *DICTIONARIES))
+    failed: list[Exception] = []
+
+    def load() -> None:
+        try:
+            index.reload_now()
+        except StorageError as exc:
+            failed.append(exc)
+
+    try:
+        collector.person_answers.begin()
+        index.begin()
+        thread = threading.Thread(target=load)
+        thread.start()
+        wait_for(lambda: store.rows(
+            "SELECT 1 FROM system.processes WHERE Settings['log_comment'] = {c:String}",
+            {"c": link_index.LOADING}))
+        began = time.monotonic()
+        index.forget_erased()
+        took = time.monotonic() - began
+        thread.join(60)
+        assert not thread.is_alive()
+        assert took < 30, f"the erasure waited {took:.1f} s for the load"
+        assert [type(exc) for exc in failed] == [link_index.LoadCancelled]
+        assert index.begin() is None  # nothing usable: the tables answer
+        in_memory = store.rows(
+            "SELECT name FROM system.dictionaries WHERE database = 'tagwerk' "
+            "AND name IN {names:Array(String)} AND status != 'NOT_LOADED'",
+            {"names": ["test_slow_dict", *NAMES]})
+        assert in_memory == []
+    finally:
+        monkeypatch.undo()
+        store.execute(f"DROP DICTIONARY IF EXISTS {slow}")
+        index.start()
+    loaded(collector)  # loads again, as the loading thread will
+    for name in DICTIONARIES:  # the copy's own loads carry the comment the erasure cancels by
+        created = store.rows(f"SHOW CREATE DICTIONARY {name}")[0]["statement"]
+        assert f"log_comment = \\'{link_index.LOADING}\\'" in created, created
 
 
 def test_unloading_drops_the_copy_from_memory(env):

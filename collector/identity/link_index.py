@@ -19,8 +19,8 @@ for profiles holds nothing): then after ``RELOAD_AFTER`` seconds with stale link
 retention TTL removed are no news to the feed); never sooner than ``LOAD_SHARE`` times the
 last load's duration after it, so that loads take at most a twentieth of the engine's time
 (3 s for the 10M bench's 640k identifiers on a slow machine). While a copy is in use it
-keeps the feed watching. An erasure drops it before it answers (``forget_erased``): no
-erased identifier stays in memory.
+keeps the feed watching. An erasure drops it before it answers (``forget_erased``),
+cancelling a load under way: no erased identifier stays in memory.
 """
 
 from __future__ import annotations
@@ -50,6 +50,10 @@ MAX_AGE = 600.0
 ATTACH_SECONDS = 30.0
 STILL_USED = "Code: 57. "  # TABLE_ALREADY_EXISTS, as the engine answers a held one
 LOAD_SHARE = 20  # a load waits at least this many times the last one's duration
+# The log comment of the dictionaries' source queries (clickhouse/0053): an erasure cancels
+# a load under way by it.
+LOADING = "tagwerk: identity links in memory"
+CANCEL_EVERY = 0.05  # seconds between an erasure's cancellations of loads, until none runs
 MOST_STALE = 10_000  # stale keys remembered; beyond, everything is stale
 
 # The values of some identifiers, each a JSON text that repeats its key: a hash collision
@@ -65,6 +69,7 @@ SELECT dictGetOrDefault('{DICTIONARIES[2]}', 'value', cityHash64({{site:String}}
 FROM (SELECT arrayJoin({{ids:Array(String)}}) AS c)
 """
 # Whether the engine holds any of the dictionaries in memory, whoever loaded it.
+CANCEL_LOADS = "KILL QUERY WHERE Settings['log_comment'] = {comment:String} ASYNC"
 IN_MEMORY = """
 SELECT count() AS n FROM system.dictionaries
 WHERE database = 'tagwerk' AND name IN {names:Array(String)} AND status != 'NOT_LOADED'
@@ -90,6 +95,10 @@ UNION ALL
 SELECT '' AS a, '' AS v,
        arrayMap({_LINKS_OF_PAIR}, arrayZip({{kinds:Array(String)}}, {{ids:Array(String)}}))
 """
+
+
+class LoadCancelled(StorageError):
+    """An erasure cancelled the load under way: what it read may hold the erased rows."""
 
 
 class LinkIndex:
@@ -118,6 +127,7 @@ class LinkIndex:
         self._load_lock = threading.RLock()  # one load (or unload) at a time
         self._epoch = -1  # the feed's watch the copy was loaded in (ChangeFeed.epoch)
         self._took = 0.0  # seconds the last load took
+        self._cancelled = False  # an erasure cancelled the load under way
         self._asked = float("-inf")  # when a resolution last wanted the copy
         # Before the kept answers hear of a change (cache.PersonAnswers), the index knows it:
         # an answer recomputed at once must not resolve from the stale copy.
@@ -255,15 +265,23 @@ class LinkIndex:
             with self._lock:
                 self._during, self._during_all = set(), False
                 self._during_decisions_all = False
+                self._cancelled = False
                 epoch = self.feed.epoch
             began = time.monotonic()
             try:
                 for name in DICTIONARIES:
                     self._attach(name)  # an unload that could not attach it: now
                     self.store.execute(f"SYSTEM RELOAD DICTIONARY {name}")
-            except StorageError:
+                    # A cancelled source may also end as if complete. (Cancelled by another
+                    # collector's erasure, the copy is stale as any load during an erasure
+                    # is: the feed reports its deletes.)
+                    if self._cancelled:
+                        raise LoadCancelled(f"an erasure cancelled the load of {name}")
+            except StorageError as exc:
                 with self._lock:
                     self._during, self._all_stale = None, True
+                if self._cancelled and not isinstance(exc, LoadCancelled):
+                    raise LoadCancelled(f"an erasure cancelled the load: {exc}") from None
                 raise
             with self._lock:
                 during = self._during or set()
@@ -310,12 +328,28 @@ class LinkIndex:
         predate the erasure, another collector, a query reading it), a copy in memory is
         dropped, in milliseconds, where loading it again would add seconds to each erasure
         (3 s on the 10M bench); the next load comes when profiles ask for it, at the pace
-        loads keep (``LOAD_SHARE``). Raises StorageError: the erasure must not answer as done
-        while the copy may hold them."""
-        with self._load_lock:  # after a load under way
+        loads keep (``LOAD_SHARE``). A load under way is cancelled first (its source queries,
+        by their log comment), not waited for: that added up to a whole load to the erasure.
+        Raises StorageError: the erasure must not answer as done while the copy may hold
+        them."""
+        with self._lock:
+            self._cancelled = True
+        # A load under way (ours, or another collector's) ends within a block read once its
+        # source query is cancelled; one that starts its next source query after that, or
+        # that had yet to start it, is cancelled on the next turn.
+        while not self._load_lock.acquire(timeout=CANCEL_EVERY):
+            try:
+                self.store.execute(CANCEL_LOADS, {"comment": LOADING})
+            except StorageError as exc:  # (a server's user who may not: it is waited for)
+                log.warning("identity links in memory: cannot cancel a load: %s", exc)
+                self._load_lock.acquire()
+                break
+        try:
             found = self.store.rows(IN_MEMORY, {"names": [n.split(".")[1] for n in DICTIONARIES]})
             if int(found[0]["n"]):
                 self.unload()
+        finally:
+            self._load_lock.release()
 
     def _next(self) -> str | None:
         """What the loading thread should do now: "load", "unload" or nothing."""
@@ -344,6 +378,8 @@ class LinkIndex:
                 elif action == "unload":
                     self.unload()
                 failures = 0
+            except LoadCancelled as exc:  # loaded again when next due (everything is stale)
+                log.info("identity links in memory: %s", exc)
             except StorageError as exc:  # e.g. a server whose default user may not read
                 failures += 1
                 log.warning("identity links in memory: %s failed (attempt %d): %s",
