@@ -31,7 +31,9 @@ load, and erasure of a person among millions of rows.
    sends a view of a new product from a customer's device and polls that customer's
    profile by their loyalty card until it shows: p50/p99 from the 202 (goal: 1 s).
 4. Erases the heavy customer by their loyalty card and checks, through the SQL port, that
-   no row of any table names any of their identifiers (goal: under 10 s).
+   no row of any table names any of their identifiers (goal: under 10 s). Once the
+   collector stopped, in this process: another such customer erased as a load of the
+   identity links' copy begins (the erasure cancels it), beside how long a load takes alone.
 5. Once the collector stopped, where a cold profile's time goes: the endpoint's batch of
    reads (``read_profiles``, without HTTP) run in this process on the same data and core,
    for 1 and for ``--clients`` persons at once, and the median ms of each kind of statement
@@ -47,6 +49,7 @@ load, and erasure of a person among millions of rows.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -75,6 +78,7 @@ from collector.config import load_settings  # noqa: E402
 from collector.identity.operations import Operations  # noqa: E402
 from collector.privacy import retention  # noqa: E402
 from collector.service import Collector  # noqa: E402
+from collector.storage import StorageError  # noqa: E402
 
 GOAL_P99_MS, GOAL_RPS, GOAL_FRESH_S, GOAL_ERASE_S = 20.0, 1000.0, 1.0, 10.0
 DAY_MS = 86400 * 1000
@@ -172,26 +176,26 @@ WHERE consented
 HEAVY = f"heavy-{uuid.uuid4().hex[:8]}"  # a new one each run: a data directory is reused
 
 
-def heavy_events() -> list[dict]:
+def heavy_events(heavy: str = HEAVY) -> list[dict]:
     """1,000 hits of one customer: phone and desktop, before and after logging in, and
     purchases at the till by loyalty card."""
     events = []
-    for device in (f"{HEAVY}-phone", f"{HEAVY}-desk"):
-        events.append({"event": "login", "type": "identify", "user_id": HEAVY,
+    for device in (f"{heavy}-phone", f"{heavy}-desk"):
+        events.append({"event": "login", "type": "identify", "user_id": heavy,
                        "device_id": device, "ts": "2026-11-01T08:00:00Z",
-                       "identifiers": {"loyalty": f"L-{HEAVY}", "email": f"{HEAVY}@example.com"},
+                       "identifiers": {"loyalty": f"L-{heavy}", "email": f"{heavy}@example.com"},
                        "consent": ["analytics", "personalization"]})
     for i in range(998):
-        device = (f"{HEAVY}-phone", f"{HEAVY}-desk", None)[i % 3]
+        device = (f"{heavy}-phone", f"{heavy}-desk", None)[i % 3]
         event = {"event": ("view_item", "add_to_cart", "purchase")[i % 3],
                  "ts": f"2026-11-{1 + i % 28:02d}T{i % 24:02d}:00:00Z",
                  "consent": ["analytics", "personalization"],
                  "items": [{"product_id": f"p{i % 97}", "price": 10, "quantity": 1}],
-                 "session_id": f"s-{HEAVY}-{i % 40}"}
+                 "session_id": f"s-{heavy}-{i % 40}"}
         if device:
-            event.update(device_id=device, user_id=HEAVY if i % 2 else "")
+            event.update(device_id=device, user_id=heavy if i % 2 else "")
         else:
-            event.update(channel="pos", identifiers={"loyalty": f"L-{HEAVY}"})
+            event.update(channel="pos", identifiers={"loyalty": f"L-{heavy}"})
         events.append(event)
     return events
 
@@ -343,6 +347,99 @@ def erase_heavy(base: str, keys: dict[str, str], data_dir: Path) -> float:
     left = find_anywhere(data_dir, [HEAVY])  # in each of their ids
     print(f"  rows still naming them, any table: {left or 'none'}")
     return took
+
+
+def measure_profiles(base: str, keys: dict[str, str], args: argparse.Namespace, pid: int,
+                     data_dir: Path) -> None:
+    """Steps 2 and 3: profiles cold and kept, after a new hit, and their freshness."""
+    # Cold: persons nobody asked for since the start (every statement runs). Kept: the
+    # same persons again, answered from memory until they have a new hit.
+    urls = profile_urls(base, args, 20_000, seed=7)
+    call(urls[-1], keys["read"])
+    # The first resolution has the identity links loaded into memory in the background
+    # (collector/identity/link_index.py): measure once they are.
+    if not load_settings().identity_links_in_memory:  # as the collector reads it
+        print("identity links NOT in memory (TAGWERK_IDENTITY_LINKS_IN_MEMORY): tables")
+    else:
+        print(f"identity links in memory {links_loaded(base):.1f} s after the first "
+              f"profile, then quiet after {wait_quiet(pid):.0f} s")
+    for label in ("cold", "kept"):
+        times, found = single_client(urls, keys["read"], args.seconds)
+        p50, p99 = statistics.median(times), pct(times, 99)
+        print(f"profile {label}, one client: {len(times)} requests ({found} profiles, the "
+              f"rest 404), p50 {p50:.1f} ms, p99 {p99:.1f} ms = {p99 / GOAL_P99_MS:.2f} of "
+              f"the {GOAL_P99_MS:.0f} ms goal")
+        urls = urls[:len(times)]  # the ones asked for: kept now
+    for label, batch in (("kept", urls), ("cold", profile_urls(base, args, 50_000, 11))):
+        script = wrk_script(batch, keys["read"], data_dir / f"profile-{label}.lua")
+        result = wrk(f"{base}/", args.seconds, args.clients, script)
+        print(f"profile {label}, {args.clients} clients over {len(batch):,} persons: "
+              f"{result['rps']:,.0f} requests/s = {result['rps'] / GOAL_RPS:.2f} of the "
+              f"{GOAL_RPS:,.0f} goal (p99 {result.get('p99_ms', float('nan')):.1f} ms)")
+    times = after_hit(base, keys, urls)
+    p50, p99 = statistics.median(times), pct(times, 99)
+    print(f"profile after the person's new hit (who they are kept, rows read), one client: "
+          f"{len(times)} requests, p50 {p50:.1f} ms, p99 {p99:.1f} ms = "
+          f"{p99 / GOAL_P99_MS:.2f} of the {GOAL_P99_MS:.0f} ms goal")
+    fresh = freshness(base, keys, args)
+    print(f"freshness under {args.load:,} events/s: p50 {statistics.median(fresh):.3f} s, "
+          f"p99 {pct(fresh, 99):.3f} s = {pct(fresh, 99) / GOAL_FRESH_S:.2f} of the "
+          f"{GOAL_FRESH_S:.0f} s goal")
+
+
+def erase_during_load(data_dir: Path, keys: dict[str, str]) -> tuple[float, float, float]:
+    """Another heavy customer erased when a load of the identity links' copy has just begun
+    as the erasure's deletes end (its worst case: the erasure drops the copy before it
+    answers, and waited for such a load to end before). The endpoint, in this process, on
+    the data the collector left, pinned to the server core. Seconds of the erasure, of its
+    dropping the copy (``forget_erased``), and of a load alone."""
+    from starlette.testclient import TestClient
+
+    from collector.app import create_app
+    from collector.identity.link_index import LOADING
+
+    os.sched_setaffinity(0, {int(SERVER_CORE)})
+    collector = Collector(load_settings(data_dir=data_dir))
+    heavy = f"heavy-{uuid.uuid4().hex[:8]}"
+    with TestClient(create_app(collector)) as client:
+        events = heavy_events(heavy)
+        for start in range(0, len(events), 500):
+            assert client.post("/api/v1/batch", json={"events": events[start:start + 500]},
+                               headers={"Authorization": f"Bearer {keys['write']}"}
+                               ).status_code == 202
+        index = collector.link_index
+        collector.person_answers.begin()
+        index.begin()  # asked for, as a profile asks
+        began = time.perf_counter()
+        index.reload_now()
+        load_alone = time.perf_counter() - began
+        wait_quiet(os.getpid())
+        forget, spent = index.forget_erased, {}
+        running = ("SELECT count() AS n FROM system.processes "
+                   "WHERE Settings['log_comment'] = {c:String}")
+
+        def load() -> None:
+            with contextlib.suppress(StorageError):  # cancelled
+                index.reload_now()
+
+        def forget_during_a_load() -> None:
+            spent["load"] = loading = threading.Thread(target=load)
+            loading.start()
+            while not int(collector.store.rows(running, {"c": LOADING})[0]["n"]):
+                time.sleep(0.01)
+            began = time.perf_counter()
+            forget()
+            spent["forget"] = time.perf_counter() - began
+
+        index.forget_erased = forget_during_a_load  # type: ignore[method-assign]
+        began = time.perf_counter()
+        answer = client.post(f"/api/v1/sites/{SITE}/privacy/erase",
+                             json={"id": f"loyalty:L-{heavy}"},
+                             headers={"Authorization": f"Bearer {keys['admin']}"})
+        took = time.perf_counter() - began
+        assert answer.status_code == 200, answer.text
+        spent["load"].join()
+    return took, spent["forget"], load_alone
 
 
 def sql_port(data_dir: Path, timeout: float = 30.0) -> Any:
@@ -545,50 +642,19 @@ def main() -> None:
         statement, read = statement_costs(data_dir)
         print(f"statements on the server core, through the SQL port: SELECT 1 "
               f"{statement:.1f} ms, one key's person_hits {read:.1f} ms")
-        if args.erase_only:
-            took = erase_heavy(base, keys, data_dir)
-            print(f"erasure of a person with 1,000 hits among {args.events:,}: {took:.2f} s = "
-                  f"{took / GOAL_ERASE_S:.2f} of the {GOAL_ERASE_S:.0f} s goal")
-            return
-        # Cold: persons nobody asked for since the start (every statement runs). Kept: the
-        # same persons again, answered from memory until they have a new hit.
-        urls = profile_urls(base, args, 20_000, seed=7)
-        call(urls[-1], keys["read"])
-        # The first resolution has the identity links loaded into memory in the background
-        # (collector/identity/link_index.py): measure once they are.
-        if not load_settings().identity_links_in_memory:  # as the collector reads it
-            print("identity links NOT in memory (TAGWERK_IDENTITY_LINKS_IN_MEMORY): tables")
-        else:
-            print(f"identity links in memory {links_loaded(base):.1f} s after the first "
-                  f"profile, then quiet after {wait_quiet(proc.pid):.0f} s")
-        for label in ("cold", "kept"):
-            times, found = single_client(urls, keys["read"], args.seconds)
-            p50, p99 = statistics.median(times), pct(times, 99)
-            print(f"profile {label}, one client: {len(times)} requests ({found} profiles, the "
-                  f"rest 404), p50 {p50:.1f} ms, p99 {p99:.1f} ms = {p99 / GOAL_P99_MS:.2f} of "
-                  f"the {GOAL_P99_MS:.0f} ms goal")
-            urls = urls[:len(times)]  # the ones asked for: kept now
-        for label, batch in (("kept", urls), ("cold", profile_urls(base, args, 50_000, 11))):
-            script = wrk_script(batch, keys["read"], data_dir / f"profile-{label}.lua")
-            result = wrk(f"{base}/", args.seconds, args.clients, script)
-            print(f"profile {label}, {args.clients} clients over {len(batch):,} persons: "
-                  f"{result['rps']:,.0f} requests/s = {result['rps'] / GOAL_RPS:.2f} of the "
-                  f"{GOAL_RPS:,.0f} goal (p99 {result.get('p99_ms', float('nan')):.1f} ms)")
-        times = after_hit(base, keys, urls)
-        p50, p99 = statistics.median(times), pct(times, 99)
-        print(f"profile after the person's new hit (who they are kept, rows read), one client: "
-              f"{len(times)} requests, p50 {p50:.1f} ms, p99 {p99:.1f} ms = "
-              f"{p99 / GOAL_P99_MS:.2f} of the {GOAL_P99_MS:.0f} ms goal")
-        fresh = freshness(base, keys, args)
-        print(f"freshness under {args.load:,} events/s: p50 {statistics.median(fresh):.3f} s, "
-              f"p99 {pct(fresh, 99):.3f} s = {pct(fresh, 99) / GOAL_FRESH_S:.2f} of the "
-              f"{GOAL_FRESH_S:.0f} s goal")
+        if not args.erase_only:
+            measure_profiles(base, keys, args, proc.pid, data_dir)
         took = erase_heavy(base, keys, data_dir)
         print(f"erasure of a person with 1,000 hits among {args.events:,}: {took:.2f} s = "
               f"{took / GOAL_ERASE_S:.2f} of the {GOAL_ERASE_S:.0f} s goal")
     finally:
         proc.terminate()
         proc.wait(60)
+    took, forgetting, load_alone = erase_during_load(data_dir, keys)
+    print(f"erasure of another such person as a load of the identity links' copy begins (a "
+          f"load alone: {load_alone:.1f} s), in process: {took:.2f} s = "
+          f"{took / GOAL_ERASE_S:.2f} of the {GOAL_ERASE_S:.0f} s goal; of it dropping the "
+          f"copy {forgetting:.2f} s")
     if not args.erase_only:
         print_cold_costs(data_dir, args)
 
