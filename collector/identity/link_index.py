@@ -68,8 +68,9 @@ DECISIONS = f"""
 SELECT dictGetOrDefault('{DICTIONARIES[2]}', 'value', cityHash64({{site:String}}, c), '') AS v
 FROM (SELECT arrayJoin({{ids:Array(String)}}) AS c)
 """
-# Whether the engine holds any of the dictionaries in memory, whoever loaded it.
+# The loads under way, anyone's: their source queries (by LOADING).
 CANCEL_LOADS = "KILL QUERY WHERE Settings['log_comment'] = {comment:String} ASYNC"
+# Whether the engine holds any of the dictionaries in memory, whoever loaded it.
 IN_MEMORY = """
 SELECT count() AS n FROM system.dictionaries
 WHERE database = 'tagwerk' AND name IN {names:Array(String)} AND status != 'NOT_LOADED'
