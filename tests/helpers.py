@@ -177,7 +177,9 @@ def send_batch(client: Any, collector: Collector, write_key: str, events: list[d
             headers={"Authorization": f"Bearer {write_key}", "Content-Type": "application/json"})
         assert response.status_code == 202, response.text
         accepted += response.json()["accepted"]
-    wait_for(lambda: drained(collector))
+    # A flush waits behind the engine's refreshes and merges on a busy 2-core machine: a
+    # module's first batch took over 10 s once, beside another suite.
+    wait_for(lambda: drained(collector), timeout=30)
     return accepted
 
 
