@@ -143,16 +143,6 @@ def test_an_erasure_cancels_a_load_under_way(env, monkeypatch):
     _, collector, _ = env
     index, store = collector.link_index, collector.store
     slow = "tagwerk.test_slow_dict"
-    store.execute(f"DROP DICTIONARY IF EXISTS {slow}")
-    store.execute(
-        f"CREATE DICTIONARY {slow} (hash UInt64, value String) PRIMARY KEY hash "
-        "SOURCE(CLICKHOUSE(QUERY 'SELECT number AS hash, toString(number) AS value "
-        "FROM numbers(60000) WHERE NOT ignore(sleepEachRow(0.001)) "
-        f"SETTINGS max_block_size = 100, log_comment = ''{link_index.LOADING}'''))"
-        " LAYOUT(HASHED()) LIFETIME(0)")
-    index.stop()  # its loading thread would start the slow load again
-    loaded(collector)  # an earlier copy in memory, which the cancelled load leaves
-    monkeypatch.setattr(link_index, "DICTIONARIES", (slow, *DICTIONARIES))
     failed: list[Exception] = []
 
     def load() -> None:
@@ -161,10 +151,21 @@ def test_an_erasure_cancels_a_load_under_way(env, monkeypatch):
         except StorageError as exc:
             failed.append(exc)
 
+    thread = threading.Thread(target=load, daemon=True)
+    index.stop()  # its loading thread would start the slow load again
     try:
+        store.execute(f"DROP DICTIONARY IF EXISTS {slow}")
+        store.execute(
+            f"CREATE DICTIONARY {slow} (hash UInt64, value String) PRIMARY KEY hash "
+            "SOURCE(CLICKHOUSE(QUERY 'SELECT number AS hash, toString(number) AS value "
+            "FROM numbers(60000) WHERE NOT ignore(sleepEachRow(0.001)) "
+            f"SETTINGS max_block_size = 100, log_comment = ''{link_index.LOADING}'''))"
+            " LAYOUT(HASHED()) LIFETIME(0)")
+        loaded(collector)  # an earlier copy in memory, which the cancelled load leaves
+        generation = index.state()["generation"]
+        monkeypatch.setattr(link_index, "DICTIONARIES", (slow, *DICTIONARIES))
         collector.person_answers.begin()
         index.begin()
-        thread = threading.Thread(target=load)
         thread.start()
         wait_for(lambda: store.rows(
             "SELECT 1 FROM system.processes WHERE Settings['log_comment'] = {c:String}",
@@ -176,6 +177,7 @@ def test_an_erasure_cancels_a_load_under_way(env, monkeypatch):
         assert not thread.is_alive()
         assert took < 30, f"the erasure waited {took:.1f} s for the load"
         assert [type(exc) for exc in failed] == [link_index.LoadCancelled]
+        assert index.state()["generation"] == generation  # no copy counted
         assert index.begin() is None  # nothing usable: the tables answer
         in_memory = store.rows(
             "SELECT name FROM system.dictionaries WHERE database = 'tagwerk' "
@@ -184,12 +186,38 @@ def test_an_erasure_cancels_a_load_under_way(env, monkeypatch):
         assert in_memory == []
     finally:
         monkeypatch.undo()
+        if thread.is_alive():  # failed before the erasure: the load is cancelled here
+            store.execute(link_index.CANCEL_LOADS, {"comment": link_index.LOADING})
+            thread.join(60)
         store.execute(f"DROP DICTIONARY IF EXISTS {slow}")
         index.start()
     loaded(collector)  # loads again, as the loading thread will
     for name in DICTIONARIES:  # the copy's own loads carry the comment the erasure cancels by
         created = store.rows(f"SHOW CREATE DICTIONARY {name}")[0]["statement"]
         assert f"log_comment = \\'{link_index.LOADING}\\'" in created, created
+
+
+def test_no_load_starts_while_an_erasure_drops_the_copy(env, monkeypatch):
+    """A load that starts once the erasure cancelled the one under way, before the erasure
+    dropped the copy, would be cancelled in turn and could end as if complete: it is
+    refused, and the copy dropped."""
+    _, collector, _ = env
+    index = collector.link_index
+    loaded(collector)
+    unload, refused = index.unload, []
+
+    def load_first() -> None:
+        try:
+            index.reload_now()
+        except link_index.LoadCancelled as exc:
+            refused.append(exc)
+        unload()
+
+    monkeypatch.setattr(index, "unload", load_first)
+    index.forget_erased()
+    assert len(refused) == 1
+    assert index.begin() is None
+    loaded(collector)
 
 
 def test_unloading_drops_the_copy_from_memory(env):

@@ -20,7 +20,7 @@ retention TTL removed are no news to the feed); never sooner than ``LOAD_SHARE``
 last load's duration after it, so that loads take at most a twentieth of the engine's time
 (3 s for the 10M bench's 640k identifiers on a slow machine). While a copy is in use it
 keeps the feed watching. An erasure drops it before it answers (``forget_erased``),
-cancelling a load under way: no erased identifier stays in memory.
+cancelling a load under way: no erased identifier stays in this collector's memory.
 """
 
 from __future__ import annotations
@@ -53,7 +53,8 @@ LOAD_SHARE = 20  # a load waits at least this many times the last one's duration
 # The log comment of the dictionaries' source queries (clickhouse/0053): an erasure cancels
 # a load under way by it.
 LOADING = "tagwerk: identity links in memory"
-CANCEL_EVERY = 0.05  # seconds between an erasure's cancellations of loads, until none runs
+CANCEL_EVERY = 0.05  # seconds between an erasure's cancellations of loads, until it may drop
+#                     the copy
 MOST_STALE = 10_000  # stale keys remembered; beyond, everything is stale
 
 # The values of some identifiers, each a JSON text that repeats its key: a hash collision
@@ -128,7 +129,10 @@ class LinkIndex:
         self._load_lock = threading.RLock()  # one load (or unload) at a time
         self._epoch = -1  # the feed's watch the copy was loaded in (ChangeFeed.epoch)
         self._took = 0.0  # seconds the last load took
-        self._cancelled = False  # an erasure cancelled the load under way
+        # Erasures under way, and begun so far: a load that overlaps one is no copy (it may
+        # have been cancelled, and a cancelled load may also end as if complete).
+        self._erasing = 0
+        self._erasures = 0
         self._asked = float("-inf")  # when a resolution last wanted the copy
         # Before the kept answers hear of a change (cache.PersonAnswers), the index knows it:
         # an answer recomputed at once must not resolve from the stale copy.
@@ -264,27 +268,29 @@ class LinkIndex:
         with self._load_lock:
             self.feed.watch()  # every link stored from now on is reported
             with self._lock:
+                if self._erasing:  # it would be cancelled, and hold the erasure up
+                    raise LoadCancelled("an erasure is under way")
+                erasures = self._erasures
                 self._during, self._during_all = set(), False
                 self._during_decisions_all = False
-                self._cancelled = False
                 epoch = self.feed.epoch
             began = time.monotonic()
             try:
                 for name in DICTIONARIES:
                     self._attach(name)  # an unload that could not attach it: now
                     self.store.execute(f"SYSTEM RELOAD DICTIONARY {name}")
-                    # A cancelled source may also end as if complete. (Cancelled by another
-                    # collector's erasure, the copy is stale as any load during an erasure
-                    # is: the feed reports its deletes.)
-                    if self._cancelled:
+                    if self._erasures != erasures:
                         raise LoadCancelled(f"an erasure cancelled the load of {name}")
             except StorageError as exc:
                 with self._lock:
                     self._during, self._all_stale = None, True
-                if self._cancelled and not isinstance(exc, LoadCancelled):
+                if self._erasures != erasures and not isinstance(exc, LoadCancelled):
                     raise LoadCancelled(f"an erasure cancelled the load: {exc}") from None
                 raise
             with self._lock:
+                if self._erasures != erasures:  # (one began since the last check)
+                    self._during, self._all_stale = None, True
+                    raise LoadCancelled("an erasure cancelled the load")
                 during = self._during or set()
                 self._stale = {pair for pair in during if pair[1].startswith(LINK)}
                 self._stale_decisions = {pair for pair in during
@@ -329,28 +335,43 @@ class LinkIndex:
         predate the erasure, another collector, a query reading it), a copy in memory is
         dropped, in milliseconds, where loading it again would add seconds to each erasure
         (3 s on the 10M bench); the next load comes when profiles ask for it, at the pace
-        loads keep (``LOAD_SHARE``). A load under way is cancelled first (its source queries,
-        by their log comment), not waited for: that added up to a whole load to the erasure.
-        Raises StorageError: the erasure must not answer as done while the copy may hold
-        them."""
+        loads keep (``LOAD_SHARE``). On the embedded engine a load under way is cancelled
+        first (its source queries, by their log comment), not waited for: that added up to
+        a whole load to the erasure; no load starts until the copy is dropped. (On a server
+        shared by several collectors, another's load that ends after the drop keeps its
+        copy, stale to it, until it loads again.) Raises StorageError: the erasure must not
+        answer as done while the copy may hold them."""
         with self._lock:
-            self._cancelled = True
-        # A load under way (ours, or another collector's) ends within a block read once its
-        # source query is cancelled; one that starts its next source query after that, or
-        # that had yet to start it, is cancelled on the next turn.
-        while not self._load_lock.acquire(timeout=CANCEL_EVERY):
-            try:
-                self.store.execute(CANCEL_LOADS, {"comment": LOADING})
-            except StorageError as exc:  # (a server's user who may not: it is waited for)
-                log.warning("identity links in memory: cannot cancel a load: %s", exc)
-                self._load_lock.acquire()
-                break
+            self._erasing += 1
+            self._erasures += 1
         try:
-            found = self.store.rows(IN_MEMORY, {"names": [n.split(".")[1] for n in DICTIONARIES]})
-            if int(found[0]["n"]):
-                self.unload()
+            # Cancelled (the embedded engine's loads are all this process's: ours, or a
+            # lookup's of a dropped copy), a load ends within a block read; one whose source
+            # query had not begun yet is cancelled on the next turn. On a server, other
+            # collectors' loads are theirs to cancel: one cancelled could end as if
+            # complete, and they would not know; there it is waited for, as before.
+            cancelling = self.store.kind == "embedded" and self._cancel_loads()
+            while not self._load_lock.acquire(timeout=CANCEL_EVERY if cancelling else -1):
+                cancelling = self._cancel_loads()
+            try:
+                found = self.store.rows(IN_MEMORY,
+                                        {"names": [n.split(".")[1] for n in DICTIONARIES]})
+                if int(found[0]["n"]):
+                    self.unload()
+            finally:
+                self._load_lock.release()
         finally:
-            self._load_lock.release()
+            with self._lock:
+                self._erasing -= 1
+
+    def _cancel_loads(self) -> bool:
+        """Cancel the copy's loads under way; False if the engine refused."""
+        try:
+            self.store.execute(CANCEL_LOADS, {"comment": LOADING})
+            return True
+        except StorageError as exc:
+            log.warning("identity links in memory: cannot cancel a load: %s", exc)
+            return False
 
     def _next(self) -> str | None:
         """What the loading thread should do now: "load", "unload" or nothing."""
