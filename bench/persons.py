@@ -425,7 +425,10 @@ def erase_during_load(data_dir: Path, keys: dict[str, str]) -> tuple[float, floa
         def forget_during_a_load() -> None:
             spent["load"] = loading = threading.Thread(target=load)
             loading.start()
+            deadline = time.monotonic() + 60
             while not int(collector.store.rows(running, {"c": LOADING})[0]["n"]):
+                if not loading.is_alive() or time.monotonic() > deadline:
+                    raise RuntimeError("no load of the copy seen under way")
                 time.sleep(0.01)
             began = time.perf_counter()
             forget()
@@ -611,7 +614,7 @@ def main() -> None:
     parser.add_argument("--costs-only", action="store_true",
                         help="only the in-process cold batch costs (after a reused directory)")
     parser.add_argument("--erase-only", action="store_true",
-                        help="only the erasure (on a quiet engine, after a reused directory)")
+                        help="only the erasures (on a quiet engine, after a reused directory)")
     parser.add_argument("--retention-only", action="store_true",
                         help="only the retention's pass over merges (adds merges: on a copy)")
     parser.add_argument("--operations", type=int, default=1000)
