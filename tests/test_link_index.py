@@ -16,7 +16,7 @@ from collector.identifiers import person_id
 from collector.identity import link_index, profile
 from collector.identity.changes import ChangeFeed
 from collector.identity.graph import Graph, load_decisions
-from collector.identity.link_index import DICTIONARIES, MOST_STALE, LinkIndex
+from collector.identity.link_index import DICTIONARIES, LOAD_SHARE, MOST_STALE, LinkIndex
 from collector.identity.resolutions import _resolve
 from collector.storage import StorageError
 from tests.helpers import client_with_site, drained, found_anywhere, loaded, send_batch, wait_for
@@ -217,6 +217,37 @@ def test_no_load_starts_while_an_erasure_drops_the_copy(env, monkeypatch):
     index.forget_erased()
     assert len(refused) == 1
     assert index.begin() is None
+    loaded(collector)
+
+
+def test_the_loading_thread_waits_for_an_erasure(env):
+    """While an erasure drops the copy, the loading thread does not try to load: each try
+    would be refused, and the profiles asking meanwhile (each wakes the thread) would make
+    it try, and log, over and over. An index of its own, due for a load at once."""
+    _, collector, _ = env
+    collector.link_index.stop()  # the module's: its own thread would load meanwhile
+    feed = ChangeFeed(collector.store, interval=0.05)
+    index = LinkIndex(collector.store, feed, reload_after=0.0, min_interval=0.0)
+    actions = []
+
+    def look_then_unload() -> None:
+        actions.append(index._next())  # noqa: SLF001 (what its thread would do now)
+        LinkIndex.unload(index)
+
+    try:
+        feed.watch()
+        index.begin()
+        index.reload_now()
+        index.changed(None)  # everything stale: a load is due once loads' share allows
+        time.sleep(LOAD_SHARE * index._took + 0.1)  # noqa: SLF001
+        assert index._next() == "load"  # noqa: SLF001
+        index.unload = look_then_unload  # type: ignore[method-assign]
+        index.forget_erased()
+        assert actions == [None]
+    finally:
+        feed.stop()
+        feed.listeners.clear()
+        collector.link_index.start()
     loaded(collector)
 
 

@@ -376,6 +376,8 @@ class LinkIndex:
     def _next(self) -> str | None:
         """What the loading thread should do now: "load", "unload" or nothing."""
         with self._lock:
+            if self._erasing:  # a load would be refused (and each profile's ask wake it)
+                return None
             now = time.monotonic()
             if now - self._asked > self.max_age:
                 # Nobody resolves: a copy is dropped rather than kept up to date (links a
