@@ -5,6 +5,7 @@ answer instead, until the copy is loaded again."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import uuid
@@ -49,6 +50,26 @@ def resolve(env, *ask: str):
     site = collector.sites.get(SITE)
     graph = Graph(collector.store, site, load_decisions(collector.store, SITE))
     return _resolve(graph, [ask], collector.link_index)[0]
+
+
+@contextlib.contextmanager
+def own_index(collector, start: bool = False, **intervals: float):
+    """An index of its own with a feed of its own (``start``: their threads running), the
+    module's index stopped meanwhile: its thread would load or drop the copy under the
+    test."""
+    collector.link_index.stop()
+    feed = ChangeFeed(collector.store, interval=0.05)
+    index = LinkIndex(collector.store, feed, **intervals)
+    if start:
+        feed.start()
+        index.start()
+    try:
+        yield index
+    finally:
+        index.stop()
+        feed.stop()
+        feed.listeners.clear()
+        collector.link_index.start()
 
 
 def test_a_link_newer_than_the_copy_is_read_from_the_tables(env):
@@ -225,17 +246,14 @@ def test_the_loading_thread_waits_for_an_erasure(env):
     would be refused, and the profiles asking meanwhile (each wakes the thread) would make
     it try, and log, over and over. An index of its own, due for a load at once."""
     _, collector, _ = env
-    collector.link_index.stop()  # the module's: its own thread would load meanwhile
-    feed = ChangeFeed(collector.store, interval=0.05)
-    index = LinkIndex(collector.store, feed, reload_after=0.0, min_interval=0.0)
     actions = []
+    with own_index(collector, reload_after=0.0, min_interval=0.0) as index:
 
-    def look_then_unload() -> None:
-        actions.append(index._next())  # noqa: SLF001 (what its thread would do now)
-        LinkIndex.unload(index)
+        def look_then_unload() -> None:
+            actions.append(index._next())  # noqa: SLF001 (what its thread would do now)
+            LinkIndex.unload(index)
 
-    try:
-        feed.watch()
+        index.feed.watch()
         index.begin()
         index.reload_now()
         index.changed(None)  # everything stale: a load is due once loads' share allows
@@ -244,10 +262,6 @@ def test_the_loading_thread_waits_for_an_erasure(env):
         index.unload = look_then_unload  # type: ignore[method-assign]
         index.forget_erased()
         assert actions == [None]
-    finally:
-        feed.stop()
-        feed.listeners.clear()
-        collector.link_index.start()
     loaded(collector)
 
 
@@ -303,13 +317,10 @@ def test_the_loader_loads_when_asked_and_drops_the_copy_when_nobody_asks(env):
     _, collector, _ = env
     # The module's own index out of the way: stopped, as it would load the copy again
     # while this one waits for it to go (earlier tests asked it within its max_age).
-    collector.link_index.stop()
-    collector.link_index.unload()
-    feed = ChangeFeed(collector.store, interval=0.05)
-    index = LinkIndex(collector.store, feed, reload_after=0.2, min_interval=0.1, max_age=1.5)
-    feed.start()
-    index.start()
-    try:
+    with own_index(collector, start=True, reload_after=0.2, min_interval=0.1,
+                   max_age=1.5) as index:
+        feed = index.feed
+        collector.link_index.unload()
         assert index.state()["generation"] == 0  # nobody asked: nothing loaded
         feed.watch()
         assert index.begin() is None  # not loaded yet: the tables answer, a load starts
@@ -327,11 +338,6 @@ def test_the_loader_loads_when_asked_and_drops_the_copy_when_nobody_asks(env):
         assert int(collector.store.rows(status, names)[0]["n"]) == 0
         assert index.begin() is None  # asked again: loaded again
         wait_for(lambda: index.begin() is not None, timeout=60)
-    finally:
-        index.stop()
-        feed.stop()
-        feed.listeners.clear()
-        collector.link_index.start()
 
 
 @pytest.mark.parametrize("told", [True, False], ids=["this-collector", "another-collector"])
