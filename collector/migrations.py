@@ -10,8 +10,9 @@ laid out on a cluster:
 A layout line before a later statement changes the layout from there on (one file may
 hold tables placed differently). Views render too:
 
-- ``CREATE TABLE ... ENGINE = Null`` (a router in front of views: nothing stored): on every
-  node as it is, whatever the layout line says.
+- ``CREATE TABLE ... ENGINE = Null`` (a router in front of views: nothing stored) and
+  ``ENGINE = EmbeddedRocksDB`` (a node's own key-value copy of its tables): on every node as
+  it is, whatever the layout line says.
 - ``CREATE MATERIALIZED VIEW ... TO t AS SELECT ... FROM s``: one view per node, reading
   the node's own ``s_local`` (an insert trigger sees the shard's inserts) and writing its
   ``t_local`` when those are sharded; the Distributed tables on top read all shards.
@@ -63,7 +64,8 @@ _STORAGE_ONLY = re.compile(
     r"|\s*(MODIFY|REMOVE)\s+TTL\b|\s*(MODIFY|RESET)\s+SETTING\b", re.I)
 _MODIFY_QUERY = re.compile(r"\s*MODIFY QUERY\b", re.I)
 _ENGINE = re.compile(r"ENGINE\s*=\s*(\w*MergeTree)(?:\(([^)]*)\))?", re.I)
-_NULL_ENGINE = re.compile(r"\bENGINE\s*=\s*Null\b", re.I)
+# Engines whose tables are each node's own, as they are: neither replicated nor sharded.
+_NODE_ENGINE = re.compile(r"\bENGINE\s*=\s*(Null|EmbeddedRocksDB)\b", re.I)
 
 
 Layout = str | None  # a sharding expression, or None: replicated to every node
@@ -144,7 +146,7 @@ def sharded_tables(migrations: list[Migration]) -> frozenset[str]:
         f"{match.group(2)}.{match.group(3)}"
         for migration in migrations
         for stmt, layout in migration.placed
-        if layout and (match := _CREATE.match(stmt)) and not _NULL_ENGINE.search(stmt)
+        if layout and (match := _CREATE.match(stmt)) and not _NODE_ENGINE.search(stmt)
     )
 
 
@@ -180,8 +182,8 @@ def _render_for_cluster(stmt: str, cluster: str, shard_key: str | None,
         path = f"'/clickhouse/tables/{shard}/{db}/{local}', '{{replica}}'"
         head = f"CREATE TABLE {exists}{db}.{local} {on}"
         body = stmt[match.end():]
-        if _NULL_ENGINE.search(body):
-            return [f"CREATE TABLE {exists}{db}.{table} {on}{body}"]  # stores nothing
+        if _NODE_ENGINE.search(body):
+            return [f"CREATE TABLE {exists}{db}.{table} {on}{body}"]  # the node's own
 
         def replicated(engine: re.Match) -> str:
             if f"{db}.{table}" in refreshed:

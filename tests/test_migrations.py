@@ -568,6 +568,21 @@ def test_only_routers_read_events_at_insert(store):
     assert {r["name"]: r["engine"] for r in engines} == dict.fromkeys(ROUTERS, "Null")
 
 
+def test_cluster_render_of_the_hits_copy():
+    """A key-value copy of a node's own tables (EmbeddedRocksDB): on every node as it is,
+    neither replicated nor sharded."""
+    by_name = {m.name: m for m in load_migrations()}
+    out = render(by_name["person_hits_copy"], "shop")
+    assert [s.split("\n")[0] for s in out] == [
+        f"CREATE TABLE IF NOT EXISTS tagwerk.{name} ON CLUSTER shop"
+        for name in ("person_hits_copy", "person_hits_copy_next")]
+    for stmt in out:
+        assert "ENGINE = EmbeddedRocksDB" in stmt
+        assert "Replicated" not in stmt and "Distributed" not in stmt
+    assert not migrations.sharded_tables(load_migrations()) & {
+        "tagwerk.person_hits_copy", "tagwerk.person_hits_copy_next"}
+
+
 def test_cluster_render_of_the_routers():
     """A router table stores nothing: on every node as it is, neither replicated nor sharded;
     its view reads the node's own events, the views behind it read the node's router."""
