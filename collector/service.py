@@ -84,6 +84,12 @@ class Collector:
         self.metrics.gauge("tagwerk_identity_links_loads_total",
                            "Copies of the identity links loaded into memory (link_index.py).",
                            lambda: self.link_index.state()["generation"])
+        self.metrics.gauge("tagwerk_person_hits_copy_refreshes_total",
+                           "Refreshes of the hits' copy's stale keys alone (link_index.py).",
+                           lambda: self.link_index.state()["hits_refreshes"])
+        self.metrics.gauge("tagwerk_person_hits_copy_refresh_seconds",
+                           "The last refresh's duration.",
+                           lambda: self.link_index.state()["hits_refresh_seconds"])
         if (refresh := self.copurchase) is not None:
             self.metrics.gauge("tagwerk_copurchase_refreshes_total",
                                "Co-purchase refreshes asked after purchases or identities "
@@ -111,6 +117,8 @@ class Collector:
             self.copurchase.start()
         self.flusher.start()
         self.changes.start()
+        # What an earlier run copied of the hits may since have been erased or have expired.
+        self.link_index.drop_hits()
         if self.settings.identity_links_in_memory:
             self.link_index.start()
         threading.Thread(target=self._refresh_sites, name="sites", daemon=True).start()

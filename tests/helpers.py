@@ -194,14 +194,16 @@ def flush_all(flusher: Flusher, spool: Spool) -> None:
 
 
 def found_anywhere(store: Store, values: list[str]) -> dict[str, int]:
-    """Per tagwerk table and dictionary, the rows that hold one of ``values`` in any column
-    (MATERIALIZED ones too, which ``*`` leaves out): what an erasure must leave at zero. A
+    """Per tagwerk table (the hits' copy too) and dictionary, the rows that hold one of
+    ``values`` in any column (MATERIALIZED ones too, which ``*`` leaves out): what an
+    erasure must leave at zero. A
     refreshable view's scratch table (``.tmp.inner...``, gone when the refresh ends) is not
     a place of its own: its rows become the view's target, which is searched. (Reading a
     dictionary that is not in memory loads it: what it would hold.)"""
     columns = store.rows("SELECT table, name FROM system.columns WHERE database = 'tagwerk' "
                          "AND table IN (SELECT name FROM system.tables WHERE database = "
-                         "'tagwerk' AND (engine LIKE '%MergeTree' OR engine = 'Dictionary') "
+                         "'tagwerk' AND (engine LIKE '%MergeTree' OR engine IN ('Dictionary', "
+                         "'EmbeddedRocksDB')) "
                          "AND NOT startsWith(name, '.')) ORDER BY table, position")
     by_table: dict[str, list[str]] = {}
     for column in columns:

@@ -20,7 +20,15 @@ from collector.identity.graph import Graph, load_decisions
 from collector.identity.link_index import DICTIONARIES, LOAD_SHARE, MOST_STALE, LinkIndex
 from collector.identity.resolutions import _resolve
 from collector.storage import StorageError
-from tests.helpers import client_with_site, drained, found_anywhere, loaded, send_batch, wait_for
+from tests.helpers import (
+    client_with_site,
+    drained,
+    found_anywhere,
+    loaded,
+    make_client,
+    send_batch,
+    wait_for,
+)
 
 SITE = "links-shop"
 NAMES = [name.split(".")[1] for name in DICTIONARIES]  # the copy's, links and decisions
@@ -132,7 +140,8 @@ def test_an_erasure_leaves_nothing_in_the_copy(env):
         {"d": device})
     assert int(held[0]["n"]) == 1
     assert {"identity_links_dict", "identity_held_dict"} <= set(
-        found_anywhere(collector.store, [device]))  # the helper searches the copy too
+        found_anywhere(collector.store, [device]))  # the helper searches the copies too
+    assert "person_hits_copy" in found_anywhere(collector.store, [user])  # (the hit's key)
     r = client.post(f"/api/v1/sites/{SITE}/privacy/erase", json={"id": f"user:{user}"},
                     headers={"Authorization": f"Bearer {keys['admin']}"})
     assert r.status_code == 200, r.text
@@ -453,3 +462,201 @@ def test_a_burst_of_decisions_leaves_the_links_in_the_copy(env):
     assert index.state()["decisions_all_stale"] and index._next() is None
     assert loaded(collector) != token  # a load makes them fresh again
     assert not index.state()["decisions_all_stale"]
+
+
+# -- the hits' copy (clickhouse/0054) -----------------------------------------------------------
+
+IPHONE = ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 "
+          "(KHTML, like Gecko) Version/17.1 Mobile/15E148 Safari/604.1")
+
+
+def shopper(env) -> tuple[str, str, str]:
+    """A customer who viewed on a phone, logged in there and bought on a desktop: (user,
+    phone, desktop)."""
+    user, phone, desk = uid("cust"), uid("phone"), uid("desk")
+    client, collector, keys = env
+
+    def hit(event: str, ts: str, device: str, product: str, **more: object) -> dict:
+        return {"event": event, "ts": ts, "device_id": device, "consent": ALL,
+                "user_agent": IPHONE, "items": [{"product_id": product, "category": "shoes",
+                                                 "brand": "Acme", "price": "80.00"}], **more}
+    send_batch(client, collector, keys["write"], [
+        hit("view_item", "2026-11-03T07:30:00Z", phone, f"shoes-{user}"),
+        hit("view_item", "2026-11-03T07:31:00Z", phone, f"shirt-{user}"),
+        {"event": "login", "type": "identify", "user_id": user, "device_id": phone,
+         "ts": "2026-11-03T07:35:00Z", "consent": ALL},
+        {"event": "login", "type": "identify", "user_id": user, "device_id": desk,
+         "ts": "2026-11-03T12:00:00Z", "consent": ALL},
+        hit("purchase", "2026-11-03T12:05:00Z", desk, f"shoes-{user}", user_id=user,
+            order_id=uid("o"), revenue="80.00", currency="EUR")])
+    return user, phone, desk
+
+
+def profile_of(env, user: str, index: LinkIndex | None) -> dict:
+    """The profile as the endpoint computes it, from the copies (``index``) or the tables."""
+    _, collector, _ = env
+    collector.person_answers.begin()
+    person = resolve(env, "user", user)
+    answer = profile.profiles_and_keys(collector.store, SITE, [person], index)[0][0]
+    assert answer is not None
+    return answer
+
+
+def copied(store, table: str) -> int:
+    """The rows of one of the hits' copy's tables."""
+    return int(store.rows(f"SELECT count() AS n FROM {table}")[0]["n"])
+
+
+def spied(monkeypatch, index: LinkIndex) -> list[tuple[dict, set]]:
+    """What the index's hits' lookups answered, as they answer."""
+    answers: list[tuple[dict, set]] = []
+    read = index.hits
+
+    def hits(*args):
+        answers.append(read(*args))
+        return answers[-1]
+    monkeypatch.setattr(index, "hits", hits)
+    return answers
+
+
+def test_a_profile_from_the_hits_copy_is_the_tables_profile(env, monkeypatch):
+    _, collector, _ = env
+    index = collector.link_index
+    user, phone, desk = shopper(env)
+    token = loaded(collector)
+    assert index.state()["hits_ready"]
+    keys = profile.keys_of(resolve(env, "user", user))
+    assert index.fresh(SITE, keys, token)
+    answers = spied(monkeypatch, index)
+    from_copy = profile_of(env, user, index)
+    assert [set(found) for found, _ in answers] == [{f"user:{user}", f"device:{phone}"}]
+    assert from_copy == profile_of(env, user, None)
+    assert [p["product_id"] for p in from_copy["purchased"]] == [f"shoes-{user}"]
+    assert {p["product_id"] for p in from_copy["viewed"]} == {f"shoes-{user}", f"shirt-{user}"}
+
+
+def test_a_new_hit_is_read_from_the_tables_until_its_key_is_read_again(
+        env, monkeypatch):
+    client, collector, keys = env
+    index = collector.link_index
+    user, phone, _ = shopper(env)
+    token = loaded(collector)
+    built = index._hits_built_at  # noqa: SLF001
+    send_batch(client, collector, keys["write"], [
+        {"event": "view_item", "ts": "2026-11-04T08:00:00Z", "device_id": phone,
+         "consent": ALL, "user_agent": IPHONE, "items": [{"product_id": f"hat-{user}"}]}])
+    wait_for(lambda: not index.fresh(SITE, [f"device:{phone}"], token))
+    answers = spied(monkeypatch, index)
+    viewed = {p["product_id"] for p in profile_of(env, user, index)["viewed"]}
+    assert f"hat-{user}" in viewed  # from person_hits: the copy's is older
+    assert answers == []  # (the person's keys: one stale, so none from the copy)
+    index.refresh_hits()  # its stale keys read again, without the links
+    assert index._hits_built_at == built  # noqa: SLF001 (not built whole)
+    assert index.begin() == token  # the same copy of the links
+    assert index.fresh(SITE, [f"device:{phone}"], token)
+    assert {p["product_id"] for p in profile_of(env, user, index)["viewed"]} == viewed
+    assert len(answers) == 1 and len(answers[0][0][f"device:{phone}"]) == 3
+
+
+def test_stale_hits_alone_are_read_again_without_loading_the_links(env):
+    _, collector, _ = env
+    with own_index(collector, reload_after=0.0, min_interval=0.0) as index:
+        index.feed.watch()
+        index.begin()
+        index.reload_now()
+        time.sleep(LOAD_SHARE * index._took + 0.1)  # noqa: SLF001
+        assert index._next() is None  # noqa: SLF001
+        index.changed({SITE: {"device:d-1"}})
+        assert index._next() == "hits"  # noqa: SLF001
+        index.refresh_hits()
+        assert index.state()["stale_hits"] == 0 and index._next() is None  # noqa: SLF001
+        index.changed({SITE: {"link:device:d-1"}})
+        assert index._next() == "load"  # noqa: SLF001
+    loaded(collector)
+
+
+def test_a_key_past_what_the_copy_holds_is_read_from_the_table(env, monkeypatch):
+    _, collector, _ = env
+    index = collector.link_index
+    user, phone, _ = shopper(env)
+    loaded(collector)
+    tables = profile_of(env, user, None)
+    collector.store.execute(  # as a build writes a key with more than HITS_PER_KEY hits
+        f"INSERT INTO {link_index.HITS_COPY} SELECT {{k:String}}, ''",
+        {"k": f"{SITE}\0device:{phone}"})
+    answers = spied(monkeypatch, index)
+    assert profile_of(env, user, index) == tables
+    assert [heavy for _, heavy in answers] == [{f"device:{phone}"}]
+
+
+def test_a_copy_emptied_or_built_by_another_index_is_not_read(env, monkeypatch):
+    """Another collector's start (or its index's build) in this process empties or replaces
+    the table: keys it does not hold are not taken for keys without hits."""
+    client, collector, keys = env
+    index = collector.link_index
+    user, _, _ = shopper(env)
+    loaded(collector)
+    tables = profile_of(env, user, None)
+    other, _ = make_client(collector.store, collector.settings.data_dir / "other",
+                           demo_site=False)
+    with other:  # its start empties the copy
+        assert copied(collector.store, link_index.HITS_COPY) == 0
+    answers = spied(monkeypatch, index)
+    assert profile_of(env, user, index) == tables
+    assert answers == []  # the lookup found no build of its own: LookupError, the table
+    loaded(collector)  # built whole again (its build was gone)
+    assert profile_of(env, user, index) == tables
+    assert len(answers) == 1
+
+
+def test_an_erasure_cancels_a_build_of_the_hits_copy(env, monkeypatch):
+    """As a load of the dictionaries (above): a stand-in build, a row a millisecond (a minute
+    in all), with the copy's comment, is cancelled; nothing is exchanged, and the copy
+    is empty."""
+    _, collector, _ = env
+    store = collector.store
+    failed: list[Exception] = []
+    monkeypatch.setattr(link_index, "BUILD_HITS", (
+        f"INSERT INTO {link_index.HITS_NEXT} SELECT toString(number), '' FROM numbers(60000) "
+        "WHERE NOT ignore(sleepEachRow(0.001)) "
+        f"SETTINGS max_block_size = 100, log_comment = '{link_index.LOADING}'"))
+    with own_index(collector) as index:
+        index.feed.watch()
+        index.begin()
+
+        def load() -> None:
+            try:
+                index.reload_now()
+            except StorageError as exc:
+                failed.append(exc)
+        thread = threading.Thread(target=load, daemon=True)
+        thread.start()
+        try:
+            wait_for(lambda: store.rows(
+                "SELECT 1 FROM system.processes WHERE Settings['log_comment'] = {c:String} "
+                "AND query LIKE 'INSERT INTO tagwerk.person_hits_copy_next%'",
+                {"c": link_index.LOADING}), timeout=60)
+            began = time.monotonic()
+            index.forget_erased()
+            took = time.monotonic() - began
+            thread.join(60)
+        finally:
+            if thread.is_alive():
+                store.execute(link_index.CANCEL_LOADS, {"comment": link_index.LOADING})
+                thread.join(60)
+        assert took < 30, f"the erasure waited {took:.1f} s for the build"
+        assert [type(exc) for exc in failed] == [link_index.LoadCancelled]
+        assert not index.state()["hits_ready"] and index.begin() is None
+        assert copied(store, link_index.HITS_COPY) == copied(store, link_index.HITS_NEXT) == 0
+    monkeypatch.undo()
+    loaded(collector)
+
+
+def test_the_hits_copy_is_kept_on_the_embedded_engine_only(env, server_store):
+    """On a server several collectors would build, read and empty one table, each knowing
+    only its own erasures: there the tables answer."""
+    index = LinkIndex(server_store, ChangeFeed(server_store))
+    index.changed({SITE: {"device:d-1", "link:device:d-1"}})
+    assert index.state()["stale_hits"] == 0 and index.state()["stale"] == 1
+    index.drop_hits()  # nothing to empty
+    assert not index._hits_kept  # noqa: SLF001

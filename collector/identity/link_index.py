@@ -1,17 +1,27 @@
 """The identity links held in the engine's memory (``clickhouse/0032``), for resolutions that
 read no table, and which of them are too new to trust; with them the consent decisions by
-id (``clickhouse/0052``), which a profile lists, kept the same way.
+id (``clickhouse/0052``), which a profile lists, and on the embedded engine a copy of the
+persons' hits by key (``clickhouse/0054``), which it is computed from, kept the same way.
 
 A cold profile resolves who it is about from the links of a few identifiers and the
 identifiers a few persons hold (``graph.SEEN``, ``HELD``, ``LINKS_OF``): three table reads of
 8-11 ms each on the 10M bench, where the same keys cost 3 ms as a dictGet. The dictionaries
 are a copy as of their last load, so the index follows the change feed (``changes.py``):
-every new link's keys (``link:<kind>:<id>``, ``link:user:<id>``) and decision's
-(``consent:<id>``) are *stale* until the next load, and a resolution that depends on a
-stale key is read from the tables again (``resolutions.resolve_kept``), as is a stale
-decision (``profile.profiles_and_keys``). What the feed cannot follow row by row (an
+every new link's keys (``link:<kind>:<id>``, ``link:user:<id>``), decision's
+(``consent:<id>``) and hit's (``device:<id>``...) are *stale* until the next load, and a
+resolution that depends on a stale key is read from the tables again
+(``resolutions.resolve_kept``), as is a stale decision, and a person with a stale hit key
+(``profile.profiles_and_keys``). What the feed cannot follow row by row (an
 erasure, a merge, a burst) makes the whole copy stale until it is loaded again: the tables
 answer meanwhile.
+
+The hits' copy is a table (EmbeddedRocksDB: a point read per key, where person_hits' primary
+key search costs 22-45 ms for a batch of 32 persons on the 10M bench): built whole at the
+first load, after an erasure or what the feed cannot follow, and every ``HITS_MAX_AGE``
+(11-21 s of one core for the bench's 8M rows); otherwise only its stale keys are read again,
+at each load and, without the links, ``RELOAD_AFTER`` seconds after they went stale
+(``refresh_hits``). It is kept on the embedded engine alone, whose loads are all this
+process's: an erasure cancels one under way and empties the copy before it answers.
 
 The index loads in its own thread, once a resolution asks for it (a collector nobody asks
 for profiles holds nothing): then after ``RELOAD_AFTER`` seconds with stale links, soon
@@ -28,6 +38,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Iterable
 from typing import Any
 
@@ -40,7 +51,8 @@ log = logging.getLogger("tagwerk.links")
 
 DICTIONARIES = ("tagwerk.identity_links_dict", "tagwerk.identity_held_dict",
                 "tagwerk.consent_decisions_dict")
-# The keys of the feed's changes that make a part of the copy stale.
+# The keys of the feed's changes that make the links or the decisions stale (any other key is
+# a hit's, of person_hits).
 FOLLOWED = (LINK, CONSENT)
 RELOAD_AFTER = 60.0  # seconds a copy with stale keys is kept before loading it again
 MIN_INTERVAL = 10.0  # between loads when everything went stale (a burst must not reload
@@ -56,6 +68,14 @@ LOADING = "tagwerk: identity links in memory"
 CANCEL_EVERY = 0.05  # seconds between an erasure's cancellations of loads, until it may drop
 #                     the copy
 MOST_STALE = 10_000  # stale keys remembered; beyond, everything is stale
+# The hits' copy (clickhouse/0054): the live table, and the one a whole build fills.
+HITS_COPY, HITS_NEXT = "tagwerk.person_hits_copy", "tagwerk.person_hits_copy_next"
+HITS_PER_KEY = 2_000  # a key's hits the copy holds; a person with a key past it reads the table
+MOST_STALE_HITS = 50_000  # stale hit keys remembered (a few MB); beyond, the hits' copy is
+#                          stale, and built whole at the next load
+HITS_MAX_AGE = 3600.0  # seconds between whole builds (rows a retention removed are no news
+#                        to the feed)
+HITS_REFRESHED_AT_ONCE = 5_000  # stale keys read again per statement
 
 # The values of some identifiers, each a JSON text that repeats its key: a hash collision
 # must not pass one key's value off as another's.
@@ -69,6 +89,29 @@ DECISIONS = f"""
 SELECT dictGetOrDefault('{DICTIONARIES[2]}', 'value', cityHash64({{site:String}}, c), '') AS v
 FROM (SELECT arrayJoin({{ids:Array(String)}}) AS c)
 """
+# Each (site, key)'s hits as person_hits holds them, packed (clickhouse/0031), joined by
+# commas; '' past HITS_PER_KEY. Read in key order, in small blocks, on one thread: the
+# build's memory stays bounded (0054), and a load leaves the other core to ingestion.
+_HITS_SELECT = (
+    "SELECT concat(site_id, '\\0', key) AS k, "
+    f"if(count() > {HITS_PER_KEY}, '', "
+    f"arrayStringConcat(groupArray({HITS_PER_KEY + 1})(hit), ',')) "
+    "FROM tagwerk.person_hits {where}GROUP BY site_id, key "
+    "SETTINGS optimize_aggregation_in_order = 1, max_threads = 1, max_block_size = 4096, "
+    "max_insert_block_size = 4096, min_insert_block_size_rows = 4096, "
+    f"min_insert_block_size_bytes = 8388608, log_comment = '{LOADING}'")
+BUILD_HITS = f"INSERT INTO {HITS_NEXT} " + _HITS_SELECT.replace("{where}", "")
+REFRESH_HITS = f"INSERT INTO {HITS_COPY} " + _HITS_SELECT.replace(
+    "{where}", "WHERE site_id = {site:String} AND key IN {keys:Array(String)} ")
+# The copy's own row: which build it is (a JSON string), so that a reader tells a copy
+# emptied or built by another index (one in another thread of this process: tests) from
+# keys without hits. (A site id is never empty: no key starts with the NUL.)
+BUILD_KEY = "\0build"
+MARK_BUILD = f"INSERT INTO {HITS_NEXT} SELECT {{k:String}}, toJSONString({{build:String}})"
+# Some keys' hits from the copy, one JSON array a line: [k, [hit, ...]] ([] past HITS_PER_KEY).
+HITS = (f"SELECT concat('[', toJSONString(k), ',[', hits, ']]') FROM {HITS_COPY} "
+        "WHERE k IN {keys:Array(String)}")
+
 # The loads under way, anyone's: their source queries (by LOADING).
 CANCEL_LOADS = "KILL QUERY WHERE Settings['log_comment'] = {comment:String} ASYNC"
 # Whether the engine holds any of the dictionaries in memory, whoever loaded it.
@@ -119,10 +162,23 @@ class LinkIndex:
         # read from the table); past MOST_STALE only the decisions are all stale.
         self._stale_decisions: set[tuple[str, str]] = set()  # (site, consent key)
         self._decisions_all_stale = False
+        # The hits' copy, on the embedded engine (module docstring): whether it holds every
+        # key as of the copy (built since this start, not emptied since), when it was built
+        # whole, and its keys newer than the copy (stale alone: a hit's keys are no link's).
+        self._hits_kept = store.kind == "embedded"
+        self._hits_ready = False
+        self._hits_build = ""  # the build it holds (BUILD_KEY)
+        self._hits_built_at = float("-inf")
+        self._hits_refreshed_at = float("-inf")  # its stale keys last read again
+        self._hits_took = 0.0  # seconds that took
+        self._hits_refreshes = 0  # refreshes of stale keys alone (``refresh_hits``)
+        self._stale_hits: set[tuple[str, str]] = set()  # (site, person_hits key)
+        self._hits_all_stale = True
         # Changes reported while a copy loads: they may or may not be in it.
         self._during: set[tuple[str, str]] | None = None
         self._during_all = False
         self._during_decisions_all = False
+        self._during_hits_all = False
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -161,21 +217,29 @@ class LinkIndex:
     def changed(self, changes: dict[str, set[str]] | None) -> None:
         with self._lock:
             if changes is None:
-                self._all_stale = True
-                self._during_all = True
+                self._all_stale = self._hits_all_stale = True
+                self._during_all = self._during_hits_all = True
             else:
                 new = {(site, key) for site, keys in changes.items() for key in keys
-                       if key.startswith(FOLLOWED)}
+                       if self._hits_kept or key.startswith(FOLLOWED)}
                 self._stale |= {pair for pair in new if pair[1].startswith(LINK)}
                 self._stale_decisions |= {pair for pair in new if pair[1].startswith(CONSENT)}
+                self._stale_hits |= {pair for pair in new if not pair[1].startswith(FOLLOWED)}
                 if self._during is not None:
                     self._during |= new
+                    if len(self._during) > 2 * MOST_STALE + MOST_STALE_HITS:  # hits, mostly
+                        self._during_hits_all = True
+                        self._during = {pair for pair in self._during
+                                        if pair[1].startswith(FOLLOWED)}
                 if len(self._stale) > MOST_STALE:
                     self._all_stale = True
                     self._stale.clear()
                 if len(self._stale_decisions) > MOST_STALE:
                     self._decisions_all_stale = self._during_decisions_all = True
                     self._stale_decisions.clear()
+                if len(self._stale_hits) > MOST_STALE_HITS:
+                    self._hits_all_stale = self._during_hits_all = True
+                    self._stale_hits.clear()
             if self._all_stale:
                 self._wake.set()
 
@@ -209,9 +273,11 @@ class LinkIndex:
                     and not any(self._is_stale((site_id, key)) for key in keys))
 
     def _is_stale(self, pair: tuple[str, str]) -> bool:
+        if pair[1].startswith(LINK):
+            return pair in self._stale
         if pair[1].startswith(CONSENT):
             return self._decisions_all_stale or pair in self._stale_decisions
-        return pair in self._stale
+        return not self._hits_ready or self._hits_all_stale or pair in self._stale_hits
 
     def links(self, site_id: str, pairs: list[tuple[str, str]]
               ) -> dict[tuple[str, str], tuple[int, list[dict[str, str]]]]:
@@ -238,6 +304,32 @@ class LinkIndex:
                     raise LookupError(f"consent_decisions_dict: another key under {consent_id}")
                 found[consent_id] = [decision, at]
         return found
+
+    def hits(self, site_id: str, keys: list[str]) -> tuple[dict[str, list[Any]], set[str]]:
+        """Per key of ``person_hits`` found in the hits' copy, its hits (packed, as
+        ``profile.ROWS`` reads them); and the keys with more hits than the copy holds. A key
+        not found had no hits when the copy was made. LookupError when the copy is not the
+        build this index made (emptied, or built by another)."""
+        lines = self.store.query(HITS, {"keys": [BUILD_KEY, *(f"{site_id}\0{key}"
+                                                              for key in keys)]},
+                                 "TSVRaw").rstrip(b"\n")
+        found: dict[str, list[Any]] = {}
+        heavy: set[str] = set()
+        build = None
+        for k, hits in orjson.loads(b"[" + lines.replace(b"\n", b",") + b"]") if lines else ():
+            site, _, key = k.partition("\0")
+            if not site:
+                build = hits[0] if hits else None  # (its value, a JSON string, in the array)
+            elif site != site_id:  # (looked up by the whole key: cannot be)
+                raise LookupError(f"person_hits_copy: another site's key under {key}")
+            elif hits:
+                found[key] = hits
+            else:
+                heavy.add(key)
+        with self._lock:
+            if build != self._hits_build or not build:
+                raise LookupError("person_hits_copy: not the build of this index")
+        return found, heavy
 
     def held_and_links(self, site_id: str, pids: list[str], pairs: list[tuple[str, str]]
                        ) -> tuple[dict[str, list[tuple[str, str]]],
@@ -272,8 +364,11 @@ class LinkIndex:
                     raise LoadCancelled("an erasure is under way")
                 erasures = self._erasures
                 self._during, self._during_all = set(), False
-                self._during_decisions_all = False
+                self._during_decisions_all = self._during_hits_all = False
                 epoch = self.feed.epoch
+                whole = (not self._hits_ready or self._hits_all_stale
+                         or time.monotonic() - self._hits_built_at > HITS_MAX_AGE)
+                stale_hits = set() if whole else set(self._stale_hits)
             began = time.monotonic()
             try:
                 for name in DICTIONARIES:
@@ -281,6 +376,9 @@ class LinkIndex:
                     self.store.execute(f"SYSTEM RELOAD DICTIONARY {name}")
                     if self._erasures != erasures:
                         raise LoadCancelled(f"an erasure cancelled the load of {name}")
+                build = self._load_hits(whole, stale_hits, erasures) if self._hits_kept \
+                    else ""
+                whole = whole or build != self._hits_build
             except StorageError as exc:
                 with self._lock:
                     self._during, self._all_stale = None, True
@@ -295,8 +393,16 @@ class LinkIndex:
                 self._stale = {pair for pair in during if pair[1].startswith(LINK)}
                 self._stale_decisions = {pair for pair in during
                                          if pair[1].startswith(CONSENT)}
+                self._stale_hits = {pair for pair in during
+                                    if not pair[1].startswith(FOLLOWED)}
                 self._all_stale = self._during_all
                 self._decisions_all_stale = self._during_decisions_all
+                self._hits_all_stale = self._during_hits_all
+                if self._hits_kept:
+                    self._hits_ready, self._hits_build = True, build
+                    self._hits_refreshed_at = time.monotonic()
+                    if whole:
+                        self._hits_built_at = began
                 self._during = None
                 self._generation += 1
                 self._loaded = True
@@ -304,16 +410,93 @@ class LinkIndex:
                 self._loaded_at = time.monotonic()
                 self._took = self._loaded_at - began
 
+    def refresh_hits(self) -> None:
+        """Read the hits' copy's stale keys again (blocking), without loading the rest:
+        their persons read the copy again. Raises StorageError (they stay stale)."""
+        with self._load_lock:
+            with self._lock:
+                if self._erasing:
+                    raise LoadCancelled("an erasure is under way")
+                if not (self._hits_kept and self._hits_ready) or self._hits_all_stale:
+                    return  # for a whole build, at a load
+                erasures = self._erasures
+                keys = set(self._stale_hits)
+                self._during, self._during_hits_all = set(), False
+            began = time.monotonic()
+            try:
+                build = self._load_hits(False, keys, erasures)
+            finally:
+                with self._lock:
+                    during, self._during = self._during or set(), None
+            with self._lock:
+                if self._erasures != erasures:  # (the erasure empties the copy)
+                    raise LoadCancelled("an erasure cancelled the refresh of the hits' copy")
+                if build != self._hits_build:  # not this index's any more: built whole
+                    self._hits_build, self._hits_built_at = build, began
+                    self._stale_hits = {pair for pair in during
+                                        if not pair[1].startswith(FOLLOWED)}
+                    self._hits_all_stale = self._during_hits_all
+                else:  # (those reported meanwhile may have rows the read missed)
+                    self._stale_hits -= keys - during
+                self._hits_refreshed_at = time.monotonic()
+                self._hits_took = self._hits_refreshed_at - began
+                self._hits_refreshes += 1
+
+    def _load_hits(self, whole: bool, stale: set[tuple[str, str]], erasures: int) -> str:
+        """The hits' copy brought up to now (under the load lock), and its build: built
+        whole into the next table and exchanged with the live one, whose readers go on with
+        either (both as new as the copy they began with, or newer); or, when the live one
+        is still this index's build, only its ``stale`` keys read again, into it. Raises
+        StorageError; LoadCancelled when an erasure began meanwhile (a cancelled build may
+        end as if complete: never exchanged)."""
+        if not whole:
+            rows = self.store.rows(f"SELECT hits FROM {HITS_COPY} WHERE k = {{k:String}}",
+                                   {"k": BUILD_KEY})
+            whole = not self._hits_build or [row["hits"] for row in rows] != [
+                orjson.dumps(self._hits_build).decode()]
+        if whole:
+            build = uuid.uuid4().hex
+            self.store.execute(f"TRUNCATE TABLE {HITS_NEXT}")
+            self.store.execute(BUILD_HITS)
+            self.store.execute(MARK_BUILD, {"k": BUILD_KEY, "build": build})
+            if self._erasures != erasures:
+                raise LoadCancelled("an erasure cancelled the build of the hits' copy")
+            self.store.execute(f"EXCHANGE TABLES {HITS_COPY} AND {HITS_NEXT}")
+            self.store.execute(f"TRUNCATE TABLE {HITS_NEXT}")  # the old copy's disk
+            return build
+        by_site: dict[str, list[str]] = {}
+        for site_id, key in sorted(stale):
+            by_site.setdefault(site_id, []).append(key)
+        for site_id, keys in by_site.items():
+            for at in range(0, len(keys), HITS_REFRESHED_AT_ONCE):
+                self.store.execute(REFRESH_HITS, {
+                    "site": site_id, "keys": keys[at:at + HITS_REFRESHED_AT_ONCE]})
+        return self._hits_build
+
     def unload(self) -> None:
         """Drop the copy from the engine's memory (blocking): detached and attached again,
-        a dictionary is not loaded until the next load (or a read of it). Raises
-        StorageError."""
+        a dictionary is not loaded until the next load (or a read of it); and empty the
+        hits' copy. Raises StorageError."""
         with self._load_lock:
             with self._lock:
                 self._loaded, self._all_stale = False, True
             for name in DICTIONARIES:
                 self.store.execute(f"DETACH DICTIONARY IF EXISTS {name}")
                 self._attach(name)
+            self.drop_hits()
+
+    def drop_hits(self) -> None:
+        """Empty the hits' copy (blocking; on the embedded engine, where it is kept): also
+        at a start, since what an earlier run copied may since have been erased or have
+        expired. Raises StorageError."""
+        if not self._hits_kept:
+            return
+        with self._load_lock:
+            with self._lock:
+                self._hits_ready, self._hits_all_stale, self._hits_build = False, True, ""
+                self._stale_hits.clear()
+            for table in (HITS_COPY, HITS_NEXT):
+                self.store.execute(f"TRUNCATE TABLE IF EXISTS {table}")
 
     def _attach(self, name: str) -> None:
         """Attach the dictionary if detached. The engine refuses while a query that read it
@@ -358,6 +541,8 @@ class LinkIndex:
                                         {"names": [n.split(".")[1] for n in DICTIONARIES]})
                 if int(found[0]["n"]):
                     self.unload()
+                else:
+                    self.drop_hits()  # (it may hold keys whatever the dictionaries do)
             finally:
                 self._load_lock.release()
         finally:
@@ -374,7 +559,8 @@ class LinkIndex:
             return False
 
     def _next(self) -> str | None:
-        """What the loading thread should do now: "load", "unload" or nothing."""
+        """What the loading thread should do now: "load", "hits" (``refresh_hits``),
+        "unload" or nothing."""
         with self._lock:
             if self._erasing:  # a load would be refused (and each profile's ask wake it)
                 return None
@@ -387,10 +573,16 @@ class LinkIndex:
             # Loads take at most a twentieth of the time (the whole graph is read again).
             least, stale_for = (max(wait, LOAD_SHARE * self._took)
                                 for wait in (self.min_interval, self.reload_after))
-            if not self._usable():
+            if not self._usable() or self._hits_kept and (
+                    not self._hits_ready or self._hits_all_stale):
                 return "load" if age >= least else None
-            return "load" if bool(self._stale) and age >= stale_for or age >= self.max_age \
-                else None
+            if bool(self._stale) and age >= stale_for or age >= self.max_age:
+                return "load"
+            # Stale hits alone are read again without the links: loads and refreshes each
+            # take at most a twentieth of the time.
+            since = now - self._hits_refreshed_at
+            return "hits" if self._stale_hits and since >= max(
+                self.reload_after, LOAD_SHARE * self._hits_took) else None
 
     def _run(self) -> None:
         failures = 0
@@ -399,6 +591,8 @@ class LinkIndex:
             try:
                 if action == "load":
                     self.reload_now()
+                elif action == "hits":
+                    self.refresh_hits()
                 elif action == "unload":
                     self.unload()
                 failures = 0
@@ -416,7 +610,10 @@ class LinkIndex:
         with self._lock:
             return {"generation": self._generation, "all_stale": self._all_stale,
                     "stale": len(self._stale), "stale_decisions": len(self._stale_decisions),
-                    "decisions_all_stale": self._decisions_all_stale}
+                    "decisions_all_stale": self._decisions_all_stale,
+                    "hits_ready": self._hits_ready, "stale_hits": len(self._stale_hits),
+                    "hits_all_stale": self._hits_all_stale,
+                    "hits_refreshes": self._hits_refreshes, "hits_refresh_seconds": self._hits_took}
 
 
 def _links_of(site_id: str, pair: tuple[str, str], value: str,

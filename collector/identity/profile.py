@@ -1,6 +1,7 @@
 """A person's profile and the products they saw or bought, across all their identifiers,
-from ``person_hits`` (``clickhouse/0020_person_hits.sql``): only hits with personalization
-consent, never bots.
+from ``person_hits`` (``clickhouse/0020_person_hits.sql``), or for a profile from its copy by
+key where that holds the person's keys as they are (``clickhouse/0054``, ``link_index.py``):
+only hits with personalization consent, never bots.
 
 Read without FINAL: a replayed batch is dropped whole by the insert deduplication of events
 and of the views' targets (``clickhouse/0027``), so rows are not doubled.
@@ -63,10 +64,42 @@ Hit = list[str]  # a hit's fields as in HIT_FIELDS
  CONSENT_ID, CURRENCY) = range(len(HIT_FIELDS))
 
 
-def _rows(store: Store, site_id: str, persons: list[Person], events: tuple[str, ...] = ()
+def _rows(store: Store, site_id: str, persons: list[Person], index: LinkIndex | None = None
           ) -> list[list[Hit]]:
-    """Each person's hits, read at once for all of them. A cut answer is read again in
-    halves (only a person with MAX_ROWS rows of their own ends up alone, read newest
+    """Each person's hits: from the hits' copy (``index``, clickhouse/0054) for those whose
+    keys it holds as they are now (none newer stored since it was made, as its change feed
+    tells, and still the same copy after the lookup) and whole (none past what it holds per
+    key, fewer rows than MAX_ROWS, where person_hits' read is cut); the rest from
+    person_hits."""
+    found: dict[int, list[Hit]] = {}
+    token = index.begin() if index is not None else None
+    if token is not None:
+        copied = [n for n, person in enumerate(persons)
+                  if index.fresh(site_id, keys_of(person), token)]
+        by_key: dict[str, list[Hit]] = {}
+        heavy: set[str] = set()
+        try:
+            if copied:
+                by_key, heavy = index.hits(site_id, sorted(
+                    {key for n in copied for key in keys_of(persons[n])}))
+        except (LookupError, StorageError):  # a copy emptied meanwhile (an erasure)
+            copied = []
+        for n in copied:
+            keys = keys_of(persons[n])
+            if (index.fresh(site_id, keys, token) and heavy.isdisjoint(keys)
+                    and sum(len(by_key.get(key, ())) for key in keys) < MAX_ROWS):
+                found[n] = _theirs(persons[n], by_key)
+    rest = [n for n in range(len(persons)) if n not in found]
+    if rest:
+        found.update(zip(rest, _read_rows(store, site_id, [persons[n] for n in rest]),
+                         strict=True))
+    return [found[n] for n in range(len(persons))]
+
+
+def _read_rows(store: Store, site_id: str, persons: list[Person], events: tuple[str, ...] = ()
+               ) -> list[list[Hit]]:
+    """Each person's hits from person_hits, read at once for all of them. A cut answer is
+    read again in halves (only a person with MAX_ROWS rows of their own ends up alone, read newest
     first): a batch of ordinary persons that together pass the cut costs a few statements,
     not one per person."""
     keys = sorted({key for person in persons for key in keys_of(person)})
@@ -76,8 +109,8 @@ def _rows(store: Store, site_id: str, persons: list[Person], events: tuple[str, 
     if len(found) >= MAX_ROWS:
         if len(persons) > 1:
             half = len(persons) // 2
-            return (_rows(store, site_id, persons[:half], events)
-                    + _rows(store, site_id, persons[half:], events))
+            return (_read_rows(store, site_id, persons[:half], events)
+                    + _read_rows(store, site_id, persons[half:], events))
         found = json_lines(store, sql + NEWEST + CUT, params)
     by_key: dict[str, list[Hit]] = {}
     for key, hit in found:
@@ -142,7 +175,7 @@ def products(store: Store, site_id: str, person: Person, events: tuple[str, ...]
     """The products the person viewed or bought (``events`` names which), the most recently
     first (a list leaves out a limited number of them: the newest matter most)."""
     last: dict[str, str] = {}
-    for hit in _rows(store, site_id, [person], events)[0]:
+    for hit in _read_rows(store, site_id, [person], events)[0]:
         product = hit[PRODUCT]
         if product and hit[TS] > last.get(product, ""):
             last[product] = hit[TS]
@@ -165,12 +198,13 @@ def profiles_and_keys(store: Store, site_id: str, persons: list[Person],
                       index: LinkIndex | None = None
                       ) -> list[tuple[dict[str, Any] | None, set[str]]]:
     """Each person's profile, and the keys it depends on (``depends_on`` and its consent
-    decisions): their rows and the decisions read once for all of them (the decisions from
-    the copy in memory, ``index``, where it can serve)."""
+    decisions): their rows and the decisions read once for all of them (from the copies,
+    ``index``, where they can serve)."""
     if not persons:  # nobody: no statement
         return []
     built = [_profile(person, hits)
-             for person, hits in zip(persons, _rows(store, site_id, persons), strict=True)]
+             for person, hits in zip(persons, _rows(store, site_id, persons, index),
+                                     strict=True)]
     decisions = _consents(store, site_id, sorted({c for _, ids in built for c in ids}), index)
     out = []
     for person, (answer, ids) in zip(persons, built, strict=True):
