@@ -38,7 +38,10 @@ load, and erasure of a person among millions of rows.
    reads (``read_profiles``, without HTTP) run in this process on the same data and core,
    for 1 and for ``--clients`` persons at once, and the median ms of each kind of statement
    in it (the identifiers' links, what the persons hold, their rows, their consent
-   decisions) beside the Python work. ``--costs-only`` runs only this.
+   decisions) beside the Python work; and how long the copies' first load takes (the hits'
+   copy built whole in it), and reading ``--stale`` keys of the hits' copy again
+   (``LinkIndex.refresh_hits``, which the collector spaces to take at most a twentieth of
+   the time). ``--costs-only`` runs only this.
 6. ``--retention-only``: the retention's pass over explicit merges and splits
    (``collector/privacy/retention.py``) on the same data, in this process on the server
    core: ``--operations`` merges of one customer into another, then the pass, all of them
@@ -491,13 +494,15 @@ STATEMENT_KINDS = (("identity_held_dict", "held"), ("identity_links_dict", "link
 
 
 def cold_costs(data_dir: Path, args: argparse.Namespace, rounds: int = 20
-               ) -> dict[int, dict[str, float]]:
+               ) -> dict[int | str, dict[str, float]]:
     """Where a cold batch of profiles spends its time: ``read_profiles`` (the endpoint's
     path, without HTTP) in this process on the data the collector left, pinned to the server
     core, for batches of 1 and of ``--clients`` persons nobody asked for before. Per batch
     size, the median ms of the whole batch and of each kind of statement in it (the calling
-    thread's: not the feed's or the link index's), "python" being the rest. Run after the
-    collector stopped: one process at a time opens the engine."""
+    thread's: not the feed's or the link index's), "python" being the rest; under "copy",
+    the first load's seconds (the hits' copy built whole in it) and a refresh's of
+    ``--stale`` keys of the copy. Run after the collector stopped: one process at a time
+    opens the engine."""
     os.sched_setaffinity(0, {int(SERVER_CORE)})  # the engine's threads, started below, too
     collector = Collector(load_settings(data_dir=data_dir))
     collector.start()
@@ -526,6 +531,7 @@ def cold_costs(data_dir: Path, args: argparse.Namespace, rounds: int = 20
             if time.monotonic() - began > 300:
                 raise TimeoutError("the identity links were not loaded into memory")
             time.sleep(0.2)
+        first_load = time.monotonic() - began
         tune_gc()  # as ``tagwerk serve`` runs: without it, "python" held the bench's GC
         wait_quiet(os.getpid())
         out = {}
@@ -541,17 +547,37 @@ def cold_costs(data_dir: Path, args: argparse.Namespace, rounds: int = 20
             kinds = {kind for run in runs for kind in run}
             out[size] = {kind: statistics.median(run.get(kind, 0.0) for run in runs)
                          for kind in kinds}
+        out["copy"] = {"first load": first_load,
+                       "refresh": refresh_cost(collector, args.stale, rng)}
         return out
     finally:
         collector.stop()
 
 
+def refresh_cost(collector: Collector, stale: int, rng: random.Random) -> float:
+    """Seconds the hits' copy takes to read ``stale`` random keys of it again."""
+    keys = collector.store.query(
+        "SELECT DISTINCT key FROM tagwerk.person_hits WHERE site_id = {s:String}",
+        {"s": SITE}, "TSVRaw").decode().split("\n")[:-1]
+    index = collector.link_index
+    index.changed({SITE: set(rng.sample(keys, stale))})
+    began = time.perf_counter()
+    index.refresh_hits()
+    assert not index.state()["stale_hits"], index.state()
+    return time.perf_counter() - began
+
+
 def print_cold_costs(data_dir: Path, args: argparse.Namespace) -> None:
-    for size, costs in cold_costs(data_dir, args).items():
+    costs_by = cold_costs(data_dir, args)
+    copy = costs_by.pop("copy")
+    for size, costs in costs_by.items():
         parts = ", ".join(f"{kind} {costs.get(kind, 0.0):.1f}"
                           for kind in ("links", "held", "rows", "consents", "other", "python"))
         print(f"cold batch of {size} in-process, without HTTP: {costs['batch']:.1f} ms = "
               f"{costs['batch'] / size:.2f} ms a profile (medians, ms: {parts})")
+    print(f"the copies' first load (identity links, decisions, the hits' copy built whole): "
+          f"{copy['first load']:.1f} s; {args.stale:,} stale keys of the hits' copy read again "
+          f"in {copy['refresh']:.2f} s")
 
 
 def retention_pass(data_dir: Path, args: argparse.Namespace, rounds: int = 5) -> None:
@@ -618,6 +644,8 @@ def main() -> None:
     parser.add_argument("--retention-only", action="store_true",
                         help="only the retention's pass over merges (adds merges: on a copy)")
     parser.add_argument("--operations", type=int, default=1000)
+    parser.add_argument("--stale", type=int, default=20_000,
+                        help="keys of the hits' copy read again in step 5")
     args = parser.parse_args()
     data_dir = Path(args.data_dir or tempfile.mkdtemp(prefix="tagwerk-persons-"))
     keys_file = data_dir / "bench-keys.json"
