@@ -73,7 +73,8 @@ class Collector:
                            else None)
         self.flusher.inserted = self._stored
         self.person_answers = PersonAnswers(self.changes)
-        self.link_index = LinkIndex(self.store, self.changes)
+        self.link_index = LinkIndex(self.store, self.changes,
+                                    copy_hits=settings.identity_links_in_memory)
         self.batches = Batcher()  # concurrent reads answered together (cold profiles)
         self.metrics.gauge("tagwerk_person_answers_hits_total",
                            "Answers about persons served from memory.",
@@ -85,10 +86,10 @@ class Collector:
                            "Copies of the identity links loaded into memory (link_index.py).",
                            lambda: self.link_index.state()["generation"])
         self.metrics.gauge("tagwerk_person_hits_copy_refreshes_total",
-                           "Refreshes of the hits' copy's stale keys alone (link_index.py).",
+                           "Builds and refreshes of the hits' copy (link_index.py).",
                            lambda: self.link_index.state()["hits_refreshes"])
         self.metrics.gauge("tagwerk_person_hits_copy_refresh_seconds",
-                           "The last refresh's duration.",
+                           "The last refresh's duration (of its stale keys).",
                            lambda: self.link_index.state()["hits_refresh_seconds"])
         if (refresh := self.copurchase) is not None:
             self.metrics.gauge("tagwerk_copurchase_refreshes_total",

@@ -137,16 +137,17 @@ def wait_for(check: Callable[[], Any], timeout: float = 10.0, interval: float = 
 
 def loaded(collector: Collector) -> int:
     """The identity links' copy in memory (link_index.py) loaded and usable, the feed
-    watching: its token. Asked for first, as a resolution asks (a copy nobody asked for is
-    one the loading thread drops); loaded again when an earlier test's erasure finishes
-    its mutation meanwhile, which the feed reports as everything changed, rightly making
-    the new copy stale at once."""
+    watching, and the hits' copy brought up to date: its token. Asked for first, as a
+    resolution asks (a copy nobody asked for is one the loading thread drops); loaded again
+    when an earlier test's erasure finishes its mutation meanwhile, which the feed reports
+    as everything changed, rightly making the new copy stale at once."""
     collector.person_answers.begin()
     index = collector.link_index
     index.begin()
     deadline = time.monotonic() + 60
     while True:
         index.reload_now()
+        index.refresh_hits()  # the hits' copy, where it is kept
         token = index.begin()
         if token is not None:
             return token

@@ -134,6 +134,7 @@ def test_an_erasure_leaves_nothing_in_the_copy(env):
     login(env, user, device, "2026-11-02T09:00:00Z")
     collector.person_answers.begin()
     collector.link_index.reload_now()
+    collector.link_index.refresh_hits()
     held = collector.store.rows(
         "SELECT count() AS n FROM tagwerk.identity_links_dict "
         "WHERE position(value, {d:String}) > 0",
@@ -564,6 +565,8 @@ def test_stale_hits_alone_are_read_again_without_loading_the_links(env):
         index.feed.watch()
         index.begin()
         index.reload_now()
+        assert index._next() == "hits"  # noqa: SLF001 (built once the links are loaded)
+        index.refresh_hits()
         time.sleep(LOAD_SHARE * index._took + 0.1)  # noqa: SLF001
         assert index._next() is None  # noqa: SLF001
         index.changed({SITE: {"device:d-1"}})
@@ -609,6 +612,45 @@ def test_a_copy_emptied_or_built_by_another_index_is_not_read(env, monkeypatch):
     assert len(answers) == 1
 
 
+def test_a_pause_of_the_feed_has_the_hits_copy_built_whole(env, monkeypatch):
+    """Hits stored while the feed did not watch went unreported: the copy cannot tell its
+    keys that changed, and is built whole before it serves again."""
+    client, collector, keys = env
+    index = collector.link_index
+    user, phone, _ = shopper(env)
+    token = loaded(collector)
+    built = index._hits_built_at  # noqa: SLF001
+    monkeypatch.setattr(index, "max_age", 0.0)  # not in use: the feed may rest
+    collector.person_answers.clear()
+    collector.changes.idle()
+    assert not collector.changes.watching
+    send_batch(client, collector, keys["write"], [
+        {"event": "view_item", "ts": "2026-11-04T08:00:00Z", "device_id": phone,
+         "consent": ALL, "user_agent": IPHONE, "items": [{"product_id": f"cap-{user}"}]}])
+    monkeypatch.undo()
+    collector.changes.watch()
+    assert not index.fresh(SITE, [f"device:{phone}"], token)
+    index.reload_now()
+    token = index.begin()
+    assert token is not None and not index.fresh(SITE, [f"device:{phone}"], token)
+    index.refresh_hits()
+    assert index._hits_built_at > built  # noqa: SLF001
+    assert index.fresh(SITE, [f"device:{phone}"], token)
+    answers = spied(monkeypatch, index)
+    assert f"cap-{user}" in {p["product_id"] for p in profile_of(env, user, index)["viewed"]}
+    assert len(answers) == 1
+
+
+def test_past_what_the_stale_sets_hold_during_a_build_the_hits_are_all_stale(env):
+    _, collector, _ = env
+    with own_index(collector) as index:
+        index._during = set()  # noqa: SLF001 (as a load or a refresh under way)
+        index.changed({SITE: {f"link:device:{n}" for n in range(
+            2 * MOST_STALE + link_index.MOST_STALE_HITS + 1)}})
+        assert index.state()["hits_all_stale"]
+    loaded(collector)
+
+
 def test_an_erasure_cancels_a_build_of_the_hits_copy(env, monkeypatch):
     """As a load of the dictionaries (above): a stand-in build, a row a millisecond (a minute
     in all), with the copy's comment, is cancelled; nothing is exchanged, and the copy
@@ -627,6 +669,7 @@ def test_an_erasure_cancels_a_build_of_the_hits_copy(env, monkeypatch):
         def load() -> None:
             try:
                 index.reload_now()
+                index.refresh_hits()  # built whole: the stand-in
             except StorageError as exc:
                 failed.append(exc)
         thread = threading.Thread(target=load, daemon=True)

@@ -16,12 +16,13 @@ erasure, a merge, a burst) makes the whole copy stale until it is loaded again: 
 answer meanwhile.
 
 The hits' copy is a table (EmbeddedRocksDB: a point read per key, where person_hits' primary
-key search costs 22-45 ms for a batch of 32 persons on the 10M bench): built whole at the
-first load, after an erasure or what the feed cannot follow, and every ``HITS_MAX_AGE``
-(11-21 s of one core for the bench's 8M rows); otherwise only its stale keys are read again,
-at each load and, without the links, ``RELOAD_AFTER`` seconds after they went stale
-(``refresh_hits``). It is kept on the embedded engine alone, whose loads are all this
-process's: an erasure cancels one under way and empties the copy before it answers.
+key search costs 22-45 ms for a batch of 32 persons on the 10M bench), brought up to date
+apart from the links (``refresh_hits``, its own pace): built whole once the links are
+loaded, after an erasure, what the feed cannot follow or a pause of the feed, and every
+``HITS_MAX_AGE`` (11-21 s of one core for the bench's 8M rows); otherwise only its stale keys
+are read again, ``RELOAD_AFTER`` seconds after the last refresh at the earliest. It is kept
+on the embedded engine alone, whose loads are all this process's: an erasure cancels a
+build under way and empties the copy before it answers.
 
 The index loads in its own thread, once a resolution asks for it (a collector nobody asks
 for profiles holds nothing): then after ``RELOAD_AFTER`` seconds with stale links, soon
@@ -148,7 +149,8 @@ class LoadCancelled(StorageError):
 
 class LinkIndex:
     def __init__(self, store: Store, feed: ChangeFeed, reload_after: float = RELOAD_AFTER,
-                 min_interval: float = MIN_INTERVAL, max_age: float = MAX_AGE) -> None:
+                 min_interval: float = MIN_INTERVAL, max_age: float = MAX_AGE,
+                 copy_hits: bool = True) -> None:
         self.store, self.feed = store, feed
         self.reload_after, self.min_interval, self.max_age = reload_after, min_interval, max_age
         self._lock = threading.Lock()
@@ -163,15 +165,18 @@ class LinkIndex:
         self._stale_decisions: set[tuple[str, str]] = set()  # (site, consent key)
         self._decisions_all_stale = False
         # The hits' copy, on the embedded engine (module docstring): whether it holds every
-        # key as of the copy (built since this start, not emptied since), when it was built
-        # whole, and its keys newer than the copy (stale alone: a hit's keys are no link's).
-        self._hits_kept = store.kind == "embedded"
+        # key as of its build (built since this start, not emptied since), which build, in
+        # which watch of the feed, when and how long that took, and its keys newer than the
+        # copy (stale alone: a hit's keys are no link's).
+        self._hits_kept = copy_hits and store.kind == "embedded"
         self._hits_ready = False
         self._hits_build = ""  # the build it holds (BUILD_KEY)
+        self._hits_epoch = -1
         self._hits_built_at = float("-inf")
+        self._hits_build_took = 0.0
         self._hits_refreshed_at = float("-inf")  # its stale keys last read again
         self._hits_took = 0.0  # seconds that took
-        self._hits_refreshes = 0  # refreshes of stale keys alone (``refresh_hits``)
+        self._hits_refreshes = 0  # builds and refreshes (``refresh_hits``)
         self._stale_hits: set[tuple[str, str]] = set()  # (site, person_hits key)
         self._hits_all_stale = True
         # Changes reported while a copy loads: they may or may not be in it.
@@ -227,8 +232,11 @@ class LinkIndex:
                 self._stale_hits |= {pair for pair in new if not pair[1].startswith(FOLLOWED)}
                 if self._during is not None:
                     self._during |= new
-                    if len(self._during) > 2 * MOST_STALE + MOST_STALE_HITS:  # hits, mostly
-                        self._during_hits_all = True
+                    # Past what the stale sets would hold (new hits' keys, mostly): the hits'
+                    # copy is all stale, and the hits' keys no longer remembered.
+                    if len(self._during) > 2 * MOST_STALE + MOST_STALE_HITS:
+                        self._hits_all_stale = self._during_hits_all = True
+                        self._stale_hits.clear()
                         self._during = {pair for pair in self._during
                                         if pair[1].startswith(FOLLOWED)}
                 if len(self._stale) > MOST_STALE:
@@ -277,7 +285,12 @@ class LinkIndex:
             return pair in self._stale
         if pair[1].startswith(CONSENT):
             return self._decisions_all_stale or pair in self._stale_decisions
-        return not self._hits_ready or self._hits_all_stale or pair in self._stale_hits
+        return not self._hits_usable() or pair in self._stale_hits
+
+    def _hits_usable(self) -> bool:
+        """The hits' copy holds every key as of its build, and the feed has watched since."""
+        return (self._hits_ready and not self._hits_all_stale and self.feed.watching
+                and self.feed.epoch == self._hits_epoch)
 
     def links(self, site_id: str, pairs: list[tuple[str, str]]
               ) -> dict[tuple[str, str], tuple[int, list[dict[str, str]]]]:
@@ -364,11 +377,8 @@ class LinkIndex:
                     raise LoadCancelled("an erasure is under way")
                 erasures = self._erasures
                 self._during, self._during_all = set(), False
-                self._during_decisions_all = self._during_hits_all = False
+                self._during_decisions_all = False
                 epoch = self.feed.epoch
-                whole = (not self._hits_ready or self._hits_all_stale
-                         or time.monotonic() - self._hits_built_at > HITS_MAX_AGE)
-                stale_hits = set() if whole else set(self._stale_hits)
             began = time.monotonic()
             try:
                 for name in DICTIONARIES:
@@ -376,9 +386,6 @@ class LinkIndex:
                     self.store.execute(f"SYSTEM RELOAD DICTIONARY {name}")
                     if self._erasures != erasures:
                         raise LoadCancelled(f"an erasure cancelled the load of {name}")
-                build = self._load_hits(whole, stale_hits, erasures) if self._hits_kept \
-                    else ""
-                whole = whole or build != self._hits_build
             except StorageError as exc:
                 with self._lock:
                     self._during, self._all_stale = None, True
@@ -393,16 +400,8 @@ class LinkIndex:
                 self._stale = {pair for pair in during if pair[1].startswith(LINK)}
                 self._stale_decisions = {pair for pair in during
                                          if pair[1].startswith(CONSENT)}
-                self._stale_hits = {pair for pair in during
-                                    if not pair[1].startswith(FOLLOWED)}
                 self._all_stale = self._during_all
                 self._decisions_all_stale = self._during_decisions_all
-                self._hits_all_stale = self._during_hits_all
-                if self._hits_kept:
-                    self._hits_ready, self._hits_build = True, build
-                    self._hits_refreshed_at = time.monotonic()
-                    if whole:
-                        self._hits_built_at = began
                 self._during = None
                 self._generation += 1
                 self._loaded = True
@@ -411,35 +410,47 @@ class LinkIndex:
                 self._took = self._loaded_at - began
 
     def refresh_hits(self) -> None:
-        """Read the hits' copy's stale keys again (blocking), without loading the rest:
-        their persons read the copy again. Raises StorageError (they stay stale)."""
+        """Bring the hits' copy up to date (blocking), apart from the links: built whole
+        when it does not hold every key as of a build in the feed's present watch (none yet,
+        emptied, all stale, the feed paused, or ``HITS_MAX_AGE`` old), else its stale keys
+        read again; keys the feed reports meanwhile stay stale. Raises StorageError (what
+        was stale stays so)."""
         with self._load_lock:
+            self.feed.watch()  # every hit stored from now on is reported
             with self._lock:
-                if self._erasing:
+                if self._erasing:  # it would be cancelled, and hold the erasure up
                     raise LoadCancelled("an erasure is under way")
-                if not (self._hits_kept and self._hits_ready) or self._hits_all_stale:
-                    return  # for a whole build, at a load
-                erasures = self._erasures
-                keys = set(self._stale_hits)
+                if not self._hits_kept:
+                    return
+                erasures, epoch, began = self._erasures, self.feed.epoch, time.monotonic()
+                whole = (not self._hits_usable()
+                         or began - self._hits_built_at > HITS_MAX_AGE)
+                keys = set() if whole else set(self._stale_hits)
                 self._during, self._during_hits_all = set(), False
-            began = time.monotonic()
             try:
-                build = self._load_hits(False, keys, erasures)
+                build = self._load_hits(whole, keys, erasures)
+            except StorageError as exc:
+                if self._erasures != erasures and not isinstance(exc, LoadCancelled):
+                    raise LoadCancelled(f"an erasure cancelled the hits' copy's refresh: "
+                                        f"{exc}") from None
+                raise
             finally:
                 with self._lock:
                     during, self._during = self._during or set(), None
             with self._lock:
                 if self._erasures != erasures:  # (the erasure empties the copy)
-                    raise LoadCancelled("an erasure cancelled the refresh of the hits' copy")
-                if build != self._hits_build:  # not this index's any more: built whole
-                    self._hits_build, self._hits_built_at = build, began
+                    raise LoadCancelled("an erasure cancelled the hits' copy's refresh")
+                now = time.monotonic()
+                if whole or build != self._hits_build:  # (another's build: built whole)
+                    self._hits_ready, self._hits_build, self._hits_epoch = True, build, epoch
+                    self._hits_built_at, self._hits_build_took = began, now - began
                     self._stale_hits = {pair for pair in during
                                         if not pair[1].startswith(FOLLOWED)}
                     self._hits_all_stale = self._during_hits_all
                 else:  # (those reported meanwhile may have rows the read missed)
                     self._stale_hits -= keys - during
-                self._hits_refreshed_at = time.monotonic()
-                self._hits_took = self._hits_refreshed_at - began
+                    self._hits_took = now - began
+                self._hits_refreshed_at = now
                 self._hits_refreshes += 1
 
     def _load_hits(self, whole: bool, stale: set[tuple[str, str]], erasures: int) -> str:
@@ -478,18 +489,18 @@ class LinkIndex:
         a dictionary is not loaded until the next load (or a read of it); and empty the
         hits' copy. Raises StorageError."""
         with self._load_lock:
+            self.drop_hits()  # first: it needs nothing of the dictionaries
             with self._lock:
                 self._loaded, self._all_stale = False, True
             for name in DICTIONARIES:
                 self.store.execute(f"DETACH DICTIONARY IF EXISTS {name}")
                 self._attach(name)
-            self.drop_hits()
 
     def drop_hits(self) -> None:
-        """Empty the hits' copy (blocking; on the embedded engine, where it is kept): also
-        at a start, since what an earlier run copied may since have been erased or have
-        expired. Raises StorageError."""
-        if not self._hits_kept:
+        """Empty the hits' copy (blocking; on the embedded engine, where it may be kept):
+        also at a start, since what an earlier run copied (with the copy on or off now) may
+        since have been erased or have expired. Raises StorageError."""
+        if self.store.kind != "embedded":
             return
         with self._load_lock:
             with self._lock:
@@ -573,16 +584,24 @@ class LinkIndex:
             # Loads take at most a twentieth of the time (the whole graph is read again).
             least, stale_for = (max(wait, LOAD_SHARE * self._took)
                                 for wait in (self.min_interval, self.reload_after))
-            if not self._usable() or self._hits_kept and (
-                    not self._hits_ready or self._hits_all_stale):
+            if not self._usable():
                 return "load" if age >= least else None
             if bool(self._stale) and age >= stale_for or age >= self.max_age:
                 return "load"
-            # Stale hits alone are read again without the links: loads and refreshes each
-            # take at most a twentieth of the time.
-            since = now - self._hits_refreshed_at
-            return "hits" if self._stale_hits and since >= max(
-                self.reload_after, LOAD_SHARE * self._hits_took) else None
+            if not self._hits_kept:
+                return None
+            # The hits' copy at its own pace: builds and refreshes each take at most a
+            # twentieth of the time (a build is seconds; a burst of new visitors must not
+            # have the copy built over and over).
+            if not self._hits_usable() or now - self._hits_built_at > HITS_MAX_AGE:
+                due = self._hits_built_at + max(self.min_interval,
+                                                LOAD_SHARE * self._hits_build_took)
+            elif self._stale_hits:
+                due = self._hits_refreshed_at + max(self.reload_after,
+                                                    LOAD_SHARE * self._hits_took)
+            else:
+                return None
+            return "hits" if now >= due else None
 
     def _run(self) -> None:
         failures = 0
@@ -596,6 +615,8 @@ class LinkIndex:
                 elif action == "unload":
                     self.unload()
                 failures = 0
+                if action == "load" and self._next() == "hits":
+                    continue  # the hits' copy built at once, not a turn later
             except LoadCancelled as exc:  # loaded again when next due (everything is stale)
                 log.info("identity links in memory: %s", exc)
             except StorageError as exc:  # e.g. a server whose default user may not read
