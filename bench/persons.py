@@ -364,8 +364,8 @@ def measure_profiles(base: str, keys: dict[str, str], args: argparse.Namespace, 
     if not load_settings().identity_links_in_memory:  # as the collector reads it
         print("identity links NOT in memory (TAGWERK_IDENTITY_LINKS_IN_MEMORY): tables")
     else:
-        print(f"identity links in memory {links_loaded(base):.1f} s after the first "
-              f"profile, then quiet after {wait_quiet(pid):.0f} s")
+        print(f"identity links in memory and the hits' copy built {links_loaded(base):.1f} s "
+              f"after the first profile, then quiet after {wait_quiet(pid):.0f} s")
     for label in ("cold", "kept"):
         times, found = single_client(urls, keys["read"], args.seconds)
         p50, p99 = statistics.median(times), pct(times, 99)
@@ -457,15 +457,21 @@ def sql_port(data_dir: Path, timeout: float = 30.0) -> Any:
                        f"{info['sql_host']}:{info['sql_port']}/tagwerk", timeout=timeout)
 
 
+# The collector's counts of the copies loaded: the identity links', and the hits' copy's
+# builds (link_index.py).
+LOADED = ("tagwerk_identity_links_loads_total", "tagwerk_person_hits_copy_refreshes_total")
+
+
 def links_loaded(base: str, timeout: float = 300.0) -> float:
-    """Seconds until the collector reports its first copy of the identity links loaded."""
+    """Seconds until the collector reports its first copy of the identity links loaded, and
+    the hits' copy built."""
     began = time.monotonic()
     while time.monotonic() - began < timeout:
         with urllib.request.urlopen(f"{base}/metrics", timeout=30) as response:
-            for line in response.read().decode().splitlines():
-                if line.startswith("tagwerk_identity_links_loads_total ") and \
-                        float(line.split()[1]) >= 1:
-                    return time.monotonic() - began
+            counts = dict(line.split()[:2] for line in response.read().decode().splitlines()
+                          if line.startswith(LOADED))
+        if all(float(counts.get(name, 0)) >= 1 for name in LOADED):
+            return time.monotonic() - began
         time.sleep(0.2)
     raise TimeoutError("the identity links were not loaded into memory")
 
@@ -527,7 +533,8 @@ def cold_costs(data_dir: Path, args: argparse.Namespace, rounds: int = 20
         site = collector.sites.get(SITE)
         read_profiles(collector, site, [asks.pop()])  # has the links loaded into memory
         began = time.monotonic()
-        while not collector.link_index.state()["generation"]:
+        while not (collector.link_index.state()["generation"]
+                   and collector.link_index.state()["hits_ready"]):
             if time.monotonic() - began > 300:
                 raise TimeoutError("the identity links were not loaded into memory")
             time.sleep(0.2)
