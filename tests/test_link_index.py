@@ -644,6 +644,11 @@ def test_a_pause_of_the_feed_has_the_hits_copy_built_whole(env, monkeypatch):
 def test_past_what_the_stale_sets_hold_during_a_build_the_hits_are_all_stale(env):
     _, collector, _ = env
     with own_index(collector) as index:
+        index.feed.watch()
+        index.begin()
+        index.reload_now()
+        index.refresh_hits()
+        assert not index.state()["hits_all_stale"]
         index._during = set()  # noqa: SLF001 (as a load or a refresh under way)
         index.changed({SITE: {f"link:device:{n}" for n in range(
             2 * MOST_STALE + link_index.MOST_STALE_HITS + 1)}})
