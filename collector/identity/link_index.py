@@ -19,7 +19,7 @@ The hits' copy is a table (EmbeddedRocksDB: a point read per key, where person_h
 key search costs 22-45 ms for a batch of 32 persons on the 10M bench), brought up to date
 apart from the links (``refresh_hits``, its own pace): built whole once the links are
 loaded, after an erasure, what the feed cannot follow or a pause of the feed, and every
-``HITS_MAX_AGE`` (11-21 s of one core for the bench's 8M rows); otherwise only its stale keys
+``HITS_MAX_AGE`` (11-26 s of one core for the bench's 8M rows); otherwise only its stale keys
 are read again, ``RELOAD_AFTER`` seconds after the last refresh at the earliest. It is kept
 on the embedded engine alone, whose loads are all this process's: an erasure cancels a
 build under way and empties the copy before it answers.
@@ -73,7 +73,7 @@ MOST_STALE = 10_000  # stale keys remembered; beyond, everything is stale
 HITS_COPY, HITS_NEXT = "tagwerk.person_hits_copy", "tagwerk.person_hits_copy_next"
 HITS_PER_KEY = 2_000  # a key's hits the copy holds; a person with a key past it reads the table
 MOST_STALE_HITS = 50_000  # stale hit keys remembered (a few MB); beyond, the hits' copy is
-#                          stale, and built whole at the next load
+#                          stale, and built whole when builds' pace allows
 HITS_MAX_AGE = 3600.0  # seconds between whole builds (rows a retention removed are no news
 #                        to the feed)
 HITS_REFRESHED_AT_ONCE = 5_000  # stale keys read again per statement
