@@ -708,3 +708,70 @@ def test_the_hits_copy_is_kept_on_the_embedded_engine_only(env, server_store):
     assert index.state()["stale_hits"] == 0 and index.state()["stale"] == 1
     index.drop_hits()  # nothing to empty
     assert not index._hits_kept  # noqa: SLF001
+
+
+class ReportingLock:
+    """An index's lock that, once armed, has the feed report ``key`` at its next release:
+    a change reported at the first moment a refresh lets go of the lock after its read."""
+
+    def __init__(self, index: LinkIndex, key: str) -> None:
+        self.lock, self.index, self.key, self.armed = threading.Lock(), index, key, False
+
+    def __enter__(self) -> None:
+        self.lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.release()
+        if self.armed:
+            self.armed = False
+            self.index.changed({SITE: {self.key}})
+
+
+@pytest.mark.parametrize("whole", [False, True], ids=["keys-read-again", "built-whole"])
+def test_a_key_reported_as_a_refresh_ends_stays_stale(env, whole):
+    """A row stored after the refresh's read, reported before the refresh took what was
+    reported meanwhile: its key must stay stale (it was neither, and was counted fresh)."""
+    _, collector, _ = env
+    with own_index(collector) as index:
+        index.feed.watch()
+        index.begin()
+        index.reload_now()
+        index.refresh_hits()
+        key = f"device:{uid('late')}"
+        index.changed({SITE: {key}})
+        if whole:
+            index._hits_all_stale = True  # noqa: SLF001 (as a burst would)
+        lock = ReportingLock(index, key)
+        index._lock = lock  # noqa: SLF001
+        read = index._load_hits  # noqa: SLF001
+
+        def then_arm(*args):
+            built = read(*args)
+            lock.armed = True
+            return built
+        index._load_hits = then_arm  # noqa: SLF001
+        index.refresh_hits()
+        assert index._hits_built_at > float("-inf")  # noqa: SLF001
+        assert index._is_stale((SITE, key))  # noqa: SLF001
+    loaded(collector)
+
+
+def test_a_failed_build_of_the_hits_copy_paces_the_next(env, monkeypatch):
+    """A build cancelled (by erasures one after another) or failed counts as a build for
+    the pace: builds take at most a twentieth of the time whatever their end."""
+    _, collector, _ = env
+    with own_index(collector, min_interval=0.0) as index:
+        index.feed.watch()
+        index.begin()
+        index.reload_now()
+        index.refresh_hits()
+        index._hits_built_at -= 1000  # noqa: SLF001 (the last build long ago)
+        index._hits_tried_at = index._hits_built_at  # noqa: SLF001
+        index._hits_all_stale = True  # noqa: SLF001 (a build is due)
+        assert index._next() == "hits"  # noqa: SLF001
+        monkeypatch.setattr(link_index, "BUILD_HITS", "SELECT sleep(0.2), throwIf(1)")
+        with pytest.raises(StorageError):
+            index.refresh_hits()
+        assert index._next() is None  # noqa: SLF001 (not before 20 times 0.2 s)
+    monkeypatch.undo()
+    loaded(collector)

@@ -20,7 +20,9 @@ key search costs 22-45 ms for a batch of 32 persons on the 10M bench), brought u
 apart from the links (``refresh_hits``, its own pace): built whole once the links are
 loaded, after an erasure, what the feed cannot follow or a pause of the feed, and every
 ``HITS_MAX_AGE`` (11-26 s of one core for the bench's 8M rows); otherwise only its stale keys
-are read again, ``RELOAD_AFTER`` seconds after the last refresh at the earliest. It is kept
+are read again, ``RELOAD_AFTER`` seconds after the last refresh at the earliest. Builds and
+refreshes each take at most a twentieth of the time too (``LOAD_SHARE``): after an erasure
+the tables answer until the next build is due. It is kept
 on the embedded engine alone, whose loads are all this process's: an erasure cancels a
 build under way and empties the copy before it answers.
 
@@ -29,7 +31,8 @@ for profiles holds nothing): then after ``RELOAD_AFTER`` seconds with stale link
 (``MIN_INTERVAL``) when everything is stale, and every ``MAX_AGE`` whatever happened (links a
 retention TTL removed are no news to the feed); never sooner than ``LOAD_SHARE`` times the
 last load's duration after it, so that loads take at most a twentieth of the engine's time
-(3 s for the 10M bench's 640k identifiers on a slow machine). While a copy is in use it
+(3 s for the 10M bench's 640k identifiers on a slow machine), as the hits' copy's builds and
+its refreshes each do. While a copy is in use it
 keeps the feed watching. An erasure drops it before it answers (``forget_erased``),
 cancelling a load under way: no erased identifier stays in this collector's memory.
 """
@@ -63,8 +66,8 @@ MAX_AGE = 600.0
 ATTACH_SECONDS = 30.0
 STILL_USED = "Code: 57. "  # TABLE_ALREADY_EXISTS, as the engine answers a held one
 LOAD_SHARE = 20  # a load waits at least this many times the last one's duration
-# The log comment of the dictionaries' source queries (clickhouse/0053): an erasure cancels
-# a load under way by it.
+# The log comment of the dictionaries' source queries (clickhouse/0053) and of the hits'
+# copy's builds and refreshes: an erasure cancels a load under way by it.
 LOADING = "tagwerk: identity links in memory"
 CANCEL_EVERY = 0.05  # seconds between an erasure's cancellations of loads, until it may drop
 #                     the copy
@@ -173,6 +176,7 @@ class LinkIndex:
         self._hits_build = ""  # the build it holds (BUILD_KEY)
         self._hits_epoch = -1
         self._hits_built_at = float("-inf")
+        self._hits_tried_at = float("-inf")  # a whole build last began, whatever its end
         self._hits_build_took = 0.0
         self._hits_refreshed_at = float("-inf")  # its stale keys last read again
         self._hits_took = 0.0  # seconds that took
@@ -429,21 +433,28 @@ class LinkIndex:
                 self._during, self._during_hits_all = set(), False
             try:
                 build = self._load_hits(whole, keys, erasures)
-            except StorageError as exc:
-                if self._erasures != erasures and not isinstance(exc, LoadCancelled):
+            except BaseException as exc:
+                with self._lock:
+                    self._during = None
+                    if whole:  # (paced as a build that ended: cancelled ones too)
+                        self._hits_tried_at = began
+                        self._hits_build_took = time.monotonic() - began
+                if isinstance(exc, StorageError) and self._erasures != erasures \
+                        and not isinstance(exc, LoadCancelled):
                     raise LoadCancelled(f"an erasure cancelled the hits' copy's refresh: "
                                         f"{exc}") from None
                 raise
-            finally:
-                with self._lock:
-                    during, self._during = self._during or set(), None
+            # What the feed reported meanwhile, taken and applied at once: a key reported in
+            # between would be neither in it nor left stale.
             with self._lock:
+                during, self._during = self._during or set(), None
                 if self._erasures != erasures:  # (the erasure empties the copy)
                     raise LoadCancelled("an erasure cancelled the hits' copy's refresh")
                 now = time.monotonic()
                 if whole or build != self._hits_build:  # (another's build: built whole)
                     self._hits_ready, self._hits_build, self._hits_epoch = True, build, epoch
-                    self._hits_built_at, self._hits_build_took = began, now - began
+                    self._hits_built_at = self._hits_tried_at = began
+                    self._hits_build_took = now - began
                     self._stale_hits = {pair for pair in during
                                         if not pair[1].startswith(FOLLOWED)}
                     self._hits_all_stale = self._during_hits_all
@@ -594,7 +605,7 @@ class LinkIndex:
             # twentieth of the time (a build is seconds; a burst of new visitors must not
             # have the copy built over and over).
             if not self._hits_usable() or now - self._hits_built_at > HITS_MAX_AGE:
-                due = self._hits_built_at + max(self.min_interval,
+                due = self._hits_tried_at + max(self.min_interval,
                                                 LOAD_SHARE * self._hits_build_took)
             elif self._stale_hits:
                 due = self._hits_refreshed_at + max(self.reload_after,
@@ -616,8 +627,9 @@ class LinkIndex:
                     self.unload()
                 failures = 0
                 if action == "load" and self._next() == "hits":
-                    continue  # the hits' copy built at once, not a turn later
-            except LoadCancelled as exc:  # loaded again when next due (everything is stale)
+                    continue  # the hits' copy brought up to date at once, not a turn later
+            except LoadCancelled as exc:  # done again when next due (the erasure made the
+                #                             links stale, and emptied the hits' copy)
                 log.info("identity links in memory: %s", exc)
             except StorageError as exc:  # e.g. a server whose default user may not read
                 failures += 1
