@@ -19,6 +19,7 @@ from collector.identity.changes import ChangeFeed
 from collector.identity.graph import Graph, load_decisions
 from collector.identity.link_index import DICTIONARIES, LOAD_SHARE, MOST_STALE, LinkIndex
 from collector.identity.resolutions import _resolve
+from collector.privacy import erase as erasure
 from collector.storage import StorageError
 from tests.helpers import (
     client_with_site,
@@ -773,5 +774,26 @@ def test_a_failed_build_of_the_hits_copy_paces_the_next(env, monkeypatch):
         with pytest.raises(StorageError):
             index.refresh_hits()
         assert index._next() is None  # noqa: SLF001 (not before 20 times 0.2 s)
+    monkeypatch.undo()
+    loaded(collector)
+
+
+def test_an_erasure_that_fails_half_way_leaves_nothing_in_the_copies(env, monkeypatch):
+    """Its deletes done, the erasure fails (here its audit row): it answers an error, and
+    the copies, which may hold the deleted rows, are dropped all the same (they were kept
+    until the next build or load)."""
+    client, collector, keys = env
+    user, phone, _ = shopper(env)
+    loaded(collector)
+    assert "person_hits_copy" in found_anywhere(collector.store, [user])
+
+    def audit_fails(*args, **kwargs):
+        raise StorageError("the engine went away")
+    monkeypatch.setattr(erasure, "_audit", audit_fails)
+    r = client.post(f"/api/v1/sites/{SITE}/privacy/erase", json={"id": f"user:{user}"},
+                    headers={"Authorization": f"Bearer {keys['admin']}"})
+    assert r.status_code >= 500, r.text
+    assert "person_hits_copy" not in found_anywhere(collector.store, [user, phone])
+    assert collector.link_index.begin() is None  # the links' copy dropped too
     monkeypatch.undo()
     loaded(collector)

@@ -40,17 +40,21 @@ async def erase(request: Request, collector: Collector, site: Site) -> Response:
         collector.flusher.recheck(collector.spool.durable)
         return wait(timeout)
 
+    removing = True  # rows may be gone: also when the erasure fails half-way
     try:
         done = await run_in_threadpool(erasure.erase, collector.store, site,
                                        collector.tombstones, kind, ident, actor(site), flush)
     except erasure.NotFound as exc:
+        removing = False
         raise ApiError(404, str(exc), "id") from None
     except erasure.TooLarge as exc:
+        removing = False
         raise ApiError(409, str(exc), "id") from None
-    finally:  # the links in memory and kept answers about anyone may hold the erased rows
+    finally:  # the copies and kept answers about anyone may hold the erased rows
         collector.link_index.changed(None)  # (first: as the change feed tells them)
         collector.identities_changed()
-    await run_in_threadpool(collector.link_index.forget_erased)
+        if removing:  # (a failure of its own then is the answer's)
+            await run_in_threadpool(collector.link_index.forget_erased)
     return json_response(done)
 
 
