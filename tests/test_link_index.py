@@ -81,6 +81,15 @@ def own_index(collector, start: bool = False, **intervals: float):
         collector.link_index.start()
 
 
+def built(index: LinkIndex) -> None:
+    """An index of its own (``own_index``) asked for, its links loaded and its hits' copy
+    built, as its thread would do them."""
+    index.feed.watch()
+    index.begin()
+    index.reload_now()
+    index.refresh_hits()
+
+
 def test_a_link_newer_than_the_copy_is_read_from_the_tables(env):
     _, collector, _ = env
     index = collector.link_index
@@ -645,10 +654,7 @@ def test_a_pause_of_the_feed_has_the_hits_copy_built_whole(env, monkeypatch):
 def test_past_what_the_stale_sets_hold_during_a_build_the_hits_are_all_stale(env):
     _, collector, _ = env
     with own_index(collector) as index:
-        index.feed.watch()
-        index.begin()
-        index.reload_now()
-        index.refresh_hits()
+        built(index)
         assert not index.state()["hits_all_stale"]
         index._during = set()  # noqa: SLF001 (as a load or a refresh under way)
         index.changed({SITE: {f"link:device:{n}" for n in range(
@@ -734,10 +740,7 @@ def test_a_key_reported_as_a_refresh_ends_stays_stale(env, whole):
     reported meanwhile: its key must stay stale (it was neither, and was counted fresh)."""
     _, collector, _ = env
     with own_index(collector) as index:
-        index.feed.watch()
-        index.begin()
-        index.reload_now()
-        index.refresh_hits()
+        built(index)
         key = f"device:{uid('late')}"
         index.changed({SITE: {key}})
         if whole:
@@ -762,10 +765,7 @@ def test_a_failed_build_of_the_hits_copy_paces_the_next(env, monkeypatch):
     the pace: builds take at most a twentieth of the time whatever their end."""
     _, collector, _ = env
     with own_index(collector, min_interval=0.0) as index:
-        index.feed.watch()
-        index.begin()
-        index.reload_now()
-        index.refresh_hits()
+        built(index)
         index._hits_built_at -= 1000  # noqa: SLF001 (the last build long ago)
         index._hits_tried_at = index._hits_built_at  # noqa: SLF001
         index._hits_all_stale = True  # noqa: SLF001 (a build is due)
