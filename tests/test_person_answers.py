@@ -15,6 +15,7 @@ import pytest
 from collector.identity import cache, changes
 from collector.identity import profile as profiles
 from collector.identity.graph import Graph
+from collector.storage import StorageError
 from collector.web.batches import Batcher
 from tests.helpers import client_with_site, send_batch, wait_for
 
@@ -273,6 +274,69 @@ def test_the_feed_reports_a_burst_and_a_mutation_as_everything(store, monkeypatc
                   "key = 'device:fd-0' SETTINGS lightweight_delete_mode = 'lightweight_update'")
     feed.look()
     assert len(heard) == count + 1 and heard[-1] is None
+
+
+class OwnWrites:
+    """The test's store with a write count of its own: the collectors of other test modules
+    write to the same engine, whenever their threads do."""
+
+    sole_writer = True
+    writes = 0
+
+    def __init__(self, store):
+        self.store = store
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+    def wrote(self):
+        self.writes += 1
+
+
+def test_where_every_write_passes_here_the_feed_looks_after_one_not_on_the_clock(
+        store, monkeypatch):
+    own = OwnWrites(store)
+    feed = changes.ChangeFeed(own, interval=0.01)
+    looks = []
+    state = feed._state  # noqa: SLF001 - counting the looks' reads
+    monkeypatch.setattr(feed, "_state", lambda: looks.append(1) or state())
+    heard = []
+    feed.listeners.append(heard.append)
+    feed.start()
+    try:
+        feed.watch()
+        threading.Event().wait(0.3)  # ~30 turns of the background's loop
+        assert len(looks) == 1  # watch's own, and no look since
+        row = {"event_id": str(uuid.uuid4()), "site_id": "feed-quiet", "event": "page_view",
+               "device_id": "fq-1", "consent": ALL}
+        store.insert("tagwerk.events (event_id, site_id, event, device_id, consent)",
+                     orjson.dumps(row), "JSONEachRow")
+        threading.Event().wait(0.3)
+        assert len(looks) == 1  # a write this store was not told of waits for the clock...
+        own.wrote()  # ...one it was told of (every write through the embedded store)
+        wait_for(lambda: {"feed-quiet": {"device:fq-1"}} in heard, timeout=5)
+        assert len(looks) == 2
+        monkeypatch.setattr(changes, "QUIET_LOOK_SECONDS", 0.05)  # at the latest, on the clock
+        wait_for(lambda: len(looks) >= 4, timeout=5)
+        monkeypatch.setattr(changes, "QUIET_LOOK_SECONDS", 60.0)
+        own.sole_writer = False  # where other processes may write: every interval
+        count = len(looks)
+        wait_for(lambda: len(looks) >= count + 5, timeout=5)
+    finally:
+        feed.stop()
+
+
+def test_the_embedded_stores_writes_count_and_its_reads_do_not(store):
+    before = store.writes
+    store.rows("SELECT count() AS n FROM tagwerk.events WHERE site_id = 'nobody'")
+    assert store.writes == before
+    store.execute("DROP TABLE IF EXISTS default.never_made")
+    assert store.writes != before
+    before = store.writes
+    with pytest.raises(StorageError):  # a failed write may have stored part of its rows
+        store.insert("tagwerk.events (event_id, site_id)", b'{"event_id": "not a uuid"}',
+                     "JSONEachRow")
+    assert store.writes != before
 
 
 def test_concurrent_cold_profiles_are_read_together_and_answer_as_alone(env, monkeypatch):

@@ -333,8 +333,12 @@ class _SqlInterface:
     # -- execution (worker thread)
 
     def _execute(self, call: Call, body: Body, read: Callable[[], None]) -> Result:
-        return self._checked(call, body, self._scope(call) if call.user.readonly else None,
-                             read)
+        try:
+            return self._checked(call, body, self._scope(call) if call.user.readonly else None,
+                                 read)
+        finally:
+            if not call.readonly:  # (under readonly = 1 the engine refuses any write)
+                self.store.wrote()
 
     def _checked(
         self, call: Call, body: Body, scope: policy.Scope | None, read: Callable[[], None]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
@@ -29,6 +30,18 @@ class Store(ABC):
     """
 
     kind: str
+    # Whether every write reaches the engine through this process (the embedded engine: no
+    # other process can open its path), so that ``writes`` changes after each of them.
+    sole_writer = False
+    # Changes after every write through this store or ``wrote``: a new value from one
+    # counter each time, so that of two threads racing, the last assignment still differs
+    # from a value read in between (readers compare with ``!=``).
+    writes = 0
+    _write_numbers = itertools.count(1)
+
+    def wrote(self) -> None:
+        """A write through this process has ended (stored, failed or cut short)."""
+        self.writes = next(self._write_numbers)
 
     @abstractmethod
     def query(self, sql: str, params: Params = None, fmt: str = "JSONEachRow") -> bytes:

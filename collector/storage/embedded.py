@@ -50,6 +50,7 @@ log = logging.getLogger("tagwerk.storage")
 
 class EmbeddedStore(Store):
     kind = "embedded"
+    sole_writer = True  # the engine's path is locked to this process
 
     def __init__(self, data_dir: str | Path, memory_limit: int | None = None) -> None:
         self.path = Path(data_dir).resolve()
@@ -121,7 +122,10 @@ class EmbeddedStore(Store):
             return result.bytes() if hasattr(result, "bytes") else bytes(result)
 
     def execute(self, sql: str, params: Params = None) -> None:
-        self.query(sql, params, "TSV")
+        try:
+            self.query(sql, params, "TSV")
+        finally:
+            self.wrote()
 
     def insert(
         self,
@@ -134,8 +138,11 @@ class EmbeddedStore(Store):
         if settings:
             # Setting values come from the collector itself, not from hits.
             sql += " SETTINGS " + ", ".join(f"{k} = {_setting(v)}" for k, v in settings.items())
-        with self._using() as conn:
-            self._insert(conn, sql, fmt, data, settings)
+        try:
+            with self._using() as conn:
+                self._insert(conn, sql, fmt, data, settings)
+        finally:
+            self.wrote()
 
     def _insert(self, conn: Any, sql: str, fmt: str, data: bytes,
                 settings: Mapping[str, str] | None) -> None:
