@@ -48,6 +48,7 @@ from typing import Any
 
 import orjson
 
+from collector.background import yield_to_requests
 from collector.identity.changes import CONSENT, LINK, ChangeFeed
 from collector.storage import StorageError, Store
 
@@ -615,6 +616,7 @@ class LinkIndex:
             return "hits" if now >= due else None
 
     def _run(self) -> None:
+        yield_to_requests()  # builds and refreshes run on this thread (``_HITS_SELECT``)
         failures = 0
         while not self._stop.is_set():
             action = self._next()
