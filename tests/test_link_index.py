@@ -6,7 +6,6 @@ answer instead, until the copy is loaded again."""
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 import time
 import uuid
@@ -14,7 +13,6 @@ import uuid
 import orjson
 import pytest
 
-from collector.background import NICE
 from collector.identifiers import person_id
 from collector.identity import link_index, profile
 from collector.identity.changes import ChangeFeed
@@ -588,15 +586,6 @@ def test_stale_hits_alone_are_read_again_without_loading_the_links(env):
         index.changed({SITE: {"link:device:d-1"}})
         assert index._next() == "load"  # noqa: SLF001
     loaded(collector)
-
-
-def test_the_loading_thread_yields_the_core_to_requests(env):
-    """Its builds and refreshes run single-threaded on it (collector/background.py)."""
-    _, collector, _ = env
-    with own_index(collector, start=True) as index:
-        thread = index._thread  # noqa: SLF001
-        wait_for(lambda: os.getpriority(os.PRIO_PROCESS, thread.native_id) == NICE, timeout=5)
-        assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == 0  # its own only
 
 
 def test_a_key_past_what_the_copy_holds_is_read_from_the_table(env, monkeypatch):

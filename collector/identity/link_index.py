@@ -48,7 +48,6 @@ from typing import Any
 
 import orjson
 
-from collector.background import yield_to_requests
 from collector.identity.changes import CONSENT, LINK, ChangeFeed
 from collector.storage import StorageError, Store
 
@@ -616,7 +615,6 @@ class LinkIndex:
             return "hits" if now >= due else None
 
     def _run(self) -> None:
-        yield_to_requests()  # builds and refreshes run on this thread (``_HITS_SELECT``)
         failures = 0
         while not self._stop.is_set():
             action = self._next()
