@@ -326,17 +326,20 @@ def test_where_every_write_passes_here_the_feed_looks_after_one_not_on_the_clock
         feed.stop()
 
 
-def test_the_embedded_stores_writes_count_and_its_reads_do_not(store):
-    before = store.writes
+def test_the_embedded_stores_writes_count_and_its_reads_do_not(store, monkeypatch):
+    mine = []  # (other collectors' threads write through the same store meanwhile)
+    wrote = store.wrote
+    monkeypatch.setattr(store, "wrote", lambda: (mine.append(threading.get_ident()), wrote()))
     store.rows("SELECT count() AS n FROM tagwerk.events WHERE site_id = 'nobody'")
-    assert store.writes == before
+    assert threading.get_ident() not in mine
+    before = store.writes
     store.execute("DROP TABLE IF EXISTS default.never_made")
-    assert store.writes != before
+    assert mine.count(threading.get_ident()) == 1 and store.writes != before
     before = store.writes
     with pytest.raises(StorageError):  # a failed write may have stored part of its rows
         store.insert("tagwerk.events (event_id, site_id)", b'{"event_id": "not a uuid"}',
                      "JSONEachRow")
-    assert store.writes != before
+    assert mine.count(threading.get_ident()) == 2 and store.writes != before
 
 
 def test_concurrent_cold_profiles_are_read_together_and_answer_as_alone(env, monkeypatch):

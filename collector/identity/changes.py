@@ -23,7 +23,9 @@ The feed reads only while someone keeps answers (``watch``): an idle collector p
 nothing, an active one a look after each flush of its own and, for what others store, one
 every ``interval``. On the embedded engine nobody else can write (the store counts every
 write of this process, its SQL interface's included): the background looks only after
-such a write, and every ``QUIET_LOOK_SECONDS`` all the same.
+such a write has ended, and every ``QUIET_LOOK_SECONDS`` all the same. Rows that land after
+their statement ended (a SQL user's ``async_insert`` without waiting for it), or that a
+long insert commits while it runs, are found by that look at the latest.
 """
 
 from __future__ import annotations
@@ -208,7 +210,7 @@ class ChangeFeed:
 
     def _run(self) -> None:
         """Rows stored without a look after them (other processes, the SQL interface, an
-        admin's operation): looked for every ``interval``."""
+        admin's operation): looked for every ``interval`` when due (``_due``)."""
         while not self._stop.is_set():
             self._watching.wait(1.0)
             if self._stop.wait(self.interval):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import threading
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
@@ -33,15 +34,16 @@ class Store(ABC):
     # Whether every write reaches the engine through this process (the embedded engine: no
     # other process can open its path), so that ``writes`` changes after each of them.
     sole_writer = False
-    # Changes after every write through this store or ``wrote``: a new value from one
-    # counter each time, so that of two threads racing, the last assignment still differs
-    # from a value read in between (readers compare with ``!=``).
+    # Changes after every write through this store or ``wrote`` (readers compare with
+    # ``!=``): a new number each time, taken under a lock (free-threaded Python too).
     writes = 0
     _write_numbers = itertools.count(1)
+    _write_lock = threading.Lock()
 
     def wrote(self) -> None:
         """A write through this process has ended (stored, failed or cut short)."""
-        self.writes = next(self._write_numbers)
+        with self._write_lock:
+            self.writes = next(self._write_numbers)
 
     @abstractmethod
     def query(self, sql: str, params: Params = None, fmt: str = "JSONEachRow") -> bytes:
