@@ -57,7 +57,7 @@ RARE = ("identity_merges", "identity_overrides")
 MOST_ROWS = 5_000  # distinct keys read per look (a flush's worth); beyond, everything changed
 # Where every write passes through this process (``Store.sole_writer``), the background
 # looks only once one ended since the last look, and at the latest after this long: a look
-# costs ~9 ms of CPU on the 10M bench data, four a second delayed one profile in 13.
+# costs ~9 ms of CPU on the 10M bench data: four a second held up about one profile in 13.
 QUIET_LOOK_SECONDS = 5.0
 
 # The tables' highest block numbers (of their rows' parts), and per table the highest block

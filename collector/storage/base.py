@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import itertools
 import threading
 import uuid
 from abc import ABC, abstractmethod
@@ -34,16 +33,14 @@ class Store(ABC):
     # Whether every write reaches the engine through this process (the embedded engine: no
     # other process can open its path), so that ``writes`` changes after each of them.
     sole_writer = False
-    # Changes after every write through this store or ``wrote`` (readers compare with
-    # ``!=``): a new number each time, taken under a lock (free-threaded Python too).
+    # Counts the writes through this store or ``wrote`` (under a lock: none is lost).
     writes = 0
-    _write_numbers = itertools.count(1)
     _write_lock = threading.Lock()
 
     def wrote(self) -> None:
         """A write through this process has ended (stored, failed or cut short)."""
         with self._write_lock:
-            self.writes = next(self._write_numbers)
+            self.writes += 1
 
     @abstractmethod
     def query(self, sql: str, params: Params = None, fmt: str = "JSONEachRow") -> bytes:
